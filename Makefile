@@ -1,0 +1,72 @@
+# CRM Bridge — developer and operator tasks. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PREFIX ?= /opt/crm-bridge
+CONFDIR ?= /etc/crm-bridge
+UNITDIR ?= /etc/systemd/system
+
+.PHONY: help venv dev-venv run test lint format mypy check dev bench install uninstall clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/bridge: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.dev: $(BIN)/bridge
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/bridge  ## create .venv with the bridge installed
+
+dev-venv: $(VENV)/.dev  ## .venv plus test and lint tools
+
+run: venv  ## start the bridge on its defaults (db/bridge.sqlite, etc/bridge.example.toml, 127.0.0.1:8080)
+	$(BIN)/bridge serve
+
+test: dev-venv  ## run the whole test suite
+	$(BIN)/python -m pytest -q
+
+lint: dev-venv  ## ruff lint and format check
+	$(BIN)/ruff check bridge tests bench
+	$(BIN)/ruff format --check bridge tests bench
+
+format: dev-venv  ## apply ruff format and safe fixes
+	$(BIN)/ruff check --fix bridge tests bench
+	$(BIN)/ruff format bridge tests bench
+
+mypy: dev-venv  ## strict type check of bridge/
+	$(BIN)/mypy bridge
+
+check: lint mypy test  ## everything CI cares about
+
+dev: format lint mypy test  ## format, then all checks
+
+bench: dev-venv  ## benchmarks (not part of the tests): intake, CRM calls, burst drain, memory
+	$(BIN)/python -m bench
+
+install:  ## install under $(PREFIX), config in $(CONFDIR), unit in $(UNITDIR) (run as root)
+	install -d $(PREFIX) $(CONFDIR)
+	$(PYTHON) -m venv $(PREFIX)/venv
+	$(PREFIX)/venv/bin/pip install --quiet --upgrade pip
+	$(PREFIX)/venv/bin/pip install --quiet .
+	test -e $(CONFDIR)/bridge.toml || install -m 0640 etc/bridge.example.toml $(CONFDIR)/bridge.toml
+	test -e $(CONFDIR)/env || sed -e 's|^CONFIG_FILE=.*|CONFIG_FILE=$(CONFDIR)/bridge.toml|' \
+	  -e 's|^DATABASE_PATH=.*|DATABASE_PATH=/var/lib/crm-bridge/bridge.sqlite|' \
+	  env.example > $(CONFDIR)/env && chmod 0600 $(CONFDIR)/env
+	install -m 0644 README.md $(PREFIX)/README.md
+	install -m 0644 etc/systemd/crm-bridge.service $(UNITDIR)/crm-bridge.service
+	systemctl daemon-reload 2>/dev/null || true
+	@echo "edit $(CONFDIR)/env and $(CONFDIR)/bridge.toml, then: systemctl enable --now crm-bridge"
+
+uninstall:  ## remove the unit and $(PREFIX); keeps $(CONFDIR) and the database
+	systemctl disable --now crm-bridge 2>/dev/null || true
+	rm -f $(UNITDIR)/crm-bridge.service
+	rm -rf $(PREFIX)
+
+clean:  ## remove the virtualenv and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,344 @@
+"""The ASGI app: `create_app(settings)` wires store, adapters and worker in a lifespan.
+
+Every inbound request is answered with one of the codes of SPEC §2 and logged to the
+`requests` table; the event itself is committed before any CRM is called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from litestar import Litestar, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+from pydantic import ValidationError
+
+from bridge.crm import build_adapters
+from bridge.crm.base import CrmAdapter
+from bridge.crypto import TokenCipher
+from bridge.errors import StoreUnavailable
+from bridge.intake import payment_intake
+from bridge.metrics import CONTENT_TYPE, Metrics
+from bridge.payloads import parse_payment, validation_details
+from bridge.settings import Settings
+from bridge.signing import verify
+from bridge.store import EventView, RequestRecord, Store
+from bridge.worker import Worker
+
+log = logging.getLogger("bridge.app")
+
+Clock = Callable[[], float]
+PAYMENT_ROUTE = "/webhook/payment"
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: Store
+    worker: Worker
+    adapters: Mapping[str, CrmAdapter]
+    metrics: Metrics
+    clock: Clock
+    worker_task: asyncio.Task[None] | None = None
+
+
+def create_app(
+    settings: Settings,
+    *,
+    transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+    clock: Clock = time.time,
+) -> Litestar:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        runtime = await _start(settings, transports, clock)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await _stop(runtime)
+
+    return Litestar(
+        route_handlers=[payment_webhook, health, metrics],
+        lifespan=[lifespan],
+        request_max_body_size=settings.max_body_bytes,
+        exception_handlers={Exception: _internal_error},
+        openapi_config=None,
+    )
+
+
+async def _start(
+    settings: Settings,
+    transports: Mapping[str, httpx.AsyncBaseTransport] | None,
+    clock: Clock,
+) -> Runtime:
+    cipher = (
+        TokenCipher([key.get_secret_value() for key in settings.bridge_secret_key])
+        if settings.bridge_secret_key
+        else None
+    )
+    store = await Store.open(settings.database_path, clock=clock, cipher=cipher)
+    metrics = Metrics()
+    adapters = build_adapters(
+        settings, store, transports=transports, on_call=metrics.observe_call
+    )
+    worker = Worker(store, adapters, settings, clock=clock, on_outcome=metrics.observe_outcome)
+    runtime = Runtime(settings, store, worker, adapters, metrics, clock)
+    runtime.worker_task = asyncio.get_running_loop().create_task(worker.run())
+    log.info(
+        "bridge started: database %s, CRMs %s, wait window %ss",
+        settings.database_path,
+        ", ".join(adapters) or "none",
+        settings.wait_seconds,
+    )
+    return runtime
+
+
+async def _stop(runtime: Runtime) -> None:
+    await runtime.worker.stop(runtime.settings.shutdown_grace_seconds)
+    if runtime.worker_task is not None:
+        await asyncio.gather(runtime.worker_task, return_exceptions=True)
+    for adapter in runtime.adapters.values():
+        await adapter.aclose()
+    await runtime.store.close()
+    log.info("bridge stopped")
+
+
+def _runtime(state: State) -> Runtime:
+    runtime: Runtime = state.runtime
+    return runtime
+
+
+@post(PAYMENT_ROUTE, status_code=200)
+async def payment_webhook(request: Request[Any, Any, State]) -> Response[Any]:
+    rt = _runtime(request.app.state)
+    remote = request.client.host if request.client else ""
+    reply = _Replier(rt, PAYMENT_ROUTE, remote)
+    try:
+        body = await request.body()
+    except HTTPException as exc:
+        if exc.status_code == 413:
+            return reply(413, {"error": "payload_too_large"}, "not checked", "body over limit")
+        raise
+    settings = rt.settings
+    verdict = verify(
+        {key.lower(): value for key, value in request.headers.items()},
+        body,
+        hmac_secrets=[s.get_secret_value() for s in settings.webhook_secrets],
+        standard_secrets=[s.get_secret_value() for s in settings.standard_webhook_secrets],
+        legacy_enabled=settings.legacy_secret_header_enabled,
+        now=rt.clock(),
+    )
+    if not verdict.ok:
+        log.warning("rejected %s from %s: %s (%s)", PAYMENT_ROUTE, remote, verdict.reason,
+                    verdict.scheme)
+        return reply(401, {"error": "invalid_signature"}, f"{verdict.scheme}: {verdict.reason}")
+    verdict_text = f"{verdict.scheme}: ok"
+    try:
+        body_text = body.decode("utf-8")
+        raw = json.loads(body_text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return reply(400, {"error": f"body is not JSON: {exc}"}, verdict_text)
+    try:
+        webhook = parse_payment(raw)
+    except ValidationError as exc:
+        details = validation_details(exc)
+        fields = ", ".join(detail["field"] for detail in details)
+        return reply(422, {"error": "invalid_payload", "details": details}, verdict_text, fields)
+    intake = payment_intake(webhook, body_text, settings, datetime.fromtimestamp(rt.clock(), UTC))
+    key = intake.event.key
+    try:
+        stored = await rt.store.intake(intake.event)
+    except StoreUnavailable as exc:
+        log.error("cannot store payment %s: %s", key, exc)
+        return reply(503, {"error": "storage_unavailable"}, verdict_text, key=key)
+    for warning in intake.warnings:
+        log.warning("payment %s: %s", key, warning)
+    if not stored.created:
+        return await _answer_repeat(rt, reply, stored.event_id, stored.status, key, verdict_text)
+    if intake.event.status == "skipped":
+        log.info("event=payment:%s outcome=skipped reason=%r", key, intake.event.note)
+        body_json = {"status": "skipped", "reason": intake.event.note}
+        return reply(202, body_json, verdict_text, key=key)
+    rt.worker.wake()
+    view = await _wait_for_outcome(rt, stored.event_id)
+    code, payload = _response_for(view)
+    return reply(code, payload, verdict_text, key=key)
+
+
+async def _answer_repeat(
+    rt: Runtime, reply: _Replier, event_id: int, status: str, key: str, verdict: str
+) -> Response[Any]:
+    if status == "success":
+        return reply(409, {"status": "duplicate"}, verdict, "already processed", key=key)
+    if status == "skipped":
+        return reply(202, {"status": "skipped", "reason": "already skipped"}, verdict, key=key)
+    rt.worker.wake()  # the store already moved its deliveries to "due now"
+    return reply(202, {"status": "queued"}, verdict, f"repeat of {status} event", key=key)
+
+
+async def _wait_for_outcome(rt: Runtime, event_id: int) -> EventView | None:
+    """Wait up to WAIT_SECONDS for the event to settle; None when the window closed."""
+    deadline = rt.clock() + rt.settings.wait_seconds
+    signal = rt.worker.settled_signal(event_id)
+    try:
+        while True:
+            signal.clear()
+            try:
+                view = await rt.store.event_by_id(event_id)
+            except StoreUnavailable:
+                return None
+            if view is None or view.status in ("success", "failed", "not_found"):
+                return view
+            if not _progress_possible(view, deadline, rt.worker.paused()):
+                return view
+            remaining = deadline - rt.clock()
+            if remaining <= 0:
+                return view
+            try:
+                await asyncio.wait_for(signal.wait(), timeout=remaining)
+            except TimeoutError:
+                return await rt.store.event_by_id(event_id)
+    finally:
+        rt.worker.forget_signal(event_id)
+
+
+def _progress_possible(view: EventView, deadline: float, paused: Mapping[str, str]) -> bool:
+    for delivery in view.deliveries:
+        if delivery.status == "processing":
+            return True
+        if (
+            delivery.status in ("pending", "retrying")
+            and delivery.crm not in paused
+            and delivery.next_attempt_at <= deadline
+        ):
+            return True
+    return False
+
+
+def _response_for(view: EventView | None) -> tuple[int, dict[str, Any]]:
+    if view is None:
+        return 202, {"status": "queued"}
+    results = {d.crm: _delivery_result(d) for d in view.deliveries}
+    if view.status == "success":
+        return 200, {"status": "success", "results": results}
+    if view.status == "not_found":
+        return 404, {"status": "not_found", "results": results}
+    # Stored and owned by the bridge from here: it retries, or waits for an operator.
+    status = "failed" if view.status == "failed" else "queued"
+    return 202, {"status": status, "results": results}
+
+
+def _delivery_result(delivery: Any) -> dict[str, Any]:
+    if delivery.status == "success":
+        return {
+            "contact_id": delivery.contact_id,
+            "lead_id": delivery.deal_id,
+            "lead_created": bool(delivery.deal_created),
+        }
+    result: dict[str, Any] = {"status": delivery.status}
+    if delivery.last_error:
+        result["error"] = delivery.last_error
+    return result
+
+
+class _Replier:
+    """Builds the JSON response and queues the request-log row and metrics for it."""
+
+    def __init__(self, rt: Runtime, route: str, remote: str) -> None:
+        self._rt = rt
+        self._route = route
+        self._remote = remote
+
+    def __call__(
+        self,
+        code: int,
+        payload: Mapping[str, Any],
+        verdict: str,
+        detail: str = "",
+        *,
+        key: str | None = None,
+    ) -> Response[Any]:
+        record = RequestRecord(self._route, self._remote, verdict, code, key, detail)
+        self._rt.store.log_request(record)
+        self._rt.metrics.requests.labels(self._route, str(code)).inc()
+        return Response(content=dict(payload), status_code=code)
+
+
+@get("/webhook/health")
+async def health(request: Request[Any, Any, State]) -> Response[Any]:
+    rt = _runtime(request.app.state)
+    now = rt.clock()
+    try:
+        await rt.store.check_writable()
+        queue = await rt.store.queue_stats()
+        states = await rt.store.crm_states()
+        database = {"ok": True}
+    except StoreUnavailable as exc:
+        return Response(
+            content={"status": "error", "database": {"ok": False, "error": str(exc)}},
+            status_code=503,
+        )
+    paused = rt.worker.paused()
+    crms: dict[str, Any] = {}
+    for name, adapter in rt.adapters.items():
+        state = states.get(name)
+        expires = adapter.token_expires_at()
+        crms[name] = {
+            "paused": name in paused,
+            "paused_reason": paused.get(name),
+            "last_success_at": state.last_success_at if state else None,
+            "last_error": state.last_error if state else None,
+            "last_error_at": state.last_error_at if state else None,
+            "token_expires_at": _iso(expires),
+        }
+    oldest_age = now - queue.oldest_pending_at if queue.oldest_pending_at else None
+    rt.metrics.queue_depth.set(queue.depth)
+    rt.metrics.oldest_pending_age.set(oldest_age or 0)
+    return Response(
+        content={
+            "status": "degraded" if paused else "ok",
+            "database": database,
+            "queue_depth": queue.depth,
+            "oldest_pending_age_seconds": round(oldest_age, 3) if oldest_age else None,
+            "crms": crms,
+        },
+        status_code=200,
+    )
+
+
+@get("/metrics")
+async def metrics(request: Request[Any, Any, State]) -> Response[bytes]:
+    rt = _runtime(request.app.state)
+    try:
+        queue = await rt.store.queue_stats()
+        rt.metrics.queue_depth.set(queue.depth)
+        oldest = rt.clock() - queue.oldest_pending_at if queue.oldest_pending_at else 0
+        rt.metrics.oldest_pending_age.set(oldest)
+    except StoreUnavailable:
+        pass
+    paused = rt.worker.paused()
+    for name in rt.adapters:
+        rt.metrics.crm_paused.labels(name).set(1 if name in paused else 0)
+    return Response(content=rt.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _internal_error(request: Request[Any, Any, State], exc: Exception) -> Response[Any]:
+    if isinstance(exc, HTTPException):
+        return Response(content={"error": exc.detail}, status_code=exc.status_code)
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return Response(content={"error": "internal_error"}, status_code=500)

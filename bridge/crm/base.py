@@ -1,0 +1,319 @@
+"""What every CRM adapter shares: the interface, and one `send()` that owns HTTP policy.
+
+`CrmHttp` wraps the one `httpx.AsyncClient` a CRM gets for the process lifetime and does,
+for every request: wait for the rate limiter, count the call for the current delivery,
+map the HTTP status to the error tree of `bridge.errors`, and retry quickly where that
+is safe. Adapters only translate between the domain types and their API.
+
+Quick retries (3 tries, exponential backoff with jitter) apply to 429 and connection
+failures for every request (the CRM never saw it or refused it), and to 5xx and timeouts
+only for idempotent requests: a POST that timed out may have been applied, so it is left
+to the flow, whose remote-state checks find what the POST created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from bridge.domain import (
+    Contact,
+    ContactPatch,
+    Deal,
+    FieldUpdate,
+    LookupKey,
+    NewContact,
+    NewDeal,
+)
+from bridge.errors import (
+    AuthError,
+    CrmError,
+    PermanentCrmError,
+    RateLimited,
+    TransientCrmError,
+)
+
+JSON = Any  # what json.loads returns; narrowed by each adapter's mappers
+
+
+@dataclass
+class CallStats:
+    """CRM calls made on behalf of one delivery (see `counting_calls`)."""
+
+    calls: int = 0
+    rate_limited: int = 0
+
+
+_current_stats: contextvars.ContextVar[CallStats | None] = contextvars.ContextVar(
+    "crm_call_stats", default=None
+)
+
+
+class counting_calls:  # noqa: N801 - used as a context manager, reads like one
+    """Count the CRM calls made inside the block (per asyncio task, via a contextvar)."""
+
+    def __init__(self) -> None:
+        self.stats = CallStats()
+        self._token: contextvars.Token[CallStats | None] | None = None
+
+    def __enter__(self) -> CallStats:
+        self._token = _current_stats.set(self.stats)
+        return self.stats
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _current_stats.reset(self._token)
+
+
+class RateLimiter:
+    """Spaces requests evenly at `rate` per second (a token bucket of depth `burst`).
+
+    After a 429 it backs off: honours Retry-After, and slows to a lower rate that
+    recovers gradually, so a limit shared with other integrations is respected.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._base_interval = 1.0 / rate
+        self._interval = self._base_interval
+        self._burst = burst
+        self._clock = clock
+        self._sleep = sleep
+        self._next_slot = 0.0
+        self._last_penalty = -1e9
+
+    @property
+    def rate(self) -> float:
+        return 1.0 / self._interval
+
+    async def acquire(self) -> None:
+        now = self._clock()
+        self._recover(now)
+        earliest = now - (self._burst - 1) * self._interval
+        slot = max(self._next_slot, earliest)
+        self._next_slot = slot + self._interval
+        if slot > now:
+            await self._sleep(slot - now)
+
+    def penalize(self, retry_after: float | None) -> None:
+        now = self._clock()
+        self._last_penalty = now
+        self._interval = min(self._interval * 1.25, self._base_interval * 4)
+        pause = retry_after if retry_after is not None else 1.0
+        self._next_slot = max(self._next_slot, now + pause)
+
+    def _recover(self, now: float) -> None:
+        # One step back toward the configured rate per quiet 30 s.
+        if self._interval > self._base_interval and now - self._last_penalty > 30:
+            self._interval = max(self._base_interval, self._interval / 1.25)
+            self._last_penalty = now
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    raw = response.headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(raw).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def error_for_status(crm: str, response: httpx.Response) -> CrmError | None:
+    """The one mapping from an HTTP status to the error tree (None when successful)."""
+    status = response.status_code
+    if status < 400:
+        return None
+    where = f"{response.request.method} {response.request.url.path}"
+    detail = _short_detail(response)
+    if status == 429:
+        return RateLimited(crm, f"{where}: 429 rate limited", retry_after_seconds(response))
+    if status == 401:
+        return AuthError(crm, f"{where}: 401 unauthorised{detail}")
+    if status == 408 or status >= 500:
+        return TransientCrmError(crm, f"{where}: HTTP {status}{detail}")
+    return PermanentCrmError(crm, f"{where}: HTTP {status}{detail}")
+
+
+def _short_detail(response: httpx.Response) -> str:
+    text = response.text.strip().replace("\n", " ")
+    return f": {text[:300]}" if text else ""
+
+
+def _is_quick_retryable(idempotent: bool) -> Callable[[BaseException], bool]:
+    def check(exc: BaseException) -> bool:
+        if isinstance(exc, RateLimited):
+            return True
+        if isinstance(exc, _NotSent):
+            return True
+        return idempotent and isinstance(exc, TransientCrmError)
+
+    return check
+
+
+class _NotSent(TransientCrmError):
+    """The request never reached the CRM (connection refused, DNS): always safe to retry."""
+
+
+@dataclass
+class CrmHttp:
+    """One CRM's HTTP client with rate limiting, call counting and error mapping."""
+
+    crm: str
+    client: httpx.AsyncClient
+    limiter: RateLimiter
+    quick_tries: int = 3
+    backoff_initial: float = 0.2
+    backoff_max: float = 2.0
+    on_call: Callable[[str, str, float, int], None] | None = None
+    _total_calls: int = field(default=0, init=False)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
+        json: JSON = None,
+        operation: str = "",
+    ) -> httpx.Response:
+        idempotent = method.upper() in ("GET", "HEAD", "PUT", "PATCH", "DELETE")
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.quick_tries),
+            wait=wait_exponential_jitter(initial=self.backoff_initial, max=self.backoff_max),
+            retry=retry_if_exception(_is_quick_retryable(idempotent)),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._send_once(method, path, params, json, operation)
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    async def _send_once(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | Sequence[tuple[str, Any]] | None,
+        body: JSON,
+        operation: str,
+    ) -> httpx.Response:
+        await self.limiter.acquire()
+        stats = _current_stats.get()
+        if stats is not None:
+            stats.calls += 1
+        self._total_calls += 1
+        started = time.perf_counter()
+        status = 0
+        try:
+            response = await self.client.request(method, path, params=params, json=body)
+            status = response.status_code
+        except httpx.ConnectError as exc:
+            raise _NotSent(self.crm, f"{method} {path}: cannot connect ({type(exc).__name__})")
+        except httpx.TimeoutException as exc:
+            raise TransientCrmError(self.crm, f"{method} {path}: timeout ({type(exc).__name__})")
+        except httpx.TransportError as exc:
+            raise TransientCrmError(self.crm, f"{method} {path}: {type(exc).__name__}")
+        finally:
+            if self.on_call is not None:
+                elapsed = time.perf_counter() - started
+                self.on_call(self.crm, operation or method, elapsed, status)
+        error = error_for_status(self.crm, response)
+        if isinstance(error, RateLimited):
+            self.limiter.penalize(error.retry_after)
+            if stats is not None:
+                stats.rate_limited += 1
+        if error is not None:
+            raise error
+        return response
+
+    @property
+    def total_calls(self) -> int:
+        return self._total_calls
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    id: str
+    name: str
+    statuses: Mapping[str, str]  # status id → name
+
+
+@dataclass(frozen=True)
+class CustomField:
+    id: str
+    name: str
+    type: str
+    entity: str  # "contacts" | "leads"
+    enums: Mapping[str, str] = field(default_factory=dict)  # enum id → value
+
+
+@dataclass(frozen=True)
+class CrmSchema:
+    """What `bridge discover` prints and `bridge check` compares the config against."""
+
+    pipelines: tuple[Pipeline, ...]
+    fields: tuple[CustomField, ...]
+
+
+class CrmAdapter(Protocol):
+    """One CRM, translated. Every method may raise the `CrmError` subclasses."""
+
+    name: str
+
+    async def find_contacts(self, key: LookupKey) -> list[Contact]:
+        """Raw search hits for one identifier; the flow confirms them."""
+        ...
+
+    async def create_contact(self, new: NewContact) -> Contact: ...
+
+    async def update_contact(self, contact_id: str, patch: ContactPatch) -> None: ...
+
+    async def list_deals(self, contact: Contact) -> list[Deal]:
+        """Every deal linked to the contact, in any pipeline and status."""
+        ...
+
+    async def create_deal(self, contact: Contact, new: NewDeal) -> Deal:
+        """Create a deal linked to an existing contact, with its fields set."""
+        ...
+
+    async def create_contact_and_deal(self, contact: NewContact, deal: NewDeal) -> tuple[Contact, Deal]:
+        """Both in as few calls as the API allows (amoCRM: one `leads/complex`)."""
+        ...
+
+    async def update_deal(self, deal_id: str, updates: Sequence[FieldUpdate]) -> None: ...
+
+    async def deal_notes(self, deal_id: str) -> list[str]:
+        """Texts of the deal's notes (used only on retries to close the crash window)."""
+        ...
+
+    async def add_note(self, deal_id: str, text: str) -> None: ...
+
+    async def schema(self) -> CrmSchema: ...
+
+    def token_expires_at(self) -> float | None:
+        """When the current access token expires (None: unknown or never)."""
+        ...
+
+    async def aclose(self) -> None: ...

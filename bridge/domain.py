@@ -1,0 +1,177 @@
+"""The vocabulary the rest of the bridge speaks: frozen, validated-once values.
+
+Inbound payloads are turned into these by `normalize`; CRM adapters turn their API
+records into `Contact` and `Deal`; the flow and the rules only ever see these types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+
+
+class KeyKind(StrEnum):
+    """Identifiers a customer is looked up by, in priority order."""
+
+    TELEGRAM_ID = "telegram_id"
+    PHONE = "phone"
+    EMAIL = "email"
+
+
+@dataclass(frozen=True)
+class LookupKey:
+    kind: KeyKind
+    value: str  # normalised: digits for Telegram id, E.164 for phone, lower-case email
+
+
+@dataclass(frozen=True)
+class Customer:
+    first_name: str = ""
+    last_name: str = ""
+    phone: str | None = None  # E.164
+    email: str | None = None
+    telegram_id: str | None = None
+    telegram_username: str | None = None  # without the leading "@"
+
+    @property
+    def full_name(self) -> str:
+        return " ".join(part for part in (self.first_name, self.last_name) if part)
+
+    def lookup_keys(self) -> tuple[LookupKey, ...]:
+        """The customer's identifiers in the priority order of SPEC §3."""
+        candidates = (
+            (KeyKind.TELEGRAM_ID, self.telegram_id),
+            (KeyKind.PHONE, self.phone),
+            (KeyKind.EMAIL, self.email),
+        )
+        return tuple(LookupKey(kind, value) for kind, value in candidates if value)
+
+
+@dataclass(frozen=True)
+class Utm:
+    source: str = ""
+    medium: str = ""
+    campaign: str = ""
+    term: str = ""
+    content: str = ""
+    ym: str = ""
+
+
+@dataclass(frozen=True)
+class PurchaseItem:
+    course_name: str
+    subject: str
+    direction: str  # the platform's "project": ЕГЭ / ОГЭ
+    cost: Decimal
+    number_lessons: int | None = None
+
+
+@dataclass(frozen=True)
+class Payment:
+    payment_id: str
+    status: str
+    amount: Decimal  # sum of item costs, never the platform's top-level `amount`
+    paid_at: datetime  # timezone-aware, UTC
+    customer: Customer
+    items: tuple[PurchaseItem, ...] = ()
+    utm: Utm = field(default_factory=Utm)
+    invoice_id: str = ""
+    currency: str = ""
+    payment_method: str = ""
+    promo_code: str = ""
+    domain: str = ""
+
+    @property
+    def subjects(self) -> tuple[str, ...]:
+        """Distinct subject names in item order."""
+        return tuple(dict.fromkeys(item.subject for item in self.items if item.subject))
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(item.direction for item in self.items if item.direction))
+
+
+class FieldKind(StrEnum):
+    TEXT = "text"
+    NUMBER = "number"
+    DATETIME = "datetime"
+    SELECT = "select"
+    MULTISELECT = "multiselect"
+
+
+FieldValue = str | Decimal | datetime | int | tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class FieldUpdate:
+    """One custom-field value to write; `value` matches `kind`.
+
+    TEXT → str, NUMBER → Decimal, DATETIME → aware datetime, SELECT → enum id (int),
+    MULTISELECT → tuple of enum ids (the whole set is replaced).
+    """
+
+    field_id: str
+    kind: FieldKind
+    value: FieldValue
+
+
+@dataclass(frozen=True)
+class Contact:
+    """A contact as a CRM returned it. Values are raw; the flow normalises to compare."""
+
+    id: str
+    name: str = ""
+    phones: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
+    telegram_id: str = ""
+    telegram_username: str = ""
+    deal_ids: tuple[str, ...] | None = None  # linked deals when the lookup returned them
+
+
+@dataclass(frozen=True)
+class Deal:
+    id: str
+    pipeline_id: str
+    status_id: str
+    updated_at: int  # unix seconds, for "most recently updated"
+    price: Decimal = Decimal(0)
+    is_deleted: bool = False
+    is_closed: bool = False  # won or lost, in the CRM's own terms
+    contact_ids: tuple[str, ...] = ()
+    fields: Mapping[str, str] = field(default_factory=dict)  # field id → first value as text
+
+
+@dataclass(frozen=True)
+class NewContact:
+    customer: Customer
+    utm: Utm
+    fields: tuple[FieldUpdate, ...] = ()
+
+
+@dataclass(frozen=True)
+class NewDeal:
+    name: str
+    price: Decimal
+    pipeline_id: str
+    status_id: str
+    fields: tuple[FieldUpdate, ...] = ()
+
+
+@dataclass(frozen=True)
+class ContactPatch:
+    """Custom fields to fill on an existing contact (only ones that were empty)."""
+
+    fields: tuple[FieldUpdate, ...]
+
+
+@dataclass(frozen=True)
+class DealResult:
+    """What one delivery achieved in one CRM; becomes the 200 body and the audit row."""
+
+    contact_id: str
+    deal_id: str
+    deal_created: bool
+    pipeline_id: str

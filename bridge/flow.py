@@ -1,0 +1,217 @@
+"""The payment flow of SPEC §3, written once over the `CrmAdapter` interface.
+
+find contact (Telegram id → phone → email, confirmed) or create it · fill empty contact
+fields · find the open deal in any pipeline or create one by the pipeline rules · apply
+field changes with increments · add the note.
+
+Exactly-once effects on an at-least-once delivery: each completed step is journalled,
+and a retry that finds a step unjournalled checks the CRM before repeating it —
+a deal already carrying this payment id has its fields applied; a note already
+mentioning this payment id was added; a contact or deal created just before a crash is
+found again by the normal lookups (a created deal always carries the payment id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from bridge import rules
+from bridge.crm.base import CrmAdapter
+from bridge.domain import (
+    Contact,
+    ContactPatch,
+    DealResult,
+    NewContact,
+    NewDeal,
+    Payment,
+)
+from bridge.errors import NotFound
+from bridge.settings import CrmConfig, PaymentRules
+
+RecordSteps = Callable[[Mapping[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class FlowContext:
+    adapter: CrmAdapter
+    config: CrmConfig
+    rules: PaymentRules
+    create_if_not_found: bool
+    display_tz: ZoneInfo
+
+
+@dataclass(frozen=True)
+class FlowOutcome:
+    result: DealResult
+    warnings: tuple[str, ...]
+
+
+async def deliver_payment(
+    payment: Payment,
+    ctx: FlowContext,
+    journal: Mapping[str, Any],
+    record: RecordSteps,
+    *,
+    first_attempt: bool,
+) -> FlowOutcome:
+    """Run (or resume) one payment in one CRM; raises the `CrmError` family."""
+    warnings: list[str] = []
+    if "fields" in journal and "deal" in journal:
+        result = _result_from_journal(journal)
+    else:
+        result = await _resolve_and_apply(payment, ctx, journal, record, warnings)
+    if "note" not in journal:
+        await _add_note_once(payment, ctx, result.deal_id, check_remote=not first_attempt)
+        await record({"note": True})
+    return FlowOutcome(result, tuple(warnings))
+
+
+async def _resolve_and_apply(
+    payment: Payment,
+    ctx: FlowContext,
+    journal: Mapping[str, Any],
+    record: RecordSteps,
+    warnings: list[str],
+) -> DealResult:
+    contact = await _find_contact(payment, ctx, journal)
+    if contact is None:
+        return await _create_contact_and_deal(payment, ctx, record, warnings)
+    await _fill_contact(contact, payment, ctx)
+    deals = await ctx.adapter.list_deals(contact)
+    carrying = rules.deal_carrying_payment(deals, ctx.config, payment.payment_id)
+    if carrying is not None:
+        # A previous attempt got as far as writing this payment's fields.
+        result = DealResult(contact.id, carrying.id, _created_before(journal), carrying.pipeline_id)
+        await record(_steps(result, fields=True))
+        return result
+    deal = rules.choose_open_deal(deals, ctx.config)
+    if deal is None:
+        return await _create_deal(contact, payment, ctx, record, warnings)
+    await record(_steps(DealResult(contact.id, deal.id, False, deal.pipeline_id)))
+    updates, field_warnings = rules.deal_field_updates(
+        payment, deal.fields, ctx.config, ctx.display_tz
+    )
+    warnings.extend(field_warnings)
+    await ctx.adapter.update_deal(deal.id, updates)
+    result = DealResult(contact.id, deal.id, False, deal.pipeline_id)
+    await record({"fields": True})
+    return result
+
+
+async def _find_contact(
+    payment: Payment, ctx: FlowContext, journal: Mapping[str, Any]
+) -> Contact | None:
+    known = journal.get("contact")
+    if isinstance(known, dict) and known.get("id"):
+        return Contact(id=str(known["id"]))
+    for key in payment.customer.lookup_keys():
+        hits = await ctx.adapter.find_contacts(key)
+        confirmed = [hit for hit in hits if rules.contact_matches(hit, key)]
+        if confirmed:
+            return min(confirmed, key=_numeric_id)
+    return None
+
+
+async def _fill_contact(contact: Contact, payment: Payment, ctx: FlowContext) -> None:
+    if contact.deal_ids is None:
+        return  # resumed from the journal: filled on the attempt that found it
+    fills = rules.contact_fill_updates(contact, payment.customer, ctx.config)
+    if fills:
+        await ctx.adapter.update_contact(contact.id, ContactPatch(fills))
+
+
+async def _create_contact_and_deal(
+    payment: Payment, ctx: FlowContext, record: RecordSteps, warnings: list[str]
+) -> DealResult:
+    _require_creation(ctx, "contact")
+    new_deal = _new_deal(payment, ctx, warnings)
+    new_contact = NewContact(
+        payment.customer, payment.utm, rules.new_contact_fields(payment.customer, ctx.config)
+    )
+    contact, deal = await ctx.adapter.create_contact_and_deal(new_contact, new_deal)
+    result = DealResult(contact.id, deal.id, True, deal.pipeline_id)
+    await record(_steps(result, fields=True))
+    return result
+
+
+async def _create_deal(
+    contact: Contact,
+    payment: Payment,
+    ctx: FlowContext,
+    record: RecordSteps,
+    warnings: list[str],
+) -> DealResult:
+    _require_creation(ctx, "open deal")
+    deal = await ctx.adapter.create_deal(contact, _new_deal(payment, ctx, warnings))
+    result = DealResult(contact.id, deal.id, True, deal.pipeline_id)
+    await record(_steps(result, fields=True))
+    return result
+
+
+def _new_deal(payment: Payment, ctx: FlowContext, warnings: list[str]) -> NewDeal:
+    target = rules.choose_pipeline(payment.utm, ctx.config)
+    updates, field_warnings = rules.deal_field_updates(payment, {}, ctx.config, ctx.display_tz)
+    warnings.extend(field_warnings)
+    return NewDeal(
+        name=rules.deal_name(payment, ctx.rules.deal_name_template),
+        price=payment.amount,
+        pipeline_id=target.pipeline_id,
+        status_id=target.status_id,
+        fields=updates,
+    )
+
+
+async def _add_note_once(
+    payment: Payment, ctx: FlowContext, deal_id: str, *, check_remote: bool
+) -> None:
+    if check_remote:
+        notes = await ctx.adapter.deal_notes(deal_id)
+        if any(rules.note_mentions_payment(text, payment.payment_id) for text in notes):
+            return
+    text = rules.note_text(payment, ctx.rules.note_template, ctx.display_tz)
+    await ctx.adapter.add_note(deal_id, text)
+
+
+def _require_creation(ctx: FlowContext, what: str) -> None:
+    if not ctx.create_if_not_found:
+        raise NotFound(ctx.adapter.name, f"no {what} found and CREATE_IF_NOT_FOUND=false")
+
+
+def _steps(result: DealResult, *, fields: bool = False) -> dict[str, Any]:
+    steps: dict[str, Any] = {
+        "contact": {"id": result.contact_id},
+        "deal": {
+            "id": result.deal_id,
+            "created": result.deal_created,
+            "pipeline_id": result.pipeline_id,
+        },
+    }
+    if fields:
+        steps["fields"] = True
+    return steps
+
+
+def _result_from_journal(journal: Mapping[str, Any]) -> DealResult:
+    deal = journal["deal"]
+    return DealResult(
+        contact_id=str(journal["contact"]["id"]),
+        deal_id=str(deal["id"]),
+        deal_created=bool(deal["created"]),
+        pipeline_id=str(deal["pipeline_id"]),
+    )
+
+
+def _created_before(journal: Mapping[str, Any]) -> bool:
+    # A crash between the CRM write and the journal write loses only this flag; the
+    # deal itself is found by the payment id it carries. Reported as created (the
+    # common case: a new deal is written together with its fields).
+    deal = journal.get("deal")
+    return bool(deal.get("created")) if isinstance(deal, dict) else True
+
+
+def _numeric_id(contact: Contact) -> tuple[int, str]:
+    return (int(contact.id), contact.id) if contact.id.isdigit() else (0, contact.id)
+

@@ -1,0 +1,120 @@
+"""Pydantic models of the inbound payment body (SPEC §4): the boundary, nothing else.
+
+Only shape is checked here; meaning (phones, zones, sums) is `normalize`'s job. The models
+are lenient where platforms are sloppy — unknown fields are ignored, whole numbers are
+accepted where text is expected, a null item list is an empty one — and strict only where
+the bridge cannot work without a value: `payment_id` (the dedup key), `status`, `user`
+and each item's `cost`.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+
+
+def _whole_number_as_text(value: object) -> object:
+    # bool is an int subclass, but `true` is no identifier.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Text = Annotated[str, BeforeValidator(_whole_number_as_text)]
+RequiredId = Annotated[
+    str,
+    # Constraints before the validator: pydantic skips min_length when they come after.
+    StringConstraints(strip_whitespace=True, min_length=1),
+    BeforeValidator(_whole_number_as_text),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Subject(_Model):
+    name: Text | None = None
+    project: Text | None = None  # the direction: ЕГЭ / ОГЭ
+
+
+class Course(_Model):
+    name: Text | None = None
+    subject: Subject | None = None
+
+
+class Item(_Model):
+    cost: Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+    number_lessons: int | None = None
+    package_id: Any = None
+    course: Course | None = None
+
+
+class User(_Model):
+    first_name: Text | None = None
+    last_name: Text | None = None
+    phone: Text | None = None
+    email: Text | None = None
+    telegram_id: Text | None = None
+    telegram_tag: Text | None = None
+
+
+class Utm(_Model):
+    source: Text | None = None
+    medium: Text | None = None
+    compaign: Text | None = None  # sic: the platform's spelling
+    campaign: Text | None = None
+    term: Text | None = None
+    content: Text | None = None
+    ym: Text | None = None
+
+
+class CourseOrder(_Model):
+    status: Text
+    amount: Decimal | None = None  # not used: the amount is the sum of item costs
+    created_at: Text | None = None
+    updated_at: Text | None = None
+    code: Text | None = None  # promo code
+    payment_id: RequiredId
+    invoice_id: Text | None = None
+    payment_method: Text | None = None
+    currency: Text | None = None
+    course_order_items: list[Item] = Field(default_factory=list)
+    user: User
+    utm: Utm | None = None
+    domain: Text | None = None
+
+    @field_validator("course_order_items", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: object) -> object:
+        return [] if value is None else value
+
+
+class PaymentWebhook(_Model):
+    course_order: CourseOrder
+
+
+def parse_payment(raw: object) -> PaymentWebhook:
+    """Validate a decoded JSON body; raises pydantic's ValidationError only."""
+    return PaymentWebhook.model_validate(raw)
+
+
+def validation_details(exc: ValidationError) -> list[dict[str, str]]:
+    """The errors of `exc` for a 422 body: dotted field path and message, never the input."""
+    return [
+        {
+            "field": ".".join(str(part) for part in error["loc"]) or "body",
+            "error": error["msg"],
+        }
+        for error in exc.errors(include_url=False, include_input=False)
+    ]

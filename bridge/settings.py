@@ -1,0 +1,229 @@
+"""Settings, built once at start and passed down; nothing reads the environment later.
+
+Two sources, as SPEC §11 asks:
+- the environment (or `.env`): secrets and simple knobs, documented in `env.example`;
+- a TOML file (`CONFIG_FILE`): the structured mappings — per-CRM pipelines, rules,
+  field ids, enum maps, templates.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+from bridge.errors import ConfigError
+
+DEFAULT_NOTE_TEMPLATE = """Оплата проведена
+
+Имя клиента: {client_name}
+Дата/время: {paid_at_local} ({display_timezone_label})
+Дата/время UTC: {paid_at_utc}
+Статус: {status}
+Сумма: {amount} {currency}
+Метод оплаты: {payment_method}
+Курсы:
+{courses}
+Промокод: {promo_code}
+{contacts_line}
+Источник: {utm_source}
+Invoice ID: {invoice_id}
+Payment ID: {payment_id}"""
+
+DEFAULT_DEAL_NAME_TEMPLATE = "Оплата {subject} - {client_name}"
+
+# Retry delays of SPEC §3: ~1 min, 5 min, 30 min, 2 h, 6 h, then every 12 h up to 3 days.
+DEFAULT_RETRY_SCHEDULE = (60, 300, 1800, 7200, 21600, 43200, 43200, 43200, 43200, 43200, 43200)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PipelineRule(_Strict):
+    """New deals whose UTM `field` contains any of `contains` go to pipeline/status."""
+
+    utm_field: Literal["source", "medium", "campaign", "term", "content"]
+    contains: tuple[str, ...]
+    pipeline_id: str
+    status_id: str
+    name: str = ""
+
+    @field_validator("pipeline_id", "status_id", mode="before")
+    @classmethod
+    def _id_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) else value
+
+
+class PipelineTarget(_Strict):
+    pipeline_id: str
+    status_id: str
+    name: str = ""
+
+    @field_validator("pipeline_id", "status_id", mode="before")
+    @classmethod
+    def _id_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) else value
+
+
+class DealFieldIds(_Strict):
+    """Custom-field ids on the deal; a field left out is simply not written."""
+
+    subjects: str | None = None  # multiselect, enum ids from `subjects`
+    direction: str | None = None  # select, enum ids from `directions`
+    last_payment_amount: str | None = None  # numeric
+    last_payment_at: str | None = None  # date/time
+    payment_id: str | None = None  # text; also the crash-window marker (SPEC §3)
+    invoice_id: str | None = None  # text
+    total_paid: str | None = None  # numeric, incremented
+    purchase_count: str | None = None  # numeric, incremented
+    utm_source: str | None = None
+    utm_medium: str | None = None
+    utm_campaign: str | None = None
+    utm_term: str | None = None
+    utm_content: str | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _id_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) else value
+
+
+class ContactFieldIds(_Strict):
+    telegram_id: str | None = None
+    telegram_username: str | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _id_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) else value
+
+
+class CrmConfig(_Strict):
+    """One CRM section of the TOML file: `[crm.<name>]`."""
+
+    kind: Literal["amocrm"] = "amocrm"
+    enabled: bool = True
+    base_url: str
+    auth: Literal["long_lived_token", "oauth"] = "long_lived_token"
+    rate_limit_per_second: float = Field(default=6.5, gt=0)
+    request_timeout_seconds: float = Field(default=15.0, gt=0)
+    closed_status_ids: tuple[str, ...] = ("142", "143")
+    excluded_status_ids: tuple[str, ...] = ()
+    pipeline_rules: tuple[PipelineRule, ...] = ()
+    default_pipeline: PipelineTarget
+    deal_fields: DealFieldIds = DealFieldIds()
+    contact_fields: ContactFieldIds = ContactFieldIds()
+    subjects: dict[str, int] = Field(default_factory=dict)  # subject name → enum id
+    directions: dict[str, int] = Field(default_factory=dict)  # ЕГЭ/ОГЭ → enum id
+
+    @field_validator("closed_status_ids", "excluded_status_ids", mode="before")
+    @classmethod
+    def _ids_as_text(cls, value: object) -> object:
+        if isinstance(value, list | tuple):
+            return tuple(str(item) for item in value)
+        return value
+
+
+class PaymentRules(_Strict):
+    processed_statuses: tuple[str, ...] = ("CONFIRMED",)
+    note_template: str = DEFAULT_NOTE_TEMPLATE
+    deal_name_template: str = DEFAULT_DEAL_NAME_TEMPLATE
+
+
+class FileConfig(_Strict):
+    """The TOML file's whole content."""
+
+    payment: PaymentRules = PaymentRules()
+    crm: dict[str, CrmConfig] = Field(default_factory=dict)
+
+
+class Settings(BaseSettings):
+    """Environment settings plus the parsed TOML file (`file`)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    config_file: Path = Path("etc/bridge.example.toml")
+    database_path: Path = Path("db/bridge.sqlite")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "INFO"
+
+    wait_seconds: float = Field(default=5.0, ge=0)
+    create_if_not_found: bool = True
+    platform_timezone: str = "Europe/Moscow"
+    display_timezone: str = "Europe/Moscow"
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+
+    # Comma-separated, so several can be active at once during a rotation.
+    webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    standard_webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    legacy_secret_header_enabled: bool = False
+
+    bridge_secret_key: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+
+    amocrm_access_token: SecretStr | None = None
+    amocrm_client_id: str = ""
+    amocrm_client_secret: SecretStr | None = None
+    amocrm_redirect_uri: str = ""
+    amocrm_refresh_token: SecretStr | None = None
+
+    retry_schedule_seconds: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
+    worker_concurrency: int = Field(default=8, ge=1)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+
+    file: FileConfig = FileConfig()
+
+    @field_validator(
+        "webhook_secrets", "standard_webhook_secrets", "bridge_secret_key", mode="before"
+    )
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(SecretStr(part.strip()) for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("retry_schedule_seconds", mode="before")
+    @classmethod
+    def _split_schedule(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(float(part) for part in value.split(",") if part.strip())
+        return value
+
+
+def load_file_config(path: Path) -> FileConfig:
+    """Parse and validate the TOML file; errors name the file and the key."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: file not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        return FileConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from exc
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Environment + TOML file, validated. Tests pass overrides instead of env vars."""
+    try:
+        env_settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ConfigError(f"environment: {problems}") from exc
+    if "file" in overrides:
+        return env_settings
+    file_config = load_file_config(env_settings.config_file)
+    return env_settings.model_copy(update={"file": file_config})

@@ -1,0 +1,146 @@
+"""Bearer tokens for CRM requests, as an `httpx.Auth` flow.
+
+Two sources: a static token (amoCRM long-lived token, an API key) and OAuth2 with
+refresh-token rotation. Rotation is where tokens get lost, so `OAuthTokenSource`:
+- refreshes ahead of expiry and once more on a 401;
+- lets only one refresh run at a time; callers that held the stale token wait for it and
+  use its result (the old refresh token is single-use: a second refresh would fail);
+- commits the new pair (encrypted, through `TokenRepository`) before anyone uses it, so a
+  crash right after the refresh cannot leave the bridge with a dead refresh token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
+
+from bridge.errors import AuthError
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_at: float  # unix seconds
+
+
+class TokenRepository(Protocol):
+    async def load_tokens(self, crm: str) -> TokenPair | None: ...
+
+    async def save_tokens(self, crm: str, pair: TokenPair) -> None: ...
+
+
+Refresher = Callable[[str], Awaitable[TokenPair]]
+
+
+class TokenSource(Protocol):
+    can_refresh: bool
+
+    async def current(self) -> str: ...
+
+    async def refreshed(self, stale: str) -> str: ...
+
+    def expires_at(self) -> float | None: ...
+
+
+class StaticToken:
+    """A token from the environment; there is nothing to refresh."""
+
+    can_refresh = False
+
+    def __init__(self, crm: str, token: str | None, missing_hint: str) -> None:
+        self._crm = crm
+        self._token = token
+        self._missing_hint = missing_hint
+
+    async def current(self) -> str:
+        if not self._token:
+            raise AuthError(self._crm, f"no credentials: {self._missing_hint}")
+        return self._token
+
+    async def refreshed(self, stale: str) -> str:
+        raise AuthError(self._crm, "token rejected (401) and it cannot be refreshed")
+
+    def expires_at(self) -> float | None:
+        return None
+
+
+class OAuthTokenSource:
+    can_refresh = True
+
+    def __init__(
+        self,
+        crm: str,
+        repository: TokenRepository,
+        refresher: Refresher,
+        *,
+        bootstrap_refresh_token: str | None = None,
+        refresh_margin_seconds: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._crm = crm
+        self._repository = repository
+        self._refresher = refresher
+        self._bootstrap = bootstrap_refresh_token
+        self._margin = refresh_margin_seconds
+        self._clock = clock
+        self._pair: TokenPair | None = None
+        self._lock = asyncio.Lock()
+
+    async def current(self) -> str:
+        pair = await self._loaded()
+        if pair.expires_at - self._margin <= self._clock():
+            return await self.refreshed(pair.access_token)
+        return pair.access_token
+
+    async def refreshed(self, stale: str) -> str:
+        async with self._lock:
+            pair = await self._loaded()
+            if pair.access_token != stale and pair.expires_at - self._margin > self._clock():
+                return pair.access_token  # someone else refreshed while we waited
+            new_pair = await self._refresher(pair.refresh_token)
+            await self._repository.save_tokens(self._crm, new_pair)
+            self._pair = new_pair
+            return new_pair.access_token
+
+    def expires_at(self) -> float | None:
+        return self._pair.expires_at if self._pair else None
+
+    def forget(self) -> None:
+        """Drop the cached pair so the next request reads the store (after `bridge auth`)."""
+        self._pair = None
+
+    async def _loaded(self) -> TokenPair:
+        if self._pair is None:
+            self._pair = await self._repository.load_tokens(self._crm)
+        if self._pair is None and self._bootstrap:
+            # First start with a refresh token from the environment: expired on purpose,
+            # so the first request refreshes and the rotated pair is stored.
+            self._pair = TokenPair("", self._bootstrap, 0.0)
+        if self._pair is None:
+            raise AuthError(self._crm, f"not authorised: run `bridge auth {self._crm}`")
+        return self._pair
+
+
+class BearerAuth(httpx.Auth):
+    """Adds the bearer token; on a 401 refreshes once (when possible) and resends."""
+
+    def __init__(self, source: TokenSource) -> None:
+        self._source = source
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        token = await self._source.current()
+        request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code == 401 and self._source.can_refresh:
+            await response.aread()
+            token = await self._source.refreshed(token)
+            request.headers["Authorization"] = f"Bearer {token}"
+            yield request

@@ -1,0 +1,323 @@
+"""The in-process delivery worker: a poll loop over due deliveries.
+
+A delivery may run twice (crash, restart, a nudge), so everything it does is made safe
+to repeat by `flow`. The worker adds what the flow cannot know:
+- which deliveries are due, and never two at once for the same customer in one CRM;
+- the durable retry schedule (1 min … 12 h, then `dead` after about three days);
+- pausing a CRM whose credentials fail: its deliveries wait, no attempt is burnt, and
+  one delivery probes every `pause_probe_seconds` until the credentials work again;
+- telling waiting HTTP handlers when an event has settled.
+`run_once()` processes what is due now and returns; tests and `bridge retry` use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from bridge.crm.base import CrmAdapter, counting_calls
+from bridge.errors import (
+    AuthError,
+    NotFound,
+    PermanentCrmError,
+    StoreUnavailable,
+    TransientCrmError,
+)
+from bridge.flow import FlowContext, deliver_payment
+from bridge.intake import payment_from_stored
+from bridge.logs import mask_keys
+from bridge.settings import Settings
+from bridge.store import DeliveryJob, Store
+
+log = logging.getLogger("bridge.worker")
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class _Pause:
+    reason: str
+    next_probe_at: float
+
+
+@dataclass
+class Worker:
+    store: Store
+    adapters: Mapping[str, CrmAdapter]
+    settings: Settings
+    clock: Clock = time.time
+    pause_probe_seconds: float = 30.0
+    on_outcome: Callable[[str, str, float], None] | None = None
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _running: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    _jobs: dict[int, DeliveryJob] = field(default_factory=dict)
+    _blocked: bool = False
+    _busy_keys: set[tuple[str, str]] = field(default_factory=set)
+    _paused: dict[str, _Pause] = field(default_factory=dict)
+    _settled: dict[int, asyncio.Event] = field(default_factory=dict)
+    _stopping: bool = False
+
+    # ---- public surface ----------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def paused(self) -> dict[str, str]:
+        return {crm: pause.reason for crm, pause in self._paused.items()}
+
+    def settled_signal(self, event_id: int) -> asyncio.Event:
+        """An event set each time one of the event's deliveries finishes an attempt."""
+        return self._settled.setdefault(event_id, asyncio.Event())
+
+    def forget_signal(self, event_id: int) -> None:
+        self._settled.pop(event_id, None)
+
+    async def run(self) -> None:
+        await self.store.reset_interrupted()
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                await self._dispatch()
+            except StoreUnavailable as exc:
+                log.error("worker cannot read the database: %s", exc)
+            await self._sleep_until_due()
+
+    async def run_once(self) -> None:
+        """Deliver everything due now (including retries that come due meanwhile)."""
+        while True:
+            started = await self._dispatch()
+            if not self._running:
+                if not started:
+                    return
+                continue
+            await asyncio.wait(list(self._running.values()))
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop taking work; give running deliveries `grace_seconds`, then abandon them.
+
+        An abandoned delivery stays `processing` in the database and is put back in the
+        queue at the next start; the journal makes repeating it safe.
+        """
+        self._stopping = True
+        self._wake.set()
+        tasks = list(self._running.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # ---- dispatch ----------------------------------------------------------------------
+
+    async def _dispatch(self) -> int:
+        now = self.clock()
+        crms = [name for name in self.adapters if self._may_run(name, now)]
+        free = self.settings.worker_concurrency - len(self._running)
+        self._blocked = free <= 0
+        if free <= 0 or not crms:
+            return 0
+        jobs = await self.store.due_deliveries(now, crms, limit=free * 4 + len(self._running))
+        started = 0
+        for job in jobs:
+            if started >= free or self._stopping:
+                self._blocked = True
+                break
+            if job.delivery_id in self._running or self._customer_busy(job):
+                self._blocked = True
+                continue
+            if job.crm in self._paused:
+                if job.crm in {j.crm for j in self._probing()}:
+                    continue
+                self._paused[job.crm].next_probe_at = now + self.pause_probe_seconds
+            self._start(job)
+            started += 1
+        return started
+
+    def _may_run(self, crm: str, now: float) -> bool:
+        pause = self._paused.get(crm)
+        return pause is None or pause.next_probe_at <= now
+
+    def _probing(self) -> list[DeliveryJob]:
+        return [job for job in self._jobs.values() if job.crm in self._paused]
+
+    def _customer_busy(self, job: DeliveryJob) -> bool:
+        return any((job.crm, key) in self._busy_keys for key in job.customer_keys)
+
+    def _start(self, job: DeliveryJob) -> None:
+        self._busy_keys.update((job.crm, key) for key in job.customer_keys)
+        self._jobs[job.delivery_id] = job
+        task = asyncio.get_running_loop().create_task(self._deliver(job))
+        self._running[job.delivery_id] = task
+        task.add_done_callback(lambda _t, j=job: self._finished(j))
+
+    def _finished(self, job: DeliveryJob) -> None:
+        self._running.pop(job.delivery_id, None)
+        self._jobs.pop(job.delivery_id, None)
+        self._busy_keys.difference_update((job.crm, key) for key in job.customer_keys)
+        signal = self._settled.get(job.event_id)
+        if signal is not None:
+            signal.set()
+        self._wake.set()
+
+    async def _sleep_until_due(self) -> None:
+        # A finishing delivery wakes the loop, so work blocked behind a busy customer or
+        # a full pool needs no polling; otherwise sleep until the next retry comes due.
+        timeout = 1.0
+        active = [crm for crm in self.adapters if crm not in self._paused]
+        try:
+            next_due = None if self._blocked else await self.store.next_due_at(active)
+        except StoreUnavailable:
+            next_due = None
+        if next_due is not None:
+            timeout = min(max(next_due - self.clock(), 0.0), 1.0)
+        if self._paused:
+            timeout = min(timeout, self.pause_probe_seconds)
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.01))
+        except TimeoutError:
+            pass
+
+    # ---- one delivery ------------------------------------------------------------------
+
+    async def _deliver(self, job: DeliveryJob) -> None:
+        started = time.perf_counter()
+        try:
+            await self.store.mark_processing(job.delivery_id)
+            with counting_calls() as stats:
+                outcome, detail = await self._attempt(job)
+            await self._record(job, outcome, detail, stats.calls)
+        except StoreUnavailable as exc:
+            log.error("delivery %s/%s: database unavailable: %s", job.key, job.crm, exc)
+            return
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self._log_outcome(job, outcome, detail, stats.calls, elapsed_ms)
+        if self.on_outcome is not None:
+            self.on_outcome(job.crm, outcome, elapsed_ms)
+
+    async def _attempt(self, job: DeliveryJob) -> tuple[str, dict[str, Any]]:
+        adapter = self.adapters[job.crm]
+        try:
+            payment = payment_from_stored(job.payload, job.received_at, self.settings)
+            journal = await self.store.journal(job.delivery_id)
+
+            async def record(steps: Mapping[str, Any]) -> None:
+                await self.store.record_steps(job.delivery_id, steps)
+
+            outcome = await deliver_payment(
+                payment,
+                self._context(job.crm, adapter),
+                journal,
+                record,
+                first_attempt=job.attempts == 1 and not journal,
+            )
+        except NotFound as exc:
+            return "not_found", {"error": exc.message}
+        except AuthError as exc:
+            return "paused", {"error": exc.message}
+        except PermanentCrmError as exc:
+            return "failed", {"error": exc.message}
+        except TransientCrmError as exc:
+            return "retry", {"error": exc.message}
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one per-delivery boundary
+            log.exception("delivery %s/%s: unexpected error", job.key, job.crm)
+            return "retry", {"error": f"internal error: {type(exc).__name__}: {exc}"}
+        self._paused.pop(job.crm, None)
+        result = outcome.result
+        return "success", {
+            "contact_id": result.contact_id,
+            "deal_id": result.deal_id,
+            "deal_created": result.deal_created,
+            "pipeline_id": result.pipeline_id,
+            "warnings": list(outcome.warnings),
+        }
+
+    def _context(self, crm: str, adapter: CrmAdapter) -> FlowContext:
+        return FlowContext(
+            adapter=adapter,
+            config=self.settings.file.crm[crm],
+            rules=self.settings.file.payment,
+            create_if_not_found=self.settings.create_if_not_found,
+            display_tz=ZoneInfo(self.settings.display_timezone),
+        )
+
+    async def _record(
+        self, job: DeliveryJob, outcome: str, detail: dict[str, Any], calls: int
+    ) -> None:
+        error = detail.get("error")
+        if outcome == "success":
+            await self.store.finish_delivery(
+                job.delivery_id,
+                status="success",
+                contact_id=detail["contact_id"],
+                deal_id=detail["deal_id"],
+                deal_created=detail["deal_created"],
+                pipeline_id=detail["pipeline_id"],
+                crm_calls=calls,
+            )
+            await self.store.set_crm_state(job.crm, success=True)
+        elif outcome == "paused":
+            self._pause(job.crm, str(error))
+            await self.store.finish_delivery(
+                job.delivery_id, status="pending", error=error, crm_calls=calls,
+                count_attempt=False,
+            )
+            await self.store.set_crm_state(job.crm, paused_reason=str(error), error=error)
+        elif outcome == "retry":
+            next_at = self._next_attempt_at(job.attempts)
+            await self.store.finish_delivery(
+                job.delivery_id,
+                status="retrying" if next_at is not None else "dead",
+                error=error,
+                crm_calls=calls,
+                next_attempt_at=next_at,
+            )
+            await self.store.set_crm_state(job.crm, error=error)
+        else:  # failed, not_found
+            await self.store.finish_delivery(
+                job.delivery_id, status=outcome, error=error, crm_calls=calls
+            )
+            if outcome == "failed":
+                await self.store.set_crm_state(job.crm, error=error)
+
+    def _next_attempt_at(self, attempts: int) -> float | None:
+        schedule = self.settings.retry_schedule_seconds
+        if attempts > len(schedule):
+            return None
+        return self.clock() + schedule[attempts - 1]
+
+    def _pause(self, crm: str, reason: str) -> None:
+        if crm not in self._paused:
+            log.error("%s paused: %s", crm, reason)
+        self._paused[crm] = _Pause(reason, self.clock() + self.pause_probe_seconds)
+
+    def _log_outcome(
+        self, job: DeliveryJob, outcome: str, detail: dict[str, Any], calls: int, ms: float
+    ) -> None:
+        level = logging.INFO if outcome in ("success", "not_found") else logging.ERROR
+        if outcome == "paused":
+            level = logging.WARNING
+        parts = [
+            f"event={job.kind}:{job.key}",
+            f"crm={job.crm}",
+            f"outcome={outcome}",
+            f"attempt={job.attempts}",
+        ]
+        if outcome == "success":
+            parts += [
+                f"contact={detail['contact_id']}",
+                f"deal={detail['deal_id']}",
+                f"created={'yes' if detail['deal_created'] else 'no'}",
+            ]
+        parts += [f"calls={calls}", f"ms={ms:.0f}", f"customer={mask_keys(job.customer_keys)}"]
+        if detail.get("error"):
+            parts.append(f"error={detail['error']!r}")
+        for warning in detail.get("warnings", []):
+            parts.append(f"warning={warning!r}")
+        log.log(level, " ".join(parts))

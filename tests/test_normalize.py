@@ -1,0 +1,282 @@
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from bridge.domain import Customer, Payment, PurchaseItem, Utm
+from bridge.normalize import (
+    normalize_email,
+    normalize_phone,
+    normalize_telegram_id,
+    normalize_telegram_username,
+    parse_platform_time,
+    payment_from_webhook,
+)
+from bridge.payloads import parse_payment
+
+MOSCOW = ZoneInfo("Europe/Moscow")
+RECEIVED_AT = datetime(2025, 1, 21, 8, 0, tzinfo=UTC)
+
+PAYLOAD: dict[str, Any] = {
+    "course_order": {
+        "status": "CONFIRMED",
+        "amount": 100,
+        "created_at": "2025-01-20 14:49:20",
+        "updated_at": "2025-01-20 15:00:00",
+        "code": "PROMO2025",
+        "payment_id": "pay_67890",
+        "invoice_id": "inv_12345",
+        "payment_method": "SBP",
+        "currency": "RUB",
+        "course_order_items": [
+            {
+                "cost": 5000,
+                "number_lessons": 10,
+                "course": {
+                    "name": "Годовой 2к25 стандарт",
+                    "subject": {"name": "Русский", "project": "ЕГЭ"},
+                },
+            },
+            {
+                "cost": "5000.50",
+                "course": {
+                    "name": "Годовой 2к25 стандарт",
+                    "subject": {"name": "Обществознание", "project": "ЕГЭ"},
+                },
+            },
+        ],
+        "user": {
+            "first_name": " Иван ",
+            "last_name": "Петров",
+            "phone": "8 999 123-45-67",
+            "email": " Ivan@Example.COM ",
+            "telegram_id": "123456789",
+            "telegram_tag": "@ivan",
+        },
+        "utm": {"source": "platform", "medium": "direct", "compaign": "summer2025", "ym": 42},
+        "domain": "pl.el-ed.ru",
+    }
+}
+
+
+def _payment(**changes: Any) -> tuple[Payment, list[str]]:
+    raw = copy.deepcopy(PAYLOAD)
+    for key, value in changes.items():
+        section, _, name = key.partition("__")
+        target = raw["course_order"] if not name else raw["course_order"][section]
+        field = name or section
+        if value is ...:
+            target.pop(field, None)
+        else:
+            target[field] = value
+    return payment_from_webhook(parse_payment(raw), platform_tz=MOSCOW, received_at=RECEIVED_AT)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("89991234567", "+79991234567"),
+        ("8 999 123-45-67", "+79991234567"),
+        ("+7 (999) 123 45 67", "+79991234567"),
+        ("79991234567", "+79991234567"),
+        ("9991234567", "+79991234567"),
+        ("+7-999-123-45-67", "+79991234567"),
+        (" +44 20 7946 0958 ", "+442079460958"),
+        ("garbage", None),
+        ("123", None),
+        ("", None),
+        ("   ", None),
+        (None, None),
+        ("+7 999", None),
+        ("8999123456789012345", None),
+    ],
+)
+def test_normalize_phone(raw: str | None, expected: str | None) -> None:
+    assert normalize_phone(raw) == expected
+
+
+def test_normalize_phone_other_region() -> None:
+    assert normalize_phone("020 7946 0958", region="GB") == "+442079460958"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (" Ivan@Example.COM ", "ivan@example.com"),
+        ("ivan@example.com", "ivan@example.com"),
+        ("", None),
+        ("   ", None),
+        (None, None),
+        ("not-an-email", None),
+    ],
+)
+def test_normalize_email(raw: str | None, expected: str | None) -> None:
+    assert normalize_email(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("123456789", "123456789"),
+        (" 123456789\n", "123456789"),
+        ("12a", None),
+        ("-100123", None),
+        ("١٢٣", None),  # Arabic-Indic digits are digits to str.isdigit, not to Telegram
+        ("²", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_normalize_telegram_id(raw: str | None, expected: str | None) -> None:
+    assert normalize_telegram_id(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("ivan", "ivan"),
+        ("@ivan", "ivan"),
+        (" @ivan_petrov ", "ivan_petrov"),
+        ("@", None),
+        ("", None),
+        ("  ", None),
+        (None, None),
+    ],
+)
+def test_normalize_telegram_username(raw: str | None, expected: str | None) -> None:
+    assert normalize_telegram_username(raw) == expected
+
+
+FALLBACK = datetime(2025, 2, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("raw", "zone", "expected"),
+    [
+        ("2025-01-20 14:49:20", MOSCOW, datetime(2025, 1, 20, 11, 49, 20, tzinfo=UTC)),
+        ("2025-01-20T14:49:20", MOSCOW, datetime(2025, 1, 20, 11, 49, 20, tzinfo=UTC)),
+        (" 2025-01-20 14:49:20 ", MOSCOW, datetime(2025, 1, 20, 11, 49, 20, tzinfo=UTC)),
+        ("2025-01-20T14:49:20Z", MOSCOW, datetime(2025, 1, 20, 14, 49, 20, tzinfo=UTC)),
+        ("2025-01-20T14:49:20+05:00", MOSCOW, datetime(2025, 1, 20, 9, 49, 20, tzinfo=UTC)),
+        ("2025-01-20 14:49:20.5", MOSCOW, datetime(2025, 1, 20, 11, 49, 20, 500000, tzinfo=UTC)),
+        ("2025-07-01 12:00:00", ZoneInfo("Europe/Berlin"), datetime(2025, 7, 1, 10, tzinfo=UTC)),
+        ("2025-01-01 12:00:00", ZoneInfo("Europe/Berlin"), datetime(2025, 1, 1, 11, tzinfo=UTC)),
+        ("2025-01-20", MOSCOW, datetime(2025, 1, 19, 21, tzinfo=UTC)),
+        ("0001-01-01 00:00:00", MOSCOW, FALLBACK),
+        ("20.01.2025 14:49", MOSCOW, FALLBACK),
+        ("yesterday", MOSCOW, FALLBACK),
+        ("", MOSCOW, FALLBACK),
+        (None, MOSCOW, FALLBACK),
+    ],
+)
+def test_parse_platform_time(raw: str | None, zone: ZoneInfo, expected: datetime) -> None:
+    parsed = parse_platform_time(raw, zone, FALLBACK)
+    assert parsed == expected
+    assert parsed.tzinfo is UTC
+
+
+def test_parse_platform_time_converts_the_fallback_to_utc() -> None:
+    fallback = datetime(2025, 2, 1, 15, 0, tzinfo=timezone(timedelta(hours=3)))
+    assert parse_platform_time(None, MOSCOW, fallback) == datetime(2025, 2, 1, 12, tzinfo=UTC)
+    assert parse_platform_time(None, MOSCOW, fallback).tzinfo is UTC
+
+
+def test_parse_platform_time_refuses_a_naive_fallback() -> None:
+    with pytest.raises(ValueError, match="aware"):
+        parse_platform_time(None, MOSCOW, datetime(2025, 2, 1))
+
+
+def test_payment_from_webhook() -> None:
+    payment, warnings = _payment()
+    assert warnings == []
+    assert payment == Payment(
+        payment_id="pay_67890",
+        status="CONFIRMED",
+        amount=Decimal("10000.50"),
+        paid_at=datetime(2025, 1, 20, 11, 49, 20, tzinfo=UTC),
+        customer=Customer(
+            first_name="Иван",
+            last_name="Петров",
+            phone="+79991234567",
+            email="ivan@example.com",
+            telegram_id="123456789",
+            telegram_username="ivan",
+        ),
+        items=(
+            PurchaseItem("Годовой 2к25 стандарт", "Русский", "ЕГЭ", Decimal(5000), 10),
+            PurchaseItem("Годовой 2к25 стандарт", "Обществознание", "ЕГЭ", Decimal("5000.50")),
+        ),
+        utm=Utm(source="platform", medium="direct", campaign="summer2025", ym="42"),
+        invoice_id="inv_12345",
+        currency="RUB",
+        payment_method="SBP",
+        promo_code="PROMO2025",
+        domain="pl.el-ed.ru",
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "read", "expected"),
+    [
+        ({"amount": 1}, lambda p: p.amount, Decimal("10000.50")),
+        ({"course_order_items": []}, lambda p: p.amount, Decimal(0)),
+        ({"course_order_items": [{"cost": 0.1}, {"cost": 0.2}]}, lambda p: p.amount, Decimal("0.3")),
+        ({"created_at": ...}, lambda p: p.paid_at, datetime(2025, 1, 20, 12, tzinfo=UTC)),
+        ({"created_at": "bad"}, lambda p: p.paid_at, datetime(2025, 1, 20, 12, tzinfo=UTC)),
+        ({"created_at": None, "updated_at": None}, lambda p: p.paid_at, RECEIVED_AT),
+        ({"utm__campaign": "winter"}, lambda p: p.utm.campaign, "winter"),
+        ({"utm__campaign": ""}, lambda p: p.utm.campaign, "summer2025"),
+        ({"utm__compaign": ...}, lambda p: p.utm.campaign, ""),
+        ({"utm": None}, lambda p: p.utm, Utm()),
+        ({"user__phone": "89991234567"}, lambda p: p.customer.phone, "+79991234567"),
+        ({"user__phone": "call me"}, lambda p: p.customer.phone, None),
+        ({"user__telegram_tag": "ivan"}, lambda p: p.customer.telegram_username, "ivan"),
+        ({"user__telegram_id": 5}, lambda p: p.customer.telegram_id, "5"),
+        ({"user__last_name": None}, lambda p: p.customer.full_name, "Иван"),
+        ({"invoice_id": None}, lambda p: p.invoice_id, ""),
+        ({"course_order_items": [{"cost": 1}]}, lambda p: p.items[0].subject, ""),
+        ({"course_order_items": [{"cost": 1}]}, lambda p: p.subjects, ()),
+    ],
+)
+def test_payment_from_webhook_rules(changes: dict[str, Any], read: Any, expected: object) -> None:
+    payment, _ = _payment(**changes)
+    assert read(payment) == expected
+
+
+@pytest.mark.parametrize(
+    ("changes", "warning"),
+    [
+        ({"user__phone": "8 999 12"}, "phone dropped: unparseable"),
+        ({"user__email": "ivan(at)example.com"}, "email dropped: no '@'"),
+        ({"user__telegram_id": "@ivan"}, "telegram_id dropped: not all digits"),
+        ({"created_at": "bad"}, "created_at unparseable: ignored"),
+        (
+            {"created_at": None, "updated_at": None},
+            "no usable created_at/updated_at: paid_at is the time received",
+        ),
+        ({"course_order_items": []}, "no course_order_items: amount is 0"),
+    ],
+)
+def test_payment_from_webhook_warnings(changes: dict[str, Any], warning: str) -> None:
+    _, warnings = _payment(**changes)
+    assert warning in warnings
+
+
+def test_warnings_never_quote_personal_data() -> None:
+    _, warnings = _payment(
+        user__phone="8 999 12", user__email="ivan(at)example.com", user__telegram_id="@ivan"
+    )
+    assert len(warnings) == 3
+    text = " ".join(warnings)
+    for value in ("999", "ivan", "example"):
+        assert value not in text
+
+
+def test_empty_optional_values_do_not_warn() -> None:
+    _, warnings = _payment(user__phone="", user__email=None, user__telegram_id=" ")
+    assert warnings == []
