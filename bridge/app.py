@@ -127,7 +127,7 @@ async def payment_webhook(request: Request[Any, Any, State]) -> Response[Any]:
     except HTTPException as exc:
         if exc.status_code == 413:
             return reply(413, {"error": "payload_too_large"}, "not checked", "body over limit")
-        raise
+        return reply(exc.status_code, {"error": str(exc.detail)}, "not checked", "bad body")
     settings = rt.settings
     verdict = verify(
         {key.lower(): value for key, value in request.headers.items()},

@@ -116,9 +116,7 @@ def verify(
         name in lowered
         for name in (STANDARD_ID_HEADER, STANDARD_TIMESTAMP_HEADER, STANDARD_SIGNATURE_HEADER)
     ):
-        verdicts.append(
-            _verify_standard(lowered, body, standard_secrets, now, tolerance_seconds)
-        )
+        verdicts.append(_verify_standard(lowered, body, standard_secrets, now, tolerance_seconds))
     if LEGACY_HEADER in lowered:
         verdicts.append(_verify_legacy(lowered[LEGACY_HEADER], hmac_secrets, legacy_enabled))
     if not verdicts:

@@ -17,11 +17,11 @@ import asyncio
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -30,6 +30,7 @@ from bridge.errors import StoreUnavailable
 from bridge.tokens import TokenPair
 
 Clock = Callable[[], float]
+T = TypeVar("T")
 
 ACTIVE_DELIVERY = ("pending", "retrying")
 FINAL_EVENT = ("success", "failed", "skipped", "not_found")
@@ -354,7 +355,7 @@ class Store:
                 " WHERE status = 'processing'",
                 (now,),
             )
-            count = cursor.rowcount
+            count: int = cursor.rowcount
             await db.execute(
                 "UPDATE events SET status = 'pending' WHERE status = 'processing'"
             )
@@ -614,7 +615,7 @@ class Store:
 
     # ---- plumbing ---------------------------------------------------------------------
 
-    async def _write(self, apply: Callable[[aiosqlite.Connection], Any]) -> Any:
+    async def _write(self, apply: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
         try:
             async with self._write_lock:
                 self._check_file()

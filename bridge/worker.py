@@ -153,7 +153,7 @@ class Worker:
         self._jobs[job.delivery_id] = job
         task = asyncio.get_running_loop().create_task(self._deliver(job))
         self._running[job.delivery_id] = task
-        task.add_done_callback(lambda _t, j=job: self._finished(j))
+        task.add_done_callback(lambda _task: self._finished(job))
 
     def _finished(self, job: DeliveryJob) -> None:
         self._running.pop(job.delivery_id, None)

@@ -225,7 +225,11 @@ def test_payment_from_webhook() -> None:
     [
         ({"amount": 1}, lambda p: p.amount, Decimal("10000.50")),
         ({"course_order_items": []}, lambda p: p.amount, Decimal(0)),
-        ({"course_order_items": [{"cost": 0.1}, {"cost": 0.2}]}, lambda p: p.amount, Decimal("0.3")),
+        (
+            {"course_order_items": [{"cost": 0.1}, {"cost": 0.2}]},
+            lambda p: p.amount,
+            Decimal("0.3"),
+        ),
         ({"created_at": ...}, lambda p: p.paid_at, datetime(2025, 1, 20, 12, tzinfo=UTC)),
         ({"created_at": "bad"}, lambda p: p.paid_at, datetime(2025, 1, 20, 12, tzinfo=UTC)),
         ({"created_at": None, "updated_at": None}, lambda p: p.paid_at, RECEIVED_AT),

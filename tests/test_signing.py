@@ -195,8 +195,7 @@ def test_standard_secret_key_rejects_bad_base64() -> None:
         pytest.param(
             {
                 **_standard(),
-                "webhook-signature": "v1a,abc v1,bm90IGl0 "
-                + _standard()["webhook-signature"],
+                "webhook-signature": "v1a,abc v1,bm90IGl0 " + _standard()["webhook-signature"],
             },
             False,
             NOW,
@@ -312,7 +311,9 @@ def test_undecodable_standard_secret_does_not_break_verification() -> None:
         (None, None, set()),
     ],
 )
-def test_sign_headers(hmac_secret: str | None, standard_secret: str | None, names: set[str]) -> None:
+def test_sign_headers(
+    hmac_secret: str | None, standard_secret: str | None, names: set[str]
+) -> None:
     headers = sign_headers(
         BODY, hmac_secret=hmac_secret, standard_secret=standard_secret, msg_id=MSG_ID, now=NOW
     )
@@ -336,14 +337,17 @@ def test_reasons_never_contain_secrets_or_expected_signatures() -> None:
 
 secrets = st.text(min_size=1, max_size=40)
 standard_secrets = st.one_of(
-    secrets, st.binary(min_size=1, max_size=40).map(lambda key: "whsec_" + base64.b64encode(key).decode())
+    secrets,
+    st.binary(min_size=1, max_size=40).map(lambda key: "whsec_" + base64.b64encode(key).decode()),
 )
 bodies = st.binary(max_size=2000)
 timestamps = st.integers(min_value=0, max_value=4_000_000_000)
 
 
 @given(body=bodies, hmac_secret=secrets, standard_secret=standard_secrets, now=timestamps)
-def test_signed_bodies_verify(body: bytes, hmac_secret: str, standard_secret: str, now: int) -> None:
+def test_signed_bodies_verify(
+    body: bytes, hmac_secret: str, standard_secret: str, now: int
+) -> None:
     for one_hmac, one_standard in ((hmac_secret, None), (None, standard_secret)):
         headers = sign_headers(
             body, hmac_secret=one_hmac, standard_secret=one_standard, msg_id="msg", now=now
@@ -394,9 +398,13 @@ def test_any_changed_byte_fails(
     skew=st.integers(min_value=301, max_value=10**9),
     future=st.booleans(),
 )
-def test_timestamps_beyond_tolerance_fail(body: bytes, secret: str, skew: int, future: bool) -> None:
+def test_timestamps_beyond_tolerance_fail(
+    body: bytes, secret: str, skew: int, future: bool
+) -> None:
     signed_at = NOW + skew if future else NOW - skew
-    headers = sign_headers(body, hmac_secret=None, standard_secret=secret, msg_id="m", now=signed_at)
+    headers = sign_headers(
+        body, hmac_secret=None, standard_secret=secret, msg_id="m", now=signed_at
+    )
     verdict = verify(
         headers, body, hmac_secrets=[], standard_secrets=[secret], legacy_enabled=False, now=NOW
     )

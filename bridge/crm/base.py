@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
+from httpx._types import QueryParamTypes
+
 import httpx
 from tenacity import (
     AsyncRetrying,
@@ -195,7 +197,7 @@ class CrmHttp:
         method: str,
         path: str,
         *,
-        params: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
+        params: QueryParamTypes | None = None,
         json: JSON = None,
         operation: str = "",
     ) -> httpx.Response:
@@ -215,7 +217,7 @@ class CrmHttp:
         self,
         method: str,
         path: str,
-        params: Mapping[str, Any] | Sequence[tuple[str, Any]] | None,
+        params: QueryParamTypes | None,
         body: JSON,
         operation: str,
     ) -> httpx.Response:

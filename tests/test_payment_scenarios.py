@@ -1,0 +1,328 @@
+"""Issue scenarios 1–9, through HTTP, against the stateful fake amoCRM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal
+from typing import Any
+
+from tests.conftest import SECRET, payment_payload, reference_file_config, signed
+
+DEAL = {  # field ids of etc/bridge.example.toml
+    "subjects": "700201",
+    "direction": "700202",
+    "last_amount": "700203",
+    "last_at": "700204",
+    "payment_id": "700205",
+    "invoice_id": "700206",
+    "total": "700207",
+    "count": "700208",
+    "utm_source": "700209",
+}
+SITE, SITE_AUTOPAY, SITE_WORKING = 4423755, 63242022, 63242023
+YANDEX, YANDEX_AUTOPAY, YANDEX_WORKING = 10089806, 80579130, 80579131
+PARTNERS, PARTNERS_AUTOPAY = 8598230, 80517738
+
+EXPECTED_NOTE = """Оплата проведена
+
+Имя клиента: Иван Петров
+Дата/время: 2025-01-20 14:49:20 (Moscow)
+Дата/время UTC: 2025-01-20T11:49:20Z
+Статус: CONFIRMED
+Сумма: 10000 RUB
+Метод оплаты: SBP
+Курсы:
+  Годовой 2к25 стандарт (Русский)
+  Годовой 2к25 стандарт (Обществознание)
+Промокод: PROMO2025
+TGID: 123456789 | TG Username: @ivan_petrov | Телефон: +79991234567
+Источник: advcake
+Invoice ID: inv_pay_new
+Payment ID: pay_new"""
+
+
+def number(value: Any) -> Decimal:
+    return Decimal(str(value))
+
+
+async def test_new_customer_gets_contact_lead_fields_and_note(run_bridge, fake_amo) -> None:
+    async with run_bridge() as bridge:
+        response = await bridge.post_payment(
+            payment_payload("pay_new", utm_source="advcake", utm_medium="cpa")
+        )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "success"
+    [contact] = fake_amo.contacts()
+    [lead] = fake_amo.leads()
+    assert body["results"]["amocrm"] == {
+        "contact_id": str(contact["id"]),
+        "lead_id": str(lead["id"]),
+        "lead_created": True,
+    }
+    assert (lead["pipeline_id"], lead["status_id"]) == (PARTNERS, PARTNERS_AUTOPAY)
+    assert number(fake_amo.lead_field(lead["id"], DEAL["total"])) == 10000
+    assert number(fake_amo.lead_field(lead["id"], DEAL["count"])) == 1
+    assert number(fake_amo.lead_field(lead["id"], DEAL["last_amount"])) == 10000
+    assert fake_amo.lead_field(lead["id"], DEAL["payment_id"]) == "pay_new"
+    assert fake_amo.lead_field(lead["id"], DEAL["invoice_id"]) == "inv_pay_new"
+    assert fake_amo.lead_field(lead["id"], DEAL["utm_source"]) == "advcake"
+    assert fake_amo.notes(lead["id"]) == [EXPECTED_NOTE]
+    assert fake_amo.count() <= 5
+
+
+async def test_pipeline_rules_pick_yandex_and_site(run_bridge, fake_amo) -> None:
+    async with run_bridge() as bridge:
+        first = await bridge.post_payment(
+            payment_payload("pay_y", utm_medium="cpc", phone="89990000001", email=None,
+                            telegram_id=None)
+        )
+        second = await bridge.post_payment(
+            payment_payload("pay_s", phone="89990000002", email=None, telegram_id=None)
+        )
+    assert first.status_code == second.status_code == 200
+    placed = {(lead["pipeline_id"], lead["status_id"]) for lead in fake_amo.leads()}
+    assert placed == {(YANDEX, YANDEX_AUTOPAY), (SITE, SITE_AUTOPAY)}
+
+
+async def test_returning_customer_open_lead_in_other_pipeline_is_updated(
+    run_bridge, fake_amo
+) -> None:
+    contact_id = fake_amo.add_contact(name="Иван Петров", phones=["+7 999 123-45-67"])
+    open_lead = fake_amo.add_lead(
+        contact_id, pipeline_id=YANDEX, status_id=YANDEX_WORKING, updated_at=1000,
+        fields={DEAL["total"]: 1500, DEAL["count"]: 2},
+    )
+    closed = fake_amo.add_lead(contact_id, pipeline_id=SITE, status_id=142, updated_at=3000)
+    excluded = fake_amo.add_lead(
+        contact_id, pipeline_id=SITE, status_id=SITE_AUTOPAY, updated_at=4000
+    )
+    async with run_bridge() as bridge:
+        response = await bridge.post_payment(payment_payload("pay_ret", telegram_id=None))
+    assert response.status_code == 200, response.text
+    assert response.json()["results"]["amocrm"] == {
+        "contact_id": str(contact_id),
+        "lead_id": str(open_lead),
+        "lead_created": False,
+    }
+    assert len(fake_amo.leads()) == 3
+    assert number(fake_amo.lead_field(open_lead, DEAL["total"])) == 11500
+    assert number(fake_amo.lead_field(open_lead, DEAL["count"])) == 3
+    for untouched in (closed, excluded):
+        assert fake_amo.lead_field(untouched, DEAL["total"]) is None
+        assert fake_amo.notes(untouched) == []
+    assert len(fake_amo.notes(open_lead)) == 1
+    assert fake_amo.count() <= 4
+
+
+async def test_substring_search_hit_with_other_phone_is_not_used(run_bridge, fake_amo) -> None:
+    # amoCRM's query is full-text: "9991234567" also matches "+79991234567 8".
+    other = fake_amo.add_contact(name="Someone else", phones=["+7 999 123-45-678"])
+    async with run_bridge() as bridge:
+        response = await bridge.post_payment(
+            payment_payload("pay_sub", telegram_id=None, email=None)
+        )
+    assert response.status_code == 200
+    assert response.json()["results"]["amocrm"]["contact_id"] != str(other)
+    assert len(fake_amo.contacts()) == 2
+
+
+async def test_repeat_after_success_is_409_and_crm_untouched(run_bridge, fake_amo) -> None:
+    async with run_bridge() as bridge:
+        first = await bridge.post_payment(payment_payload("pay_dup"))
+        calls = fake_amo.count()
+        again = await bridge.post_payment(payment_payload("pay_dup"))
+        statuses = bridge.query("SELECT http_status FROM requests ORDER BY id")
+    assert first.status_code == 200
+    assert again.status_code == 409
+    assert again.json() == {"status": "duplicate"}
+    assert fake_amo.count() == calls
+    assert [row[0] for row in statuses][-2:] == [200, 409] or (200,) in statuses
+
+
+async def test_repeat_while_pending_is_202_without_second_delivery(run_bridge, fake_amo) -> None:
+    fake_amo.latency = 0.3
+    async with run_bridge(wait_seconds=0) as bridge:
+        first = await bridge.post_payment(payment_payload("pay_pend"))
+        again = await bridge.post_payment(payment_payload("pay_pend"))
+        await bridge.settle()
+        deliveries = bridge.query("SELECT status FROM deliveries")
+    assert first.status_code == 202 and first.json() == {"status": "queued"}
+    assert again.status_code == 202 and again.json() == {"status": "queued"}
+    assert deliveries == [("success",)]
+    assert len(fake_amo.contacts()) == 1
+    [lead] = fake_amo.leads()
+    assert len(fake_amo.notes(lead["id"])) == 1
+
+
+async def test_unknown_customer_with_creation_disabled_is_404(run_bridge, fake_amo) -> None:
+    async with run_bridge(create_if_not_found=False) as bridge:
+        response = await bridge.post_payment(payment_payload("pay_404"))
+        [(status,)] = bridge.query(
+            "SELECT status FROM payment_events WHERE payment_id = 'pay_404'"
+        )
+    assert response.status_code == 404
+    assert response.json()["status"] == "not_found"
+    assert status == "not_found"
+    assert fake_amo.contacts() == [] and fake_amo.leads() == []
+    assert fake_amo.count(method="POST") == 0
+
+
+async def test_status_other_than_confirmed_is_skipped_without_crm_call(
+    run_bridge, fake_amo
+) -> None:
+    async with run_bridge() as bridge:
+        response = await bridge.post_payment(payment_payload("pay_skip", status="PENDING"))
+        rows = bridge.query("SELECT status FROM payment_events WHERE payment_id = 'pay_skip'")
+    assert response.status_code == 202
+    assert response.json()["status"] == "skipped"
+    assert "PENDING" in response.json()["reason"]
+    assert rows == [("skipped",)]
+    assert fake_amo.count() == 0
+
+
+async def test_rejected_requests_get_their_codes_and_are_recorded(run_bridge, fake_amo) -> None:
+    good = json.dumps(payment_payload("pay_bad")).encode()
+    async with run_bridge() as bridge:
+        c = bridge.client
+        wrong = await c.post("/webhook/payment", content=good, headers=signed(good, "other"))
+        missing = await c.post("/webhook/payment", content=good)
+        stale = await c.post(
+            "/webhook/payment",
+            content=good,
+            headers={
+                "webhook-id": "msg_1",
+                "webhook-timestamp": "1000000000",
+                "webhook-signature": "v1,AAAA",
+            },
+        )
+        not_json = await c.post("/webhook/payment", content=b"{nope", headers=signed(b"{nope"))
+        no_id = payment_payload("x")
+        del no_id["course_order"]["payment_id"]
+        body = json.dumps(no_id).encode()
+        missing_id = await c.post("/webhook/payment", content=body, headers=signed(body))
+        typed = payment_payload("pay_typed")
+        typed["course_order"]["course_order_items"][0]["cost"] = "a lot"
+        body = json.dumps(typed).encode()
+        wrong_type = await c.post("/webhook/payment", content=body, headers=signed(body))
+        huge = b'{"x": "' + b"a" * (2 * 1024 * 1024) + b'"}'
+        too_big = await c.post("/webhook/payment", content=huge, headers=signed(huge))
+        await asyncio.sleep(0.2)
+        recorded = [row[0] for row in bridge.query("SELECT http_status FROM requests")]
+        events = bridge.query("SELECT COUNT(*) FROM events")
+    assert [wrong.status_code, missing.status_code, stale.status_code] == [401, 401, 401]
+    assert wrong.json() == {"error": "invalid_signature"}
+    assert not_json.status_code == 400
+    assert missing_id.status_code == 422
+    assert "course_order.payment_id" in json.dumps(missing_id.json()["details"])
+    assert wrong_type.status_code == 422
+    assert "cost" in json.dumps(wrong_type.json()["details"])
+    assert too_big.status_code == 413
+    assert sorted(recorded) == [400, 401, 401, 401, 413, 422, 422]
+    assert events == [(0,)]
+    assert fake_amo.count() == 0
+    assert SECRET not in json.dumps([r.text for r in (wrong, missing, stale)])
+
+
+async def test_crm_trouble_answers_within_window_and_lands_exactly_once(
+    run_bridge, fake_amo
+) -> None:
+    fake_amo.fail_next(6, status=429)
+    fake_amo.fail_next(6, status=503)
+    async with run_bridge(wait_seconds=1) as bridge:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        first = await bridge.post_payment(payment_payload("pay_t1", phone="89990000011",
+                                                          telegram_id=None, email=None))
+        assert loop.time() - started < 4
+        fake_amo.down()
+        started = loop.time()
+        second = await bridge.post_payment(payment_payload("pay_t2", phone="89990000012",
+                                                           telegram_id=None, email=None))
+        assert loop.time() - started < 4
+        assert second.status_code == 202
+        fake_amo.up()
+        await bridge.settle(timeout=30)
+        statuses = bridge.query("SELECT payment_id, status FROM payment_events ORDER BY 1")
+    assert first.status_code in (200, 202)
+    assert statuses == [("pay_t1", "success"), ("pay_t2", "success")]
+    assert len(fake_amo.contacts()) == 2
+    for lead in fake_amo.leads():
+        assert number(fake_amo.lead_field(lead["id"], DEAL["count"])) == 1
+        assert len(fake_amo.notes(lead["id"])) == 1
+
+
+async def test_concurrent_payments_of_new_customer_gather_on_one_lead(
+    run_bridge, fake_amo
+) -> None:
+    gathering = reference_file_config(excluded_status_ids=())
+    async with run_bridge(file=gathering) as bridge:
+        a, b = await asyncio.gather(
+            bridge.post_payment(payment_payload("pay_c1", costs=(1000,), subjects=("Русский",))),
+            bridge.post_payment(payment_payload("pay_c2", costs=(2500,), subjects=("Русский",))),
+        )
+    assert {a.status_code, b.status_code} == {200}
+    assert len(fake_amo.contacts()) == 1
+    [lead] = fake_amo.leads()
+    assert number(fake_amo.lead_field(lead["id"], DEAL["total"])) == 3500
+    assert number(fake_amo.lead_field(lead["id"], DEAL["count"])) == 2
+    assert len(fake_amo.notes(lead["id"])) == 2
+
+
+async def test_concurrent_payments_reference_config_make_two_leads(run_bridge, fake_amo) -> None:
+    async with run_bridge() as bridge:
+        a, b = await asyncio.gather(
+            bridge.post_payment(payment_payload("pay_r1", costs=(1000,), subjects=("Русский",))),
+            bridge.post_payment(payment_payload("pay_r2", costs=(2500,), subjects=("Русский",))),
+        )
+    assert {a.status_code, b.status_code} == {200}
+    assert len(fake_amo.contacts()) == 1
+    leads = fake_amo.leads()
+    assert len(leads) == 2
+    totals = sorted(number(fake_amo.lead_field(lead["id"], DEAL["total"])) for lead in leads)
+    assert totals == [1000, 2500]
+    for lead in leads:
+        assert number(fake_amo.lead_field(lead["id"], DEAL["count"])) == 1
+        assert len(fake_amo.notes(lead["id"])) == 1
+
+
+async def test_restart_with_pending_deliveries_delivers_them(run_bridge, fake_amo) -> None:
+    fake_amo.down()
+    async with run_bridge(wait_seconds=0) as bridge:
+        for n in range(3):
+            response = await bridge.post_payment(
+                payment_payload(f"pay_rs{n}", phone=f"8999000002{n}", telegram_id=None,
+                                email=None)
+            )
+            assert response.status_code == 202
+    assert fake_amo.contacts() == []
+    fake_amo.up()
+    async with run_bridge(wait_seconds=0) as bridge:
+        await bridge.settle(timeout=20)
+        statuses = bridge.query("SELECT status FROM payment_events")
+    assert statuses == [("success",)] * 3
+    assert len(fake_amo.contacts()) == 3
+    assert all(len(fake_amo.notes(lead["id"])) == 1 for lead in fake_amo.leads())
+
+
+async def test_audit_queries_run_verbatim(run_bridge, fake_amo) -> None:
+    async with run_bridge() as bridge:
+        await bridge.post_payment(payment_payload("pay_a1"))
+        await bridge.post_payment(payment_payload("pay_a2", status="PENDING"))
+        by_status = dict(bridge.query(
+            "SELECT status, COUNT(*) FROM payment_events GROUP BY status;"))
+        latest = bridge.query(
+            "SELECT payment_id, status, amount, created_at FROM payment_events"
+            " ORDER BY created_at DESC LIMIT 10;"
+        )
+        failed = bridge.query(
+            "SELECT payment_id, error_message, created_at FROM payment_events"
+            " WHERE status = 'failed';"
+        )
+    assert by_status == {"success": 1, "skipped": 1}
+    assert {(row[0], row[1], row[2]) for row in latest} == {
+        ("pay_a1", "success", 10000),
+        ("pay_a2", "skipped", 10000),
+    }
+    assert failed == []
