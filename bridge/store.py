@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import stat
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,8 +33,8 @@ from bridge.tokens import TokenPair
 Clock = Callable[[], float]
 T = TypeVar("T")
 
-ACTIVE_DELIVERY = ("pending", "retrying")
-FINAL_EVENT = ("success", "failed", "skipped", "not_found")
+# Events a repeated webhook does not touch: done, or excluded by the rules.
+_SETTLED = ("success", "skipped")
 
 
 def utc_text(timestamp: float) -> str:
@@ -125,6 +126,55 @@ class QueueStats:
     oldest_pending_at: float | None  # unix seconds of the oldest due-or-waiting delivery
 
 
+@dataclass(frozen=True)
+class CrmStats:
+    """One CRM's deliveries for `bridge stats`."""
+
+    crm: str
+    deliveries: Mapping[str, int]  # delivery status → count
+    calls: int  # CRM calls made, all deliveries and attempts
+    success_calls: int  # CRM calls made by deliveries that succeeded
+    last_success_at: str | None
+
+
+@dataclass(frozen=True)
+class OperatorStats:
+    events: Mapping[str, int]  # event status → count
+    crms: tuple[CrmStats, ...]
+    last_success_at: str | None
+
+
+@dataclass(frozen=True)
+class EventSummary:
+    """One line of `bridge events`."""
+
+    key: str
+    status: str
+    amount: str | None
+    received_at: str
+    processed_at: str | None
+    error_message: str | None
+    deliveries: tuple[tuple[str, str], ...]  # (crm, delivery status)
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    crm: str
+    step: str
+    value: str  # JSON text
+    at: str
+
+
+@dataclass(frozen=True)
+class RequestRow:
+    received_at: str
+    route: str
+    remote_addr: str
+    verdict: str
+    http_status: int
+    detail: str
+
+
 @dataclass
 class _Intake:
     record: RequestRecord | None
@@ -161,10 +211,7 @@ class Store:
         cls, path: Path, *, clock: Clock, cipher: TokenCipher | None = None
     ) -> Store:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if not path.exists():
-                # Created 0600 before SQLite opens it: the payloads hold personal data.
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            _create_private_file(path)
             writer = await aiosqlite.connect(path, isolation_level=None)
             reader = await aiosqlite.connect(path, isolation_level=None)
             for conn in (writer, reader):
@@ -245,31 +292,13 @@ class Store:
             if (event.kind, event.key) not in known:
                 fresh.setdefault((event.kind, event.key), event)
         if fresh:
-            await db.executemany(
-                "INSERT INTO events (kind, key, status, amount, customer_keys, payload,"
-                " received_at, processed_at, error_message) VALUES (?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        e.kind, e.key, e.status, e.amount, json.dumps(e.customer_keys),
-                        e.payload, now_text, now_text if e.status == "skipped" else None,
-                        e.note or None,
-                    )
-                    for e in fresh.values()
-                ],
-            )
-            ids = await self._event_ids(list(fresh))
-            await db.executemany(
-                "INSERT INTO deliveries (event_id, crm, status, next_attempt_at, updated_at)"
-                " VALUES (?, ?, 'pending', ?, ?)",
-                [
-                    (ids[k], crm, now, now_text)
-                    for k, e in fresh.items()
-                    if e.status == "pending"
-                    for crm in e.crms
-                ],
-            )
+            ids = await self._insert_events(fresh, now, now_text)
             known.update({k: (ids[k], "new:" + e.status) for k, e in fresh.items()})
-        repeats = [known[(e.kind, e.key)][0] for e in events if (e.kind, e.key) not in fresh]
+        repeats = [
+            known[(e.kind, e.key)][0]
+            for e in events
+            if (e.kind, e.key) not in fresh and known[(e.kind, e.key)][1] not in _SETTLED
+        ]
         await self._nudge(repeats, now, now_text)
         records = [item.record for item in batch if item.record is not None]
         await db.executemany(
@@ -282,6 +311,42 @@ class Store:
         )
         await db.execute("COMMIT")
         return self._results(batch, known, fresh)
+
+    async def _insert_events(
+        self, fresh: Mapping[tuple[str, str], NewEvent], now: float, now_text: str
+    ) -> dict[tuple[str, str], int]:
+        """Insert new events and one pending delivery per CRM; inside a write transaction."""
+        db = self._writer
+        await db.executemany(
+            "INSERT INTO events (kind, key, status, amount, customer_keys, payload,"
+            " received_at, processed_at, error_message) VALUES (?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    e.kind,
+                    e.key,
+                    e.status,
+                    e.amount,
+                    json.dumps(e.customer_keys),
+                    e.payload,
+                    now_text,
+                    now_text if e.status == "skipped" else None,
+                    e.note or None,
+                )
+                for e in fresh.values()
+            ],
+        )
+        ids = await self._event_ids(list(fresh))
+        await db.executemany(
+            "INSERT INTO deliveries (event_id, crm, status, next_attempt_at, updated_at)"
+            " VALUES (?, ?, 'pending', ?, ?)",
+            [
+                (ids[k], crm, now, now_text)
+                for k, e in fresh.items()
+                if e.status == "pending"
+                for crm in e.crms
+            ],
+        )
+        return ids
 
     @staticmethod
     def _results(
@@ -310,7 +375,7 @@ class Store:
             keys = [e.key for e in events if e.kind == kind]
             marks = ",".join("?" * len(keys))
             async with self._writer.execute(
-                f"SELECT id, key, status FROM events WHERE kind = ? AND key IN ({marks})",  # noqa: S608
+                f"SELECT id, key, status FROM events WHERE kind = ? AND key IN ({marks})",
                 (kind, *keys),
             ) as cursor:
                 for event_id, key, status in await cursor.fetchall():
@@ -323,7 +388,7 @@ class Store:
             names = [key for k, key in keys if k == kind]
             marks = ",".join("?" * len(names))
             async with self._writer.execute(
-                f"SELECT id, key FROM events WHERE kind = ? AND key IN ({marks})",  # noqa: S608
+                f"SELECT id, key FROM events WHERE kind = ? AND key IN ({marks})",
                 (kind, *names),
             ) as cursor:
                 for event_id, key in await cursor.fetchall():
@@ -373,7 +438,7 @@ class Store:
         rows = await self._read(
             "SELECT d.id, d.event_id, d.crm, d.attempts, e.kind, e.key, e.payload,"
             " e.customer_keys, e.received_at FROM deliveries d JOIN events e ON e.id = d.event_id"
-            f" WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= ?"  # noqa: S608
+            f" WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= ?"
             f" AND d.crm IN ({marks}) ORDER BY d.event_id LIMIT ?",
             (now, *names, limit),
         )
@@ -392,7 +457,7 @@ class Store:
         marks = ",".join("?" * len(names))
         rows = await self._read(
             "SELECT MIN(next_attempt_at) FROM deliveries WHERE status IN"
-            f" ('pending', 'retrying') AND crm IN ({marks})",  # noqa: S608
+            f" ('pending', 'retrying') AND crm IN ({marks})",
             tuple(names),
         )
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
@@ -470,13 +535,17 @@ class Store:
         """Put unfinished (or, with `failed_only`, failed/dead) deliveries back in the queue."""
         now = self._clock()
         now_text = utc_text(now)
-        states = "('failed', 'dead')" if failed_only else "('failed', 'dead', 'not_found', 'retrying', 'pending')"
+        states = (
+            "('failed', 'dead')"
+            if failed_only
+            else "('failed', 'dead', 'not_found', 'retrying', 'pending')"
+        )
         where = f"status IN {states}" + (" AND event_id = ?" if event_id is not None else "")
         params: tuple[Any, ...] = (now, now_text) + ((event_id,) if event_id is not None else ())
 
         async def apply(db: aiosqlite.Connection) -> int:
             cursor = await db.execute(
-                f"UPDATE deliveries SET status = 'pending', next_attempt_at = ?,"  # noqa: S608
+                f"UPDATE deliveries SET status = 'pending', next_attempt_at = ?,"
                 f" updated_at = ? WHERE {where} RETURNING event_id",
                 params,
             )
@@ -613,6 +682,201 @@ class Store:
             raise StoreUnavailable("BRIDGE_SECRET_KEY is not set: tokens cannot be stored")
         return self._cipher
 
+    # ---- operator queries (CLI) --------------------------------------------------------
+
+    async def operator_stats(self) -> OperatorStats:
+        """Counts behind `bridge stats`."""
+        events = await self._read("SELECT status, COUNT(*) FROM events GROUP BY status")
+        rows = await self._read(
+            "SELECT crm, status, COUNT(*), SUM(crm_calls), MAX(updated_at) FROM deliveries"
+            " GROUP BY crm, status ORDER BY crm, status"
+        )
+        crms: dict[str, dict[str, Any]] = {}
+        for crm, status, count, calls, last in rows:
+            entry = crms.setdefault(
+                str(crm), {"deliveries": {}, "calls": 0, "success_calls": 0, "last": None}
+            )
+            entry["deliveries"][str(status)] = int(count)
+            entry["calls"] += int(calls or 0)
+            if status == "success":
+                entry["success_calls"] = int(calls or 0)
+                entry["last"] = last
+        last_success = await self._read(
+            "SELECT MAX(processed_at) FROM events WHERE status = 'success'"
+        )
+        return OperatorStats(
+            events={str(status): int(count) for status, count in events},
+            crms=tuple(
+                CrmStats(name, e["deliveries"], e["calls"], e["success_calls"], e["last"])
+                for name, e in crms.items()
+            ),
+            last_success_at=last_success[0][0],
+        )
+
+    async def list_events(
+        self,
+        *,
+        status: str | None = None,
+        crm: str | None = None,
+        since: float | None = None,
+        limit: int = 50,
+    ) -> list[EventSummary]:
+        """Payment events, newest first. With `crm`, `status` is that CRM's delivery status
+        (`pending` includes `retrying`, `failed` includes `dead`); else the event's status."""
+        where = ["e.kind = 'payment'"]
+        params: list[Any] = []
+        if since is not None:
+            where.append("e.received_at >= ?")
+            params.append(utc_text(since))
+        if crm is not None:
+            states = _DELIVERY_STATES.get(status, (status,)) if status else ()
+            marks = f" AND d.status IN ({','.join('?' * len(states))})" if states else ""
+            where.append(
+                f"EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.crm = ?{marks})"
+            )
+            params += [crm, *states]
+        elif status is not None:
+            where.append("e.status = ?")
+            params.append(status)
+        rows = await self._read(
+            "SELECT e.key, e.status, e.amount, e.received_at, e.processed_at, e.error_message,"
+            " (SELECT group_concat(d.crm || char(31) || d.status, char(30)) FROM deliveries d"
+            "  WHERE d.event_id = e.id)"
+            f" FROM events e WHERE {' AND '.join(where)}"
+            " ORDER BY e.received_at DESC, e.id DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [
+            EventSummary(
+                key=str(r[0]),
+                status=str(r[1]),
+                amount=None if r[2] is None else str(r[2]),
+                received_at=str(r[3]),
+                processed_at=r[4],
+                error_message=r[5],
+                deliveries=_split_deliveries(r[6]),
+            )
+            for r in rows
+        ]
+
+    async def event_journal(self, event_id: int) -> list[JournalEntry]:
+        rows = await self._read(
+            "SELECT d.crm, j.step, j.value, j.at FROM journal j JOIN deliveries d"
+            " ON d.id = j.delivery_id WHERE d.event_id = ? ORDER BY d.crm, j.at, j.step",
+            (event_id,),
+        )
+        return [JournalEntry(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
+
+    async def requests_for(self, key: str) -> list[RequestRow]:
+        """Every logged request that carried this event key (first delivery and repeats)."""
+        rows = await self._read(
+            "SELECT received_at, route, remote_addr, verdict, http_status, detail"
+            " FROM requests WHERE event_key = ? ORDER BY id",
+            (key,),
+        )
+        return [
+            RequestRow(str(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4]), str(r[5]))
+            for r in rows
+        ]
+
+    async def known_keys(self, kind: str, keys: Sequence[str]) -> set[str]:
+        """Which of `keys` are stored already (`bridge import --dry-run`)."""
+        found: set[str] = set()
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start : start + 1000]
+            rows = await self._read(
+                f"SELECT key FROM events WHERE kind = ? AND key IN ({','.join('?' * len(chunk))})",
+                (kind, *chunk),
+            )
+            found.update(str(row[0]) for row in rows)
+        return found
+
+    async def import_events(self, events: Sequence[NewEvent]) -> int:
+        """Store a chunk of events in one transaction, as intake does; returns how many
+        were new. Known keys are left alone: unlike a repeated webhook, no retry nudge."""
+        now = self._clock()
+        now_text = utc_text(now)
+
+        async def apply(db: aiosqlite.Connection) -> int:
+            known = await self._known_events(events)
+            fresh: dict[tuple[str, str], NewEvent] = {}
+            for event in events:
+                if (event.kind, event.key) not in known:
+                    fresh.setdefault((event.kind, event.key), event)
+            if fresh:
+                await self._insert_events(fresh, now, now_text)
+            return len(fresh)
+
+        return await self._write(apply)
+
+    async def count_prunable(self, before: float) -> tuple[int, int]:
+        """(events, requests) that `prune(before)` would delete."""
+        cutoff = utc_text(before)
+        events = await self._read(
+            f"SELECT COUNT(*) FROM events WHERE {_PRUNABLE_EVENT}", (cutoff, cutoff)
+        )
+        requests = await self._read(
+            "SELECT COUNT(*) FROM requests WHERE received_at < ?", (cutoff,)
+        )
+        return int(events[0][0]), int(requests[0][0])
+
+    async def prune(self, before: float, chunk: int = 5000) -> tuple[int, int]:
+        """Delete finished events (with their deliveries and journal) and request-log rows
+        older than `before`; returns (events, requests). Short transactions, so a running
+        bridge's intake is not held up. An event with a delivery still to run is kept."""
+        cutoff = utc_text(before)
+        events = await self._delete_in_chunks(
+            f"DELETE FROM events WHERE id IN (SELECT id FROM events WHERE {_PRUNABLE_EVENT}"
+            " LIMIT ?)",
+            (cutoff, cutoff, chunk),
+            chunk,
+        )
+        requests = await self._delete_in_chunks(
+            "DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE received_at < ?"
+            " LIMIT ?)",
+            (cutoff, chunk),
+            chunk,
+        )
+        return events, requests
+
+    async def _delete_in_chunks(self, sql: str, params: tuple[Any, ...], chunk: int) -> int:
+        """Run a `DELETE … LIMIT chunk` until it deletes fewer rows than `chunk`."""
+
+        async def apply(db: aiosqlite.Connection) -> int:
+            cursor = await db.execute(sql, params)
+            return int(cursor.rowcount)
+
+        total = 0
+        while True:
+            count = await self._write(apply)
+            total += count
+            if count < chunk:
+                return total
+
+    async def token_ciphertexts(self) -> dict[str, str]:
+        """Stored token ciphertexts by CRM (`bridge rotate-key` re-encrypts them)."""
+        rows = await self._read("SELECT crm, ciphertext FROM crm_tokens ORDER BY crm")
+        return {str(crm): str(ciphertext) for crm, ciphertext in rows}
+
+    async def replace_token_ciphertexts(self, changes: Mapping[str, tuple[str, str]]) -> int:
+        """Swap ciphertexts `crm → (old, new)` in one transaction; a row whose ciphertext is
+        no longer `old` (the running bridge refreshed that token meanwhile) is left as is.
+        Returns how many were replaced."""
+        now_text = utc_text(self._clock())
+
+        async def apply(db: aiosqlite.Connection) -> int:
+            replaced = 0
+            for crm, (old, new) in changes.items():
+                cursor = await db.execute(
+                    "UPDATE crm_tokens SET ciphertext = ?, updated_at = ?"
+                    " WHERE crm = ? AND ciphertext = ?",
+                    (new, now_text, crm, old),
+                )
+                replaced += cursor.rowcount
+            return replaced
+
+        return await self._write(apply)
+
     # ---- plumbing ---------------------------------------------------------------------
 
     async def _write(self, apply: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
@@ -642,10 +906,23 @@ class Store:
             pass
 
     def _check_file(self) -> None:
-        # SQLite happily keeps writing to a deleted file through its open descriptor;
-        # a write that no one will ever read again must not be acknowledged.
-        if _inode(self.path) != self._inode:
-            raise StoreUnavailable(f"database file {self.path} was removed or replaced")
+        # SQLite keeps writing through its open descriptor to a file that was deleted,
+        # replaced or made read-only; such a write must not be acknowledged.
+        try:
+            info = os.stat(self.path)
+        except OSError as exc:
+            raise StoreUnavailable(f"database file {self.path} is gone: {exc}") from exc
+        if info.st_ino != self._inode:
+            raise StoreUnavailable(f"database file {self.path} was replaced")
+        if not info.st_mode & stat.S_IWUSR:
+            raise StoreUnavailable(f"database file {self.path} was made read-only")
+
+
+def _create_private_file(path: Path) -> None:
+    # Created 0600 before SQLite opens it: the payloads hold personal data.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
 
 def _inode(path: Path) -> int | None:
@@ -677,11 +954,32 @@ UPDATE events SET
                    WHERE d.event_id = events.id AND d.last_error IS NOT NULL
                    AND d.status != 'success')
 WHERE id = ? AND status != 'skipped'
-"""  # noqa: S608
+"""
 
 _REFRESH_EVENT_SQL_BY_DELIVERY = _REFRESH_EVENT_SQL.replace(
     "WHERE id = ? AND", "WHERE id = (SELECT event_id FROM deliveries WHERE id = ?) AND"
 )
+
+
+# Finished, older than the cutoff (received and processed), and nothing left to run.
+_PRUNABLE_EVENT = """
+status IN ('success', 'skipped', 'failed', 'not_found') AND received_at < ?
+AND COALESCE(processed_at, received_at) < ?
+AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id
+                AND d.status IN ('pending', 'retrying', 'processing'))"""
+
+# `bridge events --crm X --status S`: the delivery statuses an event status stands for.
+_DELIVERY_STATES: dict[str, tuple[str, ...]] = {
+    "pending": ("pending", "retrying"),
+    "failed": ("failed", "dead"),
+}
+
+
+def _split_deliveries(packed: str | None) -> tuple[tuple[str, str], ...]:
+    if not packed:
+        return ()
+    pairs = (item.split("\x1f", 1) for item in packed.split("\x1e"))
+    return tuple(sorted((crm, status) for crm, status in pairs))
 
 
 async def _migrate(db: aiosqlite.Connection) -> None:

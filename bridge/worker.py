@@ -13,6 +13,7 @@ to repeat by `flow`. The worker adds what the flow cannot know:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -177,10 +178,8 @@ class Worker:
             timeout = min(max(next_due - self.clock(), 0.0), 1.0)
         if self._paused:
             timeout = min(timeout, self.pause_probe_seconds)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.01))
-        except TimeoutError:
-            pass
 
     # ---- one delivery ------------------------------------------------------------------
 
@@ -225,7 +224,7 @@ class Worker:
             return "retry", {"error": exc.message}
         except StoreUnavailable:
             raise
-        except Exception as exc:  # noqa: BLE001 - the one per-delivery boundary
+        except Exception as exc:
             log.exception("delivery %s/%s: unexpected error", job.key, job.crm)
             return "retry", {"error": f"internal error: {type(exc).__name__}: {exc}"}
         self._paused.pop(job.crm, None)

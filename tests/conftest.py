@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 import pytest
 from litestar.testing import AsyncTestClient
+from tests.fakes.amocrm import FakeAmoCrm
 
 from bridge.app import create_app
 from bridge.settings import FileConfig, Settings, load_file_config
 from bridge.signing import hmac_signature
-from tests.fakes.amocrm import FakeAmoCrm
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = ROOT / "etc" / "bridge.example.toml"

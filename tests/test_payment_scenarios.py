@@ -99,7 +99,9 @@ async def test_returning_customer_open_lead_in_other_pipeline_is_updated(
         contact_id, pipeline_id=SITE, status_id=SITE_AUTOPAY, updated_at=4000
     )
     async with run_bridge() as bridge:
-        response = await bridge.post_payment(payment_payload("pay_ret", telegram_id=None))
+        response = await bridge.post_payment(
+            payment_payload("pay_ret", telegram_id=None, telegram_tag=None)
+        )
     assert response.status_code == 200, response.text
     assert response.json()["results"]["amocrm"] == {
         "contact_id": str(contact_id),
@@ -114,6 +116,18 @@ async def test_returning_customer_open_lead_in_other_pipeline_is_updated(
         assert fake_amo.notes(untouched) == []
     assert len(fake_amo.notes(open_lead)) == 1
     assert fake_amo.count() <= 4
+
+
+async def test_contact_fields_are_filled_only_where_empty(run_bridge, fake_amo) -> None:
+    contact_id = fake_amo.add_contact(
+        name="Иван", phones=["+79991234567"], telegram_username="typed_by_manager"
+    )
+    async with run_bridge() as bridge:
+        response = await bridge.post_payment(payment_payload("pay_fill"))
+    assert response.status_code == 200
+    assert response.json()["results"]["amocrm"]["contact_id"] == str(contact_id)
+    assert fake_amo.contact_field(contact_id, "700101") == "123456789"
+    assert fake_amo.contact_field(contact_id, "700102") == "typed_by_manager"
 
 
 async def test_substring_search_hit_with_other_phone_is_not_used(run_bridge, fake_amo) -> None:
@@ -148,8 +162,10 @@ async def test_repeat_while_pending_is_202_without_second_delivery(run_bridge, f
         again = await bridge.post_payment(payment_payload("pay_pend"))
         await bridge.settle()
         deliveries = bridge.query("SELECT status FROM deliveries")
-    assert first.status_code == 202 and first.json() == {"status": "queued"}
-    assert again.status_code == 202 and again.json() == {"status": "queued"}
+    assert first.status_code == 202
+    assert first.json()["status"] == "queued"
+    assert again.status_code == 202
+    assert again.json() == {"status": "queued"}
     assert deliveries == [("success",)]
     assert len(fake_amo.contacts()) == 1
     [lead] = fake_amo.leads()

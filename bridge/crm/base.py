@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
-from httpx._types import QueryParamTypes
-
 import httpx
+from httpx._types import QueryParamTypes
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -168,14 +167,14 @@ def _is_quick_retryable(idempotent: bool) -> Callable[[BaseException], bool]:
     def check(exc: BaseException) -> bool:
         if isinstance(exc, RateLimited):
             return True
-        if isinstance(exc, _NotSent):
+        if isinstance(exc, _NotSentError):
             return True
         return idempotent and isinstance(exc, TransientCrmError)
 
     return check
 
 
-class _NotSent(TransientCrmError):
+class _NotSentError(TransientCrmError):
     """The request never reached the CRM (connection refused, DNS): always safe to retry."""
 
 
@@ -187,7 +186,7 @@ class CrmHttp:
     client: httpx.AsyncClient
     limiter: RateLimiter
     quick_tries: int = 3
-    backoff_initial: float = 0.2
+    backoff_initial: float = 0.2  # seconds; doubles per try, with jitter
     backoff_max: float = 2.0
     on_call: Callable[[str, str, float, int], None] | None = None
     _total_calls: int = field(default=0, init=False)
@@ -204,7 +203,7 @@ class CrmHttp:
         idempotent = method.upper() in ("GET", "HEAD", "PUT", "PATCH", "DELETE")
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.quick_tries),
-            wait=wait_exponential_jitter(initial=self.backoff_initial, max=self.backoff_max),
+            wait=wait_exponential_jitter(multiplier=self.backoff_initial, max=self.backoff_max),
             retry=retry_if_exception(_is_quick_retryable(idempotent)),
             reraise=True,
         )
@@ -232,11 +231,14 @@ class CrmHttp:
             response = await self.client.request(method, path, params=params, json=body)
             status = response.status_code
         except httpx.ConnectError as exc:
-            raise _NotSent(self.crm, f"{method} {path}: cannot connect ({type(exc).__name__})")
+            message = f"{method} {path}: cannot connect ({type(exc).__name__})"
+            raise _NotSentError(self.crm, message) from exc
         except httpx.TimeoutException as exc:
-            raise TransientCrmError(self.crm, f"{method} {path}: timeout ({type(exc).__name__})")
+            message = f"{method} {path}: timeout ({type(exc).__name__})"
+            raise TransientCrmError(self.crm, message) from exc
         except httpx.TransportError as exc:
-            raise TransientCrmError(self.crm, f"{method} {path}: {type(exc).__name__}")
+            message = f"{method} {path}: {type(exc).__name__}"
+            raise TransientCrmError(self.crm, message) from exc
         finally:
             if self.on_call is not None:
                 elapsed = time.perf_counter() - started
@@ -300,7 +302,9 @@ class CrmAdapter(Protocol):
         """Create a deal linked to an existing contact, with its fields set."""
         ...
 
-    async def create_contact_and_deal(self, contact: NewContact, deal: NewDeal) -> tuple[Contact, Deal]:
+    async def create_contact_and_deal(
+        self, contact: NewContact, deal: NewDeal
+    ) -> tuple[Contact, Deal]:
         """Both in as few calls as the API allows (amoCRM: one `leads/complex`)."""
         ...
 

@@ -1,0 +1,222 @@
+"""`bridge check`: is this installation ready to take webhooks? (SPEC §10)
+
+In order: the settings (webhook secrets, time zones, templates, BRIDGE_SECRET_KEY), the
+database (opens, migrates, takes a write, stored tokens decrypt), then every enabled CRM:
+reachable and authorised (its schema is read), and every id the config names exists
+there (`crmconfig.schema_problems`). The config file itself was validated when the
+settings were loaded. Each finding is a line; any `problem` makes the command fail.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import httpx
+
+from bridge import rules
+from bridge.crm.amocrm import AmoCrm, build_amocrm
+from bridge.crmconfig import schema_problems
+from bridge.crypto import TokenCipher
+from bridge.errors import AuthError, BridgeError, ConfigError, CrmError, StoreUnavailable
+from bridge.settings import Settings
+from bridge.signing import standard_secret_key
+from bridge.store import Store
+from bridge.tokens import TokenRepository
+
+Transports = Mapping[str, httpx.AsyncBaseTransport]
+# The running bridge's worker tries a paused CRM again this often.
+PAUSE_PROBE_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: Literal["ok", "warning", "problem"]
+    text: str
+
+
+def ok(text: str) -> Finding:
+    return Finding("ok", text)
+
+
+def warning(text: str) -> Finding:
+    return Finding("warning", text)
+
+
+def problem(text: str) -> Finding:
+    return Finding("problem", text)
+
+
+def build_adapter(
+    name: str,
+    settings: Settings,
+    tokens: TokenRepository,
+    transports: Transports | None = None,
+    clock: Callable[[], float] = time.time,
+) -> AmoCrm:
+    """The adapter of `[crm.NAME]` (enabled or not), for check, discover and auth."""
+    config = settings.file.crm.get(name)
+    if config is None:
+        known = ", ".join(settings.file.crm) or "none"
+        raise ConfigError(f"{settings.config_file}: no [crm.{name}] section (configured: {known})")
+    transport = (transports or {}).get(name)
+    return build_amocrm(name, config, settings, tokens, transport=transport, clock=clock)
+
+
+def settings_findings(settings: Settings) -> list[Finding]:
+    """What can be told from the settings alone."""
+    crms = settings.file.crm
+    enabled = [name for name, crm in crms.items() if crm.enabled]
+    found = [ok(f"config {settings.config_file}: CRMs {', '.join(enabled) or 'none enabled'}")]
+    if not enabled:
+        found.append(warning("no CRM enabled: webhooks are stored but delivered nowhere"))
+    hmac_n, standard_n = len(settings.webhook_secrets), len(settings.standard_webhook_secrets)
+    if hmac_n + standard_n == 0:
+        found.append(
+            warning(
+                "no WEBHOOK_SECRETS or STANDARD_WEBHOOK_SECRETS: every webhook would be"
+                " answered 401"
+            )
+        )
+    else:
+        found.append(ok(f"webhook secrets: {hmac_n} HMAC, {standard_n} Standard Webhooks"))
+    for index, secret in enumerate(settings.standard_webhook_secrets, start=1):
+        try:
+            standard_secret_key(secret.get_secret_value())
+        except ValueError as exc:
+            found.append(problem(f"STANDARD_WEBHOOK_SECRETS #{index}: {exc}"))
+    if settings.legacy_secret_header_enabled and not hmac_n:
+        found.append(problem("LEGACY_SECRET_HEADER_ENABLED needs WEBHOOK_SECRETS"))
+    for key, zone in (
+        ("PLATFORM_TIMEZONE", settings.platform_timezone),
+        ("DISPLAY_TIMEZONE", settings.display_timezone),
+    ):
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            found.append(problem(f"{key} = {zone}: unknown time zone"))
+    payment = settings.file.payment
+    for key, template, names in (
+        ("deal_name_template", payment.deal_name_template, rules.DEAL_NAME_PLACEHOLDERS),
+        ("note_template", payment.note_template, rules.NOTE_PLACEHOLDERS),
+    ):
+        found += [problem(f"payment.{key}: {p}") for p in rules.template_problems(template, names)]
+    oauth = [name for name in enabled if crms[name].auth == "oauth"]
+    if settings.bridge_secret_key:
+        try:
+            TokenCipher([key.get_secret_value() for key in settings.bridge_secret_key])
+            found.append(ok(f"BRIDGE_SECRET_KEY: {len(settings.bridge_secret_key)} key(s)"))
+        except ConfigError as exc:
+            found.append(problem(str(exc)))
+    elif oauth:
+        found.append(
+            problem(
+                f"BRIDGE_SECRET_KEY is not set, but {', '.join(oauth)} use(s) OAuth: generate"
+                " one with `bridge rotate-key --generate`"
+            )
+        )
+    return found
+
+
+async def run_checks(
+    settings: Settings,
+    *,
+    transports: Transports | None = None,
+    clock: Callable[[], float] = time.time,
+) -> list[Finding]:
+    found = settings_findings(settings)
+    cipher = _cipher_or_none(settings)
+    path = settings.database_path
+    created = "" if path.exists() else " (created)"
+    try:
+        store = await Store.open(path, clock=clock, cipher=cipher)
+    except StoreUnavailable as exc:
+        return [*found, problem(str(exc)), problem("CRMs not checked: no database")]
+    try:
+        await store.check_writable()
+        version = await store.schema_version()
+        found.append(ok(f"database {path}{created}: schema {version}, writable"))
+        found += await _token_findings(store, settings, cipher)
+        states = await store.crm_states()
+        for name, config in settings.file.crm.items():
+            if not config.enabled:
+                found.append(ok(f"crm.{name}: disabled, not checked"))
+                continue
+            found += await crm_findings(name, settings, store, transports, clock)
+            paused = states.get(name)
+            if paused is not None and paused.paused_reason:
+                found.append(
+                    warning(
+                        f"crm.{name}: the running bridge paused it ({paused.paused_reason});"
+                        f" it tries again every {PAUSE_PROBE_SECONDS} s"
+                    )
+                )
+    except StoreUnavailable as exc:
+        found.append(problem(str(exc)))
+    finally:
+        await store.close()
+    return found
+
+
+async def crm_findings(
+    name: str,
+    settings: Settings,
+    tokens: TokenRepository,
+    transports: Transports | None = None,
+    clock: Callable[[], float] = time.time,
+) -> list[Finding]:
+    """Reachable, authorised, and every configured id present in this CRM."""
+    adapter = build_adapter(name, settings, tokens, transports, clock)
+    try:
+        schema = await adapter.schema()
+    except AuthError as exc:
+        return [problem(f"crm.{name}: {exc.message}")]
+    except CrmError as exc:
+        return [problem(f"crm.{name}: cannot read its pipelines and fields: {exc.message}")]
+    except BridgeError as exc:  # stored tokens that cannot be read
+        return [problem(f"crm.{name}: not authorised: {exc}")]
+    finally:
+        await adapter.aclose()
+    found = [
+        ok(
+            f"crm.{name}: reachable and authorised ({len(schema.pipelines)} pipelines,"
+            f" {len(schema.fields)} custom fields)"
+        )
+    ]
+    config = settings.file.crm[name]
+    problems = schema_problems(name, config, schema)
+    found += [problem(str(p)) for p in problems]
+    if not problems:
+        found.append(ok(f"crm.{name}: every configured pipeline, status, field and enum id exists"))
+    return found
+
+
+async def _token_findings(
+    store: Store, settings: Settings, cipher: TokenCipher | None
+) -> list[Finding]:
+    stored = await store.token_ciphertexts()
+    if not stored:
+        return []
+    if cipher is None:
+        return [problem(f"tokens stored for {', '.join(stored)} but BRIDGE_SECRET_KEY is not set")]
+    found: list[Finding] = []
+    for crm in stored:
+        try:
+            pair = await store.load_tokens(crm)
+        except ConfigError as exc:
+            found.append(problem(f"stored tokens of {crm}: {exc}"))
+            continue
+        if pair is not None and crm not in settings.file.crm:
+            found.append(warning(f"tokens stored for {crm}, which is not in the config"))
+    return found or [ok(f"stored tokens decrypt: {', '.join(stored)}")]
+
+
+def _cipher_or_none(settings: Settings) -> TokenCipher | None:
+    try:
+        keys = [key.get_secret_value() for key in settings.bridge_secret_key]
+        return TokenCipher(keys) if keys else None
+    except ConfigError:
+        return None  # reported by settings_findings

@@ -1,0 +1,80 @@
+"""The `bridge` command: a thin shell over the library (SPEC §10).
+
+Every command loads the settings once, opens the store, calls the library and prints:
+`log` holds the commands over the event log, `tools` the integration and maintenance
+ones, `crm` those that talk to a CRM. Tests pass a `CliEnv` (CRM transports, a clock)
+through `CliRunner.invoke(main, args, obj=CliEnv(...))`, click's own way of handing a
+context object to the commands.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from bridge.cli import crm, log, tools
+from bridge.cli._env import CliEnv
+from bridge.logs import configure_logging
+
+__all__ = ["CliEnv", "main"]
+
+
+@click.group()
+@click.option(
+    "--env-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Read settings from this file too (e.g. /etc/crm-bridge/env); default: ./.env.",
+)
+@click.pass_context
+def main(ctx: click.Context, env_file: Path | None) -> None:
+    """CRM Bridge: platform webhooks into your CRMs, exactly once."""
+    env = ctx.ensure_object(CliEnv)
+    if env_file is not None:
+        env.env_file = env_file
+
+
+@main.command()
+@click.option("--host", default=None, help="Listen address (default: HOST or 127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Listen port (default: PORT or 8080).")
+@click.pass_obj
+def serve(env: CliEnv, host: str | None, port: int | None) -> None:
+    """Run the bridge (what systemd starts)."""
+    import uvicorn
+
+    from bridge.app import create_app
+
+    settings = env.settings()
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=host or settings.host,
+        port=port or settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
+        lifespan="on",
+    )
+
+
+for command in (
+    log.stats,
+    log.events,
+    log.show,
+    log.retry,
+    log.prune,
+    tools.sign,
+    tools.import_,
+    tools.rotate_key,
+    crm.check,
+    crm.discover,
+    crm.auth,
+):
+    main.add_command(command)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Commands over the event log: `stats`, `events`, `show`, `retry`, `prune`."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from bridge import reports
+from bridge.cli._env import CliEnv, console, open_store, print_json, run
+
+EVENT_STATUSES = ("pending", "processing", "success", "failed", "skipped", "not_found")
+# How often the running bridge's worker looks for due deliveries.
+WORKER_POLL_SECONDS = 1
+_DURATION = re.compile(r"(\d+)\s*([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def stats(env: CliEnv, as_json: bool) -> None:
+    """Events per status, deliveries per CRM, success rate, queue age, CRM calls."""
+    settings = env.settings()
+
+    async def work() -> dict[str, Any]:
+        async with open_store(settings, env) as store:
+            numbers = await store.operator_stats()
+            queue = await store.queue_stats()
+        return reports.stats_report(numbers, queue, env.clock())
+
+    report = run(work())
+    if as_json:
+        print_json(report)
+    else:
+        reports.render_stats(console(), report)
+
+
+@click.command()
+@click.option("--status", type=click.Choice(EVENT_STATUSES), help="Only events in this status.")
+@click.option(
+    "--crm",
+    default=None,
+    help="Only events delivered to this CRM; --status then means its delivery.",
+)
+@click.option("--since", default=None, help="Received since: 30m, 2h, 3d, 1w or an ISO date.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def events(
+    env: CliEnv,
+    status: str | None,
+    crm: str | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Payment events, newest first (times in UTC)."""
+    settings = env.settings()
+    since_ts = parse_since(since, env.clock()) if since is not None else None
+    if crm is not None and crm not in settings.file.crm:
+        click.echo(f"warning: no CRM named {crm!r} in {settings.config_file}", err=True)
+
+    async def work() -> list[Any]:
+        async with open_store(settings, env) as store:
+            return await store.list_events(status=status, crm=crm, since=since_ts, limit=limit)
+
+    report = reports.events_report(run(work()))
+    if as_json:
+        print_json(report)
+    else:
+        reports.render_events(console(), report)
+
+
+@click.command()
+@click.argument("payment_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def show(env: CliEnv, payment_id: str, as_json: bool) -> None:
+    """Everything known about one payment: payload, deliveries, steps, requests."""
+    settings = env.settings()
+
+    async def work() -> dict[str, Any]:
+        async with open_store(settings, env) as store:
+            view = await store.event("payment", payment_id)
+            if view is None:
+                raise click.ClickException(f"no payment with id {payment_id!r}")
+            journal = await store.event_journal(view.id)
+            requests = await store.requests_for(payment_id)
+        return reports.show_report(view, journal, requests)
+
+    report = run(work())
+    if as_json:
+        print_json(report)
+    else:
+        reports.render_show(console(), report)
+
+
+@click.command()
+@click.argument("payment_id", required=False)
+@click.option("--failed", is_flag=True, help="Every failed (or dead) delivery instead.")
+@click.pass_obj
+def retry(env: CliEnv, payment_id: str | None, failed: bool) -> None:
+    """Put one payment's unfinished deliveries, or all failed ones, back in the queue."""
+    if (payment_id is None) == (not failed):
+        raise click.UsageError("give either PAYMENT_ID or --failed")
+    settings = env.settings()
+
+    async def work() -> tuple[int, str | None, list[str]]:
+        async with open_store(settings, env) as store:
+            if payment_id is None:
+                count, status = await store.retry_now(failed_only=True), None
+            else:
+                view = await store.event("payment", payment_id)
+                if view is None:
+                    raise click.ClickException(f"no payment with id {payment_id!r}")
+                count, status = await store.retry_now(view.id), view.status
+            states = await store.crm_states()
+        return (
+            count,
+            status,
+            [f"{s.crm} ({s.paused_reason})" for s in states.values() if s.paused_reason],
+        )
+
+    count, status, paused = run(work())
+    if count == 0:
+        what = f"payment {payment_id} is {status}" if payment_id else "no failed deliveries"
+        click.echo(f"nothing to retry: {what}")
+        return
+    click.echo(
+        f"{count} event(s) queued again. A running bridge picks them up within about"
+        f" {WORKER_POLL_SECONDS} s; a stopped one when it starts."
+    )
+    if paused:
+        click.echo(f"note: paused, waiting for credentials: {', '.join(paused)}", err=True)
+
+
+@click.command()
+@click.option(
+    "--older-than",
+    "days",
+    type=click.IntRange(min=1),
+    required=True,
+    metavar="DAYS",
+    help="Delete what is older than this many days.",
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def prune(env: CliEnv, days: int, yes: bool) -> None:
+    """Delete finished events and request-log rows older than DAYS (never pending ones)."""
+    settings = env.settings()
+    before = env.clock() - days * 86400
+
+    async def count() -> tuple[int, int]:
+        async with open_store(settings, env) as store:
+            return await store.count_prunable(before)
+
+    async def delete() -> tuple[int, int]:
+        async with open_store(settings, env) as store:
+            return await store.prune(before)
+
+    events_n, requests_n = run(count())
+    if events_n == requests_n == 0:
+        click.echo(f"nothing older than {days} days to prune")
+        return
+    if not yes:
+        click.confirm(
+            f"Delete {events_n} finished event(s) (with their deliveries and journal) and"
+            f" {requests_n} request-log row(s) older than {days} days?",
+            abort=True,
+        )
+    events_n, requests_n = run(delete())
+    click.echo(f"deleted {events_n} event(s) and {requests_n} request-log row(s)")
+
+
+def parse_since(text: str, now: float) -> float:
+    """`2h`, `3d`, `1w 2d` (before now) or an ISO date/time (UTC unless it has an offset)."""
+    compact = text.strip().lower()
+    if compact and _DURATION.sub("", compact).strip() == "":
+        seconds = sum(int(n) * _UNIT_SECONDS[u] for n, u in _DURATION.findall(compact))
+        return now - seconds
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is neither a duration (30m, 2h, 3d, 1w) nor an ISO date/time",
+            param_hint="--since",
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()

@@ -1,0 +1,193 @@
+"""A CRM's own schema next to a `[crm.NAME]` config section, both ways (pure).
+
+- `schema_problems`: every pipeline, status, field and enum id the section names that the
+  CRM does not have (or a field of the wrong type), each with its config key, for
+  `bridge check`;
+- `config_snippet`: the schema written as TOML in the shape of `etc/bridge.example.toml`,
+  for `bridge discover`: ids the section already names and the CRM has are filled in,
+  everything else is listed as commented candidates.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from bridge.crm.base import CrmSchema, CustomField
+from bridge.settings import CrmConfig
+
+# What each configured field is written as, and the CRM field types that can take it.
+FIELD_TYPES: Mapping[str, frozenset[str]] = {
+    "multiselect": frozenset({"multiselect"}),
+    "select": frozenset({"select", "radiobutton"}),
+    "numeric": frozenset({"numeric", "price", "monetary"}),
+    "date_time": frozenset({"date_time", "date"}),
+    "text": frozenset({"text", "textarea", "url", "tracking_data", "streetaddress"}),
+}
+DEAL_FIELDS: Mapping[str, str] = {
+    "subjects": "multiselect",
+    "direction": "select",
+    "last_payment_amount": "numeric",
+    "last_payment_at": "date_time",
+    "payment_id": "text",
+    "invoice_id": "text",
+    "total_paid": "numeric",
+    "purchase_count": "numeric",
+    "utm_source": "text",
+    "utm_medium": "text",
+    "utm_campaign": "text",
+    "utm_term": "text",
+    "utm_content": "text",
+}
+CONTACT_FIELDS: Mapping[str, str] = {"telegram_id": "text", "telegram_username": "text"}
+_ENTITY_NAME = {"leads": "lead", "contacts": "contact"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    key: str  # the config key, with the value it holds: `crm.amocrm.deal_fields.x = 7`
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+def schema_problems(name: str, config: CrmConfig, schema: CrmSchema) -> list[Problem]:
+    """Every id in `config` that `schema` lacks, in config order."""
+    prefix = f"crm.{name}"
+    problems: list[Problem] = []
+    statuses_of = {p.id: p.statuses for p in schema.pipelines}
+    all_statuses = {status for p in schema.pipelines for status in p.statuses}
+    targets = [
+        (f"pipeline_rules[{index}]", rule.pipeline_id, rule.status_id)
+        for index, rule in enumerate(config.pipeline_rules)
+    ]
+    targets.append(
+        ("default_pipeline", config.default_pipeline.pipeline_id, config.default_pipeline.status_id)
+    )
+    for where, pipeline_id, status_id in targets:
+        if pipeline_id not in statuses_of:
+            problems.append(
+                Problem(f"{prefix}.{where}.pipeline_id = {pipeline_id}", "no such pipeline")
+            )
+        elif status_id not in statuses_of[pipeline_id]:
+            problems.append(
+                Problem(
+                    f"{prefix}.{where}.status_id = {status_id}",
+                    f"no such status in pipeline {pipeline_id}",
+                )
+            )
+    for status_id in config.excluded_status_ids:
+        if status_id not in all_statuses:
+            problems.append(Problem(f"{prefix}.excluded_status_ids: {status_id}", "no such status"))
+    fields = {(f.entity, f.id): f for f in schema.fields}
+    configured = (
+        ("deal_fields", "leads", config.deal_fields.model_dump(), DEAL_FIELDS),
+        ("contact_fields", "contacts", config.contact_fields.model_dump(), CONTACT_FIELDS),
+    )
+    for table, entity, ids, kinds in configured:
+        for key, field_id in ids.items():
+            if field_id is None:
+                continue
+            found = fields.get((entity, field_id))
+            where = f"{prefix}.{table}.{key} = {field_id}"
+            if found is None:
+                problems.append(Problem(where, f"no such {_ENTITY_NAME[entity]} field"))
+            elif found.type not in FIELD_TYPES[kinds[key]]:
+                problems.append(
+                    Problem(
+                        where,
+                        f"{_quote(found.name)} is a {found.type} field; {key} needs"
+                        f" {' or '.join(sorted(FIELD_TYPES[kinds[key]]))}",
+                    )
+                )
+    for table, field_key, mapping in (
+        ("subjects", "subjects", config.subjects),
+        ("directions", "direction", config.directions),
+    ):
+        field_id = getattr(config.deal_fields, field_key)
+        enum_field = fields.get(("leads", field_id)) if field_id else None
+        if enum_field is None or enum_field.type not in FIELD_TYPES[DEAL_FIELDS[field_key]]:
+            continue  # reported above once, or the field is not written at all
+        for label, enum_id in mapping.items():
+            if str(enum_id) not in enum_field.enums:
+                problems.append(
+                    Problem(
+                        f"{prefix}.{table}.{_quote(label)} = {enum_id}",
+                        f"no such value in lead field {field_id} {_quote(enum_field.name)}",
+                    )
+                )
+    return problems
+
+
+def config_snippet(name: str, config: CrmConfig | None, schema: CrmSchema) -> str:
+    """TOML for the `[crm.NAME]` sub-tables, from what the CRM has."""
+    lines = [
+        f"# `bridge discover {name}`: this CRM's pipelines, statuses and custom fields.",
+        f"# Replace the matching [crm.{name}.*] tables of your config with these.",
+        "#",
+        "# Pipelines and statuses (ids for pipeline_rules, default_pipeline,",
+        "# excluded_status_ids):",
+    ]
+    for pipeline in schema.pipelines:
+        lines.append(f"#   pipeline {pipeline.id} = {_quote(pipeline.name)}")
+        lines += [
+            f"#     status {sid} = {_quote(sname)}" for sid, sname in pipeline.statuses.items()
+        ]
+    leads = [f for f in schema.fields if f.entity == "leads"]
+    contacts = [f for f in schema.fields if f.entity == "contacts"]
+    contact_ids = config.contact_fields.model_dump() if config else {}
+    deal_ids = config.deal_fields.model_dump() if config else {}
+    lines += ["", f"[crm.{name}.contact_fields]"]
+    lines += _field_lines(CONTACT_FIELDS, contact_ids, contacts, "contact")
+    lines += ["", f"[crm.{name}.deal_fields]"]
+    lines += _field_lines(DEAL_FIELDS, deal_ids, leads, "lead")
+    for table, key in (("subjects", "subjects"), ("directions", "direction")):
+        lines += ["", f"[crm.{name}.{table}]"]
+        lines += _enum_lines(leads, deal_ids.get(key), DEAL_FIELDS[key])
+    return "\n".join(lines) + "\n"
+
+
+def _field_lines(
+    kinds: Mapping[str, str],
+    configured: Mapping[str, str | None],
+    fields: Sequence[CustomField],
+    entity: str,
+) -> list[str]:
+    by_id = {f.id: f for f in fields}
+    lines: list[str] = []
+    for key, kind in kinds.items():
+        found = by_id.get(configured.get(key) or "")
+        if found is not None and found.type in FIELD_TYPES[kind]:
+            lines.append(f"{f'{key} = {found.id}':<30}# {_describe(found)}")
+        else:
+            lines.append(f"{f'# {key} =':<30}# {kind}: pick one below")
+    lines.append(f"# {entity.capitalize()} custom fields of this account:")
+    lines += [f"#   {f.id} = {_describe(f)}" for f in fields] or ["#   (none)"]
+    return lines
+
+
+def _enum_lines(leads: Sequence[CustomField], field_id: str | None, kind: str) -> list[str]:
+    chosen = next(
+        (f for f in leads if f.id == field_id and f.type in FIELD_TYPES[kind] and f.enums), None
+    )
+    if chosen is not None:
+        return [f"# values of lead field {chosen.id} {_describe(chosen)}:"] + [
+            f"{_quote(label)} = {enum_id}" for enum_id, label in chosen.enums.items()
+        ]
+    candidates = [f for f in leads if f.type in FIELD_TYPES[kind] and f.enums]
+    lines = [f"# candidates: the {kind} lead fields; set deal_fields first, uncomment one set"]
+    for candidate in candidates:
+        lines.append(f"# from lead field {candidate.id} {_describe(candidate)}:")
+        lines += [f"# {_quote(label)} = {enum_id}" for enum_id, label in candidate.enums.items()]
+    return lines + ([] if candidates else ["#   (none)"])
+
+
+def _describe(found: CustomField) -> str:
+    return f"{_quote(found.name)} ({found.type})"
+
+
+def _quote(text: str) -> str:
+    """A TOML basic string: JSON's escapes are valid TOML, and it is always one line."""
+    return json.dumps(text, ensure_ascii=False)

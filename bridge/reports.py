@@ -1,0 +1,277 @@
+"""What `bridge stats`, `events` and `show` print: one report dict per command, rendered
+either as JSON (`--json`, for scripts) or as rich tables for a person. Times are UTC."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bridge.store import (
+    EventSummary,
+    EventView,
+    JournalEntry,
+    OperatorStats,
+    QueueStats,
+    RequestRow,
+)
+
+_FINISHED = ("success", "failed", "not_found")
+
+
+def iso(stored: str | None) -> str | None:
+    """A stored UTC time (`YYYY-MM-DD HH:MM:SS.fff`) in ISO 8601 with `Z`."""
+    return None if stored is None else stored.replace(" ", "T") + "Z"
+
+
+def iso_ts(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")[:-6] + "Z"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    shown = [f"{value}{unit}" for value, unit in parts if value][:2]
+    return " ".join(shown) or "0s"
+
+
+def _ratio(numerator: int, denominator: int) -> float | None:
+    return round(numerator / denominator, 4) if denominator else None
+
+
+def stats_report(stats: OperatorStats, queue: QueueStats, now: float) -> dict[str, Any]:
+    events = dict(sorted(stats.events.items()))
+    finished = sum(events.get(status, 0) for status in _FINISHED)
+    successes = sum(crm.deliveries.get("success", 0) for crm in stats.crms)
+    success_calls = sum(crm.success_calls for crm in stats.crms)
+    oldest = now - queue.oldest_pending_at if queue.oldest_pending_at is not None else None
+    return {
+        "events": events,
+        "events_total": sum(events.values()),
+        "success_rate": _ratio(events.get("success", 0), finished),
+        "last_success_at": iso(stats.last_success_at),
+        "queue_depth": queue.depth,
+        "oldest_pending_age_seconds": None if oldest is None else round(oldest, 1),
+        "crm_calls": sum(crm.calls for crm in stats.crms),
+        "avg_calls_per_success": _ratio(success_calls, successes),
+        "crms": {
+            crm.crm: {
+                "deliveries": dict(sorted(crm.deliveries.items())),
+                "crm_calls": crm.calls,
+                "avg_calls_per_success": _ratio(
+                    crm.success_calls, crm.deliveries.get("success", 0)
+                ),
+                "last_success_at": iso(crm.last_success_at),
+            }
+            for crm in stats.crms
+        },
+    }
+
+
+def render_stats(console: Console, report: Mapping[str, Any]) -> None:
+    events = Table(title="Events", title_justify="left")
+    events.add_column("status")
+    events.add_column("count", justify="right")
+    for status, count in report["events"].items():
+        events.add_row(status, str(count))
+    events.add_row("total", str(report["events_total"]), style="bold")
+    console.print(events)
+    rate = report["success_rate"]
+    average = report["avg_calls_per_success"]
+    summary = Table.grid(padding=(0, 2))
+    summary.add_row("success rate (of finished events)", "-" if rate is None else f"{rate:.1%}")
+    last = report["last_success_at"]
+    summary.add_row("last success (UTC)", _short_time(last) if last else "never")
+    summary.add_row("queue depth", str(report["queue_depth"]))
+    summary.add_row("oldest pending", duration(report["oldest_pending_age_seconds"]))
+    summary.add_row("CRM calls", str(report["crm_calls"]))
+    summary.add_row("calls per successful delivery", "-" if average is None else f"{average:.2f}")
+    console.print(summary)
+    if not report["crms"]:
+        return
+    crms = Table(title="Deliveries per CRM", title_justify="left")
+    for column in ("crm", "deliveries", "calls", "calls/success", "last success (UTC)"):
+        crms.add_column(column)
+    for name, crm in report["crms"].items():
+        counts = ", ".join(f"{status} {count}" for status, count in crm["deliveries"].items())
+        per = crm["avg_calls_per_success"]
+        crms.add_row(
+            name,
+            counts,
+            str(crm["crm_calls"]),
+            "-" if per is None else f"{per:.2f}",
+            _short_time(crm["last_success_at"]) if crm["last_success_at"] else "never",
+        )
+    console.print(crms)
+
+
+def events_report(rows: Sequence[EventSummary]) -> list[dict[str, Any]]:
+    return [
+        {
+            "payment_id": row.key,
+            "status": row.status,
+            "amount": row.amount,
+            "received_at": iso(row.received_at),
+            "processed_at": iso(row.processed_at),
+            "deliveries": dict(row.deliveries),
+            "error": row.error_message,
+        }
+        for row in rows
+    ]
+
+
+def render_events(console: Console, report: Sequence[Mapping[str, Any]]) -> None:
+    if not report:
+        console.print("no events match")
+        return
+    table = Table()
+    for column in ("payment id", "status", "amount", "received (UTC)", "deliveries", "error"):
+        table.add_column(column, overflow="fold")
+    for row in report:
+        table.add_row(
+            row["payment_id"],
+            row["status"],
+            row["amount"] or "-",
+            _short_time(row["received_at"]),
+            ", ".join(f"{crm}: {status}" for crm, status in row["deliveries"].items()) or "-",
+            row["error"] or "",
+        )
+    console.print(table)
+
+
+def show_report(
+    view: EventView, journal: Sequence[JournalEntry], requests: Sequence[RequestRow]
+) -> dict[str, Any]:
+    try:
+        payload: Any = json.loads(view.payload)
+    except json.JSONDecodeError:
+        payload = view.payload
+    return {
+        "payment_id": view.key,
+        "status": view.status,
+        "amount": view.amount,
+        "received_at": iso(view.received_at),
+        "processed_at": iso(view.processed_at),
+        "error": view.error_message,
+        "payload": payload,
+        "deliveries": [
+            {
+                "crm": d.crm,
+                "status": d.status,
+                "attempts": d.attempts,
+                "contact_id": d.contact_id,
+                "deal_id": d.deal_id,
+                "deal_created": d.deal_created,
+                "pipeline_id": d.pipeline_id,
+                "crm_calls": d.crm_calls,
+                "next_attempt_at": (
+                    iso_ts(d.next_attempt_at) if d.status in ("pending", "retrying") else None
+                ),
+                "last_error": d.last_error,
+            }
+            for d in view.deliveries
+        ],
+        "journal": [
+            {"crm": j.crm, "step": j.step, "value": json.loads(j.value), "at": iso(j.at)}
+            for j in journal
+        ],
+        "requests": [
+            {
+                "received_at": iso(r.received_at),
+                "route": r.route,
+                "remote_addr": r.remote_addr,
+                "verdict": r.verdict,
+                "http_status": r.http_status,
+                "detail": r.detail,
+            }
+            for r in requests
+        ],
+    }
+
+
+def render_show(console: Console, report: Mapping[str, Any]) -> None:
+    head = Table.grid(padding=(0, 2))
+    head.add_row("payment id", report["payment_id"])
+    head.add_row("status", report["status"])
+    head.add_row("amount", report["amount"] or "-")
+    head.add_row("received", _short_time(report["received_at"]))
+    head.add_row("processed", _short_time(report["processed_at"]))
+    if report["error"]:
+        head.add_row("error", report["error"])
+    console.print(head)
+    console.rule("payload")
+    console.print_json(json.dumps(report["payload"], ensure_ascii=False))
+    console.rule("deliveries")
+    for delivery in report["deliveries"]:
+        table = Table.grid(padding=(0, 2))
+        created = delivery["deal_created"]
+        rows = {
+            "crm": delivery["crm"],
+            "status": delivery["status"],
+            "attempts": str(delivery["attempts"]),
+            "contact id": delivery["contact_id"] or "-",
+            "deal id": delivery["deal_id"] or "-",
+            "deal created": "-" if created is None else ("yes" if created else "no"),
+            "pipeline": delivery["pipeline_id"] or "-",
+            "CRM calls": str(delivery["crm_calls"]),
+            "next attempt": _short_time(delivery["next_attempt_at"]),
+            "last error": delivery["last_error"] or "-",
+        }
+        for label, value in rows.items():
+            table.add_row(label, value)
+        console.print(table)
+    if not report["deliveries"]:
+        console.print("none (the event was not processed)")
+    console.rule("step journal")
+    _print_rows(
+        console,
+        ("crm", "step", "value", "at (UTC)"),
+        [
+            (j["crm"], j["step"], json.dumps(j["value"], ensure_ascii=False), _short_time(j["at"]))
+            for j in report["journal"]
+        ],
+    )
+    console.rule("requests")
+    _print_rows(
+        console,
+        ("received (UTC)", "route", "from", "verdict", "HTTP", "detail"),
+        [
+            (
+                _short_time(r["received_at"]),
+                r["route"],
+                r["remote_addr"],
+                r["verdict"],
+                str(r["http_status"]),
+                r["detail"],
+            )
+            for r in report["requests"]
+        ],
+    )
+
+
+def _print_rows(console: Console, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    if not rows:
+        console.print("none")
+        return
+    table = Table()
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def _short_time(value: str | None) -> str:
+    """ISO `...Z` as `YYYY-MM-DD HH:MM:SS` for tables."""
+    return "-" if value is None else value.replace("T", " ").removesuffix("Z")[:19]

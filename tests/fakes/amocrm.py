@@ -1,0 +1,810 @@
+"""A stateful fake of the amoCRM API v4: one account, its contacts, leads, links and notes.
+
+It answers like the real API where the bridge depends on it:
+- `GET /api/v4/contacts?query=` is a case-insensitive substring search over names and
+  every custom value (phones also by their digits, so "9991234567" finds
+  "+7 999 123-45-67"); `with=leads` embeds linked lead ids; nothing found → 204, no body;
+- writes are validated first and applied only when all of the request is valid: an
+  unknown field id, an enum id the field does not have, a non-numeric value for a numeric
+  field, an unknown pipeline or status → 400 `{"validation-errors": [...], "status": 400}`;
+- Bearer tokens expire by the injectable `clock` → 401; OAuth refresh tokens are
+  single-use and rotate (a used one answers 400 "Token has been revoked");
+- more than `rate_limit` admitted requests in any sliding second → 429 (not applied).
+
+Set up and inspect: `add_contact`, `add_lead`, `add_note` (return ids, log no call),
+`move_lead` (a manager changing stage or deleting),
+`contacts()`, `contact(id)`, `leads()`, `lead(id)` (API-shaped dicts), `notes(lead_id)`,
+`lead_field` / `contact_field`. Credentials: `issue_token(ttl)`, `issue_oauth_pair(ttl)`,
+`register_code`, `expire_all_access_tokens()`.
+
+The HTTP side (`transport()`, `asgi_app`, `calls`, `count`, the rate window and the
+faults `fail_next`, `fail_after_apply`, `fail_randomly`, `down`/`up`, `latency`) is
+`tests.fakes.service.FakeService`; pipelines, fields and the validation of field values
+are `tests.fakes.amocrm_account`. This module holds the data and the routes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from bridge.settings import CrmConfig, load_file_config
+from tests.fakes.amocrm_account import (
+    ACCOUNT_ID,
+    EMAIL_FIELD,
+    LOST,
+    PHONE_FIELD,
+    WON,
+    Account,
+    Problems,
+    is_int,
+)
+from tests.fakes.service import (
+    ApiError,
+    FakeRequest,
+    FakeResponse,
+    FakeService,
+    JSONDict,
+    problem,
+)
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "bridge.example.toml"
+
+
+# ---- state --------------------------------------------------------------------------
+
+
+@dataclass
+class ContactRec:
+    id: int
+    name: str
+    first_name: str
+    last_name: str
+    created_at: int
+    updated_at: int
+    values: dict[int, list[JSONDict]] = field(default_factory=dict)
+
+
+@dataclass
+class LeadRec:
+    id: int
+    name: str
+    price: int
+    pipeline_id: int
+    status_id: int
+    created_at: int
+    updated_at: int
+    closed_at: int | None = None
+    is_deleted: bool = False
+    values: dict[int, list[JSONDict]] = field(default_factory=dict)
+
+
+@dataclass
+class NoteRec:
+    id: int
+    entity_id: int
+    note_type: str
+    params: JSONDict
+    created_at: int
+
+
+def _digits(text: str) -> str:
+    return re.sub(r"\D", "", text)
+
+
+# ---- the fake -----------------------------------------------------------------------
+
+
+class FakeAmoCrm(FakeService):
+    """The reference account of `etc/bridge.example.toml` (or `config`), empty of data."""
+
+    name = "fake amoCRM"
+    success_content_type = "application/hal+json"
+
+    def __init__(
+        self,
+        config: CrmConfig | None = None,
+        *,
+        rate_limit: int = 7,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        client_id: str = "fake-client-id",
+        client_secret: str = "fake-client-secret",  # noqa: S107
+        redirect_uri: str = "https://bridge.example/oauth",
+        oauth_ttl: int = 86400,
+    ) -> None:
+        super().__init__(rate_limit=rate_limit, monotonic=monotonic)
+        self.config = config or load_file_config(EXAMPLE_CONFIG).crm["amocrm"]
+        self.clock = clock
+        self.client_id, self.client_secret = client_id, client_secret
+        self.redirect_uri = redirect_uri
+        self.oauth_ttl = oauth_ttl
+        self.account = Account.from_config(self.config)
+        self._contacts: dict[int, ContactRec] = {}
+        self._leads: dict[int, LeadRec] = {}
+        self._links: set[tuple[int, int]] = set()  # (contact id, lead id)
+        self._notes: dict[int, list[NoteRec]] = {}
+        self._access: dict[str, float] = {}  # token → expires at (clock seconds)
+        self._refresh: dict[str, bool] = {}  # token → already used
+        self._codes: set[str] = set()
+        self._ids = {
+            kind: itertools.count(start)
+            for kind, start in (("contact", 30000001), ("lead", 20000001), ("note", 90000001))
+        }
+        self.origin = "https://example.amocrm.ru"
+        self.routes = [
+            ("GET", re.compile(r"/api/v4/contacts"), self._list_contacts),
+            ("POST", re.compile(r"/api/v4/contacts"), self._create_contacts),
+            ("GET", re.compile(r"/api/v4/contacts/(\d+)"), self._get_contact),
+            ("PATCH", re.compile(r"/api/v4/contacts/(\d+)"), self._patch_contact),
+            ("GET", re.compile(r"/api/v4/(leads|contacts)/custom_fields"), self._custom_fields),
+            ("GET", re.compile(r"/api/v4/leads/pipelines"), self._list_pipelines),
+            ("GET", re.compile(r"/api/v4/leads"), self._list_leads),
+            ("POST", re.compile(r"/api/v4/leads"), self._create_leads),
+            ("POST", re.compile(r"/api/v4/leads/complex"), self._create_complex),
+            ("GET", re.compile(r"/api/v4/leads/(\d+)"), self._get_lead),
+            ("PATCH", re.compile(r"/api/v4/leads/(\d+)"), self._patch_lead),
+            ("GET", re.compile(r"/api/v4/leads/(\d+)/notes"), self._list_notes),
+            ("POST", re.compile(r"/api/v4/leads/(\d+)/notes"), self._add_notes),
+            ("POST", re.compile(r"/oauth2/access_token"), self._token),
+        ]
+
+    # ---- credentials ----------------------------------------------------------------
+
+    def issue_token(self, ttl: float = 86400) -> str:
+        """A valid access token (a long-lived token is just one with a long ttl)."""
+        token = f"access-{secrets.token_hex(8)}"
+        with self._lock:
+            self._access[token] = self.clock() + ttl
+        return token
+
+    def issue_oauth_pair(self, ttl: float = 86400) -> tuple[str, str]:
+        refresh = f"refresh-{secrets.token_hex(8)}"
+        with self._lock:
+            self._refresh[refresh] = False
+        return self.issue_token(ttl), refresh
+
+    def register_code(self, code: str) -> None:
+        """An authorization code `grant_type=authorization_code` accepts once."""
+        with self._lock:
+            self._codes.add(code)
+
+    def expire_all_access_tokens(self) -> None:
+        with self._lock:
+            self._access = dict.fromkeys(self._access, float("-inf"))
+
+    # ---- inspection and setup -------------------------------------------------------
+
+    def contacts(self) -> list[JSONDict]:
+        with self._lock:
+            return [self._contact_json(c, with_leads=True) for c in self._contacts.values()]
+
+    def contact(self, contact_id: int | str) -> JSONDict:
+        with self._lock:
+            return self._contact_json(self._contacts[int(contact_id)], with_leads=True)
+
+    def leads(self) -> list[JSONDict]:
+        with self._lock:
+            return [self._lead_json(lead, with_contacts=True) for lead in self._leads.values()]
+
+    def lead(self, lead_id: int | str) -> JSONDict:
+        with self._lock:
+            return self._lead_json(self._leads[int(lead_id)], with_contacts=True)
+
+    def notes(self, lead_id: int | str) -> list[str]:
+        with self._lock:
+            return [str(n.params.get("text", "")) for n in self._notes.get(int(lead_id), [])]
+
+    def lead_field(self, lead_id: int | str, field_id: int | str) -> Any:
+        """Text, numeric text, unix seconds, an enum id (select) or enum ids (multiselect);
+        None when empty."""
+        with self._lock:
+            return self.account.value_of("leads", self._leads[int(lead_id)].values, int(field_id))
+
+    def contact_field(self, contact_id: int | str, field_id: int | str) -> Any:
+        with self._lock:
+            record = self._contacts[int(contact_id)]
+            return self.account.value_of("contacts", record.values, int(field_id))
+
+    def add_contact(
+        self,
+        name: str = "",
+        *,
+        first_name: str = "",
+        last_name: str = "",
+        phones: Iterable[str] = (),
+        emails: Iterable[str] = (),
+        telegram_id: str | None = None,
+        telegram_username: str | None = None,
+        fields: Mapping[int | str, Any] | None = None,
+        updated_at: int | None = None,
+    ) -> int:
+        """A contact as a manager would have typed it; returns its id. No call is logged."""
+        raw: dict[int | str, Any] = dict(fields or {})
+        raw.update({PHONE_FIELD: list(phones), EMAIL_FIELD: list(emails)})
+        ids = self.config.contact_fields
+        for field_id, value in (
+            (ids.telegram_id, telegram_id),
+            (ids.telegram_username, telegram_username),
+        ):
+            if field_id and value is not None:
+                raw[field_id] = value
+        with self._lock:
+            now = int(self.clock())
+            record = ContactRec(
+                next(self._ids["contact"]),
+                name,
+                first_name,
+                last_name,
+                now,
+                updated_at if updated_at is not None else now,
+            )
+            record.name = name or f"{first_name} {last_name}".strip()
+            record.values = self.account.seed_values("contacts", raw)
+            self._contacts[record.id] = record
+            return record.id
+
+    def add_lead(
+        self,
+        contact_id: int | str | None = None,
+        *,
+        name: str = "Сделка",
+        price: int = 0,
+        pipeline_id: int | None = None,
+        status_id: int | None = None,
+        fields: Mapping[int | str, Any] | None = None,
+        updated_at: int | None = None,
+        is_deleted: bool = False,
+    ) -> int:
+        """A lead, linked to `contact_id` when given; returns its id. No call is logged."""
+        with self._lock:
+            account = self.account
+            pipeline = account.pipelines[pipeline_id] if pipeline_id else account.main_pipeline()
+            status = status_id if status_id is not None else pipeline.statuses[0].id
+            if not pipeline.has_status(status):
+                raise ValueError(f"status {status} is not in pipeline {pipeline.id}")
+            now = int(self.clock())
+            lead = LeadRec(
+                next(self._ids["lead"]),
+                name,
+                price,
+                pipeline.id,
+                status,
+                now,
+                updated_at if updated_at is not None else now,
+                is_deleted=is_deleted,
+            )
+            lead.closed_at = now if status in (WON, LOST) else None
+            lead.values = self.account.seed_values("leads", dict(fields or {}))
+            self._leads[lead.id] = lead
+            if contact_id is not None:
+                self._links.add((int(contact_id), lead.id))
+            return lead.id
+
+    def move_lead(
+        self,
+        lead_id: int | str,
+        status_id: int,
+        *,
+        pipeline_id: int | None = None,
+        is_deleted: bool | None = None,
+    ) -> None:
+        """What a manager does in the UI: change stage (or pipeline), or delete."""
+        with self._lock:
+            lead = self._leads[int(lead_id)]
+            pipeline = self.account.pipelines[pipeline_id or lead.pipeline_id]
+            if not pipeline.has_status(status_id):
+                raise ValueError(f"status {status_id} is not in pipeline {pipeline.id}")
+            self._apply_lead(lead, {"pipeline_id": pipeline.id, "status_id": status_id})
+            if is_deleted is not None:
+                lead.is_deleted = is_deleted
+
+    def add_note(self, lead_id: int | str, text: str) -> int:
+        with self._lock:
+            return self._store_note(int(lead_id), "common", {"text": text})
+
+    def authorise(self, request: FakeRequest) -> FakeResponse | None:
+        if not request.path.startswith("/api/"):
+            return None
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        expires = self._access.get(token)
+        if scheme == "Bearer" and expires is not None and expires > self.clock():
+            return None
+        return FakeResponse(401, problem(401, "Unauthorized", "Unauthorized"))
+
+    # ---- routes: contacts -----------------------------------------------------------
+
+    def _list_contacts(self, request: FakeRequest) -> FakeResponse:
+        query = request.one("query").strip().lower()
+        with_leads = "leads" in request.one("with").split(",")
+        hits = [c for c in self._contacts.values() if not query or self._matches(c, query)]
+        items = [self._contact_json(c, with_leads) for c in hits]
+        return self._page(request, items, "contacts")
+
+    def _matches(self, contact: ContactRec, query: str) -> bool:
+        texts = [contact.name, contact.first_name, contact.last_name]
+        texts += [str(v.get("value", "")) for values in contact.values.values() for v in values]
+        if any(query in text.lower() for text in texts):
+            return True
+        digits = _digits(query)
+        phones = [str(v["value"]) for v in contact.values.get(PHONE_FIELD, [])]
+        return bool(re.fullmatch(r"[\d\s()+\-]{5,}", query)) and any(
+            digits in _digits(phone) for phone in phones
+        )
+
+    def _get_contact(self, request: FakeRequest, contact_id: str) -> FakeResponse:
+        contact = self._contacts.get(int(contact_id))
+        if contact is None:
+            return FakeResponse(204)
+        with_leads = "leads" in request.one("with").split(",")
+        return FakeResponse(200, self._contact_json(contact, with_leads))
+
+    def _create_contacts(self, request: FakeRequest) -> FakeResponse:
+        items = self._array(request.json(), 250)
+        problems = Problems()
+        parsed = [self._parse_contact(item, str(i), "", problems) for i, item in enumerate(items)]
+        problems.check()
+        created = [self._store_contact(changes) for changes in parsed]
+        return FakeResponse(
+            200,
+            {
+                "_links": {"self": {"href": self._href(request.path)}},
+                "_embedded": {
+                    "contacts": [
+                        {
+                            "id": c.id,
+                            "request_id": str(i),
+                            "_links": self._self_link("contacts", c.id),
+                        }
+                        for i, c in enumerate(created)
+                    ]
+                },
+            },
+        )
+
+    def _patch_contact(self, request: FakeRequest, contact_id: str) -> FakeResponse:
+        contact = self._contacts.get(int(contact_id))
+        if contact is None:
+            raise ApiError(404, problem(404, "Not Found", f"contact {contact_id}"))
+        problems = Problems()
+        changes = self._parse_contact(request.json(), "0", "", problems)
+        problems.check()
+        self._apply_contact(contact, changes)
+        return FakeResponse(
+            200,
+            {
+                "id": contact.id,
+                "name": contact.name,
+                "updated_at": contact.updated_at,
+                "_links": self._self_link("contacts", contact.id),
+            },
+        )
+
+    # ---- routes: leads --------------------------------------------------------------
+
+    def _list_leads(self, request: FakeRequest) -> FakeResponse:
+        ids = [int(value) for value in request.all("filter[id]") if value.isdigit()]
+        if ids:
+            leads = [self._leads[i] for i in sorted(set(ids)) if i in self._leads]
+        else:
+            leads = [lead for lead in self._leads.values() if not lead.is_deleted]
+        with_contacts = "contacts" in request.one("with").split(",")
+        items = [self._lead_json(lead, with_contacts) for lead in leads]
+        return self._page(request, items, "leads")
+
+    def _get_lead(self, request: FakeRequest, lead_id: str) -> FakeResponse:
+        lead = self._leads.get(int(lead_id))
+        if lead is None:
+            return FakeResponse(204)
+        with_contacts = "contacts" in request.one("with").split(",")
+        return FakeResponse(200, self._lead_json(lead, with_contacts))
+
+    def _create_leads(self, request: FakeRequest) -> FakeResponse:
+        items = self._array(request.json(), 250)
+        problems = Problems()
+        parsed = []
+        for i, item in enumerate(items):
+            changes = self._parse_lead(item, str(i), problems, current=None)
+            links = self._existing_contacts(item, str(i), problems)
+            parsed.append((changes, links))
+        problems.check()
+        created = [self._store_lead(changes, links) for changes, links in parsed]
+        return FakeResponse(
+            200,
+            {
+                "_links": {"self": {"href": self._href(request.path)}},
+                "_embedded": {
+                    "leads": [
+                        {
+                            "id": lead.id,
+                            "request_id": str(i),
+                            "_links": self._self_link("leads", lead.id),
+                        }
+                        for i, lead in enumerate(created)
+                    ]
+                },
+            },
+        )
+
+    def _create_complex(self, request: FakeRequest) -> FakeResponse:
+        items = self._array(request.json(), 50)
+        problems = Problems()
+        parsed: list[tuple[JSONDict, JSONDict | int | None]] = []
+        for i, item in enumerate(items):
+            rid = str(i)
+            changes = self._parse_lead(item, rid, problems, current=None)
+            embedded = item.get("_embedded") if isinstance(item, dict) else None
+            contacts = (embedded or {}).get("contacts") or []
+            contact: JSONDict | int | None = None
+            if not isinstance(contacts, list) or len(contacts) > 1:
+                problems.add(rid, "_embedded.contacts", "InvalidType", "at most one contact")
+            elif contacts and isinstance(contacts[0], dict) and "id" in contacts[0]:
+                linked = self._existing_contacts(item, rid, problems)
+                contact = linked[0] if linked else None
+            elif contacts:
+                contact = self._parse_contact(contacts[0], rid, "_embedded.contacts.0.", problems)
+            parsed.append((changes, contact))
+        problems.check()
+        answer = []
+        for i, (changes, contact) in enumerate(parsed):
+            contact_id = None
+            if isinstance(contact, dict):
+                contact_id = self._store_contact(contact).id
+            elif isinstance(contact, int):
+                contact_id = contact
+            lead = self._store_lead(changes, [contact_id] if contact_id else [])
+            answer.append(
+                {
+                    "id": lead.id,
+                    "contact_id": contact_id,
+                    "company_id": None,
+                    "request_id": [str(i)],
+                    "merged": False,
+                }
+            )
+        return FakeResponse(200, answer)
+
+    def _patch_lead(self, request: FakeRequest, lead_id: str) -> FakeResponse:
+        lead = self._leads.get(int(lead_id))
+        if lead is None:
+            raise ApiError(404, problem(404, "Not Found", f"lead {lead_id}"))
+        problems = Problems()
+        changes = self._parse_lead(request.json(), "0", problems, current=lead)
+        problems.check()
+        self._apply_lead(lead, changes)
+        return FakeResponse(
+            200,
+            {
+                "id": lead.id,
+                "updated_at": lead.updated_at,
+                "_links": self._self_link("leads", lead.id),
+            },
+        )
+
+    # ---- routes: notes, account, OAuth ----------------------------------------------
+
+    def _list_notes(self, request: FakeRequest, lead_id: str) -> FakeResponse:
+        types = set(request.all("filter[note_type]"))
+        notes = [n for n in self._notes.get(int(lead_id), []) if not types or n.note_type in types]
+        return self._page(request, [self._note_json(n) for n in notes], "notes")
+
+    def _add_notes(self, request: FakeRequest, lead_id: str) -> FakeResponse:
+        items = self._array(request.json(), 250)
+        problems = Problems()
+        if int(lead_id) not in self._leads:
+            problems.add("0", "entity_id", "NotFound", f"lead {lead_id} not found")
+        for i, item in enumerate(items):
+            note_type = item.get("note_type") if isinstance(item, dict) else None
+            params = item.get("params") if isinstance(item, dict) else None
+            if note_type not in ("common", "service_message"):
+                problems.add(str(i), "note_type", "NotSupportedChoice", "unknown note_type")
+            elif not isinstance(params, dict) or not isinstance(params.get("text"), str):
+                problems.add(str(i), "params.text", "InvalidType", "text must be a string")
+        problems.check()
+        ids = [
+            self._store_note(int(lead_id), item["note_type"], dict(item["params"]))
+            for item in items
+        ]
+        return FakeResponse(
+            200,
+            {
+                "_links": {"self": {"href": self._href(request.path)}},
+                "_embedded": {
+                    "notes": [
+                        {"id": note_id, "entity_id": int(lead_id), "request_id": str(i)}
+                        for i, note_id in enumerate(ids)
+                    ]
+                },
+            },
+        )
+
+    def _list_pipelines(self, request: FakeRequest) -> FakeResponse:
+        pipelines = [self.account.pipeline_json(p) for p in self.account.pipelines.values()]
+        return FakeResponse(
+            200,
+            {
+                "_total_items": len(pipelines),
+                "_links": {"self": {"href": self._href(request.path)}},
+                "_embedded": {"pipelines": pipelines},
+            },
+        )
+
+    def _custom_fields(self, request: FakeRequest, entity: str) -> FakeResponse:
+        items = [self.account.field_json(d) for d in self.account.fields[entity].values()]
+        return self._page(request, items, "custom_fields", max_limit=50)
+
+    def _token(self, request: FakeRequest) -> FakeResponse:
+        body = request.json()
+        if not isinstance(body, dict):
+            raise ApiError(400, {"hint": "Invalid request", "status": 400})
+        if (body.get("client_id"), body.get("client_secret")) != (
+            self.client_id,
+            self.client_secret,
+        ):
+            return FakeResponse(401, {"hint": "Client authentication failed", "status": 401})
+        if body.get("redirect_uri") != self.redirect_uri:
+            return FakeResponse(400, {"hint": "Redirect URI mismatch", "status": 400})
+        grant = body.get("grant_type")
+        if grant == "refresh_token":
+            token = str(body.get("refresh_token"))
+            if token not in self._refresh:
+                return FakeResponse(
+                    400, {"hint": "Cannot decrypt the refresh token", "status": 400}
+                )
+            if self._refresh[token]:
+                return FakeResponse(400, {"hint": "Token has been revoked", "status": 400})
+            self._refresh[token] = True
+        elif grant == "authorization_code":
+            code = str(body.get("code"))
+            if code not in self._codes:
+                return FakeResponse(
+                    400, {"hint": "Authorization code has been revoked", "status": 400}
+                )
+            self._codes.discard(code)
+        else:
+            return FakeResponse(400, {"hint": "Unsupported grant type", "status": 400})
+        access, refresh = self.issue_oauth_pair(self.oauth_ttl)
+        return FakeResponse(
+            200,
+            {
+                "token_type": "Bearer",
+                "expires_in": self.oauth_ttl,
+                "server_time": int(self.clock()),
+                "access_token": access,
+                "refresh_token": refresh,
+            },
+        )
+
+    # ---- parsing and validation -----------------------------------------------------
+
+    def _array(self, body: Any, limit: int) -> list[Any]:
+        if not isinstance(body, list) or not body or len(body) > limit:
+            problems = Problems()
+            problems.add("0", "", "InvalidType", f"body must be an array of 1..{limit} items")
+            problems.check()
+        return list(body)
+
+    def _parse_contact(self, body: Any, rid: str, prefix: str, problems: Problems) -> JSONDict:
+        if not isinstance(body, dict):
+            problems.add(rid, prefix.rstrip("."), "InvalidType", "must be an object")
+            return {}
+        changes: JSONDict = {}
+        for key in ("name", "first_name", "last_name"):
+            if key in body:
+                if isinstance(body[key], str):
+                    changes[key] = body[key]
+                else:
+                    problems.add(rid, prefix + key, "InvalidType", "must be a string")
+        changes["values"] = self.account.parse_values(
+            "contacts", body.get("custom_fields_values"), rid, prefix, problems
+        )
+        return changes
+
+    def _parse_lead(
+        self, body: Any, rid: str, problems: Problems, *, current: LeadRec | None
+    ) -> JSONDict:
+        if not isinstance(body, dict):
+            problems.add(rid, "", "InvalidType", "must be an object")
+            return {}
+        changes: JSONDict = {}
+        if "name" in body:
+            if isinstance(body["name"], str):
+                changes["name"] = body["name"]
+            else:
+                problems.add(rid, "name", "InvalidType", "This value should be of type string.")
+        if "price" in body:
+            if is_int(body["price"]) and body["price"] >= 0:
+                changes["price"] = body["price"]
+            else:
+                problems.add(rid, "price", "InvalidType", "This value should be of type int.")
+        pipeline_id, status_id = body.get("pipeline_id"), body.get("status_id")
+        for key, value in (("pipeline_id", pipeline_id), ("status_id", status_id)):
+            if value is not None and not is_int(value):
+                problems.add(rid, key, "InvalidType", "This value should be of type int.")
+                return changes
+        if pipeline_id is not None and pipeline_id not in self.account.pipelines:
+            problems.add(rid, "pipeline_id", "NotSupportedChoice", "pipeline not found")
+            return changes
+        same_pipeline = current is not None and pipeline_id in (None, current.pipeline_id)
+        pipeline = self.account.pipelines[
+            pipeline_id or (current.pipeline_id if current else self.account.main_pipeline().id)
+        ]
+        if status_id is None:
+            status_id = current.status_id if current and same_pipeline else None
+            status_id = status_id or pipeline.statuses[0].id
+        if not pipeline.has_status(status_id):
+            problems.add(rid, "status_id", "NotSupportedChoice", "status not in the pipeline")
+        changes.update(pipeline_id=pipeline.id, status_id=status_id)
+        changes["values"] = self.account.parse_values(
+            "leads", body.get("custom_fields_values"), rid, "", problems
+        )
+        return changes
+
+    def _existing_contacts(self, item: Any, rid: str, problems: Problems) -> list[int]:
+        contacts = ((item.get("_embedded") or {}) if isinstance(item, dict) else {}).get(
+            "contacts"
+        ) or []
+        ids = []
+        for i, contact in enumerate(contacts):
+            contact_id = contact.get("id") if isinstance(contact, dict) else None
+            if not is_int(contact_id) or contact_id not in self._contacts:
+                problems.add(rid, f"_embedded.contacts.{i}.id", "NotFound", "contact not found")
+            else:
+                ids.append(contact_id)
+        return ids
+
+    # ---- storing --------------------------------------------------------------------
+
+    def _store_contact(self, changes: JSONDict) -> ContactRec:
+        now = int(self.clock())
+        contact = ContactRec(next(self._ids["contact"]), "", "", "", now, now)
+        self._apply_contact(contact, changes)
+        if not contact.name:
+            contact.name = f"{contact.first_name} {contact.last_name}".strip()
+        self._contacts[contact.id] = contact
+        return contact
+
+    def _apply_contact(self, contact: ContactRec, changes: JSONDict) -> None:
+        for key in ("name", "first_name", "last_name"):
+            if key in changes:
+                setattr(contact, key, changes[key])
+        _apply_values(contact.values, changes.get("values", {}))
+        contact.updated_at = int(self.clock())
+
+    def _store_lead(self, changes: JSONDict, contact_ids: Sequence[int]) -> LeadRec:
+        now = int(self.clock())
+        lead = LeadRec(next(self._ids["lead"]), "", 0, 0, 0, now, now)
+        lead.name = f"Сделка #{lead.id}"
+        self._apply_lead(lead, changes)
+        self._leads[lead.id] = lead
+        self._links.update((contact_id, lead.id) for contact_id in contact_ids)
+        return lead
+
+    def _apply_lead(self, lead: LeadRec, changes: JSONDict) -> None:
+        was_closed = lead.status_id in (WON, LOST)
+        for key in ("name", "price", "pipeline_id", "status_id"):
+            if key in changes:
+                setattr(lead, key, changes[key])
+        _apply_values(lead.values, changes.get("values", {}))
+        lead.updated_at = int(self.clock())
+        if (lead.status_id in (WON, LOST)) != was_closed:
+            lead.closed_at = lead.updated_at if not was_closed else None
+
+    def _store_note(self, lead_id: int, note_type: str, params: JSONDict) -> int:
+        note = NoteRec(next(self._ids["note"]), lead_id, note_type, params, int(self.clock()))
+        self._notes.setdefault(lead_id, []).append(note)
+        return note.id
+
+    # ---- rendering ------------------------------------------------------------------
+
+    def _page(
+        self, request: FakeRequest, items: list[JSONDict], key: str, max_limit: int = 250
+    ) -> FakeResponse:
+        limit = min(int(request.one("limit", "50") or 50), max_limit)
+        page = max(int(request.one("page", "1") or 1), 1)
+        chunk = items[(page - 1) * limit : page * limit]
+        if not chunk:
+            return FakeResponse(204)
+        links = {"self": {"href": self._page_href(request, page)}}
+        if page * limit < len(items):
+            links["next"] = {"href": self._page_href(request, page + 1)}
+        return FakeResponse(200, {"_page": page, "_links": links, "_embedded": {key: chunk}})
+
+    def _page_href(self, request: FakeRequest, page: int) -> str:
+        query = [(k, v) for k, v in request.query if k != "page"] + [("page", str(page))]
+        return f"{self._href(request.path)}?{urlencode(query)}"
+
+    def _href(self, path: str) -> str:
+        return f"{self.origin}{path}"
+
+    def _self_link(self, entity: str, entity_id: int) -> JSONDict:
+        return {"self": {"href": self._href(f"/api/v4/{entity}/{entity_id}")}}
+
+    def _contact_json(self, contact: ContactRec, with_leads: bool) -> JSONDict:
+        embedded: JSONDict = {"tags": [], "companies": []}
+        if with_leads:
+            lead_ids = sorted(lead for c, lead in self._links if c == contact.id)
+            embedded["leads"] = [{"id": i, "_links": self._self_link("leads", i)} for i in lead_ids]
+        return {
+            "id": contact.id,
+            "name": contact.name,
+            "first_name": contact.first_name,
+            "last_name": contact.last_name,
+            "responsible_user_id": 1,
+            "group_id": 0,
+            "created_by": 0,
+            "updated_by": 0,
+            "created_at": contact.created_at,
+            "updated_at": contact.updated_at,
+            "closest_task_at": None,
+            "is_deleted": False,
+            "is_unsorted": False,
+            "custom_fields_values": self.account.values_json("contacts", contact.values),
+            "account_id": ACCOUNT_ID,
+            "_links": self._self_link("contacts", contact.id),
+            "_embedded": embedded,
+        }
+
+    def _lead_json(self, lead: LeadRec, with_contacts: bool) -> JSONDict:
+        embedded: JSONDict = {"tags": [], "companies": []}
+        if with_contacts:
+            contact_ids = sorted(c for c, lead_id in self._links if lead_id == lead.id)
+            embedded["contacts"] = [
+                {"id": c, "is_main": n == 0, "_links": self._self_link("contacts", c)}
+                for n, c in enumerate(contact_ids)
+            ]
+        return {
+            "id": lead.id,
+            "name": lead.name,
+            "price": lead.price,
+            "responsible_user_id": 1,
+            "group_id": 0,
+            "status_id": lead.status_id,
+            "pipeline_id": lead.pipeline_id,
+            "loss_reason_id": None,
+            "created_by": 0,
+            "updated_by": 0,
+            "created_at": lead.created_at,
+            "updated_at": lead.updated_at,
+            "closed_at": lead.closed_at,
+            "closest_task_at": None,
+            "is_deleted": lead.is_deleted,
+            "custom_fields_values": self.account.values_json("leads", lead.values),
+            "score": None,
+            "account_id": ACCOUNT_ID,
+            "labor_cost": None,
+            "_links": self._self_link("leads", lead.id),
+            "_embedded": embedded,
+        }
+
+    def _note_json(self, note: NoteRec) -> JSONDict:
+        return {
+            "id": note.id,
+            "entity_id": note.entity_id,
+            "created_by": 0,
+            "updated_by": 0,
+            "created_at": note.created_at,
+            "updated_at": note.created_at,
+            "responsible_user_id": 1,
+            "group_id": 0,
+            "note_type": note.note_type,
+            "params": dict(note.params),
+            "account_id": ACCOUNT_ID,
+        }
+
+
+def _apply_values(
+    values: dict[int, list[JSONDict]], changes: Mapping[int, list[JSONDict] | None]
+) -> None:
+    for field_id, items in changes.items():
+        if items is None:
+            values.pop(field_id, None)
+        else:
+            values[field_id] = items

@@ -1,0 +1,415 @@
+"""What every stateful CRM fake shares: requests in, answers or faults out, two ways in.
+
+A fake subclasses `FakeService`, keeps its own state and lists its `routes`; this module
+gives it, for free:
+- `transport()`: an `httpx.MockTransport`, and `asgi_app`: the same routes as an ASGI3
+  app (see `tests.fakes.server.serve_in_thread`);
+- a call log (`calls`, `count(...)`) and a sliding one-second rate window (`rate_limit`,
+  429s counted in `throttled`, optional `retry_after` header);
+- programmable faults: `fail_next`, `fail_after_apply` (the write is applied, the answer
+  is lost: the crash window), `fail_randomly`, `down()`/`up()`, `latency`.
+
+A "timeout" is `httpx.ReadTimeout` through the transport and a long sleep over ASGI; a
+"drop" is `httpx.RemoteProtocolError` / a connection closed in the middle of the answer;
+while down the transport refuses connections and the ASGI app answers 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+
+JSONDict = dict[str, Any]
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+# kind name → (how it fails, HTTP status, applied first)
+FAULT_KINDS: dict[str, tuple[str, int, bool]] = {
+    "429": ("status", 429, False),
+    "500": ("status", 500, False),
+    "502": ("status", 502, False),
+    "503": ("status", 503, False),
+    "timeout": ("timeout", 0, False),
+    "drop": ("drop", 0, False),
+    "apply-500": ("status", 500, True),
+    "apply-timeout": ("timeout", 0, True),
+    "apply-drop": ("drop", 0, True),
+}
+
+
+@dataclass
+class FakeRequest:
+    method: str
+    path: str
+    query: list[tuple[str, str]]
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes
+    origin: str  # scheme://host, for links in answers
+
+    def all(self, name: str) -> list[str]:
+        """Values of `name` and of `name[]` (PHP-style arrays)."""
+        return [value for key, value in self.query if key in (name, f"{name}[]")]
+
+    def one(self, name: str, default: str = "") -> str:
+        values = self.all(name)
+        return values[0] if values else default
+
+    def params(self) -> dict[str, list[str]]:
+        grouped: dict[str, list[str]] = {}
+        for key, value in self.query:
+            grouped.setdefault(key, []).append(value)
+        return grouped
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body) if self.body else None
+        except ValueError as exc:
+            raise ApiError(400, problem(400, "Bad Request", "body is not JSON")) from exc
+
+
+@dataclass
+class FakeResponse:
+    status: int
+    body: Any = None  # JSON; None: no body
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def content(self) -> bytes:
+        return b"" if self.body is None else json.dumps(self.body, ensure_ascii=False).encode()
+
+
+class ApiError(Exception):
+    """Raised by a route: answer with this status and body."""
+
+    def __init__(self, status: int, body: JSONDict) -> None:
+        super().__init__(f"HTTP {status}")
+        self.response = FakeResponse(status, body)
+
+
+class Abort(Exception):
+    """The request gets no HTTP answer: "timeout", "drop" or "refuse"."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+def problem(status: int, title: str, detail: str) -> JSONDict:
+    """An RFC 7807 body, as amoCRM sends with `application/problem+json`."""
+    return {
+        "title": title,
+        "type": f"https://httpstatus.es/{status}",
+        "status": status,
+        "detail": detail,
+    }
+
+
+@dataclass
+class Call:
+    """One request as the fake received it; `status` is None when it got no answer."""
+
+    method: str
+    path: str
+    params: dict[str, list[str]]
+    json: Any
+    status: int | None = None
+    fault: str | None = None
+
+
+@dataclass
+class Fault:
+    kind: str  # "status" | "timeout" | "drop"
+    status: int = 503
+    after_apply: bool = False
+    method: str | None = None
+    path_prefix: str | None = None
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.method is not None and self.method != method:
+            return False
+        if self.method is None and self.after_apply and method not in ("POST", "PATCH", "PUT"):
+            return False  # apply-then-fail is about writes unless told otherwise
+        return self.path_prefix is None or path.startswith(self.path_prefix)
+
+
+Route = tuple[str, "re.Pattern[str]", Callable[..., FakeResponse]]
+
+
+class FakeService:
+    name = "fake"
+    success_content_type = "application/json"
+
+    def __init__(self, *, rate_limit: int, monotonic: Callable[[], float] = time.monotonic):
+        self.rate_limit = rate_limit
+        self.monotonic = monotonic
+        self.latency = 0.0  # seconds of (async) sleep before each answer
+        self.retry_after: float | None = None  # Retry-After on 429s, when set
+        self.asgi_hang_seconds = 60.0  # how long an ASGI "timeout" keeps a client waiting
+        self.calls: list[Call] = []
+        self.throttled = 0  # 429 answers: from the rate window and injected
+        self.routes: list[Route] = []
+        self.origin = "http://fake.invalid"  # scheme://host of the latest request, for links
+        self._faults: deque[Fault] = deque()
+        self._random: tuple[random.Random, float, tuple[str, ...]] | None = None
+        self._down = False
+        self._window: deque[float] = deque()
+        self._released = threading.Event()
+        self._lock = threading.RLock()  # the ASGI app may run in another thread
+
+    # ---- what a subclass provides ---------------------------------------------------
+
+    def authorise(self, request: FakeRequest) -> FakeResponse | None:
+        """An error answer when the request may not proceed (checked after the rate)."""
+        return None
+
+    # ---- faults ---------------------------------------------------------------------
+
+    def fail_next(
+        self,
+        n: int = 1,
+        status: int = 503,
+        *,
+        kind: str = "status",
+        method: str | None = None,
+        path_prefix: str | None = None,
+    ) -> None:
+        """The next `n` matching requests fail before anything is applied."""
+        with self._lock:
+            self._faults.extend(Fault(kind, status, False, method, path_prefix) for _ in range(n))
+
+    def fail_after_apply(
+        self,
+        n: int = 1,
+        status: int = 500,
+        *,
+        kind: str = "status",
+        method: str | None = None,
+        path_prefix: str | None = None,
+    ) -> None:
+        """The next `n` matching writes are applied, then answered with `status` (or get
+        `kind` "timeout"/"drop"): the window between a CRM write and the journal."""
+        with self._lock:
+            self._faults.extend(Fault(kind, status, True, method, path_prefix) for _ in range(n))
+
+    def fail_randomly(
+        self,
+        rng: random.Random | None,
+        p: float = 0.1,
+        kinds: Sequence[str] = ("429", "500", "503", "timeout", "drop"),
+    ) -> None:
+        """Each request fails with probability `p`, of a kind drawn from `kinds` (see
+        `FAULT_KINDS`, e.g. "apply-500"). `rng=None` turns it off."""
+        unknown = set(kinds) - set(FAULT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds: {sorted(unknown)}")
+        with self._lock:
+            self._random = (rng, p, tuple(kinds)) if rng is not None else None
+
+    def stop_failing(self) -> None:
+        with self._lock:
+            self._faults.clear()
+            self._random = None
+
+    def down(self) -> None:
+        self._down = True
+
+    def up(self) -> None:
+        self._down = False
+
+    def release_hangs(self) -> None:
+        """End every ASGI "timeout" sleep now (the server is stopping)."""
+        self._released.set()
+
+    def count(
+        self, method: str | None = None, path_prefix: str | None = None, status: int | None = None
+    ) -> int:
+        """Requests received (answered or not), optionally only matching ones."""
+        with self._lock:
+            return sum(
+                1
+                for call in self.calls
+                if (method is None or call.method == method)
+                and (path_prefix is None or call.path.startswith(path_prefix))
+                and (status is None or call.status == status)
+            )
+
+    # ---- the two ways in ------------------------------------------------------------
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self._mock_handler)
+
+    async def _mock_handler(self, request: httpx.Request) -> httpx.Response:
+        body = await request.aread()
+        fake_request = FakeRequest(
+            request.method,
+            request.url.path,
+            parse_qsl(request.url.query.decode("latin-1"), keep_blank_values=True),
+            {key.lower(): value for key, value in request.headers.items()},
+            body,
+            f"{request.url.scheme}://{request.url.netloc.decode('latin-1')}",
+        )
+        try:
+            response = await self.handle(fake_request)
+        except Abort as abort:
+            message = f"{self.name}: {abort.kind}"
+            if abort.kind == "timeout":
+                raise httpx.ReadTimeout(message, request=request) from None
+            if abort.kind == "drop":
+                raise httpx.RemoteProtocolError(message, request=request) from None
+            raise httpx.ConnectError(message, request=request) from None
+        headers = self._headers(response)
+        return httpx.Response(response.status, headers=headers, content=response.content())
+
+    async def asgi_app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                phase = str(message["type"]).removeprefix("lifespan.")
+                await send({"type": f"lifespan.{phase}.complete"})
+                if phase == "shutdown":
+                    return
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        origin = f"{scope.get('scheme', 'http')}://{headers.get('host', 'localhost')}"
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        try:
+            response = await self.handle(
+                FakeRequest(scope["method"], scope["path"], query, headers, body, origin)
+            )
+        except Abort as abort:
+            if abort.kind == "timeout":
+                await self._hang()
+                return  # the client gave up long ago
+            if abort.kind == "drop":
+                start = {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-length", b"64")],
+                }
+                await send(start)
+                raise ConnectionAbortedError(f"{self.name} dropped the connection") from None
+            response = FakeResponse(503, problem(503, "Service Unavailable", "down"))
+        content = response.content()
+        raw_headers = [(k.encode(), v.encode()) for k, v in self._headers(response).items()]
+        raw_headers.append((b"content-length", str(len(content)).encode()))
+        await send(
+            {"type": "http.response.start", "status": response.status, "headers": raw_headers}
+        )
+        await send({"type": "http.response.body", "body": content})
+
+    async def _hang(self) -> None:
+        deadline = time.monotonic() + self.asgi_hang_seconds
+        while time.monotonic() < deadline and not self._released.is_set():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    def _headers(self, response: FakeResponse) -> dict[str, str]:
+        headers = dict(response.headers)
+        if response.body is not None:
+            kind = "application/problem+json" if response.status >= 400 else None
+            headers.setdefault("content-type", kind or self.success_content_type)
+        return headers
+
+    # ---- dispatch -------------------------------------------------------------------
+
+    async def handle(self, request: FakeRequest) -> FakeResponse:
+        """Answer one request, or raise `Abort` when it gets no answer."""
+        try:
+            payload = json.loads(request.body) if request.body else None
+        except ValueError:
+            payload = None
+        call = Call(request.method, request.path, request.params(), payload)
+        with self._lock:
+            self.calls.append(call)
+            fault = self._take_fault(request)
+        try:
+            if self._down:
+                raise Abort("refuse")
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            if fault is not None and not fault.after_apply:
+                response = self._fault_answer(fault)
+            else:
+                with self._lock:
+                    response = self._serve(request)
+                if fault is not None and response.status < 400:
+                    response = self._fault_answer(fault)
+        except Abort as abort:
+            call.fault = abort.kind
+            raise
+        call.status = response.status
+        if fault is not None:
+            call.fault = f"{'apply-' if fault.after_apply else ''}{fault.status}"
+        return response
+
+    def _take_fault(self, request: FakeRequest) -> Fault | None:
+        for fault in self._faults:
+            if fault.matches(request.method, request.path):
+                self._faults.remove(fault)
+                return fault
+        if self._random is not None:
+            rng, p, kinds = self._random
+            if rng.random() < p:
+                kind, status, after_apply = FAULT_KINDS[rng.choice(kinds)]
+                return Fault(kind, status, after_apply)
+        return None
+
+    def _fault_answer(self, fault: Fault) -> FakeResponse:
+        if fault.kind in ("timeout", "drop"):
+            raise Abort(fault.kind)
+        if fault.status == 429:
+            return self._too_many()
+        return FakeResponse(fault.status, problem(fault.status, "Injected fault", "fault"))
+
+    def _too_many(self) -> FakeResponse:
+        self.throttled += 1
+        headers = {} if self.retry_after is None else {"retry-after": str(self.retry_after)}
+        return FakeResponse(429, problem(429, "Too Many Requests", "rate limit"), headers)
+
+    def _serve(self, request: FakeRequest) -> FakeResponse:
+        self.origin = request.origin
+        if not self._admit():
+            return self._too_many()
+        refused = self.authorise(request)
+        if refused is not None:
+            return refused
+        known_path = False
+        for method, pattern, handler in self.routes:
+            match = pattern.fullmatch(request.path)
+            if match is None:
+                continue
+            known_path = True
+            if method == request.method:
+                try:
+                    return handler(request, *match.groups())
+                except ApiError as error:
+                    return error.response
+        status, title = (405, "Method Not Allowed") if known_path else (404, "Not Found")
+        return FakeResponse(status, problem(status, title, request.path))
+
+    def _admit(self) -> bool:
+        """A sliding one-second window over admitted requests."""
+        now = self.monotonic()
+        while self._window and self._window[0] <= now - 1.0:
+            self._window.popleft()
+        if len(self._window) >= self.rate_limit:
+            return False
+        self._window.append(now)
+        return True
