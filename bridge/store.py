@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sqlite3
 import stat
@@ -30,8 +31,14 @@ from bridge.crypto import TokenCipher
 from bridge.errors import StoreUnavailable
 from bridge.tokens import TokenPair
 
+log = logging.getLogger("bridge.store")
+
 Clock = Callable[[], float]
 T = TypeVar("T")
+
+# Live webhooks go before a historic import's backlog in the delivery queue.
+PRIORITY_LIVE = 0
+PRIORITY_BACKFILL = 1
 
 # Events a repeated webhook does not touch: done, or excluded by the rules.
 _SETTLED = ("success", "skipped")
@@ -265,13 +272,19 @@ class Store:
             await self._write_batch([i for i in batch if isinstance(i, _Intake)])
 
     async def _write_batch(self, batch: list[_Intake]) -> None:
-        try:
-            async with self._write_lock:
+        async with self._write_lock:
+            try:
                 self._check_file()
                 results = await self._apply_batch(batch)
-        except (sqlite3.Error, OSError, StoreUnavailable) as exc:
-            error = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(str(exc))
-            await self._rollback_quietly()
+                error = None
+            except StoreUnavailable as exc:
+                error = exc
+            except Exception as exc:  # noqa: BLE001 - the writer task must outlive any batch
+                error = StoreUnavailable(f"database write failed: {exc}")
+            if error is not None:
+                await self._rollback_quietly()
+        if error is not None:
+            log.error("intake batch of %d not stored: %s", len(batch), error)
             for item in batch:
                 if item.future is not None and not item.future.done():
                     item.future.set_exception(error)
@@ -313,13 +326,18 @@ class Store:
         return self._results(batch, known, fresh)
 
     async def _insert_events(
-        self, fresh: Mapping[tuple[str, str], NewEvent], now: float, now_text: str
+        self,
+        fresh: Mapping[tuple[str, str], NewEvent],
+        now: float,
+        now_text: str,
+        priority: int = PRIORITY_LIVE,
     ) -> dict[tuple[str, str], int]:
         """Insert new events and one pending delivery per CRM; inside a write transaction."""
         db = self._writer
         await db.executemany(
             "INSERT INTO events (kind, key, status, amount, customer_keys, payload,"
-            " received_at, processed_at, error_message) VALUES (?,?,?,?,?,?,?,?,?)",
+            " received_at, processed_at, error_message, priority)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?)",
             [
                 (
                     e.kind,
@@ -331,6 +349,7 @@ class Store:
                     now_text,
                     now_text if e.status == "skipped" else None,
                     e.note or None,
+                    priority,
                 )
                 for e in fresh.values()
             ],
@@ -439,7 +458,7 @@ class Store:
             "SELECT d.id, d.event_id, d.crm, d.attempts, e.kind, e.key, e.payload,"
             " e.customer_keys, e.received_at FROM deliveries d JOIN events e ON e.id = d.event_id"
             f" WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= ?"
-            f" AND d.crm IN ({marks}) ORDER BY d.event_id LIMIT ?",
+            f" AND d.crm IN ({marks}) ORDER BY e.priority, d.event_id LIMIT ?",
             (now, *names, limit),
         )
         return [
@@ -804,7 +823,7 @@ class Store:
                 if (event.kind, event.key) not in known:
                     fresh.setdefault((event.kind, event.key), event)
             if fresh:
-                await self._insert_events(fresh, now, now_text)
+                await self._insert_events(fresh, now, now_text, PRIORITY_BACKFILL)
             return len(fresh)
 
         return await self._write(apply)
@@ -880,16 +899,20 @@ class Store:
     # ---- plumbing ---------------------------------------------------------------------
 
     async def _write(self, apply: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
-        try:
-            async with self._write_lock:
+        async with self._write_lock:
+            try:
                 self._check_file()
                 await self._writer.execute("BEGIN IMMEDIATE")
                 result = await apply(self._writer)
                 await self._writer.execute("COMMIT")
                 return result
-        except (sqlite3.Error, OSError) as exc:
-            await self._rollback_quietly()
-            raise StoreUnavailable(f"database write failed: {exc}") from exc
+            except (sqlite3.Error, OSError) as exc:
+                await self._rollback_quietly()
+                raise StoreUnavailable(f"database write failed: {exc}") from exc
+            except BaseException:
+                # Cancellation at shutdown included: never leave the transaction open.
+                await asyncio.shield(self._rollback_quietly())
+                raise
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
@@ -1082,5 +1105,11 @@ SELECT
 FROM events e
 LEFT JOIN deliveries d ON d.id = (SELECT MIN(y.id) FROM deliveries y WHERE y.event_id = e.id)
 WHERE e.kind = 'payment'
+""",
+    # 2: live webhooks before imported backlog; the request log searchable by payment.
+    """
+ALTER TABLE events ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX requests_event_key ON requests (event_key);
+CREATE INDEX deliveries_event ON deliveries (event_id)
 """,
 )

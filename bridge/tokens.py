@@ -12,6 +12,7 @@ refresh-token rotation. Rotation is where tokens get lost, so `OAuthTokenSource`
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
@@ -19,7 +20,9 @@ from typing import Protocol
 
 import httpx
 
-from bridge.errors import AuthError
+from bridge.errors import AuthError, BridgeError
+
+log = logging.getLogger("bridge.tokens")
 
 
 @dataclass(frozen=True)
@@ -90,9 +93,11 @@ class OAuthTokenSource:
         self._margin = refresh_margin_seconds
         self._clock = clock
         self._pair: TokenPair | None = None
+        self._unsaved = False
         self._lock = asyncio.Lock()
 
     async def current(self) -> str:
+        await self._persist()
         pair = await self._loaded()
         if pair.expires_at - self._margin <= self._clock():
             return await self.refreshed(pair.access_token)
@@ -103,10 +108,27 @@ class OAuthTokenSource:
             pair = await self._loaded()
             if pair.access_token != stale and pair.expires_at - self._margin > self._clock():
                 return pair.access_token  # someone else refreshed while we waited
-            new_pair = await self._refresher(pair.refresh_token)
-            await self._repository.save_tokens(self._crm, new_pair)
+            try:
+                new_pair = await self._refresher(pair.refresh_token)
+            except AuthError:
+                self._pair = None  # read the store again next time: `bridge auth` may fix it
+                raise
+            # The old refresh token is dead now: keep the new pair in memory even if the
+            # store is down this instant, and keep trying to persist it.
             self._pair = new_pair
+            self._unsaved = True
+            await self._persist()
             return new_pair.access_token
+
+    async def _persist(self) -> None:
+        if not self._unsaved or self._pair is None:
+            return
+        try:
+            await self._repository.save_tokens(self._crm, self._pair)
+        except BridgeError as exc:
+            log.error("%s: rotated OAuth tokens not stored yet, will retry: %s", self._crm, exc)
+            return
+        self._unsaved = False
 
     def expires_at(self) -> float | None:
         return self._pair.expires_at if self._pair else None

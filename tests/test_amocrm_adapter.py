@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -47,11 +48,6 @@ PAYMENT_ID, TOTAL, COUNT, UTM_SOURCE = "700205", "700207", "700208", "700209"
 SITE, SITE_AUTOPAY, SITE_WORKING = 4423755, 63242022, 63242023
 PARTNERS, PARTNERS_AUTOPAY = 8598230, 80517738
 PAID_AT = datetime(2025, 1, 20, 11, 49, 20, tzinfo=UTC)
-# bridge/crm/base.py passes tenacity's deprecated `initial=` (tenacity 9.2 wants
-# `multiplier=`, same meaning); remove once base.py is changed.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:The 'initial' parameter is deprecated:DeprecationWarning"
-)
 CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
 
 
@@ -340,6 +336,10 @@ async def test_list_deals_is_one_leads_call_when_ids_are_known(
     assert deals[str(won)].is_closed
     assert deals[str(gone)].is_deleted
 
+    fake.move_lead(open_lead, 143)  # a manager closes it
+    [moved] = [deal for deal in await amo.list_deals(contact) if deal.id == str(open_lead)]
+    assert moved.is_closed and moved.updated_at > 1000
+
 
 async def test_list_deals_reads_the_contact_when_ids_are_unknown(
     fake: FakeAmoCrm, amo: AmoCrm
@@ -511,6 +511,22 @@ async def test_network_trouble_on_reads_is_retried_then_transient(
     with pytest.raises(TransientCrmError, match="cannot connect"):
         await amo.find_contacts(phone_key())
     fake.up()
+
+
+async def test_random_faults_are_reproducible_and_survivable(fake: FakeAmoCrm, amo: AmoCrm) -> None:
+    fake.fail_randomly(random.Random(7), p=0.5, kinds=("500", "timeout", "drop"))
+    outcomes = []
+    for _ in range(10):
+        try:
+            await amo.find_contacts(phone_key())
+            outcomes.append("ok")
+        except TransientCrmError:
+            outcomes.append("failed")
+    fake.fail_randomly(None)
+    assert "ok" in outcomes
+    assert fake.count() > 10
+    faults = {call.fault for call in fake.calls} - {None}
+    assert len(faults) >= 2 and faults <= {"500", "timeout", "drop"}
 
 
 async def test_a_write_applied_then_timed_out_is_not_repeated(

@@ -11,11 +11,11 @@ It answers like the real API where the bridge depends on it:
   single-use and rotate (a used one answers 400 "Token has been revoked");
 - more than `rate_limit` admitted requests in any sliding second → 429 (not applied).
 
-Set up and inspect: `add_contact`, `add_lead`, `add_note` (return ids, log no call),
-`move_lead` (a manager changing stage or deleting),
-`contacts()`, `contact(id)`, `leads()`, `lead(id)` (API-shaped dicts), `notes(lead_id)`,
-`lead_field` / `contact_field`. Credentials: `issue_token(ttl)`, `issue_oauth_pair(ttl)`,
-`register_code`, `expire_all_access_tokens()`.
+Set up and inspect (no call is logged): `add_contact`, `add_lead`, `add_note` (return
+ids), `move_lead` (a manager changing the stage or deleting), `contacts()`, `contact(id)`,
+`leads()`, `lead(id)` (API-shaped dicts), `notes(lead_id)`, `lead_field`,
+`contact_field`. Credentials: `issue_token(ttl)`, `issue_oauth_pair(ttl)`,
+`register_code(code)`, `expire_all_access_tokens()`.
 
 The HTTP side (`transport()`, `asgi_app`, `calls`, `count`, the rate window and the
 faults `fail_next`, `fail_after_apply`, `fail_randomly`, `down`/`up`, `latency`) is
