@@ -87,9 +87,7 @@ async def _start(
     )
     store = await Store.open(settings.database_path, clock=clock, cipher=cipher)
     metrics = Metrics()
-    adapters = build_adapters(
-        settings, store, transports=transports, on_call=metrics.observe_call
-    )
+    adapters = build_adapters(settings, store, transports=transports, on_call=metrics.observe_call)
     worker = Worker(store, adapters, settings, clock=clock, on_outcome=metrics.observe_outcome)
     runtime = Runtime(settings, store, worker, adapters, metrics, clock)
     runtime.worker_task = asyncio.get_running_loop().create_task(worker.run())
@@ -138,8 +136,9 @@ async def payment_webhook(request: Request[Any, Any, State]) -> Response[Any]:
         now=rt.clock(),
     )
     if not verdict.ok:
-        log.warning("rejected %s from %s: %s (%s)", PAYMENT_ROUTE, remote, verdict.reason,
-                    verdict.scheme)
+        log.warning(
+            "rejected %s from %s: %s (%s)", PAYMENT_ROUTE, remote, verdict.reason, verdict.scheme
+        )
         return reply(401, {"error": "invalid_signature"}, f"{verdict.scheme}: {verdict.reason}")
     verdict_text = f"{verdict.scheme}: ok"
     try:

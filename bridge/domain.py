@@ -175,3 +175,13 @@ class DealResult:
     deal_id: str
     deal_created: bool
     pipeline_id: str
+
+
+@dataclass(frozen=True)
+class KnownRefs:
+    """Where a customer's last successful payment went in one CRM."""
+
+    contact_id: str
+    deal_id: str
+    identity: str  # the customer's identifiers then; if they changed, search again
+    customer_keys: tuple[str, ...] = ()

@@ -23,7 +23,9 @@ from bridge.crm.base import CrmAdapter
 from bridge.domain import (
     Contact,
     ContactPatch,
+    Deal,
     DealResult,
+    KnownRefs,
     NewContact,
     NewDeal,
     Payment,
@@ -47,6 +49,7 @@ class FlowContext:
 class FlowOutcome:
     result: DealResult
     warnings: tuple[str, ...]
+    reusable: bool  # the deal can take the customer's next payment (not closed/excluded)
 
 
 async def deliver_payment(
@@ -56,17 +59,25 @@ async def deliver_payment(
     record: RecordSteps,
     *,
     first_attempt: bool,
+    known: KnownRefs | None = None,
 ) -> FlowOutcome:
     """Run (or resume) one payment in one CRM; raises the `CrmError` family."""
     warnings: list[str] = []
     if "fields" in journal and "deal" in journal:
         result = _result_from_journal(journal)
     else:
-        result = await _resolve_and_apply(payment, ctx, journal, record, warnings)
+        result = await _resolve_and_apply(payment, ctx, journal, record, warnings, known)
     if "note" not in journal:
         await _add_note_once(payment, ctx, result.deal_id, check_remote=not first_attempt)
         await record({"note": True})
-    return FlowOutcome(result, tuple(warnings))
+    return FlowOutcome(result, tuple(warnings), _reusable(payment, ctx, result))
+
+
+def _reusable(payment: Payment, ctx: FlowContext, result: DealResult) -> bool:
+    if not result.deal_created:
+        return True  # chosen because it was open and not excluded
+    status = rules.choose_pipeline(payment.utm, ctx.config).status_id
+    return status not in (*ctx.config.closed_status_ids, *ctx.config.excluded_status_ids)
 
 
 async def _resolve_and_apply(
@@ -75,12 +86,17 @@ async def _resolve_and_apply(
     journal: Mapping[str, Any],
     record: RecordSteps,
     warnings: list[str],
+    known: KnownRefs | None,
 ) -> DealResult:
-    contact = await _find_contact(payment, ctx, journal)
-    if contact is None:
-        return await _create_contact_and_deal(payment, ctx, record, warnings)
-    await _fill_contact(contact, payment, ctx)
-    deals = await ctx.adapter.list_deals(contact)
+    resolved = await _known_contact_and_deals(ctx, known) if "contact" not in journal else None
+    if resolved is None:
+        contact = await _find_contact(payment, ctx, journal)
+        if contact is None:
+            return await _create_contact_and_deal(payment, ctx, record, warnings)
+        await _fill_contact(contact, payment, ctx)
+        deals = await ctx.adapter.list_deals(contact)
+    else:
+        contact, deals = resolved
     carrying = rules.deal_carrying_payment(deals, ctx.config, payment.payment_id)
     if carrying is not None:
         # A previous attempt got as far as writing this payment's fields.
@@ -99,6 +115,27 @@ async def _resolve_and_apply(
     result = DealResult(contact.id, deal.id, False, deal.pipeline_id)
     await record({"fields": True})
     return result
+
+
+async def _known_contact_and_deals(
+    ctx: FlowContext, known: KnownRefs | None
+) -> tuple[Contact, list[Deal]] | None:
+    """Verify the contact and deal of the customer's last payment with one call.
+
+    Still linked and open: that deal is used (a newer open deal a manager may have
+    opened meanwhile is not looked for — the price of skipping the search). Closed or
+    excluded since: the contact's other deals are read. Gone or unlinked: None, and the
+    caller searches as for an unknown customer.
+    """
+    if known is None or not known.deal_id:
+        return None
+    deal = await ctx.adapter.get_deal(known.deal_id)
+    if deal is None or deal.is_deleted or known.contact_id not in deal.contact_ids:
+        return None
+    contact = Contact(id=known.contact_id)
+    if rules.choose_open_deal([deal], ctx.config) is not None:
+        return contact, [deal]
+    return contact, await ctx.adapter.list_deals(contact, known=[deal])
 
 
 async def _find_contact(
@@ -214,4 +251,3 @@ def _created_before(journal: Mapping[str, Any]) -> bool:
 
 def _numeric_id(contact: Contact) -> tuple[int, str]:
     return (int(contact.id), contact.id) if contact.id.isdigit() else (0, contact.id)
-

@@ -59,3 +59,10 @@ def payment_from_stored(payload: str, received_at: str, settings: Settings) -> P
 def customer_keys(customer: Customer) -> tuple[str, ...]:
     """Keys that serialise a customer's events in one CRM (SPEC §3 per-customer order)."""
     return tuple(f"{key.kind.value}:{key.value}" for key in customer.lookup_keys())
+
+
+def customer_identity(customer: Customer) -> str:
+    """Everything the contact lookup and fill depend on; equal identities find the
+    same contact, so a remembered contact may be reused instead of searched."""
+    parts = (*customer_keys(customer), f"telegram_username:{customer.telegram_username or ''}")
+    return "|".join(parts)

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from bridge.crypto import TokenCipher
+from bridge.domain import KnownRefs
 from bridge.errors import StoreUnavailable
 from bridge.tokens import TokenPair
 
@@ -214,9 +215,7 @@ class Store:
     # ---- lifecycle -------------------------------------------------------------------
 
     @classmethod
-    async def open(
-        cls, path: Path, *, clock: Clock, cipher: TokenCipher | None = None
-    ) -> Store:
+    async def open(cls, path: Path, *, clock: Clock, cipher: TokenCipher | None = None) -> Store:
         try:
             _create_private_file(path)
             writer = await aiosqlite.connect(path, isolation_level=None)
@@ -440,9 +439,7 @@ class Store:
                 (now,),
             )
             count: int = cursor.rowcount
-            await db.execute(
-                "UPDATE events SET status = 'pending' WHERE status = 'processing'"
-            )
+            await db.execute("UPDATE events SET status = 'pending' WHERE status = 'processing'")
             return count
 
         return await self._write(apply)
@@ -463,8 +460,15 @@ class Store:
         )
         return [
             DeliveryJob(
-                int(r[0]), int(r[1]), str(r[2]), int(r[3]) + 1, str(r[4]), str(r[5]),
-                str(r[6]), tuple(json.loads(r[7])), str(r[8]),
+                int(r[0]),
+                int(r[1]),
+                str(r[2]),
+                int(r[3]) + 1,
+                str(r[4]),
+                str(r[5]),
+                str(r[6]),
+                tuple(json.loads(r[7])),
+                str(r[8]),
             )
             for r in rows
         ]
@@ -527,8 +531,13 @@ class Store:
         crm_calls: int = 0,
         next_attempt_at: float | None = None,
         count_attempt: bool = True,
+        remember: KnownRefs | None = None,
     ) -> None:
-        """Record an attempt's outcome; the event's status follows its deliveries."""
+        """Record an attempt's outcome; the event's status follows its deliveries.
+
+        `remember` (on success) files the contact and deal under the customer's keys, so
+        the next payment can verify them with one call instead of searching.
+        """
         now = self._clock()
         now_text = utc_text(now)
 
@@ -540,15 +549,47 @@ class Store:
                 " crm_calls = crm_calls + ?, next_attempt_at = COALESCE(?, next_attempt_at),"
                 " attempts = attempts - ?, updated_at = ? WHERE id = ?",
                 (
-                    status, contact_id, deal_id,
+                    status,
+                    contact_id,
+                    deal_id,
                     None if deal_created is None else int(deal_created),
-                    pipeline_id, error, crm_calls, next_attempt_at,
-                    0 if count_attempt else 1, now_text, delivery_id,
+                    pipeline_id,
+                    error,
+                    crm_calls,
+                    next_attempt_at,
+                    0 if count_attempt else 1,
+                    now_text,
+                    delivery_id,
                 ),
             )
             await db.execute(_REFRESH_EVENT_SQL_BY_DELIVERY, (now_text, delivery_id))
+            if remember is not None and contact_id and deal_id:
+                await db.executemany(
+                    "INSERT INTO customer_refs (crm, customer_key, contact_id, deal_id,"
+                    " identity, updated_at) SELECT crm, ?, ?, ?, ?, ? FROM deliveries"
+                    " WHERE id = ? ON CONFLICT (crm, customer_key) DO UPDATE SET"
+                    " contact_id = excluded.contact_id, deal_id = excluded.deal_id,"
+                    " identity = excluded.identity, updated_at = excluded.updated_at",
+                    [
+                        (key, contact_id, deal_id, remember.identity, now_text, delivery_id)
+                        for key in remember.customer_keys
+                    ],
+                )
 
         await self._write(apply)
+
+    async def known_refs(self, crm: str, customer_keys: Sequence[str]) -> KnownRefs | None:
+        """The contact and deal of this customer's last success in `crm`, if any."""
+        for key in customer_keys:  # priority order: Telegram id, phone, e-mail
+            rows = await self._read(
+                "SELECT contact_id, deal_id, identity FROM customer_refs"
+                " WHERE crm = ? AND customer_key = ?",
+                (crm, key),
+            )
+            if rows:
+                contact_id, deal_id, identity = rows[0]
+                return KnownRefs(str(contact_id), str(deal_id), str(identity))
+        return None
 
     async def retry_now(self, event_id: int | None = None, *, failed_only: bool = False) -> int:
         """Put unfinished (or, with `failed_only`, failed/dead) deliveries back in the queue."""
@@ -602,13 +643,26 @@ class Store:
             (row[0],),
         )
         return EventView(
-            int(row[0]), str(row[1]), str(row[2]), str(row[3]),
-            None if row[4] is None else str(row[4]), str(row[5]), str(row[6]),
-            row[7], row[8],
+            int(row[0]),
+            str(row[1]),
+            str(row[2]),
+            str(row[3]),
+            None if row[4] is None else str(row[4]),
+            str(row[5]),
+            str(row[6]),
+            row[7],
+            row[8],
             tuple(
                 DeliveryOutcome(
-                    str(d[0]), str(d[1]), d[2], d[3],
-                    None if d[4] is None else bool(d[4]), d[5], d[6], int(d[7]), int(d[8]),
+                    str(d[0]),
+                    str(d[1]),
+                    d[2],
+                    d[3],
+                    None if d[4] is None else bool(d[4]),
+                    d[5],
+                    d[6],
+                    int(d[7]),
+                    int(d[8]),
                     float(d[9]),
                 )
                 for d in deliveries
@@ -653,7 +707,10 @@ class Store:
                 " last_error = COALESCE(excluded.last_error, last_error),"
                 " last_error_at = COALESCE(excluded.last_error_at, last_error_at)",
                 (
-                    crm, paused_reason, now_text if success else None, error,
+                    crm,
+                    paused_reason,
+                    now_text if success else None,
+                    error,
                     now_text if error else None,
                 ),
             )
@@ -1111,5 +1168,17 @@ WHERE e.kind = 'payment'
 ALTER TABLE events ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX requests_event_key ON requests (event_key);
 CREATE INDEX deliveries_event ON deliveries (event_id)
+""",
+    # 3: the contact and deal each customer's last payment went to, per CRM.
+    """
+CREATE TABLE customer_refs (
+    crm TEXT NOT NULL,
+    customer_key TEXT NOT NULL,
+    contact_id TEXT NOT NULL,
+    deal_id TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (crm, customer_key)
+)
 """,
 )

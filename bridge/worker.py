@@ -22,6 +22,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bridge.crm.base import CrmAdapter, counting_calls
+from bridge.domain import KnownRefs
 from bridge.errors import (
     AuthError,
     NotFound,
@@ -30,7 +31,7 @@ from bridge.errors import (
     TransientCrmError,
 )
 from bridge.flow import FlowContext, deliver_payment
-from bridge.intake import payment_from_stored
+from bridge.intake import customer_identity, payment_from_stored
 from bridge.logs import mask_keys
 from bridge.settings import Settings
 from bridge.store import DeliveryJob, Store
@@ -207,12 +208,15 @@ class Worker:
             async def record(steps: Mapping[str, Any]) -> None:
                 await self.store.record_steps(job.delivery_id, steps)
 
+            identity = customer_identity(payment.customer)
+            known = await self.store.known_refs(job.crm, job.customer_keys)
             outcome = await deliver_payment(
                 payment,
                 self._context(job.crm, adapter),
                 journal,
                 record,
                 first_attempt=job.attempts == 1 and not journal,
+                known=known if known is not None and known.identity == identity else None,
             )
         except NotFound as exc:
             return "not_found", {"error": exc.message}
@@ -235,6 +239,13 @@ class Worker:
             "deal_created": result.deal_created,
             "pipeline_id": result.pipeline_id,
             "warnings": list(outcome.warnings),
+            "remember": KnownRefs(
+                result.contact_id,
+                # An unusable deal is not remembered: the next payment searches instead.
+                result.deal_id if outcome.reusable else "",
+                identity,
+                job.customer_keys,
+            ),
         }
 
     def _context(self, crm: str, adapter: CrmAdapter) -> FlowContext:
@@ -259,12 +270,16 @@ class Worker:
                 deal_created=detail["deal_created"],
                 pipeline_id=detail["pipeline_id"],
                 crm_calls=calls,
+                remember=detail["remember"],
             )
             await self.store.set_crm_state(job.crm, success=True)
         elif outcome == "paused":
             self._pause(job.crm, str(error))
             await self.store.finish_delivery(
-                job.delivery_id, status="pending", error=error, crm_calls=calls,
+                job.delivery_id,
+                status="pending",
+                error=error,
+                crm_calls=calls,
                 count_attempt=False,
             )
             await self.store.set_crm_state(job.crm, paused_reason=str(error), error=error)

@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 import pytest
 from litestar.testing import AsyncTestClient
-from tests.fakes.amocrm import FakeAmoCrm
 
 from bridge.app import create_app
 from bridge.settings import FileConfig, Settings, load_file_config
 from bridge.signing import hmac_signature
+from tests.fakes.amocrm import FakeAmoCrm
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = ROOT / "etc" / "bridge.example.toml"
@@ -109,7 +109,10 @@ def payment_payload(
 
 
 def signed(body: bytes, secret: str = SECRET) -> dict[str, str]:
-    return {"X-Signature": f"sha256={hmac_signature(body, secret)}", "Content-Type": "application/json"}
+    return {
+        "X-Signature": f"sha256={hmac_signature(body, secret)}",
+        "Content-Type": "application/json",
+    }
 
 
 @dataclass
@@ -132,11 +135,13 @@ class Bridge:
     async def settle(self, timeout: float = 15.0) -> None:
         """Wait until no delivery is pending, retrying or processing."""
         await wait_until(
-            lambda: self.query(
-                "SELECT COUNT(*) FROM deliveries WHERE status IN"
-                " ('pending', 'retrying', 'processing')"
-            )[0][0]
-            == 0,
+            lambda: (
+                self.query(
+                    "SELECT COUNT(*) FROM deliveries WHERE status IN"
+                    " ('pending', 'retrying', 'processing')"
+                )[0][0]
+                == 0
+            ),
             timeout=timeout,
         )
 
@@ -158,9 +163,7 @@ def fake_amo() -> FakeAmoCrm:
 
 
 @pytest.fixture
-def run_bridge(
-    tmp_path: Path, fake_amo: FakeAmoCrm
-) -> Callable[..., Any]:
+def run_bridge(tmp_path: Path, fake_amo: FakeAmoCrm) -> Callable[..., Any]:
     """`async with run_bridge(**settings_overrides) as bridge:` — app with lifespan."""
 
     @asynccontextmanager

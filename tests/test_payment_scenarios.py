@@ -75,8 +75,9 @@ async def test_new_customer_gets_contact_lead_fields_and_note(run_bridge, fake_a
 async def test_pipeline_rules_pick_yandex_and_site(run_bridge, fake_amo) -> None:
     async with run_bridge() as bridge:
         first = await bridge.post_payment(
-            payment_payload("pay_y", utm_medium="cpc", phone="89990000001", email=None,
-                            telegram_id=None)
+            payment_payload(
+                "pay_y", utm_medium="cpc", phone="89990000001", email=None, telegram_id=None
+            )
         )
         second = await bridge.post_payment(
             payment_payload("pay_s", phone="89990000002", email=None, telegram_id=None)
@@ -91,7 +92,10 @@ async def test_returning_customer_open_lead_in_other_pipeline_is_updated(
 ) -> None:
     contact_id = fake_amo.add_contact(name="Иван Петров", phones=["+7 999 123-45-67"])
     open_lead = fake_amo.add_lead(
-        contact_id, pipeline_id=YANDEX, status_id=YANDEX_WORKING, updated_at=1000,
+        contact_id,
+        pipeline_id=YANDEX,
+        status_id=YANDEX_WORKING,
+        updated_at=1000,
         fields={DEAL["total"]: 1500, DEAL["count"]: 2},
     )
     closed = fake_amo.add_lead(contact_id, pipeline_id=SITE, status_id=142, updated_at=3000)
@@ -175,9 +179,7 @@ async def test_repeat_while_pending_is_202_without_second_delivery(run_bridge, f
 async def test_unknown_customer_with_creation_disabled_is_404(run_bridge, fake_amo) -> None:
     async with run_bridge(create_if_not_found=False) as bridge:
         response = await bridge.post_payment(payment_payload("pay_404"))
-        [(status,)] = bridge.query(
-            "SELECT status FROM payment_events WHERE payment_id = 'pay_404'"
-        )
+        [(status,)] = bridge.query("SELECT status FROM payment_events WHERE payment_id = 'pay_404'")
     assert response.status_code == 404
     assert response.json()["status"] == "not_found"
     assert status == "not_found"
@@ -249,13 +251,15 @@ async def test_crm_trouble_answers_within_window_and_lands_exactly_once(
     async with run_bridge(wait_seconds=1) as bridge:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        first = await bridge.post_payment(payment_payload("pay_t1", phone="89990000011",
-                                                          telegram_id=None, email=None))
+        first = await bridge.post_payment(
+            payment_payload("pay_t1", phone="89990000011", telegram_id=None, email=None)
+        )
         assert loop.time() - started < 4
         fake_amo.down()
         started = loop.time()
-        second = await bridge.post_payment(payment_payload("pay_t2", phone="89990000012",
-                                                           telegram_id=None, email=None))
+        second = await bridge.post_payment(
+            payment_payload("pay_t2", phone="89990000012", telegram_id=None, email=None)
+        )
         assert loop.time() - started < 4
         assert second.status_code == 202
         fake_amo.up()
@@ -269,9 +273,7 @@ async def test_crm_trouble_answers_within_window_and_lands_exactly_once(
         assert len(fake_amo.notes(lead["id"])) == 1
 
 
-async def test_concurrent_payments_of_new_customer_gather_on_one_lead(
-    run_bridge, fake_amo
-) -> None:
+async def test_concurrent_payments_of_new_customer_gather_on_one_lead(run_bridge, fake_amo) -> None:
     gathering = reference_file_config(excluded_status_ids=())
     async with run_bridge(file=gathering) as bridge:
         a, b = await asyncio.gather(
@@ -308,8 +310,7 @@ async def test_restart_with_pending_deliveries_delivers_them(run_bridge, fake_am
     async with run_bridge(wait_seconds=0) as bridge:
         for n in range(3):
             response = await bridge.post_payment(
-                payment_payload(f"pay_rs{n}", phone=f"8999000002{n}", telegram_id=None,
-                                email=None)
+                payment_payload(f"pay_rs{n}", phone=f"8999000002{n}", telegram_id=None, email=None)
             )
             assert response.status_code == 202
     assert fake_amo.contacts() == []
@@ -326,8 +327,9 @@ async def test_audit_queries_run_verbatim(run_bridge, fake_amo) -> None:
     async with run_bridge() as bridge:
         await bridge.post_payment(payment_payload("pay_a1"))
         await bridge.post_payment(payment_payload("pay_a2", status="PENDING"))
-        by_status = dict(bridge.query(
-            "SELECT status, COUNT(*) FROM payment_events GROUP BY status;"))
+        by_status = dict(
+            bridge.query("SELECT status, COUNT(*) FROM payment_events GROUP BY status;")
+        )
         latest = bridge.query(
             "SELECT payment_id, status, amount, created_at FROM payment_events"
             " ORDER BY created_at DESC LIMIT 10;"
@@ -342,3 +344,51 @@ async def test_audit_queries_run_verbatim(run_bridge, fake_amo) -> None:
         ("pay_a2", "skipped", 10000),
     }
     assert failed == []
+
+
+async def test_known_customer_with_open_lead_costs_three_calls(run_bridge, fake_amo) -> None:
+    gathering = reference_file_config(excluded_status_ids=())
+    async with run_bridge(file=gathering) as bridge:
+        first = await bridge.post_payment(payment_payload("pay_k1", costs=(1000,)))
+        before = fake_amo.count()
+        second = await bridge.post_payment(payment_payload("pay_k2", costs=(700,)))
+        calls = bridge.query(
+            "SELECT d.crm_calls FROM deliveries d JOIN events e ON e.id = d.event_id"
+            " WHERE e.key = 'pay_k2'"
+        )
+    assert first.status_code == second.status_code == 200
+    assert fake_amo.count() - before == 3
+    assert calls == [(3,)]
+    [lead] = fake_amo.leads()
+    assert number(fake_amo.lead_field(lead["id"], DEAL["total"])) == 1700
+    assert number(fake_amo.lead_field(lead["id"], DEAL["count"])) == 2
+
+
+async def test_known_lead_closed_since_gets_a_new_lead(run_bridge, fake_amo) -> None:
+    gathering = reference_file_config(excluded_status_ids=())
+    async with run_bridge(file=gathering) as bridge:
+        await bridge.post_payment(payment_payload("pay_w1", costs=(1000,)))
+        [old] = fake_amo.leads()
+        fake_amo.move_lead(old["id"], 142)
+        before = fake_amo.count()
+        response = await bridge.post_payment(payment_payload("pay_w2", costs=(700,)))
+    assert response.status_code == 200
+    body = response.json()["results"]["amocrm"]
+    assert body["lead_created"] is True
+    assert body["lead_id"] != str(old["id"])
+    assert fake_amo.count() - before <= 4
+    assert number(fake_amo.lead_field(body["lead_id"], DEAL["total"])) == 700
+    assert number(fake_amo.lead_field(old["id"], DEAL["total"])) == 1000
+
+
+async def test_known_lead_moved_to_another_contact_is_not_used(run_bridge, fake_amo) -> None:
+    gathering = reference_file_config(excluded_status_ids=())
+    async with run_bridge(file=gathering) as bridge:
+        await bridge.post_payment(payment_payload("pay_m1", costs=(1000,)))
+        [old] = fake_amo.leads()
+        fake_amo.move_lead(old["id"], old["status_id"], is_deleted=True)
+        response = await bridge.post_payment(payment_payload("pay_m2", costs=(700,)))
+    assert response.status_code == 200
+    body = response.json()["results"]["amocrm"]
+    assert body["lead_created"] is True
+    assert number(fake_amo.lead_field(body["lead_id"], DEAL["count"])) == 1

@@ -7,7 +7,8 @@ Pure mappers first (domain values to v4 JSON and back), then the adapter and
     create_contact           POST  /api/v4/contacts
     update_contact           PATCH /api/v4/contacts/{id}             (none when nothing to set)
     list_deals               [GET  /api/v4/contacts/{id}?with=leads  only when ids unknown]
-                             GET   /api/v4/leads?filter[id][]=…      (none when no ids)
+                             GET   /api/v4/leads?filter[id][]=…      (none when all known)
+    get_deal                 GET   /api/v4/leads/{id}?with=contacts
     create_deal              POST  /api/v4/leads
     create_contact_and_deal  POST  /api/v4/leads/complex
     update_deal              PATCH /api/v4/leads/{id}                (none when nothing to set)
@@ -262,7 +263,7 @@ class AmoCrm:
         path = f"/api/v4/contacts/{contact_id}"
         await self._send("PATCH", path, "contacts.update", json=payload)
 
-    async def list_deals(self, contact: Contact) -> list[Deal]:
+    async def list_deals(self, contact: Contact, known: Sequence[Deal] = ()) -> list[Deal]:
         deal_ids = contact.deal_ids
         if deal_ids is None:
             path = f"/api/v4/contacts/{contact.id}"
@@ -271,12 +272,26 @@ class AmoCrm:
                 raise PermanentCrmError(self.name, f"contact {contact.id} no longer exists")
             with self._reading("contacts.get"):
                 deal_ids = contact_from_json(body, self.config, with_leads=True).deal_ids or ()
-        if not deal_ids:
-            return []
-        params = {"filter[id][]": list(deal_ids), "limit": PAGE_LIMIT}
+        fresh = {deal.id: deal for deal in known if deal.id in deal_ids}
+        missing = [deal_id for deal_id in deal_ids if deal_id not in fresh]
+        if not missing:
+            return list(fresh.values())
+        params = {"filter[id][]": missing, "limit": PAGE_LIMIT}
         records = await self._pages("/api/v4/leads", params, "leads", "leads.list")
         with self._reading("leads.list"):
-            return [deal_from_json(record, self.config.closed_status_ids) for record in records]
+            fetched = [deal_from_json(record, self.config.closed_status_ids) for record in records]
+        return [*fresh.values(), *fetched]
+
+    async def get_deal(self, deal_id: str) -> Deal | None:
+        path = f"/api/v4/leads/{deal_id}"
+        try:
+            body = await self._send("GET", path, "leads.get", params={"with": "contacts"})
+        except PermanentCrmError:
+            return None  # 404: deleted for good
+        if body is None:
+            return None
+        with self._reading("leads.get"):
+            return deal_from_json(body, self.config.closed_status_ids)
 
     async def create_deal(self, contact: Contact, new: NewDeal) -> Deal:
         with self._reading("leads.create"):

@@ -294,8 +294,13 @@ class CrmAdapter(Protocol):
 
     async def update_contact(self, contact_id: str, patch: ContactPatch) -> None: ...
 
-    async def list_deals(self, contact: Contact) -> list[Deal]:
-        """Every deal linked to the contact, in any pipeline and status."""
+    async def list_deals(self, contact: Contact, known: Sequence[Deal] = ()) -> list[Deal]:
+        """Every deal linked to the contact, in any pipeline and status; deals in `known`
+        were just read and need not be fetched again."""
+        ...
+
+    async def get_deal(self, deal_id: str) -> Deal | None:
+        """One deal with its linked contact ids; None when it no longer exists."""
         ...
 
     async def create_deal(self, contact: Contact, new: NewDeal) -> Deal:
