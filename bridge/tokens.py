@@ -46,6 +46,10 @@ class TokenSource(Protocol):
 
     async def current(self) -> str: ...
 
+    async def problem(self) -> str | None:
+        """Why no request can be authorised yet (None: credentials are in place)."""
+        ...
+
     async def refreshed(self, stale: str) -> str: ...
 
     def expires_at(self) -> float | None: ...
@@ -65,6 +69,9 @@ class StaticToken:
         if not self._token:
             raise AuthError(self._crm, f"no credentials: {self._missing_hint}")
         return self._token
+
+    async def problem(self) -> str | None:
+        return None if self._token else f"no credentials: {self._missing_hint}"
 
     async def refreshed(self, stale: str) -> str:
         raise AuthError(self._crm, "token rejected (401) and it cannot be refreshed")
@@ -132,6 +139,13 @@ class OAuthTokenSource:
 
     def expires_at(self) -> float | None:
         return self._pair.expires_at if self._pair else None
+
+    async def problem(self) -> str | None:
+        try:
+            await self._loaded()
+        except AuthError as exc:
+            return exc.message
+        return None
 
     def forget(self) -> None:
         """Drop the cached pair so the next request reads the store (after `bridge auth`)."""

@@ -81,6 +81,7 @@ class Worker:
 
     async def run(self) -> None:
         await self.store.reset_interrupted()
+        await self._pause_without_credentials()
         while not self._stopping:
             self._wake.clear()
             try:
@@ -113,6 +114,19 @@ class Worker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _pause_without_credentials(self) -> None:
+        """A CRM with no credentials yet (a fresh install) waits, and health says why."""
+        for crm, adapter in self.adapters.items():
+            try:
+                problem = await adapter.credentials_problem()
+            except StoreUnavailable as exc:
+                problem = f"cannot read stored credentials: {exc}"
+            if problem is not None:
+                self._pause(crm, problem)
+                await self.store.set_crm_state(crm, paused_reason=problem)
+            else:
+                await self.store.set_crm_state(crm, paused_reason=None)
 
     # ---- dispatch ----------------------------------------------------------------------
 

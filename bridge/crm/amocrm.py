@@ -345,6 +345,9 @@ class AmoCrm:
             pipelines = tuple(pipeline_from_json(p) for p in embedded(body, "pipelines"))
         return CrmSchema(pipelines=pipelines, fields=tuple(fields))
 
+    async def credentials_problem(self) -> str | None:
+        return await self._source.problem()
+
     def token_expires_at(self) -> float | None:
         return self._source.expires_at()
 

@@ -323,6 +323,10 @@ class CrmAdapter(Protocol):
 
     async def schema(self) -> CrmSchema: ...
 
+    async def credentials_problem(self) -> str | None:
+        """Why this CRM cannot be called yet, without calling it (None: it can)."""
+        ...
+
     def token_expires_at(self) -> float | None:
         """When the current access token expires (None: unknown or never)."""
         ...
