@@ -72,6 +72,7 @@ def create_app(
         request_max_body_size=settings.max_body_bytes,
         exception_handlers={Exception: _internal_error},
         openapi_config=None,
+        logging_config=None,  # `bridge serve` configures logging for journald itself
     )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from bridge.cli import crm, log, tools
+from bridge.checks import settings_findings
 from bridge.cli._env import CliEnv
 from bridge.logs import configure_logging
 
@@ -48,6 +49,13 @@ def serve(env: CliEnv, host: str | None, port: int | None) -> None:
 
     settings = env.settings()
     configure_logging(settings.log_level)
+    # Refuse to start on a broken configuration; an unreachable CRM does not stop it.
+    findings = settings_findings(settings)
+    for finding in findings:
+        if finding.level != "ok":
+            click.echo(f"{finding.level.upper()}: {finding.text}", err=True)
+    if any(finding.level == "problem" for finding in findings):
+        raise click.ClickException("configuration problems above: fix them, then start again")
     app = create_app(settings)
     uvicorn.run(
         app,

@@ -7,7 +7,11 @@ gives it, for free:
 - a call log (`calls`, `count(...)`) and a sliding one-second rate window (`rate_limit`,
   429s counted in `throttled`, optional `retry_after` header);
 - programmable faults: `fail_next`, `fail_after_apply` (the write is applied, the answer
-  is lost: the crash window), `fail_randomly`, `down()`/`up()`, `latency`.
+  is lost: the crash window), `fail_randomly`, `down()`/`up()`, `latency`;
+- hooks a test may set to act at a precise moment of a request (e.g. SIGKILL the bridge):
+  `on_received(request)` before anything is applied, `on_applied(request, response)` once
+  a write succeeded and before its answer goes out, `on_answered(request, response)` once
+  the answer was handed to the client. They run in the thread serving the request.
 
 A "timeout" is `httpx.ReadTimeout` through the transport and a long sleep over ASGI; a
 "drop" is `httpx.RemoteProtocolError` / a connection closed in the middle of the answer;
@@ -125,6 +129,7 @@ class Call:
     json: Any
     status: int | None = None
     fault: str | None = None
+    at: float = 0.0  # `monotonic()` when the request arrived
 
 
 @dataclass
@@ -144,6 +149,9 @@ class Fault:
 
 
 Route = tuple[str, "re.Pattern[str]", Callable[..., FakeResponse]]
+RequestHook = Callable[[FakeRequest], None]
+ResponseHook = Callable[[FakeRequest, "FakeResponse"], None]
+WRITE_METHODS = ("POST", "PATCH", "PUT", "DELETE")
 
 
 class FakeService:
@@ -160,6 +168,9 @@ class FakeService:
         self.throttled = 0  # 429 answers: from the rate window and injected
         self.routes: list[Route] = []
         self.origin = "http://fake.invalid"  # scheme://host of the latest request, for links
+        self.on_received: RequestHook | None = None
+        self.on_applied: ResponseHook | None = None  # writes only, status < 400
+        self.on_answered: ResponseHook | None = None
         self._faults: deque[Fault] = deque()
         self._random: tuple[random.Random, float, tuple[str, ...]] | None = None
         self._down = False
@@ -269,7 +280,10 @@ class FakeService:
                 raise httpx.RemoteProtocolError(message, request=request) from None
             raise httpx.ConnectError(message, request=request) from None
         headers = self._headers(response)
-        return httpx.Response(response.status, headers=headers, content=response.content())
+        answer = httpx.Response(response.status, headers=headers, content=response.content())
+        if self.on_answered is not None:
+            self.on_answered(fake_request, response)
+        return answer
 
     async def asgi_app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -290,10 +304,9 @@ class FakeService:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         origin = f"{scope.get('scheme', 'http')}://{headers.get('host', 'localhost')}"
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        fake_request = FakeRequest(scope["method"], scope["path"], query, headers, body, origin)
         try:
-            response = await self.handle(
-                FakeRequest(scope["method"], scope["path"], query, headers, body, origin)
-            )
+            response = await self.handle(fake_request)
         except Abort as abort:
             if abort.kind == "timeout":
                 await self._hang()
@@ -314,6 +327,8 @@ class FakeService:
             {"type": "http.response.start", "status": response.status, "headers": raw_headers}
         )
         await send({"type": "http.response.body", "body": content})
+        if self.on_answered is not None:
+            self.on_answered(fake_request, response)
 
     async def _hang(self) -> None:
         deadline = time.monotonic() + self.asgi_hang_seconds
@@ -335,10 +350,12 @@ class FakeService:
             payload = json.loads(request.body) if request.body else None
         except ValueError:
             payload = None
-        call = Call(request.method, request.path, request.params(), payload)
+        call = Call(request.method, request.path, request.params(), payload, at=self.monotonic())
         with self._lock:
             self.calls.append(call)
             fault = self._take_fault(request)
+        if self.on_received is not None:
+            self.on_received(request)
         try:
             if self._down:
                 raise Abort("refuse")
@@ -349,6 +366,9 @@ class FakeService:
             else:
                 with self._lock:
                     response = self._serve(request)
+                applied = request.method in WRITE_METHODS and response.status < 400
+                if applied and self.on_applied is not None:
+                    self.on_applied(request, response)
                 if fault is not None and response.status < 400:
                     response = self._fault_answer(fault)
         except Abort as abort:
