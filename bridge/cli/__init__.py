@@ -14,8 +14,8 @@ from pathlib import Path
 
 import click
 
-from bridge.cli import crm, log, tools
 from bridge.checks import settings_findings
+from bridge.cli import crm, log, tools
 from bridge.cli._env import CliEnv
 from bridge.logs import configure_logging
 
