@@ -18,7 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import httpx
 
 from bridge import rules
-from bridge.crm.amocrm import AmoCrm, build_amocrm
+from bridge.crm import build_adapter as build_crm_adapter
+from bridge.crm.base import CrmAdapter
 from bridge.crmconfig import schema_problems
 from bridge.crypto import TokenCipher
 from bridge.errors import AuthError, BridgeError, ConfigError, CrmError, StoreUnavailable
@@ -56,14 +57,14 @@ def build_adapter(
     tokens: TokenRepository,
     transports: Transports | None = None,
     clock: Callable[[], float] = time.time,
-) -> AmoCrm:
+) -> CrmAdapter:
     """The adapter of `[crm.NAME]` (enabled or not), for check, discover and auth."""
     config = settings.file.crm.get(name)
     if config is None:
         known = ", ".join(settings.file.crm) or "none"
         raise ConfigError(f"{settings.config_file}: no [crm.{name}] section (configured: {known})")
     transport = (transports or {}).get(name)
-    return build_amocrm(name, config, settings, tokens, transport=transport, clock=clock)
+    return build_crm_adapter(name, config, settings, tokens, transport=transport, clock=clock)
 
 
 def settings_findings(settings: Settings) -> list[Finding]:

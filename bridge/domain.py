@@ -102,7 +102,9 @@ class FieldKind(StrEnum):
     MULTISELECT = "multiselect"
 
 
-FieldValue = str | Decimal | datetime | int | tuple[int, ...]
+# amoCRM numbers its enum values; HubSpot and Bitrix24 name them.
+EnumId = int | str
+FieldValue = str | Decimal | datetime | EnumId | tuple[EnumId, ...]
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,8 @@ class FieldUpdate:
     """One custom-field value to write; `value` matches `kind`.
 
     TEXT → str, NUMBER → Decimal, DATETIME → aware datetime, SELECT → enum id (int),
-    MULTISELECT → tuple of enum ids (the whole set is replaced).
+    MULTISELECT → tuple of enum ids (the whole set is replaced). Enum ids are the CRM's own:
+    numbers in amoCRM, option names in HubSpot.
     """
 
     field_id: str

@@ -144,12 +144,7 @@ async def _find_contact(
     known = journal.get("contact")
     if isinstance(known, dict) and known.get("id"):
         return Contact(id=str(known["id"]))
-    for key in payment.customer.lookup_keys():
-        hits = await ctx.adapter.find_contacts(key)
-        confirmed = [hit for hit in hits if rules.contact_matches(hit, key)]
-        if confirmed:
-            return min(confirmed, key=_numeric_id)
-    return None
+    return await ctx.adapter.find_contact(payment.customer.lookup_keys(), rules.contact_matches)
 
 
 async def _fill_contact(contact: Contact, payment: Payment, ctx: FlowContext) -> None:
@@ -247,7 +242,3 @@ def _created_before(journal: Mapping[str, Any]) -> bool:
     # common case: a new deal is written together with its fields).
     deal = journal.get("deal")
     return bool(deal.get("created")) if isinstance(deal, dict) else True
-
-
-def _numeric_id(contact: Contact) -> tuple[int, str]:
-    return (int(contact.id), contact.id) if contact.id.isdigit() else (0, contact.id)

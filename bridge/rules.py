@@ -25,6 +25,7 @@ from bridge.domain import (
     Contact,
     Customer,
     Deal,
+    EnumId,
     FieldKind,
     FieldUpdate,
     KeyKind,
@@ -148,7 +149,7 @@ def deal_field_updates(
     updates: list[FieldUpdate] = []
     warnings: list[str] = []
     if ids.subjects:
-        enum_ids: list[int] = []
+        enum_ids: list[EnumId] = []
         for subject in payment.subjects:
             enum_id = _enum_id(crm.subjects, subject)
             if enum_id is None:
@@ -344,7 +345,7 @@ def _render(text: str, values: Mapping[str, str]) -> str:
     return "".join(parts)
 
 
-def _enum_id(mapping: Mapping[str, int], name: str) -> int | None:
+def _enum_id(mapping: Mapping[str, EnumId], name: str) -> EnumId | None:
     if name in mapping:
         return mapping[name]
     # Config keys are typed by hand; "русский " should still find "Русский".

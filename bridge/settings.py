@@ -105,7 +105,7 @@ class ContactFieldIds(_Strict):
 class CrmConfig(_Strict):
     """One CRM section of the TOML file: `[crm.<name>]`."""
 
-    kind: Literal["amocrm"] = "amocrm"
+    kind: Literal["amocrm", "hubspot", "pipedrive", "bitrix24"] = "amocrm"
     enabled: bool = True
     base_url: str
     auth: Literal["long_lived_token", "oauth"] = "long_lived_token"
@@ -117,8 +117,11 @@ class CrmConfig(_Strict):
     default_pipeline: PipelineTarget
     deal_fields: DealFieldIds = DealFieldIds()
     contact_fields: ContactFieldIds = ContactFieldIds()
-    subjects: dict[str, int] = Field(default_factory=dict)  # subject name → enum id
-    directions: dict[str, int] = Field(default_factory=dict)  # ЕГЭ/ОГЭ → enum id
+    subjects: dict[str, int | str] = Field(default_factory=dict)  # subject name → enum id
+    directions: dict[str, int | str] = Field(default_factory=dict)  # ЕГЭ/ОГЭ → enum id
+    # Settings only one kind of CRM understands (e.g. Pipedrive's daily token budget);
+    # each adapter documents and validates its own.
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
     @field_validator("closed_status_ids", "excluded_status_ids", mode="before")
     @classmethod
@@ -170,6 +173,23 @@ class Settings(BaseSettings):
     amocrm_client_secret: SecretStr | None = None
     amocrm_redirect_uri: str = ""
     amocrm_refresh_token: SecretStr | None = None
+
+    hubspot_access_token: SecretStr | None = None
+    hubspot_client_id: str = ""
+    hubspot_client_secret: SecretStr | None = None
+    hubspot_redirect_uri: str = ""
+    hubspot_refresh_token: SecretStr | None = None
+
+    pipedrive_api_token: SecretStr | None = None
+    pipedrive_client_id: str = ""
+    pipedrive_client_secret: SecretStr | None = None
+    pipedrive_redirect_uri: str = ""
+    pipedrive_refresh_token: SecretStr | None = None
+
+    bitrix24_webhook_url: SecretStr | None = None
+    bitrix24_client_id: str = ""
+    bitrix24_client_secret: SecretStr | None = None
+    bitrix24_refresh_token: SecretStr | None = None
 
     retry_schedule_seconds: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
     worker_concurrency: int = Field(default=8, ge=1)

@@ -3,7 +3,7 @@
 Pure mappers first (domain values to v4 JSON and back), then the adapter and
 `build_amocrm`; the OAuth token endpoint is in `amocrm_oauth`. The calls each method makes:
 
-    find_contacts            GET   /api/v4/contacts?query=…&with=leads&limit=50
+    find_contact(s)          GET   /api/v4/contacts?query=…&with=leads&limit=50  (per key)
     create_contact           POST  /api/v4/contacts
     update_contact           PATCH /api/v4/contacts/{id}             (none when nothing to set)
     list_deals               [GET  /api/v4/contacts/{id}?with=leads  only when ids unknown]
@@ -31,7 +31,16 @@ import httpx
 import phonenumbers
 
 from bridge.crm.amocrm_oauth import AmoOAuth, secret_value
-from bridge.crm.base import JSON, CrmHttp, CrmSchema, CustomField, Pipeline, RateLimiter
+from bridge.crm.base import (
+    JSON,
+    Confirm,
+    CrmHttp,
+    CrmSchema,
+    CustomField,
+    Pipeline,
+    RateLimiter,
+    first_confirmed,
+)
 from bridge.domain import (
     Contact,
     ContactPatch,
@@ -93,8 +102,8 @@ def _values_json(update: FieldUpdate) -> list[dict[str, JSON]]:
         return [{"value": int(number) if number == number.to_integral_value() else float(number)}]
     if kind is FieldKind.DATETIME and isinstance(value, datetime) and value.utcoffset() is not None:
         return [{"value": value.isoformat(timespec="seconds")}]
-    if kind is FieldKind.SELECT and isinstance(value, int):
-        return [{"enum_id": value}]
+    if kind is FieldKind.SELECT and isinstance(value, int | str):
+        return [{"enum_id": int(value)}]
     if kind is FieldKind.MULTISELECT and isinstance(value, tuple):
         return [{"enum_id": int(enum_id)} for enum_id in value]
     raise ValueError(f"field {update.field_id}: {kind.value} value {value!r} has the wrong type")
@@ -237,6 +246,15 @@ class AmoCrm:
         self._oauth = oauth
         self._tokens = tokens
         self._clock = clock
+
+    async def find_contact(self, keys: Sequence[LookupKey], confirm: Confirm) -> Contact | None:
+        # One search per key, stopping at the first confirmed hit: a returning customer
+        # found by Telegram id costs one call, not three.
+        for key in keys:
+            found = first_confirmed([key], {key: await self.find_contacts(key)}, confirm)
+            if found is not None:
+                return found
+        return None
 
     async def find_contacts(self, key: LookupKey) -> list[Contact]:
         params = {"query": search_query(key), "with": "leads", "limit": SEARCH_LIMIT}

@@ -46,6 +46,7 @@ from bridge.errors import (
     RateLimited,
     TransientCrmError,
 )
+from bridge.tokens import TokenPair
 
 JSON = Any  # what json.loads returns; narrowed by each adapter's mappers
 
@@ -281,13 +282,36 @@ class CrmSchema:
     fields: tuple[CustomField, ...]
 
 
+Confirm = Callable[[Contact, LookupKey], bool]
+
+
+def first_confirmed(
+    keys: Sequence[LookupKey], hits: Mapping[LookupKey, Sequence[Contact]], confirm: Confirm
+) -> Contact | None:
+    """Priority order over keys; among several confirmed hits of one key, the oldest id."""
+    for key in keys:
+        confirmed = [hit for hit in hits.get(key, ()) if confirm(hit, key)]
+        if confirmed:
+            return min(confirmed, key=_id_order)
+    return None
+
+
+def _id_order(contact: Contact) -> tuple[int, str]:
+    return (int(contact.id), contact.id) if contact.id.isdigit() else (0, contact.id)
+
+
 class CrmAdapter(Protocol):
     """One CRM, translated. Every method may raise the `CrmError` subclasses."""
 
     name: str
 
-    async def find_contacts(self, key: LookupKey) -> list[Contact]:
-        """Raw search hits for one identifier; the flow confirms them."""
+    async def find_contact(self, keys: Sequence[LookupKey], confirm: Confirm) -> Contact | None:
+        """The contact of the first key, in the given priority order, with a confirmed hit.
+
+        CRM searches match loosely, so `confirm(hit, key)` (the flow's rule) decides what
+        counts; the adapter only chooses how to search in as few calls as its API allows
+        (one key at a time stopping at the first hit, or all keys at once).
+        """
         ...
 
     async def create_contact(self, new: NewContact) -> Contact: ...
@@ -322,6 +346,11 @@ class CrmAdapter(Protocol):
     async def add_note(self, deal_id: str, text: str) -> None: ...
 
     async def schema(self) -> CrmSchema: ...
+
+    async def exchange_code(self, code: str) -> TokenPair:
+        """OAuth authorisation-code exchange for `bridge auth`; stores the pair itself.
+        Raises AuthError when this CRM is not configured for OAuth."""
+        ...
 
     async def credentials_problem(self) -> str | None:
         """Why this CRM cannot be called yet, without calling it (None: it can)."""
