@@ -299,6 +299,7 @@ async def health(request: Request[Any, Any, State]) -> Response[Any]:
             "last_error": state.last_error if state else None,
             "last_error_at": state.last_error_at if state else None,
             "token_expires_at": _iso(expires),
+            **adapter.health_details(),
         }
     oldest_age = now - queue.oldest_pending_at if queue.oldest_pending_at else None
     rt.metrics.queue_depth.set(queue.depth)

@@ -366,6 +366,9 @@ class AmoCrm:
     async def credentials_problem(self) -> str | None:
         return await self._source.problem()
 
+    def health_details(self) -> Mapping[str, object]:
+        return {"rate_limit_per_second": round(self.http.limiter.rate, 2)}
+
     def token_expires_at(self) -> float | None:
         return self._source.expires_at()
 
