@@ -6,7 +6,7 @@ PREFIX ?= /opt/crm-bridge
 CONFDIR ?= /etc/crm-bridge
 UNITDIR ?= /etc/systemd/system
 
-.PHONY: help venv dev-venv run test lint format mypy check dev bench install uninstall clean
+.PHONY: help venv dev-venv run test lint format mypy check check-unit dev bench install uninstall clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -42,7 +42,10 @@ format: dev-venv  ## apply ruff format and safe fixes
 mypy: dev-venv  ## strict type check of bridge/
 	$(BIN)/mypy bridge
 
-check: lint mypy test  ## everything CI cares about
+check-unit: venv  ## systemd-analyze verify + security exposure of the unit (<= 2.0)
+	bash .ci/check-unit
+
+check: lint mypy test check-unit  ## everything CI cares about
 
 dev: format lint mypy test  ## format, then all checks
 
