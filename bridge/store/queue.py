@@ -1,0 +1,364 @@
+"""The delivery queue for the worker, event reads for the API and health, tokens."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import aiosqlite
+
+from bridge.crypto import TokenCipher
+from bridge.domain import KnownRefs
+from bridge.errors import StoreUnavailable
+from bridge.store.base import (
+    StoreBase,
+)
+from bridge.store.records import (
+    CrmState,
+    DeliveryJob,
+    DeliveryOutcome,
+    EventView,
+    QueueStats,
+    utc_text,
+)
+from bridge.store.schema import (
+    REFRESH_EVENT_SQL,
+    REFRESH_EVENT_SQL_BY_DELIVERY,
+)
+from bridge.tokens import TokenPair
+
+
+class QueueMixin(StoreBase):
+    # ---- worker ------------------------------------------------------------------------
+
+    async def reset_interrupted(self) -> int:
+        """At start: deliveries left `processing` by a crash go back to the queue."""
+        now = self._clock()
+
+        async def apply(db: aiosqlite.Connection) -> int:
+            cursor = await db.execute(
+                "UPDATE deliveries SET status = 'pending', next_attempt_at = ?"
+                " WHERE status = 'processing'",
+                (now,),
+            )
+            count: int = cursor.rowcount
+            await db.execute("UPDATE events SET status = 'pending' WHERE status = 'processing'")
+            return count
+
+        return await self._write(apply)
+
+    async def due_deliveries(
+        self, now: float, crms: Iterable[str], limit: int
+    ) -> list[DeliveryJob]:
+        names = list(crms)
+        if not names:
+            return []
+        marks = ",".join("?" * len(names))
+        rows = await self._read(
+            "SELECT d.id, d.event_id, d.crm, d.attempts, e.kind, e.key, e.payload,"
+            " e.customer_keys, e.received_at FROM deliveries d JOIN events e ON e.id = d.event_id"
+            f" WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= ?"
+            f" AND d.crm IN ({marks}) ORDER BY e.priority, d.event_id LIMIT ?",
+            (now, *names, limit),
+        )
+        return [
+            DeliveryJob(
+                int(r[0]),
+                int(r[1]),
+                str(r[2]),
+                int(r[3]) + 1,
+                str(r[4]),
+                str(r[5]),
+                str(r[6]),
+                tuple(json.loads(r[7])),
+                str(r[8]),
+            )
+            for r in rows
+        ]
+
+    async def next_due_at(self, crms: Iterable[str]) -> float | None:
+        names = list(crms)
+        if not names:
+            return None
+        marks = ",".join("?" * len(names))
+        rows = await self._read(
+            "SELECT MIN(next_attempt_at) FROM deliveries WHERE status IN"
+            f" ('pending', 'retrying') AND crm IN ({marks})",
+            tuple(names),
+        )
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    async def mark_processing(self, delivery_id: int) -> None:
+        now_text = utc_text(self._clock())
+
+        async def apply(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "UPDATE deliveries SET status = 'processing', attempts = attempts + 1,"
+                " updated_at = ? WHERE id = ?",
+                (now_text, delivery_id),
+            )
+            await db.execute(REFRESH_EVENT_SQL_BY_DELIVERY, (now_text, delivery_id))
+
+        await self._write(apply)
+
+    async def journal(self, delivery_id: int) -> dict[str, Any]:
+        rows = await self._read(
+            "SELECT step, value FROM journal WHERE delivery_id = ?", (delivery_id,)
+        )
+        return {str(step): json.loads(value) for step, value in rows}
+
+    async def record_steps(self, delivery_id: int, steps: Mapping[str, Any]) -> None:
+        """Journal completed steps of a delivery, all in one commit."""
+        now_text = utc_text(self._clock())
+
+        async def apply(db: aiosqlite.Connection) -> None:
+            await db.executemany(
+                "INSERT INTO journal (delivery_id, step, value, at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (delivery_id, step) DO UPDATE SET value = excluded.value,"
+                " at = excluded.at",
+                [(delivery_id, step, json.dumps(value), now_text) for step, value in steps.items()],
+            )
+
+        await self._write(apply)
+
+    async def finish_delivery(
+        self,
+        delivery_id: int,
+        *,
+        status: str,
+        contact_id: str | None = None,
+        deal_id: str | None = None,
+        deal_created: bool | None = None,
+        pipeline_id: str | None = None,
+        error: str | None = None,
+        crm_calls: int = 0,
+        next_attempt_at: float | None = None,
+        count_attempt: bool = True,
+        remember: KnownRefs | None = None,
+    ) -> None:
+        """Record an attempt's outcome; the event's status follows its deliveries.
+
+        `remember` (on success) files the contact and deal under the customer's keys, so
+        the next payment can verify them with one call instead of searching.
+        """
+        now = self._clock()
+        now_text = utc_text(now)
+
+        async def apply(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "UPDATE deliveries SET status = ?, contact_id = COALESCE(?, contact_id),"
+                " deal_id = COALESCE(?, deal_id), deal_created = COALESCE(?, deal_created),"
+                " pipeline_id = COALESCE(?, pipeline_id), last_error = ?,"
+                " crm_calls = crm_calls + ?, next_attempt_at = COALESCE(?, next_attempt_at),"
+                " attempts = attempts - ?, updated_at = ? WHERE id = ?",
+                (
+                    status,
+                    contact_id,
+                    deal_id,
+                    None if deal_created is None else int(deal_created),
+                    pipeline_id,
+                    error,
+                    crm_calls,
+                    next_attempt_at,
+                    0 if count_attempt else 1,
+                    now_text,
+                    delivery_id,
+                ),
+            )
+            await db.execute(REFRESH_EVENT_SQL_BY_DELIVERY, (now_text, delivery_id))
+            if remember is not None and contact_id and deal_id:
+                await db.executemany(
+                    "INSERT INTO customer_refs (crm, customer_key, contact_id, deal_id,"
+                    " identity, updated_at) SELECT crm, ?, ?, ?, ?, ? FROM deliveries"
+                    " WHERE id = ? ON CONFLICT (crm, customer_key) DO UPDATE SET"
+                    " contact_id = excluded.contact_id, deal_id = excluded.deal_id,"
+                    " identity = excluded.identity, updated_at = excluded.updated_at",
+                    [
+                        (key, contact_id, deal_id, remember.identity, now_text, delivery_id)
+                        for key in remember.customer_keys
+                    ],
+                )
+
+        await self._write(apply)
+
+    async def known_refs(self, crm: str, customer_keys: Sequence[str]) -> KnownRefs | None:
+        """The contact and deal of this customer's last success in `crm`, if any."""
+        for key in customer_keys:  # priority order: Telegram id, phone, e-mail
+            rows = await self._read(
+                "SELECT contact_id, deal_id, identity FROM customer_refs"
+                " WHERE crm = ? AND customer_key = ?",
+                (crm, key),
+            )
+            if rows:
+                contact_id, deal_id, identity = rows[0]
+                return KnownRefs(str(contact_id), str(deal_id), str(identity))
+        return None
+
+    async def retry_now(self, event_id: int | None = None, *, failed_only: bool = False) -> int:
+        """Put unfinished (or, with `failed_only`, failed/dead) deliveries back in the queue."""
+        now = self._clock()
+        now_text = utc_text(now)
+        states = (
+            "('failed', 'dead')"
+            if failed_only
+            else "('failed', 'dead', 'not_found', 'retrying', 'pending')"
+        )
+        where = f"status IN {states}" + (" AND event_id = ?" if event_id is not None else "")
+        params: tuple[Any, ...] = (now, now_text) + ((event_id,) if event_id is not None else ())
+
+        async def apply(db: aiosqlite.Connection) -> int:
+            cursor = await db.execute(
+                f"UPDATE deliveries SET status = 'pending', next_attempt_at = ?,"
+                f" updated_at = ? WHERE {where} RETURNING event_id",
+                params,
+            )
+            touched = {int(row[0]) for row in await cursor.fetchall()}
+            await db.executemany(REFRESH_EVENT_SQL, [(now_text, i) for i in touched])
+            return len(touched)
+
+        return await self._write(apply)
+
+    # ---- reads for the API, health and the CLI ----------------------------------------
+
+    async def event(self, kind: str, key: str) -> EventView | None:
+        rows = await self._read(
+            "SELECT id, kind, key, status, amount, payload, received_at, processed_at,"
+            " error_message FROM events WHERE kind = ? AND key = ?",
+            (kind, key),
+        )
+        if not rows:
+            return None
+        return await self._event_view(rows[0])
+
+    async def event_by_id(self, event_id: int) -> EventView | None:
+        rows = await self._read(
+            "SELECT id, kind, key, status, amount, payload, received_at, processed_at,"
+            " error_message FROM events WHERE id = ?",
+            (event_id,),
+        )
+        return await self._event_view(rows[0]) if rows else None
+
+    async def _event_view(self, row: Sequence[Any]) -> EventView:
+        deliveries = await self._read(
+            "SELECT crm, status, contact_id, deal_id, deal_created, pipeline_id, last_error,"
+            " crm_calls, attempts, next_attempt_at FROM deliveries WHERE event_id = ?"
+            " ORDER BY crm",
+            (row[0],),
+        )
+        return EventView(
+            int(row[0]),
+            str(row[1]),
+            str(row[2]),
+            str(row[3]),
+            None if row[4] is None else str(row[4]),
+            str(row[5]),
+            str(row[6]),
+            row[7],
+            row[8],
+            tuple(
+                DeliveryOutcome(
+                    str(d[0]),
+                    str(d[1]),
+                    d[2],
+                    d[3],
+                    None if d[4] is None else bool(d[4]),
+                    d[5],
+                    d[6],
+                    int(d[7]),
+                    int(d[8]),
+                    float(d[9]),
+                )
+                for d in deliveries
+            ),
+        )
+
+    async def queue_stats(self) -> QueueStats:
+        rows = await self._read(
+            "SELECT COUNT(*), MIN(e.received_at) FROM deliveries d JOIN events e"
+            " ON e.id = d.event_id WHERE d.status IN ('pending', 'retrying', 'processing')"
+        )
+        depth, oldest = rows[0]
+        oldest_ts = (
+            datetime.strptime(str(oldest), "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
+            if oldest
+            else None
+        )
+        return QueueStats(int(depth), oldest_ts)
+
+    async def crm_states(self) -> dict[str, CrmState]:
+        rows = await self._read(
+            "SELECT crm, paused_reason, last_success_at, last_error, last_error_at FROM crm_state"
+        )
+        return {str(r[0]): CrmState(str(r[0]), r[1], r[2], r[3], r[4]) for r in rows}
+
+    async def set_crm_state(
+        self,
+        crm: str,
+        *,
+        paused_reason: str | None = None,
+        success: bool = False,
+        error: str | None = None,
+    ) -> None:
+        now_text = utc_text(self._clock())
+
+        async def apply(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "INSERT INTO crm_state (crm, paused_reason, last_success_at, last_error,"
+                " last_error_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (crm) DO UPDATE SET"
+                " paused_reason = excluded.paused_reason,"
+                " last_success_at = COALESCE(excluded.last_success_at, last_success_at),"
+                " last_error = COALESCE(excluded.last_error, last_error),"
+                " last_error_at = COALESCE(excluded.last_error_at, last_error_at)",
+                (
+                    crm,
+                    paused_reason,
+                    now_text if success else None,
+                    error,
+                    now_text if error else None,
+                ),
+            )
+
+        await self._write(apply)
+
+    async def check_writable(self) -> None:
+        async def apply(db: aiosqlite.Connection) -> None:
+            await db.execute("CREATE TEMP TABLE IF NOT EXISTS _probe (x)")
+
+        await self._write(apply)
+
+    # ---- tokens (bridge.tokens.TokenRepository) ------------------------------------------
+
+    async def load_tokens(self, crm: str) -> TokenPair | None:
+        rows = await self._read("SELECT ciphertext FROM crm_tokens WHERE crm = ?", (crm,))
+        if not rows:
+            return None
+        raw = json.loads(self._require_cipher().decrypt(str(rows[0][0])))
+        return TokenPair(raw["access_token"], raw["refresh_token"], float(raw["expires_at"]))
+
+    async def save_tokens(self, crm: str, pair: TokenPair) -> None:
+        plaintext = json.dumps(
+            {
+                "access_token": pair.access_token,
+                "refresh_token": pair.refresh_token,
+                "expires_at": pair.expires_at,
+            }
+        )
+        ciphertext = self._require_cipher().encrypt(plaintext)
+        now_text = utc_text(self._clock())
+
+        async def apply(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "INSERT INTO crm_tokens (crm, ciphertext, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (crm) DO UPDATE SET ciphertext = excluded.ciphertext,"
+                " updated_at = excluded.updated_at",
+                (crm, ciphertext, now_text),
+            )
+
+        await self._write(apply)
+
+    def _require_cipher(self) -> TokenCipher:
+        if self._cipher is None:
+            raise StoreUnavailable("BRIDGE_SECRET_KEY is not set: tokens cannot be stored")
+        return self._cipher

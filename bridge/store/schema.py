@@ -1,0 +1,158 @@
+"""The schema: ordered migrations (`PRAGMA user_version`) and shared SQL fragments."""
+
+from __future__ import annotations
+
+import aiosqlite
+
+_EVENT_STATUS_CASE = """
+CASE
+  WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id
+               AND d.status IN ('failed', 'dead')) THEN 'failed'
+  WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id
+               AND d.status = 'processing') THEN 'processing'
+  WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id
+               AND d.status IN ('pending', 'retrying')) THEN 'pending'
+  WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id
+               AND d.status = 'not_found') THEN 'not_found'
+  ELSE 'success'
+END"""
+
+REFRESH_EVENT_SQL = f"""
+UPDATE events SET
+  status = {_EVENT_STATUS_CASE},
+  processed_at = CASE WHEN ({_EVENT_STATUS_CASE}) IN ('success', 'failed', 'not_found') THEN ?
+                 ELSE NULL END,
+  error_message = (SELECT group_concat(d.crm || ': ' || d.last_error, '; ') FROM deliveries d
+                   WHERE d.event_id = events.id AND d.last_error IS NOT NULL
+                   AND d.status != 'success')
+WHERE id = ? AND status != 'skipped'
+"""
+
+REFRESH_EVENT_SQL_BY_DELIVERY = REFRESH_EVENT_SQL.replace(
+    "WHERE id = ? AND", "WHERE id = (SELECT event_id FROM deliveries WHERE id = ?) AND"
+)
+
+
+# Finished, older than the cutoff (received and processed), and nothing left to run.
+
+
+async def migrate(db: aiosqlite.Connection) -> None:
+    async with db.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    version = int(row[0]) if row else 0
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        await db.execute("BEGIN IMMEDIATE")
+        for statement in _statements(script):
+            await db.execute(statement)
+        await db.execute(f"PRAGMA user_version = {number}")
+        await db.execute("COMMIT")
+
+
+def _statements(script: str) -> list[str]:
+    return [part.strip() for part in script.split(";\n") if part.strip()]
+
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the event log, deliveries, step journal, tokens and the audit view of SPEC §7.
+    """
+CREATE TABLE requests (
+    id INTEGER PRIMARY KEY,
+    received_at TEXT NOT NULL,
+    route TEXT NOT NULL,
+    remote_addr TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    http_status INTEGER NOT NULL,
+    event_key TEXT,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX requests_received ON requests (received_at);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    status TEXT NOT NULL,
+    amount NUMERIC,
+    customer_keys TEXT NOT NULL DEFAULT '[]',
+    payload TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    processed_at TEXT,
+    error_message TEXT,
+    UNIQUE (kind, key)
+);
+CREATE INDEX events_status ON events (status);
+CREATE INDEX events_received ON events (received_at);
+CREATE TABLE deliveries (
+    id INTEGER PRIMARY KEY,
+    event_id INTEGER NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    crm TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    contact_id TEXT,
+    deal_id TEXT,
+    deal_created INTEGER,
+    pipeline_id TEXT,
+    last_error TEXT,
+    crm_calls INTEGER NOT NULL DEFAULT 0,
+    updated_at TEXT NOT NULL,
+    UNIQUE (event_id, crm)
+);
+CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at);
+CREATE TABLE journal (
+    delivery_id INTEGER NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
+    step TEXT NOT NULL,
+    value TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (delivery_id, step)
+);
+CREATE TABLE crm_tokens (
+    crm TEXT PRIMARY KEY,
+    ciphertext TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE crm_state (
+    crm TEXT PRIMARY KEY,
+    paused_reason TEXT,
+    last_success_at TEXT,
+    last_error TEXT,
+    last_error_at TEXT
+);
+CREATE VIEW payment_events AS
+SELECT
+    e.id AS id,
+    e.key AS payment_id,
+    e.received_at AS created_at,
+    e.processed_at AS processed_at,
+    e.status AS status,
+    e.amount AS amount,
+    d.contact_id AS contact_id,
+    d.deal_id AS lead_id,
+    d.pipeline_id AS pipeline_id,
+    d.deal_created AS lead_created,
+    e.payload AS payload,
+    e.error_message AS error_message,
+    MAX(COALESCE((SELECT MAX(x.attempts) FROM deliveries x WHERE x.event_id = e.id), 0) - 1, 0)
+        AS retry_count
+FROM events e
+LEFT JOIN deliveries d ON d.id = (SELECT MIN(y.id) FROM deliveries y WHERE y.event_id = e.id)
+WHERE e.kind = 'payment'
+""",
+    # 2: live webhooks before imported backlog; the request log searchable by payment.
+    """
+ALTER TABLE events ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX requests_event_key ON requests (event_key);
+CREATE INDEX deliveries_event ON deliveries (event_id)
+""",
+    # 3: the contact and deal each customer's last payment went to, per CRM.
+    """
+CREATE TABLE customer_refs (
+    crm TEXT NOT NULL,
+    customer_key TEXT NOT NULL,
+    contact_id TEXT NOT NULL,
+    deal_id TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (crm, customer_key)
+)
+""",
+)
