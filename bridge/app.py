@@ -321,11 +321,18 @@ async def metrics(request: Request[Any, Any, State]) -> Response[bytes]:
     rt = _runtime(request.app.state)
     try:
         queue = await rt.store.queue_stats()
+        stats = await rt.store.operator_stats()
+    except StoreUnavailable:
+        pass  # the counters still render; the database gauges keep their last values
+    else:
         rt.metrics.queue_depth.set(queue.depth)
         oldest = rt.clock() - queue.oldest_pending_at if queue.oldest_pending_at else 0
         rt.metrics.oldest_pending_age.set(oldest)
-    except StoreUnavailable:
-        pass
+        for status, count in stats.events.items():
+            rt.metrics.events.labels(status).set(count)
+        for crm in stats.crms:
+            for status, count in crm.deliveries.items():
+                rt.metrics.deliveries_stored.labels(crm.crm, status).set(count)
     paused = rt.worker.paused()
     for name in rt.adapters:
         rt.metrics.crm_paused.labels(name).set(1 if name in paused else 0)

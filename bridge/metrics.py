@@ -45,6 +45,15 @@ class Metrics:
             "Age of the oldest unfinished event",
             registry=self.registry,
         )
+        self.events = Gauge(
+            "bridge_events", "Stored events by status", ["status"], registry=self.registry
+        )
+        self.deliveries_stored = Gauge(
+            "bridge_deliveries",
+            "Stored deliveries by CRM and status",
+            ["crm", "status"],
+            registry=self.registry,
+        )
         self.crm_paused = Gauge(
             "bridge_crm_paused", "1 while a CRM is paused", ["crm"], registry=self.registry
         )

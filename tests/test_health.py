@@ -44,3 +44,7 @@ async def test_metrics_expose_requests_deliveries_and_calls(run_bridge) -> None:
     assert 'bridge_delivery_attempts_total{crm="amocrm",outcome="success"} 1.0' in text
     assert "bridge_crm_call_seconds_bucket" in text
     assert "bridge_queue_depth 0.0" in text
+    assert 'bridge_events{status="success"} 1.0' in text
+    assert 'bridge_deliveries{crm="amocrm",status="success"} 1.0' in text
+    assert "bridge_oldest_pending_age_seconds 0.0" in text
+    assert 'bridge_crm_paused{crm="amocrm"} 0.0' in text
