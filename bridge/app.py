@@ -89,7 +89,14 @@ async def _start(
     store = await Store.open(settings.database_path, clock=clock, cipher=cipher)
     metrics = Metrics()
     adapters = build_adapters(settings, store, transports=transports, on_call=metrics.observe_call)
-    worker = Worker(store, adapters, settings, clock=clock, on_outcome=metrics.observe_outcome)
+    worker = Worker(
+        store,
+        adapters,
+        settings,
+        clock=clock,
+        pause_probe_seconds=settings.pause_probe_seconds,
+        on_outcome=metrics.observe_outcome,
+    )
     runtime = Runtime(settings, store, worker, adapters, metrics, clock)
     runtime.worker_task = asyncio.get_running_loop().create_task(worker.run())
     log.info(
@@ -147,6 +154,8 @@ async def payment_webhook(request: Request[Any, Any, State]) -> Response[Any]:
         raw = json.loads(body_text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return reply(400, {"error": f"body is not JSON: {exc}"}, verdict_text)
+    except RecursionError:
+        return reply(400, {"error": "body is not JSON we accept: nested too deep"}, verdict_text)
     try:
         webhook = parse_payment(raw)
     except ValidationError as exc:
@@ -169,6 +178,8 @@ async def payment_webhook(request: Request[Any, Any, State]) -> Response[Any]:
         body_json = {"status": "skipped", "reason": intake.event.note}
         return reply(202, body_json, verdict_text, key=key)
     rt.worker.wake()
+    if settings.wait_seconds == 0:
+        return reply(202, {"status": "queued"}, verdict_text, key=key)
     view = await _wait_for_outcome(rt, stored.event_id)
     code, payload = _response_for(view)
     return reply(code, payload, verdict_text, key=key)

@@ -160,7 +160,7 @@ def _field_lines(
     for key, kind in kinds.items():
         found = by_id.get(configured.get(key) or "")
         if found is not None and found.type in FIELD_TYPES[kind]:
-            lines.append(f"{f'{key} = {found.id}':<30}# {_describe(found)}")
+            lines.append(f"{f'{key} = {_toml_id(found.id)}':<30}# {_describe(found)}")
         else:
             lines.append(f"{f'# {key} =':<30}# {kind}: pick one below")
     lines.append(f"# {entity.capitalize()} custom fields of this account:")
@@ -174,13 +174,15 @@ def _enum_lines(leads: Sequence[CustomField], field_id: str | None, kind: str) -
     )
     if chosen is not None:
         return [f"# values of lead field {chosen.id} {_describe(chosen)}:"] + [
-            f"{_quote(label)} = {enum_id}" for enum_id, label in chosen.enums.items()
+            f"{_quote(label)} = {_toml_id(enum_id)}" for enum_id, label in chosen.enums.items()
         ]
     candidates = [f for f in leads if f.type in FIELD_TYPES[kind] and f.enums]
     lines = [f"# candidates: the {kind} lead fields; set deal_fields first, uncomment one set"]
     for candidate in candidates:
         lines.append(f"# from lead field {candidate.id} {_describe(candidate)}:")
-        lines += [f"# {_quote(label)} = {enum_id}" for enum_id, label in candidate.enums.items()]
+        lines += [
+            f"# {_quote(label)} = {_toml_id(enum_id)}" for enum_id, label in candidate.enums.items()
+        ]
     return lines + ([] if candidates else ["#   (none)"])
 
 
@@ -191,3 +193,8 @@ def _describe(found: CustomField) -> str:
 def _quote(text: str) -> str:
     """A TOML basic string: JSON's escapes are valid TOML, and it is always one line."""
     return json.dumps(text, ensure_ascii=False)
+
+
+def _toml_id(value: str) -> str:
+    """amoCRM ids are numbers; HubSpot, Pipedrive and Bitrix24 also use names and hashes."""
+    return value if value.isdigit() else json.dumps(value, ensure_ascii=False)

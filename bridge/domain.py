@@ -102,7 +102,7 @@ class FieldKind(StrEnum):
     MULTISELECT = "multiselect"
 
 
-# amoCRM numbers its enum values; HubSpot and Bitrix24 name them.
+# amoCRM, Pipedrive and Bitrix24 number their enum values; HubSpot names them.
 EnumId = int | str
 FieldValue = str | Decimal | datetime | EnumId | tuple[EnumId, ...]
 
@@ -113,7 +113,7 @@ class FieldUpdate:
 
     TEXT → str, NUMBER → Decimal, DATETIME → aware datetime, SELECT → enum id (int),
     MULTISELECT → tuple of enum ids (the whole set is replaced). Enum ids are the CRM's own:
-    numbers in amoCRM, option names in HubSpot.
+    numbers in amoCRM, Pipedrive and Bitrix24, option names in HubSpot.
     """
 
     field_id: str

@@ -36,7 +36,15 @@ class CrmError(BridgeError):
 
 
 class TransientCrmError(CrmError):
-    """Worth retrying: the CRM or the network may recover."""
+    """Worth retrying: the CRM or the network may recover.
+
+    `maybe_applied`: a write whose answer was lost (timeout, dropped connection) may still
+    land at the CRM; looking again before its timeout has passed could miss it.
+    """
+
+    def __init__(self, crm: str, message: str, *, maybe_applied: bool = False) -> None:
+        super().__init__(crm, message)
+        self.maybe_applied = maybe_applied
 
 
 class RateLimited(TransientCrmError):

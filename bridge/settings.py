@@ -194,6 +194,7 @@ class Settings(BaseSettings):
     retry_schedule_seconds: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
     worker_concurrency: int = Field(default=8, ge=1)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    pause_probe_seconds: float = Field(default=30.0, gt=0)
 
     file: FileConfig = FileConfig()
 

@@ -27,6 +27,7 @@ from bridge.errors import (
     AuthError,
     NotFound,
     PermanentCrmError,
+    RateLimited,
     StoreUnavailable,
     TransientCrmError,
 )
@@ -48,6 +49,15 @@ class _Pause:
 
 
 @dataclass
+class _Outage:
+    """The database refused a write: wait, then put interrupted deliveries back."""
+
+    retry_at: float
+    backoff: float = 1.0
+    interrupted: set[int] = field(default_factory=set)
+
+
+@dataclass
 class Worker:
     store: Store
     adapters: Mapping[str, CrmAdapter]
@@ -59,6 +69,8 @@ class Worker:
     _running: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     _jobs: dict[int, DeliveryJob] = field(default_factory=dict)
     _blocked: bool = False
+    _next_due: float | None = None
+    _outage: _Outage | None = None
     _busy_keys: set[tuple[str, str]] = field(default_factory=set)
     _paused: dict[str, _Pause] = field(default_factory=dict)
     _settled: dict[int, asyncio.Event] = field(default_factory=dict)
@@ -80,14 +92,14 @@ class Worker:
         self._settled.pop(event_id, None)
 
     async def run(self) -> None:
-        await self.store.reset_interrupted()
+        await self.store.reset_interrupted(delay=self._late_write_delay())
         await self._pause_without_credentials()
         while not self._stopping:
             self._wake.clear()
             try:
                 await self._dispatch()
             except StoreUnavailable as exc:
-                log.error("worker cannot read the database: %s", exc)
+                self._store_failed(None, exc)
             await self._sleep_until_due()
 
     async def run_once(self) -> None:
@@ -132,18 +144,22 @@ class Worker:
 
     async def _dispatch(self) -> int:
         now = self.clock()
+        if self._outage is not None and not await self._store_recovered(self._outage, now):
+            return 0
         crms = [name for name in self.adapters if self._may_run(name, now)]
         free = self.settings.worker_concurrency - len(self._running)
         self._blocked = free <= 0
+        self._next_due = None
         if free <= 0 or not crms:
             return 0
-        jobs = await self.store.due_deliveries(now, crms, limit=free * 4 + len(self._running))
+        due = await self.store.due_deliveries(now, crms, limit=free)
+        self._next_due = due.next_due_at
         started = 0
-        for job in jobs:
-            if started >= free or self._stopping:
-                self._blocked = True
+        for job in due.jobs:
+            if self._stopping:
                 break
             if job.delivery_id in self._running or self._customer_busy(job):
+                # Finished a moment ago in memory, not yet in the store: its end wakes us.
                 self._blocked = True
                 continue
             if job.crm in self._paused:
@@ -184,13 +200,8 @@ class Worker:
         # A finishing delivery wakes the loop, so work blocked behind a busy customer or
         # a full pool needs no polling; otherwise sleep until the next retry comes due.
         timeout = 1.0
-        active = [crm for crm in self.adapters if crm not in self._paused]
-        try:
-            next_due = None if self._blocked else await self.store.next_due_at(active)
-        except StoreUnavailable:
-            next_due = None
-        if next_due is not None:
-            timeout = min(max(next_due - self.clock(), 0.0), 1.0)
+        if not self._blocked and self._next_due is not None:
+            timeout = min(max(self._next_due - self.clock(), 0.0), 1.0)
         if self._paused:
             timeout = min(timeout, self.pause_probe_seconds)
         with contextlib.suppress(TimeoutError):
@@ -206,7 +217,7 @@ class Worker:
                 outcome, detail = await self._attempt(job)
             await self._record(job, outcome, detail, stats.calls)
         except StoreUnavailable as exc:
-            log.error("delivery %s/%s: database unavailable: %s", job.key, job.crm, exc)
+            self._store_failed(job.delivery_id, exc)
             return
         elapsed_ms = (time.perf_counter() - started) * 1000
         self._log_outcome(job, outcome, detail, stats.calls, elapsed_ms)
@@ -238,8 +249,14 @@ class Worker:
             return "paused", {"error": exc.message}
         except PermanentCrmError as exc:
             return "failed", {"error": exc.message}
+        except RateLimited as exc:
+            return "retry", {"error": exc.message, "retry_after": exc.retry_after}
         except TransientCrmError as exc:
-            return "retry", {"error": exc.message}
+            late = self.settings.file.crm[job.crm].request_timeout_seconds
+            return "retry", {
+                "error": exc.message,
+                "retry_after": late if exc.maybe_applied else None,
+            }
         except StoreUnavailable:
             raise
         except Exception as exc:
@@ -298,7 +315,7 @@ class Worker:
             )
             await self.store.set_crm_state(job.crm, paused_reason=str(error), error=error)
         elif outcome == "retry":
-            next_at = self._next_attempt_at(job.attempts)
+            next_at = self._next_attempt_at(job.attempts, detail.get("retry_after"))
             await self.store.finish_delivery(
                 job.delivery_id,
                 status="retrying" if next_at is not None else "dead",
@@ -314,11 +331,48 @@ class Worker:
             if outcome == "failed":
                 await self.store.set_crm_state(job.crm, error=error)
 
-    def _next_attempt_at(self, attempts: int) -> float | None:
+    # ---- database outages --------------------------------------------------------------
+
+    def _store_failed(self, delivery_id: int | None, exc: StoreUnavailable) -> None:
+        """Stop starting work until the database takes writes again (no busy loop)."""
+        now = self.clock()
+        if self._outage is None:
+            log.error("database unavailable, deliveries wait: %s", exc)
+            self._outage = _Outage(retry_at=now + 1.0)
+        if delivery_id is not None:
+            self._outage.interrupted.add(delivery_id)
+
+    async def _store_recovered(self, outage: _Outage, now: float) -> bool:
+        if now < outage.retry_at:
+            self._next_due = outage.retry_at
+            return False
+        try:
+            # Deliveries cut short mid-flow are `processing` in the store; their journal
+            # makes running them again safe. Their CRM calls had all been answered, so
+            # nothing can still land: no need to wait out a request timeout.
+            await self.store.requeue(sorted(outage.interrupted))
+        except StoreUnavailable:
+            outage.backoff = min(outage.backoff * 2, 30.0)
+            outage.retry_at = now + outage.backoff
+            self._next_due = outage.retry_at
+            return False
+        log.warning(
+            "database writable again: %d interrupted deliveries requeued", len(outage.interrupted)
+        )
+        self._outage = None
+        return True
+
+    def _late_write_delay(self) -> float:
+        """A write abandoned mid-request may still land at the CRM within its timeout."""
+        configs = self.settings.file.crm
+        return max((configs[name].request_timeout_seconds for name in self.adapters), default=0)
+
+    def _next_attempt_at(self, attempts: int, retry_after: float | None = None) -> float | None:
         schedule = self.settings.retry_schedule_seconds
         if attempts > len(schedule):
             return None
-        return self.clock() + schedule[attempts - 1]
+        # A CRM that says when to come back (Retry-After, a spent daily budget) is believed.
+        return self.clock() + max(schedule[attempts - 1], retry_after or 0.0)
 
     def _pause(self, crm: str, reason: str) -> None:
         if crm not in self._paused:

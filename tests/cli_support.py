@@ -116,7 +116,7 @@ async def seed(store: Store, outcomes: Mapping[str, str]) -> dict[str, int]:
         status = "skipped" if outcome == "skipped" else "pending"
         ids[key] = (await store.intake(new_event(key, status=status))).event_id
         store.log_request(RequestRecord("/webhook/payment", "10.0.0.1", "hmac: ok", 202, key))
-    jobs = await store.due_deliveries(T0 + 1, ["amocrm"], len(outcomes) + 1)
+    jobs = (await store.due_deliveries(T0 + 1, ["amocrm"], len(outcomes) + 1)).jobs
     for job in jobs:
         outcome = outcomes[job.key]
         if outcome == "pending":

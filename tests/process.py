@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +32,19 @@ from typing import Any
 import httpx
 
 from tests.conftest import EXAMPLE_CONFIG, SECRET, signed
-from tests.fakes.service import FakeRequest, FakeResponse, FakeService
+from tests.fakes.service import Abort, FakeRequest, FakeService
 
 BRIDGE_BIN = Path(sys.executable).parent / "bridge"
 FAST_RETRIES = "0.1,0.2,0.3,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5"
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+    """Poll `predicate` from a synchronous test (the bridge process may be down)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what or 'condition'} not reached in time")
+        time.sleep(0.05)
 
 
 def free_port() -> int:
@@ -51,10 +60,17 @@ def write_config(
     excluded_status_ids: list[int] | None = None,
     auth: str | None = None,
     rate_limit_per_second: float | None = None,
+    request_timeout_seconds: float = 2,
 ) -> Path:
-    """The example config (etc/bridge.example.toml) with a few lines replaced."""
+    """The example config (etc/bridge.example.toml) with a few lines replaced.
+
+    The request timeout is short because a restarted bridge waits that long before
+    looking again at a write it abandoned (it may still land at the CRM)."""
     text = EXAMPLE_CONFIG.read_text(encoding="utf-8")
-    changes = {"base_url": json.dumps(base_url)}
+    changes = {
+        "base_url": json.dumps(base_url),
+        "request_timeout_seconds": str(request_timeout_seconds),
+    }
     if excluded_status_ids is not None:
         changes["excluded_status_ids"] = json.dumps(excluded_status_ids)
     if auth is not None:
@@ -95,6 +111,8 @@ class BridgeProcess:
             "SHUTDOWN_GRACE_SECONDS": "2",
             "LOG_LEVEL": "INFO",
         }
+        if "PYTHONPATH" in os.environ:  # a test run against another checkout of the code
+            base["PYTHONPATH"] = os.environ["PYTHONPATH"]
         if access_token is not None:
             base["AMOCRM_ACCESS_TOKEN"] = access_token
         base.update(env)
@@ -114,7 +132,8 @@ class BridgeProcess:
 
     # ---- lifecycle ------------------------------------------------------------------
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = 20.0, *, wait_ready: bool = True) -> None:
+        """Start it; with `wait_ready`, return once /webhook/health answers."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.starts += 1
         env = {**self.env, "PORT": str(self.port)}
@@ -129,6 +148,8 @@ class BridgeProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+        if not wait_ready:
+            return
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -138,7 +159,8 @@ class BridgeProcess:
                 return
             except httpx.TransportError:
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"bridge did not start:\n{self.log_text()[-3000:]}")
+                    message = f"bridge did not start:\n{self.log_text()[-3000:]}"
+                    raise AssertionError(message) from None
                 time.sleep(0.05)
 
     @property
@@ -234,9 +256,10 @@ def running(bridge: BridgeProcess) -> Iterator[BridgeProcess]:
 class KillSwitch:
     """SIGKILL the bridge the first time a matching CRM request reaches `phase`.
 
-    phase: "received" (nothing applied yet), "applied" (the write is done in the fake,
-    its answer not sent: the crash window between a CRM write and the journal write),
-    "answered" (the answer was sent; the bridge may or may not have journalled it).
+    phase: "received" (the request dies with the process, nothing is applied),
+    "applied" (the write is done in the fake, its answer not sent: the crash window
+    between a CRM write and the journal write), "answered" (the answer was sent; the
+    bridge may or may not have journalled it).
     """
 
     fake: FakeService
@@ -279,6 +302,8 @@ class KillSwitch:
                 break
             time.sleep(0.002)
         self.fired.set()
+        if phase == "received":
+            raise Abort("drop")  # the request dies with the process: nothing is applied
 
     def wait(self, timeout: float = 30.0) -> None:
         if not self.fired.wait(timeout):
@@ -286,13 +311,3 @@ class KillSwitch:
                 f"the kill point was never reached:\n{self.bridge.log_text()[-3000:]}"
             )
         self.bridge.wait_exit()
-
-
-__all__ = [
-    "BridgeProcess",
-    "FakeResponse",
-    "KillSwitch",
-    "free_port",
-    "running",
-    "write_config",
-]

@@ -392,3 +392,16 @@ async def test_known_lead_moved_to_another_contact_is_not_used(run_bridge, fake_
     body = response.json()["results"]["amocrm"]
     assert body["lead_created"] is True
     assert number(fake_amo.lead_field(body["lead_id"], DEAL["count"])) == 1
+
+
+async def test_deal_created_in_excluded_status_is_not_remembered(run_bridge, fake_amo) -> None:
+    async with run_bridge() as bridge:
+        await bridge.post_payment(payment_payload("pay_x1", costs=(1000,)))
+        before = len(fake_amo.calls)
+        response = await bridge.post_payment(payment_payload("pay_x2", costs=(700,)))
+    assert response.status_code == 200
+    assert response.json()["results"]["amocrm"]["lead_created"] is True
+    second = fake_amo.calls[before:]
+    # Searched again (the auto-payment deal cannot take the payment), not verified.
+    assert (second[0].method, second[0].path) == ("GET", "/api/v4/contacts")
+    assert len(second) == 4

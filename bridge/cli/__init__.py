@@ -9,6 +9,7 @@ context object to the commands.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -63,7 +64,11 @@ def serve(env: CliEnv, host: str | None, port: int | None) -> None:
         port=port or settings.port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
+        # Requests inside their wait window get their answer (202 at worst) before the
+        # server closes; then the worker has its own grace for the running CRM call.
+        timeout_graceful_shutdown=math.ceil(
+            max(settings.shutdown_grace_seconds, settings.wait_seconds) + 1
+        ),
         lifespan="on",
     )
 

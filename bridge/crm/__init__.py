@@ -52,9 +52,7 @@ def build_adapter(
     clock: Callable[[], float] = time.time,
 ) -> CrmAdapter:
     build = builder(config.kind)
-    return build(
-        name, config, settings, tokens, transport=transport, on_call=on_call, clock=clock
-    )
+    return build(name, config, settings, tokens, transport=transport, on_call=on_call, clock=clock)
 
 
 def build_adapters(

@@ -49,6 +49,7 @@ from bridge.errors import (
 from bridge.tokens import TokenPair
 
 JSON = Any  # what json.loads returns; narrowed by each adapter's mappers
+IDEMPOTENT_METHODS = ("GET", "HEAD", "PUT", "PATCH", "DELETE")
 
 
 @dataclass
@@ -201,10 +202,14 @@ class CrmHttp:
         json: JSON = None,
         operation: str = "",
     ) -> httpx.Response:
-        idempotent = method.upper() in ("GET", "HEAD", "PUT", "PATCH", "DELETE")
+        idempotent = method.upper() in IDEMPOTENT_METHODS
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.quick_tries),
-            wait=wait_exponential_jitter(multiplier=self.backoff_initial, max=self.backoff_max),
+            wait=wait_exponential_jitter(
+                multiplier=self.backoff_initial,
+                max=self.backoff_max,
+                jitter=self.backoff_initial,
+            ),
             retry=retry_if_exception(_is_quick_retryable(idempotent)),
             reraise=True,
         )
@@ -222,6 +227,7 @@ class CrmHttp:
         operation: str,
     ) -> httpx.Response:
         await self.limiter.acquire()
+        idempotent = method.upper() in IDEMPOTENT_METHODS
         stats = _current_stats.get()
         if stats is not None:
             stats.calls += 1
@@ -236,10 +242,10 @@ class CrmHttp:
             raise _NotSentError(self.crm, message) from exc
         except httpx.TimeoutException as exc:
             message = f"{method} {path}: timeout ({type(exc).__name__})"
-            raise TransientCrmError(self.crm, message) from exc
+            raise TransientCrmError(self.crm, message, maybe_applied=not idempotent) from exc
         except httpx.TransportError as exc:
             message = f"{method} {path}: {type(exc).__name__}"
-            raise TransientCrmError(self.crm, message) from exc
+            raise TransientCrmError(self.crm, message, maybe_applied=not idempotent) from exc
         finally:
             if self.on_call is not None:
                 elapsed = time.perf_counter() - started

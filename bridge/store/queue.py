@@ -19,6 +19,7 @@ from bridge.store.records import (
     CrmState,
     DeliveryJob,
     DeliveryOutcome,
+    DueSlice,
     EventView,
     QueueStats,
     utc_text,
@@ -33,15 +34,16 @@ from bridge.tokens import TokenPair
 class QueueMixin(StoreBase):
     # ---- worker ------------------------------------------------------------------------
 
-    async def reset_interrupted(self) -> int:
-        """At start: deliveries left `processing` by a crash go back to the queue."""
+    async def reset_interrupted(self, delay: float = 0.0) -> int:
+        """At start: deliveries left `processing` by a crash go back to the queue, due
+        after `delay` (a write abandoned mid-request may still land at the CRM)."""
         now = self._clock()
 
         async def apply(db: aiosqlite.Connection) -> int:
             cursor = await db.execute(
                 "UPDATE deliveries SET status = 'pending', next_attempt_at = ?"
                 " WHERE status = 'processing'",
-                (now,),
+                (now + delay,),
             )
             count: int = cursor.rowcount
             await db.execute("UPDATE events SET status = 'pending' WHERE status = 'processing'")
@@ -49,46 +51,87 @@ class QueueMixin(StoreBase):
 
         return await self._write(apply)
 
+    async def requeue(self, delivery_ids: Sequence[int], delay: float = 0.0) -> None:
+        """After a database outage: deliveries cut short go back to the queue. With no ids
+        it still takes a write, which proves the database is writable again."""
+        now = self._clock()
+        now_text = utc_text(now)
+
+        async def apply(db: aiosqlite.Connection) -> None:
+            await db.executemany(
+                "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, updated_at = ?"
+                " WHERE id = ? AND status = 'processing'",
+                [(now + delay, now_text, delivery_id) for delivery_id in delivery_ids],
+            )
+            await db.executemany(
+                REFRESH_EVENT_SQL_BY_DELIVERY, [(now_text, i) for i in delivery_ids]
+            )
+            await db.execute("CREATE TEMP TABLE IF NOT EXISTS write_probe (x)")
+
+        await self._write(apply)
+
     async def due_deliveries(
-        self, now: float, crms: Iterable[str], limit: int
-    ) -> list[DeliveryJob]:
+        self, now: float, crms: Iterable[str], limit: int, window: int = 5000
+    ) -> DueSlice:
+        """Deliveries to start now, in queue order, and when the next one comes due.
+
+        Per-customer order holds across retries: a delivery waits while an earlier
+        unfinished delivery of the same customer in the same CRM exists (pending,
+        retrying or running), even if it is itself due. Otherwise a later payment could
+        overwrite the deal's payment-id marker while an earlier one waits to retry, and
+        that retry would no longer recognise its own write. Only the first `window`
+        unfinished deliveries are considered; what lies beyond waits its turn.
+        """
         names = list(crms)
         if not names:
-            return []
+            return DueSlice((), None)
         marks = ",".join("?" * len(names))
         rows = await self._read(
-            "SELECT d.id, d.event_id, d.crm, d.attempts, e.kind, e.key, e.payload,"
-            " e.customer_keys, e.received_at FROM deliveries d JOIN events e ON e.id = d.event_id"
-            f" WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= ?"
+            "SELECT d.id, d.event_id, d.crm, d.attempts, d.status, d.next_attempt_at, e.kind,"
+            " e.key, e.customer_keys, e.received_at FROM deliveries d JOIN events e"
+            " ON e.id = d.event_id WHERE d.status IN ('pending', 'retrying', 'processing')"
             f" AND d.crm IN ({marks}) ORDER BY e.priority, d.event_id LIMIT ?",
-            (now, *names, limit),
+            (*names, window),
         )
-        return [
+        blocked: set[tuple[str, str]] = set()
+        picked: list[tuple[Any, ...]] = []
+        next_due: float | None = None
+        for row in rows:
+            crm, status, due_at = str(row[2]), str(row[4]), float(row[5])
+            mine = {(crm, key) for key in json.loads(row[8])}
+            waits = bool(mine & blocked)
+            blocked |= mine
+            if waits or status == "processing":
+                continue
+            if due_at <= now and len(picked) < limit:
+                picked.append(row)
+            elif due_at > now:
+                next_due = due_at if next_due is None else min(next_due, due_at)
+        payloads = await self._payloads([int(row[1]) for row in picked])
+        jobs = tuple(
             DeliveryJob(
                 int(r[0]),
                 int(r[1]),
                 str(r[2]),
                 int(r[3]) + 1,
-                str(r[4]),
-                str(r[5]),
                 str(r[6]),
-                tuple(json.loads(r[7])),
-                str(r[8]),
+                str(r[7]),
+                payloads[int(r[1])],
+                tuple(json.loads(r[8])),
+                str(r[9]),
             )
-            for r in rows
-        ]
-
-    async def next_due_at(self, crms: Iterable[str]) -> float | None:
-        names = list(crms)
-        if not names:
-            return None
-        marks = ",".join("?" * len(names))
-        rows = await self._read(
-            "SELECT MIN(next_attempt_at) FROM deliveries WHERE status IN"
-            f" ('pending', 'retrying') AND crm IN ({marks})",
-            tuple(names),
+            for r in picked
         )
-        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+        return DueSlice(jobs, next_due)
+
+    async def _payloads(self, event_ids: Sequence[int]) -> dict[int, str]:
+        if not event_ids:
+            return {}
+        marks = ",".join("?" * len(event_ids))
+        rows = await self._read(
+            f"SELECT id, payload FROM events WHERE id IN ({marks})", tuple(event_ids)
+        )
+        return {int(event_id): str(payload) for event_id, payload in rows}
 
     async def mark_processing(self, delivery_id: int) -> None:
         now_text = utc_text(self._clock())
@@ -168,7 +211,7 @@ class QueueMixin(StoreBase):
                 ),
             )
             await db.execute(REFRESH_EVENT_SQL_BY_DELIVERY, (now_text, delivery_id))
-            if remember is not None and contact_id and deal_id:
+            if remember is not None and remember.contact_id:
                 await db.executemany(
                     "INSERT INTO customer_refs (crm, customer_key, contact_id, deal_id,"
                     " identity, updated_at) SELECT crm, ?, ?, ?, ?, ? FROM deliveries"
@@ -176,7 +219,14 @@ class QueueMixin(StoreBase):
                     " contact_id = excluded.contact_id, deal_id = excluded.deal_id,"
                     " identity = excluded.identity, updated_at = excluded.updated_at",
                     [
-                        (key, contact_id, deal_id, remember.identity, now_text, delivery_id)
+                        (
+                            key,
+                            remember.contact_id,
+                            remember.deal_id,
+                            remember.identity,
+                            now_text,
+                            delivery_id,
+                        )
                         for key in remember.customer_keys
                     ],
                 )

@@ -61,6 +61,12 @@ class DeliveryJob:
 
 
 @dataclass(frozen=True)
+class DueSlice:
+    jobs: tuple[DeliveryJob, ...]
+    next_due_at: float | None  # earliest future attempt among deliveries free to run
+
+
+@dataclass(frozen=True)
 class DeliveryOutcome:
     crm: str
     status: str

@@ -9,9 +9,10 @@ gives it, for free:
 - programmable faults: `fail_next`, `fail_after_apply` (the write is applied, the answer
   is lost: the crash window), `fail_randomly`, `down()`/`up()`, `latency`;
 - hooks a test may set to act at a precise moment of a request (e.g. SIGKILL the bridge):
-  `on_received(request)` before anything is applied, `on_applied(request, response)` once
-  a write succeeded and before its answer goes out, `on_answered(request, response)` once
-  the answer was handed to the client. They run in the thread serving the request.
+  `on_received(request)` before anything is applied (it may raise `Abort`),
+  `on_applied(request, response)` once a write succeeded and before its answer goes out,
+  `on_answered(request, response)` once the answer was handed to the client. They run in
+  the thread serving the request.
 
 A "timeout" is `httpx.ReadTimeout` through the transport and a long sleep over ASGI; a
 "drop" is `httpx.RemoteProtocolError` / a connection closed in the middle of the answer;
@@ -353,10 +354,11 @@ class FakeService:
         call = Call(request.method, request.path, request.params(), payload, at=self.monotonic())
         with self._lock:
             self.calls.append(call)
-            fault = self._take_fault(request)
-        if self.on_received is not None:
-            self.on_received(request)
+            # A refused connection never reaches the fault queue: queued faults wait.
+            fault = None if self._down else self._take_fault(request)
         try:
+            if self.on_received is not None:
+                self.on_received(request)  # may raise `Abort` to keep the request unapplied
             if self._down:
                 raise Abort("refuse")
             if self.latency:
@@ -372,7 +374,8 @@ class FakeService:
                 if fault is not None and response.status < 400:
                     response = self._fault_answer(fault)
         except Abort as abort:
-            call.fault = abort.kind
+            applied_first = fault is not None and fault.after_apply and abort.kind == fault.kind
+            call.fault = f"{'apply-' if applied_first else ''}{abort.kind}"
             raise
         call.status = response.status
         if fault is not None:

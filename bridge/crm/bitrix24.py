@@ -1,0 +1,404 @@
+"""Bitrix24 (cloud REST: inbound webhook or OAuth 2.0) as a `CrmAdapter`.
+
+Shapes are `bitrix24_json`, method and batch calls `bitrix24_calls`, the transport,
+token auth and token server `bitrix24_rest`; here: the adapter and `build_bitrix24`.
+Reads are GET (retried after a 5xx or a timeout), writes POST; a `batch` of up to 50
+methods is one request for the leaky bucket. Requests per method:
+
+    find_contact    GET batch {tg: crm.contact.list by the Telegram user field,
+                      tg_deals: crm.deal.list of $result[tg][0][ID],
+                      commN: crm.duplicate.findbycomm per phone / e-mail}
+                    + GET batch {contacts: crm.contact.list @ID, deals_ID: crm.deal.list}
+                      only when no Telegram hit is confirmed and findbycomm found ids
+    create_contact / create_deal       POST crm.contact.add / crm.deal.add
+    create_contact_and_deal            POST batch, halt {contact: crm.contact.add,
+                                         deal: crm.deal.add, CONTACT_IDS $result[contact]}
+    update_contact / update_deal       POST crm.contact.update / crm.deal.update (none
+                                         when nothing to set)
+    list_deals      none right after find_contact read them, else GET crm.deal.list
+    get_deal        GET batch {deal: crm.deal.get, contacts: crm.deal.contact.items.get}
+    deal_notes / add_note              GET crm.timeline.comment.list / POST …comment.add
+    schema          GET batch {crm.category.list, crm.deal.fields, crm.contact.fields}
+                    + GET batch {crm.status.list per pipeline}
+
+`find_contact` reads the found contact's open deals in its own batch, and `list_deals`
+hands them over when asked within PREFETCH_TTL for that same `Contact`: one request
+less per returning customer. The chained `$result[tg][0][ID]` counts only when that
+first Telegram hit is the contact chosen and every deal read names it as primary
+contact (an empty lookup resolves the reference to an array, not an id).
+
+Options (`[crm.NAME.options]`, see `BitrixOptions`): `burst`, `currency_id`,
+`oauth_server`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+import httpx
+from pydantic import SecretStr
+
+from bridge.crm import bitrix24_json as bx
+from bridge.crm.base import Confirm, CrmHttp, CrmSchema, CustomField, RateLimiter, first_confirmed
+from bridge.crm.bitrix24_calls import JSON, BatchAnswer, BitrixCalls, Commands
+from bridge.crm.bitrix24_json import BitrixOptions
+from bridge.crm.bitrix24_rest import (
+    WEBHOOK_BASE,
+    BitrixOAuth,
+    BitrixTokenAuth,
+    BitrixTransport,
+    WebhookAuth,
+    webhook_problem,
+)
+from bridge.domain import (
+    Contact,
+    ContactPatch,
+    Deal,
+    FieldUpdate,
+    KeyKind,
+    LookupKey,
+    NewContact,
+    NewDeal,
+)
+from bridge.errors import AuthError
+from bridge.settings import CrmConfig, Settings
+from bridge.tokens import OAuthTokenSource, StaticToken, TokenPair, TokenRepository, TokenSource
+
+OnCall = Callable[[str, str, float, int], None]
+PREFETCH_TTL = 10.0  # seconds a prefetched deal list may be handed to list_deals
+PREFETCH_CANDIDATES = 5  # contacts whose deals the second lookup batch reads too
+
+
+@dataclass(frozen=True)
+class _Prefetch:
+    at: float
+    deal_ids: tuple[str, ...]
+    deals: tuple[Deal, ...]
+
+
+class Bitrix24:
+    """One Bitrix24 portal. Build it with `build_bitrix24`; it owns one HTTP client."""
+
+    def __init__(
+        self,
+        name: str,
+        config: CrmConfig,
+        options: BitrixOptions,
+        http: CrmHttp,
+        source: TokenSource,
+        oauth: BitrixOAuth,
+        tokens: TokenRepository,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.options = options
+        self.http = http
+        self._calls = BitrixCalls(name, http)
+        self._source = source
+        self._oauth = oauth
+        self._tokens = tokens
+        self._clock = clock
+        self._prefetch: dict[str, _Prefetch] = {}
+
+    # ---- contacts -------------------------------------------------------------------
+
+    async def find_contact(self, keys: Sequence[LookupKey], confirm: Confirm) -> Contact | None:
+        self._forget_stale_prefetches()
+        commands: dict[str, tuple[str, Mapping[str, JSON]]] = {}
+        tg_key = next((key for key in keys if key.kind is KeyKind.TELEGRAM_ID), None)
+        tg_field = self.config.contact_fields.telegram_id
+        select = bx.contact_select(self.config)
+        if tg_key is not None and tg_field:
+            by_tg = {"filter": {tg_field: tg_key.value}, "order": {"ID": "ASC"}, "select": select}
+            commands["tg"] = ("crm.contact.list", by_tg)
+            commands["tg_deals"] = ("crm.deal.list", self._open_deals("$result[tg][0][ID]"))
+        comms = [key for key in keys if key.kind in (KeyKind.PHONE, KeyKind.EMAIL)]
+        for index, key in enumerate(comms):
+            phone = key.kind is KeyKind.PHONE
+            values = bx.phone_variants(key.value) if phone else [key.value]
+            search = {"entity_type": "CONTACT", "type": key.kind.name, "values": values}
+            commands[f"comm{index}"] = ("crm.duplicate.findbycomm", search)
+        if not commands:
+            return None
+        first = await self._calls.batch(commands, "contacts.find")
+        self._calls.raise_for(
+            first, [key for key in commands if key != "tg_deals"], "contacts.find"
+        )
+        with self._calls.reading("contacts.find"):
+            tg_hits = [bx.contact_from_record(r, self.config) for r in first.rows("tg")]
+            ids = {
+                key: bx.findbycomm_ids(first.results.get(f"comm{i}")) for i, key in enumerate(comms)
+            }
+        hits: dict[LookupKey, list[Contact]] = {tg_key: tg_hits} if tg_key is not None else {}
+        found = first_confirmed(keys, hits, confirm)
+        if found is not None:
+            return self._with_prefetch(found, first, "tg_deals", tg_hits[0].id)
+        wanted = list(
+            dict.fromkeys(contact_id for found_ids in ids.values() for contact_id in found_ids)
+        )
+        if not wanted:
+            return None
+        second_commands: dict[str, tuple[str, Mapping[str, JSON]]] = {
+            "contacts": ("crm.contact.list", {"filter": {"@ID": wanted}, "select": select})
+        }
+        for contact_id in wanted[:PREFETCH_CANDIDATES]:
+            second_commands[f"deals_{contact_id}"] = ("crm.deal.list", self._open_deals(contact_id))
+        second = await self._calls.batch(second_commands, "contacts.get")
+        self._calls.raise_for(second, ["contacts"], "contacts.get")
+        with self._calls.reading("contacts.get"):
+            records = [bx.contact_from_record(r, self.config) for r in second.rows("contacts")]
+        by_id = {contact.id: contact for contact in records}
+        for key, found_ids in ids.items():
+            hits[key] = [by_id[contact_id] for contact_id in found_ids if contact_id in by_id]
+        found = first_confirmed(keys, hits, confirm)
+        if found is None:
+            return None
+        return self._with_prefetch(found, second, f"deals_{found.id}", found.id)
+
+    async def create_contact(self, new: NewContact) -> Contact:
+        with self._calls.reading("contacts.create"):
+            fields = bx.contact_fields(new)
+        body = {"fields": fields, "params": bx.QUIET}
+        created, _ = await self._calls.call("crm.contact.add", "contacts.create", body, write=True)
+        with self._calls.reading("contacts.create"):
+            return bx.contact_from_record({**fields, "ID": int(created)}, self.config)
+
+    async def update_contact(self, contact_id: str, patch: ContactPatch) -> None:
+        if not patch.fields:
+            return
+        with self._calls.reading("contacts.update"):
+            body = {"id": int(contact_id), "fields": bx.field_values(patch.fields)}
+        await self._calls.call(
+            "crm.contact.update", "contacts.update", {**body, "params": bx.QUIET}, write=True
+        )
+
+    # ---- deals ----------------------------------------------------------------------
+
+    async def list_deals(self, contact: Contact, known: Sequence[Deal] = ()) -> list[Deal]:
+        prefetched = self._prefetch.pop(contact.id, None)
+        if (
+            prefetched is not None
+            and contact.deal_ids == prefetched.deal_ids
+            and self._clock() - prefetched.at <= PREFETCH_TTL
+        ):
+            deals = list(prefetched.deals)
+        else:
+            records = await self._calls.pages(
+                "crm.deal.list", "deals.list", lambda start: self._open_deals(contact.id, start)
+            )
+            with self._calls.reading("deals.list"):
+                deals = [bx.deal_from_record(record, self.config) for record in records]
+        seen = {deal.id for deal in deals}
+        return [*deals, *(deal for deal in known if deal.id not in seen)]
+
+    async def get_deal(self, deal_id: str) -> Deal | None:
+        if not deal_id.isdigit():
+            return None
+        commands: Commands = {
+            "deal": ("crm.deal.get", {"id": deal_id}),
+            "contacts": ("crm.deal.contact.items.get", {"id": deal_id}),
+        }
+        answer = await self._calls.batch(commands, "deals.get")
+        error = answer.errors.get("deal")
+        if error is not None and "not found" in bx.text(error.get("error_description")).lower():
+            return None
+        self._calls.raise_for(answer, ["deal", "contacts"], "deals.get")
+        with self._calls.reading("deals.get"):
+            contact_ids = bx.linked_contact_ids(answer.results.get("contacts"))
+            return bx.deal_from_record(answer.results["deal"], self.config, contact_ids)
+
+    async def create_deal(self, contact: Contact, new: NewDeal) -> Deal:
+        with self._calls.reading("deals.create"):
+            fields = bx.deal_fields(new, contact.id, self.options.currency_id)
+        body = {"fields": fields, "params": bx.QUIET}
+        created, _ = await self._calls.call("crm.deal.add", "deals.create", body, write=True)
+        with self._calls.reading("deals.create"):
+            return self._sent_deal(fields, created, contact.id)
+
+    async def create_contact_and_deal(
+        self, contact: NewContact, deal: NewDeal
+    ) -> tuple[Contact, Deal]:
+        with self._calls.reading("contacts.deals.create"):
+            contact_fields = bx.contact_fields(contact)
+            deal_fields = bx.deal_fields(deal, "$result[contact]", self.options.currency_id)
+        commands: Commands = {
+            "contact": ("crm.contact.add", {"fields": contact_fields, "params": bx.QUIET}),
+            "deal": ("crm.deal.add", {"fields": deal_fields, "params": bx.QUIET}),
+        }
+        # halt: a deal must never be created when its contact was not.
+        answer = await self._calls.batch(commands, "contacts.deals.create", write=True)
+        self._calls.raise_for(answer, ["contact", "deal"], "contacts.deals.create")
+        with self._calls.reading("contacts.deals.create"):
+            contact_id = int(answer.results["contact"])
+            new = bx.contact_from_record({**contact_fields, "ID": contact_id}, self.config)
+            return new, self._sent_deal(deal_fields, answer.results["deal"], new.id)
+
+    async def update_deal(self, deal_id: str, updates: Sequence[FieldUpdate]) -> None:
+        if not updates:
+            return
+        with self._calls.reading("deals.update"):
+            body = {"id": int(deal_id), "fields": bx.field_values(updates), "params": bx.QUIET}
+        await self._calls.call("crm.deal.update", "deals.update", body, write=True)
+
+    # ---- notes ----------------------------------------------------------------------
+
+    async def deal_notes(self, deal_id: str) -> list[str]:
+        def page(start: int) -> dict[str, JSON]:
+            return {
+                "filter": {"ENTITY_ID": deal_id, "ENTITY_TYPE": "deal"},
+                "select": ["ID", "COMMENT"],
+                "start": start,
+            }
+
+        records = await self._calls.pages("crm.timeline.comment.list", "notes.list", page)
+        return [bx.text(record.get("COMMENT")) for record in records]
+
+    async def add_note(self, deal_id: str, text: str) -> None:
+        with self._calls.reading("notes.add"):
+            fields = {"ENTITY_ID": int(deal_id), "ENTITY_TYPE": "deal", "COMMENT": text}
+        await self._calls.call(
+            "crm.timeline.comment.add", "notes.add", {"fields": fields}, write=True
+        )
+
+    # ---- schema, credentials --------------------------------------------------------
+
+    async def schema(self) -> CrmSchema:
+        commands: Commands = {
+            "categories": ("crm.category.list", {"entityTypeId": 2}),
+            "deal_fields": ("crm.deal.fields", {}),
+            "contact_fields": ("crm.contact.fields", {}),
+        }
+        first = await self._calls.batch(commands, "schema")
+        self._calls.raise_for(first, list(commands), "schema")
+        with self._calls.reading("schema"):
+            categories = bx.categories_from(first.results["categories"])
+            fields: list[CustomField] = bx.custom_fields_from(first.results["deal_fields"], "leads")
+            fields += bx.custom_fields_from(first.results["contact_fields"], "contacts")
+        stages: dict[str, JSON] = {}
+        for chunk in range(0, len(categories), 50):
+            stage_commands = {
+                bx.stages_key(c): bx.stages_command(c) for c in categories[chunk : chunk + 50]
+            }
+            answer = await self._calls.batch(stage_commands, "schema")
+            self._calls.raise_for(answer, list(stage_commands), "schema")
+            stages.update(answer.results)
+        with self._calls.reading("schema"):
+            pipelines = tuple(bx.pipeline_from(c, stages.get(bx.stages_key(c))) for c in categories)
+        return CrmSchema(pipelines=pipelines, fields=tuple(fields))
+
+    async def exchange_code(self, code: str) -> TokenPair:
+        """`bridge auth`: trade an authorization code for a pair and store it before use."""
+        if self.config.auth != "oauth":
+            raise AuthError(self.name, 'codes are exchanged only with auth = "oauth"')
+        pair = await self._oauth.exchange_code(code)
+        await self._tokens.save_tokens(self.name, pair)
+        if isinstance(self._source, OAuthTokenSource):
+            self._source.forget()
+        return pair
+
+    async def credentials_problem(self) -> str | None:
+        return await self._source.problem()
+
+    def token_expires_at(self) -> float | None:
+        return self._source.expires_at()
+
+    def health_details(self) -> Mapping[str, object]:
+        return {"rate_limit_per_second": round(self.http.limiter.rate, 2)}
+
+    async def aclose(self) -> None:
+        await self.http.client.aclose()
+
+    # ---- helpers ------------------------------------------------------------------
+
+    def _open_deals(self, contact_id: str, start: int = 0) -> dict[str, JSON]:
+        return bx.open_deals_params(contact_id, self.config, start)
+
+    def _with_prefetch(
+        self, contact: Contact, answer: BatchAnswer, key: str, expected: str
+    ) -> Contact:
+        self._prefetch.pop(contact.id, None)
+        if (
+            contact.id != expected
+            or key in answer.errors
+            or key in answer.more
+            or not isinstance(answer.results.get(key), list)
+        ):
+            return contact
+        with self._calls.reading("contacts.find"):
+            deals = tuple(bx.deal_from_record(r, self.config) for r in answer.rows(key))
+        if any(deal.contact_ids != (contact.id,) for deal in deals):
+            return contact
+        ids = tuple(deal.id for deal in deals)
+        self._prefetch[contact.id] = _Prefetch(self._clock(), ids, deals)
+        return replace(contact, deal_ids=ids)
+
+    def _forget_stale_prefetches(self) -> None:
+        now = self._clock()
+        for contact_id, entry in list(self._prefetch.items()):
+            if now - entry.at > PREFETCH_TTL:
+                del self._prefetch[contact_id]
+
+    def _sent_deal(self, fields: Mapping[str, JSON], deal_id: JSON, contact_id: str) -> Deal:
+        # What was sent is what Bitrix stored: no read-back.
+        modified = datetime.fromtimestamp(self._clock(), UTC).isoformat()
+        record = {**fields, "ID": int(deal_id), "CONTACT_ID": contact_id, "DATE_MODIFY": modified}
+        return bx.deal_from_record(record, self.config)
+
+
+# ---- the builder --------------------------------------------------------------------
+
+
+def build_bitrix24(
+    name: str,
+    config: CrmConfig,
+    settings: Settings,
+    tokens: TokenRepository,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    on_call: OnCall | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Bitrix24:
+    """The adapter with its one HTTP client, rate limiter and credentials.
+
+    `auth = "long_lived_token"`: the inbound webhook URL (BITRIX24_WEBHOOK_URL), which
+    holds its secret in its path; `auth = "oauth"`: tokens from `bridge auth`, calls to
+    `base_url` (the portal) with the `auth` parameter.
+    """
+    options = BitrixOptions.from_config(name, config.options)
+    inner = transport or httpx.AsyncHTTPTransport()
+    webhook = _secret(settings.bitrix24_webhook_url)
+    problem = webhook_problem(webhook)
+    if config.auth == "oauth":
+        base, wire = config.base_url.rstrip("/") + "/rest/", BitrixTransport(inner, clock=clock)
+    else:
+        base = WEBHOOK_BASE
+        wire = BitrixTransport(inner, webhook if problem is None else None, clock)
+    client = httpx.AsyncClient(
+        base_url=base, timeout=config.request_timeout_seconds, transport=wire
+    )
+    limiter = RateLimiter(config.rate_limit_per_second, burst=options.burst)
+    http = CrmHttp(name, client, limiter, on_call=on_call)
+    oauth = BitrixOAuth(name, http, settings, options.oauth_server, clock)
+    source: TokenSource
+    if config.auth == "oauth":
+        source = OAuthTokenSource(
+            name,
+            tokens,
+            oauth.refresh,
+            bootstrap_refresh_token=_secret(settings.bitrix24_refresh_token),
+            refresh_margin_seconds=0.0,  # Bitrix: refresh when expired, not ahead of time
+            clock=clock,
+        )
+        client.auth = BitrixTokenAuth(source)
+    else:
+        source = StaticToken(name, webhook if problem is None else None, problem or "")
+        client.auth = WebhookAuth(source)
+    return Bitrix24(name, config, options, http, source, oauth, tokens, clock)
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None

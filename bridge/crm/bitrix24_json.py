@@ -1,0 +1,352 @@
+"""Bitrix24 REST shapes, both ways, as pure functions (no I/O).
+
+Domain values → method parameters (`crm.contact.add`, `crm.deal.add/update`, the list
+filters) and PHP-style query strings for `batch` commands; records → `Contact`, `Deal`,
+pipelines and fields. Value formats of user fields (UF) [b24-rest-docs crm-item-add.md,
+data-types.md]: string as text, double as a number, datetime as ISO 8601 with offset,
+enumeration as the item ID, multiple enumeration as an array of item IDs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlencode
+
+from bridge.crm.base import CustomField, Pipeline
+from bridge.domain import Contact, Deal, FieldKind, FieldUpdate, NewContact, NewDeal
+from bridge.errors import ConfigError
+from bridge.settings import CrmConfig
+
+JSON = Any
+CONTACT_SELECT = ("ID", "NAME", "LAST_NAME", "PHONE", "EMAIL", "UF_*")
+DEAL_SELECT = (
+    "ID",
+    "TITLE",
+    "CATEGORY_ID",
+    "STAGE_ID",
+    "STAGE_SEMANTIC_ID",
+    "CLOSED",
+    "OPPORTUNITY",
+    "CONTACT_ID",
+    "DATE_MODIFY",
+    "UF_*",
+)
+CLOSED_SEMANTICS = frozenset({"S", "F"})  # won, lost; "P" is in progress
+QUIET = {"REGISTER_SONET_EVENT": "N"}  # no live-feed post per write
+# Bitrix field types in the vocabulary `bridge check` compares against (amoCRM's names).
+FIELD_TYPES = {
+    "string": "text",
+    "url": "url",
+    "double": "numeric",
+    "integer": "numeric",
+    "money": "monetary",
+    "datetime": "date_time",
+    "date": "date",
+    "boolean": "checkbox",
+}
+
+
+@dataclass(frozen=True)
+class BitrixOptions:
+    """`[crm.NAME.options]` of a bitrix24 section."""
+
+    burst: int = 10  # requests the limiter lets out at once (Bitrix's bucket holds 50)
+    currency_id: str | None = None  # CURRENCY_ID of new deals; else the portal's own
+    oauth_server: str = "https://oauth.bitrix24.tech"
+
+    @classmethod
+    def from_config(cls, name: str, options: Mapping[str, object]) -> BitrixOptions:
+        where = f"crm.{name}.options"
+        unknown = sorted(set(options) - {"burst", "currency_id", "oauth_server"})
+        if unknown:
+            known = "burst, currency_id, oauth_server"
+            raise ConfigError(f"{where}: unknown {unknown}; bitrix24 knows {known}")
+        burst = options.get("burst", cls.burst)
+        if not isinstance(burst, int) or isinstance(burst, bool) or not 1 <= burst <= 50:
+            raise ConfigError(f"{where}.burst: a whole number from 1 to 50")
+        currency = options.get("currency_id")
+        if currency is not None and not (isinstance(currency, str) and currency.isalpha()):
+            raise ConfigError(f'{where}.currency_id: a currency code such as "RUB"')
+        server = options.get("oauth_server", cls.oauth_server)
+        if not (isinstance(server, str) and server.startswith("https://")):
+            raise ConfigError(f"{where}.oauth_server: an https:// URL")
+        return cls(burst, currency, server)
+
+
+# ---- requests -----------------------------------------------------------------------
+
+
+def php_query(params: Mapping[str, JSON]) -> list[tuple[str, str]]:
+    """`params` as PHP's http_build_query writes them: `filter[UF_X]=1`, `select[0]=ID`."""
+    pairs: list[tuple[str, str]] = []
+    for key, value in params.items():
+        pairs.extend(_php_pairs(str(key), value))
+    return pairs
+
+
+def _php_pairs(name: str, value: JSON) -> Iterator[tuple[str, str]]:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _php_pairs(f"{name}[{key}]", item)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _php_pairs(f"{name}[{index}]", item)
+    elif value is None:
+        yield name, ""
+    elif isinstance(value, bool):
+        yield name, "Y" if value else "N"
+    else:
+        yield name, str(value)
+
+
+def command(method: str, params: Mapping[str, JSON]) -> str:
+    """One `batch` command: `method?query`. References such as `$result[c]` survive the
+    encoding: Bitrix decodes the query (parse_str) before it substitutes them."""
+    query = urlencode(php_query(params))
+    return f"{method}?{query}" if query else method
+
+
+def field_values(updates: Iterable[FieldUpdate]) -> dict[str, JSON]:
+    """`fields` entries for the updates (ValueError on a value that does not fit)."""
+    return {update.field_id: _value(update) for update in updates}
+
+
+def _value(update: FieldUpdate) -> JSON:
+    kind, value = update.kind, update.value
+    if kind is FieldKind.TEXT and isinstance(value, str):
+        return value
+    if kind is FieldKind.NUMBER and isinstance(value, Decimal | int):
+        number = Decimal(value)
+        return int(number) if number == number.to_integral_value() else float(number)
+    if kind is FieldKind.DATETIME and isinstance(value, datetime) and value.utcoffset() is not None:
+        return value.isoformat(timespec="seconds")
+    if kind is FieldKind.SELECT and isinstance(value, int | str):
+        return _item_id(update.field_id, value)
+    if kind is FieldKind.MULTISELECT and isinstance(value, tuple):
+        return [_item_id(update.field_id, item) for item in value]
+    raise ValueError(f"field {update.field_id}: {kind.value} value {value!r} has the wrong type")
+
+
+def _item_id(field_id: str, value: int | str) -> int:
+    # Enumeration values are written by item ID; a label would be stored as nothing.
+    if isinstance(value, int) or value.isdigit():
+        return int(value)
+    raise ValueError(f"field {field_id}: {value!r} is not an enumeration item ID")
+
+
+def contact_fields(new: NewContact) -> dict[str, JSON]:
+    who, utm = new.customer, new.utm
+    fields: dict[str, JSON] = {}
+    if who.first_name or who.last_name:
+        fields.update(NAME=who.first_name, LAST_NAME=who.last_name)
+    else:
+        fields["NAME"] = who.phone or who.email or ""
+    if who.phone:
+        fields["PHONE"] = [{"VALUE": who.phone, "VALUE_TYPE": "MOBILE"}]
+    if who.email:
+        fields["EMAIL"] = [{"VALUE": who.email, "VALUE_TYPE": "WORK"}]
+    for name, value in (
+        ("UTM_SOURCE", utm.source),
+        ("UTM_MEDIUM", utm.medium),
+        ("UTM_CAMPAIGN", utm.campaign),
+        ("UTM_TERM", utm.term),
+        ("UTM_CONTENT", utm.content),
+    ):
+        if value:
+            fields[name] = value
+    fields.update(field_values(new.fields))
+    return fields
+
+
+def deal_fields(new: NewDeal, contact_id: str, currency_id: str | None) -> dict[str, JSON]:
+    """`crm.deal.add` fields; `contact_id` may be a batch reference (`$result[contact]`)."""
+    if not new.pipeline_id.isdigit():
+        raise ValueError(f"pipeline id {new.pipeline_id!r} is not a category id")
+    fields: dict[str, JSON] = {
+        "TITLE": new.name,
+        "CATEGORY_ID": int(new.pipeline_id),
+        "STAGE_ID": new.status_id,
+        "OPPORTUNITY": _value(FieldUpdate("OPPORTUNITY", FieldKind.NUMBER, new.price)),
+        "CONTACT_IDS": [contact_id],
+    }
+    if currency_id:
+        fields["CURRENCY_ID"] = currency_id
+    fields.update(field_values(new.fields))
+    return fields
+
+
+def open_deals_params(contact_id: str, config: CrmConfig, start: int = 0) -> dict[str, JSON]:
+    """`crm.deal.list` of the contact's open deals (semantic P: excluded stages are open
+    too and come back), most recently modified first. CONTACT_ID is the primary contact
+    only [b24-rest-docs crm-deal-list.md]; the bridge makes its contact the primary one."""
+    configured = [field for field in config.deal_fields.model_dump().values() if field]
+    return {
+        "filter": {"CONTACT_ID": contact_id, "STAGE_SEMANTIC_ID": "P", "IS_RECURRING": "N"},
+        "order": {"DATE_MODIFY": "DESC", "ID": "DESC"},
+        "select": list(dict.fromkeys([*DEAL_SELECT, *configured])),
+        "start": start,
+    }
+
+
+def contact_select(config: CrmConfig) -> list[str]:
+    configured = [field for field in config.contact_fields.model_dump().values() if field]
+    return list(dict.fromkeys([*CONTACT_SELECT, *configured]))
+
+
+def phone_variants(e164: str) -> list[str]:
+    """findbycomm strips non-digits but does not unify 8… with +7… [research §2.2]: ask
+    for both forms of a Russian number."""
+    values = [e164]
+    digits = "".join(char for char in e164 if char.isdigit())
+    if e164.startswith("+7") and len(digits) == 11:
+        values.append("8" + digits[1:])
+    return values
+
+
+# ---- answers ------------------------------------------------------------------------
+
+
+def as_list(value: JSON) -> list[JSON]:
+    """A PHP array that may come as a JSON list, or as an object when keys are not 0..n."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict):
+        return list(value.values())
+    return []
+
+
+def as_map(value: JSON) -> dict[str, JSON]:
+    """A PHP array meant as a map: an empty one comes as `[]`."""
+    return value if isinstance(value, dict) else {}
+
+
+def text(value: JSON) -> str:
+    """A field value as the text the rules read: first item of a multiple field, numbers
+    without a trailing ".0"."""
+    if isinstance(value, list):
+        return text(value[0]) if value else ""
+    if value is None or value is False:
+        return ""
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
+
+
+def contact_from_record(record: Mapping[str, JSON], config: CrmConfig) -> Contact:
+    ids = config.contact_fields
+    names = (text(record.get("NAME")), text(record.get("LAST_NAME")))
+    return Contact(
+        id=str(record["ID"]),
+        name=" ".join(name for name in names if name),
+        phones=_multifield(record.get("PHONE")),
+        emails=_multifield(record.get("EMAIL")),
+        telegram_id=text(record.get(ids.telegram_id)) if ids.telegram_id else "",
+        telegram_username=text(record.get(ids.telegram_username)) if ids.telegram_username else "",
+        deal_ids=(),
+    )
+
+
+def _multifield(value: JSON) -> tuple[str, ...]:
+    entries = (entry for entry in as_list(value) if isinstance(entry, dict))
+    return tuple(str(entry["VALUE"]) for entry in entries if entry.get("VALUE"))
+
+
+def deal_from_record(
+    record: Mapping[str, JSON], config: CrmConfig, contact_ids: Sequence[str] | None = None
+) -> Deal:
+    """`contact_ids`: every linked contact when known (crm.deal.contact.items.get), else
+    the primary CONTACT_ID of the record."""
+    stage = str(record["STAGE_ID"])
+    semantic = text(record.get("STAGE_SEMANTIC_ID"))
+    primary = text(record.get("CONTACT_ID"))
+    configured = {field for field in config.deal_fields.model_dump().values() if field}
+    return Deal(
+        id=str(record["ID"]),
+        pipeline_id=text(record.get("CATEGORY_ID")) or "0",
+        status_id=stage,
+        updated_at=unix_seconds(record.get("DATE_MODIFY")),
+        price=Decimal(text(record.get("OPPORTUNITY")) or 0),
+        is_closed=semantic in CLOSED_SEMANTICS
+        or record.get("CLOSED") == "Y"
+        or stage in config.closed_status_ids,
+        contact_ids=tuple(contact_ids) if contact_ids is not None else _present(primary),
+        fields={
+            key: text(value)
+            for key, value in record.items()
+            if key.startswith("UF_") or key in configured
+        },
+    )
+
+
+def _present(*values: str) -> tuple[str, ...]:
+    return tuple(value for value in values if value)
+
+
+def unix_seconds(value: JSON) -> int:
+    """DATE_MODIFY ("2024-08-30T14:29:00+02:00") as unix seconds; 0 when absent."""
+    raw = text(value)
+    return int(datetime.fromisoformat(raw).timestamp()) if raw else 0
+
+
+def linked_contact_ids(items: JSON) -> list[str]:
+    """`crm.deal.contact.items.get`: primary first."""
+    entries = [item for item in as_list(items) if isinstance(item, dict)]
+    entries.sort(key=lambda item: item.get("IS_PRIMARY") != "Y")
+    return [str(item["CONTACT_ID"]) for item in entries]
+
+
+def findbycomm_ids(result: JSON) -> list[str]:
+    """`{"CONTACT": [275, 2297]}`, or `[]` when nothing matched."""
+    return [str(contact_id) for contact_id in as_list(as_map(result).get("CONTACT"))]
+
+
+def categories_from(result: JSON) -> list[dict[str, JSON]]:
+    """`crm.category.list` (entityTypeId 2): the deal pipelines, the default one (0) too."""
+    return [c for c in as_list(as_map(result).get("categories")) if isinstance(c, dict)]
+
+
+def stages_key(category: Mapping[str, JSON]) -> str:
+    return f"stages_{category['id']}"
+
+
+def stages_command(category: Mapping[str, JSON]) -> tuple[str, dict[str, JSON]]:
+    """`crm.status.list` of one pipeline's stages: DEAL_STAGE for 0, else DEAL_STAGE_{id}."""
+    category_id = str(category["id"])
+    entity = "DEAL_STAGE" if category_id == "0" else f"DEAL_STAGE_{category_id}"
+    return "crm.status.list", {"filter": {"ENTITY_ID": entity}, "order": {"SORT": "ASC"}}
+
+
+def pipeline_from(category: Mapping[str, JSON], stages: JSON) -> Pipeline:
+    statuses = {
+        str(stage["STATUS_ID"]): str(stage.get("NAME", ""))
+        for stage in as_list(stages)
+        if isinstance(stage, dict)
+    }
+    return Pipeline(id=str(category["id"]), name=str(category.get("name", "")), statuses=statuses)
+
+
+def custom_fields_from(described: JSON, entity: str) -> list[CustomField]:
+    """`crm.deal.fields` / `crm.contact.fields`: user fields, and a deal's native UTM
+    fields (text fields `deal_fields` may name, e.g. `utm_source = "UTM_SOURCE"`)."""
+    found: list[CustomField] = []
+    prefixes = ("UF_", "UTM_") if entity == "leads" else ("UF_",)
+    for field_id, meta in as_map(described).items():
+        if not (field_id.startswith(prefixes) and isinstance(meta, dict)):
+            continue
+        raw_type = str(meta.get("type", ""))
+        if raw_type == "enumeration":
+            kind = "multiselect" if meta.get("isMultiple") else "select"
+        else:
+            kind = FIELD_TYPES.get(raw_type, raw_type)
+        label = meta.get("listLabel") or meta.get("formLabel") or meta.get("title") or field_id
+        enums = {
+            str(item["ID"]): str(item.get("VALUE", ""))
+            for item in as_list(meta.get("items"))
+            if isinstance(item, dict)
+        }
+        found.append(CustomField(field_id, str(label), kind, entity, enums))
+    return found

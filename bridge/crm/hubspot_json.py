@@ -1,0 +1,323 @@
+"""Pure translation between the domain types and HubSpot's 2026-09 CRM JSON.
+
+Every property value HubSpot takes or returns is a string: numbers in plain notation
+("11500.5"), date-times as ISO 8601 in UTC with milliseconds, a select option by its
+internal value, a multiple-checkbox as the option values joined by ";" (the whole set is
+replaced). Custom fields are properties named by the config (`deal_fields`,
+`contact_fields`); select and multi-select ids in the config are option values.
+
+Phones are searched by their national significant number: HubSpot matches phone filters
+against calculated `hs_searchable_calculated_*` properties that keep only the area code and
+local number, so the country code must be left out (two countries can collide; the flow's
+confirm rule compares full E.164 numbers afterwards).
+
+A note body is rich text (HTML): the text is sent HTML-escaped with a `<br>` per line break
+so managers see its lines, and read back by turning block ends and breaks into newlines,
+which also undoes what HubSpot's editor makes of a note (`<div><p>…</p></div>`).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+
+import phonenumbers
+
+from bridge.crm.base import JSON, CustomField, Pipeline
+from bridge.domain import (
+    Contact,
+    Deal,
+    FieldKind,
+    FieldUpdate,
+    KeyKind,
+    LookupKey,
+    NewContact,
+    NewDeal,
+)
+from bridge.settings import CrmConfig
+
+API = "2026-09"
+OBJECTS = f"/crm/objects/{API}"
+PIPELINES = f"/crm/pipelines/{API}"
+PROPERTIES = f"/crm/properties/{API}"
+# HubSpot-defined association types (category HUBSPOT_DEFINED).
+DEAL_TO_CONTACT = 3
+NOTE_TO_DEAL = 214
+PHONE_PROPERTIES = ("phone", "mobilephone")
+CONTACT_BASE = ("firstname", "lastname", "email", *PHONE_PROPERTIES)
+DEAL_BASE = ("dealname", "amount", "pipeline", "dealstage", "hs_is_closed", "hs_lastmodifieddate")
+
+
+# ---- domain → JSON ------------------------------------------------------------------
+
+
+def national_number(e164: str) -> str:
+    """ "+79991234567" → "9991234567": what HubSpot's phone search compares."""
+    try:
+        return str(phonenumbers.national_significant_number(phonenumbers.parse(e164, None)))
+    except phonenumbers.NumberParseException:
+        return "".join(char for char in e164 if char.isdigit())
+
+
+def contact_search_json(
+    keys: Sequence[LookupKey], config: CrmConfig, limit: int
+) -> dict[str, JSON] | None:
+    """One search whose filter groups (OR-ed) cover every key; None when none can be
+    searched (a Telegram id without a configured property)."""
+    groups: list[dict[str, JSON]] = []
+    for key in keys:
+        if key.kind is KeyKind.TELEGRAM_ID and config.contact_fields.telegram_id:
+            groups.append(_eq_group(config.contact_fields.telegram_id, key.value))
+        elif key.kind is KeyKind.PHONE:
+            number = national_number(key.value)
+            groups += [_eq_group(name, number) for name in PHONE_PROPERTIES]
+        elif key.kind is KeyKind.EMAIL:
+            groups.append(_eq_group("email", key.value))
+    if not groups:
+        return None
+    return {"filterGroups": groups, "properties": contact_properties(config), "limit": limit}
+
+
+def deal_search_json(contact_id: str, config: CrmConfig, limit: int) -> dict[str, JSON]:
+    """The contact's open deals, newest first. "Open" is HubSpot's `hs_is_closed`, so
+    deals in configured excluded stages come back too (the flow drops them itself)."""
+    filters = [
+        {"propertyName": "associations.contact", "operator": "EQ", "value": contact_id},
+        {"propertyName": "hs_is_closed", "operator": "EQ", "value": "false"},
+    ]
+    return {
+        "filterGroups": [{"filters": filters}],
+        "sorts": [{"propertyName": "hs_lastmodifieddate", "direction": "DESCENDING"}],
+        "properties": deal_properties(config),
+        "limit": limit,
+    }
+
+
+def _eq_group(name: str, value: str) -> dict[str, JSON]:
+    return {"filters": [{"propertyName": name, "operator": "EQ", "value": value}]}
+
+
+def contact_properties(config: CrmConfig) -> list[str]:
+    ids = config.contact_fields
+    return _distinct([*CONTACT_BASE, ids.telegram_id, ids.telegram_username])
+
+
+def deal_properties(config: CrmConfig) -> list[str]:
+    return _distinct([*DEAL_BASE, *config.deal_fields.model_dump().values()])
+
+
+def _distinct(names: Iterable[str | None]) -> list[str]:
+    return list(dict.fromkeys(name for name in names if name))
+
+
+def property_value(update: FieldUpdate) -> str:
+    """The string HubSpot takes for one value (ValueError when it does not fit its kind)."""
+    kind, value = update.kind, update.value
+    if kind is FieldKind.TEXT and isinstance(value, str):
+        return value
+    if (
+        kind is FieldKind.NUMBER
+        and isinstance(value, Decimal | int)
+        and not isinstance(value, bool)
+    ):
+        return plain_number(Decimal(value))
+    if kind is FieldKind.DATETIME and isinstance(value, datetime) and value.utcoffset() is not None:
+        return iso_utc(value)
+    if kind is FieldKind.SELECT and isinstance(value, int | str) and not isinstance(value, bool):
+        return str(value)
+    if kind is FieldKind.MULTISELECT and isinstance(value, tuple):
+        return ";".join(str(option) for option in value)
+    raise ValueError(f"field {update.field_id}: {kind.value} value {value!r} has the wrong type")
+
+
+def properties_json(updates: Iterable[FieldUpdate]) -> dict[str, str]:
+    return {update.field_id: property_value(update) for update in updates}
+
+
+def plain_number(value: Decimal) -> str:
+    """No exponent, no trailing zeros, no grouping: what HubSpot number properties take."""
+    if not value.is_finite():
+        raise ValueError(f"{value} is not a number HubSpot can store")
+    return "0" if value == 0 else format(value.normalize(), "f")
+
+
+def iso_utc(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def contact_create_json(new: NewContact) -> dict[str, JSON]:
+    who = new.customer
+    names = {
+        "firstname": who.first_name,
+        "lastname": who.last_name,
+        "email": who.email or "",
+        "phone": who.phone or "",
+    }
+    properties = {name: value for name, value in names.items() if value}
+    if not any(name in properties for name in ("firstname", "lastname", "email")):
+        # HubSpot wants a name or an e-mail on a contact; a phone-only customer gets one.
+        username = f"@{who.telegram_username}" if who.telegram_username else ""
+        properties["firstname"] = who.phone or username or f"Telegram {who.telegram_id or ''}"
+    properties.update(properties_json(new.fields))
+    return {"properties": properties}
+
+
+def deal_create_json(new: NewDeal, contact_id: str) -> dict[str, JSON]:
+    properties = {
+        "dealname": new.name,
+        "pipeline": new.pipeline_id,
+        "dealstage": new.status_id,
+        "amount": plain_number(new.price),
+        **properties_json(new.fields),
+    }
+    return {
+        "properties": properties,
+        "associations": [_association(contact_id, DEAL_TO_CONTACT)],
+    }
+
+
+def note_create_json(deal_id: str, text: str, now: datetime) -> dict[str, JSON]:
+    return {
+        "properties": {"hs_timestamp": iso_utc(now), "hs_note_body": note_html(text)},
+        "associations": [_association(deal_id, NOTE_TO_DEAL)],
+    }
+
+
+def _association(to_id: str, type_id: int) -> dict[str, JSON]:
+    return {
+        "to": {"id": to_id},
+        "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id}],
+    }
+
+
+def note_html(text: str) -> str:
+    return "<br>".join(html.escape(line, quote=False) for line in text.splitlines())
+
+
+# ---- JSON → domain ------------------------------------------------------------------
+
+_BREAKS = re.compile(r"<br\s*/?>|</(?:p|div|li|h[1-6])\s*>", re.IGNORECASE)
+_TAGS = re.compile(r"<[^>]*>")
+
+
+def note_text(body: str) -> str:
+    """The text of a note body, one line per line break or paragraph."""
+    text = _BREAKS.sub("\n", body.replace("\r\n", "\n"))
+    text = html.unescape(_TAGS.sub("", text)).replace("\xa0", " ")
+    return text.rstrip("\n")
+
+
+def _props(record: Mapping[str, JSON]) -> Mapping[str, JSON]:
+    props = record.get("properties")
+    return props if isinstance(props, dict) else {}
+
+
+def _text(props: Mapping[str, JSON], name: str | None) -> str:
+    value = props.get(name) if name else None
+    return "" if value is None else str(value)
+
+
+def contact_from_json(record: Mapping[str, JSON], config: CrmConfig) -> Contact:
+    """A search or create answer as a `Contact`. `deal_ids` is () rather than None: the
+    search does not return associations, and `list_deals` searches the deals itself."""
+    props = _props(record)
+    ids = config.contact_fields
+    name = " ".join(part for part in (_text(props, "firstname"), _text(props, "lastname")) if part)
+    return Contact(
+        id=str(record["id"]),
+        name=name,
+        phones=tuple(_text(props, p) for p in PHONE_PROPERTIES if _text(props, p)),
+        emails=(_text(props, "email"),) if _text(props, "email") else (),
+        telegram_id=_text(props, ids.telegram_id),
+        telegram_username=_text(props, ids.telegram_username),
+        deal_ids=(),
+    )
+
+
+def deal_from_json(
+    record: Mapping[str, JSON], config: CrmConfig, contact_ids: Sequence[str] | None = None
+) -> Deal:
+    """A deal as the flow sees it; closed is HubSpot's own `hs_is_closed` (or a stage the
+    config lists as closed). Linked contacts come from `associations` unless given."""
+    props = _props(record)
+    stage = _text(props, "dealstage")
+    closed = _text(props, "hs_is_closed").lower() == "true" or stage in config.closed_status_ids
+    wanted = [name for name in config.deal_fields.model_dump().values() if name]
+    return Deal(
+        id=str(record["id"]),
+        pipeline_id=_text(props, "pipeline"),
+        status_id=stage,
+        updated_at=timestamp(props.get("hs_lastmodifieddate") or record.get("updatedAt")),
+        price=_decimal(props.get("amount")),
+        is_deleted=bool(record.get("archived")),
+        is_closed=closed,
+        contact_ids=tuple(contact_ids)
+        if contact_ids is not None
+        else associated(record, "contacts"),
+        fields={name: _text(props, name) for name in wanted if _text(props, name)},
+    )
+
+
+def associated(record: Mapping[str, JSON], kind: str) -> tuple[str, ...]:
+    """Ids under `associations.<kind>.results` (once each: labels repeat them)."""
+    groups = record.get("associations")
+    group = groups.get(kind) if isinstance(groups, dict) else None
+    results = group.get("results") if isinstance(group, dict) else None
+    ids = (str(item["id"]) for item in results or () if isinstance(item, dict) and "id" in item)
+    return tuple(dict.fromkeys(ids))
+
+
+def timestamp(value: JSON) -> int:
+    """Unix seconds of an ISO 8601 string or a millisecond epoch; 0 when absent."""
+    if value is None or value == "":
+        return 0
+    text = str(value)
+    if text.isdigit():
+        return int(text) // 1000
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+
+
+def _decimal(value: JSON) -> Decimal:
+    try:
+        return Decimal(str(value)) if value not in (None, "") else Decimal(0)
+    except InvalidOperation:
+        return Decimal(0)
+
+
+def pipeline_from_json(record: Mapping[str, JSON]) -> Pipeline:
+    stages = sorted(
+        (stage for stage in record.get("stages") or () if not stage.get("archived")),
+        key=lambda stage: int(stage.get("displayOrder") or 0),
+    )
+    statuses = {str(stage["id"]): str(stage.get("label", "")) for stage in stages}
+    return Pipeline(id=str(record["id"]), name=str(record.get("label", "")), statuses=statuses)
+
+
+def field_type(record: Mapping[str, JSON]) -> str:
+    """A HubSpot property's type in the names `bridge check` compares against."""
+    kind, widget = str(record.get("type", "")), str(record.get("fieldType", ""))
+    if kind == "enumeration":
+        return {"checkbox": "multiselect", "select": "select", "radio": "select"}.get(
+            widget, widget or kind
+        )
+    if kind in ("string", "phone_number"):
+        return "textarea" if widget in ("textarea", "html") else "text"
+    return {"number": "numeric", "datetime": "date_time", "date": "date"}.get(kind, kind)
+
+
+def field_from_json(record: Mapping[str, JSON], entity: str) -> CustomField:
+    enums = {
+        str(option["value"]): str(option.get("label", ""))
+        for option in record.get("options") or ()
+        if isinstance(option, dict) and not option.get("hidden")
+    }
+    label = str(record.get("label", ""))
+    return CustomField(str(record["name"]), label, field_type(record), entity, enums)
+
+
+def is_custom(record: Mapping[str, JSON]) -> bool:
+    """Only the account's own properties are candidates for the config's fields."""
+    return not record.get("hubspotDefined") and not record.get("calculated")

@@ -1,0 +1,387 @@
+"""Pipedrive as a `CrmAdapter`: API v2 for persons, deals, search, pipelines, stages and
+fields; v1 for notes, which exist nowhere else.
+
+The mappers are in `pipedrive_json`, credentials and the OAuth endpoint in
+`pipedrive_oauth`, the daily token budget in `pipedrive_budget`; this module holds the
+adapter and `build_pipedrive`. The calls each method makes (token cost):
+
+    find_contact   per key, in priority order, until a confirmed hit:
+                   GET   /api/v2/persons/search?term=…&fields=…        (20)
+                   GET   /api/v2/persons/{id}  the hit's custom fields  (1)
+    create_contact POST  /api/v2/persons                                (5)
+    update_contact PATCH /api/v2/persons/{id}    (none when nothing to set; 5)
+    list_deals     GET   /api/v2/deals?person_id=…&status=open&sort_by=update_time (10)
+    get_deal       GET   /api/v2/deals/{id}                             (1)
+    create_deal    POST  /api/v2/deals  (linked by person_id, fields set; 5)
+    create_contact_and_deal  the two POSTs above: Pipedrive has no composite call
+    update_deal    PATCH /api/v2/deals/{id}      (none when nothing to set; 5)
+    deal_notes     GET   /api/v1/notes?deal_id=…                        (20)
+    add_note       POST  /api/v1/notes                                  (10)
+    schema         GET   /api/v2/pipelines, /stages (5 each), /dealFields,
+                         /personFields (10 each)
+v2 lists page with `additional_data.next_cursor`, v1 notes with `start`. A deal is
+closed when its status is won or lost (Pipedrive's stages carry no closed flag).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+import httpx
+
+from bridge.crm.base import (
+    JSON,
+    Confirm,
+    CrmHttp,
+    CrmSchema,
+    CustomField,
+    RateLimiter,
+    first_confirmed,
+)
+from bridge.crm.pipedrive_budget import (
+    DEFAULT_DAILY_BUDGET,
+    TokenBudget,
+    budget_hooks,
+    token_cost,
+)
+from bridge.crm.pipedrive_json import (
+    contact_from_person,
+    contact_from_search,
+    custom_field_from_json,
+    custom_fields_json,
+    data_of,
+    deal_from_json,
+    deal_json,
+    int_id,
+    note_html,
+    note_text,
+    person_json,
+    pipelines_from_json,
+    search_params,
+)
+from bridge.crm.pipedrive_oauth import (
+    DEFAULT_OAUTH_URL,
+    ApiTokenAuth,
+    PipedriveOAuth,
+    secret_value,
+)
+from bridge.domain import (
+    Contact,
+    ContactPatch,
+    Deal,
+    FieldUpdate,
+    KeyKind,
+    LookupKey,
+    NewContact,
+    NewDeal,
+)
+from bridge.errors import AuthError, ConfigError, PermanentCrmError, TransientCrmError
+from bridge.settings import CrmConfig, Settings
+from bridge.tokens import BearerAuth, OAuthTokenSource, StaticToken, TokenPair, TokenRepository
+from bridge.tokens import TokenSource as TokenSourceProtocol
+
+PAGE_LIMIT = 500
+MAX_PAGES = 50  # a runaway cursor must not loop forever
+# Search has its own burst limit on every plan: 10 requests per 2 seconds.
+DEFAULT_SEARCH_RATE = 4.5
+OPTIONS = ("daily_token_budget", "oauth_url", "search_rate_per_second")
+OnCall = Callable[[str, str, float, int], None]
+
+
+# ---- the adapter --------------------------------------------------------------------
+
+
+class Pipedrive:
+    """One Pipedrive company. Build it with `build_pipedrive`; it owns one HTTP client."""
+
+    def __init__(
+        self,
+        name: str,
+        config: CrmConfig,
+        http: CrmHttp,
+        source: TokenSourceProtocol,
+        oauth: PipedriveOAuth,
+        tokens: TokenRepository,
+        budget: TokenBudget,
+        search_limiter: RateLimiter,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.http = http
+        self.budget = budget
+        self.search_limiter = search_limiter
+        self._source = source
+        self._oauth = oauth
+        self._tokens = tokens
+
+    async def find_contact(self, keys: Sequence[LookupKey], confirm: Confirm) -> Contact | None:
+        # One search per key, stopping at the first confirmed hit. Without a Telegram id
+        # field nothing could confirm a Telegram hit, so that search is not even made.
+        for key in keys:
+            if key.kind is KeyKind.TELEGRAM_ID and not self.config.contact_fields.telegram_id:
+                continue
+            hits = await self.search_persons(key)
+            while (found := first_confirmed([key], {key: hits}, confirm)) is not None:
+                whole = await self._whole_person(found, key)
+                if whole is not None and confirm(whole, key):
+                    return whole
+                hits = [hit for hit in hits if hit.id != found.id]
+        return None
+
+    async def search_persons(self, key: LookupKey) -> list[Contact]:
+        """The raw hits of one key's search (unconfirmed, as the search shows them)."""
+        await self.search_limiter.acquire()
+        params = search_params(key)
+        body = await self._send("GET", "/api/v2/persons/search", "persons.search", params=params)
+        with self._reading("persons.search"):
+            items = (data_of(body) or {}).get("items") or ()
+            return [contact_from_search(entry["item"], key) for entry in items]
+
+    async def create_contact(self, new: NewContact) -> Contact:
+        with self._reading("persons.create"):
+            payload = person_json(new)
+        body = await self._send("POST", "/api/v2/persons", "persons.create", json=payload)
+        with self._reading("persons.create"):
+            return contact_from_person(data_of(body), self.config)
+
+    async def update_contact(self, contact_id: str, patch: ContactPatch) -> None:
+        if not patch.fields:
+            return
+        with self._reading("persons.update"):
+            payload = {"custom_fields": custom_fields_json(patch.fields)}
+            path = f"/api/v2/persons/{int_id(contact_id)}"
+        await self._send("PATCH", path, "persons.update", json=payload)
+
+    async def list_deals(self, contact: Contact, known: Sequence[Deal] = ()) -> list[Deal]:
+        """The person's open deals (every pipeline, excluded stages included), newest
+        first, and the `known` ones (just read, perhaps closed) that are not among them."""
+        with self._reading("deals.list"):
+            params: dict[str, Any] = {
+                "person_id": int_id(contact.id),
+                "status": "open",
+                "sort_by": "update_time",
+                "sort_direction": "desc",
+                "limit": PAGE_LIMIT,
+                **self._deal_field_filter(),
+            }
+        records = await self._cursor_pages("/api/v2/deals", params, "deals.list")
+        with self._reading("deals.list"):
+            fetched = [deal_from_json(record) for record in records]
+        seen = {deal.id for deal in fetched}
+        return [*fetched, *(deal for deal in known if deal.id not in seen)]
+
+    async def get_deal(self, deal_id: str) -> Deal | None:
+        if not (deal_id.isascii() and deal_id.isdigit()):
+            return None
+        path = f"/api/v2/deals/{deal_id}"
+        try:
+            body = await self._send("GET", path, "deals.get", params=self._deal_field_filter())
+        except PermanentCrmError:
+            return None  # 404: gone for good (a deleted deal still answers, marked deleted)
+        with self._reading("deals.get"):
+            return deal_from_json(data_of(body))
+
+    async def create_deal(self, contact: Contact, new: NewDeal) -> Deal:
+        with self._reading("deals.create"):
+            payload = deal_json(new, contact.id)
+        body = await self._send("POST", "/api/v2/deals", "deals.create", json=payload)
+        with self._reading("deals.create"):
+            return deal_from_json(data_of(body))
+
+    async def create_contact_and_deal(
+        self, contact: NewContact, deal: NewDeal
+    ) -> tuple[Contact, Deal]:
+        # No composite call in Pipedrive: two POSTs. Should the second fail, a retry
+        # finds the person by the normal search and creates only the deal.
+        person = await self.create_contact(contact)
+        return person, await self.create_deal(person, deal)
+
+    async def update_deal(self, deal_id: str, updates: Sequence[FieldUpdate]) -> None:
+        if not updates:
+            return
+        with self._reading("deals.update"):
+            payload = {"custom_fields": custom_fields_json(updates)}
+            path = f"/api/v2/deals/{int_id(deal_id)}"
+        await self._send("PATCH", path, "deals.update", json=payload)
+
+    async def deal_notes(self, deal_id: str) -> list[str]:
+        with self._reading("notes.list"):
+            params: dict[str, Any] = {"deal_id": int_id(deal_id), "limit": PAGE_LIMIT}
+        notes: list[str] = []
+        for _ in range(MAX_PAGES):
+            body = await self._send("GET", "/api/v1/notes", "notes.list", params=params)
+            with self._reading("notes.list"):
+                notes += [note_text(str(note.get("content") or "")) for note in data_of(body) or ()]
+                more = (body.get("additional_data") or {}).get("pagination") or {}
+                if not more.get("more_items_in_collection"):
+                    break
+                params["start"] = int(more["next_start"])
+        return notes
+
+    async def add_note(self, deal_id: str, text: str) -> None:
+        with self._reading("notes.add"):
+            payload = {"content": note_html(text), "deal_id": int_id(deal_id)}
+        await self._send("POST", "/api/v1/notes", "notes.add", json=payload)
+
+    async def schema(self) -> CrmSchema:
+        pipelines = await self._cursor_pages("/api/v2/pipelines", {}, "pipelines.list")
+        stages = await self._cursor_pages("/api/v2/stages", {}, "stages.list")
+        fields: list[CustomField] = []
+        for entity, path in (("leads", "/api/v2/dealFields"), ("contacts", "/api/v2/personFields")):
+            records = await self._cursor_pages(path, {}, "fields.list")
+            with self._reading("fields.list"):
+                fields += [
+                    custom_field_from_json(record, entity)
+                    for record in records
+                    if record.get("is_custom_field")
+                ]
+        with self._reading("pipelines.list"):
+            return CrmSchema(pipelines_from_json(pipelines, stages), tuple(fields))
+
+    async def exchange_code(self, code: str) -> TokenPair:
+        """`bridge auth`: trade an authorization code for a pair and store it before use."""
+        if not isinstance(self._source, OAuthTokenSource):
+            raise AuthError(self.name, 'auth is "long_lived_token" (PIPEDRIVE_API_TOKEN)')
+        pair = await self._oauth.exchange_code(code)
+        await self._tokens.save_tokens(self.name, pair)
+        self._source.forget()
+        return pair
+
+    async def credentials_problem(self) -> str | None:
+        return await self._source.problem()
+
+    def token_expires_at(self) -> float | None:
+        return self._source.expires_at()
+
+    def health_details(self) -> Mapping[str, object]:
+        return {"rate_limit_per_second": round(self.http.limiter.rate, 2), **self.budget.details()}
+
+    async def aclose(self) -> None:
+        await self.http.client.aclose()
+
+    def _deal_field_filter(self) -> dict[str, str]:
+        # Only the configured fields (at most 15 may be asked for): smaller answers.
+        keys = [key for key in self.config.deal_fields.model_dump().values() if key]
+        return {"custom_fields": ",".join(keys)} if 0 < len(keys) <= 15 else {}
+
+    async def _send(self, method: str, path: str, operation: str, **kwargs: Any) -> JSON:
+        """One request through `CrmHttp`, refused beforehand when the daily budget is spent."""
+        self.budget.require(token_cost(method, path))
+        response = await self.http.request(method, path, operation=operation, **kwargs)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise TransientCrmError(self.name, f"{method} {path}: answer is not JSON") from exc
+
+    async def _cursor_pages(
+        self, path: str, params: dict[str, Any], operation: str
+    ) -> list[dict[str, JSON]]:
+        items: list[dict[str, JSON]] = []
+        query = {"limit": PAGE_LIMIT, **params}
+        for _ in range(MAX_PAGES):
+            body = await self._send("GET", path, operation, params=query)
+            with self._reading(operation):
+                items += [item for item in data_of(body) or () if isinstance(item, dict)]
+                cursor = (body.get("additional_data") or {}).get("next_cursor")
+            if not cursor:
+                break
+            query["cursor"] = cursor
+        return items
+
+    async def _whole_person(self, hit: Contact, key: LookupKey) -> Contact | None:
+        """The hit with its custom fields (to confirm a Telegram id, and for the flow's
+        fill-if-empty); no call when neither needs them. None when it is gone."""
+        ids = self.config.contact_fields
+        keys = [field for field in (ids.telegram_id, ids.telegram_username) if field]
+        if key.kind is not KeyKind.TELEGRAM_ID and not keys:
+            return replace(hit, deal_ids=())
+        path = f"/api/v2/persons/{int_id(hit.id)}"
+        try:
+            body = await self._send(
+                "GET", path, "persons.get", params={"custom_fields": ",".join(keys)}
+            )
+        except PermanentCrmError:
+            return None
+        with self._reading("persons.get"):
+            return contact_from_person(data_of(body), self.config)
+
+    @contextmanager
+    def _reading(self, operation: str) -> Iterator[None]:
+        """Turn a payload that cannot be built, or an answer of an unexpected shape, into
+        a `PermanentCrmError` naming the operation."""
+        try:
+            yield
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            message = f"{operation}: {type(exc).__name__}: {exc}"
+            raise PermanentCrmError(self.name, message) from exc
+
+
+# ---- the builder --------------------------------------------------------------------
+
+
+def build_pipedrive(
+    name: str,
+    config: CrmConfig,
+    settings: Settings,
+    tokens: TokenRepository,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    on_call: OnCall | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Pipedrive:
+    """The adapter with its one HTTP client, rate limiters, token budget and credentials.
+
+    `[crm.NAME.options]`: `daily_token_budget` (default 30000: one seat of the smallest
+    plan; set 30000 × plan multiplier × seats, or the share the bridge may use),
+    `search_rate_per_second` (default 4.5: search allows 10 per 2 s on every plan) and
+    `oauth_url` (default https://oauth.pipedrive.com).
+    """
+    daily, search_rate, oauth_url = _options(name, config)
+    budget = TokenBudget(name, daily, clock)
+    client = httpx.AsyncClient(
+        base_url=config.base_url,
+        timeout=config.request_timeout_seconds,
+        transport=transport,
+        event_hooks=budget_hooks(budget),
+    )
+    http = CrmHttp(name, client, RateLimiter(config.rate_limit_per_second), on_call=on_call)
+    oauth = PipedriveOAuth(name, http, settings, oauth_url, clock)
+    source: TokenSourceProtocol
+    if config.auth == "oauth":
+        source = OAuthTokenSource(
+            name,
+            tokens,
+            oauth.refresh,
+            bootstrap_refresh_token=secret_value(settings.pipedrive_refresh_token),
+            clock=clock,
+        )
+        client.auth = BearerAuth(source)  # set late: the refresher uses this same client
+    else:
+        hint = f'set PIPEDRIVE_API_TOKEN or use auth = "oauth" and run `bridge auth {name}`'
+        static = StaticToken(name, secret_value(settings.pipedrive_api_token), hint)
+        client.auth = ApiTokenAuth(static)
+        source = static
+    search_limiter = RateLimiter(search_rate)
+    return Pipedrive(name, config, http, source, oauth, tokens, budget, search_limiter)
+
+
+def _options(name: str, config: CrmConfig) -> tuple[int, float, str]:
+    options = config.options
+    where = f"crm.{name}.options"
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown {', '.join(unknown)} (known: {', '.join(OPTIONS)})")
+    daily = options.get("daily_token_budget", DEFAULT_DAILY_BUDGET)
+    if isinstance(daily, bool) or not isinstance(daily, int) or daily <= 0:
+        raise ConfigError(f"{where}.daily_token_budget: a whole number of tokens above 0")
+    rate = options.get("search_rate_per_second", DEFAULT_SEARCH_RATE)
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
+        raise ConfigError(f"{where}.search_rate_per_second: a number above 0")
+    url = options.get("oauth_url", DEFAULT_OAUTH_URL)
+    if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+        raise ConfigError(f"{where}.oauth_url: an http(s) URL")
+    return daily, float(rate), url

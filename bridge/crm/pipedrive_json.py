@@ -1,0 +1,270 @@
+"""Pure mappers between the domain types and Pipedrive's JSON (API v2; v1 for notes).
+
+Custom fields are keyed by their 40-character hash, single and multiple options by
+numeric option id; v2 does not coerce strings to numbers. Note `content` is HTML.
+No I/O here: `bridge.crm.pipedrive` sends what these build and reads what they parse.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import phonenumbers
+
+from bridge.crm.base import JSON, CustomField, Pipeline
+from bridge.domain import (
+    Contact,
+    Deal,
+    FieldKind,
+    FieldUpdate,
+    KeyKind,
+    LookupKey,
+    NewContact,
+    NewDeal,
+)
+from bridge.settings import CrmConfig
+
+SEARCH_LIMIT = 100
+# Pipedrive field types → the vocabulary `bridge check` compares the config with; others
+# keep their Pipedrive name ("pipedrive:monetary") and are reported as unsuitable.
+FIELD_TYPES = {
+    "varchar": "text",
+    "varchar_auto": "text",
+    "phone": "text",
+    "address": "text",
+    "text": "textarea",
+    "double": "numeric",
+    "date": "date",
+    "enum": "select",
+    "set": "multiselect",
+}
+
+
+# ---- domain → Pipedrive JSON --------------------------------------------------------
+
+
+def search_params(key: LookupKey) -> dict[str, str | int]:
+    """One `persons/search` per key. Phones are stored as typed ("8 (999) 123-45-67"),
+    so they are searched by the national number without `exact_match`; emails and the
+    Telegram id (a text custom field) exactly. The flow confirms every hit."""
+    if key.kind is KeyKind.PHONE:
+        return {"term": national_number(key.value), "fields": "phone", "limit": SEARCH_LIMIT}
+    field = "email" if key.kind is KeyKind.EMAIL else "custom_fields"
+    return {"term": key.value, "fields": field, "exact_match": "true", "limit": SEARCH_LIMIT}
+
+
+def national_number(phone: str) -> str:
+    """The national significant number ("+79991234567" → "9991234567"): what every
+    stored format of the number contains."""
+    try:
+        parsed = phonenumbers.parse(phone, None)
+    except phonenumbers.NumberParseException:
+        return "".join(char for char in phone if char.isdigit())
+    return str(phonenumbers.national_significant_number(parsed))
+
+
+def custom_fields_json(updates: Iterable[FieldUpdate]) -> dict[str, JSON]:
+    """v2 `custom_fields` (ValueError on a value that does not fit its kind).
+
+    Text as a string, numbers as JSON numbers (v2 does not coerce strings), a date/time
+    as the "YYYY-MM-DD" a Pipedrive date field takes (Pipedrive has no date-time custom
+    field; the date is the one in the zone the flow chose), a single option as its
+    numeric id, multiple options as a list of ids (the whole set is replaced).
+    """
+    return {update.field_id: _value_json(update) for update in updates}
+
+
+def _value_json(update: FieldUpdate) -> JSON:
+    kind, value = update.kind, update.value
+    if kind is FieldKind.TEXT and isinstance(value, str):
+        return value
+    if kind is FieldKind.NUMBER and isinstance(value, Decimal | int):
+        return number_json(Decimal(value))
+    if kind is FieldKind.DATETIME and isinstance(value, datetime) and value.utcoffset() is not None:
+        return value.date().isoformat()
+    if kind is FieldKind.SELECT and isinstance(value, int | str):
+        return _option_id(value)
+    if kind is FieldKind.MULTISELECT and isinstance(value, tuple) and value:
+        return [_option_id(option) for option in value]
+    raise ValueError(f"field {update.field_id}: {kind.value} value {value!r} has the wrong type")
+
+
+def number_json(value: Decimal) -> int | float:
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+def _option_id(value: int | str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    raise ValueError(f"option id {value!r} is not a number")
+
+
+def int_id(value: str) -> int:
+    if not (value.isascii() and value.isdigit()):
+        raise ValueError(f"id {value!r} is not a number")
+    return int(value)
+
+
+def person_json(new: NewContact) -> dict[str, JSON]:
+    who = new.customer
+    body: dict[str, JSON] = {"name": who.full_name or who.phone or who.email or "—"}
+    if who.phone:
+        body["phones"] = [{"value": who.phone, "primary": True, "label": "mobile"}]
+    if who.email:
+        body["emails"] = [{"value": who.email, "primary": True, "label": "work"}]
+    if new.fields:
+        body["custom_fields"] = custom_fields_json(new.fields)
+    return body
+
+
+def deal_json(new: NewDeal, person_id: str) -> dict[str, JSON]:
+    body: dict[str, JSON] = {
+        "title": new.name,
+        "person_id": int_id(person_id),
+        "pipeline_id": int_id(new.pipeline_id),
+        "stage_id": int_id(new.status_id),
+        "value": number_json(new.price),
+    }
+    if new.fields:
+        body["custom_fields"] = custom_fields_json(new.fields)
+    return body
+
+
+def note_html(text: str) -> str:
+    """Note `content` is HTML: each line escaped, leading spaces kept, lines joined by
+    <br>, so the note reads as written and `note_text` gives the text back."""
+    lines = []
+    for line in text.split("\n"):
+        body = line.lstrip(" ")
+        lines.append("&nbsp;" * (len(line) - len(body)) + html.escape(body, quote=False))
+    return "<br>".join(lines)
+
+
+# ---- Pipedrive JSON → domain --------------------------------------------------------
+
+_BREAKS = re.compile(r"<br\s*/?>|</p\s*>|</div\s*>", re.IGNORECASE)
+_TAGS = re.compile(r"<[^>]*>")
+
+
+def note_text(content: str) -> str:
+    """A note's text from its HTML (as written by `note_html`, or typed in the app)."""
+    text = _TAGS.sub("", _BREAKS.sub("\n", content))
+    return html.unescape(text).replace("\xa0", " ").rstrip("\n")
+
+
+def data_of(body: JSON) -> Any:
+    return body.get("data") if isinstance(body, dict) else None
+
+
+def field_text(value: JSON) -> str:
+    """A custom-field value as text: numbers without a trailing ".0", option ids
+    comma-separated, a monetary field's amount."""
+    if value is None or isinstance(value, bool):
+        return "" if value is None else str(value).lower()
+    if isinstance(value, int | float):
+        return str(number_json(Decimal(str(value))))
+    if isinstance(value, list):
+        return ",".join(field_text(item) for item in value)
+    if isinstance(value, dict):
+        return field_text(value.get("value", value.get("id")))
+    return str(value)
+
+
+def _values(entries: JSON) -> tuple[str, ...]:
+    # v2 records: [{"value": …, "primary": …}]; search results: plain strings.
+    out = (entry.get("value") if isinstance(entry, dict) else entry for entry in entries or ())
+    return tuple(str(value) for value in out if value)
+
+
+def contact_from_person(record: Mapping[str, JSON], config: CrmConfig) -> Contact:
+    custom = record.get("custom_fields") or {}
+    ids = config.contact_fields
+    return Contact(
+        id=str(record["id"]),
+        name=str(record.get("name") or ""),
+        phones=_values(record.get("phones")),
+        emails=_values(record.get("emails")),
+        telegram_id=field_text(custom.get(ids.telegram_id)) if ids.telegram_id else "",
+        telegram_username=field_text(custom.get(ids.telegram_username))
+        if ids.telegram_username
+        else "",
+        deal_ids=(),  # read whole: the flow may fill its empty fields
+    )
+
+
+def contact_from_search(item: Mapping[str, JSON], key: LookupKey) -> Contact:
+    """A search hit as far as it shows: phones and emails, and (unkeyed) the custom-field
+    values that matched, which stand in for the Telegram id until the person is read."""
+    matched = key.kind is KeyKind.TELEGRAM_ID and key.value in {
+        str(value).strip() for value in item.get("custom_fields") or ()
+    }
+    return Contact(
+        id=str(item["id"]),
+        name=str(item.get("name") or ""),
+        phones=_values(item.get("phones")),
+        emails=_values(item.get("emails")),
+        telegram_id=key.value if matched else "",
+    )
+
+
+def timestamp(value: JSON) -> int:
+    """RFC 3339 (v2) or "YYYY-MM-DD HH:MM:SS" in UTC (v1) → unix seconds."""
+    if not value:
+        return 0
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp())
+
+
+def deal_from_json(record: Mapping[str, JSON]) -> Deal:
+    status = str(record.get("status") or "open")
+    person_id = record.get("person_id")
+    custom = record.get("custom_fields") or {}
+    return Deal(
+        id=str(record["id"]),
+        pipeline_id=str(record["pipeline_id"]),
+        status_id=str(record["stage_id"]),
+        updated_at=timestamp(record.get("update_time")),
+        price=Decimal(str(record.get("value") or 0)),
+        is_deleted=bool(record.get("is_deleted")) or status == "deleted",
+        is_closed=status in ("won", "lost"),
+        contact_ids=(str(person_id),) if person_id else (),
+        fields={key: text for key, value in custom.items() if (text := field_text(value))},
+    )
+
+
+def pipelines_from_json(
+    pipelines: Iterable[Mapping[str, JSON]], stages: Iterable[Mapping[str, JSON]]
+) -> tuple[Pipeline, ...]:
+    live = [stage for stage in stages if not stage.get("is_deleted")]
+    return tuple(
+        Pipeline(
+            id=str(pipeline["id"]),
+            name=str(pipeline.get("name", "")),
+            statuses={
+                str(stage["id"]): str(stage.get("name", ""))
+                for stage in live
+                if stage.get("pipeline_id") == pipeline["id"]
+            },
+        )
+        for pipeline in pipelines
+        if not pipeline.get("is_deleted")
+    )
+
+
+def custom_field_from_json(record: Mapping[str, JSON], entity: str) -> CustomField:
+    kind = str(record.get("field_type", ""))
+    options = {str(o["id"]): str(o.get("label", "")) for o in record.get("options") or ()}
+    return CustomField(
+        id=str(record["field_code"]),
+        name=str(record.get("field_name", "")),
+        type=FIELD_TYPES.get(kind, f"pipedrive:{kind}"),
+        entity=entity,
+        enums=options,
+    )

@@ -1,0 +1,724 @@
+"""A stateful fake of the Bitrix24 cloud REST API: one portal, its contacts, deals and
+timeline comments, reached by an inbound webhook or with OAuth tokens.
+
+It answers like the real API where the bridge depends on it:
+- methods at `/rest/USER/CODE/{method}[.json]` (webhook) or `/rest/{method}[.json]` with
+  an `auth` parameter (OAuth), GET with PHP-style query parameters or POST with JSON;
+  answers `{"result": …, "total", "next", "time"}`, refusals `{"error",
+  "error_description"}` (see `bitrix24_portal` for what is refused);
+- `batch`: up to 50 commands run in order, `$result[key]…` references resolved as PHP
+  does, per-command errors in `result_error`, `halt` stops at the first; PHP's empty
+  arrays come as `[]`;
+- `crm.duplicate.findbycomm` over an index of phones reduced to their digits (so
+  "+7 999 123-45-67" and "79991234567" meet, "8999…" does not) and lower-cased e-mails;
+  `crm.contact.list` / `crm.deal.list` filters, order, select (`UF_*`, multifields only
+  when named), 50 per page; deal CONTACT_ID is the primary contact only;
+- stage semantics P / S / F per pipeline; a stage not of the deal's pipeline is refused;
+- the leaky bucket: each /rest/ request adds one, `drain_per_second` leave per second,
+  past `bucket_size` the answer is 503 QUERY_LIMIT_EXCEEDED (not applied);
+  `block_method(name)` answers 429 OPERATION_TIME_LIMIT for one method;
+- webhooks (`webhook_url()`), OAuth access tokens expiring by `clock` (401
+  expired_token) and single-use refresh tokens at `/oauth/token/`; `drop_scope()` makes
+  every method answer 403 insufficient_scope.
+
+Set up and inspect (no call logged): `add_contact`, `add_deal`, `move_deal`,
+`delete_deal`, `contacts()`, `contact(id)`, `deals()`, `deal(id)`, `notes(deal_id)`,
+`deal_field`, `contact_field`, `methods` (every method run, batch commands included).
+The HTTP side (`transport()`, `calls`, `count`, faults, `latency`) is `FakeService`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from bridge.settings import CrmConfig, load_file_config
+from tests.fakes.bitrix24_portal import (
+    DEAL_NATIVE,
+    BitrixError,
+    CommentRec,
+    ContactRec,
+    DealRec,
+    Portal,
+    iso,
+    items,
+    matches,
+    ordered,
+    page,
+    param,
+    parse_php,
+    selected,
+    substitute,
+)
+from tests.fakes.service import FakeRequest, FakeResponse, FakeService
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "crm-bitrix24.example.toml"
+REST_PATH = re.compile(r"/rest/(?:(\d+)/([A-Za-z0-9_]+)/)?([A-Za-z0-9_.]+?)(?:\.json)?")
+TOKEN_PATH = re.compile(r"/oauth/token/?")
+Handler = Callable[[Mapping[str, Any]], tuple[Any, dict[str, Any]]]
+
+
+def example_config(**changes: Any) -> CrmConfig:
+    config = load_file_config(EXAMPLE_CONFIG).crm["bitrix24"]
+    return config.model_copy(update=changes)
+
+
+class FakeBitrix24(FakeService):
+    """The portal of `etc/crm-bitrix24.example.toml` (or `config`), empty of data."""
+
+    name = "fake Bitrix24"
+
+    def __init__(
+        self,
+        config: CrmConfig | None = None,
+        *,
+        bucket_size: int = 50,
+        drain_per_second: float = 2.0,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        client_id: str = "local.fake",
+        client_secret: str = "fake-client-secret",  # noqa: S107
+        oauth_ttl: int = 3600,
+    ) -> None:
+        super().__init__(rate_limit=10**9, monotonic=monotonic)  # the bucket is ours
+        self.config = config or example_config()
+        self.portal = Portal.from_config(self.config)
+        self.clock = clock
+        self.bucket_size, self.drain_per_second = bucket_size, drain_per_second
+        self._level, self._level_at = 0.0, monotonic()
+        self.client_id, self.client_secret, self.oauth_ttl = client_id, client_secret, oauth_ttl
+        self.methods: list[str] = []
+        self._contacts: dict[int, ContactRec] = {}
+        self._deals: dict[int, DealRec] = {}
+        self._comments: list[CommentRec] = []
+        self._webhooks: set[tuple[str, str]] = set()
+        self._access: dict[str, float] = {}
+        self._refresh: dict[str, bool] = {}  # token → spent
+        self._codes: set[str] = set()
+        self._blocked: set[str] = set()
+        self._scoped = True
+        self._ids = {kind: itertools.count(start) for kind, start in (("c", 101), ("d", 501))}
+        self._multi_ids = itertools.count(1001)
+        self._comment_ids = itertools.count(9001)
+        self.routes = [
+            *((verb, REST_PATH, self._rest) for verb in ("GET", "POST")),
+            *((verb, TOKEN_PATH, self._token) for verb in ("GET", "POST")),
+        ]
+        self._handlers: dict[str, Handler] = {
+            "crm.contact.list": self._contact_list,
+            "crm.contact.add": self._contact_add,
+            "crm.contact.update": self._contact_update,
+            "crm.contact.fields": lambda p: (self._fields(self.portal.contact_fields), {}),
+            "crm.duplicate.findbycomm": self._findbycomm,
+            "crm.deal.list": self._deal_list,
+            "crm.deal.get": self._deal_get,
+            "crm.deal.add": self._deal_add,
+            "crm.deal.update": self._deal_update,
+            "crm.deal.fields": lambda p: (self._fields(self.portal.deal_fields), {}),
+            "crm.deal.contact.items.get": self._deal_contacts,
+            "crm.category.list": self._category_list,
+            "crm.status.list": self._status_list,
+            "crm.timeline.comment.add": self._comment_add,
+            "crm.timeline.comment.list": self._comment_list,
+        }
+
+    # ---- credentials and limits -----------------------------------------------------
+
+    def webhook_url(self, portal: str = "https://example.bitrix24.ru", user: int = 1) -> str:
+        code = secrets.token_hex(8)
+        with self._lock:
+            self._webhooks.add((str(user), code))
+        return f"{portal}/rest/{user}/{code}/"
+
+    def issue_oauth_pair(self, ttl: float | None = None) -> tuple[str, str]:
+        access, refresh = f"access-{secrets.token_hex(8)}", f"refresh-{secrets.token_hex(8)}"
+        with self._lock:
+            self._access[access] = self.clock() + (self.oauth_ttl if ttl is None else ttl)
+            self._refresh[refresh] = False
+        return access, refresh
+
+    def register_code(self, code: str) -> None:
+        with self._lock:
+            self._codes.add(code)
+
+    def expire_all_access_tokens(self) -> None:
+        with self._lock:
+            self._access = dict.fromkeys(self._access, float("-inf"))
+
+    def drop_scope(self) -> None:
+        self._scoped = False
+
+    def block_method(self, method: str, blocked: bool = True) -> None:
+        """`method` answers 429 OPERATION_TIME_LIMIT (alone or inside a batch)."""
+        with self._lock:
+            (self._blocked.add if blocked else self._blocked.discard)(method)
+
+    def fill_bucket(self) -> None:
+        """As if other integrations had just used up the portal's request budget."""
+        with self._lock:
+            self._level, self._level_at = float(self.bucket_size), self.monotonic()
+
+    def authorise(self, request: FakeRequest) -> FakeResponse | None:
+        route = REST_PATH.fullmatch(request.path)
+        if route is None:
+            return None
+        now = self.monotonic()
+        self._level = max(0.0, self._level - (now - self._level_at) * self.drain_per_second)
+        self._level_at = now
+        if self._level + 1 > self.bucket_size:
+            self.throttled += 1
+            return _error(503, "QUERY_LIMIT_EXCEEDED", "Too many requests")
+        self._level += 1
+        user, code, _ = route.groups()
+        if user is not None:
+            if (user, code) not in self._webhooks:
+                return _error(401, "NO_AUTH_FOUND", "Wrong authorization data")
+        else:
+            token = str(self._params(request).get("auth") or "")
+            expires = self._access.get(token)
+            if not token:
+                return _error(401, "NO_AUTH_FOUND", "Wrong authorization data")
+            if expires is None:
+                return _error(401, "invalid_token", "The access token provided is invalid.")
+            if expires <= self.clock():
+                return _error(401, "expired_token", "The access token provided has expired.")
+        if not self._scoped:
+            return _error(403, "insufficient_scope", "The request requires higher privileges")
+        return None
+
+    # ---- inspection and setup -------------------------------------------------------
+
+    def add_contact(
+        self,
+        name: str = "",
+        last_name: str = "",
+        *,
+        phones: Iterable[str] = (),
+        emails: Iterable[str] = (),
+        telegram_id: str | None = None,
+        telegram_username: str | None = None,
+        fields: Mapping[str, Any] | None = None,
+    ) -> int:
+        """A contact as a manager would have typed it; returns its id."""
+        user = dict(fields or {})
+        ids = self.config.contact_fields
+        for field_id, value in (
+            (ids.telegram_id, telegram_id),
+            (ids.telegram_username, telegram_username),
+        ):
+            if field_id and value is not None:
+                user[field_id] = value
+        with self._lock:
+            now = self.clock()
+            contact = ContactRec(next(self._ids["c"]), name, last_name, created=now, modified=now)
+            contact.phones = [self._multi(value, "WORK") for value in phones]
+            contact.emails = [self._multi(value, "WORK") for value in emails]
+            contact.user = {
+                k: self.portal.user_value(self.portal.contact_fields, k, v) for k, v in user.items()
+            }
+            self._contacts[contact.id] = contact
+            return contact.id
+
+    def add_deal(
+        self,
+        contact_id: int | None = None,
+        *,
+        title: str = "Сделка",
+        stage_id: str = "NEW",
+        opportunity: float = 0,
+        fields: Mapping[str, Any] | None = None,
+        modified: float | None = None,
+        other_contacts: Iterable[int] = (),
+        recurring: bool = False,
+    ) -> int:
+        """A deal in the pipeline of `stage_id`, `contact_id` its primary contact."""
+        with self._lock:
+            category, stage = self._stage(stage_id)
+            now = self.clock()
+            deal = DealRec(
+                next(self._ids["d"]),
+                title,
+                category.id,
+                stage.id,
+                stage.semantic,
+                opportunity,
+                recurring=recurring,
+                created=now,
+                modified=now if modified is None else modified,
+            )
+            deal.contact_ids = [*([contact_id] if contact_id else []), *other_contacts]
+            for key, value in (fields or {}).items():
+                self._set_deal_field(deal, key, value)
+            self._deals[deal.id] = deal
+            return deal.id
+
+    def move_deal(self, deal_id: int | str, stage_id: str) -> None:
+        """A manager moving the deal, within its pipeline or to another one."""
+        with self._lock:
+            deal = self._deals[int(deal_id)]
+            category, stage = self._stage(stage_id)
+            deal.category_id, deal.stage_id, deal.semantic = category.id, stage.id, stage.semantic
+            deal.modified = max(self.clock(), deal.modified + 1)
+
+    def delete_deal(self, deal_id: int | str) -> None:
+        with self._lock:
+            del self._deals[int(deal_id)]
+
+    def contacts(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [c.record() for c in self._contacts.values()]
+
+    def contact(self, contact_id: int | str) -> dict[str, Any]:
+        with self._lock:
+            return self._contacts[int(contact_id)].record()
+
+    def deals(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [
+                {**d.record(), "CONTACT_IDS": list(d.contact_ids)} for d in self._deals.values()
+            ]
+
+    def deal(self, deal_id: int | str) -> dict[str, Any]:
+        with self._lock:
+            deal = self._deals[int(deal_id)]
+            return {**deal.record(), "CONTACT_IDS": list(deal.contact_ids)}
+
+    def notes(self, deal_id: int | str) -> list[str]:
+        with self._lock:
+            return [
+                c.comment
+                for c in self._comments
+                if c.entity_type == "deal" and c.entity_id == int(deal_id)
+            ]
+
+    def deal_field(self, deal_id: int | str, field_id: str) -> Any:
+        """A stored value: text, float, ISO date/time, item ID or item IDs; None: empty."""
+        with self._lock:
+            deal = self._deals[int(deal_id)]
+            return (
+                deal.user.get(field_id) if field_id.startswith("UF_") else deal.native.get(field_id)
+            )
+
+    def contact_field(self, contact_id: int | str, field_id: str) -> Any:
+        with self._lock:
+            contact = self._contacts[int(contact_id)]
+            return contact.user.get(field_id, contact.native.get(field_id))
+
+    # ---- dispatch -------------------------------------------------------------------
+
+    def _params(self, request: FakeRequest) -> dict[str, Any]:
+        params = parse_php(request.query)
+        if request.body:
+            if request.headers.get("content-type", "").startswith("application/json"):
+                body = json.loads(request.body)
+                params.update(body if isinstance(body, dict) else {})
+            else:
+                params.update(parse_php(parse_qsl(request.body.decode(), keep_blank_values=True)))
+        return params
+
+    def _rest(
+        self, request: FakeRequest, user: str | None, code: str | None, method: str
+    ) -> FakeResponse:
+        params = {k: v for k, v in self._params(request).items() if k != "auth"}
+        try:
+            if method.lower() == "batch":
+                return FakeResponse(200, {"result": self._batch(params), "time": self._time()})
+            result, extra = self._run(method, params)
+        except BitrixError as error:
+            return FakeResponse(error.status, error.body())
+        return FakeResponse(200, {"result": result, **extra, "time": self._time()})
+
+    def _run(self, method: str, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        name = method.lower()
+        self.methods.append(name)
+        handler = self._handlers.get(name)
+        if handler is None:
+            raise BitrixError("Method not found!", "ERROR_METHOD_NOT_FOUND", 404)
+        if name in self._blocked:
+            raise BitrixError(
+                "Method is blocked due to operation time limit.", "OPERATION_TIME_LIMIT", 429
+            )
+        return handler(params)
+
+    def _batch(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        halt = str(param(params, "halt", "0")).lower() in ("1", "true", "y")
+        commands = param(params, "cmd", {})
+        store: dict[str, dict[str, Any]] = {
+            k: {} for k in ("result", "next", "total", "time", "error")
+        }
+        for count, (key, call) in enumerate(
+            (commands if isinstance(commands, dict) else {}).items()
+        ):
+            method, _, query = str(call).partition("?")
+            try:
+                if count >= 50:
+                    raise BitrixError("Max batch length exceeded", "ERROR_BATCH_LENGTH_EXCEEDED")
+                if method.lower() == "batch":
+                    raise BitrixError(
+                        "Method is not allowed for batch usage", "ERROR_BATCH_METHOD_NOT_ALLOWED"
+                    )
+                sub = substitute(parse_php(parse_qsl(query, keep_blank_values=True)), store)
+                result, extra = self._run(method, sub)
+            except BitrixError as error:
+                store["error"][key] = error.body()
+                if halt:
+                    break
+                continue
+            store["result"][key] = result
+            for part in ("total", "next"):
+                if part in extra:
+                    store[part][key] = extra[part]
+        return {f"result{'' if k == 'result' else '_' + k}": store[k] or [] for k in store}
+
+    def _time(self) -> dict[str, Any]:
+        now = self.clock()
+        return {
+            "start": now,
+            "finish": now,
+            "duration": 0.0,
+            "operating": 0,
+            "operating_reset_at": int(now) + 600,
+        }
+
+    # ---- contacts -------------------------------------------------------------------
+
+    def _contact_list(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        user = set(self.portal.contact_fields)
+        conditions = param(params, "filter") or {}
+        rows = [c.record() for c in self._contacts.values()]
+        rows = [row for row in rows if matches(row, conditions, user)]
+        rows = ordered(rows, param(params, "order") or {"ID": "ASC"})
+        chunk, extra = page(rows, param(params, "start"))
+        return [
+            selected(row, param(params, "select"), user, ("PHONE", "EMAIL")) for row in chunk
+        ], extra
+
+    def _contact_add(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        fields = _fields_param(params)
+        now = self.clock()
+        contact = ContactRec(0, created=now, modified=now)
+        self._apply_contact(contact, fields)
+        contact.id = next(self._ids["c"])
+        self._contacts[contact.id] = contact
+        return contact.id, {}
+
+    def _contact_update(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        contact = self._contacts.get(_int(param(params, "id")))
+        if contact is None:
+            raise BitrixError("Not found")
+        self._apply_contact(contact, _fields_param(params))
+        contact.modified = self.clock()
+        return True, {}
+
+    def _apply_contact(self, contact: ContactRec, fields: Mapping[str, Any]) -> None:
+        # Validate everything first: a refused request changes nothing.
+        user = {
+            k: self.portal.user_value(self.portal.contact_fields, k, v)
+            for k, v in fields.items()
+            if k.startswith("UF_")
+        }
+        for kind, entries in (("PHONE", contact.phones), ("EMAIL", contact.emails)):
+            for entry in items(fields.get(kind)):
+                if not isinstance(entry, dict):
+                    raise BitrixError(f"{kind}: an array of {{VALUE, VALUE_TYPE}} is expected")
+                self._merge_multi(entries, entry)
+        contact.name = str(fields.get("NAME", contact.name) or "")
+        contact.last_name = str(fields.get("LAST_NAME", contact.last_name) or "")
+        contact.native.update({k: fields[k] for k in DEAL_NATIVE if k in fields})
+        contact.user.update(user)
+
+    def _merge_multi(self, entries: list[dict[str, Any]], entry: Mapping[str, Any]) -> None:
+        # No ID: added. With ID: replaced, or removed by DELETE=Y / an empty VALUE.
+        existing = next((e for e in entries if str(e["ID"]) == str(entry.get("ID"))), None)
+        if existing is None:
+            if entry.get("VALUE"):
+                entries.append(
+                    self._multi(str(entry["VALUE"]), str(entry.get("VALUE_TYPE") or "WORK"))
+                )
+        elif entry.get("DELETE") == "Y" or not entry.get("VALUE"):
+            entries.remove(existing)
+        else:
+            existing["VALUE"] = str(entry["VALUE"])
+
+    def _multi(self, value: str, value_type: str) -> dict[str, Any]:
+        return {"ID": str(next(self._multi_ids)), "VALUE": value, "VALUE_TYPE": value_type}
+
+    def _findbycomm(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        kind = str(param(params, "type") or "")
+        values = items(param(params, "values"))
+        if kind not in ("PHONE", "EMAIL"):
+            raise BitrixError(f"Communication type '{kind}' is not supported in current context")
+        if not values:
+            raise BitrixError("Communication values is not defined")
+        if len(values) > 20:
+            raise BitrixError("Too many values: 20 at most")
+        wanted = {_comm_key(kind, str(value)) for value in values}
+        found = [
+            c.id
+            for c in self._contacts.values()
+            if any(
+                _comm_key(kind, e["VALUE"]) in wanted
+                for e in (c.phones if kind == "PHONE" else c.emails)
+            )
+        ]
+        return ({"CONTACT": found[:20]} if found else []), {}
+
+    # ---- deals ----------------------------------------------------------------------
+
+    def _deal_list(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        user = set(self.portal.deal_fields)
+        conditions = param(params, "filter") or {}
+        rows = [d.record() for d in self._deals.values()]
+        rows = [row for row in rows if matches(row, conditions, user)]
+        rows = ordered(rows, param(params, "order") or {"ID": "ASC"})
+        chunk, extra = page(rows, param(params, "start"))
+        return [selected(row, param(params, "select"), user) for row in chunk], extra
+
+    def _deal_get(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        return self._deal_of(params).record(), {}
+
+    def _deal_contacts(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        deal = self._deal_of(params)
+        return [
+            {
+                "CONTACT_ID": cid,
+                "SORT": 10 * (n + 1),
+                "ROLE_ID": 0,
+                "IS_PRIMARY": "Y" if n == 0 else "N",
+            }
+            for n, cid in enumerate(deal.contact_ids)
+        ], {}
+
+    def _deal_of(self, params: Mapping[str, Any]) -> DealRec:
+        raw = param(params, "id")
+        if not str(raw or "").isdigit() or int(str(raw)) <= 0:
+            raise BitrixError("ID is not defined or invalid.")
+        deal = self._deals.get(int(str(raw)))
+        if deal is None:
+            raise BitrixError("Not found")
+        return deal
+
+    def _deal_add(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        fields = _fields_param(params)
+        category_id = _int(fields.get("CATEGORY_ID", 0))
+        category = self.portal.categories.get(category_id)
+        if category is None:
+            raise BitrixError(f"Category {category_id} is not found")
+        stage = category.stage(str(fields.get("STAGE_ID") or category.stages[0].id))
+        if stage is None:
+            raise BitrixError(f"Stage {fields.get('STAGE_ID')!r} is not in category {category_id}")
+        contact_ids = [
+            _int(cid) for cid in items(fields.get("CONTACT_IDS")) or items(fields.get("CONTACT_ID"))
+        ]
+        if any(cid not in self._contacts for cid in contact_ids):
+            raise BitrixError(f"Contact not found: {contact_ids}")
+        now = self.clock()
+        deal = DealRec(
+            0,
+            str(fields.get("TITLE") or ""),
+            category.id,
+            stage.id,
+            stage.semantic,
+            created=now,
+            modified=now,
+        )
+        deal.contact_ids = contact_ids
+        self._apply_deal(deal, fields)
+        deal.id = next(self._ids["d"])
+        deal.title = deal.title or f"Сделка #{deal.id}"
+        self._deals[deal.id] = deal
+        return deal.id, {}
+
+    def _deal_update(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        deal = self._deal_of(params)
+        fields = _fields_param(params)
+        if "STAGE_ID" in fields:
+            stage = self.portal.categories[deal.category_id].stage(str(fields["STAGE_ID"]))
+            if stage is None:
+                raise BitrixError(
+                    f"Stage {fields['STAGE_ID']!r} is not in category {deal.category_id}"
+                )
+        self._apply_deal(deal, {k: v for k, v in fields.items() if k != "CATEGORY_ID"})
+        deal.modified = max(self.clock(), deal.modified + 1)
+        return True, {}
+
+    def _apply_deal(self, deal: DealRec, fields: Mapping[str, Any]) -> None:
+        user = {
+            k: self.portal.user_value(self.portal.deal_fields, k, v)
+            for k, v in fields.items()
+            if k.startswith("UF_")
+        }
+        if "OPPORTUNITY" in fields:
+            try:
+                deal.opportunity = float(str(fields["OPPORTUNITY"]))
+            except ValueError:
+                raise BitrixError("OPPORTUNITY is not a number") from None
+        if "STAGE_ID" in fields:
+            _, stage = self._stage(str(fields["STAGE_ID"]))
+            deal.stage_id, deal.semantic = stage.id, stage.semantic
+        deal.title = str(fields.get("TITLE", deal.title))
+        deal.currency = str(fields.get("CURRENCY_ID", deal.currency))
+        deal.native.update({k: fields[k] for k in DEAL_NATIVE if k in fields})
+        deal.user.update(user)
+
+    def _set_deal_field(self, deal: DealRec, key: str, value: Any) -> None:
+        if key.startswith("UF_"):
+            deal.user[key] = self.portal.user_value(self.portal.deal_fields, key, value)
+        else:
+            deal.native[key] = value
+
+    def _stage(self, stage_id: str) -> Any:
+        found = self.portal.stage(stage_id)
+        if found is None:
+            raise ValueError(f"no stage {stage_id!r}")
+        return found
+
+    # ---- timeline, schema, OAuth ----------------------------------------------------
+
+    def _comment_add(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        fields = _fields_param(params)
+        entity_type = str(fields.get("ENTITY_TYPE") or "").lower()
+        entity_id = _int(fields.get("ENTITY_ID"))
+        if entity_type != "deal" or entity_id not in self._deals:
+            raise BitrixError("Entity not found")
+        comment = str(fields.get("COMMENT") or "")
+        if not comment:
+            raise BitrixError("COMMENT is empty")
+        note = CommentRec(next(self._comment_ids), entity_id, entity_type, comment, self.clock())
+        self._comments.append(note)
+        return note.id, {}
+
+    def _comment_list(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        conditions = param(params, "filter") or {}
+        if "ENTITY_ID" not in conditions or "ENTITY_TYPE" not in conditions:
+            raise BitrixError("ENTITY_ID and ENTITY_TYPE are required in the filter")
+        rows = [c.record() for c in self._comments]
+        rows = [row for row in rows if matches(row, conditions, set())]
+        chunk, extra = page(
+            ordered(rows, param(params, "order") or {"ID": "ASC"}), param(params, "start")
+        )
+        return [selected(row, param(params, "select"), ()) for row in chunk], extra
+
+    def _fields(self, user_fields: Mapping[str, Any]) -> dict[str, Any]:
+        native = {
+            "ID": {"type": "integer", "title": "ID"},
+            "TITLE": {"type": "string", "title": "Название"},
+        }
+        native.update({k: {"type": "string", "title": k, "isMultiple": False} for k in DEAL_NATIVE})
+        return {**native, **{name: f.describe() for name, f in user_fields.items()}}
+
+    def _category_list(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        if str(param(params, "entityTypeId")) != "2":
+            raise BitrixError("entityTypeId 2 (deals) is the only one here")
+        categories = [
+            {
+                "id": c.id,
+                "name": c.name,
+                "sort": 100 * (c.id + 1),
+                "entityTypeId": 2,
+                "isDefault": "Y" if c.id == 0 else "N",
+            }
+            for c in self.portal.categories.values()
+        ]
+        return {"categories": categories}, {"total": len(categories)}
+
+    def _status_list(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        entity = str((param(params, "filter") or {}).get("ENTITY_ID") or "")
+        rows = []
+        for category in self.portal.categories.values():
+            name = "DEAL_STAGE" if category.id == 0 else f"DEAL_STAGE_{category.id}"
+            if entity and entity != name:
+                continue
+            for n, stage in enumerate(category.stages):
+                semantics = {"P": None, "S": "S", "F": "F"}[stage.semantic]
+                rows.append(
+                    {
+                        "ID": str(len(rows) + 1),
+                        "ENTITY_ID": name,
+                        "STATUS_ID": stage.id,
+                        "NAME": stage.name,
+                        "SORT": str(10 * (n + 1)),
+                        "CATEGORY_ID": str(category.id),
+                        "SEMANTICS": semantics,
+                    }
+                )
+        return rows, {"total": len(rows)}
+
+    def _token(self, request: FakeRequest) -> FakeResponse:
+        params = self._params(request)
+        if (params.get("client_id"), params.get("client_secret")) != (
+            self.client_id,
+            self.client_secret,
+        ):
+            return FakeResponse(
+                401, {"error": "invalid_client", "error_description": "Invalid client"}
+            )
+        grant = params.get("grant_type")
+        if grant == "refresh_token":
+            token = str(params.get("refresh_token"))
+            if self._refresh.get(token) is not False:
+                return FakeResponse(
+                    400, {"error": "invalid_grant", "error_description": "Invalid refresh token"}
+                )
+            self._refresh[token] = True
+        elif grant == "authorization_code":
+            code = str(params.get("code"))
+            if code not in self._codes:
+                return FakeResponse(
+                    400, {"error": "invalid_grant", "error_description": "Invalid code"}
+                )
+            self._codes.discard(code)
+        else:
+            return FakeResponse(
+                400, {"error": "unsupported_grant_type", "error_description": "grant"}
+            )
+        access, refresh = self.issue_oauth_pair()
+        return FakeResponse(
+            200,
+            {
+                "access_token": access,
+                "expires": int(self.clock()) + self.oauth_ttl,
+                "expires_in": self.oauth_ttl,
+                "scope": "crm",
+                "domain": "oauth.bitrix24.tech",
+                "server_endpoint": "https://oauth.bitrix24.tech/rest/",
+                "status": "L",
+                "client_endpoint": "https://example.bitrix24.ru/rest/",
+                "member_id": "fake-member",
+                "user_id": 1,
+                "refresh_token": refresh,
+            },
+        )
+
+
+def _error(status: int, code: str, description: str) -> FakeResponse:
+    return FakeResponse(status, {"error": code, "error_description": description})
+
+
+def _fields_param(params: Mapping[str, Any]) -> dict[str, Any]:
+    fields = param(params, "fields")
+    if not isinstance(fields, dict):
+        raise BitrixError("Parameter 'fields' must be array.")
+    return fields
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        raise BitrixError(f"{value!r} is not an id") from None
+
+
+def _comm_key(kind: str, value: str) -> str:
+    # NormalizePhone: digits only (8… and +7… stay different); e-mails lower-cased.
+    return re.sub(r"\D", "", value) if kind == "PHONE" else value.strip().lower()
+
+
+__all__ = ["FakeBitrix24", "example_config", "iso"]

@@ -1,0 +1,359 @@
+"""A stateful fake of HubSpot's date-versioned CRM API (2026-09): one portal's contacts,
+deals, notes, their associations, pipelines, properties, tokens and rate limits.
+
+It answers like the real API where the bridge depends on it (only `/…/2026-09/…` paths
+exist here: a v3/v4 path is a 404):
+- search semantics, phones included, are `tests.fakes.hubspot_search`; `index_lag` seconds
+  keep a record created through the API out of search results (HubSpot's index trails
+  writes), never out of reads by id;
+- writes are validated first and applied only when all of the request is valid
+  (`tests.fakes.hubspot_account`); a contact whose e-mail exists → 409 CONFLICT "Contact
+  already exists. Existing ID: N"; a stage outside the deal's pipeline, or an association
+  to a missing record or of the wrong type → 400 (`tests.fakes.hubspot_portal`);
+- `hs_is_closed` is calculated from the stage's `isClosed`, `hs_lastmodifieddate` moves
+  on every write (by the injectable `clock`), archived records are gone (404);
+- rate limits: searches `search_rate_limit` per second, everything else `ten_second_limit`
+  per rolling 10 s (searches are exempt from it) → 429 with HubSpot's RATE_LIMIT body
+  (policy SECONDLY / TEN_SECONDLY_ROLLING), nothing applied;
+- Bearer tokens: static ones (Service Keys) never expire, OAuth access tokens expire by
+  `clock` → 401 EXPIRED_AUTHENTICATION; `POST /oauth/v3/token` takes a form body, answers
+  `expires_in` (1800) and repeats the refresh token, which does not rotate.
+
+Set up and inspect (no call is logged): `add_contact`, `add_deal`, `move_deal`, `add_note`,
+`contacts()`, `contact(id)`, `deals()`, `deal(id)`, `deal_field`, `contact_field`,
+`deal_contacts`, `notes(deal)` (as a reader sees them), `note_bodies(deal)` (as stored),
+`searches()`. Credentials: `issue_token(ttl)`, `issue_oauth_pair(ttl)`, `register_code`,
+`expire_all_access_tokens()`. Faults, the call log and the ASGI side are `FakeService`'s.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+from bridge.settings import CrmConfig, load_file_config
+from tests.fakes.hubspot_account import PORTAL_ID, hs_error, iso_ms
+from tests.fakes.hubspot_portal import KINDS, Portal, Rec, pipeline_json
+from tests.fakes.service import FakeRequest, FakeResponse, FakeService, JSONDict
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "crm-hubspot.example.toml"
+V = "2026-09"
+TYPES = "(contacts|deals|notes)"
+
+
+class FakeHubSpot(FakeService):
+    """The portal of `etc/crm-hubspot.example.toml` (or `config`), empty of records."""
+
+    name = "fake HubSpot"
+    success_content_type = "application/json;charset=utf-8"
+
+    def __init__(
+        self,
+        config: CrmConfig | None = None,
+        *,
+        search_rate_limit: int = 5,
+        ten_second_limit: int = 100,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        client_id: str = "fake-client-id",
+        client_secret: str = "fake-client-secret",  # noqa: S107
+        redirect_uri: str = "https://bridge.example/oauth",
+        oauth_ttl: int = 1800,
+        index_lag: float = 0.0,
+    ) -> None:
+        super().__init__(rate_limit=1_000_000, monotonic=monotonic)  # HubSpot's own below
+        self.config = config or load_file_config(EXAMPLE_CONFIG).crm["hubspot"]
+        self.portal = Portal(self.config, clock, index_lag)
+        self.search_rate_limit, self.ten_second_limit = search_rate_limit, ten_second_limit
+        self.clock = clock
+        self.client_id, self.client_secret = client_id, client_secret
+        self.redirect_uri, self.oauth_ttl = redirect_uri, oauth_ttl
+        self._access: dict[str, float | None] = {}  # token → expires at (None: never)
+        self._refresh: set[str] = set()
+        self._codes: set[str] = set()
+        self._windows: dict[str, deque[float]] = {"search": deque(), "general": deque()}
+        objects = f"/crm/objects/{V}/{TYPES}"
+        self.routes = [
+            ("POST", re.compile(f"{objects}/search"), self._search),
+            ("POST", re.compile(f"{objects}/batch/read"), self._batch_read),
+            ("POST", re.compile(objects), self._create),
+            ("GET", re.compile(rf"{objects}/(\d+)"), self._read),
+            ("PATCH", re.compile(rf"{objects}/(\d+)"), self._update),
+            ("DELETE", re.compile(rf"{objects}/(\d+)"), self._archive),
+            ("GET", re.compile(f"/crm/pipelines/{V}/deals"), self._pipelines),
+            ("GET", re.compile(f"/crm/properties/{V}/{TYPES}"), self._properties),
+            ("POST", re.compile(r"/oauth/v3/token"), self._token),
+        ]
+
+    # ---- credentials ----------------------------------------------------------------
+
+    def issue_token(self, ttl: float | None = None) -> str:
+        """A valid access token; without `ttl` a static one (a Service Key)."""
+        token = f"pat-na1-{secrets.token_hex(8)}"
+        with self._lock:
+            self._access[token] = None if ttl is None else self.clock() + ttl
+        return token
+
+    def issue_oauth_pair(self, ttl: float = 1800) -> tuple[str, str]:
+        refresh = f"na1-{secrets.token_hex(8)}"
+        with self._lock:
+            self._refresh.add(refresh)
+        return self.issue_token(ttl), refresh
+
+    def register_code(self, code: str) -> None:
+        """An authorization code `grant_type=authorization_code` accepts once."""
+        with self._lock:
+            self._codes.add(code)
+
+    def expire_all_access_tokens(self) -> None:
+        with self._lock:
+            self._access = dict.fromkeys(self._access, float("-inf"))
+
+    def authorise(self, request: FakeRequest) -> FakeResponse | None:
+        if not request.path.startswith("/crm/"):
+            return None
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme != "Bearer" or token not in self._access:
+            message = "Authentication credentials not found."
+            return hs_error(401, "INVALID_AUTHENTICATION", message).response
+        expires = self._access[token]
+        if expires is not None and expires <= self.clock():
+            message = "The OAuth token used to make this call expired."
+            return hs_error(401, "EXPIRED_AUTHENTICATION", message).response
+        return None
+
+    # ---- setup and inspection -------------------------------------------------------
+
+    def add_contact(self, *, updated_at: float | None = None, **props: str) -> str:
+        """A contact as typed in HubSpot (properties by name); returns its id."""
+        with self._lock:
+            return self.portal.store("contacts", self.portal.seed("contacts", props), updated_at).id
+
+    def add_deal(
+        self,
+        contact_id: str | None = None,
+        *,
+        name: str = "Сделка",
+        pipeline: str = "default",
+        stage: str | None = None,
+        updated_at: float | None = None,
+        archived: bool = False,
+        **props: str,
+    ) -> str:
+        """A deal in `pipeline` (its first stage unless `stage`), linked to `contact_id`."""
+        with self._lock:
+            stage = stage or self.portal.pipelines[pipeline].stages[0].id
+            if self.portal.pipelines[pipeline].stage(stage) is None:
+                raise ValueError(f"stage {stage} is not in pipeline {pipeline}")
+            values = {"dealname": name, "pipeline": pipeline, "dealstage": stage, **props}
+            deal = self.portal.store("deals", self.portal.seed("deals", values), updated_at)
+            deal.archived = archived
+            if contact_id is not None:
+                self.portal.link(deal, self._rec("contacts", contact_id))
+            return deal.id
+
+    def move_deal(
+        self, deal_id: str, stage: str, *, pipeline: str | None = None, archived: bool | None = None
+    ) -> None:
+        """What a manager does: move the deal to another stage (or pipeline), or delete it."""
+        with self._lock:
+            deal = self._rec("deals", deal_id)
+            target = pipeline or str(deal.props["pipeline"])
+            if self.portal.pipelines[target].stage(stage) is None:
+                raise ValueError(f"stage {stage} is not in pipeline {target}")
+            self.portal.apply(deal, {"pipeline": target, "dealstage": stage})
+            if archived is not None:
+                deal.archived = archived
+
+    def add_note(self, deal_id: str, body: str) -> str:
+        """A note on the deal with this (HTML) body, as HubSpot's editor would store it."""
+        with self._lock:
+            values = {"hs_note_body": body, "hs_timestamp": iso_ms(self.portal.now())}
+            note = self.portal.store("notes", values)
+            self.portal.link(note, self._rec("deals", deal_id))
+            return note.id
+
+    def contacts(self) -> list[JSONDict]:
+        return self._all("contacts")
+
+    def deals(self) -> list[JSONDict]:
+        return self._all("deals")
+
+    def contact(self, contact_id: str) -> JSONDict:
+        return self._one("contacts", contact_id)
+
+    def deal(self, deal_id: str) -> JSONDict:
+        return self._one("deals", deal_id)
+
+    def deal_field(self, deal_id: str, name: str) -> str | None:
+        """A deal property as the API returns it (calculated ones too); None when empty."""
+        with self._lock:
+            return self.portal.values(self._rec("deals", deal_id)).get(name)
+
+    def contact_field(self, contact_id: str, name: str) -> str | None:
+        with self._lock:
+            return self.portal.values(self._rec("contacts", contact_id)).get(name)
+
+    def deal_contacts(self, deal_id: str) -> list[str]:
+        with self._lock:
+            return sorted(self._rec("deals", deal_id).links.get("contacts", set()))
+
+    def note_bodies(self, deal_id: str) -> list[str]:
+        with self._lock:
+            ids = sorted(self._rec("deals", deal_id).links.get("notes", set()), key=int)
+            return [str(self._rec("notes", i).props.get("hs_note_body") or "") for i in ids]
+
+    def notes(self, deal_id: str) -> list[str]:
+        """Note texts as a reader sees them: one line per `<br>` or paragraph."""
+        return [_rendered(body) for body in self.note_bodies(deal_id)]
+
+    def searches(self) -> int:
+        return sum(1 for call in self.calls if call.path.endswith("/search"))
+
+    def _rec(self, kind: str, record_id: str) -> Rec:
+        return self.portal.records[kind][record_id]
+
+    def _one(self, kind: str, record_id: str) -> JSONDict:
+        with self._lock:
+            rec = self._rec(kind, record_id)
+            return self.portal.render(rec, list(rec.props), [k for k in KINDS if k != kind])
+
+    def _all(self, kind: str) -> list[JSONDict]:
+        with self._lock:
+            return [self._one(kind, record_id) for record_id in self.portal.records[kind]]
+
+    # ---- rate limits ----------------------------------------------------------------
+
+    def _serve(self, request: FakeRequest) -> FakeResponse:
+        if request.path.startswith("/crm/"):
+            search = request.path.endswith("/search")
+            window = self._windows["search" if search else "general"]
+            limit, period = (
+                (self.search_rate_limit, 1.0) if search else (self.ten_second_limit, 10.0)
+            )
+            now = self.monotonic()
+            while window and window[0] <= now - period:
+                window.popleft()
+            if len(window) >= limit:
+                return self._throttle("SECONDLY" if search else "TEN_SECONDLY_ROLLING")
+            window.append(now)
+        return super()._serve(request)
+
+    def _too_many(self) -> FakeResponse:  # injected 429s look like the real ones too
+        return self._throttle("TEN_SECONDLY_ROLLING")
+
+    def _throttle(self, policy: str) -> FakeResponse:
+        self.throttled += 1
+        limit = "secondly" if policy == "SECONDLY" else "ten_secondly_rolling"
+        body = {
+            "status": "error",
+            "message": f"You have reached your {limit} limit.",
+            "errorType": "RATE_LIMIT",
+            "correlationId": secrets.token_hex(16),
+            "policyName": policy,
+            "groupName": f"publicapi:{policy.lower()}:{PORTAL_ID}",
+        }
+        headers = {} if self.retry_after is None else {"retry-after": str(self.retry_after)}
+        return FakeResponse(429, body, headers)
+
+    def _headers(self, response: FakeResponse) -> dict[str, str]:
+        headers = dict(response.headers)
+        if response.body is not None:  # HubSpot's errors are plain JSON too
+            headers.setdefault("content-type", self.success_content_type)
+        return headers
+
+    # ---- routes ---------------------------------------------------------------------
+
+    def _search(self, request: FakeRequest, kind: str) -> FakeResponse:
+        return FakeResponse(200, self.portal.search(kind, _object(request)))
+
+    def _batch_read(self, request: FakeRequest, kind: str) -> FakeResponse:
+        return FakeResponse(*self.portal.batch_read(kind, _object(request)))
+
+    def _create(self, request: FakeRequest, kind: str) -> FakeResponse:
+        return FakeResponse(201, self.portal.create(kind, _object(request)))
+
+    def _read(self, request: FakeRequest, kind: str, record_id: str) -> FakeResponse:
+        rec = self.portal.live(kind, record_id)
+        wanted = _csv(request.all("properties")) or None
+        return FakeResponse(200, self.portal.render(rec, wanted, _csv(request.all("associations"))))
+
+    def _update(self, request: FakeRequest, kind: str, record_id: str) -> FakeResponse:
+        return FakeResponse(200, self.portal.update(kind, record_id, _object(request)))
+
+    def _archive(self, request: FakeRequest, kind: str, record_id: str) -> FakeResponse:
+        self.portal.live(kind, record_id).archived = True
+        return FakeResponse(204)
+
+    def _pipelines(self, request: FakeRequest) -> FakeResponse:
+        pipelines = [pipeline_json(p) for p in self.portal.pipelines.values()]
+        return FakeResponse(200, {"results": pipelines})
+
+    def _properties(self, request: FakeRequest, kind: str) -> FakeResponse:
+        properties = [p.json() for p in self.portal.properties[kind].values()]
+        return FakeResponse(200, {"results": properties})
+
+    def _token(self, request: FakeRequest) -> FakeResponse:
+        if "application/x-www-form-urlencoded" not in request.headers.get("content-type", ""):
+            return _oauth_error("BAD_REQUEST", "the token endpoint takes a form body")
+        form = dict(parse_qsl(request.body.decode(), keep_blank_values=True))
+        if form.get("client_id") != self.client_id:
+            return _oauth_error("BAD_CLIENT_ID", "missing or unknown client id")
+        if form.get("client_secret") != self.client_secret:
+            return _oauth_error("BAD_CLIENT_SECRET", "missing or invalid client secret")
+        grant = form.get("grant_type")
+        if grant == "refresh_token":
+            refresh = form.get("refresh_token", "")
+            if refresh not in self._refresh:
+                return _oauth_error("BAD_REFRESH_TOKEN", "missing or unknown refresh token")
+        elif grant == "authorization_code":
+            if form.get("redirect_uri") != self.redirect_uri:
+                return _oauth_error("BAD_REDIRECT_URI", "redirect_uri does not match")
+            if form.get("code") not in self._codes:
+                return _oauth_error("BAD_AUTH_CODE", "missing or unknown auth code")
+            self._codes.discard(form["code"])
+            refresh = f"na1-{secrets.token_hex(8)}"
+            self._refresh.add(refresh)
+        else:
+            return _oauth_error("BAD_GRANT_TYPE", "unknown grant_type")
+        access = f"oauth-{secrets.token_hex(8)}"
+        self._access[access] = self.clock() + self.oauth_ttl
+        scopes = [
+            f"crm.objects.{o}.{rw}" for o in ("contacts", "deals") for rw in ("read", "write")
+        ]
+        answer = {
+            "token_type": "bearer",
+            "access_token": access,
+            "refresh_token": refresh,
+            "expires_in": self.oauth_ttl,
+            "hub_id": PORTAL_ID,
+            "scopes": scopes,
+        }
+        return FakeResponse(200, answer)
+
+
+def _object(request: FakeRequest) -> JSONDict:
+    body = request.json()
+    if not isinstance(body, dict):
+        raise hs_error(400, "VALIDATION_ERROR", "Invalid input JSON: expected an object")
+    return body
+
+
+def _csv(values: list[str]) -> list[str]:
+    return [part for value in values for part in value.split(",") if part]
+
+
+def _oauth_error(status: str, message: str) -> FakeResponse:
+    body = {"status": status, "message": message, "correlationId": secrets.token_hex(16)}
+    return FakeResponse(400, body)
+
+
+def _rendered(body: str) -> str:
+    text = re.sub(r"<br\s*/?>|</(?:p|div)>", "\n", body, flags=re.IGNORECASE)
+    return html.unescape(re.sub(r"<[^>]*>", "", text)).rstrip("\n")

@@ -1,0 +1,290 @@
+"""The data of the fake HubSpot portal and what its object endpoints do with it.
+
+`Portal` holds contacts, deals and notes with their associations, and answers the object
+operations of `/crm/objects/2026-09/{type}` as JSON (or raises `ApiError` with HubSpot's
+error body): create (associations in the same request), read by id (with
+`associations=`), partial update, archive, batch read, search. It does no HTTP and no
+locking: `tests.fakes.hubspot.FakeHubSpot` does both around it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.settings import CrmConfig
+from tests.fakes.hubspot_account import (
+    PIPELINES,
+    PipelineDef,
+    Problems,
+    hs_error,
+    iso_ms,
+    parse_properties,
+    seed_properties,
+)
+from tests.fakes.hubspot_search import Item, run_search
+from tests.fakes.service import JSONDict
+
+KINDS = ("contacts", "deals", "notes")
+SINGULAR = {"contacts": "contact", "deals": "deal", "notes": "note"}
+# (from, to) → the HUBSPOT_DEFINED association type id creation accepts
+ASSOCIATION_TYPES = {("deals", "contacts"): 3, ("notes", "deals"): 214, ("notes", "contacts"): 202}
+DEFAULT_PROPERTIES = {
+    "contacts": ["firstname", "lastname", "email"],
+    "deals": ["dealname", "amount", "dealstage", "pipeline"],
+    "notes": ["hs_timestamp"],
+}
+
+
+@dataclass
+class Rec:
+    id: str
+    kind: str
+    props: dict[str, str | None]
+    created_ms: int
+    updated_ms: int
+    visible_ms: int  # in search results from then on
+    archived: bool = False
+    links: dict[str, set[str]] = field(default_factory=dict)
+
+
+class Portal:
+    def __init__(
+        self,
+        config: CrmConfig,
+        clock: Callable[[], float],
+        index_lag: float = 0.0,
+        phone_region: str = "RU",
+    ) -> None:
+        self.clock = clock
+        self.index_lag = index_lag  # seconds before a record written via the API is searchable
+        self.phone_region = phone_region
+        self.pipelines: dict[str, PipelineDef] = {p.id: p for p in PIPELINES}
+        self.properties = seed_properties(config)
+        self.records: dict[str, dict[str, Rec]] = {kind: {} for kind in KINDS}
+        self._ids = itertools.count(40_100_000_001)
+
+    # ---- operations -----------------------------------------------------------------
+
+    def create(self, kind: str, body: JSONDict) -> JSONDict:
+        problems = Problems()
+        values = parse_properties(self.properties[kind], body.get("properties"), problems)
+        problems.check()
+        values = {name: value for name, value in values.items() if value is not None}
+        links = self._associations(kind, body.get("associations") or [])
+        self._check_create(kind, values)
+        rec = self.store(kind, values, indexed_later=True)
+        for other in links:
+            self.link(rec, other)
+        return self.render(rec, list(values))
+
+    def update(self, kind: str, record_id: str, body: JSONDict) -> JSONDict:
+        rec = self.live(kind, record_id)
+        problems = Problems()
+        values = parse_properties(self.properties[kind], body.get("properties"), problems)
+        problems.check()
+        if kind == "deals":
+            self._check_stage({**rec.props, **values})
+        self.apply(rec, values)
+        return self.render(rec, list(values))
+
+    def search(self, kind: str, body: JSONDict) -> JSONDict:
+        now = self.now()
+        items = [
+            Item(rec.id, self.values(rec), rec.links)
+            for rec in self.records[kind].values()
+            if not rec.archived and rec.visible_ms <= now
+        ]
+        page, total, more = run_search(body, items, self.properties[kind], self.phone_region)
+        wanted = body.get("properties") or None
+        answer: JSONDict = {
+            "total": total,
+            "results": [self.render(self.records[kind][item.id], wanted) for item in page],
+        }
+        if more is not None:
+            answer["paging"] = {"next": {"after": str(more)}}
+        return answer
+
+    def batch_read(self, kind: str, body: JSONDict) -> tuple[int, JSONDict]:
+        inputs = body.get("inputs")
+        if not isinstance(inputs, list) or len(inputs) > 100:
+            raise hs_error(400, "VALIDATION_ERROR", "inputs: a list of at most 100 ids")
+        found, missing = [], []
+        for entry in inputs:
+            record_id = str(entry.get("id")) if isinstance(entry, dict) else ""
+            rec = self.records[kind].get(record_id)
+            if rec is None or rec.archived:
+                missing.append(record_id)
+            else:
+                found.append(self.render(rec, body.get("properties") or None))
+        answer: JSONDict = {"status": "COMPLETE", "results": found}
+        if not missing:
+            return 200, answer
+        error = {
+            "status": "error",
+            "category": "OBJECT_NOT_FOUND",
+            "message": f"Could not get some {SINGULAR[kind].upper()} objects.",
+            "context": {"ids": missing},
+        }
+        return 207, {**answer, "numErrors": 1, "errors": [error]}
+
+    # ---- records --------------------------------------------------------------------
+
+    def now(self) -> int:
+        return int(self.clock() * 1000)
+
+    def store(
+        self,
+        kind: str,
+        values: Mapping[str, str | None],
+        updated_at: float | None = None,
+        *,
+        indexed_later: bool = False,
+    ) -> Rec:
+        """A new record; one written through the API reaches search `index_lag` later."""
+        now = self.now()
+        updated = now if updated_at is None else int(updated_at * 1000)
+        visible = now + int(self.index_lag * 1000) if indexed_later else now
+        rec = Rec(str(next(self._ids)), kind, dict(values), now, updated, visible)
+        self.records[kind][rec.id] = rec
+        return rec
+
+    def seed(self, kind: str, props: Mapping[str, str]) -> dict[str, str | None]:
+        """Test values checked like an API write (ValueError when HubSpot would refuse)."""
+        problems = Problems()
+        values = parse_properties(self.properties[kind], dict(props), problems)
+        if problems.items:
+            raise ValueError(f"invalid seed properties: {problems.items}")
+        return values
+
+    def apply(self, rec: Rec, values: Mapping[str, str | None]) -> None:
+        rec.props.update(values)
+        rec.updated_ms = max(self.now(), rec.updated_ms + 1)
+
+    def link(self, a: Rec, b: Rec) -> None:
+        a.links.setdefault(b.kind, set()).add(b.id)
+        b.links.setdefault(a.kind, set()).add(a.id)
+
+    def live(self, kind: str, record_id: str) -> Rec:
+        rec = self.records[kind].get(record_id)
+        if rec is None or rec.archived:
+            message = "Object not found.  objectId are usually numeric."
+            raise hs_error(404, "OBJECT_NOT_FOUND", message, context={"id": [record_id]})
+        return rec
+
+    def values(self, rec: Rec) -> dict[str, str | None]:
+        """Stored properties plus the calculated ones."""
+        values = {**rec.props, "hs_object_id": rec.id, "createdate": iso_ms(rec.created_ms)}
+        modified = "lastmodifieddate" if rec.kind == "contacts" else "hs_lastmodifieddate"
+        values[modified] = iso_ms(rec.updated_ms)
+        if rec.kind == "deals":
+            stage = self.pipelines[str(rec.props["pipeline"])].stage(str(rec.props["dealstage"]))
+            values["hs_is_closed"] = "true" if stage is not None and stage.closed else "false"
+        return values
+
+    def render(
+        self, rec: Rec, wanted: list[str] | None, associations: list[str] | None = None
+    ) -> JSONDict:
+        """The record as the API shows it: the `wanted` properties (null when empty)."""
+        values = self.values(rec)
+        names = [*(wanted or DEFAULT_PROPERTIES[rec.kind]), "hs_object_id", "createdate"]
+        known = self.properties[rec.kind]
+        answer: JSONDict = {
+            "id": rec.id,
+            "properties": {name: values.get(name) for name in names if name in known},
+            "createdAt": iso_ms(rec.created_ms),
+            "updatedAt": iso_ms(rec.updated_ms),
+            "archived": rec.archived,
+        }
+        linked = {
+            kind: {
+                "results": [
+                    {"id": other, "type": f"{SINGULAR[rec.kind]}_to_{SINGULAR[kind]}"}
+                    for other in sorted(rec.links[kind], key=int)
+                ]
+            }
+            for kind in associations or ()
+            if rec.links.get(kind)
+        }
+        if linked:
+            answer["associations"] = linked
+        return answer
+
+    # ---- rules of a write -----------------------------------------------------------
+
+    def _associations(self, kind: str, raw: Any) -> list[Rec]:
+        linked = []
+        for entry in raw if isinstance(raw, list) else [raw]:
+            entry = entry if isinstance(entry, dict) else {}
+            to_id = str((entry.get("to") or {}).get("id", ""))
+            spec = (entry.get("types") or [{}])[0]
+            type_id = spec.get("associationTypeId")
+            target = next(
+                (
+                    other
+                    for (source, other), known_id in ASSOCIATION_TYPES.items()
+                    if source == kind and known_id == type_id
+                ),
+                None,
+            )
+            rec = self.records[target].get(to_id) if target else None
+            if spec.get("associationCategory") != "HUBSPOT_DEFINED" or rec is None or rec.archived:
+                message = f"Association of type {type_id} to {to_id!r} is invalid for {kind}"
+                raise hs_error(400, "VALIDATION_ERROR", message)
+            linked.append(rec)
+        return linked
+
+    def _check_create(self, kind: str, values: dict[str, str | None]) -> None:
+        if kind == "contacts":
+            email = (values.get("email") or "").casefold()
+            for other in self.records["contacts"].values():
+                if email and (other.props.get("email") or "").casefold() == email:
+                    message = f"Contact already exists. Existing ID: {other.id}"
+                    raise hs_error(409, "CONFLICT", message)
+            if not any(values.get(name) for name in ("email", "firstname", "lastname")):
+                message = "A contact needs an email, a firstname or a lastname"
+                raise hs_error(400, "VALIDATION_ERROR", message)
+        elif kind == "deals":
+            if not values.get("dealname") or not values.get("dealstage"):
+                raise hs_error(400, "VALIDATION_ERROR", "dealname and dealstage are required")
+            values.setdefault("pipeline", "default")
+            self._check_stage(values)
+        elif kind == "notes" and not values.get("hs_timestamp"):
+            raise hs_error(400, "VALIDATION_ERROR", "hs_timestamp is required")
+
+    def _check_stage(self, values: Mapping[str, str | None]) -> None:
+        pipeline = self.pipelines.get(str(values.get("pipeline")))
+        if pipeline is None or pipeline.stage(str(values.get("dealstage"))) is None:
+            message = (
+                f"dealstage {values.get('dealstage')!r} is not a valid stage"
+                f" of pipeline {values.get('pipeline')!r}"
+            )
+            raise hs_error(400, "VALIDATION_ERROR", message)
+
+
+def pipeline_json(pipeline: PipelineDef) -> JSONDict:
+    stamp = "2024-01-01T00:00:00.000Z"
+    stages = [
+        {
+            "id": s.id,
+            "label": s.label,
+            "displayOrder": s.order,
+            "metadata": {"isClosed": str(s.closed).lower(), "probability": s.probability},
+            "archived": False,
+            "writePermissions": "CRUD_ALL",
+            "createdAt": stamp,
+            "updatedAt": stamp,
+        }
+        for s in pipeline.stages
+    ]
+    return {
+        "id": pipeline.id,
+        "label": pipeline.label,
+        "displayOrder": pipeline.order,
+        "archived": False,
+        "createdAt": stamp,
+        "updatedAt": stamp,
+        "stages": stages,
+    }

@@ -1,0 +1,921 @@
+"""The Bitrix24 adapter through its `CrmAdapter` interface, against the stateful fake."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+import pytest
+
+from bridge import rules
+from bridge.crm import builder
+from bridge.crm.base import RateLimiter
+from bridge.crm.bitrix24 import PREFETCH_TTL, Bitrix24, build_bitrix24
+from bridge.crm.bitrix24_json import (
+    BitrixOptions,
+    command,
+    deal_from_record,
+    field_values,
+    phone_variants,
+    php_query,
+)
+from bridge.crm.bitrix24_rest import webhook_problem
+from bridge.crmconfig import schema_problems
+from bridge.domain import (
+    Contact,
+    ContactPatch,
+    Customer,
+    FieldKind,
+    FieldUpdate,
+    KeyKind,
+    LookupKey,
+    NewContact,
+    NewDeal,
+    Utm,
+)
+from bridge.errors import (
+    AuthError,
+    ConfigError,
+    PermanentCrmError,
+    RateLimited,
+    TransientCrmError,
+)
+from bridge.settings import CrmConfig, FileConfig, Settings
+from bridge.tokens import TokenPair
+from tests.fakes.bitrix24 import FakeBitrix24, example_config
+from tests.fakes.bitrix24_portal import parse_php, substitute
+from tests.fakes.server import serve_in_thread
+
+CONFIG = example_config(enabled=True)
+TG_ID, TG_USERNAME = "UF_CRM_TG_ID", "UF_CRM_TG_USERNAME"
+SUBJECTS, DIRECTION, LAST_AMOUNT, LAST_AT = (
+    "UF_CRM_SUBJECTS",
+    "UF_CRM_DIRECTION",
+    "UF_CRM_LAST_PAYMENT",
+    "UF_CRM_LAST_PAYMENT_AT",
+)
+PAYMENT_ID, TOTAL, COUNT = "UF_CRM_PAYMENT_ID", "UF_CRM_TOTAL_PAID", "UF_CRM_PURCHASES"
+RUSSIAN, SOCIAL, EGE = 45, 47, 61
+PAID_AT = datetime(2025, 1, 20, 11, 49, 20, tzinfo=UTC)
+CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
+KEYS = CUSTOMER.lookup_keys()
+
+
+@dataclass
+class MemoryTokens:
+    pair: TokenPair | None = None
+    saved: list[TokenPair] = field(default_factory=list)
+
+    async def load_tokens(self, crm: str) -> TokenPair | None:
+        return self.pair
+
+    async def save_tokens(self, crm: str, pair: TokenPair) -> None:
+        self.pair = pair
+        self.saved.append(pair)
+
+
+class FakeClock:
+    """Monotonic time that moves only when a sleep asks it to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+async def no_wait(seconds: float) -> None:
+    await asyncio.sleep(0)
+
+
+def make_adapter(
+    fake: FakeBitrix24,
+    *,
+    config: CrmConfig = CONFIG,
+    tokens: MemoryTokens | None = None,
+    limiter: RateLimiter | None = None,
+    on_call: Callable[[str, str, float, int], None] | None = None,
+    clock: Callable[[], float] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    **env: Any,
+) -> Bitrix24:
+    values: dict[str, Any] = {
+        "bitrix24_client_id": fake.client_id,
+        "bitrix24_client_secret": fake.client_secret,
+    }
+    if config.auth == "long_lived_token":
+        values["bitrix24_webhook_url"] = fake.webhook_url()
+    values.update(env)
+    settings = Settings(_env_file=None, file=FileConfig(crm={"bitrix24": config}), **values)
+    adapter = build_bitrix24(
+        "bitrix24",
+        config,
+        settings,
+        tokens or MemoryTokens(),
+        transport=transport or fake.transport(),
+        on_call=on_call,
+        clock=clock or fake.clock,
+    )
+    adapter.http.limiter = limiter or RateLimiter(1000, sleep=no_wait)
+    adapter.http.backoff_initial, adapter.http.backoff_max = 0.001, 0.01
+    return adapter
+
+
+@pytest.fixture
+def fake() -> FakeBitrix24:
+    return FakeBitrix24(CONFIG)
+
+
+@pytest.fixture
+async def bx(fake: FakeBitrix24) -> AsyncIterator[Bitrix24]:
+    adapter = make_adapter(fake)
+    yield adapter
+    await adapter.aclose()
+
+
+def every_kind_of_field() -> tuple[FieldUpdate, ...]:
+    return (
+        FieldUpdate(SUBJECTS, FieldKind.MULTISELECT, (RUSSIAN, SOCIAL)),
+        FieldUpdate(DIRECTION, FieldKind.SELECT, EGE),
+        FieldUpdate(LAST_AMOUNT, FieldKind.NUMBER, Decimal("10000.00")),
+        FieldUpdate(LAST_AT, FieldKind.DATETIME, PAID_AT.astimezone(timezone(timedelta(hours=3)))),
+        FieldUpdate(PAYMENT_ID, FieldKind.TEXT, "pay_1"),
+        FieldUpdate(TOTAL, FieldKind.NUMBER, Decimal("11500.5")),
+        FieldUpdate(COUNT, FieldKind.NUMBER, 3),
+        FieldUpdate("UTM_SOURCE", FieldKind.TEXT, "advcake"),
+    )
+
+
+def new_deal(**changes: Any) -> NewDeal:
+    values: dict[str, Any] = {
+        "name": "Оплата Русский - Иван Петров",
+        "price": Decimal("10000"),
+        "pipeline_id": "2",
+        "status_id": "C2:UC_AUTOPAY",
+        "fields": every_kind_of_field(),
+    }
+    values.update(changes)
+    return NewDeal(**values)
+
+
+def new_contact(customer: Customer = CUSTOMER) -> NewContact:
+    telegram = (
+        FieldUpdate(TG_ID, FieldKind.TEXT, "123456789"),
+        FieldUpdate(TG_USERNAME, FieldKind.TEXT, "ivan"),
+    )
+    return NewContact(customer, Utm(source="advcake", medium="cpa"), telegram)
+
+
+def batch_commands(fake: FakeBitrix24, index: int = -1) -> dict[str, str]:
+    """The commands of a logged batch request, decoded, method name first."""
+    call = fake.calls[index]
+    raw = (
+        call.json["cmd"]
+        if call.method == "POST"
+        else parse_php([(k, v) for k, values in call.params.items() for v in values])["cmd"]
+    )
+    return {key: value.split("?")[0] for key, value in raw.items()}
+
+
+# ---- pure mappers -------------------------------------------------------------------
+
+
+def test_php_query_writes_nested_parameters_as_http_build_query_does() -> None:
+    params = {
+        "filter": {"CONTACT_ID": 5, "@ID": ["1", "2"]},
+        "select": ["ID", "UF_*"],
+        "fields": {"PHONE": [{"VALUE": "+7999", "VALUE_TYPE": "MOBILE"}], "X": None},
+    }
+    assert php_query(params) == [
+        ("filter[CONTACT_ID]", "5"),
+        ("filter[@ID][0]", "1"),
+        ("filter[@ID][1]", "2"),
+        ("select[0]", "ID"),
+        ("select[1]", "UF_*"),
+        ("fields[PHONE][0][VALUE]", "+7999"),
+        ("fields[PHONE][0][VALUE_TYPE]", "MOBILE"),
+        ("fields[X]", ""),
+    ]
+
+
+def test_batch_references_survive_encoding_and_resolve_as_php_does() -> None:
+    text = command("crm.deal.add", {"fields": {"CONTACT_IDS": ["$result[c]"], "T": "№ $result[c]"}})
+    method, _, query = text.partition("?")
+    parsed = parse_php(parse_qsl(query))
+    store: dict[str, Any] = {"result": {"c": 42}, "next": {}, "total": {}, "time": {}, "error": {}}
+    assert method == "crm.deal.add"
+    assert substitute(parsed, store) == {"fields": {"CONTACT_IDS": {"0": 42}, "T": "№ 42"}}
+    # An empty lookup leaves the nearest array, not an id: never chain a write off one.
+    store["result"]["tg"] = []
+    assert substitute("$result[tg][0][ID]", store) == []
+
+
+@pytest.mark.parametrize(
+    ("update", "value"),
+    [
+        (FieldUpdate("UF_A", FieldKind.TEXT, "pay_1"), "pay_1"),
+        (FieldUpdate("UF_A", FieldKind.NUMBER, Decimal("10000.00")), 10000),
+        (FieldUpdate("UF_A", FieldKind.NUMBER, Decimal("12.50")), 12.5),
+        (FieldUpdate("UF_A", FieldKind.NUMBER, 3), 3),
+        (FieldUpdate("UF_A", FieldKind.DATETIME, PAID_AT), "2025-01-20T11:49:20+00:00"),
+        (
+            FieldUpdate(
+                "UF_A", FieldKind.DATETIME, PAID_AT.astimezone(timezone(timedelta(hours=3)))
+            ),
+            "2025-01-20T14:49:20+03:00",
+        ),
+        (FieldUpdate("UF_A", FieldKind.SELECT, 61), 61),
+        (FieldUpdate("UF_A", FieldKind.SELECT, "61"), 61),
+        (FieldUpdate("UF_A", FieldKind.MULTISELECT, (45, "47")), [45, 47]),
+    ],
+)
+def test_field_values_take_bitrix_shapes(update: FieldUpdate, value: Any) -> None:
+    assert field_values([update]) == {"UF_A": value}
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        FieldUpdate("UF_A", FieldKind.DATETIME, datetime(2025, 1, 20, 11, 49)),  # naive
+        FieldUpdate("UF_A", FieldKind.SELECT, "ЕГЭ"),  # a label, not an item ID
+        FieldUpdate("UF_A", FieldKind.SELECT, (1, 2)),
+        FieldUpdate("UF_A", FieldKind.NUMBER, "12"),
+    ],
+)
+def test_field_values_refuse_what_does_not_fit(update: FieldUpdate) -> None:
+    with pytest.raises(ValueError, match="UF_A"):
+        field_values([update])
+
+
+@pytest.mark.parametrize(
+    ("phone", "values"),
+    [
+        ("+79991234567", ["+79991234567", "89991234567"]),
+        ("+442079460958", ["+442079460958"]),
+        ("+77012345678", ["+77012345678", "87012345678"]),  # Kazakhstan dials 8 too
+    ],
+)
+def test_phone_variants_add_the_8_form_of_plus_7_numbers(phone: str, values: list[str]) -> None:
+    assert phone_variants(phone) == values
+
+
+@pytest.mark.parametrize(
+    ("semantic", "closed", "stage"),
+    [("P", "N", "C1:EXECUTING"), ("S", "Y", "C1:WON"), ("F", "Y", "C1:LOSE")],
+)
+def test_a_deal_is_closed_by_its_stage_semantics(semantic: str, closed: str, stage: str) -> None:
+    config = CONFIG.model_copy(update={"closed_status_ids": ()})
+    record = {"ID": "7", "CATEGORY_ID": "1", "STAGE_ID": stage, "STAGE_SEMANTIC_ID": semantic,
+              "CLOSED": closed, "CONTACT_ID": "5", "DATE_MODIFY": "2025-01-20T14:49:20+03:00",
+              "UF_CRM_TOTAL_PAID": 1500.0, "UF_CRM_SUBJECTS": [45, 47]}  # fmt: skip
+    deal = deal_from_record(record, config)
+    assert deal.is_closed is (semantic != "P")
+    assert (deal.pipeline_id, deal.contact_ids, deal.updated_at) == ("1", ("5",), 1737373760)
+    assert deal.fields[TOTAL] == "1500" and deal.fields[SUBJECTS] == "45"
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("https://example.bitrix24.ru/rest/1/abc123def/", None),
+        ("https://example.bitrix24.ru/rest/1/abc123def", None),
+        (None, "set BITRIX24_WEBHOOK_URL"),
+        ("https://example.bitrix24.ru/rest/abc123def/", "must look like"),
+        ("https://example.bitrix24.ru/", "must look like"),
+    ],
+)
+def test_webhook_problem_never_quotes_the_url(url: str | None, problem: str | None) -> None:
+    found = webhook_problem(url)
+    assert (found is None) if problem is None else (problem in (found or ""))
+    assert "abc123def" not in (found or "")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"burst": 0}, "burst"),
+        ({"burst": True}, "burst"),
+        ({"currency_id": "руб."}, "currency_id"),
+        ({"oauth_server": "http://x"}, "oauth_server"),
+        ({"token_budget": 1}, "unknown"),
+    ],
+)
+def test_options_are_validated(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        BitrixOptions.from_config("bitrix24", options)
+
+
+def test_the_registry_finds_the_builder() -> None:
+    assert builder("bitrix24") is build_bitrix24
+
+
+# ---- finding contacts ---------------------------------------------------------------
+
+
+async def test_telegram_hit_costs_one_batch_and_its_deals_come_with_it(
+    fake: FakeBitrix24, bx: Bitrix24
+) -> None:
+    ivan = fake.add_contact("Иван", "Петров", phones=["+79991234567"], telegram_id="123456789")
+    working = fake.add_deal(ivan, stage_id="C1:EXECUTING", fields={TOTAL: 1500}, modified=1000)
+    autopay = fake.add_deal(ivan, stage_id="UC_AUTOPAY", modified=2000)  # excluded, yet open
+    fake.add_deal(ivan, stage_id="WON", modified=3000)
+    fake.add_deal(ivan, stage_id="C2:LOSE", modified=4000)
+    fake.add_deal(fake.add_contact("Другой"), stage_id="NEW")
+
+    found = await bx.find_contact(KEYS, rules.contact_matches)
+    deals = await bx.list_deals(found) if found else []
+
+    assert found is not None and found.id == str(ivan)
+    assert (found.name, found.telegram_id, found.phones) == (
+        "Иван Петров",
+        "123456789",
+        ("+79991234567",),
+    )
+    assert [deal.id for deal in deals] == [str(autopay), str(working)]  # newest first
+    assert deals[1].fields[TOTAL] == "1500"
+    assert not any(deal.is_closed for deal in deals)
+    assert fake.count() == 1
+    assert fake.calls[0].method == "GET" and fake.calls[0].path.endswith("/batch.json")
+    assert batch_commands(fake) == {
+        "tg": "crm.contact.list",
+        "tg_deals": "crm.deal.list",
+        "comm0": "crm.duplicate.findbycomm",
+        "comm1": "crm.duplicate.findbycomm",
+    }
+
+
+@pytest.mark.parametrize("typed", ["8 (999) 123-45-67", "+7 999 123 45 67", "79991234567"])
+async def test_phone_typed_any_way_is_found_by_findbycomm_and_confirmed(
+    fake: FakeBitrix24, bx: Bitrix24, typed: str
+) -> None:
+    ivan = fake.add_contact("Иван", phones=[typed])
+    deal = fake.add_deal(ivan, stage_id="EXECUTING")
+    fake.add_contact("Похожий", phones=["+7 999 123-45-678"])
+    keys = (LookupKey(KeyKind.PHONE, "+79991234567"),)
+
+    found = await bx.find_contact(keys, rules.contact_matches)
+    deals = await bx.list_deals(found) if found else []
+
+    assert found is not None and found.id == str(ivan) and found.phones == (typed,)
+    assert [d.id for d in deals] == [str(deal)]
+    assert fake.count() == 2  # lookup batch, then the hits' records and deals
+    assert batch_commands(fake) == {
+        "contacts": "crm.contact.list",
+        f"deals_{ivan}": "crm.deal.list",
+    }
+
+
+async def test_priority_is_telegram_then_phone_then_email(fake: FakeBitrix24, bx: Bitrix24) -> None:
+    by_email = fake.add_contact("E", emails=["IVAN@example.com"])
+    by_phone = fake.add_contact("P", phones=["+79991234567"])
+    assert (await bx.find_contact(KEYS, rules.contact_matches)) == Contact(
+        id=str(by_phone), name="P", phones=("+79991234567",), deal_ids=()
+    )
+    by_tg = fake.add_contact("T", telegram_id="123456789")
+    found = await bx.find_contact(KEYS, rules.contact_matches)
+    assert found is not None and found.id == str(by_tg)
+    email_only = (LookupKey(KeyKind.EMAIL, "ivan@example.com"),)
+    found = await bx.find_contact(email_only, rules.contact_matches)
+    assert found is not None and found.id == str(by_email)
+
+
+async def test_unconfirmed_hits_are_not_used(fake: FakeBitrix24, bx: Bitrix24) -> None:
+    fake.add_contact("Ivan", phones=["+79991234567"], telegram_id="123456789")
+    assert await bx.find_contact(KEYS, lambda contact, key: False) is None
+
+
+async def test_telegram_hit_refused_by_confirm_falls_back_to_phone(
+    fake: FakeBitrix24, bx: Bitrix24
+) -> None:
+    fake.add_contact("Телеграм", telegram_id="123456789")
+    ivan = fake.add_contact("Иван", phones=["+79991234567"])
+
+    def not_by_telegram(contact: Contact, key: LookupKey) -> bool:
+        return key.kind is not KeyKind.TELEGRAM_ID and rules.contact_matches(contact, key)
+
+    found = await bx.find_contact(KEYS, not_by_telegram)
+    assert found is not None and found.id == str(ivan)
+
+
+async def test_new_customer_costs_one_request(fake: FakeBitrix24, bx: Bitrix24) -> None:
+    fake.add_contact("Другой", phones=["+79990000000"], telegram_id="1")
+    assert await bx.find_contact(KEYS, rules.contact_matches) is None
+    assert fake.count() == 1
+
+
+async def test_no_keys_no_request(fake: FakeBitrix24, bx: Bitrix24) -> None:
+    assert await bx.find_contact((), rules.contact_matches) is None
+    assert fake.count() == 0
+
+
+async def test_a_chained_lookup_that_found_no_one_lends_no_deals(
+    fake: FakeBitrix24, bx: Bitrix24
+) -> None:
+    # No Telegram hit: `$result[tg][0][ID]` resolves to [] and the chained list reads
+    # any deals at all. They must not become the phone hit's deals.
+    other = fake.add_contact("Другой")
+    fake.add_deal(other, stage_id="EXECUTING")
+    ivan = fake.add_contact("Иван", phones=["+79991234567"])
+    found = await bx.find_contact(KEYS, rules.contact_matches)
+    assert found is not None and found.id == str(ivan)
+    assert await bx.list_deals(found) == []
+
+
+async def test_prefetched_deals_are_not_handed_out_late_or_to_another_contact_object(
+    fake: FakeBitrix24,
+) -> None:
+    clock = [5000.0]
+    adapter = make_adapter(fake, clock=lambda: clock[0])
+    ivan = fake.add_contact("Иван", telegram_id="123456789")
+    found = await adapter.find_contact(KEYS, rules.contact_matches)
+    assert found is not None
+    before = fake.count()
+    await adapter.list_deals(Contact(id=found.id))  # resumed from the journal: reads
+    assert fake.count() == before + 1
+    found = await adapter.find_contact(KEYS, rules.contact_matches)
+    clock[0] += PREFETCH_TTL + 1
+    assert found is not None
+    deal = fake.add_deal(ivan, stage_id="NEW")
+    before = fake.count()
+    assert [d.id for d in await adapter.list_deals(found)] == [str(deal)]
+    assert fake.count() == before + 1
+    await adapter.aclose()
+
+
+# ---- deals --------------------------------------------------------------------------
+
+
+async def test_list_deals_pages_through_next(fake: FakeBitrix24, bx: Bitrix24) -> None:
+    ivan = fake.add_contact("Иван")
+    for n in range(120):
+        fake.add_deal(ivan, stage_id="EXECUTING", modified=1000 + n)
+    fake.add_deal(ivan, stage_id="WON", modified=5000)
+    deals = await bx.list_deals(Contact(id=str(ivan)))
+    assert len(deals) == 120
+    assert deals[0].updated_at > deals[-1].updated_at
+    assert fake.count() == 3
+
+
+async def test_list_deals_sees_primary_contact_only(fake: FakeBitrix24, bx: Bitrix24) -> None:
+    # crm.deal.list filters CONTACT_ID on the primary contact (documented limitation).
+    ivan = fake.add_contact("Иван")
+    fake.add_deal(fake.add_contact("Жена"), stage_id="NEW", other_contacts=[ivan])
+    assert await bx.list_deals(Contact(id=str(ivan))) == []
+
+
+async def test_get_deal_has_every_linked_contact_and_none_when_gone(
+    fake: FakeBitrix24, bx: Bitrix24
+) -> None:
+    ivan, anna = fake.add_contact("Иван"), fake.add_contact("Анна")
+    deal_id = fake.add_deal(ivan, stage_id="C2:WON", other_contacts=[anna], fields={TOTAL: 10})
+    deal = await bx.get_deal(str(deal_id))
+    assert deal is not None
+    assert (deal.contact_ids, deal.is_closed, deal.fields[TOTAL]) == (
+        (str(ivan), str(anna)),
+        True,
+        "10",
+    )
+    assert fake.count() == 1
+    fake.delete_deal(deal_id)
+    assert await bx.get_deal(str(deal_id)) is None
+    assert await bx.get_deal("not-a-number") is None
+
+
+async def test_create_contact_then_deal_links_them(fake: FakeBitrix24, bx: Bitrix24) -> None:
+    contact = await bx.create_contact(new_contact())
+    deal = await bx.create_deal(contact, new_deal())
+
+    assert (contact.phones, contact.emails) == (("+79991234567",), ("ivan@example.com",))
+    assert (contact.telegram_id, contact.telegram_username, contact.deal_ids) == (
+        "123456789",
+        "ivan",
+        (),
+    )
+    stored = fake.contact(contact.id)
+    assert (stored["NAME"], stored["LAST_NAME"], stored["UTM_SOURCE"]) == (
+        "Иван",
+        "Петров",
+        "advcake",
+    )
+    assert fake.contact_field(contact.id, TG_ID) == "123456789"
+    assert fake.deal(deal.id)["CONTACT_IDS"] == [int(contact.id)]
+    assert (deal.pipeline_id, deal.status_id, deal.contact_ids) == (
+        "2",
+        "C2:UC_AUTOPAY",
+        (contact.id,),
+    )
+    assert deal.fields[PAYMENT_ID] == "pay_1"
+    assert fake.deal(deal.id)["CURRENCY_ID"] == "RUB"
+    assert fake.count() == 2
+
+
+async def test_create_contact_and_deal_is_one_chained_batch(
+    fake: FakeBitrix24, bx: Bitrix24
+) -> None:
+    contact, deal = await bx.create_contact_and_deal(new_contact(), new_deal())
+
+    assert fake.count() == 1 and fake.calls[0].method == "POST"
+    assert fake.calls[0].json["halt"] == 1
+    assert batch_commands(fake) == {"contact": "crm.contact.add", "deal": "crm.deal.add"}
+    [stored] = fake.deals()
+    assert stored["ID"] == deal.id and stored["CONTACT_IDS"] == [int(contact.id)]
+    assert (stored["CATEGORY_ID"], stored["STAGE_ID"], stored["OPPORTUNITY"]) == (
+        "2",
+        "C2:UC_AUTOPAY",
+        "10000.00",
+    )
+    assert fake.deal_field(deal.id, SUBJECTS) == [RUSSIAN, SOCIAL]
+    assert fake.deal_field(deal.id, DIRECTION) == EGE
+    assert fake.deal_field(deal.id, LAST_AT) == "2025-01-20T14:49:20+03:00"
+    assert fake.deal_field(deal.id, TOTAL) == 11500.5
+    assert fake.deal_field(deal.id, COUNT) == 3.0
+    assert fake.deal_field(deal.id, "UTM_SOURCE") == "advcake"
+    assert [c["ID"] for c in fake.contacts()] == [contact.id]
+    assert deal.contact_ids == (contact.id,)
+
+
+async def test_a_refused_contact_halts_the_batch_before_the_deal(
+    fake: FakeBitrix24, bx: Bitrix24
+) -> None:
+    bad = NewContact(CUSTOMER, Utm(), (FieldUpdate("UF_CRM_NO_SUCH", FieldKind.TEXT, "x"),))
+    with pytest.raises(PermanentCrmError, match=r"\[contact\].*UF_CRM_NO_SUCH"):
+        await bx.create_contact_and_deal(bad, new_deal())
+    assert fake.contacts() == [] and fake.deals() == []
+    assert fake.methods == ["crm.contact.add"]
+
+
+async def test_a_refused_deal_after_its_contact_is_permanent(
+    fake: FakeBitrix24, bx: Bitrix24
+) -> None:
+    with pytest.raises(PermanentCrmError, match=r"\[deal\].*Stage"):
+        await bx.create_contact_and_deal(new_contact(), new_deal(status_id="C1:NEW"))
+    assert len(fake.contacts()) == 1 and fake.deals() == []
+
+
+async def test_update_deal_sends_every_kind_in_a_shape_bitrix_accepts(
+    fake: FakeBitrix24, bx: Bitrix24
+) -> None:
+    deal_id = fake.add_deal(fake.add_contact("Иван"), stage_id="EXECUTING", fields={TOTAL: 1})
+    await bx.update_deal(str(deal_id), every_kind_of_field())
+    assert fake.deal_field(deal_id, SUBJECTS) == [RUSSIAN, SOCIAL]
+    assert fake.deal_field(deal_id, TOTAL) == 11500.5
+    assert fake.deal_field(deal_id, PAYMENT_ID) == "pay_1"
+    call = fake.calls[-1]
+    assert (call.method, call.path.rsplit("/", 1)[-1]) == ("POST", "crm.deal.update.json")
+    assert call.json["params"] == {"REGISTER_SONET_EVENT": "N"}
+    await bx.update_deal(str(deal_id), ())
+    assert fake.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("update", "message"),
+    [
+        (FieldUpdate("UF_CRM_NO_SUCH", FieldKind.TEXT, "x"), "Unknown user field"),
+        (FieldUpdate(SUBJECTS, FieldKind.MULTISELECT, (45, 999)), "no list item"),
+        (FieldUpdate(DIRECTION, FieldKind.SELECT, 45), "no list item"),
+    ],
+)
+async def test_refused_field_updates_are_permanent_and_apply_nothing(
+    fake: FakeBitrix24, bx: Bitrix24, update: FieldUpdate, message: str
+) -> None:
+    deal_id = fake.add_deal(fake.add_contact("Иван"), stage_id="EXECUTING", fields={TOTAL: 1})
+    with pytest.raises(PermanentCrmError, match=message):
+        await bx.update_deal(str(deal_id), (FieldUpdate(TOTAL, FieldKind.NUMBER, 2), update))
+    assert fake.deal_field(deal_id, TOTAL) == 1.0
+    assert fake.count() == 1  # a 400 is not retried
+
+
+async def test_a_value_that_cannot_be_sent_fails_before_any_call(
+    fake: FakeBitrix24, bx: Bitrix24
+) -> None:
+    naive = FieldUpdate(LAST_AT, FieldKind.DATETIME, datetime(2025, 1, 20))
+    with pytest.raises(PermanentCrmError, match=r"deals\.update"):
+        await bx.update_deal("1", (naive,))
+    assert fake.count() == 0
+
+
+async def test_update_contact_fills_fields_and_skips_empty_patch(
+    fake: FakeBitrix24, bx: Bitrix24
+) -> None:
+    contact_id = fake.add_contact("Иван", phones=["+79991234567"])
+    await bx.update_contact(str(contact_id), ContactPatch(()))
+    assert fake.count() == 0
+    await bx.update_contact(
+        str(contact_id), ContactPatch((FieldUpdate(TG_ID, FieldKind.TEXT, "42"),))
+    )
+    assert fake.contact_field(contact_id, TG_ID) == "42"
+    assert [p["VALUE"] for p in fake.contact(contact_id)["PHONE"]] == ["+79991234567"]
+
+
+async def test_notes_are_stored_verbatim_and_read_back(fake: FakeBitrix24, bx: Bitrix24) -> None:
+    deal_id = fake.add_deal(fake.add_contact("Иван"), stage_id="NEW")
+    text = "Оплата проведена\n\nСумма: 10000 RUB\n  Курс (Русский)\nPayment ID: pay_1"
+    await bx.add_note(str(deal_id), text)
+    assert fake.notes(deal_id) == [text]
+    assert await bx.deal_notes(str(deal_id)) == [text]
+    with pytest.raises(PermanentCrmError, match="Entity not found"):
+        await bx.add_note("999999", text)
+
+
+# ---- limits and faults --------------------------------------------------------------
+
+
+async def test_query_limit_exceeded_is_rate_limited_and_retried_after_the_bucket_drains() -> None:
+    clock = FakeClock()
+    fake = FakeBitrix24(CONFIG, monotonic=clock.monotonic)
+    adapter = make_adapter(
+        fake, limiter=RateLimiter(1000, clock=clock.monotonic, sleep=clock.sleep)
+    )
+    fake.fill_bucket()
+    assert await adapter.find_contact(KEYS, rules.contact_matches) is None
+    assert [call.status for call in fake.calls] == [503, 200]
+    assert fake.throttled == 1
+    assert clock.now >= 1001.0  # waited the second Retry-After asked for
+    await adapter.aclose()
+
+
+async def test_a_bucket_that_stays_full_surfaces_rate_limited(
+    fake: FakeBitrix24, bx: Bitrix24
+) -> None:
+    fake.drain_per_second = 0
+    fake.fill_bucket()
+    with pytest.raises(RateLimited, match="429"):
+        await bx.update_deal("1", (FieldUpdate(PAYMENT_ID, FieldKind.TEXT, "x"),))
+    assert fake.count() == 3  # not applied, so retried even as a POST
+
+
+async def test_operation_time_limit_alone_or_in_a_batch_is_rate_limited(
+    fake: FakeBitrix24, bx: Bitrix24
+) -> None:
+    deal_id = fake.add_deal(fake.add_contact("Иван"), stage_id="NEW")
+    fake.block_method("crm.deal.update")
+    with pytest.raises(RateLimited):
+        await bx.update_deal(str(deal_id), (FieldUpdate(PAYMENT_ID, FieldKind.TEXT, "x"),))
+    fake.block_method("crm.duplicate.findbycomm")
+    with pytest.raises(RateLimited, match=r"\[comm0\].*OPERATION_TIME_LIMIT"):
+        await bx.find_contact(KEYS, rules.contact_matches)
+
+
+async def test_the_adapters_own_limiter_keeps_the_bucket_from_overflowing() -> None:
+    clock = FakeClock()
+    fake = FakeBitrix24(CONFIG, bucket_size=50, drain_per_second=2, monotonic=clock.monotonic)
+    limiter = RateLimiter(
+        CONFIG.rate_limit_per_second, burst=10, clock=clock.monotonic, sleep=clock.sleep
+    )
+    adapter = make_adapter(fake, limiter=limiter)
+    for _ in range(150):
+        await adapter.get_deal("1")
+    assert fake.throttled == 0
+    assert clock.now - 1000.0 >= (150 - 10) / 2 - 1
+    await adapter.aclose()
+
+
+async def test_server_errors_are_retried_for_reads_only(fake: FakeBitrix24, bx: Bitrix24) -> None:
+    fake.fail_next(2, status=500)
+    assert await bx.find_contact(KEYS, rules.contact_matches) is None
+    assert fake.count() == 3
+    deal_id = fake.add_deal(fake.add_contact("Иван"), stage_id="NEW")
+    fake.fail_next(1, status=500, method="POST")
+    before = fake.count()
+    with pytest.raises(TransientCrmError):
+        await bx.add_note(str(deal_id), "Payment ID: x")
+    assert fake.count() == before + 1
+
+
+async def test_a_create_applied_then_lost_is_found_again(fake: FakeBitrix24, bx: Bitrix24) -> None:
+    fake.fail_after_apply(1, kind="timeout", method="POST")
+    with pytest.raises(TransientCrmError, match="timeout"):
+        await bx.create_contact_and_deal(new_contact(), new_deal())
+    found = await bx.find_contact(KEYS, rules.contact_matches)
+    assert found is not None
+    [deal] = await bx.list_deals(found)
+    assert rules.deal_carrying_payment([deal], CONFIG, "pay_1") == deal
+    assert fake.count() == 2  # the lookup read the deals too
+
+
+# ---- credentials --------------------------------------------------------------------
+
+
+async def test_the_webhook_secret_never_shows_in_errors_or_call_names(fake: FakeBitrix24) -> None:
+    seen: list[str] = []
+    secret = fake.webhook_url().split("/rest/1/")[1].strip("/")
+    adapter = make_adapter(
+        fake,
+        on_call=lambda crm, op, elapsed, status: seen.append(op),
+        bitrix24_webhook_url=f"https://example.bitrix24.ru/rest/1/{secret}/",
+    )
+    errors: list[Exception] = []
+    for action in (
+        lambda: adapter.update_deal("1", (FieldUpdate("UF_CRM_NO_SUCH", FieldKind.TEXT, "x"),)),
+        lambda: adapter.get_deal("1"),
+    ):
+        try:
+            await action()
+        except (PermanentCrmError, TransientCrmError) as exc:
+            errors.append(exc)
+    fake.fail_next(3, status=502)
+    with pytest.raises(TransientCrmError) as failed:
+        await adapter.find_contact(KEYS, rules.contact_matches)
+    errors.append(failed.value)
+    fake.down()
+    with pytest.raises(TransientCrmError) as refused:
+        await adapter.get_deal("1")
+    errors.append(refused.value)
+    assert errors and all(secret not in str(error) for error in errors)
+    assert "/rest/crm.deal.update.json" in str(errors[0])
+    assert all(secret not in op for op in seen)
+    assert all(call.path.startswith(f"/rest/1/{secret}/") for call in fake.calls)
+    await adapter.aclose()
+
+
+async def test_a_wrong_or_missing_webhook_is_an_auth_error(fake: FakeBitrix24) -> None:
+    wrong = make_adapter(fake, bitrix24_webhook_url="https://example.bitrix24.ru/rest/1/nope/")
+    with pytest.raises(AuthError, match="401"):
+        await wrong.get_deal("1")
+    assert await wrong.credentials_problem() is None
+    missing = make_adapter(fake, bitrix24_webhook_url=None)
+    problem = await missing.credentials_problem()
+    assert problem is not None and "BITRIX24_WEBHOOK_URL" in problem
+    before = fake.count()
+    with pytest.raises(AuthError, match="BITRIX24_WEBHOOK_URL"):
+        await missing.get_deal("1")
+    malformed = make_adapter(fake, bitrix24_webhook_url="https://example.bitrix24.ru/hook")
+    assert "must look like" in (await malformed.credentials_problem() or "")
+    assert fake.count() == before
+    for adapter in (wrong, missing, malformed):
+        await adapter.aclose()
+
+
+async def test_a_webhook_without_the_crm_scope_pauses_instead_of_failing(
+    fake: FakeBitrix24, bx: Bitrix24
+) -> None:
+    fake.drop_scope()
+    with pytest.raises(AuthError, match="insufficient_scope"):
+        await bx.get_deal("1")
+    with pytest.raises(AuthError):
+        await bx.exchange_code("code")  # not an OAuth section
+
+
+def oauth_config() -> CrmConfig:
+    return CONFIG.model_copy(update={"auth": "oauth"})
+
+
+async def test_oauth_sends_the_token_as_auth_and_refreshes_once_on_expired_token(
+    fake: FakeBitrix24,
+) -> None:
+    access, refresh = fake.issue_oauth_pair(ttl=3600)
+    tokens = MemoryTokens(TokenPair(access, refresh, fake.clock() + 3600))
+    adapter = make_adapter(fake, config=oauth_config(), tokens=tokens)
+    await adapter.get_deal("1")
+    assert fake.calls[-1].params["auth"] == [access]
+    assert fake.calls[-1].path == "/rest/batch.json"
+    fake.expire_all_access_tokens()
+    await asyncio.gather(*(adapter.get_deal("1") for _ in range(4)))
+    assert len(tokens.saved) == 1  # one refresh for all of them
+    assert fake.count(path_prefix="/oauth/token") == 1
+    assert fake.calls[-1].params["auth"] == [tokens.saved[0].access_token]
+    assert adapter.token_expires_at() == pytest.approx(fake.clock() + 3600, abs=5)
+    await adapter.aclose()
+
+
+async def test_oauth_bootstraps_from_the_refresh_token_in_the_environment(
+    fake: FakeBitrix24,
+) -> None:
+    _, refresh = fake.issue_oauth_pair()
+    tokens = MemoryTokens()
+    adapter = make_adapter(
+        fake, config=oauth_config(), tokens=tokens, bitrix24_refresh_token=refresh
+    )
+    assert await adapter.get_deal("1") is None
+    assert len(tokens.saved) == 1
+    assert fake.calls[0].path == "/oauth/token/"
+    assert fake.calls[0].params["grant_type"] == ["refresh_token"]
+    await adapter.aclose()
+
+
+async def test_a_spent_refresh_token_is_an_auth_error_that_names_no_secret(
+    fake: FakeBitrix24,
+) -> None:
+    access, refresh = fake.issue_oauth_pair()
+    first = make_adapter(
+        fake, config=oauth_config(), tokens=MemoryTokens(TokenPair(access, refresh, 0.0))
+    )
+    await first.get_deal("1")  # refreshes: `refresh` is spent now
+    stale = make_adapter(
+        fake, config=oauth_config(), tokens=MemoryTokens(TokenPair(access, refresh, 0.0))
+    )
+    with pytest.raises(AuthError, match="invalid_grant") as failed:
+        await stale.get_deal("1")
+    assert refresh not in str(failed.value) and fake.client_secret not in str(failed.value)
+    for adapter in (first, stale):
+        await adapter.aclose()
+
+
+async def test_oauth_needs_client_credentials(fake: FakeBitrix24) -> None:
+    adapter = make_adapter(
+        fake,
+        config=oauth_config(),
+        tokens=MemoryTokens(TokenPair("a", "r", 0.0)),
+        bitrix24_client_id="",
+    )
+    with pytest.raises(AuthError, match="BITRIX24_CLIENT_ID"):
+        await adapter.get_deal("1")
+    assert await adapter.credentials_problem() is None  # a pair is stored
+    await adapter.aclose()
+
+
+async def test_exchange_code_stores_the_pair_and_uses_it(fake: FakeBitrix24) -> None:
+    tokens = MemoryTokens()
+    adapter = make_adapter(fake, config=oauth_config(), tokens=tokens)
+    assert "bridge auth" in (await adapter.credentials_problem() or "")
+    fake.register_code("the-code")
+    pair = await adapter.exchange_code("the-code")
+    assert tokens.saved == [pair]
+    assert await adapter.get_deal("1") is None
+    assert fake.calls[-1].params["auth"] == [pair.access_token]
+    with pytest.raises(AuthError, match="invalid_grant"):
+        await adapter.exchange_code("the-code")
+    await adapter.aclose()
+
+
+# ---- schema -------------------------------------------------------------------------
+
+
+async def test_schema_matches_the_example_config(fake: FakeBitrix24, bx: Bitrix24) -> None:
+    schema = await bx.schema()
+    pipelines = {p.id: p for p in schema.pipelines}
+    assert set(pipelines) == {"0", "1", "2"}
+    assert pipelines["2"].name == "Партнёры"
+    assert "C2:UC_AUTOPAY" in pipelines["2"].statuses and "UC_AUTOPAY" in pipelines["0"].statuses
+    fields = {(f.entity, f.id): f for f in schema.fields}
+    assert fields[("leads", SUBJECTS)].type == "multiselect"
+    assert fields[("leads", SUBJECTS)].enums["45"] == "Русский"
+    assert fields[("leads", DIRECTION)].type == "select"
+    assert fields[("leads", TOTAL)].type == "numeric"
+    assert fields[("leads", LAST_AT)].type == "date_time"
+    assert fields[("leads", "UTM_SOURCE")].type == "text"
+    assert fields[("contacts", TG_ID)].type == "text"
+    assert schema_problems("bitrix24", CONFIG, schema) == []
+    assert fake.count() == 2
+    broken = CONFIG.model_copy(update={"excluded_status_ids": ("C9:NOPE",)})
+    assert [p.key for p in schema_problems("bitrix24", broken, schema)] == [
+        "crm.bitrix24.excluded_status_ids: C9:NOPE"
+    ]
+
+
+async def test_on_call_and_health_see_the_adapter(fake: FakeBitrix24) -> None:
+    seen: list[tuple[str, str, int]] = []
+    adapter = make_adapter(
+        fake, on_call=lambda crm, op, elapsed, status: seen.append((crm, op, status))
+    )
+    await adapter.find_contact(KEYS, rules.contact_matches)
+    await adapter.get_deal("1")
+    assert seen == [("bitrix24", "contacts.find", 200), ("bitrix24", "deals.get", 200)]
+    assert adapter.health_details() == {"rate_limit_per_second": 1000.0}
+    assert adapter.token_expires_at() is None
+    await adapter.aclose()
+
+
+async def test_a_real_transport_is_built_when_none_is_given() -> None:
+    config = CONFIG.model_copy(update={"request_timeout_seconds": 0.5})
+    settings = Settings(_env_file=None, file=FileConfig(crm={"bitrix24": config}),
+                        bitrix24_webhook_url="http://127.0.0.1:9/rest/1/abc/")  # fmt: skip
+    adapter = build_bitrix24("bitrix24", config, settings, MemoryTokens())
+    adapter.http.backoff_initial, adapter.http.backoff_max = 0.001, 0.01
+    with pytest.raises(TransientCrmError, match="cannot connect") as failed:
+        await adapter.get_deal("1")
+    assert "abc" not in str(failed.value)
+    assert isinstance(adapter.http.client, httpx.AsyncClient)
+    await adapter.aclose()
+
+
+async def test_the_asgi_app_serves_the_same_api_over_a_real_socket(fake: FakeBitrix24) -> None:
+    base_url, stop = serve_in_thread(fake)
+    try:
+        config = CONFIG.model_copy(update={"request_timeout_seconds": 0.5})
+        adapter = make_adapter(
+            fake,
+            config=config,
+            transport=httpx.AsyncHTTPTransport(),
+            bitrix24_webhook_url=fake.webhook_url(base_url),
+        )
+        contact, deal = await adapter.create_contact_and_deal(new_contact(), new_deal())
+        found = await adapter.find_contact(KEYS, rules.contact_matches)
+        assert found is not None and found.id == contact.id and found.deal_ids == (deal.id,)
+        fake.asgi_hang_seconds = 5
+        fake.fail_next(1, kind="timeout")
+        fake.fail_next(1, kind="drop")
+        assert len(await adapter.list_deals(Contact(id=contact.id))) == 1  # retried past both
+        await adapter.aclose()
+    finally:
+        stop()

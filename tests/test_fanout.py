@@ -1,0 +1,80 @@
+"""One payment, two CRMs: amoCRM and HubSpot delivered independently (SPEC §3)."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from litestar.testing import AsyncTestClient
+
+from bridge.app import create_app
+from tests.conftest import (
+    Bridge,
+    make_settings,
+    payment_payload,
+    reference_file_config,
+    wait_until,
+)
+from tests.fakes.amocrm import FakeAmoCrm
+from tests.fakes.hubspot import FakeHubSpot
+from tests.test_hubspot_scenarios import hubspot_file_config
+
+AMO_TOTAL = "700207"
+
+
+class Clock:
+    """Wall time that a test can move forward (an hour of HubSpot outage in no time)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+async def test_hubspot_down_for_an_hour_does_not_hold_amocrm_back(tmp_path: Path) -> None:
+    amo, hub, clock = FakeAmoCrm(), FakeHubSpot(), Clock()
+    both = reference_file_config().model_copy(
+        update={"crm": {**reference_file_config().crm, **hubspot_file_config().crm}}
+    )
+    settings = make_settings(
+        tmp_path,
+        both,
+        amocrm_access_token=amo.issue_token(ttl=86400),
+        hubspot_access_token=hub.issue_token(),
+        retry_schedule_seconds="60,300,1800,7200",  # the production start of the schedule
+        wait_seconds=2,
+    )
+    hub.down()
+    app = create_app(
+        settings, transports={"amocrm": amo.transport(), "hubspot": hub.transport()}, clock=clock
+    )
+    async with AsyncTestClient(app=app) as client:
+        bridge = Bridge(client, settings, amo)
+        answer = await bridge.post_payment(payment_payload("pay_split"))
+        body: dict[str, Any] = answer.json()
+        split = bridge.query("SELECT d.crm, d.status FROM deliveries d ORDER BY d.crm")
+        audit_during = bridge.query("SELECT status FROM payment_events")
+        # An hour later HubSpot is back; its retries have come due meanwhile.
+        hub.up()
+        clock.offset += 3600
+        await wait_until(
+            lambda: bridge.query("SELECT status FROM payment_events") == [("success",)],
+            timeout=15,
+        )
+        again = await bridge.post_payment(payment_payload("pay_split"))
+    assert answer.status_code == 202
+    assert body["status"] == "queued"
+    assert body["results"]["amocrm"]["lead_created"] is True
+    assert body["results"]["hubspot"]["status"] == "retrying"
+    assert split == [("amocrm", "success"), ("hubspot", "retrying")]
+    assert audit_during == [("pending",)]
+    assert again.status_code == 409
+    [lead] = amo.leads()
+    assert Decimal(str(amo.lead_field(lead["id"], AMO_TOTAL))) == 10000
+    assert len(amo.notes(lead["id"])) == 1
+    assert len(hub.contacts()) == 1
+    [deal] = hub.deals()
+    assert len(hub.notes(deal["id"])) == 1

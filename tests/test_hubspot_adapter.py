@@ -1,0 +1,963 @@
+"""The HubSpot adapter through its `CrmAdapter` interface, against the stateful fake."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+import pytest
+
+from bridge import checks
+from bridge.crm.base import RateLimiter
+from bridge.crm.hubspot import HubSpot, build_hubspot
+from bridge.crm.hubspot_json import (
+    contact_search_json,
+    field_type,
+    national_number,
+    note_html,
+    note_text,
+    property_value,
+)
+from bridge.crmconfig import config_snippet, schema_problems
+from bridge.domain import (
+    Contact,
+    ContactPatch,
+    Customer,
+    FieldKind,
+    FieldUpdate,
+    KeyKind,
+    LookupKey,
+    NewContact,
+    NewDeal,
+    Utm,
+)
+from bridge.errors import AuthError, ConfigError, PermanentCrmError, RateLimited, TransientCrmError
+from bridge.rules import contact_matches
+from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
+from bridge.tokens import TokenPair
+from tests.fakes.hubspot import FakeHubSpot
+from tests.fakes.server import serve_in_thread
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE_URL = "https://api.hubapi.test"
+CONFIG = (
+    load_file_config(ROOT / "etc" / "crm-hubspot.example.toml")
+    .crm["hubspot"]
+    .model_copy(update={"base_url": BASE_URL, "enabled": True})
+)
+SITE, SITE_AUTOPAY, SITE_WORKING = "default", "1023405001", "appointmentscheduled"
+YANDEX, YANDEX_WORKING = "1023405100", "1023405102"
+PARTNERS, PARTNERS_AUTOPAY = "1023405200", "1023405201"
+PAID_AT = datetime(2025, 1, 20, 11, 49, 20, tzinfo=UTC)
+CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
+SEARCH = "/crm/objects/2026-09/contacts/search"
+
+
+@dataclass
+class MemoryTokens:
+    pair: TokenPair | None = None
+    saved: list[TokenPair] = field(default_factory=list)
+
+    async def load_tokens(self, crm: str) -> TokenPair | None:
+        return self.pair
+
+    async def save_tokens(self, crm: str, pair: TokenPair) -> None:
+        self.pair = pair
+        self.saved.append(pair)
+
+
+@dataclass
+class Clock:
+    now: float = 1_780_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def no_wait(seconds: float) -> None:
+    await asyncio.sleep(0)
+
+
+def make_adapter(
+    fake: FakeHubSpot,
+    *,
+    config: CrmConfig = CONFIG,
+    tokens: MemoryTokens | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    real_limiter: bool = False,
+    on_call: Callable[[str, str, float, int], None] | None = None,
+    **env: Any,
+) -> HubSpot:
+    values: dict[str, Any] = {
+        "hubspot_client_id": fake.client_id,
+        "hubspot_client_secret": fake.client_secret,
+        "hubspot_redirect_uri": fake.redirect_uri,
+    }
+    if config.auth == "long_lived_token":
+        values["hubspot_access_token"] = fake.issue_token()
+    values.update(env)
+    settings = Settings(_env_file=None, file=FileConfig(crm={"hubspot": config}), **values)
+    adapter = build_hubspot(
+        "hubspot",
+        config,
+        settings,
+        tokens or MemoryTokens(),
+        transport=transport or fake.transport(),
+        on_call=on_call,
+        clock=fake.clock,
+    )
+    if not real_limiter:  # keep quick retries quick; the rates themselves are tested apart
+        for http in (adapter.http, adapter.search_http):
+            http.limiter = RateLimiter(1000, sleep=no_wait)
+            http.backoff_initial, http.backoff_max = 0.001, 0.01
+    return adapter
+
+
+@pytest.fixture
+def fake() -> FakeHubSpot:
+    return FakeHubSpot(CONFIG)
+
+
+@pytest.fixture
+async def hub(fake: FakeHubSpot) -> AsyncIterator[HubSpot]:
+    adapter = make_adapter(fake)
+    yield adapter
+    await adapter.aclose()
+
+
+def tg_key(value: str = "123456789") -> LookupKey:
+    return LookupKey(KeyKind.TELEGRAM_ID, value)
+
+
+def phone_key(value: str = "+79991234567") -> LookupKey:
+    return LookupKey(KeyKind.PHONE, value)
+
+
+def email_key(value: str = "ivan@example.com") -> LookupKey:
+    return LookupKey(KeyKind.EMAIL, value)
+
+
+def every_kind_of_field() -> tuple[FieldUpdate, ...]:
+    return (
+        FieldUpdate("subjects", FieldKind.MULTISELECT, ("russian", "social_studies")),
+        FieldUpdate("exam_direction", FieldKind.SELECT, "ege"),
+        FieldUpdate("last_payment_amount", FieldKind.NUMBER, Decimal("10000.00")),
+        FieldUpdate("last_payment_at", FieldKind.DATETIME, PAID_AT),
+        FieldUpdate("total_paid", FieldKind.NUMBER, Decimal("11500.5")),
+        FieldUpdate("purchase_count", FieldKind.NUMBER, 3),
+        FieldUpdate("utm_source", FieldKind.TEXT, "advcake"),
+        FieldUpdate("payment_id", FieldKind.TEXT, "pay_1"),
+    )
+
+
+def new_deal(**changes: Any) -> NewDeal:
+    values: dict[str, Any] = {
+        "name": "Оплата Русский - Иван Петров",
+        "price": Decimal("10000"),
+        "pipeline_id": PARTNERS,
+        "status_id": PARTNERS_AUTOPAY,
+        "fields": every_kind_of_field(),
+    }
+    values.update(changes)
+    return NewDeal(**values)
+
+
+def new_contact(customer: Customer = CUSTOMER) -> NewContact:
+    telegram = (
+        FieldUpdate("telegram_id", FieldKind.TEXT, "123456789"),
+        FieldUpdate("telegram_username", FieldKind.TEXT, "ivan"),
+    )
+    return NewContact(customer, Utm(source="advcake"), telegram)
+
+
+# ---- pure mappers -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("e164", "national"),
+    [
+        ("+79991234567", "9991234567"),
+        ("+442079460958", "2079460958"),
+        ("12-34 (no country)", "1234"),
+    ],
+)
+def test_phones_are_searched_by_their_national_number(e164: str, national: str) -> None:
+    assert national_number(e164) == national
+
+
+@pytest.mark.parametrize(
+    ("update", "value"),
+    [
+        (FieldUpdate("p", FieldKind.TEXT, "pay_1"), "pay_1"),
+        (FieldUpdate("p", FieldKind.NUMBER, Decimal("10000.00")), "10000"),
+        (FieldUpdate("p", FieldKind.NUMBER, Decimal("12.50")), "12.5"),
+        (FieldUpdate("p", FieldKind.NUMBER, Decimal("1E+3")), "1000"),
+        (FieldUpdate("p", FieldKind.NUMBER, 3), "3"),
+        (FieldUpdate("p", FieldKind.DATETIME, PAID_AT), "2025-01-20T11:49:20.000Z"),
+        (
+            FieldUpdate("p", FieldKind.DATETIME, PAID_AT.astimezone(timezone(timedelta(hours=3)))),
+            "2025-01-20T11:49:20.000Z",
+        ),
+        (FieldUpdate("p", FieldKind.SELECT, "ege"), "ege"),
+        (FieldUpdate("p", FieldKind.SELECT, 800101), "800101"),
+        (FieldUpdate("p", FieldKind.MULTISELECT, ("russian", "math")), "russian;math"),
+    ],
+)
+def test_property_values_are_hubspot_strings(update: FieldUpdate, value: str) -> None:
+    assert property_value(update) == value
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        FieldUpdate("p", FieldKind.DATETIME, datetime(2025, 1, 20, 11, 49)),  # naive
+        FieldUpdate("p", FieldKind.SELECT, ("a", "b")),
+        FieldUpdate("p", FieldKind.NUMBER, "12"),
+        FieldUpdate("p", FieldKind.NUMBER, Decimal("NaN")),
+        FieldUpdate("p", FieldKind.MULTISELECT, "a;b"),
+    ],
+)
+def test_property_values_refuse_what_does_not_fit(update: FieldUpdate) -> None:
+    with pytest.raises(ValueError, match=r"wrong type|not a number"):
+        property_value(update)
+
+
+def test_note_text_survives_html_both_ways() -> None:
+    text = "Оплата проведена\n\nКурсы:\n  A & B <C>\nPayment ID: pay_1"
+    assert note_html(text) == (
+        "Оплата проведена<br><br>Курсы:<br>  A &amp; B &lt;C&gt;<br>Payment ID: pay_1"
+    )
+    assert note_text(note_html(text)) == text
+    # What HubSpot's editor makes of a note typed or edited in the UI.
+    edited = '<div style="" dir="auto"><p>Оплата&nbsp;проведена</p><p>Payment ID: pay_1</p></div>'
+    assert note_text(edited) == "Оплата проведена\nPayment ID: pay_1"
+
+
+def test_one_search_body_covers_every_key() -> None:
+    keys = (tg_key(), phone_key(), email_key())
+    body = contact_search_json(keys, CONFIG, 100)
+    assert body is not None
+    groups = [group["filters"] for group in body["filterGroups"]]
+    assert groups == [
+        [{"propertyName": "telegram_id", "operator": "EQ", "value": "123456789"}],
+        [{"propertyName": "phone", "operator": "EQ", "value": "9991234567"}],
+        [{"propertyName": "mobilephone", "operator": "EQ", "value": "9991234567"}],
+        [{"propertyName": "email", "operator": "EQ", "value": "ivan@example.com"}],
+    ]
+    assert "telegram_username" in body["properties"]
+    no_telegram = CONFIG.model_copy(
+        update={"contact_fields": CONFIG.contact_fields.model_copy(update={"telegram_id": None})}
+    )
+    assert contact_search_json((tg_key(),), no_telegram, 100) is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "widget", "expected"),
+    [
+        ("enumeration", "checkbox", "multiselect"),
+        ("enumeration", "select", "select"),
+        ("enumeration", "radio", "select"),
+        ("enumeration", "booleancheckbox", "booleancheckbox"),
+        ("number", "number", "numeric"),
+        ("datetime", "date", "date_time"),
+        ("date", "date", "date"),
+        ("string", "text", "text"),
+        ("string", "textarea", "textarea"),
+        ("bool", "booleancheckbox", "bool"),
+    ],
+)
+def test_property_types_map_to_the_names_bridge_check_knows(
+    kind: str, widget: str, expected: str
+) -> None:
+    assert field_type({"type": kind, "fieldType": widget}) == expected
+
+
+# ---- contacts -----------------------------------------------------------------------
+
+
+async def test_one_search_finds_by_priority_and_confirms(fake: FakeHubSpot, hub: HubSpot) -> None:
+    by_email = fake.add_contact(firstname="E", email="Ivan@Example.com")
+    by_phone = fake.add_contact(firstname="P", phone="8 (999) 123-45-67")
+    by_telegram = fake.add_contact(firstname="T", telegram_id="123456789")
+    keys = (tg_key(), phone_key(), email_key())
+
+    found = await hub.find_contact(keys, contact_matches)
+
+    assert found is not None and found.id == by_telegram
+    assert fake.count() == 1
+    [call] = fake.calls
+    assert (call.method, call.path) == ("POST", SEARCH)
+    assert len(call.json["filterGroups"]) == 4
+    assert (await hub.find_contact(keys[1:], contact_matches)).id == by_phone  # type: ignore[union-attr]
+    assert (await hub.find_contact(keys[2:], contact_matches)).id == by_email  # type: ignore[union-attr]
+    assert fake.count() == 3
+
+
+async def test_phone_search_uses_hubspots_national_form(fake: FakeHubSpot, hub: HubSpot) -> None:
+    ivan = fake.add_contact(
+        firstname="Иван",
+        lastname="Петров",
+        mobilephone="+7 999 123-45-67",
+        email="ivan@example.com",
+        telegram_id="42",
+        telegram_username="ivan_petrov",
+    )
+    abroad = fake.add_contact(firstname="Same digits", phone="+1 999 123 4567")
+    longer = fake.add_contact(firstname="Longer", phone="+7 999 123-45-678")
+
+    hits = await hub.find_contacts([phone_key()])
+
+    assert {hit.id for hit in hits} == {ivan, abroad}  # HubSpot ignores the country code
+    assert longer not in {hit.id for hit in hits}
+    [found] = [hit for hit in hits if hit.id == ivan]
+    assert found == Contact(
+        id=ivan,
+        name="Иван Петров",
+        phones=("+7 999 123-45-67",),
+        emails=("ivan@example.com",),
+        telegram_id="42",
+        telegram_username="ivan_petrov",
+        deal_ids=(),
+    )
+    assert (await hub.find_contact([phone_key()], contact_matches)).id == ivan  # type: ignore[union-attr]
+
+
+async def test_nothing_found_is_none_after_one_search(fake: FakeHubSpot, hub: HubSpot) -> None:
+    fake.add_contact(firstname="Someone", phone="+79990000000")
+    assert await hub.find_contact((tg_key(), phone_key(), email_key()), contact_matches) is None
+    assert fake.count() == 1
+    assert await hub.find_contact((), contact_matches) is None
+    assert fake.count() == 1
+
+
+async def test_create_contact_stores_names_phone_email_and_telegram(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    contact = await hub.create_contact(new_contact())
+    assert fake.count() == 1
+    assert contact.deal_ids == () and contact.name == "Иван Петров"
+    assert contact.phones == ("+79991234567",)
+    for name, value in (
+        ("firstname", "Иван"),
+        ("lastname", "Петров"),
+        ("email", "ivan@example.com"),
+        ("phone", "+79991234567"),
+        ("telegram_id", "123456789"),
+        ("telegram_username", "ivan"),
+    ):
+        assert fake.contact_field(contact.id, name) == value
+
+    phone_only = Customer(phone="+79990000001", telegram_username="anon")
+    nameless = await hub.create_contact(NewContact(phone_only, Utm()))
+    assert fake.contact_field(nameless.id, "firstname") == "+79990000001"
+
+
+async def test_an_email_the_search_did_not_show_yet_is_that_contact(fake: FakeHubSpot) -> None:
+    lagging = FakeHubSpot(CONFIG, index_lag=60)
+    adapter = make_adapter(lagging)
+    first = await adapter.create_contact(new_contact())
+    assert await adapter.find_contact([email_key()], contact_matches) is None  # not indexed yet
+
+    again = await adapter.create_contact(new_contact())
+
+    assert again.id == first.id
+    assert len(lagging.contacts()) == 1
+    assert lagging.calls[-1].status == 409
+    await adapter.aclose()
+
+
+async def test_update_contact_fills_and_skips_an_empty_patch(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    contact_id = fake.add_contact(firstname="Иван", phone="+79991234567")
+    await hub.update_contact(contact_id, ContactPatch(()))
+    assert fake.count() == 0
+    await hub.update_contact(
+        contact_id, ContactPatch((FieldUpdate("telegram_id", FieldKind.TEXT, "42"),))
+    )
+    assert fake.contact_field(contact_id, "telegram_id") == "42"
+    assert fake.contact_field(contact_id, "phone") == "+79991234567"
+    assert fake.calls[-1].json == {"properties": {"telegram_id": "42"}}
+
+
+# ---- deals --------------------------------------------------------------------------
+
+
+async def test_list_deals_is_one_search_of_open_deals_excluded_stages_included(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    ivan = fake.add_contact(firstname="Иван", phone="+79991234567")
+    other = fake.add_contact(firstname="Other")
+    working = fake.add_deal(
+        ivan,
+        pipeline=YANDEX,
+        stage=YANDEX_WORKING,
+        updated_at=1000,
+        total_paid="1500",
+        purchase_count="2",
+        subjects="math",
+        exam_direction="oge",
+    )
+    autopay = fake.add_deal(ivan, stage=SITE_AUTOPAY, updated_at=4000, payment_id="pay_1")
+    fake.add_deal(ivan, stage="closedwon", updated_at=3000)
+    fake.add_deal(ivan, stage=SITE_WORKING, archived=True)
+    fake.add_deal(other, stage=SITE_WORKING)
+    contact = Contact(id=ivan, deal_ids=())
+
+    deals = await hub.list_deals(contact)
+
+    assert [deal.id for deal in deals] == [autopay, working]  # newest first
+    assert fake.searches() == fake.count() == 1
+    filters = fake.calls[0].json["filterGroups"][0]["filters"]
+    assert {f["propertyName"] for f in filters} == {"associations.contact", "hs_is_closed"}
+    first = deals[1]
+    assert (first.pipeline_id, first.status_id, first.updated_at) == (YANDEX, YANDEX_WORKING, 1000)
+    assert not first.is_closed and not first.is_deleted and first.contact_ids == (ivan,)
+    assert first.fields == {
+        "total_paid": "1500",
+        "purchase_count": "2",
+        "subjects": "math",
+        "exam_direction": "oge",
+    }
+    assert deals[0].fields == {"payment_id": "pay_1"}
+
+    fake.move_deal(working, "1023405104")  # a manager marks it lost
+    assert [deal.id for deal in await hub.list_deals(contact)] == [autopay]
+
+
+async def test_list_deals_keeps_a_known_deal_the_search_leaves_out(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    ivan = fake.add_contact(firstname="Иван")
+    won = fake.add_deal(ivan, stage="closedwon")
+    known = await hub.get_deal(won)
+    assert known is not None and known.is_closed
+    deals = await hub.list_deals(Contact(id=ivan), known=[known])
+    assert deals == [known]
+
+
+async def test_list_deals_pages_through_results(fake: FakeHubSpot, hub: HubSpot) -> None:
+    busy = fake.add_contact(firstname="Busy")
+    for _ in range(130):
+        fake.add_deal(busy, stage=SITE_WORKING)
+    assert len(await hub.list_deals(Contact(id=busy))) == 130
+    assert fake.searches() == 2
+    assert fake.calls[1].json["after"] == "100"
+
+
+async def test_get_deal_reads_contacts_and_closed_state(fake: FakeHubSpot, hub: HubSpot) -> None:
+    ivan, maria = fake.add_contact(firstname="Иван"), fake.add_contact(firstname="Мария")
+    deal_id = fake.add_deal(ivan, stage=SITE_WORKING, total_paid="700")
+    fake.portal.link(fake.portal.records["deals"][deal_id], fake.portal.records["contacts"][maria])
+
+    deal = await hub.get_deal(deal_id)
+
+    assert deal is not None
+    assert set(deal.contact_ids) == {ivan, maria}
+    assert (deal.pipeline_id, deal.status_id, deal.fields["total_paid"]) == (
+        SITE,
+        SITE_WORKING,
+        "700",
+    )
+    assert not deal.is_closed
+    assert fake.calls[0].params["associations"] == ["contacts"]
+    fake.move_deal(deal_id, "closedlost")
+    assert (await hub.get_deal(deal_id)).is_closed  # type: ignore[union-attr]
+    fake.move_deal(deal_id, SITE_WORKING, archived=True)
+    assert await hub.get_deal(deal_id) is None
+    assert await hub.get_deal("999") is None
+
+
+async def test_create_contact_and_deal_is_two_calls_with_everything_set(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    contact, deal = await hub.create_contact_and_deal(new_contact(), new_deal())
+
+    assert [call.path for call in fake.calls] == [
+        "/crm/objects/2026-09/contacts",
+        "/crm/objects/2026-09/deals",
+    ]
+    assert fake.deal_contacts(deal.id) == [contact.id]
+    assert fake.calls[1].json["associations"] == [
+        {
+            "to": {"id": contact.id},
+            "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 3}],
+        }
+    ]
+    expected = {
+        "dealname": "Оплата Русский - Иван Петров",
+        "pipeline": PARTNERS,
+        "dealstage": PARTNERS_AUTOPAY,
+        "amount": "10000",
+        "subjects": "russian;social_studies",
+        "exam_direction": "ege",
+        "last_payment_amount": "10000",
+        "last_payment_at": "2025-01-20T11:49:20.000Z",
+        "total_paid": "11500.5",
+        "purchase_count": "3",
+        "utm_source": "advcake",
+        "payment_id": "pay_1",
+        "hs_is_closed": "false",
+    }
+    assert {name: fake.deal_field(deal.id, name) for name in expected} == expected
+    assert (deal.pipeline_id, deal.status_id, deal.contact_ids) == (
+        PARTNERS,
+        PARTNERS_AUTOPAY,
+        (contact.id,),
+    )
+    assert deal.fields["payment_id"] == "pay_1" and deal.price == 10000
+    assert deal.updated_at > 0
+
+    [found] = await hub.find_contacts([tg_key()])
+    assert found.id == contact.id
+    assert [d.id for d in await hub.list_deals(found)] == [deal.id]
+
+
+async def test_update_deal_sends_every_kind_in_a_shape_hubspot_accepts(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    deal_id = fake.add_deal(stage=SITE_WORKING, total_paid="100", subjects="math;history")
+    await hub.update_deal(deal_id, every_kind_of_field())
+    assert fake.calls[-1].status == 200
+    assert fake.calls[-1].method == "PATCH"
+    assert fake.deal_field(deal_id, "subjects") == "russian;social_studies"  # replaced
+    assert fake.deal_field(deal_id, "total_paid") == "11500.5"
+    assert fake.deal_field(deal_id, "last_payment_at") == "2025-01-20T11:49:20.000Z"
+    await hub.update_deal(deal_id, [])
+    assert fake.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        (FieldUpdate("no_such_property", FieldKind.TEXT, "x"), "PROPERTY_DOESNT_EXIST"),
+        (FieldUpdate("exam_direction", FieldKind.SELECT, "russian"), "INVALID_OPTION"),
+        (FieldUpdate("subjects", FieldKind.MULTISELECT, ("russian", "Russian")), "INVALID_OPTION"),
+        (FieldUpdate("total_paid", FieldKind.TEXT, "a lot"), "INVALID_DECIMAL"),
+        (FieldUpdate("hs_is_closed", FieldKind.TEXT, "true"), "READ_ONLY_VALUE"),
+    ],
+)
+async def test_rejected_values_are_permanent_and_apply_nothing(
+    fake: FakeHubSpot, hub: HubSpot, bad: FieldUpdate, error: str
+) -> None:
+    deal_id = fake.add_deal(stage=SITE_WORKING, total_paid="100")
+    good = FieldUpdate("payment_id", FieldKind.TEXT, "pay_1")
+    with pytest.raises(PermanentCrmError, match="400") as raised:
+        await hub.update_deal(deal_id, [good, bad])
+    assert error in raised.value.message
+    assert fake.deal_field(deal_id, "payment_id") is None
+    assert fake.deal_field(deal_id, "total_paid") == "100"
+    assert fake.count() == 1  # a 400 is not retried
+
+
+async def test_unknown_pipeline_or_stage_is_permanent(fake: FakeHubSpot, hub: HubSpot) -> None:
+    contact = await hub.create_contact(new_contact())
+    for deal in (new_deal(pipeline_id="1"), new_deal(status_id=SITE_AUTOPAY)):
+        with pytest.raises(PermanentCrmError, match="400"):
+            await hub.create_deal(contact, deal)
+    assert fake.deals() == []
+
+
+async def test_a_value_that_cannot_be_sent_fails_before_any_call(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    naive = FieldUpdate("last_payment_at", FieldKind.DATETIME, datetime(2025, 1, 20))
+    with pytest.raises(PermanentCrmError, match=r"deals\.update"):
+        await hub.update_deal("1", [naive])
+    assert fake.count() == 0
+
+
+# ---- notes --------------------------------------------------------------------------
+
+
+async def test_notes_are_added_as_html_and_read_back_as_text(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    deal_id = fake.add_deal(stage=SITE_WORKING)
+    quiet = fake.add_deal(stage=SITE_WORKING)
+    text = "Оплата проведена\n\nСумма: 10000 RUB\nPayment ID: pay_1"
+    await hub.add_note(deal_id, text)
+    sent = fake.calls[-1].json
+    assert sent["associations"][0]["types"][0]["associationTypeId"] == 214
+    assert sent["properties"]["hs_timestamp"].endswith("Z")
+    assert fake.note_bodies(deal_id) == [
+        "Оплата проведена<br><br>Сумма: 10000 RUB<br>Payment ID: pay_1"
+    ]
+    assert fake.notes(deal_id) == [text]
+    fake.add_note(deal_id, "<div><p>Typed by a manager</p><p>second line</p></div>")
+
+    assert await hub.deal_notes(deal_id) == [text, "Typed by a manager\nsecond line"]
+    assert [call.path for call in fake.calls[-2:]] == [
+        f"/crm/objects/2026-09/deals/{deal_id}",
+        "/crm/objects/2026-09/notes/batch/read",
+    ]
+    before = fake.count()
+    assert await hub.deal_notes(quiet) == []
+    assert fake.count() == before + 1  # no batch read without notes
+
+
+async def test_notes_are_read_without_waiting_for_the_search_index(fake: FakeHubSpot) -> None:
+    lagging = FakeHubSpot(CONFIG, index_lag=60)
+    adapter = make_adapter(lagging)
+    deal_id = lagging.add_deal(stage=SITE_WORKING)
+    await adapter.add_note(deal_id, "Payment ID: pay_1")
+    assert await adapter.deal_notes(deal_id) == ["Payment ID: pay_1"]
+    await adapter.aclose()
+
+
+# ---- rate limits, faults ------------------------------------------------------------
+
+
+async def test_a_429_is_retried_quickly(fake: FakeHubSpot, hub: HubSpot) -> None:
+    fake.fail_next(1, status=429)
+    assert await hub.find_contacts([phone_key()]) == []
+    assert fake.count(status=429) == 1
+    assert fake.count() == 2
+
+
+async def test_searches_beyond_five_a_second_get_hubspots_429(fake: FakeHubSpot) -> None:
+    adapter = make_adapter(fake)
+    adapter.search_http.quick_tries = 1
+    results = await asyncio.gather(
+        *(adapter.find_contacts([phone_key()]) for _ in range(8)), return_exceptions=True
+    )
+    limited = [result for result in results if isinstance(result, RateLimited)]
+    assert len(limited) == 3 and fake.throttled == 3
+    response = await adapter.http.client.post(SEARCH, json={"filterGroups": []})
+    assert response.status_code == 429
+    assert response.json()["policyName"] == "SECONDLY"
+    assert response.json()["message"] == "You have reached your secondly limit."
+    # Searches do not spend the ten-second budget of everything else.
+    deal_id = fake.add_deal(stage=SITE_WORKING)
+    assert await adapter.get_deal(deal_id) is not None
+    await adapter.aclose()
+
+
+async def test_other_calls_share_a_ten_second_window() -> None:
+    fake = FakeHubSpot(CONFIG, ten_second_limit=4)
+    adapter = make_adapter(fake)
+    adapter.http.quick_tries = 1
+    deal_id = fake.add_deal(stage=SITE_WORKING)
+    for _ in range(4):
+        await adapter.get_deal(deal_id)
+    with pytest.raises(RateLimited):
+        await adapter.get_deal(deal_id)
+    assert await adapter.find_contacts([phone_key()]) == []  # search has its own limit
+    response = await adapter.http.client.get(f"/crm/objects/2026-09/deals/{deal_id}")
+    assert response.status_code == 429
+    assert response.json()["policyName"] == "TEN_SECONDLY_ROLLING"
+    assert response.json()["errorType"] == "RATE_LIMIT"
+    await adapter.aclose()
+
+
+async def test_the_adapter_keeps_searches_under_the_search_limit(fake: FakeHubSpot) -> None:
+    adapter = make_adapter(fake, real_limiter=True)
+    assert adapter.health_details() == {
+        "rate_limit_per_second": 9,
+        "search_rate_limit_per_second": 4,
+    }
+    await asyncio.gather(*(adapter.find_contacts([phone_key()]) for _ in range(7)))
+    await adapter.aclose()
+    assert fake.throttled == 0 and fake.searches() == 7
+
+
+async def test_network_trouble_on_reads_is_retried_then_transient(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    deal_id = fake.add_deal(stage=SITE_WORKING)
+    fake.fail_next(1, kind="timeout")
+    fake.fail_next(1, kind="drop")
+    assert await hub.get_deal(deal_id) is not None
+    assert fake.count() == 3
+    fake.down()
+    with pytest.raises(TransientCrmError, match="cannot connect"):
+        await hub.find_contacts([phone_key()])
+    fake.up()
+
+
+async def test_random_faults_are_survivable(fake: FakeHubSpot, hub: HubSpot) -> None:
+    deal_id = fake.add_deal(stage=SITE_WORKING)
+    fake.fail_randomly(random.Random(7), p=0.5, kinds=("500", "timeout", "drop"))
+    outcomes = []
+    for _ in range(10):
+        try:
+            await hub.get_deal(deal_id)
+            outcomes.append("ok")
+        except TransientCrmError:
+            outcomes.append("failed")
+    fake.fail_randomly(None)
+    assert "ok" in outcomes and fake.count() > 10
+
+
+async def test_a_write_applied_then_timed_out_is_not_repeated(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    fake.fail_after_apply(1, kind="timeout", path_prefix="/crm/objects/2026-09/deals")
+    with pytest.raises(TransientCrmError, match="timeout"):
+        await hub.create_contact_and_deal(new_contact(), new_deal())
+    assert fake.count(method="POST") == 2  # left to the flow's remote-state checks
+    [deal] = fake.deals()
+    [found] = await hub.find_contacts([tg_key()])
+    [listed] = await hub.list_deals(found)
+    assert listed.id == deal["id"] and listed.fields["payment_id"] == "pay_1"
+
+
+# ---- credentials --------------------------------------------------------------------
+
+
+async def test_401_with_a_static_token_is_an_auth_error(fake: FakeHubSpot) -> None:
+    adapter = make_adapter(fake)
+    fake.expire_all_access_tokens()
+    with pytest.raises(AuthError, match="401"):
+        await adapter.find_contacts([phone_key()])
+    assert fake.count() == 1
+    assert adapter.token_expires_at() is None
+    await adapter.aclose()
+
+    missing = make_adapter(fake, hubspot_access_token=None)
+    assert "HUBSPOT_ACCESS_TOKEN" in (await missing.credentials_problem() or "")
+    with pytest.raises(AuthError, match="HUBSPOT_ACCESS_TOKEN"):
+        await missing.find_contacts([phone_key()])
+    assert fake.count() == 1  # nothing sent without a token
+    await missing.aclose()
+
+
+OAUTH = CONFIG.model_copy(update={"auth": "oauth"})
+
+
+def oauth_fake(clock: Clock) -> FakeHubSpot:
+    return FakeHubSpot(CONFIG, clock=clock)
+
+
+async def test_a_30_minute_token_is_refreshed_before_it_expires() -> None:
+    clock = Clock()
+    fake = oauth_fake(clock)
+    access, refresh = fake.issue_oauth_pair(ttl=1800)
+    tokens = MemoryTokens(TokenPair(access, refresh, clock.now + 1800))
+    adapter = make_adapter(fake, config=OAUTH, tokens=tokens)
+
+    await adapter.find_contacts([phone_key()])
+    clock.now += 1400  # 400 s left: still used as it is
+    await adapter.find_contacts([phone_key()])
+    assert fake.count(path_prefix="/oauth/") == 0
+    clock.now += 200  # 200 s left, inside the margin: refreshed first, no 401 needed
+    await adapter.find_contacts([phone_key()])
+
+    assert [call.path for call in fake.calls[-2:]] == ["/oauth/v3/token", SEARCH]
+    assert fake.count(status=401) == 0
+    token_call = fake.calls[-2]
+    assert token_call.json is None  # a form body, not JSON
+    [saved] = tokens.saved
+    assert saved.refresh_token == refresh  # HubSpot's refresh token does not rotate
+    assert saved.access_token != access
+    assert adapter.token_expires_at() == clock.now + 1800
+    await adapter.aclose()
+
+
+async def test_the_token_request_is_form_encoded_and_carries_no_secret_in_the_url() -> None:
+    clock = Clock()
+    fake = oauth_fake(clock)
+    seen: list[httpx.Request] = []
+    inner = fake.transport()
+
+    async def spy(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return await inner.handle_async_request(request)
+
+    _, refresh = fake.issue_oauth_pair()
+    tokens = MemoryTokens(TokenPair("stale", refresh, 0.0))
+    adapter = make_adapter(fake, config=OAUTH, tokens=tokens, transport=httpx.MockTransport(spy))
+    await adapter.find_contacts([phone_key()])
+    token_request = seen[0]
+    assert token_request.url.path == "/oauth/v3/token" and not token_request.url.query
+    assert token_request.headers["content-type"] == "application/x-www-form-urlencoded"
+    assert "authorization" not in token_request.headers
+    form = dict(parse_qsl(token_request.content.decode()))
+    assert form == {
+        "client_id": fake.client_id,
+        "client_secret": fake.client_secret,
+        "grant_type": "refresh_token",
+        "refresh_token": refresh,
+    }
+    await adapter.aclose()
+
+
+async def test_a_401_refreshes_once_for_concurrent_requests() -> None:
+    clock = Clock()
+    fake = oauth_fake(clock)
+    access, refresh = fake.issue_oauth_pair()
+    tokens = MemoryTokens(TokenPair(access, refresh, clock.now + 1800))
+    adapter = make_adapter(fake, config=OAUTH, tokens=tokens)
+    fake.expire_all_access_tokens()  # revoked early, say
+
+    results = await asyncio.gather(
+        adapter.find_contacts([phone_key()]), adapter.find_contacts([email_key()])
+    )
+
+    assert list(results) == [[], []]
+    assert fake.count(path_prefix="/oauth/") == 1
+    assert len(tokens.saved) == 1
+    await adapter.aclose()
+
+
+async def test_oauth_bootstraps_from_a_refresh_token_in_the_environment() -> None:
+    fake = oauth_fake(Clock())
+    _, refresh = fake.issue_oauth_pair()
+    tokens = MemoryTokens()
+    adapter = make_adapter(fake, config=OAUTH, tokens=tokens, hubspot_refresh_token=refresh)
+    assert await adapter.credentials_problem() is None
+    assert await adapter.find_contacts([phone_key()]) == []
+    assert len(tokens.saved) == 1
+    await adapter.aclose()
+
+
+async def test_a_refused_refresh_token_is_an_auth_error_without_secrets() -> None:
+    fake = oauth_fake(Clock())
+    tokens = MemoryTokens(TokenPair("old", "na1-unknown", 0.0))
+    adapter = make_adapter(fake, config=OAUTH, tokens=tokens)
+    with pytest.raises(AuthError, match="refresh token rejected") as error:
+        await adapter.find_contacts([phone_key()])
+    message = str(error.value)
+    assert "BAD_REFRESH_TOKEN" in message and "bridge auth hubspot" in message
+    assert "na1-unknown" not in message and fake.client_secret not in message
+    assert tokens.saved == []
+    await adapter.aclose()
+
+
+async def test_oauth_without_client_credentials_says_so_and_sends_nothing() -> None:
+    fake = oauth_fake(Clock())
+    tokens = MemoryTokens(TokenPair("a", "r", 0.0))
+    adapter = make_adapter(fake, config=OAUTH, tokens=tokens, hubspot_client_id="")
+    assert "HUBSPOT_CLIENT_ID" in (await adapter.credentials_problem() or "")
+    with pytest.raises(AuthError, match="HUBSPOT_CLIENT_ID"):
+        await adapter.find_contacts([phone_key()])
+    assert fake.count() == 0
+    await adapter.aclose()
+    unauthorised = make_adapter(fake, config=OAUTH)
+    assert "bridge auth hubspot" in (await unauthorised.credentials_problem() or "")
+    await unauthorised.aclose()
+
+
+async def test_exchange_code_stores_the_pair_and_uses_it() -> None:
+    fake = oauth_fake(Clock())
+    fake.register_code("code-1")
+    tokens = MemoryTokens()
+    adapter = make_adapter(fake, config=OAUTH, tokens=tokens)
+    pair = await adapter.exchange_code("code-1")
+    assert tokens.saved == [pair]
+    assert await adapter.find_contacts([phone_key()]) == []
+    assert fake.count(path_prefix="/oauth/") == 1
+    with pytest.raises(AuthError, match="BAD_AUTH_CODE"):
+        await adapter.exchange_code("code-1")  # single use
+    await adapter.aclose()
+
+    static = make_adapter(fake)
+    with pytest.raises(AuthError, match='needs auth = "oauth"'):
+        await static.exchange_code("code-2")
+    await static.aclose()
+
+
+# ---- schema, options, plumbing ------------------------------------------------------
+
+
+async def test_schema_has_pipelines_stages_and_custom_properties(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    schema = await hub.schema()
+    pipelines = {p.id: p for p in schema.pipelines}
+    assert set(pipelines) == {SITE, YANDEX, PARTNERS}
+    assert pipelines[SITE].name == "Site"
+    assert list(pipelines[SITE].statuses) == [SITE_AUTOPAY, SITE_WORKING, "closedwon", "closedlost"]
+    fields = {(f.entity, f.id): f for f in schema.fields}
+    assert fields[("leads", "subjects")].type == "multiselect"
+    assert fields[("leads", "subjects")].enums["russian"] == "Русский"
+    assert fields[("leads", "exam_direction")].enums == {"ege": "ЕГЭ", "oge": "ОГЭ"}
+    assert fields[("leads", "last_payment_at")].type == "date_time"
+    assert fields[("leads", "total_paid")].type == "numeric"
+    assert fields[("contacts", "telegram_id")].type == "text"
+    assert ("leads", "dealname") not in fields  # HubSpot's own properties are left out
+    assert fake.count() == 3
+    # The example config names only what this portal has.
+    assert schema_problems("hubspot", CONFIG, schema) == []
+
+
+def test_options_are_validated() -> None:
+    fake = FakeHubSpot(CONFIG)
+    for options, match in (
+        ({"search_rate_limit": 4}, "not known"),
+        ({"search_rate_limit_per_second": 0}, "positive"),
+        ({"search_rate_limit_per_second": "4"}, "positive"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            make_adapter(fake, config=CONFIG.model_copy(update={"options": options}))
+
+
+async def test_bridge_check_and_discover_read_the_portal(fake: FakeHubSpot) -> None:
+    settings = Settings(
+        _env_file=None,
+        file=FileConfig(crm={"hubspot": CONFIG}),
+        hubspot_access_token=fake.issue_token(),
+    )
+    transports = {"hubspot": fake.transport()}
+    findings = await checks.crm_findings("hubspot", settings, MemoryTokens(), transports)
+    assert [f.level for f in findings] == ["ok", "ok"]
+    assert "3 pipelines" in findings[0].text
+    adapter = make_adapter(fake)
+    snippet = config_snippet("hubspot", CONFIG, await adapter.schema())
+    await adapter.aclose()
+    assert 'subjects = "subjects"' in snippet
+    assert '"Русский" = "russian"' in snippet
+
+
+async def test_on_call_names_each_operation(fake: FakeHubSpot) -> None:
+    seen: list[tuple[str, str, int]] = []
+    adapter = make_adapter(fake, on_call=lambda crm, op, _s, status: seen.append((crm, op, status)))
+    await adapter.find_contacts([phone_key()])
+    _, deal = await adapter.create_contact_and_deal(new_contact(), new_deal())
+    await adapter.add_note(deal.id, "Payment ID: pay_1")
+    assert seen == [
+        ("hubspot", "contacts.search", 200),
+        ("hubspot", "contacts.create", 201),
+        ("hubspot", "deals.create", 201),
+        ("hubspot", "notes.create", 201),
+    ]
+    await adapter.aclose()
+
+
+async def test_only_date_versioned_paths_exist_in_the_fake(fake: FakeHubSpot, hub: HubSpot) -> None:
+    response = await hub.http.client.post("/crm/v3/objects/contacts/search", json={})
+    assert response.status_code == 404
+
+
+# ---- the same fake over a loopback port ---------------------------------------------
+
+
+async def test_the_asgi_app_serves_the_same_api_and_faults(fake: FakeHubSpot) -> None:
+    base_url, stop = serve_in_thread(fake)
+    try:
+        config = CONFIG.model_copy(update={"base_url": base_url, "request_timeout_seconds": 0.5})
+        adapter = make_adapter(fake, config=config, transport=httpx.AsyncHTTPTransport())
+        contact, deal = await adapter.create_contact_and_deal(new_contact(), new_deal())
+        [found] = await adapter.find_contacts([phone_key()])
+        assert found.id == contact.id
+        assert await adapter.find_contacts([email_key("nobody@example.com")]) == []
+
+        fake.asgi_hang_seconds = 5
+        fake.fail_next(1, kind="timeout")
+        fake.fail_next(1, kind="drop")
+        assert (await adapter.get_deal(deal.id)) is not None  # retried past both
+        fake.down()
+        with pytest.raises(TransientCrmError, match="503"):
+            await adapter.get_deal(deal.id)
+        fake.up()
+        await adapter.aclose()
+    finally:
+        stop()

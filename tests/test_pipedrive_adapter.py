@@ -1,0 +1,978 @@
+"""The Pipedrive adapter through its `CrmAdapter` interface, against the stateful fake.
+
+Every request an adapter built here sends is recorded and, after each test, checked
+against Pipedrive's published OpenAPI files (`tests.fakes.pipedrive_openapi`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bridge.crm.base import RateLimiter, error_for_status
+from bridge.crm.pipedrive import Pipedrive, build_pipedrive
+from bridge.crm.pipedrive_budget import TOKEN_COSTS, TokenBudget, budget_hooks
+from bridge.crm.pipedrive_json import (
+    custom_fields_json,
+    field_text,
+    note_html,
+    note_text,
+    search_params,
+)
+from bridge.crmconfig import schema_problems
+from bridge.domain import (
+    Contact,
+    ContactPatch,
+    Customer,
+    FieldKind,
+    FieldUpdate,
+    KeyKind,
+    LookupKey,
+    NewContact,
+    NewDeal,
+    Utm,
+)
+from bridge.errors import (
+    AuthError,
+    ConfigError,
+    PermanentCrmError,
+    RateLimited,
+    TransientCrmError,
+)
+from bridge.rules import contact_matches
+from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
+from bridge.tokens import TokenPair
+from tests.fakes.pipedrive import FakePipedrive
+from tests.fakes.pipedrive_openapi import PipedriveOpenApi, RecordingTransport
+from tests.fakes.server import serve_in_thread
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE_URL = "https://example.pipedrive.test"
+CONFIG = (
+    load_file_config(ROOT / "etc" / "crm-pipedrive.example.toml")
+    .crm["pipedrive"]
+    .model_copy(update={"base_url": BASE_URL, "enabled": True})
+)
+OAUTH = CONFIG.model_copy(update={"auth": "oauth"})
+TG_ID, TG_USERNAME = (
+    CONFIG.contact_fields.telegram_id or "",
+    CONFIG.contact_fields.telegram_username,
+)
+DF = CONFIG.deal_fields
+SUBJECTS, DIRECTION, LAST_AMOUNT, LAST_AT = (
+    DF.subjects,
+    DF.direction,
+    DF.last_payment_amount,
+    DF.last_payment_at,
+)
+PAYMENT_ID, TOTAL, COUNT, UTM_SOURCE = (
+    DF.payment_id,
+    DF.total_paid,
+    DF.purchase_count,
+    DF.utm_source,
+)
+assert SUBJECTS and DIRECTION and LAST_AMOUNT and LAST_AT and PAYMENT_ID and TOTAL and COUNT
+assert UTM_SOURCE and TG_USERNAME
+SITE, SITE_AUTOPAY, SITE_WORKING = 1, 1, 2
+YANDEX, YANDEX_WORKING = 2, 4
+PARTNERS, PARTNERS_AUTOPAY = 3, 5
+RUSSIAN, MATHS, SOCIAL, EGE, OGE = 11, 12, 13, 21, 22
+PAID_AT = datetime(2025, 1, 20, 21, 49, 20, tzinfo=UTC)  # 00:49 on the 21st in Moscow
+CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
+SENT: list[RecordingTransport] = []
+
+
+@pytest.fixture(autouse=True)
+def requests_conform_to_openapi() -> Iterator[None]:
+    """After each test: every request sent was an operation the OpenAPI files allow."""
+    SENT.clear()
+    yield
+    spec = PipedriveOpenApi.load()
+    if spec is None:
+        return  # the shared specs are not checked out next to the repository
+    problems = [p for rec in SENT for request in rec.requests for p in spec.problems(request)]
+    assert problems == []
+
+
+@dataclass
+class MemoryTokens:
+    pair: TokenPair | None = None
+    saved: list[TokenPair] = field(default_factory=list)
+
+    async def load_tokens(self, crm: str) -> TokenPair | None:
+        return self.pair
+
+    async def save_tokens(self, crm: str, pair: TokenPair) -> None:
+        self.pair = pair
+        self.saved.append(pair)
+
+
+async def no_wait(seconds: float) -> None:
+    await asyncio.sleep(0)
+
+
+def make_adapter(
+    fake: FakePipedrive,
+    *,
+    config: CrmConfig = CONFIG,
+    tokens: MemoryTokens | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    real_limiter: bool = False,
+    on_call: Callable[[str, str, float, int], None] | None = None,
+    **env: Any,
+) -> Pipedrive:
+    values: dict[str, Any] = {
+        "pipedrive_client_id": fake.client_id,
+        "pipedrive_client_secret": fake.client_secret,
+        "pipedrive_redirect_uri": fake.redirect_uri,
+    }
+    if config.auth == "long_lived_token":
+        values["pipedrive_api_token"] = fake.issue_api_token()
+    values.update(env)
+    settings = Settings(_env_file=None, file=FileConfig(crm={"pipedrive": config}), **values)
+    recorder = RecordingTransport(transport or fake.transport())
+    SENT.append(recorder)
+    adapter = build_pipedrive(
+        "pipedrive",
+        config,
+        settings,
+        tokens or MemoryTokens(),
+        transport=recorder,
+        on_call=on_call,
+        clock=fake.clock,
+    )
+    if not real_limiter:  # keep quick retries quick; the rates themselves are tested apart
+        adapter.http.limiter = RateLimiter(1000, sleep=no_wait)
+        adapter.search_limiter = RateLimiter(1000, sleep=no_wait)
+        adapter.http.backoff_initial, adapter.http.backoff_max = 0.001, 0.01
+    return adapter
+
+
+@pytest.fixture
+def fake() -> FakePipedrive:
+    return FakePipedrive(CONFIG, rate_limit=1000, search_limit=1000)
+
+
+@pytest.fixture
+async def pd(fake: FakePipedrive) -> AsyncIterator[Pipedrive]:
+    adapter = make_adapter(fake)
+    yield adapter
+    await adapter.aclose()
+
+
+def phone_key(value: str = "+79991234567") -> LookupKey:
+    return LookupKey(KeyKind.PHONE, value)
+
+
+def every_kind_of_field() -> tuple[FieldUpdate, ...]:
+    return (
+        FieldUpdate(SUBJECTS, FieldKind.MULTISELECT, (RUSSIAN, SOCIAL)),
+        FieldUpdate(DIRECTION, FieldKind.SELECT, EGE),
+        FieldUpdate(LAST_AMOUNT, FieldKind.NUMBER, Decimal("10000.00")),
+        FieldUpdate(LAST_AT, FieldKind.DATETIME, PAID_AT.astimezone(timezone(timedelta(hours=3)))),
+        FieldUpdate(PAYMENT_ID, FieldKind.TEXT, "pay_1"),
+        FieldUpdate(TOTAL, FieldKind.NUMBER, Decimal("11500.5")),
+        FieldUpdate(COUNT, FieldKind.NUMBER, 3),
+        FieldUpdate(UTM_SOURCE, FieldKind.TEXT, "advcake"),
+    )
+
+
+def new_deal(**changes: Any) -> NewDeal:
+    values: dict[str, Any] = {
+        "name": "Оплата Русский - Иван Петров",
+        "price": Decimal("10000"),
+        "pipeline_id": str(PARTNERS),
+        "status_id": str(PARTNERS_AUTOPAY),
+        "fields": every_kind_of_field(),
+    }
+    values.update(changes)
+    return NewDeal(**values)
+
+
+def new_contact() -> NewContact:
+    telegram = (
+        FieldUpdate(TG_ID, FieldKind.TEXT, "123456789"),
+        FieldUpdate(TG_USERNAME, FieldKind.TEXT, "ivan"),
+    )
+    return NewContact(CUSTOMER, Utm(source="advcake"), telegram)
+
+
+def paths(fake: FakePipedrive) -> list[str]:
+    return [f"{call.method} {call.path}" for call in fake.calls]
+
+
+# ---- pure mappers -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "params"),
+    [
+        (phone_key(), {"term": "9991234567", "fields": "phone", "limit": 100}),
+        (
+            LookupKey(KeyKind.EMAIL, "ivan@example.com"),
+            {"term": "ivan@example.com", "fields": "email", "exact_match": "true", "limit": 100},
+        ),
+        (
+            LookupKey(KeyKind.TELEGRAM_ID, "123456789"),
+            {"term": "123456789", "fields": "custom_fields", "exact_match": "true", "limit": 100},
+        ),
+    ],
+)
+def test_search_params_per_key(key: LookupKey, params: dict[str, Any]) -> None:
+    assert search_params(key) == params
+
+
+@pytest.mark.parametrize(
+    ("update", "value"),
+    [
+        (FieldUpdate("k", FieldKind.TEXT, "pay_1"), "pay_1"),
+        (FieldUpdate("k", FieldKind.NUMBER, Decimal("10000.00")), 10000),
+        (FieldUpdate("k", FieldKind.NUMBER, Decimal("12.50")), 12.5),
+        (FieldUpdate("k", FieldKind.NUMBER, 3), 3),
+        (FieldUpdate("k", FieldKind.DATETIME, PAID_AT), "2025-01-20"),
+        (
+            FieldUpdate("k", FieldKind.DATETIME, PAID_AT.astimezone(timezone(timedelta(hours=3)))),
+            "2025-01-21",
+        ),
+        (FieldUpdate("k", FieldKind.SELECT, 21), 21),
+        (FieldUpdate("k", FieldKind.SELECT, "21"), 21),
+        (FieldUpdate("k", FieldKind.MULTISELECT, (11, "13")), [11, 13]),
+    ],
+)
+def test_custom_field_shapes(update: FieldUpdate, value: Any) -> None:
+    assert custom_fields_json([update]) == {"k": value}
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        FieldUpdate("k", FieldKind.DATETIME, datetime(2025, 1, 20, 11, 49)),  # naive
+        FieldUpdate("k", FieldKind.SELECT, (1, 2)),
+        FieldUpdate("k", FieldKind.SELECT, "ЕГЭ"),
+        FieldUpdate("k", FieldKind.NUMBER, "12"),
+        FieldUpdate("k", FieldKind.MULTISELECT, ()),  # Pipedrive refuses []: clear with null
+    ],
+)
+def test_custom_field_values_that_do_not_fit_are_refused(update: FieldUpdate) -> None:
+    with pytest.raises(ValueError, match=r"k|option"):
+        custom_fields_json([update])
+
+
+NOTE = "Оплата проведена\n\nКурсы:\n  Годовой <2к25> & стандарт (Русский)\nPayment ID: pay_1"
+
+
+def test_note_html_reads_back_verbatim() -> None:
+    content = note_html(NOTE)
+    assert content == (
+        "Оплата проведена<br><br>Курсы:<br>&nbsp;&nbsp;Годовой &lt;2к25&gt; &amp; стандарт"
+        " (Русский)<br>Payment ID: pay_1"
+    )
+    assert note_text(content) == NOTE
+
+
+def test_notes_typed_in_the_app_read_as_lines() -> None:
+    typed = "<p>Звонил клиенту</p><div>Payment ID: pay_9</div><p>a&nbsp;b<br/>c</p>"
+    assert note_text(typed) == "Звонил клиенту\nPayment ID: pay_9\na b\nc"
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (None, ""),
+        ("pay_1", "pay_1"),
+        (1500, "1500"),
+        (1500.0, "1500"),
+        (11500.5, "11500.5"),
+        ([11, 13], "11,13"),
+        ({"value": 2300, "currency": "EUR"}, "2300"),
+        ({"id": 21, "label": "ЕГЭ"}, "21"),
+    ],
+)
+def test_field_text(value: Any, text: str) -> None:
+    assert field_text(value) == text
+
+
+def test_token_cost_table_matches_the_openapi_files() -> None:
+    spec = PipedriveOpenApi.load()
+    if spec is None:
+        pytest.skip("../shared/specs/pipedrive is not here")
+    for (method, template), cost in TOKEN_COSTS.items():
+        url = "https://oauth.pipedrive.com" if template.startswith("/oauth") else BASE_URL
+        operation = spec.operation(method, url + template.replace("{id}", "7"))
+        assert operation is not None, (method, template)
+        assert operation.token_cost == cost, (method, template)
+
+
+def test_budget_counts_per_utc_day_and_refuses_beyond_it() -> None:
+    now = [datetime(2025, 1, 20, 23, 59, 0, tzinfo=UTC).timestamp()]
+    budget = TokenBudget("pipedrive", 30, lambda: now[0])
+    budget.charge(20)
+    budget.require(10)
+    with pytest.raises(RateLimited, match="20 of 30") as error:
+        budget.require(11)
+    assert error.value.retry_after == pytest.approx(60)
+    assert budget.details() == {
+        "daily_token_budget": 30,
+        "daily_tokens_used": 20,
+        "daily_tokens_remaining": 10,
+        "daily_budget_resets_at": "2025-01-21T00:00:00Z",
+    }
+    now[0] += 61  # past midnight UTC
+    budget.require(30)
+    assert budget.used == 0
+
+
+async def test_a_burst_429_becomes_retry_after_for_the_limiter() -> None:
+    hooks = budget_hooks(TokenBudget("pipedrive", 100))
+    request = httpx.Request("GET", f"{BASE_URL}/api/v2/deals/1")
+    response = httpx.Response(429, headers={"x-ratelimit-reset": "2"}, request=request)
+    for hook in hooks["response"]:
+        await hook(response)
+    error = error_for_status("pipedrive", response)
+    assert isinstance(error, RateLimited)
+    assert error.retry_after == 2.0
+
+
+# ---- contacts -----------------------------------------------------------------------
+
+
+async def test_phone_search_confirms_and_reads_the_whole_person(
+    fake: FakePipedrive, pd: Pipedrive
+) -> None:
+    ivan = fake.add_person(
+        "Иван Петров",
+        phones=["8 (999) 123-45-67"],
+        emails=["Ivan@Example.com"],
+        telegram_username="ivan_petrov",
+    )
+    lookalike = fake.add_person("Someone", phones=["+7 999 123-45-678"])
+
+    hits = await pd.search_persons(phone_key())
+    assert {hit.id for hit in hits} == {str(ivan), str(lookalike)}  # the flow confirms
+    found = await pd.find_contact([phone_key()], contact_matches)
+
+    assert found == Contact(
+        id=str(ivan),
+        name="Иван Петров",
+        phones=("8 (999) 123-45-67",),
+        emails=("Ivan@Example.com",),
+        telegram_id="",
+        telegram_username="ivan_petrov",
+        deal_ids=(),
+    )
+    assert paths(fake)[1:] == ["GET /api/v2/persons/search", f"GET /api/v2/persons/{ivan}"]
+    assert fake.calls[1].params == {"term": ["9991234567"], "fields": ["phone"], "limit": ["100"]}
+    assert fake.calls[2].params == {"custom_fields": [f"{TG_ID},{TG_USERNAME}"]}
+
+
+async def test_keys_are_searched_in_priority_order_until_a_confirmed_hit(
+    fake: FakePipedrive, pd: Pipedrive
+) -> None:
+    by_email = fake.add_person("Иван", emails=["ivan@example.com"])
+    keys = CUSTOMER.lookup_keys()
+    found = await pd.find_contact(keys, contact_matches)
+    assert found is not None and found.id == str(by_email)
+    searched = [call.params["fields"][0] for call in fake.calls if call.path.endswith("search")]
+    assert searched == ["custom_fields", "phone", "email"]
+
+    fake.calls.clear()
+    by_telegram = fake.add_person("Иван Т", telegram_id="123456789")
+    found = await pd.find_contact(keys, contact_matches)
+    assert found is not None and found.id == str(by_telegram)
+    assert paths(fake) == ["GET /api/v2/persons/search", f"GET /api/v2/persons/{by_telegram}"]
+
+
+async def test_a_telegram_hit_in_another_custom_field_is_not_confirmed(
+    fake: FakePipedrive, pd: Pipedrive
+) -> None:
+    passport = "9" * 40
+    fake.company.add_field("person", passport, "Паспорт", "varchar")
+    other = fake.add_person("Другой", fields={passport: "123456789"})
+    key = LookupKey(KeyKind.TELEGRAM_ID, "123456789")
+    [hit] = await pd.search_persons(key)
+    assert hit.id == str(other) and hit.telegram_id == "123456789"  # unkeyed, provisional
+    assert await pd.find_contact([key], contact_matches) is None
+    assert fake.calls[-1].path == f"/api/v2/persons/{other}"  # read, and not the Telegram id
+
+
+async def test_without_a_telegram_field_its_search_is_not_made(fake: FakePipedrive) -> None:
+    config = CONFIG.model_copy(
+        update={
+            "contact_fields": CONFIG.contact_fields.model_copy(
+                update={"telegram_id": None, "telegram_username": None}
+            )
+        }
+    )
+    adapter = make_adapter(fake, config=config)
+    ivan = fake.add_person("Иван", phones=["+79991234567"])
+    found = await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+    assert found is not None and found.id == str(ivan) and found.deal_ids == ()
+    assert paths(fake) == ["GET /api/v2/persons/search"]  # phone only; nothing to read
+    await adapter.aclose()
+
+
+async def test_email_is_matched_exactly_and_case_insensitively(
+    fake: FakePipedrive, pd: Pipedrive
+) -> None:
+    fake.add_person("Not him", emails=["ivan@example.com.au"])
+    ivan = fake.add_person("Иван", emails=["Ivan@Example.COM"])
+    found = await pd.find_contact([LookupKey(KeyKind.EMAIL, "ivan@example.com")], contact_matches)
+    assert found is not None and found.id == str(ivan)
+
+
+async def test_nobody_found_is_none(fake: FakePipedrive, pd: Pipedrive) -> None:
+    fake.add_person("Someone", phones=["+79990000000"])
+    assert await pd.find_contact(CUSTOMER.lookup_keys(), contact_matches) is None
+    assert len(fake.calls) == 3
+
+
+async def test_create_contact_and_fill_its_fields(fake: FakePipedrive, pd: Pipedrive) -> None:
+    contact = await pd.create_contact(new_contact())
+    person = fake.person(contact.id)
+    assert person["name"] == "Иван Петров"
+    assert person["phones"] == [{"value": "+79991234567", "primary": True, "label": "mobile"}]
+    assert person["emails"] == [{"value": "ivan@example.com", "primary": True, "label": "work"}]
+    assert (contact.telegram_id, contact.telegram_username) == ("123456789", "ivan")
+    assert contact.deal_ids == ()
+
+    bare = fake.add_person("Иван", phones=["+79991234567"])
+    await pd.update_contact(str(bare), ContactPatch(()))
+    assert len(fake.calls) == 1
+    await pd.update_contact(str(bare), ContactPatch((FieldUpdate(TG_ID, FieldKind.TEXT, "42"),)))
+    assert fake.person_field(bare, TG_ID) == "42"
+    assert fake.calls[-1].json == {"custom_fields": {TG_ID: "42"}}
+    assert fake.person(bare)["phones"][0]["value"] == "+79991234567"  # untouched
+
+
+async def test_a_person_deleted_after_the_search_is_skipped(
+    fake: FakePipedrive, pd: Pipedrive
+) -> None:
+    gone = fake.add_person("Gone", phones=["+79991234567"])
+    fake.on_answered = lambda request, _: (
+        fake.delete_person(gone) if request.path.endswith("search") else None
+    )
+    assert await pd.find_contact([phone_key()], contact_matches) is None
+    assert fake.calls[-1].status == 404
+
+
+# ---- deals --------------------------------------------------------------------------
+
+
+async def test_list_deals_is_one_call_for_open_deals_in_every_pipeline(
+    fake: FakePipedrive, pd: Pipedrive
+) -> None:
+    ivan = fake.add_person("Иван", phones=["+79991234567"])
+    older = fake.add_deal(
+        ivan,
+        pipeline_id=YANDEX,
+        stage_id=YANDEX_WORKING,
+        update_time=1000,
+        fields={TOTAL: 1500, COUNT: 2, SUBJECTS: [MATHS], DIRECTION: OGE},
+    )
+    newer = fake.add_deal(ivan, pipeline_id=SITE, stage_id=SITE_AUTOPAY, update_time=2000)
+    won = fake.add_deal(ivan, stage_id=SITE_WORKING, status="won", update_time=3000)
+    fake.add_deal(ivan, stage_id=SITE_WORKING, status="lost")
+    fake.add_deal(ivan, stage_id=SITE_WORKING, is_deleted=True)
+    fake.add_deal(fake.add_person("Other"), stage_id=SITE_WORKING)
+    known_won = await pd.get_deal(str(won))
+    assert known_won is not None and known_won.is_closed
+    fake.calls.clear()
+
+    deals = await pd.list_deals(Contact(id=str(ivan)), known=[known_won])
+
+    assert [deal.id for deal in deals] == [str(newer), str(older), str(won)]
+    [call] = fake.calls
+    assert call.params["status"] == ["open"] and call.params["sort_by"] == ["update_time"]
+    assert call.params["custom_fields"] == [",".join(k for k in DF.model_dump().values() if k)]
+    first = deals[1]
+    assert (first.pipeline_id, first.status_id, first.updated_at) == (str(YANDEX), "4", 1000)
+    assert not first.is_closed and not first.is_deleted
+    assert first.contact_ids == (str(ivan),)
+    assert first.fields == {TOTAL: "1500", COUNT: "2", SUBJECTS: str(MATHS), DIRECTION: str(OGE)}
+
+
+async def test_list_deals_pages_through_the_cursor(fake: FakePipedrive, pd: Pipedrive) -> None:
+    busy = fake.add_person("Busy")
+    for _ in range(501):
+        fake.add_deal(busy, stage_id=SITE_WORKING)
+    assert len(await pd.list_deals(Contact(id=str(busy)))) == 501
+    assert [call.params.get("cursor") is not None for call in fake.calls] == [False, True]
+
+
+async def test_get_deal_open_closed_deleted_and_gone(fake: FakePipedrive, pd: Pipedrive) -> None:
+    ivan = fake.add_person("Иван")
+    deal_id = fake.add_deal(ivan, stage_id=SITE_WORKING, value=700, fields={PAYMENT_ID: "pay_0"})
+    deal = await pd.get_deal(str(deal_id))
+    assert deal is not None
+    assert (deal.contact_ids, deal.price, deal.fields) == ((str(ivan),), 700, {PAYMENT_ID: "pay_0"})
+    assert not deal.is_closed and not deal.is_deleted
+    fake.move_deal(deal_id, status="lost")
+    lost = await pd.get_deal(str(deal_id))
+    assert lost is not None and lost.is_closed
+    fake.move_deal(deal_id, is_deleted=True)
+    deleted = await pd.get_deal(str(deal_id))
+    assert deleted is not None and deleted.is_deleted
+    assert await pd.get_deal("999999") is None
+    assert await pd.get_deal("not-a-number") is None
+    assert fake.calls[-1].status == 404  # the last call was 999999: no call for the other
+
+
+async def test_create_contact_and_deal_is_two_calls_with_every_field(
+    fake: FakePipedrive, pd: Pipedrive
+) -> None:
+    contact, deal = await pd.create_contact_and_deal(new_contact(), new_deal())
+
+    assert paths(fake) == ["POST /api/v2/persons", "POST /api/v2/deals"]
+    stored = fake.deal(deal.id)
+    assert (stored["person_id"], stored["pipeline_id"], stored["stage_id"]) == (
+        int(contact.id),
+        PARTNERS,
+        PARTNERS_AUTOPAY,
+    )
+    assert (stored["title"], stored["value"], stored["status"]) == (
+        "Оплата Русский - Иван Петров",
+        10000,
+        "open",
+    )
+    assert fake.deal_field(deal.id, SUBJECTS) == [RUSSIAN, SOCIAL]
+    assert fake.deal_field(deal.id, DIRECTION) == EGE
+    assert fake.deal_field(deal.id, LAST_AMOUNT) == 10000
+    assert fake.deal_field(deal.id, LAST_AT) == "2025-01-21"
+    assert fake.deal_field(deal.id, TOTAL) == 11500.5
+    assert fake.deal_field(deal.id, COUNT) == 3
+    assert fake.deal_field(deal.id, PAYMENT_ID) == "pay_1"
+    assert deal.fields[PAYMENT_ID] == "pay_1" and deal.contact_ids == (contact.id,)
+    assert (deal.pipeline_id, deal.status_id) == (str(PARTNERS), str(PARTNERS_AUTOPAY))
+
+    fake.calls.clear()
+    found = await pd.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+    assert found is not None and found.id == contact.id
+    assert len(fake.calls) == 2  # found by its Telegram id at once
+
+
+async def test_update_deal_sends_every_kind_in_a_shape_pipedrive_accepts(
+    fake: FakePipedrive, pd: Pipedrive
+) -> None:
+    deal = fake.add_deal(fields={TOTAL: 100, SUBJECTS: [MATHS], UTM_SOURCE: "old"})
+    await pd.update_deal(str(deal), every_kind_of_field())
+    assert fake.calls[-1].status == 200
+    assert fake.deal_field(deal, SUBJECTS) == [RUSSIAN, SOCIAL]  # the set is replaced
+    assert fake.deal_field(deal, TOTAL) == 11500.5
+    assert fake.deal_field(deal, COUNT) == 3
+    assert fake.deal_field(deal, LAST_AT) == "2025-01-21"
+    assert fake.deal_field(deal, UTM_SOURCE) == "advcake"
+    await pd.update_deal(str(deal), [])
+    assert len(fake.calls) == 1
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        FieldUpdate("0" * 40, FieldKind.TEXT, "unknown field"),
+        FieldUpdate(DIRECTION, FieldKind.SELECT, RUSSIAN),  # a subject's option, not a direction
+        FieldUpdate(SUBJECTS, FieldKind.MULTISELECT, (RUSSIAN, 999)),
+        FieldUpdate(TOTAL, FieldKind.TEXT, "a lot"),
+    ],
+)
+async def test_rejected_field_updates_are_permanent_and_apply_nothing(
+    fake: FakePipedrive, pd: Pipedrive, bad: FieldUpdate
+) -> None:
+    deal = fake.add_deal(fields={TOTAL: 100})
+    good = FieldUpdate(PAYMENT_ID, FieldKind.TEXT, "pay_1")
+    with pytest.raises(PermanentCrmError, match=r"400.*Validation failed"):
+        await pd.update_deal(str(deal), [good, bad])
+    assert fake.deal_field(deal, PAYMENT_ID) is None
+    assert fake.deal_field(deal, TOTAL) == 100
+    assert len(fake.calls) == 1  # a 400 is not retried
+
+
+async def test_unknown_pipeline_or_stage_is_permanent(fake: FakePipedrive, pd: Pipedrive) -> None:
+    contact = Contact(id=str(fake.add_person("Иван")))
+    for deal in (new_deal(pipeline_id="99"), new_deal(status_id=str(SITE_AUTOPAY))):
+        with pytest.raises(PermanentCrmError, match="400"):
+            await pd.create_deal(contact, deal)
+    assert fake.deals() == []
+
+
+async def test_a_value_that_cannot_be_sent_fails_before_any_call(
+    fake: FakePipedrive, pd: Pipedrive
+) -> None:
+    naive = FieldUpdate(LAST_AT, FieldKind.DATETIME, datetime(2025, 1, 20))
+    with pytest.raises(PermanentCrmError, match=r"deals\.update"):
+        await pd.update_deal("1", [naive])
+    with pytest.raises(PermanentCrmError, match=r"deals\.update"):
+        await pd.update_deal("x1", [FieldUpdate(PAYMENT_ID, FieldKind.TEXT, "p")])
+    assert fake.calls == []
+
+
+# ---- notes --------------------------------------------------------------------------
+
+
+async def test_notes_are_added_as_html_and_read_back_verbatim(
+    fake: FakePipedrive, pd: Pipedrive
+) -> None:
+    deal = fake.add_deal()
+    quiet = fake.add_deal()
+    await pd.add_note(str(deal), NOTE)
+    await pd.add_note(str(deal), "second")
+    assert fake.calls[-1].json == {"content": "second", "deal_id": deal}
+    assert fake.notes(deal)[0] == note_html(NOTE)
+
+    assert await pd.deal_notes(str(deal)) == [NOTE, "second"]
+    assert fake.calls[-1].params == {"deal_id": [str(deal)], "limit": ["500"]}
+    assert await pd.deal_notes(str(quiet)) == []  # v1 answers data: null
+
+
+async def test_deal_notes_page_through_start(fake: FakePipedrive, pd: Pipedrive) -> None:
+    deal = fake.add_deal()
+    for n in range(501):
+        fake.add_note(deal, f"<p>note {n}</p>")
+    notes = await pd.deal_notes(str(deal))
+    assert len(notes) == 501 and notes[-1] == "note 500"
+    assert fake.calls[-1].params["start"] == ["500"]
+
+
+# ---- rate limits, the daily budget, faults ------------------------------------------
+
+
+async def test_a_429_is_retried_quickly(fake: FakePipedrive, pd: Pipedrive) -> None:
+    fake.fail_next(1, status=429)
+    assert await pd.get_deal("5") is None
+    assert fake.count(status=429) == 1
+    assert len(fake.calls) == 2
+
+
+async def test_a_persistent_429_surfaces_rate_limited(fake: FakePipedrive, pd: Pipedrive) -> None:
+    fake.fail_next(10, status=429)
+    with pytest.raises(RateLimited):
+        await pd.get_deal("5")
+    assert len(fake.calls) == pd.http.quick_tries
+
+
+async def test_bursts_beyond_the_2_second_windows_get_429s() -> None:
+    fake = FakePipedrive(CONFIG)  # 20 requests and 10 searches per 2 s
+    adapter = make_adapter(fake)
+    adapter.http.quick_tries = 1
+    reads = await asyncio.gather(
+        *(adapter.get_deal("1") for _ in range(25)), return_exceptions=True
+    )
+    assert sum(isinstance(result, RateLimited) for result in reads) == 5
+    await adapter.aclose()
+
+    fake = FakePipedrive(CONFIG, rate_limit=1000)
+    adapter = make_adapter(fake)
+    adapter.http.quick_tries = 1
+    searches = await asyncio.gather(
+        *(adapter.search_persons(phone_key()) for _ in range(12)), return_exceptions=True
+    )
+    assert sum(isinstance(result, RateLimited) for result in searches) == 2
+    assert fake.calls[-1].status == 429
+    await adapter.aclose()
+
+
+async def test_the_adapters_search_pace_stays_under_10_per_2_seconds() -> None:
+    fake = FakePipedrive(CONFIG)
+    adapter = make_adapter(fake, real_limiter=True)
+    for _ in range(11):
+        await adapter.search_persons(phone_key())
+    await adapter.aclose()
+    assert fake.throttled == 0
+
+
+async def test_the_budget_counts_what_pipedrive_counts(fake: FakePipedrive, pd: Pipedrive) -> None:
+    fake.add_person("Иван", phones=["+79991234567"], telegram_id="123456789")
+    fake.fail_next(1, status=429)  # refused before any work: not charged
+    fake.fail_next(1, status=503)
+    contact = await pd.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+    assert contact is not None
+    deal = await pd.create_deal(contact, new_deal())
+    await pd.get_deal("999999")  # a 404 is charged
+    await pd.update_deal(deal.id, every_kind_of_field())
+    await pd.add_note(deal.id, "Payment ID: pay_1")
+    await pd.deal_notes(deal.id)
+    await pd.list_deals(contact)
+    await pd.schema()
+    assert pd.budget.used == fake.tokens_used == 20 + 1 + 5 + 1 + 5 + 10 + 20 + 10 + 30
+    health = pd.health_details()
+    assert health["daily_tokens_used"] == 102
+    assert health["daily_tokens_remaining"] == 30_000 - 102
+    assert health["daily_token_budget"] == 30_000
+
+
+async def test_a_spent_budget_refuses_without_calling_until_midnight_utc() -> None:
+    now = [datetime(2025, 1, 20, 22, 0, 0, tzinfo=UTC).timestamp()]
+    fake = FakePipedrive(CONFIG, rate_limit=1000, search_limit=1000, clock=lambda: now[0])
+    config = CONFIG.model_copy(update={"options": {"daily_token_budget": 30}})
+    adapter = make_adapter(fake, config=config)
+    await adapter.search_persons(phone_key())  # 20
+    await adapter.update_deal(str(fake.add_deal()), [FieldUpdate(PAYMENT_ID, FieldKind.TEXT, "p")])
+    with pytest.raises(RateLimited, match="daily token budget") as error:
+        await adapter.search_persons(phone_key())
+    assert error.value.retry_after == pytest.approx(2 * 3600)
+    assert len(fake.calls) == 2
+    assert adapter.health_details()["daily_tokens_remaining"] == 5
+    now[0] += 2 * 3600  # midnight UTC
+    await adapter.search_persons(phone_key())
+    assert adapter.budget.used == 20
+    await adapter.aclose()
+
+
+async def test_pipedrives_own_budget_answers_429(fake: FakePipedrive, pd: Pipedrive) -> None:
+    fake.daily_budget = 25  # other integrations of the company spent the rest
+    await pd.search_persons(phone_key())
+    with pytest.raises(RateLimited):
+        await pd.search_persons(phone_key())
+
+
+async def test_network_trouble_on_reads_is_retried_then_transient(
+    fake: FakePipedrive, pd: Pipedrive
+) -> None:
+    fake.fail_next(1, kind="timeout")
+    fake.fail_next(1, kind="drop")
+    assert await pd.search_persons(phone_key()) == []
+    assert len(fake.calls) == 3
+    fake.down()
+    with pytest.raises(TransientCrmError, match="cannot connect"):
+        await pd.search_persons(phone_key())
+    fake.up()
+
+
+async def test_random_faults_are_reproducible_and_survivable(
+    fake: FakePipedrive, pd: Pipedrive
+) -> None:
+    fake.fail_randomly(random.Random(7), p=0.5, kinds=("500", "timeout", "drop"))
+    outcomes = []
+    for _ in range(10):
+        try:
+            await pd.search_persons(phone_key())
+            outcomes.append("ok")
+        except TransientCrmError:
+            outcomes.append("failed")
+    fake.fail_randomly(None)
+    assert "ok" in outcomes
+    assert len(fake.calls) > 10
+
+
+async def test_a_write_applied_then_timed_out_is_not_repeated(
+    fake: FakePipedrive, pd: Pipedrive
+) -> None:
+    contact = Contact(id=str(fake.add_person("Иван", phones=["+79991234567"])))
+    fake.fail_after_apply(1, kind="timeout")
+    with pytest.raises(TransientCrmError, match="timeout"):
+        await pd.create_deal(contact, new_deal())
+    assert fake.count(method="POST") == 1  # left to the flow's remote-state checks
+    [deal] = await pd.list_deals(contact)  # the crash window, found again
+    assert deal.fields[PAYMENT_ID] == "pay_1"
+
+
+# ---- credentials --------------------------------------------------------------------
+
+
+async def test_the_api_token_goes_in_a_header_never_in_the_url(fake: FakePipedrive) -> None:
+    recorder = RecordingTransport(fake.transport())
+    adapter = make_adapter(fake, transport=recorder, pipedrive_api_token="t0ken-secret")
+    fake._api_tokens.add("t0ken-secret")
+    await adapter.search_persons(phone_key())
+    [request] = recorder.requests
+    assert request.headers["x-api-token"] == "t0ken-secret"
+    assert "authorization" not in request.headers
+    assert "t0ken" not in str(request.url)
+    fake.revoke_api_tokens()
+    with pytest.raises(AuthError, match="401") as error:
+        await adapter.search_persons(phone_key())
+    assert "t0ken" not in str(error.value)
+    assert len(recorder.requests) == 2  # a 401 with an API token is final
+    await adapter.aclose()
+
+
+async def test_no_api_token_is_an_auth_error_without_a_call(fake: FakePipedrive) -> None:
+    adapter = make_adapter(fake, pipedrive_api_token=None)
+    assert await adapter.credentials_problem() == (
+        'no credentials: set PIPEDRIVE_API_TOKEN or use auth = "oauth" and run'
+        " `bridge auth pipedrive`"
+    )
+    with pytest.raises(AuthError, match="PIPEDRIVE_API_TOKEN"):
+        await adapter.search_persons(phone_key())
+    assert fake.calls == []
+    assert adapter.token_expires_at() is None
+    with pytest.raises(AuthError, match="long_lived_token"):
+        await adapter.exchange_code("code")
+    await adapter.aclose()
+
+
+async def test_oauth_expired_token_is_refreshed_once_for_concurrent_requests(
+    fake: FakePipedrive,
+) -> None:
+    access, refresh = fake.issue_oauth_pair(ttl=3600)
+    tokens = MemoryTokens(TokenPair(access, refresh, fake.clock() + 3600))
+    recorder = RecordingTransport(fake.transport())
+    adapter = make_adapter(fake, config=OAUTH, tokens=tokens, transport=recorder)
+    fake.expire_all_access_tokens()  # Pipedrive says 401 although we thought it valid
+
+    results = await asyncio.gather(
+        adapter.search_persons(phone_key()), adapter.search_persons(phone_key("+79990000000"))
+    )
+
+    assert list(results) == [[], []]
+    assert fake.count(path_prefix="/oauth/") == 1
+    [saved] = tokens.saved
+    assert saved.access_token != access
+    assert saved.refresh_token == refresh  # Pipedrive keeps the refresh token
+    assert adapter.token_expires_at() == pytest.approx(fake.clock() + fake.oauth_ttl, abs=5)
+    [token_request] = [r for r in recorder.requests if r.url.path == "/oauth/token"]
+    assert str(token_request.url) == "https://oauth.pipedrive.com/oauth/token"
+    assert token_request.headers["authorization"].startswith("Basic ")
+    assert recorder.requests[-1].headers["authorization"] == f"Bearer {saved.access_token}"
+    await adapter.aclose()
+
+
+async def test_oauth_stores_a_rotated_refresh_token(fake: FakePipedrive) -> None:
+    fake.rotate_refresh_tokens = True
+    access, refresh = fake.issue_oauth_pair(ttl=60)
+    tokens = MemoryTokens(TokenPair(access, refresh, fake.clock() + 60))  # inside the margin
+    adapter = make_adapter(fake, config=OAUTH, tokens=tokens)
+    await adapter.search_persons(phone_key())
+    assert fake.count(status=401) == 0
+    assert paths(fake) == ["POST /oauth/token", "GET /api/v2/persons/search"]
+    [saved] = tokens.saved
+    assert saved.refresh_token != refresh
+    await adapter.aclose()
+
+
+async def test_oauth_bootstraps_from_a_refresh_token_in_the_environment(
+    fake: FakePipedrive,
+) -> None:
+    _, refresh = fake.issue_oauth_pair()
+    tokens = MemoryTokens()
+    adapter = make_adapter(fake, config=OAUTH, tokens=tokens, pipedrive_refresh_token=refresh)
+    assert await adapter.credentials_problem() is None
+    assert await adapter.search_persons(phone_key()) == []
+    assert len(tokens.saved) == 1
+    await adapter.aclose()
+
+
+async def test_a_refused_refresh_token_is_an_auth_error_naming_no_secret(
+    fake: FakePipedrive,
+) -> None:
+    tokens = MemoryTokens(TokenPair("stale", "1:1:unknown-refresh", 0.0))
+    adapter = make_adapter(fake, config=OAUTH, tokens=tokens)
+    with pytest.raises(AuthError, match="refresh token rejected") as error:
+        await adapter.search_persons(phone_key())
+    message = str(error.value)
+    assert "Invalid refresh token" in message and "bridge auth pipedrive" in message
+    assert "unknown-refresh" not in message and fake.client_secret not in message
+    assert tokens.saved == []
+    await adapter.aclose()
+
+
+async def test_oauth_without_client_credentials_is_an_auth_error(fake: FakePipedrive) -> None:
+    tokens = MemoryTokens(TokenPair("a", "r", 0.0))
+    adapter = make_adapter(fake, config=OAUTH, tokens=tokens, pipedrive_client_id="")
+    with pytest.raises(AuthError, match="PIPEDRIVE_CLIENT_ID"):
+        await adapter.search_persons(phone_key())
+    assert fake.calls == []
+    await adapter.aclose()
+
+
+async def test_exchange_code_stores_the_pair_and_uses_it(fake: FakePipedrive) -> None:
+    fake.register_code("code-1")
+    tokens = MemoryTokens()
+    adapter = make_adapter(fake, config=OAUTH, tokens=tokens)
+    assert await adapter.credentials_problem() == "not authorised: run `bridge auth pipedrive`"
+    pair = await adapter.exchange_code("code-1")
+    assert tokens.saved == [pair]
+    assert await adapter.search_persons(phone_key()) == []
+    assert fake.count(path_prefix="/oauth/") == 1
+    with pytest.raises(AuthError, match="authorization code rejected"):
+        await adapter.exchange_code("code-1")  # single use
+    await adapter.aclose()
+
+
+# ---- schema, options, on_call, the ASGI fake ----------------------------------------
+
+
+async def test_schema_lists_pipelines_stages_and_fields(fake: FakePipedrive, pd: Pipedrive) -> None:
+    schema = await pd.schema()
+    pipelines = {p.id: p for p in schema.pipelines}
+    assert set(pipelines) == {"1", "2", "3"}
+    assert pipelines["1"].name == "Site"
+    assert pipelines["1"].statuses == {"1": "Автооплата", "2": "В работе"}
+    fields = {(f.entity, f.id): f for f in schema.fields}
+    assert fields[("leads", SUBJECTS)].type == "multiselect"
+    assert fields[("leads", SUBJECTS)].enums[str(RUSSIAN)] == "Русский"
+    assert fields[("leads", DIRECTION)].enums == {"21": "ЕГЭ", "22": "ОГЭ"}
+    assert fields[("leads", LAST_AT)].type == "date"
+    assert fields[("leads", TOTAL)].type == "numeric"
+    assert fields[("contacts", TG_ID)].type == "text"
+    assert ("leads", "title") not in fields  # system fields are not custom fields
+    assert schema_problems("pipedrive", CONFIG, schema) == []
+    assert len(fake.calls) == 4
+
+
+async def test_bridge_check_flags_a_monetary_field(fake: FakePipedrive, pd: Pipedrive) -> None:
+    money = "m" * 40
+    fake.company.add_field("deal", money, "Всего (деньги)", "monetary")
+    config = CONFIG.model_copy(update={"deal_fields": DF.model_copy(update={"total_paid": money})})
+    [problem] = schema_problems("pipedrive", config, await pd.schema())
+    assert "pipedrive:monetary" in str(problem) and "total_paid" in str(problem)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"daily_budget": 1}, "unknown daily_budget"),
+        ({"daily_token_budget": 0}, "daily_token_budget"),
+        ({"daily_token_budget": "lots"}, "daily_token_budget"),
+        ({"search_rate_per_second": -1}, "search_rate_per_second"),
+        ({"oauth_url": "oauth.pipedrive.com"}, "oauth_url"),
+    ],
+)
+def test_options_are_validated(fake: FakePipedrive, options: dict[str, Any], message: str) -> None:
+    config = CONFIG.model_copy(update={"options": options})
+    with pytest.raises(ConfigError, match=message):
+        make_adapter(fake, config=config)
+
+
+async def test_on_call_sees_each_operation(fake: FakePipedrive) -> None:
+    seen: list[tuple[str, str, int]] = []
+    adapter = make_adapter(fake, on_call=lambda crm, op, _s, status: seen.append((crm, op, status)))
+    await adapter.find_contact([phone_key()], contact_matches)
+    await adapter.create_contact_and_deal(new_contact(), new_deal())
+    assert seen == [
+        ("pipedrive", "persons.search", 200),
+        ("pipedrive", "persons.create", 200),
+        ("pipedrive", "deals.create", 200),
+    ]
+    await adapter.aclose()
+
+
+async def test_the_asgi_app_serves_the_same_api_and_faults(fake: FakePipedrive) -> None:
+    base_url, stop = serve_in_thread(fake)
+    try:
+        config = CONFIG.model_copy(update={"base_url": base_url, "request_timeout_seconds": 0.5})
+        adapter = make_adapter(fake, config=config, transport=httpx.AsyncHTTPTransport())
+        contact, deal = await adapter.create_contact_and_deal(new_contact(), new_deal())
+        found = await adapter.find_contact([phone_key()], contact_matches)
+        assert found is not None and found.id == contact.id
+        fake.asgi_hang_seconds = 5
+        fake.fail_next(1, kind="timeout")
+        fake.fail_next(1, kind="drop")
+        assert [d.id for d in await adapter.list_deals(found)] == [deal.id]  # retried past both
+        await adapter.add_note(deal.id, NOTE)
+        assert await adapter.deal_notes(deal.id) == [NOTE]
+        fake.down()
+        with pytest.raises(TransientCrmError, match="503"):
+            await adapter.search_persons(phone_key())
+        fake.up()
+        await adapter.aclose()
+    finally:
+        stop()
