@@ -215,6 +215,10 @@ class Settings(BaseSettings):
         return value
 
 
+def secret_value(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
 def load_file_config(path: Path) -> FileConfig:
     """Parse and validate the TOML file; errors name the file and the key."""
     try:

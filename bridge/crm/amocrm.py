@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import phonenumbers
 
-from bridge.crm.amocrm_oauth import AmoOAuth, secret_value
+from bridge.crm.amocrm_oauth import AmoOAuth
 from bridge.crm.base import (
     JSON,
     Confirm,
@@ -53,7 +53,7 @@ from bridge.domain import (
     NewDeal,
 )
 from bridge.errors import PermanentCrmError, TransientCrmError
-from bridge.settings import CrmConfig, Settings
+from bridge.settings import CrmConfig, Settings, secret_value
 from bridge.tokens import (
     BearerAuth,
     OAuthTokenSource,

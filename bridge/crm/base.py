@@ -259,6 +259,25 @@ class CrmHttp:
             raise error
         return response
 
+    async def token_request(
+        self, method: str, url: str, *, auth: httpx.Auth | None = None, **body: Any
+    ) -> httpx.Response:
+        """A call to an OAuth token endpoint: outside the bearer-token flow (its own `auth`,
+        none by default), rate-limited and observed like every call, never retried (a
+        refresh token is single-use), and answered raw for the caller to judge."""
+        await self.limiter.acquire()
+        started, status = time.perf_counter(), 0
+        try:
+            response = await self.client.request(method, url, auth=auth or httpx.Auth(), **body)
+            status = response.status_code
+        except httpx.TransportError as exc:
+            message = f"{method} {httpx.URL(url).path}: {type(exc).__name__}"
+            raise TransientCrmError(self.crm, message) from exc
+        finally:
+            if self.on_call is not None:
+                self.on_call(self.crm, "oauth.token", time.perf_counter() - started, status)
+        return response
+
     @property
     def total_calls(self) -> int:
         return self._total_calls

@@ -39,7 +39,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import httpx
-from pydantic import SecretStr
 
 from bridge.crm import bitrix24_json as bx
 from bridge.crm.base import Confirm, CrmHttp, CrmSchema, CustomField, RateLimiter, first_confirmed
@@ -64,7 +63,7 @@ from bridge.domain import (
     NewDeal,
 )
 from bridge.errors import AuthError
-from bridge.settings import CrmConfig, Settings
+from bridge.settings import CrmConfig, Settings, secret_value
 from bridge.tokens import OAuthTokenSource, StaticToken, TokenPair, TokenRepository, TokenSource
 
 OnCall = Callable[[str, str, float, int], None]
@@ -370,7 +369,7 @@ def build_bitrix24(
     """
     options = BitrixOptions.from_config(name, config.options)
     inner = transport or httpx.AsyncHTTPTransport()
-    webhook = _secret(settings.bitrix24_webhook_url)
+    webhook = secret_value(settings.bitrix24_webhook_url)
     problem = webhook_problem(webhook)
     if config.auth == "oauth":
         base, wire = config.base_url.rstrip("/") + "/rest/", BitrixTransport(inner, clock=clock)
@@ -389,7 +388,7 @@ def build_bitrix24(
             name,
             tokens,
             oauth.refresh,
-            bootstrap_refresh_token=_secret(settings.bitrix24_refresh_token),
+            bootstrap_refresh_token=secret_value(settings.bitrix24_refresh_token),
             refresh_margin_seconds=0.0,  # Bitrix: refresh when expired, not ahead of time
             clock=clock,
         )
@@ -398,7 +397,3 @@ def build_bitrix24(
         source = StaticToken(name, webhook if problem is None else None, problem or "")
         client.auth = WebhookAuth(source)
     return Bitrix24(name, config, options, http, source, oauth, tokens, clock)
-
-
-def _secret(value: SecretStr | None) -> str | None:
-    return value.get_secret_value() if value is not None else None

@@ -30,7 +30,7 @@ import httpx
 
 from bridge.crm.base import CrmHttp, error_for_status
 from bridge.errors import AuthError, TransientCrmError
-from bridge.settings import Settings
+from bridge.settings import Settings, secret_value
 from bridge.tokens import TokenPair, TokenSource
 
 WEBHOOK_BASE = "https://bitrix24-webhook.invalid/rest/"
@@ -165,7 +165,7 @@ class BitrixOAuth:
         self._http = http
         self._client_id = settings.bitrix24_client_id
         secret = settings.bitrix24_client_secret
-        self._client_secret = secret.get_secret_value() if secret is not None else None
+        self._client_secret = secret_value(secret)
         self._url = server.rstrip("/") + "/oauth/token/"
         self._clock = clock
 
@@ -183,17 +183,8 @@ class BitrixOAuth:
             message = "OAuth needs BITRIX24_CLIENT_ID and BITRIX24_CLIENT_SECRET"
             raise AuthError(self._crm, f"{message}; then run `bridge auth {self._crm}`")
         params = {"client_id": self._client_id, "client_secret": self._client_secret, **grant}
-        started, status = time.perf_counter(), 0
-        try:
-            response = await self._http.client.get(self._url, params=params, auth=httpx.Auth())
-            status = response.status_code
-        except httpx.TransportError as exc:
-            message = f"GET /oauth/token/: {type(exc).__name__}"
-            raise TransientCrmError(self._crm, message) from exc
-        finally:
-            if self._http.on_call is not None:
-                elapsed = time.perf_counter() - started
-                self._http.on_call(self._crm, "oauth.token", elapsed, status)
+        response = await self._http.token_request("GET", self._url, params=params)
+        status = response.status_code
         if status in (400, 401, 403, 404):
             code = error_code(response.content)[:60]
             message = f"{what} rejected (HTTP {status}{': ' + code if code else ''})"

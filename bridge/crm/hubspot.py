@@ -68,10 +68,10 @@ from bridge.crm.hubspot_json import (
     pipeline_from_json,
     properties_json,
 )
-from bridge.crm.hubspot_oauth import HubSpotOAuth, secret_value
+from bridge.crm.hubspot_oauth import HubSpotOAuth
 from bridge.domain import Contact, ContactPatch, Deal, FieldUpdate, LookupKey, NewContact, NewDeal
 from bridge.errors import AuthError, ConfigError, PermanentCrmError, TransientCrmError
-from bridge.settings import CrmConfig, Settings
+from bridge.settings import CrmConfig, Settings, secret_value
 from bridge.tokens import (
     BearerAuth,
     OAuthTokenSource,

@@ -17,11 +17,10 @@ import time
 from collections.abc import Callable
 
 import httpx
-from pydantic import SecretStr
 
 from bridge.crm.base import CrmHttp, error_for_status
 from bridge.errors import AuthError, TransientCrmError
-from bridge.settings import Settings
+from bridge.settings import Settings, secret_value
 from bridge.tokens import TokenPair
 
 OAUTH_PATH = "/oauth/v3/token"
@@ -74,18 +73,8 @@ class HubSpotOAuth:
             "client_secret": self._client_secret or "",
             **grant,
         }
-        await self._http.limiter.acquire()
-        started, status = time.perf_counter(), 0
-        try:
-            response = await self._http.client.post(OAUTH_PATH, data=form, auth=httpx.Auth())
-            status = response.status_code
-        except httpx.TransportError as exc:
-            message = f"POST {OAUTH_PATH}: {type(exc).__name__}"
-            raise TransientCrmError(self._crm, message) from exc
-        finally:
-            if self._http.on_call is not None:
-                elapsed = time.perf_counter() - started
-                self._http.on_call(self._crm, "oauth.token", elapsed, status)
+        response = await self._http.token_request("POST", OAUTH_PATH, data=form)
+        status = response.status_code
         if status in (400, 401, 403):
             message = f"{what} rejected (HTTP {status}{_status_code(response)})"
             raise AuthError(self._crm, f"{message}: run `bridge auth {self._crm}`")
@@ -111,7 +100,3 @@ def _status_code(response: httpx.Response) -> str:
     except (ValueError, AttributeError):
         return ""
     return f": {str(code)[:60]}" if code else ""
-
-
-def secret_value(value: SecretStr | None) -> str | None:
-    return value.get_secret_value() if value is not None else None

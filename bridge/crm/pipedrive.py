@@ -67,7 +67,6 @@ from bridge.crm.pipedrive_oauth import (
     DEFAULT_OAUTH_URL,
     ApiTokenAuth,
     PipedriveOAuth,
-    secret_value,
 )
 from bridge.domain import (
     Contact,
@@ -80,7 +79,7 @@ from bridge.domain import (
     NewDeal,
 )
 from bridge.errors import AuthError, ConfigError, PermanentCrmError, TransientCrmError
-from bridge.settings import CrmConfig, Settings
+from bridge.settings import CrmConfig, Settings, secret_value
 from bridge.tokens import BearerAuth, OAuthTokenSource, StaticToken, TokenPair, TokenRepository
 from bridge.tokens import TokenSource as TokenSourceProtocol
 

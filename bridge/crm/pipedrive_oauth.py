@@ -18,11 +18,10 @@ import time
 from collections.abc import AsyncGenerator, Callable
 
 import httpx
-from pydantic import SecretStr
 
 from bridge.crm.base import CrmHttp, error_for_status
 from bridge.errors import AuthError, TransientCrmError
-from bridge.settings import Settings
+from bridge.settings import Settings, secret_value
 from bridge.tokens import StaticToken, TokenPair
 
 DEFAULT_OAUTH_URL = "https://oauth.pipedrive.com"
@@ -75,18 +74,8 @@ class PipedriveOAuth:
             message = "OAuth needs PIPEDRIVE_CLIENT_ID and PIPEDRIVE_CLIENT_SECRET"
             raise AuthError(self._crm, f"{message}; then run `bridge auth {self._crm}`")
         basic = httpx.BasicAuth(self._client_id, self._client_secret)
-        await self._http.limiter.acquire()
-        started, status = time.perf_counter(), 0
-        try:
-            response = await self._http.client.post(self._url, data=form, auth=basic)
-            status = response.status_code
-        except httpx.TransportError as exc:
-            message = f"POST {OAUTH_ENDPOINT}: {type(exc).__name__}"
-            raise TransientCrmError(self._crm, message) from exc
-        finally:
-            if self._http.on_call is not None:
-                elapsed = time.perf_counter() - started
-                self._http.on_call(self._crm, "oauth.token", elapsed, status)
+        response = await self._http.token_request("POST", self._url, data=form, auth=basic)
+        status = response.status_code
         if status in (400, 401, 403):
             message = f"{what} rejected (HTTP {status}{_reason(response)})"
             raise AuthError(self._crm, f"{message}: run `bridge auth {self._crm}`")
@@ -112,7 +101,3 @@ def _reason(response: httpx.Response) -> str:
         return ""
     reason = body.get("error_description") or body.get("message") or body.get("error")
     return f": {str(reason)[:120]}" if reason else ""
-
-
-def secret_value(value: SecretStr | None) -> str | None:
-    return value.get_secret_value() if value is not None else None
