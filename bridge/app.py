@@ -31,7 +31,7 @@ from bridge.metrics import CONTENT_TYPE, Metrics
 from bridge.payloads import parse_payment, validation_details
 from bridge.settings import Settings
 from bridge.signing import verify
-from bridge.store import EventView, RequestRecord, Store
+from bridge.store import DeliveryOutcome, EventView, RequestRecord, Store
 from bridge.worker import Worker
 
 log = logging.getLogger("bridge.app")
@@ -172,7 +172,7 @@ async def payment_webhook(request: Request[Any, Any, State]) -> Response[Any]:
     for warning in intake.warnings:
         log.warning("payment %s: %s", key, warning)
     if not stored.created:
-        return await _answer_repeat(rt, reply, stored.event_id, stored.status, key, verdict_text)
+        return _answer_repeat(rt, reply, stored.status, key, verdict_text)
     if intake.event.status == "skipped":
         log.info("event=payment:%s outcome=skipped reason=%r", key, intake.event.note)
         body_json = {"status": "skipped", "reason": intake.event.note}
@@ -185,8 +185,8 @@ async def payment_webhook(request: Request[Any, Any, State]) -> Response[Any]:
     return reply(code, payload, verdict_text, key=key)
 
 
-async def _answer_repeat(
-    rt: Runtime, reply: _Replier, event_id: int, status: str, key: str, verdict: str
+def _answer_repeat(
+    rt: Runtime, reply: _Replier, status: str, key: str, verdict: str
 ) -> Response[Any]:
     if status == "success":
         return reply(409, {"status": "duplicate"}, verdict, "already processed", key=key)
@@ -248,7 +248,7 @@ def _response_for(view: EventView | None) -> tuple[int, dict[str, Any]]:
     return 202, {"status": status, "results": results}
 
 
-def _delivery_result(delivery: Any) -> dict[str, Any]:
+def _delivery_result(delivery: DeliveryOutcome) -> dict[str, Any]:
     if delivery.status == "success":
         return {
             "contact_id": delivery.contact_id,
