@@ -49,7 +49,6 @@ class FlowContext:
 class FlowOutcome:
     result: DealResult
     warnings: tuple[str, ...]
-    reusable: bool  # the deal can take the customer's next payment (not closed/excluded)
 
 
 async def deliver_payment(
@@ -70,14 +69,7 @@ async def deliver_payment(
     if "note" not in journal:
         await _add_note_once(payment, ctx, result.deal_id, check_remote=not first_attempt)
         await record({"note": True})
-    return FlowOutcome(result, tuple(warnings), _reusable(payment, ctx, result))
-
-
-def _reusable(payment: Payment, ctx: FlowContext, result: DealResult) -> bool:
-    if not result.deal_created:
-        return True  # chosen because it was open and not excluded
-    status = rules.choose_pipeline(payment.utm, ctx.config).status_id
-    return status not in (*ctx.config.closed_status_ids, *ctx.config.excluded_status_ids)
+    return FlowOutcome(result, tuple(warnings))
 
 
 async def _resolve_and_apply(
@@ -122,10 +114,12 @@ async def _known_contact_and_deals(
 ) -> tuple[Contact, list[Deal]] | None:
     """Verify the contact and deal of the customer's last payment with one call.
 
-    Still linked and open: that deal is used (a newer open deal a manager may have
-    opened meanwhile is not looked for — the price of skipping the search). Closed or
-    excluded since: the contact's other deals are read. Gone or unlinked: None, and the
-    caller searches as for an unknown customer.
+    Still linked, open and not excluded: that deal is used (a newer open deal a manager
+    may have opened meanwhile is not looked for — the price of skipping the search). A
+    deal the bridge created in an excluded "auto-payment" status counts once a manager
+    has moved it on. Closed or excluded: the contact's other deals are read (the deal
+    just read is not fetched again). Gone or unlinked: None, and the caller searches as
+    for an unknown customer.
     """
     if known is None or not known.deal_id:
         return None

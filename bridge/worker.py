@@ -270,13 +270,7 @@ class Worker:
             "deal_created": result.deal_created,
             "pipeline_id": result.pipeline_id,
             "warnings": list(outcome.warnings),
-            "remember": KnownRefs(
-                result.contact_id,
-                # An unusable deal is not remembered: the next payment searches instead.
-                result.deal_id if outcome.reusable else "",
-                identity,
-                job.customer_keys,
-            ),
+            "remember": KnownRefs(result.contact_id, result.deal_id, identity, job.customer_keys),
         }
 
     def _context(self, crm: str, adapter: CrmAdapter) -> FlowContext:

@@ -394,14 +394,36 @@ async def test_known_lead_moved_to_another_contact_is_not_used(run_bridge, fake_
     assert number(fake_amo.lead_field(body["lead_id"], DEAL["count"])) == 1
 
 
-async def test_deal_created_in_excluded_status_is_not_remembered(run_bridge, fake_amo) -> None:
+async def test_remembered_autopay_deal_moved_on_by_a_manager_costs_three_calls(
+    run_bridge, fake_amo
+) -> None:
     async with run_bridge() as bridge:
-        await bridge.post_payment(payment_payload("pay_x1", costs=(1000,)))
+        first = await bridge.post_payment(payment_payload("pay_x1", costs=(1000,)))
+        lead_id = first.json()["results"]["amocrm"]["lead_id"]
+        fake_amo.move_lead(lead_id, SITE_WORKING)  # a manager picked it up
         before = len(fake_amo.calls)
-        response = await bridge.post_payment(payment_payload("pay_x2", costs=(700,)))
+        second = await bridge.post_payment(payment_payload("pay_x2", costs=(700,)))
+    assert second.json()["results"]["amocrm"] == {
+        "contact_id": first.json()["results"]["amocrm"]["contact_id"],
+        "lead_id": lead_id,
+        "lead_created": False,
+    }
+    assert len(fake_amo.calls) - before == 3
+    assert number(fake_amo.lead_field(lead_id, DEAL["total"])) == 1700
+
+
+async def test_remembered_deal_still_in_autopay_gets_a_new_deal(run_bridge, fake_amo) -> None:
+    async with run_bridge() as bridge:
+        await bridge.post_payment(payment_payload("pay_y1", costs=(1000,)))
+        before = len(fake_amo.calls)
+        response = await bridge.post_payment(payment_payload("pay_y2", costs=(700,)))
     assert response.status_code == 200
     assert response.json()["results"]["amocrm"]["lead_created"] is True
     second = fake_amo.calls[before:]
-    # Searched again (the auto-payment deal cannot take the payment), not verified.
-    assert (second[0].method, second[0].path) == ("GET", "/api/v4/contacts")
+    # The remembered deal is read once (still auto-payment), then the contact's deals.
+    assert [(call.method, call.path.split("/")[3]) for call in second[:2]] == [
+        ("GET", "leads"),
+        ("GET", "contacts"),
+    ]
     assert len(second) == 4
+    assert len(fake_amo.leads()) == 2
