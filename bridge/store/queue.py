@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -96,9 +98,11 @@ class QueueMixin(StoreBase):
         blocked: set[tuple[str, str]] = set()
         picked: list[tuple[Any, ...]] = []
         next_due: float | None = None
-        for row in rows:
+        for index, row in enumerate(rows):
+            if index and not index % 500:
+                await asyncio.sleep(0)  # a long queue must not hold webhooks up
             crm, status, due_at = str(row[2]), str(row[4]), float(row[5])
-            mine = {(crm, key) for key in json.loads(row[8])}
+            mine = {(crm, key) for key in _customer_keys(str(row[8]))}
             waits = bool(mine & blocked)
             blocked |= mine
             if waits or status == "processing":
@@ -117,7 +121,7 @@ class QueueMixin(StoreBase):
                 str(r[6]),
                 str(r[7]),
                 payloads[int(r[1])],
-                tuple(json.loads(r[8])),
+                _customer_keys(str(r[8])),
                 str(r[9]),
             )
             for r in picked
@@ -412,3 +416,9 @@ class QueueMixin(StoreBase):
         if self._cipher is None:
             raise StoreUnavailable("BRIDGE_SECRET_KEY is not set: tokens cannot be stored")
         return self._cipher
+
+
+@functools.lru_cache(maxsize=16384)
+def _customer_keys(packed: str) -> tuple[str, ...]:
+    # The queue is scanned on every dispatch; most rows were parsed the time before.
+    return tuple(json.loads(packed))
