@@ -73,7 +73,7 @@ class QueueMixin(StoreBase):
         await self._write(apply)
 
     async def due_deliveries(
-        self, now: float, crms: Iterable[str], limit: int, window: int = 5000
+        self, now: float, crms: Iterable[str], limit: int, window: int = 1000
     ) -> DueSlice:
         """Deliveries to start now, in queue order, and when the next one comes due.
 
