@@ -32,12 +32,12 @@ test: dev-venv  ## run the whole test suite
 	$(BIN)/python -m pytest -q
 
 lint: dev-venv  ## ruff lint and format check
-	$(BIN)/ruff check bridge tests bench
-	$(BIN)/ruff format --check bridge tests bench
+	$(BIN)/ruff check bridge tests
+	$(BIN)/ruff format --check bridge tests
 
 format: dev-venv  ## apply ruff format and safe fixes
-	$(BIN)/ruff check --fix bridge tests bench
-	$(BIN)/ruff format bridge tests bench
+	$(BIN)/ruff check --fix bridge tests
+	$(BIN)/ruff format bridge tests
 
 mypy: dev-venv  ## strict type check of bridge/
 	$(BIN)/mypy bridge
@@ -50,7 +50,8 @@ check: lint mypy test check-unit  ## everything CI cares about
 dev: format lint mypy test  ## format, then all checks
 
 bench: dev-venv  ## benchmarks (not part of the tests): intake, CRM calls, burst drain, memory
-	$(BIN)/python -m bench
+	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(BIN)/python -m tests.bench
 
 install:  ## install under $(PREFIX), config in $(CONFDIR), unit in $(UNITDIR) (run as root)
 	install -d $(PREFIX) $(CONFDIR)

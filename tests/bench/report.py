@@ -1,0 +1,178 @@
+"""The results as a table on stdout and as JSON in tests/bench/results/latest.json."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+
+
+@dataclass(frozen=True)
+class Row:
+    section: str
+    measure: str
+    value: str
+    target: str = ""
+    met: bool | None = None
+
+
+def write_json(results: Mapping[str, Any], path: Path = RESULTS) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def render(results: Mapping[str, Any]) -> str:
+    meta = results["meta"]
+    lines = [
+        f"CRM Bridge benchmark ({'quick' if meta['quick'] else 'full'} run) {meta['started_at']}",
+        f"{meta['cpus']} CPUs ({meta['cpu_model']}), Python {meta['python']},"
+        f" commit {meta['commit']}",
+        f"durable SQLite commit on this disk (WAL, synchronous=FULL): p50"
+        f" {meta['durable_commit_ms']['p50']} ms, p99 {meta['durable_commit_ms']['p99']} ms",
+        "",
+    ]
+    rows = list(_rows(results))
+    headers = Row("section", "measure", "value", "target", None)
+    widths = [
+        max(len(getattr(row, name)) for row in [headers, *rows])
+        for name in ("section", "measure", "value", "target")
+    ]
+    previous = ""
+    for row in [headers, *rows]:
+        section = row.section if row.section != previous else ""
+        previous = row.section
+        met = {True: "met", False: "MISSED", None: ""}[row.met] if row is not headers else ""
+        cells = (section, row.measure, row.value, row.target)
+        text = "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
+        lines.append(f"{text}  {met}".rstrip())
+    return "\n".join(lines)
+
+
+def _rows(results: Mapping[str, Any]) -> Iterator[Row]:
+    for name, rows in (
+        ("intake", _intake_rows),
+        ("openloop", _openloop_rows),
+        ("calls", _calls_rows),
+        ("burst", _burst_rows),
+        ("memory", _memory_rows),
+    ):
+        if name not in results:
+            continue
+        section = results[name]
+        if "error" in section:
+            yield Row(_TITLES[name], "FAILED", section["error"][:120])
+            continue
+        yield from rows(section)
+
+
+_TITLES = {
+    "intake": "1 intake, closed loop",
+    "openloop": "2 intake, open loop",
+    "calls": "3 CRM calls/payment",
+    "burst": "4 burst drain",
+    "memory": "5 memory (VmRSS)",
+}
+
+
+def _intake_rows(section: Mapping[str, Any]) -> Iterator[Row]:
+    title = _TITLES["intake"]
+    for connections, run in section.items():
+        bridge, empty = run["bridge"], run["empty"]
+        rounds = len(run["rounds"])
+        for label, figures in (("bridge", bridge), ("empty endpoint", empty)):
+            spread = (
+                f" ({figures['per_second_min']:.0f}-{figures['per_second_max']:.0f})"
+                if rounds > 1
+                else ""
+            )
+            yield Row(
+                title,
+                f"{label}, {connections} connections: req/s{' median' if rounds > 1 else ''}",
+                f"{figures['per_second']:.0f}{spread}",
+            )
+        yield Row(
+            title,
+            f"bridge / empty, {connections} connections",
+            f"{run['ratio']:.1%}",
+            ">= 60%" if connections == "64" else "",
+            run["ratio"] >= 0.6 if connections == "64" else None,
+        )
+        yield Row(
+            title,
+            "  server CPU per request: bridge / empty",
+            f"{bridge['cpu_us_per_request']:.0f} / {empty['cpu_us_per_request']:.0f} us",
+        )
+        yield Row(title, "  bridge 202 / non-2xx", f"{run['accepted']} / {run['non_2xx']}")
+        ok = bool(run["every_202_stored"])
+        check = ("yes" if ok else "NO") + f" (+{run['stored_unanswered']} in flight at the end)"
+        yield Row(title, "  every 202 is a stored event", check, "yes", ok)
+        yield Row(title, "  other load on the machine (max)", f"{run['other_cores_max']:.2f} cores")
+
+
+def _openloop_rows(section: Mapping[str, Any]) -> Iterator[Row]:
+    title = _TITLES["openloop"]
+    rate, seconds = section["rate"], section["seconds"]
+    for target_name in ("bridge", "empty"):
+        run = section[target_name]
+        latency = run["latency_ms"]
+        label = "bridge" if target_name == "bridge" else "empty endpoint"
+        value = f"{latency['p50']:.2f} / {latency['p99']:.2f} ms (max {latency['max']:.1f})"
+        is_bridge = target_name == "bridge"
+        yield Row(
+            title,
+            f"{label}: p50 / p99 at {rate:g}/s for {seconds:g} s",
+            value,
+            "p99 <= 10 ms" if is_bridge else "",
+            latency["p99"] <= 10 if is_bridge else None,
+        )
+        answers = ", ".join(f"{code}: {n}" for code, n in run["statuses"].items())
+        yield Row(title, f"  {label}: answers", answers)
+    lag = section["bridge"]["lag_ms"]
+    yield Row(title, "  generator lateness p99 (included above)", f"{lag['p99']:.2f} ms")
+    other = max(section[name]["cpu"]["other_cores"] for name in ("bridge", "empty"))
+    yield Row(title, "  other load on the machine (max)", f"{other:.2f} cores")
+
+
+def _calls_rows(section: Mapping[str, Any]) -> Iterator[Row]:
+    title = _TITLES["calls"]
+    for row in section["scenarios"].values():
+        calls, fake = row["crm_calls"], row["fake_calls"]
+        value = f"{calls}" + ("" if calls == fake else f" (fake saw {fake}!)")
+        yield Row(title, row["label"], value, f"<= {row['target']}", calls <= row["target"])
+    yield Row(title, "  429s during these payments", str(section["throttled"]))
+
+
+def _burst_rows(section: Mapping[str, Any]) -> Iterator[Row]:
+    title = _TITLES["burst"]
+    payments, customers = section["payments"], section["customers"]
+    done = "all success" if section["all_success"] else f"NOT DRAINED {section['deliveries']}"
+    yield Row(title, f"{payments} payments from {customers} customers", done)
+    yield Row(
+        title, "drain time (first post to last delivery)", f"{section['drain_seconds']:.1f} s"
+    )
+    calls = section["crm_calls_fake"]
+    yield Row(
+        title,
+        "theoretical (CRM calls / 7 per s)",
+        f"{section['theoretical_seconds']:.1f} s ({calls} calls,"
+        f" {section['calls_per_payment']}/payment)",
+    )
+    ratio = section["achieved_over_theoretical"]
+    yield Row(title, "achieved / theoretical", f"{ratio:.3f}", "<= 1.15", ratio <= 1.15)
+    throttled = section["throttled_429"]
+    yield Row(title, "429s received", str(throttled), "0", throttled == 0)
+
+
+def _memory_rows(section: Mapping[str, Any]) -> Iterator[Row]:
+    title = _TITLES["memory"]
+    memory = section["memory"]
+    yield Row(title, "bridge serve, idle", f"{memory['idle_mib']:.1f} MiB")
+    after = memory["after_burst_mib"]
+    met = after * 1.048576 <= 100  # MiB to MB
+    yield Row(title, "bridge serve, after the burst", f"{after:.1f} MiB", "<= 100 MB", met)
+    yield Row(title, "  peak during the burst (VmHWM)", f"{memory['peak_mib']:.1f} MiB")
