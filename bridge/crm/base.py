@@ -14,6 +14,7 @@ to the flow, whose remote-state checks find what the POST created.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -134,10 +135,8 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
     raw = response.headers.get("retry-after")
     if not raw:
         return None
-    try:
+    with contextlib.suppress(ValueError):
         return max(0.0, float(raw))
-    except ValueError:
-        pass
     try:
         return max(0.0, parsedate_to_datetime(raw).timestamp() - time.time())
     except (TypeError, ValueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -83,11 +84,10 @@ class StoreBase:
             raise StoreUnavailable(f"database read failed: {exc}") from exc
 
     async def _rollback_quietly(self) -> None:
-        try:
+        # The connection may be the very thing that failed; nothing is left to undo then.
+        with contextlib.suppress(sqlite3.Error):
             if self._writer.in_transaction:
                 await self._writer.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
 
     def _check_file(self) -> None:
         # SQLite keeps writing through its open descriptor to a file that was deleted,
