@@ -183,7 +183,7 @@ def run_loadgen(
     timeout: float = 600.0,
 ) -> dict[str, Any]:
     """Run the generator as a separate process (its own interpreter and core)."""
-    from bench.config import SECRET, base_env, python_command
+    from tests.bench.config import SECRET, base_env, python_command
 
     stamp = time.monotonic_ns()
     bodies_file = workdir / f"bodies-{stamp}.jsonl"
