@@ -55,7 +55,8 @@ class QueueMixin(StoreBase):
 
     async def requeue(self, delivery_ids: Sequence[int], delay: float = 0.0) -> None:
         """After a database outage: deliveries cut short go back to the queue. With no ids
-        it still takes a write, which proves the database is writable again."""
+        it still opens a write transaction, whose file check proves the database is
+        writable again."""
         now = self._clock()
         now_text = utc_text(now)
 
@@ -68,7 +69,6 @@ class QueueMixin(StoreBase):
             await db.executemany(
                 REFRESH_EVENT_SQL_BY_DELIVERY, [(now_text, i) for i in delivery_ids]
             )
-            await db.execute("CREATE TEMP TABLE IF NOT EXISTS write_probe (x)")
 
         await self._write(apply)
 
