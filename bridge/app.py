@@ -49,6 +49,8 @@ class Runtime:
     adapters: Mapping[str, CrmAdapter]
     metrics: Metrics
     clock: Clock
+    hmac_secrets: tuple[str, ...]
+    standard_secrets: tuple[str, ...]
     worker_task: asyncio.Task[None] | None = None
 
 
@@ -98,7 +100,16 @@ async def _start(
         pause_probe_seconds=settings.pause_probe_seconds,
         on_outcome=metrics.observe_outcome,
     )
-    runtime = Runtime(settings, store, worker, adapters, metrics, clock)
+    runtime = Runtime(
+        settings,
+        store,
+        worker,
+        adapters,
+        metrics,
+        clock,
+        hmac_secrets=tuple(s.get_secret_value() for s in settings.webhook_secrets),
+        standard_secrets=tuple(s.get_secret_value() for s in settings.standard_webhook_secrets),
+    )
     runtime.worker_task = asyncio.get_running_loop().create_task(worker.run())
     # Everything built so far lives as long as the process: keep the cyclic collector's
     # full passes (tens of ms with the whole framework on the heap) off the request path.
@@ -141,10 +152,10 @@ async def payment_webhook(request: Request[Any, Any, State]) -> Response[Any]:
         return reply(exc.status_code, {"error": str(exc.detail)}, "not checked", "bad body")
     settings = rt.settings
     verdict = verify(
-        {key.lower(): value for key, value in request.headers.items()},
+        _headers(request),
         body,
-        hmac_secrets=[s.get_secret_value() for s in settings.webhook_secrets],
-        standard_secrets=[s.get_secret_value() for s in settings.standard_webhook_secrets],
+        hmac_secrets=rt.hmac_secrets,
+        standard_secrets=rt.standard_secrets,
         legacy_enabled=settings.legacy_secret_header_enabled,
         now=rt.clock(),
     )
@@ -167,7 +178,7 @@ async def payment_webhook(request: Request[Any, Any, State]) -> Response[Any]:
         details = validation_details(exc)
         fields = ", ".join(detail["field"] for detail in details)
         return reply(422, {"error": "invalid_payload", "details": details}, verdict_text, fields)
-    intake = payment_intake(webhook, body_text, settings, datetime.fromtimestamp(rt.clock(), UTC))
+    intake = payment_intake(webhook, body_text, settings)
     key = intake.event.key
     try:
         stored = await rt.store.intake(intake.event)
@@ -188,6 +199,13 @@ async def payment_webhook(request: Request[Any, Any, State]) -> Response[Any]:
     view = await _wait_for_outcome(rt, stored.event_id)
     code, payload = _response_for(view)
     return reply(code, payload, verdict_text, key=key)
+
+
+def _headers(request: Request[Any, Any, State]) -> dict[str, str]:
+    # The ASGI scope's own list (names already lower-case): no header object per request.
+    return {
+        name.decode("latin-1"): value.decode("latin-1") for name, value in request.scope["headers"]
+    }
 
 
 def _answer_repeat(

@@ -235,7 +235,7 @@ def validate(
 
 
 def to_events(
-    payments: Sequence[ImportedPayment], settings: Settings, received_at: datetime
+    payments: Sequence[ImportedPayment], settings: Settings
 ) -> Iterator[tuple[ImportedPayment, NewEvent | str]]:
     """Each payment through the webhook's intake: its event, or why the model refused it."""
     for payment in payments:
@@ -246,7 +246,7 @@ def to_events(
             reason = "; ".join(f"{d['field']}: {d['error']}" for d in validation_details(exc))
             yield payment, reason
             continue
-        yield payment, payment_intake(webhook, body, settings, received_at).event
+        yield payment, payment_intake(webhook, body, settings).event
 
 
 async def import_rows(
@@ -254,7 +254,6 @@ async def import_rows(
     settings: Settings,
     rows: Sequence[CsvRow],
     *,
-    received_at: datetime,
     dry_run: bool = False,
     on_progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
@@ -269,7 +268,7 @@ async def import_rows(
         chunk = rows[start : start + CHUNK_ROWS]
         events: list[NewEvent] = []
         good = validate(chunk, report, first_row)
-        for payment, event in to_events(good, settings, received_at):
+        for payment, event in to_events(good, settings):
             if isinstance(event, str):
                 report.bad.append((payment.number, event))
             else:

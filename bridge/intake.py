@@ -1,7 +1,9 @@
 """From a verified request body to the event the store keeps, and back again.
 
 The stored payload is the raw body exactly as received; the worker normalises it again
-on every attempt, so a fix to normalisation applies to events already queued.
+on every attempt, so a fix to normalisation applies to events already queued. Intake
+normalises only what storing needs: the customer's keys (per-customer order) and the
+amount and status (the audit view, the exclusion rules).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from bridge import rules
 from bridge.domain import Customer, Payment
-from bridge.normalize import payment_from_webhook
+from bridge.normalize import customer_from_user, payment_amount, payment_from_webhook
 from bridge.payloads import PaymentWebhook, parse_payment
 from bridge.settings import Settings
 from bridge.store import NewEvent
@@ -22,38 +24,39 @@ from bridge.store import NewEvent
 @dataclass(frozen=True)
 class PaymentIntake:
     event: NewEvent
-    payment: Payment
-    warnings: tuple[str, ...]
+    warnings: tuple[str, ...]  # about the customer's identifiers
 
 
-def payment_intake(
-    webhook: PaymentWebhook, body_text: str, settings: Settings, received_at: datetime
-) -> PaymentIntake:
-    payment, warnings = payment_from_webhook(
-        webhook, platform_tz=ZoneInfo(settings.platform_timezone), received_at=received_at
-    )
-    skip_reason = rules.should_process(payment, settings.file.payment)
-    crms = tuple(name for name, crm in settings.file.crm.items() if crm.enabled)
+def payment_intake(webhook: PaymentWebhook, body_text: str, settings: Settings) -> PaymentIntake:
+    """What the store needs to take the event: key, status, amount, customer keys.
+
+    The rest of normalisation (times, items, UTM) is the worker's, on every attempt."""
+    order = webhook.course_order
+    warnings: list[str] = []
+    customer = customer_from_user(order.user, warnings)
+    skip_reason = rules.should_process(order.status, settings.file.payment)
     event = NewEvent(
         kind="payment",
-        key=payment.payment_id,
+        key=order.payment_id,
         status="skipped" if skip_reason else "pending",
-        amount=str(payment.amount),
-        customer_keys=customer_keys(payment.customer),
+        amount=str(payment_amount(order.course_order_items)),
+        customer_keys=customer_keys(customer),
         payload=body_text,
-        crms=crms,
+        crms=settings.enabled_crms,
         note=skip_reason or "",
     )
-    return PaymentIntake(event, payment, tuple(warnings))
+    return PaymentIntake(event, tuple(warnings))
 
 
-def payment_from_stored(payload: str, received_at: str, settings: Settings) -> Payment:
+def payment_from_stored(
+    payload: str, received_at: str, settings: Settings
+) -> tuple[Payment, list[str]]:
+    """The stored event's payment, normalised, and what normalisation had to drop."""
     received = datetime.strptime(received_at, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
     webhook = parse_payment(json.loads(payload))
-    payment, _ = payment_from_webhook(
+    return payment_from_webhook(
         webhook, platform_tz=ZoneInfo(settings.platform_timezone), received_at=received
     )
-    return payment
 
 
 def customer_keys(customer: Customer) -> tuple[str, ...]:

@@ -65,13 +65,13 @@ NOTE_PLACEHOLDERS = DEAL_NAME_PLACEHOLDERS | {
 _PAYMENT_ID_LABEL = "Payment ID: "
 
 
-def should_process(payment: Payment, rules: PaymentRules) -> str | None:
-    """None when the payment is processed, else why it is skipped."""
+def should_process(status: str, rules: PaymentRules) -> str | None:
+    """None when a payment in `status` is processed, else why it is skipped."""
     # Platforms are not consistent about case; "confirmed" means CONFIRMED.
-    processed = {status.strip().casefold() for status in rules.processed_statuses}
-    if payment.status.strip().casefold() in processed:
+    processed = {known.strip().casefold() for known in rules.processed_statuses}
+    if status.strip().casefold() in processed:
         return None
-    return f"status {payment.status or '(empty)'} is not processed"
+    return f"status {status.strip() or '(empty)'} is not processed"
 
 
 def choose_pipeline(utm: Utm, crm: CrmConfig) -> PipelineTarget:

@@ -198,6 +198,11 @@ class Settings(BaseSettings):
 
     file: FileConfig = FileConfig()
 
+    @property
+    def enabled_crms(self) -> tuple[str, ...]:
+        """The CRMs every event is delivered to, in configuration order."""
+        return tuple(name for name, crm in self.file.crm.items() if crm.enabled)
+
     @field_validator(
         "webhook_secrets", "standard_webhook_secrets", "bridge_secret_key", mode="before"
     )

@@ -79,7 +79,11 @@ class Worker:
     # ---- public surface ----------------------------------------------------------------
 
     def wake(self) -> None:
-        self._wake.set()
+        """New work was stored. With every slot taken it cannot start yet, and the
+        delivery that frees a slot wakes the loop anyway: a burst of webhooks then costs
+        the loop nothing."""
+        if len(self._running) < self.settings.worker_concurrency:
+            self._wake.set()
 
     def paused(self) -> dict[str, str]:
         return {crm: pause.reason for crm, pause in self._paused.items()}
@@ -227,7 +231,7 @@ class Worker:
     async def _attempt(self, job: DeliveryJob) -> tuple[str, dict[str, Any]]:
         adapter = self.adapters[job.crm]
         try:
-            payment = payment_from_stored(job.payload, job.received_at, self.settings)
+            payment, warnings = payment_from_stored(job.payload, job.received_at, self.settings)
             journal = await self.store.journal(job.delivery_id)
 
             async def record(steps: Mapping[str, Any]) -> None:
@@ -269,7 +273,7 @@ class Worker:
             "deal_id": result.deal_id,
             "deal_created": result.deal_created,
             "pipeline_id": result.pipeline_id,
-            "warnings": list(outcome.warnings),
+            "warnings": [*warnings, *outcome.warnings],
             "remember": KnownRefs(result.contact_id, result.deal_id, identity, job.customer_keys),
         }
 

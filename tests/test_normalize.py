@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import copy
+import random
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import phonenumbers
 import pytest
 
 from bridge.domain import Customer, Payment, PurchaseItem, Utm
@@ -102,6 +104,38 @@ def test_normalize_phone(raw: str | None, expected: str | None) -> None:
 
 def test_normalize_phone_other_region() -> None:
     assert normalize_phone("020 7946 0958", region="GB") == "+442079460958"
+
+
+def _phonenumbers_answer(raw: str) -> str | None:
+    """What phonenumbers alone makes of `raw` (default region RU)."""
+    try:
+        number = phonenumbers.parse(raw, "RU")
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+_PHONE_PREFIXES = ("8", "7", "+7", "+8", "810", "007", "+", "")
+_PHONE_LAYOUTS = ("{p}{n}", "{p} {a} {b}-{c}-{d}", "{p} ({a}) {b} {c} {d}", "{p}-{a}-{b}-{c}{d}")
+
+
+@pytest.mark.parametrize("first_digit", "0123456789")
+def test_the_quick_path_for_usual_russian_numbers_agrees_with_phonenumbers(
+    first_digit: str,
+) -> None:
+    """Every layout and prefix, every national number's first three digits: the answer
+    (number, or None) is phonenumbers' own, so the quick path changes nothing."""
+    rnd = random.Random(first_digit)
+    for rest in range(100):
+        national = f"{first_digit}{rest:02d}{rnd.randrange(10**7):07d}"
+        a, b, c, d = national[:3], national[3:6], national[6:8], national[8:]
+        for prefix in _PHONE_PREFIXES:
+            layout = rnd.choice(_PHONE_LAYOUTS)
+            raw = layout.format(p=prefix, n=national, a=a, b=b, c=c, d=d)
+            for written in (raw, f"  {raw}\t"):
+                assert normalize_phone(written) == _phonenumbers_answer(written), written
 
 
 @pytest.mark.parametrize(

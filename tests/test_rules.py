@@ -129,7 +129,7 @@ def _deal(deal_id: str, updated_at: int, status_id: str = "100", **kwargs: objec
 )
 def test_should_process(status: str, statuses: tuple[str, ...], expected: str | None) -> None:
     rules = PaymentRules(processed_statuses=statuses)
-    assert should_process(replace(PAYMENT, status=status), rules) == expected
+    assert should_process(status, rules) == expected
 
 
 # --- choose_pipeline (SPEC §5) --------------------------------------------------------

@@ -7,7 +7,6 @@ import shlex
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +99,6 @@ def import_(env: CliEnv, file: Path, dry_run: bool) -> None:
         rows = importer.read_csv(file)
     except BridgeError as exc:
         raise click.ClickException(str(exc)) from exc
-    received_at = datetime.fromtimestamp(env.clock(), UTC)
 
     async def work(on_progress: Callable[[int], None] | None) -> importer.ImportReport:
         def with_store(store: Store | None) -> Awaitable[importer.ImportReport]:
@@ -108,7 +106,6 @@ def import_(env: CliEnv, file: Path, dry_run: bool) -> None:
                 store,
                 settings,
                 rows,
-                received_at=received_at,
                 dry_run=dry_run,
                 on_progress=on_progress,
             )

@@ -1,11 +1,12 @@
 """The only package with SQL: schema, migrations, and every read and write of the bridge.
 
 Durability contract (SPEC §7): WAL with `synchronous=FULL`, so an event acknowledged
-with a 2xx survives a power cut. Intake writes go through a group-commit writer: one
-task collects whatever requests are waiting, writes them in one transaction, commits
-once, then wakes every request — each still waits for its own commit, but concurrent
-requests share the fsync. Request-log rows ride along in the next batch and are not
-awaited. Worker writes use the same connection, one short transaction each.
+with a 2xx survives a power cut. Every write goes through one connection owned by one
+thread (`store.writer`). Intake is group-committed: the thread takes whatever requests
+are waiting, writes them in one transaction, commits once, then wakes every request —
+each still waits for its own commit, but concurrent requests share the fsync.
+Request-log rows ride along in the next batch and are not awaited. Worker writes are one
+short transaction each on the same thread; reads use a second connection (aiosqlite).
 
 Times are stored as UTC text `YYYY-MM-DD HH:MM:SS.fff` (sortable, understood by
 SQLite's date functions); schedule times as unix seconds.
@@ -13,7 +14,6 @@ SQLite's date functions); schedule times as unix seconds.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -22,7 +22,6 @@ import aiosqlite
 from bridge.crypto import TokenCipher
 from bridge.errors import StoreUnavailable
 from bridge.store.base import (
-    STOP,
     Clock,
     create_private_file,
 )
@@ -47,6 +46,13 @@ from bridge.store.records import (
 )
 from bridge.store.schema import (
     migrate,
+)
+
+_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA busy_timeout=5000",
 )
 
 __all__ = [
@@ -78,25 +84,25 @@ class Store(QueueMixin, OperatorMixin):
     async def open(cls, path: Path, *, clock: Clock, cipher: TokenCipher | None = None) -> Store:
         try:
             create_private_file(path)
-            writer = await aiosqlite.connect(path, isolation_level=None)
+            # The writer thread owns this connection from here on; sqlite3's own
+            # transaction handling stays off, the store says BEGIN and COMMIT itself.
+            writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             reader = await aiosqlite.connect(path, isolation_level=None)
-            for conn in (writer, reader):
-                await conn.execute("PRAGMA journal_mode=WAL")
-                await conn.execute("PRAGMA synchronous=FULL")
-                await conn.execute("PRAGMA foreign_keys=ON")
-                await conn.execute("PRAGMA busy_timeout=5000")
-            await migrate(writer)
+            for statement in _PRAGMAS:
+                writer.execute(statement)
+                await reader.execute(statement)
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot open database {path}: {exc}") from exc
         store = cls(path, writer, reader, clock, cipher)
-        store._writer_task = asyncio.get_running_loop().create_task(store._writer_loop())
+        store._writer.start()
+        try:
+            await store._writer.call(migrate)
+        except (OSError, sqlite3.Error) as exc:
+            await store.close()
+            raise StoreUnavailable(f"cannot migrate database {path}: {exc}") from exc
         return store
 
     async def close(self) -> None:
-        if self._writer_task is not None:
-            await self._queue.put(STOP)
-            await self._writer_task
-            self._writer_task = None
         await self._writer.close()
         await self._reader.close()
 

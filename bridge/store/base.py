@@ -1,15 +1,14 @@
-"""The connections, the write lock and the guards every part of the store shares."""
+"""The connections and the guards every part of the store shares."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import sqlite3
 import stat
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +21,7 @@ from bridge.store.records import (
     NewEvent,
     RequestRecord,
 )
+from bridge.store.writer import WriterThread
 
 log = logging.getLogger("bridge.store")
 
@@ -29,52 +29,54 @@ Clock = Callable[[], float]
 T = TypeVar("T")
 
 
-@dataclass
-class PendingIntake:
-    record: RequestRecord | None
-    event: NewEvent | None
-    future: asyncio.Future[IntakeResult] | None = None
+# What the group-commit writer takes: an event to store, or a request-log row.
+IntakeItem = NewEvent | RequestRecord
 
 
-STOP = object()
-
-
-class StoreBase:
+class StoreBase(ABC):
     def __init__(
         self,
         path: Path,
-        writer: aiosqlite.Connection,
+        writer: sqlite3.Connection,
         reader: aiosqlite.Connection,
         clock: Clock,
         cipher: TokenCipher | None,
     ) -> None:
         self.path = path
-        self._writer = writer
+        self._writer: WriterThread[IntakeItem, IntakeResult | None] = WriterThread(
+            writer, self._write_intake_batch
+        )
         self._reader = reader
         self._clock = clock
         self._cipher = cipher
-        self._write_lock = asyncio.Lock()
-        self._queue: asyncio.Queue[PendingIntake | object] = asyncio.Queue()
-        self._writer_task: asyncio.Task[None] | None = None
         self._inode = _inode(path)
+
+    @abstractmethod
+    def _write_intake_batch(
+        self, db: sqlite3.Connection, batch: list[IntakeItem]
+    ) -> list[IntakeResult | None]:
+        """One group-commit transaction, on the writer thread (see `store.intake`)."""
 
     # ---- plumbing ---------------------------------------------------------------------
 
-    async def _write(self, apply: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
-        async with self._write_lock:
+    async def _write(self, apply: Callable[[sqlite3.Connection], T]) -> T:
+        """`apply(conn)` in a write transaction of its own, on the writer thread."""
+
+        def transaction(db: sqlite3.Connection) -> T:
+            self._check_file()
+            db.execute("BEGIN IMMEDIATE")
             try:
-                self._check_file()
-                await self._writer.execute("BEGIN IMMEDIATE")
-                result = await apply(self._writer)
-                await self._writer.execute("COMMIT")
-                return result
-            except (sqlite3.Error, OSError) as exc:
-                await self._rollback_quietly()
-                raise StoreUnavailable(f"database write failed: {exc}") from exc
+                result = apply(db)
+                db.execute("COMMIT")
             except BaseException:
-                # Cancellation at shutdown included: never leave the transaction open.
-                await asyncio.shield(self._rollback_quietly())
+                rollback_quietly(db)
                 raise
+            return result
+
+        try:
+            return await self._writer.call(transaction)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"database write failed: {exc}") from exc
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
@@ -82,12 +84,6 @@ class StoreBase:
                 return list(await cursor.fetchall())
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"database read failed: {exc}") from exc
-
-    async def _rollback_quietly(self) -> None:
-        # The connection may be the very thing that failed; nothing is left to undo then.
-        with contextlib.suppress(sqlite3.Error):
-            if self._writer.in_transaction:
-                await self._writer.execute("ROLLBACK")
 
     def _check_file(self) -> None:
         # SQLite keeps writing through its open descriptor to a file that was deleted,
@@ -100,6 +96,13 @@ class StoreBase:
             raise StoreUnavailable(f"database file {self.path} was replaced")
         if not info.st_mode & stat.S_IWUSR:
             raise StoreUnavailable(f"database file {self.path} was made read-only")
+
+
+def rollback_quietly(db: sqlite3.Connection) -> None:
+    # The connection may be the very thing that failed; nothing is left to undo then.
+    with contextlib.suppress(sqlite3.Error):
+        if db.in_transaction:
+            db.execute("ROLLBACK")
 
 
 def create_private_file(path: Path) -> None:

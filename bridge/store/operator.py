@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import aiosqlite
-
-from bridge.store.intake import IntakeMixin
+from bridge.store.intake import IntakeMixin, insert_events, known_events
 from bridge.store.records import (
     PRIORITY_BACKFILL,
     CrmStats,
@@ -155,14 +154,14 @@ class OperatorMixin(IntakeMixin):
         now = self._clock()
         now_text = utc_text(now)
 
-        async def apply(db: aiosqlite.Connection) -> int:
-            known = await self._known_events(events)
+        def apply(db: sqlite3.Connection) -> int:
+            known = known_events(db, events)
             fresh: dict[tuple[str, str], NewEvent] = {}
             for event in events:
                 if (event.kind, event.key) not in known:
                     fresh.setdefault((event.kind, event.key), event)
             if fresh:
-                await self._insert_events(fresh, now, now_text, PRIORITY_BACKFILL)
+                insert_events(db, fresh, now, now_text, PRIORITY_BACKFILL)
             return len(fresh)
 
         return await self._write(apply)
@@ -200,8 +199,8 @@ class OperatorMixin(IntakeMixin):
     async def _delete_in_chunks(self, sql: str, params: tuple[Any, ...], chunk: int) -> int:
         """Run a `DELETE … LIMIT chunk` until it deletes fewer rows than `chunk`."""
 
-        async def apply(db: aiosqlite.Connection) -> int:
-            cursor = await db.execute(sql, params)
+        def apply(db: sqlite3.Connection) -> int:
+            cursor = db.execute(sql, params)
             return int(cursor.rowcount)
 
         total = 0
@@ -222,10 +221,10 @@ class OperatorMixin(IntakeMixin):
         Returns how many were replaced."""
         now_text = utc_text(self._clock())
 
-        async def apply(db: aiosqlite.Connection) -> int:
+        def apply(db: sqlite3.Connection) -> int:
             replaced = 0
             for crm, (old, new) in changes.items():
-                cursor = await db.execute(
+                cursor = db.execute(
                     "UPDATE crm_tokens SET ciphertext = ?, updated_at = ?"
                     " WHERE crm = ? AND ciphertext = ?",
                     (new, now_text, crm, old),

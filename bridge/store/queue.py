@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
-
-import aiosqlite
 
 from bridge.crypto import TokenCipher
 from bridge.domain import KnownRefs
@@ -41,14 +40,14 @@ class QueueMixin(StoreBase):
         after `delay` (a write abandoned mid-request may still land at the CRM)."""
         now = self._clock()
 
-        async def apply(db: aiosqlite.Connection) -> int:
-            cursor = await db.execute(
+        def apply(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
                 "UPDATE deliveries SET status = 'pending', next_attempt_at = ?"
                 " WHERE status = 'processing'",
                 (now + delay,),
             )
             count: int = cursor.rowcount
-            await db.execute("UPDATE events SET status = 'pending' WHERE status = 'processing'")
+            db.execute("UPDATE events SET status = 'pending' WHERE status = 'processing'")
             return count
 
         return await self._write(apply)
@@ -60,15 +59,13 @@ class QueueMixin(StoreBase):
         now = self._clock()
         now_text = utc_text(now)
 
-        async def apply(db: aiosqlite.Connection) -> None:
-            await db.executemany(
+        def apply(db: sqlite3.Connection) -> None:
+            db.executemany(
                 "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, updated_at = ?"
                 " WHERE id = ? AND status = 'processing'",
                 [(now + delay, now_text, delivery_id) for delivery_id in delivery_ids],
             )
-            await db.executemany(
-                REFRESH_EVENT_SQL_BY_DELIVERY, [(now_text, i) for i in delivery_ids]
-            )
+            db.executemany(REFRESH_EVENT_SQL_BY_DELIVERY, [(now_text, i) for i in delivery_ids])
 
         await self._write(apply)
 
@@ -140,13 +137,13 @@ class QueueMixin(StoreBase):
     async def mark_processing(self, delivery_id: int) -> None:
         now_text = utc_text(self._clock())
 
-        async def apply(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def apply(db: sqlite3.Connection) -> None:
+            db.execute(
                 "UPDATE deliveries SET status = 'processing', attempts = attempts + 1,"
                 " updated_at = ? WHERE id = ?",
                 (now_text, delivery_id),
             )
-            await db.execute(REFRESH_EVENT_SQL_BY_DELIVERY, (now_text, delivery_id))
+            db.execute(REFRESH_EVENT_SQL_BY_DELIVERY, (now_text, delivery_id))
 
         await self._write(apply)
 
@@ -160,8 +157,8 @@ class QueueMixin(StoreBase):
         """Journal completed steps of a delivery, all in one commit."""
         now_text = utc_text(self._clock())
 
-        async def apply(db: aiosqlite.Connection) -> None:
-            await db.executemany(
+        def apply(db: sqlite3.Connection) -> None:
+            db.executemany(
                 "INSERT INTO journal (delivery_id, step, value, at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (delivery_id, step) DO UPDATE SET value = excluded.value,"
                 " at = excluded.at",
@@ -193,8 +190,8 @@ class QueueMixin(StoreBase):
         now = self._clock()
         now_text = utc_text(now)
 
-        async def apply(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def apply(db: sqlite3.Connection) -> None:
+            db.execute(
                 "UPDATE deliveries SET status = ?, contact_id = COALESCE(?, contact_id),"
                 " deal_id = COALESCE(?, deal_id), deal_created = COALESCE(?, deal_created),"
                 " pipeline_id = COALESCE(?, pipeline_id), last_error = ?,"
@@ -214,9 +211,9 @@ class QueueMixin(StoreBase):
                     delivery_id,
                 ),
             )
-            await db.execute(REFRESH_EVENT_SQL_BY_DELIVERY, (now_text, delivery_id))
+            db.execute(REFRESH_EVENT_SQL_BY_DELIVERY, (now_text, delivery_id))
             if remember is not None and remember.contact_id:
-                await db.executemany(
+                db.executemany(
                     "INSERT INTO customer_refs (crm, customer_key, contact_id, deal_id,"
                     " identity, updated_at) SELECT crm, ?, ?, ?, ?, ? FROM deliveries"
                     " WHERE id = ? ON CONFLICT (crm, customer_key) DO UPDATE SET"
@@ -262,14 +259,14 @@ class QueueMixin(StoreBase):
         where = f"status IN {states}" + (" AND event_id = ?" if event_id is not None else "")
         params: tuple[Any, ...] = (now, now_text) + ((event_id,) if event_id is not None else ())
 
-        async def apply(db: aiosqlite.Connection) -> int:
-            cursor = await db.execute(
+        def apply(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
                 f"UPDATE deliveries SET status = 'pending', next_attempt_at = ?,"
                 f" updated_at = ? WHERE {where} RETURNING event_id",
                 params,
             )
-            touched = {int(row[0]) for row in await cursor.fetchall()}
-            await db.executemany(REFRESH_EVENT_SQL, [(now_text, i) for i in touched])
+            touched = {int(row[0]) for row in cursor.fetchall()}
+            db.executemany(REFRESH_EVENT_SQL, [(now_text, i) for i in touched])
             return len(touched)
 
         return await self._write(apply)
@@ -357,8 +354,8 @@ class QueueMixin(StoreBase):
     ) -> None:
         now_text = utc_text(self._clock())
 
-        async def apply(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def apply(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT INTO crm_state (crm, paused_reason, last_success_at, last_error,"
                 " last_error_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (crm) DO UPDATE SET"
                 " paused_reason = excluded.paused_reason,"
@@ -377,8 +374,8 @@ class QueueMixin(StoreBase):
         await self._write(apply)
 
     async def check_writable(self) -> None:
-        async def apply(db: aiosqlite.Connection) -> None:
-            await db.execute("CREATE TEMP TABLE IF NOT EXISTS _probe (x)")
+        def apply(db: sqlite3.Connection) -> None:
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS _probe (x)")
 
         await self._write(apply)
 
@@ -402,8 +399,8 @@ class QueueMixin(StoreBase):
         ciphertext = self._require_cipher().encrypt(plaintext)
         now_text = utc_text(self._clock())
 
-        async def apply(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def apply(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT INTO crm_tokens (crm, ciphertext, updated_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (crm) DO UPDATE SET ciphertext = excluded.ciphertext,"
                 " updated_at = excluded.updated_at",

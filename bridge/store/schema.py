@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import aiosqlite
+import sqlite3
 
 _EVENT_STATUS_CASE = """
 CASE
@@ -36,16 +36,20 @@ REFRESH_EVENT_SQL_BY_DELIVERY = REFRESH_EVENT_SQL.replace(
 # Finished, older than the cutoff (received and processed), and nothing left to run.
 
 
-async def migrate(db: aiosqlite.Connection) -> None:
-    async with db.execute("PRAGMA user_version") as cursor:
-        row = await cursor.fetchone()
+def migrate(db: sqlite3.Connection) -> None:
+    """Apply the migrations the database has not seen, each in its own transaction."""
+    row = db.execute("PRAGMA user_version").fetchone()
     version = int(row[0]) if row else 0
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        await db.execute("BEGIN IMMEDIATE")
-        for statement in _statements(script):
-            await db.execute(statement)
-        await db.execute(f"PRAGMA user_version = {number}")
-        await db.execute("COMMIT")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(script):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {number}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
 
 def _statements(script: str) -> list[str]:
