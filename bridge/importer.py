@@ -246,7 +246,7 @@ def to_events(
             reason = "; ".join(f"{d['field']}: {d['error']}" for d in validation_details(exc))
             yield payment, reason
             continue
-        yield payment, payment_intake(webhook, body, settings).event
+        yield payment, payment_intake(webhook.course_order, body, settings).event
 
 
 async def import_rows(

@@ -9,14 +9,22 @@ amount and status (the audit view, the exclusion rules).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from bridge import rules
 from bridge.domain import Customer, Payment
-from bridge.normalize import customer_from_user, payment_amount, payment_from_webhook
-from bridge.payloads import PaymentWebhook, parse_payment
+from bridge.normalize import (
+    CostedItem,
+    UserFields,
+    customer_from_user,
+    payment_amount,
+    payment_from_webhook,
+)
+from bridge.payloads import parse_payment
 from bridge.settings import Settings
 from bridge.store import NewEvent
 
@@ -27,11 +35,23 @@ class PaymentIntake:
     warnings: tuple[str, ...]  # about the customer's identifiers
 
 
-def payment_intake(webhook: PaymentWebhook, body_text: str, settings: Settings) -> PaymentIntake:
+class OrderFields(Protocol):
+    """A payment body's order, as `payloads` or `canonical` read it."""
+
+    @property
+    def payment_id(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def course_order_items(self) -> Sequence[CostedItem]: ...
+    @property
+    def user(self) -> UserFields: ...
+
+
+def payment_intake(order: OrderFields, body_text: str, settings: Settings) -> PaymentIntake:
     """What the store needs to take the event: key, status, amount, customer keys.
 
     The rest of normalisation (times, items, UTM) is the worker's, on every attempt."""
-    order = webhook.course_order
     warnings: list[str] = []
     customer = customer_from_user(order.user, warnings)
     skip_reason = rules.should_process(order.status, settings.file.payment)

@@ -15,6 +15,7 @@ import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import phonenumbers
@@ -24,7 +25,6 @@ from bridge.payloads import Course as CoursePayload
 from bridge.payloads import Item as ItemPayload
 from bridge.payloads import PaymentWebhook
 from bridge.payloads import Subject as SubjectPayload
-from bridge.payloads import User as UserPayload
 from bridge.payloads import Utm as UtmPayload
 
 # Russian numbers written the usual ways (8…, 7…, +7…, with spaces, dashes or brackets)
@@ -114,12 +114,37 @@ def payment_from_webhook(
     return payment, warnings
 
 
-def payment_amount(items: Sequence[ItemPayload]) -> Decimal:
+class UserFields(Protocol):
+    """A payment body's user, as `payloads` or `canonical` read it."""
+
+    @property
+    def first_name(self) -> str | None: ...
+    @property
+    def last_name(self) -> str | None: ...
+    @property
+    def phone(self) -> str | None: ...
+    @property
+    def email(self) -> str | None: ...
+    @property
+    def telegram_id(self) -> str | None: ...
+    @property
+    def telegram_tag(self) -> str | None: ...
+
+
+class CostedItem(Protocol):
+    @property
+    def cost(self) -> Decimal | int: ...
+
+
+def payment_amount(items: Sequence[CostedItem]) -> Decimal:
     """The sum of the item costs: what was paid (the top-level `amount` is not)."""
-    return sum((item.cost for item in items), Decimal(0))
+    total = Decimal(0)
+    for item in items:
+        total += item.cost
+    return total
 
 
-def customer_from_user(user: UserPayload, warnings: list[str]) -> Customer:
+def customer_from_user(user: UserFields, warnings: list[str]) -> Customer:
     """The customer, normalised; what had to be dropped is added to `warnings`."""
     phone = normalize_phone(user.phone)
     if phone is None and _text(user.phone):

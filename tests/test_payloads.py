@@ -10,7 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from bridge.canonical import decode_canonical
+from bridge.intake import payment_intake
 from bridge.payloads import parse_payment, validation_details
+from bridge.settings import Settings
+from bridge.store import NewEvent
+from tests.conftest import reference_file_config
 
 # SPEC §4, verbatim.
 SPEC_PAYLOAD: dict[str, Any] = json.loads(
@@ -231,3 +236,84 @@ def test_near_valid_payloads_raise_only_validation_error(raw: dict[str, Any]) ->
     except ValidationError as exc:
         details = validation_details(exc)
         assert details
+
+
+# --- the canonical shortcut (bridge.canonical) ------------------------------------------
+
+
+def _both_readings(raw: object) -> tuple[object, object] | None:
+    body = json.dumps(raw, ensure_ascii=False).encode()
+    fast = decode_canonical(body)
+    if fast is None:
+        return None
+    return fast, parse_payment(json.loads(body)).course_order
+
+
+def _intake_of(order: Any) -> NewEvent:
+    return payment_intake(order, "{}", Settings(file=reference_file_config())).event
+
+
+@given(raw=st.one_of(_mutations(), json_values))
+def test_whatever_the_shortcut_accepts_the_models_accept_alike(raw: object) -> None:
+    readings = _both_readings(raw)
+    if readings is None:
+        return  # the shortcut declined: the models decide, as they always did
+    fast, model = readings
+    assert _intake_of(fast) == _intake_of(model)
+
+
+def test_the_spec_payload_takes_the_shortcut_to_the_same_event() -> None:
+    readings = _both_readings(SPEC_PAYLOAD)
+    assert readings is not None
+    fast, model = readings
+    assert _intake_of(fast) == _intake_of(model)
+    assert _intake_of(fast).amount == "5000"
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("course_order.payment_id", 123456),
+        ("course_order.payment_id", "  pay_1 "),
+        ("course_order.user.phone", 89991234567),
+        ("course_order.course_order_items.0.cost", "4999.99"),
+        ("course_order.course_order_items.0.cost", 4999.5),
+        ("course_order.course_order_items", None),
+        ("course_order.amount", "100.50"),
+    ],
+)
+def test_lenient_variants_leave_the_shortcut_for_the_models(path: str, value: object) -> None:
+    raw = _with(path, value)
+    assert _both_readings(raw) is None
+    parse_payment(raw)  # and the models still accept them
+
+
+def test_deep_nesting_leaves_the_shortcut() -> None:
+    assert decode_canonical(b'{"course_order": ' * 5000 + b"1" + b"}" * 5000) is None
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("course_order.payment_id", ...),
+        ("course_order.payment_id", ""),
+        ("course_order.payment_id", "   "),
+        ("course_order.payment_id", True),
+        ("course_order.status", ...),
+        ("course_order.status", None),
+        ("course_order.user", ...),
+        ("course_order.user", "Иван"),
+        ("course_order.user.email", ["a@b.c"]),
+        ("course_order.course_order_items.0.cost", -1),
+        ("course_order.course_order_items.0.cost", True),
+        ("course_order.course_order_items.0.cost", ...),
+        ("course_order.course_order_items", {"cost": 1}),
+        ("course_order.course_order_items.0.number_lessons", "ten"),
+        ("course_order.utm", "platform"),
+    ],
+)
+def test_what_the_models_refuse_the_shortcut_refuses(path: str, value: object) -> None:
+    raw = _with(path, value)
+    with pytest.raises(ValidationError):
+        parse_payment(raw)
+    assert decode_canonical(json.dumps(raw, ensure_ascii=False).encode()) is None

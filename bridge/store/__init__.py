@@ -25,6 +25,7 @@ from bridge.store.base import (
     Clock,
     create_private_file,
 )
+from bridge.store.intake import ROWS_PER_STATEMENT
 from bridge.store.operator import OperatorMixin
 from bridge.store.queue import QueueMixin
 from bridge.store.records import (
@@ -86,7 +87,13 @@ class Store(QueueMixin, OperatorMixin):
             create_private_file(path)
             # The writer thread owns this connection from here on; sqlite3's own
             # transaction handling stays off, the store says BEGIN and COMMIT itself.
-            writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            writer = sqlite3.connect(
+                path,
+                isolation_level=None,
+                check_same_thread=False,
+                # Multi-row inserts have a statement per row count (store.intake).
+                cached_statements=3 * ROWS_PER_STATEMENT + 64,
+            )
             reader = await aiosqlite.connect(path, isolation_level=None)
             for statement in _PRAGMAS:
                 writer.execute(statement)
