@@ -18,11 +18,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from litestar import Litestar, Request, Response, get, post
+from litestar import Litestar, Request, Response, asgi, get
 from litestar.datastructures import State
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
+from litestar.types import Receive, Scope, Send
 from pydantic import ValidationError
 
+from bridge.asgi_io import (
+    BadContentLength,
+    BodyTooLarge,
+    ClientGone,
+    header_map,
+    read_body,
+    send_json,
+)
 from bridge.canonical import decode_canonical
 from bridge.crm import build_adapters
 from bridge.crm.base import CrmAdapter
@@ -140,20 +150,36 @@ def _runtime(state: State) -> Runtime:
     return runtime
 
 
-@post(PAYMENT_ROUTE, status_code=200)
-async def payment_webhook(request: Request[Any, Any, State]) -> Response[Any]:
-    rt = _runtime(request.app.state)
-    remote = request.client.host if request.client else ""
-    reply = _Replier(rt, PAYMENT_ROUTE, remote)
+@asgi(PAYMENT_ROUTE, copy_scope=False)
+async def payment_webhook(scope: Scope, receive: Receive, send: Send) -> None:
+    """POST /webhook/payment, on the bare ASGI interface (see `bridge.asgi_io`)."""
+    if scope["type"] != ScopeType.HTTP:
+        return  # a WebSocket handshake here: the server refuses it (403)
+    if scope["method"] != "POST":
+        await send_json(send, 405, {"error": "method_not_allowed"}, ((b"allow", b"POST"),))
+        return
+    rt = _runtime(Litestar.from_scope(scope).state)
+    client = scope.get("client")
+    reply = _Replier(rt, PAYMENT_ROUTE, client[0] if client else "")
     try:
-        body = await request.body()
-    except HTTPException as exc:
-        if exc.status_code == 413:
-            return reply(413, {"error": "payload_too_large"}, "not checked", "body over limit")
-        return reply(exc.status_code, {"error": str(exc.detail)}, "not checked", "bad body")
+        body = await read_body(scope, receive, rt.settings.max_body_bytes)
+    except BodyTooLarge:
+        answer = reply(413, {"error": "payload_too_large"}, "not checked", "body over limit")
+    except BadContentLength:
+        answer = reply(400, {"error": "invalid Content-Length"}, "not checked", "bad body")
+    except ClientGone:
+        return
+    else:
+        answer = await _take_payment(rt, reply, header_map(scope), body)
+    await send_json(send, answer.code, answer.payload)
+
+
+async def _take_payment(
+    rt: Runtime, reply: _Replier, headers: Mapping[str, str], body: bytes
+) -> _Answer:
     settings = rt.settings
     verdict = verify(
-        _headers(request),
+        headers,
         body,
         hmac_secrets=rt.hmac_secrets,
         standard_secrets=rt.standard_secrets,
@@ -162,7 +188,11 @@ async def payment_webhook(request: Request[Any, Any, State]) -> Response[Any]:
     )
     if not verdict.ok:
         log.warning(
-            "rejected %s from %s: %s (%s)", PAYMENT_ROUTE, remote, verdict.reason, verdict.scheme
+            "rejected %s from %s: %s (%s)",
+            PAYMENT_ROUTE,
+            reply.remote,
+            verdict.reason,
+            verdict.scheme,
         )
         return reply(401, {"error": "invalid_signature"}, f"{verdict.scheme}: {verdict.reason}")
     verdict_text = f"{verdict.scheme}: ok"
@@ -199,6 +229,12 @@ async def payment_webhook(request: Request[Any, Any, State]) -> Response[Any]:
 
 
 @dataclass(frozen=True)
+class _Answer:
+    code: int
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class _Refusal:
     code: int
     payload: dict[str, Any]
@@ -221,16 +257,7 @@ def _parse_lenient(body_text: str) -> CourseOrder | _Refusal:
         return _Refusal(422, {"error": "invalid_payload", "details": details}, fields)
 
 
-def _headers(request: Request[Any, Any, State]) -> dict[str, str]:
-    # The ASGI scope's own list (names already lower-case): no header object per request.
-    return {
-        name.decode("latin-1"): value.decode("latin-1") for name, value in request.scope["headers"]
-    }
-
-
-def _answer_repeat(
-    rt: Runtime, reply: _Replier, status: str, key: str, verdict: str
-) -> Response[Any]:
+def _answer_repeat(rt: Runtime, reply: _Replier, status: str, key: str, verdict: str) -> _Answer:
     if status == "success":
         return reply(409, {"status": "duplicate"}, verdict, "already processed", key=key)
     if status == "skipped":
@@ -305,12 +332,12 @@ def _delivery_result(delivery: DeliveryOutcome) -> dict[str, Any]:
 
 
 class _Replier:
-    """Builds the JSON response and queues the request-log row and metrics for it."""
+    """Makes the answer and queues the request-log row and metrics for it."""
 
     def __init__(self, rt: Runtime, route: str, remote: str) -> None:
         self._rt = rt
         self._route = route
-        self._remote = remote
+        self.remote = remote
 
     def __call__(
         self,
@@ -320,11 +347,11 @@ class _Replier:
         detail: str = "",
         *,
         key: str | None = None,
-    ) -> Response[Any]:
-        record = RequestRecord(self._route, self._remote, verdict, code, key, detail)
+    ) -> _Answer:
+        record = RequestRecord(self._route, self.remote, verdict, code, key, detail)
         self._rt.store.log_request(record)
         self._rt.metrics.requests.labels(self._route, str(code)).inc()
-        return Response(content=dict(payload), status_code=code)
+        return _Answer(code, payload)
 
 
 @get("/webhook/health")
