@@ -73,8 +73,10 @@ class WriterThread(Generic[Item, Result]):
         return future
 
     def post(self, item: Item) -> None:
-        """Queue `item` for the next batch, unawaited (a request-log row)."""
-        self._require_loop()
+        """Queue `item` for the next batch, unawaited (a request-log row). Once the
+        writer is closing it is dropped: the answer it describes must not fail for it."""
+        if self._loop is None or self._closing:
+            return
         self._items.append((item, None))
         self._signal.set()
 
