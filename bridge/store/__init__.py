@@ -94,11 +94,15 @@ class Store(QueueMixin, OperatorMixin):
                 # Multi-row inserts have a statement per row count (store.intake).
                 cached_statements=3 * ROWS_PER_STATEMENT + 64,
             )
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"cannot open database {path}: {exc}") from exc
+        try:
             reader = await aiosqlite.connect(path, isolation_level=None)
             for statement in _PRAGMAS:
                 writer.execute(statement)
                 await reader.execute(statement)
         except (OSError, sqlite3.Error) as exc:
+            writer.close()
             raise StoreUnavailable(f"cannot open database {path}: {exc}") from exc
         store = cls(path, writer, reader, clock, cipher)
         store._writer.start()

@@ -1,0 +1,89 @@
+"""The payment route's own HTTP handling (a bare ASGI handler): methods, body limits,
+byte-exact JSON answers, what a refused body leaves behind."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from bridge.asgi_io import BadContentLength, BodyTooLarge, ClientGone, read_body
+from tests.conftest import payment_payload, signed
+
+
+async def test_other_methods_get_405_with_allow(run_bridge: Any) -> None:
+    async with run_bridge() as bridge:
+        for method in ("GET", "PUT", "DELETE"):
+            response = await bridge.client.request(method, "/webhook/payment")
+            assert response.status_code == 405, method
+            assert response.headers["allow"] == "POST"
+            assert response.json() == {"error": "method_not_allowed"}
+        assert bridge.query("SELECT COUNT(*) FROM requests") == [(0,)]
+
+
+async def test_a_declared_length_over_the_limit_is_413_and_stores_nothing(
+    run_bridge: Any,
+) -> None:
+    async with run_bridge(max_body_bytes=1000) as bridge:
+        body = json.dumps(payment_payload("pay_big", first_name="x" * 2000)).encode()
+        response = await bridge.client.post("/webhook/payment", content=body, headers=signed(body))
+        assert response.status_code == 413
+        assert response.json() == {"error": "payload_too_large"}
+        await bridge.client.get("/webhook/health")  # the next batch carries the log row
+        assert bridge.query("SELECT COUNT(*) FROM events") == [(0,)]
+        assert bridge.query("SELECT http_status, detail FROM requests") == [
+            (413, "body over limit")
+        ]
+
+
+def _receiver(chunks: list[bytes], *, disconnect: bool = False) -> Any:
+    """An ASGI `receive` handing out `chunks` as the server would, body in parts."""
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
+        for i, chunk in enumerate(chunks)
+    ]
+    if disconnect:
+        messages[-1]["more_body"] = True
+        messages.append({"type": "http.disconnect"})
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    return receive
+
+
+def _scope(headers: list[tuple[bytes, bytes]] | None = None) -> Any:
+    return {"type": "http", "method": "POST", "headers": headers or []}
+
+
+async def test_a_chunked_body_is_read_whole() -> None:
+    body = await read_body(_scope(), _receiver([b"ab", b"cd", b"e"]), limit=5)
+    assert body == b"abcde"
+
+
+async def test_a_chunked_body_over_the_limit_stops_at_the_limit() -> None:
+    with pytest.raises(BodyTooLarge):
+        await read_body(_scope(), _receiver([b"abc", b"def", b"never read"]), limit=5)
+
+
+async def test_a_declared_length_over_the_limit_is_refused_before_reading() -> None:
+    scope = _scope([(b"content-length", b"6")])
+    with pytest.raises(BodyTooLarge):
+        await read_body(scope, _receiver([]), limit=5)
+    with pytest.raises(BadContentLength):
+        await read_body(_scope([(b"content-length", b"five")]), _receiver([b"x"]), limit=5)
+
+
+async def test_a_client_gone_mid_body_is_noticed() -> None:
+    with pytest.raises(ClientGone):
+        await read_body(_scope(), _receiver([b"ab"], disconnect=True), limit=5)
+
+
+async def test_answers_are_compact_json(run_bridge: Any) -> None:
+    async with run_bridge(wait_seconds=0) as bridge:
+        response = await bridge.post_payment(payment_payload("pay_bytes"))
+        assert response.status_code == 202
+        assert response.headers["content-type"] == "application/json"
+        assert response.content == b'{"status":"queued"}'
+        assert int(response.headers["content-length"]) == len(response.content)
