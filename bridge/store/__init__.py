@@ -14,6 +14,8 @@ SQLite's date functions); schedule times as unix seconds.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from bridge.errors import StoreUnavailable
 from bridge.store.base import (
     Clock,
     create_private_file,
+    log,
 )
 from bridge.store.intake import ROWS_PER_STATEMENT
 from bridge.store.operator import OperatorMixin
@@ -55,6 +58,12 @@ _PRAGMAS = (
     "PRAGMA foreign_keys=ON",
     "PRAGMA busy_timeout=5000",
 )
+# SQLite checkpoints the WAL inside the COMMIT that takes it past the limit, and every
+# webhook waiting on that commit waits for the copy and its fsyncs too (tens of ms). The
+# store checkpoints from the reader's thread instead, every second; the writer's own
+# checkpoint stays as a backstop should that fall behind.
+CHECKPOINT_EVERY_SECONDS = 1.0
+_WRITER_CHECKPOINT_PAGES = 20_000
 
 __all__ = [
     "CrmState",
@@ -104,6 +113,7 @@ class Store(QueueMixin, OperatorMixin):
         except (OSError, sqlite3.Error) as exc:
             writer.close()
             raise StoreUnavailable(f"cannot open database {path}: {exc}") from exc
+        writer.execute(f"PRAGMA wal_autocheckpoint={_WRITER_CHECKPOINT_PAGES}")
         store = cls(path, writer, reader, clock, cipher)
         store._writer.start()
         try:
@@ -111,11 +121,27 @@ class Store(QueueMixin, OperatorMixin):
         except (OSError, sqlite3.Error) as exc:
             await store.close()
             raise StoreUnavailable(f"cannot migrate database {path}: {exc}") from exc
+        store._checkpointer = asyncio.get_running_loop().create_task(store._checkpoint_loop())
         return store
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointer
+            self._checkpointer = None
         await self._writer.close()
         await self._reader.close()
+
+    async def _checkpoint_loop(self) -> None:
+        """Copy committed WAL frames into the database file, off the commit path."""
+        while True:
+            await asyncio.sleep(CHECKPOINT_EVERY_SECONDS)
+            try:
+                async with self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)") as cursor:
+                    await cursor.fetchall()
+            except sqlite3.Error as exc:
+                log.warning("WAL checkpoint failed (the writer's own will take over): %s", exc)
 
     async def schema_version(self) -> int:
         rows = await self._read("PRAGMA user_version")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -50,6 +51,7 @@ class StoreBase(ABC):
         self._clock = clock
         self._cipher = cipher
         self._inode = _inode(path)
+        self._checkpointer: asyncio.Task[None] | None = None
 
     @abstractmethod
     def _write_intake_batch(
