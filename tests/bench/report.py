@@ -136,6 +136,9 @@ def _openloop_rows(section: Mapping[str, Any]) -> Iterator[Row]:
     yield Row(title, "  generator lateness p99 (included above)", f"{lag['p99']:.2f} ms")
     other = max(section[name]["cpu"]["other_cores"] for name in ("bridge", "empty"))
     yield Row(title, "  other load on the machine (max)", f"{other:.2f} cores")
+    if "disk_flush_seconds" in section:
+        flush = section["disk_flush_seconds"]
+        yield Row(title, "  earlier sections' writes flushed first", f"{flush:.2f} s")
 
 
 def _calls_rows(section: Mapping[str, Any]) -> Iterator[Row]:
