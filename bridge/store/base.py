@@ -63,22 +63,22 @@ class StoreBase(ABC):
 
     async def _write(self, apply: Callable[[sqlite3.Connection], T]) -> T:
         """`apply(conn)` in a write transaction of its own, on the writer thread."""
-
-        def transaction(db: sqlite3.Connection) -> T:
-            self._check_file()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = apply(db)
-                db.execute("COMMIT")
-            except BaseException:
-                rollback_quietly(db)
-                raise
-            return result
-
         try:
-            return await self._writer.call(transaction)
+            return await self._writer.call(lambda db: self._transaction(db, apply))
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"database write failed: {exc}") from exc
+
+    def _transaction(self, db: sqlite3.Connection, apply: Callable[[sqlite3.Connection], T]) -> T:
+        """On the writer thread: the file check, then `apply` between BEGIN and COMMIT."""
+        self._check_file()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = apply(db)
+            db.execute("COMMIT")
+        except BaseException:
+            rollback_quietly(db)
+            raise
+        return result
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import cast
 
 from bridge.errors import StoreUnavailable
-from bridge.store.base import IntakeItem, StoreBase, log, rollback_quietly
+from bridge.store.base import IntakeItem, StoreBase, log
 from bridge.store.records import (
     PRIORITY_LIVE,
     SETTLED_STATUSES,
@@ -43,12 +43,8 @@ class IntakeMixin(StoreBase):
         self, db: sqlite3.Connection, batch: list[IntakeItem]
     ) -> list[IntakeResult | None]:
         try:
-            self._check_file()
-            db.execute("BEGIN IMMEDIATE")
-            results = self._apply_batch(db, batch)
-            db.execute("COMMIT")
+            return self._transaction(db, lambda db: self._apply_batch(db, batch))
         except Exception as exc:
-            rollback_quietly(db)
             error = (
                 exc
                 if isinstance(exc, StoreUnavailable)
@@ -56,7 +52,6 @@ class IntakeMixin(StoreBase):
             )
             log.error("intake batch of %d not stored: %s", len(batch), error)
             raise error from exc
-        return results
 
     def _apply_batch(
         self, db: sqlite3.Connection, batch: list[IntakeItem]
@@ -65,10 +60,7 @@ class IntakeMixin(StoreBase):
         now_text = utc_text(now)
         events = [item for item in batch if isinstance(item, NewEvent)]
         known = known_events(db, events)
-        fresh: dict[EventKey, NewEvent] = {}
-        for event in events:
-            if (event.kind, event.key) not in known:
-                fresh.setdefault((event.kind, event.key), event)
+        fresh = unknown_events(events, known)
         if fresh:
             ids = insert_events(db, fresh, now, now_text)
             known.update({k: (ids[k], "new:" + e.status) for k, e in fresh.items()})
@@ -108,6 +100,17 @@ def known_events(
             for event_id, key, status in rows:
                 found[(kind, str(key))] = (int(event_id), str(status))
     return found
+
+
+def unknown_events(
+    events: Sequence[NewEvent], known: Mapping[EventKey, object]
+) -> dict[EventKey, NewEvent]:
+    """The events not in `known`, by key; the first of a key repeated in `events` wins."""
+    fresh: dict[EventKey, NewEvent] = {}
+    for event in events:
+        if (event.kind, event.key) not in known:
+            fresh.setdefault((event.kind, event.key), event)
+    return fresh
 
 
 def insert_events(

@@ -6,7 +6,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bridge.store.intake import IntakeMixin, insert_events, known_events
+from bridge.store.intake import IntakeMixin, insert_events, known_events, unknown_events
 from bridge.store.records import (
     PRIORITY_BACKFILL,
     CrmStats,
@@ -155,11 +155,7 @@ class OperatorMixin(IntakeMixin):
         now_text = utc_text(now)
 
         def apply(db: sqlite3.Connection) -> int:
-            known = known_events(db, events)
-            fresh: dict[tuple[str, str], NewEvent] = {}
-            for event in events:
-                if (event.kind, event.key) not in known:
-                    fresh.setdefault((event.kind, event.key), event)
+            fresh = unknown_events(events, known_events(db, events))
             if fresh:
                 insert_events(db, fresh, now, now_text, PRIORITY_BACKFILL)
             return len(fresh)
