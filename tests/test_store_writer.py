@@ -1,19 +1,21 @@
-"""The writer thread: group commit, errors to every waiter, orderly close."""
+"""The writer: group commit, errors to every waiter, lock waits off the loop, orderly close."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
 from bridge.errors import StoreUnavailable
-from bridge.store.writer import WriterThread
+from bridge.store.writer import Writer
 
 
 class Recorder:
-    """A batch writer that records what it was given, on which thread."""
+    """A batch writer that stores each item as a row and records where it ran."""
 
     def __init__(self, fail_on: str | None = None) -> None:
         self.batches: list[list[str]] = []
@@ -23,41 +25,61 @@ class Recorder:
     def __call__(self, db: sqlite3.Connection, batch: list[str]) -> list[str]:
         self.threads.add(threading.current_thread().name)
         self.batches.append(list(batch))
+        db.executemany("INSERT INTO items (name) VALUES (?)", [(item,) for item in batch])
         if self.fail_on in batch:
             raise StoreUnavailable("disk on fire")
-        db.execute("SELECT 1")
         return [item.upper() for item in batch]
 
 
-def _writer(recorder: Recorder) -> WriterThread[str, str]:
-    return WriterThread(sqlite3.connect(":memory:", check_same_thread=False), recorder)
+def _database(path: Path) -> Path:
+    db = path / "w.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE items (name TEXT NOT NULL)")
+    return db
 
 
-async def test_concurrent_submissions_share_batches_and_get_their_own_results() -> None:
+def _writer(db: Path, recorder: Recorder, lock_wait_seconds: float = 5.0) -> Writer[str, str]:
+    conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False, timeout=0)
+    return Writer(conn, recorder, lock_wait_seconds=lock_wait_seconds)
+
+
+def _stored(db: Path) -> list[str]:
+    with sqlite3.connect(db) as conn:
+        return [name for (name,) in conn.execute("SELECT name FROM items ORDER BY rowid")]
+
+
+async def test_concurrent_submissions_share_committed_batches(tmp_path: Path) -> None:
+    db = _database(tmp_path)
     recorder = Recorder()
-    writer = _writer(recorder)
+    writer = _writer(db, recorder)
     writer.start()
     results = await asyncio.gather(*(writer.submit(f"e{i}") for i in range(200)))
+    # Every result came after its commit: another connection sees the rows already.
+    assert sorted(_stored(db)) == sorted(f"e{i}" for i in range(200))
     await writer.close()
     assert results == [f"E{i}" for i in range(200)]
-    assert sum(len(batch) for batch in recorder.batches) == 200
     assert len(recorder.batches) < 200  # submitted together, written together
-    assert recorder.threads == {"bridge-sqlite-writer"}
+    # The batch's statements run on the event loop's thread; only COMMIT leaves it.
+    assert recorder.threads == {threading.current_thread().name}
 
 
-async def test_posted_items_ride_along_unawaited() -> None:
+async def test_posted_items_ride_along_unawaited(tmp_path: Path) -> None:
+    db = _database(tmp_path)
     recorder = Recorder()
-    writer = _writer(recorder)
+    writer = _writer(db, recorder)
     writer.start()
     writer.post("log-1")
     assert await writer.submit("event") == "EVENT"
     await writer.close()
-    assert [item for batch in recorder.batches for item in batch] == ["log-1", "event"]
+    assert _stored(db) == ["log-1", "event"]
 
 
-async def test_a_failed_batch_fails_each_of_its_submitters_and_the_thread_goes_on() -> None:
-    recorder = Recorder(fail_on="bad")
-    writer = _writer(recorder)
+async def test_a_failed_batch_fails_each_submitter_leaves_no_rows_and_the_writer_goes_on(
+    tmp_path: Path,
+) -> None:
+    db = _database(tmp_path)
+    writer = _writer(db, Recorder(fail_on="bad"))
     writer.start()
     first = writer.submit("bad")
     second = writer.submit("also-in-that-batch")
@@ -65,20 +87,65 @@ async def test_a_failed_batch_fails_each_of_its_submitters_and_the_thread_goes_o
     assert all(isinstance(outcome, StoreUnavailable) for outcome in outcomes)
     assert await writer.submit("later") == "LATER"
     await writer.close()
+    assert _stored(db) == ["later"]
 
 
-async def test_calls_run_alone_on_the_thread_and_raise_in_the_caller() -> None:
-    writer = _writer(Recorder())
+async def test_calls_run_alone_on_the_writer_thread_and_raise_in_the_caller(
+    tmp_path: Path,
+) -> None:
+    writer = _writer(_database(tmp_path), Recorder())
     writer.start()
+    name = await writer.call(lambda db: threading.current_thread().name)
+    assert name.startswith("bridge-sqlite-writer")
     assert await writer.call(lambda db: db.execute("SELECT 41 + 1").fetchone()[0]) == 42
     with pytest.raises(sqlite3.OperationalError):
         await writer.call(lambda db: db.execute("SELECT * FROM missing"))
     await writer.close()
 
 
-async def test_close_writes_what_was_queued_then_refuses_more() -> None:
-    recorder = Recorder()
-    writer = _writer(recorder)
+async def test_a_batch_waits_for_another_connections_lock_without_stalling_the_loop(
+    tmp_path: Path,
+) -> None:
+    db = _database(tmp_path)
+    writer = _writer(db, Recorder())
+    writer.start()
+    other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    pending = writer.submit("waited")
+    ticks = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 0.3:  # the loop keeps running meanwhile
+        await asyncio.sleep(0.01)
+        ticks += 1
+    assert not pending.done()
+    other.execute("COMMIT")
+    other.close()
+    assert await pending == "WAITED"
+    assert ticks >= 10
+    await writer.close()
+    assert _stored(db) == ["waited"]
+
+
+async def test_a_lock_held_past_the_wait_fails_the_batch_then_the_writer_recovers(
+    tmp_path: Path,
+) -> None:
+    db = _database(tmp_path)
+    writer = _writer(db, Recorder(), lock_wait_seconds=0.2)
+    writer.start()
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(StoreUnavailable, match="locked"):
+        await writer.submit("refused")
+    other.execute("ROLLBACK")
+    other.close()
+    assert await writer.submit("after") == "AFTER"
+    await writer.close()
+    assert _stored(db) == ["after"]
+
+
+async def test_close_writes_what_was_queued_then_refuses_more(tmp_path: Path) -> None:
+    db = _database(tmp_path)
+    writer = _writer(db, Recorder())
     writer.start()
     pending = writer.submit("last")
     await writer.close()
@@ -86,4 +153,4 @@ async def test_close_writes_what_was_queued_then_refuses_more() -> None:
     with pytest.raises(StoreUnavailable):
         writer.submit("too late")
     writer.post("dropped")  # a request-log row after close is dropped, not an error
-    assert [item for batch in recorder.batches for item in batch] == ["last"]
+    assert _stored(db) == ["last"]

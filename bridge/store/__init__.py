@@ -1,12 +1,13 @@
 """The only package with SQL: schema, migrations, and every read and write of the bridge.
 
 Durability contract (SPEC §7): WAL with `synchronous=FULL`, so an event acknowledged
-with a 2xx survives a power cut. Every write goes through one connection owned by one
-thread (`store.writer`). Intake is group-committed: the thread takes whatever requests
-are waiting, writes them in one transaction, commits once, then wakes every request —
-each still waits for its own commit, but concurrent requests share the fsync.
+with a 2xx survives a power cut. Every write goes through one connection and one writer
+(`store.writer`). Intake is group-committed: the writer takes whatever requests are
+waiting, writes them in one transaction, commits once (on its thread), then wakes every
+request — each still waits for its own commit, but concurrent requests share the fsync.
 Request-log rows ride along in the next batch and are not awaited. Worker writes are one
-short transaction each on the same thread; reads use a second connection (aiosqlite).
+short transaction each, wholly on the writer's thread; reads use a second connection
+(aiosqlite).
 
 Times are stored as UTC text `YYYY-MM-DD HH:MM:SS.fff` (sortable, understood by
 SQLite's date functions); schedule times as unix seconds.
@@ -94,7 +95,7 @@ class Store(QueueMixin, OperatorMixin):
     async def open(cls, path: Path, *, clock: Clock, cipher: TokenCipher | None = None) -> Store:
         try:
             create_private_file(path)
-            # The writer thread owns this connection from here on; sqlite3's own
+            # The writer owns this connection from here on; sqlite3's own
             # transaction handling stays off, the store says BEGIN and COMMIT itself.
             writer = sqlite3.connect(
                 path,
@@ -118,6 +119,9 @@ class Store(QueueMixin, OperatorMixin):
         store._writer.start()
         try:
             await store._writer.call(migrate)
+            # From here on a lock held by another process is waited for by the writer,
+            # on its thread (`writer.begin_immediate`), not by SQLite on the event loop.
+            await store._writer.call(lambda db: db.execute("PRAGMA busy_timeout=0"))
         except (OSError, sqlite3.Error) as exc:
             await store.close()
             raise StoreUnavailable(f"cannot migrate database {path}: {exc}") from exc

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import sqlite3
@@ -22,7 +21,7 @@ from bridge.store.records import (
     NewEvent,
     RequestRecord,
 )
-from bridge.store.writer import WriterThread
+from bridge.store.writer import Writer, begin_immediate, rollback_quietly
 
 log = logging.getLogger("bridge.store")
 
@@ -44,8 +43,8 @@ class StoreBase(ABC):
         cipher: TokenCipher | None,
     ) -> None:
         self.path = path
-        self._writer: WriterThread[IntakeItem, IntakeResult | None] = WriterThread(
-            writer, self._write_intake_batch
+        self._writer: Writer[IntakeItem, IntakeResult | None] = Writer(
+            writer, self._apply_intake_batch, guard=self._check_file
         )
         self._reader = reader
         self._clock = clock
@@ -54,10 +53,10 @@ class StoreBase(ABC):
         self._checkpointer: asyncio.Task[None] | None = None
 
     @abstractmethod
-    def _write_intake_batch(
+    def _apply_intake_batch(
         self, db: sqlite3.Connection, batch: list[IntakeItem]
     ) -> list[IntakeResult | None]:
-        """One group-commit transaction, on the writer thread (see `store.intake`)."""
+        """One group-commit batch, inside the writer's transaction (see `store.intake`)."""
 
     # ---- plumbing ---------------------------------------------------------------------
 
@@ -69,9 +68,9 @@ class StoreBase(ABC):
             raise StoreUnavailable(f"database write failed: {exc}") from exc
 
     def _transaction(self, db: sqlite3.Connection, apply: Callable[[sqlite3.Connection], T]) -> T:
-        """On the writer thread: the file check, then `apply` between BEGIN and COMMIT."""
+        """On the writer's thread: the file check, then `apply` between BEGIN and COMMIT."""
         self._check_file()
-        db.execute("BEGIN IMMEDIATE")
+        begin_immediate(db)
         try:
             result = apply(db)
             db.execute("COMMIT")
@@ -98,13 +97,6 @@ class StoreBase(ABC):
             raise StoreUnavailable(f"database file {self.path} was replaced")
         if not info.st_mode & stat.S_IWUSR:
             raise StoreUnavailable(f"database file {self.path} was made read-only")
-
-
-def rollback_quietly(db: sqlite3.Connection) -> None:
-    # The connection may be the very thing that failed; nothing is left to undo then.
-    with contextlib.suppress(sqlite3.Error):
-        if db.in_transaction:
-            db.execute("ROLLBACK")
 
 
 def create_private_file(path: Path) -> None:

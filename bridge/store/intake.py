@@ -1,7 +1,8 @@
 """Intake: the group-commit batch that makes every acknowledged event durable.
 
-Runs on the writer thread (`store.writer`), one transaction for everything waiting:
-the events (new ones inserted, repeats nudged) and the request-log rows.
+Runs on the event loop inside the writer's transaction (`store.writer`), one batch for
+everything waiting: the events (new ones inserted, repeats nudged) and the request-log
+rows. The writer commits it on its thread.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import cast
 
-from bridge.errors import StoreUnavailable
-from bridge.store.base import IntakeItem, StoreBase, log
+from bridge.store.base import IntakeItem, StoreBase
 from bridge.store.records import (
     PRIORITY_LIVE,
     SETTLED_STATUSES,
@@ -39,21 +39,7 @@ class IntakeMixin(StoreBase):
         """Queue a request-log row for the next batch; not awaited by the caller."""
         self._writer.post(record)
 
-    def _write_intake_batch(
-        self, db: sqlite3.Connection, batch: list[IntakeItem]
-    ) -> list[IntakeResult | None]:
-        try:
-            return self._transaction(db, lambda db: self._apply_batch(db, batch))
-        except Exception as exc:
-            error = (
-                exc
-                if isinstance(exc, StoreUnavailable)
-                else StoreUnavailable(f"database write failed: {exc}")
-            )
-            log.error("intake batch of %d not stored: %s", len(batch), error)
-            raise error from exc
-
-    def _apply_batch(
+    def _apply_intake_batch(
         self, db: sqlite3.Connection, batch: list[IntakeItem]
     ) -> list[IntakeResult | None]:
         now = self._clock()
@@ -163,9 +149,8 @@ def insert_events(
 def insert_rows(db: sqlite3.Connection, head: str, rows: Sequence[tuple[object, ...]]) -> None:
     """`head` ("INSERT INTO t (a, b)") for every row, many rows to a statement.
 
-    sqlite3 lets the GIL go around every statement it steps, and winning it back from a
-    busy event loop can take a switch interval (5 ms): executemany would pay that once
-    a row, this once a chunk."""
+    executemany steps its statement once a row, and each step costs a trip through
+    sqlite3 (and lets the GIL go); this steps once a chunk."""
     if not rows:
         return
     marks = "(" + ",".join("?" * len(rows[0])) + ")"

@@ -1,75 +1,93 @@
-"""The one connection that writes, and the one thread that owns it.
+"""The one connection that writes, and the one task that decides what it does next.
 
-A write is a function of a `sqlite3.Connection` that runs on this thread, so a whole
-transaction costs the event loop one hand-over and one wake-up, however many statements
-it runs. (Through aiosqlite every statement was a round trip of its own, and the thread
-had to win the GIL back from a busy event loop after each one.)
+Intake is group-committed: everything waiting is written in one transaction with one
+commit, and each submitted item's caller still waits for that commit. The statements of
+such a batch run on the event loop itself, and only the COMMIT (the WAL write and its
+fsync, where SQLite lets the GIL go) runs on the writer's thread. A batch thus costs
+one hand-over to the thread and one wake-up back, and no statement of it has to win the
+GIL back from the busy loop. (Run wholly on a thread, each of a batch's statements
+released the GIL and then waited for it; the loop paid for the contention too.)
 
 Two kinds of work, taken in turn so neither starves the other:
-- `call(fn)`: `fn(conn)` alone; the store wraps it in its own transaction;
-- `submit(item)` / `post(item)`: items the thread writes together, everything waiting
-  at once, with `write_batch` in one transaction with one commit (group commit). Each
-  submitted item's caller still waits for that commit; posted items ride along.
+- `submit(item)` / `post(item)`: items written together by `write_batch` inside one
+  transaction the writer opens and commits. Submitted items' callers wait for the
+  commit; posted items (request-log rows) ride along unawaited.
+- `call(fn)`: `fn(conn)` wholly on the thread (the store's own transactions: worker
+  updates, migrations, operator commands), so their size never stalls the loop.
+
+The connection has no busy timeout of its own: a wait for a write lock that another
+process holds happens on the thread (`begin_immediate`), never on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
-import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 from bridge.errors import StoreUnavailable
+
+log = logging.getLogger("bridge.store")
 
 T = TypeVar("T")
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 BatchWriter = Callable[[sqlite3.Connection, list[Item]], Sequence[Result]]
+# How long a write waits for a lock another connection holds (SQLite's usual 5 s).
+LOCK_WAIT_SECONDS = 5.0
 
 
-class WriterThread(Generic[Item, Result]):
+class Writer(Generic[Item, Result]):
     def __init__(
         self,
         conn: sqlite3.Connection,
         write_batch: BatchWriter[Item, Result],
         *,
+        guard: Callable[[], None] = lambda: None,
         max_batch: int = 512,
+        lock_wait_seconds: float = LOCK_WAIT_SECONDS,
         name: str = "bridge-sqlite-writer",
     ) -> None:
+        """`guard()` runs before each batch and raises to refuse it (a replaced file)."""
         self._conn = conn
         self._write_batch = write_batch
+        self._guard = guard
         self._max_batch = max_batch
-        self._loop: asyncio.AbstractEventLoop | None = None
-        # deque appends and pops are atomic: the event loop adds, the thread takes.
+        self._lock_wait = lock_wait_seconds
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._items: deque[tuple[Item, asyncio.Future[Result] | None]] = deque()
         self._calls: deque[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = (
             deque()
         )
-        self._signal = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._closed: asyncio.Future[None] | None = None
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._closed = self._loop.create_future()
-        self._thread.start()
+        self._wake = asyncio.Event()
+        self._task = self._loop.create_task(self._run(self._wake), name="bridge-sqlite-writer")
 
     async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn(conn)` on the writer's thread, alone; its exceptions raise here."""
         future: asyncio.Future[T] = self._require_loop().create_future()
         self._calls.append((fn, future))
-        self._signal.set()
+        self._signal()
         return await future
 
     def submit(self, item: Item) -> asyncio.Future[Result]:
         """Queue `item` for the next batch; the future settles after its commit."""
         future: asyncio.Future[Result] = self._require_loop().create_future()
         self._items.append((item, future))
-        self._signal.set()
+        self._signal()
         return future
 
     def post(self, item: Item) -> None:
@@ -78,81 +96,139 @@ class WriterThread(Generic[Item, Result]):
         if self._loop is None or self._closing:
             return
         self._items.append((item, None))
-        self._signal.set()
+        self._signal()
 
     async def close(self) -> None:
-        """Write everything queued so far, then close the connection."""
-        if self._closed is None or self._closing:
+        """Write everything queued so far, then close the connection and the thread."""
+        if self._task is None or self._closing:
             return
         self._closing = True
-        self._signal.set()
-        await self._closed
+        self._signal()
+        await asyncio.shield(self._task)
+        with contextlib.suppress(sqlite3.Error):
+            await self._on_thread(lambda conn: conn.close())
+        self._thread.shutdown(wait=True)
 
     def _require_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None or self._closing:
             raise StoreUnavailable("the database is closed")
         return self._loop
 
-    # ---- on the writer thread ----------------------------------------------------------
+    def _signal(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
 
-    def _run(self) -> None:
-        try:
-            while True:
-                self._signal.wait()
-                self._signal.clear()
-                while self._items or self._calls:
-                    if self._items:
-                        self._write_items()
-                    if self._calls:
-                        self._run_call(*self._calls.popleft())
-                if self._closing and not self._items and not self._calls:
+    # ---- the writer task ----------------------------------------------------------------
+
+    async def _run(self, wake: asyncio.Event) -> None:
+        while True:
+            if not self._items and not self._calls:
+                if self._closing:
                     return
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.close()
-            self._settle(self._closed, None, None)
+                wake.clear()
+                await wake.wait()
+                continue
+            if self._items:
+                await self._write_items()
+            if self._calls:
+                await self._run_call(*self._calls.popleft())
 
-    def _write_items(self) -> None:
+    async def _write_items(self) -> None:
         taken = [self._items.popleft() for _ in range(min(len(self._items), self._max_batch))]
         try:
-            results: Sequence[Result] = self._write_batch(self._conn, [item for item, _ in taken])
+            results = await self._batch_transaction([item for item, _ in taken])
         except Exception as exc:  # noqa: BLE001 - every waiting request gets the error
-            self._settle_many([(future, None, exc) for _, future in taken])
+            error = exc if isinstance(exc, StoreUnavailable) else _unavailable(exc)
+            log.error("intake batch of %d not stored: %s", len(taken), error)
+            for _, future in taken:
+                _settle(future, None, error)
             return
-        self._settle_many(
-            [(future, result, None) for (_, future), result in zip(taken, results, strict=True)]
-        )
+        for (_, future), result in zip(taken, results, strict=True):
+            _settle(future, result, None)
 
-    def _run_call(
+    async def _batch_transaction(self, items: list[Item]) -> Sequence[Result]:
+        conn = self._conn
+        self._guard()
+        if not try_begin_immediate(conn):
+            await self._on_thread(lambda conn: begin_immediate(conn, self._lock_wait))
+        committing = False
+        try:
+            results = self._write_batch(conn, items)
+            committing = True
+            await self._on_thread(_commit)
+        except asyncio.CancelledError:
+            raise  # the loop is going away; the thread may still hold the connection
+        except BaseException:
+            if not committing:
+                rollback_quietly(conn)
+            else:
+                await self._on_thread(rollback_quietly)
+            raise
+        return results
+
+    async def _run_call(
         self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]
     ) -> None:
         try:
-            result = fn(self._conn)
+            result = await self._on_thread(fn)
         except Exception as exc:  # noqa: BLE001 - raised again in the awaiting coroutine
-            self._settle(future, None, exc)
+            _settle(future, None, exc)
         else:
-            self._settle(future, result, None)
+            _settle(future, result, None)
 
-    def _settle(
-        self, future: asyncio.Future[Any] | None, result: Any, exc: BaseException | None
-    ) -> None:
-        self._settle_many([(future, result, exc)])
-
-    def _settle_many(
-        self, outcomes: list[tuple[asyncio.Future[Any] | None, Any, BaseException | None]]
-    ) -> None:
-        waiting = [outcome for outcome in outcomes if outcome[0] is not None]
-        if waiting and self._loop is not None:
-            # One wake-up of the event loop per batch, not one per request.
-            with contextlib.suppress(RuntimeError):  # the loop is already closed
-                self._loop.call_soon_threadsafe(_resolve, waiting)
+    async def _on_thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, fn, self._conn)
 
 
-def _resolve(outcomes: list[tuple[asyncio.Future[Any] | None, Any, BaseException | None]]) -> None:
-    for future, result, exc in outcomes:
-        if future is None or future.done():  # its request was cancelled meanwhile
-            continue
-        if exc is not None:
-            future.set_exception(exc)
-        else:
-            future.set_result(result)
+def try_begin_immediate(conn: sqlite3.Connection) -> bool:
+    """BEGIN IMMEDIATE if the write lock is free now; False if another connection has it."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if _is_busy(exc):
+            return False
+        raise
+    return True
+
+
+def begin_immediate(conn: sqlite3.Connection, wait_seconds: float = LOCK_WAIT_SECONDS) -> None:
+    """BEGIN IMMEDIATE, waiting up to `wait_seconds` for another connection's write lock.
+
+    Blocks: for the writer's thread (or a CLI), never for the event loop."""
+    deadline = time.monotonic() + wait_seconds
+    pause = 0.001
+    while not try_begin_immediate(conn):
+        if time.monotonic() >= deadline:
+            raise StoreUnavailable(f"the database stayed locked for {wait_seconds:g} s")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def rollback_quietly(conn: sqlite3.Connection) -> None:
+    # The connection may be the very thing that failed; nothing is left to undo then.
+    with contextlib.suppress(sqlite3.Error):
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
+def _commit(conn: sqlite3.Connection) -> None:
+    conn.execute("COMMIT")
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None) or 0
+    return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)  # and extended codes
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(f"database write failed: {exc}")
+
+
+def _settle(future: asyncio.Future[Any] | None, result: Any, exc: BaseException | None) -> None:
+    if future is None or future.done():  # unawaited, or its request was cancelled
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
