@@ -4,6 +4,7 @@ byte-exact JSON answers, what a refused body leaves behind."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -87,3 +88,39 @@ async def test_answers_are_compact_json(run_bridge: Any) -> None:
         assert response.headers["content-type"] == "application/json"
         assert response.content == b'{"status":"queued"}'
         assert int(response.headers["content-length"]) == len(response.content)
+
+
+async def test_the_path_with_a_trailing_slash_is_the_same_route(run_bridge: Any) -> None:
+    async with run_bridge(wait_seconds=0) as bridge:
+        body = json.dumps(payment_payload("pay_slash")).encode()
+        response = await bridge.client.post("/webhook/payment/", content=body, headers=signed(body))
+        assert response.status_code == 202
+        assert bridge.query("SELECT key FROM events") == [("pay_slash",)]
+
+
+async def test_an_unexpected_error_is_a_plain_500_with_the_trace_only_in_the_log(
+    run_bridge: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("secret-looking internals")
+
+    monkeypatch.setattr("bridge.app.payment_intake", broken)
+    caplog.set_level(logging.ERROR, logger="bridge")
+    async with run_bridge(wait_seconds=0) as bridge:
+        response = await bridge.post_payment(payment_payload("pay_broken"))
+        assert response.status_code == 500
+        assert response.json() == {"error": "internal_error"}
+        assert "secret-looking" not in response.text
+        assert bridge.query("SELECT COUNT(*) FROM events") == [(0,)]
+        # The server goes on: the route still answers.
+        assert (await bridge.client.get("/webhook/payment")).status_code == 405
+    (record,) = [r for r in caplog.records if r.exc_info]
+    assert "unhandled error on POST /webhook/payment" in record.getMessage()
+    assert "RuntimeError: secret-looking internals" in caplog.text
+
+
+async def test_other_routes_still_go_through_litestar(run_bridge: Any) -> None:
+    async with run_bridge() as bridge:
+        assert (await bridge.client.get("/webhook/health")).status_code == 200
+        missing = await bridge.client.get("/webhook/nothing-here")
+        assert missing.status_code == 404
