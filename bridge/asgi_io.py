@@ -1,10 +1,10 @@
 """The bare ASGI side of the webhook route: read a body under a size limit, send JSON.
 
-The payment route is the one every webhook takes, so it is a plain ASGI handler inside
-Litestar (routing, the exception handler and the lifespan stay Litestar's): building a
-`Request` and a `Response` per webhook cost more than the route's own work on a webhook
-the platform has signed. Its answers are byte for byte what Litestar's JSON responses
-were (msgspec's encoder, `application/json`).
+The payment route is the one every webhook takes, so the app hands it straight to a plain
+ASGI handler (`bridge.app.BridgeApp`), in front of Litestar, which keeps every other
+route and the lifespan: Litestar's routing, `Request` and `Response` cost more per
+webhook than the route's own work on one the platform has signed. Its answers are byte
+for byte what Litestar's JSON responses were (msgspec's encoder, `application/json`).
 """
 
 from __future__ import annotations
