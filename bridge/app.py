@@ -395,7 +395,7 @@ class _Replier:
     ) -> _Answer:
         record = RequestRecord(self._route, self.remote, verdict, code, key, detail)
         self._rt.store.log_request(record)
-        self._rt.metrics.requests.labels(self._route, str(code)).inc()
+        self._rt.metrics.count_request(self._route, code)
         return _Answer(code, payload)
 
 

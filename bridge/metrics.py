@@ -16,6 +16,7 @@ class Metrics:
             ["route", "status"],
             registry=self.registry,
         )
+        self._request_counts: dict[tuple[str, int], Counter] = {}
         self.deliveries = Counter(
             "bridge_delivery_attempts_total",
             "Delivery attempts by CRM and outcome",
@@ -57,6 +58,14 @@ class Metrics:
         self.crm_paused = Gauge(
             "bridge_crm_paused", "1 while a CRM is paused", ["crm"], registry=self.registry
         )
+
+    def count_request(self, route: str, status: int) -> None:
+        """One answered request; each (route, status) child is looked up once, not per
+        webhook."""
+        child = self._request_counts.get((route, status))
+        if child is None:
+            child = self._request_counts[(route, status)] = self.requests.labels(route, str(status))
+        child.inc()
 
     def observe_call(self, crm: str, operation: str, seconds: float, status: int) -> None:
         self.crm_calls.labels(crm, operation).observe(seconds)

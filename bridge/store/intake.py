@@ -7,10 +7,11 @@ rows. The writer commits it on its thread.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import cast
+
+import msgspec
 
 from bridge.store.base import IntakeItem, StoreBase
 from bridge.store.records import (
@@ -26,6 +27,7 @@ from bridge.store.schema import REFRESH_EVENT_SQL
 EventKey = tuple[str, str]  # (kind, key)
 # Bound parameters per statement stay far below SQLite's limit (32 766): 11 columns × 64.
 ROWS_PER_STATEMENT = 64
+_JSON = msgspec.json.Encoder()
 
 
 class IntakeMixin(StoreBase):
@@ -123,7 +125,7 @@ def insert_events(
                 e.key,
                 e.status,
                 e.amount,
-                json.dumps(e.customer_keys),
+                _JSON.encode(e.customer_keys).decode(),
                 e.payload,
                 now_text,
                 now_text if e.status == "skipped" else None,

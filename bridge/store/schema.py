@@ -36,11 +36,12 @@ REFRESH_EVENT_SQL_BY_DELIVERY = REFRESH_EVENT_SQL.replace(
 # Finished, older than the cutoff (received and processed), and nothing left to run.
 
 
-def migrate(db: sqlite3.Connection) -> None:
-    """Apply the migrations the database has not seen, each in its own transaction."""
+def migrate(db: sqlite3.Connection, upto: int | None = None) -> None:
+    """Apply the migrations the database has not seen (up to version `upto`, all by
+    default), each in its own transaction."""
     row = db.execute("PRAGMA user_version").fetchone()
     version = int(row[0]) if row else 0
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+    for number, script in enumerate(MIGRATIONS[version:upto], start=version + 1):
         db.execute("BEGIN IMMEDIATE")
         try:
             for statement in _statements(script):
@@ -159,5 +160,10 @@ CREATE TABLE customer_refs (
     updated_at TEXT NOT NULL,
     PRIMARY KEY (crm, customer_key)
 )
+""",
+    # 4: deliveries_event repeated the UNIQUE (event_id, crm) index's leading column, and
+    # every delivery written paid for it.
+    """
+DROP INDEX deliveries_event
 """,
 )

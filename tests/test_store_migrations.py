@@ -1,0 +1,60 @@
+"""Schema migrations: a database of an earlier version is brought up to date in place."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from bridge.store import Store
+from bridge.store.schema import MIGRATIONS, migrate
+
+
+def _indexes(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        return {name for (name,) in rows}
+
+
+def _at_version(path: Path, version: int) -> None:
+    """A database as a bridge of schema `version` left it, with one event in it."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrate(conn, upto=version)
+    assert conn.execute("PRAGMA user_version").fetchone() == (version,)
+    conn.execute(
+        "INSERT INTO events (kind, key, status, payload, received_at)"
+        " VALUES ('payment', 'pay_old', 'pending', '{}', '2026-01-01 00:00:00.000')"
+    )
+    conn.execute(
+        "INSERT INTO deliveries (event_id, crm, status, next_attempt_at, updated_at)"
+        " VALUES (1, 'amocrm', 'pending', 0, '2026-01-01 00:00:00.000')"
+    )
+    conn.close()
+
+
+async def test_a_new_database_is_at_the_latest_version(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "b.sqlite", clock=time.time)
+    assert await store.schema_version() == len(MIGRATIONS)
+    await store.close()
+    # Opening again applies nothing twice.
+    store = await Store.open(tmp_path / "b.sqlite", clock=time.time)
+    assert await store.schema_version() == len(MIGRATIONS)
+    await store.close()
+
+
+async def test_version_3_drops_the_redundant_deliveries_index_and_keeps_the_data(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "b.sqlite"
+    _at_version(path, 3)
+    assert "deliveries_event" in _indexes(path)
+    store = await Store.open(path, clock=time.time)
+    assert await store.schema_version() == len(MIGRATIONS)
+    await store.close()
+    assert "deliveries_event" not in _indexes(path)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT key, status FROM events").fetchall() == [("pay_old", "pending")]
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM deliveries WHERE event_id = 1"
+        ).fetchall()
+    assert "USING COVERING INDEX sqlite_autoindex_deliveries" in str(plan)
