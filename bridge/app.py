@@ -203,8 +203,8 @@ async def _payment_answer(rt: Runtime | None, scope: HTTPScope, receive: Receive
     """The answer to send, or None when the client left before its body arrived."""
     if scope["method"] != "POST":
         return _Answer(405, {"error": "method_not_allowed"}, ((b"allow", b"POST"),))
-    if rt is None:  # only while the server starts or stops
-        return _Answer(503, {"error": "starting_or_stopping"})
+    if rt is None:  # the store is not open: before startup ends or after shutdown began
+        return _Answer(503, {"error": "storage_unavailable"})
     client = scope.get("client")
     reply = _Replier(rt, PAYMENT_ROUTE, client[0] if client else "")
     try:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from bridge.app import create_app
 from bridge.asgi_io import BadContentLength, BodyTooLarge, ClientGone, read_body
-from tests.conftest import payment_payload, signed
+from tests.conftest import make_settings, payment_payload, signed
 
 
 async def test_other_methods_get_405_with_allow(run_bridge: Any) -> None:
@@ -124,3 +127,15 @@ async def test_other_routes_still_go_through_litestar(run_bridge: Any) -> None:
         assert (await bridge.client.get("/webhook/health")).status_code == 200
         missing = await bridge.client.get("/webhook/nothing-here")
         assert missing.status_code == 404
+
+
+async def test_a_webhook_before_startup_finished_is_503_not_stored(tmp_path: Path) -> None:
+    # No lifespan has run (httpx's ASGI transport does not run one): the store is not open.
+    app = create_app(make_settings(tmp_path, wait_seconds=0))
+    body = json.dumps(payment_payload("pay_early")).encode()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://bridge") as client:
+        response = await client.post("/webhook/payment", content=body, headers=signed(body))
+    assert response.status_code == 503
+    assert response.json() == {"error": "storage_unavailable"}
+    assert app.runtime is None
