@@ -138,4 +138,4 @@ async def test_a_webhook_before_startup_finished_is_503_not_stored(tmp_path: Pat
         response = await client.post("/webhook/payment", content=body, headers=signed(body))
     assert response.status_code == 503
     assert response.json() == {"error": "storage_unavailable"}
-    assert app.runtime is None
+    assert not (tmp_path / "bridge.sqlite").exists()

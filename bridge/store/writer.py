@@ -15,7 +15,7 @@ Two kinds of work, taken in turn so neither starves the other:
 - `call(fn)`: `fn(conn)` wholly on the thread (the store's own transactions: worker
   updates, migrations, operator commands), so their size never stalls the loop.
 
-The connection has no busy timeout of its own: a wait for a write lock that another
+The store turns the connection's busy timeout off: a wait for a write lock that another
 process holds happens on the thread (`begin_immediate`), never on the event loop.
 """
 
@@ -151,18 +151,13 @@ class Writer(Generic[Item, Result]):
         self._guard()
         if not try_begin_immediate(conn):
             await self._on_thread(lambda conn: begin_immediate(conn, self._lock_wait))
-        committing = False
         try:
             results = self._write_batch(conn, items)
-            committing = True
             await self._on_thread(_commit)
         except asyncio.CancelledError:
             raise  # the loop is going away; the thread may still hold the connection
         except BaseException:
-            if not committing:
-                rollback_quietly(conn)
-            else:
-                await self._on_thread(rollback_quietly)
+            rollback_quietly(conn)  # a failed COMMIT has left the thread already
             raise
         return results
 
