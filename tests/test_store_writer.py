@@ -1,11 +1,14 @@
-"""The writer: group commit, errors to every waiter, lock waits off the loop, orderly close."""
+"""The writer: group commit (of items and of small transactions), errors to every waiter,
+lock waits off the loop, orderly close."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -103,6 +106,110 @@ async def test_calls_run_alone_on_the_writer_thread_and_raise_in_the_caller(
     await writer.close()
 
 
+def _insert(name: str) -> Callable[[sqlite3.Connection], str]:
+    def apply(db: sqlite3.Connection) -> str:
+        db.execute("INSERT INTO items (name) VALUES (?)", (name,))
+        return threading.current_thread().name
+
+    return apply
+
+
+def _insert_then_fail(name: str) -> Callable[[sqlite3.Connection], None]:
+    def apply(db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO items (name) VALUES (?)", (name,))
+        raise ValueError(f"{name} refused")
+
+    return apply
+
+
+@contextlib.asynccontextmanager
+async def _writer_busy(writer: Writer[str, str]) -> AsyncIterator[None]:
+    """Keeps the writer inside a call on its thread, so what is queued meanwhile is
+    taken as one batch when the block ends."""
+    gate = threading.Event()
+    busy = asyncio.ensure_future(writer.call(lambda db: gate.wait(5)))
+    await asyncio.sleep(0.05)
+    yield
+    await asyncio.sleep(0.05)  # queued coroutines have run up to their first await
+    gate.set()
+    assert await busy
+
+
+async def test_grouped_transactions_share_the_batch_commit_on_the_loop(tmp_path: Path) -> None:
+    db = _database(tmp_path)
+    recorder = Recorder()
+    writer = _writer(db, recorder)
+    writer.start()
+    outcomes = await asyncio.gather(
+        *(writer.transact(_insert(f"t{i}")) for i in range(50)),
+        *(writer.submit(f"e{i}") for i in range(50)),
+    )
+    # Every result came after its commit: another connection sees the rows already.
+    assert sorted(_stored(db)) == sorted(
+        [*(f"t{i}" for i in range(50)), *(f"e{i}" for i in range(50))]
+    )
+    assert set(outcomes[:50]) == {threading.current_thread().name}
+    assert outcomes[50:] == [f"E{i}" for i in range(50)]
+    assert len(recorder.batches) < 50  # the transactions rode along with the items
+    await writer.close()
+
+
+async def test_a_failed_grouped_transaction_undoes_only_itself_and_raises_in_its_caller(
+    tmp_path: Path,
+) -> None:
+    db = _database(tmp_path)
+    writer = _writer(db, Recorder())
+    writer.start()
+    async with _writer_busy(writer):  # all four in one transaction
+        before = asyncio.ensure_future(writer.transact(_insert("before")))
+        failing = asyncio.ensure_future(writer.transact(_insert_then_fail("half-done")))
+        after = asyncio.ensure_future(writer.transact(_insert("after")))
+        event = writer.submit("event")
+    outcomes = await asyncio.gather(before, failing, after, event, return_exceptions=True)
+    assert isinstance(outcomes[1], ValueError)
+    assert str(outcomes[1]) == "half-done refused"
+    assert outcomes[3] == "EVENT"
+    await writer.close()
+    assert sorted(_stored(db)) == ["after", "before", "event"]
+
+
+async def test_a_failed_batch_fails_its_grouped_transactions_too(tmp_path: Path) -> None:
+    db = _database(tmp_path)
+    writer = _writer(db, Recorder(fail_on="bad"))
+    writer.start()
+    async with _writer_busy(writer):
+        grouped = asyncio.ensure_future(writer.transact(_insert("grouped")))
+        bad = writer.submit("bad")
+    outcomes = await asyncio.gather(grouped, bad, return_exceptions=True)
+    assert all(isinstance(outcome, StoreUnavailable) for outcome in outcomes)
+    assert await writer.transact(_insert("later")) == threading.current_thread().name
+    await writer.close()
+    assert _stored(db) == ["later"]
+
+
+async def test_a_grouped_transaction_waits_for_a_lock_and_the_loop_runs_meanwhile(
+    tmp_path: Path,
+) -> None:
+    db = _database(tmp_path)
+    writer = _writer(db, Recorder())
+    writer.start()
+    other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    pending = asyncio.ensure_future(writer.transact(_insert("waited")))
+    ticks = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 0.3:
+        await asyncio.sleep(0.01)
+        ticks += 1
+    assert not pending.done()
+    other.execute("COMMIT")
+    other.close()
+    await pending
+    assert ticks >= 10
+    await writer.close()
+    assert _stored(db) == ["waited"]
+
+
 async def test_a_batch_waits_for_another_connections_lock_without_stalling_the_loop(
     tmp_path: Path,
 ) -> None:
@@ -152,5 +259,7 @@ async def test_close_writes_what_was_queued_then_refuses_more(tmp_path: Path) ->
     assert await pending == "LAST"
     with pytest.raises(StoreUnavailable):
         writer.submit("too late")
+    with pytest.raises(StoreUnavailable):
+        await writer.transact(_insert("too late"))
     writer.post("dropped")  # a request-log row after close is dropped, not an error
     assert _stored(db) == ["last"]

@@ -145,7 +145,7 @@ class QueueMixin(StoreBase):
             )
             db.execute(REFRESH_EVENT_SQL_BY_DELIVERY, (now_text, delivery_id))
 
-        await self._write(apply)
+        await self._write_grouped(apply)
 
     async def journal(self, delivery_id: int) -> dict[str, Any]:
         rows = await self._read(
@@ -165,7 +165,7 @@ class QueueMixin(StoreBase):
                 [(delivery_id, step, json.dumps(value), now_text) for step, value in steps.items()],
             )
 
-        await self._write(apply)
+        await self._write_grouped(apply)
 
     async def finish_delivery(
         self,
@@ -232,7 +232,7 @@ class QueueMixin(StoreBase):
                     ],
                 )
 
-        await self._write(apply)
+        await self._write_grouped(apply)
 
     async def known_refs(self, crm: str, customer_keys: Sequence[str]) -> KnownRefs | None:
         """The contact and deal of this customer's last success in `crm`, if any."""
@@ -371,7 +371,7 @@ class QueueMixin(StoreBase):
                 ),
             )
 
-        await self._write(apply)
+        await self._write_grouped(apply)
 
     async def check_writable(self) -> None:
         def apply(db: sqlite3.Connection) -> None:

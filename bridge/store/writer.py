@@ -9,11 +9,15 @@ GIL back from the busy loop. (Run wholly on a thread, each of a batch's statemen
 released the GIL and then waited for it; the loop paid for the contention too.)
 
 Two kinds of work, taken in turn so neither starves the other:
-- `submit(item)` / `post(item)`: items written together by `write_batch` inside one
-  transaction the writer opens and commits. Submitted items' callers wait for the
-  commit; posted items (request-log rows) ride along unawaited.
-- `call(fn)`: `fn(conn)` wholly on the thread (the store's own transactions: worker
-  updates, migrations, operator commands), so their size never stalls the loop.
+- batches, one transaction the writer opens and commits, of:
+  - `submit(item)` / `post(item)`: items written together by `write_batch`. Submitted
+    items' callers wait for the commit; posted items (request-log rows) ride along
+    unawaited;
+  - `transact(fn)`: a small transaction of the store's own (the worker's updates of a
+    few rows), `fn(conn)` in a savepoint of the batch, so that it costs no commit and
+    no turn of its own. Its failure rolls back only its savepoint.
+- `call(fn)`: `fn(conn)` wholly on the thread (migrations, operator commands, anything
+  whose size is not bounded), so that it never stalls the loop.
 
 The store turns the connection's busy timeout off: a wait for a write lock that another
 process holds happens on the thread (`begin_immediate`), never on the event loop.
@@ -40,6 +44,8 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 BatchWriter = Callable[[sqlite3.Connection, list[Item]], Sequence[Result]]
+_Call = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
+_Outcome = tuple[Any, Exception | None]  # a grouped transaction's value, or its failure
 # How long a write waits for a lock another connection holds (SQLite's usual 5 s).
 LOCK_WAIT_SECONDS = 5.0
 
@@ -63,9 +69,8 @@ class Writer(Generic[Item, Result]):
         self._lock_wait = lock_wait_seconds
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._items: deque[tuple[Item, asyncio.Future[Result] | None]] = deque()
-        self._calls: deque[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = (
-            deque()
-        )
+        self._calls: deque[_Call] = deque()
+        self._grouped: deque[_Call] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -80,6 +85,14 @@ class Writer(Generic[Item, Result]):
         """`fn(conn)` on the writer's thread, alone; its exceptions raise here."""
         future: asyncio.Future[T] = self._require_loop().create_future()
         self._calls.append((fn, future))
+        self._signal()
+        return await future
+
+    async def transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn(conn)` on the event loop inside the next batch, in a savepoint of its own;
+        returns after the batch's commit. `fn` must be small: it holds up the loop."""
+        future: asyncio.Future[T] = self._require_loop().create_future()
+        self._grouped.append((fn, future))
         self._signal()
         return await future
 
@@ -122,44 +135,52 @@ class Writer(Generic[Item, Result]):
 
     async def _run(self, wake: asyncio.Event) -> None:
         while True:
-            if not self._items and not self._calls:
+            if not self._items and not self._grouped and not self._calls:
                 if self._closing:
                     return
                 wake.clear()
                 await wake.wait()
                 continue
-            if self._items:
-                await self._write_items()
+            if self._items or self._grouped:
+                await self._write_batch_of_waiting()
             if self._calls:
                 await self._run_call(*self._calls.popleft())
 
-    async def _write_items(self) -> None:
-        taken = [self._items.popleft() for _ in range(min(len(self._items), self._max_batch))]
+    async def _write_batch_of_waiting(self) -> None:
+        taken = _take(self._items, self._max_batch)
+        grouped = _take(self._grouped, self._max_batch)
         try:
-            results = await self._batch_transaction([item for item, _ in taken])
+            results, outcomes = await self._batch_transaction(
+                [item for item, _ in taken], [fn for fn, _ in grouped]
+            )
         except Exception as exc:  # noqa: BLE001 - every waiting request gets the error
             error = exc if isinstance(exc, StoreUnavailable) else _unavailable(exc)
-            log.error("intake batch of %d not stored: %s", len(taken), error)
-            for _, future in taken:
+            log.error("batch of %d writes not stored: %s", len(taken) + len(grouped), error)
+            for _, future in (*taken, *grouped):
                 _settle(future, None, error)
             return
         for (_, future), result in zip(taken, results, strict=True):
             _settle(future, result, None)
+        for (_, future), (value, failure) in zip(grouped, outcomes, strict=True):
+            _settle(future, value, failure)
 
-    async def _batch_transaction(self, items: list[Item]) -> Sequence[Result]:
+    async def _batch_transaction(
+        self, items: list[Item], fns: list[Callable[[sqlite3.Connection], Any]]
+    ) -> tuple[Sequence[Result], list[_Outcome]]:
         conn = self._conn
         self._guard()
         if not try_begin_immediate(conn):
             await self._on_thread(lambda conn: begin_immediate(conn, self._lock_wait))
         try:
-            results = self._write_batch(conn, items)
+            outcomes = [in_savepoint(conn, fn) for fn in fns]
+            results = self._write_batch(conn, items) if items else ()
             await self._on_thread(_commit)
         except asyncio.CancelledError:
             raise  # the loop is going away; the thread may still hold the connection
         except BaseException:
             rollback_quietly(conn)  # a failed COMMIT has left the thread already
             raise
-        return results
+        return results, outcomes
 
     async def _run_call(
         self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]
@@ -200,11 +221,33 @@ def begin_immediate(conn: sqlite3.Connection, wait_seconds: float = LOCK_WAIT_SE
         pause = min(pause * 2, 0.05)
 
 
+def in_savepoint(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> _Outcome:
+    """`fn(conn)` inside the open transaction; its failure undoes only its own writes.
+
+    Raises (failing the whole transaction) only when SQLite has already rolled that
+    back (a full disk, an I/O error) or the savepoint itself cannot be undone."""
+    conn.execute("SAVEPOINT grouped")
+    try:
+        value = fn(conn)
+    except Exception as exc:  # the caller's: raised again in its coroutine
+        if not conn.in_transaction:
+            raise
+        conn.execute("ROLLBACK TO grouped")
+        conn.execute("RELEASE grouped")
+        return None, exc
+    conn.execute("RELEASE grouped")
+    return value, None
+
+
 def rollback_quietly(conn: sqlite3.Connection) -> None:
     # The connection may be the very thing that failed; nothing is left to undo then.
     with contextlib.suppress(sqlite3.Error):
         if conn.in_transaction:
             conn.execute("ROLLBACK")
+
+
+def _take(queue: deque[T], most: int) -> list[T]:
+    return [queue.popleft() for _ in range(min(len(queue), most))]
 
 
 def _commit(conn: sqlite3.Connection) -> None:
