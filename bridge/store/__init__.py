@@ -142,8 +142,7 @@ class Store(QueueMixin, OperatorMixin):
         while True:
             await asyncio.sleep(CHECKPOINT_EVERY_SECONDS)
             try:
-                async with self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)") as cursor:
-                    await cursor.fetchall()
+                await self._reader.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error as exc:
                 log.warning("WAL checkpoint failed (the writer's own will take over): %s", exc)
 

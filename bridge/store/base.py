@@ -91,8 +91,9 @@ class StoreBase(ABC):
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
-            async with self._reader.execute(sql, params) as cursor:
-                return list(await cursor.fetchall())
+            # One job on the reader's thread, not three (execute, fetch, close): no other
+            # job (a checkpoint) runs while the statement is half-read.
+            return list(await self._reader.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"database read failed: {exc}") from exc
 
