@@ -44,7 +44,7 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 BatchWriter = Callable[[sqlite3.Connection, list[Item]], Sequence[Result]]
-_Call = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
+_Call = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
 _Outcome = tuple[Any, Exception | None]  # a grouped transaction's value, or its failure
 # How long a write waits for a lock another connection holds (SQLite's usual 5 s).
 LOCK_WAIT_SECONDS = 5.0
