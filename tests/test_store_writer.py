@@ -187,38 +187,28 @@ async def test_a_failed_batch_fails_its_grouped_transactions_too(tmp_path: Path)
     assert _stored(db) == ["later"]
 
 
-async def test_a_grouped_transaction_waits_for_a_lock_and_the_loop_runs_meanwhile(
-    tmp_path: Path,
-) -> None:
-    db = _database(tmp_path)
-    writer = _writer(db, Recorder())
-    writer.start()
-    other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
-    other.execute("BEGIN IMMEDIATE")
-    pending = asyncio.ensure_future(writer.transact(_insert("waited")))
-    ticks = 0
-    started = time.monotonic()
-    while time.monotonic() - started < 0.3:
-        await asyncio.sleep(0.01)
-        ticks += 1
-    assert not pending.done()
-    other.execute("COMMIT")
-    other.close()
-    await pending
-    assert ticks >= 10
-    await writer.close()
-    assert _stored(db) == ["waited"]
+def _queue_item(writer: Writer[str, str]) -> asyncio.Future[str]:
+    return writer.submit("waited")
 
 
+def _queue_transaction(writer: Writer[str, str]) -> asyncio.Future[str]:
+    def apply(db: sqlite3.Connection) -> str:
+        db.execute("INSERT INTO items (name) VALUES ('waited')")
+        return "WAITED"
+
+    return asyncio.ensure_future(writer.transact(apply))
+
+
+@pytest.mark.parametrize("queue", [_queue_item, _queue_transaction], ids=["item", "transaction"])
 async def test_a_batch_waits_for_another_connections_lock_without_stalling_the_loop(
-    tmp_path: Path,
+    tmp_path: Path, queue: Callable[[Writer[str, str]], asyncio.Future[str]]
 ) -> None:
     db = _database(tmp_path)
     writer = _writer(db, Recorder())
     writer.start()
     other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")
-    pending = writer.submit("waited")
+    pending = queue(writer)
     ticks = 0
     started = time.monotonic()
     while time.monotonic() - started < 0.3:  # the loop keeps running meanwhile

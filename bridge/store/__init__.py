@@ -5,8 +5,9 @@ with a 2xx survives a power cut. Every write goes through one connection and one
 (`store.writer`). Intake is group-committed: the writer takes whatever requests are
 waiting, writes them in one transaction, commits once (on its thread), then wakes every
 request — each still waits for its own commit, but concurrent requests share the fsync.
-Request-log rows ride along in the next batch and are not awaited. Worker writes are one
-short transaction each, wholly on the writer's thread; reads use a second connection
+Request-log rows ride along in the next batch and are not awaited; the worker's few-row
+writes ride along too, each in a savepoint, and are awaited. Writes of unbounded size
+are a transaction each, wholly on the writer's thread; reads use a second connection
 (aiosqlite).
 
 Times are stored as UTC text `YYYY-MM-DD HH:MM:SS.fff` (sortable, understood by

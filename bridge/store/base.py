@@ -8,7 +8,7 @@ import os
 import sqlite3
 import stat
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,20 +62,14 @@ class StoreBase(ABC):
 
     async def _write(self, apply: Callable[[sqlite3.Connection], T]) -> T:
         """`apply(conn)` in a write transaction of its own, on the writer thread."""
-        try:
-            return await self._writer.call(lambda db: self._transaction(db, apply))
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreUnavailable(f"database write failed: {exc}") from exc
+        return await _stored(self._writer.call(lambda db: self._transaction(db, apply)))
 
     async def _write_grouped(self, apply: Callable[[sqlite3.Connection], T]) -> T:
         """`apply(conn)` committed with the next group commit, on the event loop.
 
         For the worker's writes of a few rows: each would otherwise cost a transaction,
         an fsync and a turn of the writer of its own, and hold up intake meanwhile."""
-        try:
-            return await self._writer.transact(apply)
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreUnavailable(f"database write failed: {exc}") from exc
+        return await _stored(self._writer.transact(apply))
 
     def _transaction(self, db: sqlite3.Connection, apply: Callable[[sqlite3.Connection], T]) -> T:
         """On the writer's thread: the file check, then `apply` between BEGIN and COMMIT."""
@@ -108,6 +102,13 @@ class StoreBase(ABC):
             raise StoreUnavailable(f"database file {self.path} was replaced")
         if not info.st_mode & stat.S_IWUSR:
             raise StoreUnavailable(f"database file {self.path} was made read-only")
+
+
+async def _stored(write: Awaitable[T]) -> T:
+    try:
+        return await write
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreUnavailable(f"database write failed: {exc}") from exc
 
 
 def create_private_file(path: Path) -> None:
