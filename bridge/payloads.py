@@ -9,10 +9,12 @@ and each item's `cost`.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -21,6 +23,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic_core import PydanticCustomError
 
 
 def _whole_number_as_text(value: object) -> object:
@@ -30,12 +33,26 @@ def _whole_number_as_text(value: object) -> object:
     return value
 
 
+# What a payment id may hold: it is the dedup key, goes into every log line of its event
+# and into CRM searches and notes, so a newline, an ANSI escape or a megabyte of it must
+# never get in. Platform ids are short ASCII tokens (`pay_123456`, numbers, UUIDs).
+PAYMENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:/+=@-]{1,128}")
+PAYMENT_ID_RULE = "1 to 128 characters, each a letter A-Z or a-z, a digit or one of _ . : / + = @ -"
+
+
+def _payment_id_charset(value: str) -> str:
+    if not PAYMENT_ID_PATTERN.fullmatch(value):
+        raise PydanticCustomError("payment_id_charset", "payment_id must be " + PAYMENT_ID_RULE)
+    return value
+
+
 Text = Annotated[str, BeforeValidator(_whole_number_as_text)]
 RequiredId = Annotated[
     str,
     # Constraints before the validator: pydantic skips min_length when they come after.
     StringConstraints(strip_whitespace=True, min_length=1),
     BeforeValidator(_whole_number_as_text),
+    AfterValidator(_payment_id_charset),
 ]
 
 

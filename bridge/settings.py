@@ -160,6 +160,13 @@ class Settings(BaseSettings):
     platform_timezone: str = "Europe/Moscow"
     display_timezone: str = "Europe/Moscow"
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # HTTP limits (bridge.server, README "Decisions"): they bound what one client can hold.
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+    keep_alive_seconds: int = Field(default=5, ge=1)
+    max_connections: int = Field(default=256, ge=1)
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed: the reverse proxy only.
+    forwarded_allow_ips: str = "127.0.0.1,::1"
 
     # Comma-separated, so several can be active at once during a rotation.
     webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = ()
