@@ -115,7 +115,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._header_count = 0
         self._refused = False
-        self._headers_ended = False  # in the chunk being parsed
+        self._boundary = False  # headers or a message ended in the chunk being parsed
         self._timer: asyncio.TimerHandle | None = None
 
     # -- connection -------------------------------------------------------------------
@@ -146,10 +146,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             return
         if self._reading_headers and self._timer is None:
             self._arm("header_timeout", self.limits.header_timeout)  # a keep-alive's next
-        self._headers_ended = False
+        self._boundary = False
         super().data_received(data)
-        if self._reading_headers and not self._headers_ended and not self.transport.is_closing():
-            # No request's headers ended in this chunk: all of it was header bytes.
+        if self._reading_headers and not self._boundary and not self.transport.is_closing():
+            # Neither headers nor a message ended in this chunk: all of it was header bytes.
             self._header_bytes += len(data)
             if self._header_bytes > self.limits.max_header_bytes:
                 self._refuse_headers(
@@ -170,7 +170,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._headers_ended = True
+        self._boundary = True
         self._reading_headers = False
         self._header_bytes = 0
         self._disarm()
@@ -185,6 +185,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._boundary = True
         self._disarm()
         self._reading_headers = True
         if not self._refused:
