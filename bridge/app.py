@@ -35,7 +35,7 @@ from bridge.asgi_io import (
     read_body,
     send_json,
 )
-from bridge.canonical import decode_canonical
+from bridge.canonical import MAX_INT_DIGITS, decode_canonical
 from bridge.crm import build_adapters
 from bridge.crm.base import CrmAdapter
 from bridge.crypto import TokenCipher
@@ -315,20 +315,14 @@ class _Refusal:
     detail: str = ""
 
 
-# Longest whole number a body may carry. No real value (kopecks, Telegram ids, phones)
-# comes near it; without a bound, Python's int() refuses past 4 300 digits with a
-# ValueError, which was a 500 (and, once stored, failed the worker forever), and
-# converting a few thousand digits is quadratic work anyway. Checked on the digits'
-# text, before conversion.
-MAX_INT_DIGITS = 100
-
-
 class _NumberTooLong(Exception):
     pass
 
 
 def _bounded_int(text: str) -> int:
-    if len(text) > MAX_INT_DIGITS + 1:  # + 1: the sign
+    # Checked on the digits' text, before conversion: past MAX_INT_DIGITS Python's int()
+    # raises ValueError (a 500 before, and a stored body that failed the worker forever).
+    if len(text) - text.startswith("-") > MAX_INT_DIGITS:
         raise _NumberTooLong
     return int(text)
 
