@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -92,14 +93,21 @@ def test_a_long_forwarded_address_is_clipped_in_the_log_and_request_log(
 
 
 def test_control_characters_in_a_logged_value_cannot_forge_a_line(served: BridgeProcess) -> None:
-    status = "PENDING\nINFO bridge.worker: FORGED outcome=success \x1b[31mred\x00\u2028"
-    body = json.dumps(payment_payload("pay_forge", status=status)).encode()
-    assert post(served, body, signed(body)).status_code == 202
-    served.wait_for(lambda: "pay_forge" in served.log_text(), what="the skipped line")
+    # The one control character the HTTP parser lets through in a header: NEL (0x85, in
+    # latin-1), which Python, some terminals and log viewers take for a line break. From
+    # a trusted proxy, X-Forwarded-For becomes the remote address of the "rejected" line.
+    forged = "10.0.0.1\x85WARNING bridge.app: FORGED".encode("latin-1")
+    with socket.create_connection(("127.0.0.1", served.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /webhook/payment HTTP/1.1\r\nHost: b\r\nX-Forwarded-For: "
+            + forged
+            + b"\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+        )
+        assert sock.recv(100).startswith(b"HTTP/1.1 401")
+    served.wait_for(lambda: "FORGED" in served.log_text(), what="the rejected line")
     text = served.log_text()
-    assert not any(line.startswith("INFO bridge.worker: FORGED") for line in text.splitlines())
-    assert "\x1b" not in text and "\x00" not in text and "\u2028" not in text
-    assert "\\nINFO bridge.worker: FORGED" in text and "\\x1b[31m" in text
+    assert not any(line.startswith("WARNING bridge.app: FORGED") for line in text.splitlines())
+    assert "10.0.0.1\\x85WARNING" in text
 
 
 @pytest.mark.parametrize(
