@@ -7,7 +7,6 @@ The fuzz tests that found them are here too, bounded (few examples, no deadline)
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.logs import _PHONE, MaskingFilter, OneLineFormatter, mask_phone, mask_text
-from tests.conftest import EXAMPLE_CONFIG, payment_payload, signed
+from tests.conftest import EXAMPLE_CONFIG, payment_payload, signed, wait_until
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.process import BridgeProcess
 
@@ -237,7 +236,7 @@ async def test_405_and_500_answers_are_in_the_request_log(
         assert (await bridge.client.get("/webhook/payment")).status_code == 405
         assert (await bridge.post_payment(payment_payload("pay_500"))).status_code == 500
         await bridge.client.get("/webhook/health")  # the next batch carries the log rows
-        await asyncio.sleep(0.1)
+        await wait_until(lambda: bridge.query("SELECT COUNT(*) FROM requests") == [(2,)])
         rows = bridge.query("SELECT http_status, detail FROM requests ORDER BY id")
     assert rows == [(405, "method GET"), (500, "internal error")]
 

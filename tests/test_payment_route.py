@@ -19,7 +19,7 @@ from bridge.asgi_io import (
     ClientGone,
     read_body,
 )
-from tests.conftest import make_settings, payment_payload, signed
+from tests.conftest import make_settings, payment_payload, signed, wait_until
 
 
 async def test_other_methods_get_405_with_allow(run_bridge: Any) -> None:
@@ -30,6 +30,7 @@ async def test_other_methods_get_405_with_allow(run_bridge: Any) -> None:
             assert response.headers["allow"] == "POST"
             assert response.json() == {"error": "method_not_allowed"}
         await bridge.client.get("/webhook/health")  # the next batch carries the log rows
+        await wait_until(lambda: bridge.query("SELECT COUNT(*) FROM requests") == [(3,)])
         # Rejected requests are in the request log too (SPEC §7).
         assert bridge.query("SELECT http_status, detail FROM requests ORDER BY id") == [
             (405, "method GET"),
