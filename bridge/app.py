@@ -533,7 +533,19 @@ def _iso(timestamp: float | None) -> str | None:
 
 
 def _internal_error(request: Request[Any, Any, State], exc: Exception) -> Response[Any]:
+    """Every error answer of the Litestar routes (404, 405, 500...), with its row in the
+    request log: rejected requests are logged too (SPEC §7)."""
+    path = clip(request.url.path, 200)
     if isinstance(exc, HTTPException):
-        return Response(content={"error": exc.detail}, status_code=exc.status_code)
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return Response(content={"error": "internal_error"}, status_code=500)
+        code, content = exc.status_code, {"error": exc.detail}
+        detail = f"method {clip(request.method, 16)}" if code == 405 else ""
+    else:
+        log.exception("unhandled error on %s %s", clip(request.method, 16), path)
+        code, content, detail = 500, {"error": "internal_error"}, "internal error"
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is not None:
+        client = request.client
+        remote = clip(client.host, 64) if client else ""
+        # The row only: a metrics label per path a scanner tries would grow without end.
+        runtime.store.log_request(RequestRecord(path, remote, "not checked", code, None, detail))
+    return Response(content=content, status_code=code)

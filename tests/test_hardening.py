@@ -241,6 +241,16 @@ async def test_405_and_500_answers_are_in_the_request_log(
     assert rows == [(405, "method GET"), (500, "internal error")]
 
 
+async def test_error_answers_of_the_other_routes_are_in_the_request_log(run_bridge: Any) -> None:
+    async with run_bridge(wait_seconds=0) as bridge:
+        assert (await bridge.client.post("/webhook/health")).status_code == 405
+        assert (await bridge.client.get("/nowhere")).status_code == 404
+        assert (await bridge.client.get("/webhook/health")).status_code == 200  # not logged
+        await wait_until(lambda: bridge.query("SELECT COUNT(*) FROM requests") == [(2,)])
+        rows = bridge.query("SELECT route, http_status, detail FROM requests ORDER BY id")
+    assert rows == [("/webhook/health", 405, "method POST"), ("/nowhere", 404, "")]
+
+
 async def test_a_storage_outage_is_one_error_line_per_webhook_and_health_hides_the_cause(
     run_bridge: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
