@@ -29,6 +29,11 @@ from typing import Any
 
 import uvicorn
 from uvicorn.config import Config
+
+# uvicorn's protocol class is not a public API: the hooks used here (data_received and
+# the parser callbacks, `connections`, `cycle`, `transport`) have been stable for years,
+# and tests/test_http_limits.py drives every limit over a real socket, so an upgrade that
+# moved them fails there, not in production.
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
