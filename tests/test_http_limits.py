@@ -11,7 +11,6 @@ never measure time: a socket timeout of 15 s only turns "never answered" into a 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 from collections.abc import Iterator
