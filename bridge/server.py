@@ -116,12 +116,14 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self._reading_headers = True  # until this request's headers are complete
+        # "idle" (between requests), "headers" (a request begun), "body" (headers done).
+        self._phase = "idle"
         self._header_bytes = 0
         self._header_count = 0
         self._refused = False
         self._boundary = False  # headers or a message ended in the chunk being parsed
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_limit = ""
 
     # -- connection -------------------------------------------------------------------
 
@@ -149,40 +151,50 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused or self.parser is None:
             return
-        if self._reading_headers and self._timer is None:
-            self._arm("header_timeout", self.limits.header_timeout)  # a keep-alive's next
         self._boundary = False
         super().data_received(data)
-        if self._reading_headers and not self._boundary and not self.transport.is_closing():
+        if self._refused or self.transport.is_closing():
+            return
+        if self._phase != "body" and not self._boundary:
             # Neither headers nor a message ended in this chunk: all of it was header bytes.
             self._header_bytes += len(data)
             if self._header_bytes > self.limits.max_header_bytes:
                 self._refuse_headers(
                     f"request line and headers over {self.limits.max_header_bytes} bytes"
                 )
+                return
+        # Timers only for a request left unfinished by this chunk: the usual request comes
+        # whole in one chunk and costs none. A timer runs on across chunks (a byte now and
+        # then does not restart it).
+        if self._phase == "headers":
+            if self._timer_limit != "header_timeout":
+                self._arm("header_timeout", self.limits.header_timeout)
+        elif self._phase == "body":
+            if self._timer_limit != "body_timeout":
+                self._arm("body_timeout", self.limits.body_timeout)
+        else:
+            self._disarm()  # between requests: uvicorn's keep-alive timer takes over
 
     # -- parser callbacks ---------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._reading_headers = True
+        self._phase = "headers"
         self._header_count = 0
         super().on_message_begin()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
         if self._header_count > self.limits.max_headers:
-            return  # refused once the chunk is parsed (see on_headers_complete/data_received)
+            return  # not kept; refused when the headers end (on_headers_complete)
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._boundary = True
-        self._reading_headers = False
+        self._phase = "body"
         self._header_bytes = 0
-        self._disarm()
         if self._header_count > self.limits.max_headers:
             self._refuse_headers(f"over {self.limits.max_headers} headers")
             return
-        self._arm("body_timeout", self.limits.body_timeout)
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -191,8 +203,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._boundary = True
-        self._disarm()
-        self._reading_headers = True
+        self._phase = "idle"
         if not self._refused:
             super().on_message_complete()
 
@@ -213,14 +224,17 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def _arm(self, limit: str, seconds: float) -> None:
         self._disarm()
         self._timer = self.loop.call_later(seconds, self._expired, limit)
+        self._timer_limit = limit
 
     def _disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+            self._timer_limit = ""
 
     def _expired(self, limit: str) -> None:
         self._timer = None
+        self._timer_limit = ""
         if self.transport.is_closing():
             return
         what = "headers" if limit == "header_timeout" else "body"
