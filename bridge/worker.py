@@ -34,7 +34,7 @@ from bridge.errors import (
 from bridge.flow import FlowContext, deliver_payment
 from bridge.intake import customer_identity, payment_from_stored
 from bridge.logs import mask_keys
-from bridge.settings import Settings
+from bridge.settings import CrmConfig, Settings
 from bridge.store import DeliveryJob, Store
 
 log = logging.getLogger("bridge.worker")
@@ -256,7 +256,7 @@ class Worker:
         except RateLimited as exc:
             return "retry", {"error": exc.message, "retry_after": exc.retry_after}
         except TransientCrmError as exc:
-            late = self.settings.file.crm[job.crm].request_timeout_seconds
+            late = late_write_wait(self.settings.file.crm[job.crm])
             return "retry", {
                 "error": exc.message,
                 "retry_after": late if exc.maybe_applied else None,
@@ -363,7 +363,7 @@ class Worker:
     def _late_write_delay(self) -> float:
         """A write abandoned mid-request may still land at the CRM within its timeout."""
         configs = self.settings.file.crm
-        return max((configs[name].request_timeout_seconds for name in self.adapters), default=0)
+        return max((late_write_wait(configs[name]) for name in self.adapters), default=0)
 
     def _next_attempt_at(self, attempts: int, retry_after: float | None = None) -> float | None:
         schedule = self.settings.retry_schedule_seconds
@@ -401,3 +401,12 @@ class Worker:
         for warning in detail.get("warnings", []):
             parts.append(f"warning={warning!r}")
         log.log(level, " ".join(parts))
+
+
+def late_write_wait(config: CrmConfig) -> float:
+    """Seconds before a write whose answer was lost is looked for in the CRM again.
+
+    Not just the request timeout: the CRM may apply the write long after the bridge
+    stopped waiting for its answer (issue 13.12 saw notes land after twice the timeout,
+    and the look before that wrote them again)."""
+    return max(config.late_write_seconds, config.request_timeout_seconds)
