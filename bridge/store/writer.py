@@ -12,7 +12,8 @@ Two kinds of work, taken in turn so neither starves the other:
 - batches, one transaction the writer opens and commits, of:
   - `submit(item)` / `post(item)`: items written together by `write_batch`. Submitted
     items' callers wait for the commit; posted items (request-log rows) ride along
-    unawaited;
+    unawaited. Should the batch's items fail together, each is written again in a
+    savepoint of its own, so an item SQLite refuses fails alone;
   - `transact(fn)`: a small transaction of the store's own (the worker's updates of a
     few rows), `fn(conn)` in a savepoint of the batch, so that it costs no commit and
     no turn of its own. Its failure rolls back only its savepoint.
@@ -159,21 +160,21 @@ class Writer(Generic[Item, Result]):
             for _, future in (*taken, *grouped):
                 _settle(future, None, error)
             return
-        for (_, future), result in zip(taken, results, strict=True):
-            _settle(future, result, None)
+        for (_, future), (result, failure) in zip(taken, results, strict=True):
+            _settle(future, result, failure)
         for (_, future), (value, failure) in zip(grouped, outcomes, strict=True):
             _settle(future, value, failure)
 
     async def _batch_transaction(
         self, items: list[Item], fns: list[Callable[[sqlite3.Connection], Any]]
-    ) -> tuple[Sequence[Result], list[_Outcome]]:
+    ) -> tuple[list[_Outcome], list[_Outcome]]:
         conn = self._conn
         self._guard()
         if not try_begin_immediate(conn):
             await self._on_thread(lambda conn: begin_immediate(conn, self._lock_wait))
         try:
             outcomes = [in_savepoint(conn, fn) for fn in fns]
-            results = self._write_batch(conn, items) if items else ()
+            results = self._write_items(conn, items) if items else []
             await self._on_thread(_commit)
         except asyncio.CancelledError:
             raise  # the loop is going away; the thread may still hold the connection
@@ -181,6 +182,32 @@ class Writer(Generic[Item, Result]):
             rollback_quietly(conn)  # a failed COMMIT has left the thread already
             raise
         return results, outcomes
+
+    def _write_items(self, conn: sqlite3.Connection, items: list[Item]) -> list[_Outcome]:
+        """The items in one go; should that fail, each in a savepoint of its own, so that
+        one item SQLite cannot take (text it cannot encode, a broken constraint) fails
+        alone and not every webhook that happened to share its batch."""
+        conn.execute("SAVEPOINT items")
+        try:
+            results = self._write_batch(conn, items)
+        except Exception as exc:
+            if not conn.in_transaction:  # SQLite undid the transaction: the batch fails
+                raise
+            conn.execute("ROLLBACK TO items")
+            conn.execute("RELEASE items")
+            log.warning(
+                "a batch of %d writes failed (%s): writing them one by one", len(items), exc
+            )
+            return [self._write_one(conn, item) for item in items]
+        conn.execute("RELEASE items")
+        return [(result, None) for result in results]
+
+    def _write_one(self, conn: sqlite3.Connection, item: Item) -> _Outcome:
+        value, failure = in_savepoint(conn, lambda db: self._write_batch(db, [item])[0])
+        if failure is None:
+            return value, None
+        log.error("a write was refused and not stored: %s", failure)
+        return None, failure if isinstance(failure, StoreUnavailable) else _unavailable(failure)
 
     async def _run_call(
         self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]
