@@ -84,9 +84,7 @@ async def test_a_refused_webhook_does_not_fail_the_webhooks_beside_it(run_bridge
         ("Infinity", "finite"),
     ],
 )
-async def test_absurd_costs_are_422_naming_the_item(
-    run_bridge: Any, cost: str, error: str
-) -> None:
+async def test_absurd_costs_are_422_naming_the_item(run_bridge: Any, cost: str, error: str) -> None:
     async with run_bridge(wait_seconds=0) as bridge:
         body = json.dumps(payment_payload("pay_c", costs=(5000, 12345))).replace("12345", cost)
         response = await bridge.post_payment(body.encode())
