@@ -166,4 +166,17 @@ CREATE TABLE customer_refs (
     """
 DROP INDEX deliveries_event
 """,
+    # 5: duplicate protection outlives `bridge prune` (the keys of succeeded events it
+    # deleted), and the row `check_writable` rewrites to probe what intake needs.
+    """
+CREATE TABLE succeeded_keys (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+CREATE TABLE write_probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at TEXT NOT NULL
+)
+""",
 )
