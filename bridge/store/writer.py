@@ -97,6 +97,16 @@ class Writer(Generic[Item, Result]):
         self._signal()
         return await future
 
+    async def reconnect(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        """Close the connection and write through `connect()`'s from the next batch on;
+        on the thread, between batches."""
+
+        def swap(old: sqlite3.Connection) -> None:
+            old.close()
+            self._conn = connect()
+
+        await self.call(swap)
+
     def submit(self, item: Item) -> asyncio.Future[Result]:
         """Queue `item` for the next batch; the future settles after its commit."""
         future: asyncio.Future[Result] = self._require_loop().create_future()
