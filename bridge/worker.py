@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from pydantic import ValidationError
+
 from bridge.crm.base import CrmAdapter, counting_calls
 from bridge.domain import KnownRefs
 from bridge.errors import (
@@ -34,6 +36,7 @@ from bridge.errors import (
 from bridge.flow import FlowContext, deliver_payment
 from bridge.intake import customer_identity, payment_from_stored
 from bridge.logs import mask_keys
+from bridge.payloads import validation_details
 from bridge.settings import CrmConfig, Settings
 from bridge.store import DeliveryJob, Store
 
@@ -263,6 +266,11 @@ class Worker:
             }
         except StoreUnavailable:
             raise
+        except ValidationError as exc:
+            # Stored before intake refused such bodies (e.g. a lone surrogate): no retry
+            # can deliver it, so the operator sees it failed now, not in three days.
+            fields = ", ".join(d["field"] for d in validation_details(exc))
+            return "failed", {"error": f"the stored body is not valid: {fields}"}
         except Exception as exc:
             log.exception("delivery %s/%s: unexpected error", job.key, job.crm)
             return "retry", {"error": f"internal error: {type(exc).__name__}: {exc}"}

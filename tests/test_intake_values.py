@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bridge.store import NewEvent, Store
 from tests.conftest import payment_payload
+from tests.fakes.amocrm import FakeAmoCrm
 
 CUT_EMOJI = "\ud83d"  # what a JavaScript platform sends when it cuts "😀" in half
 
@@ -134,3 +138,25 @@ async def test_a_non_finite_number_anywhere_is_422_and_every_stored_body_stays_j
             "SELECT payment_id, json_extract(payload, '$.course_order.payment_id')"
             " FROM payment_events ORDER BY 1"
         ) == [("pay_fine", "pay_fine"), ("pay_v", "pay_v")]
+
+
+async def test_a_body_stored_before_intake_refused_it_fails_at_once_not_in_three_days(
+    run_bridge: Any, fake_amo: FakeAmoCrm, tmp_path: Path
+) -> None:
+    """Issue 13.5: outside the customer's keys a lone surrogate was stored, and the
+    delivery retried for three days before it died."""
+    body = json.dumps(_with(("course_order", "user", "first_name"), "Иван" + CUT_EMOJI))
+    store = await Store.open(tmp_path / "bridge.sqlite", clock=time.time)
+    try:
+        event = NewEvent(
+            "payment", "pay_v", "pending", "10000", ("phone:+79991234567",), body, ("amocrm",)
+        )
+        await store.intake(event)
+    finally:
+        await store.close()
+    async with run_bridge(wait_seconds=0) as bridge:
+        await bridge.settle()
+        assert bridge.query("SELECT status, attempts, last_error FROM deliveries") == [
+            ("failed", 1, "the stored body is not valid: course_order.user.first_name")
+        ]
+    assert fake_amo.count(method="POST") == 0
