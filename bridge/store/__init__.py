@@ -155,7 +155,8 @@ class Store(QueueMixin, OperatorMixin):
                 self._reopen_refused = True
                 log.error(
                     "%s, and another process has opened the database since: writes are"
-                    " refused; stop the other process, then restart the bridge",
+                    " refused; stop the other process, then restart the bridge (what that"
+                    " process wrote since is dropped at the restart: run it again)",
                     self._side_files_lost,
                 )
             return
