@@ -12,8 +12,8 @@ Two kinds of work, taken in turn so neither starves the other:
 - batches, one transaction the writer opens and commits, of:
   - `submit(item)` / `post(item)`: items written together by `write_batch`. Submitted
     items' callers wait for the commit; posted items (request-log rows) ride along
-    unawaited. Should the batch's items fail together, each is written again in a
-    savepoint of its own, so an item SQLite refuses fails alone;
+    unawaited. Should the batch's items fail together, the batch is written again with
+    each item in a savepoint of its own, so an item SQLite refuses fails alone;
   - `transact(fn)`: a small transaction of the store's own (the worker's updates of a
     few rows), `fn(conn)` in a savepoint of the batch, so that it costs no commit and
     no turn of its own. Its failure rolls back only its savepoint.
@@ -180,11 +180,15 @@ class Writer(Generic[Item, Result]):
     ) -> tuple[list[_Outcome], list[_Outcome]]:
         conn = self._conn
         self._guard()
-        if not try_begin_immediate(conn):
-            await self._on_thread(lambda conn: begin_immediate(conn, self._lock_wait))
+        await self._begin(conn)
         try:
             outcomes = [in_savepoint(conn, fn) for fn in fns]
-            results = self._write_items(conn, items) if items else []
+            try:
+                results: list[_Outcome] = [(r, None) for r in self._write_batch(conn, items)]
+            except Exception as exc:
+                if not conn.in_transaction:  # SQLite undid the transaction: the batch fails
+                    raise
+                outcomes, results = await self._again_one_by_one(conn, items, fns, exc)
             await self._on_thread(_commit)
         except asyncio.CancelledError:
             raise  # the loop is going away; the thread may still hold the connection
@@ -193,24 +197,30 @@ class Writer(Generic[Item, Result]):
             raise
         return results, outcomes
 
-    def _write_items(self, conn: sqlite3.Connection, items: list[Item]) -> list[_Outcome]:
-        """The items in one go; should that fail, each in a savepoint of its own, so that
-        one item SQLite cannot take (text it cannot encode, a broken constraint) fails
-        alone and not every webhook that happened to share its batch."""
-        conn.execute("SAVEPOINT items")
-        try:
-            results = self._write_batch(conn, items)
-        except Exception as exc:
-            if not conn.in_transaction:  # SQLite undid the transaction: the batch fails
-                raise
-            conn.execute("ROLLBACK TO items")
-            conn.execute("RELEASE items")
-            log.warning(
-                "a batch of %d writes failed (%s): writing them one by one", len(items), exc
-            )
-            return [self._write_one(conn, item) for item in items]
-        conn.execute("RELEASE items")
-        return [(result, None) for result in results]
+    async def _again_one_by_one(
+        self,
+        conn: sqlite3.Connection,
+        items: list[Item],
+        fns: list[Callable[[sqlite3.Connection], Any]],
+        exc: Exception,
+    ) -> tuple[list[_Outcome], list[_Outcome]]:
+        """The items failed together: the transaction again, each item in a savepoint of
+        its own, so one item SQLite cannot take (text it cannot encode, a broken
+        constraint) fails alone and not every webhook that shared its batch.
+
+        The whole transaction is rolled back and redone (the grouped transactions run a
+        second time, the first undone) rather than the items kept in a savepoint on the
+        usual path: inside a savepoint SQLite copies every page the batch touches into its
+        statement journal first, which cost the batch a third more time."""
+        log.warning("a batch of %d writes failed (%s): writing them one by one", len(items), exc)
+        conn.execute("ROLLBACK")
+        await self._begin(conn)
+        outcomes = [in_savepoint(conn, fn) for fn in fns]
+        return outcomes, [self._write_one(conn, item) for item in items]
+
+    async def _begin(self, conn: sqlite3.Connection) -> None:
+        if not try_begin_immediate(conn):
+            await self._on_thread(lambda conn: begin_immediate(conn, self._lock_wait))
 
     def _write_one(self, conn: sqlite3.Connection, item: Item) -> _Outcome:
         value, failure = in_savepoint(conn, lambda db: self._write_batch(db, [item])[0])
