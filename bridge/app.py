@@ -286,6 +286,8 @@ async def _take_payment(
         return reply(503, {"error": "storage_unavailable"}, verdict_text, key=key)
     for warning in intake.warnings:
         log.warning("payment %s: %s", key, clip(warning, 200))
+    if stored.state_changed:  # e.g. PENDING, then CONFIRMED: the new state is stored
+        log.info("event=payment:%s status changed to %r", key, order.status)
     if not stored.created:
         return _answer_repeat(rt, reply, stored.status, key, verdict_text)
     if intake.event.status == "skipped":

@@ -28,8 +28,12 @@ class Course(msgspec.Struct, frozen=True, gc=False):
     subject: Subject | None = None
 
 
+# The pydantic models' bounds on money (`payloads.MAX_MONEY`), for whole numbers.
+Money = Annotated[int, msgspec.Meta(ge=0, le=10**9)]
+
+
 class Item(msgspec.Struct, frozen=True, gc=False):
-    cost: Annotated[int, msgspec.Meta(ge=0)]
+    cost: Money
     number_lessons: int | None = None
     package_id: Any = None
     course: Course | None = None
@@ -58,7 +62,7 @@ class CourseOrder(msgspec.Struct, frozen=True, gc=False):
     status: str
     payment_id: str
     user: User
-    amount: int | None = None
+    amount: Money | None = None
     created_at: str | None = None
     updated_at: str | None = None
     code: str | None = None

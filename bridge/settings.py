@@ -111,6 +111,10 @@ class CrmConfig(_Strict):
     auth: Literal["long_lived_token", "oauth"] = "long_lived_token"
     rate_limit_per_second: float = Field(default=6.5, gt=0)
     request_timeout_seconds: float = Field(default=15.0, gt=0)
+    # How long a write whose answer was lost (timeout, dropped connection) is given to
+    # land before the remote state is looked at again; never less than the request
+    # timeout. A CRM that queues work applies it after the bridge stopped waiting.
+    late_write_seconds: float = Field(default=120.0, gt=0)
     closed_status_ids: tuple[str, ...] = ("142", "143")
     excluded_status_ids: tuple[str, ...] = ()
     pipeline_rules: tuple[PipelineRule, ...] = ()

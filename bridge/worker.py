@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from pydantic import ValidationError
+
 from bridge.crm.base import CrmAdapter, counting_calls
 from bridge.domain import KnownRefs
 from bridge.errors import (
@@ -34,7 +36,8 @@ from bridge.errors import (
 from bridge.flow import FlowContext, deliver_payment
 from bridge.intake import customer_identity, payment_from_stored
 from bridge.logs import mask_keys
-from bridge.settings import Settings
+from bridge.payloads import validation_details
+from bridge.settings import CrmConfig, Settings
 from bridge.store import DeliveryJob, Store
 
 log = logging.getLogger("bridge.worker")
@@ -256,13 +259,18 @@ class Worker:
         except RateLimited as exc:
             return "retry", {"error": exc.message, "retry_after": exc.retry_after}
         except TransientCrmError as exc:
-            late = self.settings.file.crm[job.crm].request_timeout_seconds
+            late = late_write_wait(self.settings.file.crm[job.crm])
             return "retry", {
                 "error": exc.message,
                 "retry_after": late if exc.maybe_applied else None,
             }
         except StoreUnavailable:
             raise
+        except ValidationError as exc:
+            # Stored before intake refused such bodies (e.g. a lone surrogate): no retry
+            # can deliver it, so the operator sees it failed now, not in three days.
+            fields = ", ".join(d["field"] for d in validation_details(exc))
+            return "failed", {"error": f"the stored body is not valid: {fields}"}
         except Exception as exc:
             log.exception("delivery %s/%s: unexpected error", job.key, job.crm)
             return "retry", {"error": f"internal error: {type(exc).__name__}: {exc}"}
@@ -363,7 +371,7 @@ class Worker:
     def _late_write_delay(self) -> float:
         """A write abandoned mid-request may still land at the CRM within its timeout."""
         configs = self.settings.file.crm
-        return max((configs[name].request_timeout_seconds for name in self.adapters), default=0)
+        return max((late_write_wait(configs[name]) for name in self.adapters), default=0)
 
     def _next_attempt_at(self, attempts: int, retry_after: float | None = None) -> float | None:
         schedule = self.settings.retry_schedule_seconds
@@ -401,3 +409,12 @@ class Worker:
         for warning in detail.get("warnings", []):
             parts.append(f"warning={warning!r}")
         log.log(level, " ".join(parts))
+
+
+def late_write_wait(config: CrmConfig) -> float:
+    """Seconds before a write whose answer was lost is looked for in the CRM again.
+
+    Not just the request timeout: the CRM may apply the write long after the bridge
+    stopped waiting for its answer (issue 13.12 saw notes land after twice the timeout,
+    and the look before that wrote them again)."""
+    return max(config.late_write_seconds, config.request_timeout_seconds)

@@ -32,7 +32,12 @@ def reference_file_config(**crm_changes: Any) -> FileConfig:
     config = load_file_config(EXAMPLE_CONFIG)
     # A short request timeout: a write whose answer was lost is looked for again only
     # after it (it may still land), and tests should not wait 15 s for that.
-    changes = {"base_url": AMO_URL, "request_timeout_seconds": 1.0, **crm_changes}
+    changes = {
+        "base_url": AMO_URL,
+        "request_timeout_seconds": 1.0,
+        "late_write_seconds": 1.0,
+        **crm_changes,
+    }
     amo = config.crm["amocrm"].model_copy(update=changes)
     return config.model_copy(update={"crm": {"amocrm": amo}})
 

@@ -702,3 +702,19 @@ async def test_the_asgi_app_serves_the_same_api_and_faults(fake: FakeAmoCrm) -> 
         await adapter.aclose()
     finally:
         stop()
+
+
+async def test_a_restarted_adapter_respects_the_calls_its_previous_run_made(
+    fake: FakeAmoCrm,
+) -> None:
+    """Issue 13.14: after a SIGKILL the new run's limiter must not add a burst on top of
+    the last second of the old run's calls (the CRM counts both)."""
+    before_kill = make_adapter(fake, real_limiter=True)
+    for _ in range(7):
+        await before_kill.find_contacts(phone_key())
+    # No aclose: the process died. The next run starts at once.
+    after_restart = make_adapter(fake, real_limiter=True)
+    for _ in range(3):
+        await after_restart.find_contacts(phone_key())
+    await after_restart.aclose()
+    assert fake.throttled == 0

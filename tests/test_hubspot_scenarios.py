@@ -54,6 +54,7 @@ def hubspot_file_config(**changes: Any) -> FileConfig:
             "base_url": HUBSPOT_URL,
             "enabled": True,
             "request_timeout_seconds": 1.0,
+            "late_write_seconds": 1.0,
             **changes,
         }
     )

@@ -87,6 +87,12 @@ class RateLimiter:
 
     After a 429 it backs off: honours Retry-After, and slows to a lower rate that
     recovers gradually, so a limit shared with other integrations is respected.
+
+    The bucket starts empty: the first request waits one interval. A bridge restarted
+    after a crash or SIGKILL cannot know what its previous run sent in the last second,
+    and an empty bucket at start is never more permissive than the old run's bucket
+    would have been had it kept going, so the CRM sees the configured rate across the
+    restart too (a full bucket at start was a burst on top of the old run's last calls).
     """
 
     def __init__(
@@ -101,7 +107,7 @@ class RateLimiter:
         self._burst = burst
         self._clock = clock
         self._sleep = sleep
-        self._next_slot = 0.0
+        self._next_slot = clock() + self._interval  # empty: see the class docstring
         self._last_penalty = -1e9
 
     @property

@@ -374,10 +374,19 @@ class QueueMixin(StoreBase):
         await self._write_grouped(apply)
 
     async def check_writable(self) -> None:
-        def apply(db: sqlite3.Connection) -> None:
-            db.execute("CREATE TEMP TABLE IF NOT EXISTS _probe (x)")
+        """Raises StoreUnavailable unless a webhook could be stored now: a row of the
+        database rewritten and committed the way intake commits (in the group commit,
+        through the WAL, with its fsync). A TEMP table said yes on a full disk."""
+        now_text = utc_text(self._clock())
 
-        await self._write(apply)
+        def apply(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO write_probe (id, at) VALUES (1, ?)"
+                " ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                (now_text,),
+            )
+
+        await self._write_grouped(apply)
 
     # ---- tokens (bridge.tokens.TokenRepository) ------------------------------------------
 
