@@ -19,7 +19,7 @@ It answers like the real API where the bridge depends on it:
   `block_method(name)` answers 429 OPERATION_TIME_LIMIT for one method;
 - webhooks (`webhook_url()`), OAuth access tokens expiring by `clock` (401
   expired_token) and single-use refresh tokens at `/oauth/token/`; `drop_scope()` makes
-  every method answer 403 insufficient_scope.
+  every method answer 403 insufficient_scope, `deny_user_access()` 403 user_access_error.
 
 Set up and inspect (no call logged): `add_contact`, `add_deal`, `move_deal`,
 `delete_deal`, `contacts()`, `contact(id)`, `deals()`, `deal(id)`, `notes(deal_id)`,
@@ -103,7 +103,7 @@ class FakeBitrix24(FakeService):
         self._refresh: dict[str, bool] = {}  # token → spent
         self._codes: set[str] = set()
         self._blocked: set[str] = set()
-        self._scoped = True
+        self._denied: tuple[str, str] | None = None  # (code, description) of a 403
         self._ids = {kind: itertools.count(start) for kind, start in (("c", 101), ("d", 501))}
         self._multi_ids = itertools.count(1001)
         self._comment_ids = itertools.count(9001)
@@ -153,7 +153,12 @@ class FakeBitrix24(FakeService):
             self._access = dict.fromkeys(self._access, float("-inf"))
 
     def drop_scope(self) -> None:
-        self._scoped = False
+        self._denied = ("insufficient_scope", "The request requires higher privileges")
+
+    def deny_user_access(self) -> None:
+        """Every method answers 403 user_access_error: the app is installed, but the admin
+        gave only some users access to it [b24-rest-docs _includes/system-errors.md]."""
+        self._denied = ("user_access_error", "The user does not have access to the application")
 
     def block_method(self, method: str, blocked: bool = True) -> None:
         """`method` answers 429 OPERATION_TIME_LIMIT (alone or inside a batch)."""
@@ -189,8 +194,8 @@ class FakeBitrix24(FakeService):
                 return _error(401, "invalid_token", "The access token provided is invalid.")
             if expires <= self.clock():
                 return _error(401, "expired_token", "The access token provided has expired.")
-        if not self._scoped:
-            return _error(403, "insufficient_scope", "The request requires higher privileges")
+        if self._denied is not None:
+            return _error(403, *self._denied)
         return None
 
     # ---- inspection and setup -------------------------------------------------------
