@@ -165,3 +165,61 @@ async def test_bitrix24_user_access_error_pauses_the_crm(run_bx, fake_bx) -> Non
     assert "user_access_error" in bx["paused_reason"]
     assert rows == [("pending", 0)] * 3
     assert denied == 1
+
+
+# ---- Bitrix24: every deal the contact is bound to; no portal-wide read (item 20) -------
+
+
+def spy_deal_reads(fake: FakeBitrix24) -> list[set[str]]:
+    """The contact ids of every deal any deal list answered (crm.deal.list or
+    crm.item.list, alone or inside a batch)."""
+    seen: list[set[str]] = []
+    for method in ("crm.deal.list", "crm.item.list"):
+        original = fake._handlers[method]
+
+        def spy(params: Any, original: Any = original) -> Any:
+            result, extra = original(params)
+            rows = result["items"] if isinstance(result, dict) else result
+            for row in rows:
+                ids = row.get("contactIds") or [row.get("CONTACT_ID")]
+                seen.append({str(cid) for cid in ids})
+            return result, extra
+
+        fake._handlers[method] = spy
+    return seen
+
+
+async def test_bitrix24_deal_where_the_customer_is_not_the_primary_contact_is_updated(
+    run_bx, fake_bx
+) -> None:
+    ivan = fake_bx.add_contact("Иван", telegram_id="123456789")
+    wife = fake_bx.add_contact("Мария")
+    shared = fake_bx.add_deal(wife, stage_id="EXECUTING", other_contacts=[ivan])
+    async with run_bx() as bridge:
+        response = await bridge.post_payment(payment_payload("pay_b1", costs=(700,)))
+        calls = calls_of(bridge, "pay_b1")
+    assert response.status_code == 200, response.text
+    assert response.json()["results"]["bitrix24"] == {
+        "contact_id": str(ivan),
+        "lead_id": str(shared),
+        "lead_created": False,
+    }
+    assert len(fake_bx.deals()) == 1
+    assert len(fake_bx.notes(shared)) == 1
+    # lookup batch (with the contact's deals), deal update, comment: as for a primary one
+    assert fake_bx.count() == calls == 3
+
+
+async def test_bitrix24_telegram_miss_reads_no_one_elses_deals(run_bx, fake_bx) -> None:
+    ivan = fake_bx.add_contact("Иван", phones=["+79991234567"])
+    mine = fake_bx.add_deal(ivan, stage_id="EXECUTING")
+    for n in range(3):  # other customers' open deals
+        fake_bx.add_deal(fake_bx.add_contact(f"Другой {n}"), stage_id="EXECUTING")
+    seen = spy_deal_reads(fake_bx)
+    async with run_bx() as bridge:
+        response = await bridge.post_payment(payment_payload("pay_b2", costs=(700,)))
+        calls = calls_of(bridge, "pay_b2")
+    assert response.json()["results"]["bitrix24"]["lead_id"] == str(mine), response.text
+    assert seen and all(str(ivan) in contacts for contacts in seen)
+    # lookup batch, the phone hit's record and deals, contact fill, deal update, comment
+    assert calls == 5
