@@ -206,8 +206,9 @@ async def test_bitrix24_deal_where_the_customer_is_not_the_primary_contact_is_up
     }
     assert len(fake_bx.deals()) == 1
     assert len(fake_bx.notes(shared)) == 1
-    # lookup batch (with the contact's deals), deal update, comment: as for a primary one
-    assert fake_bx.count() == calls == 3
+    # lookup batch (with the contact's deals), contact fill, deal update, comment: as many
+    # as for a primary contact
+    assert fake_bx.count() == calls == 4
 
 
 async def test_bitrix24_telegram_miss_reads_no_one_elses_deals(run_bx, fake_bx) -> None:
