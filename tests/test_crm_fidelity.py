@@ -26,6 +26,7 @@ from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.bitrix24 import EXAMPLE_CONFIG as BITRIX_EXAMPLE
 from tests.fakes.bitrix24 import FakeBitrix24
 from tests.fakes.hubspot import FakeHubSpot
+from tests.fakes.pipedrive import FakePipedrive
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -224,3 +225,47 @@ async def test_bitrix24_telegram_miss_reads_no_one_elses_deals(run_bx, fake_bx) 
     assert seen and all(str(ivan) in contacts for contacts in seen)
     # lookup batch, the phone hit's record and deals, contact fill, deal update, comment
     assert calls == 5
+
+
+# ---- Pipedrive: a phone stored the way it was typed (item 19) ---------------------------
+
+
+@pytest.fixture
+def fake_pd() -> FakePipedrive:
+    return FakePipedrive()
+
+
+@pytest.fixture
+def run_pd(tmp_path: Path, fake_pd: FakePipedrive) -> Callable[..., Any]:
+    @asynccontextmanager
+    async def factory(**overrides: Any) -> AsyncIterator[Bridge]:
+        overrides.setdefault("pipedrive_api_token", fake_pd.issue_api_token())
+        file = only_crm(
+            ROOT / "etc" / "crm-pipedrive.example.toml",
+            "pipedrive",
+            base_url="https://example.pipedrive.test",
+        )
+        settings = make_settings(tmp_path, file, **overrides)
+        app = create_app(settings, transports={"pipedrive": fake_pd.transport()})
+        async with AsyncTestClient(app=app) as client:
+            yield Bridge(client, settings, fake_pd)  # type: ignore[arg-type]
+
+    return factory
+
+
+@pytest.mark.parametrize(
+    ("typed", "searches"),
+    [("+7 999 123-45-67", 1), ("8 (999) 123-45-67", 2), ("999 123 45 67", 3)],
+)
+async def test_pipedrive_finds_a_phone_stored_as_typed(
+    run_pd: Any, fake_pd: FakePipedrive, typed: str, searches: int
+) -> None:
+    ivan = fake_pd.add_person("Иван Петров", phones=[typed])
+    payload = payment_payload("pay_p1", email=None, telegram_id=None, telegram_tag=None)
+    async with run_pd() as bridge:
+        response = await bridge.post_payment(payload)
+    assert response.status_code == 200, response.text
+    assert response.json()["results"]["pipedrive"]["contact_id"] == str(ivan)
+    assert len(fake_pd.persons()) == 1
+    phone_searches = [c for c in fake_pd.calls if c.path.endswith("/persons/search")]
+    assert len(phone_searches) == searches  # stops at the first form that finds him
