@@ -348,7 +348,7 @@ async def test_telegram_hit_costs_one_batch_and_its_deals_come_with_it(
     assert fake.calls[0].method == "GET" and fake.calls[0].path.endswith("/batch.json")
     assert batch_commands(fake) == {
         "tg": "crm.contact.list",
-        "tg_deals": "crm.deal.list",
+        "tg_deals": "crm.item.list",
         "comm0": "crm.duplicate.findbycomm",
         "comm1": "crm.duplicate.findbycomm",
     }
@@ -371,7 +371,7 @@ async def test_phone_typed_any_way_is_found_by_findbycomm_and_confirmed(
     assert fake.count() == 2  # lookup batch, then the hits' records and deals
     assert batch_commands(fake) == {
         "contacts": "crm.contact.list",
-        f"deals_{ivan}": "crm.deal.list",
+        f"deals_{ivan}": "crm.item.list",
     }
 
 
@@ -464,13 +464,6 @@ async def test_list_deals_pages_through_next(fake: FakeBitrix24, bx: Bitrix24) -
     assert len(deals) == 120
     assert deals[0].updated_at > deals[-1].updated_at
     assert fake.count() == 3
-
-
-async def test_list_deals_sees_primary_contact_only(fake: FakeBitrix24, bx: Bitrix24) -> None:
-    # crm.deal.list filters CONTACT_ID on the primary contact (documented limitation).
-    ivan = fake.add_contact("Иван")
-    fake.add_deal(fake.add_contact("Жена"), stage_id="NEW", other_contacts=[ivan])
-    assert await bx.list_deals(Contact(id=str(ivan))) == []
 
 
 async def test_get_deal_has_every_linked_contact_and_none_when_gone(

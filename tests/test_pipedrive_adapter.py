@@ -216,7 +216,7 @@ def paths(fake: FakePipedrive) -> list[str]:
 @pytest.mark.parametrize(
     ("key", "params"),
     [
-        (phone_key(), {"term": "9991234567", "fields": "phone", "limit": 100}),
+        (phone_key(), {"term": "79991234567", "fields": "phone", "limit": 100}),
         (
             LookupKey(KeyKind.EMAIL, "ivan@example.com"),
             {"term": "ivan@example.com", "fields": "email", "exact_match": "true", "limit": 100},
@@ -354,9 +354,9 @@ async def test_phone_search_confirms_and_reads_the_whole_person(
         emails=["Ivan@Example.com"],
         telegram_username="ivan_petrov",
     )
-    lookalike = fake.add_person("Someone", phones=["+7 999 123-45-678"])
+    lookalike = fake.add_person("Someone", phones=["8 999 123-45-678"])
 
-    hits = await pd.search_persons(phone_key())
+    hits = await pd.search_persons(phone_key(), "89991234567")
     assert {hit.id for hit in hits} == {str(ivan), str(lookalike)}  # the flow confirms
     found = await pd.find_contact([phone_key()], contact_matches)
 
@@ -369,9 +369,11 @@ async def test_phone_search_confirms_and_reads_the_whole_person(
         telegram_username="ivan_petrov",
         deal_ids=(),
     )
-    assert paths(fake)[1:] == ["GET /api/v2/persons/search", f"GET /api/v2/persons/{ivan}"]
-    assert fake.calls[1].params == {"term": ["9991234567"], "fields": ["phone"], "limit": ["100"]}
-    assert fake.calls[2].params == {"custom_fields": [f"{TG_ID},{TG_USERNAME}"]}
+    # "+7…" first, then "8…", which finds him
+    search = ["GET /api/v2/persons/search"] * 2
+    assert paths(fake)[1:] == [*search, f"GET /api/v2/persons/{ivan}"]
+    assert fake.calls[2].params == {"term": ["89991234567"], "fields": ["phone"], "limit": ["100"]}
+    assert fake.calls[3].params == {"custom_fields": [f"{TG_ID},{TG_USERNAME}"]}
 
 
 async def test_keys_are_searched_in_priority_order_until_a_confirmed_hit(
@@ -382,7 +384,7 @@ async def test_keys_are_searched_in_priority_order_until_a_confirmed_hit(
     found = await pd.find_contact(keys, contact_matches)
     assert found is not None and found.id == str(by_email)
     searched = [call.params["fields"][0] for call in fake.calls if call.path.endswith("search")]
-    assert searched == ["custom_fields", "phone", "email"]
+    assert searched == ["custom_fields", "phone", "phone", "phone", "email"]  # 3 phone forms
 
     fake.calls.clear()
     by_telegram = fake.add_person("Иван Т", telegram_id="123456789")
@@ -432,7 +434,7 @@ async def test_email_is_matched_exactly_and_case_insensitively(
 async def test_nobody_found_is_none(fake: FakePipedrive, pd: Pipedrive) -> None:
     fake.add_person("Someone", phones=["+79990000000"])
     assert await pd.find_contact(CUSTOMER.lookup_keys(), contact_matches) is None
-    assert len(fake.calls) == 3
+    assert len(fake.calls) == 5  # Telegram id, three phone forms, e-mail
 
 
 async def test_create_contact_and_fill_its_fields(fake: FakePipedrive, pd: Pipedrive) -> None:
@@ -461,7 +463,7 @@ async def test_a_person_deleted_after_the_search_is_skipped(
         fake.delete_person(gone) if request.path.endswith("search") else None
     )
     assert await pd.find_contact([phone_key()], contact_matches) is None
-    assert fake.calls[-1].status == 404
+    assert [call.status for call in fake.calls][:2] == [200, 404]
 
 
 # ---- deals --------------------------------------------------------------------------
@@ -948,7 +950,7 @@ async def test_on_call_sees_each_operation(fake: FakePipedrive) -> None:
     await adapter.find_contact([phone_key()], contact_matches)
     await adapter.create_contact_and_deal(new_contact(), new_deal())
     assert seen == [
-        ("pipedrive", "persons.search", 200),
+        *[("pipedrive", "persons.search", 200)] * 3,  # the three forms of the phone
         ("pipedrive", "persons.create", 200),
         ("pipedrive", "deals.create", 200),
     ]

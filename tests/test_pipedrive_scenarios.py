@@ -145,9 +145,10 @@ async def test_new_customer_gets_person_deal_fields_and_note(run_bridge, fake) -
     [content] = fake.notes(deal["id"])
     assert content == note_html(EXPECTED_NOTE)
     assert note_text(content) == EXPECTED_NOTE
-    # Three searches (Telegram id, phone, email), the person, the deal, the note.
-    assert calls == fake.count() == 6
-    assert fake.tokens_used == 3 * 20 + 5 + 5 + 10
+    # Five searches (Telegram id, three forms of the phone, email), the person, the deal,
+    # the note.
+    assert calls == fake.count() == 8
+    assert fake.tokens_used == 5 * 20 + 5 + 5 + 10
 
 
 async def test_pipeline_rules_pick_yandex_and_site(run_bridge, fake) -> None:

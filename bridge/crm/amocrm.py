@@ -20,6 +20,7 @@ Lists are paged while the answer carries `_links.next`; an empty list is HTTP 20
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -52,7 +53,7 @@ from bridge.domain import (
     NewContact,
     NewDeal,
 )
-from bridge.errors import PermanentCrmError, TransientCrmError
+from bridge.errors import AuthError, PermanentCrmError, TransientCrmError
 from bridge.settings import CrmConfig, Settings, secret_value
 from bridge.tokens import (
     BearerAuth,
@@ -67,6 +68,7 @@ SEARCH_LIMIT = 50
 PAGE_LIMIT = 250
 MAX_PAGES = 100  # a runaway `next` link must not loop forever
 OnCall = Callable[[str, str, float, int], None]
+_FORBIDDEN = re.compile(r"\S+ \S+: HTTP 403\b")  # how `error_for_status` words a 403
 
 
 # ---- domain → v4 JSON ---------------------------------------------------------------
@@ -384,8 +386,18 @@ class AmoCrm:
         await self.http.client.aclose()
 
     async def _send(self, method: str, path: str, operation: str, **kwargs: Any) -> JSON:
-        """One request through `CrmHttp`; the JSON answer, or None for a 204."""
-        response = await self.http.request(method, path, operation=operation, **kwargs)
+        """One request through `CrmHttp`; the JSON answer, or None for a 204.
+
+        amoCRM answers 403 for the account or its token rather than the request (an account
+        blocked for exceeding the rate, an IP ban, a user without API rights): no delivery
+        can succeed until an operator acts, so it pauses the CRM like a 401 instead of
+        failing every delivery in turn."""
+        try:
+            response = await self.http.request(method, path, operation=operation, **kwargs)
+        except PermanentCrmError as exc:
+            if _FORBIDDEN.match(exc.message):
+                raise AuthError(self.name, exc.message) from exc
+            raise
         if response.status_code == 204 or not response.content:
             return None
         try:

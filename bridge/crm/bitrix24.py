@@ -6,16 +6,17 @@ Reads are GET (retried after a 5xx or a timeout), writes POST; a `batch` of up t
 methods is one request for the leaky bucket. Requests per method:
 
     find_contact    GET batch {tg: crm.contact.list by the Telegram user field,
-                      tg_deals: crm.deal.list of $result[tg][0][ID],
+                      tg_deals: crm.item.list of $result[tg][0][ID],
                       commN: crm.duplicate.findbycomm per phone / e-mail}
-                    + GET batch {contacts: crm.contact.list @ID, deals_ID: crm.deal.list}
+                    + GET batch {contacts: crm.contact.list @ID, deals_ID: crm.item.list}
                       only when no Telegram hit is confirmed and findbycomm found ids
     create_contact / create_deal       POST crm.contact.add / crm.deal.add
     create_contact_and_deal            POST batch, halt {contact: crm.contact.add,
                                          deal: crm.deal.add, CONTACT_IDS $result[contact]}
     update_contact / update_deal       POST crm.contact.update / crm.deal.update (none
                                          when nothing to set)
-    list_deals      none right after find_contact read them, else GET crm.deal.list
+    list_deals      none right after find_contact read them, else GET crm.item.list
+                      (deals by contactIds: every deal the contact is bound to)
     get_deal        GET batch {deal: crm.deal.get, contacts: crm.deal.contact.items.get}
     deal_notes / add_note              GET crm.timeline.comment.list / POST …comment.add
     schema          GET batch {crm.category.list, crm.deal.fields, crm.contact.fields}
@@ -24,8 +25,8 @@ methods is one request for the leaky bucket. Requests per method:
 `find_contact` reads the found contact's open deals in its own batch, and `list_deals`
 hands them over when asked within PREFETCH_TTL for that same `Contact`: one request
 less per returning customer. The chained `$result[tg][0][ID]` counts only when that
-first Telegram hit is the contact chosen and every deal read names it as primary
-contact (an empty lookup resolves the reference to an array, not an id).
+first Telegram hit is the contact chosen; on a Telegram miss it resolves to an empty
+array, and `open_deals_params` makes that filter match nothing rather than everything.
 
 Options (`[crm.NAME.options]`, see `BitrixOptions`): `burst`, `currency_id`,
 `oauth_server`.
@@ -42,7 +43,7 @@ import httpx
 
 from bridge.crm import bitrix24_json as bx
 from bridge.crm.base import Confirm, CrmHttp, CrmSchema, CustomField, RateLimiter, first_confirmed
-from bridge.crm.bitrix24_calls import JSON, BatchAnswer, BitrixCalls, Commands
+from bridge.crm.bitrix24_calls import JSON, MAX_PAGES, BatchAnswer, BitrixCalls, Commands
 from bridge.crm.bitrix24_json import BitrixOptions
 from bridge.crm.bitrix24_rest import (
     WEBHOOK_BASE,
@@ -114,7 +115,7 @@ class Bitrix24:
         if tg_key is not None and tg_field:
             by_tg = {"filter": {tg_field: tg_key.value}, "order": {"ID": "ASC"}, "select": select}
             commands["tg"] = ("crm.contact.list", by_tg)
-            commands["tg_deals"] = ("crm.deal.list", self._open_deals("$result[tg][0][ID]"))
+            commands["tg_deals"] = ("crm.item.list", self._open_deals("$result[tg][0][ID]"))
         comms = [key for key in keys if key.kind in (KeyKind.PHONE, KeyKind.EMAIL)]
         for index, key in enumerate(comms):
             phone = key.kind is KeyKind.PHONE
@@ -134,8 +135,11 @@ class Bitrix24:
             }
         hits: dict[LookupKey, list[Contact]] = {tg_key: tg_hits} if tg_key is not None else {}
         found = first_confirmed(keys, hits, confirm)
+        if found is not None and found.id == tg_hits[0].id:
+            return self._with_prefetch(found, first, "tg_deals")
         if found is not None:
-            return self._with_prefetch(found, first, "tg_deals", tg_hits[0].id)
+            self._prefetch.pop(found.id, None)
+            return found
         wanted = list(
             dict.fromkeys(contact_id for found_ids in ids.values() for contact_id in found_ids)
         )
@@ -145,7 +149,7 @@ class Bitrix24:
             "contacts": ("crm.contact.list", {"filter": {"@ID": wanted}, "select": select})
         }
         for contact_id in wanted[:PREFETCH_CANDIDATES]:
-            second_commands[f"deals_{contact_id}"] = ("crm.deal.list", self._open_deals(contact_id))
+            second_commands[f"deals_{contact_id}"] = ("crm.item.list", self._open_deals(contact_id))
         second = await self._calls.batch(second_commands, "contacts.get")
         self._calls.raise_for(second, ["contacts"], "contacts.get")
         with self._calls.reading("contacts.get"):
@@ -156,7 +160,7 @@ class Bitrix24:
         found = first_confirmed(keys, hits, confirm)
         if found is None:
             return None
-        return self._with_prefetch(found, second, f"deals_{found.id}", found.id)
+        return self._with_prefetch(found, second, f"deals_{found.id}")
 
     async def create_contact(self, new: NewContact) -> Contact:
         with self._calls.reading("contacts.create"):
@@ -186,11 +190,17 @@ class Bitrix24:
         ):
             deals = list(prefetched.deals)
         else:
-            records = await self._calls.pages(
-                "crm.deal.list", "deals.list", lambda start: self._open_deals(contact.id, start)
-            )
-            with self._calls.reading("deals.list"):
-                deals = [bx.deal_from_record(record, self.config) for record in records]
+            deals = []
+            start = 0
+            for _ in range(MAX_PAGES):
+                params = self._open_deals(contact.id, start)
+                result, following = await self._calls.call("crm.item.list", "deals.list", params)
+                with self._calls.reading("deals.list"):
+                    records = bx.deal_records(result, self.config)
+                    deals += [bx.deal_from_record(record, self.config) for record in records]
+                if not isinstance(following, int) or following <= start:
+                    break
+                start = following
         seen = {deal.id for deal in deals}
         return [*deals, *(deal for deal in known if deal.id not in seen)]
 
@@ -316,21 +326,15 @@ class Bitrix24:
     def _open_deals(self, contact_id: str, start: int = 0) -> dict[str, JSON]:
         return bx.open_deals_params(contact_id, self.config, start)
 
-    def _with_prefetch(
-        self, contact: Contact, answer: BatchAnswer, key: str, expected: str
-    ) -> Contact:
+    def _with_prefetch(self, contact: Contact, answer: BatchAnswer, key: str) -> Contact:
         self._prefetch.pop(contact.id, None)
-        if (
-            contact.id != expected
-            or key in answer.errors
-            or key in answer.more
-            or not isinstance(answer.results.get(key), list)
-        ):
+        if key in answer.errors or key in answer.more or key not in answer.results:
             return contact
         with self._calls.reading("contacts.find"):
-            deals = tuple(bx.deal_from_record(r, self.config) for r in answer.rows(key))
-        if any(deal.contact_ids != (contact.id,) for deal in deals):
-            return contact
+            records = bx.deal_records(answer.results[key], self.config)
+            deals = tuple(bx.deal_from_record(r, self.config) for r in records)
+        if any(contact.id not in deal.contact_ids for deal in deals):
+            return contact  # not the read asked for: list_deals reads again
         ids = tuple(deal.id for deal in deals)
         self._prefetch[contact.id] = _Prefetch(self._clock(), ids, deals)
         return replace(contact, deal_ids=ids)
@@ -344,7 +348,8 @@ class Bitrix24:
     def _sent_deal(self, fields: Mapping[str, JSON], deal_id: JSON, contact_id: str) -> Deal:
         # What was sent is what Bitrix stored: no read-back.
         modified = datetime.fromtimestamp(self._clock(), UTC).isoformat()
-        record = {**fields, "ID": int(deal_id), "CONTACT_ID": contact_id, "DATE_MODIFY": modified}
+        record = {**fields, "ID": int(deal_id), "DATE_MODIFY": modified}
+        record.update(CONTACT_ID=contact_id, CONTACT_IDS=[contact_id])
         return bx.deal_from_record(record, self.config)
 
 

@@ -36,7 +36,11 @@ from bridge.tokens import TokenPair, TokenSource
 WEBHOOK_BASE = "https://bitrix24-webhook.invalid/rest/"
 WEBHOOK_SHAPE = re.compile(r"https?://[^/\s]+/rest/\d+/[^/\s]+/")
 RATE_CODES = frozenset({"QUERY_LIMIT_EXCEEDED", "OPERATION_TIME_LIMIT"})
-CREDENTIAL_CODES = frozenset({"insufficient_scope", "INVALID_CREDENTIALS", "ACCESS_DENIED"})
+# 403s about the credentials, not the request: `user_access_error` is an app installed
+# for some users only [b24-rest-docs _includes/system-errors.md, oauth error list].
+CREDENTIAL_CODES = frozenset(
+    {"insufficient_scope", "INVALID_CREDENTIALS", "ACCESS_DENIED", "user_access_error"}
+)
 MAX_RETRY_AFTER = 10.0
 
 

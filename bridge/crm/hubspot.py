@@ -20,6 +20,9 @@ is the adapter and `build_hubspot`. The calls each method makes:
     add_note                 POST  /crm/objects/2026-09/notes            deal association (214)
     schema                   GET   /crm/pipelines/2026-09/deals, /crm/properties/2026-09/deals
                                    and /contacts
+A deal write with a date-time that HubSpot refuses (400) learns once per process which
+deal properties are `date` (GET /crm/properties/2026-09/deals) and is sent again with
+dates (`_with_date_properties`).
 Searches page through `paging.next.after`. They have their own limit (5 per second per
 account, and no share of the ten-second limit of every other call), so they go through a
 second `CrmHttp` with its own rate limiter on the same client. Notes are read through
@@ -33,10 +36,10 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -57,6 +60,7 @@ from bridge.crm.hubspot_json import (
     contact_create_json,
     contact_from_json,
     contact_search_json,
+    date_properties,
     deal_create_json,
     deal_from_json,
     deal_properties,
@@ -69,7 +73,16 @@ from bridge.crm.hubspot_json import (
     properties_json,
 )
 from bridge.crm.hubspot_oauth import HubSpotOAuth
-from bridge.domain import Contact, ContactPatch, Deal, FieldUpdate, LookupKey, NewContact, NewDeal
+from bridge.domain import (
+    Contact,
+    ContactPatch,
+    Deal,
+    FieldKind,
+    FieldUpdate,
+    LookupKey,
+    NewContact,
+    NewDeal,
+)
 from bridge.errors import AuthError, ConfigError, PermanentCrmError, TransientCrmError
 from bridge.settings import CrmConfig, Settings, secret_value
 from bridge.tokens import (
@@ -89,6 +102,7 @@ DEFAULT_SEARCH_RATE = 4.0  # HubSpot allows 5 searches per second per account
 OAUTH_REFRESH_MARGIN = 300.0
 _EXISTING_ID = re.compile(r"Existing ID: (\d+)")
 OnCall = Callable[[str, str, float, int], None]
+T = TypeVar("T")
 
 
 class HubSpot:
@@ -113,6 +127,8 @@ class HubSpot:
         self._oauth = oauth
         self._tokens = tokens
         self._clock = clock
+        # Deal properties of type `date` (None: not looked up yet; see _with_date_properties).
+        self._date_properties: frozenset[str] | None = None
 
     # ---- contacts -------------------------------------------------------------------
 
@@ -180,9 +196,13 @@ class HubSpot:
             return deal_from_json(body, self.config)
 
     async def create_deal(self, contact: Contact, new: NewDeal) -> Deal:
-        with self._reading("deals.create"):
-            payload = deal_create_json(new, contact.id)
-        answer = await self._send("POST", f"{OBJECTS}/deals", "deals.create", json=payload)
+        async def attempt(date_only: frozenset[str]) -> tuple[dict[str, JSON], Any]:
+            with self._reading("deals.create"):
+                payload = deal_create_json(new, contact.id, date_only)
+            path = f"{OBJECTS}/deals"
+            return payload, await self._send("POST", path, "deals.create", json=payload)
+
+        payload, answer = await self._with_date_properties(new.fields, attempt)
         with self._reading("deals.create"):
             props = {**payload["properties"], **(answer.get("properties") or {})}
             record = {**answer, "properties": props}
@@ -197,9 +217,14 @@ class HubSpot:
     async def update_deal(self, deal_id: str, updates: Sequence[FieldUpdate]) -> None:
         if not updates:
             return
-        with self._reading("deals.update"):
-            payload = {"properties": properties_json(updates)}
-        await self._send("PATCH", f"{OBJECTS}/deals/{deal_id}", "deals.update", json=payload)
+
+        async def attempt(date_only: frozenset[str]) -> None:
+            with self._reading("deals.update"):
+                payload = {"properties": properties_json(updates, date_only)}
+            path = f"{OBJECTS}/deals/{deal_id}"
+            await self._send("PATCH", path, "deals.update", json=payload)
+
+        await self._with_date_properties(updates, attempt)
 
     # ---- notes ----------------------------------------------------------------------
 
@@ -276,6 +301,30 @@ class HubSpot:
         await self.http.client.aclose()
 
     # ---- plumbing -------------------------------------------------------------------
+
+    async def _with_date_properties(
+        self, updates: Sequence[FieldUpdate], attempt: Callable[[frozenset[str]], Awaitable[T]]
+    ) -> T:
+        """A deal write whose date-times fit their properties' types.
+
+        A date-time goes out with its time of day, which a `date` property refuses with a
+        400 (see `property_value`). Which deal properties are dates is learnt on the first
+        400 of a write carrying a date-time (one properties list per process), and the
+        write is sent again with dates: nothing extra for accounts whose fields are
+        date-times. A 400 leaves nothing applied, so the resend cannot double a deal."""
+        known = self._date_properties
+        try:
+            return await attempt(known or frozenset())
+        except PermanentCrmError as exc:
+            datetimes = {u.field_id for u in updates if u.kind is FieldKind.DATETIME}
+            if known is not None or not datetimes or " HTTP 400" not in exc.message:
+                raise
+            answer = await self._send("GET", f"{PROPERTIES}/deals", "properties.list")
+            with self._reading("properties.list"):
+                self._date_properties = date_properties(answer.get("results") or ())
+            if not datetimes & self._date_properties:
+                raise
+        return await attempt(self._date_properties)
 
     async def _search(
         self, object_type: str, body: dict[str, JSON], operation: str

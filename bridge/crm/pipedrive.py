@@ -6,7 +6,8 @@ The mappers are in `pipedrive_json`, credentials and the OAuth endpoint in
 adapter and `build_pipedrive`. The calls each method makes (token cost):
 
     find_contact   per key, in priority order, until a confirmed hit:
-                   GET   /api/v2/persons/search?term=…&fields=…        (20)
+                   GET   /api/v2/persons/search?term=…&fields=…        (20; a phone:
+                         up to 3, one per `phone_terms` form, until a confirmed hit)
                    GET   /api/v2/persons/{id}  the hit's custom fields  (1)
     create_contact POST  /api/v2/persons                                (5)
     update_contact PATCH /api/v2/persons/{id}    (none when nothing to set; 5)
@@ -60,6 +61,7 @@ from bridge.crm.pipedrive_json import (
     note_html,
     note_text,
     person_json,
+    phone_terms,
     pipelines_from_json,
     search_params,
 )
@@ -123,18 +125,21 @@ class Pipedrive:
         for key in keys:
             if key.kind is KeyKind.TELEGRAM_ID and not self.config.contact_fields.telegram_id:
                 continue
-            hits = await self.search_persons(key)
-            while (found := first_confirmed([key], {key: hits}, confirm)) is not None:
-                whole = await self._whole_person(found, key)
-                if whole is not None and confirm(whole, key):
-                    return whole
-                hits = [hit for hit in hits if hit.id != found.id]
+            terms = phone_terms(key.value) if key.kind is KeyKind.PHONE else [None]
+            for term in terms:
+                hits = await self.search_persons(key, term)
+                while (found := first_confirmed([key], {key: hits}, confirm)) is not None:
+                    whole = await self._whole_person(found, key)
+                    if whole is not None and confirm(whole, key):
+                        return whole
+                    hits = [hit for hit in hits if hit.id != found.id]
         return None
 
-    async def search_persons(self, key: LookupKey) -> list[Contact]:
-        """The raw hits of one key's search (unconfirmed, as the search shows them)."""
+    async def search_persons(self, key: LookupKey, term: str | None = None) -> list[Contact]:
+        """The raw hits of one search for `key` (unconfirmed, as the search shows them);
+        `term`: one of a phone's `phone_terms` (the first by default)."""
         await self.search_limiter.acquire()
-        params = search_params(key)
+        params = search_params(key, term)
         body = await self._send("GET", "/api/v2/persons/search", "persons.search", params=params)
         with self._reading("persons.search"):
             items = (data_of(body) or {}).get("items") or ()

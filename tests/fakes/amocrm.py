@@ -15,7 +15,7 @@ Set up and inspect (no call is logged): `add_contact`, `add_lead`, `add_note` (r
 ids), `move_lead` (a manager changing the stage or deleting), `contacts()`, `contact(id)`,
 `leads()`, `lead(id)` (API-shaped dicts), `notes(lead_id)`, `lead_field`,
 `contact_field`. Credentials: `issue_token(ttl)`, `issue_oauth_pair(ttl)`,
-`register_code(code)`, `expire_all_access_tokens()`.
+`register_code(code)`, `expire_all_access_tokens()`, `forbid(detail)` (every call 403).
 
 The HTTP side (`transport()`, `asgi_app`, `calls`, `count`, the rate window and the
 faults `fail_next`, `fail_after_apply`, `fail_randomly`, `down`/`up`, `latency`) is
@@ -134,6 +134,7 @@ class FakeAmoCrm(FakeService):
         self._access: dict[str, float] = {}  # token → expires at (clock seconds)
         self._refresh: dict[str, bool] = {}  # token → already used
         self._codes: set[str] = set()
+        self._forbidden: str | None = None
         self._ids = {
             kind: itertools.count(start)
             for kind, start in (("contact", 30000001), ("lead", 20000001), ("note", 90000001))
@@ -310,12 +311,21 @@ class FakeAmoCrm(FakeService):
         with self._lock:
             return self._store_note(int(lead_id), "common", {"text": text})
 
+    def forbid(self, detail: str | None = "Account is blocked") -> None:
+        """Every API call with a valid token answers 403 (None lifts it): what amoCRM sends
+        for a blocked account, an IP ban or a user without API rights, whatever was asked
+        (crm-notes §1.9; amocrm.ru/developers "Коды ошибок": 403 account blocked)."""
+        with self._lock:
+            self._forbidden = detail
+
     def authorise(self, request: FakeRequest) -> FakeResponse | None:
         if not request.path.startswith("/api/"):
             return None
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         expires = self._access.get(token)
         if scheme == "Bearer" and expires is not None and expires > self.clock():
+            if self._forbidden is not None:
+                return FakeResponse(403, problem(403, "Forbidden", self._forbidden))
             return None
         return FakeResponse(401, problem(401, "Unauthorized", "Unauthorized"))
 

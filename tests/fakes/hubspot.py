@@ -93,6 +93,13 @@ class FakeHubSpot(FakeService):
 
     # ---- credentials ----------------------------------------------------------------
 
+    def set_property_type(self, kind: str, name: str, type_: str, field_type: str) -> None:
+        """Retype a property, e.g. ("deals", "last_payment_at", "date", "date"): what a date
+        picker made in HubSpot's UI is; a time of day is then refused (`_check_value`)."""
+        with self._lock:
+            prop = self.portal.properties[kind][name]
+            prop.type, prop.field_type = type_, field_type
+
     def issue_token(self, ttl: float | None = None) -> str:
         """A valid access token; without `ttl` a static one (a Service Key)."""
         token = f"pat-na1-{secrets.token_hex(8)}"

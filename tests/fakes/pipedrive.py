@@ -4,8 +4,9 @@ fields; v1 notes; the OAuth token endpoint): one company, its persons, deals and
 It answers like the real API where the bridge depends on it:
 - `GET /api/v2/persons/search` searches one `term` in the chosen `fields` (name, email,
   phone, custom_fields of text-like types); `exact_match=true` is a whole-value,
-  case-insensitive match, otherwise a substring one; phones are compared by their digits
-  ("9991234567" finds "8 (999) 123-45-67"; exact needs the same digits). Hits show phones
+  case-insensitive match, otherwise a substring one; phones are compared by their digits,
+  partially from the start only ("7999123" finds "+7 999 123-45-67", "9991234567" does not
+  find "8 (999) 123-45-67"; exact needs the same digits). Hits show phones
   and emails as strings and the searchable custom-field values unkeyed;
 - a deal belongs to one person (`person_id`); its `status` open/won/lost/deleted is
   independent of its stage; `GET /api/v2/deals` filters by person and status, sorts by
@@ -421,10 +422,14 @@ class FakePipedrive(FakeService):
             return True
         if "email" in fields and hit(e["value"] for e in person.emails):
             return True
+        # A phone's partial match is on the beginning of the stored number, punctuation
+        # left out ("7999" finds "+7 999 123-45-67", "9991234567" does not): Pipedrive
+        # documents only `exact_match`, so the fake assumes no more than a prefix search
+        # [SPEC persons/search; crm-notes §2.2 "Phone caveat"].
         digits = _digits(term)
         if "phone" in fields and digits:
             phone_digits = [_digits(p["value"]) for p in person.phones]
-            if any(d == digits if exact else digits in d for d in phone_digits):
+            if any(d == digits if exact else d.startswith(digits) for d in phone_digits):
                 return True
         searchable = self.company.searchable_values("person", person.custom)
         return "custom_fields" in fields and hit(searchable)
