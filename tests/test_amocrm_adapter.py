@@ -99,8 +99,8 @@ def make_adapter(
         clock=fake.clock,
     )
     if not real_limiter:  # keep quick retries quick; the rate itself is tested apart
-        adapter.http.limiter = RateLimiter(1000, sleep=no_wait)
-        adapter.http.backoff_initial, adapter.http.backoff_max = 0.001, 0.01
+        adapter.connection.http.limiter = RateLimiter(1000, sleep=no_wait)
+        adapter.connection.http.backoff_initial, adapter.connection.http.backoff_max = 0.001, 0.01
     return adapter
 
 
@@ -113,7 +113,7 @@ def fake() -> FakeAmoCrm:
 async def amo(fake: FakeAmoCrm) -> AsyncIterator[AmoCrm]:
     adapter = make_adapter(fake)
     yield adapter
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 def phone_key(value: str = "+79991234567") -> LookupKey:
@@ -477,17 +477,17 @@ async def test_a_persistent_429_surfaces_rate_limited(fake: FakeAmoCrm, amo: Amo
     fake.fail_next(10, status=429)
     with pytest.raises(RateLimited):
         await amo.find_contacts(phone_key())
-    assert fake.count() == amo.http.quick_tries
-    assert fake.throttled == amo.http.quick_tries
+    assert fake.count() == amo.connection.http.quick_tries
+    assert fake.throttled == amo.connection.http.quick_tries
 
 
 async def test_a_burst_beyond_the_fakes_window_gets_429s(fake: FakeAmoCrm) -> None:
     adapter = make_adapter(fake)
-    adapter.http.quick_tries = 1
+    adapter.connection.http.quick_tries = 1
     results = await asyncio.gather(
         *(adapter.find_contacts(phone_key()) for _ in range(10)), return_exceptions=True
     )
-    await adapter.aclose()
+    await adapter.connection.aclose()
     assert sum(isinstance(result, RateLimited) for result in results) == 3
     assert fake.throttled == 3
 
@@ -496,7 +496,7 @@ async def test_the_adapters_own_limiter_stays_under_7_per_second(fake: FakeAmoCr
     adapter = make_adapter(fake, real_limiter=True)
     for _ in range(9):
         await adapter.find_contacts(phone_key())
-    await adapter.aclose()
+    await adapter.connection.aclose()
     assert fake.throttled == 0
 
 
@@ -547,14 +547,14 @@ async def test_401_with_a_long_lived_token_is_an_auth_error(fake: FakeAmoCrm) ->
     with pytest.raises(AuthError, match="401"):
         await adapter.find_contacts(phone_key())
     assert fake.count() == 1
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
     missing = make_adapter(fake, amocrm_access_token=None)
     with pytest.raises(AuthError, match="AMOCRM_ACCESS_TOKEN"):
         await missing.find_contacts(phone_key())
     assert fake.count() == 1  # nothing sent without a token
-    assert missing.token_expires_at() is None
-    await missing.aclose()
+    assert missing.connection.token_expires_at() is None
+    await missing.connection.aclose()
 
 
 OAUTH = CONFIG.model_copy(update={"auth": "oauth"})
@@ -576,9 +576,11 @@ async def test_oauth_expired_token_is_refreshed_once_for_concurrent_requests(
     assert fake.count(path_prefix="/oauth2/") == 1
     [saved] = tokens.saved
     assert saved.refresh_token != refresh and saved.access_token != access
-    assert adapter.token_expires_at() == pytest.approx(fake.clock() + fake.oauth_ttl, abs=5)
+    assert adapter.connection.token_expires_at() == pytest.approx(
+        fake.clock() + fake.oauth_ttl, abs=5
+    )
     assert fake.calls[-1].params  # the resent request went through
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_oauth_refreshes_ahead_of_expiry_without_a_401(fake: FakeAmoCrm) -> None:
@@ -589,7 +591,7 @@ async def test_oauth_refreshes_ahead_of_expiry_without_a_401(fake: FakeAmoCrm) -
     assert fake.count(status=401) == 0
     assert [call.path for call in fake.calls] == ["/oauth2/access_token", "/api/v4/contacts"]
     assert len(tokens.saved) == 1
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_oauth_bootstraps_from_a_refresh_token_in_the_environment(
@@ -600,7 +602,7 @@ async def test_oauth_bootstraps_from_a_refresh_token_in_the_environment(
     adapter = make_adapter(fake, config=OAUTH, tokens=tokens, amocrm_refresh_token=refresh)
     assert await adapter.find_contacts(phone_key()) == []
     assert len(tokens.saved) == 1
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_a_refresh_token_already_rotated_away_is_an_auth_error(
@@ -629,7 +631,7 @@ async def test_a_refresh_token_already_rotated_away_is_an_auth_error(
     assert "bridge auth amocrm" in str(error.value)
     assert refresh not in str(error.value) and fake.client_secret not in str(error.value)
     assert tokens.saved == []
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_oauth_without_client_credentials_is_an_auth_error(fake: FakeAmoCrm) -> None:
@@ -638,20 +640,20 @@ async def test_oauth_without_client_credentials_is_an_auth_error(fake: FakeAmoCr
     with pytest.raises(AuthError, match="AMOCRM_CLIENT_ID"):
         await adapter.find_contacts(phone_key())
     assert fake.count() == 0
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_exchange_code_stores_the_pair_and_uses_it(fake: FakeAmoCrm) -> None:
     fake.register_code("code-1")
     tokens = MemoryTokens()
     adapter = make_adapter(fake, config=OAUTH, tokens=tokens)
-    pair = await adapter.exchange_code("code-1")
+    pair = await adapter.connection.exchange_code("code-1")
     assert tokens.saved == [pair]
     assert await adapter.find_contacts(phone_key()) == []
     assert fake.count(path_prefix="/oauth2/") == 1
     with pytest.raises(AuthError, match="authorization code rejected"):
-        await adapter.exchange_code("code-1")  # single use
-    await adapter.aclose()
+        await adapter.connection.exchange_code("code-1")  # single use
+    await adapter.connection.aclose()
 
 
 async def test_schema_lists_pipelines_statuses_and_fields(fake: FakeAmoCrm, amo: AmoCrm) -> None:
@@ -675,7 +677,7 @@ async def test_on_call_sees_each_operation(fake: FakeAmoCrm) -> None:
     await adapter.find_contacts(phone_key())
     await adapter.create_contact_and_deal(new_contact(), new_deal())
     assert seen == [("amocrm", "contacts.search", 204), ("amocrm", "leads.complex", 200)]
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 # ---- the same fake over a loopback port ---------------------------------------------
@@ -699,6 +701,6 @@ async def test_the_asgi_app_serves_the_same_api_and_faults(fake: FakeAmoCrm) -> 
         with pytest.raises(TransientCrmError, match="503"):
             await adapter.find_contacts(phone_key())
         fake.up()
-        await adapter.aclose()
+        await adapter.connection.aclose()
     finally:
         stop()

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from bridge import rules
-from bridge.crm import builder
+from bridge.crm import BUILDERS
 from bridge.crm.base import RateLimiter
 from bridge.crm.bitrix24 import PREFETCH_TTL, Bitrix24, build_bitrix24
 from bridge.crm.bitrix24_json import (
@@ -126,8 +126,8 @@ def make_adapter(
         on_call=on_call,
         clock=clock or fake.clock,
     )
-    adapter.http.limiter = limiter or RateLimiter(1000, sleep=no_wait)
-    adapter.http.backoff_initial, adapter.http.backoff_max = 0.001, 0.01
+    adapter.connection.http.limiter = limiter or RateLimiter(1000, sleep=no_wait)
+    adapter.connection.http.backoff_initial, adapter.connection.http.backoff_max = 0.001, 0.01
     return adapter
 
 
@@ -140,7 +140,7 @@ def fake() -> FakeBitrix24:
 async def bx(fake: FakeBitrix24) -> AsyncIterator[Bitrix24]:
     adapter = make_adapter(fake)
     yield adapter
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 def every_kind_of_field() -> tuple[FieldUpdate, ...]:
@@ -316,7 +316,7 @@ def test_options_are_validated(options: dict[str, Any], message: str) -> None:
 
 
 def test_the_registry_finds_the_builder() -> None:
-    assert builder("bitrix24") is build_bitrix24
+    assert BUILDERS["bitrix24"] is build_bitrix24
 
 
 # ---- finding contacts ---------------------------------------------------------------
@@ -449,7 +449,7 @@ async def test_prefetched_deals_are_not_handed_out_late_or_to_another_contact_ob
     before = fake.count()
     assert [d.id for d in await adapter.list_deals(found)] == [str(deal)]
     assert fake.count() == before + 1
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 # ---- deals --------------------------------------------------------------------------
@@ -641,7 +641,7 @@ async def test_query_limit_exceeded_is_rate_limited_and_retried_after_the_bucket
     assert [call.status for call in fake.calls] == [503, 200]
     assert fake.throttled == 1
     assert clock.now >= 1001.0  # waited the second Retry-After asked for
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_a_bucket_that_stays_full_surfaces_rate_limited(
@@ -677,7 +677,7 @@ async def test_the_adapters_own_limiter_keeps_the_bucket_from_overflowing() -> N
         await adapter.get_deal("1")
     assert fake.throttled == 0
     assert clock.now - 1000.0 >= (150 - 10) / 2 - 1
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_server_errors_are_retried_for_reads_only(fake: FakeBitrix24, bx: Bitrix24) -> None:
@@ -735,25 +735,25 @@ async def test_the_webhook_secret_never_shows_in_errors_or_call_names(fake: Fake
     assert "/rest/crm.deal.update.json" in str(errors[0])
     assert all(secret not in op for op in seen)
     assert all(call.path.startswith(f"/rest/1/{secret}/") for call in fake.calls)
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_a_wrong_or_missing_webhook_is_an_auth_error(fake: FakeBitrix24) -> None:
     wrong = make_adapter(fake, bitrix24_webhook_url="https://example.bitrix24.ru/rest/1/nope/")
     with pytest.raises(AuthError, match="401"):
         await wrong.get_deal("1")
-    assert await wrong.credentials_problem() is None
+    assert await wrong.connection.credentials_problem() is None
     missing = make_adapter(fake, bitrix24_webhook_url=None)
-    problem = await missing.credentials_problem()
+    problem = await missing.connection.credentials_problem()
     assert problem is not None and "BITRIX24_WEBHOOK_URL" in problem
     before = fake.count()
     with pytest.raises(AuthError, match="BITRIX24_WEBHOOK_URL"):
         await missing.get_deal("1")
     malformed = make_adapter(fake, bitrix24_webhook_url="https://example.bitrix24.ru/hook")
-    assert "must look like" in (await malformed.credentials_problem() or "")
+    assert "must look like" in (await malformed.connection.credentials_problem() or "")
     assert fake.count() == before
     for adapter in (wrong, missing, malformed):
-        await adapter.aclose()
+        await adapter.connection.aclose()
 
 
 async def test_a_webhook_without_the_crm_scope_pauses_instead_of_failing(
@@ -763,7 +763,7 @@ async def test_a_webhook_without_the_crm_scope_pauses_instead_of_failing(
     with pytest.raises(AuthError, match="insufficient_scope"):
         await bx.get_deal("1")
     with pytest.raises(AuthError):
-        await bx.exchange_code("code")  # not an OAuth section
+        await bx.connection.exchange_code("code")  # not an OAuth section
 
 
 def oauth_config() -> CrmConfig:
@@ -784,8 +784,8 @@ async def test_oauth_sends_the_token_as_auth_and_refreshes_once_on_expired_token
     assert len(tokens.saved) == 1  # one refresh for all of them
     assert fake.count(path_prefix="/oauth/token") == 1
     assert fake.calls[-1].params["auth"] == [tokens.saved[0].access_token]
-    assert adapter.token_expires_at() == pytest.approx(fake.clock() + 3600, abs=5)
-    await adapter.aclose()
+    assert adapter.connection.token_expires_at() == pytest.approx(fake.clock() + 3600, abs=5)
+    await adapter.connection.aclose()
 
 
 async def test_oauth_bootstraps_from_the_refresh_token_in_the_environment(
@@ -800,7 +800,7 @@ async def test_oauth_bootstraps_from_the_refresh_token_in_the_environment(
     assert len(tokens.saved) == 1
     assert fake.calls[0].path == "/oauth/token/"
     assert fake.calls[0].params["grant_type"] == ["refresh_token"]
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_a_spent_refresh_token_is_an_auth_error_that_names_no_secret(
@@ -818,7 +818,7 @@ async def test_a_spent_refresh_token_is_an_auth_error_that_names_no_secret(
         await stale.get_deal("1")
     assert refresh not in str(failed.value) and fake.client_secret not in str(failed.value)
     for adapter in (first, stale):
-        await adapter.aclose()
+        await adapter.connection.aclose()
 
 
 async def test_oauth_needs_client_credentials(fake: FakeBitrix24) -> None:
@@ -830,22 +830,23 @@ async def test_oauth_needs_client_credentials(fake: FakeBitrix24) -> None:
     )
     with pytest.raises(AuthError, match="BITRIX24_CLIENT_ID"):
         await adapter.get_deal("1")
-    assert await adapter.credentials_problem() is None  # a pair is stored
-    await adapter.aclose()
+    # A stored pair would do until it expires; the section is misconfigured all the same.
+    assert "BITRIX24_CLIENT_SECRET" in (await adapter.connection.credentials_problem() or "")
+    await adapter.connection.aclose()
 
 
 async def test_exchange_code_stores_the_pair_and_uses_it(fake: FakeBitrix24) -> None:
     tokens = MemoryTokens()
     adapter = make_adapter(fake, config=oauth_config(), tokens=tokens)
-    assert "bridge auth" in (await adapter.credentials_problem() or "")
+    assert "bridge auth" in (await adapter.connection.credentials_problem() or "")
     fake.register_code("the-code")
-    pair = await adapter.exchange_code("the-code")
+    pair = await adapter.connection.exchange_code("the-code")
     assert tokens.saved == [pair]
     assert await adapter.get_deal("1") is None
     assert fake.calls[-1].params["auth"] == [pair.access_token]
     with pytest.raises(AuthError, match="invalid_grant"):
-        await adapter.exchange_code("the-code")
-    await adapter.aclose()
+        await adapter.connection.exchange_code("the-code")
+    await adapter.connection.aclose()
 
 
 # ---- schema -------------------------------------------------------------------------
@@ -881,9 +882,9 @@ async def test_on_call_and_health_see_the_adapter(fake: FakeBitrix24) -> None:
     await adapter.find_contact(KEYS, rules.contact_matches)
     await adapter.get_deal("1")
     assert seen == [("bitrix24", "contacts.find", 200), ("bitrix24", "deals.get", 200)]
-    assert adapter.health_details() == {"rate_limit_per_second": 1000.0}
-    assert adapter.token_expires_at() is None
-    await adapter.aclose()
+    assert adapter.connection.health_details() == {"rate_limit_per_second": 1000.0}
+    assert adapter.connection.token_expires_at() is None
+    await adapter.connection.aclose()
 
 
 async def test_a_real_transport_is_built_when_none_is_given() -> None:
@@ -891,12 +892,12 @@ async def test_a_real_transport_is_built_when_none_is_given() -> None:
     settings = Settings(_env_file=None, file=FileConfig(crm={"bitrix24": config}),
                         bitrix24_webhook_url="http://127.0.0.1:9/rest/1/abc/")  # fmt: skip
     adapter = build_bitrix24("bitrix24", config, settings, MemoryTokens())
-    adapter.http.backoff_initial, adapter.http.backoff_max = 0.001, 0.01
+    adapter.connection.http.backoff_initial, adapter.connection.http.backoff_max = 0.001, 0.01
     with pytest.raises(TransientCrmError, match="cannot connect") as failed:
         await adapter.get_deal("1")
     assert "abc" not in str(failed.value)
-    assert isinstance(adapter.http.client, httpx.AsyncClient)
-    await adapter.aclose()
+    assert isinstance(adapter.connection.http.client, httpx.AsyncClient)
+    await adapter.connection.aclose()
 
 
 async def test_the_asgi_app_serves_the_same_api_over_a_real_socket(fake: FakeBitrix24) -> None:
@@ -916,6 +917,6 @@ async def test_the_asgi_app_serves_the_same_api_over_a_real_socket(fake: FakeBit
         fake.fail_next(1, kind="timeout")
         fake.fail_next(1, kind="drop")
         assert len(await adapter.list_deals(Contact(id=contact.id))) == 1  # retried past both
-        await adapter.aclose()
+        await adapter.connection.aclose()
     finally:
         stop()

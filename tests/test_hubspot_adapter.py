@@ -22,10 +22,9 @@ from bridge.crm.hubspot_json import (
     contact_search_json,
     field_type,
     national_number,
-    note_html,
-    note_text,
     property_value,
 )
+from bridge.crm.richtext import note_html, note_text
 from bridge.crmconfig import config_snippet, schema_problems
 from bridge.domain import (
     Contact,
@@ -115,7 +114,7 @@ def make_adapter(
         clock=fake.clock,
     )
     if not real_limiter:  # keep quick retries quick; the rates themselves are tested apart
-        for http in (adapter.http, adapter.search_http):
+        for http in (adapter.connection.http, adapter.search_http):
             http.limiter = RateLimiter(1000, sleep=no_wait)
             http.backoff_initial, http.backoff_max = 0.001, 0.01
     return adapter
@@ -130,7 +129,7 @@ def fake() -> FakeHubSpot:
 async def hub(fake: FakeHubSpot) -> AsyncIterator[HubSpot]:
     adapter = make_adapter(fake)
     yield adapter
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 def tg_key(value: str = "123456789") -> LookupKey:
@@ -233,7 +232,7 @@ def test_property_values_refuse_what_does_not_fit(update: FieldUpdate) -> None:
 def test_note_text_survives_html_both_ways() -> None:
     text = "Оплата проведена\n\nКурсы:\n  A & B <C>\nPayment ID: pay_1"
     assert note_html(text) == (
-        "Оплата проведена<br><br>Курсы:<br>  A &amp; B &lt;C&gt;<br>Payment ID: pay_1"
+        "Оплата проведена<br><br>Курсы:<br>&nbsp;&nbsp;A &amp; B &lt;C&gt;<br>Payment ID: pay_1"
     )
     assert note_text(note_html(text)) == text
     # What HubSpot's editor makes of a note typed or edited in the UI.
@@ -371,7 +370,7 @@ async def test_an_email_the_search_did_not_show_yet_is_that_contact(fake: FakeHu
     assert again.id == first.id
     assert len(lagging.contacts()) == 1
     assert lagging.calls[-1].status == 409
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_update_contact_fills_and_skips_an_empty_patch(
@@ -610,7 +609,7 @@ async def test_notes_are_read_without_waiting_for_the_search_index(fake: FakeHub
     deal_id = lagging.add_deal(stage=SITE_WORKING)
     await adapter.add_note(deal_id, "Payment ID: pay_1")
     assert await adapter.deal_notes(deal_id) == ["Payment ID: pay_1"]
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 # ---- rate limits, faults ------------------------------------------------------------
@@ -631,41 +630,41 @@ async def test_searches_beyond_five_a_second_get_hubspots_429(fake: FakeHubSpot)
     )
     limited = [result for result in results if isinstance(result, RateLimited)]
     assert len(limited) == 3 and fake.throttled == 3
-    response = await adapter.http.client.post(SEARCH, json={"filterGroups": []})
+    response = await adapter.connection.http.client.post(SEARCH, json={"filterGroups": []})
     assert response.status_code == 429
     assert response.json()["policyName"] == "SECONDLY"
     assert response.json()["message"] == "You have reached your secondly limit."
     # Searches do not spend the ten-second budget of everything else.
     deal_id = fake.add_deal(stage=SITE_WORKING)
     assert await adapter.get_deal(deal_id) is not None
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_other_calls_share_a_ten_second_window() -> None:
     fake = FakeHubSpot(CONFIG, ten_second_limit=4)
     adapter = make_adapter(fake)
-    adapter.http.quick_tries = 1
+    adapter.connection.http.quick_tries = 1
     deal_id = fake.add_deal(stage=SITE_WORKING)
     for _ in range(4):
         await adapter.get_deal(deal_id)
     with pytest.raises(RateLimited):
         await adapter.get_deal(deal_id)
     assert await adapter.find_contacts([phone_key()]) == []  # search has its own limit
-    response = await adapter.http.client.get(f"/crm/objects/2026-09/deals/{deal_id}")
+    response = await adapter.connection.http.client.get(f"/crm/objects/2026-09/deals/{deal_id}")
     assert response.status_code == 429
     assert response.json()["policyName"] == "TEN_SECONDLY_ROLLING"
     assert response.json()["errorType"] == "RATE_LIMIT"
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_the_adapter_keeps_searches_under_the_search_limit(fake: FakeHubSpot) -> None:
     adapter = make_adapter(fake, real_limiter=True)
-    assert adapter.health_details() == {
+    assert adapter.connection.health_details() == {
         "rate_limit_per_second": 9,
         "search_rate_limit_per_second": 4,
     }
     await asyncio.gather(*(adapter.find_contacts([phone_key()]) for _ in range(7)))
-    await adapter.aclose()
+    await adapter.connection.aclose()
     assert fake.throttled == 0 and fake.searches() == 7
 
 
@@ -719,15 +718,15 @@ async def test_401_with_a_static_token_is_an_auth_error(fake: FakeHubSpot) -> No
     with pytest.raises(AuthError, match="401"):
         await adapter.find_contacts([phone_key()])
     assert fake.count() == 1
-    assert adapter.token_expires_at() is None
-    await adapter.aclose()
+    assert adapter.connection.token_expires_at() is None
+    await adapter.connection.aclose()
 
     missing = make_adapter(fake, hubspot_access_token=None)
-    assert "HUBSPOT_ACCESS_TOKEN" in (await missing.credentials_problem() or "")
+    assert "HUBSPOT_ACCESS_TOKEN" in (await missing.connection.credentials_problem() or "")
     with pytest.raises(AuthError, match="HUBSPOT_ACCESS_TOKEN"):
         await missing.find_contacts([phone_key()])
     assert fake.count() == 1  # nothing sent without a token
-    await missing.aclose()
+    await missing.connection.aclose()
 
 
 OAUTH = CONFIG.model_copy(update={"auth": "oauth"})
@@ -758,8 +757,8 @@ async def test_a_30_minute_token_is_refreshed_before_it_expires() -> None:
     [saved] = tokens.saved
     assert saved.refresh_token == refresh  # HubSpot's refresh token does not rotate
     assert saved.access_token != access
-    assert adapter.token_expires_at() == clock.now + 1800
-    await adapter.aclose()
+    assert adapter.connection.token_expires_at() == clock.now + 1800
+    await adapter.connection.aclose()
 
 
 async def test_the_token_request_is_form_encoded_and_carries_no_secret_in_the_url() -> None:
@@ -787,7 +786,7 @@ async def test_the_token_request_is_form_encoded_and_carries_no_secret_in_the_ur
         "grant_type": "refresh_token",
         "refresh_token": refresh,
     }
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_a_401_refreshes_once_for_concurrent_requests() -> None:
@@ -805,7 +804,7 @@ async def test_a_401_refreshes_once_for_concurrent_requests() -> None:
     assert list(results) == [[], []]
     assert fake.count(path_prefix="/oauth/") == 1
     assert len(tokens.saved) == 1
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_oauth_bootstraps_from_a_refresh_token_in_the_environment() -> None:
@@ -813,10 +812,10 @@ async def test_oauth_bootstraps_from_a_refresh_token_in_the_environment() -> Non
     _, refresh = fake.issue_oauth_pair()
     tokens = MemoryTokens()
     adapter = make_adapter(fake, config=OAUTH, tokens=tokens, hubspot_refresh_token=refresh)
-    assert await adapter.credentials_problem() is None
+    assert await adapter.connection.credentials_problem() is None
     assert await adapter.find_contacts([phone_key()]) == []
     assert len(tokens.saved) == 1
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_a_refused_refresh_token_is_an_auth_error_without_secrets() -> None:
@@ -829,21 +828,21 @@ async def test_a_refused_refresh_token_is_an_auth_error_without_secrets() -> Non
     assert "BAD_REFRESH_TOKEN" in message and "bridge auth hubspot" in message
     assert "na1-unknown" not in message and fake.client_secret not in message
     assert tokens.saved == []
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_oauth_without_client_credentials_says_so_and_sends_nothing() -> None:
     fake = oauth_fake(Clock())
     tokens = MemoryTokens(TokenPair("a", "r", 0.0))
     adapter = make_adapter(fake, config=OAUTH, tokens=tokens, hubspot_client_id="")
-    assert "HUBSPOT_CLIENT_ID" in (await adapter.credentials_problem() or "")
+    assert "HUBSPOT_CLIENT_ID" in (await adapter.connection.credentials_problem() or "")
     with pytest.raises(AuthError, match="HUBSPOT_CLIENT_ID"):
         await adapter.find_contacts([phone_key()])
     assert fake.count() == 0
-    await adapter.aclose()
+    await adapter.connection.aclose()
     unauthorised = make_adapter(fake, config=OAUTH)
-    assert "bridge auth hubspot" in (await unauthorised.credentials_problem() or "")
-    await unauthorised.aclose()
+    assert "bridge auth hubspot" in (await unauthorised.connection.credentials_problem() or "")
+    await unauthorised.connection.aclose()
 
 
 async def test_exchange_code_stores_the_pair_and_uses_it() -> None:
@@ -851,18 +850,18 @@ async def test_exchange_code_stores_the_pair_and_uses_it() -> None:
     fake.register_code("code-1")
     tokens = MemoryTokens()
     adapter = make_adapter(fake, config=OAUTH, tokens=tokens)
-    pair = await adapter.exchange_code("code-1")
+    pair = await adapter.connection.exchange_code("code-1")
     assert tokens.saved == [pair]
     assert await adapter.find_contacts([phone_key()]) == []
     assert fake.count(path_prefix="/oauth/") == 1
     with pytest.raises(AuthError, match="BAD_AUTH_CODE"):
-        await adapter.exchange_code("code-1")  # single use
-    await adapter.aclose()
+        await adapter.connection.exchange_code("code-1")  # single use
+    await adapter.connection.aclose()
 
     static = make_adapter(fake)
     with pytest.raises(AuthError, match='needs auth = "oauth"'):
-        await static.exchange_code("code-2")
-    await static.aclose()
+        await static.connection.exchange_code("code-2")
+    await static.connection.aclose()
 
 
 # ---- schema, options, plumbing ------------------------------------------------------
@@ -912,7 +911,7 @@ async def test_bridge_check_and_discover_read_the_portal(fake: FakeHubSpot) -> N
     assert "3 pipelines" in findings[0].text
     adapter = make_adapter(fake)
     snippet = config_snippet("hubspot", CONFIG, await adapter.schema())
-    await adapter.aclose()
+    await adapter.connection.aclose()
     assert 'subjects = "subjects"' in snippet
     assert '"Русский" = "russian"' in snippet
 
@@ -929,11 +928,11 @@ async def test_on_call_names_each_operation(fake: FakeHubSpot) -> None:
         ("hubspot", "deals.create", 201),
         ("hubspot", "notes.create", 201),
     ]
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_only_date_versioned_paths_exist_in_the_fake(fake: FakeHubSpot, hub: HubSpot) -> None:
-    response = await hub.http.client.post("/crm/v3/objects/contacts/search", json={})
+    response = await hub.connection.http.client.post("/crm/v3/objects/contacts/search", json={})
     assert response.status_code == 404
 
 
@@ -958,6 +957,6 @@ async def test_the_asgi_app_serves_the_same_api_and_faults(fake: FakeHubSpot) ->
         with pytest.raises(TransientCrmError, match="503"):
             await adapter.get_deal(deal.id)
         fake.up()
-        await adapter.aclose()
+        await adapter.connection.aclose()
     finally:
         stop()

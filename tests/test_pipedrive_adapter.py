@@ -24,10 +24,9 @@ from bridge.crm.pipedrive_budget import TOKEN_COSTS, TokenBudget, budget_hooks
 from bridge.crm.pipedrive_json import (
     custom_fields_json,
     field_text,
-    note_html,
-    note_text,
     search_params,
 )
+from bridge.crm.richtext import note_html, note_text
 from bridge.crmconfig import schema_problems
 from bridge.domain import (
     Contact,
@@ -151,9 +150,9 @@ def make_adapter(
         clock=fake.clock,
     )
     if not real_limiter:  # keep quick retries quick; the rates themselves are tested apart
-        adapter.http.limiter = RateLimiter(1000, sleep=no_wait)
+        adapter.connection.http.limiter = RateLimiter(1000, sleep=no_wait)
         adapter.search_limiter = RateLimiter(1000, sleep=no_wait)
-        adapter.http.backoff_initial, adapter.http.backoff_max = 0.001, 0.01
+        adapter.connection.http.backoff_initial, adapter.connection.http.backoff_max = 0.001, 0.01
     return adapter
 
 
@@ -166,7 +165,7 @@ def fake() -> FakePipedrive:
 async def pd(fake: FakePipedrive) -> AsyncIterator[Pipedrive]:
     adapter = make_adapter(fake)
     yield adapter
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 def phone_key(value: str = "+79991234567") -> LookupKey:
@@ -417,7 +416,7 @@ async def test_without_a_telegram_field_its_search_is_not_made(fake: FakePipedri
     found = await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)
     assert found is not None and found.id == str(ivan) and found.deal_ids == ()
     assert paths(fake) == ["GET /api/v2/persons/search"]  # phone only; nothing to read
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_email_is_matched_exactly_and_case_insensitively(
@@ -655,28 +654,28 @@ async def test_a_persistent_429_surfaces_rate_limited(fake: FakePipedrive, pd: P
     fake.fail_next(10, status=429)
     with pytest.raises(RateLimited):
         await pd.get_deal("5")
-    assert len(fake.calls) == pd.http.quick_tries
+    assert len(fake.calls) == pd.connection.http.quick_tries
 
 
 async def test_bursts_beyond_the_2_second_windows_get_429s() -> None:
     fake = FakePipedrive(CONFIG)  # 20 requests and 10 searches per 2 s
     adapter = make_adapter(fake)
-    adapter.http.quick_tries = 1
+    adapter.connection.http.quick_tries = 1
     reads = await asyncio.gather(
         *(adapter.get_deal("1") for _ in range(25)), return_exceptions=True
     )
     assert sum(isinstance(result, RateLimited) for result in reads) == 5
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
     fake = FakePipedrive(CONFIG, rate_limit=1000)
     adapter = make_adapter(fake)
-    adapter.http.quick_tries = 1
+    adapter.connection.http.quick_tries = 1
     searches = await asyncio.gather(
         *(adapter.search_persons(phone_key()) for _ in range(12)), return_exceptions=True
     )
     assert sum(isinstance(result, RateLimited) for result in searches) == 2
     assert fake.calls[-1].status == 429
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_the_adapters_search_pace_stays_under_10_per_2_seconds() -> None:
@@ -684,7 +683,7 @@ async def test_the_adapters_search_pace_stays_under_10_per_2_seconds() -> None:
     adapter = make_adapter(fake, real_limiter=True)
     for _ in range(11):
         await adapter.search_persons(phone_key())
-    await adapter.aclose()
+    await adapter.connection.aclose()
     assert fake.throttled == 0
 
 
@@ -702,7 +701,7 @@ async def test_the_budget_counts_what_pipedrive_counts(fake: FakePipedrive, pd: 
     await pd.list_deals(contact)
     await pd.schema()
     assert pd.budget.used == fake.tokens_used == 20 + 1 + 5 + 1 + 5 + 10 + 20 + 10 + 30
-    health = pd.health_details()
+    health = pd.connection.health_details()
     assert health["daily_tokens_used"] == 102
     assert health["daily_tokens_remaining"] == 30_000 - 102
     assert health["daily_token_budget"] == 30_000
@@ -719,11 +718,11 @@ async def test_a_spent_budget_refuses_without_calling_until_midnight_utc() -> No
         await adapter.search_persons(phone_key())
     assert error.value.retry_after == pytest.approx(2 * 3600)
     assert len(fake.calls) == 2
-    assert adapter.health_details()["daily_tokens_remaining"] == 5
+    assert adapter.connection.health_details()["daily_tokens_remaining"] == 5
     now[0] += 2 * 3600  # midnight UTC
     await adapter.search_persons(phone_key())
     assert adapter.budget.used == 20
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_pipedrives_own_budget_answers_429(fake: FakePipedrive, pd: Pipedrive) -> None:
@@ -791,22 +790,22 @@ async def test_the_api_token_goes_in_a_header_never_in_the_url(fake: FakePipedri
         await adapter.search_persons(phone_key())
     assert "t0ken" not in str(error.value)
     assert len(recorder.requests) == 2  # a 401 with an API token is final
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_no_api_token_is_an_auth_error_without_a_call(fake: FakePipedrive) -> None:
     adapter = make_adapter(fake, pipedrive_api_token=None)
-    assert await adapter.credentials_problem() == (
+    assert await adapter.connection.credentials_problem() == (
         'no credentials: set PIPEDRIVE_API_TOKEN or use auth = "oauth" and run'
         " `bridge auth pipedrive`"
     )
     with pytest.raises(AuthError, match="PIPEDRIVE_API_TOKEN"):
         await adapter.search_persons(phone_key())
     assert fake.calls == []
-    assert adapter.token_expires_at() is None
+    assert adapter.connection.token_expires_at() is None
     with pytest.raises(AuthError, match="long_lived_token"):
-        await adapter.exchange_code("code")
-    await adapter.aclose()
+        await adapter.connection.exchange_code("code")
+    await adapter.connection.aclose()
 
 
 async def test_oauth_expired_token_is_refreshed_once_for_concurrent_requests(
@@ -827,12 +826,14 @@ async def test_oauth_expired_token_is_refreshed_once_for_concurrent_requests(
     [saved] = tokens.saved
     assert saved.access_token != access
     assert saved.refresh_token == refresh  # Pipedrive keeps the refresh token
-    assert adapter.token_expires_at() == pytest.approx(fake.clock() + fake.oauth_ttl, abs=5)
+    assert adapter.connection.token_expires_at() == pytest.approx(
+        fake.clock() + fake.oauth_ttl, abs=5
+    )
     [token_request] = [r for r in recorder.requests if r.url.path == "/oauth/token"]
     assert str(token_request.url) == "https://oauth.pipedrive.com/oauth/token"
     assert token_request.headers["authorization"].startswith("Basic ")
     assert recorder.requests[-1].headers["authorization"] == f"Bearer {saved.access_token}"
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_oauth_stores_a_rotated_refresh_token(fake: FakePipedrive) -> None:
@@ -845,7 +846,7 @@ async def test_oauth_stores_a_rotated_refresh_token(fake: FakePipedrive) -> None
     assert paths(fake) == ["POST /oauth/token", "GET /api/v2/persons/search"]
     [saved] = tokens.saved
     assert saved.refresh_token != refresh
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_oauth_bootstraps_from_a_refresh_token_in_the_environment(
@@ -854,10 +855,10 @@ async def test_oauth_bootstraps_from_a_refresh_token_in_the_environment(
     _, refresh = fake.issue_oauth_pair()
     tokens = MemoryTokens()
     adapter = make_adapter(fake, config=OAUTH, tokens=tokens, pipedrive_refresh_token=refresh)
-    assert await adapter.credentials_problem() is None
+    assert await adapter.connection.credentials_problem() is None
     assert await adapter.search_persons(phone_key()) == []
     assert len(tokens.saved) == 1
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_a_refused_refresh_token_is_an_auth_error_naming_no_secret(
@@ -871,7 +872,7 @@ async def test_a_refused_refresh_token_is_an_auth_error_naming_no_secret(
     assert "Invalid refresh token" in message and "bridge auth pipedrive" in message
     assert "unknown-refresh" not in message and fake.client_secret not in message
     assert tokens.saved == []
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_oauth_without_client_credentials_is_an_auth_error(fake: FakePipedrive) -> None:
@@ -880,21 +881,24 @@ async def test_oauth_without_client_credentials_is_an_auth_error(fake: FakePiped
     with pytest.raises(AuthError, match="PIPEDRIVE_CLIENT_ID"):
         await adapter.search_persons(phone_key())
     assert fake.calls == []
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_exchange_code_stores_the_pair_and_uses_it(fake: FakePipedrive) -> None:
     fake.register_code("code-1")
     tokens = MemoryTokens()
     adapter = make_adapter(fake, config=OAUTH, tokens=tokens)
-    assert await adapter.credentials_problem() == "not authorised: run `bridge auth pipedrive`"
-    pair = await adapter.exchange_code("code-1")
+    assert (
+        await adapter.connection.credentials_problem()
+        == "not authorised: run `bridge auth pipedrive`"
+    )
+    pair = await adapter.connection.exchange_code("code-1")
     assert tokens.saved == [pair]
     assert await adapter.search_persons(phone_key()) == []
     assert fake.count(path_prefix="/oauth/") == 1
     with pytest.raises(AuthError, match="authorization code rejected"):
-        await adapter.exchange_code("code-1")  # single use
-    await adapter.aclose()
+        await adapter.connection.exchange_code("code-1")  # single use
+    await adapter.connection.aclose()
 
 
 # ---- schema, options, on_call, the ASGI fake ----------------------------------------
@@ -952,7 +956,7 @@ async def test_on_call_sees_each_operation(fake: FakePipedrive) -> None:
         ("pipedrive", "persons.create", 200),
         ("pipedrive", "deals.create", 200),
     ]
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_the_asgi_app_serves_the_same_api_and_faults(fake: FakePipedrive) -> None:
@@ -973,6 +977,6 @@ async def test_the_asgi_app_serves_the_same_api_and_faults(fake: FakePipedrive) 
         with pytest.raises(TransientCrmError, match="503"):
             await adapter.search_persons(phone_key())
         fake.up()
-        await adapter.aclose()
+        await adapter.connection.aclose()
     finally:
         stop()

@@ -19,7 +19,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from bridge.app import create_app
-from bridge.crm.pipedrive_json import note_html, note_text
+from bridge.crm.richtext import note_html, note_text
 from bridge.settings import FileConfig, load_file_config
 from tests.conftest import SECRET, Bridge, make_settings, payment_payload, signed
 from tests.fakes.pipedrive import FakePipedrive

@@ -1,7 +1,7 @@
 """Bitrix24 (cloud REST: inbound webhook or OAuth 2.0) as a `CrmAdapter`.
 
-Shapes are `bitrix24_json`, method and batch calls `bitrix24_calls`, the transport,
-token auth and token server `bitrix24_rest`; here: the adapter and `build_bitrix24`.
+Shapes are `bitrix24_json`, method and batch calls `bitrix24_calls`, the transport and
+token auth `bitrix24_rest`; here: the adapter, its token server and `build_bitrix24`.
 Reads are GET (retried after a 5xx or a timeout), writes POST; a `batch` of up to 50
 methods is one request for the leaky bucket. Requests per method:
 
@@ -41,17 +41,17 @@ from datetime import UTC, datetime
 import httpx
 
 from bridge.crm import bitrix24_json as bx
-from bridge.crm.base import Confirm, CrmHttp, CrmSchema, CustomField, RateLimiter, first_confirmed
+from bridge.crm.base import Confirm, CrmSchema, CustomField, first_confirmed
 from bridge.crm.bitrix24_calls import JSON, BatchAnswer, BitrixCalls, Commands
 from bridge.crm.bitrix24_json import BitrixOptions
 from bridge.crm.bitrix24_rest import (
     WEBHOOK_BASE,
-    BitrixOAuth,
     BitrixTokenAuth,
     BitrixTransport,
     WebhookAuth,
     webhook_problem,
 )
+from bridge.crm.connection import Connection, OAuthEndpoint
 from bridge.domain import (
     Contact,
     ContactPatch,
@@ -62,9 +62,8 @@ from bridge.domain import (
     NewContact,
     NewDeal,
 )
-from bridge.errors import AuthError
-from bridge.settings import CrmConfig, Settings, secret_value
-from bridge.tokens import OAuthTokenSource, StaticToken, TokenPair, TokenRepository, TokenSource
+from bridge.settings import CrmConfig, Settings, crm_secrets
+from bridge.tokens import TokenRepository
 
 OnCall = Callable[[str, str, float, int], None]
 PREFETCH_TTL = 10.0  # seconds a prefetched deal list may be handed to list_deals
@@ -82,24 +81,13 @@ class Bitrix24:
     """One Bitrix24 portal. Build it with `build_bitrix24`; it owns one HTTP client."""
 
     def __init__(
-        self,
-        name: str,
-        config: CrmConfig,
-        options: BitrixOptions,
-        http: CrmHttp,
-        source: TokenSource,
-        oauth: BitrixOAuth,
-        tokens: TokenRepository,
-        clock: Callable[[], float] = time.time,
+        self, connection: Connection, options: BitrixOptions, clock: Callable[[], float] = time.time
     ) -> None:
-        self.name = name
-        self.config = config
+        self.name = connection.name
+        self.config = connection.config
+        self.connection = connection
         self.options = options
-        self.http = http
-        self._calls = BitrixCalls(name, http)
-        self._source = source
-        self._oauth = oauth
-        self._tokens = tokens
+        self._calls = BitrixCalls(connection)
         self._clock = clock
         self._prefetch: dict[str, _Prefetch] = {}
 
@@ -263,7 +251,7 @@ class Bitrix24:
             "crm.timeline.comment.add", "notes.add", {"fields": fields}, write=True
         )
 
-    # ---- schema, credentials --------------------------------------------------------
+    # ---- schema -----------------------------------------------------------
 
     async def schema(self) -> CrmSchema:
         commands: Commands = {
@@ -288,28 +276,6 @@ class Bitrix24:
         with self._calls.reading("schema"):
             pipelines = tuple(bx.pipeline_from(c, stages.get(bx.stages_key(c))) for c in categories)
         return CrmSchema(pipelines=pipelines, fields=tuple(fields))
-
-    async def exchange_code(self, code: str) -> TokenPair:
-        """`bridge auth`: trade an authorization code for a pair and store it before use."""
-        if self.config.auth != "oauth":
-            raise AuthError(self.name, 'codes are exchanged only with auth = "oauth"')
-        pair = await self._oauth.exchange_code(code)
-        await self._tokens.save_tokens(self.name, pair)
-        if isinstance(self._source, OAuthTokenSource):
-            self._source.forget()
-        return pair
-
-    async def credentials_problem(self) -> str | None:
-        return await self._source.problem()
-
-    def token_expires_at(self) -> float | None:
-        return self._source.expires_at()
-
-    def health_details(self) -> Mapping[str, object]:
-        return {"rate_limit_per_second": round(self.http.limiter.rate, 2)}
-
-    async def aclose(self) -> None:
-        await self.http.client.aclose()
 
     # ---- helpers ------------------------------------------------------------------
 
@@ -368,32 +334,43 @@ def build_bitrix24(
     `base_url` (the portal) with the `auth` parameter.
     """
     options = BitrixOptions.from_config(name, config.options)
+    secrets = crm_secrets(settings, name, "WEBHOOK_URL")
     inner = transport or httpx.AsyncHTTPTransport()
-    webhook = secret_value(settings.bitrix24_webhook_url)
-    problem = webhook_problem(webhook)
+    webhook = secrets.token
+    problem = webhook_problem(webhook, secrets.var("WEBHOOK_URL"))
     if config.auth == "oauth":
         base, wire = config.base_url.rstrip("/") + "/rest/", BitrixTransport(inner, clock=clock)
     else:
         base = WEBHOOK_BASE
         wire = BitrixTransport(inner, webhook if problem is None else None, clock)
-    client = httpx.AsyncClient(
-        base_url=base, timeout=config.request_timeout_seconds, transport=wire
+    connection = Connection(
+        name,
+        config,
+        secrets,
+        tokens,
+        oauth_endpoint(options.oauth_server),
+        transport=wire,
+        on_call=on_call,
+        clock=clock,
+        base_url=base,
+        burst=options.burst,
+        oauth_auth=BitrixTokenAuth,
+        static_auth=WebhookAuth,
+        static_token=(webhook if problem is None else None, problem or ""),
     )
-    limiter = RateLimiter(config.rate_limit_per_second, burst=options.burst)
-    http = CrmHttp(name, client, limiter, on_call=on_call)
-    oauth = BitrixOAuth(name, http, settings, options.oauth_server, clock)
-    source: TokenSource
-    if config.auth == "oauth":
-        source = OAuthTokenSource(
-            name,
-            tokens,
-            oauth.refresh,
-            bootstrap_refresh_token=secret_value(settings.bitrix24_refresh_token),
-            refresh_margin_seconds=0.0,  # Bitrix: refresh when expired, not ahead of time
-            clock=clock,
-        )
-        client.auth = BitrixTokenAuth(source)
-    else:
-        source = StaticToken(name, webhook if problem is None else None, problem or "")
-        client.auth = WebhookAuth(source)
-    return Bitrix24(name, config, options, http, source, oauth, tokens, clock)
+    return Bitrix24(connection, options, clock)
+
+
+def oauth_endpoint(server: str) -> OAuthEndpoint:
+    """GET {server}/oauth/token/ with everything in the query (never echoed: it holds the
+    client secret). Each refresh answers a new refresh token, the old one is spent; Bitrix
+    asks apps to refresh on `expired_token`, not ahead of time [b24-rest-docs
+    settings/oauth/index.md]."""
+    return OAuthEndpoint(
+        server.rstrip("/") + "/oauth/token/",
+        style="query",
+        error_fields=("error",),
+        rotates=True,
+        refused=frozenset({400, 401, 403, 404}),
+        refresh_margin=0.0,
+    )

@@ -356,4 +356,5 @@ def _oauth_error(status: str, message: str) -> FakeResponse:
 
 def _rendered(body: str) -> str:
     text = re.sub(r"<br\s*/?>|</(?:p|div)>", "\n", body, flags=re.IGNORECASE)
-    return html.unescape(re.sub(r"<[^>]*>", "", text)).rstrip("\n")
+    # A reader sees a space where the note keeps leading spaces as &nbsp;.
+    return html.unescape(re.sub(r"<[^>]*>", "", text)).replace("\xa0", " ").rstrip("\n")
