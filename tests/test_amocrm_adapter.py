@@ -16,6 +16,7 @@ import pytest
 
 from bridge.crm.amocrm import AmoCrm, build_amocrm, field_values_json, search_query
 from bridge.crm.base import RateLimiter
+from bridge.crm.connection import Wiring
 from bridge.domain import (
     Contact,
     ContactPatch,
@@ -90,13 +91,15 @@ def make_adapter(
     values.update(env)
     settings = Settings(_env_file=None, file=FileConfig(crm={"amocrm": config}), **values)
     adapter = build_amocrm(
-        "amocrm",
-        config,
-        settings,
-        tokens or MemoryTokens(),
-        transport=transport or fake.transport(),
-        on_call=on_call,
-        clock=fake.clock,
+        Wiring(
+            "amocrm",
+            config,
+            settings,
+            tokens or MemoryTokens(),
+            transport=transport or fake.transport(),
+            on_call=on_call,
+            clock=fake.clock,
+        )
     )
     if not real_limiter:  # keep quick retries quick; the rate itself is tested apart
         adapter.connection.http.limiter = RateLimiter(1000, sleep=no_wait)

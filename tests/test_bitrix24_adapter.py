@@ -26,6 +26,7 @@ from bridge.crm.bitrix24_json import (
     php_query,
 )
 from bridge.crm.bitrix24_rest import webhook_problem
+from bridge.crm.connection import Wiring
 from bridge.crmconfig import schema_problems
 from bridge.domain import (
     Contact,
@@ -118,13 +119,15 @@ def make_adapter(
     values.update(env)
     settings = Settings(_env_file=None, file=FileConfig(crm={"bitrix24": config}), **values)
     adapter = build_bitrix24(
-        "bitrix24",
-        config,
-        settings,
-        tokens or MemoryTokens(),
-        transport=transport or fake.transport(),
-        on_call=on_call,
-        clock=clock or fake.clock,
+        Wiring(
+            "bitrix24",
+            config,
+            settings,
+            tokens or MemoryTokens(),
+            transport=transport or fake.transport(),
+            on_call=on_call,
+            clock=clock or fake.clock,
+        )
     )
     adapter.connection.http.limiter = limiter or RateLimiter(1000, sleep=no_wait)
     adapter.connection.http.backoff_initial, adapter.connection.http.backoff_max = 0.001, 0.01
@@ -891,7 +894,7 @@ async def test_a_real_transport_is_built_when_none_is_given() -> None:
     config = CONFIG.model_copy(update={"request_timeout_seconds": 0.5})
     settings = Settings(_env_file=None, file=FileConfig(crm={"bitrix24": config}),
                         bitrix24_webhook_url="http://127.0.0.1:9/rest/1/abc/")  # fmt: skip
-    adapter = build_bitrix24("bitrix24", config, settings, MemoryTokens())
+    adapter = build_bitrix24(Wiring("bitrix24", config, settings, MemoryTokens()))
     adapter.connection.http.backoff_initial, adapter.connection.http.backoff_max = 0.001, 0.01
     with pytest.raises(TransientCrmError, match="cannot connect") as failed:
         await adapter.get_deal("1")

@@ -17,6 +17,7 @@ import pytest
 
 from bridge import checks
 from bridge.crm.base import RateLimiter
+from bridge.crm.connection import Wiring
 from bridge.crm.hubspot import HubSpot, build_hubspot
 from bridge.crm.hubspot_json import (
     contact_search_json,
@@ -105,13 +106,15 @@ def make_adapter(
     values.update(env)
     settings = Settings(_env_file=None, file=FileConfig(crm={"hubspot": config}), **values)
     adapter = build_hubspot(
-        "hubspot",
-        config,
-        settings,
-        tokens or MemoryTokens(),
-        transport=transport or fake.transport(),
-        on_call=on_call,
-        clock=fake.clock,
+        Wiring(
+            "hubspot",
+            config,
+            settings,
+            tokens or MemoryTokens(),
+            transport=transport or fake.transport(),
+            on_call=on_call,
+            clock=fake.clock,
+        )
     )
     if not real_limiter:  # keep quick retries quick; the rates themselves are tested apart
         for http in (adapter.connection.http, adapter.search_http):

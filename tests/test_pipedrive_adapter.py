@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from bridge.crm.base import RateLimiter, error_for_status
+from bridge.crm.connection import Wiring
 from bridge.crm.pipedrive import Pipedrive, build_pipedrive
 from bridge.crm.pipedrive_budget import TOKEN_COSTS, TokenBudget, budget_hooks
 from bridge.crm.pipedrive_json import (
@@ -141,13 +142,15 @@ def make_adapter(
     recorder = RecordingTransport(transport or fake.transport())
     SENT.append(recorder)
     adapter = build_pipedrive(
-        "pipedrive",
-        config,
-        settings,
-        tokens or MemoryTokens(),
-        transport=recorder,
-        on_call=on_call,
-        clock=fake.clock,
+        Wiring(
+            "pipedrive",
+            config,
+            settings,
+            tokens or MemoryTokens(),
+            transport=recorder,
+            on_call=on_call,
+            clock=fake.clock,
+        )
     )
     if not real_limiter:  # keep quick retries quick; the rates themselves are tested apart
         adapter.connection.http.limiter = RateLimiter(1000, sleep=no_wait)

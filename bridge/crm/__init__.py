@@ -1,42 +1,28 @@
 """CRM adapters: one builder per CRM kind, chosen by the `kind` of each `[crm.NAME]` section.
 
 `BUILDERS` is the registry: mypy checks every entry against `Builder`, and the `kind`
-values a configuration may use are its keys. A builder returns its adapter on a
-`Connection` (bridge.crm.connection) that owns the one HTTP client of that CRM.
+values a configuration may use are its keys. A builder takes the `Wiring` of one section and
+returns its adapter on a `Connection` (bridge.crm.connection), which owns that CRM's one
+HTTP client.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Protocol
 
 import httpx
 
 from bridge.crm.amocrm import build_amocrm
 from bridge.crm.base import CrmAdapter
 from bridge.crm.bitrix24 import build_bitrix24
+from bridge.crm.connection import OnCall, Wiring
 from bridge.crm.hubspot import build_hubspot
 from bridge.crm.pipedrive import build_pipedrive
 from bridge.settings import CrmConfig, Settings
 from bridge.tokens import TokenRepository
 
-OnCall = Callable[[str, str, float, int], None]
-
-
-class Builder(Protocol):
-    def __call__(
-        self,
-        name: str,
-        config: CrmConfig,
-        settings: Settings,
-        tokens: TokenRepository,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-        on_call: OnCall | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> CrmAdapter: ...
-
+Builder = Callable[[Wiring], CrmAdapter]
 
 BUILDERS: Mapping[str, Builder] = {
     "amocrm": build_amocrm,
@@ -56,8 +42,8 @@ def build_adapter(
     on_call: OnCall | None = None,
     clock: Callable[[], float] = time.time,
 ) -> CrmAdapter:
-    build = BUILDERS[config.kind]
-    return build(name, config, settings, tokens, transport=transport, on_call=on_call, clock=clock)
+    wiring = Wiring(name, config, settings, tokens, transport, on_call, clock)
+    return BUILDERS[config.kind](wiring)
 
 
 def build_adapters(

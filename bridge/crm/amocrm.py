@@ -20,17 +20,15 @@ Lists are paged while the answer carries `_links.next`; an empty list is HTTP 20
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-import httpx
 import phonenumbers
 
 from bridge.crm.base import JSON, Confirm, CrmSchema, CustomField, Pipeline, first_confirmed
-from bridge.crm.connection import Connection, OAuthEndpoint
+from bridge.crm.connection import Connection, OAuthEndpoint, Wiring
 from bridge.domain import (
     Contact,
     ContactPatch,
@@ -43,13 +41,11 @@ from bridge.domain import (
     NewDeal,
 )
 from bridge.errors import PermanentCrmError
-from bridge.settings import CrmConfig, Settings, crm_secrets
-from bridge.tokens import TokenRepository
+from bridge.settings import CrmConfig
 
 SEARCH_LIMIT = 50
 PAGE_LIMIT = 250
 MAX_PAGES = 100  # a runaway `next` link must not loop forever
-OnCall = Callable[[str, str, float, int], None]
 
 
 # ---- domain → v4 JSON ---------------------------------------------------------------
@@ -223,13 +219,13 @@ OAUTH = OAuthEndpoint(
 class AmoCrm:
     """One amoCRM account. Build it with `build_amocrm`."""
 
-    def __init__(self, connection: Connection, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, connection: Connection) -> None:
         self.name = connection.name
         self.config = connection.config
         self.connection = connection
         self._send = connection.send
         self._reading = connection.reading
-        self._clock = clock
+        self._clock = connection.clock
 
     async def find_contact(self, keys: Sequence[LookupKey], confirm: Confirm) -> Contact | None:
         # One search per key, stopping at the first confirmed hit: a returning customer
@@ -374,27 +370,7 @@ class AmoCrm:
 # ---- the builder --------------------------------------------------------------------
 
 
-def build_amocrm(
-    name: str,
-    config: CrmConfig,
-    settings: Settings,
-    tokens: TokenRepository,
-    *,
-    transport: httpx.AsyncBaseTransport | None = None,
-    on_call: OnCall | None = None,
-    clock: Callable[[], float] = time.time,
-) -> AmoCrm:
+def build_amocrm(wiring: Wiring) -> AmoCrm:
     """The adapter on its connection (one HTTP client, rate limiter, token source)."""
-    secrets = crm_secrets(settings, name, "ACCESS_TOKEN")
-    connection = Connection(
-        name,
-        config,
-        secrets,
-        tokens,
-        OAUTH,
-        transport=transport,
-        on_call=on_call,
-        clock=clock,
-        empty_answer=None,  # an empty list is a 204
-    )
-    return AmoCrm(connection, clock)
+    # An empty list is a 204.
+    return AmoCrm(Connection(wiring, wiring.secrets("ACCESS_TOKEN"), OAUTH, empty_answer=None))

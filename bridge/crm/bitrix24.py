@@ -33,8 +33,7 @@ Options (`[crm.NAME.options]`, see `BitrixOptions`): `burst`, `currency_id`,
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -51,7 +50,7 @@ from bridge.crm.bitrix24_rest import (
     WebhookAuth,
     webhook_problem,
 )
-from bridge.crm.connection import Connection, OAuthEndpoint
+from bridge.crm.connection import Connection, OAuthEndpoint, Wiring
 from bridge.domain import (
     Contact,
     ContactPatch,
@@ -62,10 +61,7 @@ from bridge.domain import (
     NewContact,
     NewDeal,
 )
-from bridge.settings import CrmConfig, Settings, crm_secrets
-from bridge.tokens import TokenRepository
 
-OnCall = Callable[[str, str, float, int], None]
 PREFETCH_TTL = 10.0  # seconds a prefetched deal list may be handed to list_deals
 PREFETCH_CANDIDATES = 5  # contacts whose deals the second lookup batch reads too
 
@@ -80,15 +76,13 @@ class _Prefetch:
 class Bitrix24:
     """One Bitrix24 portal. Build it with `build_bitrix24`; it owns one HTTP client."""
 
-    def __init__(
-        self, connection: Connection, options: BitrixOptions, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, connection: Connection, options: BitrixOptions) -> None:
         self.name = connection.name
         self.config = connection.config
         self.connection = connection
         self.options = options
         self._calls = BitrixCalls(connection)
-        self._clock = clock
+        self._clock = connection.clock
         self._prefetch: dict[str, _Prefetch] = {}
 
     # ---- contacts -------------------------------------------------------------------
@@ -317,25 +311,17 @@ class Bitrix24:
 # ---- the builder --------------------------------------------------------------------
 
 
-def build_bitrix24(
-    name: str,
-    config: CrmConfig,
-    settings: Settings,
-    tokens: TokenRepository,
-    *,
-    transport: httpx.AsyncBaseTransport | None = None,
-    on_call: OnCall | None = None,
-    clock: Callable[[], float] = time.time,
-) -> Bitrix24:
+def build_bitrix24(wiring: Wiring) -> Bitrix24:
     """The adapter with its one HTTP client, rate limiter and credentials.
 
     `auth = "long_lived_token"`: the inbound webhook URL (BITRIX24_WEBHOOK_URL), which
     holds its secret in its path; `auth = "oauth"`: tokens from `bridge auth`, calls to
     `base_url` (the portal) with the `auth` parameter.
     """
-    options = BitrixOptions.from_config(name, config.options)
-    secrets = crm_secrets(settings, name, "WEBHOOK_URL")
-    inner = transport or httpx.AsyncHTTPTransport()
+    config, clock = wiring.config, wiring.clock
+    options = BitrixOptions.from_config(wiring.name, config.options)
+    secrets = wiring.secrets("WEBHOOK_URL")
+    inner = wiring.transport or httpx.AsyncHTTPTransport()
     webhook = secrets.token
     problem = webhook_problem(webhook, secrets.var("WEBHOOK_URL"))
     if config.auth == "oauth":
@@ -344,21 +330,17 @@ def build_bitrix24(
         base = WEBHOOK_BASE
         wire = BitrixTransport(inner, webhook if problem is None else None, clock)
     connection = Connection(
-        name,
-        config,
+        wiring,
         secrets,
-        tokens,
         oauth_endpoint(options.oauth_server),
         transport=wire,
-        on_call=on_call,
-        clock=clock,
         base_url=base,
         burst=options.burst,
         oauth_auth=BitrixTokenAuth,
         static_auth=WebhookAuth,
         static_token=(webhook if problem is None else None, problem or ""),
     )
-    return Bitrix24(connection, options, clock)
+    return Bitrix24(connection, options)
 
 
 def oauth_endpoint(server: str) -> OAuthEndpoint:

@@ -25,7 +25,7 @@ import httpx
 
 from bridge.crm.base import JSON, CrmHttp, RateLimiter, error_for_status
 from bridge.errors import AuthError, PermanentCrmError, TransientCrmError
-from bridge.settings import CrmConfig, CrmSecrets
+from bridge.settings import CrmConfig, CrmSecrets, Settings, crm_secrets
 from bridge.tokens import (
     BearerAuth,
     OAuthTokenSource,
@@ -37,6 +37,23 @@ from bridge.tokens import (
 
 OnCall = Callable[[str, str, float, int], None]
 AuthFlow = Callable[[TokenSource], httpx.Auth]
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What every builder gets: its `[crm.NAME]` section, the settings (for the section's
+    secrets), the token store, and the transport, call observer and clock tests replace."""
+
+    name: str
+    config: CrmConfig
+    settings: Settings
+    tokens: TokenRepository
+    transport: httpx.AsyncBaseTransport | None = None
+    on_call: OnCall | None = None
+    clock: Callable[[], float] = time.time
+
+    def secrets(self, token_name: str) -> CrmSecrets:
+        return crm_secrets(self.settings, self.name, token_name)
 
 
 class NotJson:
@@ -87,15 +104,11 @@ class Connection:
 
     def __init__(
         self,
-        name: str,
-        config: CrmConfig,
+        wiring: Wiring,
         secrets: CrmSecrets,
-        tokens: TokenRepository,
         endpoint: OAuthEndpoint,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
-        on_call: OnCall | None = None,
-        clock: Callable[[], float] = time.time,
         base_url: str | None = None,
         burst: int = 1,
         event_hooks: Mapping[str, list[Callable[..., Any]]] | None = None,
@@ -104,21 +117,22 @@ class Connection:
         static_token: tuple[str | None, str] | None = None,
         empty_answer: JSON = NotJson,
     ) -> None:
+        name, config, tokens, clock = wiring.name, wiring.config, wiring.tokens, wiring.clock
         self.name = name
         self.config = config
         self.secrets = secrets
         self.endpoint = endpoint
         self.empty_answer = empty_answer
         self._tokens = tokens
-        self._clock = clock
+        self.clock = clock
         self.client = httpx.AsyncClient(
             base_url=base_url or config.base_url,
             timeout=config.request_timeout_seconds,
-            transport=transport,
+            transport=transport or wiring.transport,
             event_hooks=dict(event_hooks or {}),
         )
         limiter = RateLimiter(config.rate_limit_per_second, burst=burst)
-        self.http = CrmHttp(name, self.client, limiter, on_call=on_call)
+        self.http = CrmHttp(name, self.client, limiter, on_call=wiring.on_call)
         self.source: TokenSource
         if config.auth == "oauth":
             self.source = OAuthTokenSource(
@@ -222,7 +236,7 @@ class Connection:
             refresh = body.get("refresh_token") or (None if self.endpoint.rotates else presented)
             if not refresh:
                 raise ValueError("no refresh_token")
-            expires_at = self._clock() + float(body["expires_in"])
+            expires_at = self.clock() + float(body["expires_in"])
             return TokenPair(str(body["access_token"]), str(refresh), expires_at)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise TransientCrmError(self.name, f"{where}: malformed answer") from exc

@@ -32,15 +32,12 @@ may lag a few seconds behind.
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
-
 from bridge.crm.base import JSON, Confirm, CrmSchema, CustomField, first_confirmed
-from bridge.crm.connection import Connection, OAuthEndpoint
+from bridge.crm.connection import Connection, OAuthEndpoint, Wiring
 from bridge.crm.hubspot_json import (
     OBJECTS,
     PIPELINES,
@@ -62,15 +59,13 @@ from bridge.crm.hubspot_json import (
 from bridge.crm.richtext import note_text
 from bridge.domain import Contact, ContactPatch, Deal, FieldUpdate, LookupKey, NewContact, NewDeal
 from bridge.errors import ConfigError, PermanentCrmError
-from bridge.settings import CrmConfig, Settings, crm_secrets
-from bridge.tokens import TokenRepository
+from bridge.settings import CrmConfig
 
 SEARCH_LIMIT = 100  # per page; HubSpot allows 200
 MAX_PAGES = 20
 BATCH_READ = 100
 DEFAULT_SEARCH_RATE = 4.0  # HubSpot allows 5 searches per second per account
 _EXISTING_ID = re.compile(r"Existing ID: (\d+)")
-OnCall = Callable[[str, str, float, int], None]
 
 
 # POST /oauth/v3/token with a form body (v3 refuses the query parameters v1 took). Access
@@ -86,16 +81,14 @@ OAUTH = OAuthEndpoint(
 class HubSpot:
     """One HubSpot account. Build it with `build_hubspot`."""
 
-    def __init__(
-        self, connection: Connection, search_rate: float, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, connection: Connection, search_rate: float) -> None:
         self.name = connection.name
         self.config = connection.config
         self.connection = connection
         self.http = connection.http
         self.search_http = connection.lane("search_rate_limit_per_second", search_rate)
         self._reading = connection.reading
-        self._clock = clock
+        self._clock = connection.clock
 
     # ---- contacts -------------------------------------------------------------------
 
@@ -267,27 +260,8 @@ def search_rate(config: CrmConfig) -> float:
     return float(value)
 
 
-def build_hubspot(
-    name: str,
-    config: CrmConfig,
-    settings: Settings,
-    tokens: TokenRepository,
-    *,
-    transport: httpx.AsyncBaseTransport | None = None,
-    on_call: OnCall | None = None,
-    clock: Callable[[], float] = time.time,
-) -> HubSpot:
+def build_hubspot(wiring: Wiring) -> HubSpot:
     """The adapter on its connection, with a second rate limiter for searches."""
-    searches_per_second = search_rate(config)
-    connection = Connection(
-        name,
-        config,
-        crm_secrets(settings, name, "ACCESS_TOKEN"),
-        tokens,
-        OAUTH,
-        transport=transport,
-        on_call=on_call,
-        clock=clock,
-        empty_answer={},
-    )
-    return HubSpot(connection, searches_per_second, clock)
+    searches_per_second = search_rate(wiring.config)
+    secrets = wiring.secrets("ACCESS_TOKEN")
+    return HubSpot(Connection(wiring, secrets, OAUTH, empty_answer={}), searches_per_second)

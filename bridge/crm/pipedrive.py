@@ -26,12 +26,9 @@ closed when its status is won or lost (Pipedrive's stages carry no closed flag).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
-
-import httpx
 
 from bridge.crm.base import (
     JSON,
@@ -41,7 +38,7 @@ from bridge.crm.base import (
     RateLimiter,
     first_confirmed,
 )
-from bridge.crm.connection import ApiTokenHeader, Connection, OAuthEndpoint
+from bridge.crm.connection import ApiTokenHeader, Connection, OAuthEndpoint, Wiring
 from bridge.crm.pipedrive_budget import (
     DEFAULT_DAILY_BUDGET,
     TokenBudget,
@@ -73,8 +70,7 @@ from bridge.domain import (
     NewDeal,
 )
 from bridge.errors import ConfigError, PermanentCrmError
-from bridge.settings import CrmConfig, Settings, crm_secrets
-from bridge.tokens import TokenRepository
+from bridge.settings import CrmConfig
 
 PAGE_LIMIT = 500
 MAX_PAGES = 50  # a runaway cursor must not loop forever
@@ -82,7 +78,6 @@ MAX_PAGES = 50  # a runaway cursor must not loop forever
 DEFAULT_SEARCH_RATE = 4.5
 DEFAULT_OAUTH_URL = "https://oauth.pipedrive.com"
 OPTIONS = ("daily_token_budget", "oauth_url", "search_rate_per_second")
-OnCall = Callable[[str, str, float, int], None]
 
 
 # ---- the adapter --------------------------------------------------------------------
@@ -270,16 +265,7 @@ class Pipedrive:
 # ---- the builder --------------------------------------------------------------------
 
 
-def build_pipedrive(
-    name: str,
-    config: CrmConfig,
-    settings: Settings,
-    tokens: TokenRepository,
-    *,
-    transport: httpx.AsyncBaseTransport | None = None,
-    on_call: OnCall | None = None,
-    clock: Callable[[], float] = time.time,
-) -> Pipedrive:
+def build_pipedrive(wiring: Wiring) -> Pipedrive:
     """The adapter with its one HTTP client, rate limiters, token budget and credentials.
 
     `[crm.NAME.options]`: `daily_token_budget` (default 30000: one seat of the smallest
@@ -287,8 +273,8 @@ def build_pipedrive(
     `search_rate_per_second` (default 4.5: search allows 10 per 2 s on every plan) and
     `oauth_url` (default https://oauth.pipedrive.com).
     """
-    daily, search_rate, oauth_url = _options(name, config)
-    budget = TokenBudget(name, daily, clock)
+    daily, search_rate, oauth_url = _options(wiring.name, wiring.config)
+    budget = TokenBudget(wiring.name, daily, wiring.clock)
     # POST {oauth_url}/oauth/token, HTTP Basic with the client id and secret and a form
     # body. A refresh returns the same refresh token with its 60-day idle expiry reset;
     # whatever comes back is stored, so a rotating one works as well.
@@ -299,14 +285,9 @@ def build_pipedrive(
         rotates=False,
     )
     connection = Connection(
-        name,
-        config,
-        crm_secrets(settings, name, "API_TOKEN"),
-        tokens,
+        wiring,
+        wiring.secrets("API_TOKEN"),
         endpoint,
-        transport=transport,
-        on_call=on_call,
-        clock=clock,
         event_hooks=budget_hooks(budget),
         static_auth=lambda source: ApiTokenHeader(source, "x-api-token"),
     )
