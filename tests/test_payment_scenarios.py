@@ -243,68 +243,6 @@ async def test_rejected_requests_get_their_codes_and_are_recorded(run_bridge, fa
     assert SECRET not in json.dumps([r.text for r in (wrong, missing, stale)])
 
 
-async def test_crm_trouble_answers_within_window_and_lands_exactly_once(
-    run_bridge, fake_amo
-) -> None:
-    fake_amo.fail_next(6, status=429)
-    fake_amo.fail_next(6, status=503)
-    async with run_bridge(wait_seconds=1) as bridge:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        first = await bridge.post_payment(
-            payment_payload("pay_t1", phone="89990000011", telegram_id=None, email=None)
-        )
-        assert loop.time() - started < 4
-        fake_amo.down()
-        started = loop.time()
-        second = await bridge.post_payment(
-            payment_payload("pay_t2", phone="89990000012", telegram_id=None, email=None)
-        )
-        assert loop.time() - started < 4
-        assert second.status_code == 202
-        fake_amo.up()
-        await bridge.settle(timeout=30)
-        statuses = bridge.query("SELECT payment_id, status FROM payment_events ORDER BY 1")
-    assert first.status_code in (200, 202)
-    assert statuses == [("pay_t1", "success"), ("pay_t2", "success")]
-    assert len(fake_amo.contacts()) == 2
-    for lead in fake_amo.leads():
-        assert number(fake_amo.lead_field(lead["id"], DEAL["count"])) == 1
-        assert len(fake_amo.notes(lead["id"])) == 1
-
-
-async def test_concurrent_payments_of_new_customer_gather_on_one_lead(run_bridge, fake_amo) -> None:
-    gathering = reference_file_config(excluded_status_ids=())
-    async with run_bridge(file=gathering) as bridge:
-        a, b = await asyncio.gather(
-            bridge.post_payment(payment_payload("pay_c1", costs=(1000,), subjects=("Русский",))),
-            bridge.post_payment(payment_payload("pay_c2", costs=(2500,), subjects=("Русский",))),
-        )
-    assert {a.status_code, b.status_code} == {200}
-    assert len(fake_amo.contacts()) == 1
-    [lead] = fake_amo.leads()
-    assert number(fake_amo.lead_field(lead["id"], DEAL["total"])) == 3500
-    assert number(fake_amo.lead_field(lead["id"], DEAL["count"])) == 2
-    assert len(fake_amo.notes(lead["id"])) == 2
-
-
-async def test_concurrent_payments_reference_config_make_two_leads(run_bridge, fake_amo) -> None:
-    async with run_bridge() as bridge:
-        a, b = await asyncio.gather(
-            bridge.post_payment(payment_payload("pay_r1", costs=(1000,), subjects=("Русский",))),
-            bridge.post_payment(payment_payload("pay_r2", costs=(2500,), subjects=("Русский",))),
-        )
-    assert {a.status_code, b.status_code} == {200}
-    assert len(fake_amo.contacts()) == 1
-    leads = fake_amo.leads()
-    assert len(leads) == 2
-    totals = sorted(number(fake_amo.lead_field(lead["id"], DEAL["total"])) for lead in leads)
-    assert totals == [1000, 2500]
-    for lead in leads:
-        assert number(fake_amo.lead_field(lead["id"], DEAL["count"])) == 1
-        assert len(fake_amo.notes(lead["id"])) == 1
-
-
 async def test_restart_with_pending_deliveries_delivers_them(run_bridge, fake_amo) -> None:
     fake_amo.down()
     async with run_bridge(wait_seconds=0) as bridge:

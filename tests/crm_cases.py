@@ -1,0 +1,136 @@
+"""One `CrmCase` per CRM: what the CRM-parametrized suites need to know about it.
+
+A case makes the CRM's stateful fake, points the CRM's example section at it, gives the
+settings that authorise the bridge there, and shows the fake's state in common terms:
+contacts and deals by id, a deal's field by its logical name (`total_paid`, …), a deal's
+notes as text. A new CRM joins every suite with one entry in `CASES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from bridge.crm.richtext import note_text
+from bridge.settings import FileConfig, load_file_config
+from tests.conftest import reference_file_config
+from tests.fakes.amocrm import FakeAmoCrm
+from tests.fakes.bitrix24 import EXAMPLE_CONFIG as BITRIX_EXAMPLE
+from tests.fakes.bitrix24 import FakeBitrix24
+from tests.fakes.hubspot import FakeHubSpot
+from tests.fakes.pipedrive import FakePipedrive
+
+ROOT = Path(__file__).resolve().parent.parent
+Fake = Any  # each CRM's fake; the case's functions know which
+
+
+def _example(path: Path, name: str, **fixed: Any) -> Callable[..., FileConfig]:
+    """The example section `name` of `path`, enabled, as the only CRM; `changes` on top.
+    A short request timeout: a write whose answer was lost is looked for again only after
+    it, and tests should not wait 15 s for that."""
+
+    def file_config(**changes: Any) -> FileConfig:
+        config = load_file_config(path)
+        update = {"enabled": True, "request_timeout_seconds": 1.0, **fixed, **changes}
+        return config.model_copy(update={"crm": {name: config.crm[name].model_copy(update=update)}})
+
+    return file_config
+
+
+def _default_trouble(fake: Fake) -> Callable[[], None]:
+    fake.fail_next(6, status=429)
+    fake.fail_next(6, status=503)
+
+    def check() -> None:
+        assert fake.count(status=429) >= 3 and fake.count(status=503) >= 3
+
+    return check
+
+
+def _bitrix_trouble(fake: FakeBitrix24) -> Callable[[], None]:
+    fake.drain_per_second = 1.0
+    fake.fill_bucket()  # 503 QUERY_LIMIT_EXCEEDED until it drains
+    fake.fail_next(3, status=429, method="POST")  # and the writes meet 429s
+
+    def check() -> None:
+        assert fake.count(status=503) >= 1
+        assert fake.count(method="POST", status=429) >= 1  # some may meet the outage instead
+
+    return check
+
+
+@dataclass(frozen=True)
+class CrmCase:
+    name: str  # the section's name, and its kind
+    make_fake: Callable[[], Fake]
+    file_config: Callable[..., FileConfig]  # the example section pointed at the fake
+    credentials: Callable[[Fake], dict[str, Any]]  # settings that authorise the bridge
+    contacts: Callable[[Fake], list[str]]
+    deals: Callable[[Fake], list[str]]
+    raw_deal_field: Callable[[Fake, str, str], Any]  # fake, deal id, the CRM's field id
+    notes: Callable[[Fake, str], list[str]]  # texts, as a reader sees them
+    trouble: Callable[[Fake], Callable[[], None]] = _default_trouble  # → its check
+
+    def deal_field(self, fake: Fake, deal_id: str, logical: str) -> Any:
+        field_id = getattr(self.file_config().crm[self.name].deal_fields, logical)
+        return self.raw_deal_field(fake, deal_id, field_id)
+
+    def deal_number(self, fake: Fake, deal_id: str, logical: str) -> Decimal:
+        return Decimal(str(self.deal_field(fake, deal_id, logical)))
+
+    def __str__(self) -> str:
+        return self.name
+
+
+CASES = [
+    CrmCase(
+        "amocrm",
+        FakeAmoCrm,
+        reference_file_config,
+        lambda fake: {"amocrm_access_token": fake.issue_token(ttl=3600)},
+        contacts=lambda fake: [str(c["id"]) for c in fake.contacts()],
+        deals=lambda fake: [str(lead["id"]) for lead in fake.leads()],
+        raw_deal_field=lambda fake, deal_id, field_id: fake.lead_field(deal_id, field_id),
+        notes=lambda fake, deal_id: fake.notes(deal_id),
+    ),
+    CrmCase(
+        "hubspot",
+        FakeHubSpot,
+        _example(
+            ROOT / "etc" / "crm-hubspot.example.toml", "hubspot", base_url="https://api.hubapi.test"
+        ),
+        lambda fake: {"hubspot_access_token": fake.issue_token()},
+        contacts=lambda fake: [str(c["id"]) for c in fake.contacts()],
+        deals=lambda fake: [str(d["id"]) for d in fake.deals()],
+        raw_deal_field=lambda fake, deal_id, field_id: fake.deal_field(deal_id, field_id),
+        notes=lambda fake, deal_id: fake.notes(deal_id),
+    ),
+    CrmCase(
+        "pipedrive",
+        FakePipedrive,
+        _example(
+            ROOT / "etc" / "crm-pipedrive.example.toml",
+            "pipedrive",
+            base_url="https://example.pipedrive.test",
+        ),
+        lambda fake: {"pipedrive_api_token": fake.issue_api_token()},
+        contacts=lambda fake: [str(p["id"]) for p in fake.persons()],
+        deals=lambda fake: [str(d["id"]) for d in fake.deals()],
+        raw_deal_field=lambda fake, deal_id, field_id: fake.deal_field(deal_id, field_id),
+        notes=lambda fake, deal_id: [note_text(html) for html in fake.notes(deal_id)],
+    ),
+    CrmCase(
+        "bitrix24",
+        FakeBitrix24,
+        _example(BITRIX_EXAMPLE, "bitrix24"),
+        lambda fake: {"bitrix24_webhook_url": fake.webhook_url()},
+        contacts=lambda fake: [str(c["ID"]) for c in fake.contacts()],
+        deals=lambda fake: [str(d["ID"]) for d in fake.deals()],
+        raw_deal_field=lambda fake, deal_id, field_id: fake.deal_field(deal_id, field_id),
+        notes=lambda fake, deal_id: fake.notes(deal_id),
+        trouble=_bitrix_trouble,
+    ),
+]

@@ -1,0 +1,117 @@
+"""End-to-end scenarios through HTTP, written once and run against every CRM's fake.
+
+Each CRM's own scenario file keeps what only that CRM does (its call counts, its field
+encodings, its quirks); scenarios decided before any CRM is called (duplicates, skipped
+statuses, refused requests) run once, in `test_payment_scenarios.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from bridge.app import create_app
+from bridge.settings import FileConfig
+from tests.conftest import Bridge, make_settings, payment_payload
+from tests.crm_cases import CASES, CrmCase, Fake
+
+Run = Callable[..., Any]
+
+
+@pytest.fixture(params=CASES, ids=str)
+def case(request: pytest.FixtureRequest) -> CrmCase:
+    chosen: CrmCase = request.param
+    return chosen
+
+
+@pytest.fixture
+def fake(case: CrmCase) -> Fake:
+    return case.make_fake()
+
+
+@pytest.fixture
+def run(tmp_path: Path, case: CrmCase, fake: Fake) -> Run:
+    """`async with run(file=None, **settings_overrides) as bridge:` — this CRM only."""
+
+    @asynccontextmanager
+    async def factory(file: FileConfig | None = None, **overrides: Any) -> AsyncIterator[Bridge]:
+        overrides = {**case.credentials(fake), **overrides}
+        settings = make_settings(tmp_path, file or case.file_config(), **overrides)
+        app = create_app(settings, transports={case.name: fake.transport()})
+        async with AsyncTestClient(app=app) as client:
+            yield Bridge(client, settings, fake)
+
+    return factory
+
+
+async def test_crm_trouble_answers_within_window_and_lands_exactly_once(
+    run: Run, case: CrmCase, fake: Fake
+) -> None:
+    check_trouble = case.trouble(fake)
+    async with run(wait_seconds=1) as bridge:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        first = await bridge.post_payment(
+            payment_payload("pay_t1", phone="89990000011", telegram_id=None, email=None)
+        )
+        assert loop.time() - started < 4
+        fake.down()
+        started = loop.time()
+        second = await bridge.post_payment(
+            payment_payload("pay_t2", phone="89990000012", telegram_id=None, email=None)
+        )
+        assert loop.time() - started < 4
+        assert second.status_code == 202
+        fake.up()
+        await bridge.settle(timeout=30)
+        statuses = bridge.query("SELECT payment_id, status FROM payment_events ORDER BY 1")
+    assert first.status_code in (200, 202)
+    assert statuses == [("pay_t1", "success"), ("pay_t2", "success")]
+    check_trouble()
+    assert len(case.contacts(fake)) == 2
+    for deal in case.deals(fake):
+        assert case.deal_number(fake, deal, "purchase_count") == 1
+        assert len(case.notes(fake, deal)) == 1
+
+
+async def test_concurrent_payments_of_new_customer_gather_on_one_deal(
+    run: Run, case: CrmCase, fake: Fake
+) -> None:
+    gathering = case.file_config(excluded_status_ids=())
+    async with run(file=gathering) as bridge:
+        a, b = await asyncio.gather(
+            bridge.post_payment(payment_payload("pay_c1", costs=(1000,), subjects=("Русский",))),
+            bridge.post_payment(payment_payload("pay_c2", costs=(2500,), subjects=("Русский",))),
+        )
+    assert {a.status_code, b.status_code} == {200}
+    assert len(case.contacts(fake)) == 1
+    [deal] = case.deals(fake)
+    assert case.deal_number(fake, deal, "total_paid") == 3500
+    assert case.deal_number(fake, deal, "purchase_count") == 2
+    assert len(case.notes(fake, deal)) == 2
+
+
+async def test_concurrent_payments_reference_config_make_two_deals(
+    run: Run, case: CrmCase, fake: Fake
+) -> None:
+    # The new deal sits in an excluded "auto-payment" status: the second payment cannot
+    # use it, so it makes a deal of its own.
+    async with run() as bridge:
+        a, b = await asyncio.gather(
+            bridge.post_payment(payment_payload("pay_r1", costs=(1000,), subjects=("Русский",))),
+            bridge.post_payment(payment_payload("pay_r2", costs=(2500,), subjects=("Русский",))),
+        )
+    assert {a.status_code, b.status_code} == {200}
+    assert len(case.contacts(fake)) == 1
+    deals = case.deals(fake)
+    totals = sorted(case.deal_number(fake, deal, "total_paid") for deal in deals)
+    assert totals == [1000, 2500]
+    for deal in deals:
+        assert case.deal_number(fake, deal, "purchase_count") == 1
+        assert len(case.notes(fake, deal)) == 1
