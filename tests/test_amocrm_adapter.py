@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -34,6 +33,7 @@ from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
 from bridge.tokens import TokenPair
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.amocrm_account import PHONE_FIELD
+from tests.fakes.memory import MemoryTokens
 from tests.fakes.server import serve_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,21 +50,6 @@ SITE, SITE_AUTOPAY, SITE_WORKING = 4423755, 63242022, 63242023
 PARTNERS, PARTNERS_AUTOPAY = 8598230, 80517738
 PAID_AT = datetime(2025, 1, 20, 11, 49, 20, tzinfo=UTC)
 CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
-
-
-@dataclass
-class MemoryTokens:
-    """A `TokenRepository` in memory; `saved` records every pair stored, in order."""
-
-    pair: TokenPair | None = None
-    saved: list[TokenPair] = field(default_factory=list)
-
-    async def load_tokens(self, crm: str) -> TokenPair | None:
-        return self.pair
-
-    async def save_tokens(self, crm: str, pair: TokenPair) -> None:
-        self.pair = pair
-        self.saved.append(pair)
 
 
 async def no_wait(seconds: float) -> None:
@@ -563,29 +548,6 @@ async def test_401_with_a_long_lived_token_is_an_auth_error(fake: FakeAmoCrm) ->
 OAUTH = CONFIG.model_copy(update={"auth": "oauth"})
 
 
-async def test_oauth_expired_token_is_refreshed_once_for_concurrent_requests(
-    fake: FakeAmoCrm,
-) -> None:
-    access, refresh = fake.issue_oauth_pair(ttl=3600)
-    tokens = MemoryTokens(TokenPair(access, refresh, fake.clock() + 3600))
-    adapter = make_adapter(fake, config=OAUTH, tokens=tokens)
-    fake.expire_all_access_tokens()  # amoCRM says 401 although we thought it valid
-
-    results = await asyncio.gather(
-        adapter.find_contacts(phone_key()), adapter.find_contacts(phone_key("+79990000000"))
-    )
-
-    assert list(results) == [[], []]
-    assert fake.count(path_prefix="/oauth2/") == 1
-    [saved] = tokens.saved
-    assert saved.refresh_token != refresh and saved.access_token != access
-    assert adapter.connection.token_expires_at() == pytest.approx(
-        fake.clock() + fake.oauth_ttl, abs=5
-    )
-    assert fake.calls[-1].params  # the resent request went through
-    await adapter.connection.aclose()
-
-
 async def test_oauth_refreshes_ahead_of_expiry_without_a_401(fake: FakeAmoCrm) -> None:
     access, refresh = fake.issue_oauth_pair(ttl=60)
     tokens = MemoryTokens(TokenPair(access, refresh, fake.clock() + 60))  # inside the margin
@@ -594,68 +556,6 @@ async def test_oauth_refreshes_ahead_of_expiry_without_a_401(fake: FakeAmoCrm) -
     assert fake.count(status=401) == 0
     assert [call.path for call in fake.calls] == ["/oauth2/access_token", "/api/v4/contacts"]
     assert len(tokens.saved) == 1
-    await adapter.connection.aclose()
-
-
-async def test_oauth_bootstraps_from_a_refresh_token_in_the_environment(
-    fake: FakeAmoCrm,
-) -> None:
-    _, refresh = fake.issue_oauth_pair()
-    tokens = MemoryTokens()
-    adapter = make_adapter(fake, config=OAUTH, tokens=tokens, amocrm_refresh_token=refresh)
-    assert await adapter.find_contacts(phone_key()) == []
-    assert len(tokens.saved) == 1
-    await adapter.connection.aclose()
-
-
-async def test_a_refresh_token_already_rotated_away_is_an_auth_error(
-    fake: FakeAmoCrm,
-) -> None:
-    access, refresh = fake.issue_oauth_pair()
-    async with httpx.AsyncClient(transport=fake.transport(), base_url=BASE_URL) as client:
-        rotated = await client.post(
-            "/oauth2/access_token",
-            json={
-                "client_id": fake.client_id,
-                "client_secret": fake.client_secret,
-                "redirect_uri": fake.redirect_uri,
-                "grant_type": "refresh_token",
-                "refresh_token": refresh,
-            },
-        )
-    assert rotated.status_code == 200
-    tokens = MemoryTokens(TokenPair(access, refresh, 0.0))  # stale: must refresh
-    adapter = make_adapter(fake, config=OAUTH, tokens=tokens)
-
-    with pytest.raises(AuthError, match="refresh token rejected") as error:
-        await adapter.find_contacts(phone_key())
-
-    assert "Token has been revoked" in str(error.value)
-    assert "bridge auth amocrm" in str(error.value)
-    assert refresh not in str(error.value) and fake.client_secret not in str(error.value)
-    assert tokens.saved == []
-    await adapter.connection.aclose()
-
-
-async def test_oauth_without_client_credentials_is_an_auth_error(fake: FakeAmoCrm) -> None:
-    tokens = MemoryTokens(TokenPair("a", "r", 0.0))
-    adapter = make_adapter(fake, config=OAUTH, tokens=tokens, amocrm_client_id="")
-    with pytest.raises(AuthError, match="AMOCRM_CLIENT_ID"):
-        await adapter.find_contacts(phone_key())
-    assert fake.count() == 0
-    await adapter.connection.aclose()
-
-
-async def test_exchange_code_stores_the_pair_and_uses_it(fake: FakeAmoCrm) -> None:
-    fake.register_code("code-1")
-    tokens = MemoryTokens()
-    adapter = make_adapter(fake, config=OAUTH, tokens=tokens)
-    pair = await adapter.connection.exchange_code("code-1")
-    assert tokens.saved == [pair]
-    assert await adapter.find_contacts(phone_key()) == []
-    assert fake.count(path_prefix="/oauth2/") == 1
-    with pytest.raises(AuthError, match="authorization code rejected"):
-        await adapter.connection.exchange_code("code-1")  # single use
     await adapter.connection.aclose()
 
 

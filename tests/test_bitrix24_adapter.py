@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -51,6 +50,7 @@ from bridge.settings import CrmConfig, FileConfig, Settings
 from bridge.tokens import TokenPair
 from tests.fakes.bitrix24 import FakeBitrix24, example_config
 from tests.fakes.bitrix24_portal import parse_php, substitute
+from tests.fakes.memory import MemoryTokens
 from tests.fakes.server import serve_in_thread
 
 CONFIG = example_config(enabled=True)
@@ -66,19 +66,6 @@ RUSSIAN, SOCIAL, EGE = 45, 47, 61
 PAID_AT = datetime(2025, 1, 20, 11, 49, 20, tzinfo=UTC)
 CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
 KEYS = CUSTOMER.lookup_keys()
-
-
-@dataclass
-class MemoryTokens:
-    pair: TokenPair | None = None
-    saved: list[TokenPair] = field(default_factory=list)
-
-    async def load_tokens(self, crm: str) -> TokenPair | None:
-        return self.pair
-
-    async def save_tokens(self, crm: str, pair: TokenPair) -> None:
-        self.pair = pair
-        self.saved.append(pair)
 
 
 class FakeClock:
@@ -788,67 +775,6 @@ async def test_oauth_sends_the_token_as_auth_and_refreshes_once_on_expired_token
     assert fake.count(path_prefix="/oauth/token") == 1
     assert fake.calls[-1].params["auth"] == [tokens.saved[0].access_token]
     assert adapter.connection.token_expires_at() == pytest.approx(fake.clock() + 3600, abs=5)
-    await adapter.connection.aclose()
-
-
-async def test_oauth_bootstraps_from_the_refresh_token_in_the_environment(
-    fake: FakeBitrix24,
-) -> None:
-    _, refresh = fake.issue_oauth_pair()
-    tokens = MemoryTokens()
-    adapter = make_adapter(
-        fake, config=oauth_config(), tokens=tokens, bitrix24_refresh_token=refresh
-    )
-    assert await adapter.get_deal("1") is None
-    assert len(tokens.saved) == 1
-    assert fake.calls[0].path == "/oauth/token/"
-    assert fake.calls[0].params["grant_type"] == ["refresh_token"]
-    await adapter.connection.aclose()
-
-
-async def test_a_spent_refresh_token_is_an_auth_error_that_names_no_secret(
-    fake: FakeBitrix24,
-) -> None:
-    access, refresh = fake.issue_oauth_pair()
-    first = make_adapter(
-        fake, config=oauth_config(), tokens=MemoryTokens(TokenPair(access, refresh, 0.0))
-    )
-    await first.get_deal("1")  # refreshes: `refresh` is spent now
-    stale = make_adapter(
-        fake, config=oauth_config(), tokens=MemoryTokens(TokenPair(access, refresh, 0.0))
-    )
-    with pytest.raises(AuthError, match="invalid_grant") as failed:
-        await stale.get_deal("1")
-    assert refresh not in str(failed.value) and fake.client_secret not in str(failed.value)
-    for adapter in (first, stale):
-        await adapter.connection.aclose()
-
-
-async def test_oauth_needs_client_credentials(fake: FakeBitrix24) -> None:
-    adapter = make_adapter(
-        fake,
-        config=oauth_config(),
-        tokens=MemoryTokens(TokenPair("a", "r", 0.0)),
-        bitrix24_client_id="",
-    )
-    with pytest.raises(AuthError, match="BITRIX24_CLIENT_ID"):
-        await adapter.get_deal("1")
-    # A stored pair would do until it expires; the section is misconfigured all the same.
-    assert "BITRIX24_CLIENT_SECRET" in (await adapter.connection.credentials_problem() or "")
-    await adapter.connection.aclose()
-
-
-async def test_exchange_code_stores_the_pair_and_uses_it(fake: FakeBitrix24) -> None:
-    tokens = MemoryTokens()
-    adapter = make_adapter(fake, config=oauth_config(), tokens=tokens)
-    assert "bridge auth" in (await adapter.connection.credentials_problem() or "")
-    fake.register_code("the-code")
-    pair = await adapter.connection.exchange_code("the-code")
-    assert tokens.saved == [pair]
-    assert await adapter.get_deal("1") is None
-    assert fake.calls[-1].params["auth"] == [pair.access_token]
-    with pytest.raises(AuthError, match="invalid_grant"):
-        await adapter.connection.exchange_code("the-code")
     await adapter.connection.aclose()
 
 

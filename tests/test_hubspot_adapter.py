@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -44,6 +44,7 @@ from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
 from bridge.tokens import TokenPair
 from tests.fakes.hubspot import FakeHubSpot
+from tests.fakes.memory import MemoryTokens
 from tests.fakes.server import serve_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,19 +60,6 @@ PARTNERS, PARTNERS_AUTOPAY = "1023405200", "1023405201"
 PAID_AT = datetime(2025, 1, 20, 11, 49, 20, tzinfo=UTC)
 CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
 SEARCH = "/crm/objects/2026-09/contacts/search"
-
-
-@dataclass
-class MemoryTokens:
-    pair: TokenPair | None = None
-    saved: list[TokenPair] = field(default_factory=list)
-
-    async def load_tokens(self, crm: str) -> TokenPair | None:
-        return self.pair
-
-    async def save_tokens(self, crm: str, pair: TokenPair) -> None:
-        self.pair = pair
-        self.saved.append(pair)
 
 
 @dataclass
@@ -790,81 +778,6 @@ async def test_the_token_request_is_form_encoded_and_carries_no_secret_in_the_ur
         "refresh_token": refresh,
     }
     await adapter.connection.aclose()
-
-
-async def test_a_401_refreshes_once_for_concurrent_requests() -> None:
-    clock = Clock()
-    fake = oauth_fake(clock)
-    access, refresh = fake.issue_oauth_pair()
-    tokens = MemoryTokens(TokenPair(access, refresh, clock.now + 1800))
-    adapter = make_adapter(fake, config=OAUTH, tokens=tokens)
-    fake.expire_all_access_tokens()  # revoked early, say
-
-    results = await asyncio.gather(
-        adapter.find_contacts([phone_key()]), adapter.find_contacts([email_key()])
-    )
-
-    assert list(results) == [[], []]
-    assert fake.count(path_prefix="/oauth/") == 1
-    assert len(tokens.saved) == 1
-    await adapter.connection.aclose()
-
-
-async def test_oauth_bootstraps_from_a_refresh_token_in_the_environment() -> None:
-    fake = oauth_fake(Clock())
-    _, refresh = fake.issue_oauth_pair()
-    tokens = MemoryTokens()
-    adapter = make_adapter(fake, config=OAUTH, tokens=tokens, hubspot_refresh_token=refresh)
-    assert await adapter.connection.credentials_problem() is None
-    assert await adapter.find_contacts([phone_key()]) == []
-    assert len(tokens.saved) == 1
-    await adapter.connection.aclose()
-
-
-async def test_a_refused_refresh_token_is_an_auth_error_without_secrets() -> None:
-    fake = oauth_fake(Clock())
-    tokens = MemoryTokens(TokenPair("old", "na1-unknown", 0.0))
-    adapter = make_adapter(fake, config=OAUTH, tokens=tokens)
-    with pytest.raises(AuthError, match="refresh token rejected") as error:
-        await adapter.find_contacts([phone_key()])
-    message = str(error.value)
-    assert "BAD_REFRESH_TOKEN" in message and "bridge auth hubspot" in message
-    assert "na1-unknown" not in message and fake.client_secret not in message
-    assert tokens.saved == []
-    await adapter.connection.aclose()
-
-
-async def test_oauth_without_client_credentials_says_so_and_sends_nothing() -> None:
-    fake = oauth_fake(Clock())
-    tokens = MemoryTokens(TokenPair("a", "r", 0.0))
-    adapter = make_adapter(fake, config=OAUTH, tokens=tokens, hubspot_client_id="")
-    assert "HUBSPOT_CLIENT_ID" in (await adapter.connection.credentials_problem() or "")
-    with pytest.raises(AuthError, match="HUBSPOT_CLIENT_ID"):
-        await adapter.find_contacts([phone_key()])
-    assert fake.count() == 0
-    await adapter.connection.aclose()
-    unauthorised = make_adapter(fake, config=OAUTH)
-    assert "bridge auth hubspot" in (await unauthorised.connection.credentials_problem() or "")
-    await unauthorised.connection.aclose()
-
-
-async def test_exchange_code_stores_the_pair_and_uses_it() -> None:
-    fake = oauth_fake(Clock())
-    fake.register_code("code-1")
-    tokens = MemoryTokens()
-    adapter = make_adapter(fake, config=OAUTH, tokens=tokens)
-    pair = await adapter.connection.exchange_code("code-1")
-    assert tokens.saved == [pair]
-    assert await adapter.find_contacts([phone_key()]) == []
-    assert fake.count(path_prefix="/oauth/") == 1
-    with pytest.raises(AuthError, match="BAD_AUTH_CODE"):
-        await adapter.connection.exchange_code("code-1")  # single use
-    await adapter.connection.aclose()
-
-    static = make_adapter(fake)
-    with pytest.raises(AuthError, match='needs auth = "oauth"'):
-        await static.connection.exchange_code("code-2")
-    await static.connection.aclose()
 
 
 # ---- schema, options, plumbing ------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -51,6 +50,7 @@ from bridge.errors import (
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
 from bridge.tokens import TokenPair
+from tests.fakes.memory import MemoryTokens
 from tests.fakes.pipedrive import FakePipedrive
 from tests.fakes.pipedrive_openapi import PipedriveOpenApi, RecordingTransport
 from tests.fakes.server import serve_in_thread
@@ -101,19 +101,6 @@ def requests_conform_to_openapi() -> Iterator[None]:
         return  # the shared specs are not checked out next to the repository
     problems = [p for rec in SENT for request in rec.requests for p in spec.problems(request)]
     assert problems == []
-
-
-@dataclass
-class MemoryTokens:
-    pair: TokenPair | None = None
-    saved: list[TokenPair] = field(default_factory=list)
-
-    async def load_tokens(self, crm: str) -> TokenPair | None:
-        return self.pair
-
-    async def save_tokens(self, crm: str, pair: TokenPair) -> None:
-        self.pair = pair
-        self.saved.append(pair)
 
 
 async def no_wait(seconds: float) -> None:
@@ -811,34 +798,6 @@ async def test_no_api_token_is_an_auth_error_without_a_call(fake: FakePipedrive)
     await adapter.connection.aclose()
 
 
-async def test_oauth_expired_token_is_refreshed_once_for_concurrent_requests(
-    fake: FakePipedrive,
-) -> None:
-    access, refresh = fake.issue_oauth_pair(ttl=3600)
-    tokens = MemoryTokens(TokenPair(access, refresh, fake.clock() + 3600))
-    recorder = RecordingTransport(fake.transport())
-    adapter = make_adapter(fake, config=OAUTH, tokens=tokens, transport=recorder)
-    fake.expire_all_access_tokens()  # Pipedrive says 401 although we thought it valid
-
-    results = await asyncio.gather(
-        adapter.search_persons(phone_key()), adapter.search_persons(phone_key("+79990000000"))
-    )
-
-    assert list(results) == [[], []]
-    assert fake.count(path_prefix="/oauth/") == 1
-    [saved] = tokens.saved
-    assert saved.access_token != access
-    assert saved.refresh_token == refresh  # Pipedrive keeps the refresh token
-    assert adapter.connection.token_expires_at() == pytest.approx(
-        fake.clock() + fake.oauth_ttl, abs=5
-    )
-    [token_request] = [r for r in recorder.requests if r.url.path == "/oauth/token"]
-    assert str(token_request.url) == "https://oauth.pipedrive.com/oauth/token"
-    assert token_request.headers["authorization"].startswith("Basic ")
-    assert recorder.requests[-1].headers["authorization"] == f"Bearer {saved.access_token}"
-    await adapter.connection.aclose()
-
-
 async def test_oauth_stores_a_rotated_refresh_token(fake: FakePipedrive) -> None:
     fake.rotate_refresh_tokens = True
     access, refresh = fake.issue_oauth_pair(ttl=60)
@@ -849,58 +808,6 @@ async def test_oauth_stores_a_rotated_refresh_token(fake: FakePipedrive) -> None
     assert paths(fake) == ["POST /oauth/token", "GET /api/v2/persons/search"]
     [saved] = tokens.saved
     assert saved.refresh_token != refresh
-    await adapter.connection.aclose()
-
-
-async def test_oauth_bootstraps_from_a_refresh_token_in_the_environment(
-    fake: FakePipedrive,
-) -> None:
-    _, refresh = fake.issue_oauth_pair()
-    tokens = MemoryTokens()
-    adapter = make_adapter(fake, config=OAUTH, tokens=tokens, pipedrive_refresh_token=refresh)
-    assert await adapter.connection.credentials_problem() is None
-    assert await adapter.search_persons(phone_key()) == []
-    assert len(tokens.saved) == 1
-    await adapter.connection.aclose()
-
-
-async def test_a_refused_refresh_token_is_an_auth_error_naming_no_secret(
-    fake: FakePipedrive,
-) -> None:
-    tokens = MemoryTokens(TokenPair("stale", "1:1:unknown-refresh", 0.0))
-    adapter = make_adapter(fake, config=OAUTH, tokens=tokens)
-    with pytest.raises(AuthError, match="refresh token rejected") as error:
-        await adapter.search_persons(phone_key())
-    message = str(error.value)
-    assert "Invalid refresh token" in message and "bridge auth pipedrive" in message
-    assert "unknown-refresh" not in message and fake.client_secret not in message
-    assert tokens.saved == []
-    await adapter.connection.aclose()
-
-
-async def test_oauth_without_client_credentials_is_an_auth_error(fake: FakePipedrive) -> None:
-    tokens = MemoryTokens(TokenPair("a", "r", 0.0))
-    adapter = make_adapter(fake, config=OAUTH, tokens=tokens, pipedrive_client_id="")
-    with pytest.raises(AuthError, match="PIPEDRIVE_CLIENT_ID"):
-        await adapter.search_persons(phone_key())
-    assert fake.calls == []
-    await adapter.connection.aclose()
-
-
-async def test_exchange_code_stores_the_pair_and_uses_it(fake: FakePipedrive) -> None:
-    fake.register_code("code-1")
-    tokens = MemoryTokens()
-    adapter = make_adapter(fake, config=OAUTH, tokens=tokens)
-    assert (
-        await adapter.connection.credentials_problem()
-        == "not authorised: run `bridge auth pipedrive`"
-    )
-    pair = await adapter.connection.exchange_code("code-1")
-    assert tokens.saved == [pair]
-    assert await adapter.search_persons(phone_key()) == []
-    assert fake.count(path_prefix="/oauth/") == 1
-    with pytest.raises(AuthError, match="authorization code rejected"):
-        await adapter.connection.exchange_code("code-1")  # single use
     await adapter.connection.aclose()
 
 

@@ -28,6 +28,7 @@ from bridge.domain import (
 )
 from bridge.errors import CrmError, TransientCrmError
 from bridge.settings import CrmConfig
+from bridge.tokens import TokenPair
 
 T = TypeVar("T")
 
@@ -245,3 +246,18 @@ class MemoryCrm:
 
 def _texts(updates: Sequence[FieldUpdate]) -> dict[str, str]:
     return {update.field_id: field_text(update) for update in updates}
+
+
+@dataclass
+class MemoryTokens:
+    """A `TokenRepository` in memory; `saved` records every pair stored, in order."""
+
+    pair: TokenPair | None = None
+    saved: list[TokenPair] = field(default_factory=list)
+
+    async def load_tokens(self, crm: str) -> TokenPair | None:
+        return self.pair
+
+    async def save_tokens(self, crm: str, pair: TokenPair) -> None:
+        self.pair = pair
+        self.saved.append(pair)
