@@ -585,15 +585,6 @@ async def test_refused_field_updates_are_permanent_and_apply_nothing(
     assert fake.count() == 1  # a 400 is not retried
 
 
-async def test_a_value_that_cannot_be_sent_fails_before_any_call(
-    fake: FakeBitrix24, bx: Bitrix24
-) -> None:
-    naive = FieldUpdate(LAST_AT, FieldKind.DATETIME, datetime(2025, 1, 20))
-    with pytest.raises(PermanentCrmError, match=r"deals\.update"):
-        await bx.update_deal("1", (naive,))
-    assert fake.count() == 0
-
-
 async def test_update_contact_fills_fields_and_skips_empty_patch(
     fake: FakeBitrix24, bx: Bitrix24
 ) -> None:

@@ -9,15 +9,17 @@ refresh naming no secret, client credentials checked before anything is sent, an
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import random
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pytest
 
 from bridge import rules
-from bridge.domain import KeyKind, LookupKey
-from bridge.errors import AuthError
+from bridge.domain import FieldKind, FieldUpdate, KeyKind, LookupKey, NewContact, NewDeal
+from bridge.errors import AuthError, PermanentCrmError, RateLimited, TransientCrmError
 from bridge.settings import CrmConfig
 from bridge.tokens import TokenPair
 from tests import test_amocrm_adapter as amo
@@ -43,6 +45,8 @@ class AdapterCase:
     token_path: str
     refused: str
     rotates: bool
+    new_contact: Callable[[], NewContact]
+    new_deal: Callable[[], NewDeal]
 
     @property
     def oauth(self) -> CrmConfig:
@@ -60,6 +64,8 @@ ADAPTER_CASES = [
         amo.CONFIG,
         "/oauth2/",
         "Token has been revoked",
+        new_contact=amo.new_contact,
+        new_deal=amo.new_deal,
         rotates=True,
     ),
     AdapterCase(
@@ -69,6 +75,8 @@ ADAPTER_CASES = [
         hs.CONFIG,
         "/oauth/",
         "BAD_REFRESH_TOKEN",
+        new_contact=hs.new_contact,
+        new_deal=hs.new_deal,
         rotates=False,
     ),
     AdapterCase(
@@ -78,6 +86,8 @@ ADAPTER_CASES = [
         pd.CONFIG,
         "/oauth/",
         "Invalid refresh token",
+        new_contact=pd.new_contact,
+        new_deal=pd.new_deal,
         rotates=False,
     ),
     AdapterCase(
@@ -87,6 +97,8 @@ ADAPTER_CASES = [
         bx.CONFIG,
         "/oauth/token",
         "invalid_grant",
+        new_contact=bx.new_contact,
+        new_deal=bx.new_deal,
         rotates=True,
     ),
 ]
@@ -104,8 +116,89 @@ def fake(case: AdapterCase) -> Fake:
 
 
 async def probe(adapter: Adapter, phone: str = "+79991234567") -> object:
-    """One lookup through the flow's interface: a request that needs credentials."""
+    """One lookup through the flow's interface: one request, which needs credentials."""
     return await adapter.find_contact([LookupKey(KeyKind.PHONE, phone)], rules.contact_matches)
+
+
+async def read(adapter: Adapter) -> object:
+    """One GET (a search may be a POST, never repeated blindly): a deal that is not there."""
+    return await adapter.get_deal("999")
+
+
+@pytest.fixture
+async def adapter(case: AdapterCase, fake: Fake) -> AsyncIterator[Adapter]:
+    made = case.make_adapter(fake)
+    yield made
+    await made.connection.aclose()
+
+
+# ---- rate limits and network trouble ------------------------------------------------
+
+
+async def test_a_429_is_retried_quickly(fake: Fake, adapter: Adapter) -> None:
+    fake.fail_next(1, status=429)
+    assert await probe(adapter) is None
+    assert fake.count(status=429) == 1
+    assert fake.count() == 2
+
+
+async def test_a_persistent_429_surfaces_rate_limited(fake: Fake, adapter: Adapter) -> None:
+    fake.fail_next(10, status=429)
+    with pytest.raises(RateLimited):
+        await probe(adapter)
+    assert fake.count() == adapter.connection.http.quick_tries
+
+
+async def test_network_trouble_on_reads_is_retried_then_transient(
+    fake: Fake, adapter: Adapter
+) -> None:
+    fake.fail_next(1, kind="timeout")
+    fake.fail_next(1, kind="drop")
+    assert await read(adapter) is None
+    assert fake.count() == 3
+    fake.down()
+    with pytest.raises(TransientCrmError, match="cannot connect"):
+        await read(adapter)
+    fake.up()
+
+
+async def test_random_faults_are_reproducible_and_survivable(fake: Fake, adapter: Adapter) -> None:
+    fake.fail_randomly(random.Random(7), p=0.5, kinds=("500", "timeout", "drop"))
+    outcomes = []
+    for _ in range(10):
+        try:
+            await read(adapter)
+            outcomes.append("ok")
+        except TransientCrmError:
+            outcomes.append("failed")
+    fake.fail_randomly(None)
+    assert "ok" in outcomes
+    assert fake.count() > 10
+    faults = {call.fault for call in fake.calls} - {None}
+    assert len(faults) >= 2 and faults <= {"500", "timeout", "drop"}
+
+
+async def test_a_write_applied_then_timed_out_is_not_repeated(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
+    fake.fail_after_apply(1, kind="timeout")
+    with pytest.raises(TransientCrmError, match="timeout"):
+        await adapter.create_contact_and_deal(case.new_contact(), case.new_deal())
+    assert fake.count(method="POST") == 1  # left to the flow's remote-state checks
+    assert await probe(adapter) is not None  # the crash window: what landed is found
+
+
+async def test_a_value_that_cannot_be_sent_fails_before_any_call(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
+    field_id = case.config.deal_fields.last_payment_at or ""
+    naive = FieldUpdate(field_id, FieldKind.DATETIME, datetime(2025, 1, 20))  # no zone
+    with pytest.raises(PermanentCrmError, match=r"(deals|leads)\.update"):
+        await adapter.update_deal("1", [naive])
+    assert fake.count() == 0
+
+
+# ---- OAuth --------------------------------------------------------------------------
 
 
 async def test_oauth_bootstraps_from_a_refresh_token_in_the_environment(
