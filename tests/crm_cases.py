@@ -72,11 +72,19 @@ class CrmCase:
     deals: Callable[[Fake], list[str]]
     raw_deal_field: Callable[[Fake, str, str], Any]  # fake, deal id, the CRM's field id
     notes: Callable[[Fake, str], list[str]]  # texts, as a reader sees them
+    close_deal: Callable[[Fake, str], None]  # a manager marks it won
+    # A contact a manager typed: name, phone as typed, Telegram username or None.
+    add_contact: Callable[[Fake, str, str, str | None], object]
+    raw_contact_field: Callable[[Fake, str, str], Any]  # fake, contact id, field id
     trouble: Callable[[Fake], Callable[[], None]] = _default_trouble  # → its check
 
     def deal_field(self, fake: Fake, deal_id: str, logical: str) -> Any:
         field_id = getattr(self.file_config().crm[self.name].deal_fields, logical)
         return self.raw_deal_field(fake, deal_id, field_id)
+
+    def contact_field(self, fake: Fake, contact_id: str, logical: str) -> Any:
+        field_id = getattr(self.file_config().crm[self.name].contact_fields, logical)
+        return self.raw_contact_field(fake, contact_id, field_id)
 
     def deal_number(self, fake: Fake, deal_id: str, logical: str) -> Decimal:
         return Decimal(str(self.deal_field(fake, deal_id, logical)))
@@ -95,6 +103,13 @@ CASES = [
         deals=lambda fake: [str(lead["id"]) for lead in fake.leads()],
         raw_deal_field=lambda fake, deal_id, field_id: fake.lead_field(deal_id, field_id),
         notes=lambda fake, deal_id: fake.notes(deal_id),
+        add_contact=lambda fake, name, phone, username: fake.add_contact(
+            name, phones=[phone], telegram_username=username
+        ),
+        raw_contact_field=lambda fake, contact_id, field_id: fake.contact_field(
+            contact_id, field_id
+        ),
+        close_deal=lambda fake, deal_id: fake.move_lead(deal_id, 142),
     ),
     CrmCase(
         "hubspot",
@@ -107,6 +122,13 @@ CASES = [
         deals=lambda fake: [str(d["id"]) for d in fake.deals()],
         raw_deal_field=lambda fake, deal_id, field_id: fake.deal_field(deal_id, field_id),
         notes=lambda fake, deal_id: fake.notes(deal_id),
+        add_contact=lambda fake, name, phone, username: fake.add_contact(
+            firstname=name, phone=phone, **({"telegram_username": username} if username else {})
+        ),
+        raw_contact_field=lambda fake, contact_id, field_id: fake.contact_field(
+            contact_id, field_id
+        ),
+        close_deal=lambda fake, deal_id: fake.move_deal(deal_id, "closedwon"),
     ),
     CrmCase(
         "pipedrive",
@@ -121,6 +143,13 @@ CASES = [
         deals=lambda fake: [str(d["id"]) for d in fake.deals()],
         raw_deal_field=lambda fake, deal_id, field_id: fake.deal_field(deal_id, field_id),
         notes=lambda fake, deal_id: [note_text(html) for html in fake.notes(deal_id)],
+        add_contact=lambda fake, name, phone, username: fake.add_person(
+            name, phones=[phone], telegram_username=username
+        ),
+        raw_contact_field=lambda fake, contact_id, field_id: fake.person_field(
+            contact_id, field_id
+        ),
+        close_deal=lambda fake, deal_id: fake.move_deal(deal_id, status="won"),
     ),
     CrmCase(
         "bitrix24",
@@ -131,6 +160,13 @@ CASES = [
         deals=lambda fake: [str(d["ID"]) for d in fake.deals()],
         raw_deal_field=lambda fake, deal_id, field_id: fake.deal_field(deal_id, field_id),
         notes=lambda fake, deal_id: fake.notes(deal_id),
+        add_contact=lambda fake, name, phone, username: fake.add_contact(
+            name, phones=[phone], telegram_username=username
+        ),
+        raw_contact_field=lambda fake, contact_id, field_id: fake.contact_field(
+            contact_id, field_id
+        ),
+        close_deal=lambda fake, deal_id: fake.move_deal(deal_id, "WON"),
         trouble=_bitrix_trouble,
     ),
 ]

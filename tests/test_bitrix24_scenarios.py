@@ -199,23 +199,6 @@ async def test_returning_customer_found_by_telegram_costs_three_requests(
     assert fake_bx.count() == calls == 3
 
 
-async def test_known_customer_with_open_deal_costs_three_requests(
-    run_bx: Any, fake_bx: FakeBitrix24
-) -> None:
-    async with run_bx(file=bitrix_file(excluded_status_ids=())) as bridge:
-        first = await bridge.post_payment(payment_payload("pay_k1", costs=(1000,)))
-        before = fake_bx.count()
-        second = await bridge.post_payment(payment_payload("pay_k2", costs=(700,)))
-        calls = calls_of(bridge, "pay_k2")
-    assert first.status_code == second.status_code == 200
-    # deal + its contacts (one batch), deal update, comment
-    assert fake_bx.count() - before == calls == 3
-    [deal] = fake_bx.deals()
-    assert number(fake_bx.deal_field(deal["ID"], DEAL["total"])) == 1700
-    assert number(fake_bx.deal_field(deal["ID"], DEAL["count"])) == 2
-    assert len(fake_bx.notes(deal["ID"])) == 2
-
-
 async def test_next_payment_after_an_autopay_deal_costs_three_requests(
     run_bx: Any, fake_bx: FakeBitrix24
 ) -> None:
@@ -231,19 +214,6 @@ async def test_next_payment_after_an_autopay_deal_costs_three_requests(
     # lookup batch (with the open deals), deal add, comment: 3. While the store files
     # the autopay deal as the customer's known deal, reading it first costs one more.
     assert fake_bx.count() - before == calls in (3, 4)
-
-
-async def test_known_deal_won_since_gets_a_new_deal(run_bx: Any, fake_bx: FakeBitrix24) -> None:
-    async with run_bx(file=bitrix_file(excluded_status_ids=())) as bridge:
-        await bridge.post_payment(payment_payload("pay_w1", costs=(1000,)))
-        [old] = fake_bx.deals()
-        fake_bx.move_deal(old["ID"], "WON")
-        response = await bridge.post_payment(payment_payload("pay_w2", costs=(700,)))
-    body = response.json()["results"]["bitrix24"]
-    assert response.status_code == 200
-    assert body["lead_created"] is True and body["lead_id"] != old["ID"]
-    assert number(fake_bx.deal_field(body["lead_id"], DEAL["total"])) == 700
-    assert number(fake_bx.deal_field(old["ID"], DEAL["total"])) == 1000
 
 
 # ---- 7: rate limits and outages -------------------------------------------------------

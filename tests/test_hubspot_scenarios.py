@@ -192,47 +192,6 @@ async def test_returning_customer_open_deal_in_other_pipeline_is_updated(run_hub
     assert fake_hub.searches() == 2
 
 
-async def test_contact_fields_are_filled_only_where_empty(run_hub, fake_hub) -> None:
-    contact_id = fake_hub.add_contact(
-        firstname="Иван", phone="+79991234567", telegram_username="typed_by_manager"
-    )
-    fake_hub.add_deal(contact_id, stage=SITE_WORKING)
-    async with run_hub() as bridge:
-        response = await bridge.post_payment(payment_payload("pay_fill"))
-        calls = crm_calls(bridge, "pay_fill")
-    assert response.status_code == 200
-    assert response.json()["results"]["hubspot"]["contact_id"] == contact_id
-    assert fake_hub.contact_field(contact_id, "telegram_id") == "123456789"
-    assert fake_hub.contact_field(contact_id, "telegram_username") == "typed_by_manager"
-    assert calls == 5  # the contact update is the fifth call
-
-
-async def test_a_lookalike_number_of_another_country_is_not_used(run_hub, fake_hub) -> None:
-    abroad = fake_hub.add_contact(firstname="Someone", phone="+1 999 123 4567")
-    async with run_hub() as bridge:
-        response = await bridge.post_payment(
-            payment_payload("pay_cc", telegram_id=None, email=None)
-        )
-    assert response.status_code == 200
-    assert response.json()["results"]["hubspot"]["contact_id"] != abroad
-    assert len(fake_hub.contacts()) == 2
-
-
-async def test_known_customer_with_open_deal_costs_three_calls(run_hub, fake_hub) -> None:
-    gathering = hubspot_file_config(excluded_status_ids=())
-    async with run_hub(file=gathering) as bridge:
-        first = await bridge.post_payment(payment_payload("pay_k1", costs=(1000,)))
-        before = fake_hub.count()
-        second = await bridge.post_payment(payment_payload("pay_k2", costs=(700,)))
-        calls = crm_calls(bridge, "pay_k2")
-    assert first.status_code == second.status_code == 200
-    # deal read by id (with its contacts), deal update, note: no search at all
-    assert fake_hub.count() - before == calls == 3
-    [deal] = fake_hub.deals()
-    assert number(fake_hub.deal_field(deal["id"], "total_paid")) == 1700
-    assert number(fake_hub.deal_field(deal["id"], "purchase_count")) == 2
-
-
 async def test_an_excluded_stage_deal_carrying_the_payment_is_found_on_retry(
     run_hub, fake_hub
 ) -> None:

@@ -122,30 +122,6 @@ async def test_returning_customer_open_lead_in_other_pipeline_is_updated(
     assert fake_amo.count() <= 4
 
 
-async def test_contact_fields_are_filled_only_where_empty(run_bridge, fake_amo) -> None:
-    contact_id = fake_amo.add_contact(
-        name="Иван", phones=["+79991234567"], telegram_username="typed_by_manager"
-    )
-    async with run_bridge() as bridge:
-        response = await bridge.post_payment(payment_payload("pay_fill"))
-    assert response.status_code == 200
-    assert response.json()["results"]["amocrm"]["contact_id"] == str(contact_id)
-    assert fake_amo.contact_field(contact_id, "700101") == "123456789"
-    assert fake_amo.contact_field(contact_id, "700102") == "typed_by_manager"
-
-
-async def test_substring_search_hit_with_other_phone_is_not_used(run_bridge, fake_amo) -> None:
-    # amoCRM's query is full-text: "9991234567" also matches "+79991234567 8".
-    other = fake_amo.add_contact(name="Someone else", phones=["+7 999 123-45-678"])
-    async with run_bridge() as bridge:
-        response = await bridge.post_payment(
-            payment_payload("pay_sub", telegram_id=None, email=None)
-        )
-    assert response.status_code == 200
-    assert response.json()["results"]["amocrm"]["contact_id"] != str(other)
-    assert len(fake_amo.contacts()) == 2
-
-
 async def test_repeat_after_success_is_409_and_crm_untouched(run_bridge, fake_amo) -> None:
     async with run_bridge() as bridge:
         first = await bridge.post_payment(payment_payload("pay_dup"))
@@ -282,41 +258,6 @@ async def test_audit_queries_run_verbatim(run_bridge, fake_amo) -> None:
         ("pay_a2", "skipped", 10000),
     }
     assert failed == []
-
-
-async def test_known_customer_with_open_lead_costs_three_calls(run_bridge, fake_amo) -> None:
-    gathering = reference_file_config(excluded_status_ids=())
-    async with run_bridge(file=gathering) as bridge:
-        first = await bridge.post_payment(payment_payload("pay_k1", costs=(1000,)))
-        before = fake_amo.count()
-        second = await bridge.post_payment(payment_payload("pay_k2", costs=(700,)))
-        calls = bridge.query(
-            "SELECT d.crm_calls FROM deliveries d JOIN events e ON e.id = d.event_id"
-            " WHERE e.key = 'pay_k2'"
-        )
-    assert first.status_code == second.status_code == 200
-    assert fake_amo.count() - before == 3
-    assert calls == [(3,)]
-    [lead] = fake_amo.leads()
-    assert number(fake_amo.lead_field(lead["id"], DEAL["total"])) == 1700
-    assert number(fake_amo.lead_field(lead["id"], DEAL["count"])) == 2
-
-
-async def test_known_lead_closed_since_gets_a_new_lead(run_bridge, fake_amo) -> None:
-    gathering = reference_file_config(excluded_status_ids=())
-    async with run_bridge(file=gathering) as bridge:
-        await bridge.post_payment(payment_payload("pay_w1", costs=(1000,)))
-        [old] = fake_amo.leads()
-        fake_amo.move_lead(old["id"], 142)
-        before = fake_amo.count()
-        response = await bridge.post_payment(payment_payload("pay_w2", costs=(700,)))
-    assert response.status_code == 200
-    body = response.json()["results"]["amocrm"]
-    assert body["lead_created"] is True
-    assert body["lead_id"] != str(old["id"])
-    assert fake_amo.count() - before <= 4
-    assert number(fake_amo.lead_field(body["lead_id"], DEAL["total"])) == 700
-    assert number(fake_amo.lead_field(old["id"], DEAL["total"])) == 1000
 
 
 async def test_known_lead_moved_to_another_contact_is_not_used(run_bridge, fake_amo) -> None:

@@ -202,65 +202,6 @@ async def test_returning_customer_open_deal_in_other_pipeline_is_updated(run_bri
     assert fake.tokens_used == 20 + 1 + 10 + 5 + 10
 
 
-async def test_contact_fields_are_filled_only_where_empty(run_bridge, fake) -> None:
-    person = fake.add_person("Иван", phones=["+79991234567"], telegram_username="typed_by_manager")
-    async with run_bridge() as bridge:
-        response = await bridge.post_payment(payment_payload("pay_fill"))
-        calls = calls_of(bridge, "pay_fill")
-    assert response.status_code == 200
-    assert response.json()["results"]["pipedrive"]["contact_id"] == str(person)
-    # Telegram id search (no hit), phone search, the person, its fill, its open deals
-    # (none), the new deal, the note.
-    assert calls == fake.count() == 7
-    assert fake.person_field(person, TG_ID) == "123456789"
-    assert fake.person_field(person, TG_USERNAME) == "typed_by_manager"
-    [patch] = [call for call in fake.calls if call.method == "PATCH" and "persons" in call.path]
-    assert patch.json == {"custom_fields": {TG_ID: "123456789"}}
-
-
-async def test_substring_phone_hit_with_another_number_is_not_used(run_bridge, fake) -> None:
-    other = fake.add_person("Someone else", phones=["+7 999 123-45-678"])
-    async with run_bridge() as bridge:
-        response = await bridge.post_payment(
-            payment_payload("pay_sub", telegram_id=None, email=None)
-        )
-    assert response.status_code == 200
-    assert response.json()["results"]["pipedrive"]["contact_id"] != str(other)
-    assert len(fake.persons()) == 2
-
-
-async def test_known_customer_with_open_deal_costs_three_calls(run_bridge, fake) -> None:
-    gathering = pipedrive_file_config(excluded_status_ids=())
-    async with run_bridge(file=gathering) as bridge:
-        first = await bridge.post_payment(payment_payload("pay_k1", costs=(1000,)))
-        before, tokens = fake.count(), fake.tokens_used
-        second = await bridge.post_payment(payment_payload("pay_k2", costs=(700,)))
-        calls = calls_of(bridge, "pay_k2")
-        health = (await bridge.client.get("/webhook/health")).json()["crms"]["pipedrive"]
-    assert first.status_code == second.status_code == 200
-    assert fake.count() - before == calls == 3  # the deal, its update, the note
-    assert fake.tokens_used - tokens == 1 + 5 + 10
-    [deal] = fake.deals()
-    assert number(fake.deal_field(deal["id"], DF.total_paid)) == 1700
-    assert number(fake.deal_field(deal["id"], DF.purchase_count)) == 2
-    assert health["daily_tokens_used"] == fake.tokens_used
-    assert health["daily_tokens_remaining"] == 30_000 - fake.tokens_used
-
-
-async def test_known_deal_won_since_gets_a_new_deal(run_bridge, fake) -> None:
-    gathering = pipedrive_file_config(excluded_status_ids=())
-    async with run_bridge(file=gathering) as bridge:
-        await bridge.post_payment(payment_payload("pay_w1", costs=(1000,)))
-        [old] = fake.deals()
-        fake.move_deal(old["id"], status="won")
-        response = await bridge.post_payment(payment_payload("pay_w2", costs=(700,)))
-    assert response.status_code == 200
-    body = response.json()["results"]["pipedrive"]
-    assert body["lead_created"] is True and body["lead_id"] != str(old["id"])
-    assert number(fake.deal_field(body["lead_id"], DF.total_paid)) == 700
-    assert number(fake.deal_field(old["id"], DF.total_paid)) == 1000
-
-
 # ---- (7) trouble, and the crash windows ---------------------------------------------
 
 

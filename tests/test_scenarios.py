@@ -115,3 +115,73 @@ async def test_concurrent_payments_reference_config_make_two_deals(
     for deal in deals:
         assert case.deal_number(fake, deal, "purchase_count") == 1
         assert len(case.notes(fake, deal)) == 1
+
+
+def crm_calls(bridge: Bridge, payment_id: str) -> int:
+    [(calls,)] = bridge.query(
+        "SELECT d.crm_calls FROM deliveries d JOIN events e ON e.id = d.event_id WHERE e.key = ?",
+        (payment_id,),
+    )
+    return int(calls)
+
+
+async def test_a_known_customer_with_an_open_deal_costs_three_calls(
+    run: Run, case: CrmCase, fake: Fake
+) -> None:
+    async with run(file=case.file_config(excluded_status_ids=())) as bridge:
+        first = await bridge.post_payment(payment_payload("pay_k1", costs=(1000,)))
+        before = fake.count()
+        second = await bridge.post_payment(payment_payload("pay_k2", costs=(700,)))
+        calls = crm_calls(bridge, "pay_k2")
+    assert first.status_code == second.status_code == 200
+    # the remembered deal read by id (with its contacts), its update, the note
+    assert fake.count() - before == calls == 3
+    [deal] = case.deals(fake)
+    assert case.deal_number(fake, deal, "total_paid") == 1700
+    assert case.deal_number(fake, deal, "purchase_count") == 2
+    assert len(case.notes(fake, deal)) == 2
+
+
+async def test_a_known_deal_closed_since_gets_a_new_deal(
+    run: Run, case: CrmCase, fake: Fake
+) -> None:
+    async with run(file=case.file_config(excluded_status_ids=())) as bridge:
+        await bridge.post_payment(payment_payload("pay_w1", costs=(1000,)))
+        [old] = case.deals(fake)
+        case.close_deal(fake, old)
+        before = fake.count()
+        response = await bridge.post_payment(payment_payload("pay_w2", costs=(700,)))
+    assert response.status_code == 200
+    body = response.json()["results"][case.name]
+    assert body["lead_created"] is True and body["lead_id"] != old
+    assert fake.count() - before <= 4  # the deal, the contact's others, the new deal, the note
+    assert case.deal_number(fake, body["lead_id"], "total_paid") == 700
+    assert case.deal_number(fake, old, "total_paid") == 1000
+
+
+async def test_contact_fields_are_filled_only_where_empty(
+    run: Run, case: CrmCase, fake: Fake
+) -> None:
+    contact = str(case.add_contact(fake, "Иван", "+79991234567", "typed_by_manager"))
+    async with run() as bridge:
+        response = await bridge.post_payment(payment_payload("pay_fill"))
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][case.name]["contact_id"] == contact
+    assert case.contact_field(fake, contact, "telegram_id") == "123456789"
+    assert case.contact_field(fake, contact, "telegram_username") == "typed_by_manager"
+
+
+async def test_a_search_hit_with_another_number_is_not_used(
+    run: Run, case: CrmCase, fake: Fake
+) -> None:
+    # Searches match loosely: a longer number containing the customer's, and the same
+    # digits in another country, are hits the flow must not confirm.
+    longer = str(case.add_contact(fake, "Someone else", "+7 999 123-45-678", None))
+    abroad = str(case.add_contact(fake, "Someone abroad", "+1 999 123 4567", None))
+    async with run() as bridge:
+        response = await bridge.post_payment(
+            payment_payload("pay_sub", telegram_id=None, email=None)
+        )
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][case.name]["contact_id"] not in (longer, abroad)
+    assert len(case.contacts(fake)) == 3
