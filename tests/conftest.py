@@ -27,6 +27,25 @@ AMO_URL = "https://reference.amocrm.test"
 SECRET = "test-hmac-secret"
 
 
+# The note of `payment_payload("pay_new", utm_source="advcake")`, as every CRM shows it.
+EXPECTED_NOTE = """Оплата проведена
+
+Имя клиента: Иван Петров
+Дата/время: 2025-01-20 14:49:20 (Moscow)
+Дата/время UTC: 2025-01-20T11:49:20Z
+Статус: CONFIRMED
+Сумма: 10000 RUB
+Метод оплаты: SBP
+Курсы:
+  Годовой 2к25 стандарт (Русский)
+  Годовой 2к25 стандарт (Обществознание)
+Промокод: PROMO2025
+TGID: 123456789 | TG Username: @ivan_petrov | Телефон: +79991234567
+Источник: advcake
+Invoice ID: inv_pay_new
+Payment ID: pay_new"""
+
+
 def reference_file_config(**crm_changes: Any) -> FileConfig:
     """The example config (the reference account), pointed at the fake."""
     config = load_file_config(EXAMPLE_CONFIG)

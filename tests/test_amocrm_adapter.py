@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -13,8 +13,6 @@ import httpx
 import pytest
 
 from bridge.crm.amocrm import AmoCrm, build_amocrm, field_values_json, search_query
-from bridge.crm.base import RateLimiter
-from bridge.crm.connection import Wiring
 from bridge.domain import (
     Contact,
     ContactPatch,
@@ -28,11 +26,11 @@ from bridge.domain import (
     Utm,
 )
 from bridge.errors import AuthError, PermanentCrmError, RateLimited, TransientCrmError
-from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
+from bridge.settings import CrmConfig, load_file_config
 from bridge.tokens import TokenPair
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.amocrm_account import PHONE_FIELD
-from tests.fakes.memory import MemoryTokens
+from tests.fakes.memory import MemoryTokens, adapter_on
 from tests.fakes.server import serve_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,44 +49,9 @@ PAID_AT = datetime(2025, 1, 20, 11, 49, 20, tzinfo=UTC)
 CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
 
 
-async def no_wait(seconds: float) -> None:
-    await asyncio.sleep(0)
-
-
-def make_adapter(
-    fake: FakeAmoCrm,
-    *,
-    config: CrmConfig = CONFIG,
-    tokens: MemoryTokens | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
-    real_limiter: bool = False,
-    on_call: Callable[[str, str, float, int], None] | None = None,
-    **env: Any,
-) -> AmoCrm:
-    values: dict[str, Any] = {
-        "amocrm_client_id": fake.client_id,
-        "amocrm_client_secret": fake.client_secret,
-        "amocrm_redirect_uri": fake.redirect_uri,
-    }
-    if config.auth == "long_lived_token":
-        values["amocrm_access_token"] = fake.issue_token(ttl=3600)
-    values.update(env)
-    settings = Settings(_env_file=None, file=FileConfig(crm={"amocrm": config}), **values)
-    adapter = build_amocrm(
-        Wiring(
-            "amocrm",
-            config,
-            settings,
-            tokens or MemoryTokens(),
-            transport=transport or fake.transport(),
-            on_call=on_call,
-            clock=fake.clock,
-        )
-    )
-    if not real_limiter:  # keep quick retries quick; the rate itself is tested apart
-        adapter.connection.http.limiter = RateLimiter(1000, sleep=no_wait)
-        adapter.connection.http.backoff_initial, adapter.connection.http.backoff_max = 0.001, 0.01
-    return adapter
+def make_adapter(fake: FakeAmoCrm, *, config: CrmConfig = CONFIG, **options: Any) -> AmoCrm:
+    static = {"amocrm_access_token": fake.issue_token(ttl=3600)}
+    return adapter_on(build_amocrm, fake, config, static=static, **options)
 
 
 @pytest.fixture

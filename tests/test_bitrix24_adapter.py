@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -50,7 +50,7 @@ from bridge.settings import CrmConfig, FileConfig, Settings
 from bridge.tokens import TokenPair
 from tests.fakes.bitrix24 import FakeBitrix24, example_config
 from tests.fakes.bitrix24_portal import parse_php, substitute
-from tests.fakes.memory import MemoryTokens
+from tests.fakes.memory import MemoryTokens, adapter_on
 from tests.fakes.server import serve_in_thread
 
 CONFIG = example_config(enabled=True)
@@ -82,43 +82,9 @@ class FakeClock:
         await asyncio.sleep(0)
 
 
-async def no_wait(seconds: float) -> None:
-    await asyncio.sleep(0)
-
-
-def make_adapter(
-    fake: FakeBitrix24,
-    *,
-    config: CrmConfig = CONFIG,
-    tokens: MemoryTokens | None = None,
-    limiter: RateLimiter | None = None,
-    on_call: Callable[[str, str, float, int], None] | None = None,
-    clock: Callable[[], float] | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
-    **env: Any,
-) -> Bitrix24:
-    values: dict[str, Any] = {
-        "bitrix24_client_id": fake.client_id,
-        "bitrix24_client_secret": fake.client_secret,
-    }
-    if config.auth == "long_lived_token":
-        values["bitrix24_webhook_url"] = fake.webhook_url()
-    values.update(env)
-    settings = Settings(_env_file=None, file=FileConfig(crm={"bitrix24": config}), **values)
-    adapter = build_bitrix24(
-        Wiring(
-            "bitrix24",
-            config,
-            settings,
-            tokens or MemoryTokens(),
-            transport=transport or fake.transport(),
-            on_call=on_call,
-            clock=clock or fake.clock,
-        )
-    )
-    adapter.connection.http.limiter = limiter or RateLimiter(1000, sleep=no_wait)
-    adapter.connection.http.backoff_initial, adapter.connection.http.backoff_max = 0.001, 0.01
-    return adapter
+def make_adapter(fake: FakeBitrix24, *, config: CrmConfig = CONFIG, **options: Any) -> Bitrix24:
+    static = {"bitrix24_webhook_url": fake.webhook_url()}
+    return adapter_on(build_bitrix24, fake, config, static=static, **options)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from litestar.testing import AsyncTestClient
 
 from bridge.app import create_app
 from bridge.settings import FileConfig, load_file_config
-from tests.conftest import Bridge, make_settings, payment_payload
+from tests.conftest import EXPECTED_NOTE, Bridge, make_settings, payment_payload
 from tests.fakes.bitrix24 import EXAMPLE_CONFIG, FakeBitrix24
 
 DEAL = {
@@ -28,23 +28,6 @@ DEAL = {
     "count": "UF_CRM_PURCHASES",
 }
 TG_ID, TG_USERNAME = "UF_CRM_TG_ID", "UF_CRM_TG_USERNAME"
-
-EXPECTED_NOTE = """Оплата проведена
-
-Имя клиента: Иван Петров
-Дата/время: 2025-01-20 14:49:20 (Moscow)
-Дата/время UTC: 2025-01-20T11:49:20Z
-Статус: CONFIRMED
-Сумма: 10000 RUB
-Метод оплаты: SBP
-Курсы:
-  Годовой 2к25 стандарт (Русский)
-  Годовой 2к25 стандарт (Обществознание)
-Промокод: PROMO2025
-TGID: 123456789 | TG Username: @ivan_petrov | Телефон: +79991234567
-Источник: advcake
-Invoice ID: inv_pay_new
-Payment ID: pay_new"""
 
 
 def bitrix_file(**changes: Any) -> FileConfig:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -15,8 +15,6 @@ import httpx
 import pytest
 
 from bridge import checks
-from bridge.crm.base import RateLimiter
-from bridge.crm.connection import Wiring
 from bridge.crm.hubspot import HubSpot, build_hubspot
 from bridge.crm.hubspot_json import (
     contact_search_json,
@@ -43,7 +41,7 @@ from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
 from bridge.tokens import TokenPair
 from tests.fakes.hubspot import FakeHubSpot
-from tests.fakes.memory import MemoryTokens
+from tests.fakes.memory import MemoryTokens, adapter_on
 from tests.fakes.server import serve_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,45 +67,9 @@ class Clock:
         return self.now
 
 
-async def no_wait(seconds: float) -> None:
-    await asyncio.sleep(0)
-
-
-def make_adapter(
-    fake: FakeHubSpot,
-    *,
-    config: CrmConfig = CONFIG,
-    tokens: MemoryTokens | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
-    real_limiter: bool = False,
-    on_call: Callable[[str, str, float, int], None] | None = None,
-    **env: Any,
-) -> HubSpot:
-    values: dict[str, Any] = {
-        "hubspot_client_id": fake.client_id,
-        "hubspot_client_secret": fake.client_secret,
-        "hubspot_redirect_uri": fake.redirect_uri,
-    }
-    if config.auth == "long_lived_token":
-        values["hubspot_access_token"] = fake.issue_token()
-    values.update(env)
-    settings = Settings(_env_file=None, file=FileConfig(crm={"hubspot": config}), **values)
-    adapter = build_hubspot(
-        Wiring(
-            "hubspot",
-            config,
-            settings,
-            tokens or MemoryTokens(),
-            transport=transport or fake.transport(),
-            on_call=on_call,
-            clock=fake.clock,
-        )
-    )
-    if not real_limiter:  # keep quick retries quick; the rates themselves are tested apart
-        for http in (adapter.connection.http, adapter.search_http):
-            http.limiter = RateLimiter(1000, sleep=no_wait)
-            http.backoff_initial, http.backoff_max = 0.001, 0.01
-    return adapter
+def make_adapter(fake: FakeHubSpot, *, config: CrmConfig = CONFIG, **options: Any) -> HubSpot:
+    static = {"hubspot_access_token": fake.issue_token()}
+    return adapter_on(build_hubspot, fake, config, static=static, **options)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from litestar.testing import AsyncTestClient
 
 from bridge.app import create_app
 from bridge.settings import FileConfig, load_file_config
-from tests.conftest import Bridge, make_settings, payment_payload
+from tests.conftest import EXPECTED_NOTE, Bridge, make_settings, payment_payload
 from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.service import Abort, FakeRequest, FakeResponse
 
@@ -24,23 +24,6 @@ YANDEX, YANDEX_AUTOPAY, YANDEX_WORKING = "1023405100", "1023405101", "1023405102
 PARTNERS, PARTNERS_AUTOPAY = "1023405200", "1023405201"
 DEALS = "/crm/objects/2026-09/deals"
 CONTACTS = "/crm/objects/2026-09/contacts"
-
-EXPECTED_NOTE = """Оплата проведена
-
-Имя клиента: Иван Петров
-Дата/время: 2025-01-20 14:49:20 (Moscow)
-Дата/время UTC: 2025-01-20T11:49:20Z
-Статус: CONFIRMED
-Сумма: 10000 RUB
-Метод оплаты: SBP
-Курсы:
-  Годовой 2к25 стандарт (Русский)
-  Годовой 2к25 стандарт (Обществознание)
-Промокод: PROMO2025
-TGID: 123456789 | TG Username: @ivan_petrov | Телефон: +79991234567
-Источник: advcake
-Invoice ID: inv_pay_new
-Payment ID: pay_new"""
 
 
 def hubspot_file_config(**changes: Any) -> FileConfig:

@@ -7,7 +7,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from tests.conftest import SECRET, payment_payload, reference_file_config, signed
+from tests.conftest import EXPECTED_NOTE, SECRET, payment_payload, reference_file_config, signed
 
 DEAL = {  # field ids of etc/bridge.example.toml
     "subjects": "700201",
@@ -23,23 +23,6 @@ DEAL = {  # field ids of etc/bridge.example.toml
 SITE, SITE_AUTOPAY, SITE_WORKING = 4423755, 63242022, 63242023
 YANDEX, YANDEX_AUTOPAY, YANDEX_WORKING = 10089806, 80579130, 80579131
 PARTNERS, PARTNERS_AUTOPAY = 8598230, 80517738
-
-EXPECTED_NOTE = """Оплата проведена
-
-Имя клиента: Иван Петров
-Дата/время: 2025-01-20 14:49:20 (Moscow)
-Дата/время UTC: 2025-01-20T11:49:20Z
-Статус: CONFIRMED
-Сумма: 10000 RUB
-Метод оплаты: SBP
-Курсы:
-  Годовой 2к25 стандарт (Русский)
-  Годовой 2к25 стандарт (Обществознание)
-Промокод: PROMO2025
-TGID: 123456789 | TG Username: @ivan_petrov | Телефон: +79991234567
-Источник: advcake
-Invoice ID: inv_pay_new
-Payment ID: pay_new"""
 
 
 def number(value: Any) -> Decimal:

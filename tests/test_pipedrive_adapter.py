@@ -7,7 +7,7 @@ against Pipedrive's published OpenAPI files (`tests.fakes.pipedrive_openapi`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -17,7 +17,6 @@ import httpx
 import pytest
 
 from bridge.crm.base import RateLimiter, error_for_status
-from bridge.crm.connection import Wiring
 from bridge.crm.pipedrive import Pipedrive, build_pipedrive
 from bridge.crm.pipedrive_budget import TOKEN_COSTS, TokenBudget, budget_hooks
 from bridge.crm.pipedrive_json import (
@@ -47,9 +46,9 @@ from bridge.errors import (
     TransientCrmError,
 )
 from bridge.rules import contact_matches
-from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
+from bridge.settings import CrmConfig, load_file_config
 from bridge.tokens import TokenPair
-from tests.fakes.memory import MemoryTokens
+from tests.fakes.memory import MemoryTokens, adapter_on, no_wait
 from tests.fakes.pipedrive import FakePipedrive
 from tests.fakes.pipedrive_openapi import PipedriveOpenApi, RecordingTransport
 from tests.fakes.server import serve_in_thread
@@ -102,46 +101,29 @@ def requests_conform_to_openapi() -> Iterator[None]:
     assert problems == []
 
 
-async def no_wait(seconds: float) -> None:
-    await asyncio.sleep(0)
-
-
 def make_adapter(
     fake: FakePipedrive,
     *,
     config: CrmConfig = CONFIG,
-    tokens: MemoryTokens | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     real_limiter: bool = False,
-    on_call: Callable[[str, str, float, int], None] | None = None,
-    **env: Any,
+    **options: Any,
 ) -> Pipedrive:
-    values: dict[str, Any] = {
-        "pipedrive_client_id": fake.client_id,
-        "pipedrive_client_secret": fake.client_secret,
-        "pipedrive_redirect_uri": fake.redirect_uri,
-    }
-    if config.auth == "long_lived_token":
-        values["pipedrive_api_token"] = fake.issue_api_token()
-    values.update(env)
-    settings = Settings(_env_file=None, file=FileConfig(crm={"pipedrive": config}), **values)
+    # Every request is recorded and checked against the OpenAPI files after the test.
     recorder = RecordingTransport(transport or fake.transport())
     SENT.append(recorder)
-    adapter = build_pipedrive(
-        Wiring(
-            "pipedrive",
-            config,
-            settings,
-            tokens or MemoryTokens(),
-            transport=recorder,
-            on_call=on_call,
-            clock=fake.clock,
-        )
+    static = {"pipedrive_api_token": fake.issue_api_token()}
+    adapter = adapter_on(
+        build_pipedrive,
+        fake,
+        config,
+        static=static,
+        transport=recorder,
+        real_limiter=real_limiter,
+        **options,
     )
-    if not real_limiter:  # keep quick retries quick; the rates themselves are tested apart
-        adapter.connection.http.limiter = RateLimiter(1000, sleep=no_wait)
+    if not real_limiter:
         adapter.search_limiter = RateLimiter(1000, sleep=no_wait)
-        adapter.connection.http.backoff_initial, adapter.connection.http.backoff_max = 0.001, 0.01
     return adapter
 
 

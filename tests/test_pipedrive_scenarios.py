@@ -19,7 +19,7 @@ from litestar.testing import AsyncTestClient
 from bridge.app import create_app
 from bridge.crm.richtext import note_html, note_text
 from bridge.settings import FileConfig, load_file_config
-from tests.conftest import Bridge, make_settings, payment_payload
+from tests.conftest import EXPECTED_NOTE, Bridge, make_settings, payment_payload
 from tests.fakes.pipedrive import FakePipedrive
 from tests.fakes.pipedrive_openapi import PipedriveOpenApi, RecordingTransport
 
@@ -32,23 +32,6 @@ SITE, SITE_AUTOPAY, SITE_WORKING = 1, 1, 2
 YANDEX, YANDEX_AUTOPAY, YANDEX_WORKING = 2, 3, 4
 PARTNERS, PARTNERS_AUTOPAY = 3, 5
 SENT: list[RecordingTransport] = []
-
-EXPECTED_NOTE = """Оплата проведена
-
-Имя клиента: Иван Петров
-Дата/время: 2025-01-20 14:49:20 (Moscow)
-Дата/время UTC: 2025-01-20T11:49:20Z
-Статус: CONFIRMED
-Сумма: 10000 RUB
-Метод оплаты: SBP
-Курсы:
-  Годовой 2к25 стандарт (Русский)
-  Годовой 2к25 стандарт (Обществознание)
-Промокод: PROMO2025
-TGID: 123456789 | TG Username: @ivan_petrov | Телефон: +79991234567
-Источник: advcake
-Invoice ID: inv_pay_new
-Payment ID: pay_new"""
 
 
 def pipedrive_file_config(**changes: Any) -> FileConfig:

@@ -9,13 +9,17 @@ and its journal write.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from bridge.crm.base import Confirm, CrmSchema, first_confirmed
+import httpx
+
+from bridge.crm.base import Confirm, CrmSchema, RateLimiter, first_confirmed
+from bridge.crm.connection import Connection, Wiring
 from bridge.domain import (
     Contact,
     ContactPatch,
@@ -27,10 +31,11 @@ from bridge.domain import (
     NewDeal,
 )
 from bridge.errors import CrmError, TransientCrmError
-from bridge.settings import CrmConfig
+from bridge.settings import CrmConfig, FileConfig, Settings
 from bridge.tokens import TokenPair
 
 T = TypeVar("T")
+A = TypeVar("A")
 
 
 def field_text(update: FieldUpdate) -> str:
@@ -261,3 +266,51 @@ class MemoryTokens:
     async def save_tokens(self, crm: str, pair: TokenPair) -> None:
         self.pair = pair
         self.saved.append(pair)
+
+
+async def no_wait(seconds: float) -> None:
+    await asyncio.sleep(0)
+
+
+def adapter_on(
+    build: Callable[[Wiring], A],
+    fake: Any,
+    config: CrmConfig,
+    *,
+    static: Mapping[str, Any],
+    tokens: MemoryTokens | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    on_call: Callable[[str, str, float, int], None] | None = None,
+    clock: Callable[[], float] | None = None,
+    limiter: RateLimiter | None = None,
+    real_limiter: bool = False,
+    **env: Any,
+) -> A:
+    """An adapter of `config.kind` on `fake`: the fake's OAuth client, `static` (the
+    long-lived secret) unless the section uses OAuth, then `env`; quick retries quick and
+    rate limiters out of the way (rates are tested apart) unless `real_limiter`, or
+    `limiter` instead."""
+    kind = config.kind
+    values: dict[str, Any] = {
+        f"{kind}_client_id": fake.client_id,
+        f"{kind}_client_secret": fake.client_secret,
+        f"{kind}_redirect_uri": getattr(fake, "redirect_uri", ""),
+        **(static if config.auth == "long_lived_token" else {}),
+        **env,
+    }
+    settings = Settings(_env_file=None, file=FileConfig(crm={kind: config}), **values)
+    wiring = Wiring(
+        kind,
+        config,
+        settings,
+        tokens or MemoryTokens(),
+        transport=transport or fake.transport(),
+        on_call=on_call,
+        clock=clock or fake.clock,
+    )
+    adapter = build(wiring)
+    connection: Connection = adapter.connection  # type: ignore[attr-defined]
+    for http in () if real_limiter else (connection.http, *connection.lanes.values()):
+        http.limiter = limiter or RateLimiter(1000, sleep=no_wait)
+        http.backoff_initial, http.backoff_max = 0.001, 0.01
+    return adapter
