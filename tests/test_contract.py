@@ -288,3 +288,21 @@ async def test_exchange_code_stores_the_pair_and_uses_it(case: AdapterCase, fake
         await static.connection.exchange_code("code-2")
     assert tokens.saved == [pair]
     await static.connection.aclose()
+
+
+async def test_a_token_endpoint_in_trouble_is_transient_and_echoes_nothing(
+    case: AdapterCase, fake: Fake
+) -> None:
+    access, refresh = fake.issue_oauth_pair()
+    tokens = MemoryTokens(TokenPair(access, refresh, 0.0))  # expired: must refresh
+    adapter = case.make_adapter(fake, config=case.oauth, tokens=tokens)
+    # As many as a request's quick retries: a GET is retried, refresh and all.
+    fake.fail_next(adapter.connection.http.quick_tries, status=503, path_prefix=case.token_path)
+    with pytest.raises(TransientCrmError, match="HTTP 503") as error:
+        await probe(adapter)
+    assert fake.client_secret not in str(error.value) and refresh not in str(error.value)
+    assert tokens.saved == []
+    fake.stop_failing()
+    assert await probe(adapter) is None  # the next attempt refreshes
+    assert len(tokens.saved) == 1
+    await adapter.connection.aclose()

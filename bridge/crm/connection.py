@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 import httpx
 
-from bridge.crm.base import JSON, CrmHttp, RateLimiter, error_for_status
-from bridge.errors import AuthError, PermanentCrmError, TransientCrmError
+from bridge.crm.base import JSON, CrmHttp, RateLimiter, retry_after_seconds
+from bridge.errors import AuthError, PermanentCrmError, RateLimited, TransientCrmError
 from bridge.settings import CrmConfig, CrmSecrets, Settings, crm_secrets
 from bridge.tokens import (
     BearerAuth,
@@ -227,10 +227,15 @@ class Connection:
         if status in self.endpoint.refused:
             message = f"{what} rejected (HTTP {status}{self._refusal(response)})"
             raise AuthError(self.name, f"{message}: run `bridge auth {self.name}`")
-        error = error_for_status(self.name, response)
-        if error is not None:
-            raise error
         where = f"{self.endpoint.method} {httpx.URL(self.endpoint.url).path}"
+        if status >= 400:
+            # Mapped like every answer, but the body is not echoed: it answers a request
+            # that carried the client secret.
+            if status == 429:
+                raise RateLimited(self.name, f"{where}: 429", retry_after_seconds(response))
+            if status == 408 or status >= 500:
+                raise TransientCrmError(self.name, f"{where}: HTTP {status}")
+            raise PermanentCrmError(self.name, f"{where}: HTTP {status}")
         try:
             body = response.json()
             refresh = body.get("refresh_token") or (None if self.endpoint.rotates else presented)
