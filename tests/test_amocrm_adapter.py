@@ -9,7 +9,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from bridge.crm.amocrm import AmoCrm, build_amocrm, field_values_json, search_query
@@ -25,13 +24,12 @@ from bridge.domain import (
     NewDeal,
     Utm,
 )
-from bridge.errors import AuthError, PermanentCrmError, RateLimited, TransientCrmError
+from bridge.errors import AuthError, PermanentCrmError, RateLimited
 from bridge.settings import CrmConfig, load_file_config
 from bridge.tokens import TokenPair
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.amocrm_account import PHONE_FIELD
 from tests.fakes.memory import MemoryTokens, adapter_on
-from tests.fakes.server import serve_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_URL = "https://reference.amocrm.test"
@@ -478,29 +476,3 @@ async def test_on_call_sees_each_operation(fake: FakeAmoCrm) -> None:
     await adapter.create_contact_and_deal(new_contact(), new_deal())
     assert seen == [("amocrm", "contacts.search", 204), ("amocrm", "leads.complex", 200)]
     await adapter.connection.aclose()
-
-
-# ---- the same fake over a loopback port ---------------------------------------------
-
-
-async def test_the_asgi_app_serves_the_same_api_and_faults(fake: FakeAmoCrm) -> None:
-    base_url, stop = serve_in_thread(fake)
-    try:
-        config = CONFIG.model_copy(update={"base_url": base_url, "request_timeout_seconds": 0.5})
-        adapter = make_adapter(fake, config=config, transport=httpx.AsyncHTTPTransport())
-        contact, deal = await adapter.create_contact_and_deal(new_contact(), new_deal())
-        [found] = await adapter.find_contacts(phone_key())
-        assert found.deal_ids == (deal.id,) and found.id == contact.id
-        assert await adapter.find_contacts(LookupKey(KeyKind.EMAIL, "nobody@x")) == []
-
-        fake.asgi_hang_seconds = 5
-        fake.fail_next(1, kind="timeout")
-        fake.fail_next(1, kind="drop")
-        assert len(await adapter.list_deals(found)) == 1  # retried past both
-        fake.down()
-        with pytest.raises(TransientCrmError, match="503"):
-            await adapter.find_contacts(phone_key())
-        fake.up()
-        await adapter.connection.aclose()
-    finally:
-        stop()

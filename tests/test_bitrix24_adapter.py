@@ -51,7 +51,6 @@ from bridge.tokens import TokenPair
 from tests.fakes.bitrix24 import FakeBitrix24, example_config
 from tests.fakes.bitrix24_portal import parse_php, substitute
 from tests.fakes.memory import MemoryTokens, adapter_on
-from tests.fakes.server import serve_in_thread
 
 CONFIG = example_config(enabled=True)
 TG_ID, TG_USERNAME = "UF_CRM_TG_ID", "UF_CRM_TG_USERNAME"
@@ -784,25 +783,3 @@ async def test_a_real_transport_is_built_when_none_is_given() -> None:
     assert "abc" not in str(failed.value)
     assert isinstance(adapter.connection.http.client, httpx.AsyncClient)
     await adapter.connection.aclose()
-
-
-async def test_the_asgi_app_serves_the_same_api_over_a_real_socket(fake: FakeBitrix24) -> None:
-    base_url, stop = serve_in_thread(fake)
-    try:
-        config = CONFIG.model_copy(update={"request_timeout_seconds": 0.5})
-        adapter = make_adapter(
-            fake,
-            config=config,
-            transport=httpx.AsyncHTTPTransport(),
-            bitrix24_webhook_url=fake.webhook_url(base_url),
-        )
-        contact, deal = await adapter.create_contact_and_deal(new_contact(), new_deal())
-        found = await adapter.find_contact(KEYS, rules.contact_matches)
-        assert found is not None and found.id == contact.id and found.deal_ids == (deal.id,)
-        fake.asgi_hang_seconds = 5
-        fake.fail_next(1, kind="timeout")
-        fake.fail_next(1, kind="drop")
-        assert len(await adapter.list_deals(Contact(id=contact.id))) == 1  # retried past both
-        await adapter.connection.aclose()
-    finally:
-        stop()

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import httpx
 import pytest
 
 from bridge import rules
-from bridge.domain import FieldKind, FieldUpdate, KeyKind, LookupKey, NewContact, NewDeal
+from bridge.domain import Contact, FieldKind, FieldUpdate, KeyKind, LookupKey, NewContact, NewDeal
 from bridge.errors import AuthError, PermanentCrmError, RateLimited, TransientCrmError
 from bridge.settings import CrmConfig
 from bridge.tokens import TokenPair
@@ -27,6 +28,7 @@ from tests import test_bitrix24_adapter as bx
 from tests import test_hubspot_adapter as hs
 from tests import test_pipedrive_adapter as pd
 from tests.fakes.memory import MemoryTokens
+from tests.fakes.server import serve_in_thread
 
 Fake = Any
 Adapter = Any
@@ -47,6 +49,14 @@ class AdapterCase:
     rotates: bool
     new_contact: Callable[[], NewContact]
     new_deal: Callable[[], NewDeal]
+    served: Callable[[Fake, str], dict[str, Any]] | None = None  # make_adapter's options
+    # when the fake is served on `base_url` (default: the section's base_url is it)
+
+    def over_socket(self, fake: Fake, base_url: str) -> dict[str, Any]:
+        if self.served is not None:
+            return self.served(fake, base_url)
+        update = {"base_url": base_url, "request_timeout_seconds": 0.5}
+        return {"config": self.config.model_copy(update=update)}
 
     @property
     def oauth(self) -> CrmConfig:
@@ -99,6 +109,10 @@ ADAPTER_CASES = [
         "invalid_grant",
         new_contact=bx.new_contact,
         new_deal=bx.new_deal,
+        served=lambda fake, base_url: {
+            "config": bx.CONFIG.model_copy(update={"request_timeout_seconds": 0.5}),
+            "bitrix24_webhook_url": fake.webhook_url(base_url),
+        },
         rotates=True,
     ),
 ]
@@ -306,3 +320,28 @@ async def test_a_token_endpoint_in_trouble_is_transient_and_echoes_nothing(
     assert await probe(adapter) is None  # the next attempt refreshes
     assert len(tokens.saved) == 1
     await adapter.connection.aclose()
+
+
+async def test_the_fake_served_over_a_real_socket_is_the_same_api_with_the_same_faults(
+    case: AdapterCase, fake: Fake
+) -> None:
+    base_url, stop = serve_in_thread(fake)
+    try:
+        options = case.over_socket(fake, base_url)
+        adapter = case.make_adapter(fake, transport=httpx.AsyncHTTPTransport(), **options)
+        contact, deal = await adapter.create_contact_and_deal(case.new_contact(), case.new_deal())
+        found = await probe(adapter)
+        assert isinstance(found, Contact) and found.id == contact.id
+        fake.asgi_hang_seconds = 5
+        fake.fail_next(1, kind="timeout")
+        fake.fail_next(1, kind="drop")
+        assert await adapter.get_deal(deal.id) is not None  # retried past both
+        await adapter.add_note(deal.id, "Оплата проведена\n  Payment ID: pay_1")
+        assert await adapter.deal_notes(deal.id) == ["Оплата проведена\n  Payment ID: pay_1"]
+        fake.down()
+        with pytest.raises(TransientCrmError, match="503"):
+            await read(adapter)
+        fake.up()
+        await adapter.connection.aclose()
+    finally:
+        stop()

@@ -36,13 +36,12 @@ from bridge.domain import (
     NewDeal,
     Utm,
 )
-from bridge.errors import AuthError, ConfigError, PermanentCrmError, RateLimited, TransientCrmError
+from bridge.errors import AuthError, ConfigError, PermanentCrmError, RateLimited
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
 from bridge.tokens import TokenPair
 from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.memory import MemoryTokens, adapter_on
-from tests.fakes.server import serve_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_URL = "https://api.hubapi.test"
@@ -754,29 +753,3 @@ async def test_on_call_names_each_operation(fake: FakeHubSpot) -> None:
 async def test_only_date_versioned_paths_exist_in_the_fake(fake: FakeHubSpot, hub: HubSpot) -> None:
     response = await hub.connection.http.client.post("/crm/v3/objects/contacts/search", json={})
     assert response.status_code == 404
-
-
-# ---- the same fake over a loopback port ---------------------------------------------
-
-
-async def test_the_asgi_app_serves_the_same_api_and_faults(fake: FakeHubSpot) -> None:
-    base_url, stop = serve_in_thread(fake)
-    try:
-        config = CONFIG.model_copy(update={"base_url": base_url, "request_timeout_seconds": 0.5})
-        adapter = make_adapter(fake, config=config, transport=httpx.AsyncHTTPTransport())
-        contact, deal = await adapter.create_contact_and_deal(new_contact(), new_deal())
-        [found] = await adapter.find_contacts([phone_key()])
-        assert found.id == contact.id
-        assert await adapter.find_contacts([email_key("nobody@example.com")]) == []
-
-        fake.asgi_hang_seconds = 5
-        fake.fail_next(1, kind="timeout")
-        fake.fail_next(1, kind="drop")
-        assert (await adapter.get_deal(deal.id)) is not None  # retried past both
-        fake.down()
-        with pytest.raises(TransientCrmError, match="503"):
-            await adapter.get_deal(deal.id)
-        fake.up()
-        await adapter.connection.aclose()
-    finally:
-        stop()

@@ -43,7 +43,6 @@ from bridge.errors import (
     ConfigError,
     PermanentCrmError,
     RateLimited,
-    TransientCrmError,
 )
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, load_file_config
@@ -51,7 +50,6 @@ from bridge.tokens import TokenPair
 from tests.fakes.memory import MemoryTokens, adapter_on, no_wait
 from tests.fakes.pipedrive import FakePipedrive
 from tests.fakes.pipedrive_openapi import PipedriveOpenApi, RecordingTransport
-from tests.fakes.server import serve_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_URL = "https://example.pipedrive.test"
@@ -790,26 +788,3 @@ async def test_on_call_sees_each_operation(fake: FakePipedrive) -> None:
         ("pipedrive", "deals.create", 200),
     ]
     await adapter.connection.aclose()
-
-
-async def test_the_asgi_app_serves_the_same_api_and_faults(fake: FakePipedrive) -> None:
-    base_url, stop = serve_in_thread(fake)
-    try:
-        config = CONFIG.model_copy(update={"base_url": base_url, "request_timeout_seconds": 0.5})
-        adapter = make_adapter(fake, config=config, transport=httpx.AsyncHTTPTransport())
-        contact, deal = await adapter.create_contact_and_deal(new_contact(), new_deal())
-        found = await adapter.find_contact([phone_key()], contact_matches)
-        assert found is not None and found.id == contact.id
-        fake.asgi_hang_seconds = 5
-        fake.fail_next(1, kind="timeout")
-        fake.fail_next(1, kind="drop")
-        assert [d.id for d in await adapter.list_deals(found)] == [deal.id]  # retried past both
-        await adapter.add_note(deal.id, NOTE)
-        assert await adapter.deal_notes(deal.id) == [NOTE]
-        fake.down()
-        with pytest.raises(TransientCrmError, match="503"):
-            await adapter.search_persons(phone_key())
-        fake.up()
-        await adapter.connection.aclose()
-    finally:
-        stop()
