@@ -73,10 +73,21 @@ class CrmCase:
     raw_deal_field: Callable[[Fake, str, str], Any]  # fake, deal id, the CRM's field id
     notes: Callable[[Fake, str], list[str]]  # texts, as a reader sees them
     close_deal: Callable[[Fake, str], None]  # a manager marks it won
+    placement: Callable[[Fake, str], tuple[object, object]]  # a deal's pipeline and status
+    # A deal a manager made: fake, contact id, where ("yandex_working", "closed" or the
+    # excluded "site_autopay"), updated at, field values by the CRM's field id.
+    add_deal: Callable[[Fake, str, str, int, dict[str, Any]], object]
+    returning_calls: int  # a returning customer found by phone, its open deal updated
     # A contact a manager typed: name, phone as typed, Telegram username or None.
     add_contact: Callable[[Fake, str, str, str | None], object]
     raw_contact_field: Callable[[Fake, str, str], Any]  # fake, contact id, field id
     trouble: Callable[[Fake], Callable[[], None]] = _default_trouble  # → its check
+
+    def seed_deal(self, fake: Fake, contact: str, where: str, at: int, **fields: Any) -> str:
+        """`add_deal` with the fields by logical name (`total_paid=1500`)."""
+        ids = self.file_config().crm[self.name].deal_fields
+        by_id = {getattr(ids, name): value for name, value in fields.items()}
+        return str(self.add_deal(fake, contact, where, at, by_id))
 
     def deal_field(self, fake: Fake, deal_id: str, logical: str) -> Any:
         field_id = getattr(self.file_config().crm[self.name].deal_fields, logical)
@@ -85,6 +96,10 @@ class CrmCase:
     def contact_field(self, fake: Fake, contact_id: str, logical: str) -> Any:
         field_id = getattr(self.file_config().crm[self.name].contact_fields, logical)
         return self.raw_contact_field(fake, contact_id, field_id)
+
+    def place(self, fake: Fake, deal_id: str) -> tuple[str, str]:
+        pipeline, status = self.placement(fake, deal_id)
+        return str(pipeline), str(status)
 
     def deal_number(self, fake: Fake, deal_id: str, logical: str) -> Decimal:
         return Decimal(str(self.deal_field(fake, deal_id, logical)))
@@ -109,6 +124,18 @@ CASES = [
         raw_contact_field=lambda fake, contact_id, field_id: fake.contact_field(
             contact_id, field_id
         ),
+        placement=lambda fake, deal_id: (
+            fake.lead(deal_id)["pipeline_id"],
+            fake.lead(deal_id)["status_id"],
+        ),
+        add_deal=lambda fake, contact, where, at, fields: fake.add_lead(
+            contact,
+            pipeline_id={"yandex_working": 10089806}.get(where, 4423755),
+            status_id={"yandex_working": 80579131, "closed": 142}.get(where, 63242022),
+            updated_at=at,
+            fields=fields,
+        ),
+        returning_calls=4,
         close_deal=lambda fake, deal_id: fake.move_lead(deal_id, 142),
     ),
     CrmCase(
@@ -128,6 +155,18 @@ CASES = [
         raw_contact_field=lambda fake, contact_id, field_id: fake.contact_field(
             contact_id, field_id
         ),
+        placement=lambda fake, deal_id: (
+            fake.deal_field(deal_id, "pipeline"),
+            fake.deal_field(deal_id, "dealstage"),
+        ),
+        add_deal=lambda fake, contact, where, at, fields: fake.add_deal(
+            contact,
+            pipeline={"yandex_working": "1023405100"}.get(where, "default"),
+            stage={"yandex_working": "1023405102", "closed": "closedwon"}.get(where, "1023405001"),
+            updated_at=at,
+            **{name: str(value) for name, value in fields.items()},
+        ),
+        returning_calls=4,
         close_deal=lambda fake, deal_id: fake.move_deal(deal_id, "closedwon"),
     ),
     CrmCase(
@@ -149,6 +188,19 @@ CASES = [
         raw_contact_field=lambda fake, contact_id, field_id: fake.person_field(
             contact_id, field_id
         ),
+        placement=lambda fake, deal_id: (
+            fake.deal(deal_id)["pipeline_id"],
+            fake.deal(deal_id)["stage_id"],
+        ),
+        add_deal=lambda fake, contact, where, at, fields: fake.add_deal(
+            int(contact),
+            pipeline_id={"yandex_working": 2}.get(where, 1),
+            stage_id={"yandex_working": 4, "closed": 2}.get(where, 1),
+            status="won" if where == "closed" else "open",
+            update_time=at,
+            fields=fields,
+        ),
+        returning_calls=5,
         close_deal=lambda fake, deal_id: fake.move_deal(deal_id, status="won"),
     ),
     CrmCase(
@@ -166,6 +218,17 @@ CASES = [
         raw_contact_field=lambda fake, contact_id, field_id: fake.contact_field(
             contact_id, field_id
         ),
+        placement=lambda fake, deal_id: (
+            fake.deal(deal_id)["CATEGORY_ID"],
+            fake.deal(deal_id)["STAGE_ID"],
+        ),
+        add_deal=lambda fake, contact, where, at, fields: fake.add_deal(
+            int(contact),
+            stage_id={"yandex_working": "C1:EXECUTING", "closed": "WON"}.get(where, "UC_AUTOPAY"),
+            modified=at,
+            fields=fields,
+        ),
+        returning_calls=4,
         close_deal=lambda fake, deal_id: fake.move_deal(deal_id, "WON"),
         trouble=_bitrix_trouble,
     ),

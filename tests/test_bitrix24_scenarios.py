@@ -111,25 +111,10 @@ async def test_new_customer_gets_contact_deal_fields_and_note_in_three_requests(
     assert fake_bx.count() == calls == 3
 
 
-async def test_pipeline_rules_pick_yandex_and_site(run_bx: Any, fake_bx: FakeBitrix24) -> None:
-    async with run_bx() as bridge:
-        first = await bridge.post_payment(
-            payment_payload(
-                "pay_y", utm_medium="cpc", phone="89990000001", email=None, telegram_id=None
-            )
-        )
-        second = await bridge.post_payment(
-            payment_payload("pay_s", phone="89990000002", email=None, telegram_id=None)
-        )
-    assert first.status_code == second.status_code == 200
-    placed = {(d["CATEGORY_ID"], d["STAGE_ID"]) for d in fake_bx.deals()}
-    assert placed == {("1", "C1:UC_AUTOPAY"), ("0", "UC_AUTOPAY")}
-
-
 # ---- 2: a returning customer ----------------------------------------------------------
 
 
-async def test_returning_customer_open_deal_in_other_pipeline_is_updated(
+async def test_a_returning_customer_with_telegram_gets_it_filled_and_the_phone_kept(
     run_bx: Any, fake_bx: FakeBitrix24
 ) -> None:
     contact_id = fake_bx.add_contact("Иван", "Петров", phones=["8 (999) 123-45-67"])

@@ -19,8 +19,7 @@ from tests.fakes.service import Abort, FakeRequest, FakeResponse
 
 ROOT = Path(__file__).resolve().parent.parent
 HUBSPOT_URL = "https://api.hubapi.test"
-SITE, SITE_AUTOPAY, SITE_WORKING = "default", "1023405001", "appointmentscheduled"
-YANDEX, YANDEX_AUTOPAY, YANDEX_WORKING = "1023405100", "1023405101", "1023405102"
+SITE_AUTOPAY = "1023405001"
 PARTNERS, PARTNERS_AUTOPAY = "1023405200", "1023405201"
 DEALS = "/crm/objects/2026-09/deals"
 CONTACTS = "/crm/objects/2026-09/contacts"
@@ -120,59 +119,7 @@ async def test_new_customer_gets_contact_deal_fields_and_note(run_hub, fake_hub)
     assert fake_hub.searches() == 1
 
 
-async def test_pipeline_rules_pick_yandex_and_site(run_hub, fake_hub) -> None:
-    async with run_hub() as bridge:
-        first = await bridge.post_payment(
-            payment_payload(
-                "pay_y", utm_medium="cpc", phone="89990000001", email=None, telegram_id=None
-            )
-        )
-        second = await bridge.post_payment(
-            payment_payload("pay_s", phone="89990000002", email=None, telegram_id=None)
-        )
-    assert first.status_code == second.status_code == 200
-    placed = {(d["properties"]["pipeline"], d["properties"]["dealstage"]) for d in fake_hub.deals()}
-    assert placed == {(YANDEX, YANDEX_AUTOPAY), (SITE, SITE_AUTOPAY)}
-
-
 # ---- 2. a returning customer --------------------------------------------------------
-
-
-async def test_returning_customer_open_deal_in_other_pipeline_is_updated(run_hub, fake_hub) -> None:
-    contact_id = fake_hub.add_contact(firstname="Иван", lastname="Петров", phone="8 999 123-45-67")
-    open_deal = fake_hub.add_deal(
-        contact_id,
-        pipeline=YANDEX,
-        stage=YANDEX_WORKING,
-        updated_at=1000,
-        total_paid="1500",
-        purchase_count="2",
-    )
-    closed = fake_hub.add_deal(contact_id, stage="closedwon", updated_at=3000)
-    excluded = fake_hub.add_deal(contact_id, stage=SITE_AUTOPAY, updated_at=4000)
-    async with run_hub() as bridge:
-        response = await bridge.post_payment(
-            payment_payload("pay_ret", telegram_id=None, telegram_tag=None)
-        )
-        calls = crm_calls(bridge, "pay_ret")
-    assert response.status_code == 200, response.text
-    assert response.json()["results"]["hubspot"] == {
-        "contact_id": contact_id,
-        "lead_id": open_deal,
-        "lead_created": False,
-    }
-    assert len(fake_hub.deals()) == 3
-    assert number(fake_hub.deal_field(open_deal, "total_paid")) == 11500
-    assert number(fake_hub.deal_field(open_deal, "purchase_count")) == 3
-    assert fake_hub.deal_field(open_deal, "payment_id") == "pay_ret"
-    assert fake_hub.deal_field(open_deal, "pipeline") == YANDEX  # stays where it is
-    for untouched in (closed, excluded):
-        assert fake_hub.deal_field(untouched, "total_paid") is None
-        assert fake_hub.notes(untouched) == []
-    assert len(fake_hub.notes(open_deal)) == 1
-    # contacts search, deals search, deal update, note
-    assert fake_hub.count() == calls == 4
-    assert fake_hub.searches() == 2
 
 
 async def test_an_excluded_stage_deal_carrying_the_payment_is_found_on_retry(

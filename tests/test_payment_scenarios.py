@@ -20,8 +20,7 @@ DEAL = {  # field ids of etc/bridge.example.toml
     "count": "700208",
     "utm_source": "700209",
 }
-SITE, SITE_AUTOPAY, SITE_WORKING = 4423755, 63242022, 63242023
-YANDEX, YANDEX_AUTOPAY, YANDEX_WORKING = 10089806, 80579130, 80579131
+SITE_WORKING = 63242023
 PARTNERS, PARTNERS_AUTOPAY = 8598230, 80517738
 
 
@@ -53,56 +52,6 @@ async def test_new_customer_gets_contact_lead_fields_and_note(run_bridge, fake_a
     assert fake_amo.lead_field(lead["id"], DEAL["utm_source"]) == "advcake"
     assert fake_amo.notes(lead["id"]) == [EXPECTED_NOTE]
     assert fake_amo.count() <= 5
-
-
-async def test_pipeline_rules_pick_yandex_and_site(run_bridge, fake_amo) -> None:
-    async with run_bridge() as bridge:
-        first = await bridge.post_payment(
-            payment_payload(
-                "pay_y", utm_medium="cpc", phone="89990000001", email=None, telegram_id=None
-            )
-        )
-        second = await bridge.post_payment(
-            payment_payload("pay_s", phone="89990000002", email=None, telegram_id=None)
-        )
-    assert first.status_code == second.status_code == 200
-    placed = {(lead["pipeline_id"], lead["status_id"]) for lead in fake_amo.leads()}
-    assert placed == {(YANDEX, YANDEX_AUTOPAY), (SITE, SITE_AUTOPAY)}
-
-
-async def test_returning_customer_open_lead_in_other_pipeline_is_updated(
-    run_bridge, fake_amo
-) -> None:
-    contact_id = fake_amo.add_contact(name="Иван Петров", phones=["+7 999 123-45-67"])
-    open_lead = fake_amo.add_lead(
-        contact_id,
-        pipeline_id=YANDEX,
-        status_id=YANDEX_WORKING,
-        updated_at=1000,
-        fields={DEAL["total"]: 1500, DEAL["count"]: 2},
-    )
-    closed = fake_amo.add_lead(contact_id, pipeline_id=SITE, status_id=142, updated_at=3000)
-    excluded = fake_amo.add_lead(
-        contact_id, pipeline_id=SITE, status_id=SITE_AUTOPAY, updated_at=4000
-    )
-    async with run_bridge() as bridge:
-        response = await bridge.post_payment(
-            payment_payload("pay_ret", telegram_id=None, telegram_tag=None)
-        )
-    assert response.status_code == 200, response.text
-    assert response.json()["results"]["amocrm"] == {
-        "contact_id": str(contact_id),
-        "lead_id": str(open_lead),
-        "lead_created": False,
-    }
-    assert len(fake_amo.leads()) == 3
-    assert number(fake_amo.lead_field(open_lead, DEAL["total"])) == 11500
-    assert number(fake_amo.lead_field(open_lead, DEAL["count"])) == 3
-    for untouched in (closed, excluded):
-        assert fake_amo.lead_field(untouched, DEAL["total"]) is None
-        assert fake_amo.notes(untouched) == []
-    assert len(fake_amo.notes(open_lead)) == 1
-    assert fake_amo.count() <= 4
 
 
 async def test_repeat_after_success_is_409_and_crm_untouched(run_bridge, fake_amo) -> None:

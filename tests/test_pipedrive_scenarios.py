@@ -28,8 +28,6 @@ PD_URL = "https://example.pipedrive.test"
 EXAMPLE = load_file_config(ROOT / "etc" / "crm-pipedrive.example.toml").crm["pipedrive"]
 DF = EXAMPLE.deal_fields
 TG_ID, TG_USERNAME = EXAMPLE.contact_fields.telegram_id, EXAMPLE.contact_fields.telegram_username
-SITE, SITE_AUTOPAY, SITE_WORKING = 1, 1, 2
-YANDEX, YANDEX_AUTOPAY, YANDEX_WORKING = 2, 3, 4
 PARTNERS, PARTNERS_AUTOPAY = 3, 5
 SENT: list[RecordingTransport] = []
 
@@ -131,58 +129,7 @@ async def test_new_customer_gets_person_deal_fields_and_note(run_bridge, fake) -
     assert fake.tokens_used == 3 * 20 + 5 + 5 + 10
 
 
-async def test_pipeline_rules_pick_yandex_and_site(run_bridge, fake) -> None:
-    async with run_bridge() as bridge:
-        first = await bridge.post_payment(
-            payment_payload(
-                "pay_y", utm_medium="cpc", phone="89990000001", email=None, telegram_id=None
-            )
-        )
-        second = await bridge.post_payment(
-            payment_payload("pay_s", phone="89990000002", email=None, telegram_id=None)
-        )
-    assert first.status_code == second.status_code == 200
-    placed = {(deal["pipeline_id"], deal["stage_id"]) for deal in fake.deals()}
-    assert placed == {(YANDEX, YANDEX_AUTOPAY), (SITE, SITE_AUTOPAY)}
-
-
 # ---- (2) a returning customer -------------------------------------------------------
-
-
-async def test_returning_customer_open_deal_in_other_pipeline_is_updated(run_bridge, fake) -> None:
-    person = fake.add_person("Иван Петров", phones=["+7 (999) 123-45-67"])
-    open_deal = fake.add_deal(
-        person,
-        pipeline_id=YANDEX,
-        stage_id=YANDEX_WORKING,
-        update_time=1000,
-        fields={DF.total_paid: 1500, DF.purchase_count: 2},
-    )
-    won = fake.add_deal(person, stage_id=SITE_WORKING, status="won", update_time=3000)
-    lost = fake.add_deal(person, stage_id=SITE_WORKING, status="lost", update_time=3500)
-    excluded = fake.add_deal(person, stage_id=SITE_AUTOPAY, update_time=4000)
-    async with run_bridge() as bridge:
-        response = await bridge.post_payment(
-            payment_payload("pay_ret", telegram_id=None, telegram_tag=None)
-        )
-        calls = calls_of(bridge, "pay_ret")
-    assert response.status_code == 200, response.text
-    assert response.json()["results"]["pipedrive"] == {
-        "contact_id": str(person),
-        "lead_id": str(open_deal),
-        "lead_created": False,
-    }
-    assert len(fake.deals()) == 4 and len(fake.persons()) == 1
-    assert number(fake.deal_field(open_deal, DF.total_paid)) == 11500
-    assert number(fake.deal_field(open_deal, DF.purchase_count)) == 3
-    assert fake.deal_field(open_deal, DF.payment_id) == "pay_ret"
-    for untouched in (won, lost, excluded):
-        assert fake.deal_field(untouched, DF.total_paid) is None
-        assert fake.notes(untouched) == []
-    assert len(fake.notes(open_deal)) == 1
-    # Phone search, the person's custom fields, its open deals, the deal, the note.
-    assert calls == fake.count() == 5
-    assert fake.tokens_used == 20 + 1 + 10 + 5 + 10
 
 
 # ---- (7) trouble, and the crash windows ---------------------------------------------

@@ -185,3 +185,54 @@ async def test_a_search_hit_with_another_number_is_not_used(
     assert response.status_code == 200, response.text
     assert response.json()["results"][case.name]["contact_id"] not in (longer, abroad)
     assert len(case.contacts(fake)) == 3
+
+
+async def test_pipeline_rules_place_new_deals(run: Run, case: CrmCase, fake: Fake) -> None:
+    section = case.file_config().crm[case.name]
+    [yandex] = [rule for rule in section.pipeline_rules if "cpc" in rule.contains]
+    site = section.default_pipeline
+    async with run() as bridge:
+        first = await bridge.post_payment(
+            payment_payload(
+                "pay_y", utm_medium="cpc", phone="89990000001", email=None, telegram_id=None
+            )
+        )
+        second = await bridge.post_payment(
+            payment_payload("pay_s", phone="89990000002", email=None, telegram_id=None)
+        )
+    assert first.status_code == second.status_code == 200
+    placed = {case.place(fake, deal) for deal in case.deals(fake)}
+    assert placed == {(yandex.pipeline_id, yandex.status_id), (site.pipeline_id, site.status_id)}
+
+
+async def test_a_returning_customers_open_deal_in_another_pipeline_is_updated(
+    run: Run, case: CrmCase, fake: Fake
+) -> None:
+    contact = str(case.add_contact(fake, "Иван Петров", "+7 (999) 123-45-67", None))
+    open_deal = case.seed_deal(
+        fake, contact, "yandex_working", 1000, total_paid=1500, purchase_count=2
+    )
+    closed = case.seed_deal(fake, contact, "closed", 3000)
+    excluded = case.seed_deal(fake, contact, "site_autopay", 4000)
+    place = case.place(fake, open_deal)
+    async with run() as bridge:
+        response = await bridge.post_payment(
+            payment_payload("pay_ret", telegram_id=None, telegram_tag=None)
+        )
+        calls = crm_calls(bridge, "pay_ret")
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][case.name] == {
+        "contact_id": contact,
+        "lead_id": open_deal,
+        "lead_created": False,
+    }
+    assert len(case.deals(fake)) == 3 and len(case.contacts(fake)) == 1
+    assert case.deal_number(fake, open_deal, "total_paid") == 11500
+    assert case.deal_number(fake, open_deal, "purchase_count") == 3
+    assert case.deal_field(fake, open_deal, "payment_id") == "pay_ret"
+    assert case.place(fake, open_deal) == place  # it stays where it is
+    for untouched in (closed, excluded):
+        assert case.deal_field(fake, untouched, "total_paid") is None
+        assert case.notes(fake, untouched) == []
+    assert len(case.notes(fake, open_deal)) == 1
+    assert fake.count() == calls == case.returning_calls
