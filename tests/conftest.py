@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,16 @@ def run_bridge(tmp_path: Path, fake_amo: FakeAmoCrm) -> Callable[..., Any]:
             yield Bridge(client, settings, fake_amo)
 
     return factory
+
+
+def crm_calls(bridge: Bridge, payment_id: str) -> int:
+    """The CRM calls the delivery of one payment made (as the audit row records them)."""
+    [(calls,)] = bridge.query(
+        "SELECT d.crm_calls FROM deliveries d JOIN events e ON e.id = d.event_id WHERE e.key = ?",
+        (payment_id,),
+    )
+    return int(calls)
+
+
+def number(value: object) -> Decimal:
+    return Decimal(str(value))

@@ -8,15 +8,20 @@ notes as text. A new CRM joins every suite with one entry in `CASES`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
+from litestar.testing import AsyncTestClient
+
+from bridge.app import create_app
 from bridge.crm.richtext import note_text
 from bridge.settings import FileConfig, load_file_config
-from tests.conftest import reference_file_config
+from tests.conftest import Bridge, make_settings, reference_file_config
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.bitrix24 import EXAMPLE_CONFIG as BITRIX_EXAMPLE
 from tests.fakes.bitrix24 import FakeBitrix24
@@ -233,3 +238,26 @@ CASES = [
         trouble=_bitrix_trouble,
     ),
 ]
+
+BY_NAME = {case.name: case for case in CASES}
+Run = Callable[..., Any]
+
+
+def running(
+    case: CrmCase,
+    fake: Fake,
+    tmp_path: Path,
+    wrap: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] = lambda t: t,
+) -> Run:
+    """`async with run(file=None, **settings_overrides) as bridge:` — the app with this
+    CRM only, authorised on its fake (`wrap` may record what is sent)."""
+
+    @asynccontextmanager
+    async def run(file: FileConfig | None = None, **overrides: Any) -> AsyncIterator[Bridge]:
+        overrides = {**case.credentials(fake), **overrides}
+        settings = make_settings(tmp_path, file or case.file_config(), **overrides)
+        app = create_app(settings, transports={case.name: wrap(fake.transport())})
+        async with AsyncTestClient(app=app) as client:
+            yield Bridge(client, settings, fake)
+
+    return run

@@ -3,19 +3,14 @@ with `etc/crm-bitrix24.example.toml` as the only CRM; and what each payment cost
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from bridge.app import create_app
-from bridge.settings import FileConfig, load_file_config
-from tests.conftest import EXPECTED_NOTE, Bridge, make_settings, payment_payload
-from tests.fakes.bitrix24 import EXAMPLE_CONFIG, FakeBitrix24
+from tests.conftest import EXPECTED_NOTE, crm_calls, number, payment_payload
+from tests.crm_cases import BY_NAME, Run, running
+from tests.fakes.bitrix24 import FakeBitrix24
 
 DEAL = {
     "subjects": "UF_CRM_SUBJECTS",
@@ -28,17 +23,8 @@ DEAL = {
     "count": "UF_CRM_PURCHASES",
 }
 TG_ID, TG_USERNAME = "UF_CRM_TG_ID", "UF_CRM_TG_USERNAME"
-
-
-def bitrix_file(**changes: Any) -> FileConfig:
-    """The example section, enabled, as the only CRM."""
-    config = load_file_config(EXAMPLE_CONFIG)
-    section = config.crm["bitrix24"].model_copy(update={"enabled": True, **changes})
-    return config.model_copy(update={"crm": {"bitrix24": section}})
-
-
-def number(value: Any) -> Decimal:
-    return Decimal(str(value))
+CASE = BY_NAME["bitrix24"]
+bitrix_file = CASE.file_config
 
 
 @pytest.fixture
@@ -47,26 +33,8 @@ def fake_bx() -> FakeBitrix24:
 
 
 @pytest.fixture
-def run_bx(tmp_path: Path, fake_bx: FakeBitrix24) -> Callable[..., Any]:
-    """`async with run_bx(**settings_overrides) as bridge:` — app with lifespan."""
-
-    @asynccontextmanager
-    async def factory(file: FileConfig | None = None, **overrides: Any) -> AsyncIterator[Bridge]:
-        overrides.setdefault("bitrix24_webhook_url", fake_bx.webhook_url())
-        settings = make_settings(tmp_path, file or bitrix_file(), **overrides)
-        app = create_app(settings, transports={"bitrix24": fake_bx.transport()})
-        async with AsyncTestClient(app=app) as client:
-            yield Bridge(client, settings, fake_bx)  # type: ignore[arg-type]
-
-    return factory
-
-
-def calls_of(bridge: Bridge, payment_id: str) -> int:
-    [(calls,)] = bridge.query(
-        "SELECT d.crm_calls FROM deliveries d JOIN events e ON e.id = d.event_id WHERE e.key = ?",
-        (payment_id,),
-    )
-    return int(calls)
+def run_bx(tmp_path: Path, fake_bx: FakeBitrix24) -> Run:
+    return running(CASE, fake_bx, tmp_path)
 
 
 # ---- 1: a new customer ----------------------------------------------------------------
@@ -79,7 +47,7 @@ async def test_new_customer_gets_contact_deal_fields_and_note_in_three_requests(
         response = await bridge.post_payment(
             payment_payload("pay_new", utm_source="advcake", utm_medium="cpa")
         )
-        calls = calls_of(bridge, "pay_new")
+        calls = crm_calls(bridge, "pay_new")
     assert response.status_code == 200, response.text
     [contact] = fake_bx.contacts()
     [deal] = fake_bx.deals()
@@ -128,7 +96,7 @@ async def test_a_returning_customer_with_telegram_gets_it_filled_and_the_phone_k
     excluded = fake_bx.add_deal(contact_id, stage_id="UC_AUTOPAY", modified=4000)
     async with run_bx() as bridge:
         response = await bridge.post_payment(payment_payload("pay_ret"))
-        calls = calls_of(bridge, "pay_ret")
+        calls = crm_calls(bridge, "pay_ret")
     assert response.status_code == 200, response.text
     assert response.json()["results"]["bitrix24"] == {
         "contact_id": str(contact_id),
@@ -158,7 +126,7 @@ async def test_returning_customer_found_by_telegram_costs_three_requests(
     deal = fake_bx.add_deal(contact_id, stage_id="EXECUTING", fields={DEAL["total"]: 100})
     async with run_bx() as bridge:
         response = await bridge.post_payment(payment_payload("pay_tg", costs=(700,)))
-        calls = calls_of(bridge, "pay_tg")
+        calls = crm_calls(bridge, "pay_tg")
     assert response.status_code == 200
     assert response.json()["results"]["bitrix24"]["lead_id"] == str(deal)
     assert number(fake_bx.deal_field(deal, DEAL["total"])) == 800
@@ -176,7 +144,7 @@ async def test_next_payment_after_an_autopay_deal_costs_three_requests(
         await bridge.post_payment(payment_payload("pay_a1", costs=(1000,)))
         before = fake_bx.count()
         response = await bridge.post_payment(payment_payload("pay_a2", costs=(700,)))
-        calls = calls_of(bridge, "pay_a2")
+        calls = crm_calls(bridge, "pay_a2")
     assert response.json()["results"]["bitrix24"]["lead_created"] is True
     assert len(fake_bx.contacts()) == 1 and len(fake_bx.deals()) == 2
     # lookup batch (with the open deals), deal add, comment: 3. While the store files

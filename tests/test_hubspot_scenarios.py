@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
 
 from bridge.app import create_app
-from bridge.settings import FileConfig, load_file_config
-from tests.conftest import EXPECTED_NOTE, Bridge, make_settings, payment_payload
+from tests.conftest import EXPECTED_NOTE, Bridge, crm_calls, make_settings, number, payment_payload
+from tests.crm_cases import BY_NAME, Run, running
 from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.service import Abort, FakeRequest, FakeResponse
 
@@ -23,21 +19,8 @@ SITE_AUTOPAY = "1023405001"
 PARTNERS, PARTNERS_AUTOPAY = "1023405200", "1023405201"
 DEALS = "/crm/objects/2026-09/deals"
 CONTACTS = "/crm/objects/2026-09/contacts"
-
-
-def hubspot_file_config(**changes: Any) -> FileConfig:
-    """etc/crm-hubspot.example.toml, enabled and pointed at the fake."""
-    config = load_file_config(ROOT / "etc" / "crm-hubspot.example.toml")
-    hubspot = config.crm["hubspot"].model_copy(
-        # A lost answer to a write is looked for again after the request timeout.
-        update={
-            "base_url": HUBSPOT_URL,
-            "enabled": True,
-            "request_timeout_seconds": 1.0,
-            **changes,
-        }
-    )
-    return config.model_copy(update={"crm": {"hubspot": hubspot}})
+CASE = BY_NAME["hubspot"]
+hubspot_file_config = CASE.file_config
 
 
 @pytest.fixture
@@ -46,30 +29,8 @@ def fake_hub() -> FakeHubSpot:
 
 
 @pytest.fixture
-def run_hub(tmp_path: Path, fake_hub: FakeHubSpot) -> Callable[..., Any]:
-    """`async with run_hub(**settings_overrides) as bridge:` — the app, HubSpot only."""
-
-    @asynccontextmanager
-    async def factory(file: FileConfig | None = None, **overrides: Any) -> AsyncIterator[Bridge]:
-        overrides.setdefault("hubspot_access_token", fake_hub.issue_token())
-        settings = make_settings(tmp_path, file or hubspot_file_config(), **overrides)
-        app = create_app(settings, transports={"hubspot": fake_hub.transport()})
-        async with AsyncTestClient(app=app) as client:
-            yield Bridge(client, settings, fake_hub)  # type: ignore[arg-type]
-
-    return factory
-
-
-def number(value: Any) -> Decimal:
-    return Decimal(str(value))
-
-
-def crm_calls(bridge: Bridge, payment_id: str) -> int:
-    [(calls,)] = bridge.query(
-        "SELECT d.crm_calls FROM deliveries d JOIN events e ON e.id = d.event_id WHERE e.key = ?",
-        (payment_id,),
-    )
-    return int(calls)
+def run_hub(tmp_path: Path, fake_hub: FakeHubSpot) -> Run:
+    return running(CASE, fake_hub, tmp_path)
 
 
 # ---- 1. a new customer --------------------------------------------------------------

@@ -7,19 +7,16 @@ OpenAPI files. The CRM calls per payment are measured with the fake's call log.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
-from decimal import Decimal
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
+import httpx
 import pytest
-from litestar.testing import AsyncTestClient
 
-from bridge.app import create_app
 from bridge.crm.richtext import note_html, note_text
-from bridge.settings import FileConfig, load_file_config
-from tests.conftest import EXPECTED_NOTE, Bridge, make_settings, payment_payload
+from bridge.settings import load_file_config
+from tests.conftest import EXPECTED_NOTE, crm_calls, number, payment_payload
+from tests.crm_cases import BY_NAME, Run, running
 from tests.fakes.pipedrive import FakePipedrive
 from tests.fakes.pipedrive_openapi import PipedriveOpenApi, RecordingTransport
 
@@ -32,14 +29,24 @@ PARTNERS, PARTNERS_AUTOPAY = 3, 5
 SENT: list[RecordingTransport] = []
 
 
-def pipedrive_file_config(**changes: Any) -> FileConfig:
-    """Only Pipedrive, as in the example section, pointed at the fake."""
-    crm = EXAMPLE.model_copy(update={"base_url": PD_URL, "enabled": True, **changes})
-    return FileConfig(crm={"pipedrive": crm})
+CASE = BY_NAME["pipedrive"]
+pipedrive_file_config = CASE.file_config
 
 
-def number(value: Any) -> Decimal:
-    return Decimal(str(value))
+@pytest.fixture
+def fake() -> FakePipedrive:
+    return FakePipedrive()
+
+
+@pytest.fixture
+def run_bridge(tmp_path: Path, fake: FakePipedrive) -> Run:
+    """The app on the fake; every request it sends is checked against the OpenAPI files."""
+
+    def recorded(transport: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
+        SENT.append(RecordingTransport(transport))
+        return SENT[-1]
+
+    return running(CASE, fake, tmp_path, recorded)
 
 
 @pytest.fixture(autouse=True)
@@ -53,36 +60,6 @@ def requests_conform_to_openapi() -> Iterator[None]:
     assert problems == []
 
 
-@pytest.fixture
-def fake() -> FakePipedrive:
-    return FakePipedrive()
-
-
-@pytest.fixture
-def run_bridge(tmp_path: Path, fake: FakePipedrive) -> Callable[..., Any]:
-    """`async with run_bridge(**settings_overrides) as bridge:` — app with lifespan."""
-
-    @asynccontextmanager
-    async def factory(file: FileConfig | None = None, **overrides: Any) -> AsyncIterator[Bridge]:
-        overrides.setdefault("pipedrive_api_token", fake.issue_api_token())
-        settings = make_settings(tmp_path, file or pipedrive_file_config(), **overrides)
-        recorder = RecordingTransport(fake.transport())
-        SENT.append(recorder)
-        app = create_app(settings, transports={"pipedrive": recorder})
-        async with AsyncTestClient(app=app) as client:
-            yield Bridge(client, settings, fake)  # type: ignore[arg-type]
-
-    return factory
-
-
-def calls_of(bridge: Bridge, payment_id: str) -> int:
-    [(calls,)] = bridge.query(
-        "SELECT d.crm_calls FROM deliveries d JOIN events e ON e.id = d.event_id WHERE e.key = ?",
-        (payment_id,),
-    )
-    return int(calls)
-
-
 # ---- (1) a new customer -------------------------------------------------------------
 
 
@@ -91,7 +68,7 @@ async def test_new_customer_gets_person_deal_fields_and_note(run_bridge, fake) -
         response = await bridge.post_payment(
             payment_payload("pay_new", utm_source="advcake", utm_medium="cpa")
         )
-        calls = calls_of(bridge, "pay_new")
+        calls = crm_calls(bridge, "pay_new")
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "success"

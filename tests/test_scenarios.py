@@ -8,20 +8,12 @@ statuses, refused requests) run once, in `test_payment_scenarios.py`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from bridge.app import create_app
-from bridge.settings import FileConfig
-from tests.conftest import Bridge, make_settings, payment_payload
-from tests.crm_cases import CASES, CrmCase, Fake
-
-Run = Callable[..., Any]
+from tests.conftest import crm_calls, payment_payload
+from tests.crm_cases import CASES, CrmCase, Fake, Run, running
 
 
 @pytest.fixture(params=CASES, ids=str)
@@ -37,17 +29,7 @@ def fake(case: CrmCase) -> Fake:
 
 @pytest.fixture
 def run(tmp_path: Path, case: CrmCase, fake: Fake) -> Run:
-    """`async with run(file=None, **settings_overrides) as bridge:` — this CRM only."""
-
-    @asynccontextmanager
-    async def factory(file: FileConfig | None = None, **overrides: Any) -> AsyncIterator[Bridge]:
-        overrides = {**case.credentials(fake), **overrides}
-        settings = make_settings(tmp_path, file or case.file_config(), **overrides)
-        app = create_app(settings, transports={case.name: fake.transport()})
-        async with AsyncTestClient(app=app) as client:
-            yield Bridge(client, settings, fake)
-
-    return factory
+    return running(case, fake, tmp_path)
 
 
 async def test_crm_trouble_answers_within_window_and_lands_exactly_once(
@@ -115,14 +97,6 @@ async def test_concurrent_payments_reference_config_make_two_deals(
     for deal in deals:
         assert case.deal_number(fake, deal, "purchase_count") == 1
         assert len(case.notes(fake, deal)) == 1
-
-
-def crm_calls(bridge: Bridge, payment_id: str) -> int:
-    [(calls,)] = bridge.query(
-        "SELECT d.crm_calls FROM deliveries d JOIN events e ON e.id = d.event_id WHERE e.key = ?",
-        (payment_id,),
-    )
-    return int(calls)
 
 
 async def test_a_known_customer_with_an_open_deal_costs_three_calls(
