@@ -176,7 +176,7 @@ async def _stop(runtime: Runtime) -> None:
     if runtime.worker_task is not None:
         await asyncio.gather(runtime.worker_task, return_exceptions=True)
     for adapter in runtime.adapters.values():
-        await adapter.aclose()
+        await adapter.connection.aclose()
     await runtime.store.close()
     log.info("bridge stopped")
 
@@ -480,7 +480,7 @@ async def health(request: Request[Any, Any, State]) -> Response[Any]:
     crms: dict[str, Any] = {}
     for name, adapter in rt.adapters.items():
         state = states.get(name)
-        expires = adapter.token_expires_at()
+        expires = adapter.connection.token_expires_at()
         crms[name] = {
             "paused": name in paused,
             "paused_reason": paused.get(name),
@@ -488,7 +488,7 @@ async def health(request: Request[Any, Any, State]) -> Response[Any]:
             "last_error": state.last_error if state else None,
             "last_error_at": state.last_error_at if state else None,
             "token_expires_at": _iso(expires),
-            **adapter.health_details(),
+            **adapter.connection.health_details(),
         }
     oldest_age = now - queue.oldest_pending_at if queue.oldest_pending_at else None
     rt.metrics.queue_depth.set(queue.depth)

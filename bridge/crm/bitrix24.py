@@ -1,7 +1,7 @@
 """Bitrix24 (cloud REST: inbound webhook or OAuth 2.0) as a `CrmAdapter`.
 
-Shapes are `bitrix24_json`, method and batch calls `bitrix24_calls`, the transport,
-token auth and token server `bitrix24_rest`; here: the adapter and `build_bitrix24`.
+Shapes are `bitrix24_json`, method and batch calls `bitrix24_calls`, the transport and
+token auth `bitrix24_rest`; here: the adapter, its token server and `build_bitrix24`.
 Reads are GET (retried after a 5xx or a timeout), writes POST; a `batch` of up to 50
 methods is one request for the leaky bucket. Requests per method:
 
@@ -34,25 +34,24 @@ Options (`[crm.NAME.options]`, see `BitrixOptions`): `burst`, `currency_id`,
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import httpx
 
 from bridge.crm import bitrix24_json as bx
-from bridge.crm.base import Confirm, CrmHttp, CrmSchema, CustomField, RateLimiter, first_confirmed
+from bridge.crm.base import Confirm, CrmSchema, CustomField, first_confirmed
 from bridge.crm.bitrix24_calls import JSON, MAX_PAGES, BatchAnswer, BitrixCalls, Commands
 from bridge.crm.bitrix24_json import BitrixOptions
 from bridge.crm.bitrix24_rest import (
     WEBHOOK_BASE,
-    BitrixOAuth,
     BitrixTokenAuth,
     BitrixTransport,
     WebhookAuth,
     webhook_problem,
 )
+from bridge.crm.connection import Connection, OAuthEndpoint, Wiring
 from bridge.domain import (
     Contact,
     ContactPatch,
@@ -63,11 +62,7 @@ from bridge.domain import (
     NewContact,
     NewDeal,
 )
-from bridge.errors import AuthError
-from bridge.settings import CrmConfig, Settings, secret_value
-from bridge.tokens import OAuthTokenSource, StaticToken, TokenPair, TokenRepository, TokenSource
 
-OnCall = Callable[[str, str, float, int], None]
 PREFETCH_TTL = 10.0  # seconds a prefetched deal list may be handed to list_deals
 PREFETCH_CANDIDATES = 5  # contacts whose deals the second lookup batch reads too
 
@@ -82,26 +77,13 @@ class _Prefetch:
 class Bitrix24:
     """One Bitrix24 portal. Build it with `build_bitrix24`; it owns one HTTP client."""
 
-    def __init__(
-        self,
-        name: str,
-        config: CrmConfig,
-        options: BitrixOptions,
-        http: CrmHttp,
-        source: TokenSource,
-        oauth: BitrixOAuth,
-        tokens: TokenRepository,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.name = name
-        self.config = config
+    def __init__(self, connection: Connection, options: BitrixOptions) -> None:
+        self.name = connection.name
+        self.config = connection.config
+        self.connection = connection
         self.options = options
-        self.http = http
-        self._calls = BitrixCalls(name, http)
-        self._source = source
-        self._oauth = oauth
-        self._tokens = tokens
-        self._clock = clock
+        self._calls = BitrixCalls(connection)
+        self._clock = connection.clock
         self._prefetch: dict[str, _Prefetch] = {}
 
     # ---- contacts -------------------------------------------------------------------
@@ -273,7 +255,7 @@ class Bitrix24:
             "crm.timeline.comment.add", "notes.add", {"fields": fields}, write=True
         )
 
-    # ---- schema, credentials --------------------------------------------------------
+    # ---- schema -----------------------------------------------------------
 
     async def schema(self) -> CrmSchema:
         commands: Commands = {
@@ -298,28 +280,6 @@ class Bitrix24:
         with self._calls.reading("schema"):
             pipelines = tuple(bx.pipeline_from(c, stages.get(bx.stages_key(c))) for c in categories)
         return CrmSchema(pipelines=pipelines, fields=tuple(fields))
-
-    async def exchange_code(self, code: str) -> TokenPair:
-        """`bridge auth`: trade an authorization code for a pair and store it before use."""
-        if self.config.auth != "oauth":
-            raise AuthError(self.name, 'codes are exchanged only with auth = "oauth"')
-        pair = await self._oauth.exchange_code(code)
-        await self._tokens.save_tokens(self.name, pair)
-        if isinstance(self._source, OAuthTokenSource):
-            self._source.forget()
-        return pair
-
-    async def credentials_problem(self) -> str | None:
-        return await self._source.problem()
-
-    def token_expires_at(self) -> float | None:
-        return self._source.expires_at()
-
-    def health_details(self) -> Mapping[str, object]:
-        return {"rate_limit_per_second": round(self.http.limiter.rate, 2)}
-
-    async def aclose(self) -> None:
-        await self.http.client.aclose()
 
     # ---- helpers ------------------------------------------------------------------
 
@@ -356,49 +316,48 @@ class Bitrix24:
 # ---- the builder --------------------------------------------------------------------
 
 
-def build_bitrix24(
-    name: str,
-    config: CrmConfig,
-    settings: Settings,
-    tokens: TokenRepository,
-    *,
-    transport: httpx.AsyncBaseTransport | None = None,
-    on_call: OnCall | None = None,
-    clock: Callable[[], float] = time.time,
-) -> Bitrix24:
+def build_bitrix24(wiring: Wiring) -> Bitrix24:
     """The adapter with its one HTTP client, rate limiter and credentials.
 
     `auth = "long_lived_token"`: the inbound webhook URL (BITRIX24_WEBHOOK_URL), which
     holds its secret in its path; `auth = "oauth"`: tokens from `bridge auth`, calls to
     `base_url` (the portal) with the `auth` parameter.
     """
-    options = BitrixOptions.from_config(name, config.options)
-    inner = transport or httpx.AsyncHTTPTransport()
-    webhook = secret_value(settings.bitrix24_webhook_url)
-    problem = webhook_problem(webhook)
+    config, clock = wiring.config, wiring.clock
+    options = BitrixOptions.from_config(wiring.name, config.options)
+    secrets = wiring.secrets("WEBHOOK_URL")
+    inner = wiring.transport or httpx.AsyncHTTPTransport()
+    webhook = secrets.token
+    problem = webhook_problem(webhook, secrets.var("WEBHOOK_URL"))
     if config.auth == "oauth":
         base, wire = config.base_url.rstrip("/") + "/rest/", BitrixTransport(inner, clock=clock)
     else:
         base = WEBHOOK_BASE
         wire = BitrixTransport(inner, webhook if problem is None else None, clock)
-    client = httpx.AsyncClient(
-        base_url=base, timeout=config.request_timeout_seconds, transport=wire
+    connection = Connection(
+        wiring,
+        secrets,
+        oauth_endpoint(options.oauth_server),
+        transport=wire,
+        base_url=base,
+        burst=options.burst,
+        oauth_auth=BitrixTokenAuth,
+        static_auth=WebhookAuth,
+        static_token=(webhook if problem is None else None, problem or ""),
     )
-    limiter = RateLimiter(config.rate_limit_per_second, burst=options.burst)
-    http = CrmHttp(name, client, limiter, on_call=on_call)
-    oauth = BitrixOAuth(name, http, settings, options.oauth_server, clock)
-    source: TokenSource
-    if config.auth == "oauth":
-        source = OAuthTokenSource(
-            name,
-            tokens,
-            oauth.refresh,
-            bootstrap_refresh_token=secret_value(settings.bitrix24_refresh_token),
-            refresh_margin_seconds=0.0,  # Bitrix: refresh when expired, not ahead of time
-            clock=clock,
-        )
-        client.auth = BitrixTokenAuth(source)
-    else:
-        source = StaticToken(name, webhook if problem is None else None, problem or "")
-        client.auth = WebhookAuth(source)
-    return Bitrix24(name, config, options, http, source, oauth, tokens, clock)
+    return Bitrix24(connection, options)
+
+
+def oauth_endpoint(server: str) -> OAuthEndpoint:
+    """GET {server}/oauth/token/ with everything in the query (never echoed: it holds the
+    client secret). Each refresh answers a new refresh token, the old one is spent; Bitrix
+    asks apps to refresh on `expired_token`, not ahead of time [b24-rest-docs
+    settings/oauth/index.md]."""
+    return OAuthEndpoint(
+        server.rstrip("/") + "/oauth/token/",
+        style="query",
+        error_fields=("error",),
+        rotates=True,
+        refused=frozenset({400, 401, 403, 404}),
+        refresh_margin=0.0,
+    )

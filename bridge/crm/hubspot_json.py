@@ -18,8 +18,6 @@ which also undoes what HubSpot's editor makes of a note (`<div><p>…</p></div>`
 
 from __future__ import annotations
 
-import html
-import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -27,6 +25,7 @@ from decimal import Decimal, InvalidOperation
 import phonenumbers
 
 from bridge.crm.base import JSON, CustomField, Pipeline
+from bridge.crm.richtext import note_html
 from bridge.domain import (
     Contact,
     Deal,
@@ -212,21 +211,7 @@ def _association(to_id: str, type_id: int) -> dict[str, JSON]:
     }
 
 
-def note_html(text: str) -> str:
-    return "<br>".join(html.escape(line, quote=False) for line in text.splitlines())
-
-
 # ---- JSON → domain ------------------------------------------------------------------
-
-_BREAKS = re.compile(r"<br\s*/?>|</(?:p|div|li|h[1-6])\s*>", re.IGNORECASE)
-_TAGS = re.compile(r"<[^>]*>")
-
-
-def note_text(body: str) -> str:
-    """The text of a note body, one line per line break or paragraph."""
-    text = _BREAKS.sub("\n", body.replace("\r\n", "\n"))
-    text = html.unescape(_TAGS.sub("", text)).replace("\xa0", " ")
-    return text.rstrip("\n")
 
 
 def _props(record: Mapping[str, JSON]) -> Mapping[str, JSON]:

@@ -7,8 +7,6 @@ No I/O here: `bridge.crm.pipedrive` sends what these build and reads what they p
 
 from __future__ import annotations
 
-import html
-import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -162,26 +160,7 @@ def deal_json(new: NewDeal, person_id: str) -> dict[str, JSON]:
     return body
 
 
-def note_html(text: str) -> str:
-    """Note `content` is HTML: each line escaped, leading spaces kept, lines joined by
-    <br>, so the note reads as written and `note_text` gives the text back."""
-    lines = []
-    for line in text.split("\n"):
-        body = line.lstrip(" ")
-        lines.append("&nbsp;" * (len(line) - len(body)) + html.escape(body, quote=False))
-    return "<br>".join(lines)
-
-
 # ---- Pipedrive JSON → domain --------------------------------------------------------
-
-_BREAKS = re.compile(r"<br\s*/?>|</p\s*>|</div\s*>", re.IGNORECASE)
-_TAGS = re.compile(r"<[^>]*>")
-
-
-def note_text(content: str) -> str:
-    """A note's text from its HTML (as written by `note_html`, or typed in the app)."""
-    text = _TAGS.sub("", _BREAKS.sub("\n", content))
-    return html.unescape(text).replace("\xa0", " ").rstrip("\n")
 
 
 def data_of(body: JSON) -> Any:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bridge.crypto import TokenCipher
-from bridge.domain import KnownRefs
+from bridge.domain import Journal, KnownRefs
 from bridge.errors import StoreUnavailable
 from bridge.store.base import (
     StoreBase,
@@ -147,15 +147,16 @@ class QueueMixin(StoreBase):
 
         await self._write_grouped(apply)
 
-    async def journal(self, delivery_id: int) -> dict[str, Any]:
+    async def journal(self, delivery_id: int) -> Journal:
         rows = await self._read(
             "SELECT step, value FROM journal WHERE delivery_id = ?", (delivery_id,)
         )
-        return {str(step): json.loads(value) for step, value in rows}
+        return Journal.from_steps({str(step): json.loads(value) for step, value in rows})
 
-    async def record_steps(self, delivery_id: int, steps: Mapping[str, Any]) -> None:
-        """Journal completed steps of a delivery, all in one commit."""
+    async def record_steps(self, delivery_id: int, done: Journal | Mapping[str, Any]) -> None:
+        """Journal completed steps of a delivery (one row each), all in one commit."""
         now_text = utc_text(self._clock())
+        steps = done.steps() if isinstance(done, Journal) else done
 
         def apply(db: sqlite3.Connection) -> None:
             db.executemany(

@@ -58,7 +58,7 @@ from tests.fakes.bitrix24_portal import (
     selected,
     substitute,
 )
-from tests.fakes.service import FakeRequest, FakeResponse, FakeService
+from tests.fakes.service import FakeRequest, FakeResponse, FakeService, OAuthFake, TokenIssuer
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "crm-bitrix24.example.toml"
 REST_PATH = re.compile(r"/rest/(?:(\d+)/([A-Za-z0-9_]+)/)?([A-Za-z0-9_.]+?)(?:\.json)?")
@@ -71,7 +71,7 @@ def example_config(**changes: Any) -> CrmConfig:
     return config.model_copy(update=changes)
 
 
-class FakeBitrix24(FakeService):
+class FakeBitrix24(OAuthFake, FakeService):
     """The portal of `etc/crm-bitrix24.example.toml` (or `config`), empty of data."""
 
     name = "fake Bitrix24"
@@ -100,9 +100,8 @@ class FakeBitrix24(FakeService):
         self._deals: dict[int, DealRec] = {}
         self._comments: list[CommentRec] = []
         self._webhooks: set[tuple[str, str]] = set()
-        self._access: dict[str, float] = {}
-        self._refresh: dict[str, bool] = {}  # token → spent
-        self._codes: set[str] = set()
+        # Each refresh spends the refresh token and answers a new one.
+        self.tokens = TokenIssuer(lambda: self.clock(), lambda: self.oauth_ttl)
         self._blocked: set[str] = set()
         self._denied: tuple[str, str] | None = None  # (code, description) of a 403
         self._ids = {kind: itertools.count(start) for kind, start in (("c", 101), ("d", 501))}
@@ -139,21 +138,6 @@ class FakeBitrix24(FakeService):
             self._webhooks.add((str(user), code))
         return f"{portal}/rest/{user}/{code}/"
 
-    def issue_oauth_pair(self, ttl: float | None = None) -> tuple[str, str]:
-        access, refresh = f"access-{secrets.token_hex(8)}", f"refresh-{secrets.token_hex(8)}"
-        with self._lock:
-            self._access[access] = self.clock() + (self.oauth_ttl if ttl is None else ttl)
-            self._refresh[refresh] = False
-        return access, refresh
-
-    def register_code(self, code: str) -> None:
-        with self._lock:
-            self._codes.add(code)
-
-    def expire_all_access_tokens(self) -> None:
-        with self._lock:
-            self._access = dict.fromkeys(self._access, float("-inf"))
-
     def drop_scope(self) -> None:
         self._denied = ("insufficient_scope", "The request requires higher privileges")
 
@@ -189,12 +173,12 @@ class FakeBitrix24(FakeService):
                 return _error(401, "NO_AUTH_FOUND", "Wrong authorization data")
         else:
             token = str(self._params(request).get("auth") or "")
-            expires = self._access.get(token)
+            problem = self.tokens.access_problem(token)
             if not token:
                 return _error(401, "NO_AUTH_FOUND", "Wrong authorization data")
-            if expires is None:
+            if problem == "unknown":
                 return _error(401, "invalid_token", "The access token provided is invalid.")
-            if expires <= self.clock():
+            if problem == "expired":
                 return _error(401, "expired_token", "The access token provided has expired.")
         if self._denied is not None:
             return _error(403, *self._denied)
@@ -691,24 +675,18 @@ class FakeBitrix24(FakeService):
             )
         grant = params.get("grant_type")
         if grant == "refresh_token":
-            token = str(params.get("refresh_token"))
-            if self._refresh.get(token) is not False:
-                return FakeResponse(
-                    400, {"error": "invalid_grant", "error_description": "Invalid refresh token"}
-                )
-            self._refresh[token] = True
+            pair = self.tokens.refreshed(str(params.get("refresh_token")))
+            refused = "Invalid refresh token"
         elif grant == "authorization_code":
-            code = str(params.get("code"))
-            if code not in self._codes:
-                return FakeResponse(
-                    400, {"error": "invalid_grant", "error_description": "Invalid code"}
-                )
-            self._codes.discard(code)
+            pair = self.tokens.exchanged(str(params.get("code"))) or "unknown"
+            refused = "Invalid code"
         else:
             return FakeResponse(
                 400, {"error": "unsupported_grant_type", "error_description": "grant"}
             )
-        access, refresh = self.issue_oauth_pair()
+        if isinstance(pair, str):
+            return FakeResponse(400, {"error": "invalid_grant", "error_description": refused})
+        access, refresh = pair
         return FakeResponse(
             200,
             {
