@@ -366,6 +366,9 @@ def test_sigterm_answers_waiting_webhooks_202_not_500(
         for thread in threads:
             thread.start()
         wait_until(lambda: amo.count() >= 1, 10, "a CRM call in flight")
+        # Every webhook must be in before the SIGTERM: on a busy machine the first CRM
+        # call can start before the third request has even arrived.
+        wait_until(lambda: bridge.query("SELECT COUNT(*) FROM events")[0][0] == 3, 10, "3 stored")
         stopped_in = bridge.terminate()
         for thread in threads:
             thread.join(timeout=20)
