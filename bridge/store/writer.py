@@ -76,6 +76,7 @@ class Writer(Generic[Item, Result]):
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._outage = False  # a batch failed and none has been stored since
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -166,10 +167,18 @@ class Writer(Generic[Item, Result]):
             )
         except Exception as exc:  # noqa: BLE001 - every waiting request gets the error
             error = exc if isinstance(exc, StoreUnavailable) else _unavailable(exc)
-            log.error("batch of %d writes not stored: %s", len(taken) + len(grouped), error)
+            # One ERROR per outage (journalctl -p err), then WARNINGs until a batch is
+            # stored again: a webhook may need several batches (its event, its log row).
+            level = logging.WARNING if self._outage else logging.ERROR
+            self._outage = True
+            count = len(taken) + len(grouped)
+            log.log(level, "batch of %d writes not stored: %s", count, error)
             for _, future in (*taken, *grouped):
                 _settle(future, None, error)
             return
+        if self._outage:
+            self._outage = False
+            log.info("storage is writable again: batches are stored")
         for (_, future), (result, failure) in zip(taken, results, strict=True):
             _settle(future, result, failure)
         for (_, future), (value, failure) in zip(grouped, outcomes, strict=True):
