@@ -28,7 +28,7 @@ from bridge.errors import RateLimited
 
 DEFAULT_STOP_PERCENT = 90.0
 DEFAULT_RECHECK_SECONDS = 300.0
-_USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
+_USAGE = re.compile(r"(?<![\w-])api-usage=(\d+)/(\d+)")  # not per-app-api-usage
 
 
 def parse_limit_info(header: str | None) -> tuple[int, int] | None:
