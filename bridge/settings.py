@@ -191,6 +191,11 @@ class Settings(BaseSettings):
     bitrix24_client_secret: SecretStr | None = None
     bitrix24_refresh_token: SecretStr | None = None
 
+    # Salesforce mints sessions (JWT bearer or client credentials): no tokens are stored.
+    salesforce_client_id: str = ""  # the External Client App's consumer key
+    salesforce_client_secret: SecretStr | None = None  # client_credentials only
+    salesforce_private_key_file: str = ""  # jwt_bearer: the path of the RSA key, PEM
+
     retry_schedule_seconds: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
     worker_concurrency: int = Field(default=8, ge=1)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
