@@ -189,7 +189,7 @@ async def test_many_open_deals_page_through(fake: FakeSalesforce, tmp_path: Path
     contact = paged.add_contact(LastName="Петров")
     made = {paged.add_deal(contact) for _ in range(7)}
     adapter = make_adapter(paged, tmp_path)
-    deals = await adapter.list_deals(type("C", (), {"id": contact})())  # type: ignore[arg-type]
+    deals = await adapter.list_deals(Contact(id=contact))
     await adapter.aclose()
     assert {d.id for d in deals} == made and len(rest_calls(paged)) == 3
 
@@ -241,7 +241,7 @@ async def test_an_org_without_record_types(tmp_path: Path) -> None:
     contact = flat.add_contact(LastName="Петров")
     deal = await adapter.create_deal(
         Contact(id=contact), new_deal(MASTER_RECORD_TYPE, "Prospecting")
-    )  # type: ignore[arg-type]
+    )
     read = await adapter.get_deal(deal.id)
     await adapter.aclose()
     assert read is not None and read.pipeline_id == MASTER_RECORD_TYPE
