@@ -133,6 +133,7 @@ async def test_a_managers_contact_is_found_by_a_typed_phone_and_filled(run_sf, f
     assert fake_sf.contact_field(contact, "Phone") == "8 (999) 123-45-67"  # never overwritten
     # lookup (query and search in one batch), fill, deals, update, note
     assert calls == 5 and fake_sf.searches() == 1
+    assert fake_sf.refusals == []
 
 
 async def test_an_auto_payment_deal_is_not_reused_and_a_closed_one_neither(run_sf, fake_sf) -> None:
@@ -206,3 +207,4 @@ async def test_a_returning_customer_found_by_search_costs_four_calls(run_sf, fak
         calls = crm_calls(bridge, "pay_r")
     assert response.json()["results"]["salesforce"]["lead_id"] == deal
     assert calls == 4  # lookup, open deals, update, note
+    assert fake_sf.refusals == []

@@ -27,7 +27,9 @@ Set up and inspect (no call is logged, no allocation used): `add_contact`, `add_
 `move_deal`, `add_note`, `contacts()`, `contact(id)`, `deals()`, `deal(id)`,
 `deal_field`, `contact_field`, `deal_contacts`, `notes(deal)`, `searches()`. Credentials:
 `private_key_pem` (what the bridge signs with), `issue_session()`, `expire_sessions()`,
-`tokens_minted`. Faults, the call log and the ASGI side are `FakeService`'s.
+`tokens_minted`. `refusals` lists every error answered, sub-requests' too (what a
+conformance check wants empty). Faults, the call log and the ASGI side are
+`FakeService`'s.
 """
 
 from __future__ import annotations
@@ -100,6 +102,9 @@ class FakeSalesforce(FakeService):
         self._sessions: dict[str, float] = {}  # token → last used
         self._cursors: dict[str, list[JSONDict]] = {}
         self._extra_calls = 0
+        # Every refusal (a whole request's or a sub-request's): a conformance check for
+        # tests, which expect none where the bridge's requests are well-formed.
+        self.refusals: list[tuple[str, str, Any]] = []
         self.routes = [
             ("POST", re.compile(r"/services/oauth2/token"), self._token),
             ("GET", re.compile(r"/services/data/?"), self._versions),
@@ -266,6 +271,8 @@ class FakeSalesforce(FakeService):
         else:
             self._extra_calls = 0
             response = super()._serve(request)
+            if response.status >= 400:
+                self.refusals.append((request.method, request.path, response.body))
             if counted and response.status != 401:
                 self.api_used += 1 + self._extra_calls
         if counted:
