@@ -33,6 +33,7 @@ from bridge.errors import AuthError, ConfigError, PermanentCrmError, RateLimited
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
 from tests.fakes.salesforce import PARTNERS, SITE, YANDEX, FakeSalesforce
+from tests.fakes.server import serve_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = (
@@ -278,3 +279,21 @@ def test_options_are_validated(
 ) -> None:
     with pytest.raises(ConfigError, match=match):
         make_adapter(fake, tmp_path, CONFIG.model_copy(update={"options": options}))
+
+
+async def test_the_fake_serves_over_a_real_socket(tmp_path: Path) -> None:
+    """What the process-level tests (SIGKILL, fan-out) use: the fake on a loopback port,
+    which is both the org's My Domain and the login host the JWT names."""
+    served = FakeSalesforce()
+    url, stop = serve_in_thread(served)
+    served.audience = url
+    try:
+        options = {**CONFIG.options, "login_url": url}
+        config = CONFIG.model_copy(update={"base_url": url, "options": options})
+        settings = settings_for(served, tmp_path / "sf.key", config)
+        adapter = build_salesforce("salesforce", config, settings, NoTokens())
+        contact, deal = await adapter.create_contact_and_deal(new_contact(), new_deal())
+        await adapter.aclose()
+    finally:
+        stop()
+    assert served.deal_contacts(deal.id) == [contact.id] and served.tokens_minted == 1
