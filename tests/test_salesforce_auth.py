@@ -92,7 +92,7 @@ async def test_the_first_request_mints_a_session_and_later_ones_reuse_it(jwt: Ri
     assert jwt.fake.tokens_minted == 1 and jwt.source.minted == 1
     token_calls = [c for c in jwt.fake.calls if c.path.endswith("/oauth2/token")]
     assert len(token_calls) == 1
-    assert jwt.source.instance_url == LOGIN  # the fake answers its own origin
+    assert jwt.source.instance_url == MY_DOMAIN
     assert jwt.source.expires_at() == NOW + 6900
 
 

@@ -549,7 +549,7 @@ async def test_the_jwt_bearer_grant_mints_a_session_without_refresh_token(
     session = sf.session_from_json(body, clock())
     assert (
         session.issued_at == pytest.approx(clock())
-        and session.instance_url == "https://login.salesforce.com"
+        and session.instance_url == "https://example.my.salesforce.com"
     )
     payload = assertion.split(".")[1]
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))

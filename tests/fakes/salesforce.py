@@ -307,13 +307,19 @@ class FakeSalesforce(FakeService):
         answer = {
             "access_token": token,
             "scope": "api",
-            "instance_url": request.origin,
+            "instance_url": self._instance_url(request),
             "id": f"{self.audience}/id/{ORG_ID}/{USER_ID}",
             "token_type": "Bearer",
             "issued_at": str(int(self.clock() * 1000)),
             "signature": signature,
         }
         return FakeResponse(200, answer)
+
+    def _instance_url(self, request: FakeRequest) -> str:
+        """The org's own host: the one asked, unless that was a generic login host."""
+        if urlsplit(request.origin).hostname in LOGIN_HOSTS:
+            return "https://example.my.salesforce.com"
+        return request.origin
 
     def _check_jwt(self, assertion: str) -> FakeResponse | None:
         try:
