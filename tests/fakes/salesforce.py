@@ -26,18 +26,21 @@ It answers like Salesforce where the bridge depends on it:
 Set up and inspect (no call is logged, no allocation used): `add_contact`, `add_deal`,
 `move_deal`, `add_note`, `contacts()`, `contact(id)`, `deals()`, `deal(id)`,
 `deal_field`, `contact_field`, `deal_contacts`, `notes(deal)`, `searches()`. Credentials:
-`private_key_pem` (what the bridge signs with), `issue_session()`, `expire_sessions()`,
-`tokens_minted`. `refusals` lists every error answered, sub-requests' too (what a
-conformance check wants empty). Faults, the call log and the ASGI side are
-`FakeService`'s.
+`private_key_pem` (what the bridge signs with; `private_key_file` holds it),
+`issue_session()`, `expire_sessions()`, `tokens_minted`. `refusals` lists every error
+answered, sub-requests' too (what a conformance check wants empty). Faults, the call log
+and the ASGI side are `FakeService`'s.
 """
 
 from __future__ import annotations
 
+import atexit
 import base64
 import json
+import os
 import re
 import secrets
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -100,6 +103,7 @@ class FakeSalesforce(FakeService):
         self.tokens_minted = 0
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._sessions: dict[str, float] = {}  # token → last used
+        self._key_file: str | None = None
         self._cursors: dict[str, list[JSONDict]] = {}
         self._extra_calls = 0
         # Every refusal (a whole request's or a sub-request's): a conformance check for
@@ -136,6 +140,18 @@ class FakeSalesforce(FakeService):
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
+
+    @property
+    def private_key_file(self) -> str:
+        """`private_key_pem` in a file of its own (what SALESFORCE_PRIVATE_KEY_FILE names),
+        written once and removed when the interpreter exits."""
+        if self._key_file is None:
+            handle, name = tempfile.mkstemp(prefix="fake-salesforce-", suffix=".key")
+            with os.fdopen(handle, "wb") as file:
+                file.write(self.private_key_pem)
+            atexit.register(os.unlink, name)
+            self._key_file = name
+        return self._key_file
 
     def issue_session(self) -> str:
         token = f"{ORG_ID}!AQ{secrets.token_urlsafe(24)}"
