@@ -183,6 +183,8 @@ async def test_updates_and_notes_in_one_call_each(fake: FakeSalesforce, sf: Sale
 async def test_a_deleted_deal_is_none(fake: FakeSalesforce, sf: Salesforce) -> None:
     deal = fake.add_deal(None, deleted=True)
     assert await sf.get_deal(deal) is None
+    assert await sf.get_deal("999") is None  # no record has such an id: nothing asked
+    assert len(rest_calls(fake)) == 1
 
 
 async def test_many_open_deals_page_through(fake: FakeSalesforce, tmp_path: Path) -> None:

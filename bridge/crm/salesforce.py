@@ -69,6 +69,7 @@ from bridge.crm.salesforce_json import (
     deal_soql,
     deals_soql,
     fields_json,
+    is_record_id,
     lookup_batch_json,
     master_pipeline,
     note_create_json,
@@ -196,6 +197,8 @@ class Salesforce:
         return [*found, *(deal for deal in known if deal.id not in ids)]
 
     async def get_deal(self, deal_id: str) -> Deal | None:
+        if not is_record_id(deal_id):
+            return None  # no record has such an id
         with self._reading("deals.get"):
             soql = deal_soql(deal_id, self.config)
         rows = await self._query(soql, "deals.get")

@@ -103,9 +103,14 @@ def soql_literal(value: str) -> str:
     return "'" + "".join(_SOQL_ESCAPES.get(char, char) for char in value) + "'"
 
 
+def is_record_id(value: str) -> bool:
+    """A Salesforce record id: 15 or 18 letters and digits."""
+    return re.fullmatch(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?", value) is not None
+
+
 def _soql_id(value: str) -> str:
     # Record ids are 15 or 18 letters and digits; anything else is refused before it is sent.
-    if not re.fullmatch(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?", value):
+    if not is_record_id(value):
         raise ValueError(f"{value!r} is not a Salesforce record id")
     return f"'{value}'"
 
