@@ -706,3 +706,16 @@ def test_timestamps_in_salesforce_format() -> None:
         datetime(2026, 12, 2, 10, tzinfo=UTC).timestamp()
     )
     assert sf.timestamp(None) == 0
+
+
+async def test_composite_bodies_hold_only_fields_salesforce_knows(
+    fake: FakeSalesforce, client: httpx.AsyncClient
+) -> None:
+    body = sf.composite_json(V, sf.create_deal_steps(fake.add_contact(), {"Name": "x"}))
+    with pytest.raises(PermanentCrmError, match='JSON_PARSER_ERROR: Unrecognized field "extra"'):
+        await call(client, "POST", f"{DATA}/composite", json={**body, "extra": 1})
+    batch = sf.lookup_batch_json(V, "SELECT Id FROM Contact", "FIND {12345} RETURNING Contact(Id)")
+    batch["batchRequests"][0]["referenceId"] = "q"
+    with pytest.raises(PermanentCrmError, match='Unrecognized field "referenceId"'):
+        await call(client, "POST", f"{DATA}/composite/batch", json=batch)
+    assert fake.deals() == []

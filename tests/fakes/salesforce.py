@@ -454,9 +454,12 @@ class FakeSalesforce(FakeService):
 
     def _composite(self, request: FakeRequest, version: str) -> FakeResponse:
         body = request.json()
+        _known_keys(body, {"allOrNone", "collateSubrequests", "compositeRequest"})
         steps = body.get("compositeRequest") if isinstance(body, dict) else None
         if not isinstance(steps, list) or not 0 < len(steps) <= 25:
             raise sf_error(400, "INVALID_INPUT", "compositeRequest takes 1 to 25 sub-requests")
+        for step in steps:
+            _known_keys(step, {"body", "httpHeaders", "method", "referenceId", "url"})
         refs = [step.get("referenceId") if isinstance(step, dict) else None for step in steps]
         if any(not isinstance(r, str) or not re.fullmatch(r"[A-Za-z0-9_]+", r) for r in refs):
             raise sf_error(
@@ -515,6 +518,7 @@ class FakeSalesforce(FakeService):
 
     def _batch(self, request: FakeRequest, version: str) -> FakeResponse:
         body = request.json()
+        _known_keys(body, {"batchRequests", "haltOnError"})
         steps = body.get("batchRequests") if isinstance(body, dict) else None
         if not isinstance(steps, list) or not 0 < len(steps) <= 25:
             raise sf_error(400, "INVALID_INPUT", "batchRequests takes 1 to 25 sub-requests")
@@ -522,7 +526,10 @@ class FakeSalesforce(FakeService):
         results: list[JSONDict] = []
         halted = False
         for step in steps:
-            url = str(step.get("url", "")) if isinstance(step, dict) else ""
+            _known_keys(
+                step, {"method", "url", "richInput", "binaryPartName", "binaryPartNameAlias"}
+            )
+            url = str(step.get("url", ""))
             found = re.fullmatch(r"/?(v\d+\.\d/.*)", url)
             if halted:
                 message = (
@@ -570,6 +577,16 @@ class FakeSalesforce(FakeService):
             [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}],
             {},
         )
+
+
+def _known_keys(value: Any, known: set[str]) -> None:
+    """Salesforce's JSON reader refuses a field the request type does not have."""
+    if not isinstance(value, dict):
+        raise sf_error(400, "JSON_PARSER_ERROR", "Cannot deserialize instance: expected an object")
+    unknown = sorted(set(value) - known)
+    if unknown:
+        message = f'Unrecognized field "{unknown[0]}" (not marked as ignorable)'
+        raise sf_error(400, "JSON_PARSER_ERROR", message)
 
 
 def _resolve(value: Any, done: dict[str, Any]) -> Any:
