@@ -112,7 +112,9 @@ class CrmConfig(_Strict):
     kind: str = "amocrm"  # a key of `bridge.crm.BUILDERS`
     enabled: bool = True
     base_url: str
-    auth: Literal["long_lived_token", "oauth"] = "long_lived_token"
+    # "minted": the adapter mints sessions from credentials in the environment (Salesforce's
+    # JWT bearer or client credentials): no refresh token, nothing stored, no `bridge auth`.
+    auth: Literal["long_lived_token", "oauth", "minted"] = "long_lived_token"
     rate_limit_per_second: float = Field(default=6.5, gt=0)
     request_timeout_seconds: float = Field(default=15.0, gt=0)
     # How long a write whose answer was lost (timeout, dropped connection) is given to
@@ -264,6 +266,7 @@ SECRET_SUFFIXES = (
     "CLIENT_SECRET",
     "REDIRECT_URI",
     "REFRESH_TOKEN",
+    "PRIVATE_KEY_FILE",
 )
 _SECRET_NAME = re.compile(rf"[A-Z0-9_]+_(?:{'|'.join(SECRET_SUFFIXES)})")
 
@@ -273,7 +276,8 @@ class CrmSecrets:
     """One configured CRM's secrets. `[crm.NAME]` reads `<PREFIX>_<SUFFIX>`, PREFIX being
     NAME upper-cased with anything but letters and digits as `_` (`[crm.amo-sandbox]` →
     `AMO_SANDBOX_ACCESS_TOKEN`). `token_name` is the kind's long-lived secret (ACCESS_TOKEN,
-    Pipedrive's API_TOKEN, Bitrix24's WEBHOOK_URL)."""
+    Pipedrive's API_TOKEN, Bitrix24's WEBHOOK_URL, the path of
+    Salesforce's PRIVATE_KEY_FILE)."""
 
     prefix: str
     token_name: str

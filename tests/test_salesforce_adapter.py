@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from bridge import checks
@@ -32,6 +33,7 @@ from bridge.domain import (
 from bridge.errors import AuthError, ConfigError, PermanentCrmError, RateLimited
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
+from tests.fakes.memory import adapter_on
 from tests.fakes.salesforce import PARTNERS, SITE, YANDEX, FakeSalesforce
 from tests.fakes.server import serve_in_thread
 
@@ -65,24 +67,12 @@ async def no_wait(seconds: float) -> None:
     await asyncio.sleep(0)
 
 
-def settings_for(fake: FakeSalesforce, key_file: Path, config: CrmConfig = CONFIG) -> Settings:
-    key_file.write_bytes(fake.private_key_pem)
-    return Settings(
-        _env_file=None,
-        file=FileConfig(crm={"salesforce": config}),
-        salesforce_client_id=fake.consumer_key,
-        salesforce_private_key_file=str(key_file),
-    )
-
-
-def make_adapter(fake: FakeSalesforce, tmp_path: Path, config: CrmConfig = CONFIG) -> Salesforce:
-    settings = settings_for(fake, tmp_path / "sf.key", config)
-    adapter = build_salesforce(
-        "salesforce", config, settings, NoTokens(), transport=fake.transport(), clock=fake.clock
-    )
-    adapter.http.limiter = RateLimiter(1000, sleep=no_wait)
-    adapter.http.backoff_initial, adapter.http.backoff_max = 0.001, 0.01
-    return adapter
+def make_adapter(
+    fake: FakeSalesforce, tmp_path: Path | None = None, config: CrmConfig = CONFIG, **env: Any
+) -> Salesforce:
+    """The adapter on `fake`, signing with the key in the fake's key file."""
+    key = {"salesforce_private_key_file": fake.private_key_file}
+    return adapter_on(build_salesforce, fake, config, static={}, **{**key, **env})
 
 
 @pytest.fixture
@@ -94,7 +84,7 @@ def fake() -> FakeSalesforce:
 async def sf(fake: FakeSalesforce, tmp_path: Path) -> AsyncIterator[Salesforce]:
     adapter = make_adapter(fake, tmp_path)
     yield adapter
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 def rest_calls(fake: FakeSalesforce) -> list[str]:
@@ -193,7 +183,7 @@ async def test_many_open_deals_page_through(fake: FakeSalesforce, tmp_path: Path
     made = {paged.add_deal(contact) for _ in range(7)}
     adapter = make_adapter(paged, tmp_path)
     deals = await adapter.list_deals(Contact(id=contact))
-    await adapter.aclose()
+    await adapter.connection.aclose()
     assert {d.id for d in deals} == made and len(rest_calls(paged)) == 3
 
 
@@ -208,7 +198,7 @@ async def test_a_spent_allocation_waits_and_health_shows_the_usage(
     with pytest.raises(RateLimited, match="daily API allocation at 100 of 100"):
         await sf.get_deal("006Qy0000000001AAA")
     assert len(rest_calls(fake)) == 1  # the second one was not sent
-    health = sf.health_details()
+    health = sf.connection.health_details()
     assert health["daily_api_limit"] == 100 and health["daily_api_holding_back"] is True
     assert (health["api_version"], health["flow"]) == ("68.0", "jwt_bearer")
 
@@ -221,7 +211,12 @@ async def test_schema_check_and_discover(
     assert schema_problems("salesforce", CONFIG, schema) == []
     snippet = config_snippet("salesforce", CONFIG, schema)
     assert 'subjects = "Subjects__c"' in snippet and '"Русский" = "Russian"' in snippet
-    settings = settings_for(fake, tmp_path / "check.key")
+    settings = Settings(
+        _env_file=None,
+        file=FileConfig(crm={"salesforce": CONFIG}),
+        salesforce_client_id=fake.consumer_key,
+        salesforce_private_key_file=fake.private_key_file,
+    )
     transports = {"salesforce": fake.transport()}
     findings = await checks.crm_findings("salesforce", settings, NoTokens(), transports, fake.clock)
     assert [f.level for f in findings] == ["ok", "ok"], findings
@@ -246,22 +241,19 @@ async def test_an_org_without_record_types(tmp_path: Path) -> None:
         Contact(id=contact), new_deal(MASTER_RECORD_TYPE, "Prospecting")
     )
     read = await adapter.get_deal(deal.id)
-    await adapter.aclose()
+    await adapter.connection.aclose()
     assert read is not None and read.pipeline_id == MASTER_RECORD_TYPE
 
 
 async def test_there_is_no_code_to_exchange(sf: Salesforce) -> None:
-    with pytest.raises(AuthError, match="mints its own sessions"):
-        await sf.exchange_code("abc")
+    with pytest.raises(AuthError, match="no code to exchange"):
+        await sf.connection.exchange_code("abc")
 
 
 async def test_credentials_are_checked_without_a_call(fake: FakeSalesforce, tmp_path: Path) -> None:
-    settings = Settings(_env_file=None, file=FileConfig(crm={"salesforce": CONFIG}))
-    adapter = build_salesforce(
-        "salesforce", CONFIG, settings, NoTokens(), transport=fake.transport()
-    )
-    assert "consumer key" in (await adapter.credentials_problem() or "")
-    await adapter.aclose()
+    adapter = make_adapter(fake, salesforce_client_id="")
+    assert "SALESFORCE_CLIENT_ID" in (await adapter.connection.credentials_problem() or "")
+    await adapter.connection.aclose()
     assert fake.calls == []
 
 
@@ -292,10 +284,9 @@ async def test_the_fake_serves_over_a_real_socket(tmp_path: Path) -> None:
     try:
         options = {**CONFIG.options, "login_url": url}
         config = CONFIG.model_copy(update={"base_url": url, "options": options})
-        settings = settings_for(served, tmp_path / "sf.key", config)
-        adapter = build_salesforce("salesforce", config, settings, NoTokens())
+        adapter = make_adapter(served, config=config, transport=httpx.AsyncHTTPTransport())
         contact, deal = await adapter.create_contact_and_deal(new_contact(), new_deal())
-        await adapter.aclose()
+        await adapter.connection.aclose()
     finally:
         stop()
     assert served.deal_contacts(deal.id) == [contact.id] and served.tokens_minted == 1

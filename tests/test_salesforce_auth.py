@@ -17,6 +17,7 @@ from bridge.crm.base import CrmHttp, RateLimiter
 from bridge.crm.salesforce_auth import Flow, SessionMinter, SessionSource
 from bridge.crm.salesforce_json import data_path
 from bridge.errors import AuthError, TransientCrmError
+from bridge.settings import CrmSecrets
 from bridge.tokens import BearerAuth
 from tests.fakes.salesforce import FakeSalesforce
 
@@ -67,9 +68,13 @@ def rig(
         flow,
         login_url=LOGIN,
         username=username,
-        client_id=fake.consumer_key,
-        client_secret=fake.client_secret if secret is None else secret,
-        private_key_file=key_file,
+        secrets=CrmSecrets(
+            prefix="SALESFORCE",
+            token_name="PRIVATE_KEY_FILE",
+            token=str(key_file),
+            client_id=fake.consumer_key,
+            client_secret=fake.client_secret if secret is None else secret,
+        ),
         clock=clock,
     )
     source = SessionSource(
@@ -154,9 +159,9 @@ async def test_an_unreadable_key_is_a_credentials_problem_without_a_call(tmp_pat
             "jwt_bearer",
             login_url=LOGIN,
             username="u",
-            client_id="c",
-            client_secret=None,
-            private_key_file=tmp_path / "salesforce.key",
+            secrets=CrmSecrets(
+                "SALESFORCE", "PRIVATE_KEY_FILE", str(tmp_path / "salesforce.key"), "c"
+            ),
         )
         assert "No such file or directory" in (fresh.missing() or "")
         with pytest.raises(AuthError, match="readable RSA private key"):
@@ -188,11 +193,9 @@ async def test_client_credentials_refusals_name_the_cause(tmp_path: Path) -> Non
         "client_credentials",
         login_url=LOGIN,
         username="",
-        client_id="c",
-        client_secret=None,
-        private_key_file=None,
+        secrets=CrmSecrets("SALESFORCE", "PRIVATE_KEY_FILE", None, "c"),
     )
-    assert no_secret.missing() == "client_credentials needs the CLIENT_SECRET"
+    assert no_secret.missing() == "client_credentials needs SALESFORCE_CLIENT_SECRET"
 
 
 async def test_a_token_endpoint_outage_is_transient_and_the_next_request_mints(jwt: Rig) -> None:

@@ -30,26 +30,14 @@ it belongs to, and that one is used.
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
 
-import httpx
-
-from bridge.crm.base import (
-    JSON,
-    Confirm,
-    CrmHttp,
-    CrmSchema,
-    CustomField,
-    RateLimiter,
-    first_confirmed,
-)
-from bridge.crm.salesforce_auth import Flow, SessionMinter, SessionSource
+from bridge.crm.base import JSON, Confirm, CrmSchema, CustomField, first_confirmed
+from bridge.crm.connection import Connection, OAuthEndpoint, Wiring
+from bridge.crm.salesforce_auth import TOKEN_PATH, Flow, SessionMinter, SessionSource
 from bridge.crm.salesforce_json import (
     DEFAULT_API_VERSION,
     SubRequest,
@@ -83,9 +71,8 @@ from bridge.crm.salesforce_json import (
 )
 from bridge.crm.salesforce_limits import DEFAULT_STOP_PERCENT, ApiUsage, usage_hooks
 from bridge.domain import Contact, ContactPatch, Deal, FieldUpdate, LookupKey, NewContact, NewDeal
-from bridge.errors import AuthError, ConfigError, PermanentCrmError, RateLimited, TransientCrmError
-from bridge.settings import CrmConfig, Settings, secret_value
-from bridge.tokens import BearerAuth, TokenPair, TokenRepository
+from bridge.errors import ConfigError, PermanentCrmError, RateLimited
+from bridge.settings import CrmConfig
 
 OPTIONS = (
     "flow",
@@ -99,31 +86,28 @@ DEFAULT_SESSION_TIMEOUT = 7200.0  # the org default: 2 hours
 MAX_PAGES = 20
 # DUPLICATE_VALUE's message names the unique field and the record holding the value.
 _DUPLICATE = re.compile(r"duplicate value found: (\w+) duplicates value on record with id: (\w+)")
-OnCall = Callable[[str, str, float, int], None]
+
+# The token endpoint, as data: a form body, refusals named by `error` and
+# `error_description`. Salesforce's server flows answer no refresh token, so the connection
+# never refreshes through it (auth = "minted"): `SessionMinter` posts the grants.
+OAUTH = OAuthEndpoint(
+    TOKEN_PATH, style="form", error_fields=("error_description", "error"), rotates=False
+)
 
 
 class Salesforce:
-    """One Salesforce org. Build it with `build_salesforce`; it owns one HTTP client."""
+    """One Salesforce org. Build it with `build_salesforce`."""
 
-    def __init__(
-        self,
-        name: str,
-        config: CrmConfig,
-        http: CrmHttp,
-        source: SessionSource,
-        usage: ApiUsage,
-        version: str,
-        flow: Flow,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.name = name
-        self.config = config
-        self.http = http
-        self.source = source
+    def __init__(self, connection: Connection, usage: ApiUsage, version: str, flow: Flow) -> None:
+        self.name = connection.name
+        self.config = connection.config
+        self.connection = connection
+        self.http = connection.http
         self.usage = usage
         self.version = version
         self.flow = flow
-        self._clock = clock
+        self._reading = connection.reading
+        self._clock = connection.clock
         self._data = data_path(version)
 
     # ---- contacts -------------------------------------------------------------------
@@ -144,7 +128,11 @@ class Salesforce:
         else:
             body = lookup_batch_json(self.version, soql, sosl)
             answer = await self._send(
-                "POST", f"{self._data}/composite/batch", "contacts.search", json=body
+                "POST",
+                f"{self._data}/composite/batch",
+                "contacts.search",
+                json=body,
+                idempotent=True,  # queries only: retried quickly like a GET
             )
             with self._reading("contacts.search"):
                 queried, searched = batch_results(self.name, answer)
@@ -292,32 +280,6 @@ class Salesforce:
             ]
         return CrmSchema(pipelines=tuple(pipelines), fields=tuple(fields))
 
-    async def exchange_code(self, code: str) -> TokenPair:
-        """Salesforce server integrations have no authorization code: sessions are minted
-        from the key or secret in the environment, and nothing is stored."""
-        message = (
-            f"{self.flow} mints its own sessions: there is no code to exchange or token to"
-            f" store; `bridge check {self.name}` mints one to prove the credentials"
-        )
-        raise AuthError(self.name, message)
-
-    async def credentials_problem(self) -> str | None:
-        return await self.source.problem()
-
-    def token_expires_at(self) -> float | None:
-        return self.source.expires_at()
-
-    def health_details(self) -> Mapping[str, object]:
-        return {
-            "rate_limit_per_second": round(self.http.limiter.rate, 2),
-            "api_version": self.version,
-            "flow": self.flow,
-            **self.usage.details(),
-        }
-
-    async def aclose(self) -> None:
-        await self.http.client.aclose()
-
     # ---- plumbing -------------------------------------------------------------------
 
     def _today(self) -> date:
@@ -356,27 +318,11 @@ class Salesforce:
         refusal because it is spent (403 REQUEST_LIMIT_EXCEEDED) waits like a 429."""
         self.usage.require()
         try:
-            response = await self.http.request(method, path, operation=operation, **kwargs)
+            return await self.connection.send(method, path, operation, **kwargs)
         except PermanentCrmError as exc:
             if " HTTP 403" in exc.message and "REQUEST_LIMIT_EXCEEDED" in exc.message:
                 raise RateLimited(self.name, exc.message, self.usage.recheck_seconds) from exc
             raise
-        if response.status_code == 204 or not response.content:
-            return {}
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise TransientCrmError(self.name, f"{method} {path}: answer is not JSON") from exc
-
-    @contextmanager
-    def _reading(self, operation: str) -> Iterator[None]:
-        """Turn a payload that cannot be built, or an answer of an unexpected shape, into
-        a `PermanentCrmError` naming the operation."""
-        try:
-            yield
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-            message = f"{operation}: {type(exc).__name__}: {exc}"
-            raise PermanentCrmError(self.name, message) from exc
 
 
 # ---- the builder --------------------------------------------------------------------
@@ -422,44 +368,48 @@ def _options(name: str, config: CrmConfig) -> dict[str, Any]:
     }
 
 
-def build_salesforce(
-    name: str,
-    config: CrmConfig,
-    settings: Settings,
-    tokens: TokenRepository,
-    *,
-    transport: httpx.AsyncBaseTransport | None = None,
-    on_call: OnCall | None = None,
-    clock: Callable[[], float] = time.time,
-) -> Salesforce:
-    """The adapter with its one HTTP client, its session source and its API usage."""
+def build_salesforce(wiring: Wiring) -> Salesforce:
+    """The adapter on its connection: sessions minted (auth = "minted"), the daily API
+    allocation read from every answer."""
+    name, config = wiring.name, wiring.config
     opts = _options(name, config)
-    usage = ApiUsage(name, opts["api_stop_percent"], clock=clock)
-    client = httpx.AsyncClient(
-        base_url=config.base_url,
-        timeout=config.request_timeout_seconds,
-        transport=transport,
+    if config.auth != "minted":
+        raise ConfigError(
+            f'crm.{name}.auth = "{config.auth}": Salesforce sessions are minted,'
+            ' use auth = "minted" (options.flow says how)'
+        )
+    secrets = wiring.secrets("PRIVATE_KEY_FILE")
+    usage = ApiUsage(name, opts["api_stop_percent"], clock=wiring.clock)
+
+    def sessions(connection: Connection) -> SessionSource:
+        minter = SessionMinter(
+            name,
+            connection.http,
+            opts["flow"],
+            login_url=opts["login_url"],
+            username=opts["username"],
+            secrets=secrets,
+            clock=wiring.clock,
+        )
+        return SessionSource(
+            name,
+            minter.mint,
+            minter.missing,
+            session_timeout=opts["session_timeout_seconds"],
+            clock=wiring.clock,
+        )
+
+    connection = Connection(
+        wiring,
+        secrets,
+        OAUTH,
         event_hooks=usage_hooks(usage),
+        empty_answer={},  # a PATCH answers 204
+        minted=sessions,
     )
-    http = CrmHttp(name, client, RateLimiter(config.rate_limit_per_second), on_call=on_call)
-    key_file = settings.salesforce_private_key_file
-    minter = SessionMinter(
-        name,
-        http,
-        opts["flow"],
-        login_url=opts["login_url"],
-        username=opts["username"],
-        client_id=settings.salesforce_client_id,
-        client_secret=secret_value(settings.salesforce_client_secret),
-        private_key_file=Path(key_file) if key_file else None,
-        clock=clock,
-    )
-    source = SessionSource(
-        name,
-        minter.mint,
-        minter.missing,
-        session_timeout=opts["session_timeout_seconds"],
-        clock=clock,
-    )
-    client.auth = BearerAuth(source)
-    return Salesforce(name, config, http, source, usage, opts["version"], opts["flow"], clock)
+    connection.extra_health = lambda: {
+        "api_version": opts["version"],
+        "flow": opts["flow"],
+        **usage.details(),
+    }
+    return Salesforce(connection, usage, opts["version"], opts["flow"])

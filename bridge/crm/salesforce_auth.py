@@ -44,6 +44,7 @@ from bridge.crm.salesforce_json import (
     token_error,
 )
 from bridge.errors import AuthError, TransientCrmError
+from bridge.settings import CrmSecrets
 
 Flow = Literal["jwt_bearer", "client_credentials"]
 TOKEN_PATH = "/services/oauth2/token"  # noqa: S105 - a path, not a secret
@@ -69,9 +70,7 @@ class SessionMinter:
         *,
         login_url: str,
         username: str,
-        client_id: str,
-        client_secret: str | None,
-        private_key_file: Path | None,
+        secrets: CrmSecrets,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._crm = crm
@@ -79,9 +78,10 @@ class SessionMinter:
         self.flow = flow
         self._login_url = login_url.rstrip("/")
         self._username = username
-        self._client_id = client_id
-        self._client_secret = client_secret
-        self._key_file = private_key_file
+        self._secrets = secrets
+        self._client_id = secrets.client_id
+        self._client_secret = secrets.client_secret
+        self._key_file = Path(secrets.token) if secrets.token else None
         self._clock = clock
         self._key: rsa.RSAPrivateKey | None = None
 
@@ -89,9 +89,11 @@ class SessionMinter:
         """What is missing to mint a session (None: nothing). Reads the key file: a key
         the bridge cannot read or use is found before the first webhook waits on it."""
         if not self._client_id:
-            return "no consumer key: set the External Client App's consumer key (CLIENT_ID)"
+            var = self._secrets.var("CLIENT_ID")
+            return f"no consumer key: set {var} to the External Client App's consumer key"
         if self.flow == "client_credentials":
-            return None if self._client_secret else "client_credentials needs the CLIENT_SECRET"
+            var = self._secrets.var("CLIENT_SECRET")
+            return None if self._client_secret else f"client_credentials needs {var}"
         if not self._username:
             return "jwt_bearer needs options.username (the pre-authorised integration user)"
         try:
@@ -131,7 +133,7 @@ class SessionMinter:
     def _private_key(self) -> rsa.RSAPrivateKey:
         if self._key is None:
             if self._key_file is None:
-                raise ValueError("no PRIVATE_KEY_FILE set")
+                raise ValueError(f"{self._secrets.var('PRIVATE_KEY_FILE')} is not set")
             self._key = load_private_key(self._key_file.read_bytes())
         return self._key
 

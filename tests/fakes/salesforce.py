@@ -153,6 +153,11 @@ class FakeSalesforce(FakeService):
             self._key_file = name
         return self._key_file
 
+    @property
+    def client_id(self) -> str:
+        """The consumer key, by the name every fake's OAuth client id has."""
+        return self.consumer_key
+
     def issue_session(self) -> str:
         token = f"{ORG_ID}!AQ{secrets.token_urlsafe(24)}"
         with self._lock:
