@@ -67,9 +67,7 @@ async def no_wait(seconds: float) -> None:
     await asyncio.sleep(0)
 
 
-def make_adapter(
-    fake: FakeSalesforce, tmp_path: Path | None = None, config: CrmConfig = CONFIG, **env: Any
-) -> Salesforce:
+def make_adapter(fake: FakeSalesforce, *, config: CrmConfig = CONFIG, **env: Any) -> Salesforce:
     """The adapter on `fake`, signing with the key in the fake's key file."""
     key = {"salesforce_private_key_file": fake.private_key_file}
     return adapter_on(build_salesforce, fake, config, static={}, **{**key, **env})
@@ -82,7 +80,7 @@ def fake() -> FakeSalesforce:
 
 @pytest.fixture
 async def sf(fake: FakeSalesforce, tmp_path: Path) -> AsyncIterator[Salesforce]:
-    adapter = make_adapter(fake, tmp_path)
+    adapter = make_adapter(fake)
     yield adapter
     await adapter.connection.aclose()
 
@@ -115,6 +113,20 @@ async def test_one_lookup_request_for_every_key(fake: FakeSalesforce, sf: Salesf
     assert rest_calls(fake) == ["POST /services/data/v68.0/composite/batch"]
     nobody = await sf.find_contact((LookupKey(KeyKind.EMAIL, "x@y.io"),), contact_matches)
     assert nobody is None and rest_calls(fake)[-1] == "GET /services/data/v68.0/query"
+
+
+async def test_the_lookup_batch_is_a_read_and_retried_after_a_timeout(
+    fake: FakeSalesforce, sf: Salesforce
+) -> None:
+    # A POST, but queries only: a timeout or a dropped connection cannot have written
+    # anything, so it is retried quickly like a GET instead of failing the attempt.
+    typed = fake.add_contact(LastName="Петров", Phone="+7 (999) 123-45-67")
+    batch = "/services/data/v68.0/composite/batch"
+    fake.fail_next(1, kind="timeout", path_prefix=batch)
+    fake.fail_next(1, kind="drop", path_prefix=batch)
+    found = await sf.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+    assert found is not None and found.id == typed
+    assert rest_calls(fake) == [f"POST {batch}"] * 3
 
 
 async def test_a_duplicate_telegram_id_is_that_contact(
@@ -181,7 +193,7 @@ async def test_many_open_deals_page_through(fake: FakeSalesforce, tmp_path: Path
     paged = FakeSalesforce(clock=Clock(), query_batch_size=3)
     contact = paged.add_contact(LastName="Петров")
     made = {paged.add_deal(contact) for _ in range(7)}
-    adapter = make_adapter(paged, tmp_path)
+    adapter = make_adapter(paged)
     deals = await adapter.list_deals(Contact(id=contact))
     await adapter.connection.aclose()
     assert {d.id for d in deals} == made and len(rest_calls(paged)) == 3
@@ -233,7 +245,7 @@ async def test_schema_check_and_discover(
 
 async def test_an_org_without_record_types(tmp_path: Path) -> None:
     flat = FakeSalesforce(clock=Clock(), record_types=False)
-    adapter = make_adapter(flat, tmp_path)
+    adapter = make_adapter(flat)
     schema = await adapter.schema()
     assert [p.id for p in schema.pipelines] == [MASTER_RECORD_TYPE]
     contact = flat.add_contact(LastName="Петров")
@@ -272,7 +284,7 @@ def test_options_are_validated(
     fake: FakeSalesforce, tmp_path: Path, options: dict[str, Any], match: str
 ) -> None:
     with pytest.raises(ConfigError, match=match):
-        make_adapter(fake, tmp_path, CONFIG.model_copy(update={"options": options}))
+        make_adapter(fake, config=CONFIG.model_copy(update={"options": options}))
 
 
 async def test_the_fake_serves_over_a_real_socket(tmp_path: Path) -> None:
