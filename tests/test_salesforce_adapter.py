@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 from bridge import checks
-from bridge.crm.base import RateLimiter
 from bridge.crm.salesforce import Salesforce, build_salesforce
 from bridge.crm.salesforce_json import MASTER_RECORD_TYPE
 from bridge.crmconfig import config_snippet, schema_problems

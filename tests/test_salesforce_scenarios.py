@@ -1,34 +1,21 @@
-"""Payments through HTTP with Salesforce as the only CRM (the stateful fake org): the
-flow's scenarios with Salesforce's call counts, its sessions and its daily allocation."""
+"""Payments through HTTP with Salesforce as the only CRM (the stateful fake org): what
+only Salesforce does (its call counts, Composite, sessions, the daily allocation); the
+scenarios every CRM shares are in test_scenarios.py."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from bridge.app import create_app
-from bridge.settings import FileConfig, load_file_config
-from tests.conftest import Bridge, make_settings, payment_payload
-from tests.fakes.salesforce import PARTNERS, SITE, YANDEX, FakeSalesforce
+from tests.conftest import crm_calls, payment_payload
+from tests.crm_cases import BY_NAME, Run, running
+from tests.fakes.salesforce import PARTNERS, YANDEX, FakeSalesforce
 
-ROOT = Path(__file__).resolve().parent.parent
-SF_URL = "https://example.my.salesforce.com"
 COMPOSITE = "/services/data/v68.0/composite"
-
-
-def salesforce_file_config(**changes: Any) -> FileConfig:
-    """etc/crm-salesforce.example.toml, enabled and pointed at the fake."""
-    config = load_file_config(ROOT / "etc" / "crm-salesforce.example.toml")
-    salesforce = config.crm["salesforce"].model_copy(
-        update={"base_url": SF_URL, "enabled": True, "request_timeout_seconds": 1.0, **changes}
-    )
-    return config.model_copy(update={"crm": {"salesforce": salesforce}})
+CASE = BY_NAME["salesforce"]
+salesforce_file_config = CASE.file_config
 
 
 @pytest.fixture
@@ -37,34 +24,13 @@ def fake_sf() -> FakeSalesforce:
 
 
 @pytest.fixture
-def run_sf(tmp_path: Path, fake_sf: FakeSalesforce) -> Callable[..., Any]:
-    """`async with run_sf(**settings_overrides) as bridge:` — the app, Salesforce only."""
-    key_file = tmp_path / "salesforce.key"
-    key_file.write_bytes(fake_sf.private_key_pem)
-
-    @asynccontextmanager
-    async def factory(file: FileConfig | None = None, **overrides: Any) -> AsyncIterator[Bridge]:
-        overrides.setdefault("salesforce_client_id", fake_sf.consumer_key)
-        overrides.setdefault("salesforce_private_key_file", str(key_file))
-        settings = make_settings(tmp_path, file or salesforce_file_config(), **overrides)
-        app = create_app(settings, transports={"salesforce": fake_sf.transport()})
-        async with AsyncTestClient(app=app) as client:
-            yield Bridge(client, settings, fake_sf)  # type: ignore[arg-type]
-
-    return factory
-
-
-def crm_calls(bridge: Bridge, payment_id: str) -> int:
-    [(calls,)] = bridge.query(
-        "SELECT d.crm_calls FROM deliveries d JOIN events e ON e.id = d.event_id WHERE e.key = ?",
-        (payment_id,),
-    )
-    return int(calls)
+def run_sf(tmp_path: Path, fake_sf: FakeSalesforce) -> Run:
+    return running(CASE, fake_sf, tmp_path)
 
 
 def api_calls(fake: FakeSalesforce) -> int:
     """Calls to the REST API (the token endpoint is not one)."""
-    return fake.count(path_prefix="/services/data/")
+    return CASE.api_calls(fake)
 
 
 async def test_new_customer_costs_a_lookup_one_composite_and_the_note(run_sf, fake_sf) -> None:
@@ -106,21 +72,6 @@ async def test_new_customer_costs_a_lookup_one_composite_and_the_note(run_sf, fa
     )
 
 
-async def test_known_customer_costs_three_calls_and_increments(run_sf, fake_sf) -> None:
-    async with run_sf() as bridge:
-        await bridge.post_payment(payment_payload("pay_1"))
-        [deal] = fake_sf.deals()
-        fake_sf.move_deal(deal["Id"], "In Progress")  # a manager picks it up
-        before = api_calls(fake_sf)
-        response = await bridge.post_payment(payment_payload("pay_2", costs=(3000,)))
-        calls = crm_calls(bridge, "pay_2")
-    assert response.status_code == 200, response.text
-    assert api_calls(fake_sf) - before == 3 == calls  # get deal, update, note
-    [after] = fake_sf.deals()
-    assert after["Total_Paid__c"] == 13000 and after["Purchase_Count__c"] == 2
-    assert len(fake_sf.notes(deal["Id"])) == 2
-
-
 async def test_a_managers_contact_is_found_by_a_typed_phone_and_filled(run_sf, fake_sf) -> None:
     contact = fake_sf.add_contact(FirstName="Иван", LastName="Петров", Phone="8 (999) 123-45-67")
     deal = fake_sf.add_deal(contact, record_type=YANDEX, stage="In Progress")
@@ -134,17 +85,6 @@ async def test_a_managers_contact_is_found_by_a_typed_phone_and_filled(run_sf, f
     # lookup (query and search in one batch), fill, deals, update, note
     assert calls == 5 and fake_sf.searches() == 1
     assert fake_sf.refusals == []
-
-
-async def test_an_auto_payment_deal_is_not_reused_and_a_closed_one_neither(run_sf, fake_sf) -> None:
-    contact = fake_sf.add_contact(LastName="Петров", Telegram_Id__c="123456789")
-    autopay = fake_sf.add_deal(contact, record_type=SITE, stage="Autopay")
-    won = fake_sf.add_deal(contact, record_type=YANDEX, stage="Closed Won")
-    async with run_sf() as bridge:
-        response = await bridge.post_payment(payment_payload("pay_x"))
-    new = response.json()["results"]["salesforce"]["lead_id"]
-    assert new not in (autopay, won) and response.json()["results"]["salesforce"]["lead_created"]
-    assert fake_sf.deal_contacts(new) == [contact]
 
 
 async def test_a_composite_applied_but_unanswered_is_not_repeated(run_sf, fake_sf) -> None:
