@@ -567,6 +567,11 @@ class Org:
             return value
         if not isinstance(value, str):
             raise _json_type("String", value)
+        return self._text_value(definition, value)
+
+    def _text_value(self, definition: FieldDef, value: str) -> Any:
+        """A field written as a JSON string: dates, text, e-mail, picklists, references."""
+        name, kind = definition.name, definition.type
         if kind == "date":
             try:
                 return date.fromisoformat(value).isoformat()
