@@ -6,7 +6,8 @@ token endpoint, which is data (`OAuthEndpoint`), not code per CRM. It answers fo
 adapter's lifecycle: `exchange_code` (`bridge auth`), `credentials_problem` (pause /
 resume), `token_expires_at` and `health_details` (/webhook/health) and `aclose`. An
 adapter is then the vendor translation only: it calls `send` and reads answers inside
-`reading`.
+`reading`. A CRM whose sessions are minted rather than refreshed (auth = "minted") hands
+the connection its own token source (`minted`); nothing is stored for it.
 
 Secrets come per configured CRM (`CrmSecrets`, see `bridge.settings.crm_secrets`), never
 per vendor, so two sections of one kind each use their own.
