@@ -43,7 +43,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from urllib.parse import quote
 
@@ -52,10 +52,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from bridge.crm.base import JSON, CustomField, Pipeline
+from bridge.crm.values import typed_value
 from bridge.domain import (
     Contact,
     Deal,
-    FieldKind,
     FieldUpdate,
     KeyKind,
     LookupKey,
@@ -250,26 +250,15 @@ def batch_results(crm: str, answer: JSON) -> list[JSON]:
 
 
 def field_value(update: FieldUpdate) -> JSON:
-    """The JSON value Salesforce takes for one field (ValueError when it does not fit)."""
-    kind, value = update.kind, update.value
-    if kind is FieldKind.TEXT and isinstance(value, str):
-        return value
-    if (
-        kind is FieldKind.NUMBER
-        and isinstance(value, Decimal | int)
-        and not isinstance(value, bool)
-    ):
-        return json_number(Decimal(value))
-    if kind is FieldKind.DATETIME and isinstance(value, datetime) and value.utcoffset() is not None:
-        return iso_utc(value)
-    if kind is FieldKind.SELECT and isinstance(value, int | str) and not isinstance(value, bool):
-        return str(value)
-    if kind is FieldKind.MULTISELECT and isinstance(value, tuple):
-        options = [str(option) for option in value]
-        if any(";" in option for option in options):
+    """The JSON value Salesforce takes for one field (ValueError when it does not fit):
+    numbers as JSON numbers, multi-select options `;`-joined (so none may hold one)."""
+
+    def options(values: list[str]) -> str:
+        if any(";" in value for value in values):
             raise ValueError(f"field {update.field_id}: a multi-select value cannot hold ';'")
-        return ";".join(options)
-    raise ValueError(f"field {update.field_id}: {kind.value} value {value!r} has the wrong type")
+        return ";".join(values)
+
+    return typed_value(update, json_number, options)
 
 
 def fields_json(updates: Iterable[FieldUpdate]) -> dict[str, JSON]:
@@ -283,10 +272,6 @@ def json_number(value: Decimal) -> int | float:
     if value == value.to_integral_value():
         return int(value)
     return float(value)
-
-
-def iso_utc(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def contact_create_json(new: NewContact) -> dict[str, JSON]:
