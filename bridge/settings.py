@@ -112,7 +112,9 @@ class CrmConfig(_Strict):
     kind: str = "amocrm"  # a key of `bridge.crm.BUILDERS`
     enabled: bool = True
     base_url: str
-    auth: Literal["long_lived_token", "oauth"] = "long_lived_token"
+    # "minted": the adapter mints sessions from credentials in the environment (Salesforce's
+    # JWT bearer or client credentials): no refresh token, nothing stored, no `bridge auth`.
+    auth: Literal["long_lived_token", "oauth", "minted"] = "long_lived_token"
     rate_limit_per_second: float = Field(default=6.5, gt=0)
     request_timeout_seconds: float = Field(default=15.0, gt=0)
     # How long a write whose answer was lost (timeout, dropped connection) is given to
@@ -215,6 +217,11 @@ class Settings(BaseSettings):
     bitrix24_client_secret: SecretStr | None = None
     bitrix24_refresh_token: SecretStr | None = None
 
+    # Salesforce mints sessions (JWT bearer or client credentials): no tokens are stored.
+    salesforce_client_id: str = ""  # the External Client App's consumer key
+    salesforce_client_secret: SecretStr | None = None  # client_credentials only
+    salesforce_private_key_file: str = ""  # jwt_bearer: the path of the RSA key, PEM
+
     retry_schedule_seconds: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
     worker_concurrency: int = Field(default=8, ge=1)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
@@ -259,6 +266,7 @@ SECRET_SUFFIXES = (
     "CLIENT_SECRET",
     "REDIRECT_URI",
     "REFRESH_TOKEN",
+    "PRIVATE_KEY_FILE",
 )
 _SECRET_NAME = re.compile(rf"[A-Z0-9_]+_(?:{'|'.join(SECRET_SUFFIXES)})")
 
@@ -268,7 +276,8 @@ class CrmSecrets:
     """One configured CRM's secrets. `[crm.NAME]` reads `<PREFIX>_<SUFFIX>`, PREFIX being
     NAME upper-cased with anything but letters and digits as `_` (`[crm.amo-sandbox]` →
     `AMO_SANDBOX_ACCESS_TOKEN`). `token_name` is the kind's long-lived secret (ACCESS_TOKEN,
-    Pipedrive's API_TOKEN, Bitrix24's WEBHOOK_URL)."""
+    Pipedrive's API_TOKEN, Bitrix24's WEBHOOK_URL, the path of
+    Salesforce's PRIVATE_KEY_FILE)."""
 
     prefix: str
     token_name: str

@@ -27,6 +27,8 @@ from tests.fakes.bitrix24 import EXAMPLE_CONFIG as BITRIX_EXAMPLE
 from tests.fakes.bitrix24 import FakeBitrix24
 from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.pipedrive import FakePipedrive
+from tests.fakes.salesforce import EXAMPLE_CONFIG as SALESFORCE_EXAMPLE
+from tests.fakes.salesforce import SITE, YANDEX, FakeSalesforce
 
 ROOT = Path(__file__).resolve().parent.parent
 Fake = Any  # each CRM's fake; the case's functions know which
@@ -93,6 +95,11 @@ class CrmCase:
     add_contact: Callable[[Fake, str, str, str | None], object]
     raw_contact_field: Callable[[Fake, str, str], Any]  # fake, contact id, field id
     trouble: Callable[[Fake], Callable[[], None]] = _default_trouble  # → its check
+    api_path: str = "/"  # where the API is: calls elsewhere (a session minted) are not its
+
+    def api_calls(self, fake: Fake) -> int:
+        """Requests the CRM's API received, as the per-payment call counts mean them."""
+        return int(fake.count(path_prefix=self.api_path))
 
     def seed_deal(self, fake: Fake, contact: str, where: str, at: int, **fields: Any) -> str:
         """`add_deal` with the fields by logical name (`total_paid=1500`)."""
@@ -242,6 +249,42 @@ CASES = [
         returning_calls=4,
         close_deal=lambda fake, deal_id: fake.move_deal(deal_id, "WON"),
         trouble=_bitrix_trouble,
+    ),
+    CrmCase(
+        "salesforce",
+        FakeSalesforce,
+        _example(SALESFORCE_EXAMPLE, "salesforce", base_url="https://example.my.salesforce.com"),
+        # Sessions are minted (JWT bearer) from the consumer key and the key file.
+        lambda fake: {
+            "salesforce_client_id": fake.consumer_key,
+            "salesforce_private_key_file": fake.private_key_file,
+        },
+        contacts=lambda fake: [str(c["Id"]) for c in fake.contacts()],
+        deals=lambda fake: [str(d["Id"]) for d in fake.deals()],
+        raw_deal_field=lambda fake, deal_id, field_id: fake.deal_field(deal_id, field_id),
+        notes=lambda fake, deal_id: fake.notes(deal_id),
+        add_contact=lambda fake, name, phone, username: fake.add_contact(
+            LastName=name,
+            Phone=phone,
+            **({"Telegram_Username__c": username} if username else {}),
+        ),
+        raw_contact_field=lambda fake, contact_id, field_id: fake.contact_field(
+            contact_id, field_id
+        ),
+        placement=lambda fake, deal_id: (
+            fake.deal(deal_id)["RecordTypeId"],
+            fake.deal(deal_id)["StageName"],
+        ),
+        add_deal=lambda fake, contact, where, at, fields: fake.add_deal(
+            contact,
+            record_type={"yandex_working": YANDEX}.get(where, SITE),
+            stage={"yandex_working": "In Progress", "closed": "Closed Won"}.get(where, "Autopay"),
+            updated_at=at,
+            **fields,
+        ),
+        returning_calls=4,
+        close_deal=lambda fake, deal_id: fake.move_deal(deal_id, "Closed Won"),
+        api_path="/services/data/",  # not the token endpoint
     ),
 ]
 

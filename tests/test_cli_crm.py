@@ -301,6 +301,9 @@ def test_auth_errors(cli: Cli) -> None:
     assert cli("auth", "amocrm", "--access-token", "a").exit_code == 2
     long_lived = cli("auth", "amocrm", "--code", "c")
     assert long_lived.exit_code == 1 and 'auth = "oauth"' in long_lived.stderr
+    configure(cli, {'auth = "long_lived_token"': 'auth = "minted"'})
+    minted = cli("auth", "amocrm", "--code", "c")
+    assert minted.exit_code == 1 and "sessions are minted" in minted.stderr
     configure(cli, OAUTH)
     no_key = cli("auth", "amocrm", "--code", "c")
     assert no_key.exit_code == 1 and "BRIDGE_SECRET_KEY is not set" in no_key.stderr

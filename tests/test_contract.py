@@ -20,13 +20,20 @@ import pytest
 
 from bridge import rules
 from bridge.domain import Contact, FieldKind, FieldUpdate, KeyKind, LookupKey, NewContact, NewDeal
-from bridge.errors import AuthError, PermanentCrmError, RateLimited, TransientCrmError
+from bridge.errors import (
+    AuthError,
+    ConfigError,
+    PermanentCrmError,
+    RateLimited,
+    TransientCrmError,
+)
 from bridge.settings import CrmConfig
 from bridge.tokens import TokenPair
 from tests import test_amocrm_adapter as amo
 from tests import test_bitrix24_adapter as bx
 from tests import test_hubspot_adapter as hs
 from tests import test_pipedrive_adapter as pd
+from tests import test_salesforce_adapter as sf
 from tests.fakes.memory import MemoryTokens
 from tests.fakes.server import serve_in_thread
 
@@ -51,6 +58,13 @@ class AdapterCase:
     new_deal: Callable[[], NewDeal]
     served: Callable[[Fake, str], dict[str, Any]] | None = None  # make_adapter's options
     # when the fake is served on `base_url` (default: the section's base_url is it)
+    absent_deal: str = "999"  # a deal id of the CRM's shape that no deal has
+
+    @property
+    def minted(self) -> bool:
+        """Sessions minted from credentials (auth = "minted"): no refresh token, nothing
+        stored, no code to exchange; the refresh-token tests do not apply."""
+        return self.config.auth == "minted"
 
     def over_socket(self, fake: Fake, base_url: str) -> dict[str, Any]:
         if self.served is not None:
@@ -115,6 +129,29 @@ ADAPTER_CASES = [
         },
         rotates=True,
     ),
+    AdapterCase(
+        "salesforce",
+        lambda: sf.FakeSalesforce(sf.CONFIG),
+        sf.make_adapter,
+        sf.CONFIG,
+        "/services/oauth2/token",
+        "invalid_grant",
+        new_contact=sf.new_contact,
+        new_deal=sf.new_deal,
+        # Over a socket the fake is the My Domain, where client credentials are minted
+        # (the JWT's audience would be a login host).
+        served=lambda fake, base_url: {
+            "config": sf.CONFIG.model_copy(
+                update={
+                    "base_url": base_url,
+                    "request_timeout_seconds": 0.5,
+                    "options": {**sf.CONFIG.options, "flow": "client_credentials"},
+                }
+            ),
+        },
+        rotates=False,
+        absent_deal="006000000000999AAA",
+    ),
 ]
 
 
@@ -139,14 +176,23 @@ async def probe(adapter: Adapter, value: str = "probe@example.com") -> object:
     return await adapter.find_contact([LookupKey(kind, value)], rules.contact_matches)
 
 
-async def read(adapter: Adapter) -> object:
+async def read(case: AdapterCase, adapter: Adapter) -> object:
     """One GET (a search may be a POST, never repeated blindly): a deal that is not there."""
-    return await adapter.get_deal("999")
+    return await adapter.get_deal(case.absent_deal)
+
+
+def needs_refresh_tokens(case: AdapterCase) -> None:
+    if case.minted:
+        pytest.skip("sessions are minted: no refresh token, nothing stored, no code")
 
 
 @pytest.fixture
 async def adapter(case: AdapterCase, fake: Fake) -> AsyncIterator[Adapter]:
     made = case.make_adapter(fake)
+    if case.minted:
+        # A session first, so that the counts below are the API's calls alone.
+        await made.connection.source.current()
+        fake.calls.clear()
     yield made
     await made.connection.aclose()
 
@@ -169,24 +215,26 @@ async def test_a_persistent_429_surfaces_rate_limited(fake: Fake, adapter: Adapt
 
 
 async def test_network_trouble_on_reads_is_retried_then_transient(
-    fake: Fake, adapter: Adapter
+    case: AdapterCase, fake: Fake, adapter: Adapter
 ) -> None:
     fake.fail_next(1, kind="timeout")
     fake.fail_next(1, kind="drop")
-    assert await read(adapter) is None
+    assert await read(case, adapter) is None
     assert fake.count() == 3
     fake.down()
     with pytest.raises(TransientCrmError, match="cannot connect"):
-        await read(adapter)
+        await read(case, adapter)
     fake.up()
 
 
-async def test_random_faults_are_reproducible_and_survivable(fake: Fake, adapter: Adapter) -> None:
+async def test_random_faults_are_reproducible_and_survivable(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
     fake.fail_randomly(random.Random(7), p=0.5, kinds=("500", "timeout", "drop"))
     outcomes = []
     for _ in range(10):
         try:
-            await read(adapter)
+            await read(case, adapter)
             outcomes.append("ok")
         except TransientCrmError:
             outcomes.append("failed")
@@ -223,6 +271,7 @@ async def test_a_value_that_cannot_be_sent_fails_before_any_call(
 async def test_oauth_bootstraps_from_a_refresh_token_in_the_environment(
     case: AdapterCase, fake: Fake
 ) -> None:
+    needs_refresh_tokens(case)
     _, refresh = fake.issue_oauth_pair()
     tokens = MemoryTokens()
     env = {f"{case.kind}_refresh_token": refresh}
@@ -237,6 +286,7 @@ async def test_oauth_bootstraps_from_a_refresh_token_in_the_environment(
 async def test_one_refresh_serves_concurrent_requests_after_a_401(
     case: AdapterCase, fake: Fake
 ) -> None:
+    needs_refresh_tokens(case)
     access, refresh = fake.issue_oauth_pair(ttl=3600)
     tokens = MemoryTokens(TokenPair(access, refresh, fake.clock() + 3600))
     adapter = case.make_adapter(fake, config=case.oauth, tokens=tokens)
@@ -253,6 +303,7 @@ async def test_one_refresh_serves_concurrent_requests_after_a_401(
 async def test_a_refused_refresh_token_is_an_auth_error_naming_no_secret(
     case: AdapterCase, fake: Fake
 ) -> None:
+    needs_refresh_tokens(case)
     access, refresh = fake.issue_oauth_pair()
     first = case.make_adapter(
         fake, config=case.oauth, tokens=MemoryTokens(TokenPair(access, refresh, 0.0))
@@ -274,6 +325,7 @@ async def test_a_refused_refresh_token_is_an_auth_error_naming_no_secret(
 async def test_oauth_without_client_credentials_says_so_and_sends_nothing(
     case: AdapterCase, fake: Fake
 ) -> None:
+    needs_refresh_tokens(case)
     tokens = MemoryTokens(TokenPair("a", "r", 0.0))
     env = {f"{case.kind}_client_id": ""}
     adapter = case.make_adapter(fake, config=case.oauth, tokens=tokens, **env)
@@ -290,6 +342,7 @@ async def test_oauth_without_client_credentials_says_so_and_sends_nothing(
 
 
 async def test_exchange_code_stores_the_pair_and_uses_it(case: AdapterCase, fake: Fake) -> None:
+    needs_refresh_tokens(case)
     fake.register_code("code-1")
     tokens = MemoryTokens()
     adapter = case.make_adapter(fake, config=case.oauth, tokens=tokens)
@@ -312,6 +365,7 @@ async def test_exchange_code_stores_the_pair_and_uses_it(case: AdapterCase, fake
 async def test_a_token_endpoint_in_trouble_is_transient_and_echoes_nothing(
     case: AdapterCase, fake: Fake
 ) -> None:
+    needs_refresh_tokens(case)
     access, refresh = fake.issue_oauth_pair()
     tokens = MemoryTokens(TokenPair(access, refresh, 0.0))  # expired: must refresh
     adapter = case.make_adapter(fake, config=case.oauth, tokens=tokens)
@@ -345,8 +399,16 @@ async def test_the_fake_served_over_a_real_socket_is_the_same_api_with_the_same_
         assert await adapter.deal_notes(deal.id) == ["Оплата проведена\n  Payment ID: pay_1"]
         fake.down()
         with pytest.raises(TransientCrmError, match="503"):
-            await read(adapter)
+            await read(case, adapter)
         fake.up()
         await adapter.connection.aclose()
     finally:
         stop()
+
+
+def test_minted_sessions_need_an_adapter_that_mints_them() -> None:
+    # auth = "minted" is the adapter's own session source (Salesforce's); a kind without
+    # one is a configuration error, not a connection with no credentials.
+    minted = hs.CONFIG.model_copy(update={"auth": "minted"})
+    with pytest.raises(ConfigError, match='auth = "minted": hubspot mints no sessions'):
+        hs.make_adapter(hs.FakeHubSpot(hs.CONFIG), config=minted)

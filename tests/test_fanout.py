@@ -1,4 +1,4 @@
-"""One payment, two CRMs: amoCRM and HubSpot delivered independently (SPEC §3)."""
+"""One payment, several CRMs: each delivered independently (SPEC §3); every CRM at once."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from tests.conftest import (
     reference_file_config,
     wait_until,
 )
+from tests.crm_cases import CASES
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.hubspot import FakeHubSpot
 from tests.test_hubspot_scenarios import hubspot_file_config
@@ -127,3 +128,29 @@ def test_secrets_are_read_per_section_name(monkeypatch: Any, tmp_path: Path) -> 
     # A section not named like its kind never falls back to the vendor-named variables.
     other = reference.model_copy(update={"crm": {"main": amo}})
     assert crm_secrets(load_settings(file=other), "main", "ACCESS_TOKEN").token is None
+
+
+async def test_one_payment_reaches_every_crm_configured_at_once(tmp_path: Path) -> None:
+    # Every CRM of tests/crm_cases.py in one configuration, each on its own fake with its
+    # own secrets: one payment is one delivery per CRM, each a new contact and deal.
+    fakes = {case.name: case.make_fake() for case in CASES}
+    sections = {name: conf for case in CASES for name, conf in case.file_config().crm.items()}
+    file = reference_file_config().model_copy(update={"crm": sections})
+    secrets = {k: v for case in CASES for k, v in case.credentials(fakes[case.name]).items()}
+    settings = make_settings(tmp_path, file, **secrets)
+    transports = {name: fake.transport() for name, fake in fakes.items()}
+    async with AsyncTestClient(app=create_app(settings, transports=transports)) as client:
+        answer = await Bridge(client, settings, fakes["amocrm"]).post_payment(
+            payment_payload("pay_all")
+        )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["status"] == "success"
+    assert set(body["results"]) == set(fakes) and len(fakes) >= 5
+    for case in CASES:
+        fake = fakes[case.name]
+        assert body["results"][case.name]["lead_created"] is True, case.name
+        assert len(case.contacts(fake)) == 1, case.name
+        [deal] = case.deals(fake)
+        assert case.deal_number(fake, deal, "total_paid") == 10000, case.name
+        assert len(case.notes(fake, deal)) == 1, case.name

@@ -80,9 +80,15 @@ def auth(
     if config is None:
         raise click.ClickException(f"no [crm.{crm}] section in {settings.config_file}")
     if config.auth != "oauth":
+        where = (
+            f"sessions are minted from the environment's credentials; `bridge check {crm}`"
+            " mints one"
+            if config.auth == "minted"
+            else "a long-lived token goes in the environment"
+        )
         raise click.ClickException(
             f'crm.{crm}.auth is "{config.auth}": stored tokens are used only with'
-            f' auth = "oauth" (a long-lived token goes in the environment)'
+            f' auth = "oauth" ({where})'
         )
     cipher = token_cipher(settings)
     entered = (

@@ -19,6 +19,7 @@ from bridge.crm.bitrix24 import build_bitrix24
 from bridge.crm.connection import OnCall, Wiring
 from bridge.crm.hubspot import build_hubspot
 from bridge.crm.pipedrive import build_pipedrive
+from bridge.crm.salesforce import build_salesforce
 from bridge.settings import CrmConfig, Settings
 from bridge.tokens import TokenRepository
 
@@ -29,6 +30,7 @@ BUILDERS: Mapping[str, Builder] = {
     "hubspot": build_hubspot,
     "pipedrive": build_pipedrive,
     "bitrix24": build_bitrix24,
+    "salesforce": build_salesforce,
 }
 
 

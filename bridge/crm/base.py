@@ -207,8 +207,12 @@ class CrmHttp:
         params: QueryParamTypes | None = None,
         json: JSON = None,
         operation: str = "",
+        idempotent: bool | None = None,
     ) -> httpx.Response:
-        idempotent = method.upper() in IDEMPOTENT_METHODS
+        """`idempotent`: True for a POST that only reads (a search or a batch of queries),
+        so it is retried quickly like a GET; by default the method decides."""
+        if idempotent is None:
+            idempotent = method.upper() in IDEMPOTENT_METHODS
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.quick_tries),
             wait=wait_exponential_jitter(
@@ -221,7 +225,7 @@ class CrmHttp:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._send_once(method, path, params, json, operation)
+                return await self._send_once(method, path, params, json, operation, idempotent)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def _send_once(
@@ -231,9 +235,9 @@ class CrmHttp:
         params: QueryParamTypes | None,
         body: JSON,
         operation: str,
+        idempotent: bool,
     ) -> httpx.Response:
         await self.limiter.acquire()
-        idempotent = method.upper() in IDEMPOTENT_METHODS
         stats = _current_stats.get()
         if stats is not None:
             stats.calls += 1

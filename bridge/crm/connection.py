@@ -6,7 +6,8 @@ token endpoint, which is data (`OAuthEndpoint`), not code per CRM. It answers fo
 adapter's lifecycle: `exchange_code` (`bridge auth`), `credentials_problem` (pause /
 resume), `token_expires_at` and `health_details` (/webhook/health) and `aclose`. An
 adapter is then the vendor translation only: it calls `send` and reads answers inside
-`reading`.
+`reading`. A CRM whose sessions are minted rather than refreshed (auth = "minted") hands
+the connection its own token source (`minted`); nothing is stored for it.
 
 Secrets come per configured CRM (`CrmSecrets`, see `bridge.settings.crm_secrets`), never
 per vendor, so two sections of one kind each use their own.
@@ -24,7 +25,13 @@ from typing import Any, Literal
 import httpx
 
 from bridge.crm.base import JSON, CrmHttp, RateLimiter, retry_after_seconds
-from bridge.errors import AuthError, PermanentCrmError, RateLimited, TransientCrmError
+from bridge.errors import (
+    AuthError,
+    ConfigError,
+    PermanentCrmError,
+    RateLimited,
+    TransientCrmError,
+)
 from bridge.settings import CrmConfig, CrmSecrets, Settings, crm_secrets
 from bridge.tokens import (
     BearerAuth,
@@ -37,6 +44,9 @@ from bridge.tokens import (
 
 OnCall = Callable[[str, str, float, int], None]
 AuthFlow = Callable[[TokenSource], httpx.Auth]
+# auth = "minted": the adapter's own token source, built on the connection (its `http`
+# carries the mint requests), e.g. sessions minted by a JWT bearer grant.
+MintedSource = Callable[["Connection"], TokenSource]
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,7 @@ class Connection:
         static_auth: AuthFlow = BearerAuth,
         static_token: tuple[str | None, str] | None = None,
         empty_answer: JSON = NotJson,
+        minted: MintedSource | None = None,
     ) -> None:
         name, config, tokens, clock = wiring.name, wiring.config, wiring.tokens, wiring.clock
         self.name = name
@@ -134,7 +145,14 @@ class Connection:
         limiter = RateLimiter(config.rate_limit_per_second, burst=burst)
         self.http = CrmHttp(name, self.client, limiter, on_call=wiring.on_call)
         self.source: TokenSource
-        if config.auth == "oauth":
+        if config.auth == "minted":
+            if minted is None:
+                raise ConfigError(f'crm.{name}.auth = "minted": {config.kind} mints no sessions')
+            # Nothing stored, no refresh token: the source mints from the environment's
+            # credentials and again on expiry or a 401 (the bearer flow asks it).
+            self.source = minted(self)
+            self.client.auth = oauth_auth(self.source)
+        elif config.auth == "oauth":
             self.source = OAuthTokenSource(
                 name,
                 tokens,
@@ -195,6 +213,12 @@ class Connection:
 
     async def exchange_code(self, code: str) -> TokenPair:
         """`bridge auth`: trade an authorization code for a pair and store it before use."""
+        if self.config.auth == "minted":
+            message = (
+                "sessions are minted from the credentials in the environment: there is no"
+                f" code to exchange or token to store; `bridge check {self.name}` mints one"
+            )
+            raise AuthError(self.name, message)
         if self.config.auth != "oauth":
             message = f'auth is "{self.config.auth}": an authorization code needs auth = "oauth"'
             raise AuthError(self.name, message)
