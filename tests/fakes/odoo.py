@@ -34,8 +34,10 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from bridge.settings import CrmConfig, load_file_config
 from tests.fakes.odoo_db import (
     JSON,
     Model,
@@ -678,3 +680,59 @@ def _odoo_time(moment: float) -> str:
     import datetime as _dt
 
     return _dt.datetime.fromtimestamp(moment, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "crm-odoo.example.toml"
+# The x_ fields of the example database, as made in Studio: name → (type, relation).
+EXAMPLE_FIELD_TYPES = {
+    "subjects": ("many2many", "crm.tag"),
+    "direction": ("selection", ""),
+    "last_payment_amount": ("float", ""),
+    "last_payment_at": ("datetime", ""),
+    "payment_id": ("char", ""),
+    "invoice_id": ("char", ""),
+    "total_paid": ("float", ""),
+    "purchase_count": ("integer", ""),
+}
+
+
+def example_config(**changes: Any) -> CrmConfig:
+    config = load_file_config(EXAMPLE_CONFIG).crm["odoo"]
+    return config.model_copy(update=changes)
+
+
+def example_odoo(config: CrmConfig | None = None, **kwargs: Any) -> FakeOdoo:
+    """The database `etc/crm-odoo.example.toml` describes: its teams, stages, tags and
+    x_ fields, empty of partners and leads."""
+    config = config or example_config()
+    options = config.options
+    fake = FakeOdoo(database=str(options.get("database", "crm_lab")), **kwargs)
+    db = fake.db
+    targets = [config.default_pipeline, *config.pipeline_rules]
+    names = {int(t.pipeline_id): t.name or f"Team {t.pipeline_id}" for t in targets}
+    teams = db.models["crm.team"]
+    for team_id in sorted(names):
+        if team_id in teams.rows:
+            teams.rows[team_id]["name"] = names[team_id]
+        else:
+            while max(teams.rows) < team_id:
+                fake.add_team(names.get(max(teams.rows) + 1, "Team"))
+    stages = db.models["crm.stage"].rows
+    stages[2]["name"], stages[3]["name"] = "Автооплата", "In progress"
+    tags = sorted({int(v) for v in config.subjects.values()})
+    names_by_tag = {int(v): k for k, v in config.subjects.items()}
+    for tag_id in range(1, (max(tags) if tags else 0) + 1):
+        fake.add_tag(names_by_tag.get(tag_id, f"Tag {tag_id}"))
+    deal_ids = config.deal_fields.model_dump()
+    for key, field_name in deal_ids.items():
+        if not field_name or not field_name.startswith("x_"):
+            continue
+        ttype, relation = EXAMPLE_FIELD_TYPES.get(key, ("char", ""))
+        selection = (
+            [(str(v), k) for k, v in config.directions.items()] if key == "direction" else []
+        )
+        fake.add_field("crm.lead", field_name, ttype, relation=relation, selection=selection)
+    for field_name in config.contact_fields.model_dump().values():
+        if field_name and field_name.startswith("x_"):
+            fake.add_field("res.partner", field_name, "char")
+    return fake
