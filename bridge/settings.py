@@ -191,6 +191,8 @@ class Settings(BaseSettings):
     bitrix24_client_secret: SecretStr | None = None
     bitrix24_refresh_token: SecretStr | None = None
 
+    odoo_api_key: SecretStr | None = None
+
     retry_schedule_seconds: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
     worker_concurrency: int = Field(default=8, ge=1)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)

@@ -542,6 +542,29 @@ def deal_from_lead(record: Mapping[str, JSON], config: CrmConfig) -> Deal:
     )
 
 
+def deal_from_sent(new: NewDeal, deal_id: int, partner_id: int, now: float) -> Deal:
+    """The opportunity just created, from what was sent (no read-back: one call a step)."""
+    written = {u.field_id: _sent_text(u) for u in new.fields}
+    return Deal(
+        id=str(deal_id),
+        pipeline_id=new.pipeline_id,
+        status_id=new.status_id,
+        updated_at=int(now),
+        price=new.price,
+        contact_ids=(str(partner_id),),
+        fields=written,
+    )
+
+
+def _sent_text(update: FieldUpdate) -> str:
+    value = update.value
+    if isinstance(value, tuple):
+        return str(value[0]) if value else ""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime(ODOO_DATETIME)
+    return str(value)
+
+
 def lead_values(new: NewDeal, partner_id: int) -> dict[str, JSON]:
     """An opportunity in the chosen team and stage. Probability is left to Odoo's lead
     scoring (§6.11); the partner's e-mail and phone are copied by Odoo itself."""
