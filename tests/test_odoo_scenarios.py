@@ -24,7 +24,9 @@ EXPECTED_BODY = (
 
 def odoo_file(**changes: Any) -> FileConfig:
     config = load_file_config(EXAMPLE_CONFIG)
-    section = config.crm["odoo"].model_copy(update={"enabled": True, **changes})
+    # The example's 2 calls a second would only slow the tests down.
+    changes = {"enabled": True, "rate_limit_per_second": 1000, **changes}
+    section = config.crm["odoo"].model_copy(update=changes)
     return config.model_copy(update={"crm": {"odoo": section}})
 
 
