@@ -90,6 +90,12 @@ async def test_a_server_without_json2_routes_falls_back_to_jsonrpc() -> None:
     assert adapter.health_details()["api"] == "jsonrpc"
 
 
+async def test_json2_pinned_on_an_18_server_says_what_to_set() -> None:
+    adapter = make(odoo(18), api="json2")
+    with pytest.raises(AuthError, match="no JSON-2 API"):
+        await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+
+
 async def test_jsonrpc_without_a_login_says_what_to_set() -> None:
     adapter = make(odoo(18), login="")
     with pytest.raises(AuthError, match="login"):

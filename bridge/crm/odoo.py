@@ -182,6 +182,12 @@ class Odoo:
                 response = await self.http.request(
                     "POST", oj.json2_path(call), json=oj.json2_body(call), operation=call.operation
                 )
+                if oj.json2_offered(response.status_code) is False:
+                    raise AuthError(
+                        self.name,
+                        f"{call.operation}: this server has no JSON-2 API (Odoo before 19):"
+                        f' set crm.{self.name}.options.api = "jsonrpc" or "auto"',
+                    )
                 return self._json(response, call.operation)
             key = await self._source.current()
             uid = self._uid or 0
