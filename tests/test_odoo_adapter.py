@@ -60,9 +60,7 @@ def make(
 
 
 def odoo(version: int = 18, **kwargs: Any) -> FakeOdoo:
-    fake = example_odoo(version=version, **kwargs)
-    fake.db.models["res.users"].rows[2]["login"] = "bridge@example.com"
-    return fake
+    return example_odoo(version=version, **kwargs)
 
 
 @pytest.mark.parametrize(("version", "api", "session"), [(18, "jsonrpc", 3), (19, "json2", 2)])

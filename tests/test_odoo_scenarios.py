@@ -38,7 +38,6 @@ def fake(request: pytest.FixtureRequest) -> FakeOdoo:
 @pytest.fixture
 def run(tmp_path: Path, fake: FakeOdoo) -> Callable[..., Any]:
     key = fake.issue_api_key()
-    fake.db.models["res.users"].rows[2]["login"] = "bridge@example.com"
 
     @asynccontextmanager
     async def factory(file: FileConfig | None = None, **overrides: Any) -> AsyncIterator[Bridge]:

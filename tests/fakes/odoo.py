@@ -708,6 +708,7 @@ def example_odoo(config: CrmConfig | None = None, **kwargs: Any) -> FakeOdoo:
     options = config.options
     fake = FakeOdoo(database=str(options.get("database", "crm_lab")), **kwargs)
     db = fake.db
+    db.models["res.users"].rows[2]["login"] = str(options.get("login") or "admin")
     targets = [config.default_pipeline, *config.pipeline_rules]
     names = {int(t.pipeline_id): t.name or f"Team {t.pipeline_id}" for t in targets}
     teams = db.models["crm.team"]
