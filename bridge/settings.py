@@ -256,6 +256,7 @@ def secret_value(value: SecretStr | None) -> str | None:
 SECRET_SUFFIXES = (
     "ACCESS_TOKEN",
     "API_TOKEN",
+    "API_KEY",
     "WEBHOOK_URL",
     "CLIENT_ID",
     "CLIENT_SECRET",
@@ -270,7 +271,7 @@ class CrmSecrets:
     """One configured CRM's secrets. `[crm.NAME]` reads `<PREFIX>_<SUFFIX>`, PREFIX being
     NAME upper-cased with anything but letters and digits as `_` (`[crm.amo-sandbox]` →
     `AMO_SANDBOX_ACCESS_TOKEN`). `token_name` is the kind's long-lived secret (ACCESS_TOKEN,
-    Pipedrive's API_TOKEN, Bitrix24's WEBHOOK_URL)."""
+    Pipedrive's API_TOKEN, Bitrix24's WEBHOOK_URL, Odoo's API_KEY)."""
 
     prefix: str
     token_name: str

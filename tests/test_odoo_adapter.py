@@ -3,13 +3,12 @@ costs, and how Odoo's refusals land in the error tree."""
 
 from __future__ import annotations
 
-import asyncio
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from bridge.crm.base import RateLimiter
+from bridge.crm.connection import Wiring
 from bridge.crm.odoo import Odoo, build_odoo
 from bridge.crmconfig import config_snippet, schema_problems
 from bridge.domain import (
@@ -22,41 +21,31 @@ from bridge.domain import (
     NewDeal,
     Utm,
 )
-from bridge.errors import AuthError, PermanentCrmError, TransientCrmError
+from bridge.errors import AuthError, ConfigError, PermanentCrmError, TransientCrmError
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, FileConfig, Settings
+from tests.fakes.memory import MemoryTokens, adapter_on
 from tests.fakes.odoo import FakeOdoo, example_config, example_odoo
 
 CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
 
 
-async def no_wait(seconds: float) -> None:
-    await asyncio.sleep(0)
-
-
-class NoTokens:
-    async def load_tokens(self, crm: str) -> None:
-        return None
-
-    async def save_tokens(self, crm: str, pair: Any) -> None:
-        raise AssertionError("Odoo stores no tokens")
-
-
 def make(
     fake: FakeOdoo, config: CrmConfig | None = None, *, key: str | None = None, **options: Any
 ) -> Odoo:
+    """The adapter on `fake` with `options` over the example's `[crm.odoo.options]`."""
     config = config or example_config()
     if options:
         config = config.model_copy(update={"options": {**config.options, **options}})
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        file=FileConfig(crm={"odoo": config}),
-        odoo_api_key=fake.issue_api_key() if key is None else key,
-    )
-    adapter = build_odoo("odoo", config, settings, NoTokens(), transport=fake.transport())  # type: ignore[arg-type]
-    adapter.http.limiter = RateLimiter(1000, sleep=no_wait)
-    adapter.http.backoff_initial, adapter.http.backoff_max = 0.001, 0.01
-    return adapter
+    return make_adapter(fake, config=config, key=key)
+
+
+def make_adapter(
+    fake: FakeOdoo, *, config: CrmConfig | None = None, key: str | None = None, **kw: Any
+) -> Odoo:
+    """`make` as the contract suite calls it (`transport`, `tokens`, settings in `kw`)."""
+    static = {"odoo_api_key": fake.issue_api_key() if key is None else key}
+    return adapter_on(build_odoo, fake, config or example_config(), static=static, **kw)
 
 
 def odoo(version: int = 18, **kwargs: Any) -> FakeOdoo:
@@ -67,9 +56,9 @@ def odoo(version: int = 18, **kwargs: Any) -> FakeOdoo:
 async def test_auto_picks_the_api_once_per_process(version: int, api: str, session: int) -> None:
     fake = odoo(version)
     adapter = make(fake)
-    assert adapter.health_details()["api"] == "not yet chosen"
+    assert adapter.connection.health_details()["api"] == "not yet chosen"
     assert await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches) is None
-    assert adapter.health_details()["api"] == api
+    assert adapter.connection.health_details()["api"] == api
     assert fake.count() == session + 1
     await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)
     assert fake.count() == session + 2  # the session is not paid again
@@ -85,7 +74,7 @@ async def test_a_server_without_json2_routes_falls_back_to_jsonrpc() -> None:
     ]
     adapter = make(fake)
     assert await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches) is None
-    assert adapter.health_details()["api"] == "jsonrpc"
+    assert adapter.connection.health_details()["api"] == "jsonrpc"
 
 
 async def test_json2_pinned_on_an_18_server_says_what_to_set() -> None:
@@ -179,9 +168,27 @@ async def test_refusals_land_in_the_error_tree() -> None:
     fake.deny("crm.lead", "write")
     with pytest.raises(AuthError, match="not allowed"):
         await adapter.update_deal(deal.id, (FieldUpdate("x_payment_id", FieldKind.TEXT, "a"),))
-    fake.fail_next(1, 503)
+    fake.fail_next(1, 503, path_prefix="/json/2/crm.lead/message_post")
     with pytest.raises(TransientCrmError):
         await adapter.add_note(deal.id, "note")
+
+
+@pytest.mark.parametrize("version", [18, 19])
+async def test_reads_are_retried_at_once_and_writes_are_not(version: int) -> None:
+    """Every call is a POST: a read (`search_read`) says it may be repeated, a write may
+    have been applied before its answer was lost and is left to the flow."""
+    fake = odoo(version)
+    adapter = make(fake)
+    await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)  # the session
+    before = fake.count()
+    fake.fail_next(1, 503)
+    fake.fail_next(1, kind="timeout")
+    assert await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches) is None
+    assert fake.count() - before == 3
+    fake.fail_after_apply(1, kind="timeout")
+    with pytest.raises(TransientCrmError, match="timeout"):
+        await adapter.create_contact(NewContact(CUSTOMER, Utm()))
+    assert fake.count() - before == 4 and len(fake.partners()) == 1
 
 
 @pytest.mark.parametrize("version", [18, 19])
@@ -193,7 +200,7 @@ async def test_an_expired_key_pauses_and_a_new_one_resumes(version: int) -> None
     with pytest.raises(AuthError) as raised:
         await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)
     assert all(key.key not in str(raised.value) for key in fake.api_keys)
-    assert adapter.health_details()["api"] == "not yet chosen"  # learnt again next time
+    assert adapter.connection.health_details()["api"] == "not yet chosen"  # learnt again next time
 
 
 async def test_a_wrong_database_pauses() -> None:
@@ -234,7 +241,32 @@ async def test_schema_discover_and_check_agree_with_the_example() -> None:
 
 async def test_exchange_code_is_refused() -> None:
     adapter = make(odoo())
-    with pytest.raises(AuthError, match="no OAuth"):
-        await adapter.exchange_code("code")
-    assert await adapter.credentials_problem() is None
-    assert await make(odoo(), key="").credentials_problem() == "no credentials: set ODOO_API_KEY"
+    with pytest.raises(AuthError, match="no OAuth: set ODOO_API_KEY"):
+        await adapter.connection.exchange_code("code")
+    assert await adapter.connection.credentials_problem() is None
+    keyless = make(odoo(), key="").connection
+    assert await keyless.credentials_problem() == "no credentials: set ODOO_API_KEY"
+
+
+def test_oauth_is_refused_when_the_section_is_read() -> None:
+    with pytest.raises(ConfigError, match=r'crm\.odoo\.auth: .*"long_lived_token"'):
+        make(odoo(), example_config(auth="oauth"))
+
+
+async def test_a_second_section_reads_its_own_key() -> None:
+    """Secrets are the section's: `[crm.odoo-eu]` reads ODOO_EU_API_KEY, not ODOO_API_KEY."""
+    fake = odoo(19)
+    config = example_config()
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        file=FileConfig(crm={"odoo-eu": config}),
+        odoo_api_key="not this one",
+        crm_env={"ODOO_EU_API_KEY": fake.issue_api_key()},
+    )
+    wiring = Wiring("odoo-eu", config, settings, MemoryTokens(), transport=fake.transport())
+    adapter = build_odoo(wiring)
+    assert await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches) is None
+    keyless = build_odoo(
+        Wiring("odoo-eu", config, settings.model_copy(update={"crm_env": {}}), MemoryTokens())
+    )
+    assert await keyless.connection.credentials_problem() == "no credentials: set ODOO_EU_API_KEY"

@@ -18,6 +18,7 @@ from bridge.crm.base import CrmAdapter
 from bridge.crm.bitrix24 import build_bitrix24
 from bridge.crm.connection import OnCall, Wiring
 from bridge.crm.hubspot import build_hubspot
+from bridge.crm.odoo import build_odoo
 from bridge.crm.pipedrive import build_pipedrive
 from bridge.settings import CrmConfig, Settings
 from bridge.tokens import TokenRepository
@@ -29,6 +30,7 @@ BUILDERS: Mapping[str, Builder] = {
     "hubspot": build_hubspot,
     "pipedrive": build_pipedrive,
     "bitrix24": build_bitrix24,
+    "odoo": build_odoo,
 }
 
 

@@ -8,7 +8,8 @@ is safe. Adapters only translate between the domain types and their API.
 Quick retries (3 tries, exponential backoff with jitter) apply to 429 and connection
 failures for every request (the CRM never saw it or refused it), and to 5xx and timeouts
 only for idempotent requests: a POST that timed out may have been applied, so it is left
-to the flow, whose remote-state checks find what the POST created.
+to the flow, whose remote-state checks find what the POST created. A read that travels as
+a POST (an RPC API's search) says so with `idempotent=True` and is retried like a GET.
 """
 
 from __future__ import annotations
@@ -207,8 +208,12 @@ class CrmHttp:
         params: QueryParamTypes | None = None,
         json: JSON = None,
         operation: str = "",
+        idempotent: bool | None = None,
     ) -> httpx.Response:
-        idempotent = method.upper() in IDEMPOTENT_METHODS
+        """`idempotent`: whether repeating the request is harmless; by default, whether
+        its method says so."""
+        if idempotent is None:
+            idempotent = method.upper() in IDEMPOTENT_METHODS
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.quick_tries),
             wait=wait_exponential_jitter(
@@ -221,7 +226,7 @@ class CrmHttp:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._send_once(method, path, params, json, operation)
+                return await self._send_once(method, path, params, json, operation, idempotent)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def _send_once(
@@ -231,9 +236,9 @@ class CrmHttp:
         params: QueryParamTypes | None,
         body: JSON,
         operation: str,
+        idempotent: bool,
     ) -> httpx.Response:
         await self.limiter.acquire()
-        idempotent = method.upper() in IDEMPOTENT_METHODS
         stats = _current_stats.get()
         if stats is not None:
             stats.calls += 1

@@ -77,6 +77,13 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
     "action_unarchive": (),
     "context_get": (),
 }
+RECORD_ACTIONS = {
+    "message_post",
+    "action_set_won",
+    "action_set_lost",
+    "action_archive",
+    "action_unarchive",
+}
 OPERATION_WORDS = {"read": "access", "write": "modify", "create": "create", "unlink": "delete"}
 METHOD_OPERATION = {
     "search": "read",
@@ -524,20 +531,7 @@ class FakeOdoo(FakeService):
         if ids is not None and not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise value_error(f"Invalid ids {ids!r}")
         if method in ("search", "search_read", "search_count"):
-            domain = params.get("domain") or []
-            found = db.search(
-                model,
-                domain,
-                context=context,
-                order=params.get("order"),
-                offset=int(params.get("offset") or 0),
-                limit=params.get("limit"),
-            )
-            if method == "search":
-                return found
-            if method == "search_count":
-                return len(found)
-            return db.read_rows(model, found, params.get("fields"))
+            return self._search(model, method, params, context)
         if method == "read":
             return db.read_rows(model, ids or [], params.get("fields"))
         if method == "create":
@@ -555,29 +549,57 @@ class FakeOdoo(FakeService):
             return True
         if method == "fields_get":
             return self._fields_get(model, params.get("allfields"), params.get("attributes"))
+        if method in RECORD_ACTIONS:
+            return self._record_action(model, method, ids or [], params)
+        if method == "context_get":
+            return {"lang": "en_US", "tz": False, "uid": db.uid}
+        raise OdooFault(
+            "builtins.AttributeError", f"The method '{model_name}.{method}' does not exist"
+        )
+
+    def _search(
+        self, model: Model, method: str, params: Mapping[str, JSON], context: Mapping[str, JSON]
+    ) -> JSON:
+        db = self.db
+        domain = params.get("domain") or []
+        found = db.search(
+            model,
+            domain,
+            context=context,
+            order=params.get("order"),
+            offset=int(params.get("offset") or 0),
+            limit=params.get("limit"),
+        )
+        if method == "search":
+            return found
+        if method == "search_count":
+            return len(found)
+        return db.read_rows(model, found, params.get("fields"))
+
+    def _record_action(
+        self, model: Model, method: str, ids: list[int], params: Mapping[str, JSON]
+    ) -> JSON:
+        """message_post and the won / lost / archive buttons."""
+        db, model_name = self.db, model.name
         if method == "message_post":
             if model_name not in _MAIL_THREADS:
                 raise OdooFault(
                     "builtins.AttributeError",
                     f"The method '{model_name}.message_post' does not exist",
                 )
-            message_id = db.message_post(model, ids or [], params)
+            message_id = db.message_post(model, ids, params)
             # execute_kw answers the single message as its id (§8.46); JSON-2 reduces
             # the returned recordset to its ids.
             return message_id if self._transport_is_rpc else [message_id]
         if method == "action_set_won":
-            return db.set_won(ids or [])
+            return db.set_won(ids)
         if method == "action_set_lost":
-            db.set_lost(ids or [], params.get("lost_reason_id"))
+            db.set_lost(ids, params.get("lost_reason_id"))
             return None
         if method in ("action_archive", "action_unarchive"):
-            db.write(model, ids or [], {"active": method == "action_unarchive"})
+            db.write(model, ids, {"active": method == "action_unarchive"})
             return None
-        if method == "context_get":
-            return {"lang": "en_US", "tz": False, "uid": db.uid}
-        raise OdooFault(
-            "builtins.AttributeError", f"The method '{model_name}.{method}' does not exist"
-        )
+        raise AssertionError(method)
 
     _transport_is_rpc = True  # set per request in `_serve`, under the service's lock
 
