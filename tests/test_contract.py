@@ -9,8 +9,9 @@ refresh naming no secret, client credentials checked before anything is sent, an
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,8 +27,11 @@ from bridge.tokens import TokenPair
 from tests import test_amocrm_adapter as amo
 from tests import test_bitrix24_adapter as bx
 from tests import test_hubspot_adapter as hs
+from tests import test_odoo_adapter as odoo
 from tests import test_pipedrive_adapter as pd
 from tests.fakes.memory import MemoryTokens
+from tests.fakes.odoo import example_config as odoo_config
+from tests.fakes.odoo import example_odoo
 from tests.fakes.server import serve_in_thread
 
 Fake = Any
@@ -38,7 +42,10 @@ Adapter = Any
 class AdapterCase:
     """How to put one CRM's adapter on its fake; `refused` is the vendor's word for a
     refresh token it no longer takes (echoed in the error), `token_path` its endpoint,
-    `rotates` whether a refresh spends the refresh token."""
+    `rotates` whether a refresh spends the refresh token; a CRM without OAuth (`has_oauth`
+    False: an API key only) leaves the OAuth part out. `warm_up` is what the adapter pays
+    once per process before its first operation (Odoo's session): paid before each test
+    here, so the fake's call counts are the test's own."""
 
     kind: str
     make_fake: Callable[[], Fake]
@@ -51,6 +58,9 @@ class AdapterCase:
     new_deal: Callable[[], NewDeal]
     served: Callable[[Fake, str], dict[str, Any]] | None = None  # make_adapter's options
     # when the fake is served on `base_url` (default: the section's base_url is it)
+    has_oauth: bool = True
+    warm_up: Callable[[Adapter], Awaitable[object]] | None = None
+    variant: str = ""  # told apart in test ids: "odoo-19"
 
     def over_socket(self, fake: Fake, base_url: str) -> dict[str, Any]:
         if self.served is not None:
@@ -63,7 +73,7 @@ class AdapterCase:
         return self.config.model_copy(update={"auth": "oauth"})
 
     def __str__(self) -> str:
-        return self.kind
+        return f"{self.kind}-{self.variant}" if self.variant else self.kind
 
 
 ADAPTER_CASES = [
@@ -115,7 +125,27 @@ ADAPTER_CASES = [
         },
         rotates=True,
     ),
+    *(
+        AdapterCase(
+            "odoo",
+            functools.partial(example_odoo, version=version),
+            odoo.make_adapter,
+            odoo_config(),
+            "",
+            "",
+            new_contact=odoo.new_contact,
+            new_deal=odoo.new_deal,
+            rotates=False,
+            has_oauth=False,
+            warm_up=odoo.warm_up,
+            variant=str(version),  # 18: JSON-RPC, 19: JSON-2
+        )
+        for version in (18, 19)
+    ),
 ]
+OAUTH_CASES = [case for case in ADAPTER_CASES if case.has_oauth]
+# The OAuth tests: only over the CRMs that have it.
+over_oauth = pytest.mark.parametrize("case", OAUTH_CASES, ids=str, indirect=True)
 
 
 @pytest.fixture(params=ADAPTER_CASES, ids=str)
@@ -147,6 +177,9 @@ async def read(adapter: Adapter) -> object:
 @pytest.fixture
 async def adapter(case: AdapterCase, fake: Fake) -> AsyncIterator[Adapter]:
     made = case.make_adapter(fake)
+    if case.warm_up is not None:
+        await case.warm_up(made)
+        fake.calls.clear()
     yield made
     await made.connection.aclose()
 
@@ -212,7 +245,7 @@ async def test_a_value_that_cannot_be_sent_fails_before_any_call(
 ) -> None:
     field_id = case.config.deal_fields.last_payment_at or ""
     naive = FieldUpdate(field_id, FieldKind.DATETIME, datetime(2025, 1, 20))  # no zone
-    with pytest.raises(PermanentCrmError, match=r"(deals|leads)\.update"):
+    with pytest.raises(PermanentCrmError, match=r"(deals|leads)\.update|crm\.lead\.write"):
         await adapter.update_deal("1", [naive])
     assert fake.count() == 0
 
@@ -220,6 +253,7 @@ async def test_a_value_that_cannot_be_sent_fails_before_any_call(
 # ---- OAuth --------------------------------------------------------------------------
 
 
+@over_oauth
 async def test_oauth_bootstraps_from_a_refresh_token_in_the_environment(
     case: AdapterCase, fake: Fake
 ) -> None:
@@ -234,6 +268,7 @@ async def test_oauth_bootstraps_from_a_refresh_token_in_the_environment(
     await adapter.connection.aclose()
 
 
+@over_oauth
 async def test_one_refresh_serves_concurrent_requests_after_a_401(
     case: AdapterCase, fake: Fake
 ) -> None:
@@ -250,6 +285,7 @@ async def test_one_refresh_serves_concurrent_requests_after_a_401(
     await adapter.connection.aclose()
 
 
+@over_oauth
 async def test_a_refused_refresh_token_is_an_auth_error_naming_no_secret(
     case: AdapterCase, fake: Fake
 ) -> None:
@@ -271,6 +307,7 @@ async def test_a_refused_refresh_token_is_an_auth_error_naming_no_secret(
         await adapter.connection.aclose()
 
 
+@over_oauth
 async def test_oauth_without_client_credentials_says_so_and_sends_nothing(
     case: AdapterCase, fake: Fake
 ) -> None:
@@ -289,6 +326,7 @@ async def test_oauth_without_client_credentials_says_so_and_sends_nothing(
     await unauthorised.connection.aclose()
 
 
+@over_oauth
 async def test_exchange_code_stores_the_pair_and_uses_it(case: AdapterCase, fake: Fake) -> None:
     fake.register_code("code-1")
     tokens = MemoryTokens()
@@ -309,6 +347,7 @@ async def test_exchange_code_stores_the_pair_and_uses_it(case: AdapterCase, fake
     await static.connection.aclose()
 
 
+@over_oauth
 async def test_a_token_endpoint_in_trouble_is_transient_and_echoes_nothing(
     case: AdapterCase, fake: Fake
 ) -> None:

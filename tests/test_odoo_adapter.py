@@ -270,3 +270,31 @@ async def test_a_second_section_reads_its_own_key() -> None:
         Wiring("odoo-eu", config, settings.model_copy(update={"crm_env": {}}), MemoryTokens())
     )
     assert await keyless.connection.credentials_problem() == "no credentials: set ODOO_EU_API_KEY"
+
+
+# ---- for the contract suite (tests/test_contract.py) ----------------------------------
+
+
+def new_contact() -> NewContact:
+    telegram = (
+        FieldUpdate("x_telegram_id", FieldKind.TEXT, "123456789"),
+        FieldUpdate("x_telegram_username", FieldKind.TEXT, "ivan"),
+    )
+    return NewContact(CUSTOMER, Utm(source="advcake", medium="cpa"), telegram)
+
+
+def new_deal() -> NewDeal:
+    fields = (
+        FieldUpdate("x_subject_ids", FieldKind.MULTISELECT, (1, 2)),
+        FieldUpdate("x_direction", FieldKind.SELECT, "ege"),
+        FieldUpdate("x_total_paid", FieldKind.NUMBER, Decimal("10000.00")),
+        FieldUpdate("x_purchase_count", FieldKind.NUMBER, 1),
+        FieldUpdate("x_payment_id", FieldKind.TEXT, "pay_1"),
+        FieldUpdate("x_utm_source", FieldKind.TEXT, "advcake"),
+    )
+    return NewDeal("Оплата Русский - Иван Петров", Decimal("10000"), "1", "2", fields)
+
+
+async def warm_up(adapter: Odoo) -> None:
+    """The once-per-process session (API choice, uid, optional fields), paid up front."""
+    await adapter.find_contact([], contact_matches)
