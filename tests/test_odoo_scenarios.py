@@ -14,7 +14,7 @@ from litestar.testing import AsyncTestClient
 
 from bridge.app import create_app
 from bridge.settings import FileConfig, load_file_config
-from tests.conftest import Bridge, make_settings, payment_payload
+from tests.conftest import Bridge, crm_calls, make_settings, payment_payload
 from tests.fakes.odoo import EXAMPLE_CONFIG, FakeOdoo, example_odoo
 
 EXPECTED_BODY = (
@@ -50,14 +50,6 @@ def run(tmp_path: Path, fake: FakeOdoo) -> Callable[..., Any]:
     return factory
 
 
-def calls_of(bridge: Bridge, payment_id: str) -> int:
-    [(calls,)] = bridge.query(
-        "SELECT d.crm_calls FROM deliveries d JOIN events e ON e.id = d.event_id WHERE e.key = ?",
-        (payment_id,),
-    )
-    return int(calls)
-
-
 def session_calls(fake: FakeOdoo) -> int:
     """The once-per-process calls: the JSON-2 probe, authenticate on JSON-RPC, the
     optional-field read."""
@@ -67,7 +59,7 @@ def session_calls(fake: FakeOdoo) -> int:
 async def test_new_customer_then_returning_then_known(run: Any, fake: FakeOdoo) -> None:
     async with run() as bridge:
         first = await bridge.post_payment(payment_payload("pay_new", utm_source="advcake"))
-        new_calls = calls_of(bridge, "pay_new")
+        new_calls = crm_calls(bridge, "pay_new")
         assert first.status_code == 200, first.text
         [partner] = fake.partners()
         [lead] = fake.leads()
@@ -109,7 +101,7 @@ async def test_new_customer_then_returning_then_known(run: Any, fake: FakeOdoo) 
         again = await bridge.post_payment(payment_payload("pay_two"))
         assert again.status_code == 200, again.text
         assert again.json()["results"]["odoo"]["lead_created"] is False
-        assert calls_of(bridge, "pay_two") == 3  # the known deal: get, write, note
+        assert crm_calls(bridge, "pay_two") == 3  # the known deal: get, write, note
         row = fake.lead(lead["id"])
         assert (row["x_total_paid"], row["x_purchase_count"]) == (20000, 2)
         assert row["x_payment_id"] == "pay_two"
@@ -123,7 +115,7 @@ async def test_returning_customer_typed_by_a_manager_is_found(run: Any, fake: Fa
     fake.set_won(won)
     async with run() as bridge:
         answer = await bridge.post_payment(payment_payload("pay_r", telegram_id=None))
-        calls = calls_of(bridge, "pay_r")
+        calls = crm_calls(bridge, "pay_r")
     assert answer.status_code == 200, answer.text
     assert answer.json()["results"]["odoo"] == {
         "contact_id": str(partner),

@@ -35,10 +35,10 @@ from typing import Any, Literal
 import phonenumbers
 
 from bridge.crm.base import CustomField, Pipeline
+from bridge.crm.fieldvalues import FieldEncoding, number_json
 from bridge.domain import (
     Contact,
     Deal,
-    FieldKind,
     FieldUpdate,
     KeyKind,
     LookupKey,
@@ -574,7 +574,7 @@ def lead_values(new: NewDeal, partner_id: int) -> dict[str, JSON]:
         "partner_id": partner_id,
         "team_id": _int_id(new.pipeline_id, "pipeline (sales team)"),
         "stage_id": _int_id(new.status_id, "status (stage)"),
-        "expected_revenue": _number(new.price),
+        "expected_revenue": number_json(new.price),
     }
     values.update(field_values(new.fields))
     return values
@@ -591,25 +591,7 @@ def _int_id(value: str, what: str = "record") -> int:
 
 def field_values(updates: Iterable[FieldUpdate]) -> dict[str, JSON]:
     """`write`/`create` values for the updates (ValueError on a value that does not fit)."""
-    return {update.field_id: _value(update) for update in updates}
-
-
-def _value(update: FieldUpdate) -> JSON:
-    kind, value = update.kind, update.value
-    if kind is FieldKind.TEXT and isinstance(value, str):
-        return value
-    if kind is FieldKind.NUMBER and isinstance(value, Decimal | int):
-        return _number(Decimal(value))
-    if kind is FieldKind.DATETIME and isinstance(value, datetime) and value.utcoffset() is not None:
-        # Odoo keeps datetimes naive in UTC; a date field takes the first 10 characters.
-        return value.astimezone(UTC).strftime(ODOO_DATETIME)
-    if kind is FieldKind.SELECT and isinstance(value, int | str):
-        # A selection by its key (text), a many2one by its id (a number in the config).
-        return value
-    if kind is FieldKind.MULTISELECT and isinstance(value, tuple):
-        ids = [_record_id(update.field_id, item) for item in value]
-        return [[6, 0, ids]]  # Command.set: the whole set, as MULTISELECT means
-    raise ValueError(f"field {update.field_id}: {kind.value} value {value!r} has the wrong type")
+    return ENCODING.values(updates)
 
 
 def _record_id(field_id: str, value: int | str) -> int:
@@ -618,8 +600,14 @@ def _record_id(field_id: str, value: int | str) -> int:
     raise ValueError(f"field {field_id}: {value!r} is not a record id (many2many)")
 
 
-def _number(value: Decimal) -> int | float:
-    return int(value) if value == value.to_integral_value() else float(value)
+# Odoo keeps datetimes naive in UTC (a date field takes the first 10 characters); a
+# selection takes its key (text), a many2one its id (a number in the config); a
+# many2many `Command.set` of record ids: the whole set, as MULTISELECT means.
+ENCODING = FieldEncoding(
+    when=lambda moment: moment.astimezone(UTC).strftime(ODOO_DATETIME),
+    option=lambda field_id, value: value,
+    options=lambda field_id, values: [[6, 0, [_record_id(field_id, item) for item in values]]],
+)
 
 
 # ---- reading values -------------------------------------------------------------------
