@@ -1,53 +1,37 @@
 """Payments through HTTP into the stateful fake Odoo, once over JSON-RPC (an Odoo 18
-server) and once over JSON-2 (Odoo 19), with `etc/crm-odoo.example.toml` as the only CRM;
-what each payment costs; and the Odoo refusals the error tree must pause or fail on."""
+server) and once over JSON-2 (Odoo 19), through the two Odoo `CrmCase`s (the example
+section as the only CRM): what each payment costs, what lands in Odoo, and the Odoo
+refusals the error tree must pause or fail on."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from bridge.app import create_app
-from bridge.settings import FileConfig, load_file_config
-from tests.conftest import Bridge, crm_calls, make_settings, payment_payload
-from tests.fakes.odoo import EXAMPLE_CONFIG, FakeOdoo, example_odoo
+from tests.conftest import crm_calls, payment_payload
+from tests.crm_cases import BY_NAME, CrmCase, Run, running
+from tests.fakes.odoo import FakeOdoo
 
 EXPECTED_BODY = (
     "<p>Оплата проведена</p><p>Имя клиента: Иван Петров<br/>Дата/время: 2025-01-20 14:49:20"
 )
 
 
-def odoo_file(**changes: Any) -> FileConfig:
-    config = load_file_config(EXAMPLE_CONFIG)
-    # The example's 2 calls a second would only slow the tests down.
-    changes = {"enabled": True, "rate_limit_per_second": 1000, **changes}
-    section = config.crm["odoo"].model_copy(update=changes)
-    return config.model_copy(update={"crm": {"odoo": section}})
-
-
-@pytest.fixture(params=[18, 19], ids=["jsonrpc-18", "json2-19"])
-def fake(request: pytest.FixtureRequest) -> FakeOdoo:
-    return example_odoo(version=request.param)
+@pytest.fixture(params=["odoo", "odoo-19"], ids=["jsonrpc-18", "json2-19"])
+def case(request: pytest.FixtureRequest) -> CrmCase:
+    return BY_NAME[request.param]
 
 
 @pytest.fixture
-def run(tmp_path: Path, fake: FakeOdoo) -> Callable[..., Any]:
-    key = fake.issue_api_key()
+def fake(case: CrmCase) -> FakeOdoo:
+    made: FakeOdoo = case.make_fake()
+    return made
 
-    @asynccontextmanager
-    async def factory(file: FileConfig | None = None, **overrides: Any) -> AsyncIterator[Bridge]:
-        overrides.setdefault("odoo_api_key", key)
-        settings = make_settings(tmp_path, file or odoo_file(), **overrides)
-        app = create_app(settings, transports={"odoo": fake.transport()})
-        async with AsyncTestClient(app=app) as client:
-            yield Bridge(client, settings, fake)  # type: ignore[arg-type]
 
-    return factory
+@pytest.fixture
+def run(tmp_path: Path, case: CrmCase, fake: FakeOdoo) -> Run:
+    return running(case, fake, tmp_path)
 
 
 def session_calls(fake: FakeOdoo) -> int:
@@ -56,14 +40,16 @@ def session_calls(fake: FakeOdoo) -> int:
     return 3 if fake.version < 19 else 2
 
 
-async def test_new_customer_then_returning_then_known(run: Any, fake: FakeOdoo) -> None:
+async def test_new_customer_then_returning_then_known(
+    run: Run, case: CrmCase, fake: FakeOdoo
+) -> None:
     async with run() as bridge:
         first = await bridge.post_payment(payment_payload("pay_new", utm_source="advcake"))
         new_calls = crm_calls(bridge, "pay_new")
         assert first.status_code == 200, first.text
         [partner] = fake.partners()
         [lead] = fake.leads()
-        assert first.json()["results"]["odoo"] == {
+        assert first.json()["results"][case.name] == {
             "contact_id": str(partner["id"]),
             "lead_id": str(lead["id"]),
             "lead_created": True,
@@ -100,7 +86,7 @@ async def test_new_customer_then_returning_then_known(run: Any, fake: FakeOdoo) 
         fake.move_lead(lead["id"], 3)
         again = await bridge.post_payment(payment_payload("pay_two"))
         assert again.status_code == 200, again.text
-        assert again.json()["results"]["odoo"]["lead_created"] is False
+        assert again.json()["results"][case.name]["lead_created"] is False
         assert crm_calls(bridge, "pay_two") == 3  # the known deal: get, write, note
         row = fake.lead(lead["id"])
         assert (row["x_total_paid"], row["x_purchase_count"]) == (20000, 2)
@@ -108,7 +94,9 @@ async def test_new_customer_then_returning_then_known(run: Any, fake: FakeOdoo) 
         assert len(fake.notes(lead["id"])) == 2
 
 
-async def test_returning_customer_typed_by_a_manager_is_found(run: Any, fake: FakeOdoo) -> None:
+async def test_returning_customer_typed_by_a_manager_is_found(
+    run: Run, case: CrmCase, fake: FakeOdoo
+) -> None:
     partner = fake.add_partner("Иван П.", phone="8 (999) 123-45-67", email="Ivan@Example.com")
     lead = fake.add_lead(partner, name="Курс", stage_id=3, team_id=2, expected_revenue=500)
     won = fake.add_lead(partner, name="Старая", stage_id=1)
@@ -117,7 +105,7 @@ async def test_returning_customer_typed_by_a_manager_is_found(run: Any, fake: Fa
         answer = await bridge.post_payment(payment_payload("pay_r", telegram_id=None))
         calls = crm_calls(bridge, "pay_r")
     assert answer.status_code == 200, answer.text
-    assert answer.json()["results"]["odoo"] == {
+    assert answer.json()["results"][case.name] == {
         "contact_id": str(partner),
         "lead_id": str(lead),
         "lead_created": False,
@@ -129,25 +117,23 @@ async def test_returning_customer_typed_by_a_manager_is_found(run: Any, fake: Fa
     assert fake.partner(partner)["x_telegram_username"] == "ivan_petrov"
 
 
-async def test_a_lost_deal_is_not_reused(run: Any, fake: FakeOdoo) -> None:
+async def test_a_lost_deal_is_not_reused(run: Run, case: CrmCase, fake: FakeOdoo) -> None:
     partner = fake.add_partner("Иван", phone="+79991234567")
     lost = fake.add_lead(partner, stage_id=3)
     fake.set_lost(lost)
     async with run() as bridge:
         answer = await bridge.post_payment(payment_payload("pay_l"))
     assert answer.status_code == 200, answer.text
-    assert answer.json()["results"]["odoo"]["lead_created"] is True
+    assert answer.json()["results"][case.name]["lead_created"] is True
     assert fake.lead(lost)["x_payment_id"] is False
 
 
-async def test_a_field_odoo_lacks_fails_the_payment_for_good(run: Any, fake: FakeOdoo) -> None:
-    file = odoo_file()
-    section = file.crm["odoo"]
+async def test_a_field_odoo_lacks_fails_the_payment_for_good(
+    run: Run, case: CrmCase, fake: FakeOdoo
+) -> None:
+    section = case.file_config().crm[case.name]
     fields = section.deal_fields.model_copy(update={"invoice_id": "x_no_such_field"})
-    file = file.model_copy(
-        update={"crm": {"odoo": section.model_copy(update={"deal_fields": fields})}}
-    )
-    async with run(file) as bridge:
+    async with run(case.file_config(deal_fields=fields)) as bridge:
         answer = await bridge.post_payment(payment_payload("pay_f"))
         [(status, error)] = bridge.query(
             "SELECT d.status, d.last_error FROM deliveries d JOIN events e ON e.id = d.event_id"
@@ -158,11 +144,14 @@ async def test_a_field_odoo_lacks_fails_the_payment_for_good(run: Any, fake: Fak
     assert "x_no_such_field" in error
 
 
-async def test_an_expired_key_pauses_the_crm(run: Any, fake: FakeOdoo) -> None:
+async def test_an_expired_key_pauses_the_crm(run: Run, case: CrmCase, fake: FakeOdoo) -> None:
+    credentials = case.credentials(fake)
     fake.expire_api_keys()
-    async with run() as bridge:
+    async with run(**credentials) as bridge:
         answer = await bridge.post_payment(payment_payload("pay_k"))
-        [(reason,)] = bridge.query("SELECT paused_reason FROM crm_state WHERE crm = 'odoo'")
+        [(reason,)] = bridge.query(
+            "SELECT paused_reason FROM crm_state WHERE crm = ?", (case.name,)
+        )
     assert answer.status_code == 202, answer.text
     assert reason
     assert fake.api_keys[0].key not in reason
