@@ -221,6 +221,7 @@ class Settings(BaseSettings):
     salesforce_client_id: str = ""  # the External Client App's consumer key
     salesforce_client_secret: SecretStr | None = None  # client_credentials only
     salesforce_private_key_file: str = ""  # jwt_bearer: the path of the RSA key, PEM
+    odoo_api_key: SecretStr | None = None
 
     retry_schedule_seconds: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
     worker_concurrency: int = Field(default=8, ge=1)
@@ -261,6 +262,7 @@ def secret_value(value: SecretStr | None) -> str | None:
 SECRET_SUFFIXES = (
     "ACCESS_TOKEN",
     "API_TOKEN",
+    "API_KEY",
     "WEBHOOK_URL",
     "CLIENT_ID",
     "CLIENT_SECRET",
@@ -276,7 +278,7 @@ class CrmSecrets:
     """One configured CRM's secrets. `[crm.NAME]` reads `<PREFIX>_<SUFFIX>`, PREFIX being
     NAME upper-cased with anything but letters and digits as `_` (`[crm.amo-sandbox]` →
     `AMO_SANDBOX_ACCESS_TOKEN`). `token_name` is the kind's long-lived secret (ACCESS_TOKEN,
-    Pipedrive's API_TOKEN, Bitrix24's WEBHOOK_URL, the path of
+    Pipedrive's API_TOKEN, Bitrix24's WEBHOOK_URL, Odoo's API_KEY, the path of
     Salesforce's PRIVATE_KEY_FILE)."""
 
     prefix: str

@@ -17,8 +17,10 @@ from typing import Any
 
 import httpx
 from litestar.testing import AsyncTestClient
+from pydantic import SecretStr
 
 from bridge.app import create_app
+from bridge.crm.odoo_json import note_text as odoo_note_text
 from bridge.crm.richtext import note_text
 from bridge.settings import FileConfig, load_file_config
 from tests.conftest import Bridge, make_settings, reference_file_config
@@ -26,6 +28,8 @@ from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.bitrix24 import EXAMPLE_CONFIG as BITRIX_EXAMPLE
 from tests.fakes.bitrix24 import FakeBitrix24
 from tests.fakes.hubspot import FakeHubSpot
+from tests.fakes.odoo import EXAMPLE_CONFIG as ODOO_EXAMPLE
+from tests.fakes.odoo import FakeOdoo, example_odoo
 from tests.fakes.pipedrive import FakePipedrive
 from tests.fakes.salesforce import EXAMPLE_CONFIG as SALESFORCE_EXAMPLE
 from tests.fakes.salesforce import SITE, YANDEX, FakeSalesforce
@@ -75,9 +79,70 @@ def _bitrix_trouble(fake: FakeBitrix24) -> Callable[[], None]:
     return check
 
 
+def _odoo_value(value: Any) -> Any:
+    """Odoo reads an empty field as False: None in the common view."""
+    return None if value is False else value
+
+
+def _odoo_section(name: str) -> Callable[..., FileConfig]:
+    """The example's `[crm.odoo]` as `[crm.NAME]`, without the example's 2 calls a second
+    (a hosted Odoo's pace; the fake is not one)."""
+    example = _example(ODOO_EXAMPLE, "odoo", rate_limit_per_second=1000)
+
+    def file_config(**changes: Any) -> FileConfig:
+        config = example(**changes)
+        return config.model_copy(update={"crm": {name: config.crm["odoo"]}})
+
+    return file_config
+
+
+def _odoo_case(name: str, version: int) -> CrmCase:
+    """Odoo 18 (JSON-RPC, the recorded transcript's server) or 19 (JSON-2). The first
+    delivery of a process also pays the session: the JSON-2 probe, `authenticate` on
+    JSON-RPC, the read of the optional fields (3 calls on 18, 2 on 19)."""
+    session = 3 if version < 19 else 2
+    variable = f"{name.upper().replace('-', '_')}_API_KEY"
+
+    def credentials(fake: FakeOdoo) -> dict[str, Any]:
+        key = fake.issue_api_key()
+        return {"odoo_api_key": key} if name == "odoo" else {"crm_env": {variable: SecretStr(key)}}
+
+    return CrmCase(
+        name,
+        lambda: example_odoo(version=version),
+        _odoo_section(name),
+        credentials,
+        contacts=lambda fake: [str(p["id"]) for p in fake.partners()],
+        deals=lambda fake: [str(lead["id"]) for lead in fake.leads()],
+        raw_deal_field=lambda fake, deal_id, field_id: _odoo_value(fake.lead(deal_id)[field_id]),
+        notes=lambda fake, deal_id: [odoo_note_text(body) for body in fake.notes(deal_id)],
+        add_contact=lambda fake, who, phone, username: fake.add_partner(
+            who, phone=phone, fields={"x_telegram_username": username} if username else None
+        ),
+        raw_contact_field=lambda fake, contact_id, field_id: _odoo_value(
+            fake.partner(contact_id)[field_id]
+        ),
+        placement=lambda fake, deal_id: (
+            fake.lead(deal_id)["team_id"],
+            fake.lead(deal_id)["stage_id"],
+        ),
+        # Teams (pipelines) 1 Сайт, 2 Яндекс; stages 2 Автооплата (excluded), 3 In
+        # progress, 4 Won (is_won).
+        add_deal=lambda fake, contact, where, at, fields: fake.add_lead(
+            int(contact),
+            team_id={"yandex_working": 2}.get(where, 1),
+            stage_id={"yandex_working": 3, "closed": 4}.get(where, 2),
+            write_date=at,
+            fields=fields,
+        ),
+        returning_calls=session + 4,
+        close_deal=lambda fake, deal_id: fake.set_won(int(deal_id)),
+    )
+
+
 @dataclass(frozen=True)
 class CrmCase:
-    name: str  # the section's name, and its kind
+    name: str  # the section's name (its kind, but for a second section such as odoo-19)
     make_fake: Callable[[], Fake]
     file_config: Callable[..., FileConfig]  # the example section pointed at the fake
     credentials: Callable[[Fake], dict[str, Any]]  # settings that authorise the bridge
@@ -90,7 +155,8 @@ class CrmCase:
     # A deal a manager made: fake, contact id, where ("yandex_working", "closed" or the
     # excluded "site_autopay"), updated at, field values by the CRM's field id.
     add_deal: Callable[[Fake, str, str, int, dict[str, Any]], object]
-    returning_calls: int  # a returning customer found by phone, its open deal updated
+    # A returning customer found by phone, its open deal updated: the process's first.
+    returning_calls: int
     # A contact a manager typed: name, phone as typed, Telegram username or None.
     add_contact: Callable[[Fake, str, str, str | None], object]
     raw_contact_field: Callable[[Fake, str, str], Any]  # fake, contact id, field id
@@ -286,6 +352,9 @@ CASES = [
         close_deal=lambda fake, deal_id: fake.move_deal(deal_id, "Closed Won"),
         api_path="/services/data/",  # not the token endpoint
     ),
+    _odoo_case("odoo", 18),
+    # A second section of kind "odoo", on a 19 server: JSON-2, and ODOO_19_API_KEY.
+    _odoo_case("odoo-19", 19),
 ]
 
 BY_NAME = {case.name: case for case in CASES}

@@ -9,8 +9,9 @@ refresh naming no secret, client credentials checked before anything is sent, an
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,9 +33,12 @@ from bridge.tokens import TokenPair
 from tests import test_amocrm_adapter as amo
 from tests import test_bitrix24_adapter as bx
 from tests import test_hubspot_adapter as hs
+from tests import test_odoo_adapter as odoo
 from tests import test_pipedrive_adapter as pd
 from tests import test_salesforce_adapter as sf
 from tests.fakes.memory import MemoryTokens
+from tests.fakes.odoo import example_config as odoo_config
+from tests.fakes.odoo import example_odoo
 from tests.fakes.server import serve_in_thread
 
 Fake = Any
@@ -45,7 +49,10 @@ Adapter = Any
 class AdapterCase:
     """How to put one CRM's adapter on its fake; `refused` is the vendor's word for a
     refresh token it no longer takes (echoed in the error), `token_path` its endpoint,
-    `rotates` whether a refresh spends the refresh token."""
+    `rotates` whether a refresh spends the refresh token; a CRM without OAuth (`has_oauth`
+    False: an API key only) leaves the OAuth part out. `warm_up` is what the adapter pays
+    once per process before its first operation (Odoo's session): paid before each test
+    here, so the fake's call counts are the test's own."""
 
     kind: str
     make_fake: Callable[[], Fake]
@@ -59,6 +66,10 @@ class AdapterCase:
     served: Callable[[Fake, str], dict[str, Any]] | None = None  # make_adapter's options
     # when the fake is served on `base_url` (default: the section's base_url is it)
     absent_deal: str = "999"  # a deal id of the CRM's shape that no deal has
+
+    has_oauth: bool = True
+    warm_up: Callable[[Adapter], Awaitable[object]] | None = None
+    variant: str = ""  # told apart in test ids: "odoo-19"
 
     @property
     def minted(self) -> bool:
@@ -77,7 +88,7 @@ class AdapterCase:
         return self.config.model_copy(update={"auth": "oauth"})
 
     def __str__(self) -> str:
-        return self.kind
+        return f"{self.kind}-{self.variant}" if self.variant else self.kind
 
 
 ADAPTER_CASES = [
@@ -152,7 +163,27 @@ ADAPTER_CASES = [
         rotates=False,
         absent_deal="006000000000999AAA",
     ),
+    *(
+        AdapterCase(
+            "odoo",
+            functools.partial(example_odoo, version=version),
+            odoo.make_adapter,
+            odoo_config(),
+            "",
+            "",
+            new_contact=odoo.new_contact,
+            new_deal=odoo.new_deal,
+            rotates=False,
+            has_oauth=False,
+            warm_up=odoo.warm_up,
+            variant=str(version),  # 18: JSON-RPC, 19: JSON-2
+        )
+        for version in (18, 19)
+    ),
 ]
+# The refresh-token OAuth tests: only over the CRMs that have it (not minted sessions).
+OAUTH_CASES = [case for case in ADAPTER_CASES if case.has_oauth and not case.minted]
+over_oauth = pytest.mark.parametrize("case", OAUTH_CASES, ids=str, indirect=True)
 
 
 @pytest.fixture(params=ADAPTER_CASES, ids=str)
@@ -181,17 +212,14 @@ async def read(case: AdapterCase, adapter: Adapter) -> object:
     return await adapter.get_deal(case.absent_deal)
 
 
-def needs_refresh_tokens(case: AdapterCase) -> None:
-    if case.minted:
-        pytest.skip("sessions are minted: no refresh token, nothing stored, no code")
-
-
 @pytest.fixture
 async def adapter(case: AdapterCase, fake: Fake) -> AsyncIterator[Adapter]:
     made = case.make_adapter(fake)
     if case.minted:
         # A session first, so that the counts below are the API's calls alone.
         await made.connection.source.current()
+    if case.warm_up is not None:
+        await case.warm_up(made)
         fake.calls.clear()
     yield made
     await made.connection.aclose()
@@ -260,7 +288,7 @@ async def test_a_value_that_cannot_be_sent_fails_before_any_call(
 ) -> None:
     field_id = case.config.deal_fields.last_payment_at or ""
     naive = FieldUpdate(field_id, FieldKind.DATETIME, datetime(2025, 1, 20))  # no zone
-    with pytest.raises(PermanentCrmError, match=r"(deals|leads)\.update"):
+    with pytest.raises(PermanentCrmError, match=r"(deals|leads)\.update|crm\.lead\.write"):
         await adapter.update_deal("1", [naive])
     assert fake.count() == 0
 
@@ -268,10 +296,10 @@ async def test_a_value_that_cannot_be_sent_fails_before_any_call(
 # ---- OAuth --------------------------------------------------------------------------
 
 
+@over_oauth
 async def test_oauth_bootstraps_from_a_refresh_token_in_the_environment(
     case: AdapterCase, fake: Fake
 ) -> None:
-    needs_refresh_tokens(case)
     _, refresh = fake.issue_oauth_pair()
     tokens = MemoryTokens()
     env = {f"{case.kind}_refresh_token": refresh}
@@ -283,10 +311,10 @@ async def test_oauth_bootstraps_from_a_refresh_token_in_the_environment(
     await adapter.connection.aclose()
 
 
+@over_oauth
 async def test_one_refresh_serves_concurrent_requests_after_a_401(
     case: AdapterCase, fake: Fake
 ) -> None:
-    needs_refresh_tokens(case)
     access, refresh = fake.issue_oauth_pair(ttl=3600)
     tokens = MemoryTokens(TokenPair(access, refresh, fake.clock() + 3600))
     adapter = case.make_adapter(fake, config=case.oauth, tokens=tokens)
@@ -300,10 +328,10 @@ async def test_one_refresh_serves_concurrent_requests_after_a_401(
     await adapter.connection.aclose()
 
 
+@over_oauth
 async def test_a_refused_refresh_token_is_an_auth_error_naming_no_secret(
     case: AdapterCase, fake: Fake
 ) -> None:
-    needs_refresh_tokens(case)
     access, refresh = fake.issue_oauth_pair()
     first = case.make_adapter(
         fake, config=case.oauth, tokens=MemoryTokens(TokenPair(access, refresh, 0.0))
@@ -322,10 +350,10 @@ async def test_a_refused_refresh_token_is_an_auth_error_naming_no_secret(
         await adapter.connection.aclose()
 
 
+@over_oauth
 async def test_oauth_without_client_credentials_says_so_and_sends_nothing(
     case: AdapterCase, fake: Fake
 ) -> None:
-    needs_refresh_tokens(case)
     tokens = MemoryTokens(TokenPair("a", "r", 0.0))
     env = {f"{case.kind}_client_id": ""}
     adapter = case.make_adapter(fake, config=case.oauth, tokens=tokens, **env)
@@ -341,8 +369,8 @@ async def test_oauth_without_client_credentials_says_so_and_sends_nothing(
     await unauthorised.connection.aclose()
 
 
+@over_oauth
 async def test_exchange_code_stores_the_pair_and_uses_it(case: AdapterCase, fake: Fake) -> None:
-    needs_refresh_tokens(case)
     fake.register_code("code-1")
     tokens = MemoryTokens()
     adapter = case.make_adapter(fake, config=case.oauth, tokens=tokens)
@@ -362,10 +390,10 @@ async def test_exchange_code_stores_the_pair_and_uses_it(case: AdapterCase, fake
     await static.connection.aclose()
 
 
+@over_oauth
 async def test_a_token_endpoint_in_trouble_is_transient_and_echoes_nothing(
     case: AdapterCase, fake: Fake
 ) -> None:
-    needs_refresh_tokens(case)
     access, refresh = fake.issue_oauth_pair()
     tokens = MemoryTokens(TokenPair(access, refresh, 0.0))  # expired: must refresh
     adapter = case.make_adapter(fake, config=case.oauth, tokens=tokens)

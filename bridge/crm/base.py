@@ -8,7 +8,8 @@ is safe. Adapters only translate between the domain types and their API.
 Quick retries (3 tries, exponential backoff with jitter) apply to 429 and connection
 failures for every request (the CRM never saw it or refused it), and to 5xx and timeouts
 only for idempotent requests: a POST that timed out may have been applied, so it is left
-to the flow, whose remote-state checks find what the POST created.
+to the flow, whose remote-state checks find what the POST created. A read that travels as
+a POST (an RPC API's search) says so with `idempotent=True` and is retried like a GET.
 """
 
 from __future__ import annotations
@@ -209,8 +210,8 @@ class CrmHttp:
         operation: str = "",
         idempotent: bool | None = None,
     ) -> httpx.Response:
-        """`idempotent`: True for a POST that only reads (a search or a batch of queries),
-        so it is retried quickly like a GET; by default the method decides."""
+        """`idempotent`: whether repeating the request is harmless (True for a POST that
+        only reads: a search, a batch of queries); by default, whether its method says so."""
         if idempotent is None:
             idempotent = method.upper() in IDEMPOTENT_METHODS
         retrying = AsyncRetrying(

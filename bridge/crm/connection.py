@@ -116,7 +116,7 @@ class Connection:
         self,
         wiring: Wiring,
         secrets: CrmSecrets,
-        endpoint: OAuthEndpoint,
+        endpoint: OAuthEndpoint | None,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         base_url: str | None = None,
@@ -132,7 +132,7 @@ class Connection:
         self.name = name
         self.config = config
         self.secrets = secrets
-        self.endpoint = endpoint
+        self._endpoint = endpoint
         self.empty_answer = empty_answer
         self._tokens = tokens
         self.clock = clock
@@ -153,6 +153,8 @@ class Connection:
             self.source = minted(self)
             self.client.auth = oauth_auth(self.source)
         elif config.auth == "oauth":
+            if endpoint is None:
+                raise ConfigError(f'crm.{name}.auth: this CRM has no OAuth: use "long_lived_token"')
             self.source = OAuthTokenSource(
                 name,
                 tokens,
@@ -170,6 +172,15 @@ class Connection:
         self.extra_health: Callable[[], Mapping[str, object]] = dict
         self.lanes: dict[str, CrmHttp] = {}
 
+    @property
+    def endpoint(self) -> OAuthEndpoint:
+        """The OAuth token endpoint; an `AuthError` for a CRM without OAuth (an API key
+        is all it takes, e.g. Odoo's)."""
+        if self._endpoint is None:
+            message = f"this CRM has no OAuth: set {self.secrets.var(self.secrets.token_name)}"
+            raise AuthError(self.name, message)
+        return self._endpoint
+
     def lane(self, health_key: str, rate: float) -> CrmHttp:
         """A second `CrmHttp` on the same client with a rate limiter of its own (a search
         API with its own limit), shown in /webhook/health as `health_key`."""
@@ -183,7 +194,9 @@ class Connection:
         self, method: str, path: str, operation: str, *, http: CrmHttp | None = None, **kw: Any
     ) -> JSON:
         """One request through `CrmHttp` (or a lane); the JSON answer. An empty answer
-        (204) is `empty_answer`, or an error when the CRM always answers JSON."""
+        (204) is `empty_answer`, or an error when the CRM always answers JSON.
+        `idempotent=True` in `kw` marks a read that travels as a POST (an RPC search):
+        quick-retried after a 5xx or a timeout like a GET."""
         response = await (http or self.http).request(method, path, operation=operation, **kw)
         empty = response.status_code == 204 or not response.content
         if empty and self.empty_answer is not NotJson:
@@ -219,11 +232,12 @@ class Connection:
                 f" code to exchange or token to store; `bridge check {self.name}` mints one"
             )
             raise AuthError(self.name, message)
+        endpoint = self.endpoint  # a CRM without OAuth says so first
         if self.config.auth != "oauth":
             message = f'auth is "{self.config.auth}": an authorization code needs auth = "oauth"'
             raise AuthError(self.name, message)
         grant = {"grant_type": "authorization_code", "code": code}
-        if self.secrets.redirect_uri or self.endpoint.style != "query":
+        if self.secrets.redirect_uri or endpoint.style != "query":
             grant["redirect_uri"] = self.secrets.redirect_uri
         pair = await self._token_request(grant, "authorization code", None)
         await self._tokens.save_tokens(self.name, pair)
