@@ -262,10 +262,9 @@ def deals_query(contact_id: str, config: CrmConfig, limit: int = COQL_LIMIT) -> 
     """COQL for every deal of a contact, most recently modified first (one credit)."""
     fields = ", ".join(deal_fields(config))
     # Safe to build as text: field names are API names and the id digits (checked above).
-    return (
-        f"select {fields} from Deals where Contact_Name = '{record_id(contact_id)}'"
-        f" order by Modified_Time desc limit {int(limit)}"
-    )
+    where = f"Contact_Name = '{record_id(contact_id)}'"
+    order = f"order by Modified_Time desc limit {int(limit)}"
+    return f"select {fields} from Deals where {where} {order}"  # noqa: S608
 
 
 @dataclass(frozen=True)
