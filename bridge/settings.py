@@ -105,7 +105,7 @@ class ContactFieldIds(_Strict):
 class CrmConfig(_Strict):
     """One CRM section of the TOML file: `[crm.<name>]`."""
 
-    kind: Literal["amocrm", "hubspot", "pipedrive", "bitrix24"] = "amocrm"
+    kind: Literal["amocrm", "hubspot", "pipedrive", "bitrix24", "zoho"] = "amocrm"
     enabled: bool = True
     base_url: str
     auth: Literal["long_lived_token", "oauth"] = "long_lived_token"
