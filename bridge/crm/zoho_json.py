@@ -165,18 +165,20 @@ def value_json(update: FieldUpdate) -> JSON:
         return number_json(Decimal(value))
     if kind is FieldKind.DATETIME and isinstance(value, datetime) and value.utcoffset() is not None:
         return value.replace(microsecond=0).isoformat()
-    if kind is FieldKind.SELECT and isinstance(value, str | int) and not isinstance(value, bool):
+    if kind is FieldKind.SELECT and _option(value):
         return _option(value)
     if kind is FieldKind.MULTISELECT and isinstance(value, tuple) and value:
-        return [_option(option) for option in value]
+        options = [_option(option) for option in value]
+        if all(options):
+            return options
     raise ValueError(f"field {update.field_id}: {kind.value} value {value!r} has the wrong type")
 
 
-def _option(value: str | int) -> str:
-    text = str(value).strip()
-    if not text:
-        raise ValueError("an empty picklist value")
-    return text
+def _option(value: object) -> str:
+    """A picklist option's display value ("" when `value` cannot be one)."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return ""
+    return str(value).strip()
 
 
 def number_json(value: Decimal) -> int | float:
