@@ -186,6 +186,10 @@ class Settings(BaseSettings):
     pipedrive_redirect_uri: str = ""
     pipedrive_refresh_token: SecretStr | None = None
 
+    zoho_client_id: str = ""
+    zoho_client_secret: SecretStr | None = None
+    zoho_refresh_token: SecretStr | None = None
+
     bitrix24_webhook_url: SecretStr | None = None
     bitrix24_client_id: str = ""
     bitrix24_client_secret: SecretStr | None = None

@@ -449,6 +449,9 @@ def error_from_body(crm: str, operation: str, status: int, body: JSON) -> CrmErr
     """The error class a Zoho error body (`{code, details, message, status: "error"}`)
     calls for; the message keeps Zoho's code, message and the field it names (never a
     value, never a secret)."""
+    items = records_of(body)
+    if items and not (isinstance(body, dict) and body.get("code")):
+        body = items[0]  # a write's answer: the error of its (one) record
     code = str(body.get("code") or "") if isinstance(body, dict) else ""
     message = str(body.get("message") or "")[:200] if isinstance(body, dict) else ""
     details = body.get("details") if isinstance(body, dict) else None

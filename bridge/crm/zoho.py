@@ -1,0 +1,424 @@
+"""Zoho CRM (API v8) as a `CrmAdapter`.
+
+The mappers are in `zoho_json`, the accounts server and the token header in `zoho_oauth`,
+credits and concurrency in `zoho_credits`; this module is the adapter and `build_zoho`.
+The calls each method makes (credits):
+
+    find_contact             GET  /crm/v8/Contacts/search?criteria=…  every key OR-ed in one
+                                  expression (Telegram id, Phone + Mobile, Email)      (1)
+    create_contact           POST /crm/v8/Contacts                                     (1)
+    update_contact           PUT  /crm/v8/Contacts/{id}    (none when nothing to set;  1)
+    list_deals               POST /crm/v8/coql  the contact's deals by Contact_Name,
+                                  newest first                                         (1)
+    get_deal                 GET  /crm/v8/Deals/{id}?fields=…                           (1)
+    create_deal              POST /crm/v8/Deals  linked by Contact_Name, fields set     (1)
+    create_contact_and_deal  POST /crm/v8/__composite_requests: the contact, then the deal
+                                  referring to it (`@{c:$.data[0].details.id}`)        (1)
+    update_deal              PUT  /crm/v8/Deals/{id}       (none when nothing to set;  1)
+    deal_notes               GET  /crm/v8/Deals/{id}/Notes?fields=…                     (1)
+    add_note                 POST /crm/v8/Notes  Parent_Id + $se_module                 (1)
+    schema                   GET  /crm/v8/settings/layouts?module=Deals, /settings/pipeline
+                                  per layout, /settings/fields for Deals and Contacts
+Searches and lists answer 204 with no body when nothing matches. Every request first takes
+its credits from the pool (`options.daily_credits`, rolling 24 h) and its share of the
+org's concurrency (`options.concurrency`; a composite call takes five).
+
+`[crm.NAME.options]`: `data_centre` (us, eu, in, au, jp, ca, cn, sa; required),
+`daily_credits` (default 50000), `concurrency` (default 10).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+
+from bridge.crm.base import (
+    JSON,
+    Confirm,
+    CrmHttp,
+    CrmSchema,
+    CustomField,
+    RateLimiter,
+    first_confirmed,
+)
+from bridge.crm.zoho_credits import (
+    COMPOSITE_UNITS,
+    Concurrency,
+    CreditPool,
+    credit_cost,
+    credit_hooks,
+)
+from bridge.crm.zoho_json import (
+    API,
+    COQL_LIMIT,
+    DATA_CENTRES,
+    SEARCH_PAGE,
+    DataCentre,
+    SubRequest,
+    composite_body,
+    contact_fields,
+    contact_from_record,
+    contact_json,
+    custom_fields_from_json,
+    deal_fields,
+    deal_from_record,
+    deal_json,
+    deals_query,
+    error_from_body,
+    fields_json,
+    layout_ids,
+    more_records,
+    new_deal_read,
+    note_json,
+    pipelines_from_json,
+    record_id,
+    records_body,
+    records_of,
+    reference,
+    search_criteria,
+    sub_responses,
+    write_details,
+)
+from bridge.crm.zoho_oauth import ZohoOAuth, ZohoTokenAuth
+from bridge.domain import (
+    Contact,
+    ContactPatch,
+    Deal,
+    FieldUpdate,
+    LookupKey,
+    NewContact,
+    NewDeal,
+)
+from bridge.errors import ConfigError, PermanentCrmError, TransientCrmError
+from bridge.settings import CrmConfig, Settings, secret_value
+from bridge.tokens import OAuthTokenSource, TokenPair, TokenRepository
+
+DEFAULT_DAILY_CREDITS = 50_000  # a Standard org's base pool, before licences and add-ons
+DEFAULT_CONCURRENCY = 10  # Standard edition
+MAX_PAGES = 10  # search stops at 2,000 records (10 × 200)
+OPTIONS = ("data_centre", "daily_credits", "concurrency")
+OnCall = Callable[[str, str, float, int], None]
+
+
+class Zoho:
+    """One Zoho CRM org. Build it with `build_zoho`; it owns one HTTP client."""
+
+    def __init__(
+        self,
+        name: str,
+        config: CrmConfig,
+        http: CrmHttp,
+        source: OAuthTokenSource,
+        oauth: ZohoOAuth,
+        tokens: TokenRepository,
+        pool: CreditPool,
+        gate: Concurrency,
+        zone: ZoneInfo,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.http = http
+        self.pool = pool
+        self.gate = gate
+        self.oauth = oauth
+        self._source = source
+        self._tokens = tokens
+        self._zone = zone
+        self._clock = clock
+
+    async def find_contact(self, keys: Sequence[LookupKey], confirm: Confirm) -> Contact | None:
+        # One search for every key; the flow's rule confirms hits, in key priority order.
+        with self._reading("contacts.search"):
+            criteria = search_criteria(keys, self.config.contact_fields.telegram_id)
+            fields = ",".join(contact_fields(self.config))
+        if criteria is None:
+            return None
+        hits: list[Contact] = []
+        for page in range(1, MAX_PAGES + 1):
+            params = {"criteria": criteria, "fields": fields, "per_page": SEARCH_PAGE, "page": page}
+            body = await self._send(
+                "GET", f"{API}/Contacts/search", "contacts.search", params=params
+            )
+            with self._reading("contacts.search"):
+                hits += [contact_from_record(record, self.config) for record in records_of(body)]
+            if not more_records(body):
+                break
+        return first_confirmed(keys, dict.fromkeys(keys, hits), confirm)
+
+    async def create_contact(self, new: NewContact) -> Contact:
+        with self._reading("contacts.create"):
+            record = contact_json(new)
+        body = await self._send(
+            "POST", f"{API}/Contacts", "contacts.create", json=records_body(record)
+        )
+        with self._reading("contacts.create"):
+            details = write_details(self.name, body, "contacts.create")
+            return contact_from_record({**record, "id": details["id"]}, self.config)
+
+    async def update_contact(self, contact_id: str, patch: ContactPatch) -> None:
+        if not patch.fields:
+            return
+        with self._reading("contacts.update"):
+            path = f"{API}/Contacts/{record_id(contact_id)}"
+            payload = records_body(fields_json(patch.fields))
+        body = await self._send("PUT", path, "contacts.update", json=payload)
+        write_details(self.name, body, "contacts.update")
+
+    async def list_deals(self, contact: Contact, known: Sequence[Deal] = ()) -> list[Deal]:
+        """Every deal linked to the contact (any pipeline, any stage), newest first, and the
+        `known` ones (just read) that are not among them."""
+        fetched: list[Deal] = []
+        offset = 0
+        for _ in range(MAX_PAGES):
+            with self._reading("deals.list"):
+                query = deals_query(contact.id, self.config)
+                if offset:
+                    query += f" offset {offset}"
+            body = await self._send(
+                "POST", f"{API}/coql", "deals.list", json={"select_query": query}
+            )
+            with self._reading("deals.list"):
+                fetched += [deal_from_record(row, self.config) for row in records_of(body)]
+            if not more_records(body):
+                break
+            offset += COQL_LIMIT
+        seen = {deal.id for deal in fetched}
+        return [*fetched, *(deal for deal in known if deal.id not in seen)]
+
+    async def get_deal(self, deal_id: str) -> Deal | None:
+        if not (deal_id.isascii() and deal_id.isdigit()):
+            return None
+        params = {"fields": ",".join(deal_fields(self.config)[1:])}
+        try:
+            body = await self._send("GET", f"{API}/Deals/{deal_id}", "deals.get", params=params)
+        except PermanentCrmError:
+            return None  # an id Zoho calls invalid: gone for good
+        with self._reading("deals.get"):
+            records = records_of(body)  # 204: no such record (deleted)
+            return deal_from_record(records[0], self.config) if records else None
+
+    async def create_deal(self, contact: Contact, new: NewDeal) -> Deal:
+        with self._reading("deals.create"):
+            record = deal_json(new, record_id(contact.id), self._today())
+        body = await self._send("POST", f"{API}/Deals", "deals.create", json=records_body(record))
+        with self._reading("deals.create"):
+            details = write_details(self.name, body, "deals.create")
+            return new_deal_read(new, str(details["id"]), contact.id, details.get("Modified_Time"))
+
+    async def create_contact_and_deal(
+        self, contact: NewContact, deal: NewDeal
+    ) -> tuple[Contact, Deal]:
+        """One composite call: the contact, then the deal linked to it by reference. Should
+        the deal fail, the contact stays (no rollback: one credit, automation as usual) and
+        the retry finds it by the normal search."""
+        with self._reading("contacts.create+deals.create"):
+            person = contact_json(contact)
+            linked = deal_json(deal, reference("c"), self._today())
+            body = composite_body(
+                [
+                    SubRequest("c", "POST", f"{API}/Contacts", records_body(person)),
+                    SubRequest("d", "POST", f"{API}/Deals", records_body(linked)),
+                ]
+            )
+        answer = await self._send(
+            "POST", f"{API}/__composite_requests", "composite", json=body, units=COMPOSITE_UNITS
+        )
+        (status_c, body_c), (status_d, body_d) = sub_responses(self.name, answer, 2)
+        contact_details = self._sub_write(status_c, body_c, "contacts.create")
+        deal_details = self._sub_write(status_d, body_d, "deals.create")
+        with self._reading("contacts.create+deals.create"):
+            contact_id = str(contact_details["id"])
+            made = contact_from_record({**person, "id": contact_id}, self.config)
+            modified = deal_details.get("Modified_Time")
+            return made, new_deal_read(deal, str(deal_details["id"]), contact_id, modified)
+
+    async def update_deal(self, deal_id: str, updates: Sequence[FieldUpdate]) -> None:
+        if not updates:
+            return
+        with self._reading("deals.update"):
+            path = f"{API}/Deals/{record_id(deal_id)}"
+            payload = records_body(fields_json(updates))
+        body = await self._send("PUT", path, "deals.update", json=payload)
+        write_details(self.name, body, "deals.update")
+
+    async def deal_notes(self, deal_id: str) -> list[str]:
+        with self._reading("notes.list"):
+            path = f"{API}/Deals/{record_id(deal_id)}/Notes"
+        notes: list[str] = []
+        for page in range(1, MAX_PAGES + 1):
+            params = {"fields": "Note_Title,Note_Content", "per_page": 200, "page": page}
+            body = await self._send("GET", path, "notes.list", params=params)
+            with self._reading("notes.list"):
+                notes += [str(note.get("Note_Content") or "") for note in records_of(body)]
+            if not more_records(body):
+                break
+        return notes
+
+    async def add_note(self, deal_id: str, text: str) -> None:
+        with self._reading("notes.add"):
+            title = next((line.strip() for line in text.splitlines() if line.strip()), "")
+            payload = records_body(note_json(record_id(deal_id), text, title[:120]))
+        body = await self._send("POST", f"{API}/Notes", "notes.add", json=payload)
+        write_details(self.name, body, "notes.add")
+
+    async def schema(self) -> CrmSchema:
+        body = await self._send(
+            "GET", f"{API}/settings/layouts", "layouts.list", params={"module": "Deals"}
+        )
+        layouts = []
+        for layout_id, layout_name in layout_ids(body):
+            answer = await self._send(
+                "GET", f"{API}/settings/pipeline", "pipelines.list", params={"layout_id": layout_id}
+            )
+            layouts.append((layout_name, answer))
+        fields: list[CustomField] = []
+        for module, entity in (("Deals", "leads"), ("Contacts", "contacts")):
+            answer = await self._send(
+                "GET", f"{API}/settings/fields", "fields.list", params={"module": module}
+            )
+            with self._reading("fields.list"):
+                fields += custom_fields_from_json(answer, entity)
+        with self._reading("pipelines.list"):
+            return CrmSchema(pipelines_from_json(layouts), tuple(fields))
+
+    async def exchange_code(self, code: str) -> TokenPair:
+        """`bridge auth`: trade a Self Client grant code for a pair and store it before use."""
+        pair = await self.oauth.exchange_code(code)
+        await self._tokens.save_tokens(self.name, pair)
+        self._source.forget()
+        return pair
+
+    async def credentials_problem(self) -> str | None:
+        return await self._source.problem()
+
+    def token_expires_at(self) -> float | None:
+        return self._source.expires_at()
+
+    def health_details(self) -> Mapping[str, object]:
+        return {
+            "api_domain": self.oauth.api_domain,
+            "rate_limit_per_second": round(self.http.limiter.rate, 2),
+            "concurrency": self.gate.limit,
+            **self.pool.details(),
+        }
+
+    async def aclose(self) -> None:
+        await self.http.client.aclose()
+
+    # ---- plumbing ---------------------------------------------------------------------
+
+    def _today(self) -> date:
+        return datetime.fromtimestamp(self._clock(), self._zone).date()
+
+    def _sub_write(self, status: int, body: JSON, operation: str) -> dict[str, JSON]:
+        if status >= 400:
+            raise error_from_body(self.name, operation, status, body)
+        return write_details(self.name, body, operation)
+
+    async def _send(
+        self, method: str, path: str, operation: str, *, units: int = 1, **kwargs: Any
+    ) -> JSON:
+        """One request: its credits first (refused beforehand when the pool is spent),
+        then its share of the concurrency limit; the answer's JSON (None for a 204)."""
+        payload = kwargs.get("json")
+        content = json.dumps(payload).encode() if payload is not None else None
+        self.pool.require(credit_cost(method, path, content))
+        async with self._in_flight(units):
+            response = await self.http.request(method, path, operation=operation, **kwargs)
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise TransientCrmError(self.name, f"{method} {path}: answer is not JSON") from exc
+
+    @asynccontextmanager
+    async def _in_flight(self, units: int) -> AsyncIterator[None]:
+        await self.gate.acquire(units)
+        try:
+            yield
+        finally:
+            await self.gate.release(units)
+
+    @contextmanager
+    def _reading(self, operation: str) -> Iterator[None]:
+        """A payload that cannot be built, or an answer of an unexpected shape, becomes a
+        `PermanentCrmError` naming the operation."""
+        try:
+            yield
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            message = f"{operation}: {type(exc).__name__}: {exc}"
+            raise PermanentCrmError(self.name, message) from exc
+
+
+# ---- the builder ----------------------------------------------------------------------
+
+
+def build_zoho(
+    name: str,
+    config: CrmConfig,
+    settings: Settings,
+    tokens: TokenRepository,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    on_call: OnCall | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Zoho:
+    """The adapter with its one HTTP client, credit pool, concurrency gate and tokens."""
+    data_centre, daily, concurrency = zoho_options(name, config)
+    if config.auth != "oauth":
+        raise ConfigError(f'crm.{name}.auth: Zoho CRM takes "oauth" (a Self Client)')
+    pool = CreditPool(name, daily, clock)
+    client = httpx.AsyncClient(
+        base_url=config.base_url or data_centre.api_domain,
+        timeout=config.request_timeout_seconds,
+        transport=transport,
+        event_hooks=credit_hooks(pool),
+    )
+    http = CrmHttp(name, client, RateLimiter(config.rate_limit_per_second), on_call=on_call)
+    oauth = ZohoOAuth(
+        name,
+        http,
+        data_centre,
+        settings.zoho_client_id,
+        secret_value(settings.zoho_client_secret),
+        clock,
+    )
+    source = OAuthTokenSource(
+        name,
+        tokens,
+        oauth.refresh,
+        bootstrap_refresh_token=secret_value(settings.zoho_refresh_token),
+        clock=clock,
+    )
+    client.auth = ZohoTokenAuth(source, oauth, pinned_base=bool(config.base_url))
+    zone = ZoneInfo(settings.display_timezone)
+    return Zoho(
+        name, config, http, source, oauth, tokens, pool, Concurrency(concurrency), zone, clock
+    )
+
+
+def zoho_options(name: str, config: CrmConfig) -> tuple[DataCentre, int, int]:
+    options = config.options
+    where = f"crm.{name}.options"
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown {', '.join(unknown)} (known: {', '.join(OPTIONS)})")
+    centre = options.get("data_centre")
+    if not isinstance(centre, str) or centre.lower() not in DATA_CENTRES:
+        raise ConfigError(f"{where}.data_centre: one of {', '.join(DATA_CENTRES)}")
+    daily = options.get("daily_credits", DEFAULT_DAILY_CREDITS)
+    if isinstance(daily, bool) or not isinstance(daily, int) or daily <= 0:
+        raise ConfigError(f"{where}.daily_credits: a whole number of credits above 0")
+    concurrency = options.get("concurrency", DEFAULT_CONCURRENCY)
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 5:
+        raise ConfigError(f"{where}.concurrency: a whole number, 5 or more (Zoho's Free edition)")
+    return DATA_CENTRES[centre.lower()], daily, concurrency
