@@ -166,12 +166,46 @@ async def test_one_search_asks_for_every_key_and_the_flow_confirms(
     fake.add_contact("Петрова", phone="+7 999 123-45-670")  # contains the digits: not her
     found = await zoho.find_contact(CUSTOMER.lookup_keys(), contact_matches)
     assert found is not None and found.id == typed and found.deal_ids == ()
-    assert paths(fake) == ["GET /crm/v8/Contacts/search"]
-    criteria = fake.calls[0].params["criteria"][0]
-    assert (
-        "(Telegram_ID:equals:123456789)" in criteria
-        and "(Email:equals:ivan@example.com)" in criteria
-    )
+    assert paths(fake) == ["POST /crm/v8/__composite_requests"]
+    search, deals = fake.calls[0].json["__composite_requests"]
+    criteria = search["params"]["criteria"]
+    assert "(Telegram_ID:equals:123456789)" in criteria
+    assert "(Email:equals:ivan@example.com)" in criteria
+    assert "Contact_Name = '@{s:$.data[0].id}'" in deals["body"]["select_query"]
+
+
+async def test_the_deals_read_with_the_contact_serve_list_deals(fake: FakeZoho, zoho: Zoho) -> None:
+    person = fake.add_contact("Петров", phone="+79991234567")
+    deal_id = fake.add_deal(person, stage="В работе")
+    found = await zoho.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+    assert found is not None
+    assert [d.id for d in await zoho.list_deals(found)] == [deal_id]
+    assert fake.count() == 1  # the one composite call read both
+    # Only once: a later list reads again.
+    await zoho.list_deals(found)
+    assert paths(fake)[-1] == "POST /crm/v8/coql"
+
+
+async def test_a_confirmed_hit_after_the_first_has_its_deals_read_apart(
+    fake: FakeZoho, zoho: Zoho
+) -> None:
+    fake.add_contact("Петрова", phone="+7 999 123-45-670")  # first hit, not confirmed
+    person = fake.add_contact("Петров", phone="+79991234567")
+    deal_id = fake.add_deal(person)
+    found = await zoho.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+    assert found is not None and found.id == person
+    assert [d.id for d in await zoho.list_deals(found)] == [deal_id]
+    assert paths(fake) == ["POST /crm/v8/__composite_requests", "POST /crm/v8/coql"]
+
+
+async def test_more_than_25_hits_are_searched_page_by_page(fake: FakeZoho, zoho: Zoho) -> None:
+    for n in range(30):
+        fake.add_contact(f"Однофамилец {n}", email=f"x{n}.ivan@example.com")
+    person = fake.add_contact("Петров", email="ivan@example.com")
+    keys = (LookupKey(KeyKind.EMAIL, "ivan@example.com"),)
+    found = await zoho.find_contact(keys, contact_matches)
+    assert found is not None and found.id == person
+    assert paths(fake) == ["POST /crm/v8/__composite_requests", "GET /crm/v8/Contacts/search"]
 
 
 async def test_keys_keep_their_priority_among_the_hits(fake: FakeZoho, zoho: Zoho) -> None:
@@ -403,9 +437,10 @@ async def test_the_pool_counts_what_zoho_counts(fake: FakeZoho, zoho: Zoho) -> N
     await zoho.list_deals(contact)
     await zoho.update_deal(deal.id, every_kind_of_field())
     await zoho.add_note(deal.id, "Payment ID: pay_1")
-    assert zoho.pool.used == fake.credits_used == 5
+    # Two composite calls (the new customer; the search with its deals), update, note.
+    assert zoho.pool.used == fake.credits_used == 4
     details = zoho.health_details()
-    assert details["credits_used_24h"] == 5 and details["daily_credits"] == 50000
+    assert details["credits_used_24h"] == 4 and details["daily_credits"] == 50000
 
 
 async def test_a_spent_pool_refuses_without_calling_until_credits_return(fake: FakeZoho) -> None:

@@ -102,16 +102,19 @@ async def test_new_customer_is_three_calls(run_bridge, fake) -> None:
     assert (deal["Total_Paid"], deal["Purchase_Count"], deal["Payment_ID"]) == (10000, 1, "pay_new")
     [note] = fake.notes(deal["id"])
     assert "Payment ID: pay_new" in note
-    # The search, the composite contact + deal, the note (the token refresh aside).
+    # The search (a composite call that would read the hit's deals too), the composite
+    # contact + deal, the note; the token refresh aside.
     assert api_calls(fake) == [
-        "GET /crm/v8/Contacts/search",
+        "POST /crm/v8/__composite_requests",
         "POST /crm/v8/__composite_requests",
         "POST /crm/v8/Notes",
     ]
     assert calls == 3 and fake.credits_used == 3
 
 
-async def test_returning_customer_is_four_calls_and_closed_deals_are_left(run_bridge, fake) -> None:
+async def test_returning_customer_is_three_calls_and_closed_deals_are_left(
+    run_bridge, fake
+) -> None:
     person = fake.add_contact(
         "Петров", "Иван", phone="8 (999) 123-45-67", telegram_id="123", telegram_username="ivan"
     )
@@ -131,9 +134,9 @@ async def test_returning_customer_is_four_calls_and_closed_deals_are_left(run_br
     stored = fake.deal(open_deal)
     assert (stored["Total_Paid"], stored["Purchase_Count"]) == (11500, 3)
     assert fake.notes(won) == fake.notes(autopay) == []
+    # The search with the contact's deals (one composite call), the update, the note.
     assert api_calls(fake) == [
-        "GET /crm/v8/Contacts/search",
-        "POST /crm/v8/coql",
+        "POST /crm/v8/__composite_requests",
         f"PUT /crm/v8/Deals/{open_deal}",
         "POST /crm/v8/Notes",
     ]

@@ -4,12 +4,14 @@ The mappers are in `zoho_json`, the accounts server and the token header in `zoh
 credits and concurrency in `zoho_credits`; this module is the adapter and `build_zoho`.
 The calls each method makes (credits):
 
-    find_contact             GET  /crm/v8/Contacts/search?criteria=…  every key OR-ed in one
-                                  expression (Telegram id, Phone + Mobile, Email)      (1)
+    find_contact             POST /crm/v8/__composite_requests: the search (every key OR-ed
+                                  in one criteria: Telegram id, Phone + Mobile, Email)
+                                  and the COQL of its first hit's deals, kept for
+                                  list_deals                                           (1)
     create_contact           POST /crm/v8/Contacts                                     (1)
     update_contact           PUT  /crm/v8/Contacts/{id}    (none when nothing to set;  1)
-    list_deals               POST /crm/v8/coql  the contact's deals by Contact_Name,
-                                  newest first                                         (1)
+    list_deals               none when find_contact read them; else POST /crm/v8/coql,
+                                  the contact's deals by Contact_Name, newest first    (1)
     get_deal                 GET  /crm/v8/Deals/{id}?fields=…                           (1)
     create_deal              POST /crm/v8/Deals  linked by Contact_Name, fields set     (1)
     create_contact_and_deal  POST /crm/v8/__composite_requests: the contact, then the deal
@@ -63,6 +65,7 @@ from bridge.crm.zoho_json import (
     DataCentre,
     SubRequest,
     composite_body,
+    composite_items,
     contact_fields,
     contact_from_record,
     contact_json,
@@ -71,6 +74,7 @@ from bridge.crm.zoho_json import (
     deal_from_record,
     deal_json,
     deals_query,
+    deals_query_of,
     error_from_body,
     fields_json,
     layout_ids,
@@ -96,13 +100,14 @@ from bridge.domain import (
     NewContact,
     NewDeal,
 )
-from bridge.errors import ConfigError, PermanentCrmError, TransientCrmError
+from bridge.errors import ConfigError, CrmError, PermanentCrmError, TransientCrmError
 from bridge.settings import CrmConfig, Settings, secret_value
 from bridge.tokens import OAuthTokenSource, TokenPair, TokenRepository
 
 DEFAULT_DAILY_CREDITS = 50_000  # a Standard org's base pool, before licences and add-ons
 DEFAULT_CONCURRENCY = 10  # Standard edition
 MAX_PAGES = 10  # search stops at 2,000 records (10 × 200)
+KEEP_DEALS_SECONDS = 30.0  # deals read with the contact serve the flow's next step only
 OPTIONS = ("data_centre", "daily_credits", "concurrency")
 OnCall = Callable[[str, str, float, int], None]
 
@@ -133,14 +138,53 @@ class Zoho:
         self._tokens = tokens
         self._zone = zone
         self._clock = clock
+        # Deals the lookup read along with the contact, for the `list_deals` right after.
+        self._deals_read: dict[str, tuple[float, list[Deal]]] = {}
 
     async def find_contact(self, keys: Sequence[LookupKey], confirm: Confirm) -> Contact | None:
-        # One search for every key; the flow's rule confirms hits, in key priority order.
+        """One composite call: the search for every key (OR-ed criteria), and the deals of
+        its first hit, which is nearly always the contact the flow confirms; its deals are
+        then kept for the `list_deals` that follows. The flow's rule confirms hits, in key
+        priority order. More than 25 hits (a composite read's most) are searched again
+        page by page on their own."""
         with self._reading("contacts.search"):
             criteria = search_criteria(keys, self.config.contact_fields.telegram_id)
             fields = ",".join(contact_fields(self.config))
         if criteria is None:
             return None
+        with self._reading("contacts.search"):
+            params = {"criteria": criteria, "fields": fields, "per_page": "25", "page": "1"}
+            query = deals_query_of("s", self.config)
+            body = composite_body(
+                [
+                    SubRequest("s", "GET", f"{API}/Contacts/search", params=params),
+                    SubRequest("q", "POST", f"{API}/coql", {"select_query": query}),
+                ]
+            )
+        answer = await self._send(
+            "POST",
+            f"{API}/__composite_requests",
+            "contacts.search",
+            json=body,
+            units=COMPOSITE_UNITS,
+        )
+        searched, first_deals = composite_items(self.name, answer, 2)
+        if isinstance(searched, CrmError):
+            raise searched
+        status, found = searched
+        if status >= 400:
+            raise error_from_body(self.name, "contacts.search", status, found)
+        if more_records(found):
+            hits = await self._search_pages(criteria, fields)
+        else:
+            with self._reading("contacts.search"):
+                hits = [contact_from_record(record, self.config) for record in records_of(found)]
+        contact = first_confirmed(keys, dict.fromkeys(keys, hits), confirm)
+        if contact is not None and hits and contact.id == hits[0].id:
+            self._keep_deals(contact.id, first_deals)
+        return contact
+
+    async def _search_pages(self, criteria: str, fields: str) -> list[Contact]:
         hits: list[Contact] = []
         for page in range(1, MAX_PAGES + 1):
             params = {"criteria": criteria, "fields": fields, "per_page": SEARCH_PAGE, "page": page}
@@ -151,7 +195,15 @@ class Zoho:
                 hits += [contact_from_record(record, self.config) for record in records_of(body)]
             if not more_records(body):
                 break
-        return first_confirmed(keys, dict.fromkeys(keys, hits), confirm)
+        return hits
+
+    def _keep_deals(self, contact_id: str, answer: tuple[int, JSON] | CrmError) -> None:
+        """Keep the deals the composite read for the contact found, when they are all."""
+        if isinstance(answer, CrmError) or answer[0] >= 400 or more_records(answer[1]):
+            return
+        with self._reading("deals.list"):
+            deals = [deal_from_record(row, self.config) for row in records_of(answer[1])]
+        self._deals_read[contact_id] = (time.monotonic(), deals)
 
     async def create_contact(self, new: NewContact) -> Contact:
         with self._reading("contacts.create"):
@@ -175,6 +227,10 @@ class Zoho:
     async def list_deals(self, contact: Contact, known: Sequence[Deal] = ()) -> list[Deal]:
         """Every deal linked to the contact (any pipeline, any stage), newest first, and the
         `known` ones (just read) that are not among them."""
+        kept = self._deals_read.pop(contact.id, None)
+        if kept is not None and time.monotonic() - kept[0] < KEEP_DEALS_SECONDS:
+            seen = {deal.id for deal in kept[1]}
+            return [*kept[1], *(deal for deal in known if deal.id not in seen)]
         fetched: list[Deal] = []
         offset = 0
         for _ in range(MAX_PAGES):

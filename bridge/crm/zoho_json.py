@@ -262,9 +262,21 @@ def deal_fields(config: CrmConfig) -> list[str]:
 
 def deals_query(contact_id: str, config: CrmConfig, limit: int = COQL_LIMIT) -> str:
     """COQL for every deal of a contact, most recently modified first (one credit)."""
+    return _deals_query(record_id(contact_id), config, limit)
+
+
+def deals_query_of(sub_request_id: str, config: CrmConfig) -> str:
+    """The same for the first contact an earlier sub-request of a composite call found
+    (`@{s:$.data[0].id}`), as many deals as a composite sub-request may read."""
+    if not API_NAME.fullmatch(sub_request_id):
+        raise ValueError(f"{sub_request_id!r} is not a sub-request id")
+    return _deals_query(reference(sub_request_id, "$.data[0].id"), config, COMPOSITE_COQL_LIMIT)
+
+
+def _deals_query(quoted: str, config: CrmConfig, limit: int) -> str:
     fields = ", ".join(deal_fields(config))
-    # Safe to build as text: field names are API names and the id digits (checked above).
-    where = f"Contact_Name = '{record_id(contact_id)}'"
+    # Safe to build as text: field names are API names, the id digits or a reference.
+    where = f"Contact_Name = '{quoted}'"
     order = f"order by Modified_Time desc limit {int(limit)}"
     return f"select {fields} from Deals where {where} {order}"  # noqa: S608
 
@@ -421,19 +433,30 @@ def write_details(crm: str, body: JSON, operation: str) -> dict[str, JSON]:
     return details
 
 
-def sub_responses(crm: str, body: JSON, expected: int) -> list[tuple[int, JSON]]:
-    """Each sub-request's HTTP status and body, in order; a sub-request Zoho did not run
-    (a wrapper error, a rolled-back or stopped one) raises."""
+def composite_items(crm: str, body: JSON, expected: int) -> list[tuple[int, JSON] | CrmError]:
+    """Each sub-request's HTTP status and body, in order, or the error that kept Zoho from
+    running it (a wrapper error, an unresolvable reference, a rollback)."""
     items = body.get("__composite_requests") if isinstance(body, dict) else None
     if not isinstance(items, list) or len(items) != expected:
         raise PermanentCrmError(crm, "composite: the answer does not match the sub-requests")
-    out: list[tuple[int, JSON]] = []
+    out: list[tuple[int, JSON] | CrmError] = []
     for index, item in enumerate(items):
         response = (item.get("details") or {}).get("response") if isinstance(item, dict) else None
         if not isinstance(item, dict) or item.get("status") != "success" or response is None:
             status = 400 if isinstance(item, dict) else 500
-            raise error_from_body(crm, f"composite sub-request {index + 1}", status, item)
+            out.append(error_from_body(crm, f"composite sub-request {index + 1}", status, item))
+            continue
         out.append((int(response.get("status_code") or 0), response.get("body")))
+    return out
+
+
+def sub_responses(crm: str, body: JSON, expected: int) -> list[tuple[int, JSON]]:
+    """`composite_items`, each of which must have run."""
+    out: list[tuple[int, JSON]] = []
+    for item in composite_items(crm, body, expected):
+        if isinstance(item, CrmError):
+            raise item
+        out.append(item)
     return out
 
 
