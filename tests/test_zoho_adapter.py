@@ -20,7 +20,7 @@ import pytest
 
 from bridge.crm.base import RateLimiter
 from bridge.crm.zoho import Zoho, build_zoho
-from bridge.crmconfig import schema_problems
+from bridge.crmconfig import config_snippet, schema_problems
 from bridge.domain import (
     Contact,
     ContactPatch,
@@ -493,6 +493,19 @@ async def test_schema_lists_pipelines_stages_and_custom_fields(zoho: Zoho) -> No
     )
     problems = [str(p) for p in schema_problems("zoho", wrong, schema)]
     assert any("deal_fields.direction = Subjects" in p for p in problems)
+
+
+async def test_check_compares_closed_stages_with_their_forecast_types(zoho: Zoho) -> None:
+    schema = await zoho.schema()
+    assert schema.closed_statuses == {"Closed Won", "Closed Lost"}
+    wrong = CONFIG.model_copy(update={"closed_status_ids": ("Closed Won", "В работе")})
+    assert [str(p) for p in schema_problems("zoho", wrong, schema)] == [
+        'crm.zoho.closed_status_ids: "Closed Lost" is won or lost in the CRM',
+        "crm.zoho.closed_status_ids: В работе: not a won or lost status in the CRM",
+    ]
+    snippet = config_snippet("zoho", CONFIG, schema)
+    assert '#   closed_status_ids = ["Closed Lost", "Closed Won"]' in snippet
+    assert '#     status Автооплата = "Автооплата"' in snippet
 
 
 @pytest.mark.parametrize(

@@ -64,6 +64,7 @@ from bridge.crm.zoho_json import (
     SEARCH_PAGE,
     DataCentre,
     SubRequest,
+    closed_stages,
     composite_body,
     composite_items,
     contact_fields,
@@ -343,7 +344,8 @@ class Zoho:
             with self._reading("fields.list"):
                 fields += custom_fields_from_json(answer, entity)
         with self._reading("pipelines.list"):
-            return CrmSchema(pipelines_from_json(layouts), tuple(fields))
+            closed = frozenset(closed_stages(layouts))
+            return CrmSchema(pipelines_from_json(layouts), tuple(fields), closed)
 
     async def exchange_code(self, code: str) -> TokenPair:
         """`bridge auth`: trade a Self Client grant code for a pair and store it before use."""
