@@ -637,104 +637,7 @@ class FakeZoho(FakeService):
     # ---- routes: composite ----------------------------------------------------------------------
 
     def _composite(self, request: FakeRequest) -> FakeResponse:
-        body = request.json()
-        subs = body.get("__composite_requests") if isinstance(body, dict) else None
-        if not isinstance(subs, list) or not subs:
-            raise zoho_error(
-                400,
-                "MANDATORY_NOT_FOUND",
-                "required field not found",
-                {"api_name": "__composite_requests", "json_path": "$.__composite_requests"},
-            )
-        if len(subs) > 5:
-            raise zoho_error(
-                400,
-                "INVALID_DATA",
-                "the number of sub-requests exceeds the limit",
-                {
-                    "api_name": "__composite_requests",
-                    "json_path": "$.__composite_requests",
-                    "maximum_length": 5,
-                },
-            )
-        rollback = bool(body.get("rollback_on_fail"))
-        parallel = body.get("parallel_execution", body.get("concurrent_execution"))
-        if rollback and parallel is True:
-            raise zoho_error(
-                400,
-                "AMBIGUITY_DURING_PROCESSING",
-                "rollback_on_fail and parallel_execution",
-                {
-                    "ambiguity_due_to": [
-                        {"api_name": "rollback_on_fail", "json_path": "$.rollback_on_fail"}
-                    ]
-                },
-            )
-        seen: set[str] = set()
-        for index, sub in enumerate(subs):
-            where = f"$.__composite_requests[{index}]"
-            if not isinstance(sub, dict):
-                raise zoho_error(
-                    400,
-                    "INVALID_DATA",
-                    "invalid data",
-                    {"api_name": "__composite_requests", "json_path": where},
-                )
-            sub_id = sub.get("sub_request_id")
-            if sub_id is not None and (not isinstance(sub_id, str) or not SUB_ID.fullmatch(sub_id)):
-                raise zoho_error(
-                    400,
-                    "INVALID_DATA",
-                    "invalid data",
-                    {
-                        "api_name": "sub_request_id",
-                        "json_path": f"{where}.sub_request_id",
-                        "regex": SUB_ID.pattern,
-                    },
-                )
-            if sub_id in seen:
-                raise zoho_error(
-                    400,
-                    "DUPLICATE_DATA",
-                    "duplicate data",
-                    {"api_name": "sub_request_id", "json_path": f"{where}.sub_request_id"},
-                )
-            if sub_id:
-                seen.add(sub_id)
-            if sub.get("method") not in ("GET", "POST", "PUT", "PATCH", "DELETE"):
-                raise zoho_error(
-                    400,
-                    "INVALID_DATA",
-                    "invalid data",
-                    {"api_name": "method", "json_path": f"{where}.method"},
-                )
-            uri = sub.get("uri")
-            if not isinstance(uri, str) or not SUB_URI.fullmatch(uri):
-                raise zoho_error(
-                    400,
-                    "INVALID_DATA",
-                    "invalid data",
-                    {"api_name": "uri", "json_path": f"{where}.uri", "regex": SUB_URI.pattern},
-                )
-            if "__composite_requests" in uri:
-                raise zoho_error(
-                    400,
-                    "NOT_SUPPORTED",
-                    "the API is not supported in a composite request",
-                    {"api_name": "uri", "json_path": f"{where}.uri"},
-                )
-            headers = {str(k).lower() for k in (sub.get("headers") or {})}
-            if headers & {"authorization", "x-crm-org"}:
-                raise zoho_error(
-                    400,
-                    "INVALID_DATA",
-                    "restricted headers",
-                    {
-                        "api_name": "headers",
-                        "json_path": f"{where}.headers",
-                        "restricted_headers": ["authorization", "x-crm-org"],
-                    },
-                )
+        subs, rollback = _check_composite(request.json())
         snapshot = copy.deepcopy(self.records) if rollback else None
         answers: dict[str, Any] = {}
         items: list[JSONDict] = []
@@ -743,58 +646,43 @@ class FakeZoho(FakeService):
             try:
                 resolved = _resolve(sub, answers)
             except _Unresolved as problem:
-                items.append(
-                    {
-                        "code": "INVALID_REFERENCE",
-                        "details": {
-                            "api_name": "uri",
-                            "json_path": f"$.__composite_requests[{index}]",
-                            "reference": problem.reference,
-                        },
-                        "message": "invalid reference",
-                        "status": "error",
-                    }
-                )
+                where = f"$.__composite_requests[{index}]"
+                details = {"api_name": "uri", "json_path": where, "reference": problem.reference}
+                items.append(_error_item("INVALID_REFERENCE", "invalid reference", details))
                 failed_at = index if failed_at is None else failed_at
                 continue
             response = self._sub_request(resolved, request)
             if sub.get("sub_request_id"):
                 answers[sub["sub_request_id"]] = response.body
-            items.append(
-                {
-                    "code": "SUCCESS",
-                    "details": {
-                        "response": {
-                            "headers": {"content-type": self.success_content_type},
-                            "body": response.body,
-                            "status_code": response.status,
-                        }
-                    },
-                    "message": "composite sub request executed successfully",
-                    "status": "success",
-                }
-            )
+            items.append(self._sub_item(response))
             if response.status >= 400 and failed_at is None:
                 failed_at = index
             if rollback and failed_at is not None:
                 break
-        if rollback and failed_at is not None:
-            assert snapshot is not None
+        if rollback and failed_at is not None and snapshot is not None:
             self.records = snapshot
+            details = {"rollbacked_by_sub_request_index": failed_at}
             rolled = [
-                {
-                    "code": "ROLLBACK_PERFORMED",
-                    "details": {"rollbacked_by_sub_request_index": failed_at},
-                    "message": "rollback performed",
-                    "status": "error",
-                }
-                for _ in subs
+                _error_item("ROLLBACK_PERFORMED", "rollback performed", details) for _ in subs
             ]
             rolled[failed_at] = items[failed_at]
             return FakeResponse(400, {"__composite_requests": rolled})
         if rollback:
             self._spent.append((self.clock(), 1))  # a composite that stayed applied costs two
         return FakeResponse(200 if failed_at is None else 207, {"__composite_requests": items})
+
+    def _sub_item(self, response: FakeResponse) -> JSONDict:
+        answer = {
+            "headers": {"content-type": self.success_content_type},
+            "body": response.body,
+            "status_code": response.status,
+        }
+        return {
+            "code": "SUCCESS",
+            "details": {"response": answer},
+            "message": "composite sub request executed successfully",
+            "status": "success",
+        }
 
     def _sub_request(self, sub: JSONDict, outer: FakeRequest) -> FakeResponse:
         params = sub.get("params") or {}
@@ -1003,6 +891,66 @@ class FakeZoho(FakeService):
         return FakeResponse(
             200, {"data": [self._record_json(rec, fields) for rec in chunk], "info": info}
         )
+
+
+def _check_composite(body: Any) -> tuple[list[JSONDict], bool]:
+    """The sub-requests and `rollback_on_fail`, or the 400 Zoho answers the wrapper with."""
+    subs = body.get("__composite_requests") if isinstance(body, dict) else None
+    where = "$.__composite_requests"
+    if not isinstance(subs, list) or not subs:
+        raise _invalid(
+            "MANDATORY_NOT_FOUND", "required field not found", "__composite_requests", where
+        )
+    if len(subs) > 5:
+        message = "the number of sub-requests exceeds the limit"
+        raise _invalid("INVALID_DATA", message, "__composite_requests", where, maximum_length=5)
+    rollback = bool(body.get("rollback_on_fail"))
+    parallel = body.get("parallel_execution", body.get("concurrent_execution"))
+    if rollback and parallel is True:
+        ambiguity = [{"api_name": "rollback_on_fail", "json_path": "$.rollback_on_fail"}]
+        details = {"ambiguity_due_to": ambiguity}
+        raise zoho_error(400, "AMBIGUITY_DURING_PROCESSING", "rollback_on_fail", details)
+    seen: set[str] = set()
+    for index, sub in enumerate(subs):
+        _check_sub_request(f"{where}[{index}]", sub, seen)
+    return subs, rollback
+
+
+def _check_sub_request(where: str, sub: Any, seen: set[str]) -> None:
+    if not isinstance(sub, dict):
+        raise _invalid("INVALID_DATA", "invalid data", "__composite_requests", where)
+    sub_id = sub.get("sub_request_id")
+    if sub_id is not None and (not isinstance(sub_id, str) or not SUB_ID.fullmatch(sub_id)):
+        path = f"{where}.sub_request_id"
+        raise _invalid("INVALID_DATA", "invalid data", "sub_request_id", path, regex=SUB_ID.pattern)
+    if sub_id in seen:
+        path = f"{where}.sub_request_id"
+        raise _invalid("DUPLICATE_DATA", "duplicate data", "sub_request_id", path)
+    if sub_id:
+        seen.add(sub_id)
+    if sub.get("method") not in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        raise _invalid("INVALID_DATA", "invalid data", "method", f"{where}.method")
+    uri = sub.get("uri")
+    if not isinstance(uri, str) or not SUB_URI.fullmatch(uri):
+        path = f"{where}.uri"
+        raise _invalid("INVALID_DATA", "invalid data", "uri", path, regex=SUB_URI.pattern)
+    if "__composite_requests" in uri:
+        message = "the API is not supported in a composite request"
+        raise _invalid("NOT_SUPPORTED", message, "uri", f"{where}.uri")
+    if {str(k).lower() for k in sub.get("headers") or {}} & {"authorization", "x-crm-org"}:
+        restricted = ["authorization", "x-crm-org"]
+        path = f"{where}.headers"
+        raise _invalid(
+            "INVALID_DATA", "restricted headers", "headers", path, restricted_headers=restricted
+        )
+
+
+def _invalid(code: str, message: str, api_name: str, json_path: str, **extra: Any) -> ApiError:
+    return zoho_error(400, code, message, {"api_name": api_name, "json_path": json_path, **extra})
+
+
+def _error_item(code: str, message: str, details: Mapping[str, Any]) -> JSONDict:
+    return {"code": code, "details": dict(details), "message": message, "status": "error"}
 
 
 class _Unresolved(Exception):

@@ -284,28 +284,17 @@ class Org:
             return RecordError("INVALID_DATA", "invalid data", name, path, expected)
 
         if kind in TEXT_LENGTH:
-            if not isinstance(value, str):
-                raise bad("string")
-            if len(value) > TEXT_LENGTH[kind]:
-                raise RecordError("INVALID_DATA", "value exceeds maximum length", name, path)
-            if kind == "email" and value and "@" not in value:
-                raise bad("email")
-            return value
-        if kind in ("integer", "bigint"):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise bad("integer")
-            return value
-        if kind in ("currency", "double", "decimal"):
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise bad("double")
-            return value
-        if kind == "datetime":
-            if not isinstance(value, str) or not DATETIME.fullmatch(value):
-                raise bad("datetime")
-            return value
-        if kind == "date":
-            if not isinstance(value, str) or not DATE.fullmatch(value):
-                raise bad("date")
+            return _text_value(
+                kind,
+                value,
+                bad,
+                lambda: RecordError("INVALID_DATA", "value exceeds maximum length", name, path),
+            )
+        scalar = SCALARS.get(kind)
+        if scalar is not None:
+            expected, fits = scalar
+            if not fits(value):
+                raise bad(expected)
             return value
         if kind == "picklist":
             return self._option(definition, value, bad)
@@ -316,9 +305,8 @@ class Org:
         if kind == "lookup":
             target = value.get("id") if isinstance(value, dict) else value
             if not isinstance(target, str) or not exists(definition.lookup_module, target):
-                raise RecordError(
-                    "INVALID_DATA", "the related id given seems to be invalid", name, path
-                )
+                message = "the related id given seems to be invalid"
+                raise RecordError("INVALID_DATA", message, name, path)
             return {"id": target}
         raise bad(kind)
 
@@ -329,6 +317,38 @@ class Org:
                 if value in (display, actual):
                     return display
         raise bad("picklist value")
+
+
+def _text_value(
+    kind: str, value: Any, bad: Callable[[str], RecordError], too_long: Callable[[], RecordError]
+) -> str:
+    if not isinstance(value, str):
+        raise bad("string")
+    if len(value) > TEXT_LENGTH[kind]:
+        raise too_long()
+    if kind == "email" and value and "@" not in value:
+        raise bad("email")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# data_type → (expected type named in the error, check)
+SCALARS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "integer": ("integer", _is_int),
+    "bigint": ("integer", _is_int),
+    "currency": ("double", _is_number),
+    "double": ("double", _is_number),
+    "decimal": ("double", _is_number),
+    "datetime": ("datetime", lambda v: isinstance(v, str) and bool(DATETIME.fullmatch(v))),
+    "date": ("date", lambda v: isinstance(v, str) and bool(DATE.fullmatch(v))),
+}
 
 
 class RecordError(Exception):
