@@ -37,7 +37,7 @@ from bridge.errors import AuthError, ConfigError, PermanentCrmError, RateLimited
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
 from bridge.tokens import TokenPair
-from tests.fakes.pipedrive_openapi import RecordingTransport
+from tests.fakes.openapi_check import RecordingTransport
 from tests.fakes.zoho import FakeZoho
 from tests.fakes.zoho_openapi import ZohoOpenApi
 

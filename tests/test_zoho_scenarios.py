@@ -18,7 +18,7 @@ from litestar.testing import AsyncTestClient
 from bridge.app import create_app
 from bridge.settings import FileConfig, load_file_config
 from tests.conftest import Bridge, make_settings, payment_payload
-from tests.fakes.pipedrive_openapi import RecordingTransport
+from tests.fakes.openapi_check import RecordingTransport
 from tests.fakes.zoho import FakeZoho
 from tests.fakes.zoho_openapi import ZohoOpenApi
 

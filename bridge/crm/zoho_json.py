@@ -154,31 +154,50 @@ def value_json(update: FieldUpdate) -> JSON:
     """A field value as Zoho takes it (ValueError when it does not fit its kind): text as
     a string, numbers as JSON numbers, a date-time as ISO 8601 with its offset and no
     fraction, a picklist option by display value, a multi-select as a list of them."""
-    kind, value = update.kind, update.value
-    if kind is FieldKind.TEXT and isinstance(value, str):
-        return value
-    if (
-        kind is FieldKind.NUMBER
-        and isinstance(value, Decimal | int)
-        and not isinstance(value, bool)
-    ):
-        return number_json(Decimal(value))
-    if kind is FieldKind.DATETIME and isinstance(value, datetime) and value.utcoffset() is not None:
-        return value.replace(microsecond=0).isoformat()
-    if kind is FieldKind.SELECT and _option(value):
-        return _option(value)
-    if kind is FieldKind.MULTISELECT and isinstance(value, tuple) and value:
-        options = [_option(option) for option in value]
-        if all(options):
-            return options
-    raise ValueError(f"field {update.field_id}: {kind.value} value {value!r} has the wrong type")
+    encoded = _ENCODERS[update.kind](update.value)
+    if encoded is None:
+        kind, value = update.kind.value, update.value
+        raise ValueError(f"field {update.field_id}: {kind} value {value!r} has the wrong type")
+    return encoded
 
 
-def _option(value: object) -> str:
-    """A picklist option's display value ("" when `value` cannot be one)."""
+def _text(value: object) -> JSON:
+    return value if isinstance(value, str) else None
+
+
+def _number(value: object) -> JSON:
+    if isinstance(value, bool) or not isinstance(value, Decimal | int):
+        return None
+    return number_json(Decimal(value))
+
+
+def _datetime(value: object) -> JSON:
+    if not isinstance(value, datetime) or value.utcoffset() is None:
+        return None
+    return value.replace(microsecond=0).isoformat()
+
+
+def _option(value: object) -> str | None:
+    """A picklist option's display value (None when `value` cannot be one)."""
     if isinstance(value, bool) or not isinstance(value, str | int):
-        return ""
-    return str(value).strip()
+        return None
+    return str(value).strip() or None
+
+
+def _options(value: object) -> JSON:
+    if not isinstance(value, tuple) or not value:
+        return None
+    options = [_option(option) for option in value]
+    return options if all(options) else None
+
+
+_ENCODERS = {
+    FieldKind.TEXT: _text,
+    FieldKind.NUMBER: _number,
+    FieldKind.DATETIME: _datetime,
+    FieldKind.SELECT: _option,
+    FieldKind.MULTISELECT: _options,
+}
 
 
 def number_json(value: Decimal) -> int | float:

@@ -601,14 +601,7 @@ class FakeZoho(FakeService):
     # ---- routes: metadata ---------------------------------------------------------------------
 
     def _layouts(self, request: FakeRequest) -> FakeResponse:
-        module = request.one("module")
-        if module not in MODULES:
-            raise zoho_error(
-                400,
-                "INVALID_MODULE",
-                "the module name given seems to be invalid",
-                {"module": module},
-            )
+        _module_param(request)
         layout = {
             "id": self.org.layout_id,
             "name": self.org.layout_name,
@@ -624,14 +617,7 @@ class FakeZoho(FakeService):
         return FakeResponse(200, {"pipeline": self.org.pipelines_json()})
 
     def _fields(self, request: FakeRequest) -> FakeResponse:
-        module = request.one("module")
-        if module not in MODULES:
-            raise zoho_error(
-                400,
-                "INVALID_MODULE",
-                "the module name given seems to be invalid",
-                {"module": module},
-            )
+        module = _module_param(request)
         return FakeResponse(200, {"fields": self.org.fields_json(module)})
 
     # ---- routes: composite ----------------------------------------------------------------------
@@ -990,6 +976,14 @@ def _resolve(sub: JSONDict, answers: Mapping[str, Any]) -> JSONDict:
         key: walk(value) if key in ("uri", "params", "body") else value
         for key, value in sub.items()
     }
+
+
+def _module_param(request: FakeRequest) -> str:
+    module = request.one("module")
+    if module not in MODULES:
+        message = "the module name given seems to be invalid"
+        raise zoho_error(400, "INVALID_MODULE", message, {"module": module})
+    return module
 
 
 def _unauthorised(code: str, message: str) -> FakeResponse:

@@ -35,7 +35,14 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
-import jsonschema
+
+from tests.fakes.openapi_check import (
+    body_problems,
+    path_problems,
+    query_problems,
+    template_regex,
+    value_problem,
+)
 
 SPECS = Path(__file__).resolve().parents[3] / "shared" / "specs" / "zoho" / "v8.0"
 UPSTREAM = "https://raw.githubusercontent.com/Zohocorp-Pvt-Ltd/crm-oas/refs/heads/main/v8.0/"
@@ -54,7 +61,7 @@ class ZohoOpenApi:
         self.docs = docs
         self._templates = sorted(
             (
-                (name, template, _template_regex(template))
+                (name, template, template_regex(template))
                 for name, doc in docs.items()
                 for template in doc.get("paths", {})
             ),
@@ -91,8 +98,17 @@ class ZohoOpenApi:
     def _problems(self, name: str, template: str, item: Doc, request: httpx.Request) -> list[str]:
         operation = item[request.method.lower()]
         params = self._parameters(name, item, operation)
-        found = list(_query_problems(self, name, params, request.url))
-        found += _path_problems(self, name, params, template, request.url.path)
+
+        def problem_of(param: Doc, value: str) -> str | None:
+            return value_problem(
+                self.json_schema(param["__doc"], param.get("schema", {})), param, value
+            )
+
+        def declared(where: str) -> dict[str, Doc]:
+            return {key: param for (kind, key), param in params.items() if kind == where}
+
+        found = list(query_problems(declared("query"), request.url, problem_of))
+        found += path_problems(template, request.url.path, declared("path"), problem_of)
         found += _auth_problems(request)
         found += self._body_problems(name, operation, request)
         return found
@@ -129,14 +145,7 @@ class ZohoOpenApi:
             yield "body is not JSON"
             return
         schema = self.json_schema(doc, declared["content"][media].get("schema", {}))
-        for error in jsonschema.Draft4Validator(schema).iter_errors(body):
-            place = "/".join(str(part) for part in error.absolute_path) or "(body)"
-            yield f"body {place}: {error.message}"
-        if isinstance(body, dict):
-            properties, open_ended = _declared_properties(schema)
-            for key in body:
-                if not open_ended and key not in properties:
-                    yield f"body property {key!r} is not declared"
+        yield from body_problems(schema, body)
         if request.url.path.endswith("/__composite_requests") and isinstance(body, dict):
             for index, sub in enumerate(body.get("__composite_requests") or ()):
                 for problem in self._sub_request_problems(sub, request):
@@ -212,57 +221,6 @@ def _load_cached(files: tuple[Path, ...]) -> ZohoOpenApi:
     return ZohoOpenApi({path.name: json.loads(path.read_text(encoding="utf-8")) for path in files})
 
 
-def _template_regex(template: str) -> re.Pattern[str]:
-    return re.compile(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)))
-
-
-def _query_problems(
-    spec: ZohoOpenApi, name: str, params: dict[tuple[str, str], Doc], url: httpx.URL
-) -> Iterator[str]:
-    declared = {n: p for (kind, n), p in params.items() if kind == "query"}
-    seen: dict[str, int] = {}
-    for key, value in url.params.multi_items():
-        seen[key] = seen.get(key, 0) + 1
-        param = declared.get(key)
-        if param is None:
-            yield f"query parameter {key!r} is not declared"
-            continue
-        if seen[key] == 2:
-            yield f"query parameter {key!r} given more than once"
-        problem = _value_problem(spec, param, value)
-        if problem:
-            yield f"query parameter {key}={value!r}: {problem}"
-    for key, param in declared.items():
-        if param.get("required") and key not in seen:
-            yield f"required query parameter {key!r} is missing"
-
-
-def _path_problems(
-    spec: ZohoOpenApi, name: str, params: dict[tuple[str, str], Doc], template: str, path: str
-) -> Iterator[str]:
-    names = re.findall(r"\{([^}]+)\}", template)
-    pattern = _template_regex(template).pattern.replace("[^/]+", "([^/]+)")
-    match = re.fullmatch(pattern, path)
-    for key, value in zip(names, match.groups() if match else (), strict=False):
-        param = params.get(("path", key))
-        problem = _value_problem(spec, param, value) if param else None
-        if problem:
-            yield f"path parameter {key}={value!r}: {problem}"
-
-
-def _value_problem(spec: ZohoOpenApi, param: Doc, value: str) -> str | None:
-    schema = spec.json_schema(param["__doc"], param.get("schema", {}))
-    kind = schema.get("type")
-    kinds = kind if isinstance(kind, list) else [kind]
-    if "integer" in kinds and not re.fullmatch(r"-?\d+", value):
-        return "not an integer"
-    if "boolean" in kinds and value not in ("true", "false"):
-        return "not true/false"
-    if "enum" in schema and value not in [str(v) for v in schema["enum"]]:
-        return f"not one of {schema['enum']}"
-    return None
-
-
 def _auth_problems(request: httpx.Request) -> Iterator[str]:
     if not request.headers.get("authorization", "").startswith("Zoho-oauthtoken "):
         yield "no `Authorization: Zoho-oauthtoken …` header (iam-oauth2-schema)"
@@ -288,10 +246,3 @@ def _token_problems(request: httpx.Request) -> Iterator[str]:
     for key in ("client_id", "client_secret", *needed[grant]):
         if not form.get(key):
             yield f"form field {key!r} is missing"
-
-
-def _declared_properties(schema: Doc) -> tuple[set[str], bool]:
-    parts = [schema, *schema.get("allOf", [])]
-    names = {name for part in parts for name in part.get("properties", {})}
-    open_ended = any(part.get("additionalProperties") not in (None, False) for part in parts)
-    return names, open_ended
