@@ -103,6 +103,16 @@ def value_problem(schema: Doc, param: Doc, value: str) -> str | None:
     return None
 
 
+def nullable_as_null(schema: Doc) -> Doc:
+    """OpenAPI 3.0's `nullable: true` as JSON Schema's "null" type (and enum member)."""
+    if schema.pop("nullable", False):
+        if "type" in schema:
+            schema["type"] = [schema["type"], "null"]
+        if "enum" in schema:
+            schema["enum"] = [*schema["enum"], None]
+    return schema
+
+
 def declared_properties(schema: Doc) -> tuple[set[str], bool]:
     parts = [schema, *schema.get("allOf", [])]
     names = {name for part in parts for name in part.get("properties", {})}

@@ -34,6 +34,7 @@ import yaml
 from tests.fakes.openapi_check import RecordingTransport as RecordingTransport
 from tests.fakes.openapi_check import (
     body_problems,
+    nullable_as_null,
     path_problems,
     query_problems,
     template_regex,
@@ -232,12 +233,7 @@ def to_json_schema(doc: Doc, node: Any, seen: tuple[str, ...] = ()) -> Any:
         ref = node["$ref"]
         return {} if ref in seen else to_json_schema(doc, _pointer(doc, ref), (*seen, ref))
     out = {key: to_json_schema(doc, value, seen) for key, value in node.items()}
-    if out.pop("nullable", False):
-        if "type" in out:
-            out["type"] = [out["type"], "null"]
-        if "enum" in out:
-            out["enum"] = [*out["enum"], None]
-    return out
+    return nullable_as_null(out)
 
 
 def _pointer(doc: Doc, ref: str) -> Any:

@@ -38,6 +38,7 @@ import httpx
 
 from tests.fakes.openapi_check import (
     body_problems,
+    nullable_as_null,
     path_problems,
     query_problems,
     template_regex,
@@ -208,12 +209,7 @@ class ZohoOpenApi:
             for key, value in node.items()
             if key not in ("required", "example", "examples")
         }
-        if out.pop("nullable", False):
-            if "type" in out:
-                out["type"] = [out["type"], "null"]
-            if "enum" in out:
-                out["enum"] = [*out["enum"], None]
-        return out
+        return nullable_as_null(out)
 
 
 @cache
