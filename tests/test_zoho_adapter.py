@@ -198,6 +198,20 @@ async def test_a_confirmed_hit_after_the_first_has_its_deals_read_apart(
     assert paths(fake) == ["POST /crm/v8/__composite_requests", "POST /crm/v8/coql"]
 
 
+async def test_a_refused_lookup_composite_falls_back_to_the_search_alone(
+    fake: FakeZoho, zoho: Zoho
+) -> None:
+    person = fake.add_contact("Петров", phone="+79991234567")
+    fake.fail_next(status=400, path_prefix="/crm/v8/__composite_requests")
+    found = await zoho.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+    assert found is not None and found.id == person
+    assert paths(fake) == ["POST /crm/v8/__composite_requests", "GET /crm/v8/Contacts/search"]
+    fake.fail_next(status=400, path_prefix="/crm/v8/")  # a refusal of the search too is final
+    fake.fail_next(status=400, path_prefix="/crm/v8/")
+    with pytest.raises(PermanentCrmError):
+        await zoho.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+
+
 async def test_more_than_25_hits_are_searched_page_by_page(fake: FakeZoho, zoho: Zoho) -> None:
     for n in range(30):
         fake.add_contact(f"Однофамилец {n}", email=f"x{n}.ivan@example.com")

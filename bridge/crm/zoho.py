@@ -162,13 +162,20 @@ class Zoho:
                     SubRequest("q", "POST", f"{API}/coql", {"select_query": query}),
                 ]
             )
-        answer = await self._send(
-            "POST",
-            f"{API}/__composite_requests",
-            "contacts.search",
-            json=body,
-            units=COMPOSITE_UNITS,
-        )
+        try:
+            answer = await self._send(
+                "POST",
+                f"{API}/__composite_requests",
+                "contacts.search",
+                json=body,
+                units=COMPOSITE_UNITS,
+            )
+        except PermanentCrmError:
+            # Zoho refused the pair as a whole (an empty search leaves the deals query's
+            # reference unresolved; should that ever fail the call and not just its
+            # sub-request): the search alone says what it says, or why not.
+            hits = await self._search_pages(criteria, fields)
+            return first_confirmed(keys, dict.fromkeys(keys, hits), confirm)
         searched, first_deals = composite_items(self.name, answer, 2)
         if isinstance(searched, CrmError):
             raise searched
