@@ -370,7 +370,9 @@ class FakeZoho(FakeService):
     # ---- the gate: hosts, credentials, credits, concurrency -----------------------------
 
     async def handle(self, request: FakeRequest) -> FakeResponse:
-        units = 5 if request.path.endswith("/__composite_requests") else 1
+        # The accounts server is not the org's API: its calls hold no concurrency.
+        units = 0 if request.path == "/oauth/v2/token" else 1
+        units = 5 if request.path.endswith("/__composite_requests") else units
         with self._lock:
             self._inflight += units
             self.hosts.append(request.origin)
