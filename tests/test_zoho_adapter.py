@@ -33,11 +33,12 @@ from bridge.domain import (
     NewDeal,
     Utm,
 )
-from bridge.errors import AuthError, ConfigError, PermanentCrmError, RateLimited
+from bridge.errors import AuthError, ConfigError, PermanentCrmError, RateLimited, TransientCrmError
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
 from bridge.tokens import TokenPair
 from tests.fakes.openapi_check import RecordingTransport
+from tests.fakes.server import serve_in_thread
 from tests.fakes.zoho import FakeZoho
 from tests.fakes.zoho_openapi import ZohoOpenApi
 
@@ -86,6 +87,7 @@ def make_adapter(
     *,
     config: CrmConfig = CONFIG,
     tokens: MemoryTokens | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
     real_limiter: bool = False,
     **env: Any,
 ) -> Zoho:
@@ -98,7 +100,7 @@ def make_adapter(
         tokens = MemoryTokens(TokenPair(access, refresh, fake.clock() + 3600))
     values.update(env)
     settings = Settings(_env_file=None, file=FileConfig(crm={"zoho": config}), **values)
-    recorder = RecordingTransport(fake.transport())
+    recorder = RecordingTransport(transport or fake.transport())
     SENT.append(recorder)
     adapter = build_zoho("zoho", config, settings, tokens, transport=recorder, clock=fake.clock)
     if not real_limiter:
@@ -530,6 +532,7 @@ async def test_check_compares_closed_stages_with_their_forecast_types(zoho: Zoho
         ({"data_centre": "eu", "daily_credits": 0}, "daily_credits"),
         ({"data_centre": "eu", "concurrency": 2}, "concurrency"),
         ({"data_centre": "eu", "nope": 1}, "unknown nope"),
+        ({"data_centre": "eu", "accounts_url": "accounts.zoho.eu"}, "accounts_url"),
     ],
 )
 def test_options_are_validated(fake: FakeZoho, options: dict[str, Any], message: str) -> None:
@@ -551,3 +554,32 @@ async def test_client_requests_carry_the_zoho_oauthtoken_header(fake: FakeZoho, 
     [request] = SENT[-1].requests
     assert request.headers["authorization"].startswith("Zoho-oauthtoken 1000.")
     assert isinstance(request, httpx.Request) and request.url.host == "www.zohoapis.eu"
+
+
+async def test_the_asgi_app_serves_the_same_api_and_faults() -> None:
+    fake = FakeZoho(CONFIG, check_hosts=False)
+    base_url, stop = serve_in_thread(fake)
+    try:
+        options = {**CONFIG.options, "accounts_url": base_url}
+        config = CONFIG.model_copy(
+            update={"base_url": base_url, "request_timeout_seconds": 0.5, "options": options}
+        )
+        adapter = make_adapter(fake, config=config, transport=httpx.AsyncHTTPTransport())
+        fake.expire_all_access_tokens()  # the first call refreshes, at the accounts_url
+        contact, deal = await adapter.create_contact_and_deal(new_contact(), new_deal())
+        fake.asgi_hang_seconds = 5
+        assert [d.id for d in await adapter.list_deals(contact)] == [deal.id]
+        fake.fail_next(1, kind="timeout", method="GET")
+        fake.fail_next(1, kind="drop", method="GET")
+        got = await adapter.get_deal(deal.id)  # a read: retried past both
+        assert got is not None and got.contact_ids == (contact.id,)
+        await adapter.add_note(deal.id, "Payment ID: pay_1")
+        assert await adapter.deal_notes(deal.id) == ["Payment ID: pay_1"]
+        assert fake.count("POST", "/oauth/v2/token") == 1
+        fake.down()
+        with pytest.raises(TransientCrmError, match="503"):
+            await adapter.get_deal(deal.id)
+        fake.up()
+        await adapter.aclose()
+    finally:
+        stop()

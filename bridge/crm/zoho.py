@@ -26,7 +26,8 @@ its credits from the pool (`options.daily_credits`, rolling 24 h) and its share 
 org's concurrency (`options.concurrency`; a composite call takes five).
 
 `[crm.NAME.options]`: `data_centre` (us, eu, in, au, jp, ca, cn, sa; required),
-`daily_credits` (default 50000), `concurrency` (default 10).
+`daily_credits` (default 50000), `concurrency` (default 10), `accounts_url` (the data
+centre's accounts server unless a proxy stands in for it).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import replace
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -109,7 +111,7 @@ DEFAULT_DAILY_CREDITS = 50_000  # a Standard org's base pool, before licences an
 DEFAULT_CONCURRENCY = 10  # Standard edition
 MAX_PAGES = 10  # search stops at 2,000 records (10 × 200)
 KEEP_DEALS_SECONDS = 30.0  # deals read with the contact serve the flow's next step only
-OPTIONS = ("data_centre", "daily_credits", "concurrency")
+OPTIONS = ("data_centre", "daily_credits", "concurrency", "accounts_url")
 OnCall = Callable[[str, str, float, int], None]
 
 
@@ -486,4 +488,8 @@ def zoho_options(name: str, config: CrmConfig) -> tuple[DataCentre, int, int]:
     concurrency = options.get("concurrency", DEFAULT_CONCURRENCY)
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 5:
         raise ConfigError(f"{where}.concurrency: a whole number, 5 or more (Zoho's Free edition)")
-    return DATA_CENTRES[centre.lower()], daily, concurrency
+    data_centre = DATA_CENTRES[centre.lower()]
+    accounts = options.get("accounts_url", data_centre.accounts)
+    if not isinstance(accounts, str) or not accounts.startswith(("https://", "http://")):
+        raise ConfigError(f"{where}.accounts_url: an http(s) URL")
+    return replace(data_centre, accounts=accounts.rstrip("/")), daily, concurrency
