@@ -213,7 +213,12 @@ class Zoho:
             return
         with self._reading("deals.list"):
             deals = [deal_from_record(row, self.config) for row in records_of(answer[1])]
-        self._deals_read[contact_id] = (time.monotonic(), deals)
+        now = time.monotonic()
+        # Drop what a failed delivery left unread, then keep these.
+        stale = [key for key, (at, _) in self._deals_read.items() if now - at >= KEEP_DEALS_SECONDS]
+        for key in stale:
+            del self._deals_read[key]
+        self._deals_read[contact_id] = (now, deals)
 
     async def create_contact(self, new: NewContact) -> Contact:
         with self._reading("contacts.create"):
