@@ -214,6 +214,16 @@ class FakeZoho(FakeService):
         with self._lock:
             return self._credits_in_window()
 
+    def count(
+        self, method: str | None = None, path_prefix: str | None = None, status: int | None = None
+    ) -> int:
+        """Requests to the org's API; the accounts server's (`/oauth/v2/token`, another
+        host) only when `path_prefix` asks for them."""
+        total = super().count(method, path_prefix, status)
+        if path_prefix is None:
+            total -= super().count(method, "/oauth/v2/token", status)
+        return total
+
     def set_time_zone(self, name: str) -> None:
         self.zone = ZoneInfo(name)
 
