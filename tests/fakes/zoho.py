@@ -60,7 +60,14 @@ from urllib.parse import parse_qsl, urlsplit
 from zoneinfo import ZoneInfo
 
 from bridge.settings import CrmConfig, load_file_config
-from tests.fakes.service import ApiError, FakeRequest, FakeResponse, FakeService, JSONDict
+from tests.fakes.service import (
+    ApiError,
+    FakeRequest,
+    FakeResponse,
+    FakeService,
+    Fault,
+    JSONDict,
+)
 from tests.fakes.zoho_org import Org, RecordError
 from tests.fakes.zoho_query import (
     QueryError,
@@ -391,6 +398,19 @@ class FakeZoho(FakeService):
         finally:
             with self._lock:
                 self._inflight -= units
+
+    def _take_fault(self, request: FakeRequest) -> Fault | None:
+        """Faults are the org's API's trouble: the accounts server (another host) meets
+        only those aimed at its path."""
+        if request.path == "/oauth/v2/token":
+            with self._lock:
+                for fault in self._faults:
+                    if fault.path_prefix and request.path.startswith(fault.path_prefix):
+                        if fault.method in (None, request.method):
+                            self._faults.remove(fault)
+                            return fault
+            return None
+        return super()._take_fault(request)
 
     def authorise(self, request: FakeRequest) -> FakeResponse | None:
         if request.path == "/oauth/v2/token":
