@@ -405,10 +405,10 @@ class FakeZoho(FakeService):
         if request.path == "/oauth/v2/token":
             with self._lock:
                 for fault in self._faults:
-                    if fault.path_prefix and request.path.startswith(fault.path_prefix):
-                        if fault.method in (None, request.method):
-                            self._faults.remove(fault)
-                            return fault
+                    aimed = bool(fault.path_prefix) and fault.matches(request.method, request.path)
+                    if aimed:
+                        self._faults.remove(fault)
+                        return fault
             return None
         return super()._take_fault(request)
 
