@@ -5,6 +5,16 @@ BIN := $(VENV)/bin
 PREFIX ?= /opt/crm-bridge
 CONFDIR ?= /etc/crm-bridge
 UNITDIR ?= /etc/systemd/system
+# The unit names these paths, so they are made absolute whatever the command line says.
+override PREFIX := $(abspath $(PREFIX))
+override CONFDIR := $(abspath $(CONFDIR))
+override UNITDIR := $(abspath $(UNITDIR))
+# `make install` knobs: what pip installs (this tree, or a wheel built from it), extra
+# `pip install` arguments, and whether to upgrade pip first (tests/test_install.py installs
+# a prebuilt wheel offline with `--no-deps --no-index` and `UPGRADE_PIP=no`).
+PACKAGE ?= .
+PIP_INSTALL_ARGS ?=
+UPGRADE_PIP ?= yes
 
 .PHONY: help venv dev-venv run test lint format mypy check check-unit dev bench install uninstall clean
 
@@ -54,16 +64,25 @@ bench: dev-venv  ## benchmarks (not part of the tests): intake, CRM calls, burst
 	$(BIN)/python -m tests.bench
 
 install:  ## install under $(PREFIX), config in $(CONFDIR), unit in $(UNITDIR) (run as root)
-	install -d $(PREFIX) $(CONFDIR)
+	install -d -m 0755 $(PREFIX) $(CONFDIR) $(UNITDIR)
 	$(PYTHON) -m venv $(PREFIX)/venv
-	$(PREFIX)/venv/bin/pip install --quiet --upgrade pip
-	$(PREFIX)/venv/bin/pip install --quiet .
-	test -e $(CONFDIR)/bridge.toml || install -m 0640 etc/bridge.example.toml $(CONFDIR)/bridge.toml
-	test -e $(CONFDIR)/env || sed -e 's|^CONFIG_FILE=.*|CONFIG_FILE=$(CONFDIR)/bridge.toml|' \
+	$(if $(filter yes,$(UPGRADE_PIP)),$(PREFIX)/venv/bin/pip install --quiet --upgrade pip)
+	$(PREFIX)/venv/bin/pip install --quiet $(PIP_INSTALL_ARGS) $(PACKAGE)
+	@# bridge.toml holds no secrets and is read by the unit's dynamic user: 0644 (an older
+	@# install's 0640 root:root file is opened up too). env holds the secrets: 0600 root,
+	@# read only by systemd itself (EnvironmentFile=) before it drops privileges.
+	chmod 0755 $(CONFDIR)
+	test -e $(CONFDIR)/bridge.toml || install -m 0644 etc/bridge.example.toml $(CONFDIR)/bridge.toml
+	chmod 0644 $(CONFDIR)/bridge.toml
+	test -e $(CONFDIR)/env || (umask 077 && sed -e 's|^CONFIG_FILE=.*|CONFIG_FILE=$(CONFDIR)/bridge.toml|' \
 	  -e 's|^DATABASE_PATH=.*|DATABASE_PATH=/var/lib/crm-bridge/bridge.sqlite|' \
-	  env.example > $(CONFDIR)/env && chmod 0600 $(CONFDIR)/env
+	  env.example > $(CONFDIR)/env)
+	chmod 0600 $(CONFDIR)/env
 	install -m 0644 README.md $(PREFIX)/README.md
-	install -m 0644 etc/systemd/crm-bridge.service $(UNITDIR)/crm-bridge.service
+	sed -e 's|/opt/crm-bridge|$(PREFIX)|g' -e 's|/etc/crm-bridge|$(CONFDIR)|g' \
+	  etc/systemd/crm-bridge.service > $(UNITDIR)/crm-bridge.service.new
+	chmod 0644 $(UNITDIR)/crm-bridge.service.new
+	mv $(UNITDIR)/crm-bridge.service.new $(UNITDIR)/crm-bridge.service
 	systemctl daemon-reload 2>/dev/null || true
 	@echo "edit $(CONFDIR)/env and $(CONFDIR)/bridge.toml, then: systemctl enable --now crm-bridge"
 

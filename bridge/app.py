@@ -28,18 +28,20 @@ from pydantic import ValidationError
 
 from bridge.asgi_io import (
     BadContentLength,
+    BodyTimeout,
     BodyTooLarge,
     ClientGone,
     header_map,
     read_body,
     send_json,
 )
-from bridge.canonical import decode_canonical
+from bridge.canonical import MAX_INT_DIGITS, decode_canonical
 from bridge.crm import build_adapters
 from bridge.crm.base import CrmAdapter
 from bridge.crypto import TokenCipher
 from bridge.errors import StoreUnavailable
 from bridge.intake import OrderFields, payment_intake
+from bridge.logs import clip
 from bridge.metrics import CONTENT_TYPE, Metrics
 from bridge.payloads import CourseOrder, parse_payment, validation_details
 from bridge.settings import Settings
@@ -174,7 +176,7 @@ async def _stop(runtime: Runtime) -> None:
     if runtime.worker_task is not None:
         await asyncio.gather(runtime.worker_task, return_exceptions=True)
     for adapter in runtime.adapters.values():
-        await adapter.aclose()
+        await adapter.connection.aclose()
     await runtime.store.close()
     log.info("bridge stopped")
 
@@ -188,34 +190,58 @@ async def _payment_webhook(
     rt: Runtime | None, scope: HTTPScope, receive: Receive, send: Send
 ) -> None:
     """POST /webhook/payment, on the bare ASGI interface (see `BridgeApp`)."""
+    client = scope.get("client")
+    # The remote address goes into log lines and the request log: a proxy's
+    # X-Forwarded-For can make it anything, so it is clipped (an IPv6 address is <= 45).
+    remote = clip(client[0], 64) if client else ""
+    reply = _Replier(rt, PAYMENT_ROUTE, remote) if rt is not None else None
     try:
-        answer = await _payment_answer(rt, scope, receive)
+        answer = await _payment_answer(rt, reply, scope, receive)
     except Exception:
         # What Litestar's exception handler did for this route: a clean 500, the trace
-        # in the journal only.
-        log.exception("unhandled error on %s %s", scope["method"], PAYMENT_ROUTE)
-        answer = _Answer(500, {"error": "internal_error"})
+        # in the journal only, and a row in the request log like every other answer.
+        log.exception("unhandled error on %s %s", clip(scope["method"], 16), PAYMENT_ROUTE)
+        answer = _Answer(500, {"error": "internal_error"}, close=True)
+        if reply is not None:
+            reply.record(500, "not known", "internal error")
     if answer is not None:
-        await send_json(send, answer.code, answer.payload, answer.headers)
+        await send_json(send, answer.code, answer.payload, answer.headers, close=answer.close)
 
 
-async def _payment_answer(rt: Runtime | None, scope: HTTPScope, receive: Receive) -> _Answer | None:
+async def _payment_answer(
+    rt: Runtime | None, reply: _Replier | None, scope: HTTPScope, receive: Receive
+) -> _Answer | None:
     """The answer to send, or None when the client left before its body arrived."""
-    if scope["method"] != "POST":
-        return _Answer(405, {"error": "method_not_allowed"}, ((b"allow", b"POST"),))
-    if rt is None:  # the store is not open: before startup ends or after shutdown began
+    if rt is None or reply is None:  # the store is not open: before startup ends or after
+        if scope["method"] != "POST":  # shutdown began; nothing can be logged either
+            return _Answer(405, {"error": "method_not_allowed"}, _ALLOW_POST)
         return _Answer(503, {"error": "storage_unavailable"})
-    client = scope.get("client")
-    reply = _Replier(rt, PAYMENT_ROUTE, client[0] if client else "")
+    if scope["method"] != "POST":
+        detail = f"method {clip(scope['method'], 16)}"
+        answer = reply(405, {"error": "method_not_allowed"}, "not checked", detail)
+        return _Answer(answer.code, answer.payload, _ALLOW_POST)
     try:
-        body = await read_body(scope, receive, rt.settings.max_body_bytes)
+        settings = rt.settings
+        body = await read_body(
+            scope, receive, settings.max_body_bytes, seconds=settings.body_timeout_seconds
+        )
     except BodyTooLarge:
-        return reply(413, {"error": "payload_too_large"}, "not checked", "body over limit")
+        # Closed after the answer: whatever of the body the bounded drain did not read is
+        # not worth reading (see `read_body`).
+        answer = reply(413, {"error": "payload_too_large"}, "not checked", "body over limit")
+        return _Answer(answer.code, answer.payload, close=True)
     except BadContentLength:
-        return reply(400, {"error": "invalid Content-Length"}, "not checked", "bad body")
+        answer = reply(400, {"error": "invalid Content-Length"}, "not checked", "bad body")
+        return _Answer(answer.code, answer.payload, close=True)
+    except BodyTimeout:
+        answer = reply(408, {"error": "request_timeout"}, "not checked", "body too slow")
+        return _Answer(answer.code, answer.payload, close=True)
     except ClientGone:
         return None
     return await _take_payment(rt, reply, header_map(scope), body)
+
+
+_ALLOW_POST = ((b"allow", b"POST"),)
 
 
 async def _take_payment(
@@ -232,7 +258,7 @@ async def _take_payment(
     )
     if not verdict.ok:
         log.warning(
-            "rejected %s from %s: %s (%s)",
+            "rejected %s from %s: %s (%s)",  # remote is clipped; reason and scheme are ours
             PAYMENT_ROUTE,
             reply.remote,
             verdict.reason,
@@ -254,14 +280,18 @@ async def _take_payment(
     try:
         stored = await rt.store.intake(intake.event)
     except StoreUnavailable as exc:
-        log.error("cannot store payment %s: %s", key, exc)
+        # A WARNING: the writer logs the outage itself at ERROR, once per failed batch,
+        # so `journalctl -p err` shows one line per outage, not two per webhook.
+        log.warning("cannot store payment %s: %s", key, exc)
         return reply(503, {"error": "storage_unavailable"}, verdict_text, key=key)
     for warning in intake.warnings:
-        log.warning("payment %s: %s", key, warning)
+        log.warning("payment %s: %s", key, clip(warning, 200))
+    if stored.state_changed:  # e.g. PENDING, then CONFIRMED: the new state is stored
+        log.info("event=payment:%s status changed to %r", key, order.status)
     if not stored.created:
         return _answer_repeat(rt, reply, stored.status, key, verdict_text)
     if intake.event.status == "skipped":
-        log.info("event=payment:%s outcome=skipped reason=%r", key, intake.event.note)
+        log.info("event=payment:%s outcome=skipped reason=%r", key, clip(intake.event.note, 120))
         body_json = {"status": "skipped", "reason": intake.event.note}
         return reply(202, body_json, verdict_text, key=key)
     rt.worker.wake()
@@ -277,6 +307,7 @@ class _Answer:
     code: int
     payload: Mapping[str, Any]
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    close: bool = False  # `Connection: close`: the request was not read to its end
 
 
 @dataclass(frozen=True)
@@ -286,14 +317,29 @@ class _Refusal:
     detail: str = ""
 
 
+class _NumberTooLong(Exception):
+    pass
+
+
+def _bounded_int(text: str) -> int:
+    # Checked on the digits' text, before conversion: past MAX_INT_DIGITS Python's int()
+    # raises ValueError (a 500 before, and a stored body that failed the worker forever).
+    if len(text) - text.startswith("-") > MAX_INT_DIGITS:
+        raise _NumberTooLong
+    return int(text)
+
+
 def _parse_lenient(body_text: str) -> CourseOrder | _Refusal:
     """Any body the platform's own shape did not fit: the pydantic models decide."""
     try:
-        raw = json.loads(body_text)
+        raw = json.loads(body_text, parse_int=_bounded_int)
     except json.JSONDecodeError as exc:
         return _Refusal(400, {"error": f"body is not JSON: {exc}"})
     except RecursionError:
         return _Refusal(400, {"error": "body is not JSON we accept: nested too deep"})
+    except _NumberTooLong:
+        error = f"body is not JSON we accept: a whole number over {MAX_INT_DIGITS} digits"
+        return _Refusal(400, {"error": error})
     try:
         return parse_payment(raw).course_order
     except ValidationError as exc:
@@ -372,8 +418,18 @@ def _delivery_result(delivery: DeliveryOutcome) -> dict[str, Any]:
         }
     result: dict[str, Any] = {"status": delivery.status}
     if delivery.last_error:
-        result["error"] = delivery.last_error
+        # The CRM's own error text (which may quote its answer, field names, data of other
+        # customers) stays with the operator: `bridge show` and the deliveries table.
+        result["error"] = _CALLER_REASONS.get(delivery.status, "not delivered yet")
     return result
+
+
+# What the platform is told about a delivery that did not succeed.
+_CALLER_REASONS = {
+    "failed": "the CRM refused the delivery; the operator has the details",
+    "dead": "delivery gave up after its retries; the operator has the details",
+    "not_found": "nothing to update in the CRM; the operator has the details",
+}
 
 
 class _Replier:
@@ -393,10 +449,14 @@ class _Replier:
         *,
         key: str | None = None,
     ) -> _Answer:
+        self.record(code, verdict, detail, key=key)
+        return _Answer(code, payload)
+
+    def record(self, code: int, verdict: str, detail: str = "", *, key: str | None = None) -> None:
+        """Queue the request-log row and count the answer."""
         record = RequestRecord(self._route, self.remote, verdict, code, key, detail)
         self._rt.store.log_request(record)
         self._rt.metrics.count_request(self._route, code)
-        return _Answer(code, payload)
 
 
 @get("/webhook/health")
@@ -409,15 +469,18 @@ async def health(request: Request[Any, Any, State]) -> Response[Any]:
         states = await rt.store.crm_states()
         database = {"ok": True}
     except StoreUnavailable as exc:
+        # Health is unauthenticated: the cause (file path, OS error) goes to the journal,
+        # the answer only says that the storage is down.
+        log.warning("health: storage unavailable: %s", exc)
         return Response(
-            content={"status": "error", "database": {"ok": False, "error": str(exc)}},
+            content={"status": "error", "database": {"ok": False, "error": "unavailable"}},
             status_code=503,
         )
     paused = rt.worker.paused()
     crms: dict[str, Any] = {}
     for name, adapter in rt.adapters.items():
         state = states.get(name)
-        expires = adapter.token_expires_at()
+        expires = adapter.connection.token_expires_at()
         crms[name] = {
             "paused": name in paused,
             "paused_reason": paused.get(name),
@@ -425,7 +488,7 @@ async def health(request: Request[Any, Any, State]) -> Response[Any]:
             "last_error": state.last_error if state else None,
             "last_error_at": state.last_error_at if state else None,
             "token_expires_at": _iso(expires),
-            **adapter.health_details(),
+            **adapter.connection.health_details(),
         }
     oldest_age = now - queue.oldest_pending_at if queue.oldest_pending_at else None
     rt.metrics.queue_depth.set(queue.depth)
@@ -472,7 +535,19 @@ def _iso(timestamp: float | None) -> str | None:
 
 
 def _internal_error(request: Request[Any, Any, State], exc: Exception) -> Response[Any]:
+    """Every error answer of the Litestar routes (404, 405, 500...), with its row in the
+    request log: rejected requests are logged too (SPEC §7)."""
+    path = clip(request.url.path, 200)
     if isinstance(exc, HTTPException):
-        return Response(content={"error": exc.detail}, status_code=exc.status_code)
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return Response(content={"error": "internal_error"}, status_code=500)
+        code, content = exc.status_code, {"error": exc.detail}
+        detail = f"method {clip(request.method, 16)}" if code == 405 else ""
+    else:
+        log.exception("unhandled error on %s %s", clip(request.method, 16), path)
+        code, content, detail = 500, {"error": "internal_error"}, "internal error"
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is not None:
+        client = request.client
+        remote = clip(client.host, 64) if client else ""
+        # The row only: a metrics label per path a scanner tries would grow without end.
+        runtime.store.log_request(RequestRecord(path, remote, "not checked", code, None, detail))
+    return Response(content=content, status_code=code)

@@ -180,7 +180,7 @@ async def crm_findings(
     except BridgeError as exc:  # stored tokens that cannot be read
         return [problem(f"crm.{name}: not authorised: {exc}")]
     finally:
-        await adapter.aclose()
+        await adapter.connection.aclose()
     found = [
         ok(
             f"crm.{name}: reachable and authorised ({len(schema.pipelines)} pipelines,"

@@ -181,6 +181,57 @@ class DealResult:
 
 
 @dataclass(frozen=True)
+class Journal:
+    """What one delivery has done in its CRM so far (SPEC §3), so a retry resumes there.
+
+    The store keeps one row per step (`steps` / `from_steps`): `contact`, `deal` (with
+    whether it was created), `fields` (the payment's deal fields are written) and `note`.
+    A journal passed to the store's `record_steps` holds only the steps just completed.
+    """
+
+    contact_id: str | None = None
+    deal: DealResult | None = None
+    fields: bool = False
+    note: bool = False
+
+    @property
+    def is_empty(self) -> bool:
+        return self == Journal()
+
+    def steps(self) -> dict[str, object]:
+        rows: dict[str, object] = {}
+        if self.contact_id is not None:
+            rows["contact"] = {"id": self.contact_id}
+        if self.deal is not None:
+            rows["contact"] = {"id": self.deal.contact_id}
+            rows["deal"] = {
+                "id": self.deal.deal_id,
+                "created": self.deal.deal_created,
+                "pipeline_id": self.deal.pipeline_id,
+            }
+        if self.fields:
+            rows["fields"] = True
+        if self.note:
+            rows["note"] = True
+        return rows
+
+    @classmethod
+    def from_steps(cls, rows: Mapping[str, object]) -> Journal:
+        """Read what the store kept; a step of an unexpected shape counts as not done."""
+        contact, deal = rows.get("contact"), rows.get("deal")
+        contact_id = str(contact["id"]) if isinstance(contact, dict) and contact.get("id") else None
+        result = None
+        if isinstance(deal, dict) and deal.get("id"):
+            result = DealResult(
+                contact_id=contact_id or "",
+                deal_id=str(deal["id"]),
+                deal_created=bool(deal.get("created")),
+                pipeline_id=str(deal.get("pipeline_id") or ""),
+            )
+        return cls(contact_id, result, rows.get("fields") is True, rows.get("note") is True)
+
+
+@dataclass(frozen=True)
 class KnownRefs:
     """Where a customer's last successful payment went in one CRM."""
 

@@ -13,9 +13,8 @@ found again by the normal lookups (a created deal always carries the payment id)
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from bridge import rules
@@ -25,6 +24,7 @@ from bridge.domain import (
     ContactPatch,
     Deal,
     DealResult,
+    Journal,
     KnownRefs,
     NewContact,
     NewDeal,
@@ -33,7 +33,7 @@ from bridge.domain import (
 from bridge.errors import NotFound
 from bridge.settings import CrmConfig, PaymentRules
 
-RecordSteps = Callable[[Mapping[str, Any]], Awaitable[None]]
+RecordSteps = Callable[[Journal], Awaitable[None]]  # journals the steps just completed
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class FlowOutcome:
 async def deliver_payment(
     payment: Payment,
     ctx: FlowContext,
-    journal: Mapping[str, Any],
+    journal: Journal,
     record: RecordSteps,
     *,
     first_attempt: bool,
@@ -62,25 +62,25 @@ async def deliver_payment(
 ) -> FlowOutcome:
     """Run (or resume) one payment in one CRM; raises the `CrmError` family."""
     warnings: list[str] = []
-    if "fields" in journal and "deal" in journal:
-        result = _result_from_journal(journal)
+    if journal.fields and journal.deal is not None:
+        result = journal.deal
     else:
         result = await _resolve_and_apply(payment, ctx, journal, record, warnings, known)
-    if "note" not in journal:
+    if not journal.note:
         await _add_note_once(payment, ctx, result.deal_id, check_remote=not first_attempt)
-        await record({"note": True})
+        await record(Journal(note=True))
     return FlowOutcome(result, tuple(warnings))
 
 
 async def _resolve_and_apply(
     payment: Payment,
     ctx: FlowContext,
-    journal: Mapping[str, Any],
+    journal: Journal,
     record: RecordSteps,
     warnings: list[str],
     known: KnownRefs | None,
 ) -> DealResult:
-    resolved = await _known_contact_and_deals(ctx, known) if "contact" not in journal else None
+    resolved = await _known_contact_and_deals(ctx, known) if journal.contact_id is None else None
     if resolved is None:
         contact = await _find_contact(payment, ctx, journal)
         if contact is None:
@@ -105,7 +105,7 @@ async def _resolve_and_apply(
     warnings.extend(field_warnings)
     await ctx.adapter.update_deal(deal.id, updates)
     result = DealResult(contact.id, deal.id, False, deal.pipeline_id)
-    await record({"fields": True})
+    await record(Journal(fields=True))
     return result
 
 
@@ -132,12 +132,9 @@ async def _known_contact_and_deals(
     return contact, await ctx.adapter.list_deals(contact, known=[deal])
 
 
-async def _find_contact(
-    payment: Payment, ctx: FlowContext, journal: Mapping[str, Any]
-) -> Contact | None:
-    known = journal.get("contact")
-    if isinstance(known, dict) and known.get("id"):
-        return Contact(id=str(known["id"]))
+async def _find_contact(payment: Payment, ctx: FlowContext, journal: Journal) -> Contact | None:
+    if journal.contact_id:
+        return Contact(id=journal.contact_id)
     return await ctx.adapter.find_contact(payment.customer.lookup_keys(), rules.contact_matches)
 
 
@@ -206,33 +203,12 @@ def _require_creation(ctx: FlowContext, what: str) -> None:
         raise NotFound(ctx.adapter.name, f"no {what} found and CREATE_IF_NOT_FOUND=false")
 
 
-def _steps(result: DealResult, *, fields: bool = False) -> dict[str, Any]:
-    steps: dict[str, Any] = {
-        "contact": {"id": result.contact_id},
-        "deal": {
-            "id": result.deal_id,
-            "created": result.deal_created,
-            "pipeline_id": result.pipeline_id,
-        },
-    }
-    if fields:
-        steps["fields"] = True
-    return steps
+def _steps(result: DealResult, *, fields: bool = False) -> Journal:
+    return Journal(contact_id=result.contact_id, deal=result, fields=fields)
 
 
-def _result_from_journal(journal: Mapping[str, Any]) -> DealResult:
-    deal = journal["deal"]
-    return DealResult(
-        contact_id=str(journal["contact"]["id"]),
-        deal_id=str(deal["id"]),
-        deal_created=bool(deal["created"]),
-        pipeline_id=str(deal["pipeline_id"]),
-    )
-
-
-def _created_before(journal: Mapping[str, Any]) -> bool:
+def _created_before(journal: Journal) -> bool:
     # A crash between the CRM write and the journal write loses only this flag; the
     # deal itself is found by the payment id it carries. Reported as created (the
     # common case: a new deal is written together with its fields).
-    deal = journal.get("deal")
-    return bool(deal.get("created")) if isinstance(deal, dict) else True
+    return journal.deal.deal_created if journal.deal is not None else True

@@ -8,10 +8,14 @@ Two sources, as SPEC §11 asks:
 
 from __future__ import annotations
 
+import os
+import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
+from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -105,12 +109,16 @@ class ContactFieldIds(_Strict):
 class CrmConfig(_Strict):
     """One CRM section of the TOML file: `[crm.<name>]`."""
 
-    kind: Literal["amocrm", "hubspot", "pipedrive", "bitrix24", "zoho"] = "amocrm"
+    kind: str = "amocrm"  # a key of `bridge.crm.BUILDERS`
     enabled: bool = True
     base_url: str
     auth: Literal["long_lived_token", "oauth"] = "long_lived_token"
     rate_limit_per_second: float = Field(default=6.5, gt=0)
     request_timeout_seconds: float = Field(default=15.0, gt=0)
+    # How long a write whose answer was lost (timeout, dropped connection) is given to
+    # land before the remote state is looked at again; never less than the request
+    # timeout. A CRM that queues work applies it after the bridge stopped waiting.
+    late_write_seconds: float = Field(default=120.0, gt=0)
     closed_status_ids: tuple[str, ...] = ("142", "143")
     excluded_status_ids: tuple[str, ...] = ()
     pipeline_rules: tuple[PipelineRule, ...] = ()
@@ -122,6 +130,15 @@ class CrmConfig(_Strict):
     # Settings only one kind of CRM understands (e.g. Pipedrive's daily token budget);
     # each adapter documents and validates its own.
     options: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        from bridge.crm import BUILDERS  # late: the registry imports this module
+
+        if value not in BUILDERS:
+            raise ValueError(f"Input should be one of {', '.join(map(repr, BUILDERS))}")
+        return value
 
     @field_validator("closed_status_ids", "excluded_status_ids", mode="before")
     @classmethod
@@ -160,6 +177,13 @@ class Settings(BaseSettings):
     platform_timezone: str = "Europe/Moscow"
     display_timezone: str = "Europe/Moscow"
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # HTTP limits (bridge.server, README "Decisions"): they bound what one client can hold.
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+    keep_alive_seconds: int = Field(default=5, ge=1)
+    max_connections: int = Field(default=256, ge=1)
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed: the reverse proxy only.
+    forwarded_allow_ips: str = "127.0.0.1,::1"
 
     # Comma-separated, so several can be active at once during a rotation.
     webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = ()
@@ -186,10 +210,6 @@ class Settings(BaseSettings):
     pipedrive_redirect_uri: str = ""
     pipedrive_refresh_token: SecretStr | None = None
 
-    zoho_client_id: str = ""
-    zoho_client_secret: SecretStr | None = None
-    zoho_refresh_token: SecretStr | None = None
-
     bitrix24_webhook_url: SecretStr | None = None
     bitrix24_client_id: str = ""
     bitrix24_client_secret: SecretStr | None = None
@@ -201,6 +221,9 @@ class Settings(BaseSettings):
     pause_probe_seconds: float = Field(default=30.0, gt=0)
 
     file: FileConfig = FileConfig()
+    # Secrets of configured CRMs by derived name (`crm_secrets`), gathered once at start
+    # from the environment and `.env`: their names depend on the TOML file's sections.
+    crm_env: dict[str, SecretStr] = Field(default_factory=dict)
 
     @property
     def enabled_crms(self) -> tuple[str, ...]:
@@ -226,6 +249,78 @@ class Settings(BaseSettings):
 
 def secret_value(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
+
+
+SECRET_SUFFIXES = (
+    "ACCESS_TOKEN",
+    "API_TOKEN",
+    "WEBHOOK_URL",
+    "CLIENT_ID",
+    "CLIENT_SECRET",
+    "REDIRECT_URI",
+    "REFRESH_TOKEN",
+)
+_SECRET_NAME = re.compile(rf"[A-Z0-9_]+_(?:{'|'.join(SECRET_SUFFIXES)})")
+
+
+@dataclass(frozen=True)
+class CrmSecrets:
+    """One configured CRM's secrets. `[crm.NAME]` reads `<PREFIX>_<SUFFIX>`, PREFIX being
+    NAME upper-cased with anything but letters and digits as `_` (`[crm.amo-sandbox]` →
+    `AMO_SANDBOX_ACCESS_TOKEN`). `token_name` is the kind's long-lived secret (ACCESS_TOKEN,
+    Pipedrive's API_TOKEN, Bitrix24's WEBHOOK_URL)."""
+
+    prefix: str
+    token_name: str
+    token: str | None = None
+    client_id: str = ""
+    client_secret: str | None = None
+    redirect_uri: str = ""
+    refresh_token: str | None = None
+
+    def var(self, suffix: str) -> str:
+        """The environment variable holding one of these secrets (for messages)."""
+        return f"{self.prefix}_{suffix}"
+
+
+def secret_prefix(name: str) -> str:
+    return re.sub(r"[^A-Z0-9]", "_", name.upper())
+
+
+def crm_secrets(settings: Settings, name: str, token_name: str) -> CrmSecrets:
+    """The secrets of `[crm.NAME]`: derived variables first; a section named like its kind
+    also reads the settings fields of that kind (today's `AMOCRM_ACCESS_TOKEN`, ...)."""
+    prefix = secret_prefix(name)
+    config = settings.file.crm.get(name)
+    legacy = config is not None and config.kind == name
+
+    def value(suffix: str) -> str | None:
+        derived = settings.crm_env.get(f"{prefix}_{suffix}")
+        if derived is not None:
+            return derived.get_secret_value() or None
+        raw = getattr(settings, f"{name}_{suffix.lower()}", None) if legacy else None
+        return raw.get_secret_value() if isinstance(raw, SecretStr) else raw or None
+
+    return CrmSecrets(
+        prefix=prefix,
+        token_name=token_name,
+        token=value(token_name),
+        client_id=value("CLIENT_ID") or "",
+        client_secret=value("CLIENT_SECRET"),
+        redirect_uri=value("REDIRECT_URI") or "",
+        refresh_token=value("REFRESH_TOKEN"),
+    )
+
+
+def _crm_environment(env_file: Path) -> dict[str, SecretStr]:
+    """Every variable named like a CRM secret, from `.env` then the environment (which
+    wins, as for every other setting)."""
+    found = {**dotenv_values(env_file), **os.environ} if env_file.exists() else dict(os.environ)
+    return {
+        key: SecretStr(value)
+        for key, value in found.items()
+        if value is not None and _SECRET_NAME.fullmatch(key)
+    }
 
 
 def load_file_config(path: Path) -> FileConfig:
@@ -256,6 +351,9 @@ def load_settings(**overrides: object) -> Settings:
             for error in exc.errors()
         )
         raise ConfigError(f"environment: {problems}") from exc
+    if "crm_env" not in overrides:
+        crm_env = _crm_environment(Path(".env"))
+        env_settings = env_settings.model_copy(update={"crm_env": crm_env})
     if "file" in overrides:
         return env_settings
     file_config = load_file_config(env_settings.config_file)

@@ -7,7 +7,7 @@ to repeat by `flow`. The worker adds what the flow cannot know:
 - pausing a CRM whose credentials fail: its deliveries wait, no attempt is burnt, and
   one delivery probes every `pause_probe_seconds` until the credentials work again;
 - telling waiting HTTP handlers when an event has settled.
-`run_once()` processes what is due now and returns; tests and `bridge retry` use it.
+An attempt ends as one `Attempt` value, which recording and logging `match` on.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import ClassVar
 from zoneinfo import ZoneInfo
 
+from pydantic import ValidationError
+
 from bridge.crm.base import CrmAdapter, counting_calls
-from bridge.domain import KnownRefs
+from bridge.domain import DealResult, Journal, KnownRefs
 from bridge.errors import (
     AuthError,
     NotFound,
@@ -34,12 +36,54 @@ from bridge.errors import (
 from bridge.flow import FlowContext, deliver_payment
 from bridge.intake import customer_identity, payment_from_stored
 from bridge.logs import mask_keys
-from bridge.settings import Settings
+from bridge.payloads import validation_details
+from bridge.settings import CrmConfig, Settings
 from bridge.store import DeliveryJob, Store
 
 log = logging.getLogger("bridge.worker")
 
 Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Delivered:
+    outcome: ClassVar[str] = "success"
+    result: DealResult
+    warnings: tuple[str, ...]
+    remember: KnownRefs
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Try again later: at the schedule's next step, or `retry_after` if that is later."""
+
+    outcome: ClassVar[str] = "retry"
+    error: str
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Paused:
+    """Credentials failed: the CRM waits, and this attempt does not count."""
+
+    outcome: ClassVar[str] = "paused"
+    error: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    outcome: ClassVar[str] = "failed"
+    error: str
+
+
+@dataclass(frozen=True)
+class NotFoundOutcome:
+    outcome: ClassVar[str] = "not_found"
+    error: str
+
+
+Attempt = Delivered | Retry | Paused | Failed | NotFoundOutcome
+_LOG_LEVELS = {"not_found": logging.INFO, "paused": logging.WARNING}
 
 
 @dataclass
@@ -106,16 +150,6 @@ class Worker:
                 self._store_failed(None, exc)
             await self._sleep_until_due()
 
-    async def run_once(self) -> None:
-        """Deliver everything due now (including retries that come due meanwhile)."""
-        while True:
-            started = await self._dispatch()
-            if not self._running:
-                if not started:
-                    return
-                continue
-            await asyncio.wait(list(self._running.values()))
-
     async def stop(self, grace_seconds: float) -> None:
         """Stop taking work; give running deliveries `grace_seconds`, then abandon them.
 
@@ -135,7 +169,7 @@ class Worker:
         """A CRM with no credentials yet (a fresh install) waits, and health says why."""
         for crm, adapter in self.adapters.items():
             try:
-                problem = await adapter.credentials_problem()
+                problem = await adapter.connection.credentials_problem()
             except StoreUnavailable as exc:
                 problem = f"cannot read stored credentials: {exc}"
             if problem is not None:
@@ -218,24 +252,24 @@ class Worker:
         try:
             await self.store.mark_processing(job.delivery_id)
             with counting_calls() as stats:
-                outcome, detail = await self._attempt(job)
-            await self._record(job, outcome, detail, stats.calls)
+                attempt = await self._attempt(job)
+            await self._record(job, attempt, stats.calls)
         except StoreUnavailable as exc:
             self._store_failed(job.delivery_id, exc)
             return
         elapsed_ms = (time.perf_counter() - started) * 1000
-        self._log_outcome(job, outcome, detail, stats.calls, elapsed_ms)
+        self._log_outcome(job, attempt, stats.calls, elapsed_ms)
         if self.on_outcome is not None:
-            self.on_outcome(job.crm, outcome, elapsed_ms)
+            self.on_outcome(job.crm, attempt.outcome, elapsed_ms)
 
-    async def _attempt(self, job: DeliveryJob) -> tuple[str, dict[str, Any]]:
+    async def _attempt(self, job: DeliveryJob) -> Attempt:
         adapter = self.adapters[job.crm]
         try:
             payment, warnings = payment_from_stored(job.payload, job.received_at, self.settings)
             journal = await self.store.journal(job.delivery_id)
 
-            async def record(steps: Mapping[str, Any]) -> None:
-                await self.store.record_steps(job.delivery_id, steps)
+            async def record(done: Journal) -> None:
+                await self.store.record_steps(job.delivery_id, done)
 
             identity = customer_identity(payment.customer)
             known = await self.store.known_refs(job.crm, job.customer_keys)
@@ -244,38 +278,34 @@ class Worker:
                 self._context(job.crm, adapter),
                 journal,
                 record,
-                first_attempt=job.attempts == 1 and not journal,
+                first_attempt=job.attempts == 1 and journal.is_empty,
                 known=known if known is not None and known.identity == identity else None,
             )
         except NotFound as exc:
-            return "not_found", {"error": exc.message}
+            return NotFoundOutcome(exc.message)
         except AuthError as exc:
-            return "paused", {"error": exc.message}
+            return Paused(exc.message)
         except PermanentCrmError as exc:
-            return "failed", {"error": exc.message}
+            return Failed(exc.message)
         except RateLimited as exc:
-            return "retry", {"error": exc.message, "retry_after": exc.retry_after}
+            return Retry(exc.message, exc.retry_after)
         except TransientCrmError as exc:
-            late = self.settings.file.crm[job.crm].request_timeout_seconds
-            return "retry", {
-                "error": exc.message,
-                "retry_after": late if exc.maybe_applied else None,
-            }
+            late = late_write_wait(self.settings.file.crm[job.crm])
+            return Retry(exc.message, late if exc.maybe_applied else None)
         except StoreUnavailable:
             raise
+        except ValidationError as exc:
+            # Stored before intake refused such bodies (e.g. a lone surrogate): no retry
+            # can deliver it, so the operator sees it failed now, not in three days.
+            fields = ", ".join(d["field"] for d in validation_details(exc))
+            return Failed(f"the stored body is not valid: {fields}")
         except Exception as exc:
             log.exception("delivery %s/%s: unexpected error", job.key, job.crm)
-            return "retry", {"error": f"internal error: {type(exc).__name__}: {exc}"}
+            return Retry(f"internal error: {type(exc).__name__}: {exc}")
         self._paused.pop(job.crm, None)
         result = outcome.result
-        return "success", {
-            "contact_id": result.contact_id,
-            "deal_id": result.deal_id,
-            "deal_created": result.deal_created,
-            "pipeline_id": result.pipeline_id,
-            "warnings": [*warnings, *outcome.warnings],
-            "remember": KnownRefs(result.contact_id, result.deal_id, identity, job.customer_keys),
-        }
+        remember = KnownRefs(result.contact_id, result.deal_id, identity, job.customer_keys)
+        return Delivered(result, (*warnings, *outcome.warnings), remember)
 
     def _context(self, crm: str, adapter: CrmAdapter) -> FlowContext:
         return FlowContext(
@@ -286,48 +316,46 @@ class Worker:
             display_tz=ZoneInfo(self.settings.display_timezone),
         )
 
-    async def _record(
-        self, job: DeliveryJob, outcome: str, detail: dict[str, Any], calls: int
-    ) -> None:
-        error = detail.get("error")
-        if outcome == "success":
-            await self.store.finish_delivery(
-                job.delivery_id,
-                status="success",
-                contact_id=detail["contact_id"],
-                deal_id=detail["deal_id"],
-                deal_created=detail["deal_created"],
-                pipeline_id=detail["pipeline_id"],
-                crm_calls=calls,
-                remember=detail["remember"],
-            )
-            await self.store.set_crm_state(job.crm, success=True)
-        elif outcome == "paused":
-            self._pause(job.crm, str(error))
-            await self.store.finish_delivery(
-                job.delivery_id,
-                status="pending",
-                error=error,
-                crm_calls=calls,
-                count_attempt=False,
-            )
-            await self.store.set_crm_state(job.crm, paused_reason=str(error), error=error)
-        elif outcome == "retry":
-            next_at = self._next_attempt_at(job.attempts, detail.get("retry_after"))
-            await self.store.finish_delivery(
-                job.delivery_id,
-                status="retrying" if next_at is not None else "dead",
-                error=error,
-                crm_calls=calls,
-                next_attempt_at=next_at,
-            )
-            await self.store.set_crm_state(job.crm, error=error)
-        else:  # failed, not_found
-            await self.store.finish_delivery(
-                job.delivery_id, status=outcome, error=error, crm_calls=calls
-            )
-            if outcome == "failed":
-                await self.store.set_crm_state(job.crm, error=error)
+    async def _record(self, job: DeliveryJob, attempt: Attempt, calls: int) -> None:
+        crm, delivery_id = job.crm, job.delivery_id
+        match attempt:
+            case Delivered(result=result, remember=remember):
+                await self.store.finish_delivery(
+                    delivery_id,
+                    status="success",
+                    contact_id=result.contact_id,
+                    deal_id=result.deal_id,
+                    deal_created=result.deal_created,
+                    pipeline_id=result.pipeline_id,
+                    crm_calls=calls,
+                    remember=remember,
+                )
+                await self.store.set_crm_state(crm, success=True)
+            case Paused(error=error):
+                self._pause(crm, error)
+                await self.store.finish_delivery(
+                    delivery_id, status="pending", error=error, crm_calls=calls, count_attempt=False
+                )
+                await self.store.set_crm_state(crm, paused_reason=error, error=error)
+            case Retry(error=error, retry_after=retry_after):
+                next_at = self._next_attempt_at(job.attempts, retry_after)
+                await self.store.finish_delivery(
+                    delivery_id,
+                    status="retrying" if next_at is not None else "dead",
+                    error=error,
+                    crm_calls=calls,
+                    next_attempt_at=next_at,
+                )
+                await self.store.set_crm_state(crm, error=error)
+            case Failed(error=error):
+                await self.store.finish_delivery(
+                    delivery_id, status="failed", error=error, crm_calls=calls
+                )
+                await self.store.set_crm_state(crm, error=error)
+            case NotFoundOutcome(error=error):
+                await self.store.finish_delivery(
+                    delivery_id, status="not_found", error=error, crm_calls=calls
+                )
 
     # ---- database outages --------------------------------------------------------------
 
@@ -363,7 +391,7 @@ class Worker:
     def _late_write_delay(self) -> float:
         """A write abandoned mid-request may still land at the CRM within its timeout."""
         configs = self.settings.file.crm
-        return max((configs[name].request_timeout_seconds for name in self.adapters), default=0)
+        return max((late_write_wait(configs[name]) for name in self.adapters), default=0)
 
     def _next_attempt_at(self, attempts: int, retry_after: float | None = None) -> float | None:
         schedule = self.settings.retry_schedule_seconds
@@ -377,27 +405,34 @@ class Worker:
             log.error("%s paused: %s", crm, reason)
         self._paused[crm] = _Pause(reason, self.clock() + self.pause_probe_seconds)
 
-    def _log_outcome(
-        self, job: DeliveryJob, outcome: str, detail: dict[str, Any], calls: int, ms: float
-    ) -> None:
-        level = logging.INFO if outcome in ("success", "not_found") else logging.ERROR
-        if outcome == "paused":
-            level = logging.WARNING
+    def _log_outcome(self, job: DeliveryJob, attempt: Attempt, calls: int, ms: float) -> None:
         parts = [
             f"event={job.kind}:{job.key}",
             f"crm={job.crm}",
-            f"outcome={outcome}",
+            f"outcome={attempt.outcome}",
             f"attempt={job.attempts}",
         ]
-        if outcome == "success":
-            parts += [
-                f"contact={detail['contact_id']}",
-                f"deal={detail['deal_id']}",
-                f"created={'yes' if detail['deal_created'] else 'no'}",
-            ]
-        parts += [f"calls={calls}", f"ms={ms:.0f}", f"customer={mask_keys(job.customer_keys)}"]
-        if detail.get("error"):
-            parts.append(f"error={detail['error']!r}")
-        for warning in detail.get("warnings", []):
-            parts.append(f"warning={warning!r}")
+        tail = [f"calls={calls}", f"ms={ms:.0f}", f"customer={mask_keys(job.customer_keys)}"]
+        match attempt:
+            case Delivered(result=result, warnings=warnings):
+                level = logging.INFO
+                parts += [
+                    f"contact={result.contact_id}",
+                    f"deal={result.deal_id}",
+                    f"created={'yes' if result.deal_created else 'no'}",
+                    *tail,
+                    *(f"warning={warning!r}" for warning in warnings),
+                ]
+            case _:
+                level = _LOG_LEVELS.get(attempt.outcome, logging.ERROR)
+                parts += [*tail, f"error={attempt.error!r}"] if attempt.error else tail
         log.log(level, " ".join(parts))
+
+
+def late_write_wait(config: CrmConfig) -> float:
+    """Seconds before a write whose answer was lost is looked for in the CRM again.
+
+    Not just the request timeout: the CRM may apply the write long after the bridge
+    stopped waiting for its answer (issue 13.12 saw notes land after twice the timeout,
+    and the look before that wrote them again)."""
+    return max(config.late_write_seconds, config.request_timeout_seconds)

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,36 @@ AMO_URL = "https://reference.amocrm.test"
 SECRET = "test-hmac-secret"
 
 
+# The note of `payment_payload("pay_new", utm_source="advcake")`, as every CRM shows it.
+EXPECTED_NOTE = """Оплата проведена
+
+Имя клиента: Иван Петров
+Дата/время: 2025-01-20 14:49:20 (Moscow)
+Дата/время UTC: 2025-01-20T11:49:20Z
+Статус: CONFIRMED
+Сумма: 10000 RUB
+Метод оплаты: SBP
+Курсы:
+  Годовой 2к25 стандарт (Русский)
+  Годовой 2к25 стандарт (Обществознание)
+Промокод: PROMO2025
+TGID: 123456789 | TG Username: @ivan_petrov | Телефон: +79991234567
+Источник: advcake
+Invoice ID: inv_pay_new
+Payment ID: pay_new"""
+
+
 def reference_file_config(**crm_changes: Any) -> FileConfig:
     """The example config (the reference account), pointed at the fake."""
     config = load_file_config(EXAMPLE_CONFIG)
     # A short request timeout: a write whose answer was lost is looked for again only
     # after it (it may still land), and tests should not wait 15 s for that.
-    changes = {"base_url": AMO_URL, "request_timeout_seconds": 1.0, **crm_changes}
+    changes = {
+        "base_url": AMO_URL,
+        "request_timeout_seconds": 1.0,
+        "late_write_seconds": 1.0,
+        **crm_changes,
+    }
     amo = config.crm["amocrm"].model_copy(update=changes)
     return config.model_copy(update={"crm": {"amocrm": amo}})
 
@@ -178,3 +203,16 @@ def run_bridge(tmp_path: Path, fake_amo: FakeAmoCrm) -> Callable[..., Any]:
             yield Bridge(client, settings, fake_amo)
 
     return factory
+
+
+def crm_calls(bridge: Bridge, payment_id: str) -> int:
+    """The CRM calls the delivery of one payment made (as the audit row records them)."""
+    [(calls,)] = bridge.query(
+        "SELECT d.crm_calls FROM deliveries d JOIN events e ON e.id = d.event_id WHERE e.key = ?",
+        (payment_id,),
+    )
+    return int(calls)
+
+
+def number(value: object) -> Decimal:
+    return Decimal(str(value))

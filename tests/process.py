@@ -64,12 +64,14 @@ def write_config(
 ) -> Path:
     """The example config (etc/bridge.example.toml) with a few lines replaced.
 
-    The request timeout is short because a restarted bridge waits that long before
-    looking again at a write it abandoned (it may still land at the CRM)."""
+    The request timeout (and the late-write wait, set equal to it) is short because a
+    restarted bridge waits that long before looking again at a write it abandoned (it
+    may still land at the CRM)."""
     text = EXAMPLE_CONFIG.read_text(encoding="utf-8")
     changes = {
         "base_url": json.dumps(base_url),
         "request_timeout_seconds": str(request_timeout_seconds),
+        "late_write_seconds": str(request_timeout_seconds),
     }
     if excluded_status_ids is not None:
         changes["excluded_status_ids"] = json.dumps(excluded_status_ids)

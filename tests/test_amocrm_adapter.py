@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from bridge.crm.amocrm import AmoCrm, build_amocrm, field_values_json, search_query
-from bridge.crm.base import RateLimiter
 from bridge.domain import (
     Contact,
     ContactPatch,
@@ -28,12 +24,12 @@ from bridge.domain import (
     NewDeal,
     Utm,
 )
-from bridge.errors import AuthError, PermanentCrmError, RateLimited, TransientCrmError
-from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
+from bridge.errors import AuthError, PermanentCrmError, RateLimited
+from bridge.settings import CrmConfig, load_file_config
 from bridge.tokens import TokenPair
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.amocrm_account import PHONE_FIELD
-from tests.fakes.server import serve_in_thread
+from tests.fakes.memory import MemoryTokens, adapter_on
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_URL = "https://reference.amocrm.test"
@@ -51,57 +47,9 @@ PAID_AT = datetime(2025, 1, 20, 11, 49, 20, tzinfo=UTC)
 CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
 
 
-@dataclass
-class MemoryTokens:
-    """A `TokenRepository` in memory; `saved` records every pair stored, in order."""
-
-    pair: TokenPair | None = None
-    saved: list[TokenPair] = field(default_factory=list)
-
-    async def load_tokens(self, crm: str) -> TokenPair | None:
-        return self.pair
-
-    async def save_tokens(self, crm: str, pair: TokenPair) -> None:
-        self.pair = pair
-        self.saved.append(pair)
-
-
-async def no_wait(seconds: float) -> None:
-    await asyncio.sleep(0)
-
-
-def make_adapter(
-    fake: FakeAmoCrm,
-    *,
-    config: CrmConfig = CONFIG,
-    tokens: MemoryTokens | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
-    real_limiter: bool = False,
-    on_call: Callable[[str, str, float, int], None] | None = None,
-    **env: Any,
-) -> AmoCrm:
-    values: dict[str, Any] = {
-        "amocrm_client_id": fake.client_id,
-        "amocrm_client_secret": fake.client_secret,
-        "amocrm_redirect_uri": fake.redirect_uri,
-    }
-    if config.auth == "long_lived_token":
-        values["amocrm_access_token"] = fake.issue_token(ttl=3600)
-    values.update(env)
-    settings = Settings(_env_file=None, file=FileConfig(crm={"amocrm": config}), **values)
-    adapter = build_amocrm(
-        "amocrm",
-        config,
-        settings,
-        tokens or MemoryTokens(),
-        transport=transport or fake.transport(),
-        on_call=on_call,
-        clock=fake.clock,
-    )
-    if not real_limiter:  # keep quick retries quick; the rate itself is tested apart
-        adapter.http.limiter = RateLimiter(1000, sleep=no_wait)
-        adapter.http.backoff_initial, adapter.http.backoff_max = 0.001, 0.01
-    return adapter
+def make_adapter(fake: FakeAmoCrm, *, config: CrmConfig = CONFIG, **options: Any) -> AmoCrm:
+    static = {"amocrm_access_token": fake.issue_token(ttl=3600)}
+    return adapter_on(build_amocrm, fake, config, static=static, **options)
 
 
 @pytest.fixture
@@ -113,7 +61,7 @@ def fake() -> FakeAmoCrm:
 async def amo(fake: FakeAmoCrm) -> AsyncIterator[AmoCrm]:
     adapter = make_adapter(fake)
     yield adapter
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 def phone_key(value: str = "+79991234567") -> LookupKey:
@@ -438,15 +386,6 @@ async def test_unknown_pipeline_or_status_is_permanent(fake: FakeAmoCrm, amo: Am
     assert fake.contacts() == [] and fake.leads() == []
 
 
-async def test_a_value_that_cannot_be_sent_fails_before_any_call(
-    fake: FakeAmoCrm, amo: AmoCrm
-) -> None:
-    naive = FieldUpdate(LAST_AT, FieldKind.DATETIME, datetime(2025, 1, 20))
-    with pytest.raises(PermanentCrmError, match=r"leads\.update"):
-        await amo.update_deal("1", [naive])
-    assert fake.count() == 0
-
-
 # ---- notes --------------------------------------------------------------------------
 
 
@@ -466,28 +405,13 @@ async def test_notes_are_added_and_read_back(fake: FakeAmoCrm, amo: AmoCrm) -> N
 # ---- rate limits, faults, auth ------------------------------------------------------
 
 
-async def test_a_429_is_retried_quickly(fake: FakeAmoCrm, amo: AmoCrm) -> None:
-    fake.fail_next(1, status=429)
-    assert await amo.find_contacts(phone_key()) == []
-    assert fake.count(status=429) == 1
-    assert fake.count() == 2
-
-
-async def test_a_persistent_429_surfaces_rate_limited(fake: FakeAmoCrm, amo: AmoCrm) -> None:
-    fake.fail_next(10, status=429)
-    with pytest.raises(RateLimited):
-        await amo.find_contacts(phone_key())
-    assert fake.count() == amo.http.quick_tries
-    assert fake.throttled == amo.http.quick_tries
-
-
 async def test_a_burst_beyond_the_fakes_window_gets_429s(fake: FakeAmoCrm) -> None:
     adapter = make_adapter(fake)
-    adapter.http.quick_tries = 1
+    adapter.connection.http.quick_tries = 1
     results = await asyncio.gather(
         *(adapter.find_contacts(phone_key()) for _ in range(10)), return_exceptions=True
     )
-    await adapter.aclose()
+    await adapter.connection.aclose()
     assert sum(isinstance(result, RateLimited) for result in results) == 3
     assert fake.throttled == 3
 
@@ -496,49 +420,8 @@ async def test_the_adapters_own_limiter_stays_under_7_per_second(fake: FakeAmoCr
     adapter = make_adapter(fake, real_limiter=True)
     for _ in range(9):
         await adapter.find_contacts(phone_key())
-    await adapter.aclose()
+    await adapter.connection.aclose()
     assert fake.throttled == 0
-
-
-async def test_network_trouble_on_reads_is_retried_then_transient(
-    fake: FakeAmoCrm, amo: AmoCrm
-) -> None:
-    fake.fail_next(1, kind="timeout")
-    fake.fail_next(1, kind="drop")
-    assert await amo.find_contacts(phone_key()) == []
-    assert fake.count() == 3
-    fake.down()
-    with pytest.raises(TransientCrmError, match="cannot connect"):
-        await amo.find_contacts(phone_key())
-    fake.up()
-
-
-async def test_random_faults_are_reproducible_and_survivable(fake: FakeAmoCrm, amo: AmoCrm) -> None:
-    fake.fail_randomly(random.Random(7), p=0.5, kinds=("500", "timeout", "drop"))
-    outcomes = []
-    for _ in range(10):
-        try:
-            await amo.find_contacts(phone_key())
-            outcomes.append("ok")
-        except TransientCrmError:
-            outcomes.append("failed")
-    fake.fail_randomly(None)
-    assert "ok" in outcomes
-    assert fake.count() > 10
-    faults = {call.fault for call in fake.calls} - {None}
-    assert len(faults) >= 2 and faults <= {"500", "timeout", "drop"}
-
-
-async def test_a_write_applied_then_timed_out_is_not_repeated(
-    fake: FakeAmoCrm, amo: AmoCrm
-) -> None:
-    fake.fail_after_apply(1, kind="timeout")
-    with pytest.raises(TransientCrmError, match="timeout"):
-        await amo.create_contact_and_deal(new_contact(), new_deal())
-    assert fake.count(method="POST") == 1  # left to the flow's remote-state checks
-    assert len(fake.leads()) == 1  # the crash window, reproduced
-    [found] = await amo.find_contacts(phone_key())
-    assert found.deal_ids == (str(fake.leads()[0]["id"]),)
 
 
 async def test_401_with_a_long_lived_token_is_an_auth_error(fake: FakeAmoCrm) -> None:
@@ -547,38 +430,17 @@ async def test_401_with_a_long_lived_token_is_an_auth_error(fake: FakeAmoCrm) ->
     with pytest.raises(AuthError, match="401"):
         await adapter.find_contacts(phone_key())
     assert fake.count() == 1
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
     missing = make_adapter(fake, amocrm_access_token=None)
     with pytest.raises(AuthError, match="AMOCRM_ACCESS_TOKEN"):
         await missing.find_contacts(phone_key())
     assert fake.count() == 1  # nothing sent without a token
-    assert missing.token_expires_at() is None
-    await missing.aclose()
+    assert missing.connection.token_expires_at() is None
+    await missing.connection.aclose()
 
 
 OAUTH = CONFIG.model_copy(update={"auth": "oauth"})
-
-
-async def test_oauth_expired_token_is_refreshed_once_for_concurrent_requests(
-    fake: FakeAmoCrm,
-) -> None:
-    access, refresh = fake.issue_oauth_pair(ttl=3600)
-    tokens = MemoryTokens(TokenPair(access, refresh, fake.clock() + 3600))
-    adapter = make_adapter(fake, config=OAUTH, tokens=tokens)
-    fake.expire_all_access_tokens()  # amoCRM says 401 although we thought it valid
-
-    results = await asyncio.gather(
-        adapter.find_contacts(phone_key()), adapter.find_contacts(phone_key("+79990000000"))
-    )
-
-    assert list(results) == [[], []]
-    assert fake.count(path_prefix="/oauth2/") == 1
-    [saved] = tokens.saved
-    assert saved.refresh_token != refresh and saved.access_token != access
-    assert adapter.token_expires_at() == pytest.approx(fake.clock() + fake.oauth_ttl, abs=5)
-    assert fake.calls[-1].params  # the resent request went through
-    await adapter.aclose()
 
 
 async def test_oauth_refreshes_ahead_of_expiry_without_a_401(fake: FakeAmoCrm) -> None:
@@ -589,69 +451,7 @@ async def test_oauth_refreshes_ahead_of_expiry_without_a_401(fake: FakeAmoCrm) -
     assert fake.count(status=401) == 0
     assert [call.path for call in fake.calls] == ["/oauth2/access_token", "/api/v4/contacts"]
     assert len(tokens.saved) == 1
-    await adapter.aclose()
-
-
-async def test_oauth_bootstraps_from_a_refresh_token_in_the_environment(
-    fake: FakeAmoCrm,
-) -> None:
-    _, refresh = fake.issue_oauth_pair()
-    tokens = MemoryTokens()
-    adapter = make_adapter(fake, config=OAUTH, tokens=tokens, amocrm_refresh_token=refresh)
-    assert await adapter.find_contacts(phone_key()) == []
-    assert len(tokens.saved) == 1
-    await adapter.aclose()
-
-
-async def test_a_refresh_token_already_rotated_away_is_an_auth_error(
-    fake: FakeAmoCrm,
-) -> None:
-    access, refresh = fake.issue_oauth_pair()
-    async with httpx.AsyncClient(transport=fake.transport(), base_url=BASE_URL) as client:
-        rotated = await client.post(
-            "/oauth2/access_token",
-            json={
-                "client_id": fake.client_id,
-                "client_secret": fake.client_secret,
-                "redirect_uri": fake.redirect_uri,
-                "grant_type": "refresh_token",
-                "refresh_token": refresh,
-            },
-        )
-    assert rotated.status_code == 200
-    tokens = MemoryTokens(TokenPair(access, refresh, 0.0))  # stale: must refresh
-    adapter = make_adapter(fake, config=OAUTH, tokens=tokens)
-
-    with pytest.raises(AuthError, match="refresh token rejected") as error:
-        await adapter.find_contacts(phone_key())
-
-    assert "Token has been revoked" in str(error.value)
-    assert "bridge auth amocrm" in str(error.value)
-    assert refresh not in str(error.value) and fake.client_secret not in str(error.value)
-    assert tokens.saved == []
-    await adapter.aclose()
-
-
-async def test_oauth_without_client_credentials_is_an_auth_error(fake: FakeAmoCrm) -> None:
-    tokens = MemoryTokens(TokenPair("a", "r", 0.0))
-    adapter = make_adapter(fake, config=OAUTH, tokens=tokens, amocrm_client_id="")
-    with pytest.raises(AuthError, match="AMOCRM_CLIENT_ID"):
-        await adapter.find_contacts(phone_key())
-    assert fake.count() == 0
-    await adapter.aclose()
-
-
-async def test_exchange_code_stores_the_pair_and_uses_it(fake: FakeAmoCrm) -> None:
-    fake.register_code("code-1")
-    tokens = MemoryTokens()
-    adapter = make_adapter(fake, config=OAUTH, tokens=tokens)
-    pair = await adapter.exchange_code("code-1")
-    assert tokens.saved == [pair]
-    assert await adapter.find_contacts(phone_key()) == []
-    assert fake.count(path_prefix="/oauth2/") == 1
-    with pytest.raises(AuthError, match="authorization code rejected"):
-        await adapter.exchange_code("code-1")  # single use
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_schema_lists_pipelines_statuses_and_fields(fake: FakeAmoCrm, amo: AmoCrm) -> None:
@@ -675,30 +475,20 @@ async def test_on_call_sees_each_operation(fake: FakeAmoCrm) -> None:
     await adapter.find_contacts(phone_key())
     await adapter.create_contact_and_deal(new_contact(), new_deal())
     assert seen == [("amocrm", "contacts.search", 204), ("amocrm", "leads.complex", 200)]
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
-# ---- the same fake over a loopback port ---------------------------------------------
-
-
-async def test_the_asgi_app_serves_the_same_api_and_faults(fake: FakeAmoCrm) -> None:
-    base_url, stop = serve_in_thread(fake)
-    try:
-        config = CONFIG.model_copy(update={"base_url": base_url, "request_timeout_seconds": 0.5})
-        adapter = make_adapter(fake, config=config, transport=httpx.AsyncHTTPTransport())
-        contact, deal = await adapter.create_contact_and_deal(new_contact(), new_deal())
-        [found] = await adapter.find_contacts(phone_key())
-        assert found.deal_ids == (deal.id,) and found.id == contact.id
-        assert await adapter.find_contacts(LookupKey(KeyKind.EMAIL, "nobody@x")) == []
-
-        fake.asgi_hang_seconds = 5
-        fake.fail_next(1, kind="timeout")
-        fake.fail_next(1, kind="drop")
-        assert len(await adapter.list_deals(found)) == 1  # retried past both
-        fake.down()
-        with pytest.raises(TransientCrmError, match="503"):
-            await adapter.find_contacts(phone_key())
-        fake.up()
-        await adapter.aclose()
-    finally:
-        stop()
+async def test_a_restarted_adapter_respects_the_calls_its_previous_run_made(
+    fake: FakeAmoCrm,
+) -> None:
+    """Issue 13.14: after a SIGKILL the new run's limiter must not add a burst on top of
+    the last second of the old run's calls (the CRM counts both)."""
+    before_kill = make_adapter(fake, real_limiter=True)
+    for _ in range(7):
+        await before_kill.find_contacts(phone_key())
+    # No aclose: the process died. The next run starts at once.
+    after_restart = make_adapter(fake, real_limiter=True)
+    for _ in range(3):
+        await after_restart.find_contacts(phone_key())
+    await after_restart.connection.aclose()
+    assert fake.throttled == 0

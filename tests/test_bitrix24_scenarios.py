@@ -3,21 +3,14 @@ with `etc/crm-bitrix24.example.toml` as the only CRM; and what each payment cost
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from bridge.app import create_app
-from bridge.settings import FileConfig, load_file_config
-from tests.conftest import Bridge, make_settings, payment_payload, signed
-from tests.fakes.bitrix24 import EXAMPLE_CONFIG, FakeBitrix24
+from tests.conftest import EXPECTED_NOTE, crm_calls, number, payment_payload
+from tests.crm_cases import BY_NAME, Run, running
+from tests.fakes.bitrix24 import FakeBitrix24
 
 DEAL = {
     "subjects": "UF_CRM_SUBJECTS",
@@ -30,34 +23,8 @@ DEAL = {
     "count": "UF_CRM_PURCHASES",
 }
 TG_ID, TG_USERNAME = "UF_CRM_TG_ID", "UF_CRM_TG_USERNAME"
-
-EXPECTED_NOTE = """Оплата проведена
-
-Имя клиента: Иван Петров
-Дата/время: 2025-01-20 14:49:20 (Moscow)
-Дата/время UTC: 2025-01-20T11:49:20Z
-Статус: CONFIRMED
-Сумма: 10000 RUB
-Метод оплаты: SBP
-Курсы:
-  Годовой 2к25 стандарт (Русский)
-  Годовой 2к25 стандарт (Обществознание)
-Промокод: PROMO2025
-TGID: 123456789 | TG Username: @ivan_petrov | Телефон: +79991234567
-Источник: advcake
-Invoice ID: inv_pay_new
-Payment ID: pay_new"""
-
-
-def bitrix_file(**changes: Any) -> FileConfig:
-    """The example section, enabled, as the only CRM."""
-    config = load_file_config(EXAMPLE_CONFIG)
-    section = config.crm["bitrix24"].model_copy(update={"enabled": True, **changes})
-    return config.model_copy(update={"crm": {"bitrix24": section}})
-
-
-def number(value: Any) -> Decimal:
-    return Decimal(str(value))
+CASE = BY_NAME["bitrix24"]
+bitrix_file = CASE.file_config
 
 
 @pytest.fixture
@@ -66,26 +33,8 @@ def fake_bx() -> FakeBitrix24:
 
 
 @pytest.fixture
-def run_bx(tmp_path: Path, fake_bx: FakeBitrix24) -> Callable[..., Any]:
-    """`async with run_bx(**settings_overrides) as bridge:` — app with lifespan."""
-
-    @asynccontextmanager
-    async def factory(file: FileConfig | None = None, **overrides: Any) -> AsyncIterator[Bridge]:
-        overrides.setdefault("bitrix24_webhook_url", fake_bx.webhook_url())
-        settings = make_settings(tmp_path, file or bitrix_file(), **overrides)
-        app = create_app(settings, transports={"bitrix24": fake_bx.transport()})
-        async with AsyncTestClient(app=app) as client:
-            yield Bridge(client, settings, fake_bx)  # type: ignore[arg-type]
-
-    return factory
-
-
-def calls_of(bridge: Bridge, payment_id: str) -> int:
-    [(calls,)] = bridge.query(
-        "SELECT d.crm_calls FROM deliveries d JOIN events e ON e.id = d.event_id WHERE e.key = ?",
-        (payment_id,),
-    )
-    return int(calls)
+def run_bx(tmp_path: Path, fake_bx: FakeBitrix24) -> Run:
+    return running(CASE, fake_bx, tmp_path)
 
 
 # ---- 1: a new customer ----------------------------------------------------------------
@@ -98,7 +47,7 @@ async def test_new_customer_gets_contact_deal_fields_and_note_in_three_requests(
         response = await bridge.post_payment(
             payment_payload("pay_new", utm_source="advcake", utm_medium="cpa")
         )
-        calls = calls_of(bridge, "pay_new")
+        calls = crm_calls(bridge, "pay_new")
     assert response.status_code == 200, response.text
     [contact] = fake_bx.contacts()
     [deal] = fake_bx.deals()
@@ -130,25 +79,10 @@ async def test_new_customer_gets_contact_deal_fields_and_note_in_three_requests(
     assert fake_bx.count() == calls == 3
 
 
-async def test_pipeline_rules_pick_yandex_and_site(run_bx: Any, fake_bx: FakeBitrix24) -> None:
-    async with run_bx() as bridge:
-        first = await bridge.post_payment(
-            payment_payload(
-                "pay_y", utm_medium="cpc", phone="89990000001", email=None, telegram_id=None
-            )
-        )
-        second = await bridge.post_payment(
-            payment_payload("pay_s", phone="89990000002", email=None, telegram_id=None)
-        )
-    assert first.status_code == second.status_code == 200
-    placed = {(d["CATEGORY_ID"], d["STAGE_ID"]) for d in fake_bx.deals()}
-    assert placed == {("1", "C1:UC_AUTOPAY"), ("0", "UC_AUTOPAY")}
-
-
 # ---- 2: a returning customer ----------------------------------------------------------
 
 
-async def test_returning_customer_open_deal_in_other_pipeline_is_updated(
+async def test_a_returning_customer_with_telegram_gets_it_filled_and_the_phone_kept(
     run_bx: Any, fake_bx: FakeBitrix24
 ) -> None:
     contact_id = fake_bx.add_contact("Иван", "Петров", phones=["8 (999) 123-45-67"])
@@ -162,7 +96,7 @@ async def test_returning_customer_open_deal_in_other_pipeline_is_updated(
     excluded = fake_bx.add_deal(contact_id, stage_id="UC_AUTOPAY", modified=4000)
     async with run_bx() as bridge:
         response = await bridge.post_payment(payment_payload("pay_ret"))
-        calls = calls_of(bridge, "pay_ret")
+        calls = crm_calls(bridge, "pay_ret")
     assert response.status_code == 200, response.text
     assert response.json()["results"]["bitrix24"] == {
         "contact_id": str(contact_id),
@@ -192,30 +126,13 @@ async def test_returning_customer_found_by_telegram_costs_three_requests(
     deal = fake_bx.add_deal(contact_id, stage_id="EXECUTING", fields={DEAL["total"]: 100})
     async with run_bx() as bridge:
         response = await bridge.post_payment(payment_payload("pay_tg", costs=(700,)))
-        calls = calls_of(bridge, "pay_tg")
+        calls = crm_calls(bridge, "pay_tg")
     assert response.status_code == 200
     assert response.json()["results"]["bitrix24"]["lead_id"] == str(deal)
     assert number(fake_bx.deal_field(deal, DEAL["total"])) == 800
     assert fake_bx.contact_field(contact_id, TG_USERNAME) == "typed_by_manager"
     # lookup batch (with the contact's open deals), deal update, comment
     assert fake_bx.count() == calls == 3
-
-
-async def test_known_customer_with_open_deal_costs_three_requests(
-    run_bx: Any, fake_bx: FakeBitrix24
-) -> None:
-    async with run_bx(file=bitrix_file(excluded_status_ids=())) as bridge:
-        first = await bridge.post_payment(payment_payload("pay_k1", costs=(1000,)))
-        before = fake_bx.count()
-        second = await bridge.post_payment(payment_payload("pay_k2", costs=(700,)))
-        calls = calls_of(bridge, "pay_k2")
-    assert first.status_code == second.status_code == 200
-    # deal + its contacts (one batch), deal update, comment
-    assert fake_bx.count() - before == calls == 3
-    [deal] = fake_bx.deals()
-    assert number(fake_bx.deal_field(deal["ID"], DEAL["total"])) == 1700
-    assert number(fake_bx.deal_field(deal["ID"], DEAL["count"])) == 2
-    assert len(fake_bx.notes(deal["ID"])) == 2
 
 
 async def test_next_payment_after_an_autopay_deal_costs_three_requests(
@@ -227,7 +144,7 @@ async def test_next_payment_after_an_autopay_deal_costs_three_requests(
         await bridge.post_payment(payment_payload("pay_a1", costs=(1000,)))
         before = fake_bx.count()
         response = await bridge.post_payment(payment_payload("pay_a2", costs=(700,)))
-        calls = calls_of(bridge, "pay_a2")
+        calls = crm_calls(bridge, "pay_a2")
     assert response.json()["results"]["bitrix24"]["lead_created"] is True
     assert len(fake_bx.contacts()) == 1 and len(fake_bx.deals()) == 2
     # lookup batch (with the open deals), deal add, comment: 3. While the store files
@@ -235,126 +152,7 @@ async def test_next_payment_after_an_autopay_deal_costs_three_requests(
     assert fake_bx.count() - before == calls in (3, 4)
 
 
-async def test_known_deal_won_since_gets_a_new_deal(run_bx: Any, fake_bx: FakeBitrix24) -> None:
-    async with run_bx(file=bitrix_file(excluded_status_ids=())) as bridge:
-        await bridge.post_payment(payment_payload("pay_w1", costs=(1000,)))
-        [old] = fake_bx.deals()
-        fake_bx.move_deal(old["ID"], "WON")
-        response = await bridge.post_payment(payment_payload("pay_w2", costs=(700,)))
-    body = response.json()["results"]["bitrix24"]
-    assert response.status_code == 200
-    assert body["lead_created"] is True and body["lead_id"] != old["ID"]
-    assert number(fake_bx.deal_field(body["lead_id"], DEAL["total"])) == 700
-    assert number(fake_bx.deal_field(old["ID"], DEAL["total"])) == 1000
-
-
-# ---- 3: repeats -----------------------------------------------------------------------
-
-
-async def test_repeat_after_success_is_409_and_crm_untouched(
-    run_bx: Any, fake_bx: FakeBitrix24
-) -> None:
-    async with run_bx() as bridge:
-        first = await bridge.post_payment(payment_payload("pay_dup"))
-        calls = fake_bx.count()
-        again = await bridge.post_payment(payment_payload("pay_dup"))
-    assert first.status_code == 200
-    assert (again.status_code, again.json()) == (409, {"status": "duplicate"})
-    assert fake_bx.count() == calls
-
-
-async def test_repeat_while_pending_is_202_without_second_delivery(
-    run_bx: Any, fake_bx: FakeBitrix24
-) -> None:
-    fake_bx.latency = 0.3
-    async with run_bx(wait_seconds=0) as bridge:
-        first = await bridge.post_payment(payment_payload("pay_pend"))
-        again = await bridge.post_payment(payment_payload("pay_pend"))
-        await bridge.settle()
-        deliveries = bridge.query("SELECT status FROM deliveries")
-    assert (first.status_code, first.json()["status"]) == (202, "queued")
-    assert (again.status_code, again.json()) == (202, {"status": "queued"})
-    assert deliveries == [("success",)]
-    assert len(fake_bx.contacts()) == 1
-    [deal] = fake_bx.deals()
-    assert len(fake_bx.notes(deal["ID"])) == 1
-
-
-# ---- 4, 5, 6: not found, skipped, refused ---------------------------------------------
-
-
-async def test_unknown_customer_with_creation_disabled_is_404(
-    run_bx: Any, fake_bx: FakeBitrix24
-) -> None:
-    async with run_bx(create_if_not_found=False) as bridge:
-        response = await bridge.post_payment(payment_payload("pay_404"))
-        [(status,)] = bridge.query("SELECT status FROM payment_events WHERE payment_id = 'pay_404'")
-    assert (response.status_code, response.json()["status"], status) == (
-        404,
-        "not_found",
-        "not_found",
-    )
-    assert fake_bx.contacts() == [] and fake_bx.deals() == []
-    assert fake_bx.count(method="POST") == 0
-    assert fake_bx.count() == 1
-
-
-async def test_status_other_than_confirmed_is_skipped_without_crm_call(
-    run_bx: Any, fake_bx: FakeBitrix24
-) -> None:
-    async with run_bx() as bridge:
-        response = await bridge.post_payment(payment_payload("pay_skip", status="PENDING"))
-    assert response.status_code == 202
-    assert response.json()["status"] == "skipped"
-    assert fake_bx.count() == 0
-
-
-async def test_a_bad_signature_is_refused_before_any_crm_call(
-    run_bx: Any, fake_bx: FakeBitrix24
-) -> None:
-    body = json.dumps(payment_payload("pay_bad")).encode()
-    async with run_bx() as bridge:
-        response = await bridge.client.post(
-            "/webhook/payment", content=body, headers=signed(body, "wrong-secret")
-        )
-    assert (response.status_code, response.json()) == (401, {"error": "invalid_signature"})
-    assert fake_bx.count() == 0
-
-
 # ---- 7: rate limits and outages -------------------------------------------------------
-
-
-async def test_crm_trouble_answers_within_window_and_lands_exactly_once(
-    run_bx: Any, fake_bx: FakeBitrix24
-) -> None:
-    fake_bx.drain_per_second = 1.0
-    fake_bx.fill_bucket()  # 503 QUERY_LIMIT_EXCEEDED until it drains
-    fake_bx.fail_next(3, status=429, method="POST")  # and the writes meet 429s
-    async with run_bx(wait_seconds=1) as bridge:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        first = await bridge.post_payment(
-            payment_payload("pay_t1", phone="89990000011", telegram_id=None, email=None)
-        )
-        assert loop.time() - started < 4
-        fake_bx.down()
-        started = loop.time()
-        second = await bridge.post_payment(
-            payment_payload("pay_t2", phone="89990000012", telegram_id=None, email=None)
-        )
-        assert loop.time() - started < 4
-        assert second.status_code == 202
-        fake_bx.up()
-        await bridge.settle(timeout=30)
-        statuses = bridge.query("SELECT payment_id, status FROM payment_events ORDER BY 1")
-    assert first.status_code in (200, 202)
-    assert statuses == [("pay_t1", "success"), ("pay_t2", "success")]
-    assert fake_bx.count(status=503) >= 1
-    assert fake_bx.count(method="POST", status=429) >= 1  # some may meet the outage instead
-    assert len(fake_bx.contacts()) == 2
-    for deal in fake_bx.deals():
-        assert number(fake_bx.deal_field(deal["ID"], DEAL["count"])) == 1
-        assert len(fake_bx.notes(deal["ID"])) == 1
 
 
 async def test_a_field_bitrix_refuses_fails_the_payment_without_echoing_the_webhook(
@@ -371,40 +169,3 @@ async def test_a_field_bitrix_refuses_fails_the_payment_without_echoing_the_webh
     assert "UF_CRM_NO_SUCH" in error
     secret = webhook.rstrip("/").rsplit("/", 1)[1]
     assert secret not in error and secret not in response.text
-
-
-# ---- 8: concurrency -------------------------------------------------------------------
-
-
-async def test_concurrent_payments_of_new_customer_gather_on_one_deal(
-    run_bx: Any, fake_bx: FakeBitrix24
-) -> None:
-    async with run_bx(file=bitrix_file(excluded_status_ids=())) as bridge:
-        a, b = await asyncio.gather(
-            bridge.post_payment(payment_payload("pay_c1", costs=(1000,), subjects=("Русский",))),
-            bridge.post_payment(payment_payload("pay_c2", costs=(2500,), subjects=("Русский",))),
-        )
-    assert {a.status_code, b.status_code} == {200}
-    assert len(fake_bx.contacts()) == 1
-    [deal] = fake_bx.deals()
-    assert number(fake_bx.deal_field(deal["ID"], DEAL["total"])) == 3500
-    assert number(fake_bx.deal_field(deal["ID"], DEAL["count"])) == 2
-    assert len(fake_bx.notes(deal["ID"])) == 2
-
-
-async def test_concurrent_payments_reference_config_make_two_deals(
-    run_bx: Any, fake_bx: FakeBitrix24
-) -> None:
-    async with run_bx() as bridge:
-        a, b = await asyncio.gather(
-            bridge.post_payment(payment_payload("pay_r1", costs=(1000,), subjects=("Русский",))),
-            bridge.post_payment(payment_payload("pay_r2", costs=(2500,), subjects=("Русский",))),
-        )
-    assert {a.status_code, b.status_code} == {200}
-    assert len(fake_bx.contacts()) == 1
-    deals = fake_bx.deals()
-    totals = sorted(number(fake_bx.deal_field(d["ID"], DEAL["total"])) for d in deals)
-    assert totals == [1000, 2500]
-    for deal in deals:
-        assert number(fake_bx.deal_field(deal["ID"], DEAL["count"])) == 1
-        assert len(fake_bx.notes(deal["ID"])) == 1

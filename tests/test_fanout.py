@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from litestar.testing import AsyncTestClient
+from pydantic import SecretStr
 
 from bridge.app import create_app
+from bridge.settings import crm_secrets, load_settings
 from tests.conftest import (
     Bridge,
     make_settings,
@@ -17,6 +19,7 @@ from tests.conftest import (
     reference_file_config,
     wait_until,
 )
+from tests.crm_cases import CASES
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.hubspot import FakeHubSpot
 from tests.test_hubspot_scenarios import hubspot_file_config
@@ -78,3 +81,82 @@ async def test_hubspot_down_for_an_hour_does_not_hold_amocrm_back(tmp_path: Path
     assert len(hub.contacts()) == 1
     [deal] = hub.deals()
     assert len(hub.notes(deal["id"])) == 1
+
+
+async def test_two_sections_of_one_kind_deliver_side_by_side_each_with_its_secret(
+    tmp_path: Path,
+) -> None:
+    # Production keeps today's variable (a section named like its kind); the sandbox
+    # account reads the variables derived from its own section name.
+    production, sandbox = FakeAmoCrm(), FakeAmoCrm()
+    reference = reference_file_config()
+    amo = reference.crm["amocrm"]
+    two = reference.model_copy(
+        update={"crm": {"amocrm": amo, "amo-sandbox": amo}}  # both of kind amocrm
+    )
+    settings = make_settings(
+        tmp_path,
+        two,
+        amocrm_access_token=production.issue_token(ttl=86400),
+        crm_env={"AMO_SANDBOX_ACCESS_TOKEN": SecretStr(sandbox.issue_token(ttl=86400))},
+    )
+    transports = {"amocrm": production.transport(), "amo-sandbox": sandbox.transport()}
+    async with AsyncTestClient(app=create_app(settings, transports=transports)) as client:
+        answer = await Bridge(client, settings, production).post_payment(payment_payload("pay_2"))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "success"
+    for fake in (production, sandbox):
+        [lead] = fake.leads()
+        assert Decimal(str(fake.lead_field(lead["id"], AMO_TOTAL))) == 10000
+        assert len(fake.notes(lead["id"])) == 1
+
+
+def test_secrets_are_read_per_section_name(monkeypatch: Any, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.setenv("AMO_SANDBOX_ACCESS_TOKEN", "sandbox-token")
+    monkeypatch.setenv("AMO_SANDBOX_CLIENT_ID", "sandbox-client")
+    monkeypatch.setenv("AMOCRM_ACCESS_TOKEN", "production-token")
+    reference = reference_file_config()
+    amo = reference.crm["amocrm"]
+    file = reference.model_copy(update={"crm": {"amocrm": amo, "amo-sandbox": amo}})
+    settings = load_settings(file=file)
+    sandbox = crm_secrets(settings, "amo-sandbox", "ACCESS_TOKEN")
+    production = crm_secrets(settings, "amocrm", "ACCESS_TOKEN")
+    assert (sandbox.token, sandbox.client_id) == ("sandbox-token", "sandbox-client")
+    assert sandbox.var("CLIENT_SECRET") == "AMO_SANDBOX_CLIENT_SECRET"
+    assert (production.token, production.client_id) == ("production-token", "")
+    # A section not named like its kind never falls back to the vendor-named variables.
+    other = reference.model_copy(update={"crm": {"main": amo}})
+    assert crm_secrets(load_settings(file=other), "main", "ACCESS_TOKEN").token is None
+
+
+async def test_one_payment_reaches_every_crm_configured_at_once(tmp_path: Path) -> None:
+    """Every CRM of `CASES`, each on its own fake, one section each: one payment makes one
+    delivery per CRM, and each CRM gets its contact, deal and note."""
+    fakes = {case.name: case.make_fake() for case in CASES}
+    sections: dict[str, Any] = {}
+    credentials: dict[str, Any] = {"crm_env": {}}
+    for case in CASES:
+        sections.update(case.file_config().crm)
+        for key, value in case.credentials(fakes[case.name]).items():
+            if key == "crm_env":
+                credentials["crm_env"].update(value)
+            else:
+                credentials[key] = value
+    every = reference_file_config().model_copy(update={"crm": sections})
+    settings = make_settings(tmp_path, every, **credentials)
+    transports = {name: fake.transport() for name, fake in fakes.items()}
+    async with AsyncTestClient(app=create_app(settings, transports=transports)) as client:
+        answer = await Bridge(client, settings, fakes["amocrm"]).post_payment(
+            payment_payload("pay_all")
+        )
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert set(results) == {case.name for case in CASES}
+    for case in CASES:
+        fake = fakes[case.name]
+        assert results[case.name]["lead_created"] is True, case.name
+        assert len(case.contacts(fake)) == 1, case.name
+        [deal] = case.deals(fake)
+        assert case.deal_number(fake, deal, "total_paid") == 10000, case.name
+        assert len(case.notes(fake, deal)) == 1, case.name

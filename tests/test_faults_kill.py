@@ -296,6 +296,45 @@ async def test_write_abandoned_at_shutdown_and_applied_late_is_not_duplicated(
     assert len(amo.notes(lead["id"])) == 1
 
 
+async def test_a_note_the_crm_applies_long_after_the_timeout_is_not_written_again(
+    fake: tuple[FakeAmoCrm, str], tmp_path: Path
+) -> None:
+    """Issue 13.12: a write whose answer was lost and that the CRM applied later than
+    twice the request timeout was written a second time by the retry's remote check."""
+    amo, base_url = fake
+    notes_sent = 0
+
+    def late_first_note(request: FakeRequest) -> None:
+        nonlocal notes_sent
+        is_note = request.method == "POST" and request.path.endswith("/notes")
+        notes_sent += is_note
+        # The first note lands 2 s after it was sent: four request timeouts.
+        amo.latency = 2.0 if is_note and notes_sent == 1 else 0.0
+
+    amo.on_received = late_first_note
+    settings = make_settings(
+        tmp_path,
+        reference_file_config(
+            base_url=base_url,
+            rate_limit_per_second=40,
+            request_timeout_seconds=0.5,
+            late_write_seconds=4,
+        ),
+        amocrm_access_token=amo.issue_token(ttl=3600),
+        wait_seconds=0,
+        retry_schedule_seconds="0.2,0.2,0.2",
+    )
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        body = json.dumps(payment_payload("pay_late_note")).encode()
+        answer = await client.post("/webhook/payment", content=body, headers=signed(body))
+        assert answer.status_code == 202
+        await async_wait_until(lambda: _statuses(settings.database_path) == {"success"}, timeout=15)
+    await async_wait_until(lambda: all(c.status or c.fault for c in amo.calls), timeout=10)
+    amo.on_received = None
+    [lead] = amo.leads()
+    assert len(amo.notes(lead["id"])) == 1
+
+
 def _statuses(database: Path) -> set[str]:
     with contextlib.closing(sqlite3.connect(database)) as conn:
         return {row[0] for row in conn.execute("SELECT status FROM payment_events")}

@@ -2,62 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
 
 from bridge.app import create_app
-from bridge.settings import FileConfig, load_file_config
-from tests.conftest import Bridge, make_settings, payment_payload, signed
+from tests.conftest import EXPECTED_NOTE, Bridge, crm_calls, make_settings, number, payment_payload
+from tests.crm_cases import BY_NAME, Run, running
 from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.service import Abort, FakeRequest, FakeResponse
 
 ROOT = Path(__file__).resolve().parent.parent
 HUBSPOT_URL = "https://api.hubapi.test"
-SITE, SITE_AUTOPAY, SITE_WORKING = "default", "1023405001", "appointmentscheduled"
-YANDEX, YANDEX_AUTOPAY, YANDEX_WORKING = "1023405100", "1023405101", "1023405102"
+SITE_AUTOPAY = "1023405001"
 PARTNERS, PARTNERS_AUTOPAY = "1023405200", "1023405201"
 DEALS = "/crm/objects/2026-09/deals"
 CONTACTS = "/crm/objects/2026-09/contacts"
-
-EXPECTED_NOTE = """Оплата проведена
-
-Имя клиента: Иван Петров
-Дата/время: 2025-01-20 14:49:20 (Moscow)
-Дата/время UTC: 2025-01-20T11:49:20Z
-Статус: CONFIRMED
-Сумма: 10000 RUB
-Метод оплаты: SBP
-Курсы:
-  Годовой 2к25 стандарт (Русский)
-  Годовой 2к25 стандарт (Обществознание)
-Промокод: PROMO2025
-TGID: 123456789 | TG Username: @ivan_petrov | Телефон: +79991234567
-Источник: advcake
-Invoice ID: inv_pay_new
-Payment ID: pay_new"""
-
-
-def hubspot_file_config(**changes: Any) -> FileConfig:
-    """etc/crm-hubspot.example.toml, enabled and pointed at the fake."""
-    config = load_file_config(ROOT / "etc" / "crm-hubspot.example.toml")
-    hubspot = config.crm["hubspot"].model_copy(
-        # A lost answer to a write is looked for again after the request timeout.
-        update={
-            "base_url": HUBSPOT_URL,
-            "enabled": True,
-            "request_timeout_seconds": 1.0,
-            **changes,
-        }
-    )
-    return config.model_copy(update={"crm": {"hubspot": hubspot}})
+CASE = BY_NAME["hubspot"]
+hubspot_file_config = CASE.file_config
 
 
 @pytest.fixture
@@ -66,30 +29,8 @@ def fake_hub() -> FakeHubSpot:
 
 
 @pytest.fixture
-def run_hub(tmp_path: Path, fake_hub: FakeHubSpot) -> Callable[..., Any]:
-    """`async with run_hub(**settings_overrides) as bridge:` — the app, HubSpot only."""
-
-    @asynccontextmanager
-    async def factory(file: FileConfig | None = None, **overrides: Any) -> AsyncIterator[Bridge]:
-        overrides.setdefault("hubspot_access_token", fake_hub.issue_token())
-        settings = make_settings(tmp_path, file or hubspot_file_config(), **overrides)
-        app = create_app(settings, transports={"hubspot": fake_hub.transport()})
-        async with AsyncTestClient(app=app) as client:
-            yield Bridge(client, settings, fake_hub)  # type: ignore[arg-type]
-
-    return factory
-
-
-def number(value: Any) -> Decimal:
-    return Decimal(str(value))
-
-
-def crm_calls(bridge: Bridge, payment_id: str) -> int:
-    [(calls,)] = bridge.query(
-        "SELECT d.crm_calls FROM deliveries d JOIN events e ON e.id = d.event_id WHERE e.key = ?",
-        (payment_id,),
-    )
-    return int(calls)
+def run_hub(tmp_path: Path, fake_hub: FakeHubSpot) -> Run:
+    return running(CASE, fake_hub, tmp_path)
 
 
 # ---- 1. a new customer --------------------------------------------------------------
@@ -139,100 +80,7 @@ async def test_new_customer_gets_contact_deal_fields_and_note(run_hub, fake_hub)
     assert fake_hub.searches() == 1
 
 
-async def test_pipeline_rules_pick_yandex_and_site(run_hub, fake_hub) -> None:
-    async with run_hub() as bridge:
-        first = await bridge.post_payment(
-            payment_payload(
-                "pay_y", utm_medium="cpc", phone="89990000001", email=None, telegram_id=None
-            )
-        )
-        second = await bridge.post_payment(
-            payment_payload("pay_s", phone="89990000002", email=None, telegram_id=None)
-        )
-    assert first.status_code == second.status_code == 200
-    placed = {(d["properties"]["pipeline"], d["properties"]["dealstage"]) for d in fake_hub.deals()}
-    assert placed == {(YANDEX, YANDEX_AUTOPAY), (SITE, SITE_AUTOPAY)}
-
-
 # ---- 2. a returning customer --------------------------------------------------------
-
-
-async def test_returning_customer_open_deal_in_other_pipeline_is_updated(run_hub, fake_hub) -> None:
-    contact_id = fake_hub.add_contact(firstname="Иван", lastname="Петров", phone="8 999 123-45-67")
-    open_deal = fake_hub.add_deal(
-        contact_id,
-        pipeline=YANDEX,
-        stage=YANDEX_WORKING,
-        updated_at=1000,
-        total_paid="1500",
-        purchase_count="2",
-    )
-    closed = fake_hub.add_deal(contact_id, stage="closedwon", updated_at=3000)
-    excluded = fake_hub.add_deal(contact_id, stage=SITE_AUTOPAY, updated_at=4000)
-    async with run_hub() as bridge:
-        response = await bridge.post_payment(
-            payment_payload("pay_ret", telegram_id=None, telegram_tag=None)
-        )
-        calls = crm_calls(bridge, "pay_ret")
-    assert response.status_code == 200, response.text
-    assert response.json()["results"]["hubspot"] == {
-        "contact_id": contact_id,
-        "lead_id": open_deal,
-        "lead_created": False,
-    }
-    assert len(fake_hub.deals()) == 3
-    assert number(fake_hub.deal_field(open_deal, "total_paid")) == 11500
-    assert number(fake_hub.deal_field(open_deal, "purchase_count")) == 3
-    assert fake_hub.deal_field(open_deal, "payment_id") == "pay_ret"
-    assert fake_hub.deal_field(open_deal, "pipeline") == YANDEX  # stays where it is
-    for untouched in (closed, excluded):
-        assert fake_hub.deal_field(untouched, "total_paid") is None
-        assert fake_hub.notes(untouched) == []
-    assert len(fake_hub.notes(open_deal)) == 1
-    # contacts search, deals search, deal update, note
-    assert fake_hub.count() == calls == 4
-    assert fake_hub.searches() == 2
-
-
-async def test_contact_fields_are_filled_only_where_empty(run_hub, fake_hub) -> None:
-    contact_id = fake_hub.add_contact(
-        firstname="Иван", phone="+79991234567", telegram_username="typed_by_manager"
-    )
-    fake_hub.add_deal(contact_id, stage=SITE_WORKING)
-    async with run_hub() as bridge:
-        response = await bridge.post_payment(payment_payload("pay_fill"))
-        calls = crm_calls(bridge, "pay_fill")
-    assert response.status_code == 200
-    assert response.json()["results"]["hubspot"]["contact_id"] == contact_id
-    assert fake_hub.contact_field(contact_id, "telegram_id") == "123456789"
-    assert fake_hub.contact_field(contact_id, "telegram_username") == "typed_by_manager"
-    assert calls == 5  # the contact update is the fifth call
-
-
-async def test_a_lookalike_number_of_another_country_is_not_used(run_hub, fake_hub) -> None:
-    abroad = fake_hub.add_contact(firstname="Someone", phone="+1 999 123 4567")
-    async with run_hub() as bridge:
-        response = await bridge.post_payment(
-            payment_payload("pay_cc", telegram_id=None, email=None)
-        )
-    assert response.status_code == 200
-    assert response.json()["results"]["hubspot"]["contact_id"] != abroad
-    assert len(fake_hub.contacts()) == 2
-
-
-async def test_known_customer_with_open_deal_costs_three_calls(run_hub, fake_hub) -> None:
-    gathering = hubspot_file_config(excluded_status_ids=())
-    async with run_hub(file=gathering) as bridge:
-        first = await bridge.post_payment(payment_payload("pay_k1", costs=(1000,)))
-        before = fake_hub.count()
-        second = await bridge.post_payment(payment_payload("pay_k2", costs=(700,)))
-        calls = crm_calls(bridge, "pay_k2")
-    assert first.status_code == second.status_code == 200
-    # deal read by id (with its contacts), deal update, note: no search at all
-    assert fake_hub.count() - before == calls == 3
-    [deal] = fake_hub.deals()
-    assert number(fake_hub.deal_field(deal["id"], "total_paid")) == 1700
-    assert number(fake_hub.deal_field(deal["id"], "purchase_count")) == 2
 
 
 async def test_an_excluded_stage_deal_carrying_the_payment_is_found_on_retry(
@@ -286,98 +134,7 @@ async def test_a_contact_not_yet_in_the_search_index_is_not_duplicated(
     assert len(lagging.notes(deal["id"])) == 1
 
 
-# ---- 3–6. duplicates, creation disabled, skipped, rejected --------------------------
-
-
-async def test_repeat_after_success_is_409_and_crm_untouched(run_hub, fake_hub) -> None:
-    async with run_hub() as bridge:
-        first = await bridge.post_payment(payment_payload("pay_dup"))
-        calls = fake_hub.count()
-        again = await bridge.post_payment(payment_payload("pay_dup"))
-    assert first.status_code == 200
-    assert again.status_code == 409
-    assert again.json() == {"status": "duplicate"}
-    assert fake_hub.count() == calls
-
-
-async def test_repeat_while_pending_is_202_without_second_delivery(run_hub, fake_hub) -> None:
-    fake_hub.latency = 0.3
-    async with run_hub(wait_seconds=0) as bridge:
-        first = await bridge.post_payment(payment_payload("pay_pend"))
-        again = await bridge.post_payment(payment_payload("pay_pend"))
-        await bridge.settle()
-        deliveries = bridge.query("SELECT status FROM deliveries")
-    assert first.status_code == again.status_code == 202
-    assert first.json()["status"] == "queued"
-    assert again.json() == {"status": "queued"}
-    assert deliveries == [("success",)]
-    assert len(fake_hub.contacts()) == 1
-    [deal] = fake_hub.deals()
-    assert len(fake_hub.notes(deal["id"])) == 1
-
-
-async def test_unknown_customer_with_creation_disabled_is_404(run_hub, fake_hub) -> None:
-    async with run_hub(create_if_not_found=False) as bridge:
-        response = await bridge.post_payment(payment_payload("pay_404"))
-        [(status,)] = bridge.query("SELECT status FROM payment_events WHERE payment_id = 'pay_404'")
-    assert response.status_code == 404
-    assert response.json()["status"] == "not_found"
-    assert status == "not_found"
-    assert fake_hub.contacts() == [] and fake_hub.deals() == []
-    assert fake_hub.count() == fake_hub.searches() == 1  # the search only
-
-
-async def test_status_other_than_confirmed_is_skipped_without_crm_call(run_hub, fake_hub) -> None:
-    async with run_hub() as bridge:
-        response = await bridge.post_payment(payment_payload("pay_skip", status="PENDING"))
-    assert response.status_code == 202
-    assert response.json()["status"] == "skipped"
-    assert fake_hub.count() == 0
-
-
-async def test_rejected_requests_do_not_reach_hubspot(run_hub, fake_hub) -> None:
-    good = json.dumps(payment_payload("pay_bad")).encode()
-    no_id = payment_payload("x")
-    del no_id["course_order"]["payment_id"]
-    body = json.dumps(no_id).encode()
-    async with run_hub() as bridge:
-        c = bridge.client
-        wrong = await c.post("/webhook/payment", content=good, headers=signed(good, "other"))
-        not_json = await c.post("/webhook/payment", content=b"{nope", headers=signed(b"{nope"))
-        missing_id = await c.post("/webhook/payment", content=body, headers=signed(body))
-    assert (wrong.status_code, not_json.status_code, missing_id.status_code) == (401, 400, 422)
-    assert fake_hub.count() == 0
-
-
 # ---- 7. HubSpot in trouble ----------------------------------------------------------
-
-
-async def test_crm_trouble_answers_within_window_and_lands_exactly_once(run_hub, fake_hub) -> None:
-    fake_hub.fail_next(6, status=429)
-    fake_hub.fail_next(6, status=503)
-    async with run_hub(wait_seconds=1) as bridge:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        first = await bridge.post_payment(
-            payment_payload("pay_t1", phone="89990000011", telegram_id=None, email=None)
-        )
-        assert loop.time() - started < 4
-        fake_hub.down()
-        started = loop.time()
-        second = await bridge.post_payment(
-            payment_payload("pay_t2", phone="89990000012", telegram_id=None, email=None)
-        )
-        assert loop.time() - started < 4
-        assert second.status_code == 202
-        fake_hub.up()
-        await bridge.settle(timeout=30)
-        statuses = bridge.query("SELECT payment_id, status FROM payment_events ORDER BY 1")
-    assert first.status_code in (200, 202)
-    assert statuses == [("pay_t1", "success"), ("pay_t2", "success")]
-    assert len(fake_hub.contacts()) == 2
-    for deal in fake_hub.deals():
-        assert number(fake_hub.deal_field(deal["id"], "purchase_count")) == 1
-        assert len(fake_hub.notes(deal["id"])) == 1
 
 
 async def test_a_burst_stays_under_hubspots_limits(run_hub, fake_hub) -> None:
@@ -390,41 +147,3 @@ async def test_a_burst_stays_under_hubspots_limits(run_hub, fake_hub) -> None:
         await bridge.settle(timeout=30)
     assert len(fake_hub.deals()) == 6
     assert fake_hub.throttled == 0  # the adapter's own limiters kept both windows
-
-
-# ---- 8. two payments of one new customer at once ------------------------------------
-
-
-async def test_concurrent_payments_of_new_customer_gather_on_one_deal(run_hub, fake_hub) -> None:
-    gathering = hubspot_file_config(excluded_status_ids=())
-    async with run_hub(file=gathering) as bridge:
-        a, b = await asyncio.gather(
-            bridge.post_payment(payment_payload("pay_c1", costs=(1000,), subjects=("Русский",))),
-            bridge.post_payment(payment_payload("pay_c2", costs=(2500,), subjects=("Русский",))),
-        )
-    assert {a.status_code, b.status_code} == {200}
-    assert len(fake_hub.contacts()) == 1
-    [deal] = fake_hub.deals()
-    assert number(fake_hub.deal_field(deal["id"], "total_paid")) == 3500
-    assert number(fake_hub.deal_field(deal["id"], "purchase_count")) == 2
-    assert len(fake_hub.notes(deal["id"])) == 2
-
-
-async def test_concurrent_payments_reference_config_make_two_deals(run_hub, fake_hub) -> None:
-    async with run_hub() as bridge:
-        a, b = await asyncio.gather(
-            bridge.post_payment(payment_payload("pay_r1", costs=(1000,), subjects=("Русский",))),
-            bridge.post_payment(payment_payload("pay_r2", costs=(2500,), subjects=("Русский",))),
-        )
-    assert {a.status_code, b.status_code} == {200}
-    assert len(fake_hub.contacts()) == 1
-    deals = fake_hub.deals()
-    assert len(deals) == 2
-    totals = sorted(number(fake_hub.deal_field(d["id"], "total_paid")) for d in deals)
-    assert totals == [1000, 2500]
-    for deal in deals:
-        assert number(fake_hub.deal_field(deal["id"], "purchase_count")) == 1
-        assert len(fake_hub.notes(deal["id"])) == 1
-    # first: contacts search, contact, deal, note; second (contact remembered, its deal
-    # excluded): deal read, deals search, deal, note
-    assert fake_hub.count() == 8

@@ -12,8 +12,14 @@ import httpx
 import pytest
 
 from bridge.app import create_app
-from bridge.asgi_io import BadContentLength, BodyTooLarge, ClientGone, read_body
-from tests.conftest import make_settings, payment_payload, signed
+from bridge.asgi_io import (
+    DRAIN_MAX_BYTES,
+    BadContentLength,
+    BodyTooLarge,
+    ClientGone,
+    read_body,
+)
+from tests.conftest import make_settings, payment_payload, signed, wait_until
 
 
 async def test_other_methods_get_405_with_allow(run_bridge: Any) -> None:
@@ -23,7 +29,14 @@ async def test_other_methods_get_405_with_allow(run_bridge: Any) -> None:
             assert response.status_code == 405, method
             assert response.headers["allow"] == "POST"
             assert response.json() == {"error": "method_not_allowed"}
-        assert bridge.query("SELECT COUNT(*) FROM requests") == [(0,)]
+        await bridge.client.get("/webhook/health")  # the next batch carries the log rows
+        await wait_until(lambda: bridge.query("SELECT COUNT(*) FROM requests") == [(3,)])
+        # Rejected requests are in the request log too (SPEC §7).
+        assert bridge.query("SELECT http_status, detail FROM requests ORDER BY id") == [
+            (405, "method GET"),
+            (405, "method PUT"),
+            (405, "method DELETE"),
+        ]
 
 
 async def test_a_declared_length_over_the_limit_is_413_and_stores_nothing(
@@ -66,17 +79,37 @@ async def test_a_chunked_body_is_read_whole() -> None:
     assert body == b"abcde"
 
 
-async def test_a_chunked_body_over_the_limit_stops_at_the_limit() -> None:
+async def test_a_chunked_body_over_the_limit_is_drained_then_refused() -> None:
+    # Drained (bounded) so that a client sending its whole body can read the 413 instead
+    # of a connection reset (unread data on close).
+    receive = _receiver([b"abc", b"def", b"rest"])
     with pytest.raises(BodyTooLarge):
-        await read_body(_scope(), _receiver([b"abc", b"def", b"never read"]), limit=5)
+        await read_body(_scope(), receive, limit=5)
+    with pytest.raises(IndexError):  # every message was taken
+        await receive()
 
 
-async def test_a_declared_length_over_the_limit_is_refused_before_reading() -> None:
-    scope = _scope([(b"content-length", b"6")])
+async def test_a_declared_length_over_the_limit_is_drained_then_refused() -> None:
+    receive = _receiver([b"abc", b"def"])
     with pytest.raises(BodyTooLarge):
-        await read_body(scope, _receiver([]), limit=5)
+        await read_body(_scope([(b"content-length", b"6")]), receive, limit=5)
+    with pytest.raises(IndexError):
+        await receive()
     with pytest.raises(BadContentLength):
         await read_body(_scope([(b"content-length", b"five")]), _receiver([b"x"]), limit=5)
+
+
+async def test_a_body_not_worth_draining_is_refused_before_reading() -> None:
+    # A client waiting for 100 Continue has sent nothing; one declaring more than the
+    # drain reads is not waited for.
+    waiting = _scope([(b"content-length", b"6"), (b"expect", b"100-continue")])
+    with pytest.raises(BodyTooLarge):
+        await read_body(waiting, _receiver([]), limit=5)
+    huge = _scope([(b"content-length", str(DRAIN_MAX_BYTES + 1).encode())])
+    with pytest.raises(BodyTooLarge):
+        await read_body(huge, _receiver([]), limit=5)
+    with pytest.raises(BodyTooLarge):  # past int()'s 4 300 digits: not a 500
+        await read_body(_scope([(b"content-length", b"9" * 5000)]), _receiver([]), limit=5)
 
 
 async def test_a_client_gone_mid_body_is_noticed() -> None:

@@ -7,21 +7,16 @@ OpenAPI files. The CRM calls per payment are measured with the fake's call log.
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
-from decimal import Decimal
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
+import httpx
 import pytest
-from litestar.testing import AsyncTestClient
 
-from bridge.app import create_app
-from bridge.crm.pipedrive_json import note_html, note_text
-from bridge.settings import FileConfig, load_file_config
-from tests.conftest import SECRET, Bridge, make_settings, payment_payload, signed
+from bridge.crm.richtext import note_html, note_text
+from bridge.settings import load_file_config
+from tests.conftest import EXPECTED_NOTE, crm_calls, number, payment_payload
+from tests.crm_cases import BY_NAME, Run, running
 from tests.fakes.pipedrive import FakePipedrive
 from tests.fakes.pipedrive_openapi import PipedriveOpenApi, RecordingTransport
 
@@ -30,37 +25,28 @@ PD_URL = "https://example.pipedrive.test"
 EXAMPLE = load_file_config(ROOT / "etc" / "crm-pipedrive.example.toml").crm["pipedrive"]
 DF = EXAMPLE.deal_fields
 TG_ID, TG_USERNAME = EXAMPLE.contact_fields.telegram_id, EXAMPLE.contact_fields.telegram_username
-SITE, SITE_AUTOPAY, SITE_WORKING = 1, 1, 2
-YANDEX, YANDEX_AUTOPAY, YANDEX_WORKING = 2, 3, 4
 PARTNERS, PARTNERS_AUTOPAY = 3, 5
 SENT: list[RecordingTransport] = []
 
-EXPECTED_NOTE = """Оплата проведена
 
-Имя клиента: Иван Петров
-Дата/время: 2025-01-20 14:49:20 (Moscow)
-Дата/время UTC: 2025-01-20T11:49:20Z
-Статус: CONFIRMED
-Сумма: 10000 RUB
-Метод оплаты: SBP
-Курсы:
-  Годовой 2к25 стандарт (Русский)
-  Годовой 2к25 стандарт (Обществознание)
-Промокод: PROMO2025
-TGID: 123456789 | TG Username: @ivan_petrov | Телефон: +79991234567
-Источник: advcake
-Invoice ID: inv_pay_new
-Payment ID: pay_new"""
+CASE = BY_NAME["pipedrive"]
+pipedrive_file_config = CASE.file_config
 
 
-def pipedrive_file_config(**changes: Any) -> FileConfig:
-    """Only Pipedrive, as in the example section, pointed at the fake."""
-    crm = EXAMPLE.model_copy(update={"base_url": PD_URL, "enabled": True, **changes})
-    return FileConfig(crm={"pipedrive": crm})
+@pytest.fixture
+def fake() -> FakePipedrive:
+    return FakePipedrive()
 
 
-def number(value: Any) -> Decimal:
-    return Decimal(str(value))
+@pytest.fixture
+def run_bridge(tmp_path: Path, fake: FakePipedrive) -> Run:
+    """The app on the fake; every request it sends is checked against the OpenAPI files."""
+
+    def recorded(transport: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
+        SENT.append(RecordingTransport(transport))
+        return SENT[-1]
+
+    return running(CASE, fake, tmp_path, recorded)
 
 
 @pytest.fixture(autouse=True)
@@ -74,36 +60,6 @@ def requests_conform_to_openapi() -> Iterator[None]:
     assert problems == []
 
 
-@pytest.fixture
-def fake() -> FakePipedrive:
-    return FakePipedrive()
-
-
-@pytest.fixture
-def run_bridge(tmp_path: Path, fake: FakePipedrive) -> Callable[..., Any]:
-    """`async with run_bridge(**settings_overrides) as bridge:` — app with lifespan."""
-
-    @asynccontextmanager
-    async def factory(file: FileConfig | None = None, **overrides: Any) -> AsyncIterator[Bridge]:
-        overrides.setdefault("pipedrive_api_token", fake.issue_api_token())
-        settings = make_settings(tmp_path, file or pipedrive_file_config(), **overrides)
-        recorder = RecordingTransport(fake.transport())
-        SENT.append(recorder)
-        app = create_app(settings, transports={"pipedrive": recorder})
-        async with AsyncTestClient(app=app) as client:
-            yield Bridge(client, settings, fake)  # type: ignore[arg-type]
-
-    return factory
-
-
-def calls_of(bridge: Bridge, payment_id: str) -> int:
-    [(calls,)] = bridge.query(
-        "SELECT d.crm_calls FROM deliveries d JOIN events e ON e.id = d.event_id WHERE e.key = ?",
-        (payment_id,),
-    )
-    return int(calls)
-
-
 # ---- (1) a new customer -------------------------------------------------------------
 
 
@@ -112,7 +68,7 @@ async def test_new_customer_gets_person_deal_fields_and_note(run_bridge, fake) -
         response = await bridge.post_payment(
             payment_payload("pay_new", utm_source="advcake", utm_medium="cpa")
         )
-        calls = calls_of(bridge, "pay_new")
+        calls = crm_calls(bridge, "pay_new")
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "success"
@@ -145,218 +101,16 @@ async def test_new_customer_gets_person_deal_fields_and_note(run_bridge, fake) -
     [content] = fake.notes(deal["id"])
     assert content == note_html(EXPECTED_NOTE)
     assert note_text(content) == EXPECTED_NOTE
-    # Three searches (Telegram id, phone, email), the person, the deal, the note.
-    assert calls == fake.count() == 6
-    assert fake.tokens_used == 3 * 20 + 5 + 5 + 10
-
-
-async def test_pipeline_rules_pick_yandex_and_site(run_bridge, fake) -> None:
-    async with run_bridge() as bridge:
-        first = await bridge.post_payment(
-            payment_payload(
-                "pay_y", utm_medium="cpc", phone="89990000001", email=None, telegram_id=None
-            )
-        )
-        second = await bridge.post_payment(
-            payment_payload("pay_s", phone="89990000002", email=None, telegram_id=None)
-        )
-    assert first.status_code == second.status_code == 200
-    placed = {(deal["pipeline_id"], deal["stage_id"]) for deal in fake.deals()}
-    assert placed == {(YANDEX, YANDEX_AUTOPAY), (SITE, SITE_AUTOPAY)}
+    # Five searches (Telegram id, three forms of the phone, email), the person, the deal,
+    # the note.
+    assert calls == fake.count() == 8
+    assert fake.tokens_used == 5 * 20 + 5 + 5 + 10
 
 
 # ---- (2) a returning customer -------------------------------------------------------
 
 
-async def test_returning_customer_open_deal_in_other_pipeline_is_updated(run_bridge, fake) -> None:
-    person = fake.add_person("Иван Петров", phones=["+7 (999) 123-45-67"])
-    open_deal = fake.add_deal(
-        person,
-        pipeline_id=YANDEX,
-        stage_id=YANDEX_WORKING,
-        update_time=1000,
-        fields={DF.total_paid: 1500, DF.purchase_count: 2},
-    )
-    won = fake.add_deal(person, stage_id=SITE_WORKING, status="won", update_time=3000)
-    lost = fake.add_deal(person, stage_id=SITE_WORKING, status="lost", update_time=3500)
-    excluded = fake.add_deal(person, stage_id=SITE_AUTOPAY, update_time=4000)
-    async with run_bridge() as bridge:
-        response = await bridge.post_payment(
-            payment_payload("pay_ret", telegram_id=None, telegram_tag=None)
-        )
-        calls = calls_of(bridge, "pay_ret")
-    assert response.status_code == 200, response.text
-    assert response.json()["results"]["pipedrive"] == {
-        "contact_id": str(person),
-        "lead_id": str(open_deal),
-        "lead_created": False,
-    }
-    assert len(fake.deals()) == 4 and len(fake.persons()) == 1
-    assert number(fake.deal_field(open_deal, DF.total_paid)) == 11500
-    assert number(fake.deal_field(open_deal, DF.purchase_count)) == 3
-    assert fake.deal_field(open_deal, DF.payment_id) == "pay_ret"
-    for untouched in (won, lost, excluded):
-        assert fake.deal_field(untouched, DF.total_paid) is None
-        assert fake.notes(untouched) == []
-    assert len(fake.notes(open_deal)) == 1
-    # Phone search, the person's custom fields, its open deals, the deal, the note.
-    assert calls == fake.count() == 5
-    assert fake.tokens_used == 20 + 1 + 10 + 5 + 10
-
-
-async def test_contact_fields_are_filled_only_where_empty(run_bridge, fake) -> None:
-    person = fake.add_person("Иван", phones=["+79991234567"], telegram_username="typed_by_manager")
-    async with run_bridge() as bridge:
-        response = await bridge.post_payment(payment_payload("pay_fill"))
-        calls = calls_of(bridge, "pay_fill")
-    assert response.status_code == 200
-    assert response.json()["results"]["pipedrive"]["contact_id"] == str(person)
-    # Telegram id search (no hit), phone search, the person, its fill, its open deals
-    # (none), the new deal, the note.
-    assert calls == fake.count() == 7
-    assert fake.person_field(person, TG_ID) == "123456789"
-    assert fake.person_field(person, TG_USERNAME) == "typed_by_manager"
-    [patch] = [call for call in fake.calls if call.method == "PATCH" and "persons" in call.path]
-    assert patch.json == {"custom_fields": {TG_ID: "123456789"}}
-
-
-async def test_substring_phone_hit_with_another_number_is_not_used(run_bridge, fake) -> None:
-    other = fake.add_person("Someone else", phones=["+7 999 123-45-678"])
-    async with run_bridge() as bridge:
-        response = await bridge.post_payment(
-            payment_payload("pay_sub", telegram_id=None, email=None)
-        )
-    assert response.status_code == 200
-    assert response.json()["results"]["pipedrive"]["contact_id"] != str(other)
-    assert len(fake.persons()) == 2
-
-
-async def test_known_customer_with_open_deal_costs_three_calls(run_bridge, fake) -> None:
-    gathering = pipedrive_file_config(excluded_status_ids=())
-    async with run_bridge(file=gathering) as bridge:
-        first = await bridge.post_payment(payment_payload("pay_k1", costs=(1000,)))
-        before, tokens = fake.count(), fake.tokens_used
-        second = await bridge.post_payment(payment_payload("pay_k2", costs=(700,)))
-        calls = calls_of(bridge, "pay_k2")
-        health = (await bridge.client.get("/webhook/health")).json()["crms"]["pipedrive"]
-    assert first.status_code == second.status_code == 200
-    assert fake.count() - before == calls == 3  # the deal, its update, the note
-    assert fake.tokens_used - tokens == 1 + 5 + 10
-    [deal] = fake.deals()
-    assert number(fake.deal_field(deal["id"], DF.total_paid)) == 1700
-    assert number(fake.deal_field(deal["id"], DF.purchase_count)) == 2
-    assert health["daily_tokens_used"] == fake.tokens_used
-    assert health["daily_tokens_remaining"] == 30_000 - fake.tokens_used
-
-
-async def test_known_deal_won_since_gets_a_new_deal(run_bridge, fake) -> None:
-    gathering = pipedrive_file_config(excluded_status_ids=())
-    async with run_bridge(file=gathering) as bridge:
-        await bridge.post_payment(payment_payload("pay_w1", costs=(1000,)))
-        [old] = fake.deals()
-        fake.move_deal(old["id"], status="won")
-        response = await bridge.post_payment(payment_payload("pay_w2", costs=(700,)))
-    assert response.status_code == 200
-    body = response.json()["results"]["pipedrive"]
-    assert body["lead_created"] is True and body["lead_id"] != str(old["id"])
-    assert number(fake.deal_field(body["lead_id"], DF.total_paid)) == 700
-    assert number(fake.deal_field(old["id"], DF.total_paid)) == 1000
-
-
-# ---- (3) repeats --------------------------------------------------------------------
-
-
-async def test_repeat_after_success_is_409_and_crm_untouched(run_bridge, fake) -> None:
-    async with run_bridge() as bridge:
-        first = await bridge.post_payment(payment_payload("pay_dup"))
-        calls = fake.count()
-        again = await bridge.post_payment(payment_payload("pay_dup"))
-    assert first.status_code == 200
-    assert again.status_code == 409
-    assert again.json() == {"status": "duplicate"}
-    assert fake.count() == calls
-
-
-async def test_repeat_while_pending_is_202_without_second_delivery(run_bridge, fake) -> None:
-    fake.latency = 0.3
-    async with run_bridge(wait_seconds=0) as bridge:
-        first = await bridge.post_payment(payment_payload("pay_pend"))
-        again = await bridge.post_payment(payment_payload("pay_pend"))
-        await bridge.settle()
-        deliveries = bridge.query("SELECT status FROM deliveries")
-    assert first.status_code == again.status_code == 202
-    assert first.json()["status"] == "queued"
-    assert again.json() == {"status": "queued"}
-    assert deliveries == [("success",)]
-    assert len(fake.persons()) == 1
-    [deal] = fake.deals()
-    assert len(fake.notes(deal["id"])) == 1
-
-
-# ---- (4) creation disabled, (5) skipped, (6) rejected -------------------------------
-
-
-async def test_unknown_customer_with_creation_disabled_is_404(run_bridge, fake) -> None:
-    async with run_bridge(create_if_not_found=False) as bridge:
-        response = await bridge.post_payment(payment_payload("pay_404"))
-        [(status,)] = bridge.query("SELECT status FROM payment_events WHERE payment_id = 'pay_404'")
-    assert response.status_code == 404
-    assert response.json()["status"] == "not_found"
-    assert status == "not_found"
-    assert fake.persons() == [] and fake.deals() == []
-    assert fake.count(method="POST") == 0
-
-
-async def test_status_other_than_confirmed_is_skipped_without_crm_call(run_bridge, fake) -> None:
-    async with run_bridge() as bridge:
-        response = await bridge.post_payment(payment_payload("pay_skip", status="PENDING"))
-    assert response.status_code == 202
-    assert response.json()["status"] == "skipped"
-    assert fake.count() == 0
-
-
-async def test_a_bad_signature_is_401_whatever_the_crm(run_bridge, fake) -> None:
-    body = json.dumps(payment_payload("pay_bad")).encode()
-    async with run_bridge() as bridge:
-        wrong = await bridge.client.post(
-            "/webhook/payment", content=body, headers=signed(body, "other")
-        )
-    assert wrong.status_code == 401
-    assert wrong.json() == {"error": "invalid_signature"}
-    assert SECRET not in wrong.text
-    assert fake.count() == 0
-
-
 # ---- (7) trouble, and the crash windows ---------------------------------------------
-
-
-async def test_crm_trouble_answers_within_window_and_lands_exactly_once(run_bridge, fake) -> None:
-    fake.fail_next(6, status=429)
-    fake.fail_next(6, status=503)
-    async with run_bridge(wait_seconds=1) as bridge:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        first = await bridge.post_payment(
-            payment_payload("pay_t1", phone="89990000011", telegram_id=None, email=None)
-        )
-        assert loop.time() - started < 4
-        fake.down()
-        started = loop.time()
-        second = await bridge.post_payment(
-            payment_payload("pay_t2", phone="89990000012", telegram_id=None, email=None)
-        )
-        assert loop.time() - started < 4
-        assert second.status_code == 202
-        fake.up()
-        await bridge.settle(timeout=30)
-        statuses = bridge.query("SELECT payment_id, status FROM payment_events ORDER BY 1")
-    assert first.status_code in (200, 202)
-    assert statuses == [("pay_t1", "success"), ("pay_t2", "success")]
-    assert len(fake.persons()) == 2
-    for deal in fake.deals():
-        assert number(fake.deal_field(deal["id"], DF.purchase_count)) == 1
-        assert len(fake.notes(deal["id"])) == 1
-    assert fake.count(status=429) >= 3 and fake.count(status=503) >= 3
 
 
 @pytest.mark.parametrize("path", ["/api/v2/deals", "/api/v1/notes"])
@@ -372,38 +126,3 @@ async def test_a_write_whose_answer_was_lost_is_not_repeated(run_bridge, fake, p
     assert number(fake.deal_field(deal["id"], DF.purchase_count)) == 1
     [content] = fake.notes(deal["id"])  # the retry read the notes back and found it
     assert note_text(content).endswith("Payment ID: pay_lost")
-
-
-# ---- (8) two payments of one new customer at once -----------------------------------
-
-
-async def test_concurrent_payments_of_new_customer_gather_on_one_deal(run_bridge, fake) -> None:
-    gathering = pipedrive_file_config(excluded_status_ids=())
-    async with run_bridge(file=gathering) as bridge:
-        a, b = await asyncio.gather(
-            bridge.post_payment(payment_payload("pay_c1", costs=(1000,), subjects=("Русский",))),
-            bridge.post_payment(payment_payload("pay_c2", costs=(2500,), subjects=("Русский",))),
-        )
-    assert {a.status_code, b.status_code} == {200}
-    assert len(fake.persons()) == 1
-    [deal] = fake.deals()
-    assert number(fake.deal_field(deal["id"], DF.total_paid)) == 3500
-    assert number(fake.deal_field(deal["id"], DF.purchase_count)) == 2
-    assert len(fake.notes(deal["id"])) == 2
-
-
-async def test_concurrent_payments_reference_config_make_two_deals(run_bridge, fake) -> None:
-    async with run_bridge() as bridge:
-        a, b = await asyncio.gather(
-            bridge.post_payment(payment_payload("pay_r1", costs=(1000,), subjects=("Русский",))),
-            bridge.post_payment(payment_payload("pay_r2", costs=(2500,), subjects=("Русский",))),
-        )
-    assert {a.status_code, b.status_code} == {200}
-    assert len(fake.persons()) == 1
-    deals = fake.deals()
-    assert len(deals) == 2
-    totals = sorted(number(fake.deal_field(d["id"], DF.total_paid)) for d in deals)
-    assert totals == [1000, 2500]
-    for deal in deals:
-        assert number(fake.deal_field(deal["id"], DF.purchase_count)) == 1
-        assert len(fake.notes(deal["id"])) == 1

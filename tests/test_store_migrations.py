@@ -58,3 +58,38 @@ async def test_version_3_drops_the_redundant_deliveries_index_and_keeps_the_data
             "EXPLAIN QUERY PLAN SELECT id FROM deliveries WHERE event_id = 1"
         ).fetchall()
     assert "USING COVERING INDEX sqlite_autoindex_deliveries" in str(plan)
+
+
+async def test_bodies_stored_with_nan_become_json_again(tmp_path: Path) -> None:
+    """Issue 13.8: a NaN stored in a body made every json_extract over payment_events fail."""
+    path = tmp_path / "b.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrate(conn, upto=5)
+    bodies = {
+        "pay_nan": '{"course_order": {"payment_id": "pay_nan", "items": [{"package_id": NaN}]}}',
+        "pay_inf": '{"course_order": {"payment_id": "pay_inf", "x": -Infinity, "n": "Имя",'
+        ' "cut": "\\ud83d"}}',
+        "pay_ok": '{"course_order": {"payment_id": "pay_ok", "n": 1e308}}',
+    }
+    for key, body in bodies.items():
+        conn.execute(
+            "INSERT INTO events (kind, key, status, payload, received_at)"
+            " VALUES ('payment', ?, 'success', ?, '2026-01-01 00:00:00.000')",
+            (key, body),
+        )
+    conn.close()
+    store = await Store.open(path, clock=time.time)
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute(
+            "SELECT payment_id, json_extract(payload, '$.course_order.payment_id'),"
+            " json_type(payload, '$.course_order.items[0].package_id'),"
+            " json_type(payload, '$.course_order.x') FROM payment_events ORDER BY 1"
+        ).fetchall()
+        ok = conn.execute("SELECT payload FROM events WHERE key = 'pay_ok'").fetchone()
+    assert rows == [
+        ("pay_inf", "pay_inf", None, "null"),
+        ("pay_nan", "pay_nan", "null", None),
+        ("pay_ok", "pay_ok", None, None),
+    ]
+    assert ok == (bodies["pay_ok"],)  # valid bodies are left exactly as received

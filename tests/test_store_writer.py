@@ -20,16 +20,20 @@ from bridge.store.writer import Writer
 class Recorder:
     """A batch writer that stores each item as a row and records where it ran."""
 
-    def __init__(self, fail_on: str | None = None) -> None:
+    def __init__(self, fail_on: str | None = None, rollback_on: str | None = None) -> None:
         self.batches: list[list[str]] = []
         self.threads: set[str] = set()
-        self.fail_on = fail_on
+        self.fail_on = fail_on  # an item that cannot be stored
+        self.rollback_on = rollback_on  # ... and SQLite undid the transaction (disk full)
 
     def __call__(self, db: sqlite3.Connection, batch: list[str]) -> list[str]:
         self.threads.add(threading.current_thread().name)
         self.batches.append(list(batch))
         db.executemany("INSERT INTO items (name) VALUES (?)", [(item,) for item in batch])
         if self.fail_on in batch:
+            raise UnicodeEncodeError("utf-8", "\ud83d", 0, 1, "surrogates not allowed")
+        if self.rollback_on in batch:
+            db.execute("ROLLBACK")
             raise StoreUnavailable("disk on fire")
         return [item.upper() for item in batch]
 
@@ -78,11 +82,28 @@ async def test_posted_items_ride_along_unawaited(tmp_path: Path) -> None:
     assert _stored(db) == ["log-1", "event"]
 
 
+async def test_an_item_that_cannot_be_stored_fails_alone_not_its_batch(tmp_path: Path) -> None:
+    """Issue 13.5: one webhook SQLite could not take failed every webhook of its batch."""
+    db = _database(tmp_path)
+    recorder = Recorder(fail_on="bad")
+    writer = _writer(db, recorder)
+    writer.start()
+    async with _writer_busy(writer):
+        futures = [writer.submit(name) for name in ("before", "bad", "after")]
+        writer.post("log-row")
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    assert outcomes[0] == "BEFORE" and outcomes[2] == "AFTER"
+    assert isinstance(outcomes[1], StoreUnavailable)
+    assert recorder.batches[0] == ["before", "bad", "after", "log-row"]  # tried together
+    await writer.close()
+    assert _stored(db) == ["before", "after", "log-row"]
+
+
 async def test_a_failed_batch_fails_each_submitter_leaves_no_rows_and_the_writer_goes_on(
     tmp_path: Path,
 ) -> None:
     db = _database(tmp_path)
-    writer = _writer(db, Recorder(fail_on="bad"))
+    writer = _writer(db, Recorder(rollback_on="bad"))
     writer.start()
     first = writer.submit("bad")
     second = writer.submit("also-in-that-batch")
@@ -175,7 +196,7 @@ async def test_a_failed_grouped_transaction_undoes_only_itself_and_raises_in_its
 
 async def test_a_failed_batch_fails_its_grouped_transactions_too(tmp_path: Path) -> None:
     db = _database(tmp_path)
-    writer = _writer(db, Recorder(fail_on="bad"))
+    writer = _writer(db, Recorder(rollback_on="bad"))
     writer.start()
     async with _writer_busy(writer):
         grouped = asyncio.ensure_future(writer.transact(_insert("grouped")))

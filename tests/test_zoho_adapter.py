@@ -2,14 +2,15 @@
 
 Every request an adapter built here sends is recorded and, after each test, checked
 against Zoho's published v8 OpenAPI files (`tests.fakes.zoho_openapi`); when the files
-are missing that check fails (it never passes by checking nothing).
+are missing that check fails (it never passes by checking nothing). What every CRM
+keeps alike (OAuth, 429s and network trouble, the fake over a socket) is
+`tests/test_contract.py`'s, which runs Zoho too; here is what only Zoho does.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -17,8 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from bridge.crm.base import RateLimiter
+from bridge.crm.connection import Wiring
 from bridge.crm.zoho import Zoho, build_zoho
 from bridge.crmconfig import config_snippet, schema_problems
 from bridge.domain import (
@@ -33,12 +36,12 @@ from bridge.domain import (
     NewDeal,
     Utm,
 )
-from bridge.errors import AuthError, ConfigError, PermanentCrmError, RateLimited, TransientCrmError
+from bridge.errors import ConfigError, PermanentCrmError, RateLimited
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
 from bridge.tokens import TokenPair
+from tests.fakes.memory import MemoryTokens
 from tests.fakes.openapi_check import RecordingTransport
-from tests.fakes.server import serve_in_thread
 from tests.fakes.zoho import FakeZoho
 from tests.fakes.zoho_openapi import ZohoOpenApi
 
@@ -65,19 +68,6 @@ def requests_conform_to_openapi() -> Iterator[None]:
     assert problems == []
 
 
-@dataclass
-class MemoryTokens:
-    pair: TokenPair | None = None
-    saved: list[TokenPair] = field(default_factory=list)
-
-    async def load_tokens(self, crm: str) -> TokenPair | None:
-        return self.pair
-
-    async def save_tokens(self, crm: str, pair: TokenPair) -> None:
-        self.pair = pair
-        self.saved.append(pair)
-
-
 async def no_wait(seconds: float) -> None:
     await asyncio.sleep(0)
 
@@ -89,24 +79,36 @@ def make_adapter(
     tokens: MemoryTokens | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     real_limiter: bool = False,
-    **env: Any,
+    **env: str,
 ) -> Zoho:
-    values: dict[str, Any] = {
-        "zoho_client_id": fake.client_id,
-        "zoho_client_secret": fake.client_secret,
-    }
+    """The adapter on the fake. `env` names ZOHO_* secrets in lower case
+    (`zoho_refresh_token=…`; "" leaves one out); without `tokens` the store holds a live pair."""
+    secrets = {"zoho_client_id": fake.client_id, "zoho_client_secret": fake.client_secret}
+    secrets.update(env)
     if tokens is None:
         access, refresh = fake.issue_oauth_pair()
         tokens = MemoryTokens(TokenPair(access, refresh, fake.clock() + 3600))
-    values.update(env)
-    settings = Settings(_env_file=None, file=FileConfig(crm={"zoho": config}), **values)
+    crm_env = {key.upper(): SecretStr(value) for key, value in secrets.items() if value}
+    settings = Settings(_env_file=None, file=FileConfig(crm={"zoho": config}), crm_env=crm_env)
     recorder = RecordingTransport(transport or fake.transport())
     SENT.append(recorder)
-    adapter = build_zoho("zoho", config, settings, tokens, transport=recorder, clock=fake.clock)
+    adapter = build_zoho(
+        Wiring("zoho", config, settings, tokens, transport=recorder, clock=fake.clock)
+    )
     if not real_limiter:
-        adapter.http.limiter = RateLimiter(1000, sleep=no_wait)
-        adapter.http.backoff_initial, adapter.http.backoff_max = 0.001, 0.01
+        http = adapter.connection.http
+        http.limiter = RateLimiter(1000, sleep=no_wait)
+        http.backoff_initial, http.backoff_max = 0.001, 0.01
     return adapter
+
+
+def served_on(fake: FakeZoho, base_url: str) -> dict[str, Any]:
+    """`make_adapter`'s options for the fake served on `base_url`: the API and the
+    accounts server both there, which the fake then does not tell apart by host."""
+    fake.check_hosts = False
+    options = {**CONFIG.options, "accounts_url": base_url}
+    update = {"base_url": base_url, "request_timeout_seconds": 0.5, "options": options}
+    return {"config": CONFIG.model_copy(update=update)}
 
 
 @pytest.fixture
@@ -118,7 +120,7 @@ def fake() -> FakeZoho:
 async def zoho(fake: FakeZoho) -> AsyncIterator[Zoho]:
     adapter = make_adapter(fake)
     yield adapter
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 def paths(fake: FakeZoho) -> list[str]:
@@ -244,7 +246,7 @@ async def test_without_a_telegram_field_no_telegram_criterion(fake: FakeZoho) ->
     keys = (LookupKey(KeyKind.TELEGRAM_ID, "123456789"),)
     assert await adapter.find_contact(keys, contact_matches) is None
     assert fake.count() == 0
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_create_and_fill_a_contact(fake: FakeZoho, zoho: Zoho) -> None:
@@ -380,8 +382,8 @@ async def test_bootstrap_from_a_refresh_token_and_the_answers_api_domain_wins() 
     assert await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches) is None
     assert fake.hosts == ["https://accounts.zoho.eu", "https://eu-proxy.zohoapis.eu"]
     assert tokens.saved and tokens.saved[0].refresh_token == refresh
-    assert adapter.health_details()["api_domain"] == "https://eu-proxy.zohoapis.eu"
-    await adapter.aclose()
+    assert adapter.connection.health_details()["api_domain"] == "https://eu-proxy.zohoapis.eu"
+    await adapter.connection.aclose()
 
 
 async def test_a_request_sent_to_the_wrong_domain_is_resent_to_the_token_s(fake: FakeZoho) -> None:
@@ -391,26 +393,7 @@ async def test_a_request_sent_to_the_wrong_domain_is_resent_to_the_token_s(fake:
     adapter = make_adapter(fake)
     assert await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches) is None
     assert fake.hosts[-1] == "https://other.zohoapis.eu"
-    await adapter.aclose()
-
-
-async def test_an_expired_token_is_refreshed_once_for_concurrent_requests(fake: FakeZoho) -> None:
-    adapter = make_adapter(fake)
-    fake.expire_all_access_tokens()
-    keys = CUSTOMER.lookup_keys()
-    await asyncio.gather(*(adapter.find_contact(keys, contact_matches) for _ in range(5)))
-    assert fake.count("POST", "/oauth/v2/token") == 1
-    await adapter.aclose()
-
-
-async def test_a_refused_refresh_token_is_an_auth_error_naming_no_secret(fake: FakeZoho) -> None:
-    adapter = make_adapter(fake)
-    fake.expire_all_access_tokens()
-    fake.revoke_refresh_tokens()
-    with pytest.raises(AuthError, match="invalid_code") as raised:
-        await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)
-    assert fake.client_secret not in str(raised.value)
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_a_burst_of_token_requests_waits_instead_of_reauthorising(fake: FakeZoho) -> None:
@@ -420,28 +403,7 @@ async def test_a_burst_of_token_requests_waits_instead_of_reauthorising(fake: Fa
     with pytest.raises(RateLimited) as raised:
         await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)
     assert raised.value.retry_after == 60
-    await adapter.aclose()
-
-
-async def test_exchange_code_stores_the_pair_and_uses_it(fake: FakeZoho) -> None:
-    tokens = MemoryTokens()
-    adapter = make_adapter(fake, tokens=tokens)
-    assert await adapter.credentials_problem() is not None
-    fake.register_code("1000.grant")
-    pair = await adapter.exchange_code("1000.grant")
-    assert tokens.pair == pair and await adapter.credentials_problem() is None
-    assert await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches) is None
-    with pytest.raises(AuthError, match="invalid_code"):
-        await adapter.exchange_code("1000.grant")  # single-use
-    await adapter.aclose()
-
-
-async def test_oauth_without_client_credentials_is_an_auth_error(fake: FakeZoho) -> None:
-    adapter = make_adapter(fake, tokens=MemoryTokens(), zoho_client_secret=None)
-    fake.register_code("1000.grant")
-    with pytest.raises(AuthError, match="ZOHO_CLIENT_SECRET"):
-        await adapter.exchange_code("1000.grant")
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 # ---- credits and concurrency ------------------------------------------------------------------
@@ -455,7 +417,7 @@ async def test_the_pool_counts_what_zoho_counts(fake: FakeZoho, zoho: Zoho) -> N
     await zoho.add_note(deal.id, "Payment ID: pay_1")
     # Two composite calls (the new customer; the search with its deals), update, note.
     assert zoho.pool.used == fake.credits_used == 4
-    details = zoho.health_details()
+    details = zoho.connection.health_details()
     assert details["credits_used_24h"] == 4 and details["daily_credits"] == 50000
 
 
@@ -474,7 +436,7 @@ async def test_a_spent_pool_refuses_without_calling_until_credits_return(fake: F
     assert raised.value.retry_after == pytest.approx(86400 - 3600)
     now[0] += 86400 - 3600
     await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 async def test_zohos_own_429_is_rate_limited(fake: FakeZoho, zoho: Zoho) -> None:
@@ -493,7 +455,7 @@ async def test_calls_stay_under_the_concurrency_limit(fake: FakeZoho) -> None:
         *(adapter.list_deals(Contact(id=person)) for _ in range(6)),
     )
     assert fake.throttled == 0
-    await adapter.aclose()
+    await adapter.connection.aclose()
 
 
 # ---- schema, options ---------------------------------------------------------------------------
@@ -545,8 +507,8 @@ def test_every_data_centre_decides_both_hosts(fake: FakeZoho) -> None:
     for centre, api in (("us", "https://www.zohoapis.com"), ("ca", "https://www.zohoapis.ca")):
         config = CONFIG.model_copy(update={"options": {"data_centre": centre}})
         adapter = make_adapter(fake, config=config)
-        assert str(adapter.http.client.base_url).rstrip("/") == api
-        assert adapter.health_details()["api_domain"] == api
+        assert str(adapter.connection.client.base_url).rstrip("/") == api
+        assert adapter.connection.health_details()["api_domain"] == api
 
 
 async def test_client_requests_carry_the_zoho_oauthtoken_header(fake: FakeZoho, zoho: Zoho) -> None:
@@ -554,32 +516,3 @@ async def test_client_requests_carry_the_zoho_oauthtoken_header(fake: FakeZoho, 
     [request] = SENT[-1].requests
     assert request.headers["authorization"].startswith("Zoho-oauthtoken 1000.")
     assert isinstance(request, httpx.Request) and request.url.host == "www.zohoapis.eu"
-
-
-async def test_the_asgi_app_serves_the_same_api_and_faults() -> None:
-    fake = FakeZoho(CONFIG, check_hosts=False)
-    base_url, stop = serve_in_thread(fake)
-    try:
-        options = {**CONFIG.options, "accounts_url": base_url}
-        config = CONFIG.model_copy(
-            update={"base_url": base_url, "request_timeout_seconds": 0.5, "options": options}
-        )
-        adapter = make_adapter(fake, config=config, transport=httpx.AsyncHTTPTransport())
-        fake.expire_all_access_tokens()  # the first call refreshes, at the accounts_url
-        contact, deal = await adapter.create_contact_and_deal(new_contact(), new_deal())
-        fake.asgi_hang_seconds = 5
-        assert [d.id for d in await adapter.list_deals(contact)] == [deal.id]
-        fake.fail_next(1, kind="timeout", method="GET")
-        fake.fail_next(1, kind="drop", method="GET")
-        got = await adapter.get_deal(deal.id)  # a read: retried past both
-        assert got is not None and got.contact_ids == (contact.id,)
-        await adapter.add_note(deal.id, "Payment ID: pay_1")
-        assert await adapter.deal_notes(deal.id) == ["Payment ID: pay_1"]
-        assert fake.count("POST", "/oauth/v2/token") == 1
-        fake.down()
-        with pytest.raises(TransientCrmError, match="503"):
-            await adapter.get_deal(deal.id)
-        fake.up()
-        await adapter.aclose()
-    finally:
-        stop()

@@ -44,9 +44,8 @@ def main(ctx: click.Context, env_file: Path | None) -> None:
 @click.pass_obj
 def serve(env: CliEnv, host: str | None, port: int | None) -> None:
     """Run the bridge (what systemd starts)."""
-    import uvicorn
-
     from bridge.app import create_app
+    from bridge.server import Limits, run
 
     settings = env.settings()
     configure_logging(settings.log_level)
@@ -58,10 +57,21 @@ def serve(env: CliEnv, host: str | None, port: int | None) -> None:
     if any(finding.level == "problem" for finding in findings):
         raise click.ClickException("configuration problems above: fix them, then start again")
     app = create_app(settings)
-    uvicorn.run(
+    limits = Limits(
+        header_timeout=settings.header_timeout_seconds,
+        # The payment route answers 408 at BODY_TIMEOUT_SECONDS; the server's own limit,
+        # for every route, closes a little later so that answer can go out first.
+        body_timeout=settings.body_timeout_seconds + 5,
+        keep_alive=settings.keep_alive_seconds,
+        max_connections=settings.max_connections,
+    )
+    run(
         app,
         host=host or settings.host,
         port=port or settings.port,
+        limits=limits,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         log_config=None,
         access_log=False,
         # Requests inside their wait window get their answer (202 at worst) before the

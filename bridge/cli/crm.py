@@ -42,7 +42,7 @@ def discover(env: CliEnv, crm: str) -> None:
             try:
                 schema = await adapter.schema()
             finally:
-                await adapter.aclose()
+                await adapter.connection.aclose()
         return config_snippet(crm, settings.file.crm[crm], schema)
 
     click.echo(run(work()), nl=False)
@@ -98,9 +98,10 @@ def auth(
                 return entered
             adapter = checks.build_adapter(crm, settings, store, env.transports, env.clock)
             try:
-                return await adapter.exchange_code(code or "")  # it stores the pair itself
+                # The connection stores the pair itself.
+                return await adapter.connection.exchange_code(code or "")
             finally:
-                await adapter.aclose()
+                await adapter.connection.aclose()
 
     pair = run(work())
     click.echo(

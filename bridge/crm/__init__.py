@@ -1,44 +1,37 @@
-"""CRM adapters: one module per CRM, chosen by the `kind` of each `[crm.NAME]` section.
+"""CRM adapters: one builder per CRM kind, chosen by the `kind` of each `[crm.NAME]` section.
 
-Every module provides `build_<kind>(name, config, settings, tokens, *, transport=None,
-on_call=None, clock=time.time)` returning its adapter with the one HTTP client it owns.
+`BUILDERS` is the registry: mypy checks every entry against `Builder`, and the `kind`
+values a configuration may use are its keys. A builder takes the `Wiring` of one section and
+returns its adapter on a `Connection` (bridge.crm.connection), which owns that CRM's one
+HTTP client.
 """
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable, Mapping
-from typing import Protocol
 
 import httpx
 
+from bridge.crm.amocrm import build_amocrm
 from bridge.crm.base import CrmAdapter
+from bridge.crm.bitrix24 import build_bitrix24
+from bridge.crm.connection import OnCall, Wiring
+from bridge.crm.hubspot import build_hubspot
+from bridge.crm.pipedrive import build_pipedrive
+from bridge.crm.zoho import build_zoho
 from bridge.settings import CrmConfig, Settings
 from bridge.tokens import TokenRepository
 
-OnCall = Callable[[str, str, float, int], None]
+Builder = Callable[[Wiring], CrmAdapter]
 
-
-class Builder(Protocol):
-    def __call__(
-        self,
-        name: str,
-        config: CrmConfig,
-        settings: Settings,
-        tokens: TokenRepository,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-        on_call: OnCall | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> CrmAdapter: ...
-
-
-def builder(kind: str) -> Builder:
-    """The builder of one CRM kind; modules are imported only when configured."""
-    module = importlib.import_module(f"bridge.crm.{kind}")
-    built: Builder = getattr(module, f"build_{kind}")
-    return built
+BUILDERS: Mapping[str, Builder] = {
+    "amocrm": build_amocrm,
+    "hubspot": build_hubspot,
+    "pipedrive": build_pipedrive,
+    "bitrix24": build_bitrix24,
+    "zoho": build_zoho,
+}
 
 
 def build_adapter(
@@ -51,8 +44,8 @@ def build_adapter(
     on_call: OnCall | None = None,
     clock: Callable[[], float] = time.time,
 ) -> CrmAdapter:
-    build = builder(config.kind)
-    return build(name, config, settings, tokens, transport=transport, on_call=on_call, clock=clock)
+    wiring = Wiring(name, config, settings, tokens, transport, on_call, clock)
+    return BUILDERS[config.kind](wiring)
 
 
 def build_adapters(

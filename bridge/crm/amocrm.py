@@ -1,7 +1,7 @@
 """amoCRM (and Kommo: the same API on *.kommo.com), API v4, as a `CrmAdapter`.
 
 Pure mappers first (domain values to v4 JSON and back), then the adapter and
-`build_amocrm`; the OAuth token endpoint is in `amocrm_oauth`. The calls each method makes:
+`build_amocrm` on its `Connection` (the token endpoint is `OAUTH`). Calls per method:
 
     find_contact(s)          GET   /api/v4/contacts?query=…&with=leads&limit=50  (per key)
     create_contact           POST  /api/v4/contacts
@@ -20,27 +20,16 @@ Lists are paged while the answer carries `_links.next`; an empty list is HTTP 20
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-import httpx
 import phonenumbers
 
-from bridge.crm.amocrm_oauth import AmoOAuth
-from bridge.crm.base import (
-    JSON,
-    Confirm,
-    CrmHttp,
-    CrmSchema,
-    CustomField,
-    Pipeline,
-    RateLimiter,
-    first_confirmed,
-)
+from bridge.crm.base import JSON, Confirm, CrmSchema, CustomField, Pipeline, first_confirmed
+from bridge.crm.connection import Connection, OAuthEndpoint, Wiring
 from bridge.domain import (
     Contact,
     ContactPatch,
@@ -52,21 +41,13 @@ from bridge.domain import (
     NewContact,
     NewDeal,
 )
-from bridge.errors import PermanentCrmError, TransientCrmError
-from bridge.settings import CrmConfig, Settings, secret_value
-from bridge.tokens import (
-    BearerAuth,
-    OAuthTokenSource,
-    StaticToken,
-    TokenPair,
-    TokenRepository,
-    TokenSource,
-)
+from bridge.errors import AuthError, PermanentCrmError
+from bridge.settings import CrmConfig
 
 SEARCH_LIMIT = 50
 PAGE_LIMIT = 250
 MAX_PAGES = 100  # a runaway `next` link must not loop forever
-OnCall = Callable[[str, str, float, int], None]
+_FORBIDDEN = re.compile(r"\S+ \S+: HTTP 403\b")  # how `error_for_status` words a 403
 
 
 # ---- domain → v4 JSON ---------------------------------------------------------------
@@ -225,27 +206,27 @@ def custom_field_from_json(record: Mapping[str, JSON], entity: str) -> CustomFie
 
 # ---- the adapter --------------------------------------------------------------------
 
+# POST /oauth2/access_token with a JSON body; each refresh answers a new refresh token
+# (the old one is spent); a refusal explains itself in `hint` ("Token has been revoked").
+OAUTH = OAuthEndpoint(
+    "/oauth2/access_token",
+    style="json",
+    error_fields=("hint",),
+    rotates=True,
+    refused=frozenset({400, 401, 403, 404}),
+    redirect_on_refresh=True,
+)
+
 
 class AmoCrm:
-    """One amoCRM account. Build it with `build_amocrm`; it owns one HTTP client."""
+    """One amoCRM account. Build it with `build_amocrm`."""
 
-    def __init__(
-        self,
-        name: str,
-        config: CrmConfig,
-        http: CrmHttp,
-        source: TokenSource,
-        oauth: AmoOAuth,
-        tokens: TokenRepository,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.name = name
-        self.config = config
-        self.http = http
-        self._source = source
-        self._oauth = oauth
-        self._tokens = tokens
-        self._clock = clock
+    def __init__(self, connection: Connection) -> None:
+        self.name = connection.name
+        self.config = connection.config
+        self.connection = connection
+        self._reading = connection.reading
+        self._clock = connection.clock
 
     async def find_contact(self, keys: Sequence[LookupKey], confirm: Confirm) -> Contact | None:
         # One search per key, stopping at the first confirmed hit: a returning customer
@@ -363,35 +344,19 @@ class AmoCrm:
             pipelines = tuple(pipeline_from_json(p) for p in embedded(body, "pipelines"))
         return CrmSchema(pipelines=pipelines, fields=tuple(fields))
 
-    async def credentials_problem(self) -> str | None:
-        return await self._source.problem()
-
-    def health_details(self) -> Mapping[str, object]:
-        return {"rate_limit_per_second": round(self.http.limiter.rate, 2)}
-
-    def token_expires_at(self) -> float | None:
-        return self._source.expires_at()
-
-    async def exchange_code(self, code: str) -> TokenPair:
-        """`bridge auth`: trade an authorization code for a pair and store it before use."""
-        pair = await self._oauth.exchange_code(code)
-        await self._tokens.save_tokens(self.name, pair)
-        if isinstance(self._source, OAuthTokenSource):
-            self._source.forget()
-        return pair
-
-    async def aclose(self) -> None:
-        await self.http.client.aclose()
-
     async def _send(self, method: str, path: str, operation: str, **kwargs: Any) -> JSON:
-        """One request through `CrmHttp`; the JSON answer, or None for a 204."""
-        response = await self.http.request(method, path, operation=operation, **kwargs)
-        if response.status_code == 204 or not response.content:
-            return None
+        """One request through the connection; the JSON answer, or None for a 204.
+
+        amoCRM answers 403 for the account or its token rather than the request (an account
+        blocked for exceeding the rate, an IP ban, a user without API rights): no delivery
+        can succeed until an operator acts, so it pauses the CRM like a 401 instead of
+        failing every delivery in turn."""
         try:
-            return response.json()
-        except ValueError as exc:
-            raise TransientCrmError(self.name, f"{method} {path}: answer is not JSON") from exc
+            return await self.connection.send(method, path, operation, **kwargs)
+        except PermanentCrmError as exc:
+            if _FORBIDDEN.match(exc.message):
+                raise AuthError(self.name, exc.message) from exc
+            raise
 
     async def _pages(
         self, path: str, params: dict[str, Any], key: str, operation: str
@@ -416,50 +381,11 @@ class AmoCrm:
         record["_embedded"] = {"contacts": [{"id": contact_id}]}
         return deal_from_json(record, self.config.closed_status_ids)
 
-    @contextmanager
-    def _reading(self, operation: str) -> Iterator[None]:
-        """Turn a payload that cannot be built, or an answer of an unexpected shape, into
-        a `PermanentCrmError` naming the operation."""
-        try:
-            yield
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-            message = f"{operation}: {type(exc).__name__}: {exc}"
-            raise PermanentCrmError(self.name, message) from exc
-
 
 # ---- the builder --------------------------------------------------------------------
 
 
-def build_amocrm(
-    name: str,
-    config: CrmConfig,
-    settings: Settings,
-    tokens: TokenRepository,
-    *,
-    transport: httpx.AsyncBaseTransport | None = None,
-    on_call: OnCall | None = None,
-    clock: Callable[[], float] = time.time,
-) -> AmoCrm:
-    """The adapter with its one HTTP client, rate limiter and token source."""
-    client = httpx.AsyncClient(
-        base_url=config.base_url,
-        timeout=config.request_timeout_seconds,
-        transport=transport,
-    )
-    http = CrmHttp(name, client, RateLimiter(config.rate_limit_per_second), on_call=on_call)
-    oauth = AmoOAuth(name, http, settings, clock)
-    source: TokenSource
-    if config.auth == "oauth":
-        source = OAuthTokenSource(
-            name,
-            tokens,
-            oauth.refresh,
-            bootstrap_refresh_token=secret_value(settings.amocrm_refresh_token),
-            clock=clock,
-        )
-    else:
-        hint = f'set AMOCRM_ACCESS_TOKEN or use auth = "oauth" and run `bridge auth {name}`'
-        source = StaticToken(name, secret_value(settings.amocrm_access_token), hint)
-    # Set after construction: the refresher above needs this same client.
-    client.auth = BearerAuth(source)
-    return AmoCrm(name, config, http, source, oauth, tokens, clock)
+def build_amocrm(wiring: Wiring) -> AmoCrm:
+    """The adapter on its connection (one HTTP client, rate limiter, token source)."""
+    # An empty list is a 204.
+    return AmoCrm(Connection(wiring, wiring.secrets("ACCESS_TOKEN"), OAUTH, empty_answer=None))

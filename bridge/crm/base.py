@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 from httpx._types import QueryParamTypes
@@ -47,7 +47,9 @@ from bridge.errors import (
     RateLimited,
     TransientCrmError,
 )
-from bridge.tokens import TokenPair
+
+if TYPE_CHECKING:
+    from bridge.crm.connection import Connection
 
 JSON = Any  # what json.loads returns; narrowed by each adapter's mappers
 IDEMPOTENT_METHODS = ("GET", "HEAD", "PUT", "PATCH", "DELETE")
@@ -87,6 +89,12 @@ class RateLimiter:
 
     After a 429 it backs off: honours Retry-After, and slows to a lower rate that
     recovers gradually, so a limit shared with other integrations is respected.
+
+    The bucket starts empty: the first request waits one interval. A bridge restarted
+    after a crash or SIGKILL cannot know what its previous run sent in the last second,
+    and an empty bucket at start is never more permissive than the old run's bucket
+    would have been had it kept going, so the CRM sees the configured rate across the
+    restart too (a full bucket at start was a burst on top of the old run's last calls).
     """
 
     def __init__(
@@ -101,7 +109,7 @@ class RateLimiter:
         self._burst = burst
         self._clock = clock
         self._sleep = sleep
-        self._next_slot = 0.0
+        self._next_slot = clock() + self._interval  # empty: see the class docstring
         self._last_penalty = -1e9
 
     @property
@@ -190,7 +198,6 @@ class CrmHttp:
     backoff_initial: float = 0.2  # seconds; doubles per try, with jitter
     backoff_max: float = 2.0
     on_call: Callable[[str, str, float, int], None] | None = None
-    _total_calls: int = field(default=0, init=False)
 
     async def request(
         self,
@@ -230,7 +237,6 @@ class CrmHttp:
         stats = _current_stats.get()
         if stats is not None:
             stats.calls += 1
-        self._total_calls += 1
         started = time.perf_counter()
         status = 0
         try:
@@ -276,10 +282,6 @@ class CrmHttp:
             if self.on_call is not None:
                 self.on_call(self.crm, "oauth.token", time.perf_counter() - started, status)
         return response
-
-    @property
-    def total_calls(self) -> int:
-        return self._total_calls
 
 
 @dataclass(frozen=True)
@@ -328,9 +330,12 @@ def _id_order(contact: Contact) -> tuple[int, str]:
 
 
 class CrmAdapter(Protocol):
-    """One CRM, translated. Every method may raise the `CrmError` subclasses."""
+    """One CRM, translated: what the flow uses (and `schema` for discover / check). Every
+    method may raise the `CrmError` subclasses. Credentials, health and closing are the
+    `connection`'s."""
 
     name: str
+    connection: Connection
 
     async def find_contact(self, keys: Sequence[LookupKey], confirm: Confirm) -> Contact | None:
         """The contact of the first key, in the given priority order, with a confirmed hit.
@@ -372,23 +377,6 @@ class CrmAdapter(Protocol):
 
     async def add_note(self, deal_id: str, text: str) -> None: ...
 
-    async def schema(self) -> CrmSchema: ...
-
-    async def exchange_code(self, code: str) -> TokenPair:
-        """OAuth authorisation-code exchange for `bridge auth`; stores the pair itself.
-        Raises AuthError when this CRM is not configured for OAuth."""
+    async def schema(self) -> CrmSchema:
+        """Pipelines and custom fields, for `bridge discover` and `bridge check`."""
         ...
-
-    async def credentials_problem(self) -> str | None:
-        """Why this CRM cannot be called yet, without calling it (None: it can)."""
-        ...
-
-    def token_expires_at(self) -> float | None:
-        """When the current access token expires (None: unknown or never)."""
-        ...
-
-    def health_details(self) -> Mapping[str, object]:
-        """Anything else an operator should see in /webhook/health (e.g. a rate budget)."""
-        ...
-
-    async def aclose(self) -> None: ...

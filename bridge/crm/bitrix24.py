@@ -1,21 +1,22 @@
 """Bitrix24 (cloud REST: inbound webhook or OAuth 2.0) as a `CrmAdapter`.
 
-Shapes are `bitrix24_json`, method and batch calls `bitrix24_calls`, the transport,
-token auth and token server `bitrix24_rest`; here: the adapter and `build_bitrix24`.
+Shapes are `bitrix24_json`, method and batch calls `bitrix24_calls`, the transport and
+token auth `bitrix24_rest`; here: the adapter, its token server and `build_bitrix24`.
 Reads are GET (retried after a 5xx or a timeout), writes POST; a `batch` of up to 50
 methods is one request for the leaky bucket. Requests per method:
 
     find_contact    GET batch {tg: crm.contact.list by the Telegram user field,
-                      tg_deals: crm.deal.list of $result[tg][0][ID],
+                      tg_deals: crm.item.list of $result[tg][0][ID],
                       commN: crm.duplicate.findbycomm per phone / e-mail}
-                    + GET batch {contacts: crm.contact.list @ID, deals_ID: crm.deal.list}
+                    + GET batch {contacts: crm.contact.list @ID, deals_ID: crm.item.list}
                       only when no Telegram hit is confirmed and findbycomm found ids
     create_contact / create_deal       POST crm.contact.add / crm.deal.add
     create_contact_and_deal            POST batch, halt {contact: crm.contact.add,
                                          deal: crm.deal.add, CONTACT_IDS $result[contact]}
     update_contact / update_deal       POST crm.contact.update / crm.deal.update (none
                                          when nothing to set)
-    list_deals      none right after find_contact read them, else GET crm.deal.list
+    list_deals      none right after find_contact read them, else GET crm.item.list
+                      (deals by contactIds: every deal the contact is bound to)
     get_deal        GET batch {deal: crm.deal.get, contacts: crm.deal.contact.items.get}
     deal_notes / add_note              GET crm.timeline.comment.list / POST …comment.add
     schema          GET batch {crm.category.list, crm.deal.fields, crm.contact.fields}
@@ -24,8 +25,8 @@ methods is one request for the leaky bucket. Requests per method:
 `find_contact` reads the found contact's open deals in its own batch, and `list_deals`
 hands them over when asked within PREFETCH_TTL for that same `Contact`: one request
 less per returning customer. The chained `$result[tg][0][ID]` counts only when that
-first Telegram hit is the contact chosen and every deal read names it as primary
-contact (an empty lookup resolves the reference to an array, not an id).
+first Telegram hit is the contact chosen; on a Telegram miss it resolves to an empty
+array, and `open_deals_params` makes that filter match nothing rather than everything.
 
 Options (`[crm.NAME.options]`, see `BitrixOptions`): `burst`, `currency_id`,
 `oauth_server`.
@@ -33,25 +34,24 @@ Options (`[crm.NAME.options]`, see `BitrixOptions`): `burst`, `currency_id`,
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import httpx
 
 from bridge.crm import bitrix24_json as bx
-from bridge.crm.base import Confirm, CrmHttp, CrmSchema, CustomField, RateLimiter, first_confirmed
-from bridge.crm.bitrix24_calls import JSON, BatchAnswer, BitrixCalls, Commands
+from bridge.crm.base import Confirm, CrmSchema, CustomField, first_confirmed
+from bridge.crm.bitrix24_calls import JSON, MAX_PAGES, BatchAnswer, BitrixCalls, Commands
 from bridge.crm.bitrix24_json import BitrixOptions
 from bridge.crm.bitrix24_rest import (
     WEBHOOK_BASE,
-    BitrixOAuth,
     BitrixTokenAuth,
     BitrixTransport,
     WebhookAuth,
     webhook_problem,
 )
+from bridge.crm.connection import Connection, OAuthEndpoint, Wiring
 from bridge.domain import (
     Contact,
     ContactPatch,
@@ -62,11 +62,7 @@ from bridge.domain import (
     NewContact,
     NewDeal,
 )
-from bridge.errors import AuthError
-from bridge.settings import CrmConfig, Settings, secret_value
-from bridge.tokens import OAuthTokenSource, StaticToken, TokenPair, TokenRepository, TokenSource
 
-OnCall = Callable[[str, str, float, int], None]
 PREFETCH_TTL = 10.0  # seconds a prefetched deal list may be handed to list_deals
 PREFETCH_CANDIDATES = 5  # contacts whose deals the second lookup batch reads too
 
@@ -81,26 +77,13 @@ class _Prefetch:
 class Bitrix24:
     """One Bitrix24 portal. Build it with `build_bitrix24`; it owns one HTTP client."""
 
-    def __init__(
-        self,
-        name: str,
-        config: CrmConfig,
-        options: BitrixOptions,
-        http: CrmHttp,
-        source: TokenSource,
-        oauth: BitrixOAuth,
-        tokens: TokenRepository,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.name = name
-        self.config = config
+    def __init__(self, connection: Connection, options: BitrixOptions) -> None:
+        self.name = connection.name
+        self.config = connection.config
+        self.connection = connection
         self.options = options
-        self.http = http
-        self._calls = BitrixCalls(name, http)
-        self._source = source
-        self._oauth = oauth
-        self._tokens = tokens
-        self._clock = clock
+        self._calls = BitrixCalls(connection)
+        self._clock = connection.clock
         self._prefetch: dict[str, _Prefetch] = {}
 
     # ---- contacts -------------------------------------------------------------------
@@ -114,7 +97,7 @@ class Bitrix24:
         if tg_key is not None and tg_field:
             by_tg = {"filter": {tg_field: tg_key.value}, "order": {"ID": "ASC"}, "select": select}
             commands["tg"] = ("crm.contact.list", by_tg)
-            commands["tg_deals"] = ("crm.deal.list", self._open_deals("$result[tg][0][ID]"))
+            commands["tg_deals"] = ("crm.item.list", self._open_deals("$result[tg][0][ID]"))
         comms = [key for key in keys if key.kind in (KeyKind.PHONE, KeyKind.EMAIL)]
         for index, key in enumerate(comms):
             phone = key.kind is KeyKind.PHONE
@@ -134,8 +117,11 @@ class Bitrix24:
             }
         hits: dict[LookupKey, list[Contact]] = {tg_key: tg_hits} if tg_key is not None else {}
         found = first_confirmed(keys, hits, confirm)
+        if found is not None and found.id == tg_hits[0].id:
+            return self._with_prefetch(found, first, "tg_deals")
         if found is not None:
-            return self._with_prefetch(found, first, "tg_deals", tg_hits[0].id)
+            self._prefetch.pop(found.id, None)
+            return found
         wanted = list(
             dict.fromkeys(contact_id for found_ids in ids.values() for contact_id in found_ids)
         )
@@ -145,7 +131,7 @@ class Bitrix24:
             "contacts": ("crm.contact.list", {"filter": {"@ID": wanted}, "select": select})
         }
         for contact_id in wanted[:PREFETCH_CANDIDATES]:
-            second_commands[f"deals_{contact_id}"] = ("crm.deal.list", self._open_deals(contact_id))
+            second_commands[f"deals_{contact_id}"] = ("crm.item.list", self._open_deals(contact_id))
         second = await self._calls.batch(second_commands, "contacts.get")
         self._calls.raise_for(second, ["contacts"], "contacts.get")
         with self._calls.reading("contacts.get"):
@@ -156,7 +142,7 @@ class Bitrix24:
         found = first_confirmed(keys, hits, confirm)
         if found is None:
             return None
-        return self._with_prefetch(found, second, f"deals_{found.id}", found.id)
+        return self._with_prefetch(found, second, f"deals_{found.id}")
 
     async def create_contact(self, new: NewContact) -> Contact:
         with self._calls.reading("contacts.create"):
@@ -186,11 +172,17 @@ class Bitrix24:
         ):
             deals = list(prefetched.deals)
         else:
-            records = await self._calls.pages(
-                "crm.deal.list", "deals.list", lambda start: self._open_deals(contact.id, start)
-            )
-            with self._calls.reading("deals.list"):
-                deals = [bx.deal_from_record(record, self.config) for record in records]
+            deals = []
+            start = 0
+            for _ in range(MAX_PAGES):
+                params = self._open_deals(contact.id, start)
+                result, following = await self._calls.call("crm.item.list", "deals.list", params)
+                with self._calls.reading("deals.list"):
+                    records = bx.deal_records(result, self.config)
+                    deals += [bx.deal_from_record(record, self.config) for record in records]
+                if not isinstance(following, int) or following <= start:
+                    break
+                start = following
         seen = {deal.id for deal in deals}
         return [*deals, *(deal for deal in known if deal.id not in seen)]
 
@@ -263,7 +255,7 @@ class Bitrix24:
             "crm.timeline.comment.add", "notes.add", {"fields": fields}, write=True
         )
 
-    # ---- schema, credentials --------------------------------------------------------
+    # ---- schema -----------------------------------------------------------
 
     async def schema(self) -> CrmSchema:
         commands: Commands = {
@@ -289,48 +281,20 @@ class Bitrix24:
             pipelines = tuple(bx.pipeline_from(c, stages.get(bx.stages_key(c))) for c in categories)
         return CrmSchema(pipelines=pipelines, fields=tuple(fields))
 
-    async def exchange_code(self, code: str) -> TokenPair:
-        """`bridge auth`: trade an authorization code for a pair and store it before use."""
-        if self.config.auth != "oauth":
-            raise AuthError(self.name, 'codes are exchanged only with auth = "oauth"')
-        pair = await self._oauth.exchange_code(code)
-        await self._tokens.save_tokens(self.name, pair)
-        if isinstance(self._source, OAuthTokenSource):
-            self._source.forget()
-        return pair
-
-    async def credentials_problem(self) -> str | None:
-        return await self._source.problem()
-
-    def token_expires_at(self) -> float | None:
-        return self._source.expires_at()
-
-    def health_details(self) -> Mapping[str, object]:
-        return {"rate_limit_per_second": round(self.http.limiter.rate, 2)}
-
-    async def aclose(self) -> None:
-        await self.http.client.aclose()
-
     # ---- helpers ------------------------------------------------------------------
 
     def _open_deals(self, contact_id: str, start: int = 0) -> dict[str, JSON]:
         return bx.open_deals_params(contact_id, self.config, start)
 
-    def _with_prefetch(
-        self, contact: Contact, answer: BatchAnswer, key: str, expected: str
-    ) -> Contact:
+    def _with_prefetch(self, contact: Contact, answer: BatchAnswer, key: str) -> Contact:
         self._prefetch.pop(contact.id, None)
-        if (
-            contact.id != expected
-            or key in answer.errors
-            or key in answer.more
-            or not isinstance(answer.results.get(key), list)
-        ):
+        if key in answer.errors or key in answer.more or key not in answer.results:
             return contact
         with self._calls.reading("contacts.find"):
-            deals = tuple(bx.deal_from_record(r, self.config) for r in answer.rows(key))
-        if any(deal.contact_ids != (contact.id,) for deal in deals):
-            return contact
+            records = bx.deal_records(answer.results[key], self.config)
+            deals = tuple(bx.deal_from_record(r, self.config) for r in records)
+        if any(contact.id not in deal.contact_ids for deal in deals):
+            return contact  # not the read asked for: list_deals reads again
         ids = tuple(deal.id for deal in deals)
         self._prefetch[contact.id] = _Prefetch(self._clock(), ids, deals)
         return replace(contact, deal_ids=ids)
@@ -344,56 +308,56 @@ class Bitrix24:
     def _sent_deal(self, fields: Mapping[str, JSON], deal_id: JSON, contact_id: str) -> Deal:
         # What was sent is what Bitrix stored: no read-back.
         modified = datetime.fromtimestamp(self._clock(), UTC).isoformat()
-        record = {**fields, "ID": int(deal_id), "CONTACT_ID": contact_id, "DATE_MODIFY": modified}
+        record = {**fields, "ID": int(deal_id), "DATE_MODIFY": modified}
+        record.update(CONTACT_ID=contact_id, CONTACT_IDS=[contact_id])
         return bx.deal_from_record(record, self.config)
 
 
 # ---- the builder --------------------------------------------------------------------
 
 
-def build_bitrix24(
-    name: str,
-    config: CrmConfig,
-    settings: Settings,
-    tokens: TokenRepository,
-    *,
-    transport: httpx.AsyncBaseTransport | None = None,
-    on_call: OnCall | None = None,
-    clock: Callable[[], float] = time.time,
-) -> Bitrix24:
+def build_bitrix24(wiring: Wiring) -> Bitrix24:
     """The adapter with its one HTTP client, rate limiter and credentials.
 
     `auth = "long_lived_token"`: the inbound webhook URL (BITRIX24_WEBHOOK_URL), which
     holds its secret in its path; `auth = "oauth"`: tokens from `bridge auth`, calls to
     `base_url` (the portal) with the `auth` parameter.
     """
-    options = BitrixOptions.from_config(name, config.options)
-    inner = transport or httpx.AsyncHTTPTransport()
-    webhook = secret_value(settings.bitrix24_webhook_url)
-    problem = webhook_problem(webhook)
+    config, clock = wiring.config, wiring.clock
+    options = BitrixOptions.from_config(wiring.name, config.options)
+    secrets = wiring.secrets("WEBHOOK_URL")
+    inner = wiring.transport or httpx.AsyncHTTPTransport()
+    webhook = secrets.token
+    problem = webhook_problem(webhook, secrets.var("WEBHOOK_URL"))
     if config.auth == "oauth":
         base, wire = config.base_url.rstrip("/") + "/rest/", BitrixTransport(inner, clock=clock)
     else:
         base = WEBHOOK_BASE
         wire = BitrixTransport(inner, webhook if problem is None else None, clock)
-    client = httpx.AsyncClient(
-        base_url=base, timeout=config.request_timeout_seconds, transport=wire
+    connection = Connection(
+        wiring,
+        secrets,
+        oauth_endpoint(options.oauth_server),
+        transport=wire,
+        base_url=base,
+        burst=options.burst,
+        oauth_auth=BitrixTokenAuth,
+        static_auth=WebhookAuth,
+        static_token=(webhook if problem is None else None, problem or ""),
     )
-    limiter = RateLimiter(config.rate_limit_per_second, burst=options.burst)
-    http = CrmHttp(name, client, limiter, on_call=on_call)
-    oauth = BitrixOAuth(name, http, settings, options.oauth_server, clock)
-    source: TokenSource
-    if config.auth == "oauth":
-        source = OAuthTokenSource(
-            name,
-            tokens,
-            oauth.refresh,
-            bootstrap_refresh_token=secret_value(settings.bitrix24_refresh_token),
-            refresh_margin_seconds=0.0,  # Bitrix: refresh when expired, not ahead of time
-            clock=clock,
-        )
-        client.auth = BitrixTokenAuth(source)
-    else:
-        source = StaticToken(name, webhook if problem is None else None, problem or "")
-        client.auth = WebhookAuth(source)
-    return Bitrix24(name, config, options, http, source, oauth, tokens, clock)
+    return Bitrix24(connection, options)
+
+
+def oauth_endpoint(server: str) -> OAuthEndpoint:
+    """GET {server}/oauth/token/ with everything in the query (never echoed: it holds the
+    client secret). Each refresh answers a new refresh token, the old one is spent; Bitrix
+    asks apps to refresh on `expired_token`, not ahead of time [b24-rest-docs
+    settings/oauth/index.md]."""
+    return OAuthEndpoint(
+        server.rstrip("/") + "/oauth/token/",
+        style="query",
+        error_fields=("error",),
+        rotates=True,
+        refused=frozenset({400, 401, 403, 404}),
+        refresh_margin=0.0,
+    )

@@ -1,4 +1,4 @@
-"""Calling Bitrix24 REST methods through `CrmHttp`: one method, a batch, a paged list.
+"""Calling Bitrix24 REST methods through the connection: one method, a batch, a paged list.
 
 Reads go out as GET with PHP-style query parameters, so `CrmHttp` may retry them after a
 5xx or a timeout; writes as POST with a JSON body, never repeated blindly. A method's
@@ -10,14 +10,13 @@ transient, anything else (a field or value Bitrix refuses) permanent.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from bridge.crm import bitrix24_json as bx
-from bridge.crm.base import CrmHttp
 from bridge.crm.bitrix24_rest import CREDENTIAL_CODES, RATE_CODES
+from bridge.crm.connection import Connection
 from bridge.errors import (
     AuthError,
     CrmError,
@@ -45,9 +44,10 @@ class BatchAnswer:
 
 
 class BitrixCalls:
-    def __init__(self, crm: str, http: CrmHttp) -> None:
-        self.crm = crm
-        self.http = http
+    def __init__(self, connection: Connection) -> None:
+        self.crm = connection.name
+        self.reading = connection.reading
+        self._send = connection.send
 
     async def call(
         self, api_method: str, operation: str, params: Mapping[str, JSON], *, write: bool = False
@@ -118,20 +118,3 @@ class BitrixCalls:
         if code in TRANSIENT_CODES:
             return TransientCrmError(self.crm, message)
         return PermanentCrmError(self.crm, message)
-
-    @contextmanager
-    def reading(self, operation: str) -> Iterator[None]:
-        """A payload that cannot be built, or an answer of an unexpected shape, becomes a
-        `PermanentCrmError` naming the operation."""
-        try:
-            yield
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-            message = f"{operation}: {type(exc).__name__}: {exc}"
-            raise PermanentCrmError(self.crm, message) from exc
-
-    async def _send(self, method: str, path: str, operation: str, **kwargs: Any) -> JSON:
-        response = await self.http.request(method, path, operation=operation, **kwargs)
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise TransientCrmError(self.crm, f"{method} {path}: answer is not JSON") from exc

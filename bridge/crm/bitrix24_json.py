@@ -35,6 +35,21 @@ DEAL_SELECT = (
     "DATE_MODIFY",
     "UF_*",
 )
+DEAL_TYPE = 2  # entityTypeId of deals in crm.item.*
+NO_CONTACT = "0"  # an id no contact has (see open_deals_params)
+# crm.item.list's camelCase deal fields, and their crm.deal.* names.
+ITEM_FIELDS = {
+    "id": "ID",
+    "title": "TITLE",
+    "categoryId": "CATEGORY_ID",
+    "stageId": "STAGE_ID",
+    "stageSemanticId": "STAGE_SEMANTIC_ID",
+    "closed": "CLOSED",
+    "opportunity": "OPPORTUNITY",
+    "contactId": "CONTACT_ID",
+    "updatedTime": "DATE_MODIFY",
+}
+ITEM_SELECT = (*ITEM_FIELDS, "contactIds")
 CLOSED_SEMANTICS = frozenset({"S", "F"})  # won, lost; "P" is in progress
 QUIET = {"REGISTER_SONET_EVENT": "N"}  # no live-feed post per write
 # Bitrix field types in the vocabulary `bridge check` compares against (amoCRM's names).
@@ -180,16 +195,45 @@ def deal_fields(new: NewDeal, contact_id: str, currency_id: str | None) -> dict[
 
 
 def open_deals_params(contact_id: str, config: CrmConfig, start: int = 0) -> dict[str, JSON]:
-    """`crm.deal.list` of the contact's open deals (semantic P: excluded stages are open
-    too and come back), most recently modified first. CONTACT_ID is the primary contact
-    only [b24-rest-docs crm-deal-list.md]; the bridge makes its contact the primary one."""
+    """`crm.item.list` (deals, entityTypeId 2) of the deals the contact is bound to, as
+    the primary contact or not, still open (semantic P: excluded stages are open too and
+    come back), most recently modified first. Not `crm.deal.list`: its CONTACT_ID is the
+    primary contact only and it cannot filter CONTACT_IDS, for which its page sends to
+    crm.item.list [b24-rest-docs crm-deal-list.md]; `contactIds` works in crm.item.list's
+    filter [b24-rest-docs universal/object-fields.md, "Поля в select, filter и order"].
+    `useOriginalUfNames` keeps user fields named as configured (UF_CRM_…).
+
+    The contact goes in an IN list beside NO_CONTACT so that the filter fails closed: in
+    a batch `contact_id` may be `$result[tg][0][ID]`, which a Telegram miss resolves to
+    an empty array, and an empty condition is dropped (50 deals of the whole portal);
+    the list is never empty, and no contact has id 0."""
     configured = [field for field in config.deal_fields.model_dump().values() if field]
+    bound = {"@contactIds": [contact_id, NO_CONTACT]}
     return {
-        "filter": {"CONTACT_ID": contact_id, "STAGE_SEMANTIC_ID": "P", "IS_RECURRING": "N"},
-        "order": {"DATE_MODIFY": "DESC", "ID": "DESC"},
-        "select": list(dict.fromkeys([*DEAL_SELECT, *configured])),
+        "entityTypeId": DEAL_TYPE,
+        "useOriginalUfNames": "Y",
+        "filter": {**bound, "stageSemanticId": "P", "isRecurring": "N"},
+        "order": {"updatedTime": "DESC", "id": "DESC"},
+        "select": list(dict.fromkeys([*ITEM_SELECT, *configured])),
         "start": start,
     }
+
+
+def deal_records(result: JSON, config: CrmConfig) -> list[dict[str, JSON]]:
+    """`crm.item.list`'s `{"items": [...]}` as crm.deal.* records (UPPER_CASE names, user
+    fields as stored), each with CONTACT_IDS: every bound contact, the primary first."""
+    configured = {field for field in config.deal_fields.model_dump().values() if field}
+    records: list[dict[str, JSON]] = []
+    for item in as_list(as_map(result).get("items")):
+        if not isinstance(item, dict):
+            continue
+        record = {upper: item.get(camel) for camel, upper in ITEM_FIELDS.items()}
+        record.update({k: v for k, v in item.items() if k.startswith("UF_") or k in configured})
+        primary = text(item.get("contactId"))
+        bound = [text(cid) for cid in as_list(item.get("contactIds"))]
+        record["CONTACT_IDS"] = list(dict.fromkeys(_present(primary, *bound)))
+        records.append(record)
+    return records
 
 
 def contact_select(config: CrmConfig) -> list[str]:
@@ -259,10 +303,12 @@ def deal_from_record(
     record: Mapping[str, JSON], config: CrmConfig, contact_ids: Sequence[str] | None = None
 ) -> Deal:
     """`contact_ids`: every linked contact when known (crm.deal.contact.items.get), else
-    the primary CONTACT_ID of the record."""
+    the record's CONTACT_IDS (`deal_records`), else its primary CONTACT_ID."""
     stage = str(record["STAGE_ID"])
     semantic = text(record.get("STAGE_SEMANTIC_ID"))
     primary = text(record.get("CONTACT_ID"))
+    if contact_ids is None and isinstance(record.get("CONTACT_IDS"), list):
+        contact_ids = [text(cid) for cid in record["CONTACT_IDS"]]
     configured = {field for field in config.deal_fields.model_dump().values() if field}
     return Deal(
         id=str(record["ID"]),

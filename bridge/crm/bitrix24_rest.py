@@ -15,7 +15,7 @@
 - `BitrixTokenAuth` adds the OAuth `auth` parameter and, on a 401 `expired_token` only,
   refreshes once and resends: Bitrix asks apps to refresh on that error, not on a timer
   [b24-rest-docs settings/oauth/index.md].
-- `BitrixOAuth` speaks to the token server (oauth.bitrix24.tech; `options.oauth_server`).
+The token server (oauth.bitrix24.tech; `options.oauth_server`) is `bitrix24.oauth_endpoint`.
 """
 
 from __future__ import annotations
@@ -24,19 +24,19 @@ import json
 import re
 import time
 from collections.abc import AsyncGenerator, Callable
-from typing import Any
 
 import httpx
 
-from bridge.crm.base import CrmHttp, error_for_status
-from bridge.errors import AuthError, TransientCrmError
-from bridge.settings import Settings, secret_value
-from bridge.tokens import TokenPair, TokenSource
+from bridge.tokens import TokenSource
 
 WEBHOOK_BASE = "https://bitrix24-webhook.invalid/rest/"
 WEBHOOK_SHAPE = re.compile(r"https?://[^/\s]+/rest/\d+/[^/\s]+/")
 RATE_CODES = frozenset({"QUERY_LIMIT_EXCEEDED", "OPERATION_TIME_LIMIT"})
-CREDENTIAL_CODES = frozenset({"insufficient_scope", "INVALID_CREDENTIALS", "ACCESS_DENIED"})
+# 403s about the credentials, not the request: `user_access_error` is an app installed
+# for some users only [b24-rest-docs _includes/system-errors.md, oauth error list].
+CREDENTIAL_CODES = frozenset(
+    {"insufficient_scope", "INVALID_CREDENTIALS", "ACCESS_DENIED", "user_access_error"}
+)
 MAX_RETRY_AFTER = 10.0
 
 
@@ -49,12 +49,13 @@ def error_code(content: bytes) -> str:
     return str(body.get("error") or "") if isinstance(body, dict) else ""
 
 
-def webhook_problem(url: str | None) -> str | None:
-    """Why the configured webhook URL cannot be used; the URL itself is never quoted."""
+def webhook_problem(url: str | None, var: str = "BITRIX24_WEBHOOK_URL") -> str | None:
+    """Why the configured webhook URL (in the variable `var`) cannot be used; the URL
+    itself is never quoted."""
     if not url:
-        return 'set BITRIX24_WEBHOOK_URL (the inbound webhook\'s URL) or use auth = "oauth"'
+        return f'set {var} (the inbound webhook\'s URL) or use auth = "oauth"'
     if not WEBHOOK_SHAPE.fullmatch(url if url.endswith("/") else url + "/"):
-        return "BITRIX24_WEBHOOK_URL must look like https://PORTAL/rest/USER_ID/CODE/"
+        return f"{var} must look like https://PORTAL/rest/USER_ID/CODE/"
     return None
 
 
@@ -143,60 +144,3 @@ class BitrixTokenAuth(httpx.Auth):
             token = await self._source.refreshed(token)
             request.url = request.url.copy_set_param("auth", token)
             yield request
-
-
-class BitrixOAuth:
-    """GET {server}/oauth/token/ (refresh, code exchange), outside `BitrixTokenAuth`.
-
-    Each refresh returns a new refresh token (the old one is spent): `OAuthTokenSource`
-    serialises refreshes and stores each pair before use. Errors name the status and
-    Bitrix's error code only; the query carries the client secret and is never echoed.
-    """
-
-    def __init__(
-        self,
-        crm: str,
-        http: CrmHttp,
-        settings: Settings,
-        server: str,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._crm = crm
-        self._http = http
-        self._client_id = settings.bitrix24_client_id
-        secret = settings.bitrix24_client_secret
-        self._client_secret = secret_value(secret)
-        self._url = server.rstrip("/") + "/oauth/token/"
-        self._clock = clock
-
-    async def refresh(self, refresh_token: str) -> TokenPair:
-        grant = {"grant_type": "refresh_token", "refresh_token": refresh_token}
-        return await self._token_request(grant, "refresh token")
-
-    async def exchange_code(self, code: str) -> TokenPair:
-        return await self._token_request(
-            {"grant_type": "authorization_code", "code": code}, "authorization code"
-        )
-
-    async def _token_request(self, grant: dict[str, str], what: str) -> TokenPair:
-        if not self._client_id or not self._client_secret:
-            message = "OAuth needs BITRIX24_CLIENT_ID and BITRIX24_CLIENT_SECRET"
-            raise AuthError(self._crm, f"{message}; then run `bridge auth {self._crm}`")
-        params = {"client_id": self._client_id, "client_secret": self._client_secret, **grant}
-        response = await self._http.token_request("GET", self._url, params=params)
-        status = response.status_code
-        if status in (400, 401, 403, 404):
-            code = error_code(response.content)[:60]
-            message = f"{what} rejected (HTTP {status}{': ' + code if code else ''})"
-            raise AuthError(self._crm, f"{message}: run `bridge auth {self._crm}`")
-        if error_for_status(self._crm, response) is not None:
-            raise TransientCrmError(self._crm, f"GET /oauth/token/: HTTP {status}")
-        return self._pair(response)
-
-    def _pair(self, response: httpx.Response) -> TokenPair:
-        try:
-            body: Any = response.json()
-            expires_at = self._clock() + float(body["expires_in"])
-            return TokenPair(str(body["access_token"]), str(body["refresh_token"]), expires_at)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise TransientCrmError(self._crm, "GET /oauth/token/: malformed answer") from exc

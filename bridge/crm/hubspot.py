@@ -1,7 +1,7 @@
 """HubSpot CRM, date-versioned API 2026-09, as a `CrmAdapter`.
 
-The mappers are in `hubspot_json`, the OAuth token endpoint in `hubspot_oauth`; this module
-is the adapter and `build_hubspot`. The calls each method makes:
+The mappers are in `hubspot_json`; this module is the adapter, its token endpoint (`OAUTH`)
+and `build_hubspot`. The calls each method makes:
 
     find_contact             POST  /crm/objects/2026-09/contacts/search  one search, every key
                                    OR-ed (Telegram id property, phone + mobilephone, email)
@@ -20,9 +20,12 @@ is the adapter and `build_hubspot`. The calls each method makes:
     add_note                 POST  /crm/objects/2026-09/notes            deal association (214)
     schema                   GET   /crm/pipelines/2026-09/deals, /crm/properties/2026-09/deals
                                    and /contacts
+A deal write with a date-time that HubSpot refuses (400) learns once per process which
+deal properties are `date` (GET /crm/properties/2026-09/deals) and is sent again with
+dates (`_with_date_properties`).
 Searches page through `paging.next.after`. They have their own limit (5 per second per
 account, and no share of the ten-second limit of every other call), so they go through a
-second `CrmHttp` with its own rate limiter on the same client. Notes are read through
+second lane of the connection (its own rate limiter, the same client). Notes are read through
 associations, not search: what was just written is visible at once, while the search index
 may lag a few seconds behind.
 
@@ -32,23 +35,12 @@ may lag a few seconds behind.
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-import httpx
-
-from bridge.crm.base import (
-    JSON,
-    Confirm,
-    CrmHttp,
-    CrmSchema,
-    CustomField,
-    RateLimiter,
-    first_confirmed,
-)
+from bridge.crm.base import JSON, Confirm, CrmSchema, CustomField, first_confirmed
+from bridge.crm.connection import Connection, OAuthEndpoint, Wiring
 from bridge.crm.hubspot_json import (
     OBJECTS,
     PIPELINES,
@@ -57,6 +49,7 @@ from bridge.crm.hubspot_json import (
     contact_create_json,
     contact_from_json,
     contact_search_json,
+    date_properties,
     deal_create_json,
     deal_from_json,
     deal_properties,
@@ -64,55 +57,54 @@ from bridge.crm.hubspot_json import (
     field_from_json,
     is_custom,
     note_create_json,
-    note_text,
     pipeline_from_json,
     properties_json,
 )
-from bridge.crm.hubspot_oauth import HubSpotOAuth
-from bridge.domain import Contact, ContactPatch, Deal, FieldUpdate, LookupKey, NewContact, NewDeal
-from bridge.errors import AuthError, ConfigError, PermanentCrmError, TransientCrmError
-from bridge.settings import CrmConfig, Settings, secret_value
-from bridge.tokens import (
-    BearerAuth,
-    OAuthTokenSource,
-    StaticToken,
-    TokenPair,
-    TokenRepository,
-    TokenSource,
+from bridge.crm.richtext import note_text
+from bridge.domain import (
+    Contact,
+    ContactPatch,
+    Deal,
+    FieldKind,
+    FieldUpdate,
+    LookupKey,
+    NewContact,
+    NewDeal,
 )
+from bridge.errors import ConfigError, PermanentCrmError
+from bridge.settings import CrmConfig
 
 SEARCH_LIMIT = 100  # per page; HubSpot allows 200
 MAX_PAGES = 20
 BATCH_READ = 100
 DEFAULT_SEARCH_RATE = 4.0  # HubSpot allows 5 searches per second per account
-# Access tokens live 30 minutes: refresh once fewer than 5 are left, well before expiry.
-OAUTH_REFRESH_MARGIN = 300.0
 _EXISTING_ID = re.compile(r"Existing ID: (\d+)")
-OnCall = Callable[[str, str, float, int], None]
+T = TypeVar("T")
+
+
+# POST /oauth/v3/token with a form body (v3 refuses the query parameters v1 took). Access
+# tokens live `expires_in` seconds (1800 today) and HubSpot asks clients to refresh ahead
+# of expiry rather than wait for a 401: 5 minutes ahead. The refresh token does not rotate
+# (kept when an answer leaves it out); a refusal names itself in `status`
+# (BAD_REFRESH_TOKEN, BAD_AUTH_CODE, ...).
+OAUTH = OAuthEndpoint(
+    "/oauth/v3/token", style="form", error_fields=("status",), rotates=False, refresh_margin=300
+)
 
 
 class HubSpot:
-    """One HubSpot account. Build it with `build_hubspot`; it owns one HTTP client."""
+    """One HubSpot account. Build it with `build_hubspot`."""
 
-    def __init__(
-        self,
-        name: str,
-        config: CrmConfig,
-        http: CrmHttp,
-        search_http: CrmHttp,
-        source: TokenSource,
-        oauth: HubSpotOAuth,
-        tokens: TokenRepository,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.name = name
-        self.config = config
-        self.http = http
-        self.search_http = search_http
-        self._source = source
-        self._oauth = oauth
-        self._tokens = tokens
-        self._clock = clock
+    def __init__(self, connection: Connection, search_rate: float) -> None:
+        self.name = connection.name
+        self.config = connection.config
+        self.connection = connection
+        self.http = connection.http
+        self.search_http = connection.lane("search_rate_limit_per_second", search_rate)
+        self._reading = connection.reading
+        self._clock = connection.clock
+        # Deal properties of type `date` (None: not looked up yet; see _with_date_properties).
+        self._date_properties: frozenset[str] | None = None
 
     # ---- contacts -------------------------------------------------------------------
 
@@ -180,9 +172,13 @@ class HubSpot:
             return deal_from_json(body, self.config)
 
     async def create_deal(self, contact: Contact, new: NewDeal) -> Deal:
-        with self._reading("deals.create"):
-            payload = deal_create_json(new, contact.id)
-        answer = await self._send("POST", f"{OBJECTS}/deals", "deals.create", json=payload)
+        async def attempt(date_only: frozenset[str]) -> tuple[dict[str, JSON], Any]:
+            with self._reading("deals.create"):
+                payload = deal_create_json(new, contact.id, date_only)
+            path = f"{OBJECTS}/deals"
+            return payload, await self._send("POST", path, "deals.create", json=payload)
+
+        payload, answer = await self._with_date_properties(new.fields, attempt)
         with self._reading("deals.create"):
             props = {**payload["properties"], **(answer.get("properties") or {})}
             record = {**answer, "properties": props}
@@ -197,9 +193,14 @@ class HubSpot:
     async def update_deal(self, deal_id: str, updates: Sequence[FieldUpdate]) -> None:
         if not updates:
             return
-        with self._reading("deals.update"):
-            payload = {"properties": properties_json(updates)}
-        await self._send("PATCH", f"{OBJECTS}/deals/{deal_id}", "deals.update", json=payload)
+
+        async def attempt(date_only: frozenset[str]) -> None:
+            with self._reading("deals.update"):
+                payload = {"properties": properties_json(updates, date_only)}
+            path = f"{OBJECTS}/deals/{deal_id}"
+            await self._send("PATCH", path, "deals.update", json=payload)
+
+        await self._with_date_properties(updates, attempt)
 
     # ---- notes ----------------------------------------------------------------------
 
@@ -245,37 +246,31 @@ class HubSpot:
             pipelines = tuple(pipeline_from_json(p) for p in body.get("results") or ())
         return CrmSchema(pipelines=pipelines, fields=tuple(fields))
 
-    async def exchange_code(self, code: str) -> TokenPair:
-        """`bridge auth`: trade an authorization code for a pair and store it before use."""
-        if self.config.auth != "oauth":
-            message = f'auth is "{self.config.auth}": an authorization code needs auth = "oauth"'
-            raise AuthError(self.name, message)
-        pair = await self._oauth.exchange_code(code)
-        await self._tokens.save_tokens(self.name, pair)
-        if isinstance(self._source, OAuthTokenSource):
-            self._source.forget()
-        return pair
-
-    async def credentials_problem(self) -> str | None:
-        if self.config.auth == "oauth":
-            missing = self._oauth.missing_client()
-            if missing is not None:
-                return missing
-        return await self._source.problem()
-
-    def token_expires_at(self) -> float | None:
-        return self._source.expires_at()
-
-    def health_details(self) -> Mapping[str, object]:
-        return {
-            "rate_limit_per_second": round(self.http.limiter.rate, 2),
-            "search_rate_limit_per_second": round(self.search_http.limiter.rate, 2),
-        }
-
-    async def aclose(self) -> None:
-        await self.http.client.aclose()
-
     # ---- plumbing -------------------------------------------------------------------
+
+    async def _with_date_properties(
+        self, updates: Sequence[FieldUpdate], attempt: Callable[[frozenset[str]], Awaitable[T]]
+    ) -> T:
+        """A deal write whose date-times fit their properties' types.
+
+        A date-time goes out with its time of day, which a `date` property refuses with a
+        400 (see `property_value`). Which deal properties are dates is learnt on the first
+        400 of a write carrying a date-time (one properties list per process), and the
+        write is sent again with dates: nothing extra for accounts whose fields are
+        date-times. A 400 leaves nothing applied, so the resend cannot double a deal."""
+        known = self._date_properties
+        try:
+            return await attempt(known or frozenset())
+        except PermanentCrmError as exc:
+            datetimes = {u.field_id for u in updates if u.kind is FieldKind.DATETIME}
+            if known is not None or not datetimes or " HTTP 400" not in exc.message:
+                raise
+            answer = await self._send("GET", f"{PROPERTIES}/deals", "properties.list")
+            with self._reading("properties.list"):
+                self._date_properties = date_properties(answer.get("results") or ())
+            if not datetimes & self._date_properties:
+                raise
+        return await attempt(self._date_properties)
 
     async def _search(
         self, object_type: str, body: dict[str, JSON], operation: str
@@ -295,25 +290,9 @@ class HubSpot:
     async def _send(
         self, method: str, path: str, operation: str, *, search: bool = False, **kwargs: Any
     ) -> Any:
-        """One request through the general or the search `CrmHttp`; the JSON answer."""
+        """One request through the general or the search lane; the JSON answer."""
         http = self.search_http if search else self.http
-        response = await http.request(method, path, operation=operation, **kwargs)
-        if response.status_code == 204 or not response.content:
-            return {}
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise TransientCrmError(self.name, f"{method} {path}: answer is not JSON") from exc
-
-    @contextmanager
-    def _reading(self, operation: str) -> Iterator[None]:
-        """Turn a payload that cannot be built, or an answer of an unexpected shape, into
-        a `PermanentCrmError` naming the operation."""
-        try:
-            yield
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-            message = f"{operation}: {type(exc).__name__}: {exc}"
-            raise PermanentCrmError(self.name, message) from exc
+        return await self.connection.send(method, path, operation, http=http, **kwargs)
 
 
 # ---- the builder --------------------------------------------------------------------
@@ -330,42 +309,8 @@ def search_rate(config: CrmConfig) -> float:
     return float(value)
 
 
-def build_hubspot(
-    name: str,
-    config: CrmConfig,
-    settings: Settings,
-    tokens: TokenRepository,
-    *,
-    transport: httpx.AsyncBaseTransport | None = None,
-    on_call: OnCall | None = None,
-    clock: Callable[[], float] = time.time,
-) -> HubSpot:
-    """The adapter with its one HTTP client, its two rate limiters and its token source."""
-    searches_per_second = search_rate(config)
-    client = httpx.AsyncClient(
-        base_url=config.base_url,
-        timeout=config.request_timeout_seconds,
-        transport=transport,
-    )
-    http = CrmHttp(name, client, RateLimiter(config.rate_limit_per_second), on_call=on_call)
-    search_http = CrmHttp(name, client, RateLimiter(searches_per_second), on_call=on_call)
-    oauth = HubSpotOAuth(name, http, settings, clock)
-    source: TokenSource
-    if config.auth == "oauth":
-        source = OAuthTokenSource(
-            name,
-            tokens,
-            oauth.refresh,
-            bootstrap_refresh_token=secret_value(settings.hubspot_refresh_token),
-            refresh_margin_seconds=OAUTH_REFRESH_MARGIN,
-            clock=clock,
-        )
-    else:
-        hint = (
-            "set HUBSPOT_ACCESS_TOKEN (a Service Key or private-app token)"
-            f' or use auth = "oauth" and run `bridge auth {name}`'
-        )
-        source = StaticToken(name, secret_value(settings.hubspot_access_token), hint)
-    # Set after construction: the refresher above needs this same client.
-    client.auth = BearerAuth(source)
-    return HubSpot(name, config, http, search_http, source, oauth, tokens, clock)
+def build_hubspot(wiring: Wiring) -> HubSpot:
+    """The adapter on its connection, with a second rate limiter for searches."""
+    searches_per_second = search_rate(wiring.config)
+    secrets = wiring.secrets("ACCESS_TOKEN")
+    return HubSpot(Connection(wiring, secrets, OAUTH, empty_answer={}), searches_per_second)

@@ -18,15 +18,14 @@ which also undoes what HubSpot's editor makes of a note (`<div><p>…</p></div>`
 
 from __future__ import annotations
 
-import html
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
 import phonenumbers
 
 from bridge.crm.base import JSON, CustomField, Pipeline
+from bridge.crm.richtext import note_html
 from bridge.domain import (
     Contact,
     Deal,
@@ -113,9 +112,18 @@ def _distinct(names: Iterable[str | None]) -> list[str]:
     return list(dict.fromkeys(name for name in names if name))
 
 
-def property_value(update: FieldUpdate) -> str:
-    """The string HubSpot takes for one value (ValueError when it does not fit its kind)."""
+def property_value(update: FieldUpdate, date_only: bool = False) -> str:
+    """The string HubSpot takes for one value (ValueError when it does not fit its kind).
+
+    `date_only`: the property is of type `date` (what a date picker made in HubSpot's UI
+    is), which refuses any time of day; it takes YYYY-MM-DD, here the calendar date of
+    the value in the zone it carries (the display zone) [developers.hubspot.com/docs/api/faq
+    "How should I format timestamps"; .../docs/faq/how-should-timestamps-be-formatted-for-
+    hubspots-apis: "If you try to set a value that is not midnight UTC, you will receive
+    an error"]."""
     kind, value = update.kind, update.value
+    if kind is FieldKind.DATETIME and date_only and isinstance(value, datetime):
+        return value.date().isoformat()
     if kind is FieldKind.TEXT and isinstance(value, str):
         return value
     if (
@@ -133,8 +141,16 @@ def property_value(update: FieldUpdate) -> str:
     raise ValueError(f"field {update.field_id}: {kind.value} value {value!r} has the wrong type")
 
 
-def properties_json(updates: Iterable[FieldUpdate]) -> dict[str, str]:
-    return {update.field_id: property_value(update) for update in updates}
+def properties_json(
+    updates: Iterable[FieldUpdate], date_only: Collection[str] = ()
+) -> dict[str, str]:
+    """`date_only`: the names of properties of type `date` (see `property_value`)."""
+    return {u.field_id: property_value(u, u.field_id in date_only) for u in updates}
+
+
+def date_properties(records: Iterable[Mapping[str, JSON]]) -> frozenset[str]:
+    """The names of the `date` properties among a properties list answer's records."""
+    return frozenset(str(r["name"]) for r in records if r.get("type") == "date")
 
 
 def plain_number(value: Decimal) -> str:
@@ -165,13 +181,15 @@ def contact_create_json(new: NewContact) -> dict[str, JSON]:
     return {"properties": properties}
 
 
-def deal_create_json(new: NewDeal, contact_id: str) -> dict[str, JSON]:
+def deal_create_json(
+    new: NewDeal, contact_id: str, date_only: Collection[str] = ()
+) -> dict[str, JSON]:
     properties = {
         "dealname": new.name,
         "pipeline": new.pipeline_id,
         "dealstage": new.status_id,
         "amount": plain_number(new.price),
-        **properties_json(new.fields),
+        **properties_json(new.fields, date_only),
     }
     return {
         "properties": properties,
@@ -193,21 +211,7 @@ def _association(to_id: str, type_id: int) -> dict[str, JSON]:
     }
 
 
-def note_html(text: str) -> str:
-    return "<br>".join(html.escape(line, quote=False) for line in text.splitlines())
-
-
 # ---- JSON → domain ------------------------------------------------------------------
-
-_BREAKS = re.compile(r"<br\s*/?>|</(?:p|div|li|h[1-6])\s*>", re.IGNORECASE)
-_TAGS = re.compile(r"<[^>]*>")
-
-
-def note_text(body: str) -> str:
-    """The text of a note body, one line per line break or paragraph."""
-    text = _BREAKS.sub("\n", body.replace("\r\n", "\n"))
-    text = html.unescape(_TAGS.sub("", text)).replace("\xa0", " ")
-    return text.rstrip("\n")
 
 
 def _props(record: Mapping[str, JSON]) -> Mapping[str, JSON]:

@@ -1,12 +1,14 @@
 """Pipedrive as a `CrmAdapter`: API v2 for persons, deals, search, pipelines, stages and
 fields; v1 for notes, which exist nowhere else.
 
-The mappers are in `pipedrive_json`, credentials and the OAuth endpoint in
-`pipedrive_oauth`, the daily token budget in `pipedrive_budget`; this module holds the
-adapter and `build_pipedrive`. The calls each method makes (token cost):
+The mappers are in `pipedrive_json`, the daily token budget in `pipedrive_budget`; this
+module holds the adapter and `build_pipedrive` (the API token goes in the `x-api-token`
+header, never the historic `?api_token=` query, which would land in every logged URL).
+Calls per method (token cost):
 
     find_contact   per key, in priority order, until a confirmed hit:
-                   GET   /api/v2/persons/search?term=…&fields=…        (20)
+                   GET   /api/v2/persons/search?term=…&fields=…        (20; a phone:
+                         up to 3, one per `phone_terms` form, until a confirmed hit)
                    GET   /api/v2/persons/{id}  the hit's custom fields  (1)
     create_contact POST  /api/v2/persons                                (5)
     update_contact PATCH /api/v2/persons/{id}    (none when nothing to set; 5)
@@ -25,23 +27,19 @@ closed when its status is won or lost (Pipedrive's stages carry no closed flag).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
-
-import httpx
 
 from bridge.crm.base import (
     JSON,
     Confirm,
-    CrmHttp,
     CrmSchema,
     CustomField,
     RateLimiter,
     first_confirmed,
 )
+from bridge.crm.connection import ApiTokenHeader, Connection, OAuthEndpoint, Wiring
 from bridge.crm.pipedrive_budget import (
     DEFAULT_DAILY_BUDGET,
     TokenBudget,
@@ -57,17 +55,12 @@ from bridge.crm.pipedrive_json import (
     deal_from_json,
     deal_json,
     int_id,
-    note_html,
-    note_text,
     person_json,
+    phone_terms,
     pipelines_from_json,
     search_params,
 )
-from bridge.crm.pipedrive_oauth import (
-    DEFAULT_OAUTH_URL,
-    ApiTokenAuth,
-    PipedriveOAuth,
-)
+from bridge.crm.richtext import note_html, note_text
 from bridge.domain import (
     Contact,
     ContactPatch,
@@ -78,44 +71,31 @@ from bridge.domain import (
     NewContact,
     NewDeal,
 )
-from bridge.errors import AuthError, ConfigError, PermanentCrmError, TransientCrmError
-from bridge.settings import CrmConfig, Settings, secret_value
-from bridge.tokens import BearerAuth, OAuthTokenSource, StaticToken, TokenPair, TokenRepository
-from bridge.tokens import TokenSource as TokenSourceProtocol
+from bridge.errors import ConfigError, PermanentCrmError
+from bridge.settings import CrmConfig
 
 PAGE_LIMIT = 500
 MAX_PAGES = 50  # a runaway cursor must not loop forever
 # Search has its own burst limit on every plan: 10 requests per 2 seconds.
 DEFAULT_SEARCH_RATE = 4.5
+DEFAULT_OAUTH_URL = "https://oauth.pipedrive.com"
 OPTIONS = ("daily_token_budget", "oauth_url", "search_rate_per_second")
-OnCall = Callable[[str, str, float, int], None]
 
 
 # ---- the adapter --------------------------------------------------------------------
 
 
 class Pipedrive:
-    """One Pipedrive company. Build it with `build_pipedrive`; it owns one HTTP client."""
+    """One Pipedrive company. Build it with `build_pipedrive`."""
 
-    def __init__(
-        self,
-        name: str,
-        config: CrmConfig,
-        http: CrmHttp,
-        source: TokenSourceProtocol,
-        oauth: PipedriveOAuth,
-        tokens: TokenRepository,
-        budget: TokenBudget,
-        search_limiter: RateLimiter,
-    ) -> None:
-        self.name = name
-        self.config = config
-        self.http = http
+    def __init__(self, connection: Connection, budget: TokenBudget, search_rate: float) -> None:
+        self.name = connection.name
+        self.config = connection.config
+        self.connection = connection
         self.budget = budget
-        self.search_limiter = search_limiter
-        self._source = source
-        self._oauth = oauth
-        self._tokens = tokens
+        self.search_limiter = RateLimiter(search_rate)
+        self._reading = connection.reading
+        connection.extra_health = budget.details
 
     async def find_contact(self, keys: Sequence[LookupKey], confirm: Confirm) -> Contact | None:
         # One search per key, stopping at the first confirmed hit. Without a Telegram id
@@ -123,18 +103,21 @@ class Pipedrive:
         for key in keys:
             if key.kind is KeyKind.TELEGRAM_ID and not self.config.contact_fields.telegram_id:
                 continue
-            hits = await self.search_persons(key)
-            while (found := first_confirmed([key], {key: hits}, confirm)) is not None:
-                whole = await self._whole_person(found, key)
-                if whole is not None and confirm(whole, key):
-                    return whole
-                hits = [hit for hit in hits if hit.id != found.id]
+            terms = phone_terms(key.value) if key.kind is KeyKind.PHONE else [None]
+            for term in terms:
+                hits = await self.search_persons(key, term)
+                while (found := first_confirmed([key], {key: hits}, confirm)) is not None:
+                    whole = await self._whole_person(found, key)
+                    if whole is not None and confirm(whole, key):
+                        return whole
+                    hits = [hit for hit in hits if hit.id != found.id]
         return None
 
-    async def search_persons(self, key: LookupKey) -> list[Contact]:
-        """The raw hits of one key's search (unconfirmed, as the search shows them)."""
+    async def search_persons(self, key: LookupKey, term: str | None = None) -> list[Contact]:
+        """The raw hits of one search for `key` (unconfirmed, as the search shows them);
+        `term`: one of a phone's `phone_terms` (the first by default)."""
         await self.search_limiter.acquire()
-        params = search_params(key)
+        params = search_params(key, term)
         body = await self._send("GET", "/api/v2/persons/search", "persons.search", params=params)
         with self._reading("persons.search"):
             items = (data_of(body) or {}).get("items") or ()
@@ -241,40 +224,15 @@ class Pipedrive:
         with self._reading("pipelines.list"):
             return CrmSchema(pipelines_from_json(pipelines, stages), tuple(fields))
 
-    async def exchange_code(self, code: str) -> TokenPair:
-        """`bridge auth`: trade an authorization code for a pair and store it before use."""
-        if not isinstance(self._source, OAuthTokenSource):
-            raise AuthError(self.name, 'auth is "long_lived_token" (PIPEDRIVE_API_TOKEN)')
-        pair = await self._oauth.exchange_code(code)
-        await self._tokens.save_tokens(self.name, pair)
-        self._source.forget()
-        return pair
-
-    async def credentials_problem(self) -> str | None:
-        return await self._source.problem()
-
-    def token_expires_at(self) -> float | None:
-        return self._source.expires_at()
-
-    def health_details(self) -> Mapping[str, object]:
-        return {"rate_limit_per_second": round(self.http.limiter.rate, 2), **self.budget.details()}
-
-    async def aclose(self) -> None:
-        await self.http.client.aclose()
-
     def _deal_field_filter(self) -> dict[str, str]:
         # Only the configured fields (at most 15 may be asked for): smaller answers.
         keys = [key for key in self.config.deal_fields.model_dump().values() if key]
         return {"custom_fields": ",".join(keys)} if 0 < len(keys) <= 15 else {}
 
     async def _send(self, method: str, path: str, operation: str, **kwargs: Any) -> JSON:
-        """One request through `CrmHttp`, refused beforehand when the daily budget is spent."""
+        """One request, refused beforehand when the daily token budget is spent."""
         self.budget.require(token_cost(method, path))
-        response = await self.http.request(method, path, operation=operation, **kwargs)
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise TransientCrmError(self.name, f"{method} {path}: answer is not JSON") from exc
+        return await self.connection.send(method, path, operation, **kwargs)
 
     async def _cursor_pages(
         self, path: str, params: dict[str, Any], operation: str
@@ -308,30 +266,11 @@ class Pipedrive:
         with self._reading("persons.get"):
             return contact_from_person(data_of(body), self.config)
 
-    @contextmanager
-    def _reading(self, operation: str) -> Iterator[None]:
-        """Turn a payload that cannot be built, or an answer of an unexpected shape, into
-        a `PermanentCrmError` naming the operation."""
-        try:
-            yield
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-            message = f"{operation}: {type(exc).__name__}: {exc}"
-            raise PermanentCrmError(self.name, message) from exc
-
 
 # ---- the builder --------------------------------------------------------------------
 
 
-def build_pipedrive(
-    name: str,
-    config: CrmConfig,
-    settings: Settings,
-    tokens: TokenRepository,
-    *,
-    transport: httpx.AsyncBaseTransport | None = None,
-    on_call: OnCall | None = None,
-    clock: Callable[[], float] = time.time,
-) -> Pipedrive:
+def build_pipedrive(wiring: Wiring) -> Pipedrive:
     """The adapter with its one HTTP client, rate limiters, token budget and credentials.
 
     `[crm.NAME.options]`: `daily_token_budget` (default 30000: one seat of the smallest
@@ -339,33 +278,25 @@ def build_pipedrive(
     `search_rate_per_second` (default 4.5: search allows 10 per 2 s on every plan) and
     `oauth_url` (default https://oauth.pipedrive.com).
     """
-    daily, search_rate, oauth_url = _options(name, config)
-    budget = TokenBudget(name, daily, clock)
-    client = httpx.AsyncClient(
-        base_url=config.base_url,
-        timeout=config.request_timeout_seconds,
-        transport=transport,
-        event_hooks=budget_hooks(budget),
+    daily, search_rate, oauth_url = _options(wiring.name, wiring.config)
+    budget = TokenBudget(wiring.name, daily, wiring.clock)
+    # POST {oauth_url}/oauth/token, HTTP Basic with the client id and secret and a form
+    # body. A refresh returns the same refresh token with its 60-day idle expiry reset;
+    # whatever comes back is stored, so a rotating one works as well.
+    endpoint = OAuthEndpoint(
+        oauth_url.rstrip("/") + "/oauth/token",
+        style="basic",
+        error_fields=("error_description", "message", "error"),
+        rotates=False,
     )
-    http = CrmHttp(name, client, RateLimiter(config.rate_limit_per_second), on_call=on_call)
-    oauth = PipedriveOAuth(name, http, settings, oauth_url, clock)
-    source: TokenSourceProtocol
-    if config.auth == "oauth":
-        source = OAuthTokenSource(
-            name,
-            tokens,
-            oauth.refresh,
-            bootstrap_refresh_token=secret_value(settings.pipedrive_refresh_token),
-            clock=clock,
-        )
-        client.auth = BearerAuth(source)  # set late: the refresher uses this same client
-    else:
-        hint = f'set PIPEDRIVE_API_TOKEN or use auth = "oauth" and run `bridge auth {name}`'
-        static = StaticToken(name, secret_value(settings.pipedrive_api_token), hint)
-        client.auth = ApiTokenAuth(static)
-        source = static
-    search_limiter = RateLimiter(search_rate)
-    return Pipedrive(name, config, http, source, oauth, tokens, budget, search_limiter)
+    connection = Connection(
+        wiring,
+        wiring.secrets("API_TOKEN"),
+        endpoint,
+        event_hooks=budget_hooks(budget),
+        static_auth=lambda source: ApiTokenHeader(source, "x-api-token"),
+    )
+    return Pipedrive(connection, budget, search_rate)
 
 
 def _options(name: str, config: CrmConfig) -> tuple[int, float, str]:

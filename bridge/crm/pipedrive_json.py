@@ -7,8 +7,6 @@ No I/O here: `bridge.crm.pipedrive` sends what these build and reads what they p
 
 from __future__ import annotations
 
-import html
-import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -48,14 +46,39 @@ FIELD_TYPES = {
 # ---- domain → Pipedrive JSON --------------------------------------------------------
 
 
-def search_params(key: LookupKey) -> dict[str, str | int]:
-    """One `persons/search` per key. Phones are stored as typed ("8 (999) 123-45-67"),
-    so they are searched by the national number without `exact_match`; emails and the
-    Telegram id (a text custom field) exactly. The flow confirms every hit."""
+def search_params(key: LookupKey, term: str | None = None) -> dict[str, str | int]:
+    """One `persons/search`. A phone is searched without `exact_match` by one of
+    `phone_terms` (`term`; the first by default); emails and the Telegram id (a text
+    custom field) exactly. The flow confirms every hit."""
     if key.kind is KeyKind.PHONE:
-        return {"term": national_number(key.value), "fields": "phone", "limit": SEARCH_LIMIT}
+        term = term if term is not None else phone_terms(key.value)[0]
+        return {"term": term, "fields": "phone", "limit": SEARCH_LIMIT}
     field = "email" if key.kind is KeyKind.EMAIL else "custom_fields"
     return {"term": key.value, "fields": field, "exact_match": "true", "limit": SEARCH_LIMIT}
+
+
+def phone_terms(phone: str) -> list[str]:
+    """The searches that find a number stored the ways people type it, most likely first.
+
+    Pipedrive documents `exact_match` only (the whole value, case-insensitively); how its
+    partial search matches a phone is not documented, so the bridge assumes no more than
+    the beginning of what is stored, digits compared without the punctuation, rather than
+    digits anywhere [SPEC persons/search `term`, `exact_match`; crm-notes §2.2 "Phone
+    caveat"]. So "+79991234567" goes out as the forms a stored number can start with:
+    the international digits ("+7 999 123-45-67", and what the bridge itself stores),
+    the national prefix and number ("8 (999) 123-45-67"), the national number alone
+    ("999 123 45 67"). The next is searched only when the one before found no confirmed
+    hit."""
+    try:
+        parsed = phonenumbers.parse(phone, None)
+    except phonenumbers.NumberParseException:
+        return ["".join(char for char in phone if char.isdigit())]
+    national = str(phonenumbers.national_significant_number(parsed))
+    region = phonenumbers.region_code_for_number(parsed)
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region) if region else None
+    trunk = (metadata.national_prefix or "") if metadata is not None else ""
+    terms = [f"{parsed.country_code}{national}", f"{trunk}{national}", national]
+    return list(dict.fromkeys(term for term in terms if len(term) >= 2))
 
 
 def national_number(phone: str) -> str:
@@ -137,26 +160,7 @@ def deal_json(new: NewDeal, person_id: str) -> dict[str, JSON]:
     return body
 
 
-def note_html(text: str) -> str:
-    """Note `content` is HTML: each line escaped, leading spaces kept, lines joined by
-    <br>, so the note reads as written and `note_text` gives the text back."""
-    lines = []
-    for line in text.split("\n"):
-        body = line.lstrip(" ")
-        lines.append("&nbsp;" * (len(line) - len(body)) + html.escape(body, quote=False))
-    return "<br>".join(lines)
-
-
 # ---- Pipedrive JSON → domain --------------------------------------------------------
-
-_BREAKS = re.compile(r"<br\s*/?>|</p\s*>|</div\s*>", re.IGNORECASE)
-_TAGS = re.compile(r"<[^>]*>")
-
-
-def note_text(content: str) -> str:
-    """A note's text from its HTML (as written by `note_html`, or typed in the app)."""
-    text = _TAGS.sub("", _BREAKS.sub("\n", content))
-    return html.unescape(text).replace("\xa0", " ").rstrip("\n")
 
 
 def data_of(body: JSON) -> Any:

@@ -1,7 +1,8 @@
 """Zoho CRM (API v8) as a `CrmAdapter`.
 
-The mappers are in `zoho_json`, the accounts server and the token header in `zoho_oauth`,
-credits and concurrency in `zoho_credits`; this module is the adapter and `build_zoho`.
+The mappers are in `zoho_json`, the token endpoint's quirks and the token header in
+`zoho_oauth`, credits and concurrency in `zoho_credits`; this module is the adapter and
+`build_zoho`, on the `Connection` every adapter shares.
 The calls each method makes (credits):
 
     find_contact             POST /crm/v8/__composite_requests: the search (every key OR-ed
@@ -34,24 +35,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import httpx
-
-from bridge.crm.base import (
-    JSON,
-    Confirm,
-    CrmHttp,
-    CrmSchema,
-    CustomField,
-    RateLimiter,
-    first_confirmed,
-)
+from bridge.crm.base import JSON, Confirm, CrmSchema, CustomField, first_confirmed
+from bridge.crm.connection import Connection, OAuthEndpoint, Wiring
 from bridge.crm.zoho_credits import (
     COMPOSITE_UNITS,
     Concurrency,
@@ -64,6 +56,7 @@ from bridge.crm.zoho_json import (
     COQL_LIMIT,
     DATA_CENTRES,
     SEARCH_PAGE,
+    TOKEN_PATH,
     DataCentre,
     SubRequest,
     closed_stages,
@@ -93,7 +86,7 @@ from bridge.crm.zoho_json import (
     sub_responses,
     write_details,
 )
-from bridge.crm.zoho_oauth import ZohoOAuth, ZohoTokenAuth
+from bridge.crm.zoho_oauth import ApiDomain, ZohoTokenAuth, token_hooks
 from bridge.domain import (
     Contact,
     ContactPatch,
@@ -103,16 +96,14 @@ from bridge.domain import (
     NewContact,
     NewDeal,
 )
-from bridge.errors import ConfigError, CrmError, PermanentCrmError, TransientCrmError
-from bridge.settings import CrmConfig, Settings, secret_value
-from bridge.tokens import OAuthTokenSource, TokenPair, TokenRepository
+from bridge.errors import ConfigError, CrmError, PermanentCrmError
+from bridge.settings import CrmConfig
 
 DEFAULT_DAILY_CREDITS = 50_000  # a Standard org's base pool, before licences and add-ons
 DEFAULT_CONCURRENCY = 10  # Standard edition
 MAX_PAGES = 10  # search stops at 2,000 records (10 × 200)
 KEEP_DEALS_SECONDS = 30.0  # deals read with the contact serve the flow's next step only
 OPTIONS = ("data_centre", "daily_credits", "concurrency", "accounts_url")
-OnCall = Callable[[str, str, float, int], None]
 
 
 class Zoho:
@@ -120,29 +111,23 @@ class Zoho:
 
     def __init__(
         self,
-        name: str,
-        config: CrmConfig,
-        http: CrmHttp,
-        source: OAuthTokenSource,
-        oauth: ZohoOAuth,
-        tokens: TokenRepository,
+        connection: Connection,
         pool: CreditPool,
         gate: Concurrency,
+        domain: ApiDomain,
         zone: ZoneInfo,
-        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.name = name
-        self.config = config
-        self.http = http
+        self.name = connection.name
+        self.config = connection.config
+        self.connection = connection
         self.pool = pool
         self.gate = gate
-        self.oauth = oauth
-        self._source = source
-        self._tokens = tokens
+        self.domain = domain
         self._zone = zone
-        self._clock = clock
+        self._reading = connection.reading
         # Deals the lookup read along with the contact, for the `list_deals` right after.
         self._deals_read: dict[str, tuple[float, list[Deal]]] = {}
+        connection.extra_health = self._health
 
     async def find_contact(self, keys: Sequence[LookupKey], confirm: Confirm) -> Contact | None:
         """One composite call: the search for every key (OR-ed criteria), and the deals of
@@ -361,34 +346,17 @@ class Zoho:
             closed = frozenset(closed_stages(layouts))
             return CrmSchema(pipelines_from_json(layouts), tuple(fields), closed)
 
-    async def exchange_code(self, code: str) -> TokenPair:
-        """`bridge auth`: trade a Self Client grant code for a pair and store it before use."""
-        pair = await self.oauth.exchange_code(code)
-        await self._tokens.save_tokens(self.name, pair)
-        self._source.forget()
-        return pair
-
-    async def credentials_problem(self) -> str | None:
-        return await self._source.problem()
-
-    def token_expires_at(self) -> float | None:
-        return self._source.expires_at()
-
-    def health_details(self) -> Mapping[str, object]:
+    def _health(self) -> Mapping[str, object]:
         return {
-            "api_domain": self.oauth.api_domain,
-            "rate_limit_per_second": round(self.http.limiter.rate, 2),
+            "api_domain": self.domain.url,
             "concurrency": self.gate.limit,
             **self.pool.details(),
         }
 
-    async def aclose(self) -> None:
-        await self.http.client.aclose()
-
     # ---- plumbing ---------------------------------------------------------------------
 
     def _today(self) -> date:
-        return datetime.fromtimestamp(self._clock(), self._zone).date()
+        return datetime.fromtimestamp(self.connection.clock(), self._zone).date()
 
     def _sub_write(self, status: int, body: JSON, operation: str) -> dict[str, JSON]:
         if status >= 400:
@@ -404,13 +372,7 @@ class Zoho:
         content = json.dumps(payload).encode() if payload is not None else None
         self.pool.require(credit_cost(method, path, content))
         async with self._in_flight(units):
-            response = await self.http.request(method, path, operation=operation, **kwargs)
-        if response.status_code == 204 or not response.content:
-            return None
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise TransientCrmError(self.name, f"{method} {path}: answer is not JSON") from exc
+            return await self.connection.send(method, path, operation, **kwargs)
 
     @asynccontextmanager
     async def _in_flight(self, units: int) -> AsyncIterator[None]:
@@ -420,62 +382,42 @@ class Zoho:
         finally:
             await self.gate.release(units)
 
-    @contextmanager
-    def _reading(self, operation: str) -> Iterator[None]:
-        """A payload that cannot be built, or an answer of an unexpected shape, becomes a
-        `PermanentCrmError` naming the operation."""
-        try:
-            yield
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-            message = f"{operation}: {type(exc).__name__}: {exc}"
-            raise PermanentCrmError(self.name, message) from exc
-
 
 # ---- the builder ----------------------------------------------------------------------
 
 
-def build_zoho(
-    name: str,
-    config: CrmConfig,
-    settings: Settings,
-    tokens: TokenRepository,
-    *,
-    transport: httpx.AsyncBaseTransport | None = None,
-    on_call: OnCall | None = None,
-    clock: Callable[[], float] = time.time,
-) -> Zoho:
-    """The adapter with its one HTTP client, credit pool, concurrency gate and tokens."""
-    data_centre, daily, concurrency = zoho_options(name, config)
-    if config.auth != "oauth":
-        raise ConfigError(f'crm.{name}.auth: Zoho CRM takes "oauth" (a Self Client)')
-    pool = CreditPool(name, daily, clock)
-    client = httpx.AsyncClient(
-        base_url=config.base_url or data_centre.api_domain,
-        timeout=config.request_timeout_seconds,
-        transport=transport,
-        event_hooks=credit_hooks(pool),
+def build_zoho(wiring: Wiring) -> Zoho:
+    """The adapter on its connection, with its credit pool and concurrency gate.
+
+    `data_centre` decides the accounts server (tokens) and the API domain; a token
+    answer's `api_domain` wins; a `base_url` in the section (a proxy) is kept as is.
+    """
+    data_centre, daily, concurrency = zoho_options(wiring.name, wiring.config)
+    if wiring.config.auth != "oauth":
+        raise ConfigError(f'crm.{wiring.name}.auth: Zoho CRM takes "oauth" (a Self Client)')
+    pool = CreditPool(wiring.name, daily, wiring.clock)
+    domain = ApiDomain(data_centre.api_domain, pinned=bool(wiring.config.base_url))
+    # POST {accounts}/oauth/v2/token, a form with the client id and secret. A refresh
+    # answers only an access token: the refresh token presented stays.
+    endpoint = OAuthEndpoint(
+        data_centre.accounts + TOKEN_PATH,
+        style="form",
+        error_fields=("error", "error_description"),
+        rotates=False,
     )
-    http = CrmHttp(name, client, RateLimiter(config.rate_limit_per_second), on_call=on_call)
-    oauth = ZohoOAuth(
-        name,
-        http,
-        data_centre,
-        settings.zoho_client_id,
-        secret_value(settings.zoho_client_secret),
-        clock,
+    hooks = credit_hooks(pool)
+    hooks["response"] = [*hooks["response"], *token_hooks(domain)]
+    connection = Connection(
+        wiring,
+        wiring.secrets("ACCESS_TOKEN"),
+        endpoint,
+        base_url=wiring.config.base_url or data_centre.api_domain,
+        event_hooks=hooks,
+        oauth_auth=lambda source: ZohoTokenAuth(source, domain),
+        empty_answer=None,  # Zoho answers an empty read with 204 and no body
     )
-    source = OAuthTokenSource(
-        name,
-        tokens,
-        oauth.refresh,
-        bootstrap_refresh_token=secret_value(settings.zoho_refresh_token),
-        clock=clock,
-    )
-    client.auth = ZohoTokenAuth(source, oauth, pinned_base=bool(config.base_url))
-    zone = ZoneInfo(settings.display_timezone)
-    return Zoho(
-        name, config, http, source, oauth, tokens, pool, Concurrency(concurrency), zone, clock
-    )
+    zone = ZoneInfo(wiring.settings.display_timezone)
+    return Zoho(connection, pool, Concurrency(concurrency), domain, zone)
 
 
 def zoho_options(name: str, config: CrmConfig) -> tuple[DataCentre, int, int]:

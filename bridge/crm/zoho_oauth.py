@@ -1,93 +1,64 @@
-"""Zoho CRM credentials: the accounts server of the data centre, and the token header.
+"""Zoho CRM's token quirks, translated at the edge so the connection's one OAuth policy holds.
 
-- `ZohoOAuth` speaks to `POST {accounts}/oauth/v2/token` (client id and secret in the form
-  body, never in the URL) for the one-time authorization-code exchange (a Self Client's
-  grant code) and for refreshes. Zoho keeps the refresh token (a refresh answers only an
-  access token, valid 1 h) and answers a refused grant with HTTP 200 and
-  `{"error": "invalid_code"}`; a burst of token requests gets 400 "too many requests
-  continuously" (wait, do not re-authorise). Each answer names `api_domain`, the host the
-  org's API answers on: it wins over the data centre's default (`api_domain` here).
+- The accounts server of the data centre (`POST {accounts}/oauth/v2/token`, a form with
+  the client id and secret) answers a refused grant with HTTP **200** and
+  `{"error": "invalid_code"}` (or `invalid_client`), and a burst of token requests with
+  400 "You have made too many requests continuously". `token_hooks` give those answers
+  the status they mean — 400 (refused: `bridge auth` again) and 429 with a minute's
+  `Retry-After` (wait; do not re-authorise) — before the connection reads them.
+- Every token answer names `api_domain`, the host the org's API answers on: it wins over
+  the data centre's default, and `ApiDomain` keeps it for the requests that follow.
   https://www.zoho.com/crm/developer/docs/api/v8/access-refresh.html ,
   https://www.zoho.com/crm/developer/docs/api/v8/multi-dc.html
-- `ZohoTokenAuth` sends `Authorization: Zoho-oauthtoken <token>` to the current API domain;
-  on a 401 it refreshes once (`OAuthTokenSource` single-flights that and stores the pair)
-  and resends, to the API domain the new token names.
+- `ZohoTokenAuth` sends `Authorization: Zoho-oauthtoken <token>` to the current API
+  domain; on a 401 it refreshes once (`OAuthTokenSource` single-flights that and stores the
+  pair) and resends, to the API domain the new token names.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import httpx
 
-from bridge.crm.base import CrmHttp, error_for_status
-from bridge.crm.zoho_json import TOKEN_PATH, DataCentre
-from bridge.errors import AuthError, RateLimited, TransientCrmError
-from bridge.tokens import TokenPair, TokenSource
+from bridge.crm.zoho_json import TOKEN_PATH
+from bridge.tokens import TokenSource
 
-TOKEN_BURST_PAUSE = 60.0  # seconds: Zoho's "too many requests continuously" passes
+TOKEN_BURST_PAUSE = 60  # seconds: Zoho's "too many requests continuously" passes
 
 
-class ZohoOAuth:
-    def __init__(
-        self,
-        crm: str,
-        http: CrmHttp,
-        data_centre: DataCentre,
-        client_id: str,
-        client_secret: str | None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._crm = crm
-        self._http = http
-        self._client_id = client_id
-        self._client_secret = client_secret
-        self._url = data_centre.accounts.rstrip("/") + TOKEN_PATH
-        self._clock = clock
-        self.api_domain = data_centre.api_domain
+class ApiDomain:
+    """Where the org's API answers: the data centre's default until a token answer names
+    another; `pinned` (a configured base URL, e.g. a proxy) is never rewritten."""
 
-    async def refresh(self, refresh_token: str) -> TokenPair:
-        grant = {"grant_type": "refresh_token", "refresh_token": refresh_token}
-        return await self._token_request(grant, "refresh token", refresh_token)
+    def __init__(self, default: str, pinned: bool) -> None:
+        self.url = default.rstrip("/")
+        self.pinned = pinned
 
-    async def exchange_code(self, code: str) -> TokenPair:
-        """A grant code from the API console's Self Client (used once, within minutes)."""
-        grant = {"grant_type": "authorization_code", "code": code}
-        return await self._token_request(grant, "grant code", None)
+    def learn(self, named: object) -> None:
+        if isinstance(named, str) and named.startswith("https://"):
+            self.url = named.rstrip("/")
 
-    async def _token_request(
-        self, form: dict[str, str], what: str, presented_refresh: str | None
-    ) -> TokenPair:
-        if not self._client_id or not self._client_secret:
-            message = "OAuth needs ZOHO_CLIENT_ID and ZOHO_CLIENT_SECRET (the Self Client's)"
-            raise AuthError(self._crm, f"{message}; then run `bridge auth {self._crm}`")
-        form = {**form, "client_id": self._client_id, "client_secret": self._client_secret}
-        response = await self._http.token_request("POST", self._url, data=form)
+
+def token_hooks(domain: ApiDomain) -> list[Callable[[httpx.Response], Awaitable[None]]]:
+    """httpx response hooks for the token endpoint's answers (other answers pass)."""
+
+    async def on_response(response: httpx.Response) -> None:
+        if response.request.url.path != TOKEN_PATH:
+            return
+        await response.aread()
         body = _json_object(response)
-        if response.status_code == 400 and "too many requests" in _reason(body).lower():
-            raise RateLimited(
-                self._crm, f"{what}: Zoho refuses token requests for now", TOKEN_BURST_PAUSE
-            )
-        if response.status_code in (400, 401, 403) or body.get("error"):
-            message = f"{what} rejected (HTTP {response.status_code}: {_reason(body) or 'refused'})"
-            raise AuthError(self._crm, f"{message}: run `bridge auth {self._crm}`")
-        error = error_for_status(self._crm, response)
-        if error is not None:
-            raise error
-        try:
-            refresh = body.get("refresh_token") or presented_refresh
-            expires_at = self._clock() + float(body["expires_in"])
-            pair = TokenPair(str(body["access_token"]), str(refresh), expires_at)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise TransientCrmError(self._crm, f"POST {TOKEN_PATH}: malformed answer") from exc
-        if not refresh:
-            raise AuthError(self._crm, f"{what}: Zoho answered no refresh token")
-        domain = body.get("api_domain")
-        if isinstance(domain, str) and domain.startswith("https://"):
-            self.api_domain = domain.rstrip("/")
-        return pair
+        description = str(body.get("error_description") or "").lower()
+        if response.status_code == 400 and "too many requests" in description:
+            response.status_code = 429
+            response.headers["retry-after"] = str(TOKEN_BURST_PAUSE)
+        elif response.status_code == 200 and body.get("error"):
+            response.status_code = 400  # a refused grant, whatever the status line says
+        elif response.status_code == 200:
+            domain.learn(body.get("api_domain"))
+
+    return [on_response]
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:
@@ -98,20 +69,12 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def _reason(body: dict[str, Any]) -> str:
-    # Zoho names a refused grant in `error` ("invalid_code", "invalid_client") and a
-    # throttled one in `error_description`; echo those only, never the form.
-    reason = body.get("error_description") or body.get("error")
-    return str(reason)[:120] if reason else ""
-
-
 class ZohoTokenAuth(httpx.Auth):
-    """`Zoho-oauthtoken` on every request, to the API domain the token belongs to."""
+    """`Zoho-oauthtoken` on every request, to the API domain its token belongs to."""
 
-    def __init__(self, source: TokenSource, oauth: ZohoOAuth, pinned_base: bool) -> None:
+    def __init__(self, source: TokenSource, domain: ApiDomain) -> None:
         self._source = source
-        self._oauth = oauth
-        self._pinned = pinned_base  # a configured base_url (a proxy) is never rewritten
+        self._domain = domain
 
     async def async_auth_flow(
         self, request: httpx.Request
@@ -128,15 +91,12 @@ class ZohoTokenAuth(httpx.Auth):
             yield request
 
     def _aim(self, request: httpx.Request) -> None:
-        if self._pinned:
+        if self._domain.pinned:
             return
-        domain = httpx.URL(self._oauth.api_domain)
-        if (request.url.scheme, request.url.host, request.url.port) != (
-            domain.scheme,
-            domain.host,
-            domain.port,
-        ):
+        target = httpx.URL(self._domain.url)
+        here = (request.url.scheme, request.url.host, request.url.port)
+        if here != (target.scheme, target.host, target.port):
             request.url = request.url.copy_with(
-                scheme=domain.scheme, host=domain.host, port=domain.port
+                scheme=target.scheme, host=target.host, port=target.port
             )
-            request.headers["Host"] = domain.netloc.decode("ascii")
+            request.headers["Host"] = target.netloc.decode("ascii")

@@ -29,6 +29,7 @@ from bridge.store.base import (
     Clock,
     create_private_file,
     log,
+    side_inodes,
 )
 from bridge.store.intake import ROWS_PER_STATEMENT
 from bridge.store.operator import OperatorMixin
@@ -96,26 +97,14 @@ class Store(QueueMixin, OperatorMixin):
     async def open(cls, path: Path, *, clock: Clock, cipher: TokenCipher | None = None) -> Store:
         try:
             create_private_file(path)
-            # The writer owns this connection from here on; sqlite3's own
-            # transaction handling stays off, the store says BEGIN and COMMIT itself.
-            writer = sqlite3.connect(
-                path,
-                isolation_level=None,
-                check_same_thread=False,
-                # Multi-row inserts have a statement per row count (store.intake).
-                cached_statements=3 * ROWS_PER_STATEMENT + 64,
-            )
+            writer = _connect_writer(path)
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot open database {path}: {exc}") from exc
         try:
-            reader = await aiosqlite.connect(path, isolation_level=None)
-            for statement in _PRAGMAS:
-                writer.execute(statement)
-                await reader.execute(statement)
+            reader = await _connect_reader(path)
         except (OSError, sqlite3.Error) as exc:
             writer.close()
             raise StoreUnavailable(f"cannot open database {path}: {exc}") from exc
-        writer.execute(f"PRAGMA wal_autocheckpoint={_WRITER_CHECKPOINT_PAGES}")
         store = cls(path, writer, reader, clock, cipher)
         store._writer.start()
         try:
@@ -126,6 +115,7 @@ class Store(QueueMixin, OperatorMixin):
         except (OSError, sqlite3.Error) as exc:
             await store.close()
             raise StoreUnavailable(f"cannot migrate database {path}: {exc}") from exc
+        store._side_inodes = side_inodes(path)
         store._checkpointer = asyncio.get_running_loop().create_task(store._checkpoint_loop())
         return store
 
@@ -139,14 +129,99 @@ class Store(QueueMixin, OperatorMixin):
         await self._reader.close()
 
     async def _checkpoint_loop(self) -> None:
-        """Copy committed WAL frames into the database file, off the commit path."""
+        """Copy committed WAL frames into the database file, off the commit path; and
+        notice a deleted WAL even when no webhook comes."""
         while True:
             await asyncio.sleep(CHECKPOINT_EVERY_SECONDS)
             try:
+                self._check_file()
+            except StoreUnavailable:
+                if self._side_files_lost is not None:
+                    await self._reopen_after_lost_side_files()
+                continue  # never checkpoint into a file that is not the database's
+            try:
                 await self._reader.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, ValueError) as exc:
                 log.warning("WAL checkpoint failed (the writer's own will take over): %s", exc)
+
+    async def _reopen_after_lost_side_files(self) -> None:
+        """The WAL or shared-memory file was deleted under the open store: copy what the
+        deleted WAL holds into the database file, then reopen both connections on fresh
+        files. Only while no other process has made new ones: its WAL would hold pages
+        of its own, and copying ours under it could corrupt the database. Until then
+        (and when it cannot be done) writes answer 503."""
+        if side_inodes(self.path) != (None, None):
+            if not self._reopen_refused:
+                self._reopen_refused = True
+                log.error(
+                    "%s, and another process has opened the database since: writes are"
+                    " refused; stop the other process, then restart the bridge (what that"
+                    " process wrote since is dropped at the restart: run it again)",
+                    self._side_files_lost,
+                )
+            return
+        try:
+            busy = await self._writer.call(_checkpoint_all)
+        except sqlite3.Error as exc:
+            log.error(
+                "%s; copying its frames into the database failed: %s", self._side_files_lost, exc
+            )
+            return
+        if busy:
+            return  # a read is still open: next time
+        # Every connection of the process is closed before any is opened again: SQLite
+        # shares one shared-memory mapping among a process's connections to one file.
+        await self._reader.close()
+        await self._writer.reconnect(lambda: _connect_writer(self.path, migrated=True))
+        self._reader = await _connect_reader(self.path)
+        self._side_inodes = side_inodes(self.path)
+        log.warning(
+            "%s: what it held was copied into the database file and the database was"
+            " reopened; writes are taken again",
+            self._side_files_lost,
+        )
+        self._side_files_lost = None
 
     async def schema_version(self) -> int:
         rows = await self._read("PRAGMA user_version")
         return int(rows[0][0])
+
+
+def _connect_writer(path: Path, *, migrated: bool = False) -> sqlite3.Connection:
+    """The writer's connection. The writer owns it; sqlite3's own transaction handling
+    stays off, the store says BEGIN and COMMIT itself."""
+    conn = sqlite3.connect(
+        path,
+        isolation_level=None,
+        check_same_thread=False,
+        # Multi-row inserts have a statement per row count (store.intake).
+        cached_statements=3 * ROWS_PER_STATEMENT + 64,
+    )
+    try:
+        for statement in _PRAGMAS:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA wal_autocheckpoint={_WRITER_CHECKPOINT_PAGES}")
+        if migrated:  # see `Store.open`: lock waits happen on the writer's thread
+            conn.execute("PRAGMA busy_timeout=0")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+async def _connect_reader(path: Path) -> aiosqlite.Connection:
+    reader = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        for statement in _PRAGMAS:
+            await reader.execute(statement)
+    except BaseException:
+        await reader.close()
+        raise
+    return reader
+
+
+def _checkpoint_all(db: sqlite3.Connection) -> bool:
+    """Every committed frame of the WAL into the database file (and its fsync); True
+    when a reader kept it from finishing."""
+    busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return bool(busy)

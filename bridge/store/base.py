@@ -50,6 +50,11 @@ class StoreBase(ABC):
         self._clock = clock
         self._cipher = cipher
         self._inode = _inode(path)
+        # The WAL's and shared-memory file's inodes while the store is open (None before
+        # the store is ready), and why writes are refused since they changed.
+        self._side_inodes: tuple[int | None, int | None] | None = None
+        self._side_files_lost: str | None = None
+        self._reopen_refused = False  # logged once that it cannot reopen by itself
         self._checkpointer: asyncio.Task[None] | None = None
 
     @abstractmethod
@@ -88,7 +93,7 @@ class StoreBase(ABC):
             # One job on the reader's thread, not three (execute, fetch, close): no other
             # job (a checkpoint) runs while the statement is half-read.
             return list(await self._reader.execute_fetchall(sql, params))
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: closed for a reopen
             raise StoreUnavailable(f"database read failed: {exc}") from exc
 
     def _check_file(self) -> None:
@@ -102,6 +107,17 @@ class StoreBase(ABC):
             raise StoreUnavailable(f"database file {self.path} was replaced")
         if not info.st_mode & stat.S_IWUSR:
             raise StoreUnavailable(f"database file {self.path} was made read-only")
+        # So does it into a deleted WAL: a commit there is acknowledged and lost at the
+        # next restart, and another process opening the database meanwhile starts a WAL
+        # of its own. Two more stats a batch; the store reopens itself when it can
+        # (`Store._reopen_after_lost_side_files`).
+        if self._side_files_lost is not None:
+            raise StoreUnavailable(self._side_files_lost)
+        if self._side_inodes is not None and self._side_inodes != side_inodes(self.path):
+            self._side_files_lost = (
+                f"the WAL or shared-memory file of {self.path} was deleted or replaced"
+            )
+            raise StoreUnavailable(self._side_files_lost)
 
 
 async def _stored(write: Awaitable[T]) -> T:
@@ -118,8 +134,13 @@ def create_private_file(path: Path) -> None:
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
 
-def _inode(path: Path) -> int | None:
+def _inode(path: Path | str) -> int | None:
     try:
         return os.stat(path).st_ino
     except OSError:
         return None
+
+
+def side_inodes(path: Path) -> tuple[int | None, int | None]:
+    """The inodes of the database's WAL and shared-memory files (None: there is none)."""
+    return _inode(f"{path}-wal"), _inode(f"{path}-shm")

@@ -8,7 +8,7 @@ rows. The writer commits it on its thread.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from typing import cast
 
 import msgspec
@@ -49,13 +49,18 @@ class IntakeMixin(StoreBase):
         events = [item for item in batch if isinstance(item, NewEvent)]
         known = known_events(db, events)
         fresh = unknown_events(events, known)
+        changed = state_changes(events, known)
         if fresh:
             ids = insert_events(db, fresh, now, now_text)
-            known.update({k: (ids[k], "new:" + e.status) for k, e in fresh.items()})
+            known.update({k: (ids[k], "new:" + e.status, e.note) for k, e in fresh.items()})
+        if changed:
+            change_states(db, {known[k][0]: e for k, e in changed.items()}, now, now_text)
+            known.update({k: (known[k][0], "new:" + e.status, e.note) for k, e in changed.items()})
+        renewed = fresh.keys() | changed.keys()
         repeats = [
             known[(e.kind, e.key)][0]
             for e in events
-            if (e.kind, e.key) not in fresh and known[(e.kind, e.key)][1] not in SETTLED_STATUSES
+            if (e.kind, e.key) not in renewed and known[(e.kind, e.key)][1] not in SETTLED_STATUSES
         ]
         _nudge(db, repeats, now, now_text)
         insert_rows(
@@ -68,26 +73,82 @@ class IntakeMixin(StoreBase):
                 if isinstance(r, RequestRecord)
             ],
         )
-        return _results(batch, known, fresh)
+        return _results(batch, known, renewed, changed)
 
 
-def known_events(
-    db: sqlite3.Connection, events: Sequence[NewEvent]
-) -> dict[EventKey, tuple[int, str]]:
-    """(id, status) of the events among `events` that are stored already."""
-    found: dict[EventKey, tuple[int, str]] = {}
+# (id, status, skip reason) of a stored event; id 0 for one `bridge prune` deleted after
+# it succeeded (only its key is left, in `succeeded_keys`).
+Known = tuple[int, str, str | None]
+
+
+def known_events(db: sqlite3.Connection, events: Sequence[NewEvent]) -> dict[EventKey, Known]:
+    """What is stored already of the events among `events`."""
+    found: dict[EventKey, Known] = {}
     for kind in {e.kind for e in events}:
         keys = [e.key for e in events if e.kind == kind]
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
             rows = db.execute(
-                f"SELECT id, key, status FROM events WHERE kind = ? AND key IN"
-                f" ({','.join('?' * len(chunk))})",
-                (kind, *chunk),
+                f"SELECT id, key, status, error_message FROM events WHERE kind = ?"
+                f" AND key IN ({marks}) UNION ALL SELECT 0, key, 'success', NULL"
+                f" FROM succeeded_keys WHERE kind = ? AND key IN ({marks})",
+                (kind, *chunk, kind, *chunk),
             )
-            for event_id, key, status in rows:
-                found[(kind, str(key))] = (int(event_id), str(status))
+            for event_id, key, status, note in rows:
+                found.setdefault((kind, str(key)), (int(event_id), str(status), note))
     return found
+
+
+def state_changes(
+    events: Sequence[NewEvent], known: Mapping[EventKey, Known]
+) -> dict[EventKey, NewEvent]:
+    """Known events that were skipped and arrive in another state: the platform sent the
+    same payment again with another status (PENDING, then CONFIRMED). The first such
+    body of a key in the batch wins, as for new events."""
+    changed: dict[EventKey, NewEvent] = {}
+    for event in events:
+        key = (event.kind, event.key)
+        stored = known.get(key)
+        if stored is None or stored[1] != "skipped" or key in changed:
+            continue
+        if event.status != "skipped" or event.note != stored[2]:
+            changed[key] = event
+    return changed
+
+
+def change_states(
+    db: sqlite3.Connection, changed: Mapping[int, NewEvent], now: float, now_text: str
+) -> None:
+    """The skipped events `changed` (by id) take their new body and state; those now to
+    be processed get their deliveries. Received "now": the new state arrived now."""
+    db.executemany(
+        "UPDATE events SET status = ?, amount = ?, customer_keys = ?, payload = ?,"
+        " received_at = ?, processed_at = ?, error_message = ? WHERE id = ?",
+        [
+            (
+                e.status,
+                e.amount,
+                _JSON.encode(e.customer_keys).decode(),
+                e.payload,
+                now_text,
+                now_text if e.status == "skipped" else None,
+                e.note or None,
+                event_id,
+            )
+            for event_id, e in changed.items()
+        ],
+    )
+    insert_rows(
+        db,
+        "INSERT INTO deliveries (event_id, crm, status, next_attempt_at, updated_at)",
+        [
+            (event_id, crm, "pending", now, now_text)
+            for event_id, e in changed.items()
+            if e.status == "pending"
+            for crm in e.crms
+        ],
+    )
 
 
 def unknown_events(
@@ -167,8 +228,9 @@ def _flat(rows: Sequence[tuple[object, ...]]) -> list[object]:
 
 def _results(
     batch: list[IntakeItem],
-    known: dict[EventKey, tuple[int, str]],
-    fresh: dict[EventKey, NewEvent],
+    known: dict[EventKey, Known],
+    renewed: Set[EventKey],
+    changed: Mapping[EventKey, NewEvent],
 ) -> list[IntakeResult | None]:
     results: list[IntakeResult | None] = []
     first_seen: set[EventKey] = set()
@@ -177,10 +239,17 @@ def _results(
             results.append(None)
             continue
         key = (item.kind, item.key)
-        event_id, status = known[key]
-        created = key in fresh and key not in first_seen
+        event_id, status, _ = known[key]
+        created = key in renewed and key not in first_seen
         first_seen.add(key)
-        results.append(IntakeResult(event_id, created, status.removeprefix("new:")))
+        results.append(
+            IntakeResult(
+                event_id,
+                created,
+                status.removeprefix("new:"),
+                state_changed=created and key in changed,
+            )
+        )
     return results
 
 

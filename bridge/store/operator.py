@@ -141,9 +141,11 @@ class OperatorMixin(IntakeMixin):
         found: set[str] = set()
         for start in range(0, len(keys), 1000):
             chunk = keys[start : start + 1000]
+            marks = ",".join("?" * len(chunk))
             rows = await self._read(
-                f"SELECT key FROM events WHERE kind = ? AND key IN ({','.join('?' * len(chunk))})",
-                (kind, *chunk),
+                f"SELECT key FROM events WHERE kind = ? AND key IN ({marks}) UNION"
+                f" SELECT key FROM succeeded_keys WHERE kind = ? AND key IN ({marks})",
+                (kind, *chunk, kind, *chunk),
             )
             found.update(str(row[0]) for row in rows)
         return found
@@ -178,11 +180,16 @@ class OperatorMixin(IntakeMixin):
         older than `before`; returns (events, requests). Short transactions, so a running
         bridge's intake is not held up. An event with a delivery still to run is kept."""
         cutoff = utc_text(before)
+        # The keys of succeeded events stay (`succeeded_keys`, a few dozen bytes each): a
+        # pruned payment the platform sends again is still a duplicate, not a second note.
         events = await self._delete_in_chunks(
-            f"DELETE FROM events WHERE id IN (SELECT id FROM events WHERE {_PRUNABLE_EVENT}"
-            " LIMIT ?)",
+            "INSERT OR IGNORE INTO succeeded_keys (kind, key) SELECT kind, key FROM events"
+            f" WHERE id IN (SELECT id FROM events WHERE {_PRUNABLE_EVENT} ORDER BY id LIMIT ?)"
+            " AND status = 'success'",
             (cutoff, cutoff, chunk),
             chunk,
+            f"DELETE FROM events WHERE id IN (SELECT id FROM events WHERE {_PRUNABLE_EVENT}"
+            " ORDER BY id LIMIT ?)",
         )
         requests = await self._delete_in_chunks(
             "DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE received_at < ?"
@@ -192,11 +199,17 @@ class OperatorMixin(IntakeMixin):
         )
         return events, requests
 
-    async def _delete_in_chunks(self, sql: str, params: tuple[Any, ...], chunk: int) -> int:
-        """Run a `DELETE … LIMIT chunk` until it deletes fewer rows than `chunk`."""
+    async def _delete_in_chunks(
+        self, sql: str, params: tuple[Any, ...], chunk: int, then: str | None = None
+    ) -> int:
+        """Run a `DELETE … LIMIT chunk` until it deletes fewer rows than `chunk`; with
+        `then`, `sql` is what to do first in each chunk's transaction and `then` the
+        DELETE (same parameters, same rows)."""
 
         def apply(db: sqlite3.Connection) -> int:
             cursor = db.execute(sql, params)
+            if then is not None:
+                cursor = db.execute(then, params)
             return int(cursor.rowcount)
 
         total = 0

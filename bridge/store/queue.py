@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bridge.crypto import TokenCipher
-from bridge.domain import KnownRefs
+from bridge.domain import Journal, KnownRefs
 from bridge.errors import StoreUnavailable
 from bridge.store.base import (
     StoreBase,
@@ -147,15 +147,16 @@ class QueueMixin(StoreBase):
 
         await self._write_grouped(apply)
 
-    async def journal(self, delivery_id: int) -> dict[str, Any]:
+    async def journal(self, delivery_id: int) -> Journal:
         rows = await self._read(
             "SELECT step, value FROM journal WHERE delivery_id = ?", (delivery_id,)
         )
-        return {str(step): json.loads(value) for step, value in rows}
+        return Journal.from_steps({str(step): json.loads(value) for step, value in rows})
 
-    async def record_steps(self, delivery_id: int, steps: Mapping[str, Any]) -> None:
-        """Journal completed steps of a delivery, all in one commit."""
+    async def record_steps(self, delivery_id: int, done: Journal | Mapping[str, Any]) -> None:
+        """Journal completed steps of a delivery (one row each), all in one commit."""
         now_text = utc_text(self._clock())
+        steps = done.steps() if isinstance(done, Journal) else done
 
         def apply(db: sqlite3.Connection) -> None:
             db.executemany(
@@ -374,10 +375,19 @@ class QueueMixin(StoreBase):
         await self._write_grouped(apply)
 
     async def check_writable(self) -> None:
-        def apply(db: sqlite3.Connection) -> None:
-            db.execute("CREATE TEMP TABLE IF NOT EXISTS _probe (x)")
+        """Raises StoreUnavailable unless a webhook could be stored now: a row of the
+        database rewritten and committed the way intake commits (in the group commit,
+        through the WAL, with its fsync). A TEMP table said yes on a full disk."""
+        now_text = utc_text(self._clock())
 
-        await self._write(apply)
+        def apply(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO write_probe (id, at) VALUES (1, ?)"
+                " ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                (now_text,),
+            )
+
+        await self._write_grouped(apply)
 
     # ---- tokens (bridge.tokens.TokenRepository) ------------------------------------------
 

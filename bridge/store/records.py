@@ -45,6 +45,9 @@ class IntakeResult:
     event_id: int
     created: bool  # False: the key was already known
     status: str  # the event's status before this request (or "pending"/"skipped" if new)
+    # A known, skipped event that this request moved to a new state (its status changed,
+    # e.g. PENDING then CONFIRMED): stored and processed like a new event (`created`).
+    state_changed: bool = False
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
 import sqlite3
+from collections.abc import Callable
 
 _EVENT_STATUS_CASE = """
 CASE
@@ -44,7 +47,9 @@ def migrate(db: sqlite3.Connection, upto: int | None = None) -> None:
     for number, script in enumerate(MIGRATIONS[version:upto], start=version + 1):
         db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _statements(script):
+            if callable(script):
+                script(db)
+            for statement in _statements(script) if isinstance(script, str) else ():
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {number}")
             db.execute("COMMIT")
@@ -58,7 +63,38 @@ def _statements(script: str) -> list[str]:
     return [part.strip() for part in script.split(";\n") if part.strip()]
 
 
-MIGRATIONS: tuple[str, ...] = (
+def _repair_payloads(db: sqlite3.Connection) -> None:
+    """Stored bodies that are not JSON to SQLite (intake took `NaN` and `Infinity` until
+    it refused them) get those numbers as null, so `json_extract` over
+    `payment_events` works again. Once, as a migration: it reads every invalid row."""
+    rows = db.execute("SELECT id, payload FROM events WHERE NOT json_valid(payload)").fetchall()
+    for event_id, payload in rows:
+        try:
+            value = json.loads(payload)
+        except (ValueError, RecursionError):
+            continue  # not JSON even to Python: left for the operator, as it came
+        repaired = json.dumps(_finite(value), ensure_ascii=False, allow_nan=False)
+        if not repaired.isascii():
+            try:
+                repaired.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate too: escaped, as it came
+                repaired = json.dumps(_finite(value), allow_nan=False)
+        db.execute("UPDATE events SET payload = ? WHERE id = ?", (repaired, event_id))
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
+Migration = str | Callable[[sqlite3.Connection], None]
+
+MIGRATIONS: tuple[Migration, ...] = (
     # 1: the event log, deliveries, step journal, tokens and the audit view of SPEC §7.
     """
 CREATE TABLE requests (
@@ -166,4 +202,19 @@ CREATE TABLE customer_refs (
     """
 DROP INDEX deliveries_event
 """,
+    # 5: duplicate protection outlives `bridge prune` (the keys of succeeded events it
+    # deleted), and the row `check_writable` rewrites to probe what intake needs.
+    """
+CREATE TABLE succeeded_keys (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+CREATE TABLE write_probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at TEXT NOT NULL
+)
+""",
+    # 6: bodies stored with NaN/Infinity before intake refused them, made JSON again.
+    _repair_payloads,
 )

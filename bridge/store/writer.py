@@ -12,7 +12,8 @@ Two kinds of work, taken in turn so neither starves the other:
 - batches, one transaction the writer opens and commits, of:
   - `submit(item)` / `post(item)`: items written together by `write_batch`. Submitted
     items' callers wait for the commit; posted items (request-log rows) ride along
-    unawaited;
+    unawaited. Should the batch's items fail together, the batch is written again with
+    each item in a savepoint of its own, so an item SQLite refuses fails alone;
   - `transact(fn)`: a small transaction of the store's own (the worker's updates of a
     few rows), `fn(conn)` in a savepoint of the batch, so that it costs no commit and
     no turn of its own. Its failure rolls back only its savepoint.
@@ -96,6 +97,16 @@ class Writer(Generic[Item, Result]):
         self._signal()
         return await future
 
+    async def reconnect(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        """Close the connection and write through `connect()`'s from the next batch on;
+        on the thread, between batches."""
+
+        def swap(old: sqlite3.Connection) -> None:
+            old.close()
+            self._conn = connect()
+
+        await self.call(swap)
+
     def submit(self, item: Item) -> asyncio.Future[Result]:
         """Queue `item` for the next batch; the future settles after its commit."""
         future: asyncio.Future[Result] = self._require_loop().create_future()
@@ -159,21 +170,25 @@ class Writer(Generic[Item, Result]):
             for _, future in (*taken, *grouped):
                 _settle(future, None, error)
             return
-        for (_, future), result in zip(taken, results, strict=True):
-            _settle(future, result, None)
+        for (_, future), (result, failure) in zip(taken, results, strict=True):
+            _settle(future, result, failure)
         for (_, future), (value, failure) in zip(grouped, outcomes, strict=True):
             _settle(future, value, failure)
 
     async def _batch_transaction(
         self, items: list[Item], fns: list[Callable[[sqlite3.Connection], Any]]
-    ) -> tuple[Sequence[Result], list[_Outcome]]:
+    ) -> tuple[list[_Outcome], list[_Outcome]]:
         conn = self._conn
         self._guard()
-        if not try_begin_immediate(conn):
-            await self._on_thread(lambda conn: begin_immediate(conn, self._lock_wait))
+        await self._begin(conn)
         try:
             outcomes = [in_savepoint(conn, fn) for fn in fns]
-            results = self._write_batch(conn, items) if items else ()
+            try:
+                results: list[_Outcome] = [(r, None) for r in self._write_batch(conn, items)]
+            except Exception as exc:
+                if not conn.in_transaction:  # SQLite undid the transaction: the batch fails
+                    raise
+                outcomes, results = await self._again_one_by_one(conn, items, fns, exc)
             await self._on_thread(_commit)
         except asyncio.CancelledError:
             raise  # the loop is going away; the thread may still hold the connection
@@ -181,6 +196,38 @@ class Writer(Generic[Item, Result]):
             rollback_quietly(conn)  # a failed COMMIT has left the thread already
             raise
         return results, outcomes
+
+    async def _again_one_by_one(
+        self,
+        conn: sqlite3.Connection,
+        items: list[Item],
+        fns: list[Callable[[sqlite3.Connection], Any]],
+        exc: Exception,
+    ) -> tuple[list[_Outcome], list[_Outcome]]:
+        """The items failed together: the transaction again, each item in a savepoint of
+        its own, so one item SQLite cannot take (text it cannot encode, a broken
+        constraint) fails alone and not every webhook that shared its batch.
+
+        The whole transaction is rolled back and redone (the grouped transactions run a
+        second time, the first undone) rather than the items kept in a savepoint on the
+        usual path: inside a savepoint SQLite copies every page the batch touches into its
+        statement journal first, which cost the batch a third more time."""
+        log.warning("a batch of %d writes failed (%s): writing them one by one", len(items), exc)
+        conn.execute("ROLLBACK")
+        await self._begin(conn)
+        outcomes = [in_savepoint(conn, fn) for fn in fns]
+        return outcomes, [self._write_one(conn, item) for item in items]
+
+    async def _begin(self, conn: sqlite3.Connection) -> None:
+        if not try_begin_immediate(conn):
+            await self._on_thread(lambda conn: begin_immediate(conn, self._lock_wait))
+
+    def _write_one(self, conn: sqlite3.Connection, item: Item) -> _Outcome:
+        value, failure = in_savepoint(conn, lambda db: self._write_batch(db, [item])[0])
+        if failure is None:
+            return value, None
+        log.error("a write was refused and not stored: %s", failure)
+        return None, failure if isinstance(failure, StoreUnavailable) else _unavailable(failure)
 
     async def _run_call(
         self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]

@@ -15,7 +15,7 @@ Set up and inspect (no call is logged): `add_contact`, `add_lead`, `add_note` (r
 ids), `move_lead` (a manager changing the stage or deleting), `contacts()`, `contact(id)`,
 `leads()`, `lead(id)` (API-shaped dicts), `notes(lead_id)`, `lead_field`,
 `contact_field`. Credentials: `issue_token(ttl)`, `issue_oauth_pair(ttl)`,
-`register_code(code)`, `expire_all_access_tokens()`.
+`register_code(code)`, `expire_all_access_tokens()`, `forbid(detail)` (every call 403).
 
 The HTTP side (`transport()`, `asgi_app`, `calls`, `count`, the rate window and the
 faults `fail_next`, `fail_after_apply`, `fail_randomly`, `down`/`up`, `latency`) is
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +51,8 @@ from tests.fakes.service import (
     FakeResponse,
     FakeService,
     JSONDict,
+    OAuthFake,
+    TokenIssuer,
     problem,
 )
 
@@ -102,7 +103,7 @@ def _digits(text: str) -> str:
 # ---- the fake -----------------------------------------------------------------------
 
 
-class FakeAmoCrm(FakeService):
+class FakeAmoCrm(OAuthFake, FakeService):
     """The reference account of `etc/bridge.example.toml` (or `config`), empty of data."""
 
     name = "fake amoCRM"
@@ -131,9 +132,9 @@ class FakeAmoCrm(FakeService):
         self._leads: dict[int, LeadRec] = {}
         self._links: set[tuple[int, int]] = set()  # (contact id, lead id)
         self._notes: dict[int, list[NoteRec]] = {}
-        self._access: dict[str, float] = {}  # token → expires at (clock seconds)
-        self._refresh: dict[str, bool] = {}  # token → already used
-        self._codes: set[str] = set()
+        # Refresh tokens rotate: each is spent on use (see above).
+        self.tokens = TokenIssuer(lambda: self.clock(), lambda: self.oauth_ttl)
+        self._forbidden: str | None = None
         self._ids = {
             kind: itertools.count(start)
             for kind, start in (("contact", 30000001), ("lead", 20000001), ("note", 90000001))
@@ -160,25 +161,8 @@ class FakeAmoCrm(FakeService):
 
     def issue_token(self, ttl: float = 86400) -> str:
         """A valid access token (a long-lived token is just one with a long ttl)."""
-        token = f"access-{secrets.token_hex(8)}"
         with self._lock:
-            self._access[token] = self.clock() + ttl
-        return token
-
-    def issue_oauth_pair(self, ttl: float = 86400) -> tuple[str, str]:
-        refresh = f"refresh-{secrets.token_hex(8)}"
-        with self._lock:
-            self._refresh[refresh] = False
-        return self.issue_token(ttl), refresh
-
-    def register_code(self, code: str) -> None:
-        """An authorization code `grant_type=authorization_code` accepts once."""
-        with self._lock:
-            self._codes.add(code)
-
-    def expire_all_access_tokens(self) -> None:
-        with self._lock:
-            self._access = dict.fromkeys(self._access, float("-inf"))
+            return self.tokens.issue_token(ttl)
 
     # ---- inspection and setup -------------------------------------------------------
 
@@ -310,12 +294,20 @@ class FakeAmoCrm(FakeService):
         with self._lock:
             return self._store_note(int(lead_id), "common", {"text": text})
 
+    def forbid(self, detail: str | None = "Account is blocked") -> None:
+        """Every API call with a valid token answers 403 (None lifts it): what amoCRM sends
+        for a blocked account, an IP ban or a user without API rights, whatever was asked
+        (crm-notes §1.9; amocrm.ru/developers "Коды ошибок": 403 account blocked)."""
+        with self._lock:
+            self._forbidden = detail
+
     def authorise(self, request: FakeRequest) -> FakeResponse | None:
         if not request.path.startswith("/api/"):
             return None
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        expires = self._access.get(token)
-        if scheme == "Bearer" and expires is not None and expires > self.clock():
+        if scheme == "Bearer" and self.tokens.access_problem(token) is None:
+            if self._forbidden is not None:
+                return FakeResponse(403, problem(403, "Forbidden", self._forbidden))
             return None
         return FakeResponse(401, problem(401, "Unauthorized", "Unauthorized"))
 
@@ -553,24 +545,19 @@ class FakeAmoCrm(FakeService):
             return FakeResponse(400, {"hint": "Redirect URI mismatch", "status": 400})
         grant = body.get("grant_type")
         if grant == "refresh_token":
-            token = str(body.get("refresh_token"))
-            if token not in self._refresh:
-                return FakeResponse(
-                    400, {"hint": "Cannot decrypt the refresh token", "status": 400}
-                )
-            if self._refresh[token]:
+            pair = self.tokens.refreshed(str(body.get("refresh_token")))
+            if pair == "spent":
                 return FakeResponse(400, {"hint": "Token has been revoked", "status": 400})
-            self._refresh[token] = True
         elif grant == "authorization_code":
-            code = str(body.get("code"))
-            if code not in self._codes:
-                return FakeResponse(
-                    400, {"hint": "Authorization code has been revoked", "status": 400}
-                )
-            self._codes.discard(code)
+            pair = self.tokens.exchanged(str(body.get("code"))) or "unknown code"
         else:
             return FakeResponse(400, {"hint": "Unsupported grant type", "status": 400})
-        access, refresh = self.issue_oauth_pair(self.oauth_ttl)
+        if isinstance(pair, str):
+            hint = "Cannot decrypt the refresh token"
+            if pair == "unknown code":
+                hint = "Authorization code has been revoked"
+            return FakeResponse(400, {"hint": hint, "status": 400})
+        access, refresh = pair
         return FakeResponse(
             200,
             {

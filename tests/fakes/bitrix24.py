@@ -12,14 +12,15 @@ It answers like the real API where the bridge depends on it:
 - `crm.duplicate.findbycomm` over an index of phones reduced to their digits (so
   "+7 999 123-45-67" and "79991234567" meet, "8999…" does not) and lower-cased e-mails;
   `crm.contact.list` / `crm.deal.list` filters, order, select (`UF_*`, multifields only
-  when named), 50 per page; deal CONTACT_ID is the primary contact only;
+  when named), 50 per page; deal CONTACT_ID is the primary contact only, while
+  `crm.item.list` (deals) filters `contactIds` over every bound contact;
 - stage semantics P / S / F per pipeline; a stage not of the deal's pipeline is refused;
 - the leaky bucket: each /rest/ request adds one, `drain_per_second` leave per second,
   past `bucket_size` the answer is 503 QUERY_LIMIT_EXCEEDED (not applied);
   `block_method(name)` answers 429 OPERATION_TIME_LIMIT for one method;
 - webhooks (`webhook_url()`), OAuth access tokens expiring by `clock` (401
   expired_token) and single-use refresh tokens at `/oauth/token/`; `drop_scope()` makes
-  every method answer 403 insufficient_scope.
+  every method answer 403 insufficient_scope, `deny_user_access()` 403 user_access_error.
 
 Set up and inspect (no call logged): `add_contact`, `add_deal`, `move_deal`,
 `delete_deal`, `contacts()`, `contact(id)`, `deals()`, `deal(id)`, `notes(deal_id)`,
@@ -57,7 +58,7 @@ from tests.fakes.bitrix24_portal import (
     selected,
     substitute,
 )
-from tests.fakes.service import FakeRequest, FakeResponse, FakeService
+from tests.fakes.service import FakeRequest, FakeResponse, FakeService, OAuthFake, TokenIssuer
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "crm-bitrix24.example.toml"
 REST_PATH = re.compile(r"/rest/(?:(\d+)/([A-Za-z0-9_]+)/)?([A-Za-z0-9_.]+?)(?:\.json)?")
@@ -70,7 +71,7 @@ def example_config(**changes: Any) -> CrmConfig:
     return config.model_copy(update=changes)
 
 
-class FakeBitrix24(FakeService):
+class FakeBitrix24(OAuthFake, FakeService):
     """The portal of `etc/crm-bitrix24.example.toml` (or `config`), empty of data."""
 
     name = "fake Bitrix24"
@@ -99,11 +100,10 @@ class FakeBitrix24(FakeService):
         self._deals: dict[int, DealRec] = {}
         self._comments: list[CommentRec] = []
         self._webhooks: set[tuple[str, str]] = set()
-        self._access: dict[str, float] = {}
-        self._refresh: dict[str, bool] = {}  # token → spent
-        self._codes: set[str] = set()
+        # Each refresh spends the refresh token and answers a new one.
+        self.tokens = TokenIssuer(lambda: self.clock(), lambda: self.oauth_ttl)
         self._blocked: set[str] = set()
-        self._scoped = True
+        self._denied: tuple[str, str] | None = None  # (code, description) of a 403
         self._ids = {kind: itertools.count(start) for kind, start in (("c", 101), ("d", 501))}
         self._multi_ids = itertools.count(1001)
         self._comment_ids = itertools.count(9001)
@@ -118,6 +118,7 @@ class FakeBitrix24(FakeService):
             "crm.contact.fields": lambda p: (self._fields(self.portal.contact_fields), {}),
             "crm.duplicate.findbycomm": self._findbycomm,
             "crm.deal.list": self._deal_list,
+            "crm.item.list": self._item_list,
             "crm.deal.get": self._deal_get,
             "crm.deal.add": self._deal_add,
             "crm.deal.update": self._deal_update,
@@ -137,23 +138,13 @@ class FakeBitrix24(FakeService):
             self._webhooks.add((str(user), code))
         return f"{portal}/rest/{user}/{code}/"
 
-    def issue_oauth_pair(self, ttl: float | None = None) -> tuple[str, str]:
-        access, refresh = f"access-{secrets.token_hex(8)}", f"refresh-{secrets.token_hex(8)}"
-        with self._lock:
-            self._access[access] = self.clock() + (self.oauth_ttl if ttl is None else ttl)
-            self._refresh[refresh] = False
-        return access, refresh
-
-    def register_code(self, code: str) -> None:
-        with self._lock:
-            self._codes.add(code)
-
-    def expire_all_access_tokens(self) -> None:
-        with self._lock:
-            self._access = dict.fromkeys(self._access, float("-inf"))
-
     def drop_scope(self) -> None:
-        self._scoped = False
+        self._denied = ("insufficient_scope", "The request requires higher privileges")
+
+    def deny_user_access(self) -> None:
+        """Every method answers 403 user_access_error: the app is installed, but the admin
+        gave only some users access to it [b24-rest-docs _includes/system-errors.md]."""
+        self._denied = ("user_access_error", "The user does not have access to the application")
 
     def block_method(self, method: str, blocked: bool = True) -> None:
         """`method` answers 429 OPERATION_TIME_LIMIT (alone or inside a batch)."""
@@ -182,15 +173,15 @@ class FakeBitrix24(FakeService):
                 return _error(401, "NO_AUTH_FOUND", "Wrong authorization data")
         else:
             token = str(self._params(request).get("auth") or "")
-            expires = self._access.get(token)
+            problem = self.tokens.access_problem(token)
             if not token:
                 return _error(401, "NO_AUTH_FOUND", "Wrong authorization data")
-            if expires is None:
+            if problem == "unknown":
                 return _error(401, "invalid_token", "The access token provided is invalid.")
-            if expires <= self.clock():
+            if problem == "expired":
                 return _error(401, "expired_token", "The access token provided has expired.")
-        if not self._scoped:
-            return _error(403, "insufficient_scope", "The request requires higher privileges")
+        if self._denied is not None:
+            return _error(403, *self._denied)
         return None
 
     # ---- inspection and setup -------------------------------------------------------
@@ -481,6 +472,28 @@ class FakeBitrix24(FakeService):
         chunk, extra = page(rows, param(params, "start"))
         return [selected(row, param(params, "select"), user) for row in chunk], extra
 
+    def _item_list(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """`crm.item.list` of deals (entityTypeId 2): camelCase fields, `contactIds` every
+        bound contact (a filter on it matches any of them), `{"items": [...]}`; user
+        fields as `ufCrm…` unless `useOriginalUfNames=Y` [b24-rest-docs
+        universal/crm-item-list.md, universal/object-fields.md]."""
+        if str(param(params, "entityTypeId", "")) != "2":
+            raise BitrixError("this fake knows entityTypeId 2 (deals) only")
+        original = str(param(params, "useOriginalUfNames", "N")).upper() == "Y"
+        user = set(self.portal.deal_fields)
+        conditions = param(params, "filter") or {}
+        rows = [_item(d, original) for d in self._deals.values()]
+        names = user if original else {_camel_uf(name) for name in user}
+        rows = [row for row in rows if matches(row, conditions, names)]
+        rows = ordered(rows, param(params, "order") or {"id": "ASC"})
+        chunk, extra = page(rows, param(params, "start"))
+        wanted = [str(name) for name in items(param(params, "select"))] or ["*"]
+        chosen = [
+            {k: v for k, v in row.items() if "*" in wanted or k in wanted or k == "id"}
+            for row in chunk
+        ]
+        return {"items": chosen}, extra
+
     def _deal_get(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
         return self._deal_of(params).record(), {}
 
@@ -662,24 +675,18 @@ class FakeBitrix24(FakeService):
             )
         grant = params.get("grant_type")
         if grant == "refresh_token":
-            token = str(params.get("refresh_token"))
-            if self._refresh.get(token) is not False:
-                return FakeResponse(
-                    400, {"error": "invalid_grant", "error_description": "Invalid refresh token"}
-                )
-            self._refresh[token] = True
+            pair = self.tokens.refreshed(str(params.get("refresh_token")))
+            refused = "Invalid refresh token"
         elif grant == "authorization_code":
-            code = str(params.get("code"))
-            if code not in self._codes:
-                return FakeResponse(
-                    400, {"error": "invalid_grant", "error_description": "Invalid code"}
-                )
-            self._codes.discard(code)
+            pair = self.tokens.exchanged(str(params.get("code"))) or "unknown"
+            refused = "Invalid code"
         else:
             return FakeResponse(
                 400, {"error": "unsupported_grant_type", "error_description": "grant"}
             )
-        access, refresh = self.issue_oauth_pair()
+        if isinstance(pair, str):
+            return FakeResponse(400, {"error": "invalid_grant", "error_description": refused})
+        access, refresh = pair
         return FakeResponse(
             200,
             {
@@ -696,6 +703,37 @@ class FakeBitrix24(FakeService):
                 "refresh_token": refresh,
             },
         )
+
+
+def _item(deal: DealRec, original_uf_names: bool) -> dict[str, Any]:
+    """A deal as crm.item.list shows it."""
+    record = deal.record()
+    user = {
+        (key if original_uf_names else _camel_uf(key)): value
+        for key, value in record.items()
+        if key.startswith("UF_")
+    }
+    return {
+        "id": deal.id,
+        "title": deal.title,
+        "categoryId": deal.category_id,
+        "stageId": deal.stage_id,
+        "stageSemanticId": deal.semantic,
+        "closed": record["CLOSED"],
+        "opportunity": deal.opportunity,
+        "currencyId": deal.currency,
+        "contactId": deal.contact_ids[0] if deal.contact_ids else None,
+        "contactIds": list(deal.contact_ids),
+        "isRecurring": record["IS_RECURRING"],
+        "createdTime": record["DATE_CREATE"],
+        "updatedTime": record["DATE_MODIFY"],
+        **user,
+    }
+
+
+def _camel_uf(name: str) -> str:
+    """UF_CRM_2_1639669411830 → ufCrm2_1639669411830 (the docs' own example)."""
+    return "ufCrm" + name.removeprefix("UF_CRM_")
 
 
 def _error(status: int, code: str, description: str) -> FakeResponse:

@@ -40,14 +40,21 @@ from urllib.parse import parse_qsl
 from bridge.settings import CrmConfig, load_file_config
 from tests.fakes.hubspot_account import PORTAL_ID, hs_error, iso_ms
 from tests.fakes.hubspot_portal import KINDS, Portal, Rec, pipeline_json
-from tests.fakes.service import FakeRequest, FakeResponse, FakeService, JSONDict
+from tests.fakes.service import (
+    FakeRequest,
+    FakeResponse,
+    FakeService,
+    JSONDict,
+    OAuthFake,
+    TokenIssuer,
+)
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "crm-hubspot.example.toml"
 V = "2026-09"
 TYPES = "(contacts|deals|notes)"
 
 
-class FakeHubSpot(FakeService):
+class FakeHubSpot(OAuthFake, FakeService):
     """The portal of `etc/crm-hubspot.example.toml` (or `config`), empty of records."""
 
     name = "fake HubSpot"
@@ -74,9 +81,13 @@ class FakeHubSpot(FakeService):
         self.clock = clock
         self.client_id, self.client_secret = client_id, client_secret
         self.redirect_uri, self.oauth_ttl = redirect_uri, oauth_ttl
-        self._access: dict[str, float | None] = {}  # token → expires at (None: never)
-        self._refresh: set[str] = set()
-        self._codes: set[str] = set()
+        # The refresh token does not rotate: a refresh answers the same one.
+        self.tokens = TokenIssuer(
+            lambda: self.clock(),
+            lambda: self.oauth_ttl,
+            prefixes=("pat-na1-", "na1-"),
+            rotates=False,
+        )
         self._windows: dict[str, deque[float]] = {"search": deque(), "general": deque()}
         objects = f"/crm/objects/{V}/{TYPES}"
         self.routes = [
@@ -93,37 +104,27 @@ class FakeHubSpot(FakeService):
 
     # ---- credentials ----------------------------------------------------------------
 
+    def set_property_type(self, kind: str, name: str, type_: str, field_type: str) -> None:
+        """Retype a property, e.g. ("deals", "last_payment_at", "date", "date"): what a date
+        picker made in HubSpot's UI is; a time of day is then refused (`_check_value`)."""
+        with self._lock:
+            prop = self.portal.properties[kind][name]
+            prop.type, prop.field_type = type_, field_type
+
     def issue_token(self, ttl: float | None = None) -> str:
         """A valid access token; without `ttl` a static one (a Service Key)."""
-        token = f"pat-na1-{secrets.token_hex(8)}"
         with self._lock:
-            self._access[token] = None if ttl is None else self.clock() + ttl
-        return token
-
-    def issue_oauth_pair(self, ttl: float = 1800) -> tuple[str, str]:
-        refresh = f"na1-{secrets.token_hex(8)}"
-        with self._lock:
-            self._refresh.add(refresh)
-        return self.issue_token(ttl), refresh
-
-    def register_code(self, code: str) -> None:
-        """An authorization code `grant_type=authorization_code` accepts once."""
-        with self._lock:
-            self._codes.add(code)
-
-    def expire_all_access_tokens(self) -> None:
-        with self._lock:
-            self._access = dict.fromkeys(self._access, float("-inf"))
+            return self.tokens.issue_token(ttl, never=ttl is None)
 
     def authorise(self, request: FakeRequest) -> FakeResponse | None:
         if not request.path.startswith("/crm/"):
             return None
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme != "Bearer" or token not in self._access:
+        problem = self.tokens.access_problem(token) if scheme == "Bearer" else "unknown"
+        if problem == "unknown":
             message = "Authentication credentials not found."
             return hs_error(401, "INVALID_AUTHENTICATION", message).response
-        expires = self._access[token]
-        if expires is not None and expires <= self.clock():
+        if problem == "expired":
             message = "The OAuth token used to make this call expired."
             return hs_error(401, "EXPIRED_AUTHENTICATION", message).response
         return None
@@ -309,21 +310,19 @@ class FakeHubSpot(FakeService):
             return _oauth_error("BAD_CLIENT_SECRET", "missing or invalid client secret")
         grant = form.get("grant_type")
         if grant == "refresh_token":
-            refresh = form.get("refresh_token", "")
-            if refresh not in self._refresh:
+            pair = self.tokens.refreshed(form.get("refresh_token", ""))
+            if isinstance(pair, str):
                 return _oauth_error("BAD_REFRESH_TOKEN", "missing or unknown refresh token")
         elif grant == "authorization_code":
             if form.get("redirect_uri") != self.redirect_uri:
                 return _oauth_error("BAD_REDIRECT_URI", "redirect_uri does not match")
-            if form.get("code") not in self._codes:
+            exchanged = self.tokens.exchanged(form.get("code", ""))
+            if exchanged is None:
                 return _oauth_error("BAD_AUTH_CODE", "missing or unknown auth code")
-            self._codes.discard(form["code"])
-            refresh = f"na1-{secrets.token_hex(8)}"
-            self._refresh.add(refresh)
+            pair = exchanged
         else:
             return _oauth_error("BAD_GRANT_TYPE", "unknown grant_type")
-        access = f"oauth-{secrets.token_hex(8)}"
-        self._access[access] = self.clock() + self.oauth_ttl
+        access, refresh = pair
         scopes = [
             f"crm.objects.{o}.{rw}" for o in ("contacts", "deals") for rw in ("read", "write")
         ]
@@ -356,4 +355,5 @@ def _oauth_error(status: str, message: str) -> FakeResponse:
 
 def _rendered(body: str) -> str:
     text = re.sub(r"<br\s*/?>|</(?:p|div)>", "\n", body, flags=re.IGNORECASE)
-    return html.unescape(re.sub(r"<[^>]*>", "", text)).rstrip("\n")
+    # A reader sees a space where the note keeps leading spaces as &nbsp;.
+    return html.unescape(re.sub(r"<[^>]*>", "", text)).replace("\xa0", " ").rstrip("\n")

@@ -290,6 +290,10 @@ def _check_value(definition: PropDef, value: str, problems: Problems) -> str | N
             return iso_ms(ms)
         problems.add(name, "INVALID_DATETIME", f"{value} is not a valid date-time")
     elif kind == "date":
+        # "Date properties ... must be set to midnight UTC for the date you want. If you
+        # try to set a value that is not midnight UTC, you will receive an error"
+        # [developers.hubspot.com/docs/faq/how-should-timestamps-be-formatted-for-hubspots-apis];
+        # YYYY-MM-DD is the ISO form [developers.hubspot.com/docs/api/faq].
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
             return value
         ms = parse_instant(value)

@@ -4,8 +4,9 @@ fields; v1 notes; the OAuth token endpoint): one company, its persons, deals and
 It answers like the real API where the bridge depends on it:
 - `GET /api/v2/persons/search` searches one `term` in the chosen `fields` (name, email,
   phone, custom_fields of text-like types); `exact_match=true` is a whole-value,
-  case-insensitive match, otherwise a substring one; phones are compared by their digits
-  ("9991234567" finds "8 (999) 123-45-67"; exact needs the same digits). Hits show phones
+  case-insensitive match, otherwise a substring one; phones are compared by their digits,
+  partially from the start only ("7999123" finds "+7 999 123-45-67", "9991234567" does not
+  find "8 (999) 123-45-67"; exact needs the same digits). Hits show phones
   and emails as strings and the searchable custom-field values unkeyed;
 - a deal belongs to one person (`person_id`); its `status` open/won/lost/deleted is
   independent of its stage; `GET /api/v2/deals` filters by person and status, sorts by
@@ -47,7 +48,15 @@ from urllib.parse import parse_qsl
 
 from bridge.settings import CrmConfig, load_file_config
 from tests.fakes.pipedrive_company import Company, is_number, validation_error
-from tests.fakes.service import ApiError, FakeRequest, FakeResponse, FakeService, JSONDict
+from tests.fakes.service import (
+    ApiError,
+    FakeRequest,
+    FakeResponse,
+    FakeService,
+    JSONDict,
+    OAuthFake,
+    TokenIssuer,
+)
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "crm-pipedrive.example.toml"
 SEARCH_PATHS = ("/api/v2/persons/search", "/api/v2/itemSearch")
@@ -103,7 +112,7 @@ def not_found(what: str) -> ApiError:
     return ApiError(404, {"success": False, "error": f"{what} not found", "error_info": INFO})
 
 
-class FakePipedrive(FakeService):
+class FakePipedrive(OAuthFake, FakeService):
     """The company of `etc/crm-pipedrive.example.toml` (or `config`), empty of data."""
 
     name = "fake Pipedrive"
@@ -135,9 +144,14 @@ class FakePipedrive(FakeService):
         self._deals: dict[int, DealRec] = {}
         self._notes: dict[int, list[NoteRec]] = {}
         self._api_tokens: set[str] = set()
-        self._access: dict[str, float] = {}  # token → expires at (clock seconds)
-        self._refresh: dict[str, float] = {}  # token → last used (clock seconds)
-        self._codes: set[str] = set()
+        # A refresh answers the same refresh token, whose 60-day idle expiry restarts.
+        self.tokens = TokenIssuer(
+            lambda: self.clock(),
+            lambda: self.oauth_ttl,
+            prefixes=("v1u:", "1:1:"),
+            rotates=False,
+            idle_expiry=60 * 86400,
+        )
         self._ids = {k: itertools.count(s) for k, s in (("p", 1001), ("d", 2001), ("n", 3001))}
         self._search_window: deque[float] = deque()
         self._spent: dict[int, int] = {}  # UTC day → tokens
@@ -169,28 +183,9 @@ class FakePipedrive(FakeService):
             self._api_tokens.add(token)
         return token
 
-    def issue_oauth_pair(self, ttl: float | None = None) -> tuple[str, str]:
-        refresh = f"1:1:{secrets.token_hex(20)}"
-        with self._lock:
-            self._refresh[refresh] = self.clock()
-        return self._new_access(ttl), refresh
-
-    def register_code(self, code: str) -> None:
-        with self._lock:
-            self._codes.add(code)
-
-    def expire_all_access_tokens(self) -> None:
-        with self._lock:
-            self._access = dict.fromkeys(self._access, float("-inf"))
-
     def revoke_api_tokens(self) -> None:
         with self._lock:
             self._api_tokens.clear()
-
-    def _new_access(self, ttl: float | None) -> str:
-        token = f"v1u:{secrets.token_hex(24)}"
-        self._access[token] = self.clock() + (self.oauth_ttl if ttl is None else ttl)
-        return token
 
     # ---- inspection and setup -------------------------------------------------------
 
@@ -340,8 +335,7 @@ class FakePipedrive(FakeService):
         if token is not None:
             valid = token in self._api_tokens
         else:
-            expires = self._access.get(bearer) if scheme == "Bearer" else None
-            valid = expires is not None and expires > self.clock()
+            valid = scheme == "Bearer" and self.tokens.access_problem(bearer) is None
         if not valid:
             return _unauthorised()
         if request.path in SEARCH_PATHS and not self._admit_search():
@@ -421,10 +415,14 @@ class FakePipedrive(FakeService):
             return True
         if "email" in fields and hit(e["value"] for e in person.emails):
             return True
+        # A phone's partial match is on the beginning of the stored number, punctuation
+        # left out ("7999" finds "+7 999 123-45-67", "9991234567" does not): Pipedrive
+        # documents only `exact_match`, so the fake assumes no more than a prefix search
+        # [SPEC persons/search; crm-notes §2.2 "Phone caveat"].
         digits = _digits(term)
         if "phone" in fields and digits:
             phone_digits = [_digits(p["value"]) for p in person.phones]
-            if any(d == digits if exact else digits in d for d in phone_digits):
+            if any(d == digits if exact else d.startswith(digits) for d in phone_digits):
                 return True
         searchable = self.company.searchable_values("person", person.custom)
         return "custom_fields" in fields and hit(searchable)
@@ -652,29 +650,29 @@ class FakePipedrive(FakeService):
         if request.headers.get("authorization") != f"Basic {expected}":
             return FakeResponse(401, {"error": "invalid_client", "error_description": "Bad client"})
         form = dict(parse_qsl(request.body.decode()))
-        grant, refresh = form.get("grant_type"), form.get("refresh_token", "")
+        grant = form.get("grant_type")
         if grant == "refresh_token":
-            last_used = self._refresh.get(refresh)
-            if last_used is None or self.clock() - last_used > 60 * 86400:
+            self.tokens.rotates = self.rotate_refresh_tokens
+            pair = self.tokens.refreshed(form.get("refresh_token", ""))
+            if isinstance(pair, str):
                 return _grant_error("Invalid refresh token")
-            if self.rotate_refresh_tokens:
-                del self._refresh[refresh]
-                refresh = f"1:1:{secrets.token_hex(20)}"
-            self._refresh[refresh] = self.clock()
         elif grant == "authorization_code":
-            if form.get("code") not in self._codes:
-                return _grant_error("Invalid authorization code")
-            if form.get("redirect_uri") != self.redirect_uri:
+            if (
+                form.get("redirect_uri") != self.redirect_uri
+                and form.get("code") in self.tokens.codes
+            ):
                 return _grant_error("Redirect URI mismatch")
-            self._codes.discard(form["code"])
-            refresh = f"1:1:{secrets.token_hex(20)}"
-            self._refresh[refresh] = self.clock()
+            exchanged = self.tokens.exchanged(form.get("code", ""))
+            if exchanged is None:
+                return _grant_error("Invalid authorization code")
+            pair = exchanged
         else:
             return FakeResponse(400, {"error": "unsupported_grant_type"})
+        access, refresh = pair
         return FakeResponse(
             200,
             {
-                "access_token": self._new_access(None),
+                "access_token": access,
                 "token_type": "Bearer",
                 "refresh_token": refresh,
                 "scope": "base,deals:full,contacts:full,search:read",

@@ -25,6 +25,7 @@ import asyncio
 import json
 import random
 import re
+import secrets
 import threading
 import time
 from collections import deque
@@ -118,6 +119,96 @@ def problem(status: int, title: str, detail: str) -> JSONDict:
         "status": status,
         "detail": detail,
     }
+
+
+class TokenIssuer:
+    """What every fake CRM's credentials share: access tokens that expire by the fake's
+    clock (or never), refresh tokens, and single-use authorization codes. A rotating
+    issuer spends a refresh token on use and answers a new one; otherwise the same one
+    comes back, dead after `idle_expiry` seconds unused (Pipedrive: 60 days). Each fake
+    words its answers (token shapes, error bodies) the way its vendor does."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        ttl: Callable[[], float],
+        *,
+        prefixes: tuple[str, str] = ("access-", "refresh-"),
+        rotates: bool = True,
+        idle_expiry: float | None = None,
+    ) -> None:
+        self.clock = clock
+        self.ttl = ttl
+        self.prefixes = prefixes
+        self.rotates = rotates
+        self.idle_expiry = idle_expiry
+        self.access: dict[str, float | None] = {}  # token → expires at (None: never)
+        self.refresh: dict[str, float] = {}  # live refresh token → last used
+        self.spent: set[str] = set()
+        self.codes: set[str] = set()
+
+    def issue_token(self, ttl: float | None = None, *, never: bool = False) -> str:
+        token = f"{self.prefixes[0]}{secrets.token_hex(8)}"
+        self.access[token] = None if never else self.clock() + (self.ttl() if ttl is None else ttl)
+        return token
+
+    def issue_pair(self, ttl: float | None = None) -> tuple[str, str]:
+        refresh = f"{self.prefixes[1]}{secrets.token_hex(8)}"
+        self.refresh[refresh] = self.clock()
+        return self.issue_token(ttl), refresh
+
+    def expire_all(self) -> None:
+        self.access = dict.fromkeys(self.access, float("-inf"))
+
+    def access_problem(self, token: str) -> str | None:
+        """None for a valid token, else "unknown" or "expired"."""
+        if token not in self.access:
+            return "unknown"
+        expires = self.access[token]
+        return "expired" if expires is not None and expires <= self.clock() else None
+
+    def refreshed(self, token: str) -> tuple[str, str] | str:
+        """A new (access, refresh) pair, or why not: "unknown", "spent" or "idle"."""
+        if token in self.spent:
+            return "spent"
+        last_used = self.refresh.get(token)
+        if last_used is None:
+            return "unknown"
+        if self.idle_expiry is not None and self.clock() - last_used > self.idle_expiry:
+            return "idle"
+        if not self.rotates:
+            self.refresh[token] = self.clock()
+            return self.issue_token(), token
+        del self.refresh[token]
+        self.spent.add(token)
+        return self.issue_pair()
+
+    def exchanged(self, code: str) -> tuple[str, str] | None:
+        """A new pair for a registered code, which is then used up (None: unknown)."""
+        if code not in self.codes:
+            return None
+        self.codes.discard(code)
+        return self.issue_pair()
+
+
+class OAuthFake:
+    """The credential calls tests make on a fake, answered by its `TokenIssuer`."""
+
+    tokens: TokenIssuer
+    _lock: threading.RLock
+
+    def issue_oauth_pair(self, ttl: float | None = None) -> tuple[str, str]:
+        with self._lock:
+            return self.tokens.issue_pair(ttl)
+
+    def register_code(self, code: str) -> None:
+        """An authorization code `grant_type=authorization_code` accepts once."""
+        with self._lock:
+            self.tokens.codes.add(code)
+
+    def expire_all_access_tokens(self) -> None:
+        with self._lock:
+            self.tokens.expire_all()
 
 
 @dataclass

@@ -7,13 +7,12 @@ It answers like the real API where the bridge depends on it (sources cited per p
   https://www.zoho.com/crm/developer/docs/api/v8/multi-dc.html); the token answer names
   `api_domain`. `check_hosts=False` serves both anywhere (ASGI);
 - OAuth (`POST /oauth/v2/token`, form or query parameters,
-  https://www.zoho.com/crm/developer/docs/api/v8/access-refresh.html): the
-  authorization-code grant (a Self Client's code is single-use and lives `code_ttl`
-  seconds) answers a refresh token once; refreshes answer only an access token (1 h).
-  Refusals come with HTTP **200** and `{"error": "invalid_code"}` (or
-  `invalid_client`), as Zoho does; more than `token_requests_per_minute` token requests
-  answer 400 "too many requests continuously". A refresh token holds at most 30 live
-  access tokens (the oldest goes);
+  https://www.zoho.com/crm/developer/docs/api/v8/access-refresh.html; tokens by the
+  shared `TokenIssuer`): the authorization-code grant (a Self Client's code is single-use
+  and lives `code_ttl` seconds) answers a refresh token once; refreshes answer only an
+  access token (1 h). Refusals come with HTTP **200** and `{"error": "invalid_code"}`
+  (or `invalid_client`), as Zoho does; more than `token_requests_per_minute` token
+  requests answer 400 "too many requests continuously";
 - requests carry `Authorization: Zoho-oauthtoken …`; none → 401 AUTHENTICATION_FAILURE,
   unknown or expired → 401 INVALID_TOKEN;
 - credits (https://www.zoho.com/crm/developer/docs/api/v8/api-limits.html): a pool of
@@ -48,11 +47,10 @@ import itertools
 import json
 import math
 import re
-import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -67,6 +65,8 @@ from tests.fakes.service import (
     FakeService,
     Fault,
     JSONDict,
+    OAuthFake,
+    TokenIssuer,
 )
 from tests.fakes.zoho_org import Org, RecordError
 from tests.fakes.zoho_query import (
@@ -86,7 +86,6 @@ SUB_URI = re.compile(r"/crm(/.*)?/v[0-9]+([.][0-9]+)?/.*")
 SUB_ID = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_]*")
 REFERENCE = re.compile(r"@\{([^:}]+):(\$[^}]*)\}")
 COMPOSITE_READ_LIMIT = 25
-MAX_LIVE_ACCESS_TOKENS = 30
 OWNER = {"name": "Bridge Admin", "id": "5725767000000235001", "email": "admin@example.com"}
 
 
@@ -108,19 +107,7 @@ class Rec:
     deleted: bool = False
 
 
-@dataclass
-class Grant:
-    expires_at: float
-    used: bool = False
-
-
-@dataclass
-class RefreshRec:
-    access: deque[str] = field(default_factory=deque)
-    revoked: bool = False
-
-
-class FakeZoho(FakeService):
+class FakeZoho(OAuthFake, FakeService):
     """The org of `etc/crm-zoho.example.toml` (or `config`), empty of data."""
 
     name = "fake Zoho CRM"
@@ -160,9 +147,12 @@ class FakeZoho(FakeService):
         self.zone = ZoneInfo(time_zone)
         self.records: dict[str, dict[str, Rec]] = {module: {} for module in MODULES}
         self._ids = itertools.count(5725767000001000001)
-        self._access: dict[str, float] = {}  # token → expires at
-        self._refresh: dict[str, RefreshRec] = {}
-        self._codes: dict[str, Grant] = {}
+        # Access tokens live an hour; a refresh answers only a new access token (the
+        # refresh token stays until revoked); a Self Client's code expires in minutes.
+        self.tokens = TokenIssuer(
+            clock, lambda: self.access_ttl, prefixes=("1000.a", "1000.r"), rotates=False
+        )
+        self._code_expiry: dict[str, float] = {}
         self._spent: deque[tuple[float, int]] = deque()  # (clock, credits)
         self._token_window: deque[float] = deque()
         self._inflight = 0
@@ -184,35 +174,16 @@ class FakeZoho(FakeService):
 
     # ---- credentials --------------------------------------------------------------------
 
-    def issue_oauth_pair(self, ttl: float | None = None) -> tuple[str, str]:
-        refresh = f"1000.{secrets.token_hex(16)}.{secrets.token_hex(16)}"
-        with self._lock:
-            self._refresh[refresh] = RefreshRec()
-            return self._new_access(refresh, ttl), refresh
-
     def register_code(self, code: str, ttl: float | None = None) -> None:
-        """A Self Client grant code, as the API console generates it."""
+        """A Self Client grant code, as the API console generates it (`code_ttl` seconds)."""
+        super().register_code(code)
         with self._lock:
-            self._codes[code] = Grant(self.clock() + (self.code_ttl if ttl is None else ttl))
-
-    def expire_all_access_tokens(self) -> None:
-        with self._lock:
-            self._access = dict.fromkeys(self._access, float("-inf"))
+            self._code_expiry[code] = self.clock() + (self.code_ttl if ttl is None else ttl)
 
     def revoke_refresh_tokens(self) -> None:
         with self._lock:
-            for rec in self._refresh.values():
-                rec.revoked = True
-            self._access.clear()
-
-    def _new_access(self, refresh: str, ttl: float | None) -> str:
-        token = f"1000.{secrets.token_hex(16)}.{secrets.token_hex(16)}"
-        self._access[token] = self.clock() + (self.access_ttl if ttl is None else ttl)
-        live = self._refresh[refresh].access
-        live.append(token)
-        while len(live) > MAX_LIVE_ACCESS_TOKENS:
-            self._access.pop(live.popleft(), None)
-        return token
+            self.tokens.refresh.clear()
+            self.tokens.access.clear()
 
     # ---- inspection and setup -------------------------------------------------------------
 
@@ -422,8 +393,7 @@ class FakeZoho(FakeService):
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme != "Zoho-oauthtoken" or not token:
             return _unauthorised("AUTHENTICATION_FAILURE", "Authentication failed")
-        expires = self._access.get(token)
-        if expires is None or expires <= self.clock():
+        if self.tokens.access_problem(token) is not None:
             return _unauthorised("INVALID_TOKEN", "invalid oauth token")
         if self._inflight > self.concurrency:
             return self._limited("the concurrency limit of the org is exceeded")
@@ -794,22 +764,22 @@ class FakeZoho(FakeService):
         grant = form.get("grant_type")
         refresh: str | None = None
         if grant == "authorization_code":
-            code = self._codes.get(form.get("code", ""))
-            if code is None or code.used or code.expires_at <= self.clock():
+            code = form.get("code", "")
+            if self._code_expiry.get(code, float("inf")) <= self.clock():
+                self.tokens.codes.discard(code)
+            exchanged = self.tokens.exchanged(code)
+            if exchanged is None:
                 return FakeResponse(200, {"error": "invalid_code"})
-            code.used = True
-            refresh = f"1000.{secrets.token_hex(16)}.{secrets.token_hex(16)}"
-            self._refresh[refresh] = RefreshRec()
-            presented = refresh
+            access, refresh = exchanged
         elif grant == "refresh_token":
-            presented = form.get("refresh_token", "")
-            rec = self._refresh.get(presented)
-            if rec is None or rec.revoked:
+            pair = self.tokens.refreshed(form.get("refresh_token", ""))
+            if isinstance(pair, str):
                 return FakeResponse(200, {"error": "invalid_code"})
+            access = pair[0]
         else:
             return FakeResponse(200, {"error": "unsupported_grant_type"})
         answer: JSONDict = {
-            "access_token": self._new_access(presented, None),
+            "access_token": access,
             "scope": "ZohoCRM.modules.ALL ZohoCRM.settings.ALL ZohoCRM.coql.READ",
             "api_domain": self.api_domain,
             "token_type": "Bearer",

@@ -1,0 +1,316 @@
+"""An in-memory `CrmAdapter`: the flow's policy tested once, at unit speed.
+
+It keeps contacts, deals and notes the way the real adapters present them (custom
+fields as text by field id, a contact's deals listed with it) and records every call.
+`fail_at(n)` makes the n-th call fail before it does anything; `fail_at(n, after=True)`
+lets it take effect and then loses the answer, the crash window between a CRM write
+and its journal write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import httpx
+
+from bridge.crm.base import Confirm, CrmSchema, RateLimiter, first_confirmed
+from bridge.crm.connection import Connection, Wiring
+from bridge.domain import (
+    Contact,
+    ContactPatch,
+    Deal,
+    FieldUpdate,
+    KeyKind,
+    LookupKey,
+    NewContact,
+    NewDeal,
+)
+from bridge.errors import CrmError, TransientCrmError
+from bridge.settings import CrmConfig, FileConfig, Settings
+from bridge.tokens import TokenPair
+
+T = TypeVar("T")
+A = TypeVar("A")
+
+
+def field_text(update: FieldUpdate) -> str:
+    """A written value as a CRM reads it back: the text the flow compares and adds to."""
+    value = update.value
+    if isinstance(value, tuple):
+        return ",".join(str(item) for item in value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    return str(value)
+
+
+@dataclass
+class StoredContact:
+    id: str
+    name: str
+    phones: tuple[str, ...]
+    emails: tuple[str, ...]
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+class MemoryCrm:
+    """One CRM in a dict. Ids are sequential numbers; `tick` orders deal updates."""
+
+    def __init__(self, config: CrmConfig, name: str = "memory") -> None:
+        self.name = name
+        self.config = config
+        self.connection: Any = None  # no plumbing: nothing to authorise or close
+        self.contacts: dict[str, StoredContact] = {}
+        self.deals: dict[str, Deal] = {}
+        self.notes: dict[str, list[str]] = {}
+        self.calls: list[str] = []
+        self._next_id = 100
+        self._failure: tuple[int, bool, CrmError] | None = None
+
+    # ---- set up and inspect ---------------------------------------------------------
+
+    def fail_at(self, call: int, *, after: bool = False, error: CrmError | None = None) -> None:
+        lost = TransientCrmError(self.name, "answer lost", maybe_applied=after)
+        self._failure = (call, after, error or lost)
+
+    def add_contact(
+        self, phones: Sequence[str] = (), emails: Sequence[str] = (), **fields: str
+    ) -> str:
+        """A contact a manager entered; `fields` by logical name (telegram_id, ...)."""
+        contact_id = self._new_id()
+        ids = self.config.contact_fields.model_dump()
+        values = {ids[name]: value for name, value in fields.items()}
+        self.contacts[contact_id] = StoredContact(
+            contact_id, "", tuple(phones), tuple(emails), values
+        )
+        return contact_id
+
+    def add_deal(self, contact_id: str, status_id: str = "1", **fields: str) -> str:
+        """A deal of `contact_id`; `fields` by logical name (payment_id, total_paid, ...)."""
+        deal_id = self._new_id()
+        ids = self.config.deal_fields.model_dump()
+        values = {ids[name]: value for name, value in fields.items()}
+        self.deals[deal_id] = Deal(
+            deal_id,
+            "1",
+            status_id,
+            updated_at=self._next_id,
+            is_closed=status_id in self.config.closed_status_ids,
+            contact_ids=(contact_id,),
+            fields=values,
+        )
+        return deal_id
+
+    def deal_field(self, deal_id: str, name: str) -> str | None:
+        field_id = getattr(self.config.deal_fields, name)
+        return self.deals[deal_id].fields.get(field_id)
+
+    def contact_field(self, contact_id: str, name: str) -> str | None:
+        field_id = getattr(self.config.contact_fields, name)
+        return self.contacts[contact_id].fields.get(field_id)
+
+    def writes(self) -> list[str]:
+        return [call for call in self.calls if call.startswith(("create", "update", "add"))]
+
+    # ---- CrmAdapter -----------------------------------------------------------------
+
+    async def find_contact(self, keys: Sequence[LookupKey], confirm: Confirm) -> Contact | None:
+        def search() -> Contact | None:
+            hits = {key: [self._view(c) for c in self._loose_hits(key)] for key in keys}
+            return first_confirmed(keys, hits, confirm)
+
+        return self._call("find_contact", search)
+
+    async def create_contact(self, new: NewContact) -> Contact:
+        return self._call("create_contact", lambda: self._create_contact(new))
+
+    async def update_contact(self, contact_id: str, patch: ContactPatch) -> None:
+        if patch.fields:
+            fields = self.contacts[contact_id].fields
+            self._call("update_contact", lambda: fields.update(_texts(patch.fields)))
+
+    async def list_deals(self, contact: Contact, known: Sequence[Deal] = ()) -> list[Deal]:
+        return self._call("list_deals", lambda: self._deals_of(contact.id))
+
+    async def get_deal(self, deal_id: str) -> Deal | None:
+        return self._call("get_deal", lambda: self.deals.get(deal_id))
+
+    async def create_deal(self, contact: Contact, new: NewDeal) -> Deal:
+        return self._call("create_deal", lambda: self._create_deal(contact.id, new))
+
+    async def create_contact_and_deal(
+        self, contact: NewContact, deal: NewDeal
+    ) -> tuple[Contact, Deal]:
+        def both() -> tuple[Contact, Deal]:
+            created = self._create_contact(contact)
+            return created, self._create_deal(created.id, deal)
+
+        return self._call("create_contact_and_deal", both)
+
+    async def update_deal(self, deal_id: str, updates: Sequence[FieldUpdate]) -> None:
+        if not updates:
+            return
+
+        def update() -> None:
+            deal = self.deals[deal_id]
+            fields = {**deal.fields, **_texts(updates)}
+            self.deals[deal_id] = replace(deal, fields=fields, updated_at=self._new_tick())
+
+        self._call("update_deal", update)
+
+    async def deal_notes(self, deal_id: str) -> list[str]:
+        return self._call("deal_notes", lambda: list(self.notes.get(deal_id, [])))
+
+    async def add_note(self, deal_id: str, text: str) -> None:
+        self._call("add_note", lambda: self.notes.setdefault(deal_id, []).append(text))
+
+    async def schema(self) -> CrmSchema:
+        return CrmSchema((), ())
+
+    # ---- inside ---------------------------------------------------------------------
+
+    def _call(self, operation: str, effect: Callable[[], T]) -> T:
+        self.calls.append(operation)
+        failure = self._failure
+        if failure is not None and failure[0] == len(self.calls) and not failure[1]:
+            self._failure = None
+            raise failure[2]
+        result = effect()
+        if failure is not None and failure[0] == len(self.calls):
+            self._failure = None
+            raise failure[2]
+        return result
+
+    def _loose_hits(self, key: LookupKey) -> list[StoredContact]:
+        # Like a CRM's full-text search: substrings match, so the flow must confirm.
+        def carries(contact: StoredContact) -> bool:
+            if key.kind is KeyKind.PHONE:
+                digits = key.value[-10:]
+                return any(digits in "".join(filter(str.isdigit, p)) for p in contact.phones)
+            if key.kind is KeyKind.EMAIL:
+                return any(key.value in email.lower() for email in contact.emails)
+            return key.value in contact.fields.values()
+
+        return [contact for contact in self.contacts.values() if carries(contact)]
+
+    def _view(self, stored: StoredContact) -> Contact:
+        ids = self.config.contact_fields
+        return Contact(
+            id=stored.id,
+            name=stored.name,
+            phones=stored.phones,
+            emails=stored.emails,
+            telegram_id=stored.fields.get(ids.telegram_id or "", ""),
+            telegram_username=stored.fields.get(ids.telegram_username or "", ""),
+            deal_ids=tuple(deal.id for deal in self._deals_of(stored.id)),
+        )
+
+    def _deals_of(self, contact_id: str) -> list[Deal]:
+        return [deal for deal in self.deals.values() if contact_id in deal.contact_ids]
+
+    def _create_contact(self, new: NewContact) -> Contact:
+        who = new.customer
+        contact_id = self._new_id()
+        stored = StoredContact(
+            contact_id,
+            who.full_name,
+            (who.phone,) if who.phone else (),
+            (who.email,) if who.email else (),
+            _texts(new.fields),
+        )
+        self.contacts[contact_id] = stored
+        return self._view(stored)
+
+    def _create_deal(self, contact_id: str, new: NewDeal) -> Deal:
+        deal = Deal(
+            self._new_id(),
+            new.pipeline_id,
+            new.status_id,
+            updated_at=self._new_tick(),
+            price=new.price,
+            contact_ids=(contact_id,),
+            fields=_texts(new.fields),
+        )
+        self.deals[deal.id] = deal
+        return deal
+
+    def _new_id(self) -> str:
+        self._next_id += 1
+        return str(self._next_id)
+
+    def _new_tick(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+
+def _texts(updates: Sequence[FieldUpdate]) -> dict[str, str]:
+    return {update.field_id: field_text(update) for update in updates}
+
+
+@dataclass
+class MemoryTokens:
+    """A `TokenRepository` in memory; `saved` records every pair stored, in order."""
+
+    pair: TokenPair | None = None
+    saved: list[TokenPair] = field(default_factory=list)
+
+    async def load_tokens(self, crm: str) -> TokenPair | None:
+        return self.pair
+
+    async def save_tokens(self, crm: str, pair: TokenPair) -> None:
+        self.pair = pair
+        self.saved.append(pair)
+
+
+async def no_wait(seconds: float) -> None:
+    await asyncio.sleep(0)
+
+
+def adapter_on(
+    build: Callable[[Wiring], A],
+    fake: Any,
+    config: CrmConfig,
+    *,
+    static: Mapping[str, Any],
+    tokens: MemoryTokens | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    on_call: Callable[[str, str, float, int], None] | None = None,
+    clock: Callable[[], float] | None = None,
+    limiter: RateLimiter | None = None,
+    real_limiter: bool = False,
+    **env: Any,
+) -> A:
+    """An adapter of `config.kind` on `fake`: the fake's OAuth client, `static` (the
+    long-lived secret) unless the section uses OAuth, then `env`; quick retries quick and
+    rate limiters out of the way (rates are tested apart) unless `real_limiter`, or
+    `limiter` instead."""
+    kind = config.kind
+    values: dict[str, Any] = {
+        f"{kind}_client_id": fake.client_id,
+        f"{kind}_client_secret": fake.client_secret,
+        f"{kind}_redirect_uri": getattr(fake, "redirect_uri", ""),
+        **(static if config.auth == "long_lived_token" else {}),
+        **env,
+    }
+    settings = Settings(_env_file=None, file=FileConfig(crm={kind: config}), **values)
+    wiring = Wiring(
+        kind,
+        config,
+        settings,
+        tokens or MemoryTokens(),
+        transport=transport or fake.transport(),
+        on_call=on_call,
+        clock=clock or fake.clock,
+    )
+    adapter = build(wiring)
+    connection: Connection = adapter.connection  # type: ignore[attr-defined]
+    for http in () if real_limiter else (connection.http, *connection.lanes.values()):
+        http.limiter = limiter or RateLimiter(1000, sleep=no_wait)
+        http.backoff_initial, http.backoff_max = 0.001, 0.01
+    return adapter

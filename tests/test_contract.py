@@ -1,0 +1,369 @@
+"""The contract every adapter keeps, written once and run against every CRM's fake.
+
+Credentials and the OAuth token endpoint are the `Connection`'s, so they behave alike in
+every CRM: bootstrap from the environment, one refresh for concurrent requests, a refused
+refresh naming no secret, client credentials checked before anything is sent, and
+`bridge auth`'s code exchange. Each CRM's own adapter file keeps its vendor quirks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from bridge import rules
+from bridge.domain import Contact, FieldKind, FieldUpdate, KeyKind, LookupKey, NewContact, NewDeal
+from bridge.errors import AuthError, PermanentCrmError, RateLimited, TransientCrmError
+from bridge.settings import CrmConfig
+from bridge.tokens import TokenPair
+from tests import test_amocrm_adapter as amo
+from tests import test_bitrix24_adapter as bx
+from tests import test_hubspot_adapter as hs
+from tests import test_pipedrive_adapter as pd
+from tests import test_zoho_adapter as zo
+from tests.fakes.memory import MemoryTokens
+from tests.fakes.server import serve_in_thread
+
+Fake = Any
+Adapter = Any
+
+
+@dataclass(frozen=True)
+class AdapterCase:
+    """How to put one CRM's adapter on its fake; `refused` is the vendor's word for a
+    refresh token it no longer takes (echoed in the error), `token_path` its endpoint,
+    `rotates` whether a refresh spends the refresh token."""
+
+    kind: str
+    make_fake: Callable[[], Fake]
+    make_adapter: Callable[..., Adapter]
+    config: CrmConfig
+    token_path: str
+    refused: str
+    rotates: bool
+    new_contact: Callable[[], NewContact]
+    new_deal: Callable[[], NewDeal]
+    served: Callable[[Fake, str], dict[str, Any]] | None = None  # make_adapter's options
+    # when the fake is served on `base_url` (default: the section's base_url is it)
+    static_auth: bool = True  # a long-lived token besides OAuth (Zoho CRM has none)
+
+    def over_socket(self, fake: Fake, base_url: str) -> dict[str, Any]:
+        if self.served is not None:
+            return self.served(fake, base_url)
+        update = {"base_url": base_url, "request_timeout_seconds": 0.5}
+        return {"config": self.config.model_copy(update=update)}
+
+    @property
+    def oauth(self) -> CrmConfig:
+        return self.config.model_copy(update={"auth": "oauth"})
+
+    def __str__(self) -> str:
+        return self.kind
+
+
+ADAPTER_CASES = [
+    AdapterCase(
+        "amocrm",
+        lambda: amo.FakeAmoCrm(amo.CONFIG),
+        amo.make_adapter,
+        amo.CONFIG,
+        "/oauth2/",
+        "Token has been revoked",
+        new_contact=amo.new_contact,
+        new_deal=amo.new_deal,
+        rotates=True,
+    ),
+    AdapterCase(
+        "hubspot",
+        lambda: hs.FakeHubSpot(hs.CONFIG),
+        hs.make_adapter,
+        hs.CONFIG,
+        "/oauth/",
+        "BAD_REFRESH_TOKEN",
+        new_contact=hs.new_contact,
+        new_deal=hs.new_deal,
+        rotates=False,
+    ),
+    AdapterCase(
+        "pipedrive",
+        lambda: pd.FakePipedrive(pd.CONFIG, rate_limit=1000, search_limit=1000),
+        pd.make_adapter,
+        pd.CONFIG,
+        "/oauth/",
+        "Invalid refresh token",
+        new_contact=pd.new_contact,
+        new_deal=pd.new_deal,
+        rotates=False,
+    ),
+    AdapterCase(
+        "bitrix24",
+        lambda: bx.FakeBitrix24(),
+        bx.make_adapter,
+        bx.CONFIG,
+        "/oauth/token",
+        "invalid_grant",
+        new_contact=bx.new_contact,
+        new_deal=bx.new_deal,
+        served=lambda fake, base_url: {
+            "config": bx.CONFIG.model_copy(update={"request_timeout_seconds": 0.5}),
+            "bitrix24_webhook_url": fake.webhook_url(base_url),
+        },
+        rotates=True,
+    ),
+    AdapterCase(
+        "zoho",
+        lambda: zo.FakeZoho(zo.CONFIG),
+        zo.make_adapter,
+        zo.CONFIG,
+        "/oauth/v2/token",
+        "invalid_code",
+        new_contact=zo.new_contact,
+        new_deal=zo.new_deal,
+        served=lambda fake, base_url: zo.served_on(fake, base_url),
+        rotates=False,
+        static_auth=False,
+    ),
+]
+
+
+@pytest.fixture(params=ADAPTER_CASES, ids=str)
+def case(request: pytest.FixtureRequest) -> AdapterCase:
+    chosen: AdapterCase = request.param
+    return chosen
+
+
+@pytest.fixture
+def fake(case: AdapterCase) -> Fake:
+    return case.make_fake()
+
+
+PHONE = "+79991234567"  # the phone of `case.new_contact()`
+
+
+async def probe(adapter: Adapter, value: str = "probe@example.com") -> object:
+    """One lookup through the flow's interface, which needs credentials: by e-mail one
+    request (a phone may be searched in several forms, e.g. Pipedrive's), or by phone."""
+    kind = KeyKind.EMAIL if "@" in value else KeyKind.PHONE
+    return await adapter.find_contact([LookupKey(kind, value)], rules.contact_matches)
+
+
+async def read(adapter: Adapter) -> object:
+    """One GET (a search may be a POST, never repeated blindly): a deal that is not there."""
+    return await adapter.get_deal("999")
+
+
+@pytest.fixture
+async def adapter(case: AdapterCase, fake: Fake) -> AsyncIterator[Adapter]:
+    made = case.make_adapter(fake)
+    yield made
+    await made.connection.aclose()
+
+
+# ---- rate limits and network trouble ------------------------------------------------
+
+
+async def test_a_429_is_retried_quickly(fake: Fake, adapter: Adapter) -> None:
+    fake.fail_next(1, status=429)
+    assert await probe(adapter) is None
+    assert fake.count(status=429) == 1
+    assert fake.count() == 2
+
+
+async def test_a_persistent_429_surfaces_rate_limited(fake: Fake, adapter: Adapter) -> None:
+    fake.fail_next(10, status=429)
+    with pytest.raises(RateLimited):
+        await probe(adapter)
+    assert fake.count() == adapter.connection.http.quick_tries
+
+
+async def test_network_trouble_on_reads_is_retried_then_transient(
+    fake: Fake, adapter: Adapter
+) -> None:
+    fake.fail_next(1, kind="timeout")
+    fake.fail_next(1, kind="drop")
+    assert await read(adapter) is None
+    assert fake.count() == 3
+    fake.down()
+    with pytest.raises(TransientCrmError, match="cannot connect"):
+        await read(adapter)
+    fake.up()
+
+
+async def test_random_faults_are_reproducible_and_survivable(fake: Fake, adapter: Adapter) -> None:
+    fake.fail_randomly(random.Random(7), p=0.5, kinds=("500", "timeout", "drop"))
+    outcomes = []
+    for _ in range(10):
+        try:
+            await read(adapter)
+            outcomes.append("ok")
+        except TransientCrmError:
+            outcomes.append("failed")
+    fake.fail_randomly(None)
+    assert "ok" in outcomes
+    assert fake.count() > 10
+    faults = {call.fault for call in fake.calls} - {None}
+    assert len(faults) >= 2 and faults <= {"500", "timeout", "drop"}
+
+
+async def test_a_write_applied_then_timed_out_is_not_repeated(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
+    fake.fail_after_apply(1, kind="timeout")
+    with pytest.raises(TransientCrmError, match="timeout"):
+        await adapter.create_contact_and_deal(case.new_contact(), case.new_deal())
+    assert fake.count(method="POST") == 1  # left to the flow's remote-state checks
+    assert await probe(adapter, PHONE) is not None  # the crash window: what landed is found
+
+
+async def test_a_value_that_cannot_be_sent_fails_before_any_call(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
+    field_id = case.config.deal_fields.last_payment_at or ""
+    naive = FieldUpdate(field_id, FieldKind.DATETIME, datetime(2025, 1, 20))  # no zone
+    with pytest.raises(PermanentCrmError, match=r"(deals|leads)\.update"):
+        await adapter.update_deal("1", [naive])
+    assert fake.count() == 0
+
+
+# ---- OAuth --------------------------------------------------------------------------
+
+
+async def test_oauth_bootstraps_from_a_refresh_token_in_the_environment(
+    case: AdapterCase, fake: Fake
+) -> None:
+    _, refresh = fake.issue_oauth_pair()
+    tokens = MemoryTokens()
+    env = {f"{case.kind}_refresh_token": refresh}
+    adapter = case.make_adapter(fake, config=case.oauth, tokens=tokens, **env)
+    assert await adapter.connection.credentials_problem() is None
+    assert await probe(adapter) is None
+    assert len(tokens.saved) == 1
+    assert fake.count(path_prefix=case.token_path) == 1
+    await adapter.connection.aclose()
+
+
+async def test_one_refresh_serves_concurrent_requests_after_a_401(
+    case: AdapterCase, fake: Fake
+) -> None:
+    access, refresh = fake.issue_oauth_pair(ttl=3600)
+    tokens = MemoryTokens(TokenPair(access, refresh, fake.clock() + 3600))
+    adapter = case.make_adapter(fake, config=case.oauth, tokens=tokens)
+    fake.expire_all_access_tokens()  # the CRM says 401 although we thought it valid
+    results = await asyncio.gather(*(probe(adapter, f"+7999000000{n}") for n in range(2)))
+    assert results == [None, None]
+    assert fake.count(path_prefix=case.token_path) == 1
+    [saved] = tokens.saved
+    assert saved.access_token != access
+    assert (adapter.connection.token_expires_at() or 0) > fake.clock()
+    await adapter.connection.aclose()
+
+
+async def test_a_refused_refresh_token_is_an_auth_error_naming_no_secret(
+    case: AdapterCase, fake: Fake
+) -> None:
+    access, refresh = fake.issue_oauth_pair()
+    first = case.make_adapter(
+        fake, config=case.oauth, tokens=MemoryTokens(TokenPair(access, refresh, 0.0))
+    )
+    await probe(first)  # refreshes: a rotating CRM has spent `refresh` now
+    unknown = refresh if case.rotates else f"{refresh}-unknown"
+    tokens = MemoryTokens(TokenPair(access, unknown, 0.0))
+    stale = case.make_adapter(fake, config=case.oauth, tokens=tokens)
+    with pytest.raises(AuthError, match="refresh token rejected") as error:
+        await probe(stale)
+    message = str(error.value)
+    assert case.refused in message and f"bridge auth {case.kind}" in message
+    assert unknown not in message and fake.client_secret not in message
+    assert tokens.saved == []
+    for adapter in (first, stale):
+        await adapter.connection.aclose()
+
+
+async def test_oauth_without_client_credentials_says_so_and_sends_nothing(
+    case: AdapterCase, fake: Fake
+) -> None:
+    tokens = MemoryTokens(TokenPair("a", "r", 0.0))
+    env = {f"{case.kind}_client_id": ""}
+    adapter = case.make_adapter(fake, config=case.oauth, tokens=tokens, **env)
+    wanted = f"{case.kind.upper()}_CLIENT_ID"
+    assert wanted in (await adapter.connection.credentials_problem() or "")
+    with pytest.raises(AuthError, match=wanted):
+        await probe(adapter)
+    assert fake.count() == 0
+    await adapter.connection.aclose()
+    unauthorised = case.make_adapter(fake, config=case.oauth, tokens=MemoryTokens())
+    problem = await unauthorised.connection.credentials_problem()
+    assert problem == f"not authorised: run `bridge auth {case.kind}`"
+    await unauthorised.connection.aclose()
+
+
+async def test_exchange_code_stores_the_pair_and_uses_it(case: AdapterCase, fake: Fake) -> None:
+    fake.register_code("code-1")
+    tokens = MemoryTokens()
+    adapter = case.make_adapter(fake, config=case.oauth, tokens=tokens)
+    pair = await adapter.connection.exchange_code("code-1")
+    assert tokens.saved == [pair]
+    assert await adapter.connection.credentials_problem() is None
+    assert await probe(adapter) is None
+    assert fake.count(path_prefix=case.token_path) == 1
+    with pytest.raises(AuthError, match="authorization code rejected"):
+        await adapter.connection.exchange_code("code-1")  # single use
+    await adapter.connection.aclose()
+
+    if not case.static_auth:
+        return
+    static = case.make_adapter(fake)
+    with pytest.raises(AuthError, match='needs auth = "oauth"'):
+        await static.connection.exchange_code("code-2")
+    assert tokens.saved == [pair]
+    await static.connection.aclose()
+
+
+async def test_a_token_endpoint_in_trouble_is_transient_and_echoes_nothing(
+    case: AdapterCase, fake: Fake
+) -> None:
+    access, refresh = fake.issue_oauth_pair()
+    tokens = MemoryTokens(TokenPair(access, refresh, 0.0))  # expired: must refresh
+    adapter = case.make_adapter(fake, config=case.oauth, tokens=tokens)
+    # As many as a request's quick retries: a GET is retried, refresh and all.
+    fake.fail_next(adapter.connection.http.quick_tries, status=503, path_prefix=case.token_path)
+    with pytest.raises(TransientCrmError, match="HTTP 503") as error:
+        await probe(adapter)
+    assert fake.client_secret not in str(error.value) and refresh not in str(error.value)
+    assert tokens.saved == []
+    fake.stop_failing()
+    assert await probe(adapter) is None  # the next attempt refreshes
+    assert len(tokens.saved) == 1
+    await adapter.connection.aclose()
+
+
+async def test_the_fake_served_over_a_real_socket_is_the_same_api_with_the_same_faults(
+    case: AdapterCase, fake: Fake
+) -> None:
+    base_url, stop = serve_in_thread(fake)
+    try:
+        options = case.over_socket(fake, base_url)
+        adapter = case.make_adapter(fake, transport=httpx.AsyncHTTPTransport(), **options)
+        contact, deal = await adapter.create_contact_and_deal(case.new_contact(), case.new_deal())
+        found = await probe(adapter, PHONE)
+        assert isinstance(found, Contact) and found.id == contact.id
+        fake.asgi_hang_seconds = 5
+        fake.fail_next(1, kind="timeout")
+        fake.fail_next(1, kind="drop")
+        assert await adapter.get_deal(deal.id) is not None  # retried past both
+        await adapter.add_note(deal.id, "Оплата проведена\n  Payment ID: pay_1")
+        assert await adapter.deal_notes(deal.id) == ["Оплата проведена\n  Payment ID: pay_1"]
+        fake.down()
+        with pytest.raises(TransientCrmError, match="503"):
+            await read(adapter)
+        fake.up()
+        await adapter.connection.aclose()
+    finally:
+        stop()

@@ -1,0 +1,289 @@
+"""Holes an attack found (issue 13), each closed and held closed through the HTTP surface:
+log masking in linear time, log lines that cannot be forged, numbers too long to parse,
+payment ids outside their character set, and what the request log and the answers show.
+
+The fuzz tests that found them are here too, bounded (few examples, no deadline).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bridge.logs import _PHONE, MaskingFilter, OneLineFormatter, mask_phone, mask_text
+from tests.conftest import EXAMPLE_CONFIG, payment_payload, signed, wait_until
+from tests.fakes.amocrm import FakeAmoCrm
+from tests.process import BridgeProcess
+
+FUZZ = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+# ---- 1. masking in linear time ------------------------------------------------------
+
+# The pattern as it was: the same matches, found in quadratic time on long runs.
+_OLD_EMAIL = re.compile(r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+)")
+
+
+@settings(FUZZ, max_examples=300)
+@given(st.text(alphabet="ab1._%+-@ x\n", max_size=60))
+def test_masking_hides_exactly_what_the_old_pattern_hid(text: str) -> None:
+    old = _OLD_EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
+    assert mask_text(text) == _PHONE.sub(lambda m: mask_phone(m.group(0)), old)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """`bridge serve` with its journald logging (masking filter, formatter) in place."""
+    home: Path = tmp_path_factory.mktemp("hardening")
+    process = BridgeProcess.create(home, EXAMPLE_CONFIG, access_token=None)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def post(process: BridgeProcess, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    # 60 s: "never answers" becomes a failure; the answers here take milliseconds.
+    return httpx.post(f"{process.url}/webhook/payment", content=body, headers=headers, timeout=60.0)
+
+
+def test_a_huge_status_is_logged_clipped_and_does_not_freeze_the_bridge(
+    served: BridgeProcess,
+) -> None:
+    # 900 KB of one letter: the old e-mail pattern rescanned it from every character
+    # (most of an hour on the event loop) when the "skipped" line was masked.
+    body = json.dumps(payment_payload("pay_huge_status", status="a" * 900_000)).encode()
+    assert post(served, body, signed(body)).status_code == 202
+    normal = json.dumps(payment_payload("pay_after_huge")).encode()
+    assert post(served, normal, signed(normal)).status_code == 202
+    lines = [line for line in served.log_text().splitlines() if "pay_huge_status" in line]
+    assert lines and all(len(line) < 2500 for line in lines)
+
+
+def test_a_long_forwarded_address_is_clipped_in_the_log_and_request_log(
+    served: BridgeProcess,
+) -> None:
+    # From a trusted proxy (loopback), X-Forwarded-For becomes the remote address.
+    forwarded = "a" * 12_000
+    answer = post(served, b"{}", {"X-Forwarded-For": forwarded, "X-Signature": "0" * 64})
+    assert answer.status_code == 401
+    rejected = [line for line in served.log_text().splitlines() if "rejected" in line]
+    assert rejected and len(rejected[-1]) < 400
+    served.wait_for(
+        lambda: served.query("SELECT MAX(LENGTH(remote_addr)) FROM requests")[0][0] is not None,
+        what="request-log rows",
+    )
+    assert served.query("SELECT MAX(LENGTH(remote_addr)) FROM requests")[0][0] < 100
+
+
+# ---- 9. log injection -----------------------------------------------------------------
+
+
+def test_control_characters_in_a_logged_value_cannot_forge_a_line(served: BridgeProcess) -> None:
+    # The one control character the HTTP parser lets through in a header: NEL (0x85, in
+    # latin-1), which Python, some terminals and log viewers take for a line break. From
+    # a trusted proxy, X-Forwarded-For becomes the remote address of the "rejected" line.
+    forged = "10.0.0.1\x85WARNING bridge.app: FORGED".encode("latin-1")
+    with socket.create_connection(("127.0.0.1", served.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /webhook/payment HTTP/1.1\r\nHost: b\r\nX-Forwarded-For: "
+            + forged
+            + b"\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+        )
+        assert sock.recv(100).startswith(b"HTTP/1.1 401")
+    served.wait_for(lambda: "FORGED" in served.log_text(), what="the rejected line")
+    text = served.log_text()
+    assert not any(line.startswith("WARNING bridge.app: FORGED") for line in text.splitlines())
+    assert "10.0.0.1\\x85WARNING" in text
+
+
+@pytest.mark.parametrize(
+    "payment_id",
+    ["x\nFAKE LOG LINE", "x\x1b[2J", "x\x00y", "с кириллицей", "a b", "x" * 129, "x\u2028y"],
+)
+async def test_a_payment_id_outside_its_character_set_is_422_naming_it(
+    run_bridge: Any, payment_id: str
+) -> None:
+    async with run_bridge(wait_seconds=0) as bridge:
+        answer = await bridge.post_payment(payment_payload(payment_id))
+        stored = bridge.query("SELECT COUNT(*) FROM events")
+    assert answer.status_code == 422
+    [detail] = answer.json()["details"]
+    assert detail["field"] == "course_order.payment_id"
+    assert "letter" in detail["error"]
+    assert stored == [(0,)]
+
+
+@pytest.mark.parametrize("payment_id", ["pay_1", "123456", "a:b/c+d=e@f.g-h", "x" * 128])
+async def test_payment_ids_in_the_character_set_are_taken(run_bridge: Any, payment_id: str) -> None:
+    async with run_bridge(wait_seconds=0) as bridge:
+        answer = await bridge.post_payment(payment_payload(payment_id))
+    assert answer.status_code == 202
+
+
+def _record(message: str, exc: BaseException | None = None) -> logging.LogRecord:
+    exc_info = (type(exc), exc, exc.__traceback__) if exc else None
+    return logging.LogRecord("bridge.x", logging.ERROR, __file__, 1, message, None, exc_info)
+
+
+@FUZZ
+@given(st.text(max_size=80), st.text(max_size=40))
+def test_every_record_is_one_line_without_control_characters(message: str, error: str) -> None:
+    try:
+        raise ValueError(error)
+    except ValueError as exc:
+        record = _record(message, exc)
+    MaskingFilter().filter(record)
+    lines = OneLineFormatter().format(record).split("\n")
+    assert lines[0].startswith("ERROR bridge.x: ")
+    assert all(line.startswith("  | ") for line in lines[1:])  # the traceback
+    assert not any(re.search(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", line) for line in lines)
+
+
+# ---- 4. numbers too long to parse -----------------------------------------------------
+
+
+async def test_a_timestamp_header_of_5000_digits_is_401_not_500(run_bridge: Any) -> None:
+    async with run_bridge(standard_webhook_secrets="whsec_" + "A" * 32) as bridge:
+        answer = await bridge.client.post(
+            "/webhook/payment",
+            content=b"{}",
+            headers={
+                "webhook-id": "m1",
+                "webhook-timestamp": "9" * 5000,
+                "webhook-signature": "v1,x",
+            },
+        )
+    assert answer.status_code == 401
+
+
+BIG = "__BIG__"
+
+
+@pytest.mark.parametrize(
+    ("where", "change"),
+    [
+        ("cost", lambda order: order["course_order_items"][0].update(cost=BIG)),
+        ("package_id", lambda order: order["course_order_items"][0].update(package_id=BIG)),
+        ("telegram_id", lambda order: order["user"].update(telegram_id=BIG)),
+        ("unknown field", lambda order: order.update(extra=[BIG])),
+    ],
+)
+async def test_a_signed_integer_of_thousands_of_digits_is_400_not_500(
+    run_bridge: Any, where: str, change: Any
+) -> None:
+    payload = payment_payload("pay_bigint")
+    change(payload["course_order"])
+    # Past 4 300 digits: what Python's int() refuses (json.dumps cannot write it either).
+    body = json.dumps(payload).replace(json.dumps(BIG), "-" + "9" * 5000).encode()
+    async with run_bridge(wait_seconds=0) as bridge:
+        answer = await bridge.client.post("/webhook/payment", content=body, headers=signed(body))
+        stored = bridge.query("SELECT COUNT(*) FROM events")
+    assert answer.status_code == 400, where
+    assert "digits" in answer.json()["error"]
+    assert stored == [(0,)]
+
+
+@settings(FUZZ, max_examples=12)
+@given(
+    digits=st.integers(min_value=90, max_value=6000),
+    field=st.sampled_from(["cost", "number_lessons", "package_id", "amount", "phone"]),
+)
+async def test_fuzz_long_numbers_anywhere_never_answer_500(
+    run_bridge: Any, digits: int, field: str
+) -> None:
+    number = "7" * digits
+    text = json.dumps(payment_payload(f"pay_fuzz_{field}_{digits}"))  # one database for all
+    anchor = {
+        "cost": '"cost": 5000',
+        "number_lessons": '"number_lessons": 10',
+        "package_id": '"package_id": null',
+        "amount": '"status": "CONFIRMED"',
+        "phone": '"phone": "89991234567"',
+    }[field]
+    replacement = {
+        "amount": f'"amount": {number}, "status": "CONFIRMED"',
+    }.get(field, anchor.split(":")[0] + ": " + number)
+    body = text.replace(anchor, replacement, 1).encode()
+    async with run_bridge(wait_seconds=0) as bridge:
+        answer = await bridge.client.post("/webhook/payment", content=body, headers=signed(body))
+    assert answer.status_code in (202, 400, 422), (field, digits, answer.text[:200])
+
+
+# ---- 15. the request log, outages, what callers are told ---------------------------
+
+
+async def test_405_and_500_answers_are_in_the_request_log(
+    run_bridge: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("bridge.app.payment_intake", broken)
+    async with run_bridge(wait_seconds=0) as bridge:
+        assert (await bridge.client.get("/webhook/payment")).status_code == 405
+        assert (await bridge.post_payment(payment_payload("pay_500"))).status_code == 500
+        await bridge.client.get("/webhook/health")  # the next batch carries the log rows
+        await wait_until(lambda: bridge.query("SELECT COUNT(*) FROM requests") == [(2,)])
+        rows = bridge.query("SELECT http_status, detail FROM requests ORDER BY id")
+    assert rows == [(405, "method GET"), (500, "internal error")]
+
+
+async def test_error_answers_of_the_other_routes_are_in_the_request_log(run_bridge: Any) -> None:
+    async with run_bridge(wait_seconds=0) as bridge:
+        assert (await bridge.client.post("/webhook/health")).status_code == 405
+        assert (await bridge.client.get("/nowhere")).status_code == 404
+        assert (await bridge.client.get("/webhook/health")).status_code == 200  # not logged
+        await wait_until(lambda: bridge.query("SELECT COUNT(*) FROM requests") == [(2,)])
+        rows = bridge.query("SELECT route, http_status, detail FROM requests ORDER BY id")
+    assert rows == [("/webhook/health", 405, "method POST"), ("/nowhere", 404, "")]
+
+
+async def test_a_storage_outage_is_one_error_line_per_webhook_and_health_hides_the_cause(
+    run_bridge: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with run_bridge(wait_seconds=0) as bridge:
+        path: Path = bridge.settings.database_path
+        assert (await bridge.post_payment(payment_payload("pay_before"))).status_code == 202
+        await bridge.settle()
+        os.chmod(path, 0o400)
+        try:
+            caplog.clear()
+            caplog.set_level(logging.WARNING, logger="bridge")
+            answer = await bridge.post_payment(payment_payload("pay_in_outage"))
+            errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+            health = await bridge.client.get("/webhook/health")
+        finally:
+            os.chmod(path, 0o600)
+    assert answer.status_code == 503
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    assert health.status_code == 503
+    assert health.json()["database"] == {"ok": False, "error": "unavailable"}
+    assert str(path) not in health.text and "read" not in health.text.lower()
+
+
+async def test_a_failed_delivery_answers_a_generic_reason_and_keeps_the_crm_error(
+    run_bridge: Any, fake_amo: FakeAmoCrm
+) -> None:
+    fake_amo.fail_next(1, status=400, method="POST")  # a permanent refusal by the CRM
+    async with run_bridge(wait_seconds=5) as bridge:
+        answer = await bridge.post_payment(payment_payload("pay_refused"))
+        stored = bridge.query("SELECT last_error FROM deliveries")
+    assert answer.status_code == 202
+    assert answer.json()["status"] == "failed"
+    result = answer.json()["results"]["amocrm"]
+    assert result["status"] == "failed"
+    assert "Injected" not in result["error"] and "400" not in result["error"]
+    assert stored[0][0] and "400" in stored[0][0]  # the operator still has the CRM's words
