@@ -10,6 +10,7 @@ keeps alike (OAuth, 429s and network trouble, the fake over a socket) is
 from __future__ import annotations
 
 import asyncio
+import tomllib
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -18,12 +19,14 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
 from bridge.crm.base import RateLimiter
 from bridge.crm.connection import Wiring
 from bridge.crm.zoho import Zoho, build_zoho
 from bridge.crmconfig import config_snippet, schema_problems
+from bridge.crypto import TokenCipher
 from bridge.domain import (
     Contact,
     ContactPatch,
@@ -40,6 +43,7 @@ from bridge.errors import ConfigError, PermanentCrmError, RateLimited
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
 from bridge.tokens import TokenPair
+from tests.cli_support import make_cli, write_config
 from tests.fakes.memory import MemoryTokens
 from tests.fakes.openapi_check import RecordingTransport
 from tests.fakes.zoho import FakeZoho
@@ -516,3 +520,52 @@ async def test_client_requests_carry_the_zoho_oauthtoken_header(fake: FakeZoho, 
     [request] = SENT[-1].requests
     assert request.headers["authorization"].startswith("Zoho-oauthtoken 1000.")
     assert isinstance(request, httpx.Request) and request.url.host == "www.zohoapis.eu"
+
+
+# ---- the commands: auth, discover, check ---------------------------------------------------
+
+
+def test_auth_discover_and_check_commands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake: FakeZoho
+) -> None:
+    """A Self Client's code through `bridge auth zoho`, then `discover` and `check`, with
+    only the section's ZOHO_* secrets in the environment (no refresh token yet)."""
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    key = Fernet.generate_key().decode()
+    cli = make_cli(tmp_path, ZOHO_CLIENT_ID=fake.client_id, BRIDGE_SECRET_KEY=key)
+    cli.env["ZOHO_CLIENT_SECRET"] = fake.client_secret
+    amo_off = write_config(tmp_path, replace={"enabled = true": "enabled = false"})
+    zoho = (ROOT / "etc" / "crm-zoho.example.toml").read_text(encoding="utf-8")
+    text = (
+        amo_off.read_text(encoding="utf-8")
+        + "\n"
+        + zoho.replace("enabled = false", "enabled = true")
+    )
+    amo_off.write_text(text, encoding="utf-8")
+    SENT.append(RecordingTransport(fake.transport()))
+    cli.transports = {"zoho": SENT[-1]}
+
+    unauthorised = cli("check")
+    assert unauthorised.exit_code == 1
+    assert "crm.zoho: not authorised: run `bridge auth zoho`" in unauthorised.stderr
+
+    fake.register_code("1000.code")
+    result = cli("auth", "zoho", "--code", "1000.code")
+    assert result.exit_code == 0, result.output
+    assert "zoho: tokens stored encrypted" in result.stdout
+    assert fake.client_secret not in result.output
+    pair = cli.with_store(lambda s: s.load_tokens("zoho"), cipher=TokenCipher([key]))
+    assert pair is not None and pair.refresh_token
+    assert pair.access_token not in result.output and pair.refresh_token not in result.output
+    again = cli("auth", "zoho", "--code", "1000.code")  # a code works once
+    assert again.exit_code == 1 and "authorization code rejected" in again.stderr
+
+    discovered = cli("discover", "zoho")
+    assert discovered.exit_code == 0, discovered.output
+    assert '#   closed_status_ids = ["Closed Lost", "Closed Won"]' in discovered.stdout
+    parsed = tomllib.loads(discovered.stdout)["crm"]["zoho"]
+    assert parsed["deal_fields"]["payment_id"] == "Payment_ID"
+
+    checked = cli("check")
+    assert checked.exit_code == 0, checked.output
+    assert "OK       crm.zoho: reachable and authorised (3 pipelines" in checked.stdout

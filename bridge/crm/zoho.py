@@ -86,7 +86,7 @@ from bridge.crm.zoho_json import (
     sub_responses,
     write_details,
 )
-from bridge.crm.zoho_oauth import ApiDomain, ZohoTokenAuth, token_hooks
+from bridge.crm.zoho_oauth import ApiDomain, token_hooks
 from bridge.domain import (
     Contact,
     ContactPatch,
@@ -97,7 +97,7 @@ from bridge.domain import (
     NewDeal,
 )
 from bridge.errors import ConfigError, CrmError, PermanentCrmError
-from bridge.settings import CrmConfig
+from bridge.tokens import BearerAuth
 
 DEFAULT_DAILY_CREDITS = 50_000  # a Standard org's base pool, before licences and add-ons
 DEFAULT_CONCURRENCY = 10  # Standard edition
@@ -392,7 +392,7 @@ def build_zoho(wiring: Wiring) -> Zoho:
     `data_centre` decides the accounts server (tokens) and the API domain; a token
     answer's `api_domain` wins; a `base_url` in the section (a proxy) is kept as is.
     """
-    data_centre, daily, concurrency = zoho_options(wiring.name, wiring.config)
+    data_centre, daily, concurrency = zoho_options(wiring)
     if wiring.config.auth != "oauth":
         raise ConfigError(f'crm.{wiring.name}.auth: Zoho CRM takes "oauth" (a Self Client)')
     pool = CreditPool(wiring.name, daily, wiring.clock)
@@ -413,30 +413,24 @@ def build_zoho(wiring: Wiring) -> Zoho:
         endpoint,
         base_url=wiring.config.base_url or data_centre.api_domain,
         event_hooks=hooks,
-        oauth_auth=lambda source: ZohoTokenAuth(source, domain),
+        oauth_auth=lambda source: BearerAuth(source, "Zoho-oauthtoken", domain.aim),
         empty_answer=None,  # Zoho answers an empty read with 204 and no body
     )
     zone = ZoneInfo(wiring.settings.display_timezone)
     return Zoho(connection, pool, Concurrency(concurrency), domain, zone)
 
 
-def zoho_options(name: str, config: CrmConfig) -> tuple[DataCentre, int, int]:
-    options = config.options
-    where = f"crm.{name}.options"
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ConfigError(f"{where}: unknown {', '.join(unknown)} (known: {', '.join(OPTIONS)})")
-    centre = options.get("data_centre")
+def zoho_options(wiring: Wiring) -> tuple[DataCentre, int, int]:
+    options = wiring.options(OPTIONS)
+    centre = options.values.get("data_centre")
     if not isinstance(centre, str) or centre.lower() not in DATA_CENTRES:
-        raise ConfigError(f"{where}.data_centre: one of {', '.join(DATA_CENTRES)}")
-    daily = options.get("daily_credits", DEFAULT_DAILY_CREDITS)
-    if isinstance(daily, bool) or not isinstance(daily, int) or daily <= 0:
-        raise ConfigError(f"{where}.daily_credits: a whole number of credits above 0")
-    concurrency = options.get("concurrency", DEFAULT_CONCURRENCY)
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 5:
-        raise ConfigError(f"{where}.concurrency: a whole number, 5 or more (Zoho's Free edition)")
+        raise ConfigError(f"{options.where}.data_centre: one of {', '.join(DATA_CENTRES)}")
+    daily = options.whole(
+        "daily_credits", DEFAULT_DAILY_CREDITS, 1, "a whole number of credits above 0"
+    )
+    concurrency = options.whole(
+        "concurrency", DEFAULT_CONCURRENCY, 5, "a whole number, 5 or more (Zoho's Free edition)"
+    )
     data_centre = DATA_CENTRES[centre.lower()]
-    accounts = options.get("accounts_url", data_centre.accounts)
-    if not isinstance(accounts, str) or not accounts.startswith(("https://", "http://")):
-        raise ConfigError(f"{where}.accounts_url: an http(s) URL")
+    accounts = options.url("accounts_url", data_centre.accounts)
     return replace(data_centre, accounts=accounts.rstrip("/")), daily, concurrency

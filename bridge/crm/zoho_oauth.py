@@ -10,20 +10,19 @@
   the data centre's default, and `ApiDomain` keeps it for the requests that follow.
   https://www.zoho.com/crm/developer/docs/api/v8/access-refresh.html ,
   https://www.zoho.com/crm/developer/docs/api/v8/multi-dc.html
-- `ZohoTokenAuth` sends `Authorization: Zoho-oauthtoken <token>` to the current API
-  domain; on a 401 it refreshes once (`OAuthTokenSource` single-flights that and stores the
-  pair) and resends, to the API domain the new token names.
+- Requests carry `Authorization: Zoho-oauthtoken <token>` (the connection's `BearerAuth`
+  with Zoho's scheme) and go to the current API domain (`ApiDomain.aim`); on a 401 it
+  refreshes once and resends, to the API domain the new token names.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 
 from bridge.crm.zoho_json import TOKEN_PATH
-from bridge.tokens import TokenSource
 
 TOKEN_BURST_PAUSE = 60  # seconds: Zoho's "too many requests continuously" passes
 
@@ -39,6 +38,19 @@ class ApiDomain:
     def learn(self, named: object) -> None:
         if isinstance(named, str) and named.startswith("https://"):
             self.url = named.rstrip("/")
+
+    def aim(self, request: httpx.Request) -> None:
+        """Readdress `request` to the current API domain (the connection's `BearerAuth`
+        calls this before each send, after a refresh too)."""
+        if self.pinned:
+            return
+        target = httpx.URL(self.url)
+        here = (request.url.scheme, request.url.host, request.url.port)
+        if here != (target.scheme, target.host, target.port):
+            request.url = request.url.copy_with(
+                scheme=target.scheme, host=target.host, port=target.port
+            )
+            request.headers["Host"] = target.netloc.decode("ascii")
 
 
 def token_hooks(domain: ApiDomain) -> list[Callable[[httpx.Response], Awaitable[None]]]:
@@ -67,36 +79,3 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
-
-
-class ZohoTokenAuth(httpx.Auth):
-    """`Zoho-oauthtoken` on every request, to the API domain its token belongs to."""
-
-    def __init__(self, source: TokenSource, domain: ApiDomain) -> None:
-        self._source = source
-        self._domain = domain
-
-    async def async_auth_flow(
-        self, request: httpx.Request
-    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        token = await self._source.current()
-        self._aim(request)
-        request.headers["Authorization"] = f"Zoho-oauthtoken {token}"
-        response = yield request
-        if response.status_code == 401 and self._source.can_refresh:
-            await response.aread()
-            token = await self._source.refreshed(token)
-            self._aim(request)
-            request.headers["Authorization"] = f"Zoho-oauthtoken {token}"
-            yield request
-
-    def _aim(self, request: httpx.Request) -> None:
-        if self._domain.pinned:
-            return
-        target = httpx.URL(self._domain.url)
-        here = (request.url.scheme, request.url.host, request.url.port)
-        if here != (target.scheme, target.host, target.port):
-            request.url = request.url.copy_with(
-                scheme=target.scheme, host=target.host, port=target.port
-            )
-            request.headers["Host"] = target.netloc.decode("ascii")
