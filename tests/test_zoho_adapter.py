@@ -45,7 +45,7 @@ from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
 from bridge.tokens import TokenPair
 from tests.cli_support import make_cli, write_config
 from tests.fakes.memory import MemoryTokens
-from tests.fakes.openapi_check import RecordingTransport
+from tests.fakes.openapi_check import SentRequests
 from tests.fakes.zoho import FakeZoho
 from tests.fakes.zoho_openapi import ZohoOpenApi
 
@@ -58,7 +58,7 @@ CONFIG = (
 PAID_AT = datetime(2025, 1, 20, 21, 49, 20, tzinfo=UTC)
 MSK = timezone(timedelta(hours=3))
 CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
-SENT: list[RecordingTransport] = []
+SENT = SentRequests()
 EU_API = "https://www.zohoapis.eu"
 
 
@@ -68,8 +68,7 @@ def requests_conform_to_openapi() -> Iterator[None]:
     SENT.clear()
     yield
     spec = ZohoOpenApi.load()  # raises when the shared specs are missing: no silent pass
-    problems = [p for rec in SENT for request in rec.requests for p in spec.problems(request)]
-    assert problems == []
+    assert SENT.problems(spec) == []
 
 
 async def no_wait(seconds: float) -> None:
@@ -94,8 +93,7 @@ def make_adapter(
         tokens = MemoryTokens(TokenPair(access, refresh, fake.clock() + 3600))
     crm_env = {key.upper(): SecretStr(value) for key, value in secrets.items() if value}
     settings = Settings(_env_file=None, file=FileConfig(crm={"zoho": config}), crm_env=crm_env)
-    recorder = RecordingTransport(transport or fake.transport())
-    SENT.append(recorder)
+    recorder = SENT.recording(transport or fake.transport())
     adapter = build_zoho(
         Wiring("zoho", config, settings, tokens, transport=recorder, clock=fake.clock)
     )
@@ -542,8 +540,7 @@ def test_auth_discover_and_check_commands(
         + zoho.replace("enabled = false", "enabled = true")
     )
     amo_off.write_text(text, encoding="utf-8")
-    SENT.append(RecordingTransport(fake.transport()))
-    cli.transports = {"zoho": SENT[-1]}
+    cli.transports = {"zoho": SENT.recording(fake.transport())}
 
     unauthorised = cli("check")
     assert unauthorised.exit_code == 1

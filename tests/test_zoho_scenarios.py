@@ -12,17 +12,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import EXPECTED_NOTE, crm_calls, payment_payload
 from tests.crm_cases import BY_NAME, Run, running
-from tests.fakes.openapi_check import RecordingTransport
+from tests.fakes.openapi_check import SentRequests
 from tests.fakes.zoho import FakeZoho
 from tests.fakes.zoho_openapi import ZohoOpenApi
 
 CASE = BY_NAME["zoho"]
-SENT: list[RecordingTransport] = []
+SENT = SentRequests()
 
 
 @pytest.fixture
@@ -33,12 +32,7 @@ def fake() -> FakeZoho:
 @pytest.fixture
 def run_bridge(tmp_path: Path, fake: FakeZoho) -> Run:
     """The app on the fake; every request it sends is checked against the OpenAPI files."""
-
-    def recorded(transport: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
-        SENT.append(RecordingTransport(transport))
-        return SENT[-1]
-
-    return running(CASE, fake, tmp_path, recorded)
+    return running(CASE, fake, tmp_path, SENT.recording)
 
 
 @pytest.fixture(autouse=True)
@@ -46,8 +40,7 @@ def requests_conform_to_openapi() -> Iterator[None]:
     SENT.clear()
     yield
     spec = ZohoOpenApi.load()  # raises when the shared specs are missing: no silent pass
-    problems = [p for rec in SENT for request in rec.requests for p in spec.problems(request)]
-    assert problems == []
+    assert SENT.problems(spec) == []
 
 
 def api_calls(fake: FakeZoho) -> list[str]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Mapping
 from datetime import date
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import jsonschema
@@ -42,6 +42,22 @@ class RecordingTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+class Spec(Protocol):
+    def problems(self, request: httpx.Request) -> list[str]: ...
+
+
+class SentRequests(list[RecordingTransport]):
+    """The recording transports of one test module; what they sent is checked after each
+    test (`clear` before it)."""
+
+    def recording(self, transport: httpx.AsyncBaseTransport) -> RecordingTransport:
+        self.append(RecordingTransport(transport))
+        return self[-1]
+
+    def problems(self, spec: Spec) -> list[str]:
+        return [p for rec in self for request in rec.requests for p in spec.problems(request)]
 
 
 def template_regex(template: str) -> re.Pattern[str]:
