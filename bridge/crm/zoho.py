@@ -1,6 +1,6 @@
 """Zoho CRM (API v8) as a `CrmAdapter`.
 
-The mappers are in `zoho_json`, the token endpoint's quirks and the token header in
+The mappers are in `zoho_json`, the token endpoint's quirks and the API domain in
 `zoho_oauth`, credits and concurrency in `zoho_credits`; this module is the adapter and
 `build_zoho`, on the `Connection` every adapter shares.
 The calls each method makes (credits):
