@@ -27,15 +27,13 @@ import asyncio
 import json
 import math
 import re
-import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
-from bridge.errors import RateLimited
+from bridge.crm.allowance import Allowance, charging
 
 WINDOW = 86400.0  # a rolling 24 hours
 COMPOSITE_UNITS = 5  # concurrency a composite call takes, whatever it holds
@@ -68,51 +66,10 @@ def _json(body: bytes | None) -> Any:
         return None
 
 
-class CreditPool:
+class CreditPool(Allowance):
     """Credits answered in the last 24 hours against the org's pool."""
 
-    def __init__(self, crm: str, daily: int, clock: Callable[[], float] = time.time) -> None:
-        self.crm = crm
-        self.daily = daily
-        self._clock = clock
-        self._spent: deque[tuple[float, int]] = deque()  # (when, credits), oldest first
-        self._used = 0
-
-    def require(self, cost: int) -> None:
-        """Raise `RateLimited` (retry once enough credits are back) when `cost` does not fit."""
-        self._expire()
-        if self._used + cost <= self.daily:
-            return
-        raise RateLimited(
-            self.crm,
-            f"API credits used up ({self._used} of {self.daily} in the last 24 hours);"
-            " waiting for the rolling window to free them",
-            retry_after=self.seconds_until_free(cost),
-        )
-
-    def charge(self, cost: int) -> None:
-        if cost <= 0:
-            return
-        self._expire()
-        self._spent.append((self._clock(), cost))
-        self._used += cost
-
-    @property
-    def used(self) -> int:
-        self._expire()
-        return self._used
-
-    def seconds_until_free(self, cost: int) -> float:
-        """When `cost` more credits fit: once the oldest charges leave the window."""
-        now, excess = self._clock(), self._used + cost - self.daily
-        for when, credits in self._spent:
-            excess -= credits
-            if excess <= 0:
-                return max(when + WINDOW - now, 0.0)
-        return WINDOW  # more than the whole pool: the best there is
-
     def details(self) -> dict[str, object]:
-        """What /webhook/health shows."""
         used = self.used
         details: dict[str, object] = {
             "daily_credits": self.daily,
@@ -124,24 +81,32 @@ class CreditPool:
             details["credits_next_freed_at"] = freed.isoformat().replace("+00:00", "Z")
         return details
 
-    def _expire(self) -> None:
-        horizon = self._clock() - WINDOW
-        while self._spent and self._spent[0][0] <= horizon:
-            self._used -= self._spent.popleft()[1]
+    def _counted(self, when: float, now: float) -> bool:
+        return when > now - WINDOW
+
+    def _free_at(self, cost: int) -> float:
+        """Once the oldest charges leave the window."""
+        excess = self._used + cost - self.daily
+        for when, credits in self._spent:
+            excess -= credits
+            if excess <= 0:
+                return when + WINDOW
+        return self._clock() + WINDOW  # more than the whole pool: the best there is
+
+    def _used_up(self) -> str:
+        return (
+            f"API credits used up ({self._used} of {self.daily} in the last 24 hours);"
+            " waiting for the rolling window to free them"
+        )
 
 
-EventHooks = dict[str, list[Callable[[Any], Awaitable[None]]]]
-
-
-def credit_hooks(pool: CreditPool) -> EventHooks:
+def credit_hooks(pool: CreditPool) -> dict[str, list[Callable[[Any], Awaitable[None]]]]:
     """httpx event hooks: charge every answered request except 401, 429 and 5xx."""
 
-    async def on_response(response: httpx.Response) -> None:
-        status, request = response.status_code, response.request
-        if status < 500 and status not in (401, 429):
-            pool.charge(credit_cost(request.method, request.url.path, request.content))
+    def cost(request: httpx.Request) -> int:
+        return credit_cost(request.method, request.url.path, request.content)
 
-    return {"response": [on_response]}
+    return {"response": [charging(pool, cost)]}
 
 
 class Concurrency:
