@@ -81,6 +81,8 @@ def schema_problems(name: str, config: CrmConfig, schema: CrmSchema) -> list[Pro
     for status_id in config.excluded_status_ids:
         if status_id not in all_statuses:
             problems.append(Problem(f"{prefix}.excluded_status_ids: {status_id}", "no such status"))
+    if schema.closed_statuses is not None:
+        problems += _closed_problems(prefix, config, schema.closed_statuses)
     fields = {(f.entity, f.id): f for f in schema.fields}
     configured = (
         ("deal_fields", "leads", config.deal_fields.model_dump(), DEAL_FIELDS),
@@ -121,6 +123,18 @@ def schema_problems(name: str, config: CrmConfig, schema: CrmSchema) -> list[Pro
     return problems
 
 
+def _closed_problems(prefix: str, config: CrmConfig, closed: frozenset[str]) -> list[Problem]:
+    """Where the config decides what is closed, it must say what the CRM says."""
+    listed = set(config.closed_status_ids)
+    return [
+        Problem(f"{prefix}.closed_status_ids", f"{_quote(status)} is won or lost in the CRM")
+        for status in sorted(closed - listed)
+    ] + [
+        Problem(f"{prefix}.closed_status_ids: {status}", "not a won or lost status in the CRM")
+        for status in sorted(listed - closed)
+    ]
+
+
 def config_snippet(name: str, config: CrmConfig | None, schema: CrmSchema) -> str:
     """TOML for the `[crm.NAME]` sub-tables, from what the CRM has."""
     lines = [
@@ -134,6 +148,13 @@ def config_snippet(name: str, config: CrmConfig | None, schema: CrmSchema) -> st
         lines.append(f"#   pipeline {pipeline.id} = {_quote(pipeline.name)}")
         lines += [
             f"#     status {sid} = {_quote(sname)}" for sid, sname in pipeline.statuses.items()
+        ]
+    if schema.closed_statuses is not None:
+        closed = ", ".join(_quote(status) for status in sorted(schema.closed_statuses))
+        lines += [
+            "#",
+            f"# Won and lost statuses (for [crm.{name}]):",
+            f"#   closed_status_ids = [{closed}]",
         ]
     leads = [f for f in schema.fields if f.entity == "leads"]
     contacts = [f for f in schema.fields if f.entity == "contacts"]

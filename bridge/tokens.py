@@ -164,19 +164,33 @@ class OAuthTokenSource:
 
 
 class BearerAuth(httpx.Auth):
-    """Adds the bearer token; on a 401 refreshes once (when possible) and resends."""
+    """Adds the token under `scheme` ("Bearer"; Zoho CRM's is "Zoho-oauthtoken"); on a
+    401 refreshes once (when possible) and resends. `aim`, when given, may readdress the
+    request before each send (Zoho: to the API domain the current token was issued for)."""
 
-    def __init__(self, source: TokenSource) -> None:
+    def __init__(
+        self,
+        source: TokenSource,
+        scheme: str = "Bearer",
+        aim: Callable[[httpx.Request], None] | None = None,
+    ) -> None:
         self._source = source
+        self._scheme = scheme
+        self._aim = aim
 
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         token = await self._source.current()
-        request.headers["Authorization"] = f"Bearer {token}"
+        self._prepare(request, token)
         response = yield request
         if response.status_code == 401 and self._source.can_refresh:
             await response.aread()
             token = await self._source.refreshed(token)
-            request.headers["Authorization"] = f"Bearer {token}"
+            self._prepare(request, token)
             yield request
+
+    def _prepare(self, request: httpx.Request, token: str) -> None:
+        if self._aim is not None:
+            self._aim(request)
+        request.headers["Authorization"] = f"{self._scheme} {token}"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.fernet import Fernet
 from litestar.testing import AsyncTestClient
 from pydantic import SecretStr
 
@@ -33,6 +34,7 @@ from tests.fakes.odoo import FakeOdoo, example_odoo
 from tests.fakes.pipedrive import FakePipedrive
 from tests.fakes.salesforce import EXAMPLE_CONFIG as SALESFORCE_EXAMPLE
 from tests.fakes.salesforce import SITE, YANDEX, FakeSalesforce
+from tests.fakes.zoho import FakeZoho
 
 ROOT = Path(__file__).resolve().parent.parent
 Fake = Any  # each CRM's fake; the case's functions know which
@@ -138,6 +140,20 @@ def _odoo_case(name: str, version: int) -> CrmCase:
         returning_calls=session + 4,
         close_deal=lambda fake, deal_id: fake.set_won(int(deal_id)),
     )
+
+
+ZOHO_TOKEN_KEY = Fernet.generate_key().decode()
+
+
+def _zoho_credentials(fake: FakeZoho) -> dict[str, Any]:
+    """A Self Client's id and secret and a refresh token (the bridge mints the rest)."""
+    secrets = {
+        "ZOHO_CLIENT_ID": fake.client_id,
+        "ZOHO_CLIENT_SECRET": fake.client_secret,
+        "ZOHO_REFRESH_TOKEN": fake.issue_oauth_pair()[1],
+    }
+    crm_env = {key: SecretStr(value) for key, value in secrets.items()}
+    return {"crm_env": crm_env, "bridge_secret_key": ZOHO_TOKEN_KEY}  # minted tokens are kept
 
 
 @dataclass(frozen=True)
@@ -355,6 +371,34 @@ CASES = [
     _odoo_case("odoo", 18),
     # A second section of kind "odoo", on a 19 server: JSON-2, and ODOO_19_API_KEY.
     _odoo_case("odoo-19", 19),
+    CrmCase(
+        "zoho",
+        FakeZoho,
+        _example(ROOT / "etc" / "crm-zoho.example.toml", "zoho"),
+        lambda fake: _zoho_credentials(fake),
+        contacts=lambda fake: [str(c["id"]) for c in fake.contacts()],
+        deals=lambda fake: [str(d["id"]) for d in fake.deals()],
+        raw_deal_field=lambda fake, deal_id, field_id: fake.deal(deal_id).get(field_id),
+        notes=lambda fake, deal_id: fake.notes(deal_id),
+        add_contact=lambda fake, name, phone, username: fake.add_contact(
+            name, phone=phone, telegram_username=username
+        ),
+        raw_contact_field=lambda fake, contact_id, field_id: fake.contact(contact_id).get(field_id),
+        placement=lambda fake, deal_id: (
+            fake.deal(deal_id)["Pipeline"],
+            fake.deal(deal_id)["Stage"],
+        ),
+        add_deal=lambda fake, contact, where, at, fields: fake.add_deal(
+            contact,
+            pipeline={"yandex_working": "Yandex"}.get(where, "Site"),
+            stage={"yandex_working": "В работе", "closed": "Closed Won"}.get(where, "Автооплата"),
+            modified=at,
+            fields=fields,
+        ),
+        # The search with the contact's deals in one composite call, the update, the note.
+        returning_calls=3,
+        close_deal=lambda fake, deal_id: fake.move_deal(deal_id, stage="Closed Won"),
+    ),
 ]
 
 BY_NAME = {case.name: case for case in CASES}

@@ -48,6 +48,7 @@ from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, load_file_config
 from bridge.tokens import TokenPair
 from tests.fakes.memory import MemoryTokens, adapter_on, no_wait
+from tests.fakes.openapi_check import SentRequests
 from tests.fakes.pipedrive import FakePipedrive
 from tests.fakes.pipedrive_openapi import PipedriveOpenApi, RecordingTransport
 
@@ -84,7 +85,7 @@ PARTNERS, PARTNERS_AUTOPAY = 3, 5
 RUSSIAN, MATHS, SOCIAL, EGE, OGE = 11, 12, 13, 21, 22
 PAID_AT = datetime(2025, 1, 20, 21, 49, 20, tzinfo=UTC)  # 00:49 on the 21st in Moscow
 CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
-SENT: list[RecordingTransport] = []
+SENT = SentRequests()
 
 
 @pytest.fixture(autouse=True)
@@ -95,8 +96,7 @@ def requests_conform_to_openapi() -> Iterator[None]:
     spec = PipedriveOpenApi.load()
     if spec is None:
         return  # the shared specs are not checked out next to the repository
-    problems = [p for rec in SENT for request in rec.requests for p in spec.problems(request)]
-    assert problems == []
+    assert SENT.problems(spec) == []
 
 
 def make_adapter(
@@ -108,8 +108,7 @@ def make_adapter(
     **options: Any,
 ) -> Pipedrive:
     # Every request is recorded and checked against the OpenAPI files after the test.
-    recorder = RecordingTransport(transport or fake.transport())
-    SENT.append(recorder)
+    recorder = SENT.recording(transport or fake.transport())
     static = {"pipedrive_api_token": fake.issue_api_token()}
     adapter = adapter_on(
         build_pipedrive,

@@ -10,15 +10,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from bridge.crm.richtext import note_html, note_text
 from bridge.settings import load_file_config
 from tests.conftest import EXPECTED_NOTE, crm_calls, number, payment_payload
 from tests.crm_cases import BY_NAME, Run, running
+from tests.fakes.openapi_check import SentRequests
 from tests.fakes.pipedrive import FakePipedrive
-from tests.fakes.pipedrive_openapi import PipedriveOpenApi, RecordingTransport
+from tests.fakes.pipedrive_openapi import PipedriveOpenApi
 
 ROOT = Path(__file__).resolve().parent.parent
 PD_URL = "https://example.pipedrive.test"
@@ -26,7 +26,7 @@ EXAMPLE = load_file_config(ROOT / "etc" / "crm-pipedrive.example.toml").crm["pip
 DF = EXAMPLE.deal_fields
 TG_ID, TG_USERNAME = EXAMPLE.contact_fields.telegram_id, EXAMPLE.contact_fields.telegram_username
 PARTNERS, PARTNERS_AUTOPAY = 3, 5
-SENT: list[RecordingTransport] = []
+SENT = SentRequests()
 
 
 CASE = BY_NAME["pipedrive"]
@@ -41,12 +41,7 @@ def fake() -> FakePipedrive:
 @pytest.fixture
 def run_bridge(tmp_path: Path, fake: FakePipedrive) -> Run:
     """The app on the fake; every request it sends is checked against the OpenAPI files."""
-
-    def recorded(transport: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
-        SENT.append(RecordingTransport(transport))
-        return SENT[-1]
-
-    return running(CASE, fake, tmp_path, recorded)
+    return running(CASE, fake, tmp_path, SENT.recording)
 
 
 @pytest.fixture(autouse=True)
@@ -56,8 +51,7 @@ def requests_conform_to_openapi() -> Iterator[None]:
     spec = PipedriveOpenApi.load()
     if spec is None:
         return  # the shared specs are not checked out next to the repository
-    problems = [p for rec in SENT for request in rec.requests for p in spec.problems(request)]
-    assert problems == []
+    assert SENT.problems(spec) == []
 
 
 # ---- (1) a new customer -------------------------------------------------------------

@@ -21,6 +21,7 @@ from bridge.crm.hubspot import build_hubspot
 from bridge.crm.odoo import build_odoo
 from bridge.crm.pipedrive import build_pipedrive
 from bridge.crm.salesforce import build_salesforce
+from bridge.crm.zoho import build_zoho
 from bridge.settings import CrmConfig, Settings
 from bridge.tokens import TokenRepository
 
@@ -33,6 +34,7 @@ BUILDERS: Mapping[str, Builder] = {
     "bitrix24": build_bitrix24,
     "salesforce": build_salesforce,
     "odoo": build_odoo,
+    "zoho": build_zoho,
 }
 
 

@@ -311,6 +311,9 @@ class CrmSchema:
 
     pipelines: tuple[Pipeline, ...]
     fields: tuple[CustomField, ...]
+    # Statuses the CRM itself calls won or lost, where the configured `closed_status_ids`
+    # decide what is closed (Zoho's stage forecast types); None: the CRM says nothing.
+    closed_statuses: frozenset[str] | None = None
 
 
 Confirm = Callable[[Contact, LookupKey], bool]

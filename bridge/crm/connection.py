@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -64,6 +64,41 @@ class Wiring:
 
     def secrets(self, token_name: str) -> CrmSecrets:
         return crm_secrets(self.settings, self.name, token_name)
+
+    def options(self, known: Sequence[str]) -> Options:
+        """The section's vendor `options`; one the builder does not know is refused."""
+        where = f"crm.{self.name}.options"
+        unknown = sorted(set(self.config.options) - set(known))
+        if unknown:
+            raise ConfigError(f"{where}: unknown {', '.join(unknown)} (known: {', '.join(known)})")
+        return Options(where, self.config.options)
+
+
+@dataclass(frozen=True)
+class Options:
+    """A section's `[crm.NAME.options]`, read with the builder's defaults: a value of the
+    wrong kind is a `ConfigError` naming the option and what it must be."""
+
+    where: str
+    values: Mapping[str, object]
+
+    def whole(self, key: str, default: int, minimum: int, meaning: str) -> int:
+        value = self.values.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"{self.where}.{key}: {meaning}")
+        return value
+
+    def positive(self, key: str, default: float) -> float:
+        value = self.values.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{self.where}.{key}: a number above 0")
+        return float(value)
+
+    def url(self, key: str, default: str) -> str:
+        value = self.values.get(key, default)
+        if not isinstance(value, str) or not value.startswith(("https://", "http://")):
+            raise ConfigError(f"{self.where}.{key}: an http(s) URL")
+        return value
 
 
 class NotJson:
