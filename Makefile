@@ -5,28 +5,29 @@ BIN := $(VENV)/bin
 PREFIX ?= /opt/crm-bridge
 CONFDIR ?= /etc/crm-bridge
 UNITDIR ?= /etc/systemd/system
+BINDIR ?= /usr/local/bin
 
 .PHONY: help venv dev-venv run test lint format mypy check check-unit dev bench install uninstall clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(BIN)/bridge: pyproject.toml
+$(BIN)/crm-bridge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e .
 	@touch $@
 
-$(VENV)/.dev: $(BIN)/bridge
+$(VENV)/.dev: $(BIN)/crm-bridge
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
-venv: $(BIN)/bridge  ## create .venv with the bridge installed
+venv: $(BIN)/crm-bridge  ## create .venv with the bridge installed
 
 dev-venv: $(VENV)/.dev  ## .venv plus test and lint tools
 
 run: venv  ## start the bridge on its defaults (db/bridge.sqlite, etc/bridge.example.toml, 127.0.0.1:8080)
-	$(BIN)/bridge serve
+	$(BIN)/crm-bridge serve
 
 test: dev-venv  ## run the whole test suite
 	$(BIN)/python -m pytest -q
@@ -53,8 +54,8 @@ bench: dev-venv  ## benchmarks (not part of the tests): intake, CRM calls, burst
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python -m tests.bench
 
-install:  ## install under $(PREFIX), config in $(CONFDIR), unit in $(UNITDIR) (run as root)
-	install -d $(PREFIX) $(CONFDIR)
+install:  ## install under $(PREFIX), `crm-bridge` in $(BINDIR), config in $(CONFDIR), unit in $(UNITDIR) (run as root)
+	install -d $(PREFIX) $(CONFDIR) $(BINDIR)
 	$(PYTHON) -m venv $(PREFIX)/venv
 	$(PREFIX)/venv/bin/pip install --quiet --upgrade pip
 	$(PREFIX)/venv/bin/pip install --quiet .
@@ -63,13 +64,15 @@ install:  ## install under $(PREFIX), config in $(CONFDIR), unit in $(UNITDIR) (
 	  -e 's|^DATABASE_PATH=.*|DATABASE_PATH=/var/lib/crm-bridge/bridge.sqlite|' \
 	  env.example > $(CONFDIR)/env && chmod 0600 $(CONFDIR)/env
 	install -m 0644 README.md $(PREFIX)/README.md
+	ln -sfn $(PREFIX)/venv/bin/crm-bridge $(BINDIR)/crm-bridge
 	install -m 0644 etc/systemd/crm-bridge.service $(UNITDIR)/crm-bridge.service
 	systemctl daemon-reload 2>/dev/null || true
-	@echo "edit $(CONFDIR)/env and $(CONFDIR)/bridge.toml, then: systemctl enable --now crm-bridge"
+	@echo "edit $(CONFDIR)/env and $(CONFDIR)/bridge.toml, then: crm-bridge --env-file $(CONFDIR)/env check; systemctl enable --now crm-bridge"
 
 uninstall:  ## remove the unit and $(PREFIX); keeps $(CONFDIR) and the database
 	systemctl disable --now crm-bridge 2>/dev/null || true
 	rm -f $(UNITDIR)/crm-bridge.service
+	test ! -L $(BINDIR)/crm-bridge || rm -f $(BINDIR)/crm-bridge
 	rm -rf $(PREFIX)
 
 clean:  ## remove the virtualenv and caches

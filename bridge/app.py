@@ -99,7 +99,7 @@ class BridgeApp:
             request_max_body_size=settings.max_body_bytes,
             exception_handlers={Exception: _internal_error},
             openapi_config=None,
-            logging_config=None,  # `bridge serve` configures logging for journald itself
+            logging_config=None,  # `crm-bridge serve` configures logging for journald itself
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -1,4 +1,4 @@
-"""`bridge check`: is this installation ready to take webhooks? (SPEC §10)
+"""`crm-bridge check`: is this installation ready to take webhooks? (SPEC §10)
 
 In order: the settings (webhook secrets, time zones, templates, BRIDGE_SECRET_KEY), the
 database (opens, migrates, takes a write, stored tokens decrypt), then every enabled CRM:
@@ -116,7 +116,7 @@ def settings_findings(settings: Settings) -> list[Finding]:
         found.append(
             problem(
                 f"BRIDGE_SECRET_KEY is not set, but {', '.join(oauth)} use(s) OAuth: generate"
-                " one with `bridge rotate-key --generate`"
+                " one with `crm-bridge rotate-key --generate`"
             )
         )
     return found

@@ -2,9 +2,9 @@
 
 - `schema_problems`: every pipeline, status, field and enum id the section names that the
   CRM does not have (or a field of the wrong type), each with its config key, for
-  `bridge check`;
+  `crm-bridge check`;
 - `config_snippet`: the schema written as TOML in the shape of `etc/bridge.example.toml`,
-  for `bridge discover`: ids the section already names and the CRM has are filled in,
+  for `crm-bridge discover`: ids the section already names and the CRM has are filled in,
   everything else is listed as commented candidates.
 """
 
@@ -124,7 +124,7 @@ def schema_problems(name: str, config: CrmConfig, schema: CrmSchema) -> list[Pro
 def config_snippet(name: str, config: CrmConfig | None, schema: CrmSchema) -> str:
     """TOML for the `[crm.NAME]` sub-tables, from what the CRM has."""
     lines = [
-        f"# `bridge discover {name}`: this CRM's pipelines, statuses and custom fields.",
+        f"# `crm-bridge discover {name}`: this CRM's pipelines, statuses and custom fields.",
         f"# Replace the matching [crm.{name}.*] tables of your config with these.",
         "#",
         "# Pipelines and statuses (ids for pipeline_rules, default_pipeline,",

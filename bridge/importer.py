@@ -1,4 +1,4 @@
-"""`bridge import`: historic payments from a CSV file, stored the way webhooks are.
+"""`crm-bridge import`: historic payments from a CSV file, stored the way webhooks are.
 
 The file has a header row naming the columns `date, phone, email, name, amount,
 description` and optionally `id` (any order, any case; `,` or `;` between fields; UTF-8).

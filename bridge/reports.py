@@ -1,4 +1,4 @@
-"""What `bridge stats`, `events` and `show` print: one report dict per command, rendered
+"""What `crm-bridge stats`, `events` and `show` print: one report dict per command, rendered
 either as JSON (`--json`, for scripts) or as rich tables for a person. Times are UTC."""
 
 from __future__ import annotations

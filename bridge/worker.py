@@ -7,7 +7,7 @@ to repeat by `flow`. The worker adds what the flow cannot know:
 - pausing a CRM whose credentials fail: its deliveries wait, no attempt is burnt, and
   one delivery probes every `pause_probe_seconds` until the credentials work again;
 - telling waiting HTTP handlers when an event has settled.
-`run_once()` processes what is due now and returns; tests and `bridge retry` use it.
+`run_once()` processes what is due now and returns; tests and `crm-bridge retry` use it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`bridge check`, `discover` and `auth` against the stateful fake amoCRM.
+"""`crm-bridge check`, `discover` and `auth` against the stateful fake amoCRM.
 
 The library functions (`checks.run_checks`, `crmconfig.schema_problems`/`config_snippet`)
 are called with the fake's transport; the commands get it through `CliEnv`, which
@@ -257,7 +257,7 @@ def test_discover_errors(cli: Cli) -> None:
 def test_auth_with_a_code_stores_the_pair_and_check_then_passes(cli: Cli, fake: FakeAmoCrm) -> None:
     configure(cli, OAUTH)
     cli.env.update(OAUTH_ENV, AMOCRM_ACCESS_TOKEN="")
-    assert "crm.amocrm: not authorised: run `bridge auth amocrm`" in cli("check").stderr
+    assert "crm.amocrm: not authorised: run `crm-bridge auth amocrm`" in cli("check").stderr
     fake.register_code("code-1")
     result = cli("auth", "amocrm", "--code", "code-1")
     assert result.exit_code == 0, result.output

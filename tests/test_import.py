@@ -1,4 +1,4 @@
-"""`bridge import`: row validation (table-driven) and the command against a real SQLite file."""
+"""`crm-bridge import`: row validation (table-driven) and the command against a real SQLite file."""
 
 from __future__ import annotations
 

@@ -798,7 +798,7 @@ async def test_no_api_token_is_an_auth_error_without_a_call(fake: FakePipedrive)
     adapter = make_adapter(fake, pipedrive_api_token=None)
     assert await adapter.credentials_problem() == (
         'no credentials: set PIPEDRIVE_API_TOKEN or use auth = "oauth" and run'
-        " `bridge auth pipedrive`"
+        " `crm-bridge auth pipedrive`"
     )
     with pytest.raises(AuthError, match="PIPEDRIVE_API_TOKEN"):
         await adapter.search_persons(phone_key())
@@ -887,7 +887,7 @@ async def test_exchange_code_stores_the_pair_and_uses_it(fake: FakePipedrive) ->
     fake.register_code("code-1")
     tokens = MemoryTokens()
     adapter = make_adapter(fake, config=OAUTH, tokens=tokens)
-    assert await adapter.credentials_problem() == "not authorised: run `bridge auth pipedrive`"
+    assert await adapter.credentials_problem() == "not authorised: run `crm-bridge auth pipedrive`"
     pair = await adapter.exchange_code("code-1")
     assert tokens.saved == [pair]
     assert await adapter.search_persons(phone_key()) == []

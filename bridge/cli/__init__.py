@@ -1,4 +1,4 @@
-"""The `bridge` command: a thin shell over the library (SPEC §10).
+"""The `crm-bridge` command: a thin shell over the library (SPEC §10).
 
 Every command loads the settings once, opens the store, calls the library and prints:
 `log` holds the commands over the event log, `tools` the integration and maintenance
@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from bridge.checks import settings_findings
-from bridge.cli import crm, log, tools
+from bridge.cli import crm, log, send, tools
 from bridge.cli._env import CliEnv
 from bridge.logs import configure_logging
 
@@ -80,6 +80,7 @@ for command in (
     log.retry,
     log.prune,
     tools.sign,
+    send.send,
     tools.import_,
     tools.rotate_key,
     crm.check,

@@ -1,4 +1,4 @@
-"""What every `bridge` command shares: the settings, the store, error handling, output.
+"""What every `crm-bridge` command shares: the settings, the store, error handling, output.
 
 Errors of the bridge's own tree (`BridgeError`) end as one line on stderr and exit 1
 (`click.ClickException`); no command prints a traceback.
@@ -35,6 +35,8 @@ class CliEnv:
     transports: Mapping[str, httpx.AsyncBaseTransport] | None = None
     clock: Callable[[], float] = time.time
     env_file: Path | None = None
+    # `send`'s own HTTP client (tests answer it in process).
+    http_transport: httpx.BaseTransport | None = None
 
     def settings(self) -> Settings:
         try:

@@ -108,5 +108,5 @@ def auth(
     )
     click.echo(
         f"A running bridge with {crm} paused resumes within {checks.PAUSE_PROBE_SECONDS} s;"
-        f" `bridge check` confirms access."
+        f" `crm-bridge check` confirms access."
     )

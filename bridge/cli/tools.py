@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from bridge import importer
 from bridge.cli._env import CliEnv, console, open_store, run, token_cipher
+from bridge.cli.send import local_url, read_body
 from bridge.crypto import TokenCipher
 from bridge.errors import BridgeError
 from bridge.payloads import parse_payment, validation_details
@@ -23,7 +24,8 @@ from bridge.store import Store
 
 
 @click.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--example", is_flag=True, help="Sign the shipped example payment instead.")
 @click.option("--secret", default=None, help="Sign with this secret, not the configured one.")
 @click.option(
     "--scheme",
@@ -33,10 +35,10 @@ from bridge.store import Store
     help="The scheme --secret is for (X-Signature or Standard Webhooks).",
 )
 @click.pass_obj
-def sign(env: CliEnv, file: Path, secret: str | None, scheme: str) -> None:
+def sign(env: CliEnv, file: Path | None, example: bool, secret: str | None, scheme: str) -> None:
     """Print the headers the platform must send with FILE's body, and a curl command."""
     settings = env.settings()
-    body = file.read_bytes()
+    body, file = read_body(file, example)
     if secret is not None:
         hmac_secret = secret if scheme == "hmac" else None
         standard_secret = secret if scheme == "standard" else None
@@ -60,8 +62,7 @@ def sign(env: CliEnv, file: Path, secret: str | None, scheme: str) -> None:
     _warn_unless_payment(body)
     for name, value in headers.items():
         click.echo(f"{name}: {value}")
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host  # noqa: S104
-    url = f"http://{host}:{settings.port}/webhook/payment"
+    url = local_url(settings.host, settings.port)
     parts = ["curl", "-sS", "-X", "POST", url, "-H", "Content-Type: application/json"]
     for name, value in headers.items():
         parts += ["-H", f"{name}: {value}"]
@@ -137,7 +138,7 @@ def import_(env: CliEnv, file: Path, dry_run: bool) -> None:
         click.echo(
             "A running bridge delivers them to "
             + (", ".join(name for name, c in settings.file.crm.items() if c.enabled) or "no CRM")
-            + " at the CRM rate limit; `bridge stats` shows the progress."
+            + " at the CRM rate limit; `crm-bridge stats` shows the progress."
         )
     if report.bad:
         raise click.ClickException(
@@ -155,7 +156,7 @@ def rotate_key(env: CliEnv, generate: bool) -> None:
         click.echo(TokenCipher.generate_key())
         click.echo(
             "To rotate: 1. put this key FIRST in BRIDGE_SECRET_KEY, keeping the old key after"
-            " it (comma-separated); 2. restart the bridge; 3. run `bridge rotate-key`;"
+            " it (comma-separated); 2. restart the bridge; 3. run `crm-bridge rotate-key`;"
             " 4. remove the old key and restart again.",
             err=True,
         )
@@ -176,7 +177,7 @@ def rotate_key(env: CliEnv, generate: bool) -> None:
     if replaced < total:
         raise click.ClickException(
             f"{total - replaced} token(s) were refreshed by the running bridge meanwhile:"
-            " run `bridge rotate-key` again"
+            " run `crm-bridge rotate-key` again"
         )
     if len(settings.bridge_secret_key) > 1:
         click.echo("The other keys in BRIDGE_SECRET_KEY can now be removed (then restart).")

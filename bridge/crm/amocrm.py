@@ -373,7 +373,7 @@ class AmoCrm:
         return self._source.expires_at()
 
     async def exchange_code(self, code: str) -> TokenPair:
-        """`bridge auth`: trade an authorization code for a pair and store it before use."""
+        """`crm-bridge auth`: trade an authorization code for a pair and store it before use."""
         pair = await self._oauth.exchange_code(code)
         await self._tokens.save_tokens(self.name, pair)
         if isinstance(self._source, OAuthTokenSource):
@@ -458,7 +458,7 @@ def build_amocrm(
             clock=clock,
         )
     else:
-        hint = f'set AMOCRM_ACCESS_TOKEN or use auth = "oauth" and run `bridge auth {name}`'
+        hint = f'set AMOCRM_ACCESS_TOKEN or use auth = "oauth" and run `crm-bridge auth {name}`'
         source = StaticToken(name, secret_value(settings.amocrm_access_token), hint)
     # Set after construction: the refresher above needs this same client.
     client.auth = BearerAuth(source)

@@ -50,7 +50,7 @@ class AmoOAuth:
     async def _token_request(self, grant: dict[str, str], what: str) -> TokenPair:
         if not self._client_id or not self._client_secret:
             message = "OAuth needs AMOCRM_CLIENT_ID and AMOCRM_CLIENT_SECRET"
-            raise AuthError(self._crm, f"{message}; then run `bridge auth {self._crm}`")
+            raise AuthError(self._crm, f"{message}; then run `crm-bridge auth {self._crm}`")
         body = {
             "client_id": self._client_id,
             "client_secret": self._client_secret,
@@ -61,7 +61,7 @@ class AmoOAuth:
         status = response.status_code
         if status in (400, 401, 403, 404):
             message = f"{what} rejected (HTTP {status}{_hint(response)})"
-            raise AuthError(self._crm, f"{message}: run `bridge auth {self._crm}`")
+            raise AuthError(self._crm, f"{message}: run `crm-bridge auth {self._crm}`")
         error = error_for_status(self._crm, response)
         if error is not None:
             raise error

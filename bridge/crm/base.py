@@ -300,7 +300,7 @@ class CustomField:
 
 @dataclass(frozen=True)
 class CrmSchema:
-    """What `bridge discover` prints and `bridge check` compares the config against."""
+    """What `crm-bridge discover` prints and `crm-bridge check` compares the config against."""
 
     pipelines: tuple[Pipeline, ...]
     fields: tuple[CustomField, ...]
@@ -372,7 +372,7 @@ class CrmAdapter(Protocol):
     async def schema(self) -> CrmSchema: ...
 
     async def exchange_code(self, code: str) -> TokenPair:
-        """OAuth authorisation-code exchange for `bridge auth`; stores the pair itself.
+        """OAuth authorisation-code exchange for `crm-bridge auth`; stores the pair itself.
         Raises AuthError when this CRM is not configured for OAuth."""
         ...
 

@@ -290,7 +290,7 @@ class Bitrix24:
         return CrmSchema(pipelines=pipelines, fields=tuple(fields))
 
     async def exchange_code(self, code: str) -> TokenPair:
-        """`bridge auth`: trade an authorization code for a pair and store it before use."""
+        """`crm-bridge auth`: trade an authorization code for a pair and store it before use."""
         if self.config.auth != "oauth":
             raise AuthError(self.name, 'codes are exchanged only with auth = "oauth"')
         pair = await self._oauth.exchange_code(code)
@@ -364,7 +364,7 @@ def build_bitrix24(
     """The adapter with its one HTTP client, rate limiter and credentials.
 
     `auth = "long_lived_token"`: the inbound webhook URL (BITRIX24_WEBHOOK_URL), which
-    holds its secret in its path; `auth = "oauth"`: tokens from `bridge auth`, calls to
+    holds its secret in its path; `auth = "oauth"`: tokens from `crm-bridge auth`, calls to
     `base_url` (the portal) with the `auth` parameter.
     """
     options = BitrixOptions.from_config(name, config.options)

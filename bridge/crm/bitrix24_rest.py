@@ -181,14 +181,14 @@ class BitrixOAuth:
     async def _token_request(self, grant: dict[str, str], what: str) -> TokenPair:
         if not self._client_id or not self._client_secret:
             message = "OAuth needs BITRIX24_CLIENT_ID and BITRIX24_CLIENT_SECRET"
-            raise AuthError(self._crm, f"{message}; then run `bridge auth {self._crm}`")
+            raise AuthError(self._crm, f"{message}; then run `crm-bridge auth {self._crm}`")
         params = {"client_id": self._client_id, "client_secret": self._client_secret, **grant}
         response = await self._http.token_request("GET", self._url, params=params)
         status = response.status_code
         if status in (400, 401, 403, 404):
             code = error_code(response.content)[:60]
             message = f"{what} rejected (HTTP {status}{': ' + code if code else ''})"
-            raise AuthError(self._crm, f"{message}: run `bridge auth {self._crm}`")
+            raise AuthError(self._crm, f"{message}: run `crm-bridge auth {self._crm}`")
         if error_for_status(self._crm, response) is not None:
             raise TransientCrmError(self._crm, f"GET /oauth/token/: HTTP {status}")
         return self._pair(response)

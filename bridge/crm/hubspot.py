@@ -246,7 +246,7 @@ class HubSpot:
         return CrmSchema(pipelines=pipelines, fields=tuple(fields))
 
     async def exchange_code(self, code: str) -> TokenPair:
-        """`bridge auth`: trade an authorization code for a pair and store it before use."""
+        """`crm-bridge auth`: trade an authorization code for a pair and store it before use."""
         if self.config.auth != "oauth":
             message = f'auth is "{self.config.auth}": an authorization code needs auth = "oauth"'
             raise AuthError(self.name, message)
@@ -363,7 +363,7 @@ def build_hubspot(
     else:
         hint = (
             "set HUBSPOT_ACCESS_TOKEN (a Service Key or private-app token)"
-            f' or use auth = "oauth" and run `bridge auth {name}`'
+            f' or use auth = "oauth" and run `crm-bridge auth {name}`'
         )
         source = StaticToken(name, secret_value(settings.hubspot_access_token), hint)
     # Set after construction: the refresher above needs this same client.

@@ -47,7 +47,7 @@ class HubSpotOAuth:
             return None
         return (
             "OAuth needs HUBSPOT_CLIENT_ID and HUBSPOT_CLIENT_SECRET"
-            f" (then run `bridge auth {self._crm}`)"
+            f" (then run `crm-bridge auth {self._crm}`)"
         )
 
     async def refresh(self, refresh_token: str) -> TokenPair:
@@ -77,7 +77,7 @@ class HubSpotOAuth:
         status = response.status_code
         if status in (400, 401, 403):
             message = f"{what} rejected (HTTP {status}{_status_code(response)})"
-            raise AuthError(self._crm, f"{message}: run `bridge auth {self._crm}`")
+            raise AuthError(self._crm, f"{message}: run `crm-bridge auth {self._crm}`")
         error = error_for_status(self._crm, response)
         if error is not None:
             raise error

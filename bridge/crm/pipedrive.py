@@ -242,7 +242,7 @@ class Pipedrive:
             return CrmSchema(pipelines_from_json(pipelines, stages), tuple(fields))
 
     async def exchange_code(self, code: str) -> TokenPair:
-        """`bridge auth`: trade an authorization code for a pair and store it before use."""
+        """`crm-bridge auth`: trade an authorization code for a pair and store it before use."""
         if not isinstance(self._source, OAuthTokenSource):
             raise AuthError(self.name, 'auth is "long_lived_token" (PIPEDRIVE_API_TOKEN)')
         pair = await self._oauth.exchange_code(code)
@@ -360,7 +360,7 @@ def build_pipedrive(
         )
         client.auth = BearerAuth(source)  # set late: the refresher uses this same client
     else:
-        hint = f'set PIPEDRIVE_API_TOKEN or use auth = "oauth" and run `bridge auth {name}`'
+        hint = f'set PIPEDRIVE_API_TOKEN or use auth = "oauth" and run `crm-bridge auth {name}`'
         static = StaticToken(name, secret_value(settings.pipedrive_api_token), hint)
         client.auth = ApiTokenAuth(static)
         source = static

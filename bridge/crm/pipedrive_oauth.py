@@ -72,13 +72,13 @@ class PipedriveOAuth:
     ) -> TokenPair:
         if not self._client_id or not self._client_secret:
             message = "OAuth needs PIPEDRIVE_CLIENT_ID and PIPEDRIVE_CLIENT_SECRET"
-            raise AuthError(self._crm, f"{message}; then run `bridge auth {self._crm}`")
+            raise AuthError(self._crm, f"{message}; then run `crm-bridge auth {self._crm}`")
         basic = httpx.BasicAuth(self._client_id, self._client_secret)
         response = await self._http.token_request("POST", self._url, data=form, auth=basic)
         status = response.status_code
         if status in (400, 401, 403):
             message = f"{what} rejected (HTTP {status}{_reason(response)})"
-            raise AuthError(self._crm, f"{message}: run `bridge auth {self._crm}`")
+            raise AuthError(self._crm, f"{message}: run `crm-bridge auth {self._crm}`")
         error = error_for_status(self._crm, response)
         if error is not None:
             raise error

@@ -24,7 +24,7 @@ AND COALESCE(processed_at, received_at) < ?
 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id
                 AND d.status IN ('pending', 'retrying', 'processing'))"""
 
-# `bridge events --crm X --status S`: the delivery statuses an event status stands for.
+# `crm-bridge events --crm X --status S`: the delivery statuses an event status stands for.
 _DELIVERY_STATES: dict[str, tuple[str, ...]] = {
     "pending": ("pending", "retrying"),
     "failed": ("failed", "dead"),
@@ -42,7 +42,7 @@ class OperatorMixin(IntakeMixin):
     # ---- operator queries (CLI) --------------------------------------------------------
 
     async def operator_stats(self) -> OperatorStats:
-        """Counts behind `bridge stats`."""
+        """Counts behind `crm-bridge stats`."""
         events = await self._read("SELECT status, COUNT(*) FROM events GROUP BY status")
         rows = await self._read(
             "SELECT crm, status, COUNT(*), SUM(crm_calls), MAX(updated_at) FROM deliveries"
@@ -137,7 +137,7 @@ class OperatorMixin(IntakeMixin):
         ]
 
     async def known_keys(self, kind: str, keys: Sequence[str]) -> set[str]:
-        """Which of `keys` are stored already (`bridge import --dry-run`)."""
+        """Which of `keys` are stored already (`crm-bridge import --dry-run`)."""
         found: set[str] = set()
         for start in range(0, len(keys), 1000):
             chunk = keys[start : start + 1000]
@@ -207,7 +207,7 @@ class OperatorMixin(IntakeMixin):
                 return total
 
     async def token_ciphertexts(self) -> dict[str, str]:
-        """Stored token ciphertexts by CRM (`bridge rotate-key` re-encrypts them)."""
+        """Stored token ciphertexts by CRM (`crm-bridge rotate-key` re-encrypts them)."""
         rows = await self._read("SELECT crm, ciphertext FROM crm_tokens ORDER BY crm")
         return {str(crm): str(ciphertext) for crm, ciphertext in rows}
 

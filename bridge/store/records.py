@@ -111,7 +111,7 @@ class QueueStats:
 
 @dataclass(frozen=True)
 class CrmStats:
-    """One CRM's deliveries for `bridge stats`."""
+    """One CRM's deliveries for `crm-bridge stats`."""
 
     crm: str
     deliveries: Mapping[str, int]  # delivery status → count
@@ -129,7 +129,7 @@ class OperatorStats:
 
 @dataclass(frozen=True)
 class EventSummary:
-    """One line of `bridge events`."""
+    """One line of `crm-bridge events`."""
 
     key: str
     status: str
