@@ -19,6 +19,7 @@ from bridge.store import (
     QueueStats,
     RequestRow,
 )
+from bridge.store.oversight import CallRow
 
 _FINISHED = ("success", "failed", "not_found")
 
@@ -151,7 +152,11 @@ def render_events(console: Console, report: Sequence[Mapping[str, Any]]) -> None
 
 
 def show_report(
-    view: EventView, journal: Sequence[JournalEntry], requests: Sequence[RequestRow]
+    view: EventView,
+    journal: Sequence[JournalEntry],
+    requests: Sequence[RequestRow],
+    calls: Sequence[CallRow] = (),
+    links: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, Any]:
     try:
         payload: Any = json.loads(view.payload)
@@ -179,8 +184,22 @@ def show_report(
                     iso_ts(d.next_attempt_at) if d.status in ("pending", "retrying") else None
                 ),
                 "last_error": d.last_error,
+                "links": dict((links or {}).get(d.crm, {})),
             }
             for d in view.deliveries
+        ],
+        "crm_calls": [
+            {
+                "crm": c.crm,
+                "attempt": c.attempt,
+                "at": iso(c.at),
+                "method": c.method,
+                "path": c.path,
+                "status": c.status,
+                "ms": c.ms,
+                "error": c.error,
+            }
+            for c in calls
         ],
         "journal": [
             {"crm": j.crm, "step": j.step, "value": json.loads(j.value), "at": iso(j.at)}
@@ -228,11 +247,30 @@ def render_show(console: Console, report: Mapping[str, Any]) -> None:
             "next attempt": _short_time(delivery["next_attempt_at"]),
             "last error": delivery["last_error"] or "-",
         }
+        for name, url in delivery.get("links", {}).items():
+            rows[f"{name} in CRM"] = url
         for label, value in rows.items():
             table.add_row(label, value)
         console.print(table)
     if not report["deliveries"]:
         console.print("none (the event was not processed)")
+    console.rule("CRM calls")
+    _print_rows(
+        console,
+        ("crm", "try", "at (UTC)", "call", "status", "ms", "error"),
+        [
+            (
+                c["crm"],
+                str(c["attempt"]),
+                _short_time(c["at"]),
+                f"{c['method']} {c['path']}",
+                str(c["status"]) if c["status"] else "no answer",
+                f"{c['ms']:.0f}",
+                c["error"] or "",
+            )
+            for c in report.get("crm_calls", [])
+        ],
+    )
     console.rule("step journal")
     _print_rows(
         console,

@@ -22,6 +22,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bridge.crm.base import CrmAdapter, counting_calls
+from bridge.crm.calllog import recording_calls
 from bridge.domain import KnownRefs
 from bridge.errors import (
     AuthError,
@@ -34,6 +35,7 @@ from bridge.errors import (
 from bridge.flow import FlowContext, deliver_payment
 from bridge.intake import customer_identity, payment_from_stored
 from bridge.logs import mask_keys
+from bridge.refusals import RefusalExplainer
 from bridge.settings import Settings
 from bridge.store import DeliveryJob, Store
 
@@ -75,6 +77,7 @@ class Worker:
     _paused: dict[str, _Pause] = field(default_factory=dict)
     _settled: dict[int, asyncio.Event] = field(default_factory=dict)
     _stopping: bool = False
+    _refusals: RefusalExplainer = field(default_factory=RefusalExplainer)
 
     # ---- public surface ----------------------------------------------------------------
 
@@ -217,8 +220,9 @@ class Worker:
         started = time.perf_counter()
         try:
             await self.store.mark_processing(job.delivery_id)
-            with counting_calls() as stats:
+            with counting_calls() as stats, recording_calls() as calls:
                 outcome, detail = await self._attempt(job)
+            await self.store.record_crm_calls(job.delivery_id, job.attempts, calls.calls)
             await self._record(job, outcome, detail, stats.calls)
         except StoreUnavailable as exc:
             self._store_failed(job.delivery_id, exc)
@@ -252,7 +256,9 @@ class Worker:
         except AuthError as exc:
             return "paused", {"error": exc.message}
         except PermanentCrmError as exc:
-            return "failed", {"error": exc.message}
+            config = self.settings.file.crm[job.crm]
+            error = await self._refusals.explain(job.crm, adapter, config, exc.message)
+            return "failed", {"error": error}
         except RateLimited as exc:
             return "retry", {"error": exc.message, "retry_after": exc.retry_after}
         except TransientCrmError as exc:

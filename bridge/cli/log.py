@@ -10,6 +10,7 @@ import click
 
 from bridge import reports
 from bridge.cli._env import CliEnv, console, open_store, print_json, run
+from bridge.crm.links import record_links
 
 EVENT_STATUSES = ("pending", "processing", "success", "failed", "skipped", "not_found")
 # How often the running bridge's worker looks for due deliveries.
@@ -79,7 +80,7 @@ def events(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def show(env: CliEnv, payment_id: str, as_json: bool) -> None:
-    """Everything known about one payment: payload, deliveries, steps, requests."""
+    """Everything known about one payment: payload, deliveries, CRM calls, steps, requests."""
     settings = env.settings()
 
     async def work() -> dict[str, Any]:
@@ -89,7 +90,13 @@ def show(env: CliEnv, payment_id: str, as_json: bool) -> None:
                 raise click.ClickException(f"no payment with id {payment_id!r}")
             journal = await store.event_journal(view.id)
             requests = await store.requests_for(payment_id)
-        return reports.show_report(view, journal, requests)
+            calls = await store.event_calls(view.id)
+        links = {
+            d.crm: record_links(settings.file.crm[d.crm], d.contact_id, d.deal_id)
+            for d in view.deliveries
+            if d.crm in settings.file.crm
+        }
+        return reports.show_report(view, journal, requests, calls, links)
 
     report = run(work())
     if as_json:
