@@ -11,11 +11,11 @@ import asyncio
 import gc
 import json
 import logging
+import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -39,9 +39,11 @@ from bridge.crm import build_adapters
 from bridge.crm.base import CrmAdapter
 from bridge.crypto import TokenCipher
 from bridge.errors import StoreUnavailable
+from bridge.health_view import health_content
 from bridge.intake import OrderFields, payment_intake
 from bridge.metrics import CONTENT_TYPE, Metrics
 from bridge.payloads import CourseOrder, parse_payment, validation_details
+from bridge.reload import Loader, reload_runtime
 from bridge.settings import Settings
 from bridge.signing import verify
 from bridge.store import DeliveryOutcome, EventView, RequestRecord, Store
@@ -64,6 +66,10 @@ class Runtime:
     hmac_secrets: tuple[str, ...]
     standard_secrets: tuple[str, ...]
     worker_task: asyncio.Task[None] | None = None
+    config_loaded_at: float | None = None
+    transports: Mapping[str, httpx.AsyncBaseTransport] | None = None
+    # `serve` records what it loaded (bridge.cli.staleness) at start and each reload.
+    on_reloaded: Callable[[Store, Settings], Awaitable[None]] | None = None
 
 
 def create_app(
@@ -71,8 +77,14 @@ def create_app(
     *,
     transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
     clock: Clock = time.time,
+    reloader: Loader | None = None,
+    on_loaded: Callable[[Store, Settings], Awaitable[None]] | None = None,
 ) -> BridgeApp:
-    return BridgeApp(settings, transports, clock)
+    """`reloader`: how SIGHUP re-reads the settings (`serve` gives it; tests need none);
+    `on_loaded`: called with the settings in force, at start and after each reload."""
+    app = BridgeApp(settings, transports, clock)
+    app.reloader, app.on_loaded = reloader, on_loaded
+    return app
 
 
 class BridgeApp:
@@ -93,6 +105,8 @@ class BridgeApp:
         self._transports = transports
         self._clock = clock
         self.runtime: Runtime | None = None  # while the lifespan runs
+        self.reloader: Loader | None = None
+        self.on_loaded: Callable[[Store, Settings], Awaitable[None]] | None = None
         self.litestar = Litestar(
             route_handlers=[health, metrics],
             lifespan=[self._lifespan],
@@ -111,11 +125,23 @@ class BridgeApp:
     @asynccontextmanager
     async def _lifespan(self, app: Litestar) -> AsyncIterator[None]:
         runtime = await _start(self._settings, self._transports, self._clock)
+        runtime.transports = self._transports
+        runtime.on_reloaded = self.on_loaded
         app.state.runtime = runtime
         self.runtime = runtime
+        if self.on_loaded is not None:
+            await self.on_loaded(runtime.store, runtime.settings)
+        loop = asyncio.get_running_loop()
+        if self.reloader is not None:
+            reloader = self.reloader
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: loop.create_task(reload_runtime(runtime, reloader))
+            )
         try:
             yield
         finally:
+            if self.reloader is not None:
+                loop.remove_signal_handler(signal.SIGHUP)
             self.runtime = None
             await _stop(runtime)
 
@@ -152,6 +178,7 @@ async def _start(
         adapters,
         metrics,
         clock,
+        config_loaded_at=clock(),
         hmac_secrets=tuple(s.get_secret_value() for s in settings.webhook_secrets),
         standard_secrets=tuple(s.get_secret_value() for s in settings.standard_webhook_secrets),
     )
@@ -407,39 +434,26 @@ async def health(request: Request[Any, Any, State]) -> Response[Any]:
         await rt.store.check_writable()
         queue = await rt.store.queue_stats()
         states = await rt.store.crm_states()
-        database = {"ok": True}
+        holds = await rt.store.holds()
+        counts = await rt.store.delivery_counts()
     except StoreUnavailable as exc:
         return Response(
             content={"status": "error", "database": {"ok": False, "error": str(exc)}},
             status_code=503,
         )
-    paused = rt.worker.paused()
-    crms: dict[str, Any] = {}
-    for name, adapter in rt.adapters.items():
-        state = states.get(name)
-        expires = adapter.token_expires_at()
-        crms[name] = {
-            "paused": name in paused,
-            "paused_reason": paused.get(name),
-            "last_success_at": state.last_success_at if state else None,
-            "last_error": state.last_error if state else None,
-            "last_error_at": state.last_error_at if state else None,
-            "token_expires_at": _iso(expires),
-            **adapter.health_details(),
-        }
-    oldest_age = now - queue.oldest_pending_at if queue.oldest_pending_at else None
-    rt.metrics.queue_depth.set(queue.depth)
-    rt.metrics.oldest_pending_age.set(oldest_age or 0)
-    return Response(
-        content={
-            "status": "degraded" if paused else "ok",
-            "database": database,
-            "queue_depth": queue.depth,
-            "oldest_pending_age_seconds": round(oldest_age, 3) if oldest_age else None,
-            "crms": crms,
-        },
-        status_code=200,
+    content = health_content(
+        now=now,
+        queue=queue,
+        states=states,
+        paused=rt.worker.paused(),
+        holds=holds,
+        counts=counts,
+        adapters=rt.adapters,
+        config_loaded_at=rt.config_loaded_at,
     )
+    rt.metrics.queue_depth.set(queue.depth)
+    rt.metrics.oldest_pending_age.set(content["oldest_pending_age_seconds"] or 0)
+    return Response(content=content, status_code=200)
 
 
 @get("/metrics")
@@ -463,12 +477,6 @@ async def metrics(request: Request[Any, Any, State]) -> Response[bytes]:
     for name in rt.adapters:
         rt.metrics.crm_paused.labels(name).set(1 if name in paused else 0)
     return Response(content=rt.metrics.render(), media_type=CONTENT_TYPE)
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _internal_error(request: Request[Any, Any, State], exc: Exception) -> Response[Any]:

@@ -123,6 +123,15 @@ class CrmConfig(_Strict):
     # each adapter documents and validates its own.
     options: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
+    @field_validator("base_url")
+    @classmethod
+    def _absolute_url(cls, value: str) -> str:
+        # httpx would take `example.amocrm.ru` as a path and fail on every call instead.
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme.lower() not in ("http", "https") or not rest.strip("/"):
+            raise ValueError(f"{value!r} needs a scheme and a host, e.g. https://{value or 'x'}")
+        return value
+
     @field_validator("closed_status_ids", "excluded_status_ids", mode="before")
     @classmethod
     def _ids_as_text(cls, value: object) -> object:
@@ -230,6 +239,10 @@ def load_file_config(path: Path) -> FileConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: file not found") from exc
+    except OSError as exc:  # a directory, no permission, an I/O error: one line, the file
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     try:
@@ -246,6 +259,13 @@ def load_settings(**overrides: object) -> Settings:
     """Environment + TOML file, validated. Tests pass overrides instead of env vars."""
     try:
         env_settings = Settings(**overrides)  # type: ignore[arg-type]
+    except OSError as exc:
+        env_file = overrides.get("_env_file", ".env")
+        where = exc.filename or env_file
+        raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        env_file = overrides.get("_env_file", ".env")
+        raise ConfigError(f"{env_file}: not UTF-8 text: {exc.reason}") from exc
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"

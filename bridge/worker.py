@@ -67,6 +67,8 @@ class Worker:
     clock: Clock = time.time
     pause_probe_seconds: float = 30.0
     on_outcome: Callable[[str, str, float], None] | None = None
+    # (kind, crm, text) when an operator should hear of it: failed, dead, paused, resumed.
+    on_alert: Callable[[str, str, str], None] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _running: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     _jobs: dict[int, DeliveryJob] = field(default_factory=dict)
@@ -78,6 +80,10 @@ class Worker:
     _settled: dict[int, asyncio.Event] = field(default_factory=dict)
     _stopping: bool = False
     _refusals: RefusalExplainer = field(default_factory=RefusalExplainer)
+    # CRMs the operator paused (`crm-bridge pause`), read from the store at most once a
+    # second: another process changes them.
+    _held: dict[str, str] = field(default_factory=dict)
+    _held_read_at: float = float("-inf")
 
     # ---- public surface ----------------------------------------------------------------
 
@@ -90,6 +96,53 @@ class Worker:
 
     def paused(self) -> dict[str, str]:
         return {crm: pause.reason for crm, pause in self._paused.items()}
+
+    def running_tasks(self) -> list[asyncio.Task[None]]:
+        return list(self._running.values())
+
+    def reconfigure(self, settings: Settings, adapters: Mapping[str, CrmAdapter]) -> None:
+        """A reload: deliveries started from now on use these; running ones finish with
+        what they started with (each holds its adapter and config)."""
+        self.settings = settings
+        self.adapters = adapters
+        self._refusals.forget()
+        for crm in list(self._paused):
+            if crm not in adapters:
+                del self._paused[crm]
+        self._wake.set()
+
+    async def recheck_credentials(self) -> None:
+        """After a reload: pause CRMs still without credentials, lift the others' pause
+        (a token that was just configured)."""
+        for crm, adapter in self.adapters.items():
+            problem = await adapter.credentials_problem()
+            if problem is None and crm in self._paused:
+                reason = self._paused.pop(crm).reason
+                log.warning(
+                    "%s resumed: credentials in place after a reload (was: %s)", crm, reason
+                )
+                await self.store.set_crm_state(crm, paused_reason=None)
+            elif problem is not None:
+                self._pause(crm, problem)
+                await self.store.set_crm_state(crm, paused_reason=problem)
+        self._wake.set()
+
+    def held(self) -> dict[str, str]:
+        """CRMs the operator paused, as last read from the store."""
+        return dict(self._held)
+
+    async def _refresh_held(self, now: float) -> None:
+        if now - self._held_read_at < 1.0:
+            return
+        self._held_read_at = now
+        holds = await self.store.holds()
+        current = {crm: f"{hold.reason} (by {hold.by})" for crm, hold in holds.items()}
+        for crm in current.keys() - self._held.keys():
+            log.warning("%s paused by the operator: %s", crm, current[crm])
+        for crm in self._held.keys() - current.keys():
+            log.warning("%s resumed by the operator", crm)
+            self._wake.set()
+        self._held = current
 
     def settled_signal(self, event_id: int) -> asyncio.Event:
         """An event set each time one of the event's deliveries finishes an attempt."""
@@ -153,6 +206,7 @@ class Worker:
         now = self.clock()
         if self._outage is not None and not await self._store_recovered(self._outage, now):
             return 0
+        await self._refresh_held(now)
         crms = [name for name in self.adapters if self._may_run(name, now)]
         free = self.settings.worker_concurrency - len(self._running)
         self._blocked = free <= 0
@@ -178,6 +232,8 @@ class Worker:
         return started
 
     def _may_run(self, crm: str, now: float) -> bool:
+        if crm in self._held:
+            return False
         pause = self._paused.get(crm)
         return pause is None or pause.next_probe_at <= now
 
@@ -272,7 +328,12 @@ class Worker:
         except Exception as exc:
             log.exception("delivery %s/%s: unexpected error", job.key, job.crm)
             return "retry", {"error": f"internal error: {type(exc).__name__}: {exc}"}
-        self._paused.pop(job.crm, None)
+        resumed = self._paused.pop(job.crm, None)
+        if resumed is not None:
+            log.warning(
+                "%s resumed: a delivery succeeded (was paused: %s)", job.crm, resumed.reason
+            )
+            self._alert("resumed", job.crm, f"{job.crm} resumed (was paused: {resumed.reason})")
         result = outcome.result
         return "success", {
             "contact_id": result.contact_id,
@@ -320,6 +381,9 @@ class Worker:
             await self.store.set_crm_state(job.crm, paused_reason=str(error), error=error)
         elif outcome == "retry":
             next_at = self._next_attempt_at(job.attempts, detail.get("retry_after"))
+            detail["dead"] = next_at is None
+            if next_at is None:
+                self._alert("dead", job.crm, f"payment {job.key} in {job.crm} is dead: {error}")
             await self.store.finish_delivery(
                 job.delivery_id,
                 status="retrying" if next_at is not None else "dead",
@@ -333,6 +397,7 @@ class Worker:
                 job.delivery_id, status=outcome, error=error, crm_calls=calls
             )
             if outcome == "failed":
+                self._alert("failed", job.crm, f"payment {job.key} in {job.crm} failed: {error}")
                 await self.store.set_crm_state(job.crm, error=error)
 
     # ---- database outages --------------------------------------------------------------
@@ -378,17 +443,26 @@ class Worker:
         # A CRM that says when to come back (Retry-After, a spent daily budget) is believed.
         return self.clock() + max(schedule[attempts - 1], retry_after or 0.0)
 
+    def _alert(self, kind: str, crm: str, text: str) -> None:
+        if self.on_alert is not None:
+            self.on_alert(kind, crm, text)
+
     def _pause(self, crm: str, reason: str) -> None:
         if crm not in self._paused:
             log.error("%s paused: %s", crm, reason)
+            self._alert("paused", crm, f"{crm} paused: {reason}")
         self._paused[crm] = _Pause(reason, self.clock() + self.pause_probe_seconds)
 
     def _log_outcome(
         self, job: DeliveryJob, outcome: str, detail: dict[str, Any], calls: int, ms: float
     ) -> None:
-        level = logging.INFO if outcome in ("success", "not_found") else logging.ERROR
-        if outcome == "paused":
-            level = logging.WARNING
+        # A retry heals itself most of the time: WARNING, so `journalctl -p err` holds
+        # only what needs the operator (failed, dead).
+        levels = {"success": logging.INFO, "not_found": logging.INFO, "paused": logging.WARNING}
+        level = levels.get(outcome, logging.ERROR)
+        if outcome == "retry":
+            outcome = "dead" if detail.get("dead") else "retry"
+            level = logging.ERROR if outcome == "dead" else logging.WARNING
         parts = [
             f"event={job.kind}:{job.key}",
             f"crm={job.crm}",

@@ -15,10 +15,15 @@ from pathlib import Path
 
 import click
 
+from bridge import servelock
 from bridge.checks import settings_findings
-from bridge.cli import crm, log, send, tools
+from bridge.cli import crm, log, operate, send, tools
 from bridge.cli._env import CliEnv
+from bridge.cli.staleness import runtime_record
+from bridge.errors import ConfigError
 from bridge.logs import configure_logging
+from bridge.settings import Settings
+from bridge.store import Store
 
 __all__ = ["CliEnv", "main"]
 
@@ -57,7 +62,16 @@ def serve(env: CliEnv, host: str | None, port: int | None) -> None:
             click.echo(f"{finding.level.upper()}: {finding.text}", err=True)
     if any(finding.level == "problem" for finding in findings):
         raise click.ClickException("configuration problems above: fix them, then start again")
-    app = create_app(settings)
+    try:
+        lock = servelock.acquire(settings.database_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    async def loaded(store: Store, current: Settings) -> None:
+        # What `retry` and `check` compare the files against (bridge.cli.staleness).
+        await store.set_runtime(runtime_record(current, env.env_file, env.clock()))
+
+    app = create_app(settings, reloader=env.load, on_loaded=loaded)
     uvicorn.run(
         app,
         host=host or settings.host,
@@ -71,6 +85,7 @@ def serve(env: CliEnv, host: str | None, port: int | None) -> None:
         ),
         lifespan="on",
     )
+    lock.close()
 
 
 for command in (
@@ -81,6 +96,8 @@ for command in (
     log.prune,
     tools.sign,
     send.send,
+    operate.pause,
+    operate.resume,
     tools.import_,
     tools.rotate_key,
     crm.check,

@@ -37,14 +37,20 @@ class CliEnv:
     env_file: Path | None = None
     # `send`'s own HTTP client (tests answer it in process).
     http_transport: httpx.BaseTransport | None = None
+    # `events --follow` polls until interrupted; tests stop it after this many polls.
+    follow_polls: int | None = None
 
     def settings(self) -> Settings:
         try:
-            if self.env_file is not None:
-                return load_settings(_env_file=self.env_file)
-            return load_settings()
+            return self.load()
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from exc
+
+    def load(self) -> Settings:
+        """The settings, or ConfigError (what a reload of `serve` calls)."""
+        if self.env_file is not None:
+            return load_settings(_env_file=self.env_file)
+        return load_settings()
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -9,6 +9,7 @@ from typing import Any
 from bridge.store.intake import IntakeMixin, insert_events, known_events, unknown_events
 from bridge.store.records import (
     PRIORITY_BACKFILL,
+    PRIORITY_LIVE,
     CrmStats,
     EventSummary,
     JournalEntry,
@@ -77,11 +78,29 @@ class OperatorMixin(IntakeMixin):
         crm: str | None = None,
         since: float | None = None,
         limit: int = 50,
+        customer_keys: Sequence[str] = (),
+        deal_id: str | None = None,
+        source: str | None = None,
     ) -> list[EventSummary]:
         """Payment events, newest first. With `crm`, `status` is that CRM's delivery status
-        (`pending` includes `retrying`, `failed` includes `dead`); else the event's status."""
+        (`pending` includes `retrying`, `failed` includes `dead`); else the event's status.
+        `customer_keys`: any of these `kind:value` keys; `source`: "live" or "import"."""
         where = ["e.kind = 'payment'"]
         params: list[Any] = []
+        if customer_keys:
+            marks = ",".join("?" * len(customer_keys))
+            where.append(
+                f"EXISTS (SELECT 1 FROM json_each(e.customer_keys) k WHERE k.value IN ({marks}))"
+            )
+            params += list(customer_keys)
+        if deal_id is not None:
+            where.append(
+                "EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.deal_id = ?)"
+            )
+            params.append(deal_id)
+        if source is not None:
+            where.append("e.priority = ?")
+            params.append(PRIORITY_BACKFILL if source == "import" else PRIORITY_LIVE)
         if since is not None:
             where.append("e.received_at >= ?")
             params.append(utc_text(since))
