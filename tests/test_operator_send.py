@@ -108,8 +108,9 @@ def test_first_webhook_walk_send_then_show(amo: tuple[FakeAmoCrm, str], tmp_path
     )
     with running(bridge):
         bridge.start()
+        (tmp_path / "cli").mkdir()
         cli = make_cli(
-            tmp_path,
+            tmp_path / "cli",
             CONFIG_FILE=str(config),
             DATABASE_PATH=str(bridge.database),
             PORT=str(bridge.port),
