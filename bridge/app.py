@@ -68,7 +68,7 @@ class Runtime:
     worker_task: asyncio.Task[None] | None = None
     config_loaded_at: float | None = None
     transports: Mapping[str, httpx.AsyncBaseTransport] | None = None
-    # `serve` records what it loaded (bridge.cli.staleness) at start and each reload.
+    # `serve` records what it loaded (bridge.staleness) at start and each reload.
     on_reloaded: Callable[[Store, Settings], Awaitable[None]] | None = None
 
 

@@ -166,7 +166,7 @@ def test_check_without_credentials_or_secrets(cli: Cli) -> None:
     cli.env.update(AMOCRM_ACCESS_TOKEN="", WEBHOOK_SECRETS="")
     result = cli("check")
     assert result.exit_code == 1
-    assert "WARNING  no WEBHOOK_SECRETS or STANDARD_WEBHOOK_SECRETS" in result.stderr
+    assert "PROBLEM  no WEBHOOK_SECRETS or STANDARD_WEBHOOK_SECRETS" in result.stderr
     assert "PROBLEM  crm.amocrm: no credentials: set AMOCRM_ACCESS_TOKEN" in result.stderr
 
 
@@ -197,7 +197,8 @@ def test_check_reports_a_paused_crm_and_a_bad_config_file(cli: Cli) -> None:
     cli.with_store(lambda s: s.set_crm_state("amocrm", paused_reason="401 unauthorised"))
     result = cli("check")
     assert result.exit_code == 0
-    assert "the running bridge paused it (401 unauthorised)" in result.stderr
+    # No bridge runs (no serve lock held): the pause is from its last run.
+    assert "paused when the bridge last ran (401 unauthorised)" in result.stderr
     Path(cli.env["CONFIG_FILE"]).write_text("[crm.amocrm\n", encoding="utf-8")
     broken = cli("check")
     assert broken.exit_code == 1 and "not valid TOML" in broken.stderr

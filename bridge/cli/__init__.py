@@ -19,10 +19,10 @@ from bridge import servelock
 from bridge.checks import settings_findings
 from bridge.cli import crm, log, operate, send, tools
 from bridge.cli._env import CliEnv
-from bridge.cli.staleness import runtime_record
 from bridge.errors import ConfigError
 from bridge.logs import configure_logging
 from bridge.settings import Settings
+from bridge.staleness import runtime_record
 from bridge.store import Store
 
 __all__ = ["CliEnv", "main"]
@@ -68,7 +68,7 @@ def serve(env: CliEnv, host: str | None, port: int | None) -> None:
         raise click.ClickException(str(exc)) from exc
 
     async def loaded(store: Store, current: Settings) -> None:
-        # What `retry` and `check` compare the files against (bridge.cli.staleness).
+        # What `retry` and `check` compare the files against (bridge.staleness).
         await store.set_runtime(runtime_record(current, env.env_file, env.clock()))
 
     app = create_app(settings, reloader=env.load, on_loaded=loaded)

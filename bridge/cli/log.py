@@ -11,8 +11,8 @@ import click
 from bridge import reports
 from bridge.cli._env import CliEnv, console, open_store, print_json, run
 from bridge.cli.follow import customer_lookup_keys, follow_events
-from bridge.cli.staleness import stale_config
 from bridge.crm.links import record_links
+from bridge.staleness import stale_config
 from bridge.store.oversight import RETRY_STATES
 
 EVENT_STATUSES = ("pending", "processing", "success", "failed", "skipped", "not_found")
