@@ -26,6 +26,7 @@ from litestar.exceptions import HTTPException
 from litestar.types import HTTPScope, Receive, Scope, Send
 from pydantic import ValidationError
 
+from bridge.alerts import Alerter, alert_transport
 from bridge.asgi_io import (
     BadContentLength,
     BodyTooLarge,
@@ -67,6 +68,7 @@ class Runtime:
     standard_secrets: tuple[str, ...]
     worker_task: asyncio.Task[None] | None = None
     config_loaded_at: float | None = None
+    alerter: Alerter | None = None
     transports: Mapping[str, httpx.AsyncBaseTransport] | None = None
     # `serve` records what it loaded (bridge.staleness) at start and each reload.
     on_reloaded: Callable[[Store, Settings], Awaitable[None]] | None = None
@@ -163,6 +165,7 @@ async def _start(
     store = await Store.open(settings.database_path, clock=clock, cipher=cipher)
     metrics = Metrics()
     adapters = build_adapters(settings, store, transports=transports, on_call=metrics.observe_call)
+    alerter = Alerter(settings, store, clock=clock, transport=alert_transport(transports))
     worker = Worker(
         store,
         adapters,
@@ -170,6 +173,7 @@ async def _start(
         clock=clock,
         pause_probe_seconds=settings.pause_probe_seconds,
         on_outcome=metrics.observe_outcome,
+        on_alert=alerter.notify,
     )
     runtime = Runtime(
         settings,
@@ -179,10 +183,12 @@ async def _start(
         metrics,
         clock,
         config_loaded_at=clock(),
+        alerter=alerter,
         hmac_secrets=tuple(s.get_secret_value() for s in settings.webhook_secrets),
         standard_secrets=tuple(s.get_secret_value() for s in settings.standard_webhook_secrets),
     )
     runtime.worker_task = asyncio.get_running_loop().create_task(worker.run())
+    alerter.start()
     # Everything built so far lives as long as the process: keep the cyclic collector's
     # full passes (tens of ms with the whole framework on the heap) off the request path.
     gc.collect()
@@ -202,6 +208,8 @@ async def _stop(runtime: Runtime) -> None:
         await asyncio.gather(runtime.worker_task, return_exceptions=True)
     for adapter in runtime.adapters.values():
         await adapter.aclose()
+    if runtime.alerter is not None:
+        await runtime.alerter.stop()
     await runtime.store.close()
     log.info("bridge stopped")
 

@@ -64,6 +64,8 @@ async def reload_runtime(rt: Runtime, load: Loader) -> bool:
     rt.hmac_secrets = tuple(s.get_secret_value() for s in settings.webhook_secrets)
     rt.standard_secrets = tuple(s.get_secret_value() for s in settings.standard_webhook_secrets)
     rt.worker.reconfigure(settings, adapters)
+    if rt.alerter is not None:
+        rt.alerter.settings = settings
     rt.config_loaded_at = time.time()
     asyncio.get_running_loop().create_task(_close_when_done(old, running))
     await rt.worker.recheck_credentials()

@@ -205,6 +205,14 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     pause_probe_seconds: float = Field(default=30.0, gt=0)
 
+    # Alerts (bridge.alerts): a Telegram chat and/or a signed webhook.
+    alert_telegram_bot_token: SecretStr | None = None
+    alert_telegram_chat_id: str = ""
+    alert_webhook_url: str = ""
+    alert_webhook_secret: SecretStr | None = None
+    alert_min_interval_seconds: float = Field(default=900.0, ge=0)
+    alert_queue_age_seconds: float = Field(default=3600.0, ge=0)  # 0: never
+
     file: FileConfig = FileConfig()
 
     @property

@@ -139,8 +139,10 @@ class Worker:
         current = {crm: f"{hold.reason} (by {hold.by})" for crm, hold in holds.items()}
         for crm in current.keys() - self._held.keys():
             log.warning("%s paused by the operator: %s", crm, current[crm])
+            self._alert("paused", crm, f"{crm} paused by the operator: {current[crm]}")
         for crm in self._held.keys() - current.keys():
             log.warning("%s resumed by the operator", crm)
+            self._alert("resumed", crm, f"{crm} resumed by the operator")
             self._wake.set()
         self._held = current
 

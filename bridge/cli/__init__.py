@@ -98,6 +98,7 @@ for command in (
     send.send,
     operate.pause,
     operate.resume,
+    operate.alerts,
     tools.import_,
     tools.rotate_key,
     crm.check,

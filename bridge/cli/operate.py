@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import getpass
 import os
+from dataclasses import asdict
 
 import click
 
-from bridge.cli._env import CliEnv, open_store, run
+from bridge.cli._env import CliEnv, open_store, print_json, run
+from bridge.store.oversight import AlertRow
 
 
 def _operator() -> str:
@@ -65,3 +67,27 @@ def resume(env: CliEnv, crm: str) -> None:
         click.echo(f"{crm} was not paused by the operator")
         return
     click.echo(f"{crm} resumed (was paused by {lifted}); a running bridge goes on within ~1 s")
+
+
+@click.command()
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def alerts(env: CliEnv, limit: int, as_json: bool) -> None:
+    """The alerts the bridge sent (or failed to send), newest first (times in UTC)."""
+    settings = env.settings()
+
+    async def work() -> list[AlertRow]:
+        async with open_store(settings, env) as store:
+            return await store.recent_alerts(limit)
+
+    rows = run(work())
+    if as_json:
+        print_json([asdict(row) for row in rows])
+        return
+    if not rows:
+        click.echo("no alerts sent (configure ALERT_* in the environment: see env.example)")
+    for row in rows:
+        click.echo(f"{row.at[:19]}  {row.kind:<9} {row.channel:<8} {row.outcome:<6} {row.text}")
+        if row.outcome != "sent":
+            click.echo(f"{'':<21}{row.detail}")
