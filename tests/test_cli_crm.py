@@ -115,10 +115,13 @@ def test_config_snippet_is_toml_and_keeps_known_ids() -> None:
     config = reference_file_config().crm["amocrm"]
     text = config_snippet("amocrm", config, SCHEMA)
     parsed = tomllib.loads(text)["crm"]["amocrm"]
-    assert parsed["deal_fields"] == {}  # none of the configured ids is in this CRM
+    # None of the configured ids is in this CRM: fields are matched by name and type.
+    assert parsed["deal_fields"] == {"subjects": 1}  # "Всего оплачено" is text: no match
+    assert parsed["contact_fields"] == {"telegram_id": 3}
+    assert parsed["subjects"] == {"Русский": 7}
     assert '#   pipeline 10 = "Site"' in text and '#     status 101 = "Auto"' in text
     assert '#   2 = "Всего оплачено" (text)' in text
-    assert '# "Русский" = 7' in text  # a candidate: the subjects field is not configured
+    assert "# total_paid =" in text
 
 
 # ---- bridge check -----------------------------------------------------------------
@@ -228,9 +231,10 @@ def test_discover_lists_candidates_for_ids_the_crm_lacks(cli: Cli, wrong: str) -
     configure(cli, {"subjects = 700201": f"subjects = {wrong}"})
     result = cli("discover", "amocrm")
     parsed = tomllib.loads(result.stdout)["crm"]["amocrm"]
-    assert "subjects" not in parsed["deal_fields"] and parsed["subjects"] == {}
-    assert "# subjects =" in result.stdout
-    assert '# "Русский" = 800001' in result.stdout
+    # The configured id is wrong; the field named "Предметы" is found by name instead.
+    assert parsed["deal_fields"]["subjects"] == 700201
+    assert '"Предметы" (multiselect), matched by name' in result.stdout
+    assert parsed["subjects"]["Русский"] == 800001
 
 
 def test_a_field_of_the_wrong_type_is_one_problem(cli: Cli) -> None:
