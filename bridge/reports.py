@@ -162,10 +162,14 @@ def show_report(
         payload: Any = json.loads(view.payload)
     except json.JSONDecodeError:
         payload = view.payload
+    order = payload.get("course_order") if isinstance(payload, dict) else None
     return {
         "payment_id": view.key,
         "status": view.status,
         "amount": view.amount,
+        # When it was paid, as the platform (or the imported row) says, in its own zone;
+        # `received_at` is when the bridge got it (the import's time for imported rows).
+        "paid_at": order.get("created_at") if isinstance(order, dict) else None,
         "received_at": iso(view.received_at),
         "processed_at": iso(view.processed_at),
         "error": view.error_message,
@@ -224,6 +228,7 @@ def render_show(console: Console, report: Mapping[str, Any]) -> None:
     head.add_row("payment id", report["payment_id"])
     head.add_row("status", report["status"])
     head.add_row("amount", report["amount"] or "-")
+    head.add_row("paid (platform time)", report.get("paid_at") or "-")
     head.add_row("received", _short_time(report["received_at"]))
     head.add_row("processed", _short_time(report["processed_at"]))
     if report["error"]:

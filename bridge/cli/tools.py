@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shlex
 import sys
@@ -13,14 +14,18 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from bridge import importer
+from bridge import importer, servelock
 from bridge.cli._env import CliEnv, console, open_store, run, token_cipher
 from bridge.cli.send import local_url, read_body
 from bridge.crypto import TokenCipher
 from bridge.errors import BridgeError
 from bridge.payloads import parse_payment, validation_details
+from bridge.settings import Settings
 from bridge.signing import sign_headers
 from bridge.store import Store
+
+# How often `import --wait` looks at the delivery of the imported payments.
+WAIT_POLL_SECONDS = 1.0
 
 
 @click.command()
@@ -92,10 +97,17 @@ def _warn_unless_payment(body: bytes) -> None:
 @click.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Validate and count; store nothing.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Then follow the running bridge delivering them, until every one is finished.",
+)
 @click.pass_obj
-def import_(env: CliEnv, file: Path, dry_run: bool) -> None:
-    """Historic payments from a CSV file (date, phone, email, name, amount, description[, id])."""
+def import_(env: CliEnv, file: Path, dry_run: bool, wait: bool) -> None:
+    """Historic payments from a CSV file (date, phone, email, name, amount, description
+    [, id, currency]; dates YYYY-MM-DD or DD.MM.YYYY)."""
     settings = env.settings()
+    started = env.clock()
     try:
         rows = importer.read_csv(file)
     except BridgeError as exc:
@@ -138,8 +150,11 @@ def import_(env: CliEnv, file: Path, dry_run: bool) -> None:
         click.echo(
             "A running bridge delivers them to "
             + (", ".join(name for name, c in settings.file.crm.items() if c.enabled) or "no CRM")
-            + " at the CRM rate limit; `crm-bridge stats` shows the progress."
+            + " at the CRM rate limit; `crm-bridge import --wait` or `crm-bridge events"
+            " --source import` show the progress."
         )
+        if wait:
+            wait_for_delivery(env, settings, started)
     if report.bad:
         raise click.ClickException(
             f"{len(report.bad)} bad row(s) not imported: fix them and import the file again"
@@ -181,3 +196,40 @@ def rotate_key(env: CliEnv, generate: bool) -> None:
         )
     if len(settings.bridge_secret_key) > 1:
         click.echo("The other keys in BRIDGE_SECRET_KEY can now be removed (then restart).")
+
+
+def wait_for_delivery(env: CliEnv, settings: Settings, since: float) -> None:
+    """Show the delivery of what was just imported until none is left waiting."""
+    if servelock.running_pid(settings.database_path) is None:
+        raise click.ClickException(
+            "no running bridge delivers them: start it (`crm-bridge serve`, or"
+            " `systemctl start crm-bridge`) and they go out at the CRM rate limit"
+        )
+    tty = sys.stdout.isatty()
+
+    async def follow() -> dict[str, int]:
+        async with open_store(settings, env) as store:
+            last = ""
+            while True:
+                counts = await store.import_progress(since)
+                total = sum(counts.values())
+                waiting = sum(counts.get(s, 0) for s in ("pending", "retrying", "processing"))
+                line = (
+                    f"delivered {counts.get('success', 0)} of {total}, waiting {waiting},"
+                    f" failed {counts.get('failed', 0) + counts.get('dead', 0)},"
+                    f" not found {counts.get('not_found', 0)}"
+                )
+                if line != last:
+                    click.echo(("\r" + line) if tty else line, nl=not tty)
+                    last = line
+                if waiting == 0:
+                    if tty:
+                        click.echo()
+                    return counts
+                await asyncio.sleep(WAIT_POLL_SECONDS)
+
+    counts = run(follow())
+    if counts.get("failed", 0) + counts.get("dead", 0):
+        raise click.ClickException(
+            "some imported payments failed: `crm-bridge events --source import --status failed`"
+        )

@@ -11,7 +11,7 @@ from typing import Any
 
 from bridge.crm.calllog import CrmCall
 from bridge.store.base import StoreBase
-from bridge.store.records import utc_text
+from bridge.store.records import PRIORITY_BACKFILL, utc_text
 from bridge.store.schema import REFRESH_EVENT_SQL
 
 
@@ -162,6 +162,17 @@ class OversightMixin(StoreBase):
         for crm, status, count in rows:
             by_crm.setdefault(str(crm), {})[str(status)] = int(count)
         return DeliveryCounts(by_crm)
+
+    # ---- import progress -----------------------------------------------------------
+
+    async def import_progress(self, since: float) -> dict[str, int]:
+        """Deliveries of events imported since `since`, by status (`import --wait`)."""
+        rows = await self._read(
+            "SELECT d.status, COUNT(*) FROM deliveries d JOIN events e ON e.id = d.event_id"
+            " WHERE e.priority = ? AND e.received_at >= ? GROUP BY d.status",
+            (PRIORITY_BACKFILL, utc_text(since)),
+        )
+        return {str(status): int(count) for status, count in rows}
 
     # ---- retry by filter -----------------------------------------------------------
 
