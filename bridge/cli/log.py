@@ -229,6 +229,7 @@ def prune(env: CliEnv, days: int, yes: bool) -> None:
 
     async def delete() -> tuple[int, int]:
         async with open_store(settings, env) as store:
+            await store.prune_alerts(before)  # the alerts' own log, on the same cutoff
             return await store.prune(before)
 
     events_n, requests_n = run(count())
