@@ -73,7 +73,7 @@ def test_send_without_a_secret_or_a_bridge_is_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "no webhook secret" in result.stderr
     cli = make_cli(tmp_path, PORT="9")  # discard: nothing listens
-    result = cli("send", "--example")
+    result = cli("send", "--example", "--connect-wait", "0")
     assert result.exit_code == 1
     assert "cannot connect to http://127.0.0.1:9/webhook/payment" in result.stderr
     assert "Traceback" not in result.output

@@ -71,6 +71,12 @@ def local_url(host: str, port: int) -> str:
 @click.option("--url", default=None, help="Post here (default: the configured HOST and PORT).")
 @click.option("--secret", default=None, help="Sign with this HMAC secret, not WEBHOOK_SECRETS.")
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the answer.")
+@click.option(
+    "--connect-wait",
+    default=10.0,
+    show_default=True,
+    help="Seconds to keep trying while nothing listens yet (a bridge just started).",
+)
 @click.pass_obj
 def send(
     env: CliEnv,
@@ -81,6 +87,7 @@ def send(
     url: str | None,
     secret: str | None,
     timeout: float,
+    connect_wait: float,
 ) -> None:
     """Sign FILE (a payment body) and post it to the running bridge; print its answer."""
     settings = env.settings()
@@ -107,7 +114,7 @@ def send(
     target = url or local_url(settings.host, settings.port)
     try:
         with httpx.Client(timeout=timeout, transport=env.http_transport) as client:
-            response = client.post(target, content=body, headers=headers)
+            response = _post(client, target, body, headers, connect_wait)
     except httpx.ConnectError as exc:
         raise click.ClickException(
             f"cannot connect to {target}: is the bridge running (`crm-bridge serve` or"
@@ -122,6 +129,21 @@ def send(
         click.echo(f"details: crm-bridge show {key}", err=True)
     if response.status_code >= 400 and response.status_code != 409:
         raise SystemExit(1)
+
+
+def _post(
+    client: httpx.Client, url: str, body: bytes, headers: dict[str, str], connect_wait: float
+) -> httpx.Response:
+    # `crm-bridge serve &` followed at once by `send` (the README's walk) finds nothing
+    # listening for a second or two: a refused connection is tried again meanwhile.
+    deadline = time.monotonic() + connect_wait
+    while True:
+        try:
+            return client.post(url, content=body, headers=headers)
+        except httpx.ConnectError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _first(secrets: tuple[Any, ...]) -> str | None:
