@@ -101,3 +101,42 @@ async def test_a_dead_channel_never_holds_a_delivery_and_its_failure_is_recorded
                 break
             await asyncio.sleep(0.02)
     assert rows == [("failed", "webhook", "failed", "ConnectError: connection refused")]
+
+
+async def test_queue_age_alerts_once_until_the_queue_is_young_again(tmp_path: Path) -> None:
+    from bridge.alerts import Alerter
+    from bridge.store import QueueStats
+
+    sent: list[str] = []
+
+    class Queue:
+        oldest: float | None = 0.0
+
+        async def queue_stats(self) -> QueueStats:
+            return QueueStats(3, self.oldest)
+
+        async def record_alert(self, *args: Any) -> None:
+            sent.append(args[2])
+
+    store = Queue()
+    settings = make_settings(
+        tmp_path, alert_webhook_url="https://hooks.example/a", alert_queue_age_seconds=600
+    )
+    now = [10_000.0]
+    alerter = Alerter(
+        settings,
+        store,  # type: ignore[arg-type]
+        clock=lambda: now[0],
+        transport=httpx.MockTransport(lambda request: httpx.Response(204)),
+    )
+    # Old twice (one alert), young (re-armed), old again after the interval (a new one).
+    for at, oldest in ((10_000.0, 9_000.0), (10_030.0, 9_000.0), (10_060, 10_050.0)):
+        now[0], store.oldest = at, oldest
+        await alerter._check_queue_age()
+        await alerter.drain()
+    assert len(sent) == 1 and "17 min old (3 waiting)" in sent[0]
+    now[0], store.oldest = 20_000.0, 10_050.0
+    await alerter._check_queue_age()
+    await alerter.drain()
+    assert len(sent) == 2
+    await alerter.stop()

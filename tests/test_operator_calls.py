@@ -80,3 +80,24 @@ def test_recorded_paths_and_errors_carry_no_secrets_or_personal_data() -> None:
     assert "abc.def" not in masked and "ivan@example.com" not in masked
     assert "+79991234567" not in masked
     assert len(mask_error("x" * 5000)) == 500
+
+
+async def test_a_refused_connection_names_host_and_port(tmp_path: Path) -> None:
+    import httpx
+    from litestar.testing import AsyncTestClient
+
+    from bridge.app import create_app
+    from tests.conftest import make_settings, signed
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("[Errno 111] Connection refused")
+
+    app = create_app(make_settings(tmp_path), transports={"amocrm": httpx.MockTransport(refuse)})
+    body = json.dumps(payment_payload("pay_down")).encode()
+    async with AsyncTestClient(app=app) as client:
+        response = await client.post("/webhook/payment", content=body, headers=signed(body))
+    assert response.status_code == 202
+    report = await _show(tmp_path, tmp_path / "bridge.sqlite", "pay_down", "--json")
+    error = report["deliveries"][0]["last_error"]
+    assert "cannot connect to reference.amocrm.test:443" in error
+    assert report["crm_calls"][0]["status"] == 0
