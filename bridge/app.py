@@ -481,7 +481,7 @@ async def metrics(request: Request[Any, Any, State]) -> Response[bytes]:
         for crm in stats.crms:
             for status, count in crm.deliveries.items():
                 rt.metrics.deliveries_stored.labels(crm.crm, status).set(count)
-    paused = rt.worker.paused()
+    paused = {**rt.worker.paused(), **rt.worker.held()}  # the bridge's pauses and the operator's
     for name in rt.adapters:
         rt.metrics.crm_paused.labels(name).set(1 if name in paused else 0)
     return Response(content=rt.metrics.render(), media_type=CONTENT_TYPE)

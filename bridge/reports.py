@@ -157,6 +157,7 @@ def show_report(
     requests: Sequence[RequestRow],
     calls: Sequence[CallRow] = (),
     links: Mapping[str, Mapping[str, str]] | None = None,
+    waiting: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     try:
         payload: Any = json.loads(view.payload)
@@ -189,6 +190,7 @@ def show_report(
                 ),
                 "last_error": d.last_error,
                 "links": dict((links or {}).get(d.crm, {})),
+                "waiting_because": (waiting or {}).get(d.crm),
             }
             for d in view.deliveries
         ],
@@ -252,6 +254,8 @@ def render_show(console: Console, report: Mapping[str, Any]) -> None:
             "next attempt": _short_time(delivery["next_attempt_at"]),
             "last error": delivery["last_error"] or "-",
         }
+        if delivery.get("waiting_because"):
+            rows["waiting because"] = delivery["waiting_because"]
         for name, url in delivery.get("links", {}).items():
             rows[f"{name} in CRM"] = url
         for label, value in rows.items():

@@ -137,6 +137,7 @@ def test_show(seeded: Cli) -> None:
             "contact": "https://reference.amocrm.test/contacts/detail/111",
             "deal": "https://reference.amocrm.test/leads/detail/222",
         },
+        "waiting_because": None,
     }
     assert [(j["step"], j["value"]) for j in report["journal"]] == [
         ("contact", "111"),

@@ -37,6 +37,10 @@ def test_check_names_an_operator_pause(tmp_path: Path) -> None:
     result = cli("check")
     assert "crm.amocrm: paused by" in result.stderr and "(migration)" in result.stderr
     assert "crm-bridge resume amocrm" in result.stderr
+    cli.with_store(lambda store: seed(store, {"pay_0007": "pending"}))
+    shown = cli.json("show", "pay_0007")["deliveries"][0]
+    assert shown["waiting_because"].startswith("amocrm paused by ")
+    assert shown["waiting_because"].endswith(": migration")
     assert "was not paused" in cli("resume", "hubspot").stdout
 
 

@@ -121,12 +121,24 @@ def show(env: CliEnv, payment_id: str, as_json: bool) -> None:
             journal = await store.event_journal(view.id)
             requests = await store.requests_for(payment_id)
             calls = await store.event_calls(view.id)
+            states = await store.crm_states()
+            holds = await store.holds()
+        # Why an unfinished delivery waits, when its CRM is paused.
+        waiting: dict[str, str] = {}
+        for d in view.deliveries:
+            if d.status not in ("pending", "retrying"):
+                continue
+            hold, state = holds.get(d.crm), states.get(d.crm)
+            if hold is not None:
+                waiting[d.crm] = f"{d.crm} paused by {hold.by}: {hold.reason}"
+            elif state is not None and state.paused_reason:
+                waiting[d.crm] = f"{d.crm} paused: {state.paused_reason}"
         links = {
             d.crm: record_links(settings.file.crm[d.crm], d.contact_id, d.deal_id)
             for d in view.deliveries
             if d.crm in settings.file.crm
         }
-        return reports.show_report(view, journal, requests, calls, links)
+        return reports.show_report(view, journal, requests, calls, links, waiting)
 
     report = run(work())
     if as_json:
