@@ -84,3 +84,13 @@ def test_base_url_needs_a_scheme(tmp_path: Path) -> None:
     result = cli("check")
     assert result.exit_code == 1
     assert "crm.amocrm.base_url" in result.stderr and "needs a scheme" in result.stderr
+
+
+def test_serve_warns_on_unknown_env_file_keys_and_still_starts_checking(tmp_path: Path) -> None:
+    from bridge.checks import env_file_findings
+
+    env_file = tmp_path / "env"
+    env_file.write_text("CREATE_IF_NOT_FOUD=false\n")
+    (finding,) = env_file_findings(env_file)
+    assert finding.level == "warning"
+    assert "CREATE_IF_NOT_FOUD (did you mean CREATE_IF_NOT_FOUND?)" in finding.text

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from bridge import servelock
-from bridge.checks import settings_findings
+from bridge.checks import env_file_findings, settings_findings
 from bridge.cli import crm, log, operate, send, tools
 from bridge.cli._env import CliEnv
 from bridge.errors import ConfigError
@@ -56,7 +56,7 @@ def serve(env: CliEnv, host: str | None, port: int | None) -> None:
     settings = env.settings()
     configure_logging(settings.log_level)
     # Refuse to start on a broken configuration; an unreachable CRM does not stop it.
-    findings = settings_findings(settings)
+    findings = settings_findings(settings) + env_file_findings(env.env_file)
     for finding in findings:
         if finding.level != "ok":
             click.echo(f"{finding.level.upper()}: {finding.text}", err=True)
