@@ -123,6 +123,7 @@ def events_report(rows: Sequence[EventSummary]) -> list[dict[str, Any]]:
             "payment_id": row.key,
             "status": row.status,
             "amount": row.amount,
+            "paid_at": row.paid_at,
             "received_at": iso(row.received_at),
             "processed_at": iso(row.processed_at),
             "deliveries": dict(row.deliveries),

@@ -64,6 +64,7 @@ def test_import_wait_follows_delivery_and_notes_carry_date_and_currency(
         assert any("Сумма: 1500 RUB" in n and "2025-01-20 14:49" in n for n in notes), notes
         assert any("Сумма: 2000 EUR" in n for n in notes), notes
         events = json.loads(cli("events", "--source", "import", "--json").stdout)
+        assert {e["paid_at"] for e in events} == {"2025-01-20 14:49:00", "2025-02-05 00:00:00"}
         shown = json.loads(cli("show", events[0]["payment_id"], "--json").stdout)
         assert shown["paid_at"] in ("2025-01-20 14:49:00", "2025-02-05 00:00:00")
 

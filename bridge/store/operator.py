@@ -117,7 +117,9 @@ class OperatorMixin(IntakeMixin):
         rows = await self._read(
             "SELECT e.key, e.status, e.amount, e.received_at, e.processed_at, e.error_message,"
             " (SELECT group_concat(d.crm || char(31) || d.status, char(30)) FROM deliveries d"
-            "  WHERE d.event_id = e.id)"
+            "  WHERE d.event_id = e.id),"
+            " CASE WHEN json_valid(e.payload)"
+            "  THEN json_extract(e.payload, '$.course_order.created_at') END"
             f" FROM events e WHERE {' AND '.join(where)}"
             " ORDER BY e.received_at DESC, e.id DESC LIMIT ?",
             (*params, limit),
@@ -131,6 +133,7 @@ class OperatorMixin(IntakeMixin):
                 processed_at=r[4],
                 error_message=r[5],
                 deliveries=_split_deliveries(r[6]),
+                paid_at=None if r[7] is None else str(r[7]),
             )
             for r in rows
         ]

@@ -138,6 +138,7 @@ class EventSummary:
     processed_at: str | None
     error_message: str | None
     deliveries: tuple[tuple[str, str], ...]  # (crm, delivery status)
+    paid_at: str | None = None  # the payment's own time (platform zone), from its body
 
 
 @dataclass(frozen=True)
