@@ -44,7 +44,7 @@ def test_masking_hides_exactly_what_the_old_pattern_hid(text: str) -> None:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """`bridge serve` with its journald logging (masking filter, formatter) in place."""
+    """`crm-bridge serve` with its journald logging (masking filter, formatter) in place."""
     home: Path = tmp_path_factory.mktemp("hardening")
     process = BridgeProcess.create(home, EXAMPLE_CONFIG, access_token=None)
     process.start()
