@@ -113,7 +113,7 @@ class CrmConfig(_Strict):
     enabled: bool = True
     base_url: str
     # "minted": the adapter mints sessions from credentials in the environment (Salesforce's
-    # JWT bearer or client credentials): no refresh token, nothing stored, no `bridge auth`.
+    # JWT bearer or client credentials): no refresh token, nothing stored, no `crm-bridge auth`.
     auth: Literal["long_lived_token", "oauth", "minted"] = "long_lived_token"
     rate_limit_per_second: float = Field(default=6.5, gt=0)
     request_timeout_seconds: float = Field(default=15.0, gt=0)
@@ -140,6 +140,15 @@ class CrmConfig(_Strict):
 
         if value not in BUILDERS:
             raise ValueError(f"Input should be one of {', '.join(map(repr, BUILDERS))}")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _absolute_url(cls, value: str) -> str:
+        # httpx would take `example.amocrm.ru` as a path and fail on every call instead.
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme.lower() not in ("http", "https") or not rest.strip("/"):
+            raise ValueError(f"{value!r} needs a scheme and a host, e.g. https://{value or 'x'}")
         return value
 
     @field_validator("closed_status_ids", "excluded_status_ids", mode="before")
@@ -227,6 +236,14 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=8, ge=1)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     pause_probe_seconds: float = Field(default=30.0, gt=0)
+
+    # Alerts (bridge.alerts): a Telegram chat and/or a signed webhook.
+    alert_telegram_bot_token: SecretStr | None = None
+    alert_telegram_chat_id: str = ""
+    alert_webhook_url: str = ""
+    alert_webhook_secret: SecretStr | None = None
+    alert_min_interval_seconds: float = Field(default=900.0, ge=0)
+    alert_queue_age_seconds: float = Field(default=3600.0, ge=0)  # 0: never
 
     file: FileConfig = FileConfig()
     # Secrets of configured CRMs by derived name (`crm_secrets`), gathered once at start
@@ -340,6 +357,10 @@ def load_file_config(path: Path) -> FileConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: file not found") from exc
+    except OSError as exc:  # a directory, no permission, an I/O error: one line, the file
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     try:
@@ -356,6 +377,13 @@ def load_settings(**overrides: object) -> Settings:
     """Environment + TOML file, validated. Tests pass overrides instead of env vars."""
     try:
         env_settings = Settings(**overrides)  # type: ignore[arg-type]
+    except OSError as exc:
+        env_file = overrides.get("_env_file", ".env")
+        where = exc.filename or env_file
+        raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        env_file = overrides.get("_env_file", ".env")
+        raise ConfigError(f"{env_file}: not UTF-8 text: {exc.reason}") from exc
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"

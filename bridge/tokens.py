@@ -118,7 +118,7 @@ class OAuthTokenSource:
             try:
                 new_pair = await self._refresher(pair.refresh_token)
             except AuthError:
-                self._pair = None  # read the store again next time: `bridge auth` may fix it
+                self._pair = None  # read the store again next time: `crm-bridge auth` may fix it
                 raise
             # The old refresh token is dead now: keep the new pair in memory even if the
             # store is down this instant, and keep trying to persist it.
@@ -148,7 +148,7 @@ class OAuthTokenSource:
         return None
 
     def forget(self) -> None:
-        """Drop the cached pair so the next request reads the store (after `bridge auth`)."""
+        """Drop the cached pair so the next request reads the store (after `crm-bridge auth`)."""
         self._pair = None
 
     async def _loaded(self) -> TokenPair:
@@ -159,7 +159,7 @@ class OAuthTokenSource:
             # so the first request refreshes and the rotated pair is stored.
             self._pair = TokenPair("", self._bootstrap, 0.0)
         if self._pair is None:
-            raise AuthError(self._crm, f"not authorised: run `bridge auth {self._crm}`")
+            raise AuthError(self._crm, f"not authorised: run `crm-bridge auth {self._crm}`")
         return self._pair
 
 

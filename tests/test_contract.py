@@ -3,7 +3,7 @@
 Credentials and the OAuth token endpoint are the `Connection`'s, so they behave alike in
 every CRM: bootstrap from the environment, one refresh for concurrent requests, a refused
 refresh naming no secret, client credentials checked before anything is sent, and
-`bridge auth`'s code exchange. Each CRM's own adapter file keeps its vendor quirks.
+`crm-bridge auth`'s code exchange. Each CRM's own adapter file keeps its vendor quirks.
 """
 
 from __future__ import annotations
@@ -359,7 +359,7 @@ async def test_a_refused_refresh_token_is_an_auth_error_naming_no_secret(
     with pytest.raises(AuthError, match="refresh token rejected") as error:
         await probe(stale)
     message = str(error.value)
-    assert case.refused in message and f"bridge auth {case.kind}" in message
+    assert case.refused in message and f"crm-bridge auth {case.kind}" in message
     assert unknown not in message and fake.client_secret not in message
     assert tokens.saved == []
     for adapter in (first, stale):
@@ -381,7 +381,7 @@ async def test_oauth_without_client_credentials_says_so_and_sends_nothing(
     await adapter.connection.aclose()
     unauthorised = case.make_adapter(fake, config=case.oauth, tokens=MemoryTokens())
     problem = await unauthorised.connection.credentials_problem()
-    assert problem == f"not authorised: run `bridge auth {case.kind}`"
+    assert problem == f"not authorised: run `crm-bridge auth {case.kind}`"
     await unauthorised.connection.aclose()
 
 

@@ -709,7 +709,7 @@ async def test_no_api_token_is_an_auth_error_without_a_call(fake: FakePipedrive)
     adapter = make_adapter(fake, pipedrive_api_token=None)
     assert await adapter.connection.credentials_problem() == (
         'no credentials: set PIPEDRIVE_API_TOKEN or use auth = "oauth" and run'
-        " `bridge auth pipedrive`"
+        " `crm-bridge auth pipedrive`"
     )
     with pytest.raises(AuthError, match="PIPEDRIVE_API_TOKEN"):
         await adapter.search_persons(phone_key())

@@ -526,7 +526,7 @@ async def test_client_requests_carry_the_zoho_oauthtoken_header(fake: FakeZoho, 
 def test_auth_discover_and_check_commands(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake: FakeZoho
 ) -> None:
-    """A Self Client's code through `bridge auth zoho`, then `discover` and `check`, with
+    """A Self Client's code through `crm-bridge auth zoho`, then `discover` and `check`, with
     only the section's ZOHO_* secrets in the environment (no refresh token yet)."""
     monkeypatch.chdir(tmp_path)  # no stray .env
     key = Fernet.generate_key().decode()
@@ -544,7 +544,7 @@ def test_auth_discover_and_check_commands(
 
     unauthorised = cli("check")
     assert unauthorised.exit_code == 1
-    assert "crm.zoho: not authorised: run `bridge auth zoho`" in unauthorised.stderr
+    assert "crm.zoho: not authorised: run `crm-bridge auth zoho`" in unauthorised.stderr
 
     fake.register_code("1000.code")
     result = cli("auth", "zoho", "--code", "1000.code")

@@ -69,7 +69,7 @@ class Allowance(ABC):
 
     @abstractmethod
     def _used_up(self) -> str:
-        """Why a call waits, for the delivery's log and `bridge show`."""
+        """Why a call waits, for the delivery's log and `crm-bridge show`."""
 
     def _expire(self) -> None:
         now = self._clock()

@@ -32,6 +32,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from bridge.crm import calllog
 from bridge.domain import (
     Contact,
     ContactPatch,
@@ -173,6 +174,13 @@ def _short_detail(response: httpx.Response) -> str:
     return f": {text[:300]}" if text else ""
 
 
+def _host_port(client: httpx.AsyncClient) -> str:
+    """Where a refused connection was going: host:port of the CRM's base URL."""
+    url = client.base_url
+    port = url.port or {"https": 443, "http": 80}.get(url.scheme, 0)
+    return f"{url.host}:{port}"
+
+
 def _is_quick_retryable(idempotent: bool) -> Callable[[BaseException], bool]:
     def check(exc: BaseException) -> bool:
         if isinstance(exc, RateLimited):
@@ -244,22 +252,27 @@ class CrmHttp:
             stats.calls += 1
         started = time.perf_counter()
         status = 0
+        failure: str | None = None
         try:
             response = await self.client.request(method, path, params=params, json=body)
             status = response.status_code
         except httpx.ConnectError as exc:
-            message = f"{method} {path}: cannot connect ({type(exc).__name__})"
-            raise _NotSentError(self.crm, message) from exc
+            failure = f"{method} {path}: cannot connect to {_host_port(self.client)} ({exc})"
+            raise _NotSentError(self.crm, failure) from exc
         except httpx.TimeoutException as exc:
-            message = f"{method} {path}: timeout ({type(exc).__name__})"
-            raise TransientCrmError(self.crm, message, maybe_applied=not idempotent) from exc
+            failure = f"{method} {path}: timeout ({type(exc).__name__})"
+            raise TransientCrmError(self.crm, failure, maybe_applied=not idempotent) from exc
         except httpx.TransportError as exc:
-            message = f"{method} {path}: {type(exc).__name__}"
-            raise TransientCrmError(self.crm, message, maybe_applied=not idempotent) from exc
+            failure = f"{method} {path}: {type(exc).__name__}"
+            raise TransientCrmError(self.crm, failure, maybe_applied=not idempotent) from exc
         finally:
             if self.on_call is not None:
                 elapsed = time.perf_counter() - started
                 self.on_call(self.crm, operation or method, elapsed, status)
+            if calllog.recording():
+                if status >= 400:
+                    failure = response.text
+                calllog.note_call(self.crm, method, path, status, started, error=failure)
         error = error_for_status(self.crm, response)
         if isinstance(error, RateLimited):
             self.limiter.penalize(error.retry_after)
@@ -286,6 +299,9 @@ class CrmHttp:
         finally:
             if self.on_call is not None:
                 self.on_call(self.crm, "oauth.token", time.perf_counter() - started, status)
+            if calllog.recording():
+                failure = f"HTTP {status}" if status >= 400 else None
+                calllog.note_call(self.crm, method, url, status, started, error=failure)
         return response
 
 
@@ -307,7 +323,7 @@ class CustomField:
 
 @dataclass(frozen=True)
 class CrmSchema:
-    """What `bridge discover` prints and `bridge check` compares the config against."""
+    """What `crm-bridge discover` prints and `crm-bridge check` compares the config against."""
 
     pipelines: tuple[Pipeline, ...]
     fields: tuple[CustomField, ...]
@@ -383,5 +399,5 @@ class CrmAdapter(Protocol):
     async def add_note(self, deal_id: str, text: str) -> None: ...
 
     async def schema(self) -> CrmSchema:
-        """Pipelines and custom fields, for `bridge discover` and `bridge check`."""
+        """Pipelines and custom fields, for `crm-bridge discover` and `crm-bridge check`."""
         ...

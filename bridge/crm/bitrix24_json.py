@@ -53,7 +53,7 @@ ITEM_FIELDS = {
 ITEM_SELECT = (*ITEM_FIELDS, "contactIds")
 CLOSED_SEMANTICS = frozenset({"S", "F"})  # won, lost; "P" is in progress
 QUIET = {"REGISTER_SONET_EVENT": "N"}  # no live-feed post per write
-# Bitrix field types in the vocabulary `bridge check` compares against (amoCRM's names).
+# Bitrix field types in the vocabulary `crm-bridge check` compares against (amoCRM's names).
 FIELD_TYPES = {
     "string": "text",
     "url": "url",

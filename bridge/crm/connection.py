@@ -3,7 +3,7 @@
 A connection owns the HTTP client (and so `CrmHttp`: rate limiting, call counting, error
 mapping, quick retries), the token source, the encrypted token repository and the OAuth
 token endpoint, which is data (`OAuthEndpoint`), not code per CRM. It answers for the
-adapter's lifecycle: `exchange_code` (`bridge auth`), `credentials_problem` (pause /
+adapter's lifecycle: `exchange_code` (`crm-bridge auth`), `credentials_problem` (pause /
 resume), `token_expires_at` and `health_details` (/webhook/health) and `aclose`. An
 adapter is then the vendor translation only: it calls `send` and reads answers inside
 `reading`. A CRM whose sessions are minted rather than refreshed (auth = "minted") hands
@@ -260,11 +260,11 @@ class Connection:
         return await self._token_request(grant, "refresh token", refresh_token)
 
     async def exchange_code(self, code: str) -> TokenPair:
-        """`bridge auth`: trade an authorization code for a pair and store it before use."""
+        """`crm-bridge auth`: trade an authorization code for a pair and store it before use."""
         if self.config.auth == "minted":
             message = (
                 "sessions are minted from the credentials in the environment: there is no"
-                f" code to exchange or token to store; `bridge check {self.name}` mints one"
+                f" code to exchange or token to store; `crm-bridge check {self.name}` mints one"
             )
             raise AuthError(self.name, message)
         endpoint = self.endpoint  # a CRM without OAuth says so first
@@ -285,7 +285,7 @@ class Connection:
         if self.secrets.client_id and self.secrets.client_secret:
             return None
         wanted = f"{self.secrets.var('CLIENT_ID')} and {self.secrets.var('CLIENT_SECRET')}"
-        return f"OAuth needs {wanted}; then run `bridge auth {self.name}`"
+        return f"OAuth needs {wanted}; then run `crm-bridge auth {self.name}`"
 
     async def _token_request(
         self, grant: dict[str, str], what: str, presented: str | None
@@ -299,7 +299,7 @@ class Connection:
         status = response.status_code
         if status in self.endpoint.refused:
             message = f"{what} rejected (HTTP {status}{self._refusal(response)})"
-            raise AuthError(self.name, f"{message}: run `bridge auth {self.name}`")
+            raise AuthError(self.name, f"{message}: run `crm-bridge auth {self.name}`")
         where = f"{self.endpoint.method} {httpx.URL(self.endpoint.url).path}"
         if status >= 400:
             # Mapped like every answer, but the body is not echoed: it answers a request
@@ -368,5 +368,5 @@ class Connection:
     def _static_hint(self) -> str:
         return (
             f"set {self.secrets.var(self.secrets.token_name)}"
-            f' or use auth = "oauth" and run `bridge auth {self.name}`'
+            f' or use auth = "oauth" and run `crm-bridge auth {self.name}`'
         )

@@ -283,7 +283,7 @@ def pipeline_from_json(record: Mapping[str, JSON]) -> Pipeline:
 
 
 def field_type(record: Mapping[str, JSON]) -> str:
-    """A HubSpot property's type in the names `bridge check` compares against."""
+    """A HubSpot property's type in the names `crm-bridge check` compares against."""
     kind, widget = str(record.get("type", "")), str(record.get("fieldType", ""))
     if kind == "enumeration":
         return {"checkbox": "multiselect", "select": "select", "radio": "select"}.get(

@@ -68,7 +68,7 @@ ODOO_DATETIME = "%Y-%m-%d %H:%M:%S"
 # module's mail.thread.phone mixin (auto-installed with crm, §6.4); res.partner.mobile
 # is gone in recent versions; won_status is the stored won/lost/pending of crm.lead.
 PROBED_FIELDS = ("phone_mobile_search", "mobile", "email_normalized", "won_status")
-# Odoo field types in the vocabulary `bridge check` compares against (amoCRM's names).
+# Odoo field types in the vocabulary `crm-bridge check` compares against (amoCRM's names).
 FIELD_TYPES = {
     "char": "text",
     "text": "textarea",

@@ -28,7 +28,7 @@ from bridge.domain import (
 from bridge.settings import CrmConfig
 
 SEARCH_LIMIT = 100
-# Pipedrive field types → the vocabulary `bridge check` compares the config with; others
+# Pipedrive field types → the vocabulary `crm-bridge check` compares the config with; others
 # keep their Pipedrive name ("pipedrive:monetary") and are reported as unsuitable.
 FIELD_TYPES = {
     "varchar": "text",

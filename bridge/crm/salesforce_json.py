@@ -515,7 +515,7 @@ def stage_values_path(version: str, record_type_id: str) -> str:
 
 
 def custom_fields(describe: Mapping[str, JSON], entity: str) -> list[CustomField]:
-    """The object's custom fields (`__c`) in the names `bridge check` compares."""
+    """The object's custom fields (`__c`) in the names `crm-bridge check` compares."""
     found = []
     for record in describe.get("fields") or ():
         if not record.get("custom"):

@@ -81,7 +81,7 @@ DEAL_SYSTEM_FIELDS = (
 MAX_COQL_FIELDS = 50
 API_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
-# Zoho field `data_type` → the vocabulary `bridge check` compares the config with. A date
+# Zoho field `data_type` → the vocabulary `crm-bridge check` compares the config with. A date
 # field keeps a Zoho name: the last payment's time does not fit it.
 FIELD_TYPES = {
     "text": "text",
@@ -396,7 +396,7 @@ def lookup_id(value: JSON) -> str:
 def deal_from_record(record: Mapping[str, JSON], config: CrmConfig) -> Deal:
     """A deal as read (record or COQL row). Closed means in one of the configured closed
     stages (`closed_status_ids`: the stages whose forecast type is Closed Won / Lost,
-    which `bridge check` compares with Zoho's pipelines)."""
+    which `crm-bridge check` compares with Zoho's pipelines)."""
     stage = field_text(record.get("Stage"))
     contact = lookup_id(record.get("Contact_Name"))
     configured = [key for key in config.deal_fields.model_dump().values() if key]

@@ -4,7 +4,7 @@
   the client id and secret) answers a refused grant with HTTP **200** and
   `{"error": "invalid_code"}` (or `invalid_client`), and a burst of token requests with
   400 "You have made too many requests continuously". `token_hooks` give those answers
-  the status they mean — 400 (refused: `bridge auth` again) and 429 with a minute's
+  the status they mean — 400 (refused: `crm-bridge auth` again) and 429 with a minute's
   `Retry-After` (wait; do not re-authorise) — before the connection reads them.
 - Every token answer names `api_domain`, the host the org's API answers on: it wins over
   the data centre's default, and `ApiDomain` keeps it for the requests that follow.
