@@ -146,6 +146,10 @@ class CrmConfig(_Strict):
     @classmethod
     def _absolute_url(cls, value: str) -> str:
         # httpx would take `example.amocrm.ru` as a path and fail on every call instead.
+        # Empty is allowed: a CRM whose host follows from other settings (Zoho's data
+        # centre) derives it; the connection refuses an empty one for every other CRM.
+        if not value:
+            return value
         scheme, sep, rest = value.partition("://")
         if not sep or scheme.lower() not in ("http", "https") or not rest.strip("/"):
             raise ValueError(f"{value!r} needs a scheme and a host, e.g. https://{value or 'x'}")

@@ -458,3 +458,11 @@ def test_minted_sessions_need_an_adapter_that_mints_them() -> None:
     minted = hs.CONFIG.model_copy(update={"auth": "minted"})
     with pytest.raises(ConfigError, match='auth = "minted": hubspot mints no sessions'):
         hs.make_adapter(hs.FakeHubSpot(hs.CONFIG), config=minted)
+
+
+def test_an_empty_base_url_is_refused_where_the_crm_does_not_derive_one() -> None:
+    # Settings let an empty base_url through for Zoho, whose data centre names the host;
+    # any other CRM would send every request to a relative URL and fail each one.
+    empty = hs.CONFIG.model_copy(update={"base_url": ""})
+    with pytest.raises(ConfigError, match="crm.hubspot.base_url is empty"):
+        hs.make_adapter(hs.FakeHubSpot(hs.CONFIG), config=empty)

@@ -171,6 +171,8 @@ class Connection:
         self.empty_answer = empty_answer
         self._tokens = tokens
         self.clock = clock
+        if not (base_url or config.base_url):
+            raise ConfigError(f"crm.{name}.base_url is empty: set the CRM's https:// address")
         self.client = httpx.AsyncClient(
             base_url=base_url or config.base_url,
             timeout=config.request_timeout_seconds,
