@@ -196,6 +196,9 @@ def contact_from_json(record: Mapping[str, JSON], config: CrmConfig) -> Contact:
         telegram_username=(
             value_text(record.get(ids.telegram_username or "")) if ids.telegram_username else ""
         ),
+        # Found or created here, not resumed from a journal; the deals are read apart
+        # (`/contractor/{id}/deals`), so none are listed with it.
+        deal_ids=(),
     )
 
 

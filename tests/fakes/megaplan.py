@@ -265,6 +265,17 @@ class FakeMegaplan(OAuthFake, FakeService):
             deal["state"] = {"contentType": "ProgramState", "id": str(state)}
             deal["timeUpdated"] = _iso(self.clock())
 
+    def win(self, deal_id: int | str) -> None:
+        """A manager closes the deal as won: its program's "Завершена успешно"."""
+        with self._lock:
+            program = int(self._deals[int(deal_id)]["program"]["id"])
+        self.move_deal(deal_id, program * 10 + 4)
+
+    def field(self, record: JSONDict, field_id: str) -> Any:
+        """An extra field's value as a manager reads it (a date-time's text; None: empty)."""
+        value = record.get(field_id)
+        return value.get("value") if isinstance(value, dict) else value
+
     # ---- routes: contractors --------------------------------------------------------
 
     def _params(self, request: FakeRequest) -> JSONDict:
