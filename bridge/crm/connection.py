@@ -257,7 +257,8 @@ class Connection:
 
     def missing_client(self) -> str | None:
         """What is missing to talk to the token endpoint (None: nothing)."""
-        if not self.endpoint.client_app or (self.secrets.client_id and self.secrets.client_secret):
+        no_client_app = self._endpoint is not None and not self._endpoint.client_app
+        if no_client_app or (self.secrets.client_id and self.secrets.client_secret):
             return None
         wanted = f"{self.secrets.var('CLIENT_ID')} and {self.secrets.var('CLIENT_SECRET')}"
         return f"OAuth needs {wanted}; then run `bridge auth {self.name}`"
