@@ -233,11 +233,11 @@ async def read(case: AdapterCase, adapter: Adapter) -> object:
 async def adapter(case: AdapterCase, fake: Fake) -> AsyncIterator[Adapter]:
     made = case.make_adapter(fake)
     if case.minted:
-        # A session first, so that the counts below are the API's calls alone.
-        await made.connection.source.current()
+        await made.connection.source.current()  # a session first
     if case.warm_up is not None:
         await case.warm_up(made)
-        fake.calls.clear()
+    if case.minted or case.warm_up is not None:
+        fake.calls.clear()  # so that the counts below are the API's calls alone
     yield made
     await made.connection.aclose()
 
