@@ -235,6 +235,9 @@ class Settings(BaseSettings):
     salesforce_client_secret: SecretStr | None = None  # client_credentials only
     salesforce_private_key_file: str = ""  # jwt_bearer: the path of the RSA key, PEM
     odoo_api_key: SecretStr | None = None
+    # Megaplan: an application token, or the rotating pair of its password grant.
+    megaplan_access_token: SecretStr | None = None
+    megaplan_refresh_token: SecretStr | None = None
 
     retry_schedule_seconds: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
     worker_concurrency: int = Field(default=8, ge=1)

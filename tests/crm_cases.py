@@ -29,6 +29,8 @@ from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.bitrix24 import EXAMPLE_CONFIG as BITRIX_EXAMPLE
 from tests.fakes.bitrix24 import FakeBitrix24
 from tests.fakes.hubspot import FakeHubSpot
+from tests.fakes.megaplan import EXAMPLE_CONFIG as MEGAPLAN_EXAMPLE
+from tests.fakes.megaplan import HUMAN_CATEGORY, FakeMegaplan
 from tests.fakes.odoo import EXAMPLE_CONFIG as ODOO_EXAMPLE
 from tests.fakes.odoo import FakeOdoo, example_odoo
 from tests.fakes.pipedrive import FakePipedrive
@@ -398,6 +400,40 @@ CASES = [
         # The search with the contact's deals in one composite call, the update, the note.
         returning_calls=3,
         close_deal=lambda fake, deal_id: fake.move_deal(deal_id, stage="Closed Won"),
+    ),
+    CrmCase(
+        "megaplan",
+        lambda: FakeMegaplan(rate_limit=1000),
+        # An application token (the OAuth pair's rotation is the contract suite's); not
+        # the example's 3 calls a second, which is a real account's pace.
+        _example(MEGAPLAN_EXAMPLE, "megaplan", auth="long_lived_token", rate_limit_per_second=1000),
+        lambda fake: {"megaplan_access_token": fake.issue_token(never=True)},
+        contacts=lambda fake: [str(h["id"]) for h in fake.humans()],
+        deals=lambda fake: [str(d["id"]) for d in fake.deals()],
+        raw_deal_field=lambda fake, deal_id, field_id: fake.field(fake.deal(deal_id), field_id),
+        notes=lambda fake, deal_id: [note_text(html) for html in fake.comments(deal_id)],
+        add_contact=lambda fake, name, phone, username: fake.add_human(
+            name,
+            phone=phone,
+            fields={f"{HUMAN_CATEGORY}TelegramUsername": username} if username else None,
+        ),
+        raw_contact_field=lambda fake, contact_id, field_id: fake.field(
+            fake.human(contact_id), field_id
+        ),
+        placement=lambda fake, deal_id: (
+            fake.deal(deal_id)["program"]["id"],
+            fake.deal(deal_id)["state"]["id"],
+        ),
+        # Programs 1 Сайт, 2 Яндекс; states N2 Автооплата (excluded), N3 В работе, N4 won.
+        add_deal=lambda fake, contact, where, at, fields: fake.add_deal(
+            int(contact),
+            program={"yandex_working": 2}.get(where, 1),
+            state={"yandex_working": 23, "closed": 14}.get(where, 12),
+            updated_at=at,
+            fields=fields,
+        ),
+        returning_calls=4,
+        close_deal=lambda fake, deal_id: fake.win(deal_id),
     ),
 ]
 

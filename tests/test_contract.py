@@ -33,6 +33,7 @@ from bridge.tokens import TokenPair
 from tests import test_amocrm_adapter as amo
 from tests import test_bitrix24_adapter as bx
 from tests import test_hubspot_adapter as hs
+from tests import test_megaplan_adapter as mp
 from tests import test_odoo_adapter as odoo
 from tests import test_pipedrive_adapter as pd
 from tests import test_salesforce_adapter as sf
@@ -69,6 +70,7 @@ class AdapterCase:
     absent_deal: str = "999"  # a deal id of the CRM's shape that no deal has
 
     has_oauth: bool = True
+    client_app: bool = True  # False: a token endpoint without client credentials or codes
     warm_up: Callable[[Adapter], Awaitable[object]] | None = None
     variant: str = ""  # told apart in test ids: "odoo-19"
 
@@ -196,10 +198,25 @@ ADAPTER_CASES = [
         rotates=False,
         static_auth=False,
     ),
+    AdapterCase(
+        "megaplan",
+        lambda: mp.FakeMegaplan(rate_limit=1000),
+        mp.make_adapter,
+        mp.CONFIG,
+        "/api/v3/auth/",
+        "Invalid refresh token",
+        new_contact=mp.new_contact,
+        new_deal=mp.new_deal,
+        rotates=True,
+        client_app=False,  # its pair comes from a password grant (test_megaplan_adapter)
+    ),
 ]
 # The refresh-token OAuth tests: only over the CRMs that have it (not minted sessions).
 OAUTH_CASES = [case for case in ADAPTER_CASES if case.has_oauth and not case.minted]
 over_oauth = pytest.mark.parametrize("case", OAUTH_CASES, ids=str, indirect=True)
+# Client credentials and authorization codes: only where the endpoint has a client app.
+CLIENT_APP_CASES = [case for case in OAUTH_CASES if case.client_app]
+over_client_apps = pytest.mark.parametrize("case", CLIENT_APP_CASES, ids=str, indirect=True)
 
 
 @pytest.fixture(params=ADAPTER_CASES, ids=str)
@@ -366,7 +383,7 @@ async def test_a_refused_refresh_token_is_an_auth_error_naming_no_secret(
         await adapter.connection.aclose()
 
 
-@over_oauth
+@over_client_apps
 async def test_oauth_without_client_credentials_says_so_and_sends_nothing(
     case: AdapterCase, fake: Fake
 ) -> None:
@@ -385,7 +402,7 @@ async def test_oauth_without_client_credentials_says_so_and_sends_nothing(
     await unauthorised.connection.aclose()
 
 
-@over_oauth
+@over_client_apps
 async def test_exchange_code_stores_the_pair_and_uses_it(case: AdapterCase, fake: Fake) -> None:
     fake.register_code("code-1")
     tokens = MemoryTokens()
@@ -464,5 +481,5 @@ def test_an_empty_base_url_is_refused_where_the_crm_does_not_derive_one() -> Non
     # Settings let an empty base_url through for Zoho, whose data centre names the host;
     # any other CRM would send every request to a relative URL and fail each one.
     empty = hs.CONFIG.model_copy(update={"base_url": ""})
-    with pytest.raises(ConfigError, match="crm.hubspot.base_url is empty"):
+    with pytest.raises(ConfigError, match=r"crm\.hubspot\.base_url is empty"):
         hs.make_adapter(hs.FakeHubSpot(hs.CONFIG), config=empty)

@@ -18,6 +18,7 @@ from bridge.crm.base import CrmAdapter
 from bridge.crm.bitrix24 import build_bitrix24
 from bridge.crm.connection import OnCall, Wiring
 from bridge.crm.hubspot import build_hubspot
+from bridge.crm.megaplan import build_megaplan
 from bridge.crm.odoo import build_odoo
 from bridge.crm.pipedrive import build_pipedrive
 from bridge.crm.salesforce import build_salesforce
@@ -35,6 +36,7 @@ BUILDERS: Mapping[str, Builder] = {
     "salesforce": build_salesforce,
     "odoo": build_odoo,
     "zoho": build_zoho,
+    "megaplan": build_megaplan,
 }
 
 

@@ -113,7 +113,9 @@ class OAuthEndpoint:
     form body (HubSpot), HTTP Basic plus a form (Pipedrive) or the query string of a GET
     (Bitrix24). `error_fields` name the fields of a refusal worth echoing (the first one
     present; never a secret). `rotates`: each refresh answers a new refresh token, which
-    must be there; otherwise a missing one means "keep the one presented".
+    must be there; otherwise a missing one means "keep the one presented". `client_app`
+    False: the endpoint knows no client application (Megaplan's, whose pair comes from a
+    password grant): no client credentials are sent or needed, and there is no code.
     """
 
     url: str  # relative to the API base, or absolute (its own server)
@@ -123,6 +125,7 @@ class OAuthEndpoint:
     refused: frozenset[int] = frozenset({400, 401, 403})
     redirect_on_refresh: bool = False  # amoCRM wants redirect_uri with every grant
     refresh_margin: float = 300.0  # seconds before expiry a token is refreshed
+    client_app: bool = True
 
     @property
     def method(self) -> str:
@@ -273,6 +276,13 @@ class Connection:
         if self.config.auth != "oauth":
             message = f'auth is "{self.config.auth}": an authorization code needs auth = "oauth"'
             raise AuthError(self.name, message)
+        if not endpoint.client_app:
+            message = (
+                "this CRM issues no authorization codes: store the pair its token endpoint"
+                f" gave with `crm-bridge auth {self.name} --access-token … --refresh-token …`,"
+                f" or set {self.secrets.var('REFRESH_TOKEN')}"
+            )
+            raise AuthError(self.name, message)
         grant = {"grant_type": "authorization_code", "code": code}
         if self.secrets.redirect_uri or endpoint.style != "query":
             grant["redirect_uri"] = self.secrets.redirect_uri
@@ -284,7 +294,8 @@ class Connection:
 
     def missing_client(self) -> str | None:
         """What is missing to talk to the token endpoint (None: nothing)."""
-        if self.secrets.client_id and self.secrets.client_secret:
+        no_client_app = self._endpoint is not None and not self._endpoint.client_app
+        if no_client_app or (self.secrets.client_id and self.secrets.client_secret):
             return None
         wanted = f"{self.secrets.var('CLIENT_ID')} and {self.secrets.var('CLIENT_SECRET')}"
         return f"OAuth needs {wanted}; then run `crm-bridge auth {self.name}`"
@@ -324,6 +335,8 @@ class Connection:
     def _token_body(self, grant: dict[str, str]) -> dict[str, Any]:
         client_id, secret = self.secrets.client_id, self.secrets.client_secret or ""
         credentials = {"client_id": client_id, "client_secret": secret}
+        if not self.endpoint.client_app:
+            credentials = {}
         style = self.endpoint.style
         if style == "basic":
             return {"data": grant, "auth": httpx.BasicAuth(client_id, secret)}
