@@ -107,7 +107,8 @@ def map_payment(
         reader.failures.append(Failure("map.id", rules.id, reason))
     status = reader.read("map.status", rules.status, document, _required_text, "")
     items = _items(reader, source, document)
-    amount = reader.read("map.amount", rules.amount, document, _money, None)
+    # Configured, it must give the amount: a silent fallback would hide a broken mapping.
+    amount = reader.read("map.amount", rules.amount, document, _required_money, None)
     if amount is None:
         amount = sum((item.cost for item in items), Decimal(0))
     raw_time = reader.read("map.paid_at", rules.paid_at, document, _time_text, "")
@@ -239,6 +240,13 @@ def _money(value: object) -> Decimal | None:
     exponent = amount.normalize().as_tuple().exponent
     if isinstance(exponent, int) and exponent < -2:
         raise _Invalid(f"gives {_describe(value)}: at most two decimals")
+    return amount
+
+
+def _required_money(value: object) -> Decimal | None:
+    amount = _money(value)
+    if amount is None:
+        raise _Invalid("gives nothing" if value is None else "gives empty text")
     return amount
 
 
