@@ -12,6 +12,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.errors import ConfigError
 from bridge.settings import load_file_config
@@ -322,3 +324,52 @@ def test_a_preset_is_overridden_key_by_key(tmp_path: Path) -> None:
 def test_presets_live_in_etc_sources_too() -> None:
     etc = Path(__file__).resolve().parent.parent / "etc" / "sources"
     assert etc.resolve() == PRESETS.resolve()
+
+
+# ---- any body ----------------------------------------------------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+_SHAPES = {
+    "id": _json,
+    "state": _json,
+    "sum": _json,
+    "lines": _json,
+    "who": _json,
+}
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.fixed_dictionaries({}, optional=_SHAPES) | _json)
+def test_any_document_maps_or_fails_with_named_expressions(document: object) -> None:
+    config = source(
+        map={
+            "id": "id",
+            "status": "state",
+            "amount": "sum",
+            "phone": "who.phone",
+            "paid_at": "who.at",
+            "items": "lines",
+        },
+        item={"cost": "c", "lessons": "n", "name": "sort(@)"},
+    )
+    try:
+        payment, _ = mapped(config, document)
+    except MappingFailed as exc:
+        assert exc.failures and all(f.expression for f in exc.failures)
+    else:
+        assert payment.payment_id.startswith("shop:")
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.text(alphabet="ab[]0=&%c1", max_size=40))
+def test_any_form_body_decodes_or_is_refused(text: str) -> None:
+    try:
+        decode_body("form", text)
+    except BodyError:
+        pass

@@ -78,6 +78,13 @@ class _Reader:
         except JMESPathError as exc:  # e.g. a function given the wrong type
             self.failures.append(Failure(field, expression, " ".join(str(exc).split())))
             return default
+        except (TypeError, ValueError, ArithmeticError, RecursionError) as exc:
+            # What a built-in function may raise on values its type check let through
+            # (`sum` over huge numbers, `sort` of a deep list): a 422, never a 500.
+            self.failures.append(
+                Failure(field, expression, f"cannot be evaluated: {type(exc).__name__}")
+            )
+            return default
         try:
             return convert(value)
         except _Invalid as exc:
