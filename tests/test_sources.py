@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import base64
 import hashlib
 import hmac
@@ -358,18 +359,19 @@ def test_any_document_maps_or_fails_with_named_expressions(document: object) -> 
         },
         item={"cost": "c", "lessons": "n", "name": "sort(@)"},
     )
+    failures: tuple[Any, ...] = ()
     try:
         payment, _ = mapped(config, document)
     except MappingFailed as exc:
-        assert exc.failures and all(f.expression for f in exc.failures)
+        failures = exc.failures
     else:
         assert payment.payment_id.startswith("shop:")
+        return
+    assert failures and all(f.expression for f in failures)
 
 
 @settings(max_examples=80, deadline=None)
 @given(st.text(alphabet="ab[]0=&%c1", max_size=40))
 def test_any_form_body_decodes_or_is_refused(text: str) -> None:
-    try:
+    with contextlib.suppress(BodyError):
         decode_body("form", text)
-    except BodyError:
-        pass
