@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from bridge.sources.config import PRESETS
 from bridge.store import NewEvent
 from tests.cli_support import Cli, make_cli
+from tests.conftest import ROOT
 
 CP_EXAMPLE = PRESETS / "cloudpayments.example.form"
 SECTIONS = """
@@ -129,3 +131,25 @@ def test_show_says_which_source_an_event_came_from(tmp_path: Path) -> None:
     human = cli("show", "cloudpayments:1211506522")
     assert human.exit_code == 0
     assert "source" in human.output and "cloudpayments" in human.output
+
+
+def test_the_readme_worked_example_maps_as_it_says(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Connecting another platform", 1)[1].split("\n## ", 1)[0]
+    [sample] = re.findall(r"(?ms)^```json\n(.*?)^```$", section)
+    [config] = re.findall(r"(?ms)^```toml\n(.*?)^```$", section)
+    cli = cli_with(tmp_path, "\n" + config, SHOP_SOURCE_SECRETS="shop-secret")
+    (tmp_path / "shop-sample.json").write_text(sample, encoding="utf-8")
+    result = cli("map", "test", "shop", str(tmp_path / "shop-sample.json"))
+    assert result.exit_code == 0, result.output
+    payment = json.loads(result.stdout)
+    assert (payment["payment_id"], payment["amount"]) == ("shop:A-1001", "5990.50")
+    assert payment["customer"]["phone"] == "+79120001122"
+    assert payment["customer"]["email"] == "petr@example.com"
+    assert [item["course_name"] for item in payment["items"]] == [
+        "Английский, 8 уроков",
+        "Разговорный клуб",
+    ]
+    assert "[source.shop]: POST /webhook/source/shop; example shop-sample.json maps to" in (
+        cli("check").output
+    )
