@@ -237,8 +237,7 @@ async def _payment_webhook(
     # The remote address goes into log lines and the request log: a proxy's
     # X-Forwarded-For can make it anything, so it is clipped (an IPv6 address is <= 45).
     remote = clip(client[0], 64) if client else ""
-    # The path only: a source's query may carry its secret token.
-    route = clip(scope["path"], 80) if source else PAYMENT_ROUTE
+    route = _source_route(rt, scope["path"]) if source else PAYMENT_ROUTE
     reply = _Replier(rt, route, remote) if rt is not None else None
     try:
         answer = await _payment_answer(rt, reply, scope, receive, source=source)
@@ -301,6 +300,16 @@ async def _payment_answer(
 
 
 _ALLOW_POST = ((b"allow", b"POST"),)
+
+
+def _source_route(rt: Runtime | None, path: str) -> str:
+    """The route a source request is logged and counted under: the path without its
+    query (which may carry the source's token); one label for every unknown name, so
+    what a scanner tries cannot grow the metrics without end."""
+    name = path.removeprefix(SOURCE_ROUTE).rstrip("/")
+    if rt is not None and name in rt.settings.file.source:
+        return SOURCE_ROUTE + name
+    return SOURCE_ROUTE + "*"
 
 
 async def _take_payment(

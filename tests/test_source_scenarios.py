@@ -329,3 +329,16 @@ async def test_a_made_up_platform_is_connected_by_a_config_section_alone(
     # 16:30 in Yekaterinburg (UTC+5) is 11:30 UTC, 14:30 in Moscow (the display zone).
     assert "Дата/время: 2026-11-20 14:30:00" in note
     assert "Дата/время UTC: 2026-11-20T11:30" in note
+
+
+async def test_unknown_sources_share_one_route_in_the_log_and_metrics(run_bridge, file) -> None:
+    async with run_bridge(file, crm_env=SECRETS) as bridge:
+        for name in ("a", "b", "c%1b%5B31m"):
+            response = await bridge.client.post(f"/webhook/source/{name}", content=b"{}")
+            assert response.status_code == 404
+        await post_yclients(bridge, yclients_record(paid_full=0))
+        metrics = (await bridge.client.get("/metrics")).text
+    routes = {route for (route,) in bridge.query("SELECT route FROM requests")}
+    assert routes == {"/webhook/source/*", "/webhook/source/yclients"}
+    assert 'route="/webhook/source/*",status="404"} 3.0' in metrics
+    assert 'route="/webhook/source/yclients",status="202"} 1.0' in metrics

@@ -375,3 +375,26 @@ def test_any_document_maps_or_fails_with_named_expressions(document: object) -> 
 def test_any_form_body_decodes_or_is_refused(text: str) -> None:
     with contextlib.suppress(BodyError):
         decode_body("form", text)
+
+
+def test_a_stored_event_is_mapped_with_the_section_in_force(tmp_path: Path) -> None:
+    from bridge.settings import Settings
+    from bridge.sources.intake import UnknownSource, payment_from_source
+
+    body = '{"id": "7", "state": "paid", "sum": "10.00"}'
+    file = load_file_config(
+        _config(
+            tmp_path,
+            '[source.shop]\npaid_statuses = ["paid"]\nauth = { scheme = "basic" }\n'
+            'map = { id = "id", status = "state", amount = "sum" }\n',
+        )
+    )
+    settings = Settings(file=file)
+    payment, _ = payment_from_source("shop", body, "2026-12-01 09:00:00.000", settings)
+    assert (payment.payment_id, payment.amount, payment.paid_at) == (
+        "shop:7",
+        Decimal("10.00"),
+        RECEIVED,
+    )
+    with pytest.raises(UnknownSource, match=r"\[source.gone\]"):
+        payment_from_source("gone", body, "2026-12-01 09:00:00.000", settings)
