@@ -1,5 +1,6 @@
 """The ASGI app: `create_app(settings)` wires store, adapters and worker in a lifespan;
-`POST /webhook/payment` is served in front of Litestar (`BridgeApp`), the rest by it.
+`POST /webhook/payment` and other platforms' `POST /webhook/source/NAME` (bridge.sources)
+are served in front of Litestar (`BridgeApp`), the rest by it.
 
 Every inbound request is answered with one of the codes of SPEC §2 and logged to the
 `requests` table; the event itself is committed before any CRM is called.
