@@ -1,5 +1,6 @@
 """The ASGI app: `create_app(settings)` wires store, adapters and worker in a lifespan;
-`POST /webhook/payment` is served in front of Litestar (`BridgeApp`), the rest by it.
+`POST /webhook/payment` and other platforms' `POST /webhook/source/NAME` (bridge.sources)
+are served in front of Litestar (`BridgeApp`), the rest by it.
 
 Every inbound request is answered with one of the codes of SPEC §2 and logged to the
 `requests` table; the event itself is committed before any CRM is called.
@@ -13,9 +14,10 @@ import json
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -45,17 +47,21 @@ from bridge.health_view import health_content
 from bridge.intake import OrderFields, payment_intake
 from bridge.logs import clip
 from bridge.metrics import CONTENT_TYPE, Metrics
-from bridge.payloads import CourseOrder, parse_payment, validation_details
+from bridge.payloads import CourseOrder, parse_payment, unstorable_values, validation_details
 from bridge.reload import Loader, reload_runtime
 from bridge.settings import Settings
 from bridge.signing import verify
-from bridge.store import DeliveryOutcome, EventView, RequestRecord, Store
+from bridge.sources.auth import source_secrets, verify_source
+from bridge.sources.config import SourceAnswer, SourceConfig
+from bridge.sources.intake import BodyError, MappingFailed, decode_body, source_intake
+from bridge.store import DeliveryOutcome, EventView, NewEvent, RequestRecord, Store
 from bridge.worker import Worker
 
 log = logging.getLogger("bridge.app")
 
 Clock = Callable[[], float]
 PAYMENT_ROUTE = "/webhook/payment"
+SOURCE_ROUTE = "/webhook/source/"  # + NAME of a `[source.NAME]` section (bridge.sources)
 
 
 @dataclass
@@ -123,6 +129,8 @@ class BridgeApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.HTTP and scope["path"] in _PAYMENT_PATHS:
             await _payment_webhook(self.runtime, scope, receive, send)
+        elif scope["type"] == ScopeType.HTTP and scope["path"].startswith(SOURCE_ROUTE):
+            await _payment_webhook(self.runtime, scope, receive, send, source=True)
         else:
             await self.litestar(scope, receive, send)
 
@@ -222,20 +230,22 @@ def _runtime(state: State) -> Runtime:
 
 
 async def _payment_webhook(
-    rt: Runtime | None, scope: HTTPScope, receive: Receive, send: Send
+    rt: Runtime | None, scope: HTTPScope, receive: Receive, send: Send, *, source: bool = False
 ) -> None:
-    """POST /webhook/payment, on the bare ASGI interface (see `BridgeApp`)."""
+    """POST /webhook/payment (and, with `source`, /webhook/source/NAME), on the bare ASGI
+    interface (see `BridgeApp`)."""
     client = scope.get("client")
     # The remote address goes into log lines and the request log: a proxy's
     # X-Forwarded-For can make it anything, so it is clipped (an IPv6 address is <= 45).
     remote = clip(client[0], 64) if client else ""
-    reply = _Replier(rt, PAYMENT_ROUTE, remote) if rt is not None else None
+    route = _source_route(rt, scope["path"]) if source else PAYMENT_ROUTE
+    reply = _Replier(rt, route, remote) if rt is not None else None
     try:
-        answer = await _payment_answer(rt, reply, scope, receive)
+        answer = await _payment_answer(rt, reply, scope, receive, source=source)
     except Exception:
         # What Litestar's exception handler did for this route: a clean 500, the trace
         # in the journal only, and a row in the request log like every other answer.
-        log.exception("unhandled error on %s %s", clip(scope["method"], 16), PAYMENT_ROUTE)
+        log.exception("unhandled error on %s %s", clip(scope["method"], 16), route)
         answer = _Answer(500, {"error": "internal_error"}, close=True)
         if reply is not None:
             reply.record(500, "not known", "internal error")
@@ -244,7 +254,12 @@ async def _payment_webhook(
 
 
 async def _payment_answer(
-    rt: Runtime | None, reply: _Replier | None, scope: HTTPScope, receive: Receive
+    rt: Runtime | None,
+    reply: _Replier | None,
+    scope: HTTPScope,
+    receive: Receive,
+    *,
+    source: bool = False,
 ) -> _Answer | None:
     """The answer to send, or None when the client left before its body arrived."""
     if rt is None or reply is None:  # the store is not open: before startup ends or after
@@ -255,6 +270,12 @@ async def _payment_answer(
         detail = f"method {clip(scope['method'], 16)}"
         answer = reply(405, {"error": "method_not_allowed"}, "not checked", detail)
         return _Answer(answer.code, answer.payload, _ALLOW_POST)
+    name = scope["path"].removeprefix(SOURCE_ROUTE).rstrip("/") if source else ""
+    found = rt.settings.file.source.get(name) if source else None
+    if source and found is None:
+        # Before the body is read: nothing is configured to take it.
+        answer = reply(404, {"error": "unknown_source"}, "not checked", "no such source")
+        return _Answer(answer.code, answer.payload, close=True)
     try:
         settings = rt.settings
         body = await read_body(
@@ -273,10 +294,23 @@ async def _payment_answer(
         return _Answer(answer.code, answer.payload, close=True)
     except ClientGone:
         return None
+    if found is not None:
+        query = scope["query_string"].decode("latin-1")
+        return await take_source(rt, reply, name, found, header_map(scope), query, body)
     return await _take_payment(rt, reply, header_map(scope), body)
 
 
 _ALLOW_POST = ((b"allow", b"POST"),)
+
+
+def _source_route(rt: Runtime | None, path: str) -> str:
+    """The route a source request is logged and counted under: the path without its
+    query (which may carry the source's token); one label for every unknown name, so
+    what a scanner tries cannot grow the metrics without end."""
+    name = path.removeprefix(SOURCE_ROUTE).rstrip("/")
+    if rt is not None and name in rt.settings.file.source:
+        return SOURCE_ROUTE + name
+    return SOURCE_ROUTE + "*"
 
 
 async def _take_payment(
@@ -311,26 +345,110 @@ async def _take_payment(
     if isinstance(order, _Refusal):
         return reply(order.code, order.payload, verdict_text, order.detail)
     intake = payment_intake(order, body_text, settings)
-    key = intake.event.key
+    return await _store_event(rt, reply, intake.event, intake.warnings, order.status, verdict_text)
+
+
+async def take_source(
+    rt: Runtime,
+    reply: _Replier,
+    name: str,
+    source: SourceConfig,
+    headers: Mapping[str, str],
+    query: str,
+    body: bytes,
+) -> _Answer:
+    """POST /webhook/source/NAME once its body is read: check, decode, map, store."""
+    secrets = source_secrets(rt.settings, name)
+    verdict = verify_source(source.auth, secrets, headers, query, body, now=rt.clock())
+    if not verdict.ok:
+        log.warning(
+            "rejected source %s from %s: %s (%s)",
+            name,
+            reply.remote,
+            verdict.reason,
+            verdict.scheme,
+        )
+        answer = reply(401, {"error": "invalid_signature"}, f"{verdict.scheme}: {verdict.reason}")
+        challenge = _BASIC_CHALLENGE if source.auth.scheme == "basic" else ()
+        return _Answer(answer.code, answer.payload, challenge)
+    verdict_text = f"{verdict.scheme}: ok"
     try:
-        stored = await rt.store.intake(intake.event)
+        body_text = body.decode("utf-8")
+        document = decode_body(source.format, body_text)
+    except UnicodeDecodeError as exc:
+        return reply(400, {"error": f"body is not UTF-8: {exc.reason}"}, verdict_text)
+    except BodyError as exc:
+        return reply(400, {"error": str(exc)}, verdict_text)
+    problems = unstorable_values(document)
+    if problems:
+        details = validation_details(ValidationError.from_exception_data("Body", problems))
+        fields = ", ".join(detail["field"] for detail in details)
+        return reply(422, {"error": "invalid_payload", "details": details}, verdict_text, fields)
+    received = datetime.fromtimestamp(rt.clock(), UTC)
+    try:
+        intake = source_intake(name, source, document, body_text, rt.settings, received)
+    except MappingFailed as exc:
+        details = [
+            {"field": f.field, "expression": f.expression, "error": f.error} for f in exc.failures
+        ]
+        detail = clip("; ".join(f"{f.field} {f.expression!r}" for f in exc.failures), 200)
+        return reply(422, {"error": "mapping_failed", "details": details}, verdict_text, detail)
+    return await _store_event(
+        rt,
+        reply,
+        intake.event,
+        intake.warnings,
+        intake.payment.status,
+        verdict_text,
+        fixed=source.answer,
+    )
+
+
+_BASIC_CHALLENGE = ((b"www-authenticate", b'Basic realm="crm-bridge"'),)
+
+
+async def _store_event(
+    rt: Runtime,
+    reply: _Replier,
+    event: NewEvent,
+    warnings: Sequence[str],
+    status: str,
+    verdict_text: str,
+    *,
+    fixed: SourceAnswer | None = None,
+) -> _Answer:
+    """Store the event and answer: the bridge's own answers, or the source's `fixed` one
+    (given at once, whatever the outcome: such a platform does not read it)."""
+    key = event.key
+    try:
+        stored = await rt.store.intake(event)
     except StoreUnavailable as exc:
         # A WARNING: the writer logs the outage itself at ERROR, once per failed batch,
         # so `journalctl -p err` shows one line per outage, not two per webhook.
         log.warning("cannot store payment %s: %s", key, exc)
         return reply(503, {"error": "storage_unavailable"}, verdict_text, key=key)
-    for warning in intake.warnings:
+    for warning in warnings:
         log.warning("payment %s: %s", key, clip(warning, 200))
     if stored.state_changed:  # e.g. PENDING, then CONFIRMED: the new state is stored
-        log.info("event=payment:%s status changed to %r", key, order.status)
+        log.info("event=payment:%s status changed to %r", key, clip(status, 64))
     if not stored.created:
+        if fixed is not None:
+            if stored.status != "success":
+                rt.worker.wake()  # as `_answer_repeat`: an unfinished event is retried now
+            code = fixed.duplicate_code or fixed.code
+            body = fixed.body if fixed.duplicate_body is None else fixed.duplicate_body
+            return reply(code, body, verdict_text, f"repeat of {stored.status} event", key=key)
         return _answer_repeat(rt, reply, stored.status, key, verdict_text)
-    if intake.event.status == "skipped":
-        log.info("event=payment:%s outcome=skipped reason=%r", key, clip(intake.event.note, 120))
-        body_json = {"status": "skipped", "reason": intake.event.note}
+    if event.status == "skipped":
+        log.info("event=payment:%s outcome=skipped reason=%r", key, clip(event.note, 120))
+        if fixed is not None:
+            return reply(fixed.code, fixed.body, verdict_text, "skipped", key=key)
+        body_json = {"status": "skipped", "reason": event.note}
         return reply(202, body_json, verdict_text, key=key)
     rt.worker.wake()
-    if settings.wait_seconds == 0:
+    if fixed is not None:
+        return reply(fixed.code, fixed.body, verdict_text, "queued", key=key)
+    if rt.settings.wait_seconds == 0:
         return reply(202, {"status": "queued"}, verdict_text, key=key)
     view = await _wait_for_outcome(rt, stored.event_id)
     code, payload = _response_for(view)

@@ -28,6 +28,7 @@ from bridge.crypto import TokenCipher
 from bridge.errors import AuthError, BridgeError, ConfigError, CrmError, StoreUnavailable
 from bridge.settings import Settings
 from bridge.signing import standard_secret_key
+from bridge.sources.checks import source_findings
 from bridge.staleness import stale_config
 from bridge.store import Store
 from bridge.tokens import TokenRepository
@@ -81,8 +82,9 @@ def settings_findings(settings: Settings, *, require_secret: bool = False) -> li
         found.append(warning("no CRM enabled: webhooks are stored but delivered nowhere"))
     hmac_n, standard_n = len(settings.webhook_secrets), len(settings.standard_webhook_secrets)
     if hmac_n + standard_n == 0:
+        # An installation that takes only other platforms' webhooks needs none.
         found.append(
-            (problem if require_secret else warning)(
+            (problem if require_secret and not settings.file.source else warning)(
                 "no WEBHOOK_SECRETS or STANDARD_WEBHOOK_SECRETS: every webhook would be"
                 " answered 401"
             )
@@ -110,6 +112,10 @@ def settings_findings(settings: Settings, *, require_secret: bool = False) -> li
         ("note_template", payment.note_template, rules.NOTE_PLACEHOLDERS),
     ):
         found += [problem(f"payment.{key}: {p}") for p in rules.template_problems(template, names)]
+    found += [
+        Finding(level, text)
+        for level, text in source_findings(settings, require_secret=require_secret)
+    ]
     oauth = [name for name in enabled if crms[name].auth == "oauth"]
     if settings.bridge_secret_key:
         try:

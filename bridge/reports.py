@@ -167,6 +167,8 @@ def show_report(
     order = payload.get("course_order") if isinstance(payload, dict) else None
     return {
         "payment_id": view.key,
+        # The `[source.NAME]` the body came from; None: the platform's own payment route.
+        "source": view.source,
         "status": view.status,
         "amount": view.amount,
         # When it was paid, as the platform (or the imported row) says, in its own zone;
@@ -229,6 +231,7 @@ def show_report(
 def render_show(console: Console, report: Mapping[str, Any]) -> None:
     head = Table.grid(padding=(0, 2))
     head.add_row("payment id", report["payment_id"])
+    head.add_row("source", report.get("source") or "/webhook/payment")
     head.add_row("status", report["status"])
     head.add_row("amount", report["amount"] or "-")
     head.add_row("paid (platform time)", report.get("paid_at") or "-")

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bridge.errors import ConfigError
+from bridge.sources.config import SourceConfig, check_source_names
 
 DEFAULT_NOTE_TEMPLATE = """Оплата проведена
 
@@ -174,6 +175,14 @@ class FileConfig(_Strict):
 
     payment: PaymentRules = PaymentRules()
     crm: dict[str, CrmConfig] = Field(default_factory=dict)
+    # Other platforms' webhooks (bridge.sources), each at POST /webhook/source/NAME.
+    source: dict[str, SourceConfig] = Field(default_factory=dict)
+
+    @field_validator("source")
+    @classmethod
+    def _source_names(cls, value: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
+        check_source_names(value)
+        return value
 
 
 class Settings(BaseSettings):
@@ -293,6 +302,7 @@ SECRET_SUFFIXES = (
     "REDIRECT_URI",
     "REFRESH_TOKEN",
     "PRIVATE_KEY_FILE",
+    "SOURCE_SECRETS",  # `[source.NAME]`'s: NAME_SOURCE_SECRETS (bridge.sources.auth)
 )
 _SECRET_NAME = re.compile(rf"[A-Z0-9_]+_(?:{'|'.join(SECRET_SUFFIXES)})")
 

@@ -143,13 +143,32 @@ def _verify_hmac(header: str, body: bytes, secrets: Sequence[str]) -> Verdict:
     keys = [secret for secret in secrets if secret]
     if not keys:
         return _HMAC_NO_SECRET
-    # Compared as raw digests: the same constant-time check as on hex, without hex-encoding
-    # each expected signature first.
-    wanted = bytes.fromhex(given)
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(wanted, hmac.digest(key.encode(), body, "sha256"))
+    matched = digest_matches(bytes.fromhex(given), body, keys)
     return _HMAC_OK if matched else _HMAC_MISMATCH
+
+
+def digest_matches(wanted: bytes, body: bytes, secrets: Iterable[str]) -> bool:
+    """Whether `wanted` is the HMAC-SHA256 of `body` under any of `secrets` (non-empty).
+
+    Compared as raw digests: the same constant-time check as on hex or base64, without
+    encoding each expected signature first; every secret is tried (see `any_equal`)."""
+    matched = False
+    for key in secrets:
+        matched |= hmac.compare_digest(wanted, hmac.digest(key.encode(), body, "sha256"))
+    return matched
+
+
+def verify_standard(
+    headers: Mapping[str, str],
+    body: bytes,
+    secrets: Sequence[str],
+    *,
+    now: float,
+    tolerance_seconds: int = 300,
+) -> Verdict:
+    """Standard Webhooks alone (a source configured for it), whatever else is sent."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    return _verify_standard(lowered, body, secrets, now, tolerance_seconds)
 
 
 def _verify_standard(
@@ -197,7 +216,7 @@ def _verify_standard(
         return fail("no secret configured")
     matched = False
     for signature in given:
-        matched |= _any_equal(signature, (item.removeprefix("v1,") for item in expected))
+        matched |= any_equal(signature, (item.removeprefix("v1,") for item in expected))
     return Verdict(ok=matched, scheme="standard", reason="ok" if matched else "signature mismatch")
 
 
@@ -207,11 +226,12 @@ def _verify_legacy(header: str, secrets: Sequence[str], enabled: bool) -> Verdic
     keys = [secret for secret in secrets if secret]
     if not keys:
         return Verdict(ok=False, scheme="legacy", reason="no secret configured")
-    matched = _any_equal(header.strip(), keys)
+    matched = any_equal(header.strip(), keys)
     return Verdict(ok=matched, scheme="legacy", reason="ok" if matched else "secret mismatch")
 
 
-def _any_equal(given: str, candidates: Iterable[str]) -> bool:
+def any_equal(given: str, candidates: Iterable[str]) -> bool:
+    """Whether `given` equals any of `candidates`, in constant time."""
     # Every candidate is compared, without stopping at the first match, so the time
     # taken does not tell which secret of a rotation matched.
     matched = False

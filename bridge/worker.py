@@ -37,10 +37,11 @@ from bridge.errors import (
 )
 from bridge.flow import FlowContext, deliver_payment
 from bridge.intake import customer_identity, payment_from_stored
-from bridge.logs import mask_keys
+from bridge.logs import clip, mask_keys
 from bridge.payloads import validation_details
 from bridge.refusals import RefusalExplainer
 from bridge.settings import CrmConfig, Settings
+from bridge.sources.intake import BodyError, MappingFailed, UnknownSource, payment_from_source
 from bridge.store import DeliveryJob, Store
 
 log = logging.getLogger("bridge.worker")
@@ -330,7 +331,12 @@ class Worker:
     async def _attempt(self, job: DeliveryJob) -> Attempt:
         adapter = self.adapters[job.crm]
         try:
-            payment, warnings = payment_from_stored(job.payload, job.received_at, self.settings)
+            if job.source:
+                payment, warnings = payment_from_source(
+                    job.source, job.payload, job.received_at, self.settings
+                )
+            else:
+                payment, warnings = payment_from_stored(job.payload, job.received_at, self.settings)
             journal = await self.store.journal(job.delivery_id)
 
             async def record(done: Journal) -> None:
@@ -361,6 +367,10 @@ class Worker:
             return Retry(exc.message, late if exc.maybe_applied else None)
         except StoreUnavailable:
             raise
+        except (UnknownSource, MappingFailed, BodyError) as exc:
+            # The source's section was removed, or changed so that it no longer reads
+            # this stored body: no retry helps until the operator restores it.
+            return Failed(f"the stored body cannot be mapped: {clip(str(exc), 300)}")
         except ValidationError as exc:
             # Stored before intake refused such bodies (e.g. a lone surrogate): no retry
             # can deliver it, so the operator sees it failed now, not in three days.

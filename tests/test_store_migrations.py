@@ -105,7 +105,7 @@ async def test_version_7_adds_the_operators_tables_to_a_version_6_database(
     with sqlite3.connect(path) as conn:
         conn.execute("INSERT INTO crm_state (crm, paused_reason) VALUES ('amocrm', NULL)")
     store = await Store.open(path, clock=time.time)
-    assert await store.schema_version() == len(MIGRATIONS) == 7
+    assert await store.schema_version() == len(MIGRATIONS) >= 7
     assert await store.hold_crm("amocrm", "migration", "ops")
     assert (await store.holds())["amocrm"].reason == "migration"
     await store.close()
@@ -113,3 +113,27 @@ async def test_version_7_adds_the_operators_tables_to_a_version_6_database(
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
         assert {"crm_calls", "alerts", "runtime", "succeeded_keys"} <= tables
         assert conn.execute("SELECT key FROM events").fetchall() == [("pay_old",)]
+
+
+# Issue 21's migration, found by what it does: another branch may number its own first.
+SOURCE_MIGRATION = next(
+    number
+    for number, script in enumerate(MIGRATIONS, start=1)
+    if isinstance(script, str) and "ADD COLUMN source" in script
+)
+
+
+async def test_the_source_migration_keeps_earlier_events_on_the_payment_route(
+    tmp_path: Path,
+) -> None:
+    # Events stored before `[source.NAME]` existed came from /webhook/payment: their source
+    # is NULL, so the worker reads them as it always did.
+    path = tmp_path / "b.sqlite"
+    _at_version(path, SOURCE_MIGRATION - 1)
+    store = await Store.open(path, clock=time.time)
+    assert await store.schema_version() == len(MIGRATIONS)
+    [job] = (await store.due_deliveries(time.time(), ("amocrm",), 5)).jobs
+    assert (job.key, job.source) == ("pay_old", None)
+    view = await store.event("payment", "pay_old")
+    assert view is not None and view.source is None
+    await store.close()

@@ -25,7 +25,7 @@ from bridge.store.records import (
 from bridge.store.schema import REFRESH_EVENT_SQL
 
 EventKey = tuple[str, str]  # (kind, key)
-# Bound parameters per statement stay far below SQLite's limit (32 766): 11 columns × 64.
+# Bound parameters per statement stay far below SQLite's limit (32 766): 12 columns × 64.
 ROWS_PER_STATEMENT = 64
 _JSON = msgspec.json.Encoder()
 
@@ -178,7 +178,7 @@ def insert_events(
     insert_rows(
         db,
         "INSERT INTO events (id, kind, key, status, amount, customer_keys, payload,"
-        " received_at, processed_at, error_message, priority)",
+        " received_at, processed_at, error_message, priority, source)",
         [
             (
                 ids[k],
@@ -192,6 +192,7 @@ def insert_events(
                 now_text if e.status == "skipped" else None,
                 e.note or None,
                 priority,
+                e.source or None,
             )
             for k, e in fresh.items()
         ],

@@ -117,22 +117,24 @@ class QueueMixin(StoreBase):
                 int(r[3]) + 1,
                 str(r[6]),
                 str(r[7]),
-                payloads[int(r[1])],
+                payloads[int(r[1])][0],
                 _customer_keys(str(r[8])),
                 str(r[9]),
+                payloads[int(r[1])][1],
             )
             for r in picked
         )
         return DueSlice(jobs, next_due)
 
-    async def _payloads(self, event_ids: Sequence[int]) -> dict[int, str]:
+    async def _payloads(self, event_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+        """Each event's stored body and the source whose mapping reads it."""
         if not event_ids:
             return {}
         marks = ",".join("?" * len(event_ids))
         rows = await self._read(
-            f"SELECT id, payload FROM events WHERE id IN ({marks})", tuple(event_ids)
+            f"SELECT id, payload, source FROM events WHERE id IN ({marks})", tuple(event_ids)
         )
-        return {int(event_id): str(payload) for event_id, payload in rows}
+        return {int(event_id): (str(payload), source) for event_id, payload, source in rows}
 
     async def mark_processing(self, delivery_id: int) -> None:
         now_text = utc_text(self._clock())
@@ -277,7 +279,7 @@ class QueueMixin(StoreBase):
     async def event(self, kind: str, key: str) -> EventView | None:
         rows = await self._read(
             "SELECT id, kind, key, status, amount, payload, received_at, processed_at,"
-            " error_message FROM events WHERE kind = ? AND key = ?",
+            " error_message, source FROM events WHERE kind = ? AND key = ?",
             (kind, key),
         )
         if not rows:
@@ -287,7 +289,7 @@ class QueueMixin(StoreBase):
     async def event_by_id(self, event_id: int) -> EventView | None:
         rows = await self._read(
             "SELECT id, kind, key, status, amount, payload, received_at, processed_at,"
-            " error_message FROM events WHERE id = ?",
+            " error_message, source FROM events WHERE id = ?",
             (event_id,),
         )
         return await self._event_view(rows[0]) if rows else None
@@ -324,6 +326,7 @@ class QueueMixin(StoreBase):
                 )
                 for d in deliveries
             ),
+            row[9],
         )
 
     async def queue_stats(self) -> QueueStats:

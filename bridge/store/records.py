@@ -38,6 +38,7 @@ class NewEvent:
     payload: str
     crms: tuple[str, ...]
     note: str = ""  # skip reason
+    source: str = ""  # `[source.NAME]` the body came from; "" for the payment route
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class DeliveryJob:
     payload: str
     customer_keys: tuple[str, ...]
     received_at: str
+    source: str | None = None  # `[source.NAME]` whose mapping reads `payload`
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class EventView:
     processed_at: str | None
     error_message: str | None
     deliveries: tuple[DeliveryOutcome, ...] = ()
+    source: str | None = None  # `[source.NAME]` the body came from
 
 
 @dataclass(frozen=True)

@@ -252,4 +252,9 @@ CREATE TABLE runtime (
     updated_at TEXT NOT NULL
 )
 """,
+    # 8: the `[source.NAME]` an event's body came from (NULL: the payment route), so the
+    # worker maps the stored body with that source's mapping (bridge.sources).
+    """
+ALTER TABLE events ADD COLUMN source TEXT
+""",
 )
