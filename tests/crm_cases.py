@@ -8,9 +8,10 @@ notes as text. A new CRM joins every suite with one entry in `CASES`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,10 @@ import httpx
 from litestar.testing import AsyncTestClient
 
 from bridge.app import create_app
-from bridge.crm.richtext import note_text
-from bridge.settings import FileConfig, load_file_config
-from tests.conftest import Bridge, make_settings, reference_file_config
+from bridge.crm.richtext import note_html, note_text
+from bridge.domain import Customer, FieldKind, FieldUpdate, NewContact, NewDeal, Utm
+from bridge.settings import CrmConfig, FileConfig, load_file_config
+from tests.conftest import EXPECTED_NOTE, Bridge, make_settings, reference_file_config
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.bitrix24 import EXAMPLE_CONFIG as BITRIX_EXAMPLE
 from tests.fakes.bitrix24 import FakeBitrix24
@@ -30,6 +32,11 @@ from tests.fakes.pipedrive import FakePipedrive
 
 ROOT = Path(__file__).resolve().parent.parent
 Fake = Any  # each CRM's fake; the case's functions know which
+# 00:49 on the 21st in Moscow: a CRM that keeps dates only must take the local day.
+PAID_AT = datetime(2025, 1, 20, 21, 49, 20, tzinfo=UTC).astimezone(timezone(timedelta(hours=3)))
+CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
+# A note as the flow writes them: blank line, indent, characters HTML escapes.
+NOTE = "Оплата проведена\n\nКурсы:\n  Годовой <2к25> & стандарт (Русский)\nPayment ID: pay_1"
 
 
 def _example(path: Path, name: str, **fixed: Any) -> Callable[..., FileConfig]:
@@ -73,6 +80,41 @@ def _bitrix_trouble(fake: FakeBitrix24) -> Callable[[], None]:
     return check
 
 
+def _hubspot_new_customer(fake: FakeHubSpot, contact: str, deal: str) -> None:
+    assert fake.deal_contacts(deal) == [contact]
+    for name, value in (("firstname", "Иван"), ("lastname", "Петров"), ("phone", "+79991234567"),
+                        ("email", "ivan@example.com")):  # fmt: skip
+        assert fake.contact_field(contact, name) == value
+    assert fake.searches() == 1
+
+
+def _pipedrive_new_customer(fake: FakePipedrive, contact: str, deal: str) -> None:
+    assert fake.person(contact)["name"] == "Иван Петров"
+    stored = fake.deal(deal)
+    assert (stored["person_id"], stored["value"]) == (int(contact), 10000)
+    assert stored["title"] == "Оплата Русский, Обществознание - Иван Петров"
+    assert fake.notes(deal) == [note_html(EXPECTED_NOTE)]  # HTML; the case reads it as text
+    assert fake.tokens_used == 5 * 20 + 5 + 5 + 10
+
+
+def _bitrix_new_customer(fake: FakeBitrix24, contact: str, deal: str) -> None:
+    stored = fake.deal(deal)
+    assert stored["CONTACT_IDS"] == [int(contact)]
+    assert (stored["OPPORTUNITY"], stored["CURRENCY_ID"]) == ("10000.00", "RUB")
+    assert (fake.contact(contact)["NAME"], fake.contact(contact)["LAST_NAME"]) == ("Иван", "Петров")
+    assert [p["VALUE"] for p in fake.contact(contact)["PHONE"]] == ["+79991234567"]
+
+
+# What every CRM refuses in a deal update (`CrmCase.refused`): a field it does not have,
+# another select field's option, an option id it does not have, text for a number.
+REFUSALS = ("unknown_field", "another_fields_option", "unknown_option", "text_for_a_number")
+
+
+def _refusals(error: str, *updates: tuple[str, FieldKind, Any]) -> dict[str, Any]:
+    """`refused` where every refusal reads alike: `updates` in REFUSALS order."""
+    return {name: (*update, error) for name, update in zip(REFUSALS, updates, strict=True)}
+
+
 @dataclass(frozen=True)
 class CrmCase:
     name: str  # the section's name, and its kind
@@ -93,6 +135,77 @@ class CrmCase:
     add_contact: Callable[[Fake, str, str, str | None], object]
     raw_contact_field: Callable[[Fake, str, str], Any]  # fake, contact id, field id
     trouble: Callable[[Fake], Callable[[], None]] = _default_trouble  # → its check
+    # ---- the vendor's wire shapes, for the adapter contract (tests/test_contract.py) ----
+    subjects: tuple[Any, Any] = (None, None)  # two option ids of `subjects`, as sent
+    direction: Any = None  # an option id of `direction`, as sent
+    partners: tuple[str, str] = ("", "")  # a pipeline and status new deals may go to
+    # `every_kind()` as the fake stores it, by logical field name.
+    stored: Mapping[str, Any] = field(default_factory=dict)
+    # Deal updates the CRM refuses, by REFUSALS name: (logical name or field id, kind,
+    # value, error regex).
+    refused: Mapping[str, tuple[str, FieldKind, Any, str]] = field(default_factory=dict)
+    # `new_deal` changes naming a pipeline / status the CRM does not have there.
+    bad_placements: tuple[Mapping[str, str], ...] = ()
+    bad_placement_error: str = "400"
+    atomic_create: bool = False  # contact and deal in one request: a refusal leaves neither
+    paging: tuple[int, int] = (0, 0)  # deals of one contact, the calls listing them takes
+    schema_calls: int = 0
+    pipelines: frozenset[str] = frozenset()  # the example account's pipeline ids
+    static_secret: str = ""  # the long-lived secret's setting
+    revoke: Callable[[Fake], None] = lambda fake: fake.expire_all_access_tokens()
+    # (operation, status) seen by on_call for a phone lookup, then create_contact_and_deal.
+    on_call: tuple[tuple[str, int], ...] = ()
+    # The new-customer scenario: deal fields as stored (logical name → raw value), the
+    # CRM calls it costs, and vendor checks on (fake, contact id, deal id).
+    new_customer: Mapping[str, Any] = field(default_factory=dict)
+    new_customer_calls: int = 0
+    new_customer_wire: Callable[[Fake, str, str], None] = lambda fake, contact, deal: None
+
+    @property
+    def config(self) -> CrmConfig:
+        return self.file_config().crm[self.name]
+
+    def field_id(self, logical: str) -> str:
+        """A deal field's id by logical name; a name that is none is an id already."""
+        return getattr(self.config.deal_fields, logical, None) or logical
+
+    def every_kind(self) -> tuple[FieldUpdate, ...]:
+        """One update of every field kind the flow writes, in this CRM's option ids."""
+        values = (
+            ("subjects", FieldKind.MULTISELECT, self.subjects),
+            ("direction", FieldKind.SELECT, self.direction),
+            ("last_payment_amount", FieldKind.NUMBER, Decimal("10000.00")),
+            ("last_payment_at", FieldKind.DATETIME, PAID_AT),
+            ("payment_id", FieldKind.TEXT, "pay_1"),
+            ("total_paid", FieldKind.NUMBER, Decimal("11500.5")),
+            ("purchase_count", FieldKind.NUMBER, 3),
+            ("utm_source", FieldKind.TEXT, "advcake"),
+        )
+        return tuple(FieldUpdate(self.field_id(name), kind, value) for name, kind, value in values)
+
+    def new_deal(self, **changes: Any) -> NewDeal:
+        pipeline, status = self.partners
+        values: dict[str, Any] = {
+            "name": "Оплата Русский - Иван Петров",
+            "price": Decimal("10000"),
+            "pipeline_id": pipeline,
+            "status_id": status,
+            "fields": self.every_kind(),
+            **changes,
+        }
+        return NewDeal(**values)
+
+    def new_contact(self, customer: Customer = CUSTOMER) -> NewContact:
+        ids = self.config.contact_fields
+        telegram = (
+            FieldUpdate(ids.telegram_id or "", FieldKind.TEXT, customer.telegram_id),
+            FieldUpdate(ids.telegram_username or "", FieldKind.TEXT, customer.telegram_username),
+        )
+        return NewContact(customer, Utm(source="advcake", medium="cpa"), telegram)
+
+    def stored_as(self, fake: Fake, deal_id: str, expected: Mapping[str, Any]) -> dict[str, Any]:
+        """The deal's fields named in `expected` (logical names or ids), as stored."""
+        return {name: self.raw_deal_field(fake, deal_id, self.field_id(name)) for name in expected}
 
     def seed_deal(self, fake: Fake, contact: str, where: str, at: int, **fields: Any) -> str:
         """`add_deal` with the fields by logical name (`total_paid=1500`)."""
@@ -148,6 +261,36 @@ CASES = [
         ),
         returning_calls=4,
         close_deal=lambda fake, deal_id: fake.move_lead(deal_id, 142),
+        subjects=(800001, 800003),
+        direction=800101,
+        partners=("8598230", "80517738"),
+        stored={
+            "subjects": [800001, 800003],
+            "direction": 800101,
+            "last_payment_amount": "10000",
+            "last_payment_at": int(PAID_AT.timestamp()),
+            "payment_id": "pay_1",
+            "total_paid": "11500.5",
+            "purchase_count": "3",
+            "utm_source": "advcake",
+        },
+        refused=_refusals(
+            "400",
+            ("999999", FieldKind.TEXT, "unknown field"),
+            ("direction", FieldKind.SELECT, 800001),  # a subject's enum
+            ("subjects", FieldKind.MULTISELECT, (800001, 123)),
+            ("total_paid", FieldKind.TEXT, "a lot"),
+        ),
+        bad_placements=({"pipeline_id": "1"}, {"status_id": "63242022"}),
+        bad_placement_error="validation",
+        atomic_create=True,
+        paging=(260, 2),
+        schema_calls=3,
+        pipelines=frozenset({"4423755", "10089806", "8598230"}),
+        static_secret="amocrm_access_token",
+        on_call=(("contacts.search", 204), ("leads.complex", 200)),
+        new_customer={"subjects": [800001, 800003], "direction": 800101},
+        new_customer_calls=5,
     ),
     CrmCase(
         "hubspot",
@@ -179,6 +322,47 @@ CASES = [
         ),
         returning_calls=4,
         close_deal=lambda fake, deal_id: fake.move_deal(deal_id, "closedwon"),
+        subjects=("russian", "social_studies"),
+        direction="ege",
+        partners=("1023405200", "1023405201"),
+        stored={
+            "subjects": "russian;social_studies",
+            "direction": "ege",
+            "last_payment_amount": "10000",
+            "last_payment_at": "2025-01-20T21:49:20.000Z",
+            "payment_id": "pay_1",
+            "total_paid": "11500.5",
+            "purchase_count": "3",
+            "utm_source": "advcake",
+        },
+        refused={
+            "unknown_field": ("no_such_property", FieldKind.TEXT, "x", "PROPERTY_DOESNT_EXIST"),
+            "another_fields_option": ("direction", FieldKind.SELECT, "russian", "INVALID_OPTION"),
+            "unknown_option": (
+                "subjects",
+                FieldKind.MULTISELECT,
+                ("russian", "Russian"),  # options are case-sensitive
+                "INVALID_OPTION",
+            ),
+            "text_for_a_number": ("total_paid", FieldKind.TEXT, "a lot", "INVALID_DECIMAL"),
+            "read_only": ("hs_is_closed", FieldKind.TEXT, "true", "READ_ONLY_VALUE"),
+        },
+        bad_placements=({"pipeline_id": "1"}, {"status_id": "1023405001"}),
+        paging=(130, 2),
+        schema_calls=3,
+        pipelines=frozenset({"default", "1023405100", "1023405200"}),
+        static_secret="hubspot_access_token",
+        on_call=(("contacts.search", 200), ("contacts.create", 201), ("deals.create", 201)),
+        new_customer={
+            "subjects": "russian;social_studies",
+            "direction": "ege",
+            "last_payment_at": "2025-01-20T11:49:20.000Z",
+            "utm_medium": "cpa",
+            "amount": "10000",
+            "dealname": "Оплата Русский, Обществознание - Иван Петров",
+        },
+        new_customer_calls=4,  # contacts search, contact, deal (fields, association), note
+        new_customer_wire=_hubspot_new_customer,
     ),
     CrmCase(
         "pipedrive",
@@ -213,6 +397,41 @@ CASES = [
         ),
         returning_calls=5,
         close_deal=lambda fake, deal_id: fake.move_deal(deal_id, status="won"),
+        subjects=(11, 13),
+        direction=21,
+        partners=("3", "5"),
+        stored={
+            "subjects": [11, 13],
+            "direction": 21,
+            "last_payment_amount": 10000,
+            "last_payment_at": "2025-01-21",  # the day in Moscow
+            "payment_id": "pay_1",
+            "total_paid": 11500.5,
+            "purchase_count": 3,
+            "utm_source": "advcake",
+        },
+        refused=_refusals(
+            r"400.*Validation failed",
+            ("0" * 40, FieldKind.TEXT, "unknown field"),
+            ("direction", FieldKind.SELECT, 11),  # a subject's option
+            ("subjects", FieldKind.MULTISELECT, (11, 999)),
+            ("total_paid", FieldKind.TEXT, "a lot"),
+        ),
+        bad_placements=({"pipeline_id": "99"}, {"status_id": "1"}),
+        paging=(501, 2),
+        schema_calls=4,
+        pipelines=frozenset({"1", "2", "3"}),
+        static_secret="pipedrive_api_token",
+        revoke=lambda fake: fake.revoke_api_tokens(),
+        on_call=(
+            *[("persons.search", 200)] * 3,  # the three forms of the phone
+            ("persons.create", 200),
+            ("deals.create", 200),
+        ),
+        new_customer={"subjects": [11, 13], "direction": 21, "last_payment_at": "2025-01-20"},
+        # Five searches (Telegram id, three forms of the phone, e-mail), person, deal, note.
+        new_customer_calls=8,
+        new_customer_wire=_pipedrive_new_customer,
     ),
     CrmCase(
         "bitrix24",
@@ -242,6 +461,40 @@ CASES = [
         returning_calls=4,
         close_deal=lambda fake, deal_id: fake.move_deal(deal_id, "WON"),
         trouble=_bitrix_trouble,
+        subjects=(45, 47),
+        direction=61,
+        partners=("2", "C2:UC_AUTOPAY"),
+        stored={
+            "subjects": [45, 47],
+            "direction": 61,
+            "last_payment_amount": 10000.0,
+            "last_payment_at": "2025-01-21T00:49:20+03:00",
+            "payment_id": "pay_1",
+            "total_paid": 11500.5,
+            "purchase_count": 3.0,
+            "utm_source": "advcake",
+        },
+        refused={
+            "unknown_field": ("UF_CRM_NO_SUCH", FieldKind.TEXT, "x", "Unknown user field"),
+            "another_fields_option": ("direction", FieldKind.SELECT, 45, "no list item"),
+            "unknown_option": ("subjects", FieldKind.MULTISELECT, (45, 999), "no list item"),
+            "text_for_a_number": ("total_paid", FieldKind.TEXT, "a lot", "TOTAL_PAID"),
+        },
+        bad_placements=({"status_id": "C1:NEW"},),  # a stage of another pipeline
+        bad_placement_error=r"\[deal\].*Stage",
+        paging=(120, 3),
+        schema_calls=2,
+        pipelines=frozenset({"0", "1", "2"}),
+        static_secret="bitrix24_webhook_url",
+        revoke=lambda fake: fake.revoke_webhooks(),
+        on_call=(("contacts.find", 200), ("contacts.deals.create", 200)),
+        new_customer={
+            "subjects": [45, 47],
+            "direction": 61,
+            "last_payment_at": "2025-01-20T14:49:20+03:00",
+        },
+        new_customer_calls=3,  # lookup batch, create batch (contact + deal), comment
+        new_customer_wire=_bitrix_new_customer,
     ),
 ]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +20,7 @@ import httpx
 import pytest
 
 from bridge import rules
+from bridge.crmconfig import schema_problems
 from bridge.domain import Contact, FieldKind, FieldUpdate, KeyKind, LookupKey, NewContact, NewDeal
 from bridge.errors import AuthError, PermanentCrmError, RateLimited, TransientCrmError
 from bridge.settings import CrmConfig
@@ -27,6 +29,7 @@ from tests import test_amocrm_adapter as amo
 from tests import test_bitrix24_adapter as bx
 from tests import test_hubspot_adapter as hs
 from tests import test_pipedrive_adapter as pd
+from tests.crm_cases import BY_NAME, NOTE, REFUSALS, CrmCase
 from tests.fakes.memory import MemoryTokens
 from tests.fakes.server import serve_in_thread
 
@@ -57,6 +60,11 @@ class AdapterCase:
             return self.served(fake, base_url)
         update = {"base_url": base_url, "request_timeout_seconds": 0.5}
         return {"config": self.config.model_copy(update=update)}
+
+    @property
+    def crm(self) -> CrmCase:
+        """The CRM's case: its view of the fake's state and its wire shapes."""
+        return BY_NAME[self.kind]
 
     @property
     def oauth(self) -> CrmConfig:
@@ -350,3 +358,131 @@ async def test_the_fake_served_over_a_real_socket_is_the_same_api_with_the_same_
         await adapter.connection.aclose()
     finally:
         stop()
+
+
+# ---- deals, fields and notes, in each CRM's own shapes ------------------------------
+
+
+def seed(case: AdapterCase, fake: Fake, **fields: Any) -> str:
+    """An open deal of a contact a manager made, with fields by logical name."""
+    contact = str(case.crm.add_contact(fake, "Иван", "+79990000000", None))
+    return case.crm.seed_deal(fake, contact, "yandex_working", 1000, **fields)
+
+
+async def test_create_contact_and_deal_writes_every_field_kind(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
+    crm = case.crm
+    contact, deal = await adapter.create_contact_and_deal(crm.new_contact(), crm.new_deal())
+    assert crm.stored_as(fake, deal.id, crm.stored) == dict(crm.stored)
+    assert (deal.pipeline_id, deal.status_id, deal.contact_ids) == (*crm.partners, (contact.id,))
+    assert crm.place(fake, deal.id) == crm.partners
+    assert deal.fields[crm.field_id("payment_id")] == "pay_1"
+    assert crm.contact_field(fake, contact.id, "telegram_id") == "123456789"
+    assert crm.contact_field(fake, contact.id, "telegram_username") == "ivan"
+    assert (contact.phones, contact.deal_ids) == (("+79991234567",), ())
+
+
+async def test_update_deal_sends_every_kind_in_a_shape_the_crm_accepts(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
+    deal = seed(case, fake, total_paid=100)
+    await adapter.update_deal(deal, case.crm.every_kind())
+    assert fake.calls[-1].status == 200
+    assert case.crm.stored_as(fake, deal, case.crm.stored) == dict(case.crm.stored)
+    await adapter.update_deal(deal, [])
+    assert fake.count() == 1
+
+
+@pytest.mark.parametrize("refusal", REFUSALS)
+async def test_refused_field_updates_are_permanent_and_apply_nothing(
+    case: AdapterCase, fake: Fake, adapter: Adapter, refusal: str
+) -> None:
+    field, kind, value, error = case.crm.refused[refusal]
+    deal = seed(case, fake, total_paid=100)
+    good = FieldUpdate(case.crm.field_id("payment_id"), FieldKind.TEXT, "pay_1")
+    bad = FieldUpdate(case.crm.field_id(field), kind, value)
+    with pytest.raises(PermanentCrmError) as refused:
+        await adapter.update_deal(deal, [good, bad])
+    assert re.search(error, str(refused.value)), str(refused.value)
+    assert not case.crm.deal_field(fake, deal, "payment_id")
+    assert case.crm.deal_number(fake, deal, "total_paid") == 100
+    assert fake.count() == 1  # a refusal is not retried
+
+
+async def test_an_unknown_pipeline_or_status_is_permanent(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
+    crm = case.crm
+    assert crm.bad_placements
+    for changes in crm.bad_placements:
+        with pytest.raises(PermanentCrmError, match=crm.bad_placement_error):
+            await adapter.create_contact_and_deal(crm.new_contact(), crm.new_deal(**changes))
+    assert crm.deals(fake) == []
+    assert len(crm.contacts(fake)) <= (0 if crm.atomic_create else len(crm.bad_placements))
+
+
+async def test_notes_round_trip_verbatim(case: AdapterCase, fake: Fake, adapter: Adapter) -> None:
+    deal, quiet = seed(case, fake), seed(case, fake)
+    await adapter.add_note(deal, NOTE)
+    await adapter.add_note(deal, "second")
+    assert await adapter.deal_notes(deal) == [NOTE, "second"]
+    assert case.crm.notes(fake, deal) == [NOTE, "second"]  # as a manager reads them
+    assert await adapter.deal_notes(quiet) == []
+
+
+async def test_list_deals_pages_through_every_deal(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
+    count, calls = case.crm.paging
+    contact = str(case.crm.add_contact(fake, "Busy", "+79990000000", None))
+    ids = [case.crm.seed_deal(fake, contact, "yandex_working", 1000 + n) for n in range(count)]
+    deals = await adapter.list_deals(Contact(id=contact, deal_ids=tuple(ids)))
+    assert sorted(deal.id for deal in deals) == sorted(ids)
+    assert fake.count() == calls
+
+
+async def test_401_with_a_long_lived_secret_is_an_auth_error(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
+    case.crm.revoke(fake)
+    with pytest.raises(AuthError, match="401"):
+        await probe(adapter)
+    assert fake.count() == 1  # final: nothing to refresh
+    assert adapter.connection.token_expires_at() is None
+    missing = case.make_adapter(fake, **{case.crm.static_secret: None})
+    wanted = case.crm.static_secret.upper()
+    assert wanted in (await missing.connection.credentials_problem() or "")
+    with pytest.raises(AuthError, match=wanted):
+        await probe(missing)
+    assert fake.count() == 1  # nothing sent without it
+    assert missing.connection.token_expires_at() is None
+    await missing.connection.aclose()
+
+
+async def test_schema_lists_pipelines_and_the_configured_fields(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
+    schema = await adapter.schema()
+    assert {pipeline.id for pipeline in schema.pipelines} == case.crm.pipelines
+    fields = {(f.entity, f.id): f for f in schema.fields}
+    ids = case.config.deal_fields
+    subjects = fields[("leads", ids.subjects)]
+    assert subjects.type == "multiselect"
+    assert subjects.enums[str(case.crm.subjects[0])] == "Русский"
+    assert fields[("leads", ids.direction)].enums[str(case.crm.direction)] == "ЕГЭ"
+    assert fields[("leads", ids.total_paid)].type == "numeric"
+    assert fields[("contacts", case.config.contact_fields.telegram_id)].type == "text"
+    assert schema_problems(case.kind, case.config, schema) == []
+    assert fake.count() == case.crm.schema_calls
+
+
+async def test_on_call_names_each_operation(case: AdapterCase, fake: Fake) -> None:
+    seen: list[tuple[str, str, int]] = []
+    adapter = case.make_adapter(
+        fake, on_call=lambda crm, op, _seconds, status: seen.append((crm, op, status))
+    )
+    await probe(adapter, PHONE)
+    await adapter.create_contact_and_deal(case.crm.new_contact(), case.crm.new_deal())
+    assert seen == [(case.kind, op, status) for op, status in case.crm.on_call]
+    await adapter.connection.aclose()
