@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import EXPECTED_NOTE, crm_calls, number, payment_payload
+from tests.conftest import crm_calls, number, payment_payload
 from tests.crm_cases import BY_NAME, Run, running
 from tests.fakes.bitrix24 import FakeBitrix24
 
@@ -38,45 +38,6 @@ def run_bx(tmp_path: Path, fake_bx: FakeBitrix24) -> Run:
 
 
 # ---- 1: a new customer ----------------------------------------------------------------
-
-
-async def test_new_customer_gets_contact_deal_fields_and_note_in_three_requests(
-    run_bx: Any, fake_bx: FakeBitrix24
-) -> None:
-    async with run_bx() as bridge:
-        response = await bridge.post_payment(
-            payment_payload("pay_new", utm_source="advcake", utm_medium="cpa")
-        )
-        calls = crm_calls(bridge, "pay_new")
-    assert response.status_code == 200, response.text
-    [contact] = fake_bx.contacts()
-    [deal] = fake_bx.deals()
-    assert response.json() == {
-        "status": "success",
-        "results": {
-            "bitrix24": {"contact_id": contact["ID"], "lead_id": deal["ID"], "lead_created": True}
-        },
-    }
-    assert (deal["CATEGORY_ID"], deal["STAGE_ID"]) == ("2", "C2:UC_AUTOPAY")
-    assert deal["CONTACT_IDS"] == [int(contact["ID"])]
-    assert (deal["OPPORTUNITY"], deal["CURRENCY_ID"]) == ("10000.00", "RUB")
-    field = fake_bx.deal_field
-    assert number(field(deal["ID"], DEAL["total"])) == 10000
-    assert number(field(deal["ID"], DEAL["count"])) == 1
-    assert number(field(deal["ID"], DEAL["last_amount"])) == 10000
-    assert field(deal["ID"], DEAL["last_at"]) == "2025-01-20T14:49:20+03:00"
-    assert field(deal["ID"], DEAL["subjects"]) == [45, 47]
-    assert field(deal["ID"], DEAL["direction"]) == 61
-    assert field(deal["ID"], DEAL["payment_id"]) == "pay_new"
-    assert field(deal["ID"], DEAL["invoice_id"]) == "inv_pay_new"
-    assert field(deal["ID"], "UTM_SOURCE") == "advcake"
-    assert fake_bx.notes(deal["ID"]) == [EXPECTED_NOTE]
-    assert (contact["NAME"], contact["LAST_NAME"]) == ("Иван", "Петров")
-    assert [p["VALUE"] for p in contact["PHONE"]] == ["+79991234567"]
-    assert fake_bx.contact_field(contact["ID"], TG_ID) == "123456789"
-    assert fake_bx.contact_field(contact["ID"], TG_USERNAME) == "ivan_petrov"
-    # lookup batch, create batch (contact + deal), timeline comment
-    assert fake_bx.count() == calls == 3
 
 
 # ---- 2: a returning customer ----------------------------------------------------------
