@@ -345,7 +345,6 @@ CASES = [
                 "INVALID_OPTION",
             ),
             "text_for_a_number": ("total_paid", FieldKind.TEXT, "a lot", "INVALID_DECIMAL"),
-            "read_only": ("hs_is_closed", FieldKind.TEXT, "true", "READ_ONLY_VALUE"),
         },
         bad_placements=({"pipeline_id": "1"}, {"status_id": "1023405001"}),
         paging=(130, 2),
