@@ -14,7 +14,6 @@ import pytest
 from bridge.crm.amocrm import AmoCrm, build_amocrm, field_values_json, search_query
 from bridge.domain import (
     Contact,
-    ContactPatch,
     FieldKind,
     FieldUpdate,
     KeyKind,
@@ -25,7 +24,6 @@ from bridge.settings import CrmConfig, load_file_config
 from bridge.tokens import TokenPair
 from tests.crm_cases import BY_NAME
 from tests.fakes.amocrm import FakeAmoCrm
-from tests.fakes.amocrm_account import PHONE_FIELD
 from tests.fakes.memory import MemoryTokens, adapter_on
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,48 +166,6 @@ async def test_email_and_telegram_are_searched_as_themselves(
     assert hit.id == str(contact_id)
     assert hit.deal_ids == ()
     assert fake.calls[-1].params["query"] == [query]
-
-
-async def test_no_hits_is_204_and_an_empty_list(fake: FakeAmoCrm, amo: AmoCrm) -> None:
-    fake.add_contact("Someone", phones=["+79990000000"])
-    assert await amo.find_contacts(phone_key()) == []
-    assert fake.calls[-1].status == 204
-
-
-async def test_create_contact_then_deal_links_them(fake: FakeAmoCrm, amo: AmoCrm) -> None:
-    contact = await amo.create_contact(new_contact())
-    deal = await amo.create_deal(contact, new_deal())
-
-    assert contact.phones == ("+79991234567",)
-    assert (contact.telegram_id, contact.telegram_username) == ("123456789", "ivan")
-    assert contact.deal_ids == ()
-    stored = fake.contact(contact.id)
-    assert stored["name"] == "Иван Петров"
-    assert [lead["id"] for lead in stored["_embedded"]["leads"]] == [int(deal.id)]
-    assert fake.contact_field(contact.id, PHONE_FIELD) == "+79991234567"
-    assert fake.contact_field(contact.id, TG_ID) == "123456789"
-    assert (deal.pipeline_id, deal.status_id, deal.contact_ids) == (
-        str(PARTNERS),
-        str(PARTNERS_AUTOPAY),
-        (contact.id,),
-    )
-    assert deal.fields[PAYMENT_ID] == "pay_1"
-    assert fake.count() == 2
-
-
-async def test_update_contact_fills_fields_and_skips_empty_patch(
-    fake: FakeAmoCrm, amo: AmoCrm
-) -> None:
-    contact_id = fake.add_contact("Иван", phones=["+79991234567"])
-    await amo.update_contact(str(contact_id), ContactPatch(()))
-    assert fake.count() == 0
-    patch = ContactPatch((FieldUpdate(TG_ID, FieldKind.TEXT, "42"),))
-    await amo.update_contact(str(contact_id), patch)
-    assert fake.contact_field(contact_id, TG_ID) == "42"
-    assert fake.contact_field(contact_id, PHONE_FIELD) == "+79991234567"  # untouched
-    assert fake.calls[-1].json == {
-        "custom_fields_values": [{"field_id": 700101, "values": [{"value": "42"}]}]
-    }
 
 
 # ---- deals --------------------------------------------------------------------------

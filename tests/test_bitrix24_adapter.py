@@ -29,7 +29,6 @@ from bridge.crm.connection import Wiring
 from bridge.crmconfig import schema_problems
 from bridge.domain import (
     Contact,
-    ContactPatch,
     FieldKind,
     FieldUpdate,
     KeyKind,
@@ -322,17 +321,6 @@ async def test_telegram_hit_refused_by_confirm_falls_back_to_phone(
     assert found is not None and found.id == str(ivan)
 
 
-async def test_new_customer_costs_one_request(fake: FakeBitrix24, bx: Bitrix24) -> None:
-    fake.add_contact("Другой", phones=["+79990000000"], telegram_id="1")
-    assert await bx.find_contact(KEYS, rules.contact_matches) is None
-    assert fake.count() == 1
-
-
-async def test_no_keys_no_request(fake: FakeBitrix24, bx: Bitrix24) -> None:
-    assert await bx.find_contact((), rules.contact_matches) is None
-    assert fake.count() == 0
-
-
 async def test_a_chained_lookup_that_found_no_one_lends_no_deals(
     fake: FakeBitrix24, bx: Bitrix24
 ) -> None:
@@ -388,34 +376,6 @@ async def test_get_deal_has_every_linked_contact_and_none_when_gone(
     assert await bx.get_deal("not-a-number") is None
 
 
-async def test_create_contact_then_deal_links_them(fake: FakeBitrix24, bx: Bitrix24) -> None:
-    contact = await bx.create_contact(new_contact())
-    deal = await bx.create_deal(contact, new_deal())
-
-    assert (contact.phones, contact.emails) == (("+79991234567",), ("ivan@example.com",))
-    assert (contact.telegram_id, contact.telegram_username, contact.deal_ids) == (
-        "123456789",
-        "ivan",
-        (),
-    )
-    stored = fake.contact(contact.id)
-    assert (stored["NAME"], stored["LAST_NAME"], stored["UTM_SOURCE"]) == (
-        "Иван",
-        "Петров",
-        "advcake",
-    )
-    assert fake.contact_field(contact.id, TG_ID) == "123456789"
-    assert fake.deal(deal.id)["CONTACT_IDS"] == [int(contact.id)]
-    assert (deal.pipeline_id, deal.status_id, deal.contact_ids) == (
-        "2",
-        "C2:UC_AUTOPAY",
-        (contact.id,),
-    )
-    assert deal.fields[PAYMENT_ID] == "pay_1"
-    assert fake.deal(deal.id)["CURRENCY_ID"] == "RUB"
-    assert fake.count() == 2
-
-
 async def test_create_contact_and_deal_is_one_chained_batch(
     fake: FakeBitrix24, bx: Bitrix24
 ) -> None:
@@ -451,19 +411,6 @@ async def test_update_deal_is_a_post_without_a_feed_event(fake: FakeBitrix24, bx
     call = fake.calls[-1]
     assert (call.method, call.path.rsplit("/", 1)[-1]) == ("POST", "crm.deal.update.json")
     assert call.json["params"] == {"REGISTER_SONET_EVENT": "N"}
-
-
-async def test_update_contact_fills_fields_and_skips_empty_patch(
-    fake: FakeBitrix24, bx: Bitrix24
-) -> None:
-    contact_id = fake.add_contact("Иван", phones=["+79991234567"])
-    await bx.update_contact(str(contact_id), ContactPatch(()))
-    assert fake.count() == 0
-    await bx.update_contact(
-        str(contact_id), ContactPatch((FieldUpdate(TG_ID, FieldKind.TEXT, "42"),))
-    )
-    assert fake.contact_field(contact_id, TG_ID) == "42"
-    assert [p["VALUE"] for p in fake.contact(contact_id)["PHONE"]] == ["+79991234567"]
 
 
 async def test_notes_are_stored_verbatim_and_read_back(fake: FakeBitrix24, bx: Bitrix24) -> None:

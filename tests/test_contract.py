@@ -14,6 +14,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -21,7 +22,16 @@ import pytest
 
 from bridge import rules
 from bridge.crmconfig import schema_problems
-from bridge.domain import Contact, FieldKind, FieldUpdate, KeyKind, LookupKey, NewContact, NewDeal
+from bridge.domain import (
+    Contact,
+    ContactPatch,
+    FieldKind,
+    FieldUpdate,
+    KeyKind,
+    LookupKey,
+    NewContact,
+    NewDeal,
+)
 from bridge.errors import AuthError, PermanentCrmError, RateLimited, TransientCrmError
 from bridge.settings import CrmConfig
 from bridge.tokens import TokenPair
@@ -29,7 +39,7 @@ from tests import test_amocrm_adapter as amo
 from tests import test_bitrix24_adapter as bx
 from tests import test_hubspot_adapter as hs
 from tests import test_pipedrive_adapter as pd
-from tests.crm_cases import BY_NAME, NOTE, REFUSALS, CrmCase
+from tests.crm_cases import BY_NAME, CUSTOMER, NOTE, REFUSALS, CrmCase
 from tests.fakes.memory import MemoryTokens
 from tests.fakes.server import serve_in_thread
 
@@ -486,3 +496,69 @@ async def test_on_call_names_each_operation(case: AdapterCase, fake: Fake) -> No
     await adapter.create_contact_and_deal(case.crm.new_contact(), case.crm.new_deal())
     assert seen == [(case.kind, op, status) for op, status in case.crm.on_call]
     await adapter.connection.aclose()
+
+
+# ---- contacts and deals through the flow's interface --------------------------------
+
+
+async def test_nobody_found_is_none_after_the_lookups(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
+    case.crm.add_contact(fake, "Someone", "+79990000000", None)
+    assert await adapter.find_contact(CUSTOMER.lookup_keys(), rules.contact_matches) is None
+    assert fake.count() == case.crm.lookup_calls
+    assert await adapter.find_contact((), rules.contact_matches) is None
+    assert fake.count() == case.crm.lookup_calls  # no keys, no request
+
+
+async def test_create_contact_then_deal_links_them(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
+    crm = case.crm
+    contact = await adapter.create_contact(crm.new_contact())
+    deal = await adapter.create_deal(contact, crm.new_deal())
+    assert (contact.phones, contact.telegram_id, contact.telegram_username, contact.deal_ids) == (
+        ("+79991234567",),
+        "123456789",
+        "ivan",
+        (),
+    )
+    assert crm.contacts(fake) == [contact.id]
+    assert crm.contact_field(fake, contact.id, "telegram_id") == "123456789"
+    assert (deal.pipeline_id, deal.status_id, deal.contact_ids) == (*crm.partners, (contact.id,))
+    assert deal.fields[crm.field_id("payment_id")] == "pay_1"
+    assert fake.count() == 2
+    found = await adapter.find_contact(CUSTOMER.lookup_keys(), rules.contact_matches)
+    assert found is not None and found.id == contact.id
+    assert [listed.id for listed in await adapter.list_deals(found)] == [deal.id]
+
+
+async def test_update_contact_fills_fields_and_skips_an_empty_patch(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
+    contact = str(case.crm.add_contact(fake, "Иван", PHONE, None))
+    await adapter.update_contact(contact, ContactPatch(()))
+    assert fake.count() == 0
+    telegram_id = case.config.contact_fields.telegram_id or ""
+    await adapter.update_contact(
+        contact, ContactPatch((FieldUpdate(telegram_id, FieldKind.TEXT, "42"),))
+    )
+    assert fake.count() == 1
+    assert case.crm.contact_field(fake, contact, "telegram_id") == "42"
+    found = await probe(adapter, PHONE)  # the phone is untouched
+    assert isinstance(found, Contact) and found.id == contact
+
+
+async def test_get_deal_sees_a_manager_close_it_and_none_when_gone(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
+    contact = str(case.crm.add_contact(fake, "Иван", PHONE, None))
+    deal_id = case.crm.seed_deal(fake, contact, "site_autopay", 1000, total_paid=700)
+    deal = await adapter.get_deal(deal_id)
+    assert deal is not None and not deal.is_closed and not deal.is_deleted
+    assert deal.contact_ids == (contact,)
+    assert Decimal(deal.fields[case.crm.field_id("total_paid")]) == 700
+    case.crm.close_deal(fake, deal_id)
+    closed = await adapter.get_deal(deal_id)
+    assert closed is not None and closed.is_closed
+    assert await adapter.get_deal("999999") is None

@@ -26,7 +26,6 @@ from bridge.crm.richtext import note_html, note_text
 from bridge.crmconfig import config_snippet
 from bridge.domain import (
     Contact,
-    ContactPatch,
     Customer,
     FieldKind,
     FieldUpdate,
@@ -248,14 +247,6 @@ async def test_phone_search_uses_hubspots_national_form(fake: FakeHubSpot, hub: 
     assert (await hub.find_contact([phone_key()], contact_matches)).id == ivan  # type: ignore[union-attr]
 
 
-async def test_nothing_found_is_none_after_one_search(fake: FakeHubSpot, hub: HubSpot) -> None:
-    fake.add_contact(firstname="Someone", phone="+79990000000")
-    assert await hub.find_contact((tg_key(), phone_key(), email_key()), contact_matches) is None
-    assert fake.count() == 1
-    assert await hub.find_contact((), contact_matches) is None
-    assert fake.count() == 1
-
-
 async def test_create_contact_stores_names_phone_email_and_telegram(
     fake: FakeHubSpot, hub: HubSpot
 ) -> None:
@@ -290,20 +281,6 @@ async def test_an_email_the_search_did_not_show_yet_is_that_contact(fake: FakeHu
     assert len(lagging.contacts()) == 1
     assert lagging.calls[-1].status == 409
     await adapter.connection.aclose()
-
-
-async def test_update_contact_fills_and_skips_an_empty_patch(
-    fake: FakeHubSpot, hub: HubSpot
-) -> None:
-    contact_id = fake.add_contact(firstname="Иван", phone="+79991234567")
-    await hub.update_contact(contact_id, ContactPatch(()))
-    assert fake.count() == 0
-    await hub.update_contact(
-        contact_id, ContactPatch((FieldUpdate("telegram_id", FieldKind.TEXT, "42"),))
-    )
-    assert fake.contact_field(contact_id, "telegram_id") == "42"
-    assert fake.contact_field(contact_id, "phone") == "+79991234567"
-    assert fake.calls[-1].json == {"properties": {"telegram_id": "42"}}
 
 
 # ---- deals --------------------------------------------------------------------------

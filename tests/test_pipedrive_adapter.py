@@ -341,12 +341,6 @@ async def test_email_is_matched_exactly_and_case_insensitively(
     assert found is not None and found.id == str(ivan)
 
 
-async def test_nobody_found_is_none(fake: FakePipedrive, pd: Pipedrive) -> None:
-    fake.add_person("Someone", phones=["+79990000000"])
-    assert await pd.find_contact(CUSTOMER.lookup_keys(), contact_matches) is None
-    assert len(fake.calls) == 5  # Telegram id, three phone forms, e-mail
-
-
 async def test_create_contact_and_fill_its_fields(fake: FakePipedrive, pd: Pipedrive) -> None:
     contact = await pd.create_contact(new_contact())
     person = fake.person(contact.id)
