@@ -12,13 +12,7 @@ from typing import Any
 import pytest
 
 from bridge.crm.amocrm import AmoCrm, build_amocrm, field_values_json, search_query
-from bridge.domain import (
-    Contact,
-    FieldKind,
-    FieldUpdate,
-    KeyKind,
-    LookupKey,
-)
+from bridge.domain import Contact, FieldKind, FieldUpdate, KeyKind, LookupKey
 from bridge.errors import RateLimited
 from bridge.settings import CrmConfig, load_file_config
 from bridge.tokens import TokenPair

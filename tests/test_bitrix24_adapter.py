@@ -27,22 +27,8 @@ from bridge.crm.bitrix24_json import (
 from bridge.crm.bitrix24_rest import webhook_problem
 from bridge.crm.connection import Wiring
 from bridge.crmconfig import schema_problems
-from bridge.domain import (
-    Contact,
-    FieldKind,
-    FieldUpdate,
-    KeyKind,
-    LookupKey,
-    NewContact,
-    Utm,
-)
-from bridge.errors import (
-    AuthError,
-    ConfigError,
-    PermanentCrmError,
-    RateLimited,
-    TransientCrmError,
-)
+from bridge.domain import Contact, FieldKind, FieldUpdate, KeyKind, LookupKey, NewContact, Utm
+from bridge.errors import AuthError, ConfigError, PermanentCrmError, RateLimited, TransientCrmError
 from bridge.settings import CrmConfig, FileConfig, Settings
 from bridge.tokens import TokenPair
 from tests.crm_cases import BY_NAME, CUSTOMER

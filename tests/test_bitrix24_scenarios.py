@@ -43,41 +43,6 @@ def run_bx(tmp_path: Path, fake_bx: FakeBitrix24) -> Run:
 # ---- 2: a returning customer ----------------------------------------------------------
 
 
-async def test_a_returning_customer_with_telegram_gets_it_filled_and_the_phone_kept(
-    run_bx: Any, fake_bx: FakeBitrix24
-) -> None:
-    contact_id = fake_bx.add_contact("Иван", "Петров", phones=["8 (999) 123-45-67"])
-    open_deal = fake_bx.add_deal(
-        contact_id,
-        stage_id="C1:EXECUTING",
-        modified=1000,
-        fields={DEAL["total"]: 1500, DEAL["count"]: 2},
-    )
-    won = fake_bx.add_deal(contact_id, stage_id="WON", modified=3000)
-    excluded = fake_bx.add_deal(contact_id, stage_id="UC_AUTOPAY", modified=4000)
-    async with run_bx() as bridge:
-        response = await bridge.post_payment(payment_payload("pay_ret"))
-        calls = crm_calls(bridge, "pay_ret")
-    assert response.status_code == 200, response.text
-    assert response.json()["results"]["bitrix24"] == {
-        "contact_id": str(contact_id),
-        "lead_id": str(open_deal),
-        "lead_created": False,
-    }
-    assert len(fake_bx.deals()) == 3
-    assert number(fake_bx.deal_field(open_deal, DEAL["total"])) == 11500
-    assert number(fake_bx.deal_field(open_deal, DEAL["count"])) == 3
-    for untouched in (won, excluded):
-        assert fake_bx.deal_field(untouched, DEAL["total"]) is None
-        assert fake_bx.notes(untouched) == []
-    assert len(fake_bx.notes(open_deal)) == 1
-    # Telegram id and username were empty on the contact: filled, nothing else touched.
-    assert fake_bx.contact_field(contact_id, TG_ID) == "123456789"
-    assert [p["VALUE"] for p in fake_bx.contact(contact_id)["PHONE"]] == ["8 (999) 123-45-67"]
-    # lookup batch, the phone hit's record and deals, contact fill, deal update, comment
-    assert fake_bx.count() == calls == 5
-
-
 async def test_returning_customer_found_by_telegram_costs_three_requests(
     run_bx: Any, fake_bx: FakeBitrix24
 ) -> None:

@@ -16,12 +16,7 @@ import pytest
 
 from bridge import checks
 from bridge.crm.hubspot import HubSpot, build_hubspot
-from bridge.crm.hubspot_json import (
-    contact_search_json,
-    field_type,
-    national_number,
-    property_value,
-)
+from bridge.crm.hubspot_json import contact_search_json, field_type, national_number, property_value
 from bridge.crm.richtext import note_html, note_text
 from bridge.crmconfig import config_snippet
 from bridge.domain import (

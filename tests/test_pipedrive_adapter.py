@@ -19,27 +19,11 @@ import pytest
 from bridge.crm.base import RateLimiter, error_for_status
 from bridge.crm.pipedrive import Pipedrive, build_pipedrive
 from bridge.crm.pipedrive_budget import TOKEN_COSTS, TokenBudget, budget_hooks
-from bridge.crm.pipedrive_json import (
-    custom_fields_json,
-    field_text,
-    search_params,
-)
+from bridge.crm.pipedrive_json import custom_fields_json, field_text, search_params
 from bridge.crm.richtext import note_html, note_text
 from bridge.crmconfig import schema_problems
-from bridge.domain import (
-    Contact,
-    ContactPatch,
-    FieldKind,
-    FieldUpdate,
-    KeyKind,
-    LookupKey,
-)
-from bridge.errors import (
-    AuthError,
-    ConfigError,
-    PermanentCrmError,
-    RateLimited,
-)
+from bridge.domain import Contact, ContactPatch, FieldKind, FieldUpdate, KeyKind, LookupKey
+from bridge.errors import AuthError, ConfigError, PermanentCrmError, RateLimited
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, load_file_config
 from bridge.tokens import TokenPair
