@@ -8,13 +8,11 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from bridge.app import create_app
-from tests.conftest import Bridge, make_settings, number, payment_payload
+from tests.conftest import Bridge, make_settings, payment_payload
 from tests.crm_cases import BY_NAME, Run, running
 from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.service import Abort, FakeRequest, FakeResponse
 
-SITE_AUTOPAY = "1023405001"
-DEALS = "/crm/objects/2026-09/deals"
 CONTACTS = "/crm/objects/2026-09/contacts"
 CASE = BY_NAME["hubspot"]
 hubspot_file_config = CASE.file_config
@@ -34,25 +32,6 @@ def run_hub(tmp_path: Path, fake_hub: FakeHubSpot) -> Run:
 
 
 # ---- 2. a returning customer --------------------------------------------------------
-
-
-async def test_an_excluded_stage_deal_carrying_the_payment_is_found_on_retry(
-    run_hub, fake_hub
-) -> None:
-    # The deal is created in the auto-payment stage (excluded), then the answer is lost:
-    # the retry must see that open-in-HubSpot deal and not create a second one.
-    fake_hub.fail_after_apply(1, kind="timeout", method="POST", path_prefix=DEALS)
-    async with run_hub() as bridge:
-        response = await bridge.post_payment(payment_payload("pay_cw"))
-        await bridge.settle()
-        [(status,)] = bridge.query("SELECT status FROM payment_events")
-    assert response.status_code in (200, 202)
-    assert status == "success"
-    [deal] = fake_hub.deals()
-    assert fake_hub.deal_field(deal["id"], "dealstage") == SITE_AUTOPAY
-    assert number(fake_hub.deal_field(deal["id"], "purchase_count")) == 1
-    assert len(fake_hub.notes(deal["id"])) == 1
-    assert len(fake_hub.contacts()) == 1
 
 
 async def test_a_contact_not_yet_in_the_search_index_is_not_duplicated(

@@ -66,6 +66,25 @@ async def test_new_customer_gets_contact_deal_fields_and_note(
     case.new_customer_wire(fake, contact, deal)
 
 
+async def test_a_deal_created_but_its_answer_lost_is_found_on_retry(
+    run: Run, case: CrmCase, fake: Fake
+) -> None:
+    # With the reference rules the deal lands in the auto-payment status, which the
+    # bridge never picks as an open deal: the retry must still see it carries the payment.
+    fake.fail_after_apply(1, kind="timeout", method="POST", path_prefix=case.deal_write)
+    async with run(wait_seconds=0) as bridge:
+        await bridge.post_payment(payment_payload("pay_cw"))
+        await bridge.settle(timeout=20)
+        [(status,)] = bridge.query("SELECT status FROM payment_events")
+    assert status == "success"
+    assert len(case.contacts(fake)) == 1
+    [deal] = case.deals(fake)
+    autopay = case.config.default_pipeline
+    assert case.place(fake, deal) == (autopay.pipeline_id, autopay.status_id)
+    assert case.deal_number(fake, deal, "purchase_count") == 1
+    assert len(case.notes(fake, deal)) == 1
+
+
 async def test_crm_trouble_answers_within_window_and_lands_exactly_once(
     run: Run, case: CrmCase, fake: Fake
 ) -> None:
