@@ -5,10 +5,12 @@ BIN := $(VENV)/bin
 PREFIX ?= /opt/crm-bridge
 CONFDIR ?= /etc/crm-bridge
 UNITDIR ?= /etc/systemd/system
+BINDIR ?= /usr/local/bin
 # The unit names these paths, so they are made absolute whatever the command line says.
 override PREFIX := $(abspath $(PREFIX))
 override CONFDIR := $(abspath $(CONFDIR))
 override UNITDIR := $(abspath $(UNITDIR))
+override BINDIR := $(abspath $(BINDIR))
 # `make install` knobs: what pip installs (this tree, or a wheel built from it), extra
 # `pip install` arguments, and whether to upgrade pip first (tests/test_install.py installs
 # a prebuilt wheel offline with `--no-deps --no-index` and `UPGRADE_PIP=no`).
@@ -21,22 +23,22 @@ UPGRADE_PIP ?= yes
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(BIN)/bridge: pyproject.toml
+$(BIN)/crm-bridge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e .
 	@touch $@
 
-$(VENV)/.dev: $(BIN)/bridge
+$(VENV)/.dev: $(BIN)/crm-bridge
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
-venv: $(BIN)/bridge  ## create .venv with the bridge installed
+venv: $(BIN)/crm-bridge  ## create .venv with the bridge installed
 
 dev-venv: $(VENV)/.dev  ## .venv plus test and lint tools
 
 run: venv  ## start the bridge on its defaults (db/bridge.sqlite, etc/bridge.example.toml, 127.0.0.1:8080)
-	$(BIN)/bridge serve
+	$(BIN)/crm-bridge serve
 
 test: dev-venv  ## run the whole test suite
 	$(BIN)/python -m pytest -q
@@ -63,8 +65,8 @@ bench: dev-venv  ## benchmarks (not part of the tests): intake, CRM calls, burst
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python -m tests.bench
 
-install:  ## install under $(PREFIX), config in $(CONFDIR), unit in $(UNITDIR) (run as root)
-	install -d -m 0755 $(PREFIX) $(CONFDIR) $(UNITDIR)
+install:  ## install under $(PREFIX), `crm-bridge` in $(BINDIR), config in $(CONFDIR), unit in $(UNITDIR) (run as root)
+	install -d -m 0755 $(PREFIX) $(CONFDIR) $(UNITDIR) $(BINDIR)
 	$(PYTHON) -m venv $(PREFIX)/venv
 	$(if $(filter yes,$(UPGRADE_PIP)),$(PREFIX)/venv/bin/pip install --quiet --upgrade pip)
 	$(PREFIX)/venv/bin/pip install --quiet $(PIP_INSTALL_ARGS) $(PACKAGE)
@@ -79,16 +81,18 @@ install:  ## install under $(PREFIX), config in $(CONFDIR), unit in $(UNITDIR) (
 	  env.example > $(CONFDIR)/env)
 	chmod 0600 $(CONFDIR)/env
 	install -m 0644 README.md $(PREFIX)/README.md
+	ln -sfn $(PREFIX)/venv/bin/crm-bridge $(BINDIR)/crm-bridge
 	sed -e 's|/opt/crm-bridge|$(PREFIX)|g' -e 's|/etc/crm-bridge|$(CONFDIR)|g' \
 	  etc/systemd/crm-bridge.service > $(UNITDIR)/crm-bridge.service.new
 	chmod 0644 $(UNITDIR)/crm-bridge.service.new
 	mv $(UNITDIR)/crm-bridge.service.new $(UNITDIR)/crm-bridge.service
 	systemctl daemon-reload 2>/dev/null || true
-	@echo "edit $(CONFDIR)/env and $(CONFDIR)/bridge.toml, then: systemctl enable --now crm-bridge"
+	@echo "edit $(CONFDIR)/env and $(CONFDIR)/bridge.toml, then: crm-bridge --env-file $(CONFDIR)/env check; systemctl enable --now crm-bridge"
 
 uninstall:  ## remove the unit and $(PREFIX); keeps $(CONFDIR) and the database
 	systemctl disable --now crm-bridge 2>/dev/null || true
 	rm -f $(UNITDIR)/crm-bridge.service
+	test ! -L $(BINDIR)/crm-bridge || rm -f $(BINDIR)/crm-bridge
 	rm -rf $(PREFIX)
 
 clean:  ## remove the virtualenv and caches

@@ -11,11 +11,11 @@ import asyncio
 import gc
 import json
 import logging
+import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -26,6 +26,7 @@ from litestar.exceptions import HTTPException
 from litestar.types import HTTPScope, Receive, Scope, Send
 from pydantic import ValidationError
 
+from bridge.alerts import Alerter, alert_transport
 from bridge.asgi_io import (
     BadContentLength,
     BodyTimeout,
@@ -40,10 +41,12 @@ from bridge.crm import build_adapters
 from bridge.crm.base import CrmAdapter
 from bridge.crypto import TokenCipher
 from bridge.errors import StoreUnavailable
+from bridge.health_view import health_content
 from bridge.intake import OrderFields, payment_intake
 from bridge.logs import clip
 from bridge.metrics import CONTENT_TYPE, Metrics
 from bridge.payloads import CourseOrder, parse_payment, validation_details
+from bridge.reload import Loader, reload_runtime
 from bridge.settings import Settings
 from bridge.signing import verify
 from bridge.store import DeliveryOutcome, EventView, RequestRecord, Store
@@ -66,6 +69,11 @@ class Runtime:
     hmac_secrets: tuple[str, ...]
     standard_secrets: tuple[str, ...]
     worker_task: asyncio.Task[None] | None = None
+    config_loaded_at: float | None = None
+    alerter: Alerter | None = None
+    transports: Mapping[str, httpx.AsyncBaseTransport] | None = None
+    # `serve` records what it loaded (bridge.staleness) at start and each reload.
+    on_reloaded: Callable[[Store, Settings], Awaitable[None]] | None = None
 
 
 def create_app(
@@ -73,8 +81,14 @@ def create_app(
     *,
     transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
     clock: Clock = time.time,
+    reloader: Loader | None = None,
+    on_loaded: Callable[[Store, Settings], Awaitable[None]] | None = None,
 ) -> BridgeApp:
-    return BridgeApp(settings, transports, clock)
+    """`reloader`: how SIGHUP re-reads the settings (`serve` gives it; tests need none);
+    `on_loaded`: called with the settings in force, at start and after each reload."""
+    app = BridgeApp(settings, transports, clock)
+    app.reloader, app.on_loaded = reloader, on_loaded
+    return app
 
 
 class BridgeApp:
@@ -95,13 +109,15 @@ class BridgeApp:
         self._transports = transports
         self._clock = clock
         self.runtime: Runtime | None = None  # while the lifespan runs
+        self.reloader: Loader | None = None
+        self.on_loaded: Callable[[Store, Settings], Awaitable[None]] | None = None
         self.litestar = Litestar(
             route_handlers=[health, metrics],
             lifespan=[self._lifespan],
             request_max_body_size=settings.max_body_bytes,
             exception_handlers={Exception: _internal_error},
             openapi_config=None,
-            logging_config=None,  # `bridge serve` configures logging for journald itself
+            logging_config=None,  # `crm-bridge serve` configures logging for journald itself
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -113,11 +129,23 @@ class BridgeApp:
     @asynccontextmanager
     async def _lifespan(self, app: Litestar) -> AsyncIterator[None]:
         runtime = await _start(self._settings, self._transports, self._clock)
+        runtime.transports = self._transports
+        runtime.on_reloaded = self.on_loaded
         app.state.runtime = runtime
         self.runtime = runtime
+        if self.on_loaded is not None:
+            await self.on_loaded(runtime.store, runtime.settings)
+        loop = asyncio.get_running_loop()
+        if self.reloader is not None:
+            reloader = self.reloader
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: loop.create_task(reload_runtime(runtime, reloader))
+            )
         try:
             yield
         finally:
+            if self.reloader is not None:
+                loop.remove_signal_handler(signal.SIGHUP)
             self.runtime = None
             await _stop(runtime)
 
@@ -139,6 +167,7 @@ async def _start(
     store = await Store.open(settings.database_path, clock=clock, cipher=cipher)
     metrics = Metrics()
     adapters = build_adapters(settings, store, transports=transports, on_call=metrics.observe_call)
+    alerter = Alerter(settings, store, clock=clock, transport=alert_transport(transports))
     worker = Worker(
         store,
         adapters,
@@ -146,6 +175,7 @@ async def _start(
         clock=clock,
         pause_probe_seconds=settings.pause_probe_seconds,
         on_outcome=metrics.observe_outcome,
+        on_alert=alerter.notify,
     )
     runtime = Runtime(
         settings,
@@ -154,10 +184,13 @@ async def _start(
         adapters,
         metrics,
         clock,
+        config_loaded_at=clock(),
+        alerter=alerter,
         hmac_secrets=tuple(s.get_secret_value() for s in settings.webhook_secrets),
         standard_secrets=tuple(s.get_secret_value() for s in settings.standard_webhook_secrets),
     )
     runtime.worker_task = asyncio.get_running_loop().create_task(worker.run())
+    alerter.start()
     # Everything built so far lives as long as the process: keep the cyclic collector's
     # full passes (tens of ms with the whole framework on the heap) off the request path.
     gc.collect()
@@ -177,6 +210,8 @@ async def _stop(runtime: Runtime) -> None:
         await asyncio.gather(runtime.worker_task, return_exceptions=True)
     for adapter in runtime.adapters.values():
         await adapter.connection.aclose()
+    if runtime.alerter is not None:
+        await runtime.alerter.stop()
     await runtime.store.close()
     log.info("bridge stopped")
 
@@ -419,7 +454,7 @@ def _delivery_result(delivery: DeliveryOutcome) -> dict[str, Any]:
     result: dict[str, Any] = {"status": delivery.status}
     if delivery.last_error:
         # The CRM's own error text (which may quote its answer, field names, data of other
-        # customers) stays with the operator: `bridge show` and the deliveries table.
+        # customers) stays with the operator: `crm-bridge show` and the deliveries table.
         result["error"] = _CALLER_REASONS.get(delivery.status, "not delivered yet")
     return result
 
@@ -467,7 +502,8 @@ async def health(request: Request[Any, Any, State]) -> Response[Any]:
         await rt.store.check_writable()
         queue = await rt.store.queue_stats()
         states = await rt.store.crm_states()
-        database = {"ok": True}
+        holds = await rt.store.holds()
+        counts = await rt.store.delivery_counts()
     except StoreUnavailable as exc:
         # Health is unauthenticated: the cause (file path, OS error) goes to the journal,
         # the answer only says that the storage is down.
@@ -476,33 +512,19 @@ async def health(request: Request[Any, Any, State]) -> Response[Any]:
             content={"status": "error", "database": {"ok": False, "error": "unavailable"}},
             status_code=503,
         )
-    paused = rt.worker.paused()
-    crms: dict[str, Any] = {}
-    for name, adapter in rt.adapters.items():
-        state = states.get(name)
-        expires = adapter.connection.token_expires_at()
-        crms[name] = {
-            "paused": name in paused,
-            "paused_reason": paused.get(name),
-            "last_success_at": state.last_success_at if state else None,
-            "last_error": state.last_error if state else None,
-            "last_error_at": state.last_error_at if state else None,
-            "token_expires_at": _iso(expires),
-            **adapter.connection.health_details(),
-        }
-    oldest_age = now - queue.oldest_pending_at if queue.oldest_pending_at else None
-    rt.metrics.queue_depth.set(queue.depth)
-    rt.metrics.oldest_pending_age.set(oldest_age or 0)
-    return Response(
-        content={
-            "status": "degraded" if paused else "ok",
-            "database": database,
-            "queue_depth": queue.depth,
-            "oldest_pending_age_seconds": round(oldest_age, 3) if oldest_age else None,
-            "crms": crms,
-        },
-        status_code=200,
+    content = health_content(
+        now=now,
+        queue=queue,
+        states=states,
+        paused=rt.worker.paused(),
+        holds=holds,
+        counts=counts,
+        adapters=rt.adapters,
+        config_loaded_at=rt.config_loaded_at,
     )
+    rt.metrics.queue_depth.set(queue.depth)
+    rt.metrics.oldest_pending_age.set(content["oldest_pending_age_seconds"] or 0)
+    return Response(content=content, status_code=200)
 
 
 @get("/metrics")
@@ -522,16 +544,10 @@ async def metrics(request: Request[Any, Any, State]) -> Response[bytes]:
         for crm in stats.crms:
             for status, count in crm.deliveries.items():
                 rt.metrics.deliveries_stored.labels(crm.crm, status).set(count)
-    paused = rt.worker.paused()
+    paused = {**rt.worker.paused(), **rt.worker.held()}  # the bridge's pauses and the operator's
     for name in rt.adapters:
         rt.metrics.crm_paused.labels(name).set(1 if name in paused else 0)
     return Response(content=rt.metrics.render(), media_type=CONTENT_TYPE)
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _internal_error(request: Request[Any, Any, State], exc: Exception) -> Response[Any]:

@@ -1,4 +1,4 @@
-"""`bridge check`: is this installation ready to take webhooks? (SPEC §10)
+"""`crm-bridge check`: is this installation ready to take webhooks? (SPEC §10)
 
 In order: the settings (webhook secrets, time zones, templates, BRIDGE_SECRET_KEY), the
 database (opens, migrates, takes a write, stored tokens decrypt), then every enabled CRM:
@@ -9,15 +9,18 @@ settings were loaded. Each finding is a line; any `problem` makes the command fa
 
 from __future__ import annotations
 
+import difflib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
+from dotenv import dotenv_values
 
-from bridge import rules
+from bridge import rules, servelock
 from bridge.crm import build_adapter as build_crm_adapter
 from bridge.crm.base import CrmAdapter
 from bridge.crmconfig import schema_problems
@@ -25,6 +28,7 @@ from bridge.crypto import TokenCipher
 from bridge.errors import AuthError, BridgeError, ConfigError, CrmError, StoreUnavailable
 from bridge.settings import Settings
 from bridge.signing import standard_secret_key
+from bridge.staleness import stale_config
 from bridge.store import Store
 from bridge.tokens import TokenRepository
 
@@ -67,8 +71,9 @@ def build_adapter(
     return build_crm_adapter(name, config, settings, tokens, transport=transport, clock=clock)
 
 
-def settings_findings(settings: Settings) -> list[Finding]:
-    """What can be told from the settings alone."""
+def settings_findings(settings: Settings, *, require_secret: bool = False) -> list[Finding]:
+    """What can be told from the settings alone. `require_secret` (check): no webhook
+    secret at all is a problem; `serve` still starts without one (every webhook 401)."""
     crms = settings.file.crm
     enabled = [name for name, crm in crms.items() if crm.enabled]
     found = [ok(f"config {settings.config_file}: CRMs {', '.join(enabled) or 'none enabled'}")]
@@ -77,7 +82,7 @@ def settings_findings(settings: Settings) -> list[Finding]:
     hmac_n, standard_n = len(settings.webhook_secrets), len(settings.standard_webhook_secrets)
     if hmac_n + standard_n == 0:
         found.append(
-            warning(
+            (problem if require_secret else warning)(
                 "no WEBHOOK_SECRETS or STANDARD_WEBHOOK_SECRETS: every webhook would be"
                 " answered 401"
             )
@@ -116,7 +121,7 @@ def settings_findings(settings: Settings) -> list[Finding]:
         found.append(
             problem(
                 f"BRIDGE_SECRET_KEY is not set, but {', '.join(oauth)} use(s) OAuth: generate"
-                " one with `bridge rotate-key --generate`"
+                " one with `crm-bridge rotate-key --generate`"
             )
         )
     return found
@@ -127,8 +132,10 @@ async def run_checks(
     *,
     transports: Transports | None = None,
     clock: Callable[[], float] = time.time,
+    env_file: Path | None = None,
 ) -> list[Finding]:
-    found = settings_findings(settings)
+    found = settings_findings(settings, require_secret=True)
+    found += env_file_findings(env_file)
     cipher = _cipher_or_none(settings)
     path = settings.database_path
     created = "" if path.exists() else " (created)"
@@ -142,6 +149,11 @@ async def run_checks(
         found.append(ok(f"database {path}{created}: schema {version}, writable"))
         found += await _token_findings(store, settings, cipher)
         states = await store.crm_states()
+        holds = await store.holds()
+        serving = servelock.running_pid(path) is not None
+        stale = await stale_config(store, settings)
+        if stale:
+            found.append(warning(stale))
         for name, config in settings.file.crm.items():
             if not config.enabled:
                 found.append(ok(f"crm.{name}: disabled, not checked"))
@@ -153,6 +165,17 @@ async def run_checks(
                     warning(
                         f"crm.{name}: the running bridge paused it ({paused.paused_reason});"
                         f" it tries again every {PAUSE_PROBE_SECONDS} s"
+                        if serving
+                        else f"crm.{name}: paused when the bridge last ran"
+                        f" ({paused.paused_reason}); it tries again when it starts"
+                    )
+                )
+            hold = holds.get(name)
+            if hold is not None:
+                found.append(
+                    warning(
+                        f"crm.{name}: paused by {hold.by} at {hold.at} UTC ({hold.reason});"
+                        f" deliveries wait until `crm-bridge resume {name}`"
                     )
                 )
     except StoreUnavailable as exc:
@@ -221,3 +244,22 @@ def _cipher_or_none(settings: Settings) -> TokenCipher | None:
         return TokenCipher(keys) if keys else None
     except ConfigError:
         return None  # reported by settings_findings
+
+
+def env_file_findings(env_file: Path | None) -> list[Finding]:
+    """Keys in the environment file the bridge does not know: a typo is otherwise
+    silently ignored and its setting left at the default."""
+    path = env_file if env_file is not None else Path(".env")
+    try:
+        values = dotenv_values(path) if path.is_file() else {}
+    except (OSError, UnicodeDecodeError) as exc:
+        return [problem(f"{path}: cannot read: {exc}")]
+    known = {name.upper() for name in Settings.model_fields if name != "file"}
+    found: list[Finding] = []
+    for key in values:
+        if key.upper() in known:
+            continue
+        close = difflib.get_close_matches(key.upper(), sorted(known), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        found.append(warning(f"{path}: unknown key {key}{hint}: it is ignored"))
+    return found

@@ -2,10 +2,11 @@
 
 - `schema_problems`: every pipeline, status, field and enum id the section names that the
   CRM does not have (or a field of the wrong type), each with its config key, for
-  `bridge check`;
+  `crm-bridge check`;
 - `config_snippet`: the schema written as TOML in the shape of `etc/bridge.example.toml`,
-  for `bridge discover`: ids the section already names and the CRM has are filled in,
-  everything else is listed as commented candidates.
+  for `crm-bridge discover`: ids the section already names and the CRM has are filled in,
+  then fields matched by name and type (`bridge.fieldmatch`); only what cannot be decided
+  is left commented, with the candidates listed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from bridge.crm.base import CrmSchema, CustomField
+from bridge.fieldmatch import Match, match_fields
 from bridge.settings import CrmConfig
 
 # What each configured field is written as, and the CRM field types that can take it.
@@ -81,6 +83,8 @@ def schema_problems(name: str, config: CrmConfig, schema: CrmSchema) -> list[Pro
     for status_id in config.excluded_status_ids:
         if status_id not in all_statuses:
             problems.append(Problem(f"{prefix}.excluded_status_ids: {status_id}", "no such status"))
+    if schema.closed_statuses is not None:
+        problems += _closed_problems(prefix, config, schema.closed_statuses)
     fields = {(f.entity, f.id): f for f in schema.fields}
     configured = (
         ("deal_fields", "leads", config.deal_fields.model_dump(), DEAL_FIELDS),
@@ -121,10 +125,22 @@ def schema_problems(name: str, config: CrmConfig, schema: CrmSchema) -> list[Pro
     return problems
 
 
+def _closed_problems(prefix: str, config: CrmConfig, closed: frozenset[str]) -> list[Problem]:
+    """Where the config decides what is closed, it must say what the CRM says."""
+    listed = set(config.closed_status_ids)
+    return [
+        Problem(f"{prefix}.closed_status_ids", f"{_quote(status)} is won or lost in the CRM")
+        for status in sorted(closed - listed)
+    ] + [
+        Problem(f"{prefix}.closed_status_ids: {status}", "not a won or lost status in the CRM")
+        for status in sorted(listed - closed)
+    ]
+
+
 def config_snippet(name: str, config: CrmConfig | None, schema: CrmSchema) -> str:
     """TOML for the `[crm.NAME]` sub-tables, from what the CRM has."""
     lines = [
-        f"# `bridge discover {name}`: this CRM's pipelines, statuses and custom fields.",
+        f"# `crm-bridge discover {name}`: this CRM's pipelines, statuses and custom fields.",
         f"# Replace the matching [crm.{name}.*] tables of your config with these.",
         "#",
         "# Pipelines and statuses (ids for pipeline_rules, default_pipeline,",
@@ -135,32 +151,45 @@ def config_snippet(name: str, config: CrmConfig | None, schema: CrmSchema) -> st
         lines += [
             f"#     status {sid} = {_quote(sname)}" for sid, sname in pipeline.statuses.items()
         ]
+    if schema.closed_statuses is not None:
+        closed = ", ".join(_quote(status) for status in sorted(schema.closed_statuses))
+        lines += [
+            "#",
+            f"# Won and lost statuses (for [crm.{name}]):",
+            f"#   closed_status_ids = [{closed}]",
+        ]
     leads = [f for f in schema.fields if f.entity == "leads"]
     contacts = [f for f in schema.fields if f.entity == "contacts"]
     contact_ids = config.contact_fields.model_dump() if config else {}
     deal_ids = config.deal_fields.model_dump() if config else {}
+    contact_matches = match_fields(CONTACT_FIELDS, contact_ids, contacts, FIELD_TYPES)
+    deal_matches = match_fields(DEAL_FIELDS, deal_ids, leads, FIELD_TYPES)
     lines += ["", f"[crm.{name}.contact_fields]"]
-    lines += _field_lines(CONTACT_FIELDS, contact_ids, contacts, "contact")
+    lines += _field_lines(CONTACT_FIELDS, contact_matches, contacts, "contact")
     lines += ["", f"[crm.{name}.deal_fields]"]
-    lines += _field_lines(DEAL_FIELDS, deal_ids, leads, "lead")
+    lines += _field_lines(DEAL_FIELDS, deal_matches, leads, "lead")
     for table, key in (("subjects", "subjects"), ("directions", "direction")):
         lines += ["", f"[crm.{name}.{table}]"]
-        lines += _enum_lines(leads, deal_ids.get(key), DEAL_FIELDS[key])
+        match = deal_matches.get(key)
+        lines += _enum_lines(leads, match.field.id if match else None, DEAL_FIELDS[key])
     return "\n".join(lines) + "\n"
 
 
 def _field_lines(
     kinds: Mapping[str, str],
-    configured: Mapping[str, str | None],
+    matches: Mapping[str, Match],
     fields: Sequence[CustomField],
     entity: str,
 ) -> list[str]:
-    by_id = {f.id: f for f in fields}
     lines: list[str] = []
+    notes = {"configured": "", "exact": ", matched by name", "near": ", NEAR match: check it"}
     for key, kind in kinds.items():
-        found = by_id.get(configured.get(key) or "")
-        if found is not None and found.type in FIELD_TYPES[kind]:
-            lines.append(f"{f'{key} = {_toml_id(found.id)}':<30}# {_describe(found)}")
+        match = matches.get(key)
+        if match is not None:
+            found = match.field
+            lines.append(
+                f"{f'{key} = {_toml_id(found.id)}':<30}# {_describe(found)}{notes[match.how]}"
+            )
         else:
             lines.append(f"{f'# {key} =':<30}# {kind}: pick one below")
     lines.append(f"# {entity.capitalize()} custom fields of this account:")

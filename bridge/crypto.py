@@ -1,7 +1,7 @@
 """Encryption at rest for the tokens the bridge stores (SPEC §9): Fernet, with rotation.
 
 `BRIDGE_SECRET_KEY` holds one or more comma-separated Fernet keys; the first encrypts,
-all of them decrypt (MultiFernet), so `bridge rotate-key` can put a new key first and
+all of them decrypt (MultiFernet), so `crm-bridge rotate-key` can put a new key first and
 re-encrypt every stored token without a moment in which a token cannot be read.
 """
 
@@ -19,7 +19,7 @@ class TokenCipher:
         if not keys:
             raise ConfigError(
                 "BRIDGE_SECRET_KEY is not set: stored CRM tokens must be encrypted; "
-                "generate a key with `bridge rotate-key --generate`"
+                "generate a key with `crm-bridge rotate-key --generate`"
             )
         try:
             self._fernet = MultiFernet([Fernet(key.encode()) for key in keys])
@@ -37,7 +37,7 @@ class TokenCipher:
         except InvalidToken as exc:
             raise ConfigError(
                 "a stored token cannot be decrypted with BRIDGE_SECRET_KEY "
-                "(was the key changed without `bridge rotate-key`?)"
+                "(was the key changed without `crm-bridge rotate-key`?)"
             ) from exc
 
     def rotate(self, ciphertext: str) -> str:

@@ -1,4 +1,4 @@
-"""`bridge import`: historic payments from a CSV file, stored the way webhooks are.
+"""`crm-bridge import`: historic payments from a CSV file, stored the way webhooks are.
 
 The file has a header row naming the columns `date, phone, email, name, amount,
 description` and optionally `id` (any order, any case; `,` or `;` between fields; UTF-8).
@@ -42,12 +42,15 @@ from bridge.settings import Settings
 from bridge.store import NewEvent, Store
 
 REQUIRED_COLUMNS = ("date", "phone", "email", "name", "amount", "description")
-OPTIONAL_COLUMNS = ("id",)
+OPTIONAL_COLUMNS = ("id", "currency")
 CHUNK_ROWS = 1000
 
 _SPACES = re.compile(r"[\s\u00a0\u2007\u2009\u202f]")
 _AMOUNT = re.compile(r"\d+(?:[.,]\d+)*")
 _DATE_PREFIX = re.compile(r"\d{4}-\d{2}-\d{2}(?:$|[ T])")
+# DD.MM.YYYY[ HH:MM[:SS]]: what a Russian-locale spreadsheet writes.
+_DOTTED_DATE = re.compile(r"(\d{1,2})\.(\d{1,2})\.(\d{4})(?:[ T](\d{1,2}):(\d{2})(?::(\d{2}))?)?")
+DEFAULT_CURRENCY = "RUB"
 
 
 class ImportFileError(BridgeError):
@@ -149,10 +152,19 @@ def parse_amount(raw: str) -> Decimal:
 
 
 def parse_date(raw: str) -> str:
-    """`YYYY-MM-DD` or with a time (and an optional offset), as the platform writes it."""
+    """`YYYY-MM-DD` or with a time (and an optional offset), as the platform writes it;
+    or `DD.MM.YYYY[ HH:MM[:SS]]`, as a Russian-locale spreadsheet writes it."""
     text = raw.strip()
+    dotted = _DOTTED_DATE.fullmatch(text)
+    if dotted:
+        day, month, year, hour, minute, second = (int(part or 0) for part in dotted.groups())
+        try:
+            value = datetime(year, month, day, hour, minute, second)
+        except ValueError as exc:
+            raise RowError(f"date {raw!r} is not a valid date/time") from exc
+        return value.strftime("%Y-%m-%d %H:%M:%S")
     if not _DATE_PREFIX.match(text):
-        raise RowError(f"date {raw!r} is not YYYY-MM-DD or YYYY-MM-DD HH:MM[:SS]")
+        raise RowError(f"date {raw!r} is not YYYY-MM-DD, DD.MM.YYYY or either with HH:MM[:SS]")
     try:
         value = datetime.fromisoformat(text)
     except ValueError as exc:
@@ -200,6 +212,8 @@ def payment_from_row(row: CsvRow) -> ImportedPayment:
             "created_at": date,
             "updated_at": date,
             "payment_id": payment_id,
+            # The note says "Сумма: 5000 RUB" as for a webhook.
+            "currency": values.get("currency") or DEFAULT_CURRENCY,
             "course_order_items": [{"cost": _json_number(amount), "course": {"name": description}}],
             "user": {
                 "first_name": first_name,

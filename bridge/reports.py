@@ -1,4 +1,4 @@
-"""What `bridge stats`, `events` and `show` print: one report dict per command, rendered
+"""What `crm-bridge stats`, `events` and `show` print: one report dict per command, rendered
 either as JSON (`--json`, for scripts) or as rich tables for a person. Times are UTC."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from bridge.store import (
     QueueStats,
     RequestRow,
 )
+from bridge.store.oversight import CallRow
 
 _FINISHED = ("success", "failed", "not_found")
 
@@ -122,6 +123,7 @@ def events_report(rows: Sequence[EventSummary]) -> list[dict[str, Any]]:
             "payment_id": row.key,
             "status": row.status,
             "amount": row.amount,
+            "paid_at": row.paid_at,
             "received_at": iso(row.received_at),
             "processed_at": iso(row.processed_at),
             "deliveries": dict(row.deliveries),
@@ -151,16 +153,25 @@ def render_events(console: Console, report: Sequence[Mapping[str, Any]]) -> None
 
 
 def show_report(
-    view: EventView, journal: Sequence[JournalEntry], requests: Sequence[RequestRow]
+    view: EventView,
+    journal: Sequence[JournalEntry],
+    requests: Sequence[RequestRow],
+    calls: Sequence[CallRow] = (),
+    links: Mapping[str, Mapping[str, str]] | None = None,
+    waiting: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     try:
         payload: Any = json.loads(view.payload)
     except json.JSONDecodeError:
         payload = view.payload
+    order = payload.get("course_order") if isinstance(payload, dict) else None
     return {
         "payment_id": view.key,
         "status": view.status,
         "amount": view.amount,
+        # When it was paid, as the platform (or the imported row) says, in its own zone;
+        # `received_at` is when the bridge got it (the import's time for imported rows).
+        "paid_at": order.get("created_at") if isinstance(order, dict) else None,
         "received_at": iso(view.received_at),
         "processed_at": iso(view.processed_at),
         "error": view.error_message,
@@ -179,8 +190,23 @@ def show_report(
                     iso_ts(d.next_attempt_at) if d.status in ("pending", "retrying") else None
                 ),
                 "last_error": d.last_error,
+                "links": dict((links or {}).get(d.crm, {})),
+                "waiting_because": (waiting or {}).get(d.crm),
             }
             for d in view.deliveries
+        ],
+        "crm_calls": [
+            {
+                "crm": c.crm,
+                "attempt": c.attempt,
+                "at": iso(c.at),
+                "method": c.method,
+                "path": c.path,
+                "status": c.status,
+                "ms": c.ms,
+                "error": c.error,
+            }
+            for c in calls
         ],
         "journal": [
             {"crm": j.crm, "step": j.step, "value": json.loads(j.value), "at": iso(j.at)}
@@ -205,6 +231,7 @@ def render_show(console: Console, report: Mapping[str, Any]) -> None:
     head.add_row("payment id", report["payment_id"])
     head.add_row("status", report["status"])
     head.add_row("amount", report["amount"] or "-")
+    head.add_row("paid (platform time)", report.get("paid_at") or "-")
     head.add_row("received", _short_time(report["received_at"]))
     head.add_row("processed", _short_time(report["processed_at"]))
     if report["error"]:
@@ -228,11 +255,32 @@ def render_show(console: Console, report: Mapping[str, Any]) -> None:
             "next attempt": _short_time(delivery["next_attempt_at"]),
             "last error": delivery["last_error"] or "-",
         }
+        if delivery.get("waiting_because"):
+            rows["waiting because"] = delivery["waiting_because"]
+        for name, url in delivery.get("links", {}).items():
+            rows[f"{name} in CRM"] = url
         for label, value in rows.items():
             table.add_row(label, value)
         console.print(table)
     if not report["deliveries"]:
         console.print("none (the event was not processed)")
+    console.rule("CRM calls")
+    _print_rows(
+        console,
+        ("crm", "try", "at (UTC)", "call", "status", "ms", "error"),
+        [
+            (
+                c["crm"],
+                str(c["attempt"]),
+                _short_time(c["at"]),
+                f"{c['method']} {c['path']}",
+                str(c["status"]) if c["status"] else "no answer",
+                f"{c['ms']:.0f}",
+                c["error"] or "",
+            )
+            for c in report.get("crm_calls", [])
+        ],
+    )
     console.rule("step journal")
     _print_rows(
         console,

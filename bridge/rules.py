@@ -6,7 +6,7 @@ and the text of the deal name and of the note. No I/O, no clock.
 
 Templates use ``{name}`` placeholders only (no format specs). An unknown placeholder is
 left in the text as it is, so a typo shows in the CRM instead of failing the delivery;
-`template_problems` lets `bridge check` catch it earlier. In the note, a line whose
+`template_problems` lets `crm-bridge check` catch it earlier. In the note, a line whose
 placeholders are all empty is left out, and so is a static header line ending in ":"
 whose following line was left out ("Курсы:" without courses). `{client_name}` is the
 full name in the note (the phone has its own line there) but falls back to the phone or

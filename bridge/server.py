@@ -1,4 +1,4 @@
-"""The HTTP server `bridge serve` runs: uvicorn with its httptools protocol, bounded.
+"""The HTTP server `crm-bridge serve` runs: uvicorn with its httptools protocol, bounded.
 
 uvicorn itself bounds nothing before a request reaches the app: headers may grow without
 limit (httptools buffers a header until it ends: 64 MiB each on 8 unfinished connections

@@ -112,7 +112,9 @@ class CrmConfig(_Strict):
     kind: str = "amocrm"  # a key of `bridge.crm.BUILDERS`
     enabled: bool = True
     base_url: str
-    auth: Literal["long_lived_token", "oauth"] = "long_lived_token"
+    # "minted": the adapter mints sessions from credentials in the environment (Salesforce's
+    # JWT bearer or client credentials): no refresh token, nothing stored, no `crm-bridge auth`.
+    auth: Literal["long_lived_token", "oauth", "minted"] = "long_lived_token"
     rate_limit_per_second: float = Field(default=6.5, gt=0)
     request_timeout_seconds: float = Field(default=15.0, gt=0)
     # How long a write whose answer was lost (timeout, dropped connection) is given to
@@ -138,6 +140,19 @@ class CrmConfig(_Strict):
 
         if value not in BUILDERS:
             raise ValueError(f"Input should be one of {', '.join(map(repr, BUILDERS))}")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _absolute_url(cls, value: str) -> str:
+        # httpx would take `example.amocrm.ru` as a path and fail on every call instead.
+        # Empty is allowed: a CRM whose host follows from other settings (Zoho's data
+        # centre) derives it; the connection refuses an empty one for every other CRM.
+        if not value:
+            return value
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme.lower() not in ("http", "https") or not rest.strip("/"):
+            raise ValueError(f"{value!r} needs a scheme and a host, e.g. https://{value or 'x'}")
         return value
 
     @field_validator("closed_status_ids", "excluded_status_ids", mode="before")
@@ -215,10 +230,27 @@ class Settings(BaseSettings):
     bitrix24_client_secret: SecretStr | None = None
     bitrix24_refresh_token: SecretStr | None = None
 
+    # Salesforce mints sessions (JWT bearer or client credentials): no tokens are stored.
+    salesforce_client_id: str = ""  # the External Client App's consumer key
+    salesforce_client_secret: SecretStr | None = None  # client_credentials only
+    salesforce_private_key_file: str = ""  # jwt_bearer: the path of the RSA key, PEM
+    odoo_api_key: SecretStr | None = None
+    # Megaplan: an application token, or the rotating pair of its password grant.
+    megaplan_access_token: SecretStr | None = None
+    megaplan_refresh_token: SecretStr | None = None
+
     retry_schedule_seconds: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
     worker_concurrency: int = Field(default=8, ge=1)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     pause_probe_seconds: float = Field(default=30.0, gt=0)
+
+    # Alerts (bridge.alerts): a Telegram chat and/or a signed webhook.
+    alert_telegram_bot_token: SecretStr | None = None
+    alert_telegram_chat_id: str = ""
+    alert_webhook_url: str = ""
+    alert_webhook_secret: SecretStr | None = None
+    alert_min_interval_seconds: float = Field(default=900.0, ge=0)
+    alert_queue_age_seconds: float = Field(default=3600.0, ge=0)  # 0: never
 
     file: FileConfig = FileConfig()
     # Secrets of configured CRMs by derived name (`crm_secrets`), gathered once at start
@@ -254,11 +286,13 @@ def secret_value(value: SecretStr | None) -> str | None:
 SECRET_SUFFIXES = (
     "ACCESS_TOKEN",
     "API_TOKEN",
+    "API_KEY",
     "WEBHOOK_URL",
     "CLIENT_ID",
     "CLIENT_SECRET",
     "REDIRECT_URI",
     "REFRESH_TOKEN",
+    "PRIVATE_KEY_FILE",
 )
 _SECRET_NAME = re.compile(rf"[A-Z0-9_]+_(?:{'|'.join(SECRET_SUFFIXES)})")
 
@@ -268,7 +302,8 @@ class CrmSecrets:
     """One configured CRM's secrets. `[crm.NAME]` reads `<PREFIX>_<SUFFIX>`, PREFIX being
     NAME upper-cased with anything but letters and digits as `_` (`[crm.amo-sandbox]` →
     `AMO_SANDBOX_ACCESS_TOKEN`). `token_name` is the kind's long-lived secret (ACCESS_TOKEN,
-    Pipedrive's API_TOKEN, Bitrix24's WEBHOOK_URL)."""
+    Pipedrive's API_TOKEN, Bitrix24's WEBHOOK_URL, Odoo's API_KEY, the path of
+    Salesforce's PRIVATE_KEY_FILE)."""
 
     prefix: str
     token_name: str
@@ -329,6 +364,10 @@ def load_file_config(path: Path) -> FileConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: file not found") from exc
+    except OSError as exc:  # a directory, no permission, an I/O error: one line, the file
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     try:
@@ -345,6 +384,13 @@ def load_settings(**overrides: object) -> Settings:
     """Environment + TOML file, validated. Tests pass overrides instead of env vars."""
     try:
         env_settings = Settings(**overrides)  # type: ignore[arg-type]
+    except OSError as exc:
+        env_file = overrides.get("_env_file", ".env")
+        where = exc.filename or env_file
+        raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        env_file = overrides.get("_env_file", ".env")
+        raise ConfigError(f"{env_file}: not UTF-8 text: {exc.reason}") from exc
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"

@@ -191,7 +191,7 @@ def _verify_standard(
         try:
             expected.append(standard_signature(msg_id, timestamp, body, secret))
         except ValueError:
-            # A bad configured secret is for `bridge check` to report; here it cannot match.
+            # A bad configured secret is for `crm-bridge check` to report; here it cannot match.
             continue
     if not expected:
         return fail("no secret configured")

@@ -118,7 +118,7 @@ class OAuthTokenSource:
             try:
                 new_pair = await self._refresher(pair.refresh_token)
             except AuthError:
-                self._pair = None  # read the store again next time: `bridge auth` may fix it
+                self._pair = None  # read the store again next time: `crm-bridge auth` may fix it
                 raise
             # The old refresh token is dead now: keep the new pair in memory even if the
             # store is down this instant, and keep trying to persist it.
@@ -148,7 +148,7 @@ class OAuthTokenSource:
         return None
 
     def forget(self) -> None:
-        """Drop the cached pair so the next request reads the store (after `bridge auth`)."""
+        """Drop the cached pair so the next request reads the store (after `crm-bridge auth`)."""
         self._pair = None
 
     async def _loaded(self) -> TokenPair:
@@ -159,24 +159,38 @@ class OAuthTokenSource:
             # so the first request refreshes and the rotated pair is stored.
             self._pair = TokenPair("", self._bootstrap, 0.0)
         if self._pair is None:
-            raise AuthError(self._crm, f"not authorised: run `bridge auth {self._crm}`")
+            raise AuthError(self._crm, f"not authorised: run `crm-bridge auth {self._crm}`")
         return self._pair
 
 
 class BearerAuth(httpx.Auth):
-    """Adds the bearer token; on a 401 refreshes once (when possible) and resends."""
+    """Adds the token under `scheme` ("Bearer"; Zoho CRM's is "Zoho-oauthtoken"); on a
+    401 refreshes once (when possible) and resends. `aim`, when given, may readdress the
+    request before each send (Zoho: to the API domain the current token was issued for)."""
 
-    def __init__(self, source: TokenSource) -> None:
+    def __init__(
+        self,
+        source: TokenSource,
+        scheme: str = "Bearer",
+        aim: Callable[[httpx.Request], None] | None = None,
+    ) -> None:
         self._source = source
+        self._scheme = scheme
+        self._aim = aim
 
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         token = await self._source.current()
-        request.headers["Authorization"] = f"Bearer {token}"
+        self._prepare(request, token)
         response = yield request
         if response.status_code == 401 and self._source.can_refresh:
             await response.aread()
             token = await self._source.refreshed(token)
-            request.headers["Authorization"] = f"Bearer {token}"
+            self._prepare(request, token)
             yield request
+
+    def _prepare(self, request: httpx.Request, token: str) -> None:
+        if self._aim is not None:
+            self._aim(request)
+        request.headers["Authorization"] = f"{self._scheme} {token}"

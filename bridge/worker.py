@@ -8,6 +8,7 @@ to repeat by `flow`. The worker adds what the flow cannot know:
   one delivery probes every `pause_probe_seconds` until the credentials work again;
 - telling waiting HTTP handlers when an event has settled.
 An attempt ends as one `Attempt` value, which recording and logging `match` on.
+`run_once()` processes what is due now and returns; tests and `crm-bridge retry` use it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from zoneinfo import ZoneInfo
 from pydantic import ValidationError
 
 from bridge.crm.base import CrmAdapter, counting_calls
+from bridge.crm.calllog import recording_calls
 from bridge.domain import DealResult, Journal, KnownRefs
 from bridge.errors import (
     AuthError,
@@ -37,6 +39,7 @@ from bridge.flow import FlowContext, deliver_payment
 from bridge.intake import customer_identity, payment_from_stored
 from bridge.logs import mask_keys
 from bridge.payloads import validation_details
+from bridge.refusals import RefusalExplainer
 from bridge.settings import CrmConfig, Settings
 from bridge.store import DeliveryJob, Store
 
@@ -83,7 +86,9 @@ class NotFoundOutcome:
 
 
 Attempt = Delivered | Retry | Paused | Failed | NotFoundOutcome
-_LOG_LEVELS = {"not_found": logging.INFO, "paused": logging.WARNING}
+# A retry heals itself most of the time: WARNING, so `journalctl -p err` holds only what
+# needs the operator (failed, dead).
+_LOG_LEVELS = {"not_found": logging.INFO, "paused": logging.WARNING, "retry": logging.WARNING}
 
 
 @dataclass
@@ -109,6 +114,8 @@ class Worker:
     clock: Clock = time.time
     pause_probe_seconds: float = 30.0
     on_outcome: Callable[[str, str, float], None] | None = None
+    # (kind, crm, text) when an operator should hear of it: failed, dead, paused, resumed.
+    on_alert: Callable[[str, str, str], None] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _running: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     _jobs: dict[int, DeliveryJob] = field(default_factory=dict)
@@ -119,6 +126,11 @@ class Worker:
     _paused: dict[str, _Pause] = field(default_factory=dict)
     _settled: dict[int, asyncio.Event] = field(default_factory=dict)
     _stopping: bool = False
+    _refusals: RefusalExplainer = field(default_factory=RefusalExplainer)
+    # CRMs the operator paused (`crm-bridge pause`), read from the store at most once a
+    # second: another process changes them.
+    _held: dict[str, str] = field(default_factory=dict)
+    _held_read_at: float = float("-inf")
 
     # ---- public surface ----------------------------------------------------------------
 
@@ -131,6 +143,55 @@ class Worker:
 
     def paused(self) -> dict[str, str]:
         return {crm: pause.reason for crm, pause in self._paused.items()}
+
+    def running_tasks(self) -> list[asyncio.Task[None]]:
+        return list(self._running.values())
+
+    def reconfigure(self, settings: Settings, adapters: Mapping[str, CrmAdapter]) -> None:
+        """A reload: deliveries started from now on use these; running ones finish with
+        what they started with (each holds its adapter and config)."""
+        self.settings = settings
+        self.adapters = adapters
+        self._refusals.forget()
+        for crm in list(self._paused):
+            if crm not in adapters:
+                del self._paused[crm]
+        self._wake.set()
+
+    async def recheck_credentials(self) -> None:
+        """After a reload: pause CRMs still without credentials, lift the others' pause
+        (a token that was just configured)."""
+        for crm, adapter in self.adapters.items():
+            problem = await adapter.connection.credentials_problem()
+            if problem is None and crm in self._paused:
+                reason = self._paused.pop(crm).reason
+                log.warning(
+                    "%s resumed: credentials in place after a reload (was: %s)", crm, reason
+                )
+                await self.store.set_crm_state(crm, paused_reason=None)
+            elif problem is not None:
+                self._pause(crm, problem)
+                await self.store.set_crm_state(crm, paused_reason=problem)
+        self._wake.set()
+
+    def held(self) -> dict[str, str]:
+        """CRMs the operator paused, as last read from the store."""
+        return dict(self._held)
+
+    async def _refresh_held(self, now: float) -> None:
+        if now - self._held_read_at < 1.0:
+            return
+        self._held_read_at = now
+        holds = await self.store.holds()
+        current = {crm: f"{hold.reason} (by {hold.by})" for crm, hold in holds.items()}
+        for crm in current.keys() - self._held.keys():
+            log.warning("%s paused by the operator: %s", crm, current[crm])
+            self._alert("paused", crm, f"{crm} paused by the operator: {current[crm]}")
+        for crm in self._held.keys() - current.keys():
+            log.warning("%s resumed by the operator", crm)
+            self._alert("resumed", crm, f"{crm} resumed by the operator")
+            self._wake.set()
+        self._held = current
 
     def settled_signal(self, event_id: int) -> asyncio.Event:
         """An event set each time one of the event's deliveries finishes an attempt."""
@@ -184,6 +245,7 @@ class Worker:
         now = self.clock()
         if self._outage is not None and not await self._store_recovered(self._outage, now):
             return 0
+        await self._refresh_held(now)
         crms = [name for name in self.adapters if self._may_run(name, now)]
         free = self.settings.worker_concurrency - len(self._running)
         self._blocked = free <= 0
@@ -209,6 +271,8 @@ class Worker:
         return started
 
     def _may_run(self, crm: str, now: float) -> bool:
+        if crm in self._held:
+            return False
         pause = self._paused.get(crm)
         return pause is None or pause.next_probe_at <= now
 
@@ -251,14 +315,15 @@ class Worker:
         started = time.perf_counter()
         try:
             await self.store.mark_processing(job.delivery_id)
-            with counting_calls() as stats:
+            with counting_calls() as stats, recording_calls() as calls:
                 attempt = await self._attempt(job)
-            await self._record(job, attempt, stats.calls)
+            await self.store.record_crm_calls(job.delivery_id, job.attempts, calls.calls)
+            final = await self._record(job, attempt, stats.calls)
         except StoreUnavailable as exc:
             self._store_failed(job.delivery_id, exc)
             return
         elapsed_ms = (time.perf_counter() - started) * 1000
-        self._log_outcome(job, attempt, stats.calls, elapsed_ms)
+        self._log_outcome(job, attempt, final, stats.calls, elapsed_ms)
         if self.on_outcome is not None:
             self.on_outcome(job.crm, attempt.outcome, elapsed_ms)
 
@@ -286,7 +351,9 @@ class Worker:
         except AuthError as exc:
             return Paused(exc.message)
         except PermanentCrmError as exc:
-            return Failed(exc.message)
+            # Explained by config key where the request was built from config (issue 16).
+            config = self.settings.file.crm[job.crm]
+            return Failed(await self._refusals.explain(job.crm, adapter, config, exc.message))
         except RateLimited as exc:
             return Retry(exc.message, exc.retry_after)
         except TransientCrmError as exc:
@@ -302,7 +369,12 @@ class Worker:
         except Exception as exc:
             log.exception("delivery %s/%s: unexpected error", job.key, job.crm)
             return Retry(f"internal error: {type(exc).__name__}: {exc}")
-        self._paused.pop(job.crm, None)
+        resumed = self._paused.pop(job.crm, None)
+        if resumed is not None:
+            log.warning(
+                "%s resumed: a delivery succeeded (was paused: %s)", job.crm, resumed.reason
+            )
+            self._alert("resumed", job.crm, f"{job.crm} resumed (was paused: {resumed.reason})")
         result = outcome.result
         remember = KnownRefs(result.contact_id, result.deal_id, identity, job.customer_keys)
         return Delivered(result, (*warnings, *outcome.warnings), remember)
@@ -316,7 +388,9 @@ class Worker:
             display_tz=ZoneInfo(self.settings.display_timezone),
         )
 
-    async def _record(self, job: DeliveryJob, attempt: Attempt, calls: int) -> None:
+    async def _record(self, job: DeliveryJob, attempt: Attempt, calls: int) -> str:
+        """Store the attempt's end; answers the outcome written (`dead` for a retry that
+        ran out of schedule), which the log line and alerts name."""
         crm, delivery_id = job.crm, job.delivery_id
         match attempt:
             case Delivered(result=result, remember=remember):
@@ -339,6 +413,8 @@ class Worker:
                 await self.store.set_crm_state(crm, paused_reason=error, error=error)
             case Retry(error=error, retry_after=retry_after):
                 next_at = self._next_attempt_at(job.attempts, retry_after)
+                if next_at is None:
+                    self._alert("dead", crm, f"payment {job.key} in {crm} is dead: {error}")
                 await self.store.finish_delivery(
                     delivery_id,
                     status="retrying" if next_at is not None else "dead",
@@ -347,7 +423,9 @@ class Worker:
                     next_attempt_at=next_at,
                 )
                 await self.store.set_crm_state(crm, error=error)
+                return "retry" if next_at is not None else "dead"
             case Failed(error=error):
+                self._alert("failed", crm, f"payment {job.key} in {crm} failed: {error}")
                 await self.store.finish_delivery(
                     delivery_id, status="failed", error=error, crm_calls=calls
                 )
@@ -356,6 +434,7 @@ class Worker:
                 await self.store.finish_delivery(
                     delivery_id, status="not_found", error=error, crm_calls=calls
                 )
+        return attempt.outcome
 
     # ---- database outages --------------------------------------------------------------
 
@@ -400,16 +479,24 @@ class Worker:
         # A CRM that says when to come back (Retry-After, a spent daily budget) is believed.
         return self.clock() + max(schedule[attempts - 1], retry_after or 0.0)
 
+    def _alert(self, kind: str, crm: str, text: str) -> None:
+        if self.on_alert is not None:
+            self.on_alert(kind, crm, text)
+
     def _pause(self, crm: str, reason: str) -> None:
         if crm not in self._paused:
             log.error("%s paused: %s", crm, reason)
+            self._alert("paused", crm, f"{crm} paused: {reason}")
         self._paused[crm] = _Pause(reason, self.clock() + self.pause_probe_seconds)
 
-    def _log_outcome(self, job: DeliveryJob, attempt: Attempt, calls: int, ms: float) -> None:
+    def _log_outcome(
+        self, job: DeliveryJob, attempt: Attempt, final: str, calls: int, ms: float
+    ) -> None:
+        """`final`: what `_record` wrote (a retry out of schedule is `dead`)."""
         parts = [
             f"event={job.kind}:{job.key}",
             f"crm={job.crm}",
-            f"outcome={attempt.outcome}",
+            f"outcome={final}",
             f"attempt={job.attempts}",
         ]
         tail = [f"calls={calls}", f"ms={ms:.0f}", f"customer={mask_keys(job.customer_keys)}"]
@@ -424,7 +511,7 @@ class Worker:
                     *(f"warning={warning!r}" for warning in warnings),
                 ]
             case _:
-                level = _LOG_LEVELS.get(attempt.outcome, logging.ERROR)
+                level = _LOG_LEVELS.get(final, logging.ERROR)
                 parts += [*tail, f"error={attempt.error!r}"] if attempt.error else tail
         log.log(level, " ".join(parts))
 

@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.fernet import Fernet
 from litestar.testing import AsyncTestClient
+from pydantic import SecretStr
 
 from bridge.app import create_app
+from bridge.crm.odoo_json import note_text as odoo_note_text
 from bridge.crm.richtext import note_html, note_text
 from bridge.domain import Customer, FieldKind, FieldUpdate, NewContact, NewDeal, Utm
 from bridge.settings import CrmConfig, FileConfig, load_file_config
@@ -28,7 +31,14 @@ from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.bitrix24 import EXAMPLE_CONFIG as BITRIX_EXAMPLE
 from tests.fakes.bitrix24 import FakeBitrix24
 from tests.fakes.hubspot import FakeHubSpot
+from tests.fakes.megaplan import EXAMPLE_CONFIG as MEGAPLAN_EXAMPLE
+from tests.fakes.megaplan import HUMAN_CATEGORY, FakeMegaplan
+from tests.fakes.odoo import EXAMPLE_CONFIG as ODOO_EXAMPLE
+from tests.fakes.odoo import FakeOdoo, example_odoo
 from tests.fakes.pipedrive import FakePipedrive
+from tests.fakes.salesforce import EXAMPLE_CONFIG as SALESFORCE_EXAMPLE
+from tests.fakes.salesforce import SITE, YANDEX, FakeSalesforce
+from tests.fakes.zoho import FakeZoho
 
 ROOT = Path(__file__).resolve().parent.parent
 Fake = Any  # each CRM's fake; the case's functions know which
@@ -113,11 +123,84 @@ REFUSALS = ("unknown_field", "another_fields_option", "unknown_option", "text_fo
 def _refusals(error: str, *updates: tuple[str, FieldKind, Any]) -> dict[str, Any]:
     """`refused` where every refusal reads alike: `updates` in REFUSALS order."""
     return {name: (*update, error) for name, update in zip(REFUSALS, updates, strict=True)}
+def _odoo_value(value: Any) -> Any:
+    """Odoo reads an empty field as False: None in the common view."""
+    return None if value is False else value
+
+
+def _odoo_section(name: str) -> Callable[..., FileConfig]:
+    """The example's `[crm.odoo]` as `[crm.NAME]`, without the example's 2 calls a second
+    (a hosted Odoo's pace; the fake is not one)."""
+    example = _example(ODOO_EXAMPLE, "odoo", rate_limit_per_second=1000)
+
+    def file_config(**changes: Any) -> FileConfig:
+        config = example(**changes)
+        return config.model_copy(update={"crm": {name: config.crm["odoo"]}})
+
+    return file_config
+
+
+def _odoo_case(name: str, version: int) -> CrmCase:
+    """Odoo 18 (JSON-RPC, the recorded transcript's server) or 19 (JSON-2). The first
+    delivery of a process also pays the session: the JSON-2 probe, `authenticate` on
+    JSON-RPC, the read of the optional fields (3 calls on 18, 2 on 19)."""
+    session = 3 if version < 19 else 2
+    variable = f"{name.upper().replace('-', '_')}_API_KEY"
+
+    def credentials(fake: FakeOdoo) -> dict[str, Any]:
+        key = fake.issue_api_key()
+        return {"odoo_api_key": key} if name == "odoo" else {"crm_env": {variable: SecretStr(key)}}
+
+    return CrmCase(
+        name,
+        lambda: example_odoo(version=version),
+        _odoo_section(name),
+        credentials,
+        contacts=lambda fake: [str(p["id"]) for p in fake.partners()],
+        deals=lambda fake: [str(lead["id"]) for lead in fake.leads()],
+        raw_deal_field=lambda fake, deal_id, field_id: _odoo_value(fake.lead(deal_id)[field_id]),
+        notes=lambda fake, deal_id: [odoo_note_text(body) for body in fake.notes(deal_id)],
+        add_contact=lambda fake, who, phone, username: fake.add_partner(
+            who, phone=phone, fields={"x_telegram_username": username} if username else None
+        ),
+        raw_contact_field=lambda fake, contact_id, field_id: _odoo_value(
+            fake.partner(contact_id)[field_id]
+        ),
+        placement=lambda fake, deal_id: (
+            fake.lead(deal_id)["team_id"],
+            fake.lead(deal_id)["stage_id"],
+        ),
+        # Teams (pipelines) 1 Сайт, 2 Яндекс; stages 2 Автооплата (excluded), 3 In
+        # progress, 4 Won (is_won).
+        add_deal=lambda fake, contact, where, at, fields: fake.add_lead(
+            int(contact),
+            team_id={"yandex_working": 2}.get(where, 1),
+            stage_id={"yandex_working": 3, "closed": 4}.get(where, 2),
+            write_date=at,
+            fields=fields,
+        ),
+        returning_calls=session + 4,
+        close_deal=lambda fake, deal_id: fake.set_won(int(deal_id)),
+    )
+
+
+ZOHO_TOKEN_KEY = Fernet.generate_key().decode()
+
+
+def _zoho_credentials(fake: FakeZoho) -> dict[str, Any]:
+    """A Self Client's id and secret and a refresh token (the bridge mints the rest)."""
+    secrets = {
+        "ZOHO_CLIENT_ID": fake.client_id,
+        "ZOHO_CLIENT_SECRET": fake.client_secret,
+        "ZOHO_REFRESH_TOKEN": fake.issue_oauth_pair()[1],
+    }
+    crm_env = {key: SecretStr(value) for key, value in secrets.items()}
+    return {"crm_env": crm_env, "bridge_secret_key": ZOHO_TOKEN_KEY}  # minted tokens are kept
 
 
 @dataclass(frozen=True)
 class CrmCase:
-    name: str  # the section's name, and its kind
+    name: str  # the section's name (its kind, but for a second section such as odoo-19)
     make_fake: Callable[[], Fake]
     file_config: Callable[..., FileConfig]  # the example section pointed at the fake
     credentials: Callable[[Fake], dict[str, Any]]  # settings that authorise the bridge
@@ -130,11 +213,13 @@ class CrmCase:
     # A deal a manager made: fake, contact id, where ("yandex_working", "closed" or the
     # excluded "site_autopay"), updated at, field values by the CRM's field id.
     add_deal: Callable[[Fake, str, str, int, dict[str, Any]], object]
-    returning_calls: int  # a returning customer found by phone, its open deal updated
+    # A returning customer found by phone, its open deal updated: the process's first.
+    returning_calls: int
     # A contact a manager typed: name, phone as typed, Telegram username or None.
     add_contact: Callable[[Fake, str, str, str | None], object]
     raw_contact_field: Callable[[Fake, str, str], Any]  # fake, contact id, field id
     trouble: Callable[[Fake], Callable[[], None]] = _default_trouble  # → its check
+    api_path: str = "/"  # where the API is: calls elsewhere (a session minted) are not its
     # ---- the vendor's wire shapes, for the adapter contract (tests/test_contract.py) ----
     subjects: tuple[Any, Any] = (None, None)  # two option ids of `subjects`, as sent
     direction: Any = None  # an option id of `direction`, as sent
@@ -208,6 +293,9 @@ class CrmCase:
     def stored_as(self, fake: Fake, deal_id: str, expected: Mapping[str, Any]) -> dict[str, Any]:
         """The deal's fields named in `expected` (logical names or ids), as stored."""
         return {name: self.raw_deal_field(fake, deal_id, self.field_id(name)) for name in expected}
+    def api_calls(self, fake: Fake) -> int:
+        """Requests the CRM's API received, as the per-payment call counts mean them."""
+        return int(fake.count(path_prefix=self.api_path))
 
     def seed_deal(self, fake: Fake, contact: str, where: str, at: int, **fields: Any) -> str:
         """`add_deal` with the fields by logical name (`total_paid=1500`)."""
@@ -504,6 +592,108 @@ CASES = [
         },
         new_customer_calls=3,  # lookup batch, create batch (contact + deal), comment
         new_customer_wire=_bitrix_new_customer,
+    ),
+    CrmCase(
+        "salesforce",
+        FakeSalesforce,
+        _example(SALESFORCE_EXAMPLE, "salesforce", base_url="https://example.my.salesforce.com"),
+        # Sessions are minted (JWT bearer) from the consumer key and the key file.
+        lambda fake: {
+            "salesforce_client_id": fake.consumer_key,
+            "salesforce_private_key_file": fake.private_key_file,
+        },
+        contacts=lambda fake: [str(c["Id"]) for c in fake.contacts()],
+        deals=lambda fake: [str(d["Id"]) for d in fake.deals()],
+        raw_deal_field=lambda fake, deal_id, field_id: fake.deal_field(deal_id, field_id),
+        notes=lambda fake, deal_id: fake.notes(deal_id),
+        add_contact=lambda fake, name, phone, username: fake.add_contact(
+            LastName=name,
+            Phone=phone,
+            **({"Telegram_Username__c": username} if username else {}),
+        ),
+        raw_contact_field=lambda fake, contact_id, field_id: fake.contact_field(
+            contact_id, field_id
+        ),
+        placement=lambda fake, deal_id: (
+            fake.deal(deal_id)["RecordTypeId"],
+            fake.deal(deal_id)["StageName"],
+        ),
+        add_deal=lambda fake, contact, where, at, fields: fake.add_deal(
+            contact,
+            record_type={"yandex_working": YANDEX}.get(where, SITE),
+            stage={"yandex_working": "In Progress", "closed": "Closed Won"}.get(where, "Autopay"),
+            updated_at=at,
+            **fields,
+        ),
+        returning_calls=4,
+        close_deal=lambda fake, deal_id: fake.move_deal(deal_id, "Closed Won"),
+        api_path="/services/data/",  # not the token endpoint
+    ),
+    _odoo_case("odoo", 18),
+    # A second section of kind "odoo", on a 19 server: JSON-2, and ODOO_19_API_KEY.
+    _odoo_case("odoo-19", 19),
+    CrmCase(
+        "zoho",
+        FakeZoho,
+        _example(ROOT / "etc" / "crm-zoho.example.toml", "zoho"),
+        lambda fake: _zoho_credentials(fake),
+        contacts=lambda fake: [str(c["id"]) for c in fake.contacts()],
+        deals=lambda fake: [str(d["id"]) for d in fake.deals()],
+        raw_deal_field=lambda fake, deal_id, field_id: fake.deal(deal_id).get(field_id),
+        notes=lambda fake, deal_id: fake.notes(deal_id),
+        add_contact=lambda fake, name, phone, username: fake.add_contact(
+            name, phone=phone, telegram_username=username
+        ),
+        raw_contact_field=lambda fake, contact_id, field_id: fake.contact(contact_id).get(field_id),
+        placement=lambda fake, deal_id: (
+            fake.deal(deal_id)["Pipeline"],
+            fake.deal(deal_id)["Stage"],
+        ),
+        add_deal=lambda fake, contact, where, at, fields: fake.add_deal(
+            contact,
+            pipeline={"yandex_working": "Yandex"}.get(where, "Site"),
+            stage={"yandex_working": "В работе", "closed": "Closed Won"}.get(where, "Автооплата"),
+            modified=at,
+            fields=fields,
+        ),
+        # The search with the contact's deals in one composite call, the update, the note.
+        returning_calls=3,
+        close_deal=lambda fake, deal_id: fake.move_deal(deal_id, stage="Closed Won"),
+        api_path="/crm/",  # not the accounts server's token endpoint
+    ),
+    CrmCase(
+        "megaplan",
+        lambda: FakeMegaplan(rate_limit=1000),
+        # An application token (the OAuth pair's rotation is the contract suite's); not
+        # the example's 3 calls a second, which is a real account's pace.
+        _example(MEGAPLAN_EXAMPLE, "megaplan", auth="long_lived_token", rate_limit_per_second=1000),
+        lambda fake: {"megaplan_access_token": fake.issue_token(never=True)},
+        contacts=lambda fake: [str(h["id"]) for h in fake.humans()],
+        deals=lambda fake: [str(d["id"]) for d in fake.deals()],
+        raw_deal_field=lambda fake, deal_id, field_id: fake.field(fake.deal(deal_id), field_id),
+        notes=lambda fake, deal_id: [note_text(html) for html in fake.comments(deal_id)],
+        add_contact=lambda fake, name, phone, username: fake.add_human(
+            name,
+            phone=phone,
+            fields={f"{HUMAN_CATEGORY}TelegramUsername": username} if username else None,
+        ),
+        raw_contact_field=lambda fake, contact_id, field_id: fake.field(
+            fake.human(contact_id), field_id
+        ),
+        placement=lambda fake, deal_id: (
+            fake.deal(deal_id)["program"]["id"],
+            fake.deal(deal_id)["state"]["id"],
+        ),
+        # Programs 1 Сайт, 2 Яндекс; states N2 Автооплата (excluded), N3 В работе, N4 won.
+        add_deal=lambda fake, contact, where, at, fields: fake.add_deal(
+            int(contact),
+            program={"yandex_working": 2}.get(where, 1),
+            state={"yandex_working": 23, "closed": 14}.get(where, 12),
+            updated_at=at,
+            fields=fields,
+        ),
+        returning_calls=4,
+        close_deal=lambda fake, deal_id: fake.win(deal_id),
     ),
 ]
 

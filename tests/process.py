@@ -1,6 +1,6 @@
-"""`bridge serve` as a real subprocess, started the way systemd starts it.
+"""`crm-bridge serve` as a real subprocess, started the way systemd starts it.
 
-systemd runs `bridge serve` with an EnvironmentFile; `BridgeProcess` does the same with
+systemd runs `crm-bridge serve` with an EnvironmentFile; `BridgeProcess` does the same with
 an explicit environment (nothing inherited but PATH/HOME/locale), a TOML config written
 to `tmp_path` (the example config pointed at a fake on loopback) and the working
 directory in `tmp_path` so no stray `.env` is read. Output goes to a log file that
@@ -34,7 +34,7 @@ import httpx
 from tests.conftest import EXAMPLE_CONFIG, SECRET, signed
 from tests.fakes.service import Abort, FakeRequest, FakeService
 
-BRIDGE_BIN = Path(sys.executable).parent / "bridge"
+BRIDGE_BIN = Path(sys.executable).parent / "crm-bridge"
 FAST_RETRIES = "0.1,0.2,0.3,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5"
 
 

@@ -133,6 +133,11 @@ def test_show(seeded: Cli) -> None:
         "crm_calls": 5,
         "next_attempt_at": None,
         "last_error": None,
+        "links": {
+            "contact": "https://reference.amocrm.test/contacts/detail/111",
+            "deal": "https://reference.amocrm.test/leads/detail/222",
+        },
+        "waiting_because": None,
     }
     assert [(j["step"], j["value"]) for j in report["journal"]] == [
         ("contact", "111"),

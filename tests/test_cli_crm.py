@@ -1,4 +1,4 @@
-"""`bridge check`, `discover` and `auth` against the stateful fake amoCRM.
+"""`crm-bridge check`, `discover` and `auth` against the stateful fake amoCRM.
 
 The library functions (`checks.run_checks`, `crmconfig.schema_problems`/`config_snippet`)
 are called with the fake's transport; the commands get it through `CliEnv`, which
@@ -115,10 +115,13 @@ def test_config_snippet_is_toml_and_keeps_known_ids() -> None:
     config = reference_file_config().crm["amocrm"]
     text = config_snippet("amocrm", config, SCHEMA)
     parsed = tomllib.loads(text)["crm"]["amocrm"]
-    assert parsed["deal_fields"] == {}  # none of the configured ids is in this CRM
+    # None of the configured ids is in this CRM: fields are matched by name and type.
+    assert parsed["deal_fields"] == {"subjects": 1}  # "Всего оплачено" is text: no match
+    assert parsed["contact_fields"] == {"telegram_id": 3}
+    assert parsed["subjects"] == {"Русский": 7}
     assert '#   pipeline 10 = "Site"' in text and '#     status 101 = "Auto"' in text
     assert '#   2 = "Всего оплачено" (text)' in text
-    assert '# "Русский" = 7' in text  # a candidate: the subjects field is not configured
+    assert "# total_paid =" in text
 
 
 # ---- bridge check -----------------------------------------------------------------
@@ -166,7 +169,7 @@ def test_check_without_credentials_or_secrets(cli: Cli) -> None:
     cli.env.update(AMOCRM_ACCESS_TOKEN="", WEBHOOK_SECRETS="")
     result = cli("check")
     assert result.exit_code == 1
-    assert "WARNING  no WEBHOOK_SECRETS or STANDARD_WEBHOOK_SECRETS" in result.stderr
+    assert "PROBLEM  no WEBHOOK_SECRETS or STANDARD_WEBHOOK_SECRETS" in result.stderr
     assert "PROBLEM  crm.amocrm: no credentials: set AMOCRM_ACCESS_TOKEN" in result.stderr
 
 
@@ -197,7 +200,8 @@ def test_check_reports_a_paused_crm_and_a_bad_config_file(cli: Cli) -> None:
     cli.with_store(lambda s: s.set_crm_state("amocrm", paused_reason="401 unauthorised"))
     result = cli("check")
     assert result.exit_code == 0
-    assert "the running bridge paused it (401 unauthorised)" in result.stderr
+    # No bridge runs (no serve lock held): the pause is from its last run.
+    assert "paused when the bridge last ran (401 unauthorised)" in result.stderr
     Path(cli.env["CONFIG_FILE"]).write_text("[crm.amocrm\n", encoding="utf-8")
     broken = cli("check")
     assert broken.exit_code == 1 and "not valid TOML" in broken.stderr
@@ -227,9 +231,10 @@ def test_discover_lists_candidates_for_ids_the_crm_lacks(cli: Cli, wrong: str) -
     configure(cli, {"subjects = 700201": f"subjects = {wrong}"})
     result = cli("discover", "amocrm")
     parsed = tomllib.loads(result.stdout)["crm"]["amocrm"]
-    assert "subjects" not in parsed["deal_fields"] and parsed["subjects"] == {}
-    assert "# subjects =" in result.stdout
-    assert '# "Русский" = 800001' in result.stdout
+    # The configured id is wrong; the field named "Предметы" is found by name instead.
+    assert parsed["deal_fields"]["subjects"] == 700201
+    assert '"Предметы" (multiselect), matched by name' in result.stdout
+    assert parsed["subjects"]["Русский"] == 800001
 
 
 def test_a_field_of_the_wrong_type_is_one_problem(cli: Cli) -> None:
@@ -251,13 +256,13 @@ def test_discover_errors(cli: Cli) -> None:
     assert "no credentials" in unauthorised.stderr
 
 
-# ---- bridge auth --------------------------------------------------------------------
+# ---- crm-bridge auth-------------------------------------------------------------------
 
 
 def test_auth_with_a_code_stores_the_pair_and_check_then_passes(cli: Cli, fake: FakeAmoCrm) -> None:
     configure(cli, OAUTH)
     cli.env.update(OAUTH_ENV, AMOCRM_ACCESS_TOKEN="")
-    assert "crm.amocrm: not authorised: run `bridge auth amocrm`" in cli("check").stderr
+    assert "crm.amocrm: not authorised: run `crm-bridge auth amocrm`" in cli("check").stderr
     fake.register_code("code-1")
     result = cli("auth", "amocrm", "--code", "code-1")
     assert result.exit_code == 0, result.output
@@ -301,6 +306,9 @@ def test_auth_errors(cli: Cli) -> None:
     assert cli("auth", "amocrm", "--access-token", "a").exit_code == 2
     long_lived = cli("auth", "amocrm", "--code", "c")
     assert long_lived.exit_code == 1 and 'auth = "oauth"' in long_lived.stderr
+    configure(cli, {'auth = "long_lived_token"': 'auth = "minted"'})
+    minted = cli("auth", "amocrm", "--code", "c")
+    assert minted.exit_code == 1 and "sessions are minted" in minted.stderr
     configure(cli, OAUTH)
     no_key = cli("auth", "amocrm", "--code", "c")
     assert no_key.exit_code == 1 and "BRIDGE_SECRET_KEY is not set" in no_key.stderr

@@ -3,15 +3,16 @@
 Credentials and the OAuth token endpoint are the `Connection`'s, so they behave alike in
 every CRM: bootstrap from the environment, one refresh for concurrent requests, a refused
 refresh naming no secret, client credentials checked before anything is sent, and
-`bridge auth`'s code exchange. Each CRM's own adapter file keeps its vendor quirks.
+`crm-bridge auth`'s code exchange. Each CRM's own adapter file keeps its vendor quirks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -32,15 +33,27 @@ from bridge.domain import (
     NewContact,
     NewDeal,
 )
-from bridge.errors import AuthError, PermanentCrmError, RateLimited, TransientCrmError
+from bridge.errors import (
+    AuthError,
+    ConfigError,
+    PermanentCrmError,
+    RateLimited,
+    TransientCrmError,
+)
 from bridge.settings import CrmConfig
 from bridge.tokens import TokenPair
 from tests import test_amocrm_adapter as amo
 from tests import test_bitrix24_adapter as bx
 from tests import test_hubspot_adapter as hs
+from tests import test_megaplan_adapter as mp
+from tests import test_odoo_adapter as odoo
 from tests import test_pipedrive_adapter as pd
+from tests import test_salesforce_adapter as sf
+from tests import test_zoho_adapter as zo
 from tests.crm_cases import BY_NAME, CUSTOMER, NOTE, REFUSALS, CrmCase
 from tests.fakes.memory import MemoryTokens
+from tests.fakes.odoo import example_config as odoo_config
+from tests.fakes.odoo import example_odoo
 from tests.fakes.server import serve_in_thread
 
 Fake = Any
@@ -51,7 +64,10 @@ Adapter = Any
 class AdapterCase:
     """How to put one CRM's adapter on its fake; `refused` is the vendor's word for a
     refresh token it no longer takes (echoed in the error), `token_path` its endpoint,
-    `rotates` whether a refresh spends the refresh token."""
+    `rotates` whether a refresh spends the refresh token; a CRM without OAuth (`has_oauth`
+    False: an API key only) leaves the OAuth part out. `warm_up` is what the adapter pays
+    once per process before its first operation (Odoo's session): paid before each test
+    here, so the fake's call counts are the test's own."""
 
     kind: str
     make_fake: Callable[[], Fake]
@@ -64,6 +80,21 @@ class AdapterCase:
     new_deal: Callable[[], NewDeal]
     served: Callable[[Fake, str], dict[str, Any]] | None = None  # make_adapter's options
     # when the fake is served on `base_url` (default: the section's base_url is it)
+    absent_deal: str = "999"  # a deal id of the CRM's shape that no deal has
+
+    has_oauth: bool = True
+    client_app: bool = True  # False: a token endpoint without client credentials or codes
+    warm_up: Callable[[Adapter], Awaitable[object]] | None = None
+    variant: str = ""  # told apart in test ids: "odoo-19"
+    crm_case: str = ""  # its CrmCase's name, where that is not `kind` (the Odoo 19 section)
+
+    static_auth: bool = True  # a long-lived token besides OAuth (Zoho CRM has none)
+
+    @property
+    def minted(self) -> bool:
+        """Sessions minted from credentials (auth = "minted"): no refresh token, nothing
+        stored, no code to exchange; the refresh-token tests do not apply."""
+        return self.config.auth == "minted"
 
     def over_socket(self, fake: Fake, base_url: str) -> dict[str, Any]:
         if self.served is not None:
@@ -74,14 +105,14 @@ class AdapterCase:
     @property
     def crm(self) -> CrmCase:
         """The CRM's case: its view of the fake's state and its wire shapes."""
-        return BY_NAME[self.kind]
+        return BY_NAME[self.crm_case or self.kind]
 
     @property
     def oauth(self) -> CrmConfig:
         return self.config.model_copy(update={"auth": "oauth"})
 
     def __str__(self) -> str:
-        return self.kind
+        return f"{self.kind}-{self.variant}" if self.variant else self.kind
 
 
 ADAPTER_CASES = [
@@ -133,7 +164,79 @@ ADAPTER_CASES = [
         },
         rotates=True,
     ),
+    AdapterCase(
+        "salesforce",
+        lambda: sf.FakeSalesforce(sf.CONFIG),
+        sf.make_adapter,
+        sf.CONFIG,
+        "/services/oauth2/token",
+        "invalid_grant",
+        new_contact=sf.new_contact,
+        new_deal=sf.new_deal,
+        # Over a socket the fake is the My Domain, where client credentials are minted
+        # (the JWT's audience would be a login host).
+        served=lambda fake, base_url: {
+            "config": sf.CONFIG.model_copy(
+                update={
+                    "base_url": base_url,
+                    "request_timeout_seconds": 0.5,
+                    "options": {**sf.CONFIG.options, "flow": "client_credentials"},
+                }
+            ),
+        },
+        rotates=False,
+        absent_deal="006000000000999AAA",
+    ),
+    *(
+        AdapterCase(
+            "odoo",
+            functools.partial(example_odoo, version=version),
+            odoo.make_adapter,
+            odoo_config(),
+            "",
+            "",
+            new_contact=odoo.new_contact,
+            new_deal=odoo.new_deal,
+            rotates=False,
+            has_oauth=False,
+            warm_up=odoo.warm_up,
+            variant=str(version),  # 18: JSON-RPC, 19: JSON-2
+            crm_case="odoo" if version == 18 else "odoo-19",
+        )
+        for version in (18, 19)
+    ),
+    AdapterCase(
+        "zoho",
+        lambda: zo.FakeZoho(zo.CONFIG),
+        zo.make_adapter,
+        zo.CONFIG,
+        "/oauth/v2/token",
+        "invalid_code",
+        new_contact=zo.new_contact,
+        new_deal=zo.new_deal,
+        served=lambda fake, base_url: zo.served_on(fake, base_url),
+        rotates=False,
+        static_auth=False,
+    ),
+    AdapterCase(
+        "megaplan",
+        lambda: mp.FakeMegaplan(rate_limit=1000),
+        mp.make_adapter,
+        mp.CONFIG,
+        "/api/v3/auth/",
+        "Invalid refresh token",
+        new_contact=mp.new_contact,
+        new_deal=mp.new_deal,
+        rotates=True,
+        client_app=False,  # its pair comes from a password grant (test_megaplan_adapter)
+    ),
 ]
+# The refresh-token OAuth tests: only over the CRMs that have it (not minted sessions).
+OAUTH_CASES = [case for case in ADAPTER_CASES if case.has_oauth and not case.minted]
+over_oauth = pytest.mark.parametrize("case", OAUTH_CASES, ids=str, indirect=True)
+# Client credentials and authorization codes: only where the endpoint has a client app.
+CLIENT_APP_CASES = [case for case in OAUTH_CASES if case.client_app]
+over_client_apps = pytest.mark.parametrize("case", CLIENT_APP_CASES, ids=str, indirect=True)
 
 
 @pytest.fixture(params=ADAPTER_CASES, ids=str)
@@ -157,14 +260,20 @@ async def probe(adapter: Adapter, value: str = "probe@example.com") -> object:
     return await adapter.find_contact([LookupKey(kind, value)], rules.contact_matches)
 
 
-async def read(adapter: Adapter) -> object:
+async def read(case: AdapterCase, adapter: Adapter) -> object:
     """One GET (a search may be a POST, never repeated blindly): a deal that is not there."""
-    return await adapter.get_deal("999")
+    return await adapter.get_deal(case.absent_deal)
 
 
 @pytest.fixture
 async def adapter(case: AdapterCase, fake: Fake) -> AsyncIterator[Adapter]:
     made = case.make_adapter(fake)
+    if case.minted:
+        await made.connection.source.current()  # a session first
+    if case.warm_up is not None:
+        await case.warm_up(made)
+    if case.minted or case.warm_up is not None:
+        fake.calls.clear()  # so that the counts below are the API's calls alone
     yield made
     await made.connection.aclose()
 
@@ -187,24 +296,26 @@ async def test_a_persistent_429_surfaces_rate_limited(fake: Fake, adapter: Adapt
 
 
 async def test_network_trouble_on_reads_is_retried_then_transient(
-    fake: Fake, adapter: Adapter
+    case: AdapterCase, fake: Fake, adapter: Adapter
 ) -> None:
     fake.fail_next(1, kind="timeout")
     fake.fail_next(1, kind="drop")
-    assert await read(adapter) is None
+    assert await read(case, adapter) is None
     assert fake.count() == 3
     fake.down()
     with pytest.raises(TransientCrmError, match="cannot connect"):
-        await read(adapter)
+        await read(case, adapter)
     fake.up()
 
 
-async def test_random_faults_are_reproducible_and_survivable(fake: Fake, adapter: Adapter) -> None:
+async def test_random_faults_are_reproducible_and_survivable(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
     fake.fail_randomly(random.Random(7), p=0.5, kinds=("500", "timeout", "drop"))
     outcomes = []
     for _ in range(10):
         try:
-            await read(adapter)
+            await read(case, adapter)
             outcomes.append("ok")
         except TransientCrmError:
             outcomes.append("failed")
@@ -230,7 +341,7 @@ async def test_a_value_that_cannot_be_sent_fails_before_any_call(
 ) -> None:
     field_id = case.config.deal_fields.last_payment_at or ""
     naive = FieldUpdate(field_id, FieldKind.DATETIME, datetime(2025, 1, 20))  # no zone
-    with pytest.raises(PermanentCrmError, match=r"(deals|leads)\.update"):
+    with pytest.raises(PermanentCrmError, match=r"(deals|leads)\.update|crm\.lead\.write"):
         await adapter.update_deal("1", [naive])
     assert fake.count() == 0
 
@@ -238,6 +349,7 @@ async def test_a_value_that_cannot_be_sent_fails_before_any_call(
 # ---- OAuth --------------------------------------------------------------------------
 
 
+@over_oauth
 async def test_oauth_bootstraps_from_a_refresh_token_in_the_environment(
     case: AdapterCase, fake: Fake
 ) -> None:
@@ -252,6 +364,7 @@ async def test_oauth_bootstraps_from_a_refresh_token_in_the_environment(
     await adapter.connection.aclose()
 
 
+@over_oauth
 async def test_one_refresh_serves_concurrent_requests_after_a_401(
     case: AdapterCase, fake: Fake
 ) -> None:
@@ -268,6 +381,7 @@ async def test_one_refresh_serves_concurrent_requests_after_a_401(
     await adapter.connection.aclose()
 
 
+@over_oauth
 async def test_a_refused_refresh_token_is_an_auth_error_naming_no_secret(
     case: AdapterCase, fake: Fake
 ) -> None:
@@ -282,13 +396,14 @@ async def test_a_refused_refresh_token_is_an_auth_error_naming_no_secret(
     with pytest.raises(AuthError, match="refresh token rejected") as error:
         await probe(stale)
     message = str(error.value)
-    assert case.refused in message and f"bridge auth {case.kind}" in message
+    assert case.refused in message and f"crm-bridge auth {case.kind}" in message
     assert unknown not in message and fake.client_secret not in message
     assert tokens.saved == []
     for adapter in (first, stale):
         await adapter.connection.aclose()
 
 
+@over_client_apps
 async def test_oauth_without_client_credentials_says_so_and_sends_nothing(
     case: AdapterCase, fake: Fake
 ) -> None:
@@ -301,12 +416,13 @@ async def test_oauth_without_client_credentials_says_so_and_sends_nothing(
         await probe(adapter)
     assert fake.count() == 0
     await adapter.connection.aclose()
-    unauthorised = case.make_adapter(fake, config=case.oauth)
+    unauthorised = case.make_adapter(fake, config=case.oauth, tokens=MemoryTokens())
     problem = await unauthorised.connection.credentials_problem()
-    assert problem == f"not authorised: run `bridge auth {case.kind}`"
+    assert problem == f"not authorised: run `crm-bridge auth {case.kind}`"
     await unauthorised.connection.aclose()
 
 
+@over_client_apps
 async def test_exchange_code_stores_the_pair_and_uses_it(case: AdapterCase, fake: Fake) -> None:
     fake.register_code("code-1")
     tokens = MemoryTokens()
@@ -320,6 +436,8 @@ async def test_exchange_code_stores_the_pair_and_uses_it(case: AdapterCase, fake
         await adapter.connection.exchange_code("code-1")  # single use
     await adapter.connection.aclose()
 
+    if not case.static_auth:
+        return
     static = case.make_adapter(fake)
     with pytest.raises(AuthError, match='needs auth = "oauth"'):
         await static.connection.exchange_code("code-2")
@@ -327,6 +445,7 @@ async def test_exchange_code_stores_the_pair_and_uses_it(case: AdapterCase, fake
     await static.connection.aclose()
 
 
+@over_oauth
 async def test_a_token_endpoint_in_trouble_is_transient_and_echoes_nothing(
     case: AdapterCase, fake: Fake
 ) -> None:
@@ -363,7 +482,7 @@ async def test_the_fake_served_over_a_real_socket_is_the_same_api_with_the_same_
         assert await adapter.deal_notes(deal.id) == ["Оплата проведена\n  Payment ID: pay_1"]
         fake.down()
         with pytest.raises(TransientCrmError, match="503"):
-            await read(adapter)
+            await read(case, adapter)
         fake.up()
         await adapter.connection.aclose()
     finally:
@@ -562,3 +681,19 @@ async def test_get_deal_sees_a_manager_close_it_and_none_when_gone(
     closed = await adapter.get_deal(deal_id)
     assert closed is not None and closed.is_closed
     assert await adapter.get_deal("999999") is None
+
+
+def test_minted_sessions_need_an_adapter_that_mints_them() -> None:
+    # auth = "minted" is the adapter's own session source (Salesforce's); a kind without
+    # one is a configuration error, not a connection with no credentials.
+    minted = hs.CONFIG.model_copy(update={"auth": "minted"})
+    with pytest.raises(ConfigError, match='auth = "minted": hubspot mints no sessions'):
+        hs.make_adapter(hs.FakeHubSpot(hs.CONFIG), config=minted)
+
+
+def test_an_empty_base_url_is_refused_where_the_crm_does_not_derive_one() -> None:
+    # Settings let an empty base_url through for Zoho, whose data centre names the host;
+    # any other CRM would send every request to a relative URL and fail each one.
+    empty = hs.CONFIG.model_copy(update={"base_url": ""})
+    with pytest.raises(ConfigError, match=r"crm\.hubspot\.base_url is empty"):
+        hs.make_adapter(hs.FakeHubSpot(hs.CONFIG), config=empty)

@@ -1,6 +1,6 @@
 """One payment id, several bodies over time (issue 13.10 and 13.11): a status change is a
 new state of the same event, stored and processed; a succeeded payment stays a duplicate
-after `bridge prune` deleted its event."""
+after `crm-bridge prune` deleted its event."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One payment, two CRMs: amoCRM and HubSpot delivered independently (SPEC §3)."""
+"""One payment, several CRMs: each delivered independently (SPEC §3), every CRM at once."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from tests.conftest import (
     reference_file_config,
     wait_until,
 )
+from tests.crm_cases import CASES
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.hubspot import FakeHubSpot
 from tests.test_hubspot_scenarios import hubspot_file_config
@@ -127,3 +128,33 @@ def test_secrets_are_read_per_section_name(monkeypatch: Any, tmp_path: Path) -> 
     # A section not named like its kind never falls back to the vendor-named variables.
     other = reference.model_copy(update={"crm": {"main": amo}})
     assert crm_secrets(load_settings(file=other), "main", "ACCESS_TOKEN").token is None
+
+
+async def test_every_crm_configured_at_once_gets_the_payment(tmp_path: Path) -> None:
+    """Every CRM the bridge supports (each CrmCase's section, Odoo twice: 18 and 19) in
+    one configuration: one payment becomes one delivery, deal and note in each."""
+    fakes = {case.name: case.make_fake() for case in CASES}
+    sections: dict[str, Any] = {}
+    credentials: dict[str, Any] = {"crm_env": {}}
+    for case in CASES:
+        sections |= case.file_config().crm
+        given = case.credentials(fakes[case.name])
+        credentials["crm_env"] |= given.pop("crm_env", {})
+        credentials |= given
+    file = reference_file_config().model_copy(update={"crm": sections})
+    settings = make_settings(tmp_path, file, **credentials)
+    transports = {name: fake.transport() for name, fake in fakes.items()}
+    async with AsyncTestClient(app=create_app(settings, transports=transports)) as client:
+        bridge = Bridge(client, settings, fakes["amocrm"])
+        answer = await bridge.post_payment(payment_payload("pay_all"))
+        await bridge.settle()
+        deliveries = bridge.query("SELECT crm, status FROM deliveries ORDER BY crm")
+    assert answer.status_code in (200, 202), answer.text
+    assert set(answer.json()["results"]) == {case.name for case in CASES}
+    assert deliveries == sorted((case.name, "success") for case in CASES)
+    for case in CASES:
+        fake = fakes[case.name]
+        assert len(case.contacts(fake)) == 1, case.name
+        [deal] = case.deals(fake)
+        assert case.deal_number(fake, deal, "total_paid") == 10000, case.name
+        assert len(case.notes(fake, deal)) == 1, case.name

@@ -4,7 +4,7 @@
   burning an attempt, health says paused and why, the log says so once, and a restart
   with a valid token delivers everything.
 - An OAuth refresh token that was already rotated away (someone else used it): the CRM
-  is paused, nothing is lost; after `bridge auth amocrm --code …` (run as the operator
+  is paused, nothing is lost; after `crm-bridge auth amocrm --code …` (run as the operator
   would, beside the running service) the running bridge's next probe (30 s) finds the
   new pair and everything lands, without a restart.
 - Concurrent deliveries share one refresh: one token request per expiry, never two.
@@ -171,7 +171,7 @@ def test_refresh_token_rotated_away_pauses_until_bridge_auth_then_resumes(
     finally:
         bridge.stop()
     reason = health["crms"]["amocrm"]["paused_reason"]
-    assert "bridge auth amocrm" in reason, reason
+    assert "crm-bridge auth amocrm" in reason, reason
     assert refresh not in reason and refresh not in bridge.log_text()
     assert rows == [("pending", 0)] * 3
     assert statuses == {"success"}

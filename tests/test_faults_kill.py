@@ -1,4 +1,4 @@
-"""SIGKILL the real `bridge serve` process at every step of the payment flow (SPEC §3).
+"""SIGKILL the real `crm-bridge serve` process at every step of the payment flow (SPEC §3).
 
 The bridge runs as systemd runs it (a subprocess with an environment file's variables);
 the stateful fake amoCRM runs on loopback in the test process, and its hooks SIGKILL the

@@ -1,4 +1,4 @@
-"""The WAL and shared-memory files are deleted under a running `bridge serve` (issue 13.6).
+"""The WAL and shared-memory files are deleted under a running `crm-bridge serve` (issue 13.6).
 
 SQLite goes on writing into a deleted WAL through its open descriptor: every webhook
 was answered 202 and a SIGKILL then lost them all. The bridge must notice (the files'

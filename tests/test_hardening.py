@@ -44,7 +44,7 @@ def test_masking_hides_exactly_what_the_old_pattern_hid(text: str) -> None:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """`bridge serve` with its journald logging (masking filter, formatter) in place."""
+    """`crm-bridge serve` with its journald logging (masking filter, formatter) in place."""
     home: Path = tmp_path_factory.mktemp("hardening")
     process = BridgeProcess.create(home, EXAMPLE_CONFIG, access_token=None)
     process.start()
@@ -268,7 +268,14 @@ async def test_a_storage_outage_is_one_error_line_per_webhook_and_health_hides_t
         finally:
             os.chmod(path, 0o600)
     assert answer.status_code == 503
-    assert len(errors) == 1, [r.getMessage() for r in errors]
+    # ERROR lines are the writer's, one per failed batch: the event's, and, when the
+    # writer got to it before this line, the batch of the 503's own request-log row
+    # (written after the answer). The webhook itself adds only a WARNING.
+    messages = [r.getMessage() for r in errors]
+    assert 1 <= len(errors) <= 2, messages
+    assert all(r.name == "bridge.store" and "writes not stored" in r.getMessage() for r in errors)
+    app_lines = [r for r in caplog.records if r.name == "bridge.app"]
+    assert app_lines and all(r.levelno == logging.WARNING for r in app_lines)
     assert health.status_code == 503
     assert health.json()["database"] == {"ok": False, "error": "unavailable"}
     assert str(path) not in health.text and "read" not in health.text.lower()

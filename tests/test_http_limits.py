@@ -1,4 +1,4 @@
-"""What one client can hold of a running `bridge serve`, over real sockets (issue 13).
+"""What one client can hold of a running `crm-bridge serve`, over real sockets (issue 13).
 
 Header size and count, header and body time, idle keep-alive, concurrent connections:
 each is bounded by the bridge's own server (`bridge.server`), whatever sits in front, and

@@ -1,4 +1,4 @@
-"""`bridge import`: row validation (table-driven) and the command against a real SQLite file."""
+"""`crm-bridge import`: row validation (table-driven) and the command against a real SQLite file."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def test_dates(raw: str, expected: str) -> None:
     assert parse_date(raw) == expected
 
 
-@pytest.mark.parametrize("raw", ["", "20.01.2025", "20250120", "2025-13-01", "2025-01-20 25:00"])
+@pytest.mark.parametrize("raw", ["", "32.01.2025", "20250120", "2025-13-01", "2025-01-20 25:00"])
 def test_bad_dates(raw: str) -> None:
     with pytest.raises(RowError):
         parse_date(raw)
@@ -154,7 +154,7 @@ def test_fractional_amounts_stay_exact() -> None:
         ({"email": "nobody"}, "email 'nobody' has no '@'"),
         ({"phone": "", "email": ""}, "no phone and no email"),
         ({"amount": "-1"}, "amount '-1' is not a positive number"),
-        ({"date": "05.11.2024"}, "date '05.11.2024'"),
+        ({"date": "05/11/2024"}, "date '05/11/2024'"),
     ],
 )
 def test_row_problems_say_which_value(values: dict[str, str], reason: str) -> None:

@@ -47,6 +47,7 @@ class Installed:
     prefix: Path
     confdir: Path
     unitdir: Path
+    bindir: Path
 
     @property
     def unit(self) -> dict[str, list[str]]:
@@ -89,7 +90,9 @@ def installed() -> Iterator[Installed]:
             capture_output=True,
         )
         [wheel] = wheels.glob("crm_bridge-*.whl")
-        target = Installed(root, root / "opt", root / "etc" / "crm-bridge", root / "units")
+        target = Installed(
+            root, root / "opt", root / "etc" / "crm-bridge", root / "units", root / "bin"
+        )
         make = [
             "make",
             "-C",
@@ -99,6 +102,7 @@ def installed() -> Iterator[Installed]:
             f"PREFIX={target.prefix}",
             f"CONFDIR={target.confdir}",
             f"UNITDIR={target.unitdir}",
+            f"BINDIR={target.bindir}",  # not the machine's /usr/local/bin
             f"PACKAGE={wheel}",
             "PIP_INSTALL_ARGS=--no-deps --no-index",
             "UPGRADE_PIP=no",
@@ -126,7 +130,11 @@ def test_install_creates_every_directory_with_modes_the_unit_can_use(
     assert mode(installed.confdir / "bridge.toml") == 0o644  # no secrets; the service reads it
     assert mode(installed.confdir / "env") == 0o600  # secrets; systemd reads it as root
     assert (installed.confdir / "env").stat().st_uid == 0
-    assert (installed.prefix / "venv" / "bin" / "bridge").is_file()
+    assert (installed.prefix / "venv" / "bin" / "crm-bridge").is_file()
+    # The command on PATH (issue 16): a link to the venv's entry point.
+    link = installed.bindir / "crm-bridge"
+    assert link.is_symlink()
+    assert link.resolve() == (installed.prefix / "venv" / "bin" / "crm-bridge").resolve()
 
 
 def test_installed_unit_names_the_paths_it_was_installed_to(installed: Installed) -> None:
@@ -134,7 +142,7 @@ def test_installed_unit_names_the_paths_it_was_installed_to(installed: Installed
     assert "/opt/crm-bridge" not in text
     assert "/etc/crm-bridge/" not in text.replace(str(installed.confdir), "")
     unit = installed.unit
-    assert unit["ExecStart"] == [f"{installed.prefix}/venv/bin/bridge serve"]
+    assert unit["ExecStart"] == [f"{installed.prefix}/venv/bin/crm-bridge serve"]
     assert unit["EnvironmentFile"] == [f"{installed.confdir}/env"]
     assert f"Documentation=file://{installed.prefix}/README.md" in text
     env = installed.environment()

@@ -29,6 +29,7 @@ from bridge.settings import CrmConfig, load_file_config
 from bridge.tokens import TokenPair
 from tests.crm_cases import BY_NAME, CUSTOMER, NOTE
 from tests.fakes.memory import MemoryTokens, adapter_on, no_wait
+from tests.fakes.openapi_check import SentRequests
 from tests.fakes.pipedrive import FakePipedrive
 from tests.fakes.pipedrive_openapi import PipedriveOpenApi, RecordingTransport
 
@@ -55,7 +56,7 @@ MATHS, OGE = 12, 22
 PAID_AT = datetime(2025, 1, 20, 21, 49, 20, tzinfo=UTC)  # 00:49 on the 21st in Moscow
 CASE = BY_NAME["pipedrive"]
 new_deal, new_contact, every_kind_of_field = CASE.new_deal, CASE.new_contact, CASE.every_kind
-SENT: list[RecordingTransport] = []
+SENT = SentRequests()
 
 
 @pytest.fixture(autouse=True)
@@ -66,8 +67,7 @@ def requests_conform_to_openapi() -> Iterator[None]:
     spec = PipedriveOpenApi.load()
     if spec is None:
         return  # the shared specs are not checked out next to the repository
-    problems = [p for rec in SENT for request in rec.requests for p in spec.problems(request)]
-    assert problems == []
+    assert SENT.problems(spec) == []
 
 
 def make_adapter(
@@ -79,8 +79,7 @@ def make_adapter(
     **options: Any,
 ) -> Pipedrive:
     # Every request is recorded and checked against the OpenAPI files after the test.
-    recorder = RecordingTransport(transport or fake.transport())
-    SENT.append(recorder)
+    recorder = SENT.recording(transport or fake.transport())
     static = {"pipedrive_api_token": fake.issue_api_token()}
     adapter = adapter_on(
         build_pipedrive,
@@ -565,7 +564,7 @@ async def test_no_api_token_is_an_auth_error_without_a_call(fake: FakePipedrive)
     adapter = make_adapter(fake, pipedrive_api_token=None)
     assert await adapter.connection.credentials_problem() == (
         'no credentials: set PIPEDRIVE_API_TOKEN or use auth = "oauth" and run'
-        " `bridge auth pipedrive`"
+        " `crm-bridge auth pipedrive`"
     )
     with pytest.raises(AuthError, match="PIPEDRIVE_API_TOKEN"):
         await adapter.search_persons(phone_key())

@@ -10,16 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from bridge.crm.richtext import note_text
 from tests.conftest import number, payment_payload
 from tests.crm_cases import BY_NAME, Run, running
+from tests.fakes.openapi_check import SentRequests
 from tests.fakes.pipedrive import FakePipedrive
-from tests.fakes.pipedrive_openapi import PipedriveOpenApi, RecordingTransport
+from tests.fakes.pipedrive_openapi import PipedriveOpenApi
 
-SENT: list[RecordingTransport] = []
+SENT = SentRequests()
 
 
 CASE = BY_NAME["pipedrive"]
@@ -35,12 +35,7 @@ def fake() -> FakePipedrive:
 @pytest.fixture
 def run_bridge(tmp_path: Path, fake: FakePipedrive) -> Run:
     """The app on the fake; every request it sends is checked against the OpenAPI files."""
-
-    def recorded(transport: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
-        SENT.append(RecordingTransport(transport))
-        return SENT[-1]
-
-    return running(CASE, fake, tmp_path, recorded)
+    return running(CASE, fake, tmp_path, SENT.recording)
 
 
 @pytest.fixture(autouse=True)
@@ -50,8 +45,7 @@ def requests_conform_to_openapi() -> Iterator[None]:
     spec = PipedriveOpenApi.load()
     if spec is None:
         return  # the shared specs are not checked out next to the repository
-    problems = [p for rec in SENT for request in rec.requests for p in spec.problems(request)]
-    assert problems == []
+    assert SENT.problems(spec) == []
 
 
 # ---- (1) a new customer -------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`bridge serve` as systemd (and `make run`) starts it: a real process on a real port."""
+"""`crm-bridge serve` as systemd (and `make run`) starts it: a real process on a real port."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from bridge.cli import main
 from tests.conftest import EXAMPLE_CONFIG, SECRET, payment_payload, signed
 
-BRIDGE = Path(sys.executable).with_name("bridge")
+BRIDGE = Path(sys.executable).with_name("crm-bridge")
 
 
 def free_port() -> int:

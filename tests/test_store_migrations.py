@@ -93,3 +93,23 @@ async def test_bodies_stored_with_nan_become_json_again(tmp_path: Path) -> None:
         ("pay_ok", "pay_ok", None, None),
     ]
     assert ok == (bodies["pay_ok"],)  # valid bodies are left exactly as received
+
+
+async def test_version_7_adds_the_operators_tables_to_a_version_6_database(
+    tmp_path: Path,
+) -> None:
+    # Issue 16's migration came after issue 13's 5 and 6: a database those left (with a
+    # CRM's state row) gains the call log, the operator's holds, alerts and runtime.
+    path = tmp_path / "b.sqlite"
+    _at_version(path, 6)
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO crm_state (crm, paused_reason) VALUES ('amocrm', NULL)")
+    store = await Store.open(path, clock=time.time)
+    assert await store.schema_version() == len(MIGRATIONS) == 7
+    assert await store.hold_crm("amocrm", "migration", "ops")
+    assert (await store.holds())["amocrm"].reason == "migration"
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        assert {"crm_calls", "alerts", "runtime", "succeeded_keys"} <= tables
+        assert conn.execute("SELECT key FROM events").fetchall() == [("pay_old",)]

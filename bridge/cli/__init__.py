@@ -1,4 +1,4 @@
-"""The `bridge` command: a thin shell over the library (SPEC §10).
+"""The `crm-bridge` command: a thin shell over the library (SPEC §10).
 
 Every command loads the settings once, opens the store, calls the library and prints:
 `log` holds the commands over the event log, `tools` the integration and maintenance
@@ -15,10 +15,15 @@ from pathlib import Path
 
 import click
 
-from bridge.checks import settings_findings
-from bridge.cli import crm, log, tools
+from bridge import servelock
+from bridge.checks import env_file_findings, settings_findings
+from bridge.cli import crm, log, operate, send, tools
 from bridge.cli._env import CliEnv
+from bridge.errors import ConfigError
 from bridge.logs import configure_logging
+from bridge.settings import Settings
+from bridge.staleness import runtime_record
+from bridge.store import Store
 
 __all__ = ["CliEnv", "main"]
 
@@ -50,13 +55,22 @@ def serve(env: CliEnv, host: str | None, port: int | None) -> None:
     settings = env.settings()
     configure_logging(settings.log_level)
     # Refuse to start on a broken configuration; an unreachable CRM does not stop it.
-    findings = settings_findings(settings)
+    findings = settings_findings(settings) + env_file_findings(env.env_file)
     for finding in findings:
         if finding.level != "ok":
             click.echo(f"{finding.level.upper()}: {finding.text}", err=True)
     if any(finding.level == "problem" for finding in findings):
         raise click.ClickException("configuration problems above: fix them, then start again")
-    app = create_app(settings)
+    try:
+        lock = servelock.acquire(settings.database_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    async def loaded(store: Store, current: Settings) -> None:
+        # What `retry` and `check` compare the files against (bridge.staleness).
+        await store.set_runtime(runtime_record(current, env.env_file, env.clock()))
+
+    app = create_app(settings, reloader=env.load, on_loaded=loaded)
     limits = Limits(
         header_timeout=settings.header_timeout_seconds,
         # The payment route answers 408 at BODY_TIMEOUT_SECONDS; the server's own limit,
@@ -81,6 +95,7 @@ def serve(env: CliEnv, host: str | None, port: int | None) -> None:
         ),
         lifespan="on",
     )
+    lock.close()
 
 
 for command in (
@@ -90,6 +105,10 @@ for command in (
     log.retry,
     log.prune,
     tools.sign,
+    send.send,
+    operate.pause,
+    operate.resume,
+    operate.alerts,
     tools.import_,
     tools.rotate_key,
     crm.check,

@@ -1,4 +1,4 @@
-"""What every `bridge` command shares: the settings, the store, error handling, output.
+"""What every `crm-bridge` command shares: the settings, the store, error handling, output.
 
 Errors of the bridge's own tree (`BridgeError`) end as one line on stderr and exit 1
 (`click.ClickException`); no command prints a traceback.
@@ -35,14 +35,22 @@ class CliEnv:
     transports: Mapping[str, httpx.AsyncBaseTransport] | None = None
     clock: Callable[[], float] = time.time
     env_file: Path | None = None
+    # `send`'s own HTTP client (tests answer it in process).
+    http_transport: httpx.BaseTransport | None = None
+    # `events --follow` polls until interrupted; tests stop it after this many polls.
+    follow_polls: int | None = None
 
     def settings(self) -> Settings:
         try:
-            if self.env_file is not None:
-                return load_settings(_env_file=self.env_file)
-            return load_settings()
+            return self.load()
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from exc
+
+    def load(self) -> Settings:
+        """The settings, or ConfigError (what a reload of `serve` calls)."""
+        if self.env_file is not None:
+            return load_settings(_env_file=self.env_file)
+        return load_settings()
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

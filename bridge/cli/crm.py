@@ -19,7 +19,11 @@ _COLOURS = {"ok": "green", "warning": "yellow", "problem": "red"}
 def check(env: CliEnv) -> None:
     """Config, database, secrets, and every CRM's ids against the CRM itself."""
     settings = env.settings()
-    findings = run(checks.run_checks(settings, transports=env.transports, clock=env.clock))
+    findings = run(
+        checks.run_checks(
+            settings, transports=env.transports, clock=env.clock, env_file=env.env_file
+        )
+    )
     for finding in findings:
         label = click.style(f"{_LABELS[finding.level]:<8}", fg=_COLOURS[finding.level])
         click.echo(f"{label} {finding.text}", err=finding.level != "ok")
@@ -80,9 +84,15 @@ def auth(
     if config is None:
         raise click.ClickException(f"no [crm.{crm}] section in {settings.config_file}")
     if config.auth != "oauth":
+        where = (
+            f"sessions are minted from the environment's credentials; `crm-bridge check {crm}`"
+            " mints one"
+            if config.auth == "minted"
+            else "a long-lived token goes in the environment"
+        )
         raise click.ClickException(
             f'crm.{crm}.auth is "{config.auth}": stored tokens are used only with'
-            f' auth = "oauth" (a long-lived token goes in the environment)'
+            f' auth = "oauth" ({where})'
         )
     cipher = token_cipher(settings)
     entered = (
@@ -109,5 +119,5 @@ def auth(
     )
     click.echo(
         f"A running bridge with {crm} paused resumes within {checks.PAUSE_PROBE_SECONDS} s;"
-        f" `bridge check` confirms access."
+        f" `crm-bridge check` confirms access."
     )

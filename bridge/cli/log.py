@@ -10,6 +10,10 @@ import click
 
 from bridge import reports
 from bridge.cli._env import CliEnv, console, open_store, print_json, run
+from bridge.cli.follow import customer_lookup_keys, follow_events
+from bridge.crm.links import record_links
+from bridge.staleness import stale_config
+from bridge.store.oversight import RETRY_STATES
 
 EVENT_STATUSES = ("pending", "processing", "success", "failed", "skipped", "not_found")
 # How often the running bridge's worker looks for due deliveries.
@@ -46,7 +50,20 @@ def stats(env: CliEnv, as_json: bool) -> None:
     help="Only events delivered to this CRM; --status then means its delivery.",
 )
 @click.option("--since", default=None, help="Received since: 30m, 2h, 3d, 1w or an ISO date.")
+@click.option(
+    "--customer",
+    default=None,
+    help="Only this customer's: a phone, e-mail or Telegram id (normalised as intake does).",
+)
+@click.option("--deal", "deal_id", default=None, help="Only payments that went to this deal id.")
+@click.option(
+    "--source",
+    type=click.Choice(["live", "import"]),
+    default=None,
+    help="Only webhooks (live) or only `crm-bridge import` rows.",
+)
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they arrive.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def events(
@@ -54,18 +71,32 @@ def events(
     status: str | None,
     crm: str | None,
     since: str | None,
+    customer: str | None,
+    deal_id: str | None,
+    source: str | None,
     limit: int,
+    follow: bool,
     as_json: bool,
 ) -> None:
-    """Payment events, newest first (times in UTC)."""
+    """Payment events, newest first (times in UTC); --follow tails new ones."""
     settings = env.settings()
     since_ts = parse_since(since, env.clock()) if since is not None else None
     if crm is not None and crm not in settings.file.crm:
         click.echo(f"warning: no CRM named {crm!r} in {settings.config_file}", err=True)
+    filters: dict[str, Any] = {
+        "status": status,
+        "crm": crm,
+        "customer_keys": customer_lookup_keys(customer) if customer else (),
+        "deal_id": deal_id,
+        "source": source,
+    }
+    if follow:
+        follow_events(env, settings, filters, since_ts, as_json)
+        return
 
     async def work() -> list[Any]:
         async with open_store(settings, env) as store:
-            return await store.list_events(status=status, crm=crm, since=since_ts, limit=limit)
+            return await store.list_events(since=since_ts, limit=limit, **filters)
 
     report = reports.events_report(run(work()))
     if as_json:
@@ -79,7 +110,7 @@ def events(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def show(env: CliEnv, payment_id: str, as_json: bool) -> None:
-    """Everything known about one payment: payload, deliveries, steps, requests."""
+    """Everything known about one payment: payload, deliveries, CRM calls, steps, requests."""
     settings = env.settings()
 
     async def work() -> dict[str, Any]:
@@ -89,7 +120,25 @@ def show(env: CliEnv, payment_id: str, as_json: bool) -> None:
                 raise click.ClickException(f"no payment with id {payment_id!r}")
             journal = await store.event_journal(view.id)
             requests = await store.requests_for(payment_id)
-        return reports.show_report(view, journal, requests)
+            calls = await store.event_calls(view.id)
+            states = await store.crm_states()
+            holds = await store.holds()
+        # Why an unfinished delivery waits, when its CRM is paused.
+        waiting: dict[str, str] = {}
+        for d in view.deliveries:
+            if d.status not in ("pending", "retrying"):
+                continue
+            hold, state = holds.get(d.crm), states.get(d.crm)
+            if hold is not None:
+                waiting[d.crm] = f"{d.crm} paused by {hold.by}: {hold.reason}"
+            elif state is not None and state.paused_reason:
+                waiting[d.crm] = f"{d.crm} paused: {state.paused_reason}"
+        links = {
+            d.crm: record_links(settings.file.crm[d.crm], d.contact_id, d.deal_id)
+            for d in view.deliveries
+            if d.crm in settings.file.crm
+        }
+        return reports.show_report(view, journal, requests, calls, links, waiting)
 
     report = run(work())
     if as_json:
@@ -101,32 +150,63 @@ def show(env: CliEnv, payment_id: str, as_json: bool) -> None:
 @click.command()
 @click.argument("payment_id", required=False)
 @click.option("--failed", is_flag=True, help="Every failed (or dead) delivery instead.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(sorted(RETRY_STATES)),
+    help="Deliveries in this status (repeatable); with --since/--crm.",
+)
+@click.option("--crm", default=None, help="Only this CRM's deliveries.")
+@click.option("--since", default=None, help="Only events received since: 2h, 3d or a date.")
 @click.pass_obj
-def retry(env: CliEnv, payment_id: str | None, failed: bool) -> None:
-    """Put one payment's unfinished deliveries, or all failed ones, back in the queue."""
-    if (payment_id is None) == (not failed):
-        raise click.UsageError("give either PAYMENT_ID or --failed")
+def retry(
+    env: CliEnv,
+    payment_id: str | None,
+    failed: bool,
+    statuses: tuple[str, ...],
+    crm: str | None,
+    since: str | None,
+) -> None:
+    """Put deliveries back in the queue: one payment's, all failed ones, or by filter."""
+    by_filter = bool(statuses or crm or since)
+    if sum((payment_id is not None, failed or by_filter)) != 1:
+        raise click.UsageError("give either PAYMENT_ID, or --failed and/or --status/--crm/--since")
     settings = env.settings()
+    if crm is not None and crm not in settings.file.crm:
+        raise click.BadParameter(
+            f"no CRM named {crm!r} in {settings.config_file}", param_hint="--crm"
+        )
+    since_ts = parse_since(since, env.clock()) if since is not None else None
+    chosen = statuses or ("failed", "dead")
 
-    async def work() -> tuple[int, str | None, list[str]]:
+    async def work() -> tuple[int, str | None, list[str], list[str], str | None]:
         async with open_store(settings, env) as store:
-            if payment_id is None:
-                count, status = await store.retry_now(failed_only=True), None
-            else:
+            if payment_id is not None:
                 view = await store.event("payment", payment_id)
                 if view is None:
                     raise click.ClickException(f"no payment with id {payment_id!r}")
                 count, status = await store.retry_now(view.id), view.status
-            states = await store.crm_states()
-        return (
-            count,
-            status,
-            [f"{s.crm} ({s.paused_reason})" for s in states.values() if s.paused_reason],
-        )
+            else:
+                states = [s for choice in chosen for s in RETRY_STATES[choice]]
+                count = await store.retry_matching(statuses=states, crm=crm, since=since_ts)
+                status = None
+            states_now = await store.crm_states()
+            holds = await store.holds()
+            stale = await stale_config(store, settings)
+        waiting = [f"{s.crm} ({s.paused_reason})" for s in states_now.values() if s.paused_reason]
+        held = [f"{h.crm} (by {h.by}: {h.reason})" for h in holds.values()]
+        return count, status, waiting, held, stale
 
-    count, status, paused = run(work())
+    count, status, paused, held, stale = run(work())
+    if stale:
+        click.echo(f"warning: {stale}", err=True)
     if count == 0:
-        what = f"payment {payment_id} is {status}" if payment_id else "no failed deliveries"
+        what = (
+            f"payment {payment_id} is {status}"
+            if payment_id
+            else ("no failed deliveries" if not by_filter else "no delivery matches")
+        )
         click.echo(f"nothing to retry: {what}")
         return
     click.echo(
@@ -135,6 +215,8 @@ def retry(env: CliEnv, payment_id: str | None, failed: bool) -> None:
     )
     if paused:
         click.echo(f"note: paused, waiting for credentials: {', '.join(paused)}", err=True)
+    if held:
+        click.echo(f"note: paused by the operator (crm-bridge resume): {', '.join(held)}", err=True)
 
 
 @click.command()
@@ -159,6 +241,7 @@ def prune(env: CliEnv, days: int, yes: bool) -> None:
 
     async def delete() -> tuple[int, int]:
         async with open_store(settings, env) as store:
+            await store.prune_alerts(before)  # the alerts' own log, on the same cutoff
             return await store.prune(before)
 
     events_n, requests_n = run(count())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shlex
 import sys
@@ -13,17 +14,23 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from bridge import importer
+from bridge import importer, servelock
 from bridge.cli._env import CliEnv, console, open_store, run, token_cipher
+from bridge.cli.send import local_url, read_body
 from bridge.crypto import TokenCipher
 from bridge.errors import BridgeError
 from bridge.payloads import parse_payment, validation_details
+from bridge.settings import Settings
 from bridge.signing import sign_headers
 from bridge.store import Store
 
+# How often `import --wait` looks at the delivery of the imported payments.
+WAIT_POLL_SECONDS = 1.0
+
 
 @click.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--example", is_flag=True, help="Sign the shipped example payment instead.")
 @click.option("--secret", default=None, help="Sign with this secret, not the configured one.")
 @click.option(
     "--scheme",
@@ -33,10 +40,10 @@ from bridge.store import Store
     help="The scheme --secret is for (X-Signature or Standard Webhooks).",
 )
 @click.pass_obj
-def sign(env: CliEnv, file: Path, secret: str | None, scheme: str) -> None:
+def sign(env: CliEnv, file: Path | None, example: bool, secret: str | None, scheme: str) -> None:
     """Print the headers the platform must send with FILE's body, and a curl command."""
     settings = env.settings()
-    body = file.read_bytes()
+    body, file = read_body(file, example)
     if secret is not None:
         hmac_secret = secret if scheme == "hmac" else None
         standard_secret = secret if scheme == "standard" else None
@@ -60,8 +67,7 @@ def sign(env: CliEnv, file: Path, secret: str | None, scheme: str) -> None:
     _warn_unless_payment(body)
     for name, value in headers.items():
         click.echo(f"{name}: {value}")
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host  # noqa: S104
-    url = f"http://{host}:{settings.port}/webhook/payment"
+    url = local_url(settings.host, settings.port)
     parts = ["curl", "-sS", "-X", "POST", url, "-H", "Content-Type: application/json"]
     for name, value in headers.items():
         parts += ["-H", f"{name}: {value}"]
@@ -91,10 +97,17 @@ def _warn_unless_payment(body: bytes) -> None:
 @click.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Validate and count; store nothing.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Then follow the running bridge delivering them, until every one is finished.",
+)
 @click.pass_obj
-def import_(env: CliEnv, file: Path, dry_run: bool) -> None:
-    """Historic payments from a CSV file (date, phone, email, name, amount, description[, id])."""
+def import_(env: CliEnv, file: Path, dry_run: bool, wait: bool) -> None:
+    """Historic payments from a CSV file (date, phone, email, name, amount, description
+    [, id, currency]; dates YYYY-MM-DD or DD.MM.YYYY)."""
     settings = env.settings()
+    started = env.clock()
     try:
         rows = importer.read_csv(file)
     except BridgeError as exc:
@@ -137,8 +150,11 @@ def import_(env: CliEnv, file: Path, dry_run: bool) -> None:
         click.echo(
             "A running bridge delivers them to "
             + (", ".join(name for name, c in settings.file.crm.items() if c.enabled) or "no CRM")
-            + " at the CRM rate limit; `bridge stats` shows the progress."
+            + " at the CRM rate limit; `crm-bridge import --wait` or `crm-bridge events"
+            " --source import` show the progress."
         )
+        if wait:
+            wait_for_delivery(env, settings, started)
     if report.bad:
         raise click.ClickException(
             f"{len(report.bad)} bad row(s) not imported: fix them and import the file again"
@@ -155,7 +171,7 @@ def rotate_key(env: CliEnv, generate: bool) -> None:
         click.echo(TokenCipher.generate_key())
         click.echo(
             "To rotate: 1. put this key FIRST in BRIDGE_SECRET_KEY, keeping the old key after"
-            " it (comma-separated); 2. restart the bridge; 3. run `bridge rotate-key`;"
+            " it (comma-separated); 2. restart the bridge; 3. run `crm-bridge rotate-key`;"
             " 4. remove the old key and restart again.",
             err=True,
         )
@@ -176,7 +192,44 @@ def rotate_key(env: CliEnv, generate: bool) -> None:
     if replaced < total:
         raise click.ClickException(
             f"{total - replaced} token(s) were refreshed by the running bridge meanwhile:"
-            " run `bridge rotate-key` again"
+            " run `crm-bridge rotate-key` again"
         )
     if len(settings.bridge_secret_key) > 1:
         click.echo("The other keys in BRIDGE_SECRET_KEY can now be removed (then restart).")
+
+
+def wait_for_delivery(env: CliEnv, settings: Settings, since: float) -> None:
+    """Show the delivery of what was just imported until none is left waiting."""
+    if servelock.running_pid(settings.database_path) is None:
+        raise click.ClickException(
+            "no running bridge delivers them: start it (`crm-bridge serve`, or"
+            " `systemctl start crm-bridge`) and they go out at the CRM rate limit"
+        )
+    tty = sys.stdout.isatty()
+
+    async def follow() -> dict[str, int]:
+        async with open_store(settings, env) as store:
+            last = ""
+            while True:
+                counts = await store.import_progress(since)
+                total = sum(counts.values())
+                waiting = sum(counts.get(s, 0) for s in ("pending", "retrying", "processing"))
+                line = (
+                    f"delivered {counts.get('success', 0)} of {total}, waiting {waiting},"
+                    f" failed {counts.get('failed', 0) + counts.get('dead', 0)},"
+                    f" not found {counts.get('not_found', 0)}"
+                )
+                if line != last:
+                    click.echo(("\r" + line) if tty else line, nl=not tty)
+                    last = line
+                if waiting == 0:
+                    if tty:
+                        click.echo()
+                    return counts
+                await asyncio.sleep(WAIT_POLL_SECONDS)
+
+    counts = run(follow())
+    if counts.get("failed", 0) + counts.get("dead", 0):
+        raise click.ClickException(
+            "some imported payments failed: `crm-bridge events --source import --status failed`"
+        )

@@ -18,7 +18,11 @@ from bridge.crm.base import CrmAdapter
 from bridge.crm.bitrix24 import build_bitrix24
 from bridge.crm.connection import OnCall, Wiring
 from bridge.crm.hubspot import build_hubspot
+from bridge.crm.megaplan import build_megaplan
+from bridge.crm.odoo import build_odoo
 from bridge.crm.pipedrive import build_pipedrive
+from bridge.crm.salesforce import build_salesforce
+from bridge.crm.zoho import build_zoho
 from bridge.settings import CrmConfig, Settings
 from bridge.tokens import TokenRepository
 
@@ -29,6 +33,10 @@ BUILDERS: Mapping[str, Builder] = {
     "hubspot": build_hubspot,
     "pipedrive": build_pipedrive,
     "bitrix24": build_bitrix24,
+    "salesforce": build_salesforce,
+    "odoo": build_odoo,
+    "zoho": build_zoho,
+    "megaplan": build_megaplan,
 }
 
 

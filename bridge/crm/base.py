@@ -8,7 +8,8 @@ is safe. Adapters only translate between the domain types and their API.
 Quick retries (3 tries, exponential backoff with jitter) apply to 429 and connection
 failures for every request (the CRM never saw it or refused it), and to 5xx and timeouts
 only for idempotent requests: a POST that timed out may have been applied, so it is left
-to the flow, whose remote-state checks find what the POST created.
+to the flow, whose remote-state checks find what the POST created. A read that travels as
+a POST (an RPC API's search) says so with `idempotent=True` and is retried like a GET.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from bridge.crm import calllog
 from bridge.domain import (
     Contact,
     ContactPatch,
@@ -172,6 +174,13 @@ def _short_detail(response: httpx.Response) -> str:
     return f": {text[:300]}" if text else ""
 
 
+def _host_port(client: httpx.AsyncClient) -> str:
+    """Where a refused connection was going: host:port of the CRM's base URL."""
+    url = client.base_url
+    port = url.port or {"https": 443, "http": 80}.get(url.scheme, 0)
+    return f"{url.host}:{port}"
+
+
 def _is_quick_retryable(idempotent: bool) -> Callable[[BaseException], bool]:
     def check(exc: BaseException) -> bool:
         if isinstance(exc, RateLimited):
@@ -207,8 +216,12 @@ class CrmHttp:
         params: QueryParamTypes | None = None,
         json: JSON = None,
         operation: str = "",
+        idempotent: bool | None = None,
     ) -> httpx.Response:
-        idempotent = method.upper() in IDEMPOTENT_METHODS
+        """`idempotent`: whether repeating the request is harmless (True for a POST that
+        only reads: a search, a batch of queries); by default, whether its method says so."""
+        if idempotent is None:
+            idempotent = method.upper() in IDEMPOTENT_METHODS
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.quick_tries),
             wait=wait_exponential_jitter(
@@ -221,7 +234,7 @@ class CrmHttp:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._send_once(method, path, params, json, operation)
+                return await self._send_once(method, path, params, json, operation, idempotent)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def _send_once(
@@ -231,30 +244,35 @@ class CrmHttp:
         params: QueryParamTypes | None,
         body: JSON,
         operation: str,
+        idempotent: bool,
     ) -> httpx.Response:
         await self.limiter.acquire()
-        idempotent = method.upper() in IDEMPOTENT_METHODS
         stats = _current_stats.get()
         if stats is not None:
             stats.calls += 1
         started = time.perf_counter()
         status = 0
+        failure: str | None = None
         try:
             response = await self.client.request(method, path, params=params, json=body)
             status = response.status_code
         except httpx.ConnectError as exc:
-            message = f"{method} {path}: cannot connect ({type(exc).__name__})"
-            raise _NotSentError(self.crm, message) from exc
+            failure = f"{method} {path}: cannot connect to {_host_port(self.client)} ({exc})"
+            raise _NotSentError(self.crm, failure) from exc
         except httpx.TimeoutException as exc:
-            message = f"{method} {path}: timeout ({type(exc).__name__})"
-            raise TransientCrmError(self.crm, message, maybe_applied=not idempotent) from exc
+            failure = f"{method} {path}: timeout ({type(exc).__name__})"
+            raise TransientCrmError(self.crm, failure, maybe_applied=not idempotent) from exc
         except httpx.TransportError as exc:
-            message = f"{method} {path}: {type(exc).__name__}"
-            raise TransientCrmError(self.crm, message, maybe_applied=not idempotent) from exc
+            failure = f"{method} {path}: {type(exc).__name__}"
+            raise TransientCrmError(self.crm, failure, maybe_applied=not idempotent) from exc
         finally:
             if self.on_call is not None:
                 elapsed = time.perf_counter() - started
                 self.on_call(self.crm, operation or method, elapsed, status)
+            if calllog.recording():
+                if status >= 400:
+                    failure = response.text
+                calllog.note_call(self.crm, method, path, status, started, error=failure)
         error = error_for_status(self.crm, response)
         if isinstance(error, RateLimited):
             self.limiter.penalize(error.retry_after)
@@ -281,6 +299,9 @@ class CrmHttp:
         finally:
             if self.on_call is not None:
                 self.on_call(self.crm, "oauth.token", time.perf_counter() - started, status)
+            if calllog.recording():
+                failure = f"HTTP {status}" if status >= 400 else None
+                calllog.note_call(self.crm, method, url, status, started, error=failure)
         return response
 
 
@@ -302,10 +323,13 @@ class CustomField:
 
 @dataclass(frozen=True)
 class CrmSchema:
-    """What `bridge discover` prints and `bridge check` compares the config against."""
+    """What `crm-bridge discover` prints and `crm-bridge check` compares the config against."""
 
     pipelines: tuple[Pipeline, ...]
     fields: tuple[CustomField, ...]
+    # Statuses the CRM itself calls won or lost, where the configured `closed_status_ids`
+    # decide what is closed (Zoho's stage forecast types); None: the CRM says nothing.
+    closed_statuses: frozenset[str] | None = None
 
 
 Confirm = Callable[[Contact, LookupKey], bool]
@@ -375,5 +399,5 @@ class CrmAdapter(Protocol):
     async def add_note(self, deal_id: str, text: str) -> None: ...
 
     async def schema(self) -> CrmSchema:
-        """Pipelines and custom fields, for `bridge discover` and `bridge check`."""
+        """Pipelines and custom fields, for `crm-bridge discover` and `crm-bridge check`."""
         ...

@@ -320,7 +320,7 @@ def build_bitrix24(wiring: Wiring) -> Bitrix24:
     """The adapter with its one HTTP client, rate limiter and credentials.
 
     `auth = "long_lived_token"`: the inbound webhook URL (BITRIX24_WEBHOOK_URL), which
-    holds its secret in its path; `auth = "oauth"`: tokens from `bridge auth`, calls to
+    holds its secret in its path; `auth = "oauth"`: tokens from `crm-bridge auth`, calls to
     `base_url` (the portal) with the `auth` parameter.
     """
     config, clock = wiring.config, wiring.clock

@@ -17,7 +17,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 from bridge.crm.base import CustomField, Pipeline
-from bridge.domain import Contact, Deal, FieldKind, FieldUpdate, NewContact, NewDeal
+from bridge.crm.fieldvalues import FieldEncoding, number_json
+from bridge.domain import Contact, Deal, FieldUpdate, NewContact, NewDeal
 from bridge.errors import ConfigError
 from bridge.settings import CrmConfig
 
@@ -52,7 +53,7 @@ ITEM_FIELDS = {
 ITEM_SELECT = (*ITEM_FIELDS, "contactIds")
 CLOSED_SEMANTICS = frozenset({"S", "F"})  # won, lost; "P" is in progress
 QUIET = {"REGISTER_SONET_EVENT": "N"}  # no live-feed post per write
-# Bitrix field types in the vocabulary `bridge check` compares against (amoCRM's names).
+# Bitrix field types in the vocabulary `crm-bridge check` compares against (amoCRM's names).
 FIELD_TYPES = {
     "string": "text",
     "url": "url",
@@ -127,23 +128,7 @@ def command(method: str, params: Mapping[str, JSON]) -> str:
 
 def field_values(updates: Iterable[FieldUpdate]) -> dict[str, JSON]:
     """`fields` entries for the updates (ValueError on a value that does not fit)."""
-    return {update.field_id: _value(update) for update in updates}
-
-
-def _value(update: FieldUpdate) -> JSON:
-    kind, value = update.kind, update.value
-    if kind is FieldKind.TEXT and isinstance(value, str):
-        return value
-    if kind is FieldKind.NUMBER and isinstance(value, Decimal | int):
-        number = Decimal(value)
-        return int(number) if number == number.to_integral_value() else float(number)
-    if kind is FieldKind.DATETIME and isinstance(value, datetime) and value.utcoffset() is not None:
-        return value.isoformat(timespec="seconds")
-    if kind is FieldKind.SELECT and isinstance(value, int | str):
-        return _item_id(update.field_id, value)
-    if kind is FieldKind.MULTISELECT and isinstance(value, tuple):
-        return [_item_id(update.field_id, item) for item in value]
-    raise ValueError(f"field {update.field_id}: {kind.value} value {value!r} has the wrong type")
+    return ENCODING.values(updates)
 
 
 def _item_id(field_id: str, value: int | str) -> int:
@@ -151,6 +136,13 @@ def _item_id(field_id: str, value: int | str) -> int:
     if isinstance(value, int) or value.isdigit():
         return int(value)
     raise ValueError(f"field {field_id}: {value!r} is not an enumeration item ID")
+
+
+ENCODING = FieldEncoding(
+    when=lambda moment: moment.isoformat(timespec="seconds"),
+    option=_item_id,
+    options=lambda field_id, values: [_item_id(field_id, item) for item in values],
+)
 
 
 def contact_fields(new: NewContact) -> dict[str, JSON]:
@@ -185,7 +177,7 @@ def deal_fields(new: NewDeal, contact_id: str, currency_id: str | None) -> dict[
         "TITLE": new.name,
         "CATEGORY_ID": int(new.pipeline_id),
         "STAGE_ID": new.status_id,
-        "OPPORTUNITY": _value(FieldUpdate("OPPORTUNITY", FieldKind.NUMBER, new.price)),
+        "OPPORTUNITY": number_json(new.price),
         "CONTACT_IDS": [contact_id],
     }
     if currency_id:

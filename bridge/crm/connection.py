@@ -3,10 +3,11 @@
 A connection owns the HTTP client (and so `CrmHttp`: rate limiting, call counting, error
 mapping, quick retries), the token source, the encrypted token repository and the OAuth
 token endpoint, which is data (`OAuthEndpoint`), not code per CRM. It answers for the
-adapter's lifecycle: `exchange_code` (`bridge auth`), `credentials_problem` (pause /
+adapter's lifecycle: `exchange_code` (`crm-bridge auth`), `credentials_problem` (pause /
 resume), `token_expires_at` and `health_details` (/webhook/health) and `aclose`. An
 adapter is then the vendor translation only: it calls `send` and reads answers inside
-`reading`.
+`reading`. A CRM whose sessions are minted rather than refreshed (auth = "minted") hands
+the connection its own token source (`minted`); nothing is stored for it.
 
 Secrets come per configured CRM (`CrmSecrets`, see `bridge.settings.crm_secrets`), never
 per vendor, so two sections of one kind each use their own.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -24,7 +25,13 @@ from typing import Any, Literal
 import httpx
 
 from bridge.crm.base import JSON, CrmHttp, RateLimiter, retry_after_seconds
-from bridge.errors import AuthError, PermanentCrmError, RateLimited, TransientCrmError
+from bridge.errors import (
+    AuthError,
+    ConfigError,
+    PermanentCrmError,
+    RateLimited,
+    TransientCrmError,
+)
 from bridge.settings import CrmConfig, CrmSecrets, Settings, crm_secrets
 from bridge.tokens import (
     BearerAuth,
@@ -37,6 +44,9 @@ from bridge.tokens import (
 
 OnCall = Callable[[str, str, float, int], None]
 AuthFlow = Callable[[TokenSource], httpx.Auth]
+# auth = "minted": the adapter's own token source, built on the connection (its `http`
+# carries the mint requests), e.g. sessions minted by a JWT bearer grant.
+MintedSource = Callable[["Connection"], TokenSource]
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,41 @@ class Wiring:
     def secrets(self, token_name: str) -> CrmSecrets:
         return crm_secrets(self.settings, self.name, token_name)
 
+    def options(self, known: Sequence[str]) -> Options:
+        """The section's vendor `options`; one the builder does not know is refused."""
+        where = f"crm.{self.name}.options"
+        unknown = sorted(set(self.config.options) - set(known))
+        if unknown:
+            raise ConfigError(f"{where}: unknown {', '.join(unknown)} (known: {', '.join(known)})")
+        return Options(where, self.config.options)
+
+
+@dataclass(frozen=True)
+class Options:
+    """A section's `[crm.NAME.options]`, read with the builder's defaults: a value of the
+    wrong kind is a `ConfigError` naming the option and what it must be."""
+
+    where: str
+    values: Mapping[str, object]
+
+    def whole(self, key: str, default: int, minimum: int, meaning: str) -> int:
+        value = self.values.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"{self.where}.{key}: {meaning}")
+        return value
+
+    def positive(self, key: str, default: float) -> float:
+        value = self.values.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{self.where}.{key}: a number above 0")
+        return float(value)
+
+    def url(self, key: str, default: str) -> str:
+        value = self.values.get(key, default)
+        if not isinstance(value, str) or not value.startswith(("https://", "http://")):
+            raise ConfigError(f"{self.where}.{key}: an http(s) URL")
+        return value
+
 
 class NotJson:
     """`Connection.empty_answer` when an empty answer is an error ("answer is not JSON")."""
@@ -68,7 +113,9 @@ class OAuthEndpoint:
     form body (HubSpot), HTTP Basic plus a form (Pipedrive) or the query string of a GET
     (Bitrix24). `error_fields` name the fields of a refusal worth echoing (the first one
     present; never a secret). `rotates`: each refresh answers a new refresh token, which
-    must be there; otherwise a missing one means "keep the one presented".
+    must be there; otherwise a missing one means "keep the one presented". `client_app`
+    False: the endpoint knows no client application (Megaplan's, whose pair comes from a
+    password grant): no client credentials are sent or needed, and there is no code.
     """
 
     url: str  # relative to the API base, or absolute (its own server)
@@ -78,6 +125,7 @@ class OAuthEndpoint:
     refused: frozenset[int] = frozenset({400, 401, 403})
     redirect_on_refresh: bool = False  # amoCRM wants redirect_uri with every grant
     refresh_margin: float = 300.0  # seconds before expiry a token is refreshed
+    client_app: bool = True
 
     @property
     def method(self) -> str:
@@ -106,7 +154,7 @@ class Connection:
         self,
         wiring: Wiring,
         secrets: CrmSecrets,
-        endpoint: OAuthEndpoint,
+        endpoint: OAuthEndpoint | None,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         base_url: str | None = None,
@@ -116,15 +164,18 @@ class Connection:
         static_auth: AuthFlow = BearerAuth,
         static_token: tuple[str | None, str] | None = None,
         empty_answer: JSON = NotJson,
+        minted: MintedSource | None = None,
     ) -> None:
         name, config, tokens, clock = wiring.name, wiring.config, wiring.tokens, wiring.clock
         self.name = name
         self.config = config
         self.secrets = secrets
-        self.endpoint = endpoint
+        self._endpoint = endpoint
         self.empty_answer = empty_answer
         self._tokens = tokens
         self.clock = clock
+        if not (base_url or config.base_url):
+            raise ConfigError(f"crm.{name}.base_url is empty: set the CRM's https:// address")
         self.client = httpx.AsyncClient(
             base_url=base_url or config.base_url,
             timeout=config.request_timeout_seconds,
@@ -134,7 +185,16 @@ class Connection:
         limiter = RateLimiter(config.rate_limit_per_second, burst=burst)
         self.http = CrmHttp(name, self.client, limiter, on_call=wiring.on_call)
         self.source: TokenSource
-        if config.auth == "oauth":
+        if config.auth == "minted":
+            if minted is None:
+                raise ConfigError(f'crm.{name}.auth = "minted": {config.kind} mints no sessions')
+            # Nothing stored, no refresh token: the source mints from the environment's
+            # credentials and again on expiry or a 401 (the bearer flow asks it).
+            self.source = minted(self)
+            self.client.auth = oauth_auth(self.source)
+        elif config.auth == "oauth":
+            if endpoint is None:
+                raise ConfigError(f'crm.{name}.auth: this CRM has no OAuth: use "long_lived_token"')
             self.source = OAuthTokenSource(
                 name,
                 tokens,
@@ -152,6 +212,15 @@ class Connection:
         self.extra_health: Callable[[], Mapping[str, object]] = dict
         self.lanes: dict[str, CrmHttp] = {}
 
+    @property
+    def endpoint(self) -> OAuthEndpoint:
+        """The OAuth token endpoint; an `AuthError` for a CRM without OAuth (an API key
+        is all it takes, e.g. Odoo's)."""
+        if self._endpoint is None:
+            message = f"this CRM has no OAuth: set {self.secrets.var(self.secrets.token_name)}"
+            raise AuthError(self.name, message)
+        return self._endpoint
+
     def lane(self, health_key: str, rate: float) -> CrmHttp:
         """A second `CrmHttp` on the same client with a rate limiter of its own (a search
         API with its own limit), shown in /webhook/health as `health_key`."""
@@ -165,7 +234,9 @@ class Connection:
         self, method: str, path: str, operation: str, *, http: CrmHttp | None = None, **kw: Any
     ) -> JSON:
         """One request through `CrmHttp` (or a lane); the JSON answer. An empty answer
-        (204) is `empty_answer`, or an error when the CRM always answers JSON."""
+        (204) is `empty_answer`, or an error when the CRM always answers JSON.
+        `idempotent=True` in `kw` marks a read that travels as a POST (an RPC search):
+        quick-retried after a 5xx or a timeout like a GET."""
         response = await (http or self.http).request(method, path, operation=operation, **kw)
         empty = response.status_code == 204 or not response.content
         if empty and self.empty_answer is not NotJson:
@@ -194,12 +265,26 @@ class Connection:
         return await self._token_request(grant, "refresh token", refresh_token)
 
     async def exchange_code(self, code: str) -> TokenPair:
-        """`bridge auth`: trade an authorization code for a pair and store it before use."""
+        """`crm-bridge auth`: trade an authorization code for a pair and store it before use."""
+        if self.config.auth == "minted":
+            message = (
+                "sessions are minted from the credentials in the environment: there is no"
+                f" code to exchange or token to store; `crm-bridge check {self.name}` mints one"
+            )
+            raise AuthError(self.name, message)
+        endpoint = self.endpoint  # a CRM without OAuth says so first
         if self.config.auth != "oauth":
             message = f'auth is "{self.config.auth}": an authorization code needs auth = "oauth"'
             raise AuthError(self.name, message)
+        if not endpoint.client_app:
+            message = (
+                "this CRM issues no authorization codes: store the pair its token endpoint"
+                f" gave with `crm-bridge auth {self.name} --access-token … --refresh-token …`,"
+                f" or set {self.secrets.var('REFRESH_TOKEN')}"
+            )
+            raise AuthError(self.name, message)
         grant = {"grant_type": "authorization_code", "code": code}
-        if self.secrets.redirect_uri or self.endpoint.style != "query":
+        if self.secrets.redirect_uri or endpoint.style != "query":
             grant["redirect_uri"] = self.secrets.redirect_uri
         pair = await self._token_request(grant, "authorization code", None)
         await self._tokens.save_tokens(self.name, pair)
@@ -209,10 +294,11 @@ class Connection:
 
     def missing_client(self) -> str | None:
         """What is missing to talk to the token endpoint (None: nothing)."""
-        if self.secrets.client_id and self.secrets.client_secret:
+        no_client_app = self._endpoint is not None and not self._endpoint.client_app
+        if no_client_app or (self.secrets.client_id and self.secrets.client_secret):
             return None
         wanted = f"{self.secrets.var('CLIENT_ID')} and {self.secrets.var('CLIENT_SECRET')}"
-        return f"OAuth needs {wanted}; then run `bridge auth {self.name}`"
+        return f"OAuth needs {wanted}; then run `crm-bridge auth {self.name}`"
 
     async def _token_request(
         self, grant: dict[str, str], what: str, presented: str | None
@@ -226,7 +312,7 @@ class Connection:
         status = response.status_code
         if status in self.endpoint.refused:
             message = f"{what} rejected (HTTP {status}{self._refusal(response)})"
-            raise AuthError(self.name, f"{message}: run `bridge auth {self.name}`")
+            raise AuthError(self.name, f"{message}: run `crm-bridge auth {self.name}`")
         where = f"{self.endpoint.method} {httpx.URL(self.endpoint.url).path}"
         if status >= 400:
             # Mapped like every answer, but the body is not echoed: it answers a request
@@ -249,6 +335,8 @@ class Connection:
     def _token_body(self, grant: dict[str, str]) -> dict[str, Any]:
         client_id, secret = self.secrets.client_id, self.secrets.client_secret or ""
         credentials = {"client_id": client_id, "client_secret": secret}
+        if not self.endpoint.client_app:
+            credentials = {}
         style = self.endpoint.style
         if style == "basic":
             return {"data": grant, "auth": httpx.BasicAuth(client_id, secret)}
@@ -295,5 +383,5 @@ class Connection:
     def _static_hint(self) -> str:
         return (
             f"set {self.secrets.var(self.secrets.token_name)}"
-            f' or use auth = "oauth" and run `bridge auth {self.name}`'
+            f' or use auth = "oauth" and run `crm-bridge auth {self.name}`'
         )

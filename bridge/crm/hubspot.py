@@ -29,7 +29,8 @@ second lane of the connection (its own rate limiter, the same client). Notes are
 associations, not search: what was just written is visible at once, while the search index
 may lag a few seconds behind.
 
-`options` of `[crm.NAME]`: `search_rate_limit_per_second` (default 4).
+`options` of `[crm.NAME]`: `search_rate_limit_per_second` (default 4); `portal_id` (the
+account id, for UI links in `crm-bridge show`).
 """
 
 from __future__ import annotations
@@ -300,7 +301,7 @@ class HubSpot:
 
 def search_rate(config: CrmConfig) -> float:
     """`options.search_rate_limit_per_second`, validated (ConfigError names the key)."""
-    unknown = set(config.options) - {"search_rate_limit_per_second"}
+    unknown = set(config.options) - {"search_rate_limit_per_second", "portal_id"}
     if unknown:
         raise ConfigError(f"crm options not known to HubSpot: {', '.join(sorted(unknown))}")
     value = config.options.get("search_rate_limit_per_second", DEFAULT_SEARCH_RATE)

@@ -19,13 +19,14 @@ which also undoes what HubSpot's editor makes of a note (`<div><p>…</p></div>`
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
 import phonenumbers
 
 from bridge.crm.base import JSON, CustomField, Pipeline
 from bridge.crm.richtext import note_html
+from bridge.crm.values import iso_utc, typed_value
 from bridge.domain import (
     Contact,
     Deal,
@@ -121,24 +122,9 @@ def property_value(update: FieldUpdate, date_only: bool = False) -> str:
     "How should I format timestamps"; .../docs/faq/how-should-timestamps-be-formatted-for-
     hubspots-apis: "If you try to set a value that is not midnight UTC, you will receive
     an error"]."""
-    kind, value = update.kind, update.value
-    if kind is FieldKind.DATETIME and date_only and isinstance(value, datetime):
-        return value.date().isoformat()
-    if kind is FieldKind.TEXT and isinstance(value, str):
-        return value
-    if (
-        kind is FieldKind.NUMBER
-        and isinstance(value, Decimal | int)
-        and not isinstance(value, bool)
-    ):
-        return plain_number(Decimal(value))
-    if kind is FieldKind.DATETIME and isinstance(value, datetime) and value.utcoffset() is not None:
-        return iso_utc(value)
-    if kind is FieldKind.SELECT and isinstance(value, int | str) and not isinstance(value, bool):
-        return str(value)
-    if kind is FieldKind.MULTISELECT and isinstance(value, tuple):
-        return ";".join(str(option) for option in value)
-    raise ValueError(f"field {update.field_id}: {kind.value} value {value!r} has the wrong type")
+    if update.kind is FieldKind.DATETIME and date_only and isinstance(update.value, datetime):
+        return update.value.date().isoformat()
+    return str(typed_value(update, plain_number, ";".join))
 
 
 def properties_json(
@@ -158,10 +144,6 @@ def plain_number(value: Decimal) -> str:
     if not value.is_finite():
         raise ValueError(f"{value} is not a number HubSpot can store")
     return "0" if value == 0 else format(value.normalize(), "f")
-
-
-def iso_utc(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def contact_create_json(new: NewContact) -> dict[str, JSON]:
@@ -301,7 +283,7 @@ def pipeline_from_json(record: Mapping[str, JSON]) -> Pipeline:
 
 
 def field_type(record: Mapping[str, JSON]) -> str:
-    """A HubSpot property's type in the names `bridge check` compares against."""
+    """A HubSpot property's type in the names `crm-bridge check` compares against."""
     kind, widget = str(record.get("type", "")), str(record.get("fieldType", ""))
     if kind == "enumeration":
         return {"checkbox": "multiselect", "select": "select", "radio": "select"}.get(

@@ -71,8 +71,7 @@ from bridge.domain import (
     NewContact,
     NewDeal,
 )
-from bridge.errors import ConfigError, PermanentCrmError
-from bridge.settings import CrmConfig
+from bridge.errors import PermanentCrmError
 
 PAGE_LIMIT = 500
 MAX_PAGES = 50  # a runaway cursor must not loop forever
@@ -278,7 +277,7 @@ def build_pipedrive(wiring: Wiring) -> Pipedrive:
     `search_rate_per_second` (default 4.5: search allows 10 per 2 s on every plan) and
     `oauth_url` (default https://oauth.pipedrive.com).
     """
-    daily, search_rate, oauth_url = _options(wiring.name, wiring.config)
+    daily, search_rate, oauth_url = _options(wiring)
     budget = TokenBudget(wiring.name, daily, wiring.clock)
     # POST {oauth_url}/oauth/token, HTTP Basic with the client id and secret and a form
     # body. A refresh returns the same refresh token with its 60-day idle expiry reset;
@@ -299,19 +298,10 @@ def build_pipedrive(wiring: Wiring) -> Pipedrive:
     return Pipedrive(connection, budget, search_rate)
 
 
-def _options(name: str, config: CrmConfig) -> tuple[int, float, str]:
-    options = config.options
-    where = f"crm.{name}.options"
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ConfigError(f"{where}: unknown {', '.join(unknown)} (known: {', '.join(OPTIONS)})")
-    daily = options.get("daily_token_budget", DEFAULT_DAILY_BUDGET)
-    if isinstance(daily, bool) or not isinstance(daily, int) or daily <= 0:
-        raise ConfigError(f"{where}.daily_token_budget: a whole number of tokens above 0")
-    rate = options.get("search_rate_per_second", DEFAULT_SEARCH_RATE)
-    if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
-        raise ConfigError(f"{where}.search_rate_per_second: a number above 0")
-    url = options.get("oauth_url", DEFAULT_OAUTH_URL)
-    if not isinstance(url, str) or not url.startswith(("https://", "http://")):
-        raise ConfigError(f"{where}.oauth_url: an http(s) URL")
-    return daily, float(rate), url
+def _options(wiring: Wiring) -> tuple[int, float, str]:
+    options = wiring.options(OPTIONS)
+    daily = options.whole(
+        "daily_token_budget", DEFAULT_DAILY_BUDGET, 1, "a whole number of tokens above 0"
+    )
+    rate = options.positive("search_rate_per_second", DEFAULT_SEARCH_RATE)
+    return daily, rate, options.url("oauth_url", DEFAULT_OAUTH_URL)

@@ -19,14 +19,13 @@ is an estimate of the company's, whose other integrations draw from the same bud
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
-from bridge.errors import RateLimited
+from bridge.crm.allowance import Allowance, charging
 
 DAY = 86400
 DEFAULT_DAILY_BUDGET = 30_000  # one seat on the smallest plan: 30,000 × 1 × 1
@@ -66,43 +65,15 @@ def token_cost(method: str, path: str) -> int:
     return UNKNOWN_COST
 
 
-class TokenBudget:
+class TokenBudget(Allowance):
     """Tokens spent today (UTC) against a daily budget."""
 
-    def __init__(self, crm: str, daily: int, clock: Callable[[], float] = time.time) -> None:
-        self.crm = crm
-        self.daily = daily
-        self._clock = clock
-        self._day = self._today()
-        self._used = 0
-
-    def require(self, cost: int) -> None:
-        """Raise `RateLimited` (retry after the reset) when `cost` does not fit today."""
-        self._roll()
-        if self._used + cost > self.daily:
-            raise RateLimited(
-                self.crm,
-                f"daily token budget used up ({self._used} of {self.daily} tokens);"
-                " it resets at 00:00 UTC",
-                retry_after=self.seconds_to_reset(),
-            )
-
-    def charge(self, cost: int) -> None:
-        self._roll()
-        self._used += cost
-
-    @property
-    def used(self) -> int:
-        self._roll()
-        return self._used
-
     def seconds_to_reset(self) -> float:
-        return (self._day + 1) * DAY - self._clock()
+        return self._free_at(0) - self._clock()
 
     def details(self) -> dict[str, object]:
-        """What /webhook/health shows."""
         used = self.used
-        resets = datetime.fromtimestamp((self._day + 1) * DAY, UTC)
+        resets = datetime.fromtimestamp(self._free_at(0), UTC)
         return {
             "daily_token_budget": self.daily,
             "daily_tokens_used": used,
@@ -110,13 +81,18 @@ class TokenBudget:
             "daily_budget_resets_at": resets.isoformat().replace("+00:00", "Z"),
         }
 
-    def _today(self) -> int:
-        return int(self._clock() // DAY)
+    def _counted(self, when: float, now: float) -> bool:
+        return when // DAY == now // DAY
 
-    def _roll(self) -> None:
-        today = self._today()
-        if today != self._day:
-            self._day, self._used = today, 0
+    def _free_at(self, cost: int) -> float:
+        """At the next 00:00 UTC."""
+        return (self._clock() // DAY + 1) * DAY
+
+    def _used_up(self) -> str:
+        return (
+            f"daily token budget used up ({self._used} of {self.daily} tokens);"
+            " it resets at 00:00 UTC"
+        )
 
 
 EventHooks = dict[str, list[Callable[[Any], Awaitable[None]]]]
@@ -129,13 +105,13 @@ def budget_hooks(budget: TokenBudget) -> EventHooks:
     those Pipedrive gives before doing any work: 401, 429 and 5xx.
     """
 
-    async def on_response(response: httpx.Response) -> None:
-        status, request = response.status_code, response.request
-        if status < 500 and status not in (401, 429):
-            budget.charge(token_cost(request.method, request.url.path))
+    def cost(request: httpx.Request) -> int:
+        return token_cost(request.method, request.url.path)
+
+    async def burst_reset(response: httpx.Response) -> None:
         # Burst-limit answers carry the seconds left in the 2-second window.
         reset = response.headers.get("x-ratelimit-reset")
-        if status == 429 and reset and "retry-after" not in response.headers:
+        if response.status_code == 429 and reset and "retry-after" not in response.headers:
             response.headers["retry-after"] = reset
 
-    return {"response": [on_response]}
+    return {"response": [charging(budget, cost), burst_reset]}

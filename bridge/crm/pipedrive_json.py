@@ -15,10 +15,10 @@ from typing import Any
 import phonenumbers
 
 from bridge.crm.base import JSON, CustomField, Pipeline
+from bridge.crm.fieldvalues import FieldEncoding, Option, number_json
 from bridge.domain import (
     Contact,
     Deal,
-    FieldKind,
     FieldUpdate,
     KeyKind,
     LookupKey,
@@ -28,7 +28,7 @@ from bridge.domain import (
 from bridge.settings import CrmConfig
 
 SEARCH_LIMIT = 100
-# Pipedrive field types → the vocabulary `bridge check` compares the config with; others
+# Pipedrive field types → the vocabulary `crm-bridge check` compares the config with; others
 # keep their Pipedrive name ("pipedrive:monetary") and are reported as unsuitable.
 FIELD_TYPES = {
     "varchar": "text",
@@ -99,26 +99,7 @@ def custom_fields_json(updates: Iterable[FieldUpdate]) -> dict[str, JSON]:
     field; the date is the one in the zone the flow chose), a single option as its
     numeric id, multiple options as a list of ids (the whole set is replaced).
     """
-    return {update.field_id: _value_json(update) for update in updates}
-
-
-def _value_json(update: FieldUpdate) -> JSON:
-    kind, value = update.kind, update.value
-    if kind is FieldKind.TEXT and isinstance(value, str):
-        return value
-    if kind is FieldKind.NUMBER and isinstance(value, Decimal | int):
-        return number_json(Decimal(value))
-    if kind is FieldKind.DATETIME and isinstance(value, datetime) and value.utcoffset() is not None:
-        return value.date().isoformat()
-    if kind is FieldKind.SELECT and isinstance(value, int | str):
-        return _option_id(value)
-    if kind is FieldKind.MULTISELECT and isinstance(value, tuple) and value:
-        return [_option_id(option) for option in value]
-    raise ValueError(f"field {update.field_id}: {kind.value} value {value!r} has the wrong type")
-
-
-def number_json(value: Decimal) -> int | float:
-    return int(value) if value == value.to_integral_value() else float(value)
+    return ENCODING.values(updates)
 
 
 def _option_id(value: int | str) -> int:
@@ -127,6 +108,19 @@ def _option_id(value: int | str) -> int:
     if isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value)
     raise ValueError(f"option id {value!r} is not a number")
+
+
+def _options(field_id: str, values: tuple[Option, ...]) -> list[int]:
+    if not values:
+        raise ValueError(f"field {field_id}: an empty set of options")
+    return [_option_id(option) for option in values]
+
+
+ENCODING = FieldEncoding(
+    when=lambda moment: moment.date().isoformat(),
+    option=lambda field_id, value: _option_id(value),
+    options=_options,
+)
 
 
 def int_id(value: str) -> int:

@@ -33,6 +33,7 @@ from bridge.store.base import (
 )
 from bridge.store.intake import ROWS_PER_STATEMENT
 from bridge.store.operator import OperatorMixin
+from bridge.store.oversight import OversightMixin
 from bridge.store.queue import QueueMixin
 from bridge.store.records import (
     CrmState,
@@ -88,7 +89,7 @@ __all__ = [
 ]
 
 
-class Store(QueueMixin, OperatorMixin):
+class Store(QueueMixin, OperatorMixin, OversightMixin):
     """The bridge's SQLite database: open it with `await Store.open(path, clock=...)`."""
 
     # ---- lifecycle -------------------------------------------------------------------

@@ -76,7 +76,7 @@ class IntakeMixin(StoreBase):
         return _results(batch, known, renewed, changed)
 
 
-# (id, status, skip reason) of a stored event; id 0 for one `bridge prune` deleted after
+# (id, status, skip reason) of a stored event; id 0 for one `crm-bridge prune` deleted after
 # it succeeded (only its key is left, in `succeeded_keys`).
 Known = tuple[int, str, str | None]
 

@@ -9,6 +9,7 @@ from typing import Any
 from bridge.store.intake import IntakeMixin, insert_events, known_events, unknown_events
 from bridge.store.records import (
     PRIORITY_BACKFILL,
+    PRIORITY_LIVE,
     CrmStats,
     EventSummary,
     JournalEntry,
@@ -24,7 +25,7 @@ AND COALESCE(processed_at, received_at) < ?
 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id
                 AND d.status IN ('pending', 'retrying', 'processing'))"""
 
-# `bridge events --crm X --status S`: the delivery statuses an event status stands for.
+# `crm-bridge events --crm X --status S`: the delivery statuses an event status stands for.
 _DELIVERY_STATES: dict[str, tuple[str, ...]] = {
     "pending": ("pending", "retrying"),
     "failed": ("failed", "dead"),
@@ -42,7 +43,7 @@ class OperatorMixin(IntakeMixin):
     # ---- operator queries (CLI) --------------------------------------------------------
 
     async def operator_stats(self) -> OperatorStats:
-        """Counts behind `bridge stats`."""
+        """Counts behind `crm-bridge stats`."""
         events = await self._read("SELECT status, COUNT(*) FROM events GROUP BY status")
         rows = await self._read(
             "SELECT crm, status, COUNT(*), SUM(crm_calls), MAX(updated_at) FROM deliveries"
@@ -77,11 +78,29 @@ class OperatorMixin(IntakeMixin):
         crm: str | None = None,
         since: float | None = None,
         limit: int = 50,
+        customer_keys: Sequence[str] = (),
+        deal_id: str | None = None,
+        source: str | None = None,
     ) -> list[EventSummary]:
         """Payment events, newest first. With `crm`, `status` is that CRM's delivery status
-        (`pending` includes `retrying`, `failed` includes `dead`); else the event's status."""
+        (`pending` includes `retrying`, `failed` includes `dead`); else the event's status.
+        `customer_keys`: any of these `kind:value` keys; `source`: "live" or "import"."""
         where = ["e.kind = 'payment'"]
         params: list[Any] = []
+        if customer_keys:
+            marks = ",".join("?" * len(customer_keys))
+            where.append(
+                f"EXISTS (SELECT 1 FROM json_each(e.customer_keys) k WHERE k.value IN ({marks}))"
+            )
+            params += list(customer_keys)
+        if deal_id is not None:
+            where.append(
+                "EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.deal_id = ?)"
+            )
+            params.append(deal_id)
+        if source is not None:
+            where.append("e.priority = ?")
+            params.append(PRIORITY_BACKFILL if source == "import" else PRIORITY_LIVE)
         if since is not None:
             where.append("e.received_at >= ?")
             params.append(utc_text(since))
@@ -98,7 +117,9 @@ class OperatorMixin(IntakeMixin):
         rows = await self._read(
             "SELECT e.key, e.status, e.amount, e.received_at, e.processed_at, e.error_message,"
             " (SELECT group_concat(d.crm || char(31) || d.status, char(30)) FROM deliveries d"
-            "  WHERE d.event_id = e.id)"
+            "  WHERE d.event_id = e.id),"
+            " CASE WHEN json_valid(e.payload)"
+            "  THEN json_extract(e.payload, '$.course_order.created_at') END"
             f" FROM events e WHERE {' AND '.join(where)}"
             " ORDER BY e.received_at DESC, e.id DESC LIMIT ?",
             (*params, limit),
@@ -112,6 +133,7 @@ class OperatorMixin(IntakeMixin):
                 processed_at=r[4],
                 error_message=r[5],
                 deliveries=_split_deliveries(r[6]),
+                paid_at=None if r[7] is None else str(r[7]),
             )
             for r in rows
         ]
@@ -137,7 +159,7 @@ class OperatorMixin(IntakeMixin):
         ]
 
     async def known_keys(self, kind: str, keys: Sequence[str]) -> set[str]:
-        """Which of `keys` are stored already (`bridge import --dry-run`)."""
+        """Which of `keys` are stored already (`crm-bridge import --dry-run`)."""
         found: set[str] = set()
         for start in range(0, len(keys), 1000):
             chunk = keys[start : start + 1000]
@@ -220,7 +242,7 @@ class OperatorMixin(IntakeMixin):
                 return total
 
     async def token_ciphertexts(self) -> dict[str, str]:
-        """Stored token ciphertexts by CRM (`bridge rotate-key` re-encrypts them)."""
+        """Stored token ciphertexts by CRM (`crm-bridge rotate-key` re-encrypts them)."""
         rows = await self._read("SELECT crm, ciphertext FROM crm_tokens ORDER BY crm")
         return {str(crm): str(ciphertext) for crm, ciphertext in rows}
 

@@ -361,8 +361,11 @@ class QueueMixin(StoreBase):
                 " last_error_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (crm) DO UPDATE SET"
                 " paused_reason = excluded.paused_reason,"
                 " last_success_at = COALESCE(excluded.last_success_at, last_success_at),"
-                " last_error = COALESCE(excluded.last_error, last_error),"
-                " last_error_at = COALESCE(excluded.last_error_at, last_error_at)",
+                # A later success clears a resolved error (health then stops showing it).
+                " last_error = CASE WHEN excluded.last_success_at IS NOT NULL THEN NULL"
+                "  ELSE COALESCE(excluded.last_error, last_error) END,"
+                " last_error_at = CASE WHEN excluded.last_success_at IS NOT NULL THEN NULL"
+                "  ELSE COALESCE(excluded.last_error_at, last_error_at) END",
                 (
                     crm,
                     paused_reason,

@@ -114,7 +114,7 @@ class QueueStats:
 
 @dataclass(frozen=True)
 class CrmStats:
-    """One CRM's deliveries for `bridge stats`."""
+    """One CRM's deliveries for `crm-bridge stats`."""
 
     crm: str
     deliveries: Mapping[str, int]  # delivery status → count
@@ -132,7 +132,7 @@ class OperatorStats:
 
 @dataclass(frozen=True)
 class EventSummary:
-    """One line of `bridge events`."""
+    """One line of `crm-bridge events`."""
 
     key: str
     status: str
@@ -141,6 +141,7 @@ class EventSummary:
     processed_at: str | None
     error_message: str | None
     deliveries: tuple[tuple[str, str], ...]  # (crm, delivery status)
+    paid_at: str | None = None  # the payment's own time (platform zone), from its body
 
 
 @dataclass(frozen=True)

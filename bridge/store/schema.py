@@ -202,7 +202,7 @@ CREATE TABLE customer_refs (
     """
 DROP INDEX deliveries_event
 """,
-    # 5: duplicate protection outlives `bridge prune` (the keys of succeeded events it
+    # 5: duplicate protection outlives `crm-bridge prune` (the keys of succeeded events it
     # deleted), and the row `check_writable` rewrites to probe what intake needs.
     """
 CREATE TABLE succeeded_keys (
@@ -217,4 +217,39 @@ CREATE TABLE write_probe (
 """,
     # 6: bodies stored with NaN/Infinity before intake refused them, made JSON again.
     _repair_payloads,
+    # 7: the operator's day — every CRM call of a delivery (pruned with it), a CRM held
+    # by the operator (durable), alerts sent, and what the running bridge loaded.
+    """
+CREATE TABLE crm_calls (
+    id INTEGER PRIMARY KEY,
+    delivery_id INTEGER NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
+    attempt INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    ms REAL NOT NULL,
+    error TEXT
+);
+CREATE INDEX crm_calls_delivery ON crm_calls (delivery_id);
+ALTER TABLE crm_state ADD COLUMN held_reason TEXT;
+ALTER TABLE crm_state ADD COLUMN held_by TEXT;
+ALTER TABLE crm_state ADD COLUMN held_at TEXT;
+CREATE TABLE alerts (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    text TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX alerts_at ON alerts (at);
+CREATE TABLE runtime (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+)
+""",
 )

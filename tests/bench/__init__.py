@@ -1,6 +1,6 @@
 """`make bench` (`python -m bench`): the figures of SPEC §12, measured against the real server.
 
-Not part of the test run. Every server is a `bridge serve` subprocess (or the empty
+Not part of the test run. Every server is a `crm-bridge serve` subprocess (or the empty
 Litestar endpoint it is compared with) on loopback, every CRM the stateful fake amoCRM of
 `tests/fakes`, every load generator a separate process; nothing leaves the machine.
 

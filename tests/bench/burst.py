@@ -1,6 +1,6 @@
 """Sections 4 and 5: drain a burst against a rate-limited CRM; resident memory.
 
-`bridge serve` (WAIT_SECONDS=0, the reference config and its 6.5 requests/s) delivers to
+`crm-bridge serve` (WAIT_SECONDS=0, the reference config and its 6.5 requests/s) delivers to
 the fake amoCRM on loopback, which admits 7 requests in any sliding second, answers 429
 above that and adds 100 ms to every answer. All payments are posted at once by the
 open-loop generator (a separate process, 64 connections); the drain time runs from the

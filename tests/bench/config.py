@@ -61,7 +61,7 @@ def bridge_env(
 
 
 def bridge_command(port: int) -> list[str]:
-    script = Path(sys.executable).parent / "bridge"
+    script = Path(sys.executable).parent / "crm-bridge"
     if script.exists():
         return [str(script), "serve", "--host", HOST, "--port", str(port)]
     runner = "from bridge.cli import main; main()"

@@ -1,7 +1,7 @@
-"""The baseline: a Litestar endpoint that does no work, served the way `bridge serve` is.
+"""The baseline: a Litestar endpoint that does no work, served the way `crm-bridge serve` is.
 
 `POST /webhook/payment` reads the body and answers 202 `{"status": "queued"}`, the answer
-the bridge gives with WAIT_SECONDS=0; uvicorn gets the same arguments as in `bridge serve`
+the bridge gives with WAIT_SECONDS=0; uvicorn gets the same arguments as in `crm-bridge serve`
 (default loop and HTTP implementation: uvloop and httptools when installed).
 """
 

@@ -1,7 +1,7 @@
 """Sections 1 and 2: how fast the bridge takes webhooks, next to an endpoint doing nothing.
 
 Each measurement gets a fresh server (and, for the bridge, a fresh database and fake), so
-runs do not inherit each other's backlog. The bridge runs as `bridge serve` with
+runs do not inherit each other's backlog. The bridge runs as `crm-bridge serve` with
 WAIT_SECONDS=0: a 202 means the event is committed (WAL, synchronous=FULL, group commit).
 Its amoCRM is the stateful fake on loopback with the reference rate limit, so the worker
 delivers in the background at ~6.5 calls/s while the intake is measured, as in

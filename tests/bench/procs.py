@@ -142,7 +142,7 @@ def start_fake(
 
 @dataclass
 class BridgeRun:
-    """A `bridge serve` subprocess, its fake amoCRM on loopback, and its own directory."""
+    """A `crm-bridge serve` subprocess, its fake amoCRM on loopback, and its own directory."""
 
     server: Server
     fake: FakeAmoCrm

@@ -292,8 +292,9 @@ def adapter_on(
     `limiter` instead."""
     kind = config.kind
     values: dict[str, Any] = {
-        f"{kind}_client_id": fake.client_id,
-        f"{kind}_client_secret": fake.client_secret,
+        # A CRM without OAuth (Odoo) has no client: its fake, none.
+        f"{kind}_client_id": getattr(fake, "client_id", ""),
+        f"{kind}_client_secret": getattr(fake, "client_secret", None),
         f"{kind}_redirect_uri": getattr(fake, "redirect_uri", ""),
         **(static if config.auth == "long_lived_token" else {}),
         **env,

@@ -1,7 +1,7 @@
 """Requests the Pipedrive adapter sends, checked against Pipedrive's published OpenAPI files.
 
-`RecordingTransport` wraps any transport (the fake's) and keeps every `httpx.Request`
-that went through it. `PipedriveOpenApi.problems(request)` says what in one request the
+`RecordingTransport` (`tests.fakes.openapi_check`) keeps every request a fake's transport
+saw. `PipedriveOpenApi.problems(request)` says what in one request the
 OpenAPI files do not allow:
 - the path and method are an operation (`/api/v2/...` in v2.yaml, `/api/v1/...` or
   `/v1/...` and the OAuth host's `/oauth/token` in v1.yaml);
@@ -22,38 +22,29 @@ The files are reference data kept outside the repository (`../shared/specs/piped
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
-from datetime import date
 from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
-import jsonschema
 import yaml
+
+from tests.fakes.openapi_check import RecordingTransport as RecordingTransport
+from tests.fakes.openapi_check import (
+    body_problems,
+    nullable_as_null,
+    path_problems,
+    query_problems,
+    template_regex,
+    value_problem,
+)
 
 SPECS = Path(__file__).resolve().parents[3] / "shared" / "specs" / "pipedrive" / "openapi"
 FILES = {"v1": SPECS / "upstream" / "v1.yaml", "v2": SPECS / "upstream" / "v2.yaml"}
 METHODS = ("get", "post", "put", "patch", "delete")
 Doc = dict[str, Any]
-
-
-class RecordingTransport(httpx.AsyncBaseTransport):
-    """Passes requests on to `inner` and keeps each one (body read) in `requests`."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
-        self.inner = inner
-        self.requests: list[httpx.Request] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        await request.aread()
-        self.requests.append(request)
-        return await self.inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 class Operation:
@@ -80,7 +71,7 @@ class PipedriveOpenApi:
         self.docs = docs
         self._patterns = {
             version: sorted(
-                ((template, _template_regex(template)) for template in doc["paths"]),
+                ((template, template_regex(template)) for template in doc["paths"]),
                 key=lambda pair: pair[0].count("{"),  # literal segments win: /persons/search
             )
             for version, doc in docs.items()
@@ -151,65 +142,26 @@ def _split(url: httpx.URL) -> tuple[str | None, str]:
     return None, path
 
 
-def _template_regex(template: str) -> re.Pattern[str]:
-    return re.compile(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)))
-
-
 # ---- parameters ---------------------------------------------------------------------
 
 
 def _query_problems(operation: Operation, url: httpx.URL) -> Iterator[str]:
-    declared = operation.declared("query")
-    seen: dict[str, int] = {}
-    for name, value in url.params.multi_items():
-        seen[name] = seen.get(name, 0) + 1
-        param = declared.get(name)
-        if param is None:
-            yield f"query parameter {name!r} is not declared"
-            continue
-        if seen[name] == 2:
-            yield f"query parameter {name!r} given more than once"
-        problem = _value_problem(operation.doc, param, value)
-        if problem:
-            yield f"query parameter {name}={value!r}: {problem}"
-    for name, param in declared.items():
-        if param.get("required") and name not in seen:
-            yield f"required query parameter {name!r} is missing"
+    def problem_of(param: Doc, value: str) -> str | None:
+        return _value_problem(operation.doc, param, value)
+
+    return query_problems(operation.declared("query"), url, problem_of)
 
 
 def _path_problems(operation: Operation, url: httpx.URL) -> Iterator[str]:
-    names = re.findall(r"\{([^}]+)\}", operation.template)
+    def problem_of(param: Doc, value: str) -> str | None:
+        return _value_problem(operation.doc, param, value)
+
     _, path = _split(url)
-    values = _template_regex(operation.template).pattern.replace("[^/]+", "([^/]+)")
-    match = re.fullmatch(values, path)
-    for name, value in zip(names, match.groups() if match else (), strict=False):
-        param = operation.declared("path").get(name)
-        problem = _value_problem(operation.doc, param, value) if param else None
-        if problem:
-            yield f"path parameter {name}={value!r}: {problem}"
+    return path_problems(operation.template, path, operation.declared("path"), problem_of)
 
 
 def _value_problem(doc: Doc, param: Doc, value: str) -> str | None:
-    schema = to_json_schema(doc, param.get("schema", {}))
-    kind = schema.get("type")
-    kinds = kind if isinstance(kind, list) else [kind]
-    if "integer" in kinds and not re.fullmatch(r"-?\d+", value):
-        return "not an integer"
-    if "number" in kinds and not re.fullmatch(r"-?\d+(\.\d+)?", value):
-        return "not a number"
-    if "boolean" in kinds and value not in ("true", "false"):
-        return "not true/false"
-    if "enum" in schema and value not in [str(v) for v in schema["enum"]]:
-        parts = value.split(",")
-        listed = "comma" in str(param.get("description", "")).lower()
-        if not (listed and all(part in schema["enum"] for part in parts)):
-            return f"not one of {schema['enum']}"
-    if schema.get("format") == "date":
-        try:
-            date.fromisoformat(value)
-        except ValueError:
-            return "not a date"
-    return None
+    return value_problem(to_json_schema(doc, param.get("schema", {})), param, value)
 
 
 def _header_problems(operation: Operation, request: httpx.Request) -> Iterator[str]:
@@ -260,21 +212,7 @@ def _body_problems(operation: Operation, request: httpx.Request) -> Iterator[str
     else:
         body = dict(parse_qsl(content.decode()))
     schema = to_json_schema(operation.doc, declared["content"][media].get("schema", {}))
-    for error in jsonschema.Draft4Validator(schema).iter_errors(body):
-        place = "/".join(str(part) for part in error.absolute_path) or "(body)"
-        yield f"body {place}: {error.message}"
-    if isinstance(body, dict):
-        properties, open_ended = _declared_properties(schema)
-        for key in body:
-            if not open_ended and key not in properties:
-                yield f"body property {key!r} is not declared"
-
-
-def _declared_properties(schema: Doc) -> tuple[set[str], bool]:
-    parts = [schema, *schema.get("allOf", [])]
-    names = {name for part in parts for name in part.get("properties", {})}
-    open_ended = any(part.get("additionalProperties") not in (None, False) for part in parts)
-    return names, open_ended
+    yield from body_problems(schema, body)
 
 
 def resolve(doc: Doc, node: Any) -> Any:
@@ -295,12 +233,7 @@ def to_json_schema(doc: Doc, node: Any, seen: tuple[str, ...] = ()) -> Any:
         ref = node["$ref"]
         return {} if ref in seen else to_json_schema(doc, _pointer(doc, ref), (*seen, ref))
     out = {key: to_json_schema(doc, value, seen) for key, value in node.items()}
-    if out.pop("nullable", False):
-        if "type" in out:
-            out["type"] = [out["type"], "null"]
-        if "enum" in out:
-            out["enum"] = [*out["enum"], None]
-    return out
+    return nullable_as_null(out)
 
 
 def _pointer(doc: Doc, ref: str) -> Any:

@@ -1,0 +1,568 @@
+"""The Zoho CRM adapter through its `CrmAdapter` interface, against the stateful fake.
+
+Every request an adapter built here sends is recorded and, after each test, checked
+against Zoho's published v8 OpenAPI files (`tests.fakes.zoho_openapi`); when the files
+are missing that check fails (it never passes by checking nothing). What every CRM
+keeps alike (OAuth, 429s and network trouble, the fake over a socket) is
+`tests/test_contract.py`'s, which runs Zoho too; here is what only Zoho does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tomllib
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.fernet import Fernet
+from pydantic import SecretStr
+
+from bridge.crm.base import RateLimiter
+from bridge.crm.connection import Wiring
+from bridge.crm.zoho import Zoho, build_zoho
+from bridge.crmconfig import config_snippet, schema_problems
+from bridge.crypto import TokenCipher
+from bridge.domain import (
+    Contact,
+    ContactPatch,
+    Customer,
+    FieldKind,
+    FieldUpdate,
+    KeyKind,
+    LookupKey,
+    NewContact,
+    NewDeal,
+    Utm,
+)
+from bridge.errors import ConfigError, PermanentCrmError, RateLimited
+from bridge.rules import contact_matches
+from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
+from bridge.tokens import TokenPair
+from tests.cli_support import make_cli, write_config
+from tests.fakes.memory import MemoryTokens
+from tests.fakes.openapi_check import SentRequests
+from tests.fakes.zoho import FakeZoho
+from tests.fakes.zoho_openapi import ZohoOpenApi
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = (
+    load_file_config(ROOT / "etc" / "crm-zoho.example.toml")
+    .crm["zoho"]
+    .model_copy(update={"enabled": True})
+)
+PAID_AT = datetime(2025, 1, 20, 21, 49, 20, tzinfo=UTC)
+MSK = timezone(timedelta(hours=3))
+CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
+SENT = SentRequests()
+EU_API = "https://www.zohoapis.eu"
+
+
+@pytest.fixture(autouse=True)
+def requests_conform_to_openapi() -> Iterator[None]:
+    """After each test: every request sent was one Zoho's v8 OpenAPI files allow."""
+    SENT.clear()
+    yield
+    spec = ZohoOpenApi.load()  # raises when the shared specs are missing: no silent pass
+    assert SENT.problems(spec) == []
+
+
+async def no_wait(seconds: float) -> None:
+    await asyncio.sleep(0)
+
+
+def make_adapter(
+    fake: FakeZoho,
+    *,
+    config: CrmConfig = CONFIG,
+    tokens: MemoryTokens | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    real_limiter: bool = False,
+    **env: str,
+) -> Zoho:
+    """The adapter on the fake. `env` names ZOHO_* secrets in lower case
+    (`zoho_refresh_token=…`; "" leaves one out); without `tokens` the store holds a live pair."""
+    secrets = {"zoho_client_id": fake.client_id, "zoho_client_secret": fake.client_secret}
+    secrets.update(env)
+    if tokens is None:
+        access, refresh = fake.issue_oauth_pair()
+        tokens = MemoryTokens(TokenPair(access, refresh, fake.clock() + 3600))
+    crm_env = {key.upper(): SecretStr(value) for key, value in secrets.items() if value}
+    settings = Settings(_env_file=None, file=FileConfig(crm={"zoho": config}), crm_env=crm_env)
+    recorder = SENT.recording(transport or fake.transport())
+    adapter = build_zoho(
+        Wiring("zoho", config, settings, tokens, transport=recorder, clock=fake.clock)
+    )
+    if not real_limiter:
+        http = adapter.connection.http
+        http.limiter = RateLimiter(1000, sleep=no_wait)
+        http.backoff_initial, http.backoff_max = 0.001, 0.01
+    return adapter
+
+
+def served_on(fake: FakeZoho, base_url: str) -> dict[str, Any]:
+    """`make_adapter`'s options for the fake served on `base_url`: the API and the
+    accounts server both there, which the fake then does not tell apart by host."""
+    fake.check_hosts = False
+    options = {**CONFIG.options, "accounts_url": base_url}
+    update = {"base_url": base_url, "request_timeout_seconds": 0.5, "options": options}
+    return {"config": CONFIG.model_copy(update=update)}
+
+
+@pytest.fixture
+def fake() -> FakeZoho:
+    return FakeZoho(CONFIG)
+
+
+@pytest.fixture
+async def zoho(fake: FakeZoho) -> AsyncIterator[Zoho]:
+    adapter = make_adapter(fake)
+    yield adapter
+    await adapter.connection.aclose()
+
+
+def paths(fake: FakeZoho) -> list[str]:
+    return [f"{call.method} {call.path}" for call in fake.calls]
+
+
+def every_kind_of_field() -> tuple[FieldUpdate, ...]:
+    return (
+        FieldUpdate("Subjects", FieldKind.MULTISELECT, ("Русский", "Обществознание")),
+        FieldUpdate("Exam_Direction", FieldKind.SELECT, "ЕГЭ"),
+        FieldUpdate("Last_Payment_Amount", FieldKind.NUMBER, Decimal("10000.00")),
+        FieldUpdate("Last_Payment_At", FieldKind.DATETIME, PAID_AT.astimezone(MSK)),
+        FieldUpdate("Total_Paid", FieldKind.NUMBER, Decimal("11500.5")),
+        FieldUpdate("Purchase_Count", FieldKind.NUMBER, 3),
+        FieldUpdate("UTM_Source", FieldKind.TEXT, "advcake"),
+        FieldUpdate("Payment_ID", FieldKind.TEXT, "pay_1"),
+    )
+
+
+def new_deal(**changes: Any) -> NewDeal:
+    values: dict[str, Any] = {
+        "name": "Оплата Русский - Иван Петров",
+        "price": Decimal("10000"),
+        "pipeline_id": "Partners",
+        "status_id": "Автооплата",
+        "fields": every_kind_of_field(),
+    }
+    values.update(changes)
+    return NewDeal(**values)
+
+
+def new_contact() -> NewContact:
+    telegram = (
+        FieldUpdate("Telegram_ID", FieldKind.TEXT, "123456789"),
+        FieldUpdate("Telegram_Username", FieldKind.TEXT, "ivan"),
+    )
+    return NewContact(CUSTOMER, Utm(source="advcake"), telegram)
+
+
+# ---- contacts ---------------------------------------------------------------------------
+
+
+async def test_one_search_asks_for_every_key_and_the_flow_confirms(
+    fake: FakeZoho, zoho: Zoho
+) -> None:
+    typed = fake.add_contact("Петров", "Иван", phone="8 (999) 123-45-67", telegram_id="")
+    fake.add_contact("Петрова", phone="+7 999 123-45-670")  # contains the digits: not her
+    found = await zoho.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+    assert found is not None and found.id == typed and found.deal_ids == ()
+    assert paths(fake) == ["POST /crm/v8/__composite_requests"]
+    search, deals = fake.calls[0].json["__composite_requests"]
+    criteria = search["params"]["criteria"]
+    assert "(Telegram_ID:equals:123456789)" in criteria
+    assert "(Email:equals:ivan@example.com)" in criteria
+    assert "Contact_Name = '@{s:$.data[0].id}'" in deals["body"]["select_query"]
+
+
+async def test_the_deals_read_with_the_contact_serve_list_deals(fake: FakeZoho, zoho: Zoho) -> None:
+    person = fake.add_contact("Петров", phone="+79991234567")
+    deal_id = fake.add_deal(person, stage="В работе")
+    found = await zoho.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+    assert found is not None
+    assert [d.id for d in await zoho.list_deals(found)] == [deal_id]
+    assert fake.count() == 1  # the one composite call read both
+    # Only once: a later list reads again.
+    await zoho.list_deals(found)
+    assert paths(fake)[-1] == "POST /crm/v8/coql"
+
+
+async def test_a_confirmed_hit_after_the_first_has_its_deals_read_apart(
+    fake: FakeZoho, zoho: Zoho
+) -> None:
+    fake.add_contact("Петрова", phone="+7 999 123-45-670")  # first hit, not confirmed
+    person = fake.add_contact("Петров", phone="+79991234567")
+    deal_id = fake.add_deal(person)
+    found = await zoho.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+    assert found is not None and found.id == person
+    assert [d.id for d in await zoho.list_deals(found)] == [deal_id]
+    assert paths(fake) == ["POST /crm/v8/__composite_requests", "POST /crm/v8/coql"]
+
+
+async def test_a_refused_lookup_composite_falls_back_to_the_search_alone(
+    fake: FakeZoho, zoho: Zoho
+) -> None:
+    person = fake.add_contact("Петров", phone="+79991234567")
+    fake.fail_next(status=400, path_prefix="/crm/v8/__composite_requests")
+    found = await zoho.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+    assert found is not None and found.id == person
+    assert paths(fake) == ["POST /crm/v8/__composite_requests", "GET /crm/v8/Contacts/search"]
+    fake.fail_next(status=400, path_prefix="/crm/v8/")  # a refusal of the search too is final
+    fake.fail_next(status=400, path_prefix="/crm/v8/")
+    with pytest.raises(PermanentCrmError):
+        await zoho.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+
+
+async def test_more_than_25_hits_are_searched_page_by_page(fake: FakeZoho, zoho: Zoho) -> None:
+    for n in range(30):
+        fake.add_contact(f"Однофамилец {n}", email=f"x{n}.ivan@example.com")
+    person = fake.add_contact("Петров", email="ivan@example.com")
+    keys = (LookupKey(KeyKind.EMAIL, "ivan@example.com"),)
+    found = await zoho.find_contact(keys, contact_matches)
+    assert found is not None and found.id == person
+    assert paths(fake) == ["POST /crm/v8/__composite_requests", "GET /crm/v8/Contacts/search"]
+
+
+async def test_keys_keep_their_priority_among_the_hits(fake: FakeZoho, zoho: Zoho) -> None:
+    by_email = fake.add_contact("Почта", email="ivan@example.com")
+    by_telegram = fake.add_contact("Телеграм", telegram_id="123456789")
+    found = await zoho.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+    assert found is not None and found.id == by_telegram != by_email
+
+
+async def test_nobody_found_is_none_after_one_call(fake: FakeZoho, zoho: Zoho) -> None:
+    assert await zoho.find_contact(CUSTOMER.lookup_keys(), contact_matches) is None
+    assert fake.count() == 1
+
+
+async def test_without_a_telegram_field_no_telegram_criterion(fake: FakeZoho) -> None:
+    config = CONFIG.model_copy(
+        update={"contact_fields": CONFIG.contact_fields.model_copy(update={"telegram_id": None})}
+    )
+    adapter = make_adapter(fake, config=config)
+    keys = (LookupKey(KeyKind.TELEGRAM_ID, "123456789"),)
+    assert await adapter.find_contact(keys, contact_matches) is None
+    assert fake.count() == 0
+    await adapter.connection.aclose()
+
+
+async def test_create_and_fill_a_contact(fake: FakeZoho, zoho: Zoho) -> None:
+    made = await zoho.create_contact(new_contact())
+    stored = fake.contact(made.id)
+    assert (stored["Last_Name"], stored["First_Name"], stored["Phone"]) == (
+        "Петров",
+        "Иван",
+        "+79991234567",
+    )
+    assert stored["Telegram_ID"] == "123456789"
+    patch = ContactPatch((FieldUpdate("Telegram_Username", FieldKind.TEXT, "ivan_new"),))
+    await zoho.update_contact(made.id, patch)
+    await zoho.update_contact(made.id, ContactPatch(()))  # nothing to set: no call
+    assert fake.contact(made.id)["Telegram_Username"] == "ivan_new"
+    assert paths(fake) == ["POST /crm/v8/Contacts", "PUT /crm/v8/Contacts/" + made.id]
+
+
+# ---- deals --------------------------------------------------------------------------------
+
+
+async def test_a_new_customer_is_one_composite_call_with_every_field(
+    fake: FakeZoho, zoho: Zoho
+) -> None:
+    contact, deal = await zoho.create_contact_and_deal(new_contact(), new_deal())
+    assert paths(fake) == ["POST /crm/v8/__composite_requests"]
+    assert fake.credits_used == 1
+    stored = fake.deal(deal.id)
+    assert stored["Contact_Name"] == {"id": contact.id}
+    assert (stored["Pipeline"], stored["Stage"], stored["Amount"]) == (
+        "Partners",
+        "Автооплата",
+        10000,
+    )
+    assert stored["Subjects"] == ["Русский", "Обществознание"]
+    assert stored["Last_Payment_At"] == "2025-01-21T00:49:20+03:00"
+    assert (stored["Total_Paid"], stored["Purchase_Count"]) == (11500.5, 3)
+    assert (deal.pipeline_id, deal.status_id, deal.contact_ids) == (
+        "Partners",
+        "Автооплата",
+        (contact.id,),
+    )
+    assert deal.fields["Payment_ID"] == "pay_1"
+
+
+async def test_a_refused_deal_in_the_composite_is_permanent_and_keeps_the_contact(
+    fake: FakeZoho, zoho: Zoho
+) -> None:
+    bad = new_deal(fields=(FieldUpdate("Exam_Direction", FieldKind.SELECT, "ЕГЭ-2"),))
+    with pytest.raises(PermanentCrmError, match="Exam_Direction"):
+        await zoho.create_contact_and_deal(new_contact(), bad)
+    assert len(fake.contacts()) == 1 and fake.deals() == []
+    # The retry finds the contact by the normal search and creates only the deal.
+    found = await zoho.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+    assert found is not None
+    deal = await zoho.create_deal(found, new_deal())
+    assert fake.deal(deal.id)["Contact_Name"] == {"id": found.id}
+
+
+async def test_list_deals_is_one_coql_call_in_every_pipeline_and_stage(
+    fake: FakeZoho, zoho: Zoho
+) -> None:
+    person = fake.add_contact("Петров")
+    old = fake.add_deal(person, pipeline="Site", stage="В работе", modified=1_000)
+    won = fake.add_deal(person, pipeline="Yandex", stage="Closed Won", modified=2_000)
+    newest = fake.add_deal(person, pipeline="Partners", stage="Автооплата", modified=3_000)
+    fake.add_deal(fake.add_contact("Другой"), stage="В работе")
+    deals = await zoho.list_deals(Contact(id=person))
+    assert [d.id for d in deals] == [newest, won, old]
+    assert [d.is_closed for d in deals] == [False, True, False]
+    assert paths(fake) == ["POST /crm/v8/coql"]
+    assert await zoho.list_deals(Contact(id=fake.add_contact("Пусто"))) == []  # 204
+
+
+async def test_get_deal_open_closed_and_gone(fake: FakeZoho, zoho: Zoho) -> None:
+    person = fake.add_contact("Петров")
+    deal_id = fake.add_deal(person, stage="В работе", fields={"Payment_ID": "pay_0"})
+    got = await zoho.get_deal(deal_id)
+    assert got is not None and got.contact_ids == (person,) and got.fields["Payment_ID"] == "pay_0"
+    assert got.pipeline_id == "Site" and not got.is_closed
+    fake.move_deal(deal_id, stage="Closed Lost")
+    closed = await zoho.get_deal(deal_id)
+    assert closed is not None and closed.is_closed
+    fake.move_deal(deal_id, deleted=True)
+    assert await zoho.get_deal(deal_id) is None
+    assert await zoho.get_deal("not-an-id") is None
+
+
+async def test_update_deal_sends_every_kind_in_a_shape_zoho_accepts(
+    fake: FakeZoho, zoho: Zoho
+) -> None:
+    deal_id = fake.add_deal(fake.add_contact("Петров"))
+    await zoho.update_deal(deal_id, every_kind_of_field())
+    stored = fake.deal(deal_id)
+    assert stored["Exam_Direction"] == "ЕГЭ" and stored["Purchase_Count"] == 3
+    got = await zoho.get_deal(deal_id)
+    assert got is not None and got.fields["Total_Paid"] == "11500.5"
+    await zoho.update_deal(deal_id, ())
+    assert paths(fake) == [f"PUT /crm/v8/Deals/{deal_id}", f"GET /crm/v8/Deals/{deal_id}"]
+
+
+async def test_an_unknown_stage_or_option_is_permanent(fake: FakeZoho, zoho: Zoho) -> None:
+    person = await zoho.create_contact(new_contact())
+    with pytest.raises(PermanentCrmError, match="Stage"):
+        await zoho.create_deal(person, new_deal(status_id="Нет такой"))
+    deal_id = fake.add_deal(person.id)
+    with pytest.raises(PermanentCrmError, match="Subjects"):
+        await zoho.update_deal(
+            deal_id, (FieldUpdate("Subjects", FieldKind.MULTISELECT, ("Химия?",)),)
+        )
+
+
+# ---- notes ----------------------------------------------------------------------------------
+
+
+async def test_notes_are_added_and_read_back_verbatim(fake: FakeZoho, zoho: Zoho) -> None:
+    deal_id = fake.add_deal(fake.add_contact("Петров"))
+    text = "Оплата проведена\n\n  Курс (Русский) <b>\nPayment ID: pay_1"
+    await zoho.add_note(deal_id, text)
+    assert fake.notes(deal_id) == [text]
+    assert await zoho.deal_notes(deal_id) == [text]
+    assert await zoho.deal_notes(fake.add_deal(fake.add_contact("Без"))) == []
+
+
+# ---- credentials ---------------------------------------------------------------------------
+
+
+async def test_bootstrap_from_a_refresh_token_and_the_answers_api_domain_wins() -> None:
+    fake = FakeZoho(CONFIG, api_domain="https://eu-proxy.zohoapis.eu")
+    _, refresh = fake.issue_oauth_pair()
+    tokens = MemoryTokens()
+    adapter = make_adapter(fake, tokens=tokens, zoho_refresh_token=refresh)
+    assert await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches) is None
+    assert fake.hosts == ["https://accounts.zoho.eu", "https://eu-proxy.zohoapis.eu"]
+    assert tokens.saved and tokens.saved[0].refresh_token == refresh
+    assert adapter.connection.health_details()["api_domain"] == "https://eu-proxy.zohoapis.eu"
+    await adapter.connection.aclose()
+
+
+async def test_a_request_sent_to_the_wrong_domain_is_resent_to_the_token_s(fake: FakeZoho) -> None:
+    # After a restart the stored token is used with the data centre's default domain;
+    # the org answers elsewhere: the 401 refreshes, and the resend goes there.
+    fake.api_domain = "https://other.zohoapis.eu"
+    adapter = make_adapter(fake)
+    assert await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches) is None
+    assert fake.hosts[-1] == "https://other.zohoapis.eu"
+    await adapter.connection.aclose()
+
+
+async def test_a_burst_of_token_requests_waits_instead_of_reauthorising(fake: FakeZoho) -> None:
+    fake.token_requests_per_minute = 0
+    adapter = make_adapter(fake)
+    fake.expire_all_access_tokens()
+    with pytest.raises(RateLimited) as raised:
+        await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+    assert raised.value.retry_after == 60
+    await adapter.connection.aclose()
+
+
+# ---- credits and concurrency ------------------------------------------------------------------
+
+
+async def test_the_pool_counts_what_zoho_counts(fake: FakeZoho, zoho: Zoho) -> None:
+    contact, deal = await zoho.create_contact_and_deal(new_contact(), new_deal())
+    await zoho.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+    await zoho.list_deals(contact)
+    await zoho.update_deal(deal.id, every_kind_of_field())
+    await zoho.add_note(deal.id, "Payment ID: pay_1")
+    # Two composite calls (the new customer; the search with its deals), update, note.
+    assert zoho.pool.used == fake.credits_used == 4
+    details = zoho.connection.health_details()
+    assert details["credits_used_24h"] == 4 and details["daily_credits"] == 50000
+
+
+async def test_a_spent_pool_refuses_without_calling_until_credits_return(fake: FakeZoho) -> None:
+    now = [1_700_000_000.0]
+    fake.clock = lambda: now[0]
+    config = CONFIG.model_copy(update={"options": {**CONFIG.options, "daily_credits": 2}})
+    adapter = make_adapter(fake, config=config)
+    await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+    now[0] += 3600
+    await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+    calls = fake.count()
+    with pytest.raises(RateLimited) as raised:
+        await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+    assert fake.count() == calls
+    assert raised.value.retry_after == pytest.approx(86400 - 3600)
+    now[0] += 86400 - 3600
+    await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+    await adapter.connection.aclose()
+
+
+async def test_zohos_own_429_is_rate_limited(fake: FakeZoho, zoho: Zoho) -> None:
+    fake.daily_credits = 0
+    with pytest.raises(RateLimited):
+        await zoho.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+
+
+async def test_calls_stay_under_the_concurrency_limit(fake: FakeZoho) -> None:
+    fake.concurrency, fake.latency = 5, 0.02
+    config = CONFIG.model_copy(update={"options": {**CONFIG.options, "concurrency": 5}})
+    adapter = make_adapter(fake, config=config)
+    person = fake.add_contact("Петров")
+    await asyncio.gather(
+        adapter.create_contact_and_deal(new_contact(), new_deal()),
+        *(adapter.list_deals(Contact(id=person)) for _ in range(6)),
+    )
+    assert fake.throttled == 0
+    await adapter.connection.aclose()
+
+
+# ---- schema, options ---------------------------------------------------------------------------
+
+
+async def test_schema_lists_pipelines_stages_and_custom_fields(zoho: Zoho) -> None:
+    schema = await zoho.schema()
+    assert [p.id for p in schema.pipelines] == ["Site", "Partners", "Yandex"]
+    assert "Closed Won" in schema.pipelines[0].statuses
+    assert schema_problems("zoho", CONFIG, schema) == []
+    wrong = CONFIG.model_copy(
+        update={"deal_fields": CONFIG.deal_fields.model_copy(update={"direction": "Subjects"})}
+    )
+    problems = [str(p) for p in schema_problems("zoho", wrong, schema)]
+    assert any("deal_fields.direction = Subjects" in p for p in problems)
+
+
+async def test_check_compares_closed_stages_with_their_forecast_types(zoho: Zoho) -> None:
+    schema = await zoho.schema()
+    assert schema.closed_statuses == {"Closed Won", "Closed Lost"}
+    wrong = CONFIG.model_copy(update={"closed_status_ids": ("Closed Won", "В работе")})
+    assert [str(p) for p in schema_problems("zoho", wrong, schema)] == [
+        'crm.zoho.closed_status_ids: "Closed Lost" is won or lost in the CRM',
+        "crm.zoho.closed_status_ids: В работе: not a won or lost status in the CRM",
+    ]
+    snippet = config_snippet("zoho", CONFIG, schema)
+    assert '#   closed_status_ids = ["Closed Lost", "Closed Won"]' in snippet
+    assert '#     status Автооплата = "Автооплата"' in snippet
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, "data_centre"),
+        ({"data_centre": "mars"}, "data_centre"),
+        ({"data_centre": "eu", "daily_credits": 0}, "daily_credits"),
+        ({"data_centre": "eu", "concurrency": 2}, "concurrency"),
+        ({"data_centre": "eu", "nope": 1}, "unknown nope"),
+        ({"data_centre": "eu", "accounts_url": "accounts.zoho.eu"}, "accounts_url"),
+    ],
+)
+def test_options_are_validated(fake: FakeZoho, options: dict[str, Any], message: str) -> None:
+    config = CONFIG.model_copy(update={"options": options})
+    with pytest.raises(ConfigError, match=message):
+        make_adapter(fake, config=config)
+
+
+def test_every_data_centre_decides_both_hosts(fake: FakeZoho) -> None:
+    for centre, api in (("us", "https://www.zohoapis.com"), ("ca", "https://www.zohoapis.ca")):
+        config = CONFIG.model_copy(update={"options": {"data_centre": centre}})
+        adapter = make_adapter(fake, config=config)
+        assert str(adapter.connection.client.base_url).rstrip("/") == api
+        assert adapter.connection.health_details()["api_domain"] == api
+
+
+async def test_client_requests_carry_the_zoho_oauthtoken_header(fake: FakeZoho, zoho: Zoho) -> None:
+    await zoho.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+    [request] = SENT[-1].requests
+    assert request.headers["authorization"].startswith("Zoho-oauthtoken 1000.")
+    assert isinstance(request, httpx.Request) and request.url.host == "www.zohoapis.eu"
+
+
+# ---- the commands: auth, discover, check ---------------------------------------------------
+
+
+def test_auth_discover_and_check_commands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake: FakeZoho
+) -> None:
+    """A Self Client's code through `crm-bridge auth zoho`, then `discover` and `check`, with
+    only the section's ZOHO_* secrets in the environment (no refresh token yet)."""
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    key = Fernet.generate_key().decode()
+    cli = make_cli(tmp_path, ZOHO_CLIENT_ID=fake.client_id, BRIDGE_SECRET_KEY=key)
+    cli.env["ZOHO_CLIENT_SECRET"] = fake.client_secret
+    amo_off = write_config(tmp_path, replace={"enabled = true": "enabled = false"})
+    zoho = (ROOT / "etc" / "crm-zoho.example.toml").read_text(encoding="utf-8")
+    text = (
+        amo_off.read_text(encoding="utf-8")
+        + "\n"
+        + zoho.replace("enabled = false", "enabled = true")
+    )
+    amo_off.write_text(text, encoding="utf-8")
+    cli.transports = {"zoho": SENT.recording(fake.transport())}
+
+    unauthorised = cli("check")
+    assert unauthorised.exit_code == 1
+    assert "crm.zoho: not authorised: run `crm-bridge auth zoho`" in unauthorised.stderr
+
+    fake.register_code("1000.code")
+    result = cli("auth", "zoho", "--code", "1000.code")
+    assert result.exit_code == 0, result.output
+    assert "zoho: tokens stored encrypted" in result.stdout
+    assert fake.client_secret not in result.output
+    pair = cli.with_store(lambda s: s.load_tokens("zoho"), cipher=TokenCipher([key]))
+    assert pair is not None and pair.refresh_token
+    assert pair.access_token not in result.output and pair.refresh_token not in result.output
+    again = cli("auth", "zoho", "--code", "1000.code")  # a code works once
+    assert again.exit_code == 1 and "authorization code rejected" in again.stderr
+
+    discovered = cli("discover", "zoho")
+    assert discovered.exit_code == 0, discovered.output
+    assert '#   closed_status_ids = ["Closed Lost", "Closed Won"]' in discovered.stdout
+    parsed = tomllib.loads(discovered.stdout)["crm"]["zoho"]
+    assert parsed["deal_fields"]["payment_id"] == "Payment_ID"
+
+    checked = cli("check")
+    assert checked.exit_code == 0, checked.output
+    assert "OK       crm.zoho: reachable and authorised (3 pipelines" in checked.stdout
