@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from cryptography.fernet import Fernet
 from litestar.testing import AsyncTestClient
 from pydantic import SecretStr
@@ -31,13 +32,13 @@ from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.bitrix24 import EXAMPLE_CONFIG as BITRIX_EXAMPLE
 from tests.fakes.bitrix24 import FakeBitrix24
 from tests.fakes.hubspot import FakeHubSpot
+from tests.fakes.megaplan import DEAL_CATEGORY, HUMAN_CATEGORY, FakeMegaplan
 from tests.fakes.megaplan import EXAMPLE_CONFIG as MEGAPLAN_EXAMPLE
-from tests.fakes.megaplan import HUMAN_CATEGORY, FakeMegaplan
 from tests.fakes.odoo import EXAMPLE_CONFIG as ODOO_EXAMPLE
 from tests.fakes.odoo import FakeOdoo, example_odoo
 from tests.fakes.pipedrive import FakePipedrive
 from tests.fakes.salesforce import EXAMPLE_CONFIG as SALESFORCE_EXAMPLE
-from tests.fakes.salesforce import SITE, YANDEX, FakeSalesforce
+from tests.fakes.salesforce import PARTNERS, SITE, YANDEX, FakeSalesforce
 from tests.fakes.zoho import FakeZoho
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,6 +124,47 @@ REFUSALS = ("unknown_field", "another_fields_option", "unknown_option", "text_fo
 def _refusals(error: str, *updates: tuple[str, FieldKind, Any]) -> dict[str, Any]:
     """`refused` where every refusal reads alike: `updates` in REFUSALS order."""
     return {name: (*update, error) for name, update in zip(REFUSALS, updates, strict=True)}
+
+
+def _salesforce_new_customer(fake: FakeSalesforce, contact: str, deal: str) -> None:
+    composite = "/services/data/v68.0/composite"
+    assert [c.path for c in fake.calls if c.path.startswith(composite)] == [
+        f"{composite}/batch",  # the lookup: SOQL and SOSL side by side
+        composite,  # contact, opportunity and contact role, all or none
+    ]
+    assert fake.deal_contacts(deal) == [contact] and fake.deal(deal)["IsClosed"] is False
+
+
+def _odoo_new_customer(fake: FakeOdoo, contact: str, deal: str) -> None:
+    partner, lead = fake.partner(int(contact)), fake.lead(int(deal))
+    assert (partner["name"], partner["email"]) == ("Иван Петров", "ivan@example.com")
+    assert (lead["type"], lead["partner_id"]) == ("opportunity", int(contact))
+    assert lead["expected_revenue"] == 10000
+    [note] = fake.messages(int(deal))[1:]  # after "Opportunity Created"
+    assert (note["message_type"], note["subtype_id"]) == ("comment", 2)  # a log note
+    # Odoo's plaintext2html: a blank line makes a paragraph, a line break <br/>.
+    assert note["body"].startswith("<p>Оплата проведена</p><p>Имя клиента: Иван Петров<br/>")
+
+
+def _zoho_new_customer(fake: FakeZoho, contact: str, deal: str) -> None:
+    person = fake.contact(contact)
+    assert (person["Last_Name"], person["First_Name"]) == ("Петров", "Иван")
+    assert fake.deal(deal)["Contact_Name"] == {"id": contact}
+    # The search (a composite call that would read the hit's deals too), the composite
+    # contact + deal, the note; the token refresh aside.
+    assert [f"{c.method} {c.path}" for c in fake.calls if c.path.startswith("/crm/")] == [
+        "POST /crm/v8/__composite_requests",
+        "POST /crm/v8/__composite_requests",
+        "POST /crm/v8/Notes",
+    ]
+    assert fake.credits_used == 3
+
+
+def _megaplan_new_customer(fake: FakeMegaplan, contact: str, deal: str) -> None:
+    assert fake.deal(deal)["contractor"]["id"] == contact
+    assert fake.human(contact)["contactInfo"][0]["value"] == "+79991234567"
+
+
 def _odoo_value(value: Any) -> Any:
     """Odoo reads an empty field as False: None in the common view."""
     return None if value is False else value
@@ -181,6 +223,47 @@ def _odoo_case(name: str, version: int) -> CrmCase:
         ),
         returning_calls=session + 4,
         close_deal=lambda fake, deal_id: fake.set_won(int(deal_id)),
+        subjects=(1, 3),  # crm.tag ids
+        direction="ege",
+        partners=("3", "2"),
+        stored={
+            "subjects": [1, 3],
+            "direction": "ege",
+            "last_payment_amount": 10000,
+            "last_payment_at": "2025-01-20 21:49:20",  # UTC, as Odoo keeps datetimes
+            "payment_id": "pay_1",
+            "total_paid": 11500.5,
+            "purchase_count": 3,
+            "utm_source": "advcake",
+        },
+        refused={
+            "unknown_field": ("x_no_such", FieldKind.TEXT, "x", "Invalid field 'x_no_such'"),
+            "another_fields_option": ("direction", FieldKind.SELECT, 1, "Wrong value"),
+            "unknown_option": ("subjects", FieldKind.MULTISELECT, (1, 999), "does not exist"),
+            "text_for_a_number": ("total_paid", FieldKind.TEXT, "a lot", "Wrong value"),
+        },
+        # Stages may be shared by every team, so a team's stage is no refusal in Odoo.
+        bad_placements=({"pipeline_id": "99"}, {"status_id": "99"}),
+        bad_placement_error=r"crm\.lead[./]create",
+        paging=(260, 1),  # one search_read, no limit
+        schema_calls=5,
+        pipelines=frozenset({"1", "2", "3"}),
+        static_secret="odoo_api_key",
+        revoke=lambda fake: fake.expire_api_keys(),
+        revoked_error="401|AccessDenied",  # JSON-2 answers 401, JSON-RPC a fault
+        lookup_calls=1,
+        on_call=(
+            ("res.partner.search_read", 200),
+            ("res.partner.create", 200),
+            ("crm.lead.create", 200),
+        ),
+        new_customer={"subjects": [1, 3], "direction": "ege"},
+        new_customer_calls=session + 4,  # partner lookup, partner, lead, note
+        new_customer_wire=_odoo_new_customer,
+        # JSON-RPC: authenticate, the optional fields, the lookup, the partner come first.
+        deal_write="/jsonrpc" if version < 19 else "/json/2/crm.lead/create",
+        deal_write_skip=4 if version < 19 else 0,
+        read_note=lambda text: text.replace("\n\n", "\n"),  # a paragraph reads as one break
     )
 
 
@@ -247,6 +330,15 @@ class CrmCase:
     new_customer: Mapping[str, Any] = field(default_factory=dict)
     new_customer_calls: int = 0
     new_customer_wire: Callable[[Fake, str, str], None] = lambda fake, contact, deal: None
+    # The POST a new customer's deal is created by, and how many requests matching it come
+    # first (lookups on the same path: a JSON-RPC endpoint, a batch of queries).
+    deal_write_skip: int = 0
+    amount_type: str = "numeric"  # how `schema()` types a number field
+    revoked_error: str = "401"  # what a refused long-lived secret's error says
+    # A note as written, as the CRM gives it back (Odoo makes a blank line a paragraph).
+    read_note: Callable[[str], str] = lambda text: text
+    # Shared checks that do not apply to this CRM: check name → why (see `not_applicable`).
+    skips: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def config(self) -> CrmConfig:
@@ -293,6 +385,12 @@ class CrmCase:
     def stored_as(self, fake: Fake, deal_id: str, expected: Mapping[str, Any]) -> dict[str, Any]:
         """The deal's fields named in `expected` (logical names or ids), as stored."""
         return {name: self.raw_deal_field(fake, deal_id, self.field_id(name)) for name in expected}
+
+    def not_applicable(self, check: str) -> None:
+        """Skip `check` where `skips` says it does not apply, saying why."""
+        if check in self.skips:
+            pytest.skip(f"{self.name}: {self.skips[check]}")
+
     def api_calls(self, fake: Fake) -> int:
         """Requests the CRM's API received, as the per-payment call counts mean them."""
         return int(fake.count(path_prefix=self.api_path))
@@ -628,6 +726,49 @@ CASES = [
         returning_calls=4,
         close_deal=lambda fake, deal_id: fake.move_deal(deal_id, "Closed Won"),
         api_path="/services/data/",  # not the token endpoint
+        subjects=("Russian", "Social Studies"),  # picklist values
+        direction="EGE",
+        partners=(PARTNERS, "Autopay"),  # a record type and a stage
+        stored={
+            "subjects": "Russian;Social Studies",
+            "direction": "EGE",
+            "last_payment_amount": 10000,
+            "last_payment_at": "2025-01-20T21:49:20.000+0000",
+            "payment_id": "pay_1",
+            "total_paid": 11500.5,
+            "purchase_count": 3,
+            "utm_source": "advcake",
+        },
+        refused=_refusals(
+            "HTTP 400",
+            ("No_Such__c", FieldKind.TEXT, "x"),
+            ("direction", FieldKind.SELECT, "Russian"),
+            ("subjects", FieldKind.MULTISELECT, ("Russian", "Klingon")),
+            ("total_paid", FieldKind.TEXT, "a lot"),
+        ),
+        bad_placements=({"pipeline_id": "1"}, {"status_id": "No Such Stage"}),
+        bad_placement_error="HTTP 400",
+        atomic_create=True,  # one composite, all or none
+        # The newest 200 open deals in one query (salesforce_json.QUERY_LIMIT); paging by
+        # nextRecordsUrl is test_salesforce_adapter's, with a small batch size.
+        paging=(200, 1),
+        schema_calls=5,
+        pipelines=frozenset({SITE, YANDEX, PARTNERS}),  # record types
+        lookup_calls=1,  # SOQL and SOSL in one batch
+        on_call=(("contacts.search", 200), ("contacts.create", 200)),
+        new_customer={
+            "subjects": "Russian;Social Studies",
+            "direction": "EGE",
+            "last_payment_at": "2025-01-20T11:49:20.000+0000",
+        },
+        new_customer_calls=3,  # the lookup batch, one composite, the note
+        new_customer_wire=_salesforce_new_customer,
+        deal_write="/services/data/v68.0/composite",
+        deal_write_skip=1,  # the lookup's /composite/batch
+        skips={
+            "static_401": "no long-lived secret: sessions are minted from the consumer key"
+            " and private key, and a 401 mints a new one (test_salesforce_scenarios)",
+        },
     ),
     _odoo_case("odoo", 18),
     # A second section of kind "odoo", on a 19 server: JSON-2, and ODOO_19_API_KEY.
@@ -660,6 +801,48 @@ CASES = [
         returning_calls=3,
         close_deal=lambda fake, deal_id: fake.move_deal(deal_id, stage="Closed Won"),
         api_path="/crm/",  # not the accounts server's token endpoint
+        subjects=("Русский", "Обществознание"),  # picklist values are the labels
+        direction="ЕГЭ",
+        partners=("Partners", "Автооплата"),
+        stored={
+            "subjects": ["Русский", "Обществознание"],
+            "direction": "ЕГЭ",
+            "last_payment_amount": 10000,
+            "last_payment_at": "2025-01-21T00:49:20+03:00",  # in the org's zone
+            "payment_id": "pay_1",
+            "total_paid": 11500.5,
+            "purchase_count": 3,
+            "utm_source": "advcake",
+        },
+        refused=_refusals(
+            "INVALID_DATA",
+            ("No_Such_Field", FieldKind.TEXT, "x"),
+            ("direction", FieldKind.SELECT, "Русский"),
+            ("subjects", FieldKind.MULTISELECT, ("Русский", "Klingon")),
+            ("total_paid", FieldKind.TEXT, "a lot"),
+        ),
+        bad_placements=({"pipeline_id": "1"}, {"status_id": "No Such Stage"}),
+        bad_placement_error="INVALID_DATA",  # the composite keeps the contact
+        paging=(260, 2),  # COQL, 200 a page
+        schema_calls=4,
+        pipelines=frozenset({"Site", "Yandex", "Partners"}),
+        amount_type="price",  # Total_Paid is a currency field
+        lookup_calls=1,  # one composite: the search (and the hit's deals)
+        # 207: the multi-status of a composite call; the create is one named "composite".
+        on_call=(("contacts.search", 207), ("composite", 200)),
+        new_customer={
+            "subjects": ["Русский", "Обществознание"],
+            "direction": "ЕГЭ",
+            "last_payment_at": "2025-01-20T14:49:20+03:00",
+        },
+        new_customer_calls=3,
+        new_customer_wire=_zoho_new_customer,
+        deal_write="/crm/v8/__composite_requests",
+        deal_write_skip=1,  # the lookup is a composite call too
+        skips={
+            "static_401": "Zoho CRM has no long-lived token, OAuth only: a refused refresh"
+            " is the OAuth contract's (test_a_refused_refresh_token_is_an_auth_error…)",
+        },
     ),
     CrmCase(
         "megaplan",
@@ -694,6 +877,46 @@ CASES = [
         ),
         returning_calls=4,
         close_deal=lambda fake, deal_id: fake.win(deal_id),
+        subjects=("Русский", "Обществознание"),  # enum values are the labels
+        direction="ЕГЭ",
+        partners=("3", "32"),  # a program and its state
+        stored={
+            "subjects": ["Русский", "Обществознание"],
+            "direction": "ЕГЭ",
+            "last_payment_amount": 10000,
+            "last_payment_at": "2025-01-20T21:49:20+00:00",
+            "payment_id": "pay_1",
+            "total_paid": 11500.5,
+            "purchase_count": 3,
+            "utm_source": "advcake",
+        },
+        refused={
+            "unknown_field": (
+                f"{DEAL_CATEGORY}CustomFieldNoSuch",
+                FieldKind.TEXT,
+                "x",
+                "unknown extra field",
+            ),
+            "another_fields_option": ("direction", FieldKind.SELECT, "Русский", "422"),
+            "unknown_option": ("subjects", FieldKind.MULTISELECT, ("Русский", "Klingon"), "422"),
+            "text_for_a_number": ("total_paid", FieldKind.TEXT, "a lot", "422"),
+        },
+        bad_placements=({"pipeline_id": "99"}, {"status_id": "12"}),  # 12: Сайт's state
+        bad_placement_error="422",
+        paging=(260, 3),  # 100 a page
+        schema_calls=6,
+        pipelines=frozenset({"1", "2", "3"}),  # programs
+        static_secret="megaplan_access_token",
+        lookup_calls=3,  # the Telegram id filter, the phone and the e-mail searches
+        on_call=(
+            ("contractor.search", 200),
+            ("contractorHuman.create", 200),
+            ("deal.create", 200),
+        ),
+        new_customer={"subjects": ["Русский", "Обществознание"], "direction": "ЕГЭ"},
+        new_customer_calls=6,  # three lookups, client, deal, comment
+        new_customer_wire=_megaplan_new_customer,
+        deal_write="/api/v3/deal",
     ),
 ]
 

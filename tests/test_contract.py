@@ -267,15 +267,21 @@ async def read(case: AdapterCase, adapter: Adapter) -> object:
 
 @pytest.fixture
 async def adapter(case: AdapterCase, fake: Fake) -> AsyncIterator[Adapter]:
-    made = case.make_adapter(fake)
-    if case.minted:
-        await made.connection.source.current()  # a session first
-    if case.warm_up is not None:
-        await case.warm_up(made)
-    if case.minted or case.warm_up is not None:
-        fake.calls.clear()  # so that the counts below are the API's calls alone
+    made = await warmed(case, fake)
     yield made
     await made.connection.aclose()
+
+
+async def warmed(case: AdapterCase, fake: Fake, **options: Any) -> Adapter:
+    """The adapter with what it pays once per process paid (a minted session, Odoo's),
+    and the fake's calls cleared: the counts in a test are the API's calls alone."""
+    made = case.make_adapter(fake, **options)
+    if case.minted:
+        await made.connection.source.current()
+    if case.warm_up is not None:
+        await case.warm_up(made)
+    fake.calls.clear()
+    return made
 
 
 # ---- rate limits and network trouble ------------------------------------------------
@@ -517,7 +523,7 @@ async def test_update_deal_sends_every_kind_in_a_shape_the_crm_accepts(
 ) -> None:
     deal = seed(case, fake, total_paid=100)
     await adapter.update_deal(deal, case.crm.every_kind())
-    assert fake.calls[-1].status == 200
+    assert 200 <= fake.calls[-1].status < 300  # Salesforce says 204
     assert case.crm.stored_as(fake, deal, case.crm.stored) == dict(case.crm.stored)
     await adapter.update_deal(deal, [])
     assert fake.count() == 1
@@ -555,8 +561,9 @@ async def test_notes_round_trip_verbatim(case: AdapterCase, fake: Fake, adapter:
     deal, quiet = seed(case, fake), seed(case, fake)
     await adapter.add_note(deal, NOTE)
     await adapter.add_note(deal, "second")
-    assert await adapter.deal_notes(deal) == [NOTE, "second"]
-    assert case.crm.notes(fake, deal) == [NOTE, "second"]  # as a manager reads them
+    written = [case.crm.read_note(NOTE), "second"]
+    assert await adapter.deal_notes(deal) == written
+    assert case.crm.notes(fake, deal) == written  # as a manager reads them
     assert await adapter.deal_notes(quiet) == []
 
 
@@ -574,8 +581,9 @@ async def test_list_deals_pages_through_every_deal(
 async def test_401_with_a_long_lived_secret_is_an_auth_error(
     case: AdapterCase, fake: Fake, adapter: Adapter
 ) -> None:
+    case.crm.not_applicable("static_401")
     case.crm.revoke(fake)
-    with pytest.raises(AuthError, match="401"):
+    with pytest.raises(AuthError, match=case.crm.revoked_error):
         await probe(adapter)
     assert fake.count() == 1  # final: nothing to refresh
     assert adapter.connection.token_expires_at() is None
@@ -600,7 +608,7 @@ async def test_schema_lists_pipelines_and_the_configured_fields(
     assert subjects.type == "multiselect"
     assert subjects.enums[str(case.crm.subjects[0])] == "Русский"
     assert fields[("leads", ids.direction)].enums[str(case.crm.direction)] == "ЕГЭ"
-    assert fields[("leads", ids.total_paid)].type == "numeric"
+    assert fields[("leads", ids.total_paid)].type == case.crm.amount_type
     assert fields[("contacts", case.config.contact_fields.telegram_id)].type == "text"
     assert schema_problems(case.kind, case.config, schema) == []
     assert fake.count() == case.crm.schema_calls
@@ -608,9 +616,10 @@ async def test_schema_lists_pipelines_and_the_configured_fields(
 
 async def test_on_call_names_each_operation(case: AdapterCase, fake: Fake) -> None:
     seen: list[tuple[str, str, int]] = []
-    adapter = case.make_adapter(
-        fake, on_call=lambda crm, op, _seconds, status: seen.append((crm, op, status))
+    adapter = await warmed(
+        case, fake, on_call=lambda crm, op, _seconds, status: seen.append((crm, op, status))
     )
+    seen.clear()
     await probe(adapter, PHONE)
     await adapter.create_contact_and_deal(case.crm.new_contact(), case.crm.new_deal())
     assert seen == [(case.kind, op, status) for op, status in case.crm.on_call]

@@ -23,7 +23,7 @@ from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
 from bridge.crm.base import RateLimiter
-from bridge.crm.connection import Wiring
+from bridge.crm.connection import OnCall, Wiring
 from bridge.crm.zoho import Zoho, build_zoho
 from bridge.crmconfig import config_snippet, schema_problems
 from bridge.crypto import TokenCipher
@@ -82,6 +82,7 @@ def make_adapter(
     tokens: MemoryTokens | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     real_limiter: bool = False,
+    on_call: OnCall | None = None,
     **env: str,
 ) -> Zoho:
     """The adapter on the fake. `env` names ZOHO_* secrets in lower case
@@ -95,7 +96,7 @@ def make_adapter(
     settings = Settings(_env_file=None, file=FileConfig(crm={"zoho": config}), crm_env=crm_env)
     recorder = SENT.recording(transport or fake.transport())
     adapter = build_zoho(
-        Wiring("zoho", config, settings, tokens, transport=recorder, clock=fake.clock)
+        Wiring("zoho", config, settings, tokens, recorder, on_call=on_call, clock=fake.clock)
     )
     if not real_limiter:
         http = adapter.connection.http
