@@ -165,6 +165,27 @@ def _megaplan_new_customer(fake: FakeMegaplan, contact: str, deal: str) -> None:
     assert fake.human(contact)["contactInfo"][0]["value"] == "+79991234567"
 
 
+def _stored(
+    subjects: Any,
+    direction: Any,
+    paid_at: Any,
+    amount: Any = 10000,
+    total: Any = 11500.5,
+    count: Any = 3,
+) -> dict[str, Any]:
+    """`CrmCase.every_kind()` as the CRM's fake stores it (`CrmCase.stored`)."""
+    return {
+        "subjects": subjects,
+        "direction": direction,
+        "last_payment_amount": amount,
+        "last_payment_at": paid_at,
+        "payment_id": "pay_1",
+        "total_paid": total,
+        "purchase_count": count,
+        "utm_source": "advcake",
+    }
+
+
 def _odoo_value(value: Any) -> Any:
     """Odoo reads an empty field as False: None in the common view."""
     return None if value is False else value
@@ -226,16 +247,8 @@ def _odoo_case(name: str, version: int) -> CrmCase:
         subjects=(1, 3),  # crm.tag ids
         direction="ege",
         partners=("3", "2"),
-        stored={
-            "subjects": [1, 3],
-            "direction": "ege",
-            "last_payment_amount": 10000,
-            "last_payment_at": "2025-01-20 21:49:20",  # UTC, as Odoo keeps datetimes
-            "payment_id": "pay_1",
-            "total_paid": 11500.5,
-            "purchase_count": 3,
-            "utm_source": "advcake",
-        },
+        # the time in UTC, as Odoo keeps datetimes
+        stored=_stored([1, 3], "ege", "2025-01-20 21:49:20"),
         refused={
             "unknown_field": ("x_no_such", FieldKind.TEXT, "x", "Invalid field 'x_no_such'"),
             "another_fields_option": ("direction", FieldKind.SELECT, 1, "Wrong value"),
@@ -452,16 +465,14 @@ CASES = [
         subjects=(800001, 800003),
         direction=800101,
         partners=("8598230", "80517738"),
-        stored={
-            "subjects": [800001, 800003],
-            "direction": 800101,
-            "last_payment_amount": "10000",
-            "last_payment_at": int(PAID_AT.timestamp()),
-            "payment_id": "pay_1",
-            "total_paid": "11500.5",
-            "purchase_count": "3",
-            "utm_source": "advcake",
-        },
+        stored=_stored(
+            [800001, 800003],
+            800101,
+            int(PAID_AT.timestamp()),
+            amount="10000",
+            total="11500.5",
+            count="3",
+        ),
         refused=_refusals(
             "400",
             ("999999", FieldKind.TEXT, "unknown field"),
@@ -515,16 +526,14 @@ CASES = [
         subjects=("russian", "social_studies"),
         direction="ege",
         partners=("1023405200", "1023405201"),
-        stored={
-            "subjects": "russian;social_studies",
-            "direction": "ege",
-            "last_payment_amount": "10000",
-            "last_payment_at": "2025-01-20T21:49:20.000Z",
-            "payment_id": "pay_1",
-            "total_paid": "11500.5",
-            "purchase_count": "3",
-            "utm_source": "advcake",
-        },
+        stored=_stored(
+            "russian;social_studies",
+            "ege",
+            "2025-01-20T21:49:20.000Z",
+            amount="10000",
+            total="11500.5",
+            count="3",
+        ),
         refused={
             "unknown_field": ("no_such_property", FieldKind.TEXT, "x", "PROPERTY_DOESNT_EXIST"),
             "another_fields_option": ("direction", FieldKind.SELECT, "russian", "INVALID_OPTION"),
@@ -591,16 +600,8 @@ CASES = [
         subjects=(11, 13),
         direction=21,
         partners=("3", "5"),
-        stored={
-            "subjects": [11, 13],
-            "direction": 21,
-            "last_payment_amount": 10000,
-            "last_payment_at": "2025-01-21",  # the day in Moscow
-            "payment_id": "pay_1",
-            "total_paid": 11500.5,
-            "purchase_count": 3,
-            "utm_source": "advcake",
-        },
+        # the day in Moscow
+        stored=_stored([11, 13], 21, "2025-01-21"),
         refused=_refusals(
             r"400.*Validation failed",
             ("0" * 40, FieldKind.TEXT, "unknown field"),
@@ -657,16 +658,7 @@ CASES = [
         subjects=(45, 47),
         direction=61,
         partners=("2", "C2:UC_AUTOPAY"),
-        stored={
-            "subjects": [45, 47],
-            "direction": 61,
-            "last_payment_amount": 10000.0,
-            "last_payment_at": "2025-01-21T00:49:20+03:00",
-            "payment_id": "pay_1",
-            "total_paid": 11500.5,
-            "purchase_count": 3.0,
-            "utm_source": "advcake",
-        },
+        stored=_stored([45, 47], 61, "2025-01-21T00:49:20+03:00", amount=10000.0, count=3.0),
         refused={
             "unknown_field": ("UF_CRM_NO_SUCH", FieldKind.TEXT, "x", "Unknown user field"),
             "another_fields_option": ("direction", FieldKind.SELECT, 45, "no list item"),
@@ -729,16 +721,7 @@ CASES = [
         subjects=("Russian", "Social Studies"),  # picklist values
         direction="EGE",
         partners=(PARTNERS, "Autopay"),  # a record type and a stage
-        stored={
-            "subjects": "Russian;Social Studies",
-            "direction": "EGE",
-            "last_payment_amount": 10000,
-            "last_payment_at": "2025-01-20T21:49:20.000+0000",
-            "payment_id": "pay_1",
-            "total_paid": 11500.5,
-            "purchase_count": 3,
-            "utm_source": "advcake",
-        },
+        stored=_stored("Russian;Social Studies", "EGE", "2025-01-20T21:49:20.000+0000"),
         refused=_refusals(
             "HTTP 400",
             ("No_Such__c", FieldKind.TEXT, "x"),
@@ -804,16 +787,8 @@ CASES = [
         subjects=("Русский", "Обществознание"),  # picklist values are the labels
         direction="ЕГЭ",
         partners=("Partners", "Автооплата"),
-        stored={
-            "subjects": ["Русский", "Обществознание"],
-            "direction": "ЕГЭ",
-            "last_payment_amount": 10000,
-            "last_payment_at": "2025-01-21T00:49:20+03:00",  # in the org's zone
-            "payment_id": "pay_1",
-            "total_paid": 11500.5,
-            "purchase_count": 3,
-            "utm_source": "advcake",
-        },
+        # the time in the org's zone
+        stored=_stored(["Русский", "Обществознание"], "ЕГЭ", "2025-01-21T00:49:20+03:00"),
         refused=_refusals(
             "INVALID_DATA",
             ("No_Such_Field", FieldKind.TEXT, "x"),
@@ -880,16 +855,7 @@ CASES = [
         subjects=("Русский", "Обществознание"),  # enum values are the labels
         direction="ЕГЭ",
         partners=("3", "32"),  # a program and its state
-        stored={
-            "subjects": ["Русский", "Обществознание"],
-            "direction": "ЕГЭ",
-            "last_payment_amount": 10000,
-            "last_payment_at": "2025-01-20T21:49:20+00:00",
-            "payment_id": "pay_1",
-            "total_paid": 11500.5,
-            "purchase_count": 3,
-            "utm_source": "advcake",
-        },
+        stored=_stored(["Русский", "Обществознание"], "ЕГЭ", "2025-01-20T21:49:20+00:00"),
         refused={
             "unknown_field": (
                 f"{DEAL_CATEGORY}CustomFieldNoSuch",
