@@ -81,19 +81,3 @@ async def test_near_the_daily_allocation_deliveries_wait_and_nothing_fails(run_s
     assert status in ("pending", "retrying")
     assert fake_sf.contacts() == []
     assert "daily_api_holding_back" in str(health)
-
-
-async def test_a_returning_customer_found_by_search_costs_four_calls(run_sf, fake_sf) -> None:
-    contact = fake_sf.add_contact(
-        LastName="Петров",
-        MobilePhone="+79991234567",
-        Telegram_Id__c="123456789",
-        Telegram_Username__c="ivan_petrov",
-    )
-    deal = fake_sf.add_deal(contact, stage="In Progress")
-    async with run_sf() as bridge:
-        response = await bridge.post_payment(payment_payload("pay_r"))
-        calls = crm_calls(bridge, "pay_r")
-    assert response.json()["results"]["salesforce"]["lead_id"] == deal
-    assert calls == 4  # lookup, open deals, update, note
-    assert fake_sf.refusals == []
