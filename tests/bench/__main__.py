@@ -24,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tests.bench import burst, calls, intake
+from tests.bench import burst, calls, calls_every_crm, intake
 from tests.bench.config import ROOT
 from tests.bench.loadgen import percentiles
 from tests.bench.report import render, write_json
@@ -87,7 +87,12 @@ def _plan(only: list[str], quick: bool, workdir: Path) -> list[Step]:
     if "openloop" in only:
         steps.append(("openloop", lambda: {"openloop": intake.open_loop(workdir, durations)}))
     if "calls" in only:
-        steps.append(("calls", lambda: {"calls": calls.crm_calls()}))
+        steps.append(
+            (
+                "calls",
+                lambda: {"calls": {**calls.crm_calls(), "every_crm": calls_every_crm.every_crm()}},
+            )
+        )
     if "burst" in only or "memory" in only:
 
         def burst_and_memory() -> dict[str, Any]:

@@ -148,6 +148,12 @@ def _calls_rows(section: Mapping[str, Any]) -> Iterator[Row]:
         value = f"{calls}" + ("" if calls == fake else f" (fake saw {fake}!)")
         yield Row(title, row["label"], value, f"<= {row['target']}", calls <= row["target"])
     yield Row(title, "  429s during these payments", str(section["throttled"]))
+    for crm, rows in section.get("every_crm", {}).items():
+        for name, row in rows.items():
+            calls, fake = row["crm_calls"], row["fake_calls"]
+            value = f"{calls}" + ("" if calls == fake else f" (fake saw {fake}!)")
+            target = row["target"]
+            yield Row(title, f"{crm}: {name}", value, f"<= {target}", calls <= target)
 
 
 def _burst_rows(section: Mapping[str, Any]) -> Iterator[Row]:
