@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import EXPECTED_NOTE, crm_calls, number, payment_payload
+from tests.conftest import crm_calls, number, payment_payload
 from tests.crm_cases import BY_NAME, Run, running
 from tests.fakes.bitrix24 import FakeBitrix24
 
@@ -40,81 +40,7 @@ def run_bx(tmp_path: Path, fake_bx: FakeBitrix24) -> Run:
 # ---- 1: a new customer ----------------------------------------------------------------
 
 
-async def test_new_customer_gets_contact_deal_fields_and_note_in_three_requests(
-    run_bx: Any, fake_bx: FakeBitrix24
-) -> None:
-    async with run_bx() as bridge:
-        response = await bridge.post_payment(
-            payment_payload("pay_new", utm_source="advcake", utm_medium="cpa")
-        )
-        calls = crm_calls(bridge, "pay_new")
-    assert response.status_code == 200, response.text
-    [contact] = fake_bx.contacts()
-    [deal] = fake_bx.deals()
-    assert response.json() == {
-        "status": "success",
-        "results": {
-            "bitrix24": {"contact_id": contact["ID"], "lead_id": deal["ID"], "lead_created": True}
-        },
-    }
-    assert (deal["CATEGORY_ID"], deal["STAGE_ID"]) == ("2", "C2:UC_AUTOPAY")
-    assert deal["CONTACT_IDS"] == [int(contact["ID"])]
-    assert (deal["OPPORTUNITY"], deal["CURRENCY_ID"]) == ("10000.00", "RUB")
-    field = fake_bx.deal_field
-    assert number(field(deal["ID"], DEAL["total"])) == 10000
-    assert number(field(deal["ID"], DEAL["count"])) == 1
-    assert number(field(deal["ID"], DEAL["last_amount"])) == 10000
-    assert field(deal["ID"], DEAL["last_at"]) == "2025-01-20T14:49:20+03:00"
-    assert field(deal["ID"], DEAL["subjects"]) == [45, 47]
-    assert field(deal["ID"], DEAL["direction"]) == 61
-    assert field(deal["ID"], DEAL["payment_id"]) == "pay_new"
-    assert field(deal["ID"], DEAL["invoice_id"]) == "inv_pay_new"
-    assert field(deal["ID"], "UTM_SOURCE") == "advcake"
-    assert fake_bx.notes(deal["ID"]) == [EXPECTED_NOTE]
-    assert (contact["NAME"], contact["LAST_NAME"]) == ("Иван", "Петров")
-    assert [p["VALUE"] for p in contact["PHONE"]] == ["+79991234567"]
-    assert fake_bx.contact_field(contact["ID"], TG_ID) == "123456789"
-    assert fake_bx.contact_field(contact["ID"], TG_USERNAME) == "ivan_petrov"
-    # lookup batch, create batch (contact + deal), timeline comment
-    assert fake_bx.count() == calls == 3
-
-
 # ---- 2: a returning customer ----------------------------------------------------------
-
-
-async def test_a_returning_customer_with_telegram_gets_it_filled_and_the_phone_kept(
-    run_bx: Any, fake_bx: FakeBitrix24
-) -> None:
-    contact_id = fake_bx.add_contact("Иван", "Петров", phones=["8 (999) 123-45-67"])
-    open_deal = fake_bx.add_deal(
-        contact_id,
-        stage_id="C1:EXECUTING",
-        modified=1000,
-        fields={DEAL["total"]: 1500, DEAL["count"]: 2},
-    )
-    won = fake_bx.add_deal(contact_id, stage_id="WON", modified=3000)
-    excluded = fake_bx.add_deal(contact_id, stage_id="UC_AUTOPAY", modified=4000)
-    async with run_bx() as bridge:
-        response = await bridge.post_payment(payment_payload("pay_ret"))
-        calls = crm_calls(bridge, "pay_ret")
-    assert response.status_code == 200, response.text
-    assert response.json()["results"]["bitrix24"] == {
-        "contact_id": str(contact_id),
-        "lead_id": str(open_deal),
-        "lead_created": False,
-    }
-    assert len(fake_bx.deals()) == 3
-    assert number(fake_bx.deal_field(open_deal, DEAL["total"])) == 11500
-    assert number(fake_bx.deal_field(open_deal, DEAL["count"])) == 3
-    for untouched in (won, excluded):
-        assert fake_bx.deal_field(untouched, DEAL["total"]) is None
-        assert fake_bx.notes(untouched) == []
-    assert len(fake_bx.notes(open_deal)) == 1
-    # Telegram id and username were empty on the contact: filled, nothing else touched.
-    assert fake_bx.contact_field(contact_id, TG_ID) == "123456789"
-    assert [p["VALUE"] for p in fake_bx.contact(contact_id)["PHONE"]] == ["8 (999) 123-45-67"]
-    # lookup batch, the phone hit's record and deals, contact fill, deal update, comment
-    assert fake_bx.count() == calls == 5
 
 
 async def test_returning_customer_found_by_telegram_costs_three_requests(

@@ -11,16 +11,28 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
 
 from bridge import rules
-from bridge.domain import Contact, FieldKind, FieldUpdate, KeyKind, LookupKey, NewContact, NewDeal
+from bridge.crmconfig import schema_problems
+from bridge.domain import (
+    Contact,
+    ContactPatch,
+    FieldKind,
+    FieldUpdate,
+    KeyKind,
+    LookupKey,
+    NewContact,
+    NewDeal,
+)
 from bridge.errors import (
     AuthError,
     ConfigError,
@@ -38,6 +50,7 @@ from tests import test_odoo_adapter as odoo
 from tests import test_pipedrive_adapter as pd
 from tests import test_salesforce_adapter as sf
 from tests import test_zoho_adapter as zo
+from tests.crm_cases import BY_NAME, CUSTOMER, NOTE, REFUSALS, CrmCase
 from tests.fakes.memory import MemoryTokens
 from tests.fakes.odoo import example_config as odoo_config
 from tests.fakes.odoo import example_odoo
@@ -73,6 +86,7 @@ class AdapterCase:
     client_app: bool = True  # False: a token endpoint without client credentials or codes
     warm_up: Callable[[Adapter], Awaitable[object]] | None = None
     variant: str = ""  # told apart in test ids: "odoo-19"
+    crm_case: str = ""  # its CrmCase's name, where that is not `kind` (the Odoo 19 section)
 
     static_auth: bool = True  # a long-lived token besides OAuth (Zoho CRM has none)
 
@@ -87,6 +101,11 @@ class AdapterCase:
             return self.served(fake, base_url)
         update = {"base_url": base_url, "request_timeout_seconds": 0.5}
         return {"config": self.config.model_copy(update=update)}
+
+    @property
+    def crm(self) -> CrmCase:
+        """The CRM's case: its view of the fake's state and its wire shapes."""
+        return BY_NAME[self.crm_case or self.kind]
 
     @property
     def oauth(self) -> CrmConfig:
@@ -182,6 +201,7 @@ ADAPTER_CASES = [
             has_oauth=False,
             warm_up=odoo.warm_up,
             variant=str(version),  # 18: JSON-RPC, 19: JSON-2
+            crm_case="odoo" if version == 18 else "odoo-19",
         )
         for version in (18, 19)
     ),
@@ -247,15 +267,21 @@ async def read(case: AdapterCase, adapter: Adapter) -> object:
 
 @pytest.fixture
 async def adapter(case: AdapterCase, fake: Fake) -> AsyncIterator[Adapter]:
-    made = case.make_adapter(fake)
-    if case.minted:
-        await made.connection.source.current()  # a session first
-    if case.warm_up is not None:
-        await case.warm_up(made)
-    if case.minted or case.warm_up is not None:
-        fake.calls.clear()  # so that the counts below are the API's calls alone
+    made = await warmed(case, fake)
     yield made
     await made.connection.aclose()
+
+
+async def warmed(case: AdapterCase, fake: Fake, **options: Any) -> Adapter:
+    """The adapter with what it pays once per process paid (a minted session, Odoo's),
+    and the fake's calls cleared: the counts in a test are the API's calls alone."""
+    made = case.make_adapter(fake, **options)
+    if case.minted:
+        await made.connection.source.current()
+    if case.warm_up is not None:
+        await case.warm_up(made)
+    fake.calls.clear()
+    return made
 
 
 # ---- rate limits and network trouble ------------------------------------------------
@@ -467,6 +493,203 @@ async def test_the_fake_served_over_a_real_socket_is_the_same_api_with_the_same_
         await adapter.connection.aclose()
     finally:
         stop()
+
+
+# ---- deals, fields and notes, in each CRM's own shapes ------------------------------
+
+
+def seed(case: AdapterCase, fake: Fake, **fields: Any) -> str:
+    """An open deal of a contact a manager made, with fields by logical name."""
+    contact = str(case.crm.add_contact(fake, "Иван", "+79990000000", None))
+    return case.crm.seed_deal(fake, contact, "yandex_working", 1000, **fields)
+
+
+async def test_create_contact_and_deal_writes_every_field_kind(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
+    crm = case.crm
+    contact, deal = await adapter.create_contact_and_deal(crm.new_contact(), crm.new_deal())
+    assert crm.stored_as(fake, deal.id, crm.stored) == dict(crm.stored)
+    assert (deal.pipeline_id, deal.status_id, deal.contact_ids) == (*crm.partners, (contact.id,))
+    assert crm.place(fake, deal.id) == crm.partners
+    assert deal.fields[crm.field_id("payment_id")] == "pay_1"
+    assert crm.contact_field(fake, contact.id, "telegram_id") == "123456789"
+    assert crm.contact_field(fake, contact.id, "telegram_username") == "ivan"
+    assert (contact.phones, contact.deal_ids) == (("+79991234567",), ())
+
+
+async def test_update_deal_sends_every_kind_in_a_shape_the_crm_accepts(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
+    deal = seed(case, fake, total_paid=100)
+    await adapter.update_deal(deal, case.crm.every_kind())
+    assert 200 <= fake.calls[-1].status < 300  # Salesforce says 204
+    assert case.crm.stored_as(fake, deal, case.crm.stored) == dict(case.crm.stored)
+    await adapter.update_deal(deal, [])
+    assert fake.count() == 1
+
+
+@pytest.mark.parametrize("refusal", REFUSALS)
+async def test_refused_field_updates_are_permanent_and_apply_nothing(
+    case: AdapterCase, fake: Fake, adapter: Adapter, refusal: str
+) -> None:
+    field, kind, value, error = case.crm.refused[refusal]
+    deal = seed(case, fake, total_paid=100)
+    good = FieldUpdate(case.crm.field_id("payment_id"), FieldKind.TEXT, "pay_1")
+    bad = FieldUpdate(case.crm.field_id(field), kind, value)
+    with pytest.raises(PermanentCrmError) as refused:
+        await adapter.update_deal(deal, [good, bad])
+    assert re.search(error, str(refused.value)), str(refused.value)
+    assert not case.crm.deal_field(fake, deal, "payment_id")
+    assert case.crm.deal_number(fake, deal, "total_paid") == 100
+    assert fake.count() == 1  # a refusal is not retried
+
+
+async def test_an_unknown_pipeline_or_status_is_permanent(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
+    crm = case.crm
+    assert crm.bad_placements
+    for changes in crm.bad_placements:
+        with pytest.raises(PermanentCrmError, match=crm.bad_placement_error):
+            await adapter.create_contact_and_deal(crm.new_contact(), crm.new_deal(**changes))
+    assert crm.deals(fake) == []
+    assert len(crm.contacts(fake)) <= (0 if crm.atomic_create else len(crm.bad_placements))
+
+
+async def test_notes_round_trip_verbatim(case: AdapterCase, fake: Fake, adapter: Adapter) -> None:
+    deal, quiet = seed(case, fake), seed(case, fake)
+    await adapter.add_note(deal, NOTE)
+    await adapter.add_note(deal, "second")
+    written = [case.crm.read_note(NOTE), "second"]
+    assert await adapter.deal_notes(deal) == written
+    assert case.crm.notes(fake, deal) == written  # as a manager reads them
+    assert await adapter.deal_notes(quiet) == []
+
+
+async def test_list_deals_pages_through_every_deal(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
+    count, calls = case.crm.paging
+    contact = str(case.crm.add_contact(fake, "Busy", "+79990000000", None))
+    ids = [case.crm.seed_deal(fake, contact, "yandex_working", 1000 + n) for n in range(count)]
+    deals = await adapter.list_deals(Contact(id=contact, deal_ids=tuple(ids)))
+    assert sorted(deal.id for deal in deals) == sorted(ids)
+    assert fake.count() == calls
+
+
+async def test_401_with_a_long_lived_secret_is_an_auth_error(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
+    case.crm.not_applicable("static_401")
+    case.crm.revoke(fake)
+    with pytest.raises(AuthError, match=case.crm.revoked_error):
+        await probe(adapter)
+    assert fake.count() == 1  # final: nothing to refresh
+    assert adapter.connection.token_expires_at() is None
+    missing = case.make_adapter(fake, **{case.crm.static_secret: None})
+    wanted = case.crm.static_secret.upper()
+    assert wanted in (await missing.connection.credentials_problem() or "")
+    with pytest.raises(AuthError, match=wanted):
+        await probe(missing)
+    assert fake.count() == 1  # nothing sent without it
+    assert missing.connection.token_expires_at() is None
+    await missing.connection.aclose()
+
+
+async def test_schema_lists_pipelines_and_the_configured_fields(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
+    schema = await adapter.schema()
+    assert {pipeline.id for pipeline in schema.pipelines} == case.crm.pipelines
+    fields = {(f.entity, f.id): f for f in schema.fields}
+    ids = case.config.deal_fields
+    subjects = fields[("leads", ids.subjects)]
+    assert subjects.type == "multiselect"
+    assert subjects.enums[str(case.crm.subjects[0])] == "Русский"
+    assert fields[("leads", ids.direction)].enums[str(case.crm.direction)] == "ЕГЭ"
+    assert fields[("leads", ids.total_paid)].type == case.crm.amount_type
+    assert fields[("contacts", case.config.contact_fields.telegram_id)].type == "text"
+    assert schema_problems(case.kind, case.config, schema) == []
+    assert fake.count() == case.crm.schema_calls
+
+
+async def test_on_call_names_each_operation(case: AdapterCase, fake: Fake) -> None:
+    seen: list[tuple[str, str, int]] = []
+    adapter = await warmed(
+        case, fake, on_call=lambda crm, op, _seconds, status: seen.append((crm, op, status))
+    )
+    seen.clear()
+    await probe(adapter, PHONE)
+    await adapter.create_contact_and_deal(case.crm.new_contact(), case.crm.new_deal())
+    assert seen == [(case.kind, op, status) for op, status in case.crm.on_call]
+    await adapter.connection.aclose()
+
+
+# ---- contacts and deals through the flow's interface --------------------------------
+
+
+async def test_nobody_found_is_none_after_the_lookups(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
+    case.crm.add_contact(fake, "Someone", "+79990000000", None)
+    assert await adapter.find_contact(CUSTOMER.lookup_keys(), rules.contact_matches) is None
+    assert fake.count() == case.crm.lookup_calls
+    assert await adapter.find_contact((), rules.contact_matches) is None
+    assert fake.count() == case.crm.lookup_calls  # no keys, no request
+
+
+async def test_create_contact_then_deal_links_them(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
+    crm = case.crm
+    contact = await adapter.create_contact(crm.new_contact())
+    deal = await adapter.create_deal(contact, crm.new_deal())
+    assert (contact.phones, contact.telegram_id, contact.telegram_username, contact.deal_ids) == (
+        ("+79991234567",),
+        "123456789",
+        "ivan",
+        (),
+    )
+    assert crm.contacts(fake) == [contact.id]
+    assert crm.contact_field(fake, contact.id, "telegram_id") == "123456789"
+    assert (deal.pipeline_id, deal.status_id, deal.contact_ids) == (*crm.partners, (contact.id,))
+    assert deal.fields[crm.field_id("payment_id")] == "pay_1"
+    assert fake.count() == 2
+    found = await adapter.find_contact(CUSTOMER.lookup_keys(), rules.contact_matches)
+    assert found is not None and found.id == contact.id
+    assert [listed.id for listed in await adapter.list_deals(found)] == [deal.id]
+
+
+async def test_update_contact_fills_fields_and_skips_an_empty_patch(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
+    contact = str(case.crm.add_contact(fake, "Иван", PHONE, None))
+    await adapter.update_contact(contact, ContactPatch(()))
+    assert fake.count() == 0
+    telegram_id = case.config.contact_fields.telegram_id or ""
+    await adapter.update_contact(
+        contact, ContactPatch((FieldUpdate(telegram_id, FieldKind.TEXT, "42"),))
+    )
+    assert fake.count() == 1
+    assert case.crm.contact_field(fake, contact, "telegram_id") == "42"
+    found = await probe(adapter, PHONE)  # the phone is untouched
+    assert isinstance(found, Contact) and found.id == contact
+
+
+async def test_get_deal_sees_a_manager_close_it_and_none_when_gone(
+    case: AdapterCase, fake: Fake, adapter: Adapter
+) -> None:
+    contact = str(case.crm.add_contact(fake, "Иван", PHONE, None))
+    deal_id = case.crm.seed_deal(fake, contact, "site_autopay", 1000, total_paid=700)
+    deal = await adapter.get_deal(deal_id)
+    assert deal is not None and not deal.is_closed and not deal.is_deleted
+    assert deal.contact_ids == (contact,)
+    assert Decimal(deal.fields[case.crm.field_id("total_paid")]) == 700
+    case.crm.close_deal(fake, deal_id)
+    closed = await adapter.get_deal(deal_id)
+    assert closed is not None and closed.is_closed
+    assert await adapter.get_deal("999999") is None
 
 
 def test_minted_sessions_need_an_adapter_that_mints_them() -> None:

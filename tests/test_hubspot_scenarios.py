@@ -8,16 +8,11 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from bridge.app import create_app
-from tests.conftest import EXPECTED_NOTE, Bridge, crm_calls, make_settings, number, payment_payload
+from tests.conftest import Bridge, make_settings, payment_payload
 from tests.crm_cases import BY_NAME, Run, running
 from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.service import Abort, FakeRequest, FakeResponse
 
-ROOT = Path(__file__).resolve().parent.parent
-HUBSPOT_URL = "https://api.hubapi.test"
-SITE_AUTOPAY = "1023405001"
-PARTNERS, PARTNERS_AUTOPAY = "1023405200", "1023405201"
-DEALS = "/crm/objects/2026-09/deals"
 CONTACTS = "/crm/objects/2026-09/contacts"
 CASE = BY_NAME["hubspot"]
 hubspot_file_config = CASE.file_config
@@ -36,70 +31,7 @@ def run_hub(tmp_path: Path, fake_hub: FakeHubSpot) -> Run:
 # ---- 1. a new customer --------------------------------------------------------------
 
 
-async def test_new_customer_gets_contact_deal_fields_and_note(run_hub, fake_hub) -> None:
-    async with run_hub() as bridge:
-        response = await bridge.post_payment(
-            payment_payload("pay_new", utm_source="advcake", utm_medium="cpa")
-        )
-        calls = crm_calls(bridge, "pay_new")
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["status"] == "success"
-    [contact] = fake_hub.contacts()
-    [deal] = fake_hub.deals()
-    assert body["results"]["hubspot"] == {
-        "contact_id": contact["id"],
-        "lead_id": deal["id"],
-        "lead_created": True,
-    }
-    assert fake_hub.deal_contacts(deal["id"]) == [contact["id"]]
-    field = lambda name: fake_hub.deal_field(deal["id"], name)  # noqa: E731
-    assert (field("pipeline"), field("dealstage")) == (PARTNERS, PARTNERS_AUTOPAY)
-    assert number(field("amount")) == number(field("total_paid")) == 10000
-    assert number(field("purchase_count")) == 1
-    assert number(field("last_payment_amount")) == 10000
-    assert field("last_payment_at") == "2025-01-20T11:49:20.000Z"
-    assert field("payment_id") == "pay_new"
-    assert field("invoice_id") == "inv_pay_new"
-    assert field("subjects") == "russian;social_studies"
-    assert field("exam_direction") == "ege"
-    assert (field("utm_source"), field("utm_medium")) == ("advcake", "cpa")
-    assert field("dealname") == "Оплата Русский, Обществознание - Иван Петров"
-    for name, value in (
-        ("firstname", "Иван"),
-        ("lastname", "Петров"),
-        ("phone", "+79991234567"),
-        ("email", "ivan@example.com"),
-        ("telegram_id", "123456789"),
-        ("telegram_username", "ivan_petrov"),
-    ):
-        assert fake_hub.contact_field(contact["id"], name) == value
-    assert fake_hub.notes(deal["id"]) == [EXPECTED_NOTE]
-    # contacts search, contact, deal (with association and fields), note
-    assert fake_hub.count() == calls == 4
-    assert fake_hub.searches() == 1
-
-
 # ---- 2. a returning customer --------------------------------------------------------
-
-
-async def test_an_excluded_stage_deal_carrying_the_payment_is_found_on_retry(
-    run_hub, fake_hub
-) -> None:
-    # The deal is created in the auto-payment stage (excluded), then the answer is lost:
-    # the retry must see that open-in-HubSpot deal and not create a second one.
-    fake_hub.fail_after_apply(1, kind="timeout", method="POST", path_prefix=DEALS)
-    async with run_hub() as bridge:
-        response = await bridge.post_payment(payment_payload("pay_cw"))
-        await bridge.settle()
-        [(status,)] = bridge.query("SELECT status FROM payment_events")
-    assert response.status_code in (200, 202)
-    assert status == "success"
-    [deal] = fake_hub.deals()
-    assert fake_hub.deal_field(deal["id"], "dealstage") == SITE_AUTOPAY
-    assert number(fake_hub.deal_field(deal["id"], "purchase_count")) == 1
-    assert len(fake_hub.notes(deal["id"])) == 1
-    assert len(fake_hub.contacts()) == 1
 
 
 async def test_a_contact_not_yet_in_the_search_index_is_not_duplicated(

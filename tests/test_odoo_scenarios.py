@@ -1,7 +1,8 @@
 """Payments through HTTP into the stateful fake Odoo, once over JSON-RPC (an Odoo 18
 server) and once over JSON-2 (Odoo 19), through the two Odoo `CrmCase`s (the example
-section as the only CRM): what each payment costs, what lands in Odoo, and the Odoo
-refusals the error tree must pause or fail on."""
+section as the only CRM): a customer a manager typed, a lost deal, and the Odoo refusals
+the error tree must pause or fail on. The shared scenarios (tests/test_scenarios.py) run
+both cases too."""
 
 from __future__ import annotations
 
@@ -12,10 +13,6 @@ import pytest
 from tests.conftest import crm_calls, payment_payload
 from tests.crm_cases import BY_NAME, CrmCase, Run, running
 from tests.fakes.odoo import FakeOdoo
-
-EXPECTED_BODY = (
-    "<p>Оплата проведена</p><p>Имя клиента: Иван Петров<br/>Дата/время: 2025-01-20 14:49:20"
-)
 
 
 @pytest.fixture(params=["odoo", "odoo-19"], ids=["jsonrpc-18", "json2-19"])
@@ -38,60 +35,6 @@ def session_calls(fake: FakeOdoo) -> int:
     """The once-per-process calls: the JSON-2 probe, authenticate on JSON-RPC, the
     optional-field read."""
     return 3 if fake.version < 19 else 2
-
-
-async def test_new_customer_then_returning_then_known(
-    run: Run, case: CrmCase, fake: FakeOdoo
-) -> None:
-    async with run() as bridge:
-        first = await bridge.post_payment(payment_payload("pay_new", utm_source="advcake"))
-        new_calls = crm_calls(bridge, "pay_new")
-        assert first.status_code == 200, first.text
-        [partner] = fake.partners()
-        [lead] = fake.leads()
-        assert first.json()["results"][case.name] == {
-            "contact_id": str(partner["id"]),
-            "lead_id": str(lead["id"]),
-            "lead_created": True,
-        }
-        assert (partner["name"], partner["phone"], partner["email"]) == (
-            "Иван Петров",
-            "+79991234567",
-            "ivan@example.com",
-        )
-        assert partner["x_telegram_id"] == "123456789"
-        assert partner["x_telegram_username"] == "ivan_petrov"
-        assert (lead["type"], lead["partner_id"], lead["team_id"], lead["stage_id"]) == (
-            "opportunity",
-            partner["id"],
-            3,
-            2,
-        )
-        assert lead["expected_revenue"] == 10000
-        assert lead["x_subject_ids"] == [1, 3]  # Русский, Обществознание
-        assert lead["x_direction"] == "ege"
-        assert (lead["x_total_paid"], lead["x_purchase_count"]) == (10000, 1)
-        assert lead["x_payment_id"] == "pay_new"
-        assert lead["x_last_payment_at"] == "2025-01-20 11:49:20"  # UTC
-        assert lead["x_utm_source"] == "advcake"
-        [note] = fake.messages(lead["id"])[1:]  # after "Opportunity Created"
-        assert (note["message_type"], note["subtype_id"]) == ("comment", 2)  # a log note
-        assert note["body"].startswith(EXPECTED_BODY)
-        assert "Payment ID: pay_new</p>" in note["body"]
-        # session + partner lookup, partner create, lead create, note
-        assert new_calls == session_calls(fake) + 4
-
-        # A manager moves the deal on from "Автооплата"; the next payment goes to it, read
-        # by id from the customer's last payment: get, write, note.
-        fake.move_lead(lead["id"], 3)
-        again = await bridge.post_payment(payment_payload("pay_two"))
-        assert again.status_code == 200, again.text
-        assert again.json()["results"][case.name]["lead_created"] is False
-        assert crm_calls(bridge, "pay_two") == 3  # the known deal: get, write, note
-        row = fake.lead(lead["id"])
-        assert (row["x_total_paid"], row["x_purchase_count"]) == (20000, 2)
-        assert row["x_payment_id"] == "pay_two"
-        assert len(fake.notes(lead["id"])) == 2
 
 
 async def test_returning_customer_typed_by_a_manager_is_found(

@@ -7,7 +7,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from tests.conftest import EXPECTED_NOTE, SECRET, payment_payload, reference_file_config, signed
+from tests.conftest import SECRET, payment_payload, reference_file_config, signed
 
 DEAL = {  # field ids of etc/bridge.example.toml
     "subjects": "700201",
@@ -21,37 +21,10 @@ DEAL = {  # field ids of etc/bridge.example.toml
     "utm_source": "700209",
 }
 SITE_WORKING = 63242023
-PARTNERS, PARTNERS_AUTOPAY = 8598230, 80517738
 
 
 def number(value: Any) -> Decimal:
     return Decimal(str(value))
-
-
-async def test_new_customer_gets_contact_lead_fields_and_note(run_bridge, fake_amo) -> None:
-    async with run_bridge() as bridge:
-        response = await bridge.post_payment(
-            payment_payload("pay_new", utm_source="advcake", utm_medium="cpa")
-        )
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["status"] == "success"
-    [contact] = fake_amo.contacts()
-    [lead] = fake_amo.leads()
-    assert body["results"]["amocrm"] == {
-        "contact_id": str(contact["id"]),
-        "lead_id": str(lead["id"]),
-        "lead_created": True,
-    }
-    assert (lead["pipeline_id"], lead["status_id"]) == (PARTNERS, PARTNERS_AUTOPAY)
-    assert number(fake_amo.lead_field(lead["id"], DEAL["total"])) == 10000
-    assert number(fake_amo.lead_field(lead["id"], DEAL["count"])) == 1
-    assert number(fake_amo.lead_field(lead["id"], DEAL["last_amount"])) == 10000
-    assert fake_amo.lead_field(lead["id"], DEAL["payment_id"]) == "pay_new"
-    assert fake_amo.lead_field(lead["id"], DEAL["invoice_id"]) == "inv_pay_new"
-    assert fake_amo.lead_field(lead["id"], DEAL["utm_source"]) == "advcake"
-    assert fake_amo.notes(lead["id"]) == [EXPECTED_NOTE]
-    assert fake_amo.count() <= 5
 
 
 async def test_repeat_after_success_is_409_and_crm_untouched(run_bridge, fake_amo) -> None:

@@ -19,7 +19,6 @@ from bridge.crm.salesforce_json import MASTER_RECORD_TYPE
 from bridge.crmconfig import config_snippet, schema_problems
 from bridge.domain import (
     Contact,
-    ContactPatch,
     Customer,
     FieldKind,
     FieldUpdate,
@@ -29,7 +28,7 @@ from bridge.domain import (
     NewDeal,
     Utm,
 )
-from bridge.errors import AuthError, ConfigError, PermanentCrmError, RateLimited
+from bridge.errors import AuthError, ConfigError, RateLimited
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
 from tests.fakes.memory import adapter_on
@@ -137,48 +136,6 @@ async def test_a_duplicate_telegram_id_is_that_contact(
     assert len(fake.contacts()) == 1
     again = await sf.create_contact(new_contact())
     assert again.id == hidden
-
-
-async def test_created_records_are_as_the_flow_expects(
-    fake: FakeSalesforce, sf: Salesforce
-) -> None:
-    contact, deal = await sf.create_contact_and_deal(new_contact(), new_deal(YANDEX, "In Progress"))
-    assert contact.telegram_id == "123456789" and contact.phones == ("+79991234567",)
-    assert (deal.pipeline_id, deal.status_id, deal.contact_ids) == (
-        YANDEX,
-        "In Progress",
-        (contact.id,),
-    )
-    assert deal.fields["Payment_Id__c"] == "pay_1" and not deal.is_closed
-    again = await sf.get_deal(deal.id)
-    assert (
-        again is not None and again.fields == deal.fields and again.contact_ids == deal.contact_ids
-    )
-    other = await sf.create_deal(contact, new_deal(PARTNERS, "Partner Review"))
-    listed = await sf.list_deals(contact)
-    assert {d.id for d in listed} == {deal.id, other.id}
-
-
-async def test_a_refused_step_creates_nothing(fake: FakeSalesforce, sf: Salesforce) -> None:
-    with pytest.raises(PermanentCrmError, match="INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"):
-        await sf.create_contact_and_deal(new_contact(), new_deal(SITE, "Partner Review"))
-    assert fake.contacts() == [] and fake.deals() == []
-
-
-async def test_updates_and_notes_in_one_call_each(fake: FakeSalesforce, sf: Salesforce) -> None:
-    contact = fake.add_contact(LastName="Петров")
-    deal = fake.add_deal(contact)
-    await sf.update_contact(contact, ContactPatch(()))
-    await sf.update_deal(deal, ())
-    assert rest_calls(fake) == []
-    await sf.update_contact(
-        contact, ContactPatch((FieldUpdate("Telegram_Username__c", FieldKind.TEXT, "ivan"),))
-    )
-    await sf.update_deal(deal, FIELDS)
-    await sf.add_note(deal, "Оплата\nPayment ID: pay_1")
-    assert await sf.deal_notes(deal) == ["Оплата\nPayment ID: pay_1"]
-    assert fake.deal_field(deal, "Subjects__c") == "Russian;Math"
-    assert len(rest_calls(fake)) == 4
 
 
 async def test_a_deleted_deal_is_none(fake: FakeSalesforce, sf: Salesforce) -> None:

@@ -4,14 +4,13 @@ scenarios every CRM shares are in test_scenarios.py."""
 
 from __future__ import annotations
 
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import crm_calls, payment_payload
 from tests.crm_cases import BY_NAME, Run, running
-from tests.fakes.salesforce import PARTNERS, YANDEX, FakeSalesforce
+from tests.fakes.salesforce import YANDEX, FakeSalesforce
 
 COMPOSITE = "/services/data/v68.0/composite"
 CASE = BY_NAME["salesforce"]
@@ -33,45 +32,6 @@ def api_calls(fake: FakeSalesforce) -> int:
     return CASE.api_calls(fake)
 
 
-async def test_new_customer_costs_a_lookup_one_composite_and_the_note(run_sf, fake_sf) -> None:
-    async with run_sf() as bridge:
-        response = await bridge.post_payment(payment_payload("pay_new", utm_source="advcake"))
-        calls = crm_calls(bridge, "pay_new")
-    assert response.status_code == 200, response.text
-    [contact], [deal] = fake_sf.contacts(), fake_sf.deals()
-    assert response.json()["results"]["salesforce"] == {
-        "contact_id": contact["Id"],
-        "lead_id": deal["Id"],
-        "lead_created": True,
-    }
-    assert api_calls(fake_sf) == 3 == calls  # minting the session is not a REST call
-    assert [c.path for c in fake_sf.calls if c.path.startswith(COMPOSITE)] == [
-        f"{COMPOSITE}/batch",  # the lookup: SOQL and SOSL side by side
-        COMPOSITE,  # contact, opportunity and contact role, all or none
-    ]
-    assert fake_sf.deal_contacts(deal["Id"]) == [contact["Id"]]
-    assert (deal["RecordTypeId"], deal["StageName"], deal["IsClosed"]) == (
-        PARTNERS,
-        "Autopay",
-        False,
-    )
-    assert deal["Subjects__c"] == "Russian;Social Studies" and deal["Exam_Direction__c"] == "EGE"
-    assert Decimal(str(deal["Total_Paid__c"])) == 10000 and deal["Purchase_Count__c"] == 1
-    assert (
-        deal["Payment_Id__c"] == "pay_new"
-        and deal["Last_Payment_At__c"] == "2025-01-20T11:49:20.000+0000"
-    )
-    assert (contact["Telegram_Id__c"], contact["Telegram_Username__c"]) == (
-        "123456789",
-        "ivan_petrov",
-    )
-    [note] = fake_sf.notes(deal["Id"])
-    assert (
-        note.startswith("Оплата проведена\n\nИмя клиента: Иван Петров")
-        and "Payment ID: pay_new" in note
-    )
-
-
 async def test_a_managers_contact_is_found_by_a_typed_phone_and_filled(run_sf, fake_sf) -> None:
     contact = fake_sf.add_contact(FirstName="Иван", LastName="Петров", Phone="8 (999) 123-45-67")
     deal = fake_sf.add_deal(contact, record_type=YANDEX, stage="In Progress")
@@ -85,17 +45,6 @@ async def test_a_managers_contact_is_found_by_a_typed_phone_and_filled(run_sf, f
     # lookup (query and search in one batch), fill, deals, update, note
     assert calls == 5 and fake_sf.searches() == 1
     assert fake_sf.refusals == []
-
-
-async def test_a_composite_applied_but_unanswered_is_not_repeated(run_sf, fake_sf) -> None:
-    fake_sf.fail_after_apply(kind="timeout", path_prefix=COMPOSITE)
-    async with run_sf() as bridge:
-        response = await bridge.post_payment(payment_payload("pay_lost"))
-        await bridge.settle()
-    assert response.status_code in (200, 202)
-    assert len(fake_sf.contacts()) == 1 and len(fake_sf.deals()) == 1
-    [deal] = fake_sf.deals()
-    assert len(fake_sf.notes(deal["Id"])) == 1 and deal["Purchase_Count__c"] == 1
 
 
 async def test_an_ended_session_is_minted_again_without_failing_the_payment(
@@ -132,19 +81,3 @@ async def test_near_the_daily_allocation_deliveries_wait_and_nothing_fails(run_s
     assert status in ("pending", "retrying")
     assert fake_sf.contacts() == []
     assert "daily_api_holding_back" in str(health)
-
-
-async def test_a_returning_customer_found_by_search_costs_four_calls(run_sf, fake_sf) -> None:
-    contact = fake_sf.add_contact(
-        LastName="Петров",
-        MobilePhone="+79991234567",
-        Telegram_Id__c="123456789",
-        Telegram_Username__c="ivan_petrov",
-    )
-    deal = fake_sf.add_deal(contact, stage="In Progress")
-    async with run_sf() as bridge:
-        response = await bridge.post_payment(payment_payload("pay_r"))
-        calls = crm_calls(bridge, "pay_r")
-    assert response.json()["results"]["salesforce"]["lead_id"] == deal
-    assert calls == 4  # lookup, open deals, update, note
-    assert fake_sf.refusals == []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import crm_calls, payment_payload
+from tests.conftest import EXPECTED_NOTE, crm_calls, payment_payload
 from tests.crm_cases import CASES, CrmCase, Fake, Run, running
 
 
@@ -30,6 +30,61 @@ def fake(case: CrmCase) -> Fake:
 @pytest.fixture
 def run(tmp_path: Path, case: CrmCase, fake: Fake) -> Run:
     return running(case, fake, tmp_path)
+
+
+async def test_new_customer_gets_contact_deal_fields_and_note(
+    run: Run, case: CrmCase, fake: Fake
+) -> None:
+    async with run() as bridge:
+        response = await bridge.post_payment(
+            payment_payload("pay_new", utm_source="advcake", utm_medium="cpa")
+        )
+        calls = crm_calls(bridge, "pay_new")
+    assert response.status_code == 200, response.text
+    [contact] = case.contacts(fake)
+    [deal] = case.deals(fake)
+    created = {"contact_id": contact, "lead_id": deal, "lead_created": True}
+    assert response.json() == {"status": "success", "results": {case.name: created}}
+    assert case.place(fake, deal) == case.partners
+    for name, value in (
+        ("total_paid", 10000),
+        ("purchase_count", 1),
+        ("last_payment_amount", 10000),
+    ):
+        assert case.deal_number(fake, deal, name) == value
+    for name, text in (
+        ("payment_id", "pay_new"),
+        ("invoice_id", "inv_pay_new"),
+        ("utm_source", "advcake"),
+    ):
+        assert case.deal_field(fake, deal, name) == text
+    assert case.stored_as(fake, deal, case.new_customer) == dict(case.new_customer)
+    assert case.contact_field(fake, contact, "telegram_id") == "123456789"
+    assert case.contact_field(fake, contact, "telegram_username") == "ivan_petrov"
+    assert case.notes(fake, deal) == [case.read_note(EXPECTED_NOTE)]
+    assert calls == case.api_calls(fake) == case.new_customer_calls
+    case.new_customer_wire(fake, contact, deal)
+
+
+async def test_a_deal_created_but_its_answer_lost_is_found_on_retry(
+    run: Run, case: CrmCase, fake: Fake
+) -> None:
+    # With the reference rules the deal lands in the auto-payment status, which the
+    # bridge never picks as an open deal: the retry must still see it carries the payment.
+    fake.fail_after_apply(
+        1, kind="timeout", method="POST", path_prefix=case.deal_write, skip=case.deal_write_skip
+    )
+    async with run(wait_seconds=0) as bridge:
+        await bridge.post_payment(payment_payload("pay_cw"))
+        await bridge.settle(timeout=20)
+        [(status,)] = bridge.query("SELECT status FROM payment_events")
+    assert status == "success"
+    assert len(case.contacts(fake)) == 1
+    [deal] = case.deals(fake)
+    autopay = case.config.default_pipeline
+    assert case.place(fake, deal) == (autopay.pipeline_id, autopay.status_id)
+    assert case.deal_number(fake, deal, "purchase_count") == 1
+    assert len(case.notes(fake, deal)) == 1
 
 
 async def test_crm_trouble_answers_within_window_and_lands_exactly_once(

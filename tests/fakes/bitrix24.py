@@ -138,6 +138,11 @@ class FakeBitrix24(OAuthFake, FakeService):
             self._webhooks.add((str(user), code))
         return f"{portal}/rest/{user}/{code}/"
 
+    def revoke_webhooks(self) -> None:
+        """Every inbound webhook is deleted: its URL answers 401 from now on."""
+        with self._lock:
+            self._webhooks.clear()
+
     def drop_scope(self) -> None:
         self._denied = ("insufficient_scope", "The request requires higher privileges")
 

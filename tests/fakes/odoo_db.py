@@ -715,8 +715,12 @@ class OdooDb:
         }
         row.update({k: v for k, v in clean.items() if k not in commands})
         model.rows[record_id] = row
-        for name, value in commands.items():
-            self._x2many(model, row, name, value)
+        try:
+            for name, value in commands.items():
+                self._x2many(model, row, name, value)
+        except OdooFault:
+            del model.rows[record_id]  # the call's transaction rolls back: nothing created
+            raise
         self._computed_on_create(model, row)
         return record_id
 
@@ -730,11 +734,18 @@ class OdooDb:
         for record_id in ids:
             row = model.rows[record_id]
             before = dict(row)
-            for name, value in clean.items():
-                if model.fields[name].ttype in ("many2many", "one2many"):
-                    self._x2many(model, row, name, value)
-                else:
-                    row[name] = value
+            try:
+                for name, value in clean.items():
+                    if model.fields[name].ttype in ("many2many", "one2many"):
+                        self._x2many(model, row, name, value)
+                    else:
+                        row[name] = value
+            except OdooFault:
+                # Each call is one transaction in Odoo: a refused value (an unknown tag)
+                # rolls back the values written before it in the same call.
+                row.clear()
+                row.update(before)
+                raise
             row["write_date"] = self.now()
             self._computed_on_write(model, row)
             self._track(model, before, row)

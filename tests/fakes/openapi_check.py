@@ -59,6 +59,15 @@ class SentRequests(list[RecordingTransport]):
     def problems(self, spec: Spec) -> list[str]:
         return [p for rec in self for request in rec.requests for p in spec.problems(request)]
 
+    def checked(self, load: Callable[[], Spec | None]) -> Iterator[None]:
+        """An autouse fixture's body: a test's requests, then checked against `load()`'s
+        spec (None: the shared specs are not checked out; a loader may raise instead)."""
+        self.clear()
+        yield
+        spec = load()
+        if spec is not None:
+            assert self.problems(spec) == []
+
 
 def template_regex(template: str) -> re.Pattern[str]:
     return re.compile(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)))

@@ -231,6 +231,7 @@ class Fault:
     after_apply: bool = False
     method: str | None = None
     path_prefix: str | None = None
+    skip: int = 0  # matching requests let through first (a read sharing a write's path)
 
     def matches(self, method: str, path: str) -> bool:
         if self.method is not None and self.method != method:
@@ -299,11 +300,15 @@ class FakeService:
         kind: str = "status",
         method: str | None = None,
         path_prefix: str | None = None,
+        skip: int = 0,
     ) -> None:
-        """The next `n` matching writes are applied, then answered with `status` (or get
-        `kind` "timeout"/"drop"): the window between a CRM write and the journal."""
+        """The next `n` matching writes, after `skip` more, are applied, then answered with
+        `status` (or get `kind` "timeout"/"drop"): the window between a CRM write and the
+        journal."""
         with self._lock:
-            self._faults.extend(Fault(kind, status, True, method, path_prefix) for _ in range(n))
+            self._faults.extend(
+                Fault(kind, status, True, method, path_prefix, skip) for _ in range(n)
+            )
 
     def fail_randomly(
         self,
@@ -476,6 +481,9 @@ class FakeService:
     def _take_fault(self, request: FakeRequest) -> Fault | None:
         for fault in self._faults:
             if fault.matches(request.method, request.path):
+                if fault.skip:
+                    fault.skip -= 1
+                    return None
                 self._faults.remove(fault)
                 return fault
         if self._random is not None:
