@@ -26,9 +26,8 @@ FIELD_TYPES: Mapping[str, frozenset[str]] = {
     "numeric": frozenset({"numeric", "price", "monetary"}),
     "date_time": frozenset({"date_time", "date"}),
     "text": frozenset({"text", "textarea", "url", "tracking_data", "streetaddress"}),
-    "date": frozenset(
-        {"date", "date_time", "birthday"}
-    ),  # a day: a date field (amoCRM: also birthday), or a date-time one
+    # A day: a date field (amoCRM's birthday is one too), or a date-time one.
+    "date": frozenset({"date", "date_time", "birthday"}),
 }
 DEAL_FIELDS: Mapping[str, str] = {
     "subjects": "multiselect",
