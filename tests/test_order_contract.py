@@ -116,7 +116,60 @@ AMOCRM = OrderProbe(
     make_fake=_amo_fake,
 )
 
-PROBES: list[OrderProbe] = [AMOCRM]
+
+def _bitrix_orders(config: CrmConfig) -> CrmConfig:
+    """A rental pipeline (category 3) whose stages the orders walk; archived is won
+    (C3:WON), cancelled lost (C3:LOSE); the INN lives in company requisites."""
+    stages = {"new": "C3:NEW", "reserved": "C3:PREPARATION", "in_rent": "C3:EXECUTING"}
+    stages |= {"in_progress": "C3:FINAL_INVOICE", "archived": "C3:WON", "cancelled": "C3:LOSE"}
+    return config.model_copy(
+        update={
+            "order_stages": {
+                status: OrderStage(pipeline_id="3", status_id=stage_id)
+                for status, stage_id in stages.items()
+            },
+            "order_fields": OrderFieldIds(
+                order_id="UF_CRM_ORDER_ID",
+                order_status="UF_CRM_ORDER_STATUS",
+                installation_date="UF_CRM_INSTALL_DATE",
+                dismantle_date="UF_CRM_DISMANTLE_DATE",
+                delivery_method="UF_CRM_DELIVERY",
+                delivery_address="UF_CRM_ADDRESS",
+                comment="UF_CRM_ORDER_COMMENT",
+            ),
+        }
+    )
+
+
+def _bitrix_fake() -> Any:
+    from tests import test_bitrix24_adapter as bx
+
+    return bx.FakeBitrix24(_bitrix_orders(bx.CONFIG))
+
+
+def _bitrix_rows(fake: Fake, deal_id: str) -> list[Item]:
+    return [
+        (row["PRODUCT_NAME"], Decimal(str(row["QUANTITY"])), Decimal(str(row["PRICE"])))
+        for row in fake.deal_rows(deal_id)
+    ]
+
+
+BITRIX24 = OrderProbe(
+    kind="bitrix24",
+    order_config=_bitrix_orders,
+    add_company=lambda fake, name, inn: str(fake.add_company(name, inn)),
+    company_ids=lambda fake: [str(company["ID"]) for company in fake.companies()],
+    deal_company=lambda fake, deal_id: fake.deal(deal_id)["COMPANY_ID"],
+    contact_companies=lambda fake, contact_id: {
+        str(company) for company in fake.contact_companies(contact_id)
+    },
+    stage=lambda fake, deal_id: (fake.deal(deal_id)["CATEGORY_ID"], fake.deal(deal_id)["STAGE_ID"]),
+    price=lambda fake, deal_id: Decimal(fake.deal(deal_id)["OPPORTUNITY"]),
+    items=_bitrix_rows,
+    make_fake=_bitrix_fake,
+)
+
+PROBES: list[OrderProbe] = [AMOCRM, BITRIX24]
 
 
 def _pairs() -> list[tuple[AdapterCase, OrderProbe]]:

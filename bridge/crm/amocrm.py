@@ -49,6 +49,7 @@ import phonenumbers
 
 from bridge.crm.base import (
     JSON,
+    CompanyKey,
     Confirm,
     ConfirmCompany,
     CrmSchema,
@@ -521,7 +522,7 @@ class AmoCrm:
 
     async def find_company(self, company: Company, confirm: ConfirmCompany) -> CompanyRecord | None:
         inn_field = self.config.order_fields.company_inn
-        searches: list[tuple[Any, str]] = []
+        searches: list[tuple[CompanyKey, str]] = []
         if company.inn and inn_field:
             searches.append(("inn", company.inn))
         word = name_search_word(company.name)
