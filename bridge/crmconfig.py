@@ -26,6 +26,7 @@ FIELD_TYPES: Mapping[str, frozenset[str]] = {
     "numeric": frozenset({"numeric", "price", "monetary"}),
     "date_time": frozenset({"date_time", "date"}),
     "text": frozenset({"text", "textarea", "url", "tracking_data", "streetaddress"}),
+    "date": frozenset({"date", "date_time", "birthday"}),
 }
 DEAL_FIELDS: Mapping[str, str] = {
     "subjects": "multiselect",
@@ -43,7 +44,18 @@ DEAL_FIELDS: Mapping[str, str] = {
     "utm_content": "text",
 }
 CONTACT_FIELDS: Mapping[str, str] = {"telegram_id": "text", "telegram_username": "text"}
-_ENTITY_NAME = {"leads": "lead", "contacts": "contact"}
+# Orders (SPEC §8): deal fields, and the company INN field where the CRM has none built in.
+ORDER_FIELDS: Mapping[str, str] = {
+    "order_id": "text",
+    "order_status": "text",
+    "installation_date": "date",
+    "dismantle_date": "date",
+    "delivery_method": "text",
+    "delivery_address": "text",
+    "comment": "text",
+}
+COMPANY_FIELDS: Mapping[str, str] = {"company_inn": "text"}
+_ENTITY_NAME = {"leads": "lead", "contacts": "contact", "companies": "company"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,10 @@ def schema_problems(name: str, config: CrmConfig, schema: CrmSchema) -> list[Pro
     targets.append(
         ("default_pipeline", config.default_pipeline.pipeline_id, config.default_pipeline.status_id)
     )
+    targets += [
+        (f"order_stages.{status}", stage.pipeline_id, stage.status_id)
+        for status, stage in config.order_stages.items()
+    ]
     for where, pipeline_id, status_id in targets:
         if pipeline_id not in statuses_of:
             problems.append(
@@ -86,26 +102,17 @@ def schema_problems(name: str, config: CrmConfig, schema: CrmSchema) -> list[Pro
     if schema.closed_statuses is not None:
         problems += _closed_problems(prefix, config, schema.closed_statuses)
     fields = {(f.entity, f.id): f for f in schema.fields}
-    configured = (
+    orders = config.order_fields.model_dump()
+    company = {"company_inn": orders.pop("company_inn")}
+    configured: list[tuple[str, str, Mapping[str, str | None], Mapping[str, str]]] = [
         ("deal_fields", "leads", config.deal_fields.model_dump(), DEAL_FIELDS),
         ("contact_fields", "contacts", config.contact_fields.model_dump(), CONTACT_FIELDS),
-    )
-    for table, entity, ids, kinds in configured:
-        for key, field_id in ids.items():
-            if field_id is None:
-                continue
-            found = fields.get((entity, field_id))
-            where = f"{prefix}.{table}.{key} = {field_id}"
-            if found is None:
-                problems.append(Problem(where, f"no such {_ENTITY_NAME[entity]} field"))
-            elif found.type not in FIELD_TYPES[kinds[key]]:
-                problems.append(
-                    Problem(
-                        where,
-                        f"{_quote(found.name)} is a {found.type} field; {key} needs"
-                        f" {' or '.join(sorted(FIELD_TYPES[kinds[key]]))}",
-                    )
-                )
+        ("order_fields", "leads", orders, ORDER_FIELDS),
+    ]
+    if any(f.entity == "companies" for f in schema.fields):
+        # Only a CRM whose schema lists company fields keeps the INN in one of them.
+        configured.append(("order_fields", "companies", company, COMPANY_FIELDS))
+    problems += _field_problems(prefix, configured, fields)
     for table, field_key, mapping in (
         ("subjects", "subjects", config.subjects),
         ("directions", "direction", config.directions),
@@ -120,6 +127,32 @@ def schema_problems(name: str, config: CrmConfig, schema: CrmSchema) -> list[Pro
                     Problem(
                         f"{prefix}.{table}.{_quote(label)} = {enum_id}",
                         f"no such value in lead field {field_id} {_quote(enum_field.name)}",
+                    )
+                )
+    return problems
+
+
+def _field_problems(
+    prefix: str,
+    configured: Sequence[tuple[str, str, Mapping[str, str | None], Mapping[str, str]]],
+    fields: Mapping[tuple[str, str], CustomField],
+) -> list[Problem]:
+    """Each configured field the CRM lacks, or has with a type its key cannot take."""
+    problems: list[Problem] = []
+    for table, entity, ids, kinds in configured:
+        for key, field_id in ids.items():
+            if field_id is None:
+                continue
+            found = fields.get((entity, field_id))
+            where = f"{prefix}.{table}.{key} = {field_id}"
+            if found is None:
+                problems.append(Problem(where, f"no such {_ENTITY_NAME[entity]} field"))
+            elif found.type not in FIELD_TYPES[kinds[key]]:
+                problems.append(
+                    Problem(
+                        where,
+                        f"{_quote(found.name)} is a {found.type} field; {key} needs"
+                        f" {' or '.join(sorted(FIELD_TYPES[kinds[key]]))}",
                     )
                 )
     return problems
@@ -144,7 +177,7 @@ def config_snippet(name: str, config: CrmConfig | None, schema: CrmSchema) -> st
         f"# Replace the matching [crm.{name}.*] tables of your config with these.",
         "#",
         "# Pipelines and statuses (ids for pipeline_rules, default_pipeline,",
-        "# excluded_status_ids):",
+        "# excluded_status_ids, order_stages):",
     ]
     for pipeline in schema.pipelines:
         lines.append(f"#   pipeline {pipeline.id} = {_quote(pipeline.name)}")
@@ -172,7 +205,31 @@ def config_snippet(name: str, config: CrmConfig | None, schema: CrmSchema) -> st
         lines += ["", f"[crm.{name}.{table}]"]
         match = deal_matches.get(key)
         lines += _enum_lines(leads, match.field.id if match else None, DEAL_FIELDS[key])
+    lines += _order_lines(
+        name, config, leads, [f for f in schema.fields if f.entity == "companies"]
+    )
     return "\n".join(lines) + "\n"
+
+
+def _order_lines(
+    name: str,
+    config: CrmConfig | None,
+    leads: Sequence[CustomField],
+    companies: Sequence[CustomField],
+) -> list[str]:
+    """`[crm.NAME.order_fields]`: the deal fields orders write (matched like the payment
+    ones, a field already chosen for a payment key left out), and the company INN field
+    where the CRM lists company fields."""
+    ids = config.order_fields.model_dump() if config else {}
+    taken = {v for v in (config.deal_fields.model_dump().values() if config else ()) if v}
+    free = [f for f in leads if f.id not in taken]
+    matches = match_fields(ORDER_FIELDS, ids, free, FIELD_TYPES)
+    lines = ["", f"[crm.{name}.order_fields]"]
+    lines += _field_lines(ORDER_FIELDS, matches, free, "lead")
+    if companies:
+        company = match_fields(COMPANY_FIELDS, ids, companies, FIELD_TYPES)
+        lines += _field_lines(COMPANY_FIELDS, company, companies, "company")
+    return lines
 
 
 def _field_lines(
