@@ -29,10 +29,11 @@ catalogs-api, leads-api "Комплексное добавление сдело�
 
 Set up and inspect (no call is logged): `add_contact`, `add_lead`, `add_note` (return
 ids), `add_company`, `add_element`, `companies()`, `lead_company`, `contact_companies`,
-`lead_items`, `move_lead` (a manager changing the stage or deleting), `contacts()`, `contact(id)`,
-`leads()`, `lead(id)` (API-shaped dicts), `notes(lead_id)`, `lead_field`,
-`contact_field`. Credentials: `issue_token(ttl)`, `issue_oauth_pair(ttl)`,
-`register_code(code)`, `expire_all_access_tokens()`, `forbid(detail)` (every call 403).
+`lead_items`, `elements()`, `delete_element`, `move_lead` (a manager changing the stage
+or deleting), `contacts()`, `contact(id)`, `leads()`, `lead(id)` (API-shaped dicts),
+`notes(lead_id)`, `lead_field`, `contact_field`. Credentials: `issue_token(ttl)`,
+`issue_oauth_pair(ttl)`, `register_code(code)`, `expire_all_access_tokens()`,
+`forbid(detail)` (every call 403).
 
 The HTTP side (`transport()`, `asgi_app`, `calls`, `count`, the rate window and the
 faults `fail_next`, `fail_after_apply`, `fail_randomly`, `down`/`up`, `latency`) is
@@ -395,6 +396,13 @@ class FakeAmoCrm(OAuthFake, FakeService):
             )
             self._elements[element.id] = element
             return element.id
+
+    def delete_element(self, element_id: int) -> None:
+        """A manager deleting a product: it leaves the catalog and every lead."""
+        with self._lock:
+            del self._elements[int(element_id)]
+            for items in self._lead_items.values():
+                items.pop(int(element_id), None)
 
     def elements(self) -> list[JSONDict]:
         with self._lock:
