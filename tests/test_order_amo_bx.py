@@ -294,3 +294,11 @@ async def test_calls_per_order_event_bitrix24(bx_fake: Any, bx_adapter: Bitrix24
     await bx_adapter.add_note(deal.id, "Заказ ord_1042 отменён")
     assert (created, updated, bx_fake.count()) == (6, 3, 2)
     assert bx_fake.deal(deal.id)["COMPANY_ID"] == company.id
+
+
+def test_amo_a_day_reads_back_whether_stored_at_utc_or_moscow_midnight() -> None:
+    from bridge.crm.amocrm import date_text
+
+    utc_midnight, moscow_midnight = 1_796_083_200, 1_796_083_200 - 3 * 3600
+    assert date_text({"value": utc_midnight}) == "2026-12-01"
+    assert date_text({"value": moscow_midnight}) == "2026-12-01"

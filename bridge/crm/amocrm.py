@@ -305,9 +305,12 @@ def deal_from_json(
 
 
 def date_text(value: Mapping[str, JSON]) -> str:
+    """A "date" field's seconds as the day they name. Read with half a day added: the day
+    may come back as its start in the account's zone (e.g. 21:00 UTC the day before, for
+    Moscow), which is within 12 hours of that day's UTC midnight either way."""
     raw = value.get("value")
     if isinstance(raw, int) and not isinstance(raw, bool):
-        return datetime.fromtimestamp(raw, UTC).date().isoformat()
+        return datetime.fromtimestamp(raw + 43200, UTC).date().isoformat()
     return _value_text(value)
 
 

@@ -488,9 +488,10 @@ class FakeBitrix24(OAuthFake, FakeService):
         ]
         if any(cid not in self._companies for cid in companies):
             raise BitrixError(f"Company not found: {companies}")
-        for company_id in companies:
-            if company_id not in contact.company_ids:
-                contact.company_ids.append(company_id)
+        if "COMPANY_IDS" in fields:
+            contact.company_ids = list(dict.fromkeys(companies))  # the whole set
+        elif companies and companies[0] not in contact.company_ids:
+            contact.company_ids.insert(0, companies[0])  # COMPANY_ID: the primary one
         contact.name = str(fields.get("NAME", contact.name) or "")
         contact.last_name = str(fields.get("LAST_NAME", contact.last_name) or "")
         contact.native.update({k: fields[k] for k in DEAL_NATIVE if k in fields})
