@@ -265,9 +265,10 @@ async def test_calls_per_order_event_amocrm(amo_fake: Any, amo_adapter: AmoCrm) 
     lost = AMO_CONFIG.order_stages["cancelled"]
     await amo_adapter.change_deal(deal.id, DealChange(lost.pipeline_id, lost.status_id))
     await amo_adapter.add_note(deal.id, "Заказ ord_1042 отменён")
-    # created: 3 contact searches + 2 company searches + company + complex + links read
-    # + link + note; updated: PATCH + links read + unlink + note; cancelled: PATCH + note
-    assert (created, updated, amo_fake.count()) == (10, 4, 2)
+    # created: 3 contact searches + 2 company searches + company + complex + contact
+    # link + links read + link + note; updated: PATCH + links read + unlink + note;
+    # cancelled: PATCH + note
+    assert (created, updated, amo_fake.count()) == (11, 4, 2)
     assert amo_fake.lead_company(deal.id) == int(company.id)
 
 
@@ -302,3 +303,27 @@ def test_amo_a_day_reads_back_whether_stored_at_utc_or_moscow_midnight() -> None
     utc_midnight, moscow_midnight = 1_796_083_200, 1_796_083_200 - 3 * 3600
     assert date_text({"value": utc_midnight}) == "2026-12-01"
     assert date_text({"value": moscow_midnight}) == "2026-12-01"
+
+
+async def test_amo_fake_complex_links_contact_and_company_only_when_it_creates_both(
+    amo_fake: Any,
+) -> None:
+    import httpx
+
+    existing = amo_fake.add_company("ООО Лютик")
+    headers = {"Authorization": f"Bearer {amo_fake.issue_token()}"}
+    async with httpx.AsyncClient(
+        transport=amo_fake.transport(), base_url="https://x.amocrm.test", headers=headers
+    ) as client:
+        answer = await client.post(
+            "/api/v4/leads/complex",
+            json=[
+                {"_embedded": {"contacts": [{"name": "А"}], "companies": [{"name": "ООО Новая"}]}},
+                {"_embedded": {"contacts": [{"name": "Б"}], "companies": [{"id": existing}]}},
+            ],
+        )
+    both, by_id = answer.json()
+    assert amo_fake.contact_companies(both["contact_id"]) == {both["company_id"]}
+    assert amo_fake.lead_company(both["id"]) == both["company_id"] != existing
+    assert amo_fake.contact_companies(by_id["contact_id"]) == set()
+    assert amo_fake.lead_company(by_id["id"]) == existing

@@ -11,6 +11,7 @@ Pure mappers first (domain values to v4 JSON and back), then the adapter and
     get_deal                 GET   /api/v4/leads/{id}?with=contacts
     create_deal              POST  /api/v4/leads
     create_contact_and_deal  POST  /api/v4/leads/complex
+                             [POST /api/v4/contacts/{id}/link  with a company: see there]
     update_deal              PATCH /api/v4/leads/{id}                (none when nothing to set)
     deal_notes / add_note    GET / POST /api/v4/leads/{id}/notes
     schema                   GET   /api/v4/leads/pipelines, /leads/custom_fields,
@@ -29,9 +30,10 @@ Orders (`OrderAdapter`):
                              [POST / PATCH /api/v4/catalogs/{c}/elements  missing / stale]
                              GET   /api/v4/leads/{id}/links?filter[to_catalog_id]=c
                              [POST /api/v4/leads/{id}/unlink, /link  only what differs]
-`create_deal` / `create_contact_and_deal` link the company in the same call
-(`_embedded.companies`). A deal's items are catalog elements of the products catalog
-`order_catalog_id`, found by their SKU field and linked with `metadata.quantity`.
+`create_deal` / `create_contact_and_deal` link the deal to its company in the same call
+(`_embedded.companies`); the contact complex creates needs one link more. A deal's items
+are catalog elements of the products catalog `order_catalog_id`, found by their SKU
+field and linked with `metadata.quantity`.
 Lists are paged while the answer carries `_links.next`; an empty list is HTTP 204.
 """
 
@@ -487,7 +489,12 @@ class AmoCrm:
             sent_contact = payload[0]["_embedded"]["contacts"][0]
             new = self._sent_contact(sent_contact, created["contact_id"])
             new = replace(new, deal_ids=(str(created["id"]),))
-            return new, self._sent_deal(payload[0], created["id"], new.id)
+        if deal.company_id is not None:
+            # complex links the lead to an existing company, but links a contact and a
+            # company to each other only when it creates both [leads-api "Комплексное
+            # добавление"]: the new contact joins its company with one link more.
+            await self.link_contact_to_company(new.id, deal.company_id)
+        return new, self._sent_deal(payload[0], created["id"], new.id)
 
     async def update_deal(self, deal_id: str, updates: Sequence[FieldUpdate]) -> None:
         if not updates:

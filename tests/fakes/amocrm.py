@@ -18,8 +18,8 @@ catalogs-api, leads-api "Комплексное добавление сдело�
 - links: `POST /api/v4/contacts/{id}/link` with `to_entity_type` "companies" (a contact
   belongs to one company: linking another replaces it; linking the same again changes
   nothing), `_embedded.companies: [{"id"}]` in `POST /leads` and `/leads/complex` (one
-  company per lead; complex also links the contact it creates to that company, as it
-  links a contact and company created together);
+  company per lead, linked to the lead only; complex links a contact and a company to
+  each other only when it creates both);
 - the products catalog `order_catalog_id` (type "products"): `GET/POST/PATCH
   /api/v4/catalogs/{id}/elements` (`query` searches name and values), elements linked to a
   lead with `POST /api/v4/leads/{id}/link` (`metadata.catalog_id`, `metadata.quantity`;
@@ -553,7 +553,7 @@ class FakeAmoCrm(OAuthFake, FakeService):
     def _create_complex(self, request: FakeRequest) -> FakeResponse:
         items = self._array(request.json(), 50)
         problems = Problems()
-        parsed: list[tuple[JSONDict, JSONDict | int | None]] = []
+        parsed: list[tuple[JSONDict, JSONDict | int | None, JSONDict | int | None]] = []
         for i, item in enumerate(items):
             rid = str(i)
             changes = self._parse_lead(item, rid, problems, current=None)
@@ -567,20 +567,25 @@ class FakeAmoCrm(OAuthFake, FakeService):
                 contact = linked[0] if linked else None
             elif contacts:
                 contact = self._parse_contact(contacts[0], rid, "_embedded.contacts.0.", problems)
-            changes["company"] = self._existing_company(item, rid, problems)
-            parsed.append((changes, contact))
+            company = self._complex_company(item, rid, problems)
+            parsed.append((changes, contact, company))
         problems.check()
         answer = []
-        for i, (changes, contact) in enumerate(parsed):
+        for i, (changes, contact, company) in enumerate(parsed):
             contact_id = None
             if isinstance(contact, dict):
                 contact_id = self._store_contact(contact).id
             elif isinstance(contact, int):
                 contact_id = contact
+            company_id = company if isinstance(company, int) else None
+            if isinstance(company, dict):
+                company_id = self._store_company(*company["new"])
+            changes["company"] = company_id
             lead = self._store_lead(changes, [contact_id] if contact_id else [])
-            company_id = changes.get("company")
-            if company_id is not None and isinstance(contact, dict) and contact_id:
-                # A contact complex creates is linked to the lead's company too.
+            if isinstance(company, dict) and isinstance(contact, dict) and contact_id:
+                # "При создании нового контакта и компании, они будут связаны между собой":
+                # only a contact and company both new; an existing company (by id) is
+                # linked to the lead alone (amocrm-api-php issue #370 reports exactly that).
                 self._contact_company[contact_id] = company_id
             answer.append(
                 {
@@ -645,11 +650,7 @@ class FakeAmoCrm(OAuthFake, FakeService):
         problems.check()
         created = []
         for name, values in parsed:
-            now = int(self.clock())
-            company = CompanyRec(next(self._ids["company"]), name, now, now)
-            _apply_values(company.values, values)
-            self._companies[company.id] = company
-            created.append(company)
+            created.append(self._companies[self._store_company(name, values)])
         return FakeResponse(
             200,
             {
@@ -1023,6 +1024,30 @@ class FakeAmoCrm(OAuthFake, FakeService):
             "leads", body.get("custom_fields_values"), rid, "", problems
         )
         return changes
+
+    def _complex_company(self, item: Any, rid: str, problems: Problems) -> JSONDict | int | None:
+        """leads/complex: an existing company by id, or a new one's model."""
+        embedded = (item.get("_embedded") or {}) if isinstance(item, dict) else {}
+        companies = embedded.get("companies") or []
+        if isinstance(companies, list) and len(companies) == 1:
+            model = companies[0]
+            if isinstance(model, dict) and "id" not in model:
+                name = model.get("name")
+                if not isinstance(name, str):
+                    problems.add(rid, "_embedded.companies.0.name", "InvalidType", "a string")
+                    return None
+                where = "_embedded.companies.0."
+                raw = model.get("custom_fields_values")
+                values = self.account.parse_values("companies", raw, rid, where, problems)
+                return {"new": (name, values)}
+        return self._existing_company(item, rid, problems)
+
+    def _store_company(self, name: str, values: JSONDict) -> int:
+        now = int(self.clock())
+        company = CompanyRec(next(self._ids["company"]), name, now, now)
+        _apply_values(company.values, values)
+        self._companies[company.id] = company
+        return company.id
 
     def _existing_company(self, item: Any, rid: str, problems: Problems) -> int | None:
         companies = ((item.get("_embedded") or {}) if isinstance(item, dict) else {}).get(
