@@ -27,8 +27,8 @@ Orders (`OrderAdapter`):
     create_company  POST batch, halt {company: crm.company.add, requisite:
                       crm.requisite.add RQ_INN of $result[company]} (crm.company.add alone
                       without an INN)
-    link_contact_to_company            POST crm.contact.company.add (a binding that
-                                         exists is kept, not doubled)
+    link_contact_to_company            POST crm.contact.company.add (an existing
+                                         binding answers false and stays one)
     change_deal     POST crm.item.update (categoryId + stageId, opportunity, fields:
                       crm.deal.update cannot change the pipeline)
     set_deal_items  POST crm.deal.productrows.set (replaces every row)

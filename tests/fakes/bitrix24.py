@@ -29,8 +29,8 @@ Orders:
   `crm.requisite.list` filtering RQ_INN [dev.1c-bitrix.ru rest_help crm/requisite
   crm_requisite_list.php, crm_requisite_add.php];
 - bindings: COMPANY_ID of crm.deal.add / update, COMPANY_IDS of crm.contact.add, and
-  `crm.contact.company.add` (a binding that exists is kept once: the binding table
-  upserts [dev.1c-bitrix.ru api_d7 crm/binding/contactcompanytable]);
+  `crm.contact.company.add`, which answers `false` for a binding that exists and keeps
+  it once [b24-rest-docs crm/contacts/company/crm-contact-company-add.md];
 - `crm.deal.productrows.set` replaces every row of the deal ("Товарные позиции сделки,
   существующие до момента вызова метода, будут заменены новыми") and recomputes the
   deal's amount from them unless the amount is manual (IS_MANUAL_OPPORTUNITY = Y)
@@ -765,8 +765,11 @@ class FakeBitrix24(OAuthFake, FakeService):
         company_id = _int((param(params, "fields") or {}).get("COMPANY_ID"))
         if company_id not in self._companies:
             raise BitrixError("Company not found")
-        if company_id not in contact.company_ids:
-            contact.company_ids.append(company_id)
+        if company_id in contact.company_ids:
+            # "false — скорее всего компания … уже есть в привязках": no error, no change
+            # [b24-rest-docs crm/contacts/company/crm-contact-company-add.md].
+            return False, {}
+        contact.company_ids.append(company_id)
         contact.modified = self.clock()
         return True, {}
 
