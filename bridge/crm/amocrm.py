@@ -16,7 +16,7 @@ Pure mappers first (domain values to v4 JSON and back), then the adapter and
     deal_notes / add_note    GET / POST /api/v4/leads/{id}/notes
     schema                   GET   /api/v4/leads/pipelines, /leads/custom_fields,
                                    /contacts/custom_fields [, /companies/custom_fields
-                                   when `order_fields.company_inn` is set]
+                                   for a section taking orders]
 Orders (`OrderAdapter`):
     find_company             GET   /api/v4/companies?query=<INN>     then, on no confirmed
                              GET   /api/v4/companies?query=<word>    hit, by the name's
@@ -396,7 +396,9 @@ class AmoCrm:
         self._days = tuple(f for f in (orders.installation_date, orders.dismantle_date) if f)
         # Items are catalog elements: only with a products catalog to find them in.
         self.keeps_items = bool(self.config.order_catalog_id)
-        self._company_fields = bool(orders.company_inn)
+        # Companies' fields are read by `schema` only for a section taking orders (for
+        # discover to propose company_inn and check to verify it).
+        self._company_fields = self.config.takes_orders or bool(orders.company_inn)
         # SKU → catalog element id, name and price, as last read or written: a returning
         # product costs no search (a manager's later edit is caught by the link answer).
         self._elements: dict[str, tuple[int, str, Decimal | None]] = {}
@@ -517,7 +519,6 @@ class AmoCrm:
     async def schema(self) -> CrmSchema:
         body = await self._send("GET", "/api/v4/leads/pipelines", "pipelines.list")
         fields: list[CustomField] = []
-        # Companies' fields only where orders keep the INN in one.
         entities = ("leads", "contacts", "companies")[: 3 if self._company_fields else 2]
         for entity in entities:
             path = f"/api/v4/{entity}/custom_fields"
