@@ -27,7 +27,7 @@ from bridge.domain import (
     OrderItem,
     OrderStatus,
 )
-from bridge.settings import CrmConfig
+from bridge.settings import CrmConfig, OrderFieldIds, OrderStage
 from tests.test_contract import ADAPTER_CASES, AdapterCase
 
 Fake = Any
@@ -55,7 +55,121 @@ class OrderProbe:
     make_fake: Callable[[], Fake] | None = None  # default: the case's own
 
 
-PROBES: list[OrderProbe] = []
+def _amo_orders(config: CrmConfig) -> CrmConfig:
+    """A rental pipeline 9100001 (new … in_progress its own statuses; archived won 142,
+    cancelled lost 143, both in every pipeline), the order fields, an INN company field
+    and the products catalog."""
+    rental = "9100001"
+    stages = {"new": "9100011", "reserved": "9100012", "in_rent": "9100013"}
+    stages |= {"in_progress": "9100014", "archived": "142", "cancelled": "143"}
+    return config.model_copy(
+        update={
+            "order_stages": {
+                status: OrderStage(pipeline_id=rental, status_id=status_id)
+                for status, status_id in stages.items()
+            },
+            "order_fields": OrderFieldIds(
+                order_id="700301",
+                order_status="700302",
+                installation_date="700303",
+                dismantle_date="700304",
+                delivery_method="700305",
+                delivery_address="700306",
+                comment="700307",
+                company_inn="700401",
+            ),
+            "order_catalog_id": "7001",
+        }
+    )
+
+
+def _amo_fake() -> Any:
+    from tests import test_amocrm_adapter as amo
+
+    return amo.FakeAmoCrm(_amo_orders(amo.CONFIG), rate_limit=1000)
+
+
+def _amo_stage(fake: Fake, deal_id: str) -> tuple[str, str]:
+    lead = fake.lead(deal_id)
+    return str(lead["pipeline_id"]), str(lead["status_id"])
+
+
+def _amo_contact_companies(fake: Fake, contact_id: str) -> set[str]:
+    return {str(company) for company in fake.contact_companies(contact_id)}
+
+
+def _amo_deal_company(fake: Fake, deal_id: str) -> str | None:
+    company = fake.lead_company(deal_id)
+    return None if company is None else str(company)
+
+
+AMOCRM = OrderProbe(
+    kind="amocrm",
+    order_config=_amo_orders,
+    add_company=lambda fake, name, inn: str(fake.add_company(name, inn)),
+    company_ids=lambda fake: [str(company["id"]) for company in fake.companies()],
+    deal_company=_amo_deal_company,
+    contact_companies=_amo_contact_companies,
+    stage=_amo_stage,
+    price=lambda fake, deal_id: Decimal(fake.lead(deal_id)["price"]),
+    items=lambda fake, deal_id: fake.lead_items(deal_id),
+    make_fake=_amo_fake,
+)
+
+
+def _bitrix_orders(config: CrmConfig) -> CrmConfig:
+    """A rental pipeline (category 3) whose stages the orders walk; archived is won
+    (C3:WON), cancelled lost (C3:LOSE); the INN lives in company requisites."""
+    stages = {"new": "C3:NEW", "reserved": "C3:PREPARATION", "in_rent": "C3:EXECUTING"}
+    stages |= {"in_progress": "C3:FINAL_INVOICE", "archived": "C3:WON", "cancelled": "C3:LOSE"}
+    return config.model_copy(
+        update={
+            "order_stages": {
+                status: OrderStage(pipeline_id="3", status_id=stage_id)
+                for status, stage_id in stages.items()
+            },
+            "order_fields": OrderFieldIds(
+                order_id="UF_CRM_ORDER_ID",
+                order_status="UF_CRM_ORDER_STATUS",
+                installation_date="UF_CRM_INSTALL_DATE",
+                dismantle_date="UF_CRM_DISMANTLE_DATE",
+                delivery_method="UF_CRM_DELIVERY",
+                delivery_address="UF_CRM_ADDRESS",
+                comment="UF_CRM_ORDER_COMMENT",
+            ),
+        }
+    )
+
+
+def _bitrix_fake() -> Any:
+    from tests import test_bitrix24_adapter as bx
+
+    return bx.FakeBitrix24(_bitrix_orders(bx.CONFIG))
+
+
+def _bitrix_rows(fake: Fake, deal_id: str) -> list[Item]:
+    return [
+        (row["PRODUCT_NAME"], Decimal(str(row["QUANTITY"])), Decimal(str(row["PRICE"])))
+        for row in fake.deal_rows(deal_id)
+    ]
+
+
+BITRIX24 = OrderProbe(
+    kind="bitrix24",
+    order_config=_bitrix_orders,
+    add_company=lambda fake, name, inn: str(fake.add_company(name, inn)),
+    company_ids=lambda fake: [str(company["ID"]) for company in fake.companies()],
+    deal_company=lambda fake, deal_id: fake.deal(deal_id)["COMPANY_ID"],
+    contact_companies=lambda fake, contact_id: {
+        str(company) for company in fake.contact_companies(contact_id)
+    },
+    stage=lambda fake, deal_id: (fake.deal(deal_id)["CATEGORY_ID"], fake.deal(deal_id)["STAGE_ID"]),
+    price=lambda fake, deal_id: Decimal(fake.deal(deal_id)["OPPORTUNITY"]),
+    items=_bitrix_rows,
+    make_fake=_bitrix_fake,
+)
+
+PROBES: list[OrderProbe] = [AMOCRM, BITRIX24]
 
 
 def _pairs() -> list[tuple[AdapterCase, OrderProbe]]:
