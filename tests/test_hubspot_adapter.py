@@ -53,6 +53,7 @@ CONFIG = (
 SITE, SITE_AUTOPAY, SITE_WORKING = "default", "1023405001", "appointmentscheduled"
 YANDEX, YANDEX_WORKING = "1023405100", "1023405102"
 PARTNERS, PARTNERS_AUTOPAY = "1023405200", "1023405201"
+RENT, RENT_NEW, RENT_CANCELLED = "1023405300", "1023405301", "1023405306"
 PAID_AT = datetime(2025, 1, 20, 11, 49, 20, tzinfo=UTC)
 CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
 SEARCH = "/crm/objects/2026-09/contacts/search"
@@ -691,7 +692,7 @@ async def test_schema_has_pipelines_stages_and_custom_properties(
 ) -> None:
     schema = await hub.schema()
     pipelines = {p.id: p for p in schema.pipelines}
-    assert set(pipelines) == {SITE, YANDEX, PARTNERS}
+    assert set(pipelines) == {SITE, YANDEX, PARTNERS, RENT}
     assert pipelines[SITE].name == "Site"
     assert list(pipelines[SITE].statuses) == [SITE_AUTOPAY, SITE_WORKING, "closedwon", "closedlost"]
     fields = {(f.entity, f.id): f for f in schema.fields}
@@ -702,7 +703,9 @@ async def test_schema_has_pipelines_stages_and_custom_properties(
     assert fields[("leads", "total_paid")].type == "numeric"
     assert fields[("contacts", "telegram_id")].type == "text"
     assert ("leads", "dealname") not in fields  # HubSpot's own properties are left out
-    assert fake.count() == 3
+    assert fields[("leads", "installation_date")].type == "date"
+    assert fields[("companies", "inn")].type == "text"
+    assert fake.count() == 4
     # The example config names only what this portal has.
     assert schema_problems("hubspot", CONFIG, schema) == []
 
@@ -727,7 +730,7 @@ async def test_bridge_check_and_discover_read_the_portal(fake: FakeHubSpot) -> N
     transports = {"hubspot": fake.transport()}
     findings = await checks.crm_findings("hubspot", settings, MemoryTokens(), transports)
     assert [f.level for f in findings] == ["ok", "ok"]
-    assert "3 pipelines" in findings[0].text
+    assert "4 pipelines" in findings[0].text
     adapter = make_adapter(fake)
     snippet = config_snippet("hubspot", CONFIG, await adapter.schema())
     await adapter.connection.aclose()

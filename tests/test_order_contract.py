@@ -28,6 +28,8 @@ from bridge.domain import (
     OrderStatus,
 )
 from bridge.settings import CrmConfig
+from tests import test_hubspot_adapter as hs
+from tests import test_pipedrive_adapter as pd
 from tests.test_contract import ADAPTER_CASES, AdapterCase
 
 Fake = Any
@@ -55,7 +57,53 @@ class OrderProbe:
     make_fake: Callable[[], Fake] | None = None  # default: the case's own
 
 
-PROBES: list[OrderProbe] = []
+def _with_orders(example: CrmConfig) -> Callable[[CrmConfig], CrmConfig]:
+    """The order settings of a CRM's example config, on the case's section."""
+
+    def apply(config: CrmConfig) -> CrmConfig:
+        update = {"order_stages": example.order_stages, "order_fields": example.order_fields}
+        return config.model_copy(update=update)
+
+    return apply
+
+
+def _hubspot_items(fake: Fake, deal_id: str) -> list[Item]:
+    return [(name, Decimal(qty), Decimal(price)) for name, qty, price, _ in fake.line_items(deal_id)]
+
+
+def _hubspot_stage(fake: Fake, deal_id: str) -> tuple[str, str]:
+    return (str(fake.deal_field(deal_id, "pipeline")), str(fake.deal_field(deal_id, "dealstage")))
+
+
+def _pipedrive_stage(fake: Fake, deal_id: str) -> tuple[str, str]:
+    deal = fake.deal(deal_id)
+    return (str(deal["pipeline_id"]), str(deal["stage_id"]))
+
+
+PROBES: list[OrderProbe] = [
+    OrderProbe(
+        "hubspot",
+        _with_orders(hs.CONFIG),
+        add_company=lambda fake, name, inn: fake.add_company(name, inn),
+        company_ids=lambda fake: fake.company_ids(),
+        deal_company=lambda fake, deal_id: next(iter(fake.deal_companies(deal_id)), None),
+        contact_companies=lambda fake, contact_id: set(fake.contact_companies(contact_id)),
+        stage=_hubspot_stage,
+        price=lambda fake, deal_id: Decimal(fake.deal_field(deal_id, "amount") or 0),
+        items=_hubspot_items,
+    ),
+    OrderProbe(
+        "pipedrive",
+        _with_orders(pd.CONFIG),
+        add_company=lambda fake, name, inn: str(fake.add_organization(name, inn)),
+        company_ids=lambda fake: [str(org["id"]) for org in fake.organizations()],
+        deal_company=lambda fake, deal_id: fake.deal_org(deal_id),
+        contact_companies=lambda fake, person_id: fake.person_orgs(person_id),
+        stage=_pipedrive_stage,
+        price=lambda fake, deal_id: Decimal(str(fake.deal(deal_id)["value"])),
+        items=lambda fake, deal_id: fake.deal_products(deal_id),
+    ),
+]
 
 
 def _pairs() -> list[tuple[AdapterCase, OrderProbe]]:
