@@ -68,7 +68,8 @@ def _with_orders(example: CrmConfig) -> Callable[[CrmConfig], CrmConfig]:
 
 
 def _hubspot_items(fake: Fake, deal_id: str) -> list[Item]:
-    return [(name, Decimal(qty), Decimal(price)) for name, qty, price, _ in fake.line_items(deal_id)]
+    rows = fake.line_items(deal_id)
+    return [(name, Decimal(qty), Decimal(price)) for name, qty, price, _ in rows]
 
 
 def _hubspot_stage(fake: Fake, deal_id: str) -> tuple[str, str]:

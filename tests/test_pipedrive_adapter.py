@@ -461,7 +461,10 @@ async def test_list_deals_is_one_call_for_open_deals_in_every_pipeline(
     assert [deal.id for deal in deals] == [str(newer), str(older), str(won)]
     [call] = fake.calls
     assert call.params["status"] == ["open"] and call.params["sort_by"] == ["update_time"]
-    assert call.params["custom_fields"] == [",".join(k for k in DF.model_dump().values() if k)]
+    # The configured deal fields only (payments' and orders'), when there are at most 15 of
+    # them to ask for; else every field comes back.
+    keys = CONFIG.deal_field_ids()
+    assert call.params.get("custom_fields") == ([",".join(keys)] if len(keys) <= 15 else None)
     first = deals[1]
     assert (first.pipeline_id, first.status_id, first.updated_at) == (str(YANDEX), "4", 1000)
     assert not first.is_closed and not first.is_deleted
@@ -653,10 +656,10 @@ async def test_the_budget_counts_what_pipedrive_counts(fake: FakePipedrive, pd: 
     await pd.deal_notes(deal.id)
     await pd.list_deals(contact)
     await pd.schema()
-    assert pd.budget.used == fake.tokens_used == 20 + 1 + 5 + 1 + 5 + 10 + 20 + 10 + 30
+    assert pd.budget.used == fake.tokens_used == 20 + 1 + 5 + 1 + 5 + 10 + 20 + 10 + 40
     health = pd.connection.health_details()
-    assert health["daily_tokens_used"] == 102
-    assert health["daily_tokens_remaining"] == 30_000 - 102
+    assert health["daily_tokens_used"] == 112
+    assert health["daily_tokens_remaining"] == 30_000 - 112
     assert health["daily_token_budget"] == 30_000
 
 
@@ -739,7 +742,7 @@ async def test_oauth_stores_a_rotated_refresh_token(fake: FakePipedrive) -> None
 async def test_schema_lists_pipelines_stages_and_fields(fake: FakePipedrive, pd: Pipedrive) -> None:
     schema = await pd.schema()
     pipelines = {p.id: p for p in schema.pipelines}
-    assert set(pipelines) == {"1", "2", "3"}
+    assert set(pipelines) == {"1", "2", "3", "4"}  # 4: the rental pipeline of order_stages
     assert pipelines["1"].name == "Site"
     assert pipelines["1"].statuses == {"1": "Автооплата", "2": "В работе"}
     fields = {(f.entity, f.id): f for f in schema.fields}
@@ -750,8 +753,9 @@ async def test_schema_lists_pipelines_stages_and_fields(fake: FakePipedrive, pd:
     assert fields[("leads", TOTAL)].type == "numeric"
     assert fields[("contacts", TG_ID)].type == "text"
     assert ("leads", "title") not in fields  # system fields are not custom fields
+    assert fields[("companies", CONFIG.order_fields.company_inn)].type == "text"
     assert schema_problems("pipedrive", CONFIG, schema) == []
-    assert len(fake.calls) == 4
+    assert len(fake.calls) == 5
 
 
 async def test_bridge_check_flags_a_monetary_field(fake: FakePipedrive, pd: Pipedrive) -> None:

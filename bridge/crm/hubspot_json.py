@@ -184,7 +184,8 @@ def contact_create_json(new: NewContact, company_id: str | None = None) -> dict[
     properties.update(properties_json(new.fields))
     if company_id is None:
         return {"properties": properties}
-    return {"properties": properties, "associations": [_association(company_id, CONTACT_TO_COMPANY)]}
+    associations = [_association(company_id, CONTACT_TO_COMPANY)]
+    return {"properties": properties, "associations": associations}
 
 
 def deal_create_json(
@@ -240,8 +241,7 @@ def company_search_json(
     words = company.name.split()[:MAX_NAME_TOKENS]
     if words:
         tokens = [
-            {"propertyName": "name", "operator": "CONTAINS_TOKEN", "value": word}
-            for word in words
+            {"propertyName": "name", "operator": "CONTAINS_TOKEN", "value": word} for word in words
         ]
         groups.append({"filters": tokens})
     if not groups:
