@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -25,18 +25,22 @@ from bridge.crm.hubspot_json import (
 from bridge.crm.richtext import note_html, note_text
 from bridge.crmconfig import config_snippet, schema_problems
 from bridge.domain import (
+    Company,
     Contact,
     ContactPatch,
     Customer,
+    DealChange,
     FieldKind,
     FieldUpdate,
     KeyKind,
     LookupKey,
     NewContact,
     NewDeal,
+    OrderItem,
     Utm,
 )
 from bridge.errors import AuthError, ConfigError, PermanentCrmError, RateLimited
+from bridge.order_rules import company_matches
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
 from bridge.tokens import TokenPair
@@ -756,3 +760,159 @@ async def test_on_call_names_each_operation(fake: FakeHubSpot) -> None:
 async def test_only_date_versioned_paths_exist_in_the_fake(fake: FakeHubSpot, hub: HubSpot) -> None:
     response = await hub.connection.http.client.post("/crm/v3/objects/contacts/search", json={})
     assert response.status_code == 404
+
+
+# ---- orders: companies, stage moves, line items ---------------------------------------
+
+ROMASHKA = Company("ООО Ромашка", inn="7701234567", phone="+74950001122", email="a@b.ru")
+CHAIRS = OrderItem("chair-01", "Стул Венский", Decimal(40), Decimal("350.00"))
+TABLES = OrderItem("table-07", "Стол банкетный", Decimal(5), Decimal("6900.00"))
+OBJECTS = "/crm/objects/2026-09"
+
+
+def romashka(record: Any, key: str) -> bool:
+    return company_matches(record, ROMASHKA, key)
+
+
+async def test_one_company_search_asks_by_inn_or_every_word_of_the_name(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    by_name = fake.add_company("ооо  ромашка")
+    fake.add_company("ООО Ромашка и партнёры")
+    assert (await hub.find_company(ROMASHKA, romashka)).id == by_name  # type: ignore[union-attr]
+    by_inn = fake.add_company("Ромашка (старое название)", "7701234567")
+    assert (await hub.find_company(ROMASHKA, romashka)).id == by_inn  # type: ignore[union-attr]
+    assert [call.path for call in fake.calls] == [f"{OBJECTS}/companies/search"] * 2
+    assert fake.calls[0].json["filterGroups"] == [
+        {"filters": [{"propertyName": "inn", "operator": "EQ", "value": "7701234567"}]},
+        {
+            "filters": [
+                {"propertyName": "name", "operator": "CONTAINS_TOKEN", "value": "ООО"},
+                {"propertyName": "name", "operator": "CONTAINS_TOKEN", "value": "Ромашка"},
+            ]
+        },
+    ]
+
+
+async def test_a_company_is_created_with_name_phone_and_inn_and_linked_once(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    company = await hub.create_company(ROMASHKA)
+    assert (company.name, company.inn) == ("ООО Ромашка", "7701234567")
+    assert fake.calls[0].json == {
+        "properties": {"name": "ООО Ромашка", "phone": "+74950001122", "inn": "7701234567"}
+    }
+    contact = await hub.create_contact(new_contact())
+    fake.calls.clear()
+    await hub.link_contact_to_company(contact.id, company.id)
+    await hub.link_contact_to_company(contact.id, company.id)
+    path = f"{OBJECTS}/contacts/{contact.id}/associations/default/companies/{company.id}"
+    assert [(call.method, call.path) for call in fake.calls] == [("PUT", path)] * 2
+    assert fake.contact_companies(contact.id) == [company.id]
+
+
+async def test_a_contact_and_deal_for_a_company_are_linked_in_their_creates(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    company = await hub.create_company(ROMASHKA)
+    fake.calls.clear()
+    contact, deal = await hub.create_contact_and_deal(
+        new_contact(), new_deal(company_id=company.id)
+    )
+    assert len(fake.calls) == 2
+    company_type = {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 1}
+    assert fake.calls[0].json["associations"] == [
+        {"to": {"id": company.id}, "types": [company_type]}
+    ]
+    assert fake.contact_companies(contact.id) == [company.id]
+    assert fake.deal_companies(deal.id) == [company.id]
+
+
+async def test_a_contact_the_search_missed_is_linked_to_the_company_by_a_put(
+    fake: FakeHubSpot,
+) -> None:
+    lagging = FakeHubSpot(CONFIG, index_lag=60)
+    adapter = make_adapter(lagging)
+    company = await adapter.create_company(ROMASHKA)
+    first = await adapter.create_contact(new_contact())
+    again = await adapter.create_contact(new_contact(), company.id)  # 409: that contact
+    assert again.id == first.id
+    assert lagging.contact_companies(first.id) == [company.id]
+    await adapter.connection.aclose()
+
+
+async def test_a_change_is_one_patch_and_the_lost_stage_closes_the_deal(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    _, deal = await hub.create_contact_and_deal(new_contact(), new_deal())
+    fake.calls.clear()
+    change = DealChange(
+        pipeline_id=RENT,
+        status_id=RENT_CANCELLED,
+        price=Decimal("48500.00"),
+        name="Заказ ord_1042",
+        fields=(
+            FieldUpdate("order_id", FieldKind.TEXT, "ord_1042"),
+            FieldUpdate("installation_date", FieldKind.DATE, date(2026, 12, 1)),
+        ),
+    )
+    await hub.change_deal(deal.id, change)
+    [call] = fake.calls
+    assert call.method == "PATCH" and call.json == {
+        "properties": {
+            "pipeline": RENT,
+            "dealstage": RENT_CANCELLED,
+            "amount": "48500",
+            "dealname": "Заказ ord_1042",
+            "order_id": "ord_1042",
+            "installation_date": "2026-12-01",
+        }
+    }
+    closed = await hub.get_deal(deal.id)
+    assert closed is not None and closed.is_closed and closed.fields["order_id"] == "ord_1042"
+    fake.calls.clear()
+    await hub.change_deal(deal.id, DealChange())
+    assert fake.calls == []  # nothing to change: no call
+
+
+def test_a_date_is_a_day_and_a_datetime_is_not_one() -> None:
+    assert property_value(FieldUpdate("d", FieldKind.DATE, date(2026, 12, 1))) == "2026-12-01"
+    with pytest.raises(ValueError, match="date value"):
+        property_value(FieldUpdate("d", FieldKind.DATE, datetime(2026, 12, 1, tzinfo=UTC)))
+
+
+async def test_line_items_are_replaced_by_one_archive_and_one_create(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    _, deal = await hub.create_contact_and_deal(new_contact(), new_deal())
+    fake.calls.clear()
+    await hub.set_deal_items(deal.id, (CHAIRS, TABLES), "RUB")
+    assert [(c.method, c.path) for c in fake.calls] == [
+        ("GET", f"{OBJECTS}/deals/{deal.id}"),
+        ("POST", f"{OBJECTS}/line_items/batch/create"),
+    ]
+    line_item = {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 20}
+    assert fake.calls[1].json["inputs"][0] == {
+        "properties": {
+            "name": "Стул Венский",
+            "quantity": "40",
+            "price": "350",
+            "hs_sku": "chair-01",
+        },
+        "associations": [{"to": {"id": deal.id}, "types": [line_item]}],
+    }
+    assert sorted(fake.line_items(deal.id)) == [
+        ("Стол банкетный", "5", "6900", "table-07"),
+        ("Стул Венский", "40", "350", "chair-01"),
+    ]
+    fake.calls.clear()
+    await hub.set_deal_items(deal.id, (TABLES,), "RUB")
+    assert [(c.method, c.path) for c in fake.calls] == [
+        ("GET", f"{OBJECTS}/deals/{deal.id}"),
+        ("POST", f"{OBJECTS}/line_items/batch/archive"),
+        ("POST", f"{OBJECTS}/line_items/batch/create"),
+    ]
+    assert fake.line_items(deal.id) == [("Стол банкетный", "5", "6900", "table-07")]
+    fake.calls.clear()
+    await hub.set_deal_items(deal.id, (), "RUB")
+    assert len(fake.calls) == 2 and fake.line_items(deal.id) == []

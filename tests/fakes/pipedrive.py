@@ -338,6 +338,11 @@ class FakePipedrive(OAuthFake, FakeService):
                 if a.deal_id == int(deal_id)
             ]
 
+    def _deal_products_json(self, deal_id: int | str) -> list[JSONDict]:
+        with self._lock:
+            attached = self._deal_products.values()
+            return [self._attachment_json(a) for a in attached if a.deal_id == int(deal_id)]
+
     def add_person(
         self,
         name: str = "",

@@ -10,8 +10,9 @@ for the Telegram id and username (`varchar`); the order fields (`order_fields`: 
 `varchar`, the comment `text`, dates `date`) and the organization's INN field (`varchar`,
 so searchable); the rental pipeline and stages the config's `order_stages` name. Field
 keys are the config's 40-character hashes. Values are checked the v2 way: numbers must
-be JSON numbers, options are option ids of that field, a `set` takes a non-empty list, `null` clears; anything else, or a key
-the company does not have, is a 400 for the whole request.
+be JSON numbers, options are option ids of that field, a `set` takes a non-empty list,
+`null` clears; anything else, or a key the company does not have, is a 400 for the whole
+request.
 """
 
 from __future__ import annotations
