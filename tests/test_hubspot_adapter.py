@@ -916,3 +916,29 @@ async def test_line_items_are_replaced_by_one_archive_and_one_create(
     fake.calls.clear()
     await hub.set_deal_items(deal.id, (), "RUB")
     assert len(fake.calls) == 2 and fake.line_items(deal.id) == []
+
+
+async def test_check_and_discover_cover_the_order_stages_and_fields(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    schema = await hub.schema()
+    stages = {
+        **CONFIG.order_stages,
+        "cancelled": CONFIG.order_stages["new"].model_copy(update={"status_id": "closedlost"}),
+    }
+    fields = CONFIG.order_fields.model_copy(
+        update={"order_id": "no_such_property", "company_inn": "phone_typo"}
+    )
+    broken = CONFIG.model_copy(update={"order_stages": stages, "order_fields": fields})
+    assert [p.key for p in schema_problems("hubspot", broken, schema)] == [
+        "crm.hubspot.order_stages.cancelled.status_id = closedlost",
+        "crm.hubspot.order_fields.order_id = no_such_property",
+        "crm.hubspot.order_fields.company_inn = phone_typo",
+    ]
+    snippet = config_snippet("hubspot", CONFIG, schema)
+    assert "cancelled = { pipeline_id = 1023405300, status_id = 1023405306 }" in snippet
+    assert 'installation_date = "installation_date"' in snippet
+    assert 'company_inn = "inn"' in snippet
+    bare = config_snippet("hubspot", None, schema)
+    assert "# cancelled = { pipeline_id = …, status_id = … }" in bare
+    assert 'company_inn = "inn"' in bare  # "ИНН": matched by name

@@ -953,3 +953,20 @@ async def test_more_than_a_hundred_attached_products_are_all_detached(
         f"POST /api/v2/deals/{deal.id}/products/bulk",
     ]
     assert len(fake.deal_products(deal.id)) == 1
+
+
+async def test_check_covers_the_order_stages_and_the_organization_inn_field(
+    fake: FakePipedrive, pd: Pipedrive
+) -> None:
+    schema = await pd.schema()
+    assert schema_problems("pipedrive", CONFIG, schema) == []
+    stages = {
+        **CONFIG.order_stages,
+        "new": CONFIG.order_stages["new"].model_copy(update={"pipeline_id": "99"}),
+    }
+    fields = OF.model_copy(update={"company_inn": "x" * 40, "installation_date": PAYMENT_ID})
+    broken = CONFIG.model_copy(update={"order_stages": stages, "order_fields": fields})
+    problems = [str(p) for p in schema_problems("pipedrive", broken, schema)]
+    assert problems[0] == "crm.pipedrive.order_stages.new.pipeline_id = 99: no such pipeline"
+    assert "order_fields.installation_date" in problems[1] and "needs date" in problems[1]
+    assert problems[2].endswith("no such company field")
