@@ -942,3 +942,14 @@ async def test_check_and_discover_cover_the_order_stages_and_fields(
     bare = config_snippet("hubspot", None, schema)
     assert "# cancelled = { pipeline_id = …, status_id = … }" in bare
     assert 'company_inn = "inn"' in bare  # "ИНН": matched by name
+
+
+async def test_a_quoted_company_name_is_searched_by_its_words(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    quoted = Company("ООО «Ромашка»", inn="")
+    wanted = fake.add_company("ООО «Ромашка»")
+    found = await hub.find_company(quoted, lambda r, k: company_matches(r, quoted, k))
+    assert found is not None and found.id == wanted
+    words = [f["value"] for f in fake.calls[0].json["filterGroups"][0]["filters"]]
+    assert words == ["ООО", "Ромашка"]  # no INN: the name is the only group

@@ -18,6 +18,7 @@ which also undoes what HubSpot's editor makes of a note (`<div><p>…</p></div>`
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -238,7 +239,9 @@ def company_search_json(
     groups: list[dict[str, JSON]] = []
     if inn_property and company.inn:
         groups.append(_eq_group(inn_property, company.inn))
-    words = company.name.split()[:MAX_NAME_TOKENS]
+    # Words without their punctuation ("«Ромашка»" → Ромашка): a token is a run of
+    # letters, digits and @.+-, quotes and commas are not part of one.
+    words = re.findall(r"[\w@.+-]+", company.name)[:MAX_NAME_TOKENS]
     if words:
         tokens = [
             {"propertyName": "name", "operator": "CONTAINS_TOKEN", "value": word} for word in words

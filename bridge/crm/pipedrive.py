@@ -275,26 +275,29 @@ class Pipedrive:
         a repeat detaches what the last attempt attached, so it never doubles them."""
         with self._reading("deals.products"):
             path = f"/api/v2/deals/{int_id(deal_id)}/products"
-        known = bool(self._products)
+        await self._detach_all(path)
+        if not items:
+            return
+        remembered = any(item.product_id in self._products for item in items)
         try:
-            await self._replace_items(path, items, currency)
+            await self._attach(path, items, currency)
         except PermanentCrmError:
-            if not known:
+            if not remembered:
                 raise
-            # A product this process knew may have been deleted since: learn the catalog
-            # again and replace everything once more (the detach makes that harmless).
+            # A product this process remembered may have been deleted since: learn the
+            # catalog again and attach once more (detached first: over 100 items, part of
+            # the first attempt may have been attached).
             self._products.clear()
-            await self._replace_items(path, items, currency)
+            await self._detach_all(path)
+            await self._attach(path, items, currency)
 
-    async def _replace_items(self, path: str, items: Sequence[OrderItem], currency: str) -> None:
+    async def _detach_all(self, path: str) -> None:
         for _ in range(MAX_PAGES):  # at most 100 go per call
             body = await self._send("DELETE", path, "deal_products.delete")
             with self._reading("deal_products.delete"):
                 more = (body.get("additional_data") or {}).get("more_items_in_collection")
             if not more:
                 break
-        if items:
-            await self._attach(path, items, currency)
 
     async def _attach(self, path: str, items: Sequence[OrderItem], currency: str) -> None:
         for item in items:
