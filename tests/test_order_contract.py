@@ -30,6 +30,7 @@ from bridge.domain import (
 from bridge.settings import CrmConfig
 from tests import test_hubspot_adapter as hs
 from tests import test_pipedrive_adapter as pd
+from tests.fakes.pipedrive_openapi import PipedriveOpenApi
 from tests.test_contract import ADAPTER_CASES, AdapterCase
 
 Fake = Any
@@ -55,6 +56,9 @@ class OrderProbe:
     price: Callable[[Fake, str], Decimal]
     items: Callable[[Fake, str], list[Item]] | None
     make_fake: Callable[[], Fake] | None = None  # default: the case's own
+    # What the vendor's published OpenAPI files do not allow in the requests sent since
+    # the last call (which forgets them); None where there are no such files.
+    sent_problems: Callable[[], list[str]] | None = None
 
 
 def _with_orders(example: CrmConfig) -> Callable[[CrmConfig], CrmConfig]:
@@ -74,6 +78,13 @@ def _hubspot_items(fake: Fake, deal_id: str) -> list[Item]:
 
 def _hubspot_stage(fake: Fake, deal_id: str) -> tuple[str, str]:
     return (str(fake.deal_field(deal_id, "pipeline")), str(fake.deal_field(deal_id, "dealstage")))
+
+
+def _pipedrive_sent_problems() -> list[str]:
+    spec = PipedriveOpenApi.load()
+    problems = [] if spec is None else pd.SENT.problems(spec)
+    pd.SENT.clear()
+    return problems
 
 
 def _pipedrive_stage(fake: Fake, deal_id: str) -> tuple[str, str]:
@@ -103,6 +114,7 @@ PROBES: list[OrderProbe] = [
         stage=_pipedrive_stage,
         price=lambda fake, deal_id: Decimal(str(fake.deal(deal_id)["value"])),
         items=lambda fake, deal_id: fake.deal_products(deal_id),
+        sent_problems=_pipedrive_sent_problems,
     ),
 ]
 
@@ -139,7 +151,11 @@ def fake(case: AdapterCase, probe: OrderProbe) -> Fake:
 
 
 @pytest.fixture
-async def adapter(case: AdapterCase, fake: Fake, config: CrmConfig) -> AsyncIterator[Adapter]:
+async def adapter(
+    case: AdapterCase, fake: Fake, config: CrmConfig, probe: OrderProbe
+) -> AsyncIterator[Adapter]:
+    if probe.sent_problems is not None:
+        probe.sent_problems()  # requests of earlier tests are theirs to judge
     made = case.make_adapter(fake, config=config)
     if case.minted:
         await made.connection.source.current()
@@ -150,6 +166,8 @@ async def adapter(case: AdapterCase, fake: Fake, config: CrmConfig) -> AsyncIter
     assert orders is not None, f"{case.kind} has no order operations"
     yield orders
     await made.connection.aclose()
+    if probe.sent_problems is not None:
+        assert probe.sent_problems() == []
 
 
 def confirm(record: CompanyRecord, key: str) -> bool:

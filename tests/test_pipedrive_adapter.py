@@ -911,6 +911,7 @@ async def test_deal_products_are_catalog_products_found_by_code_or_created(
         ("Стул Венский", Decimal(40), Decimal(350)),
     ]
     assert {a["product_id"] for a in fake._deal_products_json(deal.id)} == {chair, table["id"]}
+    assert fake.deal(deal.id)["value"] == 40 * 350 + 5 * 6900  # Pipedrive sums the products
     # The next event knows both SKUs: a detach and an attach, whatever the items.
     fake.calls.clear()
     await pd.set_deal_items(deal.id, (TABLES,), "RUB")

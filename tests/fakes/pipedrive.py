@@ -26,6 +26,7 @@ It answers like the real API where the bridge depends on it:
   attached: an unknown product → 400 and nothing attached), detached by
   `DELETE /api/v2/deals/{id}/products` (without `ids`: every one, 100 per call, with
   `more_items_in_collection`) [SPEC v2 /deals/{id}/products, /deals/{id}/products/bulk];
+  a deal with products takes its value from them (their sum);
 - a deal's status `lost` is set by PATCH with any stage (`lost_reason` kept);
 - credentials: `x-api-token` header (never `?api_token=`) or `Authorization: Bearer` with
   an access token that expires by `clock` → 401. OAuth refresh tokens are reused, as
@@ -820,6 +821,7 @@ class FakePipedrive(OAuthFake, FakeService):
             chosen = attached[:MAX_BULK]
         for attachment_id in chosen:
             del self._deal_products[attachment_id]
+        self._value_from_products(deal)
         more = len(attached) - len(chosen) > 0 and not raw
         body = {"success": True, "data": {"ids": chosen}}
         return FakeResponse(200, {**body, "additional_data": {"more_items_in_collection": more}})
@@ -844,8 +846,19 @@ class FakePipedrive(OAuthFake, FakeService):
             )
             self._deal_products[attachment.id] = attachment
             created.append(self._attachment_json(attachment))
-        deal.update_time = self.clock()
+        self._value_from_products(deal)
         return FakeResponse(201, {"success": True, "data": created})
+
+    def _value_from_products(self, deal: DealRec) -> None:
+        """A deal with products takes its value from them: the sum of the enabled ones
+        (a disabled product is "refrained from being included in the deal value
+        calculation" [github.com/pipedrive/client-nodejs docs/UpdateDealProduct.md
+        `enabled_flag`]; the fake attaches only enabled ones, without discount or tax).
+        Without products the value is left as it was."""
+        attached = [a for a in self._deal_products.values() if a.deal_id == deal.id]
+        if attached:
+            deal.value = sum(a.item_price * a.quantity for a in attached)
+        deal.update_time = self.clock()
 
     def _checked_attachment(self, entry: Any) -> tuple[ProductRec, JSONDict]:
         if not isinstance(entry, dict):
