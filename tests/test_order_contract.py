@@ -28,6 +28,9 @@ from bridge.domain import (
     OrderStatus,
 )
 from bridge.settings import CrmConfig, OrderFieldIds, OrderStage
+from tests import test_hubspot_adapter as hs
+from tests import test_pipedrive_adapter as pd
+from tests.fakes.pipedrive_openapi import PipedriveOpenApi
 from tests.test_contract import ADAPTER_CASES, AdapterCase
 
 Fake = Any
@@ -53,6 +56,9 @@ class OrderProbe:
     price: Callable[[Fake, str], Decimal]
     items: Callable[[Fake, str], list[Item]] | None
     make_fake: Callable[[], Fake] | None = None  # default: the case's own
+    # What the vendor's published OpenAPI files do not allow in the requests sent since
+    # the last call (which forgets them); None where there are no such files.
+    sent_problems: Callable[[], list[str]] | None = None
 
 
 def _amo_orders(config: CrmConfig) -> CrmConfig:
@@ -172,6 +178,64 @@ BITRIX24 = OrderProbe(
 PROBES: list[OrderProbe] = [AMOCRM, BITRIX24]
 
 
+def _with_orders(example: CrmConfig) -> Callable[[CrmConfig], CrmConfig]:
+    """The order settings of a CRM's example config, on the case's section."""
+
+    def apply(config: CrmConfig) -> CrmConfig:
+        update = {"order_stages": example.order_stages, "order_fields": example.order_fields}
+        return config.model_copy(update=update)
+
+    return apply
+
+
+def _hubspot_items(fake: Fake, deal_id: str) -> list[Item]:
+    rows = fake.line_items(deal_id)
+    return [(name, Decimal(qty), Decimal(price)) for name, qty, price, _ in rows]
+
+
+def _hubspot_stage(fake: Fake, deal_id: str) -> tuple[str, str]:
+    return (str(fake.deal_field(deal_id, "pipeline")), str(fake.deal_field(deal_id, "dealstage")))
+
+
+def _pipedrive_sent_problems() -> list[str]:
+    spec = PipedriveOpenApi.load()
+    problems = [] if spec is None else pd.SENT.problems(spec)
+    pd.SENT.clear()
+    return problems
+
+
+def _pipedrive_stage(fake: Fake, deal_id: str) -> tuple[str, str]:
+    deal = fake.deal(deal_id)
+    return (str(deal["pipeline_id"]), str(deal["stage_id"]))
+
+
+PROBES += [
+    OrderProbe(
+        "hubspot",
+        _with_orders(hs.CONFIG),
+        add_company=lambda fake, name, inn: fake.add_company(name, inn),
+        company_ids=lambda fake: fake.company_ids(),
+        deal_company=lambda fake, deal_id: next(iter(fake.deal_companies(deal_id)), None),
+        contact_companies=lambda fake, contact_id: set(fake.contact_companies(contact_id)),
+        stage=_hubspot_stage,
+        price=lambda fake, deal_id: Decimal(fake.deal_field(deal_id, "amount") or 0),
+        items=_hubspot_items,
+    ),
+    OrderProbe(
+        "pipedrive",
+        _with_orders(pd.CONFIG),
+        add_company=lambda fake, name, inn: str(fake.add_organization(name, inn)),
+        company_ids=lambda fake: [str(org["id"]) for org in fake.organizations()],
+        deal_company=lambda fake, deal_id: fake.deal_org(deal_id),
+        contact_companies=lambda fake, person_id: fake.person_orgs(person_id),
+        stage=_pipedrive_stage,
+        price=lambda fake, deal_id: Decimal(str(fake.deal(deal_id)["value"])),
+        items=lambda fake, deal_id: fake.deal_products(deal_id),
+        sent_problems=_pipedrive_sent_problems,
+    ),
+]
+
+
 def _pairs() -> list[tuple[AdapterCase, OrderProbe]]:
     cases = {str(case): case for case in ADAPTER_CASES}
     return [(cases[probe.kind], probe) for probe in PROBES]
@@ -204,7 +268,11 @@ def fake(case: AdapterCase, probe: OrderProbe) -> Fake:
 
 
 @pytest.fixture
-async def adapter(case: AdapterCase, fake: Fake, config: CrmConfig) -> AsyncIterator[Adapter]:
+async def adapter(
+    case: AdapterCase, fake: Fake, config: CrmConfig, probe: OrderProbe
+) -> AsyncIterator[Adapter]:
+    if probe.sent_problems is not None:
+        probe.sent_problems()  # requests of earlier tests are theirs to judge
     made = case.make_adapter(fake, config=config)
     if case.minted:
         await made.connection.source.current()
@@ -215,6 +283,8 @@ async def adapter(case: AdapterCase, fake: Fake, config: CrmConfig) -> AsyncIter
     assert orders is not None, f"{case.kind} has no order operations"
     yield orders
     await made.connection.aclose()
+    if probe.sent_problems is not None:
+        assert probe.sent_problems() == []
 
 
 def confirm(record: CompanyRecord, key: str) -> bool:
