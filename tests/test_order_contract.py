@@ -28,6 +28,7 @@ from bridge.domain import (
     OrderStatus,
 )
 from bridge.settings import CrmConfig
+from tests import test_salesforce_adapter as sf
 from tests.test_contract import ADAPTER_CASES, AdapterCase
 
 Fake = Any
@@ -55,7 +56,20 @@ class OrderProbe:
     make_fake: Callable[[], Fake] | None = None  # default: the case's own
 
 
-PROBES: list[OrderProbe] = []
+PROBES: list[OrderProbe] = [
+    OrderProbe(
+        "salesforce",
+        sf.order_config,
+        lambda fake, name, inn: fake.add_company(name, inn),
+        lambda fake: [row["Id"] for row in fake.companies()],
+        lambda fake, deal_id: fake.deal(deal_id).get("AccountId"),
+        lambda fake, contact_id: {fake.contact(contact_id)["AccountId"]} - {None},
+        sf.deal_stage,
+        lambda fake, deal_id: Decimal(str(fake.deal(deal_id)["Amount"])),
+        sf.line_items_of,
+        make_fake=sf.order_fake,
+    ),
+]
 
 
 def _pairs() -> list[tuple[AdapterCase, OrderProbe]]:

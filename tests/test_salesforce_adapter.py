@@ -34,6 +34,7 @@ from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
 from tests.fakes.memory import adapter_on
 from tests.fakes.salesforce import PARTNERS, SITE, YANDEX, FakeSalesforce
+from tests.fakes.salesforce_org import STANDARD_PRICEBOOK
 from tests.fakes.server import serve_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -301,3 +302,62 @@ async def test_the_fake_serves_over_a_real_socket(tmp_path: Path) -> None:
     finally:
         stop()
     assert served.deal_contacts(deal.id) == [contact.id] and served.tokens_minted == 1
+
+
+# ---- orders (SPEC §8): the section's order settings and reads for the order contract ----
+
+RENT = {  # the example's commented order settings: every status in the Site record type
+    "new": "Prospecting",
+    "reserved": "In Progress",
+    "in_rent": "In Progress",
+    "in_progress": "In Progress",
+    "archived": "Closed Won",
+    "cancelled": "Closed Lost",
+}
+ORDER_FIELDS = {
+    "order_id": "Order_Id__c",
+    "order_status": "Order_Status__c",
+    "installation_date": "Installation_Date__c",
+    "dismantle_date": "Dismantle_Date__c",
+    "delivery_method": "Delivery_Method__c",
+    "delivery_address": "Delivery_Address__c",
+    "comment": "Order_Comment__c",
+    "company_inn": "INN__c",
+}
+PRODUCTS = (  # the rental shop's catalog, in the standard price book
+    ("chair-01", "Стул Венский", 350.0),
+    ("table-07", "Стол банкетный", 6900.0),
+    ("tent-02", "Шатёр 6×12", 25000.0),
+)
+
+
+def order_config(config: CrmConfig, *, pricebook: bool = True) -> CrmConfig:
+    """`config` taking orders: stages, fields and (unless told) the standard price book."""
+    stages = {status: {"pipeline_id": SITE, "status_id": stage} for status, stage in RENT.items()}
+    raw = {
+        **config.model_dump(),
+        "order_stages": stages,
+        "order_fields": ORDER_FIELDS,
+        "order_catalog_id": STANDARD_PRICEBOOK if pricebook else None,
+    }
+    return CrmConfig.model_validate(raw)
+
+
+def order_fake(config: CrmConfig = CONFIG) -> FakeSalesforce:
+    fake = FakeSalesforce(order_config(config))
+    for code, name, price in PRODUCTS:
+        fake.add_product(code, name, price)
+    return fake
+
+
+def line_items_of(fake: FakeSalesforce, deal_id: str) -> list[tuple[str, Decimal, Decimal]]:
+    products = {row["Id"]: row["Name"] for row in fake.org.rows("Product2")}
+    return [
+        (products[row["Product2Id"]], Decimal(str(row["Quantity"])), Decimal(str(row["UnitPrice"])))
+        for row in fake.line_items(deal_id)
+    ]
+
+
+def deal_stage(fake: FakeSalesforce, deal_id: str) -> tuple[str, str]:
+    deal = fake.deal(deal_id)
+    return str(deal["RecordTypeId"]), str(deal["StageName"])
