@@ -29,6 +29,7 @@ from bridge.domain import (
 )
 from bridge.settings import CrmConfig
 from tests import test_salesforce_adapter as sf
+from tests import test_zoho_adapter as zo
 from tests.test_contract import ADAPTER_CASES, AdapterCase
 
 Fake = Any
@@ -68,6 +69,17 @@ PROBES: list[OrderProbe] = [
         lambda fake, deal_id: Decimal(str(fake.deal(deal_id)["Amount"])),
         sf.line_items_of,
         make_fake=sf.order_fake,
+    ),
+    OrderProbe(
+        "zoho",
+        zo.order_config,
+        lambda fake, name, inn: fake.add_company(name, inn),
+        lambda fake: [row["id"] for row in fake.companies()],
+        lambda fake, deal_id: zo.lookup(fake.deal(deal_id), "Account_Name"),
+        lambda fake, contact_id: {zo.lookup(fake.contact(contact_id), "Account_Name")} - {None},
+        zo.deal_stage,
+        lambda fake, deal_id: Decimal(str(fake.deal(deal_id)["Amount"])),
+        None,  # Zoho deals hold no items: keeps_items False, the note lists them
     ),
 ]
 
