@@ -26,6 +26,9 @@ FIELD_TYPES: Mapping[str, frozenset[str]] = {
     "numeric": frozenset({"numeric", "price", "monetary"}),
     "date_time": frozenset({"date_time", "date"}),
     "text": frozenset({"text", "textarea", "url", "tracking_data", "streetaddress"}),
+    # An order's day. Zoho's Date fields keep a name of their own ("zoho:date") so that
+    # no payment time is written to one; a day fits them.
+    "date": frozenset({"date", "zoho:date", "date_time"}),
 }
 DEAL_FIELDS: Mapping[str, str] = {
     "subjects": "multiselect",
@@ -43,7 +46,18 @@ DEAL_FIELDS: Mapping[str, str] = {
     "utm_content": "text",
 }
 CONTACT_FIELDS: Mapping[str, str] = {"telegram_id": "text", "telegram_username": "text"}
-_ENTITY_NAME = {"leads": "lead", "contacts": "contact"}
+# `[crm.NAME.order_fields]`: deal fields, and the company field holding the INN.
+ORDER_FIELDS: Mapping[str, str] = {
+    "order_id": "text",
+    "order_status": "text",
+    "installation_date": "date",
+    "dismantle_date": "date",
+    "delivery_method": "text",
+    "delivery_address": "text",
+    "comment": "text",
+}
+COMPANY_FIELDS: Mapping[str, str] = {"company_inn": "text"}
+_ENTITY_NAME = {"leads": "lead", "contacts": "contact", "companies": "company"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,10 @@ def schema_problems(name: str, config: CrmConfig, schema: CrmSchema) -> list[Pro
     targets.append(
         ("default_pipeline", config.default_pipeline.pipeline_id, config.default_pipeline.status_id)
     )
+    targets += [
+        (f"order_stages.{status}", stage.pipeline_id, stage.status_id)
+        for status, stage in config.order_stages.items()
+    ]
     for where, pipeline_id, status_id in targets:
         if pipeline_id not in statuses_of:
             problems.append(
@@ -86,9 +104,12 @@ def schema_problems(name: str, config: CrmConfig, schema: CrmSchema) -> list[Pro
     if schema.closed_statuses is not None:
         problems += _closed_problems(prefix, config, schema.closed_statuses)
     fields = {(f.entity, f.id): f for f in schema.fields}
+    orders = config.order_fields.model_dump()
     configured = (
         ("deal_fields", "leads", config.deal_fields.model_dump(), DEAL_FIELDS),
         ("contact_fields", "contacts", config.contact_fields.model_dump(), CONTACT_FIELDS),
+        ("order_fields", "leads", {k: orders[k] for k in ORDER_FIELDS}, ORDER_FIELDS),
+        ("order_fields", "companies", {k: orders[k] for k in COMPANY_FIELDS}, COMPANY_FIELDS),
     )
     for table, entity, ids, kinds in configured:
         for key, field_id in ids.items():
@@ -168,11 +189,38 @@ def config_snippet(name: str, config: CrmConfig | None, schema: CrmSchema) -> st
     lines += _field_lines(CONTACT_FIELDS, contact_matches, contacts, "contact")
     lines += ["", f"[crm.{name}.deal_fields]"]
     lines += _field_lines(DEAL_FIELDS, deal_matches, leads, "lead")
+    lines += _order_lines(
+        name, config, leads, [f for f in schema.fields if f.entity == "companies"]
+    )
     for table, key in (("subjects", "subjects"), ("directions", "direction")):
         lines += ["", f"[crm.{name}.{table}]"]
         match = deal_matches.get(key)
         lines += _enum_lines(leads, match.field.id if match else None, DEAL_FIELDS[key])
     return "\n".join(lines) + "\n"
+
+
+def _order_lines(
+    name: str,
+    config: CrmConfig | None,
+    leads: Sequence[CustomField],
+    companies: Sequence[CustomField],
+) -> list[str]:
+    """`[crm.NAME.order_fields]`: the deal fields an order writes, and the company field
+    with the INN (CRMs without an INN field of their own); stages come from the list above."""
+    ids = config.order_fields.model_dump() if config else {}
+    payment_fields = set(config.deal_fields.model_dump().values()) if config else set()
+    free = [f for f in leads if f.id not in payment_fields]  # a payment field serves one key
+    deal_matches = match_fields(ORDER_FIELDS, ids, free, FIELD_TYPES)
+    company_matches = match_fields(COMPANY_FIELDS, ids, companies, FIELD_TYPES)
+    lines = [
+        "",
+        "# Orders: every status (new, reserved, in_rent, in_progress, archived, cancelled)",
+        f"# needs [crm.{name}.order_stages] <status> = {{ pipeline_id = …, status_id = … }}.",
+        f"[crm.{name}.order_fields]",
+    ]
+    lines += _field_lines(ORDER_FIELDS, deal_matches, [], "lead")[:-2]
+    lines += _field_lines(COMPANY_FIELDS, company_matches, companies, "company")
+    return lines
 
 
 def _field_lines(

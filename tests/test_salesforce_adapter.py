@@ -14,11 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from bridge import checks
+from bridge import checks, order_rules
 from bridge.crm.salesforce import Salesforce, build_salesforce
 from bridge.crm.salesforce_json import MASTER_RECORD_TYPE, field_value
 from bridge.crmconfig import config_snippet, schema_problems
-from bridge import order_rules
 from bridge.domain import (
     Company,
     CompanyRecord,
@@ -37,7 +36,7 @@ from bridge.domain import (
 )
 from bridge.errors import AuthError, ConfigError, PermanentCrmError, RateLimited
 from bridge.rules import contact_matches
-from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
+from bridge.settings import CrmConfig, FileConfig, OrderStage, Settings, load_file_config
 from tests.fakes.memory import adapter_on
 from tests.fakes.salesforce import PARTNERS, SITE, YANDEX, FakeSalesforce
 from tests.fakes.salesforce_org import STANDARD_PRICEBOOK
@@ -500,3 +499,27 @@ def test_the_examples_order_settings_are_the_ones_tested() -> None:
     assert example.order_stages == tested.order_stages
     assert example.order_fields == tested.order_fields
     assert example.order_catalog_id == tested.order_catalog_id
+
+
+async def test_check_and_discover_cover_the_order_settings(
+    orders: tuple[FakeSalesforce, Salesforce],
+) -> None:
+    _, sf = orders
+    schema = await sf.schema()
+    config = order_config(CONFIG)
+    assert schema_problems("salesforce", config, schema) == []
+    snippet = config_snippet("salesforce", None, schema)  # matched by name alone
+    assert 'installation_date = "Installation_Date__c"' in snippet
+    assert 'order_id = "Order_Id__c"' in snippet and 'company_inn = "INN__c"' in snippet
+    stages = {**config.order_stages, "cancelled": OrderStage(pipeline_id=YANDEX, status_id="X")}
+    fields = config.order_fields.model_copy(
+        update={"installation_date": "Order_Comment__c", "company_inn": "Tax__c"}
+    )
+    wrong = config.model_copy(update={"order_stages": stages, "order_fields": fields})
+    assert [str(p) for p in schema_problems("salesforce", wrong, schema)] == [
+        f"crm.salesforce.order_stages.cancelled.status_id = X: no such status in pipeline {YANDEX}",
+        "crm.salesforce.order_fields.installation_date = Order_Comment__c:"
+        ' "Order Comment" is a textarea field; installation_date needs date or date_time'
+        " or zoho:date",
+        "crm.salesforce.order_fields.company_inn = Tax__c: no such company field",
+    ]

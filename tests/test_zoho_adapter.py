@@ -22,13 +22,13 @@ import pytest
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
+from bridge import order_rules
 from bridge.crm.base import RateLimiter
 from bridge.crm.connection import Wiring
 from bridge.crm.zoho import Zoho, build_zoho
+from bridge.crm.zoho_json import value_json
 from bridge.crmconfig import config_snippet, schema_problems
 from bridge.crypto import TokenCipher
-from bridge import order_rules
-from bridge.crm.zoho_json import value_json
 from bridge.domain import (
     Company,
     CompanyRecord,
@@ -46,7 +46,7 @@ from bridge.domain import (
 )
 from bridge.errors import ConfigError, PermanentCrmError, RateLimited
 from bridge.rules import contact_matches
-from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
+from bridge.settings import CrmConfig, FileConfig, OrderStage, Settings, load_file_config
 from bridge.tokens import TokenPair
 from tests.cli_support import make_cli, write_config
 from tests.fakes.memory import MemoryTokens
@@ -690,3 +690,24 @@ def test_the_examples_order_settings_are_the_ones_tested() -> None:
     example = uncommented_orders(ROOT / "etc" / "crm-zoho.example.toml")
     assert example.crm["zoho"].order_stages == order_config(CONFIG).order_stages
     assert example.crm["zoho"].order_fields == order_config(CONFIG).order_fields
+
+
+async def test_check_and_discover_cover_the_order_settings(fake: FakeZoho) -> None:
+    adapter = make_adapter(fake)
+    try:
+        schema = await adapter.schema()
+    finally:
+        await adapter.connection.aclose()
+    config = order_config(CONFIG)
+    assert schema_problems("zoho", config, schema) == []
+    snippet = config_snippet("zoho", None, schema)  # matched by name alone
+    assert 'dismantle_date = "Dismantle_Date"' in snippet
+    assert 'order_id = "Order_ID"' in snippet and 'company_inn = "INN"' in snippet
+    stages = {**config.order_stages, "new": OrderStage(pipeline_id="Rent", status_id="X")}
+    fields = config.order_fields.model_copy(update={"dismantle_date": "Order_Status"})
+    wrong = config.model_copy(update={"order_stages": stages, "order_fields": fields})
+    assert [str(p) for p in schema_problems("zoho", wrong, schema)] == [
+        "crm.zoho.order_stages.new.pipeline_id = Rent: no such pipeline",
+        'crm.zoho.order_fields.dismantle_date = Order_Status: "Order Status" is a text field;'
+        " dismantle_date needs date or date_time or zoho:date",
+    ]

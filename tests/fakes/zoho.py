@@ -38,7 +38,8 @@ Accounts (companies) are a module like Contacts: created, searched, read by COQL
 from a contact's or a deal's `Account_Name` lookup.
 
 Setup and inspection (not logged as calls): `add_contact`, `add_deal`, `move_deal`,
-`add_company`, `companies()`, `delete_record`, `add_note`, `contact(id)`, `deal(id)`, `contacts()`, `deals()`,
+`add_company`, `companies()`, `delete_record`, `add_note`, `contact(id)`, `deal(id)`,
+`contacts()`, `deals()`,
 `notes(deal_id)`, `credits_used`, `issue_oauth_pair`, `register_code`,
 `expire_all_access_tokens`, `revoke_refresh_tokens`, `set_time_zone`.
 """
