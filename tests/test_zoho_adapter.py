@@ -693,12 +693,12 @@ def test_the_examples_order_settings_are_the_ones_tested() -> None:
 
 
 async def test_check_and_discover_cover_the_order_settings(fake: FakeZoho) -> None:
-    adapter = make_adapter(fake)
+    config = order_config(CONFIG)
+    adapter = make_adapter(fake, config=config)
     try:
         schema = await adapter.schema()
     finally:
         await adapter.connection.aclose()
-    config = order_config(CONFIG)
     assert schema_problems("zoho", config, schema) == []
     snippet = config_snippet("zoho", None, schema)  # matched by name alone
     assert 'dismantle_date = "Dismantle_Date"' in snippet

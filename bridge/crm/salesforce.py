@@ -17,7 +17,8 @@ method makes (`D` = `/services/data/vXX.X`):
     deal_notes               GET  D/query  the opportunity's classic Notes, bodies in full
     add_note                 POST D/sobjects/Note
     schema                   GET  D/sobjects/Opportunity/describe, D/sobjects/Contact/describe,
-                                  D/sobjects/Account/describe, and per record type
+                                  D/sobjects/Account/describe (a section taking orders),
+                                  and per record type
                                   D/ui-api/object-info/Opportunity/picklist-values/{id}/StageName
 Orders (an `OrderAdapter`; a company is an Account, items opportunity products):
     find_company             GET  D/query  one SOQL query: the INN field = … OR Name LIKE …
@@ -400,17 +401,19 @@ class Salesforce:
         contact = await self._send(
             "GET", f"{self._data}/sobjects/Contact/describe", "schema.describe"
         )
-        account = await self._send(
-            "GET", f"{self._data}/sobjects/Account/describe", "schema.describe"
-        )
         with self._reading("schema.describe"):
             if not pipelines:
                 pipelines.append(master_pipeline(described))
             fields: list[CustomField] = [
                 *custom_fields(described, "leads"),
                 *custom_fields(contact, "contacts"),
-                *custom_fields(account, "companies"),  # the INN field of orders
             ]
+        if self.config.takes_orders:  # Account's fields (the INN) only where orders go
+            account = await self._send(
+                "GET", f"{self._data}/sobjects/Account/describe", "schema.describe"
+            )
+            with self._reading("schema.describe"):
+                fields += custom_fields(account, "companies")
         return CrmSchema(pipelines=tuple(pipelines), fields=tuple(fields))
 
     # ---- plumbing -------------------------------------------------------------------

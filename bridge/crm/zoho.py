@@ -21,7 +21,8 @@ The calls each method makes (credits):
     deal_notes               GET  /crm/v8/Deals/{id}/Notes?fields=…                     (1)
     add_note                 POST /crm/v8/Notes  Parent_Id + $se_module                 (1)
     schema                   GET  /crm/v8/settings/layouts?module=Deals, /settings/pipeline
-                                  per layout, /settings/fields for Deals, Contacts, Accounts
+                                  per layout, /settings/fields for Deals, Contacts (and
+                                  Accounts when the section takes orders)
 Orders (an `OrderAdapter`; a company is an Account, a deal holds no items):
     find_company             POST /crm/v8/coql  Accounts by the INN field OR every word of
                                   the name, oldest first                               (1)
@@ -414,11 +415,12 @@ class Zoho:
             )
             layouts.append((layout_name, answer))
         fields: list[CustomField] = []
-        for module, entity in (
-            ("Deals", "leads"),
-            ("Contacts", "contacts"),
-            ("Accounts", "companies"),
-        ):
+        modules = [("Deals", "leads"), ("Contacts", "contacts")]
+        if self.config.takes_orders:
+            # Accounts only for a section that takes orders (their INN field): a token
+            # without the accounts scope still checks a payments-only section.
+            modules.append(("Accounts", "companies"))
+        for module, entity in modules:
             answer = await self._send(
                 "GET", f"{API}/settings/fields", "fields.list", params={"module": module}
             )
