@@ -523,3 +523,23 @@ async def test_check_and_discover_cover_the_order_settings(
         " or zoho:date",
         "crm.salesforce.order_fields.company_inn = Tax__c: no such company field",
     ]
+
+
+async def test_an_amount_over_products_is_their_sum(
+    orders: tuple[FakeSalesforce, Salesforce],
+) -> None:
+    """Salesforce answers 204 to an Amount written over products and keeps their sum: the
+    stage move with its fields still goes through in the one PATCH."""
+    fake, sf = orders
+    contact = await sf.create_contact(new_contact())
+    deal = await sf.create_deal(contact, new_deal())
+    await sf.set_deal_items(deal.id, (CHAIRS,), "RUB")
+    await sf.change_deal(
+        deal.id, DealChange(pipeline_id=SITE, status_id="Closed Lost", price=Decimal(1))
+    )
+    stored = fake.deal(deal.id)
+    assert (stored["StageName"], stored["IsClosed"], stored["Amount"]) == (
+        "Closed Lost",
+        True,
+        14000,
+    )

@@ -6,9 +6,9 @@ for orders Account (with the INN custom field `order_fields.company_inn` names),
 Pricebook2 (the standard price book `STANDARD_PRICEBOOK` is always there), PricebookEntry
 and OpportunityLineItem. A line item must be of an entry of the opportunity's price book
 (FIELD_INTEGRITY_EXCEPTION otherwise), takes its product's code and name, and the
-opportunity's Amount becomes the sum of its lines while it has any (Amount "is read-only
-if the opportunity has line items",
-https://developer.salesforce.com/docs/platform/object-reference/references/standard-objects/object-opportunity.html).
+opportunity's Amount is the sum of its lines while it has any: a PATCH of Amount then
+answers 204 and changes nothing
+(https://help.salesforce.com/s/articleView?id=004052228&type=1).
 Their fields are the standard ones the bridge reads or writes plus the custom fields of
 the config (types by what each config key holds: subjects a multi-select picklist with the
 `subjects` values, direction a picklist, amounts currency, the count a number, the
@@ -598,6 +598,8 @@ class Org:
         self._index(sobject, row)
         if sobject == "OpportunityLineItem":
             self.roll_up(row["OpportunityId"])
+        if sobject == "Opportunity":
+            self.roll_up(record_id)  # an Amount written over products does not stick
         return row
 
     def delete(self, sobject: str, record_id: str) -> None:
