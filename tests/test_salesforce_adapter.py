@@ -543,3 +543,20 @@ async def test_an_amount_over_products_is_their_sum(
         True,
         14000,
     )
+
+
+async def test_without_an_inn_field_companies_are_found_by_name() -> None:
+    fake = order_fake()
+    config = order_config(CONFIG)
+    config = config.model_copy(
+        update={"order_fields": config.order_fields.model_copy(update={"company_inn": None})}
+    )
+    adapter = make_adapter(fake, config=config)
+    try:
+        named = fake.add_company("ООО  РОМАШКА")
+        found = await adapter.find_company(ROMASHKA, company_rule)
+        assert found == CompanyRecord(named, "ООО  РОМАШКА", "")
+        made = await adapter.create_company(Company("ООО Лютик", inn="7700000001"))
+        assert fake.org.records["Account"][made.id]["INN__c"] is None  # nowhere to put it
+    finally:
+        await adapter.connection.aclose()
