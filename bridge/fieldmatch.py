@@ -53,7 +53,7 @@ NAMES: Mapping[str, tuple[str, ...]] = {
     "utm_campaign": ("utm campaign",),
     "utm_term": ("utm term",),
     "utm_content": ("utm content",),
-    # orders (SPEC §8)
+    # Orders (SPEC §8).
     "order_id": ("order id", "id заказа", "номер заказа"),
     "order_status": ("order status", "статус заказа"),
     "installation_date": ("installation date", "дата монтажа", "дата установки"),
@@ -61,7 +61,7 @@ NAMES: Mapping[str, tuple[str, ...]] = {
     "delivery_method": ("delivery method", "способ доставки", "доставка"),
     "delivery_address": ("delivery address", "адрес доставки"),
     "comment": ("order comment", "комментарий к заказу", "комментарий"),
-    "company_inn": ("inn", "инн", "tax id", "company inn"),
+    "company_inn": ("inn", "инн", "инн компании", "tax id"),
 }
 
 

@@ -519,8 +519,8 @@ async def test_check_and_discover_cover_the_order_settings(
     assert [str(p) for p in schema_problems("salesforce", wrong, schema)] == [
         f"crm.salesforce.order_stages.cancelled.status_id = X: no such status in pipeline {YANDEX}",
         "crm.salesforce.order_fields.installation_date = Order_Comment__c:"
-        ' "Order Comment" is a textarea field; installation_date needs date or date_time'
-        " or zoho:date",
+        ' "Order Comment" is a textarea field; installation_date needs birthday or date'
+        " or date_time or zoho:date",
         "crm.salesforce.order_fields.company_inn = Tax__c: no such company field",
     ]
 

@@ -709,5 +709,5 @@ async def test_check_and_discover_cover_the_order_settings(fake: FakeZoho) -> No
     assert [str(p) for p in schema_problems("zoho", wrong, schema)] == [
         "crm.zoho.order_stages.new.pipeline_id = Rent: no such pipeline",
         'crm.zoho.order_fields.dismantle_date = Order_Status: "Order Status" is a text field;'
-        " dismantle_date needs date or date_time or zoho:date",
+        " dismantle_date needs birthday or date or date_time or zoho:date",
     ]
