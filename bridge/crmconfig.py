@@ -26,8 +26,9 @@ FIELD_TYPES: Mapping[str, frozenset[str]] = {
     "numeric": frozenset({"numeric", "price", "monetary"}),
     "date_time": frozenset({"date_time", "date"}),
     "text": frozenset({"text", "textarea", "url", "tracking_data", "streetaddress"}),
-    # A day: a date field (amoCRM's birthday is one too), or a date-time one.
-    "date": frozenset({"date", "date_time", "birthday"}),
+    # A day: a date field (amoCRM's birthday is one too; Zoho's Date keeps the name
+    # "zoho:date" so no payment time goes there), or a date-time one.
+    "date": frozenset({"date", "date_time", "birthday", "zoho:date"}),
 }
 DEAL_FIELDS: Mapping[str, str] = {
     "subjects": "multiselect",

@@ -400,6 +400,7 @@ CASES = [
         # The search with the contact's deals in one composite call, the update, the note.
         returning_calls=3,
         close_deal=lambda fake, deal_id: fake.move_deal(deal_id, stage="Closed Won"),
+        api_path="/crm/",  # not the accounts server's token endpoint (another host)
     ),
     CrmCase(
         "megaplan",

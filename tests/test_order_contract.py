@@ -30,6 +30,8 @@ from bridge.domain import (
 from bridge.settings import CrmConfig, OrderFieldIds, OrderStage
 from tests import test_hubspot_adapter as hs
 from tests import test_pipedrive_adapter as pd
+from tests import test_salesforce_adapter as sf
+from tests import test_zoho_adapter as zo
 from tests.fakes.pipedrive_openapi import PipedriveOpenApi
 from tests.test_contract import ADAPTER_CASES, AdapterCase
 
@@ -232,6 +234,33 @@ PROBES += [
         price=lambda fake, deal_id: Decimal(str(fake.deal(deal_id)["value"])),
         items=lambda fake, deal_id: fake.deal_products(deal_id),
         sent_problems=_pipedrive_sent_problems,
+    ),
+]
+
+
+PROBES += [
+    OrderProbe(
+        "salesforce",
+        sf.order_config,
+        lambda fake, name, inn: fake.add_company(name, inn),
+        lambda fake: [row["Id"] for row in fake.companies()],
+        lambda fake, deal_id: fake.deal(deal_id).get("AccountId"),
+        lambda fake, contact_id: {fake.contact(contact_id)["AccountId"]} - {None},
+        sf.deal_stage,
+        lambda fake, deal_id: Decimal(str(fake.deal(deal_id)["Amount"])),
+        sf.line_items_of,
+        make_fake=sf.order_fake,
+    ),
+    OrderProbe(
+        "zoho",
+        zo.order_config,
+        lambda fake, name, inn: fake.add_company(name, inn),
+        lambda fake: [row["id"] for row in fake.companies()],
+        lambda fake, deal_id: zo.lookup(fake.deal(deal_id), "Account_Name"),
+        lambda fake, contact_id: {zo.lookup(fake.contact(contact_id), "Account_Name")} - {None},
+        zo.deal_stage,
+        lambda fake, deal_id: Decimal(str(fake.deal(deal_id)["Amount"])),
+        None,  # Zoho deals hold no items: keeps_items False, the note lists them
     ),
 ]
 

@@ -969,5 +969,6 @@ async def test_check_covers_the_order_stages_and_the_organization_inn_field(
     broken = CONFIG.model_copy(update={"order_stages": stages, "order_fields": fields})
     problems = [str(p) for p in schema_problems("pipedrive", broken, schema)]
     assert problems[0] == "crm.pipedrive.order_stages.new.pipeline_id = 99: no such pipeline"
-    assert "order_fields.installation_date" in problems[1] and "needs birthday or date" in problems[1]
+    assert "order_fields.installation_date" in problems[1]
+    assert "needs birthday or date" in problems[1]
     assert problems[2].endswith("no such company field")
