@@ -346,8 +346,11 @@ def test_schema_from_teams_stages_and_fields() -> None:
     ]
     pipelines = oj.pipelines_from(teams, stages)
     assert [(p.id, dict(p.statuses)) for p in pipelines] == [
-        ("1", {"1": "New", "4": "Won"}),
-        ("2", {"1": "New", "5": "Yandex only", "4": "Won"}),
+        ("1", {"1": "New", "4": "Won", oj.LOST: "Lost (archived with a reason)"}),
+        (
+            "2",
+            {"1": "New", "5": "Yandex only", "4": "Won", oj.LOST: "Lost (archived with a reason)"},
+        ),
     ]
     assert oj.won_stage_ids(stages) == ("4",)
     rows = [

@@ -27,7 +27,9 @@ from bridge.domain import (
     OrderItem,
     OrderStatus,
 )
-from bridge.settings import CrmConfig
+from bridge.settings import CrmConfig, OrderFieldIds, OrderStage
+from tests.fakes.odoo import example_config as odoo_config
+from tests.fakes.odoo import example_odoo
 from tests.test_contract import ADAPTER_CASES, AdapterCase
 
 Fake = Any
@@ -56,6 +58,60 @@ class OrderProbe:
 
 
 PROBES: list[OrderProbe] = []
+
+
+# ---- Odoo (18 over JSON-RPC, 19 over JSON-2) -------------------------------------------
+
+
+def odoo_orders(config: CrmConfig) -> CrmConfig:
+    """Stages of the example database (1 New, 3 In progress, 4 Won) and the lost
+    pseudo-stage for `cancelled`; the x_ fields `example_odoo` makes from the section."""
+    team = config.default_pipeline.pipeline_id
+    stages = {"new": "1", "reserved": "1", "in_rent": "3", "in_progress": "3"}
+    stages |= {"archived": "4", "cancelled": "lost"}
+    fields = OrderFieldIds(
+        order_id="x_order_id",
+        order_status="x_order_status",
+        installation_date="x_installation_date",
+        dismantle_date="x_dismantle_date",
+        delivery_method="x_delivery_method",
+        delivery_address="x_delivery_address",
+        comment="x_comment",
+    )
+    order_stages = {k: OrderStage(pipeline_id=team, status_id=v) for k, v in stages.items()}
+    return config.model_copy(update={"order_stages": order_stages, "order_fields": fields})
+
+
+def _odoo_parent(fake: Fake, partner_id: Any) -> str | None:
+    parent = fake.partner(partner_id)["parent_id"]
+    return str(parent) if parent else None
+
+
+def _odoo_probe(version: int) -> OrderProbe:
+    def add_company(fake: Fake, name: str, inn: str) -> str:
+        return str(fake.add_partner(name, is_company=True, fields={"vat": inn or False}))
+
+    return OrderProbe(
+        kind=f"odoo-{version}",
+        order_config=odoo_orders,
+        add_company=add_company,
+        company_ids=lambda fake: [str(p["id"]) for p in fake.partners() if p["is_company"]],
+        # The lead's customer is the person; its company is the person's parent.
+        deal_company=lambda fake, deal_id: _odoo_parent(fake, fake.lead(deal_id)["partner_id"]),
+        contact_companies=lambda fake, contact_id: {
+            parent for parent in [_odoo_parent(fake, contact_id)] if parent
+        },
+        stage=lambda fake, deal_id: (
+            str(fake.lead(deal_id)["team_id"]),
+            str(fake.lead(deal_id)["stage_id"]),
+        ),
+        price=lambda fake, deal_id: Decimal(str(fake.lead(deal_id)["expected_revenue"])),
+        items=None,  # crm.lead has no lines: keeps_items is False
+        make_fake=lambda: example_odoo(odoo_orders(odoo_config()), version=version),
+    )
+
+
+PROBES += [_odoo_probe(18), _odoo_probe(19)]
 
 
 def _pairs() -> list[tuple[AdapterCase, OrderProbe]]:
