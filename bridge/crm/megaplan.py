@@ -254,8 +254,10 @@ class Megaplan:
         self._linked.add((contact_id, company_id))
 
     async def change_deal(self, deal_id: str, change: DealChange) -> None:
-        """Values first, then the transition: a refused transition leaves the amount and
-        fields written, and the retry moves the deal alone."""
+        """The transition is chosen before anything is written (a move the program's
+        scheme does not allow fails with nothing changed); then the values, then the
+        transition: should the last request fail, the retry writes the same values
+        again and moves the deal."""
         with self._reading("deals.update"):
             payload = mj.change_json(change)
         transition: str | None = None
