@@ -25,6 +25,7 @@ FIELD_TYPES: Mapping[str, frozenset[str]] = {
     "select": frozenset({"select", "radiobutton"}),
     "numeric": frozenset({"numeric", "price", "monetary"}),
     "date_time": frozenset({"date_time", "date"}),
+    "date": frozenset({"date", "date_time"}),  # a calendar day (an order's dates)
     "text": frozenset({"text", "textarea", "url", "tracking_data", "streetaddress"}),
 }
 DEAL_FIELDS: Mapping[str, str] = {
@@ -43,7 +44,19 @@ DEAL_FIELDS: Mapping[str, str] = {
     "utm_content": "text",
 }
 CONTACT_FIELDS: Mapping[str, str] = {"telegram_id": "text", "telegram_username": "text"}
-_ENTITY_NAME = {"leads": "lead", "contacts": "contact"}
+# Orders (SPEC §8): deal fields, and the company field holding an INN where the CRM has no
+# INN of its own (its schema lists company fields as entity "companies").
+ORDER_FIELDS: Mapping[str, str] = {
+    "order_id": "text",
+    "order_status": "text",
+    "installation_date": "date",
+    "dismantle_date": "date",
+    "delivery_method": "text",
+    "delivery_address": "text",
+    "comment": "text",
+}
+COMPANY_FIELDS: Mapping[str, str] = {"company_inn": "text"}
+_ENTITY_NAME = {"leads": "lead", "contacts": "contact", "companies": "company"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,10 @@ def schema_problems(name: str, config: CrmConfig, schema: CrmSchema) -> list[Pro
     targets.append(
         ("default_pipeline", config.default_pipeline.pipeline_id, config.default_pipeline.status_id)
     )
+    targets += [
+        (f"order_stages.{status}", stage.pipeline_id, stage.status_id)
+        for status, stage in config.order_stages.items()
+    ]
     for where, pipeline_id, status_id in targets:
         if pipeline_id not in statuses_of:
             problems.append(
@@ -86,9 +103,13 @@ def schema_problems(name: str, config: CrmConfig, schema: CrmSchema) -> list[Pro
     if schema.closed_statuses is not None:
         problems += _closed_problems(prefix, config, schema.closed_statuses)
     fields = {(f.entity, f.id): f for f in schema.fields}
+    order_ids = config.order_fields.model_dump()
+    company_ids = {"company_inn": order_ids.pop("company_inn")}
     configured = (
         ("deal_fields", "leads", config.deal_fields.model_dump(), DEAL_FIELDS),
         ("contact_fields", "contacts", config.contact_fields.model_dump(), CONTACT_FIELDS),
+        ("order_fields", "leads", order_ids, ORDER_FIELDS),
+        ("order_fields", "companies", company_ids, COMPANY_FIELDS),
     )
     for table, entity, ids, kinds in configured:
         for key, field_id in ids.items():
@@ -168,11 +189,39 @@ def config_snippet(name: str, config: CrmConfig | None, schema: CrmSchema) -> st
     lines += _field_lines(CONTACT_FIELDS, contact_matches, contacts, "contact")
     lines += ["", f"[crm.{name}.deal_fields]"]
     lines += _field_lines(DEAL_FIELDS, deal_matches, leads, "lead")
+    companies = [f for f in schema.fields if f.entity == "companies"]
+    lines += _order_lines(name, config, leads, companies, deal_matches)
     for table, key in (("subjects", "subjects"), ("directions", "direction")):
         lines += ["", f"[crm.{name}.{table}]"]
         match = deal_matches.get(key)
         lines += _enum_lines(leads, match.field.id if match else None, DEAL_FIELDS[key])
     return "\n".join(lines) + "\n"
+
+
+def _order_lines(
+    name: str,
+    config: CrmConfig | None,
+    leads: Sequence[CustomField],
+    companies: Sequence[CustomField],
+    deal_matches: Mapping[str, Match],
+) -> list[str]:
+    """`[crm.NAME.order_fields]`: the order's deal fields (taken apart from the payment
+    ones already matched) and, where the CRM lists company fields, the INN's."""
+    order_ids = config.order_fields.model_dump() if config else {}
+    taken = {match.field.id for match in deal_matches.values()}
+    free = [f for f in leads if f.id not in taken]
+    matches = match_fields(ORDER_FIELDS, order_ids, free, FIELD_TYPES)
+    lines = [
+        "",
+        "# Orders: order_stages map every order status (new, reserved, in_rent, in_progress,",
+        f"# archived, cancelled) to a pipeline and status listed above: [crm.{name}.order_stages].",
+        f"[crm.{name}.order_fields]",
+    ]
+    lines += _field_lines(ORDER_FIELDS, matches, free, "lead")
+    if companies:
+        company_matches = match_fields(COMPANY_FIELDS, order_ids, companies, FIELD_TYPES)
+        lines += _field_lines(COMPANY_FIELDS, company_matches, companies, "company")
+    return lines
 
 
 def _field_lines(

@@ -12,6 +12,7 @@ import pytest
 from bridge import order_rules
 from bridge.crm import megaplan_json as mj
 from bridge.crm.megaplan import Megaplan
+from bridge.crmconfig import config_snippet, schema_problems
 from bridge.domain import Company, CompanyRecord, DealChange, FieldKind, FieldUpdate, OrderItem
 from bridge.errors import PermanentCrmError
 from bridge.settings import OrderFieldIds
@@ -197,3 +198,18 @@ async def test_a_contact_created_with_its_deal_belongs_to_the_company_at_once() 
     assert fake.human_company(contact.id) == company.id
     await adapter.link_contact_to_company(contact.id, company.id)  # known: no request
     assert len(fake.calls) == 2
+
+
+async def test_check_and_discover_cover_the_order_fields_and_the_company_inn() -> None:
+    fake, adapter = setup()
+    schema = await adapter.schema()
+    assert schema_problems("megaplan", ORDERS, schema) == []
+    snippet = config_snippet("megaplan", ORDERS, schema)
+    assert f'company_inn = "{COMPANY_CATEGORY}Inn"' in snippet
+    assert f'installation_date = "{DEAL_CATEGORY}InstallationDate"' in snippet
+    wrong = ORDERS.model_copy(
+        update={"order_fields": OrderFieldIds(company_inn=f"{DEAL_CATEGORY}OrderId")}
+    )
+    assert [str(p) for p in schema_problems("megaplan", wrong, schema)] == [
+        f"crm.megaplan.order_fields.company_inn = {DEAL_CATEGORY}OrderId: no such company field"
+    ]

@@ -11,6 +11,7 @@ import pytest
 from bridge import order_rules
 from bridge.crm import odoo_json as oj
 from bridge.crm.odoo import Odoo
+from bridge.crmconfig import config_snippet, schema_problems
 from bridge.domain import (
     Company,
     CompanyRecord,
@@ -22,6 +23,7 @@ from bridge.domain import (
 )
 from bridge.errors import ConfigError, PermanentCrmError
 from bridge.rules import contact_matches
+from bridge.settings import OrderFieldIds, OrderStage
 from tests.fakes.odoo import FakeOdoo, example_config, example_odoo
 from tests.test_odoo_adapter import make_adapter, new_contact, new_deal
 from tests.test_order_contract import odoo_orders
@@ -190,3 +192,25 @@ def test_the_lost_reason_option_is_a_record_id() -> None:
     assert oj.OdooOptions.from_config("odoo", {"database": "db", "lost_reason_id": 3}) == (
         oj.OdooOptions("db", lost_reason_id=3)
     )
+
+
+async def test_check_and_discover_cover_the_order_stages_and_fields() -> None:
+    fake, adapter = setup(19)
+    schema = await adapter.schema()
+    assert schema_problems("odoo", adapter.config, schema) == []
+    snippet = config_snippet("odoo", adapter.config, schema)
+    assert 'order_id = "x_order_id"' in snippet
+    assert 'installation_date = "x_installation_date"' in snippet
+    wrong = adapter.config.model_copy(
+        update={
+            "order_stages": {
+                **adapter.config.order_stages,
+                "archived": OrderStage(pipeline_id="1", status_id="99"),
+            },
+            "order_fields": OrderFieldIds(order_id="x_order_id", comment="x_nope"),
+        }
+    )
+    assert [str(p) for p in schema_problems("odoo", wrong, schema)] == [
+        "crm.odoo.order_stages.archived.status_id = 99: no such status in pipeline 1",
+        "crm.odoo.order_fields.comment = x_nope: no such lead field",
+    ]
