@@ -201,7 +201,7 @@ async def test_a_contact_created_with_its_deal_belongs_to_the_company_at_once() 
 
 
 async def test_check_and_discover_cover_the_order_fields_and_the_company_inn() -> None:
-    fake, adapter = setup()
+    _fake, adapter = setup()
     schema = await adapter.schema()
     assert schema_problems("megaplan", ORDERS, schema) == []
     snippet = config_snippet("megaplan", ORDERS, schema)

@@ -195,7 +195,7 @@ def test_the_lost_reason_option_is_a_record_id() -> None:
 
 
 async def test_check_and_discover_cover_the_order_stages_and_fields() -> None:
-    fake, adapter = setup(19)
+    _fake, adapter = setup(19)
     schema = await adapter.schema()
     assert schema_problems("odoo", adapter.config, schema) == []
     snippet = config_snippet("odoo", adapter.config, schema)
