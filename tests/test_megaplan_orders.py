@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import date, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -16,8 +17,9 @@ from bridge.crmconfig import config_snippet, schema_problems
 from bridge.domain import Company, CompanyRecord, DealChange, FieldKind, FieldUpdate, OrderItem
 from bridge.errors import PermanentCrmError
 from bridge.settings import OrderFieldIds
-from tests.fakes.megaplan import COMPANY_CATEGORY, DEAL_CATEGORY, FakeMegaplan
+from tests.fakes.megaplan import COMPANY_CATEGORY, DEAL_CATEGORY, EXAMPLE_CONFIG, FakeMegaplan
 from tests.test_megaplan_adapter import CONFIG, make_adapter, new_contact, new_deal
+from tests.test_odoo_orders import uncommented
 from tests.test_order_contract import megaplan_orders
 
 ROMASHKA = Company("ООО Ромашка", inn="7701234567", phone="+74950001122", email="a@romashka.ru")
@@ -213,3 +215,9 @@ async def test_check_and_discover_cover_the_order_fields_and_the_company_inn() -
     assert [str(p) for p in schema_problems("megaplan", wrong, schema)] == [
         f"crm.megaplan.order_fields.company_inn = {DEAL_CATEGORY}OrderId: no such company field"
     ]
+
+
+def test_the_examples_order_settings_are_the_ones_tested(tmp_path: Path) -> None:
+    config = uncommented(EXAMPLE_CONFIG, tmp_path)
+    assert config.takes_orders and config.order_stages == ORDERS.order_stages
+    assert config.order_fields == ORDERS.order_fields

@@ -3,8 +3,10 @@ lost pseudo-stage, INN in `vat`, the person-as-customer link and what each costs
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -23,8 +25,8 @@ from bridge.domain import (
 )
 from bridge.errors import ConfigError, PermanentCrmError
 from bridge.rules import contact_matches
-from bridge.settings import OrderFieldIds, OrderStage
-from tests.fakes.odoo import FakeOdoo, example_config, example_odoo
+from bridge.settings import CrmConfig, OrderFieldIds, OrderStage, load_file_config
+from tests.fakes.odoo import EXAMPLE_CONFIG, FakeOdoo, example_config, example_odoo
 from tests.test_odoo_adapter import make_adapter, new_contact, new_deal
 from tests.test_order_contract import odoo_orders
 
@@ -214,3 +216,21 @@ async def test_check_and_discover_cover_the_order_stages_and_fields() -> None:
         "crm.odoo.order_stages.archived.status_id = 99: no such status in pipeline 1",
         "crm.odoo.order_fields.comment = x_nope: no such lead field",
     ]
+
+
+def uncommented(path: Path, tmp_path: Path) -> CrmConfig:
+    """The example with its commented settings (`#key = …`, `#[table]`) switched on."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    on = [line[1:] if re.match(r"#[^\s#-]", line) else line for line in lines]
+    copy = tmp_path / path.name
+    copy.write_text("\n".join(on) + "\n", encoding="utf-8")
+    (name,) = load_file_config(copy).crm
+    return load_file_config(copy).crm[name]
+
+
+def test_the_examples_order_settings_are_the_ones_tested(tmp_path: Path) -> None:
+    config = uncommented(EXAMPLE_CONFIG, tmp_path)
+    tested = odoo_orders(example_config())
+    assert config.takes_orders and config.order_stages == tested.order_stages
+    assert config.order_fields == tested.order_fields
+    assert oj.OdooOptions.from_config("odoo", config.options).lost_reason_id == 1
