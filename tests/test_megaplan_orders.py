@@ -16,9 +16,10 @@ from bridge.crm.megaplan import Megaplan
 from bridge.crmconfig import config_snippet, schema_problems
 from bridge.domain import Company, CompanyRecord, DealChange, FieldKind, FieldUpdate, OrderItem
 from bridge.errors import PermanentCrmError
+from bridge.rules import contact_matches
 from bridge.settings import OrderFieldIds
 from tests.fakes.megaplan import COMPANY_CATEGORY, DEAL_CATEGORY, EXAMPLE_CONFIG, FakeMegaplan
-from tests.test_megaplan_adapter import CONFIG, make_adapter, new_contact, new_deal
+from tests.test_megaplan_adapter import CONFIG, CUSTOMER, make_adapter, new_contact, new_deal
 from tests.test_odoo_orders import uncommented
 from tests.test_order_contract import megaplan_orders
 
@@ -221,3 +222,14 @@ def test_the_examples_order_settings_are_the_ones_tested(tmp_path: Path) -> None
     config = uncommented(EXAMPLE_CONFIG, tmp_path)
     assert config.takes_orders and config.order_stages == ORDERS.order_stages
     assert config.order_fields == ORDERS.order_fields
+
+
+async def test_a_company_sharing_the_persons_phone_is_not_the_contact() -> None:
+    _fake, adapter = setup()
+    company = await adapter.create_company(
+        Company("ООО Ромашка", phone=new_contact().customer.phone)
+    )
+    assert await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches) is None
+    person = await adapter.create_contact(new_contact(), company_id=company.id)
+    found = await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)
+    assert found is not None and found.id == person.id

@@ -113,10 +113,13 @@ class Megaplan:
                 continue
             found = await self._get(f"{mj.API}/contractor", "contractor.search", params)
             with self._reading("contractor.search"):
+                # People only: `/contractor` lists companies too, and a company sharing
+                # the person's phone (a small firm's one number) is not the person, nor
+                # a deal's client the bridge can write (`deal_json` links a person).
                 hits = [
                     mj.contact_from_json(record, self.config)
                     for record in found or ()
-                    if isinstance(record, dict) and record.get("contentType") in mj.CONTRACTORS
+                    if isinstance(record, dict) and record.get("contentType") == mj.HUMAN
                 ]
             chosen = first_confirmed([key], {key: hits}, confirm)
             if chosen is not None:
