@@ -234,3 +234,14 @@ def test_the_examples_order_settings_are_the_ones_tested(tmp_path: Path) -> None
     assert config.takes_orders and config.order_stages == tested.order_stages
     assert config.order_fields == tested.order_fields
     assert oj.OdooOptions.from_config("odoo", config.options).lost_reason_id == 1
+
+
+async def test_a_company_sharing_the_persons_phone_is_not_the_contact() -> None:
+    _fake, adapter = setup()
+    contact = new_contact()
+    company = await adapter.create_company(Company("ООО Ромашка", phone=contact.customer.phone))
+    keys = contact.customer.lookup_keys()
+    assert await adapter.find_contact(keys, contact_matches) is None
+    person = await adapter.create_contact(contact, company_id=company.id)
+    found = await adapter.find_contact(keys, contact_matches)
+    assert found is not None and found.id == person.id

@@ -455,7 +455,9 @@ def partner_lookup_call(
                 leaves.append(["email", "=ilike", email])
     if not leaves:
         return None
-    domain: list[JSON] = ["|"] * (len(leaves) - 1) + leaves
+    # People only: a company (an order's, created with its own phone and e-mail) that
+    # shares the person's number is not the person, and cannot be made its own parent.
+    domain: list[JSON] = [["is_company", "=", False], *(["|"] * (len(leaves) - 1)), *leaves]
     return search_read(
         PARTNER, domain, partner_fields(config, caps), order="id asc", limit=LOOKUP_LIMIT
     )
