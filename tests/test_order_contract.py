@@ -29,8 +29,6 @@ from bridge.domain import (
 )
 from bridge.settings import CrmConfig, OrderFieldIds, OrderStage
 from tests.fakes.megaplan import COMPANY_CATEGORY, DEAL_CATEGORY
-from tests.fakes.odoo import example_config as odoo_config
-from tests.fakes.odoo import example_odoo
 from tests.test_contract import ADAPTER_CASES, AdapterCase
 
 Fake = Any
@@ -70,7 +68,8 @@ PROBES: list[OrderProbe] = []
 
 def odoo_orders(config: CrmConfig) -> CrmConfig:
     """Stages of the example database (1 New, 3 In progress, 4 Won) and the lost
-    pseudo-stage for `cancelled`; the x_ fields `example_odoo` makes from the section."""
+    pseudo-stage for `cancelled`; the x_ order fields the example database has (the
+    example's commented [crm.odoo.order_fields])."""
     team = config.default_pipeline.pipeline_id
     stages = {"new": "1", "reserved": "1", "in_rent": "3", "in_progress": "3"}
     stages |= {"archived": "4", "cancelled": "lost"}
@@ -112,7 +111,6 @@ def _odoo_probe(version: int) -> OrderProbe:
         ),
         price=lambda fake, deal_id: Decimal(str(fake.lead(deal_id)["expected_revenue"])),
         items=None,  # crm.lead has no lines: keeps_items is False
-        make_fake=lambda: example_odoo(odoo_orders(odoo_config()), version=version),
     )
 
 

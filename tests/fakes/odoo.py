@@ -725,6 +725,17 @@ EXAMPLE_FIELD_TYPES = {
 }
 
 
+ORDER_FIELD_KEYS = (
+    "order_id",
+    "order_status",
+    "installation_date",
+    "dismantle_date",
+    "delivery_method",
+    "delivery_address",
+    "comment",
+)
+
+
 def example_config(**changes: Any) -> CrmConfig:
     config = load_file_config(EXAMPLE_CONFIG).crm["odoo"]
     return config.model_copy(update=changes)
@@ -753,13 +764,19 @@ def example_odoo(config: CrmConfig | None = None, **kwargs: Any) -> FakeOdoo:
     names_by_tag = {int(v): k for k, v in config.subjects.items()}
     for tag_id in range(1, (max(tags) if tags else 0) + 1):
         fake.add_tag(names_by_tag.get(tag_id, f"Tag {tag_id}"))
+    # The order fields of the example's commented [crm.odoo.order_fields] exist too, so a
+    # section switched to orders (the order scenarios) finds them.
+    example_orders = {key: f"x_{key}" for key in ORDER_FIELD_KEYS}
     deal_ids = {
         **config.deal_fields.model_dump(),
-        **config.order_fields.model_dump(exclude={"company_inn"}),
+        **example_orders,
+        **config.order_fields.model_dump(exclude={"company_inn"}, exclude_none=True),
     }
+    made: set[str] = set()
     for key, field_name in deal_ids.items():
-        if not field_name or not field_name.startswith("x_"):
+        if not field_name or not field_name.startswith("x_") or field_name in made:
             continue
+        made.add(field_name)
         ttype, relation = EXAMPLE_FIELD_TYPES.get(key, ("char", ""))
         selection = (
             [(str(v), k) for k, v in config.directions.items()] if key == "direction" else []
