@@ -78,13 +78,13 @@ async def test_cancelled_is_one_action_set_lost_with_the_reason_price_and_fields
 
 
 async def test_a_lost_deal_moved_to_a_live_stage_is_open_again() -> None:
-    fake, adapter = setup()
+    fake, adapter = setup(lost_reason_id=1)
     contact = await adapter.create_contact(new_contact())
     deal = await adapter.create_deal(contact, new_deal())
     await adapter.change_deal(deal.id, DealChange(pipeline_id="1", status_id=oj.LOST))
     await adapter.change_deal(deal.id, DealChange(pipeline_id="1", status_id="3"))
     lead = fake.lead(deal.id)
-    assert lead["active"] is True and lead["stage_id"] == 3
+    assert lead["active"] is True and lead["stage_id"] == 3 and lead["lost_reason_id"] is False
     read = await adapter.get_deal(deal.id)
     assert read is not None and not read.is_closed
 

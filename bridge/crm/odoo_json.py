@@ -654,11 +654,12 @@ def company_values(company: Company) -> dict[str, JSON]:
 
 
 def change_call(deal_id: int, change: DealChange, lost_reason_id: int | None) -> OdooCall | None:
-    """One call for the whole change. A live stage: `write` (team, stage, `active` so a
-    lost opportunity comes back, revenue, fields). The lost pseudo-stage: Odoo's own
-    `action_set_lost(**additional_values)`, which archives (probability 0, so won_status
-    reads "lost") and then writes the rest [addons/crm/models/crm_lead.py]; it returns
-    None, an answer without `result` over JSON-RPC (§6.7)."""
+    """One call for the whole change. A live stage: `write` (team, stage, `active` and no
+    lost reason so a lost opportunity comes back, revenue, fields). The lost
+    pseudo-stage: Odoo's own `action_set_lost(**additional_values)`, which archives
+    (probability 0, so won_status reads "lost") and then writes the rest
+    [addons/crm/models/crm_lead.py]; it returns None, an answer without `result` over
+    JSON-RPC (§6.7)."""
     values: dict[str, JSON] = {}
     if change.pipeline_id is not None:
         values["team_id"] = _int_id(change.pipeline_id, "pipeline (sales team)")
@@ -672,8 +673,10 @@ def change_call(deal_id: int, change: DealChange, lost_reason_id: int | None) ->
             values["lost_reason_id"] = lost_reason_id
         return OdooCall(LEAD, "action_set_lost", ([deal_id],), values, {"ids": [deal_id]})
     if change.status_id is not None:
-        values["stage_id"] = _int_id(change.status_id, "status (stage)")
-        values["active"] = True
+        # A lost opportunity comes back as Odoo's own restore leaves it (toggle_active:
+        # active, no lost reason); on a live one both are no change.
+        values.update(stage_id=_int_id(change.status_id, "status (stage)"), active=True)
+        values["lost_reason_id"] = False
     if not values:
         return None
     return write(LEAD, [deal_id], values)

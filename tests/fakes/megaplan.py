@@ -29,7 +29,8 @@ examples):
   active / positive / negative, read as the deal's `result`; programs' transitions and
   a deal's `possibleTransitions` (from its state), applied by `POST
   /deal/{id}/applyTransition` with one of them (anything else: 422); catalog offers
-  (`/offer`, found by `article` with an OfferFilter) and a deal's `positions` (OfferRows
+  (`/offer`, found by `article` with an OfferFilter [U: the term's shape is the
+  CrmFilter's]) and a deal's `positions` (OfferRows
   naming an existing offer), replaced whole by an update that carries them [U: the
   replace semantics are not in the RAML]; a DateField takes a DateOnly entity whose
   month counts from 0;
