@@ -2,7 +2,7 @@
 
 - `schema_problems`: every pipeline, status, field and enum id the section names that the
   CRM does not have (or a field of the wrong type), each with its config key, for
-  `crm-bridge check`;
+  `crm-bridge check`; the order keys (`order_stages`, `order_fields`) like the payment ones;
 - `config_snippet`: the schema written as TOML in the shape of `etc/bridge.example.toml`,
   for `crm-bridge discover`: ids the section already names and the CRM has are filled in,
   then fields matched by name and type (`bridge.fieldmatch`); only what cannot be decided
@@ -25,8 +25,9 @@ FIELD_TYPES: Mapping[str, frozenset[str]] = {
     "select": frozenset({"select", "radiobutton"}),
     "numeric": frozenset({"numeric", "price", "monetary"}),
     "date_time": frozenset({"date_time", "date"}),
-    "date": frozenset({"date", "date_time"}),  # a calendar day (an order's dates)
     "text": frozenset({"text", "textarea", "url", "tracking_data", "streetaddress"}),
+    # A day: a date field (amoCRM's birthday is one too), or a date-time one.
+    "date": frozenset({"date", "date_time", "birthday"}),
 }
 DEAL_FIELDS: Mapping[str, str] = {
     "subjects": "multiselect",
@@ -44,8 +45,7 @@ DEAL_FIELDS: Mapping[str, str] = {
     "utm_content": "text",
 }
 CONTACT_FIELDS: Mapping[str, str] = {"telegram_id": "text", "telegram_username": "text"}
-# Orders (SPEC §8): deal fields, and the company field holding an INN where the CRM has no
-# INN of its own (its schema lists company fields as entity "companies").
+# Orders (SPEC §8): deal fields an order writes, and the company field holding the INN.
 ORDER_FIELDS: Mapping[str, str] = {
     "order_id": "text",
     "order_status": "text",
@@ -103,13 +103,10 @@ def schema_problems(name: str, config: CrmConfig, schema: CrmSchema) -> list[Pro
     if schema.closed_statuses is not None:
         problems += _closed_problems(prefix, config, schema.closed_statuses)
     fields = {(f.entity, f.id): f for f in schema.fields}
-    order_ids = config.order_fields.model_dump()
-    company_ids = {"company_inn": order_ids.pop("company_inn")}
     configured = (
         ("deal_fields", "leads", config.deal_fields.model_dump(), DEAL_FIELDS),
         ("contact_fields", "contacts", config.contact_fields.model_dump(), CONTACT_FIELDS),
-        ("order_fields", "leads", order_ids, ORDER_FIELDS),
-        ("order_fields", "companies", company_ids, COMPANY_FIELDS),
+        *_order_field_tables(config, schema),
     )
     for table, entity, ids, kinds in configured:
         for key, field_id in ids.items():
@@ -144,6 +141,22 @@ def schema_problems(name: str, config: CrmConfig, schema: CrmSchema) -> list[Pro
                     )
                 )
     return problems
+
+
+def _order_field_tables(
+    config: CrmConfig, schema: CrmSchema
+) -> list[tuple[str, str, dict[str, str | None], Mapping[str, str]]]:
+    """`order_fields` as the tables `schema_problems` checks: the deal fields, and the
+    company INN field where the CRM lists company fields (one with an INN of its own
+    lists none, and ignores the key)."""
+    ids = config.order_fields.model_dump()
+    inn = {"company_inn": ids.pop("company_inn")}
+    tables: list[tuple[str, str, dict[str, str | None], Mapping[str, str]]] = [
+        ("order_fields", "leads", ids, ORDER_FIELDS)
+    ]
+    if any(f.entity == "companies" for f in schema.fields):
+        tables.append(("order_fields", "companies", inn, COMPANY_FIELDS))
+    return tables
 
 
 def _closed_problems(prefix: str, config: CrmConfig, closed: frozenset[str]) -> list[Problem]:
@@ -189,38 +202,45 @@ def config_snippet(name: str, config: CrmConfig | None, schema: CrmSchema) -> st
     lines += _field_lines(CONTACT_FIELDS, contact_matches, contacts, "contact")
     lines += ["", f"[crm.{name}.deal_fields]"]
     lines += _field_lines(DEAL_FIELDS, deal_matches, leads, "lead")
-    companies = [f for f in schema.fields if f.entity == "companies"]
-    lines += _order_lines(name, config, leads, companies, deal_matches)
     for table, key in (("subjects", "subjects"), ("directions", "direction")):
         lines += ["", f"[crm.{name}.{table}]"]
         match = deal_matches.get(key)
         lines += _enum_lines(leads, match.field.id if match else None, DEAL_FIELDS[key])
+    taken = {match.field.id for match in deal_matches.values()}
+    lines += _order_lines(name, config, schema, [f for f in leads if f.id not in taken])
     return "\n".join(lines) + "\n"
 
 
 def _order_lines(
-    name: str,
-    config: CrmConfig | None,
-    leads: Sequence[CustomField],
-    companies: Sequence[CustomField],
-    deal_matches: Mapping[str, Match],
+    name: str, config: CrmConfig | None, schema: CrmSchema, leads: Sequence[CustomField]
 ) -> list[str]:
-    """`[crm.NAME.order_fields]`: the order's deal fields (taken apart from the payment
-    ones already matched) and, where the CRM lists company fields, the INN's."""
-    order_ids = config.order_fields.model_dump() if config else {}
-    taken = {match.field.id for match in deal_matches.values()}
-    free = [f for f in leads if f.id not in taken]
-    matches = match_fields(ORDER_FIELDS, order_ids, free, FIELD_TYPES)
-    lines = [
-        "",
-        "# Orders: order_stages map every order status (new, reserved, in_rent, in_progress,",
-        f"# archived, cancelled) to a pipeline and status listed above: [crm.{name}.order_stages].",
-        f"[crm.{name}.order_fields]",
-    ]
-    lines += _field_lines(ORDER_FIELDS, matches, free, "lead")
+    """`[crm.NAME.order_stages]` (the configured stages the CRM has, else a commented
+    template) and `[crm.NAME.order_fields]` matched like the payment fields."""
+    statuses = {(p.id, s) for p in schema.pipelines for s in p.statuses}
+    stages = config.order_stages if config else {}
+    lines = ["", f"[crm.{name}.order_stages]"]
+    if stages and all((s.pipeline_id, s.status_id) in statuses for s in stages.values()):
+        lines += [
+            f"{status} = {{ pipeline_id = {_toml_id(s.pipeline_id)},"
+            f" status_id = {_toml_id(s.status_id)} }}"
+            for status, s in stages.items()
+        ]
+    else:
+        lines += [
+            "# Orders: every status needs a stage (ids from the list above); cancelled a lost one.",
+            *(
+                f"# {status} = {{ pipeline_id = …, status_id = … }}"
+                for status in ("new", "reserved", "in_rent", "in_progress", "archived", "cancelled")
+            ),
+        ]
+    ids = config.order_fields.model_dump() if config else {}
+    companies = [f for f in schema.fields if f.entity == "companies"]
+    deal_matches = match_fields(ORDER_FIELDS, ids, leads, FIELD_TYPES)
+    lines += ["", f"[crm.{name}.order_fields]"]
+    lines += _field_lines(ORDER_FIELDS, deal_matches, leads, "lead")
     if companies:
-        company_matches = match_fields(COMPANY_FIELDS, order_ids, companies, FIELD_TYPES)
-        lines += _field_lines(COMPANY_FIELDS, company_matches, companies, "company")
+        inn_matches = match_fields(COMPANY_FIELDS, ids, companies, FIELD_TYPES)
+        lines += _field_lines(COMPANY_FIELDS, inn_matches, companies, "company")
     return lines
 
 
