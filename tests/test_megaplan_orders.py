@@ -19,9 +19,9 @@ from bridge.errors import PermanentCrmError
 from bridge.rules import contact_matches
 from bridge.settings import OrderFieldIds
 from tests.fakes.megaplan import COMPANY_CATEGORY, DEAL_CATEGORY, EXAMPLE_CONFIG, FakeMegaplan
+from tests.order_probes import megaplan_orders
 from tests.test_megaplan_adapter import CONFIG, CUSTOMER, make_adapter, new_contact, new_deal
 from tests.test_odoo_orders import uncommented
-from tests.test_order_contract import megaplan_orders
 
 ROMASHKA = Company("ООО Ромашка", inn="7701234567", phone="+74950001122", email="a@romashka.ru")
 ORDERS = megaplan_orders(CONFIG)

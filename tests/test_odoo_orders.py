@@ -27,8 +27,8 @@ from bridge.errors import ConfigError, PermanentCrmError
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, OrderFieldIds, OrderStage, load_file_config
 from tests.fakes.odoo import EXAMPLE_CONFIG, FakeOdoo, example_config, example_odoo
+from tests.order_probes import odoo_orders
 from tests.test_odoo_adapter import make_adapter, new_contact, new_deal
-from tests.test_order_contract import odoo_orders
 
 ROMASHKA = Company("ООО Ромашка", inn="7701234567", phone="+74950001122", email="a@romashka.ru")
 

@@ -18,7 +18,7 @@ from bridge.domain import Company, CompanyRecord, DealChange, FieldKind, FieldUp
 from bridge.errors import PermanentCrmError
 from tests import test_amocrm_adapter as amo
 from tests import test_bitrix24_adapter as bx
-from tests.test_order_contract import AMOCRM, BITRIX24
+from tests.order_probes import AMOCRM, BITRIX24
 
 AMO_CONFIG = AMOCRM.order_config(amo.CONFIG)
 BX_CONFIG = BITRIX24.order_config(bx.CONFIG)
