@@ -2,7 +2,7 @@
 
 - `schema_problems`: every pipeline, status, field and enum id the section names that the
   CRM does not have (or a field of the wrong type), each with its config key, for
-  `crm-bridge check`;
+  `crm-bridge check`; the order keys (`order_stages`, `order_fields`) like the payment ones;
 - `config_snippet`: the schema written as TOML in the shape of `etc/bridge.example.toml`,
   for `crm-bridge discover`: ids the section already names and the CRM has are filled in,
   then fields matched by name and type (`bridge.fieldmatch`); only what cannot be decided
@@ -26,6 +26,9 @@ FIELD_TYPES: Mapping[str, frozenset[str]] = {
     "numeric": frozenset({"numeric", "price", "monetary"}),
     "date_time": frozenset({"date_time", "date"}),
     "text": frozenset({"text", "textarea", "url", "tracking_data", "streetaddress"}),
+    # A day: a date field (amoCRM's birthday is one too; Zoho's Date keeps the name
+    # "zoho:date" so no payment time goes there), or a date-time one.
+    "date": frozenset({"date", "date_time", "birthday", "zoho:date"}),
 }
 DEAL_FIELDS: Mapping[str, str] = {
     "subjects": "multiselect",
@@ -43,7 +46,18 @@ DEAL_FIELDS: Mapping[str, str] = {
     "utm_content": "text",
 }
 CONTACT_FIELDS: Mapping[str, str] = {"telegram_id": "text", "telegram_username": "text"}
-_ENTITY_NAME = {"leads": "lead", "contacts": "contact"}
+# Orders (SPEC §8): deal fields an order writes, and the company field holding the INN.
+ORDER_FIELDS: Mapping[str, str] = {
+    "order_id": "text",
+    "order_status": "text",
+    "installation_date": "date",
+    "dismantle_date": "date",
+    "delivery_method": "text",
+    "delivery_address": "text",
+    "comment": "text",
+}
+COMPANY_FIELDS: Mapping[str, str] = {"company_inn": "text"}
+_ENTITY_NAME = {"leads": "lead", "contacts": "contact", "companies": "company"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,10 @@ def schema_problems(name: str, config: CrmConfig, schema: CrmSchema) -> list[Pro
     targets.append(
         ("default_pipeline", config.default_pipeline.pipeline_id, config.default_pipeline.status_id)
     )
+    targets += [
+        (f"order_stages.{status}", stage.pipeline_id, stage.status_id)
+        for status, stage in config.order_stages.items()
+    ]
     for where, pipeline_id, status_id in targets:
         if pipeline_id not in statuses_of:
             problems.append(
@@ -89,6 +107,7 @@ def schema_problems(name: str, config: CrmConfig, schema: CrmSchema) -> list[Pro
     configured = (
         ("deal_fields", "leads", config.deal_fields.model_dump(), DEAL_FIELDS),
         ("contact_fields", "contacts", config.contact_fields.model_dump(), CONTACT_FIELDS),
+        *_order_field_tables(config, schema),
     )
     for table, entity, ids, kinds in configured:
         for key, field_id in ids.items():
@@ -123,6 +142,22 @@ def schema_problems(name: str, config: CrmConfig, schema: CrmSchema) -> list[Pro
                     )
                 )
     return problems
+
+
+def _order_field_tables(
+    config: CrmConfig, schema: CrmSchema
+) -> list[tuple[str, str, dict[str, str | None], Mapping[str, str]]]:
+    """`order_fields` as the tables `schema_problems` checks: the deal fields, and the
+    company INN field where the CRM lists company fields (one with an INN of its own
+    lists none, and ignores the key)."""
+    ids = config.order_fields.model_dump()
+    inn = {"company_inn": ids.pop("company_inn")}
+    tables: list[tuple[str, str, dict[str, str | None], Mapping[str, str]]] = [
+        ("order_fields", "leads", ids, ORDER_FIELDS)
+    ]
+    if any(f.entity == "companies" for f in schema.fields):
+        tables.append(("order_fields", "companies", inn, COMPANY_FIELDS))
+    return tables
 
 
 def _closed_problems(prefix: str, config: CrmConfig, closed: frozenset[str]) -> list[Problem]:
@@ -172,7 +207,42 @@ def config_snippet(name: str, config: CrmConfig | None, schema: CrmSchema) -> st
         lines += ["", f"[crm.{name}.{table}]"]
         match = deal_matches.get(key)
         lines += _enum_lines(leads, match.field.id if match else None, DEAL_FIELDS[key])
+    taken = {match.field.id for match in deal_matches.values()}
+    lines += _order_lines(name, config, schema, [f for f in leads if f.id not in taken])
     return "\n".join(lines) + "\n"
+
+
+def _order_lines(
+    name: str, config: CrmConfig | None, schema: CrmSchema, leads: Sequence[CustomField]
+) -> list[str]:
+    """`[crm.NAME.order_stages]` (the configured stages the CRM has, else a commented
+    template) and `[crm.NAME.order_fields]` matched like the payment fields."""
+    statuses = {(p.id, s) for p in schema.pipelines for s in p.statuses}
+    stages = config.order_stages if config else {}
+    lines = ["", f"[crm.{name}.order_stages]"]
+    if stages and all((s.pipeline_id, s.status_id) in statuses for s in stages.values()):
+        lines += [
+            f"{status} = {{ pipeline_id = {_toml_id(s.pipeline_id)},"
+            f" status_id = {_toml_id(s.status_id)} }}"
+            for status, s in stages.items()
+        ]
+    else:
+        lines += [
+            "# Orders: every status needs a stage (ids from the list above); cancelled a lost one.",
+            *(
+                f"# {status} = {{ pipeline_id = …, status_id = … }}"
+                for status in ("new", "reserved", "in_rent", "in_progress", "archived", "cancelled")
+            ),
+        ]
+    ids = config.order_fields.model_dump() if config else {}
+    companies = [f for f in schema.fields if f.entity == "companies"]
+    deal_matches = match_fields(ORDER_FIELDS, ids, leads, FIELD_TYPES)
+    lines += ["", f"[crm.{name}.order_fields]"]
+    lines += _field_lines(ORDER_FIELDS, deal_matches, leads, "lead")
+    if companies:
+        inn_matches = match_fields(COMPANY_FIELDS, ids, companies, FIELD_TYPES)
+        lines += _field_lines(COMPANY_FIELDS, inn_matches, companies, "company")
+    return lines
 
 
 def _field_lines(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 
@@ -98,20 +98,22 @@ class FieldKind(StrEnum):
     TEXT = "text"
     NUMBER = "number"
     DATETIME = "datetime"
+    DATE = "date"  # a calendar day (an order's installation date), no time, no zone
     SELECT = "select"
     MULTISELECT = "multiselect"
 
 
 # amoCRM, Pipedrive and Bitrix24 number their enum values; HubSpot names them.
 EnumId = int | str
-FieldValue = str | Decimal | datetime | EnumId | tuple[EnumId, ...]
+# `datetime` is a subclass of `date`: encoders test for datetime first, or go by `kind`.
+FieldValue = str | Decimal | datetime | date | EnumId | tuple[EnumId, ...]
 
 
 @dataclass(frozen=True)
 class FieldUpdate:
     """One custom-field value to write; `value` matches `kind`.
 
-    TEXT → str, NUMBER → Decimal, DATETIME → aware datetime, SELECT → enum id (int),
+    TEXT → str, NUMBER → Decimal, DATETIME → aware datetime, DATE → date, SELECT → enum id (int),
     MULTISELECT → tuple of enum ids (the whole set is replaced). Enum ids are the CRM's own:
     numbers in amoCRM, Pipedrive and Bitrix24, option names in HubSpot.
     """
@@ -161,6 +163,9 @@ class NewDeal:
     pipeline_id: str
     status_id: str
     fields: tuple[FieldUpdate, ...] = ()
+    # Orders of a business customer: the deal, and a contact created with it
+    # (`create_contact_and_deal`), are linked to this company. Payments leave it None.
+    company_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -239,3 +244,101 @@ class KnownRefs:
     deal_id: str
     identity: str  # the customer's identifiers then; if they changed, search again
     customer_keys: tuple[str, ...] = ()
+
+
+class OrderEventKind(StrEnum):
+    CREATED = "created"
+    UPDATED = "updated"
+    CANCELLED = "cancelled"
+
+
+class OrderStatus(StrEnum):
+    """The rental platform's order statuses; each maps to a CRM stage per section."""
+
+    NEW = "new"
+    RESERVED = "reserved"
+    IN_RENT = "in_rent"
+    IN_PROGRESS = "in_progress"
+    ARCHIVED = "archived"
+    CANCELLED = "cancelled"
+
+
+class CustomerType(StrEnum):
+    PERSON = "person"
+    BUSINESS = "business"
+
+
+@dataclass(frozen=True)
+class Company:
+    """A business customer's company (found by INN, then by exact name)."""
+
+    name: str
+    inn: str = ""  # digits only: 10 for a company, 12 for a sole trader
+    phone: str | None = None  # E.164
+    email: str | None = None  # lower-case
+
+
+@dataclass(frozen=True)
+class CompanyRecord:
+    """A company as a CRM returned it; values raw, the flow normalises to compare."""
+
+    id: str
+    name: str = ""
+    inn: str = ""
+
+
+@dataclass(frozen=True)
+class OrderItem:
+    product_id: str  # the platform's product id (SKU): how a CRM product is found again
+    name: str
+    quantity: Decimal
+    price: Decimal  # per unit
+
+    @property
+    def total(self) -> Decimal:
+        return self.quantity * self.price
+
+
+@dataclass(frozen=True)
+class Order:
+    """One order event of the rental platform (SPEC §8), validated once at intake."""
+
+    order_id: str
+    event: OrderEventKind
+    status: OrderStatus
+    updated_at: datetime  # timezone-aware, UTC; orders the events of one order
+    total: Decimal
+    customer: Customer
+    customer_type: CustomerType = CustomerType.PERSON
+    company: Company | None = None
+    items: tuple[OrderItem, ...] = ()
+    currency: str = ""
+    installation_date: date | None = None
+    dismantle_date: date | None = None
+    delivery_method: str = ""
+    delivery_address: str = ""
+    comment: str = ""
+    source: str = ""
+
+    @property
+    def effective_status(self) -> OrderStatus:
+        """A `cancelled` event cancels whatever status the body carries."""
+        if self.event is OrderEventKind.CANCELLED:
+            return OrderStatus.CANCELLED
+        return self.status
+
+
+@dataclass(frozen=True)
+class DealChange:
+    """What an order event changes on its existing deal, in one write where the CRM allows.
+
+    `pipeline_id`/`status_id` (both or neither) move the deal to the stage its order status
+    maps to; a status the CRM models as an outcome rather than a stage (Pipedrive's lost,
+    Odoo's archived-with-reason) is the adapter's to translate. None leaves a value alone.
+    """
+
+    pipeline_id: str | None = None
+    status_id: str | None = None
+    price: Decimal | None = None
+    name: str | None = None
+    fields: tuple[FieldUpdate, ...] = ()

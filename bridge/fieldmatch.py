@@ -53,6 +53,15 @@ NAMES: Mapping[str, tuple[str, ...]] = {
     "utm_campaign": ("utm campaign",),
     "utm_term": ("utm term",),
     "utm_content": ("utm content",),
+    # Orders (SPEC §8).
+    "order_id": ("order id", "id заказа", "номер заказа"),
+    "order_status": ("order status", "статус заказа"),
+    "installation_date": ("installation date", "дата монтажа", "дата установки"),
+    "dismantle_date": ("dismantle date", "дата демонтажа"),
+    "delivery_method": ("delivery method", "способ доставки", "доставка"),
+    "delivery_address": ("delivery address", "адрес доставки"),
+    "comment": ("order comment", "комментарий к заказу", "комментарий"),
+    "company_inn": ("inn", "инн", "инн компании", "tax id"),
 }
 
 

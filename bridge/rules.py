@@ -117,7 +117,7 @@ def choose_open_deal(deals: Sequence[Deal], crm: CrmConfig) -> Deal | None:
         for deal in deals
         if not deal.is_deleted and not deal.is_closed and deal.status_id not in skipped
     ]
-    return max(candidates, key=_recency, default=None)
+    return max(candidates, key=recency, default=None)
 
 
 def deal_carrying_payment(deals: Sequence[Deal], crm: CrmConfig, payment_id: str) -> Deal | None:
@@ -134,7 +134,7 @@ def deal_carrying_payment(deals: Sequence[Deal], crm: CrmConfig, payment_id: str
         for deal in deals
         if not deal.is_deleted and deal.fields.get(field_id, "").strip() == payment_id
     ]
-    return max(carrying, key=_recency, default=None)
+    return max(carrying, key=recency, default=None)
 
 
 def deal_field_updates(
@@ -372,6 +372,7 @@ def _current_number(
     return value
 
 
-def _recency(deal: Deal) -> tuple[int, int, str]:
+def recency(deal: Deal) -> tuple[int, int, str]:
+    """Sort key of "most recently updated": update time, then the newest numeric id."""
     numeric_id = int(deal.id) if deal.id.isascii() and deal.id.isdigit() else -1
     return (deal.updated_at, numeric_id, deal.id)

@@ -19,6 +19,7 @@ from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bridge.domain import OrderStatus
 from bridge.errors import ConfigError
 from bridge.sources.config import SourceConfig, check_source_names
 
@@ -107,6 +108,37 @@ class ContactFieldIds(_Strict):
         return str(value) if isinstance(value, int) else value
 
 
+class OrderStage(_Strict):
+    """Where an order in one status belongs: `[crm.NAME.order_stages] reserved = {…}`."""
+
+    pipeline_id: str
+    status_id: str
+
+    @field_validator("pipeline_id", "status_id", mode="before")
+    @classmethod
+    def _id_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) else value
+
+
+class OrderFieldIds(_Strict):
+    """Deal fields an order writes (`[crm.NAME.order_fields]`), and where a company's INN
+    lives when the CRM has no INN field of its own."""
+
+    order_id: str | None = None  # text; also how a lost order → deal link is found again
+    order_status: str | None = None  # text: the platform's status name
+    installation_date: str | None = None  # date
+    dismantle_date: str | None = None  # date
+    delivery_method: str | None = None  # text
+    delivery_address: str | None = None  # text
+    comment: str | None = None  # text
+    company_inn: str | None = None  # a company field; CRMs with a built-in INN ignore it
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _id_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) else value
+
+
 class CrmConfig(_Strict):
     """One CRM section of the TOML file: `[crm.<name>]`."""
 
@@ -130,6 +162,12 @@ class CrmConfig(_Strict):
     contact_fields: ContactFieldIds = ContactFieldIds()
     subjects: dict[str, int | str] = Field(default_factory=dict)  # subject name → enum id
     directions: dict[str, int | str] = Field(default_factory=dict)  # ЕГЭ/ОГЭ → enum id
+    # Orders (SPEC §8): order status (`new`, `reserved`, …) → stage; the section takes
+    # orders only when every status is mapped (settings refuse a partial map).
+    order_stages: dict[str, OrderStage] = Field(default_factory=dict)
+    order_fields: OrderFieldIds = OrderFieldIds()
+    # The CRM's product catalog where its deal items must be catalog products (amoCRM).
+    order_catalog_id: str | None = None
     # Settings only one kind of CRM understands (e.g. Pipedrive's daily token budget);
     # each adapter documents and validates its own.
     options: dict[str, str | int | float | bool] = Field(default_factory=dict)
@@ -155,6 +193,36 @@ class CrmConfig(_Strict):
         if not sep or scheme.lower() not in ("http", "https") or not rest.strip("/"):
             raise ValueError(f"{value!r} needs a scheme and a host, e.g. https://{value or 'x'}")
         return value
+
+    @field_validator("order_stages")
+    @classmethod
+    def _every_status_mapped(cls, value: dict[str, OrderStage]) -> dict[str, OrderStage]:
+        known = {status.value for status in OrderStatus}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown order status {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        missing = sorted(known - set(value)) if value else []
+        if missing:
+            raise ValueError(f"every order status needs a stage; missing: {', '.join(missing)}")
+        return value
+
+    @field_validator("order_catalog_id", mode="before")
+    @classmethod
+    def _catalog_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) else value
+
+    @property
+    def takes_orders(self) -> bool:
+        return bool(self.order_stages)
+
+    def deal_field_ids(self) -> tuple[str, ...]:
+        """Every configured deal field (payments' and orders'): what an adapter reads back
+        with a deal, so the flow can see the payment-id and order-id markers."""
+        orders = self.order_fields.model_dump(exclude={"company_inn"})  # a company's field
+        ids = [*self.deal_fields.model_dump().values(), *orders.values()]
+        return tuple(dict.fromkeys(field for field in ids if field))
 
     @field_validator("closed_status_ids", "excluded_status_ids", mode="before")
     @classmethod

@@ -219,7 +219,7 @@ def _odoo_case(name: str, version: int) -> CrmCase:
         lambda: example_odoo(version=version),
         _odoo_section(name),
         credentials,
-        contacts=lambda fake: [str(p["id"]) for p in fake.partners()],
+        contacts=lambda fake: [str(p["id"]) for p in fake.partners() if not p.get("is_company")],
         deals=lambda fake: [str(lead["id"]) for lead in fake.leads()],
         raw_deal_field=lambda fake, deal_id, field_id: _odoo_value(fake.lead(deal_id)[field_id]),
         notes=lambda fake, deal_id: [odoo_note_text(body) for body in fake.notes(deal_id)],
@@ -547,8 +547,8 @@ CASES = [
         },
         bad_placements=({"pipeline_id": "1"}, {"status_id": "1023405001"}),
         paging=(130, 2),
-        schema_calls=3,
-        pipelines=frozenset({"default", "1023405100", "1023405200"}),
+        schema_calls=4,  # + the companies' properties (order_fields.company_inn)
+        pipelines=frozenset({"default", "1023405100", "1023405200", "1023405300"}),  # + rental
         static_secret="hubspot_access_token",
         deal_write="/crm/objects/2026-09/deals",
         lookup_calls=1,
@@ -611,8 +611,8 @@ CASES = [
         ),
         bad_placements=({"pipeline_id": "99"}, {"status_id": "1"}),
         paging=(501, 2),
-        schema_calls=4,
-        pipelines=frozenset({"1", "2", "3"}),
+        schema_calls=5,  # + the organizations' fields (order_fields.company_inn)
+        pipelines=frozenset({"1", "2", "3", "4"}),  # 4: the rental pipeline of order_stages
         static_secret="pipedrive_api_token",
         deal_write="/api/v2/deals",
         lookup_calls=5,
@@ -870,7 +870,7 @@ CASES = [
         bad_placements=({"pipeline_id": "99"}, {"status_id": "12"}),  # 12: Сайт's state
         bad_placement_error="422",
         paging=(260, 3),  # 100 a page
-        schema_calls=6,
+        schema_calls=7,  # + the companies' extra fields (order_fields.company_inn)
         pipelines=frozenset({"1", "2", "3"}),  # programs
         static_secret="megaplan_access_token",
         lookup_calls=3,  # the Telegram id filter, the phone and the e-mail searches

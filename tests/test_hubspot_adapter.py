@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,18 +18,22 @@ from bridge import checks
 from bridge.crm.hubspot import HubSpot, build_hubspot
 from bridge.crm.hubspot_json import contact_search_json, field_type, national_number, property_value
 from bridge.crm.richtext import note_html, note_text
-from bridge.crmconfig import config_snippet
+from bridge.crmconfig import config_snippet, schema_problems
 from bridge.domain import (
+    Company,
     Contact,
     Customer,
+    DealChange,
     FieldKind,
     FieldUpdate,
     KeyKind,
     LookupKey,
     NewContact,
+    OrderItem,
     Utm,
 )
 from bridge.errors import ConfigError, PermanentCrmError, RateLimited
+from bridge.order_rules import company_matches
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
 from bridge.tokens import TokenPair
@@ -47,6 +51,7 @@ CONFIG = (
 SITE, SITE_AUTOPAY, SITE_WORKING = "default", "1023405001", "appointmentscheduled"
 YANDEX, YANDEX_WORKING = "1023405100", "1023405102"
 PARTNERS, PARTNERS_AUTOPAY = "1023405200", "1023405201"
+RENT, RENT_NEW, RENT_CANCELLED = "1023405300", "1023405301", "1023405306"
 PAID_AT = datetime(2025, 1, 20, 11, 49, 20, tzinfo=UTC)
 CASE = BY_NAME["hubspot"]
 new_deal, new_contact = CASE.new_deal, CASE.new_contact
@@ -552,11 +557,14 @@ async def test_schema_lists_stages_in_order_and_leaves_hubspots_own_properties_o
 ) -> None:
     schema = await hub.schema()
     pipelines = {p.id: p for p in schema.pipelines}
+    assert set(pipelines) == {SITE, YANDEX, PARTNERS, RENT}
     assert pipelines[SITE].name == "Site"
     assert list(pipelines[SITE].statuses) == [SITE_AUTOPAY, SITE_WORKING, "closedwon", "closedlost"]
     fields = {(f.entity, f.id): f for f in schema.fields}
     assert fields[("leads", "last_payment_at")].type == "date_time"
-    assert ("leads", "dealname") not in fields
+    assert ("leads", "dealname") not in fields  # HubSpot's own properties are left out
+    assert fields[("leads", "installation_date")].type == "date"
+    assert fields[("companies", "inn")].type == "text"
 
 
 async def test_a_read_only_property_is_refused_for_good(fake: FakeHubSpot, hub: HubSpot) -> None:
@@ -587,7 +595,7 @@ async def test_bridge_check_and_discover_read_the_portal(fake: FakeHubSpot) -> N
     transports = {"hubspot": fake.transport()}
     findings = await checks.crm_findings("hubspot", settings, MemoryTokens(), transports)
     assert [f.level for f in findings] == ["ok", "ok"]
-    assert "3 pipelines" in findings[0].text
+    assert "4 pipelines" in findings[0].text
     adapter = make_adapter(fake)
     snippet = config_snippet("hubspot", CONFIG, await adapter.schema())
     await adapter.connection.aclose()
@@ -598,3 +606,196 @@ async def test_bridge_check_and_discover_read_the_portal(fake: FakeHubSpot) -> N
 async def test_only_date_versioned_paths_exist_in_the_fake(fake: FakeHubSpot, hub: HubSpot) -> None:
     response = await hub.connection.http.client.post("/crm/v3/objects/contacts/search", json={})
     assert response.status_code == 404
+
+
+# ---- orders: companies, stage moves, line items ---------------------------------------
+
+ROMASHKA = Company("ООО Ромашка", inn="7701234567", phone="+74950001122", email="a@b.ru")
+CHAIRS = OrderItem("chair-01", "Стул Венский", Decimal(40), Decimal("350.00"))
+TABLES = OrderItem("table-07", "Стол банкетный", Decimal(5), Decimal("6900.00"))
+OBJECTS = "/crm/objects/2026-09"
+
+
+def romashka(record: Any, key: str) -> bool:
+    return company_matches(record, ROMASHKA, key)
+
+
+async def test_one_company_search_asks_by_inn_or_every_word_of_the_name(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    by_name = fake.add_company("ооо  ромашка")
+    fake.add_company("ООО Ромашка и партнёры")
+    assert (await hub.find_company(ROMASHKA, romashka)).id == by_name  # type: ignore[union-attr]
+    by_inn = fake.add_company("Ромашка (старое название)", "7701234567")
+    assert (await hub.find_company(ROMASHKA, romashka)).id == by_inn  # type: ignore[union-attr]
+    assert [call.path for call in fake.calls] == [f"{OBJECTS}/companies/search"] * 2
+    assert fake.calls[0].json["filterGroups"] == [
+        {"filters": [{"propertyName": "inn", "operator": "EQ", "value": "7701234567"}]},
+        {
+            "filters": [
+                {"propertyName": "name", "operator": "CONTAINS_TOKEN", "value": "ООО"},
+                {"propertyName": "name", "operator": "CONTAINS_TOKEN", "value": "Ромашка"},
+            ]
+        },
+    ]
+
+
+async def test_a_company_is_created_with_name_phone_and_inn_and_linked_once(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    company = await hub.create_company(ROMASHKA)
+    assert (company.name, company.inn) == ("ООО Ромашка", "7701234567")
+    assert fake.calls[0].json == {
+        "properties": {"name": "ООО Ромашка", "phone": "+74950001122", "inn": "7701234567"}
+    }
+    contact = await hub.create_contact(new_contact())
+    fake.calls.clear()
+    await hub.link_contact_to_company(contact.id, company.id)
+    await hub.link_contact_to_company(contact.id, company.id)
+    path = f"{OBJECTS}/contacts/{contact.id}/associations/default/companies/{company.id}"
+    assert [(call.method, call.path) for call in fake.calls] == [("PUT", path)] * 2
+    assert fake.contact_companies(contact.id) == [company.id]
+
+
+async def test_a_contact_and_deal_for_a_company_are_linked_in_their_creates(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    company = await hub.create_company(ROMASHKA)
+    fake.calls.clear()
+    contact, deal = await hub.create_contact_and_deal(
+        new_contact(), new_deal(company_id=company.id)
+    )
+    assert len(fake.calls) == 2
+    company_type = {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 1}
+    assert fake.calls[0].json["associations"] == [
+        {"to": {"id": company.id}, "types": [company_type]}
+    ]
+    assert fake.contact_companies(contact.id) == [company.id]
+    assert fake.deal_companies(deal.id) == [company.id]
+
+
+async def test_a_contact_the_search_missed_is_linked_to_the_company_by_a_put(
+    fake: FakeHubSpot,
+) -> None:
+    lagging = FakeHubSpot(CONFIG, index_lag=60)
+    adapter = make_adapter(lagging)
+    company = await adapter.create_company(ROMASHKA)
+    first = await adapter.create_contact(new_contact())
+    again = await adapter.create_contact(new_contact(), company.id)  # 409: that contact
+    assert again.id == first.id
+    assert lagging.contact_companies(first.id) == [company.id]
+    await adapter.connection.aclose()
+
+
+async def test_a_change_is_one_patch_and_the_lost_stage_closes_the_deal(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    _, deal = await hub.create_contact_and_deal(new_contact(), new_deal())
+    fake.calls.clear()
+    change = DealChange(
+        pipeline_id=RENT,
+        status_id=RENT_CANCELLED,
+        price=Decimal("48500.00"),
+        name="Заказ ord_1042",
+        fields=(
+            FieldUpdate("order_id", FieldKind.TEXT, "ord_1042"),
+            FieldUpdate("installation_date", FieldKind.DATE, date(2026, 12, 1)),
+        ),
+    )
+    await hub.change_deal(deal.id, change)
+    [call] = fake.calls
+    assert call.method == "PATCH" and call.json == {
+        "properties": {
+            "pipeline": RENT,
+            "dealstage": RENT_CANCELLED,
+            "amount": "48500",
+            "dealname": "Заказ ord_1042",
+            "order_id": "ord_1042",
+            "installation_date": "2026-12-01",
+        }
+    }
+    closed = await hub.get_deal(deal.id)
+    assert closed is not None and closed.is_closed and closed.fields["order_id"] == "ord_1042"
+    fake.calls.clear()
+    await hub.change_deal(deal.id, DealChange())
+    assert fake.calls == []  # nothing to change: no call
+
+
+def test_a_date_is_a_day_and_a_datetime_is_not_one() -> None:
+    assert property_value(FieldUpdate("d", FieldKind.DATE, date(2026, 12, 1))) == "2026-12-01"
+    with pytest.raises(ValueError, match="date value"):
+        property_value(FieldUpdate("d", FieldKind.DATE, datetime(2026, 12, 1, tzinfo=UTC)))
+
+
+async def test_line_items_are_replaced_by_one_archive_and_one_create(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    _, deal = await hub.create_contact_and_deal(new_contact(), new_deal())
+    fake.calls.clear()
+    await hub.set_deal_items(deal.id, (CHAIRS, TABLES), "RUB")
+    assert [(c.method, c.path) for c in fake.calls] == [
+        ("GET", f"{OBJECTS}/deals/{deal.id}"),
+        ("POST", f"{OBJECTS}/line_items/batch/create"),
+    ]
+    line_item = {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 20}
+    assert fake.calls[1].json["inputs"][0] == {
+        "properties": {
+            "name": "Стул Венский",
+            "quantity": "40",
+            "price": "350",
+            "hs_sku": "chair-01",
+        },
+        "associations": [{"to": {"id": deal.id}, "types": [line_item]}],
+    }
+    assert sorted(fake.line_items(deal.id)) == [
+        ("Стол банкетный", "5", "6900", "table-07"),
+        ("Стул Венский", "40", "350", "chair-01"),
+    ]
+    fake.calls.clear()
+    await hub.set_deal_items(deal.id, (TABLES,), "RUB")
+    assert [(c.method, c.path) for c in fake.calls] == [
+        ("GET", f"{OBJECTS}/deals/{deal.id}"),
+        ("POST", f"{OBJECTS}/line_items/batch/archive"),
+        ("POST", f"{OBJECTS}/line_items/batch/create"),
+    ]
+    assert fake.line_items(deal.id) == [("Стол банкетный", "5", "6900", "table-07")]
+    fake.calls.clear()
+    await hub.set_deal_items(deal.id, (), "RUB")
+    assert len(fake.calls) == 2 and fake.line_items(deal.id) == []
+
+
+async def test_check_and_discover_cover_the_order_stages_and_fields(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    schema = await hub.schema()
+    stages = {
+        **CONFIG.order_stages,
+        "cancelled": CONFIG.order_stages["new"].model_copy(update={"status_id": "closedlost"}),
+    }
+    fields = CONFIG.order_fields.model_copy(
+        update={"order_id": "no_such_property", "company_inn": "phone_typo"}
+    )
+    broken = CONFIG.model_copy(update={"order_stages": stages, "order_fields": fields})
+    assert [p.key for p in schema_problems("hubspot", broken, schema)] == [
+        "crm.hubspot.order_stages.cancelled.status_id = closedlost",
+        "crm.hubspot.order_fields.order_id = no_such_property",
+        "crm.hubspot.order_fields.company_inn = phone_typo",
+    ]
+    snippet = config_snippet("hubspot", CONFIG, schema)
+    assert "cancelled = { pipeline_id = 1023405300, status_id = 1023405306 }" in snippet
+    assert 'installation_date = "installation_date"' in snippet
+    assert 'company_inn = "inn"' in snippet
+    bare = config_snippet("hubspot", None, schema)
+    assert "# cancelled = { pipeline_id = …, status_id = … }" in bare
+    assert 'company_inn = "inn"' in bare  # "ИНН": matched by name
+
+
+async def test_a_quoted_company_name_is_searched_by_its_words(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    quoted = Company("ООО «Ромашка»", inn="")
+    wanted = fake.add_company("ООО «Ромашка»")
+    found = await hub.find_company(quoted, lambda r, k: company_matches(r, quoted, k))
+    assert found is not None and found.id == wanted
+    words = [f["value"] for f in fake.calls[0].json["filterGroups"][0]["filters"]]
+    assert words == ["ООО", "Ромашка"]  # no INN: the name is the only group

@@ -192,6 +192,7 @@ async def test_schema_discover_and_check_agree_with_the_example() -> None:
         "2": "Автооплата",
         "3": "In progress",
         "4": "Won",
+        "lost": "Lost (archived with a reason)",  # the pseudo-stage of cancelled orders
     }
     assert schema_problems("odoo", config, schema) == []
     snippet = config_snippet("odoo", config, schema)

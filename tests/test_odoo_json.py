@@ -208,6 +208,7 @@ def test_one_lookup_for_every_key() -> None:
     call = oj.partner_lookup_call(KEYS, example_config(), FULL)
     assert call is not None
     assert call.args[0] == [
+        ["is_company", "=", False],  # people only: an order's company may share the phone
         "|",
         "|",
         ["x_telegram_id", "=", "987654321"],
@@ -218,6 +219,7 @@ def test_one_lookup_for_every_key() -> None:
     bare = oj.partner_lookup_call(KEYS[1:], example_config(), BARE)
     assert bare is not None
     assert bare.args[0] == [
+        ["is_company", "=", False],
         "|",
         "|",
         ["phone", "ilike", "9160001122"],
@@ -346,8 +348,11 @@ def test_schema_from_teams_stages_and_fields() -> None:
     ]
     pipelines = oj.pipelines_from(teams, stages)
     assert [(p.id, dict(p.statuses)) for p in pipelines] == [
-        ("1", {"1": "New", "4": "Won"}),
-        ("2", {"1": "New", "5": "Yandex only", "4": "Won"}),
+        ("1", {"1": "New", "4": "Won", oj.LOST: "Lost (archived with a reason)"}),
+        (
+            "2",
+            {"1": "New", "5": "Yandex only", "4": "Won", oj.LOST: "Lost (archived with a reason)"},
+        ),
     ]
     assert oj.won_stage_ids(stages) == ("4",)
     rows = [

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,24 @@ from bridge.crm.pipedrive_budget import TOKEN_COSTS, TokenBudget, budget_hooks
 from bridge.crm.pipedrive_json import custom_fields_json, field_text, search_params
 from bridge.crm.richtext import note_html, note_text
 from bridge.crmconfig import schema_problems
-from bridge.domain import Contact, ContactPatch, FieldKind, FieldUpdate, KeyKind, LookupKey
-from bridge.errors import AuthError, ConfigError, PermanentCrmError, RateLimited
+from bridge.domain import (
+    Company,
+    Contact,
+    ContactPatch,
+    DealChange,
+    FieldKind,
+    FieldUpdate,
+    KeyKind,
+    LookupKey,
+    OrderItem,
+)
+from bridge.errors import (
+    AuthError,
+    ConfigError,
+    PermanentCrmError,
+    RateLimited,
+)
+from bridge.order_rules import company_matches
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, load_file_config
 from bridge.tokens import TokenPair
@@ -376,7 +392,10 @@ async def test_list_deals_is_one_call_for_open_deals_in_every_pipeline(
     assert [deal.id for deal in deals] == [str(newer), str(older), str(won)]
     [call] = fake.calls
     assert call.params["status"] == ["open"] and call.params["sort_by"] == ["update_time"]
-    assert call.params["custom_fields"] == [",".join(k for k in DF.model_dump().values() if k)]
+    # The configured deal fields only (payments' and orders'), when there are at most 15 of
+    # them to ask for; else every field comes back.
+    keys = CONFIG.deal_field_ids()
+    assert call.params.get("custom_fields") == ([",".join(keys)] if len(keys) <= 15 else None)
     first = deals[1]
     assert (first.pipeline_id, first.status_id, first.updated_at) == (str(YANDEX), "4", 1000)
     assert not first.is_closed and not first.is_deleted
@@ -503,10 +522,10 @@ async def test_the_budget_counts_what_pipedrive_counts(fake: FakePipedrive, pd: 
     await pd.deal_notes(deal.id)
     await pd.list_deals(contact)
     await pd.schema()
-    assert pd.budget.used == fake.tokens_used == 20 + 1 + 5 + 1 + 5 + 10 + 20 + 10 + 30
+    assert pd.budget.used == fake.tokens_used == 20 + 1 + 5 + 1 + 5 + 10 + 20 + 10 + 40
     health = pd.connection.health_details()
-    assert health["daily_tokens_used"] == 102
-    assert health["daily_tokens_remaining"] == 30_000 - 102
+    assert health["daily_tokens_used"] == 112
+    assert health["daily_tokens_remaining"] == 30_000 - 112
     assert health["daily_token_budget"] == 30_000
 
 
@@ -588,10 +607,15 @@ async def test_oauth_stores_a_rotated_refresh_token(fake: FakePipedrive) -> None
 
 async def test_schema_names_stages_and_leaves_system_fields_out(pd: Pipedrive) -> None:
     schema = await pd.schema()
-    assert {p.id: p.statuses for p in schema.pipelines}["1"] == {"1": "Автооплата", "2": "В работе"}
+    pipelines = {p.id: p for p in schema.pipelines}
+    assert set(pipelines) == {"1", "2", "3", "4"}  # 4: the rental pipeline of order_stages
+    assert pipelines["1"].name == "Site"
+    assert pipelines["1"].statuses == {"1": "Автооплата", "2": "В работе"}
     fields = {(f.entity, f.id): f for f in schema.fields}
     assert fields[("leads", LAST_AT)].type == "date"
-    assert ("leads", "title") not in fields
+    assert ("leads", "title") not in fields  # system fields are not custom fields
+    assert fields[("companies", CONFIG.order_fields.company_inn)].type == "text"
+    assert schema_problems("pipedrive", CONFIG, schema) == []
 
 
 async def test_bridge_check_flags_a_monetary_field(fake: FakePipedrive, pd: Pipedrive) -> None:
@@ -616,3 +640,178 @@ def test_options_are_validated(fake: FakePipedrive, options: dict[str, Any], mes
     config = CONFIG.model_copy(update={"options": options})
     with pytest.raises(ConfigError, match=message):
         make_adapter(fake, config=config)
+
+
+# ---- orders: organizations, stage moves, deal products --------------------------------
+# Every request below is checked against the OpenAPI files too (the autouse fixture).
+
+OF = CONFIG.order_fields
+INN_FIELD = OF.company_inn or ""
+ROMASHKA = Company("ООО Ромашка", inn="7701234567", phone="+74950001122", email="a@b.ru")
+RENT, RENT_NEW, RENT_IN_RENT, RENT_CANCELLED = 4, 7, 9, 12
+CHAIRS = OrderItem("chair-01", "Стул Венский", Decimal(40), Decimal("350.00"))
+TABLES = OrderItem("table-07", "Стол банкетный", Decimal(5), Decimal("6900.00"))
+
+
+def romashka(record: Any, key: str) -> bool:
+    return company_matches(record, ROMASHKA, key)
+
+
+async def test_an_organization_is_found_by_its_inn_in_one_exact_search(
+    fake: FakePipedrive, pd: Pipedrive
+) -> None:
+    fake.add_organization("ООО Ромашка", "7700000000")
+    wanted = fake.add_organization("Ромашка (старое название)", "7701234567")
+    found = await pd.find_company(ROMASHKA, romashka)
+    assert found is not None and found.id == str(wanted)
+    [call] = fake.calls
+    assert call.path == "/api/v2/organizations/search"
+    assert call.params["term"] == ["7701234567"] and call.params["exact_match"] == ["true"]
+    assert call.params["fields"] == ["custom_fields"]
+
+
+async def test_an_organization_without_its_inn_is_found_by_a_word_of_its_name(
+    fake: FakePipedrive, pd: Pipedrive
+) -> None:
+    fake.add_organization("Ромашка и партнёры", "")
+    wanted = fake.add_organization("ооо  РОМАШКА", "")
+    found = await pd.find_company(ROMASHKA, romashka)
+    assert found is not None and found.id == str(wanted)
+    _by_inn, by_name = fake.calls
+    assert by_name.params["term"] == ["Ромашка"] and "exact_match" not in by_name.params
+    assert pd.budget.used == 40
+
+
+async def test_a_new_organization_carries_its_inn_and_links_person_and_deal(
+    fake: FakePipedrive, pd: Pipedrive
+) -> None:
+    org = await pd.create_company(ROMASHKA)
+    assert (org.name, org.inn) == ("ООО Ромашка", "7701234567")
+    stored = fake.organizations()[0]
+    assert stored["custom_fields"][INN_FIELD] == "7701234567"
+    fake.calls.clear()
+    contact, deal = await pd.create_contact_and_deal(new_contact(), new_deal(company_id=org.id))
+    assert paths(fake) == ["POST /api/v2/persons", "POST /api/v2/deals"]  # org_id in both
+    assert fake.person_orgs(contact.id) == {org.id} and fake.deal_org(deal.id) == org.id
+    fake.calls.clear()
+    await pd.link_contact_to_company(contact.id, org.id)
+    assert paths(fake) == [f"PATCH /api/v2/persons/{contact.id}"]
+    assert fake.person_orgs(contact.id) == {org.id}
+
+
+async def test_a_change_is_one_patch_and_the_cancelled_stage_marks_the_deal_lost(
+    fake: FakePipedrive, pd: Pipedrive
+) -> None:
+    _, deal = await pd.create_contact_and_deal(
+        new_contact(), new_deal(pipeline_id=str(RENT), status_id=str(RENT_NEW))
+    )
+    assert OF.order_id and OF.installation_date
+    fake.calls.clear()
+    change = DealChange(
+        pipeline_id=str(RENT),
+        status_id=str(RENT_CANCELLED),
+        price=Decimal("48500.00"),
+        fields=(
+            FieldUpdate(OF.order_id, FieldKind.TEXT, "ord_1042"),
+            FieldUpdate(OF.installation_date, FieldKind.DATE, date(2026, 12, 1)),
+        ),
+    )
+    await pd.change_deal(deal.id, change)
+    [call] = fake.calls
+    assert call.method == "PATCH" and call.json["status"] == "lost"
+    stored = fake.deal(deal.id)
+    assert (stored["stage_id"], stored["status"], stored["value"]) == (
+        RENT_CANCELLED,
+        "lost",
+        48500,
+    )
+    assert fake.deal_field(deal.id, OF.installation_date) == "2026-12-01"
+    gone = await pd.get_deal(deal.id)
+    assert gone is not None and gone.is_closed and gone.fields[OF.order_id] == "ord_1042"
+    # The order lives again: another stage reopens the deal.
+    await pd.change_deal(deal.id, DealChange(pipeline_id=str(RENT), status_id=str(RENT_IN_RENT)))
+    assert fake.deal(deal.id)["status"] == "open"
+
+
+async def test_deal_products_are_catalog_products_found_by_code_or_created(
+    fake: FakePipedrive, pd: Pipedrive
+) -> None:
+    chair = fake.add_product("Стул венский (каталог)", "CHAIR-01")
+    _, deal = await pd.create_contact_and_deal(new_contact(), new_deal())
+    fake.calls.clear()
+    await pd.set_deal_items(deal.id, (CHAIRS, TABLES), "RUB")
+    assert paths(fake) == [
+        f"DELETE /api/v2/deals/{deal.id}/products",
+        "GET /api/v2/products/search",  # chair-01: the catalog's CHAIR-01
+        "GET /api/v2/products/search",  # table-07: none
+        "POST /api/v2/products",
+        f"POST /api/v2/deals/{deal.id}/products/bulk",
+    ]
+    table = next(p for p in fake.products() if p["code"] == "table-07")
+    assert table["prices"] == [{"currency": "RUB", "price": 6900}]
+    assert sorted(fake.deal_products(deal.id)) == [
+        ("Стол банкетный", Decimal(5), Decimal(6900)),
+        ("Стул Венский", Decimal(40), Decimal(350)),
+    ]
+    assert {a["product_id"] for a in fake._deal_products_json(deal.id)} == {chair, table["id"]}
+    assert fake.deal(deal.id)["value"] == 40 * 350 + 5 * 6900  # Pipedrive sums the products
+    # The next event knows both SKUs: a detach and an attach, whatever the items.
+    fake.calls.clear()
+    await pd.set_deal_items(deal.id, (TABLES,), "RUB")
+    assert paths(fake) == [
+        f"DELETE /api/v2/deals/{deal.id}/products",
+        f"POST /api/v2/deals/{deal.id}/products/bulk",
+    ]
+    assert fake.deal_products(deal.id) == [("Стол банкетный", Decimal(5), Decimal(6900))]
+    fake.calls.clear()
+    await pd.set_deal_items(deal.id, (), "RUB")
+    assert paths(fake) == [f"DELETE /api/v2/deals/{deal.id}/products"]
+    assert fake.deal_products(deal.id) == []
+
+
+async def test_a_product_deleted_from_the_catalog_is_found_again(
+    fake: FakePipedrive, pd: Pipedrive
+) -> None:
+    _, deal = await pd.create_contact_and_deal(new_contact(), new_deal())
+    await pd.set_deal_items(deal.id, (CHAIRS,), "RUB")
+    [old] = fake.products()
+    fake.delete_product(old["id"])
+    await pd.set_deal_items(deal.id, (CHAIRS,), "RUB")
+    [new] = fake.products()
+    assert new["id"] != old["id"]
+    assert fake.deal_products(deal.id) == [("Стул Венский", Decimal(40), Decimal(350))]
+
+
+async def test_more_than_a_hundred_attached_products_are_all_detached(
+    fake: FakePipedrive, pd: Pipedrive
+) -> None:
+    _, deal = await pd.create_contact_and_deal(new_contact(), new_deal())
+    items = tuple(OrderItem(f"sku-{n}", f"Вещь {n}", Decimal(1), Decimal(10)) for n in range(130))
+    await pd.set_deal_items(deal.id, items, "RUB")
+    assert len(fake.deal_products(deal.id)) == 130
+    fake.calls.clear()
+    await pd.set_deal_items(deal.id, items[:1], "RUB")
+    assert paths(fake) == [
+        f"DELETE /api/v2/deals/{deal.id}/products",
+        f"DELETE /api/v2/deals/{deal.id}/products",
+        f"POST /api/v2/deals/{deal.id}/products/bulk",
+    ]
+    assert len(fake.deal_products(deal.id)) == 1
+
+
+async def test_check_covers_the_order_stages_and_the_organization_inn_field(
+    fake: FakePipedrive, pd: Pipedrive
+) -> None:
+    schema = await pd.schema()
+    assert schema_problems("pipedrive", CONFIG, schema) == []
+    stages = {
+        **CONFIG.order_stages,
+        "new": CONFIG.order_stages["new"].model_copy(update={"pipeline_id": "99"}),
+    }
+    fields = OF.model_copy(update={"company_inn": "x" * 40, "installation_date": PAYMENT_ID})
+    broken = CONFIG.model_copy(update={"order_stages": stages, "order_fields": fields})
+    problems = [str(p) for p in schema_problems("pipedrive", broken, schema)]
+    assert problems[0] == "crm.pipedrive.order_stages.new.pipeline_id = 99: no such pipeline"
+    assert "order_fields.installation_date" in problems[1]
+    assert "needs birthday or date" in problems[1]
+    assert problems[2].endswith("no such company field")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -13,27 +14,33 @@ from typing import Any
 import httpx
 import pytest
 
-from bridge import checks
+from bridge import checks, order_rules
 from bridge.crm.salesforce import Salesforce, build_salesforce
-from bridge.crm.salesforce_json import MASTER_RECORD_TYPE
+from bridge.crm.salesforce_json import MASTER_RECORD_TYPE, field_value
 from bridge.crmconfig import config_snippet, schema_problems
 from bridge.domain import (
+    Company,
+    CompanyRecord,
     Contact,
     Customer,
+    DealChange,
     FieldKind,
     FieldUpdate,
     KeyKind,
     LookupKey,
     NewContact,
     NewDeal,
+    OrderItem,
     Utm,
 )
-from bridge.errors import AuthError, ConfigError, RateLimited
+from bridge.errors import AuthError, ConfigError, PermanentCrmError, RateLimited
 from bridge.rules import contact_matches
-from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
+from bridge.settings import CrmConfig, FileConfig, OrderStage, Settings, load_file_config
 from tests.fakes.memory import adapter_on
 from tests.fakes.salesforce import PARTNERS, SITE, YANDEX, FakeSalesforce
+from tests.fakes.salesforce_org import STANDARD_PRICEBOOK
 from tests.fakes.server import serve_in_thread
+from tests.order_examples import uncommented_orders
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = (
@@ -258,3 +265,255 @@ async def test_the_fake_serves_over_a_real_socket(tmp_path: Path) -> None:
     finally:
         stop()
     assert served.deal_contacts(deal.id) == [contact.id] and served.tokens_minted == 1
+
+
+# ---- orders (SPEC §8): the section's order settings and reads for the order contract ----
+
+RENT = {  # the example's commented order settings: every status in the Site record type
+    "new": "Prospecting",
+    "reserved": "In Progress",
+    "in_rent": "In Progress",
+    "in_progress": "In Progress",
+    "archived": "Closed Won",
+    "cancelled": "Closed Lost",
+}
+ORDER_FIELDS = {
+    "order_id": "Order_Id__c",
+    "order_status": "Order_Status__c",
+    "installation_date": "Installation_Date__c",
+    "dismantle_date": "Dismantle_Date__c",
+    "delivery_method": "Delivery_Method__c",
+    "delivery_address": "Delivery_Address__c",
+    "comment": "Order_Comment__c",
+    "company_inn": "INN__c",
+}
+PRODUCTS = (  # the rental shop's catalog, in the standard price book
+    ("chair-01", "Стул Венский", 350.0),
+    ("table-07", "Стол банкетный", 6900.0),
+    ("tent-02", "Шатёр 6×12", 25000.0),
+)
+
+
+def order_config(config: CrmConfig, *, pricebook: bool = True) -> CrmConfig:
+    """`config` taking orders: stages, fields and (unless told) the standard price book."""
+    stages = {status: {"pipeline_id": SITE, "status_id": stage} for status, stage in RENT.items()}
+    raw = {
+        **config.model_dump(),
+        "order_stages": stages,
+        "order_fields": ORDER_FIELDS,
+        "order_catalog_id": STANDARD_PRICEBOOK if pricebook else None,
+    }
+    return CrmConfig.model_validate(raw)
+
+
+def order_fake(config: CrmConfig = CONFIG) -> FakeSalesforce:
+    fake = FakeSalesforce(order_config(config))
+    for code, name, price in PRODUCTS:
+        fake.add_product(code, name, price)
+    return fake
+
+
+def line_items_of(fake: FakeSalesforce, deal_id: str) -> list[tuple[str, Decimal, Decimal]]:
+    products = {row["Id"]: row["Name"] for row in fake.org.rows("Product2")}
+    return [
+        (products[row["Product2Id"]], Decimal(str(row["Quantity"])), Decimal(str(row["UnitPrice"])))
+        for row in fake.line_items(deal_id)
+    ]
+
+
+def deal_stage(fake: FakeSalesforce, deal_id: str) -> tuple[str, str]:
+    deal = fake.deal(deal_id)
+    return str(deal["RecordTypeId"]), str(deal["StageName"])
+
+
+ROMASHKA = Company("ООО Ромашка", inn="7701234567", phone="+74950001122", email="info@romashka.ru")
+CHAIRS = OrderItem("chair-01", "Стул Венский", Decimal(40), Decimal("350.00"))
+TABLES = OrderItem("table-07", "Стол банкетный", Decimal(5), Decimal("6900.00"))
+
+
+def company_rule(record: CompanyRecord, key: str) -> bool:
+    return order_rules.company_matches(record, ROMASHKA, key)
+
+
+@pytest.fixture
+async def orders() -> AsyncIterator[tuple[FakeSalesforce, Salesforce]]:
+    fake = order_fake()
+    adapter = make_adapter(fake, config=order_config(CONFIG))
+    await adapter.connection.source.current()  # the session, before the counts
+    fake.calls.clear()
+    yield fake, adapter
+    await adapter.connection.aclose()
+
+
+async def test_an_order_of_a_company_takes_one_request_a_step(
+    orders: tuple[FakeSalesforce, Salesforce],
+) -> None:
+    fake, sf = orders
+    assert await sf.find_company(ROMASHKA, company_rule) is None
+    company = await sf.create_company(ROMASHKA)
+    account = fake.companies()[0]
+    assert (account["Name"], account["INN__c"], account["Phone"]) == (
+        "ООО Ромашка",
+        "7701234567",
+        "+74950001122",
+    )
+    new = NewDeal("Заказ ord_1042", Decimal("48500"), SITE, "Prospecting", (), company.id)
+    contact, deal = await sf.create_contact_and_deal(new_contact(), new)
+    await sf.link_contact_to_company(contact.id, company.id)
+    change = DealChange(
+        pipeline_id=SITE,
+        status_id="In Progress",
+        price=Decimal("48500.00"),
+        fields=(FieldUpdate("Installation_Date__c", FieldKind.DATE, date(2026, 12, 1)),),
+    )
+    await sf.change_deal(deal.id, change)
+    await sf.set_deal_items(deal.id, (CHAIRS, TABLES), "RUB")
+    data = "/services/data/v68.0"
+    assert rest_calls(fake) == [
+        f"GET {data}/query",
+        f"POST {data}/sobjects/Account",
+        f"POST {data}/composite",
+        f"PATCH {data}/sobjects/Contact/{contact.id}",
+        f"PATCH {data}/sobjects/Opportunity/{deal.id}",
+        f"POST {data}/composite",  # the price book's entries and the lines held
+        f"POST {data}/composite",  # the lines replaced
+    ]
+    assert fake.contact(contact.id)["AccountId"] == company.id
+    stored = fake.deal(deal.id)
+    assert (stored["AccountId"], stored["StageName"]) == (company.id, "In Progress")
+    assert stored["Installation_Date__c"] == "2026-12-01"
+    assert stored["Amount"] == 48500  # the lines' sum
+    assert fake.refusals == []
+
+
+async def test_items_are_replaced_and_the_same_items_again_cost_one_read(
+    orders: tuple[FakeSalesforce, Salesforce],
+) -> None:
+    fake, sf = orders
+    contact = await sf.create_contact(new_contact())
+    deal = await sf.create_deal(contact, new_deal())
+    await sf.set_deal_items(deal.id, (CHAIRS, TABLES), "RUB")
+    first = {row["Id"] for row in fake.line_items(deal.id)}
+    fake.calls.clear()
+    await sf.set_deal_items(deal.id, (TABLES, CHAIRS), "RUB")  # a retry: nothing to write
+    assert len(fake.calls) == 1 and {row["Id"] for row in fake.line_items(deal.id)} == first
+    more = OrderItem("table-07", "Стол банкетный", Decimal(6), Decimal("6900.00"))
+    await sf.set_deal_items(deal.id, (more,), "RUB")
+    assert line_items_of(fake, deal.id) == [("Стол банкетный", Decimal(6), Decimal(6900))]
+    assert fake.deal(deal.id)["Amount"] == 41400
+
+
+async def test_a_product_the_price_book_lacks_changes_nothing_and_says_which(
+    orders: tuple[FakeSalesforce, Salesforce],
+) -> None:
+    fake, sf = orders
+    contact = await sf.create_contact(new_contact())
+    deal = await sf.create_deal(contact, new_deal())
+    await sf.set_deal_items(deal.id, (CHAIRS,), "RUB")
+    unknown = OrderItem("sofa-99", "Диван", Decimal(1), Decimal("1000"))
+    with pytest.raises(PermanentCrmError, match="sofa-99"):
+        await sf.set_deal_items(deal.id, (TABLES, unknown), "RUB")
+    assert line_items_of(fake, deal.id) == [("Стул Венский", Decimal(40), Decimal(350))]
+
+
+async def test_without_a_price_book_items_make_no_call() -> None:
+    fake = order_fake()
+    adapter = make_adapter(fake, config=order_config(CONFIG, pricebook=False))
+    try:
+        contact = await adapter.create_contact(new_contact())
+        deal = await adapter.create_deal(contact, new_deal())
+        fake.calls.clear()
+        await adapter.set_deal_items(deal.id, (CHAIRS,), "RUB")
+        assert adapter.keeps_items is False and fake.calls == []
+    finally:
+        await adapter.connection.aclose()
+
+
+async def test_a_company_name_with_quotes_and_wildcards_is_searched_safely(
+    orders: tuple[FakeSalesforce, Salesforce],
+) -> None:
+    fake, sf = orders
+    odd = Company("ООО 'Ромашка_1' 100%")
+    made = fake.add_company("ООО 'Ромашка_1' 100%")
+    found = await sf.find_company(
+        odd, lambda record, key: order_rules.company_matches(record, odd, key)
+    )
+    assert found is not None and found.id == made and fake.refusals == []
+
+
+def test_a_date_field_takes_a_day_not_a_moment() -> None:
+    moment = datetime(2026, 12, 1, tzinfo=UTC)
+    with pytest.raises(ValueError, match="not a day"):
+        field_value(FieldUpdate("Installation_Date__c", FieldKind.DATE, moment))
+    day = FieldUpdate("Installation_Date__c", FieldKind.DATE, date(2026, 12, 1))
+    assert field_value(day) == "2026-12-01"
+
+
+def test_the_examples_order_settings_are_the_ones_tested() -> None:
+    """Uncommented, the example's order settings are `order_config`'s."""
+    example = uncommented_orders(ROOT / "etc" / "crm-salesforce.example.toml").crm["salesforce"]
+    tested = order_config(CONFIG)
+    assert example.order_stages == tested.order_stages
+    assert example.order_fields == tested.order_fields
+    assert example.order_catalog_id == tested.order_catalog_id
+
+
+async def test_check_and_discover_cover_the_order_settings(
+    orders: tuple[FakeSalesforce, Salesforce],
+) -> None:
+    _, sf = orders
+    schema = await sf.schema()
+    config = order_config(CONFIG)
+    assert schema_problems("salesforce", config, schema) == []
+    snippet = config_snippet("salesforce", None, schema)  # matched by name alone
+    assert 'installation_date = "Installation_Date__c"' in snippet
+    assert 'order_id = "Order_Id__c"' in snippet and 'company_inn = "INN__c"' in snippet
+    stages = {**config.order_stages, "cancelled": OrderStage(pipeline_id=YANDEX, status_id="X")}
+    fields = config.order_fields.model_copy(
+        update={"installation_date": "Order_Comment__c", "company_inn": "Tax__c"}
+    )
+    wrong = config.model_copy(update={"order_stages": stages, "order_fields": fields})
+    assert [str(p) for p in schema_problems("salesforce", wrong, schema)] == [
+        f"crm.salesforce.order_stages.cancelled.status_id = X: no such status in pipeline {YANDEX}",
+        "crm.salesforce.order_fields.installation_date = Order_Comment__c:"
+        ' "Order Comment" is a textarea field; installation_date needs birthday or date'
+        " or date_time or zoho:date",
+        "crm.salesforce.order_fields.company_inn = Tax__c: no such company field",
+    ]
+
+
+async def test_an_amount_over_products_is_their_sum(
+    orders: tuple[FakeSalesforce, Salesforce],
+) -> None:
+    """Salesforce answers 204 to an Amount written over products and keeps their sum: the
+    stage move with its fields still goes through in the one PATCH."""
+    fake, sf = orders
+    contact = await sf.create_contact(new_contact())
+    deal = await sf.create_deal(contact, new_deal())
+    await sf.set_deal_items(deal.id, (CHAIRS,), "RUB")
+    await sf.change_deal(
+        deal.id, DealChange(pipeline_id=SITE, status_id="Closed Lost", price=Decimal(1))
+    )
+    stored = fake.deal(deal.id)
+    assert (stored["StageName"], stored["IsClosed"], stored["Amount"]) == (
+        "Closed Lost",
+        True,
+        14000,
+    )
+
+
+async def test_without_an_inn_field_companies_are_found_by_name() -> None:
+    fake = order_fake()
+    config = order_config(CONFIG)
+    config = config.model_copy(
+        update={"order_fields": config.order_fields.model_copy(update={"company_inn": None})}
+    )
+    adapter = make_adapter(fake, config=config)
+    try:
+        named = fake.add_company("ООО  РОМАШКА")
+        found = await adapter.find_company(ROMASHKA, company_rule)
+        assert found == CompanyRecord(named, "ООО  РОМАШКА", "")
+        made = await adapter.create_company(Company("ООО Лютик", inn="7700000001"))
+        assert fake.org.records["Account"][made.id]["INN__c"] is None  # nowhere to put it
+    finally:
+        await adapter.connection.aclose()

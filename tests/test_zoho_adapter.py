@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import tomllib
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -23,14 +23,19 @@ import pytest
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
+from bridge import order_rules
 from bridge.crm.base import RateLimiter
 from bridge.crm.connection import OnCall, Wiring
 from bridge.crm.zoho import Zoho, build_zoho
+from bridge.crm.zoho_json import value_json
 from bridge.crmconfig import config_snippet, schema_problems
 from bridge.crypto import TokenCipher
 from bridge.domain import (
+    Company,
+    CompanyRecord,
     Contact,
     Customer,
+    DealChange,
     FieldKind,
     FieldUpdate,
     KeyKind,
@@ -41,13 +46,14 @@ from bridge.domain import (
 )
 from bridge.errors import ConfigError, PermanentCrmError, RateLimited
 from bridge.rules import contact_matches
-from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
+from bridge.settings import CrmConfig, FileConfig, OrderStage, Settings, load_file_config
 from bridge.tokens import TokenPair
 from tests.cli_support import make_cli, write_config
 from tests.fakes.memory import MemoryTokens
 from tests.fakes.openapi_check import SentRequests
 from tests.fakes.zoho import FakeZoho
 from tests.fakes.zoho_openapi import ZohoOpenApi
+from tests.order_examples import uncommented_orders
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = (
@@ -472,3 +478,142 @@ def test_auth_discover_and_check_commands(
     checked = cli("check")
     assert checked.exit_code == 0, checked.output
     assert "OK       crm.zoho: reachable and authorised (3 pipelines" in checked.stdout
+
+
+# ---- orders (SPEC §8): the section's order settings and reads for the order contract ----
+
+RENT = {  # the example's commented order settings: every status in the Site pipeline
+    "new": "Новый заказ",
+    "reserved": "Забронирован",
+    "in_rent": "В аренде",
+    "in_progress": "В работе",
+    "archived": "Closed Won",
+    "cancelled": "Closed Lost",
+}
+ORDER_FIELDS = {
+    "order_id": "Order_ID",
+    "order_status": "Order_Status",
+    "installation_date": "Installation_Date",
+    "dismantle_date": "Dismantle_Date",
+    "delivery_method": "Delivery_Method",
+    "delivery_address": "Delivery_Address",
+    "comment": "Order_Comment",
+    "company_inn": "INN",
+}
+
+
+def order_config(config: CrmConfig) -> CrmConfig:
+    """`config` taking orders: every status in a stage of the Site pipeline, the fields."""
+    stages = {status: {"pipeline_id": "Site", "status_id": stage} for status, stage in RENT.items()}
+    raw = {**config.model_dump(), "order_stages": stages, "order_fields": ORDER_FIELDS}
+    return CrmConfig.model_validate(raw)
+
+
+def lookup(values: dict[str, Any], name: str) -> str | None:
+    value = values.get(name)
+    return str(value["id"]) if isinstance(value, dict) else None
+
+
+def deal_stage(fake: FakeZoho, deal_id: str) -> tuple[str, str]:
+    deal = fake.deal(deal_id)
+    return str(deal["Pipeline"]), str(deal["Stage"])
+
+
+ROMASHKA = Company("ООО Ромашка", inn="7701234567", phone="+74950001122", email="info@romashka.ru")
+
+
+def company_rule(record: CompanyRecord, key: str) -> bool:
+    return order_rules.company_matches(record, ROMASHKA, key)
+
+
+async def test_an_order_of_a_company_costs_one_credit_a_step_and_stays_in_the_openapi(
+    fake: FakeZoho,
+) -> None:
+    """Each order step is one call (the conformance fixture checks every request against
+    the v8 OpenAPI files): the COQL company search, the account, the contact and deal
+    linked in the composite create, the link, the stage move with its fields; items none."""
+    adapter = make_adapter(fake, config=order_config(CONFIG))
+    try:
+        assert await adapter.find_company(ROMASHKA, company_rule) is None
+        company = await adapter.create_company(ROMASHKA)
+        assert fake.companies()[0]["INN"] == "7701234567"
+        assert fake.companies()[0]["Phone"] == "+74950001122"
+        new = NewDeal("Заказ ord_1042", Decimal("48500"), "Site", "Новый заказ", (), company.id)
+        contact, deal = await adapter.create_contact_and_deal(new_contact(), new)
+        await adapter.link_contact_to_company(contact.id, company.id)
+        change = DealChange(
+            pipeline_id="Site",
+            status_id="Забронирован",
+            price=Decimal("52000.50"),
+            fields=(FieldUpdate("Dismantle_Date", FieldKind.DATE, date(2026, 12, 5)),),
+        )
+        await adapter.change_deal(deal.id, change)
+        before = len(fake.calls)
+        await adapter.set_deal_items(deal.id, (), "RUB")
+        assert len(fake.calls) == before and adapter.keeps_items is False
+        assert paths(fake) == [
+            "POST /crm/v8/coql",
+            "POST /crm/v8/Accounts",
+            "POST /crm/v8/__composite_requests",
+            "PUT /crm/v8/Contacts/" + contact.id,
+            "PUT /crm/v8/Deals/" + deal.id,
+        ]
+        stored = fake.deal(deal.id)
+        assert stored["Account_Name"] == {"id": company.id}
+        assert fake.contact(contact.id)["Account_Name"] == {"id": company.id}
+        assert (stored["Stage"], stored["Amount"]) == ("Забронирован", 52000.5)
+        assert stored["Dismantle_Date"] == "2026-12-05"
+        found = await adapter.find_company(ROMASHKA, company_rule)
+        assert found == CompanyRecord(company.id, "ООО Ромашка", "7701234567")
+    finally:
+        await adapter.connection.aclose()
+
+
+async def test_a_company_name_with_quotes_is_searched_safely(fake: FakeZoho) -> None:
+    adapter = make_adapter(fake, config=order_config(CONFIG))
+    try:
+        quoted = Company("ООО 'Ромашка' 100%", inn="")
+        made = fake.add_company("ООО 'Ромашка' 100%")
+        found = await adapter.find_company(
+            quoted, lambda record, key: order_rules.company_matches(record, quoted, key)
+        )
+        assert found is not None and found.id == made
+    finally:
+        await adapter.connection.aclose()
+
+
+def test_a_date_field_takes_a_day_not_a_moment() -> None:
+    moment = datetime(2026, 12, 1, tzinfo=UTC)
+    with pytest.raises(ValueError, match="wrong type"):
+        value_json(FieldUpdate("Installation_Date", FieldKind.DATE, moment))
+    assert value_json(FieldUpdate("Installation_Date", FieldKind.DATE, date(2026, 12, 1))) == (
+        "2026-12-01"
+    )
+
+
+def test_the_examples_order_settings_are_the_ones_tested() -> None:
+    """Uncommented, the example's order tables are `order_config`'s settings."""
+    example = uncommented_orders(ROOT / "etc" / "crm-zoho.example.toml")
+    assert example.crm["zoho"].order_stages == order_config(CONFIG).order_stages
+    assert example.crm["zoho"].order_fields == order_config(CONFIG).order_fields
+
+
+async def test_check_and_discover_cover_the_order_settings(fake: FakeZoho) -> None:
+    config = order_config(CONFIG)
+    adapter = make_adapter(fake, config=config)
+    try:
+        schema = await adapter.schema()
+    finally:
+        await adapter.connection.aclose()
+    assert schema_problems("zoho", config, schema) == []
+    snippet = config_snippet("zoho", None, schema)  # matched by name alone
+    assert 'dismantle_date = "Dismantle_Date"' in snippet
+    assert 'order_id = "Order_ID"' in snippet and 'company_inn = "INN"' in snippet
+    stages = {**config.order_stages, "new": OrderStage(pipeline_id="Rent", status_id="X")}
+    fields = config.order_fields.model_copy(update={"dismantle_date": "Order_Status"})
+    wrong = config.model_copy(update={"order_stages": stages, "order_fields": fields})
+    assert [str(p) for p in schema_problems("zoho", wrong, schema)] == [
+        "crm.zoho.order_stages.new.pipeline_id = Rent: no such pipeline",
+        'crm.zoho.order_fields.dismantle_date = Order_Status: "Order Status" is a text field;'
+        " dismantle_date needs birthday or date or date_time or zoho:date",
+    ]

@@ -11,37 +11,71 @@ Pure mappers first (domain values to v4 JSON and back), then the adapter and
     get_deal                 GET   /api/v4/leads/{id}?with=contacts
     create_deal              POST  /api/v4/leads
     create_contact_and_deal  POST  /api/v4/leads/complex
+                             [POST /api/v4/contacts/{id}/link  with a company: see there]
     update_deal              PATCH /api/v4/leads/{id}                (none when nothing to set)
     deal_notes / add_note    GET / POST /api/v4/leads/{id}/notes
     schema                   GET   /api/v4/leads/pipelines, /leads/custom_fields,
-                                   /contacts/custom_fields
+                                   /contacts/custom_fields [, /companies/custom_fields
+                                   for a section taking orders]
+Orders (`OrderAdapter`):
+    find_company             GET   /api/v4/companies?query=<INN>     then, on no confirmed
+                             GET   /api/v4/companies?query=<word>    hit, by the name's
+                                                                      longest word
+    create_company           POST  /api/v4/companies
+    link_contact_to_company  POST  /api/v4/contacts/{id}/link        (amoCRM keeps one
+                                                                      link per pair)
+    change_deal              PATCH /api/v4/leads/{id}                (stage, price, fields)
+    set_deal_items           GET   /api/v4/catalogs/{c}/elements?query=<SKU>  per SKU not
+                                                                      yet known to this process
+                             [POST / PATCH /api/v4/catalogs/{c}/elements  missing / stale]
+                             GET   /api/v4/leads/{id}/links?filter[to_catalog_id]=c
+                             [POST /api/v4/leads/{id}/unlink, /link  only what differs]
+`create_deal` / `create_contact_and_deal` link the deal to its company in the same call
+(`_embedded.companies`); the contact complex creates needs one link more. A deal's items
+are catalog elements of the products catalog `order_catalog_id`, found by their SKU
+field and linked with `metadata.quantity`.
 Lists are paged while the answer carries `_links.next`; an empty list is HTTP 204.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
+from dataclasses import replace
+from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import phonenumbers
 
-from bridge.crm.base import JSON, Confirm, CrmSchema, CustomField, Pipeline, first_confirmed
+from bridge.crm.base import (
+    JSON,
+    CompanyKey,
+    Confirm,
+    ConfirmCompany,
+    CrmSchema,
+    CustomField,
+    Pipeline,
+    first_confirmed,
+)
 from bridge.crm.connection import Connection, OAuthEndpoint, Wiring
 from bridge.domain import (
+    Company,
+    CompanyRecord,
     Contact,
     ContactPatch,
     Deal,
+    DealChange,
     FieldKind,
     FieldUpdate,
     KeyKind,
     LookupKey,
     NewContact,
     NewDeal,
+    OrderItem,
 )
-from bridge.errors import AuthError, PermanentCrmError
+from bridge.errors import AuthError, ConfigError, PermanentCrmError
 from bridge.settings import CrmConfig
 
 SEARCH_LIMIT = 50
@@ -83,6 +117,10 @@ def _values_json(update: FieldUpdate) -> list[dict[str, JSON]]:
         return [{"value": int(number) if number == number.to_integral_value() else float(number)}]
     if kind is FieldKind.DATETIME and isinstance(value, datetime) and value.utcoffset() is not None:
         return [{"value": value.isoformat(timespec="seconds")}]
+    if kind is FieldKind.DATE and isinstance(value, date) and not isinstance(value, datetime):
+        # A "date" field holds a day as unix seconds; midnight UTC is that day wherever
+        # the account's zone is east of Greenwich (Russia), and `date_text` reads it back.
+        return [{"value": f"{value.isoformat()}T00:00:00+00:00"}]
     if kind is FieldKind.SELECT and isinstance(value, int | str):
         return [{"enum_id": int(value)}]
     if kind is FieldKind.MULTISELECT and isinstance(value, tuple):
@@ -112,15 +150,80 @@ def contact_json(new: NewContact) -> dict[str, JSON]:
 
 
 def deal_json(new: NewDeal, contact: dict[str, JSON]) -> dict[str, JSON]:
+    embedded: dict[str, JSON] = {"contacts": [contact]}
+    if new.company_id is not None:
+        # Linked in the same call: POST /leads and /leads/complex take `_embedded.companies`
+        # (at most one company per lead in complex).
+        embedded["companies"] = [{"id": _int_id(new.company_id)}]
     body: dict[str, JSON] = {
         "name": new.name,
-        "price": int(new.price.to_integral_value(ROUND_HALF_UP)),
+        "price": _whole(new.price),
         "pipeline_id": _int_id(new.pipeline_id),
         "status_id": _int_id(new.status_id),
-        "_embedded": {"contacts": [contact]},
+        "_embedded": embedded,
     }
     if new.fields:
         body["custom_fields_values"] = field_values_json(new.fields)
+    return body
+
+
+def _whole(amount: Decimal) -> int:
+    # A lead's `price` is an int (whole roubles).
+    return int(amount.to_integral_value(ROUND_HALF_UP))
+
+
+def change_json(change: DealChange) -> dict[str, JSON]:
+    """`PATCH /leads/{id}`: the stage (status 143 is lost, 142 won, in every pipeline),
+    price, name and fields, whatever of them the change sets."""
+    body: dict[str, JSON] = {}
+    if change.pipeline_id is not None and change.status_id is not None:
+        body.update(pipeline_id=_int_id(change.pipeline_id), status_id=_int_id(change.status_id))
+    if change.price is not None:
+        body["price"] = _whole(change.price)
+    if change.name is not None:
+        body["name"] = change.name
+    if change.fields:
+        body["custom_fields_values"] = field_values_json(change.fields)
+    return body
+
+
+def company_json(company: Company, inn_field: str | None) -> dict[str, JSON]:
+    """`POST /companies`: the name, phone and e-mail (by field code, as a contact's) and
+    the INN in the account's own INN field (amoCRM has none built in)."""
+    values: list[dict[str, JSON]] = [
+        {"field_code": code, "values": [{"value": value, "enum_code": "WORK"}]}
+        for code, value in (("PHONE", company.phone), ("EMAIL", company.email))
+        if value
+    ]
+    if company.inn and inn_field:
+        values.append({"field_id": _int_id(inn_field), "values": [{"value": company.inn}]})
+    body: dict[str, JSON] = {"name": company.name}
+    if values:
+        body["custom_fields_values"] = values
+    return body
+
+
+def name_search_word(name: str) -> str:
+    """What to search a company's name by: its longest word. amoCRM's `query` matches a
+    substring, so the whole name would miss "ооо  ромашка" for "ООО Ромашка"; the flow's
+    rule then keeps the exact name only."""
+    words = re.findall(r"\w+", name)
+    return max(words, key=len, default="")
+
+
+def quantity_json(quantity: Decimal) -> int | float:
+    return int(quantity) if quantity == quantity.to_integral_value() else float(quantity)
+
+
+def element_json(item: OrderItem, element_id: int | None = None) -> dict[str, JSON]:
+    """A products-catalog element: name, SKU (the platform's product id) and unit price."""
+    values = [
+        {"field_code": "SKU", "values": [{"value": item.product_id}]},
+        {"field_code": "PRICE", "values": [{"value": quantity_json(item.price)}]},
+    ]
+    body: dict[str, JSON] = {"name": item.name, "custom_fields_values": values}
+    if element_id is not None:
+        body["id"] = element_id
     return body
 
 
@@ -175,8 +278,14 @@ def contact_from_json(
     )
 
 
-def deal_from_json(record: Mapping[str, JSON], closed_status_ids: Iterable[str]) -> Deal:
+def deal_from_json(
+    record: Mapping[str, JSON],
+    closed_status_ids: Iterable[str],
+    date_fields: Iterable[str] = (),
+) -> Deal:
+    """`date_fields`: ids of "date" fields, read back as ISO days (amoCRM answers seconds)."""
     status_id = str(record["status_id"])
+    days = set(date_fields)
     return Deal(
         id=str(record["id"]),
         pipeline_id=str(record["pipeline_id"]),
@@ -187,10 +296,66 @@ def deal_from_json(record: Mapping[str, JSON], closed_status_ids: Iterable[str])
         is_closed=status_id in set(closed_status_ids),
         contact_ids=tuple(str(c["id"]) for c in embedded(record, "contacts")),
         fields={
-            str(entry["field_id"]): _value_text(entry["values"][0])
+            str(entry["field_id"]): (
+                date_text(entry["values"][0])
+                if str(entry["field_id"]) in days
+                else _value_text(entry["values"][0])
+            )
             for entry in _field_values(record)
         },
     )
+
+
+def date_text(value: Mapping[str, JSON]) -> str:
+    """A "date" field's seconds as the day they name. Read with half a day added: the day
+    may come back as its start in the account's zone (e.g. 21:00 UTC the day before, for
+    Moscow), which is within 12 hours of that day's UTC midnight either way."""
+    raw = value.get("value")
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return datetime.fromtimestamp(raw + 43200, UTC).date().isoformat()
+    return _value_text(value)
+
+
+def company_from_json(record: Mapping[str, JSON], inn_field: str | None) -> CompanyRecord:
+    inn = ""
+    for entry in _field_values(record):
+        if inn_field and str(entry.get("field_id")) == inn_field:
+            inn = _value_text(entry["values"][0])
+    return CompanyRecord(id=str(record["id"]), name=str(record.get("name") or ""), inn=inn)
+
+
+def element_matches(record: Mapping[str, JSON], sku: str) -> bool:
+    """Whether a catalog search hit carries exactly this SKU (`query` matches substrings)."""
+    for entry in _field_values(record):
+        if entry.get("field_code") == "SKU":
+            return any(
+                isinstance(value, dict) and str(value.get("value", "")).strip() == sku
+                for value in entry["values"]
+            )
+    return False
+
+
+def element_state(record: Mapping[str, JSON]) -> tuple[str, Decimal | None]:
+    """An element's name and unit price (None when it has none)."""
+    price: Decimal | None = None
+    for entry in _field_values(record):
+        if entry.get("field_code") == "PRICE" and isinstance(entry["values"][0], dict):
+            with contextlib.suppress(ArithmeticError, ValueError):
+                price = Decimal(_value_text(entry["values"][0]))
+    return str(record.get("name") or ""), price
+
+
+def catalog_links(body: JSON, catalog_id: int) -> dict[int, Decimal]:
+    """`GET /leads/{id}/links`: the linked elements of one catalog → quantity."""
+    linked: dict[int, Decimal] = {}
+    for link in embedded(body, "links"):
+        meta = link.get("metadata") if isinstance(link.get("metadata"), dict) else {}
+        if link.get("to_entity_type") != "catalog_elements" or not isinstance(meta, dict):
+            continue
+        if str(meta.get("catalog_id")) != str(catalog_id):
+            continue
+        linked[int(link["to_entity_id"])] = Decimal(str(meta.get("quantity") or 0))
+    return linked
 
 
 def pipeline_from_json(record: Mapping[str, JSON]) -> Pipeline:
@@ -227,6 +392,16 @@ class AmoCrm:
         self.connection = connection
         self._reading = connection.reading
         self._clock = connection.clock
+        orders = self.config.order_fields
+        self._days = tuple(f for f in (orders.installation_date, orders.dismantle_date) if f)
+        # Items are catalog elements: only with a products catalog to find them in.
+        self.keeps_items = bool(self.config.order_catalog_id)
+        # Companies' fields are read by `schema` only for a section taking orders (for
+        # discover to propose company_inn and check to verify it).
+        self._company_fields = self.config.takes_orders or bool(orders.company_inn)
+        # SKU → catalog element id, name and price, as last read or written: a returning
+        # product costs no search (a manager's later edit is caught by the link answer).
+        self._elements: dict[str, tuple[int, str, Decimal | None]] = {}
 
     async def find_contact(self, keys: Sequence[LookupKey], confirm: Confirm) -> Contact | None:
         # One search per key, stopping at the first confirmed hit: a returning customer
@@ -252,7 +427,9 @@ class AmoCrm:
         answer = await self._send("POST", "/api/v4/contacts", "contacts.create", json=payload)
         with self._reading("contacts.create"):
             [created] = embedded(answer, "contacts")
-            return self._sent_contact(payload[0], created["id"])
+            # Its deals are unknown from here on (a deal may be created for it next):
+            # `list_deals` reads them rather than trusting "none".
+            return replace(self._sent_contact(payload[0], created["id"]), deal_ids=None)
 
     async def update_contact(self, contact_id: str, patch: ContactPatch) -> None:
         if not patch.fields:
@@ -278,7 +455,8 @@ class AmoCrm:
         params = {"filter[id][]": missing, "limit": PAGE_LIMIT}
         records = await self._pages("/api/v4/leads", params, "leads", "leads.list")
         with self._reading("leads.list"):
-            fetched = [deal_from_json(record, self.config.closed_status_ids) for record in records]
+            closed = self.config.closed_status_ids
+            fetched = [deal_from_json(record, closed, self._days) for record in records]
         return [*fresh.values(), *fetched]
 
     async def get_deal(self, deal_id: str) -> Deal | None:
@@ -290,7 +468,7 @@ class AmoCrm:
         if body is None:
             return None
         with self._reading("leads.get"):
-            return deal_from_json(body, self.config.closed_status_ids)
+            return deal_from_json(body, self.config.closed_status_ids, self._days)
 
     async def create_deal(self, contact: Contact, new: NewDeal) -> Deal:
         with self._reading("leads.create"):
@@ -312,7 +490,13 @@ class AmoCrm:
                 raise ValueError(f"lead {created.get('id')} came back without a contact")
             sent_contact = payload[0]["_embedded"]["contacts"][0]
             new = self._sent_contact(sent_contact, created["contact_id"])
-            return new, self._sent_deal(payload[0], created["id"], new.id)
+            new = replace(new, deal_ids=(str(created["id"]),))
+        if deal.company_id is not None:
+            # complex links the lead to an existing company, but links a contact and a
+            # company to each other only when it creates both [leads-api "Комплексное
+            # добавление"]: the new contact joins its company with one link more.
+            await self.link_contact_to_company(new.id, deal.company_id)
+        return new, self._sent_deal(payload[0], created["id"], new.id)
 
     async def update_deal(self, deal_id: str, updates: Sequence[FieldUpdate]) -> None:
         if not updates:
@@ -335,7 +519,8 @@ class AmoCrm:
     async def schema(self) -> CrmSchema:
         body = await self._send("GET", "/api/v4/leads/pipelines", "pipelines.list")
         fields: list[CustomField] = []
-        for entity in ("leads", "contacts"):
+        entities = ("leads", "contacts", "companies")[: 3 if self._company_fields else 2]
+        for entity in entities:
             path = f"/api/v4/{entity}/custom_fields"
             records = await self._pages(path, {"limit": 50}, "custom_fields", "fields.list")
             with self._reading("fields.list"):
@@ -343,6 +528,125 @@ class AmoCrm:
         with self._reading("pipelines.list"):
             pipelines = tuple(pipeline_from_json(p) for p in embedded(body, "pipelines"))
         return CrmSchema(pipelines=pipelines, fields=tuple(fields))
+
+    # ---- orders ---------------------------------------------------------------------
+
+    async def find_company(self, company: Company, confirm: ConfirmCompany) -> CompanyRecord | None:
+        inn_field = self.config.order_fields.company_inn
+        searches: list[tuple[CompanyKey, str]] = []
+        if company.inn and inn_field:
+            searches.append(("inn", company.inn))
+        word = name_search_word(company.name)
+        if word:
+            searches.append(("name", word))
+        for key, query in searches:
+            params = {"query": query, "limit": SEARCH_LIMIT}
+            body = await self._send("GET", "/api/v4/companies", "companies.search", params=params)
+            with self._reading("companies.search"):
+                hits = [company_from_json(r, inn_field) for r in embedded(body, "companies")]
+            confirmed = [hit for hit in hits if confirm(hit, key)]
+            if confirmed:
+                return min(confirmed, key=lambda hit: int(hit.id))
+        return None
+
+    async def create_company(self, company: Company) -> CompanyRecord:
+        inn_field = self.config.order_fields.company_inn
+        with self._reading("companies.create"):
+            payload = [company_json(company, inn_field)]
+        answer = await self._send("POST", "/api/v4/companies", "companies.create", json=payload)
+        with self._reading("companies.create"):
+            [created] = embedded(answer, "companies")
+            inn = company.inn if inn_field else ""
+            return CompanyRecord(id=str(created["id"]), name=company.name, inn=inn)
+
+    async def link_contact_to_company(self, contact_id: str, company_id: str) -> None:
+        with self._reading("contacts.link"):
+            payload = [{"to_entity_id": _int_id(company_id), "to_entity_type": "companies"}]
+        path = f"/api/v4/contacts/{_int_id(contact_id)}/link"
+        await self._send("POST", path, "contacts.link", json=payload)
+
+    async def change_deal(self, deal_id: str, change: DealChange) -> None:
+        with self._reading("leads.update"):
+            payload = change_json(change)
+        if payload:
+            await self._send("PATCH", f"/api/v4/leads/{deal_id}", "leads.update", json=payload)
+
+    async def set_deal_items(self, deal_id: str, items: Sequence[OrderItem], currency: str) -> None:
+        # `currency` is the account's: a catalog price has none of its own.
+        catalog = self.config.order_catalog_id
+        if not catalog:
+            return  # no products catalog: the note lists the items
+        if not catalog.isdigit():
+            raise ConfigError(f"crm.{self.name}.order_catalog_id: {catalog!r} is not a number")
+        catalog_id = int(catalog)
+        wanted: dict[int, Decimal] = {}
+        elements = await self._elements_for(catalog_id, items)
+        for item in items:
+            element_id = elements[item.product_id]
+            wanted[element_id] = wanted.get(element_id, Decimal(0)) + item.quantity
+        path = f"/api/v4/leads/{_int_id(deal_id)}/links"
+        params = {"filter[to_catalog_id]": catalog_id, "limit": PAGE_LIMIT}
+        body = await self._send("GET", path, "leads.links", params=params)
+        with self._reading("leads.links"):
+            linked = catalog_links(body, catalog_id)
+        # A quantity changes by unlinking and linking again: what a re-link of a linked
+        # element does to its quantity is not documented.
+        stale = [eid for eid, quantity in linked.items() if wanted.get(eid) != quantity]
+        fresh = [eid for eid, quantity in wanted.items() if linked.get(eid) != quantity]
+        lead = f"/api/v4/leads/{_int_id(deal_id)}"
+        if stale:
+            gone = [_element_link(eid, catalog_id) for eid in stale]
+            await self._send("POST", f"{lead}/unlink", "leads.unlink", json=gone)
+        if fresh:
+            links = [_element_link(eid, catalog_id, wanted[eid]) for eid in fresh]
+            try:
+                await self._send("POST", f"{lead}/link", "leads.link", json=links)
+            except PermanentCrmError:
+                # An element a manager deleted since this process found it: search again
+                # on the retry.
+                self._elements.clear()
+                raise
+
+    async def _elements_for(self, catalog_id: int, items: Sequence[OrderItem]) -> dict[str, int]:
+        """SKU → element id for every item: found by SKU (searched once per process),
+        created when missing, and given the order's name and price when they differ."""
+        base = f"/api/v4/catalogs/{catalog_id}/elements"
+        latest = {item.product_id: item for item in items}
+        for sku in latest:
+            if sku in self._elements:
+                continue
+            params = {"query": sku, "limit": SEARCH_LIMIT}
+            body = await self._send("GET", base, "catalog.search", params=params)
+            with self._reading("catalog.search"):
+                hits = [r for r in embedded(body, "elements") if element_matches(r, sku)]
+                if hits:
+                    oldest = min(hits, key=lambda record: int(record["id"]))
+                    self._elements[sku] = (int(oldest["id"]), *element_state(oldest))
+        missing = [item for sku, item in latest.items() if sku not in self._elements]
+        changed = [
+            item
+            for sku, item in latest.items()
+            if sku in self._elements and self._elements[sku][1:] != (item.name, item.price)
+        ]
+        if missing:
+            with self._reading("catalog.create"):
+                payload = [element_json(item) for item in missing]
+            answer = await self._send("POST", base, "catalog.create", json=payload)
+            with self._reading("catalog.create"):
+                created = embedded(answer, "elements")
+                for item, record in zip(missing, created, strict=True):
+                    self._elements[item.product_id] = (int(record["id"]), item.name, item.price)
+        if changed:
+            with self._reading("catalog.update"):
+                payload = [element_json(i, self._elements[i.product_id][0]) for i in changed]
+            await self._send("PATCH", base, "catalog.update", json=payload)
+            for item in changed:
+                self._elements[item.product_id] = (
+                    self._elements[item.product_id][0],
+                    item.name,
+                    item.price,
+                )
+        return {sku: self._elements[sku][0] for sku in latest}
 
     async def _send(self, method: str, path: str, operation: str, **kwargs: Any) -> JSON:
         """One request through the connection; the JSON answer, or None for a 204.
@@ -379,7 +683,24 @@ class AmoCrm:
     def _sent_deal(self, sent: dict[str, JSON], deal_id: object, contact_id: str) -> Deal:
         record = {**sent, "id": deal_id, "updated_at": int(self._clock())}
         record["_embedded"] = {"contacts": [{"id": contact_id}]}
+        values = record.get("custom_fields_values") or []
+        # What was sent is RFC 3339 for a date: read it back as the day it names.
+        record["custom_fields_values"] = [
+            {**entry, "values": [{"value": str(entry["values"][0]["value"])[:10]}]}
+            if str(entry.get("field_id")) in self._days
+            else entry
+            for entry in values
+        ]
         return deal_from_json(record, self.config.closed_status_ids)
+
+
+def _element_link(
+    element_id: int, catalog_id: int, quantity: Decimal | None = None
+) -> dict[str, JSON]:
+    metadata: dict[str, JSON] = {"catalog_id": catalog_id}
+    if quantity is not None:
+        metadata["quantity"] = quantity_json(quantity)
+    return {"to_entity_id": element_id, "to_entity_type": "catalog_elements", "metadata": metadata}
 
 
 # ---- the builder --------------------------------------------------------------------

@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import httpx
 from httpx._types import QueryParamTypes
@@ -34,13 +34,17 @@ from tenacity import (
 
 from bridge.crm import calllog
 from bridge.domain import (
+    Company,
+    CompanyRecord,
     Contact,
     ContactPatch,
     Deal,
+    DealChange,
     FieldUpdate,
     LookupKey,
     NewContact,
     NewDeal,
+    OrderItem,
 )
 from bridge.errors import (
     AuthError,
@@ -333,6 +337,8 @@ class CrmSchema:
 
 
 Confirm = Callable[[Contact, LookupKey], bool]
+CompanyKey = Literal["inn", "name"]
+ConfirmCompany = Callable[[CompanyRecord, CompanyKey], bool]
 
 
 def first_confirmed(
@@ -401,3 +407,47 @@ class CrmAdapter(Protocol):
     async def schema(self) -> CrmSchema:
         """Pipelines and custom fields, for `crm-bridge discover` and `crm-bridge check`."""
         ...
+
+
+@runtime_checkable
+class OrderAdapter(CrmAdapter, Protocol):
+    """A CRM that also takes orders (SPEC §8): companies, stage moves and deal items.
+
+    The order flow finds the contact and the open deal with the `CrmAdapter` operations
+    (a deal carries the order id in `order_fields.order_id`, read back in `Deal.fields`
+    like every field of `CrmConfig.deal_field_ids()`), creates the deal with
+    `NewDeal.company_id` set for a business customer, and then uses these.
+    """
+
+    # Whether `set_deal_items` keeps the items as the CRM's own deal products (amoCRM
+    # catalog elements, Bitrix24 product rows, HubSpot line items, Pipedrive deal
+    # products); False: the CRM has none on a deal, and the items live in the note only.
+    keeps_items: bool
+
+    async def find_company(self, company: Company, confirm: ConfirmCompany) -> CompanyRecord | None:
+        """The company with a confirmed hit by INN (the CRM's own INN field, or the one
+        `order_fields.company_inn` names), else by name; among several, the oldest id.
+        Searches match loosely; `confirm(hit, key)` is the flow's rule."""
+        ...
+
+    async def create_company(self, company: Company) -> CompanyRecord:
+        """A new company with its name, INN, phone and e-mail."""
+        ...
+
+    async def link_contact_to_company(self, contact_id: str, company_id: str) -> None:
+        """Make the contact one of the company's; harmless when it already is."""
+        ...
+
+    async def change_deal(self, deal_id: str, change: DealChange) -> None:
+        """Move the deal and write what changed, in one call where the API allows."""
+        ...
+
+    async def set_deal_items(self, deal_id: str, items: Sequence[OrderItem], currency: str) -> None:
+        """Replace the deal's items: afterwards it holds exactly these (none when empty).
+        Repeating it is harmless: a retry after a lost answer must not add a second set."""
+        ...
+
+
+def order_adapter(adapter: CrmAdapter) -> OrderAdapter | None:
+    """The adapter's order operations, when its CRM has them."""
+    return adapter if isinstance(adapter, OrderAdapter) else None

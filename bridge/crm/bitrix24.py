@@ -21,6 +21,19 @@ methods is one request for the leaky bucket. Requests per method:
     deal_notes / add_note              GET crm.timeline.comment.list / POST …comment.add
     schema          GET batch {crm.category.list, crm.deal.fields, crm.contact.fields}
                     + GET batch {crm.status.list per pipeline}
+Orders (`OrderAdapter`):
+    find_company    GET batch {inn: crm.requisite.list by RQ_INN (companies),
+                      name: crm.company.list by %TITLE of the name's longest word}
+    create_company  POST batch, halt {company: crm.company.add, requisite:
+                      crm.requisite.add RQ_INN of $result[company]} (crm.company.add alone
+                      without an INN)
+    link_contact_to_company            POST crm.contact.company.add (an existing
+                                         binding answers false and stays one)
+    change_deal     POST crm.item.update (categoryId + stageId, opportunity, fields:
+                      crm.deal.update cannot change the pipeline)
+    set_deal_items  POST crm.deal.productrows.set (replaces every row)
+A deal (and a contact created with it) is bound to its company in the same call:
+COMPANY_ID in crm.deal.add, COMPANY_IDS in crm.contact.add.
 
 `find_contact` reads the found contact's open deals in its own batch, and `list_deals`
 hands them over when asked within PREFETCH_TTL for that same `Contact`: one request
@@ -29,7 +42,7 @@ first Telegram hit is the contact chosen; on a Telegram miss it resolves to an e
 array, and `open_deals_params` makes that filter match nothing rather than everything.
 
 Options (`[crm.NAME.options]`, see `BitrixOptions`): `burst`, `currency_id`,
-`oauth_server`.
+`oauth_server`, `requisite_preset_id`.
 """
 
 from __future__ import annotations
@@ -41,7 +54,14 @@ from datetime import UTC, datetime
 import httpx
 
 from bridge.crm import bitrix24_json as bx
-from bridge.crm.base import Confirm, CrmSchema, CustomField, first_confirmed
+from bridge.crm.base import (
+    CompanyKey,
+    Confirm,
+    ConfirmCompany,
+    CrmSchema,
+    CustomField,
+    first_confirmed,
+)
 from bridge.crm.bitrix24_calls import JSON, MAX_PAGES, BatchAnswer, BitrixCalls, Commands
 from bridge.crm.bitrix24_json import BitrixOptions
 from bridge.crm.bitrix24_rest import (
@@ -53,14 +73,18 @@ from bridge.crm.bitrix24_rest import (
 )
 from bridge.crm.connection import Connection, OAuthEndpoint, Wiring
 from bridge.domain import (
+    Company,
+    CompanyRecord,
     Contact,
     ContactPatch,
     Deal,
+    DealChange,
     FieldUpdate,
     KeyKind,
     LookupKey,
     NewContact,
     NewDeal,
+    OrderItem,
 )
 
 PREFETCH_TTL = 10.0  # seconds a prefetched deal list may be handed to list_deals
@@ -76,6 +100,8 @@ class _Prefetch:
 
 class Bitrix24:
     """One Bitrix24 portal. Build it with `build_bitrix24`; it owns one HTTP client."""
+
+    keeps_items = True  # a deal's product rows
 
     def __init__(self, connection: Connection, options: BitrixOptions) -> None:
         self.name = connection.name
@@ -215,6 +241,8 @@ class Bitrix24:
     ) -> tuple[Contact, Deal]:
         with self._calls.reading("contacts.deals.create"):
             contact_fields = bx.contact_fields(contact)
+            if deal.company_id is not None:
+                contact_fields["COMPANY_IDS"] = [int(deal.company_id)]
             deal_fields = bx.deal_fields(deal, "$result[contact]", self.options.currency_id)
         commands: Commands = {
             "contact": ("crm.contact.add", {"fields": contact_fields, "params": bx.QUIET}),
@@ -234,6 +262,76 @@ class Bitrix24:
         with self._calls.reading("deals.update"):
             body = {"id": int(deal_id), "fields": bx.field_values(updates), "params": bx.QUIET}
         await self._calls.call("crm.deal.update", "deals.update", body, write=True)
+
+    # ---- orders ---------------------------------------------------------------------
+
+    async def find_company(self, company: Company, confirm: ConfirmCompany) -> CompanyRecord | None:
+        commands: dict[str, tuple[str, Mapping[str, JSON]]] = {}
+        if company.inn:
+            commands["inn"] = ("crm.requisite.list", bx.requisites_by_inn(company.inn))
+        word = bx.name_search_word(company.name)
+        if word:
+            commands["name"] = ("crm.company.list", bx.companies_by_name(word))
+        if not commands:
+            return None
+        answer = await self._calls.batch(commands, "companies.find")
+        self._calls.raise_for(answer, list(commands), "companies.find")
+        with self._calls.reading("companies.find"):
+            by_inn, by_name = bx.companies_from(
+                answer.results.get("inn"), answer.results.get("name")
+            )
+        searches: tuple[tuple[CompanyKey, list[CompanyRecord]], ...] = (
+            ("inn", by_inn),
+            ("name", by_name),
+        )
+        for key, hits in searches:
+            confirmed = [hit for hit in hits if confirm(hit, key)]
+            if confirmed:
+                return min(confirmed, key=lambda hit: int(hit.id))
+        return None
+
+    async def create_company(self, company: Company) -> CompanyRecord:
+        with self._calls.reading("companies.create"):
+            fields = bx.company_fields(company)
+        if not company.inn:
+            created, _ = await self._calls.call(
+                "crm.company.add",
+                "companies.create",
+                {"fields": fields, "params": bx.QUIET},
+                write=True,
+            )
+            return CompanyRecord(id=str(int(created)), name=company.name)
+        with self._calls.reading("companies.create"):
+            requisite = bx.requisite_fields(
+                company, "$result[company]", self.options.requisite_preset_id
+            )
+        commands: Commands = {
+            "company": ("crm.company.add", {"fields": fields, "params": bx.QUIET}),
+            "requisite": ("crm.requisite.add", {"fields": requisite}),
+        }
+        # halt: no requisite without its company.
+        answer = await self._calls.batch(commands, "companies.create", write=True)
+        self._calls.raise_for(answer, ["company", "requisite"], "companies.create")
+        with self._calls.reading("companies.create"):
+            company_id = str(int(answer.results["company"]))
+        return CompanyRecord(id=company_id, name=company.name, inn=company.inn)
+
+    async def link_contact_to_company(self, contact_id: str, company_id: str) -> None:
+        with self._calls.reading("contacts.link"):
+            body = {"id": int(contact_id), "fields": {"COMPANY_ID": int(company_id)}}
+        await self._calls.call("crm.contact.company.add", "contacts.link", body, write=True)
+
+    async def change_deal(self, deal_id: str, change: DealChange) -> None:
+        with self._calls.reading("deals.change"):
+            params = bx.change_params(deal_id, change)
+        if params:
+            await self._calls.call("crm.item.update", "deals.change", params, write=True)
+
+    async def set_deal_items(self, deal_id: str, items: Sequence[OrderItem], currency: str) -> None:
+        # `currency` is the deal's own (CURRENCY_ID); rows have none.
+        with self._calls.reading("deals.items"):
+            body = {"id": int(deal_id), "rows": bx.product_rows(items)}
+        await self._calls.call("crm.deal.productrows.set", "deals.items", body, write=True)
 
     # ---- notes ----------------------------------------------------------------------
 

@@ -9,16 +9,28 @@ enumeration as the item ID, multiple enumeration as an array of item IDs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
 from bridge.crm.base import CustomField, Pipeline
 from bridge.crm.fieldvalues import FieldEncoding, number_json
-from bridge.domain import Contact, Deal, FieldUpdate, NewContact, NewDeal
+from bridge.domain import (
+    Company,
+    CompanyRecord,
+    Contact,
+    Deal,
+    DealChange,
+    FieldKind,
+    FieldUpdate,
+    NewContact,
+    NewDeal,
+    OrderItem,
+)
 from bridge.errors import ConfigError
 from bridge.settings import CrmConfig
 
@@ -73,13 +85,17 @@ class BitrixOptions:
     burst: int = 10  # requests the limiter lets out at once (Bitrix's bucket holds 50)
     currency_id: str | None = None  # CURRENCY_ID of new deals; else the portal's own
     oauth_server: str = "https://oauth.bitrix24.tech"
+    # The requisite preset a new company's INN is written with: 1 is "Организация" on a
+    # Russian portal (crm.requisite.preset.list names them).
+    requisite_preset_id: int = 1
 
     @classmethod
     def from_config(cls, name: str, options: Mapping[str, object]) -> BitrixOptions:
         where = f"crm.{name}.options"
-        unknown = sorted(set(options) - {"burst", "currency_id", "oauth_server"})
+        known_keys = {"burst", "currency_id", "oauth_server", "requisite_preset_id"}
+        unknown = sorted(set(options) - known_keys)
         if unknown:
-            known = "burst, currency_id, oauth_server"
+            known = ", ".join(sorted(known_keys))
             raise ConfigError(f"{where}: unknown {unknown}; bitrix24 knows {known}")
         burst = options.get("burst", cls.burst)
         if not isinstance(burst, int) or isinstance(burst, bool) or not 1 <= burst <= 50:
@@ -90,7 +106,10 @@ class BitrixOptions:
         server = options.get("oauth_server", cls.oauth_server)
         if not (isinstance(server, str) and server.startswith("https://")):
             raise ConfigError(f"{where}.oauth_server: an https:// URL")
-        return cls(burst, currency, server)
+        preset = options.get("requisite_preset_id", cls.requisite_preset_id)
+        if not isinstance(preset, int) or isinstance(preset, bool) or preset < 1:
+            raise ConfigError(f"{where}.requisite_preset_id: a preset id (a whole number)")
+        return cls(burst, currency, server, preset)
 
 
 # ---- requests -----------------------------------------------------------------------
@@ -127,8 +146,18 @@ def command(method: str, params: Mapping[str, JSON]) -> str:
 
 
 def field_values(updates: Iterable[FieldUpdate]) -> dict[str, JSON]:
-    """`fields` entries for the updates (ValueError on a value that does not fit)."""
-    return ENCODING.values(updates)
+    """`fields` entries for the updates (ValueError on a value that does not fit). A
+    "date" user field takes the day as "YYYY-MM-DD" [b24-rest-docs data-types.md]."""
+    values: dict[str, JSON] = {}
+    for update in updates:
+        if update.kind is FieldKind.DATE:
+            day = update.value
+            if not isinstance(day, date) or isinstance(day, datetime):
+                raise ValueError(f"field {update.field_id}: date value {day!r} is not a day")
+            values[update.field_id] = day.isoformat()
+        else:
+            values[update.field_id] = ENCODING.value(update)
+    return values
 
 
 def _item_id(field_id: str, value: int | str) -> int:
@@ -182,8 +211,117 @@ def deal_fields(new: NewDeal, contact_id: str, currency_id: str | None) -> dict[
     }
     if currency_id:
         fields["CURRENCY_ID"] = currency_id
+    if new.company_id is not None:
+        fields["COMPANY_ID"] = _numeric_id(new.company_id)
     fields.update(field_values(new.fields))
     return fields
+
+
+def _numeric_id(value: str) -> int:
+    if not value.isdigit():
+        raise ValueError(f"id {value!r} is not a number")
+    return int(value)
+
+
+COMPANY_ENTITY = 4  # ENTITY_TYPE_ID of a company (crm.enum.ownertype)
+
+
+def company_fields(company: Company) -> dict[str, JSON]:
+    """`crm.company.add`: the name, phone and e-mail; the INN goes in a requisite."""
+    fields: dict[str, JSON] = {"TITLE": company.name, "COMPANY_TYPE": "CUSTOMER"}
+    if company.phone:
+        fields["PHONE"] = [{"VALUE": company.phone, "VALUE_TYPE": "WORK"}]
+    if company.email:
+        fields["EMAIL"] = [{"VALUE": company.email, "VALUE_TYPE": "WORK"}]
+    return fields
+
+
+def requisite_fields(company: Company, company_ref: str, preset_id: int) -> dict[str, JSON]:
+    """`crm.requisite.add` of the company's INN: a Russian portal keeps the INN in the
+    company's requisites (RQ_INN of a preset such as "Организация"), not on the company
+    [b24-rest-docs crm/requisites; dev.1c-bitrix.ru forum "Как вытаскивать ИНН"].
+    `company_ref` may be a batch reference (`$result[company]`)."""
+    return {
+        "ENTITY_TYPE_ID": COMPANY_ENTITY,
+        "ENTITY_ID": company_ref,
+        "PRESET_ID": preset_id,
+        "NAME": company.name,
+        "RQ_COMPANY_NAME": company.name,
+        "RQ_INN": company.inn,
+    }
+
+
+def requisites_by_inn(inn: str) -> dict[str, JSON]:
+    return {
+        "filter": {"RQ_INN": inn, "ENTITY_TYPE_ID": COMPANY_ENTITY},
+        "select": ["ID", "ENTITY_ID", "RQ_INN", "RQ_COMPANY_NAME"],
+        "order": {"ENTITY_ID": "ASC"},
+    }
+
+
+def companies_by_name(word: str) -> dict[str, JSON]:
+    """`%TITLE`: a substring (LIKE, case-insensitive) of one word, the flow's rule then
+    keeps the exact name: "ооо  ромашка" is found for "ООО Ромашка"."""
+    return {"filter": {"%TITLE": word}, "select": ["ID", "TITLE"], "order": {"ID": "ASC"}}
+
+
+def name_search_word(name: str) -> str:
+    return max(re.findall(r"\w+", name), key=len, default="")
+
+
+def companies_from(requisites: JSON, companies: JSON) -> tuple[list[CompanyRecord], ...]:
+    """Hits by INN (from requisites) and by name."""
+    by_inn = [
+        CompanyRecord(
+            text(r.get("ENTITY_ID")), text(r.get("RQ_COMPANY_NAME")), text(r.get("RQ_INN"))
+        )
+        for r in as_list(requisites)
+        if isinstance(r, dict) and text(r.get("ENTITY_ID"))
+    ]
+    by_name = [
+        CompanyRecord(text(r.get("ID")), text(r.get("TITLE")))
+        for r in as_list(companies)
+        if isinstance(r, dict)
+    ]
+    return by_inn, by_name
+
+
+def change_params(deal_id: str, change: DealChange) -> dict[str, JSON]:
+    """`crm.item.update` of a deal: its pipeline and stage, amount, title and fields.
+    Not crm.deal.update: that cannot move a deal to another pipeline (CATEGORY_ID is not
+    writable there), while crm.item.update takes `categoryId` with `stageId`; with
+    `useOriginalUfNames` user fields keep their UF_CRM_ names in the request too
+    [b24-rest-docs universal/crm-item-update.md]. An amount written here is made manual
+    (`isManualOpportunity`), so product rows set afterwards do not recompute it."""
+    fields: dict[str, JSON] = {}
+    if change.pipeline_id is not None and change.status_id is not None:
+        fields.update(categoryId=_numeric_id(change.pipeline_id), stageId=change.status_id)
+    if change.price is not None:
+        fields.update(opportunity=number_json(change.price), isManualOpportunity="Y")
+    if change.name is not None:
+        fields["title"] = change.name
+    fields.update(field_values(change.fields))
+    if not fields:
+        return {}
+    return {
+        "entityTypeId": DEAL_TYPE,
+        "id": _numeric_id(deal_id),
+        "useOriginalUfNames": "Y",
+        "fields": fields,
+    }
+
+
+def product_rows(items: Iterable[OrderItem]) -> list[dict[str, JSON]]:
+    """`crm.deal.productrows.set` rows: free rows named as the order names the product
+    (no catalog product is needed), unit price and quantity."""
+    return [
+        {
+            "PRODUCT_NAME": item.name,
+            "PRICE": number_json(item.price),
+            "QUANTITY": number_json(item.quantity),
+        }
+        for item in items
+    ]
 
 
 def open_deals_params(contact_id: str, config: CrmConfig, start: int = 0) -> dict[str, JSON]:
@@ -199,7 +337,7 @@ def open_deals_params(contact_id: str, config: CrmConfig, start: int = 0) -> dic
     a batch `contact_id` may be `$result[tg][0][ID]`, which a Telegram miss resolves to
     an empty array, and an empty condition is dropped (50 deals of the whole portal);
     the list is never empty, and no contact has id 0."""
-    configured = [field for field in config.deal_fields.model_dump().values() if field]
+    configured = list(config.deal_field_ids())
     bound = {"@contactIds": [contact_id, NO_CONTACT]}
     return {
         "entityTypeId": DEAL_TYPE,
@@ -214,7 +352,7 @@ def open_deals_params(contact_id: str, config: CrmConfig, start: int = 0) -> dic
 def deal_records(result: JSON, config: CrmConfig) -> list[dict[str, JSON]]:
     """`crm.item.list`'s `{"items": [...]}` as crm.deal.* records (UPPER_CASE names, user
     fields as stored), each with CONTACT_IDS: every bound contact, the primary first."""
-    configured = {field for field in config.deal_fields.model_dump().values() if field}
+    configured = set(config.deal_field_ids())
     records: list[dict[str, JSON]] = []
     for item in as_list(as_map(result).get("items")):
         if not isinstance(item, dict):
@@ -301,7 +439,7 @@ def deal_from_record(
     primary = text(record.get("CONTACT_ID"))
     if contact_ids is None and isinstance(record.get("CONTACT_IDS"), list):
         contact_ids = [text(cid) for cid in record["CONTACT_IDS"]]
-    configured = {field for field in config.deal_fields.model_dump().values() if field}
+    configured = set(config.deal_field_ids())
     return Deal(
         id=str(record["ID"]),
         pipeline_id=text(record.get("CATEGORY_ID")) or "0",

@@ -18,8 +18,21 @@ and `build_hubspot`. The calls each method makes:
     deal_notes               GET   /crm/objects/2026-09/deals/{id}?associations=notes, then
                                    POST /crm/objects/2026-09/notes/batch/read (none without notes)
     add_note                 POST  /crm/objects/2026-09/notes            deal association (214)
-    schema                   GET   /crm/pipelines/2026-09/deals, /crm/properties/2026-09/deals
-                                   and /contacts
+    schema                   GET   /crm/pipelines/2026-09/deals, /crm/properties/2026-09/deals,
+                                   /contacts and /companies
+Orders (`OrderAdapter`):
+    find_company             POST  /crm/objects/2026-09/companies/search  one search: the INN
+                                   property (`order_fields.company_inn`) OR every word of the name
+    create_company           POST  /crm/objects/2026-09/companies
+    link_contact_to_company  PUT   /crm/objects/2026-09/contacts/{id}/associations/default/
+                                   companies/{id}   (a PUT: linking twice links once)
+    create_deal / create_contact_and_deal  the company association (deal → company 5,
+                                   contact → company 1) rides in the same create
+    change_deal              PATCH /crm/objects/2026-09/deals/{id}   stage, amount and fields;
+                                   a lost order's stage is a lost stage (`closedlost`)
+    set_deal_items           GET   /crm/objects/2026-09/deals/{id}?associations=line_items,
+                                   POST …/line_items/batch/archive (none without old ones),
+                                   POST …/line_items/batch/create (none without new ones)
 A deal write with a date-time that HubSpot refuses (400) learns once per process which
 deal properties are `date` (GET /crm/properties/2026-09/deals) and is sent again with
 dates (`_with_date_properties`).
@@ -40,44 +53,62 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from bridge.crm.base import JSON, Confirm, CrmSchema, CustomField, first_confirmed
+from bridge.crm.base import (
+    JSON,
+    CompanyKey,
+    Confirm,
+    ConfirmCompany,
+    CrmSchema,
+    CustomField,
+    first_confirmed,
+)
 from bridge.crm.connection import Connection, OAuthEndpoint, Wiring
 from bridge.crm.hubspot_json import (
     OBJECTS,
     PIPELINES,
     PROPERTIES,
     associated,
+    company_create_json,
+    company_from_json,
+    company_search_json,
     contact_create_json,
     contact_from_json,
     contact_search_json,
     date_properties,
+    deal_change_json,
     deal_create_json,
     deal_from_json,
     deal_properties,
     deal_search_json,
     field_from_json,
+    ids_json,
     is_custom,
+    line_items_create_json,
     note_create_json,
     pipeline_from_json,
     properties_json,
 )
 from bridge.crm.richtext import note_text
 from bridge.domain import (
+    Company,
+    CompanyRecord,
     Contact,
     ContactPatch,
     Deal,
+    DealChange,
     FieldKind,
     FieldUpdate,
     LookupKey,
     NewContact,
     NewDeal,
+    OrderItem,
 )
 from bridge.errors import ConfigError, PermanentCrmError
 from bridge.settings import CrmConfig
 
 SEARCH_LIMIT = 100  # per page; HubSpot allows 200
 MAX_PAGES = 20
-BATCH_READ = 100
+BATCH_READ = 100  # inputs per batch request (read, create, archive)
 DEFAULT_SEARCH_RATE = 4.0  # HubSpot allows 5 searches per second per account
 _EXISTING_ID = re.compile(r"Existing ID: (\d+)")
 T = TypeVar("T")
@@ -95,6 +126,9 @@ OAUTH = OAuthEndpoint(
 
 class HubSpot:
     """One HubSpot account. Build it with `build_hubspot`."""
+
+    # Order items are line items associated to the deal (`set_deal_items`).
+    keeps_items = True
 
     def __init__(self, connection: Connection, search_rate: float) -> None:
         self.name = connection.name
@@ -124,9 +158,11 @@ class HubSpot:
         with self._reading("contacts.search"):
             return [contact_from_json(record, self.config) for record in records]
 
-    async def create_contact(self, new: NewContact) -> Contact:
+    async def create_contact(self, new: NewContact, company_id: str | None = None) -> Contact:
+        """`company_id`: the new contact is that company's (in the same request). A contact
+        that already existed (the 409 below) is linked to it separately."""
         with self._reading("contacts.create"):
-            payload = contact_create_json(new)
+            payload = contact_create_json(new, company_id)
         try:
             answer = await self._send(
                 "POST", f"{OBJECTS}/contacts", "contacts.create", json=payload
@@ -137,6 +173,8 @@ class HubSpot:
                 raise
             # The e-mail belongs to a contact the search did not show yet: that one it is.
             answer = {"id": existing.group(1), "properties": {}}
+            if company_id is not None:
+                await self.link_contact_to_company(answer["id"], company_id)
         with self._reading("contacts.create"):
             props = {**payload["properties"], **(answer.get("properties") or {})}
             return contact_from_json({"id": answer["id"], "properties": props}, self.config)
@@ -188,7 +226,7 @@ class HubSpot:
     async def create_contact_and_deal(
         self, contact: NewContact, deal: NewDeal
     ) -> tuple[Contact, Deal]:
-        created = await self.create_contact(contact)
+        created = await self.create_contact(contact, deal.company_id)
         return created, await self.create_deal(created, deal)
 
     async def update_deal(self, deal_id: str, updates: Sequence[FieldUpdate]) -> None:
@@ -202,6 +240,69 @@ class HubSpot:
             await self._send("PATCH", path, "deals.update", json=payload)
 
         await self._with_date_properties(updates, attempt)
+
+    # ---- orders: companies, stage moves, line items ---------------------------------
+
+    async def find_company(self, company: Company, confirm: ConfirmCompany) -> CompanyRecord | None:
+        inn_property = self.config.order_fields.company_inn
+        body = company_search_json(company, inn_property, SEARCH_LIMIT)
+        if body is None:
+            return None
+        records = await self._search("companies", body, "companies.search")
+        with self._reading("companies.search"):
+            hits = [company_from_json(record, inn_property) for record in records]
+        keys: tuple[CompanyKey, ...] = ("inn", "name") if inn_property else ("name",)
+        for key in keys:
+            confirmed = [hit for hit in hits if confirm(hit, key)]
+            if confirmed:
+                return min(confirmed, key=lambda hit: (len(hit.id), hit.id))
+        return None
+
+    async def create_company(self, company: Company) -> CompanyRecord:
+        inn_property = self.config.order_fields.company_inn
+        with self._reading("companies.create"):
+            payload = company_create_json(company, inn_property)
+        answer = await self._send("POST", f"{OBJECTS}/companies", "companies.create", json=payload)
+        with self._reading("companies.create"):
+            props = {**payload["properties"], **(answer.get("properties") or {})}
+            return company_from_json({"id": answer["id"], "properties": props}, inn_property)
+
+    async def link_contact_to_company(self, contact_id: str, company_id: str) -> None:
+        # The default (unlabeled) association; a PUT, so an existing link stays one
+        # [developers.hubspot.com/docs/reference/api/crm/associations/association-details].
+        path = f"{OBJECTS}/contacts/{contact_id}/associations/default/companies/{company_id}"
+        await self._send("PUT", path, "contacts.link_company")
+
+    async def change_deal(self, deal_id: str, change: DealChange) -> None:
+        async def attempt(date_only: frozenset[str]) -> None:
+            with self._reading("deals.change"):
+                payload = deal_change_json(change, date_only)
+            if not payload["properties"]:
+                return
+            path = f"{OBJECTS}/deals/{deal_id}"
+            await self._send("PATCH", path, "deals.change", json=payload)
+
+        await self._with_date_properties(change.fields, attempt)
+
+    async def set_deal_items(self, deal_id: str, items: Sequence[OrderItem], currency: str) -> None:
+        """The deal's line items become `items`: the old ones are archived and new ones
+        created with their deal association. Line items belong to one deal, so they are
+        replaced rather than edited; the read first makes a repeat harmless (it archives
+        what the last attempt created). `currency` is the deal's (HubSpot prices line
+        items in the deal's currency)."""
+        params = {"properties": "hs_object_id", "associations": "line_items"}
+        body = await self._send("GET", f"{OBJECTS}/deals/{deal_id}", "deals.items", params=params)
+        with self._reading("deals.items"):
+            old = list(associated(body, "line_items"))
+        for start in range(0, len(old), BATCH_READ):
+            payload = ids_json(old[start : start + BATCH_READ])
+            path = f"{OBJECTS}/line_items/batch/archive"
+            await self._send("POST", path, "line_items.archive", json=payload)
+        for start in range(0, len(items), BATCH_READ):
+            with self._reading("line_items.create"):
+                payload = line_items_create_json(deal_id, items[start : start + BATCH_READ])
+            path = f"{OBJECTS}/line_items/batch/create"
+            await self._send("POST", path, "line_items.create", json=payload)
 
     # ---- notes ----------------------------------------------------------------------
 
@@ -237,7 +338,8 @@ class HubSpot:
     async def schema(self) -> CrmSchema:
         body = await self._send("GET", f"{PIPELINES}/deals", "pipelines.list")
         fields: list[CustomField] = []
-        for entity, object_type in (("leads", "deals"), ("contacts", "contacts")):
+        kinds = (("leads", "deals"), ("contacts", "contacts"), ("companies", "companies"))
+        for entity, object_type in kinds:
             path = f"{PROPERTIES}/{object_type}"
             answer = await self._send("GET", path, "properties.list")
             with self._reading("properties.list"):

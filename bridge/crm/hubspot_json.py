@@ -18,8 +18,9 @@ which also undoes what HubSpot's editor makes of a note (`<div><p>…</p></div>`
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 
 import phonenumbers
@@ -28,14 +29,18 @@ from bridge.crm.base import JSON, CustomField, Pipeline
 from bridge.crm.richtext import note_html
 from bridge.crm.values import iso_utc, typed_value
 from bridge.domain import (
+    Company,
+    CompanyRecord,
     Contact,
     Deal,
+    DealChange,
     FieldKind,
     FieldUpdate,
     KeyKind,
     LookupKey,
     NewContact,
     NewDeal,
+    OrderItem,
 )
 from bridge.settings import CrmConfig
 
@@ -46,6 +51,15 @@ PROPERTIES = f"/crm/properties/{API}"
 # HubSpot-defined association types (category HUBSPOT_DEFINED).
 DEAL_TO_CONTACT = 3
 NOTE_TO_DEAL = 214
+# The primary company of a contact and of a deal, and a line item's deal
+# [developers.hubspot.com/docs/api/crm/associations "HubSpot defined association types";
+# linuxbeast.com/blog/how-to-use-hubspot-v4-associations-api-in-python, the type table].
+CONTACT_TO_COMPANY = 1
+DEAL_TO_COMPANY = 5
+LINE_ITEM_TO_DEAL = 20
+COMPANY_BASE = ("name", "phone")
+LINE_ITEM_BASE = ("name", "quantity", "price", "hs_sku")
+MAX_NAME_TOKENS = 9  # a filter group holds 10 filters; HubSpot allows 25 in a search
 PHONE_PROPERTIES = ("phone", "mobilephone")
 CONTACT_BASE = ("firstname", "lastname", "email", *PHONE_PROPERTIES)
 DEAL_BASE = ("dealname", "amount", "pipeline", "dealstage", "hs_is_closed", "hs_lastmodifieddate")
@@ -106,7 +120,7 @@ def contact_properties(config: CrmConfig) -> list[str]:
 
 
 def deal_properties(config: CrmConfig) -> list[str]:
-    return _distinct([*DEAL_BASE, *config.deal_fields.model_dump().values()])
+    return _distinct([*DEAL_BASE, *config.deal_field_ids()])
 
 
 def _distinct(names: Iterable[str | None]) -> list[str]:
@@ -124,6 +138,14 @@ def property_value(update: FieldUpdate, date_only: bool = False) -> str:
     an error"]."""
     if update.kind is FieldKind.DATETIME and date_only and isinstance(update.value, datetime):
         return update.value.date().isoformat()
+    if update.kind is FieldKind.DATE:
+        # A calendar day (an order's installation date): YYYY-MM-DD, what a `date`
+        # property takes (midnight UTC of that day) [same pages as above]. `datetime` is a
+        # `date` too: one with a time of day does not fit the kind.
+        value = update.value
+        if isinstance(value, date) and not isinstance(value, datetime):
+            return value.isoformat()
+        raise ValueError(f"field {update.field_id}: date value {value!r} has the wrong type")
     return str(typed_value(update, plain_number, ";".join))
 
 
@@ -146,7 +168,8 @@ def plain_number(value: Decimal) -> str:
     return "0" if value == 0 else format(value.normalize(), "f")
 
 
-def contact_create_json(new: NewContact) -> dict[str, JSON]:
+def contact_create_json(new: NewContact, company_id: str | None = None) -> dict[str, JSON]:
+    """`company_id`: the contact is created as that company's (its primary company)."""
     who = new.customer
     names = {
         "firstname": who.first_name,
@@ -160,7 +183,10 @@ def contact_create_json(new: NewContact) -> dict[str, JSON]:
         username = f"@{who.telegram_username}" if who.telegram_username else ""
         properties["firstname"] = who.phone or username or f"Telegram {who.telegram_id or ''}"
     properties.update(properties_json(new.fields))
-    return {"properties": properties}
+    if company_id is None:
+        return {"properties": properties}
+    associations = [_association(company_id, CONTACT_TO_COMPANY)]
+    return {"properties": properties, "associations": associations}
 
 
 def deal_create_json(
@@ -173,10 +199,104 @@ def deal_create_json(
         "amount": plain_number(new.price),
         **properties_json(new.fields, date_only),
     }
+    associations = [_association(contact_id, DEAL_TO_CONTACT)]
+    if new.company_id is not None:
+        associations.append(_association(new.company_id, DEAL_TO_COMPANY))
+    return {"properties": properties, "associations": associations}
+
+
+def deal_change_json(change: DealChange, date_only: Collection[str] = ()) -> dict[str, JSON]:
+    """One PATCH: the stage (and its pipeline), the amount, the name and the fields. A lost
+    stage is a stage like any other in HubSpot (`closedlost` in the default pipeline):
+    `hs_is_closed` follows from it."""
+    properties: dict[str, str] = {}
+    if change.pipeline_id is not None and change.status_id is not None:
+        properties["pipeline"] = change.pipeline_id
+        properties["dealstage"] = change.status_id
+    if change.price is not None:
+        properties["amount"] = plain_number(change.price)
+    if change.name is not None:
+        properties["dealname"] = change.name
+    properties.update(properties_json(change.fields, date_only))
+    return {"properties": properties}
+
+
+# ---- companies and line items --------------------------------------------------------
+
+
+def company_properties(inn_property: str | None) -> list[str]:
+    return _distinct([*COMPANY_BASE, inn_property])
+
+
+def company_search_json(
+    company: Company, inn_property: str | None, limit: int
+) -> dict[str, JSON] | None:
+    """One search, its filter groups OR-ed: the INN property equal to the INN, or a name
+    holding every word of the company's name (CONTAINS_TOKEN, so "ооо  ромашка" is found
+    for "ООО Ромашка"; the flow's confirm rule keeps only the exact name)
+    [developers.hubspot.com/docs/api-reference/latest/crm/search-the-crm]. None when there
+    is nothing to search by."""
+    groups: list[dict[str, JSON]] = []
+    if inn_property and company.inn:
+        groups.append(_eq_group(inn_property, company.inn))
+    # Words without their punctuation ("«Ромашка»" → Ромашка): a token is a run of
+    # letters, digits and @.+-, quotes and commas are not part of one.
+    words = re.findall(r"[\w@.+-]+", company.name)[:MAX_NAME_TOKENS]
+    if words:
+        tokens = [
+            {"propertyName": "name", "operator": "CONTAINS_TOKEN", "value": word} for word in words
+        ]
+        groups.append({"filters": tokens})
+    if not groups:
+        return None
     return {
-        "properties": properties,
-        "associations": [_association(contact_id, DEAL_TO_CONTACT)],
+        "filterGroups": groups,
+        "properties": company_properties(inn_property),
+        "sorts": [{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
+        "limit": limit,
     }
+
+
+def company_create_json(company: Company, inn_property: str | None) -> dict[str, JSON]:
+    """A company with its name, phone and INN (HubSpot companies have no e-mail of their
+    own: the contacts carry it)."""
+    values = {"name": company.name, "phone": company.phone or ""}
+    if inn_property:
+        values[inn_property] = company.inn
+    return {"properties": {name: value for name, value in values.items() if value}}
+
+
+def company_from_json(record: Mapping[str, JSON], inn_property: str | None) -> CompanyRecord:
+    props = _props(record)
+    return CompanyRecord(
+        id=str(record["id"]), name=_text(props, "name"), inn=_text(props, inn_property)
+    )
+
+
+def line_items_create_json(deal_id: str, items: Sequence[OrderItem]) -> dict[str, JSON]:
+    """One batch create: each item a line item of the deal (name, quantity, unit price and
+    the platform's SKU), associated to it in the same request
+    [developers.hubspot.com/docs/api-reference/latest/crm/objects/line-items/guide]. The
+    currency is the deal's own (`deal_currency_code`)."""
+    return {
+        "inputs": [
+            {
+                "properties": {
+                    "name": item.name,
+                    "quantity": plain_number(item.quantity),
+                    "price": plain_number(item.price),
+                    "hs_sku": item.product_id,
+                },
+                "associations": [_association(deal_id, LINE_ITEM_TO_DEAL)],
+            }
+            for item in items
+        ]
+    }
+
+
+def ids_json(ids: Iterable[str]) -> dict[str, JSON]:
+    """The body of a batch archive (or read): `{"inputs": [{"id": …}, …]}`."""
+    return {"inputs": [{"id": record_id} for record_id in ids]}
 
 
 def note_create_json(deal_id: str, text: str, now: datetime) -> dict[str, JSON]:
@@ -231,7 +351,7 @@ def deal_from_json(
     props = _props(record)
     stage = _text(props, "dealstage")
     closed = _text(props, "hs_is_closed").lower() == "true" or stage in config.closed_status_ids
-    wanted = [name for name in config.deal_fields.model_dump().values() if name]
+    wanted = config.deal_field_ids()
     return Deal(
         id=str(record["id"]),
         pipeline_id=_text(props, "pipeline"),

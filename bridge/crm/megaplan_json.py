@@ -14,6 +14,17 @@ docs/megaplan.md):
   extra fields are top-level keys `Category{N}CustomField{Name}` (§3.6);
 - a note is a `Comment` on the deal, HTML `content` (§3.7).
 
+Orders [the account's RAML, a copy in borzov/megaplan-sdk docs/megaplan.raml]: a
+`ContractorCompany` (`/contractorCompany`, listed with `q` and a CrmFilter) has no INN of
+its own (that lives in its requisites, `payers[].inn`, a separate Payer), so the INN is an
+extra field the section names (`order_fields.company_inn`); a person belongs to it by
+`ContractorHuman.company`. A deal moves only by a `ProgramTransition` of its program
+(`POST /deal/{id}/applyTransition`, one of the deal's `possibleTransitions`); its
+`result` is active / positive / negative, as its state's `type`. Its items are
+`positions`, OfferRows of catalog `Offer`s (found again by `article`, the platform's SKU);
+a `DateField` takes `{"contentType": "DateOnly", "year", "month", "day"}` with the month
+counted from 0.
+
 Which ProgramState is final is not in the API's link entity (§3.4): the section's
 `closed_status_ids` says so, as for amoCRM.
 """
@@ -22,7 +33,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
@@ -33,7 +44,20 @@ from bridge.crm.amocrm import search_query
 from bridge.crm.base import CustomField, Pipeline
 from bridge.crm.fieldvalues import FieldEncoding, Option
 from bridge.crm.richtext import note_html, note_text
-from bridge.domain import Contact, Deal, FieldUpdate, KeyKind, LookupKey, NewContact, NewDeal
+from bridge.domain import (
+    Company,
+    CompanyRecord,
+    Contact,
+    Deal,
+    DealChange,
+    FieldKind,
+    FieldUpdate,
+    KeyKind,
+    LookupKey,
+    NewContact,
+    NewDeal,
+    OrderItem,
+)
 from bridge.errors import AuthError, CrmError, PermanentCrmError, TransientCrmError
 from bridge.settings import CrmConfig
 
@@ -42,9 +66,20 @@ API = "/api/v3"
 SEARCH_LIMIT = 50
 PAGE_LIMIT = 100  # Megaplan's default and maximum page (§3.11)
 HUMAN = "ContractorHuman"
+COMPANY = "ContractorCompany"
 CONTRACTORS = ("ContractorHuman", "ContractorCompany")
+COMPANY_FIELDS = ("id", "name")
 CONTACT_FIELDS = ("id", "name", "firstName", "lastName", "contactInfo")
-DEAL_FIELDS = ("id", "program", "state", "price", "timeUpdated", "contractor", "isDeleted")
+DEAL_FIELDS = (
+    "id",
+    "program",
+    "state",
+    "result",
+    "price",
+    "timeUpdated",
+    "contractor",
+    "isDeleted",
+)
 
 
 def query_path(path: str, params: Mapping[str, JSON]) -> str:
@@ -123,10 +158,35 @@ def _options(field_id: str, values: tuple[Option, ...]) -> JSON:
 ENCODING = FieldEncoding(when=_when, option=_option, options=_options)
 
 
+def field_values(updates: Iterable[FieldUpdate]) -> dict[str, JSON]:
+    """Extra field values; a DATE as a DateOnly entity (its month counted from 0)."""
+    values: dict[str, JSON] = {}
+    for update in updates:
+        value = update.value
+        if update.kind is not FieldKind.DATE:
+            values[update.field_id] = ENCODING.value(update)
+        elif isinstance(value, date) and not isinstance(value, datetime):
+            values[update.field_id] = {
+                "contentType": "DateOnly",
+                "year": value.year,
+                "month": value.month - 1,
+                "day": value.day,
+            }
+        else:
+            raise ValueError(f"field {update.field_id}: date value {value!r} has the wrong type")
+    return values
+
+
 def value_text(value: JSON) -> str:
     """An extra field's value as the flow reads it: text, a number, a date-time, a list."""
     if value is None:
         return ""
+    if isinstance(value, dict) and value.get("contentType") == "DateOnly":
+        try:
+            day = date(int(value["year"]), int(value["month"]) + 1, int(value["day"]))
+        except (KeyError, TypeError, ValueError):
+            return ""
+        return day.isoformat()
     if isinstance(value, dict):
         return value_text(value.get("value"))
     if isinstance(value, list):
@@ -216,19 +276,18 @@ def contact_json(new: NewContact) -> dict[str, JSON]:
     ]
     if info:
         body["contactInfo"] = info
-    return body | ENCODING.values(new.fields)
+    return body | field_values(new.fields)
 
 
 def contact_patch_json(updates: Iterable[FieldUpdate]) -> dict[str, JSON]:
-    return {"contentType": HUMAN} | ENCODING.values(updates)
+    return {"contentType": HUMAN} | field_values(updates)
 
 
 # ---- deals ------------------------------------------------------------------------------
 
 
 def deal_fields(config: CrmConfig) -> list[str]:
-    extra = [f for f in config.deal_fields.model_dump().values() if isinstance(f, str) and f]
-    return [*DEAL_FIELDS, *extra]
+    return [*DEAL_FIELDS, *config.deal_field_ids()]
 
 
 def deal_json(new: NewDeal, contractor_id: str) -> dict[str, JSON]:
@@ -239,11 +298,11 @@ def deal_json(new: NewDeal, contractor_id: str) -> dict[str, JSON]:
         "state": link("ProgramState", _checked_id(new.status_id)),
         "contractor": link(HUMAN, _checked_id(contractor_id)),
         "price": {"contentType": "Money", "value": float(new.price), "currency": "RUB"},
-    } | ENCODING.values(new.fields)
+    } | field_values(new.fields)
 
 
 def deal_patch_json(updates: Iterable[FieldUpdate]) -> dict[str, JSON]:
-    return {"contentType": "Deal"} | ENCODING.values(updates)
+    return {"contentType": "Deal"} | field_values(updates)
 
 
 def _link_id(value: JSON) -> str:
@@ -271,7 +330,10 @@ def deal_from_json(record: Mapping[str, JSON], config: CrmConfig) -> Deal:
         updated_at=unix_seconds(record.get("timeUpdated")),
         price=Decimal(str(amount or 0)),
         is_deleted=bool(record.get("isDeleted")),
-        is_closed=state in set(config.closed_status_ids),
+        # The deal's own result (positive / negative once in a final state) where the
+        # answer has it; the section's closed states otherwise.
+        is_closed=record.get("result") in ("positive", "negative")
+        or state in set(config.closed_status_ids),
         contact_ids=(contractor,) if contractor else (),
         fields={key: value_text(value) for key, value in record.items() if key in configured},
     )
@@ -281,6 +343,160 @@ def deal_from_sent(sent: Mapping[str, JSON], deal_id: str, now: float, config: C
     """The deal just created, from what was sent (no read-back)."""
     stamp = datetime.fromtimestamp(now, UTC).isoformat()
     return deal_from_json({**sent, "id": deal_id, "timeUpdated": stamp}, config)
+
+
+# ---- orders: companies ----------------------------------------------------------------
+
+
+def _equals_filter(field: str, values: Sequence[str]) -> dict[str, JSON]:
+    """A CrmFilter / OfferFilter term group: `field` equal to any of `values` (§3.3)."""
+    terms = [
+        {"contentType": "FilterTermString", "field": field, "comparison": "equals", "value": v}
+        for v in values
+    ]
+    group = {"contentType": "FilterTermGroup", "join": "or", "terms": terms}
+    return {"contentType": "FilterConfig", "termGroup": group}
+
+
+def company_fields(config: CrmConfig) -> list[str]:
+    inn = config.order_fields.company_inn
+    return [*COMPANY_FIELDS, *([inn] if inn else [])]
+
+
+def company_inn_params(company: Company, config: CrmConfig) -> dict[str, JSON] | None:
+    """The companies whose INN field equals the INN (None: no INN, or no field for it)."""
+    field = config.order_fields.company_inn
+    if not (company.inn and field):
+        return None
+    crm_filter = {
+        "contentType": "CrmFilter",
+        "id": None,
+        "config": _equals_filter(field, [company.inn]),
+    }
+    return {"limit": SEARCH_LIMIT, "fields": company_fields(config), "filter": crm_filter}
+
+
+def company_name_params(company: Company, config: CrmConfig) -> dict[str, JSON] | None:
+    """`q` by the name: loose (a substring, any case), the flow's rule confirms."""
+    if not company.name.strip():
+        return None
+    return {"limit": SEARCH_LIMIT, "fields": company_fields(config), "q": company.name.strip()}
+
+
+def company_from_json(record: Mapping[str, JSON], config: CrmConfig) -> CompanyRecord:
+    inn = config.order_fields.company_inn
+    return CompanyRecord(
+        str(record["id"]),
+        str(record.get("name") or ""),
+        value_text(record.get(inn)) if inn else "",
+    )
+
+
+def oldest_first(records: Iterable[Mapping[str, JSON]]) -> list[Mapping[str, JSON]]:
+    def key(record: Mapping[str, JSON]) -> tuple[int, str]:
+        text = str(record.get("id"))
+        return (int(text) if text.isdigit() else 2**63, text)
+
+    return sorted(records, key=key)
+
+
+def company_json(company: Company, config: CrmConfig) -> dict[str, JSON]:
+    body: dict[str, JSON] = {"contentType": COMPANY, "name": company.name}
+    info = [
+        {"contentType": "ContactInfo", "type": kind, "value": value, "isMain": True}
+        for kind, value in (("phone", company.phone), ("email", company.email))
+        if value
+    ]
+    if info:
+        body["contactInfo"] = info
+    if company.inn and config.order_fields.company_inn:
+        body[config.order_fields.company_inn] = company.inn
+    return body
+
+
+def human_company_json(company_id: str) -> dict[str, JSON]:
+    """A person made one of the company's (its contact persons)."""
+    return {"contentType": HUMAN, "company": link(COMPANY, _checked_id(company_id))}
+
+
+# ---- orders: stage moves ----------------------------------------------------------------
+
+TRANSITION_FIELDS = ("id", "program", "state", "possibleTransitions")
+
+
+def transition_to(record: Mapping[str, JSON], status_id: str) -> str | None:
+    """The id of a transition the deal may take now into `status_id`."""
+    for transition in record.get("possibleTransitions") or ():
+        if not isinstance(transition, dict) or transition.get("enabled") is False:
+            continue
+        if _link_id(transition.get("to")) == status_id:
+            return str(transition["id"])
+    return None
+
+
+def current_state(record: Mapping[str, JSON]) -> tuple[str, str]:
+    return _link_id(record.get("program")), _link_id(record.get("state"))
+
+
+def transition_json(transition_id: str) -> dict[str, JSON]:
+    return {"contentType": "ProgramTransition", "id": transition_id}
+
+
+def change_json(change: DealChange) -> dict[str, JSON] | None:
+    """What a deal update writes besides its state (None: nothing)."""
+    body: dict[str, JSON] = {}
+    if change.price is not None:
+        body["price"] = {"contentType": "Money", "value": float(change.price), "currency": "RUB"}
+    if change.name is not None:
+        body["name"] = change.name
+    body |= field_values(change.fields)
+    return {"contentType": "Deal"} | body if body else None
+
+
+# ---- orders: positions ----------------------------------------------------------------
+
+OFFER_FIELDS = ("id", "name", "article", "price")
+
+
+def offer_params(articles: Sequence[str]) -> dict[str, JSON]:
+    """The catalog's offers with these articles (SKUs), one request for all."""
+    offer_filter = {
+        "contentType": "OfferFilter",
+        "id": None,
+        "config": _equals_filter("article", articles),
+    }
+    return {"limit": PAGE_LIMIT, "fields": list(OFFER_FIELDS), "filter": offer_filter}
+
+
+def offer_json(item: OrderItem, currency: str) -> dict[str, JSON]:
+    return {
+        "contentType": "Offer",
+        "name": item.name,
+        "article": item.product_id,
+        "price": _money(item.price, currency),
+    }
+
+
+def _money(value: Decimal, currency: str) -> dict[str, JSON]:
+    return {"contentType": "Money", "value": float(value), "currency": currency or "RUB"}
+
+
+def positions_json(
+    items: Sequence[OrderItem], offers: Mapping[str, str], currency: str
+) -> dict[str, JSON]:
+    """The deal's whole list of positions: an update replaces it (what an order's items
+    are). Each row names its offer; the order's own name, quantity and unit price win."""
+    rows = [
+        {
+            "contentType": "OfferRow",
+            "offer": link("Offer", offers[item.product_id]),
+            "name": item.name,
+            "quantity": float(item.quantity),
+            "price": _money(item.price, currency),
+        }
+        for item in items
+    ]
+    return {"contentType": "Deal", "positions": rows}
 
 
 # ---- comments ---------------------------------------------------------------------------

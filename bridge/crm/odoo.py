@@ -15,6 +15,19 @@ Calls per operation:
     create_contact_and_deal   res.partner.create + crm.lead.create
     update_deal         crm.lead.write
     deal_notes / add_note     mail.message.search_read / crm.lead.message_post
+    find_company        res.partner.search_read (is_company; INN in `vat` or the name)
+    create_company      res.partner.create (is_company)
+    link_contact_to_company   res.partner.write parent_id (none when this process
+                        linked them already)
+    change_deal         crm.lead.write, or crm.lead.action_set_lost for the lost
+                        pseudo-stage: one call either way
+    set_deal_items      none: crm.lead has no lines (the note lists the items)
+
+A business order's deal is the person's (partner_id = the contact, whose parent_id is the
+company), as Odoo's own lead form keeps a company's contact: the lead reads as
+"Company, Person", its commercial partner is the company, and the contact's deals are
+still found by `list_deals`. `create_deal` with a company links the person first unless
+this process already did.
     schema              crm.team, crm.stage, ir.model.fields (+ selections, + the records
                         of each many2one/many2many field's model) search_reads
 
@@ -43,17 +56,27 @@ from typing import Literal
 import httpx
 
 from bridge.crm import odoo_json as oj
-from bridge.crm.base import Confirm, CrmSchema, first_confirmed
+from bridge.crm.base import (
+    CompanyKey,
+    Confirm,
+    ConfirmCompany,
+    CrmSchema,
+    first_confirmed,
+)
 from bridge.crm.connection import Connection, Wiring
 from bridge.crm.odoo_json import JSON, Capabilities, OdooCall, OdooOptions
 from bridge.domain import (
+    Company,
+    CompanyRecord,
     Contact,
     ContactPatch,
     Deal,
+    DealChange,
     FieldUpdate,
     LookupKey,
     NewContact,
     NewDeal,
+    OrderItem,
 )
 from bridge.errors import AuthError, PermanentCrmError
 from bridge.tokens import TokenSource
@@ -118,6 +141,10 @@ def json2_error_hook(crm: str) -> Callable[[httpx.Response], object]:
 class Odoo:
     """One Odoo database. Build it with `build_odoo`."""
 
+    # crm.lead has no order lines of its own (sale.order has, but is another app and
+    # another record): the order's items live in the note only.
+    keeps_items = False
+
     def __init__(self, connection: Connection, options: OdooOptions) -> None:
         self.name = connection.name
         self.config = connection.config
@@ -128,6 +155,9 @@ class Odoo:
         self._caps: Capabilities | None = None
         self._ids = itertools.count(1)
         self._ready = asyncio.Lock()
+        # (contact, company) pairs this process linked: a deal created for the company
+        # right after needs no second write. Only a saving; a miss writes again harmlessly.
+        self._linked: set[tuple[str, str]] = set()
         connection.extra_health = lambda: {"api": self._api or "not yet chosen"}
 
     # ---- the session ------------------------------------------------------------------
@@ -211,11 +241,16 @@ class Odoo:
         # rule decides which key it really carries.
         return first_confirmed(keys, dict.fromkeys(keys, found), confirm)
 
-    async def create_contact(self, new: NewContact) -> Contact:
+    async def create_contact(self, new: NewContact, *, company_id: str | None = None) -> Contact:
+        """A person; with `company_id`, one of the company's people from the start."""
         with self.connection.reading("res.partner.create"):
             values = oj.partner_values(new)
+            if company_id is not None:
+                values["parent_id"] = int(company_id)
         answer = await self._send(oj.create(oj.PARTNER, values))
         partner_id = oj.created_id(self.name, answer, "res.partner.create")
+        if company_id is not None:
+            self._linked.add((str(partner_id), company_id))
         with self.connection.reading("res.partner.create"):
             return oj.contact_from_partner({**values, "id": partner_id}, self.config)
 
@@ -254,7 +289,9 @@ class Odoo:
     async def create_deal(self, contact: Contact, new: NewDeal) -> Deal:
         with self.connection.reading("crm.lead.create"):
             partner_id = int(contact.id)
-            values = oj.lead_values(new, partner_id)
+            values = oj.lead_values(new, partner_id, self.options.lost_reason_id)
+        if new.company_id is not None:
+            await self.link_contact_to_company(contact.id, new.company_id)
         answer = await self._send(oj.create(oj.LEAD, values))
         deal_id = oj.created_id(self.name, answer, "crm.lead.create")
         return oj.deal_from_sent(new, deal_id, partner_id, self.connection.clock())
@@ -266,7 +303,7 @@ class Odoo:
         the retry finds the partner by the normal lookup and creates only the deal."""
         with self.connection.reading("crm.lead.create"):
             oj.lead_values(deal, 0)  # a deal that cannot be built must not leave a partner
-        created = await self.create_contact(contact)
+        created = await self.create_contact(contact, company_id=deal.company_id)
         return created, await self.create_deal(created, deal)
 
     async def update_deal(self, deal_id: str, updates: Sequence[FieldUpdate]) -> None:
@@ -275,6 +312,49 @@ class Odoo:
         with self.connection.reading("crm.lead.write"):
             call = oj.write(oj.LEAD, [int(deal_id)], oj.field_values(updates))
         await self._send(call)
+
+    # ---- orders -----------------------------------------------------------------------
+
+    async def find_company(self, company: Company, confirm: ConfirmCompany) -> CompanyRecord | None:
+        call = oj.company_lookup_call(company)
+        if call is None:
+            return None
+        answer = await self._send(call)
+        with self.connection.reading(call.operation):
+            hits = [
+                oj.company_from_partner(r) for r in oj.records(self.name, answer, call.operation)
+            ]
+        keys: tuple[CompanyKey, ...] = ("inn", "name")
+        for key in keys:  # by INN first; hits come oldest first
+            chosen = next((hit for hit in hits if confirm(hit, key)), None)
+            if chosen is not None:
+                return chosen
+        return None
+
+    async def create_company(self, company: Company) -> CompanyRecord:
+        values = oj.company_values(company)
+        answer = await self._send(oj.create(oj.PARTNER, values))
+        company_id = oj.created_id(self.name, answer, "res.partner.create")
+        return CompanyRecord(str(company_id), company.name, company.inn)
+
+    async def link_contact_to_company(self, contact_id: str, company_id: str) -> None:
+        """The person's parent_id: Odoo's "works at" link; writing it again is harmless."""
+        if (contact_id, company_id) in self._linked:
+            return
+        with self.connection.reading("res.partner.write"):
+            call = oj.write(oj.PARTNER, [int(contact_id)], {"parent_id": int(company_id)})
+        await self._send(call)
+        self._linked.add((contact_id, company_id))
+
+    async def change_deal(self, deal_id: str, change: DealChange) -> None:
+        with self.connection.reading("crm.lead.write"):
+            call = oj.change_call(int(deal_id), change, self.options.lost_reason_id)
+        if call is not None:
+            await self._send(call)
+
+    async def set_deal_items(self, deal_id: str, items: Sequence[OrderItem], currency: str) -> None:
+        """Nothing to send: an opportunity has no lines (`keeps_items` is False)."""
+        del deal_id, items, currency
 
     # ---- notes ------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ import html
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -37,8 +37,12 @@ import phonenumbers
 from bridge.crm.base import CustomField, Pipeline
 from bridge.crm.fieldvalues import FieldEncoding, number_json
 from bridge.domain import (
+    Company,
+    CompanyRecord,
     Contact,
     Deal,
+    DealChange,
+    FieldKind,
     FieldUpdate,
     KeyKind,
     LookupKey,
@@ -86,6 +90,11 @@ FIELD_TYPES = {
 # Standard lead fields `deal_fields` may name besides x_ fields: the Tags (many2many to
 # crm.tag, values by tag id) and the lead's own text fields.
 STANDARD_LEAD_FIELDS = {"tag_ids": ("Tags", "many2many", "crm.tag")}
+# The order status `cancelled` maps to this pseudo-stage: Odoo has no lost stage, a lost
+# opportunity is archived with a reason and keeps its stage (transcript §6.11); every
+# sales team lists it in `schema`, so `crm-bridge check` takes it.
+LOST = "lost"
+COMPANY_LOOKUP_LIMIT = 50
 
 
 # ---- options --------------------------------------------------------------------------
@@ -98,13 +107,16 @@ class OdooOptions:
     database: str
     login: str = ""  # the API user's login: JSON-RPC needs its uid (JSON-2 does not)
     api: Literal["auto", "jsonrpc", "json2"] = "auto"
+    lost_reason_id: int | None = None  # crm.lost.reason of a cancelled order's deal
 
     @classmethod
     def from_config(cls, name: str, options: Mapping[str, object]) -> OdooOptions:
         where = f"crm.{name}.options"
-        unknown = sorted(set(options) - {"database", "login", "api"})
+        unknown = sorted(set(options) - {"database", "login", "api", "lost_reason_id"})
         if unknown:
-            raise ConfigError(f"{where}: unknown {unknown}; odoo knows database, login, api")
+            raise ConfigError(
+                f"{where}: unknown {unknown}; odoo knows database, login, api, lost_reason_id"
+            )
         database = options.get("database")
         if not (isinstance(database, str) and database.strip()):
             raise ConfigError(f'{where}.database: the database name, e.g. "mycompany"')
@@ -117,7 +129,12 @@ class OdooOptions:
         if api == "jsonrpc" and not login.strip():
             raise ConfigError(f"{where}.login: JSON-RPC needs the API user's login")
         chosen: Literal["auto", "jsonrpc", "json2"] = api  # type: ignore[assignment]
-        return cls(database.strip(), login.strip(), chosen)
+        reason = options.get("lost_reason_id")
+        if reason is not None and (
+            isinstance(reason, bool) or not isinstance(reason, int) or reason <= 0
+        ):
+            raise ConfigError(f"{where}.lost_reason_id: a crm.lost.reason id (a number)")
+        return cls(database.strip(), login.strip(), chosen, reason)
 
 
 # ---- one ORM call, two encodings ------------------------------------------------------
@@ -438,7 +455,9 @@ def partner_lookup_call(
                 leaves.append(["email", "=ilike", email])
     if not leaves:
         return None
-    domain: list[JSON] = ["|"] * (len(leaves) - 1) + leaves
+    # People only: a company (an order's, created with its own phone and e-mail) that
+    # shares the person's number is not the person, and cannot be made its own parent.
+    domain: list[JSON] = [["is_company", "=", False], *(["|"] * (len(leaves) - 1)), *leaves]
     return search_read(
         PARTNER, domain, partner_fields(config, caps), order="id asc", limit=LOOKUP_LIMIT
     )
@@ -495,8 +514,7 @@ def deal_fields(config: CrmConfig, caps: Capabilities) -> list[str]:
     ]
     if caps.won_status:
         names.append("won_status")
-    configured = [f for f in config.deal_fields.model_dump().values() if f]
-    return list(dict.fromkeys([*names, *configured]))
+    return list(dict.fromkeys([*names, *config.deal_field_ids()]))
 
 
 def open_deals_call(contact_id: str, config: CrmConfig, caps: Capabilities) -> OdooCall:
@@ -529,7 +547,7 @@ def deal_from_lead(record: Mapping[str, JSON], config: CrmConfig) -> Deal:
         won = isinstance(probability, int | float) and probability >= 100
         closed = record.get("active") is False or won
     partner = many2one_id(record.get("partner_id"))
-    configured = {f for f in config.deal_fields.model_dump().values() if f}
+    configured = set(config.deal_field_ids())
     return Deal(
         id=str(record["id"]),
         pipeline_id=many2one_id(record.get("team_id")),
@@ -551,6 +569,7 @@ def deal_from_sent(new: NewDeal, deal_id: int, partner_id: int, now: float) -> D
         status_id=new.status_id,
         updated_at=int(now),
         price=new.price,
+        is_closed=new.status_id == LOST,
         contact_ids=(str(partner_id),),
         fields=written,
     )
@@ -562,22 +581,105 @@ def _sent_text(update: FieldUpdate) -> str:
         return str(value[0]) if value else ""
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime(ODOO_DATETIME)
+    if isinstance(value, date):
+        return value.isoformat()
     return str(value)
 
 
-def lead_values(new: NewDeal, partner_id: int) -> dict[str, JSON]:
+def lead_values(
+    new: NewDeal, partner_id: int, lost_reason_id: int | None = None
+) -> dict[str, JSON]:
     """An opportunity in the chosen team and stage. Probability is left to Odoo's lead
-    scoring (§6.11); the partner's e-mail and phone are copied by Odoo itself."""
+    scoring (§6.11); the partner's e-mail and phone are copied by Odoo itself. An order
+    first seen cancelled is created lost in the same call: archived with probability 0
+    (what action_set_lost leaves, so won_status reads "lost") in the team's first stage."""
     values: dict[str, JSON] = {
         "name": new.name,
         "type": "opportunity",
         "partner_id": partner_id,
         "team_id": _int_id(new.pipeline_id, "pipeline (sales team)"),
-        "stage_id": _int_id(new.status_id, "status (stage)"),
         "expected_revenue": number_json(new.price),
     }
+    if new.status_id == LOST:
+        values.update(active=False, probability=0)
+        if lost_reason_id is not None:
+            values["lost_reason_id"] = lost_reason_id
+    else:
+        values["stage_id"] = _int_id(new.status_id, "status (stage)")
     values.update(field_values(new.fields))
     return values
+
+
+# ---- orders: companies, stage moves -----------------------------------------------------
+
+
+def company_lookup_call(company: Company) -> OdooCall | None:
+    """One search_read of companies (is_company) by INN or by name, oldest first.
+
+    The INN is res.partner's built-in `vat` (the Russian localisation keeps it there, as
+    "7701234567" or "RU7701234567": `ilike` finds both); the name by each of its words
+    (`ilike` each), so "ооо  ромашка" is a hit for "ООО Ромашка" and the flow's rule
+    confirms the exact name. `is_company` keeps out the company's people, whose `vat` is
+    the company's own (a commercial field, synced from the parent)."""
+    leaves: list[JSON] = []
+    if company.inn:
+        leaves.append([["vat", "ilike", company.inn]])
+    words = company.name.split()
+    if words:
+        leaves.append(["&"] * (len(words) - 1) + [["name", "ilike", word] for word in words])
+    if not leaves:
+        return None
+    either: list[JSON] = ["|"] * (len(leaves) - 1)
+    for leaf in leaves:
+        either += leaf
+    domain = [["is_company", "=", True], *either]
+    return search_read(
+        PARTNER, domain, ["id", "name", "vat"], order="id asc", limit=COMPANY_LOOKUP_LIMIT
+    )
+
+
+def company_from_partner(record: Mapping[str, JSON]) -> CompanyRecord:
+    return CompanyRecord(str(record["id"]), text(record.get("name")), text(record.get("vat")))
+
+
+def company_values(company: Company) -> dict[str, JSON]:
+    values: dict[str, JSON] = {"name": company.name, "is_company": True}
+    if company.inn:
+        values["vat"] = company.inn
+    if company.phone:
+        values["phone"] = company.phone
+    if company.email:
+        values["email"] = company.email
+    return values
+
+
+def change_call(deal_id: int, change: DealChange, lost_reason_id: int | None) -> OdooCall | None:
+    """One call for the whole change. A live stage: `write` (team, stage, `active` and no
+    lost reason so a lost opportunity comes back, revenue, fields). The lost
+    pseudo-stage: Odoo's own `action_set_lost(**additional_values)`, which archives
+    (probability 0, so won_status reads "lost") and then writes the rest
+    [addons/crm/models/crm_lead.py]; it returns None, an answer without `result` over
+    JSON-RPC (§6.7)."""
+    values: dict[str, JSON] = {}
+    if change.pipeline_id is not None:
+        values["team_id"] = _int_id(change.pipeline_id, "pipeline (sales team)")
+    if change.price is not None:
+        values["expected_revenue"] = number_json(change.price)
+    if change.name is not None:
+        values["name"] = change.name
+    values.update(field_values(change.fields))
+    if change.status_id == LOST:
+        if lost_reason_id is not None:
+            values["lost_reason_id"] = lost_reason_id
+        return OdooCall(LEAD, "action_set_lost", ([deal_id],), values, {"ids": [deal_id]})
+    if change.status_id is not None:
+        # A lost opportunity comes back as Odoo's own restore leaves it (toggle_active:
+        # active, no lost reason); on a live one both are no change.
+        values.update(stage_id=_int_id(change.status_id, "status (stage)"), active=True)
+        values["lost_reason_id"] = False
+    if not values:
+        return None
+    return write(LEAD, [deal_id], values)
 
 
 def _int_id(value: str, what: str = "record") -> int:
@@ -590,8 +692,23 @@ def _int_id(value: str, what: str = "record") -> int:
 
 
 def field_values(updates: Iterable[FieldUpdate]) -> dict[str, JSON]:
-    """`write`/`create` values for the updates (ValueError on a value that does not fit)."""
-    return ENCODING.values(updates)
+    """`write`/`create` values for the updates (ValueError on a value that does not fit).
+    A date field takes "YYYY-MM-DD" (transcript §8.43 `date_deadline`)."""
+    values: dict[str, JSON] = {}
+    for update in updates:
+        if update.kind is FieldKind.DATE:
+            values[update.field_id] = _day(update)
+        else:
+            values[update.field_id] = ENCODING.value(update)
+    return values
+
+
+def _day(update: FieldUpdate) -> str:
+    value = update.value
+    # A datetime is a date too: only a calendar day fits a date field.
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value.isoformat()
+    raise ValueError(f"field {update.field_id}: date value {value!r} has the wrong type")
 
 
 def _record_id(field_id: str, value: int | str) -> int:
@@ -716,6 +833,8 @@ def pipelines_from(
             for stage in stages
             if many2one_id(stage.get("team_id")) in ("", team_id)
         }
+        # Lost is an outcome, not a stage (§6.11): offered to every team for `cancelled`.
+        statuses[LOST] = "Lost (archived with a reason)"
         pipelines.append(Pipeline(team_id, text(team.get("name")), statuses))
     return tuple(pipelines)
 

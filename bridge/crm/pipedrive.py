@@ -21,8 +21,21 @@ Calls per method (token cost):
     add_note       POST  /api/v1/notes                                  (10)
     schema         GET   /api/v2/pipelines, /stages (5 each), /dealFields,
                          /personFields (10 each)
+    schema         + GET /api/v2/organizationFields                  (10)
+Orders (`OrderAdapter`):
+    find_company   GET   /api/v2/organizations/search  by the INN field exactly, then (no
+                         confirmed hit) by the name's longest word      (20 each)
+    create_company POST  /api/v2/organizations                          (5)
+    link_contact_to_company  PATCH /api/v2/persons/{id} {org_id}        (5)
+    create_deal / create_contact_and_deal  `org_id` in the same POSTs
+    change_deal    PATCH /api/v2/deals/{id}  stage, status, value, fields (5)
+    set_deal_items DELETE /api/v2/deals/{id}/products  (every attached one; 15),
+                   per SKU not yet known to this process: GET /api/v2/products/search
+                   (20) and, when the catalog lacks it, POST /api/v2/products (5);
+                   POST /api/v2/deals/{id}/products/bulk                 (25; none when empty)
 v2 lists page with `additional_data.next_cursor`, v1 notes with `start`. A deal is
-closed when its status is won or lost (Pipedrive's stages carry no closed flag).
+closed when its status is won or lost (Pipedrive's stages carry no closed flag): the
+order status `cancelled` maps to a stage, and a move there also marks the deal lost.
 """
 
 from __future__ import annotations
@@ -33,7 +46,9 @@ from typing import Any
 
 from bridge.crm.base import (
     JSON,
+    CompanyKey,
     Confirm,
+    ConfirmCompany,
     CrmSchema,
     CustomField,
     RateLimiter,
@@ -52,24 +67,38 @@ from bridge.crm.pipedrive_json import (
     custom_field_from_json,
     custom_fields_json,
     data_of,
+    deal_change_json,
     deal_from_json,
     deal_json,
+    deal_products_json,
     int_id,
+    org_from_search,
+    org_json,
+    org_record,
+    org_search_params,
     person_json,
     phone_terms,
     pipelines_from_json,
+    product_json,
+    product_of,
+    product_search_params,
     search_params,
 )
 from bridge.crm.richtext import note_html, note_text
 from bridge.domain import (
+    Company,
+    CompanyRecord,
     Contact,
     ContactPatch,
     Deal,
+    DealChange,
     FieldUpdate,
     KeyKind,
     LookupKey,
     NewContact,
     NewDeal,
+    OrderItem,
+    OrderStatus,
 )
 from bridge.errors import PermanentCrmError
 
@@ -79,6 +108,7 @@ MAX_PAGES = 50  # a runaway cursor must not loop forever
 DEFAULT_SEARCH_RATE = 4.5
 DEFAULT_OAUTH_URL = "https://oauth.pipedrive.com"
 OPTIONS = ("daily_token_budget", "oauth_url", "search_rate_per_second")
+BULK_PRODUCTS = 100  # deal products per bulk attach or delete
 
 
 # ---- the adapter --------------------------------------------------------------------
@@ -86,6 +116,9 @@ OPTIONS = ("daily_token_budget", "oauth_url", "search_rate_per_second")
 
 class Pipedrive:
     """One Pipedrive company. Build it with `build_pipedrive`."""
+
+    # Order items are deal products: catalog products (found by `code` = SKU) attached.
+    keeps_items = True
 
     def __init__(self, connection: Connection, budget: TokenBudget, search_rate: float) -> None:
         self.name = connection.name
@@ -95,6 +128,9 @@ class Pipedrive:
         self.search_limiter = RateLimiter(search_rate)
         self._reading = connection.reading
         connection.extra_health = budget.details
+        # SKU → catalog product id, learnt once per process (a search costs 20 tokens);
+        # forgotten when an attach refuses one (a product deleted meanwhile).
+        self._products: dict[str, int] = {}
 
     async def find_contact(self, keys: Sequence[LookupKey], confirm: Confirm) -> Contact | None:
         # One search per key, stopping at the first confirmed hit. Without a Telegram id
@@ -122,9 +158,9 @@ class Pipedrive:
             items = (data_of(body) or {}).get("items") or ()
             return [contact_from_search(entry["item"], key) for entry in items]
 
-    async def create_contact(self, new: NewContact) -> Contact:
+    async def create_contact(self, new: NewContact, org_id: str | None = None) -> Contact:
         with self._reading("persons.create"):
-            payload = person_json(new)
+            payload = person_json(new, org_id)
         body = await self._send("POST", "/api/v2/persons", "persons.create", json=payload)
         with self._reading("persons.create"):
             return contact_from_person(data_of(body), self.config)
@@ -178,7 +214,7 @@ class Pipedrive:
     ) -> tuple[Contact, Deal]:
         # No composite call in Pipedrive: two POSTs. Should the second fail, a retry
         # finds the person by the normal search and creates only the deal.
-        person = await self.create_contact(contact)
+        person = await self.create_contact(contact, deal.company_id)
         return person, await self.create_deal(person, deal)
 
     async def update_deal(self, deal_id: str, updates: Sequence[FieldUpdate]) -> None:
@@ -188,6 +224,107 @@ class Pipedrive:
             payload = {"custom_fields": custom_fields_json(updates)}
             path = f"/api/v2/deals/{int_id(deal_id)}"
         await self._send("PATCH", path, "deals.update", json=payload)
+
+    # ---- orders: organizations, stage moves, deal products --------------------------
+
+    async def find_company(self, company: Company, confirm: ConfirmCompany) -> CompanyRecord | None:
+        inn_field = self.config.order_fields.company_inn
+        keys: list[CompanyKey] = ["inn"] if inn_field and company.inn else []
+        if company.name.strip():
+            keys.append("name")
+        for key in keys:
+            await self.search_limiter.acquire()
+            with self._reading("organizations.search"):
+                params = org_search_params(company, key, inn_field)
+            path = "/api/v2/organizations/search"
+            body = await self._send("GET", path, "organizations.search", params=params)
+            with self._reading("organizations.search"):
+                items = (data_of(body) or {}).get("items") or ()
+                hits = [org_from_search(entry["item"], company.inn) for entry in items]
+            confirmed = [hit for hit in hits if confirm(hit, key)]
+            if confirmed:
+                return min(confirmed, key=lambda hit: int(hit.id))
+        return None
+
+    async def create_company(self, company: Company) -> CompanyRecord:
+        inn_field = self.config.order_fields.company_inn
+        with self._reading("organizations.create"):
+            payload = org_json(company, inn_field)
+        path = "/api/v2/organizations"
+        body = await self._send("POST", path, "organizations.create", json=payload)
+        with self._reading("organizations.create"):
+            return org_record(data_of(body), inn_field)
+
+    async def link_contact_to_company(self, contact_id: str, company_id: str) -> None:
+        # A person has one organization (`org_id`): setting it again changes nothing.
+        with self._reading("persons.link_org"):
+            path = f"/api/v2/persons/{int_id(contact_id)}"
+            payload = {"org_id": int_id(company_id)}
+        await self._send("PATCH", path, "persons.link_org", json=payload)
+
+    async def change_deal(self, deal_id: str, change: DealChange) -> None:
+        lost = self.config.order_stages.get(OrderStatus.CANCELLED.value)
+        with self._reading("deals.change"):
+            payload = deal_change_json(change, (lost.pipeline_id, lost.status_id) if lost else None)
+            path = f"/api/v2/deals/{int_id(deal_id)}"
+        if payload:
+            await self._send("PATCH", path, "deals.change", json=payload)
+
+    async def set_deal_items(self, deal_id: str, items: Sequence[OrderItem], currency: str) -> None:
+        """Detach every product of the deal, then attach the order's in one bulk call:
+        a repeat detaches what the last attempt attached, so it never doubles them."""
+        with self._reading("deals.products"):
+            path = f"/api/v2/deals/{int_id(deal_id)}/products"
+        await self._detach_all(path)
+        if not items:
+            return
+        remembered = any(item.product_id in self._products for item in items)
+        try:
+            await self._attach(path, items, currency)
+        except PermanentCrmError:
+            if not remembered:
+                raise
+            # A product this process remembered may have been deleted since: learn the
+            # catalog again and attach once more (detached first: over 100 items, part of
+            # the first attempt may have been attached).
+            self._products.clear()
+            await self._detach_all(path)
+            await self._attach(path, items, currency)
+
+    async def _detach_all(self, path: str) -> None:
+        for _ in range(MAX_PAGES):  # at most 100 go per call
+            body = await self._send("DELETE", path, "deal_products.delete")
+            with self._reading("deal_products.delete"):
+                more = (body.get("additional_data") or {}).get("more_items_in_collection")
+            if not more:
+                break
+
+    async def _attach(self, path: str, items: Sequence[OrderItem], currency: str) -> None:
+        for item in items:
+            if item.product_id not in self._products:
+                self._products[item.product_id] = await self._product_id(item, currency)
+        for start in range(0, len(items), BULK_PRODUCTS):
+            with self._reading("deal_products.add"):
+                payload = deal_products_json(items[start : start + BULK_PRODUCTS], self._products)
+            await self._send("POST", f"{path}/bulk", "deal_products.add", json=payload)
+
+    async def _product_id(self, item: OrderItem, currency: str) -> int:
+        """The catalog product with the item's SKU as its `code`, created when missing."""
+        await self.search_limiter.acquire()
+        params = product_search_params(item.product_id)
+        body = await self._send("GET", "/api/v2/products/search", "products.search", params=params)
+        with self._reading("products.search"):
+            items = (data_of(body) or {}).get("items") or ()
+            found = product_of((entry["item"] for entry in items), item.product_id)
+        if found is not None:
+            return found
+        with self._reading("products.create"):
+            payload = product_json(item, currency)
+        created = await self._send("POST", "/api/v2/products", "products.create", json=payload)
+        with self._reading("products.create"):
+            return int(data_of(created)["id"])
+
+    # ---- notes ----------------------------------------------------------------------
 
     async def deal_notes(self, deal_id: str) -> list[str]:
         with self._reading("notes.list"):
@@ -212,7 +349,12 @@ class Pipedrive:
         pipelines = await self._cursor_pages("/api/v2/pipelines", {}, "pipelines.list")
         stages = await self._cursor_pages("/api/v2/stages", {}, "stages.list")
         fields: list[CustomField] = []
-        for entity, path in (("leads", "/api/v2/dealFields"), ("contacts", "/api/v2/personFields")):
+        kinds = (
+            ("leads", "/api/v2/dealFields"),
+            ("contacts", "/api/v2/personFields"),
+            ("companies", "/api/v2/organizationFields"),
+        )
+        for entity, path in kinds:
             records = await self._cursor_pages(path, {}, "fields.list")
             with self._reading("fields.list"):
                 fields += [
@@ -225,7 +367,7 @@ class Pipedrive:
 
     def _deal_field_filter(self) -> dict[str, str]:
         # Only the configured fields (at most 15 may be asked for): smaller answers.
-        keys = [key for key in self.config.deal_fields.model_dump().values() if key]
+        keys = list(self.config.deal_field_ids())
         return {"custom_fields": ",".join(keys)} if 0 < len(keys) <= 15 else {}
 
     async def _send(self, method: str, path: str, operation: str, **kwargs: Any) -> JSON:

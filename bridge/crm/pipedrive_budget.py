@@ -31,7 +31,8 @@ DAY = 86400
 DEFAULT_DAILY_BUDGET = 30_000  # one seat on the smallest plan: 30,000 × 1 × 1
 
 # (method, path template) → x-token-cost. v2 for persons, deals, search, pipelines,
-# stages and fields; notes exist only in v1; the OAuth token endpoint costs nothing.
+# stages, fields, organizations, products and deal products; notes exist only in v1; the
+# OAuth token endpoint costs nothing.
 TOKEN_COSTS: Mapping[tuple[str, str], int] = {
     ("GET", "/api/v2/persons/search"): 20,
     ("GET", "/api/v2/persons/{id}"): 1,
@@ -45,6 +46,13 @@ TOKEN_COSTS: Mapping[tuple[str, str], int] = {
     ("GET", "/api/v2/stages"): 5,
     ("GET", "/api/v2/dealFields"): 10,
     ("GET", "/api/v2/personFields"): 10,
+    ("GET", "/api/v2/organizations/search"): 20,
+    ("POST", "/api/v2/organizations"): 5,
+    ("GET", "/api/v2/organizationFields"): 10,
+    ("GET", "/api/v2/products/search"): 20,
+    ("POST", "/api/v2/products"): 5,
+    ("DELETE", "/api/v2/deals/{id}/products"): 15,
+    ("POST", "/api/v2/deals/{id}/products/bulk"): 25,
     ("GET", "/api/v1/notes"): 20,
     ("POST", "/api/v1/notes"): 10,
     ("POST", "/oauth/token"): 0,

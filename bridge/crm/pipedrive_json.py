@@ -7,8 +7,8 @@ No I/O here: `bridge.crm.pipedrive` sends what these build and reads what they p
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -17,13 +17,18 @@ import phonenumbers
 from bridge.crm.base import JSON, CustomField, Pipeline
 from bridge.crm.fieldvalues import FieldEncoding, Option, number_json
 from bridge.domain import (
+    Company,
+    CompanyRecord,
     Contact,
     Deal,
+    DealChange,
+    FieldKind,
     FieldUpdate,
     KeyKind,
     LookupKey,
     NewContact,
     NewDeal,
+    OrderItem,
 )
 from bridge.settings import CrmConfig
 
@@ -97,9 +102,20 @@ def custom_fields_json(updates: Iterable[FieldUpdate]) -> dict[str, JSON]:
     Text as a string, numbers as JSON numbers (v2 does not coerce strings), a date/time
     as the "YYYY-MM-DD" a Pipedrive date field takes (Pipedrive has no date-time custom
     field; the date is the one in the zone the flow chose), a single option as its
-    numeric id, multiple options as a list of ids (the whole set is replaced).
+    numeric id, multiple options as a list of ids (the whole set is replaced), a calendar
+    day (DATE) as its "YYYY-MM-DD".
     """
-    return ENCODING.values(updates)
+    return {update.field_id: _field_json(update) for update in updates}
+
+
+def _field_json(update: FieldUpdate) -> JSON:
+    if update.kind is FieldKind.DATE:
+        # `datetime` is a `date` too: one with a time of day does not fit the kind.
+        value = update.value
+        if isinstance(value, date) and not isinstance(value, datetime):
+            return value.isoformat()
+        raise ValueError(f"field {update.field_id}: date value {value!r} has the wrong type")
+    return ENCODING.value(update)
 
 
 def _option_id(value: int | str) -> int:
@@ -129,7 +145,8 @@ def int_id(value: str) -> int:
     return int(value)
 
 
-def person_json(new: NewContact) -> dict[str, JSON]:
+def person_json(new: NewContact, org_id: str | None = None) -> dict[str, JSON]:
+    """`org_id`: the person is the organization's (a person has one organization)."""
     who = new.customer
     body: dict[str, JSON] = {"name": who.full_name or who.phone or who.email or "—"}
     if who.phone:
@@ -138,6 +155,8 @@ def person_json(new: NewContact) -> dict[str, JSON]:
         body["emails"] = [{"value": who.email, "primary": True, "label": "work"}]
     if new.fields:
         body["custom_fields"] = custom_fields_json(new.fields)
+    if org_id is not None:
+        body["org_id"] = int_id(org_id)
     return body
 
 
@@ -149,9 +168,118 @@ def deal_json(new: NewDeal, person_id: str) -> dict[str, JSON]:
         "stage_id": int_id(new.status_id),
         "value": number_json(new.price),
     }
+    if new.company_id is not None:
+        body["org_id"] = int_id(new.company_id)
     if new.fields:
         body["custom_fields"] = custom_fields_json(new.fields)
     return body
+
+
+def deal_change_json(change: DealChange, lost: tuple[str, str] | None) -> dict[str, JSON]:
+    """One PATCH: stage, value, title and fields. Pipedrive's "lost" is a status, not a
+    stage: a move to `lost` (the (pipeline, stage) the `cancelled` order status maps to)
+    also sets status "lost", and a move to any other stage sets "open" (an order that
+    lives again reopens its deal) [SPEC v2 PATCH /deals/{id}: `status` open | won | lost,
+    independent of `stage_id`]."""
+    body: dict[str, JSON] = {}
+    if change.pipeline_id is not None and change.status_id is not None:
+        body["pipeline_id"] = int_id(change.pipeline_id)
+        body["stage_id"] = int_id(change.status_id)
+        body["status"] = "lost" if (change.pipeline_id, change.status_id) == lost else "open"
+    if change.price is not None:
+        body["value"] = number_json(change.price)
+    if change.name is not None:
+        body["title"] = change.name
+    if change.fields:
+        body["custom_fields"] = custom_fields_json(change.fields)
+    return body
+
+
+# ---- organizations and products ------------------------------------------------------
+
+
+def org_search_params(company: Company, key: str, inn_field: str | None) -> dict[str, str | int]:
+    """One `organizations/search`: the INN exactly in the custom fields (an INN field is
+    a text field, so searchable), or the name. The name goes out as its longest word, not
+    exactly: Pipedrive documents only `exact_match` (the whole value), so a stored name
+    with other spacing or case is found by a word of it, and the flow's rule keeps only
+    the same name [SPEC organizations/search `term`, `exact_match`]."""
+    if key == "inn" and inn_field:
+        return {"term": company.inn, "fields": "custom_fields", "exact_match": "true"}
+    word = max(company.name.split(), key=len, default="")
+    if len(word) < 2:  # a loose search takes 2 characters at least
+        return {"term": company.name.strip(), "fields": "name", "exact_match": "true"}
+    return {"term": word, "fields": "name", "limit": ORG_SEARCH_LIMIT}
+
+
+ORG_SEARCH_LIMIT = 500  # the most one page may hold: loose name hits are confirmed here
+
+
+def org_from_search(item: Mapping[str, JSON], inn: str) -> CompanyRecord:
+    """A search hit: its custom-field values come unkeyed, so the INN is the wanted one
+    when it is among them (an INN of 10 or 12 digits in another text field of the same
+    organization is not a case worth a second call per hit)."""
+    values = {str(value).strip() for value in item.get("custom_fields") or ()}
+    return CompanyRecord(
+        id=str(item["id"]),
+        name=str(item.get("name") or ""),
+        inn=inn if inn and inn in values else "",
+    )
+
+
+def org_json(company: Company, inn_field: str | None) -> dict[str, JSON]:
+    """A new organization: its name and the INN field. Pipedrive organizations have no
+    phone or e-mail of their own (the persons carry them) [SPEC v2 POST /organizations]."""
+    body: dict[str, JSON] = {"name": company.name}
+    if inn_field and company.inn:
+        body["custom_fields"] = {inn_field: company.inn}
+    return body
+
+
+def org_record(record: Mapping[str, JSON], inn_field: str | None) -> CompanyRecord:
+    custom = record.get("custom_fields") or {}
+    inn = field_text(custom.get(inn_field)) if inn_field else ""
+    return CompanyRecord(id=str(record["id"]), name=str(record.get("name") or ""), inn=inn)
+
+
+def product_search_params(sku: str) -> dict[str, str | int]:
+    """The catalog product whose `code` is the platform's SKU (whole value, any case)."""
+    return {"term": sku, "fields": "code", "exact_match": "true", "limit": SEARCH_LIMIT}
+
+
+def product_of(items: Iterable[Mapping[str, JSON]], sku: str) -> int | None:
+    """The oldest product whose code is exactly `sku` among search hits."""
+    ids = [
+        int(item["id"])
+        for item in items
+        if str(item.get("code") or "").strip().casefold() == sku.strip().casefold()
+    ]
+    return min(ids, default=None)
+
+
+def product_json(item: OrderItem, currency: str) -> dict[str, JSON]:
+    """A catalog product for an SKU the catalog lacks: its name, the SKU as `code`, the
+    order's unit price in the order's currency."""
+    body: dict[str, JSON] = {"name": item.name, "code": item.product_id}
+    if currency:
+        body["prices"] = [{"currency": currency, "price": number_json(item.price)}]
+    return body
+
+
+def deal_products_json(items: Sequence[OrderItem], product_ids: Mapping[str, int]) -> JSON:
+    """One bulk attach: each item its product, unit price and quantity, named as the order
+    names it (`comments` keeps the order's own name when the catalog's differs)."""
+    return {
+        "data": [
+            {
+                "product_id": product_ids[item.product_id],
+                "item_price": number_json(item.price),
+                "quantity": number_json(item.quantity),
+                "comments": item.name,
+            }
+            for item in items
+        ]
+    }
 
 
 # ---- Pipedrive JSON → domain --------------------------------------------------------

@@ -17,8 +17,24 @@ method makes (`D` = `/services/data/vXX.X`):
     deal_notes               GET  D/query  the opportunity's classic Notes, bodies in full
     add_note                 POST D/sobjects/Note
     schema                   GET  D/sobjects/Opportunity/describe, D/sobjects/Contact/describe,
-                                  and per record type D/ui-api/object-info/Opportunity/
-                                  picklist-values/{id}/StageName
+                                  D/sobjects/Account/describe (a section taking orders),
+                                  and per record type
+                                  D/ui-api/object-info/Opportunity/picklist-values/{id}/StageName
+Orders (an `OrderAdapter`; a company is an Account, items opportunity products):
+    find_company             GET  D/query  one SOQL query: the INN field = … OR Name LIKE …
+    create_company           POST D/sobjects/Account
+    link_contact_to_company  PATCH D/sobjects/Contact/{id}  AccountId (the same again: harmless)
+    change_deal              PATCH D/sobjects/Opportunity/{id}  stage, record type, amount,
+                                  fields in one write                (none when nothing to set)
+    set_deal_items           with a price book (`order_catalog_id`): POST D/composite of two
+                             queries (the opportunity's price book and lines; the entries of
+                             the products' codes), then, unless it already holds exactly
+                             these, POST D/composite all or none: DELETE the lines
+                             (D/composite/sobjects?ids=…), PATCH the price book when another,
+                             POST the new lines (D/composite/sobjects). Without a price book
+                             none: `keeps_items` is False and the note lists the items.
+`create_deal` and `create_contact_and_deal` set `AccountId` on the opportunity (and the
+new contact) in the same composite request when the order has a company.
 Queries page through `nextRecordsUrl`. A Telegram id Salesforce refuses as a duplicate
 (DUPLICATE_VALUE on a unique field: a contact the lookup could not see) names the contact
 it belongs to, and that one is used.
@@ -35,13 +51,25 @@ from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
-from bridge.crm.base import JSON, Confirm, CrmSchema, CustomField, first_confirmed
+from bridge.crm.base import (
+    JSON,
+    Confirm,
+    ConfirmCompany,
+    CrmSchema,
+    CustomField,
+    first_confirmed,
+)
 from bridge.crm.connection import Connection, OAuthEndpoint, Wiring
 from bridge.crm.salesforce_auth import TOKEN_PATH, Flow, SessionMinter, SessionSource
 from bridge.crm.salesforce_json import (
     DEFAULT_API_VERSION,
     SubRequest,
     batch_results,
+    checked_id,
+    collection_errors,
+    company_create_json,
+    company_from_json,
+    company_soql,
     composite_json,
     composite_results,
     contact_create_json,
@@ -52,25 +80,44 @@ from bridge.crm.salesforce_json import (
     create_deal_steps,
     custom_fields,
     data_path,
+    deal_change_json,
     deal_create_json,
     deal_from_json,
     deal_soql,
     deals_soql,
     fields_json,
     is_record_id,
+    items_read_json,
+    items_write_json,
+    line_items_from_json,
     lookup_batch_json,
     master_pipeline,
+    missing_products,
     note_create_json,
     note_text,
     notes_soql,
     pipeline_from_json,
     query_rows,
     record_types,
+    same_lines,
     search_rows,
     stage_values_path,
+    wanted_lines,
 )
 from bridge.crm.salesforce_limits import DEFAULT_STOP_PERCENT, ApiUsage, usage_hooks
-from bridge.domain import Contact, ContactPatch, Deal, FieldUpdate, LookupKey, NewContact, NewDeal
+from bridge.domain import (
+    Company,
+    CompanyRecord,
+    Contact,
+    ContactPatch,
+    Deal,
+    DealChange,
+    FieldUpdate,
+    LookupKey,
+    NewContact,
+    NewDeal,
+    OrderItem,
+)
 from bridge.errors import ConfigError, PermanentCrmError, RateLimited
 from bridge.settings import CrmConfig
 
@@ -109,6 +156,8 @@ class Salesforce:
         self._reading = connection.reading
         self._clock = connection.clock
         self._data = data_path(version)
+        # Opportunity products need a price book; without one the items live in the note.
+        self.keeps_items = bool(self.config.order_catalog_id)
 
     # ---- contacts -------------------------------------------------------------------
 
@@ -205,6 +254,8 @@ class Salesforce:
     ) -> tuple[Contact, Deal]:
         with self._reading("contacts.create"):
             contact_body = contact_create_json(contact)
+            if deal.company_id:
+                contact_body["AccountId"] = deal.company_id  # the contact joins the company
             deal_body = deal_create_json(deal, self._today())
             steps = create_contact_and_deal_steps(contact_body, deal_body)
         try:
@@ -239,6 +290,85 @@ class Salesforce:
         await self._send(
             "PATCH", f"{self._data}/sobjects/Opportunity/{deal_id}", "deals.update", json=body
         )
+
+    async def change_deal(self, deal_id: str, change: DealChange) -> None:
+        with self._reading("deals.change"):
+            body = deal_change_json(change)
+            path = f"{self._data}/sobjects/Opportunity/{checked_id(deal_id)}"
+        if body:
+            await self._send("PATCH", path, "deals.change", json=body)
+
+    # ---- orders: companies and items ------------------------------------------------
+
+    async def find_company(self, company: Company, confirm: ConfirmCompany) -> CompanyRecord | None:
+        with self._reading("companies.search"):
+            soql = company_soql(company, self.config)
+        if soql is None:
+            return None
+        rows = await self._query(soql, "companies.search")
+        with self._reading("companies.search"):
+            hits = [company_from_json(row, self.config) for row in rows]  # oldest first
+        for key in ("inn", "name"):
+            found = next((hit for hit in hits if confirm(hit, key)), None)
+            if found is not None:
+                return found
+        return None
+
+    async def create_company(self, company: Company) -> CompanyRecord:
+        with self._reading("companies.create"):
+            body = company_create_json(company, self.config)
+        answer = await self._send(
+            "POST", f"{self._data}/sobjects/Account", "companies.create", json=body
+        )
+        with self._reading("companies.create"):
+            return company_from_json({**body, "Id": answer["id"]}, self.config)
+
+    async def link_contact_to_company(self, contact_id: str, company_id: str) -> None:
+        """`Contact.AccountId`: a contact's one account (a second PATCH sets it again)."""
+        with self._reading("contacts.link"):
+            path = f"{self._data}/sobjects/Contact/{checked_id(contact_id)}"
+            body = {"AccountId": checked_id(company_id)}
+        await self._send("PATCH", path, "contacts.link", json=body)
+
+    async def set_deal_items(self, deal_id: str, items: Sequence[OrderItem], currency: str) -> None:
+        """Replace the opportunity's products with `items` (two requests; one when it
+        already holds exactly these). A product code the price book lacks is refused
+        before anything changes: the operator adds the product and retries."""
+        pricebook = self.config.order_catalog_id
+        if not pricebook:
+            return  # no price book: Salesforce keeps no products on the deal
+        with self._reading("deals.items"):
+            body = items_read_json(
+                self.version, deal_id, pricebook, [item.product_id for item in items]
+            )
+        answer = await self._send(
+            "POST",
+            f"{self._data}/composite",
+            "deals.items",
+            json=body,
+            idempotent=True,  # queries only: retried quickly like a GET
+        )
+        with self._reading("deals.items"):
+            current = line_items_from_json(composite_results(self.name, answer))
+        if current is None:
+            raise PermanentCrmError(self.name, f"deals.items: no opportunity {deal_id}")
+        missing = missing_products(items, current.entries)
+        if missing:
+            raise PermanentCrmError(
+                self.name,
+                f"deals.items: price book {pricebook} has no active entry for product"
+                f" code {', '.join(missing)}: add the products to it, then retry",
+            )
+        wanted = wanted_lines(items, current.entries)
+        if same_lines(current, wanted):
+            return  # already these: a retry after a lost answer changes nothing
+        with self._reading("deals.items"):
+            body = items_write_json(self.version, deal_id, pricebook, current, wanted)
+        answer = await self._send("POST", f"{self._data}/composite", "deals.items", json=body)
+        with self._reading("deals.items"):
+            refused = collection_errors(self.name, composite_results(self.name, answer))
+        if refused is not None:
+            raise refused
 
     # ---- notes ----------------------------------------------------------------------
 
@@ -278,6 +408,12 @@ class Salesforce:
                 *custom_fields(described, "leads"),
                 *custom_fields(contact, "contacts"),
             ]
+        if self.config.takes_orders:  # Account's fields (the INN) only where orders go
+            account = await self._send(
+                "GET", f"{self._data}/sobjects/Account/describe", "schema.describe"
+            )
+            with self._reading("schema.describe"):
+                fields += custom_fields(account, "companies")
         return CrmSchema(pipelines=tuple(pipelines), fields=tuple(fields))
 
     # ---- plumbing -------------------------------------------------------------------

@@ -54,13 +54,18 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from bridge.crm.base import JSON, CustomField, Pipeline
 from bridge.crm.values import typed_value
 from bridge.domain import (
+    Company,
+    CompanyRecord,
     Contact,
     Deal,
+    DealChange,
+    FieldKind,
     FieldUpdate,
     KeyKind,
     LookupKey,
     NewContact,
     NewDeal,
+    OrderItem,
 )
 from bridge.errors import (
     AuthError,
@@ -108,6 +113,13 @@ def is_record_id(value: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?", value) is not None
 
 
+def checked_id(value: str) -> str:
+    """`value` when it is a record id (so it can go into a URL); ValueError otherwise."""
+    if not is_record_id(value):
+        raise ValueError(f"{value!r} is not a Salesforce record id")
+    return value
+
+
 def _soql_id(value: str) -> str:
     # Record ids are 15 or 18 letters and digits; anything else is refused before it is sent.
     if not is_record_id(value):
@@ -136,7 +148,9 @@ def contact_fields(config: CrmConfig) -> list[str]:
 
 
 def deal_fields(config: CrmConfig) -> list[str]:
-    return _names([*DEAL_BASE, *config.deal_fields.model_dump().values()])
+    """What a deal read selects: the flow's standard fields and every configured one
+    (payments' and orders', so the order-id marker is read back too)."""
+    return _names([*DEAL_BASE, *config.deal_field_ids()])
 
 
 _FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -258,6 +272,11 @@ def field_value(update: FieldUpdate) -> JSON:
             raise ValueError(f"field {update.field_id}: a multi-select value cannot hold ';'")
         return ";".join(values)
 
+    if update.kind is FieldKind.DATE:
+        # A Date field takes `YYYY-MM-DD`; a datetime (a subclass of date) is not a day.
+        if isinstance(update.value, datetime) or not isinstance(update.value, date):
+            raise ValueError(f"field {update.field_id}: date value {update.value!r} is not a day")
+        return update.value.isoformat()
     return typed_value(update, json_number, options)
 
 
@@ -302,6 +321,8 @@ def deal_create_json(new: NewDeal, close_date: date) -> dict[str, JSON]:
     }
     if new.pipeline_id and new.pipeline_id != MASTER_RECORD_TYPE:
         body["RecordTypeId"] = new.pipeline_id
+    if new.company_id:
+        body["AccountId"] = new.company_id  # the order's company (Opportunity.AccountId)
     body.update(fields_json(new.fields))
     return body
 
@@ -378,6 +399,236 @@ def composite_results(crm: str, answer: JSON) -> dict[str, JSON]:
     return {str(r["referenceId"]): r.get("body") for r in results}
 
 
+# ---- orders: accounts, stage moves, opportunity products ------------------------------
+#
+# A company is an `Account`; Salesforce has no INN field, so `order_fields.company_inn`
+# names a custom text field of Account (without one, companies are found by name only).
+# A contact belongs to its company through `Contact.AccountId` and an opportunity through
+# `Opportunity.AccountId`. A deal's items are `OpportunityLineItem` rows, each of a
+# `PricebookEntry` of the opportunity's `Pricebook2`
+# (https://developer.salesforce.com/docs/platform/object-reference/references/standard-objects/object-opportunitylineitem.html):
+# only with a price book configured (`order_catalog_id`), products found by `ProductCode`.
+
+ACCOUNT_BASE = ("Id", "Name", "CreatedDate")
+LINE_FIELDS = "Id, PricebookEntryId, ProductCode, Quantity, UnitPrice"
+COLLECTION_MAX = 200  # records per sObject Collections request
+NAME_WORDS_MAX = 8
+
+
+def _like_literal(words: Sequence[str]) -> str:
+    """A SOQL LIKE pattern matching the words in order with anything between them (so
+    runs of spaces do not matter): `%` and `_` in a word are escaped, not wildcards."""
+    escaped = []
+    for word in words:
+        text = word.replace("\\", "\\\\").replace("'", "\\'")
+        escaped.append(text.replace("%", "\\%").replace("_", "\\_"))
+    return "'" + "%".join(escaped) + "'"
+
+
+def company_soql(company: Company, config: CrmConfig) -> str | None:
+    """One query for the company by INN (the configured Account field) OR by name, oldest
+    first. LIKE ignores case in SOQL; the flow's rule confirms every hit."""
+    inn_field = config.order_fields.company_inn
+    conditions = []
+    if inn_field and company.inn:
+        conditions.append(f"{_names([inn_field])[0]} = {soql_literal(company.inn)}")
+    words = company.name.split()[:NAME_WORDS_MAX]
+    if words:
+        conditions.append(f"Name LIKE {_like_literal(words)}")
+    if not conditions:
+        return None
+    fields = _names([*ACCOUNT_BASE, inn_field])
+    return (
+        f"SELECT {', '.join(fields)} FROM Account"  # noqa: S608 - literals escaped
+        f" WHERE {' OR '.join(conditions)} ORDER BY CreatedDate ASC, Id ASC LIMIT {QUERY_LIMIT}"
+    )
+
+
+def company_from_json(record: Mapping[str, JSON], config: CrmConfig) -> CompanyRecord:
+    inn_field = config.order_fields.company_inn
+    return CompanyRecord(
+        id=str(record["Id"]), name=_text(record, "Name"), inn=_text(record, inn_field)
+    )
+
+
+def company_create_json(company: Company, config: CrmConfig) -> dict[str, JSON]:
+    """A new Account: its name (string(255)), phone, and INN in the configured field. An
+    Account has no standard e-mail field: the e-mail stays with the contact."""
+    body: dict[str, JSON] = {"Name": company.name[:255]}
+    if company.phone:
+        body["Phone"] = company.phone
+    inn_field = config.order_fields.company_inn
+    if inn_field and company.inn:
+        body[_names([inn_field])[0]] = company.inn
+    return body
+
+
+def deal_change_json(change: DealChange) -> dict[str, JSON]:
+    """One PATCH of the opportunity: its stage (and record type, the pipeline), amount,
+    name and fields. The master record type is never sent (Salesforce refuses it)."""
+    body: dict[str, JSON] = {}
+    if change.status_id is not None:
+        body["StageName"] = change.status_id
+    if change.pipeline_id and change.pipeline_id != MASTER_RECORD_TYPE:
+        body["RecordTypeId"] = change.pipeline_id
+    if change.price is not None:
+        body["Amount"] = json_number(change.price)
+    if change.name is not None:
+        body["Name"] = change.name[:120]
+    body.update(fields_json(change.fields))
+    return body
+
+
+def items_read_json(
+    version: str, deal_id: str, pricebook_id: str, codes: Sequence[str]
+) -> dict[str, JSON]:
+    """One Composite request of queries: the opportunity's price book and line items, and
+    the active entries of `pricebook_id` for the products' codes (when there are any)."""
+    lines = (
+        f"SELECT Id, Pricebook2Id, (SELECT {LINE_FIELDS} FROM OpportunityLineItems)"  # noqa: S608
+        f" FROM Opportunity WHERE Id = {_soql_id(deal_id)}"
+    )
+    queries = [("deal", lines)]
+    if codes:
+        listed = ", ".join(soql_literal(code) for code in dict.fromkeys(codes))
+        entries = (
+            "SELECT Id, ProductCode FROM PricebookEntry"  # noqa: S608 - literals escaped
+            f" WHERE Pricebook2Id = {_soql_id(pricebook_id)} AND IsActive = true"
+            f" AND ProductCode IN ({listed})"
+        )
+        queries.append(("entries", entries))
+    return {
+        "allOrNone": False,
+        "collateSubrequests": False,
+        "compositeRequest": [
+            {"method": "GET", "url": query_path(version, soql), "referenceId": ref}
+            for ref, soql in queries
+        ],
+    }
+
+
+@dataclass(frozen=True)
+class LineItems:
+    """What the opportunity holds now, as the read answered."""
+
+    pricebook_id: str
+    lines: tuple[tuple[str, str, Decimal, Decimal], ...]  # (line id, entry id, qty, price)
+    entries: Mapping[str, str]  # product code → price book entry id
+
+
+def line_items_from_json(results: Mapping[str, JSON]) -> LineItems | None:
+    """The read's answer (None: no such opportunity)."""
+    deal = results.get("deal") or {}
+    rows = list(deal.get("records") or ())
+    if not rows:
+        return None
+    children = rows[0].get("OpportunityLineItems")
+    lines = tuple(
+        (
+            str(line["Id"]),
+            str(line.get("PricebookEntryId") or ""),
+            _decimal(line.get("Quantity")),
+            _decimal(line.get("UnitPrice")),
+        )
+        for line in (children.get("records") if isinstance(children, dict) else None) or ()
+    )
+    entries_answer = results.get("entries") or {}
+    entries = {
+        str(row["ProductCode"]): str(row["Id"])
+        for row in entries_answer.get("records") or ()
+        if row.get("ProductCode")
+    }
+    return LineItems(_text(rows[0], "Pricebook2Id"), lines, entries)
+
+
+def missing_products(items: Sequence[OrderItem], entries: Mapping[str, str]) -> list[str]:
+    return list(dict.fromkeys(item.product_id for item in items if item.product_id not in entries))
+
+
+def wanted_lines(
+    items: Sequence[OrderItem], entries: Mapping[str, str]
+) -> list[tuple[str, Decimal, Decimal]]:
+    return [(entries[item.product_id], item.quantity, item.price) for item in items]
+
+
+def same_lines(current: LineItems, wanted: Sequence[tuple[str, Decimal, Decimal]]) -> bool:
+    held = sorted((entry, qty, price) for _, entry, qty, price in current.lines)
+    return held == sorted(wanted)
+
+
+def items_write_json(
+    version: str,
+    deal_id: str,
+    pricebook_id: str,
+    current: LineItems,
+    wanted: Sequence[tuple[str, Decimal, Decimal]],
+) -> dict[str, JSON]:
+    """One Composite request, all or none: delete the opportunity's lines (an sObject
+    Collections DELETE), set its price book when it has another or none, insert the new
+    lines (an sObject Collections POST). Each part only when there is something to do."""
+    base = data_path(version)
+    steps: list[dict[str, JSON]] = []
+    old = [line_id for line_id, *_ in current.lines]
+    for start in range(0, len(old), COLLECTION_MAX):
+        ids = ",".join(old[start : start + COLLECTION_MAX])
+        steps.append(
+            {
+                "method": "DELETE",
+                "url": f"{base}/composite/sobjects?ids={ids}&allOrNone=true",
+                "referenceId": f"drop{start // COLLECTION_MAX}",
+            }
+        )
+    if wanted and current.pricebook_id != pricebook_id:
+        steps.append(
+            {
+                "method": "PATCH",
+                "url": f"{base}/sobjects/Opportunity/{checked_id(deal_id)}",
+                "referenceId": "pricebook",
+                "body": {"Pricebook2Id": pricebook_id},
+            }
+        )
+    records = [
+        {
+            "attributes": {"type": "OpportunityLineItem"},
+            "OpportunityId": deal_id,
+            "PricebookEntryId": entry,
+            "Quantity": json_number(quantity),
+            "UnitPrice": json_number(price),
+        }
+        for entry, quantity, price in wanted
+    ]
+    for start in range(0, len(records), COLLECTION_MAX):
+        steps.append(
+            {
+                "method": "POST",
+                "url": f"{base}/composite/sobjects",
+                "referenceId": f"add{start // COLLECTION_MAX}",
+                "body": {"allOrNone": True, "records": records[start : start + COLLECTION_MAX]},
+            }
+        )
+    if not 0 < len(steps) <= COMPOSITE_MAX:
+        raise ValueError(f"a composite request takes 1 to {COMPOSITE_MAX} sub-requests")
+    return {"allOrNone": True, "collateSubrequests": False, "compositeRequest": steps}
+
+
+def collection_errors(crm: str, results: Mapping[str, JSON]) -> CrmError | None:
+    """An sObject Collections answer is a 200 listing each record's outcome: the first
+    record refused, as an error (None when every record was saved or deleted)."""
+    for ref, body in results.items():
+        if not isinstance(body, list):
+            continue
+        for item in body:
+            if isinstance(item, dict) and item.get("success") is False:
+                # Collections name the code `statusCode`; the error mapper reads `errorCode`.
+                errors = [
+                    {**error, "errorCode": error.get("statusCode")}
+                    for error in item.get("errors") or ()
+                    if isinstance(error, dict)
+                ]
+                return error_from_answer(crm, 400, errors, f"composite {ref}")
+    return None
+
+
 # ---- JSON → domain ------------------------------------------------------------------
 
 
@@ -413,7 +664,7 @@ def deal_from_json(record: Mapping[str, JSON], config: CrmConfig) -> Deal:
     roles = record.get("OpportunityContactRoles")
     rows = roles.get("records") if isinstance(roles, dict) else None
     contacts = (str(row["ContactId"]) for row in rows or () if row.get("ContactId"))
-    wanted = [name for name in config.deal_fields.model_dump().values() if name]
+    wanted = config.deal_field_ids()
     return Deal(
         id=str(record["Id"]),
         pipeline_id=_text(record, "RecordTypeId") or MASTER_RECORD_TYPE,

@@ -21,7 +21,19 @@ The calls each method makes (credits):
     deal_notes               GET  /crm/v8/Deals/{id}/Notes?fields=…                     (1)
     add_note                 POST /crm/v8/Notes  Parent_Id + $se_module                 (1)
     schema                   GET  /crm/v8/settings/layouts?module=Deals, /settings/pipeline
-                                  per layout, /settings/fields for Deals and Contacts
+                                  per layout, /settings/fields for Deals, Contacts (and
+                                  Accounts when the section takes orders)
+Orders (an `OrderAdapter`; a company is an Account, a deal holds no items):
+    find_company             POST /crm/v8/coql  Accounts by the INN field OR every word of
+                                  the name, oldest first                               (1)
+    create_company           POST /crm/v8/Accounts                                     (1)
+    link_contact_to_company  PUT  /crm/v8/Contacts/{id}  Account_Name (again: harmless;  1)
+    change_deal              PUT  /crm/v8/Deals/{id}  Pipeline, Stage, Amount, fields in one
+                                  write                    (none when nothing to set;  1)
+    set_deal_items           none: Deals have no line items (`keeps_items` False); the note
+                                  lists the items
+`create_deal` and `create_contact_and_deal` set the deal's (and the new contact's)
+`Account_Name` in the same request when the order has a company.
 Searches and lists answer 204 with no body when nothing matches. Every request first takes
 its credits from the pool (`options.daily_credits`, rolling 24 h) and its share of the
 org's concurrency (`options.concurrency`; a composite call takes five).
@@ -42,7 +54,14 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bridge.crm.base import JSON, Confirm, CrmSchema, CustomField, first_confirmed
+from bridge.crm.base import (
+    JSON,
+    Confirm,
+    ConfirmCompany,
+    CrmSchema,
+    CustomField,
+    first_confirmed,
+)
 from bridge.crm.connection import Connection, OAuthEndpoint, Wiring
 from bridge.crm.zoho_credits import (
     COMPOSITE_UNITS,
@@ -60,12 +79,16 @@ from bridge.crm.zoho_json import (
     DataCentre,
     SubRequest,
     closed_stages,
+    companies_query,
+    company_from_record,
+    company_json,
     composite_body,
     composite_items,
     contact_fields,
     contact_from_record,
     contact_json,
     custom_fields_from_json,
+    deal_change_json,
     deal_fields,
     deal_from_record,
     deal_json,
@@ -88,13 +111,17 @@ from bridge.crm.zoho_json import (
 )
 from bridge.crm.zoho_oauth import ApiDomain, token_hooks
 from bridge.domain import (
+    Company,
+    CompanyRecord,
     Contact,
     ContactPatch,
     Deal,
+    DealChange,
     FieldUpdate,
     LookupKey,
     NewContact,
     NewDeal,
+    OrderItem,
 )
 from bridge.errors import ConfigError, CrmError, PermanentCrmError
 from bridge.tokens import BearerAuth
@@ -108,6 +135,9 @@ OPTIONS = ("data_centre", "daily_credits", "concurrency", "accounts_url")
 
 class Zoho:
     """One Zoho CRM org. Build it with `build_zoho`; it owns one HTTP client."""
+
+    # Deals hold no products with quantities and prices (see `zoho_json`): the note does.
+    keeps_items = False
 
     def __init__(
         self,
@@ -277,6 +307,8 @@ class Zoho:
         the retry finds it by the normal search."""
         with self._reading("contacts.create+deals.create"):
             person = contact_json(contact)
+            if deal.company_id:
+                person["Account_Name"] = {"id": record_id(deal.company_id)}  # its company
             linked = deal_json(deal, reference("c"), self._today())
             body = composite_body(
                 [
@@ -304,6 +336,53 @@ class Zoho:
             payload = records_body(fields_json(updates))
         body = await self._send("PUT", path, "deals.update", json=payload)
         write_details(self.name, body, "deals.update")
+
+    async def change_deal(self, deal_id: str, change: DealChange) -> None:
+        with self._reading("deals.change"):
+            path = f"{API}/Deals/{record_id(deal_id)}"
+            record = deal_change_json(change)
+        if not record:
+            return
+        body = await self._send("PUT", path, "deals.change", json=records_body(record))
+        write_details(self.name, body, "deals.change")
+
+    async def find_company(self, company: Company, confirm: ConfirmCompany) -> CompanyRecord | None:
+        with self._reading("companies.search"):
+            query = companies_query(company, self.config)
+        if query is None:
+            return None
+        body = await self._send(
+            "POST", f"{API}/coql", "companies.search", json={"select_query": query}
+        )
+        with self._reading("companies.search"):
+            hits = [company_from_record(row, self.config) for row in records_of(body)]
+        for key in ("inn", "name"):
+            found = next((hit for hit in hits if confirm(hit, key)), None)  # oldest first
+            if found is not None:
+                return found
+        return None
+
+    async def create_company(self, company: Company) -> CompanyRecord:
+        with self._reading("companies.create"):
+            record = company_json(company, self.config)
+        body = await self._send(
+            "POST", f"{API}/Accounts", "companies.create", json=records_body(record)
+        )
+        with self._reading("companies.create"):
+            details = write_details(self.name, body, "companies.create")
+            return company_from_record({**record, "id": details["id"]}, self.config)
+
+    async def link_contact_to_company(self, contact_id: str, company_id: str) -> None:
+        """The contact's `Account_Name` lookup: one account per contact (set again: same)."""
+        with self._reading("contacts.link"):
+            path = f"{API}/Contacts/{record_id(contact_id)}"
+            payload = records_body({"Account_Name": {"id": record_id(company_id)}})
+        body = await self._send("PUT", path, "contacts.link", json=payload)
+        write_details(self.name, body, "contacts.link")
+
+    async def set_deal_items(self, deal_id: str, items: Sequence[OrderItem], currency: str) -> None:
+        """No call: a Zoho deal has no line items of its own (`keeps_items` is False)."""
+        return None
 
     async def deal_notes(self, deal_id: str) -> list[str]:
         with self._reading("notes.list"):
@@ -336,7 +415,12 @@ class Zoho:
             )
             layouts.append((layout_name, answer))
         fields: list[CustomField] = []
-        for module, entity in (("Deals", "leads"), ("Contacts", "contacts")):
+        modules = [("Deals", "leads"), ("Contacts", "contacts")]
+        if self.config.takes_orders:
+            # Accounts only for a section that takes orders (their INN field): a token
+            # without the accounts scope still checks a payments-only section.
+            modules.append(("Accounts", "companies"))
+        for module, entity in modules:
             answer = await self._send(
                 "GET", f"{API}/settings/fields", "fields.list", params={"module": module}
             )

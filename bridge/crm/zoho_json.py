@@ -26,8 +26,11 @@ import phonenumbers
 
 from bridge.crm.base import JSON, CustomField, Pipeline
 from bridge.domain import (
+    Company,
+    CompanyRecord,
     Contact,
     Deal,
+    DealChange,
     FieldKind,
     FieldUpdate,
     KeyKind,
@@ -177,6 +180,13 @@ def _datetime(value: object) -> JSON:
     return value.replace(microsecond=0).isoformat()
 
 
+def _date(value: object) -> JSON:
+    """A Date field's `YYYY-MM-DD` (a datetime, a subclass of date, is not a day)."""
+    if isinstance(value, datetime) or not isinstance(value, date):
+        return None
+    return value.isoformat()
+
+
 def _option(value: object) -> str | None:
     """A picklist option's display value (None when `value` cannot be one)."""
     if isinstance(value, bool) or not isinstance(value, str | int):
@@ -195,6 +205,7 @@ _ENCODERS = {
     FieldKind.TEXT: _text,
     FieldKind.NUMBER: _number,
     FieldKind.DATETIME: _datetime,
+    FieldKind.DATE: _date,
     FieldKind.SELECT: _option,
     FieldKind.MULTISELECT: _options,
 }
@@ -246,6 +257,8 @@ def deal_json(new: NewDeal, contact_id: str, closing_date: date) -> dict[str, JS
         "Closing_Date": closing_date.isoformat(),
         "Contact_Name": {"id": contact_id},
     }
+    if new.company_id:
+        body["Account_Name"] = {"id": record_id(new.company_id)}  # the order's company
     body.update(fields_json(new.fields))
     return body
 
@@ -268,8 +281,9 @@ def note_json(deal_id: str, text: str, title: str) -> dict[str, JSON]:
 
 
 def deal_fields(config: CrmConfig) -> list[str]:
-    """What a deal read asks for: the flow's system fields and the configured ones."""
-    configured = [key for key in config.deal_fields.model_dump().values() if key]
+    """What a deal read asks for: the flow's system fields and every configured one
+    (payments' and orders', so the order-id marker is read back too)."""
+    configured = list(config.deal_field_ids())
     names = list(dict.fromkeys([*DEAL_SYSTEM_FIELDS, *configured]))
     for name in names:
         if not API_NAME.fullmatch(name):
@@ -338,6 +352,86 @@ def composite_body(requests: Sequence[SubRequest]) -> dict[str, JSON]:
     return {"rollback_on_fail": False, "__composite_requests": [r.json() for r in requests]}
 
 
+# ---- orders: Accounts, stage moves -----------------------------------------------------
+#
+# A company is a record of the Accounts module (`Account_Name` mandatory); Zoho has no INN
+# field, so `order_fields.company_inn` names a custom single-line field of Accounts
+# (without one, companies are found by name only). A contact joins its company through
+# its `Account_Name` lookup, a deal through its own `Account_Name` lookup
+# (https://www.zoho.com/crm/developer/docs/api/v8/insert-records.html lists both among
+# the Contacts and Deals fields). Deals have no line items: products relate to a deal
+# only as a related list, without quantity or price; quantities and prices live in the
+# inventory modules (Quotes, Sales Orders, Invoices), which are documents of their own
+# (https://www.zoho.com/crm/developer/docs/api/v8/get-related-records.html): the items
+# of an order are listed in the note.
+
+COMPANY_NAME_WORDS = 8  # COQL takes 25 criteria; a name of more words is cut
+COMPANY_SYSTEM_FIELDS = ("id", "Account_Name", "Created_Time")
+
+
+def coql_literal(text: str) -> str:
+    """A COQL string literal: quoted, a backslash before `'` and `\\`."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def companies_query(company: Company, config: CrmConfig) -> str | None:
+    """COQL for the company by INN OR by every word of its name (`like '%word%'`, so case
+    and runs of spaces do not matter), oldest first; the flow's rule confirms each hit.
+    COQL reads what was just written (a search would wait for the index)."""
+    inn_field = config.order_fields.company_inn
+    if inn_field and not API_NAME.fullmatch(inn_field):
+        raise ValueError(f"{inn_field!r} is not a Zoho field API name")
+    words = [word.replace("%", "") for word in company.name.split()][:COMPANY_NAME_WORDS]
+    name: str | None = None
+    for word in filter(None, words):
+        like = f"Account_Name like {coql_literal(f'%{word}%')}"
+        name = like if name is None else f"({name} and {like})"
+    by_inn = f"{inn_field} = {coql_literal(company.inn)}" if inn_field and company.inn else None
+    where = " or ".join(f"({part})" for part in (by_inn, name) if part)
+    if not where:
+        return None
+    fields = ", ".join(dict.fromkeys([*COMPANY_SYSTEM_FIELDS, *([inn_field] if inn_field else [])]))
+    order = f"order by Created_Time asc, id asc limit {COQL_LIMIT}"
+    return f"select {fields} from Accounts where {where} {order}"  # noqa: S608 - escaped
+
+
+def company_json(company: Company, config: CrmConfig) -> dict[str, JSON]:
+    """A new Account: name, phone, and the INN in the configured field. Accounts have no
+    standard e-mail field: the e-mail stays with the contact."""
+    body: dict[str, JSON] = {"Account_Name": company.name}
+    if company.phone:
+        body["Phone"] = company.phone
+    inn_field = config.order_fields.company_inn
+    if inn_field and company.inn:
+        body[inn_field] = company.inn
+    return body
+
+
+def company_from_record(record: Mapping[str, JSON], config: CrmConfig) -> CompanyRecord:
+    inn_field = config.order_fields.company_inn
+    return CompanyRecord(
+        id=str(record["id"]),
+        name=field_text(record.get("Account_Name")),
+        inn=field_text(record.get(inn_field)) if inn_field else "",
+    )
+
+
+def deal_change_json(change: DealChange) -> dict[str, JSON]:
+    """One update of a deal: pipeline and stage (by display value), amount, name and
+    fields; an empty dict when there is nothing to write."""
+    body: dict[str, JSON] = {}
+    if change.pipeline_id is not None:
+        body["Pipeline"] = change.pipeline_id
+    if change.status_id is not None:
+        body["Stage"] = change.status_id
+    if change.price is not None:
+        body["Amount"] = number_json(change.price)
+    if change.name is not None:
+        body["Deal_Name"] = change.name
+    body.update(fields_json(change.fields))
+    return body
+
+
 # ---- Zoho JSON → domain ----------------------------------------------------------------
 
 
@@ -399,7 +493,7 @@ def deal_from_record(record: Mapping[str, JSON], config: CrmConfig) -> Deal:
     which `crm-bridge check` compares with Zoho's pipelines)."""
     stage = field_text(record.get("Stage"))
     contact = lookup_id(record.get("Contact_Name"))
-    configured = [key for key in config.deal_fields.model_dump().values() if key]
+    configured = config.deal_field_ids()
     return Deal(
         id=str(record["id"]),
         pipeline_id=field_text(record.get("Pipeline")),

@@ -11,11 +11,29 @@ It answers like the real API where the bridge depends on it:
   single-use and rotate (a used one answers 400 "Token has been revoked");
 - more than `rate_limit` admitted requests in any sliding second → 429 (not applied).
 
+Orders [amocrm.ru/developers/content/crm_platform/companies-api, entity-links-api,
+catalogs-api, leads-api "Комплексное добавление сделок"]:
+- companies: `GET /api/v4/companies?query=` searches like contacts (substring of the name
+  and every custom value, 204 when nothing); `POST /api/v4/companies`;
+- links: `POST /api/v4/contacts/{id}/link` with `to_entity_type` "companies" (a contact
+  belongs to one company: linking another replaces it; linking the same again changes
+  nothing), `_embedded.companies: [{"id"}]` in `POST /leads` and `/leads/complex` (one
+  company per lead, linked to the lead only; complex links a contact and a company to
+  each other only when it creates both);
+- the products catalog `order_catalog_id` (type "products"): `GET/POST/PATCH
+  /api/v4/catalogs/{id}/elements` (`query` searches name and values), elements linked to a
+  lead with `POST /api/v4/leads/{id}/link` (`metadata.catalog_id`, `metadata.quantity`;
+  linking a linked element sets its quantity), `POST /leads/{id}/unlink` (204), and
+  `GET /api/v4/leads/{id}/links` (`filter[to_catalog_id]`);
+- a lead moved to 143 is lost, 142 won, in any pipeline (`closed_at` set).
+
 Set up and inspect (no call is logged): `add_contact`, `add_lead`, `add_note` (return
-ids), `move_lead` (a manager changing the stage or deleting), `contacts()`, `contact(id)`,
-`leads()`, `lead(id)` (API-shaped dicts), `notes(lead_id)`, `lead_field`,
-`contact_field`. Credentials: `issue_token(ttl)`, `issue_oauth_pair(ttl)`,
-`register_code(code)`, `expire_all_access_tokens()`, `forbid(detail)` (every call 403).
+ids), `add_company`, `add_element`, `companies()`, `lead_company`, `contact_companies`,
+`lead_items`, `elements()`, `delete_element`, `move_lead` (a manager changing the stage
+or deleting), `contacts()`, `contact(id)`, `leads()`, `lead(id)` (API-shaped dicts),
+`notes(lead_id)`, `lead_field`, `contact_field`. Credentials: `issue_token(ttl)`,
+`issue_oauth_pair(ttl)`, `register_code(code)`, `expire_all_access_tokens()`,
+`forbid(detail)` (every call 403).
 
 The HTTP side (`transport()`, `asgi_app`, `calls`, `count`, the rate window and the
 faults `fail_next`, `fail_after_apply`, `fail_randomly`, `down`/`up`, `latency`) is
@@ -30,6 +48,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -40,6 +59,8 @@ from tests.fakes.amocrm_account import (
     EMAIL_FIELD,
     LOST,
     PHONE_FIELD,
+    PRICE_FIELD,
+    SKU_FIELD,
     WON,
     Account,
     Problems,
@@ -88,6 +109,25 @@ class LeadRec:
 
 
 @dataclass
+class CompanyRec:
+    id: int
+    name: str
+    created_at: int
+    updated_at: int
+    values: dict[int, list[JSONDict]] = field(default_factory=dict)
+
+
+@dataclass
+class ElementRec:
+    id: int
+    catalog_id: int
+    name: str
+    created_at: int
+    updated_at: int
+    values: dict[int, list[JSONDict]] = field(default_factory=dict)
+
+
+@dataclass
 class NoteRec:
     id: int
     entity_id: int
@@ -132,12 +172,25 @@ class FakeAmoCrm(OAuthFake, FakeService):
         self._leads: dict[int, LeadRec] = {}
         self._links: set[tuple[int, int]] = set()  # (contact id, lead id)
         self._notes: dict[int, list[NoteRec]] = {}
+        self._companies: dict[int, CompanyRec] = {}
+        self._lead_company: dict[int, int] = {}  # lead → its one company
+        self._contact_company: dict[int, int] = {}  # contact → its one company
+        self._elements: dict[int, ElementRec] = {}
+        self._lead_items: dict[int, dict[int, float]] = {}  # lead → element → quantity
+        # The one products catalog (an account has at most one) [catalogs-api].
+        self.catalog_id = int(self.config.order_catalog_id or 7001)
         # Refresh tokens rotate: each is spent on use (see above).
         self.tokens = TokenIssuer(lambda: self.clock(), lambda: self.oauth_ttl)
         self._forbidden: str | None = None
         self._ids = {
             kind: itertools.count(start)
-            for kind, start in (("contact", 30000001), ("lead", 20000001), ("note", 90000001))
+            for kind, start in (
+                ("contact", 30000001),
+                ("lead", 20000001),
+                ("note", 90000001),
+                ("company", 40000001),
+                ("element", 50000001),
+            )
         }
         self.origin = "https://example.amocrm.ru"
         self.routes = [
@@ -145,7 +198,20 @@ class FakeAmoCrm(OAuthFake, FakeService):
             ("POST", re.compile(r"/api/v4/contacts"), self._create_contacts),
             ("GET", re.compile(r"/api/v4/contacts/(\d+)"), self._get_contact),
             ("PATCH", re.compile(r"/api/v4/contacts/(\d+)"), self._patch_contact),
-            ("GET", re.compile(r"/api/v4/(leads|contacts)/custom_fields"), self._custom_fields),
+            (
+                "GET",
+                re.compile(r"/api/v4/(leads|contacts|companies)/custom_fields"),
+                self._custom_fields,
+            ),
+            ("GET", re.compile(r"/api/v4/companies"), self._list_companies),
+            ("POST", re.compile(r"/api/v4/companies"), self._create_companies),
+            ("POST", re.compile(r"/api/v4/contacts/(\d+)/link"), self._link_contact),
+            ("GET", re.compile(r"/api/v4/leads/(\d+)/links"), self._lead_links),
+            ("POST", re.compile(r"/api/v4/leads/(\d+)/link"), self._link_lead),
+            ("POST", re.compile(r"/api/v4/leads/(\d+)/unlink"), self._unlink_lead),
+            ("GET", re.compile(r"/api/v4/catalogs/(\d+)/elements"), self._list_elements),
+            ("POST", re.compile(r"/api/v4/catalogs/(\d+)/elements"), self._create_elements),
+            ("PATCH", re.compile(r"/api/v4/catalogs/(\d+)/elements"), self._patch_elements),
             ("GET", re.compile(r"/api/v4/leads/pipelines"), self._list_pipelines),
             ("GET", re.compile(r"/api/v4/leads"), self._list_leads),
             ("POST", re.compile(r"/api/v4/leads"), self._create_leads),
@@ -294,6 +360,64 @@ class FakeAmoCrm(OAuthFake, FakeService):
         with self._lock:
             return self._store_note(int(lead_id), "common", {"text": text})
 
+    def add_company(self, name: str, inn: str = "") -> int:
+        """A company as a manager typed it, its INN in the configured INN field."""
+        with self._lock:
+            raw: dict[int | str, Any] = {}
+            inn_field = self.config.order_fields.company_inn
+            if inn and inn_field:
+                raw[inn_field] = inn
+            now = int(self.clock())
+            company = CompanyRec(next(self._ids["company"]), name, now, now)
+            company.values = self.account.seed_values("companies", raw)
+            self._companies[company.id] = company
+            return company.id
+
+    def companies(self) -> list[JSONDict]:
+        with self._lock:
+            return [self._company_json(c) for c in self._companies.values()]
+
+    def lead_company(self, lead_id: int | str) -> int | None:
+        with self._lock:
+            return self._lead_company.get(int(lead_id))
+
+    def contact_companies(self, contact_id: int | str) -> set[int]:
+        with self._lock:
+            company = self._contact_company.get(int(contact_id))
+            return set() if company is None else {company}
+
+    def add_element(self, sku: str, name: str, price: Decimal | int) -> int:
+        """A product of the products catalog, as a manager entered it."""
+        with self._lock:
+            now = int(self.clock())
+            element = ElementRec(next(self._ids["element"]), self.catalog_id, name, now, now)
+            element.values = self.account.seed_values(
+                "catalog", {SKU_FIELD: sku, PRICE_FIELD: str(price)}
+            )
+            self._elements[element.id] = element
+            return element.id
+
+    def delete_element(self, element_id: int) -> None:
+        """A manager deleting a product: it leaves the catalog and every lead."""
+        with self._lock:
+            del self._elements[int(element_id)]
+            for items in self._lead_items.values():
+                items.pop(int(element_id), None)
+
+    def elements(self) -> list[JSONDict]:
+        with self._lock:
+            return [self._element_json(e) for e in self._elements.values()]
+
+    def lead_items(self, lead_id: int | str) -> list[tuple[str, Decimal, Decimal]]:
+        """The lead's linked products: name, quantity, unit price (the element's)."""
+        with self._lock:
+            items = []
+            for element_id, quantity in self._lead_items.get(int(lead_id), {}).items():
+                element = self._elements[element_id]
+                price = self.account.value_of("catalog", element.values, PRICE_FIELD)
+                items.append((element.name, Decimal(str(quantity)), Decimal(str(price or 0))))
+            return items
+
     def forbid(self, detail: str | None = "Account is blocked") -> None:
         """Every API call with a valid token answers 403 (None lifts it): what amoCRM sends
         for a blocked account, an IP ban or a user without API rights, whatever was asked
@@ -405,6 +529,7 @@ class FakeAmoCrm(OAuthFake, FakeService):
         for i, item in enumerate(items):
             changes = self._parse_lead(item, str(i), problems, current=None)
             links = self._existing_contacts(item, str(i), problems)
+            changes["company"] = self._existing_company(item, str(i), problems)
             parsed.append((changes, links))
         problems.check()
         created = [self._store_lead(changes, links) for changes, links in parsed]
@@ -428,7 +553,7 @@ class FakeAmoCrm(OAuthFake, FakeService):
     def _create_complex(self, request: FakeRequest) -> FakeResponse:
         items = self._array(request.json(), 50)
         problems = Problems()
-        parsed: list[tuple[JSONDict, JSONDict | int | None]] = []
+        parsed: list[tuple[JSONDict, JSONDict | int | None, JSONDict | int | None]] = []
         for i, item in enumerate(items):
             rid = str(i)
             changes = self._parse_lead(item, rid, problems, current=None)
@@ -442,21 +567,31 @@ class FakeAmoCrm(OAuthFake, FakeService):
                 contact = linked[0] if linked else None
             elif contacts:
                 contact = self._parse_contact(contacts[0], rid, "_embedded.contacts.0.", problems)
-            parsed.append((changes, contact))
+            company = self._complex_company(item, rid, problems)
+            parsed.append((changes, contact, company))
         problems.check()
         answer = []
-        for i, (changes, contact) in enumerate(parsed):
+        for i, (changes, contact, company) in enumerate(parsed):
             contact_id = None
             if isinstance(contact, dict):
                 contact_id = self._store_contact(contact).id
             elif isinstance(contact, int):
                 contact_id = contact
+            company_id = company if isinstance(company, int) else None
+            if isinstance(company, dict):
+                company_id = self._store_company(*company["new"])
+            changes["company"] = company_id
             lead = self._store_lead(changes, [contact_id] if contact_id else [])
+            if isinstance(company, dict) and isinstance(contact, dict) and contact_id:
+                # "При создании нового контакта и компании, они будут связаны между собой":
+                # only a contact and company both new; an existing company (by id) is
+                # linked to the lead alone (amocrm-api-php issue #370 reports exactly that).
+                self._contact_company[contact_id] = company_id
             answer.append(
                 {
                     "id": lead.id,
                     "contact_id": contact_id,
-                    "company_id": None,
+                    "company_id": company_id,
                     "request_id": [str(i)],
                     "merged": False,
                 }
@@ -479,6 +614,262 @@ class FakeAmoCrm(OAuthFake, FakeService):
                 "_links": self._self_link("leads", lead.id),
             },
         )
+
+    # ---- routes: companies, links, catalog -------------------------------------------
+
+    def _list_companies(self, request: FakeRequest) -> FakeResponse:
+        query = request.one("query").strip().lower()
+        hits = [
+            self._company_json(c)
+            for c in self._companies.values()
+            if not query or self._found(c.name, c.values, query)
+        ]
+        return self._page(request, hits, "companies")
+
+    @staticmethod
+    def _found(name: str, values: Mapping[int, list[JSONDict]], query: str) -> bool:
+        texts = [name, *(str(v.get("value", "")) for items in values.values() for v in items)]
+        return any(query in text.lower() for text in texts)
+
+    def _create_companies(self, request: FakeRequest) -> FakeResponse:
+        items = self._array(request.json(), 250)
+        problems = Problems()
+        parsed: list[tuple[str, JSONDict]] = []
+        for i, item in enumerate(items):
+            rid = str(i)
+            if not isinstance(item, dict):
+                problems.add(rid, "", "InvalidType", "must be an object")
+                continue
+            name = item.get("name", "")
+            if not isinstance(name, str):
+                problems.add(rid, "name", "InvalidType", "This value should be of type string.")
+            values = self.account.parse_values(
+                "companies", item.get("custom_fields_values"), rid, "", problems
+            )
+            parsed.append((str(name), values))
+        problems.check()
+        created = []
+        for name, values in parsed:
+            created.append(self._companies[self._store_company(name, values)])
+        return FakeResponse(
+            200,
+            {
+                "_links": {"self": {"href": self._href(request.path)}},
+                "_embedded": {
+                    "companies": [
+                        {
+                            "id": c.id,
+                            "request_id": str(i),
+                            "_links": self._self_link("companies", c.id),
+                        }
+                        for i, c in enumerate(created)
+                    ]
+                },
+            },
+        )
+
+    def _link_contact(self, request: FakeRequest, contact_id: str) -> FakeResponse:
+        if int(contact_id) not in self._contacts:
+            raise ApiError(404, problem(404, "Not Found", f"contact {contact_id}"))
+        links = self._array(request.json(), 250)
+        problems = Problems()
+        companies = []
+        for i, link in enumerate(links):
+            target = link.get("to_entity_id") if isinstance(link, dict) else None
+            kind = link.get("to_entity_type") if isinstance(link, dict) else None
+            if kind != "companies":
+                problems.add(str(i), "to_entity_type", "NotSupportedChoice", "not supported here")
+            elif not is_int(target) or target not in self._companies:
+                problems.add(str(i), "to_entity_id", "NotFound", "company not found")
+            else:
+                companies.append(int(target))
+        problems.check()
+        for company in companies:
+            self._contact_company[int(contact_id)] = company
+        answer = [
+            {
+                "entity_id": int(contact_id),
+                "entity_type": "contacts",
+                "to_entity_id": company,
+                "to_entity_type": "companies",
+                "metadata": None,
+            }
+            for company in companies
+        ]
+        return FakeResponse(200, {"_total_items": len(answer), "_embedded": {"links": answer}})
+
+    def _lead_links(self, request: FakeRequest, lead_id: str) -> FakeResponse:
+        lead = int(lead_id)
+        if lead not in self._leads:
+            raise ApiError(404, problem(404, "Not Found", f"lead {lead_id}"))
+        catalog = request.one("filter[to_catalog_id]")
+        links: list[JSONDict] = []
+        if not catalog:
+            links += [
+                {
+                    "to_entity_id": c,
+                    "to_entity_type": "contacts",
+                    "metadata": {"main_contact": n == 0},
+                }
+                for n, c in enumerate(sorted(c for c, l_id in self._links if l_id == lead))
+            ]
+            if lead in self._lead_company:
+                links.append(
+                    {
+                        "to_entity_id": self._lead_company[lead],
+                        "to_entity_type": "companies",
+                        "metadata": None,
+                    }
+                )
+        for element_id, quantity in self._lead_items.get(lead, {}).items():
+            element = self._elements[element_id]
+            if catalog and str(element.catalog_id) != catalog:
+                continue
+            links.append(
+                {
+                    "to_entity_id": element_id,
+                    "to_entity_type": "catalog_elements",
+                    "metadata": {"quantity": quantity, "catalog_id": element.catalog_id},
+                }
+            )
+        return self._page(request, links, "links")
+
+    def _link_lead(self, request: FakeRequest, lead_id: str) -> FakeResponse:
+        lead = int(lead_id)
+        if lead not in self._leads:
+            raise ApiError(404, problem(404, "Not Found", f"lead {lead_id}"))
+        parsed = self._element_links(request.json(), need_quantity=True)
+        items = self._lead_items.setdefault(lead, {})
+        for element_id, quantity in parsed:
+            items[element_id] = quantity  # linking a linked element sets its quantity
+        answer = [
+            {
+                "entity_id": lead,
+                "entity_type": "leads",
+                "to_entity_id": element_id,
+                "to_entity_type": "catalog_elements",
+                "metadata": {
+                    "quantity": quantity,
+                    "catalog_id": self._elements[element_id].catalog_id,
+                },
+            }
+            for element_id, quantity in parsed
+        ]
+        return FakeResponse(200, {"_total_items": len(answer), "_embedded": {"links": answer}})
+
+    def _unlink_lead(self, request: FakeRequest, lead_id: str) -> FakeResponse:
+        lead = int(lead_id)
+        if lead not in self._leads:
+            raise ApiError(404, problem(404, "Not Found", f"lead {lead_id}"))
+        for element_id, _ in self._element_links(request.json(), need_quantity=False):
+            self._lead_items.get(lead, {}).pop(element_id, None)
+        return FakeResponse(204)
+
+    def _element_links(self, body: Any, *, need_quantity: bool) -> list[tuple[int, float]]:
+        """Catalog-element links of a link / unlink request (only those are modelled)."""
+        links = self._array(body, 250)
+        problems = Problems()
+        parsed = []
+        for i, link in enumerate(links):
+            rid = str(i)
+            if not isinstance(link, dict) or link.get("to_entity_type") != "catalog_elements":
+                problems.add(rid, "to_entity_type", "NotSupportedChoice", "not modelled")
+                continue
+            target, meta = link.get("to_entity_id"), link.get("metadata") or {}
+            element = self._elements.get(target) if is_int(target) else None
+            if element is None:
+                problems.add(rid, "to_entity_id", "NotFound", "element not found")
+                continue
+            if not isinstance(meta, dict) or meta.get("catalog_id") != element.catalog_id:
+                problems.add(rid, "metadata.catalog_id", "InvalidType", "wrong catalog")
+                continue
+            quantity = meta.get("quantity", 0)
+            valid = isinstance(quantity, int | float) and not isinstance(quantity, bool)
+            if need_quantity and not (valid and quantity > 0):
+                problems.add(rid, "metadata.quantity", "InvalidType", "a positive number")
+                continue
+            parsed.append((element.id, float(quantity) if valid else 0.0))
+        problems.check()
+        return [(eid, int(q) if q.is_integer() else q) for eid, q in parsed]
+
+    def _catalog(self, catalog_id: str) -> int:
+        if int(catalog_id) != self.catalog_id:
+            raise ApiError(404, problem(404, "Not Found", f"catalog {catalog_id}"))
+        return self.catalog_id
+
+    def _list_elements(self, request: FakeRequest, catalog_id: str) -> FakeResponse:
+        catalog = self._catalog(catalog_id)
+        query = request.one("query").strip().lower()
+        hits = [
+            self._element_json(e)
+            for e in self._elements.values()
+            if e.catalog_id == catalog and (not query or self._found(e.name, e.values, query))
+        ]
+        return self._page(request, hits, "elements")
+
+    def _create_elements(self, request: FakeRequest, catalog_id: str) -> FakeResponse:
+        catalog = self._catalog(catalog_id)
+        parsed = self._parse_elements(request.json(), with_id=False)
+        created = []
+        for _, name, values in parsed:
+            now = int(self.clock())
+            element = ElementRec(next(self._ids["element"]), catalog, name or "", now, now)
+            _apply_values(element.values, values)
+            self._elements[element.id] = element
+            created.append(element)
+        return FakeResponse(
+            200,
+            {
+                "_links": {"self": {"href": self._href(request.path)}},
+                "_embedded": {
+                    "elements": [
+                        {**self._element_json(e), "request_id": str(i)}
+                        for i, e in enumerate(created)
+                    ]
+                },
+            },
+        )
+
+    def _patch_elements(self, request: FakeRequest, catalog_id: str) -> FakeResponse:
+        self._catalog(catalog_id)
+        parsed = self._parse_elements(request.json(), with_id=True)
+        changed = []
+        for element_id, name, values in parsed:
+            element = self._elements[element_id]
+            if name is not None:
+                element.name = name
+            _apply_values(element.values, values)
+            element.updated_at = int(self.clock())
+            changed.append(element)
+        return FakeResponse(
+            200, {"_embedded": {"elements": [self._element_json(e) for e in changed]}}
+        )
+
+    def _parse_elements(
+        self, body: Any, *, with_id: bool
+    ) -> list[tuple[int, str | None, JSONDict]]:
+        items = self._array(body, 250)
+        problems = Problems()
+        parsed = []
+        for i, item in enumerate(items):
+            rid = str(i)
+            if not isinstance(item, dict):
+                problems.add(rid, "", "InvalidType", "must be an object")
+                continue
+            element_id = item.get("id", 0)
+            if with_id and (not is_int(element_id) or element_id not in self._elements):
+                problems.add(rid, "id", "NotFound", "element not found")
+                continue
+            name = item.get("name")
+            if (name is None and not with_id) or (name is not None and not isinstance(name, str)):
+                problems.add(rid, "name", "InvalidType", "a name is required")
+                continue
+            values = self.account.parse_values(
+                "catalog", item.get("custom_fields_values"), rid, "", problems
+            )
+            parsed.append((int(element_id), name, values))
+        problems.check()
+        return parsed
 
     # ---- routes: notes, account, OAuth ----------------------------------------------
 
@@ -634,6 +1025,45 @@ class FakeAmoCrm(OAuthFake, FakeService):
         )
         return changes
 
+    def _complex_company(self, item: Any, rid: str, problems: Problems) -> JSONDict | int | None:
+        """leads/complex: an existing company by id, or a new one's model."""
+        embedded = (item.get("_embedded") or {}) if isinstance(item, dict) else {}
+        companies = embedded.get("companies") or []
+        if isinstance(companies, list) and len(companies) == 1:
+            model = companies[0]
+            if isinstance(model, dict) and "id" not in model:
+                name = model.get("name")
+                if not isinstance(name, str):
+                    problems.add(rid, "_embedded.companies.0.name", "InvalidType", "a string")
+                    return None
+                where = "_embedded.companies.0."
+                raw = model.get("custom_fields_values")
+                values = self.account.parse_values("companies", raw, rid, where, problems)
+                return {"new": (name, values)}
+        return self._existing_company(item, rid, problems)
+
+    def _store_company(self, name: str, values: JSONDict) -> int:
+        now = int(self.clock())
+        company = CompanyRec(next(self._ids["company"]), name, now, now)
+        _apply_values(company.values, values)
+        self._companies[company.id] = company
+        return company.id
+
+    def _existing_company(self, item: Any, rid: str, problems: Problems) -> int | None:
+        companies = ((item.get("_embedded") or {}) if isinstance(item, dict) else {}).get(
+            "companies"
+        ) or []
+        if not isinstance(companies, list) or len(companies) > 1:
+            problems.add(rid, "_embedded.companies", "InvalidType", "at most one company")
+            return None
+        if not companies:
+            return None
+        company_id = companies[0].get("id") if isinstance(companies[0], dict) else None
+        if not is_int(company_id) or company_id not in self._companies:
+            problems.add(rid, "_embedded.companies.0.id", "NotFound", "company not found")
+            return None
+        return int(company_id)
+
     def _existing_contacts(self, item: Any, rid: str, problems: Problems) -> list[int]:
         contacts = ((item.get("_embedded") or {}) if isinstance(item, dict) else {}).get(
             "contacts"
@@ -672,6 +1102,8 @@ class FakeAmoCrm(OAuthFake, FakeService):
         self._apply_lead(lead, changes)
         self._leads[lead.id] = lead
         self._links.update((contact_id, lead.id) for contact_id in contact_ids)
+        if changes.get("company") is not None:
+            self._lead_company[lead.id] = changes["company"]
         return lead
 
     def _apply_lead(self, lead: LeadRec, changes: JSONDict) -> None:
@@ -715,7 +1147,11 @@ class FakeAmoCrm(OAuthFake, FakeService):
         return {"self": {"href": self._href(f"/api/v4/{entity}/{entity_id}")}}
 
     def _contact_json(self, contact: ContactRec, with_leads: bool) -> JSONDict:
-        embedded: JSONDict = {"tags": [], "companies": []}
+        company = self._contact_company.get(contact.id)
+        embedded: JSONDict = {
+            "tags": [],
+            "companies": [] if company is None else [{"id": company}],
+        }
         if with_leads:
             lead_ids = sorted(lead for c, lead in self._links if c == contact.id)
             embedded["leads"] = [{"id": i, "_links": self._self_link("leads", i)} for i in lead_ids]
@@ -740,7 +1176,11 @@ class FakeAmoCrm(OAuthFake, FakeService):
         }
 
     def _lead_json(self, lead: LeadRec, with_contacts: bool) -> JSONDict:
-        embedded: JSONDict = {"tags": [], "companies": []}
+        company = self._lead_company.get(lead.id)
+        embedded: JSONDict = {
+            "tags": [],
+            "companies": [] if company is None else [{"id": company}],
+        }
         if with_contacts:
             contact_ids = sorted(c for c, lead_id in self._links if lead_id == lead.id)
             embedded["contacts"] = [
@@ -769,6 +1209,51 @@ class FakeAmoCrm(OAuthFake, FakeService):
             "labor_cost": None,
             "_links": self._self_link("leads", lead.id),
             "_embedded": embedded,
+        }
+
+    def _company_json(self, company: CompanyRec) -> JSONDict:
+        contacts = sorted(c for c, owner in self._contact_company.items() if owner == company.id)
+        leads = sorted(lead for lead, owner in self._lead_company.items() if owner == company.id)
+        return {
+            "id": company.id,
+            "name": company.name,
+            "responsible_user_id": 1,
+            "group_id": 0,
+            "created_by": 0,
+            "updated_by": 0,
+            "created_at": company.created_at,
+            "updated_at": company.updated_at,
+            "closest_task_at": None,
+            "is_deleted": False,
+            "custom_fields_values": self.account.values_json("companies", company.values),
+            "account_id": ACCOUNT_ID,
+            "_links": self._self_link("companies", company.id),
+            "_embedded": {
+                "tags": [],
+                "contacts": [{"id": c} for c in contacts],
+                "leads": [{"id": lead} for lead in leads],
+            },
+        }
+
+    def _element_json(self, element: ElementRec) -> JSONDict:
+        return {
+            "id": element.id,
+            "catalog_id": element.catalog_id,
+            "name": element.name,
+            "created_by": 0,
+            "updated_by": 0,
+            "created_at": element.created_at,
+            "updated_at": element.updated_at,
+            "is_deleted": False,
+            "custom_fields_values": self.account.values_json("catalog", element.values),
+            "account_id": ACCOUNT_ID,
+            "_links": {
+                "self": {
+                    "href": self._href(
+                        f"/api/v4/catalogs/{element.catalog_id}/elements/{element.id}"
+                    )
+                }
+            },
         }
 
     def _note_json(self, note: NoteRec) -> JSONDict:

@@ -4,10 +4,13 @@
 
 Seeded: one pipeline per configured target (Site 4423755, Yandex 10089806, Partners
 8598230 in the example) with its auto-payment status, then "В работе" with that id + 1
-(63242023, 80579131, 80517739), then won 142 and lost 143; the deal fields of the config
-with their types (subjects multiselect, direction select, numerics, a date_time, texts,
-UTM tracking fields); contact fields PHONE and EMAIL (multitext, by `field_code`) and the
-Telegram text fields.
+(63242023, 80579131, 80517739), then won 142 and lost 143; the pipelines and statuses of
+`order_stages` (142 / 143 are in every pipeline); the deal fields of the config with their
+types (subjects multiselect, direction select, numerics, a date_time, texts, UTM tracking
+fields; the order fields: texts, "date" days, textareas); contact and company fields PHONE
+and EMAIL (multitext, by `field_code`), the Telegram text fields and the company INN text
+field; the products catalog's SKU (text) and PRICE (price) fields, by code as amoCRM
+names them [amocrm.ru/developers/content/crm_platform/catalogs-api].
 """
 
 from __future__ import annotations
@@ -49,6 +52,18 @@ LEAD_FIELDS: dict[str, tuple[str, str, str | None]] = {
     "utm_term": ("tracking_data", "utm_term", "UTM_TERM"),
     "utm_content": ("tracking_data", "utm_content", "UTM_CONTENT"),
 }
+# order_fields key of the config → (amoCRM field type, name)
+ORDER_FIELDS: dict[str, tuple[str, str]] = {
+    "order_id": ("text", "ID заказа"),
+    "order_status": ("text", "Статус заказа"),
+    "installation_date": ("date", "Дата монтажа"),
+    "dismantle_date": ("date", "Дата демонтажа"),
+    "delivery_method": ("text", "Способ доставки"),
+    "delivery_address": ("textarea", "Адрес доставки"),
+    "comment": ("textarea", "Комментарий к заказу"),
+}
+COMPANY_PHONE_FIELD, COMPANY_EMAIL_FIELD = 600003, 600004
+SKU_FIELD, PRICE_FIELD = 600101, 600102
 TEXT_TYPES = {"text", "textarea", "url", "tracking_data"}
 
 
@@ -185,7 +200,7 @@ class Account:
             if isinstance(raw, str) or is_int(raw) or isinstance(raw, float):
                 return {"value": str(raw)}
             return bad("This value should be of type string.")
-        if kind == "numeric":
+        if kind in ("numeric", "price"):
             text = str(raw).strip() if raw is not None and not isinstance(raw, bool) else ""
             if not re.fullmatch(r"-?\d+(\.\d+)?", text):
                 return bad(f"{raw!r} is not a number")
@@ -332,6 +347,20 @@ def _seed_pipelines(config: CrmConfig) -> dict[int, PipelineDef]:
     ]
     targets += [(r.pipeline_id, r.status_id, r.name) for r in config.pipeline_rules]
     pipelines: dict[int, PipelineDef] = {}
+    for stage in config.order_stages.values():
+        pipeline = pipelines.setdefault(
+            int(stage.pipeline_id),
+            PipelineDef(
+                int(stage.pipeline_id),
+                f"Аренда {stage.pipeline_id}",
+                len(pipelines) + 1,
+                is_main=False,
+                statuses=[],
+            ),
+        )
+        status = int(stage.status_id)
+        if not pipeline.has_status(status):
+            pipeline.statuses.append(Status(status, f"Этап {status}", 10 * len(pipeline.statuses)))
     for pipeline_id, status_id, name in targets:
         pipeline = pipelines.setdefault(
             int(pipeline_id),
@@ -339,7 +368,7 @@ def _seed_pipelines(config: CrmConfig) -> dict[int, PipelineDef]:
                 int(pipeline_id),
                 name or f"Pipeline {pipeline_id}",
                 len(pipelines) + 1,
-                is_main=not pipelines,
+                is_main=not any(p.is_main for p in pipelines.values()),
                 statuses=[],
             ),
         )
@@ -370,4 +399,37 @@ def _seed_fields(config: CrmConfig) -> dict[str, dict[int, FieldDef]]:
         if field_id and key in LEAD_FIELDS:
             kind, name, code = LEAD_FIELDS[key]
             leads.append(FieldDef(int(field_id), name, kind, "leads", code, enums.get(key, {})))
-    return {"contacts": {d.id: d for d in contacts}, "leads": {d.id: d for d in leads}}
+    for key, field_id in config.order_fields.model_dump(exclude={"company_inn"}).items():
+        if field_id and int(field_id) not in {d.id for d in leads}:
+            kind, name = ORDER_FIELDS[key]
+            leads.append(FieldDef(int(field_id), name, kind, "leads"))
+    companies = [
+        FieldDef(
+            COMPANY_PHONE_FIELD,
+            "Телефон",
+            "multitext",
+            "companies",
+            "PHONE",
+            {enum_id + 10: code for enum_id, code in PHONE_ENUMS.items()},
+        ),
+        FieldDef(
+            COMPANY_EMAIL_FIELD,
+            "Email",
+            "multitext",
+            "companies",
+            "EMAIL",
+            {enum_id + 10: code for enum_id, code in EMAIL_ENUMS.items()},
+        ),
+    ]
+    if config.order_fields.company_inn:
+        companies.append(FieldDef(int(config.order_fields.company_inn), "ИНН", "text", "companies"))
+    catalog = [
+        FieldDef(SKU_FIELD, "Артикул", "text", "catalog", "SKU"),
+        FieldDef(PRICE_FIELD, "Цена", "price", "catalog", "PRICE"),
+    ]
+    return {
+        "contacts": {d.id: d for d in contacts},
+        "leads": {d.id: d for d in leads},
+        "companies": {d.id: d for d in companies},
+        "catalog": {d.id: d for d in catalog},
+    }

@@ -22,7 +22,28 @@ It answers like the real API where the bridge depends on it:
   expired_token) and single-use refresh tokens at `/oauth/token/`; `drop_scope()` makes
   every method answer 403 insufficient_scope, `deny_user_access()` 403 user_access_error.
 
-Set up and inspect (no call logged): `add_contact`, `add_deal`, `move_deal`,
+Orders:
+- companies: `crm.company.add` / `crm.company.list` (TITLE, PHONE, EMAIL; filters as
+  contacts'); the INN lives in requisites, not on the company: `crm.requisite.add`
+  (ENTITY_TYPE_ID 4 = company, ENTITY_ID, PRESET_ID, NAME required) and
+  `crm.requisite.list` filtering RQ_INN [dev.1c-bitrix.ru rest_help crm/requisite
+  crm_requisite_list.php, crm_requisite_add.php];
+- bindings: COMPANY_ID of crm.deal.add / update, COMPANY_IDS of crm.contact.add, and
+  `crm.contact.company.add`, which answers `false` for a binding that exists and keeps
+  it once [b24-rest-docs crm/contacts/company/crm-contact-company-add.md];
+- `crm.deal.productrows.set` replaces every row of the deal ("Товарные позиции сделки,
+  существующие до момента вызова метода, будут заменены новыми") and recomputes the
+  deal's amount from them unless the amount is manual (IS_MANUAL_OPPORTUNITY = Y)
+  [dev.1c-bitrix.ru rest_help crm/cdeals/crm_deal_productrows_set.php];
+  `crm.deal.productrows.get` reads them;
+- crm.deal.update moves a deal within its pipeline only (a stage of another pipeline is
+  refused; CATEGORY_ID is not writable there); `crm.item.update` (entityTypeId 2) takes
+  `categoryId` with `stageId` and moves it to another pipeline, camelCase native fields,
+  user fields by UF_ name with `useOriginalUfNames=Y`, unknown fields ignored
+  [b24-rest-docs universal/crm-item-update.md]; LOSE (semantic F) is lost, WON (S) won.
+
+Set up and inspect (no call logged): `add_company`, `companies()`, `contact_companies`,
+`deal_rows`, `add_contact`, `add_deal`, `move_deal`,
 `delete_deal`, `contacts()`, `contact(id)`, `deals()`, `deal(id)`, `notes(deal_id)`,
 `deal_field`, `contact_field`, `methods` (every method run, batch commands included).
 The HTTP side (`transport()`, `calls`, `count`, faults, `latency`) is `FakeService`.
@@ -45,9 +66,11 @@ from tests.fakes.bitrix24_portal import (
     DEAL_NATIVE,
     BitrixError,
     CommentRec,
+    CompanyRec,
     ContactRec,
     DealRec,
     Portal,
+    RequisiteRec,
     iso,
     items,
     matches,
@@ -99,12 +122,17 @@ class FakeBitrix24(OAuthFake, FakeService):
         self._contacts: dict[int, ContactRec] = {}
         self._deals: dict[int, DealRec] = {}
         self._comments: list[CommentRec] = []
+        self._companies: dict[int, CompanyRec] = {}
+        self._requisites: dict[int, RequisiteRec] = {}
         self._webhooks: set[tuple[str, str]] = set()
         # Each refresh spends the refresh token and answers a new one.
         self.tokens = TokenIssuer(lambda: self.clock(), lambda: self.oauth_ttl)
         self._blocked: set[str] = set()
         self._denied: tuple[str, str] | None = None  # (code, description) of a 403
-        self._ids = {kind: itertools.count(start) for kind, start in (("c", 101), ("d", 501))}
+        self._ids = {
+            kind: itertools.count(start)
+            for kind, start in (("c", 101), ("d", 501), ("co", 701), ("rq", 801))
+        }
         self._multi_ids = itertools.count(1001)
         self._comment_ids = itertools.count(9001)
         self.routes = [
@@ -119,6 +147,7 @@ class FakeBitrix24(OAuthFake, FakeService):
             "crm.duplicate.findbycomm": self._findbycomm,
             "crm.deal.list": self._deal_list,
             "crm.item.list": self._item_list,
+            "crm.item.update": self._item_update,
             "crm.deal.get": self._deal_get,
             "crm.deal.add": self._deal_add,
             "crm.deal.update": self._deal_update,
@@ -128,6 +157,13 @@ class FakeBitrix24(OAuthFake, FakeService):
             "crm.status.list": self._status_list,
             "crm.timeline.comment.add": self._comment_add,
             "crm.timeline.comment.list": self._comment_list,
+            "crm.company.add": self._company_add,
+            "crm.company.list": self._company_list,
+            "crm.requisite.add": self._requisite_add,
+            "crm.requisite.list": self._requisite_list,
+            "crm.contact.company.add": self._contact_company_add,
+            "crm.deal.productrows.set": self._rows_set,
+            "crm.deal.productrows.get": self._rows_get,
         }
 
     # ---- credentials and limits -----------------------------------------------------
@@ -262,6 +298,33 @@ class FakeBitrix24(OAuthFake, FakeService):
             category, stage = self._stage(stage_id)
             deal.category_id, deal.stage_id, deal.semantic = category.id, stage.id, stage.semantic
             deal.modified = max(self.clock(), deal.modified + 1)
+
+    def add_company(self, title: str, inn: str = "", preset_id: int = 1) -> int:
+        """A company as a manager typed it, with a requisite holding `inn` when given."""
+        with self._lock:
+            company = CompanyRec(next(self._ids["co"]), title, created=self.clock())
+            self._companies[company.id] = company
+            if inn:
+                requisite = RequisiteRec(next(self._ids["rq"]), 4, company.id, preset_id, title)
+                requisite.values = {"RQ_INN": inn, "RQ_COMPANY_NAME": title}
+                self._requisites[requisite.id] = requisite
+            return company.id
+
+    def companies(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [c.record() for c in self._companies.values()]
+
+    def requisites(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [r.record() for r in self._requisites.values()]
+
+    def contact_companies(self, contact_id: int | str) -> set[int]:
+        with self._lock:
+            return set(self._contacts[int(contact_id)].company_ids)
+
+    def deal_rows(self, deal_id: int | str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(row) for row in self._deals[int(deal_id)].rows]
 
     def delete_deal(self, deal_id: int | str) -> None:
         with self._lock:
@@ -425,6 +488,15 @@ class FakeBitrix24(OAuthFake, FakeService):
                 if not isinstance(entry, dict):
                     raise BitrixError(f"{kind}: an array of {{VALUE, VALUE_TYPE}} is expected")
                 self._merge_multi(entries, entry)
+        companies = [
+            _int(cid) for cid in items(fields.get("COMPANY_IDS")) or items(fields.get("COMPANY_ID"))
+        ]
+        if any(cid not in self._companies for cid in companies):
+            raise BitrixError(f"Company not found: {companies}")
+        if "COMPANY_IDS" in fields:
+            contact.company_ids = list(dict.fromkeys(companies))  # the whole set
+        elif companies and companies[0] not in contact.company_ids:
+            contact.company_ids.insert(0, companies[0])  # COMPANY_ID: the primary one
         contact.name = str(fields.get("NAME", contact.name) or "")
         contact.last_name = str(fields.get("LAST_NAME", contact.last_name) or "")
         contact.native.update({k: fields[k] for k in DEAL_NATIVE if k in fields})
@@ -498,6 +570,36 @@ class FakeBitrix24(OAuthFake, FakeService):
             for row in chunk
         ]
         return {"items": chosen}, extra
+
+    def _item_update(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        if str(param(params, "entityTypeId", "")) != "2":
+            raise BitrixError("this fake knows entityTypeId 2 (deals) only")
+        deal = self._deal_of(params)
+        fields = _fields_param(params)
+        original = str(param(params, "useOriginalUfNames", "N")).upper() == "Y"
+        category_id = _int(fields.get("categoryId", deal.category_id))
+        category = self.portal.categories.get(category_id)
+        if category is None:
+            raise BitrixError(f"Category {category_id} is not found")
+        stage_id = str(fields.get("stageId") or "")
+        if category_id != deal.category_id and not stage_id:
+            stage_id = category.stages[0].id  # a new pipeline starts at its first stage
+        if stage_id and category.stage(stage_id) is None:
+            raise BitrixError(f"Stage {stage_id!r} is not in category {category_id}")
+        names = {"title": "TITLE", "opportunity": "OPPORTUNITY", "companyId": "COMPANY_ID"}
+        names["isManualOpportunity"] = "IS_MANUAL_OPPORTUNITY"
+        translated = {names[k]: v for k, v in fields.items() if k in names}
+        for key, value in fields.items():
+            if original and key.startswith("UF_"):
+                translated[key] = value
+            elif not original and key.startswith("ufCrm"):
+                translated["UF_CRM_" + key.removeprefix("ufCrm")] = value
+        if stage_id:
+            translated["STAGE_ID"] = stage_id
+        self._apply_deal(deal, translated)
+        deal.category_id = category.id
+        deal.modified = max(self.clock(), deal.modified + 1)
+        return {"item": _item(deal, original)}, {}
 
     def _deal_get(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
         return self._deal_of(params).record(), {}
@@ -581,6 +683,13 @@ class FakeBitrix24(OAuthFake, FakeService):
         if "STAGE_ID" in fields:
             _, stage = self._stage(str(fields["STAGE_ID"]))
             deal.stage_id, deal.semantic = stage.id, stage.semantic
+        if fields.get("COMPANY_ID"):
+            company_id = _int(fields["COMPANY_ID"])
+            if company_id not in self._companies:
+                raise BitrixError(f"Company {company_id} is not found")
+            deal.company_id = company_id
+        if "IS_MANUAL_OPPORTUNITY" in fields:
+            deal.manual_opportunity = str(fields["IS_MANUAL_OPPORTUNITY"]).upper() == "Y"
         deal.title = str(fields.get("TITLE", deal.title))
         deal.currency = str(fields.get("CURRENCY_ID", deal.currency))
         deal.native.update({k: fields[k] for k in DEAL_NATIVE if k in fields})
@@ -597,6 +706,110 @@ class FakeBitrix24(OAuthFake, FakeService):
         if found is None:
             raise ValueError(f"no stage {stage_id!r}")
         return found
+
+    # ---- companies, requisites, product rows -----------------------------------------
+
+    def _company_add(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        fields = _fields_param(params)
+        title = str(fields.get("TITLE") or "")
+        if not title:
+            raise BitrixError("TITLE is required")
+        company = CompanyRec(0, title, created=self.clock())
+        for kind, entries in (("PHONE", company.phones), ("EMAIL", company.emails)):
+            for entry in items(fields.get(kind)):
+                if not isinstance(entry, dict):
+                    raise BitrixError(f"{kind}: an array of {{VALUE, VALUE_TYPE}} is expected")
+                self._merge_multi(entries, entry)
+        company.id = next(self._ids["co"])
+        self._companies[company.id] = company
+        return company.id, {}
+
+    def _company_list(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        conditions = param(params, "filter") or {}
+        rows = [c.record() for c in self._companies.values()]
+        rows = [row for row in rows if matches(row, conditions, set())]
+        rows = ordered(rows, param(params, "order") or {"ID": "ASC"})
+        chunk, extra = page(rows, param(params, "start"))
+        return [
+            selected(row, param(params, "select"), (), ("PHONE", "EMAIL")) for row in chunk
+        ], extra
+
+    def _requisite_add(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        fields = _fields_param(params)
+        entity_type = _int(fields.get("ENTITY_TYPE_ID"))
+        entity_id = _int(fields.get("ENTITY_ID"))
+        if entity_type != 4 or entity_id not in self._companies:
+            raise BitrixError("Entity not found (ENTITY_TYPE_ID 4 and a company ENTITY_ID)")
+        if not str(fields.get("PRESET_ID") or "").isdigit():
+            raise BitrixError("PRESET_ID is required")
+        if not fields.get("NAME"):
+            raise BitrixError("NAME is required")
+        requisite = RequisiteRec(
+            next(self._ids["rq"]),
+            entity_type,
+            entity_id,
+            _int(fields["PRESET_ID"]),
+            str(fields["NAME"]),
+            {k: str(v) for k, v in fields.items() if k.startswith("RQ_")},
+        )
+        self._requisites[requisite.id] = requisite
+        return requisite.id, {}
+
+    def _requisite_list(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        conditions = param(params, "filter") or {}
+        rows = [r.record() for r in self._requisites.values()]
+        rows = [row for row in rows if matches(row, conditions, set())]
+        rows = ordered(rows, param(params, "order") or {"ID": "ASC"})
+        chunk, extra = page(rows, param(params, "start"))
+        return [selected(row, param(params, "select"), ()) for row in chunk], extra
+
+    def _contact_company_add(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        contact = self._contacts.get(_int(param(params, "id")))
+        if contact is None:
+            raise BitrixError("Not found")
+        company_id = _int((param(params, "fields") or {}).get("COMPANY_ID"))
+        if company_id not in self._companies:
+            raise BitrixError("Company not found")
+        if company_id in contact.company_ids:
+            # "false — скорее всего компания … уже есть в привязках": no error, no change
+            # [b24-rest-docs crm/contacts/company/crm-contact-company-add.md].
+            return False, {}
+        contact.company_ids.append(company_id)
+        contact.modified = self.clock()
+        return True, {}
+
+    def _rows_set(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        deal = self._deal_of(params)
+        rows = []
+        for row in items(param(params, "rows")):
+            if not isinstance(row, dict):
+                raise BitrixError("rows: an array of product rows is expected")
+            try:
+                price, quantity = (
+                    float(str(row.get("PRICE", 0))),
+                    float(str(row.get("QUANTITY", 1))),
+                )
+            except ValueError:
+                raise BitrixError("PRICE and QUANTITY are numbers") from None
+            rows.append(
+                {
+                    "ID": str(len(rows) + 1),
+                    "OWNER_ID": str(deal.id),
+                    "OWNER_TYPE": "D",
+                    "PRODUCT_ID": _int(row.get("PRODUCT_ID") or 0),
+                    "PRODUCT_NAME": str(row.get("PRODUCT_NAME") or ""),
+                    "PRICE": price,
+                    "QUANTITY": quantity,
+                }
+            )
+        deal.rows = rows  # every earlier row is replaced
+        if not deal.manual_opportunity:
+            deal.opportunity = sum(row["PRICE"] * row["QUANTITY"] for row in rows)
+        deal.modified = max(self.clock(), deal.modified + 1)
+        return True, {}
+
+    def _rows_get(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        return [dict(row) for row in self._deal_of(params).rows], {}
 
     # ---- timeline, schema, OAuth ----------------------------------------------------
 

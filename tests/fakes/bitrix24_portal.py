@@ -9,7 +9,10 @@ contacts, deals and timeline comments, and PHP's way with query strings.
   exactly one reference becomes whatever it points to, a reference inside longer text
   is replaced only by a scalar.
 - `Portal` holds the pipelines ("Сайт" 0, "Яндекс" 1, "Партнёры" 2; stage semantics P /
-  S / F) and the user fields named in a `[crm.bitrix24]` config section, with their types;
+  S / F; and a pipeline per other `order_stages` pipeline, its stages as configured, a
+  stage ending in WON won, in LOSE or APOLOGY lost) and the user fields named in a
+  `[crm.bitrix24]` config section (deal and order fields), with their types ("date"
+  stores a day as "YYYY-MM-DD");
   `Portal.user_value` validates a value for a field as the API does (assumed here: an
   unknown UF_ field or enumeration item, or a non-numeric double, is refused with HTTP 400
   `{"error": "", "error_description": …}`, the shape crm.deal.get documents for its own
@@ -25,7 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from bridge.settings import CrmConfig
@@ -142,6 +145,17 @@ class Category:
         return next((stage for stage in self.stages if stage.id == stage_id), None)
 
 
+def _order_category(category_id: int, stage_ids: Iterable[str]) -> Category:
+    def semantic(stage_id: str) -> str:
+        code = stage_id.rsplit(":", 1)[-1]
+        return "S" if code == "WON" else "F" if code in ("LOSE", "APOLOGY") else "P"
+
+    stages = [Stage(stage_id, stage_id, semantic(stage_id)) for stage_id in stage_ids]
+    # Closed stages sort last, as Bitrix keeps them.
+    stages.sort(key=lambda stage: stage.semantic != "P")
+    return Category(category_id, f"Аренда {category_id}", tuple(stages))
+
+
 def _category(category_id: int, name: str) -> Category:
     prefix = f"C{category_id}:" if category_id else ""
     stages = (
@@ -170,6 +184,7 @@ DEAL_FIELD_TYPES = {
     "total_paid": ("double", False),
     "purchase_count": ("double", False),
 }
+ORDER_FIELD_TYPES = {"installation_date": "date", "dismantle_date": "date"}  # else string
 
 
 @dataclass(frozen=True)
@@ -215,12 +230,25 @@ class Portal:
             options = config.subjects if key == "subjects" else config.directions
             values = {int(v): name for name, v in options.items()} if kind == "enumeration" else {}
             deal[field_id] = UserField(field_id, kind, key, multiple, values)
+        orders = config.order_fields.model_dump(exclude={"company_inn"})
+        for key, field_id in orders.items():
+            if field_id and field_id.startswith("UF_") and field_id not in deal:
+                deal[field_id] = UserField(field_id, ORDER_FIELD_TYPES.get(key, "string"), key)
         contact = {
             field_id: UserField(field_id, "string", key)
             for key, field_id in config.contact_fields.model_dump().items()
             if field_id
         }
-        return cls({c.id: c for c in CATEGORIES}, deal, contact)
+        categories = {c.id: c for c in CATEGORIES}
+        wanted: dict[int, list[str]] = {}
+        for stage in config.order_stages.values():
+            stage_ids = wanted.setdefault(int(stage.pipeline_id), [])
+            if stage.status_id not in stage_ids:
+                stage_ids.append(stage.status_id)
+        for category_id, stage_ids in wanted.items():
+            if category_id not in categories:
+                categories[category_id] = _order_category(category_id, stage_ids)
+        return cls(categories, deal, contact)
 
     def stage(self, stage_id: str) -> tuple[Category, Stage] | None:
         for category in self.categories.values():
@@ -260,6 +288,11 @@ class Portal:
             if moment.utcoffset() is None:
                 raise BitrixError(f"Field {name}: {value!r} has no time zone")
             return moment.astimezone(PORTAL_TZ).isoformat(timespec="seconds")
+        if definition.type == "date":
+            try:
+                return date.fromisoformat(str(value)[:10]).isoformat()
+            except ValueError:
+                raise BitrixError(f"Field {name}: {value!r} is not a date") from None
         if definition.type == "enumeration":
             item = int(value) if str(value).isdigit() else None
             if item is None or item not in definition.items:
@@ -282,6 +315,7 @@ class ContactRec:
     user: dict[str, Any] = field(default_factory=dict)
     created: float = 0.0
     modified: float = 0.0
+    company_ids: list[int] = field(default_factory=list)  # the first is the primary one
 
     def record(self) -> dict[str, Any]:
         multi = {
@@ -295,6 +329,7 @@ class ContactRec:
             "TYPE_ID": "CLIENT",
             "HAS_PHONE": "Y" if self.phones else "N",
             "HAS_EMAIL": "Y" if self.emails else "N",
+            "COMPANY_ID": str(self.company_ids[0]) if self.company_ids else None,
             "DATE_CREATE": iso(self.created),
             "DATE_MODIFY": iso(self.modified),
             **{key: self.native.get(key) for key in DEAL_NATIVE},
@@ -318,6 +353,9 @@ class DealRec:
     recurring: bool = False
     created: float = 0.0
     modified: float = 0.0
+    company_id: int | None = None
+    manual_opportunity: bool = False
+    rows: list[dict[str, Any]] = field(default_factory=list)  # crm.deal.productrows
 
     def record(self) -> dict[str, Any]:
         return {
@@ -330,11 +368,56 @@ class DealRec:
             "OPPORTUNITY": f"{self.opportunity:.2f}",
             "CURRENCY_ID": self.currency,
             "CONTACT_ID": str(self.contact_ids[0]) if self.contact_ids else None,
+            "COMPANY_ID": str(self.company_id) if self.company_id else None,
+            "IS_MANUAL_OPPORTUNITY": "Y" if self.manual_opportunity else "N",
             "IS_RECURRING": "Y" if self.recurring else "N",
             "DATE_CREATE": iso(self.created),
             "DATE_MODIFY": iso(self.modified),
             **{key: self.native.get(key) for key in DEAL_NATIVE},
             **self.user,
+        }
+
+
+@dataclass
+class CompanyRec:
+    id: int
+    title: str
+    phones: list[dict[str, Any]] = field(default_factory=list)
+    emails: list[dict[str, Any]] = field(default_factory=list)
+    created: float = 0.0
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "ID": str(self.id),
+            "TITLE": self.title,
+            "COMPANY_TYPE": "CUSTOMER",
+            "HAS_PHONE": "Y" if self.phones else "N",
+            "HAS_EMAIL": "Y" if self.emails else "N",
+            "DATE_CREATE": iso(self.created),
+            "PHONE": [{**entry, "TYPE_ID": "PHONE"} for entry in self.phones],
+            "EMAIL": [{**entry, "TYPE_ID": "EMAIL"} for entry in self.emails],
+        }
+
+
+@dataclass
+class RequisiteRec:
+    """A requisite (реквизит) of a company: where a Russian portal keeps the INN."""
+
+    id: int
+    entity_type_id: int
+    entity_id: int
+    preset_id: int
+    name: str
+    values: dict[str, str] = field(default_factory=dict)  # RQ_INN, RQ_COMPANY_NAME, …
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "ID": str(self.id),
+            "ENTITY_TYPE_ID": str(self.entity_type_id),
+            "ENTITY_ID": str(self.entity_id),
+            "PRESET_ID": str(self.preset_id),
+            "NAME": self.name,
+            **self.values,
         }
 
 

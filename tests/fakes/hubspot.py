@@ -1,5 +1,6 @@
 """A stateful fake of HubSpot's date-versioned CRM API (2026-09): one portal's contacts,
-deals, notes, their associations, pipelines, properties, tokens and rate limits.
+deals, notes, companies, line items, their associations, pipelines, properties, tokens and
+rate limits.
 
 It answers like the real API where the bridge depends on it (only `/…/2026-09/…` paths
 exist here: a v3/v4 path is a 404):
@@ -19,7 +20,15 @@ exist here: a v3/v4 path is a 404):
   `clock` → 401 EXPIRED_AUTHENTICATION; `POST /oauth/v3/token` takes a form body, answers
   `expires_in` (1800) and repeats the refresh token, which does not rotate.
 
+Orders: companies (a custom INN property) are searched like every object; a contact or a
+deal is linked to its company in its create (types 1 and 5) or by the default association
+(`PUT …/contacts/{id}/associations/default/companies/{id}`); line items are objects of
+their own, created in batches with their deal association (type 20), gone from the deal
+once archived (`…/line_items/batch/archive`).
+
 Set up and inspect (no call is logged): `add_contact`, `add_deal`, `move_deal`, `add_note`,
+`add_company`, `company_ids()`, `deal_companies(deal)`, `contact_companies(contact)`,
+`line_items(deal)`,
 `contacts()`, `contact(id)`, `deals()`, `deal(id)`, `deal_field`, `contact_field`,
 `deal_contacts`, `notes(deal)` (as a reader sees them), `note_bodies(deal)` (as stored),
 `searches()`. Credentials: `issue_token(ttl)`, `issue_oauth_pair(ttl)`, `register_code`,
@@ -51,7 +60,7 @@ from tests.fakes.service import (
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "crm-hubspot.example.toml"
 V = "2026-09"
-TYPES = "(contacts|deals|notes)"
+TYPES = "(contacts|deals|notes|companies|line_items)"
 
 
 class FakeHubSpot(OAuthFake, FakeService):
@@ -93,6 +102,13 @@ class FakeHubSpot(OAuthFake, FakeService):
         self.routes = [
             ("POST", re.compile(f"{objects}/search"), self._search),
             ("POST", re.compile(f"{objects}/batch/read"), self._batch_read),
+            ("POST", re.compile(f"{objects}/batch/create"), self._batch_create),
+            ("POST", re.compile(f"{objects}/batch/archive"), self._batch_archive),
+            (
+                "PUT",
+                re.compile(rf"{objects}/(\d+)/associations/default/{TYPES}/(\d+)"),
+                self._associate,
+            ),
             ("POST", re.compile(objects), self._create),
             ("GET", re.compile(rf"{objects}/(\d+)"), self._read),
             ("PATCH", re.compile(rf"{objects}/(\d+)"), self._update),
@@ -179,6 +195,38 @@ class FakeHubSpot(OAuthFake, FakeService):
             note = self.portal.store("notes", values)
             self.portal.link(note, self._rec("deals", deal_id))
             return note.id
+
+    def add_company(self, name: str, inn: str = "", **props: str) -> str:
+        """A company as typed in HubSpot (the INN in `order_fields.company_inn`)."""
+        values = {"name": name, **props}
+        inn_property = self.config.order_fields.company_inn
+        if inn and inn_property:
+            values[inn_property] = inn
+        with self._lock:
+            return self.portal.store("companies", self.portal.seed("companies", values)).id
+
+    def company_ids(self) -> list[str]:
+        with self._lock:
+            live = self.portal.records["companies"].values()
+            return [rec.id for rec in live if not rec.archived]
+
+    def deal_companies(self, deal_id: str) -> list[str]:
+        with self._lock:
+            return self.portal.live_links(self._rec("deals", deal_id), "companies")
+
+    def contact_companies(self, contact_id: str) -> list[str]:
+        with self._lock:
+            return self.portal.live_links(self._rec("contacts", contact_id), "companies")
+
+    def line_items(self, deal_id: str) -> list[tuple[str, str, str, str]]:
+        """The deal's live line items as (name, quantity, price, SKU), as stored."""
+        with self._lock:
+            ids = self.portal.live_links(self._rec("deals", deal_id), "line_items")
+            props = [self._rec("line_items", i).props for i in ids]
+            return [
+                tuple(str(p.get(name) or "") for name in ("name", "quantity", "price", "hs_sku"))
+                for p in props
+            ]  # type: ignore[misc]
 
     def contacts(self) -> list[JSONDict]:
         return self._all("contacts")
@@ -276,6 +324,18 @@ class FakeHubSpot(OAuthFake, FakeService):
 
     def _batch_read(self, request: FakeRequest, kind: str) -> FakeResponse:
         return FakeResponse(*self.portal.batch_read(kind, _object(request)))
+
+    def _batch_create(self, request: FakeRequest, kind: str) -> FakeResponse:
+        return FakeResponse(201, self.portal.batch_create(kind, _object(request)))
+
+    def _batch_archive(self, request: FakeRequest, kind: str) -> FakeResponse:
+        self.portal.batch_archive(kind, _object(request))
+        return FakeResponse(204)
+
+    def _associate(
+        self, request: FakeRequest, kind: str, record_id: str, other: str, other_id: str
+    ) -> FakeResponse:
+        return FakeResponse(200, self.portal.associate_default(kind, record_id, other, other_id))
 
     def _create(self, request: FakeRequest, kind: str) -> FakeResponse:
         return FakeResponse(201, self.portal.create(kind, _object(request)))

@@ -3,7 +3,9 @@
 The pipelines are those of `etc/crm-hubspot.example.toml`: the default pipeline "Site"
 (custom stage 1023405001 "Автооплаты ООО", then "appointmentscheduled", "closedwon",
 "closedlost") and the custom pipelines Yandex 1023405100 and Partners 1023405200 (stages
-<pipeline>+1 auto-payment, +2 working, +3 won, +4 lost). Custom properties follow the
+<pipeline>+1 auto-payment, +2 working, +3 won, +4 lost), and the rental shop's pipeline
+"Аренда" 1023405300 (1023405301…306: new, reserved, in rent, in progress, archived = won,
+cancelled = lost) that the example config's `order_stages` name. Custom properties follow the
 config: deal fields with the types their keys need (subjects a multiple checkbox, direction
 a dropdown, numbers, a datetime, texts) with the options of `subjects`/`directions`, and
 the Telegram contact properties. Values are checked like HubSpot does: every value a
@@ -82,6 +84,19 @@ PIPELINES = [
     ),
     _custom_pipeline(1023405100, "Yandex", 1),
     _custom_pipeline(1023405200, "Partners", 2),
+    PipelineDef(
+        "1023405300",
+        "Аренда",
+        3,
+        [
+            Stage("1023405301", "Новый заказ", 0),
+            Stage("1023405302", "Забронирован", 1),
+            Stage("1023405303", "В аренде", 2),
+            Stage("1023405304", "В работе", 3),
+            Stage("1023405305", "Архив", 4, True, "1.0"),
+            Stage("1023405306", "Отменён", 5, True, "0.0"),
+        ],
+    ),
 ]
 
 
@@ -142,6 +157,16 @@ DEAL_FIELD_TYPES: dict[str, tuple[str, str, str]] = {
     "total_paid": ("number", "number", "Всего оплачено"),
     "purchase_count": ("number", "number", "Количество покупок"),
 }
+# order_fields key → (type, fieldType, label): dates are `date` properties (a day, no time).
+ORDER_FIELD_TYPES: dict[str, tuple[str, str, str]] = {
+    "order_id": ("string", "text", "ID заказа"),
+    "order_status": ("string", "text", "Статус заказа"),
+    "installation_date": ("date", "date", "Дата монтажа"),
+    "dismantle_date": ("date", "date", "Дата демонтажа"),
+    "delivery_method": ("string", "text", "Способ доставки"),
+    "delivery_address": ("string", "text", "Адрес доставки"),
+    "comment": ("string", "textarea", "Комментарий к заказу"),
+}
 
 
 def seed_properties(config: CrmConfig) -> dict[str, dict[str, PropDef]]:
@@ -164,6 +189,10 @@ def seed_properties(config: CrmConfig) -> dict[str, dict[str, PropDef]]:
             kind, widget, label = DEAL_FIELD_TYPES.get(key, ("string", "text", key))
             values = {str(value): text for text, value in options.get(key, {}).items()}
             deals.append(PropDef(name, label, kind, widget, values, hubspot_defined=False))
+    for key, name in config.order_fields.model_dump(exclude={"company_inn"}).items():
+        if name:
+            kind, widget, label = ORDER_FIELD_TYPES[key]
+            deals.append(PropDef(name, label, kind, widget, hubspot_defined=False))
     contacts = [
         *_COMMON,
         _std("firstname", "string", "text"),
@@ -182,10 +211,37 @@ def seed_properties(config: CrmConfig) -> dict[str, dict[str, PropDef]]:
         _std("hs_note_body", "string", "html"),
         _std("hs_lastmodifieddate", "datetime", "date", read_only=True),
     ]
-    return {
-        kind: {p.name: p for p in props}
-        for kind, props in (("contacts", contacts), ("deals", deals), ("notes", notes))
-    }
+    # Companies: HubSpot's own name, domain and phone; the INN a custom text property
+    # (HubSpot has none) named by `order_fields.company_inn`.
+    companies = [
+        *_COMMON,
+        _std("name", "string", "text"),
+        _std("domain", "string", "text"),
+        _std("phone", "string", "phonenumber"),
+        _std("hs_lastmodifieddate", "datetime", "date", read_only=True),
+    ]
+    if config.order_fields.company_inn:
+        name = config.order_fields.company_inn
+        companies.append(PropDef(name, "ИНН", "string", "text", hubspot_defined=False))
+    # Line items: name, quantity, unit price, SKU; `amount` is calculated (quantity × price)
+    # [developers.hubspot.com/docs/api-reference/latest/crm/objects/line-items/guide].
+    line_items = [
+        *_COMMON,
+        _std("name", "string", "text"),
+        _std("quantity", "number", "number"),
+        _std("price", "number", "number"),
+        _std("hs_sku", "string", "text"),
+        _std("amount", "number", "number", read_only=True),
+        _std("hs_lastmodifieddate", "datetime", "date", read_only=True),
+    ]
+    kinds = (
+        ("contacts", contacts),
+        ("deals", deals),
+        ("notes", notes),
+        ("companies", companies),
+        ("line_items", line_items),
+    )
+    return {kind: {p.name: p for p in props} for kind, props in kinds}
 
 
 # ---- values -------------------------------------------------------------------------

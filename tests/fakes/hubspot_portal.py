@@ -1,9 +1,11 @@
 """The data of the fake HubSpot portal and what its object endpoints do with it.
 
-`Portal` holds contacts, deals and notes with their associations, and answers the object
-operations of `/crm/objects/2026-09/{type}` as JSON (or raises `ApiError` with HubSpot's
-error body): create (associations in the same request), read by id (with
-`associations=`), partial update, archive, batch read, search. It does no HTTP and no
+`Portal` holds contacts, deals, notes, companies and line items with their associations,
+and answers the object operations of `/crm/objects/2026-09/{type}` as JSON (or raises
+`ApiError` with HubSpot's error body): create (associations in the same request), read by
+id (with `associations=`; archived records are not among them), partial update, archive,
+batch read, create and archive, search, and the default association of two records
+(`PUT …/{type}/{id}/associations/default/{type}/{id}`, idempotent). It does no HTTP and no
 locking: `tests.fakes.hubspot.FakeHubSpot` does both around it.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from bridge.settings import CrmConfig
@@ -27,15 +30,35 @@ from tests.fakes.hubspot_account import (
 from tests.fakes.hubspot_search import Item, run_search
 from tests.fakes.service import JSONDict
 
-KINDS = ("contacts", "deals", "notes")
-SINGULAR = {"contacts": "contact", "deals": "deal", "notes": "note"}
-# (from, to) → the HUBSPOT_DEFINED association type id creation accepts
-ASSOCIATION_TYPES = {("deals", "contacts"): 3, ("notes", "deals"): 214, ("notes", "contacts"): 202}
+KINDS = ("contacts", "deals", "notes", "companies", "line_items")
+SINGULAR = {
+    "contacts": "contact",
+    "deals": "deal",
+    "notes": "note",
+    "companies": "company",
+    "line_items": "line_item",
+}
+# (from, to) → the HUBSPOT_DEFINED association type id creation accepts: contact → primary
+# company 1, deal → primary company 5, line item → deal 20
+# [developers.hubspot.com/docs/api/crm/associations "HubSpot defined association types"].
+ASSOCIATION_TYPES = {
+    ("deals", "contacts"): 3,
+    ("notes", "deals"): 214,
+    ("notes", "contacts"): 202,
+    ("contacts", "companies"): 1,
+    ("deals", "companies"): 5,
+    ("line_items", "deals"): 20,
+}
+# Pairs the default association may link (either way round).
+DEFAULT_PAIRS = {frozenset(pair) for pair in ASSOCIATION_TYPES}
 DEFAULT_PROPERTIES = {
     "contacts": ["firstname", "lastname", "email"],
     "deals": ["dealname", "amount", "dealstage", "pipeline"],
     "notes": ["hs_timestamp"],
+    "companies": ["name", "domain"],
+    "line_items": ["name", "quantity", "price"],
 }
+MAX_BATCH = 100
 
 
 @dataclass
@@ -69,16 +92,58 @@ class Portal:
     # ---- operations -----------------------------------------------------------------
 
     def create(self, kind: str, body: JSONDict) -> JSONDict:
+        values, links = self._checked_create(kind, body)
+        return self._created(kind, values, links)
+
+    def _checked_create(self, kind: str, body: Any) -> tuple[dict[str, str | None], list[Rec]]:
+        if not isinstance(body, dict):
+            raise hs_error(400, "VALIDATION_ERROR", "Invalid input JSON: expected an object")
         problems = Problems()
         values = parse_properties(self.properties[kind], body.get("properties"), problems)
         problems.check()
         values = {name: value for name, value in values.items() if value is not None}
         links = self._associations(kind, body.get("associations") or [])
         self._check_create(kind, values)
+        return values, links
+
+    def _created(self, kind: str, values: dict[str, str | None], links: list[Rec]) -> JSONDict:
         rec = self.store(kind, values, indexed_later=True)
         for other in links:
             self.link(rec, other)
         return self.render(rec, list(values))
+
+    def batch_create(self, kind: str, body: JSONDict) -> JSONDict:
+        """Every input checked before any is created: one invalid input fails the batch
+        and creates nothing (what the bridge relies on: a 400 leaves nothing to undo)."""
+        inputs = _inputs(body)
+        checked = [self._checked_create(kind, entry) for entry in inputs]
+        results = [self._created(kind, values, links) for values, links in checked]
+        return {"status": "COMPLETE", "results": results}
+
+    def batch_archive(self, kind: str, body: JSONDict) -> None:
+        """Archives the records named; ids already archived or unknown are skipped
+        (the answer is 204 either way)."""
+        for entry in _inputs(body):
+            rec = self.records[kind].get(str(entry.get("id")) if isinstance(entry, dict) else "")
+            if rec is not None:
+                rec.archived = True
+
+    def associate_default(self, kind: str, record_id: str, other: str, other_id: str) -> JSONDict:
+        """The unlabeled association of two live records; linking twice links once."""
+        if frozenset((kind, other)) not in DEFAULT_PAIRS:
+            raise hs_error(400, "VALIDATION_ERROR", f"{kind} cannot be associated to {other}")
+        a, b = self.live(kind, record_id), self.live(other, other_id)
+        self.link(a, b)
+        return {
+            "status": "COMPLETE",
+            "results": [
+                {
+                    "from": {"id": a.id},
+                    "to": {"id": b.id},
+                    "associationSpec": {"associationCategory": "HUBSPOT_DEFINED"},
+                }
+            ],
+        }
 
     def update(self, kind: str, record_id: str, body: JSONDict) -> JSONDict:
         rec = self.live(kind, record_id)
@@ -182,6 +247,9 @@ class Portal:
         if rec.kind == "deals":
             stage = self.pipelines[str(rec.props["pipeline"])].stage(str(rec.props["dealstage"]))
             values["hs_is_closed"] = "true" if stage is not None and stage.closed else "false"
+        if rec.kind == "line_items":
+            total = Decimal(rec.props.get("quantity") or 0) * Decimal(rec.props.get("price") or 0)
+            values["amount"] = format(total.normalize(), "f") if total else "0"
         return values
 
     def render(
@@ -202,15 +270,20 @@ class Portal:
             kind: {
                 "results": [
                     {"id": other, "type": f"{SINGULAR[rec.kind]}_to_{SINGULAR[kind]}"}
-                    for other in sorted(rec.links[kind], key=int)
+                    for other in self.live_links(rec, kind)
                 ]
             }
             for kind in associations or ()
-            if rec.links.get(kind)
+            if kind in self.records and self.live_links(rec, kind)
         }
         if linked:
             answer["associations"] = linked
         return answer
+
+    def live_links(self, rec: Rec, kind: str) -> list[str]:
+        """Associated ids of `kind` whose records are not archived, oldest first."""
+        linked = rec.links.get(kind, set())
+        return [i for i in sorted(linked, key=int) if not self.records[kind][i].archived]
 
     # ---- rules of a write -----------------------------------------------------------
 
@@ -253,6 +326,15 @@ class Portal:
             self._check_stage(values)
         elif kind == "notes" and not values.get("hs_timestamp"):
             raise hs_error(400, "VALIDATION_ERROR", "hs_timestamp is required")
+        elif kind == "companies" and not values.get("name") and not values.get("domain"):
+            raise hs_error(400, "VALIDATION_ERROR", "A company needs a name or a domain")
+        elif kind == "line_items":
+            # "The price specified within the properties field cannot be negative"
+            # [developers.hubspot.com/docs-beta/crm/line-items].
+            if not values.get("name"):
+                raise hs_error(400, "VALIDATION_ERROR", "A line item needs a name")
+            if (values.get("price") or "0").startswith("-"):
+                raise hs_error(400, "VALIDATION_ERROR", "price cannot be negative")
 
     def _check_stage(self, values: Mapping[str, str | None]) -> None:
         pipeline = self.pipelines.get(str(values.get("pipeline")))
@@ -262,6 +344,13 @@ class Portal:
                 f" of pipeline {values.get('pipeline')!r}"
             )
             raise hs_error(400, "VALIDATION_ERROR", message)
+
+
+def _inputs(body: Any) -> list[Any]:
+    inputs = body.get("inputs") if isinstance(body, dict) else None
+    if not isinstance(inputs, list) or not 0 < len(inputs) <= MAX_BATCH:
+        raise hs_error(400, "VALIDATION_ERROR", f"inputs: a list of 1 to {MAX_BATCH} entries")
+    return inputs
 
 
 def pipeline_json(pipeline: PipelineDef) -> JSONDict:

@@ -22,6 +22,18 @@ examples):
   numbers, a DateTimeField a `{"contentType": "DateTime", "value"}`, an EnumField one of
   its values, a multiple one a list of them; an unknown one is a 422;
 - comments on a deal (`/deal/{id}/comments`, HTML `content`, §3.7);
+- orders, after the account's RAML (a copy: borzov/megaplan-sdk docs/megaplan.raml):
+  companies (`ContractorCompany`, `/contractorCompany`: `q` a substring of the name, a
+  CrmFilter on its extra fields; no INN of its own, so the example keeps it in the
+  extra field `Category1002CustomFieldInn`); a person's `company` link; a state's `type`
+  active / positive / negative, read as the deal's `result`; programs' transitions and
+  a deal's `possibleTransitions` (from its state), applied by `POST
+  /deal/{id}/applyTransition` with one of them (anything else: 422); catalog offers
+  (`/offer`, found by `article` with an OfferFilter [U: the term's shape is the
+  CrmFilter's]) and a deal's `positions` (OfferRows
+  naming an existing offer), replaced whole by an update that carries them [U: the
+  replace semantics are not in the RAML]; a DateField takes a DateOnly entity whose
+  month counts from 0;
 - a rate limit of 5 requests a second (a third-party client's "5 rps", §3.9, [U]) answered
   429 like the others.
 """
@@ -52,6 +64,7 @@ JSONDict = dict[str, Any]
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "crm-megaplan.example.toml"
 API = "/api/v3"
 DEAL_CATEGORY, HUMAN_CATEGORY = "Category1000CustomField", "Category1001CustomField"
+COMPANY_CATEGORY = "Category1002CustomField"
 # Programs (schemes) and their states: id → (name, [(state id, name)]).
 PROGRAMS: dict[int, tuple[str, list[tuple[int, str]]]] = {
     number: (
@@ -77,6 +90,14 @@ DEAL_FIELDS: dict[str, tuple[str, tuple[str, ...], bool]] = {
     f"{DEAL_CATEGORY}InvoiceId": ("StringField", (), False),
     f"{DEAL_CATEGORY}TotalPaid": ("FloatField", (), False),
     f"{DEAL_CATEGORY}PurchaseCount": ("IntegerField", (), False),
+    # Orders
+    f"{DEAL_CATEGORY}OrderId": ("StringField", (), False),
+    f"{DEAL_CATEGORY}OrderStatus": ("StringField", (), False),
+    f"{DEAL_CATEGORY}InstallationDate": ("DateField", (), False),
+    f"{DEAL_CATEGORY}DismantleDate": ("DateField", (), False),
+    f"{DEAL_CATEGORY}DeliveryMethod": ("StringField", (), False),
+    f"{DEAL_CATEGORY}DeliveryAddress": ("StringField", (), False),
+    f"{DEAL_CATEGORY}Comment": ("StringField", (), False),
     **{
         f"{DEAL_CATEGORY}Utm{part}": ("StringField", (), False)
         for part in ("Source", "Medium", "Campaign", "Term", "Content")
@@ -86,6 +107,28 @@ HUMAN_FIELDS: dict[str, tuple[str, tuple[str, ...], bool]] = {
     f"{HUMAN_CATEGORY}TelegramId": ("StringField", (), False),
     f"{HUMAN_CATEGORY}TelegramUsername": ("StringField", (), False),
 }
+COMPANY_FIELDS: dict[str, tuple[str, tuple[str, ...], bool]] = {
+    f"{COMPANY_CATEGORY}Inn": ("StringField", (), False),
+}
+
+
+def state_type(state: int) -> str:
+    """ProgramState.type: "Завершена успешно" positive, "Отказ" negative."""
+    return {4: "positive", 5: "negative"}.get(state % 10, "active")
+
+
+def transitions(program: int) -> list[tuple[str, int, int]]:
+    """The program's scheme: (id, from, to). From a working state to any other; from a
+    final one back to "Новая" or "В работе" (a deal re-opened)."""
+    states = [state for state, _ in PROGRAMS[program][1]]
+    found = []
+    for origin in states:
+        final = state_type(origin) != "active"
+        for target in states:
+            if target == origin or (final and target % 10 not in (1, 3)):
+                continue
+            found.append((str(origin * 100 + target), origin, target))
+    return found
 
 
 def envelope(data: Any, status: int = 200, **pagination: Any) -> JSONDict:
@@ -133,6 +176,8 @@ class FakeMegaplan(OAuthFake, FakeService):
         self.oauth_ttl = oauth_ttl
         self.tokens = TokenIssuer(lambda: self.clock(), lambda: self.oauth_ttl)
         self._humans: dict[int, JSONDict] = {}
+        self._companies: dict[int, JSONDict] = {}
+        self._offers: dict[int, JSONDict] = {}
         self._deals: dict[int, JSONDict] = {}
         self._comments: dict[int, list[JSONDict]] = {}
         self._ids = itertools.count(1000001)
@@ -144,6 +189,12 @@ class FakeMegaplan(OAuthFake, FakeService):
             ("POST", re.compile(f"{API}/contractorHuman"), self._create_human),
             ("POST", re.compile(rf"{API}/contractorHuman/(\d+)"), self._update_human),
             ("GET", re.compile(f"{API}/contractorHuman/extraFields"), self._human_fields),
+            ("GET", re.compile(f"{API}/contractorCompany"), self._list_companies),
+            ("POST", re.compile(f"{API}/contractorCompany"), self._create_company),
+            ("GET", re.compile(f"{API}/contractorCompany/extraFields"), self._company_fields),
+            ("GET", re.compile(f"{API}/offer"), self._list_offers),
+            ("POST", re.compile(f"{API}/offer"), self._create_offer),
+            ("POST", re.compile(rf"{API}/deal/(\d+)/applyTransition"), self._apply_transition),
             ("POST", re.compile(f"{API}/deal"), self._create_deal),
             ("GET", re.compile(f"{API}/deal/extraFields"), self._deal_fields),
             ("GET", re.compile(rf"{API}/deal/(\d+)"), self._get_deal),
@@ -219,6 +270,25 @@ class FakeMegaplan(OAuthFake, FakeService):
         with self._lock:
             return dict(self._deals[int(deal_id)])
 
+    def companies(self) -> list[JSONDict]:
+        with self._lock:
+            return [dict(c) for c in self._companies.values()]
+
+    def offers(self) -> list[JSONDict]:
+        with self._lock:
+            return [dict(o) for o in self._offers.values()]
+
+    def add_company(self, name: str, *, inn: str = "") -> int:
+        """A company a manager typed, its INN in the example's extra field."""
+        fields = {f"{COMPANY_CATEGORY}Inn": inn} if inn else {}
+        with self._lock:
+            return self._store_company({"name": name, **fields})
+
+    def human_company(self, human_id: int | str) -> str | None:
+        with self._lock:
+            company = self._humans[int(human_id)].get("company")
+        return str(company["id"]) if isinstance(company, dict) else None
+
     def comments(self, deal_id: int | str) -> list[str]:
         with self._lock:
             return [str(c["content"]) for c in self._comments.get(int(deal_id), [])]
@@ -293,7 +363,8 @@ class FakeMegaplan(OAuthFake, FakeService):
 
     def _list_contractors(self, request: FakeRequest) -> FakeResponse:
         params = self._params(request)
-        hits = list(self._humans.values())
+        # The generic list holds people and companies alike (§3.3).
+        hits = [*self._humans.values(), *self._companies.values()]
         query = params.get("q")
         if isinstance(query, str) and query.strip():
             hits = [h for h in hits if self._matches(h, query.strip().lower())]
@@ -307,6 +378,8 @@ class FakeMegaplan(OAuthFake, FakeService):
     def _matches(human: JSONDict, query: str) -> bool:
         """A substring of the name, of an e-mail, or of a phone's digits."""
         name = f"{human.get('firstName', '')} {human.get('lastName', '')}".lower()
+        if human.get("contentType") == "ContractorCompany":
+            name = str(human.get("name") or "").lower()
         if query in name:
             return True
         for info in human.get("contactInfo") or ():
@@ -318,9 +391,15 @@ class FakeMegaplan(OAuthFake, FakeService):
                 return True
         return False
 
-    def _filtered(self, human: JSONDict, crm_filter: Any) -> bool:
+    def _filtered(
+        self,
+        human: JSONDict,
+        crm_filter: Any,
+        fields: Mapping[str, Any] = HUMAN_FIELDS,
+        kind: str = "CrmFilter",
+    ) -> bool:
         try:
-            assert crm_filter["contentType"] == "CrmFilter"
+            assert crm_filter["contentType"] == kind
             group = crm_filter["config"]["termGroup"]
             assert group["contentType"] == "FilterTermGroup"
             terms = group["terms"]
@@ -329,7 +408,7 @@ class FakeMegaplan(OAuthFake, FakeService):
         results = []
         for term in terms:
             field = term.get("field")
-            if field not in HUMAN_FIELDS or term.get("comparison") != "equals":
+            if field not in fields or term.get("comparison") != "equals":
                 raise refusal(422, f"filter: cannot filter by {field}", "filter")
             results.append(str(human.get(field) or "") == str(term.get("value")))
         return all(results) if group.get("join", "and") == "and" else any(results)
@@ -347,22 +426,143 @@ class FakeMegaplan(OAuthFake, FakeService):
             raise refusal(404, f"ContractorHuman {human_id} not found")
         changes = self._entity(request, "ContractorHuman")
         self._check_fields(changes, HUMAN_FIELDS)
+        self._check_company_link(changes)
         human.update({k: v for k, v in changes.items() if k != "id"})
         return FakeResponse(200, envelope(human))
 
     def _store_human(self, body: JSONDict) -> int:
         self._check_fields(body, HUMAN_FIELDS)
+        self._check_company_link(body)
         human_id = next(self._ids)
         self._humans[human_id] = {**body, "contentType": "ContractorHuman", "id": str(human_id)}
         return human_id
 
+    def _check_company_link(self, body: JSONDict) -> None:
+        company = self._link(body, "company", "ContractorCompany")
+        if company is not None and int(company) not in self._companies:
+            raise refusal(422, f"company {company} not found", "company")
+
+    # ---- routes: companies and offers -----------------------------------------------
+
+    def _list_companies(self, request: FakeRequest) -> FakeResponse:
+        params = self._params(request)
+        hits = list(self._companies.values())
+        query = params.get("q")
+        if isinstance(query, str) and query.strip():
+            # `q` goes through a search index (it "returns empty on a fresh account: the
+            # index is not built", §3.3): word by word, not one substring.
+            words = query.lower().split()
+            hits = [c for c in hits if all(w in str(c.get("name", "")).lower() for w in words)]
+        if "filter" in params:
+            hits = [c for c in hits if self._filtered(c, params["filter"], COMPANY_FIELDS)]
+        limit = int(params.get("limit") or 100)
+        return FakeResponse(200, envelope(hits[:limit], limit=limit, hasMoreNext=len(hits) > limit))
+
+    def _create_company(self, request: FakeRequest) -> FakeResponse:
+        body = self._entity(request, "ContractorCompany")
+        if not str(body.get("name") or "").strip():
+            raise refusal(422, "a company needs a name", "name")
+        company_id = self._store_company(body)
+        return FakeResponse(200, envelope(self._companies[company_id]))
+
+    def _store_company(self, body: JSONDict) -> int:
+        self._check_fields(body, COMPANY_FIELDS)
+        company_id = next(self._ids)
+        self._companies[company_id] = {
+            **body,
+            "contentType": "ContractorCompany",
+            "id": str(company_id),
+        }
+        return company_id
+
+    def _company_fields(self, request: FakeRequest) -> FakeResponse:
+        return FakeResponse(200, envelope(self._fields_json(COMPANY_FIELDS)))
+
+    def _list_offers(self, request: FakeRequest) -> FakeResponse:
+        params = self._params(request)
+        hits = list(self._offers.values())
+        if "filter" in params:
+            articles = {"article": ("StringField", (), False)}
+            hits = [o for o in hits if self._filtered(o, params["filter"], articles, "OfferFilter")]
+        limit = int(params.get("limit") or 100)
+        return FakeResponse(200, envelope(hits[:limit], limit=limit, hasMoreNext=len(hits) > limit))
+
+    def _create_offer(self, request: FakeRequest) -> FakeResponse:
+        body = self._entity(request, "Offer")
+        if not str(body.get("name") or "").strip():
+            raise refusal(422, "an offer needs a name", "name")
+        self._check_money(body.get("price"), "price")  # required (RAML Offer.price)
+        offer_id = next(self._ids)
+        self._offers[offer_id] = {**body, "id": str(offer_id)}
+        return FakeResponse(200, envelope(self._offers[offer_id]))
+
+    @staticmethod
+    def _check_money(value: Any, field: str) -> None:
+        if not (
+            isinstance(value, dict)
+            and value.get("contentType") == "Money"
+            and isinstance(value.get("value"), int | float)
+            and not isinstance(value.get("value"), bool)
+        ):
+            raise refusal(422, f"{field}: not a Money value", field)
+
+    def _positions(self, rows: Any) -> list[JSONDict]:
+        """OfferRows as an update carries them: each names an existing offer."""
+        if not isinstance(rows, list):
+            raise refusal(422, "positions: a list of OfferRow", "positions")
+        stored = []
+        for row in rows:
+            if not isinstance(row, dict) or row.get("contentType") != "OfferRow":
+                raise refusal(422, "positions: a list of OfferRow", "positions")
+            offer = self._link(row, "offer", "Offer")
+            if offer is None or int(offer) not in self._offers:
+                raise refusal(422, f"positions: offer {offer} not found", "positions")
+            quantity = row.get("quantity")
+            if not isinstance(quantity, int | float) or isinstance(quantity, bool) or quantity <= 0:
+                raise refusal(422, "positions: quantity must be a positive number", "positions")
+            self._check_money(row.get("price"), "positions")
+            stored.append({**row, "id": str(next(self._ids))})
+        return stored
+
     # ---- routes: deals --------------------------------------------------------------
+
+    def _view(self, deal: JSONDict) -> JSONDict:
+        """A deal as read: its result and the transitions its state allows."""
+        state = int(deal["state"]["id"])
+        program = int(deal["program"]["id"])
+        possible = [
+            {
+                "contentType": "ProgramTransition",
+                "id": transition_id,
+                "from": {"contentType": "ProgramState", "id": str(origin)},
+                "to": {"contentType": "ProgramState", "id": str(target)},
+                "enabled": True,
+            }
+            for transition_id, origin, target in transitions(program)
+            if origin == state
+        ]
+        return {**deal, "result": state_type(state), "possibleTransitions": possible}
+
+    def _apply_transition(self, request: FakeRequest, deal_id: str) -> FakeResponse:
+        deal = self._deals.get(int(deal_id))
+        if deal is None:
+            raise refusal(404, f"Deal {deal_id} not found")
+        body = self._entity(request, "ProgramTransition")
+        chosen = next(
+            (t for t in self._view(deal)["possibleTransitions"] if t["id"] == str(body.get("id"))),
+            None,
+        )
+        if chosen is None:
+            raise refusal(422, f"transition {body.get('id')} is not possible now", "transition")
+        deal["state"] = {"contentType": "ProgramState", "id": chosen["to"]["id"]}
+        deal["timeUpdated"] = _iso(self.clock())
+        return FakeResponse(200, envelope(self._view(deal)))
 
     def _contractor_deals(self, request: FakeRequest, human_id: str) -> FakeResponse:
         if int(human_id) not in self._humans:
             raise refusal(404, f"Contractor {human_id} not found")
         params = self._params(request)
-        mine = [d for d in self._deals.values() if d["contractor"]["id"] == human_id]
+        mine = [self._view(d) for d in self._deals.values() if d["contractor"]["id"] == human_id]
         mine.sort(key=lambda d: (d["timeUpdated"]["value"], int(d["id"])), reverse=True)
         after = params.get("pageAfter")
         if isinstance(after, dict):
@@ -377,7 +577,7 @@ class FakeMegaplan(OAuthFake, FakeService):
         deal = self._deals.get(int(deal_id))
         if deal is None:
             raise refusal(404, f"Deal {deal_id} not found")
-        return FakeResponse(200, envelope(deal))
+        return FakeResponse(200, envelope(self._view(deal)))
 
     def _create_deal(self, request: FakeRequest) -> FakeResponse:
         body = self._entity(request, "Deal")
@@ -390,6 +590,8 @@ class FakeMegaplan(OAuthFake, FakeService):
         contractor = self._link(body, "contractor", "ContractorHuman")
         if contractor is not None and int(contractor) not in self._humans:
             raise refusal(422, f"contractor {contractor} not found", "contractor")
+        if "positions" in body:
+            body = {**body, "positions": self._positions(body["positions"])}
         self._check_fields(body, DEAL_FIELDS)
         deal_id = next(self._ids)
         self._deals[deal_id] = {
@@ -406,11 +608,15 @@ class FakeMegaplan(OAuthFake, FakeService):
             raise refusal(404, f"Deal {deal_id} not found")
         changes = self._entity(request, "Deal")
         self._check_fields(changes, DEAL_FIELDS)
+        if "positions" in changes:
+            changes = {**changes, "positions": self._positions(changes["positions"])}
+        if "price" in changes:
+            self._check_money(changes["price"], "price")
         # `state` is not changed by an update: only a transition moves a deal (§3.6).
         ignored = ("id", "state", "contentType")
         deal.update({k: v for k, v in changes.items() if k not in ignored})
         deal["timeUpdated"] = _iso(self.clock())
-        return FakeResponse(200, envelope(deal))
+        return FakeResponse(200, envelope(self._view(deal)))
 
     # ---- routes: comments and schema ------------------------------------------------
 
@@ -498,6 +704,12 @@ class FakeMegaplan(OAuthFake, FakeService):
                 "DateTimeField": isinstance(value, dict)
                 and value.get("contentType") == "DateTime"
                 and isinstance(value.get("value"), str),
+                # DateOnly: the month counts from 0 (RAML DateOnly.month).
+                "DateField": isinstance(value, dict)
+                and value.get("contentType") == "DateOnly"
+                and isinstance(value.get("year"), int)
+                and value.get("month") in range(12)
+                and value.get("day") in range(1, 32),
                 "EnumField": (
                     isinstance(value, list) and all(v in values for v in value)
                     if multiple

@@ -72,7 +72,7 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
     "fields_get": ("allfields", "attributes"),
     "message_post": (),  # keyword-only parameters (§6.9)
     "action_set_won": (),
-    "action_set_lost": ("lost_reason_id",),
+    "action_set_lost": (),  # **additional_values: any lead field, written after archiving
     "action_archive": (),
     "action_unarchive": (),
     "context_get": (),
@@ -84,6 +84,9 @@ RECORD_ACTIONS = {
     "action_archive",
     "action_unarchive",
 }
+# Methods whose parameters are free keywords (message_post's are keyword-only, §6.9;
+# action_set_lost takes `**additional_values`).
+VAR_KEYWORDS = {"message_post", "action_set_lost"}
 OPERATION_WORDS = {"read": "access", "write": "modify", "create": "create", "unlink": "delete"}
 METHOD_OPERATION = {
     "search": "read",
@@ -290,7 +293,7 @@ class FakeOdoo(FakeService):
 
     def set_lost(self, lead_id: int, reason_id: int | None = 1) -> None:
         with self._lock:
-            self.db.set_lost([lead_id], reason_id)
+            self.db.set_lost([lead_id], {"lost_reason_id": reason_id} if reason_id else None)
 
     def move_lead(self, lead_id: int, stage_id: int, *, at: float | None = None) -> None:
         with self._lock:
@@ -417,7 +420,7 @@ class FakeOdoo(FakeService):
                     "builtins.TypeError", f"{method}() got multiple values for argument {key!r}"
                 )
             params[key] = value
-        if method not in ("message_post",):
+        if method not in VAR_KEYWORDS:
             unknown = sorted(set(params) - set(names))
             if unknown:
                 raise OdooFault(
@@ -476,7 +479,7 @@ class FakeOdoo(FakeService):
                 [],
             )
         names = set(SIGNATURES[method])
-        unknown = sorted(set(params) - names) if method != "message_post" else []
+        unknown = sorted(set(params) - names) if method not in VAR_KEYWORDS else []
         if unknown:
             # inspect.signature().bind mismatch → UnprocessableEntity (odoo/odoo#197801)
             return _json2_error(
@@ -594,7 +597,7 @@ class FakeOdoo(FakeService):
         if method == "action_set_won":
             return db.set_won(ids)
         if method == "action_set_lost":
-            db.set_lost(ids, params.get("lost_reason_id"))
+            db.set_lost(ids, params)
             return None
         if method in ("action_archive", "action_unarchive"):
             db.write(model, ids, {"active": method == "action_unarchive"})
@@ -715,7 +718,22 @@ EXAMPLE_FIELD_TYPES = {
     "invoice_id": ("char", ""),
     "total_paid": ("float", ""),
     "purchase_count": ("integer", ""),
+    # Orders (`order_fields`): dates are date fields, the rest text.
+    "installation_date": ("date", ""),
+    "dismantle_date": ("date", ""),
+    "comment": ("text", ""),
 }
+
+
+ORDER_FIELD_KEYS = (
+    "order_id",
+    "order_status",
+    "installation_date",
+    "dismantle_date",
+    "delivery_method",
+    "delivery_address",
+    "comment",
+)
 
 
 def example_config(**changes: Any) -> CrmConfig:
@@ -746,10 +764,19 @@ def example_odoo(config: CrmConfig | None = None, **kwargs: Any) -> FakeOdoo:
     names_by_tag = {int(v): k for k, v in config.subjects.items()}
     for tag_id in range(1, (max(tags) if tags else 0) + 1):
         fake.add_tag(names_by_tag.get(tag_id, f"Tag {tag_id}"))
-    deal_ids = config.deal_fields.model_dump()
+    # The order fields of the example's commented [crm.odoo.order_fields] exist too, so a
+    # section switched to orders (the order scenarios) finds them.
+    example_orders = {key: f"x_{key}" for key in ORDER_FIELD_KEYS}
+    deal_ids = {
+        **config.deal_fields.model_dump(),
+        **example_orders,
+        **config.order_fields.model_dump(exclude={"company_inn"}, exclude_none=True),
+    }
+    made: set[str] = set()
     for key, field_name in deal_ids.items():
-        if not field_name or not field_name.startswith("x_"):
+        if not field_name or not field_name.startswith("x_") or field_name in made:
             continue
+        made.add(field_name)
         ttype, relation = EXAMPLE_FIELD_TYPES.get(key, ("char", ""))
         selection = (
             [(str(v), k) for k, v in config.directions.items()] if key == "direction" else []

@@ -19,7 +19,12 @@ nothing, Odoo's source as cited in place:
   wrapped in <p> (tools.plaintext2html, §8.46); `body_is_html` keeps it (§8.47);
   lead creation and tracked changes post notifications (§8.49);
 - action_set_won (is_won stage, probability 100) and action_set_lost (archived,
-  probability 0, stage unchanged, None returned §6.7); won_status computed.
+  probability 0, stage unchanged, None returned §6.7) writing its `**additional_values`
+  afterwards (addons/crm/models/crm_lead.py `action_set_lost`); won_status computed;
+- companies: res.partner with `is_company` and the built-in `vat` (the INN under the
+  Russian localisation); a person's `parent_id` makes the company its commercial
+  partner, and `vat`, a commercial field, is synced from the company to its people
+  (odoo/addons/base/models/res_partner.py `_commercial_fields`, `_fields_sync`).
 
 Errors are `OdooFault(name, message, http_status)`; the HTTP side (`tests.fakes.odoo`)
 renders them as JSON-RPC or JSON-2 answers.
@@ -171,6 +176,7 @@ class OdooDb:
             ("is_company", "boolean", "Is a Company"),
             ("phone", "char", "Phone"),
             ("email", "char", "Email"),
+            ("vat", "char", "Tax ID"),
             ("country_id", "many2one", "Country", "res.country"),
             ("parent_id", "many2one", "Related Company", "res.partner"),
             ("commercial_partner_id", "many2one", "Commercial Entity", "res.partner"),
@@ -829,6 +835,15 @@ class OdooDb:
     def _computed_on_write(self, model: Model, row: Record) -> None:
         if model.name == "res.partner":
             self._partner_computed(row)
+            self._sync_children(row)
+
+    def _sync_children(self, row: Record) -> None:
+        """A company's commercial fields (`vat` here) written down to its people."""
+        if not row.get("is_company"):
+            return
+        for child in self.models["res.partner"].rows.values():
+            if child.get("parent_id") == row["id"]:
+                child["vat"] = row.get("vat") or False
 
     def _partner_computed(self, row: Record) -> None:
         email = row.get("email")
@@ -836,6 +851,8 @@ class OdooDb:
         if self.sms_installed:
             row["phone_sanitized"] = _sanitized(row.get("phone")) or _sanitized(row.get("mobile"))
         parent = row.get("parent_id")
+        if parent and not row.get("is_company"):
+            row["vat"] = self.models["res.partner"].rows[parent].get("vat") or False
         row["commercial_partner_id"] = (
             row["id"]
             if row.get("is_company") or not parent
@@ -884,15 +901,21 @@ class OdooDb:
             self.post("crm.lead", record_id, "crm.mt_lead_won", "notification", "")
         return True
 
-    def set_lost(self, ids: Sequence[int], lost_reason_id: int | None = None) -> None:
+    def set_lost(self, ids: Sequence[int], additional: Mapping[str, JSON] | None = None) -> None:
+        """action_archive (toggle_active: probability 0), then `write(additional)`."""
         leads = self.models["crm.lead"]
+        missing = [i for i in ids if i not in leads.rows]
+        if missing:
+            raise missing_error("crm.lead", missing, self.uid)
+        clean = self._checked(leads, dict(additional or {}))
         for record_id in ids:
             row = leads.rows[record_id]
             row["active"] = False
             row["probability"] = 0.0
-            row["lost_reason_id"] = lost_reason_id or False
             row["write_date"] = self.now()
             self.post("crm.lead", record_id, "crm.mt_lead_lost", "notification", "")
+        if clean:
+            self.write(leads, ids, clean)
 
     def post(
         self,

@@ -1,5 +1,6 @@
-"""A stateful fake of Pipedrive's API (v2 persons, deals, search, pipelines, stages and
-fields; v1 notes; the OAuth token endpoint): one company, its persons, deals and notes.
+"""A stateful fake of Pipedrive's API (v2 persons, deals, organizations, products, deal
+products, search, pipelines, stages and fields; v1 notes; the OAuth token endpoint): one
+company, its persons, deals, organizations, products and notes.
 
 It answers like the real API where the bridge depends on it:
 - `GET /api/v2/persons/search` searches one `term` in the chosen `fields` (name, email,
@@ -16,6 +17,17 @@ It answers like the real API where the bridge depends on it:
   custom-field key, an option id the field lacks, a string for a number, an unknown
   pipeline, stage or person → 400 `{"success": false, "error": "Validation failed: …"}`;
 - notes (v1) keep their HTML `content` (scripts stripped, as Pipedrive sanitises);
+- organizations: `GET /api/v2/organizations/search` like persons' (name, custom_fields of
+  text-like types; exact or substring, any case); a person belongs to one organization
+  (`org_id`), a deal to one (`org_id`), both set on create or by PATCH;
+- products: `GET /api/v2/products/search` (code, name; exact or substring, any case),
+  `POST /api/v2/products`; a deal's products are attachments of catalog products
+  (`POST /api/v2/deals/{id}/products/bulk`, at most 100, all checked before any is
+  attached: an unknown product → 400 and nothing attached), detached by
+  `DELETE /api/v2/deals/{id}/products` (without `ids`: every one, 100 per call, with
+  `more_items_in_collection`) [SPEC v2 /deals/{id}/products, /deals/{id}/products/bulk];
+  a deal with products takes its value from them (their sum);
+- a deal's status `lost` is set by PATCH with any stage (`lost_reason` kept);
 - credentials: `x-api-token` header (never `?api_token=`) or `Authorization: Bearer` with
   an access token that expires by `clock` → 401. OAuth refresh tokens are reused, as
   Pipedrive documents (`rotate_refresh_tokens=True` makes them single-use);
@@ -23,7 +35,9 @@ It answers like the real API where the bridge depends on it:
   429. Bursts: more than `rate_limit` requests in any 2 s, or more than 10 searches, →
   429 with `x-ratelimit-limit/remaining/reset` and no `Retry-After`.
 
-Set up and inspect (no call is logged): `add_person`, `delete_person`, `add_deal`,
+Set up and inspect (no call is logged): `add_organization`, `organizations()`,
+`deal_org`, `person_orgs`, `add_product`, `delete_product`, `products()`,
+`deal_products(deal)`, `add_person`, `delete_person`, `add_deal`,
 `move_deal`, `add_note`, `persons()`, `person(id)`, `deals()`, `deal(id)`,
 `notes(deal_id)` (raw HTML), `deal_field`, `person_field`, `tokens_used`. Credentials:
 `issue_api_token()`, `revoke_api_tokens()`, `issue_oauth_pair(ttl)`, `register_code(code)`,
@@ -42,6 +56,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -59,7 +74,13 @@ from tests.fakes.service import (
 )
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "crm-pipedrive.example.toml"
-SEARCH_PATHS = ("/api/v2/persons/search", "/api/v2/itemSearch")
+SEARCH_PATHS = (
+    "/api/v2/persons/search",
+    "/api/v2/itemSearch",
+    "/api/v2/organizations/search",
+    "/api/v2/products/search",
+)
+MAX_BULK = 100
 DEAL_STATUSES = ("open", "won", "lost", "deleted")
 INFO = "Please check developers.pipedrive.com for more information about Pipedrive API."
 
@@ -74,6 +95,36 @@ class PersonRec:
     update_time: float
     custom: dict[str, Any] = field(default_factory=dict)
     is_deleted: bool = False
+    org_id: int | None = None
+
+
+@dataclass
+class OrgRec:
+    id: int
+    name: str
+    add_time: float
+    update_time: float
+    custom: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ProductRec:
+    id: int
+    name: str
+    code: str
+    prices: list[JSONDict]
+    is_deleted: bool = False
+
+
+@dataclass
+class DealProductRec:
+    id: int
+    deal_id: int
+    product_id: int
+    name: str
+    item_price: float
+    quantity: float
+    comments: str = ""
 
 
 @dataclass
@@ -90,6 +141,8 @@ class DealRec:
     currency: str = "RUB"
     custom: dict[str, Any] = field(default_factory=dict)
     is_deleted: bool = False
+    org_id: int | None = None
+    lost_reason: str | None = None
 
 
 @dataclass
@@ -143,6 +196,9 @@ class FakePipedrive(OAuthFake, FakeService):
         self._persons: dict[int, PersonRec] = {}
         self._deals: dict[int, DealRec] = {}
         self._notes: dict[int, list[NoteRec]] = {}
+        self._orgs: dict[int, OrgRec] = {}
+        self._products: dict[int, ProductRec] = {}
+        self._deal_products: dict[int, DealProductRec] = {}
         self._api_tokens: set[str] = set()
         # A refresh answers the same refresh token, whose 60-day idle expiry restarts.
         self.tokens = TokenIssuer(
@@ -152,7 +208,8 @@ class FakePipedrive(OAuthFake, FakeService):
             rotates=False,
             idle_expiry=60 * 86400,
         )
-        self._ids = {k: itertools.count(s) for k, s in (("p", 1001), ("d", 2001), ("n", 3001))}
+        starts = (("p", 1001), ("d", 2001), ("n", 3001), ("o", 4001), ("g", 5001), ("a", 6001))
+        self._ids = {k: itertools.count(s) for k, s in starts}
         self._search_window: deque[float] = deque()
         self._spent: dict[int, int] = {}  # UTC day → tokens
         costed = [
@@ -168,6 +225,14 @@ class FakePipedrive(OAuthFake, FakeService):
             ("GET", r"/api/v2/stages", self._stages, 5),
             ("GET", r"/api/v2/dealFields", self._deal_fields, 10),
             ("GET", r"/api/v2/personFields", self._person_fields, 10),
+            ("GET", r"/api/v2/organizations/search", self._search_orgs, 20),
+            ("POST", r"/api/v2/organizations", self._create_org, 5),
+            ("GET", r"/api/v2/organizationFields", self._org_fields, 10),
+            ("GET", r"/api/v2/products/search", self._search_products, 20),
+            ("POST", r"/api/v2/products", self._create_product, 5),
+            ("GET", r"/api/v2/deals/(\d+)/products", self._list_deal_products, 10),
+            ("DELETE", r"/api/v2/deals/(\d+)/products", self._delete_deal_products, 15),
+            ("POST", r"/api/v2/deals/(\d+)/products/bulk", self._add_deal_products, 25),
             ("GET", r"(?:/api)?/v1/notes", self._list_notes, 20),
             ("POST", r"(?:/api)?/v1/notes", self._add_note_route, 10),
             ("POST", r"/oauth/token", self._token, 0),
@@ -223,6 +288,61 @@ class FakePipedrive(OAuthFake, FakeService):
     def person_field(self, person_id: int | str, key: str) -> Any:
         with self._lock:
             return self._persons[int(person_id)].custom.get(key)
+
+    def add_organization(self, name: str, inn: str = "") -> int:
+        """An organization as a manager would have typed it (the INN in its field)."""
+        inn_field = self.config.order_fields.company_inn
+        with self._lock:
+            now = self.clock()
+            org = OrgRec(next(self._ids["o"]), name, now, now)
+            if inn and inn_field:
+                org.custom[inn_field] = inn
+            self._orgs[org.id] = org
+            return org.id
+
+    def organizations(self) -> list[JSONDict]:
+        with self._lock:
+            return [self._org_json(org) for org in self._orgs.values()]
+
+    def deal_org(self, deal_id: int | str) -> str | None:
+        with self._lock:
+            org_id = self._deals[int(deal_id)].org_id
+            return None if org_id is None else str(org_id)
+
+    def person_orgs(self, person_id: int | str) -> set[str]:
+        """The person's organization as a set (a person has at most one)."""
+        with self._lock:
+            org_id = self._persons[int(person_id)].org_id
+            return set() if org_id is None else {str(org_id)}
+
+    def add_product(self, name: str, code: str, price: float = 0) -> int:
+        with self._lock:
+            prices = [{"currency": "RUB", "price": price}]
+            product = ProductRec(next(self._ids["g"]), name, code, prices)
+            self._products[product.id] = product
+            return product.id
+
+    def delete_product(self, product_id: int) -> None:
+        with self._lock:
+            self._products[product_id].is_deleted = True
+
+    def products(self) -> list[JSONDict]:
+        with self._lock:
+            return [self._product_json(p) for p in self._products.values() if not p.is_deleted]
+
+    def deal_products(self, deal_id: int | str) -> list[tuple[str, Decimal, Decimal]]:
+        """The deal's attached products as (name as ordered, quantity, unit price)."""
+        with self._lock:
+            return [
+                (a.comments or a.name, Decimal(str(a.quantity)), Decimal(str(a.item_price)))
+                for a in self._deal_products.values()
+                if a.deal_id == int(deal_id)
+            ]
+
+    def _deal_products_json(self, deal_id: int | str) -> list[JSONDict]:
+        with self._lock:
+            attached = self._deal_products.values()
+            return [self._attachment_json(a) for a in attached if a.deal_id == int(deal_id)]
 
     def add_person(
         self,
@@ -465,6 +585,8 @@ class FakePipedrive(OAuthFake, FakeService):
                 if not ok:
                     raise validation_error(f"{key} must be an array of {{value, primary, label}}")
                 changes[key] = [dict(e) for e in entries]
+        if "org_id" in body:
+            changes["org_id"] = self._org_ref(body["org_id"])
         changes["custom"] = self.company.parse_custom_fields("person", body.get("custom_fields"))
         return changes
 
@@ -472,6 +594,7 @@ class FakePipedrive(OAuthFake, FakeService):
         person.name = changes.get("name", person.name)
         person.phones = changes.get("phones", person.phones)
         person.emails = changes.get("emails", person.emails)
+        person.org_id = changes.get("org_id", person.org_id)
         _merge(person.custom, changes["custom"])
         person.update_time = self.clock()
 
@@ -560,11 +683,23 @@ class FakePipedrive(OAuthFake, FakeService):
             if not isinstance(body["currency"], str):
                 raise validation_error("currency must be a string")
             changes["currency"] = body["currency"]
+        changes.update(self._parse_deal_links(body))
         changes["custom"] = self.company.parse_custom_fields("deal", body.get("custom_fields"))
         return changes
 
+    def _parse_deal_links(self, body: JSONDict) -> JSONDict:
+        """A deal write's organization and lost reason."""
+        changes: JSONDict = {}
+        if "org_id" in body:
+            changes["org_id"] = self._org_ref(body["org_id"])
+        if "lost_reason" in body:
+            if not isinstance(body["lost_reason"], str | None):
+                raise validation_error("lost_reason must be a string")
+            changes["lost_reason"] = body["lost_reason"]
+        return changes
+
     def _apply_deal(self, deal: DealRec, changes: JSONDict) -> None:
-        for key in ("title", "person_id", "value", "status", "currency"):
+        for key in ("title", "person_id", "value", "status", "currency", "org_id", "lost_reason"):
             if key in changes:
                 setattr(deal, key, changes[key])
         _merge(deal.custom, changes.get("custom", {}))
@@ -582,6 +717,163 @@ class FakePipedrive(OAuthFake, FakeService):
         if pipeline_id is not None and stage.pipeline_id != pipeline_id:
             raise validation_error(f"stage {stage_id} is not in pipeline {pipeline_id}")
         return stage
+
+    def _org_ref(self, value: Any) -> int | None:
+        """An `org_id` of a write: an existing organization's id, or null to unlink."""
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value not in self._orgs:
+            raise validation_error(f"organization {value!r} does not exist")
+        return value
+
+    # ---- routes: organizations, products, deal products -----------------------------
+
+    def _search_orgs(self, request: FakeRequest) -> FakeResponse:
+        allowed = ("address", "custom_fields", "notes", "name")
+        term, exact, fields = _search_terms(request, allowed)
+
+        def values(org: OrgRec) -> list[str]:
+            found = [org.name] if "name" in fields else []
+            if "custom_fields" in fields:
+                found += self.company.searchable_values("organization", org.custom)
+            return found
+
+        hits = [org for org in self._orgs.values() if _hit(values(org), term, exact)]
+        items = [{"result_score": 1.0, "item": self._org_search_item(org)} for org in hits]
+        chunk, cursor = _cursor_page(request, items)
+        return _ok({"items": chunk}, {"next_cursor": cursor})
+
+    def _create_org(self, request: FakeRequest) -> FakeResponse:
+        body = request.json()
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            raise validation_error("name is required")
+        if not body["name"].strip():
+            raise validation_error("name is required")
+        custom = self.company.parse_custom_fields("organization", body.get("custom_fields"))
+        now = self.clock()
+        org = OrgRec(next(self._ids["o"]), body["name"], now, now)
+        _merge(org.custom, custom)
+        self._orgs[org.id] = org
+        return _ok(self._org_json(org))
+
+    def _org_fields(self, request: FakeRequest) -> FakeResponse:
+        chunk, cursor = _cursor_page(request, self.company.fields_json("organization"))
+        return _ok(chunk, {"next_cursor": cursor})
+
+    def _search_products(self, request: FakeRequest) -> FakeResponse:
+        term, exact, fields = _search_terms(request, ("code", "custom_fields", "name"))
+
+        def values(product: ProductRec) -> list[str]:
+            return [v for f, v in (("code", product.code), ("name", product.name)) if f in fields]
+
+        hits = [
+            p for p in self._products.values() if not p.is_deleted and _hit(values(p), term, exact)
+        ]
+        items = [{"result_score": 1.0, "item": self._product_search_item(p)} for p in hits]
+        chunk, cursor = _cursor_page(request, items)
+        return _ok({"items": chunk}, {"next_cursor": cursor})
+
+    def _create_product(self, request: FakeRequest) -> FakeResponse:
+        body = request.json()
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            raise validation_error("name is required")
+        if not body["name"]:
+            raise validation_error("name cannot be an empty string")
+        code = body.get("code", "")
+        prices = body.get("prices", [])
+        if not isinstance(code, str) or not isinstance(prices, list):
+            raise validation_error("code must be a string, prices an array")
+        for price in prices:
+            ok = isinstance(price, dict) and isinstance(price.get("currency"), str)
+            if not ok or not is_number(price.get("price")):
+                raise validation_error("prices: objects with currency and a numeric price")
+        if len({price["currency"] for price in prices}) != len(prices):
+            raise validation_error("one price per currency")
+        product = ProductRec(next(self._ids["g"]), body["name"], code, [dict(p) for p in prices])
+        self._products[product.id] = product
+        return _ok(self._product_json(product))
+
+    def _live_deal(self, deal_id: str) -> DealRec:
+        deal = self._deals.get(int(deal_id))
+        if deal is None or deal.is_deleted:
+            raise not_found("Deal")
+        return deal
+
+    def _list_deal_products(self, request: FakeRequest, deal_id: str) -> FakeResponse:
+        deal = self._live_deal(deal_id)
+        attached = [a for a in self._deal_products.values() if a.deal_id == deal.id]
+        chunk, cursor = _cursor_page(request, [self._attachment_json(a) for a in attached])
+        return _ok(chunk, {"next_cursor": cursor})
+
+    def _delete_deal_products(self, request: FakeRequest, deal_id: str) -> FakeResponse:
+        """Without `ids`: the deal's attachments, 100 at most per call ("If not provided,
+        all deal products will be deleted up to 100 items") [SPEC v2 DELETE
+        /deals/{id}/products]."""
+        deal = self._live_deal(deal_id)
+        attached = [a.id for a in self._deal_products.values() if a.deal_id == deal.id]
+        raw = request.one("ids")
+        if raw:
+            wanted = [int(part) for part in raw.split(",") if part.strip().isdigit()]
+            if len(wanted) > MAX_BULK:
+                raise validation_error(f"ids: at most {MAX_BULK}")
+            chosen = [i for i in wanted if i in attached]
+        else:
+            chosen = attached[:MAX_BULK]
+        for attachment_id in chosen:
+            del self._deal_products[attachment_id]
+        self._value_from_products(deal)
+        more = len(attached) - len(chosen) > 0 and not raw
+        body = {"success": True, "data": {"ids": chosen}}
+        return FakeResponse(200, {**body, "additional_data": {"more_items_in_collection": more}})
+
+    def _add_deal_products(self, request: FakeRequest, deal_id: str) -> FakeResponse:
+        deal = self._live_deal(deal_id)
+        body = request.json()
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list) or not 0 < len(data) <= MAX_BULK:
+            raise validation_error(f"data: an array of 1 to {MAX_BULK} products")
+        checked = [self._checked_attachment(entry) for entry in data]
+        created = []
+        for product, entry in checked:
+            attachment = DealProductRec(
+                next(self._ids["a"]),
+                deal.id,
+                product.id,
+                product.name,
+                entry["item_price"],
+                entry["quantity"],
+                str(entry.get("comments") or ""),
+            )
+            self._deal_products[attachment.id] = attachment
+            created.append(self._attachment_json(attachment))
+        self._value_from_products(deal)
+        return FakeResponse(201, {"success": True, "data": created})
+
+    def _value_from_products(self, deal: DealRec) -> None:
+        """A deal with products takes its value from them: the sum of the enabled ones
+        (a disabled product is "refrained from being included in the deal value
+        calculation" [github.com/pipedrive/client-nodejs docs/UpdateDealProduct.md
+        `enabled_flag`]; the fake attaches only enabled ones, without discount or tax).
+        Without products the value is left as it was."""
+        attached = [a for a in self._deal_products.values() if a.deal_id == deal.id]
+        if attached:
+            deal.value = sum(a.item_price * a.quantity for a in attached)
+        deal.update_time = self.clock()
+
+    def _checked_attachment(self, entry: Any) -> tuple[ProductRec, JSONDict]:
+        if not isinstance(entry, dict):
+            raise validation_error("each product is an object")
+        for key in ("product_id", "item_price", "quantity"):
+            if key not in entry:
+                raise validation_error(f"{key} is required")
+        product = self._products.get(entry["product_id"])
+        if product is None or product.is_deleted:
+            raise validation_error(f"product {entry['product_id']!r} does not exist")
+        if not is_number(entry["item_price"]) or not is_number(entry["quantity"]):
+            raise validation_error("item_price and quantity must be numbers")
+        if "comments" in entry and not isinstance(entry["comments"], str):
+            raise validation_error("comments must be a string")
+        return product, entry
 
     # ---- routes: notes (v1), pipelines, fields, OAuth -------------------------------
 
@@ -716,7 +1008,7 @@ class FakePipedrive(OAuthFake, FakeService):
             "first_name": first,
             "last_name": last,
             "owner_id": 1,
-            "org_id": None,
+            "org_id": person.org_id,
             "add_time": rfc3339(person.add_time),
             "update_time": rfc3339(person.update_time),
             "emails": [dict(e) for e in person.emails],
@@ -735,7 +1027,7 @@ class FakePipedrive(OAuthFake, FakeService):
             "title": deal.title,
             "owner_id": 1,
             "person_id": deal.person_id,
-            "org_id": None,
+            "org_id": deal.org_id,
             "pipeline_id": deal.pipeline_id,
             "stage_id": deal.stage_id,
             "value": deal.value,
@@ -747,13 +1039,83 @@ class FakePipedrive(OAuthFake, FakeService):
             "is_archived": False,
             "status": "deleted" if deal.is_deleted else deal.status,
             "probability": None,
-            "lost_reason": None,
+            "lost_reason": deal.lost_reason,
             "visible_to": 3,
             "close_time": rfc3339(deal.update_time) if closed else None,
             "expected_close_date": None,
             "label_ids": [],
             "origin": "API",
             "custom_fields": self._custom_json("deal", deal.custom, keys),
+        }
+
+    def _org_json(self, org: OrgRec) -> JSONDict:
+        return {
+            "id": org.id,
+            "name": org.name,
+            "owner_id": 1,
+            "add_time": rfc3339(org.add_time),
+            "update_time": rfc3339(org.update_time),
+            "is_deleted": False,
+            "visible_to": 3,
+            "label_ids": [],
+            "address": None,
+            "custom_fields": self._custom_json("organization", org.custom, None),
+        }
+
+    def _org_search_item(self, org: OrgRec) -> JSONDict:
+        # Custom-field values come unkeyed, like a person hit's [SPEC organizations/search].
+        return {
+            "id": org.id,
+            "type": "organization",
+            "name": org.name,
+            "address": None,
+            "visible_to": 3,
+            "owner": {"id": 1},
+            "custom_fields": self.company.searchable_values("organization", org.custom),
+            "notes": [],
+        }
+
+    def _product_json(self, product: ProductRec) -> JSONDict:
+        return {
+            "id": product.id,
+            "name": product.name,
+            "code": product.code,
+            "prices": [dict(p) for p in product.prices],
+            "is_deleted": product.is_deleted,
+            "is_linkable": True,
+            "owner_id": 1,
+            "visible_to": 3,
+            "custom_fields": {},
+        }
+
+    def _product_search_item(self, product: ProductRec) -> JSONDict:
+        return {
+            "id": product.id,
+            "type": "product",
+            "name": product.name,
+            "code": product.code,
+            "visible_to": 3,
+            "owner": {"id": 1},
+            "custom_fields": [],
+        }
+
+    def _attachment_json(self, a: DealProductRec) -> JSONDict:
+        return {
+            "id": a.id,
+            "deal_id": a.deal_id,
+            "product_id": a.product_id,
+            "name": a.name,
+            "item_price": a.item_price,
+            "quantity": a.quantity,
+            "sum": a.item_price * a.quantity,
+            "currency": self._deals[a.deal_id].currency,
+            "comments": a.comments,
+            "discount": 0,
+            "discount_type": "percentage",
+            "tax": 0,
+            "tax_method": "inclusive",
+            "is_enabled": True,
+            "billing_frequency": "one-time",
         }
 
     def _note_json(self, note: NoteRec) -> JSONDict:
@@ -771,6 +1133,25 @@ class FakePipedrive(OAuthFake, FakeService):
             "pinned_to_deal_flag": False,
             "user_id": 1,
         }
+
+
+def _search_terms(request: FakeRequest, allowed: tuple[str, ...]) -> tuple[str, bool, list[str]]:
+    """`term`, `exact_match` and `fields` of a v2 search, checked as Pipedrive does."""
+    term = request.one("term")
+    exact = _bool_param(request, "exact_match", default=False)
+    fields = [f for f in request.one("fields", ",".join(allowed)).split(",") if f]
+    if not set(fields) <= set(allowed):
+        raise validation_error(f"fields must be a subset of {', '.join(allowed)}")
+    if len(term.strip()) < (1 if exact else 2):
+        raise validation_error("term must be at least 2 characters (1 with exact_match)")
+    return term, exact, fields
+
+
+def _hit(values: Iterable[str], term: str, exact: bool) -> bool:
+    """`exact_match`: the whole value, any case; otherwise the term anywhere in it."""
+    wanted = term.strip().lower()
+    texts = [value.strip().lower() for value in values]
+    return any(t == wanted if exact else wanted in t for t in texts)
 
 
 def _ok(data: Any, additional: JSONDict | None = None) -> FakeResponse:

@@ -6,10 +6,13 @@ Seeded: one pipeline per configured target (Site 1, Yandex 2, Partners 3 in the 
 with its "Автооплата" stage and a working stage with that id + 1 (2, 4, 6); deal fields of
 the config with Pipedrive types (subjects `set`, direction `enum` with the configured
 option ids, amounts and counts `double`, the date `date`, texts `varchar`); person fields
-for the Telegram id and username (`varchar`). Field keys are the config's 40-character
-hashes. Values are checked the v2 way: numbers must be JSON numbers, options are option
-ids of that field, a `set` takes a non-empty list, `null` clears; anything else, or a key
-the company does not have, is a 400 for the whole request.
+for the Telegram id and username (`varchar`); the order fields (`order_fields`: texts
+`varchar`, the comment `text`, dates `date`) and the organization's INN field (`varchar`,
+so searchable); the rental pipeline and stages the config's `order_stages` name. Field
+keys are the config's 40-character hashes. Values are checked the v2 way: numbers must
+be JSON numbers, options are option ids of that field, a `set` takes a non-empty list,
+`null` clears; anything else, or a key the company does not have, is a 400 for the whole
+request.
 """
 
 from __future__ import annotations
@@ -37,6 +40,24 @@ DEAL_FIELDS: dict[str, tuple[str, str]] = {
     "utm_campaign": ("varchar", "utm_campaign"),
     "utm_term": ("varchar", "utm_term"),
     "utm_content": ("varchar", "utm_content"),
+}
+# order_fields key → (Pipedrive field type, name)
+ORDER_FIELDS: dict[str, tuple[str, str]] = {
+    "order_id": ("varchar", "ID заказа"),
+    "order_status": ("varchar", "Статус заказа"),
+    "installation_date": ("date", "Дата монтажа"),
+    "dismantle_date": ("date", "Дата демонтажа"),
+    "delivery_method": ("varchar", "Способ доставки"),
+    "delivery_address": ("varchar", "Адрес доставки"),
+    "comment": ("text", "Комментарий к заказу"),
+}
+ORDER_STAGE_NAMES = {
+    "new": "Новый заказ",
+    "reserved": "Забронирован",
+    "in_rent": "В аренде",
+    "in_progress": "В работе",
+    "archived": "Архив",
+    "cancelled": "Отменён",
 }
 PERSON_FIELDS = {
     "telegram_id": ("varchar", "Telegram ID"),
@@ -95,7 +116,7 @@ class Company:
     ) -> None:
         self.pipelines = pipelines
         self.stages = stages
-        self.fields = fields  # "deal" | "person" → key → definition
+        self.fields = fields  # "deal" | "person" | "organization" → key → definition
 
     @classmethod
     def from_config(cls, config: CrmConfig) -> Company:
@@ -107,11 +128,26 @@ class Company:
             pipelines[pipeline_id] = PipelineDef(pipeline_id, target.name, len(pipelines) + 1)
             stages[stage_id] = StageDef(stage_id, "Автооплата", pipeline_id, 1)
             stages[stage_id + 1] = StageDef(stage_id + 1, "В работе", pipeline_id, 2)
+        for status, target in config.order_stages.items():
+            pipeline_id, stage_id = int(target.pipeline_id), int(target.status_id)
+            if pipeline_id not in pipelines:
+                pipelines[pipeline_id] = PipelineDef(pipeline_id, "Аренда", len(pipelines) + 1)
+            order_nr = sum(1 for stage in stages.values() if stage.pipeline_id == pipeline_id)
+            name = ORDER_STAGE_NAMES[status]
+            stages.setdefault(stage_id, StageDef(stage_id, name, pipeline_id, order_nr + 1))
         deal: dict[str, FieldDef] = {}
         for name, key in config.deal_fields.model_dump().items():
             if key:
                 kind, label = DEAL_FIELDS[name]
                 deal[key] = FieldDef(key, label, kind)
+        for name, key in config.order_fields.model_dump(exclude={"company_inn"}).items():
+            if key:
+                kind, label = ORDER_FIELDS[name]
+                deal[key] = FieldDef(key, label, kind)
+        organization: dict[str, FieldDef] = {}
+        if config.order_fields.company_inn:
+            key = config.order_fields.company_inn
+            organization[key] = FieldDef(key, "ИНН", "varchar")
         options = (("subjects", config.subjects), ("directions", config.directions))
         for name, mapping in options:
             key = getattr(config.deal_fields, "subjects" if name == "subjects" else "direction")
@@ -122,7 +158,8 @@ class Company:
             for name, key in config.contact_fields.model_dump().items()
             if key
         }
-        return cls(pipelines, stages, {"deal": deal, "person": person})
+        fields = {"deal": deal, "person": person, "organization": organization}
+        return cls(pipelines, stages, fields)
 
     def add_field(self, entity: str, key: str, name: str, kind: str) -> None:
         """Another custom field, as a manager would create it."""
@@ -192,11 +229,11 @@ class Company:
     def fields_json(self, entity: str) -> list[JSONDict]:
         """What GET /api/v2/dealFields and /personFields list: a few system fields, then
         the custom ones."""
-        system = (
-            [("title", "Title", "varchar"), ("value", "Value", "monetary")]
-            if entity == "deal"
-            else [("name", "Name", "varchar"), ("phones", "Phone", "phone")]
-        )
+        system = {
+            "deal": [("title", "Title", "varchar"), ("value", "Value", "monetary")],
+            "person": [("name", "Name", "varchar"), ("phones", "Phone", "phone")],
+            "organization": [("name", "Name", "varchar"), ("address", "Address", "address")],
+        }[entity]
         items = [_field_json(code, name, kind, None, custom=False) for code, name, kind in system]
         for definition in self.fields[entity].values():
             options = [{"id": i, "label": label} for i, label in definition.options.items()]

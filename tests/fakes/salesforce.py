@@ -21,11 +21,19 @@ It answers like Salesforce where the bridge depends on it:
   references, `allOrNone` rolls every write back and answers the other sub-requests 400
   PROCESSING_HALTED; Composite Batch: up to 25 independent sub-requests (Search allowed),
   `haltOnError` → 412 BATCH_PROCESSING_HALTED for the rest;
-- query answers page by `query_batch_size` rows through `nextRecordsUrl`.
+- query answers page by `query_batch_size` rows through `nextRecordsUrl`;
+- sObject Collections (https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_composite_sobjects_collections_create.htm,
+  …_collections_delete.htm): `POST /composite/sobjects` creates up to 200 records of any
+  type, `DELETE /composite/sobjects?ids=…` deletes up to 200; HTTP 200 with one
+  `{id, success, errors}` per record; `allOrNone` rolls every record back when one fails
+  (the others answer ALL_OR_NONE_OPERATION_ROLLED_BACK). Composite takes them as
+  sub-requests.
 
 Set up and inspect (no call is logged, no allocation used): `add_contact`, `add_deal`,
 `move_deal`, `add_note`, `contacts()`, `contact(id)`, `deals()`, `deal(id)`,
-`deal_field`, `contact_field`, `deal_contacts`, `notes(deal)`, `searches()`. Credentials:
+`deal_field`, `contact_field`, `deal_contacts`, `notes(deal)`, `searches()`; orders:
+`add_company`, `companies()`, `add_product` (a Product2 with an entry in a price book),
+`line_items(deal)`. Credentials:
 `private_key_pem` (what the bridge signs with; `private_key_file` holds it),
 `issue_session()`, `expire_sessions()`, `tokens_minted`. `refusals` lists every error
 answered, sub-requests' too (what a conformance check wants empty). Faults, the call log
@@ -52,7 +60,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from bridge.settings import CrmConfig, load_file_config
-from tests.fakes.salesforce_org import ORG_ID, RECORD_TYPES, USER_ID, Org, sf_datetime
+from tests.fakes.salesforce_org import (
+    ACCOUNT_INN,
+    ORG_ID,
+    RECORD_TYPES,
+    STANDARD_PRICEBOOK,
+    USER_ID,
+    Org,
+    sf_datetime,
+)
 from tests.fakes.salesforce_soql import Evaluator, parse_soql, run_sosl, sf_error
 from tests.fakes.service import ApiError, FakeRequest, FakeResponse, FakeService, JSONDict
 
@@ -127,6 +143,8 @@ class FakeSalesforce(FakeService):
                 self._stage_values,
             ),
             ("POST", re.compile(rf"{V}/composite/?"), self._composite),
+            ("POST", re.compile(rf"{V}/composite/sobjects/?"), self._collection_create),
+            ("DELETE", re.compile(rf"{V}/composite/sobjects/?"), self._collection_delete),
             ("POST", re.compile(rf"{V}/composite/batch/?"), self._batch),
         ]
 
@@ -237,6 +255,39 @@ class FakeSalesforce(FakeService):
             return str(
                 self.org.create("Note", {"ParentId": deal_id, "Title": title, "Body": body})["Id"]
             )
+
+    def add_company(self, name: str, inn: str = "", **values: Any) -> str:
+        """An Account as typed in Salesforce, its INN in the configured field."""
+        with self._lock:
+            inn_field = self.config.order_fields.company_inn or ACCOUNT_INN
+            body = {"Name": name, **values}
+            if inn_field and inn:
+                body[inn_field] = inn
+            return str(self.org.create("Account", body, seeded=True)["Id"])
+
+    def companies(self) -> list[JSONDict]:
+        with self._lock:
+            return [_public(row) for row in self.org.rows("Account")]
+
+    def add_product(
+        self, code: str, name: str, price: float, pricebook: str = STANDARD_PRICEBOOK
+    ) -> str:
+        """An active product with an active entry in `pricebook`; returns the entry id."""
+        with self._lock:
+            product = self.org.create(
+                "Product2", {"Name": name, "ProductCode": code, "IsActive": True}
+            )
+            entry = {
+                "Pricebook2Id": pricebook,
+                "Product2Id": product["Id"],
+                "UnitPrice": price,
+                "IsActive": True,
+            }
+            return str(self.org.create("PricebookEntry", entry)["Id"])
+
+    def line_items(self, deal_id: str) -> list[JSONDict]:
+        with self._lock:
+            return [_public(row) for row in self.org.lines_of(deal_id)]
 
     def contacts(self) -> list[JSONDict]:
         with self._lock:
@@ -455,6 +506,73 @@ class FakeSalesforce(FakeService):
         self.org.delete(self.org.canonical_object(sobject), record_id)
         return FakeResponse(204)
 
+    # ---- sObject Collections --------------------------------------------------------
+
+    def _collection_create(self, request: FakeRequest, version: str) -> FakeResponse:
+        body = request.json()
+        _known_keys(body, {"allOrNone", "records"})
+        records = body.get("records")
+        if not isinstance(records, list) or not 0 < len(records) <= 200:
+            raise sf_error(400, "INVALID_INPUT", "records takes 1 to 200 records")
+        all_or_none = body.get("allOrNone") is True
+        before = self.org.snapshot()
+        results: list[JSONDict] = []
+        for record in records:
+            kind = (
+                (record.get("attributes") or {}).get("type") if isinstance(record, dict) else None
+            )
+            if not isinstance(kind, str):
+                raise sf_error(400, "INVALID_INPUT", "each record needs attributes.type")
+            values = {k: v for k, v in record.items() if k != "attributes"}
+            try:
+                row = self.org.create(self.org.canonical_object(kind), values)
+            except ApiError as error:
+                results.append({"success": False, "errors": _collection_errors(error)})
+                continue
+            results.append({"id": row["Id"], "success": True, "errors": []})
+        return FakeResponse(200, self._settled(results, all_or_none, before))
+
+    def _collection_delete(self, request: FakeRequest, version: str) -> FakeResponse:
+        ids = [i for value in request.all("ids") for i in value.split(",") if i]
+        if not 0 < len(ids) <= 200:
+            raise sf_error(400, "INVALID_INPUT", "ids takes 1 to 200 record ids")
+        all_or_none = request.one("allOrNone") == "true"
+        before = self.org.snapshot()
+        results: list[JSONDict] = []
+        for record_id in ids:
+            sobject = next(
+                (name for name, rows in self.org.records.items() if record_id in rows), None
+            )
+            try:
+                if sobject is None:
+                    raise sf_error(404, "ENTITY_IS_DELETED", "entity is deleted")
+                self.org.delete(sobject, record_id)
+            except ApiError as error:
+                results.append(
+                    {"id": record_id, "success": False, "errors": _collection_errors(error)}
+                )
+                continue
+            results.append({"id": record_id, "success": True, "errors": []})
+        return FakeResponse(200, self._settled(results, all_or_none, before))
+
+    def _settled(self, results: list[JSONDict], all_or_none: bool, before: Any) -> list[JSONDict]:
+        """With allOrNone one refused record rolls the others back."""
+        if not all_or_none or all(r["success"] for r in results):
+            return results
+        self.org.restore(before)
+        rolled = [
+            {
+                "statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK",
+                "message": "Record rolled back because not all records were valid and the"
+                " request was using AllOrNone header",
+                "fields": [],
+            }
+        ]
+        return [
+            r if not r["success"] else {**r, "id": None, "success": False, "errors": rolled}
+            for r in results
+        ]
+
     # ---- Composite and Composite Batch ----------------------------------------------
 
     def _composite(self, request: FakeRequest, version: str) -> FakeResponse:
@@ -516,7 +634,7 @@ class FakeSalesforce(FakeService):
             message = f"Invalid reference specified. No value for {missing.args[0]} found."
             return 400, [{"errorCode": "PROCESSING_HALTED", "message": message}], {}
         parts = urlsplit(url)
-        if not re.match(rf"{V}/(sobjects|query)(/|$)", parts.path):
+        if not re.match(rf"{V}/(sobjects|query|composite/sobjects)(/|$)", parts.path):
             message = f"The composite request does not support this resource: {parts.path}"
             return 400, [{"errorCode": "INVALID_INPUT", "message": message}], {}
         return self._dispatch(str(step.get("method", "")).upper(), parts.path, parts.query, body)
@@ -582,6 +700,19 @@ class FakeSalesforce(FakeService):
             [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}],
             {},
         )
+
+
+def _collection_errors(error: ApiError) -> list[JSONDict]:
+    """A record's refusal as sObject Collections word it (`statusCode`, not `errorCode`)."""
+    items = error.response.body if isinstance(error.response.body, list) else []
+    return [
+        {
+            "statusCode": item.get("errorCode"),
+            "message": item.get("message"),
+            "fields": item.get("fields", []),
+        }
+        for item in items
+    ]
 
 
 def _known_keys(value: Any, known: set[str]) -> None:

@@ -1,7 +1,14 @@
 """The fake Salesforce org's data: objects and their describe results, records, and the
 checks Salesforce makes on a write, answered as Salesforce answers them.
 
-Objects: Contact, Opportunity, OpportunityContactRole, Note (what the bridge touches).
+Objects: Contact, Opportunity, OpportunityContactRole, Note (what the bridge touches), and
+for orders Account (with the INN custom field `order_fields.company_inn` names), Product2,
+Pricebook2 (the standard price book `STANDARD_PRICEBOOK` is always there), PricebookEntry
+and OpportunityLineItem. A line item must be of an entry of the opportunity's price book
+(FIELD_INTEGRITY_EXCEPTION otherwise), takes its product's code and name, and the
+opportunity's Amount is the sum of its lines while it has any: a PATCH of Amount then
+answers 204 and changes nothing
+(https://help.salesforce.com/s/articleView?id=004052228&type=1).
 Their fields are the standard ones the bridge reads or writes plus the custom fields of
 the config (types by what each config key holds: subjects a multi-select picklist with the
 `subjects` values, direction a picklist, amounts currency, the count a number, the
@@ -42,7 +49,29 @@ from tests.fakes.salesforce_soql import Row, sf_error
 ORG_ID = "00DQy000000FakeOrg"
 USER_ID = "005Qy000000BridgeU"
 MASTER = "012000000000000AAA"
-PREFIXES = {"Contact": "003", "Opportunity": "006", "OpportunityContactRole": "00K", "Note": "002"}
+PREFIXES = {
+    "Contact": "003",
+    "Opportunity": "006",
+    "OpportunityContactRole": "00K",
+    "Note": "002",
+    "Account": "001",
+    "Product2": "01t",
+    "Pricebook2": "01s",
+    "PricebookEntry": "01u",
+    "OpportunityLineItem": "00k",
+}
+STANDARD_PRICEBOOK = "01sQy00000StdPbAAA"
+# The order fields of the example config (commented there): the org has them anyway.
+ORDER_FIELDS = {
+    "order_id": "Order_Id__c",
+    "order_status": "Order_Status__c",
+    "installation_date": "Installation_Date__c",
+    "dismantle_date": "Dismantle_Date__c",
+    "delivery_method": "Delivery_Method__c",
+    "delivery_address": "Delivery_Address__c",
+    "comment": "Order_Comment__c",
+}
+ACCOUNT_INN = "INN__c"
 
 
 @dataclass(frozen=True)
@@ -200,6 +229,7 @@ def object_fields(config: CrmConfig) -> dict[str, list[FieldDef]]:
         FieldDef("RecordTypeId", "Record Type ID", "reference", reference_to=("RecordType",)),
         FieldDef("AccountId", "Account ID", "reference", reference_to=("Account",)),
         FieldDef("Description", "Description", "textarea", length=32000),
+        FieldDef("Pricebook2Id", "Price Book ID", "reference", reference_to=("Pricebook2",)),
     )
     opportunity.extend(_deal_custom_fields(config))
     role = _system(
@@ -238,6 +268,66 @@ def object_fields(config: CrmConfig) -> dict[str, list[FieldDef]]:
         "Opportunity": opportunity,
         "OpportunityContactRole": role,
         "Note": note,
+        **_order_objects(config),
+    }
+
+
+def _order_objects(config: CrmConfig) -> dict[str, list[FieldDef]]:
+    """Account and the objects of opportunity products, as orders use them."""
+    read_only = {"createable": False, "updateable": False}
+    fixed = {"updateable": False, "required": True}
+    account = _system(
+        _text("Name", "Account Name", 255, required=True),
+        FieldDef("Phone", "Account Phone", "phone", length=40),
+        FieldDef("Website", "Website", "url", length=255),
+    )
+    for inn in dict.fromkeys([config.order_fields.company_inn or ACCOUNT_INN, ACCOUNT_INN]):
+        account.append(_text(inn, "INN", 12))
+    product = _system(
+        _text("Name", "Product Name", 255, required=True),
+        _text("ProductCode", "Product Code", 255),
+        FieldDef("IsActive", "Active", "boolean"),
+    )
+    pricebook = _system(
+        _text("Name", "Price Book Name", 255, required=True),
+        FieldDef("IsActive", "Active", "boolean"),
+        FieldDef("IsStandard", "Is Standard Price Book", "boolean", **read_only),
+    )
+    entry = _system(
+        FieldDef(
+            "Pricebook2Id", "Price Book ID", "reference", reference_to=("Pricebook2",), **fixed
+        ),
+        FieldDef("Product2Id", "Product ID", "reference", reference_to=("Product2",), **fixed),
+        FieldDef("UnitPrice", "List Price", "currency", required=True),
+        FieldDef("IsActive", "Active", "boolean"),
+        _text("ProductCode", "Product Code", 255, **read_only),
+        _text("Name", "Product Name", 255, **read_only),
+    )
+    line = _system(
+        FieldDef(
+            "OpportunityId", "Opportunity ID", "reference", reference_to=("Opportunity",), **fixed
+        ),
+        FieldDef(
+            "PricebookEntryId",
+            "Price Book Entry ID",
+            "reference",
+            reference_to=("PricebookEntry",),
+            **fixed,
+        ),
+        FieldDef("Product2Id", "Product ID", "reference", reference_to=("Product2",), **read_only),
+        _text("ProductCode", "Product Code", 255, **read_only),
+        _text("Name", "Opportunity Product Name", 376, **read_only),
+        FieldDef("Quantity", "Quantity", "double", required=True),
+        FieldDef("UnitPrice", "Sales Price", "currency"),
+        FieldDef("TotalPrice", "Total Price", "currency", **read_only),
+        _text("Description", "Line Description", 255),
+    )
+    return {
+        "Account": account,
+        "Product2": product,
+        "Pricebook2": pricebook,
+        "PricebookEntry": entry,
+        "OpportunityLineItem": line,
     }
 
 
@@ -251,17 +341,29 @@ def _deal_custom_fields(config: CrmConfig) -> list[FieldDef]:
         "total_paid": ("currency", "Total Paid"),
         "purchase_count": ("double", "Purchase Count"),
     }
+    orders: dict[str, tuple[str, str]] = {
+        "installation_date": ("date", "Installation Date"),
+        "dismantle_date": ("date", "Dismantle Date"),
+        "comment": ("textarea", "Order Comment"),
+    }
     found = []
-    for key, name in ids.model_dump().items():
-        if not name:
+    roles = [
+        *ids.model_dump().items(),
+        *config.order_fields.model_dump(exclude={"company_inn"}).items(),
+        *ORDER_FIELDS.items(),  # the org has them whether or not the section names them
+    ]
+    taken: set[str] = set()
+    for key, name in roles:
+        if not name or name in taken:
             continue
-        kind, label = kinds.get(key, ("string", key.replace("_", " ").title()))
+        taken.add(name)
+        kind, label = kinds.get(key) or orders.get(key) or ("string", key.replace("_", " ").title())
         options: dict[str, str] = {}
         if key == "subjects":
             options = {str(v): subject for subject, v in config.subjects.items()}
         elif key == "direction":
             options = {str(v): direction for direction, v in config.directions.items()}
-        length = 255 if kind == "string" else 4099 if kind == "multipicklist" else 0
+        length = {"string": 255, "multipicklist": 4099, "textarea": 32000}.get(kind, 0)
         found.append(FieldDef(name, label, kind, custom=True, length=length, options=options))
     return found
 
@@ -279,6 +381,11 @@ CHILDREN = {
         "ContactId",
     ),
     ("Contact", "notes"): ("Notes", "Note", "ParentId"),
+    ("Opportunity", "opportunitylineitems"): (
+        "OpportunityLineItems",
+        "OpportunityLineItem",
+        "OpportunityId",
+    ),
 }
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
@@ -309,6 +416,11 @@ class Org:
         self.records: dict[str, dict[str, Row]] = {name: {} for name in self.fields}
         self.index: dict[str, list[tuple[float, Row]]] = {}  # id → (searchable from, values)
         self._serial = 0
+        # Every org has its standard price book (Setup creates none: it is just there).
+        standard = self.create("Pricebook2", {"Name": "Standard Price Book", "IsActive": True})
+        del self.records["Pricebook2"][standard["Id"]]
+        standard.update(Id=STANDARD_PRICEBOOK, IsStandard=True)
+        self.records["Pricebook2"][STANDARD_PRICEBOOK] = standard
 
     # ---- schema -------------------------------------------------------------------
 
@@ -468,19 +580,36 @@ class Org:
         self._derive(sobject, row)
         self.records[sobject][record_id] = row
         self._index(sobject, row)
+        if sobject == "OpportunityLineItem":
+            self.roll_up(row["OpportunityId"])
         return row
 
     def update(self, sobject: str, record_id: str, body: Any, *, seeded: bool = False) -> Row:
         row = self.live(sobject, record_id)
         values = self._checked(sobject, body, creating=False, seeded=seeded, current=row)
+        moved = values.get("Pricebook2Id", row.get("Pricebook2Id")) != row.get("Pricebook2Id")
+        if sobject == "Opportunity" and moved and self.lines_of(record_id):
+            # The price book of an opportunity with products cannot change under them.
+            message = "field integrity exception: Pricebook2Id (opportunity has line items)"
+            raise sf_error(400, "FIELD_INTEGRITY_EXCEPTION", message, ["Pricebook2Id"])
         row.update(values)
         row["LastModifiedDate"] = row["SystemModstamp"] = sf_datetime(self.clock())
         self._derive(sobject, row)
         self._index(sobject, row)
+        if sobject == "OpportunityLineItem":
+            self.roll_up(row["OpportunityId"])
+        if sobject == "Opportunity":
+            self.roll_up(record_id)  # an Amount written over products does not stick
         return row
 
     def delete(self, sobject: str, record_id: str) -> None:
-        self.live(sobject, record_id)["IsDeleted"] = True
+        row = self.live(sobject, record_id)
+        row["IsDeleted"] = True
+        if sobject == "OpportunityLineItem":
+            self.roll_up(row["OpportunityId"])
+
+    def lines_of(self, deal_id: str) -> list[Row]:
+        return [r for r in self.rows("OpportunityLineItem") if r["OpportunityId"] == deal_id]
 
     def snapshot(self) -> Any:
         return copy.deepcopy((self.records, self.index, self._serial))
@@ -494,6 +623,33 @@ class Org:
         if sobject == "Opportunity":
             stage = STAGE[row["StageName"]]
             row["IsClosed"], row["IsWon"] = stage.closed, stage.won
+        if sobject == "PricebookEntry":
+            product = self.records["Product2"][row["Product2Id"]]
+            row["ProductCode"], row["Name"] = product.get("ProductCode"), product["Name"]
+        if sobject == "OpportunityLineItem":
+            self._derive_line(row)
+
+    def _derive_line(self, row: Row) -> None:
+        entry = self.records["PricebookEntry"][row["PricebookEntryId"]]
+        deal = self.records["Opportunity"][row["OpportunityId"]]
+        if deal.get("Pricebook2Id") != entry["Pricebook2Id"]:
+            message = (
+                "field integrity exception: PricebookEntryId (pricebook entry is in a"
+                " different pricebook than the one assigned to the opportunity)"
+            )
+            raise sf_error(400, "FIELD_INTEGRITY_EXCEPTION", message, ["PricebookEntryId"])
+        if row.get("UnitPrice") is None:
+            row["UnitPrice"] = entry["UnitPrice"]
+        row["Product2Id"], row["ProductCode"] = entry["Product2Id"], entry["ProductCode"]
+        row["Name"] = f"{deal['Name']} {entry['Name']}"[:376]
+        row["TotalPrice"] = round(row["Quantity"] * row["UnitPrice"], 2)
+
+    def roll_up(self, deal_id: str) -> None:
+        """The opportunity's Amount: the sum of its line items, while it has any."""
+        lines = self.lines_of(deal_id)
+        deal = self.records["Opportunity"].get(deal_id)
+        if lines and deal is not None:
+            deal["Amount"] = round(sum(r["TotalPrice"] for r in lines), 2)
 
     def _index(self, sobject: str, row: Row) -> None:
         searchable = {

@@ -34,8 +34,12 @@ It answers like the real API where the bridge depends on it (sources cited per p
   writes limited to one record, reads to 25; `rollback_on_fail` undoes every sub-request
   when one fails; `rollback_on_fail` with parallel execution → AMBIGUITY_DURING_PROCESSING.
 
+Accounts (companies) are a module like Contacts: created, searched, read by COQL, linked
+from a contact's or a deal's `Account_Name` lookup.
+
 Setup and inspection (not logged as calls): `add_contact`, `add_deal`, `move_deal`,
-`delete_record`, `add_note`, `contact(id)`, `deal(id)`, `contacts()`, `deals()`,
+`add_company`, `companies()`, `delete_record`, `add_note`, `contact(id)`, `deal(id)`,
+`contacts()`, `deals()`,
 `notes(deal_id)`, `credits_used`, `issue_oauth_pair`, `register_code`,
 `expire_all_access_tokens`, `revoke_refresh_tokens`, `set_time_zone`.
 """
@@ -68,7 +72,7 @@ from tests.fakes.service import (
     OAuthFake,
     TokenIssuer,
 )
-from tests.fakes.zoho_org import Org, RecordError
+from tests.fakes.zoho_org import ACCOUNT_INN, Org, RecordError
 from tests.fakes.zoho_query import (
     QueryError,
     check_criteria,
@@ -80,7 +84,7 @@ from tests.fakes.zoho_query import (
 )
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "crm-zoho.example.toml"
-MODULES = ("Contacts", "Deals", "Notes")
+MODULES = ("Contacts", "Deals", "Notes", "Accounts")
 DAY = 86400
 SUB_URI = re.compile(r"/crm(/.*)?/v[0-9]+([.][0-9]+)?/.*")
 SUB_ID = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_]*")
@@ -164,11 +168,11 @@ class FakeZoho(OAuthFake, FakeService):
             ("GET", r"/crm/v8/settings/fields", self._fields),
             ("POST", r"/crm/v8/coql", self._coql),
             ("POST", r"/crm/v8/__composite_requests", self._composite),
-            ("GET", r"/crm/v8/(Contacts|Deals)/search", self._search),
+            ("GET", r"/crm/v8/(Contacts|Deals|Accounts)/search", self._search),
             ("GET", r"/crm/v8/Deals/([^/]+)/Notes", self._deal_notes),
-            ("GET", r"/crm/v8/(Contacts|Deals|Notes)/([^/]+)", self._get_record),
-            ("PUT", r"/crm/v8/(Contacts|Deals)/([^/]+)", self._update_record),
-            ("POST", r"/crm/v8/(Contacts|Deals|Notes)", self._create_records),
+            ("GET", r"/crm/v8/(Contacts|Deals|Notes|Accounts)/([^/]+)", self._get_record),
+            ("PUT", r"/crm/v8/(Contacts|Deals|Accounts)/([^/]+)", self._update_record),
+            ("POST", r"/crm/v8/(Contacts|Deals|Notes|Accounts)", self._create_records),
         ]
         self.routes = [(m, re.compile(p), handler) for m, p, handler in routes]
 
@@ -280,6 +284,17 @@ class FakeZoho(OAuthFake, FakeService):
             if deleted is not None:
                 rec.deleted = deleted
             rec.modified = self.clock()
+
+    def add_company(self, name: str, inn: str = "", **fields: Any) -> str:
+        """An account as a user typed it in the app, its INN in the configured field."""
+        values: dict[str, Any] = {"Account_Name": name, **fields}
+        if inn:
+            values[self.config.order_fields.company_inn or ACCOUNT_INN] = inn
+        return self._insert_direct("Accounts", values, None)
+
+    def companies(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{"id": r.id, **r.values} for r in self._live("Accounts")]
 
     def delete_record(self, module: str, record_id: str) -> None:
         with self._lock:
@@ -575,7 +590,7 @@ class FakeZoho(OAuthFake, FakeService):
             query = parse_coql(text)
         except QueryError as error:
             raise zoho_error(400, error.code, error.message, error.details) from error
-        if query.module not in ("Contacts", "Deals"):
+        if query.module not in ("Contacts", "Deals", "Accounts"):
             raise zoho_error(400, "INVALID_QUERY", "invalid module", {"module": query.module})
         kind = self.org.field_type(query.module)
         for name in [*query.fields, *coql_fields(query.where), *(n for n, _ in query.order_by)]:
@@ -860,6 +875,8 @@ class FakeZoho(OAuthFake, FakeService):
         values = rec.values
         if module == "Contacts":
             return " ".join(p for p in (values.get("First_Name"), values.get("Last_Name")) if p)
+        if module == "Accounts":
+            return str(values.get("Account_Name") or "")
         return str(values.get("Deal_Name") or "")
 
     def _page(

@@ -2,11 +2,14 @@
 
 Built from a `[crm.zoho]` config section (`Org.from_config`): one Deals layout
 ("Standard") whose pipelines are the config's pipeline names, all mapping the one Stage
-picklist (the config's stages plus "В работе"; "Closed Won" / "Closed Lost" carry those
-forecast types); the Contacts and Deals standard fields the bridge meets and one custom
-field per configured API name, typed as its role asks (subjects a multi-select picklist
-of the subject values, direction a picklist, amounts currency, the date a datetime,
-the count an integer, the rest single lines).
+picklist (the config's stages plus "В работе" and the rental stages of the example's
+order settings; "Closed Won" / "Closed Lost" carry those forecast types); the Contacts,
+Deals and Accounts standard fields the bridge meets (Contacts and Deals link an account
+by their `Account_Name` lookup) and one custom field per configured API name, typed as
+its role asks (subjects a multi-select picklist of the subject values, direction a
+picklist, amounts currency, the payment date a datetime, order dates dates, the count an
+integer, the rest single lines). The order fields of the example (`ORDER_FIELDS`, the
+Accounts `INN`) are there whether or not the section names them.
 
 Values are checked the way Zoho answers writes
 (https://www.zoho.com/crm/developer/docs/api/v8/insert-records.html): a field it does
@@ -37,6 +40,19 @@ DEAL_ROLES = {
     "purchase_count": "integer",
 }
 WORKING_STAGE = "В работе"
+# The example's order settings (commented there): stages and fields the org has anyway.
+RENTAL_STAGES = ("Новый заказ", "Забронирован", "В аренде")
+ORDER_FIELDS = {
+    "order_id": "Order_ID",
+    "order_status": "Order_Status",
+    "installation_date": "Installation_Date",
+    "dismantle_date": "Dismantle_Date",
+    "delivery_method": "Delivery_Method",
+    "delivery_address": "Delivery_Address",
+    "comment": "Order_Comment",
+}
+ORDER_ROLES = {"installation_date": "date", "dismantle_date": "date", "comment": "textarea"}
+ACCOUNT_INN = "INN"
 DATETIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d")
 DATE = re.compile(r"\d{4}-\d\d-\d\d")
 TEXT_LENGTH = {"text": 255, "email": 100, "phone": 50, "textarea": 32000, "website": 255}
@@ -114,13 +130,22 @@ class Org:
     @classmethod
     def from_config(cls, config: CrmConfig) -> Org:
         targets = [config.default_pipeline, *config.pipeline_rules]
-        pipeline_names = list(dict.fromkeys(target.pipeline_id for target in targets))
+        pipeline_names = list(
+            dict.fromkeys(
+                [
+                    *(target.pipeline_id for target in targets),
+                    *(stage.pipeline_id for stage in config.order_stages.values()),
+                ]
+            )
+        )
         pipelines = {name: f"57257670000001{n:05d}" for n, name in enumerate(pipeline_names)}
         names: list[str] = list(
             dict.fromkeys(
                 [
                     *config.excluded_status_ids,
                     *(t.status_id for t in targets),
+                    *RENTAL_STAGES,
+                    *(stage.status_id for stage in config.order_stages.values()),
                     WORKING_STAGE,
                     "Closed Won",
                     "Closed Lost",
@@ -145,6 +170,7 @@ class Org:
             make("Phone", "Phone", "phone"),
             make("Mobile", "Mobile", "phone"),
             make("Description", "Description", "textarea"),
+            make("Account_Name", "Account Name", "lookup", lookup_module="Accounts"),
         ]
         for api in config.contact_fields.model_dump().values():
             if api:
@@ -162,6 +188,7 @@ class Org:
             make("Amount", "Amount", "currency"),
             make("Closing_Date", "Closing Date", "date", mandatory=True),
             make("Contact_Name", "Contact Name", "lookup", lookup_module="Contacts"),
+            make("Account_Name", "Account Name", "lookup", lookup_module="Accounts"),
             make("Description", "Description", "textarea"),
         ]
         subjects = [(str(v), str(v)) for v in config.subjects.values()]
@@ -172,6 +199,22 @@ class Org:
             kind = DEAL_ROLES.get(role, "text")
             options = subjects if role == "subjects" else directions if role == "direction" else []
             deals.append(make(api, api.replace("_", " "), kind, custom=True, options=options))
+        taken = {f.api_name for f in deals}
+        for role, api in [
+            *config.order_fields.model_dump(exclude={"company_inn"}).items(),
+            *ORDER_FIELDS.items(),
+        ]:
+            if api and api not in taken:
+                taken.add(api)
+                kind = ORDER_ROLES.get(role, "text")
+                deals.append(make(api, api.replace("_", " "), kind, custom=True))
+        accounts = [
+            make("Account_Name", "Account Name", "text", mandatory=True),
+            make("Phone", "Phone", "phone"),
+            make("Website", "Website", "website"),
+        ]
+        for api in dict.fromkeys([config.order_fields.company_inn or ACCOUNT_INN, ACCOUNT_INN]):
+            accounts.append(make(api, api.replace("_", " "), "text", custom=True))
         notes = [
             make("Note_Title", "Note Title", "text"),
             make("Note_Content", "Note Content", "textarea"),
@@ -182,6 +225,7 @@ class Org:
                 "Contacts": {f.api_name: f for f in contacts},
                 "Deals": {f.api_name: f for f in deals},
                 "Notes": {f.api_name: f for f in notes},
+                "Accounts": {f.api_name: f for f in accounts},
             },
             pipelines=pipelines,
             stages=stages,
