@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 import httpx
 
 from bridge.crm.amocrm import build_amocrm
-from bridge.crm.base import CrmAdapter
+from bridge.crm.base import CrmAdapter, order_adapter
 from bridge.crm.bitrix24 import build_bitrix24
 from bridge.crm.connection import OnCall, Wiring
 from bridge.crm.hubspot import build_hubspot
@@ -23,6 +23,7 @@ from bridge.crm.odoo import build_odoo
 from bridge.crm.pipedrive import build_pipedrive
 from bridge.crm.salesforce import build_salesforce
 from bridge.crm.zoho import build_zoho
+from bridge.errors import ConfigError
 from bridge.settings import CrmConfig, Settings
 from bridge.tokens import TokenRepository
 
@@ -61,11 +62,25 @@ def build_adapters(
     transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
     on_call: OnCall | None = None,
 ) -> dict[str, CrmAdapter]:
-    """One adapter (and so one HTTP client) per enabled CRM, for the process lifetime."""
-    return {
+    """One adapter (and so one HTTP client) per enabled CRM, for the process lifetime.
+
+    A section with `order_stages` whose CRM has no order operations is refused: it would
+    take order events it can never deliver."""
+    adapters = {
         name: build_adapter(
             name, config, settings, tokens, transport=(transports or {}).get(name), on_call=on_call
         )
         for name, config in settings.file.crm.items()
         if config.enabled
     }
+    refused = [
+        name
+        for name, adapter in adapters.items()
+        if settings.file.crm[name].takes_orders and order_adapter(adapter) is None
+    ]
+    if refused:
+        raise ConfigError(
+            f"crm.{refused[0]}: order_stages is set, but the {settings.file.crm[refused[0]].kind}"
+            " adapter takes no orders: remove order_stages from that section"
+        )
+    return adapters
