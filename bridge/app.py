@@ -38,10 +38,10 @@ from bridge.asgi_io import (
     send_json,
 )
 from bridge.canonical import MAX_INT_DIGITS, decode_canonical
-from bridge.crm import build_adapters
+from bridge.crm import build_adapters, check_order_sections
 from bridge.crm.base import CrmAdapter
 from bridge.crypto import TokenCipher
-from bridge.errors import StoreUnavailable
+from bridge.errors import ConfigError, StoreUnavailable
 from bridge.health_view import health_content
 from bridge.intake import OrderFields, order_intake, payment_intake
 from bridge.logs import clip
@@ -172,12 +172,17 @@ async def _start(
     store = await Store.open(settings.database_path, clock=clock, cipher=cipher)
     metrics = Metrics()
     adapters: Mapping[str, CrmAdapter]
-    if build is None:
-        adapters = build_adapters(
-            settings, store, transports=transports, on_call=metrics.observe_call
-        )
-    else:
-        adapters = build(settings, store)
+    try:
+        if build is None:
+            adapters = build_adapters(
+                settings, store, transports=transports, on_call=metrics.observe_call
+            )
+        else:
+            adapters = build(settings, store)
+            check_order_sections(settings, adapters)
+    except ConfigError:
+        await store.close()
+        raise
     alerter = Alerter(settings, store, clock=clock, transport=alert_transport(transports))
     worker = Worker(
         store,

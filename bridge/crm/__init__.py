@@ -62,10 +62,8 @@ def build_adapters(
     transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
     on_call: OnCall | None = None,
 ) -> dict[str, CrmAdapter]:
-    """One adapter (and so one HTTP client) per enabled CRM, for the process lifetime.
-
-    A section with `order_stages` whose CRM has no order operations is refused: it would
-    take order events it can never deliver."""
+    """One adapter (and so one HTTP client) per enabled CRM, for the process lifetime;
+    ConfigError for a section taking orders whose CRM cannot (`check_order_sections`)."""
     adapters = {
         name: build_adapter(
             name, config, settings, tokens, transport=(transports or {}).get(name), on_call=on_call
@@ -73,14 +71,17 @@ def build_adapters(
         for name, config in settings.file.crm.items()
         if config.enabled
     }
-    refused = [
-        name
-        for name, adapter in adapters.items()
-        if settings.file.crm[name].takes_orders and order_adapter(adapter) is None
-    ]
-    if refused:
-        raise ConfigError(
-            f"crm.{refused[0]}: order_stages is set, but the {settings.file.crm[refused[0]].kind}"
-            " adapter takes no orders: remove order_stages from that section"
-        )
+    check_order_sections(settings, adapters)
     return adapters
+
+
+def check_order_sections(settings: Settings, adapters: Mapping[str, CrmAdapter]) -> None:
+    """Refuse (ConfigError) a section with `order_stages` whose adapter has no order
+    operations: it would take order events it can never deliver."""
+    for name, adapter in adapters.items():
+        config = settings.file.crm[name]
+        if config.takes_orders and order_adapter(adapter) is None:
+            raise ConfigError(
+                f"crm.{name}: order_stages is set, but the {config.kind} adapter takes no"
+                " orders: remove order_stages from that section"
+            )

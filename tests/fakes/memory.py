@@ -244,7 +244,7 @@ class MemoryCrm:
                 hits = [
                     CompanyRecord(c.id, c.name, c.inn)
                     for c in self.companies.values()
-                    if needle.casefold() in (c.inn if key == "inn" else c.name).casefold()
+                    if _loose(needle) in _loose(c.inn if key == "inn" else c.name)
                 ]
                 confirmed = [hit for hit in hits if confirm(hit, key)]  # type: ignore[arg-type]
                 if confirmed:
@@ -377,6 +377,11 @@ class MemoryCrm:
     def _new_tick(self) -> int:
         self._next_id += 1
         return self._next_id
+
+
+def _loose(text: str) -> str:
+    # A CRM's search ignores case and runs of spaces and matches substrings.
+    return " ".join(text.casefold().split())
 
 
 def _texts(updates: Sequence[FieldUpdate]) -> dict[str, str]:
