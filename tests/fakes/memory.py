@@ -4,7 +4,9 @@ It keeps contacts, deals and notes the way the real adapters present them (custo
 fields as text by field id, a contact's deals listed with it) and records every call.
 `fail_at(n)` makes the n-th call fail before it does anything; `fail_at(n, after=True)`
 lets it take effect and then loses the answer, the crash window between a CRM write
-and its journal write.
+and its journal write. `kill_at(n, after=...)` does the same with `Killed`, which no
+`except Exception` stops: the delivery ends there, nothing after it is written (what a
+SIGKILL of the bridge leaves), and the CRM keeps what it applied.
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ class StoredContact:
     fields: dict[str, str] = field(default_factory=dict)
 
 
+class Killed(BaseException):
+    """The bridge process died at this CRM call (see `MemoryCrm.kill_at`)."""
+
+
 class MemoryConnection:
     """What the app and worker ask of an adapter's connection: always authorised."""
 
@@ -117,12 +123,19 @@ class MemoryCrm:
         self.calls: list[str] = []
         self._next_id = 100
         self._failure: tuple[int, bool, CrmError] | None = None
+        self._kill: tuple[int, bool] | None = None
+        self.killed = False
+        self.kills = 0
 
     # ---- set up and inspect ---------------------------------------------------------
 
     def fail_at(self, call: int, *, after: bool = False, error: CrmError | None = None) -> None:
         lost = TransientCrmError(self.name, "answer lost", maybe_applied=after)
         self._failure = (call, after, error or lost)
+
+    def kill_at(self, call: int, *, after: bool = False) -> None:
+        """The n-th call from now kills the delivery, before or after it takes effect."""
+        self._kill = (len(self.calls) + call, after)
 
     def add_contact(
         self, phones: Sequence[str] = (), emails: Sequence[str] = (), **fields: str
@@ -300,6 +313,13 @@ class MemoryCrm:
 
     def _call(self, operation: str, effect: Callable[[], T]) -> T:
         self.calls.append(operation)
+        kill = self._kill
+        if kill is not None and kill[0] == len(self.calls):
+            self._kill, self.killed = None, True
+            self.kills += 1
+            if kill[1]:
+                effect()
+            raise Killed(operation)
         failure = self._failure
         if failure is not None and failure[0] == len(self.calls) and not failure[1]:
             self._failure = None
