@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from bridge.store.base import StoreBase
-from bridge.store.records import STALE_PREFIX, NewEvent, OrderLink
+from bridge.store.records import STALE_PREFIX, NewEvent, OrderEventRow, OrderLink
 
 EventKey = tuple[str, str]  # (kind, key)
 
@@ -134,14 +134,25 @@ class OrdersMixin(StoreBase):
         )
         return [_link(row) for row in rows]
 
-    async def order_event_keys(self, order_id: str) -> list[str]:
-        """The stored events of one order, oldest `updated_at` first."""
+    async def order_events_of(self, order_id: str) -> list[OrderEventRow]:
+        """The stored events of one order, in the order they were received."""
         rows = await self._read(
-            "SELECT key FROM events WHERE kind = 'order'"
-            " AND json_extract(payload, '$.order.id') = ? ORDER BY key",
+            "SELECT key, status, json_extract(payload, '$.event'),"
+            " json_extract(payload, '$.order.status'), json_extract(payload, '$.order.updated_at')"
+            " FROM events WHERE kind = 'order' AND json_valid(payload)"
+            " AND json_extract(payload, '$.order.id') = ? ORDER BY id",
             (order_id,),
         )
-        return [str(row[0]) for row in rows]
+        return [OrderEventRow(*(str(value) for value in row)) for row in rows]
+
+    async def order_head_key(self, order_id: str) -> str | None:
+        """The key of the order's newest event (by `updated_at`), if any is stored."""
+        rows = await self._read(
+            "SELECT e.key FROM order_heads h JOIN events e ON e.id = h.event_id"
+            " WHERE h.order_id = ?",
+            (order_id,),
+        )
+        return str(rows[0][0]) if rows else None
 
 
 def _link(row: Sequence[object]) -> OrderLink:

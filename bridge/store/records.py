@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 # Live webhooks go before a historic import's backlog in the delivery queue.
@@ -145,6 +145,7 @@ class OperatorStats:
     events: Mapping[str, int]  # event status → count
     crms: tuple[CrmStats, ...]
     last_success_at: str | None
+    by_kind: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # payment/order
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,7 @@ class EventSummary:
     error_message: str | None
     deliveries: tuple[tuple[str, str], ...]  # (crm, delivery status)
     paid_at: str | None = None  # the payment's own time (platform zone), from its body
+    kind: str = "payment"  # an order's `paid_at` is its `updated_at`
 
 
 @dataclass(frozen=True)
@@ -195,3 +197,14 @@ class OrderLink:
     items: tuple[tuple[str, str, str, str], ...]  # (product id, name, quantity, price)
     applied: str  # `OrderStamp.updated_at` of the event last applied
     event_key: str
+
+
+@dataclass(frozen=True)
+class OrderEventRow:
+    """One stored event of an order, for `crm-bridge show ORDER_ID`."""
+
+    key: str
+    status: str  # the event's (success, skipped for a stale one, ...)
+    event: str  # created / updated / cancelled
+    order_status: str
+    updated_at: str  # as the platform sent it
