@@ -140,7 +140,9 @@ async def deliver_order(
     linked = company_id is not None
     created_with_deal: DealResult | None = None
     if contact_id is None:
-        found = await ctx.adapter.find_contact(order.customer.lookup_keys(), rules.contact_matches)
+        keys = order.customer.lookup_keys()
+        # Nothing to search by (a body without phone and e-mail): a new contact, no call.
+        found = await ctx.adapter.find_contact(keys, rules.contact_matches) if keys else None
         if found is None:
             company_id = await _company(order, ctx, record, company_id)
             created_with_deal = await _create_contact_and_deal(order, ctx, record, company_id)

@@ -284,3 +284,17 @@ async def test_a_failure_at_any_call_leaves_exactly_one_of_everything(
     notes = crm.notes[deal]
     assert len(notes) == 2, notes
     assert crm.stage(deal) == stage("in_rent")
+
+
+async def test_a_customer_without_phone_or_email_is_created_without_a_search() -> None:
+    crm = MemoryCrm(CONFIG)
+    body = order_body(business=False, phone="", email="")
+    await Delivery(crm).run(body)
+    assert crm.calls[0] == "create_contact_and_deal"
+    assert len(crm.contacts) == 1 and len(crm.deals) == 1
+
+
+def test_the_journal_reads_back_what_it_wrote_and_ignores_odd_shapes() -> None:
+    done = OrderJournal("1", "2", DealResult("1", "3", True, "900"), True, True, True)
+    assert OrderJournal.from_steps(done.steps()) == done
+    assert OrderJournal.from_steps({"deal": "3", "contact": 1, "note": "yes"}) == OrderJournal()

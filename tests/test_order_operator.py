@@ -148,3 +148,23 @@ def test_send_posts_an_order_body_to_the_order_route(tmp_path: Path) -> None:
     assert str(request.url) == "http://127.0.0.1:8080/webhook/order"
     assert request.content == EXAMPLE_ORDER.read_bytes()
     assert "crm-bridge show ord_1042" in result.stderr
+
+
+def test_check_wants_an_order_id_field_and_known_placeholders(tmp_path: Path) -> None:
+    from bridge.checks import settings_findings
+    from bridge.settings import OrderFieldIds, OrderRules
+    from tests.conftest import make_settings
+    from tests.test_order_route import order_file
+
+    file = order_file()
+    section = file.crm["amocrm"].model_copy(update={"order_fields": OrderFieldIds()})
+    bad_rules = OrderRules(deal_name_template="Заказ {order_number}")
+    file = file.model_copy(update={"crm": {"amocrm": section}, "order": bad_rules})
+    problems = [
+        f.text for f in settings_findings(make_settings(tmp_path, file)) if f.level == "problem"
+    ]
+    assert any("crm.amocrm: takes orders" in p and "order_fields.order_id" in p for p in problems)
+    assert "order.deal_name_template: unknown placeholder {order_number}" in problems
+    assert not [
+        f for f in settings_findings(make_settings(tmp_path, order_file())) if f.level == "problem"
+    ]
