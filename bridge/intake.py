@@ -8,6 +8,7 @@ amount and status (the audit view, the exclusion rules).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -91,7 +92,9 @@ def order_intake(webhook: OrderWebhook, body_text: str, settings: Settings) -> O
     crms = settings.order_crms
     keys = [*customer_keys(order.customer), f"order:{order.order_id}"]
     if order.company is not None:
-        keys.append(f"company:{order.company.inn or order.company.name.casefold()}")
+        # Hashed: the key is logged with the outcome, and a sole trader's INN is personal.
+        who = order.company.inn or " ".join(order.company.name.casefold().split())
+        keys.append(f"company:{hashlib.sha256(who.encode()).hexdigest()[:16]}")
     event = NewEvent(
         kind="order",
         key=order_event_key(order.order_id, order.updated_at),
