@@ -22,6 +22,7 @@ from dotenv import dotenv_values
 
 from bridge import order_rules, rules, servelock
 from bridge.crm import build_adapter as build_crm_adapter
+from bridge.crm import check_order_sections
 from bridge.crm.base import CrmAdapter
 from bridge.crmconfig import schema_problems
 from bridge.crypto import TokenCipher
@@ -195,6 +196,11 @@ async def crm_findings(
 ) -> list[Finding]:
     """Reachable, authorised, and every configured id present in this CRM."""
     adapter = build_adapter(name, settings, tokens, transports, clock)
+    try:
+        check_order_sections(settings, {name: adapter})
+    except ConfigError as exc:  # order_stages in a section whose CRM takes no orders
+        await adapter.connection.aclose()
+        return [problem(str(exc))]
     try:
         schema = await adapter.schema()
     except AuthError as exc:

@@ -168,3 +168,25 @@ def test_check_wants_an_order_id_field_and_known_placeholders(tmp_path: Path) ->
     assert not [
         f for f in settings_findings(make_settings(tmp_path, order_file())) if f.level == "problem"
     ]
+
+
+def test_check_refuses_order_stages_in_a_section_whose_crm_takes_no_orders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.fakes.amocrm import FakeAmoCrm
+    from tests.test_order_contract import PROBES
+
+    if "amocrm" in {probe.kind for probe in PROBES}:
+        pytest.skip("amoCRM takes orders here: no CRM left to refuse")
+    monkeypatch.chdir(tmp_path)
+    fake = FakeAmoCrm()
+    text = write_config(tmp_path).read_text(encoding="utf-8") + order_config_text()
+    config = tmp_path / "orders.toml"
+    config.write_text(text, encoding="utf-8")
+    cli = make_cli(tmp_path, CONFIG_FILE=str(config), AMOCRM_ACCESS_TOKEN=fake.issue_token())
+    cli.transports = {"amocrm": fake.transport()}
+    result = cli("check")
+    assert result.exit_code == 1
+    assert (
+        "crm.amocrm: order_stages is set, but the amocrm adapter takes no orders" in result.stderr
+    )
