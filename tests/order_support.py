@@ -82,3 +82,15 @@ def order_of(body: dict[str, Any]) -> tuple[Order, str]:
     """The domain order of `body` and its event key."""
     order, _ = order_from_webhook(parse_order(body), MOSCOW)
     return order, order_event_key(order.order_id, order.updated_at)
+
+
+def order_config_toml() -> str:
+    """`with_orders` as TOML, to append to a config file's `[crm.amocrm]` section."""
+    stages = "\n".join(
+        f"{status} = {{ pipeline_id = {PIPELINE}, status_id = {status_id} }}"
+        for status, status_id in STAGES.items()
+    )
+    fields = "\n".join(
+        f"{name} = {value}" for name, value in FIELDS.model_dump().items() if value is not None
+    )
+    return f"\n[crm.amocrm.order_stages]\n{stages}\n\n[crm.amocrm.order_fields]\n{fields}\n"

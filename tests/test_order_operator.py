@@ -16,7 +16,7 @@ import pytest
 from bridge.errors import PermanentCrmError
 from tests.cli_support import Cli, make_cli, write_config
 from tests.order_cases import MEMORY, post_order
-from tests.order_support import FIELDS, PIPELINE, STAGES, order_body
+from tests.order_support import order_body, order_config_toml
 
 TENT = [("tent-02", "Шатёр 6×12", 1, "25000.00")]
 NEWER = "2026-11-21T09:00:00+03:00"
@@ -24,14 +24,7 @@ BETWEEN = "2026-11-20T12:00:00+03:00"  # after the first event, before the newer
 
 
 def order_config_text() -> str:
-    stages = "\n".join(
-        f"{status} = {{ pipeline_id = {PIPELINE}, status_id = {status_id} }}"
-        for status, status_id in STAGES.items()
-    )
-    fields = "\n".join(
-        f"{name} = {value}" for name, value in FIELDS.model_dump().items() if value is not None
-    )
-    return f"\n[crm.amocrm.order_stages]\n{stages}\n\n[crm.amocrm.order_fields]\n{fields}\n"
+    return order_config_toml()
 
 
 @pytest.fixture
