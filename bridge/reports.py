@@ -16,6 +16,8 @@ from bridge.store import (
     EventView,
     JournalEntry,
     OperatorStats,
+    OrderEventRow,
+    OrderLink,
     QueueStats,
     RequestRow,
 )
@@ -60,6 +62,8 @@ def stats_report(stats: OperatorStats, queue: QueueStats, now: float) -> dict[st
     return {
         "events": events,
         "events_total": sum(events.values()),
+        # Payments and orders apart (SPEC §8): a kind with no events is left out.
+        "events_by_kind": {kind: dict(counts) for kind, counts in sorted(stats.by_kind.items())},
         "success_rate": _ratio(events.get("success", 0), finished),
         "last_success_at": iso(stats.last_success_at),
         "queue_depth": queue.depth,
@@ -88,6 +92,11 @@ def render_stats(console: Console, report: Mapping[str, Any]) -> None:
         events.add_row(status, str(count))
     events.add_row("total", str(report["events_total"]), style="bold")
     console.print(events)
+    kinds = report.get("events_by_kind", {})
+    if len(kinds) > 1 or "order" in kinds:
+        for kind, counts in kinds.items():
+            parts = ", ".join(f"{status} {count}" for status, count in counts.items())
+            console.print(f"{kind}s: {parts}")
     rate = report["success_rate"]
     average = report["avg_calls_per_success"]
     summary = Table.grid(padding=(0, 2))
@@ -118,31 +127,38 @@ def render_stats(console: Console, report: Mapping[str, Any]) -> None:
 
 
 def events_report(rows: Sequence[EventSummary]) -> list[dict[str, Any]]:
-    return [
-        {
-            "payment_id": row.key,
-            "status": row.status,
-            "amount": row.amount,
-            "paid_at": row.paid_at,
-            "received_at": iso(row.received_at),
-            "processed_at": iso(row.processed_at),
-            "deliveries": dict(row.deliveries),
-            "error": row.error_message,
-        }
-        for row in rows
-    ]
+    return [_event_line(row) for row in rows]
+
+
+def _event_line(row: EventSummary) -> dict[str, Any]:
+    if row.kind == "order":
+        head = {"order_event": row.key, "updated_at": row.paid_at}
+    else:
+        head = {"payment_id": row.key}
+    return {
+        **head,
+        "status": row.status,
+        "amount": row.amount,
+        **({"paid_at": row.paid_at} if row.kind != "order" else {}),
+        "received_at": iso(row.received_at),
+        "processed_at": iso(row.processed_at),
+        "deliveries": dict(row.deliveries),
+        "error": row.error_message,
+    }
 
 
 def render_events(console: Console, report: Sequence[Mapping[str, Any]]) -> None:
     if not report:
         console.print("no events match")
         return
+    orders = "order_event" in report[0]
     table = Table()
-    for column in ("payment id", "status", "amount", "received (UTC)", "deliveries", "error"):
+    first = "order event" if orders else "payment id"
+    for column in (first, "status", "amount", "received (UTC)", "deliveries", "error"):
         table.add_column(column, overflow="fold")
     for row in report:
         table.add_row(
-            row["payment_id"],
+            row["order_event" if orders else "payment_id"],
             row["status"],
             row["amount"] or "-",
             _short_time(row["received_at"]),
@@ -228,13 +244,66 @@ def show_report(
     }
 
 
+def order_show_report(
+    report: Mapping[str, Any],
+    links: Sequence[OrderLink],
+    events: Sequence[OrderEventRow],
+    order_crms: Sequence[str],
+) -> dict[str, Any]:
+    """`show_report` of an order event, with the order's deal per CRM and its events."""
+    shown = {key: value for key, value in report.items() if key not in ("payment_id", "paid_at")}
+    payload = report["payload"]
+    order = payload.get("order") if isinstance(payload, dict) else None
+    order = order if isinstance(order, dict) else {}
+    return {
+        "order_id": order.get("id"),
+        "order_event": report["payment_id"],
+        "event": payload.get("event") if isinstance(payload, dict) else None,
+        "order_status": order.get("status"),
+        "updated_at": order.get("updated_at"),
+        **shown,
+        # Sections without order_stages take no orders: such a CRM has no delivery here.
+        "order_crms": list(order_crms),
+        "order_links": [
+            {
+                "crm": link.crm,
+                "deal_id": link.deal_id,
+                "contact_id": link.contact_id,
+                "company_id": link.company_id,
+                "status": link.status,
+                "total": link.total,
+                "applied_event": link.event_key,
+            }
+            for link in links
+        ],
+        "order_events": [
+            {
+                "order_event": row.key,
+                "status": row.status,
+                "event": row.event,
+                "order_status": row.order_status,
+                "updated_at": row.updated_at,
+            }
+            for row in events
+        ],
+    }
+
+
 def render_show(console: Console, report: Mapping[str, Any]) -> None:
     head = Table.grid(padding=(0, 2))
-    head.add_row("payment id", report["payment_id"])
-    head.add_row("source", report.get("source") or "/webhook/payment")
+    if "order_event" in report:
+        head.add_row("order id", str(report["order_id"]))
+        head.add_row("order event", report["order_event"])
+        head.add_row("event", f"{report['event']} (order status {report['order_status']})")
+        head.add_row("updated (platform time)", str(report["updated_at"]))
+        head.add_row("CRMs taking orders", ", ".join(report["order_crms"]) or "none")
+    else:
+        head.add_row("payment id", report["payment_id"])
+        head.add_row("source", report.get("source") or "/webhook/payment")
     head.add_row("status", report["status"])
     head.add_row("amount", report["amount"] or "-")
-    head.add_row("paid (platform time)", report.get("paid_at") or "-")
+    if "order_event" not in report:
+        head.add_row("paid (platform time)", report.get("paid_at") or "-")
     head.add_row("received", _short_time(report["received_at"]))
     head.add_row("processed", _short_time(report["processed_at"]))
     if report["error"]:
@@ -293,6 +362,8 @@ def render_show(console: Console, report: Mapping[str, Any]) -> None:
             for j in report["journal"]
         ],
     )
+    if "order_event" in report:
+        _render_order(console, report)
     console.rule("requests")
     _print_rows(
         console,
@@ -307,6 +378,41 @@ def render_show(console: Console, report: Mapping[str, Any]) -> None:
                 r["detail"],
             )
             for r in report["requests"]
+        ],
+    )
+
+
+def _render_order(console: Console, report: Mapping[str, Any]) -> None:
+    console.rule("the order's deal per CRM")
+    _print_rows(
+        console,
+        ("crm", "deal id", "contact id", "company id", "status", "total", "last applied"),
+        [
+            (
+                link["crm"],
+                link["deal_id"],
+                link["contact_id"],
+                link["company_id"] or "-",
+                link["status"],
+                link["total"],
+                link["applied_event"],
+            )
+            for link in report["order_links"]
+        ],
+    )
+    console.rule("the order's events")
+    _print_rows(
+        console,
+        ("order event", "status", "event", "order status", "updated at"),
+        [
+            (
+                row["order_event"],
+                row["status"],
+                row["event"],
+                row["order_status"],
+                row["updated_at"],
+            )
+            for row in report["order_events"]
         ],
     )
 

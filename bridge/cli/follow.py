@@ -79,7 +79,7 @@ def _line(row: dict[str, Any]) -> str:
     deliveries = ", ".join(f"{crm}: {status}" for crm, status in row["deliveries"].items())
     parts = [
         (row["received_at"] or "-")[:19].replace("T", " "),
-        row["payment_id"],
+        row["payment_id"] if "payment_id" in row else row["order_event"],
         row["status"],
         row["amount"] or "-",
         deliveries or "-",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,7 @@ from bridge.cli._env import CliEnv, console, open_store, print_json, run
 from bridge.cli.follow import customer_lookup_keys, follow_events
 from bridge.crm.links import record_links
 from bridge.staleness import stale_config
+from bridge.store import EventView, Store
 from bridge.store.oversight import RETRY_STATES
 
 EVENT_STATUSES = ("pending", "processing", "success", "failed", "skipped", "not_found")
@@ -55,7 +57,12 @@ def stats(env: CliEnv, as_json: bool) -> None:
     default=None,
     help="Only this customer's: a phone, e-mail or Telegram id (normalised as intake does).",
 )
-@click.option("--deal", "deal_id", default=None, help="Only payments that went to this deal id.")
+@click.option("--deal", "deal_id", default=None, help="Only events that went to this deal id.")
+@click.option(
+    "--orders",
+    is_flag=True,
+    help="Order events (POST /webhook/order) instead of payments; key: ORDER_ID@UPDATED_AT.",
+)
 @click.option(
     "--source",
     type=click.Choice(["live", "import"]),
@@ -74,11 +81,12 @@ def events(
     customer: str | None,
     deal_id: str | None,
     source: str | None,
+    orders: bool,
     limit: int,
     follow: bool,
     as_json: bool,
 ) -> None:
-    """Payment events, newest first (times in UTC); --follow tails new ones."""
+    """Payment (or --orders: order) events, newest first (times in UTC); --follow tails."""
     settings = env.settings()
     since_ts = parse_since(since, env.clock()) if since is not None else None
     if crm is not None and crm not in settings.file.crm:
@@ -89,6 +97,7 @@ def events(
         "customer_keys": customer_lookup_keys(customer) if customer else (),
         "deal_id": deal_id,
         "source": source,
+        "kind": "order" if orders else "payment",
     }
     if follow:
         follow_events(env, settings, filters, since_ts, as_json)
@@ -106,23 +115,30 @@ def events(
 
 
 @click.command()
-@click.argument("payment_id")
+@click.argument("event_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def show(env: CliEnv, payment_id: str, as_json: bool) -> None:
-    """Everything known about one payment: payload, deliveries, CRM calls, steps, requests."""
+def show(env: CliEnv, event_id: str, as_json: bool) -> None:
+    """Everything known about one event: payload, deliveries, CRM calls, steps, requests.
+
+    EVENT_ID is a payment id, an order event (ORDER_ID@UPDATED_AT, as `events --orders`
+    lists them) or an order id (its newest event, its deal per CRM and all its events)."""
     settings = env.settings()
 
     async def work() -> dict[str, Any]:
         async with open_store(settings, env) as store:
-            view = await store.event("payment", payment_id)
+            view, order_id = await find_event(store, event_id)
             if view is None:
-                raise click.ClickException(f"no payment with id {payment_id!r}")
+                raise click.ClickException(
+                    f"no payment with id {event_id!r} (nor an order or order event)"
+                )
             journal = await store.event_journal(view.id)
-            requests = await store.requests_for(payment_id)
+            requests = await store.requests_for(view.key)
             calls = await store.event_calls(view.id)
             states = await store.crm_states()
             holds = await store.holds()
+            order_links = await store.order_links(order_id) if order_id else []
+            order_events = await store.order_events_of(order_id) if order_id else []
         # Why an unfinished delivery waits, when its CRM is paused.
         waiting: dict[str, str] = {}
         for d in view.deliveries:
@@ -138,13 +154,39 @@ def show(env: CliEnv, payment_id: str, as_json: bool) -> None:
             for d in view.deliveries
             if d.crm in settings.file.crm
         }
-        return reports.show_report(view, journal, requests, calls, links, waiting)
+        report = reports.show_report(view, journal, requests, calls, links, waiting)
+        if order_id is None:
+            return report
+        return reports.order_show_report(report, order_links, order_events, settings.order_crms)
 
     report = run(work())
     if as_json:
         print_json(report)
     else:
         reports.render_show(console(), report)
+
+
+async def find_event(store: Store, ident: str) -> tuple[EventView | None, str | None]:
+    """The event `ident` names, and its order id when it is an order's: a payment id, an
+    order event key, or an order id (its newest event)."""
+    view = await store.event("payment", ident)
+    if view is not None:
+        return view, None
+    view = await store.event("order", ident)
+    if view is None:
+        head = await store.order_head_key(ident)
+        view = await store.event("order", head) if head is not None else None
+    if view is None:
+        return None, None
+    return view, order_id_of(view.payload)
+
+
+def order_id_of(payload: str) -> str | None:
+    try:
+        order = json.loads(payload).get("order")
+    except (ValueError, AttributeError):
+        return None
+    return str(order["id"]) if isinstance(order, dict) and "id" in order else None
 
 
 @click.command()
@@ -168,7 +210,8 @@ def retry(
     crm: str | None,
     since: str | None,
 ) -> None:
-    """Put deliveries back in the queue: one payment's, all failed ones, or by filter."""
+    """Put deliveries back in the queue: one payment's (or an order's, or one order
+    event's: ORDER_ID[@UPDATED_AT]), all failed ones, or by filter."""
     by_filter = bool(statuses or crm or since)
     if sum((payment_id is not None, failed or by_filter)) != 1:
         raise click.UsageError("give either PAYMENT_ID, or --failed and/or --status/--crm/--since")
@@ -183,10 +226,19 @@ def retry(
     async def work() -> tuple[int, str | None, list[str], list[str], str | None]:
         async with open_store(settings, env) as store:
             if payment_id is not None:
-                view = await store.event("payment", payment_id)
+                view, order_id = await find_event(store, payment_id)
                 if view is None:
-                    raise click.ClickException(f"no payment with id {payment_id!r}")
+                    raise click.ClickException(
+                        f"no payment with id {payment_id!r} (nor an order or order event)"
+                    )
                 count, status = await store.retry_now(view.id), view.status
+                if order_id is not None and "@" not in payment_id:
+                    # An order id: every unfinished event of the order, not only the newest
+                    # (they run oldest first: one order's events never overtake each other).
+                    for row in await store.order_events_of(order_id):
+                        other = await store.event("order", row.key)
+                        if other is not None and other.id != view.id:
+                            count += await store.retry_now(other.id)
             else:
                 states = [s for choice in chosen for s in RETRY_STATES[choice]]
                 count = await store.retry_matching(statuses=states, crm=crm, since=since_ts)

@@ -55,12 +55,21 @@ def payment_id_of(body: bytes) -> str | None:
     return None if value is None else str(value)
 
 
-def local_url(host: str, port: int) -> str:
+def order_id_of(body: bytes) -> str | None:
+    """The order id of an order body (`{"event": …, "order": {"id": …}}`), else None."""
+    try:
+        value = json.loads(body)["order"]["id"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return None if value is None else str(value)
+
+
+def local_url(host: str, port: int, route: str = "/webhook/payment") -> str:
     # A bridge listening on every address is reached on loopback from this machine.
     reach = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
     if ":" in reach:
         reach = f"[{reach}]"
-    return f"http://{reach}:{port}/webhook/payment"
+    return f"http://{reach}:{port}{route}"
 
 
 @click.command()
@@ -89,7 +98,8 @@ def send(
     timeout: float,
     connect_wait: float,
 ) -> None:
-    """Sign FILE (a payment body) and post it to the running bridge; print its answer."""
+    """Sign FILE (a payment body, or an order body: to /webhook/order) and post it to the
+    running bridge; print its answer."""
     settings = env.settings()
     body, _path = read_body(file, example)
     if new_id:
@@ -111,7 +121,9 @@ def send(
         now=int(env.clock()),
     )
     headers["Content-Type"] = "application/json"
-    target = url or local_url(settings.host, settings.port)
+    order_id = order_id_of(body)  # an order body goes to the order route
+    route = "/webhook/order" if order_id is not None else "/webhook/payment"
+    target = url or local_url(settings.host, settings.port, route)
     try:
         with httpx.Client(timeout=timeout, transport=env.http_transport) as client:
             response = _post(client, target, body, headers, connect_wait)
@@ -124,7 +136,7 @@ def send(
         raise click.ClickException(f"POST {target}: {type(exc).__name__}: {exc}") from exc
     click.echo(f"{response.status_code} {_summary(response)}")
     click.echo(response.text)
-    key = payment_id_of(body)
+    key = payment_id_of(body) or order_id
     if key is not None and response.status_code < 500:
         click.echo(f"details: crm-bridge show {key}", err=True)
     if response.status_code >= 400 and response.status_code != 409:

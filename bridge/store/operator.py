@@ -32,6 +32,10 @@ _DELIVERY_STATES: dict[str, tuple[str, ...]] = {
 }
 
 
+# The platform's own time of an event, in its body: when paid; when the order changed.
+_EVENT_TIME = {"payment": "$.course_order.created_at", "order": "$.order.updated_at"}
+
+
 def _split_deliveries(packed: str | None) -> tuple[tuple[str, str], ...]:
     if not packed:
         return ()
@@ -44,7 +48,16 @@ class OperatorMixin(IntakeMixin):
 
     async def operator_stats(self) -> OperatorStats:
         """Counts behind `crm-bridge stats`."""
-        events = await self._read("SELECT status, COUNT(*) FROM events GROUP BY status")
+        kinds = await self._read(
+            "SELECT kind, status, COUNT(*) FROM events GROUP BY kind, status ORDER BY 1, 2"
+        )
+        by_kind: dict[str, dict[str, int]] = {}
+        for kind, status, count in kinds:
+            by_kind.setdefault(str(kind), {})[str(status)] = int(count)
+        events = [
+            (status, sum(counts.get(status, 0) for counts in by_kind.values()))
+            for status in sorted({status for counts in by_kind.values() for status in counts})
+        ]
         rows = await self._read(
             "SELECT crm, status, COUNT(*), SUM(crm_calls), MAX(updated_at) FROM deliveries"
             " GROUP BY crm, status ORDER BY crm, status"
@@ -69,6 +82,7 @@ class OperatorMixin(IntakeMixin):
                 for name, e in crms.items()
             ),
             last_success_at=last_success[0][0],
+            by_kind=by_kind,
         )
 
     async def list_events(
@@ -81,12 +95,14 @@ class OperatorMixin(IntakeMixin):
         customer_keys: Sequence[str] = (),
         deal_id: str | None = None,
         source: str | None = None,
+        kind: str = "payment",
     ) -> list[EventSummary]:
-        """Payment events, newest first. With `crm`, `status` is that CRM's delivery status
-        (`pending` includes `retrying`, `failed` includes `dead`); else the event's status.
-        `customer_keys`: any of these `kind:value` keys; `source`: "live" or "import"."""
-        where = ["e.kind = 'payment'"]
-        params: list[Any] = []
+        """Payment (or, with `kind`, order) events, newest first. With `crm`, `status` is
+        that CRM's delivery status (`pending` includes `retrying`, `failed` includes
+        `dead`); else the event's status. `customer_keys`: any of these `kind:value` keys;
+        `source`: "live" or "import"."""
+        where = ["e.kind = ?"]
+        params: list[Any] = [kind]
         if customer_keys:
             marks = ",".join("?" * len(customer_keys))
             where.append(
@@ -119,7 +135,7 @@ class OperatorMixin(IntakeMixin):
             " (SELECT group_concat(d.crm || char(31) || d.status, char(30)) FROM deliveries d"
             "  WHERE d.event_id = e.id),"
             " CASE WHEN json_valid(e.payload)"
-            "  THEN json_extract(e.payload, '$.course_order.created_at') END"
+            f"  THEN json_extract(e.payload, '{_EVENT_TIME[kind]}') END"
             f" FROM events e WHERE {' AND '.join(where)}"
             " ORDER BY e.received_at DESC, e.id DESC LIMIT ?",
             (*params, limit),
@@ -134,6 +150,7 @@ class OperatorMixin(IntakeMixin):
                 error_message=r[5],
                 deliveries=_split_deliveries(r[6]),
                 paid_at=None if r[7] is None else str(r[7]),
+                kind=kind,
             )
             for r in rows
         ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 # Live webhooks go before a historic import's backlog in the delivery queue.
@@ -28,6 +28,20 @@ class RequestRecord:
     detail: str = ""
 
 
+# The skip reason of an order event older than one already received (SPEC §8): stored,
+# answered 202 {"status": "stale"}, delivered nowhere.
+STALE_PREFIX = "stale: "
+
+
+@dataclass(frozen=True)
+class OrderStamp:
+    """Which order an order event is of, and its `updated_at` as fixed-width UTC text
+    (`order_normalize.order_stamp`): intake compares it with the newest received."""
+
+    order_id: str
+    updated_at: str
+
+
 @dataclass(frozen=True)
 class NewEvent:
     kind: str
@@ -39,6 +53,7 @@ class NewEvent:
     crms: tuple[str, ...]
     note: str = ""  # skip reason
     source: str = ""  # `[source.NAME]` the body came from; "" for the payment route
+    order: OrderStamp | None = None  # order events only
 
 
 @dataclass(frozen=True)
@@ -49,6 +64,8 @@ class IntakeResult:
     # A known, skipped event that this request moved to a new state (its status changed,
     # e.g. PENDING then CONFIRMED): stored and processed like a new event (`created`).
     state_changed: bool = False
+    # An order event older than the newest received for its order: stored as skipped.
+    stale: bool = False
 
 
 @dataclass(frozen=True)
@@ -131,6 +148,7 @@ class OperatorStats:
     events: Mapping[str, int]  # event status → count
     crms: tuple[CrmStats, ...]
     last_success_at: str | None
+    by_kind: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # payment/order
 
 
 @dataclass(frozen=True)
@@ -145,6 +163,7 @@ class EventSummary:
     error_message: str | None
     deliveries: tuple[tuple[str, str], ...]  # (crm, delivery status)
     paid_at: str | None = None  # the payment's own time (platform zone), from its body
+    kind: str = "payment"  # an order's `paid_at` is its `updated_at`
 
 
 @dataclass(frozen=True)
@@ -163,3 +182,32 @@ class RequestRow:
     verdict: str
     http_status: int
     detail: str
+
+
+@dataclass(frozen=True)
+class OrderLink:
+    """Order → deal in one CRM, kept by the bridge, and what was last applied there: the
+    next event's note says what changed since (status from → to, amount, items)."""
+
+    crm: str
+    order_id: str
+    contact_id: str
+    company_id: str | None
+    deal_id: str
+    pipeline_id: str
+    status: str  # the order status last applied
+    total: str
+    items: tuple[tuple[str, str, str, str], ...]  # (product id, name, quantity, price)
+    applied: str  # `OrderStamp.updated_at` of the event last applied
+    event_key: str
+
+
+@dataclass(frozen=True)
+class OrderEventRow:
+    """One stored event of an order, for `crm-bridge show ORDER_ID`."""
+
+    key: str
+    status: str  # the event's (success, skipped for a stale one, ...)
+    event: str  # created / updated / cancelled
+    order_status: str
+    updated_at: str  # as the platform sent it

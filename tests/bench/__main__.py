@@ -24,13 +24,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tests.bench import burst, calls, calls_every_crm, intake
+from tests.bench import burst, calls, calls_every_crm, intake, order_calls
 from tests.bench.config import ROOT
 from tests.bench.loadgen import percentiles
 from tests.bench.report import render, write_json
 from tests.bench.wrk import require_wrk
 
-SECTIONS = ("intake", "openloop", "calls", "burst", "memory")
+SECTIONS = ("intake", "openloop", "calls", "orders", "burst", "memory")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +93,8 @@ def _plan(only: list[str], quick: bool, workdir: Path) -> list[Step]:
                 lambda: {"calls": {**calls.crm_calls(), "every_crm": calls_every_crm.every_crm()}},
             )
         )
+    if "orders" in only:
+        steps.append(("orders", lambda: {"orders": order_calls.order_calls()}))
     if "burst" in only or "memory" in only:
 
         def burst_and_memory() -> dict[str, Any]:

@@ -58,6 +58,7 @@ def _rows(results: Mapping[str, Any]) -> Iterator[Row]:
         ("intake", _intake_rows),
         ("openloop", _openloop_rows),
         ("calls", _calls_rows),
+        ("orders", _orders_rows),
         ("burst", _burst_rows),
         ("memory", _memory_rows),
     ):
@@ -74,6 +75,7 @@ _TITLES = {
     "intake": "1 intake, closed loop",
     "openloop": "2 intake, open loop",
     "calls": "3 CRM calls/payment",
+    "orders": "6 CRM calls/order event",
     "burst": "4 burst drain",
     "memory": "5 memory (VmRSS)",
 }
@@ -154,6 +156,13 @@ def _calls_rows(section: Mapping[str, Any]) -> Iterator[Row]:
             value = f"{calls}" + ("" if calls == fake else f" (fake saw {fake}!)")
             target = row["target"]
             yield Row(title, f"{crm}: {name}", value, f"<= {target}", calls <= target)
+
+
+def _orders_rows(section: Mapping[str, Any]) -> Iterator[Row]:
+    title = _TITLES["orders"]
+    for crm, counts in section.items():
+        value = " / ".join(str(counts[event]) for event in ("created", "updated", "cancelled"))
+        yield Row(title, f"{crm}: created (new company) / updated / cancelled", value)
 
 
 def _burst_rows(section: Mapping[str, Any]) -> Iterator[Row]:

@@ -1,0 +1,45 @@
+"""Section 6: CRM calls per order event (created / updated / cancelled), per CRM.
+
+In process, like section 3: the real app through Litestar's test client, each CRM that
+takes orders (tests/order_cases.py: every CRM case with an `OrderProbe`, and the
+in-memory CRM, whose count is the order flow's own) on its stateful fake. A business
+customer's order is created (new contact and company), updated with a new status and new
+items, then cancelled; each event's calls are read from `deliveries.crm_calls`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tests.order_cases import ORDER_CASES, OrderCase, post_order
+from tests.order_support import order_body
+
+TENT = [("tent-02", "Шатёр 6×12", 1, "25000.00")]
+EVENTS = {
+    "created": order_body(event="created", status="new"),
+    "updated": order_body(status="in_rent", updated_at="2026-11-21T09:00:00+03:00", items=TENT),
+    "cancelled": order_body(
+        event="cancelled", status="in_rent", updated_at="2026-11-22T09:00:00+03:00", items=TENT
+    ),
+}
+
+
+def order_calls() -> dict[str, Any]:
+    return {case.name: asyncio.run(_case(case)) for case in ORDER_CASES}
+
+
+async def _case(case: OrderCase) -> dict[str, int]:
+    with tempfile.TemporaryDirectory(prefix="bench-orders-") as workdir:
+        fake = case.make_fake()
+        counts: dict[str, int] = {}
+        async with case.running(fake, Path(workdir))(wait_seconds=30) as bridge:
+            for name, body in EVENTS.items():
+                before = case.api_calls(fake)
+                answer = await post_order(bridge, body)
+                if answer.status_code != 200:
+                    raise RuntimeError(f"{case.name} {name}: {answer.status_code} {answer.text}")
+                counts[name] = case.api_calls(fake) - before
+        return counts
