@@ -1,5 +1,6 @@
 """The ASGI app: `create_app(settings)` wires store, adapters and worker in a lifespan;
-`POST /webhook/payment` is served in front of Litestar (`BridgeApp`), the rest by it.
+`POST /webhook/payment` and `POST /webhook/order` are served in front of Litestar
+(`BridgeApp`), the rest by it.
 
 Every inbound request is answered with one of the codes of SPEC §2 and logged to the
 `requests` table; the event itself is committed before any CRM is called.
@@ -16,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from litestar import Litestar, Request, Response, get
@@ -37,14 +38,15 @@ from bridge.asgi_io import (
     send_json,
 )
 from bridge.canonical import MAX_INT_DIGITS, decode_canonical
-from bridge.crm import build_adapters
+from bridge.crm import build_adapters, check_order_sections
 from bridge.crm.base import CrmAdapter
 from bridge.crypto import TokenCipher
-from bridge.errors import StoreUnavailable
+from bridge.errors import ConfigError, StoreUnavailable
 from bridge.health_view import health_content
-from bridge.intake import OrderFields, payment_intake
+from bridge.intake import OrderFields, order_intake, payment_intake
 from bridge.logs import clip
 from bridge.metrics import CONTENT_TYPE, Metrics
+from bridge.order_payloads import parse_order
 from bridge.payloads import CourseOrder, parse_payment, validation_details
 from bridge.reload import Loader, reload_runtime
 from bridge.settings import Settings
@@ -55,7 +57,11 @@ from bridge.worker import Worker
 log = logging.getLogger("bridge.app")
 
 Clock = Callable[[], float]
+# Builds the CRM adapters at start (default `bridge.crm.build_adapters`); tests run the
+# whole app over in-memory CRMs with it.
+AdapterBuilder = Callable[[Settings, Store], Mapping[str, CrmAdapter]]
 PAYMENT_ROUTE = "/webhook/payment"
+ORDER_ROUTE = "/webhook/order"
 
 
 @dataclass
@@ -83,11 +89,12 @@ def create_app(
     clock: Clock = time.time,
     reloader: Loader | None = None,
     on_loaded: Callable[[Store, Settings], Awaitable[None]] | None = None,
+    adapters: AdapterBuilder | None = None,
 ) -> BridgeApp:
     """`reloader`: how SIGHUP re-reads the settings (`serve` gives it; tests need none);
     `on_loaded`: called with the settings in force, at start and after each reload."""
     app = BridgeApp(settings, transports, clock)
-    app.reloader, app.on_loaded = reloader, on_loaded
+    app.reloader, app.on_loaded, app.adapters = reloader, on_loaded, adapters
     return app
 
 
@@ -111,6 +118,7 @@ class BridgeApp:
         self.runtime: Runtime | None = None  # while the lifespan runs
         self.reloader: Loader | None = None
         self.on_loaded: Callable[[Store, Settings], Awaitable[None]] | None = None
+        self.adapters: AdapterBuilder | None = None
         self.litestar = Litestar(
             route_handlers=[health, metrics],
             lifespan=[self._lifespan],
@@ -121,14 +129,14 @@ class BridgeApp:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == ScopeType.HTTP and scope["path"] in _PAYMENT_PATHS:
-            await _payment_webhook(self.runtime, scope, receive, send)
+        if scope["type"] == ScopeType.HTTP and scope["path"] in _WEBHOOKS:
+            await _webhook(self.runtime, _WEBHOOKS[scope["path"]], scope, receive, send)
         else:
             await self.litestar(scope, receive, send)
 
     @asynccontextmanager
     async def _lifespan(self, app: Litestar) -> AsyncIterator[None]:
-        runtime = await _start(self._settings, self._transports, self._clock)
+        runtime = await _start(self._settings, self._transports, self._clock, self.adapters)
         runtime.transports = self._transports
         runtime.on_reloaded = self.on_loaded
         app.state.runtime = runtime
@@ -150,14 +158,11 @@ class BridgeApp:
             await _stop(runtime)
 
 
-# Litestar would take the path with a trailing slash for the same route.
-_PAYMENT_PATHS = frozenset({PAYMENT_ROUTE, PAYMENT_ROUTE + "/"})
-
-
 async def _start(
     settings: Settings,
     transports: Mapping[str, httpx.AsyncBaseTransport] | None,
     clock: Clock,
+    build: AdapterBuilder | None = None,
 ) -> Runtime:
     cipher = (
         TokenCipher([key.get_secret_value() for key in settings.bridge_secret_key])
@@ -166,7 +171,18 @@ async def _start(
     )
     store = await Store.open(settings.database_path, clock=clock, cipher=cipher)
     metrics = Metrics()
-    adapters = build_adapters(settings, store, transports=transports, on_call=metrics.observe_call)
+    adapters: Mapping[str, CrmAdapter]
+    try:
+        if build is None:
+            adapters = build_adapters(
+                settings, store, transports=transports, on_call=metrics.observe_call
+            )
+        else:
+            adapters = build(settings, store)
+            check_order_sections(settings, adapters)
+    except ConfigError:
+        await store.close()
+        raise
     alerter = Alerter(settings, store, clock=clock, transport=alert_transport(transports))
     worker = Worker(
         store,
@@ -221,21 +237,22 @@ def _runtime(state: State) -> Runtime:
     return runtime
 
 
-async def _payment_webhook(
-    rt: Runtime | None, scope: HTTPScope, receive: Receive, send: Send
+async def _webhook(
+    rt: Runtime | None, webhook: _Webhook, scope: HTTPScope, receive: Receive, send: Send
 ) -> None:
-    """POST /webhook/payment, on the bare ASGI interface (see `BridgeApp`)."""
+    """POST /webhook/payment or /webhook/order, on the bare ASGI interface (see
+    `BridgeApp`)."""
     client = scope.get("client")
     # The remote address goes into log lines and the request log: a proxy's
     # X-Forwarded-For can make it anything, so it is clipped (an IPv6 address is <= 45).
     remote = clip(client[0], 64) if client else ""
-    reply = _Replier(rt, PAYMENT_ROUTE, remote) if rt is not None else None
+    reply = _Replier(rt, webhook.route, remote) if rt is not None else None
     try:
-        answer = await _payment_answer(rt, reply, scope, receive)
+        answer = await _webhook_answer(rt, reply, webhook, scope, receive)
     except Exception:
         # What Litestar's exception handler did for this route: a clean 500, the trace
         # in the journal only, and a row in the request log like every other answer.
-        log.exception("unhandled error on %s %s", clip(scope["method"], 16), PAYMENT_ROUTE)
+        log.exception("unhandled error on %s %s", clip(scope["method"], 16), webhook.route)
         answer = _Answer(500, {"error": "internal_error"}, close=True)
         if reply is not None:
             reply.record(500, "not known", "internal error")
@@ -243,8 +260,12 @@ async def _payment_webhook(
         await send_json(send, answer.code, answer.payload, answer.headers, close=answer.close)
 
 
-async def _payment_answer(
-    rt: Runtime | None, reply: _Replier | None, scope: HTTPScope, receive: Receive
+async def _webhook_answer(
+    rt: Runtime | None,
+    reply: _Replier | None,
+    webhook: _Webhook,
+    scope: HTTPScope,
+    receive: Receive,
 ) -> _Answer | None:
     """The answer to send, or None when the client left before its body arrived."""
     if rt is None or reply is None:  # the store is not open: before startup ends or after
@@ -273,34 +294,43 @@ async def _payment_answer(
         return _Answer(answer.code, answer.payload, close=True)
     except ClientGone:
         return None
-    return await _take_payment(rt, reply, header_map(scope), body)
+    return await webhook.take(rt, reply, header_map(scope), body)
 
 
 _ALLOW_POST = ((b"allow", b"POST"),)
+
+
+def _verified(
+    rt: Runtime, reply: _Replier, route: str, headers: Mapping[str, str], body: bytes
+) -> str | _Answer:
+    """The verdict's text for the request log, or the 401 answer."""
+    verdict = verify(
+        headers,
+        body,
+        hmac_secrets=rt.hmac_secrets,
+        standard_secrets=rt.standard_secrets,
+        legacy_enabled=rt.settings.legacy_secret_header_enabled,
+        now=rt.clock(),
+    )
+    if not verdict.ok:
+        log.warning(
+            "rejected %s from %s: %s (%s)",  # remote is clipped; reason and scheme are ours
+            route,
+            reply.remote,
+            verdict.reason,
+            verdict.scheme,
+        )
+        return reply(401, {"error": "invalid_signature"}, f"{verdict.scheme}: {verdict.reason}")
+    return f"{verdict.scheme}: ok"
 
 
 async def _take_payment(
     rt: Runtime, reply: _Replier, headers: Mapping[str, str], body: bytes
 ) -> _Answer:
     settings = rt.settings
-    verdict = verify(
-        headers,
-        body,
-        hmac_secrets=rt.hmac_secrets,
-        standard_secrets=rt.standard_secrets,
-        legacy_enabled=settings.legacy_secret_header_enabled,
-        now=rt.clock(),
-    )
-    if not verdict.ok:
-        log.warning(
-            "rejected %s from %s: %s (%s)",  # remote is clipped; reason and scheme are ours
-            PAYMENT_ROUTE,
-            reply.remote,
-            verdict.reason,
-            verdict.scheme,
-        )
-        return reply(401, {"error": "invalid_signature"}, f"{verdict.scheme}: {verdict.reason}")
-    verdict_text = f"{verdict.scheme}: ok"
+    verdict_text = _verified(rt, reply, PAYMENT_ROUTE, headers, body)
+    if isinstance(verdict_text, _Answer):
+        return verdict_text
     try:
         body_text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -366,6 +396,14 @@ def _bounded_int(text: str) -> int:
 
 def _parse_lenient(body_text: str) -> CourseOrder | _Refusal:
     """Any body the platform's own shape did not fit: the pydantic models decide."""
+    return _parsed(body_text, lambda raw: parse_payment(raw).course_order)
+
+
+T = TypeVar("T")
+
+
+def _parsed(body_text: str, parse: Callable[[object], T]) -> T | _Refusal:
+    """The body's JSON through `parse` (a pydantic model), or the 400/422 refusal."""
     try:
         raw = json.loads(body_text, parse_int=_bounded_int)
     except json.JSONDecodeError as exc:
@@ -376,11 +414,67 @@ def _parse_lenient(body_text: str) -> CourseOrder | _Refusal:
         error = f"body is not JSON we accept: a whole number over {MAX_INT_DIGITS} digits"
         return _Refusal(400, {"error": error})
     try:
-        return parse_payment(raw).course_order
+        return parse(raw)
     except ValidationError as exc:
         details = validation_details(exc)
         fields = ", ".join(detail["field"] for detail in details)
         return _Refusal(422, {"error": "invalid_payload", "details": details}, fields)
+
+
+async def _take_order(
+    rt: Runtime, reply: _Replier, headers: Mapping[str, str], body: bytes
+) -> _Answer:
+    """POST /webhook/order (SPEC §8): the payment route's answers, plus 202 stale."""
+    verdict_text = _verified(rt, reply, ORDER_ROUTE, headers, body)
+    if isinstance(verdict_text, _Answer):
+        return verdict_text
+    try:
+        body_text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return reply(400, {"error": f"body is not JSON: {exc}"}, verdict_text)
+    webhook = _parsed(body_text, parse_order)
+    if isinstance(webhook, _Refusal):
+        return reply(webhook.code, webhook.payload, verdict_text, webhook.detail)
+    intake = order_intake(webhook, body_text, rt.settings)
+    key = intake.event.key
+    try:
+        stored = await rt.store.intake(intake.event)
+    except StoreUnavailable as exc:
+        log.warning("cannot store order event %s: %s", key, exc)
+        return reply(503, {"error": "storage_unavailable"}, verdict_text, key=key)
+    for warning in intake.warnings:
+        log.warning("order %s: %s", key, clip(warning, 200))
+    if stored.stale:
+        # Stored (the audit keeps it), delivered nowhere: a newer update came first.
+        log.info("event=order:%s outcome=stale", key)
+        return reply(202, {"status": "stale"}, verdict_text, "stale", key=key)
+    if not stored.created:
+        return _answer_repeat(rt, reply, stored.status, key, verdict_text)
+    if intake.event.status == "skipped":
+        log.info("event=order:%s outcome=skipped reason=%r", key, intake.event.note)
+        return reply(202, {"status": "skipped", "reason": intake.event.note}, verdict_text, key=key)
+    rt.worker.wake()
+    if rt.settings.wait_seconds == 0:
+        return reply(202, {"status": "queued"}, verdict_text, key=key)
+    code, payload = _response_for(await _wait_for_outcome(rt, stored.event_id))
+    return reply(code, payload, verdict_text, key=key)
+
+
+@dataclass(frozen=True)
+class _Webhook:
+    route: str
+    take: Callable[[Runtime, _Replier, Mapping[str, str], bytes], Awaitable[_Answer]]
+
+
+_PAYMENT = _Webhook(PAYMENT_ROUTE, _take_payment)
+_ORDER = _Webhook(ORDER_ROUTE, _take_order)
+# Litestar would take the path with a trailing slash for the same route.
+_WEBHOOKS = {
+    PAYMENT_ROUTE: _PAYMENT,
+    PAYMENT_ROUTE + "/": _PAYMENT,
+    ORDER_ROUTE: _ORDER,
+    ORDER_ROUTE + "/": _ORDER,
+}
 
 
 def _answer_repeat(rt: Runtime, reply: _Replier, status: str, key: str, verdict: str) -> _Answer:

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import httpx
 from dotenv import dotenv_values
 
-from bridge import rules, servelock
+from bridge import order_rules, rules, servelock
 from bridge.crm import build_adapter as build_crm_adapter
 from bridge.crm.base import CrmAdapter
 from bridge.crmconfig import schema_problems
@@ -110,6 +110,7 @@ def settings_findings(settings: Settings, *, require_secret: bool = False) -> li
         ("note_template", payment.note_template, rules.NOTE_PLACEHOLDERS),
     ):
         found += [problem(f"payment.{key}: {p}") for p in rules.template_problems(template, names)]
+    found += order_findings(settings)
     oauth = [name for name in enabled if crms[name].auth == "oauth"]
     if settings.bridge_secret_key:
         try:
@@ -262,4 +263,31 @@ def env_file_findings(env_file: Path | None) -> list[Finding]:
         close = difflib.get_close_matches(key.upper(), sorted(known), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         found.append(warning(f"{path}: unknown key {key}{hint}: it is ignored"))
+    return found
+
+
+def order_findings(settings: Settings) -> list[Finding]:
+    """The `[order]` texts, and the order-id field every section taking orders needs: it
+    is how a deal whose link was lost to a crash is found again instead of made twice."""
+    order = settings.file.order
+    found = [
+        problem(f"order.{key}: {p}")
+        for key, template, names in (
+            (
+                "deal_name_template",
+                order.deal_name_template,
+                order_rules.ORDER_DEAL_NAME_PLACEHOLDERS,
+            ),
+            ("note_template", order.note_template, order_rules.ORDER_NOTE_PLACEHOLDERS),
+        )
+        for p in rules.template_problems(template, names)
+    ]
+    for name, crm in settings.file.crm.items():
+        if crm.enabled and crm.takes_orders and not crm.order_fields.order_id:
+            found.append(
+                problem(
+                    f"crm.{name}: takes orders (order_stages) but has no order_fields.order_id:"
+                    " a deal field (text) for the order id is needed"
+                )
+            )
     return found

@@ -16,7 +16,7 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from bridge import rules
-from bridge.domain import Customer, Payment
+from bridge.domain import Customer, Order, Payment
 from bridge.normalize import (
     CostedItem,
     UserFields,
@@ -24,9 +24,11 @@ from bridge.normalize import (
     payment_amount,
     payment_from_webhook,
 )
+from bridge.order_normalize import order_event_key, order_from_webhook, order_stamp
+from bridge.order_payloads import OrderWebhook, parse_order
 from bridge.payloads import parse_payment
 from bridge.settings import Settings
-from bridge.store import NewEvent
+from bridge.store import NewEvent, OrderStamp
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,49 @@ def payment_intake(order: OrderFields, body_text: str, settings: Settings) -> Pa
         note=skip_reason or "",
     )
     return PaymentIntake(event, tuple(warnings))
+
+
+@dataclass(frozen=True)
+class OrderIntake:
+    event: NewEvent
+    order: Order
+    warnings: tuple[str, ...]
+
+
+# Why an order event gets no delivery anywhere (`crm-bridge show` and the 202 say so).
+NO_ORDER_CRM = "no enabled CRM section has order_stages: orders are delivered nowhere"
+
+
+def order_intake(webhook: OrderWebhook, body_text: str, settings: Settings) -> OrderIntake:
+    """What the store needs to take an order event: key, amount, ordering keys.
+
+    One delivery per CRM that takes orders (a section with `order_stages`); the others
+    get none. Its events wait for the order's earlier ones (`order:<id>`), and for the
+    company's (`inn:…`), so two orders of one new company do not both create it."""
+    order, warnings = order_from_webhook(webhook, ZoneInfo(settings.platform_timezone))
+    crms = settings.order_crms
+    keys = [*customer_keys(order.customer), f"order:{order.order_id}"]
+    if order.company is not None:
+        keys.append(f"company:{order.company.inn or order.company.name.casefold()}")
+    event = NewEvent(
+        kind="order",
+        key=order_event_key(order.order_id, order.updated_at),
+        status="pending" if crms else "skipped",
+        amount=str(order.total),
+        customer_keys=tuple(keys),
+        payload=body_text,
+        crms=crms,
+        note="" if crms else NO_ORDER_CRM,
+        order=OrderStamp(order.order_id, order_stamp(order.updated_at)),
+    )
+    return OrderIntake(event, order, tuple(warnings))
+
+
+def order_from_stored(payload: str, settings: Settings) -> tuple[Order, list[str]]:
+    """The stored order event, normalised again (as payments are, on every attempt)."""
+    return order_from_webhook(
+        parse_order(json.loads(payload)), ZoneInfo(settings.platform_timezone)
+    )
 
 
 def payment_from_stored(

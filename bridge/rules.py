@@ -252,6 +252,16 @@ def note_text(payment: Payment, template: str, display_tz: ZoneInfo) -> str:
         "courses": "\n".join(line for line in courses if line),
         "contacts_line": " | ".join(label + value for label, value in contacts if value),
     }
+    text = render_note(template, values)
+    if not note_mentions_payment(text, payment.payment_id):
+        # The crash-window check looks for this line, whatever the configured template.
+        text = f"{text}\n{_PAYMENT_ID_LABEL}{payment.payment_id}".lstrip("\n")
+    return text
+
+
+def render_note(template: str, values: Mapping[str, str]) -> str:
+    """`template` with `values`, line by line: a line whose placeholders are all empty is
+    left out, and so is a static header line ending in ":" whose next line was."""
     lines: list[str | None] = []  # None: left out
     static: set[int] = set()
     for index, line in enumerate(template.splitlines()):
@@ -273,11 +283,12 @@ def note_text(payment: Payment, template: str, display_tz: ZoneInfo) -> str:
             and (index + 1 == len(lines) or lines[index + 1] is None)
         )
     ]
-    text = "\n".join(kept)
-    if not note_mentions_payment(text, payment.payment_id):
-        # The crash-window check looks for this line, whatever the configured template.
-        text = f"{text}\n{_PAYMENT_ID_LABEL}{payment.payment_id}".lstrip("\n")
-    return text
+    return "\n".join(kept)
+
+
+def render(template: str, values: Mapping[str, str]) -> str:
+    """`template` with `values`; an unknown placeholder stays in the text as it is."""
+    return _render(template, values)
 
 
 def note_mentions_payment(text: str, payment_id: str) -> bool:

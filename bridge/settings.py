@@ -40,6 +40,21 @@ Payment ID: {payment_id}"""
 
 DEFAULT_DEAL_NAME_TEMPLATE = "Оплата {subject} - {client_name}"
 
+# The note an applied order event leaves on its deal (bridge.order_rules): what changed.
+# Lines whose placeholders are all empty drop out, like the payment note's; the marker
+# line "Order event: <id> <updated_at>" is added when the template leaves it out.
+DEFAULT_ORDER_NOTE_TEMPLATE = """Заказ {order_id}: {event_label}
+{changes}
+Позиции:
+{items}
+Монтаж: {installation_date}
+Демонтаж: {dismantle_date}
+Доставка: {delivery}
+Комментарий: {comment}
+Order event: {order_event}"""
+
+DEFAULT_ORDER_DEAL_NAME_TEMPLATE = "Заказ {order_id} - {client_name}"
+
 # Retry delays of SPEC §3: ~1 min, 5 min, 30 min, 2 h, 6 h, then every 12 h up to 3 days.
 DEFAULT_RETRY_SCHEDULE = (60, 300, 1800, 7200, 21600, 43200, 43200, 43200, 43200, 43200, 43200)
 
@@ -237,10 +252,18 @@ class PaymentRules(_Strict):
     deal_name_template: str = DEFAULT_DEAL_NAME_TEMPLATE
 
 
+class OrderRules(_Strict):
+    """`[order]`: the texts an order writes (SPEC §8); stages and fields are per CRM."""
+
+    note_template: str = DEFAULT_ORDER_NOTE_TEMPLATE
+    deal_name_template: str = DEFAULT_ORDER_DEAL_NAME_TEMPLATE
+
+
 class FileConfig(_Strict):
     """The TOML file's whole content."""
 
     payment: PaymentRules = PaymentRules()
+    order: OrderRules = OrderRules()
     crm: dict[str, CrmConfig] = Field(default_factory=dict)
 
 
@@ -329,6 +352,13 @@ class Settings(BaseSettings):
     def enabled_crms(self) -> tuple[str, ...]:
         """The CRMs every event is delivered to, in configuration order."""
         return tuple(name for name, crm in self.file.crm.items() if crm.enabled)
+
+    @property
+    def order_crms(self) -> tuple[str, ...]:
+        """The CRMs every order event is delivered to: enabled, with `order_stages`."""
+        return tuple(
+            name for name, crm in self.file.crm.items() if crm.enabled and crm.takes_orders
+        )
 
     @field_validator(
         "webhook_secrets", "standard_webhook_secrets", "bridge_secret_key", mode="before"

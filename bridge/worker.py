@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
-from bridge.crm.base import CrmAdapter, counting_calls
+from bridge.crm.base import CrmAdapter, counting_calls, order_adapter
 from bridge.crm.calllog import recording_calls
 from bridge.domain import DealResult, Journal, KnownRefs
 from bridge.errors import (
@@ -36,12 +36,14 @@ from bridge.errors import (
     TransientCrmError,
 )
 from bridge.flow import FlowContext, deliver_payment
-from bridge.intake import customer_identity, payment_from_stored
+from bridge.intake import customer_identity, order_from_stored, payment_from_stored
 from bridge.logs import mask_keys
+from bridge.order_delivery import ORDER_KIND, deliver_order_event
+from bridge.order_flow import OrderContext
 from bridge.payloads import validation_details
 from bridge.refusals import RefusalExplainer
 from bridge.settings import CrmConfig, Settings
-from bridge.store import DeliveryJob, Store
+from bridge.store import DeliveryJob, OrderLink, Store
 
 log = logging.getLogger("bridge.worker")
 
@@ -53,7 +55,8 @@ class Delivered:
     outcome: ClassVar[str] = "success"
     result: DealResult
     warnings: tuple[str, ...]
-    remember: KnownRefs
+    remember: KnownRefs | None  # payments: the customer's contact and deal for next time
+    order_link: OrderLink | None = None  # orders: the order → deal link and what was applied
 
 
 @dataclass(frozen=True)
@@ -330,22 +333,10 @@ class Worker:
     async def _attempt(self, job: DeliveryJob) -> Attempt:
         adapter = self.adapters[job.crm]
         try:
-            payment, warnings = payment_from_stored(job.payload, job.received_at, self.settings)
-            journal = await self.store.journal(job.delivery_id)
-
-            async def record(done: Journal) -> None:
-                await self.store.record_steps(job.delivery_id, done)
-
-            identity = customer_identity(payment.customer)
-            known = await self.store.known_refs(job.crm, job.customer_keys)
-            outcome = await deliver_payment(
-                payment,
-                self._context(job.crm, adapter),
-                journal,
-                record,
-                first_attempt=job.attempts == 1 and journal.is_empty,
-                known=known if known is not None and known.identity == identity else None,
-            )
+            if job.kind == ORDER_KIND:
+                delivered = await self._order(job, adapter)
+            else:
+                delivered = await self._payment(job, adapter)
         except NotFound as exc:
             return NotFoundOutcome(exc.message)
         except AuthError as exc:
@@ -375,9 +366,40 @@ class Worker:
                 "%s resumed: a delivery succeeded (was paused: %s)", job.crm, resumed.reason
             )
             self._alert("resumed", job.crm, f"{job.crm} resumed (was paused: {resumed.reason})")
+        return delivered
+
+    async def _payment(self, job: DeliveryJob, adapter: CrmAdapter) -> Delivered:
+        payment, warnings = payment_from_stored(job.payload, job.received_at, self.settings)
+        journal = await self.store.journal(job.delivery_id)
+
+        async def record(done: Journal) -> None:
+            await self.store.record_steps(job.delivery_id, done)
+
+        identity = customer_identity(payment.customer)
+        known = await self.store.known_refs(job.crm, job.customer_keys)
+        outcome = await deliver_payment(
+            payment,
+            self._context(job.crm, adapter),
+            journal,
+            record,
+            first_attempt=job.attempts == 1 and journal.is_empty,
+            known=known if known is not None and known.identity == identity else None,
+        )
         result = outcome.result
         remember = KnownRefs(result.contact_id, result.deal_id, identity, job.customer_keys)
         return Delivered(result, (*warnings, *outcome.warnings), remember)
+
+    async def _order(self, job: DeliveryJob, adapter: CrmAdapter) -> Delivered:
+        config = self.settings.file.crm[job.crm]
+        orders = order_adapter(adapter)
+        if orders is None or not config.takes_orders:
+            # Settings refuse such a section at start; a reload may have removed its stages.
+            raise PermanentCrmError(job.crm, "this CRM section takes no orders (no order_stages)")
+        order, warnings = order_from_stored(job.payload, self.settings)
+        rules = self.settings.file.order
+        ctx = OrderContext(orders, config, rules, self.settings.create_if_not_found)
+        done = await deliver_order_event(self.store, job, order, ctx)
+        return Delivered(done.result, (*warnings, *done.warnings), None, done.link)
 
     def _context(self, crm: str, adapter: CrmAdapter) -> FlowContext:
         return FlowContext(
@@ -393,7 +415,7 @@ class Worker:
         ran out of schedule), which the log line and alerts name."""
         crm, delivery_id = job.crm, job.delivery_id
         match attempt:
-            case Delivered(result=result, remember=remember):
+            case Delivered(result=result, remember=remember, order_link=order_link):
                 await self.store.finish_delivery(
                     delivery_id,
                     status="success",
@@ -403,6 +425,7 @@ class Worker:
                     pipeline_id=result.pipeline_id,
                     crm_calls=calls,
                     remember=remember,
+                    order_link=order_link,
                 )
                 await self.store.set_crm_state(crm, success=True)
             case Paused(error=error):
@@ -414,7 +437,7 @@ class Worker:
             case Retry(error=error, retry_after=retry_after):
                 next_at = self._next_attempt_at(job.attempts, retry_after)
                 if next_at is None:
-                    self._alert("dead", crm, f"payment {job.key} in {crm} is dead: {error}")
+                    self._alert("dead", crm, f"{job.kind} {job.key} in {crm} is dead: {error}")
                 await self.store.finish_delivery(
                     delivery_id,
                     status="retrying" if next_at is not None else "dead",
@@ -425,7 +448,7 @@ class Worker:
                 await self.store.set_crm_state(crm, error=error)
                 return "retry" if next_at is not None else "dead"
             case Failed(error=error):
-                self._alert("failed", crm, f"payment {job.key} in {crm} failed: {error}")
+                self._alert("failed", crm, f"{job.kind} {job.key} in {crm} failed: {error}")
                 await self.store.finish_delivery(
                     delivery_id, status="failed", error=error, crm_calls=calls
                 )

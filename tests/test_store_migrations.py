@@ -105,7 +105,7 @@ async def test_version_7_adds_the_operators_tables_to_a_version_6_database(
     with sqlite3.connect(path) as conn:
         conn.execute("INSERT INTO crm_state (crm, paused_reason) VALUES ('amocrm', NULL)")
     store = await Store.open(path, clock=time.time)
-    assert await store.schema_version() == len(MIGRATIONS) == 7
+    assert await store.schema_version() == len(MIGRATIONS) >= 7
     assert await store.hold_crm("amocrm", "migration", "ops")
     assert (await store.holds())["amocrm"].reason == "migration"
     await store.close()

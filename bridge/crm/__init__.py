@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 import httpx
 
 from bridge.crm.amocrm import build_amocrm
-from bridge.crm.base import CrmAdapter
+from bridge.crm.base import CrmAdapter, order_adapter
 from bridge.crm.bitrix24 import build_bitrix24
 from bridge.crm.connection import OnCall, Wiring
 from bridge.crm.hubspot import build_hubspot
@@ -23,6 +23,7 @@ from bridge.crm.odoo import build_odoo
 from bridge.crm.pipedrive import build_pipedrive
 from bridge.crm.salesforce import build_salesforce
 from bridge.crm.zoho import build_zoho
+from bridge.errors import ConfigError
 from bridge.settings import CrmConfig, Settings
 from bridge.tokens import TokenRepository
 
@@ -61,11 +62,26 @@ def build_adapters(
     transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
     on_call: OnCall | None = None,
 ) -> dict[str, CrmAdapter]:
-    """One adapter (and so one HTTP client) per enabled CRM, for the process lifetime."""
-    return {
+    """One adapter (and so one HTTP client) per enabled CRM, for the process lifetime;
+    ConfigError for a section taking orders whose CRM cannot (`check_order_sections`)."""
+    adapters = {
         name: build_adapter(
             name, config, settings, tokens, transport=(transports or {}).get(name), on_call=on_call
         )
         for name, config in settings.file.crm.items()
         if config.enabled
     }
+    check_order_sections(settings, adapters)
+    return adapters
+
+
+def check_order_sections(settings: Settings, adapters: Mapping[str, CrmAdapter]) -> None:
+    """Refuse (ConfigError) a section with `order_stages` whose adapter has no order
+    operations: it would take order events it can never deliver."""
+    for name, adapter in adapters.items():
+        config = settings.file.crm[name]
+        if config.takes_orders and order_adapter(adapter) is None:
+            raise ConfigError(
+                f"crm.{name}: order_stages is set, but the {config.kind} adapter takes no"
+                " orders: remove order_stages from that section"
+            )

@@ -33,6 +33,7 @@ from bridge.store.base import (
 )
 from bridge.store.intake import ROWS_PER_STATEMENT
 from bridge.store.operator import OperatorMixin
+from bridge.store.orders import OrdersMixin
 from bridge.store.oversight import OversightMixin
 from bridge.store.queue import QueueMixin
 from bridge.store.records import (
@@ -47,6 +48,8 @@ from bridge.store.records import (
     JournalEntry,
     NewEvent,
     OperatorStats,
+    OrderLink,
+    OrderStamp,
     QueueStats,
     RequestRecord,
     RequestRow,
@@ -81,6 +84,8 @@ __all__ = [
     "JournalEntry",
     "NewEvent",
     "OperatorStats",
+    "OrderLink",
+    "OrderStamp",
     "QueueStats",
     "RequestRecord",
     "RequestRow",
@@ -89,7 +94,7 @@ __all__ = [
 ]
 
 
-class Store(QueueMixin, OperatorMixin, OversightMixin):
+class Store(QueueMixin, OperatorMixin, OversightMixin, OrdersMixin):
     """The bridge's SQLite database: open it with `await Store.open(path, clock=...)`."""
 
     # ---- lifecycle -------------------------------------------------------------------

@@ -14,9 +14,11 @@ from typing import cast
 import msgspec
 
 from bridge.store.base import IntakeItem, StoreBase
+from bridge.store.orders import mark_stale_orders, record_order_heads
 from bridge.store.records import (
     PRIORITY_LIVE,
     SETTLED_STATUSES,
+    STALE_PREFIX,
     IntakeResult,
     NewEvent,
     RequestRecord,
@@ -48,10 +50,11 @@ class IntakeMixin(StoreBase):
         now_text = utc_text(now)
         events = [item for item in batch if isinstance(item, NewEvent)]
         known = known_events(db, events)
-        fresh = unknown_events(events, known)
+        fresh = mark_stale_orders(db, unknown_events(events, known))
         changed = state_changes(events, known)
         if fresh:
             ids = insert_events(db, fresh, now, now_text)
+            record_order_heads(db, fresh, ids)
             known.update({k: (ids[k], "new:" + e.status, e.note) for k, e in fresh.items()})
         if changed:
             change_states(db, {known[k][0]: e for k, e in changed.items()}, now, now_text)
@@ -110,7 +113,8 @@ def state_changes(
     for event in events:
         key = (event.kind, event.key)
         stored = known.get(key)
-        if stored is None or stored[1] != "skipped" or key in changed:
+        # An order event's key is its content (order id + updated_at): never a new state.
+        if stored is None or stored[1] != "skipped" or key in changed or event.kind == "order":
             continue
         if event.status != "skipped" or event.note != stored[2]:
             changed[key] = event
@@ -239,15 +243,17 @@ def _results(
             results.append(None)
             continue
         key = (item.kind, item.key)
-        event_id, status, _ = known[key]
+        event_id, status, note = known[key]
         created = key in renewed and key not in first_seen
         first_seen.add(key)
+        status = status.removeprefix("new:")
         results.append(
             IntakeResult(
                 event_id,
                 created,
-                status.removeprefix("new:"),
+                status,
                 state_changed=created and key in changed,
+                stale=status == "skipped" and (note or "").startswith(STALE_PREFIX),
             )
         )
     return results

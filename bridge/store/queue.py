@@ -16,12 +16,14 @@ from bridge.errors import StoreUnavailable
 from bridge.store.base import (
     StoreBase,
 )
+from bridge.store.orders import save_order_link
 from bridge.store.records import (
     CrmState,
     DeliveryJob,
     DeliveryOutcome,
     DueSlice,
     EventView,
+    OrderLink,
     QueueStats,
     utc_text,
 )
@@ -182,11 +184,14 @@ class QueueMixin(StoreBase):
         next_attempt_at: float | None = None,
         count_attempt: bool = True,
         remember: KnownRefs | None = None,
+        order_link: OrderLink | None = None,
     ) -> None:
         """Record an attempt's outcome; the event's status follows its deliveries.
 
         `remember` (on success) files the contact and deal under the customer's keys, so
         the next payment can verify them with one call instead of searching.
+        `order_link` (an order's success) is written in the same transaction: a link
+        never says an event was applied whose delivery is not recorded as done.
         """
         now = self._clock()
         now_text = utc_text(now)
@@ -213,6 +218,8 @@ class QueueMixin(StoreBase):
                 ),
             )
             db.execute(REFRESH_EVENT_SQL_BY_DELIVERY, (now_text, delivery_id))
+            if order_link is not None:
+                save_order_link(db, order_link, now_text)
             if remember is not None and remember.contact_id:
                 db.executemany(
                     "INSERT INTO customer_refs (crm, customer_key, contact_id, deal_id,"

@@ -28,6 +28,20 @@ class RequestRecord:
     detail: str = ""
 
 
+# The skip reason of an order event older than one already received (SPEC §8): stored,
+# answered 202 {"status": "stale"}, delivered nowhere.
+STALE_PREFIX = "stale: "
+
+
+@dataclass(frozen=True)
+class OrderStamp:
+    """Which order an order event is of, and its `updated_at` as fixed-width UTC text
+    (`order_normalize.order_stamp`): intake compares it with the newest received."""
+
+    order_id: str
+    updated_at: str
+
+
 @dataclass(frozen=True)
 class NewEvent:
     kind: str
@@ -38,6 +52,7 @@ class NewEvent:
     payload: str
     crms: tuple[str, ...]
     note: str = ""  # skip reason
+    order: OrderStamp | None = None  # order events only
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,8 @@ class IntakeResult:
     # A known, skipped event that this request moved to a new state (its status changed,
     # e.g. PENDING then CONFIRMED): stored and processed like a new event (`created`).
     state_changed: bool = False
+    # An order event older than the newest received for its order: stored as skipped.
+    stale: bool = False
 
 
 @dataclass(frozen=True)
@@ -160,3 +177,21 @@ class RequestRow:
     verdict: str
     http_status: int
     detail: str
+
+
+@dataclass(frozen=True)
+class OrderLink:
+    """Order → deal in one CRM, kept by the bridge, and what was last applied there: the
+    next event's note says what changed since (status from → to, amount, items)."""
+
+    crm: str
+    order_id: str
+    contact_id: str
+    company_id: str | None
+    deal_id: str
+    pipeline_id: str
+    status: str  # the order status last applied
+    total: str
+    items: tuple[tuple[str, str, str, str], ...]  # (product id, name, quantity, price)
+    applied: str  # `OrderStamp.updated_at` of the event last applied
+    event_key: str

@@ -252,4 +252,53 @@ CREATE TABLE runtime (
     updated_at TEXT NOT NULL
 )
 """,
+    # 8: orders (SPEC §8) — in the same event log (kind 'order'); the newest `updated_at`
+    # received per order (intake's stale check), the order → deal link per CRM with what
+    # was last applied there, and the audit view beside `payment_events`.
+    """
+CREATE TABLE order_heads (
+    order_id TEXT PRIMARY KEY,
+    updated_at TEXT NOT NULL,
+    event_id INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE order_links (
+    crm TEXT NOT NULL,
+    order_id TEXT NOT NULL,
+    contact_id TEXT NOT NULL,
+    company_id TEXT,
+    deal_id TEXT NOT NULL,
+    pipeline_id TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,
+    total TEXT NOT NULL,
+    items TEXT NOT NULL DEFAULT '[]',
+    applied TEXT NOT NULL,
+    event_key TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (crm, order_id)
+);
+CREATE VIEW order_events AS
+SELECT
+    e.id AS id,
+    json_extract(e.payload, '$.order.id') AS order_id,
+    json_extract(e.payload, '$.event') AS event,
+    json_extract(e.payload, '$.order.status') AS order_status,
+    json_extract(e.payload, '$.order.updated_at') AS updated_at,
+    e.key AS event_key,
+    e.received_at AS created_at,
+    e.processed_at AS processed_at,
+    e.status AS status,
+    e.amount AS amount,
+    d.crm AS crm,
+    d.status AS delivery_status,
+    d.contact_id AS contact_id,
+    d.deal_id AS deal_id,
+    d.pipeline_id AS pipeline_id,
+    d.deal_created AS deal_created,
+    MAX(COALESCE(d.attempts, 0) - 1, 0) AS retry_count,
+    COALESCE(d.last_error, e.error_message) AS error_message,
+    e.payload AS payload
+FROM events e
+LEFT JOIN deliveries d ON d.event_id = e.id
+WHERE e.kind = 'order'
+""",
 )

@@ -4,7 +4,9 @@ It keeps contacts, deals and notes the way the real adapters present them (custo
 fields as text by field id, a contact's deals listed with it) and records every call.
 `fail_at(n)` makes the n-th call fail before it does anything; `fail_at(n, after=True)`
 lets it take effect and then loses the answer, the crash window between a CRM write
-and its journal write.
+and its journal write. `kill_at(n, after=...)` does the same with `Killed`, which no
+`except Exception` stops: the delivery ends there, nothing after it is written (what a
+SIGKILL of the bridge leaves), and the CRM keeps what it applied.
 """
 
 from __future__ import annotations
@@ -12,23 +14,27 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import httpx
 
-from bridge.crm.base import Confirm, CrmSchema, RateLimiter, first_confirmed
+from bridge.crm.base import Confirm, ConfirmCompany, CrmSchema, RateLimiter, first_confirmed
 from bridge.crm.connection import Connection, Wiring
 from bridge.domain import (
+    Company,
+    CompanyRecord,
     Contact,
     ContactPatch,
     Deal,
+    DealChange,
     FieldUpdate,
     KeyKind,
     LookupKey,
     NewContact,
     NewDeal,
+    OrderItem,
 )
 from bridge.errors import CrmError, TransientCrmError
 from bridge.settings import CrmConfig, FileConfig, Settings
@@ -43,7 +49,7 @@ def field_text(update: FieldUpdate) -> str:
     value = update.value
     if isinstance(value, tuple):
         return ",".join(str(item) for item in value)
-    if isinstance(value, datetime):
+    if isinstance(value, date | datetime):  # a DATE reads back as YYYY-MM-DD
         return value.isoformat()
     if isinstance(value, Decimal):
         return format(value.normalize(), "f")
@@ -59,25 +65,77 @@ class StoredContact:
     fields: dict[str, str] = field(default_factory=dict)
 
 
-class MemoryCrm:
-    """One CRM in a dict. Ids are sequential numbers; `tick` orders deal updates."""
+class Killed(BaseException):
+    """The bridge process died at this CRM call (see `MemoryCrm.kill_at`)."""
 
-    def __init__(self, config: CrmConfig, name: str = "memory") -> None:
+
+class MemoryConnection:
+    """What the app and worker ask of an adapter's connection: always authorised."""
+
+    async def credentials_problem(self) -> str | None:
+        return None
+
+    def token_expires_at(self) -> float | None:
+        return None
+
+    def health_details(self) -> Mapping[str, object]:
+        return {}
+
+    async def aclose(self) -> None:
+        return None
+
+
+@dataclass
+class StoredCompany:
+    id: str
+    name: str
+    inn: str
+    phone: str | None = None
+    email: str | None = None
+
+
+Item = tuple[str, Decimal, Decimal]  # name, quantity, unit price
+
+
+class MemoryCrm:
+    """One CRM in a dict. Ids are sequential numbers; `tick` orders deal updates.
+
+    It also takes orders (`OrderAdapter`): companies searched loosely (INN and name
+    substrings, so the flow must confirm), contacts and deals linked to companies, stage
+    moves, and deal items replaced as a whole; `keeps_items=False` plays a CRM whose deals
+    hold no items (no call is made)."""
+
+    def __init__(
+        self, config: CrmConfig, name: str = "memory", *, keeps_items: bool = True
+    ) -> None:
         self.name = name
         self.config = config
-        self.connection: Any = None  # no plumbing: nothing to authorise or close
+        self.keeps_items = keeps_items
+        self.connection = MemoryConnection()  # no plumbing: nothing to authorise
         self.contacts: dict[str, StoredContact] = {}
         self.deals: dict[str, Deal] = {}
         self.notes: dict[str, list[str]] = {}
+        self.companies: dict[str, StoredCompany] = {}
+        self.contact_companies: dict[str, set[str]] = {}
+        self.deal_company: dict[str, str] = {}
+        self.deal_names: dict[str, str] = {}
+        self.items: dict[str, list[Item]] = {}
         self.calls: list[str] = []
         self._next_id = 100
         self._failure: tuple[int, bool, CrmError] | None = None
+        self._kill: tuple[int, bool] | None = None
+        self.killed = False
+        self.kills = 0
 
     # ---- set up and inspect ---------------------------------------------------------
 
     def fail_at(self, call: int, *, after: bool = False, error: CrmError | None = None) -> None:
         lost = TransientCrmError(self.name, "answer lost", maybe_applied=after)
         self._failure = (call, after, error or lost)
+
+    def kill_at(self, call: int, *, after: bool = False) -> None:
+        """The n-th call from now kills the delivery, before or after it takes effect."""
+        self._kill = (len(self.calls) + call, after)
 
     def add_contact(
         self, phones: Sequence[str] = (), emails: Sequence[str] = (), **fields: str
@@ -116,7 +174,21 @@ class MemoryCrm:
         return self.contacts[contact_id].fields.get(field_id)
 
     def writes(self) -> list[str]:
-        return [call for call in self.calls if call.startswith(("create", "update", "add"))]
+        return [
+            call
+            for call in self.calls
+            if call.startswith(("create", "update", "add", "link", "change", "set"))
+        ]
+
+    def add_company(self, name: str, inn: str = "") -> str:
+        """A company a manager entered."""
+        company_id = self._new_id()
+        self.companies[company_id] = StoredCompany(company_id, name, inn)
+        return company_id
+
+    def stage(self, deal_id: str) -> tuple[str, str]:
+        deal = self.deals[deal_id]
+        return deal.pipeline_id, deal.status_id
 
     # ---- CrmAdapter -----------------------------------------------------------------
 
@@ -149,6 +221,8 @@ class MemoryCrm:
     ) -> tuple[Contact, Deal]:
         def both() -> tuple[Contact, Deal]:
             created = self._create_contact(contact)
+            if deal.company_id is not None:
+                self.contact_companies.setdefault(created.id, set()).add(deal.company_id)
             return created, self._create_deal(created.id, deal)
 
         return self._call("create_contact_and_deal", both)
@@ -173,10 +247,79 @@ class MemoryCrm:
     async def schema(self) -> CrmSchema:
         return CrmSchema((), ())
 
+    # ---- OrderAdapter ---------------------------------------------------------------
+
+    async def find_company(self, company: Company, confirm: ConfirmCompany) -> CompanyRecord | None:
+        def search() -> CompanyRecord | None:
+            for key, needle in (("inn", company.inn), ("name", company.name)):
+                if not needle:
+                    continue
+                hits = [
+                    CompanyRecord(c.id, c.name, c.inn)
+                    for c in self.companies.values()
+                    if _loose(needle) in _loose(c.inn if key == "inn" else c.name)
+                ]
+                confirmed = [hit for hit in hits if confirm(hit, key)]  # type: ignore[arg-type]
+                if confirmed:
+                    return min(confirmed, key=lambda hit: int(hit.id))
+            return None
+
+        return self._call("find_company", search)
+
+    async def create_company(self, company: Company) -> CompanyRecord:
+        def create() -> CompanyRecord:
+            company_id = self._new_id()
+            self.companies[company_id] = StoredCompany(
+                company_id, company.name, company.inn, company.phone, company.email
+            )
+            return CompanyRecord(company_id, company.name, company.inn)
+
+        return self._call("create_company", create)
+
+    async def link_contact_to_company(self, contact_id: str, company_id: str) -> None:
+        links = self.contact_companies.setdefault(contact_id, set())
+        self._call("link_contact_to_company", lambda: links.add(company_id))
+
+    async def change_deal(self, deal_id: str, change: DealChange) -> None:
+        def apply() -> None:
+            deal = self.deals[deal_id]
+            pipeline_id, status_id = deal.pipeline_id, deal.status_id
+            if change.pipeline_id is not None and change.status_id is not None:
+                pipeline_id, status_id = change.pipeline_id, change.status_id
+            if change.name is not None:
+                self.deal_names[deal_id] = change.name
+            self.deals[deal_id] = replace(
+                deal,
+                pipeline_id=pipeline_id,
+                status_id=status_id,
+                is_closed=self._closed(status_id),
+                price=deal.price if change.price is None else change.price,
+                fields={**deal.fields, **_texts(change.fields)},
+                updated_at=self._new_tick(),
+            )
+
+        self._call("change_deal", apply)
+
+    async def set_deal_items(self, deal_id: str, items: Sequence[OrderItem], currency: str) -> None:
+        if not self.keeps_items:
+            return  # like Zoho Deals or Odoo leads: the note lists the items
+
+        def replace_items() -> None:
+            self.items[deal_id] = [(item.name, item.quantity, item.price) for item in items]
+
+        self._call("set_deal_items", replace_items)
+
     # ---- inside ---------------------------------------------------------------------
 
     def _call(self, operation: str, effect: Callable[[], T]) -> T:
         self.calls.append(operation)
+        kill = self._kill
+        if kill is not None and kill[0] == len(self.calls):
+            self._kill, self.killed = None, True
+            self.kills += 1
+            if kill[1]:
+                effect()
+            raise Killed(operation)
         failure = self._failure
         if failure is not None and failure[0] == len(self.calls) and not failure[1]:
             self._failure = None
@@ -234,11 +377,18 @@ class MemoryCrm:
             new.status_id,
             updated_at=self._new_tick(),
             price=new.price,
+            is_closed=self._closed(new.status_id),
             contact_ids=(contact_id,),
             fields=_texts(new.fields),
         )
         self.deals[deal.id] = deal
+        self.deal_names[deal.id] = new.name
+        if new.company_id is not None:
+            self.deal_company[deal.id] = new.company_id
         return deal
+
+    def _closed(self, status_id: str) -> bool:
+        return status_id in self.config.closed_status_ids
 
     def _new_id(self) -> str:
         self._next_id += 1
@@ -247,6 +397,11 @@ class MemoryCrm:
     def _new_tick(self) -> int:
         self._next_id += 1
         return self._next_id
+
+
+def _loose(text: str) -> str:
+    # A CRM's search ignores case and runs of spaces and matches substrings.
+    return " ".join(text.casefold().split())
 
 
 def _texts(updates: Sequence[FieldUpdate]) -> dict[str, str]:
