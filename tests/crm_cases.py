@@ -116,7 +116,7 @@ def _odoo_case(name: str, version: int) -> CrmCase:
         lambda: example_odoo(version=version),
         _odoo_section(name),
         credentials,
-        contacts=lambda fake: [str(p["id"]) for p in fake.partners()],
+        contacts=lambda fake: [str(p["id"]) for p in fake.partners() if not p.get("is_company")],
         deals=lambda fake: [str(lead["id"]) for lead in fake.leads()],
         raw_deal_field=lambda fake, deal_id, field_id: _odoo_value(fake.lead(deal_id)[field_id]),
         notes=lambda fake, deal_id: [odoo_note_text(body) for body in fake.notes(deal_id)],

@@ -277,6 +277,14 @@ def _odoo_parent(fake: Fake, partner_id: Any) -> str | None:
     return str(parent) if parent else None
 
 
+def _odoo_stage(fake: Fake, deal_id: str) -> tuple[str, str]:
+    """The lead's team and stage; a lost lead (archived, Odoo keeps its stage) is in the
+    `lost` pseudo-stage that `order_stages` names for it."""
+    lead = fake.lead(deal_id)
+    stage = "lost" if not lead.get("active", True) else str(lead["stage_id"])
+    return str(lead["team_id"]), stage
+
+
 def _odoo_probe(version: int) -> OrderProbe:
     def add_company(fake: Fake, name: str, inn: str) -> str:
         return str(fake.add_partner(name, is_company=True, fields={"vat": inn or False}))
@@ -291,10 +299,7 @@ def _odoo_probe(version: int) -> OrderProbe:
         contact_companies=lambda fake, contact_id: {
             parent for parent in [_odoo_parent(fake, contact_id)] if parent
         },
-        stage=lambda fake, deal_id: (
-            str(fake.lead(deal_id)["team_id"]),
-            str(fake.lead(deal_id)["stage_id"]),
-        ),
+        stage=_odoo_stage,
         price=lambda fake, deal_id: Decimal(str(fake.lead(deal_id)["expected_revenue"])),
         items=None,  # crm.lead has no lines: keeps_items is False
     )

@@ -11,7 +11,7 @@ import pytest
 
 from bridge.crmconfig import config_snippet, schema_problems
 from bridge.settings import CrmConfig, OrderStage
-from tests import test_order_contract as orders
+from tests import order_probes as orders
 from tests.test_contract import ADAPTER_CASES
 
 PROBES = {probe.kind: probe for probe in orders.PROBES if probe.kind in ("amocrm", "bitrix24")}
