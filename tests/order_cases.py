@@ -1,5 +1,5 @@
 """The CRMs the order scenarios run against: every `CrmCase` whose CRM has an
-`OrderProbe` in tests/test_order_contract.py, and the in-memory CRM.
+`OrderProbe` in tests/order_probes.py, and the in-memory CRM.
 
 A `CrmCase` of kind K takes orders when the contract suite has a probe for K: the probe's
 `order_config` is applied to the case's section and its reads of the fake (stage, price,
@@ -26,8 +26,8 @@ from bridge.settings import CrmConfig, FileConfig
 from tests.conftest import Bridge, make_settings, reference_file_config, signed
 from tests.crm_cases import CASES, CrmCase
 from tests.fakes.memory import MemoryCrm
+from tests.order_probes import PROBES, OrderProbe
 from tests.order_support import with_orders
-from tests.test_order_contract import PROBES, OrderProbe
 
 Fake = Any
 Item = tuple[str, Decimal, Decimal]
