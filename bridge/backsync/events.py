@@ -70,7 +70,11 @@ class Malformed(Refused):
 
 
 def utc_from_seconds(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
+    """A CRM's unix time as UTC; Malformed when no date has it (year past 9999)."""
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise Malformed(f"time {seconds:.0f} is out of range") from exc
 
 
 def whole_number(value: object) -> str | None:

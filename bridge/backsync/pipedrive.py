@@ -21,6 +21,7 @@ import base64
 import binascii
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from bridge.backsync.events import (
     DealMoved,
@@ -65,8 +66,9 @@ def parse(
     deal_id = whole_number(meta.get("entity_id"))
     if deal_id is None:
         raise Malformed("meta.entity_id is missing or not a whole number")
-    stamp = whole_number(meta.get("timestamp"))
-    occurred = utc_from_seconds(float(stamp) if stamp else now)
+    data = body.get("data")
+    updated = data.get("update_time") if isinstance(data, dict) else None
+    occurred = _occurred(meta.get("timestamp"), updated, now)
     if action == "delete":
         return [DealMoved(crm, deal_id, None, None, f"{deal_id}:deleted", occurred, True)]
     if action != "change":
@@ -74,14 +76,29 @@ def parse(
     previous = body.get("previous")
     if not isinstance(previous, dict) or not {"stage_id", "pipeline_id"} & set(previous):
         return []  # a change of other fields
-    data = body.get("data")
     if not isinstance(data, dict):
         raise Malformed("data is not an object")
     stage_id = whole_number(data.get("stage_id"))
     pipeline_id = whole_number(data.get("pipeline_id"))
     if stage_id is None or pipeline_id is None:
         raise Malformed("data.stage_id and data.pipeline_id must be whole numbers")
-    updated = data.get("update_time")
-    when = updated if isinstance(updated, str) and updated else (stamp or f"t{now:.0f}")
+    # Resends repeat the deal's update_time (and the event's timestamp).
+    when = updated if isinstance(updated, str) and updated else f"{occurred.timestamp():.0f}"
     key = f"{deal_id}:{pipeline_id}:{stage_id}:{when}"
     return [DealMoved(crm, deal_id, pipeline_id, stage_id, key, occurred)]
+
+
+def _occurred(timestamp: object, update_time: object, now: float) -> datetime:
+    """When the change happened: `meta.timestamp` (unix seconds in Pipedrive's samples; an
+    ISO 8601 text is taken too), else the deal's `update_time`, else `now`."""
+    seconds = whole_number(timestamp)
+    if seconds is not None:
+        return utc_from_seconds(float(seconds))
+    for value in (timestamp, update_time):
+        if isinstance(value, str) and value:
+            try:
+                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return utc_from_seconds(now)
