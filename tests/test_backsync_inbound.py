@@ -15,9 +15,11 @@ from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.backsync import amocrm, bitrix24, hubspot, pipedrive
-from bridge.backsync.events import DealMoved, InboundRequest, Malformed, Unauthorized
+from bridge.backsync.events import DealMoved, InboundRequest, Malformed, Refused, Unauthorized
 from bridge.backsync.form import decode_form
 from bridge.backsync.inbound import parse_event, sends_events
 from tests.fakes.amocrm import FakeAmoCrm
@@ -37,6 +39,56 @@ def inbound(request: CrmRequest) -> InboundRequest:
 def form_request(url: str, pairs: list[tuple[str, str]]) -> InboundRequest:
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     return InboundRequest("POST", url, headers, urlencode(pairs).encode())
+
+
+FUZZ_KEYS = [
+    "leads[status][0][id]",
+    "leads[status][0][status_id]",
+    "leads[status][0][pipeline_id]",
+    "leads[status][0][updated_at]",
+    "leads[delete][0][id]",
+    "leads[update][x]",
+    "event",
+    "data[FIELDS][ID]",
+    "ts",
+    "auth[application_token]",
+    "auth",
+]
+FUZZ_HEADERS = [
+    "Authorization",
+    "X-HubSpot-Signature-v3",
+    "X-HubSpot-Request-Timestamp",
+    "Content-Type",
+]
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "meta",
+                    "data",
+                    "previous",
+                    "entity",
+                    "action",
+                    "entity_id",
+                    "stage_id",
+                    "pipeline_id",
+                    "timestamp",
+                    "update_time",
+                    "subscriptionType",
+                    "objectId",
+                    "occurredAt",
+                    "propertyName",
+                ]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
 
 
 class Clock:
@@ -580,3 +632,46 @@ def test_pipedrive_fake_sends_v2_with_basic_auth_after_a_move() -> None:
 def test_only_the_four_crms_send_events() -> None:
     assert [kind for kind in ("amocrm", "bitrix24", "hubspot", "pipedrive") if sends_events(kind)]
     assert not sends_events("odoo")
+
+
+# ---- whatever arrives, a refusal or a result: never an exception the route would 500 on
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    kind=st.sampled_from(["amocrm", "bitrix24", "hubspot", "pipedrive"]),
+    body=st.one_of(
+        st.binary(max_size=300),
+        st.builds(
+            lambda pairs: urlencode(pairs).encode(),
+            st.lists(st.tuples(st.sampled_from(FUZZ_KEYS), st.text(max_size=25)), max_size=8),
+        ),
+        st.builds(lambda doc: json.dumps(doc).encode(), JSON_VALUES),
+    ),
+    headers=st.dictionaries(
+        st.sampled_from(FUZZ_HEADERS),
+        st.text(max_size=40) | st.sampled_from(["Basic dTpw", str(int(NOW * 1000))]),
+        max_size=4,
+    ),
+    sign=st.booleans(),
+    query=st.sampled_from(["", "?token=t", "?token=x&token=t"]),
+)
+def test_no_input_escapes_as_anything_but_a_refusal(
+    kind: str, body: bytes, headers: dict[str, str], query: str, sign: bool
+) -> None:
+    url = f"{BRIDGE}/{kind}{query}"
+    if sign:  # past verification, into the parsers
+        stamp = str(int(NOW * 1000))
+        headers = {
+            "Authorization": "Basic dTpw",
+            "X-HubSpot-Request-Timestamp": stamp,
+            "X-HubSpot-Signature-v3": hubspot.signature("POST", url, body, stamp, "t"),
+        }
+    request = InboundRequest("POST", url, headers, body)
+    try:
+        moved = parse_event(kind, kind, request, ["t", "u:p"], NOW)
+        status = 200
+    except Refused as refused:
+        moved, status = [], refused.status_code
+    assert status in (200, 400, 401)
+    assert all(isinstance(item, DealMoved) for item in moved)
