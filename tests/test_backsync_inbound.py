@@ -436,8 +436,8 @@ def test_hubspot_refuses_unsigned_forged_and_replayed(
     change: dict[str, str | None], reason: str
 ) -> None:
     signed = hubspot_request(f"{BRIDGE}/hubspot", json.dumps(HUBSPOT_SAMPLE).encode())
-    headers = {**signed.headers, **change}
-    headers = {name: value for name, value in headers.items() if value is not None}
+    merged = {**signed.headers, **change}
+    headers = {name: value for name, value in merged.items() if value is not None}
     request = InboundRequest("POST", signed.url, headers, signed.body)
     with pytest.raises(Unauthorized) as caught:
         hubspot.parse("hubspot", request, [APP_SECRET], NOW)

@@ -157,7 +157,7 @@ async def test_bitrix24_event_then_stage_read_then_status(
     assert moved is not None and len(fake.calls) > calls
     assert (moved.pipeline_id, moved.status_id, moved.dedup_key) == ("0", "LOSE", event.dedup_key)
     stage_map = StageMap.from_config(with_stages(example_config(), BX_STAGES))
-    assert stage_map.resolve(moved.pipeline_id, moved.status_id, RESERVED).status == CANCELLED
+    assert stage_map.resolve(moved.pipeline_id, "LOSE", RESERVED).status == CANCELLED
 
 
 async def test_stage_read_of_a_deal_gone_is_none(bx_pair: tuple[FakeBitrix24, Bitrix24]) -> None:
