@@ -20,6 +20,7 @@ from bridge.backsync.callback import (
     message_id,
 )
 from bridge.backsync.config import callback_target, event_secrets, event_secrets_var
+from bridge.backsync.echo import OwnMove, is_echo
 from bridge.backsync.events import DealMoved, InboundRequest
 from bridge.backsync.stage_read import read_stage
 from bridge.backsync.statuses import StageMap
@@ -281,3 +282,35 @@ def test_hubspot_event_secrets_default_to_the_app_client_secret() -> None:
     both = {"HS_CLIENT_SECRET": SecretStr("app"), "HS_EVENT_SECRETS": SecretStr("a,b")}
     assert event_secrets(settings(file=files, crm_env=both), "hs") == ("a", "b")
     assert event_secrets(settings(file=files), "other") == ()
+
+
+# ---- no echo --------------------------------------------------------------------------
+
+
+def moved_at(stage: str, seconds: float, pipeline: str | None = "1") -> DealMoved:
+    return DealMoved("amocrm", "7", pipeline, stage, f"7:{stage}:{seconds}", at(seconds))
+
+
+def at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(1_764_750_000 + seconds, UTC)
+
+
+def test_the_bridges_own_moves_are_echoes_even_when_reported_late() -> None:
+    own = [OwnMove("7", "1", "RESERVED", at(0)), OwnMove("7", "1", "IN_RENT", at(2))]
+    # The CRM reports the first move after the second was applied: still the bridge's.
+    assert is_echo(moved_at("RESERVED", 1), own)
+    assert is_echo(moved_at("IN_RENT", 3), own)
+    assert is_echo(moved_at("IN_RENT", 3, pipeline=None), own)  # HubSpot: no pipeline
+
+
+def test_a_managers_move_is_not_an_echo() -> None:
+    own = [OwnMove("7", "1", "RESERVED", at(0))]
+    assert not is_echo(moved_at("RESERVED", 301), own)  # back to it, later
+    assert not is_echo(moved_at("CANCELLED", 1), own)  # another stage
+    assert not is_echo(moved_at("RESERVED", 1, pipeline="2"), own)  # another pipeline
+    other_deal = DealMoved("amocrm", "8", "1", "RESERVED", "k", at(1))
+    assert not is_echo(other_deal, own)
+    gone = DealMoved("amocrm", "7", None, None, "7:deleted", at(1), deleted=True)
+    assert not is_echo(gone, own)
+    assert not is_echo(moved_at("RESERVED", 0), [])
+    assert is_echo(moved_at("RESERVED", 60), own, window_seconds=60)

@@ -11,6 +11,7 @@ and the worker once the order flow (the order → deal link) has landed:
 - `stage_read`: the stage of a deal whose event does not carry it (Bitrix24), read with
   the adapter's `get_deal`;
 - `statuses`: stage → order status, the inverse of `order_stages`;
+- `echo`: whether an event reports a move the bridge itself made (not forwarded);
 - `callback`: the signed `order.status_changed` request to the platform;
 - `config`: the settings these read (callback URL and secret, per-CRM event secrets).
 """
