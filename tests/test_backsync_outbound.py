@@ -20,6 +20,7 @@ from bridge.backsync.callback import (
     message_id,
 )
 from bridge.backsync.config import callback_target, event_secrets, event_secrets_var
+from bridge.backsync.decide import LinkedOrder, decide
 from bridge.backsync.echo import OwnMove, is_echo
 from bridge.backsync.events import DealMoved, InboundRequest
 from bridge.backsync.stage_read import read_stage
@@ -314,3 +315,56 @@ def test_a_managers_move_is_not_an_echo() -> None:
     assert not is_echo(gone, own)
     assert not is_echo(moved_at("RESERVED", 0), [])
     assert is_echo(moved_at("RESERVED", 60), own, window_seconds=60)
+
+
+# ---- the decision ---------------------------------------------------------------------
+
+DEAL_STAGES = {
+    NEW: ("1", "NEW"),
+    RESERVED: ("1", "RESERVED"),
+    IN_RENT: ("1", "IN_RENT"),
+    IN_PROGRESS: ("1", "IN_PROGRESS"),
+    ARCHIVED: ("1", "WON"),
+    CANCELLED: ("1", "LOST"),
+}
+DEAL_MAP = StageMap.from_config(with_stages(example_config(), DEAL_STAGES))
+ORDER = LinkedOrder("R-1042", RESERVED)
+
+
+def test_a_managers_move_becomes_one_callback() -> None:
+    decision = decide(moved_at("IN_RENT", 10), ORDER, DEAL_MAP, [])
+    assert decision.reason == "forwarded"
+    assert decision.callback == StatusChanged("R-1042", IN_RENT, RESERVED, "amocrm", "7", at(10))
+
+
+@pytest.mark.parametrize(
+    ("moved", "order", "own", "reason"),
+    [
+        (
+            DealMoved("amocrm", "7", None, None, "7:deleted", AT, deleted=True),
+            ORDER,
+            [],
+            "deal 7 was deleted in the CRM",
+        ),
+        (moved_at("IN_RENT", 10), None, [], "deal 7 is linked to no order"),
+        (
+            moved_at("IN_RENT", 10),
+            ORDER,
+            [OwnMove("7", "1", "IN_RENT", at(9))],
+            "deal 7: the bridge's own move",
+        ),
+        (moved_at("RESERVED", 10), ORDER, [], "deal 7: stage RESERVED of pipeline 1 is the"),
+        (moved_at("ELSEWHERE", 10), ORDER, [], "deal 7: stage ELSEWHERE of pipeline 1 maps to no"),
+    ],
+)
+def test_what_is_not_forwarded_says_why(
+    moved: DealMoved, order: LinkedOrder | None, own: list[OwnMove], reason: str
+) -> None:
+    decision = decide(moved, order, DEAL_MAP, own)
+    assert decision.callback is None
+    assert decision.reason.startswith(reason)
+
+
+def test_the_stage_must_be_read_before_deciding() -> None:
+    with pytest.raises(ValueError, match="stage not read"):
+        decide(DealMoved("bitrix24", "7", None, None, "7:1", AT), ORDER, DEAL_MAP)

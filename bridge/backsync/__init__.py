@@ -12,6 +12,7 @@ and the worker once the order flow (the order → deal link) has landed:
   the adapter's `get_deal`;
 - `statuses`: stage → order status, the inverse of `order_stages`;
 - `echo`: whether an event reports a move the bridge itself made (not forwarded);
+- `decide`: the policy over one event: the callback to send, or why none;
 - `callback`: the signed `order.status_changed` request to the platform;
 - `config`: the settings these read (callback URL and secret, per-CRM event secrets).
 """
