@@ -371,6 +371,11 @@ SECRET_SUFFIXES = (
 _SECRET_NAME = re.compile(rf"[A-Z0-9_]+_(?:{'|'.join(SECRET_SUFFIXES)})")
 
 
+def is_crm_secret_name(name: str) -> bool:
+    """Whether `name` is read as a CRM section's secret (`<PREFIX>_<SUFFIX>`)."""
+    return _SECRET_NAME.fullmatch(name) is not None
+
+
 @dataclass(frozen=True)
 class CrmSecrets:
     """One configured CRM's secrets. `[crm.NAME]` reads `<PREFIX>_<SUFFIX>`, PREFIX being

@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from bridge.backsync.echo import OwnMove, is_echo
 from bridge.backsync.events import DealMoved, InboundRequest
 from bridge.backsync.stage_read import read_stage
 from bridge.backsync.statuses import StageMap
+from bridge.checks import env_file_findings
 from bridge.crm.bitrix24 import Bitrix24, build_bitrix24
 from bridge.domain import OrderStatus
 from bridge.errors import ConfigError
@@ -368,3 +370,16 @@ def test_what_is_not_forwarded_says_why(
 def test_the_stage_must_be_read_before_deciding() -> None:
     with pytest.raises(ValueError, match="stage not read"):
         decide(DealMoved("bitrix24", "7", None, None, "7:1", AT), ORDER, DEAL_MAP)
+
+
+def test_check_knows_event_secrets_in_the_env_file(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text(
+        "AMO_SANDBOX_EVENT_SECRETS=a,b\nAMO_SANDBOX_ACCESS_TOKEN=t\n"
+        "PLATFORM_CALLBACK_URL=https://x.example\nPLATFORM_CALLBACK_SECRETS=typo\n"
+        "AMO_SANDBX_EVENT_SECRETS=c\n"
+    )
+    findings = [finding.text for finding in env_file_findings(env, ["amo-sandbox"])]
+    assert len(findings) == 2
+    assert "unknown key PLATFORM_CALLBACK_SECRETS" in findings[0]
+    assert "unknown key AMO_SANDBX_EVENT_SECRETS" in findings[1]  # no such section
