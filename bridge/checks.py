@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,7 +26,7 @@ from bridge.crm.base import CrmAdapter
 from bridge.crmconfig import schema_problems
 from bridge.crypto import TokenCipher
 from bridge.errors import AuthError, BridgeError, ConfigError, CrmError, StoreUnavailable
-from bridge.settings import Settings
+from bridge.settings import Settings, is_crm_secret_name, secret_prefix
 from bridge.signing import standard_secret_key
 from bridge.staleness import stale_config
 from bridge.store import Store
@@ -136,7 +136,7 @@ async def run_checks(
     env_file: Path | None = None,
 ) -> list[Finding]:
     found = settings_findings(settings, require_secret=True)
-    found += env_file_findings(env_file)
+    found += env_file_findings(env_file, settings.file.crm)
     cipher = _cipher_or_none(settings)
     path = settings.database_path
     created = "" if path.exists() else " (created)"
@@ -247,9 +247,11 @@ def _cipher_or_none(settings: Settings) -> TokenCipher | None:
         return None  # reported by settings_findings
 
 
-def env_file_findings(env_file: Path | None) -> list[Finding]:
+def env_file_findings(env_file: Path | None, sections: Iterable[str] = ()) -> list[Finding]:
     """Keys in the environment file the bridge does not know: a typo is otherwise
-    silently ignored and its setting left at the default."""
+    silently ignored and its setting left at the default. A secret of one of the TOML
+    file's `sections` (`<PREFIX>_<SUFFIX>`, see `crm_secrets`) is known."""
+    prefixes = tuple(f"{secret_prefix(name)}_" for name in sections)
     path = env_file if env_file is not None else Path(".env")
     try:
         values = dotenv_values(path) if path.is_file() else {}
@@ -258,7 +260,7 @@ def env_file_findings(env_file: Path | None) -> list[Finding]:
     known = {name.upper() for name in Settings.model_fields if name != "file"}
     found: list[Finding] = []
     for key in values:
-        if key.upper() in known:
+        if key.upper() in known or (is_crm_secret_name(key) and key.startswith(prefixes)):
             continue
         close = difflib.get_close_matches(key.upper(), sorted(known), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""

@@ -55,7 +55,7 @@ def serve(env: CliEnv, host: str | None, port: int | None) -> None:
     settings = env.settings()
     configure_logging(settings.log_level)
     # Refuse to start on a broken configuration; an unreachable CRM does not stop it.
-    findings = settings_findings(settings) + env_file_findings(env.env_file)
+    findings = settings_findings(settings) + env_file_findings(env.env_file, settings.file.crm)
     for finding in findings:
         if finding.level != "ok":
             click.echo(f"{finding.level.upper()}: {finding.text}", err=True)
