@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
@@ -37,6 +37,9 @@ from bridge.asgi_io import (
     read_body,
     send_json,
 )
+from bridge.backsync import receive as crm_events
+from bridge.backsync.config import callback_target
+from bridge.backsync.events import InboundRequest
 from bridge.canonical import MAX_INT_DIGITS, decode_canonical
 from bridge.crm import build_adapters, check_order_sections
 from bridge.crm.base import CrmAdapter
@@ -52,6 +55,7 @@ from bridge.reload import Loader, reload_runtime
 from bridge.settings import Settings
 from bridge.signing import verify
 from bridge.store import DeliveryOutcome, EventView, RequestRecord, Store
+from bridge.store.backsync import PLATFORM
 from bridge.worker import Worker
 
 log = logging.getLogger("bridge.app")
@@ -120,7 +124,7 @@ class BridgeApp:
         self.on_loaded: Callable[[Store, Settings], Awaitable[None]] | None = None
         self.adapters: AdapterBuilder | None = None
         self.litestar = Litestar(
-            route_handlers=[health, metrics],
+            route_handlers=[health, metrics, crm_event],
             lifespan=[self._lifespan],
             request_max_body_size=settings.max_body_bytes,
             exception_handlers={Exception: _internal_error},
@@ -183,6 +187,11 @@ async def _start(
     except ConfigError:
         await store.close()
         raise
+    try:
+        callback_target(settings)  # back-sync's URL and secret: refused at start if unusable
+    except ConfigError:
+        await store.close()
+        raise
     alerter = Alerter(settings, store, clock=clock, transport=alert_transport(transports))
     worker = Worker(
         store,
@@ -192,6 +201,8 @@ async def _start(
         pause_probe_seconds=settings.pause_probe_seconds,
         on_outcome=metrics.observe_outcome,
         on_alert=alerter.notify,
+        # Tests hand the platform stand-in in under the name "platform".
+        platform_transport=(transports or {}).get(PLATFORM),
     )
     runtime = Runtime(
         settings,
@@ -586,6 +597,43 @@ class _Replier:
         record = RequestRecord(self._route, self.remote, verdict, code, key, detail)
         self._rt.store.log_request(record)
         self._rt.metrics.count_request(self._route, code)
+
+
+@post(crm_events.ROUTE + "/{name:str}", status_code=200)
+async def crm_event(request: Request[Any, Any, State]) -> Response[Any]:
+    """POST /webhook/crm/{name}: a CRM telling of deals moved (bridge.backsync.receive).
+    Not the hot path, so Litestar serves it; stored before the 2xx, answered without
+    waiting for the worker."""
+    rt = _runtime(request.app.state)
+    name = str(request.path_params["name"])
+    body = await request.body()
+    client = request.client
+    remote = clip(client.host, 64) if client else ""
+    inbound = InboundRequest(request.method, _public_url(request.scope), request.headers, body)
+    taken = await crm_events.take(rt.store, rt.settings, name, inbound, rt.clock(), remote)
+    route = f"{crm_events.ROUTE}/{clip(name, 64)}"
+    rt.store.log_request(
+        RequestRecord(route, remote, taken.verdict, taken.code, taken.key, taken.detail)
+    )
+    rt.metrics.count_request(crm_events.ROUTE, taken.code)  # one label for every section
+    if taken.new:
+        rt.worker.wake()
+    return Response(content=taken.payload, status_code=taken.code)
+
+
+def _public_url(scope: Any) -> str:
+    """The URL the CRM called, as HubSpot signs it: the scheme as the server saw it (the
+    server believes `X-Forwarded-Proto` from `FORWARDED_ALLOW_IPS` only, so behind the
+    proxy it is the public `https`), the `Host` the proxy passes on (`proxy_set_header
+    Host $host`), the path and query as sent, undecoded."""
+    headers = dict(scope.get("headers") or ())
+    host = headers.get(b"host", b"").decode("latin-1")
+    if not host:
+        server = scope.get("server")
+        host = f"{server[0]}:{server[1]}" if server else "localhost"
+    path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+    query = (scope.get("query_string") or b"").decode("latin-1")
+    return f"{scope.get('scheme', 'http')}://{host}{path}" + (f"?{query}" if query else "")
 
 
 @get("/webhook/health")

@@ -25,6 +25,7 @@ import aiosqlite
 
 from bridge.crypto import TokenCipher
 from bridge.errors import StoreUnavailable
+from bridge.store.backsync import BacksyncMixin, CrmEventRow, ForwardedStatus
 from bridge.store.base import (
     Clock,
     create_private_file,
@@ -73,6 +74,7 @@ CHECKPOINT_EVERY_SECONDS = 1.0
 _WRITER_CHECKPOINT_PAGES = 20_000
 
 __all__ = [
+    "CrmEventRow",
     "CrmState",
     "CrmStats",
     "DeliveryJob",
@@ -80,6 +82,7 @@ __all__ = [
     "DueSlice",
     "EventSummary",
     "EventView",
+    "ForwardedStatus",
     "IntakeResult",
     "JournalEntry",
     "NewEvent",
@@ -94,7 +97,7 @@ __all__ = [
 ]
 
 
-class Store(QueueMixin, OperatorMixin, OversightMixin, OrdersMixin):
+class Store(QueueMixin, OperatorMixin, OversightMixin, OrdersMixin, BacksyncMixin):
     """The bridge's SQLite database: open it with `await Store.open(path, clock=...)`."""
 
     # ---- lifecycle -------------------------------------------------------------------
