@@ -631,7 +631,9 @@ def _public_url(scope: Any) -> str:
     if not host:
         server = scope.get("server")
         host = f"{server[0]}:{server[1]}" if server else "localhost"
-    path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+    # Some servers' `raw_path` carries the query too (ASGI says it should not).
+    raw_path = scope.get("raw_path") or scope["path"].encode()
+    path = raw_path.split(b"?", 1)[0].decode("latin-1")
     query = (scope.get("query_string") or b"").decode("latin-1")
     return f"{scope.get('scheme', 'http')}://{host}{path}" + (f"?{query}" if query else "")
 
