@@ -665,6 +665,7 @@ async def health(request: Request[Any, Any, State]) -> Response[Any]:
         counts=counts,
         adapters=rt.adapters,
         config_loaded_at=rt.config_loaded_at,
+        backsync=rt.worker.callback() is not None,
     )
     rt.metrics.queue_depth.set(queue.depth)
     rt.metrics.oldest_pending_age.set(content["oldest_pending_age_seconds"] or 0)

@@ -17,7 +17,7 @@ import click
 
 from bridge import servelock
 from bridge.checks import env_file_findings, settings_findings
-from bridge.cli import crm, log, operate, send, tools
+from bridge.cli import backsync, crm, log, operate, send, tools
 from bridge.cli._env import CliEnv
 from bridge.errors import ConfigError
 from bridge.logs import configure_logging
@@ -114,6 +114,8 @@ for command in (
     crm.check,
     crm.discover,
     crm.auth,
+    backsync.crm_events,
+    backsync.crm_event,
 ):
     main.add_command(command)
 
