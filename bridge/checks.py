@@ -21,6 +21,8 @@ import httpx
 from dotenv import dotenv_values
 
 from bridge import order_rules, rules, servelock
+from bridge.backsync.config import callback_target, event_secrets, event_secrets_var
+from bridge.backsync.inbound import sends_events
 from bridge.crm import build_adapter as build_crm_adapter
 from bridge.crm.base import CrmAdapter
 from bridge.crmconfig import schema_problems
@@ -71,6 +73,33 @@ def build_adapter(
     return build_crm_adapter(name, config, settings, tokens, transport=transport, clock=clock)
 
 
+def backsync_findings(settings: Settings) -> list[Finding]:
+    """Back-sync (issue 19): the platform's callback, and each section that would take
+    events but has no secret to check them against (every event would be 401)."""
+    try:
+        target = callback_target(settings)
+    except ConfigError as exc:
+        return [problem(str(exc))]
+    if target is None:
+        return []
+    host = target.url.partition("://")[2].split("/", 1)[0]
+    sections = [
+        name
+        for name, crm in settings.file.crm.items()
+        if crm.enabled and crm.takes_orders and sends_events(crm.kind)
+    ]
+    found = [ok(f"back-sync: callbacks to {host}; CRM events from {', '.join(sections) or 'none'}")]
+    for name in sections:
+        if not event_secrets(settings, name):
+            found.append(
+                warning(
+                    f"{event_secrets_var(name)} is not set: every event of {name} would be"
+                    " answered 401 (README, Back-sync)"
+                )
+            )
+    return found
+
+
 def settings_findings(settings: Settings, *, require_secret: bool = False) -> list[Finding]:
     """What can be told from the settings alone. `require_secret` (check): no webhook
     secret at all is a problem; `serve` still starts without one (every webhook 401)."""
@@ -111,6 +140,7 @@ def settings_findings(settings: Settings, *, require_secret: bool = False) -> li
     ):
         found += [problem(f"payment.{key}: {p}") for p in rules.template_problems(template, names)]
     found += order_findings(settings)
+    found += backsync_findings(settings)
     oauth = [name for name in enabled if crms[name].auth == "oauth"]
     if settings.bridge_secret_key:
         try:

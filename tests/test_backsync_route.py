@@ -14,9 +14,12 @@ import pytest
 
 from bridge.app import _public_url
 from bridge.backsync.receive import section_receives
+from bridge.checks import backsync_findings
+from bridge.settings import FileConfig
 from tests.conftest import make_settings, wait_until
 from tests.crm_cases import CASES
 from tests.fakes.crm_events import FORM, CrmRequest
+from tests.order_cases import ORDER_CASES
 from tests.test_backsync_scenarios import (
     BASE,
     EVENT_CRMS,
@@ -157,3 +160,28 @@ def test_the_public_url_is_the_one_the_crm_called_behind_the_proxy() -> None:
     assert _public_url(scope) == "https://bridge.example.ru/webhook/crm/hub%73pot?a=1&b=%20"
     no_host = {**scope, "headers": [], "raw_path": None, "query_string": b""}
     assert _public_url(no_host) == "https://127.0.0.1:8080/webhook/crm/hubspot"
+
+
+def test_check_reports_the_callback_and_sections_without_an_event_secret(
+    tmp_path: Path,
+) -> None:
+    half = make_settings(tmp_path, platform_callback_url="http://platform.test/hooks")
+    [finding] = backsync_findings(half)
+    assert finding.level == "problem" and "PLATFORM_CALLBACK_SECRET" in finding.text
+    amo = next(case for case in ORDER_CASES if case.name == "amocrm")
+    file = FileConfig(crm={"amocrm": amo.config()})
+    full = make_settings(
+        tmp_path,
+        file,
+        platform_callback_url="http://platform.test/hooks",
+        platform_callback_secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    )
+    found = [(f.level, f.text) for f in backsync_findings(full)]
+    assert found == [
+        ("ok", "back-sync: callbacks to platform.test; CRM events from amocrm"),
+        (
+            "warning",
+            "AMOCRM_EVENT_SECRETS is not set: every event of amocrm would be answered 401"
+            " (README, Back-sync)",
+        ),
+    ]
