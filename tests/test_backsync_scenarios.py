@@ -117,7 +117,11 @@ def sync_for(crm: EventCrm, tmp_path: Path) -> Sync:
     platform = FakePlatform(WHSEC)
 
     @asynccontextmanager
-    async def run(secret: str | None = None, **overrides: Any) -> AsyncIterator[Bridge]:
+    async def run(
+        secret: str | None = None,
+        platform_transport: httpx.AsyncBaseTransport | None = None,
+        **overrides: Any,
+    ) -> AsyncIterator[Bridge]:
         credentials = dict(crm_case.credentials(fake))
         crm_env = {
             **credentials.pop("crm_env", {}),
@@ -129,7 +133,10 @@ def sync_for(crm: EventCrm, tmp_path: Path) -> Sync:
         settings = make_settings(
             tmp_path, file, **{**credentials, **callback, **overrides, "crm_env": crm_env}
         )
-        transports = {crm.name: fake.transport(), "platform": platform.transport()}
+        transports = {
+            crm.name: fake.transport(),
+            "platform": platform_transport or platform.transport(),
+        }
         app = create_app(settings, transports=transports)
         async with AsyncTestClient(app=app, base_url=BASE) as client:
             yield Bridge(client, settings, fake)
@@ -278,3 +285,47 @@ async def test_a_callback_waiting_for_the_platform_is_sent_after_a_restart(sync:
     [body] = sync.platform.events()
     assert body["status"] == "in_rent"
     assert sync.platform.deliveries(first_id) == 1
+
+
+class Killed(BaseException):
+    """The process dies here: nothing in the bridge catches it, nothing after is written."""
+
+
+class DyingOnce(httpx.AsyncBaseTransport):
+    """The first callback kills the bridge: before it reaches the platform, or after the
+    platform took it and before its answer came back."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, *, after: bool) -> None:
+        self.inner, self.after, self.armed = inner, after, True
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.armed:
+            self.armed = False
+            if self.after:
+                await self.inner.handle_async_request(request)
+            raise Killed
+        return await self.inner.handle_async_request(request)
+
+
+@pytest.mark.parametrize(
+    "after", [False, True], ids=["before-sending", "after-the-platform-took-it"]
+)
+async def test_killed_during_the_callback_it_is_sent_after_a_restart_under_the_same_id(
+    tmp_path: Path, after: bool
+) -> None:
+    amo = sync_for(EVENT_CRMS[0], tmp_path)
+    dying = DyingOnce(amo.platform.transport(), after=after)
+    async with amo.run(platform_transport=dying) as bridge:
+        deal = await ordered(bridge, amo)
+        assert (await send(bridge, amo.move(deal, "in_rent"))).status_code == 200
+        await wait_until(lambda: not dying.armed)
+        stuck = "SELECT status FROM deliveries WHERE crm = 'platform'"
+        await wait_until(lambda: rows(bridge, stuck) == [("processing",)])
+        [(webhook_id,)] = rows(bridge, "SELECT webhook_id FROM crm_events")
+    async with amo.run() as bridge:
+        await settled(bridge)
+        [(status, forwarded)] = rows(bridge, "SELECT status, forwarded_status FROM crm_events")
+    assert (status, forwarded) == ("success", "in_rent")
+    [body] = amo.platform.events()
+    assert body["status"] == "in_rent" and body["previous_status"] == "reserved"
+    assert amo.platform.deliveries(webhook_id) == (2 if after else 1)
