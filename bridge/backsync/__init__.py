@@ -1,7 +1,8 @@
 """Back-sync (SPEC §8, issue 19): a manager moves a deal in a CRM, the platform hears it.
 
-Building blocks, each pure and tested on its own, to be wired into the route, the store
-and the worker once the order flow (the order → deal link) has landed:
+Pure building blocks, each tested on its own, and the two places they are wired:
+`receive` (the route `POST /webhook/crm/{name}`: verify, parse, store, answer) and
+`delivery` (the worker's step: decide once, then the signed callback). README "Back-sync".
 
 - `events`: the neutral values: `InboundRequest` (what the route received), `DealMoved`
   (what one CRM event says), `Refused` / `Unauthorized` / `Malformed` (safe to log);
