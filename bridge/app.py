@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
@@ -39,6 +39,9 @@ from bridge.asgi_io import (
     read_body,
     send_json,
 )
+from bridge.backsync import receive as crm_events
+from bridge.backsync.config import callback_target
+from bridge.backsync.events import InboundRequest
 from bridge.canonical import MAX_INT_DIGITS, decode_canonical
 from bridge.crm import build_adapters, check_order_sections
 from bridge.crm.base import CrmAdapter
@@ -57,6 +60,7 @@ from bridge.sources.auth import source_secrets, verify_source
 from bridge.sources.config import SourceAnswer, SourceConfig
 from bridge.sources.intake import BodyError, MappingFailed, decode_body, source_intake
 from bridge.store import DeliveryOutcome, EventView, NewEvent, RequestRecord, Store
+from bridge.store.backsync import PLATFORM
 from bridge.worker import Worker
 
 log = logging.getLogger("bridge.app")
@@ -126,7 +130,7 @@ class BridgeApp:
         self.on_loaded: Callable[[Store, Settings], Awaitable[None]] | None = None
         self.adapters: AdapterBuilder | None = None
         self.litestar = Litestar(
-            route_handlers=[health, metrics],
+            route_handlers=[health, metrics, crm_event],
             lifespan=[self._lifespan],
             request_max_body_size=settings.max_body_bytes,
             exception_handlers={Exception: _internal_error},
@@ -192,6 +196,11 @@ async def _start(
     except ConfigError:
         await store.close()
         raise
+    try:
+        callback_target(settings)  # back-sync's URL and secret: refused at start if unusable
+    except ConfigError:
+        await store.close()
+        raise
     alerter = Alerter(settings, store, clock=clock, transport=alert_transport(transports))
     worker = Worker(
         store,
@@ -201,6 +210,8 @@ async def _start(
         pause_probe_seconds=settings.pause_probe_seconds,
         on_outcome=metrics.observe_outcome,
         on_alert=alerter.notify,
+        # Tests hand the platform stand-in in under the name "platform".
+        platform_transport=(transports or {}).get(PLATFORM),
     )
     runtime = Runtime(
         settings,
@@ -710,6 +721,45 @@ class _Replier:
         self._rt.metrics.count_request(self._route, code)
 
 
+@post(crm_events.ROUTE + "/{name:str}", status_code=200)
+async def crm_event(request: Request[Any, Any, State]) -> Response[Any]:
+    """POST /webhook/crm/{name}: a CRM telling of deals moved (bridge.backsync.receive).
+    Not the hot path, so Litestar serves it; stored before the 2xx, answered without
+    waiting for the worker."""
+    rt = _runtime(request.app.state)
+    name = str(request.path_params["name"])
+    body = await request.body()
+    client = request.client
+    remote = clip(client.host, 64) if client else ""
+    inbound = InboundRequest(request.method, _public_url(request.scope), request.headers, body)
+    taken = await crm_events.take(rt.store, rt.settings, name, inbound, rt.clock(), remote)
+    route = f"{crm_events.ROUTE}/{clip(name, 64)}"
+    rt.store.log_request(
+        RequestRecord(route, remote, taken.verdict, taken.code, taken.key, taken.detail)
+    )
+    rt.metrics.count_request(crm_events.ROUTE, taken.code)  # one label for every section
+    if taken.new:
+        rt.worker.wake()
+    return Response(content=taken.payload, status_code=taken.code)
+
+
+def _public_url(scope: Any) -> str:
+    """The URL the CRM called, as HubSpot signs it: the scheme as the server saw it (the
+    server believes `X-Forwarded-Proto` from `FORWARDED_ALLOW_IPS` only, so behind the
+    proxy it is the public `https`), the `Host` the proxy passes on (`proxy_set_header
+    Host $host`), the path and query as sent, undecoded."""
+    headers = dict(scope.get("headers") or ())
+    host = headers.get(b"host", b"").decode("latin-1")
+    if not host:
+        server = scope.get("server")
+        host = f"{server[0]}:{server[1]}" if server else "localhost"
+    # Some servers' `raw_path` carries the query too (ASGI says it should not).
+    raw_path = scope.get("raw_path") or scope["path"].encode()
+    path = raw_path.split(b"?", 1)[0].decode("latin-1")
+    query = (scope.get("query_string") or b"").decode("latin-1")
+    return f"{scope.get('scheme', 'http')}://{host}{path}" + (f"?{query}" if query else "")
+
+
 @get("/webhook/health")
 async def health(request: Request[Any, Any, State]) -> Response[Any]:
     rt = _runtime(request.app.state)
@@ -737,6 +787,7 @@ async def health(request: Request[Any, Any, State]) -> Response[Any]:
         counts=counts,
         adapters=rt.adapters,
         config_loaded_at=rt.config_loaded_at,
+        backsync=rt.worker.callback() is not None,
     )
     rt.metrics.queue_depth.set(queue.depth)
     rt.metrics.oldest_pending_age.set(content["oldest_pending_age_seconds"] or 0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,13 +21,15 @@ import httpx
 from dotenv import dotenv_values
 
 from bridge import order_rules, rules, servelock
+from bridge.backsync.config import callback_target, event_secrets, event_secrets_var
+from bridge.backsync.inbound import sends_events
 from bridge.crm import build_adapter as build_crm_adapter
 from bridge.crm import check_order_sections
 from bridge.crm.base import CrmAdapter
 from bridge.crmconfig import schema_problems
 from bridge.crypto import TokenCipher
 from bridge.errors import AuthError, BridgeError, ConfigError, CrmError, StoreUnavailable
-from bridge.settings import Settings
+from bridge.settings import Settings, is_crm_secret_name, secret_prefix
 from bridge.signing import standard_secret_key
 from bridge.sources.checks import source_findings
 from bridge.staleness import stale_config
@@ -71,6 +73,33 @@ def build_adapter(
         raise ConfigError(f"{settings.config_file}: no [crm.{name}] section (configured: {known})")
     transport = (transports or {}).get(name)
     return build_crm_adapter(name, config, settings, tokens, transport=transport, clock=clock)
+
+
+def backsync_findings(settings: Settings) -> list[Finding]:
+    """Back-sync (issue 19): the platform's callback, and each section that would take
+    events but has no secret to check them against (every event would be 401)."""
+    try:
+        target = callback_target(settings)
+    except ConfigError as exc:
+        return [problem(str(exc))]
+    if target is None:
+        return []
+    host = target.url.partition("://")[2].split("/", 1)[0]
+    sections = [
+        name
+        for name, crm in settings.file.crm.items()
+        if crm.enabled and crm.takes_orders and sends_events(crm.kind)
+    ]
+    found = [ok(f"back-sync: callbacks to {host}; CRM events from {', '.join(sections) or 'none'}")]
+    for name in sections:
+        if not event_secrets(settings, name):
+            found.append(
+                warning(
+                    f"{event_secrets_var(name)} is not set: every event of {name} would be"
+                    " answered 401 (README, Back-sync)"
+                )
+            )
+    return found
 
 
 def settings_findings(settings: Settings, *, require_secret: bool = False) -> list[Finding]:
@@ -118,6 +147,7 @@ def settings_findings(settings: Settings, *, require_secret: bool = False) -> li
         for level, text in source_findings(settings, require_secret=require_secret)
     ]
     found += order_findings(settings)
+    found += backsync_findings(settings)
     oauth = [name for name in enabled if crms[name].auth == "oauth"]
     if settings.bridge_secret_key:
         try:
@@ -143,7 +173,7 @@ async def run_checks(
     env_file: Path | None = None,
 ) -> list[Finding]:
     found = settings_findings(settings, require_secret=True)
-    found += env_file_findings(env_file)
+    found += env_file_findings(env_file, settings.file.crm)
     cipher = _cipher_or_none(settings)
     path = settings.database_path
     created = "" if path.exists() else " (created)"
@@ -259,9 +289,11 @@ def _cipher_or_none(settings: Settings) -> TokenCipher | None:
         return None  # reported by settings_findings
 
 
-def env_file_findings(env_file: Path | None) -> list[Finding]:
+def env_file_findings(env_file: Path | None, sections: Iterable[str] = ()) -> list[Finding]:
     """Keys in the environment file the bridge does not know: a typo is otherwise
-    silently ignored and its setting left at the default."""
+    silently ignored and its setting left at the default. A secret of one of the TOML
+    file's `sections` (`<PREFIX>_<SUFFIX>`, see `crm_secrets`) is known."""
+    prefixes = tuple(f"{secret_prefix(name)}_" for name in sections)
     path = env_file if env_file is not None else Path(".env")
     try:
         values = dotenv_values(path) if path.is_file() else {}
@@ -270,7 +302,7 @@ def env_file_findings(env_file: Path | None) -> list[Finding]:
     known = {name.upper() for name in Settings.model_fields if name != "file"}
     found: list[Finding] = []
     for key in values:
-        if key.upper() in known:
+        if key.upper() in known or (is_crm_secret_name(key) and key.startswith(prefixes)):
             continue
         close = difflib.get_close_matches(key.upper(), sorted(known), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""

@@ -14,6 +14,7 @@ from typing import Any
 
 from bridge.crm.base import CrmAdapter
 from bridge.store import CrmState, QueueStats
+from bridge.store.backsync import PLATFORM
 from bridge.store.oversight import DeliveryCounts, Hold
 
 
@@ -38,7 +39,10 @@ def health_content(
     counts: DeliveryCounts,
     adapters: Mapping[str, CrmAdapter],
     config_loaded_at: float | None = None,
+    backsync: bool = False,
 ) -> dict[str, Any]:
+    """`backsync`: callbacks to the platform are configured; their queue is then shown
+    under `platform` (failed and dead ones are in the totals and `reasons` already)."""
     crms: dict[str, Any] = {}
     for name, adapter in adapters.items():
         state = states.get(name)
@@ -78,6 +82,16 @@ def health_content(
         "deliveries": {"failed": failed, "dead": dead},
         "crms": crms,
     }
+    if backsync:
+        per, state = counts.by_crm.get(PLATFORM, {}), states.get(PLATFORM)
+        content["platform"] = {
+            "failed": per.get("failed", 0),
+            "dead": per.get("dead", 0),
+            "waiting": per.get("pending", 0) + per.get("retrying", 0) + per.get("processing", 0),
+            "last_success_at": iso_text(state.last_success_at) if state else None,
+            "last_error": state.last_error if state else None,
+            "last_error_at": iso_text(state.last_error_at) if state else None,
+        }
     if config_loaded_at is not None:
         content["config_loaded_at"] = iso_time(config_loaded_at)
     return content

@@ -8,7 +8,7 @@ was applied. Such an event changes nothing and succeeds with the linked deal.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 
 from bridge import order_rules
@@ -38,6 +38,12 @@ async def deliver_order_event(
         warning = f"stale: {job.crm} already has the update of {link.applied}; nothing changed"
         return OrderDelivered(result, (warning,), None)
     journal = OrderJournal.from_steps(await store.journal_steps(job.delivery_id))
+
+    async def moving(deal_id: str, pipeline_id: str, status_id: str) -> None:
+        # Back-sync recognises the CRM's report of this move as the bridge's own.
+        await store.record_own_move(job.crm, deal_id, pipeline_id, status_id)
+
+    ctx = replace(ctx, on_move=moving)
 
     async def record(done: OrderJournal) -> None:
         await store.record_steps(job.delivery_id, done.steps())

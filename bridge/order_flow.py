@@ -109,12 +109,20 @@ class KnownOrder:
     applied: AppliedOrder
 
 
+# (deal id, pipeline id, stage id): the bridge moves (or created) a deal in that stage.
+OnMove = Callable[[str, str, str], Awaitable[None]]
+
+
 @dataclass(frozen=True)
 class OrderContext:
     adapter: OrderAdapter
     config: CrmConfig
     rules: OrderRules
     create_if_not_found: bool
+    # Back-sync's "no echo" (bridge.backsync.echo): told of each stage the flow puts a
+    # deal in, before the call that moves it (the CRM may report the move before the
+    # call returns) and after the call that creates it in a stage (no id before).
+    on_move: OnMove | None = None
 
 
 @dataclass(frozen=True)
@@ -159,7 +167,10 @@ async def deliver_order(
     else:
         deal, changed = await _deal(order, ctx, record, contact_id, company_id, known)
     if not changed:
-        await ctx.adapter.change_deal(deal.deal_id, _change(order, ctx.config, known))
+        change = _change(order, ctx.config, known)
+        if change.status_id is not None:
+            await _moving(ctx, deal.deal_id, change.pipeline_id, change.status_id)
+        await ctx.adapter.change_deal(deal.deal_id, change)
         await record(OrderJournal(changed=True))
     if not journal.items:
         if _items_to_write(order, ctx.adapter, deal.deal_created, known):
@@ -210,6 +221,8 @@ async def _create_contact_and_deal(
         NewContact(order.customer, Utm()), _new_deal(order, ctx, company_id)
     )
     result = DealResult(contact.id, deal.id, True, deal.pipeline_id)
+    stage = order_rules.order_stage(order, ctx.config)
+    await _moving(ctx, deal.id, stage.pipeline_id, stage.status_id)
     # The contact was linked to the company in the same call; the deal has its fields.
     await record(
         OrderJournal(contact_id=contact.id, company_id=company_id, deal=result, changed=True)
@@ -239,10 +252,17 @@ async def _deal(
         await record(OrderJournal(contact_id=contact_id, deal=result))
         return result, False
     _require_creation(ctx, "deal")
-    deal = await ctx.adapter.create_deal(Contact(id=contact_id), _new_deal(order, ctx, company_id))
+    new = _new_deal(order, ctx, company_id)
+    deal = await ctx.adapter.create_deal(Contact(id=contact_id), new)
+    await _moving(ctx, deal.id, new.pipeline_id or "", new.status_id or "")
     result = DealResult(contact_id, deal.id, True, deal.pipeline_id)
     await record(OrderJournal(contact_id=contact_id, deal=result, changed=True))
     return result, True
+
+
+async def _moving(ctx: OrderContext, deal_id: str, pipeline_id: str | None, status_id: str) -> None:
+    if ctx.on_move is not None and status_id:
+        await ctx.on_move(deal_id, pipeline_id or "", status_id)
 
 
 def _new_deal(order: Order, ctx: OrderContext, company_id: str | None) -> NewDeal:

@@ -357,6 +357,11 @@ class Settings(BaseSettings):
     # from the environment and `.env`: their names depend on the TOML file's sections.
     crm_env: dict[str, SecretStr] = Field(default_factory=dict)
 
+    # Back-sync (bridge.backsync): where order status changes made in a CRM are sent,
+    # signed with Standard Webhooks headers; empty URL: back-sync off.
+    platform_callback_url: str = ""
+    platform_callback_secret: SecretStr | None = None
+
     @property
     def enabled_crms(self) -> tuple[str, ...]:
         """The CRMs every event is delivered to, in configuration order."""
@@ -401,8 +406,14 @@ SECRET_SUFFIXES = (
     "REFRESH_TOKEN",
     "PRIVATE_KEY_FILE",
     "SOURCE_SECRETS",  # `[source.NAME]`'s: NAME_SOURCE_SECRETS (bridge.sources.auth)
+    "EVENT_SECRETS",  # back-sync: what a CRM's events are checked against (bridge.backsync)
 )
 _SECRET_NAME = re.compile(rf"[A-Z0-9_]+_(?:{'|'.join(SECRET_SUFFIXES)})")
+
+
+def is_crm_secret_name(name: str) -> bool:
+    """Whether `name` is read as a CRM section's secret (`<PREFIX>_<SUFFIX>`)."""
+    return _SECRET_NAME.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,22 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 from zoneinfo import ZoneInfo
 
+import httpx
 from pydantic import ValidationError
 
+from bridge.backsync.config import CallbackTarget, callback_target
+from bridge.backsync.delivery import (
+    CallbackDone,
+    PlatformRefused,
+    PlatformUnavailable,
+    deliver_crm_event,
+)
 from bridge.crm.base import CrmAdapter, counting_calls, order_adapter
 from bridge.crm.calllog import recording_calls
 from bridge.domain import DealResult, Journal, KnownRefs
 from bridge.errors import (
     AuthError,
+    ConfigError,
     NotFound,
     PermanentCrmError,
     RateLimited,
@@ -45,6 +54,7 @@ from bridge.refusals import RefusalExplainer
 from bridge.settings import CrmConfig, Settings
 from bridge.sources.intake import BodyError, MappingFailed, UnknownSource, payment_from_source
 from bridge.store import DeliveryJob, OrderLink, Store
+from bridge.store.backsync import CRM_EVENT_KIND, PLATFORM
 
 log = logging.getLogger("bridge.worker")
 
@@ -89,7 +99,17 @@ class NotFoundOutcome:
     error: str
 
 
-Attempt = Delivered | Retry | Paused | Failed | NotFoundOutcome
+@dataclass(frozen=True)
+class Forwarded:
+    """A CRM event handled: its callback acknowledged by the platform, or nothing to send."""
+
+    outcome: ClassVar[str] = "success"
+    done: CallbackDone
+
+
+Attempt = Delivered | Forwarded | Retry | Paused | Failed | NotFoundOutcome
+# How long one callback to the platform may take (connect, send, answer).
+CALLBACK_TIMEOUT_SECONDS = 10.0
 # A retry heals itself most of the time: WARNING, so `journalctl -p err` holds only what
 # needs the operator (failed, dead).
 _LOG_LEVELS = {"not_found": logging.INFO, "paused": logging.WARNING, "retry": logging.WARNING}
@@ -135,6 +155,10 @@ class Worker:
     # second: another process changes them.
     _held: dict[str, str] = field(default_factory=dict)
     _held_read_at: float = float("-inf")
+    # Back-sync callbacks (`PLATFORM_CALLBACK_URL`): tests hand in the platform stand-in.
+    platform_transport: httpx.AsyncBaseTransport | None = None
+    _platform_client: httpx.AsyncClient | None = None
+    _callback: tuple[Settings, CallbackTarget | None] | None = None
 
     # ---- public surface ----------------------------------------------------------------
 
@@ -177,6 +201,18 @@ class Worker:
                 self._pause(crm, problem)
                 await self.store.set_crm_state(crm, paused_reason=problem)
         self._wake.set()
+
+    def callback(self) -> CallbackTarget | None:
+        """The platform's callback under the settings in force (None: back-sync off; a
+        reload that broke it is logged once and sends nothing until fixed)."""
+        if self._callback is None or self._callback[0] is not self.settings:
+            try:
+                target = callback_target(self.settings)
+            except ConfigError as exc:
+                log.error("back-sync callbacks wait: %s", exc)
+                target = None
+            self._callback = (self.settings, target)
+        return self._callback[1]
 
     def held(self) -> dict[str, str]:
         """CRMs the operator paused, as last read from the store."""
@@ -229,6 +265,9 @@ class Worker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._platform_client is not None:
+            await self._platform_client.aclose()
+            self._platform_client = None
 
     async def _pause_without_credentials(self) -> None:
         """A CRM with no credentials yet (a fresh install) waits, and health says why."""
@@ -251,6 +290,8 @@ class Worker:
             return 0
         await self._refresh_held(now)
         crms = [name for name in self.adapters if self._may_run(name, now)]
+        if self.callback() is not None and self._may_run(PLATFORM, now):
+            crms.append(PLATFORM)  # back-sync callbacks, a queue of their own
         free = self.settings.worker_concurrency - len(self._running)
         self._blocked = free <= 0
         self._next_due = None
@@ -332,6 +373,8 @@ class Worker:
             self.on_outcome(job.crm, attempt.outcome, elapsed_ms)
 
     async def _attempt(self, job: DeliveryJob) -> Attempt:
+        if job.kind == CRM_EVENT_KIND:
+            return await self._crm_event(job)
         adapter = self.adapters[job.crm]
         try:
             if job.kind == ORDER_KIND:
@@ -411,6 +454,43 @@ class Worker:
         done = await deliver_order_event(self.store, job, order, ctx)
         return Delivered(done.result, (*warnings, *done.warnings), None, done.link)
 
+    async def _crm_event(self, job: DeliveryJob) -> Attempt:
+        """A CRM event to the platform (bridge.backsync.delivery). Its CRM's trouble (the
+        Bitrix24 stage read) never pauses the platform's queue: it is retried."""
+        target = self.callback()
+        if target is None:  # turned off by a reload since this job was picked
+            return Retry("back-sync is off: PLATFORM_CALLBACK_URL is not set")
+        if self._platform_client is None:
+            self._platform_client = httpx.AsyncClient(
+                timeout=CALLBACK_TIMEOUT_SECONDS, transport=self.platform_transport
+            )
+        try:
+            done = await deliver_crm_event(
+                self.store,
+                job,
+                self.settings,
+                self.adapters,
+                target,
+                self._platform_client,
+                self.clock,
+            )
+        except PlatformRefused as exc:
+            return Failed(exc.message)
+        except PlatformUnavailable as exc:
+            return Retry(exc.message, exc.retry_after)
+        except RateLimited as exc:
+            return Retry(exc.message, exc.retry_after)
+        except (AuthError, TransientCrmError) as exc:
+            return Retry(f"reading the deal: {exc.message}")
+        except (PermanentCrmError, NotFound) as exc:
+            return Failed(f"reading the deal: {exc.message}")
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            log.exception("delivery %s/%s: unexpected error", job.key, job.crm)
+            return Retry(f"internal error: {type(exc).__name__}: {exc}")
+        return Forwarded(done)
+
     def _context(self, crm: str, adapter: CrmAdapter) -> FlowContext:
         return FlowContext(
             adapter=adapter,
@@ -438,6 +518,16 @@ class Worker:
                     order_link=order_link,
                 )
                 await self.store.set_crm_state(crm, success=True)
+            case Forwarded(done=done):
+                await self.store.finish_delivery(
+                    delivery_id,
+                    status="success",
+                    deal_id=done.deal_id,
+                    crm_calls=calls,
+                    forwarded=done.forwarded,
+                )
+                if done.webhook_id is not None:
+                    await self.store.set_crm_state(crm, success=True)
             case Paused(error=error):
                 self._pause(crm, error)
                 await self.store.finish_delivery(
@@ -542,6 +632,16 @@ class Worker:
                     f"created={'yes' if result.deal_created else 'no'}",
                     *tail,
                     *(f"warning={warning!r}" for warning in warnings),
+                ]
+            case Forwarded(done=done):
+                level = logging.INFO
+                parts += [
+                    f"deal={done.deal_id}",
+                    f"order={done.order_id or '-'}",
+                    f"webhook_id={done.webhook_id or '-'}",
+                    f"calls={calls}",
+                    f"ms={ms:.0f}",
+                    f"decision={done.reason!r}",
                 ]
             case _:
                 level = _LOG_LEVELS.get(final, logging.ERROR)

@@ -17,7 +17,7 @@ import click
 
 from bridge import servelock
 from bridge.checks import env_file_findings, settings_findings
-from bridge.cli import crm, log, operate, send, sources, tools
+from bridge.cli import backsync, crm, log, operate, send, sources, tools
 from bridge.cli._env import CliEnv
 from bridge.errors import ConfigError
 from bridge.logs import configure_logging
@@ -55,7 +55,7 @@ def serve(env: CliEnv, host: str | None, port: int | None) -> None:
     settings = env.settings()
     configure_logging(settings.log_level)
     # Refuse to start on a broken configuration; an unreachable CRM does not stop it.
-    findings = settings_findings(settings) + env_file_findings(env.env_file)
+    findings = settings_findings(settings) + env_file_findings(env.env_file, settings.file.crm)
     for finding in findings:
         if finding.level != "ok":
             click.echo(f"{finding.level.upper()}: {finding.text}", err=True)
@@ -115,6 +115,8 @@ for command in (
     crm.discover,
     crm.auth,
     sources.map_,
+    backsync.crm_events,
+    backsync.crm_event,
 ):
     main.add_command(command)
 

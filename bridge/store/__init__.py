@@ -25,6 +25,7 @@ import aiosqlite
 
 from bridge.crypto import TokenCipher
 from bridge.errors import StoreUnavailable
+from bridge.store.backsync import BacksyncMixin, CrmEventRow, ForwardedStatus
 from bridge.store.base import (
     Clock,
     create_private_file,
@@ -74,6 +75,7 @@ CHECKPOINT_EVERY_SECONDS = 1.0
 _WRITER_CHECKPOINT_PAGES = 20_000
 
 __all__ = [
+    "CrmEventRow",
     "CrmState",
     "CrmStats",
     "DeliveryJob",
@@ -81,6 +83,7 @@ __all__ = [
     "DueSlice",
     "EventSummary",
     "EventView",
+    "ForwardedStatus",
     "IntakeResult",
     "JournalEntry",
     "NewEvent",
@@ -96,7 +99,7 @@ __all__ = [
 ]
 
 
-class Store(QueueMixin, OperatorMixin, OversightMixin, OrdersMixin):
+class Store(QueueMixin, OperatorMixin, OversightMixin, OrdersMixin, BacksyncMixin):
     """The bridge's SQLite database: open it with `await Store.open(path, clock=...)`."""
 
     # ---- lifecycle -------------------------------------------------------------------

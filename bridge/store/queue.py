@@ -13,6 +13,7 @@ from typing import Any
 from bridge.crypto import TokenCipher
 from bridge.domain import Journal, KnownRefs
 from bridge.errors import StoreUnavailable
+from bridge.store.backsync import ForwardedStatus, save_forwarded_status
 from bridge.store.base import (
     StoreBase,
 )
@@ -187,6 +188,7 @@ class QueueMixin(StoreBase):
         count_attempt: bool = True,
         remember: KnownRefs | None = None,
         order_link: OrderLink | None = None,
+        forwarded: ForwardedStatus | None = None,
     ) -> None:
         """Record an attempt's outcome; the event's status follows its deliveries.
 
@@ -194,6 +196,7 @@ class QueueMixin(StoreBase):
         the next payment can verify them with one call instead of searching.
         `order_link` (an order's success) is written in the same transaction: a link
         never says an event was applied whose delivery is not recorded as done.
+        `forwarded` (a back-sync callback's success): the order's new last known status.
         """
         now = self._clock()
         now_text = utc_text(now)
@@ -222,6 +225,8 @@ class QueueMixin(StoreBase):
             db.execute(REFRESH_EVENT_SQL_BY_DELIVERY, (now_text, delivery_id))
             if order_link is not None:
                 save_order_link(db, order_link, now_text)
+            if forwarded is not None:
+                save_forwarded_status(db, forwarded, now_text)
             if remember is not None and remember.contact_id:
                 db.executemany(
                     "INSERT INTO customer_refs (crm, customer_key, contact_id, deal_id,"

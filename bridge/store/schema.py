@@ -7,6 +7,8 @@ import math
 import sqlite3
 from collections.abc import Callable
 
+from bridge.store.backsync import MIGRATION_9
+
 _EVENT_STATUS_CASE = """
 CASE
   WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id
@@ -306,4 +308,7 @@ FROM events e
 LEFT JOIN deliveries d ON d.event_id = e.id
 WHERE e.kind = 'order'
 """,
+    # 10: back-sync (issue 19) — CRM events live in the event log (kind 'crm_event', one
+    # delivery to 'platform'); the bridge's own stage moves, deal → order, the audit view.
+    MIGRATION_9,
 )

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from bridge.settings import CrmConfig, load_file_config
 from tests.fakes.amocrm_account import (
@@ -66,6 +66,7 @@ from tests.fakes.amocrm_account import (
     Problems,
     is_int,
 )
+from tests.fakes.crm_events import AmoLead, CrmRequest, amocrm_webhook
 from tests.fakes.service import (
     ApiError,
     FakeRequest,
@@ -355,6 +356,38 @@ class FakeAmoCrm(OAuthFake, FakeService):
             self._apply_lead(lead, {"pipeline_id": pipeline.id, "status_id": status_id})
             if is_deleted is not None:
                 lead.is_deleted = is_deleted
+
+    def move_leads_event(
+        self, moves: Sequence[tuple[int | str, int, int | None]], *, url: str
+    ) -> CrmRequest:
+        """A manager moving leads (lead id, status id, pipeline id or None); the one
+        request amoCRM then posts to `url` (the registered URL, `?token=` included):
+        every lead under `leads[status][N]`, in one batch."""
+        changed: list[tuple[str, AmoLead]] = []
+        for lead_id, status_id, pipeline_id in moves:
+            with self._lock:
+                lead = self._leads[int(lead_id)]
+                old_status, old_pipeline = lead.status_id, lead.pipeline_id
+            self.move_lead(lead_id, status_id, pipeline_id=pipeline_id)
+            with self._lock:
+                changed.append(
+                    (
+                        "status",
+                        AmoLead(
+                            lead.id,
+                            lead.name,
+                            lead.status_id,
+                            lead.pipeline_id,
+                            old_status,
+                            old_pipeline,
+                            lead.price,
+                            lead.created_at,
+                            lead.updated_at,
+                        ),
+                    )
+                )
+        subdomain = (urlsplit(self.config.base_url).hostname or "example").split(".")[0]
+        return amocrm_webhook(url, changed, subdomain=subdomain, account_id=ACCOUNT_ID)
 
     def add_note(self, lead_id: int | str, text: str) -> int:
         with self._lock:

@@ -81,6 +81,7 @@ from tests.fakes.bitrix24_portal import (
     selected,
     substitute,
 )
+from tests.fakes.crm_events import CrmRequest, bitrix24_deal_event
 from tests.fakes.service import FakeRequest, FakeResponse, FakeService, OAuthFake, TokenIssuer
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "crm-bitrix24.example.toml"
@@ -325,6 +326,16 @@ class FakeBitrix24(OAuthFake, FakeService):
     def deal_rows(self, deal_id: int | str) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(row) for row in self._deals[int(deal_id)].rows]
+
+    def move_deal_event(
+        self, deal_id: int | str, stage_id: str, *, url: str, application_token: str
+    ) -> CrmRequest:
+        """A manager moving the deal; the `ONCRMDEALUPDATE` Bitrix24 then posts to `url`
+        (only the deal id: the handler reads the stage)."""
+        self.move_deal(deal_id, stage_id)
+        with self._lock:
+            ts = int(self._deals[int(deal_id)].modified)
+        return bitrix24_deal_event(url, int(deal_id), application_token=application_token, ts=ts)
 
     def delete_deal(self, deal_id: int | str) -> None:
         with self._lock:

@@ -42,11 +42,12 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import parse_qsl
 
 from bridge.settings import CrmConfig, load_file_config
+from tests.fakes.crm_events import CrmRequest, HubSpotStageChange, hubspot_stage_events
 from tests.fakes.hubspot_account import PORTAL_ID, hs_error, iso_ms
 from tests.fakes.hubspot_portal import KINDS, Portal, Rec, pipeline_json
 from tests.fakes.service import (
@@ -187,6 +188,21 @@ class FakeHubSpot(OAuthFake, FakeService):
             self.portal.apply(deal, {"pipeline": target, "dealstage": stage})
             if archived is not None:
                 deal.archived = archived
+
+    def move_deals_event(
+        self, moves: Sequence[tuple[str, str]], *, url: str, app_secret: str
+    ) -> CrmRequest:
+        """A manager moving deals (deal id, stage id; pipeline unchanged); the batch of
+        `deal.propertyChange` events on `dealstage` HubSpot then posts to `url`, signed."""
+        changes = []
+        for deal_id, stage in moves:
+            self.move_deal(deal_id, stage)
+            with self._lock:
+                occurred = self._rec("deals", deal_id).updated_ms
+            # eventId: HubSpot promises no uniqueness; the change's time serves here.
+            changes.append(HubSpotStageChange(deal_id, stage, occurred, event_id=occurred))
+        now_ms = int(self.clock() * 1000)
+        return hubspot_stage_events(url, changes, app_secret=app_secret, now_ms=now_ms)
 
     def add_note(self, deal_id: str, body: str) -> str:
         """A note on the deal with this (HTML) body, as HubSpot's editor would store it."""

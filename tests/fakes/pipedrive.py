@@ -62,6 +62,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from bridge.settings import CrmConfig, load_file_config
+from tests.fakes.crm_events import PIPEDRIVE_V2_DEAL, CrmRequest, pipedrive_deal_change
 from tests.fakes.pipedrive_company import Company, is_number, validation_error
 from tests.fakes.service import (
     ApiError,
@@ -434,6 +435,24 @@ class FakePipedrive(OAuthFake, FakeService):
             if is_deleted is not None:
                 deal.is_deleted = is_deleted
             deal.update_time = self.clock()
+
+    def move_deal_event(
+        self, deal_id: int | str, stage_id: int, *, url: str, user: str, password: str
+    ) -> CrmRequest:
+        """A manager moving the deal; the webhooks v2 `change` Pipedrive then posts to
+        `url` with the webhook's Basic credentials (`previous`: the changed fields only)."""
+        with self._lock:
+            deal = self._deals[int(deal_id)]
+            before = {"stage_id": deal.stage_id, "pipeline_id": deal.pipeline_id}
+        self.move_deal(deal_id, stage_id=stage_id)
+        with self._lock:
+            now = self._deal_json(deal)
+            data = {key: now[key] for key in PIPEDRIVE_V2_DEAL}
+            previous = {key: value for key, value in before.items() if now[key] != value}
+            stamp = int(deal.update_time)
+        return pipedrive_deal_change(
+            url, data, previous, user=user, password=password, timestamp=stamp
+        )
 
     def delete_person(self, person_id: int | str) -> None:
         with self._lock:
