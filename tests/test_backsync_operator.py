@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from tests.cli_support import Cli, write_config
 from tests.conftest import wait_until
 from tests.test_backsync_scenarios import (
@@ -19,8 +21,9 @@ from tests.test_backsync_scenarios import (
 )
 
 
+@pytest.mark.parametrize("again", ["crm-event", "retry"])
 async def test_a_refused_callback_is_failed_visible_and_sent_again_after_the_fix(
-    tmp_path: Path,
+    tmp_path: Path, again: str
 ) -> None:
     amo = sync_for(EVENT_CRMS[0], tmp_path)
     amo.platform.secret = "whsec_" + "QUJD" * 8  # the platform has another secret
@@ -52,9 +55,13 @@ async def test_a_refused_callback_is_failed_visible_and_sent_again_after_the_fix
         webhook_id = listed["webhook_id"]
 
         amo.platform.secret = WHSEC  # fixed
-        shown = await asyncio.to_thread(cli.json, "crm-event", listed["key"], "--retry")
-        assert shown["queued_again"] is True
-        assert [step["step"] for step in shown["journal"]] == ["decision"]
+        if again == "crm-event":
+            shown = await asyncio.to_thread(cli.json, "crm-event", listed["key"], "--retry")
+            assert shown["queued_again"] is True
+            assert [step["step"] for step in shown["journal"]] == ["decision"]
+        else:  # the callbacks are deliveries to "platform", retried like any CRM's
+            retried = await asyncio.to_thread(cli, "retry", "--crm", "platform")
+            assert retried.exit_code == 0, retried.output
         await wait_until(lambda: crm_events(bridge)[0][1] == "success")
         health = (await bridge.client.get("/webhook/health")).json()
     assert health["status"] == "ok" and health["platform"]["failed"] == 0

@@ -15,6 +15,7 @@ from bridge.cli.follow import customer_lookup_keys, follow_events
 from bridge.crm.links import record_links
 from bridge.staleness import stale_config
 from bridge.store import EventView, Store
+from bridge.store.backsync import PLATFORM
 from bridge.store.oversight import RETRY_STATES
 
 EVENT_STATUSES = ("pending", "processing", "success", "failed", "skipped", "not_found")
@@ -216,7 +217,7 @@ def retry(
     if sum((payment_id is not None, failed or by_filter)) != 1:
         raise click.UsageError("give either PAYMENT_ID, or --failed and/or --status/--crm/--since")
     settings = env.settings()
-    if crm is not None and crm not in settings.file.crm:
+    if crm is not None and crm not in settings.file.crm and crm != PLATFORM:
         raise click.BadParameter(
             f"no CRM named {crm!r} in {settings.config_file}", param_hint="--crm"
         )
