@@ -231,7 +231,7 @@ async def test_405_and_500_answers_are_in_the_request_log(
     def broken(*args: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("bridge.app.payment_intake", broken)
+    monkeypatch.setattr("bridge.webhooks.payment_intake", broken)
     async with run_bridge(wait_seconds=0) as bridge:
         assert (await bridge.client.get("/webhook/payment")).status_code == 405
         assert (await bridge.post_payment(payment_payload("pay_500"))).status_code == 500

@@ -142,7 +142,7 @@ async def test_an_unexpected_error_is_a_plain_500_with_the_trace_only_in_the_log
     def broken(*args: object) -> None:
         raise RuntimeError("secret-looking internals")
 
-    monkeypatch.setattr("bridge.app.payment_intake", broken)
+    monkeypatch.setattr("bridge.webhooks.payment_intake", broken)
     caplog.set_level(logging.ERROR, logger="bridge")
     async with run_bridge(wait_seconds=0) as bridge:
         response = await bridge.post_payment(payment_payload("pay_broken"))
