@@ -60,13 +60,23 @@ def decode_form(text: str) -> dict[str, Any]:
         pairs = parse_qsl(text, keep_blank_values=True, errors="strict")
     except (ValueError, UnicodeDecodeError) as exc:
         raise BodyError("body is not form-encoded: a value is not UTF-8") from exc
+    root = form_tree(pairs)
+    if root is None:
+        raise BodyError(f"body is not form data we accept: a key nested over {MAX_DEPTH}")
+    return _listed(root)  # type: ignore[return-value]
+
+
+def form_tree(pairs: list[tuple[str, str]], max_depth: int = MAX_DEPTH) -> dict[str, Any] | None:
+    """Form pairs as PHP nests them (`a[b][0]` a table under a table; `a[]` the next
+    number), numbered keys kept as keys; None when a key is nested deeper than
+    `max_depth`. Shared with back-sync's CRM events (bridge.backsync.form)."""
     root: dict[str, Any] = {}
     for key, value in pairs:
         path = _key_path(key)
-        if len(path) > MAX_DEPTH:
-            raise BodyError(f"body is not form data we accept: a key nested over {MAX_DEPTH}")
+        if len(path) > max_depth:
+            return None
         _put(root, path, value)
-    return _listed(root)  # type: ignore[return-value]
+    return root
 
 
 def _key_path(key: str) -> list[str | None]:
