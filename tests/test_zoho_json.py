@@ -430,7 +430,9 @@ def test_the_conformance_check_fails_without_the_specs(
 
 
 def test_the_checker_catches_what_the_specs_forbid() -> None:
-    spec = ZohoOpenApi.load()
+    spec = ZohoOpenApi.beside_shared()
+    if spec is None:
+        pytest.skip("no ../shared folder beside this clone: the Zoho specs are not here")
     auth = {"Authorization": "Zoho-oauthtoken x"}
     unknown = httpx.Request(
         "GET", f"{API}/crm/v8/Contacts/search", params={"nope": "1"}, headers=auth
