@@ -169,6 +169,9 @@ class CrmConfig(_Strict):
     # land before the remote state is looked at again; never less than the request
     # timeout. A CRM that queues work applies it after the bridge stopped waiting.
     late_write_seconds: float = Field(default=120.0, gt=0)
+    # Due payments of different customers one batch call may carry, where the CRM has
+    # batch forms (issue 20); 1 turns batching off. The CRM's own limit caps it.
+    batch_size: int = Field(default=50, ge=1, le=250)
     closed_status_ids: tuple[str, ...] = ("142", "143")
     excluded_status_ids: tuple[str, ...] = ()
     pipeline_rules: tuple[PipelineRule, ...] = ()

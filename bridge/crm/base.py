@@ -448,6 +448,59 @@ class OrderAdapter(CrmAdapter, Protocol):
         ...
 
 
+DealWrite = tuple[str, Sequence[FieldUpdate]]  # a deal id and the fields it gets
+NoteWrite = tuple[str, str]  # a deal id and the note's text
+ItemError = CrmError | None  # one item of a batch write: None when it was applied
+
+
+@dataclass(frozen=True)
+class BatchForms:
+    """A CRM's batch forms: one call does one flow step for many deliveries (issue 20).
+
+    A form left None runs per call. A form takes the items of up to `limit` deliveries
+    (one per customer) and answers per item, in the items' order: a write's `None`
+    (applied) or the `CrmError` that refused that item alone; a read's mapping has only
+    the deals that still exist. An error for the whole call is raised, as per call: a
+    `PermanentCrmError` then means that nothing was applied (the bridge retries each item
+    alone to find the one refused), a `TransientCrmError` with `maybe_applied` that some
+    or all of it may have landed (the flow's remote checks decide on the retry). A form
+    may split its items over several requests when its API's limit is lower.
+    """
+
+    limit: int
+    get_deals: Callable[[Sequence[str]], Awaitable[Mapping[str, Deal]]] | None = None
+    update_deals: Callable[[Sequence[DealWrite]], Awaitable[Sequence[ItemError]]] | None = None
+    add_notes: Callable[[Sequence[NoteWrite]], Awaitable[Sequence[ItemError]]] | None = None
+    create_deals: (
+        Callable[[Sequence[tuple[Contact, NewDeal]]], Awaitable[Sequence[Deal | CrmError]]]
+        | None
+    ) = None
+    create_contacts_and_deals: (
+        Callable[
+            [Sequence[tuple[NewContact, NewDeal]]],
+            Awaitable[Sequence[tuple[Contact, Deal] | CrmError]],
+        ]
+        | None
+    ) = None
+    # Each customer's keys in priority order; answers each one's confirmed contact.
+    find_contacts: (
+        Callable[[Sequence[Sequence[LookupKey]], Confirm], Awaitable[Sequence[Contact | None]]]
+        | None
+    ) = None
+
+
+@runtime_checkable
+class Batching(Protocol):
+    """An adapter whose CRM has batch forms (`BatchForms`)."""
+
+    batch_forms: BatchForms
+
+
+def batch_forms(adapter: CrmAdapter) -> BatchForms | None:
+    """The adapter's batch forms, when its CRM has any."""
+    return adapter.batch_forms if isinstance(adapter, Batching) else None
+
+
 def order_adapter(adapter: CrmAdapter) -> OrderAdapter | None:
     """The adapter's order operations, when its CRM has them."""
     return adapter if isinstance(adapter, OrderAdapter) else None
