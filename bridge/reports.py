@@ -223,6 +223,7 @@ def show_report(
                 "status": c.status,
                 "ms": c.ms,
                 "error": c.error,
+                "batch": c.batch,
             }
             for c in calls
         ],
@@ -345,7 +346,7 @@ def render_show(console: Console, report: Mapping[str, Any]) -> None:
                 c["crm"],
                 str(c["attempt"]),
                 _short_time(c["at"]),
-                f"{c['method']} {c['path']}",
+                f"{c['method']} {c['path']}" + _batch_label(c.get("batch", 1)),
                 str(c["status"]) if c["status"] else "no answer",
                 f"{c['ms']:.0f}",
                 c["error"] or "",
@@ -432,3 +433,8 @@ def _print_rows(console: Console, columns: Sequence[str], rows: Sequence[Sequenc
 def _short_time(value: str | None) -> str:
     """ISO `...Z` as `YYYY-MM-DD HH:MM:SS` for tables."""
     return "-" if value is None else value.replace("T", " ").removesuffix("Z")[:19]
+
+
+def _batch_label(batch: int) -> str:
+    """A batch call served other deliveries too (issue 20)."""
+    return f" (batch of {batch})" if batch > 1 else ""

@@ -3,6 +3,8 @@
 A delivery may run twice (crash, restart, a nudge), so everything it does is made safe
 to repeat by `flow`. The worker adds what the flow cannot know:
 - which deliveries are due, and never two at once for the same customer in one CRM;
+- due payments of different customers in one CRM with batch forms started as one group
+  (`bridge.batching`), which takes one slot of `worker_concurrency`;
 - the durable retry schedule (1 min … 12 h, then `dead` after about three days);
 - pausing a CRM whose credentials fail: its deliveries wait, no attempt is burnt, and
   one delivery probes every `pause_probe_seconds` until the credentials work again;
@@ -32,7 +34,14 @@ from bridge.backsync.delivery import (
     PlatformUnavailable,
     deliver_crm_event,
 )
-from bridge.crm.base import CrmAdapter, counting_calls, order_adapter
+from bridge.batching import BatchGroup, GroupMember, group_size
+from bridge.crm.base import (
+    BatchForms,
+    CrmAdapter,
+    batch_forms,
+    counting_calls,
+    order_adapter,
+)
 from bridge.crm.calllog import recording_calls
 from bridge.domain import DealResult, Journal, KnownRefs
 from bridge.errors import (
@@ -142,6 +151,7 @@ class Worker:
     on_alert: Callable[[str, str, str], None] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _running: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    _groups: dict[int, BatchGroup] = field(default_factory=dict)  # delivery id → its group
     _jobs: dict[int, DeliveryJob] = field(default_factory=dict)
     _blocked: bool = False
     _next_due: float | None = None
@@ -151,6 +161,7 @@ class Worker:
     _settled: dict[int, asyncio.Event] = field(default_factory=dict)
     _stopping: bool = False
     _refusals: RefusalExplainer = field(default_factory=RefusalExplainer)
+    _refusal_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # per CRM, form
     # CRMs the operator paused (`crm-bridge pause`), read from the store at most once a
     # second: another process changes them.
     _held: dict[str, str] = field(default_factory=dict)
@@ -166,7 +177,7 @@ class Worker:
         """New work was stored. With every slot taken it cannot start yet, and the
         delivery that frees a slot wakes the loop anyway: a burst of webhooks then costs
         the loop nothing."""
-        if len(self._running) < self.settings.worker_concurrency:
+        if self._slots_used() < self.settings.worker_concurrency:
             self._wake.set()
 
     def paused(self) -> dict[str, str]:
@@ -181,6 +192,7 @@ class Worker:
         self.settings = settings
         self.adapters = adapters
         self._refusals.forget()
+        self._refusal_counts.clear()  # a reload may point a CRM elsewhere
         for crm in list(self._paused):
             if crm not in adapters:
                 del self._paused[crm]
@@ -292,14 +304,16 @@ class Worker:
         crms = [name for name in self.adapters if self._may_run(name, now)]
         if self.callback() is not None and self._may_run(PLATFORM, now):
             crms.append(PLATFORM)  # back-sync callbacks, a queue of their own
-        free = self.settings.worker_concurrency - len(self._running)
+        free = self.settings.worker_concurrency - self._slots_used()
         self._blocked = free <= 0
         self._next_due = None
         if free <= 0 or not crms:
             return 0
-        due = await self.store.due_deliveries(now, crms, limit=free)
+        widest = max((self._group_limit(crm) for crm in crms), default=1)
+        due = await self.store.due_deliveries(now, crms, limit=free * widest)
         self._next_due = due.next_due_at
         started = 0
+        filling: dict[str, BatchGroup] = {}  # the group each CRM's payments join now
         for job in due.jobs:
             if self._stopping:
                 break
@@ -311,9 +325,46 @@ class Worker:
                 if job.crm in {j.crm for j in self._probing()}:
                     continue
                 self._paused[job.crm].next_probe_at = now + self.pause_probe_seconds
-            self._start(job)
+            group = filling.get(job.crm)
+            if not self._joins(job, group):
+                if free <= 0:
+                    self._blocked = True
+                    continue
+                free -= 1
+                group = self._new_group(job)
+                if group is not None:
+                    filling[job.crm] = group
+            self._start(job, group)
             started += 1
         return started
+
+    def _slots_used(self) -> int:
+        """Running deliveries, a group counting as one."""
+        singles = len(self._running) - len(self._groups)
+        return singles + len({id(group) for group in self._groups.values()})
+
+    def _group_limit(self, crm: str) -> int:
+        """How many due payments of `crm` one group may take (1: no batching)."""
+        forms = self._batch_forms(crm)
+        return 1 if forms is None else group_size(forms, self.settings.file.crm[crm].batch_size)
+
+    def _batch_forms(self, crm: str) -> BatchForms | None:
+        adapter = self.adapters.get(crm)
+        if adapter is None or crm in self._paused:  # a paused CRM's probe runs alone
+            return None
+        return batch_forms(adapter)
+
+    def _joins(self, job: DeliveryJob, group: BatchGroup | None) -> bool:
+        return group is not None and _batchable(job) and group.members < self._group_limit(job.crm)
+
+    def _new_group(self, job: DeliveryJob) -> BatchGroup | None:
+        """A group for this payment and the CRM's next due ones, where batching applies."""
+        forms = self._batch_forms(job.crm)
+        if forms is None or not _batchable(job) or self._group_limit(job.crm) <= 1:
+            return None
+        # One refusal memory per CRM and process (`REFUSALS_BEFORE_PER_CALL`).
+        refusals = self._refusal_counts.setdefault(job.crm, {})
+        return BatchGroup(self.adapters[job.crm], forms, refusals)
 
     def _may_run(self, crm: str, now: float) -> bool:
         if crm in self._held:
@@ -327,15 +378,20 @@ class Worker:
     def _customer_busy(self, job: DeliveryJob) -> bool:
         return any((job.crm, key) in self._busy_keys for key in job.customer_keys)
 
-    def _start(self, job: DeliveryJob) -> None:
+    def _start(self, job: DeliveryJob, group: BatchGroup | None = None) -> None:
         self._busy_keys.update((job.crm, key) for key in job.customer_keys)
         self._jobs[job.delivery_id] = job
-        task = asyncio.get_running_loop().create_task(self._deliver(job))
+        member = None
+        if group is not None:
+            self._groups[job.delivery_id] = group
+            member = group.join()  # before the task runs: no batch call leaves without it
+        task = asyncio.get_running_loop().create_task(self._deliver(job, member))
         self._running[job.delivery_id] = task
         task.add_done_callback(lambda _task: self._finished(job))
 
     def _finished(self, job: DeliveryJob) -> None:
         self._running.pop(job.delivery_id, None)
+        self._groups.pop(job.delivery_id, None)
         self._jobs.pop(job.delivery_id, None)
         self._busy_keys.difference_update((job.crm, key) for key in job.customer_keys)
         signal = self._settled.get(job.event_id)
@@ -356,12 +412,16 @@ class Worker:
 
     # ---- one delivery ------------------------------------------------------------------
 
-    async def _deliver(self, job: DeliveryJob) -> None:
+    async def _deliver(self, job: DeliveryJob, member: GroupMember | None = None) -> None:
         started = time.perf_counter()
         try:
-            await self.store.mark_processing(job.delivery_id)
-            with counting_calls() as stats, recording_calls() as calls:
-                attempt = await self._attempt(job)
+            try:
+                await self.store.mark_processing(job.delivery_id)
+                with counting_calls() as stats, recording_calls() as calls:
+                    attempt = await self._attempt(job, member)
+            finally:
+                if member is not None:  # its group no longer waits for it, however it ended
+                    member.leave()
             await self.store.record_crm_calls(job.delivery_id, job.attempts, calls.calls)
             final = await self._record(job, attempt, stats.calls)
         except StoreUnavailable as exc:
@@ -372,10 +432,10 @@ class Worker:
         if self.on_outcome is not None:
             self.on_outcome(job.crm, attempt.outcome, elapsed_ms)
 
-    async def _attempt(self, job: DeliveryJob) -> Attempt:
+    async def _attempt(self, job: DeliveryJob, member: GroupMember | None = None) -> Attempt:
         if job.kind == CRM_EVENT_KIND:
             return await self._crm_event(job)
-        adapter = self.adapters[job.crm]
+        adapter: CrmAdapter = member if member is not None else self.adapters[job.crm]
         try:
             if job.kind == ORDER_KIND:
                 delivered = await self._order(job, adapter)
@@ -656,3 +716,8 @@ def late_write_wait(config: CrmConfig) -> float:
     stopped waiting for its answer (issue 13.12 saw notes land after twice the timeout,
     and the look before that wrote them again)."""
     return max(config.late_write_seconds, config.request_timeout_seconds)
+
+
+def _batchable(job: DeliveryJob) -> bool:
+    """Payments batch; orders and CRM events run alone (their steps have no batch form)."""
+    return job.kind not in (ORDER_KIND, CRM_EVENT_KIND)

@@ -90,6 +90,11 @@ class counting_calls:  # noqa: N801 - used as a context manager, reads like one
             _current_stats.reset(self._token)
 
 
+def current_stats() -> CallStats | None:
+    """The counters in force (a batch credits its calls to the first delivery it served)."""
+    return _current_stats.get()
+
+
 class RateLimiter:
     """Spaces requests evenly at `rate` per second (a token bucket of depth `burst`).
 
@@ -472,8 +477,7 @@ class BatchForms:
     update_deals: Callable[[Sequence[DealWrite]], Awaitable[Sequence[ItemError]]] | None = None
     add_notes: Callable[[Sequence[NoteWrite]], Awaitable[Sequence[ItemError]]] | None = None
     create_deals: (
-        Callable[[Sequence[tuple[Contact, NewDeal]]], Awaitable[Sequence[Deal | CrmError]]]
-        | None
+        Callable[[Sequence[tuple[Contact, NewDeal]]], Awaitable[Sequence[Deal | CrmError]]] | None
     ) = None
     create_contacts_and_deals: (
         Callable[

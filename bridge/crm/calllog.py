@@ -37,6 +37,7 @@ class CrmCall:
     ms: float
     at: float  # unix time the call started
     error: str | None = None  # the masked error body, or what went wrong in transport
+    batch: int = 1  # deliveries one batch call served (`bridge.batching`)
 
 
 @dataclass
@@ -63,6 +64,11 @@ class recording_calls:  # noqa: N801 - used as a context manager, reads like one
     def __exit__(self, *exc: object) -> None:
         if self._token is not None:
             _current.reset(self._token)
+
+
+def current() -> CallLog | None:
+    """The recording in force (a batch credits its calls to each delivery it served)."""
+    return _current.get()
 
 
 def recording() -> bool:

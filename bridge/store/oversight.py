@@ -25,6 +25,7 @@ class CallRow:
     status: int
     ms: float
     error: str | None
+    batch: int = 1  # deliveries the call served
 
 
 @dataclass(frozen=True)
@@ -78,14 +79,24 @@ class OversightMixin(StoreBase):
         if not calls:
             return
         rows = [
-            (delivery_id, attempt, utc_text(c.at), c.method, c.path, c.status, c.ms, c.error)
+            (
+                delivery_id,
+                attempt,
+                utc_text(c.at),
+                c.method,
+                c.path,
+                c.status,
+                c.ms,
+                c.error,
+                c.batch,
+            )
             for c in calls
         ]
 
         def apply(db: sqlite3.Connection) -> None:
             db.executemany(
                 "INSERT INTO crm_calls (delivery_id, attempt, at, method, path, status, ms,"
-                " error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " error, batch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
@@ -93,14 +104,22 @@ class OversightMixin(StoreBase):
 
     async def event_calls(self, event_id: int) -> list[CallRow]:
         rows = await self._read(
-            "SELECT d.crm, c.attempt, c.at, c.method, c.path, c.status, c.ms, c.error"
+            "SELECT d.crm, c.attempt, c.at, c.method, c.path, c.status, c.ms, c.error, c.batch"
             " FROM crm_calls c JOIN deliveries d ON d.id = c.delivery_id"
             " WHERE d.event_id = ? ORDER BY d.crm, c.id",
             (event_id,),
         )
         return [
             CallRow(
-                str(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4]), int(r[5]), float(r[6]), r[7]
+                str(r[0]),
+                int(r[1]),
+                str(r[2]),
+                str(r[3]),
+                str(r[4]),
+                int(r[5]),
+                float(r[6]),
+                r[7],
+                int(r[8]),
             )
             for r in rows
         ]

@@ -311,4 +311,6 @@ WHERE e.kind = 'order'
     # 10: back-sync (issue 19) — CRM events live in the event log (kind 'crm_event', one
     # delivery to 'platform'); the bridge's own stage moves, deal → order, the audit view.
     MIGRATION_9,
+    # 11: batched drain (issue 20) — how many deliveries a CRM call served (1: its own).
+    "ALTER TABLE crm_calls ADD COLUMN batch INTEGER NOT NULL DEFAULT 1",
 )

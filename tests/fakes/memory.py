@@ -20,7 +20,14 @@ from typing import Any, TypeVar
 
 import httpx
 
-from bridge.crm.base import Confirm, ConfirmCompany, CrmSchema, RateLimiter, first_confirmed
+from bridge.crm.base import (
+    BatchForms,
+    Confirm,
+    ConfirmCompany,
+    CrmSchema,
+    RateLimiter,
+    first_confirmed,
+)
 from bridge.crm.connection import Connection, Wiring
 from bridge.domain import (
     Company,
@@ -36,7 +43,7 @@ from bridge.domain import (
     NewDeal,
     OrderItem,
 )
-from bridge.errors import CrmError, TransientCrmError
+from bridge.errors import CrmError, PermanentCrmError, TransientCrmError
 from bridge.settings import CrmConfig, FileConfig, Settings
 from bridge.tokens import TokenPair
 
@@ -470,3 +477,107 @@ def adapter_on(
         http.limiter = limiter or RateLimiter(1000, sleep=no_wait)
         http.backoff_initial, http.backoff_max = 0.001, 0.01
     return adapter
+
+
+class BatchingMemoryCrm(MemoryCrm):
+    """A `MemoryCrm` with every batch form (`BatchForms`): a form's call is one call in
+    `calls` ("batch:<form>×N"), so `fail_at` / `kill_at` hit a whole batch as a CRM's
+    lost answer or a SIGKILL would. `refuse(deal_id)` makes writes to that deal fail on
+    their own (a per-item error); `refuse_whole()` refuses the next batch as a whole,
+    applying nothing (as amoCRM's 400 validation-errors)."""
+
+    def __init__(self, config: CrmConfig, name: str = "memory", *, limit: int = 50) -> None:
+        super().__init__(config, name)
+        self.refused: set[str] = set()
+        self._whole_refusals = 0
+        self.batch_forms = BatchForms(
+            limit=limit,
+            get_deals=self.get_deals,
+            update_deals=self.update_deals,
+            add_notes=self.add_notes,
+            create_deals=self.create_deals,
+            create_contacts_and_deals=self.create_contacts_and_deals,
+            find_contacts=self.find_contacts,
+        )
+
+    def refuse(self, deal_id: str) -> None:
+        self.refused.add(deal_id)
+
+    def refuse_whole(self, times: int = 1) -> None:
+        self._whole_refusals = times
+
+    def batches(self) -> list[str]:
+        return [call for call in self.calls if call.startswith("batch:")]
+
+    async def get_deals(self, deal_ids: Sequence[str]) -> Mapping[str, Deal]:
+        def read() -> dict[str, Deal]:
+            return {i: self.deals[i] for i in deal_ids if i in self.deals}
+
+        return self._batch("get_deals", len(deal_ids), read)
+
+    async def update_deals(
+        self, writes: Sequence[tuple[str, Sequence[FieldUpdate]]]
+    ) -> list[CrmError | None]:
+        def apply() -> list[CrmError | None]:
+            answers: list[CrmError | None] = []
+            for deal_id, updates in writes:
+                if deal_id in self.refused:
+                    answers.append(PermanentCrmError(self.name, f"deal {deal_id} refused"))
+                    continue
+                deal = self.deals[deal_id]
+                fields = {**deal.fields, **_texts(updates)}
+                self.deals[deal_id] = replace(deal, fields=fields, updated_at=self._new_tick())
+                answers.append(None)
+            return answers
+
+        return self._batch("update_deals", len(writes), apply)
+
+    async def add_notes(self, notes: Sequence[tuple[str, str]]) -> list[CrmError | None]:
+        def apply() -> list[CrmError | None]:
+            answers: list[CrmError | None] = []
+            for deal_id, text in notes:
+                if deal_id in self.refused:
+                    answers.append(PermanentCrmError(self.name, f"deal {deal_id} refused"))
+                else:
+                    self.notes.setdefault(deal_id, []).append(text)
+                    answers.append(None)
+            return answers
+
+        return self._batch("add_notes", len(notes), apply)
+
+    async def create_deals(self, items: Sequence[tuple[Contact, NewDeal]]) -> list[Deal]:
+        def apply() -> list[Deal]:
+            return [self._create_deal(contact.id, new) for contact, new in items]
+
+        return self._batch("create_deals", len(items), apply)
+
+    async def create_contacts_and_deals(
+        self, items: Sequence[tuple[NewContact, NewDeal]]
+    ) -> list[tuple[Contact, Deal]]:
+        def apply() -> list[tuple[Contact, Deal]]:
+            made = []
+            for contact, deal in items:
+                created = self._create_contact(contact)
+                made.append((created, self._create_deal(created.id, deal)))
+            return made
+
+        return self._batch("create_contacts_and_deals", len(items), apply)
+
+    async def find_contacts(
+        self, keys: Sequence[Sequence[LookupKey]], confirm: Confirm
+    ) -> list[Contact | None]:
+        def search() -> list[Contact | None]:
+            found: list[Contact | None] = []
+            for mine in keys:
+                hits = {key: [self._view(c) for c in self._loose_hits(key)] for key in mine}
+                found.append(first_confirmed(mine, hits, confirm))
+            return found
+
+        return self._batch("find_contacts", len(keys), search)
+
+    def _batch(self, form: str, size: int, effect: Callable[[], T]) -> T:
+        if self._whole_refusals:
+            self._whole_refusals -= 1
+            self.calls.append(f"batch:{form}×{size}")
+            raise PermanentCrmError(self.name, f"{form}: 400 validation-errors")
+        return self._call(f"batch:{form}×{size}", effect)
