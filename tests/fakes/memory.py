@@ -483,7 +483,8 @@ class BatchingMemoryCrm(MemoryCrm):
     """A `MemoryCrm` with every batch form (`BatchForms`): a form's call is one call in
     `calls` ("batch:<form>×N"), so `fail_at` / `kill_at` hit a whole batch as a CRM's
     lost answer or a SIGKILL would. `refuse(deal_id)` makes writes to that deal fail on
-    their own (a per-item error); `refuse_whole()` refuses the next batch as a whole,
+    their own (a per-item error), and `refuse(text)` a note holding that text;
+    `refuse_whole()` refuses the next batch as a whole,
     applying nothing (as amoCRM's 400 validation-errors)."""
 
     def __init__(self, config: CrmConfig, name: str = "memory", *, limit: int = 50) -> None:
@@ -536,7 +537,7 @@ class BatchingMemoryCrm(MemoryCrm):
         def apply() -> list[CrmError | None]:
             answers: list[CrmError | None] = []
             for deal_id, text in notes:
-                if deal_id in self.refused:
+                if deal_id in self.refused or any(word in text for word in self.refused):
                     answers.append(PermanentCrmError(self.name, f"deal {deal_id} refused"))
                 else:
                     self.notes.setdefault(deal_id, []).append(text)
