@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -313,13 +314,16 @@ class Worker:
         due = await self.store.due_deliveries(now, crms, limit=free * widest)
         self._next_due = due.next_due_at
         started = 0
+        # Finished a moment ago in memory, not yet in the store: its end wakes us.
+        ready = [job for job in due.jobs if not self._running_or_busy(job)]
+        self._blocked = self._blocked or len(ready) < len(due.jobs)
+        gathering = self._gathering(ready)
         filling: dict[str, BatchGroup] = {}  # the group each CRM's payments join now
-        for job in due.jobs:
+        for job in ready:
             if self._stopping:
                 break
-            if job.delivery_id in self._running or self._customer_busy(job):
-                # Finished a moment ago in memory, not yet in the store: its end wakes us.
-                self._blocked = True
+            if job.crm in gathering and _batchable(job):
+                self._blocked = True  # the running group's end wakes us
                 continue
             if job.crm in self._paused:
                 if job.crm in {j.crm for j in self._probing()}:
@@ -337,6 +341,20 @@ class Worker:
             self._start(job, group)
             started += 1
         return started
+
+    def _running_or_busy(self, job: DeliveryJob) -> bool:
+        return job.delivery_id in self._running or self._customer_busy(job)
+
+    def _gathering(self, ready: list[DeliveryJob]) -> set[str]:
+        """CRMs whose due payments wait for the CRM's running group to end.
+
+        Its members end a few milliseconds apart, and each end would otherwise start a
+        group of the one or two payments due by then: batches would shrink to nothing.
+        So while a group runs, another starts only when it can be full; the rest join
+        the next group, which starts once the running one is done."""
+        running = {self._jobs[delivery_id].crm for delivery_id in self._groups}
+        due = Counter(job.crm for job in ready if _batchable(job))
+        return {crm for crm in running if due[crm] < self._group_limit(crm)}
 
     def _slots_used(self) -> int:
         """Running deliveries, a group counting as one."""
