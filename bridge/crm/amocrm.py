@@ -46,8 +46,8 @@ Batch forms (`batch_forms`, issue 20: many deliveries' step in one call, at most
                              [POST /api/v4/contacts/{id}/link  per deal with a company]
 amoCRM refuses an array one item of which does not validate as a whole (400
 `validation-errors` naming `request_id`s): a whole-call `PermanentCrmError`, nothing
-applied (sources at `AmoCrm.get_deals`). Creates and notes send a `request_id` per item
-and match the answer by it; updates match by lead id.
+applied (sources: the comment above `AmoCrm.get_deals`). Creates and notes send a
+`request_id` per item and match the answer by it; updates match by lead id.
 """
 
 from __future__ import annotations
