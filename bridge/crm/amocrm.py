@@ -35,6 +35,19 @@ Orders (`OrderAdapter`):
 are catalog elements of the products catalog `order_catalog_id`, found by their SKU
 field and linked with `metadata.quantity`.
 Lists are paged while the answer carries `_links.next`; an empty list is HTTP 204.
+
+Batch forms (`batch_forms`, issue 20: many deliveries' step in one call, at most
+`min(batch_size, 50)` items; there is no batch search):
+    get_deals                GET   /api/v4/leads?filter[id][]=…&with=contacts  (paged by 250)
+    update_deals             PATCH /api/v4/leads                  (none when nothing to set)
+    add_notes                POST  /api/v4/leads/notes            (`entity_id` per note)
+    create_deals             POST  /api/v4/leads
+    create_contacts_and_deals POST /api/v4/leads/complex
+                             [POST /api/v4/contacts/{id}/link  per deal with a company]
+amoCRM refuses an array one item of which does not validate as a whole (400
+`validation-errors` naming `request_id`s): a whole-call `PermanentCrmError`, nothing
+applied (sources: the comment above `AmoCrm.get_deals`). Creates and notes send a
+`request_id` per item and match the answer by it; updates match by lead id.
 """
 
 from __future__ import annotations
@@ -51,11 +64,15 @@ import phonenumbers
 
 from bridge.crm.base import (
     JSON,
+    BatchForms,
     CompanyKey,
     Confirm,
     ConfirmCompany,
     CrmSchema,
     CustomField,
+    DealWrite,
+    ItemError,
+    NoteWrite,
     Pipeline,
     first_confirmed,
 )
@@ -75,11 +92,12 @@ from bridge.domain import (
     NewDeal,
     OrderItem,
 )
-from bridge.errors import AuthError, ConfigError, PermanentCrmError
+from bridge.errors import AuthError, ConfigError, CrmError, PermanentCrmError, TransientCrmError
 from bridge.settings import CrmConfig
 
 SEARCH_LIMIT = 50
 PAGE_LIMIT = 250
+COMPLEX_LIMIT = 50  # leads per `POST /leads/complex` [developers.kommo.com/reference/complex-leads]
 MAX_PAGES = 100  # a runaway `next` link must not loop forever
 _FORBIDDEN = re.compile(r"\S+ \S+: HTTP 403\b")  # how `error_for_status` words a 403
 
@@ -147,6 +165,21 @@ def contact_json(new: NewContact) -> dict[str, JSON]:
     if values:
         body["custom_fields_values"] = values
     return body
+
+
+def update_json(updates: Iterable[FieldUpdate]) -> dict[str, JSON]:
+    """A lead's fields to set: the body of `PATCH /leads/{id}`, an item of `PATCH /leads`."""
+    return {"custom_fields_values": field_values_json(updates)}
+
+
+def note_json(text: str) -> dict[str, JSON]:
+    """A text note: an item of `POST /leads/{id}/notes` and (with `entity_id`) /leads/notes."""
+    return {"note_type": "common", "params": {"text": text}}
+
+
+def linked_deal_json(contact: Contact, new: NewDeal) -> dict[str, JSON]:
+    """`POST /leads`: a deal linked to an existing contact."""
+    return deal_json(new, {"id": _int_id(contact.id)})
 
 
 def deal_json(new: NewDeal, contact: dict[str, JSON]) -> dict[str, JSON]:
@@ -228,6 +261,20 @@ def element_json(item: OrderItem, element_id: int | None = None) -> dict[str, JS
 
 
 # ---- v4 JSON → domain ---------------------------------------------------------------
+
+
+def by_request_id(records: Iterable[JSON]) -> dict[str, dict[str, JSON]]:
+    """An array write's answers by the `request_id` each carries back. A complex answer
+    holds a list: a lead that duplicate control merged carries every request it took."""
+    found: dict[str, dict[str, JSON]] = {}
+    for record in records:
+        if not isinstance(record, dict):
+            continue
+        ids = record.get("request_id")
+        for request_id in ids if isinstance(ids, list) else [ids]:
+            if request_id is not None:
+                found[str(request_id)] = record
+    return found
 
 
 def embedded(body: JSON, key: str) -> list[dict[str, JSON]]:
@@ -402,6 +449,16 @@ class AmoCrm:
         # SKU → catalog element id, name and price, as last read or written: a returning
         # product costs no search (a manager's later edit is caught by the link answer).
         self._elements: dict[str, tuple[int, str, Decimal | None]] = {}
+        # No batch search: amoCRM's `query` takes one term. At most 50 items: the complex
+        # form's limit, so that every write of a batch is one request.
+        self.batch_forms = BatchForms(
+            limit=min(self.config.batch_size, COMPLEX_LIMIT),
+            get_deals=self.get_deals,
+            update_deals=self.update_deals,
+            add_notes=self.add_notes,
+            create_deals=self.create_deals,
+            create_contacts_and_deals=self.create_contacts_and_deals,
+        )
 
     async def find_contact(self, keys: Sequence[LookupKey], confirm: Confirm) -> Contact | None:
         # One search per key, stopping at the first confirmed hit: a returning customer
@@ -455,8 +512,7 @@ class AmoCrm:
         params = {"filter[id][]": missing, "limit": PAGE_LIMIT}
         records = await self._pages("/api/v4/leads", params, "leads", "leads.list")
         with self._reading("leads.list"):
-            closed = self.config.closed_status_ids
-            fetched = [deal_from_json(record, closed, self._days) for record in records]
+            fetched = [self._deal(record) for record in records]
         return [*fresh.values(), *fetched]
 
     async def get_deal(self, deal_id: str) -> Deal | None:
@@ -468,11 +524,11 @@ class AmoCrm:
         if body is None:
             return None
         with self._reading("leads.get"):
-            return deal_from_json(body, self.config.closed_status_ids, self._days)
+            return self._deal(body)
 
     async def create_deal(self, contact: Contact, new: NewDeal) -> Deal:
         with self._reading("leads.create"):
-            payload = [deal_json(new, {"id": _int_id(contact.id)})]
+            payload = [linked_deal_json(contact, new)]
         answer = await self._send("POST", "/api/v4/leads", "leads.create", json=payload)
         with self._reading("leads.create"):
             [created] = embedded(answer, "leads")
@@ -486,9 +542,16 @@ class AmoCrm:
         answer = await self._send("POST", "/api/v4/leads/complex", "leads.complex", json=payload)
         with self._reading("leads.complex"):
             [created] = answer
+        return await self._complex_created(payload[0], created, deal)
+
+    async def _complex_created(
+        self, sent: dict[str, JSON], created: JSON, deal: NewDeal
+    ) -> tuple[Contact, Deal]:
+        """One lead of a `leads/complex` answer: its new contact and deal, as sent."""
+        with self._reading("leads.complex"):
             if not created.get("contact_id"):
                 raise ValueError(f"lead {created.get('id')} came back without a contact")
-            sent_contact = payload[0]["_embedded"]["contacts"][0]
+            sent_contact = sent["_embedded"]["contacts"][0]
             new = self._sent_contact(sent_contact, created["contact_id"])
             new = replace(new, deal_ids=(str(created["id"]),))
         if deal.company_id is not None:
@@ -496,13 +559,13 @@ class AmoCrm:
             # company to each other only when it creates both [leads-api "Комплексное
             # добавление"]: the new contact joins its company with one link more.
             await self.link_contact_to_company(new.id, deal.company_id)
-        return new, self._sent_deal(payload[0], created["id"], new.id)
+        return new, self._sent_deal(sent, created["id"], new.id)
 
     async def update_deal(self, deal_id: str, updates: Sequence[FieldUpdate]) -> None:
         if not updates:
             return
         with self._reading("leads.update"):
-            payload = {"custom_fields_values": field_values_json(updates)}
+            payload = update_json(updates)
         await self._send("PATCH", f"/api/v4/leads/{deal_id}", "leads.update", json=payload)
 
     async def deal_notes(self, deal_id: str) -> list[str]:
@@ -513,8 +576,121 @@ class AmoCrm:
             return [str(n["params"]["text"]) for n in notes if n.get("note_type") == "common"]
 
     async def add_note(self, deal_id: str, text: str) -> None:
-        payload = [{"note_type": "common", "params": {"text": text}}]
+        payload = [note_json(text)]
         await self._send("POST", f"/api/v4/leads/{deal_id}/notes", "notes.add", json=payload)
+
+    # ---- batch forms (issue 20) -----------------------------------------------------
+    #
+    # An array one item of which does not validate is refused whole: amoCRM answers 400
+    # "Request validation failed" with `validation-errors` grouped by `request_id`
+    # [amocrm.ru/developers/content/api/errors "Ошибки при валидации данных"; crm-notes
+    # §1.9], and a successful add / update answers the entities of the request
+    # [developers.kommo.com/reference/complex-leads, /reference/update-tags: "returns an
+    # array of updated entities"]. Nothing documents a 200 with some items refused, or
+    # a 400 after which some items were kept, and the official SDK (amocrm-api-php
+    # `EntitiesServices/Leads::processAction`) throws on a 400 for the whole collection
+    # and reconciles a success only by `request_id`. So a refusal is the whole call's
+    # `PermanentCrmError` and means nothing was applied: the bridge then runs each item
+    # alone, which finds the one refused. `request_id` is "returned unchanged"
+    # [developers.kommo.com, request fields of notes and leads "add"]: creates and notes
+    # are matched by it, updates by the lead id they answer. An item the answer lacks
+    # may have been applied (`_unanswered`).
+
+    async def get_deals(self, deal_ids: Sequence[str]) -> dict[str, Deal]:
+        """The deals that still exist, each read as `get_deal` reads it; one deleted (the
+        list answers it flagged, or not at all) is left out: the flow takes a flagged
+        deal and a missing one alike."""
+        if not deal_ids:
+            return {}
+        params = {"filter[id][]": list(deal_ids), "with": "contacts", "limit": PAGE_LIMIT}
+        records = await self._pages("/api/v4/leads", params, "leads", "leads.list")
+        with self._reading("leads.list"):
+            deals = [self._deal(record) for record in records]
+        wanted = set(deal_ids)
+        return {deal.id: deal for deal in deals if deal.id in wanted and not deal.is_deleted}
+
+    async def update_deals(self, writes: Sequence[DealWrite]) -> list[ItemError]:
+        sent = [(deal_id, updates) for deal_id, updates in writes if updates]
+        if not sent:
+            return [None] * len(writes)
+        with self._reading("leads.update"):
+            payload = [{"id": _int_id(deal_id), **update_json(fields)} for deal_id, fields in sent]
+        answer = await self._send("PATCH", "/api/v4/leads", "leads.update", json=payload)
+        updated = {str(record.get("id")) for record in embedded(answer, "leads")}
+        return [
+            None
+            if not updates or str(int(deal_id)) in updated
+            else self._unanswered("leads.update", f"lead {deal_id}")
+            for deal_id, updates in writes
+        ]
+
+    async def add_notes(self, notes: Sequence[NoteWrite]) -> list[ItemError]:
+        if not notes:
+            return []
+        with self._reading("notes.add"):
+            payload = [
+                {"entity_id": _int_id(deal_id), **note_json(text), "request_id": str(n)}
+                for n, (deal_id, text) in enumerate(notes)
+            ]
+        answer = await self._send("POST", "/api/v4/leads/notes", "notes.add", json=payload)
+        added = by_request_id(embedded(answer, "notes"))
+        return [
+            None if str(n) in added else self._unanswered("notes.add", f"note on lead {deal_id}")
+            for n, (deal_id, _) in enumerate(notes)
+        ]
+
+    async def create_deals(self, items: Sequence[tuple[Contact, NewDeal]]) -> list[Deal | CrmError]:
+        if not items:
+            return []
+        with self._reading("leads.create"):
+            payload = [
+                {**linked_deal_json(contact, new), "request_id": str(n)}
+                for n, (contact, new) in enumerate(items)
+            ]
+        answer = await self._send("POST", "/api/v4/leads", "leads.create", json=payload)
+        created = by_request_id(embedded(answer, "leads"))
+        results: list[Deal | CrmError] = []
+        for n, (contact, _) in enumerate(items):
+            record = created.get(str(n))
+            if record is None:
+                results.append(self._unanswered("leads.create", f"lead {n} of the request"))
+                continue
+            try:
+                with self._reading("leads.create"):
+                    results.append(self._sent_deal(payload[n], record["id"], contact.id))
+            except PermanentCrmError as exc:
+                results.append(exc)
+        return results
+
+    async def create_contacts_and_deals(
+        self, items: Sequence[tuple[NewContact, NewDeal]]
+    ) -> list[tuple[Contact, Deal] | CrmError]:
+        if not items:
+            return []
+        with self._reading("leads.complex"):
+            payload = [
+                {**deal_json(deal, contact_json(contact)), "request_id": str(n)}
+                for n, (contact, deal) in enumerate(items)
+            ]
+        answer = await self._send("POST", "/api/v4/leads/complex", "leads.complex", json=payload)
+        created = by_request_id(answer if isinstance(answer, list) else ())
+        results: list[tuple[Contact, Deal] | CrmError] = []
+        for n, (_, deal) in enumerate(items):
+            record = created.get(str(n))
+            if record is None:
+                results.append(self._unanswered("leads.complex", f"lead {n} of the request"))
+                continue
+            try:
+                results.append(await self._complex_created(payload[n], record, deal))
+            except CrmError as exc:  # this item's answer, or its company link
+                results.append(exc)
+        return results
+
+    def _unanswered(self, operation: str, item: str) -> TransientCrmError:
+        """An item the answer of a write does not mention: it may have landed all the same
+        (the flow's remote checks decide on the retry)."""
+        message = f"{operation}: the answer lacks {item}"
+        return TransientCrmError(self.name, message, maybe_applied=True)
 
     async def schema(self) -> CrmSchema:
         body = await self._send("GET", "/api/v4/leads/pipelines", "pipelines.list")
@@ -675,6 +851,9 @@ class AmoCrm:
             if not (isinstance(links, dict) and links.get("next")):
                 break
         return items
+
+    def _deal(self, record: Mapping[str, JSON]) -> Deal:
+        return deal_from_json(record, self.config.closed_status_ids, self._days)
 
     def _sent_contact(self, sent: dict[str, JSON], contact_id: object) -> Contact:
         # What was sent is what amoCRM stored: no read-back GET.

@@ -6,7 +6,15 @@ It answers like the real API where the bridge depends on it:
   "+7 999 123-45-67"); `with=leads` embeds linked lead ids; nothing found → 204, no body;
 - writes are validated first and applied only when all of the request is valid: an
   unknown field id, an enum id the field does not have, a non-numeric value for a numeric
-  field, an unknown pipeline or status → 400 `{"validation-errors": [...], "status": 400}`;
+  field, an unknown pipeline or status, an unknown lead → 400 `{"validation-errors":
+  [...], "status": 400}`, each error under the `request_id` of its item (the one the
+  client sent, else the item's index), which every answer of an array write echoes;
+- array writes take 1..250 items (`leads/complex` 1..50), else 400 [crm-notes §1.8]:
+  `POST /api/v4/leads` and `/leads/complex`, `PATCH /api/v4/leads` (each item with the
+  `id` of a lead), `POST /api/v4/leads/notes` (each note with `entity_id`); a batch is
+  one request for the rate limit (amoCRM counts requests) and for every fault and hook;
+- `GET /api/v4/leads?filter[id][]=…` answers the leads among those ids (`with=contacts`
+  embeds their contacts), paged by `limit` ≤ 250;
 - Bearer tokens expire by the injectable `clock` → 401; OAuth refresh tokens are
   single-use and rotate (a used one answers 400 "Token has been revoked");
 - more than `rate_limit` admitted requests in any sliding second → 429 (not applied).
@@ -30,10 +38,10 @@ catalogs-api, leads-api "Комплексное добавление сдело�
 Set up and inspect (no call is logged): `add_contact`, `add_lead`, `add_note` (return
 ids), `add_company`, `add_element`, `companies()`, `lead_company`, `contact_companies`,
 `lead_items`, `elements()`, `delete_element`, `move_lead` (a manager changing the stage
-or deleting), `contacts()`, `contact(id)`, `leads()`, `lead(id)` (API-shaped dicts),
-`notes(lead_id)`, `lead_field`, `contact_field`. Credentials: `issue_token(ttl)`,
-`issue_oauth_pair(ttl)`, `register_code(code)`, `expire_all_access_tokens()`,
-`forbid(detail)` (every call 403).
+or deleting), `remove_lead` (deleted for good: the trash emptied), `contacts()`,
+`contact(id)`, `leads()`, `lead(id)` (API-shaped dicts), `notes(lead_id)`, `lead_field`,
+`contact_field`. Credentials: `issue_token(ttl)`, `issue_oauth_pair(ttl)`,
+`register_code(code)`, `expire_all_access_tokens()`, `forbid(detail)` (every call 403).
 
 The HTTP side (`transport()`, `asgi_app`, `calls`, `count`, the rate window and the
 faults `fail_next`, `fail_after_apply`, `fail_randomly`, `down`/`up`, `latency`) is
@@ -216,6 +224,8 @@ class FakeAmoCrm(OAuthFake, FakeService):
             ("GET", re.compile(r"/api/v4/leads/pipelines"), self._list_pipelines),
             ("GET", re.compile(r"/api/v4/leads"), self._list_leads),
             ("POST", re.compile(r"/api/v4/leads"), self._create_leads),
+            ("PATCH", re.compile(r"/api/v4/leads"), self._patch_leads),
+            ("POST", re.compile(r"/api/v4/leads/notes"), self._add_entity_notes),
             ("POST", re.compile(r"/api/v4/leads/complex"), self._create_complex),
             ("GET", re.compile(r"/api/v4/leads/(\d+)"), self._get_lead),
             ("PATCH", re.compile(r"/api/v4/leads/(\d+)"), self._patch_lead),
@@ -389,6 +399,17 @@ class FakeAmoCrm(OAuthFake, FakeService):
         subdomain = (urlsplit(self.config.base_url).hostname or "example").split(".")[0]
         return amocrm_webhook(url, changed, subdomain=subdomain, account_id=ACCOUNT_ID)
 
+    def remove_lead(self, lead_id: int | str) -> None:
+        """A lead gone for good (deleted and the trash emptied): no read finds it, and a
+        write naming it is refused."""
+        with self._lock:
+            lead = int(lead_id)
+            del self._leads[lead]
+            self._links = {(c, lead_of) for c, lead_of in self._links if lead_of != lead}
+            self._notes.pop(lead, None)
+            self._lead_company.pop(lead, None)
+            self._lead_items.pop(lead, None)
+
     def add_note(self, lead_id: int | str, text: str) -> int:
         with self._lock:
             return self._store_note(int(lead_id), "common", {"text": text})
@@ -560,12 +581,13 @@ class FakeAmoCrm(OAuthFake, FakeService):
         problems = Problems()
         parsed = []
         for i, item in enumerate(items):
-            changes = self._parse_lead(item, str(i), problems, current=None)
-            links = self._existing_contacts(item, str(i), problems)
-            changes["company"] = self._existing_company(item, str(i), problems)
-            parsed.append((changes, links))
+            rid = _request_id(item, i)
+            changes = self._parse_lead(item, rid, problems, current=None)
+            links = self._existing_contacts(item, rid, problems)
+            changes["company"] = self._existing_company(item, rid, problems)
+            parsed.append((rid, changes, links))
         problems.check()
-        created = [self._store_lead(changes, links) for changes, links in parsed]
+        created = [(rid, self._store_lead(changes, links)) for rid, changes, links in parsed]
         return FakeResponse(
             200,
             {
@@ -574,10 +596,45 @@ class FakeAmoCrm(OAuthFake, FakeService):
                     "leads": [
                         {
                             "id": lead.id,
-                            "request_id": str(i),
+                            "request_id": rid,
                             "_links": self._self_link("leads", lead.id),
                         }
-                        for i, lead in enumerate(created)
+                        for rid, lead in created
+                    ]
+                },
+            },
+        )
+
+    def _patch_leads(self, request: FakeRequest) -> FakeResponse:
+        """`PATCH /api/v4/leads`: an array of leads, each by its `id` [leads-api
+        "Редактирование сделок"; developers.kommo.com/reference/update-tags]."""
+        items = self._array(request.json(), 250)
+        problems = Problems()
+        parsed: list[tuple[str, LeadRec, JSONDict]] = []
+        for i, item in enumerate(items):
+            rid = _request_id(item, i)
+            lead_id = item.get("id") if isinstance(item, dict) else None
+            lead = self._leads.get(lead_id) if is_int(lead_id) else None
+            if lead is None:
+                problems.add(rid, "id", "NotFound", f"lead {lead_id} not found")
+                continue
+            parsed.append((rid, lead, self._parse_lead(item, rid, problems, current=lead)))
+        problems.check()
+        for _, lead, changes in parsed:
+            self._apply_lead(lead, changes)
+        return FakeResponse(
+            200,
+            {
+                "_links": {"self": {"href": self._href(request.path)}},
+                "_embedded": {
+                    "leads": [
+                        {
+                            "id": lead.id,
+                            "updated_at": lead.updated_at,
+                            "request_id": rid,
+                            "_links": self._self_link("leads", lead.id),
+                        }
+                        for rid, lead, _ in parsed
                     ]
                 },
             },
@@ -586,9 +643,9 @@ class FakeAmoCrm(OAuthFake, FakeService):
     def _create_complex(self, request: FakeRequest) -> FakeResponse:
         items = self._array(request.json(), 50)
         problems = Problems()
-        parsed: list[tuple[JSONDict, JSONDict | int | None, JSONDict | int | None]] = []
+        parsed: list[tuple[str, JSONDict, JSONDict | int | None, JSONDict | int | None]] = []
         for i, item in enumerate(items):
-            rid = str(i)
+            rid = _request_id(item, i)
             changes = self._parse_lead(item, rid, problems, current=None)
             embedded = item.get("_embedded") if isinstance(item, dict) else None
             contacts = (embedded or {}).get("contacts") or []
@@ -601,10 +658,10 @@ class FakeAmoCrm(OAuthFake, FakeService):
             elif contacts:
                 contact = self._parse_contact(contacts[0], rid, "_embedded.contacts.0.", problems)
             company = self._complex_company(item, rid, problems)
-            parsed.append((changes, contact, company))
+            parsed.append((rid, changes, contact, company))
         problems.check()
         answer = []
-        for i, (changes, contact, company) in enumerate(parsed):
+        for rid, changes, contact, company in parsed:
             contact_id = None
             if isinstance(contact, dict):
                 contact_id = self._store_contact(contact).id
@@ -625,7 +682,7 @@ class FakeAmoCrm(OAuthFake, FakeService):
                     "id": lead.id,
                     "contact_id": contact_id,
                     "company_id": company_id,
-                    "request_id": [str(i)],
+                    "request_id": [rid],
                     "merged": False,
                 }
             )
@@ -916,17 +973,43 @@ class FakeAmoCrm(OAuthFake, FakeService):
         problems = Problems()
         if int(lead_id) not in self._leads:
             problems.add("0", "entity_id", "NotFound", f"lead {lead_id} not found")
-        for i, item in enumerate(items):
-            note_type = item.get("note_type") if isinstance(item, dict) else None
-            params = item.get("params") if isinstance(item, dict) else None
-            if note_type not in ("common", "service_message"):
-                problems.add(str(i), "note_type", "NotSupportedChoice", "unknown note_type")
-            elif not isinstance(params, dict) or not isinstance(params.get("text"), str):
-                problems.add(str(i), "params.text", "InvalidType", "text must be a string")
+        notes = [self._parse_note(item, i, int(lead_id), problems) for i, item in enumerate(items)]
         problems.check()
-        ids = [
-            self._store_note(int(lead_id), item["note_type"], dict(item["params"]))
-            for item in items
+        return self._store_notes(request, notes)
+
+    def _add_entity_notes(self, request: FakeRequest) -> FakeResponse:
+        """`POST /api/v4/leads/notes`: notes of many leads, each naming its `entity_id`
+        [events-and-notes "Adding notes"]."""
+        items = self._array(request.json(), 250)
+        problems = Problems()
+        notes = []
+        for i, item in enumerate(items):
+            lead_id = item.get("entity_id") if isinstance(item, dict) else None
+            if not is_int(lead_id) or lead_id not in self._leads:
+                problems.add(_request_id(item, i), "entity_id", "NotFound", "lead not found")
+                continue
+            notes.append(self._parse_note(item, i, lead_id, problems))
+        problems.check()
+        return self._store_notes(request, notes)
+
+    def _parse_note(
+        self, item: Any, index: int, lead_id: int, problems: Problems
+    ) -> tuple[str, int, str, JSONDict]:
+        rid = _request_id(item, index)
+        note_type = item.get("note_type") if isinstance(item, dict) else None
+        params = item.get("params") if isinstance(item, dict) else None
+        if note_type not in ("common", "service_message"):
+            problems.add(rid, "note_type", "NotSupportedChoice", "unknown note_type")
+        elif not isinstance(params, dict) or not isinstance(params.get("text"), str):
+            problems.add(rid, "params.text", "InvalidType", "text must be a string")
+        return rid, lead_id, str(note_type), dict(params) if isinstance(params, dict) else {}
+
+    def _store_notes(
+        self, request: FakeRequest, notes: Sequence[tuple[str, int, str, JSONDict]]
+    ) -> FakeResponse:
+        stored = [
+            (rid, lead_id, self._store_note(lead_id, note_type, params))
+            for rid, lead_id, note_type, params in notes
         ]
         return FakeResponse(
             200,
@@ -934,8 +1017,8 @@ class FakeAmoCrm(OAuthFake, FakeService):
                 "_links": {"self": {"href": self._href(request.path)}},
                 "_embedded": {
                     "notes": [
-                        {"id": note_id, "entity_id": int(lead_id), "request_id": str(i)}
-                        for i, note_id in enumerate(ids)
+                        {"id": note_id, "entity_id": lead_id, "request_id": rid}
+                        for rid, lead_id, note_id in stored
                     ]
                 },
             },
@@ -1303,6 +1386,14 @@ class FakeAmoCrm(OAuthFake, FakeService):
             "params": dict(note.params),
             "account_id": ACCOUNT_ID,
         }
+
+
+def _request_id(item: Any, index: int) -> str:
+    """The `request_id` the client gave an item of an array write ("returned unchanged"
+    [developers.kommo.com, leads and notes "add"]), else its index."""
+    given = item.get("request_id") if isinstance(item, dict) else None
+    valid = isinstance(given, str | int) and not isinstance(given, bool)
+    return str(given) if valid else str(index)
 
 
 def _apply_values(
