@@ -23,6 +23,7 @@ from tests.test_hubspot_adapter import (
     PARTNERS_AUTOPAY,
     SITE_WORKING,
     Clock,
+    email_key,
     make_adapter,
     new_contact,
     new_deal,
@@ -296,16 +297,12 @@ async def test_created_records_wait_for_the_search_index_as_single_creates_do() 
     assert twin.forms.create_contacts_and_deals is not None
     [made] = await twin.forms.create_contacts_and_deals([(customer(1, "a@b.example"), new_deal())])
     assert isinstance(made, tuple)
-    assert await twin.hub.find_contacts(new_contact_keys(made[0])) == []
+    assert await twin.hub.find_contacts([email_key(made[0].emails[0])]) == []
     twin.clock.now += 61
-    assert [c.id for c in await twin.hub.find_contacts(new_contact_keys(made[0]))] == [made[0].id]
+    assert [c.id for c in await twin.hub.find_contacts([email_key(made[0].emails[0])])] == [
+        made[0].id
+    ]
     await twin.hub.connection.aclose()
-
-
-def new_contact_keys(contact: Contact) -> list:  # type: ignore[type-arg]
-    from tests.test_hubspot_adapter import email_key
-
-    return [email_key(contact.emails[0])]
 
 
 # ---- date properties ------------------------------------------------------------------
