@@ -408,3 +408,35 @@ async def test_the_fake_refuses_batches_over_100_and_untraced_creates_all_or_not
     assert answer.status_code == 400
     assert twin.fake.portal.records["notes"] == {}
     await twin.hub.connection.aclose()
+
+
+async def test_a_deals_batch_refused_whole_after_the_contacts_goes_deal_by_deal() -> None:
+    twin = Twin()
+    twin.fake.fail_next(1, 400, path_prefix=f"{OBJECTS}/deals/batch/create")
+    plain = new_deal(fields=())  # no date-time: the 400 is not a date's
+    pairs = [(customer(1, "one@example.com"), plain), (customer(2), plain)]
+    assert twin.forms.create_contacts_and_deals is not None
+
+    made = await twin.forms.create_contacts_and_deals(pairs)
+
+    assert all(isinstance(item, tuple) for item in made)
+    assert twin.paths() == [
+        f"{OBJECTS}/contacts/batch/create",
+        f"{OBJECTS}/deals/batch/create",  # 400: nothing applied
+        f"{OBJECTS}/deals",
+        f"{OBJECTS}/deals",
+    ]
+    assert len(twin.fake.contacts()) == 3 + 2  # no contact made twice
+    await twin.hub.connection.aclose()
+
+
+async def test_a_deals_batch_lost_after_the_contacts_fails_each_delivery_alone() -> None:
+    twin = Twin()
+    twin.fake.fail_after_apply(1, 502, path_prefix=f"{OBJECTS}/deals/batch/create")
+    pairs = [(customer(1, "one@example.com"), new_deal()), (customer(2), new_deal())]
+    assert twin.forms.create_contacts_and_deals is not None
+
+    made = await twin.forms.create_contacts_and_deals(pairs)
+
+    assert all(isinstance(item, TransientCrmError) and item.maybe_applied for item in made)
+    await twin.hub.connection.aclose()

@@ -484,7 +484,8 @@ class HubSpot:
         item's error and its deal is not created; one refused as a duplicate (409 CONFLICT
         "Existing ID", the search index not caught up) is that contact, as per call. Once
         contacts are created the deals' failure is every remaining item's own, never the
-        whole call's: a whole-call error must mean nothing was applied (or may have been)."""
+        whole call's: a whole-call error must mean nothing was applied (or may have been);
+        a deals batch refused whole is sent again deal by deal."""
         return await _in_chunks(pairs, self._create_contacts_and_deals)
 
     async def _create_contacts_and_deals(
@@ -517,6 +518,10 @@ class HubSpot:
         if ready:
             try:
                 deals = await self._create_deals([(c, pairs[n][1]) for n, c in ready])
+            except PermanentCrmError:
+                # Refused whole, so nothing of it applied: each deal alone finds the one
+                # refused, as the bridge does with a whole batch refused.
+                deals = [await self._deal_alone(c, pairs[n][1]) for n, c in ready]
             except AuthError:
                 raise
             except CrmError as exc:
@@ -526,6 +531,14 @@ class HubSpot:
             item if isinstance(item, CrmError) else _pair_or_error(paired[n])
             for n, item in enumerate(contacts)
         ]
+
+    async def _deal_alone(self, contact: Contact, new: NewDeal) -> Deal | CrmError:
+        try:
+            return await self.create_deal(contact, new)
+        except AuthError:
+            raise
+        except CrmError as exc:
+            return exc
 
     async def _existing_contact(
         self, contact_id: str, company_id: str | None
