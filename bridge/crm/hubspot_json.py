@@ -48,6 +48,8 @@ API = "2026-09"
 OBJECTS = f"/crm/objects/{API}"
 PIPELINES = f"/crm/pipelines/{API}"
 PROPERTIES = f"/crm/properties/{API}"
+# The associations API (v4's successor): `…/{from}/{to}/batch/read` answers every id's links.
+ASSOCIATIONS = f"/crm/associations/{API}"
 # HubSpot-defined association types (category HUBSPOT_DEFINED).
 DEAL_TO_CONTACT = 3
 NOTE_TO_DEAL = 214
@@ -205,6 +207,13 @@ def deal_create_json(
     return {"properties": properties, "associations": associations}
 
 
+def deal_update_json(
+    updates: Iterable[FieldUpdate], date_only: Collection[str] = ()
+) -> dict[str, JSON]:
+    """One deal's new field values: a PATCH body, or (with its `id`) a batch update input."""
+    return {"properties": properties_json(updates, date_only)}
+
+
 def deal_change_json(change: DealChange, date_only: Collection[str] = ()) -> dict[str, JSON]:
     """One PATCH: the stage (and its pipeline), the amount, the name and the fields. A lost
     stage is a stage like any other in HubSpot (`closedlost` in the default pipeline):
@@ -299,6 +308,21 @@ def ids_json(ids: Iterable[str]) -> dict[str, JSON]:
     return {"inputs": [{"id": record_id} for record_id in ids]}
 
 
+def batch_read_json(ids: Iterable[str], properties: Sequence[str]) -> dict[str, JSON]:
+    """A batch read of records by id with these properties (no history)."""
+    return {**ids_json(ids), "properties": list(properties), "propertiesWithHistory": []}
+
+
+def traced_json(inputs: Iterable[Mapping[str, JSON]]) -> dict[str, JSON]:
+    """A batch write whose inputs carry their index as `objectWriteTraceId`: HubSpot then
+    answers a batch create with a 207 that names the inputs it refused (the others are
+    created) instead of refusing the whole batch, and names each created record's input
+    [developers.hubspot.com/docs/api-reference/error-handling "Multi-status errors";
+    .../docs/api-reference/latest/crm/activities/notes/batch/create-notes, the answer's
+    `results[].objectWriteTraceId`]."""
+    return {"inputs": [{**entry, "objectWriteTraceId": str(n)} for n, entry in enumerate(inputs)]}
+
+
 def note_create_json(deal_id: str, text: str, now: datetime) -> dict[str, JSON]:
     return {
         "properties": {"hs_timestamp": iso_utc(now), "hs_note_body": note_html(text)},
@@ -367,6 +391,22 @@ def deal_from_json(
     )
 
 
+def created_contact(
+    payload: Mapping[str, JSON], answer: Mapping[str, JSON], config: CrmConfig
+) -> Contact:
+    """The contact a create made: what was sent, overlaid with what the answer shows."""
+    props = {**payload["properties"], **(answer.get("properties") or {})}
+    return contact_from_json({"id": answer["id"], "properties": props}, config)
+
+
+def created_deal(
+    payload: Mapping[str, JSON], answer: Mapping[str, JSON], config: CrmConfig, contact_id: str
+) -> Deal:
+    """The deal a create made (linked to `contact_id`), as `created_contact`."""
+    props = {**payload["properties"], **(answer.get("properties") or {})}
+    return deal_from_json({**answer, "properties": props}, config, (contact_id,))
+
+
 def associated(record: Mapping[str, JSON], kind: str) -> tuple[str, ...]:
     """Ids under `associations.<kind>.results` (once each: labels repeat them)."""
     groups = record.get("associations")
@@ -374,6 +414,70 @@ def associated(record: Mapping[str, JSON], kind: str) -> tuple[str, ...]:
     results = group.get("results") if isinstance(group, dict) else None
     ids = (str(item["id"]) for item in results or () if isinstance(item, dict) and "id" in item)
     return tuple(dict.fromkeys(ids))
+
+
+def traced_results(answer: Mapping[str, JSON], count: int) -> dict[int, Mapping[str, JSON]]:
+    """A traced batch write's records by input index (see `traced_json`). Records without
+    a trace id (an answer that leaves it out) are taken in input order over the inputs the
+    answer neither refused nor traced, only when they match them one to one."""
+    results = [r for r in answer.get("results") or () if isinstance(r, dict)]
+    refused = set(refused_inputs(answer))
+    found: dict[int, Mapping[str, JSON]] = {}
+    untraced = []
+    for record in results:
+        trace = str(record.get("objectWriteTraceId") or "")
+        if trace.isdigit() and int(trace) < count:
+            found[int(trace)] = record
+        else:
+            untraced.append(record)
+    rest = [n for n in range(count) if n not in found and n not in refused]
+    if untraced and len(untraced) == len(rest):
+        found.update(zip(rest, untraced, strict=True))
+    return found
+
+
+def refused_inputs(answer: Mapping[str, JSON]) -> dict[int, Mapping[str, JSON]]:
+    """The errors of a 207 answer by the index of the input each names (its
+    `context.objectWriteTraceId`, see `traced_json`); errors naming none are left out."""
+    refused: dict[int, Mapping[str, JSON]] = {}
+    for error in answer.get("errors") or ():
+        context = error.get("context") if isinstance(error, dict) else None
+        traces = context.get("objectWriteTraceId") if isinstance(context, dict) else None
+        for trace in traces or ():
+            if str(trace).isdigit():
+                refused[int(str(trace))] = error
+    return refused
+
+
+def error_ids(error: Mapping[str, JSON]) -> tuple[str, ...]:
+    """The record ids an error of a batch answer names (`context.ids` or `context.id`)."""
+    context = error.get("context")
+    if not isinstance(context, dict):
+        return ()
+    return tuple(str(i) for key in ("ids", "id") for i in context.get(key) or ())
+
+
+def associations_from_json(answer: Mapping[str, JSON]) -> dict[str, list[str]]:
+    """An associations batch read's answer: each source id's linked ids, in order, once
+    each (a labelled link repeats the id). Ids with no links are not among the results (a
+    207 lists them among `errors`)."""
+    linked: dict[str, list[str]] = {}
+    for result in answer.get("results") or ():
+        ids = linked.setdefault(str(result["from"]["id"]), [])
+        for to in result.get("to") or ():
+            if str(to["toObjectId"]) not in ids:
+                ids.append(str(to["toObjectId"]))
+    return linked
+
+
+def associations_next(answer: Mapping[str, JSON]) -> list[dict[str, JSON]]:
+    """The inputs of the next page of an associations batch read: each source whose links
+    did not fit, with its `paging.next.after`."""
+    return [
+        {"id": str(result["from"]["id"]), "after": str(result["paging"]["next"]["after"])}
+        for result in answer.get("results") or ()
+        if ((result.get("paging") or {}).get("next") or {}).get("after")
+    ]
 
 
 def timestamp(value: JSON) -> int:

@@ -8,7 +8,10 @@ exist here: a v3/v4 path is a 404):
   keep a record created through the API out of search results (HubSpot's index trails
   writes), never out of reads by id;
 - writes are validated first and applied only when all of the request is valid
-  (`tests.fakes.hubspot_account`); a contact whose e-mail exists → 409 CONFLICT "Contact
+  (`tests.fakes.hubspot_account`), except a batch create whose inputs carry
+  `objectWriteTraceId` (a 207 names the refused ones, the others are created); a batch
+  update skips unknown ids (a 207, see `tests.fakes.hubspot_portal`); batches take 1 to
+  100 inputs (else 400); a contact whose e-mail exists → 409 CONFLICT "Contact
   already exists. Existing ID: N"; a stage outside the deal's pipeline, or an association
   to a missing record or of the wrong type → 400 (`tests.fakes.hubspot_portal`);
 - `hs_is_closed` is calculated from the stage's `isClosed`, `hs_lastmodifieddate` moves
@@ -104,6 +107,7 @@ class FakeHubSpot(OAuthFake, FakeService):
             ("POST", re.compile(f"{objects}/search"), self._search),
             ("POST", re.compile(f"{objects}/batch/read"), self._batch_read),
             ("POST", re.compile(f"{objects}/batch/create"), self._batch_create),
+            ("POST", re.compile(f"{objects}/batch/update"), self._batch_update),
             ("POST", re.compile(f"{objects}/batch/archive"), self._batch_archive),
             (
                 "PUT",
@@ -114,6 +118,11 @@ class FakeHubSpot(OAuthFake, FakeService):
             ("GET", re.compile(rf"{objects}/(\d+)"), self._read),
             ("PATCH", re.compile(rf"{objects}/(\d+)"), self._update),
             ("DELETE", re.compile(rf"{objects}/(\d+)"), self._archive),
+            (
+                "POST",
+                re.compile(f"/crm/associations/{V}/{TYPES}/{TYPES}/batch/read"),
+                self._associations_read,
+            ),
             ("GET", re.compile(f"/crm/pipelines/{V}/deals"), self._pipelines),
             ("GET", re.compile(f"/crm/properties/{V}/{TYPES}"), self._properties),
             ("POST", re.compile(r"/oauth/v3/token"), self._token),
@@ -342,7 +351,13 @@ class FakeHubSpot(OAuthFake, FakeService):
         return FakeResponse(*self.portal.batch_read(kind, _object(request)))
 
     def _batch_create(self, request: FakeRequest, kind: str) -> FakeResponse:
-        return FakeResponse(201, self.portal.batch_create(kind, _object(request)))
+        return FakeResponse(*self.portal.batch_create(kind, _object(request)))
+
+    def _batch_update(self, request: FakeRequest, kind: str) -> FakeResponse:
+        return FakeResponse(*self.portal.batch_update(kind, _object(request)))
+
+    def _associations_read(self, request: FakeRequest, kind: str, other: str) -> FakeResponse:
+        return FakeResponse(*self.portal.associations_read(kind, other, _object(request)))
 
     def _batch_archive(self, request: FakeRequest, kind: str) -> FakeResponse:
         self.portal.batch_archive(kind, _object(request))

@@ -4,8 +4,9 @@
 and answers the object operations of `/crm/objects/2026-09/{type}` as JSON (or raises
 `ApiError` with HubSpot's error body): create (associations in the same request), read by
 id (with `associations=`; archived records are not among them), partial update, archive,
-batch read, create and archive, search, and the default association of two records
-(`PUT …/{type}/{id}/associations/default/{type}/{id}`, idempotent). It does no HTTP and no
+batch read, create, update and archive, search, the default association of two records
+(`PUT …/{type}/{id}/associations/default/{type}/{id}`, idempotent) and the associations
+batch read (`POST /crm/associations/2026-09/{from}/{to}/batch/read`). It does no HTTP and no
 locking: `tests.fakes.hubspot.FakeHubSpot` does both around it.
 """
 
@@ -28,7 +29,7 @@ from tests.fakes.hubspot_account import (
     seed_properties,
 )
 from tests.fakes.hubspot_search import Item, run_search
-from tests.fakes.service import JSONDict
+from tests.fakes.service import ApiError, JSONDict
 
 KINDS = ("contacts", "deals", "notes", "companies", "line_items")
 SINGULAR = {
@@ -59,6 +60,9 @@ DEFAULT_PROPERTIES = {
     "line_items": ["name", "quantity", "price"],
 }
 MAX_BATCH = 100
+# Inputs of one associations batch read (HubSpot's v4 limit), and links a page answers.
+MAX_ASSOCIATION_INPUTS = 1000
+ASSOCIATION_PAGE = 500
 
 
 @dataclass
@@ -112,13 +116,107 @@ class Portal:
             self.link(rec, other)
         return self.render(rec, list(values))
 
-    def batch_create(self, kind: str, body: JSONDict) -> JSONDict:
+    def batch_create(self, kind: str, body: JSONDict) -> tuple[int, JSONDict]:
         """Every input checked before any is created: one invalid input fails the batch
-        and creates nothing (what the bridge relies on: a 400 leaves nothing to undo)."""
+        and creates nothing (what the bridge relies on: a 400 leaves nothing to undo) —
+        unless every input carries an `objectWriteTraceId`: then the valid ones are created
+        and the refused ones answered in a 207's `errors`, each naming its trace id, and
+        each result carries its input's [developers.hubspot.com/docs/api-reference/
+        error-handling "Multi-status errors"; .../latest/crm/activities/notes/batch/
+        create-notes]. A refused input's error is the one it would get alone (a 409
+        CONFLICT for an existing e-mail, a 400's VALIDATION_ERROR)."""
         inputs = _inputs(body)
-        checked = [self._checked_create(kind, entry) for entry in inputs]
-        results = [self._created(kind, values, links) for values, links in checked]
-        return {"status": "COMPLETE", "results": results}
+        traces = [
+            entry.get("objectWriteTraceId") if isinstance(entry, dict) else None for entry in inputs
+        ]
+        if not all(isinstance(trace, str) and trace for trace in traces):
+            checked = [self._checked_create(kind, entry) for entry in inputs]
+            results = [self._created(kind, values, links) for values, links in checked]
+            return 201, {"status": "COMPLETE", "results": results}
+        if len(set(traces)) != len(traces):
+            raise hs_error(400, "VALIDATION_ERROR", "objectWriteTraceId values must be unique")
+        results, errors = [], []
+        for entry, trace in zip(inputs, traces, strict=True):
+            try:
+                values, links = self._checked_create(kind, entry)
+            except ApiError as refused:
+                body = refused.response.body if isinstance(refused.response.body, dict) else {}
+                error = {key: body.get(key) for key in ("status", "category", "message")}
+                errors.append({**error, "context": {"objectWriteTraceId": [trace]}})
+                continue
+            results.append({**self._created(kind, values, links), "objectWriteTraceId": trace})
+        return _multi(results, errors, ok=201)
+
+    def batch_update(self, kind: str, body: JSONDict) -> tuple[int, JSONDict]:
+        """Every input's values checked before any is applied: one invalid value refuses
+        the whole batch (400, nothing applied), as do two inputs for one record. An id that
+        does not exist (or is archived) is skipped: left out of the results, with nothing
+        in `errors`, and the answer a 207 (what HubSpot's community saw for unknown ids
+        [eshopman-com.pages.dev/insights/hubspot-development/decoding-hubspots-batch-api-
+        207-status-e-commerce-integrators-pay-attention])."""
+        inputs = _inputs(body)
+        ids = [str(entry.get("id")) if isinstance(entry, dict) else "" for entry in inputs]
+        if len(set(ids)) != len(ids):
+            raise hs_error(400, "VALIDATION_ERROR", "Duplicate IDs found in batch input")
+        problems = Problems()
+        checked: list[tuple[Rec | None, dict[str, str | None]]] = []
+        for entry, record_id in zip(inputs, ids, strict=True):
+            raw = entry.get("properties") if isinstance(entry, dict) else None
+            values = parse_properties(self.properties[kind], raw, problems)
+            rec = self.records[kind].get(record_id)
+            checked.append((None if rec is None or rec.archived else rec, values))
+        problems.check()
+        for rec, values in checked:
+            if rec is not None and kind == "deals":
+                self._check_stage({**rec.props, **values})
+        results = []
+        for (rec, values), entry in zip(checked, inputs, strict=True):
+            if rec is None:
+                continue
+            self.apply(rec, values)
+            trace = entry.get("objectWriteTraceId")
+            traced = {"objectWriteTraceId": trace} if trace else {}
+            results.append({**self.render(rec, list(values)), **traced})
+        missing = len(results) < len(inputs)
+        return (207 if missing else 200), {"status": "COMPLETE", "results": results}
+
+    def associations_read(self, kind: str, other: str, body: JSONDict) -> tuple[int, JSONDict]:
+        """Each input record's live links to `other`, as the v4 associations batch read
+        answers them (`to[].toObjectId` with its `associationTypes`), `ASSOCIATION_PAGE`
+        a page (`paging.next.after`, given back with the id); a record without links, or
+        unknown, is among a 207's `errors`."""
+        inputs = body.get("inputs")
+        if not isinstance(inputs, list) or not 0 < len(inputs) <= MAX_ASSOCIATION_INPUTS:
+            message = f"inputs: a list of 1 to {MAX_ASSOCIATION_INPUTS} entries"
+            raise hs_error(400, "VALIDATION_ERROR", message)
+        type_id = ASSOCIATION_TYPES.get((kind, other))
+        results, errors = [], []
+        for entry in inputs:
+            record_id = str(entry.get("id")) if isinstance(entry, dict) else ""
+            rec = self.records[kind].get(record_id)
+            linked = [] if rec is None or rec.archived else self.live_links(rec, other)
+            if not linked:
+                errors.append(
+                    {
+                        "status": "error",
+                        "category": "OBJECT_NOT_FOUND",
+                        "subCategory": "crm.associations.NO_ASSOCIATIONS_FOUND",
+                        "message": f"No {SINGULAR[other]} is associated with {record_id!r}.",
+                        "context": {"fromObjectId": [record_id]},
+                    }
+                )
+                continue
+            start = int(entry.get("after") or 0)
+            page = linked[start : start + ASSOCIATION_PAGE]
+            spec = {"category": "HUBSPOT_DEFINED", "typeId": type_id, "label": None}
+            result: JSONDict = {
+                "from": {"id": record_id},
+                "to": [{"toObjectId": int(i), "associationTypes": [spec]} for i in page],
+            }
+            if start + ASSOCIATION_PAGE < len(linked):
+                result["paging"] = {"next": {"after": str(start + ASSOCIATION_PAGE)}}
+            results.append(result)
+        return _multi(results, errors, ok=200)
 
     def batch_archive(self, kind: str, body: JSONDict) -> None:
         """Archives the records named; ids already archived or unknown are skipped
@@ -344,6 +442,14 @@ class Portal:
                 f" of pipeline {values.get('pipeline')!r}"
             )
             raise hs_error(400, "VALIDATION_ERROR", message)
+
+
+def _multi(results: list[JSONDict], errors: list[JSONDict], *, ok: int) -> tuple[int, JSONDict]:
+    """A batch answer: `ok` when nothing was refused, else a 207 with the errors."""
+    answer: JSONDict = {"status": "COMPLETE", "results": results}
+    if not errors:
+        return ok, answer
+    return 207, {**answer, "numErrors": len(errors), "errors": errors}
 
 
 def _inputs(body: Any) -> list[Any]:
