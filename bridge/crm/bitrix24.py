@@ -61,6 +61,7 @@ from bridge.crm.base import (
     CrmSchema,
     CustomField,
 )
+from bridge.crm.bitrix24_batch import batch_forms
 from bridge.crm.bitrix24_calls import JSON, MAX_PAGES, BatchAnswer, BitrixCalls, Commands
 from bridge.crm.bitrix24_json import BitrixOptions
 from bridge.crm.bitrix24_rest import (
@@ -109,11 +110,12 @@ class Bitrix24:
         self._calls = BitrixCalls(connection)
         self._clock = connection.clock
         self._prefetch: dict[str, _Prefetch] = {}
+        self.batch_forms = batch_forms(self, self._calls)
 
     # ---- contacts -------------------------------------------------------------------
 
     async def find_contact(self, keys: Sequence[LookupKey], confirm: Confirm) -> Contact | None:
-        self._forget_stale_prefetches()
+        self.forget_stale_prefetches()
         search = ContactSearch(keys, confirm, self.config)
         if not search.lookup:
             return None
@@ -379,7 +381,7 @@ class Bitrix24:
         self._prefetch[contact.id] = _Prefetch(self._clock(), ids, deals)
         return replace(contact, deal_ids=ids)
 
-    def _forget_stale_prefetches(self) -> None:
+    def forget_stale_prefetches(self) -> None:
         now = self._clock()
         for contact_id, entry in list(self._prefetch.items()):
             if now - entry.at > PREFETCH_TTL:

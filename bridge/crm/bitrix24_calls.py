@@ -185,12 +185,9 @@ class BitrixCalls:
             raise error
 
     def item_error(
-        self, answer: BatchAnswer | CrmError, keys: Sequence[str], operation: str
+        self, answer: BatchAnswer, keys: Sequence[str], operation: str
     ) -> CrmError | None:
-        """What `raise_for` raises, for one item of a batch form: its request's error, or
-        that of the first of its commands that failed or did not run."""
-        if isinstance(answer, CrmError):
-            return answer
+        """What `raise_for` raises, as one item's error in a batch form."""
         for key in keys:
             error = answer.errors.get(key)
             if error is not None:
