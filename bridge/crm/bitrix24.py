@@ -1,7 +1,9 @@
 """Bitrix24 (cloud REST: inbound webhook or OAuth 2.0) as a `CrmAdapter`.
 
 Shapes are `bitrix24_json`, method and batch calls `bitrix24_calls`, the transport and
-token auth `bitrix24_rest`; here: the adapter, its token server and `build_bitrix24`.
+token auth `bitrix24_rest`, one customer's contact search `bitrix24_search`, the batch
+forms across customers (`batch_forms`) `bitrix24_batch`; here: the adapter, the readers
+of answers both paths share, its token server and `build_bitrix24`.
 Reads are GET (retried after a 5xx or a timeout), writes POST; a `batch` of up to 50
 methods is one request for the leaky bucket. Requests per method:
 
@@ -21,6 +23,16 @@ methods is one request for the leaky bucket. Requests per method:
     deal_notes / add_note              GET crm.timeline.comment.list / POST …comment.add
     schema          GET batch {crm.category.list, crm.deal.fields, crm.contact.fields}
                     + GET batch {crm.status.list per pipeline}
+Batch forms (`batch_forms`, up to min(batch_size, 50) customers; each item's commands as
+the per-call method's, in POST batches of up to 50 commands, see `bitrix24_batch`):
+    get_deals       batch {crm.deal.get, crm.deal.contact.items.get per deal}
+    update_deals / add_notes / create_deals
+                    batch, halt=0 {crm.deal.update / crm.timeline.comment.add /
+                      crm.deal.add per item}: a refused command fails its item only
+    create_contacts_and_deals          batch, halt {crm.contact.add, crm.deal.add
+                      $result[…contact] per item}; the items after a refused one resent
+    find_contacts   batch of every customer's find_contact lookups, then a batch of the
+                      candidates of those whose Telegram hit was not confirmed
 Orders (`OrderAdapter`):
     find_company    GET batch {inn: crm.requisite.list by RQ_INN (companies),
                       name: crm.company.list by %TITLE of the name's longest word}
