@@ -138,6 +138,8 @@ class BitrixCalls:
                 answer = await self.batch(commands, operation, write=True, halt=halt)
             except CrmError as exc:
                 error = self.lost_write(exc)
+                if not answered and error is exc:
+                    raise
                 if not answered:
                     raise error from exc
                 for index in [*chunk, *pending]:
