@@ -1,7 +1,9 @@
 """Bitrix24 (cloud REST: inbound webhook or OAuth 2.0) as a `CrmAdapter`.
 
 Shapes are `bitrix24_json`, method and batch calls `bitrix24_calls`, the transport and
-token auth `bitrix24_rest`; here: the adapter, its token server and `build_bitrix24`.
+token auth `bitrix24_rest`, one customer's contact search `bitrix24_search`, the batch
+forms across customers (`batch_forms`) `bitrix24_batch`; here: the adapter, the readers
+of answers both paths share, its token server and `build_bitrix24`.
 Reads are GET (retried after a 5xx or a timeout), writes POST; a `batch` of up to 50
 methods is one request for the leaky bucket. Requests per method:
 
@@ -21,6 +23,16 @@ methods is one request for the leaky bucket. Requests per method:
     deal_notes / add_note              GET crm.timeline.comment.list / POST …comment.add
     schema          GET batch {crm.category.list, crm.deal.fields, crm.contact.fields}
                     + GET batch {crm.status.list per pipeline}
+Batch forms (`batch_forms`, up to min(batch_size, 50) customers; each item's commands as
+the per-call method's, in POST batches of up to 50 commands, see `bitrix24_batch`):
+    get_deals       batch {crm.deal.get, crm.deal.contact.items.get per deal}
+    update_deals / add_notes / create_deals
+                    batch, halt=0 {crm.deal.update / crm.timeline.comment.add /
+                      crm.deal.add per item}: a refused command fails its item only
+    create_contacts_and_deals          batch, halt {crm.contact.add, crm.deal.add
+                      $result[…contact] per item}; the items after a refused one resent
+    find_contacts   batch of every customer's find_contact lookups, then a batch of the
+                      candidates of those whose Telegram hit was not confirmed
 Orders (`OrderAdapter`):
     find_company    GET batch {inn: crm.requisite.list by RQ_INN (companies),
                       name: crm.company.list by %TITLE of the name's longest word}
@@ -60,8 +72,8 @@ from bridge.crm.base import (
     ConfirmCompany,
     CrmSchema,
     CustomField,
-    first_confirmed,
 )
+from bridge.crm.bitrix24_batch import batch_forms
 from bridge.crm.bitrix24_calls import JSON, MAX_PAGES, BatchAnswer, BitrixCalls, Commands
 from bridge.crm.bitrix24_json import BitrixOptions
 from bridge.crm.bitrix24_rest import (
@@ -71,6 +83,7 @@ from bridge.crm.bitrix24_rest import (
     WebhookAuth,
     webhook_problem,
 )
+from bridge.crm.bitrix24_search import ContactSearch
 from bridge.crm.connection import Connection, OAuthEndpoint, Wiring
 from bridge.domain import (
     Company,
@@ -80,7 +93,6 @@ from bridge.domain import (
     Deal,
     DealChange,
     FieldUpdate,
-    KeyKind,
     LookupKey,
     NewContact,
     NewDeal,
@@ -88,7 +100,6 @@ from bridge.domain import (
 )
 
 PREFETCH_TTL = 10.0  # seconds a prefetched deal list may be handed to list_deals
-PREFETCH_CANDIDATES = 5  # contacts whose deals the second lookup batch reads too
 
 
 @dataclass(frozen=True)
@@ -111,69 +122,27 @@ class Bitrix24:
         self._calls = BitrixCalls(connection)
         self._clock = connection.clock
         self._prefetch: dict[str, _Prefetch] = {}
+        self.batch_forms = batch_forms(self, self._calls)
 
     # ---- contacts -------------------------------------------------------------------
 
     async def find_contact(self, keys: Sequence[LookupKey], confirm: Confirm) -> Contact | None:
-        self._forget_stale_prefetches()
-        commands: dict[str, tuple[str, Mapping[str, JSON]]] = {}
-        tg_key = next((key for key in keys if key.kind is KeyKind.TELEGRAM_ID), None)
-        tg_field = self.config.contact_fields.telegram_id
-        select = bx.contact_select(self.config)
-        if tg_key is not None and tg_field:
-            by_tg = {"filter": {tg_field: tg_key.value}, "order": {"ID": "ASC"}, "select": select}
-            commands["tg"] = ("crm.contact.list", by_tg)
-            commands["tg_deals"] = ("crm.item.list", self._open_deals("$result[tg][0][ID]"))
-        comms = [key for key in keys if key.kind in (KeyKind.PHONE, KeyKind.EMAIL)]
-        for index, key in enumerate(comms):
-            phone = key.kind is KeyKind.PHONE
-            values = bx.phone_variants(key.value) if phone else [key.value]
-            search = {"entity_type": "CONTACT", "type": key.kind.name, "values": values}
-            commands[f"comm{index}"] = ("crm.duplicate.findbycomm", search)
-        if not commands:
+        self.forget_stale_prefetches()
+        search = ContactSearch(keys, confirm, self.config)
+        if not search.lookup:
             return None
-        first = await self._calls.batch(commands, "contacts.find")
-        self._calls.raise_for(
-            first, [key for key in commands if key != "tg_deals"], "contacts.find"
-        )
-        with self._calls.reading("contacts.find"):
-            tg_hits = [bx.contact_from_record(r, self.config) for r in first.rows("tg")]
-            ids = {
-                key: bx.findbycomm_ids(first.results.get(f"comm{i}")) for i, key in enumerate(comms)
-            }
-        hits: dict[LookupKey, list[Contact]] = {tg_key: tg_hits} if tg_key is not None else {}
-        found = first_confirmed(keys, hits, confirm)
-        if found is not None and found.id == tg_hits[0].id:
-            return self._with_prefetch(found, first, "tg_deals")
-        if found is not None:
-            self._prefetch.pop(found.id, None)
-            return found
-        wanted = list(
-            dict.fromkeys(contact_id for found_ids in ids.values() for contact_id in found_ids)
-        )
-        if not wanted:
-            return None
-        second_commands: dict[str, tuple[str, Mapping[str, JSON]]] = {
-            "contacts": ("crm.contact.list", {"filter": {"@ID": wanted}, "select": select})
-        }
-        for contact_id in wanted[:PREFETCH_CANDIDATES]:
-            second_commands[f"deals_{contact_id}"] = ("crm.item.list", self._open_deals(contact_id))
-        second = await self._calls.batch(second_commands, "contacts.get")
-        self._calls.raise_for(second, ["contacts"], "contacts.get")
-        with self._calls.reading("contacts.get"):
-            records = [bx.contact_from_record(r, self.config) for r in second.rows("contacts")]
-        by_id = {contact.id: contact for contact in records}
-        for key, found_ids in ids.items():
-            hits[key] = [by_id[contact_id] for contact_id in found_ids if contact_id in by_id]
-        found = first_confirmed(keys, hits, confirm)
-        if found is None:
-            return None
-        return self._with_prefetch(found, second, f"deals_{found.id}")
+        first = await self._calls.batch(search.lookup, "contacts.find")
+        candidates = self.read_lookup(search, first)
+        if not candidates:
+            return self.settle(search, first)
+        second = await self._calls.batch(candidates, "contacts.get")
+        self.read_candidates(search, second)
+        return self.settle(search, second)
 
     async def create_contact(self, new: NewContact) -> Contact:
         with self._calls.reading("contacts.create"):
             fields = bx.contact_fields(new)
-        body = {"fields": fields, "params": bx.QUIET}
+        body = bx.add_params(fields)
         created, _ = await self._calls.call("crm.contact.add", "contacts.create", body, write=True)
         with self._calls.reading("contacts.create"):
             return bx.contact_from_record({**fields, "ID": int(created)}, self.config)
@@ -215,52 +184,32 @@ class Bitrix24:
     async def get_deal(self, deal_id: str) -> Deal | None:
         if not deal_id.isdigit():
             return None
-        commands: Commands = {
-            "deal": ("crm.deal.get", {"id": deal_id}),
-            "contacts": ("crm.deal.contact.items.get", {"id": deal_id}),
-        }
-        answer = await self._calls.batch(commands, "deals.get")
-        error = answer.errors.get("deal")
-        if error is not None and "not found" in bx.text(error.get("error_description")).lower():
-            return None
-        self._calls.raise_for(answer, ["deal", "contacts"], "deals.get")
-        with self._calls.reading("deals.get"):
-            contact_ids = bx.linked_contact_ids(answer.results.get("contacts"))
-            return bx.deal_from_record(answer.results["deal"], self.config, contact_ids)
+        answer = await self._calls.batch(bx.deal_get_commands(deal_id), "deals.get")
+        return self.deal_in(answer)
 
     async def create_deal(self, contact: Contact, new: NewDeal) -> Deal:
         with self._calls.reading("deals.create"):
             fields = bx.deal_fields(new, contact.id, self.options.currency_id)
-        body = {"fields": fields, "params": bx.QUIET}
+        body = bx.add_params(fields)
         created, _ = await self._calls.call("crm.deal.add", "deals.create", body, write=True)
         with self._calls.reading("deals.create"):
-            return self._sent_deal(fields, created, contact.id)
+            return self.sent_deal(fields, created, contact.id)
 
     async def create_contact_and_deal(
         self, contact: NewContact, deal: NewDeal
     ) -> tuple[Contact, Deal]:
         with self._calls.reading("contacts.deals.create"):
-            contact_fields = bx.contact_fields(contact)
-            if deal.company_id is not None:
-                contact_fields["COMPANY_IDS"] = [int(deal.company_id)]
-            deal_fields = bx.deal_fields(deal, "$result[contact]", self.options.currency_id)
-        commands: Commands = {
-            "contact": ("crm.contact.add", {"fields": contact_fields, "params": bx.QUIET}),
-            "deal": ("crm.deal.add", {"fields": deal_fields, "params": bx.QUIET}),
-        }
+            sent = bx.contact_and_deal_commands(contact, deal, self.options.currency_id)
         # halt: a deal must never be created when its contact was not.
-        answer = await self._calls.batch(commands, "contacts.deals.create", write=True)
-        self._calls.raise_for(answer, ["contact", "deal"], "contacts.deals.create")
-        with self._calls.reading("contacts.deals.create"):
-            contact_id = int(answer.results["contact"])
-            new = bx.contact_from_record({**contact_fields, "ID": contact_id}, self.config)
-            return new, self._sent_deal(deal_fields, answer.results["deal"], new.id)
+        answer = await self._calls.batch(sent[2], "contacts.deals.create", write=True)
+        self._calls.raise_for(answer, list(sent[2]), "contacts.deals.create")
+        return self.created_pair(sent, answer)
 
     async def update_deal(self, deal_id: str, updates: Sequence[FieldUpdate]) -> None:
         if not updates:
             return
         with self._calls.reading("deals.update"):
-            body = {"id": int(deal_id), "fields": bx.field_values(updates), "params": bx.QUIET}
+            body = bx.deal_update_params(deal_id, updates)
         await self._calls.call("crm.deal.update", "deals.update", body, write=True)
 
     # ---- orders ---------------------------------------------------------------------
@@ -348,10 +297,8 @@ class Bitrix24:
 
     async def add_note(self, deal_id: str, text: str) -> None:
         with self._calls.reading("notes.add"):
-            fields = {"ENTITY_ID": int(deal_id), "ENTITY_TYPE": "deal", "COMMENT": text}
-        await self._calls.call(
-            "crm.timeline.comment.add", "notes.add", {"fields": fields}, write=True
-        )
+            body = bx.note_params(deal_id, text)
+        await self._calls.call("crm.timeline.comment.add", "notes.add", body, write=True)
 
     # ---- schema -----------------------------------------------------------
 
@@ -384,6 +331,55 @@ class Bitrix24:
     def _open_deals(self, contact_id: str, start: int = 0) -> dict[str, JSON]:
         return bx.open_deals_params(contact_id, self.config, start)
 
+    # ---- reading answers (the per-call methods' and the batch forms') ------------------
+
+    def read_lookup(self, search: ContactSearch, answer: BatchAnswer) -> Commands:
+        """The search's lookup answer read: the candidates' commands, when needed."""
+        self._calls.raise_for(answer, search.lookup_keys, "contacts.find")
+        with self._calls.reading("contacts.find"):
+            return search.read_lookup(answer)
+
+    def read_candidates(self, search: ContactSearch, answer: BatchAnswer) -> None:
+        self._calls.raise_for(answer, [search.key("contacts")], "contacts.get")
+        with self._calls.reading("contacts.get"):
+            search.read_candidates(answer)
+
+    def settle(self, search: ContactSearch, answer: BatchAnswer) -> Contact | None:
+        """The search's pick, with its open deals kept for `list_deals` when read."""
+        found = search.found
+        if found is None:
+            return None
+        if search.deals_key is None:
+            self._prefetch.pop(found.id, None)
+            return found
+        return self._with_prefetch(found, answer, search.deals_key)
+
+    def deal_in(self, answer: BatchAnswer, prefix: str = "") -> Deal | None:
+        """`deal_get_commands`' answer: the deal, None when it does not exist."""
+        error = answer.errors.get(f"{prefix}deal")
+        if error is not None and "not found" in bx.text(error.get("error_description")).lower():
+            return None
+        self._calls.raise_for(answer, [f"{prefix}deal", f"{prefix}contacts"], "deals.get")
+        with self._calls.reading("deals.get"):
+            contact_ids = bx.linked_contact_ids(answer.results.get(f"{prefix}contacts"))
+            return bx.deal_from_record(answer.results[f"{prefix}deal"], self.config, contact_ids)
+
+    def created_pair(self, sent: bx.ContactAndDeal, answer: BatchAnswer) -> tuple[Contact, Deal]:
+        """`contact_and_deal_commands`' answer, both commands run: what was sent, stored."""
+        contact_fields, deal_fields, commands = sent
+        contact_key, deal_key = commands
+        with self._calls.reading("contacts.deals.create"):
+            contact_id = int(answer.results[contact_key])
+            new = bx.contact_from_record({**contact_fields, "ID": contact_id}, self.config)
+            return new, self.sent_deal(deal_fields, answer.results[deal_key], new.id)
+
+    def sent_deal(self, fields: Mapping[str, JSON], deal_id: JSON, contact_id: str) -> Deal:
+        # What was sent is what Bitrix stored: no read-back.
+        modified = datetime.fromtimestamp(self._clock(), UTC).isoformat()
+        record = {**fields, "ID": int(deal_id), "DATE_MODIFY": modified}
+        record.update(CONTACT_ID=contact_id, CONTACT_IDS=[contact_id])
+        return bx.deal_from_record(record, self.config)
+
     def _with_prefetch(self, contact: Contact, answer: BatchAnswer, key: str) -> Contact:
         self._prefetch.pop(contact.id, None)
         if key in answer.errors or key in answer.more or key not in answer.results:
@@ -397,18 +393,11 @@ class Bitrix24:
         self._prefetch[contact.id] = _Prefetch(self._clock(), ids, deals)
         return replace(contact, deal_ids=ids)
 
-    def _forget_stale_prefetches(self) -> None:
+    def forget_stale_prefetches(self) -> None:
         now = self._clock()
         for contact_id, entry in list(self._prefetch.items()):
             if now - entry.at > PREFETCH_TTL:
                 del self._prefetch[contact_id]
-
-    def _sent_deal(self, fields: Mapping[str, JSON], deal_id: JSON, contact_id: str) -> Deal:
-        # What was sent is what Bitrix stored: no read-back.
-        modified = datetime.fromtimestamp(self._clock(), UTC).isoformat()
-        record = {**fields, "ID": int(deal_id), "DATE_MODIFY": modified}
-        record.update(CONTACT_ID=contact_id, CONTACT_IDS=[contact_id])
-        return bx.deal_from_record(record, self.config)
 
 
 # ---- the builder --------------------------------------------------------------------

@@ -217,6 +217,51 @@ def deal_fields(new: NewDeal, contact_id: str, currency_id: str | None) -> dict[
     return fields
 
 
+def deal_update_params(deal_id: str, updates: Iterable[FieldUpdate]) -> dict[str, JSON]:
+    """`crm.deal.update` of the fields, without a live-feed post."""
+    return {"id": int(deal_id), "fields": field_values(updates), "params": QUIET}
+
+
+def add_params(fields: Mapping[str, JSON]) -> dict[str, JSON]:
+    """`crm.contact.add` / `crm.deal.add` of the fields, without a live-feed post."""
+    return {"fields": fields, "params": QUIET}
+
+
+def note_params(deal_id: str, text: str) -> dict[str, JSON]:
+    """`crm.timeline.comment.add` of a comment on the deal."""
+    return {"fields": {"ENTITY_ID": int(deal_id), "ENTITY_TYPE": "deal", "COMMENT": text}}
+
+
+def deal_get_commands(deal_id: str, prefix: str = "") -> dict[str, tuple[str, dict[str, JSON]]]:
+    """The deal and every contact bound to it (`prefix` keeps several deals apart)."""
+    return {
+        f"{prefix}deal": ("crm.deal.get", {"id": deal_id}),
+        f"{prefix}contacts": ("crm.deal.contact.items.get", {"id": deal_id}),
+    }
+
+
+# The contact's fields, the deal's fields, the two commands (the contact's first).
+ContactAndDeal = tuple[dict[str, JSON], dict[str, JSON], dict[str, tuple[str, dict[str, JSON]]]]
+
+
+def contact_and_deal_commands(
+    contact: NewContact, deal: NewDeal, currency_id: str | None, prefix: str = ""
+) -> ContactAndDeal:
+    """`crm.contact.add`, then `crm.deal.add` bound to it by `$result[{prefix}contact]`
+    (and to the deal's company): both fields and the two commands. Sent with halt only:
+    a contact that failed resolves to an array, which Bitrix does not refuse (see
+    `bitrix24_calls`)."""
+    person = contact_fields(contact)
+    if deal.company_id is not None:
+        person["COMPANY_IDS"] = [int(deal.company_id)]
+    bound = deal_fields(deal, f"$result[{prefix}contact]", currency_id)
+    commands = {
+        f"{prefix}contact": ("crm.contact.add", add_params(person)),
+        f"{prefix}deal": ("crm.deal.add", add_params(bound)),
+    }
+    return person, bound, commands
+
+
 def _numeric_id(value: str) -> int:
     if not value.isdigit():
         raise ValueError(f"id {value!r} is not a number")

@@ -6,9 +6,12 @@ It answers like the real API where the bridge depends on it:
   an `auth` parameter (OAuth), GET with PHP-style query parameters or POST with JSON;
   answers `{"result": …, "total", "next", "time"}`, refusals `{"error",
   "error_description"}` (see `bitrix24_portal` for what is refused);
-- `batch`: up to 50 commands run in order, `$result[key]…` references resolved as PHP
-  does, per-command errors in `result_error`, `halt` stops at the first; PHP's empty
-  arrays come as `[]`;
+- `batch`: up to 50 commands run in order (each one past the 50th answers
+  ERROR_BATCH_LENGTH_EXCEEDED in `result_error`), `$result[key]…` references resolved as
+  PHP does, per-command errors in `result_error` and no `result` for them, a true `halt`
+  (PHP's `(bool)`) stops at the first, the commands after it neither run nor answer;
+  PHP's empty arrays come as `[]`; one batch is one request for the leaky bucket
+  (CRestProvider::methodsBatch runs the commands inside the one request);
 - `crm.duplicate.findbycomm` over an index of phones reduced to their digits (so
   "+7 999 123-45-67" and "79991234567" meet, "8999…" does not) and lower-cased e-mails;
   `crm.contact.list` / `crm.deal.list` filters, order, select (`UF_*`, multifields only
@@ -56,7 +59,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -418,7 +421,8 @@ class FakeBitrix24(OAuthFake, FakeService):
         return handler(params)
 
     def _batch(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        halt = str(param(params, "halt", "0")).lower() in ("1", "true", "y")
+        # CRestProvider::methodsBatch: `(bool) $arQuery['HALT']`, absent is false.
+        halt = _php_bool(param(params, "halt", False))
         commands = param(params, "cmd", {})
         store: dict[str, dict[str, Any]] = {
             k: {} for k in ("result", "next", "total", "time", "error")
@@ -645,9 +649,8 @@ class FakeBitrix24(OAuthFake, FakeService):
         stage = category.stage(str(fields.get("STAGE_ID") or category.stages[0].id))
         if stage is None:
             raise BitrixError(f"Stage {fields.get('STAGE_ID')!r} is not in category {category_id}")
-        contact_ids = [
-            _int(cid) for cid in items(fields.get("CONTACT_IDS")) or items(fields.get("CONTACT_ID"))
-        ]
+        given = items(fields.get("CONTACT_IDS")) or items(fields.get("CONTACT_ID"))
+        contact_ids = list(dict.fromkeys(_binding_ids(given)))
         if any(cid not in self._contacts for cid in contact_ids):
             raise BitrixError(f"Contact not found: {contact_ids}")
         now = self.clock()
@@ -981,6 +984,26 @@ def _int(value: Any) -> int:
         return int(str(value))
     except ValueError:
         raise BitrixError(f"{value!r} is not an id") from None
+
+
+def _php_bool(value: Any) -> bool:
+    """PHP's `(bool)`: "0", "", 0 and empty arrays are false, any other string true."""
+    return value not in (None, False, 0, "", "0") and value != {} and value != []
+
+
+def _binding_ids(given: Iterable[Any]) -> Iterator[int]:
+    """The contact ids crm.deal.add binds, as EntityBinding::prepareEntityBindings takes
+    them: `array_filter` drops empty values, then `$id > 0` keeps numbers above zero and
+    any array (PHP 8 ranks an array above a number), and `(int)` makes a non-empty array
+    1. A batch reference to a command that failed is such an array (the results so far),
+    so it is not refused: it binds nothing, or contact 1 (refused here only because no
+    contact 1 exists)."""
+    for value in given:
+        if isinstance(value, dict | list):
+            if value:
+                yield 1
+        elif str(value).strip().isdigit() and int(str(value)) > 0:
+            yield int(str(value))
 
 
 def _comm_key(kind: str, value: str) -> str:
