@@ -8,6 +8,7 @@ never batch with `batch_size = 1`, and deliver every payment exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import Counter
@@ -20,6 +21,7 @@ from litestar.testing import AsyncTestClient
 
 from bridge.app import create_app
 from bridge.store import Store
+from tests.cli_support import make_cli
 from tests.conftest import (
     Bridge,
     make_settings,
@@ -153,3 +155,30 @@ async def test_a_group_ending_does_not_split_the_next_round_into_small_groups(
     sizes = [call.rsplit("×", 1)[1] for call in crm.batches()]
     assert sizes == [str(CUSTOMERS)] * 3 * rounds, crm.calls
     assert_one_note_each(crm, [f"pay_{c}_{n}" for n in range(rounds) for c in range(CUSTOMERS)])
+
+
+async def test_a_batch_call_is_listed_under_each_delivery_and_counted_once(
+    run_bridge: Any, tmp_path: Path
+) -> None:
+    # Through HTTP into the fake amoCRM: the new customers' contacts and deals in one
+    # `leads/complex`, their notes in one `POST /api/v4/leads/notes`.
+    payments = [customer_payment(c, 0) for c in range(4)]
+    store = await Store.open(make_settings(tmp_path).database_path, clock=time.time)
+    await store.hold_crm("amocrm", "load the queue", "test")
+    await store.close()
+    async with run_bridge(wait_seconds=0) as bridge:
+        await post_and_release(bridge, payments)
+        assert delivered(bridge) == {"success": 4}
+        sent = [(call.method, call.path) for call in bridge.fake.calls]
+        [(counted,)] = bridge.query("SELECT SUM(crm_calls) FROM deliveries")
+    assert sent.count(("POST", "/api/v4/leads/complex")) == 1
+    assert sent.count(("POST", "/api/v4/leads/notes")) == 1
+    assert counted == len(sent)  # each batch call counted once
+    cli = make_cli(tmp_path, DATABASE_PATH=str(bridge.settings.database_path))
+    shown = await asyncio.to_thread(cli, "show", "pay_2_0")
+    assert shown.exit_code == 0, shown.output
+    assert "POST /api/v4/leads/complex (batch of 4)" in shown.stdout
+    assert "POST /api/v4/leads/notes (batch of 4)" in shown.stdout
+    report = await asyncio.to_thread(cli, "show", "pay_2_0", "--json")
+    batches = {c["path"]: c["batch"] for c in json.loads(report.stdout)["crm_calls"]}
+    assert batches["/api/v4/leads/complex"] == batches["/api/v4/leads/notes"] == 4
