@@ -102,7 +102,7 @@ class BurstCrm(ABC):
 class AmoBurst(BurstCrm):
     name = "amocrm"
     rate = 7
-    limit_answer = "429"
+    limit_answer = "429s"
 
     def __init__(self, latency: float) -> None:
         super().__init__(latency)
@@ -165,7 +165,7 @@ class AmoBurst(BurstCrm):
 class BitrixBurst(BurstCrm):
     name = "bitrix24"
     rate = 2  # the leaky bucket's drain; its 50 requests of headroom come on top
-    limit_answer = "503 QUERY_LIMIT_EXCEEDED"
+    limit_answer = "503 QUERY_LIMIT_EXCEEDED answers"
     TOTAL, COUNT = "UF_CRM_TOTAL_PAID", "UF_CRM_PURCHASES"
 
     def __init__(self, latency: float) -> None:
