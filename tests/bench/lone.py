@@ -70,7 +70,7 @@ def _measure(batch_size: int, rounds: int) -> dict[str, Any]:
         env = bridge_env(directory, config, crm.secrets(), wait_seconds=WAIT_SECONDS)
         server = serve_bridge(stack, f"lone-{batch_size}", directory, env)
         payer = _Payer(server, crm, directory)
-        payer.pay("lone-warm", payment_body("lone-warm", customer_key(5, 99_999_999 % 10**8)))
+        payer.pay("lone-warm", payment_body("lone-warm", customer_key(5, 99_999_999)))
         samples: dict[str, list[dict[str, float]]] = {name: [] for name in SCENARIOS}
         for round_ in range(rounds):
             key, new_key = customer_key(5, 2 * round_), customer_key(5, 2 * round_ + 1)

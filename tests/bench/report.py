@@ -296,5 +296,11 @@ def _memory_rows(section: Mapping[str, Any]) -> Iterator[Row]:
     yield Row(title, "crm-bridge serve, idle", f"{memory['idle_mib']:.1f} MiB")
     after = memory["after_burst_mib"]
     met = after * 1.048576 <= 100  # MiB to MB
-    yield Row(title, "crm-bridge serve, after the burst", f"{after:.1f} MiB", "<= 100 MB", met)
+    yield Row(
+        title,
+        "crm-bridge serve, after the amoCRM burst (batching on)",
+        f"{after:.1f} MiB",
+        "<= 100 MB",
+        met,
+    )
     yield Row(title, "  peak during the burst (VmHWM)", f"{memory['peak_mib']:.1f} MiB")
