@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only intake,openloop,calls,burst,memory]`.
+"""`python -m bench [--quick] [--only SECTION,...]` (`SECTIONS` below; all by default).
 
 Runs the selected sections in order, prints the table, writes tests/bench/results/latest.json.
 A failing section is reported as FAILED (exit status 1) and the others still run; every
@@ -24,13 +24,22 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tests.bench import burst, calls, calls_every_crm, intake, order_calls
+from tests.bench import burst, calls, calls_every_crm, intake, lone, order_calls
 from tests.bench.config import ROOT
 from tests.bench.loadgen import percentiles
 from tests.bench.report import render, write_json
 from tests.bench.wrk import require_wrk
 
-SECTIONS = ("intake", "openloop", "calls", "orders", "burst", "memory")
+SECTIONS = (
+    "intake",
+    "openloop",
+    "calls",
+    "orders",
+    "lone",
+    "burst",
+    "burst-bitrix24",
+    "memory",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +74,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         default=",".join(SECTIONS),
         help=f"comma-separated sections out of {','.join(SECTIONS)}"
-        " (memory is read around the burst, so it runs the burst)",
+        " (memory is read around the amoCRM burst with batching on, so it runs that)",
     )
     args = parser.parse_args(argv)
     args.only = [part.strip() for part in args.only.split(",") if part.strip()]
@@ -81,6 +90,7 @@ Step = tuple[str, Callable[[], dict[str, Any]]]
 def _plan(only: list[str], quick: bool, workdir: Path) -> list[Step]:
     durations = intake.QUICK if quick else intake.FULL
     payments, customers = burst.QUICK if quick else burst.FULL
+    bitrix_payments, bitrix_customers = burst.BITRIX_QUICK if quick else burst.BITRIX_FULL
     steps: list[Step] = []
     if "intake" in only:
         steps.append(("intake", lambda: {"intake": intake.closed_loop(workdir, durations)}))
@@ -95,10 +105,14 @@ def _plan(only: list[str], quick: bool, workdir: Path) -> list[Step]:
         )
     if "orders" in only:
         steps.append(("orders", lambda: {"orders": order_calls.order_calls()}))
+    if "lone" in only:
+        rounds = lone.QUICK if quick else lone.FULL
+        steps.append(("lone", lambda: {"lone": lone.lone_payments(rounds)}))
     if "burst" in only or "memory" in only:
 
         def burst_and_memory() -> dict[str, Any]:
-            drained = burst.burst(payments, customers)
+            # memory alone needs only the default config's run (batching on)
+            drained = burst.amocrm_burst(payments, customers, off="burst" in only)
             picked: dict[str, Any] = {}
             if "burst" in only:
                 picked["burst"] = drained
@@ -107,6 +121,13 @@ def _plan(only: list[str], quick: bool, workdir: Path) -> list[Step]:
             return picked
 
         steps.append(("burst" if "burst" in only else "memory", burst_and_memory))
+    if "burst-bitrix24" in only:
+        steps.append(
+            (
+                "burst-bitrix24",
+                lambda: {"burst-bitrix24": burst.bitrix24_burst(bitrix_payments, bitrix_customers)},
+            )
+        )
     return steps
 
 

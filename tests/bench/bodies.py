@@ -17,10 +17,14 @@ KEY_MARK = "QQKEYQQ"  # replaced by the wrk script with a key per request
 UTM_VARIANTS = (("platform", "direct"), ("advcake", "cpa"), ("yandex", "cpc"))
 
 
-def payment_body(payment_id: str, key: str, *, variant: int = 0) -> str:
+def payment_body(
+    payment_id: str, key: str, *, variant: int = 0, costs: tuple[int, ...] = (5000, 5000)
+) -> str:
+    """`costs`: the items' prices; the payment's amount is their sum."""
     source, medium = UTM_VARIANTS[variant % len(UTM_VARIANTS)]
     payload = payment_payload(
         payment_id,
+        costs=costs,
         phone=f"89{key}",
         email=f"c{key}@bench.example",
         telegram_id=f"7{key}",

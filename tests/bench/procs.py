@@ -154,12 +154,18 @@ class BridgeRun:
         return self.directory / "bridge.sqlite"
 
     def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
-        """Read the bridge's database from outside (safe while it runs: WAL)."""
-        conn = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=30)
-        try:
-            return list(conn.execute(sql, tuple(params)).fetchall())
-        finally:
-            conn.close()
+        return query_database(self.database, sql, params)
+
+
+def query_database(
+    database: Path, sql: str, params: Sequence[object] = ()
+) -> list[tuple[object, ...]]:
+    """Read a bridge's database from outside (safe while it runs: WAL)."""
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)
+    try:
+        return list(conn.execute(sql, tuple(params)).fetchall())
+    finally:
+        conn.close()
 
 
 def start_bridge(
@@ -176,12 +182,17 @@ def start_bridge(
     fake, fake_url = start_fake(stack, rate_limit=rate_limit, latency=latency)
     config = write_config(directory, fake_url)
     token = fake.issue_token(ttl=30 * 86400)  # a long-lived token the fake issued
-    env = bridge_env(directory, config, token, wait_seconds=wait_seconds)
+    env = bridge_env(directory, config, {"AMOCRM_ACCESS_TOKEN": token}, wait_seconds=wait_seconds)
+    return BridgeRun(serve_bridge(stack, name, directory, env), fake, directory, env)
+
+
+def serve_bridge(stack: ExitStack, name: str, directory: Path, env: Mapping[str, str]) -> Server:
+    """`crm-bridge serve` in `directory` with `env`, registered with `stack` for stopping;
+    returns once it answers. Two in turn may share a directory (and so a database)."""
     port = free_port()
-    server = start_server(
+    return start_server(
         stack, name, bridge_command(port), env, directory, port, ready_path="/webhook/health"
     )
-    return BridgeRun(server, fake, directory, env)
 
 
 def start_empty(stack: ExitStack, name: str = "empty") -> Server:
