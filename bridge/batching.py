@@ -281,7 +281,12 @@ class GroupMember:
         await self._inner.update_contact(contact_id, patch)
 
     async def list_deals(self, contact: Contact, known: Sequence[Deal] = ()) -> list[Deal]:
-        return await self._inner.list_deals(contact, known)
+        return await self._step(
+            "list_deals",
+            self._group.forms.list_deals,
+            (contact, tuple(known)),
+            lambda: self._inner.list_deals(contact, known),
+        )
 
     async def get_deal(self, deal_id: str) -> Deal | None:
         read = self._group.forms.get_deals

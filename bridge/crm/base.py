@@ -486,6 +486,14 @@ class BatchForms:
         ]
         | None
     ) = None
+    # Each contact's deals, as `list_deals` (the deals just read need not be fetched
+    # again); an item's error when its contact no longer exists.
+    list_deals: (
+        Callable[
+            [Sequence[tuple[Contact, Sequence[Deal]]]], Awaitable[Sequence[list[Deal] | CrmError]]
+        ]
+        | None
+    ) = None
     # Each customer's keys in priority order; answers each one's confirmed contact.
     find_contacts: (
         Callable[[Sequence[Sequence[LookupKey]], Confirm], Awaitable[Sequence[Contact | None]]]
