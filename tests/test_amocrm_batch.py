@@ -14,7 +14,7 @@ import pytest
 
 from bridge.crm.amocrm import AmoCrm, build_amocrm
 from bridge.crm.base import BatchForms, batch_forms
-from bridge.domain import Contact, Customer, FieldKind, FieldUpdate, NewContact, Utm
+from bridge.domain import Contact, Customer, Deal, FieldKind, FieldUpdate, NewContact, Utm
 from bridge.errors import CrmError, PermanentCrmError, TransientCrmError
 from bridge.settings import CrmConfig
 from tests.fakes.amocrm import FakeAmoCrm
@@ -431,3 +431,29 @@ async def test_an_item_missing_from_the_answer_is_its_own_maybe_applied_error(
     missing = results[2]
     assert isinstance(missing, TransientCrmError) and missing.maybe_applied
     assert str(ids[2]) in missing.message
+
+
+async def test_many_contacts_deals_come_in_two_reads_as_list_deals_reads_them() -> None:
+    fake = FakeAmoCrm(CONFIG, rate_limit=1000)  # the per-call reads to compare with are many
+    amo = make_adapter(fake)
+    contacts: list[Contact] = []
+    knowns: list[list[Deal]] = []
+    for n in range(4):  # 0 to 3 deals each, one of them just read
+        contact = fake.add_contact(f"C{n}", phones=[f"+7999300{n:04d}"])
+        for _ in range(n):
+            fake.add_lead(contact, pipeline_id=SITE, status_id=142)
+        contacts.append(Contact(id=str(contact)))
+        knowns.append((await amo.list_deals(Contact(id=str(contact))))[:1])
+    singles = [await amo.list_deals(c, k) for c, k in zip(contacts, knowns, strict=True)]
+    fake.calls.clear()
+    items = [*zip(contacts, knowns, strict=True), (Contact(id="999999"), [])]
+    answers = await forms(amo).list_deals(items)  # type: ignore[misc]
+    assert [(c.method, c.path) for c in fake.calls] == [
+        ("GET", "/api/v4/contacts"),
+        ("GET", "/api/v4/leads"),
+    ]
+    for single, answer in zip(singles, answers[:4], strict=True):
+        assert isinstance(answer, list)
+        assert {d.id: d.fields for d in answer} == {d.id: d.fields for d in single}
+    assert isinstance(answers[4], PermanentCrmError) and "999999" in answers[4].message
+    await amo.connection.aclose()

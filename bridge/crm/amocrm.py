@@ -39,6 +39,9 @@ Lists are paged while the answer carries `_links.next`; an empty list is HTTP 20
 Batch forms (`batch_forms`, issue 20: many deliveries' step in one call, at most
 `min(batch_size, 50)` items; there is no batch search):
     get_deals                GET   /api/v4/leads?filter[id][]=…&with=contacts  (paged by 250)
+    list_deals               [GET  /api/v4/contacts?filter[id][]=…&with=leads  contacts
+                                                     whose deal ids are not known yet]
+                             GET   /api/v4/leads?filter[id][]=…   (every deal not just read)
     update_deals             PATCH /api/v4/leads                  (none when nothing to set)
     add_notes                POST  /api/v4/leads/notes            (`entity_id` per note)
     create_deals             POST  /api/v4/leads
@@ -454,6 +457,7 @@ class AmoCrm:
         self.batch_forms = BatchForms(
             limit=min(self.config.batch_size, COMPLEX_LIMIT),
             get_deals=self.get_deals,
+            list_deals=self.list_contacts_deals,
             update_deals=self.update_deals,
             add_notes=self.add_notes,
             create_deals=self.create_deals,
@@ -608,6 +612,48 @@ class AmoCrm:
             deals = [self._deal(record) for record in records]
         wanted = set(deal_ids)
         return {deal.id: deal for deal in deals if deal.id in wanted and not deal.is_deleted}
+
+    async def list_contacts_deals(
+        self, items: Sequence[tuple[Contact, Sequence[Deal]]]
+    ) -> list[list[Deal] | CrmError]:
+        """`list_deals` of many contacts in two reads at most: the contacts whose deals
+        are not known yet in one, every deal not just read in the other."""
+        linked = await self._linked_deal_ids([c.id for c, _ in items if c.deal_ids is None])
+        answers: list[list[Deal] | CrmError] = []
+        wanted: list[tuple[dict[str, Deal], list[str]]] = []
+        for contact, known in items:
+            deal_ids = contact.deal_ids if contact.deal_ids is not None else linked.get(contact.id)
+            if deal_ids is None:
+                message = f"contact {contact.id} no longer exists"
+                answers.append(PermanentCrmError(self.name, message))
+                wanted.append(({}, []))
+                continue
+            fresh = {deal.id: deal for deal in known if deal.id in deal_ids}
+            wanted.append((fresh, [i for i in deal_ids if i not in fresh]))
+            answers.append([])
+        missing = list(dict.fromkeys(i for _, ids in wanted for i in ids))
+        fetched: dict[str, Deal] = {}
+        if missing:
+            params = {"filter[id][]": missing, "limit": PAGE_LIMIT}
+            records = await self._pages("/api/v4/leads", params, "leads", "leads.list")
+            with self._reading("leads.list"):
+                fetched = {deal.id: deal for deal in map(self._deal, records)}
+        return [
+            answer
+            if isinstance(answer, CrmError)
+            else [*fresh.values(), *(fetched[i] for i in ids if i in fetched)]
+            for answer, (fresh, ids) in zip(answers, wanted, strict=True)
+        ]
+
+    async def _linked_deal_ids(self, contact_ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        """Each existing contact's deal ids (one list read; a gone contact is absent)."""
+        if not contact_ids:
+            return {}
+        params = {"filter[id][]": list(contact_ids), "with": "leads", "limit": PAGE_LIMIT}
+        records = await self._pages("/api/v4/contacts", params, "contacts", "contacts.list")
+        with self._reading("contacts.list"):
+            contacts = [contact_from_json(r, self.config, with_leads=True) for r in records]
+        return {contact.id: contact.deal_ids or () for contact in contacts}
 
     async def update_deals(self, writes: Sequence[DealWrite]) -> list[ItemError]:
         sent = [(deal_id, updates) for deal_id, updates in writes if updates]

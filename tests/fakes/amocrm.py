@@ -495,6 +495,12 @@ class FakeAmoCrm(OAuthFake, FakeService):
         query = request.one("query").strip().lower()
         with_leads = "leads" in request.one("with").split(",")
         hits = [c for c in self._contacts.values() if not query or self._matches(c, query)]
+        # filter[id][] narrows the list to those contacts (an id or an array of ids)
+        # [amocrm/amocrm-api-php src/AmoCRM/Filters/ContactsFilter.php `setIds`;
+        # rdrr.io/github/grkhr/amocrm/man/AmoContacts.html "id or vector of ids"].
+        ids = {int(value) for value in request.all("filter[id]") if value.isdigit()}
+        if ids:
+            hits = [c for c in hits if c.id in ids]
         items = [self._contact_json(c, with_leads) for c in hits]
         return self._page(request, items, "contacts")
 
