@@ -322,8 +322,8 @@ class Worker:
         for job in ready:
             if self._stopping:
                 break
-            if job.crm in gathering and _batchable(job):
-                self._blocked = True  # the running group's end wakes us
+            if (job.crm in gathering and _batchable(job)) or self._customer_busy(job):
+                self._blocked = True  # the running group's (or delivery's) end wakes us
                 continue
             if job.crm in self._paused:
                 if job.crm in {j.crm for j in self._probing()}:
