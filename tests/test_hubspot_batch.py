@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,7 @@ from tests.test_hubspot_adapter import (
     CONFIG,
     PARTNERS,
     PARTNERS_AUTOPAY,
+    SITE_AUTOPAY,
     SITE_WORKING,
     Clock,
     email_key,
@@ -439,4 +441,145 @@ async def test_a_deals_batch_lost_after_the_contacts_fails_each_delivery_alone()
     made = await twin.forms.create_contacts_and_deals(pairs)
 
     assert all(isinstance(item, TransientCrmError) and item.maybe_applied for item in made)
+    await twin.hub.connection.aclose()
+
+
+# ---- list_deals: many contacts' deals ------------------------------------------------
+
+
+ASSOCIATIONS_READ = "/crm/associations/2026-09/contacts/deals/batch/read"
+
+
+def seed_deals(twin: Twin) -> dict[str, str]:
+    """Ivan's deals in every state the search tells apart, one shared with Maria; the
+    same ids on every twin."""
+    now, fake = twin.clock.now, twin.fake
+    deals = {
+        "autopay": fake.add_deal(twin.ivan, stage=SITE_AUTOPAY, updated_at=now - 50),
+        "lost": fake.add_deal(twin.ivan, stage="closedlost", updated_at=now - 10),
+        "gone": fake.add_deal(twin.ivan, stage=SITE_WORKING, archived=True),
+        "shared": fake.add_deal(twin.ivan, stage=SITE_WORKING, updated_at=now - 200),
+        "partners": fake.add_deal(
+            twin.maria, pipeline=PARTNERS, stage=PARTNERS_AUTOPAY, updated_at=now - 30
+        ),
+    }
+    records = fake.portal.records
+    fake.portal.link(records["deals"][deals["shared"]], records["contacts"][twin.maria])
+    fake.calls.clear()
+    return deals
+
+
+async def test_deals_of_many_contacts_are_two_calls_as_list_deals_reads_each(
+    twins: tuple[Twin, Twin],
+) -> None:
+    batched, single = twins
+    seeded = [seed_deals(twin) for twin in twins]
+    assert seeded[0] == seeded[1]
+    olgas = [twin.fake.add_contact(firstname="Ольга", email="o@example.com") for twin in twins]
+    olga = olgas[0]  # no deals
+    batched.fake.calls.clear()
+    contacts = [Contact(id=i) for i in (batched.ivan, batched.maria, batched.petr, olga, "999")]
+    assert batched.forms.list_deals is not None
+
+    listed = await batched.forms.list_deals([(contact, ()) for contact in contacts])
+
+    expected = [await single.hub.list_deals(contact) for contact in contacts]
+    assert listed == expected
+    assert [deal.id for deal in listed[0]] == [
+        batched.deals[0],  # newest first; the lost and the archived deal are not open
+        seeded[0]["autopay"],
+        seeded[0]["shared"],
+    ]
+    assert listed[3] == listed[4] == []  # no deals, and a contact that is not there
+    assert batched.paths() == [ASSOCIATIONS_READ, f"{OBJECTS}/deals/batch/read"]
+    links, read = (call.json for call in batched.fake.calls)
+    assert [entry["id"] for entry in links["inputs"]] == [c.id for c in contacts]
+    assert batched.fake.calls[0].status == 207  # Olga and "999" have no deals
+    # Every linked deal is read once (closed ones too: the links do not tell), the
+    # archived one is no longer linked.
+    read_ids = [entry["id"] for entry in read["inputs"]]
+    assert sorted(read_ids) == sorted({*batched.deals, *seeded[0].values()} - {seeded[0]["gone"]})
+
+
+async def test_known_deals_are_not_read_again_and_answer_as_list_deals_does(
+    twins: tuple[Twin, Twin],
+) -> None:
+    """The case of a backlog: a known customer whose remembered deal is in an excluded
+    auto-payment status (or closed) has its contact's other deals read."""
+    batched, single = twins
+    seeded = [seed_deals(twin) for twin in twins]
+    ids = seeded[0]
+    remembered = {
+        batched.ivan: ids["autopay"],
+        batched.maria: ids["shared"],  # linked to Ivan too: the search shows Maria alone
+        batched.petr: batched.deals[2],  # closed won: the search leaves it out
+    }
+    known = {c: [await batched.hub.get_deal(d)] for c, d in remembered.items()}
+    known_single = {c: [await single.hub.get_deal(d)] for c, d in remembered.items()}
+    assert known == known_single
+    batched.fake.calls.clear()
+    items = [(Contact(id=c), tuple(deals)) for c, deals in known.items() if None not in deals]
+    assert len(items) == 3 and batched.forms.list_deals is not None
+
+    listed = await batched.forms.list_deals(items)  # type: ignore[arg-type]
+
+    expected = [await single.hub.list_deals(c, known_single[c.id]) for c, _ in items]  # type: ignore[arg-type]
+    assert listed == expected
+    assert [deal.id for deal in listed[2]] == [batched.deals[2]]  # kept, last
+    links, read = (call.json for call in batched.fake.calls)
+    assert [entry["id"] for entry in links["inputs"]] == list(remembered)
+    assert ids["autopay"] not in {entry["id"] for entry in read["inputs"]}
+    assert ids["shared"] in {entry["id"] for entry in read["inputs"]}  # Ivan's, not known
+    # Petr's only deal is known: with him alone nothing is left to read.
+    batched.fake.calls.clear()
+    assert await batched.forms.list_deals([items[2]]) == [expected[2]]  # type: ignore[list-item]
+    assert batched.paths() == [ASSOCIATIONS_READ]
+
+
+async def test_more_than_100_deals_are_read_in_requests_of_100(
+    twins: tuple[Twin, Twin],
+) -> None:
+    batched, single = twins
+    for twin in twins:
+        for n in range(130):
+            updated = twin.clock.now - n % 7  # ties too: the older id first, as the search
+            twin.fake.add_deal(twin.ivan, stage=SITE_WORKING, updated_at=updated)
+        twin.fake.calls.clear()
+    items = [(Contact(id=batched.ivan), ()), (Contact(id=batched.maria), ())]
+    assert batched.forms.list_deals is not None
+
+    listed = await batched.forms.list_deals(items)
+
+    assert listed == [await single.hub.list_deals(contact) for contact, _ in items]
+    assert len(listed[0]) == 131
+    assert batched.paths() == [ASSOCIATIONS_READ, *[f"{OBJECTS}/deals/batch/read"] * 2]
+    sizes = [len(call.json["inputs"]) for call in batched.fake.calls[1:]]
+    assert sizes == [100, 32]
+
+
+async def test_a_contact_whose_links_could_not_be_read_fails_alone() -> None:
+    """An error other than "no associations" is that contact's, never "no deals" (the flow
+    would create a deal it may have)."""
+    twin = Twin()
+    read = twin.fake.portal.associations_read
+
+    def busy(kind: str, other: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        _, answer = read(kind, other, body)
+        results = [r for r in answer["results"] if r["from"]["id"] != twin.maria]
+        error = {
+            "status": "error",
+            "category": "INTERNAL_ERROR",
+            "message": "Try again",
+            "context": {"fromObjectId": [twin.maria]},
+        }
+        return 207, {**answer, "results": results, "errors": [error]}
+
+    twin.fake.portal.associations_read = busy  # type: ignore[method-assign]
+    items = [(Contact(id=twin.ivan), ()), (Contact(id=twin.maria), ())]
+    assert twin.forms.list_deals is not None
+
+    ivan, maria = await twin.forms.list_deals(items)
+
+    assert [deal.id for deal in ivan] == [twin.deals[0]]  # type: ignore[union-attr]
+    assert isinstance(maria, TransientCrmError) and "INTERNAL_ERROR" in maria.message
     await twin.hub.connection.aclose()

@@ -42,6 +42,9 @@ Batch forms (`batch_forms`, issue 20), each one request for up to 100 deliveries
     create_deals             POST  /crm/objects/2026-09/deals/batch/create   contact association
     create_contacts_and_deals  contacts/batch/create, then deals/batch/create for the
                                    contacts made (or found: a 409 "Existing ID" input)
+    list_deals               POST  /crm/associations/2026-09/contacts/deals/batch/read,
+                                   POST  /crm/objects/2026-09/deals/batch/read for the deals
+                                   not known (none without them): `contacts_deals`
     find_contacts            none: a search takes one query (per customer, as above)
 Creates carry `objectWriteTraceId`, so a 207 names the inputs refused and the rest are
 created; a 5xx of a batch write is a lost write (`maybe_applied`).
@@ -92,6 +95,7 @@ from bridge.crm.hubspot_json import (
     company_from_json,
     company_search_json,
     contact_create_json,
+    contact_deals,
     contact_from_json,
     contact_search_json,
     created_contact,
@@ -186,6 +190,7 @@ class HubSpot:
             add_notes=self.add_notes,
             create_deals=self.create_deals,
             create_contacts_and_deals=self.create_contacts_and_deals,
+            list_deals=self.contacts_deals,
         )
 
     # ---- contacts -------------------------------------------------------------------
@@ -380,13 +385,7 @@ class HubSpot:
         contacts of those that exist (a batch read answers no associations). A deal that is
         gone is left out: HubSpot answers it among a 207's OBJECT_NOT_FOUND errors
         [github.com/HubSpot/hubspot-api-php/issues/619]."""
-        records: list[Mapping[str, JSON]] = []
-        for chunk in _chunks(list(dict.fromkeys(deal_ids))):
-            payload = batch_read_json(chunk, deal_properties(self.config))
-            path = f"{OBJECTS}/deals/batch/read"
-            answer = await self._send("POST", path, "deals.read", json=payload, idempotent=True)
-            with self._reading("deals.read"):
-                records.extend(r for r in answer.get("results") or () if not r.get("archived"))
+        records = await self._deal_records(deal_ids)
         with self._reading("deals.read"):
             ids = [str(record["id"]) for record in records]
         contacts = await self._linked("deals", "contacts", ids)
@@ -395,6 +394,52 @@ class HubSpot:
                 deal_from_json(r, self.config, contacts.get(str(r["id"]), ())) for r in records
             ]
         return {deal.id: deal for deal in deals}
+
+    async def _deal_records(self, deal_ids: Sequence[str]) -> list[Mapping[str, JSON]]:
+        """The records of the deals that exist, by deals batch reads (one per 100)."""
+        records: list[Mapping[str, JSON]] = []
+        for chunk in _chunks(list(dict.fromkeys(deal_ids))):
+            payload = batch_read_json(chunk, deal_properties(self.config))
+            path = f"{OBJECTS}/deals/batch/read"
+            answer = await self._send("POST", path, "deals.read", json=payload, idempotent=True)
+            with self._reading("deals.read"):
+                records.extend(r for r in answer.get("results") or () if not r.get("archived"))
+        return records
+
+    async def contacts_deals(
+        self, items: Sequence[tuple[Contact, Sequence[Deal]]]
+    ) -> list[list[Deal] | CrmError]:
+        """`list_deals` of many contacts: one associations batch read contacts → deals (per
+        100 contacts, paged by `after`), then deals batch reads of the linked deals not
+        known (none when there are none). A contact with no deals, or gone, is among the
+        read's 207 `errors` as OBJECT_NOT_FOUND: it has no deals, as its search answers.
+        Any other error of a contact is that item's, never "no deals" (the flow would
+        then create a deal it may already have). Unlike the search, the associations
+        show a deal created a moment ago (no index lag)."""
+        contact_ids = list(dict.fromkeys(contact.id for contact, _ in items))
+        errors: list[Mapping[str, JSON]] = []
+        linked = await self._linked("contacts", "deals", contact_ids, errors)
+        wanted: list[str] = []
+        for contact, known in items:
+            known_ids = {deal.id for deal in known}
+            wanted.extend(d for d in linked.get(contact.id, ()) if d not in known_ids)
+        records = await self._deal_records(wanted)
+        operation = "contacts.associations"
+        with self._reading(operation):
+            refused: dict[str, CrmError] = {}
+            for error in errors:
+                if error.get("category") == "OBJECT_NOT_FOUND":
+                    continue
+                named = error_ids(error) or [c for c in contact_ids if c not in linked]
+                for contact_id in named:
+                    refused.setdefault(contact_id, self._item_error(operation, error))
+        with self._reading("deals.read"):
+            by_id = {str(record["id"]): record for record in records}
+            return [
+                refused.get(contact.id)
+                or contact_deals(contact.id, linked.get(contact.id, ()), by_id, known, self.config)
+                for contact, known in items
+            ]
 
     async def update_deals(self, writes: Sequence[DealWrite]) -> list[ItemError]:
         """`update_deal` of many, in `deals/batch/update`. HubSpot checks every input's
@@ -554,13 +599,18 @@ class HubSpot:
         return {"id": contact_id, "properties": {}}
 
     async def _linked(
-        self, from_type: str, to_type: str, ids: Sequence[str]
+        self,
+        from_type: str,
+        to_type: str,
+        ids: Sequence[str],
+        errors: list[Mapping[str, JSON]] | None = None,
     ) -> dict[str, list[str]]:
         """Each record's linked ids of `to_type`, by associations batch reads (one per 100
         records; a record with more links than a page is read on with `after`)
         [developers.hubspot.com/docs/api-reference/crm-associations-v4/guide; the v4 spec's
         `BatchInputPublicFetchAssociationsBatchRequest`, github.com/clarkmcc/go-hubspot
-        generated/v4/crm_associations/api/openapi.yaml]."""
+        generated/v4/crm_associations/api/openapi.yaml]. The answers' per-record errors (a
+        207's) are added to `errors` when given."""
         path = f"{ASSOCIATIONS}/{from_type}/{to_type}/batch/read"
         operation = f"{from_type}.associations"
         linked: dict[str, list[str]] = {}
@@ -573,6 +623,8 @@ class HubSpot:
                         known = linked.setdefault(source, [])
                         known.extend(t for t in targets if t not in known)
                     body = {"inputs": associations_next(answer)}
+                    if errors is not None:
+                        errors.extend(e for e in answer.get("errors") or () if isinstance(e, dict))
                 if not body["inputs"]:
                     break
         return linked

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 
@@ -450,11 +451,13 @@ def refused_inputs(answer: Mapping[str, JSON]) -> dict[int, Mapping[str, JSON]]:
 
 
 def error_ids(error: Mapping[str, JSON]) -> tuple[str, ...]:
-    """The record ids an error of a batch answer names (`context.ids` or `context.id`)."""
+    """The record ids an error of a batch answer names (`context.ids` or `context.id`; in
+    an associations batch read, `context.fromObjectId`)."""
     context = error.get("context")
     if not isinstance(context, dict):
         return ()
-    return tuple(str(i) for key in ("ids", "id") for i in context.get(key) or ())
+    keys = ("ids", "id", "fromObjectId")
+    return tuple(str(i) for key in keys for i in context.get(key) or ())
 
 
 def associations_from_json(answer: Mapping[str, JSON]) -> dict[str, list[str]]:
@@ -478,6 +481,40 @@ def associations_next(answer: Mapping[str, JSON]) -> list[dict[str, JSON]]:
         for result in answer.get("results") or ()
         if ((result.get("paging") or {}).get("next") or {}).get("after")
     ]
+
+
+def contact_deals(
+    contact_id: str,
+    linked: Sequence[str],
+    records: Mapping[str, Mapping[str, JSON]],
+    known: Sequence[Deal],
+    config: CrmConfig,
+) -> list[Deal]:
+    """What `list_deals` answers for a contact, from its linked deal ids (an associations
+    read) and the records of those not `known` (a batch read): the deals its search would
+    find (linked, not archived, `hs_is_closed` false), newest first as it sorts them (by
+    `hs_lastmodifieddate`, the older id first on a tie), then the known deals it would
+    leave out. A known deal is taken as it was read; one the search would find is given
+    the contact as its only link, as the search answers it. A known deal closed in a
+    stage the config lists as closed may be open to HubSpot: it goes last either way."""
+    linked_ids = set(linked)
+    known_ids = {deal.id for deal in known}
+    found = [
+        deal_from_json(records[deal_id], config, (contact_id,))
+        for deal_id in linked
+        if deal_id not in known_ids
+        and deal_id in records
+        and not records[deal_id].get("archived")
+        and _text(_props(records[deal_id]), "hs_is_closed").lower() != "true"
+    ]
+    found.extend(
+        replace(deal, contact_ids=(contact_id,))
+        for deal in known
+        if deal.id in linked_ids and not deal.is_closed and not deal.is_deleted
+    )
+    found.sort(key=lambda deal: (-deal.updated_at, int(deal.id) if deal.id.isdigit() else 0))
+    shown = {deal.id for deal in found}
+    return [*found, *(deal for deal in known if deal.id not in shown)]
 
 
 def timestamp(value: JSON) -> int:

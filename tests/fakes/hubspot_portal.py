@@ -52,6 +52,12 @@ ASSOCIATION_TYPES = {
 }
 # Pairs the default association may link (either way round).
 DEFAULT_PAIRS = {frozenset(pair) for pair in ASSOCIATION_TYPES}
+# (from, to) → the HUBSPOT_DEFINED type an associations batch read answers the other way
+# round: a contact's deals are "contact to deal", type 4 (the links are the same records)
+# [linuxbeast.com/blog/how-to-use-hubspot-v4-associations-api-in-python, the type table;
+# developers.hubspot.com/docs/api-reference/latest/crm/associations/associate-records/
+# batch/get-associations: `to[].associationTypes[].typeId`, paged per input by `after`].
+READ_TYPES = {**ASSOCIATION_TYPES, ("contacts", "deals"): 4}
 DEFAULT_PROPERTIES = {
     "contacts": ["firstname", "lastname", "email"],
     "deals": ["dealname", "amount", "dealstage", "pipeline"],
@@ -189,7 +195,7 @@ class Portal:
         if not isinstance(inputs, list) or not 0 < len(inputs) <= MAX_ASSOCIATION_INPUTS:
             message = f"inputs: a list of 1 to {MAX_ASSOCIATION_INPUTS} entries"
             raise hs_error(400, "VALIDATION_ERROR", message)
-        type_id = ASSOCIATION_TYPES.get((kind, other))
+        type_id = READ_TYPES.get((kind, other))
         results, errors = [], []
         for entry in inputs:
             record_id = str(entry.get("id")) if isinstance(entry, dict) else ""
