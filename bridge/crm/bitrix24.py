@@ -33,6 +33,8 @@ the per-call method's, in POST batches of up to 50 commands, see `bitrix24_batch
                       $result[…contact] per item}; the items after a refused one resent
     find_contacts   batch of every customer's find_contact lookups, then a batch of the
                       candidates of those whose Telegram hit was not confirmed
+    list_deals      batch {crm.item.list per contact whose deals were not prefetched},
+                      then one of the next pages of the contacts with more
 Orders (`OrderAdapter`):
     find_company    GET batch {inn: crm.requisite.list by RQ_INN (companies),
                       name: crm.company.list by %TITLE of the name's longest word}

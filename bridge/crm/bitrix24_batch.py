@@ -9,6 +9,9 @@ code as the per-call method's (`bitrix24_json`, `bitrix24_search`, the adapter's
     create_contacts_and_deals
                      POST batch, halt=1 {cI_contact: crm.contact.add, cI_deal: crm.deal.add
                        CONTACT_IDS $result[cI_contact]}; the items after a failed one resent
+    list_deals       POST batch {lI: crm.item.list (`open_deals_params`)} for the contacts
+                       whose deals find_contact(s) did not just read; then {lI: the next
+                       page} for those with more than 50 open deals
     find_contacts    POST batch of every customer's lookup (`ContactSearch`, sI_ keys), then
                        one of the candidates of the customers that need them
 
