@@ -549,8 +549,16 @@ async def test_many_contacts_take_several_requests_and_long_lists_more_pages() -
     await bx.connection.aclose()
 
 
-async def test_a_failed_list_command_fails_the_whole_read(fake: FakeBitrix24, bx: Bitrix24) -> None:
-    ids = [fake.add_contact(n) for n in ("Иван", "Анна")]
+async def test_a_failed_list_command_fails_the_whole_read_and_keeps_the_prefetch(
+    fake: FakeBitrix24, bx: Bitrix24
+) -> None:
+    keys, ids = _customers(fake)
+    [found] = await forms(bx).find_contacts(keys[:1], _confirm)
+    assert found is not None
     fake.block_method("crm.item.list")
     with pytest.raises(CrmError, match="OPERATION_TIME_LIMIT"):
-        await forms(bx).list_deals([(Contact(id=str(i)), ()) for i in ids])
+        await forms(bx).list_deals([(found, ()), (Contact(id=str(ids["email"])), ())])
+    fake.block_method("crm.item.list", blocked=False)
+    before = fake.count()
+    assert len(await bx.list_deals(found)) == 1  # the core's per-call retry: still prefetched
+    assert fake.count() == before
