@@ -96,6 +96,7 @@ async def test_every_form_is_there_and_the_limit_is_bitrix_s_50(fake: FakeBitrix
                 "add_notes",
                 "create_deals",
                 "create_contacts_and_deals",
+                "list_deals",
                 "find_contacts",
             )
         )
@@ -417,3 +418,147 @@ async def test_a_failed_lookup_command_fails_the_whole_read(
     fake.block_method("crm.duplicate.findbycomm")
     with pytest.raises(CrmError, match="OPERATION_TIME_LIMIT"):
         await forms(bx).find_contacts([customer(1).lookup_keys()], _confirm)
+
+
+# ---- a contact's deals --------------------------------------------------------------
+
+
+def _contacts_with_deals(fake: FakeBitrix24) -> list[tuple[int, list[int]]]:
+    """Contacts and their deals in every pipeline and status: open, excluded, won, lost,
+    recurring, bound as the second contact, none at all."""
+    ivan, anna, olga, petr = (fake.add_contact(n) for n in ("Иван", "Анна", "Ольга", "Пётр"))
+    return [
+        (
+            ivan,
+            [
+                fake.add_deal(ivan, stage_id="UC_AUTOPAY", modified=2000),  # excluded, yet open
+                fake.add_deal(ivan, stage_id="EXECUTING", modified=3000),
+                fake.add_deal(ivan, stage_id="C2:WON", modified=4000),
+                fake.add_deal(ivan, stage_id="C2:LOSE", modified=5000),
+                fake.add_deal(ivan, stage_id="NEW", recurring=True),
+            ],
+        ),
+        (anna, [fake.add_deal(olga, stage_id="C1:EXECUTING", other_contacts=[anna])]),
+        (olga, [fake.add_deal(olga, stage_id="WON")]),
+        (petr, []),
+    ]
+
+
+def _known(adapter_deals: list[Deal], contact_id: int) -> tuple[Deal, ...]:
+    return tuple(d for d in adapter_deals if str(contact_id) in d.contact_ids)
+
+
+async def test_list_deals_is_one_request_and_answers_as_list_deals() -> None:
+    per_call, batched = FakeBitrix24(CONFIG), FakeBitrix24(CONFIG)
+    seeded = _contacts_with_deals(per_call)
+    assert _contacts_with_deals(batched) == seeded
+    one, many = make_adapter(per_call), make_adapter(batched)
+    # The remembered deals get_deal read: closed or excluded, so the flow lists the rest.
+    every = [d for _, ids in seeded for i in ids if (d := await one.get_deal(str(i)))]
+    items: list[tuple[Contact, tuple[Deal, ...]]] = [
+        (Contact(id=str(cid)), known)
+        for cid, _ in seeded
+        for known in ((), _known(every, cid)[2:3], _known(every, cid))
+    ]
+    expected = [await one.list_deals(contact, known) for contact, known in items]
+
+    listed = await forms(many).list_deals(items)
+
+    assert listed == expected
+    assert batched.count() == 1 and batched.calls[0].method == "POST"
+    assert batched.calls[0].json["halt"] == 0
+    assert set(batch_commands(batched).values()) == {"crm.item.list"}
+    ivan_deals = expected[0]
+    assert ivan_deals and all(not d.is_closed for d in ivan_deals)  # as per call: open only
+    open_ids = [d.id for d in ivan_deals]
+    assert [d.id for d in expected[1]] == [*open_ids, str(seeded[0][1][2])]
+    assert [d.id for d in expected[2]] == [*open_ids, *(str(i) for i in seeded[0][1][2:])]
+    assert expected[9] == []  # no deals, none known
+    await one.connection.aclose()
+    await many.connection.aclose()
+
+
+async def test_a_gone_contact_answers_as_per_call_and_the_others_are_unaffected(
+    fake: FakeBitrix24, bx: Bitrix24
+) -> None:
+    """crm.item.list filters deals; it does not check that the contact exists, so per call
+    a contact that is gone has no deals (Bitrix unbinds a deleted contact's deals) and
+    `list_deals` raises nothing: the batch form answers the same for that item alone."""
+    seeded = _contacts_with_deals(fake)
+    gone = Contact(id="987654")
+    known = await bx.get_deal(str(seeded[0][1][2]))
+    assert known is not None
+    items = [(Contact(id=str(cid)), ()) for cid, _ in seeded[:2]] + [(gone, (known,))]
+    expected = [await bx.list_deals(contact, k) for contact, k in items]
+    before = fake.count()
+
+    listed = await forms(bx).list_deals(items)
+
+    assert listed == expected and listed[2] == [known]
+    assert all(not isinstance(one, CrmError) for one in listed)
+    assert fake.count() - before == 1
+
+
+async def test_list_deals_hands_over_what_find_contacts_read_and_reads_the_rest(
+    fake: FakeBitrix24, bx: Bitrix24
+) -> None:
+    keys, ids = _customers(fake)
+    found = [c for c in await forms(bx).find_contacts(keys[:2], _confirm) if c is not None]
+    resumed = Contact(id=str(ids["email"]))  # from a journal: no prefetch to use
+    items = [(c, ()) for c in (*found, resumed, found[0])]  # the second found[0] reads
+    before = fake.count()
+
+    listed = await forms(bx).list_deals(items)
+
+    assert fake.count() - before == 1
+    assert set(batch_commands(fake)) == {"l2", "l3"}
+    assert listed[0] == listed[3] and [d.contact_ids[0] for d in listed[1]] == [str(ids["phone"])]
+    again = fake.count()
+    assert await bx.list_deals(found[0]) == listed[0]  # a prefetch serves one call only
+    assert fake.count() == again + 1
+
+
+async def test_no_request_when_every_contact_s_deals_were_prefetched(
+    fake: FakeBitrix24, bx: Bitrix24
+) -> None:
+    keys, _ = _customers(fake)
+    found = [c for c in await forms(bx).find_contacts(keys[:2], _confirm) if c is not None]
+    before = fake.count()
+    assert len(await forms(bx).list_deals([(c, ()) for c in found])) == 2
+    assert fake.count() == before
+
+
+async def test_many_contacts_take_several_requests_and_long_lists_more_pages() -> None:
+    fake = FakeBitrix24(CONFIG, bucket_size=1000)  # the per-call reads alone are 63 requests
+    bx = make_adapter(fake)
+    contacts = [fake.add_contact(f"Клиент {n}") for n in range(60)]
+    for n, contact in enumerate(contacts):
+        fake.add_deal(contact, stage_id="NEW", modified=1000 + n)
+    busy = contacts[0]
+    for n in range(119):  # 120 open deals: three pages of 50
+        fake.add_deal(busy, stage_id="EXECUTING", modified=2000 + n)
+    items = [(Contact(id=str(c)), ()) for c in contacts]
+    expected = [await bx.list_deals(contact) for contact, _ in items]
+    before = fake.count()
+
+    listed = await forms(bx).list_deals(items)
+
+    assert listed == expected and len(listed[0]) == 120
+    assert fake.count() - before == 4  # 50 contacts, 10 contacts, then busy's pages 2 and 3
+    assert batch_commands(fake, -1) == {"l0": "crm.item.list"}
+    await bx.connection.aclose()
+
+
+async def test_a_failed_list_command_fails_the_whole_read_and_keeps_the_prefetch(
+    fake: FakeBitrix24, bx: Bitrix24
+) -> None:
+    keys, ids = _customers(fake)
+    [found] = await forms(bx).find_contacts(keys[:1], _confirm)
+    assert found is not None
+    fake.block_method("crm.item.list")
+    with pytest.raises(CrmError, match="OPERATION_TIME_LIMIT"):
+        await forms(bx).list_deals([(found, ()), (Contact(id=str(ids["email"])), ())])
+    fake.block_method("crm.item.list", blocked=False)
+    before = fake.count()
+    assert len(await bx.list_deals(found)) == 1  # the core's per-call retry: still prefetched
+    assert fake.count() == before

@@ -33,6 +33,8 @@ the per-call method's, in POST batches of up to 50 commands, see `bitrix24_batch
                       $result[…contact] per item}; the items after a refused one resent
     find_contacts   batch of every customer's find_contact lookups, then a batch of the
                       candidates of those whose Telegram hit was not confirmed
+    list_deals      batch {crm.item.list per contact whose deals were not prefetched},
+                      then one of the next pages of the contacts with more
 Orders (`OrderAdapter`):
     find_company    GET batch {inn: crm.requisite.list by RQ_INN (companies),
                       name: crm.company.list by %TITLE of the name's longest word}
@@ -159,27 +161,19 @@ class Bitrix24:
     # ---- deals ----------------------------------------------------------------------
 
     async def list_deals(self, contact: Contact, known: Sequence[Deal] = ()) -> list[Deal]:
-        prefetched = self._prefetch.pop(contact.id, None)
-        if (
-            prefetched is not None
-            and contact.deal_ids == prefetched.deal_ids
-            and self._clock() - prefetched.at <= PREFETCH_TTL
-        ):
-            deals = list(prefetched.deals)
-        else:
+        deals = self.prefetched(contact)
+        self.drop_prefetch(contact.id)
+        if deals is None:
             deals = []
-            start = 0
+            start: int | None = 0
             for _ in range(MAX_PAGES):
+                if start is None:
+                    break
                 params = self._open_deals(contact.id, start)
                 result, following = await self._calls.call("crm.item.list", "deals.list", params)
-                with self._calls.reading("deals.list"):
-                    records = bx.deal_records(result, self.config)
-                    deals += [bx.deal_from_record(record, self.config) for record in records]
-                if not isinstance(following, int) or following <= start:
-                    break
-                start = following
-        seen = {deal.id for deal in deals}
-        return [*deals, *(deal for deal in known if deal.id not in seen)]
+                page, start = self.deals_page(result, following, start)
+                deals += page
+        return self.with_known(deals, known)
 
     async def get_deal(self, deal_id: str) -> Deal | None:
         if not deal_id.isdigit():
@@ -363,6 +357,39 @@ class Bitrix24:
         with self._calls.reading("deals.get"):
             contact_ids = bx.linked_contact_ids(answer.results.get(f"{prefix}contacts"))
             return bx.deal_from_record(answer.results[f"{prefix}deal"], self.config, contact_ids)
+
+    def prefetched(self, contact: Contact) -> list[Deal] | None:
+        """The deals `find_contact` read for this same `Contact` within PREFETCH_TTL, if
+        any (kept: `list_deals` drops them once it has its answer)."""
+        prefetched = self._prefetch.get(contact.id)
+        if (
+            prefetched is None
+            or contact.deal_ids != prefetched.deal_ids
+            or self._clock() - prefetched.at > PREFETCH_TTL
+        ):
+            return None
+        return list(prefetched.deals)
+
+    @staticmethod
+    def with_known(deals: Sequence[Deal], known: Sequence[Deal]) -> list[Deal]:
+        """`list_deals`' answer: the deals read, then those of `known` not among them."""
+        seen = {deal.id for deal in deals}
+        return [*deals, *(deal for deal in known if deal.id not in seen)]
+
+    def drop_prefetch(self, contact_id: str) -> None:
+        self._prefetch.pop(contact_id, None)
+
+    def deals_page(
+        self, result: JSON, following: JSON, start: int
+    ) -> tuple[list[Deal], int | None]:
+        """One page of `open_deals_params`' list: its deals, and the next page's start (None:
+        the last page; a `next` that does not move on ends the list too)."""
+        with self._calls.reading("deals.list"):
+            records = bx.deal_records(result, self.config)
+            deals = [bx.deal_from_record(record, self.config) for record in records]
+        if not isinstance(following, int) or following <= start:
+            return deals, None
+        return deals, following
 
     def created_pair(self, sent: bx.ContactAndDeal, answer: BatchAnswer) -> tuple[Contact, Deal]:
         """`contact_and_deal_commands`' answer, both commands run: what was sent, stored."""

@@ -9,6 +9,9 @@ code as the per-call method's (`bitrix24_json`, `bitrix24_search`, the adapter's
     create_contacts_and_deals
                      POST batch, halt=1 {cI_contact: crm.contact.add, cI_deal: crm.deal.add
                        CONTACT_IDS $result[cI_contact]}; the items after a failed one resent
+    list_deals       POST batch {lI: crm.item.list (`open_deals_params`)} for the contacts
+                       whose deals find_contact(s) did not just read; then {lI: the next
+                       page} for those with more than 50 open deals
     find_contacts    POST batch of every customer's lookup (`ContactSearch`, sI_ keys), then
                        one of the candidates of the customers that need them
 
@@ -37,7 +40,14 @@ from typing import TYPE_CHECKING, TypeVar
 
 from bridge.crm import bitrix24_json as bx
 from bridge.crm.base import BatchForms, Confirm, DealWrite, ItemError, NoteWrite
-from bridge.crm.bitrix24_calls import JSON, MAX_COMMANDS, BatchAnswer, BitrixCalls, Commands
+from bridge.crm.bitrix24_calls import (
+    JSON,
+    MAX_COMMANDS,
+    MAX_PAGES,
+    BatchAnswer,
+    BitrixCalls,
+    Commands,
+)
 from bridge.crm.bitrix24_search import ContactSearch
 from bridge.domain import Contact, Deal, LookupKey, NewContact, NewDeal
 from bridge.errors import CrmError
@@ -48,7 +58,7 @@ if TYPE_CHECKING:
 Item = TypeVar("Item")
 Sent = TypeVar("Sent")
 Result = TypeVar("Result")
-NOTHING_SENT = BatchAnswer({}, {}, frozenset())
+NOTHING_SENT = BatchAnswer({}, {}, {})
 
 
 def batch_forms(adapter: Bitrix24, calls: BitrixCalls) -> BatchForms:
@@ -60,6 +70,7 @@ def batch_forms(adapter: Bitrix24, calls: BitrixCalls) -> BatchForms:
         add_notes=forms.add_notes,
         create_deals=forms.create_deals,
         create_contacts_and_deals=forms.create_contacts_and_deals,
+        list_deals=forms.list_deals,
         find_contacts=forms.find_contacts,
     )
 
@@ -82,6 +93,51 @@ class Bitrix24Batches:
             if deal is not None:
                 found[deal_id] = deal
         return found
+
+    async def list_deals(
+        self, items: Sequence[tuple[Contact, Sequence[Deal]]]
+    ) -> Sequence[list[Deal] | CrmError]:
+        """As `list_deals` per contact: the deals `find_contact` read for it when it
+        still may hand them over, else a page of `crm.item.list` per contact, every
+        contact's in shared batches, and the next pages of those with more in the next
+        round. A command that failed fails the whole call, as it fails `list_deals`; a
+        contact that no longer exists is no error, as per call (it has no deals)."""
+        adapter = self._adapter
+        listed: list[list[Deal] | None] = []
+        for index, (contact, _) in enumerate(items):
+            # As per call: a contact's prefetch serves its first call only.
+            first = all(contact.id != other.id for other, _ in items[:index])
+            listed.append(adapter.prefetched(contact) if first else None)
+        read: dict[int, list[Deal]] = {i: [] for i, deals in enumerate(listed) if deals is None}
+        starts: dict[int, int] = dict.fromkeys(read, 0)
+        for _ in range(MAX_PAGES):
+            if not starts:
+                break
+            groups = [
+                {
+                    f"l{index}": (
+                        "crm.item.list",
+                        bx.open_deals_params(items[index][0].id, adapter.config, start),
+                    )
+                }
+                for index, start in starts.items()
+            ]
+            answers = await self._calls.read_groups(groups, "deals.list")
+            following: dict[int, int] = {}
+            for (index, start), answer in zip(starts.items(), answers, strict=True):
+                key = f"l{index}"
+                self._calls.raise_for(answer, [key], "deals.list")
+                page, later = adapter.deals_page(answer.results[key], answer.more.get(key), start)
+                read[index] += page
+                if later is not None:
+                    following[index] = later
+            starts = following
+        for contact, _ in items:  # answered: as per call, a prefetch is used once
+            adapter.drop_prefetch(contact.id)
+        return [
+            adapter.with_known(read[index] if deals is None else deals, known)
+            for index, (deals, (_, known)) in enumerate(zip(listed, items, strict=True))
+        ]
 
     async def find_contacts(
         self, keys: Sequence[Sequence[LookupKey]], confirm: Confirm

@@ -49,7 +49,9 @@ TRANSIENT_CODES = frozenset({"INTERNAL_SERVER_ERROR", "OVERLOAD_LIMIT"})
 class BatchAnswer:
     results: Mapping[str, JSON]
     errors: Mapping[str, Mapping[str, JSON]]
-    more: frozenset[str]  # commands whose list has a next page
+    # The commands whose list has a next page: the `start` of that page (`result_next`
+    # [dev.1c-bitrix.ru rest_help/general/lists.php: batch answers result_next per command]).
+    more: Mapping[str, JSON]
 
     def rows(self, key: str) -> list[dict[str, JSON]]:
         return [row for row in bx.as_list(self.results.get(key)) if isinstance(row, dict)]
@@ -105,7 +107,7 @@ class BitrixCalls:
             return BatchAnswer(
                 bx.as_map(outer.get("result")),
                 {key: bx.as_map(error) for key, error in errors.items()},
-                frozenset(bx.as_map(outer.get("result_next"))),
+                bx.as_map(outer.get("result_next")),
             )
 
     async def read_groups(self, groups: Sequence[Commands], operation: str) -> list[BatchAnswer]:
