@@ -486,8 +486,8 @@ class BatchForms:
         ]
         | None
     ) = None
-    # Each contact's deals, as `list_deals` (the deals just read need not be fetched
-    # again); an item's error when its contact no longer exists.
+    # Each contact's deals, as its `list_deals` answers them (the deals just read need
+    # not be fetched again), or that item's error where `list_deals` would raise one.
     list_deals: (
         Callable[
             [Sequence[tuple[Contact, Sequence[Deal]]]], Awaitable[Sequence[list[Deal] | CrmError]]
