@@ -28,6 +28,7 @@ from tests.fakes.amocrm import FakeAmoCrm
 
 TOTAL, COUNT, PAYMENT_ID = "700207", "700208", "700205"
 SUBJECTS = ("Русский", "Математика", "Обществознание", "История", "Физика")
+BATCH_WRITES = {("PATCH", "/api/v4/leads"), ("POST", "/api/v4/leads/notes")}
 FAULT_KINDS = ("429", "500", "503", "timeout", "drop", "apply-500", "apply-timeout", "apply-drop")
 # Long enough that nothing goes `dead` while the fake misbehaves, short enough to be quick.
 RETRIES = ",".join(["0.05", "0.1", "0.2"] + ["0.3"] * 40)
@@ -121,11 +122,14 @@ async def test_random_faults_every_payment_lands_exactly_once(
         retried = bridge.query("SELECT COUNT(*) FROM deliveries WHERE attempts > 1")[0][0]
 
     injected = sum(1 for call in fake_amo.calls if call.fault)
-    # Batches make fewer calls (each fault then hits many payments at once).
-    proves = injected > 0.2 * len(fake_amo.calls) and injected >= 50
+    # Batches make fewer calls (each fault then hits many payments at once), and how many
+    # are made while the faults last depends on the machine's load: a share, not a count.
+    proves = injected > 0.15 * len(fake_amo.calls) and injected >= 20
     assert proves, f"the fake hardly misbehaved ({injected}): the test proves nothing"
-    batched = [c for c in fake_amo.calls if (c.method, c.path) == ("POST", "/api/v4/leads/notes")]
-    assert bool(batched) == (batch_size > 1), "batching on, or off, as configured"
+    batch_writes = [c for c in fake_amo.calls if (c.method, c.path) in BATCH_WRITES]
+    assert bool(batch_writes) == (batch_size > 1), "batching on, or off, as configured"
+    if batch_size > 1:
+        assert any(c.fault for c in batch_writes), "no batch write met a fault"
     assert retried > 0
     assert by_status == {"success": len(sent)}
 
@@ -218,7 +222,8 @@ async def test_rate_limiter_slows_down_after_429s(run_bridge: Any, fake_amo: Fak
     # second: the limit is shared with another integration, say). After the first 429 the
     # limiter must settle below the real limit; a limiter that only paused would draw a
     # 429 in every second of the run.
-    file = reference_file_config(rate_limit_per_second=8)
+    # Per call (batch_size = 1): enough calls for the limiter to show how it settles.
+    file = reference_file_config(rate_limit_per_second=8, batch_size=1)
     async with run_bridge(file=file, wait_seconds=0) as bridge:
         for n in range(12):
             payload = payment_payload(
