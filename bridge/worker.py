@@ -10,7 +10,6 @@ to repeat by `flow`. The worker adds what the flow cannot know:
   one delivery probes every `pause_probe_seconds` until the credentials work again;
 - telling waiting HTTP handlers when an event has settled.
 An attempt ends as one `Attempt` value, which recording and logging `match` on.
-`run_once()` processes what is due now and returns; tests and `crm-bridge retry` use it.
 """
 
 from __future__ import annotations
