@@ -36,21 +36,7 @@ are catalog elements of the products catalog `order_catalog_id`, found by their 
 field and linked with `metadata.quantity`.
 Lists are paged while the answer carries `_links.next`; an empty list is HTTP 204.
 
-Batch forms (`batch_forms`, issue 20: many deliveries' step in one call, at most
-`min(batch_size, 50)` items; there is no batch search):
-    get_deals                GET   /api/v4/leads?filter[id][]=…&with=contacts  (paged by 250)
-    list_deals               [GET  /api/v4/contacts?filter[id][]=…&with=leads  contacts
-                                                     whose deal ids are not known yet]
-                             GET   /api/v4/leads?filter[id][]=…   (every deal not just read)
-    update_deals             PATCH /api/v4/leads                  (none when nothing to set)
-    add_notes                POST  /api/v4/leads/notes            (`entity_id` per note)
-    create_deals             POST  /api/v4/leads
-    create_contacts_and_deals POST /api/v4/leads/complex
-                             [POST /api/v4/contacts/{id}/link  per deal with a company]
-amoCRM refuses an array one item of which does not validate as a whole (400
-`validation-errors` naming `request_id`s): a whole-call `PermanentCrmError`, nothing
-applied (sources: the comment above `AmoCrm.get_deals`). Creates and notes send a
-`request_id` per item and match the answer by it; updates match by lead id.
+Batch forms (`batch_forms`, issue 20): `amocrm_batch`.
 """
 
 from __future__ import annotations
@@ -67,15 +53,11 @@ import phonenumbers
 
 from bridge.crm.base import (
     JSON,
-    BatchForms,
     CompanyKey,
     Confirm,
     ConfirmCompany,
     CrmSchema,
     CustomField,
-    DealWrite,
-    ItemError,
-    NoteWrite,
     Pipeline,
     first_confirmed,
 )
@@ -95,7 +77,7 @@ from bridge.domain import (
     NewDeal,
     OrderItem,
 )
-from bridge.errors import AuthError, ConfigError, CrmError, PermanentCrmError, TransientCrmError
+from bridge.errors import AuthError, ConfigError, PermanentCrmError
 from bridge.settings import CrmConfig
 
 SEARCH_LIMIT = 50
@@ -126,7 +108,7 @@ def field_values_json(updates: Iterable[FieldUpdate]) -> list[dict[str, JSON]]:
     DATETIME is sent as an RFC 3339 string, as the official PHP SDK does
     (`DateCustomFieldValueModel::toApi`); amoCRM answers with unix seconds.
     """
-    return [{"field_id": _int_id(u.field_id), "values": _values_json(u)} for u in updates]
+    return [{"field_id": int_id(u.field_id), "values": _values_json(u)} for u in updates]
 
 
 def _values_json(update: FieldUpdate) -> list[dict[str, JSON]]:
@@ -149,7 +131,7 @@ def _values_json(update: FieldUpdate) -> list[dict[str, JSON]]:
     raise ValueError(f"field {update.field_id}: {kind.value} value {value!r} has the wrong type")
 
 
-def _int_id(value: str) -> int:
+def int_id(value: str) -> int:
     if not value.isdigit():
         raise ValueError(f"id {value!r} is not a number")
     return int(value)
@@ -182,7 +164,7 @@ def note_json(text: str) -> dict[str, JSON]:
 
 def linked_deal_json(contact: Contact, new: NewDeal) -> dict[str, JSON]:
     """`POST /leads`: a deal linked to an existing contact."""
-    return deal_json(new, {"id": _int_id(contact.id)})
+    return deal_json(new, {"id": int_id(contact.id)})
 
 
 def deal_json(new: NewDeal, contact: dict[str, JSON]) -> dict[str, JSON]:
@@ -190,12 +172,12 @@ def deal_json(new: NewDeal, contact: dict[str, JSON]) -> dict[str, JSON]:
     if new.company_id is not None:
         # Linked in the same call: POST /leads and /leads/complex take `_embedded.companies`
         # (at most one company per lead in complex).
-        embedded["companies"] = [{"id": _int_id(new.company_id)}]
+        embedded["companies"] = [{"id": int_id(new.company_id)}]
     body: dict[str, JSON] = {
         "name": new.name,
         "price": _whole(new.price),
-        "pipeline_id": _int_id(new.pipeline_id),
-        "status_id": _int_id(new.status_id),
+        "pipeline_id": int_id(new.pipeline_id),
+        "status_id": int_id(new.status_id),
         "_embedded": embedded,
     }
     if new.fields:
@@ -213,7 +195,7 @@ def change_json(change: DealChange) -> dict[str, JSON]:
     price, name and fields, whatever of them the change sets."""
     body: dict[str, JSON] = {}
     if change.pipeline_id is not None and change.status_id is not None:
-        body.update(pipeline_id=_int_id(change.pipeline_id), status_id=_int_id(change.status_id))
+        body.update(pipeline_id=int_id(change.pipeline_id), status_id=int_id(change.status_id))
     if change.price is not None:
         body["price"] = _whole(change.price)
     if change.name is not None:
@@ -232,7 +214,7 @@ def company_json(company: Company, inn_field: str | None) -> dict[str, JSON]:
         if value
     ]
     if company.inn and inn_field:
-        values.append({"field_id": _int_id(inn_field), "values": [{"value": company.inn}]})
+        values.append({"field_id": int_id(inn_field), "values": [{"value": company.inn}]})
     body: dict[str, JSON] = {"name": company.name}
     if values:
         body["custom_fields_values"] = values
@@ -264,20 +246,6 @@ def element_json(item: OrderItem, element_id: int | None = None) -> dict[str, JS
 
 
 # ---- v4 JSON → domain ---------------------------------------------------------------
-
-
-def by_request_id(records: Iterable[JSON]) -> dict[str, dict[str, JSON]]:
-    """An array write's answers by the `request_id` each carries back. A complex answer
-    holds a list: a lead that duplicate control merged carries every request it took."""
-    found: dict[str, dict[str, JSON]] = {}
-    for record in records:
-        if not isinstance(record, dict):
-            continue
-        ids = record.get("request_id")
-        for request_id in ids if isinstance(ids, list) else [ids]:
-            if request_id is not None:
-                found[str(request_id)] = record
-    return found
 
 
 def embedded(body: JSON, key: str) -> list[dict[str, JSON]]:
@@ -452,17 +420,10 @@ class AmoCrm:
         # SKU → catalog element id, name and price, as last read or written: a returning
         # product costs no search (a manager's later edit is caught by the link answer).
         self._elements: dict[str, tuple[int, str, Decimal | None]] = {}
-        # No batch search: amoCRM's `query` takes one term. At most 50 items: the complex
-        # form's limit, so that every write of a batch is one request.
-        self.batch_forms = BatchForms(
-            limit=min(self.config.batch_size, COMPLEX_LIMIT),
-            get_deals=self.get_deals,
-            list_deals=self.list_contacts_deals,
-            update_deals=self.update_deals,
-            add_notes=self.add_notes,
-            create_deals=self.create_deals,
-            create_contacts_and_deals=self.create_contacts_and_deals,
-        )
+        # Imported here: `amocrm_batch` builds its requests with this module's mappers.
+        from bridge.crm.amocrm_batch import batch_forms
+
+        self.batch_forms = batch_forms(self)
 
     async def find_contact(self, keys: Sequence[LookupKey], confirm: Confirm) -> Contact | None:
         # One search per key, stopping at the first confirmed hit: a returning customer
@@ -475,7 +436,7 @@ class AmoCrm:
 
     async def find_contacts(self, key: LookupKey) -> list[Contact]:
         params = {"query": search_query(key), "with": "leads", "limit": SEARCH_LIMIT}
-        body = await self._send("GET", "/api/v4/contacts", "contacts.search", params=params)
+        body = await self.send("GET", "/api/v4/contacts", "contacts.search", params=params)
         with self._reading("contacts.search"):
             return [
                 contact_from_json(record, self.config, with_leads=True)
@@ -485,7 +446,7 @@ class AmoCrm:
     async def create_contact(self, new: NewContact) -> Contact:
         with self._reading("contacts.create"):
             payload = [contact_json(new)]
-        answer = await self._send("POST", "/api/v4/contacts", "contacts.create", json=payload)
+        answer = await self.send("POST", "/api/v4/contacts", "contacts.create", json=payload)
         with self._reading("contacts.create"):
             [created] = embedded(answer, "contacts")
             # Its deals are unknown from here on (a deal may be created for it next):
@@ -498,13 +459,13 @@ class AmoCrm:
         with self._reading("contacts.update"):
             payload = {"custom_fields_values": field_values_json(patch.fields)}
         path = f"/api/v4/contacts/{contact_id}"
-        await self._send("PATCH", path, "contacts.update", json=payload)
+        await self.send("PATCH", path, "contacts.update", json=payload)
 
     async def list_deals(self, contact: Contact, known: Sequence[Deal] = ()) -> list[Deal]:
         deal_ids = contact.deal_ids
         if deal_ids is None:
             path = f"/api/v4/contacts/{contact.id}"
-            body = await self._send("GET", path, "contacts.get", params={"with": "leads"})
+            body = await self.send("GET", path, "contacts.get", params={"with": "leads"})
             if body is None:
                 raise PermanentCrmError(self.name, f"contact {contact.id} no longer exists")
             with self._reading("contacts.get"):
@@ -514,41 +475,41 @@ class AmoCrm:
         if not missing:
             return list(fresh.values())
         params = {"filter[id][]": missing, "limit": PAGE_LIMIT}
-        records = await self._pages("/api/v4/leads", params, "leads", "leads.list")
+        records = await self.pages("/api/v4/leads", params, "leads", "leads.list")
         with self._reading("leads.list"):
-            fetched = [self._deal(record) for record in records]
+            fetched = [self.read_deal(record) for record in records]
         return [*fresh.values(), *fetched]
 
     async def get_deal(self, deal_id: str) -> Deal | None:
         path = f"/api/v4/leads/{deal_id}"
         try:
-            body = await self._send("GET", path, "leads.get", params={"with": "contacts"})
+            body = await self.send("GET", path, "leads.get", params={"with": "contacts"})
         except PermanentCrmError:
             return None  # 404: deleted for good
         if body is None:
             return None
         with self._reading("leads.get"):
-            return self._deal(body)
+            return self.read_deal(body)
 
     async def create_deal(self, contact: Contact, new: NewDeal) -> Deal:
         with self._reading("leads.create"):
             payload = [linked_deal_json(contact, new)]
-        answer = await self._send("POST", "/api/v4/leads", "leads.create", json=payload)
+        answer = await self.send("POST", "/api/v4/leads", "leads.create", json=payload)
         with self._reading("leads.create"):
             [created] = embedded(answer, "leads")
-            return self._sent_deal(payload[0], created["id"], contact.id)
+            return self.sent_deal(payload[0], created["id"], contact.id)
 
     async def create_contact_and_deal(
         self, contact: NewContact, deal: NewDeal
     ) -> tuple[Contact, Deal]:
         with self._reading("leads.complex"):
             payload = [deal_json(deal, contact_json(contact))]
-        answer = await self._send("POST", "/api/v4/leads/complex", "leads.complex", json=payload)
+        answer = await self.send("POST", "/api/v4/leads/complex", "leads.complex", json=payload)
         with self._reading("leads.complex"):
             [created] = answer
-        return await self._complex_created(payload[0], created, deal)
+        return await self.complex_created(payload[0], created, deal)
 
-    async def _complex_created(
+    async def complex_created(
         self, sent: dict[str, JSON], created: JSON, deal: NewDeal
     ) -> tuple[Contact, Deal]:
         """One lead of a `leads/complex` answer: its new contact and deal, as sent."""
@@ -563,188 +524,33 @@ class AmoCrm:
             # company to each other only when it creates both [leads-api "Комплексное
             # добавление"]: the new contact joins its company with one link more.
             await self.link_contact_to_company(new.id, deal.company_id)
-        return new, self._sent_deal(sent, created["id"], new.id)
+        return new, self.sent_deal(sent, created["id"], new.id)
 
     async def update_deal(self, deal_id: str, updates: Sequence[FieldUpdate]) -> None:
         if not updates:
             return
         with self._reading("leads.update"):
             payload = update_json(updates)
-        await self._send("PATCH", f"/api/v4/leads/{deal_id}", "leads.update", json=payload)
+        await self.send("PATCH", f"/api/v4/leads/{deal_id}", "leads.update", json=payload)
 
     async def deal_notes(self, deal_id: str) -> list[str]:
         params = {"filter[note_type][]": "common", "limit": PAGE_LIMIT}
         path = f"/api/v4/leads/{deal_id}/notes"
-        notes = await self._pages(path, params, "notes", "notes.list")
+        notes = await self.pages(path, params, "notes", "notes.list")
         with self._reading("notes.list"):
             return [str(n["params"]["text"]) for n in notes if n.get("note_type") == "common"]
 
     async def add_note(self, deal_id: str, text: str) -> None:
         payload = [note_json(text)]
-        await self._send("POST", f"/api/v4/leads/{deal_id}/notes", "notes.add", json=payload)
-
-    # ---- batch forms (issue 20) -----------------------------------------------------
-    #
-    # An array one item of which does not validate is refused whole: amoCRM answers 400
-    # "Request validation failed" with `validation-errors` grouped by `request_id`
-    # [amocrm.ru/developers/content/api/errors "Ошибки при валидации данных"; crm-notes
-    # §1.9], and a successful add / update answers the entities of the request
-    # [developers.kommo.com/reference/complex-leads, /reference/update-tags: "returns an
-    # array of updated entities"]. Nothing documents a 200 with some items refused, or
-    # a 400 after which some items were kept, and the official SDK (amocrm-api-php
-    # `EntitiesServices/Leads::processAction`) throws on a 400 for the whole collection
-    # and reconciles a success only by `request_id`. So a refusal is the whole call's
-    # `PermanentCrmError` and means nothing was applied: the bridge then runs each item
-    # alone, which finds the one refused. `request_id` is "returned unchanged"
-    # [developers.kommo.com, request fields of notes and leads "add"]: creates and notes
-    # are matched by it, updates by the lead id they answer. An item the answer lacks
-    # may have been applied (`_unanswered`).
-
-    async def get_deals(self, deal_ids: Sequence[str]) -> dict[str, Deal]:
-        """The deals that still exist, each read as `get_deal` reads it; one deleted (the
-        list answers it flagged, or not at all) is left out: the flow takes a flagged
-        deal and a missing one alike."""
-        if not deal_ids:
-            return {}
-        params = {"filter[id][]": list(deal_ids), "with": "contacts", "limit": PAGE_LIMIT}
-        records = await self._pages("/api/v4/leads", params, "leads", "leads.list")
-        with self._reading("leads.list"):
-            deals = [self._deal(record) for record in records]
-        wanted = set(deal_ids)
-        return {deal.id: deal for deal in deals if deal.id in wanted and not deal.is_deleted}
-
-    async def list_contacts_deals(
-        self, items: Sequence[tuple[Contact, Sequence[Deal]]]
-    ) -> list[list[Deal] | CrmError]:
-        """`list_deals` of many contacts in two reads at most: the contacts whose deals
-        are not known yet in one, every deal not just read in the other."""
-        linked = await self._linked_deal_ids([c.id for c, _ in items if c.deal_ids is None])
-        answers: list[list[Deal] | CrmError] = []
-        wanted: list[tuple[dict[str, Deal], list[str]]] = []
-        for contact, known in items:
-            deal_ids = contact.deal_ids if contact.deal_ids is not None else linked.get(contact.id)
-            if deal_ids is None:
-                message = f"contact {contact.id} no longer exists"
-                answers.append(PermanentCrmError(self.name, message))
-                wanted.append(({}, []))
-                continue
-            fresh = {deal.id: deal for deal in known if deal.id in deal_ids}
-            wanted.append((fresh, [i for i in deal_ids if i not in fresh]))
-            answers.append([])
-        missing = list(dict.fromkeys(i for _, ids in wanted for i in ids))
-        fetched: dict[str, Deal] = {}
-        if missing:
-            params = {"filter[id][]": missing, "limit": PAGE_LIMIT}
-            records = await self._pages("/api/v4/leads", params, "leads", "leads.list")
-            with self._reading("leads.list"):
-                fetched = {deal.id: deal for deal in map(self._deal, records)}
-        return [
-            answer
-            if isinstance(answer, CrmError)
-            else [*fresh.values(), *(fetched[i] for i in ids if i in fetched)]
-            for answer, (fresh, ids) in zip(answers, wanted, strict=True)
-        ]
-
-    async def _linked_deal_ids(self, contact_ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
-        """Each existing contact's deal ids (one list read; a gone contact is absent)."""
-        if not contact_ids:
-            return {}
-        params = {"filter[id][]": list(contact_ids), "with": "leads", "limit": PAGE_LIMIT}
-        records = await self._pages("/api/v4/contacts", params, "contacts", "contacts.list")
-        with self._reading("contacts.list"):
-            contacts = [contact_from_json(r, self.config, with_leads=True) for r in records]
-        return {contact.id: contact.deal_ids or () for contact in contacts}
-
-    async def update_deals(self, writes: Sequence[DealWrite]) -> list[ItemError]:
-        sent = [(deal_id, updates) for deal_id, updates in writes if updates]
-        if not sent:
-            return [None] * len(writes)
-        with self._reading("leads.update"):
-            payload = [{"id": _int_id(deal_id), **update_json(fields)} for deal_id, fields in sent]
-        answer = await self._send("PATCH", "/api/v4/leads", "leads.update", json=payload)
-        updated = {str(record.get("id")) for record in embedded(answer, "leads")}
-        return [
-            None
-            if not updates or str(int(deal_id)) in updated
-            else self._unanswered("leads.update", f"lead {deal_id}")
-            for deal_id, updates in writes
-        ]
-
-    async def add_notes(self, notes: Sequence[NoteWrite]) -> list[ItemError]:
-        if not notes:
-            return []
-        with self._reading("notes.add"):
-            payload = [
-                {"entity_id": _int_id(deal_id), **note_json(text), "request_id": str(n)}
-                for n, (deal_id, text) in enumerate(notes)
-            ]
-        answer = await self._send("POST", "/api/v4/leads/notes", "notes.add", json=payload)
-        added = by_request_id(embedded(answer, "notes"))
-        return [
-            None if str(n) in added else self._unanswered("notes.add", f"note on lead {deal_id}")
-            for n, (deal_id, _) in enumerate(notes)
-        ]
-
-    async def create_deals(self, items: Sequence[tuple[Contact, NewDeal]]) -> list[Deal | CrmError]:
-        if not items:
-            return []
-        with self._reading("leads.create"):
-            payload = [
-                {**linked_deal_json(contact, new), "request_id": str(n)}
-                for n, (contact, new) in enumerate(items)
-            ]
-        answer = await self._send("POST", "/api/v4/leads", "leads.create", json=payload)
-        created = by_request_id(embedded(answer, "leads"))
-        results: list[Deal | CrmError] = []
-        for n, (contact, _) in enumerate(items):
-            record = created.get(str(n))
-            if record is None:
-                results.append(self._unanswered("leads.create", f"lead {n} of the request"))
-                continue
-            try:
-                with self._reading("leads.create"):
-                    results.append(self._sent_deal(payload[n], record["id"], contact.id))
-            except PermanentCrmError as exc:
-                results.append(exc)
-        return results
-
-    async def create_contacts_and_deals(
-        self, items: Sequence[tuple[NewContact, NewDeal]]
-    ) -> list[tuple[Contact, Deal] | CrmError]:
-        if not items:
-            return []
-        with self._reading("leads.complex"):
-            payload = [
-                {**deal_json(deal, contact_json(contact)), "request_id": str(n)}
-                for n, (contact, deal) in enumerate(items)
-            ]
-        answer = await self._send("POST", "/api/v4/leads/complex", "leads.complex", json=payload)
-        created = by_request_id(answer if isinstance(answer, list) else ())
-        results: list[tuple[Contact, Deal] | CrmError] = []
-        for n, (_, deal) in enumerate(items):
-            record = created.get(str(n))
-            if record is None:
-                results.append(self._unanswered("leads.complex", f"lead {n} of the request"))
-                continue
-            try:
-                results.append(await self._complex_created(payload[n], record, deal))
-            except CrmError as exc:  # this item's answer, or its company link
-                results.append(exc)
-        return results
-
-    def _unanswered(self, operation: str, item: str) -> TransientCrmError:
-        """An item the answer of a write does not mention: it may have landed all the same
-        (the flow's remote checks decide on the retry)."""
-        message = f"{operation}: the answer lacks {item}"
-        return TransientCrmError(self.name, message, maybe_applied=True)
+        await self.send("POST", f"/api/v4/leads/{deal_id}/notes", "notes.add", json=payload)
 
     async def schema(self) -> CrmSchema:
-        body = await self._send("GET", "/api/v4/leads/pipelines", "pipelines.list")
+        body = await self.send("GET", "/api/v4/leads/pipelines", "pipelines.list")
         fields: list[CustomField] = []
         entities = ("leads", "contacts", "companies")[: 3 if self._company_fields else 2]
         for entity in entities:
             path = f"/api/v4/{entity}/custom_fields"
-            records = await self._pages(path, {"limit": 50}, "custom_fields", "fields.list")
+            records = await self.pages(path, {"limit": 50}, "custom_fields", "fields.list")
             with self._reading("fields.list"):
                 fields.extend(custom_field_from_json(record, entity) for record in records)
         with self._reading("pipelines.list"):
@@ -763,7 +569,7 @@ class AmoCrm:
             searches.append(("name", word))
         for key, query in searches:
             params = {"query": query, "limit": SEARCH_LIMIT}
-            body = await self._send("GET", "/api/v4/companies", "companies.search", params=params)
+            body = await self.send("GET", "/api/v4/companies", "companies.search", params=params)
             with self._reading("companies.search"):
                 hits = [company_from_json(r, inn_field) for r in embedded(body, "companies")]
             confirmed = [hit for hit in hits if confirm(hit, key)]
@@ -775,7 +581,7 @@ class AmoCrm:
         inn_field = self.config.order_fields.company_inn
         with self._reading("companies.create"):
             payload = [company_json(company, inn_field)]
-        answer = await self._send("POST", "/api/v4/companies", "companies.create", json=payload)
+        answer = await self.send("POST", "/api/v4/companies", "companies.create", json=payload)
         with self._reading("companies.create"):
             [created] = embedded(answer, "companies")
             inn = company.inn if inn_field else ""
@@ -783,15 +589,15 @@ class AmoCrm:
 
     async def link_contact_to_company(self, contact_id: str, company_id: str) -> None:
         with self._reading("contacts.link"):
-            payload = [{"to_entity_id": _int_id(company_id), "to_entity_type": "companies"}]
-        path = f"/api/v4/contacts/{_int_id(contact_id)}/link"
-        await self._send("POST", path, "contacts.link", json=payload)
+            payload = [{"to_entity_id": int_id(company_id), "to_entity_type": "companies"}]
+        path = f"/api/v4/contacts/{int_id(contact_id)}/link"
+        await self.send("POST", path, "contacts.link", json=payload)
 
     async def change_deal(self, deal_id: str, change: DealChange) -> None:
         with self._reading("leads.update"):
             payload = change_json(change)
         if payload:
-            await self._send("PATCH", f"/api/v4/leads/{deal_id}", "leads.update", json=payload)
+            await self.send("PATCH", f"/api/v4/leads/{deal_id}", "leads.update", json=payload)
 
     async def set_deal_items(self, deal_id: str, items: Sequence[OrderItem], currency: str) -> None:
         # `currency` is the account's: a catalog price has none of its own.
@@ -806,23 +612,23 @@ class AmoCrm:
         for item in items:
             element_id = elements[item.product_id]
             wanted[element_id] = wanted.get(element_id, Decimal(0)) + item.quantity
-        path = f"/api/v4/leads/{_int_id(deal_id)}/links"
+        path = f"/api/v4/leads/{int_id(deal_id)}/links"
         params = {"filter[to_catalog_id]": catalog_id, "limit": PAGE_LIMIT}
-        body = await self._send("GET", path, "leads.links", params=params)
+        body = await self.send("GET", path, "leads.links", params=params)
         with self._reading("leads.links"):
             linked = catalog_links(body, catalog_id)
         # A quantity changes by unlinking and linking again: what a re-link of a linked
         # element does to its quantity is not documented.
         stale = [eid for eid, quantity in linked.items() if wanted.get(eid) != quantity]
         fresh = [eid for eid, quantity in wanted.items() if linked.get(eid) != quantity]
-        lead = f"/api/v4/leads/{_int_id(deal_id)}"
+        lead = f"/api/v4/leads/{int_id(deal_id)}"
         if stale:
             gone = [_element_link(eid, catalog_id) for eid in stale]
-            await self._send("POST", f"{lead}/unlink", "leads.unlink", json=gone)
+            await self.send("POST", f"{lead}/unlink", "leads.unlink", json=gone)
         if fresh:
             links = [_element_link(eid, catalog_id, wanted[eid]) for eid in fresh]
             try:
-                await self._send("POST", f"{lead}/link", "leads.link", json=links)
+                await self.send("POST", f"{lead}/link", "leads.link", json=links)
             except PermanentCrmError:
                 # An element a manager deleted since this process found it: search again
                 # on the retry.
@@ -838,7 +644,7 @@ class AmoCrm:
             if sku in self._elements:
                 continue
             params = {"query": sku, "limit": SEARCH_LIMIT}
-            body = await self._send("GET", base, "catalog.search", params=params)
+            body = await self.send("GET", base, "catalog.search", params=params)
             with self._reading("catalog.search"):
                 hits = [r for r in embedded(body, "elements") if element_matches(r, sku)]
                 if hits:
@@ -853,7 +659,7 @@ class AmoCrm:
         if missing:
             with self._reading("catalog.create"):
                 payload = [element_json(item) for item in missing]
-            answer = await self._send("POST", base, "catalog.create", json=payload)
+            answer = await self.send("POST", base, "catalog.create", json=payload)
             with self._reading("catalog.create"):
                 created = embedded(answer, "elements")
                 for item, record in zip(missing, created, strict=True):
@@ -861,7 +667,7 @@ class AmoCrm:
         if changed:
             with self._reading("catalog.update"):
                 payload = [element_json(i, self._elements[i.product_id][0]) for i in changed]
-            await self._send("PATCH", base, "catalog.update", json=payload)
+            await self.send("PATCH", base, "catalog.update", json=payload)
             for item in changed:
                 self._elements[item.product_id] = (
                     self._elements[item.product_id][0],
@@ -870,7 +676,7 @@ class AmoCrm:
                 )
         return {sku: self._elements[sku][0] for sku in latest}
 
-    async def _send(self, method: str, path: str, operation: str, **kwargs: Any) -> JSON:
+    async def send(self, method: str, path: str, operation: str, **kwargs: Any) -> JSON:
         """One request through the connection; the JSON answer, or None for a 204.
 
         amoCRM answers 403 for the account or its token rather than the request (an account
@@ -884,28 +690,28 @@ class AmoCrm:
                 raise AuthError(self.name, exc.message) from exc
             raise
 
-    async def _pages(
+    async def pages(
         self, path: str, params: dict[str, Any], key: str, operation: str
     ) -> list[dict[str, JSON]]:
         # amoCRM's `next` href is absolute on the account domain; asking for the next page
         # number on our own base URL keeps a configured proxy in the path.
         items: list[dict[str, JSON]] = []
         for page in range(1, MAX_PAGES + 1):
-            body = await self._send("GET", path, operation, params={**params, "page": page})
+            body = await self.send("GET", path, operation, params={**params, "page": page})
             items.extend(embedded(body, key))
             links = body.get("_links") if isinstance(body, dict) else None
             if not (isinstance(links, dict) and links.get("next")):
                 break
         return items
 
-    def _deal(self, record: Mapping[str, JSON]) -> Deal:
+    def read_deal(self, record: Mapping[str, JSON]) -> Deal:
         return deal_from_json(record, self.config.closed_status_ids, self._days)
 
     def _sent_contact(self, sent: dict[str, JSON], contact_id: object) -> Contact:
         # What was sent is what amoCRM stored: no read-back GET.
         return contact_from_json({**sent, "id": contact_id}, self.config, with_leads=True)
 
-    def _sent_deal(self, sent: dict[str, JSON], deal_id: object, contact_id: str) -> Deal:
+    def sent_deal(self, sent: dict[str, JSON], deal_id: object, contact_id: str) -> Deal:
         record = {**sent, "id": deal_id, "updated_at": int(self._clock())}
         record["_embedded"] = {"contacts": [{"id": contact_id}]}
         values = record.get("custom_fields_values") or []

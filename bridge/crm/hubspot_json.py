@@ -66,6 +66,10 @@ MAX_NAME_TOKENS = 9  # a filter group holds 10 filters; HubSpot allows 25 in a s
 PHONE_PROPERTIES = ("phone", "mobilephone")
 CONTACT_BASE = ("firstname", "lastname", "email", *PHONE_PROPERTIES)
 DEAL_BASE = ("dealname", "amount", "pipeline", "dealstage", "hs_is_closed", "hs_lastmodifieddate")
+MAX_PAGES = 20  # of a search, or of an associations read per 100 records
+BATCH_READ = 100  # inputs per batch request (read, create, archive)
+# A create refused because the contact exists (409 CONFLICT): that contact's id.
+EXISTING_ID = re.compile(r"Existing ID: (\d+)")
 
 
 # ---- domain → JSON ------------------------------------------------------------------
