@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from bridge.crm.amocrm import AmoCrm, build_amocrm, field_values_json, search_query
+from bridge.crm.amocrm import AmoCrm, build_amocrm
+from bridge.crm.amocrm_json import field_values_json, search_query
 from bridge.domain import Contact, FieldKind, FieldUpdate, KeyKind, LookupKey
 from bridge.errors import RateLimited
 from bridge.settings import CrmConfig, load_file_config

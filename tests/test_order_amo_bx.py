@@ -306,7 +306,7 @@ async def test_calls_per_order_event_bitrix24(bx_fake: Any, bx_adapter: Bitrix24
 
 
 def test_amo_a_day_reads_back_whether_stored_at_utc_or_moscow_midnight() -> None:
-    from bridge.crm.amocrm import date_text
+    from bridge.crm.amocrm_json import date_text
 
     utc_midnight, moscow_midnight = 1_796_083_200, 1_796_083_200 - 3 * 3600
     assert date_text({"value": utc_midnight}) == "2026-12-01"

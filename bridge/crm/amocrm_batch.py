@@ -1,7 +1,7 @@
 """amoCRM's batch forms (`BatchForms`, issue 20): many deliveries' step in one call, at most
 `min(batch_size, 50)` items (the complex form's limit, so that every write of a batch is
 one request); there is no batch search (amoCRM's `query` takes one term). Each item's
-JSON is built and read by the same code as the per-call method's (`bridge.crm.amocrm`).
+JSON is built and read by the same code as the per-call method's (`amocrm_json`).
 
     get_deals                GET   /api/v4/leads?filter[id][]=…&with=contacts  (paged by 250)
     list_deals               [GET  /api/v4/contacts?filter[id][]=…&with=leads  contacts
@@ -21,11 +21,11 @@ applied (sources: the comment above `AmoBatches`). Creates and notes send a
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-from bridge.crm.amocrm import (
+from bridge.crm.amocrm_json import (
     COMPLEX_LIMIT,
     PAGE_LIMIT,
-    AmoCrm,
     contact_from_json,
     contact_json,
     deal_json,
@@ -38,6 +38,9 @@ from bridge.crm.amocrm import (
 from bridge.crm.base import JSON, BatchForms, DealWrite, ItemError, NoteWrite
 from bridge.domain import Contact, Deal, NewContact, NewDeal
 from bridge.errors import CrmError, PermanentCrmError, TransientCrmError
+
+if TYPE_CHECKING:
+    from bridge.crm.amocrm import AmoCrm
 
 
 def batch_forms(adapter: AmoCrm) -> BatchForms:

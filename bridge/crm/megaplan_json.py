@@ -40,7 +40,7 @@ from urllib.parse import quote
 
 # How Megaplan normalises phones in `q` is not documented (§3.3): searched as amoCRM's
 # are, by the national significant number, which "8 999 …" and "+7 999 …" both contain.
-from bridge.crm.amocrm import search_query
+from bridge.crm.amocrm_json import search_query
 from bridge.crm.base import CustomField, Pipeline
 from bridge.crm.fieldvalues import FieldEncoding, Option
 from bridge.crm.richtext import note_html, note_text
