@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -106,6 +108,11 @@ class RateLimiter:
     and an empty bucket at start is never more permissive than the old run's bucket
     would have been had it kept going, so the CRM sees the configured rate across the
     restart too (a full bucket at start was a burst on top of the old run's last calls).
+
+    Slots are reserved in advance, so a request whose wake-up came late (a busy event
+    loop) would go out close to the ones reserved after it, and a CRM counting requests in
+    a sliding second (amoCRM: 7) would see one too many. With `burst` 1 the limiter also
+    counts requests as they go out: at most ceil(rate) in any ceil(rate) intervals.
     """
 
     def __init__(
@@ -122,6 +129,7 @@ class RateLimiter:
         self._sleep = sleep
         self._next_slot = clock() + self._interval  # empty: see the class docstring
         self._last_penalty = -1e9
+        self._sent: deque[float] = deque()  # when the latest requests went out
 
     @property
     def rate(self) -> float:
@@ -135,6 +143,20 @@ class RateLimiter:
         self._next_slot = slot + self._interval
         if slot > now:
             await self._sleep(slot - now)
+        if self._burst == 1:
+            await self._keep_spacing()
+
+    async def _keep_spacing(self) -> None:
+        allowed = math.ceil(1.0 / self._interval - 1e-9)
+        window = allowed * self._interval
+        while True:
+            now = self._clock()
+            while self._sent and self._sent[0] <= now - window + 1e-6:  # float slack
+                self._sent.popleft()
+            if len(self._sent) < allowed:
+                self._sent.append(now)
+                return
+            await self._sleep(self._sent[0] + window - now)
 
     def penalize(self, retry_after: float | None) -> None:
         now = self._clock()
