@@ -63,6 +63,8 @@ class FakeRequest:
     headers: Mapping[str, str]  # lower-case names
     body: bytes
     origin: str  # scheme://host, for links in answers
+    # Whether the rate window admitted it: decided on arrival (see `handle`), None before.
+    admitted: bool | None = None
 
     def all(self, name: str) -> list[str]:
         """Values of `name` and of `name[]` (PHP-style arrays)."""
@@ -452,6 +454,12 @@ class FakeService:
             self.calls.append(call)
             # A refused connection never reaches the fault queue: queued faults wait.
             fault = None if self._down else self._take_fault(request)
+            # A CRM counts requests as they arrive (amoCRM: 7 a second per integration,
+            # developers.kommo.com/docs/limitations), not when the fake has slept its
+            # latency and won the lock: the fake's own slow answers must not bunch up
+            # requests that arrived evenly spaced.
+            if not self._down:
+                request.admitted = self._admit()
         try:
             if self.on_received is not None:
                 self.on_received(request)  # may raise `Abort` to keep the request unapplied
@@ -507,7 +515,8 @@ class FakeService:
 
     def _serve(self, request: FakeRequest) -> FakeResponse:
         self.origin = request.origin
-        if not self._admit():
+        admitted = request.admitted if request.admitted is not None else self._admit()
+        if not admitted:
             return self._too_many()
         refused = self.authorise(request)
         if refused is not None:
