@@ -112,7 +112,8 @@ class RateLimiter:
     Slots are reserved in advance, so a request whose wake-up came late (a busy event
     loop) would go out close to the ones reserved after it, and a CRM counting requests in
     a sliding second (amoCRM: 7) would see one too many. With `burst` 1 the limiter also
-    counts requests as they go out: at most ceil(rate) in any ceil(rate) intervals.
+    counts requests as they go out: at most ceil(rate) in any ceil(rate) intervals, plus
+    how late the loop has been waking requests lately (nothing on a quiet loop).
     """
 
     def __init__(
@@ -130,6 +131,7 @@ class RateLimiter:
         self._next_slot = clock() + self._interval  # empty: see the class docstring
         self._last_penalty = -1e9
         self._sent: deque[float] = deque()  # when the latest requests went out
+        self._lag = 0.0  # how late wake-ups came lately (decays)
 
     @property
     def rate(self) -> float:
@@ -143,12 +145,15 @@ class RateLimiter:
         self._next_slot = slot + self._interval
         if slot > now:
             await self._sleep(slot - now)
+            # How late the loop woke us: a request leaves later still (the HTTP client
+            # yields to the loop again before it writes), so this much is kept in hand.
+            self._lag = max(self._clock() - slot, self._lag * 0.9)
         if self._burst == 1:
             await self._keep_spacing()
 
     async def _keep_spacing(self) -> None:
         allowed = math.ceil(1.0 / self._interval - 1e-9)
-        window = allowed * self._interval
+        window = allowed * self._interval + self._lag
         while True:
             now = self._clock()
             while self._sent and self._sent[0] <= now - window + 1e-6:  # float slack
