@@ -457,8 +457,9 @@ class FakeService:
             # A CRM counts requests as they arrive (amoCRM: 7 a second per integration,
             # developers.kommo.com/docs/limitations), not when the fake has slept its
             # latency and won the lock: the fake's own slow answers must not bunch up
-            # requests that arrived evenly spaced.
-            if not self._down:
+            # requests that arrived evenly spaced. A fault answered before anything is
+            # applied stands for trouble on the way, and takes no place in the window.
+            if not self._down and (fault is None or fault.after_apply):
                 request.admitted = self._admit()
         try:
             if self.on_received is not None:
