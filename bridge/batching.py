@@ -227,7 +227,8 @@ async def _find_each(
 
 
 def _checked(form: str, items: Sequence[Any], answers: Sequence[Any]) -> list[Any]:
-    """One answer per item; an answer missing for an item is that item's lost write."""
+    """One answer per item (a form answering otherwise fails the whole call: every
+    member retries, as after an unexpected error)."""
     if len(answers) != len(items):
         raise ValueError(f"batch {form}: {len(answers)} answers for {len(items)} items")
     return list(answers)
