@@ -141,22 +141,6 @@ async def test_an_item_refused_in_a_batch_fails_only_its_delivery(tmp_path: Path
     assert_one_note_each(crm, ["pay_0_0", "pay_2_0"])
 
 
-async def test_a_group_ending_does_not_split_the_next_round_into_small_groups(
-    tmp_path: Path,
-) -> None:
-    # Members of a group end a few milliseconds apart; with free slots each end could
-    # start a group of whatever was due by then. The next round must be one full group.
-    crm = BatchingMemoryCrm(reference_file_config().crm["amocrm"], name="amocrm")
-    rounds = 3
-    payments = [customer_payment(c, n) for n in range(rounds) for c in range(CUSTOMERS)]
-    async with held_bridge(tmp_path, crm, worker_concurrency=8) as bridge:
-        await post_and_release(bridge, payments)
-        assert delivered(bridge) == {"success": rounds * CUSTOMERS}
-    sizes = [call.rsplit("×", 1)[1] for call in crm.batches()]
-    assert sizes == [str(CUSTOMERS)] * 3 * rounds, crm.calls
-    assert_one_note_each(crm, [f"pay_{c}_{n}" for n in range(rounds) for c in range(CUSTOMERS)])
-
-
 async def test_a_batch_call_is_listed_under_each_delivery_and_counted_once(
     run_bridge: Any, tmp_path: Path
 ) -> None:
