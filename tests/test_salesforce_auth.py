@@ -19,6 +19,7 @@ from bridge.crm.salesforce_json import data_path
 from bridge.errors import AuthError, TransientCrmError
 from bridge.settings import CrmSecrets
 from bridge.tokens import BearerAuth
+from tests.clock import ManualClock
 from tests.fakes.salesforce import FakeSalesforce
 
 MY_DOMAIN = "https://example.my.salesforce.com"
@@ -27,21 +28,13 @@ QUERY = f"{data_path('68.0')}/query"
 NOW = 1_796_300_000.0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @dataclass
 class Rig:
     fake: FakeSalesforce
     source: SessionSource
     minter: SessionMinter
     http: CrmHttp
-    clock: Clock
+    clock: ManualClock
 
     async def query(self) -> httpx.Response:
         return await self.http.request("GET", QUERY, params={"q": "SELECT Id FROM Contact"})
@@ -56,7 +49,7 @@ def rig(
     username: str = "bridge-integration@example.com",
     **fake_kw: Any,
 ) -> tuple[Rig, httpx.AsyncClient]:
-    clock = Clock()
+    clock = ManualClock(NOW)
     fake = FakeSalesforce(clock=clock, **fake_kw)
     key_file = tmp_path / "salesforce.key"
     key_file.write_bytes(fake.private_key_pem if key is None else key)
@@ -112,7 +105,7 @@ async def test_a_session_that_ended_is_minted_again_on_the_401(jwt: Rig) -> None
 
 async def test_a_session_is_minted_before_the_timeout_ends_it(jwt: Rig) -> None:
     await jwt.query()
-    jwt.clock.now += 6900
+    jwt.clock.advance(6900)
     await jwt.query()
     assert jwt.fake.tokens_minted == 2 and jwt.fake.count(status=401) == 0
 
