@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 
-from bridge import order_rules, rules
+from bridge import rules
 from bridge.crm.amocrm import AmoCrm
 from bridge.crm.bitrix24 import Bitrix24
 from bridge.domain import (
-    Company,
     CompanyRecord,
     Customer,
     DealChange,
@@ -27,16 +26,12 @@ from bridge.errors import PermanentCrmError
 from tests import test_amocrm_adapter as amo
 from tests import test_bitrix24_adapter as bx
 from tests.order_probes import AMOCRM, BITRIX24
+from tests.test_order_contract import ITEMS, confirm
+from tests.test_order_contract import WANTED as ROMASHKA
 
 AMO_CONFIG = AMOCRM.order_config(amo.CONFIG)
 BX_CONFIG = BITRIX24.order_config(bx.CONFIG)
-CHAIRS = OrderItem("chair-01", "Стул Венский", Decimal(40), Decimal("350.00"))
-TABLES = OrderItem("table-07", "Стол банкетный", Decimal(5), Decimal("6900.00"))
-ROMASHKA = Company("ООО Ромашка", inn="7701234567", phone="+74950001122", email="a@r.ru")
-
-
-def confirm(record: CompanyRecord, key: str) -> bool:
-    return order_rules.company_matches(record, ROMASHKA, key)
+CHAIRS, TABLES = ITEMS
 
 
 @pytest.fixture
