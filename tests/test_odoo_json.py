@@ -23,7 +23,6 @@ from bridge.domain import (
 from bridge.errors import AuthError, ConfigError, PermanentCrmError, TransientCrmError
 from bridge.rules import contact_matches
 from tests.fakes.odoo import example_config, example_odoo
-from tests.fakes.odoo_db import plaintext2html
 
 FULL = oj.Capabilities(
     frozenset({"phone_mobile_search", "mobile", "email_normalized"}), frozenset({"won_status"})
@@ -331,12 +330,6 @@ def test_deal_from_lead_reads_won_status_or_falls_back() -> None:
     assert not oj.deal_from_lead(old, config).is_closed
     assert oj.deal_from_lead({**old, "active": False}, config).is_closed
     assert oj.deal_from_lead({**old, "probability": 100.0}, config).is_closed
-
-
-def test_note_text_reads_back_what_odoo_stored() -> None:
-    text = "Оплата проведена\n\nСумма: 1 500 RUB <b>\nPayment ID: p-1"
-    assert oj.note_text(plaintext2html(text)) == text.replace("\n\n", "\n")
-    assert "Payment ID: p-1" in oj.note_text(plaintext2html(text))
 
 
 def test_schema_from_teams_stages_and_fields() -> None:
