@@ -48,17 +48,18 @@ async def amo(fake: FakeAmoCrm) -> AsyncIterator[AmoCrm]:
 
 async def per_call(run: Callable[[AmoCrm], Awaitable[Any]]) -> tuple[FakeAmoCrm, Any]:
     """What the per-call methods do, on a twin fake seeded like the test's."""
-    fake = seeded(twin())
+    fake = twin()
+    seeded(fake)
     async with closing(make_adapter(fake)) as (adapter,):
         return fake, await run(adapter)
 
 
-def seeded(fake: FakeAmoCrm) -> FakeAmoCrm:
-    """Three customers, each with one open deal in the site pipeline."""
+def seeded(fake: FakeAmoCrm) -> list[str]:
+    """Three customers, each with one open deal in the site pipeline: the deals' ids."""
     for n in range(3):
         contact = fake.add_contact(f"Клиент {n}", phones=[f"+7999123456{n}"])
         fake.add_lead(contact, pipeline_id=SITE, status_id=SITE_WORKING, fields={TOTAL: 100 * n})
-    return fake
+    return [str(lead["id"]) for lead in fake.leads()]
 
 
 def unlinked(value: Any) -> Any:
@@ -80,10 +81,6 @@ def rewriting(fake: FakeAmoCrm, edit: Callable[[httpx.Request, Any], Any]) -> ht
         return httpx.Response(response.status_code, json=body)
 
     return httpx.MockTransport(handle)
-
-
-def lead_ids(fake: FakeAmoCrm) -> list[str]:
-    return [str(lead["id"]) for lead in fake.leads()]
 
 
 def customer(n: int) -> NewContact:
@@ -120,8 +117,7 @@ async def test_every_form_but_search_is_set_and_limited_by_complex(amo: AmoCrm) 
 
 
 async def test_get_deals_is_one_read_as_get_deal_reads_each(fake: FakeAmoCrm, amo: AmoCrm) -> None:
-    seeded(fake)
-    ids = lead_ids(fake)
+    ids = seeded(fake)
     flagged = fake.add_lead(fake.add_contact("Удалено"), is_deleted=True)
     removed = fake.add_lead(fake.add_contact("Стёрто"))
     fake.remove_lead(removed)
@@ -156,8 +152,7 @@ async def test_get_deals_pages_past_250(fake: FakeAmoCrm, amo: AmoCrm) -> None:
 async def test_update_deals_is_one_patch_with_per_call_results(
     fake: FakeAmoCrm, amo: AmoCrm
 ) -> None:
-    seeded(fake)
-    ids = lead_ids(fake)
+    ids = seeded(fake)
     writes = [(ids[0], payment(0)), (ids[1], ()), (ids[2], payment(2))]
     update = forms(amo).update_deals
 
@@ -181,8 +176,7 @@ async def test_update_deals_is_one_patch_with_per_call_results(
 
 
 async def test_add_notes_is_one_post_with_entity_ids(fake: FakeAmoCrm, amo: AmoCrm) -> None:
-    seeded(fake)
-    ids = lead_ids(fake)
+    ids = seeded(fake)
     notes = [(deal_id, f"Оплата {n}\n\nPayment ID: pay_{n}") for n, deal_id in enumerate(ids)]
     add = forms(amo).add_notes
 
@@ -271,8 +265,7 @@ async def test_complex_answers_are_matched_by_request_id_not_order(fake: FakeAmo
 async def test_one_refused_update_refuses_the_whole_call_unapplied(
     fake: FakeAmoCrm, amo: AmoCrm
 ) -> None:
-    seeded(fake)
-    ids = lead_ids(fake)
+    ids = seeded(fake)
     before = unlinked(fake.leads())
     bad = (FieldUpdate(UNKNOWN_FIELD, FieldKind.TEXT, "x"),)
     update = forms(amo).update_deals
@@ -289,8 +282,7 @@ async def test_one_refused_update_refuses_the_whole_call_unapplied(
 
 
 async def test_a_note_on_a_deleted_lead_refuses_every_note(fake: FakeAmoCrm, amo: AmoCrm) -> None:
-    seeded(fake)
-    ids = lead_ids(fake)
+    ids = seeded(fake)
     fake.remove_lead(ids[2])
     add = forms(amo).add_notes
 
@@ -316,8 +308,7 @@ async def test_a_refused_new_deal_creates_none(fake: FakeAmoCrm, amo: AmoCrm) ->
 async def test_the_fake_refuses_arrays_over_the_documented_limits(
     fake: FakeAmoCrm, amo: AmoCrm
 ) -> None:
-    seeded(fake)
-    lead = lead_ids(fake)[0]
+    lead = seeded(fake)[0]
     add = forms(amo).add_notes
     complex_create = forms(amo).create_contacts_and_deals
     with pytest.raises(PermanentCrmError, match=r"1\.\.250 items"):
@@ -334,8 +325,7 @@ async def test_the_fake_refuses_arrays_over_the_documented_limits(
 async def test_a_lost_answer_to_a_batch_write_may_have_landed(
     fake: FakeAmoCrm, amo: AmoCrm
 ) -> None:
-    seeded(fake)
-    ids = lead_ids(fake)
+    ids = seeded(fake)
     add = forms(amo).add_notes
     complex_create = forms(amo).create_contacts_and_deals
 
@@ -358,8 +348,7 @@ async def test_a_lost_answer_to_a_batch_write_may_have_landed(
 
 
 async def test_a_timed_out_patch_is_retried_quickly(fake: FakeAmoCrm, amo: AmoCrm) -> None:
-    seeded(fake)
-    ids = lead_ids(fake)
+    ids = seeded(fake)
     update = forms(amo).update_deals
     fake.fail_after_apply(kind="timeout", method="PATCH", path_prefix="/api/v4/leads")
 
@@ -373,8 +362,7 @@ async def test_a_429_is_retried_quickly_and_a_batch_is_one_request_for_the_rate(
     fake: FakeAmoCrm, amo: AmoCrm
 ) -> None:
     fake.monotonic = lambda: 100.0  # the fake's rate window frozen: all in one second
-    seeded(fake)
-    ids = lead_ids(fake)
+    ids = seeded(fake)
     add = forms(amo).add_notes
     get = forms(amo).get_deals
     fake.fail_next(status=429, path_prefix="/api/v4/leads/notes")
@@ -399,8 +387,7 @@ async def test_an_item_missing_from_the_answer_is_its_own_maybe_applied_error(
             body["_embedded"]["notes"].pop()
         return body
 
-    seeded(fake)
-    ids = lead_ids(fake)
+    ids = seeded(fake)
     async with closing(make_adapter(fake, transport=rewriting(fake, drop_last_note))) as (adapter,):
         results = await forms(adapter).add_notes([(deal_id, "Оплата") for deal_id in ids])
 
