@@ -9,7 +9,6 @@ import json
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -32,16 +31,13 @@ from bridge.domain import (
 )
 from bridge.errors import AuthError, PermanentCrmError, RateLimited, TransientCrmError
 from bridge.rules import contact_matches
-from bridge.settings import load_file_config
 from tests.clock import ManualClock
 from tests.fakes.salesforce import PARTNERS, SITE, YANDEX, FakeSalesforce
+from tests.test_salesforce_adapter import CONFIG, CUSTOMER
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIG = load_file_config(ROOT / "etc" / "crm-salesforce.example.toml").crm["salesforce"]
 V = "68.0"
 DATA = sf.data_path(V)
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC).timestamp()
-CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
 KEYS = CUSTOMER.lookup_keys()
 
 

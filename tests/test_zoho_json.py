@@ -48,14 +48,12 @@ from bridge.domain import (
     Utm,
 )
 from bridge.errors import AuthError, PermanentCrmError, RateLimited, TransientCrmError
-from bridge.settings import load_file_config
 from tests.fakes import zoho_openapi
 from tests.fakes.zoho import FakeZoho
 from tests.fakes.zoho_openapi import SpecsMissing, ZohoOpenApi
 from tests.fakes.zoho_query import QueryError, parse_coql
+from tests.test_zoho_adapter import CONFIG
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIG = load_file_config(ROOT / "etc" / "crm-zoho.example.toml").crm["zoho"]
 TG = LookupKey(KeyKind.TELEGRAM_ID, "123456789")
 PHONE = LookupKey(KeyKind.PHONE, "+79991234567")
 EMAIL = LookupKey(KeyKind.EMAIL, "ivan@example.com")
