@@ -16,10 +16,10 @@ from bridge.crm.amocrm import AmoCrm, build_amocrm
 from bridge.domain import Contact, Customer, Deal, FieldKind, FieldUpdate, NewContact, Utm
 from bridge.errors import CrmError, PermanentCrmError, TransientCrmError
 from bridge.settings import CrmConfig
-from tests.batch_support import closing, forms
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.memory import adapter_on
 from tests.test_amocrm_adapter import CONFIG, PAYMENT_ID, SITE, SITE_WORKING, TOTAL, new_deal
+from tests.vendor_support import closing, forms
 
 NOW = 1_737_000_000  # both twins' clock: ids and timestamps then match item for item
 UNKNOWN_FIELD = "999999"

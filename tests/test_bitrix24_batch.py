@@ -25,7 +25,6 @@ from bridge.domain import (
     Utm,
 )
 from bridge.errors import CrmError, PermanentCrmError, TransientCrmError
-from tests.batch_support import closing, forms
 from tests.crm_cases import CUSTOMER
 from tests.fakes.bitrix24 import FakeBitrix24
 from tests.test_bitrix24_adapter import (
@@ -37,6 +36,7 @@ from tests.test_bitrix24_adapter import (
     new_contact,
     new_deal,
 )
+from tests.vendor_support import closing, forms
 
 BAD_FIELD = FieldUpdate("UF_CRM_NO_SUCH", FieldKind.TEXT, "x")  # the fake refuses it
 

@@ -16,7 +16,6 @@ import pytest
 
 from bridge.domain import Contact, Customer, Deal, FieldKind, FieldUpdate, NewContact
 from bridge.errors import PermanentCrmError, TransientCrmError
-from tests.batch_support import Forms, closing
 from tests.fakes.hubspot import FakeHubSpot
 from tests.test_hubspot_adapter import (
     CONFIG,
@@ -30,6 +29,7 @@ from tests.test_hubspot_adapter import (
     new_contact,
     new_deal,
 )
+from tests.vendor_support import Forms, closing
 
 OBJECTS = "/crm/objects/2026-09"
 IDS = CONFIG.deal_fields

@@ -348,31 +348,14 @@ def test_schema_from_teams_stages_and_fields() -> None:
         ),
     ]
     assert oj.won_stage_ids(stages) == ("4",)
+    columns = ("id", "name", "model", "field_description", "ttype", "relation")
     rows = [
-        {
-            "id": 3827,
-            "name": "x_direction",
-            "model": "crm.lead",
-            "field_description": "Direction",
-            "ttype": "selection",
-            "relation": False,
-        },
-        {
-            "id": 3828,
-            "name": "x_subject_ids",
-            "model": "crm.lead",
-            "field_description": "Subjects",
-            "ttype": "many2many",
-            "relation": "crm.tag",
-        },
-        {
-            "id": 3829,
-            "name": "x_telegram_id",
-            "model": "res.partner",
-            "field_description": "Telegram",
-            "ttype": "char",
-            "relation": False,
-        },
+        dict(zip(columns, values, strict=True))
+        for values in (
+            (3827, "x_direction", "crm.lead", "Direction", "selection", False),
+            (3828, "x_subject_ids", "crm.lead", "Subjects", "many2many", "crm.tag"),
+            (3829, "x_telegram_id", "res.partner", "Telegram", "char", False),
+        )
     ]
     selections = [{"field_id": [3827, "Direction"], "value": "ege", "name": "ЕГЭ"}]
     assert oj.relation_models(rows) == ["crm.tag"]

@@ -76,12 +76,16 @@ async def call(http: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -
     return body
 
 
+async def query(http: httpx.AsyncClient, soql: str) -> Any:
+    return await call(http, "GET", f"{DATA}/query", params={"q": soql})
+
+
 async def lookup(http: httpx.AsyncClient, keys: tuple[LookupKey, ...]) -> list[Any]:
     """What the adapter's find_contact sends: one query, or a batch of query and search."""
     soql, sosl = sf.contact_soql(keys, CONFIG), sf.contact_sosl(keys, CONFIG)
     assert soql is not None
     if sosl is None:
-        rows, _ = sf.query_rows(await call(http, "GET", f"{DATA}/query", params={"q": soql}))
+        rows, _ = sf.query_rows(await query(http, soql))
     else:
         answer = await call(
             http, "POST", f"{DATA}/composite/batch", json=sf.lookup_batch_json(V, soql, sosl)
@@ -349,9 +353,7 @@ async def test_open_deals_of_a_contact_newest_first_with_their_contacts(
     await call(
         client, "POST", f"{DATA}/sobjects/OpportunityContactRole", json=sf.role_json(old, partner)
     )
-    rows, following = sf.query_rows(
-        await call(client, "GET", f"{DATA}/query", params={"q": sf.deals_soql(me, CONFIG)})
-    )
+    rows, following = sf.query_rows(await query(client, sf.deals_soql(me, CONFIG)))
     deals = [sf.deal_from_json(row, CONFIG) for row in rows]
     assert following is None
     assert [deal.id for deal in deals] == [new, old]  # the role write touched no deal
@@ -364,15 +366,11 @@ async def test_open_deals_of_a_contact_newest_first_with_their_contacts(
 async def test_one_deal_open_or_closed(fake: FakeSalesforce, client: httpx.AsyncClient) -> None:
     me = fake.add_contact(LastName="Я")
     deal = fake.add_deal(me, stage="Closed Lost", Amount=10.5)
-    rows, _ = sf.query_rows(
-        await call(client, "GET", f"{DATA}/query", params={"q": sf.deal_soql(deal, CONFIG)})
-    )
+    rows, _ = sf.query_rows(await query(client, sf.deal_soql(deal, CONFIG)))
     parsed = sf.deal_from_json(rows[0], CONFIG)
     assert parsed.is_closed and parsed.contact_ids == (me,) and parsed.price == Decimal("10.5")
     fake.move_deal(deal, "Closed Lost", deleted=True)
-    rows, _ = sf.query_rows(
-        await call(client, "GET", f"{DATA}/query", params={"q": sf.deal_soql(deal, CONFIG)})
-    )
+    rows, _ = sf.query_rows(await query(client, sf.deal_soql(deal, CONFIG)))
     assert rows == []
     with pytest.raises(ValueError, match="not a Salesforce record id"):
         sf.deal_soql("006' OR Name != '", CONFIG)
@@ -383,9 +381,7 @@ async def test_notes_round_trip_in_full(fake: FakeSalesforce, client: httpx.Asyn
     text = "Оплата проведена\n\nСумма: 11500.50 RUB\nPayment ID: pay-1 <b>&</b>"
     await call(client, "POST", f"{DATA}/sobjects/Note", json=sf.note_create_json(deal, text))
     fake.add_note(deal, "от менеджера")
-    rows, _ = sf.query_rows(
-        await call(client, "GET", f"{DATA}/query", params={"q": sf.notes_soql(deal)})
-    )
+    rows, _ = sf.query_rows(await query(client, sf.notes_soql(deal)))
     assert [sf.note_text(row) for row in rows] == [text, "от менеджера"]
     assert sf.note_create_json(deal, text)["Title"] == "Оплата проведена"
     with pytest.raises(ValueError, match="32000"):
@@ -396,12 +392,7 @@ async def test_soql_mixing_and_with_or_needs_parentheses(
     fake: FakeSalesforce, client: httpx.AsyncClient
 ) -> None:
     with pytest.raises(PermanentCrmError, match="MALFORMED_QUERY"):
-        await call(
-            client,
-            "GET",
-            f"{DATA}/query",
-            params={"q": "SELECT Id FROM Contact WHERE Email = 'a' AND Phone = 'b' OR Id = 'c'"},
-        )
+        await query(client, "SELECT Id FROM Contact WHERE Email = 'a' AND Phone = 'b' OR Id = 'c'")
 
 
 # ---- schema -------------------------------------------------------------------------
@@ -486,12 +477,12 @@ def test_a_non_json_error_still_maps_by_status() -> None:
 async def test_an_expired_session_answers_401_invalid_session_id(
     fake: FakeSalesforce, client: httpx.AsyncClient, clock: ManualClock
 ) -> None:
-    await call(client, "GET", f"{DATA}/query", params={"q": "SELECT Id FROM Contact"})
+    await query(client, "SELECT Id FROM Contact")
     clock.advance(7199)  # used: the session lives on
-    await call(client, "GET", f"{DATA}/query", params={"q": "SELECT Id FROM Contact"})
+    await query(client, "SELECT Id FROM Contact")
     clock.advance(7200)
     with pytest.raises(AuthError, match="INVALID_SESSION_ID"):
-        await call(client, "GET", f"{DATA}/query", params={"q": "SELECT Id FROM Contact"})
+        await query(client, "SELECT Id FROM Contact")
 
 
 async def token(
@@ -631,11 +622,11 @@ async def test_usage_is_read_from_every_answer_and_a_spent_allocation_waits(
             http, "POST", f"{DATA}/composite/batch", json=sf.lookup_batch_json(V, soql, sosl)
         )
         assert (usage.used, usage.limit) == (2, 3)  # a batch counts per sub-request
-        await call(http, "GET", f"{DATA}/query", params={"q": soql})
+        await query(http, soql)
         assert usage.holding_back()
         fake.api_used = 3
         with pytest.raises(RateLimited, match="REQUEST_LIMIT_EXCEEDED"):
-            await call(http, "GET", f"{DATA}/query", params={"q": soql})
+            await query(http, soql)
         assert fake.contacts() == []
     with pytest.raises(RateLimited):
         usage.require()

@@ -1,5 +1,5 @@
-"""What the batch-form tests (tests/test_*_batch.py) share: a CRM's batch forms, each taken
-as one the CRM must have, and adapters closed however the test ends, so that a batch form
+"""Set-up the vendor tests share: adapters closed however a test ends, and a CRM's batch
+forms (tests/test_*_batch.py), each taken as one the CRM must have, so that a batch form
 and its per-call method can be run side by side on twin fakes seeded alike."""
 
 from __future__ import annotations
