@@ -12,22 +12,23 @@ from typing import Any
 import httpx
 import pytest
 
-from bridge.crm.amocrm import AmoCrm, build_amocrm
+from bridge.crm.amocrm import AmoCrm
 from bridge.domain import Contact, Customer, Deal, FieldKind, FieldUpdate, NewContact, Utm
 from bridge.errors import CrmError, PermanentCrmError, TransientCrmError
-from bridge.settings import CrmConfig
 from tests.fakes.amocrm import FakeAmoCrm
-from tests.fakes.memory import adapter_on
-from tests.test_amocrm_adapter import CONFIG, PAYMENT_ID, SITE, SITE_WORKING, TOTAL, new_deal
+from tests.test_amocrm_adapter import (
+    CONFIG,
+    PAYMENT_ID,
+    SITE,
+    SITE_WORKING,
+    TOTAL,
+    make_adapter,
+    new_deal,
+)
 from tests.vendor_support import closing, forms
 
 NOW = 1_737_000_000  # both twins' clock: ids and timestamps then match item for item
 UNKNOWN_FIELD = "999999"
-
-
-def make_adapter(fake: FakeAmoCrm, *, config: CrmConfig = CONFIG, **options: Any) -> AmoCrm:
-    static = {"amocrm_access_token": fake.issue_token(ttl=3600)}
-    return adapter_on(build_amocrm, fake, config, static=static, **options)
 
 
 def twin() -> FakeAmoCrm:
@@ -41,9 +42,8 @@ def fake() -> FakeAmoCrm:
 
 @pytest.fixture
 async def amo(fake: FakeAmoCrm) -> AsyncIterator[AmoCrm]:
-    adapter = make_adapter(fake)
-    yield adapter
-    await adapter.connection.aclose()
+    async with closing(make_adapter(fake)) as (adapter,):
+        yield adapter
 
 
 async def per_call(run: Callable[[AmoCrm], Awaitable[Any]]) -> tuple[FakeAmoCrm, Any]:

@@ -48,9 +48,8 @@ def fake() -> FakeBitrix24:
 
 @pytest.fixture
 async def bx(fake: FakeBitrix24) -> AsyncIterator[Bitrix24]:
-    adapter = make_adapter(fake)
-    yield adapter
-    await adapter.connection.aclose()
+    async with closing(make_adapter(fake)) as (adapter,):
+        yield adapter
 
 
 def customer(n: int, *, telegram: bool = True) -> Customer:
