@@ -40,6 +40,11 @@ def test_options_need_a_database_and_a_login_for_jsonrpc() -> None:
         oj.OdooOptions.from_config("odoo", {"database": "db", "api": "xmlrpc"})
     with pytest.raises(ConfigError, match="unknown"):
         oj.OdooOptions.from_config("odoo", {"database": "db", "uid": 2})
+    # The reason an order cancelled in the platform is archived with (test_odoo_orders).
+    with pytest.raises(ConfigError, match="lost_reason_id"):
+        oj.OdooOptions.from_config("odoo", {"database": "db", "lost_reason_id": "Too dear"})
+    lost = oj.OdooOptions.from_config("odoo", {"database": "db", "lost_reason_id": 3})
+    assert lost == oj.OdooOptions("db", lost_reason_id=3)
 
 
 def test_search_read_is_encoded_as_the_recorded_request_and_by_name_for_json2() -> None:

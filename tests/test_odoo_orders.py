@@ -22,7 +22,7 @@ from bridge.domain import (
     NewDeal,
     OrderItem,
 )
-from bridge.errors import ConfigError, PermanentCrmError
+from bridge.errors import PermanentCrmError
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, OrderFieldIds, OrderStage, load_file_config
 from tests.fakes.odoo import EXAMPLE_CONFIG, FakeOdoo, example_config, example_odoo
@@ -181,14 +181,6 @@ async def test_nothing_to_change_sends_nothing() -> None:
     await warm(adapter, fake)
     await adapter.change_deal("1", DealChange())
     assert fake.calls == []
-
-
-def test_the_lost_reason_option_is_a_record_id() -> None:
-    with pytest.raises(ConfigError, match="lost_reason_id"):
-        oj.OdooOptions.from_config("odoo", {"database": "db", "lost_reason_id": "Too dear"})
-    assert oj.OdooOptions.from_config("odoo", {"database": "db", "lost_reason_id": 3}) == (
-        oj.OdooOptions("db", lost_reason_id=3)
-    )
 
 
 async def test_check_and_discover_cover_the_order_stages_and_fields() -> None:
