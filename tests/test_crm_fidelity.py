@@ -11,48 +11,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from bridge.app import create_app
-from bridge.settings import FileConfig, load_file_config
-from tests.conftest import Bridge, crm_calls, make_settings, payment_payload, wait_until
+from tests.conftest import crm_calls, payment_payload, wait_until
+from tests.crm_cases import BY_NAME, Run, running
 from tests.fakes.amocrm import FakeAmoCrm
-from tests.fakes.bitrix24 import EXAMPLE_CONFIG as BITRIX_EXAMPLE
 from tests.fakes.bitrix24 import FakeBitrix24
 from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.pipedrive import FakePipedrive
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def only_crm(path: Path, name: str, **changes: Any) -> FileConfig:
-    config = load_file_config(path)
-    section = config.crm[name].model_copy(update={"enabled": True, **changes})
-    return config.model_copy(update={"crm": {name: section}})
-
-
-def runner(
-    tmp_path: Path, fake: Any, file: FileConfig, secret: str, value: str
-) -> Callable[..., Any]:
-    """`async with run(**settings_overrides) as bridge:` — the app with `file`'s one CRM
-    on `fake`, its secret setting `secret` holding `value` unless overridden."""
-    (name,) = file.crm
-
-    @asynccontextmanager
-    async def factory(**overrides: Any) -> AsyncIterator[Bridge]:
-        overrides.setdefault(secret, value)
-        settings = make_settings(tmp_path, file, **overrides)
-        app = create_app(settings, transports={name: fake.transport()})
-        async with AsyncTestClient(app=app) as client:
-            yield Bridge(client, settings, fake)
-
-    return factory
 
 
 def customer(payment_id: str, n: int) -> dict[str, Any]:
@@ -70,14 +40,10 @@ def fake_hub() -> FakeHubSpot:
 
 
 @pytest.fixture
-def run_hub(tmp_path: Path, fake_hub: FakeHubSpot) -> Callable[..., Any]:
-    file = only_crm(
-        ROOT / "etc" / "crm-hubspot.example.toml",
-        "hubspot",
-        base_url="https://api.hubapi.test",
-        excluded_status_ids=(),  # the second payment goes to the first one's deal
-    )
-    return runner(tmp_path, fake_hub, file, "hubspot_access_token", fake_hub.issue_token())
+def run_hub(tmp_path: Path, fake_hub: FakeHubSpot) -> Run:
+    case = BY_NAME["hubspot"]
+    # No excluded stage: the second payment goes to the first one's deal.
+    return partial(running(case, fake_hub, tmp_path), case.file_config(excluded_status_ids=()))
 
 
 async def test_hubspot_date_property_gets_the_payment_date(run_hub, fake_hub) -> None:
@@ -96,15 +62,6 @@ async def test_hubspot_date_property_gets_the_payment_date(run_hub, fake_hub) ->
     property_reads = [c for c in fake_hub.calls if c.path.startswith("/crm/properties/")]
     assert len(property_reads) == 1
     assert second_calls == 3  # deal read by id, deal update, note: as with date-times
-
-
-async def test_hubspot_datetime_property_costs_no_property_read(run_hub, fake_hub) -> None:
-    async with run_hub() as bridge:
-        response = await bridge.post_payment(payment_payload("pay_t1"))
-    assert response.json()["status"] == "success", response.text
-    [deal] = fake_hub.deals()
-    assert fake_hub.deal_field(deal["id"], "last_payment_at") == "2025-01-20T11:49:20.000Z"
-    assert not [c for c in fake_hub.calls if c.path.startswith("/crm/properties/")]
 
 
 # ---- amoCRM 403, Bitrix24 user_access_error (item 21) ---------------------------------
@@ -141,9 +98,8 @@ def fake_bx() -> FakeBitrix24:
 
 
 @pytest.fixture
-def run_bx(tmp_path: Path, fake_bx: FakeBitrix24) -> Callable[..., Any]:
-    file = only_crm(BITRIX_EXAMPLE, "bitrix24")
-    return runner(tmp_path, fake_bx, file, "bitrix24_webhook_url", fake_bx.webhook_url())
+def run_bx(tmp_path: Path, fake_bx: FakeBitrix24) -> Run:
+    return running(BY_NAME["bitrix24"], fake_bx, tmp_path)
 
 
 async def test_bitrix24_user_access_error_pauses_the_crm(run_bx, fake_bx) -> None:
@@ -231,13 +187,8 @@ def fake_pd() -> FakePipedrive:
 
 
 @pytest.fixture
-def run_pd(tmp_path: Path, fake_pd: FakePipedrive) -> Callable[..., Any]:
-    file = only_crm(
-        ROOT / "etc" / "crm-pipedrive.example.toml",
-        "pipedrive",
-        base_url="https://example.pipedrive.test",
-    )
-    return runner(tmp_path, fake_pd, file, "pipedrive_api_token", fake_pd.issue_api_token())
+def run_pd(tmp_path: Path, fake_pd: FakePipedrive) -> Run:
+    return running(BY_NAME["pipedrive"], fake_pd, tmp_path)
 
 
 @pytest.mark.parametrize(
