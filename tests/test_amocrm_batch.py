@@ -242,7 +242,7 @@ async def test_create_contacts_and_deals_is_one_complex_with_per_call_results(
     alone, expected = await per_call(singly)
     assert created == expected
     assert (fake.leads(), fake.contacts()) == (alone.leads(), alone.contacts())
-    contact, deal = created[0]  # type: ignore[misc]
+    contact, deal = created[0]
     assert deal.contact_ids == (contact.id,) and contact.deal_ids == (deal.id,)
 
 
@@ -399,25 +399,24 @@ async def test_an_item_missing_from_the_answer_is_its_own_maybe_applied_error(
 
 async def test_many_contacts_deals_come_in_two_reads_as_list_deals_reads_them() -> None:
     fake = FakeAmoCrm(CONFIG, rate_limit=1000)  # the per-call reads to compare with are many
-    amo = make_adapter(fake)
-    contacts: list[Contact] = []
-    knowns: list[list[Deal]] = []
-    for n in range(4):  # 0 to 3 deals each, one of them just read
-        contact = fake.add_contact(f"C{n}", phones=[f"+7999300{n:04d}"])
-        for _ in range(n):
-            fake.add_lead(contact, pipeline_id=SITE, status_id=142)
-        contacts.append(Contact(id=str(contact)))
-        knowns.append((await amo.list_deals(Contact(id=str(contact))))[:1])
-    singles = [await amo.list_deals(c, k) for c, k in zip(contacts, knowns, strict=True)]
-    fake.calls.clear()
-    items = [*zip(contacts, knowns, strict=True), (Contact(id="999999"), [])]
-    answers = await forms(amo).list_deals(items)  # type: ignore[misc]
-    assert [(c.method, c.path) for c in fake.calls] == [
-        ("GET", "/api/v4/contacts"),
-        ("GET", "/api/v4/leads"),
-    ]
-    for single, answer in zip(singles, answers[:4], strict=True):
-        assert isinstance(answer, list)
-        assert {d.id: d.fields for d in answer} == {d.id: d.fields for d in single}
-    assert isinstance(answers[4], PermanentCrmError) and "999999" in answers[4].message
-    await amo.connection.aclose()
+    async with closing(make_adapter(fake)) as (amo,):
+        contacts: list[Contact] = []
+        knowns: list[list[Deal]] = []
+        for n in range(4):  # 0 to 3 deals each, one of them just read
+            contact = fake.add_contact(f"C{n}", phones=[f"+7999300{n:04d}"])
+            for _ in range(n):
+                fake.add_lead(contact, pipeline_id=SITE, status_id=142)
+            contacts.append(Contact(id=str(contact)))
+            knowns.append((await amo.list_deals(Contact(id=str(contact))))[:1])
+        singles = [await amo.list_deals(c, k) for c, k in zip(contacts, knowns, strict=True)]
+        fake.calls.clear()
+        items = [*zip(contacts, knowns, strict=True), (Contact(id="999999"), [])]
+        answers = await forms(amo).list_deals(items)
+        assert [(c.method, c.path) for c in fake.calls] == [
+            ("GET", "/api/v4/contacts"),
+            ("GET", "/api/v4/leads"),
+        ]
+        for single, answer in zip(singles, answers[:4], strict=True):
+            assert isinstance(answer, list)
+            assert {d.id: d.fields for d in answer} == {d.id: d.fields for d in single}
+        assert isinstance(answers[4], PermanentCrmError) and "999999" in answers[4].message

@@ -491,7 +491,7 @@ async def test_known_deals_are_not_read_again_and_answer_as_list_deals_does(
     items = [(Contact(id=c), tuple(deals)) for c, deals in known.items() if None not in deals]
     assert len(items) == 3
 
-    listed = await batched.forms.list_deals(items)  # type: ignore[arg-type]
+    listed = await batched.forms.list_deals(items)
 
     expected = [await single.hub.list_deals(c, known_single[c.id]) for c, _ in items]  # type: ignore[arg-type]
     assert listed == expected
@@ -502,7 +502,7 @@ async def test_known_deals_are_not_read_again_and_answer_as_list_deals_does(
     assert ids["shared"] in {entry["id"] for entry in read["inputs"]}  # Ivan's, not known
     # Petr's only deal is known: with him alone nothing is left to read.
     batched.fake.calls.clear()
-    assert await batched.forms.list_deals([items[2]]) == [expected[2]]  # type: ignore[list-item]
+    assert await batched.forms.list_deals([items[2]]) == [expected[2]]
     assert batched.paths() == [ASSOCIATIONS_READ]
 
 
@@ -547,5 +547,5 @@ async def test_a_contact_whose_links_could_not_be_read_fails_alone(twin: Twin) -
 
     ivan, maria = await twin.forms.list_deals(items)
 
-    assert [deal.id for deal in ivan] == [twin.deals[0]]  # type: ignore[union-attr]
+    assert [deal.id for deal in ivan] == [twin.deals[0]]
     assert isinstance(maria, TransientCrmError) and "INTERNAL_ERROR" in maria.message
