@@ -81,17 +81,14 @@ async def query(http: httpx.AsyncClient, soql: str) -> Any:
 
 
 async def lookup(http: httpx.AsyncClient, keys: tuple[LookupKey, ...]) -> list[Any]:
-    """What the adapter's find_contact sends: one query, or a batch of query and search."""
+    """What the adapter's find_contact sends for keys with a phone: a batch of query and search."""
     soql, sosl = sf.contact_soql(keys, CONFIG), sf.contact_sosl(keys, CONFIG)
-    assert soql is not None
-    if sosl is None:
-        rows, _ = sf.query_rows(await query(http, soql))
-    else:
-        answer = await call(
-            http, "POST", f"{DATA}/composite/batch", json=sf.lookup_batch_json(V, soql, sosl)
-        )
-        queried, searched = sf.batch_results("salesforce", answer)
-        rows = [*sf.query_rows(queried)[0], *sf.search_rows(searched)]
+    assert soql is not None and sosl is not None
+    batch = sf.lookup_batch_json(V, soql, sosl)
+    queried, searched = sf.batch_results(
+        "salesforce", await call(http, "POST", f"{DATA}/composite/batch", json=batch)
+    )
+    rows = [*sf.query_rows(queried)[0], *sf.search_rows(searched)]
     return [sf.contact_from_json(row, CONFIG) for row in rows]
 
 
@@ -153,16 +150,6 @@ async def test_one_request_covers_every_key_and_the_flow_picks_by_priority(
     assert [
         hit.id for hit in hits if contact_matches(hit, LookupKey(KeyKind.EMAIL, "ivan@example.com"))
     ] == [by_email]
-
-
-async def test_without_a_phone_the_lookup_is_one_soql_query(
-    fake: FakeSalesforce, client: httpx.AsyncClient
-) -> None:
-    fake.add_contact(LastName="A", Email="ivan@example.com")
-    keys = (LookupKey(KeyKind.EMAIL, "ivan@example.com"),)
-    hits = await lookup(client, keys)
-    assert len(hits) == 1 and fake.searches() == 0
-    assert fake.calls[-1].path == f"{DATA}/query"
 
 
 async def test_a_contact_just_written_is_found_before_the_search_index_has_it(
