@@ -289,7 +289,7 @@ def test_the_master_record_type_is_never_sent() -> None:
 
 
 async def test_every_configured_field_is_accepted_by_the_orgs_describe(
-    fake: FakeSalesforce, client: httpx.AsyncClient
+    client: httpx.AsyncClient,
 ) -> None:
     described = await call(client, "GET", f"{DATA}/sobjects/Opportunity/describe")
     by_name = {f["name"]: f for f in described["fields"]}
@@ -299,9 +299,7 @@ async def test_every_configured_field_is_accepted_by_the_orgs_describe(
         if definition["type"] in ("picklist", "multipicklist"):
             options = {v["value"] for v in definition["picklistValues"] if v["active"]}
             assert set(str(value).split(";")) <= options
-    deal = fake.add_deal(None)
-    await call(client, "PATCH", f"{DATA}/sobjects/Opportunity/{deal}", json=sf.fields_json(FIELDS))
-    assert fake.deal_field(deal, "Total_Paid__c") == 23000
+    # The org taking every kind in a PATCH: test_contract's update_deal test.
 
 
 @pytest.mark.parametrize(
