@@ -15,7 +15,6 @@ from urllib.parse import parse_qsl
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bridge.crm import salesforce_json as sf
 from bridge.crm.salesforce_limits import ApiUsage, parse_limit_info, usage_hooks
@@ -502,20 +501,14 @@ async def test_the_jwt_bearer_grant_mints_a_session_without_refresh_token(
 
 
 async def test_jwt_refusals_are_oauth_errors(fake: FakeSalesforce, clock: ManualClock) -> None:
-    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     key = sf.load_private_key(fake.private_key_pem)
+    # A key the app does not know and a user who has not approved it: test_salesforce_auth.
     cases = {
-        "invalid_grant: invalid assertion": sf.jwt_assertion(
-            other, fake.consumer_key, fake.usernames[0], fake.audience, clock()
-        ),
         "invalid_client_id: client identifier invalid": sf.jwt_assertion(
             key, "nope", fake.usernames[0], fake.audience, clock()
         ),
         "invalid_grant: audience is invalid": sf.jwt_assertion(
             key, fake.consumer_key, fake.usernames[0], "https://test.salesforce.com", clock()
-        ),
-        "invalid_grant: user hasn't approved this consumer": sf.jwt_assertion(
-            key, fake.consumer_key, "who@x.io", fake.audience, clock()
         ),
         "invalid_grant: expired authorization code": sf.jwt_assertion(
             key, fake.consumer_key, fake.usernames[0], fake.audience, clock() - 600
