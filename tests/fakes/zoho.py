@@ -38,10 +38,9 @@ Accounts (companies) are a module like Contacts: created, searched, read by COQL
 from a contact's or a deal's `Account_Name` lookup.
 
 Setup and inspection (not logged as calls): `add_contact`, `add_deal`, `move_deal`,
-`add_company`, `companies()`, `delete_record`, `add_note`, `contact(id)`, `deal(id)`,
-`contacts()`, `deals()`,
-`notes(deal_id)`, `credits_used`, `issue_oauth_pair`, `register_code`,
-`expire_all_access_tokens`, `revoke_refresh_tokens`, `set_time_zone`.
+`add_company`, `companies()`, `add_note`, `contact(id)`, `deal(id)`, `contacts()`,
+`deals()`, `notes(deal_id)`, `credits_used`, `issue_oauth_pair`, `register_code`,
+`expire_all_access_tokens`.
 """
 
 from __future__ import annotations
@@ -96,8 +95,7 @@ OWNER = {"name": "Bridge Admin", "id": "5725767000000235001", "email": "admin@ex
 def zoho_error(
     status: int, code: str, message: str, details: Mapping[str, Any] | None = None
 ) -> ApiError:
-    body = {"code": code, "details": dict(details or {}), "message": message, "status": "error"}
-    return ApiError(status, body)
+    return ApiError(status, _error_item(code, message, details or {}))
 
 
 @dataclass
@@ -184,11 +182,6 @@ class FakeZoho(OAuthFake, FakeService):
         with self._lock:
             self._code_expiry[code] = self.clock() + (self.code_ttl if ttl is None else ttl)
 
-    def revoke_refresh_tokens(self) -> None:
-        with self._lock:
-            self.tokens.refresh.clear()
-            self.tokens.access.clear()
-
     # ---- inspection and setup -------------------------------------------------------------
 
     @property
@@ -205,9 +198,6 @@ class FakeZoho(OAuthFake, FakeService):
         if path_prefix is None:
             total -= super().count(method, "/oauth/v2/token", status)
         return total
-
-    def set_time_zone(self, name: str) -> None:
-        self.zone = ZoneInfo(name)
 
     def add_contact(
         self,
@@ -293,12 +283,7 @@ class FakeZoho(OAuthFake, FakeService):
         return self._insert_direct("Accounts", values, None)
 
     def companies(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [{"id": r.id, **r.values} for r in self._live("Accounts")]
-
-    def delete_record(self, module: str, record_id: str) -> None:
-        with self._lock:
-            self.records[module][record_id].deleted = True
+        return self._listed("Accounts")
 
     def add_note(self, deal_id: str, text: str, title: str = "") -> str:
         values = {"Note_Title": title, "Note_Content": text, "Parent_Id": {"id": deal_id}}
@@ -313,12 +298,14 @@ class FakeZoho(OAuthFake, FakeService):
             return dict(self.records["Deals"][record_id].values)
 
     def contacts(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [{"id": r.id, **r.values} for r in self._live("Contacts")]
+        return self._listed("Contacts")
 
     def deals(self) -> list[dict[str, Any]]:
+        return self._listed("Deals")
+
+    def _listed(self, module: str) -> list[dict[str, Any]]:
         with self._lock:
-            return [{"id": r.id, **r.values} for r in self._live("Deals")]
+            return [{"id": r.id, **r.values} for r in self._live(module)]
 
     def notes(self, deal_id: str) -> list[str]:
         with self._lock:
@@ -352,12 +339,7 @@ class FakeZoho(OAuthFake, FakeService):
     def _check_stage(self, values: dict[str, Any], *, creating: bool, index: int) -> None:
         pipeline = values.get("Pipeline")
         if creating and not pipeline:
-            raise RecordError(
-                "MANDATORY_NOT_FOUND",
-                "required field not found",
-                "Pipeline",
-                f"$.data[{index}].Pipeline",
-            )
+            raise RecordError.missing("Pipeline", index)
         stage = values.get("Stage")
         if pipeline and stage:
             maps = next(
@@ -420,9 +402,10 @@ class FakeZoho(OAuthFake, FakeService):
 
     def _limited(self, message: str) -> FakeResponse:
         self.throttled += 1
-        body = {"code": "TOO_MANY_REQUESTS", "details": {}, "message": message, "status": "error"}
-        headers = {} if self.retry_after is None else {"retry-after": str(self.retry_after)}
-        return FakeResponse(429, body, headers)
+        response = zoho_error(429, "TOO_MANY_REQUESTS", message).response
+        if self.retry_after is not None:
+            response.headers["retry-after"] = str(self.retry_after)
+        return response
 
     def _too_many(self) -> FakeResponse:
         return self._limited("too many requests")
@@ -506,20 +489,13 @@ class FakeZoho(OAuthFake, FakeService):
         if isinstance(parent, dict):
             module = ((parent.get("module") or {}).get("api_name")) or module
             parent = parent.get("id")
-        path = f"$.data[{index}].Parent_Id"
         if not parent or not module:
-            raise RecordError("MANDATORY_NOT_FOUND", "required field not found", "Parent_Id", path)
+            raise RecordError.missing("Parent_Id", index)
         if module not in ("Contacts", "Deals") or not self._exists(module, str(parent)):
-            raise RecordError(
-                "INVALID_DATA", "the related id given seems to be invalid", "Parent_Id", path
-            )
+            message = "the related id given seems to be invalid"
+            raise RecordError("INVALID_DATA", message, "Parent_Id", f"$.data[{index}].Parent_Id")
         if not isinstance(record.get("Note_Content"), str) or not record["Note_Content"]:
-            raise RecordError(
-                "MANDATORY_NOT_FOUND",
-                "required field not found",
-                "Note_Content",
-                f"$.data[{index}].Note_Content",
-            )
+            raise RecordError.missing("Note_Content", index)
         rest = {k: v for k, v in record.items() if k != "Parent_Id"}
         checked = self.org.check_record(
             "Notes", rest, creating=False, exists=self._exists, index=index
@@ -554,9 +530,6 @@ class FakeZoho(OAuthFake, FakeService):
             if way == "criteria":
                 node = parse_criteria(value)
                 check_criteria(node, kind)
-
-                def hit(values: Mapping[str, Any]) -> bool:
-                    return matches_criteria(node, values, kind)
             else:
                 types = {
                     "email": ("email",),
@@ -565,17 +538,14 @@ class FakeZoho(OAuthFake, FakeService):
                 }
                 names = [n for n, f in self.org.fields[module].items() if f.data_type in types[way]]
                 criteria = "(" + "or".join(f"({n}:equals:{_escape(value)})" for n in names) + ")"
-                node = (
-                    parse_criteria(criteria) if len(names) > 1 else parse_criteria(criteria[1:-1])
-                )
-
-                def hit(values: Mapping[str, Any]) -> bool:
-                    return matches_criteria(node, values, kind)
+                node = parse_criteria(criteria if len(names) > 1 else criteria[1:-1])
         except QueryError as error:
             raise zoho_error(400, error.code, error.message, error.details) from error
         now = self.clock()
         found = [
-            rec for rec in self._live(module) if rec.searchable_from <= now and hit(rec.values)
+            rec
+            for rec in self._live(module)
+            if rec.searchable_from <= now and matches_criteria(node, rec.values, kind)
         ]
         return self._page(request, found, _field_list(request), max_total=2000)
 
@@ -706,28 +676,15 @@ class FakeZoho(OAuthFake, FakeService):
         if sub["method"] in ("POST", "PUT") and isinstance(body, dict):
             data = body.get("data")
             if isinstance(data, list) and len(data) > 1:
-                return FakeResponse(
-                    400,
-                    {
-                        "code": "LIMIT_EXCEEDED",
-                        "details": {"limit": 1},
-                        "message": "a composite sub-request writes one record",
-                        "status": "error",
-                    },
-                )
+                message = "a composite sub-request writes one record"
+                return zoho_error(400, "LIMIT_EXCEEDED", message, {"limit": 1}).response
         if (
             path.endswith("/search")
             and int(dict(query).get("per_page", "200") or 200) > COMPOSITE_READ_LIMIT
         ):
-            return FakeResponse(
-                400,
-                {
-                    "code": "LIMIT_EXCEEDED",
-                    "details": {"limit": COMPOSITE_READ_LIMIT},
-                    "message": "a composite sub-request reads at most 25 records",
-                    "status": "error",
-                },
-            )
+            message = "a composite sub-request reads at most 25 records"
+            details = {"limit": COMPOSITE_READ_LIMIT}
+            return zoho_error(400, "LIMIT_EXCEEDED", message, details).response
         for method, pattern, handler in self.routes:
             match = pattern.fullmatch(path)
             if (
@@ -740,15 +697,8 @@ class FakeZoho(OAuthFake, FakeService):
                 return handler(inner, *match.groups())
             except ApiError as error:
                 return error.response
-        return FakeResponse(
-            404,
-            {
-                "code": "INVALID_URL_PATTERN",
-                "details": {},
-                "message": "Please check if the URL trying to access is a correct one",
-                "status": "error",
-            },
-        )
+        message = "Please check if the URL trying to access is a correct one"
+        return zoho_error(404, "INVALID_URL_PATTERN", message).response
 
     # ---- routes: OAuth -----------------------------------------------------------------------
 
@@ -1006,7 +956,7 @@ def _module_param(request: FakeRequest) -> str:
 
 
 def _unauthorised(code: str, message: str) -> FakeResponse:
-    return FakeResponse(401, {"code": code, "details": {}, "message": message, "status": "error"})
+    return zoho_error(401, code, message).response
 
 
 def _success(rec: Rec, message: str, stamp: str) -> JSONDict:
@@ -1030,19 +980,10 @@ def _write_answer(items: list[JSONDict], *, created: bool) -> FakeResponse:
 def _data_of(body: Any) -> list[Any]:
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, list) or not data:
-        raise zoho_error(
-            400,
-            "MANDATORY_NOT_FOUND",
-            "required field not found",
-            {"api_name": "data", "json_path": "$.data"},
-        )
+        raise _invalid("MANDATORY_NOT_FOUND", "required field not found", "data", "$.data")
     if len(data) > 100:
-        raise zoho_error(
-            400,
-            "LIMIT_EXCEEDED",
-            "at most 100 records per call",
-            {"api_name": "data", "limit": 100},
-        )
+        details = {"api_name": "data", "limit": 100}
+        raise zoho_error(400, "LIMIT_EXCEEDED", "at most 100 records per call", details)
     return data
 
 

@@ -276,9 +276,6 @@ class Org:
             for index, (name, pipeline_id) in enumerate(self.pipelines.items())
         ]
 
-    def stage_forecast(self, name: str) -> str:
-        return next((s.forecast_type for s in self.stages if s.name == name), "Open")
-
     # ---- checking written values -------------------------------------------------------
 
     def check_record(
@@ -304,19 +301,14 @@ class Org:
                 raise RecordError("INVALID_DATA", "invalid field", name, path)
             if value is None:
                 if definition.mandatory:
-                    raise RecordError("MANDATORY_NOT_FOUND", "required field not found", name, path)
+                    raise RecordError.missing(name, index)
                 out[name] = None
                 continue
             out[name] = self._check_value(definition, value, path, exists)
         if creating:
             for definition in defs.values():
                 if definition.mandatory and out.get(definition.api_name) in (None, ""):
-                    raise RecordError(
-                        "MANDATORY_NOT_FOUND",
-                        "required field not found",
-                        definition.api_name,
-                        f"$.data[{index}].{definition.api_name}",
-                    )
+                    raise RecordError.missing(definition.api_name, index)
         return out
 
     def _check_value(
@@ -404,6 +396,12 @@ class RecordError(Exception):
         self.details: dict[str, Any] = {"api_name": api_name, "json_path": json_path}
         if expected:
             self.details["expected_data_type"] = expected
+
+    @classmethod
+    def missing(cls, api_name: str, index: int) -> RecordError:
+        """A mandatory field that `data[index]` does not give."""
+        path = f"$.data[{index}].{api_name}"
+        return cls("MANDATORY_NOT_FOUND", "required field not found", api_name, path)
 
     def json(self) -> dict[str, Any]:
         return {
