@@ -22,7 +22,7 @@ external_api.rst and the Json2Dispatcher source):
   second, notes §4.8) and every fault of `FakeService`.
 
 Set up and inspect (no call logged): `add_partner`, `add_lead`, `add_field`, `add_tag`,
-`add_team`, `add_stage`, `set_won`, `set_lost`, `partner`, `lead`, `leads`,
+`add_team`, `set_won`, `set_lost`, `partner`, `lead`, `leads`,
 `partners`, `notes`, `messages`, `issue_api_key`, `expire_api_keys`.
 """
 
@@ -44,22 +44,13 @@ from tests.fakes.odoo_db import (
     OdooDb,
     OdooFault,
     access_denied,
+    odoo_time,
     user_error,
     value_error,
 )
 from tests.fakes.service import FakeRequest, FakeResponse, FakeService
 
 JSON2_PATH = re.compile(r"/json/2/([A-Za-z0-9_.]+)/([A-Za-z0-9_]+)")
-RECORD_METHODS = {
-    "read",
-    "write",
-    "unlink",
-    "message_post",
-    "action_set_won",
-    "action_set_lost",
-    "action_archive",
-    "action_unarchive",
-}
 # Parameter names of the ORM methods the fake serves, in positional order (after ids).
 SIGNATURES: dict[str, tuple[str, ...]] = {
     "search": ("domain", "offset", "limit", "order"),
@@ -84,6 +75,7 @@ RECORD_ACTIONS = {
     "action_archive",
     "action_unarchive",
 }
+RECORD_METHODS = {"read", "write", "unlink", *RECORD_ACTIONS}
 # Methods whose parameters are free keywords (message_post's are keyword-only, §6.9;
 # action_set_lost takes `**additional_values`).
 VAR_KEYWORDS = {"message_post", "action_set_lost"}
@@ -221,16 +213,13 @@ class FakeOdoo(FakeService):
         fields: Mapping[str, Any] | None = None,
     ) -> int:
         """A contact as a user typed it in the web client (stored as typed)."""
-        values: dict[str, Any] = {"name": name, "is_company": is_company, "active": active}
-        for key, value in (
-            ("phone", phone),
-            ("mobile", mobile),
-            ("email", email),
-            ("parent_id", parent_id),
-        ):
-            if value is not None:
-                values[key] = value
-        values.update(fields or {})
+        values: dict[str, Any] = {
+            "name": name,
+            "is_company": is_company,
+            "active": active,
+            **_given(phone=phone, mobile=mobile, email=email, parent_id=parent_id),
+            **(fields or {}),
+        }
         with self._lock:
             return self.db.create(self.db.models["res.partner"], values)
 
@@ -246,20 +235,18 @@ class FakeOdoo(FakeService):
         fields: Mapping[str, Any] | None = None,
         write_date: float | None = None,
     ) -> int:
-        values: dict[str, Any] = {"name": name, "type": kind, "expected_revenue": expected_revenue}
-        for key, value in (
-            ("partner_id", partner_id),
-            ("stage_id", stage_id),
-            ("team_id", team_id),
-        ):
-            if value is not None:
-                values[key] = value
-        values.update(fields or {})
+        values: dict[str, Any] = {
+            "name": name,
+            "type": kind,
+            "expected_revenue": expected_revenue,
+            **_given(partner_id=partner_id, stage_id=stage_id, team_id=team_id),
+            **(fields or {}),
+        }
         with self._lock:
             lead_id = self.db.create(self.db.models["crm.lead"], values)
             if write_date is not None:
                 row = self.db.models["crm.lead"].rows[lead_id]
-                row["write_date"] = _odoo_time(write_date)
+                row["write_date"] = odoo_time(write_date)
             return lead_id
 
     def add_field(self, model: str, name: str, ttype: str, **kwargs: Any) -> int:
@@ -274,19 +261,6 @@ class FakeOdoo(FakeService):
         with self._lock:
             return self.db._insert("crm.team", {"name": name, "active": True, "sequence": 20})
 
-    def add_stage(
-        self, name: str, *, sequence: int = 10, is_won: bool = False, team_id: int | None = None
-    ) -> int:
-        values = {
-            "name": name,
-            "sequence": sequence,
-            "is_won": is_won,
-            "fold": False,
-            "team_id": team_id or False,
-        }
-        with self._lock:
-            return self.db._insert("crm.stage", values)
-
     def set_won(self, lead_id: int) -> None:
         with self._lock:
             self.db.set_won([lead_id])
@@ -299,11 +273,7 @@ class FakeOdoo(FakeService):
         with self._lock:
             row = self.db.models["crm.lead"].rows[lead_id]
             row["stage_id"] = stage_id
-            row["write_date"] = _odoo_time(self.clock() if at is None else at)
-
-    def delete_lead(self, lead_id: int) -> None:
-        with self._lock:
-            del self.db.models["crm.lead"].rows[lead_id]
+            row["write_date"] = odoo_time(self.clock() if at is None else at)
 
     def partner(self, partner_id: int | str) -> dict[str, Any]:
         return self._row("res.partner", partner_id)
@@ -440,54 +410,30 @@ class FakeOdoo(FakeService):
         scheme, _, key = auth.partition(" ")
         uid = self._key_uid(key.strip()) if scheme.lower() == "bearer" else None
         if uid is None:
-            return _json2_error(
-                401, "werkzeug.exceptions.Unauthorized", "Invalid apikey", ["Invalid apikey", 401]
-            )
+            return _werkzeug_error(401, "Invalid apikey", ["Invalid apikey", 401])
         database = request.headers.get("x-odoo-database")
         if database is not None and database != self.db.name:
             # [U] not recorded: a database the server does not serve is not routed.
-            return _json2_error(
-                404,
-                "werkzeug.exceptions.NotFound",
-                f'Database "{database}" not found',
-                [database, 404],
-            )
+            return _werkzeug_error(404, f'Database "{database}" not found', [database, 404])
         body = request.json()
         if body is None:
             body = {}
         if not isinstance(body, dict):
-            return _json2_error(
-                400, "werkzeug.exceptions.BadRequest", "could not parse the body as json", []
-            )
+            return _werkzeug_error(400, "could not parse the body as json")
         params = dict(body)
         context = params.pop("context", None) or {}
         ids = params.pop("ids", None)
         if method in RECORD_METHODS and not ids:
             ids = []
         elif method not in RECORD_METHODS and ids:
-            return _json2_error(
-                422,
-                "werkzeug.exceptions.UnprocessableEntity",
-                f"cannot call {model_name}.{method} with ids",
-                [],
-            )
+            return _werkzeug_error(422, f"cannot call {model_name}.{method} with ids")
         if method not in SIGNATURES:
-            return _json2_error(
-                404,
-                "werkzeug.exceptions.NotFound",
-                f"The method {method!r} does not exist on {model_name}",
-                [],
-            )
+            return _werkzeug_error(404, f"The method {method!r} does not exist on {model_name}")
         names = set(SIGNATURES[method])
         unknown = sorted(set(params) - names) if method not in VAR_KEYWORDS else []
         if unknown:
             # inspect.signature().bind mismatch → UnprocessableEntity (odoo/odoo#197801)
-            return _json2_error(
-                422,
-                "werkzeug.exceptions.UnprocessableEntity",
-                f"got an unexpected keyword argument {unknown[0]!r}",
-                [],
-            )
+            return _werkzeug_error(422, f"got an unexpected keyword argument {unknown[0]!r}")
         try:
             result = self._call(model_name, method, ids, params, context)
         except OdooFault as fault:
@@ -690,6 +636,15 @@ def _rpc_error(request_id: JSON, fault: OdooFault) -> dict[str, Any]:
     }
 
 
+WERKZEUG = {400: "BadRequest", 401: "Unauthorized", 404: "NotFound", 422: "UnprocessableEntity"}
+
+
+def _werkzeug_error(status: int, message: str, arguments: list[Any] | None = None) -> FakeResponse:
+    """werkzeug's HTTPException of `status` as JSON-2 answers it."""
+    name = f"werkzeug.exceptions.{WERKZEUG[status]}"
+    return _json2_error(status, name, message, [] if arguments is None else arguments)
+
+
 def _json2_error(status: int, name: str, message: str, arguments: list[Any]) -> FakeResponse:
     body = {
         "name": name,
@@ -701,10 +656,9 @@ def _json2_error(status: int, name: str, message: str, arguments: list[Any]) -> 
     return FakeResponse(status, body, {"content-type": "application/json; charset=utf-8"})
 
 
-def _odoo_time(moment: float) -> str:
-    import datetime as _dt
-
-    return _dt.datetime.fromtimestamp(moment, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+def _given(**values: Any) -> dict[str, Any]:
+    """The values a setup call was given (None: left to the model's default)."""
+    return {key: value for key, value in values.items() if value is not None}
 
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "crm-odoo.example.toml"
