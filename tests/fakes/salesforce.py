@@ -81,6 +81,12 @@ V = r"/services/data/v(\d+\.\d)"
 ID = r"([A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?)"
 _REFERENCE = re.compile(r"@\{([A-Za-z0-9_]+)\.([^}]+)\}")
 _HALTED = "The transaction was rolled back since another operation in the same transaction failed."
+_BATCH_HALTED = [
+    {
+        "errorCode": "BATCH_PROCESSING_HALTED",
+        "message": "The transaction was rolled back since a previous request was unsuccessful.",
+    }
+]
 
 
 class FakeSalesforce(FakeService):
@@ -266,8 +272,7 @@ class FakeSalesforce(FakeService):
             return str(self.org.create("Account", body, seeded=True)["Id"])
 
     def companies(self) -> list[JSONDict]:
-        with self._lock:
-            return [_public(row) for row in self.org.rows("Account")]
+        return self._public_rows("Account")
 
     def add_product(
         self, code: str, name: str, price: float, pricebook: str = STANDARD_PRICEBOOK
@@ -290,12 +295,14 @@ class FakeSalesforce(FakeService):
             return [_public(row) for row in self.org.lines_of(deal_id)]
 
     def contacts(self) -> list[JSONDict]:
-        with self._lock:
-            return [_public(row) for row in self.org.rows("Contact")]
+        return self._public_rows("Contact")
 
     def deals(self) -> list[JSONDict]:
+        return self._public_rows("Opportunity")
+
+    def _public_rows(self, sobject: str) -> list[JSONDict]:
         with self._lock:
-            return [_public(row) for row in self.org.rows("Opportunity")]
+            return [_public(row) for row in self.org.rows(sobject)]
 
     def contact(self, contact_id: str) -> JSONDict:
         with self._lock:
@@ -655,15 +662,7 @@ class FakeSalesforce(FakeService):
             url = str(step.get("url", ""))
             found = re.fullmatch(r"/?(v\d+\.\d/.*)", url)
             if halted:
-                message = (
-                    "The transaction was rolled back since a previous request was unsuccessful."
-                )
-                results.append(
-                    {
-                        "statusCode": 412,
-                        "result": [{"errorCode": "BATCH_PROCESSING_HALTED", "message": message}],
-                    }
-                )
+                results.append({"statusCode": 412, "result": _BATCH_HALTED})
                 continue
             if found is None:
                 raise sf_error(400, "INVALID_BATCH_REQUEST", f"Invalid url: {url}")
