@@ -51,50 +51,42 @@ from tests.fakes.odoo_db import (
 from tests.fakes.service import FakeRequest, FakeResponse, FakeService
 
 JSON2_PATH = re.compile(r"/json/2/([A-Za-z0-9_.]+)/([A-Za-z0-9_]+)")
-# Parameter names of the ORM methods the fake serves, in positional order (after ids).
-SIGNATURES: dict[str, tuple[str, ...]] = {
-    "search": ("domain", "offset", "limit", "order"),
-    "search_read": ("domain", "fields", "offset", "limit", "order"),
-    "search_count": ("domain", "limit"),
-    "read": ("fields", "load"),
-    "create": ("vals_list",),
-    "write": ("vals",),
-    "unlink": (),
-    "fields_get": ("allfields", "attributes"),
-    "message_post": (),  # keyword-only parameters (§6.9)
-    "action_set_won": (),
-    "action_set_lost": (),  # **additional_values: any lead field, written after archiving
-    "action_archive": (),
-    "action_unarchive": (),
-    "context_get": (),
+
+
+@dataclass(frozen=True)
+class Method:
+    """An ORM method the fake serves: its parameter names in positional order (after the
+    ids of a method called on records), the access right it needs, and whether its
+    parameters are free keywords (message_post's are keyword-only, §6.9;
+    action_set_lost takes `**additional_values`: any lead field, written after archiving)."""
+
+    params: tuple[str, ...] = ()
+    right: str = "read"
+    on_records: bool = False
+    free_keywords: bool = False
+
+
+METHODS = {
+    "search": Method(("domain", "offset", "limit", "order")),
+    "search_read": Method(("domain", "fields", "offset", "limit", "order")),
+    "search_count": Method(("domain", "limit")),
+    "read": Method(("fields", "load"), on_records=True),
+    "create": Method(("vals_list",), "create"),
+    "write": Method(("vals",), "write", on_records=True),
+    "unlink": Method((), "unlink", on_records=True),
+    "fields_get": Method(("allfields", "attributes")),
+    "message_post": Method(on_records=True, free_keywords=True),
+    "action_set_won": Method(right="write", on_records=True),
+    "action_set_lost": Method(right="write", on_records=True, free_keywords=True),
+    "action_archive": Method(right="write", on_records=True),
+    "action_unarchive": Method(right="write", on_records=True),
+    "context_get": Method(),
 }
-RECORD_ACTIONS = {
-    "message_post",
-    "action_set_won",
-    "action_set_lost",
-    "action_archive",
-    "action_unarchive",
-}
-RECORD_METHODS = {"read", "write", "unlink", *RECORD_ACTIONS}
-# Methods whose parameters are free keywords (message_post's are keyword-only, §6.9;
-# action_set_lost takes `**additional_values`).
-VAR_KEYWORDS = {"message_post", "action_set_lost"}
 OPERATION_WORDS = {"read": "access", "write": "modify", "create": "create", "unlink": "delete"}
-METHOD_OPERATION = {
-    "search": "read",
-    "search_read": "read",
-    "search_count": "read",
-    "read": "read",
-    "fields_get": "read",
-    "create": "create",
-    "write": "write",
-    "unlink": "unlink",
-    "message_post": "read",
-    "action_set_won": "write",
-    "action_set_lost": "write",
-    "action_archive": "write",
-    "action_unarchive": "write",
-}
+
+
+def _on_records(method: str) -> bool:
+    return method in METHODS and METHODS[method].on_records
 
 
 @dataclass
@@ -360,7 +352,7 @@ class FakeOdoo(FakeService):
         dict (§8.6), a list for a list; a recordset answer reduced to its ids."""
         context = kwargs.pop("context", None) or {}
         ids: list[int] | None = None
-        if method in RECORD_METHODS:
+        if _on_records(method):
             if not args:
                 raise OdooFault("builtins.TypeError", f"{method}() missing the record ids")
             first = args[0]
@@ -375,9 +367,9 @@ class FakeOdoo(FakeService):
     def _bind(
         self, method: str, args: Sequence[JSON], kwargs: Mapping[str, JSON]
     ) -> dict[str, JSON]:
-        names = SIGNATURES.get(method)
-        if names is None:
+        if method not in METHODS:
             raise OdooFault("builtins.AttributeError", f"The method '{method}' does not exist")
+        names = METHODS[method].params
         if len(args) > len(names):
             raise OdooFault(
                 "builtins.TypeError",
@@ -390,7 +382,7 @@ class FakeOdoo(FakeService):
                     "builtins.TypeError", f"{method}() got multiple values for argument {key!r}"
                 )
             params[key] = value
-        if method not in VAR_KEYWORDS:
+        if not METHODS[method].free_keywords:
             unknown = sorted(set(params) - set(names))
             if unknown:
                 raise OdooFault(
@@ -423,14 +415,14 @@ class FakeOdoo(FakeService):
         params = dict(body)
         context = params.pop("context", None) or {}
         ids = params.pop("ids", None)
-        if method in RECORD_METHODS and not ids:
+        if _on_records(method) and not ids:
             ids = []
-        elif method not in RECORD_METHODS and ids:
+        elif not _on_records(method) and ids:
             return _werkzeug_error(422, f"cannot call {model_name}.{method} with ids")
-        if method not in SIGNATURES:
+        if method not in METHODS:
             return _werkzeug_error(404, f"The method {method!r} does not exist on {model_name}")
-        names = set(SIGNATURES[method])
-        unknown = sorted(set(params) - names) if method not in VAR_KEYWORDS else []
+        spec = METHODS[method]
+        unknown = [] if spec.free_keywords else sorted(set(params) - set(spec.params))
         if unknown:
             # inspect.signature().bind mismatch → UnprocessableEntity (odoo/odoo#197801)
             return _werkzeug_error(422, f"got an unexpected keyword argument {unknown[0]!r}")
@@ -475,7 +467,7 @@ class FakeOdoo(FakeService):
     ) -> JSON:
         db = self.db
         model = db.model(model_name)
-        self._check_right(model, METHOD_OPERATION.get(method, "read"))
+        self._check_right(model, METHODS[method].right)
         self.executed.append(f"{model_name}.{method}")
         if ids is not None and not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise value_error(f"Invalid ids {ids!r}")
@@ -498,7 +490,7 @@ class FakeOdoo(FakeService):
             return True
         if method == "fields_get":
             return self._fields_get(model, params.get("allfields"), params.get("attributes"))
-        if method in RECORD_ACTIONS:
+        if METHODS[method].on_records:  # read, write and unlink are answered above
             return self._record_action(model, method, ids or [], params)
         if method == "context_get":
             return {"lang": "en_US", "tz": False, "uid": db.uid}
