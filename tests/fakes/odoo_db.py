@@ -521,8 +521,6 @@ class OdooDb:
         row = self.models[model_name].rows.get(record_id, {})
         if model_name == "ir.model.fields":
             return str(row.get("field_description") or "")
-        if model_name == "ir.model":
-            return str(row.get("name") or "")
         return str(row.get("name") or "")
 
     def value(self, model: Model, row: Record, name: str) -> JSON:

@@ -174,14 +174,16 @@ class FieldDef:
         }
 
 
+READ_ONLY: dict[str, Any] = {"createable": False, "updateable": False}
+
+
 def _system(*extra: FieldDef) -> list[FieldDef]:
-    read_only = {"createable": False, "updateable": False}
     return [
-        FieldDef("Id", "Record ID", "id", **read_only),
-        FieldDef("IsDeleted", "Deleted", "boolean", **read_only),
-        FieldDef("CreatedDate", "Created Date", "datetime", **read_only),
-        FieldDef("LastModifiedDate", "Last Modified Date", "datetime", **read_only),
-        FieldDef("SystemModstamp", "System Modstamp", "datetime", **read_only),
+        FieldDef("Id", "Record ID", "id", **READ_ONLY),
+        FieldDef("IsDeleted", "Deleted", "boolean", **READ_ONLY),
+        FieldDef("CreatedDate", "Created Date", "datetime", **READ_ONLY),
+        FieldDef("LastModifiedDate", "Last Modified Date", "datetime", **READ_ONLY),
+        FieldDef("SystemModstamp", "System Modstamp", "datetime", **READ_ONLY),
         *extra,
     ]
 
@@ -191,9 +193,8 @@ def _text(name: str, label: str, length: int = 255, **kw: Any) -> FieldDef:
 
 
 def object_fields(config: CrmConfig) -> dict[str, list[FieldDef]]:
-    read_only = {"createable": False, "updateable": False}
     contact = _system(
-        FieldDef("Name", "Full Name", "string", length=121, **read_only),
+        FieldDef("Name", "Full Name", "string", length=121, **READ_ONLY),
         _text("FirstName", "First Name", 40),
         _text("LastName", "Last Name", 80, required=True),
         FieldDef("Email", "Email", "email", length=80),
@@ -224,8 +225,8 @@ def object_fields(config: CrmConfig) -> dict[str, list[FieldDef]]:
         ),
         FieldDef("CloseDate", "Close Date", "date", required=True),
         FieldDef("Amount", "Amount", "currency"),
-        FieldDef("IsClosed", "Closed", "boolean", **read_only),
-        FieldDef("IsWon", "Won", "boolean", **read_only),
+        FieldDef("IsClosed", "Closed", "boolean", **READ_ONLY),
+        FieldDef("IsWon", "Won", "boolean", **READ_ONLY),
         FieldDef("RecordTypeId", "Record Type ID", "reference", reference_to=("RecordType",)),
         FieldDef("AccountId", "Account ID", "reference", reference_to=("Account",)),
         FieldDef("Description", "Description", "textarea", length=32000),
@@ -274,7 +275,6 @@ def object_fields(config: CrmConfig) -> dict[str, list[FieldDef]]:
 
 def _order_objects(config: CrmConfig) -> dict[str, list[FieldDef]]:
     """Account and the objects of opportunity products, as orders use them."""
-    read_only = {"createable": False, "updateable": False}
     fixed = {"updateable": False, "required": True}
     account = _system(
         _text("Name", "Account Name", 255, required=True),
@@ -291,7 +291,7 @@ def _order_objects(config: CrmConfig) -> dict[str, list[FieldDef]]:
     pricebook = _system(
         _text("Name", "Price Book Name", 255, required=True),
         FieldDef("IsActive", "Active", "boolean"),
-        FieldDef("IsStandard", "Is Standard Price Book", "boolean", **read_only),
+        FieldDef("IsStandard", "Is Standard Price Book", "boolean", **READ_ONLY),
     )
     entry = _system(
         FieldDef(
@@ -300,8 +300,8 @@ def _order_objects(config: CrmConfig) -> dict[str, list[FieldDef]]:
         FieldDef("Product2Id", "Product ID", "reference", reference_to=("Product2",), **fixed),
         FieldDef("UnitPrice", "List Price", "currency", required=True),
         FieldDef("IsActive", "Active", "boolean"),
-        _text("ProductCode", "Product Code", 255, **read_only),
-        _text("Name", "Product Name", 255, **read_only),
+        _text("ProductCode", "Product Code", 255, **READ_ONLY),
+        _text("Name", "Product Name", 255, **READ_ONLY),
     )
     line = _system(
         FieldDef(
@@ -314,12 +314,12 @@ def _order_objects(config: CrmConfig) -> dict[str, list[FieldDef]]:
             reference_to=("PricebookEntry",),
             **fixed,
         ),
-        FieldDef("Product2Id", "Product ID", "reference", reference_to=("Product2",), **read_only),
-        _text("ProductCode", "Product Code", 255, **read_only),
-        _text("Name", "Opportunity Product Name", 376, **read_only),
+        FieldDef("Product2Id", "Product ID", "reference", reference_to=("Product2",), **READ_ONLY),
+        _text("ProductCode", "Product Code", 255, **READ_ONLY),
+        _text("Name", "Opportunity Product Name", 376, **READ_ONLY),
         FieldDef("Quantity", "Quantity", "double", required=True),
         FieldDef("UnitPrice", "Sales Price", "currency"),
-        FieldDef("TotalPrice", "Total Price", "currency", **read_only),
+        FieldDef("TotalPrice", "Total Price", "currency", **READ_ONLY),
         _text("Description", "Line Description", 255),
     )
     return {

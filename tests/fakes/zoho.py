@@ -318,12 +318,23 @@ class FakeZoho(OAuthFake, FakeService):
     def _insert_direct(self, module: str, values: dict[str, Any], modified: float | None) -> str:
         with self._lock:
             checked = self._check(module, values, creating=module != "Notes")
-            now = self.clock()
-            rec = Rec(
-                str(next(self._ids)), module, checked, now, now if modified is None else modified
-            )
-            self.records[module][rec.id] = rec
-            return rec.id
+            return self._stored(module, checked, modified=modified).id
+
+    def _stored(
+        self,
+        module: str,
+        values: dict[str, Any],
+        *,
+        modified: float | None = None,
+        lag: float | None = None,
+    ) -> Rec:
+        """A new record, searchable `lag` seconds from now (None: from the start)."""
+        now = self.clock()
+        changed = now if modified is None else modified
+        searchable = 0.0 if lag is None else now + lag
+        rec = Rec(str(next(self._ids)), module, values, now, changed, searchable)
+        self.records[module][rec.id] = rec
+        return rec
 
     def _live(self, module: str) -> list[Rec]:
         return [rec for rec in self.records[module].values() if not rec.deleted]
@@ -431,9 +442,7 @@ class FakeZoho(OAuthFake, FakeService):
     def _get_record(self, request: FakeRequest, module: str, record_id: str) -> FakeResponse:
         rec = self.records[module].get(record_id)
         if not record_id.isdigit():
-            raise zoho_error(
-                400, "INVALID_DATA", "the id given seems to be invalid", {"id": record_id}
-            )
+            raise _invalid_id(record_id)
         if rec is None or rec.deleted:
             return FakeResponse(204)
         return FakeResponse(200, {"data": [self._record_json(rec, _field_list(request))]})
@@ -450,10 +459,8 @@ class FakeZoho(OAuthFake, FakeService):
             except RecordError as error:
                 items.append(error.json())
                 continue
-            now = self.clock()
-            rec = Rec(str(next(self._ids)), module, checked, now, now, now + self.index_lag)
-            self.records[module][rec.id] = rec
-            items.append(_success(rec, "record added", self._time(now)))
+            rec = self._stored(module, checked, lag=self.index_lag)
+            items.append(_success(rec, "record added", self._time(rec.created)))
         return _write_answer(items, created=True)
 
     def _update_record(self, request: FakeRequest, module: str, record_id: str) -> FakeResponse:
@@ -505,9 +512,7 @@ class FakeZoho(OAuthFake, FakeService):
 
     def _deal_notes(self, request: FakeRequest, deal_id: str) -> FakeResponse:
         if not self._exists("Deals", deal_id):
-            raise zoho_error(
-                400, "INVALID_DATA", "the id given seems to be invalid", {"id": deal_id}
-            )
+            raise _invalid_id(deal_id)
         notes = [
             r for r in self._live("Notes") if (r.values.get("Parent_Id") or {}).get("id") == deal_id
         ]
@@ -782,9 +787,7 @@ class FakeZoho(OAuthFake, FakeService):
             if name == "Pipeline" and value is not None:
                 value = {"name": value, "id": self.org.pipelines.get(value)}
             if name == "Full_Name" and rec.module == "Contacts":
-                value = " ".join(
-                    p for p in (rec.values.get("First_Name"), rec.values.get("Last_Name")) if p
-                )
+                value = _full_name(rec.values)
             if (
                 rec.module == "Notes"
                 and name == "Parent_Id"
@@ -824,7 +827,7 @@ class FakeZoho(OAuthFake, FakeService):
             return ""
         values = rec.values
         if module == "Contacts":
-            return " ".join(p for p in (values.get("First_Name"), values.get("Last_Name")) if p)
+            return _full_name(values)
         if module == "Accounts":
             return str(values.get("Account_Name") or "")
         return str(values.get("Deal_Name") or "")
@@ -902,6 +905,10 @@ def _check_sub_request(where: str, sub: Any, seen: set[str]) -> None:
 
 def _invalid(code: str, message: str, api_name: str, json_path: str, **extra: Any) -> ApiError:
     return zoho_error(400, code, message, {"api_name": api_name, "json_path": json_path, **extra})
+
+
+def _invalid_id(record_id: str) -> ApiError:
+    return zoho_error(400, "INVALID_DATA", "the id given seems to be invalid", {"id": record_id})
 
 
 def _error_item(code: str, message: str, details: Mapping[str, Any]) -> JSONDict:
@@ -999,6 +1006,10 @@ def _int_param(request: FakeRequest, name: str, default: int) -> int:
     if not raw.isdigit():
         raise zoho_error(400, "INVALID_DATA", "invalid data", {"param_name": name})
     return int(raw)
+
+
+def _full_name(values: Mapping[str, Any]) -> str:
+    return " ".join(p for p in (values.get("First_Name"), values.get("Last_Name")) if p)
 
 
 def _escape(value: str) -> str:
