@@ -317,22 +317,14 @@ class FakeZoho(OAuthFake, FakeService):
 
     def _insert_direct(self, module: str, values: dict[str, Any], modified: float | None) -> str:
         with self._lock:
-            checked = self._check(module, values, creating=module != "Notes")
-            return self._stored(module, checked, modified=modified).id
+            rec = self._stored(module, self._check(module, values, creating=module != "Notes"))
+            rec.modified = rec.modified if modified is None else modified
+            return rec.id
 
-    def _stored(
-        self,
-        module: str,
-        values: dict[str, Any],
-        *,
-        modified: float | None = None,
-        lag: float | None = None,
-    ) -> Rec:
+    def _stored(self, module: str, values: dict[str, Any], lag: float | None = None) -> Rec:
         """A new record, searchable `lag` seconds from now (None: from the start)."""
         now = self.clock()
-        changed = now if modified is None else modified
-        searchable = 0.0 if lag is None else now + lag
-        rec = Rec(str(next(self._ids)), module, values, now, changed, searchable)
+        rec = Rec(str(next(self._ids)), module, values, now, now, 0.0 if lag is None else now + lag)
         self.records[module][rec.id] = rec
         return rec
 
@@ -459,7 +451,7 @@ class FakeZoho(OAuthFake, FakeService):
             except RecordError as error:
                 items.append(error.json())
                 continue
-            rec = self._stored(module, checked, lag=self.index_lag)
+            rec = self._stored(module, checked, self.index_lag)
             items.append(_success(rec, "record added", self._time(rec.created)))
         return _write_answer(items, created=True)
 
