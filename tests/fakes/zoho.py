@@ -71,7 +71,7 @@ from tests.fakes.service import (
     OAuthFake,
     TokenIssuer,
 )
-from tests.fakes.zoho_org import ACCOUNT_INN, Org, RecordError
+from tests.fakes.zoho_org import ACCOUNT_INN, Org, RecordError, zoho_item
 from tests.fakes.zoho_query import (
     QueryError,
     check_criteria,
@@ -95,7 +95,7 @@ OWNER = {"name": "Bridge Admin", "id": "5725767000000235001", "email": "admin@ex
 def zoho_error(
     status: int, code: str, message: str, details: Mapping[str, Any] | None = None
 ) -> ApiError:
-    return ApiError(status, _error_item(code, message, details or {}))
+    return ApiError(status, zoho_item(code, message, details or {}))
 
 
 @dataclass
@@ -618,7 +618,7 @@ class FakeZoho(OAuthFake, FakeService):
             except _Unresolved as problem:
                 where = f"$.__composite_requests[{index}]"
                 details = {"api_name": "uri", "json_path": where, "reference": problem.reference}
-                items.append(_error_item("INVALID_REFERENCE", "invalid reference", details))
+                items.append(zoho_item("INVALID_REFERENCE", "invalid reference", details))
                 failed_at = index if failed_at is None else failed_at
                 continue
             response = self._sub_request(resolved, request)
@@ -632,9 +632,7 @@ class FakeZoho(OAuthFake, FakeService):
         if rollback and failed_at is not None and snapshot is not None:
             self.records = snapshot
             details = {"rollbacked_by_sub_request_index": failed_at}
-            rolled = [
-                _error_item("ROLLBACK_PERFORMED", "rollback performed", details) for _ in subs
-            ]
+            rolled = [zoho_item("ROLLBACK_PERFORMED", "rollback performed", details) for _ in subs]
             rolled[failed_at] = items[failed_at]
             return FakeResponse(400, {"__composite_requests": rolled})
         if rollback:
@@ -647,12 +645,8 @@ class FakeZoho(OAuthFake, FakeService):
             "body": response.body,
             "status_code": response.status,
         }
-        return {
-            "code": "SUCCESS",
-            "details": {"response": answer},
-            "message": "composite sub request executed successfully",
-            "status": "success",
-        }
+        message = "composite sub request executed successfully"
+        return zoho_item("SUCCESS", message, {"response": answer}, "success")
 
     def _sub_request(self, sub: JSONDict, outer: FakeRequest) -> FakeResponse:
         params = sub.get("params") or {}
@@ -903,10 +897,6 @@ def _invalid_id(record_id: str) -> ApiError:
     return zoho_error(400, "INVALID_DATA", "the id given seems to be invalid", {"id": record_id})
 
 
-def _error_item(code: str, message: str, details: Mapping[str, Any]) -> JSONDict:
-    return {"code": code, "details": dict(details), "message": message, "status": "error"}
-
-
 class _Unresolved(Exception):
     def __init__(self, reference: str) -> None:
         super().__init__(reference)
@@ -966,7 +956,7 @@ def _success(rec: Rec, message: str, stamp: str) -> JSONDict:
         "id": rec.id,
         "Created_By": {"name": OWNER["name"], "id": OWNER["id"]},
     }
-    return {"code": "SUCCESS", "details": details, "message": message, "status": "success"}
+    return zoho_item("SUCCESS", message, details, "success")
 
 
 def _write_answer(items: list[JSONDict], *, created: bool) -> FakeResponse:

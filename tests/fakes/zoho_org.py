@@ -23,7 +23,7 @@ actual value and store the display value.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -404,9 +404,11 @@ class RecordError(Exception):
         return cls("MANDATORY_NOT_FOUND", "required field not found", api_name, path)
 
     def json(self) -> dict[str, Any]:
-        return {
-            "code": self.code,
-            "details": self.details,
-            "message": self.message,
-            "status": "error",
-        }
+        return zoho_item(self.code, self.message, self.details)
+
+
+def zoho_item(
+    code: str, message: str, details: Mapping[str, Any], status: str = "error"
+) -> dict[str, Any]:
+    """One answer item (or a whole error answer) as Zoho words it."""
+    return {"code": code, "details": dict(details), "message": message, "status": status}
