@@ -175,6 +175,7 @@ class FieldDef:
 
 
 READ_ONLY: dict[str, Any] = {"createable": False, "updateable": False}
+FIXED: dict[str, Any] = {"updateable": False, "required": True}  # set once, on create
 
 
 def _system(*extra: FieldDef) -> list[FieldDef]:
@@ -192,6 +193,10 @@ def _text(name: str, label: str, length: int = 255, **kw: Any) -> FieldDef:
     return FieldDef(name, label, "string", custom=name.endswith("__c"), length=length, **kw)
 
 
+def _ref(name: str, label: str, *objects: str, **kw: Any) -> FieldDef:
+    return FieldDef(name, label, "reference", reference_to=objects, **kw)
+
+
 def object_fields(config: CrmConfig) -> dict[str, list[FieldDef]]:
     contact = _system(
         FieldDef("Name", "Full Name", "string", length=121, **READ_ONLY),
@@ -207,7 +212,7 @@ def object_fields(config: CrmConfig) -> dict[str, list[FieldDef]]:
                 ("OtherPhone", "Other Phone"),
             )
         ),
-        FieldDef("AccountId", "Account ID", "reference", reference_to=("Account",)),
+        _ref("AccountId", "Account ID", "Account"),
     )
     ids = config.contact_fields
     if ids.telegram_id:
@@ -227,22 +232,15 @@ def object_fields(config: CrmConfig) -> dict[str, list[FieldDef]]:
         FieldDef("Amount", "Amount", "currency"),
         FieldDef("IsClosed", "Closed", "boolean", **READ_ONLY),
         FieldDef("IsWon", "Won", "boolean", **READ_ONLY),
-        FieldDef("RecordTypeId", "Record Type ID", "reference", reference_to=("RecordType",)),
-        FieldDef("AccountId", "Account ID", "reference", reference_to=("Account",)),
+        _ref("RecordTypeId", "Record Type ID", "RecordType"),
+        _ref("AccountId", "Account ID", "Account"),
         FieldDef("Description", "Description", "textarea", length=32000),
-        FieldDef("Pricebook2Id", "Price Book ID", "reference", reference_to=("Pricebook2",)),
+        _ref("Pricebook2Id", "Price Book ID", "Pricebook2"),
     )
     opportunity.extend(_deal_custom_fields(config))
     role = _system(
-        FieldDef(
-            "OpportunityId",
-            "Opportunity ID",
-            "reference",
-            updateable=False,
-            required=True,
-            reference_to=("Opportunity",),
-        ),
-        FieldDef("ContactId", "Contact ID", "reference", required=True, reference_to=("Contact",)),
+        _ref("OpportunityId", "Opportunity ID", "Opportunity", **FIXED),
+        _ref("ContactId", "Contact ID", "Contact", required=True),
         FieldDef(
             "Role",
             "Role",
@@ -252,14 +250,7 @@ def object_fields(config: CrmConfig) -> dict[str, list[FieldDef]]:
         FieldDef("IsPrimary", "Primary", "boolean"),
     )
     note = _system(
-        FieldDef(
-            "ParentId",
-            "Parent ID",
-            "reference",
-            updateable=False,
-            required=True,
-            reference_to=("Opportunity", "Contact"),
-        ),
+        _ref("ParentId", "Parent ID", "Opportunity", "Contact", **FIXED),
         _text("Title", "Title", 80, required=True),
         FieldDef("Body", "Body", "textarea", length=32000),
         FieldDef("IsPrivate", "Private", "boolean"),
@@ -275,7 +266,6 @@ def object_fields(config: CrmConfig) -> dict[str, list[FieldDef]]:
 
 def _order_objects(config: CrmConfig) -> dict[str, list[FieldDef]]:
     """Account and the objects of opportunity products, as orders use them."""
-    fixed = {"updateable": False, "required": True}
     account = _system(
         _text("Name", "Account Name", 255, required=True),
         FieldDef("Phone", "Account Phone", "phone", length=40),
@@ -294,27 +284,17 @@ def _order_objects(config: CrmConfig) -> dict[str, list[FieldDef]]:
         FieldDef("IsStandard", "Is Standard Price Book", "boolean", **READ_ONLY),
     )
     entry = _system(
-        FieldDef(
-            "Pricebook2Id", "Price Book ID", "reference", reference_to=("Pricebook2",), **fixed
-        ),
-        FieldDef("Product2Id", "Product ID", "reference", reference_to=("Product2",), **fixed),
+        _ref("Pricebook2Id", "Price Book ID", "Pricebook2", **FIXED),
+        _ref("Product2Id", "Product ID", "Product2", **FIXED),
         FieldDef("UnitPrice", "List Price", "currency", required=True),
         FieldDef("IsActive", "Active", "boolean"),
         _text("ProductCode", "Product Code", 255, **READ_ONLY),
         _text("Name", "Product Name", 255, **READ_ONLY),
     )
     line = _system(
-        FieldDef(
-            "OpportunityId", "Opportunity ID", "reference", reference_to=("Opportunity",), **fixed
-        ),
-        FieldDef(
-            "PricebookEntryId",
-            "Price Book Entry ID",
-            "reference",
-            reference_to=("PricebookEntry",),
-            **fixed,
-        ),
-        FieldDef("Product2Id", "Product ID", "reference", reference_to=("Product2",), **READ_ONLY),
+        _ref("OpportunityId", "Opportunity ID", "Opportunity", **FIXED),
+        _ref("PricebookEntryId", "Price Book Entry ID", "PricebookEntry", **FIXED),
+        _ref("Product2Id", "Product ID", "Product2", **READ_ONLY),
         _text("ProductCode", "Product Code", 255, **READ_ONLY),
         _text("Name", "Opportunity Product Name", 376, **READ_ONLY),
         FieldDef("Quantity", "Quantity", "double", required=True),
