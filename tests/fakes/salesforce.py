@@ -616,14 +616,7 @@ class FakeSalesforce(FakeService):
                 done[ref] = answer
             else:
                 failed = True
-            results.append(
-                {
-                    "body": answer,
-                    "httpHeaders": headers,
-                    "httpStatusCode": status,
-                    "referenceId": ref,
-                }
-            )
+            results.append(_sub_result(ref, status, answer, headers))
         if failed and all_or_none:
             self.org.restore(before)
             results = [
@@ -745,8 +738,19 @@ def _path(answer: Any, path: str) -> Any:
 
 
 def _halted(ref: str) -> JSONDict:
-    body = [{"errorCode": "PROCESSING_HALTED", "message": _HALTED}]
-    return {"body": body, "httpHeaders": {}, "httpStatusCode": 400, "referenceId": ref}
+    return _sub_result(ref, 400, [{"errorCode": "PROCESSING_HALTED", "message": _HALTED}])
+
+
+def _sub_result(
+    ref: str, status: int, body: Any, headers: dict[str, str] | None = None
+) -> JSONDict:
+    """One Composite sub-request's answer."""
+    return {
+        "body": body,
+        "httpHeaders": headers or {},
+        "httpStatusCode": status,
+        "referenceId": ref,
+    }
 
 
 def _public(row: JSONDict) -> JSONDict:

@@ -348,24 +348,17 @@ def _deal_custom_fields(config: CrmConfig) -> list[FieldDef]:
     return found
 
 
+# (parent, relationship name in lower case) → (relationship name, child, child's field
+# naming the parent)
 CHILDREN = {
-    ("Opportunity", "opportunitycontactroles"): (
-        "OpportunityContactRoles",
-        "OpportunityContactRole",
-        "OpportunityId",
-    ),
-    ("Opportunity", "notes"): ("Notes", "Note", "ParentId"),
-    ("Contact", "opportunitycontactroles"): (
-        "OpportunityContactRoles",
-        "OpportunityContactRole",
-        "ContactId",
-    ),
-    ("Contact", "notes"): ("Notes", "Note", "ParentId"),
-    ("Opportunity", "opportunitylineitems"): (
-        "OpportunityLineItems",
-        "OpportunityLineItem",
-        "OpportunityId",
-    ),
+    (parent, name.lower()): (name, child, field)
+    for parent, name, child, field in (
+        ("Opportunity", "OpportunityContactRoles", "OpportunityContactRole", "OpportunityId"),
+        ("Opportunity", "Notes", "Note", "ParentId"),
+        ("Contact", "OpportunityContactRoles", "OpportunityContactRole", "ContactId"),
+        ("Contact", "Notes", "Note", "ParentId"),
+        ("Opportunity", "OpportunityLineItems", "OpportunityLineItem", "OpportunityId"),
+    )
 }
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
