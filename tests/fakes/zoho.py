@@ -861,32 +861,30 @@ def _check_composite(body: Any) -> tuple[list[JSONDict], bool]:
 
 
 def _check_sub_request(where: str, sub: Any, seen: set[str]) -> None:
+    def invalid(
+        api_name: str, code: str = "INVALID_DATA", message: str = "invalid data", **extra: Any
+    ) -> ApiError:
+        return _invalid(code, message, api_name, f"{where}.{api_name}", **extra)
+
     if not isinstance(sub, dict):
         raise _invalid("INVALID_DATA", "invalid data", "__composite_requests", where)
     sub_id = sub.get("sub_request_id")
     if sub_id is not None and (not isinstance(sub_id, str) or not SUB_ID.fullmatch(sub_id)):
-        path = f"{where}.sub_request_id"
-        raise _invalid("INVALID_DATA", "invalid data", "sub_request_id", path, regex=SUB_ID.pattern)
+        raise invalid("sub_request_id", regex=SUB_ID.pattern)
     if sub_id in seen:
-        path = f"{where}.sub_request_id"
-        raise _invalid("DUPLICATE_DATA", "duplicate data", "sub_request_id", path)
+        raise invalid("sub_request_id", "DUPLICATE_DATA", "duplicate data")
     if sub_id:
         seen.add(sub_id)
     if sub.get("method") not in ("GET", "POST", "PUT", "PATCH", "DELETE"):
-        raise _invalid("INVALID_DATA", "invalid data", "method", f"{where}.method")
+        raise invalid("method")
     uri = sub.get("uri")
     if not isinstance(uri, str) or not SUB_URI.fullmatch(uri):
-        path = f"{where}.uri"
-        raise _invalid("INVALID_DATA", "invalid data", "uri", path, regex=SUB_URI.pattern)
+        raise invalid("uri", regex=SUB_URI.pattern)
     if "__composite_requests" in uri:
-        message = "the API is not supported in a composite request"
-        raise _invalid("NOT_SUPPORTED", message, "uri", f"{where}.uri")
-    if {str(k).lower() for k in sub.get("headers") or {}} & {"authorization", "x-crm-org"}:
-        restricted = ["authorization", "x-crm-org"]
-        path = f"{where}.headers"
-        raise _invalid(
-            "INVALID_DATA", "restricted headers", "headers", path, restricted_headers=restricted
-        )
+        raise invalid("uri", "NOT_SUPPORTED", "the API is not supported in a composite request")
+    restricted = ["authorization", "x-crm-org"]
+    if {str(k).lower() for k in sub.get("headers") or {}} & set(restricted):
+        raise invalid("headers", message="restricted headers", restricted_headers=restricted)
 
 
 def _invalid(code: str, message: str, api_name: str, json_path: str, **extra: Any) -> ApiError:
