@@ -118,6 +118,9 @@ class Model:
         return "active" in self.fields
 
 
+# crm.lead's selections: its type and priority.
+LEAD_TYPES = (("lead", "Lead"), ("opportunity", "Opportunity"))
+PRIORITIES = (("0", "Low"), ("1", "Medium"), ("2", "High"), ("3", "Very High"))
 PHONE_PATTERN = re.compile(r"[\s\\./()\-]")  # what regexp_replace strips (§5 table)
 TRACKED = {"crm.lead": ("expected_revenue", "stage_id", "partner_id", "user_id", "team_id")}
 SUBTYPES = {
@@ -155,10 +158,14 @@ class OdooDb:
     # ---- schema ---------------------------------------------------------------------
 
     def _model(
-        self, name: str, description: str, *specs: tuple[str, ...], model_id: int | None = None
+        self,
+        name: str,
+        description: str,
+        *specs: tuple[str, ...] | FieldDef,
+        model_id: int | None = None,
     ) -> Model:
-        """A model with the fields every model has, then one per (name, type, label[,
-        relation]) of `specs`."""
+        """A model with the fields every model has, then those of `specs` (a field, or
+        its name, type, label[, relation])."""
         model = Model(name, description, model_id=model_id or next(self.model_ids))
         self.models[name] = model
         self._add(model, FieldDef("id", "integer", "ID", readonly=True))
@@ -166,7 +173,7 @@ class OdooDb:
         self._add(model, FieldDef("create_date", "datetime", "Created on", readonly=True))
         self._add(model, FieldDef("write_date", "datetime", "Last Updated on", readonly=True))
         for spec in specs:
-            self._add(model, FieldDef(*spec))
+            self._add(model, spec if isinstance(spec, FieldDef) else FieldDef(*spec))
         return model
 
     def _add(self, model: Model, definition: FieldDef) -> FieldDef:
@@ -252,20 +259,11 @@ class OdooDb:
             ("date_deadline", "date", "Expected Closing"),
             ("tag_ids", "many2many", "Tags", "crm.tag"),
             ("lost_reason_id", "many2one", "Lost Reason", "crm.lost.reason"),
+            FieldDef("type", "selection", "Type", selection=LEAD_TYPES),
+            FieldDef("priority", "selection", "Priority", selection=PRIORITIES),
             model_id=400,
         )
         lead.order = "priority desc, id desc"  # crm.lead _order
-        self._add(
-            lead,
-            FieldDef(
-                "type",
-                "selection",
-                "Type",
-                selection=(("lead", "Lead"), ("opportunity", "Opportunity")),
-            ),
-        )
-        priorities = (("0", "Low"), ("1", "Medium"), ("2", "High"), ("3", "Very High"))
-        self._add(lead, FieldDef("priority", "selection", "Priority", selection=priorities))
         if won_status:
             states = (("won", "Won"), ("lost", "Lost"), ("pending", "Pending"))
             self._add(
@@ -290,7 +288,7 @@ class OdooDb:
         self._model(
             "ir.model", "Models", ("model", "char", "Model"), ("name", "char", "Model Description")
         )
-        ir_fields = self._model(
+        self._model(
             "ir.model.fields",
             "Fields",
             ("name", "char", "Field Name"),
@@ -302,9 +300,6 @@ class OdooDb:
             ("state", "char", "Type"),
             ("index", "boolean", "Indexed"),
             ("copied", "boolean", "Copied"),
-        )
-        self._add(
-            ir_fields,
             FieldDef(
                 "selection_ids",
                 "one2many",

@@ -320,8 +320,6 @@ def _deal_custom_fields(config: CrmConfig) -> list[FieldDef]:
         "last_payment_at": ("datetime", "Last Payment At"),
         "total_paid": ("currency", "Total Paid"),
         "purchase_count": ("double", "Purchase Count"),
-    }
-    orders: dict[str, tuple[str, str]] = {
         "installation_date": ("date", "Installation Date"),
         "dismantle_date": ("date", "Dismantle Date"),
         "comment": ("textarea", "Order Comment"),
@@ -337,7 +335,7 @@ def _deal_custom_fields(config: CrmConfig) -> list[FieldDef]:
         if not name or name in taken:
             continue
         taken.add(name)
-        kind, label = kinds.get(key) or orders.get(key) or ("string", key.replace("_", " ").title())
+        kind, label = kinds.get(key) or ("string", key.replace("_", " ").title())
         options: dict[str, str] = {}
         if key == "subjects":
             options = {str(v): subject for subject, v in config.subjects.items()}
