@@ -161,7 +161,7 @@ class OdooDb:
         self,
         name: str,
         description: str,
-        *specs: tuple[str, ...] | FieldDef,
+        *specs: tuple[str, str, str] | tuple[str, str, str, str] | FieldDef,
         model_id: int | None = None,
     ) -> Model:
         """A model with the fields every model has, then those of `specs` (a field, or
