@@ -177,9 +177,11 @@ class FakeOdoo(FakeService):
         )
         if user is None:
             return None
-        if user["id"] == 2 and password == self.password:
-            return 2
-        return user["id"] if self._key_uid(password) == user["id"] else None
+        return user["id"] if self._signs_in(user["id"], password) else None
+
+    def _signs_in(self, uid: JSON, password: JSON) -> bool:
+        """The admin's password (uid 2), or an API key of the user."""
+        return (uid == 2 and password == self.password) or self._key_uid(str(password)) == uid
 
     def _check_database(self, database: JSON) -> None:
         if database != self.db.name:
@@ -330,7 +332,7 @@ class FakeOdoo(FakeService):
         if service == "object" and method in ("execute_kw", "execute"):
             database, uid, password, model_name, name = args[:5]
             self._check_database(database)
-            if not (uid == 2 and password == self.password) and self._key_uid(str(password)) != uid:
+            if not self._signs_in(uid, password):
                 raise access_denied()
             if method == "execute_kw":
                 positional = args[5] if len(args) > 5 else []
