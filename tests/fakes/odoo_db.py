@@ -395,20 +395,17 @@ class OdooDb:
             }
         partners.ids = itertools.count(7)
         users = self.models["res.users"]
-        users.rows[1] = {
-            "id": 1,
-            "name": "OdooBot",
-            "login": "__system__",
-            "active": False,
-            "partner_id": 2,
-        }
-        users.rows[2] = {
-            "id": 2,
-            "name": "Administrator",
-            "login": "admin",
-            "active": True,
-            "partner_id": 3,
-        }
+        for uid, name, login, active, partner_id in (
+            (1, "OdooBot", "__system__", False, 2),
+            (2, "Administrator", "admin", True, 3),
+        ):
+            users.rows[uid] = {
+                "id": uid,
+                "name": name,
+                "login": login,
+                "active": active,
+                "partner_id": partner_id,
+            }
         users.ids = itertools.count(3)
         self._insert("res.currency", {"name": "USD"})
         self._insert("crm.team", {"name": "Sales", "active": True, "sequence": 10})

@@ -464,28 +464,23 @@ class Org:
         return body
 
     def _record_type_infos(self) -> list[dict[str, Any]]:
-        infos = [
+        """The record types, the first the default, then the master one (the default when
+        there are no others)."""
+        types = [(rt.developer_name, rt.name, rt.id) for rt in self.record_types]
+        return [
             {
                 "active": True,
                 "available": True,
                 "defaultRecordTypeMapping": n == 0,
-                "master": False,
-                "developerName": rt.developer_name,
-                "name": rt.name,
-                "recordTypeId": rt.id,
+                "master": rt_id == MASTER,
+                "developerName": developer_name,
+                "name": name,
+                "recordTypeId": rt_id,
             }
-            for n, rt in enumerate(self.record_types)
+            for n, (developer_name, name, rt_id) in enumerate(
+                [*types, ("Master", "Master", MASTER)]
+            )
         ]
-        master = {
-            "active": True,
-            "available": True,
-            "defaultRecordTypeMapping": not infos,
-            "master": True,
-            "developerName": "Master",
-            "name": "Master",
-            "recordTypeId": MASTER,
-        }
-        return [*infos, master]
 
     def stage_values(self, record_type: str) -> dict[str, Any]:
         """The UI API's picklist values of StageName for one record type."""
