@@ -309,11 +309,7 @@ class FakeZoho(OAuthFake, FakeService):
 
     def notes(self, deal_id: str) -> list[str]:
         with self._lock:
-            return [
-                str(r.values.get("Note_Content") or "")
-                for r in self._live("Notes")
-                if (r.values.get("Parent_Id") or {}).get("id") == deal_id
-            ]
+            return [str(r.values.get("Note_Content") or "") for r in self._notes_of(deal_id)]
 
     def _insert_direct(self, module: str, values: dict[str, Any], modified: float | None) -> str:
         with self._lock:
@@ -330,6 +326,15 @@ class FakeZoho(OAuthFake, FakeService):
 
     def _live(self, module: str) -> list[Rec]:
         return [rec for rec in self.records[module].values() if not rec.deleted]
+
+    def _live_one(self, module: str, record_id: str) -> Rec | None:
+        rec = self.records.get(module, {}).get(record_id)
+        return None if rec is None or rec.deleted else rec
+
+    def _notes_of(self, deal_id: str) -> list[Rec]:
+        return [
+            r for r in self._live("Notes") if (r.values.get("Parent_Id") or {}).get("id") == deal_id
+        ]
 
     def _check(self, module: str, record: Any, *, creating: bool, index: int = 0) -> dict[str, Any]:
         checked = self.org.check_record(
@@ -352,8 +357,7 @@ class FakeZoho(OAuthFake, FakeService):
                 raise RecordError("INVALID_DATA", "invalid data", "Stage", f"$.data[{index}].Stage")
 
     def _exists(self, module: str, record_id: str) -> bool:
-        rec = self.records.get(module, {}).get(record_id)
-        return rec is not None and not rec.deleted
+        return self._live_one(module, record_id) is not None
 
     # ---- the gate: hosts, credentials, credits, concurrency -----------------------------
 
@@ -432,10 +436,10 @@ class FakeZoho(OAuthFake, FakeService):
     # ---- routes: records ------------------------------------------------------------------
 
     def _get_record(self, request: FakeRequest, module: str, record_id: str) -> FakeResponse:
-        rec = self.records[module].get(record_id)
+        rec = self._live_one(module, record_id)
         if not record_id.isdigit():
             raise _invalid_id(record_id)
-        if rec is None or rec.deleted:
+        if rec is None:
             return FakeResponse(204)
         return FakeResponse(200, {"data": [self._record_json(rec, _field_list(request))]})
 
@@ -461,8 +465,8 @@ class FakeZoho(OAuthFake, FakeService):
             raise zoho_error(
                 400, "INVALID_DATA", "one record is updated by id", {"api_name": "data"}
             )
-        rec = self.records[module].get(record_id)
-        if rec is None or rec.deleted:
+        rec = self._live_one(module, record_id)
+        if rec is None:
             error = RecordError(
                 "INVALID_DATA", "the id given seems to be invalid", "id", "$.data[0].id"
             )
@@ -505,10 +509,7 @@ class FakeZoho(OAuthFake, FakeService):
     def _deal_notes(self, request: FakeRequest, deal_id: str) -> FakeResponse:
         if not self._exists("Deals", deal_id):
             raise _invalid_id(deal_id)
-        notes = [
-            r for r in self._live("Notes") if (r.values.get("Parent_Id") or {}).get("id") == deal_id
-        ]
-        return self._page(request, notes, _field_list(request))
+        return self._page(request, self._notes_of(deal_id), _field_list(request))
 
     # ---- routes: search and COQL ------------------------------------------------------------
 
