@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from bridge.cli import CliEnv, main
 from bridge.crypto import TokenCipher
 from bridge.store import NewEvent, RequestRecord, Store
 from tests.conftest import AMO_URL, EXAMPLE_CONFIG, SECRET, payment_payload
+from tests.process import BridgeProcess
 
 T = TypeVar("T")
 T0 = 1_750_000_000.0  # a fixed "now" for the store's clock: 2025-06-15 15:06:40 UTC
@@ -92,6 +94,22 @@ def make_cli(tmp_path: Path, **env: str) -> Cli:
     }
     values.update(env)
     return Cli(tmp_path, values)
+
+
+def operator_cli(bridge: BridgeProcess) -> Cli:
+    """The `bridge` command beside a `crm-bridge serve` process: its config, database and
+    port, on the wall clock."""
+    # make_cli writes a config of its own into its directory: not the bridge's.
+    directory = bridge.home / "cli"
+    directory.mkdir(exist_ok=True)
+    cli = make_cli(
+        directory,
+        CONFIG_FILE=bridge.env["CONFIG_FILE"],
+        DATABASE_PATH=str(bridge.database),
+        PORT=str(bridge.port),
+    )
+    cli.clock = time.time
+    return cli
 
 
 def new_event(key: str, *, status: str = "pending", **payload: Any) -> NewEvent:

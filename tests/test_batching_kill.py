@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,12 @@ import pytest
 
 from bridge.store import Store
 from tests.conftest import payment_payload
-from tests.fakes.amocrm import FakeAmoCrm
-from tests.fakes.server import serve_in_thread
-from tests.process import BridgeProcess, KillSwitch, write_config
+from tests.process import (  # noqa: F401 - amo_server
+    BridgeProcess,
+    KillSwitch,
+    ServedAmoCrm,
+    served_amocrm,
+)
 
 TOTAL, COUNT, PAYMENT_ID = "700207", "700208", "700205"  # deal fields of the example config
 CUSTOMERS = 4
@@ -47,16 +49,6 @@ def customer_payment(customer: int, n: int) -> dict[str, Any]:
 
 def amount(n: int) -> Decimal:
     return Decimal(1000 * (n + 1))
-
-
-@pytest.fixture
-def fake() -> Iterator[tuple[FakeAmoCrm, str]]:
-    amo = FakeAmoCrm(rate_limit=60)  # rate limits are not what this test is about
-    base_url, stop = serve_in_thread(amo)
-    try:
-        yield amo, base_url
-    finally:
-        stop()
 
 
 def hold(bridge: BridgeProcess, held: bool) -> None:
@@ -117,15 +109,12 @@ CASES = {
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_sigkill_mid_batch_leaves_exactly_one_of_everything(
-    name: str, fake: tuple[FakeAmoCrm, str], tmp_path: Path
+    name: str, amo_server: ServedAmoCrm, tmp_path: Path
 ) -> None:
     config_kind, first_kills, second_kills = CASES[name]
-    amo, base_url = fake
+    amo = amo_server.fake
     excluded = [] if config_kind == "gathering" else None
-    config = write_config(
-        tmp_path / "bridge.toml", base_url, excluded_status_ids=excluded, rate_limit_per_second=40
-    )
-    bridge = BridgeProcess.create(tmp_path, config, access_token=amo.issue_token(ttl=3600))
+    bridge = amo_server.bridge(tmp_path, excluded_status_ids=excluded, rate_limit_per_second=40)
     switch = KillSwitch(amo, bridge)
     try:
         bridge.start()
