@@ -112,6 +112,19 @@ def operator_cli(bridge: BridgeProcess) -> Cli:
     return cli
 
 
+async def hold_crm(database: Path, held: bool = True) -> None:
+    """What `crm-bridge pause amocrm` / `resume amocrm` do; a running bridge sees it within
+    a second."""
+    store = await Store.open(database, clock=time.time)
+    try:
+        if held:
+            await store.hold_crm("amocrm", "queue a batch", "test")
+        else:
+            await store.release_crm("amocrm")
+    finally:
+        await store.close()
+
+
 def new_event(key: str, *, status: str = "pending", **payload: Any) -> NewEvent:
     body = json.dumps(payment_payload(key, **payload), ensure_ascii=False)
     return NewEvent(

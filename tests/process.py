@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from tests.fakes.server import Servable, serve_in_thread
 from tests.fakes.service import Abort, FakeRequest, FakeService
 
 BRIDGE_BIN = Path(sys.executable).parent / "crm-bridge"
+TOTAL, COUNT, PAYMENT_ID = "700207", "700208", "700205"  # deal fields of the example config
 FAST_RETRIES = "0.1,0.2,0.3,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5"
 
 
@@ -325,6 +327,28 @@ def served_amocrm() -> Iterator[ServedAmoCrm]:
     fake = FakeAmoCrm(rate_limit=60)  # rate limits are not what these tests are about
     with serving(fake) as base_url:
         yield ServedAmoCrm(fake, base_url)
+
+
+def assert_each_payment_once(
+    amo: FakeAmoCrm, amounts: Mapping[str, Decimal], base: tuple[Decimal, int] = (Decimal(0), 0)
+) -> None:
+    """Every payment (its id → its amount, in the order they were paid) has exactly one
+    note, on one deal; that deal's total and count are exactly the sum of the payments
+    noted on it (plus `base`, what a manager had there), its payment id the last one."""
+    seen: dict[str, int] = {}
+    for lead in amo.leads():
+        notes = amo.notes(lead["id"])
+        noted = [pid for pid in amounts for text in notes if f"Payment ID: {pid}" in text]
+        assert len(noted) == len(notes), f"lead {lead['id']}: a note for no payment: {notes}"
+        for pid in noted:
+            seen[pid] = seen.get(pid, 0) + 1
+        total = amo.lead_field(lead["id"], TOTAL)
+        count = amo.lead_field(lead["id"], COUNT)
+        start_total, start_count = base  # only the seeded cases have one, on their one deal
+        assert Decimal(str(total)) == start_total + sum(amounts[pid] for pid in noted), lead
+        assert int(Decimal(str(count))) == start_count + len(noted), lead
+        assert amo.lead_field(lead["id"], PAYMENT_ID) == noted[-1]
+    assert seen == dict.fromkeys(amounts, 1), f"notes per payment: {seen}"
 
 
 @dataclass

@@ -20,16 +20,16 @@ from typing import Any
 
 import pytest
 
-from bridge.store import Store
+from tests.cli_support import hold_crm
 from tests.conftest import payment_payload
 from tests.process import (  # noqa: F401 - amo_server
     BridgeProcess,
     KillSwitch,
     ServedAmoCrm,
+    assert_each_payment_once,
     served_amocrm,
 )
 
-TOTAL, COUNT, PAYMENT_ID = "700207", "700208", "700205"  # deal fields of the example config
 CUSTOMERS = 4
 COMPLEX_BATCH = ("POST", r"/api/v4/leads/complex")
 PATCH_BATCH = ("PATCH", r"/api/v4/leads")
@@ -52,19 +52,7 @@ def amount(n: int) -> Decimal:
 
 
 def hold(bridge: BridgeProcess, held: bool) -> None:
-    """What `crm-bridge pause` / `resume` do; the running bridge sees it within a second."""
-
-    async def apply() -> None:
-        store = await Store.open(bridge.database, clock=time.time)
-        try:
-            if held:
-                await store.hold_crm("amocrm", "queue a batch", "test")
-            else:
-                await store.release_crm("amocrm")
-        finally:
-            await store.close()
-
-    asyncio.run(apply())
+    asyncio.run(hold_crm(bridge.database, held))
 
 
 def deliver_round(
@@ -128,18 +116,6 @@ def test_sigkill_mid_batch_leaves_exactly_one_of_everything(
     assert statuses == dict.fromkeys(payments, "success"), bridge.log_text()[-3000:]
     assert max(batch_sizes) == CUSTOMERS, "the payments did not go out as one batch"
     assert len(amo.contacts()) == CUSTOMERS, "a second contact was created"
-    leads = amo.leads()
     expected_leads = CUSTOMERS if config_kind == "gathering" else 2 * CUSTOMERS
-    assert len(leads) == expected_leads, "a duplicate deal was created"
-    seen: dict[str, int] = {}
-    for lead in leads:
-        notes = amo.notes(lead["id"])
-        noted = [pid for pid in payments for text in notes if f"Payment ID: {pid}" in text]
-        assert len(noted) == len(notes), f"lead {lead['id']}: a note for no payment: {notes}"
-        for pid in noted:
-            seen[pid] = seen.get(pid, 0) + 1
-        assert Decimal(str(amo.lead_field(lead["id"], TOTAL))) == sum(
-            payments[pid] for pid in noted
-        )
-        assert int(Decimal(str(amo.lead_field(lead["id"], COUNT)))) == len(noted)
-    assert seen == dict.fromkeys(payments, 1), f"notes per payment: {seen}"
+    assert len(amo.leads()) == expected_leads, "a duplicate deal was created"
+    assert_each_payment_once(amo, payments)

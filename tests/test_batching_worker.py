@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,8 +19,7 @@ from typing import Any
 from litestar.testing import AsyncTestClient
 
 from bridge.app import create_app
-from bridge.store import Store
-from tests.cli_support import make_cli
+from tests.cli_support import hold_crm, make_cli
 from tests.conftest import (
     Bridge,
     make_settings,
@@ -53,9 +51,7 @@ async def held_bridge(
     file = file.model_copy(update={"crm": {"amocrm": config}})
     settings = make_settings(tmp_path, file, wait_seconds=0, **overrides)
     crm.config = config
-    store = await Store.open(settings.database_path, clock=time.time)
-    await store.hold_crm("amocrm", "load the queue", "test")
-    await store.close()
+    await hold_crm(settings.database_path)
     app = create_app(settings, adapters=lambda _settings, _store: {"amocrm": crm})
     async with AsyncTestClient(app=app) as client:
         yield Bridge(client, settings, crm)  # type: ignore[arg-type]
@@ -66,9 +62,7 @@ async def post_and_release(bridge: Bridge, payments: list[dict[str, Any]]) -> No
         body = json.dumps(payload).encode()
         answer = await bridge.client.post("/webhook/payment", content=body, headers=signed(body))
         assert answer.status_code == 202, answer.text
-    store = await Store.open(bridge.settings.database_path, clock=time.time)
-    await store.release_crm("amocrm")
-    await store.close()
+    await hold_crm(bridge.settings.database_path, held=False)
     await bridge.settle(timeout=30)
 
 
@@ -147,9 +141,7 @@ async def test_a_batch_call_is_listed_under_each_delivery_and_counted_once(
     # Through HTTP into the fake amoCRM: the new customers' contacts and deals in one
     # `leads/complex`, their notes in one `POST /api/v4/leads/notes`.
     payments = [customer_payment(c, 0) for c in range(4)]
-    store = await Store.open(make_settings(tmp_path).database_path, clock=time.time)
-    await store.hold_crm("amocrm", "load the queue", "test")
-    await store.close()
+    await hold_crm(make_settings(tmp_path).database_path)
     async with run_bridge(wait_seconds=0) as bridge:
         await post_and_release(bridge, payments)
         assert delivered(bridge) == {"success": 4}

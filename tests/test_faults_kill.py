@@ -29,7 +29,6 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -38,17 +37,18 @@ from litestar.testing import AsyncTestClient
 from bridge.app import create_app
 from tests.conftest import make_settings, payment_payload, reference_file_config, signed
 from tests.conftest import wait_until as async_wait_until
-from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.service import FakeRequest
 from tests.process import (  # noqa: F401 - amo_server
+    COUNT,
+    TOTAL,
     BridgeProcess,
     KillSwitch,
     ServedAmoCrm,
+    assert_each_payment_once,
     served_amocrm,
     wait_until,
 )
 
-TOTAL, COUNT, PAYMENT_ID = "700207", "700208", "700205"  # deal fields of the example config
 SITE, SITE_WORKING = 4423755, 63242023
 
 COMPLEX = ("POST", r"/api/v4/leads/complex")
@@ -158,31 +158,8 @@ def test_sigkill_at_each_step_leaves_exactly_one_of_everything(
     assert len(amo.contacts()) == 1, "a second contact was created"
     leads = amo.leads()
     assert len(leads) == case.leads, "a duplicate deal was created"
-    _assert_each_payment_once(amo, leads, [p["course_order"]["payment_id"] for p in payments], base)
-
-
-def _assert_each_payment_once(
-    amo: FakeAmoCrm,
-    leads: list[dict[str, Any]],
-    payment_ids: list[str],
-    base: tuple[Decimal, int],
-) -> None:
-    """Every payment has exactly one note, on one deal, and that deal's total and count
-    are exactly the sum of the payments noted on it (plus what a manager had there)."""
-    seen: dict[str, int] = {}
-    for lead in leads:
-        notes = amo.notes(lead["id"])
-        noted = [pid for pid in payment_ids for text in notes if f"Payment ID: {pid}" in text]
-        assert len(noted) == len(notes), f"lead {lead['id']}: a note for no payment: {notes}"
-        for pid in noted:
-            seen[pid] = seen.get(pid, 0) + 1
-        total = amo.lead_field(lead["id"], TOTAL)
-        count = amo.lead_field(lead["id"], COUNT)
-        start_total, start_count = base  # only the seeded cases have one, on their one deal
-        assert Decimal(str(total)) == start_total + sum(AMOUNTS[pid] for pid in noted), lead
-        assert int(Decimal(str(count))) == start_count + len(noted), lead
-        assert amo.lead_field(lead["id"], PAYMENT_ID) == noted[-1]
-    assert seen == dict.fromkeys(payment_ids, 1), f"notes per payment: {seen}"
+    paid = [p["course_order"]["payment_id"] for p in payments]
+    assert_each_payment_once(amo, {pid: AMOUNTS[pid] for pid in paid}, base)
 
 
 def test_sigterm_stops_within_the_grace_period_and_leaves_the_rest_pending(
