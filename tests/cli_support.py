@@ -42,6 +42,8 @@ class Cli:
     env: dict[str, str]
     transports: dict[str, httpx.AsyncBaseTransport] = field(default_factory=dict)
     clock: Callable[[], float] = lambda: T0 + 3600
+    http_transport: httpx.BaseTransport | None = None  # what `send` posts to
+    follow_polls: int | None = None  # `events --follow` stops after this many polls
 
     @property
     def db_path(self) -> Path:
@@ -49,7 +51,12 @@ class Cli:
 
     def __call__(self, *args: str, input: str | None = None) -> Result:
         runner = CliRunner(env=self.env)
-        obj = CliEnv(transports=self.transports, clock=self.clock)
+        obj = CliEnv(
+            transports=self.transports,
+            clock=self.clock,
+            http_transport=self.http_transport,
+            follow_polls=self.follow_polls,
+        )
         result = runner.invoke(main, list(args), obj=obj, input=input)
         # A problem ends as a message and an exit code, never as a traceback.
         if result.exception is not None and not isinstance(result.exception, SystemExit):

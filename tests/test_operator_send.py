@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 
 import httpx
-from click.testing import CliRunner
 
-from bridge.cli import CliEnv, main
 from bridge.signing import hmac_signature
 from tests.cli_support import make_cli, operator_cli
 from tests.conftest import ROOT, SECRET
@@ -32,9 +30,8 @@ def test_send_signs_the_example_and_prints_the_answer(tmp_path: Path) -> None:
         seen.append(request)
         return httpx.Response(200, json={"status": "success", "results": {}})
 
-    runner = CliRunner(env=cli.env)
-    env = CliEnv(clock=cli.clock, http_transport=httpx.MockTransport(answer))
-    result = runner.invoke(main, ["send", "--example"], obj=env)
+    cli.http_transport = httpx.MockTransport(answer)
+    result = cli("send", "--example")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("200 success")
     assert "crm-bridge show pay_example_0001" in result.stderr
@@ -52,9 +49,8 @@ def test_send_new_id_replaces_payment_id_and_refusal_exits_1(tmp_path: Path) -> 
         bodies.append(json.loads(request.content))
         return httpx.Response(401, json={"error": "invalid_signature"})
 
-    runner = CliRunner(env=cli.env)
-    env = CliEnv(clock=cli.clock, http_transport=httpx.MockTransport(answer))
-    result = runner.invoke(main, ["send", str(EXAMPLE), "--new-id"], obj=env)
+    cli.http_transport = httpx.MockTransport(answer)
+    result = cli("send", str(EXAMPLE), "--new-id")
     assert result.exit_code == 1
     assert result.stdout.startswith("401 invalid_signature")
     key = bodies[0]["course_order"]["payment_id"]  # type: ignore[index]
