@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given
@@ -37,12 +38,20 @@ def _standard(
     }
 
 
-def _verify(headers: dict[str, str], *, legacy: bool = False, now: float = NOW) -> Verdict:
+def _verify(
+    headers: dict[str, str],
+    body: bytes = BODY,
+    *,
+    hmac_secrets: Sequence[str] = (OLD_HMAC_SECRET, HMAC_SECRET),
+    standard_secrets: Sequence[str] = (STANDARD_SECRET,),
+    legacy: bool = False,
+    now: float = NOW,
+) -> Verdict:
     return verify(
         headers,
-        BODY,
-        hmac_secrets=[OLD_HMAC_SECRET, HMAC_SECRET],
-        standard_secrets=[STANDARD_SECRET],
+        body,
+        hmac_secrets=list(hmac_secrets),
+        standard_secrets=list(standard_secrets),
         legacy_enabled=legacy,
         now=now,
     )
@@ -225,22 +234,12 @@ def test_verify_at_another_time(headers: dict[str, str], now: float, expected: V
     ],
 )
 def test_empty_secrets_never_match(headers: dict[str, str], expected: Verdict) -> None:
-    verdict = verify(
-        headers, BODY, hmac_secrets=[""], standard_secrets=[""], legacy_enabled=True, now=NOW
-    )
-    assert verdict == expected
+    assert _verify(headers, hmac_secrets=[""], standard_secrets=[""], legacy=True) == expected
 
 
 def test_undecodable_standard_secret_does_not_break_verification() -> None:
-    verdict = verify(
-        _standard(),
-        BODY,
-        hmac_secrets=[],
-        standard_secrets=["whsec_***", STANDARD_SECRET],
-        legacy_enabled=False,
-        now=NOW,
-    )
-    assert verdict == Verdict(True, "standard", "ok")
+    verdict = _verify(_standard(), hmac_secrets=[], standard_secrets=["whsec_***", STANDARD_SECRET])
+    assert verdict == STANDARD_OK
 
 
 @pytest.mark.parametrize(
@@ -297,13 +296,8 @@ def test_signed_bodies_verify(
         headers = sign_headers(
             body, hmac_secret=one_hmac, standard_secret=one_standard, msg_id="msg", now=now
         )
-        verdict = verify(
-            headers,
-            body,
-            hmac_secrets=[hmac_secret],
-            standard_secrets=[standard_secret],
-            legacy_enabled=False,
-            now=now,
+        verdict = _verify(
+            headers, body, hmac_secrets=[hmac_secret], standard_secrets=[standard_secret], now=now
         )
         assert verdict.ok, verdict
 
@@ -326,13 +320,8 @@ def test_any_changed_byte_fails(
     hmac_only = {"X-Signature": headers["X-Signature"]}
     standard_only = {name: value for name, value in headers.items() if name.startswith("webhook-")}
     for single in (hmac_only, standard_only):
-        verdict = verify(
-            single,
-            changed,
-            hmac_secrets=[hmac_secret],
-            standard_secrets=[standard_secret],
-            legacy_enabled=False,
-            now=NOW,
+        verdict = _verify(
+            single, changed, hmac_secrets=[hmac_secret], standard_secrets=[standard_secret]
         )
         assert verdict == Verdict(False, verdict.scheme, "signature mismatch")
 
@@ -350,8 +339,6 @@ def test_timestamps_beyond_tolerance_fail(
     headers = sign_headers(
         body, hmac_secret=None, standard_secret=secret, msg_id="m", now=signed_at
     )
-    verdict = verify(
-        headers, body, hmac_secrets=[], standard_secrets=[secret], legacy_enabled=False, now=NOW
-    )
+    verdict = _verify(headers, body, hmac_secrets=[], standard_secrets=[secret])
     assert not verdict.ok
     assert verdict.reason == ("timestamp too new" if future else "timestamp too old")
