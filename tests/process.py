@@ -377,9 +377,6 @@ class KillSwitch:
         self.fired.clear()
         self._armed = (phase, method, re.compile(path_pattern))
 
-    def disarm(self) -> None:
-        self._armed = None
-
     def _check(self, phase: str, request: FakeRequest) -> None:
         armed = self._armed
         if armed is None or armed[0] != phase or armed[1] != request.method:

@@ -30,6 +30,7 @@ from tests.fakes.crm_events import CrmRequest
 from tests.fakes.platform import PATH, FakePlatform
 from tests.order_cases import ORDER_CASES, OrderCase
 from tests.order_support import order_body
+from tests.process import unfinished
 
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 PLATFORM_URL = f"http://platform.test{PATH}"
@@ -167,8 +168,7 @@ def crm_events(bridge: Bridge) -> list[tuple[Any, ...]]:
 
 
 async def settled(bridge: Bridge) -> None:
-    busy = "SELECT COUNT(*) FROM deliveries WHERE status IN ('pending', 'retrying', 'processing')"
-    await wait_until(lambda: rows(bridge, busy)[0][0] == 0, timeout=20)
+    await wait_until(lambda: unfinished(bridge.settings.database_path) == 0, timeout=20)
 
 
 async def ordered(bridge: Bridge, sync: Sync) -> str:

@@ -26,7 +26,8 @@ import pytest
 from cryptography.fernet import Fernet
 
 from bridge.crypto import TokenCipher
-from tests.conftest import payment_payload, reference_file_config, wait_until
+from tests.conftest import reference_file_config, wait_until
+from tests.customers import customer_payment
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.process import (  # noqa: F401 - amo_server
     BridgeProcess,
@@ -40,12 +41,6 @@ OAUTH_ENV = {
     "AMOCRM_CLIENT_SECRET": "fake-client-secret",
     "AMOCRM_REDIRECT_URI": "https://bridge.example/oauth",
 }
-
-
-def customer_payment(n: int, prefix: str = "pay_a") -> dict[str, Any]:
-    return payment_payload(
-        f"{prefix}{n}", phone=f"8999222{n:04d}", email=None, telegram_id=None, telegram_tag=None
-    )
 
 
 def assert_one_of_everything(fake: FakeAmoCrm, payments: int) -> None:
@@ -62,7 +57,7 @@ async def test_rejected_long_lived_token_pauses_without_burning_attempts(
     run_bridge: Any, fake_amo: FakeAmoCrm, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with run_bridge(amocrm_access_token="revoked-long-lived-token", wait_seconds=2) as b:
-        answers = [await b.post_payment(customer_payment(n)) for n in range(3)]
+        answers = [await b.post_payment(customer_payment(n, "pay_a")) for n in range(3)]
         await wait_until(lambda: fake_amo.count(status=401) >= 1)
         await asyncio.sleep(0.5)  # time enough to burn attempts, were it to burn any
         health = (await b.client.get("/webhook/health")).json()
@@ -130,7 +125,7 @@ def test_refresh_token_rotated_away_pauses_until_bridge_auth_then_resumes(
     try:
         bridge.start()
         for n in range(3):
-            assert bridge.post_payment(customer_payment(n)).status_code == 202
+            assert bridge.post_payment(customer_payment(n, "pay_a")).status_code == 202
         bridge.wait_for(lambda: bridge.health()["crms"]["amocrm"]["paused"], what="amocrm paused")
         bridge.wait_for(
             lambda: bridge.query("SELECT DISTINCT status FROM deliveries") == [("pending",)],
@@ -181,12 +176,14 @@ async def test_concurrent_deliveries_share_one_refresh(
         amocrm_redirect_uri=OAUTH_ENV["AMOCRM_REDIRECT_URI"],
         bridge_secret_key=key,
     ) as bridge:
-        first = await asyncio.gather(*(bridge.post_payment(customer_payment(n)) for n in range(8)))
+        first = await asyncio.gather(
+            *(bridge.post_payment(customer_payment(n, "pay_a")) for n in range(8))
+        )
         await bridge.settle()
         after_first = fake_amo.count(path_prefix="/oauth2/")
         fake_amo.expire_all_access_tokens()  # every delivery in flight now meets a 401
         second = await asyncio.gather(
-            *(bridge.post_payment(customer_payment(n)) for n in range(100, 108))
+            *(bridge.post_payment(customer_payment(n, "pay_a")) for n in range(100, 108))
         )
         await bridge.settle()
         after_second = fake_amo.count(path_prefix="/oauth2/")
@@ -219,7 +216,7 @@ def test_rotated_pair_is_committed_before_it_is_used(
         # The bootstrap refresh token is traded on the first request; the first API
         # request with the new access token is where the bridge dies.
         switch.arm("received", "GET", r"/api/v4/contacts")
-        assert bridge.post_payment(customer_payment(1)).status_code == 202
+        assert bridge.post_payment(customer_payment(1, "pay_a")).status_code == 202
         switch.wait()
         pair_at_kill = stored_pair(bridge)
         bridge.start()

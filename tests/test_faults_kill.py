@@ -37,6 +37,7 @@ from litestar.testing import AsyncTestClient
 from bridge.app import create_app
 from tests.conftest import make_settings, payment_payload, reference_file_config, signed
 from tests.conftest import wait_until as async_wait_until
+from tests.customers import customer_payment
 from tests.fakes.service import FakeRequest
 from tests.process import (  # noqa: F401 - amo_server
     COUNT,
@@ -170,12 +171,7 @@ def test_sigterm_stops_within_the_grace_period_and_leaves_the_rest_pending(
     amo = amo_server.fake
     bridge = amo_server.bridge(tmp_path, rate_limit_per_second=40)
     amo.latency = 1.5  # every CRM call is slow: a delivery is always mid-call
-    payments = [
-        payment_payload(
-            f"pay_t{n}", phone=f"8999111{n:04d}", email=None, telegram_id=None, telegram_tag=None
-        )
-        for n in range(4)
-    ]
+    payments = [customer_payment(n, "pay_t") for n in range(4)]
     try:
         bridge.start()
         for payload in payments:
@@ -315,9 +311,7 @@ def test_sigterm_answers_waiting_webhooks_202_not_500(
     answers: dict[int, int | str] = {}
 
     def post(n: int) -> None:
-        payload = payment_payload(
-            f"pay_w{n}", phone=f"8999666{n:04d}", email=None, telegram_id=None, telegram_tag=None
-        )
+        payload = customer_payment(n, "pay_w")
         try:
             answers[n] = bridge.post_payment(payload, timeout=20).status_code
         except httpx.TransportError as exc:

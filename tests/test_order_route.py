@@ -29,6 +29,7 @@ from bridge.settings import FileConfig, Settings
 from tests.conftest import make_settings, reference_file_config, signed, wait_until
 from tests.fakes.memory import MemoryConnection, MemoryCrm
 from tests.order_support import PIPELINE, STAGES, order_body, with_orders
+from tests.process import unfinished
 
 TENT = [("tent-02", "Шатёр 6×12", 1, "25000.00")]
 
@@ -50,8 +51,7 @@ class OrderBridge:
             return list(conn.execute(sql, params).fetchall())
 
     async def settle(self) -> None:
-        busy = "SELECT COUNT(*) FROM deliveries WHERE status IN ('pending','retrying','processing')"
-        await wait_until(lambda: self.query(busy)[0][0] == 0)
+        await wait_until(lambda: unfinished(self.settings.database_path) == 0)
 
 
 def order_file(takes_orders: bool = True) -> FileConfig:
