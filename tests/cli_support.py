@@ -22,6 +22,12 @@ from tests.process import BridgeProcess
 
 T = TypeVar("T")
 T0 = 1_750_000_000.0  # a fixed "now" for the store's clock: 2025-06-15 15:06:40 UTC
+# The OAuth client the fake amoCRM knows by default (tests/fakes/amocrm.py).
+AMOCRM_OAUTH_ENV = {
+    "AMOCRM_CLIENT_ID": "fake-client-id",
+    "AMOCRM_CLIENT_SECRET": "fake-client-secret",
+    "AMOCRM_REDIRECT_URI": "https://bridge.example/oauth",
+}
 
 
 def write_config(directory: Path, *, replace: Mapping[str, str] | None = None) -> Path:

@@ -344,7 +344,7 @@ def assert_each_payment_once(
             seen[pid] = seen.get(pid, 0) + 1
         total = amo.lead_field(lead["id"], TOTAL)
         count = amo.lead_field(lead["id"], COUNT)
-        start_total, start_count = base  # only the seeded cases have one, on their one deal
+        start_total, start_count = base  # given only where a manager's one deal had them
         assert Decimal(str(total)) == start_total + sum(amounts[pid] for pid in noted), lead
         assert int(Decimal(str(count))) == start_count + len(noted), lead
         assert amo.lead_field(lead["id"], PAYMENT_ID) == noted[-1]

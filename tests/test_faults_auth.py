@@ -26,6 +26,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from bridge.crypto import TokenCipher
+from tests.cli_support import AMOCRM_OAUTH_ENV as OAUTH_ENV
 from tests.conftest import reference_file_config, wait_until
 from tests.customers import customer_payment
 from tests.fakes.amocrm import FakeAmoCrm
@@ -35,12 +36,6 @@ from tests.process import (  # noqa: F401 - amo_server
     ServedAmoCrm,
     served_amocrm,
 )
-
-OAUTH_ENV = {
-    "AMOCRM_CLIENT_ID": "fake-client-id",
-    "AMOCRM_CLIENT_SECRET": "fake-client-secret",
-    "AMOCRM_REDIRECT_URI": "https://bridge.example/oauth",
-}
 
 
 def assert_one_of_everything(fake: FakeAmoCrm, payments: int) -> None:
