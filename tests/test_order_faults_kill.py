@@ -15,31 +15,20 @@ the stage of the last status, and one note per event.
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
-import sqlite3
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from litestar.testing import AsyncTestClient
 
-from bridge.app import create_app
-from bridge.settings import Settings
-from tests.conftest import (
-    ROOT,
-    make_settings,
-    reference_file_config,
-    signed,
-    wait_until,
-)
-from tests.fakes.memory import MemoryCrm
+from bridge.settings import FileConfig
+from tests.conftest import ROOT, reference_file_config, signed, wait_until
+from tests.order_cases import MEMORY, post_order
 from tests.order_kill_app import load_state
 from tests.order_support import PIPELINE, STAGES, order_body, order_config_toml, with_orders
 from tests.process import BridgeProcess, unfinished, write_config
@@ -80,25 +69,19 @@ CASES = [
 ]
 
 
-def _settings(tmp_path: Path) -> Settings:
+def _file() -> FileConfig:
     file = reference_file_config(request_timeout_seconds=0.05, late_write_seconds=0.05)
-    file = file.model_copy(update={"crm": {"amocrm": with_orders(file.crm["amocrm"])}})
-    return make_settings(tmp_path, file, wait_seconds=0, shutdown_grace_seconds=0.1)
-
-
-@asynccontextmanager
-async def running(settings: Settings, crm: MemoryCrm) -> AsyncIterator[AsyncTestClient[Any]]:
-    app = create_app(settings, adapters=lambda _settings, _store: {"amocrm": crm})
-    async with AsyncTestClient(app=app) as client:
-        yield client
+    return file.model_copy(update={"crm": {"amocrm": with_orders(file.crm["amocrm"])}})
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 async def test_a_kill_at_each_step_leaves_exactly_one_of_everything(
     case: Case, tmp_path: Path
 ) -> None:
-    settings = _settings(tmp_path)
-    crm = MemoryCrm(settings.file.crm["amocrm"], name="amocrm")
+    crm = MEMORY.make_fake()
+    run = functools.partial(
+        MEMORY.running(crm, tmp_path), _file(), wait_seconds=0, shutdown_grace_seconds=0.1
+    )
     business = case.script == "business-new"
     if not business:
         crm.add_contact(phones=["+79160001122"])
@@ -106,17 +89,15 @@ async def test_a_kill_at_each_step_leaves_exactly_one_of_everything(
     for index, body in enumerate(events):
         if index == case.event:
             crm.kill_at(case.call, after=case.after)
-        async with running(settings, crm) as client:
-            raw = json.dumps(body).encode()
-            answer = await client.post("/webhook/order", content=raw, headers=signed(raw))
+        async with run() as bridge:
+            answer = await post_order(bridge, body)
             assert answer.status_code == 202, answer.text
-            await wait_until(lambda: crm.killed or unfinished(settings.database_path) == 0)
+            await wait_until(lambda: crm.killed or unfinished(bridge.settings.database_path) == 0)
         if crm.killed:
             crm.killed = False
-            async with running(settings, crm):  # the restart resumes the delivery
-                await wait_until(lambda: unfinished(settings.database_path) == 0)
-    with sqlite3.connect(settings.database_path) as conn:
-        statuses = conn.execute("SELECT status FROM order_events").fetchall()
+            async with run() as bridge:  # the restart resumes the delivery
+                await bridge.settle()
+    statuses = bridge.query("SELECT status FROM order_events")
     assert crm.kills == 1, "the kill point was never reached: the case proves nothing"
     assert statuses == [("success",), ("success",)]
     assert len(crm.contacts) == 1
