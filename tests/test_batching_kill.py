@@ -16,12 +16,11 @@ import asyncio
 import time
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.cli_support import hold_crm
-from tests.conftest import payment_payload
+from tests.customers import payment_of
 from tests.process import (  # noqa: F401 - amo_server
     BridgeProcess,
     KillSwitch,
@@ -34,17 +33,6 @@ CUSTOMERS = 4
 COMPLEX_BATCH = ("POST", r"/api/v4/leads/complex")
 PATCH_BATCH = ("PATCH", r"/api/v4/leads")
 NOTES_BATCH = ("POST", r"/api/v4/leads/notes")
-
-
-def customer_payment(customer: int, n: int) -> dict[str, Any]:
-    return payment_payload(
-        f"pay_b{customer}_{n}",
-        phone=f"8999200{customer:04d}",
-        email=f"b{customer}@example.com",
-        telegram_id=str(800000 + customer),
-        costs=(1000 * (n + 1),),
-        subjects=("Русский",),
-    )
 
 
 def amount(n: int) -> Decimal:
@@ -62,7 +50,7 @@ def deliver_round(
     hold(bridge, True)
     time.sleep(1.2)  # the running bridge reads holds at most once a second
     for customer in range(CUSTOMERS):
-        response = bridge.post_payment(customer_payment(customer, n))
+        response = bridge.post_payment(payment_of(customer, n, "pay_b"))
         assert response.status_code == 202, response.text
     if not kills:
         hold(bridge, False)

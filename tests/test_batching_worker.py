@@ -23,22 +23,13 @@ from tests.cli_support import hold_crm, make_cli
 from tests.conftest import (
     Bridge,
     make_settings,
-    payment_payload,
     reference_file_config,
     signed,
 )
+from tests.customers import payment_of
 from tests.fakes.memory import BatchingMemoryCrm
 
 CUSTOMERS = 6
-
-
-def customer_payment(customer: int, n: int) -> dict[str, Any]:
-    return payment_payload(
-        f"pay_{customer}_{n}",
-        phone=f"8999100{customer:04d}",
-        email=f"c{customer}@example.com",
-        telegram_id=str(700000 + customer),
-    )
 
 
 @asynccontextmanager
@@ -72,7 +63,7 @@ def delivered(bridge: Bridge) -> Counter[str]:
 
 async def test_due_payments_of_different_customers_go_as_one_group(tmp_path: Path) -> None:
     crm = BatchingMemoryCrm(reference_file_config().crm["amocrm"], name="amocrm")
-    payments = [customer_payment(c, n) for n in range(2) for c in range(CUSTOMERS)]
+    payments = [payment_of(c, n) for n in range(2) for c in range(CUSTOMERS)]
     async with held_bridge(tmp_path, crm, worker_concurrency=1) as bridge:
         await post_and_release(bridge, payments)
         assert delivered(bridge) == {"success": 2 * CUSTOMERS}
@@ -99,7 +90,7 @@ def assert_one_note_each(crm: BatchingMemoryCrm, payment_ids: list[str]) -> None
 
 async def test_batch_size_one_turns_batching_off(tmp_path: Path) -> None:
     crm = BatchingMemoryCrm(reference_file_config().crm["amocrm"], name="amocrm")
-    payments = [customer_payment(c, 0) for c in range(CUSTOMERS)]
+    payments = [payment_of(c, 0) for c in range(CUSTOMERS)]
     async with held_bridge(tmp_path, crm, batch_size=1) as bridge:
         await post_and_release(bridge, payments)
         assert delivered(bridge) == {"success": CUSTOMERS}
@@ -109,7 +100,7 @@ async def test_batch_size_one_turns_batching_off(tmp_path: Path) -> None:
 
 async def test_a_group_is_capped_by_the_configured_batch_size(tmp_path: Path) -> None:
     crm = BatchingMemoryCrm(reference_file_config().crm["amocrm"], name="amocrm")
-    payments = [customer_payment(c, 0) for c in range(5)]
+    payments = [payment_of(c, 0) for c in range(5)]
     async with held_bridge(tmp_path, crm, batch_size=2, worker_concurrency=8) as bridge:
         await post_and_release(bridge, payments)
         assert delivered(bridge) == {"success": 5}
@@ -122,7 +113,7 @@ async def test_an_item_refused_in_a_batch_fails_only_its_delivery(tmp_path: Path
     crm = BatchingMemoryCrm(reference_file_config().crm["amocrm"], name="amocrm")
     crm.refuse("Payment ID: pay_1_0")  # this payment's note is refused, alone
     async with held_bridge(tmp_path, crm) as bridge:
-        await post_and_release(bridge, [customer_payment(c, 0) for c in range(3)])
+        await post_and_release(bridge, [payment_of(c, 0) for c in range(3)])
         statuses = dict(
             bridge.query(
                 "SELECT e.key, d.status FROM deliveries d JOIN events e ON e.id = d.event_id"
@@ -140,7 +131,7 @@ async def test_a_batch_call_is_listed_under_each_delivery_and_counted_once(
 ) -> None:
     # Through HTTP into the fake amoCRM: the new customers' contacts and deals in one
     # `leads/complex`, their notes in one `POST /api/v4/leads/notes`.
-    payments = [customer_payment(c, 0) for c in range(4)]
+    payments = [payment_of(c, 0) for c in range(4)]
     await hold_crm(make_settings(tmp_path).database_path)
     async with run_bridge(wait_seconds=0) as bridge:
         await post_and_release(bridge, payments)
