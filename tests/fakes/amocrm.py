@@ -82,7 +82,6 @@ from tests.fakes.service import (
     FakeService,
     JSONDict,
     OAuthFake,
-    TokenIssuer,
     problem,
 )
 
@@ -173,10 +172,8 @@ class FakeAmoCrm(OAuthFake, FakeService):
     ) -> None:
         super().__init__(rate_limit=rate_limit, monotonic=monotonic)
         self.config = config or load_file_config(EXAMPLE_CONFIG).crm["amocrm"]
-        self.clock = clock
-        self.client_id, self.client_secret = client_id, client_secret
-        self.redirect_uri = redirect_uri
-        self.oauth_ttl = oauth_ttl
+        # Refresh tokens rotate: each is spent on use (see above).
+        self.oauth_client(clock, client_id, client_secret, oauth_ttl, redirect_uri)
         self.account = Account.from_config(self.config)
         self._contacts: dict[int, ContactRec] = {}
         self._leads: dict[int, LeadRec] = {}
@@ -189,8 +186,6 @@ class FakeAmoCrm(OAuthFake, FakeService):
         self._lead_items: dict[int, dict[int, float]] = {}  # lead → element → quantity
         # The one products catalog (an account has at most one) [catalogs-api].
         self.catalog_id = int(self.config.order_catalog_id or 7001)
-        # Refresh tokens rotate: each is spent on use (see above).
-        self.tokens = TokenIssuer(lambda: self.clock(), lambda: self.oauth_ttl)
         self._forbidden: str | None = None
         self._ids = {
             kind: itertools.count(start)

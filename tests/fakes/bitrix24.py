@@ -85,7 +85,7 @@ from tests.fakes.bitrix24_portal import (
     substitute,
 )
 from tests.fakes.crm_events import CrmRequest, bitrix24_deal_event
-from tests.fakes.service import FakeRequest, FakeResponse, FakeService, OAuthFake, TokenIssuer
+from tests.fakes.service import FakeRequest, FakeResponse, FakeService, OAuthFake
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "crm-bitrix24.example.toml"
 REST_PATH = re.compile(r"/rest/(?:(\d+)/([A-Za-z0-9_]+)/)?([A-Za-z0-9_.]+?)(?:\.json)?")
@@ -118,10 +118,8 @@ class FakeBitrix24(OAuthFake, FakeService):
         super().__init__(rate_limit=10**9, monotonic=monotonic)  # the bucket is ours
         self.config = config or example_config()
         self.portal = Portal.from_config(self.config)
-        self.clock = clock
         self.bucket_size, self.drain_per_second = bucket_size, drain_per_second
         self._level, self._level_at = 0.0, monotonic()
-        self.client_id, self.client_secret, self.oauth_ttl = client_id, client_secret, oauth_ttl
         self.methods: list[str] = []
         self._contacts: dict[int, ContactRec] = {}
         self._deals: dict[int, DealRec] = {}
@@ -130,7 +128,7 @@ class FakeBitrix24(OAuthFake, FakeService):
         self._requisites: dict[int, RequisiteRec] = {}
         self._webhooks: set[tuple[str, str]] = set()
         # Each refresh spends the refresh token and answers a new one.
-        self.tokens = TokenIssuer(lambda: self.clock(), lambda: self.oauth_ttl)
+        self.oauth_client(clock, client_id, client_secret, oauth_ttl)
         self._blocked: set[str] = set()
         self._denied: tuple[str, str] | None = None  # (code, description) of a 403
         self._ids = {

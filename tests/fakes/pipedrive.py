@@ -71,7 +71,6 @@ from tests.fakes.service import (
     FakeService,
     JSONDict,
     OAuthFake,
-    TokenIssuer,
 )
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "crm-pipedrive.example.toml"
@@ -190,9 +189,6 @@ class FakePipedrive(OAuthFake, FakeService):
         self.config = config or load_file_config(EXAMPLE_CONFIG).crm["pipedrive"]
         self.company = Company.from_config(self.config)
         self.search_limit, self.daily_budget = search_limit, daily_budget
-        self.clock = clock
-        self.client_id, self.client_secret = client_id, client_secret
-        self.redirect_uri, self.oauth_ttl = redirect_uri, oauth_ttl
         self.rotate_refresh_tokens = rotate_refresh_tokens
         self._persons: dict[int, PersonRec] = {}
         self._deals: dict[int, DealRec] = {}
@@ -202,9 +198,12 @@ class FakePipedrive(OAuthFake, FakeService):
         self._deal_products: dict[int, DealProductRec] = {}
         self._api_tokens: set[str] = set()
         # A refresh answers the same refresh token, whose 60-day idle expiry restarts.
-        self.tokens = TokenIssuer(
-            lambda: self.clock(),
-            lambda: self.oauth_ttl,
+        self.oauth_client(
+            clock,
+            client_id,
+            client_secret,
+            oauth_ttl,
+            redirect_uri,
             prefixes=("v1u:", "1:1:"),
             rotates=False,
             idle_expiry=60 * 86400,

@@ -199,6 +199,23 @@ class OAuthFake:
     tokens: TokenIssuer
     _lock: threading.RLock
 
+    def oauth_client(
+        self,
+        clock: Callable[[], float],
+        client_id: str,
+        client_secret: str,
+        oauth_ttl: int,
+        redirect_uri: str = "",
+        **issuer: Any,
+    ) -> None:
+        """The app the fake's token endpoint knows, and a `TokenIssuer` whose access
+        tokens live `oauth_ttl` seconds by `clock` (`issuer`: how the vendor's tokens
+        look, rotate and expire unused)."""
+        self.clock = clock
+        self.client_id, self.client_secret = client_id, client_secret
+        self.redirect_uri, self.oauth_ttl = redirect_uri, oauth_ttl
+        self.tokens = TokenIssuer(lambda: self.clock(), lambda: self.oauth_ttl, **issuer)
+
     def issue_oauth_pair(self, ttl: float | None = None) -> tuple[str, str]:
         with self._lock:
             return self.tokens.issue_pair(ttl)
