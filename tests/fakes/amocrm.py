@@ -82,6 +82,7 @@ from tests.fakes.service import (
     FakeService,
     JSONDict,
     OAuthFake,
+    only_digits,
     problem,
 )
 
@@ -143,10 +144,6 @@ class NoteRec:
     note_type: str
     params: JSONDict
     created_at: int
-
-
-def _digits(text: str) -> str:
-    return re.sub(r"\D", "", text)
 
 
 # ---- the fake -----------------------------------------------------------------------
@@ -496,10 +493,10 @@ class FakeAmoCrm(OAuthFake, FakeService):
         texts += [str(v.get("value", "")) for values in contact.values.values() for v in values]
         if any(query in text.lower() for text in texts):
             return True
-        digits = _digits(query)
+        digits = only_digits(query)
         phones = [str(v["value"]) for v in contact.values.get(PHONE_FIELD, [])]
         return bool(re.fullmatch(r"[\d\s()+\-]{5,}", query)) and any(
-            digits in _digits(phone) for phone in phones
+            digits in only_digits(phone) for phone in phones
         )
 
     def _get_contact(self, request: FakeRequest, contact_id: str) -> FakeResponse:
@@ -707,17 +704,8 @@ class FakeAmoCrm(OAuthFake, FakeService):
         problems.check()
         for company in companies:
             self._contact_company[int(contact_id)] = company
-        answer = [
-            {
-                "entity_id": int(contact_id),
-                "entity_type": "contacts",
-                "to_entity_id": company,
-                "to_entity_type": "companies",
-                "metadata": None,
-            }
-            for company in companies
-        ]
-        return FakeResponse(200, {"_total_items": len(answer), "_embedded": {"links": answer}})
+        source = {"entity_id": int(contact_id), "entity_type": "contacts"}
+        return _links_answer([_link("companies", c, None, **source) for c in companies])
 
     def _lead_links(self, request: FakeRequest, lead_id: str) -> FakeResponse:
         lead = _known(self._leads, "lead", lead_id).id
@@ -725,33 +713,19 @@ class FakeAmoCrm(OAuthFake, FakeService):
         links: list[JSONDict] = []
         if not catalog:
             links += [
-                {
-                    "to_entity_id": c,
-                    "to_entity_type": "contacts",
-                    "metadata": {"main_contact": n == 0},
-                }
+                _link("contacts", c, {"main_contact": n == 0})
                 for n, c in enumerate(sorted(c for c, l_id in self._links if l_id == lead))
             ]
             if lead in self._lead_company:
-                links.append(
-                    {
-                        "to_entity_id": self._lead_company[lead],
-                        "to_entity_type": "companies",
-                        "metadata": None,
-                    }
-                )
+                links.append(_link("companies", self._lead_company[lead], None))
         for element_id, quantity in self._lead_items.get(lead, {}).items():
-            element = self._elements[element_id]
-            if catalog and str(element.catalog_id) != catalog:
-                continue
-            links.append(
-                {
-                    "to_entity_id": element_id,
-                    "to_entity_type": "catalog_elements",
-                    "metadata": {"quantity": quantity, "catalog_id": element.catalog_id},
-                }
-            )
+            if not catalog or str(self._elements[element_id].catalog_id) == catalog:
+                links.append(self._element_link(element_id, quantity))
         return self._page(request, links, "links")
+
+    def _element_link(self, element_id: int, quantity: float, **source: Any) -> JSONDict:
+        metadata = {"quantity": quantity, "catalog_id": self._elements[element_id].catalog_id}
+        return _link("catalog_elements", element_id, metadata, **source)
 
     def _link_lead(self, request: FakeRequest, lead_id: str) -> FakeResponse:
         lead = _known(self._leads, "lead", lead_id).id
@@ -759,20 +733,8 @@ class FakeAmoCrm(OAuthFake, FakeService):
         items = self._lead_items.setdefault(lead, {})
         for element_id, quantity in parsed:
             items[element_id] = quantity  # linking a linked element sets its quantity
-        answer = [
-            {
-                "entity_id": lead,
-                "entity_type": "leads",
-                "to_entity_id": element_id,
-                "to_entity_type": "catalog_elements",
-                "metadata": {
-                    "quantity": quantity,
-                    "catalog_id": self._elements[element_id].catalog_id,
-                },
-            }
-            for element_id, quantity in parsed
-        ]
-        return FakeResponse(200, {"_total_items": len(answer), "_embedded": {"links": answer}})
+        source = {"entity_id": lead, "entity_type": "leads"}
+        return _links_answer([self._element_link(e, q, **source) for e, q in parsed])
 
     def _unlink_lead(self, request: FakeRequest, lead_id: str) -> FakeResponse:
         lead = _known(self._leads, "lead", lead_id).id
@@ -1305,6 +1267,16 @@ def _request_id(item: Any, index: int) -> str:
     given = item.get("request_id") if isinstance(item, dict) else None
     valid = isinstance(given, str | int) and not isinstance(given, bool)
     return str(given) if valid else str(index)
+
+
+def _link(to_type: str, to_id: int, metadata: JSONDict | None, **source: Any) -> JSONDict:
+    """One link as the links API shows it (`source`: its entity, where the answer names
+    it)."""
+    return {**source, "to_entity_id": to_id, "to_entity_type": to_type, "metadata": metadata}
+
+
+def _links_answer(links: list[JSONDict]) -> FakeResponse:
+    return FakeResponse(200, {"_total_items": len(links), "_embedded": {"links": links}})
 
 
 def _known(records: Mapping[int, Known], kind: str, record_id: str) -> Known:

@@ -488,11 +488,7 @@ class FakeBitrix24(OAuthFake, FakeService):
 
     def _apply_contact(self, contact: ContactRec, fields: Mapping[str, Any]) -> None:
         # Validate everything first: a refused request changes nothing.
-        user = {
-            k: self.portal.user_value(self.portal.contact_fields, k, v)
-            for k, v in fields.items()
-            if k.startswith("UF_")
-        }
+        user = self.portal.user_values(self.portal.contact_fields, fields)
         self._merge_multis(contact, fields)
         companies = [
             _int(cid) for cid in items(fields.get("COMPANY_IDS")) or items(fields.get("COMPANY_ID"))
@@ -675,11 +671,7 @@ class FakeBitrix24(OAuthFake, FakeService):
         return True, {}
 
     def _apply_deal(self, deal: DealRec, fields: Mapping[str, Any]) -> None:
-        user = {
-            k: self.portal.user_value(self.portal.deal_fields, k, v)
-            for k, v in fields.items()
-            if k.startswith("UF_")
-        }
+        user = self.portal.user_values(self.portal.deal_fields, fields)
         if "OPPORTUNITY" in fields:
             try:
                 deal.opportunity = float(str(fields["OPPORTUNITY"]))

@@ -71,6 +71,7 @@ from tests.fakes.service import (
     FakeService,
     JSONDict,
     OAuthFake,
+    only_digits,
 )
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "crm-pipedrive.example.toml"
@@ -151,10 +152,6 @@ class NoteRec:
     deal_id: int
     content: str
     add_time: float
-
-
-def _digits(text: str) -> str:
-    return re.sub(r"\D", "", text)
 
 
 def rfc3339(seconds: float) -> str:
@@ -533,9 +530,9 @@ class FakePipedrive(OAuthFake, FakeService):
         # left out ("7999" finds "+7 999 123-45-67", "9991234567" does not): Pipedrive
         # documents only `exact_match`, so the fake assumes no more than a prefix search
         # [SPEC persons/search; crm-notes §2.2 "Phone caveat"].
-        digits = _digits(term)
+        digits = only_digits(term)
         if "phone" in fields and digits:
-            phone_digits = [_digits(p["value"]) for p in person.phones]
+            phone_digits = [only_digits(p["value"]) for p in person.phones]
             if any(d == digits if exact else d.startswith(digits) for d in phone_digits):
                 return True
         searchable = self.company.searchable_values("person", person.custom)
@@ -735,12 +732,11 @@ class FakePipedrive(OAuthFake, FakeService):
 
     def _create_org(self, request: FakeRequest) -> FakeResponse:
         body = request.json()
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-            raise validation_error("name is required")
-        if not body["name"].strip():
+        name = body.get("name") if isinstance(body, dict) else None
+        if not isinstance(name, str) or not name.strip():
             raise validation_error("name is required")
         custom = self.company.parse_custom_fields("organization", body.get("custom_fields"))
-        return _ok(self._org_json(self._store_org(body["name"], custom)))
+        return _ok(self._org_json(self._store_org(name, custom)))
 
     def _store_org(self, name: str, custom: Mapping[str, Any]) -> OrgRec:
         now = self.clock()

@@ -123,6 +123,11 @@ def problem(status: int, title: str, detail: str) -> JSONDict:
     }
 
 
+def only_digits(text: str) -> str:
+    """A phone number as the CRMs compare it: its digits alone."""
+    return re.sub(r"\D", "", text)
+
+
 class TokenIssuer:
     """What every fake CRM's credentials share: access tokens that expire by the fake's
     clock (or never), refresh tokens, and single-use authorization codes. A rotating
