@@ -84,6 +84,7 @@ from tests.fakes.service import (
     OAuthFake,
     only_digits,
     problem,
+    telegram_fields,
 )
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "bridge.example.toml"
@@ -283,13 +284,7 @@ class FakeAmoCrm(OAuthFake, FakeService):
         """A contact as a manager would have typed it; returns its id. No call is logged."""
         raw: dict[int | str, Any] = dict(fields or {})
         raw.update({PHONE_FIELD: list(phones), EMAIL_FIELD: list(emails)})
-        ids = self.config.contact_fields
-        for field_id, value in (
-            (ids.telegram_id, telegram_id),
-            (ids.telegram_username, telegram_username),
-        ):
-            if field_id and value is not None:
-                raw[field_id] = value
+        raw.update(telegram_fields(self.config, telegram_id, telegram_username))
         with self._lock:
             now = int(self.clock())
             record = ContactRec(
@@ -489,9 +484,7 @@ class FakeAmoCrm(OAuthFake, FakeService):
         return self._page(request, items, "contacts")
 
     def _matches(self, contact: ContactRec, query: str) -> bool:
-        texts = [contact.name, contact.first_name, contact.last_name]
-        texts += [str(v.get("value", "")) for values in contact.values.values() for v in values]
-        if any(query in text.lower() for text in texts):
+        if self._found(contact.values, query, contact.name, contact.first_name, contact.last_name):
             return True
         digits = only_digits(query)
         phones = [str(v["value"]) for v in contact.values.get(PHONE_FIELD, [])]
@@ -657,13 +650,14 @@ class FakeAmoCrm(OAuthFake, FakeService):
         hits = [
             self._company_json(c)
             for c in self._companies.values()
-            if not query or self._found(c.name, c.values, query)
+            if not query or self._found(c.values, query, c.name)
         ]
         return self._page(request, hits, "companies")
 
     @staticmethod
-    def _found(name: str, values: Mapping[int, list[JSONDict]], query: str) -> bool:
-        texts = [name, *(str(v.get("value", "")) for items in values.values() for v in items)]
+    def _found(values: Mapping[int, list[JSONDict]], query: str, *names: str) -> bool:
+        """Whether `query` is part of a name or of a custom value, any case."""
+        texts = [*names, *(str(v.get("value", "")) for items in values.values() for v in items)]
         return any(query in text.lower() for text in texts)
 
     def _create_companies(self, request: FakeRequest) -> FakeResponse:
@@ -778,7 +772,7 @@ class FakeAmoCrm(OAuthFake, FakeService):
         hits = [
             self._element_json(e)
             for e in self._elements.values()
-            if e.catalog_id == catalog and (not query or self._found(e.name, e.values, query))
+            if e.catalog_id == catalog and (not query or self._found(e.values, query, e.name))
         ]
         return self._page(request, hits, "elements")
 
@@ -1136,11 +1130,7 @@ class FakeAmoCrm(OAuthFake, FakeService):
         return {"self": {"href": self._href(f"/api/v4/{entity}/{entity_id}")}}
 
     def _contact_json(self, contact: ContactRec, with_leads: bool) -> JSONDict:
-        company = self._contact_company.get(contact.id)
-        embedded: JSONDict = {
-            "tags": [],
-            "companies": [] if company is None else [{"id": company}],
-        }
+        embedded = _tags_and_company(self._contact_company.get(contact.id))
         if with_leads:
             lead_ids = sorted(lead for c, lead in self._links if c == contact.id)
             embedded["leads"] = [{"id": i, "_links": self._self_link("leads", i)} for i in lead_ids]
@@ -1165,11 +1155,7 @@ class FakeAmoCrm(OAuthFake, FakeService):
         }
 
     def _lead_json(self, lead: LeadRec, with_contacts: bool) -> JSONDict:
-        company = self._lead_company.get(lead.id)
-        embedded: JSONDict = {
-            "tags": [],
-            "companies": [] if company is None else [{"id": company}],
-        }
+        embedded = _tags_and_company(self._lead_company.get(lead.id))
         if with_contacts:
             contact_ids = sorted(c for c, lead_id in self._links if lead_id == lead.id)
             embedded["contacts"] = [
@@ -1277,6 +1263,11 @@ def _link(to_type: str, to_id: int, metadata: JSONDict | None, **source: Any) ->
 
 def _links_answer(links: list[JSONDict]) -> FakeResponse:
     return FakeResponse(200, {"_total_items": len(links), "_embedded": {"links": links}})
+
+
+def _tags_and_company(company: int | None) -> JSONDict:
+    """The `_embedded` a contact or lead always shows: no tags, its one company if any."""
+    return {"tags": [], "companies": [] if company is None else [{"id": company}]}
 
 
 def _known(records: Mapping[int, Known], kind: str, record_id: str) -> Known:

@@ -74,7 +74,6 @@ from tests.fakes.bitrix24_portal import (
     DealRec,
     Portal,
     RequisiteRec,
-    iso,
     items,
     matches,
     ordered,
@@ -85,7 +84,13 @@ from tests.fakes.bitrix24_portal import (
     substitute,
 )
 from tests.fakes.crm_events import CrmRequest, bitrix24_deal_event
-from tests.fakes.service import FakeRequest, FakeResponse, FakeService, OAuthFake
+from tests.fakes.service import (
+    FakeRequest,
+    FakeResponse,
+    FakeService,
+    OAuthFake,
+    telegram_fields,
+)
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "crm-bitrix24.example.toml"
 REST_PATH = re.compile(r"/rest/(?:(\d+)/([A-Za-z0-9_]+)/)?([A-Za-z0-9_.]+?)(?:\.json)?")
@@ -242,13 +247,7 @@ class FakeBitrix24(OAuthFake, FakeService):
     ) -> int:
         """A contact as a manager would have typed it; returns its id."""
         user = dict(fields or {})
-        ids = self.config.contact_fields
-        for field_id, value in (
-            (ids.telegram_id, telegram_id),
-            (ids.telegram_username, telegram_username),
-        ):
-            if field_id and value is not None:
-                user[field_id] = value
+        user.update(telegram_fields(self.config, telegram_id, telegram_username))
         with self._lock:
             now = self.clock()
             contact = ContactRec(next(self._ids["c"]), name, last_name, created=now, modified=now)
@@ -352,9 +351,7 @@ class FakeBitrix24(OAuthFake, FakeService):
 
     def deals(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [
-                {**d.record(), "CONTACT_IDS": list(d.contact_ids)} for d in self._deals.values()
-            ]
+            return [self.deal(deal_id) for deal_id in self._deals]
 
     def deal(self, deal_id: int | str) -> dict[str, Any]:
         with self._lock:
@@ -988,6 +985,3 @@ def _binding_ids(given: Iterable[Any]) -> Iterator[int]:
 def _comm_key(kind: str, value: str) -> str:
     # NormalizePhone: digits only (8… and +7… stay different); e-mails lower-cased.
     return re.sub(r"\D", "", value) if kind == "PHONE" else value.strip().lower()
-
-
-__all__ = ["FakeBitrix24", "example_config", "iso"]

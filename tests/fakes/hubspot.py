@@ -314,12 +314,8 @@ class FakeHubSpot(OAuthFake, FakeService):
             limit, period = (
                 (self.search_rate_limit, 1.0) if search else (self.ten_second_limit, 10.0)
             )
-            now = self.monotonic()
-            while window and window[0] <= now - period:
-                window.popleft()
-            if len(window) >= limit:
+            if not self._admit_in(window, limit, period):
                 return self._throttle("SECONDLY" if search else "TEN_SECONDLY_ROLLING")
-            window.append(now)
         return super()._serve(request)
 
     def _too_many(self) -> FakeResponse:  # injected 429s look like the real ones too

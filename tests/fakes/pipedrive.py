@@ -72,6 +72,7 @@ from tests.fakes.service import (
     JSONDict,
     OAuthFake,
     only_digits,
+    telegram_fields,
 )
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "crm-pipedrive.example.toml"
@@ -344,13 +345,7 @@ class FakePipedrive(OAuthFake, FakeService):
     ) -> int:
         """A person as a manager would have typed it; returns its id."""
         custom = dict(fields or {})
-        ids = self.config.contact_fields
-        for key, value in (
-            (ids.telegram_id, telegram_id),
-            (ids.telegram_username, telegram_username),
-        ):
-            if key and value is not None:
-                custom[key] = value
+        custom.update(telegram_fields(self.config, telegram_id, telegram_username))
         with self._lock:
             checked = self.company.parse_custom_fields("person", custom)
             now = self.clock()
@@ -482,19 +477,10 @@ class FakePipedrive(OAuthFake, FakeService):
 
     def _admit(self) -> bool:
         """Pipedrive's burst window is a rolling 2 seconds."""
-        return self._admit_in(self._window, self.rate_limit)
+        return self._admit_in(self._window, self.rate_limit, 2.0)
 
     def _admit_search(self) -> bool:
-        return self._admit_in(self._search_window, self.search_limit)
-
-    def _admit_in(self, window: deque[float], limit: int) -> bool:
-        now = self.monotonic()
-        while window and window[0] <= now - 2.0:
-            window.popleft()
-        if len(window) >= limit:
-            return False
-        window.append(now)
-        return True
+        return self._admit_in(self._search_window, self.search_limit, 2.0)
 
     def _too_many(self) -> FakeResponse:
         self.throttled += 1
@@ -787,9 +773,7 @@ class FakePipedrive(OAuthFake, FakeService):
         return deal
 
     def _list_deal_products(self, request: FakeRequest, deal_id: str) -> FakeResponse:
-        deal = self._live_deal(deal_id)
-        attached = [a for a in self._deal_products.values() if a.deal_id == deal.id]
-        return _paged(request, [self._attachment_json(a) for a in attached])
+        return _paged(request, self._deal_products_json(self._live_deal(deal_id).id))
 
     def _delete_deal_products(self, request: FakeRequest, deal_id: str) -> FakeResponse:
         """Without `ids`: the deal's attachments, 100 at most per call ("If not provided,
