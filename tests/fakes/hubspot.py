@@ -63,6 +63,8 @@ from tests.fakes.service import (
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "crm-hubspot.example.toml"
 V = "2026-09"
+# The refresh token does not rotate: a refresh answers the same one.
+TOKENS = {"prefixes": ("pat-na1-", "na1-"), "rotates": False}
 TYPES = "(contacts|deals|notes|companies|line_items)"
 
 
@@ -90,16 +92,7 @@ class FakeHubSpot(OAuthFake, FakeService):
         self.config = config or load_file_config(EXAMPLE_CONFIG).crm["hubspot"]
         self.portal = Portal(self.config, clock, index_lag)
         self.search_rate_limit, self.ten_second_limit = search_rate_limit, ten_second_limit
-        # The refresh token does not rotate: a refresh answers the same one.
-        self.oauth_client(
-            clock,
-            client_id,
-            client_secret,
-            oauth_ttl,
-            redirect_uri,
-            prefixes=("pat-na1-", "na1-"),
-            rotates=False,
-        )
+        self.oauth_client(clock, client_id, client_secret, oauth_ttl, redirect_uri, **TOKENS)
         self._windows: dict[str, deque[float]] = {"search": deque(), "general": deque()}
         objects = f"/crm/objects/{V}/{TYPES}"
         self.routes = [

@@ -83,6 +83,8 @@ SEARCH_PATHS = (
     "/api/v2/products/search",
 )
 MAX_BULK = 100
+# A refresh answers the same refresh token, whose 60-day idle expiry restarts.
+TOKENS = {"prefixes": ("v1u:", "1:1:"), "rotates": False, "idle_expiry": 60 * 86400}
 DEAL_STATUSES = ("open", "won", "lost", "deleted")
 INFO = "Please check developers.pipedrive.com for more information about Pipedrive API."
 
@@ -195,17 +197,7 @@ class FakePipedrive(OAuthFake, FakeService):
         self._products: dict[int, ProductRec] = {}
         self._deal_products: dict[int, DealProductRec] = {}
         self._api_tokens: set[str] = set()
-        # A refresh answers the same refresh token, whose 60-day idle expiry restarts.
-        self.oauth_client(
-            clock,
-            client_id,
-            client_secret,
-            oauth_ttl,
-            redirect_uri,
-            prefixes=("v1u:", "1:1:"),
-            rotates=False,
-            idle_expiry=60 * 86400,
-        )
+        self.oauth_client(clock, client_id, client_secret, oauth_ttl, redirect_uri, **TOKENS)
         starts = (("p", 1001), ("d", 2001), ("n", 3001), ("o", 4001), ("g", 5001), ("a", 6001))
         self._ids = {k: itertools.count(s) for k, s in starts}
         self._search_window: deque[float] = deque()
