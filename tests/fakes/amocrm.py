@@ -663,7 +663,7 @@ class FakeAmoCrm(OAuthFake, FakeService):
     def _create_companies(self, request: FakeRequest) -> FakeResponse:
         items = self._array(request.json(), 250)
         problems = Problems()
-        parsed: list[tuple[str, JSONDict]] = []
+        parsed: list[tuple[str, dict[int, list[JSONDict] | None]]] = []
         for i, item in enumerate(items):
             rid = str(i)
             if not isinstance(item, dict):
@@ -800,7 +800,7 @@ class FakeAmoCrm(OAuthFake, FakeService):
 
     def _parse_elements(
         self, body: Any, *, with_id: bool
-    ) -> list[tuple[int, str | None, JSONDict]]:
+    ) -> list[tuple[int, str | None, dict[int, list[JSONDict] | None]]]:
         items = self._array(body, 250)
         problems = Problems()
         parsed = []
