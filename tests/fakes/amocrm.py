@@ -58,7 +58,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 from bridge.settings import CrmConfig, load_file_config
@@ -82,11 +82,13 @@ from tests.fakes.service import (
     FakeService,
     JSONDict,
     OAuthFake,
-    TokenIssuer,
+    only_digits,
     problem,
+    telegram_fields,
 )
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "bridge.example.toml"
+Known = TypeVar("Known")
 
 
 # ---- state --------------------------------------------------------------------------
@@ -145,10 +147,6 @@ class NoteRec:
     created_at: int
 
 
-def _digits(text: str) -> str:
-    return re.sub(r"\D", "", text)
-
-
 # ---- the fake -----------------------------------------------------------------------
 
 
@@ -172,10 +170,8 @@ class FakeAmoCrm(OAuthFake, FakeService):
     ) -> None:
         super().__init__(rate_limit=rate_limit, monotonic=monotonic)
         self.config = config or load_file_config(EXAMPLE_CONFIG).crm["amocrm"]
-        self.clock = clock
-        self.client_id, self.client_secret = client_id, client_secret
-        self.redirect_uri = redirect_uri
-        self.oauth_ttl = oauth_ttl
+        # Refresh tokens rotate: each is spent on use (see above).
+        self.oauth_client(clock, client_id, client_secret, oauth_ttl, redirect_uri)
         self.account = Account.from_config(self.config)
         self._contacts: dict[int, ContactRec] = {}
         self._leads: dict[int, LeadRec] = {}
@@ -188,8 +184,6 @@ class FakeAmoCrm(OAuthFake, FakeService):
         self._lead_items: dict[int, dict[int, float]] = {}  # lead → element → quantity
         # The one products catalog (an account has at most one) [catalogs-api].
         self.catalog_id = int(self.config.order_catalog_id or 7001)
-        # Refresh tokens rotate: each is spent on use (see above).
-        self.tokens = TokenIssuer(lambda: self.clock(), lambda: self.oauth_ttl)
         self._forbidden: str | None = None
         self._ids = {
             kind: itertools.count(start)
@@ -290,13 +284,7 @@ class FakeAmoCrm(OAuthFake, FakeService):
         """A contact as a manager would have typed it; returns its id. No call is logged."""
         raw: dict[int | str, Any] = dict(fields or {})
         raw.update({PHONE_FIELD: list(phones), EMAIL_FIELD: list(emails)})
-        ids = self.config.contact_fields
-        for field_id, value in (
-            (ids.telegram_id, telegram_id),
-            (ids.telegram_username, telegram_username),
-        ):
-            if field_id and value is not None:
-                raw[field_id] = value
+        raw.update(telegram_fields(self.config, telegram_id, telegram_username))
         with self._lock:
             now = int(self.clock())
             record = ContactRec(
@@ -421,11 +409,7 @@ class FakeAmoCrm(OAuthFake, FakeService):
             inn_field = self.config.order_fields.company_inn
             if inn and inn_field:
                 raw[inn_field] = inn
-            now = int(self.clock())
-            company = CompanyRec(next(self._ids["company"]), name, now, now)
-            company.values = self.account.seed_values("companies", raw)
-            self._companies[company.id] = company
-            return company.id
+            return self._store_company(name, self.account.seed_values("companies", raw))
 
     def companies(self) -> list[JSONDict]:
         with self._lock:
@@ -443,13 +427,8 @@ class FakeAmoCrm(OAuthFake, FakeService):
     def add_element(self, sku: str, name: str, price: Decimal | int) -> int:
         """A product of the products catalog, as a manager entered it."""
         with self._lock:
-            now = int(self.clock())
-            element = ElementRec(next(self._ids["element"]), self.catalog_id, name, now, now)
-            element.values = self.account.seed_values(
-                "catalog", {SKU_FIELD: sku, PRICE_FIELD: str(price)}
-            )
-            self._elements[element.id] = element
-            return element.id
+            values = self.account.seed_values("catalog", {SKU_FIELD: sku, PRICE_FIELD: str(price)})
+            return self._store_element(self.catalog_id, name, values).id
 
     def delete_element(self, element_id: int) -> None:
         """A manager deleting a product: it leaves the catalog and every lead."""
@@ -505,14 +484,12 @@ class FakeAmoCrm(OAuthFake, FakeService):
         return self._page(request, items, "contacts")
 
     def _matches(self, contact: ContactRec, query: str) -> bool:
-        texts = [contact.name, contact.first_name, contact.last_name]
-        texts += [str(v.get("value", "")) for values in contact.values.values() for v in values]
-        if any(query in text.lower() for text in texts):
+        if self._found(contact.values, query, contact.name, contact.first_name, contact.last_name):
             return True
-        digits = _digits(query)
+        digits = only_digits(query)
         phones = [str(v["value"]) for v in contact.values.get(PHONE_FIELD, [])]
         return bool(re.fullmatch(r"[\d\s()+\-]{5,}", query)) and any(
-            digits in _digits(phone) for phone in phones
+            digits in only_digits(phone) for phone in phones
         )
 
     def _get_contact(self, request: FakeRequest, contact_id: str) -> FakeResponse:
@@ -528,27 +505,11 @@ class FakeAmoCrm(OAuthFake, FakeService):
         parsed = [self._parse_contact(item, str(i), "", problems) for i, item in enumerate(items)]
         problems.check()
         created = [self._store_contact(changes) for changes in parsed]
-        return FakeResponse(
-            200,
-            {
-                "_links": {"self": {"href": self._href(request.path)}},
-                "_embedded": {
-                    "contacts": [
-                        {
-                            "id": c.id,
-                            "request_id": str(i),
-                            "_links": self._self_link("contacts", c.id),
-                        }
-                        for i, c in enumerate(created)
-                    ]
-                },
-            },
-        )
+        rows = [self._written("contacts", c.id, str(i)) for i, c in enumerate(created)]
+        return self._listing(request, "contacts", rows)
 
     def _patch_contact(self, request: FakeRequest, contact_id: str) -> FakeResponse:
-        contact = self._contacts.get(int(contact_id))
-        if contact is None:
-            raise ApiError(404, problem(404, "Not Found", f"contact {contact_id}"))
+        contact = _known(self._contacts, "contact", contact_id)
         problems = Problems()
         changes = self._parse_contact(request.json(), "0", "", problems)
         problems.check()
@@ -594,22 +555,8 @@ class FakeAmoCrm(OAuthFake, FakeService):
             parsed.append((rid, changes, links))
         problems.check()
         created = [(rid, self._store_lead(changes, links)) for rid, changes, links in parsed]
-        return FakeResponse(
-            200,
-            {
-                "_links": {"self": {"href": self._href(request.path)}},
-                "_embedded": {
-                    "leads": [
-                        {
-                            "id": lead.id,
-                            "request_id": rid,
-                            "_links": self._self_link("leads", lead.id),
-                        }
-                        for rid, lead in created
-                    ]
-                },
-            },
-        )
+        rows = [self._written("leads", lead.id, rid) for rid, lead in created]
+        return self._listing(request, "leads", rows)
 
     def _patch_leads(self, request: FakeRequest) -> FakeResponse:
         """`PATCH /api/v4/leads`: an array of leads, each by its `id` [leads-api
@@ -628,23 +575,11 @@ class FakeAmoCrm(OAuthFake, FakeService):
         problems.check()
         for _, lead, changes in parsed:
             self._apply_lead(lead, changes)
-        return FakeResponse(
-            200,
-            {
-                "_links": {"self": {"href": self._href(request.path)}},
-                "_embedded": {
-                    "leads": [
-                        {
-                            "id": lead.id,
-                            "updated_at": lead.updated_at,
-                            "request_id": rid,
-                            "_links": self._self_link("leads", lead.id),
-                        }
-                        for rid, lead, _ in parsed
-                    ]
-                },
-            },
-        )
+        rows = [
+            self._written("leads", lead.id, rid, updated_at=lead.updated_at)
+            for rid, lead, _ in parsed
+        ]
+        return self._listing(request, "leads", rows)
 
     def _create_complex(self, request: FakeRequest) -> FakeResponse:
         items = self._array(request.json(), 50)
@@ -653,8 +588,7 @@ class FakeAmoCrm(OAuthFake, FakeService):
         for i, item in enumerate(items):
             rid = _request_id(item, i)
             changes = self._parse_lead(item, rid, problems, current=None)
-            embedded = item.get("_embedded") if isinstance(item, dict) else None
-            contacts = (embedded or {}).get("contacts") or []
+            contacts = _embedded(item, "contacts")
             contact: JSONDict | int | None = None
             if not isinstance(contacts, list) or len(contacts) > 1:
                 problems.add(rid, "_embedded.contacts", "InvalidType", "at most one contact")
@@ -695,9 +629,7 @@ class FakeAmoCrm(OAuthFake, FakeService):
         return FakeResponse(200, answer)
 
     def _patch_lead(self, request: FakeRequest, lead_id: str) -> FakeResponse:
-        lead = self._leads.get(int(lead_id))
-        if lead is None:
-            raise ApiError(404, problem(404, "Not Found", f"lead {lead_id}"))
+        lead = _known(self._leads, "lead", lead_id)
         problems = Problems()
         changes = self._parse_lead(request.json(), "0", problems, current=lead)
         problems.check()
@@ -718,19 +650,20 @@ class FakeAmoCrm(OAuthFake, FakeService):
         hits = [
             self._company_json(c)
             for c in self._companies.values()
-            if not query or self._found(c.name, c.values, query)
+            if not query or self._found(c.values, query, c.name)
         ]
         return self._page(request, hits, "companies")
 
     @staticmethod
-    def _found(name: str, values: Mapping[int, list[JSONDict]], query: str) -> bool:
-        texts = [name, *(str(v.get("value", "")) for items in values.values() for v in items)]
+    def _found(values: Mapping[int, list[JSONDict]], query: str, *names: str) -> bool:
+        """Whether `query` is part of a name or of a custom value, any case."""
+        texts = [*names, *(str(v.get("value", "")) for items in values.values() for v in items)]
         return any(query in text.lower() for text in texts)
 
     def _create_companies(self, request: FakeRequest) -> FakeResponse:
         items = self._array(request.json(), 250)
         problems = Problems()
-        parsed: list[tuple[str, JSONDict]] = []
+        parsed: list[tuple[str, dict[int, list[JSONDict] | None]]] = []
         for i, item in enumerate(items):
             rid = str(i)
             if not isinstance(item, dict):
@@ -744,29 +677,12 @@ class FakeAmoCrm(OAuthFake, FakeService):
             )
             parsed.append((str(name), values))
         problems.check()
-        created = []
-        for name, values in parsed:
-            created.append(self._companies[self._store_company(name, values)])
-        return FakeResponse(
-            200,
-            {
-                "_links": {"self": {"href": self._href(request.path)}},
-                "_embedded": {
-                    "companies": [
-                        {
-                            "id": c.id,
-                            "request_id": str(i),
-                            "_links": self._self_link("companies", c.id),
-                        }
-                        for i, c in enumerate(created)
-                    ]
-                },
-            },
-        )
+        created = [self._store_company(name, values) for name, values in parsed]
+        rows = [self._written("companies", c, str(i)) for i, c in enumerate(created)]
+        return self._listing(request, "companies", rows)
 
     def _link_contact(self, request: FakeRequest, contact_id: str) -> FakeResponse:
-        if int(contact_id) not in self._contacts:
-            raise ApiError(404, problem(404, "Not Found", f"contact {contact_id}"))
+        _known(self._contacts, "contact", contact_id)
         links = self._array(request.json(), 250)
         problems = Problems()
         companies = []
@@ -782,81 +698,40 @@ class FakeAmoCrm(OAuthFake, FakeService):
         problems.check()
         for company in companies:
             self._contact_company[int(contact_id)] = company
-        answer = [
-            {
-                "entity_id": int(contact_id),
-                "entity_type": "contacts",
-                "to_entity_id": company,
-                "to_entity_type": "companies",
-                "metadata": None,
-            }
-            for company in companies
-        ]
-        return FakeResponse(200, {"_total_items": len(answer), "_embedded": {"links": answer}})
+        source = {"entity_id": int(contact_id), "entity_type": "contacts"}
+        return _links_answer([_link("companies", c, None, **source) for c in companies])
 
     def _lead_links(self, request: FakeRequest, lead_id: str) -> FakeResponse:
-        lead = int(lead_id)
-        if lead not in self._leads:
-            raise ApiError(404, problem(404, "Not Found", f"lead {lead_id}"))
+        lead = _known(self._leads, "lead", lead_id).id
         catalog = request.one("filter[to_catalog_id]")
         links: list[JSONDict] = []
         if not catalog:
             links += [
-                {
-                    "to_entity_id": c,
-                    "to_entity_type": "contacts",
-                    "metadata": {"main_contact": n == 0},
-                }
+                _link("contacts", c, {"main_contact": n == 0})
                 for n, c in enumerate(sorted(c for c, l_id in self._links if l_id == lead))
             ]
             if lead in self._lead_company:
-                links.append(
-                    {
-                        "to_entity_id": self._lead_company[lead],
-                        "to_entity_type": "companies",
-                        "metadata": None,
-                    }
-                )
+                links.append(_link("companies", self._lead_company[lead], None))
         for element_id, quantity in self._lead_items.get(lead, {}).items():
-            element = self._elements[element_id]
-            if catalog and str(element.catalog_id) != catalog:
-                continue
-            links.append(
-                {
-                    "to_entity_id": element_id,
-                    "to_entity_type": "catalog_elements",
-                    "metadata": {"quantity": quantity, "catalog_id": element.catalog_id},
-                }
-            )
+            if not catalog or str(self._elements[element_id].catalog_id) == catalog:
+                links.append(self._element_link(element_id, quantity))
         return self._page(request, links, "links")
 
+    def _element_link(self, element_id: int, quantity: float, **source: Any) -> JSONDict:
+        metadata = {"quantity": quantity, "catalog_id": self._elements[element_id].catalog_id}
+        return _link("catalog_elements", element_id, metadata, **source)
+
     def _link_lead(self, request: FakeRequest, lead_id: str) -> FakeResponse:
-        lead = int(lead_id)
-        if lead not in self._leads:
-            raise ApiError(404, problem(404, "Not Found", f"lead {lead_id}"))
+        lead = _known(self._leads, "lead", lead_id).id
         parsed = self._element_links(request.json(), need_quantity=True)
         items = self._lead_items.setdefault(lead, {})
         for element_id, quantity in parsed:
             items[element_id] = quantity  # linking a linked element sets its quantity
-        answer = [
-            {
-                "entity_id": lead,
-                "entity_type": "leads",
-                "to_entity_id": element_id,
-                "to_entity_type": "catalog_elements",
-                "metadata": {
-                    "quantity": quantity,
-                    "catalog_id": self._elements[element_id].catalog_id,
-                },
-            }
-            for element_id, quantity in parsed
-        ]
-        return FakeResponse(200, {"_total_items": len(answer), "_embedded": {"links": answer}})
+        source = {"entity_id": lead, "entity_type": "leads"}
+        return _links_answer([self._element_link(e, q, **source) for e, q in parsed])
 
     def _unlink_lead(self, request: FakeRequest, lead_id: str) -> FakeResponse:
-        lead = int(lead_id)
-        if lead not in self._leads:
-            raise ApiError(404, problem(404, "Not Found", f"lead {lead_id}"))
+        lead = _known(self._leads, "lead", lead_id).id
         for element_id, _ in self._element_links(request.json(), need_quantity=False):
             self._lead_items.get(lead, {}).pop(element_id, None)
         return FakeResponse(204)
@@ -889,9 +764,7 @@ class FakeAmoCrm(OAuthFake, FakeService):
         return [(eid, int(q) if q.is_integer() else q) for eid, q in parsed]
 
     def _catalog(self, catalog_id: str) -> int:
-        if int(catalog_id) != self.catalog_id:
-            raise ApiError(404, problem(404, "Not Found", f"catalog {catalog_id}"))
-        return self.catalog_id
+        return _known({self.catalog_id: self.catalog_id}, "catalog", catalog_id)
 
     def _list_elements(self, request: FakeRequest, catalog_id: str) -> FakeResponse:
         catalog = self._catalog(catalog_id)
@@ -899,32 +772,16 @@ class FakeAmoCrm(OAuthFake, FakeService):
         hits = [
             self._element_json(e)
             for e in self._elements.values()
-            if e.catalog_id == catalog and (not query or self._found(e.name, e.values, query))
+            if e.catalog_id == catalog and (not query or self._found(e.values, query, e.name))
         ]
         return self._page(request, hits, "elements")
 
     def _create_elements(self, request: FakeRequest, catalog_id: str) -> FakeResponse:
         catalog = self._catalog(catalog_id)
         parsed = self._parse_elements(request.json(), with_id=False)
-        created = []
-        for _, name, values in parsed:
-            now = int(self.clock())
-            element = ElementRec(next(self._ids["element"]), catalog, name or "", now, now)
-            _apply_values(element.values, values)
-            self._elements[element.id] = element
-            created.append(element)
-        return FakeResponse(
-            200,
-            {
-                "_links": {"self": {"href": self._href(request.path)}},
-                "_embedded": {
-                    "elements": [
-                        {**self._element_json(e), "request_id": str(i)}
-                        for i, e in enumerate(created)
-                    ]
-                },
-            },
-        )
+        created = [self._store_element(catalog, name or "", values) for _, name, values in parsed]
+        rows = [{**self._element_json(e), "request_id": str(i)} for i, e in enumerate(created)]
+        return self._listing(request, "elements", rows)
 
     def _patch_elements(self, request: FakeRequest, catalog_id: str) -> FakeResponse:
         self._catalog(catalog_id)
@@ -943,7 +800,7 @@ class FakeAmoCrm(OAuthFake, FakeService):
 
     def _parse_elements(
         self, body: Any, *, with_id: bool
-    ) -> list[tuple[int, str | None, JSONDict]]:
+    ) -> list[tuple[int, str | None, dict[int, list[JSONDict] | None]]]:
         items = self._array(body, 250)
         problems = Problems()
         parsed = []
@@ -1013,33 +870,19 @@ class FakeAmoCrm(OAuthFake, FakeService):
     def _store_notes(
         self, request: FakeRequest, notes: Sequence[tuple[str, int, str, JSONDict]]
     ) -> FakeResponse:
-        stored = [
-            (rid, lead_id, self._store_note(lead_id, note_type, params))
+        rows = [
+            {
+                "id": self._store_note(lead_id, note_type, params),
+                "entity_id": lead_id,
+                "request_id": rid,
+            }
             for rid, lead_id, note_type, params in notes
         ]
-        return FakeResponse(
-            200,
-            {
-                "_links": {"self": {"href": self._href(request.path)}},
-                "_embedded": {
-                    "notes": [
-                        {"id": note_id, "entity_id": lead_id, "request_id": rid}
-                        for rid, lead_id, note_id in stored
-                    ]
-                },
-            },
-        )
+        return self._listing(request, "notes", rows)
 
     def _list_pipelines(self, request: FakeRequest) -> FakeResponse:
         pipelines = [self.account.pipeline_json(p) for p in self.account.pipelines.values()]
-        return FakeResponse(
-            200,
-            {
-                "_total_items": len(pipelines),
-                "_links": {"self": {"href": self._href(request.path)}},
-                "_embedded": {"pipelines": pipelines},
-            },
-        )
+        return self._listing(request, "pipelines", pipelines, _total_items=len(pipelines))
 
     def _custom_fields(self, request: FakeRequest, entity: str) -> FakeResponse:
         items = [self.account.field_json(d) for d in self.account.fields[entity].values()]
@@ -1149,8 +992,7 @@ class FakeAmoCrm(OAuthFake, FakeService):
 
     def _complex_company(self, item: Any, rid: str, problems: Problems) -> JSONDict | int | None:
         """leads/complex: an existing company by id, or a new one's model."""
-        embedded = (item.get("_embedded") or {}) if isinstance(item, dict) else {}
-        companies = embedded.get("companies") or []
+        companies = _embedded(item, "companies")
         if isinstance(companies, list) and len(companies) == 1:
             model = companies[0]
             if isinstance(model, dict) and "id" not in model:
@@ -1164,17 +1006,24 @@ class FakeAmoCrm(OAuthFake, FakeService):
                 return {"new": (name, values)}
         return self._existing_company(item, rid, problems)
 
-    def _store_company(self, name: str, values: JSONDict) -> int:
+    def _store_company(self, name: str, values: Mapping[int, list[JSONDict] | None]) -> int:
         now = int(self.clock())
         company = CompanyRec(next(self._ids["company"]), name, now, now)
         _apply_values(company.values, values)
         self._companies[company.id] = company
         return company.id
 
+    def _store_element(
+        self, catalog: int, name: str, values: Mapping[int, list[JSONDict] | None]
+    ) -> ElementRec:
+        now = int(self.clock())
+        element = ElementRec(next(self._ids["element"]), catalog, name, now, now)
+        _apply_values(element.values, values)
+        self._elements[element.id] = element
+        return element
+
     def _existing_company(self, item: Any, rid: str, problems: Problems) -> int | None:
-        companies = ((item.get("_embedded") or {}) if isinstance(item, dict) else {}).get(
-            "companies"
-        ) or []
+        companies = _embedded(item, "companies")
         if not isinstance(companies, list) or len(companies) > 1:
             problems.add(rid, "_embedded.companies", "InvalidType", "at most one company")
             return None
@@ -1187,9 +1036,7 @@ class FakeAmoCrm(OAuthFake, FakeService):
         return int(company_id)
 
     def _existing_contacts(self, item: Any, rid: str, problems: Problems) -> list[int]:
-        contacts = ((item.get("_embedded") or {}) if isinstance(item, dict) else {}).get(
-            "contacts"
-        ) or []
+        contacts = _embedded(item, "contacts")
         ids = []
         for i, contact in enumerate(contacts):
             contact_id = contact.get("id") if isinstance(contact, dict) else None
@@ -1265,15 +1112,25 @@ class FakeAmoCrm(OAuthFake, FakeService):
     def _href(self, path: str) -> str:
         return f"{self.origin}{path}"
 
+    def _listing(
+        self, request: FakeRequest, key: str, rows: list[JSONDict], **first: Any
+    ) -> FakeResponse:
+        """The answer of an array write (or a whole list): `first` (e.g. `_total_items`),
+        a link to the request's path, the rows under `_embedded[key]`."""
+        links = {"self": {"href": self._href(request.path)}}
+        return FakeResponse(200, {**first, "_links": links, "_embedded": {key: rows}})
+
+    def _written(self, entity: str, entity_id: int, rid: str, **extra: Any) -> JSONDict:
+        """One row of an array write's answer: the entity's id, `extra`, the item's
+        `request_id` and its link."""
+        links = self._self_link(entity, entity_id)
+        return {"id": entity_id, **extra, "request_id": rid, "_links": links}
+
     def _self_link(self, entity: str, entity_id: int) -> JSONDict:
         return {"self": {"href": self._href(f"/api/v4/{entity}/{entity_id}")}}
 
     def _contact_json(self, contact: ContactRec, with_leads: bool) -> JSONDict:
-        company = self._contact_company.get(contact.id)
-        embedded: JSONDict = {
-            "tags": [],
-            "companies": [] if company is None else [{"id": company}],
-        }
+        embedded = _tags_and_company(self._contact_company.get(contact.id))
         if with_leads:
             lead_ids = sorted(lead for c, lead in self._links if c == contact.id)
             embedded["leads"] = [{"id": i, "_links": self._self_link("leads", i)} for i in lead_ids]
@@ -1298,11 +1155,7 @@ class FakeAmoCrm(OAuthFake, FakeService):
         }
 
     def _lead_json(self, lead: LeadRec, with_contacts: bool) -> JSONDict:
-        company = self._lead_company.get(lead.id)
-        embedded: JSONDict = {
-            "tags": [],
-            "companies": [] if company is None else [{"id": company}],
-        }
+        embedded = _tags_and_company(self._lead_company.get(lead.id))
         if with_contacts:
             contact_ids = sorted(c for c, lead_id in self._links if lead_id == lead.id)
             embedded["contacts"] = [
@@ -1400,6 +1253,35 @@ def _request_id(item: Any, index: int) -> str:
     given = item.get("request_id") if isinstance(item, dict) else None
     valid = isinstance(given, str | int) and not isinstance(given, bool)
     return str(given) if valid else str(index)
+
+
+def _link(to_type: str, to_id: int, metadata: JSONDict | None, **source: Any) -> JSONDict:
+    """One link as the links API shows it (`source`: its entity, where the answer names
+    it)."""
+    return {**source, "to_entity_id": to_id, "to_entity_type": to_type, "metadata": metadata}
+
+
+def _links_answer(links: list[JSONDict]) -> FakeResponse:
+    return FakeResponse(200, {"_total_items": len(links), "_embedded": {"links": links}})
+
+
+def _tags_and_company(company: int | None) -> JSONDict:
+    """The `_embedded` a contact or lead always shows: no tags, its one company if any."""
+    return {"tags": [], "companies": [] if company is None else [{"id": company}]}
+
+
+def _known(records: Mapping[int, Known], kind: str, record_id: str) -> Known:
+    """The record a route's path names, else 404."""
+    record = records.get(int(record_id))
+    if record is None:
+        raise ApiError(404, problem(404, "Not Found", f"{kind} {record_id}"))
+    return record
+
+
+def _embedded(item: Any, key: str) -> Any:
+    """`_embedded[key]` of an array write's item (empty when absent)."""
+    embedded = (item.get("_embedded") or {}) if isinstance(item, dict) else {}
+    return embedded.get(key) or []
 
 
 def _apply_values(

@@ -74,7 +74,6 @@ from tests.fakes.bitrix24_portal import (
     DealRec,
     Portal,
     RequisiteRec,
-    iso,
     items,
     matches,
     ordered,
@@ -85,7 +84,13 @@ from tests.fakes.bitrix24_portal import (
     substitute,
 )
 from tests.fakes.crm_events import CrmRequest, bitrix24_deal_event
-from tests.fakes.service import FakeRequest, FakeResponse, FakeService, OAuthFake, TokenIssuer
+from tests.fakes.service import (
+    FakeRequest,
+    FakeResponse,
+    FakeService,
+    OAuthFake,
+    telegram_fields,
+)
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "crm-bitrix24.example.toml"
 REST_PATH = re.compile(r"/rest/(?:(\d+)/([A-Za-z0-9_]+)/)?([A-Za-z0-9_.]+?)(?:\.json)?")
@@ -118,10 +123,8 @@ class FakeBitrix24(OAuthFake, FakeService):
         super().__init__(rate_limit=10**9, monotonic=monotonic)  # the bucket is ours
         self.config = config or example_config()
         self.portal = Portal.from_config(self.config)
-        self.clock = clock
         self.bucket_size, self.drain_per_second = bucket_size, drain_per_second
         self._level, self._level_at = 0.0, monotonic()
-        self.client_id, self.client_secret, self.oauth_ttl = client_id, client_secret, oauth_ttl
         self.methods: list[str] = []
         self._contacts: dict[int, ContactRec] = {}
         self._deals: dict[int, DealRec] = {}
@@ -130,7 +133,7 @@ class FakeBitrix24(OAuthFake, FakeService):
         self._requisites: dict[int, RequisiteRec] = {}
         self._webhooks: set[tuple[str, str]] = set()
         # Each refresh spends the refresh token and answers a new one.
-        self.tokens = TokenIssuer(lambda: self.clock(), lambda: self.oauth_ttl)
+        self.oauth_client(clock, client_id, client_secret, oauth_ttl)
         self._blocked: set[str] = set()
         self._denied: tuple[str, str] | None = None  # (code, description) of a 403
         self._ids = {
@@ -244,13 +247,7 @@ class FakeBitrix24(OAuthFake, FakeService):
     ) -> int:
         """A contact as a manager would have typed it; returns its id."""
         user = dict(fields or {})
-        ids = self.config.contact_fields
-        for field_id, value in (
-            (ids.telegram_id, telegram_id),
-            (ids.telegram_username, telegram_username),
-        ):
-            if field_id and value is not None:
-                user[field_id] = value
+        user.update(telegram_fields(self.config, telegram_id, telegram_username))
         with self._lock:
             now = self.clock()
             contact = ContactRec(next(self._ids["c"]), name, last_name, created=now, modified=now)
@@ -354,9 +351,7 @@ class FakeBitrix24(OAuthFake, FakeService):
 
     def deals(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [
-                {**d.record(), "CONTACT_IDS": list(d.contact_ids)} for d in self._deals.values()
-            ]
+            return [self.deal(deal_id) for deal_id in self._deals]
 
     def deal(self, deal_id: int | str) -> dict[str, Any]:
         with self._lock:
@@ -464,15 +459,8 @@ class FakeBitrix24(OAuthFake, FakeService):
     # ---- contacts -------------------------------------------------------------------
 
     def _contact_list(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-        user = set(self.portal.contact_fields)
-        conditions = param(params, "filter") or {}
         rows = [c.record() for c in self._contacts.values()]
-        rows = [row for row in rows if matches(row, conditions, user)]
-        rows = ordered(rows, param(params, "order") or {"ID": "ASC"})
-        chunk, extra = page(rows, param(params, "start"))
-        return [
-            selected(row, param(params, "select"), user, ("PHONE", "EMAIL")) for row in chunk
-        ], extra
+        return _selected_page(params, rows, set(self.portal.contact_fields), ("PHONE", "EMAIL"))
 
     def _contact_add(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
         fields = _fields_param(params)
@@ -483,26 +471,22 @@ class FakeBitrix24(OAuthFake, FakeService):
         self._contacts[contact.id] = contact
         return contact.id, {}
 
-    def _contact_update(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    def _contact_of(self, params: Mapping[str, Any]) -> ContactRec:
         contact = self._contacts.get(_int(param(params, "id")))
         if contact is None:
             raise BitrixError("Not found")
+        return contact
+
+    def _contact_update(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        contact = self._contact_of(params)
         self._apply_contact(contact, _fields_param(params))
         contact.modified = self.clock()
         return True, {}
 
     def _apply_contact(self, contact: ContactRec, fields: Mapping[str, Any]) -> None:
         # Validate everything first: a refused request changes nothing.
-        user = {
-            k: self.portal.user_value(self.portal.contact_fields, k, v)
-            for k, v in fields.items()
-            if k.startswith("UF_")
-        }
-        for kind, entries in (("PHONE", contact.phones), ("EMAIL", contact.emails)):
-            for entry in items(fields.get(kind)):
-                if not isinstance(entry, dict):
-                    raise BitrixError(f"{kind}: an array of {{VALUE, VALUE_TYPE}} is expected")
-                self._merge_multi(entries, entry)
+        user = self.portal.user_values(self.portal.contact_fields, fields)
+        self._merge_multis(contact, fields)
         companies = [
             _int(cid) for cid in items(fields.get("COMPANY_IDS")) or items(fields.get("COMPANY_ID"))
         ]
@@ -516,6 +500,14 @@ class FakeBitrix24(OAuthFake, FakeService):
         contact.last_name = str(fields.get("LAST_NAME", contact.last_name) or "")
         contact.native.update({k: fields[k] for k in DEAL_NATIVE if k in fields})
         contact.user.update(user)
+
+    def _merge_multis(self, record: ContactRec | CompanyRec, fields: Mapping[str, Any]) -> None:
+        """The PHONE and EMAIL entries of an add or update, merged into `record`'s."""
+        for kind, entries in (("PHONE", record.phones), ("EMAIL", record.emails)):
+            for entry in items(fields.get(kind)):
+                if not isinstance(entry, dict):
+                    raise BitrixError(f"{kind}: an array of {{VALUE, VALUE_TYPE}} is expected")
+                self._merge_multi(entries, entry)
 
     def _merge_multi(self, entries: list[dict[str, Any]], entry: Mapping[str, Any]) -> None:
         # No ID: added. With ID: replaced, or removed by DELETE=Y / an empty VALUE.
@@ -556,13 +548,8 @@ class FakeBitrix24(OAuthFake, FakeService):
     # ---- deals ----------------------------------------------------------------------
 
     def _deal_list(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-        user = set(self.portal.deal_fields)
-        conditions = param(params, "filter") or {}
         rows = [d.record() for d in self._deals.values()]
-        rows = [row for row in rows if matches(row, conditions, user)]
-        rows = ordered(rows, param(params, "order") or {"ID": "ASC"})
-        chunk, extra = page(rows, param(params, "start"))
-        return [selected(row, param(params, "select"), user) for row in chunk], extra
+        return _selected_page(params, rows, set(self.portal.deal_fields))
 
     def _item_list(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
         """`crm.item.list` of deals (entityTypeId 2): camelCase fields, `contactIds` every
@@ -573,12 +560,9 @@ class FakeBitrix24(OAuthFake, FakeService):
             raise BitrixError("this fake knows entityTypeId 2 (deals) only")
         original = str(param(params, "useOriginalUfNames", "N")).upper() == "Y"
         user = set(self.portal.deal_fields)
-        conditions = param(params, "filter") or {}
         rows = [_item(d, original) for d in self._deals.values()]
         names = user if original else {_camel_uf(name) for name in user}
-        rows = [row for row in rows if matches(row, conditions, names)]
-        rows = ordered(rows, param(params, "order") or {"id": "ASC"})
-        chunk, extra = page(rows, param(params, "start"))
+        chunk, extra = _listed(params, rows, names, "id")
         wanted = [str(name) for name in items(param(params, "select"))] or ["*"]
         chosen = [
             {k: v for k, v in row.items() if "*" in wanted or k in wanted or k == "id"}
@@ -684,11 +668,7 @@ class FakeBitrix24(OAuthFake, FakeService):
         return True, {}
 
     def _apply_deal(self, deal: DealRec, fields: Mapping[str, Any]) -> None:
-        user = {
-            k: self.portal.user_value(self.portal.deal_fields, k, v)
-            for k, v in fields.items()
-            if k.startswith("UF_")
-        }
+        user = self.portal.user_values(self.portal.deal_fields, fields)
         if "OPPORTUNITY" in fields:
             try:
                 deal.opportunity = float(str(fields["OPPORTUNITY"]))
@@ -729,24 +709,14 @@ class FakeBitrix24(OAuthFake, FakeService):
         if not title:
             raise BitrixError("TITLE is required")
         company = CompanyRec(0, title, created=self.clock())
-        for kind, entries in (("PHONE", company.phones), ("EMAIL", company.emails)):
-            for entry in items(fields.get(kind)):
-                if not isinstance(entry, dict):
-                    raise BitrixError(f"{kind}: an array of {{VALUE, VALUE_TYPE}} is expected")
-                self._merge_multi(entries, entry)
+        self._merge_multis(company, fields)
         company.id = next(self._ids["co"])
         self._companies[company.id] = company
         return company.id, {}
 
     def _company_list(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-        conditions = param(params, "filter") or {}
         rows = [c.record() for c in self._companies.values()]
-        rows = [row for row in rows if matches(row, conditions, set())]
-        rows = ordered(rows, param(params, "order") or {"ID": "ASC"})
-        chunk, extra = page(rows, param(params, "start"))
-        return [
-            selected(row, param(params, "select"), (), ("PHONE", "EMAIL")) for row in chunk
-        ], extra
+        return _selected_page(params, rows, set(), ("PHONE", "EMAIL"))
 
     def _requisite_add(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
         fields = _fields_param(params)
@@ -770,17 +740,10 @@ class FakeBitrix24(OAuthFake, FakeService):
         return requisite.id, {}
 
     def _requisite_list(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-        conditions = param(params, "filter") or {}
-        rows = [r.record() for r in self._requisites.values()]
-        rows = [row for row in rows if matches(row, conditions, set())]
-        rows = ordered(rows, param(params, "order") or {"ID": "ASC"})
-        chunk, extra = page(rows, param(params, "start"))
-        return [selected(row, param(params, "select"), ()) for row in chunk], extra
+        return _selected_page(params, [r.record() for r in self._requisites.values()], set())
 
     def _contact_company_add(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-        contact = self._contacts.get(_int(param(params, "id")))
-        if contact is None:
-            raise BitrixError("Not found")
+        contact = self._contact_of(params)
         company_id = _int((param(params, "fields") or {}).get("COMPANY_ID"))
         if company_id not in self._companies:
             raise BitrixError("Company not found")
@@ -844,12 +807,7 @@ class FakeBitrix24(OAuthFake, FakeService):
         conditions = param(params, "filter") or {}
         if "ENTITY_ID" not in conditions or "ENTITY_TYPE" not in conditions:
             raise BitrixError("ENTITY_ID and ENTITY_TYPE are required in the filter")
-        rows = [c.record() for c in self._comments]
-        rows = [row for row in rows if matches(row, conditions, set())]
-        chunk, extra = page(
-            ordered(rows, param(params, "order") or {"ID": "ASC"}), param(params, "start")
-        )
-        return [selected(row, param(params, "select"), ()) for row in chunk], extra
+        return _selected_page(params, [c.record() for c in self._comments], set())
 
     def _fields(self, user_fields: Mapping[str, Any]) -> dict[str, Any]:
         native = {
@@ -963,6 +921,24 @@ def _item(deal: DealRec, original_uf_names: bool) -> dict[str, Any]:
     }
 
 
+def _listed(
+    params: Mapping[str, Any], rows: list[dict[str, Any]], names: set[str], key: str = "ID"
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A list method's page: the rows matching `filter` (`names`: its known user fields),
+    in `order` (`key` ascending when not given), 50 from `start`."""
+    conditions = param(params, "filter") or {}
+    found = [row for row in rows if matches(row, conditions, names)]
+    return page(ordered(found, param(params, "order") or {key: "ASC"}), param(params, "start"))
+
+
+def _selected_page(
+    params: Mapping[str, Any], rows: list[dict[str, Any]], user: set[str], multi: Iterable[str] = ()
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """`crm.*.list`: `_listed`, each row cut to `select` (`multi`: multifields it may name)."""
+    chunk, extra = _listed(params, rows, user)
+    return [selected(row, param(params, "select"), user, multi) for row in chunk], extra
+
+
 def _camel_uf(name: str) -> str:
     """UF_CRM_2_1639669411830 → ufCrm2_1639669411830 (the docs' own example)."""
     return "ufCrm" + name.removeprefix("UF_CRM_")
@@ -1009,6 +985,3 @@ def _binding_ids(given: Iterable[Any]) -> Iterator[int]:
 def _comm_key(kind: str, value: str) -> str:
     # NormalizePhone: digits only (8… and +7… stay different); e-mails lower-cased.
     return re.sub(r"\D", "", value) if kind == "PHONE" else value.strip().lower()
-
-
-__all__ = ["FakeBitrix24", "example_config", "iso"]

@@ -172,7 +172,6 @@ def _category(category_id: int, name: str) -> Category:
 
 CATEGORIES = (_category(0, "Сайт"), _category(1, "Яндекс"), _category(2, "Партнёры"))
 DEAL_NATIVE = ("UTM_SOURCE", "UTM_MEDIUM", "UTM_CAMPAIGN", "UTM_TERM", "UTM_CONTENT")
-CONTACT_NATIVE = (*DEAL_NATIVE, "NAME", "LAST_NAME", "SECOND_NAME", "COMMENTS")
 # deal_fields key → (UF type, multiple)
 DEAL_FIELD_TYPES = {
     "subjects": ("enumeration", True),
@@ -256,6 +255,12 @@ class Portal:
             if stage is not None:
                 return category, stage
         return None
+
+    def user_values(
+        self, fields: Mapping[str, UserField], values: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The `UF_*` entries of an add or update, each checked by `user_value`."""
+        return {k: self.user_value(fields, k, v) for k, v in values.items() if k.startswith("UF_")}
 
     def user_value(self, fields: Mapping[str, UserField], name: str, value: Any) -> Any:
         """The value to store for user field `name` (None: empty), or `BitrixError`."""

@@ -51,7 +51,7 @@ from urllib.parse import parse_qsl
 
 from bridge.settings import CrmConfig, load_file_config
 from tests.fakes.crm_events import CrmRequest, HubSpotStageChange, hubspot_stage_events
-from tests.fakes.hubspot_account import PORTAL_ID, hs_error, iso_ms
+from tests.fakes.hubspot_account import PORTAL_ID, hs_error, invalid, iso_ms
 from tests.fakes.hubspot_portal import KINDS, Portal, Rec, pipeline_json
 from tests.fakes.service import (
     FakeRequest,
@@ -59,11 +59,12 @@ from tests.fakes.service import (
     FakeService,
     JSONDict,
     OAuthFake,
-    TokenIssuer,
 )
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "crm-hubspot.example.toml"
 V = "2026-09"
+# The refresh token does not rotate: a refresh answers the same one.
+TOKENS = {"prefixes": ("pat-na1-", "na1-"), "rotates": False}
 TYPES = "(contacts|deals|notes|companies|line_items)"
 
 
@@ -91,37 +92,32 @@ class FakeHubSpot(OAuthFake, FakeService):
         self.config = config or load_file_config(EXAMPLE_CONFIG).crm["hubspot"]
         self.portal = Portal(self.config, clock, index_lag)
         self.search_rate_limit, self.ten_second_limit = search_rate_limit, ten_second_limit
-        self.clock = clock
-        self.client_id, self.client_secret = client_id, client_secret
-        self.redirect_uri, self.oauth_ttl = redirect_uri, oauth_ttl
-        # The refresh token does not rotate: a refresh answers the same one.
-        self.tokens = TokenIssuer(
-            lambda: self.clock(),
-            lambda: self.oauth_ttl,
-            prefixes=("pat-na1-", "na1-"),
-            rotates=False,
-        )
+        self.oauth_client(clock, client_id, client_secret, oauth_ttl, redirect_uri, **TOKENS)
         self._windows: dict[str, deque[float]] = {"search": deque(), "general": deque()}
         objects = f"/crm/objects/{V}/{TYPES}"
         self.routes = [
-            ("POST", re.compile(f"{objects}/search"), self._search),
-            ("POST", re.compile(f"{objects}/batch/read"), self._batch_read),
-            ("POST", re.compile(f"{objects}/batch/create"), self._batch_create),
-            ("POST", re.compile(f"{objects}/batch/update"), self._batch_update),
-            ("POST", re.compile(f"{objects}/batch/archive"), self._batch_archive),
+            ("POST", re.compile(f"{objects}/search"), self._portal_route("search", 200)),
+            ("POST", re.compile(f"{objects}/batch/read"), self._portal_route("batch_read")),
+            ("POST", re.compile(f"{objects}/batch/create"), self._portal_route("batch_create")),
+            ("POST", re.compile(f"{objects}/batch/update"), self._portal_route("batch_update")),
+            (
+                "POST",
+                re.compile(f"{objects}/batch/archive"),
+                self._portal_route("batch_archive", 204),
+            ),
             (
                 "PUT",
                 re.compile(rf"{objects}/(\d+)/associations/default/{TYPES}/(\d+)"),
                 self._associate,
             ),
-            ("POST", re.compile(objects), self._create),
+            ("POST", re.compile(objects), self._portal_route("create", 201)),
             ("GET", re.compile(rf"{objects}/(\d+)"), self._read),
-            ("PATCH", re.compile(rf"{objects}/(\d+)"), self._update),
+            ("PATCH", re.compile(rf"{objects}/(\d+)"), self._portal_route("update", 200)),
             ("DELETE", re.compile(rf"{objects}/(\d+)"), self._archive),
             (
                 "POST",
                 re.compile(f"/crm/associations/{V}/{TYPES}/{TYPES}/batch/read"),
-                self._associations_read,
+                self._portal_route("associations_read"),
             ),
             ("GET", re.compile(f"/crm/pipelines/{V}/deals"), self._pipelines),
             ("GET", re.compile(f"/crm/properties/{V}/{TYPES}"), self._properties),
@@ -311,12 +307,8 @@ class FakeHubSpot(OAuthFake, FakeService):
             limit, period = (
                 (self.search_rate_limit, 1.0) if search else (self.ten_second_limit, 10.0)
             )
-            now = self.monotonic()
-            while window and window[0] <= now - period:
-                window.popleft()
-            if len(window) >= limit:
+            if not self._admit_in(window, limit, period):
                 return self._throttle("SECONDLY" if search else "TEN_SECONDLY_ROLLING")
-            window.append(now)
         return super()._serve(request)
 
     def _too_many(self) -> FakeResponse:  # injected 429s look like the real ones too
@@ -344,40 +336,28 @@ class FakeHubSpot(OAuthFake, FakeService):
 
     # ---- routes ---------------------------------------------------------------------
 
-    def _search(self, request: FakeRequest, kind: str) -> FakeResponse:
-        return FakeResponse(200, self.portal.search(kind, _object(request)))
+    def _portal_route(
+        self, operation: str, status: int | None = None
+    ) -> Callable[..., FakeResponse]:
+        """A route calling `self.portal.<operation>(*path groups, JSON object body)`,
+        looked up per request (a test may replace it), which answers (status, body), or
+        the body alone (None too) answered with `status`."""
 
-    def _batch_read(self, request: FakeRequest, kind: str) -> FakeResponse:
-        return FakeResponse(*self.portal.batch_read(kind, _object(request)))
+        def route(request: FakeRequest, *groups: str) -> FakeResponse:
+            answer = getattr(self.portal, operation)(*groups, _object(request))
+            return FakeResponse(*answer) if status is None else FakeResponse(status, answer)
 
-    def _batch_create(self, request: FakeRequest, kind: str) -> FakeResponse:
-        return FakeResponse(*self.portal.batch_create(kind, _object(request)))
-
-    def _batch_update(self, request: FakeRequest, kind: str) -> FakeResponse:
-        return FakeResponse(*self.portal.batch_update(kind, _object(request)))
-
-    def _associations_read(self, request: FakeRequest, kind: str, other: str) -> FakeResponse:
-        return FakeResponse(*self.portal.associations_read(kind, other, _object(request)))
-
-    def _batch_archive(self, request: FakeRequest, kind: str) -> FakeResponse:
-        self.portal.batch_archive(kind, _object(request))
-        return FakeResponse(204)
+        return route
 
     def _associate(
         self, request: FakeRequest, kind: str, record_id: str, other: str, other_id: str
     ) -> FakeResponse:
         return FakeResponse(200, self.portal.associate_default(kind, record_id, other, other_id))
 
-    def _create(self, request: FakeRequest, kind: str) -> FakeResponse:
-        return FakeResponse(201, self.portal.create(kind, _object(request)))
-
     def _read(self, request: FakeRequest, kind: str, record_id: str) -> FakeResponse:
         rec = self.portal.live(kind, record_id)
         wanted = _csv(request.all("properties")) or None
         return FakeResponse(200, self.portal.render(rec, wanted, _csv(request.all("associations"))))
-
-    def _update(self, request: FakeRequest, kind: str, record_id: str) -> FakeResponse:
-        return FakeResponse(200, self.portal.update(kind, record_id, _object(request)))
 
     def _archive(self, request: FakeRequest, kind: str, record_id: str) -> FakeResponse:
         self.portal.live(kind, record_id).archived = True
@@ -431,7 +411,7 @@ class FakeHubSpot(OAuthFake, FakeService):
 def _object(request: FakeRequest) -> JSONDict:
     body = request.json()
     if not isinstance(body, dict):
-        raise hs_error(400, "VALIDATION_ERROR", "Invalid input JSON: expected an object")
+        raise invalid("Invalid input JSON: expected an object")
     return body
 
 

@@ -40,6 +40,11 @@ def hs_error(status: int, category: str, message: str, **extra: Any) -> ApiError
     return ApiError(status, body)
 
 
+def invalid(message: str, **extra: Any) -> ApiError:
+    """The 400 VALIDATION_ERROR HubSpot answers a malformed or refused write with."""
+    return hs_error(400, "VALIDATION_ERROR", message, **extra)
+
+
 @dataclass
 class Stage:
     id: str
@@ -294,9 +299,7 @@ class Problems:
                 }
                 for i in self.items
             ]
-            raise hs_error(
-                400, "VALIDATION_ERROR", f"Property values were not valid: {text}", errors=errors
-            )
+            raise invalid(f"Property values were not valid: {text}", errors=errors)
 
 
 def parse_properties(
@@ -304,7 +307,7 @@ def parse_properties(
 ) -> dict[str, str | None]:
     """`properties` of a write as stored (None clears a value)."""
     if not isinstance(raw, dict):
-        raise hs_error(400, "VALIDATION_ERROR", "Invalid input JSON: properties must be an object")
+        raise invalid("Invalid input JSON: properties must be an object")
     parsed: dict[str, str | None] = {}
     for name, value in raw.items():
         definition = defs.get(name)

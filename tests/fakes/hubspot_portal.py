@@ -24,6 +24,7 @@ from tests.fakes.hubspot_account import (
     PipelineDef,
     Problems,
     hs_error,
+    invalid,
     iso_ms,
     parse_properties,
     seed_properties,
@@ -107,7 +108,7 @@ class Portal:
 
     def _checked_create(self, kind: str, body: Any) -> tuple[dict[str, str | None], list[Rec]]:
         if not isinstance(body, dict):
-            raise hs_error(400, "VALIDATION_ERROR", "Invalid input JSON: expected an object")
+            raise invalid("Invalid input JSON: expected an object")
         problems = Problems()
         values = parse_properties(self.properties[kind], body.get("properties"), problems)
         problems.check()
@@ -140,7 +141,7 @@ class Portal:
             results = [self._created(kind, values, links) for values, links in checked]
             return 201, {"status": "COMPLETE", "results": results}
         if len(set(traces)) != len(traces):
-            raise hs_error(400, "VALIDATION_ERROR", "objectWriteTraceId values must be unique")
+            raise invalid("objectWriteTraceId values must be unique")
         results, errors = [], []
         for entry, trace in zip(inputs, traces, strict=True):
             try:
@@ -161,16 +162,15 @@ class Portal:
         [eshopman-com.pages.dev/insights/hubspot-development/decoding-hubspots-batch-api-
         207-status-e-commerce-integrators-pay-attention])."""
         inputs = _inputs(body)
-        ids = [str(entry.get("id")) if isinstance(entry, dict) else "" for entry in inputs]
+        ids = [_entry_id(entry) for entry in inputs]
         if len(set(ids)) != len(ids):
-            raise hs_error(400, "VALIDATION_ERROR", "Duplicate IDs found in batch input")
+            raise invalid("Duplicate IDs found in batch input")
         problems = Problems()
         checked: list[tuple[Rec | None, dict[str, str | None]]] = []
         for entry, record_id in zip(inputs, ids, strict=True):
             raw = entry.get("properties") if isinstance(entry, dict) else None
             values = parse_properties(self.properties[kind], raw, problems)
-            rec = self.records[kind].get(record_id)
-            checked.append((None if rec is None or rec.archived else rec, values))
+            checked.append((self._unarchived(kind, record_id), values))
         problems.check()
         for rec, values in checked:
             if rec is not None and kind == "deals":
@@ -193,14 +193,13 @@ class Portal:
         unknown, is among a 207's `errors`."""
         inputs = body.get("inputs")
         if not isinstance(inputs, list) or not 0 < len(inputs) <= MAX_ASSOCIATION_INPUTS:
-            message = f"inputs: a list of 1 to {MAX_ASSOCIATION_INPUTS} entries"
-            raise hs_error(400, "VALIDATION_ERROR", message)
+            raise invalid(f"inputs: a list of 1 to {MAX_ASSOCIATION_INPUTS} entries")
         type_id = READ_TYPES.get((kind, other))
         results, errors = [], []
         for entry in inputs:
-            record_id = str(entry.get("id")) if isinstance(entry, dict) else ""
-            rec = self.records[kind].get(record_id)
-            linked = [] if rec is None or rec.archived else self.live_links(rec, other)
+            record_id = _entry_id(entry)
+            rec = self._unarchived(kind, record_id)
+            linked = [] if rec is None else self.live_links(rec, other)
             if not linked:
                 errors.append(
                     {
@@ -228,14 +227,14 @@ class Portal:
         """Archives the records named; ids already archived or unknown are skipped
         (the answer is 204 either way)."""
         for entry in _inputs(body):
-            rec = self.records[kind].get(str(entry.get("id")) if isinstance(entry, dict) else "")
+            rec = self._unarchived(kind, _entry_id(entry))
             if rec is not None:
                 rec.archived = True
 
     def associate_default(self, kind: str, record_id: str, other: str, other_id: str) -> JSONDict:
         """The unlabeled association of two live records; linking twice links once."""
         if frozenset((kind, other)) not in DEFAULT_PAIRS:
-            raise hs_error(400, "VALIDATION_ERROR", f"{kind} cannot be associated to {other}")
+            raise invalid(f"{kind} cannot be associated to {other}")
         a, b = self.live(kind, record_id), self.live(other, other_id)
         self.link(a, b)
         return {
@@ -279,25 +278,22 @@ class Portal:
     def batch_read(self, kind: str, body: JSONDict) -> tuple[int, JSONDict]:
         inputs = body.get("inputs")
         if not isinstance(inputs, list) or len(inputs) > 100:
-            raise hs_error(400, "VALIDATION_ERROR", "inputs: a list of at most 100 ids")
+            raise invalid("inputs: a list of at most 100 ids")
         found, missing = [], []
         for entry in inputs:
-            record_id = str(entry.get("id")) if isinstance(entry, dict) else ""
-            rec = self.records[kind].get(record_id)
-            if rec is None or rec.archived:
+            record_id = _entry_id(entry)
+            rec = self._unarchived(kind, record_id)
+            if rec is None:
                 missing.append(record_id)
             else:
                 found.append(self.render(rec, body.get("properties") or None))
-        answer: JSONDict = {"status": "COMPLETE", "results": found}
-        if not missing:
-            return 200, answer
         error = {
             "status": "error",
             "category": "OBJECT_NOT_FOUND",
             "message": f"Could not get some {SINGULAR[kind].upper()} objects.",
             "context": {"ids": missing},
         }
-        return 207, {**answer, "numErrors": 1, "errors": [error]}
+        return _multi(found, [error] if missing else [], ok=200)
 
     # ---- records --------------------------------------------------------------------
 
@@ -336,9 +332,13 @@ class Portal:
         a.links.setdefault(b.kind, set()).add(b.id)
         b.links.setdefault(a.kind, set()).add(a.id)
 
-    def live(self, kind: str, record_id: str) -> Rec:
+    def _unarchived(self, kind: str, record_id: str) -> Rec | None:
         rec = self.records[kind].get(record_id)
-        if rec is None or rec.archived:
+        return None if rec is None or rec.archived else rec
+
+    def live(self, kind: str, record_id: str) -> Rec:
+        rec = self._unarchived(kind, record_id)
+        if rec is None:
             message = "Object not found.  objectId are usually numeric."
             raise hs_error(404, "OBJECT_NOT_FOUND", message, context={"id": [record_id]})
         return rec
@@ -409,7 +409,7 @@ class Portal:
             rec = self.records[target].get(to_id) if target else None
             if spec.get("associationCategory") != "HUBSPOT_DEFINED" or rec is None or rec.archived:
                 message = f"Association of type {type_id} to {to_id!r} is invalid for {kind}"
-                raise hs_error(400, "VALIDATION_ERROR", message)
+                raise invalid(message)
             linked.append(rec)
         return linked
 
@@ -421,24 +421,23 @@ class Portal:
                     message = f"Contact already exists. Existing ID: {other.id}"
                     raise hs_error(409, "CONFLICT", message)
             if not any(values.get(name) for name in ("email", "firstname", "lastname")):
-                message = "A contact needs an email, a firstname or a lastname"
-                raise hs_error(400, "VALIDATION_ERROR", message)
+                raise invalid("A contact needs an email, a firstname or a lastname")
         elif kind == "deals":
             if not values.get("dealname") or not values.get("dealstage"):
-                raise hs_error(400, "VALIDATION_ERROR", "dealname and dealstage are required")
+                raise invalid("dealname and dealstage are required")
             values.setdefault("pipeline", "default")
             self._check_stage(values)
         elif kind == "notes" and not values.get("hs_timestamp"):
-            raise hs_error(400, "VALIDATION_ERROR", "hs_timestamp is required")
+            raise invalid("hs_timestamp is required")
         elif kind == "companies" and not values.get("name") and not values.get("domain"):
-            raise hs_error(400, "VALIDATION_ERROR", "A company needs a name or a domain")
+            raise invalid("A company needs a name or a domain")
         elif kind == "line_items":
             # "The price specified within the properties field cannot be negative"
             # [developers.hubspot.com/docs-beta/crm/line-items].
             if not values.get("name"):
-                raise hs_error(400, "VALIDATION_ERROR", "A line item needs a name")
+                raise invalid("A line item needs a name")
             if (values.get("price") or "0").startswith("-"):
-                raise hs_error(400, "VALIDATION_ERROR", "price cannot be negative")
+                raise invalid("price cannot be negative")
 
     def _check_stage(self, values: Mapping[str, str | None]) -> None:
         pipeline = self.pipelines.get(str(values.get("pipeline")))
@@ -447,7 +446,7 @@ class Portal:
                 f"dealstage {values.get('dealstage')!r} is not a valid stage"
                 f" of pipeline {values.get('pipeline')!r}"
             )
-            raise hs_error(400, "VALIDATION_ERROR", message)
+            raise invalid(message)
 
 
 def _multi(results: list[JSONDict], errors: list[JSONDict], *, ok: int) -> tuple[int, JSONDict]:
@@ -458,10 +457,15 @@ def _multi(results: list[JSONDict], errors: list[JSONDict], *, ok: int) -> tuple
     return 207, {**answer, "numErrors": len(errors), "errors": errors}
 
 
+def _entry_id(entry: Any) -> str:
+    """The record id a batch input names ("" for a malformed input)."""
+    return str(entry.get("id")) if isinstance(entry, dict) else ""
+
+
 def _inputs(body: Any) -> list[Any]:
     inputs = body.get("inputs") if isinstance(body, dict) else None
     if not isinstance(inputs, list) or not 0 < len(inputs) <= MAX_BATCH:
-        raise hs_error(400, "VALIDATION_ERROR", f"inputs: a list of 1 to {MAX_BATCH} entries")
+        raise invalid(f"inputs: a list of 1 to {MAX_BATCH} entries")
     return inputs
 
 

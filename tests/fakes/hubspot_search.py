@@ -22,7 +22,7 @@ from typing import Any
 
 import phonenumbers
 
-from tests.fakes.hubspot_account import PropDef, hs_error, parse_instant
+from tests.fakes.hubspot_account import PropDef, invalid, parse_instant
 
 MAX_GROUPS, MAX_GROUP_FILTERS, MAX_FILTERS = 5, 10, 25
 MAX_LIMIT, MAX_TOTAL = 200, 10_000
@@ -41,22 +41,22 @@ def run_search(
 ) -> tuple[list[Item], int, int | None]:
     """(this page, total, offset of the next page or None)."""
     if not isinstance(body, dict):
-        raise _bad("Invalid input JSON: a search request is an object")
+        raise invalid("Invalid input JSON: a search request is an object")
     groups = body.get("filterGroups") or []
     filters = [f for group in groups for f in (group.get("filters") or [])]
     if len(groups) > MAX_GROUPS or len(filters) > MAX_FILTERS:
-        raise _bad(f"Search allows {MAX_GROUPS} filterGroups and {MAX_FILTERS} filters in all")
+        raise invalid(f"Search allows {MAX_GROUPS} filterGroups and {MAX_FILTERS} filters in all")
     if any(len(group.get("filters") or []) > MAX_GROUP_FILTERS for group in groups):
-        raise _bad(f"Search allows {MAX_GROUP_FILTERS} filters in a filterGroup")
+        raise invalid(f"Search allows {MAX_GROUP_FILTERS} filters in a filterGroup")
     limit = body.get("limit", 10)
     if not isinstance(limit, int) or not 0 < limit <= MAX_LIMIT:
-        raise _bad(f"limit must be between 1 and {MAX_LIMIT}")
+        raise invalid(f"limit must be between 1 and {MAX_LIMIT}")
     try:
         offset = int(body.get("after") or 0)
     except ValueError:
-        raise _bad("after is not a paging cursor") from None
+        raise invalid("after is not a paging cursor") from None
     if offset + limit > MAX_TOTAL:
-        raise _bad(f"Search results are limited to {MAX_TOTAL} records")
+        raise invalid(f"Search results are limited to {MAX_TOTAL} records")
     matched = [
         item
         for item in items
@@ -69,22 +69,18 @@ def run_search(
     return page, len(matched), more
 
 
-def _bad(message: str) -> Exception:
-    return hs_error(400, "VALIDATION_ERROR", message)
-
-
 def _matches(flt: Any, item: Item, defs: Mapping[str, PropDef], region: str) -> bool:
     name, op = str(flt.get("propertyName", "")), str(flt.get("operator", "EQ"))
     wanted = [str(v) for v in flt.get("values") or []] or [str(flt.get("value", ""))]
     if name.startswith("associations."):
         kind = PLURAL.get(name.removeprefix("associations."))
         if kind is None or op not in ("EQ", "IN", "NEQ", "NOT_IN"):
-            raise _bad(f"Unsupported association filter {name} {op}")
+            raise invalid(f"Unsupported association filter {name} {op}")
         hit = any(value in item.linked.get(kind, set()) for value in wanted)
         return hit if op in ("EQ", "IN") else not hit
     definition = defs.get(name)
     if definition is None:
-        raise _bad(f"Invalid search: property {name} does not exist")
+        raise invalid(f"Invalid search: property {name} does not exist")
     stored = item.values.get(name)
     has = stored not in (None, "")
     if op in ("HAS_PROPERTY", "NOT_HAS_PROPERTY"):
@@ -103,7 +99,7 @@ def _matches(flt: Any, item: Item, defs: Mapping[str, PropDef], region: str) -> 
         if op == "BETWEEN":
             return bool(low <= value <= _key(definition, str(flt.get("highValue", ""))))
         return {"GT": value > low, "GTE": value >= low, "LT": value < low, "LTE": value <= low}[op]
-    raise _bad(f"Unknown operator {op}")
+    raise invalid(f"Unknown operator {op}")
 
 
 def _equal(definition: PropDef, stored: str, wanted: str, region: str) -> bool:
@@ -130,11 +126,11 @@ def _key(definition: PropDef, raw: str) -> Any:
         try:
             return Decimal(raw)
         except InvalidOperation:
-            raise _bad(f"{raw} is not a number") from None
+            raise invalid(f"{raw} is not a number") from None
     if definition.type in ("datetime", "date"):
         ms = parse_instant(raw if len(raw) != 10 else f"{raw}T00:00:00Z")
         if ms is None:
-            raise _bad(f"{raw} is not a date")
+            raise invalid(f"{raw} is not a date")
         return ms
     return raw.casefold()
 
@@ -154,7 +150,7 @@ def _sorted(items: list[Item], sorts: list[Any], defs: Mapping[str, PropDef]) ->
         descending = first.get("direction", "ASCENDING") == "DESCENDING"
     definition = defs.get(name)
     if definition is None:
-        raise _bad(f"Invalid sort: property {name} does not exist")
+        raise invalid(f"Invalid sort: property {name} does not exist")
     present = [item for item in items if item.values.get(name) not in (None, "")]
     absent = [item for item in items if item.values.get(name) in (None, "")]
     present.sort(key=lambda item: _key(definition, str(item.values[name])), reverse=descending)

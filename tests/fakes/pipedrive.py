@@ -71,7 +71,8 @@ from tests.fakes.service import (
     FakeService,
     JSONDict,
     OAuthFake,
-    TokenIssuer,
+    only_digits,
+    telegram_fields,
 )
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "crm-pipedrive.example.toml"
@@ -82,6 +83,8 @@ SEARCH_PATHS = (
     "/api/v2/products/search",
 )
 MAX_BULK = 100
+# A refresh answers the same refresh token, whose 60-day idle expiry restarts.
+TOKENS = {"prefixes": ("v1u:", "1:1:"), "rotates": False, "idle_expiry": 60 * 86400}
 DEAL_STATUSES = ("open", "won", "lost", "deleted")
 INFO = "Please check developers.pipedrive.com for more information about Pipedrive API."
 
@@ -154,10 +157,6 @@ class NoteRec:
     add_time: float
 
 
-def _digits(text: str) -> str:
-    return re.sub(r"\D", "", text)
-
-
 def rfc3339(seconds: float) -> str:
     return datetime.fromtimestamp(int(seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -190,9 +189,6 @@ class FakePipedrive(OAuthFake, FakeService):
         self.config = config or load_file_config(EXAMPLE_CONFIG).crm["pipedrive"]
         self.company = Company.from_config(self.config)
         self.search_limit, self.daily_budget = search_limit, daily_budget
-        self.clock = clock
-        self.client_id, self.client_secret = client_id, client_secret
-        self.redirect_uri, self.oauth_ttl = redirect_uri, oauth_ttl
         self.rotate_refresh_tokens = rotate_refresh_tokens
         self._persons: dict[int, PersonRec] = {}
         self._deals: dict[int, DealRec] = {}
@@ -201,14 +197,7 @@ class FakePipedrive(OAuthFake, FakeService):
         self._products: dict[int, ProductRec] = {}
         self._deal_products: dict[int, DealProductRec] = {}
         self._api_tokens: set[str] = set()
-        # A refresh answers the same refresh token, whose 60-day idle expiry restarts.
-        self.tokens = TokenIssuer(
-            lambda: self.clock(),
-            lambda: self.oauth_ttl,
-            prefixes=("v1u:", "1:1:"),
-            rotates=False,
-            idle_expiry=60 * 86400,
-        )
+        self.oauth_client(clock, client_id, client_secret, oauth_ttl, redirect_uri, **TOKENS)
         starts = (("p", 1001), ("d", 2001), ("n", 3001), ("o", 4001), ("g", 5001), ("a", 6001))
         self._ids = {k: itertools.count(s) for k, s in starts}
         self._search_window: deque[float] = deque()
@@ -224,11 +213,9 @@ class FakePipedrive(OAuthFake, FakeService):
             ("PATCH", r"/api/v2/deals/(\d+)", self._patch_deal, 5),
             ("GET", r"/api/v2/pipelines", self._pipelines, 5),
             ("GET", r"/api/v2/stages", self._stages, 5),
-            ("GET", r"/api/v2/dealFields", self._deal_fields, 10),
-            ("GET", r"/api/v2/personFields", self._person_fields, 10),
+            ("GET", r"/api/v2/(deal|person|organization)Fields", self._fields, 10),
             ("GET", r"/api/v2/organizations/search", self._search_orgs, 20),
             ("POST", r"/api/v2/organizations", self._create_org, 5),
-            ("GET", r"/api/v2/organizationFields", self._org_fields, 10),
             ("GET", r"/api/v2/products/search", self._search_products, 20),
             ("POST", r"/api/v2/products", self._create_product, 5),
             ("GET", r"/api/v2/deals/(\d+)/products", self._list_deal_products, 10),
@@ -294,12 +281,7 @@ class FakePipedrive(OAuthFake, FakeService):
         """An organization as a manager would have typed it (the INN in its field)."""
         inn_field = self.config.order_fields.company_inn
         with self._lock:
-            now = self.clock()
-            org = OrgRec(next(self._ids["o"]), name, now, now)
-            if inn and inn_field:
-                org.custom[inn_field] = inn
-            self._orgs[org.id] = org
-            return org.id
+            return self._store_org(name, {inn_field: inn} if inn and inn_field else {}).id
 
     def organizations(self) -> list[JSONDict]:
         with self._lock:
@@ -318,10 +300,7 @@ class FakePipedrive(OAuthFake, FakeService):
 
     def add_product(self, name: str, code: str, price: float = 0) -> int:
         with self._lock:
-            prices = [{"currency": "RUB", "price": price}]
-            product = ProductRec(next(self._ids["g"]), name, code, prices)
-            self._products[product.id] = product
-            return product.id
+            return self._store_product(name, code, [{"currency": "RUB", "price": price}]).id
 
     def delete_product(self, product_id: int) -> None:
         with self._lock:
@@ -358,13 +337,7 @@ class FakePipedrive(OAuthFake, FakeService):
     ) -> int:
         """A person as a manager would have typed it; returns its id."""
         custom = dict(fields or {})
-        ids = self.config.contact_fields
-        for key, value in (
-            (ids.telegram_id, telegram_id),
-            (ids.telegram_username, telegram_username),
-        ):
-            if key and value is not None:
-                custom[key] = value
+        custom.update(telegram_fields(self.config, telegram_id, telegram_username))
         with self._lock:
             checked = self.company.parse_custom_fields("person", custom)
             now = self.clock()
@@ -496,19 +469,10 @@ class FakePipedrive(OAuthFake, FakeService):
 
     def _admit(self) -> bool:
         """Pipedrive's burst window is a rolling 2 seconds."""
-        return self._admit_in(self._window, self.rate_limit)
+        return self._admit_in(self._window, self.rate_limit, 2.0)
 
     def _admit_search(self) -> bool:
-        return self._admit_in(self._search_window, self.search_limit)
-
-    def _admit_in(self, window: deque[float], limit: int) -> bool:
-        now = self.monotonic()
-        while window and window[0] <= now - 2.0:
-            window.popleft()
-        if len(window) >= limit:
-            return False
-        window.append(now)
-        return True
+        return self._admit_in(self._search_window, self.search_limit, 2.0)
 
     def _too_many(self) -> FakeResponse:
         self.throttled += 1
@@ -526,51 +490,40 @@ class FakePipedrive(OAuthFake, FakeService):
     # ---- routes: persons ------------------------------------------------------------
 
     def _search(self, request: FakeRequest) -> FakeResponse:
-        term = request.one("term")
-        exact = _bool_param(request, "exact_match", default=False)
         allowed = ("custom_fields", "email", "notes", "phone", "name")
-        fields = [f for f in request.one("fields", ",".join(allowed)).split(",") if f]
-        if not set(fields) <= set(allowed):
-            raise validation_error(f"fields must be a subset of {', '.join(allowed)}")
-        if len(term.strip()) < (1 if exact else 2):
-            raise validation_error("term must be at least 2 characters (1 with exact_match)")
+        term, exact, fields = _search_terms(request, allowed)
         hits = [
             person
             for person in self._persons.values()
             if not person.is_deleted and self._person_matches(person, term, exact, fields)
         ]
-        items = [{"result_score": 1.0, "item": self._search_item(p)} for p in hits]
-        chunk, cursor = _cursor_page(request, items)
-        return _ok({"items": chunk}, {"next_cursor": cursor})
+        return _search_answer(request, [self._search_item(p) for p in hits])
 
     def _person_matches(self, person: PersonRec, term: str, exact: bool, fields: list[str]) -> bool:
-        wanted = term.strip().lower()
-
-        def hit(values: Iterable[str]) -> bool:
-            texts = [value.strip().lower() for value in values]
-            return any(t == wanted if exact else wanted in t for t in texts)
-
-        if "name" in fields and hit([person.name]):
+        if "name" in fields and _hit([person.name], term, exact):
             return True
-        if "email" in fields and hit(e["value"] for e in person.emails):
+        if "email" in fields and _hit((e["value"] for e in person.emails), term, exact):
             return True
         # A phone's partial match is on the beginning of the stored number, punctuation
         # left out ("7999" finds "+7 999 123-45-67", "9991234567" does not): Pipedrive
         # documents only `exact_match`, so the fake assumes no more than a prefix search
         # [SPEC persons/search; crm-notes §2.2 "Phone caveat"].
-        digits = _digits(term)
+        digits = only_digits(term)
         if "phone" in fields and digits:
-            phone_digits = [_digits(p["value"]) for p in person.phones]
+            phone_digits = [only_digits(p["value"]) for p in person.phones]
             if any(d == digits if exact else d.startswith(digits) for d in phone_digits):
                 return True
         searchable = self.company.searchable_values("person", person.custom)
-        return "custom_fields" in fields and hit(searchable)
+        return "custom_fields" in fields and _hit(searchable, term, exact)
 
-    def _get_person(self, request: FakeRequest, person_id: str) -> FakeResponse:
+    def _live_person(self, person_id: str) -> PersonRec:
         person = self._persons.get(int(person_id))
         if person is None or person.is_deleted:
             raise not_found("Person")
-        return _ok(self._person_json(person, _field_filter(request)))
+        return person
+
+    def _get_person(self, request: FakeRequest, person_id: str) -> FakeResponse:
+        return _ok(self._person_json(self._live_person(person_id), _field_filter(request)))
 
     def _create_person(self, request: FakeRequest) -> FakeResponse:
         changes = self._parse_person(request.json(), creating=True)
@@ -581,9 +534,7 @@ class FakePipedrive(OAuthFake, FakeService):
         return _ok(self._person_json(person))
 
     def _patch_person(self, request: FakeRequest, person_id: str) -> FakeResponse:
-        person = self._persons.get(int(person_id))
-        if person is None or person.is_deleted:
-            raise not_found("Person")
+        person = self._live_person(person_id)
         self._apply_person(person, self._parse_person(request.json(), creating=False))
         return _ok(self._person_json(person))
 
@@ -643,8 +594,7 @@ class FakePipedrive(OAuthFake, FakeService):
             reverse=direction == "desc",
         )
         keys = _field_filter(request)
-        chunk, cursor = _cursor_page(request, [self._deal_json(d, keys) for d in deals])
-        return _ok(chunk, {"next_cursor": cursor})
+        return _paged(request, [self._deal_json(d, keys) for d in deals])
 
     def _get_deal(self, request: FakeRequest, deal_id: str) -> FakeResponse:
         deal = self._deals.get(int(deal_id))
@@ -662,9 +612,7 @@ class FakePipedrive(OAuthFake, FakeService):
         return _ok(self._deal_json(deal))
 
     def _patch_deal(self, request: FakeRequest, deal_id: str) -> FakeResponse:
-        deal = self._deals.get(int(deal_id))
-        if deal is None or deal.is_deleted:
-            raise not_found("Deal")
+        deal = self._live_deal(deal_id)
         changes = self._parse_deal(request.json(), current=deal)
         stage = changes.pop("stage", None)
         if stage is not None:
@@ -758,26 +706,22 @@ class FakePipedrive(OAuthFake, FakeService):
             return found
 
         hits = [org for org in self._orgs.values() if _hit(values(org), term, exact)]
-        items = [{"result_score": 1.0, "item": self._org_search_item(org)} for org in hits]
-        chunk, cursor = _cursor_page(request, items)
-        return _ok({"items": chunk}, {"next_cursor": cursor})
+        return _search_answer(request, [self._org_search_item(org) for org in hits])
 
     def _create_org(self, request: FakeRequest) -> FakeResponse:
         body = request.json()
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-            raise validation_error("name is required")
-        if not body["name"].strip():
+        name = body.get("name") if isinstance(body, dict) else None
+        if not isinstance(name, str) or not name.strip():
             raise validation_error("name is required")
         custom = self.company.parse_custom_fields("organization", body.get("custom_fields"))
+        return _ok(self._org_json(self._store_org(name, custom)))
+
+    def _store_org(self, name: str, custom: Mapping[str, Any]) -> OrgRec:
         now = self.clock()
-        org = OrgRec(next(self._ids["o"]), body["name"], now, now)
+        org = OrgRec(next(self._ids["o"]), name, now, now)
         _merge(org.custom, custom)
         self._orgs[org.id] = org
-        return _ok(self._org_json(org))
-
-    def _org_fields(self, request: FakeRequest) -> FakeResponse:
-        chunk, cursor = _cursor_page(request, self.company.fields_json("organization"))
-        return _ok(chunk, {"next_cursor": cursor})
+        return org
 
     def _search_products(self, request: FakeRequest) -> FakeResponse:
         term, exact, fields = _search_terms(request, ("code", "custom_fields", "name"))
@@ -788,9 +732,7 @@ class FakePipedrive(OAuthFake, FakeService):
         hits = [
             p for p in self._products.values() if not p.is_deleted and _hit(values(p), term, exact)
         ]
-        items = [{"result_score": 1.0, "item": self._product_search_item(p)} for p in hits]
-        chunk, cursor = _cursor_page(request, items)
-        return _ok({"items": chunk}, {"next_cursor": cursor})
+        return _search_answer(request, [self._product_search_item(p) for p in hits])
 
     def _create_product(self, request: FakeRequest) -> FakeResponse:
         body = request.json()
@@ -808,9 +750,13 @@ class FakePipedrive(OAuthFake, FakeService):
                 raise validation_error("prices: objects with currency and a numeric price")
         if len({price["currency"] for price in prices}) != len(prices):
             raise validation_error("one price per currency")
-        product = ProductRec(next(self._ids["g"]), body["name"], code, [dict(p) for p in prices])
-        self._products[product.id] = product
+        product = self._store_product(body["name"], code, [dict(p) for p in prices])
         return _ok(self._product_json(product))
+
+    def _store_product(self, name: str, code: str, prices: list[JSONDict]) -> ProductRec:
+        product = ProductRec(next(self._ids["g"]), name, code, prices)
+        self._products[product.id] = product
+        return product
 
     def _live_deal(self, deal_id: str) -> DealRec:
         deal = self._deals.get(int(deal_id))
@@ -819,10 +765,7 @@ class FakePipedrive(OAuthFake, FakeService):
         return deal
 
     def _list_deal_products(self, request: FakeRequest, deal_id: str) -> FakeResponse:
-        deal = self._live_deal(deal_id)
-        attached = [a for a in self._deal_products.values() if a.deal_id == deal.id]
-        chunk, cursor = _cursor_page(request, [self._attachment_json(a) for a in attached])
-        return _ok(chunk, {"next_cursor": cursor})
+        return _paged(request, self._deal_products_json(self._live_deal(deal_id).id))
 
     def _delete_deal_products(self, request: FakeRequest, deal_id: str) -> FakeResponse:
         """Without `ids`: the deal's attachments, 100 at most per call ("If not provided,
@@ -929,8 +872,7 @@ class FakePipedrive(OAuthFake, FakeService):
             {"id": p.id, "name": p.name, "order_nr": p.order_nr, "is_deleted": False}
             for p in self.company.pipelines.values()
         ]
-        chunk, cursor = _cursor_page(request, items)
-        return _ok(chunk, {"next_cursor": cursor})
+        return _paged(request, items)
 
     def _stages(self, request: FakeRequest) -> FakeResponse:
         pipeline_id = _int_param(request, "pipeline_id")
@@ -945,16 +887,11 @@ class FakePipedrive(OAuthFake, FakeService):
             for s in self.company.stages.values()
             if pipeline_id is None or s.pipeline_id == pipeline_id
         ]
-        chunk, cursor = _cursor_page(request, items)
-        return _ok(chunk, {"next_cursor": cursor})
+        return _paged(request, items)
 
-    def _deal_fields(self, request: FakeRequest) -> FakeResponse:
-        chunk, cursor = _cursor_page(request, self.company.fields_json("deal"))
-        return _ok(chunk, {"next_cursor": cursor})
-
-    def _person_fields(self, request: FakeRequest) -> FakeResponse:
-        chunk, cursor = _cursor_page(request, self.company.fields_json("person"))
-        return _ok(chunk, {"next_cursor": cursor})
+    def _fields(self, request: FakeRequest, entity: str) -> FakeResponse:
+        """`GET /api/v2/{dealFields,personFields,organizationFields}`."""
+        return _paged(request, self.company.fields_json(entity))
 
     def _token(self, request: FakeRequest) -> FakeResponse:
         expected = base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()
@@ -1171,6 +1108,18 @@ def _hit(values: Iterable[str], term: str, exact: bool) -> bool:
     wanted = term.strip().lower()
     texts = [value.strip().lower() for value in values]
     return any(t == wanted if exact else wanted in t for t in texts)
+
+
+def _paged(request: FakeRequest, items: list[Any]) -> FakeResponse:
+    """One cursor page of `items`, the next cursor in `additional_data`."""
+    chunk, cursor = _cursor_page(request, items)
+    return _ok(chunk, {"next_cursor": cursor})
+
+
+def _search_answer(request: FakeRequest, hits: list[JSONDict]) -> FakeResponse:
+    """A v2 search's page: each hit as an `item` with its `result_score`."""
+    chunk, cursor = _cursor_page(request, [{"result_score": 1.0, "item": h} for h in hits])
+    return _ok({"items": chunk}, {"next_cursor": cursor})
 
 
 def _ok(data: Any, additional: JSONDict | None = None) -> FakeResponse:

@@ -36,6 +36,8 @@ from urllib.parse import parse_qsl
 
 import httpx
 
+from bridge.settings import CrmConfig
+
 JSONDict = dict[str, Any]
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -123,6 +125,21 @@ def problem(status: int, title: str, detail: str) -> JSONDict:
     }
 
 
+def telegram_fields(
+    config: CrmConfig, telegram_id: str | None, telegram_username: str | None
+) -> dict[str, str]:
+    """A test contact's Telegram id and username under the fields `config` names for them
+    (a value not given, or a field not configured, left out)."""
+    ids = config.contact_fields
+    pairs = ((ids.telegram_id, telegram_id), (ids.telegram_username, telegram_username))
+    return {name: value for name, value in pairs if name and value is not None}
+
+
+def only_digits(text: str) -> str:
+    """A phone number as the CRMs compare it: its digits alone."""
+    return re.sub(r"\D", "", text)
+
+
 class TokenIssuer:
     """What every fake CRM's credentials share: access tokens that expire by the fake's
     clock (or never), refresh tokens, and single-use authorization codes. A rotating
@@ -198,6 +215,23 @@ class OAuthFake:
 
     tokens: TokenIssuer
     _lock: threading.RLock
+
+    def oauth_client(
+        self,
+        clock: Callable[[], float],
+        client_id: str,
+        client_secret: str,
+        oauth_ttl: int,
+        redirect_uri: str = "",
+        **issuer: Any,
+    ) -> None:
+        """The app the fake's token endpoint knows, and a `TokenIssuer` whose access
+        tokens live `oauth_ttl` seconds by `clock` (`issuer`: how the vendor's tokens
+        look, rotate and expire unused)."""
+        self.clock = clock
+        self.client_id, self.client_secret = client_id, client_secret
+        self.redirect_uri, self.oauth_ttl = redirect_uri, oauth_ttl
+        self.tokens = TokenIssuer(lambda: self.clock(), lambda: self.oauth_ttl, **issuer)
 
     def issue_oauth_pair(self, ttl: float | None = None) -> tuple[str, str]:
         with self._lock:
@@ -538,10 +572,15 @@ class FakeService:
 
     def _admit(self) -> bool:
         """A sliding one-second window over admitted requests."""
+        return self._admit_in(self._window, self.rate_limit)
+
+    def _admit_in(self, window: deque[float], limit: int, period: float = 1.0) -> bool:
+        """Whether a request fits `window` (the times of the ones admitted), at most
+        `limit` in any `period` seconds; an admitted one is added to it."""
         now = self.monotonic()
-        while self._window and self._window[0] <= now - 1.0:
-            self._window.popleft()
-        if len(self._window) >= self.rate_limit:
+        while window and window[0] <= now - period:
+            window.popleft()
+        if len(window) >= limit:
             return False
-        self._window.append(now)
+        window.append(now)
         return True
