@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 import pytest
 
-from bridge.domain import Customer, Payment, PurchaseItem, Utm
+from bridge.domain import Payment, PurchaseItem, Utm
 from bridge.normalize import (
     normalize_email,
     normalize_phone,
@@ -20,6 +20,7 @@ from bridge.normalize import (
     payment_from_webhook,
 )
 from bridge.payloads import parse_payment
+from tests.test_rules import CUSTOMER
 
 MOSCOW = ZoneInfo("Europe/Moscow")
 RECEIVED_AT = datetime(2025, 1, 21, 8, 0, tzinfo=UTC)
@@ -233,14 +234,7 @@ def test_payment_from_webhook() -> None:
         status="CONFIRMED",
         amount=Decimal("10000.50"),
         paid_at=datetime(2025, 1, 20, 11, 49, 20, tzinfo=UTC),
-        customer=Customer(
-            first_name="Иван",
-            last_name="Петров",
-            phone="+79991234567",
-            email="ivan@example.com",
-            telegram_id="123456789",
-            telegram_username="ivan",
-        ),
+        customer=CUSTOMER,
         items=(
             PurchaseItem("Годовой 2к25 стандарт", "Русский", "ЕГЭ", Decimal(5000), 10),
             PurchaseItem("Годовой 2к25 стандарт", "Обществознание", "ЕГЭ", Decimal("5000.50")),

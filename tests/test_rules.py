@@ -48,6 +48,7 @@ from bridge.settings import (
     PipelineTarget,
     load_file_config,
 )
+from tests.conftest import EXPECTED_NOTE
 
 MOSCOW = ZoneInfo("Europe/Moscow")
 EXAMPLE = load_file_config(Path(__file__).resolve().parents[1] / "etc" / "bridge.example.toml")
@@ -82,23 +83,14 @@ PAYMENT = Payment(
     promo_code="PROMO2025",
 )
 
-# SPEC §6, byte for byte.
-SPEC_NOTE = """Оплата проведена
-
-Имя клиента: Иван Петров
-Дата/время: 2025-01-20 14:49:20 (Moscow)
-Дата/время UTC: 2025-01-20T11:49:20Z
-Статус: CONFIRMED
-Сумма: 10000 RUB
-Метод оплаты: SBP
-Курсы:
-  Годовой 2к25 стандарт (Русский)
-  Годовой 2к25 стандарт (Обществознание)
-Промокод: PROMO2025
-TGID: 123456789 | TG Username: @ivan | Телефон: +79991234567
-Источник: platform
-Invoice ID: inv_12345
-Payment ID: pay_67890"""
+# SPEC §6, byte for byte: the note every CRM shows (conftest's, for the payload
+# `payment_payload("pay_new", utm_source="advcake")`) with this payment's values.
+SPEC_NOTE = (
+    EXPECTED_NOTE.replace("@ivan_petrov", "@ivan")
+    .replace("advcake", "platform")
+    .replace("inv_pay_new", "inv_12345")
+    .replace("pay_new", "pay_67890")
+)
 
 
 def _deal(deal_id: str, updated_at: int, status_id: str = "100", **kwargs: object) -> Deal:
