@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLE_CONFIG, payment_payload, signed
+from tests.conftest import payment_payload, signed
+from tests.intake_support import serving
 from tests.process import BridgeProcess, wait_until
 
 NEVER = 15.0  # seconds a socket waits before the test calls it "no answer"
@@ -26,22 +26,16 @@ NEVER = 15.0  # seconds a socket waits before the test calls it "no answer"
 
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeProcess]:
-    home: Path = tmp_path_factory.mktemp("limits")
-    process = BridgeProcess.create(
-        home,
-        EXAMPLE_CONFIG,  # no CRM token: amoCRM is paused, webhooks are stored and queued
-        access_token=None,
+    with serving(
+        tmp_path_factory,
+        "limits",
         HEADER_TIMEOUT_SECONDS="1",
         BODY_TIMEOUT_SECONDS="1",
         KEEP_ALIVE_SECONDS="1",
         MAX_CONNECTIONS="5",
         MAX_BODY_BYTES="100000",
-    )
-    process.start()
-    try:
+    ) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def connect(bridge: BridgeProcess) -> socket.socket:
