@@ -7,7 +7,6 @@ The fuzz tests that found them are here too, bounded (few examples, no deadline)
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -22,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.logs import _PHONE, MaskingFilter, OneLineFormatter, mask_phone, mask_text
-from tests.conftest import payment_payload, signed
+from tests.conftest import payment_payload
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.intake_support import ITEM, raw_body, refused, request_log, serving
 from tests.process import BridgeProcess
@@ -51,9 +50,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeProcess]:
         yield process
 
 
-def post(process: BridgeProcess, body: bytes, headers: dict[str, str]) -> httpx.Response:
-    # 60 s: "never answers" becomes a failure; the answers here take milliseconds.
-    return httpx.post(f"{process.url}/webhook/payment", content=body, headers=headers, timeout=60.0)
+NEVER = 60.0  # seconds: "never answers" becomes a failure; the answers take milliseconds
 
 
 def test_a_huge_status_is_logged_clipped_and_does_not_freeze_the_bridge(
@@ -61,10 +58,9 @@ def test_a_huge_status_is_logged_clipped_and_does_not_freeze_the_bridge(
 ) -> None:
     # 900 KB of one letter: the old e-mail pattern rescanned it from every character
     # (most of an hour on the event loop) when the "skipped" line was masked.
-    body = json.dumps(payment_payload("pay_huge_status", status="a" * 900_000)).encode()
-    assert post(served, body, signed(body)).status_code == 202
-    normal = json.dumps(payment_payload("pay_after_huge")).encode()
-    assert post(served, normal, signed(normal)).status_code == 202
+    huge = payment_payload("pay_huge_status", status="a" * 900_000)
+    assert served.post_payment(huge, timeout=NEVER).status_code == 202
+    assert served.post_payment(payment_payload("pay_after_huge"), timeout=NEVER).status_code == 202
     lines = [line for line in served.log_text().splitlines() if "pay_huge_status" in line]
     assert lines and all(len(line) < 2500 for line in lines)
 
@@ -74,7 +70,12 @@ def test_a_long_forwarded_address_is_clipped_in_the_log_and_request_log(
 ) -> None:
     # From a trusted proxy (loopback), X-Forwarded-For becomes the remote address.
     forwarded = "a" * 12_000
-    answer = post(served, b"{}", {"X-Forwarded-For": forwarded, "X-Signature": "0" * 64})
+    answer = httpx.post(
+        f"{served.url}/webhook/payment",
+        content=b"{}",
+        headers={"X-Forwarded-For": forwarded, "X-Signature": "0" * 64},
+        timeout=NEVER,
+    )
     assert answer.status_code == 401
     rejected = [line for line in served.log_text().splitlines() if "rejected" in line]
     assert rejected and len(rejected[-1]) < 400
