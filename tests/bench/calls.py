@@ -23,10 +23,9 @@ from litestar.testing import AsyncTestClient
 
 from bridge.app import create_app
 from bridge.settings import Settings
-from bridge.signing import hmac_signature
 from tests.bench.bodies import customer_key, manager_phone, payment_body
 from tests.bench.config import SECRET
-from tests.conftest import reference_file_config
+from tests.conftest import reference_file_config, signed
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.amocrm_account import WON
 
@@ -47,9 +46,10 @@ class _Bridge:
         self.paid += 1
         payment_id = f"calls-{key}-{self.paid}"
         body = payment_body(payment_id, key).encode()
-        headers = {"X-Signature": f"sha256={hmac_signature(body, SECRET)}"}
         before = len(self.fake.calls)
-        answer = await self.client.post("/webhook/payment", content=body, headers=headers)
+        answer = await self.client.post(
+            "/webhook/payment", content=body, headers=signed(body, SECRET)
+        )
         if answer.status_code != 200:
             raise RuntimeError(f"payment {payment_id}: HTTP {answer.status_code} {answer.text}")
         made = self.fake.calls[before:]

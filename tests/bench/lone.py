@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bridge.signing import hmac_signature
 from tests.bench.bodies import customer_key, manager_phone, payment_body
 from tests.bench.burst import BATCH_OFF, BATCH_ON, CRM_LATENCY
 from tests.bench.config import SECRET
 from tests.bench.crms import AmoBurst
 from tests.bench.procs import Server, query_database
-from tests.conftest import payment_payload
+from tests.conftest import payment_payload, signed
 
 QUICK = 2  # rounds
 FULL = 5
@@ -112,10 +111,7 @@ class _Payer:
         """Post one payment alone and wait for its answer; what it cost and took."""
         time.sleep(PAUSE)
         body = body_text.encode()
-        headers = {
-            "Content-Type": "application/json",
-            "X-Signature": f"sha256={hmac_signature(body, SECRET)}",
-        }
+        headers = signed(body, SECRET)
         calls_before = self.crm.calls
         address = urlsplit(self.server.url)
         conn = http.client.HTTPConnection(
