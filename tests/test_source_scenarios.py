@@ -21,7 +21,7 @@ import pytest
 from bridge.settings import FileConfig, load_file_config
 from bridge.sources.config import PRESETS, SourceConfig
 from tests.cli_support import write_config
-from tests.conftest import AMO_URL, Bridge, reference_file_config
+from tests.conftest import Bridge, reference_file_config
 
 YC_TOKEN = "yc-url-token-5d1f"
 CP_SECRET = "cp-api-secret-9a7c"
@@ -287,11 +287,8 @@ duplicate_body = { ok = true, duplicate = true }
 async def test_a_made_up_platform_is_connected_by_a_config_section_alone(
     tmp_path: Path, run_bridge, fake_amo
 ) -> None:
-    path = write_config(tmp_path)
+    path = write_config(tmp_path)  # the example config pointed at the fake
     path.write_text(path.read_text(encoding="utf-8") + SHOP_SECTION, encoding="utf-8")
-    file = load_file_config(path)
-    amo = file.crm["amocrm"].model_copy(update={"base_url": AMO_URL})
-    file = file.model_copy(update={"crm": {"amocrm": amo}})
     # PHP-style nested keys, as such backends post their forms.
     body = (
         "order[number]=A-1001&order[state]=succeeded&order[paid]=2026-11-20 16:30"
@@ -301,19 +298,15 @@ async def test_a_made_up_platform_is_connected_by_a_config_section_alone(
         "&order[lines][0][price]=4990.50&order[lines][0][qty]=8"
         "&order[lines][1][title]=Разговорный клуб&order[lines][1][price]=1000"
     ).encode()
-    auth = "Basic " + base64.b64encode(b"shop:second-pass").decode()
-    async with run_bridge(file, crm_env=SECRETS) as bridge:
-        first = await bridge.client.post(
-            "/webhook/source/shop", content=body, headers={"Authorization": auth}
-        )
-        again = await bridge.client.post(
-            "/webhook/source/shop", content=body, headers={"Authorization": auth}
-        )
-        refused = await bridge.client.post(
-            "/webhook/source/shop",
-            content=body,
-            headers={"Authorization": "Basic " + base64.b64encode(b"shop:nope").decode()},
-        )
+    async with run_bridge(load_file_config(path), crm_env=SECRETS) as bridge:
+
+        async def post(pair: bytes) -> Any:
+            auth = {"Authorization": "Basic " + base64.b64encode(pair).decode()}
+            return await bridge.client.post("/webhook/source/shop", content=body, headers=auth)
+
+        first = await post(b"shop:second-pass")
+        again = await post(b"shop:second-pass")
+        refused = await post(b"shop:nope")
         await bridge.settle()
         stored = events(bridge)
     assert (first.status_code, first.json()) == (200, {"ok": True})
