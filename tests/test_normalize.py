@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import random
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -81,9 +82,10 @@ def _payment(**changes: Any) -> tuple[Payment, list[str]]:
     return payment_from_webhook(parse_payment(raw), platform_tz=MOSCOW, received_at=RECEIVED_AT)
 
 
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
+# What each normalizer makes of what the platform sends; every one also makes nothing of
+# nothing (empty, blank, None).
+NORMALIZED: dict[Callable[[str | None], str | None], list[tuple[str, str | None]]] = {
+    normalize_phone: [
         ("89991234567", "+79991234567"),
         ("8 999 123-45-67", "+79991234567"),
         ("+7 (999) 123 45 67", "+79991234567"),
@@ -93,15 +95,43 @@ def _payment(**changes: Any) -> tuple[Payment, list[str]]:
         (" +44 20 7946 0958 ", "+442079460958"),
         ("garbage", None),
         ("123", None),
-        ("", None),
-        ("   ", None),
-        (None, None),
         ("+7 999", None),
         ("8999123456789012345", None),
     ],
+    normalize_email: [
+        (" Ivan@Example.COM ", "ivan@example.com"),
+        ("ivan@example.com", "ivan@example.com"),
+        ("not-an-email", None),
+    ],
+    normalize_telegram_id: [
+        ("123456789", "123456789"),
+        (" 123456789\n", "123456789"),
+        ("12a", None),
+        ("-100123", None),
+        ("١٢٣", None),  # Arabic-Indic digits are digits to str.isdigit, not to Telegram
+        ("²", None),
+    ],
+    normalize_telegram_username: [
+        ("ivan", "ivan"),
+        ("@ivan", "ivan"),
+        (" @ivan_petrov ", "ivan_petrov"),
+        ("@", None),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("normalize", "raw", "expected"),
+    [
+        pytest.param(normalize, raw, expected, id=f"{normalize.__name__}-{raw!r}")
+        for normalize, rows in NORMALIZED.items()
+        for raw, expected in [*rows, ("", None), ("  ", None), ("   ", None), (None, None)]
+    ],
 )
-def test_normalize_phone(raw: str | None, expected: str | None) -> None:
-    assert normalize_phone(raw) == expected
+def test_normalizers(
+    normalize: Callable[[str | None], str | None], raw: str | None, expected: str | None
+) -> None:
+    assert normalize(raw) == expected
 
 
 def test_normalize_phone_other_region() -> None:
@@ -138,54 +168,6 @@ def test_the_quick_path_for_usual_russian_numbers_agrees_with_phonenumbers(
             raw = layout.format(p=prefix, n=national, a=a, b=b, c=c, d=d)
             for written in (raw, f"  {raw}\t"):
                 assert normalize_phone(written) == _phonenumbers_answer(written), written
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        (" Ivan@Example.COM ", "ivan@example.com"),
-        ("ivan@example.com", "ivan@example.com"),
-        ("", None),
-        ("   ", None),
-        (None, None),
-        ("not-an-email", None),
-    ],
-)
-def test_normalize_email(raw: str | None, expected: str | None) -> None:
-    assert normalize_email(raw) == expected
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("123456789", "123456789"),
-        (" 123456789\n", "123456789"),
-        ("12a", None),
-        ("-100123", None),
-        ("١٢٣", None),  # Arabic-Indic digits are digits to str.isdigit, not to Telegram
-        ("²", None),
-        ("", None),
-        (None, None),
-    ],
-)
-def test_normalize_telegram_id(raw: str | None, expected: str | None) -> None:
-    assert normalize_telegram_id(raw) == expected
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("ivan", "ivan"),
-        ("@ivan", "ivan"),
-        (" @ivan_petrov ", "ivan_petrov"),
-        ("@", None),
-        ("", None),
-        ("  ", None),
-        (None, None),
-    ],
-)
-def test_normalize_telegram_username(raw: str | None, expected: str | None) -> None:
-    assert normalize_telegram_username(raw) == expected
 
 
 FALLBACK = datetime(2025, 2, 1, 12, 0, tzinfo=UTC)
