@@ -270,27 +270,26 @@ def _config(tmp_path: Path, section: str) -> Path:
     return path
 
 
+SHOP = '[source.shop]\npaid_statuses = ["ok"]\nauth = { scheme = "basic" }\n'
+
+
 @pytest.mark.parametrize(
     ("section", "message"),
     [
         (
-            '[source.shop]\npaid_statuses = ["ok"]\nauth = { scheme = "basic" }\n'
-            'map = { id = "a", status = "b", amount = "sum(" }',
+            SHOP + 'map = { id = "a", status = "b", amount = "sum(" }',
             "source.shop.map.amount: Value error, expression 'sum(' is not JMESPath",
         ),
         (
-            '[source.shop]\npaid_statuses = ["ok"]\nauth = { scheme = "basic" }\n'
-            'map = { id = "a", status = "b", items = "lines" }\nitem = { name = "t[?" }',
+            SHOP + 'map = { id = "a", status = "b", items = "lines" }\nitem = { name = "t[?" }',
             "source.shop.item.name: Value error, expression 't[?' is not JMESPath",
         ),
         (
-            '[source.shop]\npaid_statuses = ["ok"]\nauth = { scheme = "basic" }\n'
-            'map = { id = "a", status = "b" }',
+            SHOP + 'map = { id = "a", status = "b" }',
             "map.amount, or map.items with item.cost",
         ),
         (
-            '[source.shop]\npaid_statuses = ["ok"]\nauth = { scheme = "basic" }\n'
-            'map = { id = "a", status = "b", amount = "c", colour = "d" }',
+            SHOP + 'map = { id = "a", status = "b", amount = "c", colour = "d" }',
             "source.shop.map.colour: Extra inputs are not permitted",
         ),
         ('[source."Bad Name"]\npreset = "yclients"', "source name 'Bad Name'"),
