@@ -7,8 +7,6 @@ calls a step costs) is the contract suite's and the scenarios' business.
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -16,13 +14,10 @@ from bridge import rules
 from bridge.domain import DealResult, Journal, KnownRefs, Payment
 from bridge.errors import CrmError, NotFound
 from bridge.flow import FlowContext, FlowOutcome, deliver_payment
-from bridge.settings import load_file_config
 from tests.fakes.memory import MemoryCrm
-from tests.test_rules import CUSTOMER, PAYMENT
+from tests.test_rules import CUSTOMER, EXAMPLE, MOSCOW, PAYMENT
 
-EXAMPLE = load_file_config(Path(__file__).resolve().parents[1] / "etc" / "bridge.example.toml")
 CONFIG = EXAMPLE.crm["amocrm"]
-MOSCOW = ZoneInfo("Europe/Moscow")
 OPEN, CLOSED, EXCLUDED = "1", CONFIG.closed_status_ids[0], CONFIG.excluded_status_ids[0]
 
 

@@ -23,10 +23,12 @@ async def test_crm_without_credentials_is_paused_and_webhooks_are_kept(
     assert fake_amo.count() == 0
 
 
-async def test_health_reports_queue_and_last_success(run_bridge) -> None:
+async def test_health_and_metrics_after_a_delivered_payment(run_bridge) -> None:
     async with run_bridge() as bridge:
         await bridge.post_payment(payment_payload("pay_h1"))
         health = (await bridge.client.get("/webhook/health")).json()
+        text = (await bridge.client.get("/metrics")).text
+    # Health: the queue and the last success.
     assert health["status"] == "ok"
     assert health["database"] == {"ok": True}
     assert health["queue_depth"] == 0
@@ -34,12 +36,7 @@ async def test_health_reports_queue_and_last_success(run_bridge) -> None:
     crm = health["crms"]["amocrm"]
     assert crm["paused"] is False
     assert crm["last_success_at"] is not None
-
-
-async def test_metrics_expose_requests_deliveries_and_calls(run_bridge) -> None:
-    async with run_bridge() as bridge:
-        await bridge.post_payment(payment_payload("pay_m1"))
-        text = (await bridge.client.get("/metrics")).text
+    # Metrics: requests, deliveries and calls.
     assert 'bridge_webhook_requests_total{route="/webhook/payment",status="200"} 1.0' in text
     assert 'bridge_delivery_attempts_total{crm="amocrm",outcome="success"} 1.0' in text
     assert "bridge_crm_call_seconds_bucket" in text

@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLE_CONFIG, payment_payload, signed
+from tests.conftest import payment_payload, signed
+from tests.intake_support import serving
 from tests.process import BridgeProcess, wait_until
 
 NEVER = 15.0  # seconds a socket waits before the test calls it "no answer"
@@ -26,27 +26,20 @@ NEVER = 15.0  # seconds a socket waits before the test calls it "no answer"
 
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeProcess]:
-    home: Path = tmp_path_factory.mktemp("limits")
-    process = BridgeProcess.create(
-        home,
-        EXAMPLE_CONFIG,  # no CRM token: amoCRM is paused, webhooks are stored and queued
-        access_token=None,
+    with serving(
+        tmp_path_factory,
+        "limits",
         HEADER_TIMEOUT_SECONDS="1",
         BODY_TIMEOUT_SECONDS="1",
         KEEP_ALIVE_SECONDS="1",
         MAX_CONNECTIONS="5",
         MAX_BODY_BYTES="100000",
-    )
-    process.start()
-    try:
+    ) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def connect(bridge: BridgeProcess) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", bridge.port), timeout=NEVER)
-    return sock
+    return socket.create_connection(("127.0.0.1", bridge.port), timeout=NEVER)
 
 
 def read_answer(sock: socket.socket) -> bytes:
@@ -55,6 +48,13 @@ def read_answer(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         data += chunk
     return data
+
+
+def answer_to(bridge: BridgeProcess, request: bytes = b"") -> bytes:
+    """What the server answers on a new connection to `request` (maybe nothing at all)."""
+    with connect(bridge) as sock:
+        sock.sendall(request)
+        return read_answer(sock)
 
 
 def status_of(answer: bytes) -> int:
@@ -93,32 +93,25 @@ def test_headers_over_16_kib_get_431_and_the_connection_is_closed(bridge: Bridge
 def test_more_than_100_headers_get_431(bridge: BridgeProcess) -> None:
     body = json.dumps(payment_payload("pay_many_headers")).encode()
     many = b"".join(b"X-H%d: 1\r\n" % n for n in range(150))
-    with connect(bridge) as sock:
-        sock.sendall(request_head(body, extra=many) + body)
-        answer = read_answer(sock)
+    answer = answer_to(bridge, request_head(body, extra=many) + body)
     assert status_of(answer) == 431
     assert bridge.query("SELECT COUNT(*) FROM events WHERE key = 'pay_many_headers'") == [(0,)]
 
 
 def test_headers_dripped_slowly_are_cut_off_with_408(bridge: BridgeProcess) -> None:
-    with connect(bridge) as sock:
-        sock.sendall(b"POST /webhook/payment HTTP/1.1\r\nHost: bridge\r\n")  # never ends
-        answer = read_answer(sock)
+    answer = answer_to(bridge, b"POST /webhook/payment HTTP/1.1\r\nHost: bridge\r\n")  # no end
     assert status_of(answer) == 408
     wait_until(lambda: "limit header_timeout" in bridge.log_text(), 10, "a log line")
 
 
 def test_a_connection_that_sends_nothing_is_closed(bridge: BridgeProcess) -> None:
-    with connect(bridge) as sock:
-        answer = read_answer(sock)
+    answer = answer_to(bridge)
     assert answer == b"" or status_of(answer) == 408  # closed, not held
 
 
 def test_a_body_dripped_slowly_gets_408_and_a_request_log_row(bridge: BridgeProcess) -> None:
     body = json.dumps(payment_payload("pay_slow_body")).encode()
-    with connect(bridge) as sock:
-        sock.sendall(request_head(body) + body[:10])  # the rest never comes
-        answer = read_answer(sock)
+    answer = answer_to(bridge, request_head(body) + body[:10])  # the rest never comes
     assert status_of(answer) == 408
     assert answer.endswith(b'{"error":"request_timeout"}')
     wait_until(
@@ -131,9 +124,7 @@ def test_a_body_dripped_slowly_gets_408_and_a_request_log_row(bridge: BridgeProc
 
 def test_an_idle_keep_alive_connection_is_closed(bridge: BridgeProcess) -> None:
     body = json.dumps(payment_payload("pay_keep_alive")).encode()
-    with connect(bridge) as sock:
-        sock.sendall(request_head(body) + body)
-        answer = read_answer(sock)  # nothing more is sent: the server must close
+    answer = answer_to(bridge, request_head(body) + body)  # then nothing: the server must close
     assert status_of(answer) == 202
     assert answer.endswith(b'{"status":"queued"}')
 
@@ -153,8 +144,7 @@ def test_connections_past_the_limit_get_503_and_real_webhooks_get_through_after(
 
 
 def _answer_of_one_more(bridge: BridgeProcess) -> int:
-    with connect(bridge) as sock:
-        answer = read_answer(sock)
+    answer = answer_to(bridge)
     return status_of(answer) if answer else 0
 
 
@@ -170,16 +160,14 @@ def test_a_body_over_the_limit_sent_whole_still_reads_413(
     bridge: BridgeProcess, declared: bool
 ) -> None:
     body = b"x" * 1_500_000  # 15 × the limit
+    request = request_head(body) + body
+    if not declared:
+        head = request_head(body).replace(
+            b"Content-Length: %d" % len(body), b"Transfer-Encoding: chunked"
+        )
+        chunk = b"%x\r\n" % 100_000 + body[:100_000] + b"\r\n"
+        request = head + chunk * 15 + b"0\r\n\r\n"
     for _ in range(5):  # a reset came about half the time before: several tries
-        with connect(bridge) as sock:
-            if declared:
-                sock.sendall(request_head(body) + body)
-            else:
-                head = request_head(body).replace(
-                    b"Content-Length: %d" % len(body), b"Transfer-Encoding: chunked"
-                )
-                chunk = b"%x\r\n" % 100_000 + body[:100_000] + b"\r\n"
-                sock.sendall(head + chunk * 15 + b"0\r\n\r\n")
-            answer = read_answer(sock)  # a reset raises ConnectionResetError here
+        answer = answer_to(bridge, request)  # a reset raises ConnectionResetError here
         assert status_of(answer) == 413
         assert answer.endswith(b'{"error":"payload_too_large"}')

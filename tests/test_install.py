@@ -30,9 +30,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import ROOT
 from tests.process import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 UNIT = "crm-bridge.service"
 
 pytestmark = pytest.mark.skipif(

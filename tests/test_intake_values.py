@@ -15,17 +15,10 @@ import pytest
 from bridge.store import NewEvent, Store
 from tests.conftest import payment_payload
 from tests.fakes.amocrm import FakeAmoCrm
+from tests.intake_support import ITEM, payload_with, raw_body, refused
 
 CUT_EMOJI = "\ud83d"  # what a JavaScript platform sends when it cuts "😀" in half
-
-
-def _with(path: tuple[str | int, ...], value: Any, payment_id: str = "pay_v") -> dict[str, Any]:
-    payload = payment_payload(payment_id)
-    target: Any = payload
-    for part in path[:-1]:
-        target = target[part]
-    target[path[-1]] = value
-    return payload
+SECOND_COST = ("course_order", "course_order_items", 1, "cost")
 
 
 @pytest.mark.parametrize(
@@ -44,21 +37,18 @@ def _with(path: tuple[str | int, ...], value: Any, payment_id: str = "pay_v") ->
 async def test_a_lone_surrogate_in_any_field_is_422_naming_it(
     run_bridge: Any, path: tuple[str | int, ...]
 ) -> None:
-    async with run_bridge(wait_seconds=0) as bridge:
-        response = await bridge.post_payment(_with(path, "Иван" + CUT_EMOJI))
-        assert response.status_code == 422, response.text
-        assert response.json()["details"] == [
-            {
-                "field": ".".join(map(str, path)),
-                "error": "text is not valid Unicode (a lone UTF-16 surrogate)",
-            }
-        ]
-        assert bridge.query("SELECT COUNT(*) FROM events") == [(0,)]
+    response = await refused(run_bridge, payload_with(path, "Иван" + CUT_EMOJI))
+    assert response.json()["details"] == [
+        {
+            "field": ".".join(map(str, path)),
+            "error": "text is not valid Unicode (a lone UTF-16 surrogate)",
+        }
+    ]
 
 
 async def test_a_whole_emoji_is_taken(run_bridge: Any) -> None:
     async with run_bridge(wait_seconds=0) as bridge:
-        payload = _with(("course_order", "user", "first_name"), "Иван \ud83d\ude00")
+        payload = payload_with(("course_order", "user", "first_name"), "Иван \ud83d\ude00")
         assert (await bridge.post_payment(payload)).status_code == 202
 
 
@@ -68,7 +58,9 @@ async def test_a_refused_webhook_does_not_fail_the_webhooks_beside_it(run_bridge
     async with run_bridge(wait_seconds=0) as bridge:
         bodies = [payment_payload(f"pay_ok{n}", phone=f"8999111{n:04d}") for n in range(24)]
         for n in (3, 11, 19):
-            bodies[n] = _with(("course_order", "user", "phone"), "8999" + CUT_EMOJI, f"pay_b{n}")
+            bodies[n] = payload_with(
+                ("course_order", "user", "phone"), "8999" + CUT_EMOJI, f"pay_b{n}"
+            )
         answers = await asyncio.gather(*(bridge.post_payment(body) for body in bodies))
         codes = [answer.status_code for answer in answers]
         assert codes == [422 if n in (3, 11, 19) else 202 for n in range(24)]
@@ -89,24 +81,17 @@ async def test_a_refused_webhook_does_not_fail_the_webhooks_beside_it(run_bridge
     ],
 )
 async def test_absurd_costs_are_422_naming_the_item(run_bridge: Any, cost: str, error: str) -> None:
-    async with run_bridge(wait_seconds=0) as bridge:
-        body = json.dumps(payment_payload("pay_c", costs=(5000, 12345))).replace("12345", cost)
-        response = await bridge.post_payment(body.encode())
-        assert response.status_code == 422, response.text
-        [detail] = response.json()["details"]
-        assert detail["field"] == "course_order.course_order_items.1.cost"
-        assert error in detail["error"]
-        assert bridge.query("SELECT COUNT(*) FROM events") == [(0,)]
+    response = await refused(run_bridge, raw_body(SECOND_COST, cost, "pay_c"))
+    [detail] = response.json()["details"]
+    assert detail["field"] == "course_order.course_order_items.1.cost"
+    assert error in detail["error"]
 
 
 async def test_money_within_the_bounds_is_taken(run_bridge: Any) -> None:
     async with run_bridge(wait_seconds=0) as bridge:
-        body = json.dumps(payment_payload("pay_m", costs=(5000, 12345)))
-        response = await bridge.post_payment(body.replace("12345", "1000000000").encode())
-        assert response.status_code == 202
-        body = json.dumps(payment_payload("pay_n", costs=(5000, 12345)))
-        response = await bridge.post_payment(body.replace("12345", "0.5").encode())
-        assert response.status_code == 202
+        for payment_id, cost in (("pay_m", "1000000000"), ("pay_n", "0.5")):
+            response = await bridge.post_payment(raw_body(SECOND_COST, cost, payment_id))
+            assert response.status_code == 202
         assert bridge.query("SELECT payment_id, amount FROM payment_events ORDER BY 1") == [
             ("pay_m", 1000005000),
             ("pay_n", 5000.5),
@@ -121,8 +106,7 @@ async def test_a_non_finite_number_anywhere_is_422_and_every_stored_body_stays_j
     `payment_events` then failed with "malformed JSON"."""
     async with run_bridge(wait_seconds=0) as bridge:
         assert (await bridge.post_payment(payment_payload("pay_fine"))).status_code == 202
-        body = json.dumps(_with(("course_order", "course_order_items", 0, "package_id"), 777))
-        response = await bridge.post_payment(body.replace("777", literal).encode())
+        response = await bridge.post_payment(raw_body((*ITEM, "package_id"), literal))
         assert response.status_code == 422, response.text
         assert response.json()["details"] == [
             {
@@ -131,8 +115,7 @@ async def test_a_non_finite_number_anywhere_is_422_and_every_stored_body_stays_j
             }
         ]
         # A big but finite number elsewhere is JSON, and stays queryable.
-        body = json.dumps(_with(("course_order", "course_order_items", 0, "package_id"), 777))
-        response = await bridge.post_payment(body.replace("777", "1e308").encode())
+        response = await bridge.post_payment(raw_body((*ITEM, "package_id"), "1e308"))
         assert response.status_code == 202
         assert bridge.query(
             "SELECT payment_id, json_extract(payload, '$.course_order.payment_id')"
@@ -145,7 +128,7 @@ async def test_a_body_stored_before_intake_refused_it_fails_at_once_not_in_three
 ) -> None:
     """Issue 13.5: outside the customer's keys a lone surrogate was stored, and the
     delivery retried for three days before it died."""
-    body = json.dumps(_with(("course_order", "user", "first_name"), "Иван" + CUT_EMOJI))
+    body = json.dumps(payload_with(("course_order", "user", "first_name"), "Иван" + CUT_EMOJI))
     store = await Store.open(tmp_path / "bridge.sqlite", clock=time.time)
     try:
         event = NewEvent(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
@@ -11,13 +10,6 @@ from tests.conftest import SECRET, payment_payload
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.server import serve_in_thread
 from tests.process import BridgeProcess, write_config
-
-
-def wait_for(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def test_log_lines_mask_personal_data_and_never_carry_secrets(tmp_path: Path) -> None:
@@ -30,7 +22,7 @@ def test_log_lines_mask_personal_data_and_never_carry_secrets(tmp_path: Path) ->
     try:
         bridge.start()
         assert bridge.post_payment(payment_payload("pay_log1")).status_code == 202
-        wait_for(lambda: "outcome=success" in bridge.log_text())
+        bridge.wait_for(lambda: "outcome=success" in bridge.log_text(), what="the success line")
         forged = httpx.post(
             f"{bridge.url}/webhook/payment",
             content=b"{}",
@@ -40,7 +32,7 @@ def test_log_lines_mask_personal_data_and_never_carry_secrets(tmp_path: Path) ->
         fake.expire_all_access_tokens()
         other = payment_payload("pay_log2", phone="+7 912 345-67-89", email="Maria@Example.org")
         assert bridge.post_payment(other).status_code == 202
-        wait_for(lambda: "paused" in bridge.log_text())
+        bridge.wait_for(lambda: "paused" in bridge.log_text(), what="the paused line")
     finally:
         bridge.stop()
         stop_fake()

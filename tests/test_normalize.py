@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import copy
 import random
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -10,7 +12,7 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 import pytest
 
-from bridge.domain import Customer, Payment, PurchaseItem, Utm
+from bridge.domain import Payment, PurchaseItem, Utm
 from bridge.normalize import (
     normalize_email,
     normalize_phone,
@@ -20,6 +22,7 @@ from bridge.normalize import (
     payment_from_webhook,
 )
 from bridge.payloads import parse_payment
+from tests.test_rules import PAYMENT
 
 MOSCOW = ZoneInfo("Europe/Moscow")
 RECEIVED_AT = datetime(2025, 1, 21, 8, 0, tzinfo=UTC)
@@ -79,9 +82,10 @@ def _payment(**changes: Any) -> tuple[Payment, list[str]]:
     return payment_from_webhook(parse_payment(raw), platform_tz=MOSCOW, received_at=RECEIVED_AT)
 
 
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
+# What each normalizer makes of what the platform sends; every one also makes nothing of
+# nothing (empty, blank, None).
+NORMALIZED: dict[Callable[[str | None], str | None], list[tuple[str, str | None]]] = {
+    normalize_phone: [
         ("89991234567", "+79991234567"),
         ("8 999 123-45-67", "+79991234567"),
         ("+7 (999) 123 45 67", "+79991234567"),
@@ -91,15 +95,43 @@ def _payment(**changes: Any) -> tuple[Payment, list[str]]:
         (" +44 20 7946 0958 ", "+442079460958"),
         ("garbage", None),
         ("123", None),
-        ("", None),
-        ("   ", None),
-        (None, None),
         ("+7 999", None),
         ("8999123456789012345", None),
     ],
+    normalize_email: [
+        (" Ivan@Example.COM ", "ivan@example.com"),
+        ("ivan@example.com", "ivan@example.com"),
+        ("not-an-email", None),
+    ],
+    normalize_telegram_id: [
+        ("123456789", "123456789"),
+        (" 123456789\n", "123456789"),
+        ("12a", None),
+        ("-100123", None),
+        ("١٢٣", None),  # Arabic-Indic digits are digits to str.isdigit, not to Telegram
+        ("²", None),
+    ],
+    normalize_telegram_username: [
+        ("ivan", "ivan"),
+        ("@ivan", "ivan"),
+        (" @ivan_petrov ", "ivan_petrov"),
+        ("@", None),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("normalize", "raw", "expected"),
+    [
+        pytest.param(normalize, raw, expected, id=f"{normalize.__name__}-{raw!r}")
+        for normalize, rows in NORMALIZED.items()
+        for raw, expected in [*rows, ("", None), ("  ", None), ("   ", None), (None, None)]
+    ],
 )
-def test_normalize_phone(raw: str | None, expected: str | None) -> None:
-    assert normalize_phone(raw) == expected
+def test_normalizers(
+    normalize: Callable[[str | None], str | None], raw: str | None, expected: str | None
+) -> None:
+    assert normalize(raw) == expected
 
 
 def test_normalize_phone_other_region() -> None:
@@ -136,54 +168,6 @@ def test_the_quick_path_for_usual_russian_numbers_agrees_with_phonenumbers(
             raw = layout.format(p=prefix, n=national, a=a, b=b, c=c, d=d)
             for written in (raw, f"  {raw}\t"):
                 assert normalize_phone(written) == _phonenumbers_answer(written), written
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        (" Ivan@Example.COM ", "ivan@example.com"),
-        ("ivan@example.com", "ivan@example.com"),
-        ("", None),
-        ("   ", None),
-        (None, None),
-        ("not-an-email", None),
-    ],
-)
-def test_normalize_email(raw: str | None, expected: str | None) -> None:
-    assert normalize_email(raw) == expected
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("123456789", "123456789"),
-        (" 123456789\n", "123456789"),
-        ("12a", None),
-        ("-100123", None),
-        ("١٢٣", None),  # Arabic-Indic digits are digits to str.isdigit, not to Telegram
-        ("²", None),
-        ("", None),
-        (None, None),
-    ],
-)
-def test_normalize_telegram_id(raw: str | None, expected: str | None) -> None:
-    assert normalize_telegram_id(raw) == expected
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("ivan", "ivan"),
-        ("@ivan", "ivan"),
-        (" @ivan_petrov ", "ivan_petrov"),
-        ("@", None),
-        ("", None),
-        ("  ", None),
-        (None, None),
-    ],
-)
-def test_normalize_telegram_username(raw: str | None, expected: str | None) -> None:
-    assert normalize_telegram_username(raw) == expected
 
 
 FALLBACK = datetime(2025, 2, 1, 12, 0, tzinfo=UTC)
@@ -228,28 +212,16 @@ def test_parse_platform_time_refuses_a_naive_fallback() -> None:
 def test_payment_from_webhook() -> None:
     payment, warnings = _payment()
     assert warnings == []
-    assert payment == Payment(
-        payment_id="pay_67890",
-        status="CONFIRMED",
+    # The reference payment, but for what this payload says otherwise: a second item
+    # with cents and no lessons, a Yandex Metrica id, the domain.
+    assert payment == replace(
+        PAYMENT,
         amount=Decimal("10000.50"),
-        paid_at=datetime(2025, 1, 20, 11, 49, 20, tzinfo=UTC),
-        customer=Customer(
-            first_name="Иван",
-            last_name="Петров",
-            phone="+79991234567",
-            email="ivan@example.com",
-            telegram_id="123456789",
-            telegram_username="ivan",
-        ),
         items=(
-            PurchaseItem("Годовой 2к25 стандарт", "Русский", "ЕГЭ", Decimal(5000), 10),
+            PAYMENT.items[0],
             PurchaseItem("Годовой 2к25 стандарт", "Обществознание", "ЕГЭ", Decimal("5000.50")),
         ),
-        utm=Utm(source="platform", medium="direct", campaign="summer2025", ym="42"),
-        invoice_id="inv_12345",
-        currency="RUB",
-        payment_method="SBP",
-        promo_code="PROMO2025",
+        utm=replace(PAYMENT.utm, ym="42"),
         domain="pl.el-ed.ru",
     )
 

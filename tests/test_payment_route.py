@@ -19,7 +19,8 @@ from bridge.asgi_io import (
     ClientGone,
     read_body,
 )
-from tests.conftest import make_settings, payment_payload, signed, wait_until
+from tests.conftest import make_settings, payment_payload, signed
+from tests.intake_support import request_log
 
 
 async def test_other_methods_get_405_with_allow(run_bridge: Any) -> None:
@@ -29,13 +30,9 @@ async def test_other_methods_get_405_with_allow(run_bridge: Any) -> None:
             assert response.status_code == 405, method
             assert response.headers["allow"] == "POST"
             assert response.json() == {"error": "method_not_allowed"}
-        await bridge.client.get("/webhook/health")  # the next batch carries the log rows
-        await wait_until(lambda: bridge.query("SELECT COUNT(*) FROM requests") == [(3,)])
         # Rejected requests are in the request log too (SPEC §7).
-        assert bridge.query("SELECT http_status, detail FROM requests ORDER BY id") == [
-            (405, "method GET"),
-            (405, "method PUT"),
-            (405, "method DELETE"),
+        assert await request_log(bridge, 3) == [
+            ("/webhook/payment", 405, f"method {method}") for method in ("GET", "PUT", "DELETE")
         ]
 
 
@@ -43,17 +40,11 @@ async def test_a_declared_length_over_the_limit_is_413_and_stores_nothing(
     run_bridge: Any,
 ) -> None:
     async with run_bridge(max_body_bytes=1000) as bridge:
-        body = json.dumps(payment_payload("pay_big", first_name="x" * 2000)).encode()
-        response = await bridge.client.post("/webhook/payment", content=body, headers=signed(body))
+        response = await bridge.post_payment(payment_payload("pay_big", first_name="x" * 2000))
         assert response.status_code == 413
         assert response.json() == {"error": "payload_too_large"}
-        await bridge.client.get("/webhook/health")  # the next batch carries the log row
-        # ... which on a busy machine may be committed a moment later: wait for it.
-        await wait_until(lambda: bool(bridge.query("SELECT 1 FROM requests")))
+        assert await request_log(bridge, 1) == [("/webhook/payment", 413, "body over limit")]
         assert bridge.query("SELECT COUNT(*) FROM events") == [(0,)]
-        assert bridge.query("SELECT http_status, detail FROM requests") == [
-            (413, "body over limit")
-        ]
 
 
 def _receiver(chunks: list[bytes], *, disconnect: bool = False) -> Any:
@@ -152,6 +143,11 @@ async def test_an_unexpected_error_is_a_plain_500_with_the_trace_only_in_the_log
         assert bridge.query("SELECT COUNT(*) FROM events") == [(0,)]
         # The server goes on: the route still answers.
         assert (await bridge.client.get("/webhook/payment")).status_code == 405
+        # Both answers are in the request log, the 500 without the error's words.
+        assert await request_log(bridge, 2) == [
+            ("/webhook/payment", 500, "internal error"),
+            ("/webhook/payment", 405, "method GET"),
+        ]
     (record,) = [r for r in caplog.records if r.exc_info]
     assert "unhandled error on POST /webhook/payment" in record.getMessage()
     assert "RuntimeError: secret-looking internals" in caplog.text

@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.conftest import EXAMPLE_CONFIG, ROOT, payment_payload, signed
+from tests.conftest import ROOT, payment_payload, signed
+from tests.intake_support import serving
 from tests.process import BridgeProcess, free_port, wait_until
 
 NGINX = shutil.which("nginx") or next(
@@ -78,50 +79,47 @@ def _site(bridge_port: int, https_port: int, cert: Path, key: Path) -> str:
 
 @pytest.fixture(scope="module")
 def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BridgeProcess, str]]:
-    home = tmp_path_factory.mktemp("proxy")
-    bridge = BridgeProcess.create(home, EXAMPLE_CONFIG, access_token=None)
-    bridge.start()
-    prefix = home / "nginx"
-    prefix.mkdir()
-    cert, key = _self_signed(prefix)
-    https_port = free_port()
-    (prefix / "site.conf").write_text(_site(bridge.port, https_port, cert, key))
-    # Workers run as the user running the test (root in CI: nginx would drop to nobody,
-    # who cannot read the test's private temporary directory).
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    (prefix / "nginx.conf").write_text(
-        f"{user}daemon off;\nworker_processes 1;\npid {prefix}/nginx.pid;\n"
-        f"error_log {prefix}/error.log;\nevents {{ worker_connections 64; }}\n"
-        "http {\n  access_log off;\n"
-        + "".join(
-            f"  {kind}_temp_path {prefix}/{kind};\n"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    with serving(tmp_path_factory, "proxy") as bridge:
+        prefix = bridge.home / "nginx"
+        prefix.mkdir()
+        cert, key = _self_signed(prefix)
+        https_port = free_port()
+        (prefix / "site.conf").write_text(_site(bridge.port, https_port, cert, key))
+        # Workers run as the user running the test (root in CI: nginx would drop to nobody,
+        # who cannot read the test's private temporary directory).
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        (prefix / "nginx.conf").write_text(
+            f"{user}daemon off;\nworker_processes 1;\npid {prefix}/nginx.pid;\n"
+            f"error_log {prefix}/error.log;\nevents {{ worker_connections 64; }}\n"
+            "http {\n  access_log off;\n"
+            + "".join(
+                f"  {kind}_temp_path {prefix}/{kind};\n"
+                for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+            )
+            + f"  include {prefix}/site.conf;\n}}\n"
         )
-        + f"  include {prefix}/site.conf;\n}}\n"
-    )
-    assert NGINX is not None
-    nginx = subprocess.Popen(  # noqa: S603 - the system's nginx on our own config
-        [NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"https://127.0.0.1:{https_port}"
+        assert NGINX is not None
+        nginx = subprocess.Popen(  # noqa: S603 - the system's nginx on our own config
+            [NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        base = f"https://127.0.0.1:{https_port}"
 
-    def up() -> bool:
-        assert nginx.poll() is None, nginx.stderr.read() if nginx.stderr else b""
+        def up() -> bool:
+            assert nginx.poll() is None, nginx.stderr.read() if nginx.stderr else b""
+            try:
+                httpx.get(base, verify=False, timeout=2)  # noqa: S501 - a test certificate
+                return True
+            except httpx.TransportError:
+                return False
+
         try:
-            httpx.get(base, verify=False, timeout=2)  # noqa: S501 - a test certificate
-            return True
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_until(up, 20, "nginx")
-        yield bridge, base
-    finally:
-        nginx.terminate()
-        nginx.communicate(timeout=20)  # also closes its stderr pipe
-        bridge.stop()
+            wait_until(up, 20, "nginx")
+            yield bridge, base
+        finally:
+            nginx.terminate()
+            nginx.communicate(timeout=20)  # also closes its stderr pipe
 
 
 def test_webhooks_pass_through_nginx_with_the_real_client_address(

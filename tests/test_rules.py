@@ -3,7 +3,6 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -48,9 +47,10 @@ from bridge.settings import (
     PipelineTarget,
     load_file_config,
 )
+from tests.conftest import EXAMPLE_CONFIG, EXPECTED_NOTE
 
 MOSCOW = ZoneInfo("Europe/Moscow")
-EXAMPLE = load_file_config(Path(__file__).resolve().parents[1] / "etc" / "bridge.example.toml")
+EXAMPLE = load_file_config(EXAMPLE_CONFIG)
 CRM = EXAMPLE.crm["amocrm"]
 SITE = PipelineTarget(pipeline_id="4423755", status_id="63242022", name="Site")
 YANDEX = PipelineTarget(pipeline_id="10089806", status_id="80579130", name="Yandex")
@@ -82,23 +82,14 @@ PAYMENT = Payment(
     promo_code="PROMO2025",
 )
 
-# SPEC §6, byte for byte.
-SPEC_NOTE = """Оплата проведена
-
-Имя клиента: Иван Петров
-Дата/время: 2025-01-20 14:49:20 (Moscow)
-Дата/время UTC: 2025-01-20T11:49:20Z
-Статус: CONFIRMED
-Сумма: 10000 RUB
-Метод оплаты: SBP
-Курсы:
-  Годовой 2к25 стандарт (Русский)
-  Годовой 2к25 стандарт (Обществознание)
-Промокод: PROMO2025
-TGID: 123456789 | TG Username: @ivan | Телефон: +79991234567
-Источник: platform
-Invoice ID: inv_12345
-Payment ID: pay_67890"""
+# SPEC §6, byte for byte: the note every CRM shows (conftest's, for the payload
+# `payment_payload("pay_new", utm_source="advcake")`) with this payment's values.
+SPEC_NOTE = (
+    EXPECTED_NOTE.replace("@ivan_petrov", "@ivan")
+    .replace("advcake", "platform")
+    .replace("inv_pay_new", "inv_12345")
+    .replace("pay_new", "pay_67890")
+)
 
 
 def _deal(deal_id: str, updated_at: int, status_id: str = "100", **kwargs: object) -> Deal:
@@ -136,27 +127,24 @@ def test_should_process(status: str, statuses: tuple[str, ...], expected: str | 
 
 
 @pytest.mark.parametrize(
-    ("utm", "expected"),
+    ("utm", "crm", "expected"),
     [
-        (Utm(source="advcake"), PARTNERS),
-        (Utm(source="AdvCake_summer"), PARTNERS),
-        (Utm(source="www.ris.promo"), PARTNERS),
-        (Utm(source="pfm"), PARTNERS),
-        (Utm(source="tbank", medium="cpc"), PARTNERS),  # the first rule wins
-        (Utm(source="yandex", medium="cpc"), YANDEX),
-        (Utm(medium="CPM"), YANDEX),
-        (Utm(medium="el-ege-banner"), YANDEX),
-        (Utm(source="platform", medium="direct"), SITE),
-        (Utm(campaign="advcake"), SITE),  # rules look at their own field only
-        (Utm(), SITE),
+        (Utm(source="advcake"), CRM, PARTNERS),
+        (Utm(source="AdvCake_summer"), CRM, PARTNERS),
+        (Utm(source="www.ris.promo"), CRM, PARTNERS),
+        (Utm(source="pfm"), CRM, PARTNERS),
+        (Utm(source="tbank", medium="cpc"), CRM, PARTNERS),  # the first rule wins
+        (Utm(source="yandex", medium="cpc"), CRM, YANDEX),
+        (Utm(medium="CPM"), CRM, YANDEX),
+        (Utm(medium="el-ege-banner"), CRM, YANDEX),
+        (Utm(source="platform", medium="direct"), CRM, SITE),
+        (Utm(campaign="advcake"), CRM, SITE),  # rules look at their own field only
+        (Utm(), CRM, SITE),
+        (Utm(source="advcake"), BARE_CRM, SITE),  # no rules: the default
     ],
 )
-def test_choose_pipeline_reference_rules(utm: Utm, expected: PipelineTarget) -> None:
-    assert choose_pipeline(utm, CRM) == expected
-
-
-def test_choose_pipeline_without_rules_uses_default() -> None:
-    assert choose_pipeline(Utm(source="advcake"), BARE_CRM) == SITE
+def test_choose_pipeline(utm: Utm, crm: CrmConfig, expected: PipelineTarget) -> None:
+    assert choose_pipeline(utm, crm) == expected
 
 
 def test_choose_pipeline_ignores_empty_needles() -> None:
@@ -211,33 +199,27 @@ def test_contact_matches_without_a_telegram_field() -> None:
 
 
 @pytest.mark.parametrize(
-    ("deals", "expected_id"),
+    ("deals", "crm", "expected_id"),
     [
-        ([], None),
-        ([_deal("1", 100)], "1"),
-        ([_deal("1", 100), _deal("2", 200), _deal("3", 150)], "2"),
-        ([_deal("1", 100), _deal("2", 200, is_deleted=True)], "1"),
-        ([_deal("1", 100), _deal("2", 200, is_closed=True)], "1"),
-        ([_deal("1", 100), _deal("2", 200, status_id="142")], "1"),
-        ([_deal("1", 100), _deal("2", 200, status_id="143")], "1"),
-        ([_deal("1", 100), _deal("2", 200, status_id="63242022")], "1"),
-        ([_deal("1", 100), _deal("2", 200, status_id="80579130")], "1"),
-        ([_deal("1", 100), _deal("2", 200, status_id="80517738")], "1"),
-        ([_deal("1", 100, status_id="142"), _deal("2", 200, status_id="80517738")], None),
-        ([_deal("9", 100), _deal("10", 100)], "10"),  # tie: the larger id, numerically
-        ([_deal("10", 100), _deal("9", 100)], "10"),
+        ([], CRM, None),
+        ([_deal("1", 100)], CRM, "1"),
+        ([_deal("1", 100), _deal("2", 200), _deal("3", 150)], CRM, "2"),
+        ([_deal("1", 100), _deal("2", 200, is_deleted=True)], CRM, "1"),
+        ([_deal("1", 100), _deal("2", 200, is_closed=True)], CRM, "1"),
+        ([_deal("1", 100), _deal("2", 200, status_id="142")], CRM, "1"),
+        ([_deal("1", 100), _deal("2", 200, status_id="143")], CRM, "1"),
+        ([_deal("1", 100), _deal("2", 200, status_id="63242022")], CRM, "1"),
+        ([_deal("1", 100), _deal("2", 200, status_id="80579130")], CRM, "1"),
+        ([_deal("1", 100), _deal("2", 200, status_id="80517738")], CRM, "1"),
+        ([_deal("1", 100, status_id="142"), _deal("2", 200, status_id="80517738")], CRM, None),
+        ([_deal("9", 100), _deal("10", 100)], CRM, "10"),  # tie: the larger id, numerically
+        ([_deal("10", 100), _deal("9", 100)], CRM, "10"),
+        ([_deal("1", 100, status_id="63242022")], BARE_CRM, "1"),  # nothing excluded there
     ],
 )
-def test_choose_open_deal(deals: list[Deal], expected_id: str | None) -> None:
-    chosen = choose_open_deal(deals, CRM)
+def test_choose_open_deal(deals: list[Deal], crm: CrmConfig, expected_id: str | None) -> None:
+    chosen = choose_open_deal(deals, crm)
     assert (chosen.id if chosen else None) == expected_id
-
-
-def test_choose_open_deal_uses_configured_statuses() -> None:
-    deals = [_deal("1", 100, status_id="63242022")]
-    chosen = choose_open_deal(deals, BARE_CRM)  # nothing excluded there
-    assert chosen is not None
-    assert chosen.id == "1"
 
 
 # --- deal_carrying_payment ------------------------------------------------------------

@@ -9,8 +9,7 @@ import pytest
 
 from bridge.errors import ConfigError
 from bridge.settings import Settings, load_file_config, load_settings
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import EXAMPLE_CONFIG, ROOT
 
 
 def test_env_example_lists_exactly_the_environment_settings() -> None:
@@ -27,7 +26,7 @@ def test_env_example_has_no_inline_comments_systemd_would_keep() -> None:
 
 
 def test_example_config_loads_with_reference_rules() -> None:
-    config = load_file_config(ROOT / "etc" / "bridge.example.toml")
+    config = load_file_config(EXAMPLE_CONFIG)
     amo = config.crm["amocrm"]
     assert [(r.pipeline_id, r.status_id) for r in amo.pipeline_rules] == [
         ("8598230", "80517738"),
@@ -66,7 +65,7 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_lists_come_comma_separated_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WEBHOOK_SECRETS", "s3cret-one, s3cret-two")
     monkeypatch.setenv("RETRY_SCHEDULE_SECONDS", "1,2.5")
-    monkeypatch.setenv("CONFIG_FILE", str(ROOT / "etc" / "bridge.example.toml"))
+    monkeypatch.setenv("CONFIG_FILE", str(EXAMPLE_CONFIG))
     settings = load_settings()
     assert [s.get_secret_value() for s in settings.webhook_secrets] == ["s3cret-one", "s3cret-two"]
     assert settings.retry_schedule_seconds == (1.0, 2.5)

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import pytest
 from bridge.settings import FileConfig, load_file_config
 from bridge.sources.config import PRESETS, SourceConfig
 from tests.cli_support import write_config
-from tests.conftest import AMO_URL, Bridge, reference_file_config
+from tests.conftest import Bridge, reference_file_config
 
 YC_TOKEN = "yc-url-token-5d1f"
 CP_SECRET = "cp-api-secret-9a7c"
@@ -43,12 +44,10 @@ def with_sources(base: FileConfig, **sections: dict[str, Any]) -> FileConfig:
 
 
 @pytest.fixture
-def file() -> FileConfig:
-    return with_sources(
-        reference_file_config(),
-        yclients={"preset": "yclients"},
-        cloudpayments={"preset": "cloudpayments"},
-    )
+def sources(run_bridge: Any) -> Callable[[], Any]:
+    """`async with sources() as bridge:` both presets' sections, every source's secrets."""
+    presets = {"yclients": {"preset": "yclients"}, "cloudpayments": {"preset": "cloudpayments"}}
+    return lambda: run_bridge(with_sources(reference_file_config(), **presets), crm_env=SECRETS)
 
 
 def yclients_record(record_id: int = 17381911, *, paid_full: int = 1) -> bytes:
@@ -93,8 +92,8 @@ def events(bridge: Bridge) -> list[tuple[Any, ...]]:
     return bridge.query("SELECT key, status, source, error_message FROM events ORDER BY id")
 
 
-async def test_a_paid_yclients_record_lands_as_a_payment(run_bridge, fake_amo, file) -> None:
-    async with run_bridge(file, crm_env=SECRETS) as bridge:
+async def test_a_paid_yclients_record_lands_as_a_payment(sources, fake_amo) -> None:
+    async with sources() as bridge:
         response = await post_yclients(bridge, yclients_record())
         assert response.status_code == 200, response.text
         assert response.json()["status"] == "success"
@@ -114,10 +113,8 @@ async def test_a_paid_yclients_record_lands_as_a_payment(run_bridge, fake_amo, f
     assert "+79161234567" in note
 
 
-async def test_a_cloudpayments_payment_lands_and_is_answered_code_0(
-    run_bridge, fake_amo, file
-) -> None:
-    async with run_bridge(file, crm_env=SECRETS) as bridge:
+async def test_a_cloudpayments_payment_lands_and_is_answered_code_0(sources, fake_amo) -> None:
+    async with sources() as bridge:
         response = await post_cloudpayments(bridge, CLOUDPAYMENTS_EXAMPLE)
         assert (response.status_code, response.json()) == (200, {"code": 0})
         await bridge.settle()
@@ -134,8 +131,8 @@ async def test_a_cloudpayments_payment_lands_and_is_answered_code_0(
     assert contact["name"] == "IVAN PETROV"
 
 
-async def test_wrong_signatures_are_401_and_store_nothing(run_bridge, fake_amo, file) -> None:
-    async with run_bridge(file, crm_env=SECRETS) as bridge:
+async def test_wrong_signatures_are_401_and_store_nothing(sources, fake_amo) -> None:
+    async with sources() as bridge:
         wrong_token = await post_yclients(bridge, yclients_record(), token="guess")
         no_token = await bridge.client.post("/webhook/source/yclients", content=b"{}")
         wrong_hmac = await post_cloudpayments(bridge, CLOUDPAYMENTS_EXAMPLE, secret="guess")
@@ -156,10 +153,8 @@ async def test_wrong_signatures_are_401_and_store_nothing(run_bridge, fake_amo, 
     assert all("guess" not in str(row) for row in logged)
 
 
-async def test_an_unpaid_record_is_skipped_then_delivered_once_paid(
-    run_bridge, fake_amo, file
-) -> None:
-    async with run_bridge(file, crm_env=SECRETS) as bridge:
+async def test_an_unpaid_record_is_skipped_then_delivered_once_paid(sources, fake_amo) -> None:
+    async with sources() as bridge:
         booked = await post_yclients(bridge, yclients_record(paid_full=0))
         assert booked.status_code == 202
         assert booked.json()["status"] == "skipped"
@@ -180,11 +175,11 @@ async def test_an_unpaid_record_is_skipped_then_delivered_once_paid(
 
 
 async def test_a_test_or_authorized_payment_is_skipped_with_the_sources_answer(
-    run_bridge, fake_amo, file
+    sources, fake_amo
 ) -> None:
     authorized = cloudpayments_pay(TransactionId="1211506600", Status="Authorized")
     test_mode = cloudpayments_pay(TransactionId="1211506601", TestMode="1")
-    async with run_bridge(file, crm_env=SECRETS) as bridge:
+    async with sources() as bridge:
         first = await post_cloudpayments(bridge, authorized)
         second = await post_cloudpayments(bridge, test_mode)
         stored = events(bridge)
@@ -197,9 +192,9 @@ async def test_a_test_or_authorized_payment_is_skipped_with_the_sources_answer(
 
 
 async def test_a_repeat_gets_the_sources_duplicate_answer_and_no_crm_call(
-    run_bridge, fake_amo, file
+    sources, fake_amo
 ) -> None:
-    async with run_bridge(file, crm_env=SECRETS) as bridge:
+    async with sources() as bridge:
         assert (await post_yclients(bridge, yclients_record())).status_code == 200
         await post_cloudpayments(bridge, CLOUDPAYMENTS_EXAMPLE)
         await bridge.settle()
@@ -215,12 +210,12 @@ async def test_a_repeat_gets_the_sources_duplicate_answer_and_no_crm_call(
 
 
 async def test_a_body_the_mapping_cannot_read_is_422_naming_the_expression(
-    run_bridge, fake_amo, file
+    sources, fake_amo
 ) -> None:
     no_amount = cloudpayments_pay(Amount="a lot")
     record = json.loads(yclients_record())
     del record["resource_id"]
-    async with run_bridge(file, crm_env=SECRETS) as bridge:
+    async with sources() as bridge:
         cp = await post_cloudpayments(bridge, no_amount)
         yc = await post_yclients(bridge, json.dumps(record).encode())
         not_json = await post_yclients(bridge, b"{not json")
@@ -241,8 +236,8 @@ async def test_a_body_the_mapping_cannot_read_is_422_naming_the_expression(
     assert stored == [] and fake_amo.count() == 0
 
 
-async def test_unknown_source_is_404(run_bridge, file) -> None:
-    async with run_bridge(file, crm_env=SECRETS) as bridge:
+async def test_unknown_source_is_404(sources) -> None:
+    async with sources() as bridge:
         response = await bridge.client.post("/webhook/source/nosuch", content=b"{}")
         also = await bridge.client.post("/webhook/source/", content=b"{}")
     assert response.status_code == 404 and also.status_code == 404
@@ -287,11 +282,8 @@ duplicate_body = { ok = true, duplicate = true }
 async def test_a_made_up_platform_is_connected_by_a_config_section_alone(
     tmp_path: Path, run_bridge, fake_amo
 ) -> None:
-    path = write_config(tmp_path)
+    path = write_config(tmp_path)  # the example config pointed at the fake
     path.write_text(path.read_text(encoding="utf-8") + SHOP_SECTION, encoding="utf-8")
-    file = load_file_config(path)
-    amo = file.crm["amocrm"].model_copy(update={"base_url": AMO_URL})
-    file = file.model_copy(update={"crm": {"amocrm": amo}})
     # PHP-style nested keys, as such backends post their forms.
     body = (
         "order[number]=A-1001&order[state]=succeeded&order[paid]=2026-11-20 16:30"
@@ -301,19 +293,15 @@ async def test_a_made_up_platform_is_connected_by_a_config_section_alone(
         "&order[lines][0][price]=4990.50&order[lines][0][qty]=8"
         "&order[lines][1][title]=Разговорный клуб&order[lines][1][price]=1000"
     ).encode()
-    auth = "Basic " + base64.b64encode(b"shop:second-pass").decode()
-    async with run_bridge(file, crm_env=SECRETS) as bridge:
-        first = await bridge.client.post(
-            "/webhook/source/shop", content=body, headers={"Authorization": auth}
-        )
-        again = await bridge.client.post(
-            "/webhook/source/shop", content=body, headers={"Authorization": auth}
-        )
-        refused = await bridge.client.post(
-            "/webhook/source/shop",
-            content=body,
-            headers={"Authorization": "Basic " + base64.b64encode(b"shop:nope").decode()},
-        )
+    async with run_bridge(load_file_config(path), crm_env=SECRETS) as bridge:
+
+        async def post(pair: bytes) -> Any:
+            auth = {"Authorization": "Basic " + base64.b64encode(pair).decode()}
+            return await bridge.client.post("/webhook/source/shop", content=body, headers=auth)
+
+        first = await post(b"shop:second-pass")
+        again = await post(b"shop:second-pass")
+        refused = await post(b"shop:nope")
         await bridge.settle()
         stored = events(bridge)
     assert (first.status_code, first.json()) == (200, {"ok": True})
@@ -331,8 +319,8 @@ async def test_a_made_up_platform_is_connected_by_a_config_section_alone(
     assert "Дата/время UTC: 2026-11-20T11:30" in note
 
 
-async def test_unknown_sources_share_one_route_in_the_log_and_metrics(run_bridge, file) -> None:
-    async with run_bridge(file, crm_env=SECRETS) as bridge:
+async def test_unknown_sources_share_one_route_in_the_log_and_metrics(sources) -> None:
+    async with sources() as bridge:
         for name in ("a", "b", "c%1b%5B31m"):
             response = await bridge.client.post(f"/webhook/source/{name}", content=b"{}")
             assert response.status_code == 404

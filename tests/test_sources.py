@@ -117,43 +117,43 @@ def test_hmac_over_the_raw_body_with_configured_header_encoding_prefix(
     assert no_secret.reason == "no secret configured"
 
 
-def test_standard_webhooks_reuse_the_bridges_own_check() -> None:
-    config = SourceAuth(scheme="standard")
-    body = b'{"id": 1}'
-    headers = sign_headers(body, hmac_secret=None, standard_secret="s3", msg_id="m1", now=int(NOW))
+_SIGNED = sign_headers(b"{}", hmac_secret=None, standard_secret="s3", msg_id="m1", now=int(NOW))
+
+
+def _basic(pair: bytes) -> dict[str, str]:
+    return {"authorization": "Basic " + base64.b64encode(pair).decode()}
+
+
+# Standard Webhooks reuse the bridge's own check; a secret token may come in the query;
+# HTTP Basic takes several accepted pairs. Each: the secrets in force, the request (the
+# body is "{}"), how long after signing it arrives, and the verdict's reason.
+@pytest.mark.parametrize(
+    ("scheme", "secrets", "headers", "query", "later", "reason"),
+    [
+        ("standard", ("s1", "s3"), _SIGNED, "", 0, "ok"),
+        ("standard", ("s1",), _SIGNED, "", 0, "signature mismatch"),
+        ("standard", ("s3",), _SIGNED, "", 3600, "timestamp too old"),
+        ("query_token", ("t1", "t2"), {}, "x=1&key=t2", 0, "ok"),
+        ("query_token", ("t1",), {}, "key=t2", 0, "secret mismatch"),
+        ("query_token", ("t1",), {}, "token=t1", 0, "missing signature"),
+        ("basic", ("shop:one", "shop:two"), _basic(b"shop:two"), "", 0, "ok"),
+        ("basic", ("shop:one", "shop:two"), _basic(b"shop:three"), "", 0, "secret mismatch"),
+        ("basic", ("shop:one",), {"authorization": "Basic !!!"}, "", 0, "signature malformed"),
+        ("basic", ("shop:one",), {"authorization": "Bearer shop:one"}, "", 0, "missing signature"),
+    ],
+)
+def test_standard_query_token_and_basic_checks(
+    scheme: Any,
+    secrets: tuple[str, ...],
+    headers: dict[str, str],
+    query: str,
+    later: int,
+    reason: str,
+) -> None:
+    config = SourceAuth(scheme=scheme, query_param="key")
     lowered = {key.lower(): value for key, value in headers.items()}
-    assert verify_source(config, ("s1", "s3"), lowered, "", body, now=NOW).ok
-    assert verify_source(config, ("s1",), lowered, "", body, now=NOW).reason == (
-        "signature mismatch"
-    )
-    late = verify_source(config, ("s3",), lowered, "", body, now=NOW + 3600)
-    assert late.reason == "timestamp too old"
-
-
-def test_a_secret_token_in_the_query() -> None:
-    config = SourceAuth(scheme="query_token", query_param="key")
-    assert verify_source(config, ("t1", "t2"), {}, "x=1&key=t2", b"", now=NOW).ok
-    assert verify_source(config, ("t1",), {}, "key=t2", b"", now=NOW).reason == "secret mismatch"
-    assert verify_source(config, ("t1",), {}, "token=t1", b"", now=NOW).reason == (
-        "missing signature"
-    )
-
-
-def test_http_basic_with_several_accepted_pairs() -> None:
-    config = SourceAuth(scheme="basic")
-
-    def basic(pair: bytes) -> dict[str, str]:
-        return {"authorization": "Basic " + base64.b64encode(pair).decode()}
-
-    secrets = ("shop:one", "shop:two")
-    assert verify_source(config, secrets, basic(b"shop:two"), "", b"", now=NOW).ok
-    assert not verify_source(config, secrets, basic(b"shop:three"), "", b"", now=NOW).ok
-    malformed = {"authorization": "Basic !!!"}
-    assert verify_source(config, secrets, malformed, "", b"", now=NOW).reason == (
-        "signature malformed"
-    )
-    bearer = {"authorization": "Bearer shop:one"}
-    assert verify_source(config, secrets, bearer, "", b"", now=NOW).reason == "missing signature"
+    verdict = verify_source(config, secrets, lowered, query, b"{}", now=NOW + later)
+    assert (verdict.ok, verdict.reason) == (reason == "ok", reason)
 
 
 # ---- mapping ---------------------------------------------------------------------------
@@ -270,27 +270,26 @@ def _config(tmp_path: Path, section: str) -> Path:
     return path
 
 
+SHOP = '[source.shop]\npaid_statuses = ["ok"]\nauth = { scheme = "basic" }\n'
+
+
 @pytest.mark.parametrize(
     ("section", "message"),
     [
         (
-            '[source.shop]\npaid_statuses = ["ok"]\nauth = { scheme = "basic" }\n'
-            'map = { id = "a", status = "b", amount = "sum(" }',
+            SHOP + 'map = { id = "a", status = "b", amount = "sum(" }',
             "source.shop.map.amount: Value error, expression 'sum(' is not JMESPath",
         ),
         (
-            '[source.shop]\npaid_statuses = ["ok"]\nauth = { scheme = "basic" }\n'
-            'map = { id = "a", status = "b", items = "lines" }\nitem = { name = "t[?" }',
+            SHOP + 'map = { id = "a", status = "b", items = "lines" }\nitem = { name = "t[?" }',
             "source.shop.item.name: Value error, expression 't[?' is not JMESPath",
         ),
         (
-            '[source.shop]\npaid_statuses = ["ok"]\nauth = { scheme = "basic" }\n'
-            'map = { id = "a", status = "b" }',
+            SHOP + 'map = { id = "a", status = "b" }',
             "map.amount, or map.items with item.cost",
         ),
         (
-            '[source.shop]\npaid_statuses = ["ok"]\nauth = { scheme = "basic" }\n'
-            'map = { id = "a", status = "b", amount = "c", colour = "d" }',
+            SHOP + 'map = { id = "a", status = "b", amount = "c", colour = "d" }',
             "source.shop.map.colour: Extra inputs are not permitted",
         ),
         ('[source."Bad Name"]\npreset = "yclients"', "source name 'Bad Name'"),

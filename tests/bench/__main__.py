@@ -91,44 +91,38 @@ def _plan(only: list[str], quick: bool, workdir: Path) -> list[Step]:
     durations = intake.QUICK if quick else intake.FULL
     payments, customers = burst.QUICK if quick else burst.FULL
     bitrix_payments, bitrix_customers = burst.BITRIX_QUICK if quick else burst.BITRIX_FULL
+    rounds = lone.QUICK if quick else lone.FULL
+
+    def burst_and_memory() -> dict[str, Any]:
+        # memory alone needs only the default config's run (batching on)
+        drained = burst.amocrm_burst(payments, customers, off="burst" in only)
+        picked: dict[str, Any] = {}
+        if "burst" in only:
+            picked["burst"] = drained
+        if "memory" in only:
+            picked["memory"] = {"memory": drained["memory"], "payments": payments}
+        return picked
+
+    # Each section's figures, under its name; memory is read around the amoCRM burst.
+    sections: dict[str, Callable[[], Any]] = {
+        "intake": lambda: intake.closed_loop(workdir, durations),
+        "openloop": lambda: intake.open_loop(workdir, durations),
+        "calls": lambda: {**calls.crm_calls(), "every_crm": calls_every_crm.every_crm()},
+        "orders": order_calls.order_calls,
+        "lone": lambda: lone.lone_payments(rounds),
+        "burst-bitrix24": lambda: burst.bitrix24_burst(bitrix_payments, bitrix_customers),
+    }
     steps: list[Step] = []
-    if "intake" in only:
-        steps.append(("intake", lambda: {"intake": intake.closed_loop(workdir, durations)}))
-    if "openloop" in only:
-        steps.append(("openloop", lambda: {"openloop": intake.open_loop(workdir, durations)}))
-    if "calls" in only:
-        steps.append(
-            (
-                "calls",
-                lambda: {"calls": {**calls.crm_calls(), "every_crm": calls_every_crm.every_crm()}},
-            )
-        )
-    if "orders" in only:
-        steps.append(("orders", lambda: {"orders": order_calls.order_calls()}))
-    if "lone" in only:
-        rounds = lone.QUICK if quick else lone.FULL
-        steps.append(("lone", lambda: {"lone": lone.lone_payments(rounds)}))
-    if "burst" in only or "memory" in only:
-
-        def burst_and_memory() -> dict[str, Any]:
-            # memory alone needs only the default config's run (batching on)
-            drained = burst.amocrm_burst(payments, customers, off="burst" in only)
-            picked: dict[str, Any] = {}
-            if "burst" in only:
-                picked["burst"] = drained
-            if "memory" in only:
-                picked["memory"] = {"memory": drained["memory"], "payments": payments}
-            return picked
-
-        steps.append(("burst" if "burst" in only else "memory", burst_and_memory))
-    if "burst-bitrix24" in only:
-        steps.append(
-            (
-                "burst-bitrix24",
-                lambda: {"burst-bitrix24": burst.bitrix24_burst(bitrix_payments, bitrix_customers)},
-            )
-        )
+    for name in SECTIONS:
+        if name == "burst" and ("burst" in only or "memory" in only):
+            steps.append(("burst" if "burst" in only else "memory", burst_and_memory))
+        elif name in sections and name in only:
+            steps.append(_step(name, sections[name]))
     return steps
+
+
+def _step(name: str, run: Callable[[], Any]) -> Step:
+    return name, lambda: {name: run()}
 
 
 def _exit_on_signal(signum: int, frame: FrameType | None) -> None:

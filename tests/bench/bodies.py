@@ -42,3 +42,9 @@ def wrk_template(run_id: str) -> list[str]:
 
 def customer_key(section: int, number: int) -> str:
     return f"{section}{number:08d}"
+
+
+def manager_phone(key: str) -> str:
+    """The phone of customer `key` (89<key> in its payments) typed the way a manager would."""
+    national = f"9{key}"
+    return f"+7 ({national[:3]}) {national[3:6]}-{national[6:8]}-{national[8:]}"

@@ -46,10 +46,9 @@ from typing import Any
 
 from bridge.settings import CrmConfig
 from tests.bench.bodies import customer_key, payment_body
-from tests.bench.config import bridge_env
 from tests.bench.crms import AmoBurst, BitrixBurst, BurstCrm, CustomerState
 from tests.bench.loadgen import run_loadgen
-from tests.bench.procs import Server, query_database, serve_bridge
+from tests.bench.procs import Server, query_database
 
 CRM_LATENCY = 0.1  # seconds the fakes add to every answer
 FULL = (1000, 300)  # payments, customers
@@ -175,22 +174,12 @@ def drain(
         crm.serve(stack)
         warm_up = _warm_up(crm, plan, directory)
         calls_before, refused_before = crm.calls, crm.refused
-        config = crm.config(directory, batch_size=batch_size, rate_limit=None)
-        env = bridge_env(directory, config, crm.secrets())
-        server = serve_bridge(stack, f"burst-{label}", directory, env)
+        server = crm.serve_bridge(stack, f"burst-{label}", directory, batch_size=batch_size)
         time.sleep(1.0)  # let start-up garbage settle before reading "idle"
         idle_kib = server.memory_kib()
         print(f"  burst {label}: {payments} payments into {crm.name}", file=sys.stderr)
-        with tempfile.TemporaryDirectory(prefix="bench-burst-load-") as workdir:
-            posted = run_loadgen(
-                f"{server.url}/webhook/payment",
-                [p.body for p in plan.burst],
-                Path(workdir),
-                rate=0,
-                connections=64,
-            )
-        statuses = _wait_drained(
-            server, directory, plan.burst_prefix, payments, posted["wall_start"], give_up, crm
+        posted, statuses = _post_and_drain(
+            crm, server, directory, plan.burst, plan.burst_prefix, connections=64, give_up=give_up
         )
         result = _figures(crm, directory, plan.burst_prefix, posted, statuses)
         calls_fake, refused = crm.calls - calls_before, crm.refused - refused_before
@@ -229,25 +218,12 @@ def _warm_up(crm: BurstCrm, plan: Plan, directory: Path) -> dict[str, Any]:
     started = time.monotonic()
     calls_before = crm.calls
     with ExitStack() as stack, crm.unthrottled():
-        config = crm.config(directory, batch_size=BATCH_OFF, rate_limit=WARM_UP_RATE)
-        env = bridge_env(directory, config, crm.secrets())
-        server = serve_bridge(stack, "warm-up", directory, env)
-        with tempfile.TemporaryDirectory(prefix="bench-warm-load-") as workdir:
-            posted = run_loadgen(
-                f"{server.url}/webhook/payment",
-                [p.body for p in plan.warm_up],
-                Path(workdir),
-                rate=0,
-                connections=16,
-            )
-        statuses = _wait_drained(
-            server,
-            directory,
-            plan.warm_prefix,
-            len(plan.warm_up),
-            posted["wall_start"],
-            120 + len(plan.warm_up),
-            crm,
+        server = crm.serve_bridge(
+            stack, "warm-up", directory, batch_size=BATCH_OFF, rate_limit=WARM_UP_RATE
+        )
+        give_up = 120 + len(plan.warm_up)
+        _, statuses = _post_and_drain(
+            crm, server, directory, plan.warm_up, plan.warm_prefix, connections=16, give_up=give_up
         )
         exit_code = server.stop()
     # uvicorn re-raises the SIGTERM it shut down gracefully on: -15 is a clean stop
@@ -279,17 +255,27 @@ def _deliveries(
     )
 
 
-def _wait_drained(
+def _post_and_drain(
+    crm: BurstCrm,
     server: Server,
     directory: Path,
+    payments: list[Payment],
     prefix: str,
-    payments: int,
-    started: float,
+    *,
+    connections: int,
     give_up: float,
-    crm: BurstCrm,
-) -> dict[str, int]:
-    """Poll the database until none of these deliveries is left to run (or give up after
-    `give_up` seconds: the statuses then carry "timed_out")."""
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """Post `payments` at once (the open-loop generator, rate 0), then poll the database
+    until none of their deliveries is left to run (or give up after `give_up` seconds:
+    the statuses then carry "timed_out"). What the generator measured, and the statuses."""
+    with tempfile.TemporaryDirectory(prefix="bench-burst-load-") as workdir:
+        posted = run_loadgen(
+            f"{server.url}/webhook/payment",
+            [p.body for p in payments],
+            Path(workdir),
+            rate=0,
+            connections=connections,
+        )
     deadline = time.monotonic() + give_up
     reported = time.monotonic()
     while True:
@@ -298,18 +284,18 @@ def _wait_drained(
             for status, n in _deliveries(directory, prefix, "d.status, COUNT(*)", "GROUP BY 1")
         }
         left = sum(statuses.get(s, 0) for s in UNFINISHED)
-        if sum(statuses.values()) >= payments and left == 0:
-            return statuses
+        if sum(statuses.values()) >= len(payments) and left == 0:
+            return posted, statuses
         if server.process.poll() is not None:
             raise RuntimeError(f"the bridge exited during the burst:\n{server.log_tail()}")
         if time.monotonic() > deadline:
-            return {**statuses, "timed_out": 1}
+            return posted, {**statuses, "timed_out": 1}
         if time.monotonic() - reported >= 30:
             reported = time.monotonic()
             done = statuses.get("success", 0)
             print(
-                f"  {server.name}: {done}/{payments} delivered after"
-                f" {time.time() - started:.0f}s, {crm.refused} refused",
+                f"  {server.name}: {done}/{len(payments)} delivered after"
+                f" {time.time() - posted['wall_start']:.0f}s, {crm.refused} refused",
                 file=sys.stderr,
             )
         time.sleep(0.5)

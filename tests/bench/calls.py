@@ -23,10 +23,9 @@ from litestar.testing import AsyncTestClient
 
 from bridge.app import create_app
 from bridge.settings import Settings
-from bridge.signing import hmac_signature
-from tests.bench.bodies import customer_key, payment_body
+from tests.bench.bodies import customer_key, manager_phone, payment_body
 from tests.bench.config import SECRET
-from tests.conftest import reference_file_config
+from tests.conftest import reference_file_config, signed
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.amocrm_account import WON
 
@@ -47,9 +46,10 @@ class _Bridge:
         self.paid += 1
         payment_id = f"calls-{key}-{self.paid}"
         body = payment_body(payment_id, key).encode()
-        headers = {"X-Signature": f"sha256={hmac_signature(body, SECRET)}"}
         before = len(self.fake.calls)
-        answer = await self.client.post("/webhook/payment", content=body, headers=headers)
+        answer = await self.client.post(
+            "/webhook/payment", content=body, headers=signed(body, SECRET)
+        )
         if answer.status_code != 200:
             raise RuntimeError(f"payment {payment_id}: HTTP {answer.status_code} {answer.text}")
         made = self.fake.calls[before:]
@@ -105,9 +105,8 @@ async def _returning_autopay(bridge: _Bridge, key: str) -> dict[str, Any]:
 
 async def _returning_unknown(bridge: _Bridge, key: str) -> dict[str, Any]:
     fake = bridge.fake
-    national = f"9{key}"  # the payload's phone is 89<key>: typed the way a manager would
-    phone = f"+7 ({national[:3]}) {national[3:6]}-{national[6:8]}-{national[8:]}"
-    contact = fake.add_contact("Иван Петров", phones=[phone], emails=[f"c{key}@bench.example"])
+    emails = [f"c{key}@bench.example"]
+    contact = fake.add_contact("Иван Петров", phones=[manager_phone(key)], emails=emails)
     fake.add_lead(contact, pipeline_id=_site_pipeline(), status_id=_working_status())
     return await bridge.pay(key)
 

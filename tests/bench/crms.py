@@ -20,7 +20,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from tests.bench.config import HOST, write_config
+from tests.bench.config import EXAMPLE_CONFIG, HOST, bridge_env, write_config
+from tests.bench.procs import Server, serve_bridge
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.bitrix24 import EXAMPLE_CONFIG as BITRIX_EXAMPLE
 from tests.fakes.bitrix24 import FakeBitrix24
@@ -51,6 +52,7 @@ class BurstCrm(ABC):
     """One CRM's fake, served on loopback, and what the bench needs to know about it."""
 
     name: str  # the config section, [crm.NAME]
+    example: Path  # the example config file with that section
     rate: float  # requests/s the fake admits: the drain's physical limit
     limit_answer: str  # how the fake refuses a request over its limit
 
@@ -78,8 +80,30 @@ class BurstCrm(ABC):
         """Requests refused for the rate limit."""
         return self.fake.throttled
 
-    @abstractmethod
-    def config(self, directory: Path, *, batch_size: int, rate_limit: float | None) -> Path: ...
+    def serve_bridge(
+        self,
+        stack: ExitStack,
+        name: str,
+        directory: Path,
+        *,
+        batch_size: int,
+        rate_limit: float | None = None,
+        wait_seconds: float = 0,
+    ) -> Server:
+        """`crm-bridge serve` in `directory` on the CRM's example config pointed at the
+        fake, `batch_size` and `rate_limit` (`rate_limit_per_second`, else the file's) set,
+        with its credentials; registered with `stack` for stopping."""
+        config = write_config(
+            directory,
+            self.url,
+            source=self.example,
+            section=self.name,
+            batch_size=batch_size,
+            rate_limit=rate_limit,
+            file_name=f"{self.name}-{batch_size}-{rate_limit or 'ref'}.toml",
+        )
+        env = bridge_env(directory, config, self.secrets(), wait_seconds=wait_seconds)
+        return serve_bridge(stack, name, directory, env)
 
     @abstractmethod
     def secrets(self) -> dict[str, str]:
@@ -101,6 +125,7 @@ class BurstCrm(ABC):
 
 class AmoBurst(BurstCrm):
     name = "amocrm"
+    example = EXAMPLE_CONFIG
     rate = 7
     limit_answer = "429s"
 
@@ -115,15 +140,6 @@ class AmoBurst(BurstCrm):
     @property
     def fake(self) -> FakeAmoCrm:
         return self._fake
-
-    def config(self, directory: Path, *, batch_size: int, rate_limit: float | None) -> Path:
-        return write_config(
-            directory,
-            self.url,
-            batch_size=batch_size,
-            rate_limit=rate_limit,
-            file_name=f"amocrm-{batch_size}-{rate_limit or 'ref'}.toml",
-        )
 
     def secrets(self) -> dict[str, str]:
         return {"AMOCRM_ACCESS_TOKEN": self._token}
@@ -164,6 +180,7 @@ class AmoBurst(BurstCrm):
 
 class BitrixBurst(BurstCrm):
     name = "bitrix24"
+    example = BITRIX_EXAMPLE
     rate = 2  # the leaky bucket's drain; its 50 requests of headroom come on top
     limit_answer = "503 QUERY_LIMIT_EXCEEDED answers"
     TOTAL, COUNT = "UF_CRM_TOTAL_PAID", "UF_CRM_PURCHASES"
@@ -175,17 +192,6 @@ class BitrixBurst(BurstCrm):
     @property
     def fake(self) -> FakeBitrix24:
         return self._fake
-
-    def config(self, directory: Path, *, batch_size: int, rate_limit: float | None) -> Path:
-        return write_config(
-            directory,
-            self.url,
-            source=BITRIX_EXAMPLE,
-            section=self.name,
-            batch_size=batch_size,
-            rate_limit=rate_limit,
-            file_name=f"bitrix24-{batch_size}-{rate_limit or 'ref'}.toml",
-        )
 
     def secrets(self) -> dict[str, str]:
         # the inbound webhook's URL, on the fake's portal (`auth = "long_lived_token"`)

@@ -63,8 +63,8 @@ def closed_loop(workdir: Path, durations: Durations) -> dict[str, Any]:
     for connections in CONNECTIONS:
         rounds = []
         for _ in range(durations.closed_rounds):
-            bridge = _closed_bridge(workdir, connections, durations)
-            empty = _closed_empty(workdir, connections, durations)
+            bridge = _closed_run(workdir, connections, durations, bridge=True)
+            empty = _closed_run(workdir, connections, durations, bridge=False)
             rounds.append({"bridge": bridge, "empty": empty})
         result[str(connections)] = _summarise(rounds)
     return result
@@ -99,22 +99,27 @@ def _summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def _closed_bridge(workdir: Path, connections: int, durations: Durations) -> dict[str, Any]:
+def _closed_run(
+    workdir: Path, connections: int, durations: Durations, *, bridge: bool
+) -> dict[str, Any]:
+    """One measured wrk run (after a warm-up run) against a fresh bridge or empty endpoint."""
     other_before = wait_for_quiet()
     with ExitStack() as stack:
-        run = start_bridge(stack, f"intake-{connections}")
-        run_wrk(run.server.url, connections, durations.closed_warmup, workdir)
-        with CpuMeter(run.server.pid) as cpu:
-            measured = run_wrk(run.server.url, connections, durations.closed_seconds, workdir)
-        rss_kib = run.server.memory_kib()
-        exit_code = run.server.stop()  # flushes the request log before the checks below
-        return {
+        run = start_bridge(stack, f"intake-{connections}") if bridge else None
+        server = run.server if run is not None else start_empty(stack)
+        run_wrk(server.url, connections, durations.closed_warmup, workdir)
+        with CpuMeter(server.pid) as cpu:
+            measured = run_wrk(server.url, connections, durations.closed_seconds, workdir)
+        result = {
             **measured.as_json(),
             "cpu": {**cpu.as_json(measured.requests), "other_cores_before": other_before},
-            "rss_mib_after": round(rss_kib / 1024, 1),
-            "server_exit_code": exit_code,
-            "database": _stored(run, measured),
+            "rss_mib_after": round(server.memory_kib() / 1024, 1),
         }
+        if run is not None:
+            # stopping flushes the request log before the checks of the database
+            result["server_exit_code"] = server.stop()
+            result["database"] = _stored(run, measured)
+        return result
 
 
 def _stored(run: BridgeRun, measured: WrkResult) -> dict[str, Any]:
@@ -140,20 +145,6 @@ def _stored(run: BridgeRun, measured: WrkResult) -> dict[str, Any]:
         "stored_unanswered": events_count - measured.accepted,
         "journal_mode": journal_mode,
     }
-
-
-def _closed_empty(workdir: Path, connections: int, durations: Durations) -> dict[str, Any]:
-    other_before = wait_for_quiet()
-    with ExitStack() as stack:
-        server = start_empty(stack)
-        run_wrk(server.url, connections, durations.closed_warmup, workdir)
-        with CpuMeter(server.pid) as cpu:
-            measured = run_wrk(server.url, connections, durations.closed_seconds, workdir)
-        return {
-            **measured.as_json(),
-            "cpu": {**cpu.as_json(measured.requests), "other_cores_before": other_before},
-            "rss_mib_after": round(server.memory_kib() / 1024, 1),
-        }
 
 
 def open_loop(workdir: Path, durations: Durations) -> dict[str, Any]:

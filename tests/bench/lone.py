@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bridge.signing import hmac_signature
-from tests.bench.bodies import customer_key, payment_body
+from tests.bench.bodies import customer_key, manager_phone, payment_body
 from tests.bench.burst import BATCH_OFF, BATCH_ON, CRM_LATENCY
-from tests.bench.config import SECRET, bridge_env
+from tests.bench.config import SECRET
 from tests.bench.crms import AmoBurst
-from tests.bench.procs import Server, query_database, serve_bridge
-from tests.conftest import payment_payload
+from tests.bench.procs import Server, query_database
+from tests.conftest import payment_payload, signed
 
 QUICK = 2  # rounds
 FULL = 5
@@ -66,9 +65,9 @@ def _measure(batch_size: int, rounds: int) -> dict[str, Any]:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-lone-")))
         crm = AmoBurst(CRM_LATENCY)
         crm.serve(stack)
-        config = crm.config(directory, batch_size=batch_size, rate_limit=None)
-        env = bridge_env(directory, config, crm.secrets(), wait_seconds=WAIT_SECONDS)
-        server = serve_bridge(stack, f"lone-{batch_size}", directory, env)
+        server = crm.serve_bridge(
+            stack, f"lone-{batch_size}", directory, batch_size=batch_size, wait_seconds=WAIT_SECONDS
+        )
         payer = _Payer(server, crm, directory)
         payer.pay("lone-warm", payment_body("lone-warm", customer_key(5, 99_999_999)))
         samples: dict[str, list[dict[str, float]]] = {name: [] for name in SCENARIOS}
@@ -92,9 +91,7 @@ def _managers_customer(crm: AmoBurst, key: str) -> None:
     """A contact and an open deal entered by a manager: phone typed their way, no
     e-mail or Telegram id, the deal in "В работе" of the default pipeline."""
     fake = crm.fake
-    national = f"9{key}"  # the payment's phone is 89<key>
-    phone = f"+7 ({national[:3]}) {national[3:6]}-{national[6:8]}-{national[8:]}"
-    contact = fake.add_contact("Иван Петров", phones=[phone])
+    contact = fake.add_contact("Иван Петров", phones=[manager_phone(key)])
     target = fake.config.default_pipeline
     fake.add_lead(contact, pipeline_id=int(target.pipeline_id), status_id=int(target.status_id) + 1)
 
@@ -114,10 +111,7 @@ class _Payer:
         """Post one payment alone and wait for its answer; what it cost and took."""
         time.sleep(PAUSE)
         body = body_text.encode()
-        headers = {
-            "Content-Type": "application/json",
-            "X-Signature": f"sha256={hmac_signature(body, SECRET)}",
-        }
+        headers = signed(body, SECRET)
         calls_before = self.crm.calls
         address = urlsplit(self.server.url)
         conn = http.client.HTTPConnection(

@@ -29,14 +29,9 @@ from tests.bench.config import (
 )
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.server import serve_in_thread
+from tests.process import free_port  # on 127.0.0.1, the bench's HOST
 
 STOP_SECONDS = 15.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
