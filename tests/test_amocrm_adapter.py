@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,19 +13,14 @@ from bridge.crm.amocrm import AmoCrm, build_amocrm
 from bridge.crm.amocrm_json import field_values_json, search_query
 from bridge.domain import Contact, FieldKind, FieldUpdate, KeyKind, LookupKey
 from bridge.errors import RateLimited
-from bridge.settings import CrmConfig, load_file_config
+from bridge.settings import CrmConfig
 from bridge.tokens import TokenPair
+from tests.adapter_support import adapter_fixture, example_section
 from tests.crm_cases import BY_NAME
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.memory import MemoryTokens, adapter_on
 
-ROOT = Path(__file__).resolve().parent.parent
-BASE_URL = "https://reference.amocrm.test"
-CONFIG = (
-    load_file_config(ROOT / "etc" / "bridge.example.toml")
-    .crm["amocrm"]
-    .model_copy(update={"base_url": BASE_URL})
-)
+CONFIG = example_section("bridge.example.toml", "amocrm", base_url="https://reference.amocrm.test")
 TG_ID, SUBJECTS, DIRECTION = "700101", "700201", "700202"
 PAYMENT_ID, TOTAL, COUNT = "700205", "700207", "700208"
 SITE, SITE_WORKING = 4423755, 63242023
@@ -47,11 +40,7 @@ def fake() -> FakeAmoCrm:
     return FakeAmoCrm(CONFIG)
 
 
-@pytest.fixture
-async def amo(fake: FakeAmoCrm) -> AsyncIterator[AmoCrm]:
-    adapter = make_adapter(fake)
-    yield adapter
-    await adapter.connection.aclose()
+amo = adapter_fixture(make_adapter)
 
 
 def phone_key(value: str = "+79991234567") -> LookupKey:

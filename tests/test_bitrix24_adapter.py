@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -17,7 +16,6 @@ from bridge.crm import BUILDERS
 from bridge.crm.base import RateLimiter
 from bridge.crm.bitrix24 import PREFETCH_TTL, Bitrix24, build_bitrix24
 from bridge.crm.bitrix24_json import (
-    BitrixOptions,
     command,
     deal_from_record,
     field_values,
@@ -28,9 +26,10 @@ from bridge.crm.bitrix24_rest import webhook_problem
 from bridge.crm.connection import Wiring
 from bridge.crmconfig import schema_problems
 from bridge.domain import Contact, FieldKind, FieldUpdate, KeyKind, LookupKey, NewContact, Utm
-from bridge.errors import AuthError, ConfigError, PermanentCrmError, RateLimited, TransientCrmError
+from bridge.errors import AuthError, PermanentCrmError, RateLimited, TransientCrmError
 from bridge.settings import CrmConfig, FileConfig, Settings
 from bridge.tokens import TokenPair
+from tests.adapter_support import adapter_fixture
 from tests.crm_cases import BY_NAME, CUSTOMER
 from tests.fakes.bitrix24 import FakeBitrix24, example_config
 from tests.fakes.bitrix24_portal import parse_php, substitute
@@ -69,11 +68,7 @@ def fake() -> FakeBitrix24:
     return FakeBitrix24(CONFIG)
 
 
-@pytest.fixture
-async def bx(fake: FakeBitrix24) -> AsyncIterator[Bitrix24]:
-    adapter = make_adapter(fake)
-    yield adapter
-    await adapter.connection.aclose()
+bx = adapter_fixture(make_adapter)
 
 
 def batch_commands(fake: FakeBitrix24, index: int = -1) -> dict[str, str]:
@@ -198,21 +193,6 @@ def test_webhook_problem_never_quotes_the_url(url: str | None, problem: str | No
     found = webhook_problem(url)
     assert (found is None) if problem is None else (problem in (found or ""))
     assert "abc123def" not in (found or "")
-
-
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        ({"burst": 0}, "burst"),
-        ({"burst": True}, "burst"),
-        ({"currency_id": "руб."}, "currency_id"),
-        ({"oauth_server": "http://x"}, "oauth_server"),
-        ({"token_budget": 1}, "unknown"),
-    ],
-)
-def test_options_are_validated(options: dict[str, Any], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        BitrixOptions.from_config("bitrix24", options)
 
 
 def test_the_registry_finds_the_builder() -> None:

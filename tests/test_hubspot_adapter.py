@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
 import pytest
 
-from bridge import checks
 from bridge.crm.hubspot import HubSpot, build_hubspot
 from bridge.crm.hubspot_json import contact_search_json, field_type, national_number, property_value
 from bridge.crm.richtext import note_html, note_text
-from bridge.crmconfig import config_snippet, schema_problems
 from bridge.domain import (
     Company,
     Contact,
@@ -32,21 +27,19 @@ from bridge.domain import (
     OrderItem,
     Utm,
 )
-from bridge.errors import ConfigError, PermanentCrmError, RateLimited
+from bridge.errors import PermanentCrmError, RateLimited
 from bridge.order_rules import company_matches
 from bridge.rules import contact_matches
-from bridge.settings import CrmConfig, FileConfig, Settings, load_file_config
+from bridge.settings import CrmConfig
 from bridge.tokens import TokenPair
+from tests.adapter_support import adapter_fixture, example_section
+from tests.clock import ManualClock as Clock  # test_hubspot_batch imports it as Clock
 from tests.crm_cases import BY_NAME
 from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.memory import MemoryTokens, adapter_on
 
-ROOT = Path(__file__).resolve().parent.parent
-BASE_URL = "https://api.hubapi.test"
-CONFIG = (
-    load_file_config(ROOT / "etc" / "crm-hubspot.example.toml")
-    .crm["hubspot"]
-    .model_copy(update={"base_url": BASE_URL, "enabled": True})
+CONFIG = example_section(
+    "crm-hubspot.example.toml", "hubspot", base_url="https://api.hubapi.test", enabled=True
 )
 SITE, SITE_AUTOPAY, SITE_WORKING = "default", "1023405001", "appointmentscheduled"
 YANDEX, YANDEX_WORKING = "1023405100", "1023405102"
@@ -56,14 +49,6 @@ PAID_AT = datetime(2025, 1, 20, 11, 49, 20, tzinfo=UTC)
 CASE = BY_NAME["hubspot"]
 new_deal, new_contact = CASE.new_deal, CASE.new_contact
 SEARCH = "/crm/objects/2026-09/contacts/search"
-
-
-@dataclass
-class Clock:
-    now: float = 1_780_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_adapter(fake: FakeHubSpot, *, config: CrmConfig = CONFIG, **options: Any) -> HubSpot:
@@ -76,11 +61,7 @@ def fake() -> FakeHubSpot:
     return FakeHubSpot(CONFIG)
 
 
-@pytest.fixture
-async def hub(fake: FakeHubSpot) -> AsyncIterator[HubSpot]:
-    adapter = make_adapter(fake)
-    yield adapter
-    await adapter.connection.aclose()
+hub = adapter_fixture(make_adapter)
 
 
 def tg_key(value: str = "123456789") -> LookupKey:
@@ -575,34 +556,6 @@ async def test_a_read_only_property_is_refused_for_good(fake: FakeHubSpot, hub: 
     assert fake.count() == 1
 
 
-def test_options_are_validated() -> None:
-    fake = FakeHubSpot(CONFIG)
-    for options, match in (
-        ({"search_rate_limit": 4}, "not known"),
-        ({"search_rate_limit_per_second": 0}, "positive"),
-        ({"search_rate_limit_per_second": "4"}, "positive"),
-    ):
-        with pytest.raises(ConfigError, match=match):
-            make_adapter(fake, config=CONFIG.model_copy(update={"options": options}))
-
-
-async def test_bridge_check_and_discover_read_the_portal(fake: FakeHubSpot) -> None:
-    settings = Settings(
-        _env_file=None,
-        file=FileConfig(crm={"hubspot": CONFIG}),
-        hubspot_access_token=fake.issue_token(),
-    )
-    transports = {"hubspot": fake.transport()}
-    findings = await checks.crm_findings("hubspot", settings, MemoryTokens(), transports)
-    assert [f.level for f in findings] == ["ok", "ok"]
-    assert "4 pipelines" in findings[0].text
-    adapter = make_adapter(fake)
-    snippet = config_snippet("hubspot", CONFIG, await adapter.schema())
-    await adapter.connection.aclose()
-    assert 'subjects = "subjects"' in snippet
-    assert '"Русский" = "russian"' in snippet
-
-
 async def test_only_date_versioned_paths_exist_in_the_fake(fake: FakeHubSpot, hub: HubSpot) -> None:
     response = await hub.connection.http.client.post("/crm/v3/objects/contacts/search", json={})
     assert response.status_code == 404
@@ -762,32 +715,6 @@ async def test_line_items_are_replaced_by_one_archive_and_one_create(
     fake.calls.clear()
     await hub.set_deal_items(deal.id, (), "RUB")
     assert len(fake.calls) == 2 and fake.line_items(deal.id) == []
-
-
-async def test_check_and_discover_cover_the_order_stages_and_fields(
-    fake: FakeHubSpot, hub: HubSpot
-) -> None:
-    schema = await hub.schema()
-    stages = {
-        **CONFIG.order_stages,
-        "cancelled": CONFIG.order_stages["new"].model_copy(update={"status_id": "closedlost"}),
-    }
-    fields = CONFIG.order_fields.model_copy(
-        update={"order_id": "no_such_property", "company_inn": "phone_typo"}
-    )
-    broken = CONFIG.model_copy(update={"order_stages": stages, "order_fields": fields})
-    assert [p.key for p in schema_problems("hubspot", broken, schema)] == [
-        "crm.hubspot.order_stages.cancelled.status_id = closedlost",
-        "crm.hubspot.order_fields.order_id = no_such_property",
-        "crm.hubspot.order_fields.company_inn = phone_typo",
-    ]
-    snippet = config_snippet("hubspot", CONFIG, schema)
-    assert "cancelled = { pipeline_id = 1023405300, status_id = 1023405306 }" in snippet
-    assert 'installation_date = "installation_date"' in snippet
-    assert 'company_inn = "inn"' in snippet
-    bare = config_snippet("hubspot", None, schema)
-    assert "# cancelled = { pipeline_id = …, status_id = … }" in bare
-    assert 'company_inn = "inn"' in bare  # "ИНН": matched by name
 
 
 async def test_a_quoted_company_name_is_searched_by_its_words(

@@ -8,7 +8,6 @@ Megaplan's own shapes and quirks.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -16,10 +15,8 @@ from urllib.parse import unquote
 
 import pytest
 
-from bridge import checks
 from bridge.crm import megaplan_json as mj
 from bridge.crm.megaplan import Megaplan, build_megaplan
-from bridge.crmconfig import config_snippet
 from bridge.domain import (
     ContactPatch,
     Customer,
@@ -33,8 +30,9 @@ from bridge.domain import (
 )
 from bridge.errors import AuthError, PermanentCrmError
 from bridge.rules import contact_matches
-from bridge.settings import CrmConfig, FileConfig, Settings
+from bridge.settings import CrmConfig
 from bridge.tokens import TokenPair
+from tests.adapter_support import adapter_fixture
 from tests.fakes.megaplan import DEAL_CATEGORY, HUMAN_CATEGORY, FakeMegaplan, example_config
 from tests.fakes.memory import MemoryTokens, adapter_on
 
@@ -76,11 +74,7 @@ def fake() -> FakeMegaplan:
     return FakeMegaplan(rate_limit=1000)
 
 
-@pytest.fixture
-async def megaplan(fake: FakeMegaplan) -> AsyncIterator[Megaplan]:
-    adapter = make_adapter(fake)
-    yield adapter
-    await adapter.connection.aclose()
+megaplan = adapter_fixture(make_adapter)
 
 
 def test_get_parameters_travel_as_one_json_object() -> None:
@@ -173,20 +167,3 @@ async def test_the_password_grants_pair_rotates_and_is_stored_before_use(
     with pytest.raises(AuthError, match="no authorization codes"):
         await adapter.connection.exchange_code("code")
     await adapter.connection.aclose()
-
-
-async def test_bridge_check_and_discover_read_the_account(fake: FakeMegaplan) -> None:
-    settings = Settings(
-        _env_file=None,
-        file=FileConfig(crm={"megaplan": CONFIG}),
-        megaplan_access_token=fake.issue_token(never=True),
-    )
-    transports = {"megaplan": fake.transport()}
-    findings = await checks.crm_findings("megaplan", settings, MemoryTokens(), transports)
-    assert [f.level for f in findings] == ["ok", "ok"], findings
-    assert "3 pipelines" in findings[0].text
-    adapter = make_adapter(fake)
-    snippet = config_snippet("megaplan", CONFIG, await adapter.schema())
-    await adapter.connection.aclose()
-    assert f'total_paid = "{TOTAL}"' in snippet
-    assert '"Русский" = "Русский"' in snippet

@@ -7,10 +7,9 @@ against Pipedrive's published OpenAPI files (`tests.fakes.pipedrive_openapi`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,27 +34,22 @@ from bridge.domain import (
 )
 from bridge.errors import (
     AuthError,
-    ConfigError,
     PermanentCrmError,
     RateLimited,
 )
 from bridge.order_rules import company_matches
 from bridge.rules import contact_matches
-from bridge.settings import CrmConfig, load_file_config
+from bridge.settings import CrmConfig
 from bridge.tokens import TokenPair
+from tests.adapter_support import adapter_fixture, example_section, paths
 from tests.crm_cases import BY_NAME, CUSTOMER, NOTE
 from tests.fakes.memory import MemoryTokens, adapter_on, no_wait
 from tests.fakes.openapi_check import SentRequests
 from tests.fakes.pipedrive import FakePipedrive
 from tests.fakes.pipedrive_openapi import PipedriveOpenApi, RecordingTransport
 
-ROOT = Path(__file__).resolve().parent.parent
 BASE_URL = "https://example.pipedrive.test"
-CONFIG = (
-    load_file_config(ROOT / "etc" / "crm-pipedrive.example.toml")
-    .crm["pipedrive"]
-    .model_copy(update={"base_url": BASE_URL, "enabled": True})
-)
+CONFIG = example_section("crm-pipedrive.example.toml", "pipedrive", base_url=BASE_URL, enabled=True)
 OAUTH = CONFIG.model_copy(update={"auth": "oauth"})
 TG_ID, TG_USERNAME = (
     CONFIG.contact_fields.telegram_id or "",
@@ -111,19 +105,11 @@ def fake() -> FakePipedrive:
     return FakePipedrive(CONFIG, rate_limit=1000, search_limit=1000)
 
 
-@pytest.fixture
-async def pd(fake: FakePipedrive) -> AsyncIterator[Pipedrive]:
-    adapter = make_adapter(fake)
-    yield adapter
-    await adapter.connection.aclose()
+pd = adapter_fixture(make_adapter)
 
 
 def phone_key(value: str = "+79991234567") -> LookupKey:
     return LookupKey(KeyKind.PHONE, value)
-
-
-def paths(fake: FakePipedrive) -> list[str]:
-    return [f"{call.method} {call.path}" for call in fake.calls]
 
 
 # ---- pure mappers -------------------------------------------------------------------
@@ -626,22 +612,6 @@ async def test_bridge_check_flags_a_monetary_field(fake: FakePipedrive, pd: Pipe
     assert "pipedrive:monetary" in str(problem) and "total_paid" in str(problem)
 
 
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        ({"daily_budget": 1}, "unknown daily_budget"),
-        ({"daily_token_budget": 0}, "daily_token_budget"),
-        ({"daily_token_budget": "lots"}, "daily_token_budget"),
-        ({"search_rate_per_second": -1}, "search_rate_per_second"),
-        ({"oauth_url": "oauth.pipedrive.com"}, "oauth_url"),
-    ],
-)
-def test_options_are_validated(fake: FakePipedrive, options: dict[str, Any], message: str) -> None:
-    config = CONFIG.model_copy(update={"options": options})
-    with pytest.raises(ConfigError, match=message):
-        make_adapter(fake, config=config)
-
-
 # ---- orders: organizations, stage moves, deal products --------------------------------
 # Every request below is checked against the OpenAPI files too (the autouse fixture).
 
@@ -797,21 +767,3 @@ async def test_more_than_a_hundred_attached_products_are_all_detached(
         f"POST /api/v2/deals/{deal.id}/products/bulk",
     ]
     assert len(fake.deal_products(deal.id)) == 1
-
-
-async def test_check_covers_the_order_stages_and_the_organization_inn_field(
-    fake: FakePipedrive, pd: Pipedrive
-) -> None:
-    schema = await pd.schema()
-    assert schema_problems("pipedrive", CONFIG, schema) == []
-    stages = {
-        **CONFIG.order_stages,
-        "new": CONFIG.order_stages["new"].model_copy(update={"pipeline_id": "99"}),
-    }
-    fields = OF.model_copy(update={"company_inn": "x" * 40, "installation_date": PAYMENT_ID})
-    broken = CONFIG.model_copy(update={"order_stages": stages, "order_fields": fields})
-    problems = [str(p) for p in schema_problems("pipedrive", broken, schema)]
-    assert problems[0] == "crm.pipedrive.order_stages.new.pipeline_id = 99: no such pipeline"
-    assert "order_fields.installation_date" in problems[1]
-    assert "needs birthday or date" in problems[1]
-    assert problems[2].endswith("no such company field")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import tomllib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -44,23 +44,18 @@ from bridge.domain import (
     NewDeal,
     Utm,
 )
-from bridge.errors import ConfigError, PermanentCrmError, RateLimited
+from bridge.errors import PermanentCrmError, RateLimited
 from bridge.rules import contact_matches
-from bridge.settings import CrmConfig, FileConfig, OrderStage, Settings, load_file_config
+from bridge.settings import CrmConfig, FileConfig, Settings
 from bridge.tokens import TokenPair
+from tests.adapter_support import ROOT, adapter_fixture, example_section, paths
 from tests.cli_support import make_cli, write_config
 from tests.fakes.memory import MemoryTokens
 from tests.fakes.openapi_check import SentRequests
 from tests.fakes.zoho import FakeZoho
 from tests.fakes.zoho_openapi import ZohoOpenApi
-from tests.order_examples import uncommented_orders
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIG = (
-    load_file_config(ROOT / "etc" / "crm-zoho.example.toml")
-    .crm["zoho"]
-    .model_copy(update={"enabled": True})
-)
+CONFIG = example_section("crm-zoho.example.toml", "zoho", enabled=True)
 PAID_AT = datetime(2025, 1, 20, 21, 49, 20, tzinfo=UTC)
 MSK = timezone(timedelta(hours=3))
 CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
@@ -122,15 +117,7 @@ def fake() -> FakeZoho:
     return FakeZoho(CONFIG)
 
 
-@pytest.fixture
-async def zoho(fake: FakeZoho) -> AsyncIterator[Zoho]:
-    adapter = make_adapter(fake)
-    yield adapter
-    await adapter.connection.aclose()
-
-
-def paths(fake: FakeZoho) -> list[str]:
-    return [f"{call.method} {call.path}" for call in fake.calls]
+zoho = adapter_fixture(make_adapter)
 
 
 def every_kind_of_field() -> tuple[FieldUpdate, ...]:
@@ -400,23 +387,6 @@ async def test_check_compares_closed_stages_with_their_forecast_types(zoho: Zoho
     assert '#     status Автооплата = "Автооплата"' in snippet
 
 
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        ({}, "data_centre"),
-        ({"data_centre": "mars"}, "data_centre"),
-        ({"data_centre": "eu", "daily_credits": 0}, "daily_credits"),
-        ({"data_centre": "eu", "concurrency": 2}, "concurrency"),
-        ({"data_centre": "eu", "nope": 1}, "unknown nope"),
-        ({"data_centre": "eu", "accounts_url": "accounts.zoho.eu"}, "accounts_url"),
-    ],
-)
-def test_options_are_validated(fake: FakeZoho, options: dict[str, Any], message: str) -> None:
-    config = CONFIG.model_copy(update={"options": options})
-    with pytest.raises(ConfigError, match=message):
-        make_adapter(fake, config=config)
-
-
 def test_every_data_centre_decides_both_hosts(fake: FakeZoho) -> None:
     for centre, api in (("us", "https://www.zohoapis.com"), ("ca", "https://www.zohoapis.ca")):
         config = CONFIG.model_copy(update={"options": {"data_centre": centre}})
@@ -589,31 +559,3 @@ def test_a_date_field_takes_a_day_not_a_moment() -> None:
     assert value_json(FieldUpdate("Installation_Date", FieldKind.DATE, date(2026, 12, 1))) == (
         "2026-12-01"
     )
-
-
-def test_the_examples_order_settings_are_the_ones_tested() -> None:
-    """Uncommented, the example's order tables are `order_config`'s settings."""
-    example = uncommented_orders(ROOT / "etc" / "crm-zoho.example.toml")
-    assert example.crm["zoho"].order_stages == order_config(CONFIG).order_stages
-    assert example.crm["zoho"].order_fields == order_config(CONFIG).order_fields
-
-
-async def test_check_and_discover_cover_the_order_settings(fake: FakeZoho) -> None:
-    config = order_config(CONFIG)
-    adapter = make_adapter(fake, config=config)
-    try:
-        schema = await adapter.schema()
-    finally:
-        await adapter.connection.aclose()
-    assert schema_problems("zoho", config, schema) == []
-    snippet = config_snippet("zoho", None, schema)  # matched by name alone
-    assert 'dismantle_date = "Dismantle_Date"' in snippet
-    assert 'order_id = "Order_ID"' in snippet and 'company_inn = "INN"' in snippet
-    stages = {**config.order_stages, "new": OrderStage(pipeline_id="Rent", status_id="X")}
-    fields = config.order_fields.model_copy(update={"dismantle_date": "Order_Status"})
-    wrong = config.model_copy(update={"order_stages": stages, "order_fields": fields})
-    assert [str(p) for p in schema_problems("zoho", wrong, schema)] == [
-        "crm.zoho.order_stages.new.pipeline_id = Rent: no such pipeline",
-        'crm.zoho.order_fields.dismantle_date = Order_Status: "Order Status" is a text field;'
-        " dismantle_date needs birthday or date or date_time or zoho:date",
-    ]

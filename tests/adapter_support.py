@@ -1,0 +1,36 @@
+"""Set-up the per-CRM adapter tests share: the example's section, and an adapter on the
+test's fake that is closed after the test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.settings import CrmConfig, load_file_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def example_section(example: str, kind: str, **update: Any) -> CrmConfig:
+    """`[crm.KIND]` of etc/`example`, with `update` on top (a fake's base URL, enabled)."""
+    return load_file_config(ROOT / "etc" / example).crm[kind].model_copy(update=update)
+
+
+def adapter_fixture(make_adapter: Callable[[Any], Any]) -> Any:
+    """A fixture: `make_adapter(fake)` on the test's `fake` fixture, closed after the test."""
+
+    @pytest.fixture
+    async def adapter(fake: Any) -> AsyncIterator[Any]:
+        made = make_adapter(fake)
+        yield made
+        await made.connection.aclose()
+
+    return adapter
+
+
+def paths(fake: Any) -> list[str]:
+    """The requests the fake received, as "METHOD /path"."""
+    return [f"{call.method} {call.path}" for call in fake.calls]
