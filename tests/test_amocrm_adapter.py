@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta, timezone
-from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from bridge.crm.amocrm import AmoCrm, build_amocrm
-from bridge.crm.amocrm_json import field_values_json, search_query
-from bridge.domain import Contact, FieldKind, FieldUpdate, KeyKind, LookupKey
+from bridge.crm.amocrm_json import search_query
+from bridge.domain import Contact, KeyKind, LookupKey
 from bridge.errors import RateLimited
 from bridge.settings import CrmConfig
 from bridge.tokens import TokenPair
@@ -21,11 +19,10 @@ from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.memory import MemoryTokens, adapter_on
 
 CONFIG = example_section("bridge.example.toml", "amocrm", base_url="https://reference.amocrm.test")
-TG_ID, SUBJECTS, DIRECTION = "700101", "700201", "700202"
+SUBJECTS, DIRECTION = "700201", "700202"
 PAYMENT_ID, TOTAL, COUNT = "700205", "700207", "700208"
 SITE, SITE_WORKING = 4423755, 63242023
 PARTNERS, PARTNERS_AUTOPAY = 8598230, 80517738
-PAID_AT = datetime(2025, 1, 20, 11, 49, 20, tzinfo=UTC)
 CASE = BY_NAME["amocrm"]
 new_deal, new_contact = CASE.new_deal, CASE.new_contact
 
@@ -61,43 +58,6 @@ def phone_key(value: str = "+79991234567") -> LookupKey:
 )
 def test_search_query_uses_national_number_for_phones(key: LookupKey, query: str) -> None:
     assert search_query(key) == query
-
-
-@pytest.mark.parametrize(
-    ("update", "values"),
-    [
-        (FieldUpdate("1", FieldKind.TEXT, "pay_1"), [{"value": "pay_1"}]),
-        (FieldUpdate("1", FieldKind.NUMBER, Decimal("10000.00")), [{"value": 10000}]),
-        (FieldUpdate("1", FieldKind.NUMBER, Decimal("12.50")), [{"value": 12.5}]),
-        (FieldUpdate("1", FieldKind.NUMBER, 3), [{"value": 3}]),
-        (FieldUpdate("1", FieldKind.DATETIME, PAID_AT), [{"value": "2025-01-20T11:49:20+00:00"}]),
-        (
-            FieldUpdate("1", FieldKind.DATETIME, PAID_AT.astimezone(timezone(timedelta(hours=3)))),
-            [{"value": "2025-01-20T14:49:20+03:00"}],
-        ),
-        (FieldUpdate("1", FieldKind.SELECT, 800101), [{"enum_id": 800101}]),
-        (
-            FieldUpdate("1", FieldKind.MULTISELECT, (800001, 800003)),
-            [{"enum_id": 800001}, {"enum_id": 800003}],
-        ),
-    ],
-)
-def test_field_values_json_shapes(update: FieldUpdate, values: list[dict[str, Any]]) -> None:
-    assert field_values_json([update]) == [{"field_id": 1, "values": values}]
-
-
-@pytest.mark.parametrize(
-    "update",
-    [
-        FieldUpdate("1", FieldKind.DATETIME, datetime(2025, 1, 20, 11, 49)),  # naive
-        FieldUpdate("1", FieldKind.SELECT, (1, 2)),
-        FieldUpdate("1", FieldKind.NUMBER, "12"),
-        FieldUpdate("field", FieldKind.TEXT, "x"),
-    ],
-)
-def test_field_values_json_refuses_what_does_not_fit(update: FieldUpdate) -> None:
-    with pytest.raises(ValueError, match=r"1|field"):
-        field_values_json([update])
 
 
 # ---- contacts -----------------------------------------------------------------------

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta, timezone
-from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -18,7 +16,6 @@ from bridge.crm.bitrix24 import PREFETCH_TTL, Bitrix24, build_bitrix24
 from bridge.crm.bitrix24_json import (
     command,
     deal_from_record,
-    field_values,
     phone_variants,
     php_query,
 )
@@ -36,9 +33,8 @@ from tests.fakes.bitrix24_portal import parse_php, substitute
 from tests.fakes.memory import MemoryTokens, adapter_on
 
 CONFIG = example_config(enabled=True)
-TG_ID, SUBJECTS, LAST_AT = "UF_CRM_TG_ID", "UF_CRM_SUBJECTS", "UF_CRM_LAST_PAYMENT_AT"
+SUBJECTS, LAST_AT = "UF_CRM_SUBJECTS", "UF_CRM_LAST_PAYMENT_AT"
 PAYMENT_ID, TOTAL = "UF_CRM_PAYMENT_ID", "UF_CRM_TOTAL_PAID"
-PAID_AT = datetime(2025, 1, 20, 11, 49, 20, tzinfo=UTC)
 CASE = BY_NAME["bitrix24"]
 new_deal, new_contact = CASE.new_deal, CASE.new_contact
 KEYS = CUSTOMER.lookup_keys()
@@ -113,43 +109,6 @@ def test_batch_references_survive_encoding_and_resolve_as_php_does() -> None:
     # An empty lookup leaves the nearest array, not an id: never chain a write off one.
     store["result"]["tg"] = []
     assert substitute("$result[tg][0][ID]", store) == []
-
-
-@pytest.mark.parametrize(
-    ("update", "value"),
-    [
-        (FieldUpdate("UF_A", FieldKind.TEXT, "pay_1"), "pay_1"),
-        (FieldUpdate("UF_A", FieldKind.NUMBER, Decimal("10000.00")), 10000),
-        (FieldUpdate("UF_A", FieldKind.NUMBER, Decimal("12.50")), 12.5),
-        (FieldUpdate("UF_A", FieldKind.NUMBER, 3), 3),
-        (FieldUpdate("UF_A", FieldKind.DATETIME, PAID_AT), "2025-01-20T11:49:20+00:00"),
-        (
-            FieldUpdate(
-                "UF_A", FieldKind.DATETIME, PAID_AT.astimezone(timezone(timedelta(hours=3)))
-            ),
-            "2025-01-20T14:49:20+03:00",
-        ),
-        (FieldUpdate("UF_A", FieldKind.SELECT, 61), 61),
-        (FieldUpdate("UF_A", FieldKind.SELECT, "61"), 61),
-        (FieldUpdate("UF_A", FieldKind.MULTISELECT, (45, "47")), [45, 47]),
-    ],
-)
-def test_field_values_take_bitrix_shapes(update: FieldUpdate, value: Any) -> None:
-    assert field_values([update]) == {"UF_A": value}
-
-
-@pytest.mark.parametrize(
-    "update",
-    [
-        FieldUpdate("UF_A", FieldKind.DATETIME, datetime(2025, 1, 20, 11, 49)),  # naive
-        FieldUpdate("UF_A", FieldKind.SELECT, "ЕГЭ"),  # a label, not an item ID
-        FieldUpdate("UF_A", FieldKind.SELECT, (1, 2)),
-        FieldUpdate("UF_A", FieldKind.NUMBER, "12"),
-    ],
-)
-def test_field_values_refuse_what_does_not_fit(update: FieldUpdate) -> None:
-    with pytest.raises(ValueError, match="UF_A"):
-        field_values([update])
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import date
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl
@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from bridge.crm.hubspot import HubSpot, build_hubspot
-from bridge.crm.hubspot_json import contact_search_json, field_type, national_number, property_value
+from bridge.crm.hubspot_json import contact_search_json, field_type, national_number
 from bridge.crm.richtext import note_html, note_text
 from bridge.domain import (
     Company,
@@ -45,7 +45,6 @@ SITE, SITE_AUTOPAY, SITE_WORKING = "default", "1023405001", "appointmentschedule
 YANDEX, YANDEX_WORKING = "1023405100", "1023405102"
 PARTNERS, PARTNERS_AUTOPAY = "1023405200", "1023405201"
 RENT, RENT_NEW, RENT_CANCELLED = "1023405300", "1023405301", "1023405306"
-PAID_AT = datetime(2025, 1, 20, 11, 49, 20, tzinfo=UTC)
 CASE = BY_NAME["hubspot"]
 new_deal, new_contact = CASE.new_deal, CASE.new_contact
 SEARCH = "/crm/objects/2026-09/contacts/search"
@@ -89,43 +88,6 @@ def email_key(value: str = "ivan@example.com") -> LookupKey:
 )
 def test_phones_are_searched_by_their_national_number(e164: str, national: str) -> None:
     assert national_number(e164) == national
-
-
-@pytest.mark.parametrize(
-    ("update", "value"),
-    [
-        (FieldUpdate("p", FieldKind.TEXT, "pay_1"), "pay_1"),
-        (FieldUpdate("p", FieldKind.NUMBER, Decimal("10000.00")), "10000"),
-        (FieldUpdate("p", FieldKind.NUMBER, Decimal("12.50")), "12.5"),
-        (FieldUpdate("p", FieldKind.NUMBER, Decimal("1E+3")), "1000"),
-        (FieldUpdate("p", FieldKind.NUMBER, 3), "3"),
-        (FieldUpdate("p", FieldKind.DATETIME, PAID_AT), "2025-01-20T11:49:20.000Z"),
-        (
-            FieldUpdate("p", FieldKind.DATETIME, PAID_AT.astimezone(timezone(timedelta(hours=3)))),
-            "2025-01-20T11:49:20.000Z",
-        ),
-        (FieldUpdate("p", FieldKind.SELECT, "ege"), "ege"),
-        (FieldUpdate("p", FieldKind.SELECT, 800101), "800101"),
-        (FieldUpdate("p", FieldKind.MULTISELECT, ("russian", "math")), "russian;math"),
-    ],
-)
-def test_property_values_are_hubspot_strings(update: FieldUpdate, value: str) -> None:
-    assert property_value(update) == value
-
-
-@pytest.mark.parametrize(
-    "update",
-    [
-        FieldUpdate("p", FieldKind.DATETIME, datetime(2025, 1, 20, 11, 49)),  # naive
-        FieldUpdate("p", FieldKind.SELECT, ("a", "b")),
-        FieldUpdate("p", FieldKind.NUMBER, "12"),
-        FieldUpdate("p", FieldKind.NUMBER, Decimal("NaN")),
-        FieldUpdate("p", FieldKind.MULTISELECT, "a;b"),
-    ],
-)
-def test_property_values_refuse_what_does_not_fit(update: FieldUpdate) -> None:
-    with pytest.raises(ValueError, match=r"wrong type|not a number"):
-        property_value(update)
 
 
 def test_note_text_survives_html_both_ways() -> None:
@@ -672,12 +634,6 @@ async def test_a_change_is_one_patch_and_the_lost_stage_closes_the_deal(
     fake.calls.clear()
     await hub.change_deal(deal.id, DealChange())
     assert fake.calls == []  # nothing to change: no call
-
-
-def test_a_date_is_a_day_and_a_datetime_is_not_one() -> None:
-    assert property_value(FieldUpdate("d", FieldKind.DATE, date(2026, 12, 1))) == "2026-12-01"
-    with pytest.raises(ValueError, match="date value"):
-        property_value(FieldUpdate("d", FieldKind.DATE, datetime(2026, 12, 1, tzinfo=UTC)))
 
 
 async def test_line_items_are_replaced_by_one_archive_and_one_create(

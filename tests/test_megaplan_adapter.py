@@ -19,28 +19,26 @@ from bridge.crm import megaplan_json as mj
 from bridge.crm.megaplan import Megaplan, build_megaplan
 from bridge.domain import (
     ContactPatch,
-    Customer,
     FieldKind,
     FieldUpdate,
     KeyKind,
     LookupKey,
-    NewContact,
     NewDeal,
-    Utm,
 )
 from bridge.errors import AuthError, PermanentCrmError
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig
 from bridge.tokens import TokenPair
 from tests.adapter_support import adapter_fixture
+from tests.crm_cases import BY_NAME
+from tests.crm_cases import CUSTOMER as CUSTOMER  # test_megaplan_orders imports it from here
 from tests.fakes.megaplan import DEAL_CATEGORY, HUMAN_CATEGORY, FakeMegaplan, example_config
 from tests.fakes.memory import MemoryTokens, adapter_on
 
 CONFIG = example_config().model_copy(update={"auth": "long_lived_token"})
-TG_ID, TG_USERNAME = f"{HUMAN_CATEGORY}TelegramId", f"{HUMAN_CATEGORY}TelegramUsername"
+TG_ID = f"{HUMAN_CATEGORY}TelegramId"
 TOTAL, COUNT = f"{DEAL_CATEGORY}TotalPaid", f"{DEAL_CATEGORY}PurchaseCount"
 PAID_AT = datetime(2025, 1, 20, 11, 49, 20, tzinfo=UTC)
-CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
 
 
 def make_adapter(fake: FakeMegaplan, *, config: CrmConfig = CONFIG, **kw: Any) -> Megaplan:
@@ -49,12 +47,7 @@ def make_adapter(fake: FakeMegaplan, *, config: CrmConfig = CONFIG, **kw: Any) -
     return adapter_on(build_megaplan, fake, config, static=static, **kw)
 
 
-def new_contact() -> NewContact:
-    telegram = (
-        FieldUpdate(TG_ID, FieldKind.TEXT, "123456789"),
-        FieldUpdate(TG_USERNAME, FieldKind.TEXT, "ivan"),
-    )
-    return NewContact(CUSTOMER, Utm(source="advcake", medium="cpa"), telegram)
+new_contact = BY_NAME["megaplan"].new_contact
 
 
 def new_deal() -> NewDeal:

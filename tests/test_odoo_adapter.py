@@ -14,7 +14,6 @@ from bridge.crm.odoo import Odoo, build_odoo
 from bridge.crmconfig import config_snippet, schema_problems
 from bridge.domain import (
     Contact,
-    Customer,
     FieldKind,
     FieldUpdate,
     NewContact,
@@ -24,10 +23,9 @@ from bridge.domain import (
 from bridge.errors import AuthError, ConfigError, TransientCrmError
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, FileConfig, Settings
+from tests.crm_cases import BY_NAME, CUSTOMER
 from tests.fakes.memory import MemoryTokens, adapter_on
 from tests.fakes.odoo import FakeOdoo, example_config, example_odoo
-
-CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
 
 
 def make(
@@ -236,12 +234,7 @@ async def test_a_second_section_reads_its_own_key() -> None:
 # ---- for the contract suite (tests/test_contract.py) ----------------------------------
 
 
-def new_contact() -> NewContact:
-    telegram = (
-        FieldUpdate("x_telegram_id", FieldKind.TEXT, "123456789"),
-        FieldUpdate("x_telegram_username", FieldKind.TEXT, "ivan"),
-    )
-    return NewContact(CUSTOMER, Utm(source="advcake", medium="cpa"), telegram)
+new_contact = BY_NAME["odoo"].new_contact
 
 
 def new_deal() -> NewDeal:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -18,7 +18,7 @@ import pytest
 from bridge.crm.base import RateLimiter, error_for_status
 from bridge.crm.pipedrive import Pipedrive, build_pipedrive
 from bridge.crm.pipedrive_budget import TOKEN_COSTS, TokenBudget, budget_hooks
-from bridge.crm.pipedrive_json import custom_fields_json, field_text, search_params
+from bridge.crm.pipedrive_json import field_text, search_params
 from bridge.crm.richtext import note_html, note_text
 from bridge.crmconfig import schema_problems
 from bridge.domain import (
@@ -63,7 +63,6 @@ SITE, SITE_AUTOPAY, SITE_WORKING = 1, 1, 2
 YANDEX, YANDEX_WORKING = 2, 4
 PARTNERS, PARTNERS_AUTOPAY = 3, 5
 MATHS, OGE = 12, 22
-PAID_AT = datetime(2025, 1, 20, 21, 49, 20, tzinfo=UTC)  # 00:49 on the 21st in Moscow
 CASE = BY_NAME["pipedrive"]
 new_deal, new_contact, every_kind_of_field = CASE.new_deal, CASE.new_contact, CASE.every_kind
 SENT = SentRequests()
@@ -131,42 +130,6 @@ def phone_key(value: str = "+79991234567") -> LookupKey:
 )
 def test_search_params_per_key(key: LookupKey, params: dict[str, Any]) -> None:
     assert search_params(key) == params
-
-
-@pytest.mark.parametrize(
-    ("update", "value"),
-    [
-        (FieldUpdate("k", FieldKind.TEXT, "pay_1"), "pay_1"),
-        (FieldUpdate("k", FieldKind.NUMBER, Decimal("10000.00")), 10000),
-        (FieldUpdate("k", FieldKind.NUMBER, Decimal("12.50")), 12.5),
-        (FieldUpdate("k", FieldKind.NUMBER, 3), 3),
-        (FieldUpdate("k", FieldKind.DATETIME, PAID_AT), "2025-01-20"),
-        (
-            FieldUpdate("k", FieldKind.DATETIME, PAID_AT.astimezone(timezone(timedelta(hours=3)))),
-            "2025-01-21",
-        ),
-        (FieldUpdate("k", FieldKind.SELECT, 21), 21),
-        (FieldUpdate("k", FieldKind.SELECT, "21"), 21),
-        (FieldUpdate("k", FieldKind.MULTISELECT, (11, "13")), [11, 13]),
-    ],
-)
-def test_custom_field_shapes(update: FieldUpdate, value: Any) -> None:
-    assert custom_fields_json([update]) == {"k": value}
-
-
-@pytest.mark.parametrize(
-    "update",
-    [
-        FieldUpdate("k", FieldKind.DATETIME, datetime(2025, 1, 20, 11, 49)),  # naive
-        FieldUpdate("k", FieldKind.SELECT, (1, 2)),
-        FieldUpdate("k", FieldKind.SELECT, "ЕГЭ"),
-        FieldUpdate("k", FieldKind.NUMBER, "12"),
-        FieldUpdate("k", FieldKind.MULTISELECT, ()),  # Pipedrive refuses []: clear with null
-    ],
-)
-def test_custom_field_values_that_do_not_fit_are_refused(update: FieldUpdate) -> None:
-    with pytest.raises(ValueError, match=r"k|option"):
-        custom_fields_json([update])
 
 
 def test_notes_typed_in_the_app_read_as_lines() -> None:

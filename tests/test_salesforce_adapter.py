@@ -5,7 +5,7 @@ the daily allocation, sessions, schema for `bridge check` / `discover`, options.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -14,28 +14,26 @@ import pytest
 
 from bridge import order_rules
 from bridge.crm.salesforce import Salesforce, build_salesforce
-from bridge.crm.salesforce_json import MASTER_RECORD_TYPE, field_value
+from bridge.crm.salesforce_json import MASTER_RECORD_TYPE
 from bridge.crmconfig import schema_problems
 from bridge.domain import (
     Company,
     CompanyRecord,
     Contact,
-    Customer,
     DealChange,
     FieldKind,
     FieldUpdate,
     KeyKind,
     LookupKey,
-    NewContact,
     NewDeal,
     OrderItem,
-    Utm,
 )
 from bridge.errors import AuthError, PermanentCrmError, RateLimited
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig
 from tests.adapter_support import adapter_fixture, example_section
 from tests.clock import ManualClock
+from tests.crm_cases import BY_NAME, CUSTOMER
 from tests.fakes.memory import adapter_on
 from tests.fakes.salesforce import SITE, FakeSalesforce
 from tests.fakes.salesforce_org import STANDARD_PRICEBOOK
@@ -47,7 +45,8 @@ CONFIG = example_section(
     base_url="https://example.my.salesforce.com",
     enabled=True,
 )
-CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
+CASE = BY_NAME["salesforce"]
+new_deal, new_contact = CASE.new_deal, CASE.new_contact
 
 
 def make_adapter(fake: FakeSalesforce, *, config: CrmConfig = CONFIG, **env: Any) -> Salesforce:
@@ -66,23 +65,6 @@ sf = adapter_fixture(make_adapter)
 
 def rest_calls(fake: FakeSalesforce) -> list[str]:
     return [f"{c.method} {c.path}" for c in fake.calls if c.path.startswith("/services/data/")]
-
-
-FIELDS = (
-    FieldUpdate("Subjects__c", FieldKind.MULTISELECT, ("Russian", "Math")),
-    FieldUpdate("Exam_Direction__c", FieldKind.SELECT, "OGE"),
-    FieldUpdate("Total_Paid__c", FieldKind.NUMBER, Decimal("10000")),
-    FieldUpdate("Payment_Id__c", FieldKind.TEXT, "pay_1"),
-)
-
-
-def new_contact() -> NewContact:
-    telegram = (FieldUpdate("Telegram_Id__c", FieldKind.TEXT, "123456789"),)
-    return NewContact(CUSTOMER, Utm(), telegram)
-
-
-def new_deal(pipeline: str = SITE, stage: str = "Autopay") -> NewDeal:
-    return NewDeal("Оплата Русский - Иван Петров", Decimal("10000"), pipeline, stage, FIELDS)
 
 
 async def test_one_lookup_request_for_every_key(fake: FakeSalesforce, sf: Salesforce) -> None:
@@ -173,7 +155,7 @@ async def test_an_org_without_record_types() -> None:
     assert [p.id for p in schema.pipelines] == [MASTER_RECORD_TYPE]
     contact = flat.add_contact(LastName="Петров")
     deal = await adapter.create_deal(
-        Contact(id=contact), new_deal(MASTER_RECORD_TYPE, "Prospecting")
+        Contact(id=contact), new_deal(pipeline_id=MASTER_RECORD_TYPE, status_id="Prospecting")
     )
     read = await adapter.get_deal(deal.id)
     await adapter.connection.aclose()
@@ -381,14 +363,6 @@ async def test_a_company_name_with_quotes_and_wildcards_is_searched_safely(
         odd, lambda record, key: order_rules.company_matches(record, odd, key)
     )
     assert found is not None and found.id == made and fake.refusals == []
-
-
-def test_a_date_field_takes_a_day_not_a_moment() -> None:
-    moment = datetime(2026, 12, 1, tzinfo=UTC)
-    with pytest.raises(ValueError, match="not a day"):
-        field_value(FieldUpdate("Installation_Date__c", FieldKind.DATE, moment))
-    day = FieldUpdate("Installation_Date__c", FieldKind.DATE, date(2026, 12, 1))
-    assert field_value(day) == "2026-12-01"
 
 
 async def test_an_amount_over_products_is_their_sum(

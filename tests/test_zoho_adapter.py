@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import tomllib
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -27,22 +27,18 @@ from bridge import order_rules
 from bridge.crm.base import RateLimiter
 from bridge.crm.connection import OnCall, Wiring
 from bridge.crm.zoho import Zoho, build_zoho
-from bridge.crm.zoho_json import value_json
 from bridge.crmconfig import config_snippet, schema_problems
 from bridge.crypto import TokenCipher
 from bridge.domain import (
     Company,
     CompanyRecord,
     Contact,
-    Customer,
     DealChange,
     FieldKind,
     FieldUpdate,
     KeyKind,
     LookupKey,
-    NewContact,
     NewDeal,
-    Utm,
 )
 from bridge.errors import PermanentCrmError, RateLimited
 from bridge.rules import contact_matches
@@ -50,27 +46,22 @@ from bridge.settings import CrmConfig, FileConfig, Settings
 from bridge.tokens import TokenPair
 from tests.adapter_support import ROOT, adapter_fixture, example_section, paths
 from tests.cli_support import make_cli, write_config
-from tests.fakes.memory import MemoryTokens
+from tests.crm_cases import BY_NAME, CUSTOMER
+from tests.fakes.memory import MemoryTokens, no_wait
 from tests.fakes.openapi_check import SentRequests
 from tests.fakes.zoho import FakeZoho
 from tests.fakes.zoho_openapi import ZohoOpenApi
 
 CONFIG = example_section("crm-zoho.example.toml", "zoho", enabled=True)
-PAID_AT = datetime(2025, 1, 20, 21, 49, 20, tzinfo=UTC)
-MSK = timezone(timedelta(hours=3))
-CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
+CASE = BY_NAME["zoho"]
+new_deal, new_contact, every_kind_of_field = CASE.new_deal, CASE.new_contact, CASE.every_kind
 SENT = SentRequests()
-EU_API = "https://www.zohoapis.eu"
 
 
 @pytest.fixture(autouse=True)
 def requests_conform_to_openapi() -> Iterator[None]:
     """After each test: every request sent was one Zoho's v8 OpenAPI files allow."""
     yield from SENT.checked(ZohoOpenApi.beside_shared)  # raises when ../shared lacks them
-
-
-async def no_wait(seconds: float) -> None:
-    await asyncio.sleep(0)
 
 
 def make_adapter(
@@ -118,39 +109,6 @@ def fake() -> FakeZoho:
 
 
 zoho = adapter_fixture(make_adapter)
-
-
-def every_kind_of_field() -> tuple[FieldUpdate, ...]:
-    return (
-        FieldUpdate("Subjects", FieldKind.MULTISELECT, ("Русский", "Обществознание")),
-        FieldUpdate("Exam_Direction", FieldKind.SELECT, "ЕГЭ"),
-        FieldUpdate("Last_Payment_Amount", FieldKind.NUMBER, Decimal("10000.00")),
-        FieldUpdate("Last_Payment_At", FieldKind.DATETIME, PAID_AT.astimezone(MSK)),
-        FieldUpdate("Total_Paid", FieldKind.NUMBER, Decimal("11500.5")),
-        FieldUpdate("Purchase_Count", FieldKind.NUMBER, 3),
-        FieldUpdate("UTM_Source", FieldKind.TEXT, "advcake"),
-        FieldUpdate("Payment_ID", FieldKind.TEXT, "pay_1"),
-    )
-
-
-def new_deal(**changes: Any) -> NewDeal:
-    values: dict[str, Any] = {
-        "name": "Оплата Русский - Иван Петров",
-        "price": Decimal("10000"),
-        "pipeline_id": "Partners",
-        "status_id": "Автооплата",
-        "fields": every_kind_of_field(),
-    }
-    values.update(changes)
-    return NewDeal(**values)
-
-
-def new_contact() -> NewContact:
-    telegram = (
-        FieldUpdate("Telegram_ID", FieldKind.TEXT, "123456789"),
-        FieldUpdate("Telegram_Username", FieldKind.TEXT, "ivan"),
-    )
-    return NewContact(CUSTOMER, Utm(source="advcake"), telegram)
 
 
 # ---- contacts ---------------------------------------------------------------------------
@@ -550,12 +508,3 @@ async def test_a_company_name_with_quotes_is_searched_safely(fake: FakeZoho) -> 
         assert found is not None and found.id == made
     finally:
         await adapter.connection.aclose()
-
-
-def test_a_date_field_takes_a_day_not_a_moment() -> None:
-    moment = datetime(2026, 12, 1, tzinfo=UTC)
-    with pytest.raises(ValueError, match="wrong type"):
-        value_json(FieldUpdate("Installation_Date", FieldKind.DATE, moment))
-    assert value_json(FieldUpdate("Installation_Date", FieldKind.DATE, date(2026, 12, 1))) == (
-        "2026-12-01"
-    )
