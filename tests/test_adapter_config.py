@@ -71,6 +71,140 @@ async def test_bridge_check_and_discover_read_the_example_account(case: CrmCase)
         assert line in snippet
 
 
+# CRM → its pipelines in order, some pipelines' statuses in order, field types by (entity,
+# id), fields `schema()` leaves out (the CRM's own), and settings it then flags (a change
+# to the example section and the problems' keys).
+SCHEMAS: dict[str, tuple[Any, ...]] = {
+    "hubspot": (
+        {
+            "default": "Site",
+            "1023405100": "Yandex",
+            "1023405200": "Partners",
+            "1023405300": "Аренда",
+        },
+        {
+            "default": {
+                "1023405001": "Автооплаты ООО",
+                "appointmentscheduled": "В работе",
+                "closedwon": "Closed won",
+                "closedlost": "Closed lost",
+            }
+        },
+        {
+            ("leads", "last_payment_at"): "date_time",
+            ("leads", "installation_date"): "date",
+            ("companies", "inn"): "text",
+        },
+        [("leads", "dealname")],
+        None,
+    ),
+    "pipedrive": (
+        {"1": "Site", "2": "Yandex", "3": "Partners", "4": "Аренда"},
+        {"1": {"1": "Автооплата", "2": "В работе"}},
+        {
+            ("leads", pd.LAST_AT): "date",
+            ("companies", pd.CONFIG.order_fields.company_inn): "text",
+        },
+        [("leads", "title")],  # system fields are not custom fields
+        None,
+    ),
+    "zoho": (
+        {"Site": "Site", "Partners": "Partners", "Yandex": "Yandex"},
+        {
+            "Site": {
+                "Автооплата": "Автооплата",
+                "Новый заказ": "Новый заказ",
+                "Забронирован": "Забронирован",
+                "В аренде": "В аренде",
+                "В работе": "В работе",
+                "Closed Won": "Closed Won (Closed Won)",
+                "Closed Lost": "Closed Lost (Closed Lost)",
+            }
+        },
+        {},
+        [],
+        (
+            lambda c: c.model_copy(
+                update={"deal_fields": c.deal_fields.model_copy(update={"direction": "Subjects"})}
+            ),
+            ["crm.zoho.deal_fields.direction = Subjects"],
+        ),
+    ),
+    "bitrix24": (
+        {"0": "Сайт", "1": "Яндекс", "2": "Партнёры"},
+        {
+            "0": {
+                "NEW": "Новая",
+                "UC_AUTOPAY": "Автооплаты",
+                "EXECUTING": "В работе",
+                "WON": "Сделка успешна",
+                "LOSE": "Сделка провалена",
+            },
+            "2": {
+                "C2:NEW": "Новая",
+                "C2:UC_AUTOPAY": "Автооплаты",
+                "C2:EXECUTING": "В работе",
+                "C2:WON": "Сделка успешна",
+                "C2:LOSE": "Сделка провалена",
+            },
+        },
+        {("leads", "UF_CRM_LAST_PAYMENT_AT"): "date_time"},
+        [],
+        (
+            lambda c: c.model_copy(update={"excluded_status_ids": ("C9:NOPE",)}),
+            ["crm.bitrix24.excluded_status_ids: C9:NOPE"],
+        ),
+    ),
+    "odoo-19": (
+        {"1": "Сайт", "2": "Яндекс", "3": "Партнёры"},
+        {
+            "1": {
+                "1": "New",
+                "2": "Автооплата",
+                "3": "In progress",
+                "4": "Won",
+                "lost": "Lost (archived with a reason)",  # the pseudo-stage of cancelled orders
+            }
+        },
+        {},
+        [],
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "pipelines", "statuses", "types", "left_out", "flagged"),
+    [pytest.param(name, *row, id=name) for name, row in SCHEMAS.items()],
+)
+async def test_schema_names_pipelines_and_statuses_in_order_and_types_fields(
+    name: str,
+    pipelines: dict[str, str],
+    statuses: dict[str, dict[str, str]],
+    types: dict[tuple[str, str], str],
+    left_out: list[tuple[str, str]],
+    flagged: tuple[Callable[[CrmConfig], CrmConfig], list[str]] | None,
+) -> None:
+    case = BY_NAME[name]
+    fake = case.make_fake()
+    settings = settings_for(case, fake)
+    adapter = checks.build_adapter(name, settings, MemoryTokens(), {name: fake.transport()})
+    schema = await adapter.schema()
+    await adapter.connection.aclose()
+    assert [(p.id, p.name) for p in schema.pipelines] == list(pipelines.items())
+    by_id = {p.id: p for p in schema.pipelines}
+    for pipeline, expected in statuses.items():
+        assert list(by_id[pipeline].statuses.items()) == list(expected.items())
+    fields = {(f.entity, f.id): f.type for f in schema.fields}
+    assert {key: fields.get(key) for key in types} == types
+    assert not set(left_out) & set(fields)
+    if flagged is not None:
+        wrong, keys = flagged
+        assert [
+            p.key for p in schema_problems(case.config.kind, wrong(case.config), schema)
+        ] == keys
+
+
 @pytest.mark.parametrize(
     ("name", "options", "message"),
     [

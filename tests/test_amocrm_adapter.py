@@ -185,7 +185,6 @@ async def test_create_contact_and_deal_is_one_call(fake: FakeAmoCrm, amo: AmoCrm
     )
     assert contact.id == str(fake.contacts()[0]["id"])
     assert contact.emails == ("ivan@example.com",)
-    assert deal.contact_ids == (contact.id,)
 
     fake.calls.clear()
     [found] = await amo.find_contacts(LookupKey(KeyKind.TELEGRAM_ID, "123456789"))

@@ -302,7 +302,6 @@ async def test_get_deal_reads_contacts_and_closed_state(fake: FakeHubSpot, hub: 
     assert (await hub.get_deal(deal_id)).is_closed  # type: ignore[union-attr]
     fake.move_deal(deal_id, SITE_WORKING, archived=True)
     assert await hub.get_deal(deal_id) is None
-    assert await hub.get_deal("999") is None
 
 
 async def test_create_contact_and_deal_is_two_calls_with_everything_set(
@@ -329,12 +328,7 @@ async def test_create_contact_and_deal_is_two_calls_with_everything_set(
         "hs_is_closed": "false",
     }
     assert {name: fake.deal_field(deal.id, name) for name in expected} == expected
-    assert (deal.pipeline_id, deal.status_id, deal.contact_ids) == (
-        PARTNERS,
-        PARTNERS_AUTOPAY,
-        (contact.id,),
-    )
-    assert deal.fields["payment_id"] == "pay_1" and deal.price == 10000
+    assert deal.price == 10000  # placement and fields: test_contract
     assert deal.updated_at > 0
 
     [found] = await hub.find_contacts([tg_key()])
@@ -358,7 +352,6 @@ async def test_notes_are_added_as_html_and_read_back_as_text(
     assert fake.note_bodies(deal_id) == [
         "Оплата проведена<br><br>Сумма: 10000 RUB<br>Payment ID: pay_1"
     ]
-    assert fake.notes(deal_id) == [text]
     fake.add_note(deal_id, "<div><p>Typed by a manager</p><p>second line</p></div>")
 
     assert await hub.deal_notes(deal_id) == [text, "Typed by a manager\nsecond line"]
@@ -493,21 +486,6 @@ async def test_the_token_request_is_form_encoded_and_carries_no_secret_in_the_ur
 
 
 # ---- schema, options, plumbing ------------------------------------------------------
-
-
-async def test_schema_lists_stages_in_order_and_leaves_hubspots_own_properties_out(
-    hub: HubSpot,
-) -> None:
-    schema = await hub.schema()
-    pipelines = {p.id: p for p in schema.pipelines}
-    assert set(pipelines) == {SITE, YANDEX, PARTNERS, RENT}
-    assert pipelines[SITE].name == "Site"
-    assert list(pipelines[SITE].statuses) == [SITE_AUTOPAY, SITE_WORKING, "closedwon", "closedlost"]
-    fields = {(f.entity, f.id): f for f in schema.fields}
-    assert fields[("leads", "last_payment_at")].type == "date_time"
-    assert ("leads", "dealname") not in fields  # HubSpot's own properties are left out
-    assert fields[("leads", "installation_date")].type == "date"
-    assert fields[("companies", "inn")].type == "text"
 
 
 async def test_a_read_only_property_is_refused_for_good(fake: FakeHubSpot, hub: HubSpot) -> None:

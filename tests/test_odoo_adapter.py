@@ -11,7 +11,6 @@ import pytest
 
 from bridge.crm.connection import Wiring
 from bridge.crm.odoo import Odoo, build_odoo
-from bridge.crmconfig import config_snippet, schema_problems
 from bridge.domain import (
     Contact,
     FieldKind,
@@ -173,29 +172,6 @@ async def test_a_database_without_the_phone_mixin_still_finds_unformatted_number
     adapter = make(fake)
     found = await adapter.find_contact(CUSTOMER.lookup_keys()[1:2], contact_matches)
     assert found is not None and found.id == str(partner)
-
-
-async def test_schema_discover_and_check_agree_with_the_example() -> None:
-    fake = odoo(19)
-    adapter = make(fake)
-    schema = await adapter.schema()
-    config = example_config()
-    assert [(p.id, p.name) for p in schema.pipelines] == [
-        ("1", "Сайт"),
-        ("2", "Яндекс"),
-        ("3", "Партнёры"),
-    ]
-    assert dict(schema.pipelines[0].statuses) == {
-        "1": "New",
-        "2": "Автооплата",
-        "3": "In progress",
-        "4": "Won",
-        "lost": "Lost (archived with a reason)",  # the pseudo-stage of cancelled orders
-    }
-    assert schema_problems("odoo", config, schema) == []
-    snippet = config_snippet("odoo", config, schema)
-    assert 'subjects = "x_subject_ids"' in snippet and '"Математика" = 2' in snippet
-    assert '"ЕГЭ" = "ege"' in snippet
 
 
 async def test_exchange_code_is_refused() -> None:

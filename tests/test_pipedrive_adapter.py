@@ -385,8 +385,6 @@ async def test_create_contact_and_deal_is_two_calls(fake: FakePipedrive, pd: Pip
         10000,
         "open",
     )
-    assert deal.fields[PAYMENT_ID] == "pay_1" and deal.contact_ids == (contact.id,)
-    assert (deal.pipeline_id, deal.status_id) == (str(PARTNERS), str(PARTNERS_AUTOPAY))
 
     fake.calls.clear()
     found = await pd.find_contact(CUSTOMER.lookup_keys(), contact_matches)
@@ -408,12 +406,11 @@ async def test_a_deal_id_that_is_not_a_number_fails_before_any_call(
 async def test_notes_are_sent_as_html_to_v1_and_read_by_deal(
     fake: FakePipedrive, pd: Pipedrive
 ) -> None:
-    deal, quiet = fake.add_deal(), fake.add_deal()
+    deal = fake.add_deal()
     await pd.add_note(str(deal), NOTE)
     assert fake.calls[-1].json == {"content": note_html(NOTE), "deal_id": deal}
     await pd.deal_notes(str(deal))
     assert fake.calls[-1].params == {"deal_id": [str(deal)], "limit": ["500"]}
-    assert await pd.deal_notes(str(quiet)) == []  # v1 answers data: null
 
 
 async def test_deal_notes_page_through_start(fake: FakePipedrive, pd: Pipedrive) -> None:
@@ -529,10 +526,6 @@ async def test_no_api_token_is_an_auth_error_without_a_call(fake: FakePipedrive)
         'no credentials: set PIPEDRIVE_API_TOKEN or use auth = "oauth" and run'
         " `crm-bridge auth pipedrive`"
     )
-    with pytest.raises(AuthError, match="PIPEDRIVE_API_TOKEN"):
-        await adapter.search_persons(phone_key())
-    assert fake.calls == []
-    assert adapter.connection.token_expires_at() is None
     with pytest.raises(AuthError, match="long_lived_token"):
         await adapter.connection.exchange_code("code")
     await adapter.connection.aclose()
@@ -552,19 +545,6 @@ async def test_oauth_stores_a_rotated_refresh_token(fake: FakePipedrive) -> None
 
 
 # ---- schema, options, on_call, the ASGI fake ----------------------------------------
-
-
-async def test_schema_names_stages_and_leaves_system_fields_out(pd: Pipedrive) -> None:
-    schema = await pd.schema()
-    pipelines = {p.id: p for p in schema.pipelines}
-    assert set(pipelines) == {"1", "2", "3", "4"}  # 4: the rental pipeline of order_stages
-    assert pipelines["1"].name == "Site"
-    assert pipelines["1"].statuses == {"1": "Автооплата", "2": "В работе"}
-    fields = {(f.entity, f.id): f for f in schema.fields}
-    assert fields[("leads", LAST_AT)].type == "date"
-    assert ("leads", "title") not in fields  # system fields are not custom fields
-    assert fields[("companies", CONFIG.order_fields.company_inn)].type == "text"
-    assert schema_problems("pipedrive", CONFIG, schema) == []
 
 
 async def test_bridge_check_flags_a_monetary_field(fake: FakePipedrive, pd: Pipedrive) -> None:
@@ -590,29 +570,22 @@ def romashka(record: Any, key: str) -> bool:
     return company_matches(record, ROMASHKA, key)
 
 
-async def test_an_organization_is_found_by_its_inn_in_one_exact_search(
+async def test_an_organization_is_searched_by_its_inn_exactly_then_by_a_word_of_its_name(
     fake: FakePipedrive, pd: Pipedrive
 ) -> None:
-    fake.add_organization("ООО Ромашка", "7700000000")
+    # Which record is found is the order contract's (test_order_contract); here, the searches.
+    fake.add_organization("Ромашка и партнёры", "")  # a loose hit by name, not confirmed
+    assert await pd.find_company(ROMASHKA, romashka) is None
+    by_inn, by_name = fake.calls
+    assert by_inn.path == "/api/v2/organizations/search"
+    assert by_inn.params["term"] == ["7701234567"] and by_inn.params["exact_match"] == ["true"]
+    assert by_inn.params["fields"] == ["custom_fields"]
+    assert by_name.params["term"] == ["Ромашка"] and "exact_match" not in by_name.params
+    assert pd.budget.used == 40
     wanted = fake.add_organization("Ромашка (старое название)", "7701234567")
     found = await pd.find_company(ROMASHKA, romashka)
     assert found is not None and found.id == str(wanted)
-    [call] = fake.calls
-    assert call.path == "/api/v2/organizations/search"
-    assert call.params["term"] == ["7701234567"] and call.params["exact_match"] == ["true"]
-    assert call.params["fields"] == ["custom_fields"]
-
-
-async def test_an_organization_without_its_inn_is_found_by_a_word_of_its_name(
-    fake: FakePipedrive, pd: Pipedrive
-) -> None:
-    fake.add_organization("Ромашка и партнёры", "")
-    wanted = fake.add_organization("ооо  РОМАШКА", "")
-    found = await pd.find_company(ROMASHKA, romashka)
-    assert found is not None and found.id == str(wanted)
-    _by_inn, by_name = fake.calls
-    assert by_name.params["term"] == ["Ромашка"] and "exact_match" not in by_name.params
-    assert pd.budget.used == 40
+    assert len(fake.calls) == 3  # found by its INN: no search by name
 
 
 async def test_a_new_organization_carries_its_inn_and_links_person_and_deal(

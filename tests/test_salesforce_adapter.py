@@ -34,9 +34,9 @@ from bridge.settings import CrmConfig
 from tests.adapter_support import adapter_fixture, example_section
 from tests.clock import ManualClock
 from tests.crm_cases import BY_NAME, CUSTOMER
+from tests.fakes import salesforce_org as org
 from tests.fakes.memory import adapter_on
 from tests.fakes.salesforce import SITE, FakeSalesforce
-from tests.fakes.salesforce_org import STANDARD_PRICEBOOK
 from tests.fakes.server import serve_in_thread
 
 CONFIG = example_section(
@@ -201,16 +201,8 @@ RENT = {  # the example's commented order settings: every status in the Site rec
     "archived": "Closed Won",
     "cancelled": "Closed Lost",
 }
-ORDER_FIELDS = {
-    "order_id": "Order_Id__c",
-    "order_status": "Order_Status__c",
-    "installation_date": "Installation_Date__c",
-    "dismantle_date": "Dismantle_Date__c",
-    "delivery_method": "Delivery_Method__c",
-    "delivery_address": "Delivery_Address__c",
-    "comment": "Order_Comment__c",
-    "company_inn": "INN__c",
-}
+# The fields the org has for orders, and where an account keeps its INN.
+ORDER_FIELDS = {**org.ORDER_FIELDS, "company_inn": org.ACCOUNT_INN}
 PRODUCTS = (  # the rental shop's catalog, in the standard price book
     ("chair-01", "Стул Венский", 350.0),
     ("table-07", "Стол банкетный", 6900.0),
@@ -225,7 +217,7 @@ def order_config(config: CrmConfig, *, pricebook: bool = True) -> CrmConfig:
         **config.model_dump(),
         "order_stages": stages,
         "order_fields": ORDER_FIELDS,
-        "order_catalog_id": STANDARD_PRICEBOOK if pricebook else None,
+        "order_catalog_id": org.STANDARD_PRICEBOOK if pricebook else None,
     }
     return CrmConfig.model_validate(raw)
 

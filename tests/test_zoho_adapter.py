@@ -47,6 +47,7 @@ from bridge.tokens import TokenPair
 from tests.adapter_support import ROOT, adapter_fixture, example_section, paths
 from tests.cli_support import make_cli, write_config
 from tests.crm_cases import BY_NAME, CUSTOMER
+from tests.fakes import zoho_org as org
 from tests.fakes.memory import MemoryTokens, no_wait
 from tests.fakes.openapi_check import SentRequests
 from tests.fakes.zoho import FakeZoho
@@ -320,18 +321,6 @@ async def test_calls_stay_under_the_concurrency_limit(fake: FakeZoho) -> None:
 # ---- schema, options ---------------------------------------------------------------------------
 
 
-async def test_schema_lists_pipelines_stages_and_custom_fields(zoho: Zoho) -> None:
-    schema = await zoho.schema()
-    assert [p.id for p in schema.pipelines] == ["Site", "Partners", "Yandex"]
-    assert "Closed Won" in schema.pipelines[0].statuses
-    assert schema_problems("zoho", CONFIG, schema) == []
-    wrong = CONFIG.model_copy(
-        update={"deal_fields": CONFIG.deal_fields.model_copy(update={"direction": "Subjects"})}
-    )
-    problems = [str(p) for p in schema_problems("zoho", wrong, schema)]
-    assert any("deal_fields.direction = Subjects" in p for p in problems)
-
-
 async def test_check_compares_closed_stages_with_their_forecast_types(zoho: Zoho) -> None:
     schema = await zoho.schema()
     assert schema.closed_statuses == {"Closed Won", "Closed Lost"}
@@ -418,16 +407,8 @@ RENT = {  # the example's commented order settings: every status in the Site pip
     "archived": "Closed Won",
     "cancelled": "Closed Lost",
 }
-ORDER_FIELDS = {
-    "order_id": "Order_ID",
-    "order_status": "Order_Status",
-    "installation_date": "Installation_Date",
-    "dismantle_date": "Dismantle_Date",
-    "delivery_method": "Delivery_Method",
-    "delivery_address": "Delivery_Address",
-    "comment": "Order_Comment",
-    "company_inn": "INN",
-}
+# The fields the org has for orders, and where an account keeps its INN.
+ORDER_FIELDS = {**org.ORDER_FIELDS, "company_inn": org.ACCOUNT_INN}
 
 
 def order_config(config: CrmConfig) -> CrmConfig:
