@@ -1,5 +1,5 @@
-"""Set-up the per-CRM adapter tests share: the example's section, and an adapter on the
-test's fake that is closed after the test."""
+"""Set-up the per-CRM adapter tests share: the example's section, an adapter on the
+test's fake that is closed after the test, the requests a fake received, lookup keys."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from bridge.domain import KeyKind, LookupKey
 from bridge.settings import CrmConfig, load_file_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,3 +35,15 @@ def adapter_fixture(make_adapter: Callable[[Any], Any]) -> Any:
 def paths(fake: Any) -> list[str]:
     """The requests the fake received, as "METHOD /path"."""
     return [f"{call.method} {call.path}" for call in fake.calls]
+
+
+def tg_key(value: str = "123456789") -> LookupKey:
+    return LookupKey(KeyKind.TELEGRAM_ID, value)
+
+
+def phone_key(value: str = "+79991234567") -> LookupKey:
+    return LookupKey(KeyKind.PHONE, value)
+
+
+def email_key(value: str = "ivan@example.com") -> LookupKey:
+    return LookupKey(KeyKind.EMAIL, value)

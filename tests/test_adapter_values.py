@@ -1,5 +1,6 @@
 """How each adapter writes a field value in its CRM's shape, and which values it refuses
-before anything is sent: one table of (kind, value, what is sent) rows per CRM."""
+before anything is sent (one table of (kind, value, what is sent) rows per CRM); how each
+searches a lookup key; how a note's HTML reads as text."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ from typing import Any
 
 import pytest
 
-from bridge.crm.amocrm_json import field_values_json
-from bridge.crm.bitrix24_json import field_values
-from bridge.crm.hubspot_json import property_value
-from bridge.crm.pipedrive_json import custom_fields_json
+from bridge.crm.amocrm_json import field_values_json, search_query
+from bridge.crm.bitrix24_json import field_values, phone_variants
+from bridge.crm.hubspot_json import national_number, property_value
+from bridge.crm.pipedrive_json import custom_fields_json, search_params
+from bridge.crm.richtext import note_html, note_text
 from bridge.crm.salesforce_json import field_value
 from bridge.crm.zoho_json import value_json
-from bridge.domain import FieldKind, FieldUpdate
+from bridge.domain import FieldKind, FieldUpdate, LookupKey
+from tests.adapter_support import email_key, phone_key, tg_key
 
 PAID_AT = datetime(2025, 1, 20, 11, 49, 20, tzinfo=UTC)
 MSK = timezone(timedelta(hours=3))
@@ -189,3 +192,66 @@ def test_values_that_do_not_fit_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match=words):
         encode(update)
+
+
+@pytest.mark.parametrize(
+    ("search", "key", "asked"),
+    [
+        # amoCRM's query: a phone's national number, anything else as it is.
+        (search_query, phone_key(), "9991234567"),
+        (search_query, phone_key("+442079460958"), "2079460958"),
+        (search_query, email_key(), "ivan@example.com"),
+        (search_query, tg_key(), "123456789"),
+        # HubSpot searches a phone by its national number too.
+        (national_number, "+79991234567", "9991234567"),
+        (national_number, "+442079460958", "2079460958"),
+        (national_number, "12-34 (no country)", "1234"),
+        # Pipedrive: one field per key, exact but for a phone.
+        (search_params, phone_key(), {"term": "79991234567", "fields": "phone", "limit": 100}),
+        (
+            search_params,
+            email_key(),
+            {"term": "ivan@example.com", "fields": "email", "exact_match": "true", "limit": 100},
+        ),
+        (
+            search_params,
+            tg_key(),
+            {"term": "123456789", "fields": "custom_fields", "exact_match": "true", "limit": 100},
+        ),
+        # Bitrix24 adds the 8 form of a +7 number.
+        (phone_variants, "+79991234567", ["+79991234567", "89991234567"]),
+        (phone_variants, "+442079460958", ["+442079460958"]),
+        (phone_variants, "+77012345678", ["+77012345678", "87012345678"]),  # Kazakhstan too
+    ],
+)
+def test_lookup_keys_are_searched_as_each_crm_asks(
+    search: Callable[[Any], Any], key: LookupKey | str, asked: Any
+) -> None:
+    assert search(key) == asked
+
+
+def test_note_text_survives_html_both_ways() -> None:
+    text = "Оплата проведена\n\nКурсы:\n  A & B <C>\nPayment ID: pay_1"
+    assert note_html(text) == (
+        "Оплата проведена<br><br>Курсы:<br>&nbsp;&nbsp;A &amp; B &lt;C&gt;<br>Payment ID: pay_1"
+    )
+    assert note_text(note_html(text)) == text
+
+
+@pytest.mark.parametrize(
+    ("html", "text"),
+    [
+        # What HubSpot's editor makes of a note typed or edited in the UI.
+        (
+            '<div style="" dir="auto"><p>Оплата&nbsp;проведена</p><p>Payment ID: pay_1</p></div>',
+            "Оплата проведена\nPayment ID: pay_1",
+        ),
+        # What Pipedrive's app makes of one.
+        (
+            "<p>Звонил клиенту</p><div>Payment ID: pay_9</div><p>a&nbsp;b<br/>c</p>",
+            "Звонил клиенту\nPayment ID: pay_9\na b\nc",
+        ),
+    ],
+)
+def test_notes_typed_in_a_crms_editor_read_as_lines(html: str, text: str) -> None:
+    assert note_text(html) == text

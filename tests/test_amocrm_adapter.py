@@ -8,12 +8,11 @@ from typing import Any
 import pytest
 
 from bridge.crm.amocrm import AmoCrm, build_amocrm
-from bridge.crm.amocrm_json import search_query
 from bridge.domain import Contact, KeyKind, LookupKey
 from bridge.errors import RateLimited
 from bridge.settings import CrmConfig
 from bridge.tokens import TokenPair
-from tests.adapter_support import adapter_fixture, example_section
+from tests.adapter_support import adapter_fixture, example_section, phone_key
 from tests.crm_cases import BY_NAME
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.memory import MemoryTokens, adapter_on
@@ -40,24 +39,7 @@ def fake() -> FakeAmoCrm:
 amo = adapter_fixture(make_adapter)
 
 
-def phone_key(value: str = "+79991234567") -> LookupKey:
-    return LookupKey(KeyKind.PHONE, value)
-
-
 # ---- pure mappers -------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("key", "query"),
-    [
-        (LookupKey(KeyKind.PHONE, "+79991234567"), "9991234567"),
-        (LookupKey(KeyKind.PHONE, "+442079460958"), "2079460958"),
-        (LookupKey(KeyKind.EMAIL, "ivan@example.com"), "ivan@example.com"),
-        (LookupKey(KeyKind.TELEGRAM_ID, "123456789"), "123456789"),
-    ],
-)
-def test_search_query_uses_national_number_for_phones(key: LookupKey, query: str) -> None:
-    assert search_query(key) == query
 
 
 # ---- contacts -----------------------------------------------------------------------

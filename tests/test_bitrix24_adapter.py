@@ -16,7 +16,6 @@ from bridge.crm.bitrix24 import PREFETCH_TTL, Bitrix24, build_bitrix24
 from bridge.crm.bitrix24_json import (
     command,
     deal_from_record,
-    phone_variants,
     php_query,
 )
 from bridge.crm.bitrix24_rest import webhook_problem
@@ -108,18 +107,6 @@ def test_batch_references_survive_encoding_and_resolve_as_php_does() -> None:
     # An empty lookup leaves the nearest array, not an id: never chain a write off one.
     store["result"]["tg"] = []
     assert substitute("$result[tg][0][ID]", store) == []
-
-
-@pytest.mark.parametrize(
-    ("phone", "values"),
-    [
-        ("+79991234567", ["+79991234567", "89991234567"]),
-        ("+442079460958", ["+442079460958"]),
-        ("+77012345678", ["+77012345678", "87012345678"]),  # Kazakhstan dials 8 too
-    ],
-)
-def test_phone_variants_add_the_8_form_of_plus_7_numbers(phone: str, values: list[str]) -> None:
-    assert phone_variants(phone) == values
 
 
 @pytest.mark.parametrize(

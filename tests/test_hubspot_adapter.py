@@ -12,8 +12,7 @@ import httpx
 import pytest
 
 from bridge.crm.hubspot import HubSpot, build_hubspot
-from bridge.crm.hubspot_json import contact_search_json, field_type, national_number
-from bridge.crm.richtext import note_html, note_text
+from bridge.crm.hubspot_json import contact_search_json, field_type
 from bridge.domain import (
     Company,
     Contact,
@@ -21,8 +20,6 @@ from bridge.domain import (
     DealChange,
     FieldKind,
     FieldUpdate,
-    KeyKind,
-    LookupKey,
     NewContact,
     OrderItem,
     Utm,
@@ -32,7 +29,7 @@ from bridge.order_rules import company_matches
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig
 from bridge.tokens import TokenPair
-from tests.adapter_support import adapter_fixture, example_section
+from tests.adapter_support import adapter_fixture, email_key, example_section, phone_key, tg_key
 from tests.clock import ManualClock as Clock  # test_hubspot_batch imports it as Clock
 from tests.crm_cases import BY_NAME
 from tests.fakes.hubspot import FakeHubSpot
@@ -63,42 +60,7 @@ def fake() -> FakeHubSpot:
 hub = adapter_fixture(make_adapter)
 
 
-def tg_key(value: str = "123456789") -> LookupKey:
-    return LookupKey(KeyKind.TELEGRAM_ID, value)
-
-
-def phone_key(value: str = "+79991234567") -> LookupKey:
-    return LookupKey(KeyKind.PHONE, value)
-
-
-def email_key(value: str = "ivan@example.com") -> LookupKey:
-    return LookupKey(KeyKind.EMAIL, value)
-
-
 # ---- pure mappers -------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("e164", "national"),
-    [
-        ("+79991234567", "9991234567"),
-        ("+442079460958", "2079460958"),
-        ("12-34 (no country)", "1234"),
-    ],
-)
-def test_phones_are_searched_by_their_national_number(e164: str, national: str) -> None:
-    assert national_number(e164) == national
-
-
-def test_note_text_survives_html_both_ways() -> None:
-    text = "Оплата проведена\n\nКурсы:\n  A & B <C>\nPayment ID: pay_1"
-    assert note_html(text) == (
-        "Оплата проведена<br><br>Курсы:<br>&nbsp;&nbsp;A &amp; B &lt;C&gt;<br>Payment ID: pay_1"
-    )
-    assert note_text(note_html(text)) == text
-    # What HubSpot's editor makes of a note typed or edited in the UI.
-    edited = '<div style="" dir="auto"><p>Оплата&nbsp;проведена</p><p>Payment ID: pay_1</p></div>'
-    assert note_text(edited) == "Оплата проведена\nPayment ID: pay_1"
 
 
 def test_one_search_body_covers_every_key() -> None:

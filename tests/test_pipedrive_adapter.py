@@ -18,8 +18,8 @@ import pytest
 from bridge.crm.base import RateLimiter, error_for_status
 from bridge.crm.pipedrive import Pipedrive, build_pipedrive
 from bridge.crm.pipedrive_budget import TOKEN_COSTS, TokenBudget, budget_hooks
-from bridge.crm.pipedrive_json import field_text, search_params
-from bridge.crm.richtext import note_html, note_text
+from bridge.crm.pipedrive_json import field_text
+from bridge.crm.richtext import note_html
 from bridge.crmconfig import schema_problems
 from bridge.domain import (
     Company,
@@ -41,7 +41,7 @@ from bridge.order_rules import company_matches
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig
 from bridge.tokens import TokenPair
-from tests.adapter_support import adapter_fixture, example_section, paths
+from tests.adapter_support import adapter_fixture, example_section, paths, phone_key
 from tests.crm_cases import BY_NAME, CUSTOMER, NOTE
 from tests.fakes.memory import MemoryTokens, adapter_on, no_wait
 from tests.fakes.openapi_check import SentRequests
@@ -107,34 +107,7 @@ def fake() -> FakePipedrive:
 pd = adapter_fixture(make_adapter)
 
 
-def phone_key(value: str = "+79991234567") -> LookupKey:
-    return LookupKey(KeyKind.PHONE, value)
-
-
 # ---- pure mappers -------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("key", "params"),
-    [
-        (phone_key(), {"term": "79991234567", "fields": "phone", "limit": 100}),
-        (
-            LookupKey(KeyKind.EMAIL, "ivan@example.com"),
-            {"term": "ivan@example.com", "fields": "email", "exact_match": "true", "limit": 100},
-        ),
-        (
-            LookupKey(KeyKind.TELEGRAM_ID, "123456789"),
-            {"term": "123456789", "fields": "custom_fields", "exact_match": "true", "limit": 100},
-        ),
-    ],
-)
-def test_search_params_per_key(key: LookupKey, params: dict[str, Any]) -> None:
-    assert search_params(key) == params
-
-
-def test_notes_typed_in_the_app_read_as_lines() -> None:
-    typed = "<p>Звонил клиенту</p><div>Payment ID: pay_9</div><p>a&nbsp;b<br/>c</p>"
-    assert note_text(typed) == "Звонил клиенту\nPayment ID: pay_9\na b\nc"
 
 
 @pytest.mark.parametrize(
