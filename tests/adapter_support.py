@@ -20,8 +20,15 @@ def example_section(example: str, kind: str, **update: Any) -> CrmConfig:
     return load_file_config(ROOT / "etc" / example).crm[kind].model_copy(update=update)
 
 
-def adapter_fixture(make_adapter: Callable[[Any], Any]) -> Any:
-    """A fixture: `make_adapter(fake)` on the test's `fake` fixture, closed after the test."""
+def fake_and_adapter(
+    make_fake: Callable[..., Any], make_adapter: Callable[[Any], Any]
+) -> tuple[Any, Any]:
+    """Two fixtures: the CRM's fake, `make_fake()` (a test's indirect parameter of `fake`
+    gives it keyword arguments), and `make_adapter(fake)`, closed after the test."""
+
+    @pytest.fixture
+    def fake(request: pytest.FixtureRequest) -> Any:
+        return make_fake(**getattr(request, "param", {}))
 
     @pytest.fixture
     async def adapter(fake: Any) -> AsyncIterator[Any]:
@@ -29,7 +36,7 @@ def adapter_fixture(make_adapter: Callable[[Any], Any]) -> Any:
         yield made
         await made.connection.aclose()
 
-    return adapter
+    return fake, adapter
 
 
 def paths(fake: Any) -> list[str]:

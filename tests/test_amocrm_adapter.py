@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from bridge.domain import Contact, KeyKind, LookupKey
 from bridge.errors import RateLimited
 from bridge.settings import CrmConfig
 from bridge.tokens import TokenPair
-from tests.adapter_support import adapter_fixture, example_section, phone_key
+from tests.adapter_support import example_section, fake_and_adapter, phone_key
 from tests.crm_cases import BY_NAME
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.memory import MemoryTokens, adapter_on
@@ -31,12 +32,7 @@ def make_adapter(fake: FakeAmoCrm, *, config: CrmConfig = CONFIG, **options: Any
     return adapter_on(build_amocrm, fake, config, static=static, **options)
 
 
-@pytest.fixture
-def fake() -> FakeAmoCrm:
-    return FakeAmoCrm(CONFIG)
-
-
-amo = adapter_fixture(make_adapter)
+fake, amo = fake_and_adapter(functools.partial(FakeAmoCrm, CONFIG), make_adapter)
 
 
 # ---- pure mappers -------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -24,7 +25,7 @@ from bridge.domain import Contact, FieldKind, FieldUpdate, KeyKind, LookupKey, N
 from bridge.errors import AuthError, PermanentCrmError, RateLimited, TransientCrmError
 from bridge.settings import CrmConfig, FileConfig, Settings
 from bridge.tokens import TokenPair
-from tests.adapter_support import adapter_fixture
+from tests.adapter_support import fake_and_adapter
 from tests.crm_cases import BY_NAME, CUSTOMER
 from tests.fakes.bitrix24 import FakeBitrix24, example_config
 from tests.fakes.bitrix24_portal import parse_php, substitute
@@ -57,12 +58,7 @@ def make_adapter(fake: FakeBitrix24, *, config: CrmConfig = CONFIG, **options: A
     return adapter_on(build_bitrix24, fake, config, static=static, **options)
 
 
-@pytest.fixture
-def fake() -> FakeBitrix24:
-    return FakeBitrix24(CONFIG)
-
-
-bx = adapter_fixture(make_adapter)
+fake, bx = fake_and_adapter(functools.partial(FakeBitrix24, CONFIG), make_adapter)
 
 
 def batch_commands(fake: FakeBitrix24, index: int = -1) -> dict[str, str]:

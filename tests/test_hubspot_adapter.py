@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -29,7 +30,7 @@ from bridge.order_rules import company_matches
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig
 from bridge.tokens import TokenPair
-from tests.adapter_support import adapter_fixture, email_key, example_section, phone_key, tg_key
+from tests.adapter_support import email_key, example_section, fake_and_adapter, phone_key, tg_key
 from tests.clock import ManualClock as Clock  # test_hubspot_batch imports it as Clock
 from tests.crm_cases import BY_NAME
 from tests.fakes.hubspot import FakeHubSpot
@@ -52,12 +53,9 @@ def make_adapter(fake: FakeHubSpot, *, config: CrmConfig = CONFIG, **options: An
     return adapter_on(build_hubspot, fake, config, static=static, **options)
 
 
-@pytest.fixture
-def fake() -> FakeHubSpot:
-    return FakeHubSpot(CONFIG)
-
-
-hub = adapter_fixture(make_adapter)
+fake, hub = fake_and_adapter(functools.partial(FakeHubSpot, CONFIG), make_adapter)
+# The portal's search index a minute behind its writes.
+lagging = pytest.mark.parametrize("fake", [{"index_lag": 60}], indirect=True, ids=["lagging"])
 
 
 # ---- pure mappers -------------------------------------------------------------------
@@ -174,18 +172,18 @@ async def test_create_contact_stores_names_phone_email_and_telegram(
     assert fake.contact_field(nameless.id, "firstname") == "+79990000001"
 
 
-async def test_an_email_the_search_did_not_show_yet_is_that_contact(fake: FakeHubSpot) -> None:
-    lagging = FakeHubSpot(CONFIG, index_lag=60)
-    adapter = make_adapter(lagging)
-    first = await adapter.create_contact(new_contact())
-    assert await adapter.find_contact([email_key()], contact_matches) is None  # not indexed yet
+@lagging
+async def test_an_email_the_search_did_not_show_yet_is_that_contact(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    first = await hub.create_contact(new_contact())
+    assert await hub.find_contact([email_key()], contact_matches) is None  # not indexed yet
 
-    again = await adapter.create_contact(new_contact())
+    again = await hub.create_contact(new_contact())
 
     assert again.id == first.id
-    assert len(lagging.contacts()) == 1
-    assert lagging.calls[-1].status == 409
-    await adapter.connection.aclose()
+    assert len(fake.contacts()) == 1
+    assert fake.calls[-1].status == 409
 
 
 # ---- deals --------------------------------------------------------------------------
@@ -326,13 +324,13 @@ async def test_notes_are_added_as_html_and_read_back_as_text(
     assert fake.count() == before + 1  # no batch read without notes
 
 
-async def test_notes_are_read_without_waiting_for_the_search_index(fake: FakeHubSpot) -> None:
-    lagging = FakeHubSpot(CONFIG, index_lag=60)
-    adapter = make_adapter(lagging)
-    deal_id = lagging.add_deal(stage=SITE_WORKING)
-    await adapter.add_note(deal_id, "Payment ID: pay_1")
-    assert await adapter.deal_notes(deal_id) == ["Payment ID: pay_1"]
-    await adapter.connection.aclose()
+@lagging
+async def test_notes_are_read_without_waiting_for_the_search_index(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    deal_id = fake.add_deal(stage=SITE_WORKING)
+    await hub.add_note(deal_id, "Payment ID: pay_1")
+    assert await hub.deal_notes(deal_id) == ["Payment ID: pay_1"]
 
 
 # ---- rate limits, faults ------------------------------------------------------------
@@ -390,13 +388,9 @@ async def test_the_adapter_keeps_searches_under_the_search_limit(fake: FakeHubSp
 OAUTH = CONFIG.model_copy(update={"auth": "oauth"})
 
 
-def oauth_fake(clock: Clock) -> FakeHubSpot:
-    return FakeHubSpot(CONFIG, clock=clock)
-
-
 async def test_a_30_minute_token_is_refreshed_before_it_expires() -> None:
     clock = Clock()
-    fake = oauth_fake(clock)
+    fake = FakeHubSpot(CONFIG, clock=clock)
     access, refresh = fake.issue_oauth_pair(ttl=1800)
     tokens = MemoryTokens(TokenPair(access, refresh, clock.now + 1800))
     adapter = make_adapter(fake, config=OAUTH, tokens=tokens)
@@ -420,8 +414,7 @@ async def test_a_30_minute_token_is_refreshed_before_it_expires() -> None:
 
 
 async def test_the_token_request_is_form_encoded_and_carries_no_secret_in_the_url() -> None:
-    clock = Clock()
-    fake = oauth_fake(clock)
+    fake = FakeHubSpot(CONFIG, clock=Clock())
     seen: list[httpx.Request] = []
     inner = fake.transport()
 
@@ -529,17 +522,15 @@ async def test_a_contact_and_deal_for_a_company_are_linked_in_their_creates(
     assert fake.deal_companies(deal.id) == [company.id]
 
 
+@lagging
 async def test_a_contact_the_search_missed_is_linked_to_the_company_by_a_put(
-    fake: FakeHubSpot,
+    fake: FakeHubSpot, hub: HubSpot
 ) -> None:
-    lagging = FakeHubSpot(CONFIG, index_lag=60)
-    adapter = make_adapter(lagging)
-    company = await adapter.create_company(ROMASHKA)
-    first = await adapter.create_contact(new_contact())
-    again = await adapter.create_contact(new_contact(), company.id)  # 409: that contact
+    company = await hub.create_company(ROMASHKA)
+    first = await hub.create_contact(new_contact())
+    again = await hub.create_contact(new_contact(), company.id)  # 409: that contact
     assert again.id == first.id
-    assert lagging.contact_companies(first.id) == [company.id]
-    await adapter.connection.aclose()
+    assert fake.contact_companies(first.id) == [company.id]
 
 
 async def test_a_change_is_one_patch_and_the_lost_stage_closes_the_deal(

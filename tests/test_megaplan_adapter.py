@@ -7,6 +7,7 @@ Megaplan's own shapes and quirks.
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -29,7 +30,7 @@ from bridge.errors import AuthError, PermanentCrmError
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig
 from bridge.tokens import TokenPair
-from tests.adapter_support import adapter_fixture
+from tests.adapter_support import fake_and_adapter
 from tests.crm_cases import BY_NAME
 from tests.crm_cases import CUSTOMER as CUSTOMER  # test_megaplan_orders imports it from here
 from tests.fakes.megaplan import DEAL_CATEGORY, HUMAN_CATEGORY, FakeMegaplan, example_config
@@ -62,12 +63,7 @@ def new_deal() -> NewDeal:
     return NewDeal("Оплата Русский - Иван Петров", Decimal("10000.50"), "1", "12", fields)
 
 
-@pytest.fixture
-def fake() -> FakeMegaplan:
-    return FakeMegaplan(rate_limit=1000)
-
-
-megaplan = adapter_fixture(make_adapter)
+fake, megaplan = fake_and_adapter(functools.partial(FakeMegaplan, rate_limit=1000), make_adapter)
 
 
 def test_get_parameters_travel_as_one_json_object() -> None:

@@ -7,6 +7,7 @@ against Pipedrive's published OpenAPI files (`tests.fakes.pipedrive_openapi`).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -41,7 +42,7 @@ from bridge.order_rules import company_matches
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig
 from bridge.tokens import TokenPair
-from tests.adapter_support import adapter_fixture, example_section, paths, phone_key
+from tests.adapter_support import example_section, fake_and_adapter, paths, phone_key
 from tests.crm_cases import BY_NAME, CUSTOMER, NOTE
 from tests.fakes.memory import MemoryTokens, adapter_on, no_wait
 from tests.fakes.openapi_check import SentRequests
@@ -99,12 +100,9 @@ def make_adapter(
     return adapter
 
 
-@pytest.fixture
-def fake() -> FakePipedrive:
-    return FakePipedrive(CONFIG, rate_limit=1000, search_limit=1000)
-
-
-pd = adapter_fixture(make_adapter)
+fake, pd = fake_and_adapter(
+    functools.partial(FakePipedrive, CONFIG, rate_limit=1000, search_limit=1000), make_adapter
+)
 
 
 # ---- pure mappers -------------------------------------------------------------------

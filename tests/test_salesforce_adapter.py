@@ -31,7 +31,7 @@ from bridge.domain import (
 from bridge.errors import AuthError, PermanentCrmError, RateLimited
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig
-from tests.adapter_support import adapter_fixture, example_section
+from tests.adapter_support import example_section, fake_and_adapter
 from tests.clock import ManualClock
 from tests.crm_cases import BY_NAME, CUSTOMER
 from tests.fakes import salesforce_org as org
@@ -55,12 +55,7 @@ def make_adapter(fake: FakeSalesforce, *, config: CrmConfig = CONFIG, **env: Any
     return adapter_on(build_salesforce, fake, config, static={}, **{**key, **env})
 
 
-@pytest.fixture
-def fake() -> FakeSalesforce:
-    return FakeSalesforce(clock=ManualClock())
-
-
-sf = adapter_fixture(make_adapter)
+fake, sf = fake_and_adapter(lambda: FakeSalesforce(clock=ManualClock()), make_adapter)
 
 
 def rest_calls(fake: FakeSalesforce) -> list[str]:

@@ -11,6 +11,7 @@ is what only Zoho does.
 from __future__ import annotations
 
 import asyncio
+import functools
 import tomllib
 from collections.abc import Iterator
 from datetime import date
@@ -44,7 +45,7 @@ from bridge.errors import PermanentCrmError, RateLimited
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, FileConfig, Settings
 from bridge.tokens import TokenPair
-from tests.adapter_support import ROOT, adapter_fixture, example_section, paths
+from tests.adapter_support import ROOT, example_section, fake_and_adapter, paths
 from tests.cli_support import make_cli, write_config
 from tests.crm_cases import BY_NAME, CUSTOMER
 from tests.fakes import zoho_org as org
@@ -104,12 +105,7 @@ def served_on(fake: FakeZoho, base_url: str) -> dict[str, Any]:
     return {"config": CONFIG.model_copy(update=update)}
 
 
-@pytest.fixture
-def fake() -> FakeZoho:
-    return FakeZoho(CONFIG)
-
-
-zoho = adapter_fixture(make_adapter)
+fake, zoho = fake_and_adapter(functools.partial(FakeZoho, CONFIG), make_adapter)
 
 
 # ---- contacts ---------------------------------------------------------------------------
