@@ -188,13 +188,11 @@ async def test_notes_are_common_notes_read_with_a_type_filter(
 # ---- rate limits, faults, auth ------------------------------------------------------
 
 
-async def test_a_burst_beyond_the_fakes_window_gets_429s(fake: FakeAmoCrm) -> None:
-    adapter = make_adapter(fake)
-    adapter.connection.http.quick_tries = 1
+async def test_a_burst_beyond_the_fakes_window_gets_429s(fake: FakeAmoCrm, amo: AmoCrm) -> None:
+    amo.connection.http.quick_tries = 1
     results = await asyncio.gather(
-        *(adapter.find_contacts(phone_key()) for _ in range(10)), return_exceptions=True
+        *(amo.find_contacts(phone_key()) for _ in range(10)), return_exceptions=True
     )
-    await adapter.connection.aclose()
     assert sum(isinstance(result, RateLimited) for result in results) == 3
     assert fake.throttled == 3
 

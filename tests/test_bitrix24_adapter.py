@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -26,6 +27,7 @@ from bridge.errors import AuthError, PermanentCrmError, RateLimited, TransientCr
 from bridge.settings import CrmConfig, FileConfig, Settings
 from bridge.tokens import TokenPair
 from tests.adapter_support import fake_and_adapter
+from tests.clock import ManualClock
 from tests.crm_cases import BY_NAME, CUSTOMER
 from tests.fakes.bitrix24 import FakeBitrix24, example_config
 from tests.fakes.bitrix24_portal import parse_php, substitute
@@ -39,18 +41,14 @@ new_deal, new_contact = CASE.new_deal, CASE.new_contact
 KEYS = CUSTOMER.lookup_keys()
 
 
-class FakeClock:
-    """Monotonic time that moves only when a sleep asks it to."""
+def sleeping(clock: ManualClock) -> Callable[[float], Awaitable[None]]:
+    """A sleep that moves `clock` (monotonic time, here) instead of waiting."""
 
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
+    async def sleep(seconds: float) -> None:
+        clock.advance(seconds)
         await asyncio.sleep(0)
+
+    return sleep
 
 
 def make_adapter(fake: FakeBitrix24, *, config: CrmConfig = CONFIG, **options: Any) -> Bitrix24:
@@ -244,8 +242,8 @@ async def test_a_chained_lookup_that_found_no_one_lends_no_deals(
 async def test_prefetched_deals_are_not_handed_out_late_or_to_another_contact_object(
     fake: FakeBitrix24,
 ) -> None:
-    clock = [5000.0]
-    adapter = make_adapter(fake, clock=lambda: clock[0])
+    clock = ManualClock(5000.0)
+    adapter = make_adapter(fake, clock=clock)
     ivan = fake.add_contact("Иван", telegram_id="123456789")
     found = await adapter.find_contact(KEYS, rules.contact_matches)
     assert found is not None
@@ -253,7 +251,7 @@ async def test_prefetched_deals_are_not_handed_out_late_or_to_another_contact_ob
     await adapter.list_deals(Contact(id=found.id))  # resumed from the journal: reads
     assert fake.count() == before + 1
     found = await adapter.find_contact(KEYS, rules.contact_matches)
-    clock[0] += PREFETCH_TTL + 1
+    clock.advance(PREFETCH_TTL + 1)
     assert found is not None
     deal = fake.add_deal(ivan, stage_id="NEW")
     before = fake.count()
@@ -330,11 +328,9 @@ async def test_a_note_on_a_deal_that_is_not_there_is_refused(bx: Bitrix24) -> No
 
 
 async def test_query_limit_exceeded_is_rate_limited_and_retried_after_the_bucket_drains() -> None:
-    clock = FakeClock()
-    fake = FakeBitrix24(CONFIG, monotonic=clock.monotonic)
-    adapter = make_adapter(
-        fake, limiter=RateLimiter(1000, clock=clock.monotonic, sleep=clock.sleep)
-    )
+    clock = ManualClock(1000.0)
+    fake = FakeBitrix24(CONFIG, monotonic=clock)
+    adapter = make_adapter(fake, limiter=RateLimiter(1000, clock=clock, sleep=sleeping(clock)))
     fake.fill_bucket()
     assert await adapter.find_contact(KEYS, rules.contact_matches) is None
     assert [call.status for call in fake.calls] == [503, 200]
@@ -366,10 +362,10 @@ async def test_operation_time_limit_alone_or_in_a_batch_is_rate_limited(
 
 
 async def test_the_adapters_own_limiter_keeps_the_bucket_from_overflowing() -> None:
-    clock = FakeClock()
-    fake = FakeBitrix24(CONFIG, bucket_size=50, drain_per_second=2, monotonic=clock.monotonic)
+    clock = ManualClock(1000.0)
+    fake = FakeBitrix24(CONFIG, bucket_size=50, drain_per_second=2, monotonic=clock)
     limiter = RateLimiter(
-        CONFIG.rate_limit_per_second, burst=10, clock=clock.monotonic, sleep=clock.sleep
+        CONFIG.rate_limit_per_second, burst=10, clock=clock, sleep=sleeping(clock)
     )
     adapter = make_adapter(fake, limiter=limiter)
     for _ in range(150):

@@ -336,39 +336,37 @@ async def test_notes_are_read_without_waiting_for_the_search_index(
 # ---- rate limits, faults ------------------------------------------------------------
 
 
-async def test_searches_beyond_five_a_second_get_hubspots_429(fake: FakeHubSpot) -> None:
-    adapter = make_adapter(fake)
-    adapter.search_http.quick_tries = 1
+async def test_searches_beyond_five_a_second_get_hubspots_429(
+    fake: FakeHubSpot, hub: HubSpot
+) -> None:
+    hub.search_http.quick_tries = 1
     results = await asyncio.gather(
-        *(adapter.find_contacts([phone_key()]) for _ in range(8)), return_exceptions=True
+        *(hub.find_contacts([phone_key()]) for _ in range(8)), return_exceptions=True
     )
     limited = [result for result in results if isinstance(result, RateLimited)]
     assert len(limited) == 3 and fake.throttled == 3
-    response = await adapter.connection.http.client.post(SEARCH, json={"filterGroups": []})
+    response = await hub.connection.http.client.post(SEARCH, json={"filterGroups": []})
     assert response.status_code == 429
     assert response.json()["policyName"] == "SECONDLY"
     assert response.json()["message"] == "You have reached your secondly limit."
     # Searches do not spend the ten-second budget of everything else.
     deal_id = fake.add_deal(stage=SITE_WORKING)
-    assert await adapter.get_deal(deal_id) is not None
-    await adapter.connection.aclose()
+    assert await hub.get_deal(deal_id) is not None
 
 
-async def test_other_calls_share_a_ten_second_window() -> None:
-    fake = FakeHubSpot(CONFIG, ten_second_limit=4)
-    adapter = make_adapter(fake)
-    adapter.connection.http.quick_tries = 1
+@pytest.mark.parametrize("fake", [{"ten_second_limit": 4}], indirect=True)
+async def test_other_calls_share_a_ten_second_window(fake: FakeHubSpot, hub: HubSpot) -> None:
+    hub.connection.http.quick_tries = 1
     deal_id = fake.add_deal(stage=SITE_WORKING)
     for _ in range(4):
-        await adapter.get_deal(deal_id)
+        await hub.get_deal(deal_id)
     with pytest.raises(RateLimited):
-        await adapter.get_deal(deal_id)
-    assert await adapter.find_contacts([phone_key()]) == []  # search has its own limit
-    response = await adapter.connection.http.client.get(f"/crm/objects/2026-09/deals/{deal_id}")
+        await hub.get_deal(deal_id)
+    assert await hub.find_contacts([phone_key()]) == []  # search has its own limit
+    response = await hub.connection.http.client.get(f"/crm/objects/2026-09/deals/{deal_id}")
     assert response.status_code == 429
     assert response.json()["policyName"] == "TEN_SECONDLY_ROLLING"
     assert response.json()["errorType"] == "RATE_LIMIT"
-    await adapter.connection.aclose()
 
 
 async def test_the_adapter_keeps_searches_under_the_search_limit(fake: FakeHubSpot) -> None:

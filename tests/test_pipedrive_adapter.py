@@ -43,6 +43,7 @@ from bridge.rules import contact_matches
 from bridge.settings import CrmConfig
 from bridge.tokens import TokenPair
 from tests.adapter_support import example_section, fake_and_adapter, paths, phone_key
+from tests.clock import ManualClock
 from tests.crm_cases import BY_NAME, CUSTOMER, NOTE
 from tests.fakes.memory import MemoryTokens, adapter_on, no_wait
 from tests.fakes.openapi_check import SentRequests
@@ -137,8 +138,8 @@ def test_token_cost_table_matches_the_openapi_files() -> None:
 
 
 def test_budget_counts_per_utc_day_and_refuses_beyond_it() -> None:
-    now = [datetime(2025, 1, 20, 23, 59, 0, tzinfo=UTC).timestamp()]
-    budget = TokenBudget("pipedrive", 30, lambda: now[0])
+    clock = ManualClock(datetime(2025, 1, 20, 23, 59, 0, tzinfo=UTC).timestamp())
+    budget = TokenBudget("pipedrive", 30, clock)
     budget.charge(20)
     budget.require(10)
     with pytest.raises(RateLimited, match="20 of 30") as error:
@@ -150,7 +151,7 @@ def test_budget_counts_per_utc_day_and_refuses_beyond_it() -> None:
         "daily_tokens_remaining": 10,
         "daily_budget_resets_at": "2025-01-21T00:00:00Z",
     }
-    now[0] += 61  # past midnight UTC
+    clock.advance(61)  # past midnight UTC
     budget.require(30)
     assert budget.used == 0
 
@@ -447,8 +448,8 @@ async def test_the_budget_counts_what_pipedrive_counts(fake: FakePipedrive, pd: 
 
 
 async def test_a_spent_budget_refuses_without_calling_until_midnight_utc() -> None:
-    now = [datetime(2025, 1, 20, 22, 0, 0, tzinfo=UTC).timestamp()]
-    fake = FakePipedrive(CONFIG, rate_limit=1000, search_limit=1000, clock=lambda: now[0])
+    clock = ManualClock(datetime(2025, 1, 20, 22, 0, 0, tzinfo=UTC).timestamp())
+    fake = FakePipedrive(CONFIG, rate_limit=1000, search_limit=1000, clock=clock)
     config = CONFIG.model_copy(update={"options": {"daily_token_budget": 30}})
     adapter = make_adapter(fake, config=config)
     await adapter.search_persons(phone_key())  # 20
@@ -458,7 +459,7 @@ async def test_a_spent_budget_refuses_without_calling_until_midnight_utc() -> No
     assert error.value.retry_after == pytest.approx(2 * 3600)
     assert len(fake.calls) == 2
     assert adapter.connection.health_details()["daily_tokens_remaining"] == 5
-    now[0] += 2 * 3600  # midnight UTC
+    clock.advance(2 * 3600)  # midnight UTC
     await adapter.search_persons(phone_key())
     assert adapter.budget.used == 20
     await adapter.connection.aclose()

@@ -55,7 +55,7 @@ def make_adapter(fake: FakeSalesforce, *, config: CrmConfig = CONFIG, **env: Any
     return adapter_on(build_salesforce, fake, config, static={}, **{**key, **env})
 
 
-fake, sf = fake_and_adapter(lambda: FakeSalesforce(clock=ManualClock()), make_adapter)
+fake, sf = fake_and_adapter(lambda **org: FakeSalesforce(clock=ManualClock(), **org), make_adapter)
 
 
 def rest_calls(fake: FakeSalesforce) -> list[str]:
@@ -103,14 +103,12 @@ async def test_a_deleted_deal_is_none(fake: FakeSalesforce, sf: Salesforce) -> N
     assert len(rest_calls(fake)) == 1
 
 
-async def test_many_open_deals_page_through(fake: FakeSalesforce) -> None:
-    paged = FakeSalesforce(clock=ManualClock(), query_batch_size=3)
-    contact = paged.add_contact(LastName="Петров")
-    made = {paged.add_deal(contact) for _ in range(7)}
-    adapter = make_adapter(paged)
-    deals = await adapter.list_deals(Contact(id=contact))
-    await adapter.connection.aclose()
-    assert {d.id for d in deals} == made and len(rest_calls(paged)) == 3
+@pytest.mark.parametrize("fake", [{"query_batch_size": 3}], indirect=True)
+async def test_many_open_deals_page_through(fake: FakeSalesforce, sf: Salesforce) -> None:
+    contact = fake.add_contact(LastName="Петров")
+    made = {fake.add_deal(contact) for _ in range(7)}
+    deals = await sf.list_deals(Contact(id=contact))
+    assert {d.id for d in deals} == made and len(rest_calls(fake)) == 3
 
 
 async def test_a_spent_allocation_waits_and_health_shows_the_usage(
@@ -143,17 +141,15 @@ async def test_check_flags_the_settings_the_org_contradicts(sf: Salesforce) -> N
     assert [p.key for p in schema_problems("salesforce", wrong, schema)] != []
 
 
-async def test_an_org_without_record_types() -> None:
-    flat = FakeSalesforce(clock=ManualClock(), record_types=False)
-    adapter = make_adapter(flat)
-    schema = await adapter.schema()
+@pytest.mark.parametrize("fake", [{"record_types": False}], indirect=True)
+async def test_an_org_without_record_types(fake: FakeSalesforce, sf: Salesforce) -> None:
+    schema = await sf.schema()
     assert [p.id for p in schema.pipelines] == [MASTER_RECORD_TYPE]
-    contact = flat.add_contact(LastName="Петров")
-    deal = await adapter.create_deal(
+    contact = fake.add_contact(LastName="Петров")
+    deal = await sf.create_deal(
         Contact(id=contact), new_deal(pipeline_id=MASTER_RECORD_TYPE, status_id="Prospecting")
     )
-    read = await adapter.get_deal(deal.id)
-    await adapter.connection.aclose()
+    read = await sf.get_deal(deal.id)
     assert read is not None and read.pipeline_id == MASTER_RECORD_TYPE
 
 

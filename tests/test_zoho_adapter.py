@@ -47,6 +47,7 @@ from bridge.settings import CrmConfig, FileConfig, Settings
 from bridge.tokens import TokenPair
 from tests.adapter_support import ROOT, example_section, fake_and_adapter, paths
 from tests.cli_support import make_cli, write_config
+from tests.clock import ManualClock
 from tests.crm_cases import BY_NAME, CUSTOMER
 from tests.fakes import zoho_org as org
 from tests.fakes.memory import MemoryTokens, no_wait
@@ -278,19 +279,18 @@ async def test_the_pool_counts_what_zoho_counts(fake: FakeZoho, zoho: Zoho) -> N
 
 
 async def test_a_spent_pool_refuses_without_calling_until_credits_return(fake: FakeZoho) -> None:
-    now = [1_700_000_000.0]
-    fake.clock = lambda: now[0]
+    fake.clock = clock = ManualClock(1_700_000_000.0)
     config = CONFIG.model_copy(update={"options": {**CONFIG.options, "daily_credits": 2}})
     adapter = make_adapter(fake, config=config)
     await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)
-    now[0] += 3600
+    clock.advance(3600)
     await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)
     calls = fake.count()
     with pytest.raises(RateLimited) as raised:
         await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)
     assert fake.count() == calls
     assert raised.value.retry_after == pytest.approx(86400 - 3600)
-    now[0] += 86400 - 3600
+    clock.advance(86400 - 3600)
     await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)
     await adapter.connection.aclose()
 
