@@ -131,24 +131,6 @@ async def test_refusals_land_in_the_error_tree() -> None:
 
 
 @pytest.mark.parametrize("version", [18, 19])
-async def test_reads_are_retried_at_once_and_writes_are_not(version: int) -> None:
-    """Every call is a POST: a read (`search_read`) says it may be repeated, a write may
-    have been applied before its answer was lost and is left to the flow."""
-    fake = odoo(version)
-    adapter = make(fake)
-    await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)  # the session
-    before = fake.count()
-    fake.fail_next(1, 503)
-    fake.fail_next(1, kind="timeout")
-    assert await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches) is None
-    assert fake.count() - before == 3
-    fake.fail_after_apply(1, kind="timeout")
-    with pytest.raises(TransientCrmError, match="timeout"):
-        await adapter.create_contact(NewContact(CUSTOMER, Utm()))
-    assert fake.count() - before == 4 and len(fake.partners()) == 1
-
-
-@pytest.mark.parametrize("version", [18, 19])
 async def test_an_expired_key_pauses_and_a_new_one_resumes(version: int) -> None:
     fake = odoo(version)
     adapter = make(fake)
