@@ -12,12 +12,13 @@ import pytest
 from bridge import checks
 from bridge.crmconfig import config_snippet, schema_problems
 from bridge.errors import ConfigError
+from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, OrderStage, Settings
 from tests import test_hubspot_adapter as hs
 from tests import test_pipedrive_adapter as pd
 from tests import test_salesforce_adapter as sf
 from tests import test_zoho_adapter as zo
-from tests.adapter_support import ROOT
+from tests.adapter_support import ROOT, tg_key
 from tests.crm_cases import BY_NAME, CASES, CrmCase
 from tests.fakes.megaplan import DEAL_CATEGORY
 from tests.fakes.memory import MemoryTokens
@@ -217,6 +218,22 @@ def test_options_are_validated(name: str, options: dict[str, Any], message: str)
     settings = settings_for(case, fake, options=options)
     with pytest.raises(ConfigError, match=message):
         checks.build_adapter(name, settings, MemoryTokens(), {name: fake.transport()})
+
+
+# Not amoCRM's: its search is one query over every field, whose hits the flow confirms.
+@pytest.mark.parametrize("case", [case for case in CASES if case.name != "amocrm"], ids=str)
+async def test_without_a_telegram_field_a_telegram_id_is_not_searched(case: CrmCase) -> None:
+    fake = case.make_fake()
+    fields = case.config.contact_fields.model_copy(update={"telegram_id": None})
+    settings = settings_for(case, fake, contact_fields=fields)
+    adapter = checks.build_adapter(
+        case.name, settings, MemoryTokens(), {case.name: fake.transport()}
+    )
+    await adapter.find_contact([], contact_matches)  # what a process pays once (Odoo's session)
+    fake.calls.clear()
+    assert await adapter.find_contact([tg_key()], contact_matches) is None
+    assert fake.count() == 0
+    await adapter.connection.aclose()
 
 
 # ---- orders (SPEC §8): the sections' order settings -----------------------------------

@@ -73,10 +73,6 @@ def test_one_search_body_covers_every_key() -> None:
         [{"propertyName": "email", "operator": "EQ", "value": "ivan@example.com"}],
     ]
     assert "telegram_username" in body["properties"]
-    no_telegram = CONFIG.model_copy(
-        update={"contact_fields": CONFIG.contact_fields.model_copy(update={"telegram_id": None})}
-    )
-    assert contact_search_json((tg_key(),), no_telegram, 100) is None
 
 
 @pytest.mark.parametrize(

@@ -182,17 +182,6 @@ async def test_keys_keep_their_priority_among_the_hits(fake: FakeZoho, zoho: Zoh
     assert found is not None and found.id == by_telegram != by_email
 
 
-async def test_without_a_telegram_field_no_telegram_criterion(fake: FakeZoho) -> None:
-    config = CONFIG.model_copy(
-        update={"contact_fields": CONFIG.contact_fields.model_copy(update={"telegram_id": None})}
-    )
-    adapter = make_adapter(fake, config=config)
-    keys = (LookupKey(KeyKind.TELEGRAM_ID, "123456789"),)
-    assert await adapter.find_contact(keys, contact_matches) is None
-    assert fake.count() == 0
-    await adapter.connection.aclose()
-
-
 # ---- deals --------------------------------------------------------------------------------
 
 
