@@ -21,18 +21,18 @@ def example_section(example: str, kind: str, **update: Any) -> CrmConfig:
 
 
 def fake_and_adapter(
-    make_fake: Callable[..., Any], make_adapter: Callable[[Any], Any]
+    make_fake: Callable[..., Any], make_adapter: Callable[..., Any]
 ) -> tuple[Any, Any]:
-    """Two fixtures: the CRM's fake, `make_fake()` (a test's indirect parameter of `fake`
-    gives it keyword arguments), and `make_adapter(fake)`, closed after the test."""
+    """Two fixtures: the CRM's fake, `make_fake()`, and `make_adapter(fake)`, closed after
+    the test. A test's indirect parameter of either gives it keyword arguments."""
 
     @pytest.fixture
     def fake(request: pytest.FixtureRequest) -> Any:
         return make_fake(**getattr(request, "param", {}))
 
     @pytest.fixture
-    async def adapter(fake: Any) -> AsyncIterator[Any]:
-        made = make_adapter(fake)
+    async def adapter(fake: Any, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+        made = make_adapter(fake, **getattr(request, "param", {}))
         yield made
         await made.connection.aclose()
 

@@ -420,57 +420,56 @@ def company_rule(record: CompanyRecord, key: str) -> bool:
     return order_rules.company_matches(record, ROMASHKA, key)
 
 
+with_orders = pytest.mark.parametrize(
+    "zoho", [{"config": order_config(CONFIG)}], indirect=True, ids=["orders"]
+)
+
+
+@with_orders
 async def test_an_order_of_a_company_costs_one_credit_a_step_and_stays_in_the_openapi(
-    fake: FakeZoho,
+    fake: FakeZoho, zoho: Zoho
 ) -> None:
     """Each order step is one call (the conformance fixture checks every request against
     the v8 OpenAPI files): the COQL company search, the account, the contact and deal
     linked in the composite create, the link, the stage move with its fields; items none."""
-    adapter = make_adapter(fake, config=order_config(CONFIG))
-    try:
-        assert await adapter.find_company(ROMASHKA, company_rule) is None
-        company = await adapter.create_company(ROMASHKA)
-        assert fake.companies()[0]["INN"] == "7701234567"
-        assert fake.companies()[0]["Phone"] == "+74950001122"
-        new = NewDeal("Заказ ord_1042", Decimal("48500"), "Site", "Новый заказ", (), company.id)
-        contact, deal = await adapter.create_contact_and_deal(new_contact(), new)
-        await adapter.link_contact_to_company(contact.id, company.id)
-        change = DealChange(
-            pipeline_id="Site",
-            status_id="Забронирован",
-            price=Decimal("52000.50"),
-            fields=(FieldUpdate("Dismantle_Date", FieldKind.DATE, date(2026, 12, 5)),),
-        )
-        await adapter.change_deal(deal.id, change)
-        before = len(fake.calls)
-        await adapter.set_deal_items(deal.id, (), "RUB")
-        assert len(fake.calls) == before and adapter.keeps_items is False
-        assert paths(fake) == [
-            "POST /crm/v8/coql",
-            "POST /crm/v8/Accounts",
-            "POST /crm/v8/__composite_requests",
-            "PUT /crm/v8/Contacts/" + contact.id,
-            "PUT /crm/v8/Deals/" + deal.id,
-        ]
-        stored = fake.deal(deal.id)
-        assert stored["Account_Name"] == {"id": company.id}
-        assert fake.contact(contact.id)["Account_Name"] == {"id": company.id}
-        assert (stored["Stage"], stored["Amount"]) == ("Забронирован", 52000.5)
-        assert stored["Dismantle_Date"] == "2026-12-05"
-        found = await adapter.find_company(ROMASHKA, company_rule)
-        assert found == CompanyRecord(company.id, "ООО Ромашка", "7701234567")
-    finally:
-        await adapter.connection.aclose()
+    assert await zoho.find_company(ROMASHKA, company_rule) is None
+    company = await zoho.create_company(ROMASHKA)
+    assert fake.companies()[0]["INN"] == "7701234567"
+    assert fake.companies()[0]["Phone"] == "+74950001122"
+    new = NewDeal("Заказ ord_1042", Decimal("48500"), "Site", "Новый заказ", (), company.id)
+    contact, deal = await zoho.create_contact_and_deal(new_contact(), new)
+    await zoho.link_contact_to_company(contact.id, company.id)
+    change = DealChange(
+        pipeline_id="Site",
+        status_id="Забронирован",
+        price=Decimal("52000.50"),
+        fields=(FieldUpdate("Dismantle_Date", FieldKind.DATE, date(2026, 12, 5)),),
+    )
+    await zoho.change_deal(deal.id, change)
+    before = len(fake.calls)
+    await zoho.set_deal_items(deal.id, (), "RUB")
+    assert len(fake.calls) == before and zoho.keeps_items is False
+    assert paths(fake) == [
+        "POST /crm/v8/coql",
+        "POST /crm/v8/Accounts",
+        "POST /crm/v8/__composite_requests",
+        "PUT /crm/v8/Contacts/" + contact.id,
+        "PUT /crm/v8/Deals/" + deal.id,
+    ]
+    stored = fake.deal(deal.id)
+    assert stored["Account_Name"] == {"id": company.id}
+    assert fake.contact(contact.id)["Account_Name"] == {"id": company.id}
+    assert (stored["Stage"], stored["Amount"]) == ("Забронирован", 52000.5)
+    assert stored["Dismantle_Date"] == "2026-12-05"
+    found = await zoho.find_company(ROMASHKA, company_rule)
+    assert found == CompanyRecord(company.id, "ООО Ромашка", "7701234567")
 
 
-async def test_a_company_name_with_quotes_is_searched_safely(fake: FakeZoho) -> None:
-    adapter = make_adapter(fake, config=order_config(CONFIG))
-    try:
-        quoted = Company("ООО 'Ромашка' 100%", inn="")
-        made = fake.add_company("ООО 'Ромашка' 100%")
-        found = await adapter.find_company(
-            quoted, lambda record, key: order_rules.company_matches(record, quoted, key)
-        )
-        assert found is not None and found.id == made
-    finally:
-        await adapter.connection.aclose()
+@with_orders
+async def test_a_company_name_with_quotes_is_searched_safely(fake: FakeZoho, zoho: Zoho) -> None:
+    quoted = Company("ООО 'Ромашка' 100%", inn="")
+    made = fake.add_company("ООО 'Ромашка' 100%")
+    found = await zoho.find_company(
+        quoted, lambda record, key: order_rules.company_matches(record, quoted, key)
+    )
+    assert found is not None and found.id == made
