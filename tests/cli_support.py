@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +18,16 @@ from bridge.cli import CliEnv, main
 from bridge.crypto import TokenCipher
 from bridge.store import NewEvent, RequestRecord, Store
 from tests.conftest import AMO_URL, EXAMPLE_CONFIG, SECRET, payment_payload
+from tests.process import BridgeProcess
 
 T = TypeVar("T")
 T0 = 1_750_000_000.0  # a fixed "now" for the store's clock: 2025-06-15 15:06:40 UTC
+# The OAuth client the fake amoCRM knows by default (tests/fakes/amocrm.py).
+AMOCRM_OAUTH_ENV = {
+    "AMOCRM_CLIENT_ID": "fake-client-id",
+    "AMOCRM_CLIENT_SECRET": "fake-client-secret",
+    "AMOCRM_REDIRECT_URI": "https://bridge.example/oauth",
+}
 
 
 def write_config(directory: Path, *, replace: Mapping[str, str] | None = None) -> Path:
@@ -40,6 +48,8 @@ class Cli:
     env: dict[str, str]
     transports: dict[str, httpx.AsyncBaseTransport] = field(default_factory=dict)
     clock: Callable[[], float] = lambda: T0 + 3600
+    http_transport: httpx.BaseTransport | None = None  # what `send` posts to
+    follow_polls: int | None = None  # `events --follow` stops after this many polls
 
     @property
     def db_path(self) -> Path:
@@ -47,7 +57,12 @@ class Cli:
 
     def __call__(self, *args: str, input: str | None = None) -> Result:
         runner = CliRunner(env=self.env)
-        obj = CliEnv(transports=self.transports, clock=self.clock)
+        obj = CliEnv(
+            transports=self.transports,
+            clock=self.clock,
+            http_transport=self.http_transport,
+            follow_polls=self.follow_polls,
+        )
         result = runner.invoke(main, list(args), obj=obj, input=input)
         # A problem ends as a message and an exit code, never as a traceback.
         if result.exception is not None and not isinstance(result.exception, SystemExit):
@@ -92,6 +107,35 @@ def make_cli(tmp_path: Path, **env: str) -> Cli:
     }
     values.update(env)
     return Cli(tmp_path, values)
+
+
+def operator_cli(bridge: BridgeProcess) -> Cli:
+    """The `bridge` command beside a `crm-bridge serve` process: its config, database and
+    port, on the wall clock."""
+    # make_cli writes a config of its own into its directory: not the bridge's.
+    directory = bridge.home / "cli"
+    directory.mkdir(exist_ok=True)
+    cli = make_cli(
+        directory,
+        CONFIG_FILE=bridge.env["CONFIG_FILE"],
+        DATABASE_PATH=str(bridge.database),
+        PORT=str(bridge.port),
+    )
+    cli.clock = time.time
+    return cli
+
+
+async def hold_crm(database: Path, held: bool = True) -> None:
+    """What `crm-bridge pause amocrm` / `resume amocrm` do; a running bridge sees it within
+    a second."""
+    store = await Store.open(database, clock=time.time)
+    try:
+        if held:
+            await store.hold_crm("amocrm", "queue a batch", "test")
+        else:
+            await store.release_crm("amocrm")
+    finally:
+        await store.close()
 
 
 def new_event(key: str, *, status: str = "pending", **payload: Any) -> NewEvent:

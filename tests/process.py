@@ -9,6 +9,9 @@ directory in `tmp_path` so no stray `.env` is read. Output goes to a log file th
 `KillSwitch` arms a fake's hooks so that the bridge is SIGKILLed at an exact moment of a
 CRM request — when it arrives, once the write is applied (before the answer leaves), or
 once the answer was sent — which is how the crash windows of SPEC §3 are reproduced.
+
+The `amo_server` fixture (import `served_amocrm` to use it) serves the stateful fake amoCRM
+on loopback for such a process, and makes bridge installations pointed at it.
 """
 
 from __future__ import annotations
@@ -24,17 +27,22 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import EXAMPLE_CONFIG, SECRET, signed
+from tests.fakes.amocrm import FakeAmoCrm
+from tests.fakes.server import Servable, serve_in_thread
 from tests.fakes.service import Abort, FakeRequest, FakeService
 
 BRIDGE_BIN = Path(sys.executable).parent / "crm-bridge"
+TOTAL, COUNT, PAYMENT_ID = "700207", "700208", "700205"  # deal fields of the example config
 FAST_RETRIES = "0.1,0.2,0.3,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5"
 
 
@@ -86,20 +94,37 @@ def write_config(
     return path
 
 
+def unfinished(database: Path) -> int:
+    """How many deliveries in `database` are pending, retrying or processing."""
+    with contextlib.closing(sqlite3.connect(database, timeout=10)) as conn:
+        [(count,)] = conn.execute(
+            "SELECT COUNT(*) FROM deliveries WHERE status IN ('pending', 'retrying', 'processing')"
+        ).fetchall()
+    return int(count)
+
+
 @dataclass
 class BridgeProcess:
     """One bridge installation in `home`: config, database, environment; start/stop it."""
 
     home: Path
     env: dict[str, str]
+    command: tuple[str, ...] = (str(BRIDGE_BIN), "serve")
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
     @classmethod
     def create(
-        cls, home: Path, config: Path, *, access_token: str | None, **env: str
+        cls,
+        home: Path,
+        config: Path,
+        *,
+        access_token: str | None,
+        command: tuple[str, ...] | None = None,
+        **env: str,
     ) -> BridgeProcess:
+        """`command` (`crm-bridge serve` unless given) with systemd's kind of environment."""
         base = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(home),
@@ -118,7 +143,7 @@ class BridgeProcess:
         if access_token is not None:
             base["AMOCRM_ACCESS_TOKEN"] = access_token
         base.update(env)
-        return cls(home, base)
+        return cls(home, base, command or cls.command)
 
     @property
     def database(self) -> Path:
@@ -134,16 +159,17 @@ class BridgeProcess:
 
     # ---- lifecycle ------------------------------------------------------------------
 
-    def start(self, timeout: float = 20.0, *, wait_ready: bool = True) -> None:
-        """Start it; with `wait_ready`, return once /webhook/health answers."""
+    def start(self, timeout: float = 20.0, *, wait_ready: bool = True, **env: str) -> None:
+        """Start it, with `env` added for this start only; with `wait_ready`, return once
+        /webhook/health answers."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.starts += 1
-        env = {**self.env, "PORT": str(self.port)}
+        env = {**self.env, **env, "PORT": str(self.port)}
         with self.log_path.open("ab") as log:
             log.write(f"\n==== start {self.starts} ====\n".encode())
             log.flush()
             self.proc = subprocess.Popen(  # noqa: S603 - our own entry point
-                [str(BRIDGE_BIN), "serve"],
+                self.command,
                 cwd=self.home,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -183,6 +209,19 @@ class BridgeProcess:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=timeout)
         return time.monotonic() - started
+
+    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """The `crm-bridge` command with this installation's environment (plus `env`), as
+        an operator runs it beside the service."""
+        return subprocess.run(  # noqa: S603 - our own entry point
+            [str(BRIDGE_BIN), *args],
+            cwd=self.home,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
 
     def wait_exit(self, timeout: float = 10.0) -> int:
         assert self.proc is not None
@@ -224,10 +263,7 @@ class BridgeProcess:
             return list(conn.execute(sql, params).fetchall())
 
     def unfinished(self) -> int:
-        rows = self.query(
-            "SELECT COUNT(*) FROM deliveries WHERE status IN ('pending', 'retrying', 'processing')"
-        )
-        return int(rows[0][0])
+        return unfinished(self.database)
 
     def wait_for(self, predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
         deadline = time.monotonic() + timeout
@@ -252,6 +288,67 @@ def running(bridge: BridgeProcess) -> Iterator[BridgeProcess]:
         yield bridge
     finally:
         bridge.stop()
+
+
+@contextlib.contextmanager
+def serving(fake: Servable) -> Iterator[str]:
+    """`fake` on a loopback port, served from a thread of the test process: its base URL."""
+    base_url, stop = serve_in_thread(fake)
+    try:
+        yield base_url
+    finally:
+        stop()
+
+
+@dataclass
+class ServedAmoCrm:
+    """A fake amoCRM served on loopback, and bridge installations that use it."""
+
+    fake: FakeAmoCrm
+    base_url: str
+
+    def bridge(
+        self,
+        home: Path,
+        *,
+        token: bool = True,
+        env: Mapping[str, str] | None = None,
+        **config: Any,
+    ) -> BridgeProcess:
+        """An installation in `home` whose config (`write_config` with `config`'s changes)
+        points at this fake; with `token`, it has a valid long-lived access token."""
+        path = write_config(home / "bridge.toml", self.base_url, **config)
+        access_token = self.fake.issue_token(ttl=3600) if token else None
+        return BridgeProcess.create(home, path, access_token=access_token, **(env or {}))
+
+
+@pytest.fixture(name="amo_server")
+def served_amocrm() -> Iterator[ServedAmoCrm]:
+    fake = FakeAmoCrm(rate_limit=60)  # rate limits are not what these tests are about
+    with serving(fake) as base_url:
+        yield ServedAmoCrm(fake, base_url)
+
+
+def assert_each_payment_once(
+    amo: FakeAmoCrm, amounts: Mapping[str, Decimal], base: tuple[Decimal, int] = (Decimal(0), 0)
+) -> None:
+    """Every payment (its id → its amount, in the order they were paid) has exactly one
+    note, on one deal; that deal's total and count are exactly the sum of the payments
+    noted on it (plus `base`, what a manager had there), its payment id the last one."""
+    seen: dict[str, int] = {}
+    for lead in amo.leads():
+        notes = amo.notes(lead["id"])
+        noted = [pid for pid in amounts for text in notes if f"Payment ID: {pid}" in text]
+        assert len(noted) == len(notes), f"lead {lead['id']}: a note for no payment: {notes}"
+        for pid in noted:
+            seen[pid] = seen.get(pid, 0) + 1
+        total = amo.lead_field(lead["id"], TOTAL)
+        count = amo.lead_field(lead["id"], COUNT)
+        start_total, start_count = base  # given only where a manager's one deal had them
+        assert Decimal(str(total)) == start_total + sum(amounts[pid] for pid in noted), lead
+        assert int(Decimal(str(count))) == start_count + len(noted), lead
+        assert amo.lead_field(lead["id"], PAYMENT_ID) == noted[-1]
+    assert seen == dict.fromkeys(amounts, 1), f"notes per payment: {seen}"
 
 
 @dataclass
@@ -279,9 +376,6 @@ class KillSwitch:
         assert phase in ("received", "applied", "answered")
         self.fired.clear()
         self._armed = (phase, method, re.compile(path_pattern))
-
-    def disarm(self) -> None:
-        self._armed = None
 
     def _check(self, phase: str, request: FakeRequest) -> None:
         armed = self._armed

@@ -12,22 +12,23 @@ from typing import Any
 import httpx
 import pytest
 
-from bridge.crm.amocrm import AmoCrm, build_amocrm
-from bridge.crm.base import BatchForms, batch_forms
+from bridge.crm.amocrm import AmoCrm
 from bridge.domain import Contact, Customer, Deal, FieldKind, FieldUpdate, NewContact, Utm
 from bridge.errors import CrmError, PermanentCrmError, TransientCrmError
-from bridge.settings import CrmConfig
 from tests.fakes.amocrm import FakeAmoCrm
-from tests.fakes.memory import adapter_on
-from tests.test_amocrm_adapter import CONFIG, PAYMENT_ID, SITE, SITE_WORKING, TOTAL, new_deal
+from tests.test_amocrm_adapter import (
+    CONFIG,
+    PAYMENT_ID,
+    SITE,
+    SITE_WORKING,
+    TOTAL,
+    make_adapter,
+    new_deal,
+)
+from tests.vendor_support import closing, forms
 
 NOW = 1_737_000_000  # both twins' clock: ids and timestamps then match item for item
 UNKNOWN_FIELD = "999999"
-
-
-def make_adapter(fake: FakeAmoCrm, *, config: CrmConfig = CONFIG, **options: Any) -> AmoCrm:
-    static = {"amocrm_access_token": fake.issue_token(ttl=3600)}
-    return adapter_on(build_amocrm, fake, config, static=static, **options)
 
 
 def twin() -> FakeAmoCrm:
@@ -41,33 +42,24 @@ def fake() -> FakeAmoCrm:
 
 @pytest.fixture
 async def amo(fake: FakeAmoCrm) -> AsyncIterator[AmoCrm]:
-    adapter = make_adapter(fake)
-    yield adapter
-    await adapter.connection.aclose()
-
-
-def forms(adapter: AmoCrm) -> BatchForms:
-    found = batch_forms(adapter)
-    assert found is not None
-    return found
+    async with closing(make_adapter(fake)) as (adapter,):
+        yield adapter
 
 
 async def per_call(run: Callable[[AmoCrm], Awaitable[Any]]) -> tuple[FakeAmoCrm, Any]:
     """What the per-call methods do, on a twin fake seeded like the test's."""
-    fake = seeded(twin())
-    adapter = make_adapter(fake)
-    try:
+    fake = twin()
+    seeded(fake)
+    async with closing(make_adapter(fake)) as (adapter,):
         return fake, await run(adapter)
-    finally:
-        await adapter.connection.aclose()
 
 
-def seeded(fake: FakeAmoCrm) -> FakeAmoCrm:
-    """Three customers, each with one open deal in the site pipeline."""
+def seeded(fake: FakeAmoCrm) -> list[str]:
+    """Three customers, each with one open deal in the site pipeline: the deals' ids."""
     for n in range(3):
         contact = fake.add_contact(f"Клиент {n}", phones=[f"+7999123456{n}"])
         fake.add_lead(contact, pipeline_id=SITE, status_id=SITE_WORKING, fields={TOTAL: 100 * n})
-    return fake
+    return [str(lead["id"]) for lead in fake.leads()]
 
 
 def unlinked(value: Any) -> Any:
@@ -79,8 +71,16 @@ def unlinked(value: Any) -> Any:
     return value
 
 
-def lead_ids(fake: FakeAmoCrm) -> list[str]:
-    return [str(lead["id"]) for lead in fake.leads()]
+def rewriting(fake: FakeAmoCrm, edit: Callable[[httpx.Request, Any], Any]) -> httpx.MockTransport:
+    """The fake's transport with each answer's JSON body passed through `edit`."""
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        response = await fake.transport().handle_async_request(request)
+        await response.aread()
+        body = edit(request, json.loads(response.content))
+        return httpx.Response(response.status_code, json=body)
+
+    return httpx.MockTransport(handle)
 
 
 def customer(n: int) -> NewContact:
@@ -101,7 +101,7 @@ def payment(n: int) -> tuple[FieldUpdate, ...]:
 
 
 async def test_every_form_but_search_is_set_and_limited_by_complex(amo: AmoCrm) -> None:
-    batch = forms(amo)
+    batch = forms(amo).all
     assert batch.limit == 50  # batch_size 50 by default; complex takes at most 50
     assert batch.find_contacts is None
     assert None not in (
@@ -111,20 +111,18 @@ async def test_every_form_but_search_is_set_and_limited_by_complex(amo: AmoCrm) 
         batch.create_deals,
         batch.create_contacts_and_deals,
     )
-    small = make_adapter(twin(), config=CONFIG.model_copy(update={"batch_size": 7}))
-    assert forms(small).limit == 7
-    await small.connection.aclose()
+    small = CONFIG.model_copy(update={"batch_size": 7})
+    async with closing(make_adapter(twin(), config=small)) as (adapter,):
+        assert forms(adapter).limit == 7
 
 
 async def test_get_deals_is_one_read_as_get_deal_reads_each(fake: FakeAmoCrm, amo: AmoCrm) -> None:
-    seeded(fake)
-    ids = lead_ids(fake)
+    ids = seeded(fake)
     flagged = fake.add_lead(fake.add_contact("Удалено"), is_deleted=True)
     removed = fake.add_lead(fake.add_contact("Стёрто"))
     fake.remove_lead(removed)
     fake.move_lead(ids[1], 142)  # won: closed
 
-    assert forms(amo).get_deals is not None
     deals = await forms(amo).get_deals([*ids, str(flagged), str(removed), "777"])
 
     assert fake.count() == 1
@@ -143,7 +141,6 @@ async def test_get_deals_is_one_read_as_get_deal_reads_each(fake: FakeAmoCrm, am
 async def test_get_deals_pages_past_250(fake: FakeAmoCrm, amo: AmoCrm) -> None:
     contact = fake.add_contact("Оптовик")
     ids = [str(fake.add_lead(contact)) for _ in range(300)]
-    assert forms(amo).get_deals is not None
 
     deals = await forms(amo).get_deals(ids)
 
@@ -155,11 +152,9 @@ async def test_get_deals_pages_past_250(fake: FakeAmoCrm, amo: AmoCrm) -> None:
 async def test_update_deals_is_one_patch_with_per_call_results(
     fake: FakeAmoCrm, amo: AmoCrm
 ) -> None:
-    seeded(fake)
-    ids = lead_ids(fake)
+    ids = seeded(fake)
     writes = [(ids[0], payment(0)), (ids[1], ()), (ids[2], payment(2))]
     update = forms(amo).update_deals
-    assert update is not None
 
     assert await update(writes) == [None, None, None]
 
@@ -181,11 +176,9 @@ async def test_update_deals_is_one_patch_with_per_call_results(
 
 
 async def test_add_notes_is_one_post_with_entity_ids(fake: FakeAmoCrm, amo: AmoCrm) -> None:
-    seeded(fake)
-    ids = lead_ids(fake)
+    ids = seeded(fake)
     notes = [(deal_id, f"Оплата {n}\n\nPayment ID: pay_{n}") for n, deal_id in enumerate(ids)]
     add = forms(amo).add_notes
-    assert add is not None
 
     assert await add(notes) == [None, None, None]
 
@@ -215,7 +208,6 @@ async def test_create_deals_is_one_post_with_per_call_results(
         for n, contact in enumerate(contacts)
     ]
     create = forms(amo).create_deals
-    assert create is not None
 
     created = await create(items)
 
@@ -238,7 +230,6 @@ async def test_create_contacts_and_deals_is_one_complex_with_per_call_results(
     seeded(fake)
     items = [(customer(n), new_deal(name=f"Оплата {n}")) for n in range(3)]
     create = forms(amo).create_contacts_and_deals
-    assert create is not None
 
     created = await create(items)
 
@@ -251,22 +242,15 @@ async def test_create_contacts_and_deals_is_one_complex_with_per_call_results(
     alone, expected = await per_call(singly)
     assert created == expected
     assert (fake.leads(), fake.contacts()) == (alone.leads(), alone.contacts())
-    contact, deal = created[0]  # type: ignore[misc]
+    contact, deal = created[0]
     assert deal.contact_ids == (contact.id,) and contact.deal_ids == (deal.id,)
 
 
 async def test_complex_answers_are_matched_by_request_id_not_order(fake: FakeAmoCrm) -> None:
-    async def reversed_answer(request: httpx.Request) -> httpx.Response:
-        response = await fake.transport().handle_async_request(request)
-        await response.aread()
-        body = json.loads(response.content)
-        return httpx.Response(response.status_code, json=list(reversed(body)))
-
-    adapter = make_adapter(fake, transport=httpx.MockTransport(reversed_answer))
-    create = forms(adapter).create_contacts_and_deals
-    assert create is not None
-    created = await create([(customer(n), new_deal(name=f"Оплата {n}")) for n in range(2)])
-    await adapter.connection.aclose()
+    reversed_answers = rewriting(fake, lambda _, body: list(reversed(body)))
+    async with closing(make_adapter(fake, transport=reversed_answers)) as (adapter,):
+        create = forms(adapter).create_contacts_and_deals
+        created = await create([(customer(n), new_deal(name=f"Оплата {n}")) for n in range(2)])
 
     for n, result in enumerate(created):
         assert not isinstance(result, CrmError)
@@ -281,12 +265,10 @@ async def test_complex_answers_are_matched_by_request_id_not_order(fake: FakeAmo
 async def test_one_refused_update_refuses_the_whole_call_unapplied(
     fake: FakeAmoCrm, amo: AmoCrm
 ) -> None:
-    seeded(fake)
-    ids = lead_ids(fake)
+    ids = seeded(fake)
     before = unlinked(fake.leads())
     bad = (FieldUpdate(UNKNOWN_FIELD, FieldKind.TEXT, "x"),)
     update = forms(amo).update_deals
-    assert update is not None
 
     with pytest.raises(PermanentCrmError, match=r"400.*validation-errors.*request_id"):
         await update([(ids[0], payment(0)), (ids[1], bad), (ids[2], payment(2))])
@@ -300,11 +282,9 @@ async def test_one_refused_update_refuses_the_whole_call_unapplied(
 
 
 async def test_a_note_on_a_deleted_lead_refuses_every_note(fake: FakeAmoCrm, amo: AmoCrm) -> None:
-    seeded(fake)
-    ids = lead_ids(fake)
+    ids = seeded(fake)
     fake.remove_lead(ids[2])
     add = forms(amo).add_notes
-    assert add is not None
 
     with pytest.raises(PermanentCrmError, match="entity_id"):
         await add([(deal_id, "Оплата") for deal_id in ids])
@@ -317,7 +297,6 @@ async def test_a_refused_new_deal_creates_none(fake: FakeAmoCrm, amo: AmoCrm) ->
     bad = new_deal(fields=(FieldUpdate(UNKNOWN_FIELD, FieldKind.TEXT, "x"),))
     complex_create = forms(amo).create_contacts_and_deals
     create = forms(amo).create_deals
-    assert complex_create is not None and create is not None
 
     with pytest.raises(PermanentCrmError, match="validation-errors"):
         await complex_create([(customer(0), new_deal()), (customer(1), bad)])
@@ -329,11 +308,9 @@ async def test_a_refused_new_deal_creates_none(fake: FakeAmoCrm, amo: AmoCrm) ->
 async def test_the_fake_refuses_arrays_over_the_documented_limits(
     fake: FakeAmoCrm, amo: AmoCrm
 ) -> None:
-    seeded(fake)
-    lead = lead_ids(fake)[0]
+    lead = seeded(fake)[0]
     add = forms(amo).add_notes
     complex_create = forms(amo).create_contacts_and_deals
-    assert add is not None and complex_create is not None
     with pytest.raises(PermanentCrmError, match=r"1\.\.250 items"):
         await add([(lead, f"note {n}") for n in range(251)])
     with pytest.raises(PermanentCrmError, match=r"1\.\.50 items"):
@@ -348,11 +325,9 @@ async def test_the_fake_refuses_arrays_over_the_documented_limits(
 async def test_a_lost_answer_to_a_batch_write_may_have_landed(
     fake: FakeAmoCrm, amo: AmoCrm
 ) -> None:
-    seeded(fake)
-    ids = lead_ids(fake)
+    ids = seeded(fake)
     add = forms(amo).add_notes
     complex_create = forms(amo).create_contacts_and_deals
-    assert add is not None and complex_create is not None
 
     fake.fail_after_apply(kind="timeout", path_prefix="/api/v4/leads/notes")
     with pytest.raises(TransientCrmError) as lost:
@@ -373,10 +348,8 @@ async def test_a_lost_answer_to_a_batch_write_may_have_landed(
 
 
 async def test_a_timed_out_patch_is_retried_quickly(fake: FakeAmoCrm, amo: AmoCrm) -> None:
-    seeded(fake)
-    ids = lead_ids(fake)
+    ids = seeded(fake)
     update = forms(amo).update_deals
-    assert update is not None
     fake.fail_after_apply(kind="timeout", method="PATCH", path_prefix="/api/v4/leads")
 
     assert await update([(deal_id, payment(n)) for n, deal_id in enumerate(ids)]) == [None] * 3
@@ -389,11 +362,9 @@ async def test_a_429_is_retried_quickly_and_a_batch_is_one_request_for_the_rate(
     fake: FakeAmoCrm, amo: AmoCrm
 ) -> None:
     fake.monotonic = lambda: 100.0  # the fake's rate window frozen: all in one second
-    seeded(fake)
-    ids = lead_ids(fake)
+    ids = seeded(fake)
     add = forms(amo).add_notes
     get = forms(amo).get_deals
-    assert add is not None and get is not None
     fake.fail_next(status=429, path_prefix="/api/v4/leads/notes")
 
     assert await add([(deal_id, "Оплата") for deal_id in ids]) == [None] * 3
@@ -411,21 +382,14 @@ async def test_a_429_is_retried_quickly_and_a_batch_is_one_request_for_the_rate(
 async def test_an_item_missing_from_the_answer_is_its_own_maybe_applied_error(
     fake: FakeAmoCrm,
 ) -> None:
-    async def drop_last_note(request: httpx.Request) -> httpx.Response:
-        response = await fake.transport().handle_async_request(request)
-        await response.aread()
-        body = json.loads(response.content)
+    def drop_last_note(request: httpx.Request, body: Any) -> Any:
         if request.url.path == "/api/v4/leads/notes":
             body["_embedded"]["notes"].pop()
-        return httpx.Response(response.status_code, json=body)
+        return body
 
-    seeded(fake)
-    ids = lead_ids(fake)
-    adapter = make_adapter(fake, transport=httpx.MockTransport(drop_last_note))
-    add = forms(adapter).add_notes
-    assert add is not None
-    results = await add([(deal_id, "Оплата") for deal_id in ids])
-    await adapter.connection.aclose()
+    ids = seeded(fake)
+    async with closing(make_adapter(fake, transport=rewriting(fake, drop_last_note))) as (adapter,):
+        results = await forms(adapter).add_notes([(deal_id, "Оплата") for deal_id in ids])
 
     assert results[:2] == [None, None]
     missing = results[2]
@@ -435,25 +399,24 @@ async def test_an_item_missing_from_the_answer_is_its_own_maybe_applied_error(
 
 async def test_many_contacts_deals_come_in_two_reads_as_list_deals_reads_them() -> None:
     fake = FakeAmoCrm(CONFIG, rate_limit=1000)  # the per-call reads to compare with are many
-    amo = make_adapter(fake)
-    contacts: list[Contact] = []
-    knowns: list[list[Deal]] = []
-    for n in range(4):  # 0 to 3 deals each, one of them just read
-        contact = fake.add_contact(f"C{n}", phones=[f"+7999300{n:04d}"])
-        for _ in range(n):
-            fake.add_lead(contact, pipeline_id=SITE, status_id=142)
-        contacts.append(Contact(id=str(contact)))
-        knowns.append((await amo.list_deals(Contact(id=str(contact))))[:1])
-    singles = [await amo.list_deals(c, k) for c, k in zip(contacts, knowns, strict=True)]
-    fake.calls.clear()
-    items = [*zip(contacts, knowns, strict=True), (Contact(id="999999"), [])]
-    answers = await forms(amo).list_deals(items)  # type: ignore[misc]
-    assert [(c.method, c.path) for c in fake.calls] == [
-        ("GET", "/api/v4/contacts"),
-        ("GET", "/api/v4/leads"),
-    ]
-    for single, answer in zip(singles, answers[:4], strict=True):
-        assert isinstance(answer, list)
-        assert {d.id: d.fields for d in answer} == {d.id: d.fields for d in single}
-    assert isinstance(answers[4], PermanentCrmError) and "999999" in answers[4].message
-    await amo.connection.aclose()
+    async with closing(make_adapter(fake)) as (amo,):
+        contacts: list[Contact] = []
+        knowns: list[list[Deal]] = []
+        for n in range(4):  # 0 to 3 deals each, one of them just read
+            contact = fake.add_contact(f"C{n}", phones=[f"+7999300{n:04d}"])
+            for _ in range(n):
+                fake.add_lead(contact, pipeline_id=SITE, status_id=142)
+            contacts.append(Contact(id=str(contact)))
+            knowns.append((await amo.list_deals(Contact(id=str(contact))))[:1])
+        singles = [await amo.list_deals(c, k) for c, k in zip(contacts, knowns, strict=True)]
+        fake.calls.clear()
+        items = [*zip(contacts, knowns, strict=True), (Contact(id="999999"), [])]
+        answers = await forms(amo).list_deals(items)
+        assert [(c.method, c.path) for c in fake.calls] == [
+            ("GET", "/api/v4/contacts"),
+            ("GET", "/api/v4/leads"),
+        ]
+        for single, answer in zip(singles, answers[:4], strict=True):
+            assert isinstance(answer, list)
+            assert {d.id: d.fields for d in answer} == {d.id: d.fields for d in single}
+        assert isinstance(answers[4], PermanentCrmError) and "999999" in answers[4].message

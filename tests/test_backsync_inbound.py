@@ -22,6 +22,7 @@ from bridge.backsync import amocrm, bitrix24, hubspot, pipedrive
 from bridge.backsync.events import DealMoved, InboundRequest, Malformed, Refused, Unauthorized
 from bridge.backsync.form import decode_form
 from bridge.backsync.inbound import parse_event, sends_events
+from tests.clock import ManualClock
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.bitrix24 import FakeBitrix24
 from tests.fakes.crm_events import CrmRequest
@@ -89,14 +90,6 @@ JSON_VALUES = st.recursive(
     ),
     max_leaves=12,
 )
-
-
-class Clock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # ---- the form decoder -----------------------------------------------------------------
@@ -181,12 +174,12 @@ def test_amocrm_token_is_checked_before_the_body_is_read() -> None:
 
 
 def test_amocrm_fake_batches_several_moved_leads_in_one_request() -> None:
-    clock = Clock()
+    clock = ManualClock(NOW)
     fake = FakeAmoCrm(clock=clock)
     pipeline = fake.account.main_pipeline()
     first, second = (fake.add_lead(name=f"Заказ {n}", price=1000 * n) for n in (1, 2))
     target = pipeline.statuses[1].id
-    clock.now += 60
+    clock.advance(60)
     request = fake.move_leads_event(
         [(first, target, None), (second, 143, None)], url=f"{BRIDGE}/amocrm?token=tok"
     )
@@ -206,17 +199,17 @@ def test_amocrm_fake_batches_several_moved_leads_in_one_request() -> None:
 
 
 def test_amocrm_resend_has_the_same_key_and_a_later_move_another() -> None:
-    clock = Clock()
+    clock = ManualClock(NOW)
     fake = FakeAmoCrm(clock=clock)
     pipeline = fake.account.main_pipeline()
     lead = fake.add_lead()
     a, b = pipeline.statuses[1].id, 143  # lost: in every pipeline
     url = f"{BRIDGE}/amocrm?token=tok"
-    clock.now += 10
+    clock.advance(10)
     first = fake.move_leads_event([(lead, a, None)], url=url)
-    clock.now += 10
+    clock.advance(10)
     fake.move_leads_event([(lead, b, None)], url=url)
-    clock.now += 10
+    clock.advance(10)
     back = fake.move_leads_event([(lead, a, None)], url=url)
 
     def key(request: CrmRequest) -> str:
@@ -335,10 +328,10 @@ def test_bitrix24_other_events_are_empty_and_deletions_flagged() -> None:
 
 
 def test_bitrix24_fake_sends_the_documented_event_after_a_move() -> None:
-    clock = Clock()
+    clock = ManualClock(NOW)
     fake = FakeBitrix24(clock=clock)
     deal = fake.add_deal(stage_id="NEW")
-    clock.now += 30
+    clock.advance(30)
     request = fake.move_deal_event(
         deal, "EXECUTING", url=f"{BRIDGE}/bitrix24", application_token="app-token"
     )
@@ -466,10 +459,10 @@ def test_hubspot_signs_the_uri_with_its_listed_escapes_decoded() -> None:
 
 
 def test_hubspot_fake_batches_moves_and_signs_them() -> None:
-    clock = Clock()
+    clock = ManualClock(NOW)
     fake = FakeHubSpot(clock=clock)
     first, second = fake.add_deal(), fake.add_deal()
-    clock.now += 5
+    clock.advance(5)
     request = fake.move_deals_event(
         [(first, "appointmentscheduled"), (second, "closedlost")],
         url=f"{BRIDGE}/hubspot",
@@ -605,12 +598,12 @@ def test_pipedrive_iso_timestamps_are_taken() -> None:
 
 
 def test_pipedrive_fake_sends_v2_with_basic_auth_after_a_move() -> None:
-    clock = Clock()
+    clock = ManualClock(NOW)
     fake = FakePipedrive(clock=clock)
     deal = fake.add_deal(title="Заказ R-1")
     stage = fake.deal(deal)["stage_id"]
     target = next(s for s in fake.company.stages.values() if s.id != stage)
-    clock.now += 42
+    clock.advance(42)
     request = fake.move_deal_event(
         deal, target.id, url=f"{BRIDGE}/pipedrive", user="bridge", password="pw"
     )

@@ -32,10 +32,9 @@ from bridge.settings import load_file_config
 from tests.conftest import EXAMPLE_CONFIG, signed
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.platform import PATH, FakePlatform
-from tests.fakes.server import serve_in_thread
 from tests.fakes.service import FakeRequest
 from tests.order_support import PIPELINE, STAGES, order_body, order_config_toml, with_orders
-from tests.process import BridgeProcess, KillSwitch, write_config
+from tests.process import BridgeProcess, KillSwitch, ServedAmoCrm, serving
 
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 URL_TOKEN = "amo-url-token"  # the test's own amoCRM webhook token (`?token=`)
@@ -43,24 +42,18 @@ TIMEOUT = 60.0  # generous: two cores shared by several sessions
 
 
 @pytest.fixture
-def amo() -> Iterator[tuple[FakeAmoCrm, str]]:
+def amo() -> Iterator[ServedAmoCrm]:
     # The account the config below describes: the example's, plus the rental pipeline.
     fake = FakeAmoCrm(with_orders(load_file_config(EXAMPLE_CONFIG).crm["amocrm"]), rate_limit=60)
-    base_url, stop = serve_in_thread(fake)
-    try:
-        yield fake, base_url
-    finally:
-        stop()
+    with serving(fake) as base_url:
+        yield ServedAmoCrm(fake, base_url)
 
 
 @pytest.fixture
 def platform() -> Iterator[tuple[FakePlatform, str]]:
     fake = FakePlatform(WHSEC)
-    base_url, stop = serve_in_thread(fake)
-    try:
+    with serving(fake) as base_url:
         yield fake, f"{base_url}{PATH}"
-    finally:
-        stop()
 
 
 def _post_order(bridge: BridgeProcess, body: dict[str, Any]) -> None:
@@ -79,22 +72,20 @@ def _post_order(bridge: BridgeProcess, body: dict[str, Any]) -> None:
 )
 def test_sigkill_during_the_callback_delivers_it_after_a_restart_under_one_webhook_id(
     phase: str,
-    amo: tuple[FakeAmoCrm, str],
+    amo: ServedAmoCrm,
     platform: tuple[FakePlatform, str],
     tmp_path: Path,
 ) -> None:
-    crm, crm_url = amo
+    crm = amo.fake
     stand_in, callback_url = platform
-    config = write_config(tmp_path / "bridge.toml", crm_url, rate_limit_per_second=40)
+    env = {
+        "PLATFORM_CALLBACK_URL": callback_url,
+        "PLATFORM_CALLBACK_SECRET": WHSEC,
+        "AMOCRM_EVENT_SECRETS": URL_TOKEN,
+    }
+    bridge = amo.bridge(tmp_path, env=env, rate_limit_per_second=40)
+    config = Path(bridge.env["CONFIG_FILE"])
     config.write_text(config.read_text(encoding="utf-8") + order_config_toml(), encoding="utf-8")
-    bridge = BridgeProcess.create(
-        tmp_path,
-        config,
-        access_token=crm.issue_token(ttl=3600),
-        PLATFORM_CALLBACK_URL=callback_url,
-        PLATFORM_CALLBACK_SECRET=WHSEC,
-        AMOCRM_EVENT_SECRETS=URL_TOKEN,
-    )
     switch = KillSwitch(stand_in, bridge)
     # Every attempt's `webhook-id` as it arrives, before the switch acts on it (a held
     # attempt is never recorded by the stand-in itself).

@@ -49,31 +49,23 @@ def with_stages(config: CrmConfig, stages: dict[OrderStatus, tuple[str, str]]) -
     return CrmConfig.model_validate(raw)
 
 
-BX_STAGES = {
-    NEW: ("0", "NEW"),
-    RESERVED: ("0", "UC_AUTOPAY"),
-    IN_RENT: ("0", "EXECUTING"),
-    IN_PROGRESS: ("0", "EXECUTING"),  # shared with in_rent
-    ARCHIVED: ("0", "WON"),
-    CANCELLED: ("0", "LOSE"),
-}
+def one_pipeline(pipeline: str, *stages: str) -> dict[OrderStatus, tuple[str, str]]:
+    """Order stages in one pipeline, one stage per order status in OrderStatus' order."""
+    return {status: (pipeline, stage) for status, stage in zip(OrderStatus, stages, strict=True)}
+
+
+def stage_map(stages: dict[OrderStatus, tuple[str, str]]) -> StageMap:
+    return StageMap.from_config(with_stages(example_config(), stages))
+
+
+# in_rent and in_progress share EXECUTING
+BX_STAGES = one_pipeline("0", "NEW", "UC_AUTOPAY", "EXECUTING", "EXECUTING", "WON", "LOSE")
 
 
 # ---- stage → order status -------------------------------------------------------------
 
 
-AMO_STAGES = {
-    NEW: ("4423755", "63242022"),
-    RESERVED: ("4423755", "63242023"),
-    IN_RENT: ("4423755", "63242024"),
-    IN_PROGRESS: ("4423755", "63242025"),
-    ARCHIVED: ("4423755", "142"),
-    CANCELLED: ("4423755", "143"),
-}
-
-
-def amo_map(stages: dict[OrderStatus, tuple[str, str]] = AMO_STAGES) -> StageMap:
-    return StageMap.from_config(with_stages(example_config(), stages))
+AMO_STAGES = one_pipeline("4423755", "63242022", "63242023", "63242024", "63242025", "142", "143")
 
 
 @pytest.mark.parametrize(
@@ -95,13 +87,13 @@ def test_stage_map_inverts_order_stages(
     status: OrderStatus | None,
     reason: str,
 ) -> None:
-    resolution = amo_map().resolve(pipeline, stage, current)
+    resolution = stage_map(AMO_STAGES).resolve(pipeline, stage, current)
     assert (resolution.status, resolution.forwards) == (status, status is not None)
     assert reason in resolution.reason
 
 
 def test_a_shared_stage_keeps_the_current_status_or_forwards_nothing() -> None:
-    shared = StageMap.from_config(with_stages(example_config(), BX_STAGES))
+    shared = stage_map(BX_STAGES)
     assert shared.candidates("0", "EXECUTING") == (IN_RENT, IN_PROGRESS)
     kept = shared.resolve("0", "EXECUTING", IN_PROGRESS)
     assert (kept.status, kept.reason) == (
@@ -124,7 +116,7 @@ def test_without_order_stages_nothing_maps() -> None:
 
 def test_a_stage_id_in_two_pipelines_without_a_pipeline_is_shared() -> None:
     stages = {**AMO_STAGES, CANCELLED: ("8598230", "142")}  # 142 in another pipeline
-    resolution = amo_map(stages).resolve(None, "142", None)
+    resolution = stage_map(stages).resolve(None, "142", None)
     assert "shared by archived, cancelled" in resolution.reason
 
 
@@ -160,8 +152,7 @@ async def test_bitrix24_event_then_stage_read_then_status(
     moved = await read_stage(adapter, event)
     assert moved is not None and len(fake.calls) > calls
     assert (moved.pipeline_id, moved.status_id, moved.dedup_key) == ("0", "LOSE", event.dedup_key)
-    stage_map = StageMap.from_config(with_stages(example_config(), BX_STAGES))
-    assert stage_map.resolve(moved.pipeline_id, "LOSE", RESERVED).status == CANCELLED
+    assert stage_map(BX_STAGES).resolve(moved.pipeline_id, "LOSE", RESERVED).status == CANCELLED
 
 
 async def test_stage_read_of_a_deal_gone_is_none(bx_pair: tuple[FakeBitrix24, Bitrix24]) -> None:
@@ -321,15 +312,7 @@ def test_a_managers_move_is_not_an_echo() -> None:
 
 # ---- the decision ---------------------------------------------------------------------
 
-DEAL_STAGES = {
-    NEW: ("1", "NEW"),
-    RESERVED: ("1", "RESERVED"),
-    IN_RENT: ("1", "IN_RENT"),
-    IN_PROGRESS: ("1", "IN_PROGRESS"),
-    ARCHIVED: ("1", "WON"),
-    CANCELLED: ("1", "LOST"),
-}
-DEAL_MAP = StageMap.from_config(with_stages(example_config(), DEAL_STAGES))
+DEAL_MAP = stage_map(one_pipeline("1", "NEW", "RESERVED", "IN_RENT", "IN_PROGRESS", "WON", "LOST"))
 ORDER = LinkedOrder("R-1042", RESERVED)
 
 

@@ -26,9 +26,7 @@ from tests.test_backsync_scenarios import (
     Sync,
     crm_events,
     ordered,
-    rows,
     send,
-    settled,
     sync_for,
 )
 
@@ -52,7 +50,7 @@ async def test_a_deal_no_order_is_linked_to_is_recorded_and_not_forwarded(amo: S
         lead = amo.fake.add_lead(contact, pipeline_id=int(pipeline), status_id=int(stage))
         answer = await send(bridge, amo.move(str(lead), "in_rent"))
         assert answer.json() == {"status": "accepted", "events": 1, "new": 1}
-        await settled(bridge)
+        await bridge.settle(timeout=20)
         [(_, status, order_id, forwarded, decision, webhook_id)] = crm_events(bridge)
     assert (status, order_id, forwarded, webhook_id) == ("success", None, None, None)
     assert decision == f"deal {lead} is linked to no order"
@@ -68,7 +66,7 @@ async def test_a_batch_of_moves_is_one_callback_each_in_order(amo: Sync) -> None
         both = first.body + b"&" + second.body.replace(b"%5B0%5D", b"%5B1%5D")
         answer = await send(bridge, CrmRequest("POST", AMO_URL, first.headers, both))
         assert answer.json() == {"status": "accepted", "events": 2, "new": 2}, answer.text
-        await settled(bridge)
+        await bridge.settle(timeout=20)
     assert [(e["previous_status"], e["status"]) for e in amo.platform.events()] == [
         ("reserved", "in_rent"),
         ("in_rent", "in_progress"),
@@ -80,7 +78,7 @@ async def test_a_deleted_deal_is_recorded_and_not_forwarded(amo: Sync) -> None:
         deal = await ordered(bridge, amo)
         answer = await send(bridge, form([("leads[delete][0][id]", deal)]))
         assert answer.status_code == 200, answer.text
-        await settled(bridge)
+        await bridge.settle(timeout=20)
         [(_, status, _, forwarded, decision, _)] = crm_events(bridge)
     assert (status, forwarded) == ("success", None)
     assert decision == f"deal {deal} was deleted in the CRM"
@@ -103,10 +101,10 @@ async def test_sections_that_send_no_events_are_404(
         answer = await bridge.client.post(path + "?token=amo-url-token", content=b"x=1")
         assert (answer.status_code, answer.json()) == (404, {"error": "not_found"})
         logged = "SELECT http_status, detail FROM requests WHERE route LIKE '/webhook/crm/%'"
-        await wait_until(lambda: len(rows(bridge, logged)) == 1)
-        [(code, detail)] = rows(bridge, logged)
+        await wait_until(lambda: len(bridge.query(logged)) == 1)
+        [(code, detail)] = bridge.query(logged)
         assert code == 404 and why in detail
-        assert rows(bridge, "SELECT COUNT(*) FROM events") == [(0,)]
+        assert bridge.query("SELECT COUNT(*) FROM events") == [(0,)]
 
 
 def test_a_crm_whose_kind_sends_no_events_has_no_route(tmp_path: Path) -> None:
@@ -131,14 +129,14 @@ async def test_a_malformed_event_is_400_and_stores_nothing(
         answer = await send(bridge, form(pairs))
         assert answer.status_code == 400, answer.text
         assert "error" in answer.json()
-        assert rows(bridge, "SELECT COUNT(*) FROM events") == [(0,)]
+        assert bridge.query("SELECT COUNT(*) FROM events") == [(0,)]
 
 
 async def test_an_event_without_a_moved_deal_is_200_and_stores_nothing(amo: Sync) -> None:
     async with amo.run() as bridge:
         answer = await send(bridge, form([("account[subdomain]", "example")]))
         assert answer.json() == {"status": "accepted", "events": 0, "new": 0}
-        assert rows(bridge, "SELECT COUNT(*) FROM events") == [(0,)]
+        assert bridge.query("SELECT COUNT(*) FROM events") == [(0,)]
 
 
 async def test_other_methods_are_405(amo: Sync) -> None:

@@ -9,7 +9,6 @@ platform stand-in (tests/fakes/platform.py) verifies and records the signed call
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -153,22 +152,11 @@ async def send(bridge: Bridge, request: CrmRequest) -> httpx.Response:
     return await bridge.client.post(request.path, content=request.body, headers=request.headers)
 
 
-def rows(bridge: Bridge, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(bridge.settings.database_path) as conn:
-        return list(conn.execute(sql, params).fetchall())
-
-
 def crm_events(bridge: Bridge) -> list[tuple[Any, ...]]:
-    return rows(
-        bridge,
+    return bridge.query(
         "SELECT event_key, status, order_id, forwarded_status, decision, webhook_id"
-        " FROM crm_events ORDER BY id",
+        " FROM crm_events ORDER BY id"
     )
-
-
-async def settled(bridge: Bridge) -> None:
-    busy = "SELECT COUNT(*) FROM deliveries WHERE status IN ('pending', 'retrying', 'processing')"
-    await wait_until(lambda: rows(bridge, busy)[0][0] == 0, timeout=20)
 
 
 async def ordered(bridge: Bridge, sync: Sync) -> str:
@@ -193,9 +181,9 @@ async def test_a_managers_move_reaches_the_platform_once_signed_with_the_mapped_
         await wait_until(lambda: len(sync.platform.events()) == 1)
         again = await send(bridge, event)  # the CRM resends: a repeat, nothing new
         assert again.json() == {"status": "accepted", "events": 1, "new": 0}
-        await settled(bridge)
+        await bridge.settle(timeout=20)
         [(key, status, order_id, forwarded, decision, webhook_id)] = crm_events(bridge)
-        [link_status] = rows(bridge, "SELECT status FROM order_links")[0]
+        [link_status] = bridge.query("SELECT status FROM order_links")[0]
     [body] = sync.platform.events()
     assert body == {
         "type": "order.status_changed",
@@ -225,7 +213,7 @@ async def test_the_bridges_own_move_reported_late_is_not_sent_back(sync: Sync) -
         # The CRM's report of the bridge's earlier move to `reserved` comes only now.
         answer = await send(bridge, sync.move(deal, "reserved"))
         assert answer.status_code == 200, answer.text
-        await settled(bridge)
+        await bridge.settle(timeout=20)
         [(_, status, order_id, forwarded, decision, webhook_id)] = crm_events(bridge)
     assert sync.platform.received == []
     assert (status, order_id, forwarded, webhook_id) == ("success", "ord_1042", None, None)
@@ -243,10 +231,10 @@ async def test_a_wrong_secret_is_401_and_stores_nothing(sync: Sync) -> None:
         deal = await ordered(bridge, sync)
         answer = await send(bridge, sync.move(deal, "in_rent"))
         assert (answer.status_code, answer.json()) == (401, {"error": "unauthorized"})
-        assert rows(bridge, "SELECT COUNT(*) FROM events WHERE kind = 'crm_event'") == [(0,)]
+        assert bridge.query("SELECT COUNT(*) FROM events WHERE kind = 'crm_event'") == [(0,)]
         logged = "SELECT http_status FROM requests WHERE route LIKE '/webhook/crm/%'"
-        await wait_until(lambda: rows(bridge, logged) == [(401,)])
-        [(detail,)] = rows(bridge, "SELECT verdict FROM requests WHERE http_status = 401")
+        await wait_until(lambda: bridge.query(logged) == [(401,)])
+        [(detail,)] = bridge.query("SELECT verdict FROM requests WHERE http_status = 401")
     assert wrong not in detail and sync.crm.secret not in detail
     assert sync.platform.received == []
 
@@ -258,9 +246,9 @@ async def test_a_platform_down_for_a_while_gets_the_callback_exactly_once(sync: 
     async with sync.run() as bridge:
         deal = await ordered(bridge, sync)
         assert (await send(bridge, sync.move(deal, "cancelled"))).status_code == 200
-        await settled(bridge)
+        await bridge.settle(timeout=20)
         [(_, status, _, forwarded, _, webhook_id)] = crm_events(bridge)
-        [(attempts,)] = rows(bridge, "SELECT attempts FROM deliveries WHERE crm = 'platform'")
+        [(attempts,)] = bridge.query("SELECT attempts FROM deliveries WHERE crm = 'platform'")
     assert (status, forwarded) == ("success", "cancelled")
     assert attempts == 5
     [body] = sync.platform.events()  # deduplicated by webhook-id, as the platform does
@@ -274,13 +262,13 @@ async def test_a_callback_waiting_for_the_platform_is_sent_after_a_restart(sync:
         deal = await ordered(bridge, sync)
         assert (await send(bridge, sync.move(deal, "in_rent"))).status_code == 200
         tried = "SELECT COUNT(*) FROM deliveries WHERE crm = 'platform' AND attempts >= 2"
-        await wait_until(lambda: rows(bridge, tried) == [(1,)])
-        [(first_id,)] = rows(bridge, "SELECT webhook_id FROM crm_events")
+        await wait_until(lambda: bridge.query(tried) == [(1,)])
+        [(first_id,)] = bridge.query("SELECT webhook_id FROM crm_events")
     assert sync.platform.received == []
     sync.platform.up()
     async with sync.run() as bridge:
-        await settled(bridge)
-        [(status, webhook_id)] = rows(bridge, "SELECT status, webhook_id FROM crm_events")
+        await bridge.settle(timeout=20)
+        [(status, webhook_id)] = bridge.query("SELECT status, webhook_id FROM crm_events")
     assert status == "success" and webhook_id == first_id
     [body] = sync.platform.events()
     assert body["status"] == "in_rent"
@@ -320,11 +308,11 @@ async def test_killed_during_the_callback_it_is_sent_after_a_restart_under_the_s
         assert (await send(bridge, amo.move(deal, "in_rent"))).status_code == 200
         await wait_until(lambda: not dying.armed)
         stuck = "SELECT status FROM deliveries WHERE crm = 'platform'"
-        await wait_until(lambda: rows(bridge, stuck) == [("processing",)])
-        [(webhook_id,)] = rows(bridge, "SELECT webhook_id FROM crm_events")
+        await wait_until(lambda: bridge.query(stuck) == [("processing",)])
+        [(webhook_id,)] = bridge.query("SELECT webhook_id FROM crm_events")
     async with amo.run() as bridge:
-        await settled(bridge)
-        [(status, forwarded)] = rows(bridge, "SELECT status, forwarded_status FROM crm_events")
+        await bridge.settle(timeout=20)
+        [(status, forwarded)] = bridge.query("SELECT status, forwarded_status FROM crm_events")
     assert (status, forwarded) == ("success", "in_rent")
     [body] = amo.platform.events()
     assert body["status"] == "in_rent" and body["previous_status"] == "reserved"

@@ -48,6 +48,14 @@ def known(crm: MemoryCrm, n: int) -> KnownRefs:
     return KnownRefs(contact, deal, "", ())
 
 
+def known_customers(count: int) -> tuple[BatchingMemoryCrm, list[KnownRefs]]:
+    """A CRM where customers 0 … count - 1 are known (`known`), its call log cleared."""
+    crm = BatchingMemoryCrm(CONFIG)
+    refs = [known(crm, n) for n in range(count)]
+    crm.calls.clear()
+    return crm, refs
+
+
 async def run_group(
     crm: BatchingMemoryCrm,
     payments: Sequence[Payment],
@@ -113,9 +121,7 @@ async def test_new_customers_cost_one_search_one_create_and_one_note_call() -> N
 
 
 async def test_known_customers_cost_one_read_one_update_and_one_note_call() -> None:
-    crm = BatchingMemoryCrm(CONFIG)
-    refs = [known(crm, n) for n in range(10)]
-    crm.calls.clear()
+    crm, refs = known_customers(10)
     outcomes = await run_group(crm, [payment(n) for n in range(10)], refs)
     assert crm.calls == ["batch:get_deals×10", "batch:update_deals×10", "batch:add_notes×10"]
     for ref, outcome in zip(refs, outcomes, strict=True):
@@ -142,11 +148,9 @@ async def test_a_payment_alone_makes_exactly_its_per_call_calls() -> None:
 async def test_a_member_busy_with_its_own_calls_is_waited_for() -> None:
     # Customer 0's remembered deal was closed: it reads its contact's deals per call,
     # then creates a deal; the others' notes still go in one call with its note.
-    crm = BatchingMemoryCrm(CONFIG)
-    refs = [known(crm, n) for n in range(4)]
+    crm, refs = known_customers(4)
     closed = CONFIG.closed_status_ids[0]
     crm.deals[refs[0].deal_id] = replace(crm.deals[refs[0].deal_id], status_id=closed)
-    crm.calls.clear()
     await run_group(crm, [payment(n) for n in range(4)], refs)
     assert crm.calls == [
         "batch:get_deals×4",
@@ -158,8 +162,7 @@ async def test_a_member_busy_with_its_own_calls_is_waited_for() -> None:
 
 
 async def test_an_item_refused_alone_fails_only_its_payment() -> None:
-    crm = BatchingMemoryCrm(CONFIG)
-    refs = [known(crm, n) for n in range(5)]
+    crm, refs = known_customers(5)
     crm.refuse(refs[2].deal_id)
     outcomes = await run_group(crm, [payment(n) for n in range(5)], refs)
     assert isinstance(outcomes[2], PermanentCrmError)
@@ -171,9 +174,7 @@ async def test_an_item_refused_alone_fails_only_its_payment() -> None:
 
 
 async def test_a_batch_refused_as_a_whole_is_tried_item_by_item() -> None:
-    crm = BatchingMemoryCrm(CONFIG)
-    refs = [known(crm, n) for n in range(3)]
-    crm.calls.clear()
+    crm, refs = known_customers(3)
     crm.refuse_whole()
     outcomes = await run_group(crm, [payment(n) for n in range(3)], refs)
     assert all(isinstance(o, FlowOutcome) for o in outcomes)
@@ -197,9 +198,7 @@ async def test_a_form_refused_as_a_whole_again_and_again_goes_per_call() -> None
 
 
 async def test_a_lost_batch_answer_lands_everything_exactly_once_on_the_retry() -> None:
-    crm = BatchingMemoryCrm(CONFIG)
-    refs = [known(crm, n) for n in range(4)]
-    crm.calls.clear()
+    crm, refs = known_customers(4)
     crm.fail_at(2, after=True)  # the update batch applied, its answer lost
     stores = [Journalled() for _ in refs]
     payments = [payment(n) for n in range(4)]
@@ -243,8 +242,7 @@ async def _crashing(
 
 
 async def test_a_member_cancelled_while_waiting_does_not_hold_the_others() -> None:
-    crm = BatchingMemoryCrm(CONFIG)
-    refs = [known(crm, n) for n in range(3)]
+    crm, refs = known_customers(3)
     group = BatchGroup(crm, crm.batch_forms)
     gate = asyncio.Event()
 

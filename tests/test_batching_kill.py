@@ -14,65 +14,33 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from bridge.store import Store
-from tests.conftest import payment_payload
-from tests.fakes.amocrm import FakeAmoCrm
-from tests.fakes.server import serve_in_thread
-from tests.process import BridgeProcess, KillSwitch, write_config
+from tests.cli_support import hold_crm
+from tests.customers import payment_of
+from tests.process import (  # noqa: F401 - amo_server
+    BridgeProcess,
+    KillSwitch,
+    ServedAmoCrm,
+    assert_each_payment_once,
+    served_amocrm,
+)
 
-TOTAL, COUNT, PAYMENT_ID = "700207", "700208", "700205"  # deal fields of the example config
 CUSTOMERS = 4
 COMPLEX_BATCH = ("POST", r"/api/v4/leads/complex")
 PATCH_BATCH = ("PATCH", r"/api/v4/leads")
 NOTES_BATCH = ("POST", r"/api/v4/leads/notes")
 
 
-def customer_payment(customer: int, n: int) -> dict[str, Any]:
-    return payment_payload(
-        f"pay_b{customer}_{n}",
-        phone=f"8999200{customer:04d}",
-        email=f"b{customer}@example.com",
-        telegram_id=str(800000 + customer),
-        costs=(1000 * (n + 1),),
-        subjects=("Русский",),
-    )
-
-
 def amount(n: int) -> Decimal:
     return Decimal(1000 * (n + 1))
 
 
-@pytest.fixture
-def fake() -> Iterator[tuple[FakeAmoCrm, str]]:
-    amo = FakeAmoCrm(rate_limit=60)  # rate limits are not what this test is about
-    base_url, stop = serve_in_thread(amo)
-    try:
-        yield amo, base_url
-    finally:
-        stop()
-
-
 def hold(bridge: BridgeProcess, held: bool) -> None:
-    """What `crm-bridge pause` / `resume` do; the running bridge sees it within a second."""
-
-    async def apply() -> None:
-        store = await Store.open(bridge.database, clock=time.time)
-        try:
-            if held:
-                await store.hold_crm("amocrm", "queue a batch", "test")
-            else:
-                await store.release_crm("amocrm")
-        finally:
-            await store.close()
-
-    asyncio.run(apply())
+    asyncio.run(hold_crm(bridge.database, held))
 
 
 def deliver_round(
@@ -82,7 +50,7 @@ def deliver_round(
     hold(bridge, True)
     time.sleep(1.2)  # the running bridge reads holds at most once a second
     for customer in range(CUSTOMERS):
-        response = bridge.post_payment(customer_payment(customer, n))
+        response = bridge.post_payment(payment_of(customer, n, "pay_b"))
         assert response.status_code == 202, response.text
     if not kills:
         hold(bridge, False)
@@ -117,15 +85,12 @@ CASES = {
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_sigkill_mid_batch_leaves_exactly_one_of_everything(
-    name: str, fake: tuple[FakeAmoCrm, str], tmp_path: Path
+    name: str, amo_server: ServedAmoCrm, tmp_path: Path
 ) -> None:
     config_kind, first_kills, second_kills = CASES[name]
-    amo, base_url = fake
+    amo = amo_server.fake
     excluded = [] if config_kind == "gathering" else None
-    config = write_config(
-        tmp_path / "bridge.toml", base_url, excluded_status_ids=excluded, rate_limit_per_second=40
-    )
-    bridge = BridgeProcess.create(tmp_path, config, access_token=amo.issue_token(ttl=3600))
+    bridge = amo_server.bridge(tmp_path, excluded_status_ids=excluded, rate_limit_per_second=40)
     switch = KillSwitch(amo, bridge)
     try:
         bridge.start()
@@ -139,18 +104,6 @@ def test_sigkill_mid_batch_leaves_exactly_one_of_everything(
     assert statuses == dict.fromkeys(payments, "success"), bridge.log_text()[-3000:]
     assert max(batch_sizes) == CUSTOMERS, "the payments did not go out as one batch"
     assert len(amo.contacts()) == CUSTOMERS, "a second contact was created"
-    leads = amo.leads()
     expected_leads = CUSTOMERS if config_kind == "gathering" else 2 * CUSTOMERS
-    assert len(leads) == expected_leads, "a duplicate deal was created"
-    seen: dict[str, int] = {}
-    for lead in leads:
-        notes = amo.notes(lead["id"])
-        noted = [pid for pid in payments for text in notes if f"Payment ID: {pid}" in text]
-        assert len(noted) == len(notes), f"lead {lead['id']}: a note for no payment: {notes}"
-        for pid in noted:
-            seen[pid] = seen.get(pid, 0) + 1
-        assert Decimal(str(amo.lead_field(lead["id"], TOTAL))) == sum(
-            payments[pid] for pid in noted
-        )
-        assert int(Decimal(str(amo.lead_field(lead["id"], COUNT)))) == len(noted)
-    assert seen == dict.fromkeys(payments, 1), f"notes per payment: {seen}"
+    assert len(amo.leads()) == expected_leads, "a duplicate deal was created"
+    assert_each_payment_once(amo, payments)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,27 +19,17 @@ from typing import Any
 from litestar.testing import AsyncTestClient
 
 from bridge.app import create_app
-from bridge.store import Store
-from tests.cli_support import make_cli
+from tests.cli_support import hold_crm, make_cli
 from tests.conftest import (
     Bridge,
     make_settings,
-    payment_payload,
     reference_file_config,
     signed,
 )
+from tests.customers import payment_of
 from tests.fakes.memory import BatchingMemoryCrm
 
 CUSTOMERS = 6
-
-
-def customer_payment(customer: int, n: int) -> dict[str, Any]:
-    return payment_payload(
-        f"pay_{customer}_{n}",
-        phone=f"8999100{customer:04d}",
-        email=f"c{customer}@example.com",
-        telegram_id=str(700000 + customer),
-    )
 
 
 @asynccontextmanager
@@ -53,9 +42,7 @@ async def held_bridge(
     file = file.model_copy(update={"crm": {"amocrm": config}})
     settings = make_settings(tmp_path, file, wait_seconds=0, **overrides)
     crm.config = config
-    store = await Store.open(settings.database_path, clock=time.time)
-    await store.hold_crm("amocrm", "load the queue", "test")
-    await store.close()
+    await hold_crm(settings.database_path)
     app = create_app(settings, adapters=lambda _settings, _store: {"amocrm": crm})
     async with AsyncTestClient(app=app) as client:
         yield Bridge(client, settings, crm)  # type: ignore[arg-type]
@@ -66,9 +53,7 @@ async def post_and_release(bridge: Bridge, payments: list[dict[str, Any]]) -> No
         body = json.dumps(payload).encode()
         answer = await bridge.client.post("/webhook/payment", content=body, headers=signed(body))
         assert answer.status_code == 202, answer.text
-    store = await Store.open(bridge.settings.database_path, clock=time.time)
-    await store.release_crm("amocrm")
-    await store.close()
+    await hold_crm(bridge.settings.database_path, held=False)
     await bridge.settle(timeout=30)
 
 
@@ -78,7 +63,7 @@ def delivered(bridge: Bridge) -> Counter[str]:
 
 async def test_due_payments_of_different_customers_go_as_one_group(tmp_path: Path) -> None:
     crm = BatchingMemoryCrm(reference_file_config().crm["amocrm"], name="amocrm")
-    payments = [customer_payment(c, n) for n in range(2) for c in range(CUSTOMERS)]
+    payments = [payment_of(c, n) for n in range(2) for c in range(CUSTOMERS)]
     async with held_bridge(tmp_path, crm, worker_concurrency=1) as bridge:
         await post_and_release(bridge, payments)
         assert delivered(bridge) == {"success": 2 * CUSTOMERS}
@@ -105,7 +90,7 @@ def assert_one_note_each(crm: BatchingMemoryCrm, payment_ids: list[str]) -> None
 
 async def test_batch_size_one_turns_batching_off(tmp_path: Path) -> None:
     crm = BatchingMemoryCrm(reference_file_config().crm["amocrm"], name="amocrm")
-    payments = [customer_payment(c, 0) for c in range(CUSTOMERS)]
+    payments = [payment_of(c, 0) for c in range(CUSTOMERS)]
     async with held_bridge(tmp_path, crm, batch_size=1) as bridge:
         await post_and_release(bridge, payments)
         assert delivered(bridge) == {"success": CUSTOMERS}
@@ -115,7 +100,7 @@ async def test_batch_size_one_turns_batching_off(tmp_path: Path) -> None:
 
 async def test_a_group_is_capped_by_the_configured_batch_size(tmp_path: Path) -> None:
     crm = BatchingMemoryCrm(reference_file_config().crm["amocrm"], name="amocrm")
-    payments = [customer_payment(c, 0) for c in range(5)]
+    payments = [payment_of(c, 0) for c in range(5)]
     async with held_bridge(tmp_path, crm, batch_size=2, worker_concurrency=8) as bridge:
         await post_and_release(bridge, payments)
         assert delivered(bridge) == {"success": 5}
@@ -128,7 +113,7 @@ async def test_an_item_refused_in_a_batch_fails_only_its_delivery(tmp_path: Path
     crm = BatchingMemoryCrm(reference_file_config().crm["amocrm"], name="amocrm")
     crm.refuse("Payment ID: pay_1_0")  # this payment's note is refused, alone
     async with held_bridge(tmp_path, crm) as bridge:
-        await post_and_release(bridge, [customer_payment(c, 0) for c in range(3)])
+        await post_and_release(bridge, [payment_of(c, 0) for c in range(3)])
         statuses = dict(
             bridge.query(
                 "SELECT e.key, d.status FROM deliveries d JOIN events e ON e.id = d.event_id"
@@ -146,10 +131,8 @@ async def test_a_batch_call_is_listed_under_each_delivery_and_counted_once(
 ) -> None:
     # Through HTTP into the fake amoCRM: the new customers' contacts and deals in one
     # `leads/complex`, their notes in one `POST /api/v4/leads/notes`.
-    payments = [customer_payment(c, 0) for c in range(4)]
-    store = await Store.open(make_settings(tmp_path).database_path, clock=time.time)
-    await store.hold_crm("amocrm", "load the queue", "test")
-    await store.close()
+    payments = [payment_of(c, 0) for c in range(4)]
+    await hold_crm(make_settings(tmp_path).database_path)
     async with run_bridge(wait_seconds=0) as bridge:
         await post_and_release(bridge, payments)
         assert delivered(bridge) == {"success": 4}

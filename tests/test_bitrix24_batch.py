@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from bridge import rules
-from bridge.crm.base import BatchForms, batch_forms
 from bridge.crm.bitrix24 import Bitrix24
 from bridge.domain import (
     Contact,
@@ -37,6 +36,7 @@ from tests.test_bitrix24_adapter import (
     new_contact,
     new_deal,
 )
+from tests.vendor_support import closing, forms
 
 BAD_FIELD = FieldUpdate("UF_CRM_NO_SUCH", FieldKind.TEXT, "x")  # the fake refuses it
 
@@ -48,15 +48,8 @@ def fake() -> FakeBitrix24:
 
 @pytest.fixture
 async def bx(fake: FakeBitrix24) -> AsyncIterator[Bitrix24]:
-    adapter = make_adapter(fake)
-    yield adapter
-    await adapter.connection.aclose()
-
-
-def forms(adapter: Bitrix24) -> BatchForms:
-    found = batch_forms(adapter)
-    assert found is not None
-    return found
+    async with closing(make_adapter(fake)) as (adapter,):
+        yield adapter
 
 
 def customer(n: int, *, telegram: bool = True) -> Customer:
@@ -85,8 +78,9 @@ def same_deal(deal: Deal | CrmError) -> Deal:
 
 async def test_every_form_is_there_and_the_limit_is_bitrix_s_50(fake: FakeBitrix24) -> None:
     for size, limit in ((250, 50), (50, 50), (7, 7)):
-        adapter = make_adapter(fake, config=CONFIG.model_copy(update={"batch_size": size}))
-        found = forms(adapter)
+        config = CONFIG.model_copy(update={"batch_size": size})
+        async with closing(make_adapter(fake, config=config)) as (adapter,):
+            found = forms(adapter).all
         assert found.limit == limit
         assert all(
             getattr(found, name) is not None
@@ -100,7 +94,6 @@ async def test_every_form_is_there_and_the_limit_is_bitrix_s_50(fake: FakeBitrix
                 "find_contacts",
             )
         )
-        await adapter.connection.aclose()
 
 
 # ---- reads --------------------------------------------------------------------------
@@ -161,26 +154,24 @@ async def test_updates_and_notes_land_as_the_per_call_methods_land_them() -> Non
         FieldUpdate(PAYMENT_ID, FieldKind.TEXT, "pay_1"),
         FieldUpdate(TOTAL, FieldKind.NUMBER, Decimal("1500.50")),
     )
-    one, many = make_adapter(per_call), make_adapter(batched)
-    ids = _deal_set(per_call, 4)
-    assert _deal_set(batched, 4) == ids
-    for deal_id in ids:
-        await one.update_deal(deal_id, updates)
-        await one.add_note(deal_id, f"Оплата {deal_id}\n\nPayment ID: pay_1")
+    async with closing(make_adapter(per_call), make_adapter(batched)) as (one, many):
+        ids = _deal_set(per_call, 4)
+        assert _deal_set(batched, 4) == ids
+        for deal_id in ids:
+            await one.update_deal(deal_id, updates)
+            await one.add_note(deal_id, f"Оплата {deal_id}\n\nPayment ID: pay_1")
 
-    found = forms(many)
-    results = await found.update_deals([(deal_id, updates) for deal_id in ids])
-    notes = [(deal_id, f"Оплата {deal_id}\n\nPayment ID: pay_1") for deal_id in ids]
-    assert await found.add_notes(notes) == [None] * 4
+        found = forms(many)
+        results = await found.update_deals([(deal_id, updates) for deal_id in ids])
+        notes = [(deal_id, f"Оплата {deal_id}\n\nPayment ID: pay_1") for deal_id in ids]
+        assert await found.add_notes(notes) == [None] * 4
 
-    assert results == [None] * 4
-    assert batched.count() == 2  # one request a step
-    assert [call.json["halt"] for call in batched.calls] == [0, 0]
-    assert stored(batched) == stored(per_call)
-    assert all(batched.notes(d) == per_call.notes(d) for d in ids)
-    assert set(batch_commands(batched)) == {f"n{i}" for i in range(4)}
-    await one.connection.aclose()
-    await many.connection.aclose()
+        assert results == [None] * 4
+        assert batched.count() == 2  # one request a step
+        assert [call.json["halt"] for call in batched.calls] == [0, 0]
+        assert stored(batched) == stored(per_call)
+        assert all(batched.notes(d) == per_call.notes(d) for d in ids)
+        assert set(batch_commands(batched)) == {f"n{i}" for i in range(4)}
 
 
 async def test_a_refused_item_fails_alone_and_the_others_are_applied(
@@ -211,24 +202,22 @@ async def test_a_refused_item_fails_alone_and_the_others_are_applied(
 
 async def test_create_deals_answers_the_deals_create_deal_answers() -> None:
     per_call, batched = FakeBitrix24(CONFIG), FakeBitrix24(CONFIG)
-    one, many = make_adapter(per_call), make_adapter(batched)
-    contacts = [Contact(id=str(per_call.add_contact(f"К{n}"))) for n in range(3)]
-    assert [Contact(id=str(batched.add_contact(f"К{n}"))) for n in range(3)] == contacts
-    deals = [new_deal(name=f"Сделка {n}") for n in range(3)]
-    expected = [
-        same_deal(await one.create_deal(c, d)) for c, d in zip(contacts, deals, strict=True)
-    ]
+    async with closing(make_adapter(per_call), make_adapter(batched)) as (one, many):
+        contacts = [Contact(id=str(per_call.add_contact(f"К{n}"))) for n in range(3)]
+        assert [Contact(id=str(batched.add_contact(f"К{n}"))) for n in range(3)] == contacts
+        deals = [new_deal(name=f"Сделка {n}") for n in range(3)]
+        expected = [
+            same_deal(await one.create_deal(c, d)) for c, d in zip(contacts, deals, strict=True)
+        ]
 
-    items = list(zip(contacts, deals, strict=True))
-    items.insert(1, (contacts[0], new_deal(status_id="C2:NO_SUCH_STAGE")))
-    results = await forms(many).create_deals(items)
+        items = list(zip(contacts, deals, strict=True))
+        items.insert(1, (contacts[0], new_deal(status_id="C2:NO_SUCH_STAGE")))
+        results = await forms(many).create_deals(items)
 
-    assert batched.count() == 1
-    assert isinstance(results[1], PermanentCrmError) and "NO_SUCH_STAGE" in str(results[1])
-    assert [same_deal(r) for r in (results[0], *results[2:])] == expected
-    assert stored(batched) == stored(per_call)
-    await one.connection.aclose()
-    await many.connection.aclose()
+        assert batched.count() == 1
+        assert isinstance(results[1], PermanentCrmError) and "NO_SUCH_STAGE" in str(results[1])
+        assert [same_deal(r) for r in (results[0], *results[2:])] == expected
+        assert stored(batched) == stored(per_call)
 
 
 async def test_new_customers_contacts_and_deals_are_one_chained_request(
@@ -452,30 +441,28 @@ async def test_list_deals_is_one_request_and_answers_as_list_deals() -> None:
     per_call, batched = FakeBitrix24(CONFIG), FakeBitrix24(CONFIG)
     seeded = _contacts_with_deals(per_call)
     assert _contacts_with_deals(batched) == seeded
-    one, many = make_adapter(per_call), make_adapter(batched)
-    # The remembered deals get_deal read: closed or excluded, so the flow lists the rest.
-    every = [d for _, ids in seeded for i in ids if (d := await one.get_deal(str(i)))]
-    items: list[tuple[Contact, tuple[Deal, ...]]] = [
-        (Contact(id=str(cid)), known)
-        for cid, _ in seeded
-        for known in ((), _known(every, cid)[2:3], _known(every, cid))
-    ]
-    expected = [await one.list_deals(contact, known) for contact, known in items]
+    async with closing(make_adapter(per_call), make_adapter(batched)) as (one, many):
+        # The remembered deals get_deal read: closed or excluded, so the flow lists the rest.
+        every = [d for _, ids in seeded for i in ids if (d := await one.get_deal(str(i)))]
+        items: list[tuple[Contact, tuple[Deal, ...]]] = [
+            (Contact(id=str(cid)), known)
+            for cid, _ in seeded
+            for known in ((), _known(every, cid)[2:3], _known(every, cid))
+        ]
+        expected = [await one.list_deals(contact, known) for contact, known in items]
 
-    listed = await forms(many).list_deals(items)
+        listed = await forms(many).list_deals(items)
 
-    assert listed == expected
-    assert batched.count() == 1 and batched.calls[0].method == "POST"
-    assert batched.calls[0].json["halt"] == 0
-    assert set(batch_commands(batched).values()) == {"crm.item.list"}
-    ivan_deals = expected[0]
-    assert ivan_deals and all(not d.is_closed for d in ivan_deals)  # as per call: open only
-    open_ids = [d.id for d in ivan_deals]
-    assert [d.id for d in expected[1]] == [*open_ids, str(seeded[0][1][2])]
-    assert [d.id for d in expected[2]] == [*open_ids, *(str(i) for i in seeded[0][1][2:])]
-    assert expected[9] == []  # no deals, none known
-    await one.connection.aclose()
-    await many.connection.aclose()
+        assert listed == expected
+        assert batched.count() == 1 and batched.calls[0].method == "POST"
+        assert batched.calls[0].json["halt"] == 0
+        assert set(batch_commands(batched).values()) == {"crm.item.list"}
+        ivan_deals = expected[0]
+        assert ivan_deals and all(not d.is_closed for d in ivan_deals)  # as per call: open only
+        open_ids = [d.id for d in ivan_deals]
+        assert [d.id for d in expected[1]] == [*open_ids, str(seeded[0][1][2])]
+        assert [d.id for d in expected[2]] == [*open_ids, *(str(i) for i in seeded[0][1][2:])]
+        assert expected[9] == []  # no deals, none known
 
 
 async def test_a_gone_contact_answers_as_per_call_and_the_others_are_unaffected(
@@ -530,23 +517,22 @@ async def test_no_request_when_every_contact_s_deals_were_prefetched(
 
 async def test_many_contacts_take_several_requests_and_long_lists_more_pages() -> None:
     fake = FakeBitrix24(CONFIG, bucket_size=1000)  # the per-call reads alone are 63 requests
-    bx = make_adapter(fake)
-    contacts = [fake.add_contact(f"Клиент {n}") for n in range(60)]
-    for n, contact in enumerate(contacts):
-        fake.add_deal(contact, stage_id="NEW", modified=1000 + n)
-    busy = contacts[0]
-    for n in range(119):  # 120 open deals: three pages of 50
-        fake.add_deal(busy, stage_id="EXECUTING", modified=2000 + n)
-    items = [(Contact(id=str(c)), ()) for c in contacts]
-    expected = [await bx.list_deals(contact) for contact, _ in items]
-    before = fake.count()
+    async with closing(make_adapter(fake)) as (bx,):
+        contacts = [fake.add_contact(f"Клиент {n}") for n in range(60)]
+        for n, contact in enumerate(contacts):
+            fake.add_deal(contact, stage_id="NEW", modified=1000 + n)
+        busy = contacts[0]
+        for n in range(119):  # 120 open deals: three pages of 50
+            fake.add_deal(busy, stage_id="EXECUTING", modified=2000 + n)
+        items = [(Contact(id=str(c)), ()) for c in contacts]
+        expected = [await bx.list_deals(contact) for contact, _ in items]
+        before = fake.count()
 
-    listed = await forms(bx).list_deals(items)
+        listed = await forms(bx).list_deals(items)
 
-    assert listed == expected and len(listed[0]) == 120
-    assert fake.count() - before == 4  # 50 contacts, 10 contacts, then busy's pages 2 and 3
-    assert batch_commands(fake, -1) == {"l0": "crm.item.list"}
-    await bx.connection.aclose()
+        assert listed == expected and len(listed[0]) == 120
+        assert fake.count() - before == 4  # 50 contacts, 10 contacts, then busy's pages 2 and 3
+        assert batch_commands(fake, -1) == {"l0": "crm.item.list"}
 
 
 async def test_a_failed_list_command_fails_the_whole_read_and_keeps_the_prefetch(

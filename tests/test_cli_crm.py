@@ -20,18 +20,13 @@ from bridge.crmconfig import config_snippet, schema_problems
 from bridge.crypto import TokenCipher
 from bridge.settings import load_file_config
 from bridge.tokens import TokenPair
-from tests.cli_support import T0, Cli, make_cli, write_config
+from tests.cli_support import AMOCRM_OAUTH_ENV, T0, Cli, make_cli, write_config
 from tests.conftest import make_settings, reference_file_config
 from tests.fakes.amocrm import FakeAmoCrm
 
 KEY = Fernet.generate_key().decode()
 OAUTH = {'auth = "long_lived_token"': 'auth = "oauth"'}
-OAUTH_ENV = {
-    "AMOCRM_CLIENT_ID": "fake-client-id",
-    "AMOCRM_CLIENT_SECRET": "fake-client-secret",
-    "AMOCRM_REDIRECT_URI": "https://bridge.example/oauth",
-    "BRIDGE_SECRET_KEY": KEY,
-}
+OAUTH_ENV = {**AMOCRM_OAUTH_ENV, "BRIDGE_SECRET_KEY": KEY}
 
 
 @pytest.fixture

@@ -11,38 +11,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from bridge.app import create_app
-from bridge.settings import FileConfig, load_file_config
-from tests.conftest import Bridge, make_settings, payment_payload, wait_until
+from tests.conftest import crm_calls, payment_payload, wait_until
+from tests.crm_cases import BY_NAME, Run, running
 from tests.fakes.amocrm import FakeAmoCrm
-from tests.fakes.bitrix24 import EXAMPLE_CONFIG as BITRIX_EXAMPLE
 from tests.fakes.bitrix24 import FakeBitrix24
 from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.pipedrive import FakePipedrive
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def only_crm(path: Path, name: str, **changes: Any) -> FileConfig:
-    config = load_file_config(path)
-    section = config.crm[name].model_copy(update={"enabled": True, **changes})
-    return config.model_copy(update={"crm": {name: section}})
-
-
-def calls_of(bridge: Bridge, payment_id: str) -> int:
-    [(calls,)] = bridge.query(
-        "SELECT d.crm_calls FROM deliveries d JOIN events e ON e.id = d.event_id WHERE e.key = ?",
-        (payment_id,),
-    )
-    return int(calls)
 
 
 def customer(payment_id: str, n: int) -> dict[str, Any]:
@@ -60,22 +40,10 @@ def fake_hub() -> FakeHubSpot:
 
 
 @pytest.fixture
-def run_hub(tmp_path: Path, fake_hub: FakeHubSpot) -> Callable[..., Any]:
-    @asynccontextmanager
-    async def factory(**overrides: Any) -> AsyncIterator[Bridge]:
-        overrides.setdefault("hubspot_access_token", fake_hub.issue_token())
-        file = only_crm(
-            ROOT / "etc" / "crm-hubspot.example.toml",
-            "hubspot",
-            base_url="https://api.hubapi.test",
-            excluded_status_ids=(),  # the second payment goes to the first one's deal
-        )
-        settings = make_settings(tmp_path, file, **overrides)
-        app = create_app(settings, transports={"hubspot": fake_hub.transport()})
-        async with AsyncTestClient(app=app) as client:
-            yield Bridge(client, settings, fake_hub)  # type: ignore[arg-type]
-
-    return factory
+def run_hub(tmp_path: Path, fake_hub: FakeHubSpot) -> Run:
+    case = BY_NAME["hubspot"]
+    # No excluded stage: the second payment goes to the first one's deal.
+    return partial(running(case, fake_hub, tmp_path), case.file_config(excluded_status_ids=()))
 
 
 async def test_hubspot_date_property_gets_the_payment_date(run_hub, fake_hub) -> None:
@@ -83,7 +51,7 @@ async def test_hubspot_date_property_gets_the_payment_date(run_hub, fake_hub) ->
     async with run_hub() as bridge:
         first = await bridge.post_payment(payment_payload("pay_d1"))
         again = await bridge.post_payment(payment_payload("pay_d2", costs=(700,)))
-        second_calls = calls_of(bridge, "pay_d2")
+        second_calls = crm_calls(bridge, "pay_d2")
     assert first.status_code == 200, first.text
     assert first.json()["status"] == "success", first.text
     assert again.json()["status"] == "success", again.text
@@ -94,15 +62,6 @@ async def test_hubspot_date_property_gets_the_payment_date(run_hub, fake_hub) ->
     property_reads = [c for c in fake_hub.calls if c.path.startswith("/crm/properties/")]
     assert len(property_reads) == 1
     assert second_calls == 3  # deal read by id, deal update, note: as with date-times
-
-
-async def test_hubspot_datetime_property_costs_no_property_read(run_hub, fake_hub) -> None:
-    async with run_hub() as bridge:
-        response = await bridge.post_payment(payment_payload("pay_t1"))
-    assert response.json()["status"] == "success", response.text
-    [deal] = fake_hub.deals()
-    assert fake_hub.deal_field(deal["id"], "last_payment_at") == "2025-01-20T11:49:20.000Z"
-    assert not [c for c in fake_hub.calls if c.path.startswith("/crm/properties/")]
 
 
 # ---- amoCRM 403, Bitrix24 user_access_error (item 21) ---------------------------------
@@ -139,16 +98,8 @@ def fake_bx() -> FakeBitrix24:
 
 
 @pytest.fixture
-def run_bx(tmp_path: Path, fake_bx: FakeBitrix24) -> Callable[..., Any]:
-    @asynccontextmanager
-    async def factory(**overrides: Any) -> AsyncIterator[Bridge]:
-        overrides.setdefault("bitrix24_webhook_url", fake_bx.webhook_url())
-        settings = make_settings(tmp_path, only_crm(BITRIX_EXAMPLE, "bitrix24"), **overrides)
-        app = create_app(settings, transports={"bitrix24": fake_bx.transport()})
-        async with AsyncTestClient(app=app) as client:
-            yield Bridge(client, settings, fake_bx)  # type: ignore[arg-type]
-
-    return factory
+def run_bx(tmp_path: Path, fake_bx: FakeBitrix24) -> Run:
+    return running(BY_NAME["bitrix24"], fake_bx, tmp_path)
 
 
 async def test_bitrix24_user_access_error_pauses_the_crm(run_bx, fake_bx) -> None:
@@ -198,7 +149,7 @@ async def test_bitrix24_deal_where_the_customer_is_not_the_primary_contact_is_up
     shared = fake_bx.add_deal(wife, stage_id="EXECUTING", other_contacts=[ivan])
     async with run_bx() as bridge:
         response = await bridge.post_payment(payment_payload("pay_b1", costs=(700,)))
-        calls = calls_of(bridge, "pay_b1")
+        calls = crm_calls(bridge, "pay_b1")
     assert response.status_code == 200, response.text
     assert response.json()["results"]["bitrix24"] == {
         "contact_id": str(ivan),
@@ -220,7 +171,7 @@ async def test_bitrix24_telegram_miss_reads_no_one_elses_deals(run_bx, fake_bx) 
     seen = spy_deal_reads(fake_bx)
     async with run_bx() as bridge:
         response = await bridge.post_payment(payment_payload("pay_b2", costs=(700,)))
-        calls = calls_of(bridge, "pay_b2")
+        calls = crm_calls(bridge, "pay_b2")
     assert response.json()["results"]["bitrix24"]["lead_id"] == str(mine), response.text
     assert seen and all(str(ivan) in contacts for contacts in seen)
     # lookup batch, the phone hit's record and deals, contact fill, deal update, comment
@@ -236,21 +187,8 @@ def fake_pd() -> FakePipedrive:
 
 
 @pytest.fixture
-def run_pd(tmp_path: Path, fake_pd: FakePipedrive) -> Callable[..., Any]:
-    @asynccontextmanager
-    async def factory(**overrides: Any) -> AsyncIterator[Bridge]:
-        overrides.setdefault("pipedrive_api_token", fake_pd.issue_api_token())
-        file = only_crm(
-            ROOT / "etc" / "crm-pipedrive.example.toml",
-            "pipedrive",
-            base_url="https://example.pipedrive.test",
-        )
-        settings = make_settings(tmp_path, file, **overrides)
-        app = create_app(settings, transports={"pipedrive": fake_pd.transport()})
-        async with AsyncTestClient(app=app) as client:
-            yield Bridge(client, settings, fake_pd)  # type: ignore[arg-type]
-
-    return factory
+def run_pd(tmp_path: Path, fake_pd: FakePipedrive) -> Run:
+    return running(BY_NAME["pipedrive"], fake_pd, tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from pydantic import SecretStr
 
 from bridge.app import create_app
 from bridge.settings import crm_secrets, load_settings
+from tests.clock import ManualClock
 from tests.conftest import (
     Bridge,
     make_settings,
@@ -27,18 +28,8 @@ from tests.test_hubspot_scenarios import hubspot_file_config
 AMO_TOTAL = "700207"
 
 
-class Clock:
-    """Wall time that a test can move forward (an hour of HubSpot outage in no time)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
 async def test_hubspot_down_for_an_hour_does_not_hold_amocrm_back(tmp_path: Path) -> None:
-    amo, hub, clock = FakeAmoCrm(), FakeHubSpot(), Clock()
+    amo, hub, clock = FakeAmoCrm(), FakeHubSpot(), ManualClock(time.time())
     both = reference_file_config().model_copy(
         update={"crm": {**reference_file_config().crm, **hubspot_file_config().crm}}
     )
@@ -62,7 +53,7 @@ async def test_hubspot_down_for_an_hour_does_not_hold_amocrm_back(tmp_path: Path
         audit_during = bridge.query("SELECT status FROM payment_events")
         # An hour later HubSpot is back; its retries have come due meanwhile.
         hub.up()
-        clock.offset += 3600
+        clock.advance(3600)
         await wait_until(
             lambda: bridge.query("SELECT status FROM payment_events") == [("success",)],
             timeout=15,

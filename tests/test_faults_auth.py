@@ -18,8 +18,6 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +26,16 @@ import pytest
 from cryptography.fernet import Fernet
 
 from bridge.crypto import TokenCipher
-from tests.conftest import payment_payload, reference_file_config, wait_until
+from tests.cli_support import AMOCRM_OAUTH_ENV as OAUTH_ENV
+from tests.conftest import reference_file_config, wait_until
+from tests.customers import customer_payment
 from tests.fakes.amocrm import FakeAmoCrm
-from tests.fakes.server import serve_in_thread
-from tests.process import BRIDGE_BIN, BridgeProcess, KillSwitch, write_config
-
-OAUTH_ENV = {
-    "AMOCRM_CLIENT_ID": "fake-client-id",
-    "AMOCRM_CLIENT_SECRET": "fake-client-secret",
-    "AMOCRM_REDIRECT_URI": "https://bridge.example/oauth",
-}
-
-
-def customer_payment(n: int, prefix: str = "pay_a") -> dict[str, Any]:
-    return payment_payload(
-        f"{prefix}{n}", phone=f"8999222{n:04d}", email=None, telegram_id=None, telegram_tag=None
-    )
+from tests.process import (  # noqa: F401 - amo_server
+    BridgeProcess,
+    KillSwitch,
+    ServedAmoCrm,
+    served_amocrm,
+)
 
 
 def assert_one_of_everything(fake: FakeAmoCrm, payments: int) -> None:
@@ -60,7 +52,7 @@ async def test_rejected_long_lived_token_pauses_without_burning_attempts(
     run_bridge: Any, fake_amo: FakeAmoCrm, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with run_bridge(amocrm_access_token="revoked-long-lived-token", wait_seconds=2) as b:
-        answers = [await b.post_payment(customer_payment(n)) for n in range(3)]
+        answers = [await b.post_payment(customer_payment(n, "pay_a")) for n in range(3)]
         await wait_until(lambda: fake_amo.count(status=401) >= 1)
         await asyncio.sleep(0.5)  # time enough to burn attempts, were it to burn any
         health = (await b.client.get("/webhook/health")).json()
@@ -91,38 +83,13 @@ async def test_rejected_long_lived_token_pauses_without_burning_attempts(
 # ---- OAuth ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def loopback_fake() -> Iterator[tuple[FakeAmoCrm, str]]:
-    amo = FakeAmoCrm(rate_limit=60)
-    base_url, stop = serve_in_thread(amo)
-    try:
-        yield amo, base_url
-    finally:
-        stop()
-
-
-def oauth_bridge(home: Path, base_url: str, **env: str) -> BridgeProcess:
-    config = write_config(home / "bridge.toml", base_url, auth="oauth", rate_limit_per_second=40)
-    return BridgeProcess.create(
+def oauth_bridge(home: Path, served: ServedAmoCrm, **env: str) -> BridgeProcess:
+    return served.bridge(
         home,
-        config,
-        access_token=None,
-        BRIDGE_SECRET_KEY=Fernet.generate_key().decode(),
-        **OAUTH_ENV,
-        **env,
-    )
-
-
-def cli(bridge: BridgeProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    """The `bridge` command with the service's environment, as an operator runs it."""
-    return subprocess.run(  # noqa: S603 - our own entry point
-        [str(BRIDGE_BIN), *args],
-        cwd=bridge.home,
-        env=bridge.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+        token=False,
+        env={"BRIDGE_SECRET_KEY": Fernet.generate_key().decode(), **OAUTH_ENV, **env},
+        auth="oauth",
+        rate_limit_per_second=40,
     )
 
 
@@ -135,12 +102,12 @@ def stored_pair(bridge: BridgeProcess) -> dict[str, Any]:
 
 
 def test_refresh_token_rotated_away_pauses_until_bridge_auth_then_resumes(
-    loopback_fake: tuple[FakeAmoCrm, str], tmp_path: Path
+    amo_server: ServedAmoCrm, tmp_path: Path
 ) -> None:
-    amo, base_url = loopback_fake
-    bridge = oauth_bridge(tmp_path, base_url)
+    amo, base_url = amo_server.fake, amo_server.base_url
+    bridge = oauth_bridge(tmp_path, amo_server)
     access, refresh = amo.issue_oauth_pair(ttl=3600)
-    entered = cli(bridge, "auth", "amocrm", "--access-token", access, "--refresh-token", refresh)
+    entered = bridge.run("auth", "amocrm", "--access-token", access, "--refresh-token", refresh)
     assert entered.returncode == 0, entered.stderr
     # Someone else (a second copy of the bridge, a script) uses the refresh token: the
     # fake rotates it away, and the access token the bridge holds expires.
@@ -153,7 +120,7 @@ def test_refresh_token_rotated_away_pauses_until_bridge_auth_then_resumes(
     try:
         bridge.start()
         for n in range(3):
-            assert bridge.post_payment(customer_payment(n)).status_code == 202
+            assert bridge.post_payment(customer_payment(n, "pay_a")).status_code == 202
         bridge.wait_for(lambda: bridge.health()["crms"]["amocrm"]["paused"], what="amocrm paused")
         bridge.wait_for(
             lambda: bridge.query("SELECT DISTINCT status FROM deliveries") == [("pending",)],
@@ -162,7 +129,7 @@ def test_refresh_token_rotated_away_pauses_until_bridge_auth_then_resumes(
         health = bridge.health()
         rows = bridge.query("SELECT status, attempts FROM deliveries")
         amo.register_code("code-from-the-amocrm-ui")
-        authorised = cli(bridge, "auth", "amocrm", "--code", "code-from-the-amocrm-ui")
+        authorised = bridge.run("auth", "amocrm", "--code", "code-from-the-amocrm-ui")
         assert authorised.returncode == 0, authorised.stderr
         # No restart: the paused CRM is probed every 30 s and picks the stored pair up.
         bridge.settle(timeout=45)
@@ -204,12 +171,14 @@ async def test_concurrent_deliveries_share_one_refresh(
         amocrm_redirect_uri=OAUTH_ENV["AMOCRM_REDIRECT_URI"],
         bridge_secret_key=key,
     ) as bridge:
-        first = await asyncio.gather(*(bridge.post_payment(customer_payment(n)) for n in range(8)))
+        first = await asyncio.gather(
+            *(bridge.post_payment(customer_payment(n, "pay_a")) for n in range(8))
+        )
         await bridge.settle()
         after_first = fake_amo.count(path_prefix="/oauth2/")
         fake_amo.expire_all_access_tokens()  # every delivery in flight now meets a 401
         second = await asyncio.gather(
-            *(bridge.post_payment(customer_payment(n)) for n in range(100, 108))
+            *(bridge.post_payment(customer_payment(n, "pay_a")) for n in range(100, 108))
         )
         await bridge.settle()
         after_second = fake_amo.count(path_prefix="/oauth2/")
@@ -231,18 +200,18 @@ async def test_concurrent_deliveries_share_one_refresh(
 
 
 def test_rotated_pair_is_committed_before_it_is_used(
-    loopback_fake: tuple[FakeAmoCrm, str], tmp_path: Path
+    amo_server: ServedAmoCrm, tmp_path: Path
 ) -> None:
-    amo, base_url = loopback_fake
+    amo = amo_server.fake
     _, refresh = amo.issue_oauth_pair(ttl=3600)
-    bridge = oauth_bridge(tmp_path, base_url, AMOCRM_REFRESH_TOKEN=refresh)
+    bridge = oauth_bridge(tmp_path, amo_server, AMOCRM_REFRESH_TOKEN=refresh)
     switch = KillSwitch(amo, bridge)
     try:
         bridge.start()
         # The bootstrap refresh token is traded on the first request; the first API
         # request with the new access token is where the bridge dies.
         switch.arm("received", "GET", r"/api/v4/contacts")
-        assert bridge.post_payment(customer_payment(1)).status_code == 202
+        assert bridge.post_payment(customer_payment(1, "pay_a")).status_code == 202
         switch.wait()
         pair_at_kill = stored_pair(bridge)
         bridge.start()

@@ -26,11 +26,9 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -39,12 +37,19 @@ from litestar.testing import AsyncTestClient
 from bridge.app import create_app
 from tests.conftest import make_settings, payment_payload, reference_file_config, signed
 from tests.conftest import wait_until as async_wait_until
-from tests.fakes.amocrm import FakeAmoCrm
-from tests.fakes.server import serve_in_thread
+from tests.customers import customer_payment
 from tests.fakes.service import FakeRequest
-from tests.process import BridgeProcess, KillSwitch, wait_until, write_config
+from tests.process import (  # noqa: F401 - amo_server
+    COUNT,
+    TOTAL,
+    BridgeProcess,
+    KillSwitch,
+    ServedAmoCrm,
+    assert_each_payment_once,
+    served_amocrm,
+    wait_until,
+)
 
-TOTAL, COUNT, PAYMENT_ID = "700207", "700208", "700205"  # deal fields of the example config
 SITE, SITE_WORKING = 4423755, 63242023
 
 COMPLEX = ("POST", r"/api/v4/leads/complex")
@@ -106,26 +111,13 @@ CASES = [
 ]
 
 
-@pytest.fixture
-def fake() -> Iterator[tuple[FakeAmoCrm, str]]:
-    amo = FakeAmoCrm(rate_limit=60)  # rate limits are not what this test is about
-    base_url, stop = serve_in_thread(amo)
-    try:
-        yield amo, base_url
-    finally:
-        stop()
-
-
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_sigkill_at_each_step_leaves_exactly_one_of_everything(
-    case: Case, fake: tuple[FakeAmoCrm, str], tmp_path: Path
+    case: Case, amo_server: ServedAmoCrm, tmp_path: Path
 ) -> None:
-    amo, base_url = fake
+    amo = amo_server.fake
     excluded = [] if case.config == "gathering" else None
-    config = write_config(
-        tmp_path / "bridge.toml", base_url, excluded_status_ids=excluded, rate_limit_per_second=40
-    )
-    bridge = BridgeProcess.create(tmp_path, config, access_token=amo.issue_token(ttl=3600))
+    bridge = amo_server.bridge(tmp_path, excluded_status_ids=excluded, rate_limit_per_second=40)
     switch = KillSwitch(amo, bridge)
     base = (Decimal(0), 0)
     if case.customer == "seeded":
@@ -167,48 +159,19 @@ def test_sigkill_at_each_step_leaves_exactly_one_of_everything(
     assert len(amo.contacts()) == 1, "a second contact was created"
     leads = amo.leads()
     assert len(leads) == case.leads, "a duplicate deal was created"
-    _assert_each_payment_once(amo, leads, [p["course_order"]["payment_id"] for p in payments], base)
-
-
-def _assert_each_payment_once(
-    amo: FakeAmoCrm,
-    leads: list[dict[str, Any]],
-    payment_ids: list[str],
-    base: tuple[Decimal, int],
-) -> None:
-    """Every payment has exactly one note, on one deal, and that deal's total and count
-    are exactly the sum of the payments noted on it (plus what a manager had there)."""
-    seen: dict[str, int] = {}
-    for lead in leads:
-        notes = amo.notes(lead["id"])
-        noted = [pid for pid in payment_ids for text in notes if f"Payment ID: {pid}" in text]
-        assert len(noted) == len(notes), f"lead {lead['id']}: a note for no payment: {notes}"
-        for pid in noted:
-            seen[pid] = seen.get(pid, 0) + 1
-        total = amo.lead_field(lead["id"], TOTAL)
-        count = amo.lead_field(lead["id"], COUNT)
-        start_total, start_count = base  # only the seeded cases have one, on their one deal
-        assert Decimal(str(total)) == start_total + sum(AMOUNTS[pid] for pid in noted), lead
-        assert int(Decimal(str(count))) == start_count + len(noted), lead
-        assert amo.lead_field(lead["id"], PAYMENT_ID) == noted[-1]
-    assert seen == dict.fromkeys(payment_ids, 1), f"notes per payment: {seen}"
+    paid = [p["course_order"]["payment_id"] for p in payments]
+    assert_each_payment_once(amo, {pid: AMOUNTS[pid] for pid in paid}, base)
 
 
 def test_sigterm_stops_within_the_grace_period_and_leaves_the_rest_pending(
-    fake: tuple[FakeAmoCrm, str], tmp_path: Path
+    amo_server: ServedAmoCrm, tmp_path: Path
 ) -> None:
     """`systemctl stop`: stop taking requests, give the running CRM call the grace period
     (SHUTDOWN_GRACE_SECONDS=2 here), leave the rest pending; the next start delivers it."""
-    amo, base_url = fake
-    config = write_config(tmp_path / "bridge.toml", base_url, rate_limit_per_second=40)
-    bridge = BridgeProcess.create(tmp_path, config, access_token=amo.issue_token(ttl=3600))
+    amo = amo_server.fake
+    bridge = amo_server.bridge(tmp_path, rate_limit_per_second=40)
     amo.latency = 1.5  # every CRM call is slow: a delivery is always mid-call
-    payments = [
-        payment_payload(
-            f"pay_t{n}", phone=f"8999111{n:04d}", email=None, telegram_id=None, telegram_tag=None
-        )
-        for n in range(4)
-    ]
+    payments = [customer_payment(n, "pay_t") for n in range(4)]
     try:
         bridge.start()
         for payload in payments:
@@ -259,9 +222,9 @@ def _wait_exit(bridge: BridgeProcess, timeout: float) -> float:
 
 
 async def test_write_abandoned_at_shutdown_and_applied_late_is_not_duplicated(
-    fake: tuple[FakeAmoCrm, str], tmp_path: Path
+    amo_server: ServedAmoCrm, tmp_path: Path
 ) -> None:
-    amo, base_url = fake
+    amo, base_url = amo_server.fake, amo_server.base_url
 
     def slow_create(request: FakeRequest) -> None:
         if request.path.endswith("/leads/complex"):
@@ -297,11 +260,11 @@ async def test_write_abandoned_at_shutdown_and_applied_late_is_not_duplicated(
 
 
 async def test_a_note_the_crm_applies_long_after_the_timeout_is_not_written_again(
-    fake: tuple[FakeAmoCrm, str], tmp_path: Path
+    amo_server: ServedAmoCrm, tmp_path: Path
 ) -> None:
     """Issue 13.12: a write whose answer was lost and that the CRM applied later than
     twice the request timeout was written a second time by the retry's remote check."""
-    amo, base_url = fake
+    amo, base_url = amo_server.fake, amo_server.base_url
     notes_sent = 0
 
     def late_first_note(request: FakeRequest) -> None:
@@ -341,19 +304,14 @@ def _statuses(database: Path) -> set[str]:
 
 
 def test_sigterm_answers_waiting_webhooks_202_not_500(
-    fake: tuple[FakeAmoCrm, str], tmp_path: Path
+    amo_server: ServedAmoCrm, tmp_path: Path
 ) -> None:
-    amo, base_url = fake
-    config = write_config(tmp_path / "bridge.toml", base_url, rate_limit_per_second=40)
-    bridge = BridgeProcess.create(
-        tmp_path, config, access_token=amo.issue_token(ttl=3600), WAIT_SECONDS="5"
-    )
+    amo = amo_server.fake
+    bridge = amo_server.bridge(tmp_path, env={"WAIT_SECONDS": "5"}, rate_limit_per_second=40)
     answers: dict[int, int | str] = {}
 
     def post(n: int) -> None:
-        payload = payment_payload(
-            f"pay_w{n}", phone=f"8999666{n:04d}", email=None, telegram_id=None, telegram_tag=None
-        )
+        payload = customer_payment(n, "pay_w")
         try:
             answers[n] = bridge.post_payment(payload, timeout=20).status_code
         except httpx.TransportError as exc:

@@ -24,9 +24,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import payment_payload, reference_file_config, wait_until
+from tests.customers import customer_payment
 from tests.fakes.amocrm import FakeAmoCrm
 
-TOTAL, COUNT, PAYMENT_ID = "700207", "700208", "700205"
+TOTAL, COUNT = "700207", "700208"  # deal fields of the example config
 SUBJECTS = ("Русский", "Математика", "Обществознание", "История", "Физика")
 NOTES_BATCH = ("POST", "/api/v4/leads/notes")  # every note of a batch in one request
 FAULT_KINDS = ("429", "500", "503", "timeout", "drop", "apply-500", "apply-timeout", "apply-drop")
@@ -229,14 +230,7 @@ async def test_rate_limiter_slows_down_after_429s(run_bridge: Any, fake_amo: Fak
     file = reference_file_config(rate_limit_per_second=8, batch_size=1)
     async with run_bridge(file=file, wait_seconds=0) as bridge:
         for n in range(12):
-            payload = payment_payload(
-                f"pay_rl{n}",
-                phone=f"8999444{n:04d}",
-                email=None,
-                telegram_id=None,
-                telegram_tag=None,
-            )
-            assert (await bridge.post_payment(payload)).status_code == 202
+            assert (await bridge.post_payment(customer_payment(n, "pay_rl"))).status_code == 202
         await bridge.settle(timeout=60)
         statuses = bridge.query("SELECT DISTINCT status FROM payment_events")
     assert statuses == [("success",)]

@@ -17,15 +17,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import payment_payload, reference_file_config, wait_until
+from tests.conftest import reference_file_config, wait_until
+from tests.customers import customer_payment
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.service import FakeRequest, FakeResponse
-
-
-def customer_payment(n: int, prefix: str = "pay_s") -> dict[str, Any]:
-    return payment_payload(
-        f"{prefix}{n}", phone=f"8999333{n:04d}", email=None, telegram_id=None, telegram_tag=None
-    )
 
 
 @pytest.mark.parametrize("which", ["main-file", "with-wal-and-shm"])
@@ -34,15 +29,17 @@ async def test_deleted_database_answers_503_never_2xx(
 ) -> None:
     async with run_bridge(wait_seconds=0) as bridge:
         path: Path = bridge.settings.database_path
-        before = await bridge.post_payment(customer_payment(0))
+        before = await bridge.post_payment(customer_payment(0, "pay_s"))
         assert before.status_code == 202
         await bridge.settle()
         for suffix in ("", "-wal", "-shm") if which == "with-wal-and-shm" else ("",):
             os.unlink(f"{path}{suffix}")
         answers = await asyncio.gather(
-            *(bridge.post_payment(customer_payment(n)) for n in range(1, 21))
+            *(bridge.post_payment(customer_payment(n, "pay_s")) for n in range(1, 21))
         )
-        repeat = await bridge.post_payment(customer_payment(0))  # was stored, file now gone
+        repeat = await bridge.post_payment(
+            customer_payment(0, "pay_s")
+        )  # was stored, file now gone
         health = await bridge.client.get("/webhook/health")
     assert {a.status_code for a in answers} == {503}
     assert answers[0].json() == {"error": "storage_unavailable"}
@@ -66,14 +63,14 @@ async def test_read_only_database_answers_503_and_nothing_unstored_is_acknowledg
 
         async def post_later(n: int) -> Any:
             await asyncio.sleep(n * 0.003)
-            return await bridge.post_payment(customer_payment(n))
+            return await bridge.post_payment(customer_payment(n, "pay_s"))
 
         # Posts racing with the chmod: each either stored (2xx) or refused (503).
         *answers, _ = await asyncio.gather(*(post_later(n) for n in range(40)), flip_read_only())
-        read_only = await bridge.post_payment(customer_payment(100))
+        read_only = await bridge.post_payment(customer_payment(100, "pay_s"))
         health = await bridge.client.get("/webhook/health")
         os.chmod(path, 0o600)
-        after = await bridge.post_payment(customer_payment(101))
+        after = await bridge.post_payment(customer_payment(101, "pay_s"))
         # Delivery after the outage is the business of the xfail test below: a delivery
         # cut short by the chmod may stay `processing` until a restart.
         stored = {row[0] for row in bridge.query("SELECT payment_id FROM payment_events")}
@@ -102,12 +99,12 @@ async def test_worker_does_not_spin_while_the_database_is_read_only(
     fake_amo.down()
     async with run_bridge(wait_seconds=0) as bridge:
         path: Path = bridge.settings.database_path
-        assert (await bridge.post_payment(customer_payment(1))).status_code == 202
+        assert (await bridge.post_payment(customer_payment(1, "pay_s"))).status_code == 202
         await wait_until(lambda: bridge.query("SELECT status FROM deliveries") == [("retrying",)])
         os.chmod(path, 0o400)
         caplog.clear()
         # A webhook in the outage is refused, and logged: proof the capture sees the log.
-        assert (await bridge.post_payment(customer_payment(2))).status_code == 503
+        assert (await bridge.post_payment(customer_payment(2, "pay_s"))).status_code == 503
         await asyncio.sleep(1.0)
         errors = sum(1 for record in caplog.records if record.levelno >= logging.ERROR)
         os.chmod(path, 0o600)
@@ -127,7 +124,7 @@ async def test_delivery_cut_short_by_a_storage_outage_resumes_when_it_is_back(
                 os.chmod(path, 0o400)  # the CRM write is done, its journal write will fail
 
         fake_amo.on_applied = read_only_after_create
-        assert (await bridge.post_payment(customer_payment(1))).status_code == 202
+        assert (await bridge.post_payment(customer_payment(1, "pay_s"))).status_code == 202
         await wait_until(lambda: fake_amo.count(method="POST") == 1)
         await asyncio.sleep(0.3)
         fake_amo.on_applied = None

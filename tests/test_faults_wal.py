@@ -14,14 +14,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import payment_payload
+from tests.customers import customer_payment
 from tests.process import BridgeProcess, write_config
-
-
-def _payment(n: int) -> dict[str, object]:
-    return payment_payload(
-        f"pay_w{n}", phone=f"8999444{n:04d}", email=None, telegram_id=None, telegram_tag=None
-    )
 
 
 def test_a_deleted_wal_is_noticed_recovered_from_and_nothing_acknowledged_is_lost(
@@ -35,12 +29,12 @@ def test_a_deleted_wal_is_noticed_recovered_from_and_nothing_acknowledged_is_los
     answers: list[int] = []
     try:
         for n in range(5):
-            assert bridge.post_payment(_payment(n)).status_code == 202
+            assert bridge.post_payment(customer_payment(n, "pay_w")).status_code == 202
             acknowledged.add(f"pay_w{n}")
         for suffix in ("-wal", "-shm"):
             os.unlink(f"{bridge.database}{suffix}")
         for n in range(5, 25):
-            code = bridge.post_payment(_payment(n)).status_code
+            code = bridge.post_payment(customer_payment(n, "pay_w")).status_code
             assert code in (202, 503), code
             answers.append(code)
             if code == 202:
@@ -51,7 +45,7 @@ def test_a_deleted_wal_is_noticed_recovered_from_and_nothing_acknowledged_is_los
         health = httpx.get(f"{bridge.url}/webhook/health", timeout=5.0)
         assert health.status_code == 200 and health.json()["database"] == {"ok": True}
         for n in range(25, 30):
-            assert bridge.post_payment(_payment(n)).status_code == 202
+            assert bridge.post_payment(customer_payment(n, "pay_w")).status_code == 202
             acknowledged.add(f"pay_w{n}")
         assert "WAL or shared-memory file" in bridge.log_text()
     finally:

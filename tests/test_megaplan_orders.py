@@ -14,29 +14,24 @@ from bridge import order_rules
 from bridge.crm import megaplan_json as mj
 from bridge.crm.megaplan import Megaplan
 from bridge.crmconfig import config_snippet, schema_problems
-from bridge.domain import Company, CompanyRecord, DealChange, FieldKind, FieldUpdate, OrderItem
+from bridge.domain import Company, CompanyRecord, DealChange, FieldKind, FieldUpdate
 from bridge.errors import PermanentCrmError
-from bridge.rules import contact_matches
 from bridge.settings import OrderFieldIds
 from tests.fakes.megaplan import COMPANY_CATEGORY, DEAL_CATEGORY, EXAMPLE_CONFIG, FakeMegaplan
 from tests.order_probes import megaplan_orders
-from tests.test_megaplan_adapter import CONFIG, CUSTOMER, make_adapter, new_contact, new_deal
+from tests.test_megaplan_adapter import CONFIG, make_adapter, new_contact, new_deal
 from tests.test_odoo_orders import uncommented
+from tests.test_order_contract import ITEMS, confirm
+from tests.test_order_contract import WANTED as ROMASHKA
 
-ROMASHKA = Company("ООО Ромашка", inn="7701234567", phone="+74950001122", email="a@romashka.ru")
 ORDERS = megaplan_orders(CONFIG)
 INSTALL = f"{DEAL_CATEGORY}InstallationDate"
-CHAIRS = OrderItem("chair-01", "Стул Венский", Decimal(40), Decimal("350.00"))
-TABLES = OrderItem("table-07", "Стол банкетный", Decimal(5), Decimal("6900.00"))
+CHAIRS, TABLES = ITEMS
 
 
 def setup() -> tuple[FakeMegaplan, Megaplan]:
     fake = FakeMegaplan(rate_limit=1000)
     return fake, make_adapter(fake, config=ORDERS)
-
-
-def confirm(record: CompanyRecord, key: str) -> bool:
-    return order_rules.company_matches(record, ROMASHKA, key)
 
 
 def paths(fake: FakeMegaplan) -> list[str]:
@@ -186,7 +181,7 @@ async def test_a_created_company_keeps_its_inn_phone_and_email() -> None:
     created = await adapter.create_company(ROMASHKA)
     (company,) = fake.companies()
     assert company[f"{COMPANY_CATEGORY}Inn"] == "7701234567"
-    assert [i["value"] for i in company["contactInfo"]] == ["+74950001122", "a@romashka.ru"]
+    assert [i["value"] for i in company["contactInfo"]] == ["+74950001122", "info@romashka.ru"]
     assert created == CompanyRecord(company["id"], "ООО Ромашка", "7701234567")
 
 
@@ -222,14 +217,3 @@ def test_the_examples_order_settings_are_the_ones_tested(tmp_path: Path) -> None
     config = uncommented(EXAMPLE_CONFIG, tmp_path)
     assert config.takes_orders and config.order_stages == ORDERS.order_stages
     assert config.order_fields == ORDERS.order_fields
-
-
-async def test_a_company_sharing_the_persons_phone_is_not_the_contact() -> None:
-    _fake, adapter = setup()
-    company = await adapter.create_company(
-        Company("ООО Ромашка", phone=new_contact().customer.phone)
-    )
-    assert await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches) is None
-    person = await adapter.create_contact(new_contact(), company_id=company.id)
-    found = await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)
-    assert found is not None and found.id == person.id

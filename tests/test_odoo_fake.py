@@ -30,8 +30,13 @@ def _scrub(value: Any) -> Any:
     return value
 
 
-def _client(fake: FakeOdoo) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=fake.transport(), base_url="http://odoo.test")
+def _client(fake: FakeOdoo, **options: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=fake.transport(), base_url="http://odoo.test", **options)
+
+
+def rpc(service: str, method: str, args: list[Any]) -> dict[str, Any]:
+    params = {"service": service, "method": method, "args": args}
+    return {"jsonrpc": "2.0", "method": "call", "id": 1, "params": params}
 
 
 async def test_every_recorded_request_gets_the_recorded_answer() -> None:
@@ -59,30 +64,26 @@ async def test_json2_on_19_answers_bare_results_and_real_statuses() -> None:
     fake = FakeOdoo(version=19, database="mycompany")
     key = fake.issue_api_key()
     headers = {"authorization": f"bearer {key}", "x-odoo-database": "mycompany"}
-    async with _client(fake) as client:
+    async with _client(fake, headers=headers) as client:
         created = await client.post(
             "/json/2/res.partner/create",
             json={"vals_list": [{"name": "Jane", "email": "Jane@Example.com"}]},
-            headers=headers,
         )
         assert created.status_code == 200 and created.json() == [7]
         found = await client.post(
             "/json/2/res.partner/search_read",
             json={"domain": [["email_normalized", "=", "jane@example.com"]], "fields": ["name"]},
-            headers=headers,
         )
         assert found.json() == [{"id": 7, "name": "Jane"}]
         bad_field = await client.post(
             "/json/2/res.partner/write",
             json={"ids": [7], "vals": {"x_nope": 1}},
-            headers=headers,
         )
         assert bad_field.status_code == 500
         assert bad_field.json()["name"] == "builtins.ValueError"
         created_lead = await client.post(
             "/json/2/crm.lead/create",
             json={"vals_list": [{"name": "Deal", "type": "opportunity", "partner_id": 7}]},
-            headers=headers,
         )
         lead = created_lead.json()[0]
         note = await client.post(
@@ -93,17 +94,12 @@ async def test_json2_on_19_answers_bare_results_and_real_statuses() -> None:
                 "message_type": "comment",
                 "subtype_xmlid": "mail.mt_note",
             },
-            headers=headers,
         )
         assert note.status_code == 200 and isinstance(note.json(), list)
         assert fake.notes(lead) == ["<p>a<br/>b</p>"]
-        lost = await client.post(
-            "/json/2/crm.lead/action_set_lost", json={"ids": [lead]}, headers=headers
-        )
+        lost = await client.post("/json/2/crm.lead/action_set_lost", json={"ids": [lead]})
         assert lost.status_code == 200 and lost.json() is None
-        unexpected = await client.post(
-            "/json/2/res.partner/search", json={"nope": 1}, headers=headers
-        )
+        unexpected = await client.post("/json/2/res.partner/search", json={"nope": 1})
         assert unexpected.status_code == 422
         wrong_key = await client.post(
             "/json/2/res.partner/search", json={}, headers={"authorization": "bearer nope"}
@@ -112,7 +108,7 @@ async def test_json2_on_19_answers_bare_results_and_real_statuses() -> None:
         assert wrong_key.json()["message"] == "Invalid apikey"
         fake.deny("crm.lead", "write")
         denied = await client.post(
-            "/json/2/crm.lead/write", json={"ids": [lead], "vals": {"name": "x"}}, headers=headers
+            "/json/2/crm.lead/write", json={"ids": [lead], "vals": {"name": "x"}}
         )
         assert denied.status_code == 403
         assert denied.json()["name"] == "odoo.exceptions.AccessError"
@@ -121,16 +117,7 @@ async def test_json2_on_19_answers_bare_results_and_real_statuses() -> None:
 async def test_an_expired_api_key_is_access_denied_over_rpc() -> None:
     fake = FakeOdoo(clock=lambda: 1_000.0)
     key = fake.issue_api_key(ttl=60)
-    body = {
-        "jsonrpc": "2.0",
-        "method": "call",
-        "id": 1,
-        "params": {
-            "service": "object",
-            "method": "execute_kw",
-            "args": ["crm_lab", 2, key, "res.partner", "search_count", [[]], {}],
-        },
-    }
+    body = rpc("object", "execute_kw", ["crm_lab", 2, key, "res.partner", "search_count", [[]], {}])
     async with _client(fake) as client:
         assert (await client.post("/jsonrpc", json=body)).json()[
             "result"
@@ -143,16 +130,7 @@ async def test_an_expired_api_key_is_access_denied_over_rpc() -> None:
 @pytest.mark.parametrize("database", ["nope", "crm_lab2"])
 async def test_a_wrong_database_fails_to_connect(database: str) -> None:
     fake = FakeOdoo()
-    body = {
-        "jsonrpc": "2.0",
-        "method": "call",
-        "id": 1,
-        "params": {
-            "service": "common",
-            "method": "authenticate",
-            "args": [database, "admin", "admin", {}],
-        },
-    }
+    body = rpc("common", "authenticate", [database, "admin", "admin", {}])
     async with _client(fake) as client:
         error = (await client.post("/jsonrpc", json=body)).json()["error"]
     assert error["data"]["name"] == "psycopg2.OperationalError"

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from bridge import order_rules
 from bridge.crm import odoo_json as oj
 from bridge.crm.odoo import Odoo
 from bridge.crmconfig import config_snippet, schema_problems
@@ -23,14 +22,14 @@ from bridge.domain import (
     NewDeal,
     OrderItem,
 )
-from bridge.errors import ConfigError, PermanentCrmError
+from bridge.errors import PermanentCrmError
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, OrderFieldIds, OrderStage, load_file_config
 from tests.fakes.odoo import EXAMPLE_CONFIG, FakeOdoo, example_config, example_odoo
 from tests.order_probes import odoo_orders
 from tests.test_odoo_adapter import make_adapter, new_contact, new_deal
-
-ROMASHKA = Company("ООО Ромашка", inn="7701234567", phone="+74950001122", email="a@romashka.ru")
+from tests.test_order_contract import WANTED as ROMASHKA
+from tests.test_order_contract import confirm
 
 
 def setup(version: int = 18, **options: object) -> tuple[FakeOdoo, Odoo]:
@@ -39,10 +38,6 @@ def setup(version: int = 18, **options: object) -> tuple[FakeOdoo, Odoo]:
         config = config.model_copy(update={"options": {**config.options, **options}})
     fake = example_odoo(config, version=version)
     return fake, make_adapter(fake, config=config)
-
-
-def confirm(record: CompanyRecord, key: str) -> bool:
-    return order_rules.company_matches(record, ROMASHKA, key)
 
 
 async def warm(adapter: Odoo, fake: FakeOdoo) -> None:
@@ -136,7 +131,7 @@ async def test_a_created_company_has_its_inn_phone_and_email() -> None:
     created = await adapter.create_company(ROMASHKA)
     row = fake.partner(created.id)
     assert row["is_company"] is True and row["vat"] == "7701234567"
-    assert (row["phone"], row["email"]) == ("+74950001122", "a@romashka.ru")
+    assert (row["phone"], row["email"]) == ("+74950001122", "info@romashka.ru")
     assert created == CompanyRecord(created.id, "ООО Ромашка", "7701234567")
 
 
@@ -188,14 +183,6 @@ async def test_nothing_to_change_sends_nothing() -> None:
     assert fake.calls == []
 
 
-def test_the_lost_reason_option_is_a_record_id() -> None:
-    with pytest.raises(ConfigError, match="lost_reason_id"):
-        oj.OdooOptions.from_config("odoo", {"database": "db", "lost_reason_id": "Too dear"})
-    assert oj.OdooOptions.from_config("odoo", {"database": "db", "lost_reason_id": 3}) == (
-        oj.OdooOptions("db", lost_reason_id=3)
-    )
-
-
 async def test_check_and_discover_cover_the_order_stages_and_fields() -> None:
     _fake, adapter = setup(19)
     schema = await adapter.schema()
@@ -234,14 +221,3 @@ def test_the_examples_order_settings_are_the_ones_tested(tmp_path: Path) -> None
     assert config.takes_orders and config.order_stages == tested.order_stages
     assert config.order_fields == tested.order_fields
     assert oj.OdooOptions.from_config("odoo", config.options).lost_reason_id == 1
-
-
-async def test_a_company_sharing_the_persons_phone_is_not_the_contact() -> None:
-    _fake, adapter = setup()
-    contact = new_contact()
-    company = await adapter.create_company(Company("ООО Ромашка", phone=contact.customer.phone))
-    keys = contact.customer.lookup_keys()
-    assert await adapter.find_contact(keys, contact_matches) is None
-    person = await adapter.create_contact(contact, company_id=company.id)
-    found = await adapter.find_contact(keys, contact_matches)
-    assert found is not None and found.id == person.id

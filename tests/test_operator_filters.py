@@ -84,18 +84,14 @@ def test_events_by_customer_deal_and_source(tmp_path: Path) -> None:
 def test_events_follow_prints_arrivals_and_changes(tmp_path: Path) -> None:
     cli = make_cli(tmp_path)
     cli.with_store(lambda store: seed(store, {"pay_0001": "pending"}))
-    from click.testing import CliRunner
-
-    from bridge.cli import CliEnv, main
-
-    env = CliEnv(clock=lambda: T0 - 60, follow_polls=2)
-    result = CliRunner(env=cli.env).invoke(main, ["events", "--follow", "--json"], obj=env)
+    cli.clock = lambda: T0 - 60
+    cli.follow_polls = 2
+    result = cli("events", "--follow", "--json")
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["payment_id"] for line in lines] == ["pay_0001"]  # printed once, unchanged
-    env = CliEnv(clock=lambda: T0 - 60, follow_polls=1)
-    text = CliRunner(env=cli.env).invoke(main, ["events", "-f"], obj=env).stdout
-    assert "pay_0001  pending" in text
+    cli.follow_polls = 1
+    assert "pay_0001  pending" in cli("events", "-f").stdout
 
 
 async def test_health_degraded_with_counts_and_last_error_cleared(run_bridge: Any) -> None:

@@ -4,17 +4,13 @@ the note, the payment date kept, and `--wait` following the delivery to the end.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bridge.importer import RowError, parse_date
-from tests.cli_support import make_cli
-from tests.fakes.amocrm import FakeAmoCrm
-from tests.fakes.server import serve_in_thread
-from tests.process import BridgeProcess, running, write_config
+from tests.cli_support import make_cli, operator_cli
+from tests.process import ServedAmoCrm, running, served_amocrm  # noqa: F401 - amo_server
 
 CSV = """date;phone;email;name;amount;description;currency
 20.01.2025 14:49;89991230001;;Иван Петров;1 500,00;Русский язык;
@@ -31,27 +27,14 @@ def test_dotted_dates_are_accepted_and_checked() -> None:
         parse_date("2025/01/20")
 
 
-@pytest.fixture
-def amo() -> Iterator[tuple[FakeAmoCrm, str]]:
-    fake = FakeAmoCrm(rate_limit=60)
-    base_url, stop = serve_in_thread(fake)
-    try:
-        yield fake, base_url
-    finally:
-        stop()
-
-
 def test_import_wait_follows_delivery_and_notes_carry_date_and_currency(
-    amo: tuple[FakeAmoCrm, str], tmp_path: Path
+    amo_server: ServedAmoCrm, tmp_path: Path
 ) -> None:
-    fake, base_url = amo
-    config = write_config(tmp_path / "bridge.toml", base_url)
-    bridge = BridgeProcess.create(tmp_path, config, access_token=fake.issue_token(ttl=3600))
+    fake = amo_server.fake
+    bridge = amo_server.bridge(tmp_path)
     csv = tmp_path / "history.csv"
     csv.write_text(CSV, encoding="utf-8")
-    (tmp_path / "cli").mkdir()
-    cli = make_cli(tmp_path / "cli", CONFIG_FILE=str(config), DATABASE_PATH=str(bridge.database))
-    cli.clock = time.time
+    cli = operator_cli(bridge)
     with running(bridge):
         bridge.start()
         result = cli("import", str(csv), "--wait")

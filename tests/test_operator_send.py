@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
-from click.testing import CliRunner
 
-from bridge.cli import CliEnv, main
 from bridge.signing import hmac_signature
-from tests.cli_support import make_cli
+from tests.cli_support import make_cli, operator_cli
 from tests.conftest import ROOT, SECRET
-from tests.fakes.amocrm import FakeAmoCrm
-from tests.fakes.server import serve_in_thread
-from tests.process import BridgeProcess, running, write_config
+from tests.process import ServedAmoCrm, running, served_amocrm  # noqa: F401 - amo_server
 
 EXAMPLE = ROOT / "etc" / "examples" / "payment.json"
 
@@ -37,9 +30,8 @@ def test_send_signs_the_example_and_prints_the_answer(tmp_path: Path) -> None:
         seen.append(request)
         return httpx.Response(200, json={"status": "success", "results": {}})
 
-    runner = CliRunner(env=cli.env)
-    env = CliEnv(clock=cli.clock, http_transport=httpx.MockTransport(answer))
-    result = runner.invoke(main, ["send", "--example"], obj=env)
+    cli.http_transport = httpx.MockTransport(answer)
+    result = cli("send", "--example")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("200 success")
     assert "crm-bridge show pay_example_0001" in result.stderr
@@ -57,9 +49,8 @@ def test_send_new_id_replaces_payment_id_and_refusal_exits_1(tmp_path: Path) -> 
         bodies.append(json.loads(request.content))
         return httpx.Response(401, json={"error": "invalid_signature"})
 
-    runner = CliRunner(env=cli.env)
-    env = CliEnv(clock=cli.clock, http_transport=httpx.MockTransport(answer))
-    result = runner.invoke(main, ["send", str(EXAMPLE), "--new-id"], obj=env)
+    cli.http_transport = httpx.MockTransport(answer)
+    result = cli("send", str(EXAMPLE), "--new-id")
     assert result.exit_code == 1
     assert result.stdout.startswith("401 invalid_signature")
     key = bodies[0]["course_order"]["payment_id"]  # type: ignore[index]
@@ -89,33 +80,12 @@ def test_sign_example_prints_headers_and_curl(tmp_path: Path) -> None:
     assert cli("sign").exit_code == 2  # neither FILE nor --example
 
 
-@pytest.fixture
-def amo() -> Iterator[tuple[FakeAmoCrm, str]]:
-    fake = FakeAmoCrm(rate_limit=60)
-    base_url, stop = serve_in_thread(fake)
-    try:
-        yield fake, base_url
-    finally:
-        stop()
-
-
-def test_first_webhook_walk_send_then_show(amo: tuple[FakeAmoCrm, str], tmp_path: Path) -> None:
+def test_first_webhook_walk_send_then_show(amo_server: ServedAmoCrm, tmp_path: Path) -> None:
     """The README's walk: a running bridge, `send --example`, then `show` lists it."""
-    fake, base_url = amo
-    config = write_config(tmp_path / "bridge.toml", base_url)
-    bridge = BridgeProcess.create(
-        tmp_path, config, access_token=fake.issue_token(ttl=3600), WAIT_SECONDS="5"
-    )
+    bridge = amo_server.bridge(tmp_path, env={"WAIT_SECONDS": "5"})
     with running(bridge):
         bridge.start()
-        (tmp_path / "cli").mkdir()
-        cli = make_cli(
-            tmp_path / "cli",
-            CONFIG_FILE=str(config),
-            DATABASE_PATH=str(bridge.database),
-            PORT=str(bridge.port),
-        )
-        cli.clock = time.time
+        cli = operator_cli(bridge)
         sent = cli("send", "--example")
         assert sent.exit_code == 0, sent.output
         assert sent.stdout.startswith("200 success"), sent.output

@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 
-from bridge import order_rules, rules
+from bridge import rules
 from bridge.crm.amocrm import AmoCrm
 from bridge.crm.bitrix24 import Bitrix24
 from bridge.domain import (
-    Company,
     CompanyRecord,
     Customer,
     DealChange,
@@ -27,16 +26,13 @@ from bridge.errors import PermanentCrmError
 from tests import test_amocrm_adapter as amo
 from tests import test_bitrix24_adapter as bx
 from tests.order_probes import AMOCRM, BITRIX24
+from tests.test_order_contract import ITEMS, confirm
+from tests.test_order_contract import WANTED as ROMASHKA
+from tests.vendor_support import closing
 
 AMO_CONFIG = AMOCRM.order_config(amo.CONFIG)
 BX_CONFIG = BITRIX24.order_config(bx.CONFIG)
-CHAIRS = OrderItem("chair-01", "Стул Венский", Decimal(40), Decimal("350.00"))
-TABLES = OrderItem("table-07", "Стол банкетный", Decimal(5), Decimal("6900.00"))
-ROMASHKA = Company("ООО Ромашка", inn="7701234567", phone="+74950001122", email="a@r.ru")
-
-
-def confirm(record: CompanyRecord, key: str) -> bool:
-    return order_rules.company_matches(record, ROMASHKA, key)
+CHAIRS, TABLES = ITEMS
 
 
 @pytest.fixture
@@ -47,9 +43,8 @@ def amo_fake() -> Any:
 
 @pytest.fixture
 async def amo_adapter(amo_fake: Any) -> AsyncIterator[AmoCrm]:
-    adapter = amo.make_adapter(amo_fake, config=AMO_CONFIG)
-    yield adapter
-    await adapter.connection.aclose()
+    async with closing(amo.make_adapter(amo_fake, config=AMO_CONFIG)) as (adapter,):
+        yield adapter
 
 
 @pytest.fixture
@@ -60,14 +55,15 @@ def bx_fake() -> Any:
 
 @pytest.fixture
 async def bx_adapter(bx_fake: Any) -> AsyncIterator[Bitrix24]:
-    adapter = bx.make_adapter(bx_fake, config=BX_CONFIG)
-    yield adapter
-    await adapter.connection.aclose()
+    async with closing(bx.make_adapter(bx_fake, config=BX_CONFIG)) as (adapter,):
+        yield adapter
 
 
-async def _amo_deal(adapter: AmoCrm) -> str:
-    contact = await adapter.create_contact(amo.new_contact())
-    return (await adapter.create_deal(contact, amo.new_deal())).id
+async def _deal(adapter: AmoCrm | Bitrix24) -> str:
+    """A new customer's deal, made with the adapter's own CRM's test data."""
+    crm = amo if isinstance(adapter, AmoCrm) else bx
+    contact = await adapter.create_contact(crm.new_contact())
+    return (await adapter.create_deal(contact, crm.new_deal())).id
 
 
 # ---- amoCRM -------------------------------------------------------------------------
@@ -78,7 +74,7 @@ async def test_amo_items_are_catalog_elements_found_by_their_exact_sku(
 ) -> None:
     decoy = amo_fake.add_element("chair-011", "Стул детский", 150)  # a substring hit
     chair = amo_fake.add_element("chair-01", "Стул Венский", Decimal("350.00"))
-    deal_id = await _amo_deal(amo_adapter)
+    deal_id = await _deal(amo_adapter)
     amo_fake.calls.clear()
     await amo_adapter.set_deal_items(deal_id, (CHAIRS, TABLES), "RUB")
     # search chair-01, search table-07, create table-07, read links, link both
@@ -100,12 +96,12 @@ async def test_amo_items_are_catalog_elements_found_by_their_exact_sku(
 async def test_amo_known_products_cost_no_search_and_same_items_no_write(
     amo_fake: Any, amo_adapter: AmoCrm
 ) -> None:
-    deal_id = await _amo_deal(amo_adapter)
+    deal_id = await _deal(amo_adapter)
     await amo_adapter.set_deal_items(deal_id, (CHAIRS, TABLES), "RUB")
     amo_fake.calls.clear()
     await amo_adapter.set_deal_items(deal_id, (CHAIRS, TABLES), "RUB")
     assert amo_fake.count() == 1  # the links read: nothing differs
-    other = await _amo_deal(amo_adapter)
+    other = await _deal(amo_adapter)
     amo_fake.calls.clear()
     await amo_adapter.set_deal_items(other, (CHAIRS,), "RUB")
     assert [c.method for c in amo_fake.calls] == ["GET", "POST"]  # links, link
@@ -114,7 +110,7 @@ async def test_amo_known_products_cost_no_search_and_same_items_no_write(
 async def test_amo_a_new_quantity_is_unlinked_and_linked_again(
     amo_fake: Any, amo_adapter: AmoCrm
 ) -> None:
-    deal_id = await _amo_deal(amo_adapter)
+    deal_id = await _deal(amo_adapter)
     await amo_adapter.set_deal_items(deal_id, (CHAIRS, TABLES), "RUB")
     amo_fake.calls.clear()
     fewer = OrderItem(CHAIRS.product_id, CHAIRS.name, Decimal(30), CHAIRS.price)
@@ -129,7 +125,7 @@ async def test_amo_a_changed_price_updates_the_catalog_element(
     amo_fake: Any, amo_adapter: AmoCrm
 ) -> None:
     amo_fake.add_element("chair-01", "Стул Венский", 300)
-    deal_id = await _amo_deal(amo_adapter)
+    deal_id = await _deal(amo_adapter)
     amo_fake.calls.clear()
     await amo_adapter.set_deal_items(deal_id, (CHAIRS,), "RUB")
     assert ("PATCH", "/api/v4/catalogs/7001/elements") in [
@@ -141,9 +137,9 @@ async def test_amo_a_changed_price_updates_the_catalog_element(
 async def test_amo_a_deleted_element_is_searched_again_after_the_refusal(
     amo_fake: Any, amo_adapter: AmoCrm
 ) -> None:
-    deal_id = await _amo_deal(amo_adapter)
+    deal_id = await _deal(amo_adapter)
     await amo_adapter.set_deal_items(deal_id, (CHAIRS,), "RUB")
-    other = await _amo_deal(amo_adapter)
+    other = await _deal(amo_adapter)
     amo_fake.delete_element(amo_fake.elements()[0]["id"])  # a manager deleted the product
     with pytest.raises(PermanentCrmError):
         await amo_adapter.set_deal_items(other, (CHAIRS,), "RUB")
@@ -153,18 +149,17 @@ async def test_amo_a_deleted_element_is_searched_again_after_the_refusal(
 
 async def test_amo_without_a_catalog_items_make_no_call(amo_fake: Any) -> None:
     config = AMO_CONFIG.model_copy(update={"order_catalog_id": None})
-    adapter = amo.make_adapter(amo_fake, config=config)
-    assert adapter.keeps_items is False
-    await adapter.set_deal_items("1", (CHAIRS,), "RUB")
+    async with closing(amo.make_adapter(amo_fake, config=config)) as (adapter,):
+        assert adapter.keeps_items is False
+        await adapter.set_deal_items("1", (CHAIRS,), "RUB")
     assert amo_fake.count() == 0
-    await adapter.connection.aclose()
 
 
 async def test_amo_a_date_field_is_a_day_and_reads_back_as_one(
     amo_fake: Any, amo_adapter: AmoCrm
 ) -> None:
     field = AMO_CONFIG.order_fields.installation_date or ""
-    deal_id = await _amo_deal(amo_adapter)
+    deal_id = await _deal(amo_adapter)
     change = DealChange(fields=(FieldUpdate(field, FieldKind.DATE, date(2026, 12, 1)),))
     await amo_adapter.change_deal(deal_id, change)
     assert amo_fake.calls[-1].json["custom_fields_values"][0]["values"] == [
@@ -187,15 +182,10 @@ async def test_amo_a_company_is_searched_by_inn_then_by_the_names_longest_word(
 # ---- Bitrix24 -----------------------------------------------------------------------
 
 
-async def _bx_deal(adapter: Bitrix24) -> str:
-    contact = await adapter.create_contact(bx.new_contact())
-    return (await adapter.create_deal(contact, bx.new_deal())).id
-
-
 async def test_bx_product_rows_replace_and_recompute_an_automatic_amount(
     bx_fake: Any, bx_adapter: Bitrix24
 ) -> None:
-    deal_id = await _bx_deal(bx_adapter)
+    deal_id = await _deal(bx_adapter)
     bx_fake.calls.clear()
     await bx_adapter.set_deal_items(deal_id, (CHAIRS, TABLES), "RUB")
     assert bx_fake.methods[-1] == "crm.deal.productrows.set" and bx_fake.count() == 1
@@ -225,7 +215,7 @@ async def test_bx_a_company_is_created_with_its_inn_requisite_in_one_batch(
 async def test_bx_a_change_moves_the_deal_to_another_pipeline(
     bx_fake: Any, bx_adapter: Bitrix24
 ) -> None:
-    deal_id = await _bx_deal(bx_adapter)  # pipeline 2
+    deal_id = await _deal(bx_adapter)  # pipeline 2
     stage = BX_CONFIG.order_stages["cancelled"]
     await bx_adapter.change_deal(deal_id, DealChange(stage.pipeline_id, stage.status_id))
     assert bx_fake.methods[-1] == "crm.item.update"
@@ -249,7 +239,7 @@ async def test_calls_per_order_event_amocrm(amo_fake: Any, amo_adapter: AmoCrm) 
     created (a new customer with a Telegram id, phone and e-mail, a new company,
     products this process has linked before), updated (stage, amount and fields in one
     write, items changed, a note), cancelled (the lost stage, a note)."""
-    warm = await _amo_deal(amo_adapter)
+    warm = await _deal(amo_adapter)
     await amo_adapter.set_deal_items(warm, (CHAIRS, TABLES), "RUB")  # products known
     amo_fake.calls.clear()
     petr = Customer("Пётр", "Иванов", "+79990000000", "p@example.com", "42", "petr")

@@ -15,40 +15,23 @@ the stage of the last status, and one note per event.
 
 from __future__ import annotations
 
+import functools
 import json
-import os
-import re
 import signal
-import sqlite3
-import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from litestar.testing import AsyncTestClient
 
-from bridge.app import create_app
-from bridge.settings import Settings
-from tests.conftest import (
-    EXAMPLE_CONFIG,
-    ROOT,
-    SECRET,
-    make_settings,
-    reference_file_config,
-    signed,
-    wait_until,
-)
-from tests.fakes.memory import MemoryCrm
+from bridge.settings import FileConfig
+from tests.conftest import ROOT, reference_file_config, signed, wait_until
+from tests.order_cases import MEMORY, post_order
 from tests.order_kill_app import load_state
 from tests.order_support import PIPELINE, STAGES, order_body, order_config_toml, with_orders
-from tests.process import free_port
-from tests.process import wait_until as sync_wait_until
+from tests.process import BridgeProcess, unfinished, write_config
 
 TENT = [("tent-02", "Шатёр 6×12", 1, "25000.00")]
 CREATED = order_body(event="created", status="new")
@@ -86,33 +69,19 @@ CASES = [
 ]
 
 
-def _settings(tmp_path: Path) -> Settings:
+def _file() -> FileConfig:
     file = reference_file_config(request_timeout_seconds=0.05, late_write_seconds=0.05)
-    file = file.model_copy(update={"crm": {"amocrm": with_orders(file.crm["amocrm"])}})
-    return make_settings(tmp_path, file, wait_seconds=0, shutdown_grace_seconds=0.1)
-
-
-def _busy(settings: Settings) -> int:
-    with sqlite3.connect(settings.database_path) as conn:
-        (count,) = conn.execute(
-            "SELECT COUNT(*) FROM deliveries WHERE status IN ('pending', 'retrying', 'processing')"
-        ).fetchone()
-    return int(count)
-
-
-@asynccontextmanager
-async def running(settings: Settings, crm: MemoryCrm) -> AsyncIterator[AsyncTestClient[Any]]:
-    app = create_app(settings, adapters=lambda _settings, _store: {"amocrm": crm})
-    async with AsyncTestClient(app=app) as client:
-        yield client
+    return file.model_copy(update={"crm": {"amocrm": with_orders(file.crm["amocrm"])}})
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 async def test_a_kill_at_each_step_leaves_exactly_one_of_everything(
     case: Case, tmp_path: Path
 ) -> None:
-    settings = _settings(tmp_path)
-    crm = MemoryCrm(settings.file.crm["amocrm"], name="amocrm")
+    crm = MEMORY.make_fake()
+    run = functools.partial(
+        MEMORY.running(crm, tmp_path), _file(), wait_seconds=0, shutdown_grace_seconds=0.1
+    )
     business = case.script == "business-new"
     if not business:
         crm.add_contact(phones=["+79160001122"])
@@ -120,17 +89,15 @@ async def test_a_kill_at_each_step_leaves_exactly_one_of_everything(
     for index, body in enumerate(events):
         if index == case.event:
             crm.kill_at(case.call, after=case.after)
-        async with running(settings, crm) as client:
-            raw = json.dumps(body).encode()
-            answer = await client.post("/webhook/order", content=raw, headers=signed(raw))
+        async with run() as bridge:
+            answer = await post_order(bridge, body)
             assert answer.status_code == 202, answer.text
-            await wait_until(lambda: crm.killed or _busy(settings) == 0)
+            await wait_until(lambda: crm.killed or unfinished(bridge.settings.database_path) == 0)
         if crm.killed:
             crm.killed = False
-            async with running(settings, crm):  # the restart resumes the delivery
-                await wait_until(lambda: _busy(settings) == 0)
-    with sqlite3.connect(settings.database_path) as conn:
-        statuses = conn.execute("SELECT status FROM order_events").fetchall()
+            async with run() as bridge:  # the restart resumes the delivery
+                await bridge.settle()
+    statuses = bridge.query("SELECT status FROM order_events")
     assert crm.kills == 1, "the kill point was never reached: the case proves nothing"
     assert statuses == [("success",), ("success",)]
     assert len(crm.contacts) == 1
@@ -151,70 +118,20 @@ async def test_a_kill_at_each_step_leaves_exactly_one_of_everything(
 # ---- the same, by a real SIGKILL of a real process ------------------------------------
 
 
-@dataclass
-class KilledProcess:
+def _process(home: Path) -> BridgeProcess:
     """`tests.order_kill_app` (the app over a CRM whose state is a file) as a process."""
-
-    home: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def database(self) -> Path:
-        return self.home / "bridge.sqlite"
-
-    @property
-    def state(self) -> Path:
-        return self.home / "crm.pickle"
-
-    def start(self, **env: str) -> str:
-        config = self.home / "bridge.toml"
-        text = EXAMPLE_CONFIG.read_text(encoding="utf-8") + order_config_toml()
-        text = re.sub(
-            r"(?m)^(request_timeout_seconds|late_write_seconds) = .*$", r"\1 = 0.05", text
-        )
-        config.write_text(text, encoding="utf-8")
-        port = free_port()
-        values = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(self.home),
-            "LANG": "C.UTF-8",
-            "PYTHONPATH": str(ROOT),
-            "CONFIG_FILE": str(config),
-            "DATABASE_PATH": str(self.database),
-            "WEBHOOK_SECRETS": SECRET,
-            "WAIT_SECONDS": "0",
-            "RETRY_SCHEDULE_SECONDS": "0.1,0.1,0.1,0.1,0.1",
-            "STATE_FILE": str(self.state),
-            "PORT": str(port),
-            **env,
-        }
-        with (self.home / "bridge.log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.order_kill_app"],
-                cwd=self.home,
-                env=values,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        url = f"http://127.0.0.1:{port}"
-        sync_wait_until(lambda: self._answers(url), 20, "the bridge answering")
-        return url
-
-    def _answers(self, url: str) -> bool:
-        assert self.proc is not None and self.proc.poll() is None, self.log()
-        try:
-            return httpx.get(f"{url}/webhook/health", timeout=1).status_code in (200, 503)
-        except httpx.TransportError:
-            return False
-
-    def log(self) -> str:
-        return (self.home / "bridge.log").read_text(encoding="utf-8", errors="replace")[-3000:]
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=15)
+    # The CRM is in memory: its base_url is never called.
+    config = write_config(home / "bridge.toml", "http://127.0.0.1:9", request_timeout_seconds=0.05)
+    config.write_text(config.read_text(encoding="utf-8") + order_config_toml(), encoding="utf-8")
+    return BridgeProcess.create(
+        home,
+        config,
+        access_token=None,
+        command=(sys.executable, "-m", "tests.order_kill_app"),
+        PYTHONPATH=str(ROOT),
+        RETRY_SCHEDULE_SECONDS="0.1,0.1,0.1,0.1,0.1",
+        STATE_FILE=str(home / "crm.pickle"),
+    )
 
 
 PROCESS_CASES = [
@@ -235,26 +152,24 @@ PROCESS_CASES = [
 def test_a_sigkill_at_a_step_leaves_exactly_one_of_everything(
     event: int, call: int, after: bool, tmp_path: Path
 ) -> None:
-    bridge = KilledProcess(tmp_path)
+    bridge = _process(tmp_path)
     try:
         for index, body in enumerate([CREATED, UPDATE], start=1):
             kill = {"KILL_AT": str(call), "KILL_AFTER": "1" if after else "0"}
-            url = bridge.start(**(kill if index == event else {}))
+            bridge.start(**(kill if index == event else {}))
             raw = json.dumps(body).encode()
-            answer = httpx.post(f"{url}/webhook/order", content=raw, headers=signed(raw))
+            answer = httpx.post(f"{bridge.url}/webhook/order", content=raw, headers=signed(raw))
             assert answer.status_code == 202, answer.text
-            assert bridge.proc is not None
             if index == event:
-                assert bridge.proc.wait(timeout=30) == -signal.SIGKILL, bridge.log()
-                url = bridge.start()  # the restart resumes the delivery
-            sync_wait_until(lambda: _busy_at(bridge.database) == 0, 30, "deliveries done")
+                assert bridge.wait_exit(timeout=30) == -signal.SIGKILL, bridge.log_text()[-3000:]
+                bridge.start()  # the restart resumes the delivery
+            bridge.settle()
             bridge.stop()
     finally:
         bridge.stop()
-    with sqlite3.connect(bridge.database) as conn:
-        statuses = conn.execute("SELECT status FROM order_events").fetchall()
-    assert statuses == [("success",), ("success",)], bridge.log()
-    crm = load_state(bridge.state)
+    statuses = bridge.query("SELECT status FROM order_events")
+    assert statuses == [("success",), ("success",)], bridge.log_text()[-3000:]
+    crm = load_state(Path(bridge.env["STATE_FILE"]))
     assert len(crm["contacts"]) == 1
     assert len(crm["companies"]) == 1
     [deal] = crm["deals"]
@@ -267,11 +182,3 @@ def test_a_sigkill_at_a_step_leaves_exactly_one_of_everything(
     assert len(notes) == 2, notes
     [company] = crm["companies"]
     assert crm["deal_company"][deal] == company
-
-
-def _busy_at(database: Path) -> int:
-    with sqlite3.connect(database) as conn:
-        (count,) = conn.execute(
-            "SELECT COUNT(*) FROM deliveries WHERE status IN ('pending', 'retrying', 'processing')"
-        ).fetchone()
-    return int(count)

@@ -242,10 +242,6 @@ async def test_a_note_already_on_the_deal_is_not_added_again_on_a_retry() -> Non
 # ---- a failure at every call, before and after it takes effect -------------------------
 
 
-def _calls_of(body: dict[str, Any], prepare: bool) -> int:
-    return len(_scripted(body, prepare)[0].calls)
-
-
 def _scripted(body: dict[str, Any], prepare: bool) -> tuple[MemoryCrm, Delivery]:
     crm = MemoryCrm(CONFIG)
     delivery = Delivery(crm)

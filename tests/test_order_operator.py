@@ -23,10 +23,6 @@ NEWER = "2026-11-21T09:00:00+03:00"
 BETWEEN = "2026-11-20T12:00:00+03:00"  # after the first event, before the newer one
 
 
-def order_config_text() -> str:
-    return order_config_toml()
-
-
 @pytest.fixture
 async def ordered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
     """Three events of ord_1042 (created, a newer update, then a stale older one) and a
@@ -44,7 +40,7 @@ async def ordered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
         refused = await post_order(bridge, order_body("ord_2000", phone="+7 916 000-22-33"))
         assert refused.json()["status"] == "failed"
     monkeypatch.chdir(tmp_path)
-    text = write_config(tmp_path).read_text(encoding="utf-8") + order_config_text()
+    text = write_config(tmp_path).read_text(encoding="utf-8") + order_config_toml()
     config = tmp_path / "orders.toml"  # make_cli writes bridge.toml again
     config.write_text(text, encoding="utf-8")
     return make_cli(tmp_path, CONFIG_FILE=str(config))
@@ -122,9 +118,7 @@ def test_the_readme_audit_queries_run_on_the_order_events_view(ordered: Cli) -> 
 
 def test_send_posts_an_order_body_to_the_order_route(tmp_path: Path) -> None:
     import httpx
-    from click.testing import CliRunner
 
-    from bridge.cli import CliEnv, main
     from tests.order_support import EXAMPLE_ORDER
 
     cli = make_cli(tmp_path)
@@ -134,8 +128,8 @@ def test_send_posts_an_order_body_to_the_order_route(tmp_path: Path) -> None:
         seen.append(request)
         return httpx.Response(202, json={"status": "queued"})
 
-    env = CliEnv(clock=cli.clock, http_transport=httpx.MockTransport(answer))
-    result = CliRunner(env=cli.env).invoke(main, ["send", str(EXAMPLE_ORDER)], obj=env)
+    cli.http_transport = httpx.MockTransport(answer)
+    result = cli("send", str(EXAMPLE_ORDER))
     assert result.exit_code == 0, result.output
     [request] = seen
     assert str(request.url) == "http://127.0.0.1:8080/webhook/order"

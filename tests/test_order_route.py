@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,33 +23,27 @@ from litestar.testing import AsyncTestClient
 from bridge.app import create_app
 from bridge.errors import ConfigError
 from bridge.intake import NO_ORDER_CRM
-from bridge.settings import FileConfig, Settings
-from tests.conftest import make_settings, reference_file_config, signed, wait_until
+from bridge.settings import FileConfig
+from tests.conftest import Bridge, make_settings, reference_file_config, signed
 from tests.fakes.memory import MemoryConnection, MemoryCrm
 from tests.order_support import PIPELINE, STAGES, order_body, with_orders
 
 TENT = [("tent-02", "Шатёр 6×12", 1, "25000.00")]
 
 
-@dataclass
-class OrderBridge:
-    client: AsyncTestClient[Any]
-    settings: Settings
-    crm: MemoryCrm
+class OrderBridge(Bridge):
+    """The app over the in-memory CRM, which takes orders."""
+
+    @property
+    def crm(self) -> MemoryCrm:
+        crm: MemoryCrm = self.fake  # type: ignore[assignment]
+        return crm
 
     async def post(self, payload: dict[str, Any] | bytes, **headers: str) -> httpx.Response:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         return await self.client.post(
             "/webhook/order", content=body, headers={**signed(body), **headers}
         )
-
-    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with sqlite3.connect(self.settings.database_path) as conn:
-            return list(conn.execute(sql, params).fetchall())
-
-    async def settle(self) -> None:
-        busy = "SELECT COUNT(*) FROM deliveries WHERE status IN ('pending','retrying','processing')"
-        await wait_until(lambda: self.query(busy)[0][0] == 0)
 
 
 def order_file(takes_orders: bool = True) -> FileConfig:
@@ -71,7 +63,7 @@ def bridge(tmp_path: Path) -> Factory:
         crm = MemoryCrm(settings.file.crm["amocrm"], name="amocrm")
         app = create_app(settings, adapters=lambda _settings, _store: {"amocrm": crm})
         async with AsyncTestClient(app=app) as client:
-            yield OrderBridge(client, settings, crm)
+            yield OrderBridge(client, settings, crm)  # type: ignore[arg-type]
 
     return factory
 

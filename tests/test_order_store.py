@@ -1,5 +1,6 @@
-"""Orders in the store (migration 9): the stale check at intake, in one group commit too,
-and the worker's stale check per CRM for an old event retried after a newer one."""
+"""Orders in the store (migration 9's tables; the migration: test_store_migrations.py): the
+stale check at intake, in one group commit too, and the worker's per CRM for an old event
+retried after a newer one."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from pathlib import Path
 from bridge.errors import PermanentCrmError
 from bridge.intake import order_intake
 from bridge.store import Store
-from bridge.store.schema import MIGRATIONS, migrate
 from tests.conftest import make_settings, wait_until
 from tests.order_cases import MEMORY, post_order
 from tests.order_support import order_body
@@ -28,25 +28,6 @@ def _event(tmp_path: Path, **changes: str) -> object:
     from bridge.order_payloads import parse_order
 
     return order_intake(parse_order(body), json.dumps(body), settings).event
-
-
-async def test_migration_9_adds_the_order_tables_to_a_version_8_database(tmp_path: Path) -> None:
-    path = tmp_path / "b.sqlite"
-    conn = sqlite3.connect(path, isolation_level=None)
-    migrate(conn, upto=8)
-    conn.execute(
-        "INSERT INTO events (kind, key, status, payload, received_at)"
-        " VALUES ('payment', 'pay_old', 'success', '{}', '2026-01-01 00:00:00.000')"
-    )
-    conn.close()
-    store = await Store.open(path, clock=time.time)
-    assert await store.schema_version() == len(MIGRATIONS) >= 9
-    await store.close()
-    with sqlite3.connect(path) as db:
-        names = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
-        assert {"order_heads", "order_links", "order_events"} <= names
-        assert db.execute("SELECT COUNT(*) FROM order_events").fetchone() == (0,)
-        assert db.execute("SELECT payment_id FROM payment_events").fetchall() == [("pay_old",)]
 
 
 async def test_an_older_event_is_stale_whether_it_comes_later_or_in_the_same_batch(

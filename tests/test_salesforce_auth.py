@@ -19,6 +19,7 @@ from bridge.crm.salesforce_json import data_path
 from bridge.errors import AuthError, TransientCrmError
 from bridge.settings import CrmSecrets
 from bridge.tokens import BearerAuth
+from tests.clock import ManualClock
 from tests.fakes.salesforce import FakeSalesforce
 
 MY_DOMAIN = "https://example.my.salesforce.com"
@@ -27,24 +28,20 @@ QUERY = f"{data_path('68.0')}/query"
 NOW = 1_796_300_000.0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @dataclass
 class Rig:
     fake: FakeSalesforce
     source: SessionSource
     minter: SessionMinter
     http: CrmHttp
-    clock: Clock
+    clock: ManualClock
 
     async def query(self) -> httpx.Response:
         return await self.http.request("GET", QUERY, params={"q": "SELECT Id FROM Contact"})
+
+
+def session_minter(http: CrmHttp, flow: Flow, secrets: CrmSecrets, **options: Any) -> SessionMinter:
+    return SessionMinter("salesforce", http, flow, login_url=LOGIN, secrets=secrets, **options)
 
 
 def rig(
@@ -56,27 +53,20 @@ def rig(
     username: str = "bridge-integration@example.com",
     **fake_kw: Any,
 ) -> tuple[Rig, httpx.AsyncClient]:
-    clock = Clock()
+    clock = ManualClock(NOW)
     fake = FakeSalesforce(clock=clock, **fake_kw)
     key_file = tmp_path / "salesforce.key"
     key_file.write_bytes(fake.private_key_pem if key is None else key)
     client = httpx.AsyncClient(base_url=MY_DOMAIN, transport=fake.transport())
     http = CrmHttp("salesforce", client, RateLimiter(1000), backoff_initial=0, backoff_max=0)
-    minter = SessionMinter(
-        "salesforce",
-        http,
-        flow,
-        login_url=LOGIN,
-        username=username,
-        secrets=CrmSecrets(
-            prefix="SALESFORCE",
-            token_name="PRIVATE_KEY_FILE",
-            token=str(key_file),
-            client_id=fake.consumer_key,
-            client_secret=fake.client_secret if secret is None else secret,
-        ),
-        clock=clock,
+    secrets = CrmSecrets(
+        "SALESFORCE",
+        "PRIVATE_KEY_FILE",
+        str(key_file),
+        fake.consumer_key,
+        fake.client_secret if secret is None else secret,
     )
+    minter = session_minter(http, flow, secrets, username=username, clock=clock)
     source = SessionSource(
         "salesforce", minter.mint, minter.missing, session_timeout=7200, clock=clock
     )
@@ -112,7 +102,7 @@ async def test_a_session_that_ended_is_minted_again_on_the_401(jwt: Rig) -> None
 
 async def test_a_session_is_minted_before_the_timeout_ends_it(jwt: Rig) -> None:
     await jwt.query()
-    jwt.clock.now += 6900
+    jwt.clock.advance(6900)
     await jwt.query()
     assert jwt.fake.tokens_minted == 2 and jwt.fake.count(status=401) == 0
 
@@ -153,16 +143,8 @@ async def test_an_unreadable_key_is_a_credentials_problem_without_a_call(tmp_pat
             "jwt_bearer needs a readable RSA private key"
         )
         (tmp_path / "salesforce.key").unlink()
-        fresh = SessionMinter(
-            "salesforce",
-            made.http,
-            "jwt_bearer",
-            login_url=LOGIN,
-            username="u",
-            secrets=CrmSecrets(
-                "SALESFORCE", "PRIVATE_KEY_FILE", str(tmp_path / "salesforce.key"), "c"
-            ),
-        )
+        gone = CrmSecrets("SALESFORCE", "PRIVATE_KEY_FILE", str(tmp_path / "salesforce.key"), "c")
+        fresh = session_minter(made.http, "jwt_bearer", gone, username="u")
         assert "No such file or directory" in (fresh.missing() or "")
         with pytest.raises(AuthError, match="readable RSA private key"):
             await made.query()
@@ -187,14 +169,8 @@ async def test_client_credentials_refusals_name_the_cause(tmp_path: Path) -> Non
     async with client:
         with pytest.raises(AuthError, match="no client credentials user enabled"):
             await disabled.query()
-    no_secret = SessionMinter(
-        "salesforce",
-        disabled.http,
-        "client_credentials",
-        login_url=LOGIN,
-        username="",
-        secrets=CrmSecrets("SALESFORCE", "PRIVATE_KEY_FILE", None, "c"),
-    )
+    secretless = CrmSecrets("SALESFORCE", "PRIVATE_KEY_FILE", None, "c")
+    no_secret = session_minter(disabled.http, "client_credentials", secretless, username="")
     assert no_secret.missing() == "client_credentials needs SALESFORCE_CLIENT_SECRET"
 
 

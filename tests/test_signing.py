@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given
@@ -37,12 +38,20 @@ def _standard(
     }
 
 
-def _verify(headers: dict[str, str], *, legacy: bool = False, now: float = NOW) -> Verdict:
+def _verify(
+    headers: dict[str, str],
+    body: bytes = BODY,
+    *,
+    hmac_secrets: Sequence[str] = (OLD_HMAC_SECRET, HMAC_SECRET),
+    standard_secrets: Sequence[str] = (STANDARD_SECRET,),
+    legacy: bool = False,
+    now: float = NOW,
+) -> Verdict:
     return verify(
         headers,
-        BODY,
-        hmac_secrets=[OLD_HMAC_SECRET, HMAC_SECRET],
-        standard_secrets=[STANDARD_SECRET],
+        body,
+        hmac_secrets=list(hmac_secrets),
+        standard_secrets=list(standard_secrets),
         legacy_enabled=legacy,
         now=now,
     )
@@ -83,192 +92,137 @@ def test_standard_secret_key_rejects_bad_base64() -> None:
         standard_secret_key("whsec_not*base64!")
 
 
+HMAC_OK = Verdict(True, "hmac", "ok")
+HMAC_MISMATCH = Verdict(False, "hmac", "signature mismatch")
+HMAC_MALFORMED = Verdict(False, "hmac", "signature malformed")
+STANDARD_OK = Verdict(True, "standard", "ok")
+STANDARD_MISMATCH = Verdict(False, "standard", "signature mismatch")
+TIMESTAMP_MALFORMED = Verdict(False, "standard", "timestamp malformed")
+LEGACY_OK = Verdict(True, "legacy", "ok")
+OTHER_STANDARD_SECRET = "whsec_" + base64.b64encode(b"other").decode()
+
+
 @pytest.mark.parametrize(
-    ("headers", "legacy", "now", "expected"),
+    ("headers", "expected"),
     [
-        pytest.param({}, False, NOW, Verdict(False, "none", "missing signature"), id="nothing"),
-        pytest.param(
-            {"X-Signature": _hmac()}, False, NOW, Verdict(True, "hmac", "ok"), id="hmac bare hex"
-        ),
+        pytest.param({}, Verdict(False, "none", "missing signature"), id="nothing"),
+        pytest.param({"X-Signature": _hmac()}, HMAC_OK, id="hmac bare hex"),
         pytest.param(
             {"x-signature": "sha256=" + _hmac()},
-            False,
-            NOW,
-            Verdict(True, "hmac", "ok"),
+            HMAC_OK,
             id="hmac sha256= prefix, lower-case header",
         ),
+        pytest.param({"X-SIGNATURE": "SHA256=" + _hmac().upper()}, HMAC_OK, id="hmac upper-case"),
         pytest.param(
-            {"X-SIGNATURE": "SHA256=" + _hmac().upper()},
-            False,
-            NOW,
-            Verdict(True, "hmac", "ok"),
-            id="hmac upper-case",
+            {"X-Signature": _hmac(secret=OLD_HMAC_SECRET)}, HMAC_OK, id="hmac rotated secret"
         ),
-        pytest.param(
-            {"X-Signature": _hmac(secret=OLD_HMAC_SECRET)},
-            False,
-            NOW,
-            Verdict(True, "hmac", "ok"),
-            id="hmac rotated secret",
-        ),
-        pytest.param(
-            {"X-Signature": _hmac(secret="wrong")},
-            False,
-            NOW,
-            Verdict(False, "hmac", "signature mismatch"),
-            id="hmac wrong secret",
-        ),
-        pytest.param(
-            {"X-Signature": _hmac(body=BODY + b" ")},
-            False,
-            NOW,
-            Verdict(False, "hmac", "signature mismatch"),
-            id="hmac other body",
-        ),
-        pytest.param(
-            {"X-Signature": "sha256=xyz"},
-            False,
-            NOW,
-            Verdict(False, "hmac", "signature malformed"),
-            id="hmac not hex",
-        ),
-        pytest.param(
-            {"X-Signature": ""},
-            False,
-            NOW,
-            Verdict(False, "hmac", "signature malformed"),
-            id="hmac empty",
-        ),
-        pytest.param(_standard(), False, NOW, Verdict(True, "standard", "ok"), id="standard"),
+        pytest.param({"X-Signature": _hmac(secret="wrong")}, HMAC_MISMATCH, id="hmac wrong secret"),
+        pytest.param({"X-Signature": _hmac(body=BODY + b" ")}, HMAC_MISMATCH, id="hmac other body"),
+        pytest.param({"X-Signature": "sha256=xyz"}, HMAC_MALFORMED, id="hmac not hex"),
+        pytest.param({"X-Signature": ""}, HMAC_MALFORMED, id="hmac empty"),
+        pytest.param(_standard(), STANDARD_OK, id="standard"),
         pytest.param(
             {name.upper(): value for name, value in _standard().items()},
-            False,
-            NOW,
-            Verdict(True, "standard", "ok"),
+            STANDARD_OK,
             id="standard upper-case header names",
         ),
         pytest.param(
-            _standard(), False, NOW + 300, Verdict(True, "standard", "ok"), id="standard at limit"
-        ),
-        pytest.param(
-            _standard(),
-            False,
-            NOW + 301,
-            Verdict(False, "standard", "timestamp too old"),
-            id="standard too old",
-        ),
-        pytest.param(
-            _standard(),
-            False,
-            NOW - 301,
-            Verdict(False, "standard", "timestamp too new"),
-            id="standard in the future",
-        ),
-        pytest.param(
             {**_standard(), "webhook-timestamp": "soon"},
-            False,
-            NOW,
-            Verdict(False, "standard", "timestamp malformed"),
+            TIMESTAMP_MALFORMED,
             id="standard timestamp not a number",
         ),
         pytest.param(
             {**_standard(), "webhook-timestamp": "-5"},
-            False,
-            NOW,
-            Verdict(False, "standard", "timestamp malformed"),
+            TIMESTAMP_MALFORMED,
             id="standard negative timestamp",
         ),
         pytest.param(
-            {**_standard(), "webhook-id": "msg_2"},
-            False,
-            NOW,
-            Verdict(False, "standard", "signature mismatch"),
-            id="standard other id",
+            {**_standard(), "webhook-id": "msg_2"}, STANDARD_MISMATCH, id="standard other id"
         ),
         pytest.param(
-            _standard(secret="whsec_" + base64.b64encode(b"other").decode()),
-            False,
-            NOW,
-            Verdict(False, "standard", "signature mismatch"),
-            id="standard wrong secret",
+            _standard(secret=OTHER_STANDARD_SECRET), STANDARD_MISMATCH, id="standard wrong secret"
         ),
         pytest.param(
             {
                 **_standard(),
                 "webhook-signature": "v1a,abc v1,bm90IGl0 " + _standard()["webhook-signature"],
             },
-            False,
-            NOW,
-            Verdict(True, "standard", "ok"),
+            STANDARD_OK,
             id="standard one of several entries",
         ),
         pytest.param(
             {**_standard(), "webhook-signature": "v2,abc"},
-            False,
-            NOW,
             Verdict(False, "standard", "signature malformed"),
             id="standard no v1 entry",
         ),
         pytest.param(
             {"webhook-id": MSG_ID, "webhook-timestamp": str(NOW)},
-            False,
-            NOW,
             Verdict(False, "standard", "missing signature"),
             id="standard incomplete",
         ),
         pytest.param(
             {"X-Webhook-Secret": HMAC_SECRET},
-            True,
-            NOW,
-            Verdict(True, "legacy", "ok"),
-            id="legacy enabled",
-        ),
-        pytest.param(
-            {"x-webhook-secret": OLD_HMAC_SECRET},
-            True,
-            NOW,
-            Verdict(True, "legacy", "ok"),
-            id="legacy rotated secret",
-        ),
-        pytest.param(
-            {"X-Webhook-Secret": HMAC_SECRET},
-            False,
-            NOW,
             Verdict(False, "legacy", "legacy secret header disabled"),
             id="legacy disabled",
         ),
         pytest.param(
-            {"X-Webhook-Secret": "guess"},
-            True,
-            NOW,
-            Verdict(False, "legacy", "secret mismatch"),
-            id="legacy wrong secret",
-        ),
-        pytest.param(
             {"X-Signature": _hmac(secret="wrong"), **_standard()},
-            False,
-            NOW,
-            Verdict(True, "standard", "ok"),
+            STANDARD_OK,
             id="one valid scheme wins",
         ),
         pytest.param(
             {"X-Signature": _hmac(secret="wrong"), "X-Webhook-Secret": HMAC_SECRET},
-            False,
-            NOW,
-            Verdict(False, "hmac", "signature mismatch"),
+            HMAC_MISMATCH,
             id="most specific failure: mismatch over disabled",
+        ),
+    ],
+)
+def test_verify(headers: dict[str, str], expected: Verdict) -> None:
+    assert _verify(headers) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        pytest.param({"X-Webhook-Secret": HMAC_SECRET}, LEGACY_OK, id="legacy enabled"),
+        pytest.param({"x-webhook-secret": OLD_HMAC_SECRET}, LEGACY_OK, id="legacy rotated secret"),
+        pytest.param(
+            {"X-Webhook-Secret": "guess"},
+            Verdict(False, "legacy", "secret mismatch"),
+            id="legacy wrong secret",
+        ),
+    ],
+)
+def test_verify_with_the_legacy_header_enabled(headers: dict[str, str], expected: Verdict) -> None:
+    assert _verify(headers, legacy=True) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "now", "expected"),
+    [
+        pytest.param(_standard(), NOW + 300, STANDARD_OK, id="standard at limit"),
+        pytest.param(
+            _standard(),
+            NOW + 301,
+            Verdict(False, "standard", "timestamp too old"),
+            id="standard too old",
+        ),
+        pytest.param(
+            _standard(),
+            NOW - 301,
+            Verdict(False, "standard", "timestamp too new"),
+            id="standard in the future",
         ),
         pytest.param(
             {"X-Signature": "zz", **_standard()},
-            False,
             NOW + 1000,
             Verdict(False, "standard", "timestamp too old"),
             id="most specific failure: too old over malformed",
         ),
     ],
 )
-def test_verify(headers: dict[str, str], legacy: bool, now: float, expected: Verdict) -> None:
-    assert _verify(headers, legacy=legacy, now=now) == expected
+def test_verify_at_another_time(headers: dict[str, str], now: float, expected: Verdict) -> None:
+    assert _verify(headers, now=now) == expected
 
 
 @pytest.mark.parametrize(
@@ -280,22 +234,12 @@ def test_verify(headers: dict[str, str], legacy: bool, now: float, expected: Ver
     ],
 )
 def test_empty_secrets_never_match(headers: dict[str, str], expected: Verdict) -> None:
-    verdict = verify(
-        headers, BODY, hmac_secrets=[""], standard_secrets=[""], legacy_enabled=True, now=NOW
-    )
-    assert verdict == expected
+    assert _verify(headers, hmac_secrets=[""], standard_secrets=[""], legacy=True) == expected
 
 
 def test_undecodable_standard_secret_does_not_break_verification() -> None:
-    verdict = verify(
-        _standard(),
-        BODY,
-        hmac_secrets=[],
-        standard_secrets=["whsec_***", STANDARD_SECRET],
-        legacy_enabled=False,
-        now=NOW,
-    )
-    assert verdict == Verdict(True, "standard", "ok")
+    verdict = _verify(_standard(), hmac_secrets=[], standard_secrets=["whsec_***", STANDARD_SECRET])
+    assert verdict == STANDARD_OK
 
 
 @pytest.mark.parametrize(
@@ -325,7 +269,7 @@ def test_sign_headers(
 def test_reasons_never_contain_secrets_or_expected_signatures() -> None:
     cases = [
         {"X-Signature": _hmac(secret="wrong")},
-        _standard(secret="whsec_" + base64.b64encode(b"other").decode()),
+        _standard(secret=OTHER_STANDARD_SECRET),
         {"X-Webhook-Secret": "guess"},
     ]
     forbidden = [HMAC_SECRET, OLD_HMAC_SECRET, STANDARD_SECRET, _hmac()]
@@ -352,13 +296,8 @@ def test_signed_bodies_verify(
         headers = sign_headers(
             body, hmac_secret=one_hmac, standard_secret=one_standard, msg_id="msg", now=now
         )
-        verdict = verify(
-            headers,
-            body,
-            hmac_secrets=[hmac_secret],
-            standard_secrets=[standard_secret],
-            legacy_enabled=False,
-            now=now,
+        verdict = _verify(
+            headers, body, hmac_secrets=[hmac_secret], standard_secrets=[standard_secret], now=now
         )
         assert verdict.ok, verdict
 
@@ -381,13 +320,8 @@ def test_any_changed_byte_fails(
     hmac_only = {"X-Signature": headers["X-Signature"]}
     standard_only = {name: value for name, value in headers.items() if name.startswith("webhook-")}
     for single in (hmac_only, standard_only):
-        verdict = verify(
-            single,
-            changed,
-            hmac_secrets=[hmac_secret],
-            standard_secrets=[standard_secret],
-            legacy_enabled=False,
-            now=NOW,
+        verdict = _verify(
+            single, changed, hmac_secrets=[hmac_secret], standard_secrets=[standard_secret]
         )
         assert verdict == Verdict(False, verdict.scheme, "signature mismatch")
 
@@ -405,8 +339,6 @@ def test_timestamps_beyond_tolerance_fail(
     headers = sign_headers(
         body, hmac_secret=None, standard_secret=secret, msg_id="m", now=signed_at
     )
-    verdict = verify(
-        headers, body, hmac_secrets=[], standard_secrets=[secret], legacy_enabled=False, now=NOW
-    )
+    verdict = _verify(headers, body, hmac_secrets=[], standard_secrets=[secret])
     assert not verdict.ok
     assert verdict.reason == ("timestamp too new" if future else "timestamp too old")

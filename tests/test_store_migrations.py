@@ -115,6 +115,19 @@ async def test_version_7_adds_the_operators_tables_to_a_version_6_database(
         assert conn.execute("SELECT key FROM events").fetchall() == [("pay_old",)]
 
 
+async def test_migration_9_adds_the_order_tables_to_a_version_8_database(tmp_path: Path) -> None:
+    path = tmp_path / "b.sqlite"
+    _at_version(path, 8)
+    store = await Store.open(path, clock=time.time)
+    assert await store.schema_version() == len(MIGRATIONS) >= 9
+    await store.close()
+    with sqlite3.connect(path) as db:
+        names = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+        assert {"order_heads", "order_links", "order_events"} <= names
+        assert db.execute("SELECT COUNT(*) FROM order_events").fetchone() == (0,)
+        assert db.execute("SELECT payment_id FROM payment_events").fetchall() == [("pay_old",)]
+
+
 # Issue 21's migration, found by what it does: another branch may number its own first.
 SOURCE_MIGRATION = next(
     number

@@ -38,17 +38,18 @@ class Recorder:
         return [item.upper() for item in batch]
 
 
-def _database(path: Path) -> Path:
-    db = path / "w.sqlite"
+def _started(
+    tmp_path: Path, recorder: Recorder | None = None, lock_wait_seconds: float = 5.0
+) -> tuple[Path, Writer[str, str]]:
+    """A new database with an `items` table, and a started writer over it."""
+    db = tmp_path / "w.sqlite"
     with sqlite3.connect(db) as conn:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("CREATE TABLE items (name TEXT NOT NULL)")
-    return db
-
-
-def _writer(db: Path, recorder: Recorder, lock_wait_seconds: float = 5.0) -> Writer[str, str]:
-    conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False, timeout=0)
-    return Writer(conn, recorder, lock_wait_seconds=lock_wait_seconds)
+    writers = sqlite3.connect(db, isolation_level=None, check_same_thread=False, timeout=0)
+    writer = Writer(writers, recorder or Recorder(), lock_wait_seconds=lock_wait_seconds)
+    writer.start()
+    return db, writer
 
 
 def _stored(db: Path) -> list[str]:
@@ -57,10 +58,8 @@ def _stored(db: Path) -> list[str]:
 
 
 async def test_concurrent_submissions_share_committed_batches(tmp_path: Path) -> None:
-    db = _database(tmp_path)
     recorder = Recorder()
-    writer = _writer(db, recorder)
-    writer.start()
+    db, writer = _started(tmp_path, recorder)
     results = await asyncio.gather(*(writer.submit(f"e{i}") for i in range(200)))
     # Every result came after its commit: another connection sees the rows already.
     assert sorted(_stored(db)) == sorted(f"e{i}" for i in range(200))
@@ -72,10 +71,7 @@ async def test_concurrent_submissions_share_committed_batches(tmp_path: Path) ->
 
 
 async def test_posted_items_ride_along_unawaited(tmp_path: Path) -> None:
-    db = _database(tmp_path)
-    recorder = Recorder()
-    writer = _writer(db, recorder)
-    writer.start()
+    db, writer = _started(tmp_path)
     writer.post("log-1")
     assert await writer.submit("event") == "EVENT"
     await writer.close()
@@ -84,10 +80,8 @@ async def test_posted_items_ride_along_unawaited(tmp_path: Path) -> None:
 
 async def test_an_item_that_cannot_be_stored_fails_alone_not_its_batch(tmp_path: Path) -> None:
     """Issue 13.5: one webhook SQLite could not take failed every webhook of its batch."""
-    db = _database(tmp_path)
     recorder = Recorder(fail_on="bad")
-    writer = _writer(db, recorder)
-    writer.start()
+    db, writer = _started(tmp_path, recorder)
     async with _writer_busy(writer):
         futures = [writer.submit(name) for name in ("before", "bad", "after")]
         writer.post("log-row")
@@ -102,9 +96,7 @@ async def test_an_item_that_cannot_be_stored_fails_alone_not_its_batch(tmp_path:
 async def test_a_failed_batch_fails_each_submitter_leaves_no_rows_and_the_writer_goes_on(
     tmp_path: Path,
 ) -> None:
-    db = _database(tmp_path)
-    writer = _writer(db, Recorder(rollback_on="bad"))
-    writer.start()
+    db, writer = _started(tmp_path, Recorder(rollback_on="bad"))
     first = writer.submit("bad")
     second = writer.submit("also-in-that-batch")
     outcomes = await asyncio.gather(first, second, return_exceptions=True)
@@ -117,8 +109,7 @@ async def test_a_failed_batch_fails_each_submitter_leaves_no_rows_and_the_writer
 async def test_calls_run_alone_on_the_writer_thread_and_raise_in_the_caller(
     tmp_path: Path,
 ) -> None:
-    writer = _writer(_database(tmp_path), Recorder())
-    writer.start()
+    _, writer = _started(tmp_path)
     name = await writer.call(lambda db: threading.current_thread().name)
     assert name.startswith("bridge-sqlite-writer")
     assert await writer.call(lambda db: db.execute("SELECT 41 + 1").fetchone()[0]) == 42
@@ -157,10 +148,8 @@ async def _writer_busy(writer: Writer[str, str]) -> AsyncIterator[None]:
 
 
 async def test_grouped_transactions_share_the_batch_commit_on_the_loop(tmp_path: Path) -> None:
-    db = _database(tmp_path)
     recorder = Recorder()
-    writer = _writer(db, recorder)
-    writer.start()
+    db, writer = _started(tmp_path, recorder)
     outcomes = await asyncio.gather(
         *(writer.transact(_insert(f"t{i}")) for i in range(50)),
         *(writer.submit(f"e{i}") for i in range(50)),
@@ -178,9 +167,7 @@ async def test_grouped_transactions_share_the_batch_commit_on_the_loop(tmp_path:
 async def test_a_failed_grouped_transaction_undoes_only_itself_and_raises_in_its_caller(
     tmp_path: Path,
 ) -> None:
-    db = _database(tmp_path)
-    writer = _writer(db, Recorder())
-    writer.start()
+    db, writer = _started(tmp_path)
     async with _writer_busy(writer):  # all four in one transaction
         before = asyncio.ensure_future(writer.transact(_insert("before")))
         failing = asyncio.ensure_future(writer.transact(_insert_then_fail("half-done")))
@@ -195,9 +182,7 @@ async def test_a_failed_grouped_transaction_undoes_only_itself_and_raises_in_its
 
 
 async def test_a_failed_batch_fails_its_grouped_transactions_too(tmp_path: Path) -> None:
-    db = _database(tmp_path)
-    writer = _writer(db, Recorder(rollback_on="bad"))
-    writer.start()
+    db, writer = _started(tmp_path, Recorder(rollback_on="bad"))
     async with _writer_busy(writer):
         grouped = asyncio.ensure_future(writer.transact(_insert("grouped")))
         bad = writer.submit("bad")
@@ -224,9 +209,7 @@ def _queue_transaction(writer: Writer[str, str]) -> asyncio.Future[str]:
 async def test_a_batch_waits_for_another_connections_lock_without_stalling_the_loop(
     tmp_path: Path, queue: Callable[[Writer[str, str]], asyncio.Future[str]]
 ) -> None:
-    db = _database(tmp_path)
-    writer = _writer(db, Recorder())
-    writer.start()
+    db, writer = _started(tmp_path)
     other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")
     pending = queue(writer)
@@ -247,9 +230,7 @@ async def test_a_batch_waits_for_another_connections_lock_without_stalling_the_l
 async def test_a_lock_held_past_the_wait_fails_the_batch_then_the_writer_recovers(
     tmp_path: Path,
 ) -> None:
-    db = _database(tmp_path)
-    writer = _writer(db, Recorder(), lock_wait_seconds=0.2)
-    writer.start()
+    db, writer = _started(tmp_path, lock_wait_seconds=0.2)
     other = sqlite3.connect(db, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     with pytest.raises(StoreUnavailable, match="locked"):
@@ -262,9 +243,7 @@ async def test_a_lock_held_past_the_wait_fails_the_batch_then_the_writer_recover
 
 
 async def test_close_writes_what_was_queued_then_refuses_more(tmp_path: Path) -> None:
-    db = _database(tmp_path)
-    writer = _writer(db, Recorder())
-    writer.start()
+    db, writer = _started(tmp_path)
     pending = writer.submit("last")
     await writer.close()
     assert await pending == "LAST"

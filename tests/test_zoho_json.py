@@ -48,14 +48,12 @@ from bridge.domain import (
     Utm,
 )
 from bridge.errors import AuthError, PermanentCrmError, RateLimited, TransientCrmError
-from bridge.settings import load_file_config
 from tests.fakes import zoho_openapi
 from tests.fakes.zoho import FakeZoho
 from tests.fakes.zoho_openapi import SpecsMissing, ZohoOpenApi
 from tests.fakes.zoho_query import QueryError, parse_coql
+from tests.test_zoho_adapter import CONFIG
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIG = load_file_config(ROOT / "etc" / "crm-zoho.example.toml").crm["zoho"]
 TG = LookupKey(KeyKind.TELEGRAM_ID, "123456789")
 PHONE = LookupKey(KeyKind.PHONE, "+79991234567")
 EMAIL = LookupKey(KeyKind.EMAIL, "ivan@example.com")
@@ -332,35 +330,30 @@ async def test_concurrency_waits_for_units() -> None:
 # ---- the fake's semantics the adapter relies on ------------------------------------------
 
 
-def client(fake: FakeZoho) -> tuple[httpx.AsyncClient, str]:
+def client(fake: FakeZoho) -> httpx.AsyncClient:
     access, _ = fake.issue_oauth_pair()
-    http = httpx.AsyncClient(
-        base_url=API,
-        transport=fake.transport(),
-        headers={"Authorization": f"Zoho-oauthtoken {access}"},
-    )
-    return http, access
+    headers = {"Authorization": f"Zoho-oauthtoken {access}"}
+    return httpx.AsyncClient(base_url=API, transport=fake.transport(), headers=headers)
 
 
 async def test_fake_search_equals_contains_and_phones_by_digits() -> None:
     fake = FakeZoho(CONFIG)
     typed = fake.add_contact("Петров", "Иван", phone="8 (999) 123-45-67", email="ivan@example.com")
     fake.add_contact("Сидоров", phone="+7 999 123-45-68")
-    http, _ = client(fake)
-    criteria = search_criteria([PHONE], "Telegram_ID")
-    answer = await http.get("/crm/v8/Contacts/search", params={"criteria": criteria})
-    assert [r["id"] for r in answer.json()["data"]] == [typed]
-    answer = await http.get(
-        "/crm/v8/Contacts/search", params={"criteria": "(Email:equals:IVAN@example)"}
-    )
-    assert answer.status_code == 200  # "equals behaves like contains"
-    answer = await http.get(
-        "/crm/v8/Contacts/search", params={"criteria": "(Email:equals:nobody@x.y)"}
-    )
-    assert (answer.status_code, answer.content) == (204, b"")
-    answer = await http.get("/crm/v8/Contacts/search", params={"criteria": "(Nope:equals:1)"})
-    assert answer.json()["code"] == "INVALID_QUERY"
-    await http.aclose()
+    async with client(fake) as http:
+        criteria = search_criteria([PHONE], "Telegram_ID")
+        answer = await http.get("/crm/v8/Contacts/search", params={"criteria": criteria})
+        assert [r["id"] for r in answer.json()["data"]] == [typed]
+        answer = await http.get(
+            "/crm/v8/Contacts/search", params={"criteria": "(Email:equals:IVAN@example)"}
+        )
+        assert answer.status_code == 200  # "equals behaves like contains"
+        answer = await http.get(
+            "/crm/v8/Contacts/search", params={"criteria": "(Email:equals:nobody@x.y)"}
+        )
+        assert (answer.status_code, answer.content) == (204, b"")
+        answer = await http.get("/crm/v8/Contacts/search", params={"criteria": "(Nope:equals:1)"})
+        assert answer.json()["code"] == "INVALID_QUERY"
 
 
 def test_fake_coql_needs_parentheses_beyond_two_conditions() -> None:
@@ -373,27 +366,26 @@ def test_fake_coql_needs_parentheses_beyond_two_conditions() -> None:
 
 async def test_fake_composite_resolves_references_and_charges_one_credit() -> None:
     fake = FakeZoho(CONFIG)
-    http, _ = client(fake)
     contact = SubRequest("c", "POST", "/crm/v8/Contacts", {"data": [{"Last_Name": "Петров"}]})
     deal = deal_json(
         NewDeal("Оплата", Decimal(1), "Site", "Автооплата"), reference("c"), date(2025, 1, 1)
     )
     body = composite_body([contact, SubRequest("d", "POST", "/crm/v8/Deals", {"data": [deal]})])
     before = fake.credits_used
-    answer = await http.post("/crm/v8/__composite_requests", json=body)
-    assert answer.status_code == 200 and fake.credits_used == before + 1
-    (status_c, body_c), (status_d, body_d) = sub_responses("zoho", answer.json(), 2)
-    assert (status_c, status_d) == (201, 201)
-    [stored] = fake.deals()
-    assert stored["Contact_Name"] == {"id": body_c["data"][0]["details"]["id"]}
-    # A failing deal leaves the contact (no rollback asked for), and says why.
-    bad = {**deal, "Stage": "Нет такой"}
-    body = composite_body([contact, SubRequest("d", "POST", "/crm/v8/Deals", {"data": [bad]})])
-    answer = await http.post("/crm/v8/__composite_requests", json=body)
-    assert answer.status_code == 207 and len(fake.contacts()) == 2
-    (_, _), (status_d, body_d) = sub_responses("zoho", answer.json(), 2)
-    assert status_d == 400 and body_d["data"][0]["details"]["api_name"] == "Stage"
-    await http.aclose()
+    async with client(fake) as http:
+        answer = await http.post("/crm/v8/__composite_requests", json=body)
+        assert answer.status_code == 200 and fake.credits_used == before + 1
+        (status_c, body_c), (status_d, body_d) = sub_responses("zoho", answer.json(), 2)
+        assert (status_c, status_d) == (201, 201)
+        [stored] = fake.deals()
+        assert stored["Contact_Name"] == {"id": body_c["data"][0]["details"]["id"]}
+        # A failing deal leaves the contact (no rollback asked for), and says why.
+        bad = {**deal, "Stage": "Нет такой"}
+        body = composite_body([contact, SubRequest("d", "POST", "/crm/v8/Deals", {"data": [bad]})])
+        answer = await http.post("/crm/v8/__composite_requests", json=body)
+        assert answer.status_code == 207 and len(fake.contacts()) == 2
+        (_, _), (status_d, body_d) = sub_responses("zoho", answer.json(), 2)
+        assert status_d == 400 and body_d["data"][0]["details"]["api_name"] == "Stage"
 
 
 async def test_fake_oauth_refuses_with_200_and_names_the_api_domain() -> None:

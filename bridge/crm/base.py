@@ -19,7 +19,6 @@ import contextlib
 import contextvars
 import math
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -97,6 +96,30 @@ def current_stats() -> CallStats | None:
     return _current_stats.get()
 
 
+class Departure:
+    """One request granted by a `RateLimiter`: when it was granted, and when its headers
+    were written (the HTTP client's trace says; None while it has not left yet)."""
+
+    def __init__(self, granted: float, clock: Callable[[], float]) -> None:
+        self.granted = granted
+        self.at: float | None = None
+        self._clock = clock
+
+    async def trace(self, event: str, info: Mapping[str, Any]) -> None:
+        """httpx's `trace` request extension (httpcore calls it around each step).
+
+        "complete", not "started": the time taken after the write is never earlier than the
+        write, so a window counted from it can only be wider than the CRM's."""
+        if event.endswith(".send_request_headers.complete"):
+            self.at = self._clock()
+
+    def settle(self) -> None:
+        """The request is over; one the trace never saw (no socket: a test transport, a
+        refused connection) counts from when it was granted."""
+        if self.at is None:
+            self.at = self.granted
+
+
 class RateLimiter:
     """Spaces requests evenly at `rate` per second (a token bucket of depth `burst`).
 
@@ -109,11 +132,12 @@ class RateLimiter:
     would have been had it kept going, so the CRM sees the configured rate across the
     restart too (a full bucket at start was a burst on top of the old run's last calls).
 
-    Slots are reserved in advance, so a request whose wake-up came late (a busy event
-    loop) would go out close to the ones reserved after it, and a CRM counting requests in
-    a sliding second (amoCRM: 7) would see one too many. With `burst` 1 the limiter also
-    counts requests as they go out: at most ceil(rate) in any ceil(rate) intervals, plus
-    how late the loop has been waking requests lately (nothing on a quiet loop).
+    Slots are reserved in advance, and a granted request leaves later still (a busy event
+    loop: the HTTP client yields to it before it writes), so it can go out close to the
+    ones granted after it, and a CRM counting requests in a sliding second (amoCRM: 7)
+    would see one too many. With `burst` 1 the limiter therefore also counts requests by
+    when they really left (`Departure`): at most ceil(rate) in any ceil(rate) intervals,
+    a request not yet written counting as leaving now.
     """
 
     def __init__(
@@ -130,14 +154,19 @@ class RateLimiter:
         self._sleep = sleep
         self._next_slot = clock() + self._interval  # empty: see the class docstring
         self._last_penalty = -1e9
-        self._sent: deque[float] = deque()  # when the latest requests went out
-        self._lag = 0.0  # how late wake-ups came lately (decays)
+        self._sent: list[Departure] = []  # the latest requests, by when they left
 
     @property
     def rate(self) -> float:
         return 1.0 / self._interval
 
     async def acquire(self) -> None:
+        """Wait for a request's turn (for a caller that cannot trace its request)."""
+        (await self.reserve()).settle()
+
+    async def reserve(self) -> Departure:
+        """Wait for a request's turn; the caller hands the departure's `trace` to httpx
+        and settles it when the request is over."""
         now = self._clock()
         self._recover(now)
         earliest = now - (self._burst - 1) * self._interval
@@ -145,23 +174,22 @@ class RateLimiter:
         self._next_slot = slot + self._interval
         if slot > now:
             await self._sleep(slot - now)
-            # How late the loop woke us: a request leaves later still (the HTTP client
-            # yields to the loop again before it writes), so this much is kept in hand.
-            self._lag = max(self._clock() - slot, self._lag * 0.9)
         if self._burst == 1:
-            await self._keep_spacing()
+            return await self._within_window()
+        return Departure(self._clock(), self._clock)
 
-    async def _keep_spacing(self) -> None:
+    async def _within_window(self) -> Departure:
         allowed = math.ceil(1.0 / self._interval - 1e-9)
-        window = allowed * self._interval + self._lag
+        window = allowed * self._interval
         while True:
             now = self._clock()
-            while self._sent and self._sent[0] <= now - window + 1e-6:  # float slack
-                self._sent.popleft()
+            self._sent = [d for d in self._sent if d.at is None or d.at > now - window + 1e-6]
             if len(self._sent) < allowed:
-                self._sent.append(now)
-                return
-            await self._sleep(self._sent[0] + window - now)
+                departure = Departure(now, self._clock)
+                self._sent.append(departure)
+                return departure
+            left = [d.at for d in self._sent if d.at is not None]
+            await self._sleep(min(left) + window - now if left else self._interval)
 
     def penalize(self, retry_after: float | None) -> None:
         now = self._clock()
@@ -282,7 +310,7 @@ class CrmHttp:
         operation: str,
         idempotent: bool,
     ) -> httpx.Response:
-        await self.limiter.acquire()
+        departure = await self.limiter.reserve()
         stats = _current_stats.get()
         if stats is not None:
             stats.calls += 1
@@ -290,7 +318,9 @@ class CrmHttp:
         status = 0
         failure: str | None = None
         try:
-            response = await self.client.request(method, path, params=params, json=body)
+            response = await self.client.request(
+                method, path, params=params, json=body, extensions={"trace": departure.trace}
+            )
             status = response.status_code
         except httpx.ConnectError as exc:
             failure = f"{method} {path}: cannot connect to {_host_port(self.client)} ({exc})"
@@ -302,6 +332,7 @@ class CrmHttp:
             failure = f"{method} {path}: {type(exc).__name__}"
             raise TransientCrmError(self.crm, failure, maybe_applied=not idempotent) from exc
         finally:
+            departure.settle()
             if self.on_call is not None:
                 elapsed = time.perf_counter() - started
                 self.on_call(self.crm, operation or method, elapsed, status)
@@ -324,15 +355,22 @@ class CrmHttp:
         """A call to an OAuth token endpoint: outside the bearer-token flow (its own `auth`,
         none by default), rate-limited and observed like every call, never retried (a
         refresh token is single-use), and answered raw for the caller to judge."""
-        await self.limiter.acquire()
+        departure = await self.limiter.reserve()
         started, status = time.perf_counter(), 0
         try:
-            response = await self.client.request(method, url, auth=auth or httpx.Auth(), **body)
+            response = await self.client.request(
+                method,
+                url,
+                auth=auth or httpx.Auth(),
+                extensions={"trace": departure.trace},
+                **body,
+            )
             status = response.status_code
         except httpx.TransportError as exc:
             message = f"{method} {httpx.URL(url).path}: {type(exc).__name__}"
             raise TransientCrmError(self.crm, message) from exc
         finally:
+            departure.settle()
             if self.on_call is not None:
                 self.on_call(self.crm, "oauth.token", time.perf_counter() - started, status)
             if calllog.recording():

@@ -81,7 +81,8 @@ PROGRAMS: dict[int, tuple[str, list[tuple[int, str]]]] = {
 }
 SUBJECTS = ("Русский", "Математика", "Обществознание", "История", "Физика", "Информатика")
 # Extra fields: name → (type, enum values, multiple).
-DEAL_FIELDS: dict[str, tuple[str, tuple[str, ...], bool]] = {
+ExtraFields = Mapping[str, tuple[str, tuple[str, ...], bool]]
+DEAL_FIELDS: ExtraFields = {
     f"{DEAL_CATEGORY}Subjects": ("EnumField", SUBJECTS, True),
     f"{DEAL_CATEGORY}Direction": ("EnumField", ("ЕГЭ", "ОГЭ"), False),
     f"{DEAL_CATEGORY}LastPayment": ("FloatField", (), False),
@@ -103,12 +104,18 @@ DEAL_FIELDS: dict[str, tuple[str, tuple[str, ...], bool]] = {
         for part in ("Source", "Medium", "Campaign", "Term", "Content")
     },
 }
-HUMAN_FIELDS: dict[str, tuple[str, tuple[str, ...], bool]] = {
+HUMAN_FIELDS: ExtraFields = {
     f"{HUMAN_CATEGORY}TelegramId": ("StringField", (), False),
     f"{HUMAN_CATEGORY}TelegramUsername": ("StringField", (), False),
 }
-COMPANY_FIELDS: dict[str, tuple[str, tuple[str, ...], bool]] = {
+COMPANY_FIELDS: ExtraFields = {
     f"{COMPANY_CATEGORY}Inn": ("StringField", (), False),
+}
+# Entity → its extra fields (`GET /{entity}/extraFields`).
+EXTRA_FIELDS = {
+    "deal": DEAL_FIELDS,
+    "contractorHuman": HUMAN_FIELDS,
+    "contractorCompany": COMPANY_FIELDS,
 }
 
 
@@ -188,15 +195,13 @@ class FakeMegaplan(OAuthFake, FakeService):
             ("GET", re.compile(rf"{API}/contractor/(\d+)/deals"), self._contractor_deals),
             ("POST", re.compile(f"{API}/contractorHuman"), self._create_human),
             ("POST", re.compile(rf"{API}/contractorHuman/(\d+)"), self._update_human),
-            ("GET", re.compile(f"{API}/contractorHuman/extraFields"), self._human_fields),
             ("GET", re.compile(f"{API}/contractorCompany"), self._list_companies),
             ("POST", re.compile(f"{API}/contractorCompany"), self._create_company),
-            ("GET", re.compile(f"{API}/contractorCompany/extraFields"), self._company_fields),
             ("GET", re.compile(f"{API}/offer"), self._list_offers),
             ("POST", re.compile(f"{API}/offer"), self._create_offer),
             ("POST", re.compile(rf"{API}/deal/(\d+)/applyTransition"), self._apply_transition),
             ("POST", re.compile(f"{API}/deal"), self._create_deal),
-            ("GET", re.compile(f"{API}/deal/extraFields"), self._deal_fields),
+            ("GET", re.compile(f"{API}/({'|'.join(EXTRA_FIELDS)})/extraFields"), self._extras),
             ("GET", re.compile(rf"{API}/deal/(\d+)"), self._get_deal),
             ("POST", re.compile(rf"{API}/deal/(\d+)"), self._update_deal),
             ("GET", re.compile(rf"{API}/deal/(\d+)/comments"), self._list_comments),
@@ -370,9 +375,13 @@ class FakeMegaplan(OAuthFake, FakeService):
             hits = [h for h in hits if self._matches(h, query.strip().lower())]
         if "filter" in params:
             hits = [h for h in hits if self._filtered(h, params["filter"])]
+        return self._listed(hits, params)
+
+    @staticmethod
+    def _listed(hits: list[JSONDict], params: JSONDict) -> FakeResponse:
+        """The first `limit` (100 by default) of a list, saying whether more follow."""
         limit = int(params.get("limit") or 100)
-        page = hits[:limit]
-        return FakeResponse(200, envelope(page, limit=limit, hasMoreNext=len(hits) > limit))
+        return FakeResponse(200, envelope(hits[:limit], limit=limit, hasMoreNext=len(hits) > limit))
 
     @staticmethod
     def _matches(human: JSONDict, query: str) -> bool:
@@ -433,9 +442,12 @@ class FakeMegaplan(OAuthFake, FakeService):
     def _store_human(self, body: JSONDict) -> int:
         self._check_fields(body, HUMAN_FIELDS)
         self._check_company_link(body)
-        human_id = next(self._ids)
-        self._humans[human_id] = {**body, "contentType": "ContractorHuman", "id": str(human_id)}
-        return human_id
+        return self._store(self._humans, "ContractorHuman", body)
+
+    def _store(self, table: dict[int, JSONDict], content_type: str, body: JSONDict) -> int:
+        record_id = next(self._ids)
+        table[record_id] = {**body, "contentType": content_type, "id": str(record_id)}
+        return record_id
 
     def _check_company_link(self, body: JSONDict) -> None:
         company = self._link(body, "company", "ContractorCompany")
@@ -455,8 +467,7 @@ class FakeMegaplan(OAuthFake, FakeService):
             hits = [c for c in hits if all(w in str(c.get("name", "")).lower() for w in words)]
         if "filter" in params:
             hits = [c for c in hits if self._filtered(c, params["filter"], COMPANY_FIELDS)]
-        limit = int(params.get("limit") or 100)
-        return FakeResponse(200, envelope(hits[:limit], limit=limit, hasMoreNext=len(hits) > limit))
+        return self._listed(hits, params)
 
     def _create_company(self, request: FakeRequest) -> FakeResponse:
         body = self._entity(request, "ContractorCompany")
@@ -467,16 +478,7 @@ class FakeMegaplan(OAuthFake, FakeService):
 
     def _store_company(self, body: JSONDict) -> int:
         self._check_fields(body, COMPANY_FIELDS)
-        company_id = next(self._ids)
-        self._companies[company_id] = {
-            **body,
-            "contentType": "ContractorCompany",
-            "id": str(company_id),
-        }
-        return company_id
-
-    def _company_fields(self, request: FakeRequest) -> FakeResponse:
-        return FakeResponse(200, envelope(self._fields_json(COMPANY_FIELDS)))
+        return self._store(self._companies, "ContractorCompany", body)
 
     def _list_offers(self, request: FakeRequest) -> FakeResponse:
         params = self._params(request)
@@ -484,16 +486,14 @@ class FakeMegaplan(OAuthFake, FakeService):
         if "filter" in params:
             articles = {"article": ("StringField", (), False)}
             hits = [o for o in hits if self._filtered(o, params["filter"], articles, "OfferFilter")]
-        limit = int(params.get("limit") or 100)
-        return FakeResponse(200, envelope(hits[:limit], limit=limit, hasMoreNext=len(hits) > limit))
+        return self._listed(hits, params)
 
     def _create_offer(self, request: FakeRequest) -> FakeResponse:
         body = self._entity(request, "Offer")
         if not str(body.get("name") or "").strip():
             raise refusal(422, "an offer needs a name", "name")
         self._check_money(body.get("price"), "price")  # required (RAML Offer.price)
-        offer_id = next(self._ids)
-        self._offers[offer_id] = {**body, "id": str(offer_id)}
+        offer_id = self._store(self._offers, "Offer", body)  # `body` says "Offer" already
         return FakeResponse(200, envelope(self._offers[offer_id]))
 
     @staticmethod
@@ -526,6 +526,12 @@ class FakeMegaplan(OAuthFake, FakeService):
 
     # ---- routes: deals --------------------------------------------------------------
 
+    def _deal(self, deal_id: str) -> JSONDict:
+        deal = self._deals.get(int(deal_id))
+        if deal is None:
+            raise refusal(404, f"Deal {deal_id} not found")
+        return deal
+
     def _view(self, deal: JSONDict) -> JSONDict:
         """A deal as read: its result and the transitions its state allows."""
         state = int(deal["state"]["id"])
@@ -544,9 +550,7 @@ class FakeMegaplan(OAuthFake, FakeService):
         return {**deal, "result": state_type(state), "possibleTransitions": possible}
 
     def _apply_transition(self, request: FakeRequest, deal_id: str) -> FakeResponse:
-        deal = self._deals.get(int(deal_id))
-        if deal is None:
-            raise refusal(404, f"Deal {deal_id} not found")
+        deal = self._deal(deal_id)
         body = self._entity(request, "ProgramTransition")
         chosen = next(
             (t for t in self._view(deal)["possibleTransitions"] if t["id"] == str(body.get("id"))),
@@ -569,14 +573,11 @@ class FakeMegaplan(OAuthFake, FakeService):
             ids = [d["id"] for d in mine]
             start = ids.index(str(after.get("id"))) + 1 if str(after.get("id")) in ids else 0
             mine = mine[start:]
-        limit = int(params.get("limit") or 100)
-        return FakeResponse(200, envelope(mine[:limit], limit=limit, hasMoreNext=len(mine) > limit))
+        return self._listed(mine, params)
 
     def _get_deal(self, request: FakeRequest, deal_id: str) -> FakeResponse:
         self._params(request)
-        deal = self._deals.get(int(deal_id))
-        if deal is None:
-            raise refusal(404, f"Deal {deal_id} not found")
+        deal = self._deal(deal_id)
         return FakeResponse(200, envelope(self._view(deal)))
 
     def _create_deal(self, request: FakeRequest) -> FakeResponse:
@@ -603,9 +604,7 @@ class FakeMegaplan(OAuthFake, FakeService):
         return FakeResponse(200, envelope(self._deals[deal_id]))
 
     def _update_deal(self, request: FakeRequest, deal_id: str) -> FakeResponse:
-        deal = self._deals.get(int(deal_id))
-        if deal is None:
-            raise refusal(404, f"Deal {deal_id} not found")
+        deal = self._deal(deal_id)
         changes = self._entity(request, "Deal")
         self._check_fields(changes, DEAL_FIELDS)
         if "positions" in changes:
@@ -622,13 +621,11 @@ class FakeMegaplan(OAuthFake, FakeService):
 
     def _list_comments(self, request: FakeRequest, deal_id: str) -> FakeResponse:
         self._params(request)
-        if int(deal_id) not in self._deals:
-            raise refusal(404, f"Deal {deal_id} not found")
+        self._deal(deal_id)
         return FakeResponse(200, envelope(self._comments.get(int(deal_id), [])))
 
     def _add_comment(self, request: FakeRequest, deal_id: str) -> FakeResponse:
-        if int(deal_id) not in self._deals:
-            raise refusal(404, f"Deal {deal_id} not found")
+        self._deal(deal_id)
         body = self._entity(request, "Comment")
         if not isinstance(body.get("content"), str) or not body["content"]:
             raise refusal(422, "a comment needs content", "content")
@@ -650,14 +647,11 @@ class FakeMegaplan(OAuthFake, FakeService):
         items = [{"contentType": "ProgramState", "id": str(i), "name": n} for i, n in states]
         return FakeResponse(200, envelope(items))
 
-    def _deal_fields(self, request: FakeRequest) -> FakeResponse:
-        return FakeResponse(200, envelope(self._fields_json(DEAL_FIELDS)))
-
-    def _human_fields(self, request: FakeRequest) -> FakeResponse:
-        return FakeResponse(200, envelope(self._fields_json(HUMAN_FIELDS)))
+    def _extras(self, request: FakeRequest, entity: str) -> FakeResponse:
+        return FakeResponse(200, envelope(self._fields_json(EXTRA_FIELDS[entity])))
 
     @staticmethod
-    def _fields_json(fields: Mapping[str, tuple[str, tuple[str, ...], bool]]) -> list[JSONDict]:
+    def _fields_json(fields: ExtraFields) -> list[JSONDict]:
         return [
             {
                 "contentType": kind,
@@ -688,9 +682,7 @@ class FakeMegaplan(OAuthFake, FakeService):
         return str(value.get("id"))
 
     @staticmethod
-    def _check_fields(
-        body: JSONDict, fields: Mapping[str, tuple[str, tuple[str, ...], bool]]
-    ) -> None:
+    def _check_fields(body: JSONDict, fields: ExtraFields) -> None:
         for key, value in body.items():
             if "CustomField" not in key:
                 continue

@@ -200,11 +200,7 @@ class MemoryCrm:
     # ---- CrmAdapter -----------------------------------------------------------------
 
     async def find_contact(self, keys: Sequence[LookupKey], confirm: Confirm) -> Contact | None:
-        def search() -> Contact | None:
-            hits = {key: [self._view(c) for c in self._loose_hits(key)] for key in keys}
-            return first_confirmed(keys, hits, confirm)
-
-        return self._call("find_contact", search)
+        return self._call("find_contact", lambda: self._find(keys, confirm))
 
     async def create_contact(self, new: NewContact) -> Contact:
         return self._call("create_contact", lambda: self._create_contact(new))
@@ -235,15 +231,8 @@ class MemoryCrm:
         return self._call("create_contact_and_deal", both)
 
     async def update_deal(self, deal_id: str, updates: Sequence[FieldUpdate]) -> None:
-        if not updates:
-            return
-
-        def update() -> None:
-            deal = self.deals[deal_id]
-            fields = {**deal.fields, **_texts(updates)}
-            self.deals[deal_id] = replace(deal, fields=fields, updated_at=self._new_tick())
-
-        self._call("update_deal", update)
+        if updates:
+            self._call("update_deal", lambda: self._update_fields(deal_id, updates))
 
     async def deal_notes(self, deal_id: str) -> list[str]:
         return self._call("deal_notes", lambda: list(self.notes.get(deal_id, [])))
@@ -337,6 +326,10 @@ class MemoryCrm:
             raise failure[2]
         return result
 
+    def _find(self, keys: Sequence[LookupKey], confirm: Confirm) -> Contact | None:
+        hits = {key: [self._view(c) for c in self._loose_hits(key)] for key in keys}
+        return first_confirmed(keys, hits, confirm)
+
     def _loose_hits(self, key: LookupKey) -> list[StoredContact]:
         # Like a CRM's full-text search: substrings match, so the flow must confirm.
         def carries(contact: StoredContact) -> bool:
@@ -360,6 +353,11 @@ class MemoryCrm:
             telegram_username=stored.fields.get(ids.telegram_username or "", ""),
             deal_ids=tuple(deal.id for deal in self._deals_of(stored.id)),
         )
+
+    def _update_fields(self, deal_id: str, updates: Sequence[FieldUpdate]) -> None:
+        deal = self.deals[deal_id]
+        fields = {**deal.fields, **_texts(updates)}
+        self.deals[deal_id] = replace(deal, fields=fields, updated_at=self._new_tick())
 
     def _deals_of(self, contact_id: str) -> list[Deal]:
         return [deal for deal in self.deals.values() if contact_id in deal.contact_ids]
@@ -525,9 +523,7 @@ class BatchingMemoryCrm(MemoryCrm):
                 if deal_id in self.refused:
                     answers.append(PermanentCrmError(self.name, f"deal {deal_id} refused"))
                     continue
-                deal = self.deals[deal_id]
-                fields = {**deal.fields, **_texts(updates)}
-                self.deals[deal_id] = replace(deal, fields=fields, updated_at=self._new_tick())
+                self._update_fields(deal_id, updates)
                 answers.append(None)
             return answers
 
@@ -568,11 +564,7 @@ class BatchingMemoryCrm(MemoryCrm):
         self, keys: Sequence[Sequence[LookupKey]], confirm: Confirm
     ) -> list[Contact | None]:
         def search() -> list[Contact | None]:
-            found: list[Contact | None] = []
-            for mine in keys:
-                hits = {key: [self._view(c) for c in self._loose_hits(key)] for key in mine}
-                found.append(first_confirmed(mine, hits, confirm))
-            return found
+            return [self._find(mine, confirm) for mine in keys]
 
         return self._batch("find_contacts", len(keys), search)
 

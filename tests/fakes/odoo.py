@@ -22,7 +22,7 @@ external_api.rst and the Json2Dispatcher source):
   second, notes §4.8) and every fault of `FakeService`.
 
 Set up and inspect (no call logged): `add_partner`, `add_lead`, `add_field`, `add_tag`,
-`add_team`, `add_stage`, `set_won`, `set_lost`, `partner`, `lead`, `leads`,
+`add_team`, `set_won`, `set_lost`, `partner`, `lead`, `leads`,
 `partners`, `notes`, `messages`, `issue_api_key`, `expire_api_keys`.
 """
 
@@ -44,65 +44,49 @@ from tests.fakes.odoo_db import (
     OdooDb,
     OdooFault,
     access_denied,
+    odoo_time,
     user_error,
     value_error,
 )
 from tests.fakes.service import FakeRequest, FakeResponse, FakeService
 
 JSON2_PATH = re.compile(r"/json/2/([A-Za-z0-9_.]+)/([A-Za-z0-9_]+)")
-RECORD_METHODS = {
-    "read",
-    "write",
-    "unlink",
-    "message_post",
-    "action_set_won",
-    "action_set_lost",
-    "action_archive",
-    "action_unarchive",
+
+
+@dataclass(frozen=True)
+class Method:
+    """An ORM method the fake serves: its parameter names in positional order (after the
+    ids of a method called on records), the access right it needs, and whether its
+    parameters are free keywords (message_post's are keyword-only, §6.9;
+    action_set_lost takes `**additional_values`: any lead field, written after archiving)."""
+
+    params: tuple[str, ...] = ()
+    right: str = "read"
+    on_records: bool = False
+    free_keywords: bool = False
+
+
+METHODS = {
+    "search": Method(("domain", "offset", "limit", "order")),
+    "search_read": Method(("domain", "fields", "offset", "limit", "order")),
+    "search_count": Method(("domain", "limit")),
+    "read": Method(("fields", "load"), on_records=True),
+    "create": Method(("vals_list",), "create"),
+    "write": Method(("vals",), "write", on_records=True),
+    "unlink": Method((), "unlink", on_records=True),
+    "fields_get": Method(("allfields", "attributes")),
+    "message_post": Method(on_records=True, free_keywords=True),
+    "action_set_won": Method(right="write", on_records=True),
+    "action_set_lost": Method(right="write", on_records=True, free_keywords=True),
+    "action_archive": Method(right="write", on_records=True),
+    "action_unarchive": Method(right="write", on_records=True),
+    "context_get": Method(),
 }
-# Parameter names of the ORM methods the fake serves, in positional order (after ids).
-SIGNATURES: dict[str, tuple[str, ...]] = {
-    "search": ("domain", "offset", "limit", "order"),
-    "search_read": ("domain", "fields", "offset", "limit", "order"),
-    "search_count": ("domain", "limit"),
-    "read": ("fields", "load"),
-    "create": ("vals_list",),
-    "write": ("vals",),
-    "unlink": (),
-    "fields_get": ("allfields", "attributes"),
-    "message_post": (),  # keyword-only parameters (§6.9)
-    "action_set_won": (),
-    "action_set_lost": (),  # **additional_values: any lead field, written after archiving
-    "action_archive": (),
-    "action_unarchive": (),
-    "context_get": (),
-}
-RECORD_ACTIONS = {
-    "message_post",
-    "action_set_won",
-    "action_set_lost",
-    "action_archive",
-    "action_unarchive",
-}
-# Methods whose parameters are free keywords (message_post's are keyword-only, §6.9;
-# action_set_lost takes `**additional_values`).
-VAR_KEYWORDS = {"message_post", "action_set_lost"}
 OPERATION_WORDS = {"read": "access", "write": "modify", "create": "create", "unlink": "delete"}
-METHOD_OPERATION = {
-    "search": "read",
-    "search_read": "read",
-    "search_count": "read",
-    "read": "read",
-    "fields_get": "read",
-    "create": "create",
-    "write": "write",
-    "unlink": "unlink",
-    "message_post": "read",
-    "action_set_won": "write",
-    "action_set_lost": "write",
-    "action_archive": "write",
-    "action_unarchive": "write",
-}
+
+
+def _on_records(method: str) -> bool:
+    return method in METHODS and METHODS[method].on_records
 
 
 @dataclass
@@ -193,9 +177,11 @@ class FakeOdoo(FakeService):
         )
         if user is None:
             return None
-        if user["id"] == 2 and password == self.password:
-            return 2
-        return user["id"] if self._key_uid(password) == user["id"] else None
+        return user["id"] if self._signs_in(user["id"], password) else None
+
+    def _signs_in(self, uid: JSON, password: JSON) -> bool:
+        """The admin's password (uid 2), or an API key of the user."""
+        return (uid == 2 and password == self.password) or self._key_uid(str(password)) == uid
 
     def _check_database(self, database: JSON) -> None:
         if database != self.db.name:
@@ -221,16 +207,13 @@ class FakeOdoo(FakeService):
         fields: Mapping[str, Any] | None = None,
     ) -> int:
         """A contact as a user typed it in the web client (stored as typed)."""
-        values: dict[str, Any] = {"name": name, "is_company": is_company, "active": active}
-        for key, value in (
-            ("phone", phone),
-            ("mobile", mobile),
-            ("email", email),
-            ("parent_id", parent_id),
-        ):
-            if value is not None:
-                values[key] = value
-        values.update(fields or {})
+        values: dict[str, Any] = {
+            "name": name,
+            "is_company": is_company,
+            "active": active,
+            **_given(phone=phone, mobile=mobile, email=email, parent_id=parent_id),
+            **(fields or {}),
+        }
         with self._lock:
             return self.db.create(self.db.models["res.partner"], values)
 
@@ -246,20 +229,18 @@ class FakeOdoo(FakeService):
         fields: Mapping[str, Any] | None = None,
         write_date: float | None = None,
     ) -> int:
-        values: dict[str, Any] = {"name": name, "type": kind, "expected_revenue": expected_revenue}
-        for key, value in (
-            ("partner_id", partner_id),
-            ("stage_id", stage_id),
-            ("team_id", team_id),
-        ):
-            if value is not None:
-                values[key] = value
-        values.update(fields or {})
+        values: dict[str, Any] = {
+            "name": name,
+            "type": kind,
+            "expected_revenue": expected_revenue,
+            **_given(partner_id=partner_id, stage_id=stage_id, team_id=team_id),
+            **(fields or {}),
+        }
         with self._lock:
             lead_id = self.db.create(self.db.models["crm.lead"], values)
             if write_date is not None:
                 row = self.db.models["crm.lead"].rows[lead_id]
-                row["write_date"] = _odoo_time(write_date)
+                row["write_date"] = odoo_time(write_date)
             return lead_id
 
     def add_field(self, model: str, name: str, ttype: str, **kwargs: Any) -> int:
@@ -274,19 +255,6 @@ class FakeOdoo(FakeService):
         with self._lock:
             return self.db._insert("crm.team", {"name": name, "active": True, "sequence": 20})
 
-    def add_stage(
-        self, name: str, *, sequence: int = 10, is_won: bool = False, team_id: int | None = None
-    ) -> int:
-        values = {
-            "name": name,
-            "sequence": sequence,
-            "is_won": is_won,
-            "fold": False,
-            "team_id": team_id or False,
-        }
-        with self._lock:
-            return self.db._insert("crm.stage", values)
-
     def set_won(self, lead_id: int) -> None:
         with self._lock:
             self.db.set_won([lead_id])
@@ -299,11 +267,7 @@ class FakeOdoo(FakeService):
         with self._lock:
             row = self.db.models["crm.lead"].rows[lead_id]
             row["stage_id"] = stage_id
-            row["write_date"] = _odoo_time(self.clock() if at is None else at)
-
-    def delete_lead(self, lead_id: int) -> None:
-        with self._lock:
-            del self.db.models["crm.lead"].rows[lead_id]
+            row["write_date"] = odoo_time(self.clock() if at is None else at)
 
     def partner(self, partner_id: int | str) -> dict[str, Any]:
         return self._row("res.partner", partner_id)
@@ -368,7 +332,7 @@ class FakeOdoo(FakeService):
         if service == "object" and method in ("execute_kw", "execute"):
             database, uid, password, model_name, name = args[:5]
             self._check_database(database)
-            if not (uid == 2 and password == self.password) and self._key_uid(str(password)) != uid:
+            if not self._signs_in(uid, password):
                 raise access_denied()
             if method == "execute_kw":
                 positional = args[5] if len(args) > 5 else []
@@ -390,7 +354,7 @@ class FakeOdoo(FakeService):
         dict (§8.6), a list for a list; a recordset answer reduced to its ids."""
         context = kwargs.pop("context", None) or {}
         ids: list[int] | None = None
-        if method in RECORD_METHODS:
+        if _on_records(method):
             if not args:
                 raise OdooFault("builtins.TypeError", f"{method}() missing the record ids")
             first = args[0]
@@ -405,9 +369,9 @@ class FakeOdoo(FakeService):
     def _bind(
         self, method: str, args: Sequence[JSON], kwargs: Mapping[str, JSON]
     ) -> dict[str, JSON]:
-        names = SIGNATURES.get(method)
-        if names is None:
+        if method not in METHODS:
             raise OdooFault("builtins.AttributeError", f"The method '{method}' does not exist")
+        names = METHODS[method].params
         if len(args) > len(names):
             raise OdooFault(
                 "builtins.TypeError",
@@ -420,7 +384,7 @@ class FakeOdoo(FakeService):
                     "builtins.TypeError", f"{method}() got multiple values for argument {key!r}"
                 )
             params[key] = value
-        if method not in VAR_KEYWORDS:
+        if not METHODS[method].free_keywords:
             unknown = sorted(set(params) - set(names))
             if unknown:
                 raise OdooFault(
@@ -440,54 +404,30 @@ class FakeOdoo(FakeService):
         scheme, _, key = auth.partition(" ")
         uid = self._key_uid(key.strip()) if scheme.lower() == "bearer" else None
         if uid is None:
-            return _json2_error(
-                401, "werkzeug.exceptions.Unauthorized", "Invalid apikey", ["Invalid apikey", 401]
-            )
+            return _werkzeug_error(401, "Invalid apikey", ["Invalid apikey", 401])
         database = request.headers.get("x-odoo-database")
         if database is not None and database != self.db.name:
             # [U] not recorded: a database the server does not serve is not routed.
-            return _json2_error(
-                404,
-                "werkzeug.exceptions.NotFound",
-                f'Database "{database}" not found',
-                [database, 404],
-            )
+            return _werkzeug_error(404, f'Database "{database}" not found', [database, 404])
         body = request.json()
         if body is None:
             body = {}
         if not isinstance(body, dict):
-            return _json2_error(
-                400, "werkzeug.exceptions.BadRequest", "could not parse the body as json", []
-            )
+            return _werkzeug_error(400, "could not parse the body as json")
         params = dict(body)
         context = params.pop("context", None) or {}
         ids = params.pop("ids", None)
-        if method in RECORD_METHODS and not ids:
+        if _on_records(method) and not ids:
             ids = []
-        elif method not in RECORD_METHODS and ids:
-            return _json2_error(
-                422,
-                "werkzeug.exceptions.UnprocessableEntity",
-                f"cannot call {model_name}.{method} with ids",
-                [],
-            )
-        if method not in SIGNATURES:
-            return _json2_error(
-                404,
-                "werkzeug.exceptions.NotFound",
-                f"The method {method!r} does not exist on {model_name}",
-                [],
-            )
-        names = set(SIGNATURES[method])
-        unknown = sorted(set(params) - names) if method not in VAR_KEYWORDS else []
+        elif not _on_records(method) and ids:
+            return _werkzeug_error(422, f"cannot call {model_name}.{method} with ids")
+        if method not in METHODS:
+            return _werkzeug_error(404, f"The method {method!r} does not exist on {model_name}")
+        spec = METHODS[method]
+        unknown = [] if spec.free_keywords else sorted(set(params) - set(spec.params))
         if unknown:
             # inspect.signature().bind mismatch → UnprocessableEntity (odoo/odoo#197801)
-            return _json2_error(
-                422,
-                "werkzeug.exceptions.UnprocessableEntity",
-                f"got an unexpected keyword argument {unknown[0]!r}",
-                [],
-            )
+            return _werkzeug_error(422, f"got an unexpected keyword argument {unknown[0]!r}")
         try:
             result = self._call(model_name, method, ids, params, context)
         except OdooFault as fault:
@@ -529,7 +469,7 @@ class FakeOdoo(FakeService):
     ) -> JSON:
         db = self.db
         model = db.model(model_name)
-        self._check_right(model, METHOD_OPERATION.get(method, "read"))
+        self._check_right(model, METHODS[method].right)
         self.executed.append(f"{model_name}.{method}")
         if ids is not None and not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise value_error(f"Invalid ids {ids!r}")
@@ -552,7 +492,7 @@ class FakeOdoo(FakeService):
             return True
         if method == "fields_get":
             return self._fields_get(model, params.get("allfields"), params.get("attributes"))
-        if method in RECORD_ACTIONS:
+        if METHODS[method].on_records:  # read, write and unlink are answered above
             return self._record_action(model, method, ids or [], params)
         if method == "context_get":
             return {"lang": "en_US", "tz": False, "uid": db.uid}
@@ -690,6 +630,15 @@ def _rpc_error(request_id: JSON, fault: OdooFault) -> dict[str, Any]:
     }
 
 
+WERKZEUG = {400: "BadRequest", 401: "Unauthorized", 404: "NotFound", 422: "UnprocessableEntity"}
+
+
+def _werkzeug_error(status: int, message: str, arguments: list[Any] | None = None) -> FakeResponse:
+    """werkzeug's HTTPException of `status` as JSON-2 answers it."""
+    name = f"werkzeug.exceptions.{WERKZEUG[status]}"
+    return _json2_error(status, name, message, [] if arguments is None else arguments)
+
+
 def _json2_error(status: int, name: str, message: str, arguments: list[Any]) -> FakeResponse:
     body = {
         "name": name,
@@ -701,10 +650,9 @@ def _json2_error(status: int, name: str, message: str, arguments: list[Any]) -> 
     return FakeResponse(status, body, {"content-type": "application/json; charset=utf-8"})
 
 
-def _odoo_time(moment: float) -> str:
-    import datetime as _dt
-
-    return _dt.datetime.fromtimestamp(moment, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+def _given(**values: Any) -> dict[str, Any]:
+    """The values a setup call was given (None: left to the model's default)."""
+    return {key: value for key, value in values.items() if value is not None}
 
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "crm-odoo.example.toml"

@@ -37,6 +37,7 @@ import itertools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import phonenumbers
@@ -117,6 +118,9 @@ class Model:
         return "active" in self.fields
 
 
+# crm.lead's selections: its type and priority.
+LEAD_TYPES = (("lead", "Lead"), ("opportunity", "Opportunity"))
+PRIORITIES = (("0", "Low"), ("1", "Medium"), ("2", "High"), ("3", "Very High"))
 PHONE_PATTERN = re.compile(r"[\s\\./()\-]")  # what regexp_replace strips (§5 table)
 TRACKED = {"crm.lead": ("expected_revenue", "stage_id", "partner_id", "user_id", "team_id")}
 SUBTYPES = {
@@ -153,13 +157,23 @@ class OdooDb:
 
     # ---- schema ---------------------------------------------------------------------
 
-    def _model(self, name: str, description: str, model_id: int | None = None) -> Model:
+    def _model(
+        self,
+        name: str,
+        description: str,
+        *specs: tuple[str, str, str] | tuple[str, str, str, str] | FieldDef,
+        model_id: int | None = None,
+    ) -> Model:
+        """A model with the fields every model has, then those of `specs` (a field, or
+        its name, type, label[, relation])."""
         model = Model(name, description, model_id=model_id or next(self.model_ids))
         self.models[name] = model
         self._add(model, FieldDef("id", "integer", "ID", readonly=True))
         self._add(model, FieldDef("display_name", "char", "Display Name", stored=False))
         self._add(model, FieldDef("create_date", "datetime", "Created on", readonly=True))
         self._add(model, FieldDef("write_date", "datetime", "Last Updated on", readonly=True))
+        for spec in specs:
+            self._add(model, spec if isinstance(spec, FieldDef) else FieldDef(*spec))
         return model
 
     def _add(self, model: Model, definition: FieldDef) -> FieldDef:
@@ -168,9 +182,9 @@ class OdooDb:
         return definition
 
     def _build(self, partner_mobile: bool, won_status: bool) -> None:
-        partner = self._model("res.partner", "Contact", 85)
-        partner.order = "name, id desc"  # res.partner _order: complete_name ASC, id DESC
-        for spec in (
+        partner = self._model(
+            "res.partner",
+            "Contact",
             ("name", "char", "Name"),
             ("active", "boolean", "Active"),
             ("is_company", "boolean", "Is a Company"),
@@ -181,8 +195,9 @@ class OdooDb:
             ("parent_id", "many2one", "Related Company", "res.partner"),
             ("commercial_partner_id", "many2one", "Commercial Entity", "res.partner"),
             ("email_normalized", "char", "Normalized Email"),
-        ):
-            self._add(partner, FieldDef(*spec))
+            model_id=85,
+        )
+        partner.order = "name, id desc"  # res.partner _order: complete_name ASC, id DESC
         if partner_mobile:
             self._add(partner, FieldDef("mobile", "char", "Mobile"))
         self._add(
@@ -197,38 +212,38 @@ class OdooDb:
         )
         if self.sms_installed:
             self._add_phone_mixin(partner)
-        users = self._model("res.users", "User")
-        for spec in (
+        self._model(
+            "res.users",
+            "User",
             ("name", "char", "Name"),
             ("login", "char", "Login"),
             ("active", "boolean", "Active"),
             ("partner_id", "many2one", "Related Partner", "res.partner"),
-        ):
-            self._add(users, FieldDef(*spec))
-        self._add(self._model("res.currency", "Currency"), FieldDef("name", "char", "Currency"))
-        self._add(self._model("res.country", "Country"), FieldDef("name", "char", "Country Name"))
-        team = self._model("crm.team", "Sales Team")
-        self._add(team, FieldDef("name", "char", "Sales Team"))
-        self._add(team, FieldDef("active", "boolean", "Active"))
-        self._add(team, FieldDef("sequence", "integer", "Sequence"))
-        stage = self._model("crm.stage", "CRM Stages")
-        for spec in (
+        )
+        self._model("res.currency", "Currency", ("name", "char", "Currency"))
+        self._model("res.country", "Country", ("name", "char", "Country Name"))
+        self._model(
+            "crm.team",
+            "Sales Team",
+            ("name", "char", "Sales Team"),
+            ("active", "boolean", "Active"),
+            ("sequence", "integer", "Sequence"),
+        )
+        stage = self._model(
+            "crm.stage",
+            "CRM Stages",
             ("name", "char", "Stage Name"),
             ("sequence", "integer", "Sequence"),
             ("is_won", "boolean", "Is Won Stage?"),
             ("fold", "boolean", "Folded in Pipeline"),
             ("team_id", "many2one", "Sales Team", "crm.team"),
-        ):
-            self._add(stage, FieldDef(*spec))
-        stage.order = "sequence, id"
-        self._add(self._model("crm.tag", "CRM Tag"), FieldDef("name", "char", "Tag Name"))
-        self._add(
-            self._model("crm.lost.reason", "Opp. Lost Reason"),
-            FieldDef("name", "char", "Description"),
         )
-        lead = self._model("crm.lead", "Lead/Opportunity", 400)
-        lead.order = "priority desc, id desc"  # crm.lead _order
-        for spec in (
+        stage.order = "sequence, id"
+        self._model("crm.tag", "CRM Tag", ("name", "char", "Tag Name"))
+        self._model("crm.lost.reason", "Opp. Lost Reason", ("name", "char", "Description"))
+        lead = self._model(
+            "crm.lead",
+            "Lead/Opportunity",
             ("name", "char", "Opportunity"),
             ("active", "boolean", "Active"),
             ("partner_id", "many2one", "Customer", "res.partner"),
@@ -244,28 +259,20 @@ class OdooDb:
             ("date_deadline", "date", "Expected Closing"),
             ("tag_ids", "many2many", "Tags", "crm.tag"),
             ("lost_reason_id", "many2one", "Lost Reason", "crm.lost.reason"),
-        ):
-            self._add(lead, FieldDef(*spec))
-        self._add(
-            lead,
-            FieldDef(
-                "type",
-                "selection",
-                "Type",
-                selection=(("lead", "Lead"), ("opportunity", "Opportunity")),
-            ),
+            FieldDef("type", "selection", "Type", selection=LEAD_TYPES),
+            FieldDef("priority", "selection", "Priority", selection=PRIORITIES),
+            model_id=400,
         )
-        priorities = (("0", "Low"), ("1", "Medium"), ("2", "High"), ("3", "Very High"))
-        self._add(lead, FieldDef("priority", "selection", "Priority", selection=priorities))
+        lead.order = "priority desc, id desc"  # crm.lead _order
         if won_status:
             states = (("won", "Won"), ("lost", "Lost"), ("pending", "Pending"))
             self._add(
                 lead, FieldDef("won_status", "selection", "Is Won", selection=states, readonly=True)
             )
         self._add_phone_mixin(lead)  # crm.lead has it without sms (§6.4)
-        message = self._model("mail.message", "Message")
-        message.order = "id desc"
-        for spec in (
+        message = self._model(
+            "mail.message",
+            "Message",
             ("body", "html", "Contents"),
             ("preview", "char", "Preview"),
             ("message_type", "char", "Type"),
@@ -275,17 +282,15 @@ class OdooDb:
             ("model", "char", "Related Document Model"),
             ("res_id", "integer", "Related Document ID"),
             ("date", "datetime", "Date"),
-        ):
-            self._add(message, FieldDef(*spec))
-        self._add(
-            self._model("mail.message.subtype", "Message subtypes"),
-            FieldDef("name", "char", "Message Type"),
         )
-        ir_model = self._model("ir.model", "Models")
-        self._add(ir_model, FieldDef("model", "char", "Model"))
-        self._add(ir_model, FieldDef("name", "char", "Model Description"))
-        ir_fields = self._model("ir.model.fields", "Fields")
-        for spec in (
+        message.order = "id desc"
+        self._model("mail.message.subtype", "Message subtypes", ("name", "char", "Message Type"))
+        self._model(
+            "ir.model", "Models", ("model", "char", "Model"), ("name", "char", "Model Description")
+        )
+        self._model(
+            "ir.model.fields",
+            "Fields",
             ("name", "char", "Field Name"),
             ("model", "char", "Model Name"),
             ("model_id", "many2one", "Model", "ir.model"),
@@ -295,10 +300,6 @@ class OdooDb:
             ("state", "char", "Type"),
             ("index", "boolean", "Indexed"),
             ("copied", "boolean", "Copied"),
-        ):
-            self._add(ir_fields, FieldDef(*spec))
-        self._add(
-            ir_fields,
             FieldDef(
                 "selection_ids",
                 "one2many",
@@ -307,14 +308,14 @@ class OdooDb:
                 inverse="field_id",
             ),
         )
-        selection = self._model("ir.model.fields.selection", "Fields Selection")
-        for spec in (
+        selection = self._model(
+            "ir.model.fields.selection",
+            "Fields Selection",
             ("field_id", "many2one", "Field", "ir.model.fields"),
             ("value", "char", "Value"),
             ("name", "char", "Name"),
             ("sequence", "integer", "Sequence"),
-        ):
-            self._add(selection, FieldDef(*spec))
+        )
         selection.order = "sequence, id"
         self._reflect()
 
@@ -394,20 +395,17 @@ class OdooDb:
             }
         partners.ids = itertools.count(7)
         users = self.models["res.users"]
-        users.rows[1] = {
-            "id": 1,
-            "name": "OdooBot",
-            "login": "__system__",
-            "active": False,
-            "partner_id": 2,
-        }
-        users.rows[2] = {
-            "id": 2,
-            "name": "Administrator",
-            "login": "admin",
-            "active": True,
-            "partner_id": 3,
-        }
+        for uid, name, login, active, partner_id in (
+            (1, "OdooBot", "__system__", False, 2),
+            (2, "Administrator", "admin", True, 3),
+        ):
+            users.rows[uid] = {
+                "id": uid,
+                "name": name,
+                "login": login,
+                "active": active,
+                "partner_id": partner_id,
+            }
         users.ids = itertools.count(3)
         self._insert("res.currency", {"name": "USD"})
         self._insert("crm.team", {"name": "Sales", "active": True, "sequence": 10})
@@ -464,10 +462,7 @@ class OdooDb:
         return record_id
 
     def now(self) -> str:
-        import datetime as _dt
-
-        moment = _dt.datetime.fromtimestamp(self.clock(), _dt.UTC)
-        return moment.strftime("%Y-%m-%d %H:%M:%S")
+        return odoo_time(self.clock())
 
     # ---- manual (x_) fields -----------------------------------------------------------
 
@@ -518,8 +513,6 @@ class OdooDb:
         row = self.models[model_name].rows.get(record_id, {})
         if model_name == "ir.model.fields":
             return str(row.get("field_description") or "")
-        if model_name == "ir.model":
-            return str(row.get("name") or "")
         return str(row.get("name") or "")
 
     def value(self, model: Model, row: Record, name: str) -> JSON:
@@ -995,6 +988,11 @@ class OdooDb:
 
 
 # ---- helpers --------------------------------------------------------------------------
+
+
+def odoo_time(moment: float) -> str:
+    """A datetime as Odoo stores and reads it: UTC, `YYYY-MM-DD HH:MM:SS`."""
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def plaintext2html(text: str) -> str:

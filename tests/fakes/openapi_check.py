@@ -9,17 +9,20 @@
   number, true/false, an enum member (or a comma-separated list of them where the
   parameter says so), a date;
 - `body_problems`: a parsed body against its (JSON Schema) schema, and no top-level
-  property the schema does not name (unless it allows others).
+  property the schema does not name (unless it allows others); `request_body_problems`:
+  a request's body against an operation's `requestBody`, parsed first.
 Each vendor's module (`pipedrive_openapi`, `zoho_openapi`) finds the operation, resolves
 its `$ref`s and checks credentials and bodies its own way.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import date
 from typing import Any, Protocol
+from urllib.parse import parse_qsl
 
 import httpx
 import jsonschema
@@ -154,3 +157,39 @@ def body_problems(schema: Doc, body: Any) -> Iterator[str]:
         for key in body:
             if not open_ended and key not in properties:
                 yield f"body property {key!r} is not declared"
+
+
+def request_body_problems(
+    declared: Doc | None,
+    request: httpx.Request,
+    schema_of: Callable[[Any], Any],
+    more: Callable[[Any], Iterable[str]] = lambda body: (),
+) -> Iterator[str]:
+    """`request`'s body against an operation's `requestBody` (`declared`, its `$ref`
+    followed; None: the operation takes no body): present only where taken, present where
+    required, of a listed content type, parsed (a form as a form, anything else as JSON),
+    then `body_problems` against that content's schema (`schema_of` turns it into JSON
+    Schema), then what `more` finds in the parsed body."""
+    content = request.content
+    if declared is None:
+        if content:
+            yield "has a body but the operation takes none"
+        return
+    if not content:
+        if declared.get("required"):
+            yield "the operation requires a body"
+        return
+    media = request.headers.get("content-type", "").split(";")[0].strip()
+    if media not in declared.get("content", {}):
+        yield f"content type {media!r} is not one of {sorted(declared.get('content', {}))}"
+        return
+    if media == "application/x-www-form-urlencoded":
+        body: Any = dict(parse_qsl(content.decode()))
+    else:
+        try:
+            body = json.loads(content)
+        except ValueError:
+            yield "body is not JSON"
+            return
+    yield from body_problems(schema_of(declared["content"][media].get("schema", {})), body)
+    yield from more(body)

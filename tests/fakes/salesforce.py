@@ -81,6 +81,12 @@ V = r"/services/data/v(\d+\.\d)"
 ID = r"([A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?)"
 _REFERENCE = re.compile(r"@\{([A-Za-z0-9_]+)\.([^}]+)\}")
 _HALTED = "The transaction was rolled back since another operation in the same transaction failed."
+_BATCH_HALTED = [
+    {
+        "errorCode": "BATCH_PROCESSING_HALTED",
+        "message": "The transaction was rolled back since a previous request was unsuccessful.",
+    }
+]
 
 
 class FakeSalesforce(FakeService):
@@ -266,8 +272,7 @@ class FakeSalesforce(FakeService):
             return str(self.org.create("Account", body, seeded=True)["Id"])
 
     def companies(self) -> list[JSONDict]:
-        with self._lock:
-            return [_public(row) for row in self.org.rows("Account")]
+        return self._public_rows("Account")
 
     def add_product(
         self, code: str, name: str, price: float, pricebook: str = STANDARD_PRICEBOOK
@@ -290,12 +295,14 @@ class FakeSalesforce(FakeService):
             return [_public(row) for row in self.org.lines_of(deal_id)]
 
     def contacts(self) -> list[JSONDict]:
-        with self._lock:
-            return [_public(row) for row in self.org.rows("Contact")]
+        return self._public_rows("Contact")
 
     def deals(self) -> list[JSONDict]:
+        return self._public_rows("Opportunity")
+
+    def _public_rows(self, sobject: str) -> list[JSONDict]:
         with self._lock:
-            return [_public(row) for row in self.org.rows("Opportunity")]
+            return [_public(row) for row in self.org.rows(sobject)]
 
     def contact(self, contact_id: str) -> JSONDict:
         with self._lock:
@@ -609,14 +616,7 @@ class FakeSalesforce(FakeService):
                 done[ref] = answer
             else:
                 failed = True
-            results.append(
-                {
-                    "body": answer,
-                    "httpHeaders": headers,
-                    "httpStatusCode": status,
-                    "referenceId": ref,
-                }
-            )
+            results.append(_sub_result(ref, status, answer, headers))
         if failed and all_or_none:
             self.org.restore(before)
             results = [
@@ -655,15 +655,7 @@ class FakeSalesforce(FakeService):
             url = str(step.get("url", ""))
             found = re.fullmatch(r"/?(v\d+\.\d/.*)", url)
             if halted:
-                message = (
-                    "The transaction was rolled back since a previous request was unsuccessful."
-                )
-                results.append(
-                    {
-                        "statusCode": 412,
-                        "result": [{"errorCode": "BATCH_PROCESSING_HALTED", "message": message}],
-                    }
-                )
+                results.append({"statusCode": 412, "result": _BATCH_HALTED})
                 continue
             if found is None:
                 raise sf_error(400, "INVALID_BATCH_REQUEST", f"Invalid url: {url}")
@@ -746,8 +738,19 @@ def _path(answer: Any, path: str) -> Any:
 
 
 def _halted(ref: str) -> JSONDict:
-    body = [{"errorCode": "PROCESSING_HALTED", "message": _HALTED}]
-    return {"body": body, "httpHeaders": {}, "httpStatusCode": 400, "referenceId": ref}
+    return _sub_result(ref, 400, [{"errorCode": "PROCESSING_HALTED", "message": _HALTED}])
+
+
+def _sub_result(
+    ref: str, status: int, body: Any, headers: dict[str, str] | None = None
+) -> JSONDict:
+    """One Composite sub-request's answer."""
+    return {
+        "body": body,
+        "httpHeaders": headers or {},
+        "httpStatusCode": status,
+        "referenceId": ref,
+    }
 
 
 def _public(row: JSONDict) -> JSONDict:

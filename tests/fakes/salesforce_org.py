@@ -174,14 +174,17 @@ class FieldDef:
         }
 
 
+READ_ONLY: dict[str, Any] = {"createable": False, "updateable": False}
+FIXED: dict[str, Any] = {"updateable": False, "required": True}  # set once, on create
+
+
 def _system(*extra: FieldDef) -> list[FieldDef]:
-    read_only = {"createable": False, "updateable": False}
     return [
-        FieldDef("Id", "Record ID", "id", **read_only),
-        FieldDef("IsDeleted", "Deleted", "boolean", **read_only),
-        FieldDef("CreatedDate", "Created Date", "datetime", **read_only),
-        FieldDef("LastModifiedDate", "Last Modified Date", "datetime", **read_only),
-        FieldDef("SystemModstamp", "System Modstamp", "datetime", **read_only),
+        FieldDef("Id", "Record ID", "id", **READ_ONLY),
+        FieldDef("IsDeleted", "Deleted", "boolean", **READ_ONLY),
+        FieldDef("CreatedDate", "Created Date", "datetime", **READ_ONLY),
+        FieldDef("LastModifiedDate", "Last Modified Date", "datetime", **READ_ONLY),
+        FieldDef("SystemModstamp", "System Modstamp", "datetime", **READ_ONLY),
         *extra,
     ]
 
@@ -190,10 +193,13 @@ def _text(name: str, label: str, length: int = 255, **kw: Any) -> FieldDef:
     return FieldDef(name, label, "string", custom=name.endswith("__c"), length=length, **kw)
 
 
+def _ref(name: str, label: str, *objects: str, **kw: Any) -> FieldDef:
+    return FieldDef(name, label, "reference", reference_to=objects, **kw)
+
+
 def object_fields(config: CrmConfig) -> dict[str, list[FieldDef]]:
-    read_only = {"createable": False, "updateable": False}
     contact = _system(
-        FieldDef("Name", "Full Name", "string", length=121, **read_only),
+        FieldDef("Name", "Full Name", "string", length=121, **READ_ONLY),
         _text("FirstName", "First Name", 40),
         _text("LastName", "Last Name", 80, required=True),
         FieldDef("Email", "Email", "email", length=80),
@@ -206,7 +212,7 @@ def object_fields(config: CrmConfig) -> dict[str, list[FieldDef]]:
                 ("OtherPhone", "Other Phone"),
             )
         ),
-        FieldDef("AccountId", "Account ID", "reference", reference_to=("Account",)),
+        _ref("AccountId", "Account ID", "Account"),
     )
     ids = config.contact_fields
     if ids.telegram_id:
@@ -224,24 +230,17 @@ def object_fields(config: CrmConfig) -> dict[str, list[FieldDef]]:
         ),
         FieldDef("CloseDate", "Close Date", "date", required=True),
         FieldDef("Amount", "Amount", "currency"),
-        FieldDef("IsClosed", "Closed", "boolean", **read_only),
-        FieldDef("IsWon", "Won", "boolean", **read_only),
-        FieldDef("RecordTypeId", "Record Type ID", "reference", reference_to=("RecordType",)),
-        FieldDef("AccountId", "Account ID", "reference", reference_to=("Account",)),
+        FieldDef("IsClosed", "Closed", "boolean", **READ_ONLY),
+        FieldDef("IsWon", "Won", "boolean", **READ_ONLY),
+        _ref("RecordTypeId", "Record Type ID", "RecordType"),
+        _ref("AccountId", "Account ID", "Account"),
         FieldDef("Description", "Description", "textarea", length=32000),
-        FieldDef("Pricebook2Id", "Price Book ID", "reference", reference_to=("Pricebook2",)),
+        _ref("Pricebook2Id", "Price Book ID", "Pricebook2"),
     )
     opportunity.extend(_deal_custom_fields(config))
     role = _system(
-        FieldDef(
-            "OpportunityId",
-            "Opportunity ID",
-            "reference",
-            updateable=False,
-            required=True,
-            reference_to=("Opportunity",),
-        ),
-        FieldDef("ContactId", "Contact ID", "reference", required=True, reference_to=("Contact",)),
+        _ref("OpportunityId", "Opportunity ID", "Opportunity", **FIXED),
+        _ref("ContactId", "Contact ID", "Contact", required=True),
         FieldDef(
             "Role",
             "Role",
@@ -251,14 +250,7 @@ def object_fields(config: CrmConfig) -> dict[str, list[FieldDef]]:
         FieldDef("IsPrimary", "Primary", "boolean"),
     )
     note = _system(
-        FieldDef(
-            "ParentId",
-            "Parent ID",
-            "reference",
-            updateable=False,
-            required=True,
-            reference_to=("Opportunity", "Contact"),
-        ),
+        _ref("ParentId", "Parent ID", "Opportunity", "Contact", **FIXED),
         _text("Title", "Title", 80, required=True),
         FieldDef("Body", "Body", "textarea", length=32000),
         FieldDef("IsPrivate", "Private", "boolean"),
@@ -274,8 +266,6 @@ def object_fields(config: CrmConfig) -> dict[str, list[FieldDef]]:
 
 def _order_objects(config: CrmConfig) -> dict[str, list[FieldDef]]:
     """Account and the objects of opportunity products, as orders use them."""
-    read_only = {"createable": False, "updateable": False}
-    fixed = {"updateable": False, "required": True}
     account = _system(
         _text("Name", "Account Name", 255, required=True),
         FieldDef("Phone", "Account Phone", "phone", length=40),
@@ -291,35 +281,25 @@ def _order_objects(config: CrmConfig) -> dict[str, list[FieldDef]]:
     pricebook = _system(
         _text("Name", "Price Book Name", 255, required=True),
         FieldDef("IsActive", "Active", "boolean"),
-        FieldDef("IsStandard", "Is Standard Price Book", "boolean", **read_only),
+        FieldDef("IsStandard", "Is Standard Price Book", "boolean", **READ_ONLY),
     )
     entry = _system(
-        FieldDef(
-            "Pricebook2Id", "Price Book ID", "reference", reference_to=("Pricebook2",), **fixed
-        ),
-        FieldDef("Product2Id", "Product ID", "reference", reference_to=("Product2",), **fixed),
+        _ref("Pricebook2Id", "Price Book ID", "Pricebook2", **FIXED),
+        _ref("Product2Id", "Product ID", "Product2", **FIXED),
         FieldDef("UnitPrice", "List Price", "currency", required=True),
         FieldDef("IsActive", "Active", "boolean"),
-        _text("ProductCode", "Product Code", 255, **read_only),
-        _text("Name", "Product Name", 255, **read_only),
+        _text("ProductCode", "Product Code", 255, **READ_ONLY),
+        _text("Name", "Product Name", 255, **READ_ONLY),
     )
     line = _system(
-        FieldDef(
-            "OpportunityId", "Opportunity ID", "reference", reference_to=("Opportunity",), **fixed
-        ),
-        FieldDef(
-            "PricebookEntryId",
-            "Price Book Entry ID",
-            "reference",
-            reference_to=("PricebookEntry",),
-            **fixed,
-        ),
-        FieldDef("Product2Id", "Product ID", "reference", reference_to=("Product2",), **read_only),
-        _text("ProductCode", "Product Code", 255, **read_only),
-        _text("Name", "Opportunity Product Name", 376, **read_only),
+        _ref("OpportunityId", "Opportunity ID", "Opportunity", **FIXED),
+        _ref("PricebookEntryId", "Price Book Entry ID", "PricebookEntry", **FIXED),
+        _ref("Product2Id", "Product ID", "Product2", **READ_ONLY),
+        _text("ProductCode", "Product Code", 255, **READ_ONLY),
+        _text("Name", "Opportunity Product Name", 376, **READ_ONLY),
         FieldDef("Quantity", "Quantity", "double", required=True),
         FieldDef("UnitPrice", "Sales Price", "currency"),
-        FieldDef("TotalPrice", "Total Price", "currency", **read_only),
+        FieldDef("TotalPrice", "Total Price", "currency", **READ_ONLY),
         _text("Description", "Line Description", 255),
     )
     return {
@@ -340,8 +320,6 @@ def _deal_custom_fields(config: CrmConfig) -> list[FieldDef]:
         "last_payment_at": ("datetime", "Last Payment At"),
         "total_paid": ("currency", "Total Paid"),
         "purchase_count": ("double", "Purchase Count"),
-    }
-    orders: dict[str, tuple[str, str]] = {
         "installation_date": ("date", "Installation Date"),
         "dismantle_date": ("date", "Dismantle Date"),
         "comment": ("textarea", "Order Comment"),
@@ -357,7 +335,7 @@ def _deal_custom_fields(config: CrmConfig) -> list[FieldDef]:
         if not name or name in taken:
             continue
         taken.add(name)
-        kind, label = kinds.get(key) or orders.get(key) or ("string", key.replace("_", " ").title())
+        kind, label = kinds.get(key) or ("string", key.replace("_", " ").title())
         options: dict[str, str] = {}
         if key == "subjects":
             options = {str(v): subject for subject, v in config.subjects.items()}
@@ -368,24 +346,17 @@ def _deal_custom_fields(config: CrmConfig) -> list[FieldDef]:
     return found
 
 
+# (parent, relationship name in lower case) → (relationship name, child, child's field
+# naming the parent)
 CHILDREN = {
-    ("Opportunity", "opportunitycontactroles"): (
-        "OpportunityContactRoles",
-        "OpportunityContactRole",
-        "OpportunityId",
-    ),
-    ("Opportunity", "notes"): ("Notes", "Note", "ParentId"),
-    ("Contact", "opportunitycontactroles"): (
-        "OpportunityContactRoles",
-        "OpportunityContactRole",
-        "ContactId",
-    ),
-    ("Contact", "notes"): ("Notes", "Note", "ParentId"),
-    ("Opportunity", "opportunitylineitems"): (
-        "OpportunityLineItems",
-        "OpportunityLineItem",
-        "OpportunityId",
-    ),
+    (parent, name.lower()): (name, child, field)
+    for parent, name, child, field in (
+        ("Opportunity", "OpportunityContactRoles", "OpportunityContactRole", "OpportunityId"),
+        ("Opportunity", "Notes", "Note", "ParentId"),
+        ("Contact", "OpportunityContactRoles", "OpportunityContactRole", "ContactId"),
+        ("Contact", "Notes", "Note", "ParentId"),
+        ("Opportunity", "OpportunityLineItems", "OpportunityLineItem", "OpportunityId"),
+    )
 }
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
@@ -493,28 +464,23 @@ class Org:
         return body
 
     def _record_type_infos(self) -> list[dict[str, Any]]:
-        infos = [
+        """The record types, the first the default, then the master one (the default when
+        there are no others)."""
+        types = [(rt.developer_name, rt.name, rt.id) for rt in self.record_types]
+        return [
             {
                 "active": True,
                 "available": True,
                 "defaultRecordTypeMapping": n == 0,
-                "master": False,
-                "developerName": rt.developer_name,
-                "name": rt.name,
-                "recordTypeId": rt.id,
+                "master": rt_id == MASTER,
+                "developerName": developer_name,
+                "name": name,
+                "recordTypeId": rt_id,
             }
-            for n, rt in enumerate(self.record_types)
+            for n, (developer_name, name, rt_id) in enumerate(
+                [*types, ("Master", "Master", MASTER)]
+            )
         ]
-        master = {
-            "active": True,
-            "available": True,
-            "defaultRecordTypeMapping": not infos,
-            "master": True,
-            "developerName": "Master",
-            "name": "Master",
-            "recordTypeId": MASTER,
-        }
-        return [*infos, master]
 
     def stage_values(self, record_type: str) -> dict[str, Any]:
         """The UI API's picklist values of StageName for one record type."""

@@ -38,10 +38,9 @@ Accounts (companies) are a module like Contacts: created, searched, read by COQL
 from a contact's or a deal's `Account_Name` lookup.
 
 Setup and inspection (not logged as calls): `add_contact`, `add_deal`, `move_deal`,
-`add_company`, `companies()`, `delete_record`, `add_note`, `contact(id)`, `deal(id)`,
-`contacts()`, `deals()`,
-`notes(deal_id)`, `credits_used`, `issue_oauth_pair`, `register_code`,
-`expire_all_access_tokens`, `revoke_refresh_tokens`, `set_time_zone`.
+`add_company`, `companies()`, `add_note`, `contact(id)`, `deal(id)`, `contacts()`,
+`deals()`, `notes(deal_id)`, `credits_used`, `issue_oauth_pair`, `register_code`,
+`expire_all_access_tokens`.
 """
 
 from __future__ import annotations
@@ -72,7 +71,7 @@ from tests.fakes.service import (
     OAuthFake,
     TokenIssuer,
 )
-from tests.fakes.zoho_org import ACCOUNT_INN, Org, RecordError
+from tests.fakes.zoho_org import ACCOUNT_INN, Org, RecordError, zoho_item
 from tests.fakes.zoho_query import (
     QueryError,
     check_criteria,
@@ -96,8 +95,7 @@ OWNER = {"name": "Bridge Admin", "id": "5725767000000235001", "email": "admin@ex
 def zoho_error(
     status: int, code: str, message: str, details: Mapping[str, Any] | None = None
 ) -> ApiError:
-    body = {"code": code, "details": dict(details or {}), "message": message, "status": "error"}
-    return ApiError(status, body)
+    return ApiError(status, zoho_item(code, message, details or {}))
 
 
 @dataclass
@@ -184,11 +182,6 @@ class FakeZoho(OAuthFake, FakeService):
         with self._lock:
             self._code_expiry[code] = self.clock() + (self.code_ttl if ttl is None else ttl)
 
-    def revoke_refresh_tokens(self) -> None:
-        with self._lock:
-            self.tokens.refresh.clear()
-            self.tokens.access.clear()
-
     # ---- inspection and setup -------------------------------------------------------------
 
     @property
@@ -205,9 +198,6 @@ class FakeZoho(OAuthFake, FakeService):
         if path_prefix is None:
             total -= super().count(method, "/oauth/v2/token", status)
         return total
-
-    def set_time_zone(self, name: str) -> None:
-        self.zone = ZoneInfo(name)
 
     def add_contact(
         self,
@@ -293,12 +283,7 @@ class FakeZoho(OAuthFake, FakeService):
         return self._insert_direct("Accounts", values, None)
 
     def companies(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [{"id": r.id, **r.values} for r in self._live("Accounts")]
-
-    def delete_record(self, module: str, record_id: str) -> None:
-        with self._lock:
-            self.records[module][record_id].deleted = True
+        return self._listed("Accounts")
 
     def add_note(self, deal_id: str, text: str, title: str = "") -> str:
         values = {"Note_Title": title, "Note_Content": text, "Parent_Id": {"id": deal_id}}
@@ -313,33 +298,43 @@ class FakeZoho(OAuthFake, FakeService):
             return dict(self.records["Deals"][record_id].values)
 
     def contacts(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [{"id": r.id, **r.values} for r in self._live("Contacts")]
+        return self._listed("Contacts")
 
     def deals(self) -> list[dict[str, Any]]:
+        return self._listed("Deals")
+
+    def _listed(self, module: str) -> list[dict[str, Any]]:
         with self._lock:
-            return [{"id": r.id, **r.values} for r in self._live("Deals")]
+            return [{"id": r.id, **r.values} for r in self._live(module)]
 
     def notes(self, deal_id: str) -> list[str]:
         with self._lock:
-            return [
-                str(r.values.get("Note_Content") or "")
-                for r in self._live("Notes")
-                if (r.values.get("Parent_Id") or {}).get("id") == deal_id
-            ]
+            return [str(r.values.get("Note_Content") or "") for r in self._notes_of(deal_id)]
 
     def _insert_direct(self, module: str, values: dict[str, Any], modified: float | None) -> str:
         with self._lock:
-            checked = self._check(module, values, creating=module != "Notes")
-            now = self.clock()
-            rec = Rec(
-                str(next(self._ids)), module, checked, now, now if modified is None else modified
-            )
-            self.records[module][rec.id] = rec
+            rec = self._stored(module, self._check(module, values, creating=module != "Notes"))
+            rec.modified = rec.modified if modified is None else modified
             return rec.id
+
+    def _stored(self, module: str, values: dict[str, Any], lag: float | None = None) -> Rec:
+        """A new record, searchable `lag` seconds from now (None: from the start)."""
+        now = self.clock()
+        rec = Rec(str(next(self._ids)), module, values, now, now, 0.0 if lag is None else now + lag)
+        self.records[module][rec.id] = rec
+        return rec
 
     def _live(self, module: str) -> list[Rec]:
         return [rec for rec in self.records[module].values() if not rec.deleted]
+
+    def _live_one(self, module: str, record_id: str) -> Rec | None:
+        rec = self.records.get(module, {}).get(record_id)
+        return None if rec is None or rec.deleted else rec
+
+    def _notes_of(self, deal_id: str) -> list[Rec]:
+        return [
+            r for r in self._live("Notes") if (r.values.get("Parent_Id") or {}).get("id") == deal_id
+        ]
 
     def _check(self, module: str, record: Any, *, creating: bool, index: int = 0) -> dict[str, Any]:
         checked = self.org.check_record(
@@ -352,12 +347,7 @@ class FakeZoho(OAuthFake, FakeService):
     def _check_stage(self, values: dict[str, Any], *, creating: bool, index: int) -> None:
         pipeline = values.get("Pipeline")
         if creating and not pipeline:
-            raise RecordError(
-                "MANDATORY_NOT_FOUND",
-                "required field not found",
-                "Pipeline",
-                f"$.data[{index}].Pipeline",
-            )
+            raise RecordError.missing("Pipeline", index)
         stage = values.get("Stage")
         if pipeline and stage:
             maps = next(
@@ -367,8 +357,7 @@ class FakeZoho(OAuthFake, FakeService):
                 raise RecordError("INVALID_DATA", "invalid data", "Stage", f"$.data[{index}].Stage")
 
     def _exists(self, module: str, record_id: str) -> bool:
-        rec = self.records.get(module, {}).get(record_id)
-        return rec is not None and not rec.deleted
+        return self._live_one(module, record_id) is not None
 
     # ---- the gate: hosts, credentials, credits, concurrency -----------------------------
 
@@ -420,9 +409,10 @@ class FakeZoho(OAuthFake, FakeService):
 
     def _limited(self, message: str) -> FakeResponse:
         self.throttled += 1
-        body = {"code": "TOO_MANY_REQUESTS", "details": {}, "message": message, "status": "error"}
-        headers = {} if self.retry_after is None else {"retry-after": str(self.retry_after)}
-        return FakeResponse(429, body, headers)
+        response = zoho_error(429, "TOO_MANY_REQUESTS", message).response
+        if self.retry_after is not None:
+            response.headers["retry-after"] = str(self.retry_after)
+        return response
 
     def _too_many(self) -> FakeResponse:
         return self._limited("too many requests")
@@ -446,12 +436,10 @@ class FakeZoho(OAuthFake, FakeService):
     # ---- routes: records ------------------------------------------------------------------
 
     def _get_record(self, request: FakeRequest, module: str, record_id: str) -> FakeResponse:
-        rec = self.records[module].get(record_id)
+        rec = self._live_one(module, record_id)
         if not record_id.isdigit():
-            raise zoho_error(
-                400, "INVALID_DATA", "the id given seems to be invalid", {"id": record_id}
-            )
-        if rec is None or rec.deleted:
+            raise _invalid_id(record_id)
+        if rec is None:
             return FakeResponse(204)
         return FakeResponse(200, {"data": [self._record_json(rec, _field_list(request))]})
 
@@ -467,10 +455,8 @@ class FakeZoho(OAuthFake, FakeService):
             except RecordError as error:
                 items.append(error.json())
                 continue
-            now = self.clock()
-            rec = Rec(str(next(self._ids)), module, checked, now, now, now + self.index_lag)
-            self.records[module][rec.id] = rec
-            items.append(_success(rec, "record added", self._time(now)))
+            rec = self._stored(module, checked, self.index_lag)
+            items.append(_success(rec, "record added", self._time(rec.created)))
         return _write_answer(items, created=True)
 
     def _update_record(self, request: FakeRequest, module: str, record_id: str) -> FakeResponse:
@@ -479,8 +465,8 @@ class FakeZoho(OAuthFake, FakeService):
             raise zoho_error(
                 400, "INVALID_DATA", "one record is updated by id", {"api_name": "data"}
             )
-        rec = self.records[module].get(record_id)
-        if rec is None or rec.deleted:
+        rec = self._live_one(module, record_id)
+        if rec is None:
             error = RecordError(
                 "INVALID_DATA", "the id given seems to be invalid", "id", "$.data[0].id"
             )
@@ -506,20 +492,13 @@ class FakeZoho(OAuthFake, FakeService):
         if isinstance(parent, dict):
             module = ((parent.get("module") or {}).get("api_name")) or module
             parent = parent.get("id")
-        path = f"$.data[{index}].Parent_Id"
         if not parent or not module:
-            raise RecordError("MANDATORY_NOT_FOUND", "required field not found", "Parent_Id", path)
+            raise RecordError.missing("Parent_Id", index)
         if module not in ("Contacts", "Deals") or not self._exists(module, str(parent)):
-            raise RecordError(
-                "INVALID_DATA", "the related id given seems to be invalid", "Parent_Id", path
-            )
+            message = "the related id given seems to be invalid"
+            raise RecordError("INVALID_DATA", message, "Parent_Id", f"$.data[{index}].Parent_Id")
         if not isinstance(record.get("Note_Content"), str) or not record["Note_Content"]:
-            raise RecordError(
-                "MANDATORY_NOT_FOUND",
-                "required field not found",
-                "Note_Content",
-                f"$.data[{index}].Note_Content",
-            )
+            raise RecordError.missing("Note_Content", index)
         rest = {k: v for k, v in record.items() if k != "Parent_Id"}
         checked = self.org.check_record(
             "Notes", rest, creating=False, exists=self._exists, index=index
@@ -529,13 +508,8 @@ class FakeZoho(OAuthFake, FakeService):
 
     def _deal_notes(self, request: FakeRequest, deal_id: str) -> FakeResponse:
         if not self._exists("Deals", deal_id):
-            raise zoho_error(
-                400, "INVALID_DATA", "the id given seems to be invalid", {"id": deal_id}
-            )
-        notes = [
-            r for r in self._live("Notes") if (r.values.get("Parent_Id") or {}).get("id") == deal_id
-        ]
-        return self._page(request, notes, _field_list(request))
+            raise _invalid_id(deal_id)
+        return self._page(request, self._notes_of(deal_id), _field_list(request))
 
     # ---- routes: search and COQL ------------------------------------------------------------
 
@@ -554,9 +528,6 @@ class FakeZoho(OAuthFake, FakeService):
             if way == "criteria":
                 node = parse_criteria(value)
                 check_criteria(node, kind)
-
-                def hit(values: Mapping[str, Any]) -> bool:
-                    return matches_criteria(node, values, kind)
             else:
                 types = {
                     "email": ("email",),
@@ -565,17 +536,14 @@ class FakeZoho(OAuthFake, FakeService):
                 }
                 names = [n for n, f in self.org.fields[module].items() if f.data_type in types[way]]
                 criteria = "(" + "or".join(f"({n}:equals:{_escape(value)})" for n in names) + ")"
-                node = (
-                    parse_criteria(criteria) if len(names) > 1 else parse_criteria(criteria[1:-1])
-                )
-
-                def hit(values: Mapping[str, Any]) -> bool:
-                    return matches_criteria(node, values, kind)
+                node = parse_criteria(criteria if len(names) > 1 else criteria[1:-1])
         except QueryError as error:
             raise zoho_error(400, error.code, error.message, error.details) from error
         now = self.clock()
         found = [
-            rec for rec in self._live(module) if rec.searchable_from <= now and hit(rec.values)
+            rec
+            for rec in self._live(module)
+            if rec.searchable_from <= now and matches_criteria(node, rec.values, kind)
         ]
         return self._page(request, found, _field_list(request), max_total=2000)
 
@@ -651,7 +619,7 @@ class FakeZoho(OAuthFake, FakeService):
             except _Unresolved as problem:
                 where = f"$.__composite_requests[{index}]"
                 details = {"api_name": "uri", "json_path": where, "reference": problem.reference}
-                items.append(_error_item("INVALID_REFERENCE", "invalid reference", details))
+                items.append(zoho_item("INVALID_REFERENCE", "invalid reference", details))
                 failed_at = index if failed_at is None else failed_at
                 continue
             response = self._sub_request(resolved, request)
@@ -665,9 +633,7 @@ class FakeZoho(OAuthFake, FakeService):
         if rollback and failed_at is not None and snapshot is not None:
             self.records = snapshot
             details = {"rollbacked_by_sub_request_index": failed_at}
-            rolled = [
-                _error_item("ROLLBACK_PERFORMED", "rollback performed", details) for _ in subs
-            ]
+            rolled = [zoho_item("ROLLBACK_PERFORMED", "rollback performed", details) for _ in subs]
             rolled[failed_at] = items[failed_at]
             return FakeResponse(400, {"__composite_requests": rolled})
         if rollback:
@@ -680,12 +646,8 @@ class FakeZoho(OAuthFake, FakeService):
             "body": response.body,
             "status_code": response.status,
         }
-        return {
-            "code": "SUCCESS",
-            "details": {"response": answer},
-            "message": "composite sub request executed successfully",
-            "status": "success",
-        }
+        message = "composite sub request executed successfully"
+        return zoho_item("SUCCESS", message, {"response": answer}, "success")
 
     def _sub_request(self, sub: JSONDict, outer: FakeRequest) -> FakeResponse:
         params = sub.get("params") or {}
@@ -706,28 +668,15 @@ class FakeZoho(OAuthFake, FakeService):
         if sub["method"] in ("POST", "PUT") and isinstance(body, dict):
             data = body.get("data")
             if isinstance(data, list) and len(data) > 1:
-                return FakeResponse(
-                    400,
-                    {
-                        "code": "LIMIT_EXCEEDED",
-                        "details": {"limit": 1},
-                        "message": "a composite sub-request writes one record",
-                        "status": "error",
-                    },
-                )
+                message = "a composite sub-request writes one record"
+                return zoho_error(400, "LIMIT_EXCEEDED", message, {"limit": 1}).response
         if (
             path.endswith("/search")
             and int(dict(query).get("per_page", "200") or 200) > COMPOSITE_READ_LIMIT
         ):
-            return FakeResponse(
-                400,
-                {
-                    "code": "LIMIT_EXCEEDED",
-                    "details": {"limit": COMPOSITE_READ_LIMIT},
-                    "message": "a composite sub-request reads at most 25 records",
-                    "status": "error",
-                },
-            )
+            message = "a composite sub-request reads at most 25 records"
+            details = {"limit": COMPOSITE_READ_LIMIT}
+            return zoho_error(400, "LIMIT_EXCEEDED", message, details).response
         for method, pattern, handler in self.routes:
             match = pattern.fullmatch(path)
             if (
@@ -740,15 +689,8 @@ class FakeZoho(OAuthFake, FakeService):
                 return handler(inner, *match.groups())
             except ApiError as error:
                 return error.response
-        return FakeResponse(
-            404,
-            {
-                "code": "INVALID_URL_PATTERN",
-                "details": {},
-                "message": "Please check if the URL trying to access is a correct one",
-                "status": "error",
-            },
-        )
+        message = "Please check if the URL trying to access is a correct one"
+        return zoho_error(404, "INVALID_URL_PATTERN", message).response
 
     # ---- routes: OAuth -----------------------------------------------------------------------
 
@@ -832,9 +774,7 @@ class FakeZoho(OAuthFake, FakeService):
             if name == "Pipeline" and value is not None:
                 value = {"name": value, "id": self.org.pipelines.get(value)}
             if name == "Full_Name" and rec.module == "Contacts":
-                value = " ".join(
-                    p for p in (rec.values.get("First_Name"), rec.values.get("Last_Name")) if p
-                )
+                value = _full_name(rec.values)
             if (
                 rec.module == "Notes"
                 and name == "Parent_Id"
@@ -874,7 +814,7 @@ class FakeZoho(OAuthFake, FakeService):
             return ""
         values = rec.values
         if module == "Contacts":
-            return " ".join(p for p in (values.get("First_Name"), values.get("Last_Name")) if p)
+            return _full_name(values)
         if module == "Accounts":
             return str(values.get("Account_Name") or "")
         return str(values.get("Deal_Name") or "")
@@ -922,40 +862,38 @@ def _check_composite(body: Any) -> tuple[list[JSONDict], bool]:
 
 
 def _check_sub_request(where: str, sub: Any, seen: set[str]) -> None:
+    def invalid(
+        api_name: str, code: str = "INVALID_DATA", message: str = "invalid data", **extra: Any
+    ) -> ApiError:
+        return _invalid(code, message, api_name, f"{where}.{api_name}", **extra)
+
     if not isinstance(sub, dict):
         raise _invalid("INVALID_DATA", "invalid data", "__composite_requests", where)
     sub_id = sub.get("sub_request_id")
     if sub_id is not None and (not isinstance(sub_id, str) or not SUB_ID.fullmatch(sub_id)):
-        path = f"{where}.sub_request_id"
-        raise _invalid("INVALID_DATA", "invalid data", "sub_request_id", path, regex=SUB_ID.pattern)
+        raise invalid("sub_request_id", regex=SUB_ID.pattern)
     if sub_id in seen:
-        path = f"{where}.sub_request_id"
-        raise _invalid("DUPLICATE_DATA", "duplicate data", "sub_request_id", path)
+        raise invalid("sub_request_id", "DUPLICATE_DATA", "duplicate data")
     if sub_id:
         seen.add(sub_id)
     if sub.get("method") not in ("GET", "POST", "PUT", "PATCH", "DELETE"):
-        raise _invalid("INVALID_DATA", "invalid data", "method", f"{where}.method")
+        raise invalid("method")
     uri = sub.get("uri")
     if not isinstance(uri, str) or not SUB_URI.fullmatch(uri):
-        path = f"{where}.uri"
-        raise _invalid("INVALID_DATA", "invalid data", "uri", path, regex=SUB_URI.pattern)
+        raise invalid("uri", regex=SUB_URI.pattern)
     if "__composite_requests" in uri:
-        message = "the API is not supported in a composite request"
-        raise _invalid("NOT_SUPPORTED", message, "uri", f"{where}.uri")
-    if {str(k).lower() for k in sub.get("headers") or {}} & {"authorization", "x-crm-org"}:
-        restricted = ["authorization", "x-crm-org"]
-        path = f"{where}.headers"
-        raise _invalid(
-            "INVALID_DATA", "restricted headers", "headers", path, restricted_headers=restricted
-        )
+        raise invalid("uri", "NOT_SUPPORTED", "the API is not supported in a composite request")
+    restricted = ["authorization", "x-crm-org"]
+    if {str(k).lower() for k in sub.get("headers") or {}} & set(restricted):
+        raise invalid("headers", message="restricted headers", restricted_headers=restricted)
 
 
 def _invalid(code: str, message: str, api_name: str, json_path: str, **extra: Any) -> ApiError:
     return zoho_error(400, code, message, {"api_name": api_name, "json_path": json_path, **extra})
 
 
-def _error_item(code: str, message: str, details: Mapping[str, Any]) -> JSONDict:
-    return {"code": code, "details": dict(details), "message": message, "status": "error"}
+def _invalid_id(record_id: str) -> ApiError:
+    return zoho_error(400, "INVALID_DATA", "the id given seems to be invalid", {"id": record_id})
 
 
 class _Unresolved(Exception):
@@ -1006,7 +944,7 @@ def _module_param(request: FakeRequest) -> str:
 
 
 def _unauthorised(code: str, message: str) -> FakeResponse:
-    return FakeResponse(401, {"code": code, "details": {}, "message": message, "status": "error"})
+    return zoho_error(401, code, message).response
 
 
 def _success(rec: Rec, message: str, stamp: str) -> JSONDict:
@@ -1017,7 +955,7 @@ def _success(rec: Rec, message: str, stamp: str) -> JSONDict:
         "id": rec.id,
         "Created_By": {"name": OWNER["name"], "id": OWNER["id"]},
     }
-    return {"code": "SUCCESS", "details": details, "message": message, "status": "success"}
+    return zoho_item("SUCCESS", message, details, "success")
 
 
 def _write_answer(items: list[JSONDict], *, created: bool) -> FakeResponse:
@@ -1030,19 +968,10 @@ def _write_answer(items: list[JSONDict], *, created: bool) -> FakeResponse:
 def _data_of(body: Any) -> list[Any]:
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, list) or not data:
-        raise zoho_error(
-            400,
-            "MANDATORY_NOT_FOUND",
-            "required field not found",
-            {"api_name": "data", "json_path": "$.data"},
-        )
+        raise _invalid("MANDATORY_NOT_FOUND", "required field not found", "data", "$.data")
     if len(data) > 100:
-        raise zoho_error(
-            400,
-            "LIMIT_EXCEEDED",
-            "at most 100 records per call",
-            {"api_name": "data", "limit": 100},
-        )
+        details = {"api_name": "data", "limit": 100}
+        raise zoho_error(400, "LIMIT_EXCEEDED", "at most 100 records per call", details)
     return data
 
 
@@ -1058,6 +987,10 @@ def _int_param(request: FakeRequest, name: str, default: int) -> int:
     if not raw.isdigit():
         raise zoho_error(400, "INVALID_DATA", "invalid data", {"param_name": name})
     return int(raw)
+
+
+def _full_name(values: Mapping[str, Any]) -> str:
+    return " ".join(p for p in (values.get("First_Name"), values.get("Last_Name")) if p)
 
 
 def _escape(value: str) -> str:

@@ -23,7 +23,7 @@ actual value and store the display value.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -276,9 +276,6 @@ class Org:
             for index, (name, pipeline_id) in enumerate(self.pipelines.items())
         ]
 
-    def stage_forecast(self, name: str) -> str:
-        return next((s.forecast_type for s in self.stages if s.name == name), "Open")
-
     # ---- checking written values -------------------------------------------------------
 
     def check_record(
@@ -304,19 +301,14 @@ class Org:
                 raise RecordError("INVALID_DATA", "invalid field", name, path)
             if value is None:
                 if definition.mandatory:
-                    raise RecordError("MANDATORY_NOT_FOUND", "required field not found", name, path)
+                    raise RecordError.missing(name, index)
                 out[name] = None
                 continue
             out[name] = self._check_value(definition, value, path, exists)
         if creating:
             for definition in defs.values():
                 if definition.mandatory and out.get(definition.api_name) in (None, ""):
-                    raise RecordError(
-                        "MANDATORY_NOT_FOUND",
-                        "required field not found",
-                        definition.api_name,
-                        f"$.data[{index}].{definition.api_name}",
-                    )
+                    raise RecordError.missing(definition.api_name, index)
         return out
 
     def _check_value(
@@ -405,10 +397,18 @@ class RecordError(Exception):
         if expected:
             self.details["expected_data_type"] = expected
 
+    @classmethod
+    def missing(cls, api_name: str, index: int) -> RecordError:
+        """A mandatory field that `data[index]` does not give."""
+        path = f"$.data[{index}].{api_name}"
+        return cls("MANDATORY_NOT_FOUND", "required field not found", api_name, path)
+
     def json(self) -> dict[str, Any]:
-        return {
-            "code": self.code,
-            "details": self.details,
-            "message": self.message,
-            "status": "error",
-        }
+        return zoho_item(self.code, self.message, self.details)
+
+
+def zoho_item(
+    code: str, message: str, details: Mapping[str, Any], status: str = "error"
+) -> dict[str, Any]:
+    """One answer item (or a whole error answer) as Zoho words it."""
+    return {"code": code, "details": dict(details), "message": message, "status": status}
