@@ -32,7 +32,6 @@ from bridge.settings import CrmConfig
 from bridge.tokens import TokenPair
 from tests.adapter_support import fake_and_adapter
 from tests.crm_cases import BY_NAME
-from tests.crm_cases import CUSTOMER as CUSTOMER  # test_megaplan_orders imports it from here
 from tests.fakes.megaplan import DEAL_CATEGORY, HUMAN_CATEGORY, FakeMegaplan, example_config
 from tests.fakes.memory import MemoryTokens, adapter_on
 
