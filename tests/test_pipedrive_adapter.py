@@ -488,14 +488,13 @@ async def test_the_api_token_goes_in_a_header_never_in_the_url(fake: FakePipedri
     await adapter.connection.aclose()
 
 
-async def test_no_api_token_is_an_auth_error_without_a_call(fake: FakePipedrive) -> None:
+async def test_no_api_token_says_what_to_set(fake: FakePipedrive) -> None:
+    # That nothing is sent without it, and no code exchanged: test_contract.
     adapter = make_adapter(fake, pipedrive_api_token=None)
     assert await adapter.connection.credentials_problem() == (
         'no credentials: set PIPEDRIVE_API_TOKEN or use auth = "oauth" and run'
         " `crm-bridge auth pipedrive`"
     )
-    with pytest.raises(AuthError, match="long_lived_token"):
-        await adapter.connection.exchange_code("code")
     await adapter.connection.aclose()
 
 
