@@ -20,10 +20,12 @@ from tests import test_salesforce_adapter as sf
 from tests import test_zoho_adapter as zo
 from tests.adapter_support import ROOT, tg_key
 from tests.crm_cases import BY_NAME, CASES, CrmCase
+from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.megaplan import DEAL_CATEGORY
 from tests.fakes.memory import MemoryTokens
 from tests.fakes.pipedrive_openapi import PipedriveOpenApi
 from tests.fakes.salesforce import YANDEX
+from tests.fakes.zoho import FakeZoho
 from tests.fakes.zoho_openapi import ZohoOpenApi
 from tests.fakes.zoho_org import RENTAL_STAGES
 from tests.order_examples import uncommented_orders
@@ -258,7 +260,7 @@ def test_the_examples_order_settings_are_the_ones_tested(
 
 ORDER_CHECKS = [
     pytest.param(
-        lambda: hs.make_adapter(hs.FakeHubSpot(hs.CONFIG)),
+        lambda: hs.make_adapter(FakeHubSpot(hs.CONFIG)),
         hs.CONFIG,
         {"cancelled": OrderStage(pipeline_id=hs.RENT, status_id="closedlost")},
         {"order_id": "no_such_property", "company_inn": "phone_typo"},
@@ -314,7 +316,7 @@ ORDER_CHECKS = [
         id="salesforce",
     ),
     pytest.param(
-        lambda: zo.make_adapter(zo.FakeZoho(zo.CONFIG), config=zo.order_config(zo.CONFIG)),
+        lambda: zo.make_adapter(FakeZoho(zo.CONFIG), config=zo.order_config(zo.CONFIG)),
         zo.order_config(zo.CONFIG),
         {"new": OrderStage(pipeline_id="Rent", status_id="X")},
         {"dismantle_date": "Order_Status"},
