@@ -3,36 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta, timezone
-from decimal import Decimal
-from pathlib import Path
+import functools
 from typing import Any
 
 import pytest
 
 from bridge.crm.amocrm import AmoCrm, build_amocrm
-from bridge.crm.amocrm_json import field_values_json, search_query
-from bridge.domain import Contact, FieldKind, FieldUpdate, KeyKind, LookupKey
+from bridge.domain import Contact, KeyKind, LookupKey
 from bridge.errors import RateLimited
-from bridge.settings import CrmConfig, load_file_config
+from bridge.settings import CrmConfig
 from bridge.tokens import TokenPair
+from tests.adapter_support import example_section, fake_and_adapter, phone_key
 from tests.crm_cases import BY_NAME
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.memory import MemoryTokens, adapter_on
 
-ROOT = Path(__file__).resolve().parent.parent
-BASE_URL = "https://reference.amocrm.test"
-CONFIG = (
-    load_file_config(ROOT / "etc" / "bridge.example.toml")
-    .crm["amocrm"]
-    .model_copy(update={"base_url": BASE_URL})
-)
-TG_ID, SUBJECTS, DIRECTION = "700101", "700201", "700202"
+CONFIG = example_section("bridge.example.toml", "amocrm", base_url="https://reference.amocrm.test")
+SUBJECTS, DIRECTION = "700201", "700202"
 PAYMENT_ID, TOTAL, COUNT = "700205", "700207", "700208"
 SITE, SITE_WORKING = 4423755, 63242023
 PARTNERS, PARTNERS_AUTOPAY = 8598230, 80517738
-PAID_AT = datetime(2025, 1, 20, 11, 49, 20, tzinfo=UTC)
 CASE = BY_NAME["amocrm"]
 new_deal, new_contact = CASE.new_deal, CASE.new_contact
 
@@ -42,73 +32,10 @@ def make_adapter(fake: FakeAmoCrm, *, config: CrmConfig = CONFIG, **options: Any
     return adapter_on(build_amocrm, fake, config, static=static, **options)
 
 
-@pytest.fixture
-def fake() -> FakeAmoCrm:
-    return FakeAmoCrm(CONFIG)
-
-
-@pytest.fixture
-async def amo(fake: FakeAmoCrm) -> AsyncIterator[AmoCrm]:
-    adapter = make_adapter(fake)
-    yield adapter
-    await adapter.connection.aclose()
-
-
-def phone_key(value: str = "+79991234567") -> LookupKey:
-    return LookupKey(KeyKind.PHONE, value)
+fake, amo = fake_and_adapter(functools.partial(FakeAmoCrm, CONFIG), make_adapter)
 
 
 # ---- pure mappers -------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("key", "query"),
-    [
-        (LookupKey(KeyKind.PHONE, "+79991234567"), "9991234567"),
-        (LookupKey(KeyKind.PHONE, "+442079460958"), "2079460958"),
-        (LookupKey(KeyKind.EMAIL, "ivan@example.com"), "ivan@example.com"),
-        (LookupKey(KeyKind.TELEGRAM_ID, "123456789"), "123456789"),
-    ],
-)
-def test_search_query_uses_national_number_for_phones(key: LookupKey, query: str) -> None:
-    assert search_query(key) == query
-
-
-@pytest.mark.parametrize(
-    ("update", "values"),
-    [
-        (FieldUpdate("1", FieldKind.TEXT, "pay_1"), [{"value": "pay_1"}]),
-        (FieldUpdate("1", FieldKind.NUMBER, Decimal("10000.00")), [{"value": 10000}]),
-        (FieldUpdate("1", FieldKind.NUMBER, Decimal("12.50")), [{"value": 12.5}]),
-        (FieldUpdate("1", FieldKind.NUMBER, 3), [{"value": 3}]),
-        (FieldUpdate("1", FieldKind.DATETIME, PAID_AT), [{"value": "2025-01-20T11:49:20+00:00"}]),
-        (
-            FieldUpdate("1", FieldKind.DATETIME, PAID_AT.astimezone(timezone(timedelta(hours=3)))),
-            [{"value": "2025-01-20T14:49:20+03:00"}],
-        ),
-        (FieldUpdate("1", FieldKind.SELECT, 800101), [{"enum_id": 800101}]),
-        (
-            FieldUpdate("1", FieldKind.MULTISELECT, (800001, 800003)),
-            [{"enum_id": 800001}, {"enum_id": 800003}],
-        ),
-    ],
-)
-def test_field_values_json_shapes(update: FieldUpdate, values: list[dict[str, Any]]) -> None:
-    assert field_values_json([update]) == [{"field_id": 1, "values": values}]
-
-
-@pytest.mark.parametrize(
-    "update",
-    [
-        FieldUpdate("1", FieldKind.DATETIME, datetime(2025, 1, 20, 11, 49)),  # naive
-        FieldUpdate("1", FieldKind.SELECT, (1, 2)),
-        FieldUpdate("1", FieldKind.NUMBER, "12"),
-        FieldUpdate("field", FieldKind.TEXT, "x"),
-    ],
-)
-def test_field_values_json_refuses_what_does_not_fit(update: FieldUpdate) -> None:
-    with pytest.raises(ValueError, match=r"1|field"):
-        field_values_json([update])
 
 
 # ---- contacts -----------------------------------------------------------------------
@@ -236,7 +163,6 @@ async def test_create_contact_and_deal_is_one_call(fake: FakeAmoCrm, amo: AmoCrm
     )
     assert contact.id == str(fake.contacts()[0]["id"])
     assert contact.emails == ("ivan@example.com",)
-    assert deal.contact_ids == (contact.id,)
 
     fake.calls.clear()
     [found] = await amo.find_contacts(LookupKey(KeyKind.TELEGRAM_ID, "123456789"))
@@ -262,13 +188,11 @@ async def test_notes_are_common_notes_read_with_a_type_filter(
 # ---- rate limits, faults, auth ------------------------------------------------------
 
 
-async def test_a_burst_beyond_the_fakes_window_gets_429s(fake: FakeAmoCrm) -> None:
-    adapter = make_adapter(fake)
-    adapter.connection.http.quick_tries = 1
+async def test_a_burst_beyond_the_fakes_window_gets_429s(fake: FakeAmoCrm, amo: AmoCrm) -> None:
+    amo.connection.http.quick_tries = 1
     results = await asyncio.gather(
-        *(adapter.find_contacts(phone_key()) for _ in range(10)), return_exceptions=True
+        *(amo.find_contacts(phone_key()) for _ in range(10)), return_exceptions=True
     )
-    await adapter.connection.aclose()
     assert sum(isinstance(result, RateLimited) for result in results) == 3
     assert fake.throttled == 3
 

@@ -7,8 +7,8 @@ Megaplan's own shapes and quirks.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -16,33 +16,29 @@ from urllib.parse import unquote
 
 import pytest
 
-from bridge import checks
 from bridge.crm import megaplan_json as mj
 from bridge.crm.megaplan import Megaplan, build_megaplan
-from bridge.crmconfig import config_snippet
 from bridge.domain import (
     ContactPatch,
-    Customer,
     FieldKind,
     FieldUpdate,
     KeyKind,
     LookupKey,
-    NewContact,
     NewDeal,
-    Utm,
 )
 from bridge.errors import AuthError, PermanentCrmError
 from bridge.rules import contact_matches
-from bridge.settings import CrmConfig, FileConfig, Settings
+from bridge.settings import CrmConfig
 from bridge.tokens import TokenPair
+from tests.adapter_support import fake_and_adapter
+from tests.crm_cases import BY_NAME
 from tests.fakes.megaplan import DEAL_CATEGORY, HUMAN_CATEGORY, FakeMegaplan, example_config
 from tests.fakes.memory import MemoryTokens, adapter_on
 
 CONFIG = example_config().model_copy(update={"auth": "long_lived_token"})
-TG_ID, TG_USERNAME = f"{HUMAN_CATEGORY}TelegramId", f"{HUMAN_CATEGORY}TelegramUsername"
+TG_ID = f"{HUMAN_CATEGORY}TelegramId"
 TOTAL, COUNT = f"{DEAL_CATEGORY}TotalPaid", f"{DEAL_CATEGORY}PurchaseCount"
 PAID_AT = datetime(2025, 1, 20, 11, 49, 20, tzinfo=UTC)
-CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
 
 
 def make_adapter(fake: FakeMegaplan, *, config: CrmConfig = CONFIG, **kw: Any) -> Megaplan:
@@ -51,12 +47,7 @@ def make_adapter(fake: FakeMegaplan, *, config: CrmConfig = CONFIG, **kw: Any) -
     return adapter_on(build_megaplan, fake, config, static=static, **kw)
 
 
-def new_contact() -> NewContact:
-    telegram = (
-        FieldUpdate(TG_ID, FieldKind.TEXT, "123456789"),
-        FieldUpdate(TG_USERNAME, FieldKind.TEXT, "ivan"),
-    )
-    return NewContact(CUSTOMER, Utm(source="advcake", medium="cpa"), telegram)
+new_contact = BY_NAME["megaplan"].new_contact
 
 
 def new_deal() -> NewDeal:
@@ -71,16 +62,7 @@ def new_deal() -> NewDeal:
     return NewDeal("Оплата Русский - Иван Петров", Decimal("10000.50"), "1", "12", fields)
 
 
-@pytest.fixture
-def fake() -> FakeMegaplan:
-    return FakeMegaplan(rate_limit=1000)
-
-
-@pytest.fixture
-async def megaplan(fake: FakeMegaplan) -> AsyncIterator[Megaplan]:
-    adapter = make_adapter(fake)
-    yield adapter
-    await adapter.connection.aclose()
+fake, megaplan = fake_and_adapter(functools.partial(FakeMegaplan, rate_limit=1000), make_adapter)
 
 
 def test_get_parameters_travel_as_one_json_object() -> None:
@@ -150,12 +132,11 @@ async def test_an_update_never_moves_the_deal(fake: FakeMegaplan, megaplan: Mega
     assert fake.deal(deal)[COUNT] == 2 and fake.deal(deal)["state"]["id"] == "13"
 
 
-async def test_comments_round_trip_as_html(fake: FakeMegaplan, megaplan: Megaplan) -> None:
+async def test_a_comment_is_stored_as_html(fake: FakeMegaplan, megaplan: Megaplan) -> None:
     human = fake.add_human("Иван", phone="+79991234567")
     deal = str(fake.add_deal(human, program=1, state=13, updated_at=1000))
     await megaplan.add_note(deal, "Оплата <1500>\n  Payment ID: pay_1")
     assert fake.comments(deal) == ["Оплата &lt;1500&gt;<br>&nbsp;&nbsp;Payment ID: pay_1"]
-    assert await megaplan.deal_notes(deal) == ["Оплата <1500>\n  Payment ID: pay_1"]
 
 
 async def test_the_password_grants_pair_rotates_and_is_stored_before_use(
@@ -173,20 +154,3 @@ async def test_the_password_grants_pair_rotates_and_is_stored_before_use(
     with pytest.raises(AuthError, match="no authorization codes"):
         await adapter.connection.exchange_code("code")
     await adapter.connection.aclose()
-
-
-async def test_bridge_check_and_discover_read_the_account(fake: FakeMegaplan) -> None:
-    settings = Settings(
-        _env_file=None,
-        file=FileConfig(crm={"megaplan": CONFIG}),
-        megaplan_access_token=fake.issue_token(never=True),
-    )
-    transports = {"megaplan": fake.transport()}
-    findings = await checks.crm_findings("megaplan", settings, MemoryTokens(), transports)
-    assert [f.level for f in findings] == ["ok", "ok"], findings
-    assert "3 pipelines" in findings[0].text
-    adapter = make_adapter(fake)
-    snippet = config_snippet("megaplan", CONFIG, await adapter.schema())
-    await adapter.connection.aclose()
-    assert f'total_paid = "{TOTAL}"' in snippet
-    assert '"Русский" = "Русский"' in snippet

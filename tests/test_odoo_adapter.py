@@ -11,10 +11,8 @@ import pytest
 
 from bridge.crm.connection import Wiring
 from bridge.crm.odoo import Odoo, build_odoo
-from bridge.crmconfig import config_snippet, schema_problems
 from bridge.domain import (
     Contact,
-    Customer,
     FieldKind,
     FieldUpdate,
     NewContact,
@@ -24,10 +22,9 @@ from bridge.domain import (
 from bridge.errors import AuthError, ConfigError, TransientCrmError
 from bridge.rules import contact_matches
 from bridge.settings import CrmConfig, FileConfig, Settings
+from tests.crm_cases import BY_NAME, CUSTOMER
 from tests.fakes.memory import MemoryTokens, adapter_on
 from tests.fakes.odoo import FakeOdoo, example_config, example_odoo
-
-CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
 
 
 def make(
@@ -134,24 +131,6 @@ async def test_refusals_land_in_the_error_tree() -> None:
 
 
 @pytest.mark.parametrize("version", [18, 19])
-async def test_reads_are_retried_at_once_and_writes_are_not(version: int) -> None:
-    """Every call is a POST: a read (`search_read`) says it may be repeated, a write may
-    have been applied before its answer was lost and is left to the flow."""
-    fake = odoo(version)
-    adapter = make(fake)
-    await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)  # the session
-    before = fake.count()
-    fake.fail_next(1, 503)
-    fake.fail_next(1, kind="timeout")
-    assert await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches) is None
-    assert fake.count() - before == 3
-    fake.fail_after_apply(1, kind="timeout")
-    with pytest.raises(TransientCrmError, match="timeout"):
-        await adapter.create_contact(NewContact(CUSTOMER, Utm()))
-    assert fake.count() - before == 4 and len(fake.partners()) == 1
-
-
-@pytest.mark.parametrize("version", [18, 19])
 async def test_an_expired_key_pauses_and_a_new_one_resumes(version: int) -> None:
     fake = odoo(version)
     adapter = make(fake)
@@ -175,29 +154,6 @@ async def test_a_database_without_the_phone_mixin_still_finds_unformatted_number
     adapter = make(fake)
     found = await adapter.find_contact(CUSTOMER.lookup_keys()[1:2], contact_matches)
     assert found is not None and found.id == str(partner)
-
-
-async def test_schema_discover_and_check_agree_with_the_example() -> None:
-    fake = odoo(19)
-    adapter = make(fake)
-    schema = await adapter.schema()
-    config = example_config()
-    assert [(p.id, p.name) for p in schema.pipelines] == [
-        ("1", "Сайт"),
-        ("2", "Яндекс"),
-        ("3", "Партнёры"),
-    ]
-    assert dict(schema.pipelines[0].statuses) == {
-        "1": "New",
-        "2": "Автооплата",
-        "3": "In progress",
-        "4": "Won",
-        "lost": "Lost (archived with a reason)",  # the pseudo-stage of cancelled orders
-    }
-    assert schema_problems("odoo", config, schema) == []
-    snippet = config_snippet("odoo", config, schema)
-    assert 'subjects = "x_subject_ids"' in snippet and '"Математика" = 2' in snippet
-    assert '"ЕГЭ" = "ege"' in snippet
 
 
 async def test_exchange_code_is_refused() -> None:
@@ -236,12 +192,7 @@ async def test_a_second_section_reads_its_own_key() -> None:
 # ---- for the contract suite (tests/test_contract.py) ----------------------------------
 
 
-def new_contact() -> NewContact:
-    telegram = (
-        FieldUpdate("x_telegram_id", FieldKind.TEXT, "123456789"),
-        FieldUpdate("x_telegram_username", FieldKind.TEXT, "ivan"),
-    )
-    return NewContact(CUSTOMER, Utm(source="advcake", medium="cpa"), telegram)
+new_contact = BY_NAME["odoo"].new_contact
 
 
 def new_deal() -> NewDeal:

@@ -4,72 +4,49 @@ the daily allocation, sessions, schema for `bridge check` / `discover`, options.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime
+from datetime import date
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from bridge import checks, order_rules
+from bridge import order_rules
 from bridge.crm.salesforce import Salesforce, build_salesforce
-from bridge.crm.salesforce_json import MASTER_RECORD_TYPE, field_value
-from bridge.crmconfig import config_snippet, schema_problems
+from bridge.crm.salesforce_json import MASTER_RECORD_TYPE
+from bridge.crmconfig import schema_problems
 from bridge.domain import (
     Company,
     CompanyRecord,
     Contact,
-    Customer,
     DealChange,
     FieldKind,
     FieldUpdate,
     KeyKind,
     LookupKey,
-    NewContact,
     NewDeal,
     OrderItem,
-    Utm,
 )
-from bridge.errors import AuthError, ConfigError, PermanentCrmError, RateLimited
+from bridge.errors import AuthError, PermanentCrmError, RateLimited
 from bridge.rules import contact_matches
-from bridge.settings import CrmConfig, FileConfig, OrderStage, Settings, load_file_config
+from bridge.settings import CrmConfig
+from tests.adapter_support import example_section, fake_and_adapter
+from tests.clock import ManualClock
+from tests.crm_cases import BY_NAME, CUSTOMER
+from tests.fakes import salesforce_org as org
 from tests.fakes.memory import adapter_on
-from tests.fakes.salesforce import PARTNERS, SITE, YANDEX, FakeSalesforce
-from tests.fakes.salesforce_org import STANDARD_PRICEBOOK
+from tests.fakes.salesforce import SITE, FakeSalesforce
 from tests.fakes.server import serve_in_thread
-from tests.order_examples import uncommented_orders
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIG = (
-    load_file_config(ROOT / "etc" / "crm-salesforce.example.toml")
-    .crm["salesforce"]
-    .model_copy(update={"base_url": "https://example.my.salesforce.com", "enabled": True})
+CONFIG = example_section(
+    "crm-salesforce.example.toml",
+    "salesforce",
+    base_url="https://example.my.salesforce.com",
+    enabled=True,
 )
-CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
-NOW = 1_796_300_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class NoTokens:
-    async def load_tokens(self, crm: str) -> None:
-        return None
-
-    async def save_tokens(self, crm: str, pair: Any) -> None:
-        raise AssertionError("Salesforce stores no tokens")
-
-
-async def no_wait(seconds: float) -> None:
-    await asyncio.sleep(0)
+CASE = BY_NAME["salesforce"]
+new_deal, new_contact = CASE.new_deal, CASE.new_contact
 
 
 def make_adapter(fake: FakeSalesforce, *, config: CrmConfig = CONFIG, **env: Any) -> Salesforce:
@@ -78,37 +55,11 @@ def make_adapter(fake: FakeSalesforce, *, config: CrmConfig = CONFIG, **env: Any
     return adapter_on(build_salesforce, fake, config, static={}, **{**key, **env})
 
 
-@pytest.fixture
-def fake() -> FakeSalesforce:
-    return FakeSalesforce(clock=Clock())
-
-
-@pytest.fixture
-async def sf(fake: FakeSalesforce, tmp_path: Path) -> AsyncIterator[Salesforce]:
-    adapter = make_adapter(fake)
-    yield adapter
-    await adapter.connection.aclose()
+fake, sf = fake_and_adapter(lambda **org: FakeSalesforce(clock=ManualClock(), **org), make_adapter)
 
 
 def rest_calls(fake: FakeSalesforce) -> list[str]:
     return [f"{c.method} {c.path}" for c in fake.calls if c.path.startswith("/services/data/")]
-
-
-FIELDS = (
-    FieldUpdate("Subjects__c", FieldKind.MULTISELECT, ("Russian", "Math")),
-    FieldUpdate("Exam_Direction__c", FieldKind.SELECT, "OGE"),
-    FieldUpdate("Total_Paid__c", FieldKind.NUMBER, Decimal("10000")),
-    FieldUpdate("Payment_Id__c", FieldKind.TEXT, "pay_1"),
-)
-
-
-def new_contact() -> NewContact:
-    telegram = (FieldUpdate("Telegram_Id__c", FieldKind.TEXT, "123456789"),)
-    return NewContact(CUSTOMER, Utm(), telegram)
-
-
-def new_deal(pipeline: str = SITE, stage: str = "Autopay") -> NewDeal:
-    return NewDeal("Оплата Русский - Иван Петров", Decimal("10000"), pipeline, stage, FIELDS)
 
 
 async def test_one_lookup_request_for_every_key(fake: FakeSalesforce, sf: Salesforce) -> None:
@@ -152,14 +103,12 @@ async def test_a_deleted_deal_is_none(fake: FakeSalesforce, sf: Salesforce) -> N
     assert len(rest_calls(fake)) == 1
 
 
-async def test_many_open_deals_page_through(fake: FakeSalesforce, tmp_path: Path) -> None:
-    paged = FakeSalesforce(clock=Clock(), query_batch_size=3)
-    contact = paged.add_contact(LastName="Петров")
-    made = {paged.add_deal(contact) for _ in range(7)}
-    adapter = make_adapter(paged)
-    deals = await adapter.list_deals(Contact(id=contact))
-    await adapter.connection.aclose()
-    assert {d.id for d in deals} == made and len(rest_calls(paged)) == 3
+@pytest.mark.parametrize("fake", [{"query_batch_size": 3}], indirect=True)
+async def test_many_open_deals_page_through(fake: FakeSalesforce, sf: Salesforce) -> None:
+    contact = fake.add_contact(LastName="Петров")
+    made = {fake.add_deal(contact) for _ in range(7)}
+    deals = await sf.list_deals(Contact(id=contact))
+    assert {d.id for d in deals} == made and len(rest_calls(fake)) == 3
 
 
 async def test_a_spent_allocation_waits_and_health_shows_the_usage(
@@ -178,23 +127,9 @@ async def test_a_spent_allocation_waits_and_health_shows_the_usage(
     assert (health["api_version"], health["flow"]) == ("68.0", "jwt_bearer")
 
 
-async def test_schema_check_and_discover(
-    fake: FakeSalesforce, sf: Salesforce, tmp_path: Path
-) -> None:
+async def test_check_flags_the_settings_the_org_contradicts(sf: Salesforce) -> None:
+    # The example's schema checks clean and `discover` reads it: test_adapter_config.
     schema = await sf.schema()
-    assert {p.id for p in schema.pipelines} == {SITE, YANDEX, PARTNERS}
-    assert schema_problems("salesforce", CONFIG, schema) == []
-    snippet = config_snippet("salesforce", CONFIG, schema)
-    assert 'subjects = "Subjects__c"' in snippet and '"Русский" = "Russian"' in snippet
-    settings = Settings(
-        _env_file=None,
-        file=FileConfig(crm={"salesforce": CONFIG}),
-        salesforce_client_id=fake.consumer_key,
-        salesforce_private_key_file=fake.private_key_file,
-    )
-    transports = {"salesforce": fake.transport()}
-    findings = await checks.crm_findings("salesforce", settings, NoTokens(), transports, fake.clock)
-    assert [f.level for f in findings] == ["ok", "ok"], findings
     wrong = CONFIG.model_copy(
         update={
             "excluded_status_ids": ("Autopay",),
@@ -206,17 +141,15 @@ async def test_schema_check_and_discover(
     assert [p.key for p in schema_problems("salesforce", wrong, schema)] != []
 
 
-async def test_an_org_without_record_types(tmp_path: Path) -> None:
-    flat = FakeSalesforce(clock=Clock(), record_types=False)
-    adapter = make_adapter(flat)
-    schema = await adapter.schema()
+@pytest.mark.parametrize("fake", [{"record_types": False}], indirect=True)
+async def test_an_org_without_record_types(fake: FakeSalesforce, sf: Salesforce) -> None:
+    schema = await sf.schema()
     assert [p.id for p in schema.pipelines] == [MASTER_RECORD_TYPE]
-    contact = flat.add_contact(LastName="Петров")
-    deal = await adapter.create_deal(
-        Contact(id=contact), new_deal(MASTER_RECORD_TYPE, "Prospecting")
+    contact = fake.add_contact(LastName="Петров")
+    deal = await sf.create_deal(
+        Contact(id=contact), new_deal(pipeline_id=MASTER_RECORD_TYPE, status_id="Prospecting")
     )
-    read = await adapter.get_deal(deal.id)
-    await adapter.connection.aclose()
+    read = await sf.get_deal(deal.id)
     assert read is not None and read.pipeline_id == MASTER_RECORD_TYPE
 
 
@@ -225,32 +158,14 @@ async def test_there_is_no_code_to_exchange(sf: Salesforce) -> None:
         await sf.connection.exchange_code("abc")
 
 
-async def test_credentials_are_checked_without_a_call(fake: FakeSalesforce, tmp_path: Path) -> None:
+async def test_credentials_are_checked_without_a_call(fake: FakeSalesforce) -> None:
     adapter = make_adapter(fake, salesforce_client_id="")
     assert "SALESFORCE_CLIENT_ID" in (await adapter.connection.credentials_problem() or "")
     await adapter.connection.aclose()
     assert fake.calls == []
 
 
-@pytest.mark.parametrize(
-    ("options", "match"),
-    [
-        ({"flow": "password"}, "jwt_bearer"),
-        ({"api_version": "latest"}, "68.0"),
-        ({"login_url": "login.salesforce.com"}, "https://login"),
-        ({"api_stop_percent": 0}, "from 1 to 100"),
-        ({"session_timeout_seconds": "2h"}, "from 60"),
-        ({"search_rate": 1}, "not known to Salesforce"),
-    ],
-)
-def test_options_are_validated(
-    fake: FakeSalesforce, tmp_path: Path, options: dict[str, Any], match: str
-) -> None:
-    with pytest.raises(ConfigError, match=match):
-        make_adapter(fake, config=CONFIG.model_copy(update={"options": options}))
-
-
-async def test_the_fake_serves_over_a_real_socket(tmp_path: Path) -> None:
+async def test_the_fake_serves_over_a_real_socket() -> None:
     """What the process-level tests (SIGKILL, fan-out) use: the fake on a loopback port,
     which is both the org's My Domain and the login host the JWT names."""
     served = FakeSalesforce()
@@ -277,16 +192,8 @@ RENT = {  # the example's commented order settings: every status in the Site rec
     "archived": "Closed Won",
     "cancelled": "Closed Lost",
 }
-ORDER_FIELDS = {
-    "order_id": "Order_Id__c",
-    "order_status": "Order_Status__c",
-    "installation_date": "Installation_Date__c",
-    "dismantle_date": "Dismantle_Date__c",
-    "delivery_method": "Delivery_Method__c",
-    "delivery_address": "Delivery_Address__c",
-    "comment": "Order_Comment__c",
-    "company_inn": "INN__c",
-}
+# The fields the org has for orders, and where an account keeps its INN.
+ORDER_FIELDS = {**org.ORDER_FIELDS, "company_inn": org.ACCOUNT_INN}
 PRODUCTS = (  # the rental shop's catalog, in the standard price book
     ("chair-01", "Стул Венский", 350.0),
     ("table-07", "Стол банкетный", 6900.0),
@@ -301,7 +208,7 @@ def order_config(config: CrmConfig, *, pricebook: bool = True) -> CrmConfig:
         **config.model_dump(),
         "order_stages": stages,
         "order_fields": ORDER_FIELDS,
-        "order_catalog_id": STANDARD_PRICEBOOK if pricebook else None,
+        "order_catalog_id": org.STANDARD_PRICEBOOK if pricebook else None,
     }
     return CrmConfig.model_validate(raw)
 
@@ -439,47 +346,6 @@ async def test_a_company_name_with_quotes_and_wildcards_is_searched_safely(
         odd, lambda record, key: order_rules.company_matches(record, odd, key)
     )
     assert found is not None and found.id == made and fake.refusals == []
-
-
-def test_a_date_field_takes_a_day_not_a_moment() -> None:
-    moment = datetime(2026, 12, 1, tzinfo=UTC)
-    with pytest.raises(ValueError, match="not a day"):
-        field_value(FieldUpdate("Installation_Date__c", FieldKind.DATE, moment))
-    day = FieldUpdate("Installation_Date__c", FieldKind.DATE, date(2026, 12, 1))
-    assert field_value(day) == "2026-12-01"
-
-
-def test_the_examples_order_settings_are_the_ones_tested() -> None:
-    """Uncommented, the example's order settings are `order_config`'s."""
-    example = uncommented_orders(ROOT / "etc" / "crm-salesforce.example.toml").crm["salesforce"]
-    tested = order_config(CONFIG)
-    assert example.order_stages == tested.order_stages
-    assert example.order_fields == tested.order_fields
-    assert example.order_catalog_id == tested.order_catalog_id
-
-
-async def test_check_and_discover_cover_the_order_settings(
-    orders: tuple[FakeSalesforce, Salesforce],
-) -> None:
-    _, sf = orders
-    schema = await sf.schema()
-    config = order_config(CONFIG)
-    assert schema_problems("salesforce", config, schema) == []
-    snippet = config_snippet("salesforce", None, schema)  # matched by name alone
-    assert 'installation_date = "Installation_Date__c"' in snippet
-    assert 'order_id = "Order_Id__c"' in snippet and 'company_inn = "INN__c"' in snippet
-    stages = {**config.order_stages, "cancelled": OrderStage(pipeline_id=YANDEX, status_id="X")}
-    fields = config.order_fields.model_copy(
-        update={"installation_date": "Order_Comment__c", "company_inn": "Tax__c"}
-    )
-    wrong = config.model_copy(update={"order_stages": stages, "order_fields": fields})
-    assert [str(p) for p in schema_problems("salesforce", wrong, schema)] == [
-        f"crm.salesforce.order_stages.cancelled.status_id = X: no such status in pipeline {YANDEX}",
-        "crm.salesforce.order_fields.installation_date = Order_Comment__c:"
-        ' "Order Comment" is a textarea field; installation_date needs birthday or date'
-        " or date_time or zoho:date",
-        "crm.salesforce.order_fields.company_inn = Tax__c: no such company field",
-    ]
 
 
 async def test_an_amount_over_products_is_their_sum(

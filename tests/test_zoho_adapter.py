@@ -11,9 +11,10 @@ is what only Zoho does.
 from __future__ import annotations
 
 import asyncio
+import functools
 import tomllib
-from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, date, datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -27,55 +28,43 @@ from bridge import order_rules
 from bridge.crm.base import RateLimiter
 from bridge.crm.connection import OnCall, Wiring
 from bridge.crm.zoho import Zoho, build_zoho
-from bridge.crm.zoho_json import value_json
 from bridge.crmconfig import config_snippet, schema_problems
 from bridge.crypto import TokenCipher
 from bridge.domain import (
     Company,
     CompanyRecord,
     Contact,
-    Customer,
     DealChange,
     FieldKind,
     FieldUpdate,
     KeyKind,
     LookupKey,
-    NewContact,
     NewDeal,
-    Utm,
 )
-from bridge.errors import ConfigError, PermanentCrmError, RateLimited
+from bridge.errors import PermanentCrmError, RateLimited
 from bridge.rules import contact_matches
-from bridge.settings import CrmConfig, FileConfig, OrderStage, Settings, load_file_config
+from bridge.settings import CrmConfig, FileConfig, Settings
 from bridge.tokens import TokenPair
+from tests.adapter_support import ROOT, example_section, fake_and_adapter, paths
 from tests.cli_support import make_cli, write_config
-from tests.fakes.memory import MemoryTokens
+from tests.clock import ManualClock
+from tests.crm_cases import BY_NAME, CUSTOMER
+from tests.fakes import zoho_org as org
+from tests.fakes.memory import MemoryTokens, no_wait
 from tests.fakes.openapi_check import SentRequests
 from tests.fakes.zoho import FakeZoho
 from tests.fakes.zoho_openapi import ZohoOpenApi
-from tests.order_examples import uncommented_orders
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIG = (
-    load_file_config(ROOT / "etc" / "crm-zoho.example.toml")
-    .crm["zoho"]
-    .model_copy(update={"enabled": True})
-)
-PAID_AT = datetime(2025, 1, 20, 21, 49, 20, tzinfo=UTC)
-MSK = timezone(timedelta(hours=3))
-CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.com", "123456789", "ivan")
+CONFIG = example_section("crm-zoho.example.toml", "zoho", enabled=True)
+CASE = BY_NAME["zoho"]
+new_deal, new_contact, every_kind_of_field = CASE.new_deal, CASE.new_contact, CASE.every_kind
 SENT = SentRequests()
-EU_API = "https://www.zohoapis.eu"
 
 
 @pytest.fixture(autouse=True)
 def requests_conform_to_openapi() -> Iterator[None]:
     """After each test: every request sent was one Zoho's v8 OpenAPI files allow."""
     yield from SENT.checked(ZohoOpenApi.beside_shared)  # raises when ../shared lacks them
-
-
-async def no_wait(seconds: float) -> None:
-    await asyncio.sleep(0)
 
 
 def make_adapter(
@@ -117,53 +106,7 @@ def served_on(fake: FakeZoho, base_url: str) -> dict[str, Any]:
     return {"config": CONFIG.model_copy(update=update)}
 
 
-@pytest.fixture
-def fake() -> FakeZoho:
-    return FakeZoho(CONFIG)
-
-
-@pytest.fixture
-async def zoho(fake: FakeZoho) -> AsyncIterator[Zoho]:
-    adapter = make_adapter(fake)
-    yield adapter
-    await adapter.connection.aclose()
-
-
-def paths(fake: FakeZoho) -> list[str]:
-    return [f"{call.method} {call.path}" for call in fake.calls]
-
-
-def every_kind_of_field() -> tuple[FieldUpdate, ...]:
-    return (
-        FieldUpdate("Subjects", FieldKind.MULTISELECT, ("Русский", "Обществознание")),
-        FieldUpdate("Exam_Direction", FieldKind.SELECT, "ЕГЭ"),
-        FieldUpdate("Last_Payment_Amount", FieldKind.NUMBER, Decimal("10000.00")),
-        FieldUpdate("Last_Payment_At", FieldKind.DATETIME, PAID_AT.astimezone(MSK)),
-        FieldUpdate("Total_Paid", FieldKind.NUMBER, Decimal("11500.5")),
-        FieldUpdate("Purchase_Count", FieldKind.NUMBER, 3),
-        FieldUpdate("UTM_Source", FieldKind.TEXT, "advcake"),
-        FieldUpdate("Payment_ID", FieldKind.TEXT, "pay_1"),
-    )
-
-
-def new_deal(**changes: Any) -> NewDeal:
-    values: dict[str, Any] = {
-        "name": "Оплата Русский - Иван Петров",
-        "price": Decimal("10000"),
-        "pipeline_id": "Partners",
-        "status_id": "Автооплата",
-        "fields": every_kind_of_field(),
-    }
-    values.update(changes)
-    return NewDeal(**values)
-
-
-def new_contact() -> NewContact:
-    telegram = (
-        FieldUpdate("Telegram_ID", FieldKind.TEXT, "123456789"),
-        FieldUpdate("Telegram_Username", FieldKind.TEXT, "ivan"),
-    )
-    return NewContact(CUSTOMER, Utm(source="advcake"), telegram)
+fake, zoho = fake_and_adapter(functools.partial(FakeZoho, CONFIG), make_adapter)
 
 
 # ---- contacts ---------------------------------------------------------------------------
@@ -237,17 +180,6 @@ async def test_keys_keep_their_priority_among_the_hits(fake: FakeZoho, zoho: Zoh
     by_telegram = fake.add_contact("Телеграм", telegram_id="123456789")
     found = await zoho.find_contact(CUSTOMER.lookup_keys(), contact_matches)
     assert found is not None and found.id == by_telegram != by_email
-
-
-async def test_without_a_telegram_field_no_telegram_criterion(fake: FakeZoho) -> None:
-    config = CONFIG.model_copy(
-        update={"contact_fields": CONFIG.contact_fields.model_copy(update={"telegram_id": None})}
-    )
-    adapter = make_adapter(fake, config=config)
-    keys = (LookupKey(KeyKind.TELEGRAM_ID, "123456789"),)
-    assert await adapter.find_contact(keys, contact_matches) is None
-    assert fake.count() == 0
-    await adapter.connection.aclose()
 
 
 # ---- deals --------------------------------------------------------------------------------
@@ -336,19 +268,18 @@ async def test_the_pool_counts_what_zoho_counts(fake: FakeZoho, zoho: Zoho) -> N
 
 
 async def test_a_spent_pool_refuses_without_calling_until_credits_return(fake: FakeZoho) -> None:
-    now = [1_700_000_000.0]
-    fake.clock = lambda: now[0]
+    fake.clock = clock = ManualClock(1_700_000_000.0)
     config = CONFIG.model_copy(update={"options": {**CONFIG.options, "daily_credits": 2}})
     adapter = make_adapter(fake, config=config)
     await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)
-    now[0] += 3600
+    clock.advance(3600)
     await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)
     calls = fake.count()
     with pytest.raises(RateLimited) as raised:
         await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)
     assert fake.count() == calls
     assert raised.value.retry_after == pytest.approx(86400 - 3600)
-    now[0] += 86400 - 3600
+    clock.advance(86400 - 3600)
     await adapter.find_contact(CUSTOMER.lookup_keys(), contact_matches)
     await adapter.connection.aclose()
 
@@ -375,18 +306,6 @@ async def test_calls_stay_under_the_concurrency_limit(fake: FakeZoho) -> None:
 # ---- schema, options ---------------------------------------------------------------------------
 
 
-async def test_schema_lists_pipelines_stages_and_custom_fields(zoho: Zoho) -> None:
-    schema = await zoho.schema()
-    assert [p.id for p in schema.pipelines] == ["Site", "Partners", "Yandex"]
-    assert "Closed Won" in schema.pipelines[0].statuses
-    assert schema_problems("zoho", CONFIG, schema) == []
-    wrong = CONFIG.model_copy(
-        update={"deal_fields": CONFIG.deal_fields.model_copy(update={"direction": "Subjects"})}
-    )
-    problems = [str(p) for p in schema_problems("zoho", wrong, schema)]
-    assert any("deal_fields.direction = Subjects" in p for p in problems)
-
-
 async def test_check_compares_closed_stages_with_their_forecast_types(zoho: Zoho) -> None:
     schema = await zoho.schema()
     assert schema.closed_statuses == {"Closed Won", "Closed Lost"}
@@ -398,23 +317,6 @@ async def test_check_compares_closed_stages_with_their_forecast_types(zoho: Zoho
     snippet = config_snippet("zoho", CONFIG, schema)
     assert '#   closed_status_ids = ["Closed Lost", "Closed Won"]' in snippet
     assert '#     status Автооплата = "Автооплата"' in snippet
-
-
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        ({}, "data_centre"),
-        ({"data_centre": "mars"}, "data_centre"),
-        ({"data_centre": "eu", "daily_credits": 0}, "daily_credits"),
-        ({"data_centre": "eu", "concurrency": 2}, "concurrency"),
-        ({"data_centre": "eu", "nope": 1}, "unknown nope"),
-        ({"data_centre": "eu", "accounts_url": "accounts.zoho.eu"}, "accounts_url"),
-    ],
-)
-def test_options_are_validated(fake: FakeZoho, options: dict[str, Any], message: str) -> None:
-    config = CONFIG.model_copy(update={"options": options})
-    with pytest.raises(ConfigError, match=message):
-        make_adapter(fake, config=config)
 
 
 def test_every_data_centre_decides_both_hosts(fake: FakeZoho) -> None:
@@ -490,16 +392,8 @@ RENT = {  # the example's commented order settings: every status in the Site pip
     "archived": "Closed Won",
     "cancelled": "Closed Lost",
 }
-ORDER_FIELDS = {
-    "order_id": "Order_ID",
-    "order_status": "Order_Status",
-    "installation_date": "Installation_Date",
-    "dismantle_date": "Dismantle_Date",
-    "delivery_method": "Delivery_Method",
-    "delivery_address": "Delivery_Address",
-    "comment": "Order_Comment",
-    "company_inn": "INN",
-}
+# The fields the org has for orders, and where an account keeps its INN.
+ORDER_FIELDS = {**org.ORDER_FIELDS, "company_inn": org.ACCOUNT_INN}
 
 
 def order_config(config: CrmConfig) -> CrmConfig:
@@ -526,94 +420,56 @@ def company_rule(record: CompanyRecord, key: str) -> bool:
     return order_rules.company_matches(record, ROMASHKA, key)
 
 
+with_orders = pytest.mark.parametrize(
+    "zoho", [{"config": order_config(CONFIG)}], indirect=True, ids=["orders"]
+)
+
+
+@with_orders
 async def test_an_order_of_a_company_costs_one_credit_a_step_and_stays_in_the_openapi(
-    fake: FakeZoho,
+    fake: FakeZoho, zoho: Zoho
 ) -> None:
     """Each order step is one call (the conformance fixture checks every request against
     the v8 OpenAPI files): the COQL company search, the account, the contact and deal
     linked in the composite create, the link, the stage move with its fields; items none."""
-    adapter = make_adapter(fake, config=order_config(CONFIG))
-    try:
-        assert await adapter.find_company(ROMASHKA, company_rule) is None
-        company = await adapter.create_company(ROMASHKA)
-        assert fake.companies()[0]["INN"] == "7701234567"
-        assert fake.companies()[0]["Phone"] == "+74950001122"
-        new = NewDeal("Заказ ord_1042", Decimal("48500"), "Site", "Новый заказ", (), company.id)
-        contact, deal = await adapter.create_contact_and_deal(new_contact(), new)
-        await adapter.link_contact_to_company(contact.id, company.id)
-        change = DealChange(
-            pipeline_id="Site",
-            status_id="Забронирован",
-            price=Decimal("52000.50"),
-            fields=(FieldUpdate("Dismantle_Date", FieldKind.DATE, date(2026, 12, 5)),),
-        )
-        await adapter.change_deal(deal.id, change)
-        before = len(fake.calls)
-        await adapter.set_deal_items(deal.id, (), "RUB")
-        assert len(fake.calls) == before and adapter.keeps_items is False
-        assert paths(fake) == [
-            "POST /crm/v8/coql",
-            "POST /crm/v8/Accounts",
-            "POST /crm/v8/__composite_requests",
-            "PUT /crm/v8/Contacts/" + contact.id,
-            "PUT /crm/v8/Deals/" + deal.id,
-        ]
-        stored = fake.deal(deal.id)
-        assert stored["Account_Name"] == {"id": company.id}
-        assert fake.contact(contact.id)["Account_Name"] == {"id": company.id}
-        assert (stored["Stage"], stored["Amount"]) == ("Забронирован", 52000.5)
-        assert stored["Dismantle_Date"] == "2026-12-05"
-        found = await adapter.find_company(ROMASHKA, company_rule)
-        assert found == CompanyRecord(company.id, "ООО Ромашка", "7701234567")
-    finally:
-        await adapter.connection.aclose()
-
-
-async def test_a_company_name_with_quotes_is_searched_safely(fake: FakeZoho) -> None:
-    adapter = make_adapter(fake, config=order_config(CONFIG))
-    try:
-        quoted = Company("ООО 'Ромашка' 100%", inn="")
-        made = fake.add_company("ООО 'Ромашка' 100%")
-        found = await adapter.find_company(
-            quoted, lambda record, key: order_rules.company_matches(record, quoted, key)
-        )
-        assert found is not None and found.id == made
-    finally:
-        await adapter.connection.aclose()
-
-
-def test_a_date_field_takes_a_day_not_a_moment() -> None:
-    moment = datetime(2026, 12, 1, tzinfo=UTC)
-    with pytest.raises(ValueError, match="wrong type"):
-        value_json(FieldUpdate("Installation_Date", FieldKind.DATE, moment))
-    assert value_json(FieldUpdate("Installation_Date", FieldKind.DATE, date(2026, 12, 1))) == (
-        "2026-12-01"
+    assert await zoho.find_company(ROMASHKA, company_rule) is None
+    company = await zoho.create_company(ROMASHKA)
+    assert fake.companies()[0]["INN"] == "7701234567"
+    assert fake.companies()[0]["Phone"] == "+74950001122"
+    new = NewDeal("Заказ ord_1042", Decimal("48500"), "Site", "Новый заказ", (), company.id)
+    contact, deal = await zoho.create_contact_and_deal(new_contact(), new)
+    await zoho.link_contact_to_company(contact.id, company.id)
+    change = DealChange(
+        pipeline_id="Site",
+        status_id="Забронирован",
+        price=Decimal("52000.50"),
+        fields=(FieldUpdate("Dismantle_Date", FieldKind.DATE, date(2026, 12, 5)),),
     )
-
-
-def test_the_examples_order_settings_are_the_ones_tested() -> None:
-    """Uncommented, the example's order tables are `order_config`'s settings."""
-    example = uncommented_orders(ROOT / "etc" / "crm-zoho.example.toml")
-    assert example.crm["zoho"].order_stages == order_config(CONFIG).order_stages
-    assert example.crm["zoho"].order_fields == order_config(CONFIG).order_fields
-
-
-async def test_check_and_discover_cover_the_order_settings(fake: FakeZoho) -> None:
-    config = order_config(CONFIG)
-    adapter = make_adapter(fake, config=config)
-    try:
-        schema = await adapter.schema()
-    finally:
-        await adapter.connection.aclose()
-    assert schema_problems("zoho", config, schema) == []
-    snippet = config_snippet("zoho", None, schema)  # matched by name alone
-    assert 'dismantle_date = "Dismantle_Date"' in snippet
-    assert 'order_id = "Order_ID"' in snippet and 'company_inn = "INN"' in snippet
-    stages = {**config.order_stages, "new": OrderStage(pipeline_id="Rent", status_id="X")}
-    fields = config.order_fields.model_copy(update={"dismantle_date": "Order_Status"})
-    wrong = config.model_copy(update={"order_stages": stages, "order_fields": fields})
-    assert [str(p) for p in schema_problems("zoho", wrong, schema)] == [
-        "crm.zoho.order_stages.new.pipeline_id = Rent: no such pipeline",
-        'crm.zoho.order_fields.dismantle_date = Order_Status: "Order Status" is a text field;'
-        " dismantle_date needs birthday or date or date_time or zoho:date",
+    await zoho.change_deal(deal.id, change)
+    before = len(fake.calls)
+    await zoho.set_deal_items(deal.id, (), "RUB")
+    assert len(fake.calls) == before and zoho.keeps_items is False
+    assert paths(fake) == [
+        "POST /crm/v8/coql",
+        "POST /crm/v8/Accounts",
+        "POST /crm/v8/__composite_requests",
+        "PUT /crm/v8/Contacts/" + contact.id,
+        "PUT /crm/v8/Deals/" + deal.id,
     ]
+    stored = fake.deal(deal.id)
+    assert stored["Account_Name"] == {"id": company.id}
+    assert fake.contact(contact.id)["Account_Name"] == {"id": company.id}
+    assert (stored["Stage"], stored["Amount"]) == ("Забронирован", 52000.5)
+    assert stored["Dismantle_Date"] == "2026-12-05"
+    found = await zoho.find_company(ROMASHKA, company_rule)
+    assert found == CompanyRecord(company.id, "ООО Ромашка", "7701234567")
+
+
+@with_orders
+async def test_a_company_name_with_quotes_is_searched_safely(fake: FakeZoho, zoho: Zoho) -> None:
+    quoted = Company("ООО 'Ромашка' 100%", inn="")
+    made = fake.add_company("ООО 'Ромашка' 100%")
+    found = await zoho.find_company(
+        quoted, lambda record, key: order_rules.company_matches(record, quoted, key)
+    )
+    assert found is not None and found.id == made
