@@ -6,7 +6,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -47,19 +47,28 @@ Invoice ID: inv_pay_new
 Payment ID: pay_new"""
 
 
-def reference_file_config(**crm_changes: Any) -> FileConfig:
-    """The example config (the reference account), pointed at the fake."""
-    config = load_file_config(EXAMPLE_CONFIG)
-    # A short request timeout: a write whose answer was lost is looked for again only
-    # after it (it may still land), and tests should not wait 15 s for that.
-    changes = {
-        "base_url": AMO_URL,
-        "request_timeout_seconds": 1.0,
-        "late_write_seconds": 1.0,
-        **crm_changes,
-    }
-    amo = config.crm["amocrm"].model_copy(update=changes)
-    return config.model_copy(update={"crm": {"amocrm": amo}})
+def example_section(path: Path, name: str, **fixed: Any) -> Callable[..., FileConfig]:
+    """`file_config(**changes)`: the example section `name` of `path`, enabled, as the only
+    CRM, with `fixed` and `changes` on top. A short request timeout: a write whose answer
+    was lost is looked for again only after it (it may still land), and tests should not
+    wait 15 s for that."""
+
+    def file_config(**changes: Any) -> FileConfig:
+        config = load_file_config(path)
+        update = {
+            "enabled": True,
+            "request_timeout_seconds": 1.0,
+            "late_write_seconds": 1.0,
+            **fixed,
+            **changes,
+        }
+        return config.model_copy(update={"crm": {name: config.crm[name].model_copy(update=update)}})
+
+    return file_config
+
+
+# The example config (the reference account), pointed at the fake.
+reference_file_config = example_section(EXAMPLE_CONFIG, "amocrm", base_url=AMO_URL)
 
 
 def make_settings(tmp_path: Path, file: FileConfig | None = None, **overrides: Any) -> Settings:
@@ -180,9 +189,6 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> No
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.02)
-
-
-BridgeFactory = Callable[..., Awaitable[Any]]
 
 
 @pytest.fixture

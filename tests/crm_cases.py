@@ -26,8 +26,14 @@ from bridge.app import create_app
 from bridge.crm.odoo_json import note_text as odoo_note_text
 from bridge.crm.richtext import note_html, note_text
 from bridge.domain import Customer, FieldKind, FieldUpdate, NewContact, NewDeal, Utm
-from bridge.settings import CrmConfig, FileConfig, load_file_config
-from tests.conftest import EXPECTED_NOTE, Bridge, make_settings, reference_file_config
+from bridge.settings import CrmConfig, FileConfig
+from tests.conftest import (
+    EXPECTED_NOTE,
+    Bridge,
+    example_section,
+    make_settings,
+    reference_file_config,
+)
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.bitrix24 import EXAMPLE_CONFIG as BITRIX_EXAMPLE
 from tests.fakes.bitrix24 import FakeBitrix24
@@ -50,23 +56,22 @@ CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.co
 NOTE = "Оплата проведена\n\nКурсы:\n  Годовой <2к25> & стандарт (Русский)\nPayment ID: pay_1"
 
 
-def _example(path: Path, name: str, **fixed: Any) -> Callable[..., FileConfig]:
-    """The example section `name` of `path`, enabled, as the only CRM; `changes` on top.
-    A short request timeout: a write whose answer was lost is looked for again only after
-    it, and tests should not wait 15 s for that."""
+def _ids(listing: str, key: str = "id") -> Callable[[Fake], list[str]]:
+    """The ids of the records `fake.<listing>()` lists, as strings."""
+    return lambda fake: [str(record[key]) for record in getattr(fake, listing)()]
 
-    def file_config(**changes: Any) -> FileConfig:
-        config = load_file_config(path)
-        update = {
-            "enabled": True,
-            "request_timeout_seconds": 1.0,
-            "late_write_seconds": 1.0,
-            **fixed,
-            **changes,
-        }
-        return config.model_copy(update={"crm": {name: config.crm[name].model_copy(update=update)}})
 
-    return file_config
+def _placement(record: str, pipeline: str, status: str) -> Callable[[Fake, str], tuple[Any, Any]]:
+    """A deal's pipeline and status: two keys of `fake.<record>(deal_id)`."""
+
+    def placement(fake: Fake, deal_id: str) -> tuple[Any, Any]:
+        deal = getattr(fake, record)(deal_id)
+        return deal[pipeline], deal[status]
+
+    return placement
+
+
+_CONTACTS, _DEALS = _ids("contacts"), _ids("deals")  # what most fakes list, by "id"
 
 
 def _default_trouble(fake: Fake) -> Callable[[], None]:
@@ -89,6 +94,11 @@ def _bitrix_trouble(fake: FakeBitrix24) -> Callable[[], None]:
         assert fake.count(method="POST", status=429) >= 1  # some may meet the outage instead
 
     return check
+
+
+def _add_contact(fake: Fake, name: str, phone: str, username: str | None) -> object:
+    """A contact a manager typed, where the fake takes it as amoCRM's and Bitrix24's do."""
+    return fake.add_contact(name, phones=[phone], telegram_username=username)
 
 
 def _hubspot_new_customer(fake: FakeHubSpot, contact: str, deal: str) -> None:
@@ -194,7 +204,7 @@ def _odoo_value(value: Any) -> Any:
 def _odoo_section(name: str) -> Callable[..., FileConfig]:
     """The example's `[crm.odoo]` as `[crm.NAME]`, without the example's 2 calls a second
     (a hosted Odoo's pace; the fake is not one)."""
-    example = _example(ODOO_EXAMPLE, "odoo", rate_limit_per_second=1000)
+    example = example_section(ODOO_EXAMPLE, "odoo", rate_limit_per_second=1000)
 
     def file_config(**changes: Any) -> FileConfig:
         config = example(**changes)
@@ -220,7 +230,7 @@ def _odoo_case(name: str, version: int) -> CrmCase:
         _odoo_section(name),
         credentials,
         contacts=lambda fake: [str(p["id"]) for p in fake.partners() if not p.get("is_company")],
-        deals=lambda fake: [str(lead["id"]) for lead in fake.leads()],
+        deals=_ids("leads"),
         raw_deal_field=lambda fake, deal_id, field_id: _odoo_value(fake.lead(deal_id)[field_id]),
         notes=lambda fake, deal_id: [odoo_note_text(body) for body in fake.notes(deal_id)],
         add_contact=lambda fake, who, phone, username: fake.add_partner(
@@ -229,10 +239,7 @@ def _odoo_case(name: str, version: int) -> CrmCase:
         raw_contact_field=lambda fake, contact_id, field_id: _odoo_value(
             fake.partner(contact_id)[field_id]
         ),
-        placement=lambda fake, deal_id: (
-            fake.lead(deal_id)["team_id"],
-            fake.lead(deal_id)["stage_id"],
-        ),
+        placement=_placement("lead", "team_id", "stage_id"),
         # Teams (pipelines) 1 Сайт, 2 Яндекс; stages 2 Автооплата (excluded), 3 In
         # progress, 4 Won (is_won).
         add_deal=lambda fake, contact, where, at, fields: fake.add_lead(
@@ -300,10 +307,6 @@ class CrmCase:
     make_fake: Callable[[], Fake]
     file_config: Callable[..., FileConfig]  # the example section pointed at the fake
     credentials: Callable[[Fake], dict[str, Any]]  # settings that authorise the bridge
-    contacts: Callable[[Fake], list[str]]
-    deals: Callable[[Fake], list[str]]
-    raw_deal_field: Callable[[Fake, str, str], Any]  # fake, deal id, the CRM's field id
-    notes: Callable[[Fake, str], list[str]]  # texts, as a reader sees them
     close_deal: Callable[[Fake, str], None]  # a manager marks it won
     placement: Callable[[Fake, str], tuple[object, object]]  # a deal's pipeline and status
     # A deal a manager made: fake, contact id, where ("yandex_working", "closed" or the
@@ -313,7 +316,17 @@ class CrmCase:
     returning_calls: int
     # A contact a manager typed: name, phone as typed, Telegram username or None.
     add_contact: Callable[[Fake, str, str, str | None], object]
-    raw_contact_field: Callable[[Fake, str, str], Any]  # fake, contact id, field id
+    # ---- the fake's state in common terms; the defaults are the shapes most fakes share ----
+    contacts: Callable[[Fake], list[str]] = _CONTACTS
+    deals: Callable[[Fake], list[str]] = _DEALS
+    notes: Callable[[Fake, str], list[str]] = lambda fake, deal_id: fake.notes(deal_id)  # texts
+    # A deal's field and a contact's: fake, the record's id, the CRM's field id.
+    raw_deal_field: Callable[[Fake, str, str], Any] = lambda fake, deal_id, field_id: (
+        fake.deal_field(deal_id, field_id)
+    )
+    raw_contact_field: Callable[[Fake, str, str], Any] = lambda fake, contact_id, field_id: (
+        fake.contact_field(contact_id, field_id)
+    )
     trouble: Callable[[Fake], Callable[[], None]] = _default_trouble  # → its check
     api_path: str = "/"  # where the API is: calls elsewhere (a session minted) are not its
     # ---- the vendor's wire shapes, for the adapter contract (tests/test_contract.py) ----
@@ -439,20 +452,10 @@ CASES = [
         FakeAmoCrm,
         reference_file_config,
         lambda fake: {"amocrm_access_token": fake.issue_token(ttl=3600)},
-        contacts=lambda fake: [str(c["id"]) for c in fake.contacts()],
-        deals=lambda fake: [str(lead["id"]) for lead in fake.leads()],
+        deals=_ids("leads"),
         raw_deal_field=lambda fake, deal_id, field_id: fake.lead_field(deal_id, field_id),
-        notes=lambda fake, deal_id: fake.notes(deal_id),
-        add_contact=lambda fake, name, phone, username: fake.add_contact(
-            name, phones=[phone], telegram_username=username
-        ),
-        raw_contact_field=lambda fake, contact_id, field_id: fake.contact_field(
-            contact_id, field_id
-        ),
-        placement=lambda fake, deal_id: (
-            fake.lead(deal_id)["pipeline_id"],
-            fake.lead(deal_id)["status_id"],
-        ),
+        add_contact=_add_contact,
+        placement=_placement("lead", "pipeline_id", "status_id"),
         add_deal=lambda fake, contact, where, at, fields: fake.add_lead(
             contact,
             pipeline_id={"yandex_working": 10089806}.get(where, 4423755),
@@ -496,19 +499,12 @@ CASES = [
     CrmCase(
         "hubspot",
         FakeHubSpot,
-        _example(
+        example_section(
             ROOT / "etc" / "crm-hubspot.example.toml", "hubspot", base_url="https://api.hubapi.test"
         ),
         lambda fake: {"hubspot_access_token": fake.issue_token()},
-        contacts=lambda fake: [str(c["id"]) for c in fake.contacts()],
-        deals=lambda fake: [str(d["id"]) for d in fake.deals()],
-        raw_deal_field=lambda fake, deal_id, field_id: fake.deal_field(deal_id, field_id),
-        notes=lambda fake, deal_id: fake.notes(deal_id),
         add_contact=lambda fake, name, phone, username: fake.add_contact(
             firstname=name, phone=phone, **({"telegram_username": username} if username else {})
-        ),
-        raw_contact_field=lambda fake, contact_id, field_id: fake.contact_field(
-            contact_id, field_id
         ),
         placement=lambda fake, deal_id: (
             fake.deal_field(deal_id, "pipeline"),
@@ -567,26 +563,19 @@ CASES = [
     CrmCase(
         "pipedrive",
         FakePipedrive,
-        _example(
+        example_section(
             ROOT / "etc" / "crm-pipedrive.example.toml",
             "pipedrive",
             base_url="https://example.pipedrive.test",
         ),
         lambda fake: {"pipedrive_api_token": fake.issue_api_token()},
-        contacts=lambda fake: [str(p["id"]) for p in fake.persons()],
-        deals=lambda fake: [str(d["id"]) for d in fake.deals()],
-        raw_deal_field=lambda fake, deal_id, field_id: fake.deal_field(deal_id, field_id),
+        contacts=_ids("persons"),
         notes=lambda fake, deal_id: [note_text(html) for html in fake.notes(deal_id)],
         add_contact=lambda fake, name, phone, username: fake.add_person(
             name, phones=[phone], telegram_username=username
         ),
-        raw_contact_field=lambda fake, contact_id, field_id: fake.person_field(
-            contact_id, field_id
-        ),
-        placement=lambda fake, deal_id: (
-            fake.deal(deal_id)["pipeline_id"],
-            fake.deal(deal_id)["stage_id"],
-        ),
+        raw_contact_field=lambda fake, person_id, key: fake.person_field(person_id, key),
+        placement=_placement("deal", "pipeline_id", "stage_id"),
         add_deal=lambda fake, contact, where, at, fields: fake.add_deal(
             int(contact),
             pipeline_id={"yandex_working": 2}.get(where, 1),
@@ -630,22 +619,12 @@ CASES = [
     CrmCase(
         "bitrix24",
         FakeBitrix24,
-        _example(BITRIX_EXAMPLE, "bitrix24"),
+        example_section(BITRIX_EXAMPLE, "bitrix24"),
         lambda fake: {"bitrix24_webhook_url": fake.webhook_url()},
-        contacts=lambda fake: [str(c["ID"]) for c in fake.contacts()],
-        deals=lambda fake: [str(d["ID"]) for d in fake.deals()],
-        raw_deal_field=lambda fake, deal_id, field_id: fake.deal_field(deal_id, field_id),
-        notes=lambda fake, deal_id: fake.notes(deal_id),
-        add_contact=lambda fake, name, phone, username: fake.add_contact(
-            name, phones=[phone], telegram_username=username
-        ),
-        raw_contact_field=lambda fake, contact_id, field_id: fake.contact_field(
-            contact_id, field_id
-        ),
-        placement=lambda fake, deal_id: (
-            fake.deal(deal_id)["CATEGORY_ID"],
-            fake.deal(deal_id)["STAGE_ID"],
-        ),
+        contacts=_ids("contacts", "ID"),
+        deals=_ids("deals", "ID"),
+        add_contact=_add_contact,
+        placement=_placement("deal", "CATEGORY_ID", "STAGE_ID"),
         add_deal=lambda fake, contact, where, at, fields: fake.add_deal(
             int(contact),
             stage_id={"yandex_working": "C1:EXECUTING", "closed": "WON"}.get(where, "UC_AUTOPAY"),
@@ -686,28 +665,22 @@ CASES = [
     CrmCase(
         "salesforce",
         FakeSalesforce,
-        _example(SALESFORCE_EXAMPLE, "salesforce", base_url="https://example.my.salesforce.com"),
+        example_section(
+            SALESFORCE_EXAMPLE, "salesforce", base_url="https://example.my.salesforce.com"
+        ),
         # Sessions are minted (JWT bearer) from the consumer key and the key file.
         lambda fake: {
             "salesforce_client_id": fake.consumer_key,
             "salesforce_private_key_file": fake.private_key_file,
         },
-        contacts=lambda fake: [str(c["Id"]) for c in fake.contacts()],
-        deals=lambda fake: [str(d["Id"]) for d in fake.deals()],
-        raw_deal_field=lambda fake, deal_id, field_id: fake.deal_field(deal_id, field_id),
-        notes=lambda fake, deal_id: fake.notes(deal_id),
+        contacts=_ids("contacts", "Id"),
+        deals=_ids("deals", "Id"),
         add_contact=lambda fake, name, phone, username: fake.add_contact(
             LastName=name,
             Phone=phone,
             **({"Telegram_Username__c": username} if username else {}),
         ),
-        raw_contact_field=lambda fake, contact_id, field_id: fake.contact_field(
-            contact_id, field_id
-        ),
-        placement=lambda fake, deal_id: (
-            fake.deal(deal_id)["RecordTypeId"],
-            fake.deal(deal_id)["StageName"],
-        ),
+        placement=_placement("deal", "RecordTypeId", "StageName"),
         add_deal=lambda fake, contact, where, at, fields: fake.add_deal(
             contact,
             record_type={"yandex_working": YANDEX}.get(where, SITE),
@@ -759,20 +732,14 @@ CASES = [
     CrmCase(
         "zoho",
         FakeZoho,
-        _example(ROOT / "etc" / "crm-zoho.example.toml", "zoho"),
-        lambda fake: _zoho_credentials(fake),
-        contacts=lambda fake: [str(c["id"]) for c in fake.contacts()],
-        deals=lambda fake: [str(d["id"]) for d in fake.deals()],
+        example_section(ROOT / "etc" / "crm-zoho.example.toml", "zoho"),
+        _zoho_credentials,
         raw_deal_field=lambda fake, deal_id, field_id: fake.deal(deal_id).get(field_id),
-        notes=lambda fake, deal_id: fake.notes(deal_id),
         add_contact=lambda fake, name, phone, username: fake.add_contact(
             name, phone=phone, telegram_username=username
         ),
         raw_contact_field=lambda fake, contact_id, field_id: fake.contact(contact_id).get(field_id),
-        placement=lambda fake, deal_id: (
-            fake.deal(deal_id)["Pipeline"],
-            fake.deal(deal_id)["Stage"],
-        ),
+        placement=_placement("deal", "Pipeline", "Stage"),
         add_deal=lambda fake, contact, where, at, fields: fake.add_deal(
             contact,
             pipeline={"yandex_working": "Yandex"}.get(where, "Site"),
@@ -824,10 +791,11 @@ CASES = [
         lambda: FakeMegaplan(rate_limit=1000),
         # An application token (the OAuth pair's rotation is the contract suite's); not
         # the example's 3 calls a second, which is a real account's pace.
-        _example(MEGAPLAN_EXAMPLE, "megaplan", auth="long_lived_token", rate_limit_per_second=1000),
+        example_section(
+            MEGAPLAN_EXAMPLE, "megaplan", auth="long_lived_token", rate_limit_per_second=1000
+        ),
         lambda fake: {"megaplan_access_token": fake.issue_token(never=True)},
-        contacts=lambda fake: [str(h["id"]) for h in fake.humans()],
-        deals=lambda fake: [str(d["id"]) for d in fake.deals()],
+        contacts=_ids("humans"),
         raw_deal_field=lambda fake, deal_id, field_id: fake.field(fake.deal(deal_id), field_id),
         notes=lambda fake, deal_id: [note_text(html) for html in fake.comments(deal_id)],
         add_contact=lambda fake, name, phone, username: fake.add_human(
