@@ -6,7 +6,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -21,6 +21,7 @@ from bridge.app import create_app
 from bridge.settings import FileConfig, Settings, load_file_config
 from bridge.signing import hmac_signature
 from tests.fakes.amocrm import FakeAmoCrm
+from tests.fakes.openapi_check import SentRequests
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = ROOT / "etc" / "bridge.example.toml"
@@ -209,6 +210,29 @@ def run_bridge(tmp_path: Path, fake_amo: FakeAmoCrm) -> Callable[..., Any]:
             yield Bridge(client, settings, fake_amo)
 
     return factory
+
+
+# ---- a module's `case` fixture (a CrmCase, or an order or adapter case) puts these on it ----
+
+
+@pytest.fixture
+def fake(case: Any) -> Any:
+    """The stateful fake of the test's `case`."""
+    return case.make_fake()
+
+
+@pytest.fixture
+def run(tmp_path: Path, case: Any, fake: Any) -> Iterator[Callable[..., Any]]:
+    """`async with run(file=None, **settings_overrides) as bridge:` — the app with the
+    CrmCase's CRM only, authorised on its fake. Where the case has the vendor's published
+    OpenAPI files (`openapi`), every request the test sent is checked against them."""
+    from tests.crm_cases import running  # crm_cases imports this module
+
+    sent = SentRequests()
+    yield running(case, fake, tmp_path, sent.recording)
+    spec = case.openapi() if case.openapi is not None else None
+    if spec is not None:
+        assert sent.problems(spec) == []
 
 
 def crm_calls(bridge: Bridge, payment_id: str) -> int:

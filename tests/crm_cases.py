@@ -42,10 +42,13 @@ from tests.fakes.megaplan import DEAL_CATEGORY, HUMAN_CATEGORY, FakeMegaplan
 from tests.fakes.megaplan import EXAMPLE_CONFIG as MEGAPLAN_EXAMPLE
 from tests.fakes.odoo import EXAMPLE_CONFIG as ODOO_EXAMPLE
 from tests.fakes.odoo import FakeOdoo, example_odoo
+from tests.fakes.openapi_check import Spec
 from tests.fakes.pipedrive import FakePipedrive
+from tests.fakes.pipedrive_openapi import PipedriveOpenApi
 from tests.fakes.salesforce import EXAMPLE_CONFIG as SALESFORCE_EXAMPLE
 from tests.fakes.salesforce import PARTNERS, SITE, YANDEX, FakeSalesforce
 from tests.fakes.zoho import FakeZoho
+from tests.fakes.zoho_openapi import ZohoOpenApi
 
 ROOT = Path(__file__).resolve().parent.parent
 Fake = Any  # each CRM's fake; the case's functions know which
@@ -168,6 +171,15 @@ def _zoho_new_customer(fake: FakeZoho, contact: str, deal: str) -> None:
         "POST /crm/v8/Notes",
     ]
     assert fake.credits_used == 3
+
+
+def _zoho_returning(fake: FakeZoho, deal: str) -> None:
+    # The search with the contact's deals (one composite call), the update, the note.
+    assert [f"{c.method} {c.path}" for c in fake.calls if c.path.startswith("/crm/")] == [
+        "POST /crm/v8/__composite_requests",
+        f"PUT /crm/v8/Deals/{deal}",
+        "POST /crm/v8/Notes",
+    ]
 
 
 def _megaplan_new_customer(fake: FakeMegaplan, contact: str, deal: str) -> None:
@@ -363,6 +375,11 @@ class CrmCase:
     revoked_error: str = "401"  # what a refused long-lived secret's error says
     # A note as written, as the CRM gives it back (Odoo makes a blank line a paragraph).
     read_note: Callable[[str], str] = lambda text: text
+    # The vendor's published OpenAPI files (None: not checked out), which every request a
+    # scenario sends must keep; None where the vendor publishes none we use.
+    openapi: Callable[[], Spec | None] | None = None
+    # A returning customer's scenario: vendor checks on (fake, the open deal's id).
+    returning_wire: Callable[[Fake, str], None] = lambda fake, deal: None
     # Shared checks that do not apply to this CRM: check name → why (see `not_applicable`).
     skips: Mapping[str, str] = field(default_factory=dict)
 
@@ -615,6 +632,7 @@ CASES = [
         # Five searches (Telegram id, three forms of the phone, e-mail), person, deal, note.
         new_customer_calls=8,
         new_customer_wire=_pipedrive_new_customer,
+        openapi=PipedriveOpenApi.load,
     ),
     CrmCase(
         "bitrix24",
@@ -779,6 +797,8 @@ CASES = [
         },
         new_customer_calls=3,
         new_customer_wire=_zoho_new_customer,
+        returning_wire=_zoho_returning,
+        openapi=ZohoOpenApi.beside_shared,  # raises when ../shared lacks them
         deal_write="/crm/v8/__composite_requests",
         deal_write_skip=1,  # the lookup is a composite call too
         skips={

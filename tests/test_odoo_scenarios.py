@@ -6,29 +6,16 @@ both cases too."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from tests.conftest import crm_calls, payment_payload
-from tests.crm_cases import BY_NAME, CrmCase, Run, running
+from tests.crm_cases import BY_NAME, CrmCase, Run
 from tests.fakes.odoo import FakeOdoo
 
 
 @pytest.fixture(params=["odoo", "odoo-19"], ids=["jsonrpc-18", "json2-19"])
 def case(request: pytest.FixtureRequest) -> CrmCase:
     return BY_NAME[request.param]
-
-
-@pytest.fixture
-def fake(case: CrmCase) -> FakeOdoo:
-    made: FakeOdoo = case.make_fake()
-    return made
-
-
-@pytest.fixture
-def run(tmp_path: Path, case: CrmCase, fake: FakeOdoo) -> Run:
-    return running(case, fake, tmp_path)
 
 
 def session_calls(fake: FakeOdoo) -> int:

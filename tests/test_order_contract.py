@@ -10,6 +10,7 @@ fake is read back.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -29,7 +30,7 @@ from bridge.domain import (
 )
 from bridge.settings import CrmConfig
 from tests.order_probes import PROBES, Item, OrderProbe
-from tests.test_contract import ADAPTER_CASES, AdapterCase
+from tests.test_contract import ADAPTER_CASES, AdapterCase, warmed
 
 Fake = Any
 Adapter = Any
@@ -72,12 +73,7 @@ async def adapter(
 ) -> AsyncIterator[Adapter]:
     if probe.sent_problems is not None:
         probe.sent_problems()  # requests of earlier tests are theirs to judge
-    made = case.make_adapter(fake, config=config)
-    if case.minted:
-        await made.connection.source.current()
-    if case.warm_up is not None:
-        await case.warm_up(made)
-    fake.calls.clear()
+    made = await warmed(case, fake, case.make_adapter(fake, config=config))
     orders = order_adapter(made)
     assert orders is not None, f"{case.kind} has no order operations"
     yield orders
@@ -103,9 +99,7 @@ def stage_of(config: CrmConfig, status: OrderStatus) -> tuple[str, str]:
 
 
 async def new_deal(case: AdapterCase, adapter: Adapter, company_id: str | None = None) -> str:
-    new = case.new_deal()
-    if company_id is not None:
-        new = type(new)(**{**new.__dict__, "company_id": company_id})
+    new = replace(case.new_deal(), company_id=company_id)
     contact = await adapter.create_contact(case.new_contact())
     deal = await adapter.create_deal(contact, new)
     return str(deal.id)
@@ -167,8 +161,7 @@ async def test_a_contact_and_deal_created_together_are_both_linked_to_the_compan
     case: AdapterCase, fake: Fake, adapter: Adapter, probe: OrderProbe
 ) -> None:
     company = await adapter.create_company(WANTED)
-    new = case.new_deal()
-    new = type(new)(**{**new.__dict__, "company_id": company.id})
+    new = replace(case.new_deal(), company_id=company.id)
     contact, deal = await adapter.create_contact_and_deal(case.new_contact(), new)
     assert probe.deal_company(fake, str(deal.id)) == company.id
     assert probe.contact_companies(fake, contact.id) == {company.id}
@@ -221,7 +214,7 @@ async def test_a_deals_order_id_is_read_back_with_the_contacts_deals(
     new = case.new_deal()
     marked = (*new.fields, FieldUpdate(order_field, FieldKind.TEXT, "ord_7"))
     contact = await adapter.create_contact(case.new_contact())
-    await adapter.create_deal(contact, type(new)(**{**new.__dict__, "fields": marked}))
+    await adapter.create_deal(contact, replace(new, fields=marked))
     deals = await adapter.list_deals(contact)
     assert [deal.fields.get(order_field) for deal in deals] == ["ord_7"]
 

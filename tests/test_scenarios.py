@@ -8,28 +8,17 @@ statuses, refused requests) run once, in `test_payment_scenarios.py`.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import EXPECTED_NOTE, crm_calls, payment_payload
-from tests.crm_cases import CASES, CrmCase, Fake, Run, running
+from tests.crm_cases import CASES, CrmCase, Fake, Run
 
 
 @pytest.fixture(params=CASES, ids=str)
 def case(request: pytest.FixtureRequest) -> CrmCase:
     chosen: CrmCase = request.param
     return chosen
-
-
-@pytest.fixture
-def fake(case: CrmCase) -> Fake:
-    return case.make_fake()
-
-
-@pytest.fixture
-def run(tmp_path: Path, case: CrmCase, fake: Fake) -> Run:
-    return running(case, fake, tmp_path)
 
 
 async def test_new_customer_gets_contact_deal_fields_and_note(
@@ -266,3 +255,4 @@ async def test_a_returning_customers_open_deal_in_another_pipeline_is_updated(
         assert case.notes(fake, untouched) == []
     assert len(case.notes(fake, open_deal)) == 1
     assert case.api_calls(fake) == calls == case.returning_calls
+    case.returning_wire(fake, open_deal)
