@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -242,7 +241,3 @@ def crm_calls(bridge: Bridge, payment_id: str) -> int:
         (payment_id,),
     )
     return int(calls)
-
-
-def number(value: object) -> Decimal:
-    return Decimal(str(value))

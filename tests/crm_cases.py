@@ -875,6 +875,18 @@ CASES = [
 ]
 
 BY_NAME = {case.name: case for case in CASES}
+
+
+def secret_values(credentials: Mapping[str, Any]) -> list[str]:
+    """The secrets among `CrmCase.credentials`' settings (and its `crm_env`), as text."""
+    values = [*credentials.values(), *credentials.get("crm_env", {}).values()]
+    texts = [v.get_secret_value() if isinstance(v, SecretStr) else v for v in values]
+    texts = [text for text in texts if isinstance(text, str)]
+    # A webhook URL (Bitrix24's) holds its secret in its last path segment.
+    urls = [text.rstrip("/") for text in texts if text.startswith("https://")]
+    return texts + [url.rsplit("/", 1)[1] for url in urls]
+
+
 Run = Callable[..., Any]
 
 

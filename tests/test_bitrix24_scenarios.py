@@ -53,21 +53,3 @@ async def test_next_payment_after_an_autopay_deal_costs_three_requests(
     # lookup batch (with the open deals), deal add, comment: 3. While the store files
     # the autopay deal as the customer's known deal, reading it first costs one more.
     assert fake.count() - before == calls in (3, 4)
-
-
-async def test_a_field_bitrix_refuses_fails_the_payment_without_echoing_the_webhook(
-    run: Any, fake: FakeBitrix24
-) -> None:
-    webhook = fake.webhook_url()
-    fields = CASE.config.deal_fields
-    broken = CASE.file_config(
-        deal_fields=fields.model_copy(update={"payment_id": "UF_CRM_NO_SUCH"})
-    )
-    async with run(file=broken, bitrix24_webhook_url=webhook) as bridge:
-        response = await bridge.post_payment(payment_payload("pay_broken"))
-        [(error,)] = bridge.query("SELECT last_error FROM deliveries")
-    assert response.status_code == 202
-    assert response.json()["status"] == "failed"
-    assert "UF_CRM_NO_SUCH" in error
-    secret = webhook.rstrip("/").rsplit("/", 1)[1]
-    assert secret not in error and secret not in response.text

@@ -226,38 +226,21 @@ def _expected(items: tuple[OrderItem, ...]) -> list[Item]:
     return sorted((item.name, item.quantity, item.price) for item in items)
 
 
-async def test_items_are_replaced_not_appended(
-    case: AdapterCase, fake: Fake, adapter: Adapter, probe: OrderProbe
+LATER = (OrderItem("tent-02", "Шатёр 6×12", Decimal(1), Decimal("25000.00")),)
+
+
+# Items set again replace the deal's items, never append: a later list, the same list (a
+# retry after a lost answer) adding nothing, or none leaving the deal with none.
+@pytest.mark.parametrize("again", [LATER, ITEMS, ()], ids=["later", "same", "none"])
+async def test_items_set_again_replace_the_deals_items(
+    case: AdapterCase, fake: Fake, adapter: Adapter, probe: OrderProbe, again: tuple[OrderItem, ...]
 ) -> None:
     deal_id = await new_deal(case, adapter)
     await adapter.set_deal_items(deal_id, ITEMS, "RUB")
-    later = (OrderItem("tent-02", "Шатёр 6×12", Decimal(1), Decimal("25000.00")),)
-    await adapter.set_deal_items(deal_id, later, "RUB")
-    if probe.items is None:
-        assert adapter.keeps_items is False
-        return
-    assert adapter.keeps_items is True
-    assert sorted(probe.items(fake, deal_id)) == _expected(later)
-
-
-async def test_setting_the_same_items_again_adds_nothing(
-    case: AdapterCase, fake: Fake, adapter: Adapter, probe: OrderProbe
-) -> None:
-    deal_id = await new_deal(case, adapter)
-    await adapter.set_deal_items(deal_id, ITEMS, "RUB")
-    await adapter.set_deal_items(deal_id, ITEMS, "RUB")  # a retry after a lost answer
+    await adapter.set_deal_items(deal_id, again, "RUB")
+    assert adapter.keeps_items is (probe.items is not None)
     if probe.items is not None:
-        assert sorted(probe.items(fake, deal_id)) == _expected(ITEMS)
-
-
-async def test_no_items_leaves_the_deal_with_none(
-    case: AdapterCase, fake: Fake, adapter: Adapter, probe: OrderProbe
-) -> None:
-    deal_id = await new_deal(case, adapter)
-    await adapter.set_deal_items(deal_id, ITEMS, "RUB")
-    await adapter.set_deal_items(deal_id, (), "RUB")
-    if probe.items is not None:
-        assert probe.items(fake, deal_id) == []
+        assert sorted(probe.items(fake, deal_id)) == _expected(again)
 
 
 def test_every_crm_takes_orders() -> None:
