@@ -47,6 +47,7 @@ from tests.fakes.pipedrive import FakePipedrive
 from tests.fakes.pipedrive_openapi import PipedriveOpenApi
 from tests.fakes.salesforce import EXAMPLE_CONFIG as SALESFORCE_EXAMPLE
 from tests.fakes.salesforce import PARTNERS, SITE, YANDEX, FakeSalesforce
+from tests.fakes.service import Call
 from tests.fakes.zoho import FakeZoho
 from tests.fakes.zoho_openapi import ZohoOpenApi
 
@@ -102,6 +103,14 @@ def _bitrix_trouble(fake: FakeBitrix24) -> Callable[[], None]:
 def _add_contact(fake: Fake, name: str, phone: str, username: str | None) -> object:
     """A contact a manager typed, where the fake takes it as amoCRM's and Bitrix24's do."""
     return fake.add_contact(name, phones=[phone], telegram_username=username)
+
+
+def _amo_autopay_again(calls: list[Call]) -> None:
+    # The remembered deal is read once (still auto-payment), then the contact's deals.
+    assert [(call.method, call.path.split("/")[3]) for call in calls[:2]] == [
+        ("GET", "leads"),
+        ("GET", "contacts"),
+    ]
 
 
 def _hubspot_new_customer(fake: FakeHubSpot, contact: str, deal: str) -> None:
@@ -380,6 +389,8 @@ class CrmCase:
     openapi: Callable[[], Spec | None] | None = None
     # A returning customer's scenario: vendor checks on (fake, the open deal's id).
     returning_wire: Callable[[Fake, str], None] = lambda fake, deal: None
+    # A remembered deal still in auto-payment: vendor checks on the next payment's calls.
+    autopay_again_wire: Callable[[list[Call]], None] = lambda calls: None
     # Shared checks that do not apply to this CRM: check name → why (see `not_applicable`).
     skips: Mapping[str, str] = field(default_factory=dict)
 
@@ -512,6 +523,7 @@ CASES = [
         on_call=(("contacts.search", 204), ("leads.complex", 200)),
         new_customer={"subjects": [800001, 800003], "direction": 800101},
         new_customer_calls=5,
+        autopay_again_wire=_amo_autopay_again,
     ),
     CrmCase(
         "hubspot",

@@ -1,5 +1,7 @@
-"""Issue scenarios 1–8 through HTTP against the stateful fake Bitrix24 (webhook auth),
-with `etc/crm-bitrix24.example.toml` as the only CRM; and what each payment costs."""
+"""What only Bitrix24 does, through HTTP against its stateful fake (webhook auth) with
+`etc/crm-bitrix24.example.toml` as the only CRM: a customer found by Telegram id in the
+lookup batch that reads the open deals too. The shared scenarios (tests/test_scenarios.py)
+run Bitrix24 too."""
 
 from __future__ import annotations
 
@@ -36,20 +38,3 @@ async def test_returning_customer_found_by_telegram_costs_three_requests(
     assert CASE.contact_field(fake, contact_id, "telegram_username") == "typed_by_manager"
     # lookup batch (with the contact's open deals), deal update, comment
     assert fake.count() == calls == 3
-
-
-async def test_next_payment_after_an_autopay_deal_costs_three_requests(
-    run: Any, fake: FakeBitrix24
-) -> None:
-    # Reference config: the deal made by the first payment sits in an excluded stage,
-    # so the second one searches (Telegram id), finds no open deal and makes a new one.
-    async with run() as bridge:
-        await bridge.post_payment(payment_payload("pay_a1", costs=(1000,)))
-        before = fake.count()
-        response = await bridge.post_payment(payment_payload("pay_a2", costs=(700,)))
-        calls = crm_calls(bridge, "pay_a2")
-    assert response.json()["results"]["bitrix24"]["lead_created"] is True
-    assert len(fake.contacts()) == 1 and len(fake.deals()) == 2
-    # lookup batch (with the open deals), deal add, comment: 3. While the store files
-    # the autopay deal as the customer's known deal, reading it first costs one more.
-    assert fake.count() - before == calls in (3, 4)

@@ -179,20 +179,3 @@ async def test_remembered_autopay_deal_moved_on_by_a_manager_costs_three_calls(
     }
     assert len(fake_amo.calls) - before == 3
     assert AMO.deal_number(fake_amo, lead_id, "total_paid") == 1700
-
-
-async def test_remembered_deal_still_in_autopay_gets_a_new_deal(run_bridge, fake_amo) -> None:
-    async with run_bridge() as bridge:
-        await bridge.post_payment(payment_payload("pay_y1", costs=(1000,)))
-        before = len(fake_amo.calls)
-        response = await bridge.post_payment(payment_payload("pay_y2", costs=(700,)))
-    assert response.status_code == 200
-    assert response.json()["results"]["amocrm"]["lead_created"] is True
-    second = fake_amo.calls[before:]
-    # The remembered deal is read once (still auto-payment), then the contact's deals.
-    assert [(call.method, call.path.split("/")[3]) for call in second[:2]] == [
-        ("GET", "leads"),
-        ("GET", "contacts"),
-    ]
-    assert len(second) == 4
-    assert len(fake_amo.leads()) == 2

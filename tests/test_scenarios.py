@@ -157,6 +157,24 @@ async def test_a_known_customer_with_an_open_deal_costs_three_calls(
     assert len(case.notes(fake, deal)) == 2
 
 
+async def test_a_remembered_deal_still_in_autopay_gets_a_new_deal_in_four_calls(
+    run: Run, case: CrmCase, fake: Fake
+) -> None:
+    # Reference config: the deal made by the first payment sits in an excluded stage, so
+    # the second payment reads it (still auto-payment), then the contact's deals, and
+    # makes a deal of its own and its note.
+    async with run() as bridge:
+        await bridge.post_payment(payment_payload("pay_a1", costs=(1000,)))
+        before, received = case.api_calls(fake), len(fake.calls)
+        response = await bridge.post_payment(payment_payload("pay_a2", costs=(700,)))
+        calls = crm_calls(bridge, "pay_a2")
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][case.name]["lead_created"] is True
+    assert len(case.contacts(fake)) == 1 and len(case.deals(fake)) == 2
+    assert case.api_calls(fake) - before == calls == 4
+    case.autopay_again_wire(fake.calls[received:])
+
+
 async def test_a_known_deal_closed_since_gets_a_new_deal(
     run: Run, case: CrmCase, fake: Fake
 ) -> None:
