@@ -13,6 +13,7 @@ from tests.fakes.service import Abort, FakeRequest, FakeResponse
 
 CONTACTS = "/crm/objects/2026-09/contacts"
 CASE = BY_NAME["hubspot"]
+hubspot_file_config = CASE.file_config  # test_fanout's HubSpot section
 
 
 @pytest.fixture

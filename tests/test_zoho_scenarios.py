@@ -13,7 +13,6 @@ import pytest
 
 from tests.conftest import payment_payload
 from tests.crm_cases import BY_NAME, CrmCase
-from tests.fakes.zoho import FakeZoho
 
 CASE = BY_NAME["zoho"]
 
@@ -23,20 +22,14 @@ def case() -> CrmCase:
     return CASE
 
 
-def api_calls(fake: FakeZoho) -> list[str]:
-    return [f"{c.method} {c.path}" for c in fake.calls if not c.path.startswith("/oauth")]
-
-
 async def test_health_shows_the_credits_the_payments_spent(run, fake) -> None:
+    # The shared known-customer scenario's two payments (test_scenarios checks their calls
+    # and the deal): three credits each.
     gathering = CASE.file_config(excluded_status_ids=())
     async with run(file=gathering) as bridge:
         await bridge.post_payment(payment_payload("pay_k1", costs=(1000,)))
-        before = len(api_calls(fake))
         second = await bridge.post_payment(payment_payload("pay_k2", costs=(700,)))
         health = (await bridge.client.get("/webhook/health")).json()["crms"]["zoho"]
     assert second.status_code == 200
-    assert len(api_calls(fake)) - before == 3  # the deal, its update, the note
-    [deal] = fake.deals()
-    assert (deal["Total_Paid"], deal["Purchase_Count"]) == (1700, 2)
     assert health["credits_used_24h"] == fake.credits_used == 6
     assert health["credits_remaining"] == 50_000 - 6
