@@ -101,7 +101,8 @@ def _bitrix_trouble(fake: FakeBitrix24) -> Callable[[], None]:
 
 
 def _add_contact(fake: Fake, name: str, phone: str, username: str | None) -> object:
-    """A contact a manager typed, where the fake takes it as amoCRM's and Bitrix24's do."""
+    """`CrmCase.add_contact` for a fake whose `add_contact` takes a list of phones and a
+    username (amoCRM's, Bitrix24's)."""
     return fake.add_contact(name, phones=[phone], telegram_username=username)
 
 

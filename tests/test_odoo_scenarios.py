@@ -18,12 +18,6 @@ def case(request: pytest.FixtureRequest) -> CrmCase:
     return BY_NAME[request.param]
 
 
-def session_calls(fake: FakeOdoo) -> int:
-    """The once-per-process calls: the JSON-2 probe, authenticate on JSON-RPC, the
-    optional-field read."""
-    return 3 if fake.version < 19 else 2
-
-
 async def test_returning_customer_typed_by_a_manager_is_found(
     run: Run, case: CrmCase, fake: FakeOdoo
 ) -> None:
@@ -42,8 +36,9 @@ async def test_returning_customer_typed_by_a_manager_is_found(
     }
     assert fake.lead(lead)["x_payment_id"] == "pay_r"
     assert fake.lead(won)["x_payment_id"] is False
-    # lookup, fill the empty Telegram username, open deals, write, note
-    assert session_calls(fake) + 5 == calls
+    # A returning customer's calls (the session's, lookup, open deals, write, note), and
+    # the fill of the empty Telegram username.
+    assert case.returning_calls + 1 == calls
     assert fake.partner(partner)["x_telegram_username"] == "ivan_petrov"
 
 
