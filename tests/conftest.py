@@ -6,10 +6,9 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from bridge.app import create_app
 from bridge.settings import FileConfig, Settings, load_file_config
 from bridge.signing import hmac_signature
 from tests.fakes.amocrm import FakeAmoCrm
+from tests.fakes.openapi_check import SentRequests
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = ROOT / "etc" / "bridge.example.toml"
@@ -47,19 +47,28 @@ Invoice ID: inv_pay_new
 Payment ID: pay_new"""
 
 
-def reference_file_config(**crm_changes: Any) -> FileConfig:
-    """The example config (the reference account), pointed at the fake."""
-    config = load_file_config(EXAMPLE_CONFIG)
-    # A short request timeout: a write whose answer was lost is looked for again only
-    # after it (it may still land), and tests should not wait 15 s for that.
-    changes = {
-        "base_url": AMO_URL,
-        "request_timeout_seconds": 1.0,
-        "late_write_seconds": 1.0,
-        **crm_changes,
-    }
-    amo = config.crm["amocrm"].model_copy(update=changes)
-    return config.model_copy(update={"crm": {"amocrm": amo}})
+def example_section(path: Path, name: str, **fixed: Any) -> Callable[..., FileConfig]:
+    """`file_config(**changes)`: the example section `name` of `path`, enabled, as the only
+    CRM, with `fixed` and `changes` on top. A short request timeout: a write whose answer
+    was lost is looked for again only after it (it may still land), and tests should not
+    wait 15 s for that."""
+
+    def file_config(**changes: Any) -> FileConfig:
+        config = load_file_config(path)
+        update = {
+            "enabled": True,
+            "request_timeout_seconds": 1.0,
+            "late_write_seconds": 1.0,
+            **fixed,
+            **changes,
+        }
+        return config.model_copy(update={"crm": {name: config.crm[name].model_copy(update=update)}})
+
+    return file_config
+
+
+# The example config (the reference account), pointed at the fake.
+reference_file_config = example_section(EXAMPLE_CONFIG, "amocrm", base_url=AMO_URL)
 
 
 def make_settings(tmp_path: Path, file: FileConfig | None = None, **overrides: Any) -> Settings:
@@ -182,9 +191,6 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> No
         await asyncio.sleep(0.02)
 
 
-BridgeFactory = Callable[..., Awaitable[Any]]
-
-
 @pytest.fixture
 def fake_amo() -> FakeAmoCrm:
     return FakeAmoCrm()
@@ -205,6 +211,29 @@ def run_bridge(tmp_path: Path, fake_amo: FakeAmoCrm) -> Callable[..., Any]:
     return factory
 
 
+# ---- a module's `case` fixture (a CrmCase, or an order or adapter case) puts these on it ----
+
+
+@pytest.fixture
+def fake(case: Any) -> Any:
+    """The stateful fake of the test's `case`."""
+    return case.make_fake()
+
+
+@pytest.fixture
+def run(tmp_path: Path, case: Any, fake: Any) -> Iterator[Callable[..., Any]]:
+    """`async with run(file=None, **settings_overrides) as bridge:` — the app with the
+    CrmCase's CRM only, authorised on its fake. Where the case has the vendor's published
+    OpenAPI files (`openapi`), every request the test sent is checked against them."""
+    from tests.crm_cases import running  # crm_cases imports this module
+
+    sent = SentRequests()
+    yield running(case, fake, tmp_path, sent.recording)
+    spec = case.openapi() if case.openapi is not None else None
+    if spec is not None:
+        assert sent.problems(spec) == []
+
+
 def crm_calls(bridge: Bridge, payment_id: str) -> int:
     """The CRM calls the delivery of one payment made (as the audit row records them)."""
     [(calls,)] = bridge.query(
@@ -212,7 +241,3 @@ def crm_calls(bridge: Bridge, payment_id: str) -> int:
         (payment_id,),
     )
     return int(calls)
-
-
-def number(value: object) -> Decimal:
-    return Decimal(str(value))

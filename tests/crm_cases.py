@@ -26,8 +26,14 @@ from bridge.app import create_app
 from bridge.crm.odoo_json import note_text as odoo_note_text
 from bridge.crm.richtext import note_html, note_text
 from bridge.domain import Customer, FieldKind, FieldUpdate, NewContact, NewDeal, Utm
-from bridge.settings import CrmConfig, FileConfig, load_file_config
-from tests.conftest import EXPECTED_NOTE, Bridge, make_settings, reference_file_config
+from bridge.settings import CrmConfig, FileConfig
+from tests.conftest import (
+    EXPECTED_NOTE,
+    Bridge,
+    example_section,
+    make_settings,
+    reference_file_config,
+)
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.bitrix24 import EXAMPLE_CONFIG as BITRIX_EXAMPLE
 from tests.fakes.bitrix24 import FakeBitrix24
@@ -36,10 +42,14 @@ from tests.fakes.megaplan import DEAL_CATEGORY, HUMAN_CATEGORY, FakeMegaplan
 from tests.fakes.megaplan import EXAMPLE_CONFIG as MEGAPLAN_EXAMPLE
 from tests.fakes.odoo import EXAMPLE_CONFIG as ODOO_EXAMPLE
 from tests.fakes.odoo import FakeOdoo, example_odoo
+from tests.fakes.openapi_check import Spec
 from tests.fakes.pipedrive import FakePipedrive
+from tests.fakes.pipedrive_openapi import PipedriveOpenApi
 from tests.fakes.salesforce import EXAMPLE_CONFIG as SALESFORCE_EXAMPLE
 from tests.fakes.salesforce import PARTNERS, SITE, YANDEX, FakeSalesforce
+from tests.fakes.service import Call
 from tests.fakes.zoho import FakeZoho
+from tests.fakes.zoho_openapi import ZohoOpenApi
 
 ROOT = Path(__file__).resolve().parent.parent
 Fake = Any  # each CRM's fake; the case's functions know which
@@ -50,23 +60,22 @@ CUSTOMER = Customer("Иван", "Петров", "+79991234567", "ivan@example.co
 NOTE = "Оплата проведена\n\nКурсы:\n  Годовой <2к25> & стандарт (Русский)\nPayment ID: pay_1"
 
 
-def _example(path: Path, name: str, **fixed: Any) -> Callable[..., FileConfig]:
-    """The example section `name` of `path`, enabled, as the only CRM; `changes` on top.
-    A short request timeout: a write whose answer was lost is looked for again only after
-    it, and tests should not wait 15 s for that."""
+def _ids(listing: str, key: str = "id") -> Callable[[Fake], list[str]]:
+    """The ids of the records `fake.<listing>()` lists, as strings."""
+    return lambda fake: [str(record[key]) for record in getattr(fake, listing)()]
 
-    def file_config(**changes: Any) -> FileConfig:
-        config = load_file_config(path)
-        update = {
-            "enabled": True,
-            "request_timeout_seconds": 1.0,
-            "late_write_seconds": 1.0,
-            **fixed,
-            **changes,
-        }
-        return config.model_copy(update={"crm": {name: config.crm[name].model_copy(update=update)}})
 
-    return file_config
+def _placement(record: str, pipeline: str, status: str) -> Callable[[Fake, str], tuple[Any, Any]]:
+    """A deal's pipeline and status: two keys of `fake.<record>(deal_id)`."""
+
+    def placement(fake: Fake, deal_id: str) -> tuple[Any, Any]:
+        deal = getattr(fake, record)(deal_id)
+        return deal[pipeline], deal[status]
+
+    return placement
+
+
+_CONTACTS, _DEALS = _ids("contacts"), _ids("deals")  # what most fakes list, by "id"
 
 
 def _default_trouble(fake: Fake) -> Callable[[], None]:
@@ -89,6 +98,20 @@ def _bitrix_trouble(fake: FakeBitrix24) -> Callable[[], None]:
         assert fake.count(method="POST", status=429) >= 1  # some may meet the outage instead
 
     return check
+
+
+def _add_contact(fake: Fake, name: str, phone: str, username: str | None) -> object:
+    """`CrmCase.add_contact` for a fake whose `add_contact` takes a list of phones and a
+    username (amoCRM's, Bitrix24's)."""
+    return fake.add_contact(name, phones=[phone], telegram_username=username)
+
+
+def _amo_autopay_again(calls: list[Call]) -> None:
+    # The remembered deal is read once (still auto-payment), then the contact's deals.
+    assert [(call.method, call.path.split("/")[3]) for call in calls[:2]] == [
+        ("GET", "leads"),
+        ("GET", "contacts"),
+    ]
 
 
 def _hubspot_new_customer(fake: FakeHubSpot, contact: str, deal: str) -> None:
@@ -160,6 +183,15 @@ def _zoho_new_customer(fake: FakeZoho, contact: str, deal: str) -> None:
     assert fake.credits_used == 3
 
 
+def _zoho_returning(fake: FakeZoho, deal: str) -> None:
+    # The search with the contact's deals (one composite call), the update, the note.
+    assert [f"{c.method} {c.path}" for c in fake.calls if c.path.startswith("/crm/")] == [
+        "POST /crm/v8/__composite_requests",
+        f"PUT /crm/v8/Deals/{deal}",
+        "POST /crm/v8/Notes",
+    ]
+
+
 def _megaplan_new_customer(fake: FakeMegaplan, contact: str, deal: str) -> None:
     assert fake.deal(deal)["contractor"]["id"] == contact
     assert fake.human(contact)["contactInfo"][0]["value"] == "+79991234567"
@@ -194,7 +226,7 @@ def _odoo_value(value: Any) -> Any:
 def _odoo_section(name: str) -> Callable[..., FileConfig]:
     """The example's `[crm.odoo]` as `[crm.NAME]`, without the example's 2 calls a second
     (a hosted Odoo's pace; the fake is not one)."""
-    example = _example(ODOO_EXAMPLE, "odoo", rate_limit_per_second=1000)
+    example = example_section(ODOO_EXAMPLE, "odoo", rate_limit_per_second=1000)
 
     def file_config(**changes: Any) -> FileConfig:
         config = example(**changes)
@@ -220,7 +252,7 @@ def _odoo_case(name: str, version: int) -> CrmCase:
         _odoo_section(name),
         credentials,
         contacts=lambda fake: [str(p["id"]) for p in fake.partners() if not p.get("is_company")],
-        deals=lambda fake: [str(lead["id"]) for lead in fake.leads()],
+        deals=_ids("leads"),
         raw_deal_field=lambda fake, deal_id, field_id: _odoo_value(fake.lead(deal_id)[field_id]),
         notes=lambda fake, deal_id: [odoo_note_text(body) for body in fake.notes(deal_id)],
         add_contact=lambda fake, who, phone, username: fake.add_partner(
@@ -229,10 +261,7 @@ def _odoo_case(name: str, version: int) -> CrmCase:
         raw_contact_field=lambda fake, contact_id, field_id: _odoo_value(
             fake.partner(contact_id)[field_id]
         ),
-        placement=lambda fake, deal_id: (
-            fake.lead(deal_id)["team_id"],
-            fake.lead(deal_id)["stage_id"],
-        ),
+        placement=_placement("lead", "team_id", "stage_id"),
         # Teams (pipelines) 1 Сайт, 2 Яндекс; stages 2 Автооплата (excluded), 3 In
         # progress, 4 Won (is_won).
         add_deal=lambda fake, contact, where, at, fields: fake.add_lead(
@@ -300,10 +329,6 @@ class CrmCase:
     make_fake: Callable[[], Fake]
     file_config: Callable[..., FileConfig]  # the example section pointed at the fake
     credentials: Callable[[Fake], dict[str, Any]]  # settings that authorise the bridge
-    contacts: Callable[[Fake], list[str]]
-    deals: Callable[[Fake], list[str]]
-    raw_deal_field: Callable[[Fake, str, str], Any]  # fake, deal id, the CRM's field id
-    notes: Callable[[Fake, str], list[str]]  # texts, as a reader sees them
     close_deal: Callable[[Fake, str], None]  # a manager marks it won
     placement: Callable[[Fake, str], tuple[object, object]]  # a deal's pipeline and status
     # A deal a manager made: fake, contact id, where ("yandex_working", "closed" or the
@@ -313,7 +338,17 @@ class CrmCase:
     returning_calls: int
     # A contact a manager typed: name, phone as typed, Telegram username or None.
     add_contact: Callable[[Fake, str, str, str | None], object]
-    raw_contact_field: Callable[[Fake, str, str], Any]  # fake, contact id, field id
+    # ---- the fake's state in common terms; the defaults are the shapes most fakes share ----
+    contacts: Callable[[Fake], list[str]] = _CONTACTS
+    deals: Callable[[Fake], list[str]] = _DEALS
+    notes: Callable[[Fake, str], list[str]] = lambda fake, deal_id: fake.notes(deal_id)  # texts
+    # A deal's field and a contact's: fake, the record's id, the CRM's field id.
+    raw_deal_field: Callable[[Fake, str, str], Any] = lambda fake, deal_id, field_id: (
+        fake.deal_field(deal_id, field_id)
+    )
+    raw_contact_field: Callable[[Fake, str, str], Any] = lambda fake, contact_id, field_id: (
+        fake.contact_field(contact_id, field_id)
+    )
     trouble: Callable[[Fake], Callable[[], None]] = _default_trouble  # → its check
     api_path: str = "/"  # where the API is: calls elsewhere (a session minted) are not its
     # ---- the vendor's wire shapes, for the adapter contract (tests/test_contract.py) ----
@@ -350,6 +385,13 @@ class CrmCase:
     revoked_error: str = "401"  # what a refused long-lived secret's error says
     # A note as written, as the CRM gives it back (Odoo makes a blank line a paragraph).
     read_note: Callable[[str], str] = lambda text: text
+    # The vendor's published OpenAPI files (None: not checked out), which every request a
+    # scenario sends must keep; None where the vendor publishes none we use.
+    openapi: Callable[[], Spec | None] | None = None
+    # A returning customer's scenario: vendor checks on (fake, the open deal's id).
+    returning_wire: Callable[[Fake, str], None] = lambda fake, deal: None
+    # A remembered deal still in auto-payment: vendor checks on the next payment's calls.
+    autopay_again_wire: Callable[[list[Call]], None] = lambda calls: None
     # Shared checks that do not apply to this CRM: check name → why (see `not_applicable`).
     skips: Mapping[str, str] = field(default_factory=dict)
 
@@ -439,20 +481,10 @@ CASES = [
         FakeAmoCrm,
         reference_file_config,
         lambda fake: {"amocrm_access_token": fake.issue_token(ttl=3600)},
-        contacts=lambda fake: [str(c["id"]) for c in fake.contacts()],
-        deals=lambda fake: [str(lead["id"]) for lead in fake.leads()],
+        deals=_ids("leads"),
         raw_deal_field=lambda fake, deal_id, field_id: fake.lead_field(deal_id, field_id),
-        notes=lambda fake, deal_id: fake.notes(deal_id),
-        add_contact=lambda fake, name, phone, username: fake.add_contact(
-            name, phones=[phone], telegram_username=username
-        ),
-        raw_contact_field=lambda fake, contact_id, field_id: fake.contact_field(
-            contact_id, field_id
-        ),
-        placement=lambda fake, deal_id: (
-            fake.lead(deal_id)["pipeline_id"],
-            fake.lead(deal_id)["status_id"],
-        ),
+        add_contact=_add_contact,
+        placement=_placement("lead", "pipeline_id", "status_id"),
         add_deal=lambda fake, contact, where, at, fields: fake.add_lead(
             contact,
             pipeline_id={"yandex_working": 10089806}.get(where, 4423755),
@@ -492,23 +524,17 @@ CASES = [
         on_call=(("contacts.search", 204), ("leads.complex", 200)),
         new_customer={"subjects": [800001, 800003], "direction": 800101},
         new_customer_calls=5,
+        autopay_again_wire=_amo_autopay_again,
     ),
     CrmCase(
         "hubspot",
         FakeHubSpot,
-        _example(
+        example_section(
             ROOT / "etc" / "crm-hubspot.example.toml", "hubspot", base_url="https://api.hubapi.test"
         ),
         lambda fake: {"hubspot_access_token": fake.issue_token()},
-        contacts=lambda fake: [str(c["id"]) for c in fake.contacts()],
-        deals=lambda fake: [str(d["id"]) for d in fake.deals()],
-        raw_deal_field=lambda fake, deal_id, field_id: fake.deal_field(deal_id, field_id),
-        notes=lambda fake, deal_id: fake.notes(deal_id),
         add_contact=lambda fake, name, phone, username: fake.add_contact(
             firstname=name, phone=phone, **({"telegram_username": username} if username else {})
-        ),
-        raw_contact_field=lambda fake, contact_id, field_id: fake.contact_field(
-            contact_id, field_id
         ),
         placement=lambda fake, deal_id: (
             fake.deal_field(deal_id, "pipeline"),
@@ -567,26 +593,19 @@ CASES = [
     CrmCase(
         "pipedrive",
         FakePipedrive,
-        _example(
+        example_section(
             ROOT / "etc" / "crm-pipedrive.example.toml",
             "pipedrive",
             base_url="https://example.pipedrive.test",
         ),
         lambda fake: {"pipedrive_api_token": fake.issue_api_token()},
-        contacts=lambda fake: [str(p["id"]) for p in fake.persons()],
-        deals=lambda fake: [str(d["id"]) for d in fake.deals()],
-        raw_deal_field=lambda fake, deal_id, field_id: fake.deal_field(deal_id, field_id),
+        contacts=_ids("persons"),
         notes=lambda fake, deal_id: [note_text(html) for html in fake.notes(deal_id)],
         add_contact=lambda fake, name, phone, username: fake.add_person(
             name, phones=[phone], telegram_username=username
         ),
-        raw_contact_field=lambda fake, contact_id, field_id: fake.person_field(
-            contact_id, field_id
-        ),
-        placement=lambda fake, deal_id: (
-            fake.deal(deal_id)["pipeline_id"],
-            fake.deal(deal_id)["stage_id"],
-        ),
+        raw_contact_field=lambda fake, person_id, key: fake.person_field(person_id, key),
+        placement=_placement("deal", "pipeline_id", "stage_id"),
         add_deal=lambda fake, contact, where, at, fields: fake.add_deal(
             int(contact),
             pipeline_id={"yandex_working": 2}.get(where, 1),
@@ -626,26 +645,17 @@ CASES = [
         # Five searches (Telegram id, three forms of the phone, e-mail), person, deal, note.
         new_customer_calls=8,
         new_customer_wire=_pipedrive_new_customer,
+        openapi=PipedriveOpenApi.load,
     ),
     CrmCase(
         "bitrix24",
         FakeBitrix24,
-        _example(BITRIX_EXAMPLE, "bitrix24"),
+        example_section(BITRIX_EXAMPLE, "bitrix24"),
         lambda fake: {"bitrix24_webhook_url": fake.webhook_url()},
-        contacts=lambda fake: [str(c["ID"]) for c in fake.contacts()],
-        deals=lambda fake: [str(d["ID"]) for d in fake.deals()],
-        raw_deal_field=lambda fake, deal_id, field_id: fake.deal_field(deal_id, field_id),
-        notes=lambda fake, deal_id: fake.notes(deal_id),
-        add_contact=lambda fake, name, phone, username: fake.add_contact(
-            name, phones=[phone], telegram_username=username
-        ),
-        raw_contact_field=lambda fake, contact_id, field_id: fake.contact_field(
-            contact_id, field_id
-        ),
-        placement=lambda fake, deal_id: (
-            fake.deal(deal_id)["CATEGORY_ID"],
-            fake.deal(deal_id)["STAGE_ID"],
-        ),
+        contacts=_ids("contacts", "ID"),
+        deals=_ids("deals", "ID"),
+        add_contact=_add_contact,
+        placement=_placement("deal", "CATEGORY_ID", "STAGE_ID"),
         add_deal=lambda fake, contact, where, at, fields: fake.add_deal(
             int(contact),
             stage_id={"yandex_working": "C1:EXECUTING", "closed": "WON"}.get(where, "UC_AUTOPAY"),
@@ -686,28 +696,22 @@ CASES = [
     CrmCase(
         "salesforce",
         FakeSalesforce,
-        _example(SALESFORCE_EXAMPLE, "salesforce", base_url="https://example.my.salesforce.com"),
+        example_section(
+            SALESFORCE_EXAMPLE, "salesforce", base_url="https://example.my.salesforce.com"
+        ),
         # Sessions are minted (JWT bearer) from the consumer key and the key file.
         lambda fake: {
             "salesforce_client_id": fake.consumer_key,
             "salesforce_private_key_file": fake.private_key_file,
         },
-        contacts=lambda fake: [str(c["Id"]) for c in fake.contacts()],
-        deals=lambda fake: [str(d["Id"]) for d in fake.deals()],
-        raw_deal_field=lambda fake, deal_id, field_id: fake.deal_field(deal_id, field_id),
-        notes=lambda fake, deal_id: fake.notes(deal_id),
+        contacts=_ids("contacts", "Id"),
+        deals=_ids("deals", "Id"),
         add_contact=lambda fake, name, phone, username: fake.add_contact(
             LastName=name,
             Phone=phone,
             **({"Telegram_Username__c": username} if username else {}),
         ),
-        raw_contact_field=lambda fake, contact_id, field_id: fake.contact_field(
-            contact_id, field_id
-        ),
-        placement=lambda fake, deal_id: (
-            fake.deal(deal_id)["RecordTypeId"],
-            fake.deal(deal_id)["StageName"],
-        ),
+        placement=_placement("deal", "RecordTypeId", "StageName"),
         add_deal=lambda fake, contact, where, at, fields: fake.add_deal(
             contact,
             record_type={"yandex_working": YANDEX}.get(where, SITE),
@@ -759,20 +763,14 @@ CASES = [
     CrmCase(
         "zoho",
         FakeZoho,
-        _example(ROOT / "etc" / "crm-zoho.example.toml", "zoho"),
-        lambda fake: _zoho_credentials(fake),
-        contacts=lambda fake: [str(c["id"]) for c in fake.contacts()],
-        deals=lambda fake: [str(d["id"]) for d in fake.deals()],
+        example_section(ROOT / "etc" / "crm-zoho.example.toml", "zoho"),
+        _zoho_credentials,
         raw_deal_field=lambda fake, deal_id, field_id: fake.deal(deal_id).get(field_id),
-        notes=lambda fake, deal_id: fake.notes(deal_id),
         add_contact=lambda fake, name, phone, username: fake.add_contact(
             name, phone=phone, telegram_username=username
         ),
         raw_contact_field=lambda fake, contact_id, field_id: fake.contact(contact_id).get(field_id),
-        placement=lambda fake, deal_id: (
-            fake.deal(deal_id)["Pipeline"],
-            fake.deal(deal_id)["Stage"],
-        ),
+        placement=_placement("deal", "Pipeline", "Stage"),
         add_deal=lambda fake, contact, where, at, fields: fake.add_deal(
             contact,
             pipeline={"yandex_working": "Yandex"}.get(where, "Site"),
@@ -812,6 +810,8 @@ CASES = [
         },
         new_customer_calls=3,
         new_customer_wire=_zoho_new_customer,
+        returning_wire=_zoho_returning,
+        openapi=ZohoOpenApi.beside_shared,  # raises when ../shared lacks them
         deal_write="/crm/v8/__composite_requests",
         deal_write_skip=1,  # the lookup is a composite call too
         skips={
@@ -824,10 +824,11 @@ CASES = [
         lambda: FakeMegaplan(rate_limit=1000),
         # An application token (the OAuth pair's rotation is the contract suite's); not
         # the example's 3 calls a second, which is a real account's pace.
-        _example(MEGAPLAN_EXAMPLE, "megaplan", auth="long_lived_token", rate_limit_per_second=1000),
+        example_section(
+            MEGAPLAN_EXAMPLE, "megaplan", auth="long_lived_token", rate_limit_per_second=1000
+        ),
         lambda fake: {"megaplan_access_token": fake.issue_token(never=True)},
-        contacts=lambda fake: [str(h["id"]) for h in fake.humans()],
-        deals=lambda fake: [str(d["id"]) for d in fake.deals()],
+        contacts=_ids("humans"),
         raw_deal_field=lambda fake, deal_id, field_id: fake.field(fake.deal(deal_id), field_id),
         notes=lambda fake, deal_id: [note_text(html) for html in fake.comments(deal_id)],
         add_contact=lambda fake, name, phone, username: fake.add_human(
@@ -887,6 +888,18 @@ CASES = [
 ]
 
 BY_NAME = {case.name: case for case in CASES}
+
+
+def secret_values(credentials: Mapping[str, Any]) -> list[str]:
+    """The secrets among `CrmCase.credentials`' settings (and its `crm_env`), as text."""
+    values = [*credentials.values(), *credentials.get("crm_env", {}).values()]
+    texts = [v.get_secret_value() if isinstance(v, SecretStr) else v for v in values]
+    texts = [text for text in texts if isinstance(text, str)]
+    # A webhook URL (Bitrix24's) holds its secret in its last path segment.
+    urls = [text.rstrip("/") for text in texts if text.startswith("https://")]
+    return texts + [url.rsplit("/", 1)[1] for url in urls]
+
+
 Run = Callable[..., Any]
 
 

@@ -10,10 +10,11 @@ it is merged. The in-memory CRM (tests/fakes/memory.py) runs the whole app throu
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from litestar.testing import AsyncTestClient
 from bridge.app import create_app
 from bridge.settings import CrmConfig, FileConfig
 from tests.conftest import Bridge, make_settings, reference_file_config, signed
-from tests.crm_cases import CASES, CrmCase
+from tests.crm_cases import CASES, CrmCase, running
 from tests.fakes.memory import MemoryCrm
 from tests.order_probes import PROBES, OrderProbe
 from tests.order_support import with_orders
@@ -117,25 +118,15 @@ def _probe_for(case: CrmCase) -> OrderProbe | None:
 
 
 def _from_crm_case(case: CrmCase, probe: OrderProbe) -> OrderCase:
-    def file() -> FileConfig:
-        base = case.file_config()
+    def file(**changes: Any) -> FileConfig:
+        base = case.file_config(**changes)
         section = probe.order_config(base.crm[case.name])
         return base.model_copy(update={"crm": {case.name: section}})
-
-    def running(fake: Fake, tmp_path: Path) -> Run:
-        from tests.crm_cases import running as crm_running
-
-        run = crm_running(case, fake, tmp_path)
-
-        def with_orders_file(file_: FileConfig | None = None, **overrides: Any) -> Any:
-            return run(file_ or file(), **overrides)
-
-        return with_orders_file
 
     return OrderCase(
         name=case.name,
         make_fake=probe.make_fake or case.make_fake,
-        running=running,
+        running=functools.partial(running, replace(case, file_config=file)),
         config=lambda: file().crm[case.name],
         contacts=case.contacts,
         deals=case.deals,

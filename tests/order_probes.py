@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from bridge.settings import CrmConfig, OrderFieldIds, OrderStage
+from bridge.settings import CrmConfig, OrderFieldIds
 from tests import test_hubspot_adapter as hs
 from tests import test_pipedrive_adapter as pd
 from tests import test_salesforce_adapter as sf
 from tests import test_zoho_adapter as zo
 from tests.fakes.megaplan import COMPANY_CATEGORY, DEAL_CATEGORY
 from tests.fakes.pipedrive_openapi import PipedriveOpenApi
+from tests.order_support import order_settings
 
 Fake = Any
 Item = tuple[str, Decimal, Decimal]  # name, quantity, unit price
@@ -47,6 +48,15 @@ class OrderProbe:
     change_calls: int = 1
 
 
+# The deal fields an order writes (every order field but the company's INN).
+DEAL_ORDER_FIELDS = [name for name in OrderFieldIds.model_fields if name != "company_inn"]
+
+
+def _named(field_id: Callable[[str], str], **more: str) -> OrderFieldIds:
+    """Order fields whose ids follow from their names (`x_order_id`), and `more`."""
+    return OrderFieldIds(**{name: field_id(name) for name in DEAL_ORDER_FIELDS}, **more)
+
+
 def _amo_orders(config: CrmConfig) -> CrmConfig:
     """A rental pipeline 9100001 (new … in_progress its own statuses; archived won 142,
     cancelled lost 143, both in every pipeline), the order fields, an INN company field
@@ -54,25 +64,17 @@ def _amo_orders(config: CrmConfig) -> CrmConfig:
     rental = "9100001"
     stages = {"new": "9100011", "reserved": "9100012", "in_rent": "9100013"}
     stages |= {"in_progress": "9100014", "archived": "142", "cancelled": "143"}
-    return config.model_copy(
-        update={
-            "order_stages": {
-                status: OrderStage(pipeline_id=rental, status_id=status_id)
-                for status, status_id in stages.items()
-            },
-            "order_fields": OrderFieldIds(
-                order_id="700301",
-                order_status="700302",
-                installation_date="700303",
-                dismantle_date="700304",
-                delivery_method="700305",
-                delivery_address="700306",
-                comment="700307",
-                company_inn="700401",
-            ),
-            "order_catalog_id": "7001",
-        }
+    fields = OrderFieldIds(
+        order_id="700301",
+        order_status="700302",
+        installation_date="700303",
+        dismantle_date="700304",
+        delivery_method="700305",
+        delivery_address="700306",
+        comment="700307",
+        company_inn="700401",
     )
+    return order_settings(config, rental, stages, fields, order_catalog_id="7001")
 
 
 def _amo_fake() -> Any:
@@ -114,23 +116,16 @@ def _bitrix_orders(config: CrmConfig) -> CrmConfig:
     (C3:WON), cancelled lost (C3:LOSE); the INN lives in company requisites."""
     stages = {"new": "C3:NEW", "reserved": "C3:PREPARATION", "in_rent": "C3:EXECUTING"}
     stages |= {"in_progress": "C3:FINAL_INVOICE", "archived": "C3:WON", "cancelled": "C3:LOSE"}
-    return config.model_copy(
-        update={
-            "order_stages": {
-                status: OrderStage(pipeline_id="3", status_id=stage_id)
-                for status, stage_id in stages.items()
-            },
-            "order_fields": OrderFieldIds(
-                order_id="UF_CRM_ORDER_ID",
-                order_status="UF_CRM_ORDER_STATUS",
-                installation_date="UF_CRM_INSTALL_DATE",
-                dismantle_date="UF_CRM_DISMANTLE_DATE",
-                delivery_method="UF_CRM_DELIVERY",
-                delivery_address="UF_CRM_ADDRESS",
-                comment="UF_CRM_ORDER_COMMENT",
-            ),
-        }
+    fields = OrderFieldIds(
+        order_id="UF_CRM_ORDER_ID",
+        order_status="UF_CRM_ORDER_STATUS",
+        installation_date="UF_CRM_INSTALL_DATE",
+        dismantle_date="UF_CRM_DISMANTLE_DATE",
+        delivery_method="UF_CRM_DELIVERY",
+        delivery_address="UF_CRM_ADDRESS",
+        comment="UF_CRM_ORDER_COMMENT",
     )
+    return order_settings(config, "3", stages, fields)
 
 
 def _bitrix_fake() -> Any:
@@ -259,17 +254,7 @@ def odoo_orders(config: CrmConfig) -> CrmConfig:
     team = config.default_pipeline.pipeline_id
     stages = {"new": "1", "reserved": "1", "in_rent": "3", "in_progress": "3"}
     stages |= {"archived": "4", "cancelled": "lost"}
-    fields = OrderFieldIds(
-        order_id="x_order_id",
-        order_status="x_order_status",
-        installation_date="x_installation_date",
-        dismantle_date="x_dismantle_date",
-        delivery_method="x_delivery_method",
-        delivery_address="x_delivery_address",
-        comment="x_comment",
-    )
-    order_stages = {k: OrderStage(pipeline_id=team, status_id=v) for k, v in stages.items()}
-    return config.model_copy(update={"order_stages": order_stages, "order_fields": fields})
+    return order_settings(config, team, stages, _named(lambda name: f"x_{name}"))
 
 
 def _odoo_parent(fake: Fake, partner_id: Any) -> str | None:
@@ -316,18 +301,12 @@ def megaplan_orders(config: CrmConfig) -> CrmConfig:
     Отказ: negative) and the example account's order extra fields."""
     stages = {"new": "11", "reserved": "11", "in_rent": "13", "in_progress": "13"}
     stages |= {"archived": "14", "cancelled": "15"}
-    fields = OrderFieldIds(
-        order_id=f"{DEAL_CATEGORY}OrderId",
-        order_status=f"{DEAL_CATEGORY}OrderStatus",
-        installation_date=f"{DEAL_CATEGORY}InstallationDate",
-        dismantle_date=f"{DEAL_CATEGORY}DismantleDate",
-        delivery_method=f"{DEAL_CATEGORY}DeliveryMethod",
-        delivery_address=f"{DEAL_CATEGORY}DeliveryAddress",
-        comment=f"{DEAL_CATEGORY}Comment",
+    # order_id → {DEAL_CATEGORY}OrderId, …; the INN is a company extra field.
+    camel = _named(
+        lambda name: DEAL_CATEGORY + name.title().replace("_", ""),
         company_inn=f"{COMPANY_CATEGORY}Inn",
     )
-    order_stages = {k: OrderStage(pipeline_id="1", status_id=v) for k, v in stages.items()}
-    return config.model_copy(update={"order_stages": order_stages, "order_fields": fields})
+    return order_settings(config, "1", stages, camel)
 
 
 def _megaplan_items(fake: Fake, deal_id: str) -> list[Item]:

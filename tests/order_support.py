@@ -40,12 +40,18 @@ FIELDS = OrderFieldIds(
 )
 
 
+def order_settings(
+    config: CrmConfig, pipeline: str, stages: dict[str, str], fields: OrderFieldIds, **more: Any
+) -> CrmConfig:
+    """`config` with orders walking `stages` (order status → status id) of `pipeline`,
+    writing `fields`; `more` other settings."""
+    order_stages = {k: OrderStage(pipeline_id=pipeline, status_id=v) for k, v in stages.items()}
+    return config.model_copy(update={"order_stages": order_stages, "order_fields": fields, **more})
+
+
 def with_orders(config: CrmConfig) -> CrmConfig:
-    stages = {status: OrderStage(pipeline_id=PIPELINE, status_id=s) for status, s in STAGES.items()}
     closed = tuple(dict.fromkeys((*config.closed_status_ids, "142", "143")))
-    return config.model_copy(
-        update={"order_stages": stages, "order_fields": FIELDS, "closed_status_ids": closed}
-    )
+    return order_settings(config, PIPELINE, STAGES, FIELDS, closed_status_ids=closed)
 
 
 def order_body(

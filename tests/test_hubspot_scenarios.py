@@ -5,33 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from bridge.app import create_app
-from tests.conftest import Bridge, make_settings, payment_payload
-from tests.crm_cases import BY_NAME, Run, running
+from tests.conftest import payment_payload
+from tests.crm_cases import BY_NAME, CrmCase, running
 from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.service import Abort, FakeRequest, FakeResponse
 
 CONTACTS = "/crm/objects/2026-09/contacts"
 CASE = BY_NAME["hubspot"]
-hubspot_file_config = CASE.file_config
+hubspot_file_config = CASE.file_config  # test_fanout's HubSpot section
 
 
 @pytest.fixture
-def fake_hub() -> FakeHubSpot:
-    return FakeHubSpot()
-
-
-@pytest.fixture
-def run_hub(tmp_path: Path, fake_hub: FakeHubSpot) -> Run:
-    return running(CASE, fake_hub, tmp_path)
-
-
-# ---- 1. a new customer --------------------------------------------------------------
-
-
-# ---- 2. a returning customer --------------------------------------------------------
+def case() -> CrmCase:
+    return CASE
 
 
 async def test_a_contact_not_yet_in_the_search_index_is_not_duplicated(
@@ -48,12 +35,7 @@ async def test_a_contact_not_yet_in_the_search_index_is_not_duplicated(
             raise Abort("timeout")
 
     lagging.on_applied = lose_the_first_create
-    settings = make_settings(
-        tmp_path, hubspot_file_config(), hubspot_access_token=lagging.issue_token()
-    )
-    app = create_app(settings, transports={"hubspot": lagging.transport()})
-    async with AsyncTestClient(app=app) as client:
-        bridge = Bridge(client, settings, lagging)  # type: ignore[arg-type]
+    async with running(CASE, lagging, tmp_path)() as bridge:
         await bridge.post_payment(payment_payload("pay_lag"))
         await bridge.settle()
         [(status,)] = bridge.query("SELECT status FROM payment_events")
@@ -66,16 +48,13 @@ async def test_a_contact_not_yet_in_the_search_index_is_not_duplicated(
     assert len(lagging.notes(deal["id"])) == 1
 
 
-# ---- 7. HubSpot in trouble ----------------------------------------------------------
-
-
-async def test_a_burst_stays_under_hubspots_limits(run_hub, fake_hub) -> None:
-    async with run_hub(wait_seconds=0) as bridge:
+async def test_a_burst_stays_under_hubspots_limits(run, fake) -> None:
+    async with run(wait_seconds=0) as bridge:
         for n in range(6):
             response = await bridge.post_payment(
                 payment_payload(f"pay_b{n}", phone=f"8999000003{n}", telegram_id=None, email=None)
             )
             assert response.status_code == 202
         await bridge.settle(timeout=30)
-    assert len(fake_hub.deals()) == 6
-    assert fake_hub.throttled == 0  # the adapter's own limiters kept both windows
+    assert len(fake.deals()) == 6
+    assert fake.throttled == 0  # the adapter's own limiters kept both windows

@@ -10,6 +10,7 @@ fake is read back.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -29,7 +30,7 @@ from bridge.domain import (
 )
 from bridge.settings import CrmConfig
 from tests.order_probes import PROBES, Item, OrderProbe
-from tests.test_contract import ADAPTER_CASES, AdapterCase
+from tests.test_contract import ADAPTER_CASES, AdapterCase, warmed
 
 Fake = Any
 Adapter = Any
@@ -72,12 +73,7 @@ async def adapter(
 ) -> AsyncIterator[Adapter]:
     if probe.sent_problems is not None:
         probe.sent_problems()  # requests of earlier tests are theirs to judge
-    made = case.make_adapter(fake, config=config)
-    if case.minted:
-        await made.connection.source.current()
-    if case.warm_up is not None:
-        await case.warm_up(made)
-    fake.calls.clear()
+    made = await warmed(case, fake, case.make_adapter(fake, config=config))
     orders = order_adapter(made)
     assert orders is not None, f"{case.kind} has no order operations"
     yield orders
@@ -103,9 +99,7 @@ def stage_of(config: CrmConfig, status: OrderStatus) -> tuple[str, str]:
 
 
 async def new_deal(case: AdapterCase, adapter: Adapter, company_id: str | None = None) -> str:
-    new = case.new_deal()
-    if company_id is not None:
-        new = type(new)(**{**new.__dict__, "company_id": company_id})
+    new = replace(case.new_deal(), company_id=company_id)
     contact = await adapter.create_contact(case.new_contact())
     deal = await adapter.create_deal(contact, new)
     return str(deal.id)
@@ -167,8 +161,7 @@ async def test_a_contact_and_deal_created_together_are_both_linked_to_the_compan
     case: AdapterCase, fake: Fake, adapter: Adapter, probe: OrderProbe
 ) -> None:
     company = await adapter.create_company(WANTED)
-    new = case.new_deal()
-    new = type(new)(**{**new.__dict__, "company_id": company.id})
+    new = replace(case.new_deal(), company_id=company.id)
     contact, deal = await adapter.create_contact_and_deal(case.new_contact(), new)
     assert probe.deal_company(fake, str(deal.id)) == company.id
     assert probe.contact_companies(fake, contact.id) == {company.id}
@@ -221,7 +214,7 @@ async def test_a_deals_order_id_is_read_back_with_the_contacts_deals(
     new = case.new_deal()
     marked = (*new.fields, FieldUpdate(order_field, FieldKind.TEXT, "ord_7"))
     contact = await adapter.create_contact(case.new_contact())
-    await adapter.create_deal(contact, type(new)(**{**new.__dict__, "fields": marked}))
+    await adapter.create_deal(contact, replace(new, fields=marked))
     deals = await adapter.list_deals(contact)
     assert [deal.fields.get(order_field) for deal in deals] == ["ord_7"]
 
@@ -233,38 +226,21 @@ def _expected(items: tuple[OrderItem, ...]) -> list[Item]:
     return sorted((item.name, item.quantity, item.price) for item in items)
 
 
-async def test_items_are_replaced_not_appended(
-    case: AdapterCase, fake: Fake, adapter: Adapter, probe: OrderProbe
+LATER = (OrderItem("tent-02", "Шатёр 6×12", Decimal(1), Decimal("25000.00")),)
+
+
+# Items set again replace the deal's items, never append: a later list, the same list (a
+# retry after a lost answer) adding nothing, or none leaving the deal with none.
+@pytest.mark.parametrize("again", [LATER, ITEMS, ()], ids=["later", "same", "none"])
+async def test_items_set_again_replace_the_deals_items(
+    case: AdapterCase, fake: Fake, adapter: Adapter, probe: OrderProbe, again: tuple[OrderItem, ...]
 ) -> None:
     deal_id = await new_deal(case, adapter)
     await adapter.set_deal_items(deal_id, ITEMS, "RUB")
-    later = (OrderItem("tent-02", "Шатёр 6×12", Decimal(1), Decimal("25000.00")),)
-    await adapter.set_deal_items(deal_id, later, "RUB")
-    if probe.items is None:
-        assert adapter.keeps_items is False
-        return
-    assert adapter.keeps_items is True
-    assert sorted(probe.items(fake, deal_id)) == _expected(later)
-
-
-async def test_setting_the_same_items_again_adds_nothing(
-    case: AdapterCase, fake: Fake, adapter: Adapter, probe: OrderProbe
-) -> None:
-    deal_id = await new_deal(case, adapter)
-    await adapter.set_deal_items(deal_id, ITEMS, "RUB")
-    await adapter.set_deal_items(deal_id, ITEMS, "RUB")  # a retry after a lost answer
+    await adapter.set_deal_items(deal_id, again, "RUB")
+    assert adapter.keeps_items is (probe.items is not None)
     if probe.items is not None:
-        assert sorted(probe.items(fake, deal_id)) == _expected(ITEMS)
-
-
-async def test_no_items_leaves_the_deal_with_none(
-    case: AdapterCase, fake: Fake, adapter: Adapter, probe: OrderProbe
-) -> None:
-    deal_id = await new_deal(case, adapter)
-    await adapter.set_deal_items(deal_id, ITEMS, "RUB")
-    await adapter.set_deal_items(deal_id, (), "RUB")
-    if probe.items is not None:
-        assert probe.items(fake, deal_id) == []
+        assert sorted(probe.items(fake, deal_id)) == _expected(again)
 
 
 def test_every_crm_takes_orders() -> None:

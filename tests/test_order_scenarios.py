@@ -31,11 +31,6 @@ def case(request: pytest.FixtureRequest) -> OrderCase:
 
 
 @pytest.fixture
-def fake(case: OrderCase) -> Fake:
-    return case.make_fake()
-
-
-@pytest.fixture
 def run(tmp_path: Path, case: OrderCase, fake: Fake) -> Run:
     return case.running(fake, tmp_path)
 

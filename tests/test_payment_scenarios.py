@@ -4,27 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from decimal import Decimal
-from typing import Any
 
 from tests.conftest import SECRET, payment_payload, reference_file_config, signed
+from tests.crm_cases import BY_NAME
 
-DEAL = {  # field ids of etc/bridge.example.toml
-    "subjects": "700201",
-    "direction": "700202",
-    "last_amount": "700203",
-    "last_at": "700204",
-    "payment_id": "700205",
-    "invoice_id": "700206",
-    "total": "700207",
-    "count": "700208",
-    "utm_source": "700209",
-}
+AMO = BY_NAME["amocrm"]
 SITE_WORKING = 63242023
-
-
-def number(value: Any) -> Decimal:
-    return Decimal(str(value))
 
 
 async def test_repeat_after_success_is_409_and_crm_untouched(run_bridge, fake_amo) -> None:
@@ -175,7 +160,7 @@ async def test_known_lead_moved_to_another_contact_is_not_used(run_bridge, fake_
     assert response.status_code == 200
     body = response.json()["results"]["amocrm"]
     assert body["lead_created"] is True
-    assert number(fake_amo.lead_field(body["lead_id"], DEAL["count"])) == 1
+    assert AMO.deal_number(fake_amo, body["lead_id"], "purchase_count") == 1
 
 
 async def test_remembered_autopay_deal_moved_on_by_a_manager_costs_three_calls(
@@ -193,21 +178,4 @@ async def test_remembered_autopay_deal_moved_on_by_a_manager_costs_three_calls(
         "lead_created": False,
     }
     assert len(fake_amo.calls) - before == 3
-    assert number(fake_amo.lead_field(lead_id, DEAL["total"])) == 1700
-
-
-async def test_remembered_deal_still_in_autopay_gets_a_new_deal(run_bridge, fake_amo) -> None:
-    async with run_bridge() as bridge:
-        await bridge.post_payment(payment_payload("pay_y1", costs=(1000,)))
-        before = len(fake_amo.calls)
-        response = await bridge.post_payment(payment_payload("pay_y2", costs=(700,)))
-    assert response.status_code == 200
-    assert response.json()["results"]["amocrm"]["lead_created"] is True
-    second = fake_amo.calls[before:]
-    # The remembered deal is read once (still auto-payment), then the contact's deals.
-    assert [(call.method, call.path.split("/")[3]) for call in second[:2]] == [
-        ("GET", "leads"),
-        ("GET", "contacts"),
-    ]
-    assert len(second) == 4
-    assert len(fake_amo.leads()) == 2
+    assert AMO.deal_number(fake_amo, lead_id, "total_paid") == 1700

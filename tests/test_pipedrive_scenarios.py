@@ -7,61 +7,33 @@ OpenAPI files. The CRM calls per payment are measured with the fake's call log.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from bridge.crm.richtext import note_text
-from tests.conftest import number, payment_payload
-from tests.crm_cases import BY_NAME, Run, running
-from tests.fakes.openapi_check import SentRequests
-from tests.fakes.pipedrive import FakePipedrive
-from tests.fakes.pipedrive_openapi import PipedriveOpenApi
-
-SENT = SentRequests()
-
+from tests.conftest import payment_payload
+from tests.crm_cases import BY_NAME, CrmCase
 
 CASE = BY_NAME["pipedrive"]
-DF = CASE.config.deal_fields
-pipedrive_file_config = CASE.file_config
 
 
 @pytest.fixture
-def fake() -> FakePipedrive:
-    return FakePipedrive()
-
-
-@pytest.fixture
-def run_bridge(tmp_path: Path, fake: FakePipedrive) -> Run:
-    """The app on the fake; every request it sends is checked against the OpenAPI files."""
-    return running(CASE, fake, tmp_path, SENT.recording)
-
-
-@pytest.fixture(autouse=True)
-def requests_conform_to_openapi() -> Iterator[None]:
-    yield from SENT.checked(PipedriveOpenApi.load)
-
-
-# ---- (1) a new customer -------------------------------------------------------------
-
-
-# ---- (2) a returning customer -------------------------------------------------------
+def case() -> CrmCase:
+    return CASE
 
 
 # ---- (7) trouble, and the crash windows ---------------------------------------------
 
 
 @pytest.mark.parametrize("path", ["/api/v1/notes"])  # a lost deal create: test_scenarios
-async def test_a_write_whose_answer_was_lost_is_not_repeated(run_bridge, fake, path) -> None:
+async def test_a_write_whose_answer_was_lost_is_not_repeated(run, fake, path) -> None:
     fake.fail_after_apply(1, status=500, method="POST", path_prefix=path)
-    async with run_bridge(wait_seconds=0) as bridge:
+    async with run(wait_seconds=0) as bridge:
         await bridge.post_payment(payment_payload("pay_lost"))
         await bridge.settle(timeout=20)
         [(status,)] = bridge.query("SELECT status FROM payment_events")
     assert status == "success"
     assert len(fake.persons()) == 1
     [deal] = fake.deals()
-    assert number(fake.deal_field(deal["id"], DF.purchase_count)) == 1
+    assert CASE.deal_number(fake, deal["id"], "purchase_count") == 1
     [content] = fake.notes(deal["id"])  # the retry read the notes back and found it
     assert note_text(content).endswith("Payment ID: pay_lost")

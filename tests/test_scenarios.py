@@ -8,28 +8,18 @@ statuses, refused requests) run once, in `test_payment_scenarios.py`.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+import re
 
 import pytest
 
 from tests.conftest import EXPECTED_NOTE, crm_calls, payment_payload
-from tests.crm_cases import CASES, CrmCase, Fake, Run, running
+from tests.crm_cases import CASES, CrmCase, Fake, Run, secret_values
 
 
 @pytest.fixture(params=CASES, ids=str)
 def case(request: pytest.FixtureRequest) -> CrmCase:
     chosen: CrmCase = request.param
     return chosen
-
-
-@pytest.fixture
-def fake(case: CrmCase) -> Fake:
-    return case.make_fake()
-
-
-@pytest.fixture
-def run(tmp_path: Path, case: CrmCase, fake: Fake) -> Run:
-    return running(case, fake, tmp_path)
 
 
 async def test_new_customer_gets_contact_deal_fields_and_note(
@@ -117,41 +107,37 @@ async def test_crm_trouble_answers_within_window_and_lands_exactly_once(
         assert len(case.notes(fake, deal)) == 1
 
 
-async def test_concurrent_payments_of_new_customer_gather_on_one_deal(
-    run: Run, case: CrmCase, fake: Fake
+@pytest.mark.parametrize(
+    ("changes", "stored"),
+    [
+        # No excluded status: the second payment finds the first's deal and joins it.
+        ({"excluded_status_ids": ()}, [(3500, 2, 2)]),
+        # The reference config: the new deal sits in an excluded "auto-payment" status,
+        # so the second payment cannot use it and makes a deal of its own.
+        ({}, [(1000, 1, 1), (2500, 1, 1)]),
+    ],
+    ids=["gather-on-one-deal", "reference-config-makes-two-deals"],
+)
+async def test_concurrent_payments_of_a_new_customer(
+    run: Run, case: CrmCase, fake: Fake, changes: dict[str, object], stored: list[object]
 ) -> None:
-    gathering = case.file_config(excluded_status_ids=())
-    async with run(file=gathering) as bridge:
+    async with run(file=case.file_config(**changes)) as bridge:
         a, b = await asyncio.gather(
             bridge.post_payment(payment_payload("pay_c1", costs=(1000,), subjects=("Русский",))),
             bridge.post_payment(payment_payload("pay_c2", costs=(2500,), subjects=("Русский",))),
         )
     assert {a.status_code, b.status_code} == {200}
     assert len(case.contacts(fake)) == 1
-    [deal] = case.deals(fake)
-    assert case.deal_number(fake, deal, "total_paid") == 3500
-    assert case.deal_number(fake, deal, "purchase_count") == 2
-    assert len(case.notes(fake, deal)) == 2
-
-
-async def test_concurrent_payments_reference_config_make_two_deals(
-    run: Run, case: CrmCase, fake: Fake
-) -> None:
-    # The new deal sits in an excluded "auto-payment" status: the second payment cannot
-    # use it, so it makes a deal of its own.
-    async with run() as bridge:
-        a, b = await asyncio.gather(
-            bridge.post_payment(payment_payload("pay_r1", costs=(1000,), subjects=("Русский",))),
-            bridge.post_payment(payment_payload("pay_r2", costs=(2500,), subjects=("Русский",))),
+    # Each deal's total, purchase count and notes.
+    deals = [
+        (
+            case.deal_number(fake, deal, "total_paid"),
+            case.deal_number(fake, deal, "purchase_count"),
+            len(case.notes(fake, deal)),
         )
-    assert {a.status_code, b.status_code} == {200}
-    assert len(case.contacts(fake)) == 1
-    deals = case.deals(fake)
-    totals = sorted(case.deal_number(fake, deal, "total_paid") for deal in deals)
-    assert totals == [1000, 2500]
-    for deal in deals:
-        assert case.deal_number(fake, deal, "purchase_count") == 1
-        assert len(case.notes(fake, deal)) == 1
+        for deal in case.deals(fake)
+    ]
+    assert sorted(deals) == stored
 
 
 async def test_a_known_customer_with_an_open_deal_costs_three_calls(
@@ -169,6 +155,24 @@ async def test_a_known_customer_with_an_open_deal_costs_three_calls(
     assert case.deal_number(fake, deal, "total_paid") == 1700
     assert case.deal_number(fake, deal, "purchase_count") == 2
     assert len(case.notes(fake, deal)) == 2
+
+
+async def test_a_remembered_deal_still_in_autopay_gets_a_new_deal_in_four_calls(
+    run: Run, case: CrmCase, fake: Fake
+) -> None:
+    # Reference config: the deal made by the first payment sits in an excluded stage, so
+    # the second payment reads it (still auto-payment), then the contact's deals, and
+    # makes a deal of its own and its note.
+    async with run() as bridge:
+        await bridge.post_payment(payment_payload("pay_a1", costs=(1000,)))
+        before, received = case.api_calls(fake), len(fake.calls)
+        response = await bridge.post_payment(payment_payload("pay_a2", costs=(700,)))
+        calls = crm_calls(bridge, "pay_a2")
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][case.name]["lead_created"] is True
+    assert len(case.contacts(fake)) == 1 and len(case.deals(fake)) == 2
+    assert case.api_calls(fake) - before == calls == 4
+    case.autopay_again_wire(fake.calls[received:])
 
 
 async def test_a_known_deal_closed_since_gets_a_new_deal(
@@ -266,3 +270,20 @@ async def test_a_returning_customers_open_deal_in_another_pipeline_is_updated(
         assert case.notes(fake, untouched) == []
     assert len(case.notes(fake, open_deal)) == 1
     assert case.api_calls(fake) == calls == case.returning_calls
+    case.returning_wire(fake, open_deal)
+
+
+async def test_a_field_the_crm_lacks_fails_the_payment_for_good_echoing_no_secret(
+    run: Run, case: CrmCase, fake: Fake
+) -> None:
+    unknown, _, _, refusal = case.refused["unknown_field"]
+    fields = case.config.deal_fields.model_copy(update={"payment_id": unknown})
+    credentials = case.credentials(fake)
+    async with run(case.file_config(deal_fields=fields), **credentials) as bridge:
+        response = await bridge.post_payment(payment_payload("pay_f"))
+        [(status, error)] = bridge.query("SELECT status, last_error FROM deliveries")
+    assert (response.status_code, response.json()["status"]) == (202, "failed")
+    assert status == "failed"
+    assert unknown in error and re.search(refusal, error), error
+    for secret in secret_values(credentials):
+        assert secret not in error and secret not in response.text
