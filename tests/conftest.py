@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -21,6 +21,9 @@ from bridge.settings import FileConfig, Settings, load_file_config
 from bridge.signing import hmac_signature
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.openapi_check import SentRequests
+
+if TYPE_CHECKING:
+    from tests.process import ServedAmoCrm
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = ROOT / "etc" / "bridge.example.toml"
@@ -209,6 +212,16 @@ def run_bridge(tmp_path: Path, fake_amo: FakeAmoCrm) -> Callable[..., Any]:
             yield Bridge(client, settings, fake_amo)
 
     return factory
+
+
+@pytest.fixture
+def amo_server() -> Iterator[ServedAmoCrm]:
+    """The fake amoCRM served on loopback, for tests that run `crm-bridge` processes."""
+    from tests.process import ServedAmoCrm, serving  # process imports this module
+
+    fake = FakeAmoCrm(rate_limit=60)  # rate limits are not what these tests are about
+    with serving(fake) as base_url:
+        yield ServedAmoCrm(fake, base_url)
 
 
 # ---- a module's `case` fixture (a CrmCase, or an order or adapter case) puts these on it ----

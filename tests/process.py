@@ -10,8 +10,8 @@ directory in `tmp_path` so no stray `.env` is read. Output goes to a log file th
 CRM request — when it arrives, once the write is applied (before the answer leaves), or
 once the answer was sent — which is how the crash windows of SPEC §3 are reproduced.
 
-The `amo_server` fixture (import `served_amocrm` to use it) serves the stateful fake amoCRM
-on loopback for such a process, and makes bridge installations pointed at it.
+`ServedAmoCrm` (conftest's `amo_server` fixture) serves the stateful fake amoCRM on
+loopback for such a process, and makes bridge installations pointed at it.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.conftest import EXAMPLE_CONFIG, SECRET, signed
 from tests.fakes.amocrm import FakeAmoCrm
@@ -320,13 +319,6 @@ class ServedAmoCrm:
         path = write_config(home / "bridge.toml", self.base_url, **config)
         access_token = self.fake.issue_token(ttl=3600) if token else None
         return BridgeProcess.create(home, path, access_token=access_token, **(env or {}))
-
-
-@pytest.fixture(name="amo_server")
-def served_amocrm() -> Iterator[ServedAmoCrm]:
-    fake = FakeAmoCrm(rate_limit=60)  # rate limits are not what these tests are about
-    with serving(fake) as base_url:
-        yield ServedAmoCrm(fake, base_url)
 
 
 def assert_each_payment_once(

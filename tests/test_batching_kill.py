@@ -21,12 +21,11 @@ import pytest
 
 from tests.cli_support import hold_crm
 from tests.customers import payment_of
-from tests.process import (  # noqa: F401 - amo_server
+from tests.process import (
     BridgeProcess,
     KillSwitch,
     ServedAmoCrm,
     assert_each_payment_once,
-    served_amocrm,
 )
 
 CUSTOMERS = 4

@@ -30,11 +30,10 @@ from tests.cli_support import AMOCRM_OAUTH_ENV as OAUTH_ENV
 from tests.conftest import reference_file_config, wait_until
 from tests.customers import customer_payment
 from tests.fakes.amocrm import FakeAmoCrm
-from tests.process import (  # noqa: F401 - amo_server
+from tests.process import (
     BridgeProcess,
     KillSwitch,
     ServedAmoCrm,
-    served_amocrm,
 )
 
 

@@ -39,14 +39,13 @@ from tests.conftest import make_settings, payment_payload, reference_file_config
 from tests.conftest import wait_until as async_wait_until
 from tests.customers import customer_payment
 from tests.fakes.service import FakeRequest
-from tests.process import (  # noqa: F401 - amo_server
+from tests.process import (
     COUNT,
     TOTAL,
     BridgeProcess,
     KillSwitch,
     ServedAmoCrm,
     assert_each_payment_once,
-    served_amocrm,
     wait_until,
 )
 

@@ -10,7 +10,7 @@ import pytest
 
 from bridge.importer import RowError, parse_date
 from tests.cli_support import make_cli, operator_cli
-from tests.process import ServedAmoCrm, running, served_amocrm  # noqa: F401 - amo_server
+from tests.process import ServedAmoCrm, running
 
 CSV = """date;phone;email;name;amount;description;currency
 20.01.2025 14:49;89991230001;;Иван Петров;1 500,00;Русский язык;

@@ -10,7 +10,7 @@ import httpx
 from bridge.signing import hmac_signature
 from tests.cli_support import make_cli, operator_cli
 from tests.conftest import ROOT, SECRET
-from tests.process import ServedAmoCrm, running, served_amocrm  # noqa: F401 - amo_server
+from tests.process import ServedAmoCrm, running
 
 EXAMPLE = ROOT / "etc" / "examples" / "payment.json"
 

@@ -16,11 +16,10 @@ import pytest
 
 from tests.cli_support import operator_cli
 from tests.conftest import payment_payload
-from tests.process import (  # noqa: F401 - amo_server
+from tests.process import (
     BridgeProcess,
     ServedAmoCrm,
     running,
-    served_amocrm,
 )
 
 

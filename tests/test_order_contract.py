@@ -28,6 +28,7 @@ from bridge.domain import (
     OrderItem,
     OrderStatus,
 )
+from bridge.rules import contact_matches
 from bridge.settings import CrmConfig
 from tests.order_probes import PROBES, Item, OrderProbe
 from tests.test_contract import ADAPTER_CASES, AdapterCase, warmed
@@ -165,6 +166,20 @@ async def test_a_contact_and_deal_created_together_are_both_linked_to_the_compan
     contact, deal = await adapter.create_contact_and_deal(case.new_contact(), new)
     assert probe.deal_company(fake, str(deal.id)) == company.id
     assert probe.contact_companies(fake, contact.id) == {company.id}
+
+
+async def test_a_company_sharing_the_persons_phone_is_not_the_contact(
+    case: AdapterCase, adapter: Adapter
+) -> None:
+    """The customer's lookup finds people only, even where the company has their phone."""
+    contact = case.new_contact()
+    company = await adapter.create_company(Company("ООО Ромашка", phone=contact.customer.phone))
+    keys = contact.customer.lookup_keys()
+    assert await adapter.find_contact(keys, contact_matches) is None
+    person = await adapter.create_contact(contact)
+    await adapter.link_contact_to_company(person.id, company.id)
+    found = await adapter.find_contact(keys, contact_matches)
+    assert found is not None and found.id == person.id
 
 
 # ---- deals --------------------------------------------------------------------------
