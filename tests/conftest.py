@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -50,7 +51,7 @@ Invoice ID: inv_pay_new
 Payment ID: pay_new"""
 
 
-def example_section(path: Path, name: str, **fixed: Any) -> Callable[..., FileConfig]:
+def example_file_config(path: Path, name: str, **fixed: Any) -> Callable[..., FileConfig]:
     """`file_config(**changes)`: the example section `name` of `path`, enabled, as the only
     CRM, with `fixed` and `changes` on top. A short request timeout: a write whose answer
     was lost is looked for again only after it (it may still land), and tests should not
@@ -71,7 +72,7 @@ def example_section(path: Path, name: str, **fixed: Any) -> Callable[..., FileCo
 
 
 # The example config (the reference account), pointed at the fake.
-reference_file_config = example_section(EXAMPLE_CONFIG, "amocrm", base_url=AMO_URL)
+reference_file_config = example_file_config(EXAMPLE_CONFIG, "amocrm", base_url=AMO_URL)
 
 
 def make_settings(tmp_path: Path, file: FileConfig | None = None, **overrides: Any) -> Settings:
@@ -174,16 +175,16 @@ class Bridge:
 
     async def settle(self, timeout: float = 15.0) -> None:
         """Wait until no delivery is pending, retrying or processing."""
-        await wait_until(
-            lambda: (
-                self.query(
-                    "SELECT COUNT(*) FROM deliveries WHERE status IN"
-                    " ('pending', 'retrying', 'processing')"
-                )[0][0]
-                == 0
-            ),
-            timeout=timeout,
-        )
+        await wait_until(lambda: unfinished(self.settings.database_path) == 0, timeout=timeout)
+
+
+def unfinished(database: Path) -> int:
+    """How many deliveries in `database` are pending, retrying or processing."""
+    with contextlib.closing(sqlite3.connect(database, timeout=10)) as conn:
+        [(count,)] = conn.execute(
+            "SELECT COUNT(*) FROM deliveries WHERE status IN ('pending', 'retrying', 'processing')"
+        ).fetchall()
+    return int(count)
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:

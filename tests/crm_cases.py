@@ -30,7 +30,7 @@ from bridge.settings import CrmConfig, FileConfig
 from tests.conftest import (
     EXPECTED_NOTE,
     Bridge,
-    example_section,
+    example_file_config,
     make_settings,
     reference_file_config,
 )
@@ -226,7 +226,7 @@ def _odoo_value(value: Any) -> Any:
 def _odoo_section(name: str) -> Callable[..., FileConfig]:
     """The example's `[crm.odoo]` as `[crm.NAME]`, without the example's 2 calls a second
     (a hosted Odoo's pace; the fake is not one)."""
-    example = example_section(ODOO_EXAMPLE, "odoo", rate_limit_per_second=1000)
+    example = example_file_config(ODOO_EXAMPLE, "odoo", rate_limit_per_second=1000)
 
     def file_config(**changes: Any) -> FileConfig:
         config = example(**changes)
@@ -529,7 +529,7 @@ CASES = [
     CrmCase(
         "hubspot",
         FakeHubSpot,
-        example_section(
+        example_file_config(
             ROOT / "etc" / "crm-hubspot.example.toml", "hubspot", base_url="https://api.hubapi.test"
         ),
         lambda fake: {"hubspot_access_token": fake.issue_token()},
@@ -593,7 +593,7 @@ CASES = [
     CrmCase(
         "pipedrive",
         FakePipedrive,
-        example_section(
+        example_file_config(
             ROOT / "etc" / "crm-pipedrive.example.toml",
             "pipedrive",
             base_url="https://example.pipedrive.test",
@@ -650,7 +650,7 @@ CASES = [
     CrmCase(
         "bitrix24",
         FakeBitrix24,
-        example_section(BITRIX_EXAMPLE, "bitrix24"),
+        example_file_config(BITRIX_EXAMPLE, "bitrix24"),
         lambda fake: {"bitrix24_webhook_url": fake.webhook_url()},
         contacts=_ids("contacts", "ID"),
         deals=_ids("deals", "ID"),
@@ -696,7 +696,7 @@ CASES = [
     CrmCase(
         "salesforce",
         FakeSalesforce,
-        example_section(
+        example_file_config(
             SALESFORCE_EXAMPLE, "salesforce", base_url="https://example.my.salesforce.com"
         ),
         # Sessions are minted (JWT bearer) from the consumer key and the key file.
@@ -763,7 +763,7 @@ CASES = [
     CrmCase(
         "zoho",
         FakeZoho,
-        example_section(ROOT / "etc" / "crm-zoho.example.toml", "zoho"),
+        example_file_config(ROOT / "etc" / "crm-zoho.example.toml", "zoho"),
         _zoho_credentials,
         raw_deal_field=lambda fake, deal_id, field_id: fake.deal(deal_id).get(field_id),
         add_contact=lambda fake, name, phone, username: fake.add_contact(
@@ -824,7 +824,7 @@ CASES = [
         lambda: FakeMegaplan(rate_limit=1000),
         # An application token (the OAuth pair's rotation is the contract suite's); not
         # the example's 3 calls a second, which is a real account's pace.
-        example_section(
+        example_file_config(
             MEGAPLAN_EXAMPLE, "megaplan", auth="long_lived_token", rate_limit_per_second=1000
         ),
         lambda fake: {"megaplan_access_token": fake.issue_token(never=True)},

@@ -19,7 +19,9 @@ _RAW = "__RAW_LITERAL__"
 
 
 @contextmanager
-def serving(factory: pytest.TempPathFactory, name: str, **env: str) -> Iterator[BridgeProcess]:
+def serving_bridge(
+    factory: pytest.TempPathFactory, name: str, **env: str
+) -> Iterator[BridgeProcess]:
     """`crm-bridge serve` on the example config with no CRM token (amoCRM is paused:
     webhooks are stored and queued), in a directory of its own; stopped on the way out."""
     process = BridgeProcess.create(factory.mktemp(name), EXAMPLE_CONFIG, access_token=None, **env)

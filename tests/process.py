@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import EXAMPLE_CONFIG, SECRET, signed
+from tests.conftest import EXAMPLE_CONFIG, SECRET, signed, unfinished
 from tests.fakes.amocrm import FakeAmoCrm
 from tests.fakes.server import Servable, serve_in_thread
 from tests.fakes.service import Abort, FakeRequest, FakeService
@@ -91,15 +91,6 @@ def write_config(
         assert count == 1, f"{key} not found once in {EXAMPLE_CONFIG}"
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def unfinished(database: Path) -> int:
-    """How many deliveries in `database` are pending, retrying or processing."""
-    with contextlib.closing(sqlite3.connect(database, timeout=10)) as conn:
-        [(count,)] = conn.execute(
-            "SELECT COUNT(*) FROM deliveries WHERE status IN ('pending', 'retrying', 'processing')"
-        ).fetchall()
-    return int(count)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from bridge.logs import _PHONE, MaskingFilter, OneLineFormatter, mask_phone, mask_text
 from tests.conftest import payment_payload
 from tests.fakes.amocrm import FakeAmoCrm
-from tests.intake_support import ITEM, raw_body, refused, request_log, serving
+from tests.intake_support import ITEM, raw_body, refused, request_log, serving_bridge
 from tests.process import BridgeProcess
 
 FUZZ = settings(
@@ -46,7 +46,7 @@ def test_masking_hides_exactly_what_the_old_pattern_hid(text: str) -> None:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeProcess]:
     """`crm-bridge serve` with its journald logging (masking filter, formatter) in place."""
-    with serving(tmp_path_factory, "hardening") as process:
+    with serving_bridge(tmp_path_factory, "hardening") as process:
         yield process
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import payment_payload, signed
-from tests.intake_support import serving
+from tests.intake_support import serving_bridge
 from tests.process import BridgeProcess, wait_until
 
 NEVER = 15.0  # seconds a socket waits before the test calls it "no answer"
@@ -26,7 +26,7 @@ NEVER = 15.0  # seconds a socket waits before the test calls it "no answer"
 
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeProcess]:
-    with serving(
+    with serving_bridge(
         tmp_path_factory,
         "limits",
         HEADER_TIMEOUT_SECONDS="1",

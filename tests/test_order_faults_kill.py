@@ -27,11 +27,11 @@ import httpx
 import pytest
 
 from bridge.settings import FileConfig
-from tests.conftest import ROOT, reference_file_config, signed, wait_until
+from tests.conftest import ROOT, reference_file_config, signed, unfinished, wait_until
 from tests.order_cases import MEMORY, post_order
 from tests.order_kill_app import load_state
 from tests.order_support import PIPELINE, STAGES, order_body, order_config_toml, with_orders
-from tests.process import BridgeProcess, unfinished, write_config
+from tests.process import BridgeProcess, write_config
 
 TENT = [("tent-02", "Шатёр 6×12", 1, "25000.00")]
 CREATED = order_body(event="created", status="new")

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.conftest import ROOT, payment_payload, signed
-from tests.intake_support import serving
+from tests.intake_support import serving_bridge
 from tests.process import BridgeProcess, free_port, wait_until
 
 NGINX = shutil.which("nginx") or next(
@@ -79,7 +79,7 @@ def _site(bridge_port: int, https_port: int, cert: Path, key: Path) -> str:
 
 @pytest.fixture(scope="module")
 def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BridgeProcess, str]]:
-    with serving(tmp_path_factory, "proxy") as bridge:
+    with serving_bridge(tmp_path_factory, "proxy") as bridge:
         prefix = bridge.home / "nginx"
         prefix.mkdir()
         cert, key = _self_signed(prefix)
